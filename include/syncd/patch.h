@@ -1,0 +1,141 @@
+/* patch.h - the patch engine: RFC 6901 JSON Pointer, RFC 6902 JSON Patch
+ * (apply and diff), RFC 7396 Merge Patch (apply and generate), and the
+ * canonical serialization and content hash of a JSON value.
+ *
+ * Pure functions over jansson values; no I/O, no global state, safe to call
+ * from any thread on values no other thread mutates.
+ *
+ * Ownership: a `json_t **out` receives a new reference the caller must
+ * json_decref(); `json_t *` arguments are borrowed and never modified.
+ * Returned `char *` strings are malloc'd and freed by the caller with free().
+ */
+#ifndef SYNCD_PATCH_H
+#define SYNCD_PATCH_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "syncd/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Deepest nesting of arrays/objects the engine accepts in any input. */
+#define SYNCD_PATCH_MAX_DEPTH 512
+
+/* ---- RFC 6901 JSON Pointer ---------------------------------------------- */
+
+/* A parsed JSON Pointer: a sequence of unescaped reference tokens. */
+typedef struct syncd_ptr syncd_ptr_t;
+
+/* Parses the string form of a pointer ("" or "/a/b~1c") into *out, which the
+ * caller frees with syncd_ptr_free(); SYNCD_EINVAL names the bad escape or
+ * missing leading '/'. */
+int syncd_ptr_parse(syncd_ptr_t **out, const char *text, syncd_error_t *err);
+
+/* Parses the URI-fragment form ("#/a%20b"): percent-decodes, then parses as
+ * syncd_ptr_parse(); *out is freed with syncd_ptr_free(). */
+int syncd_ptr_parse_fragment(syncd_ptr_t **out, const char *fragment,
+                             syncd_error_t *err);
+
+/* Frees a pointer from syncd_ptr_parse*(); NULL is ignored. */
+void syncd_ptr_free(syncd_ptr_t *ptr);
+
+/* Returns the number of reference tokens (0 for the whole document). */
+size_t syncd_ptr_count(const syncd_ptr_t *ptr);
+
+/* Returns the unescaped token i (borrowed; lives as long as ptr), with its
+ * byte length in *len when len is not NULL (tokens may contain NUL). */
+const char *syncd_ptr_token(const syncd_ptr_t *ptr, size_t i, size_t *len);
+
+/* Returns the string form of ptr, escaped; malloc'd, caller frees. */
+char *syncd_ptr_format(const syncd_ptr_t *ptr);
+
+/* Returns token escaped for use in a pointer ("a/b" -> "a~1b", "m~n" ->
+ * "m~0n"); malloc'd, caller frees; NULL on out of memory. */
+char *syncd_ptr_escape(const char *token, size_t len);
+
+/* Resolves ptr in doc and stores the value in *out (borrowed from doc);
+ * SYNCD_ENOTFOUND names the first token that does not resolve, including an
+ * array index with a leading zero, out of range, or "-". */
+int syncd_ptr_get(json_t **out, json_t *doc, const syncd_ptr_t *ptr,
+                  syncd_error_t *err);
+
+/* Resolves all but the last token of ptr (which must have at least one) and
+ * stores that container in *parent (borrowed from doc); SYNCD_ENOTFOUND when
+ * it does not exist or is not an object or array. */
+int syncd_ptr_parent(json_t **parent, json_t *doc, const syncd_ptr_t *ptr,
+                     syncd_error_t *err);
+
+/* ---- RFC 6902 JSON Patch ------------------------------------------------ */
+
+/* Checks that patch is a well-formed RFC 6902 patch (an array of operation
+ * objects with valid members and pointers) without applying it; SYNCD_EPATCH
+ * names the first bad operation by index. */
+int syncd_patch_validate(const json_t *patch, syncd_error_t *err);
+
+/* Applies patch to doc atomically and stores the result in *out (a new
+ * value; doc is never modified, even on failure). SYNCD_EPATCH when the
+ * patch is malformed or an operation fails; the message starts with
+ * "operation N (op path):" naming the failing operation and why. A failing
+ * `test` operation gives SYNCD_ECONFLICT with the same kind of message. */
+int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,
+                      syncd_error_t *err);
+
+/* Computes an RFC 6902 patch from a to b and stores it in *out (a new
+ * array). Changes are reported at the deepest path that changed; arrays are
+ * diffed as sequences (Myers on element hashes), falling back to a single
+ * replace of the array when the edit distance is too large to pay off. */
+int syncd_patch_diff(json_t **out, const json_t *a, const json_t *b,
+                     syncd_error_t *err);
+
+/* RFC 6902 equality, as used by `test`: numbers compare by value (1 ==
+ * 1.0), objects ignore member order. Returns 1 when equal, else 0. */
+int syncd_json_equal(const json_t *a, const json_t *b);
+
+/* ---- RFC 7396 Merge Patch ----------------------------------------------- */
+
+/* Applies merge patch to doc and stores the result in *out (a new value;
+ * doc is never modified). Always succeeds on valid JSON except on out of
+ * memory or nesting deeper than SYNCD_PATCH_MAX_DEPTH. */
+int syncd_merge_apply(json_t **out, const json_t *doc, const json_t *merge,
+                      syncd_error_t *err);
+
+/* Generates the RFC 7396 merge patch from a to b into *out (a new value).
+ * When the change cannot be expressed as a merge patch (b has a member whose
+ * value is null where a differs), fails with SYNCD_EPATCH naming that
+ * member's path, and *out is left NULL. */
+int syncd_merge_diff(json_t **out, const json_t *a, const json_t *b,
+                     syncd_error_t *err);
+
+/* ---- Canonical JSON and content hash ------------------------------------ */
+
+/* Length of a content hash in hex, without the terminating NUL. */
+#define SYNCD_HASH_HEX_LEN 64
+
+/* Serializes v canonically (object keys sorted by bytes, compact, integers
+ * exact, reals in the shortest form that round-trips, always with a '.' or
+ * exponent) into a malloc'd NUL-terminated string the caller frees, with
+ * its length in *len when len is not NULL. NULL on out of memory or
+ * nesting deeper than SYNCD_PATCH_MAX_DEPTH. */
+char *syncd_json_canonical(const json_t *v, size_t *len);
+
+/* Writes the lower-case hex SHA-256 of v's canonical serialization into
+ * out (SYNCD_HASH_HEX_LEN + 1 bytes, NUL-terminated). */
+int syncd_json_hash(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v,
+                    syncd_error_t *err);
+
+/* Writes the lower-case hex SHA-256 of len bytes at data into out
+ * (SYNCD_HASH_HEX_LEN + 1 bytes). */
+void syncd_sha256_hex(char out[SYNCD_HASH_HEX_LEN + 1], const void *data,
+                      size_t len);
+
+/* Writes the raw 32-byte SHA-256 of len bytes at data into out. */
+void syncd_sha256(unsigned char out[32], const void *data, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,252 @@
+/* store.h - versioned JSON documents: the store library a C server embeds.
+ *
+ * A syncd_store_t is one node's view of the documents: either the embedded
+ * default (a RocksDB store of record in data_dir) or a MongoDB store of
+ * record with a RocksDB cache in data_dir in front of it. Every write is a
+ * compare-and-swap on the document version (DESIGN.md sections 2 and 3) and
+ * returns a syncd_change_t describing what was committed, ready to be
+ * published on the change bus.
+ *
+ * All calls are blocking and thread-safe: many threads may share one store.
+ * Ownership: `**out` parameters receive objects the caller frees with the
+ * matching _free(); json_t arguments are borrowed and never modified; a
+ * syncd_doc_t body is shared and immutable (never modify it; json_incref it
+ * to keep it past syncd_doc_free()).
+ */
+#ifndef SYNCD_STORE_H
+#define SYNCD_STORE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "syncd/error.h"
+#include "syncd/patch.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Pass as if_match to mean "any version" (no precondition). */
+#define SYNCD_ANY_VERSION ((int64_t)-1)
+
+/* Longest document id in bytes, and longest node id. */
+#define SYNCD_MAX_ID_BYTES 1024
+#define SYNCD_MAX_NODE_ID 64
+
+/* One document version: live, or a tombstone (deleted != 0, body NULL). */
+typedef struct syncd_doc {
+    char *coll;                          /* collection name */
+    char *id;                            /* document id */
+    int64_t version;                     /* 1 on create, +1 per change */
+    json_t *body;                        /* shared, immutable; NULL if deleted */
+    char hash[SYNCD_HASH_HEX_LEN + 1];   /* content hash of body ("" if deleted) */
+    int64_t mtime_ms;                    /* commit time, ms since the epoch */
+    char origin[SYNCD_MAX_NODE_ID + 1];  /* node id that wrote it */
+    int deleted;                         /* tombstone flag */
+} syncd_doc_t;
+
+/* Frees doc and its strings and drops its body reference; NULL ignored. */
+void syncd_doc_free(syncd_doc_t *doc);
+
+/* Returns a deep copy of doc (the body is shared by reference); caller frees
+ * with syncd_doc_free(); NULL on out of memory. */
+syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc);
+
+/* What a write did. */
+typedef enum {
+    SYNCD_CHANGE_NONE = 0, /* nothing changed; nothing written */
+    SYNCD_CHANGE_CREATE,
+    SYNCD_CHANGE_UPDATE,
+    SYNCD_CHANGE_DELETE,
+} syncd_change_op_t;
+
+/* A committed change (or, with op NONE, the unchanged current document). */
+typedef struct syncd_change {
+    syncd_change_op_t op;
+    syncd_doc_t *doc; /* the document after the change (tombstone on delete) */
+    int64_t base;     /* version before the change; 0 for a create */
+    json_t *patch;    /* RFC 6902 from base to doc; NULL on delete/none */
+    json_t *merge;    /* RFC 7396 from base to doc; NULL when inexpressible */
+    int attempts;     /* compare-and-swap attempts made */
+} syncd_change_t;
+
+/* Frees a change and everything it holds; NULL ignored. */
+void syncd_change_free(syncd_change_t *change);
+
+/* Returns the static event name of op: "create", "update", "delete" or
+ * "none". */
+const char *syncd_change_op_name(syncd_change_op_t op);
+
+/* Test hooks: a clock, a sleep and a random source for the edit loop. */
+typedef struct syncd_store_hooks {
+    int64_t (*now_ms)(void *data);            /* monotonic milliseconds */
+    void (*sleep_ms)(void *data, int64_t ms); /* block for ms */
+    uint64_t (*random)(void *data);           /* uniform 64-bit value */
+    void *data;
+} syncd_store_hooks_t;
+
+/* Options for syncd_store_open(); set defaults with
+ * syncd_store_options_init(), then override. Strings are borrowed during
+ * syncd_store_open() only. */
+typedef struct syncd_store_options {
+    const char *mongo_uri;      /* NULL: embedded RocksDB store of record */
+    const char *database;       /* MongoDB database; default "syncd" */
+    const char *data_dir;       /* RocksDB store (embedded) or cache dir */
+    const char *node_id;        /* origin written with each change; "local" */
+    int sync_writes;            /* embedded: fsync every commit; default 1 */
+    int64_t cache_ttl_ms;       /* cache entry lifetime; default 10 min */
+    uint64_t cache_max_bytes;   /* cache size bound; default 256 MiB */
+    int max_retries;            /* conflict retries; default 10 */
+    int64_t retry_delay_ms;     /* first backoff; default 5 ms */
+    int64_t max_retry_delay_ms; /* backoff cap; default 1 s */
+    int64_t edit_timeout_ms;    /* edit loop deadline; default 10 s */
+    size_t max_doc_bytes;       /* serialized body limit; default 8 MiB */
+    int64_t tombstone_ttl_ms;   /* tombstone lifetime; default 24 h */
+    int64_t backend_timeout_ms; /* MongoDB connect/socket timeout; 5 s */
+    const syncd_store_hooks_t *hooks; /* NULL: real clock, sleep, random */
+} syncd_store_options_t;
+
+/* Sets every field of opts to its documented default. */
+void syncd_store_options_init(syncd_store_options_t *opts);
+
+/* Opens a store as opts says into *out (freed with syncd_store_close());
+ * SYNCD_EINVAL for bad options, SYNCD_EBACKEND when the backend cannot be
+ * opened or reached. */
+int syncd_store_open(syncd_store_t **out, const syncd_store_options_t *opts,
+                     syncd_error_t *err);
+
+/* Closes the store and frees it; NULL ignored. No call may be in flight. */
+void syncd_store_close(syncd_store_t *store);
+
+/* Returns the static kind of the store of record: "rocksdb" or "mongodb". */
+const char *syncd_store_kind(const syncd_store_t *store);
+
+/* Checks a collection name against ^[a-z0-9][a-z0-9_.-]{0,63}$;
+ * SYNCD_EINVAL names the problem. */
+int syncd_validate_collection(const char *coll, syncd_error_t *err);
+
+/* Checks a document id (UTF-8, 1..1024 bytes, no control characters, none
+ * of < > ? { }); SYNCD_EINVAL names the problem. */
+int syncd_validate_id(const char *id, syncd_error_t *err);
+
+/* Reads the live document coll/id into *out (cache when fresh, else the
+ * store of record); SYNCD_ENOTFOUND when absent or deleted. */
+int syncd_store_get(syncd_store_t *store, syncd_doc_t **out, const char *coll,
+                    const char *id, syncd_error_t *err);
+
+/* Creates coll/id with body (a JSON object); SYNCD_EEXISTS when it is live.
+ * Over a tombstone the version continues at tombstone+1. */
+int syncd_store_create(syncd_store_t *store, syncd_change_t **out,
+                       const char *coll, const char *id, const json_t *body,
+                       syncd_error_t *err);
+
+/* Replaces coll/id with body, creating it when absent. With if_match set
+ * (not SYNCD_ANY_VERSION) one strict attempt: SYNCD_EPRECONDITION unless
+ * the live version equals if_match (SYNCD_ENOTFOUND if there is none). */
+int syncd_store_put(syncd_store_t *store, syncd_change_t **out,
+                    const char *coll, const char *id, const json_t *body,
+                    int64_t if_match, syncd_error_t *err);
+
+/* Edit callback: modify body (a private copy) in place; return 0 to commit
+ * (a body left unchanged writes nothing), or a negative SYNCD_E* code to
+ * abort the edit with that code. */
+typedef int (*syncd_edit_fn)(json_t *body, void *arg, syncd_error_t *err);
+
+/* Runs the edit loop of DESIGN.md section 3 on the live coll/id: fn on a
+ * private copy, compare-and-swap, exponential backoff with full jitter on
+ * conflict. With if_match set: one strict attempt (SYNCD_EPRECONDITION on
+ * mismatch). SYNCD_ECONFLICT when retries or edit_timeout run out. */
+int syncd_store_edit(syncd_store_t *store, syncd_change_t **out,
+                     const char *coll, const char *id, syncd_edit_fn fn,
+                     void *arg, int64_t if_match, syncd_error_t *err);
+
+/* Applies an RFC 6902 patch (is_merge 0) or RFC 7396 merge patch (is_merge
+ * 1) to coll/id inside the edit loop. An invalid patch is SYNCD_EPATCH; a
+ * failing `test` op is SYNCD_ECONFLICT and is not retried. */
+int syncd_store_patch(syncd_store_t *store, syncd_change_t **out,
+                      const char *coll, const char *id, const json_t *patch,
+                      int is_merge, int64_t if_match, syncd_error_t *err);
+
+/* Deletes coll/id, leaving a tombstone that keeps its version;
+ * SYNCD_ENOTFOUND when not live, SYNCD_EPRECONDITION on an if_match
+ * mismatch. */
+int syncd_store_delete(syncd_store_t *store, syncd_change_t **out,
+                       const char *coll, const char *id, int64_t if_match,
+                       syncd_error_t *err);
+
+/* Lists live documents of coll from the store of record, sorted by id,
+ * whose id starts with prefix (NULL: all) and sorts after `after` (NULL:
+ * from the start), at most limit (0: no limit), into *out: a new JSON array
+ * of {"id","v","h"} objects. */
+int syncd_store_list(syncd_store_t *store, json_t **out, const char *coll,
+                     const char *prefix, const char *after, size_t limit,
+                     syncd_error_t *err);
+
+/* Lists the collection names of the store of record into *out, a new
+ * sorted JSON array of strings. */
+int syncd_store_collections(syncd_store_t *store, json_t **out,
+                            syncd_error_t *err);
+
+/* A collection digest (DESIGN.md section 6). */
+typedef struct syncd_digest {
+    uint64_t count;                       /* live documents */
+    char hex[SYNCD_HASH_HEX_LEN + 1];     /* Merkle root, lower-case hex */
+} syncd_digest_t;
+
+/* Computes the digest of coll's live documents in the store of record. */
+int syncd_store_digest(syncd_store_t *store, syncd_digest_t *out,
+                       const char *coll, syncd_error_t *err);
+
+/* Computes the digest of a JSON array of {"id","v","h"} entries (any
+ * order; the function sorts a copy) into *out. */
+int syncd_digest_entries(syncd_digest_t *out, const json_t *entries,
+                         syncd_error_t *err);
+
+/* Removes tombstones of coll older than tombstone_ttl; the number removed
+ * goes to *purged when not NULL. */
+int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
+                      syncd_error_t *err);
+
+/* ---- The node cache (MongoDB mode; in embedded mode these read and write
+ * nothing and report SYNCD_ENOTFOUND / 0 entries) ------------------------ */
+
+/* Reads coll/id from the cache only (fresh entries, tombstones included)
+ * into *out; SYNCD_ENOTFOUND when not cached or expired. */
+int syncd_store_cached(syncd_store_t *store, syncd_doc_t **out,
+                       const char *coll, const char *id, syncd_error_t *err);
+
+/* Stores doc in the cache unless a higher version is cached (put-if-newer);
+ * returns 1 when stored, 0 when an equal or newer version was kept. */
+int syncd_store_cache_put(syncd_store_t *store, const syncd_doc_t *doc,
+                          syncd_error_t *err);
+
+/* Drops coll/id from the cache (id NULL: the whole collection). */
+int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
+                                 const char *id, syncd_error_t *err);
+
+/* Lists cached live entries of coll as a new JSON array of {"id","v","h"}
+ * sorted by id, into *out. */
+int syncd_store_cache_list(syncd_store_t *store, json_t **out,
+                           const char *coll, syncd_error_t *err);
+
+/* Reads coll/id from the store of record (bypassing the cache) into *out,
+ * tombstones included, and refreshes the cache with it (put-if-newer);
+ * SYNCD_ENOTFOUND when the store has no record. */
+int syncd_store_refetch(syncd_store_t *store, syncd_doc_t **out,
+                        const char *coll, const char *id, syncd_error_t *err);
+
+/* Counters of one store; all monotonic except cache_bytes/cache_entries. */
+typedef struct syncd_store_stats {
+    uint64_t edits, conflicts, retries, cache_hits, cache_misses,
+        cache_evictions, cache_bytes, cache_entries;
+} syncd_store_stats_t;
+
+/* Copies the store's counters into *out. */
+void syncd_store_stats(syncd_store_t *store, syncd_store_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# test.sh - set up the machine, build syncd and run the whole test suite.
+# SYNCD_SANITIZE=ON builds with AddressSanitizer and UBSan (CI does);
+# SYNCD_WERROR=ON turns warnings into errors.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/setup.sh"
+
+BUILD="${SYNCD_BUILD_DIR:-$ROOT/build}"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSYNCD_SANITIZE="${SYNCD_SANITIZE:-OFF}" \
+    -DSYNCD_WERROR="${SYNCD_WERROR:-OFF}" >/dev/null
+cmake --build "$BUILD" -j"$(nproc)"
+
+export SYNCD_FERRETDB="${SYNCD_FERRETDB:-$ROOT/.tools/bin/ferretdb}"
+export SYNCD_TESTDATA="${SYNCD_TESTDATA:-$ROOT/../shared/testdata}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$ROOT/tests/lsan.supp:print_suppressions=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+cd "$BUILD"
+ctest --output-on-failure --timeout 900 "$@"

@@ -1,0 +1,115 @@
+/* internal.h - storage module internals: the backend interface that the
+ * RocksDB and MongoDB stores implement, the node cache, and the pieces of
+ * the edit loop that tests drive directly.
+ *
+ * A backend stores records (live documents and tombstones) and offers one
+ * primitive write, a compare-and-swap on the record version. Everything
+ * above it (versions, tombstones, the edit loop, the cache) is written once
+ * in store.c on top of this interface.
+ */
+#ifndef SYNCD_STORAGE_INTERNAL_H
+#define SYNCD_STORAGE_INTERNAL_H
+
+#include "syncd/store.h"
+
+typedef struct syncd_backend syncd_backend_t;
+
+/* Operations of a store of record. All are blocking and thread-safe. */
+typedef struct syncd_backend_ops {
+    const char *kind; /* "rocksdb" or "mongodb" */
+
+    /* Reads the record coll/id, tombstones included, into *out (caller frees
+     * with syncd_doc_free()); SYNCD_ENOTFOUND when there is none. */
+    int (*get)(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
+               const char *id, syncd_error_t *err);
+
+    /* Writes doc (its coll, id, version, body, hash, mtime, origin, deleted)
+     * if and only if the stored record's version equals expected, where
+     * expected 0 means "no record exists" (an insert). SYNCD_ECONFLICT when
+     * the condition does not hold; nothing is written then. */
+    int (*cas)(syncd_backend_t *b, const syncd_doc_t *doc, int64_t expected,
+               syncd_error_t *err);
+
+    /* Lists coll's records sorted by id (byte order) as a new JSON array of
+     * {"id","v","h"} (and "del":true, "mt":ms for tombstones when
+     * with_tombstones is set), filtered by prefix (NULL: all), strictly
+     * after `after` (NULL: from the start), at most limit (0: all). */
+    int (*list)(syncd_backend_t *b, json_t **out, const char *coll,
+                const char *prefix, const char *after, size_t limit,
+                int with_tombstones, syncd_error_t *err);
+
+    /* Lists collection names as a new sorted JSON array of strings. */
+    int (*collections)(syncd_backend_t *b, json_t **out, syncd_error_t *err);
+
+    /* Removes coll's tombstones whose mtime is before before_ms; count in
+     * *purged. A tombstone rewritten meanwhile (re-created) is kept. */
+    int (*purge)(syncd_backend_t *b, const char *coll, int64_t before_ms,
+                 size_t *purged, syncd_error_t *err);
+
+    /* Closes and frees the backend. */
+    void (*close)(syncd_backend_t *b);
+} syncd_backend_ops_t;
+
+/* Common head of every backend; implementations embed it first. */
+struct syncd_backend {
+    const syncd_backend_ops_t *ops;
+};
+
+/* Opens the RocksDB store of record in dir (created when missing); with
+ * sync_writes every commit is fsynced before it is acknowledged. */
+int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
+                             int sync_writes, syncd_error_t *err);
+
+/* Opens the MongoDB store of record at uri, database db, with a client pool
+ * and the given connect/socket timeout; fails with SYNCD_EBACKEND when the
+ * server cannot be reached within it. */
+int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
+                             const char *db, int64_t timeout_ms,
+                             syncd_error_t *err);
+
+/* ---- Node cache ---------------------------------------------------------- */
+
+typedef struct syncd_cache syncd_cache_t;
+
+/* Opens the cache in dir (its contents from a previous run are discarded:
+ * a restarted node rebuilds its cache from the store and the bus).
+ * Entries older than ttl_ms are never served; the total size of cached
+ * bodies is kept within max_bytes (+10%) by evicting least recently used
+ * entries. now_ms may be NULL (the real monotonic clock). */
+int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
+                     uint64_t max_bytes, const syncd_store_hooks_t *hooks,
+                     syncd_error_t *err);
+
+/* Closes and frees the cache; NULL ignored. */
+void syncd_cache_close(syncd_cache_t *cache);
+
+/* Reads a fresh entry (tombstones included) into *out; SYNCD_ENOTFOUND
+ * when absent or expired. Counts a hit or a miss. */
+int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out,
+                    const char *coll, const char *id, syncd_error_t *err);
+
+/* Stores doc unless an equal or higher version is cached; returns 1 when
+ * stored, 0 when kept. A stored entry's TTL starts now. */
+int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
+                    syncd_error_t *err);
+
+/* Removes coll/id (id NULL: every entry of coll). */
+int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
+                           const char *id, syncd_error_t *err);
+
+/* Lists live fresh entries of coll as a new JSON array of {"id","v","h"}
+ * sorted by id. */
+int syncd_cache_list(syncd_cache_t *cache, json_t **out, const char *coll,
+                     syncd_error_t *err);
+
+/* Copies hit/miss/eviction counters and current bytes/entries into out. */
+void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out);
+
+/* ---- Edit loop pieces ---------------------------------------------------- */
+
+/* Returns the backoff before retry `attempt` (0-based): a uniform random
+ * value in [0, min(max_delay_ms, delay_ms * 2^attempt)] drawn from rnd. */
+int64_t syncd_backoff_ms(int attempt, int64_t delay_ms, int64_t max_delay_ms,
+                         uint64_t rnd);
+
+#endif
