@@ -27,6 +27,9 @@
 extern "C" {
 #endif
 
+/* An open store (opaque). */
+typedef struct syncd_store syncd_store_t;
+
 /* Pass as if_match to mean "any version" (no precondition). */
 #define SYNCD_ANY_VERSION ((int64_t)-1)
 

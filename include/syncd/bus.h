@@ -1,0 +1,166 @@
+/* bus.h - the change bus: every committed change, as an event, to every
+ * node, in the order of its collection's event sequence.
+ *
+ * An event is the JSON object of DESIGN.md section 4. Publishing assigns
+ * the collection's next `seq` (contiguous, the same on every node) and
+ * appends the event to a bounded replay log; subscribers receive events in
+ * seq order. Two implementations share this interface: the Redis bus (one
+ * Lua script does INCR + XADD + PUBLISH; pub/sub is the fast path, the
+ * stream the replay log) and the in-process bus of the embedded default
+ * (memory, with the replay log persisted in RocksDB).
+ *
+ * The bus is asynchronous on a libuv loop and is used from that loop's
+ * thread only. Every callback fires exactly once per request, with
+ * SYNCD_ECANCELED when the bus closes first. Events passed to callbacks are
+ * borrowed for the duration of the call (json_incref to keep one).
+ */
+#ifndef SYNCD_BUS_H
+#define SYNCD_BUS_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "syncd/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct syncd_bus syncd_bus_t;
+
+/* Options for syncd_bus_open(); set defaults with syncd_bus_options_init().
+ * Strings are borrowed during syncd_bus_open() only. */
+typedef struct syncd_bus_options {
+    const char *redis_url;      /* "redis://host:port[/db]"; NULL: in-process */
+    const char *database;       /* key namespace "syncd:<db>:..."; "syncd" */
+    const char *data_dir;       /* in-process bus: replay log dir (NULL: memory) */
+    const char *node_id;        /* this node, for logs; "local" */
+    const char *secret;         /* HMAC-SHA256 key; NULL: unsigned events */
+    uint64_t event_log_len;     /* replay log bound per collection; 100000 */
+    size_t max_event_bytes;     /* larger diffs become invalidates; 1 MiB */
+    int64_t reconnect_min_ms;   /* Redis reconnect backoff start; 100 ms */
+    int64_t reconnect_max_ms;   /* Redis reconnect backoff cap; 5 s */
+} syncd_bus_options_t;
+
+/* Sets every field of opts to its documented default. */
+void syncd_bus_options_init(syncd_bus_options_t *opts);
+
+/* Opens a bus on loop into *out (freed by syncd_bus_close()): the Redis
+ * bus when opts->redis_url is set (it connects in the background and
+ * reconnects with backoff), else the in-process bus. SYNCD_EINVAL for bad
+ * options, SYNCD_EBACKEND when the replay log cannot be opened. */
+int syncd_bus_open(syncd_bus_t **out, uv_loop_t *loop,
+                   const syncd_bus_options_t *opts, syncd_error_t *err);
+
+/* Fires when a close finishes; the bus memory is gone by then. */
+typedef void (*syncd_bus_close_cb)(void *payload);
+
+/* Cancels every pending request (their callbacks fire with
+ * SYNCD_ECANCELED), closes connections and handles, then calls cb (may be
+ * NULL) from the loop; the loop can then close clean. */
+void syncd_bus_close(syncd_bus_t *bus, syncd_bus_close_cb cb, void *payload);
+
+/* Returns the static kind of the bus: "redis" or "local". */
+const char *syncd_bus_kind(const syncd_bus_t *bus);
+
+/* Returns 1 while the bus can publish and receive (always 1 for the
+ * in-process bus), else 0. */
+int syncd_bus_connected(const syncd_bus_t *bus);
+
+/* Completion of a publish: status 0 and the assigned seq, or a negative
+ * SYNCD_E* code (SYNCD_EBACKEND while Redis is unreachable). */
+typedef void (*syncd_bus_publish_cb)(int status, int64_t seq, void *payload);
+
+/* Publishes event (borrowed; its "coll" names the collection; "seq",
+ * "sig" are set by the bus) and calls cb (may be NULL) with the assigned
+ * seq. The event is signed when a secret is configured. */
+int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
+                      syncd_bus_publish_cb cb, void *payload);
+
+/* What a subscription callback is told. */
+typedef enum {
+    SYNCD_BUS_EVENT = 0, /* the next event in seq order */
+    SYNCD_BUS_RESYNC,    /* events were lost past the replay log: resync the
+                            collection from the store; event is NULL and
+                            seq is the seq delivery continues after */
+} syncd_bus_signal_t;
+
+/* Receives a collection's events in seq order, none skipped or repeated:
+ * gaps are filled from the replay log, reconnects replay what was missed,
+ * and loss beyond the log is reported as SYNCD_BUS_RESYNC. */
+typedef void (*syncd_bus_event_cb)(syncd_bus_signal_t signal, int64_t seq,
+                                   const json_t *event, void *payload);
+
+typedef struct syncd_bus_sub syncd_bus_sub_t;
+
+/* Subscribes to coll's events with seq > after (after < 0: from the
+ * current seq on) into *out (ended with syncd_bus_unsubscribe()). Events
+ * from this node are delivered too. */
+int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
+                        const char *coll, int64_t after,
+                        syncd_bus_event_cb cb, void *payload,
+                        syncd_error_t *err);
+
+/* Ends a subscription; its callback is not called again. */
+void syncd_bus_unsubscribe(syncd_bus_sub_t *sub);
+
+/* Completion of a replay read: status 0 with a new JSON array of the
+ * events (caller decrefs), or SYNCD_ENOTFOUND when the log no longer holds
+ * seq after+1 (events == NULL), or another negative code. */
+typedef void (*syncd_bus_replay_cb)(int status, json_t *events, void *payload);
+
+/* Reads coll's events with after < seq <= until (until < 0: up to the
+ * latest) from the replay log, at most max (0: no bound), in seq order. */
+int syncd_bus_replay(syncd_bus_t *bus, const char *coll, int64_t after,
+                     int64_t until, size_t max, syncd_bus_replay_cb cb,
+                     void *payload);
+
+/* Completion of a seq read: status 0 and coll's current (last assigned)
+ * seq, 0 when nothing was published yet. */
+typedef void (*syncd_bus_seq_cb)(int status, int64_t seq, void *payload);
+
+/* Reads coll's current event seq. */
+int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
+                  void *payload);
+
+/* Counters of one bus (monotonic). */
+typedef struct syncd_bus_stats {
+    uint64_t published, received, replayed, gaps, resyncs, reconnects,
+        dropped_malformed, dropped_oversize, dropped_signature,
+        dropped_duplicate;
+} syncd_bus_stats_t;
+
+/* Copies the bus counters into *out. */
+void syncd_bus_stats(const syncd_bus_t *bus, syncd_bus_stats_t *out);
+
+/* ---- Events (DESIGN.md section 4) -------------------------------------- */
+
+/* Checks that event is a well-formed event object (every member present
+ * with the right type, op-specific rules, size within max_bytes when not
+ * 0); SYNCD_EINVAL names the bad member, SYNCD_ETOOBIG the size. */
+int syncd_event_validate(const json_t *event, size_t max_bytes,
+                         syncd_error_t *err);
+
+/* Decodes len bytes of event JSON into *out (a new object) after
+ * validation and, when secret is not NULL, HMAC-SHA256 verification of
+ * "sig" (SYNCD_EINVAL naming the failure). */
+int syncd_event_decode(json_t **out, const char *data, size_t len,
+                       size_t max_bytes, const char *secret,
+                       syncd_error_t *err);
+
+/* Encodes event compactly into a malloc'd string (caller frees), setting
+ * "sig" first when secret is not NULL; NULL on out of memory. */
+char *syncd_event_encode(json_t *event, const char *secret, size_t *len);
+
+/* Writes the hex HMAC-SHA256 under secret of event's canonical form
+ * without "sig" into out (65 bytes). */
+int syncd_event_sign(char out[65], const json_t *event, const char *secret,
+                     syncd_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,124 @@
+/* node.h - a syncd node: one store and one change bus wired together on a
+ * libuv loop, keeping the node's view converged with every other node's.
+ *
+ * The node publishes each change committed through it, applies every
+ * received event to its cache by the rules of DESIGN.md section 4 (patch
+ * when the cached version is the event's base and the hash matches; drop
+ * duplicates; refetch on gaps and hash mismatches; resync when the replay
+ * log was trimmed), runs anti-entropy by digest every
+ * anti_entropy_interval, and delivers applied events to local watchers in
+ * seq order, once each.
+ *
+ * A node is used from its loop's thread only; blocking store work runs on
+ * the libuv thread pool. Every callback fires exactly once, with
+ * SYNCD_ECANCELED when the node closes first.
+ */
+#ifndef SYNCD_NODE_H
+#define SYNCD_NODE_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "syncd/bus.h"
+#include "syncd/error.h"
+#include "syncd/store.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct syncd_node syncd_node_t;
+
+/* Options for syncd_node_open(); defaults from syncd_node_options_init(). */
+typedef struct syncd_node_options {
+    const char *node_id;            /* origin of this node's events; "local" */
+    int64_t anti_entropy_interval_ms; /* digest comparison period; 30 s */
+    size_t max_event_bytes;         /* larger diffs are sent as invalidates;
+                                       1 MiB */
+    size_t watch_buffer_events;     /* per-watcher queue bound before it is
+                                       told to resync; 10000 */
+} syncd_node_options_t;
+
+/* Sets every field of opts to its documented default. */
+void syncd_node_options_init(syncd_node_options_t *opts);
+
+/* Opens a node on loop over store and bus (both borrowed: they must outlive
+ * the node) into *out, freed by syncd_node_close(). */
+int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
+                    syncd_bus_t *bus, const syncd_node_options_t *opts,
+                    syncd_error_t *err);
+
+/* Fires when a close finishes. */
+typedef void (*syncd_node_close_cb)(void *payload);
+
+/* Stops timers, ends watchers (their callbacks get SYNCD_NODE_CLOSED),
+ * cancels pending work, then calls cb (may be NULL). Does not close the
+ * store or the bus. */
+void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb,
+                      void *payload);
+
+/* Completion of a publish: status 0 and the event's seq, or a negative
+ * code (the change is committed in the store either way; anti-entropy
+ * repairs nodes that miss it). */
+typedef void (*syncd_node_publish_cb)(int status, int64_t seq, void *payload);
+
+/* Builds the event of DESIGN.md section 4 from a committed change
+ * (borrowed; op NONE publishes nothing and calls cb with seq 0) and
+ * publishes it on the bus. */
+int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
+                       syncd_node_publish_cb cb, void *payload);
+
+/* What a watcher is told. */
+typedef enum {
+    SYNCD_NODE_EVENT = 0, /* the next event in seq order (event set) */
+    SYNCD_NODE_RESYNC,    /* the watcher fell behind or events were lost
+                             past the replay log; it is closed after this */
+    SYNCD_NODE_CLOSED,    /* the node is closing; the watcher is ended */
+} syncd_node_signal_t;
+
+/* Receives a collection's applied events in seq order, each once. */
+typedef void (*syncd_node_watch_cb)(syncd_node_signal_t signal, int64_t seq,
+                                    const json_t *event, void *payload);
+
+typedef struct syncd_node_watch syncd_node_watch_t;
+
+/* Watches coll (ids starting with prefix; NULL: all) from seq > since
+ * (since < 0: from now on) into *out, ended by syncd_node_unwatch().
+ * SYNCD_ENOTFOUND when since is older than the replay log holds. The
+ * callback fires from the loop after the node's cache holds the event's
+ * version. */
+int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,
+                     const char *coll, const char *prefix, int64_t since,
+                     syncd_node_watch_cb cb, void *payload,
+                     syncd_error_t *err);
+
+/* Ends a watch; its callback is not called again. NULL ignored. */
+void syncd_node_unwatch(syncd_node_watch_t *watch);
+
+/* Returns the last seq of coll this node has applied (0 if none). */
+int64_t syncd_node_seq(const syncd_node_t *node, const char *coll);
+
+/* Counters of a node (monotonic). */
+typedef struct syncd_node_stats {
+    uint64_t events_applied, events_dropped_duplicate, events_dropped_old,
+        events_ignored_uncached, refetches, hash_mismatches, resyncs,
+        anti_entropy_runs, anti_entropy_repairs, watchers, watch_resyncs;
+} syncd_node_stats_t;
+
+/* Copies the node counters into *out. */
+void syncd_node_stats(const syncd_node_t *node, syncd_node_stats_t *out);
+
+/* Runs one anti-entropy pass now over every collection (the timer does the
+ * same every anti_entropy_interval); cb (may be NULL) gets the status and
+ * the number of documents repaired. */
+int syncd_node_anti_entropy(syncd_node_t *node,
+                            void (*cb)(int status, uint64_t repaired,
+                                       void *payload),
+                            void *payload);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
