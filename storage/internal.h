@@ -85,8 +85,8 @@ void syncd_cache_close(syncd_cache_t *cache);
 
 /* Reads a fresh entry (tombstones included) into *out; SYNCD_ENOTFOUND
  * when absent or expired. Counts a hit or a miss. */
-int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out,
-                    const char *coll, const char *id, syncd_error_t *err);
+int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
+                    const char *id, syncd_error_t *err);
 
 /* Stores doc unless an equal or higher version is cached; returns 1 when
  * stored, 0 when kept. A stored entry's TTL starts now. */
@@ -104,6 +104,83 @@ int syncd_cache_list(syncd_cache_t *cache, json_t **out, const char *coll,
 
 /* Copies hit/miss/eviction counters and current bytes/entries into out. */
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out);
+
+/* ---- Shared by the RocksDB store and the cache --------------------------- */
+
+/* Longest record key: a collection name, a NUL, a document id. */
+#define SYNCD_RECORD_KEY_MAX (64 + 1 + SYNCD_MAX_ID_BYTES)
+
+/* Writes the RocksDB key of coll/id (coll, a NUL byte, id: byte order is id
+ * order within a collection) into key and returns its length, or 0 when
+ * coll or id is too long. */
+size_t syncd_record_key(char key[SYNCD_RECORD_KEY_MAX], const char *coll,
+                        const char *id);
+
+/* Encodes doc's version, mtime, origin, hash, tombstone flag and canonical
+ * body into *out (malloc'd, caller frees) with its length in *len. */
+int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
+                        syncd_error_t *err);
+
+/* Decodes a record of coll/id into *out (caller frees with
+ * syncd_doc_free()); without with_body the body is left NULL (the header
+ * alone is read). SYNCD_EBACKEND when the bytes are not a valid record. */
+int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
+                        const char *val, size_t len, int with_body,
+                        syncd_error_t *err);
+
+/* Returns a 64-bit FNV-1a hash of len bytes at data. */
+uint64_t syncd_lru_hash(const void *data, size_t len);
+
+/* One entry of an LRU table; embed it first in the entry struct. The key
+ * is owned by the embedding entry. */
+typedef struct syncd_lru_node {
+    struct syncd_lru_node *chain;       /* next in the hash bucket */
+    struct syncd_lru_node *prev, *next; /* recency list, newest first */
+    const char *key;
+    size_t keylen;
+    uint64_t hash; /* syncd_lru_hash(key, keylen) */
+    size_t size;   /* bytes charged to the table */
+} syncd_lru_node_t;
+
+/* A hash table of nodes keyed by bytes with a recency order and a byte
+ * total. Not locked: callers serialize access. */
+typedef struct syncd_lru {
+    syncd_lru_node_t **buckets;
+    size_t nbuckets; /* a power of two */
+    size_t count;
+    uint64_t bytes;        /* sum of the nodes' size */
+    syncd_lru_node_t head; /* recency list sentinel */
+} syncd_lru_t;
+
+/* Initializes an empty table; SYNCD_ENOMEM on failure. */
+int syncd_lru_init(syncd_lru_t *lru);
+
+/* Calls free_node on every node and frees the table's own storage. */
+void syncd_lru_destroy(syncd_lru_t *lru,
+                       void (*free_node)(syncd_lru_node_t *node));
+
+/* Returns the node with key (hash from syncd_lru_hash()), or NULL. */
+syncd_lru_node_t *syncd_lru_find(syncd_lru_t *lru, const char *key,
+                                 size_t keylen, uint64_t hash);
+
+/* Adds node (key, keylen, hash and size set; no equal key present) as the
+ * newest. The bucket array grows when it can; when it cannot, chains just
+ * get longer, so an insert never fails. */
+void syncd_lru_insert(syncd_lru_t *lru, syncd_lru_node_t *node);
+
+/* Makes node the newest. */
+void syncd_lru_touch(syncd_lru_t *lru, syncd_lru_node_t *node);
+
+/* Unlinks node from the table; the caller frees it. */
+void syncd_lru_remove(syncd_lru_t *lru, syncd_lru_node_t *node);
+
+/* Returns the least recently used node, or NULL when empty. */
+syncd_lru_node_t *syncd_lru_oldest(syncd_lru_t *lru);
+
+/* Returns the node after node in recency order, newest first (node NULL:
+ * the newest), or NULL at the end. To remove while iterating, fetch the
+ * next node before removing the current one. */
+syncd_lru_node_t *syncd_lru_next(syncd_lru_t *lru, syncd_lru_node_t *node);
 
 /* ---- Edit loop pieces ---------------------------------------------------- */
 

@@ -1,18 +1,1227 @@
-/* mongo.c - MongoDB store of record (work in progress).
+/* mongo.c - MongoDB store of record: documents as BSON, CAS on {_id, v}.
  *
- * Placeholder so that the storage library links while the MongoDB backend
- * is being written; syncd_backend_mongo_open() reports SYNCD_EBACKEND.
+ * One Mongo collection per syncd collection, in a configurable database.
+ * Each record is one document (DESIGN.md section 2):
+ *
+ *   {_id: <id string>, v: int64, data: <body as BSON>, h: <hash string>,
+ *    mt: <BSON date, ms>, by: <origin node>, del: <bool>}
+ *
+ * where a tombstone has del: true, h: "" and no data.
+ *
+ * Bodies round-trip exactly. Inside `data` every object key is escaped with
+ * '%' so that keys MongoDB restricts survive: '%' becomes "%25", '.' "%2E",
+ * NUL "%00", a leading '$' "%24", and the empty key the lone "%". Any other
+ * byte is kept, so the encoding is reversible and injective (an escaped key
+ * is "%" or has every '%' followed by two upper-case hex digits). JSON
+ * integers are stored as int64 and reals as doubles, so the two stay
+ * distinct. Two values FerretDB v1 cannot hold are stored as tag
+ * documents, whose single key can never be an escaped key: -0.0 (FerretDB
+ * drops the sign of a zero) as {"%-0": true}, and an array that is an
+ * element of an array (FerretDB rejects nested arrays) as {"%a": [...]}.
+ *
+ * The compare-and-swap is an insert when the expected version is 0 (a
+ * duplicate key, error 11000, is a conflict) and otherwise a replace with
+ * the filter {_id, v: expected} (matched 0 is a conflict): one atomic
+ * single-document operation on MongoDB.
+ *
+ * FerretDB v1 (detected by `buildInfo`; its SQLite backend was checked by
+ * experiment and in its source) runs a filtered update as a query followed
+ * by an update by _id, which loses updates under concurrency. There the
+ * replace is preceded by a claim: an insert of
+ * {_id: "<id>\x1f<expected, 20 digits>", t, rec} into the side collection
+ * "_syncd_claims.<coll>", whose unique _id lets exactly one writer move a
+ * document on from a given version; the claim holder then reads the
+ * version, replaces by _id alone when it is still expected, and drops its
+ * claim. A claim left by a call whose outcome is unknown (the server went
+ * away, the writer died) carries the record it was about to write: the
+ * next writer to find it older than the lease (the backend timeout) rolls
+ * it forward if the document is still at that version, and drops it; purge
+ * drops what is left. This needs every write to raise the version, which
+ * section 2 guarantees (a tombstone takes the next version too).
+ *
+ * Other FerretDB v1 limits seen: it never uses its _id index (the lookup
+ * expression differs from the index expression), so every lookup, listing
+ * and purge scans the collection; the claims collection stays small for
+ * that reason.
+ *
+ * Driver errors become SYNCD_EBACKEND with backend "mongodb", the driver's
+ * code and its message. The connect, socket and server selection timeouts
+ * are the backend timeout, so a dead server fails a call within it; the
+ * pool reconnects by itself when the server is back.
  */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <mongoc/mongoc.h>
+
 #include "internal.h"
+
+#define BACKEND "mongodb"
+#define DUPLICATE_KEY 11000
+#define CLAIMS_PREFIX "_syncd_claims."
+#define NEG_ZERO_TAG "%-0"
+#define ARRAY_TAG "%a"
+#define MIN_LEASE_MS 1000
+#define KEY_STACK 256
+
+typedef struct mongo_backend {
+    syncd_backend_t base;
+    mongoc_client_pool_t *pool;
+    char *db;
+    int64_t lease_ms;
+    int claims; /* 1 when filtered updates are not atomic (FerretDB) */
+} mongo_backend_t;
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void init_driver(void)
+{
+    mongoc_init();
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int driver_error(syncd_error_t *err, const bson_error_t *e,
+                        const char *what, const char *coll, const char *id)
+{
+    return syncd_error_set_backend(err, SYNCD_EBACKEND, BACKEND, (int)e->code,
+                                   "mongodb %s %s/%s: %s", what, coll,
+                                   id ? id : "", e->message);
+}
+
+static int conflict(syncd_error_t *err, const char *coll, const char *id,
+                    int64_t expected)
+{
+    return syncd_error_set(err, SYNCD_ECONFLICT, "%s/%s is not at version %lld",
+                           coll, id, (long long)expected);
+}
+
+/* ---- Body encoding ------------------------------------------------------- */
+
+static const char hex_digits[] = "0123456789ABCDEF";
+
+static int needs_escape(const char *key, size_t i)
+{
+    unsigned char c = (unsigned char)key[i];
+
+    return c == '%' || c == '.' || c == '\0' || (c == '$' && i == 0);
+}
+
+/* Escapes key (len bytes) into buf when it fits, else into new memory;
+ * returns the NUL-terminated result (free it when it is not buf), or NULL
+ * on out of memory. */
+static char *escape_key(const char *key, size_t len, char *buf, size_t size)
+{
+    size_t need = len == 0 ? 2 : len * 3 + 1;
+    char *out = need <= size ? buf : malloc(need);
+    size_t o = 0;
+
+    if (!out)
+        return NULL;
+    if (len == 0)
+        out[o++] = '%';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)key[i];
+
+        if (needs_escape(key, i)) {
+            out[o++] = '%';
+            out[o++] = hex_digits[c >> 4];
+            out[o++] = hex_digits[c & 15];
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static int hex_value(char c)
+{
+    const char *p = c ? strchr(hex_digits, c) : NULL;
+
+    return p ? (int)(p - hex_digits) : -1;
+}
+
+/* Reverses escape_key() into out (at least strlen(key) + 1 bytes), length
+ * in *len; returns -1 when key is not a valid escaped key. */
+static int unescape_key(const char *key, char *out, size_t *len)
+{
+    size_t o = 0;
+
+    if (strcmp(key, "%") == 0) {
+        *len = 0;
+        return 0;
+    }
+    for (size_t i = 0; key[i]; i++) {
+        if (key[i] != '%') {
+            if (key[i] == '.' || (key[i] == '$' && i == 0))
+                return -1;
+            out[o++] = key[i];
+            continue;
+        }
+        int hi = hex_value(key[i + 1]);
+        int lo = hi < 0 ? -1 : hex_value(key[i + 2]);
+        if (lo < 0)
+            return -1;
+        out[o] = (char)(hi << 4 | lo);
+        if (!needs_escape(out, o))
+            return -1;
+        o++;
+        i += 2;
+    }
+    *len = o;
+    return 0;
+}
+
+static int encode_value(bson_t *b, const char *key, const json_t *v,
+                        syncd_error_t *err);
+
+static int encode_object(bson_t *b, const json_t *obj, syncd_error_t *err)
+{
+    const char *key;
+    size_t klen;
+    json_t *v;
+    char stack[KEY_STACK];
+
+    json_object_keylen_foreach((json_t *)obj, key, klen, v)
+    {
+        char *ek = escape_key(key, klen, stack, sizeof(stack));
+        int rc;
+
+        if (!ek)
+            return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        rc = encode_value(b, ek, v, err);
+        if (ek != stack)
+            free(ek);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int encode_container(bson_t *b, const char *key, const json_t *v,
+                            syncd_error_t *err);
+
+/* Appends v under key inside the tag document {"%a": v}. */
+static int encode_array_tag(bson_t *b, const char *key, const json_t *v,
+                            syncd_error_t *err)
+{
+    bson_t sub;
+    int rc;
+
+    if (!bson_append_document_begin(b, key, -1, &sub))
+        return syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+    rc = encode_container(&sub, ARRAY_TAG, v, err);
+    if (!bson_append_document_end(b, &sub) && rc == 0)
+        rc = syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+    return rc;
+}
+
+static int encode_array(bson_t *b, const json_t *arr, syncd_error_t *err)
+{
+    char buf[16];
+    const char *key;
+
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *v = json_array_get(arr, i);
+        int rc;
+
+        bson_uint32_to_string((uint32_t)i, &key, buf, sizeof(buf));
+        rc = json_is_array(v) ? encode_array_tag(b, key, v, err)
+                              : encode_value(b, key, v, err);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int encode_container(bson_t *b, const char *key, const json_t *v,
+                            syncd_error_t *err)
+{
+    bson_t sub;
+    int rc;
+    int is_array = json_is_array(v);
+
+    if (!(is_array ? bson_append_array_begin(b, key, -1, &sub)
+                   : bson_append_document_begin(b, key, -1, &sub)))
+        return syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+    rc = is_array ? encode_array(&sub, v, err) : encode_object(&sub, v, err);
+    if (!(is_array ? bson_append_array_end(b, &sub)
+                   : bson_append_document_end(b, &sub)) &&
+        rc == 0)
+        rc = syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+    return rc;
+}
+
+static int encode_neg_zero(bson_t *b, const char *key, syncd_error_t *err)
+{
+    bson_t sub;
+
+    if (!bson_append_document_begin(b, key, -1, &sub) ||
+        !bson_append_bool(&sub, NEG_ZERO_TAG, -1, true) ||
+        !bson_append_document_end(b, &sub))
+        return syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+    return 0;
+}
+
+/* Appends v under key (already escaped) to b. */
+static int encode_value(bson_t *b, const char *key, const json_t *v,
+                        syncd_error_t *err)
+{
+    bool ok = true;
+    double d;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+    case JSON_ARRAY:
+        return encode_container(b, key, v, err);
+    case JSON_STRING:
+        ok = bson_append_utf8(b, key, -1, json_string_value(v),
+                              (int)json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        ok = bson_append_int64(b, key, -1, (int64_t)json_integer_value(v));
+        break;
+    case JSON_REAL:
+        d = json_real_value(v);
+        if (d == 0 && signbit(d))
+            return encode_neg_zero(b, key, err);
+        ok = bson_append_double(b, key, -1, d);
+        break;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        ok = bson_append_bool(b, key, -1, json_is_true(v));
+        break;
+    case JSON_NULL:
+        ok = bson_append_null(b, key, -1);
+        break;
+    }
+    return ok ? 0
+              : syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+}
+
+/* ---- Body decoding ------------------------------------------------------- */
+
+static int decode_value(json_t **out, bson_iter_t *it, syncd_error_t *err);
+
+static int corrupt(syncd_error_t *err, const char *what)
+{
+    return syncd_error_set_backend(err, SYNCD_EBACKEND, BACKEND, 0,
+                                   "mongodb: stored record is invalid: %s",
+                                   what);
+}
+
+/* Returns 1 when the document at it is the tag document {tag: <value>},
+ * with child left on the value. */
+static int is_tag(const bson_iter_t *it, const char *tag, bson_iter_t *child)
+{
+    bson_iter_t next;
+
+    if (!bson_iter_recurse(it, child) || !bson_iter_next(child) ||
+        strcmp(bson_iter_key(child), tag) != 0)
+        return 0;
+    next = *child;
+    return !bson_iter_next(&next);
+}
+
+static int decode_object(json_t **out, bson_iter_t *it, syncd_error_t *err)
+{
+    bson_iter_t child;
+    json_t *obj = json_object();
+    char stack[KEY_STACK];
+    int rc = 0;
+
+    if (!obj)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    if (!bson_iter_recurse(it, &child))
+        rc = corrupt(err, "unreadable document");
+    while (rc == 0 && bson_iter_next(&child)) {
+        const char *key = bson_iter_key(&child);
+        size_t klen = strlen(key);
+        char *raw = klen < sizeof(stack) ? stack : malloc(klen + 1);
+        json_t *v = NULL;
+
+        if (!raw) {
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+            break;
+        }
+        if (unescape_key(key, raw, &klen) < 0)
+            rc = corrupt(err, "badly escaped key");
+        if (rc == 0)
+            rc = decode_value(&v, &child, err);
+        if (rc == 0 && json_object_setn_new_nocheck(obj, raw, klen, v) < 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        if (raw != stack)
+            free(raw);
+    }
+    if (rc < 0) {
+        json_decref(obj);
+        return rc;
+    }
+    *out = obj;
+    return 0;
+}
+
+static int decode_array(json_t **out, bson_iter_t *it, syncd_error_t *err)
+{
+    bson_iter_t child;
+    json_t *arr = json_array();
+    int rc = 0;
+
+    if (!arr)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    if (!bson_iter_recurse(it, &child))
+        rc = corrupt(err, "unreadable array");
+    while (rc == 0 && bson_iter_next(&child)) {
+        json_t *v = NULL;
+
+        rc = decode_value(&v, &child, err);
+        if (rc == 0 && json_array_append_new(arr, v) < 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    if (rc < 0) {
+        json_decref(arr);
+        return rc;
+    }
+    *out = arr;
+    return 0;
+}
+
+/* Converts the BSON value at it into a new JSON value in *out. */
+static int decode_value(json_t **out, bson_iter_t *it, syncd_error_t *err)
+{
+    bson_iter_t child;
+    uint32_t len;
+    const char *s;
+
+    switch (bson_iter_type(it)) {
+    case BSON_TYPE_DOCUMENT:
+        if (is_tag(it, NEG_ZERO_TAG, &child)) {
+            *out = json_real(-0.0);
+            break;
+        }
+        if (is_tag(it, ARRAY_TAG, &child) && BSON_ITER_HOLDS_ARRAY(&child))
+            return decode_array(out, &child, err);
+        return decode_object(out, it, err);
+    case BSON_TYPE_ARRAY:
+        return decode_array(out, it, err);
+    case BSON_TYPE_UTF8:
+        s = bson_iter_utf8(it, &len);
+        *out = json_stringn_nocheck(s, len);
+        break;
+    case BSON_TYPE_INT32:
+        *out = json_integer(bson_iter_int32(it));
+        break;
+    case BSON_TYPE_INT64:
+        *out = json_integer(bson_iter_int64(it));
+        break;
+    case BSON_TYPE_DOUBLE:
+        *out = json_real(bson_iter_double(it));
+        break;
+    case BSON_TYPE_BOOL:
+        *out = json_boolean(bson_iter_bool(it));
+        break;
+    case BSON_TYPE_NULL:
+        *out = json_null();
+        break;
+    default:
+        return corrupt(err, "a value of a type JSON does not have");
+    }
+    return *out ? 0 : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+}
+
+/* ---- Records ------------------------------------------------------------- */
+
+/* Builds the stored form of doc into rec (initialised here; the caller
+ * destroys it), with the _id field when with_id is set. */
+static int build_record(bson_t *rec, const syncd_doc_t *doc, int with_id,
+                        syncd_error_t *err)
+{
+    bson_t data;
+    int rc = 0;
+
+    bson_init(rec);
+    if (with_id)
+        BSON_APPEND_UTF8(rec, "_id", doc->id);
+    BSON_APPEND_INT64(rec, "v", doc->version);
+    if (!doc->deleted && doc->body) {
+        BSON_APPEND_DOCUMENT_BEGIN(rec, "data", &data);
+        rc = encode_object(&data, doc->body, err);
+        if (!bson_append_document_end(rec, &data) && rc == 0)
+            rc = syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+    }
+    BSON_APPEND_UTF8(rec, "h", doc->deleted ? "" : doc->hash);
+    BSON_APPEND_DATE_TIME(rec, "mt", doc->mtime_ms);
+    BSON_APPEND_UTF8(rec, "by", doc->origin);
+    BSON_APPEND_BOOL(rec, "del", doc->deleted != 0);
+    return rc;
+}
+
+static int64_t field_int64(const bson_t *b, const char *name)
+{
+    bson_iter_t it;
+
+    if (!bson_iter_init_find(&it, b, name))
+        return 0;
+    if (BSON_ITER_HOLDS_DATE_TIME(&it))
+        return bson_iter_date_time(&it);
+    return bson_iter_as_int64(&it);
+}
+
+static void field_string(char *dst, size_t size, const bson_t *b,
+                         const char *name)
+{
+    bson_iter_t it;
+
+    dst[0] = '\0';
+    if (bson_iter_init_find(&it, b, name) && BSON_ITER_HOLDS_UTF8(&it))
+        snprintf(dst, size, "%s", bson_iter_utf8(&it, NULL));
+}
+
+static int field_bool(const bson_t *b, const char *name)
+{
+    bson_iter_t it;
+
+    return bson_iter_init_find(&it, b, name) && bson_iter_as_bool(&it);
+}
+
+/* Decodes a stored record of coll into a new syncd_doc_t in *out. */
+static int parse_record(syncd_doc_t **out, const bson_t *b, const char *coll,
+                        syncd_error_t *err)
+{
+    bson_iter_t it;
+    syncd_doc_t *doc = calloc(1, sizeof(*doc));
+    int rc = 0;
+
+    if (!doc)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    if (!bson_iter_init_find(&it, b, "_id") || !BSON_ITER_HOLDS_UTF8(&it)) {
+        rc = corrupt(err, "_id is not a string");
+        goto cleanup;
+    }
+    doc->coll = strdup(coll);
+    doc->id = strdup(bson_iter_utf8(&it, NULL));
+    if (!doc->coll || !doc->id) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    doc->version = field_int64(b, "v");
+    doc->mtime_ms = field_int64(b, "mt");
+    doc->deleted = field_bool(b, "del");
+    field_string(doc->hash, sizeof(doc->hash), b, "h");
+    field_string(doc->origin, sizeof(doc->origin), b, "by");
+    if (!doc->deleted) {
+        if (!bson_iter_init_find(&it, b, "data") ||
+            !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            rc = corrupt(err, "a live record without a data document");
+            goto cleanup;
+        }
+        rc = decode_object(&doc->body, &it, err);
+    }
+
+cleanup:
+    if (rc < 0) {
+        syncd_doc_free(doc);
+        return rc;
+    }
+    *out = doc;
+    return 0;
+}
+
+/* ---- Connection ---------------------------------------------------------- */
+
+typedef struct call {
+    mongoc_client_t *client;
+    mongoc_collection_t *coll;
+} call_t;
+
+/* Takes a client from the pool and opens collection prefix+coll on it. */
+static void call_begin(call_t *c, mongo_backend_t *m, const char *prefix,
+                       const char *coll)
+{
+    char name[128];
+
+    snprintf(name, sizeof(name), "%s%s", prefix, coll);
+    c->client = mongoc_client_pool_pop(m->pool);
+    c->coll = mongoc_client_get_collection(c->client, m->db, name);
+}
+
+static void call_end(call_t *c, mongo_backend_t *m)
+{
+    mongoc_collection_destroy(c->coll);
+    mongoc_client_pool_push(m->pool, c->client);
+}
+
+/* Finds the first document matching filter into *out (a copy the caller
+ * destroys; NULL when none matched). */
+static int find_one(bson_t **out, mongoc_collection_t *c, const bson_t *filter,
+                    const char *coll, const char *id, syncd_error_t *err)
+{
+    bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
+    mongoc_cursor_t *cur =
+        mongoc_collection_find_with_opts(c, filter, opts, NULL);
+    const bson_t *found;
+    bson_error_t e;
+    int rc = 0;
+
+    *out = NULL;
+    if (mongoc_cursor_next(cur, &found))
+        *out = bson_copy(found);
+    else if (mongoc_cursor_error(cur, &e))
+        rc = driver_error(err, &e, "find", coll, id);
+    mongoc_cursor_destroy(cur);
+    bson_destroy(opts);
+    return rc;
+}
+
+/* ---- Operations ---------------------------------------------------------- */
+
+static int mongo_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
+                     const char *id, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t *found = NULL;
+    call_t c;
+    int rc;
+
+    call_begin(&c, m, "", coll);
+    rc = find_one(&found, c.coll, filter, coll, id, err);
+    call_end(&c, m);
+    if (rc == 0 && !found)
+        rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll, id);
+    if (rc == 0)
+        rc = parse_record(out, found, coll, err);
+    if (found)
+        bson_destroy(found);
+    bson_destroy(filter);
+    return rc;
+}
+
+static int insert_record(mongoc_collection_t *c, const bson_t *rec,
+                         const char *coll, const char *id, syncd_error_t *err)
+{
+    bson_error_t e;
+
+    if (mongoc_collection_insert_one(c, rec, NULL, NULL, &e))
+        return 0;
+    if (e.code == DUPLICATE_KEY)
+        return syncd_error_set(err, SYNCD_ECONFLICT, "%s/%s already exists",
+                               coll, id);
+    return driver_error(err, &e, "insert", coll, id);
+}
+
+/* Replaces coll/id with rec (no _id) when its version is expected, or
+ * whatever its version when expected is 0; *matched says whether it was
+ * replaced. */
+static int replace_record(mongoc_collection_t *c, const char *id,
+                          const bson_t *rec, int64_t expected, int *matched,
+                          const char *coll, syncd_error_t *err)
+{
+    bson_t *filter =
+        expected > 0 ? BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(expected))
+                     : BCON_NEW("_id", BCON_UTF8(id));
+    bson_t reply;
+    bson_error_t e;
+    int rc = 0;
+
+    if (mongoc_collection_replace_one(c, filter, rec, NULL, &reply, &e))
+        *matched = field_int64(&reply, "matchedCount") > 0;
+    else
+        rc = driver_error(err, &e, "replace", coll, id);
+    bson_destroy(&reply);
+    bson_destroy(filter);
+    return rc;
+}
+
+/* Reads the version of coll/id into *version (0 when there is none). */
+static int read_version(mongoc_collection_t *c, const char *id,
+                        int64_t *version, const char *coll, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t *found = NULL;
+    int rc = find_one(&found, c, filter, coll, id, err);
+
+    *version = found ? field_int64(found, "v") : 0;
+    if (found)
+        bson_destroy(found);
+    bson_destroy(filter);
+    return rc;
+}
+
+static void claim_key(char *buf, size_t size, const char *id, int64_t version)
+{
+    snprintf(buf, size, "%s\x1f%020lld", id, (long long)version);
+}
+
+static int delete_by_id(mongoc_collection_t *c, const char *key,
+                        const char *coll, const char *id, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
+    bson_error_t e;
+    int rc = 0;
+
+    if (!mongoc_collection_delete_one(c, filter, NULL, NULL, &e))
+        rc = driver_error(err, &e, "delete", coll, id);
+    bson_destroy(filter);
+    return rc;
+}
+
+/* A claim on coll/id at expected is held by another writer. When it is
+ * older than the lease its writer is taken for dead: its record is rolled
+ * forward if the document is still at expected, and the claim is dropped.
+ * Returns SYNCD_ECONFLICT, or a driver error. */
+static int settle_claim(mongoc_collection_t *docs, mongoc_collection_t *claims,
+                        const char *key, mongo_backend_t *m, const char *coll,
+                        const char *id, int64_t expected, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
+    bson_t *claim = NULL;
+    bson_iter_t it;
+    int64_t version = 0;
+    int matched = 0;
+    int rc = find_one(&claim, claims, filter, coll, id, err);
+
+    if (rc < 0 || !claim || wall_ms() - field_int64(claim, "t") <= m->lease_ms)
+        goto cleanup;
+    rc = read_version(docs, id, &version, coll, err);
+    if (rc == 0 && version == expected &&
+        bson_iter_init_find(&it, claim, "rec") &&
+        BSON_ITER_HOLDS_DOCUMENT(&it)) {
+        const uint8_t *data;
+        uint32_t len;
+        bson_t rec;
+
+        bson_iter_document(&it, &len, &data);
+        if (bson_init_static(&rec, data, len))
+            rc = replace_record(docs, id, &rec, 0, &matched, coll, err);
+    }
+    if (rc == 0)
+        rc = delete_by_id(claims, key, coll, id, err);
+
+cleanup:
+    if (claim)
+        bson_destroy(claim);
+    bson_destroy(filter);
+    return rc < 0 ? rc : conflict(err, coll, id, expected);
+}
+
+/* The claimed replace of FerretDB mode (see the file comment). Holding the
+ * claim, a read of the version and a replace by _id alone are as good as
+ * the filter {_id, v}, and FerretDB serves them from its _id index, where
+ * it would scan the collection for the two-field filter. */
+static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
+                           const char *coll, const char *id, int64_t expected,
+                           syncd_error_t *err)
+{
+    char key[SYNCD_MAX_ID_BYTES + 32];
+    char name[128];
+    mongoc_collection_t *claims;
+    bson_t claim = BSON_INITIALIZER;
+    bson_error_t e;
+    int64_t version = 0;
+    int matched = 0;
+    int rc = 0;
+
+    snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
+    claims = mongoc_client_get_collection(c->client, m->db, name);
+    claim_key(key, sizeof(key), id, expected);
+    BSON_APPEND_UTF8(&claim, "_id", key);
+    BSON_APPEND_DATE_TIME(&claim, "t", wall_ms());
+    BSON_APPEND_DOCUMENT(&claim, "rec", rec);
+    if (!mongoc_collection_insert_one(claims, &claim, NULL, NULL, &e)) {
+        rc = e.code == DUPLICATE_KEY ? settle_claim(c->coll, claims, key, m,
+                                                    coll, id, expected, err)
+                                     : driver_error(err, &e, "claim", coll, id);
+        goto cleanup;
+    }
+    rc = read_version(c->coll, id, &version, coll, err);
+    if (rc == 0 && version == expected)
+        rc = replace_record(c->coll, id, rec, 0, &matched, coll, err);
+    if (rc == 0)
+        rc = delete_by_id(claims, key, coll, id, err);
+    if (rc == 0 && !matched)
+        rc = conflict(err, coll, id, expected);
+
+cleanup:
+    bson_destroy(&claim);
+    mongoc_collection_destroy(claims);
+    return rc;
+}
+
+static int mongo_cas(syncd_backend_t *b, const syncd_doc_t *doc,
+                     int64_t expected, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t rec;
+    call_t c;
+    int matched = 0;
+    int rc = build_record(&rec, doc, expected == 0, err);
+
+    if (rc < 0) {
+        bson_destroy(&rec);
+        return rc;
+    }
+    call_begin(&c, m, "", doc->coll);
+    if (expected == 0)
+        rc = insert_record(c.coll, &rec, doc->coll, doc->id, err);
+    else if (m->claims)
+        rc = claimed_replace(m, &c, &rec, doc->coll, doc->id, expected, err);
+    else if ((rc = replace_record(c.coll, doc->id, &rec, expected, &matched,
+                                  doc->coll, err)) == 0 &&
+             !matched)
+        rc = conflict(err, doc->coll, doc->id, expected);
+    call_end(&c, m);
+    bson_destroy(&rec);
+    return rc;
+}
+
+static uint32_t utf8_decode(const unsigned char *p)
+{
+    if (p[0] < 0x80)
+        return p[0];
+    if (p[0] < 0xE0)
+        return (uint32_t)(p[0] & 0x1F) << 6 | (p[1] & 0x3F);
+    if (p[0] < 0xF0)
+        return (uint32_t)(p[0] & 0x0F) << 12 | (uint32_t)(p[1] & 0x3F) << 6 |
+               (p[2] & 0x3F);
+    return (uint32_t)(p[0] & 0x07) << 18 | (uint32_t)(p[1] & 0x3F) << 12 |
+           (uint32_t)(p[2] & 0x3F) << 6 | (p[3] & 0x3F);
+}
+
+/* Writes cp as UTF-8 at p followed by a NUL (at most 5 bytes). */
+static void utf8_encode(char *p, uint32_t cp)
+{
+    if (cp < 0x80) {
+        *p++ = (char)cp;
+    } else if (cp < 0x800) {
+        *p++ = (char)(0xC0 | cp >> 6);
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *p++ = (char)(0xE0 | cp >> 12);
+        *p++ = (char)(0x80 | (cp >> 6 & 0x3F));
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *p++ = (char)(0xF0 | cp >> 18);
+        *p++ = (char)(0x80 | (cp >> 12 & 0x3F));
+        *p++ = (char)(0x80 | (cp >> 6 & 0x3F));
+        *p++ = (char)(0x80 | (cp & 0x3F));
+    }
+    *p = '\0';
+}
+
+/* Sets *bound to a new upper bound for ids starting with prefix (every
+ * such id sorts below it), or to NULL when there is none: the prefix with
+ * its last code point below U+10FFFF incremented, UTF-8 byte order being
+ * code point order. */
+static int prefix_bound(char **bound, const char *prefix, syncd_error_t *err)
+{
+    size_t len = strlen(prefix);
+    char *b = malloc(len + 5);
+
+    *bound = NULL;
+    if (!b)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    memcpy(b, prefix, len + 1);
+    while (len > 0) {
+        size_t start = len - 1;
+
+        while (start > 0 && ((unsigned char)b[start] & 0xC0) == 0x80)
+            start--;
+        uint32_t cp = utf8_decode((unsigned char *)b + start);
+        if (cp < 0x10FFFF) {
+            utf8_encode(b + start, cp + 1 == 0xD800 ? 0xE000 : cp + 1);
+            *bound = b;
+            return 0;
+        }
+        len = start;
+    }
+    free(b);
+    return 0;
+}
+
+/* Builds the list filter into f: ids in the prefix range and after
+ * `after`, live records only unless with_tombstones. */
+static int list_filter(bson_t *f, const char *prefix, const char *after,
+                       int with_tombstones, syncd_error_t *err)
+{
+    char *bound = NULL;
+    bson_t range;
+
+    if (prefix && prefix_bound(&bound, prefix, err) < 0)
+        return SYNCD_ENOMEM;
+    BSON_APPEND_DOCUMENT_BEGIN(f, "_id", &range);
+    BSON_APPEND_UTF8(&range, "$gte", prefix ? prefix : "");
+    if (bound)
+        BSON_APPEND_UTF8(&range, "$lt", bound);
+    if (after)
+        BSON_APPEND_UTF8(&range, "$gt", after);
+    bson_append_document_end(f, &range);
+    if (!with_tombstones)
+        BCON_APPEND(f, "del", "{", "$ne", BCON_BOOL(true), "}");
+    free(bound);
+    return 0;
+}
+
+/* Appends the listing entry of record r to arr; ids outside prefix (past
+ * an inexact bound) are skipped. */
+static int list_entry(json_t *arr, const bson_t *r, const char *prefix,
+                      syncd_error_t *err)
+{
+    bson_iter_t it;
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    const char *id;
+    json_t *e;
+
+    if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+        return corrupt(err, "_id is not a string");
+    id = bson_iter_utf8(&it, NULL);
+    if (prefix && strncmp(id, prefix, strlen(prefix)) != 0)
+        return 0;
+    field_string(hash, sizeof(hash), r, "h");
+    e = json_pack("{s:s, s:I, s:s}", "id", id, "v",
+                  (json_int_t)field_int64(r, "v"), "h", hash);
+    if (e && field_bool(r, "del") &&
+        (json_object_set_new(e, "del", json_true()) < 0 ||
+         json_object_set_new(e, "mt", json_integer(field_int64(r, "mt"))) <
+             0)) {
+        json_decref(e);
+        e = NULL;
+    }
+    if (!e || json_array_append_new(arr, e) < 0)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return 0;
+}
+
+static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
+                      const char *prefix, const char *after, size_t limit,
+                      int with_tombstones, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t filter = BSON_INITIALIZER;
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}",
+                            "projection", "{", "data", BCON_INT32(0), "}");
+    mongoc_cursor_t *cur = NULL;
+    json_t *arr = json_array();
+    const bson_t *r;
+    bson_error_t e;
+    call_t c;
+    int rc;
+
+    if (!arr) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    rc = list_filter(&filter, prefix, after, with_tombstones, err);
+    if (rc < 0)
+        goto cleanup;
+    if (limit > 0)
+        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
+    call_begin(&c, m, "", coll);
+    cur = mongoc_collection_find_with_opts(c.coll, &filter, opts, NULL);
+    while (rc == 0 && mongoc_cursor_next(cur, &r))
+        rc = list_entry(arr, r, prefix, err);
+    if (rc == 0 && mongoc_cursor_error(cur, &e))
+        rc = driver_error(err, &e, "list", coll, prefix);
+    mongoc_cursor_destroy(cur);
+    call_end(&c, m);
+
+cleanup:
+    bson_destroy(opts);
+    bson_destroy(&filter);
+    if (rc < 0) {
+        json_decref(arr);
+        return rc;
+    }
+    *out = arr;
+    return 0;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int mongo_collections(syncd_backend_t *b, json_t **out,
+                             syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
+    mongoc_database_t *db = mongoc_client_get_database(client, m->db);
+    bson_error_t e;
+    char **names = mongoc_database_get_collection_names_with_opts(db, NULL, &e);
+    json_t *arr = NULL;
+    size_t n = 0;
+    int rc = 0;
+
+    if (!names) {
+        rc = driver_error(err, &e, "listCollections", m->db, NULL);
+        goto cleanup;
+    }
+    while (names[n])
+        n++;
+    qsort(names, n, sizeof(*names), compare_names);
+    arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        if (syncd_validate_collection(names[i], NULL) == 0 &&
+            json_array_append_new(arr, json_string(names[i])) < 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    if (!arr)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+
+cleanup:
+    bson_strfreev(names);
+    mongoc_database_destroy(db);
+    mongoc_client_pool_push(m->pool, client);
+    if (rc == 0)
+        *out = arr;
+    return rc;
+}
+
+static int delete_many(mongoc_collection_t *c, const bson_t *filter,
+                       int64_t *deleted, const char *coll, syncd_error_t *err)
+{
+    bson_t reply;
+    bson_error_t e;
+    int rc = 0;
+
+    if (mongoc_collection_delete_many(c, filter, NULL, &reply, &e))
+        *deleted = field_int64(&reply, "deletedCount");
+    else
+        rc = driver_error(err, &e, "delete", coll, NULL);
+    bson_destroy(&reply);
+    return rc;
+}
+
+/* Purges one tombstone in FerretDB mode: claims it at its version (so no
+ * writer can re-create it meanwhile), checks that it is still that
+ * tombstone, drops the older claims of its id, deletes it and then its
+ * claim. *deleted is 1 when it was removed. */
+static int purge_claimed(mongoc_collection_t *docs, mongoc_collection_t *claims,
+                         const char *coll, const char *id, int64_t version,
+                         int64_t *deleted, syncd_error_t *err)
+{
+    char key[SYNCD_MAX_ID_BYTES + 32];
+    char first[SYNCD_MAX_ID_BYTES + 32];
+    bson_t *claim;
+    bson_t *older;
+    bson_t *by_id = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t *found = NULL;
+    bson_error_t e;
+    int64_t dropped = 0;
+    int rc = 0;
+
+    *deleted = 0;
+    claim_key(key, sizeof(key), id, version);
+    claim_key(first, sizeof(first), id, 0);
+    claim = BCON_NEW("_id", BCON_UTF8(key), "t", BCON_DATE_TIME(wall_ms()));
+    older = BCON_NEW("_id", "{", "$gte", BCON_UTF8(first), "$lt",
+                     BCON_UTF8(key), "}");
+    if (!mongoc_collection_insert_one(claims, claim, NULL, NULL, &e)) {
+        if (e.code != DUPLICATE_KEY)
+            rc = driver_error(err, &e, "claim", coll, id);
+        goto cleanup;
+    }
+    rc = find_one(&found, docs, by_id, coll, id, err);
+    if (rc == 0 && found && field_int64(found, "v") == version &&
+        field_bool(found, "del")) {
+        rc = delete_many(claims, older, &dropped, coll, err);
+        if (rc == 0)
+            rc = delete_many(docs, by_id, deleted, coll, err);
+    }
+    if (rc == 0)
+        rc = delete_by_id(claims, key, coll, id, err);
+
+cleanup:
+    if (found)
+        bson_destroy(found);
+    bson_destroy(by_id);
+    bson_destroy(older);
+    bson_destroy(claim);
+    return rc;
+}
+
+/* FerretDB mode purge: claims older than before_ms (their writers are long
+ * gone), then each expired tombstone under its claim. */
+static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
+                             const bson_t *filter, int64_t before_ms,
+                             size_t *purged, syncd_error_t *err)
+{
+    char name[128];
+    bson_t *opts = BCON_NEW("projection", "{", "v", BCON_INT32(1), "}");
+    bson_t *old = BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(before_ms), "}");
+    mongoc_collection_t *claims;
+    mongoc_cursor_t *cur;
+    json_t *tombs = json_array();
+    const bson_t *r;
+    bson_error_t e;
+    int64_t dropped = 0;
+    int rc = 0;
+
+    snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
+    claims = mongoc_client_get_collection(c->client, m->db, name);
+    rc = delete_many(claims, old, &dropped, coll, err);
+    if (rc < 0)
+        goto cleanup;
+    cur = mongoc_collection_find_with_opts(c->coll, filter, opts, NULL);
+    while (tombs && mongoc_cursor_next(cur, &r)) {
+        bson_iter_t it;
+
+        if (bson_iter_init_find(&it, r, "_id") && BSON_ITER_HOLDS_UTF8(&it) &&
+            json_array_append_new(
+                tombs, json_pack("[s,I]", bson_iter_utf8(&it, NULL),
+                                 (json_int_t)field_int64(r, "v"))) < 0) {
+            json_decref(tombs);
+            tombs = NULL;
+        }
+    }
+    if (!tombs)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    else if (mongoc_cursor_error(cur, &e))
+        rc = driver_error(err, &e, "purge", coll, NULL);
+    mongoc_cursor_destroy(cur);
+    for (size_t i = 0; rc == 0 && i < json_array_size(tombs); i++) {
+        json_t *t = json_array_get(tombs, i);
+        int64_t deleted = 0;
+
+        rc = purge_claimed(
+            c->coll, claims, coll, json_string_value(json_array_get(t, 0)),
+            json_integer_value(json_array_get(t, 1)), &deleted, err);
+        *purged += (size_t)deleted;
+    }
+
+cleanup:
+    json_decref(tombs);
+    mongoc_collection_destroy(claims);
+    bson_destroy(old);
+    bson_destroy(opts);
+    return rc;
+}
+
+static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
+                       size_t *purged, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t *filter = BCON_NEW("del", BCON_BOOL(true), "mt", "{", "$lt",
+                              BCON_DATE_TIME(before_ms), "}");
+    int64_t deleted = 0;
+    call_t c;
+    int rc;
+
+    *purged = 0;
+    call_begin(&c, m, "", coll);
+    if (m->claims) {
+        rc = purge_with_claims(m, &c, coll, filter, before_ms, purged, err);
+    } else {
+        rc = delete_many(c.coll, filter, &deleted, coll, err);
+        *purged = (size_t)deleted;
+    }
+    call_end(&c, m);
+    bson_destroy(filter);
+    return rc;
+}
+
+static void mongo_close(syncd_backend_t *b)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+
+    if (!m)
+        return;
+    if (m->pool)
+        mongoc_client_pool_destroy(m->pool);
+    free(m->db);
+    free(m);
+}
+
+static const syncd_backend_ops_t mongo_ops = {
+    .kind = BACKEND,
+    .get = mongo_get,
+    .cas = mongo_cas,
+    .list = mongo_list,
+    .collections = mongo_collections,
+    .purge = mongo_purge,
+    .close = mongo_close,
+};
+
+/* Asks the server for buildInfo (which also proves it is reachable) and
+ * turns on claims when it is FerretDB. */
+static int probe_server(mongo_backend_t *m, syncd_error_t *err)
+{
+    mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
+    bson_t *cmd = BCON_NEW("buildInfo", BCON_INT32(1));
+    bson_t reply;
+    bson_iter_t it;
+    bson_error_t e;
+    int rc = 0;
+
+    if (mongoc_client_command_simple(client, "admin", cmd, NULL, &reply, &e))
+        m->claims = bson_iter_init_find(&it, &reply, "ferretdbVersion");
+    else
+        rc = driver_error(err, &e, "buildInfo", m->db, NULL);
+    bson_destroy(&reply);
+    bson_destroy(cmd);
+    mongoc_client_pool_push(m->pool, client);
+    return rc;
+}
 
 int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
                              const char *db, int64_t timeout_ms,
                              syncd_error_t *err)
 {
-    (void)uri;
-    (void)db;
-    (void)timeout_ms;
+    mongo_backend_t *m = NULL;
+    mongoc_uri_t *u = NULL;
+    bson_error_t e;
+    int32_t t = timeout_ms <= 0          ? 1
+                : timeout_ms > INT32_MAX ? INT32_MAX
+                                         : (int32_t)timeout_ms;
+    int rc = 0;
+
     *out = NULL;
-    return syncd_error_set_backend(err, SYNCD_EBACKEND, "mongodb", 0,
-                                   "mongodb backend not built yet");
+    pthread_once(&init_once, init_driver);
+    u = mongoc_uri_new_with_error(uri, &e);
+    if (!u) {
+        rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, (int)e.code,
+                                     "invalid mongo_uri: %s", e.message);
+        goto cleanup;
+    }
+    mongoc_uri_set_option_as_int32(u, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, t);
+    mongoc_uri_set_option_as_int32(u, MONGOC_URI_CONNECTTIMEOUTMS, t);
+    mongoc_uri_set_option_as_int32(u, MONGOC_URI_SOCKETTIMEOUTMS, t);
+    m = calloc(1, sizeof(*m));
+    if (!m || !(m->db = strdup(db))) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    m->base.ops = &mongo_ops;
+    m->lease_ms = t < MIN_LEASE_MS ? MIN_LEASE_MS : t;
+    m->pool = mongoc_client_pool_new(u);
+    if (!m->pool) {
+        rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, 0,
+                                     "mongo_uri is not usable: %s", uri);
+        goto cleanup;
+    }
+    mongoc_client_pool_set_error_api(m->pool, MONGOC_ERROR_API_VERSION_2);
+    rc = probe_server(m, err);
+
+cleanup:
+    mongoc_uri_destroy(u);
+    if (rc < 0) {
+        mongo_close((syncd_backend_t *)m);
+        return rc;
+    }
+    *out = &m->base;
+    return 0;
 }

@@ -33,15 +33,15 @@ typedef struct syncd_bus syncd_bus_t;
 /* Options for syncd_bus_open(); set defaults with syncd_bus_options_init().
  * Strings are borrowed during syncd_bus_open() only. */
 typedef struct syncd_bus_options {
-    const char *redis_url;      /* "redis://host:port[/db]"; NULL: in-process */
-    const char *database;       /* key namespace "syncd:<db>:..."; "syncd" */
-    const char *data_dir;       /* in-process bus: replay log dir (NULL: memory) */
-    const char *node_id;        /* this node, for logs; "local" */
-    const char *secret;         /* HMAC-SHA256 key; NULL: unsigned events */
-    uint64_t event_log_len;     /* replay log bound per collection; 100000 */
-    size_t max_event_bytes;     /* larger diffs become invalidates; 1 MiB */
-    int64_t reconnect_min_ms;   /* Redis reconnect backoff start; 100 ms */
-    int64_t reconnect_max_ms;   /* Redis reconnect backoff cap; 5 s */
+    const char *redis_url;  /* "redis://host:port[/db]"; NULL: in-process */
+    const char *database;   /* key namespace "syncd:<db>:..."; "syncd" */
+    const char *data_dir;   /* in-process bus: replay log dir (NULL: memory) */
+    const char *node_id;    /* this node, for logs; "local" */
+    const char *secret;     /* HMAC-SHA256 key; NULL: unsigned events */
+    uint64_t event_log_len; /* replay log bound per collection; 100000 */
+    size_t max_event_bytes; /* larger diffs become invalidates; 1 MiB */
+    int64_t reconnect_min_ms; /* Redis reconnect backoff start; 100 ms */
+    int64_t reconnect_max_ms; /* Redis reconnect backoff cap; 5 s */
 } syncd_bus_options_t;
 
 /* Sets every field of opts to its documented default. */
@@ -99,9 +99,8 @@ typedef struct syncd_bus_sub syncd_bus_sub_t;
  * current seq on) into *out (ended with syncd_bus_unsubscribe()). Events
  * from this node are delivered too. */
 int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
-                        const char *coll, int64_t after,
-                        syncd_bus_event_cb cb, void *payload,
-                        syncd_error_t *err);
+                        const char *coll, int64_t after, syncd_bus_event_cb cb,
+                        void *payload, syncd_error_t *err);
 
 /* Ends a subscription; its callback is not called again. */
 void syncd_bus_unsubscribe(syncd_bus_sub_t *sub);

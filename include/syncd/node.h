@@ -32,12 +32,12 @@ typedef struct syncd_node syncd_node_t;
 
 /* Options for syncd_node_open(); defaults from syncd_node_options_init(). */
 typedef struct syncd_node_options {
-    const char *node_id;            /* origin of this node's events; "local" */
+    const char *node_id; /* origin of this node's events; "local" */
     int64_t anti_entropy_interval_ms; /* digest comparison period; 30 s */
-    size_t max_event_bytes;         /* larger diffs are sent as invalidates;
-                                       1 MiB */
-    size_t watch_buffer_events;     /* per-watcher queue bound before it is
-                                       told to resync; 10000 */
+    size_t max_event_bytes;           /* larger diffs are sent as invalidates;
+                                         1 MiB */
+    size_t watch_buffer_events;       /* per-watcher queue bound before it is
+                                         told to resync; 10000 */
 } syncd_node_options_t;
 
 /* Sets every field of opts to its documented default. */
@@ -85,13 +85,16 @@ typedef struct syncd_node_watch syncd_node_watch_t;
 
 /* Watches coll (ids starting with prefix; NULL: all) from seq > since
  * (since < 0: from now on) into *out, ended by syncd_node_unwatch().
- * SYNCD_ENOTFOUND when since is older than the replay log holds. The
+ * SYNCD_ENOTFOUND when since is older than the replay log holds; as the
+ * log is read asynchronously, that is reported as the callback's first
+ * signal, SYNCD_NODE_RESYNC with seq == since and no event before it. The
  * callback fires from the loop after the node's cache holds the event's
- * version. */
+ * version. After SYNCD_NODE_RESYNC or SYNCD_NODE_CLOSED the node frees the
+ * watch once the callback returns: unwatching it is allowed inside that
+ * callback, not after. */
 int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,
                      const char *coll, const char *prefix, int64_t since,
-                     syncd_node_watch_cb cb, void *payload,
-                     syncd_error_t *err);
+                     syncd_node_watch_cb cb, void *payload, syncd_error_t *err);
 
 /* Ends a watch; its callback is not called again. NULL ignored. */
 void syncd_node_unwatch(syncd_node_watch_t *watch);

@@ -39,14 +39,15 @@ typedef struct syncd_store syncd_store_t;
 
 /* One document version: live, or a tombstone (deleted != 0, body NULL). */
 typedef struct syncd_doc {
-    char *coll;                          /* collection name */
-    char *id;                            /* document id */
-    int64_t version;                     /* 1 on create, +1 per change */
-    json_t *body;                        /* shared, immutable; NULL if deleted */
-    char hash[SYNCD_HASH_HEX_LEN + 1];   /* content hash of body ("" if deleted) */
-    int64_t mtime_ms;                    /* commit time, ms since the epoch */
-    char origin[SYNCD_MAX_NODE_ID + 1];  /* node id that wrote it */
-    int deleted;                         /* tombstone flag */
+    char *coll;      /* collection name */
+    char *id;        /* document id */
+    int64_t version; /* 1 on create, +1 per change */
+    json_t *body;    /* shared, immutable; NULL if deleted */
+    char
+        hash[SYNCD_HASH_HEX_LEN + 1]; /* content hash of body ("" if deleted) */
+    int64_t mtime_ms;                 /* commit time, ms since the epoch */
+    char origin[SYNCD_MAX_NODE_ID + 1]; /* node id that wrote it */
+    int deleted;                        /* tombstone flag */
 } syncd_doc_t;
 
 /* Frees doc and its strings and drops its body reference; NULL ignored. */
@@ -171,9 +172,10 @@ int syncd_store_patch(syncd_store_t *store, syncd_change_t **out,
                       const char *coll, const char *id, const json_t *patch,
                       int is_merge, int64_t if_match, syncd_error_t *err);
 
-/* Deletes coll/id, leaving a tombstone that keeps its version;
- * SYNCD_ENOTFOUND when not live, SYNCD_EPRECONDITION on an if_match
- * mismatch. */
+/* Deletes coll/id, leaving a tombstone that keeps the version line going:
+ * the delete is a committed change at version+1 (change->base is the
+ * deleted version), and a re-create continues after it. SYNCD_ENOTFOUND
+ * when not live, SYNCD_EPRECONDITION on an if_match mismatch. */
 int syncd_store_delete(syncd_store_t *store, syncd_change_t **out,
                        const char *coll, const char *id, int64_t if_match,
                        syncd_error_t *err);
@@ -193,8 +195,8 @@ int syncd_store_collections(syncd_store_t *store, json_t **out,
 
 /* A collection digest (DESIGN.md section 6). */
 typedef struct syncd_digest {
-    uint64_t count;                       /* live documents */
-    char hex[SYNCD_HASH_HEX_LEN + 1];     /* Merkle root, lower-case hex */
+    uint64_t count;                   /* live documents */
+    char hex[SYNCD_HASH_HEX_LEN + 1]; /* Merkle root, lower-case hex */
 } syncd_digest_t;
 
 /* Computes the digest of coll's live documents in the store of record. */
@@ -230,8 +232,8 @@ int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
 
 /* Lists cached live entries of coll as a new JSON array of {"id","v","h"}
  * sorted by id, into *out. */
-int syncd_store_cache_list(syncd_store_t *store, json_t **out,
-                           const char *coll, syncd_error_t *err);
+int syncd_store_cache_list(syncd_store_t *store, json_t **out, const char *coll,
+                           syncd_error_t *err);
 
 /* Reads coll/id from the store of record (bypassing the cache) into *out,
  * tombstones included, and refreshes the cache with it (put-if-newer);

@@ -132,9 +132,9 @@ static int launch(syncd_test_server_t *srv)
     snprintf(log, sizeof(log), "%s/server.log", srv->dir);
     snprintf(port, sizeof(port), "%d", srv->port);
     if (strcmp(srv->kind, "redis") == 0) {
-        char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
-                        "--save", "", "--appendonly", "no", "--dir",
-                        srv->dir, NULL};
+        char *argv[] = {"redis-server", "--port", port,     "--bind",
+                        "127.0.0.1",    "--save", "",       "--appendonly",
+                        "no",           "--dir",  srv->dir, NULL};
         srv->pid = spawn(argv, log);
     } else {
         const char *bin = getenv("SYNCD_FERRETDB");
@@ -146,8 +146,10 @@ static int launch(syncd_test_server_t *srv)
             bin = def;
         }
         if (access(bin, X_OK) != 0) {
-            fprintf(stderr, "FerretDB not found at %s: run scripts/setup.sh "
-                            "or set SYNCD_FERRETDB\n", bin);
+            fprintf(stderr,
+                    "FerretDB not found at %s: run scripts/setup.sh "
+                    "or set SYNCD_FERRETDB\n",
+                    bin);
             return -1;
         }
         snprintf(url, sizeof(url), "--sqlite-url=file:%s/data/", srv->dir);
@@ -158,8 +160,15 @@ static int launch(syncd_test_server_t *srv)
         char data[300];
         snprintf(data, sizeof(data), "%s/data", srv->dir);
         mkdir(data, 0755);
-        char *argv[] = {(char *)bin, "--handler=sqlite", url, listen, state,
-                        "--telemetry=disable", "--log-level=warn", NULL};
+        char *argv[] = {(char *)bin,
+                        "--handler=sqlite",
+                        url,
+                        listen,
+                        state,
+                        "--telemetry=disable",
+                        "--log-level=warn",
+                        "--debug-addr=-",
+                        NULL};
         srv->pid = spawn(argv, log);
     }
     if (srv->pid < 0) {

@@ -12,12 +12,12 @@
 
 /* One server process started by a test. */
 typedef struct syncd_test_server {
-    pid_t pid;      /* 0 when not running */
-    int port;       /* loopback port it listens on */
-    char dir[256];  /* private temp dir (data, logs); removed on stop */
-    char kind[16];  /* "redis" or "ferretdb" */
-    char uri[320];  /* "redis://127.0.0.1:P" or "mongodb://127.0.0.1:P/" */
-    int external;   /* 1 when SYNCD_TEST_MONGO_URI names an outside server */
+    pid_t pid;     /* 0 when not running */
+    int port;      /* loopback port it listens on */
+    char dir[256]; /* private temp dir (data, logs); removed on stop */
+    char kind[16]; /* "redis" or "ferretdb" */
+    char uri[320]; /* "redis://127.0.0.1:P" or "mongodb://127.0.0.1:P/" */
+    int external;  /* 1 when SYNCD_TEST_MONGO_URI names an outside server */
 } syncd_test_server_t;
 
 /* Returns a TCP port that is free on 127.0.0.1 right now, or -1. */

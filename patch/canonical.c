@@ -1,0 +1,194 @@
+/* canonical.c - canonical JSON serialization and the content hash.
+ *
+ * The canonical form (DESIGN.md section 2) is what content hashes are made
+ * of, so it must be the same bytes for the same value on every node:
+ * object members sorted by the bytes of their keys (keys may contain NUL),
+ * no whitespace, strings as UTF-8 with only '"', '\\' and control
+ * characters escaped, integers exact, reals in the shortest form that
+ * parses back to the same double and always with a '.' or an exponent so
+ * they stay reals.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "patch/internal.h"
+
+typedef struct member {
+    const char *key;
+    size_t len;
+    json_t *value;
+} member_t;
+
+static int member_cmp(const void *pa, const void *pb)
+{
+    const member_t *a = pa, *b = pb;
+    int c = memcmp(a->key, b->key, a->len < b->len ? a->len : b->len);
+
+    if (c != 0)
+        return c;
+    return (a->len > b->len) - (a->len < b->len);
+}
+
+static int write_string(buf_t *b, const char *s, size_t len)
+{
+    static const char digits[] = "0123456789abcdef";
+    size_t start = 0;
+
+    if (buf_putc(b, '"') < 0)
+        return SYNCD_ENOMEM;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[7] = {'\\', 0};
+        size_t n = 2;
+
+        if (c == '"' || c == '\\')
+            esc[1] = (char)c;
+        else if (c == '\n')
+            esc[1] = 'n';
+        else if (c == '\t')
+            esc[1] = 't';
+        else if (c == '\r')
+            esc[1] = 'r';
+        else if (c == '\b')
+            esc[1] = 'b';
+        else if (c == '\f')
+            esc[1] = 'f';
+        else if (c < 0x20) {
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = digits[c >> 4];
+            esc[5] = digits[c & 15];
+            n = 6;
+        } else
+            continue;
+        if (buf_append(b, s + start, i - start) < 0 ||
+            buf_append(b, esc, n) < 0)
+            return SYNCD_ENOMEM;
+        start = i + 1;
+    }
+    if (buf_append(b, s + start, len - start) < 0)
+        return SYNCD_ENOMEM;
+    return buf_putc(b, '"');
+}
+
+static int write_real(buf_t *b, double d)
+{
+    char text[40];
+
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(text, sizeof(text), "%.*g", prec, d);
+        if (strtod(text, NULL) == d)
+            break;
+    }
+    if (strpbrk(text, ".e") == NULL)
+        strcat(text, ".0");
+    return buf_append(b, text, strlen(text));
+}
+
+static int write_value(buf_t *b, const json_t *v);
+
+static int write_object(buf_t *b, const json_t *v)
+{
+    size_t n = json_object_size(v), i = 0;
+    member_t *members = NULL;
+    const char *key;
+    size_t len;
+    json_t *child;
+    int rc = 0;
+
+    if (n > 0) {
+        members = malloc(n * sizeof(*members));
+        if (members == NULL)
+            return SYNCD_ENOMEM;
+    }
+    json_object_keylen_foreach((json_t *)v, key, len, child)
+    {
+        members[i].key = key;
+        members[i].len = len;
+        members[i++].value = child;
+    }
+    if (n > 0)
+        qsort(members, n, sizeof(*members), member_cmp);
+    rc = buf_putc(b, '{');
+    for (i = 0; i < n && rc == 0; i++) {
+        if (i > 0)
+            rc = buf_putc(b, ',');
+        if (rc == 0)
+            rc = write_string(b, members[i].key, members[i].len);
+        if (rc == 0)
+            rc = buf_putc(b, ':');
+        if (rc == 0)
+            rc = write_value(b, members[i].value);
+    }
+    free(members);
+    return rc < 0 ? rc : buf_putc(b, '}');
+}
+
+static int write_value(buf_t *b, const json_t *v)
+{
+    char text[32];
+    size_t i;
+    json_t *child;
+    int rc;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return write_object(b, v);
+    case JSON_ARRAY:
+        rc = buf_putc(b, '[');
+        json_array_foreach(v, i, child)
+        {
+            if (rc == 0 && i > 0)
+                rc = buf_putc(b, ',');
+            if (rc == 0)
+                rc = write_value(b, child);
+        }
+        return rc < 0 ? rc : buf_putc(b, ']');
+    case JSON_STRING:
+        return write_string(b, json_string_value(v), json_string_length(v));
+    case JSON_INTEGER:
+        snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(v));
+        return buf_append(b, text, strlen(text));
+    case JSON_REAL:
+        return write_real(b, json_real_value(v));
+    case JSON_TRUE:
+        return buf_append(b, "true", 4);
+    case JSON_FALSE:
+        return buf_append(b, "false", 5);
+    default:
+        return buf_append(b, "null", 4);
+    }
+}
+
+char *syncd_json_canonical(const json_t *v, size_t *len)
+{
+    buf_t b = {0};
+
+    if (check_depth(v, SYNCD_EINVAL, "value", NULL) < 0 ||
+        write_value(&b, v) < 0) {
+        buf_free(&b);
+        return NULL;
+    }
+    if (len != NULL)
+        *len = b.len;
+    return b.data;
+}
+
+int syncd_json_hash(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v,
+                    syncd_error_t *err)
+{
+    size_t len;
+    char *text;
+
+    out[0] = '\0';
+    if (check_depth(v, SYNCD_EINVAL, "value", err) < 0)
+        return SYNCD_EINVAL;
+    text = syncd_json_canonical(v, &len);
+    if (text == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM,
+                               "out of memory serializing the value");
+    syncd_sha256_hex(out, text, len);
+    free(text);
+    return 0;
+}

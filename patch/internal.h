@@ -1,0 +1,78 @@
+/* internal.h - helpers shared by the files of the patch engine.
+ *
+ * Private to patch/: a growable byte buffer, the depth guard every
+ * recursive walk goes through, strict and RFC equality, the structural hash
+ * the array diff compares elements with, and the pointer pieces the patch
+ * operations need (length-aware parsing, strict array indexes).
+ */
+#ifndef SYNCD_PATCH_INTERNAL_H
+#define SYNCD_PATCH_INTERNAL_H
+
+#include <stdint.h>
+
+#include "syncd/patch.h"
+
+/* A growable byte buffer; `data` is NUL-terminated whenever len > 0. */
+typedef struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+} buf_t;
+
+/* Appends n bytes to b; returns 0 or SYNCD_ENOMEM. */
+int buf_append(buf_t *b, const void *bytes, size_t n);
+
+/* Appends one byte to b; returns 0 or SYNCD_ENOMEM. */
+int buf_putc(buf_t *b, char c);
+
+/* Appends the RFC 6901 escaped form of a token to b. */
+int buf_append_escaped(buf_t *b, const char *token, size_t len);
+
+/* Shortens b to its first len bytes. */
+void buf_truncate(buf_t *b, size_t len);
+
+/* Frees b's storage and resets it to empty. */
+void buf_free(buf_t *b);
+
+/* Returns 0 when v nests at most SYNCD_PATCH_MAX_DEPTH arrays/objects,
+ * else `code` with a message naming `what`. */
+int check_depth(const json_t *v, int code, const char *what,
+                syncd_error_t *err);
+
+/* Returns a deep copy of the depth-checked v (a new reference), keeping
+ * object keys that contain NUL (json_deep_copy() of jansson 2.14 cuts
+ * them at the NUL); NULL on out of memory. */
+json_t *deep_copy(const json_t *v);
+
+/* Deep-copies v (already depth-checked) into *out; SYNCD_ENOMEM on failure. */
+int copy_value(json_t **out, const json_t *v, syncd_error_t *err);
+
+/* Equality of two depth-checked values. With `rfc` set numbers compare by
+ * value (1 == 1.0); without it the comparison is exact: integer and real
+ * differ, as do 0.0 and -0.0, so equal values have equal canonical bytes. */
+int values_equal(const json_t *a, const json_t *b, int rfc);
+
+/* Returns a 64-bit hash of v that is equal for values equal under
+ * values_equal(a, b, 0), whatever the member order. `depth` is the number
+ * of arrays/objects around v; when v nests past SYNCD_PATCH_MAX_DEPTH the
+ * walk stops there and *too_deep is set to 1. */
+uint64_t value_hash(const json_t *v, int depth, int *too_deep);
+
+/* Parses a pointer of len bytes (may contain NUL) into *out. */
+int ptr_parse_n(syncd_ptr_t **out, const char *text, size_t len,
+                syncd_error_t *err);
+
+/* Resolves token (len bytes) as an index into an array of `size` elements.
+ * "-" means `size` and is accepted only with allow_end; an index equal to
+ * size is accepted only with allow_end. Returns 0 and *index, or
+ * SYNCD_ENOTFOUND with *why set to a static reason. */
+int ptr_array_index(size_t *index, const char *token, size_t len, size_t size,
+                    int allow_end, const char **why);
+
+/* Resolves the first `count` tokens of ptr in doc into *out (borrowed);
+ * on failure returns SYNCD_ENOTFOUND with *why (static) and the failing
+ * token's position in *at. */
+int ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr, size_t count,
+             const char **why, size_t *at);
+
+#endif

@@ -1,0 +1,116 @@
+/* sha256.c - SHA-256 (FIPS 180-4) for content hashes.
+ *
+ * A small self-contained implementation so that patch/ depends on jansson
+ * only. Checked against the FIPS 180-2 test vectors in tests/test_patch.c.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "syncd/patch.h"
+
+typedef struct sha256_ctx {
+    uint32_t state[8];
+    uint64_t total;
+    unsigned char block[64];
+    size_t used;
+} sha256_ctx_t;
+
+static const uint32_t k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
+    0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
+    0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+    0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+    0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+static uint32_t ror(uint32_t x, int n)
+{
+    return (x >> n) | (x << (32 - n));
+}
+
+static void compress(sha256_ctx_t *ctx, const unsigned char *p)
+{
+    uint32_t w[64], s[8];
+
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
+
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    memcpy(s, ctx->state, sizeof(s));
+    for (int i = 0; i < 64; i++) {
+        uint32_t e1 = ror(s[4], 6) ^ ror(s[4], 11) ^ ror(s[4], 25);
+        uint32_t ch = (s[4] & s[5]) ^ (~s[4] & s[6]);
+        uint32_t t1 = s[7] + e1 + ch + k[i] + w[i];
+        uint32_t e0 = ror(s[0], 2) ^ ror(s[0], 13) ^ ror(s[0], 22);
+        uint32_t maj = (s[0] & s[1]) ^ (s[0] & s[2]) ^ (s[1] & s[2]);
+
+        memmove(s + 1, s, 7 * sizeof(uint32_t));
+        s[4] += t1;
+        s[0] = t1 + e0 + maj;
+    }
+    for (int i = 0; i < 8; i++)
+        ctx->state[i] += s[i];
+}
+
+static void update(sha256_ctx_t *ctx, const unsigned char *p, size_t len)
+{
+    ctx->total += len;
+    while (len > 0) {
+        size_t n = 64 - ctx->used < len ? 64 - ctx->used : len;
+
+        memcpy(ctx->block + ctx->used, p, n);
+        ctx->used += n;
+        p += n;
+        len -= n;
+        if (ctx->used == 64) {
+            compress(ctx, ctx->block);
+            ctx->used = 0;
+        }
+    }
+}
+
+void syncd_sha256(unsigned char out[32], const void *data, size_t len)
+{
+    sha256_ctx_t ctx = {{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}};
+    unsigned char pad[72] = {0x80};
+    uint64_t bits;
+    size_t padlen;
+
+    update(&ctx, data, len);
+    bits = ctx.total * 8;
+    padlen = (ctx.used < 56 ? 56 : 120) - ctx.used;
+    for (int i = 0; i < 8; i++)
+        pad[padlen + i] = (unsigned char)(bits >> (56 - 8 * i));
+    update(&ctx, pad, padlen + 8);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(ctx.state[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(ctx.state[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(ctx.state[i] >> 8);
+        out[4 * i + 3] = (unsigned char)ctx.state[i];
+    }
+}
+
+void syncd_sha256_hex(char out[SYNCD_HASH_HEX_LEN + 1], const void *data,
+                      size_t len)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char raw[32];
+
+    syncd_sha256(raw, data, len);
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = digits[raw[i] >> 4];
+        out[2 * i + 1] = digits[raw[i] & 15];
+    }
+    out[SYNCD_HASH_HEX_LEN] = '\0';
+}

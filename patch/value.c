@@ -1,0 +1,304 @@
+/* value.c - byte buffers, depth guard, equality and hashing of JSON values.
+ *
+ * Every recursive walk in the patch engine runs on values that passed
+ * check_depth() first (or, in the diff, value_hash()'s own depth guard),
+ * so recursion is bounded by SYNCD_PATCH_MAX_DEPTH and a hostile document
+ * cannot overflow the stack.
+ * value_hash() is structural: objects hash the same in any member order, so
+ * the array diff can compare elements by hash and confirm with
+ * values_equal().
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "patch/internal.h"
+
+int buf_append(buf_t *b, const void *bytes, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        char *data;
+
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        data = realloc(b->data, cap);
+        if (data == NULL)
+            return SYNCD_ENOMEM;
+        b->data = data;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, bytes, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int buf_putc(buf_t *b, char c)
+{
+    return buf_append(b, &c, 1);
+}
+
+int buf_append_escaped(buf_t *b, const char *token, size_t len)
+{
+    size_t start = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        const char *esc;
+
+        if (token[i] == '~')
+            esc = "~0";
+        else if (token[i] == '/')
+            esc = "~1";
+        else
+            continue;
+        if (buf_append(b, token + start, i - start) < 0 ||
+            buf_append(b, esc, 2) < 0)
+            return SYNCD_ENOMEM;
+        start = i + 1;
+    }
+    return buf_append(b, token + start, len - start);
+}
+
+void buf_truncate(buf_t *b, size_t len)
+{
+    b->len = len;
+    if (b->data != NULL)
+        b->data[len] = '\0';
+}
+
+void buf_free(buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static int depth_ok(const json_t *v, int depth)
+{
+    size_t i;
+    const char *key;
+    json_t *child;
+
+    if (!json_is_object(v) && !json_is_array(v))
+        return 1;
+    if (++depth > SYNCD_PATCH_MAX_DEPTH)
+        return 0;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, child)
+        {
+            if (!depth_ok(child, depth))
+                return 0;
+        }
+        return 1;
+    }
+    json_object_foreach((json_t *)v, key, child)
+    {
+        if (!depth_ok(child, depth))
+            return 0;
+    }
+    return 1;
+}
+
+int check_depth(const json_t *v, int code, const char *what, syncd_error_t *err)
+{
+    if (depth_ok(v, 0))
+        return 0;
+    return syncd_error_set(err, code, "%s nests deeper than %d arrays/objects",
+                           what, SYNCD_PATCH_MAX_DEPTH);
+}
+
+json_t *deep_copy(const json_t *v)
+{
+    const char *key;
+    size_t len, i;
+    json_t *child, *copy;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        copy = json_object();
+        json_object_keylen_foreach((json_t *)v, key, len, child)
+        {
+            if (copy == NULL)
+                break;
+            if (json_object_setn_new_nocheck(copy, key, len, deep_copy(child)) <
+                0) {
+                json_decref(copy);
+                copy = NULL;
+            }
+        }
+        return copy;
+    case JSON_ARRAY:
+        copy = json_array();
+        json_array_foreach(v, i, child)
+        {
+            if (copy == NULL)
+                break;
+            if (json_array_append_new(copy, deep_copy(child)) < 0) {
+                json_decref(copy);
+                copy = NULL;
+            }
+        }
+        return copy;
+    case JSON_STRING:
+        return json_stringn_nocheck(json_string_value(v),
+                                    json_string_length(v));
+    case JSON_INTEGER:
+        return json_integer(json_integer_value(v));
+    case JSON_REAL:
+        return json_real(json_real_value(v));
+    default:
+        return json_incref((json_t *)v);
+    }
+}
+
+int copy_value(json_t **out, const json_t *v, syncd_error_t *err)
+{
+    *out = deep_copy(v);
+    if (*out == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory copying");
+    return 0;
+}
+
+static int numbers_equal(const json_t *a, const json_t *b)
+{
+    const json_t *i = json_is_integer(a) ? a : b;
+    const json_t *r = i == a ? b : a;
+    double d;
+
+    if (json_is_integer(a) && json_is_integer(b))
+        return json_integer_value(a) == json_integer_value(b);
+    if (json_is_real(a) && json_is_real(b))
+        return json_real_value(a) == json_real_value(b);
+    d = json_real_value(r);
+    if (d != floor(d) || d < -9223372036854775808.0 ||
+        d >= 9223372036854775808.0)
+        return 0;
+    return (json_int_t)d == json_integer_value(i);
+}
+
+int values_equal(const json_t *a, const json_t *b, int rfc)
+{
+    const char *key;
+    size_t len, i;
+    json_t *child;
+
+    if (a == b)
+        return 1;
+    if (rfc && json_is_number(a) && json_is_number(b))
+        return numbers_equal(a, b);
+    if (json_typeof(a) != json_typeof(b))
+        return 0;
+    switch (json_typeof(a)) {
+    case JSON_OBJECT:
+        if (json_object_size(a) != json_object_size(b))
+            return 0;
+        json_object_keylen_foreach((json_t *)a, key, len, child)
+        {
+            json_t *other = json_object_getn(b, key, len);
+
+            if (other == NULL || !values_equal(child, other, rfc))
+                return 0;
+        }
+        return 1;
+    case JSON_ARRAY:
+        if (json_array_size(a) != json_array_size(b))
+            return 0;
+        json_array_foreach(a, i, child)
+        {
+            if (!values_equal(child, json_array_get(b, i), rfc))
+                return 0;
+        }
+        return 1;
+    case JSON_STRING:
+        return json_string_length(a) == json_string_length(b) &&
+               memcmp(json_string_value(a), json_string_value(b),
+                      json_string_length(a)) == 0;
+    case JSON_INTEGER:
+        return json_integer_value(a) == json_integer_value(b);
+    case JSON_REAL:
+        return json_real_value(a) == json_real_value(b) &&
+               (rfc ||
+                signbit(json_real_value(a)) == signbit(json_real_value(b)));
+    default:
+        return 1;
+    }
+}
+
+static uint64_t mix(uint64_t h)
+{
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return h;
+}
+
+/* Hashes n bytes eight at a time; the array diff hashes whole documents,
+ * so this is on the hot path. */
+/* Hashes n bytes eight at a time; the array diff hashes whole documents,
+ * so this is on the hot path. */
+static uint64_t bytes_hash(const char *s, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ n, word;
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, s + i, 8);
+        h = (h ^ word) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 29;
+    }
+    if (i < n) {
+        word = 0;
+        memcpy(&word, s + i, n - i);
+        h = (h ^ word) * 0xc4ceb9fe1a85ec53ULL;
+    }
+    return h ^ (h >> 32);
+}
+
+uint64_t value_hash(const json_t *v, int depth, int *too_deep)
+{
+    size_t i;
+    json_t *child;
+    uint64_t h;
+    double d;
+
+    if ((json_is_object(v) || json_is_array(v)) &&
+        ++depth > SYNCD_PATCH_MAX_DEPTH) {
+        *too_deep = 1;
+        return 0;
+    }
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        h = 0;
+        for (void *it = json_object_iter((json_t *)v); it != NULL;
+             it = json_object_iter_next((json_t *)v, it)) {
+            uint64_t member =
+                bytes_hash(json_object_iter_key(it),
+                           json_object_iter_key_len(it)) ^
+                value_hash(json_object_iter_value(it), depth, too_deep) *
+                    0x9e3779b97f4a7c15ULL;
+
+            h += member * 0xbf58476d1ce4e5b9ULL ^ (member >> 31);
+        }
+        return mix(h ^ 0x6f626a ^ ((uint64_t)json_object_size(v) << 32));
+    case JSON_ARRAY:
+        h = 0x617272 ^ json_array_size(v);
+        json_array_foreach(v, i, child)
+        {
+            h = mix(h + value_hash(child, depth, too_deep));
+        }
+        return h;
+    case JSON_STRING:
+        return bytes_hash(json_string_value(v), json_string_length(v));
+    case JSON_INTEGER:
+        return mix((uint64_t)json_integer_value(v) ^ 0x696e74);
+    case JSON_REAL:
+        d = json_real_value(v);
+        memcpy(&h, &d, sizeof(h));
+        return mix(h ^ 0x7265616c);
+    default:
+        return mix((uint64_t)json_typeof(v) + 0x636f6e7374);
+    }
+}

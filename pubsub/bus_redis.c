@@ -1,0 +1,1009 @@
+/* bus_redis.c - the Redis change bus: hiredis async on libuv.
+ *
+ * Keys per collection C of database D: the counter "syncd:D:C:seq", the
+ * replay log stream "syncd:D:C:log" (entry ID "<seq>-1", field "e" = the
+ * event JSON, MAXLEN ~ event_log_len) and the channel "syncd:D:C".
+ * Publishing is one Lua script (loaded once per connection, called by SHA,
+ * re-sent with EVAL on NOSCRIPT) that INCRs the counter, splices "seq" into
+ * the signed event, XADDs it and PUBLISHes it, so seqs are contiguous and
+ * every published event is in the log before anyone can see it.
+ *
+ * Two connections per bus: commands, and one subscriber connection for all
+ * collections. Each reconnects on its own with exponential backoff
+ * (reconnect_min_ms..reconnect_max_ms). A subscription is either live
+ * (events come from the channel: last+1 is delivered, <= last is a counted
+ * duplicate, a jump is a counted gap) or catching up: it reads the log from
+ * last+1 with the read script (XRANGE, in batches) while live events only
+ * raise the mark it must reach, and goes live once the log has nothing
+ * newer. Catch-up runs on subscribe, on every gap, after every reconnect of
+ * the subscriber connection, and after the command connection finds that
+ * Redis lost its data. What the log no longer holds becomes
+ * SYNCD_BUS_RESYNC.
+ *
+ * Redis restarts without persistence: the key "syncd:D:epoch" holds a
+ * random token set once (SET NX); a bus that finds a different token after
+ * a reconnect knows Redis lost its data, and every subscription is told to
+ * resync. Both scripts take a floor (the highest seq this bus has seen in
+ * the collection) and raise the counter to it, so a seq is never handed
+ * out twice, even after the counter was lost.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "pubsub/internal.h"
+
+/* Log entries read per catch-up round trip. */
+#define CATCHUP_BATCH 1000
+/* Longest key or channel name: "syncd:<db>:<coll>:seq". */
+#define KEY_MAX (2 * BUS_NAME_MAX + 16)
+
+/* KEYS: counter, stream. ARGV: event without seq, maxlen, floor, channel.
+ * Returns the assigned seq. */
+static const char publish_lua[] =
+    "local seq = redis.call('INCR', KEYS[1])\n"
+    "local floor = tonumber(ARGV[3])\n"
+    "if seq <= floor then\n"
+    "  seq = floor + 1\n"
+    "  redis.call('SET', KEYS[1], seq)\n"
+    "end\n"
+    "local e = '{\"seq\":' .. seq .. ',' .. string.sub(ARGV[1], 2)\n"
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', "
+    "e)\n"
+    "redis.call('PUBLISH', ARGV[4], e)\n"
+    "return seq\n";
+
+/* KEYS: counter, stream. ARGV: first ID ("" reads no entries), last ID,
+ * count (0: all), floor. Returns {current seq, 1 if the counter was raised
+ * to the floor, entries}. */
+static const char read_lua[] =
+    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local floor = tonumber(ARGV[4])\n"
+    "local raised = 0\n"
+    "if cur < floor then\n"
+    "  redis.call('SET', KEYS[1], ARGV[4])\n"
+    "  cur = floor\n"
+    "  raised = 1\n"
+    "end\n"
+    "if ARGV[1] == '' then return {cur, raised, {}} end\n"
+    "if tonumber(ARGV[3]) > 0 then\n"
+    "  return {cur, raised, redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2], "
+    "'COUNT', ARGV[3])}\n"
+    "end\n"
+    "return {cur, raised, redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2])}\n";
+
+typedef struct rbus rbus_t;
+
+/* One collection: its keys, its subscriptions and the highest seq seen. */
+typedef struct rchan {
+    struct rchan *next;
+    char name[BUS_NAME_MAX];
+    char channel[KEY_MAX], counter[KEY_MAX], stream[KEY_MAX];
+    int64_t known;  /* highest seq seen: the floor of the scripts */
+    int wanted;     /* has had a subscription: SUBSCRIBEd on connect */
+    int confirmed;  /* subscribed on the current subscriber connection */
+    syncd_bus_sub_t *subs;
+} rchan_t;
+
+/* One of the two connections. */
+typedef struct rconn {
+    rbus_t *bus;
+    redisAsyncContext *ac; /* NULL while down */
+    int ready;             /* usable: set up and not dropped */
+    int was_ready;         /* has been ready before: the next is a reconnect */
+    int is_sub;
+    int64_t backoff_ms;
+    uv_timer_t timer;
+} rconn_t;
+
+struct rbus {
+    syncd_bus_t base;
+    char host[256];
+    int port, dbnum;
+    char epoch_key[KEY_MAX];
+    char epoch_mine[96]; /* the token this bus offers */
+    char epoch_seen[96]; /* the token found on the last connect */
+    char publish_sha[41], read_sha[41];
+    rconn_t cmd, sub;
+    rchan_t *chans;
+    int open_timers;
+};
+
+typedef enum { CALL_PUBLISH, CALL_CATCHUP, CALL_REPLAY } call_kind_t;
+
+/* One script call in flight, with its arguments kept for an EVAL
+ * re-send after NOSCRIPT. */
+typedef struct rcall {
+    rbus_t *bus;
+    call_kind_t kind;
+    rchan_t *chan;
+    int evaled;
+    char *body; /* CALL_PUBLISH: the event without seq (owned) */
+    size_t body_len;
+    char args[4][48];
+    syncd_bus_sub_t *sub; /* CALL_CATCHUP (holds a reference) */
+    syncd_bus_publish_cb publish_cb;
+    syncd_bus_replay_cb replay_cb;
+    int64_t after, until; /* CALL_REPLAY */
+    void *payload;
+} rcall_t;
+
+static void conn_start(rconn_t *conn);
+static void catch_up(syncd_bus_sub_t *sub);
+
+/* ---- Connections --------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *timer)
+{
+    conn_start(timer->data);
+}
+
+/* Marks conn down and schedules its reconnect. */
+static void conn_down(rconn_t *conn)
+{
+    rbus_t *bus = conn->bus;
+
+    conn->ready = 0;
+    if (bus->base.closing)
+        return;
+    if (conn->is_sub) {
+        for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
+            c->confirmed = 0;
+            for (syncd_bus_sub_t *s = c->subs; s != NULL; s = s->next)
+                s->catching = 1;
+        }
+    }
+    uv_timer_start(&conn->timer, on_timer, (uint64_t)conn->backoff_ms, 0);
+    conn->backoff_ms *= 2;
+    if (conn->backoff_ms > bus->base.reconnect_max_ms)
+        conn->backoff_ms = bus->base.reconnect_max_ms;
+}
+
+/* Drops conn's connection (safe inside its callbacks) and reconnects. */
+static void conn_fail(rconn_t *conn)
+{
+    redisAsyncContext *ac = conn->ac;
+
+    conn->ac = NULL;
+    if (ac != NULL)
+        redisAsyncFree(ac);
+    conn_down(conn);
+}
+
+static void catch_up_all(rbus_t *bus)
+{
+    for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
+        for (syncd_bus_sub_t *s = c->subs; s != NULL; s = s->next)
+            catch_up(s);
+    }
+}
+
+static void conn_ready(rconn_t *conn)
+{
+    rbus_t *bus = conn->bus;
+
+    conn->ready = 1;
+    conn->backoff_ms = bus->base.reconnect_min_ms;
+    if (conn->was_ready)
+        bus->base.stats.reconnects++;
+    conn->was_ready = 1;
+    catch_up_all(bus);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rconn_t *conn = ac->data;
+
+    if (conn->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        conn->ac = NULL; /* hiredis frees it after this callback */
+        conn_down(conn);
+        return;
+    }
+    if (conn->is_sub)
+        conn_ready(conn);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    rconn_t *conn = ac->data;
+
+    (void)status;
+    if (conn->ac != ac)
+        return;
+    conn->ac = NULL; /* hiredis frees it after this callback */
+    conn_down(conn);
+}
+
+/* Returns 1 when a setup reply belongs to conn's current connection and is
+ * not an error; fails the connection on errors. */
+static int setup_ok(redisAsyncContext *ac, redisReply *reply, rconn_t *conn)
+{
+    if (reply == NULL || conn->ac != ac || conn->bus->base.closing)
+        return 0;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        conn_fail(conn);
+        return 0;
+    }
+    return 1;
+}
+
+static void on_select(redisAsyncContext *ac, void *r, void *privdata)
+{
+    setup_ok(ac, r, privdata);
+}
+
+static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rbus_t *bus = ((rconn_t *)ac->data)->bus;
+    redisReply *reply = r;
+
+    if (!setup_ok(ac, reply, &bus->cmd))
+        return;
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
+        conn_fail(&bus->cmd);
+        return;
+    }
+    memcpy(privdata, reply->str, 40);
+    ((char *)privdata)[40] = '\0';
+}
+
+/* The last setup reply: the epoch token. A token other than the one seen
+ * before means Redis lost its data since: every subscription resyncs. */
+static void on_epoch(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rbus_t *bus = ((rconn_t *)privdata)->bus;
+    redisReply *reply = r;
+
+    if (!setup_ok(ac, reply, &bus->cmd))
+        return;
+    if (reply->type != REDIS_REPLY_STRING) {
+        conn_fail(&bus->cmd);
+        return;
+    }
+    if (bus->epoch_seen[0] != '\0' && strcmp(bus->epoch_seen, reply->str)) {
+        for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
+            for (syncd_bus_sub_t *s = c->subs; s != NULL; s = s->next) {
+                s->lost = 1;
+                s->catching = 1;
+            }
+        }
+    }
+    snprintf(bus->epoch_seen, sizeof(bus->epoch_seen), "%s", reply->str);
+    conn_ready(&bus->cmd);
+}
+
+static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+static int send_subscribe(rbus_t *bus, rchan_t *chan)
+{
+    return redisAsyncCommand(bus->sub.ac, on_sub_reply, &bus->sub,
+                             "SUBSCRIBE %s", chan->channel);
+}
+
+/* Queues the setup of a new command connection: SELECT, the two scripts,
+ * the epoch token; it is ready when the token's reply arrives. */
+static int setup_cmd(rbus_t *bus, redisAsyncContext *ac)
+{
+    rconn_t *conn = &bus->cmd;
+
+    if (bus->dbnum != 0 &&
+        redisAsyncCommand(ac, on_select, conn, "SELECT %d", bus->dbnum))
+        return -1;
+    if (redisAsyncCommand(ac, on_script_loaded, bus->publish_sha,
+                          "SCRIPT LOAD %s", publish_lua) ||
+        redisAsyncCommand(ac, on_script_loaded, bus->read_sha,
+                          "SCRIPT LOAD %s", read_lua) ||
+        redisAsyncCommand(ac, NULL, NULL, "SET %s %s NX", bus->epoch_key,
+                          bus->epoch_mine) ||
+        redisAsyncCommand(ac, on_epoch, conn, "GET %s", bus->epoch_key))
+        return -1;
+    return 0;
+}
+
+static void conn_start(rconn_t *conn)
+{
+    rbus_t *bus = conn->bus;
+    redisAsyncContext *ac;
+    int rc = 0;
+
+    if (bus->base.closing)
+        return;
+    ac = redisAsyncConnect(bus->host, bus->port);
+    if (ac == NULL) {
+        conn_down(conn);
+        return;
+    }
+    if (ac->err != 0 || redisLibuvAttach(ac, bus->base.loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        conn_down(conn);
+        return;
+    }
+    ac->data = conn;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    conn->ac = ac;
+    if (!conn->is_sub) {
+        rc = setup_cmd(bus, ac);
+    } else {
+        for (rchan_t *c = bus->chans; c != NULL && rc == 0; c = c->next) {
+            if (c->wanted)
+                rc = send_subscribe(bus, c);
+        }
+    }
+    if (rc != 0)
+        conn_fail(conn);
+}
+
+/* ---- Collections ---------------------------------------------------------- */
+
+static rchan_t *find_chan(rbus_t *bus, const char *name, size_t len)
+{
+    for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
+        if (strlen(c->channel) == len && memcmp(c->channel, name, len) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+/* Returns coll's record, created on first use; NULL on ENOMEM. */
+static rchan_t *get_chan(rbus_t *bus, const char *coll)
+{
+    const char *db = bus->base.database;
+    rchan_t *c;
+
+    for (c = bus->chans; c != NULL; c = c->next) {
+        if (strcmp(c->name, coll) == 0)
+            return c;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    snprintf(c->name, sizeof(c->name), "%s", coll);
+    snprintf(c->channel, sizeof(c->channel), "syncd:%s:%s", db, coll);
+    snprintf(c->counter, sizeof(c->counter), "syncd:%s:%s:seq", db, coll);
+    snprintf(c->stream, sizeof(c->stream), "syncd:%s:%s:log", db, coll);
+    c->next = bus->chans;
+    bus->chans = c;
+    return c;
+}
+
+static void raise_known(rchan_t *chan, int64_t seq)
+{
+    if (seq > chan->known)
+        chan->known = seq;
+}
+
+/* ---- Script calls --------------------------------------------------------- */
+
+static void on_call_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* Sends call's script by SHA, or by text after a NOSCRIPT: KEYS counter
+ * and stream, then the publish ARGV (body, maxlen, floor, channel) or the
+ * read ARGV (args[0..3]); 0 or -1. */
+static int send_call(rcall_t *call)
+{
+    rbus_t *bus = call->bus;
+    int is_pub = call->kind == CALL_PUBLISH;
+    const char *argv[9];
+    size_t lens[9];
+    int argc = 0;
+
+    if (!bus->cmd.ready || bus->cmd.ac == NULL)
+        return -1;
+    argv[argc++] = call->evaled ? "EVAL" : "EVALSHA";
+    if (call->evaled)
+        argv[argc++] = is_pub ? publish_lua : read_lua;
+    else
+        argv[argc++] = is_pub ? bus->publish_sha : bus->read_sha;
+    argv[argc++] = "2";
+    argv[argc++] = call->chan->counter;
+    argv[argc++] = call->chan->stream;
+    if (is_pub) {
+        argv[argc++] = call->body;
+        argv[argc++] = call->args[0];
+        argv[argc++] = call->args[1];
+        argv[argc++] = call->chan->channel;
+    } else {
+        for (int i = 0; i < 4; i++)
+            argv[argc++] = call->args[i];
+    }
+    for (int i = 0; i < argc; i++)
+        lens[i] = argv[i] == call->body ? call->body_len : strlen(argv[i]);
+    if (redisAsyncCommandArgv(bus->cmd.ac, on_call_reply, call, argc, argv,
+                              lens) != REDIS_OK)
+        return -1;
+    return 0;
+}
+
+static rcall_t *new_call(rbus_t *bus, call_kind_t kind, rchan_t *chan)
+{
+    rcall_t *call = calloc(1, sizeof(*call));
+
+    if (call != NULL) {
+        call->bus = bus;
+        call->kind = kind;
+        call->chan = chan;
+    }
+    return call;
+}
+
+static void free_call(rcall_t *call)
+{
+    if (call->sub != NULL)
+        bus_sub_unref(call->sub);
+    free(call->body);
+    free(call);
+}
+
+/* Checks the shape of a read-script reply; 0 or -1. */
+static int read_reply(const redisReply *reply, int64_t *cur, int *raised,
+                      const redisReply **entries)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[1]->type != REDIS_REPLY_INTEGER ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY)
+        return -1;
+    *cur = reply->element[0]->integer;
+    *raised = reply->element[1]->integer != 0;
+    *entries = reply->element[2];
+    return 0;
+}
+
+/* Reads a log entry ([id, [field, value, ...]]) into its seq and its
+ * decoded event (*out, a new reference; NULL when it does not decode or its
+ * seq disagrees with its ID). Returns the seq, or -1 when the entry itself
+ * is malformed. */
+static int64_t read_entry(rbus_t *bus, const redisReply *entry, json_t **out)
+{
+    const redisReply *fields;
+    int64_t seq;
+
+    *out = NULL;
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING ||
+        entry->element[1]->type != REDIS_REPLY_ARRAY)
+        return -1;
+    seq = strtoll(entry->element[0]->str, NULL, 10);
+    fields = entry->element[1];
+    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+        const redisReply *f = fields->element[i], *v = fields->element[i + 1];
+        if (f->type == REDIS_REPLY_STRING && strcmp(f->str, "e") == 0 &&
+            v->type == REDIS_REPLY_STRING &&
+            bus_receive(&bus->base, out, v->str, v->len) == 0)
+            break;
+    }
+    if (*out != NULL &&
+        json_integer_value(json_object_get(*out, "seq")) != seq) {
+        bus->base.stats.dropped_malformed++;
+        json_decref(*out);
+        *out = NULL;
+    }
+    return seq > 0 ? seq : -1;
+}
+
+static void publish_done(rcall_t *call, const redisReply *reply)
+{
+    int status = SYNCD_EBACKEND;
+    int64_t seq = 0;
+
+    if (reply == NULL && call->bus->base.closing)
+        status = SYNCD_ECANCELED;
+    else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) {
+        status = 0;
+        seq = reply->integer;
+        raise_known(call->chan, seq);
+        call->bus->base.stats.published++;
+    }
+    if (call->publish_cb != NULL)
+        call->publish_cb(status, seq, call->payload);
+}
+
+/* Delivers one catch-up batch to sub; returns 1 when sub must read on. */
+static int catch_up_deliver(rbus_t *bus, syncd_bus_sub_t *sub, int64_t cur,
+                            int raised, const redisReply *entries)
+{
+    if (sub->last < 0) {
+        sub->last = cur;
+    } else if (sub->lost || raised) {
+        sub->lost = 0;
+        bus_deliver(sub, SYNCD_BUS_RESYNC, cur, NULL);
+        return 0;
+    } else if (entries->elements == 0 && cur > sub->last) {
+        bus_deliver(sub, SYNCD_BUS_RESYNC, cur, NULL);
+        return 0;
+    }
+    for (size_t i = 0; i < entries->elements && bus_sub_live(sub); i++) {
+        json_t *event;
+        int64_t seq = read_entry(bus, entries->element[i], &event);
+
+        if (seq > sub->last + 1)
+            bus_deliver(sub, SYNCD_BUS_RESYNC, seq - 1, NULL);
+        if (seq > sub->last && event == NULL) {
+            bus_deliver(sub, SYNCD_BUS_RESYNC, seq, NULL);
+        } else if (seq > sub->last) {
+            bus->base.stats.replayed++;
+            bus_deliver(sub, SYNCD_BUS_EVENT, seq, event);
+        }
+        json_decref(event);
+    }
+    return entries->elements >= CATCHUP_BATCH ||
+           (sub->want > sub->last && sub->want <= cur);
+}
+
+static void catch_up_done(rcall_t *call, const redisReply *reply)
+{
+    syncd_bus_sub_t *sub = call->sub;
+    rbus_t *bus = call->bus;
+    const redisReply *entries;
+    int64_t cur;
+    int raised;
+
+    sub->inflight = 0;
+    if (reply == NULL || !bus_sub_live(sub))
+        return;
+    if (read_reply(reply, &cur, &raised, &entries) != 0) {
+        conn_fail(&bus->cmd);
+        return;
+    }
+    raise_known(call->chan, cur);
+    if (catch_up_deliver(bus, sub, cur, raised, entries) || sub->lost) {
+        catch_up(sub);
+    } else if (bus_sub_live(sub)) {
+        sub->catching = 0;
+        sub->want = 0;
+    }
+}
+
+static void replay_done(rcall_t *call, const redisReply *reply)
+{
+    rbus_t *bus = call->bus;
+    const redisReply *entries;
+    json_t *events = NULL;
+    int64_t cur, hi;
+    int raised, status = 0;
+
+    if (reply == NULL || read_reply(reply, &cur, &raised, &entries) != 0) {
+        status = reply == NULL && bus->base.closing ? SYNCD_ECANCELED
+                                                    : SYNCD_EBACKEND;
+        goto done;
+    }
+    hi = call->until < 0 || call->until > cur ? cur : call->until;
+    events = json_array();
+    for (size_t i = 0; events != NULL && i < entries->elements; i++) {
+        json_t *event;
+        int64_t seq = read_entry(bus, entries->element[i], &event);
+        if (seq != call->after + 1 + (int64_t)i || event == NULL) {
+            json_decref(event);
+            status = i == 0 ? SYNCD_ENOTFOUND : SYNCD_EBACKEND;
+            goto done;
+        }
+        json_array_append_new(events, event);
+    }
+    if (events == NULL)
+        status = SYNCD_ENOMEM;
+    else if (entries->elements == 0 && call->after < hi)
+        status = SYNCD_ENOTFOUND;
+    else
+        bus->base.stats.replayed += json_array_size(events);
+
+done:
+    if (status != 0) {
+        json_decref(events);
+        events = NULL;
+    }
+    call->replay_cb(status, events, call->payload);
+}
+
+static void on_call_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rcall_t *call = privdata;
+    rbus_t *bus = call->bus;
+    redisReply *reply = r;
+
+    (void)ac;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0 && !call->evaled) {
+        call->evaled = 1;
+        if (send_call(call) == 0)
+            return;
+        reply = NULL;
+    }
+    bus_enter(&bus->base);
+    if (call->kind == CALL_PUBLISH)
+        publish_done(call, reply);
+    else if (call->kind == CALL_CATCHUP)
+        catch_up_done(call, reply);
+    else
+        replay_done(call, reply);
+    free_call(call);
+    bus_leave(&bus->base);
+}
+
+/* Reads sub's next log batch when it is catching up and both connections
+ * are ready (else the next conn_ready() or confirmation does). */
+static void catch_up(syncd_bus_sub_t *sub)
+{
+    rbus_t *bus = (rbus_t *)sub->bus;
+    rchan_t *chan = sub->chan;
+    rcall_t *call;
+
+    if (!sub->catching || sub->inflight || !bus_sub_live(sub) ||
+        !bus->cmd.ready || !bus->sub.ready || !chan->confirmed)
+        return;
+    call = new_call(bus, CALL_CATCHUP, chan);
+    if (call == NULL)
+        return;
+    if (sub->last >= 0)
+        snprintf(call->args[0], sizeof(call->args[0]), "%" PRId64 "-0",
+                 sub->last + 1);
+    snprintf(call->args[1], sizeof(call->args[1]), "+");
+    snprintf(call->args[2], sizeof(call->args[2]), "%d", CATCHUP_BATCH);
+    snprintf(call->args[3], sizeof(call->args[3]), "%" PRId64,
+             sub->last > 0 ? sub->last : 0);
+    call->sub = sub;
+    bus_sub_ref(sub);
+    sub->inflight = 1;
+    if (send_call(call) != 0) {
+        sub->inflight = 0;
+        free_call(call);
+    }
+}
+
+/* ---- Live events ---------------------------------------------------------- */
+
+static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
+{
+    json_t *event;
+    int64_t seq;
+
+    if (bus_receive(&bus->base, &event, data, len) != 0)
+        return;
+    if (strcmp(json_string_value(json_object_get(event, "coll")),
+               chan->name) != 0) {
+        bus->base.stats.dropped_malformed++;
+        json_decref(event);
+        return;
+    }
+    bus->base.stats.received++;
+    seq = json_integer_value(json_object_get(event, "seq"));
+    raise_known(chan, seq);
+    for (syncd_bus_sub_t *sub = chan->subs; sub != NULL; sub = sub->next) {
+        if (!bus_sub_live(sub))
+            continue;
+        if (sub->catching) {
+            if (seq > sub->want)
+                sub->want = seq;
+            catch_up(sub);
+        } else if (seq <= sub->last) {
+            bus->base.stats.dropped_duplicate++;
+        } else if (seq == sub->last + 1) {
+            bus_deliver(sub, SYNCD_BUS_EVENT, seq, event);
+        } else {
+            bus->base.stats.gaps++;
+            sub->catching = 1;
+            sub->want = seq;
+            catch_up(sub);
+        }
+    }
+    json_decref(event);
+}
+
+static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rconn_t *conn = privdata;
+    rbus_t *bus = conn->bus;
+    redisReply *reply = r;
+    const redisReply *kind, *name;
+    rchan_t *chan;
+
+    if (reply == NULL || conn->ac != ac || bus->base.closing ||
+        reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)
+        return;
+    kind = reply->element[0];
+    name = reply->element[1];
+    if (kind->type != REDIS_REPLY_STRING || name->type != REDIS_REPLY_STRING ||
+        (chan = find_chan(bus, name->str, name->len)) == NULL)
+        return;
+    bus_enter(&bus->base);
+    if (strcmp(kind->str, "subscribe") == 0) {
+        chan->confirmed = 1;
+        for (syncd_bus_sub_t *s = chan->subs; s != NULL; s = s->next)
+            catch_up(s);
+    } else if (strcmp(kind->str, "message") == 0 &&
+               reply->element[2]->type == REDIS_REPLY_STRING) {
+        on_event(bus, chan, reply->element[2]->str, reply->element[2]->len);
+    }
+    bus_leave(&bus->base);
+}
+
+/* ---- Operations ----------------------------------------------------------- */
+
+static int redis_publish(syncd_bus_t *base, const char *coll, char *body_new,
+                         size_t len, syncd_bus_publish_cb cb, void *payload)
+{
+    rbus_t *bus = (rbus_t *)base;
+    rchan_t *chan = get_chan(bus, coll);
+    rcall_t *call = chan != NULL ? new_call(bus, CALL_PUBLISH, chan) : NULL;
+
+    if (call == NULL) {
+        free(body_new);
+        return SYNCD_ENOMEM;
+    }
+    call->body = body_new;
+    call->body_len = len;
+    call->publish_cb = cb;
+    call->payload = payload;
+    snprintf(call->args[0], sizeof(call->args[0]), "%" PRIu64,
+             base->event_log_len);
+    snprintf(call->args[1], sizeof(call->args[1]), "%" PRId64, chan->known);
+    if (send_call(call) != 0) {
+        free_call(call);
+        return SYNCD_EBACKEND;
+    }
+    return 0;
+}
+
+static int redis_subscribe(syncd_bus_t *base, syncd_bus_sub_t *sub,
+                           syncd_error_t *err)
+{
+    rbus_t *bus = (rbus_t *)base;
+    rchan_t *chan = get_chan(bus, sub->coll);
+
+    if (chan == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "allocating a channel");
+    if (!chan->wanted) {
+        chan->wanted = 1;
+        if (bus->sub.ac != NULL && send_subscribe(bus, chan) != REDIS_OK)
+            conn_fail(&bus->sub);
+    }
+    if (sub->last > chan->known)
+        chan->known = sub->last;
+    sub->chan = chan;
+    sub->next = chan->subs;
+    chan->subs = sub;
+    catch_up(sub);
+    return 0;
+}
+
+static void redis_sweep(syncd_bus_t *base)
+{
+    rbus_t *bus = (rbus_t *)base;
+
+    for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
+        syncd_bus_sub_t **pp = &c->subs;
+        while (*pp != NULL) {
+            syncd_bus_sub_t *sub = *pp;
+            if (sub->dead) {
+                *pp = sub->next;
+                bus_sub_unref(sub);
+            } else {
+                pp = &sub->next;
+            }
+        }
+    }
+}
+
+static int redis_replay(syncd_bus_t *base, const char *coll, int64_t after,
+                        int64_t until, size_t max, syncd_bus_replay_cb cb,
+                        void *payload)
+{
+    rbus_t *bus = (rbus_t *)base;
+    rchan_t *chan = get_chan(bus, coll);
+    rcall_t *call = chan != NULL ? new_call(bus, CALL_REPLAY, chan) : NULL;
+
+    if (call == NULL)
+        return SYNCD_ENOMEM;
+    call->replay_cb = cb;
+    call->payload = payload;
+    call->after = after;
+    call->until = until;
+    snprintf(call->args[0], sizeof(call->args[0]), "%" PRId64 "-0",
+             after + 1);
+    if (until < 0)
+        snprintf(call->args[1], sizeof(call->args[1]), "+");
+    else
+        snprintf(call->args[1], sizeof(call->args[1]), "%" PRId64 "-1",
+                 until);
+    snprintf(call->args[2], sizeof(call->args[2]), "%zu", max);
+    snprintf(call->args[3], sizeof(call->args[3]), "0");
+    if (send_call(call) != 0) {
+        free_call(call);
+        return SYNCD_EBACKEND;
+    }
+    return 0;
+}
+
+/* A GET of a collection's counter in flight. */
+typedef struct rseq {
+    rbus_t *bus;
+    syncd_bus_seq_cb cb;
+    void *payload;
+} rseq_t;
+
+static void on_seq(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rseq_t *req = privdata;
+    redisReply *reply = r;
+    int status = SYNCD_EBACKEND;
+    int64_t seq = 0;
+
+    (void)ac;
+    if (reply == NULL && req->bus->base.closing) {
+        status = SYNCD_ECANCELED;
+    } else if (reply != NULL && (reply->type == REDIS_REPLY_NIL ||
+                                 reply->type == REDIS_REPLY_STRING)) {
+        status = 0;
+        seq = reply->type == REDIS_REPLY_STRING ? strtoll(reply->str, NULL, 10)
+                                                : 0;
+    }
+    bus_enter(&req->bus->base);
+    req->cb(status, seq, req->payload);
+    bus_leave(&req->bus->base);
+    free(req);
+}
+
+static int redis_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
+                     void *payload)
+{
+    rbus_t *bus = (rbus_t *)base;
+    rchan_t *chan = get_chan(bus, coll);
+    rseq_t *req;
+
+    if (chan == NULL || (req = calloc(1, sizeof(*req))) == NULL)
+        return SYNCD_ENOMEM;
+    req->bus = bus;
+    req->cb = cb;
+    req->payload = payload;
+    if (!bus->cmd.ready ||
+        redisAsyncCommand(bus->cmd.ac, on_seq, req, "GET %s",
+                          chan->counter) != REDIS_OK) {
+        free(req);
+        return SYNCD_EBACKEND;
+    }
+    return 0;
+}
+
+static int redis_connected(const syncd_bus_t *base)
+{
+    const rbus_t *bus = (const rbus_t *)base;
+    return bus->cmd.ready && bus->sub.ready;
+}
+
+static void on_timer_closed(uv_handle_t *handle)
+{
+    rbus_t *bus = ((rconn_t *)handle->data)->bus;
+
+    if (--bus->open_timers > 0)
+        return;
+    while (bus->chans != NULL) {
+        rchan_t *c = bus->chans;
+        bus->chans = c->next;
+        while (c->subs != NULL) {
+            syncd_bus_sub_t *sub = c->subs;
+            c->subs = sub->next;
+            bus_sub_unref(sub);
+        }
+        free(c);
+    }
+    bus_finish_close(&bus->base);
+    free(bus);
+}
+
+static void redis_close(syncd_bus_t *base)
+{
+    rbus_t *bus = (rbus_t *)base;
+    rconn_t *conns[2] = {&bus->cmd, &bus->sub};
+
+    bus_enter(base);
+    for (int i = 0; i < 2; i++) {
+        redisAsyncContext *ac = conns[i]->ac;
+        conns[i]->ac = NULL;
+        conns[i]->ready = 0;
+        if (ac != NULL)
+            redisAsyncFree(ac);
+        uv_close((uv_handle_t *)&conns[i]->timer, on_timer_closed);
+    }
+    bus_leave(base);
+}
+
+static const bus_ops_t redis_ops = {
+    .kind = "redis",
+    .close = redis_close,
+    .connected = redis_connected,
+    .publish = redis_publish,
+    .subscribe = redis_subscribe,
+    .sweep = redis_sweep,
+    .replay = redis_replay,
+    .seq = redis_seq,
+};
+
+/* Parses "redis://host[:port][/db]" into bus; SYNCD_EINVAL names the URL. */
+static int parse_url(rbus_t *bus, const char *url, syncd_error_t *err)
+{
+    const char *p = url, *host, *end;
+    char *num_end;
+    long v;
+
+    if (strncmp(p, "redis://", 8) != 0)
+        goto bad;
+    host = p += 8;
+    while (*p != '\0' && *p != ':' && *p != '/')
+        p++;
+    if (p == host || (size_t)(p - host) >= sizeof(bus->host))
+        goto bad;
+    snprintf(bus->host, sizeof(bus->host), "%.*s", (int)(p - host), host);
+    bus->port = 6379;
+    if (*p == ':') {
+        v = strtol(p + 1, &num_end, 10);
+        if (num_end == p + 1 || v < 1 || v > 65535)
+            goto bad;
+        bus->port = (int)v;
+        p = num_end;
+    }
+    if (*p == '/' && p[1] != '\0') {
+        v = strtol(p + 1, &num_end, 10);
+        if (num_end == p + 1 || *num_end != '\0' || v < 0 || v > 1000000)
+            goto bad;
+        bus->dbnum = (int)v;
+        p = num_end;
+    } else if (*p == '/') {
+        p++;
+    }
+    end = p;
+    if (*end != '\0')
+        goto bad;
+    return 0;
+
+bad:
+    return syncd_error_set(err, SYNCD_EINVAL,
+                           "bad --redis-url \"%s\": expected "
+                           "redis://host[:port][/db]",
+                           url);
+}
+
+static void conn_init(rbus_t *bus, rconn_t *conn, int is_sub)
+{
+    conn->bus = bus;
+    conn->is_sub = is_sub;
+    conn->backoff_ms = bus->base.reconnect_min_ms;
+    uv_timer_init(bus->base.loop, &conn->timer);
+    conn->timer.data = conn;
+    bus->open_timers++;
+}
+
+int bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
+                   const syncd_bus_options_t *opts, syncd_error_t *err)
+{
+    rbus_t *bus = calloc(1, sizeof(*bus));
+    int rc;
+
+    if (bus == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "allocating the bus");
+    rc = bus_init(&bus->base, &redis_ops, loop, opts, err);
+    if (rc == 0)
+        rc = parse_url(bus, opts->redis_url, err);
+    if (rc != 0) {
+        free(bus->base.secret);
+        free(bus);
+        return rc;
+    }
+    snprintf(bus->epoch_key, sizeof(bus->epoch_key), "syncd:%s:epoch",
+             bus->base.database);
+    snprintf(bus->epoch_mine, sizeof(bus->epoch_mine), "%.40s-%ld-%" PRIu64,
+             bus->base.node_id, (long)getpid(), uv_hrtime());
+    conn_init(bus, &bus->cmd, 0);
+    conn_init(bus, &bus->sub, 1);
+    conn_start(&bus->cmd);
+    conn_start(&bus->sub);
+    *out = &bus->base;
+    return 0;
+}

@@ -1,0 +1,414 @@
+/* event.c - change events: strict validation, encoding, HMAC signatures.
+ *
+ * An event is the JSON object of DESIGN.md section 4 with exactly the
+ * members seq, op, coll, id, v, base, patch, merge, h, origin, ts and an
+ * optional sig. Validation is strict because a node applies what it
+ * receives: every member must be present with its type and range, op rules
+ * hold (a create has base 0 and an object merge, a delete has null patch
+ * and merge), and no other member is allowed.
+ *
+ * Signatures: "sig" is the lower-case hex HMAC-SHA256, under the cluster
+ * secret, of the canonical serialization (syncd_json_canonical) of the
+ * event WITHOUT "seq" and "sig". The seq is left out on purpose: Redis
+ * assigns it inside the publish script, after the publisher has signed, and
+ * Lua in Redis has no HMAC. What the signature binds is the change itself
+ * (collection, document, versions, patch, hash, origin, time); a seq that
+ * is tampered with can only reorder or repeat a genuine change, which the
+ * node's per-document version rules (base/v) already reject or repair.
+ * Verification compares in constant time (CRYPTO_memcmp).
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "pubsub/internal.h"
+#include "syncd/patch.h"
+
+/* Longest document id in bytes (DESIGN.md section 2). */
+#define ID_MAX_BYTES 1024
+
+static const char *const members[] = {
+    "seq", "op",   "coll", "id",     "v",  "base", "patch",
+    "merge", "h",  "origin", "ts",   "sig",
+};
+
+int bus_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+
+    if (n < 1 || n > BUS_NAME_MAX - 1)
+        return 0;
+    if (!islower((unsigned char)name[0]) && !isdigit((unsigned char)name[0]))
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!(c >= 'a' && c <= 'z') && !isdigit(c) && c != '_' && c != '.' &&
+            c != '-')
+            return 0;
+    }
+    return 1;
+}
+
+static int id_valid(const char *id, size_t len)
+{
+    if (len < 1 || len > ID_MAX_BYTES)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (c < 0x20 || c == 0x7f || strchr("<>?{}", c) != NULL)
+            return 0;
+    }
+    return 1;
+}
+
+static int hex64_valid(const char *s)
+{
+    if (strlen(s) != SYNCD_HASH_HEX_LEN)
+        return 0;
+    for (const char *p = s; *p != '\0'; p++) {
+        if (!isdigit((unsigned char)*p) && !(*p >= 'a' && *p <= 'f'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Reads exactly n digits at *p into *out and advances *p; 0 or -1. */
+static int digits(const char **p, int n, int *out)
+{
+    *out = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)(*p)[i]))
+            return -1;
+        *out = *out * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    return 0;
+}
+
+/* Returns 1 when s is an RFC 3339 date-time
+ * (YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)). */
+static int rfc3339_valid(const char *s)
+{
+    int year, mon, day, hour, min, sec, oh, om;
+    const char *p = s;
+
+    if (digits(&p, 4, &year) || *p++ != '-' || digits(&p, 2, &mon) ||
+        *p++ != '-' || digits(&p, 2, &day) || (*p != 'T' && *p != 't'))
+        return 0;
+    p++;
+    if (digits(&p, 2, &hour) || *p++ != ':' || digits(&p, 2, &min) ||
+        *p++ != ':' || digits(&p, 2, &sec))
+        return 0;
+    if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 ||
+        min > 59 || sec > 60)
+        return 0;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p))
+            return 0;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    if (*p == 'Z' || *p == 'z')
+        return p[1] == '\0';
+    if (*p != '+' && *p != '-')
+        return 0;
+    p++;
+    if (digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om))
+        return 0;
+    return *p == '\0' && oh <= 23 && om <= 59;
+}
+
+static int bad(syncd_error_t *err, const char *member, const char *why)
+{
+    return syncd_error_set(err, SYNCD_EINVAL, "event member \"%s\" %s",
+                           member, why);
+}
+
+/* Checks that member name of event is an integer >= min into *out. */
+static int int_member(const json_t *event, const char *name, int64_t min,
+                      int64_t *out, syncd_error_t *err)
+{
+    const json_t *v = json_object_get(event, name);
+
+    if (v == NULL)
+        return bad(err, name, "is missing");
+    if (!json_is_integer(v))
+        return bad(err, name, "is not an integer");
+    *out = json_integer_value(v);
+    if (*out < min)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "event member \"%s\" is %lld, below %lld",
+                               name, (long long)*out, (long long)min);
+    return 0;
+}
+
+/* Returns the string member name of event (borrowed), or NULL after
+ * recording why in err. */
+static const char *str_member(const json_t *event, const char *name,
+                              syncd_error_t *err)
+{
+    const json_t *v = json_object_get(event, name);
+
+    if (v == NULL) {
+        bad(err, name, "is missing");
+        return NULL;
+    }
+    if (!json_is_string(v)) {
+        bad(err, name, "is not a string");
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+static int check_members(const json_t *event, syncd_error_t *err)
+{
+    const char *key;
+    json_t *value;
+
+    json_object_foreach((json_t *)event, key, value)
+    {
+        size_t i;
+        for (i = 0; i < sizeof(members) / sizeof(members[0]); i++) {
+            if (strcmp(key, members[i]) == 0)
+                break;
+        }
+        if (i == sizeof(members) / sizeof(members[0]))
+            return bad(err, key, "is not an event member");
+    }
+    return 0;
+}
+
+/* Checks op, patch, merge and h against each other. */
+static int check_op(const json_t *event, const char *op, int64_t base,
+                    syncd_error_t *err)
+{
+    const json_t *patch = json_object_get(event, "patch");
+    const json_t *merge = json_object_get(event, "merge");
+    const char *h;
+
+    if (patch == NULL)
+        return bad(err, "patch", "is missing");
+    if (merge == NULL)
+        return bad(err, "merge", "is missing");
+    if (!json_is_null(patch) && !json_is_array(patch))
+        return bad(err, "patch", "is neither an array nor null");
+    if (json_is_array(patch)) {
+        syncd_error_t perr = {0};
+        if (syncd_patch_validate(patch, &perr) != 0)
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "event member \"patch\" is not a valid "
+                                   "JSON Patch: %s",
+                                   perr.message);
+    }
+    if ((h = str_member(event, "h", err)) == NULL)
+        return SYNCD_EINVAL;
+    if (strcmp(op, "delete") == 0) {
+        if (!json_is_null(patch) || !json_is_null(merge))
+            return bad(err, "patch", "and \"merge\" must be null on delete");
+        if (h[0] != '\0' && !hex64_valid(h))
+            return bad(err, "h", "is not a content hash");
+        return 0;
+    }
+    if (!hex64_valid(h))
+        return bad(err, "h", "is not a content hash");
+    if (strcmp(op, "create") == 0) {
+        if (base != 0)
+            return bad(err, "base", "must be 0 on create");
+        if (!json_is_null(merge) && !json_is_object(merge))
+            return bad(err, "merge", "must be an object or null on create");
+        return 0;
+    }
+    if (strcmp(op, "update") == 0)
+        return base >= 1 ? 0 : bad(err, "base", "must be >= 1 on update");
+    return bad(err, "op", "is not create, update or delete");
+}
+
+int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
+                    syncd_error_t *err)
+{
+    const char *op, *coll, *id, *origin, *ts;
+    const json_t *sig;
+    int64_t seq, v, base;
+
+    if (!json_is_object(event))
+        return syncd_error_set(err, SYNCD_EINVAL, "event is not an object");
+    if (check_members(event, err) != 0)
+        return SYNCD_EINVAL;
+    if (with_seq && int_member(event, "seq", 1, &seq, err) != 0)
+        return SYNCD_EINVAL;
+    if ((op = str_member(event, "op", err)) == NULL ||
+        (coll = str_member(event, "coll", err)) == NULL ||
+        (id = str_member(event, "id", err)) == NULL ||
+        (origin = str_member(event, "origin", err)) == NULL ||
+        (ts = str_member(event, "ts", err)) == NULL)
+        return SYNCD_EINVAL;
+    if (!bus_name_valid(coll))
+        return bad(err, "coll", "is not a valid collection name");
+    if (!id_valid(id, json_string_length(json_object_get(event, "id"))))
+        return bad(err, "id", "is not a valid document id");
+    if (origin[0] == '\0')
+        return bad(err, "origin", "is empty");
+    if (!rfc3339_valid(ts))
+        return bad(err, "ts", "is not an RFC 3339 time");
+    if (int_member(event, "v", 1, &v, err) != 0 ||
+        int_member(event, "base", 0, &base, err) != 0)
+        return SYNCD_EINVAL;
+    if (base >= v)
+        return bad(err, "base", "is not below \"v\"");
+    if (check_op(event, op, base, err) != 0)
+        return SYNCD_EINVAL;
+    sig = json_object_get(event, "sig");
+    if (sig != NULL &&
+        (!json_is_string(sig) || !hex64_valid(json_string_value(sig))))
+        return bad(err, "sig", "is not a hex HMAC-SHA256");
+    if (max_bytes != 0) {
+        char *text = json_dumps(event, JSON_COMPACT);
+        size_t len = text != NULL ? strlen(text) : 0;
+        free(text);
+        if (text == NULL)
+            return syncd_error_set(err, SYNCD_ENOMEM, "encoding an event");
+        if (len > max_bytes)
+            return syncd_error_set(err, SYNCD_ETOOBIG,
+                                   "event of %zu bytes exceeds %zu bytes",
+                                   len, max_bytes);
+    }
+    return 0;
+}
+
+int syncd_event_validate(const json_t *event, size_t max_bytes,
+                         syncd_error_t *err)
+{
+    return bus_event_check(event, 1, max_bytes, err);
+}
+
+int syncd_event_sign(char out[65], const json_t *event, const char *secret,
+                     syncd_error_t *err)
+{
+    static const char hexdig[] = "0123456789abcdef";
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int mac_len = 0;
+    json_t *body = NULL;
+    char *text = NULL;
+    size_t len;
+    int rc = 0;
+
+    out[0] = '\0';
+    if (!json_is_object(event) || secret == NULL)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "signing needs an event object and a secret");
+    body = json_copy((json_t *)event);
+    if (body == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "copying an event to sign");
+        goto cleanup;
+    }
+    json_object_del(body, "seq");
+    json_object_del(body, "sig");
+    text = syncd_json_canonical(body, &len);
+    if (text == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "serializing an event");
+        goto cleanup;
+    }
+    if (HMAC(EVP_sha256(), secret, (int)strlen(secret),
+             (const unsigned char *)text, len, mac, &mac_len) == NULL ||
+        mac_len != 32) {
+        rc = syncd_error_set(err, SYNCD_EINVAL, "HMAC-SHA256 failed");
+        goto cleanup;
+    }
+    for (unsigned int i = 0; i < mac_len; i++) {
+        out[2 * i] = hexdig[mac[i] >> 4];
+        out[2 * i + 1] = hexdig[mac[i] & 15];
+    }
+    out[64] = '\0';
+
+cleanup:
+    free(text);
+    json_decref(body);
+    return rc;
+}
+
+int bus_event_verify(const json_t *event, const char *secret,
+                     syncd_error_t *err)
+{
+    const json_t *sig = json_object_get(event, "sig");
+    char want[65];
+    int rc;
+
+    if (!json_is_string(sig) || json_string_length(sig) != 64)
+        return syncd_error_set(err, SYNCD_EINVAL, "event is not signed");
+    rc = syncd_event_sign(want, event, secret, err);
+    if (rc != 0)
+        return rc;
+    if (CRYPTO_memcmp(want, json_string_value(sig), 64) != 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "event signature does not match");
+    return 0;
+}
+
+int syncd_event_decode(json_t **out, const char *data, size_t len,
+                       size_t max_bytes, const char *secret,
+                       syncd_error_t *err)
+{
+    json_error_t jerr;
+    json_t *event;
+    int rc;
+
+    *out = NULL;
+    if (max_bytes != 0 && len > max_bytes)
+        return syncd_error_set(err, SYNCD_ETOOBIG,
+                               "event of %zu bytes exceeds %zu bytes", len,
+                               max_bytes);
+    event = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (event == NULL)
+        return syncd_error_set(err, SYNCD_EINVAL, "event is not JSON: %s",
+                               jerr.text);
+    rc = bus_event_check(event, 1, 0, err);
+    if (rc == 0 && secret != NULL)
+        rc = bus_event_verify(event, secret, err);
+    if (rc != 0) {
+        json_decref(event);
+        return rc;
+    }
+    *out = event;
+    return 0;
+}
+
+char *syncd_event_encode(json_t *event, const char *secret, size_t *len)
+{
+    char sig[65];
+    char *text;
+
+    if (secret != NULL) {
+        if (syncd_event_sign(sig, event, secret, NULL) != 0 ||
+            json_object_set_new(event, "sig", json_string(sig)) != 0)
+            return NULL;
+    }
+    text = json_dumps(event, JSON_COMPACT);
+    if (text != NULL && len != NULL)
+        *len = strlen(text);
+    return text;
+}
+
+char *bus_splice_seq(const char *body, size_t body_len, int64_t seq,
+                     size_t *len)
+{
+    char head[32];
+    int n = snprintf(head, sizeof(head), "{\"seq\":%lld,", (long long)seq);
+    char *text;
+
+    if (body_len < 3 || body[0] != '{')
+        return NULL;
+    text = malloc((size_t)n + body_len);
+    if (text == NULL)
+        return NULL;
+    memcpy(text, head, (size_t)n);
+    memcpy(text + n, body + 1, body_len - 1);
+    text[(size_t)n + body_len - 1] = '\0';
+    *len = (size_t)n + body_len - 1;
+    return text;
+}

@@ -1,0 +1,133 @@
+/* internal.h - what the bus implementations share inside pubsub/.
+ *
+ * syncd_bus_t is the common head of every bus: options, counters and the
+ * table of operations of one implementation (bus_local.c, bus_redis.c),
+ * which embeds it as its first member. Subscriptions are common too: each
+ * implementation keeps them in per-collection lists and hands events to
+ * bus_deliver(), which calls the user's callback and tracks the last seq.
+ *
+ * Reentrancy: user callbacks may unsubscribe anything or close the bus.
+ * Every entry point that runs callbacks brackets them with bus_enter() and
+ * bus_leave(); unsubscribing only marks a subscription dead, and the
+ * implementation unlinks dead ones (and runs a requested close) when the
+ * outermost bus_leave() returns.
+ */
+#ifndef SYNCD_PUBSUB_INTERNAL_H
+#define SYNCD_PUBSUB_INTERNAL_H
+
+#include "syncd/bus.h"
+
+/* Longest collection name (DESIGN.md section 2) plus its NUL. */
+#define BUS_NAME_MAX 65
+
+/* Operations of one bus implementation. */
+typedef struct bus_ops {
+    const char *kind;
+    /* Tears the bus down: cancels requests, closes handles, and finally
+     * calls bus_finish_close() from a close callback. */
+    void (*close)(syncd_bus_t *bus);
+    int (*connected)(const syncd_bus_t *bus);
+    /* Publishes body_new (the encoded event without "seq", owned by the
+     * callee on every path) on coll. */
+    int (*publish)(syncd_bus_t *bus, const char *coll, char *body_new,
+                   size_t len, syncd_bus_publish_cb cb, void *payload);
+    /* Starts delivery to sub (already filled in by bus.c). */
+    int (*subscribe)(syncd_bus_t *bus, syncd_bus_sub_t *sub,
+                     syncd_error_t *err);
+    /* Unlinks every dead subscription and drops the bus's reference. */
+    void (*sweep)(syncd_bus_t *bus);
+    int (*replay)(syncd_bus_t *bus, const char *coll, int64_t after,
+                  int64_t until, size_t max, syncd_bus_replay_cb cb,
+                  void *payload);
+    int (*seq)(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
+               void *payload);
+} bus_ops_t;
+
+struct syncd_bus {
+    const bus_ops_t *ops;
+    uv_loop_t *loop;
+    char database[BUS_NAME_MAX];
+    char node_id[128];
+    char *secret; /* NULL: unsigned events */
+    uint64_t event_log_len;
+    size_t max_event_bytes;
+    int64_t reconnect_min_ms, reconnect_max_ms;
+    syncd_bus_stats_t stats;
+    int depth;   /* nesting of bus_enter() */
+    int closing; /* syncd_bus_close() was called */
+    int closed;  /* the implementation's close has started */
+    syncd_bus_close_cb close_cb;
+    void *close_payload;
+};
+
+struct syncd_bus_sub {
+    syncd_bus_t *bus;
+    void *chan;                /* the implementation's collection record */
+    syncd_bus_sub_t *next;     /* in that record's list */
+    char coll[BUS_NAME_MAX];
+    int64_t last;              /* last seq delivered; -1 until known */
+    int64_t want;              /* highest live seq seen while catching up */
+    int refs;                  /* list + in-flight requests + deliveries */
+    int dead;                  /* unsubscribed; unlinked by the next sweep */
+    int catching;              /* reading the replay log before live events */
+    int inflight;              /* a replay read is in flight */
+    int lost;                  /* the backend lost data: resync first */
+    syncd_bus_event_cb cb;
+    void *payload;
+};
+
+/* Fills bus's common head from opts (strings copied); 0 or SYNCD_ENOMEM. */
+int bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
+             const syncd_bus_options_t *opts, syncd_error_t *err);
+
+/* Frees what bus_init() allocated, then calls the close callback; the
+ * implementation frees its own memory right after. */
+void bus_finish_close(syncd_bus_t *bus);
+
+/* Brackets code that runs user callbacks (see the file comment). */
+void bus_enter(syncd_bus_t *bus);
+void bus_leave(syncd_bus_t *bus);
+
+/* Takes and drops a reference to sub; the last one frees it. */
+void bus_sub_ref(syncd_bus_sub_t *sub);
+void bus_sub_unref(syncd_bus_sub_t *sub);
+
+/* Returns 1 when sub may still be called (not dead, bus not closing). */
+int bus_sub_live(const syncd_bus_sub_t *sub);
+
+/* Calls sub's callback with signal and seq, sets sub->last = seq and counts
+ * resyncs; returns bus_sub_live() after the call. */
+int bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal, int64_t seq,
+                const json_t *event);
+
+/* Decodes a received event (len bytes at data) into *out, verifying its
+ * signature when the bus has a secret; failures are counted in the bus's
+ * dropped_* counters and return the negative code. */
+int bus_receive(syncd_bus_t *bus, json_t **out, const char *data, size_t len);
+
+/* Returns a malloc'd copy of body (an encoded event object without "seq")
+ * with "seq":seq spliced in first, its length in *len; NULL on ENOMEM. */
+char *bus_splice_seq(const char *body, size_t body_len, int64_t seq,
+                     size_t *len);
+
+/* Returns 1 when name is a valid collection name (DESIGN.md section 2). */
+int bus_name_valid(const char *name);
+
+/* Checks event like syncd_event_validate(), with "seq" required only when
+ * with_seq is set (a publish carries none yet). */
+int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
+                    syncd_error_t *err);
+
+/* Verifies event's "sig" under secret; SYNCD_EINVAL when it is missing or
+ * does not match. */
+int bus_event_verify(const json_t *event, const char *secret,
+                     syncd_error_t *err);
+
+/* Opens the in-process bus (bus_local.c) or the Redis bus (bus_redis.c)
+ * into *out. */
+int bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
+                   const syncd_bus_options_t *opts, syncd_error_t *err);
+int bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
+                   const syncd_bus_options_t *opts, syncd_error_t *err);
+
+#endif

@@ -1,0 +1,1018 @@
+/* store.c - the store library: versions, tombstones, validation and the
+ * compare-and-swap edit loop, written once over any backend.
+ *
+ * Every write (create, put, edit, patch, delete) is one loop: read the
+ * current record, let a step function decide the next body (or a
+ * tombstone), and commit it with the backend's compare-and-swap on the
+ * version read (expected 0 means "no record": an insert). A record is live
+ * or a tombstone; a tombstone takes the next version like any change, and a
+ * re-create over it continues from there, so a version never repeats for an
+ * id. On a conflict the loop waits (exponential backoff, full jitter),
+ * re-reads from the store of record and tries again, up to max_retries or
+ * edit_timeout. A strict write (if_match given) makes one attempt.
+ *
+ * In MongoDB mode the node cache sits in front: a write's first read may
+ * come from it, but only a committed compare-and-swap trusts that read;
+ * every other outcome (an error, "nothing changed") is decided again on a
+ * fresh read from the store. Every committed write and every read from the
+ * store refreshes the cache with put-if-newer.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* attempt() result: the compare-and-swap found another version. */
+#define CAS_CONFLICT 1
+
+/* step result: commit a tombstone instead of a body. */
+#define STEP_DELETE 1
+
+struct syncd_store {
+    syncd_backend_t *backend;
+    syncd_cache_t *cache; /* NULL in embedded mode */
+    char node_id[SYNCD_MAX_NODE_ID + 1];
+    int max_retries;
+    int64_t retry_delay_ms, max_retry_delay_ms, edit_timeout_ms;
+    int64_t tombstone_ttl_ms;
+    size_t max_doc_bytes;
+    syncd_store_hooks_t hooks; /* NULL members: the real clock/sleep/rng */
+    uint64_t rng_state;
+    uint64_t edits, conflicts, retries; /* updated atomically */
+};
+
+typedef struct write_req write_req_t;
+
+/* Decides the next state of req's record from the current one (NULL when
+ * there is none): 0 with a new reference in *body, STEP_DELETE, or an
+ * error. */
+typedef int (*step_fn)(json_t **body, const write_req_t *req,
+                       const syncd_doc_t *cur, syncd_error_t *err);
+
+/* One write: its record, the step deciding the next state (with its
+ * argument), and the strict precondition (SYNCD_ANY_VERSION: none). */
+struct write_req {
+    const char *coll;
+    const char *id;
+    step_fn step;
+    void *arg;
+    int64_t if_match;
+};
+
+/* ---- Clock, sleep and random source ------------------------------------ */
+
+static int64_t clock_ms(clockid_t id)
+{
+    struct timespec ts;
+
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Monotonic time for deadlines. */
+static int64_t now_ms(syncd_store_t *s)
+{
+    return s->hooks.now_ms != NULL ? s->hooks.now_ms(s->hooks.data)
+                                   : clock_ms(CLOCK_MONOTONIC);
+}
+
+/* Wall-clock time for mtimes and tombstone purging; the hooked clock when
+ * one is injected, so that tests drive both. */
+static int64_t wall_ms(syncd_store_t *s)
+{
+    return s->hooks.now_ms != NULL ? s->hooks.now_ms(s->hooks.data)
+                                   : clock_ms(CLOCK_REALTIME);
+}
+
+static void sleep_ms(syncd_store_t *s, int64_t ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+
+    if (s->hooks.sleep_ms != NULL) {
+        s->hooks.sleep_ms(s->hooks.data, ms);
+        return;
+    }
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* A splitmix64 step on a shared atomic state: thread-safe and cheap. */
+static uint64_t random_u64(syncd_store_t *s)
+{
+    uint64_t z;
+
+    if (s->hooks.random != NULL)
+        return s->hooks.random(s->hooks.data);
+    z = __atomic_add_fetch(&s->rng_state, 0x9e3779b97f4a7c15ULL,
+                           __ATOMIC_RELAXED);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void count(uint64_t *counter)
+{
+    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+}
+
+int64_t syncd_backoff_ms(int attempt, int64_t delay_ms, int64_t max_delay_ms,
+                         uint64_t rnd)
+{
+    int64_t cap = delay_ms < max_delay_ms ? delay_ms : max_delay_ms;
+
+    for (int i = 0; i < attempt && cap < max_delay_ms; i++)
+        cap = cap > max_delay_ms / 2 ? max_delay_ms : cap * 2;
+    if (cap <= 0)
+        return 0;
+    return (int64_t)(rnd % ((uint64_t)cap + 1));
+}
+
+/* ---- Validation --------------------------------------------------------- */
+
+int syncd_validate_collection(const char *coll, syncd_error_t *err)
+{
+    size_t len;
+
+    if (coll == NULL || coll[0] == '\0')
+        return syncd_error_set(err, SYNCD_EINVAL, "collection name is empty");
+    len = strlen(coll);
+    if (len > 64)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "collection name is %zu bytes, over 64", len);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)coll[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 (i > 0 && (c == '_' || c == '.' || c == '-'));
+
+        if (!ok)
+            return syncd_error_set(
+                err, SYNCD_EINVAL,
+                "collection name has a bad character (byte 0x%02x) at "
+                "offset %zu: it must match ^[a-z0-9][a-z0-9_.-]{0,63}$",
+                c, i);
+    }
+    return 0;
+}
+
+/* Decodes the UTF-8 sequence at p (n bytes left) into *cp; returns its
+ * length, or 0 when it is not valid UTF-8 (overlong forms, surrogates and
+ * code points past U+10FFFF included). */
+static size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)
+{
+    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    size_t len;
+    uint32_t c;
+
+    if (p[0] < 0x80) {
+        *cp = p[0];
+        return 1;
+    }
+    if ((p[0] & 0xe0) == 0xc0) {
+        len = 2;
+        c = p[0] & 0x1f;
+    } else if ((p[0] & 0xf0) == 0xe0) {
+        len = 3;
+        c = p[0] & 0x0f;
+    } else if ((p[0] & 0xf8) == 0xf0) {
+        len = 4;
+        c = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return len;
+}
+
+int syncd_validate_id(const char *id, syncd_error_t *err)
+{
+    const unsigned char *p = (const unsigned char *)id;
+    size_t len, i = 0;
+
+    if (id == NULL || id[0] == '\0')
+        return syncd_error_set(err, SYNCD_EINVAL, "document id is empty");
+    len = strlen(id);
+    if (len > SYNCD_MAX_ID_BYTES)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "document id is %zu bytes, over %d", len,
+                               SYNCD_MAX_ID_BYTES);
+    while (i < len) {
+        uint32_t cp;
+        size_t n = utf8_decode(p + i, len - i, &cp);
+
+        if (n == 0)
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "document id is not valid UTF-8 at "
+                                   "offset %zu",
+                                   i);
+        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "document id has a control character "
+                                   "(U+%04X) at offset %zu",
+                                   (unsigned)cp, i);
+        if (cp < 0x80 && strchr("<>?{}", (int)cp) != NULL)
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "document id has a forbidden '%c' at "
+                                   "offset %zu",
+                                   (char)cp, i);
+        i += n;
+    }
+    return 0;
+}
+
+static int validate_key(const char *coll, const char *id, syncd_error_t *err)
+{
+    int rc = syncd_validate_collection(coll, err);
+
+    return rc != 0 ? rc : syncd_validate_id(id, err);
+}
+
+/* ---- Documents and changes ---------------------------------------------- */
+
+void syncd_doc_free(syncd_doc_t *doc)
+{
+    if (doc == NULL)
+        return;
+    free(doc->coll);
+    free(doc->id);
+    json_decref(doc->body);
+    free(doc);
+}
+
+syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc)
+{
+    syncd_doc_t *copy = malloc(sizeof(*copy));
+
+    if (copy == NULL)
+        return NULL;
+    *copy = *doc;
+    copy->coll = strdup(doc->coll);
+    copy->id = strdup(doc->id);
+    copy->body = json_incref(doc->body);
+    if (copy->coll == NULL || copy->id == NULL) {
+        syncd_doc_free(copy);
+        return NULL;
+    }
+    return copy;
+}
+
+void syncd_change_free(syncd_change_t *change)
+{
+    if (change == NULL)
+        return;
+    syncd_doc_free(change->doc);
+    json_decref(change->patch);
+    json_decref(change->merge);
+    free(change);
+}
+
+const char *syncd_change_op_name(syncd_change_op_t op)
+{
+    switch (op) {
+    case SYNCD_CHANGE_CREATE:
+        return "create";
+    case SYNCD_CHANGE_UPDATE:
+        return "update";
+    case SYNCD_CHANGE_DELETE:
+        return "delete";
+    default:
+        return "none";
+    }
+}
+
+static int is_live(const syncd_doc_t *doc)
+{
+    return doc != NULL && !doc->deleted;
+}
+
+/* Returns a new record of coll/id taking body (may be NULL for a
+ * tombstone; the reference is stolen, even on failure), or NULL. */
+static syncd_doc_t *doc_new(syncd_store_t *s, const char *coll, const char *id,
+                            int64_t version, json_t *body, const char *hash)
+{
+    syncd_doc_t *doc = calloc(1, sizeof(*doc));
+
+    if (doc == NULL) {
+        json_decref(body);
+        return NULL;
+    }
+    doc->body = body;
+    doc->coll = strdup(coll);
+    doc->id = strdup(id);
+    if (doc->coll == NULL || doc->id == NULL) {
+        syncd_doc_free(doc);
+        return NULL;
+    }
+    doc->version = version;
+    doc->deleted = body == NULL;
+    snprintf(doc->hash, sizeof(doc->hash), "%s", hash);
+    doc->mtime_ms = wall_ms(s);
+    snprintf(doc->origin, sizeof(doc->origin), "%s", s->node_id);
+    return doc;
+}
+
+/* Checks that body is a JSON object of at most max_doc_bytes when
+ * serialized canonically, and writes its content hash into hash. */
+static int check_body(syncd_store_t *s, const json_t *body,
+                      char hash[SYNCD_HASH_HEX_LEN + 1], syncd_error_t *err)
+{
+    size_t len = 0;
+    char *canon;
+
+    if (!json_is_object(body))
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "document body must be a JSON object");
+    canon = syncd_json_canonical(body, &len);
+    if (canon == NULL)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "document body nests deeper than %d levels",
+                               SYNCD_PATCH_MAX_DEPTH);
+    if (len > s->max_doc_bytes) {
+        free(canon);
+        return syncd_error_set(err, SYNCD_ETOOBIG,
+                               "document body is %zu bytes, over "
+                               "max_doc_bytes (%zu)",
+                               len, s->max_doc_bytes);
+    }
+    syncd_sha256_hex(hash, canon, len);
+    free(canon);
+    return 0;
+}
+
+/* Copies a backend's error into err, keeping its backend name and code. */
+static int forward(syncd_error_t *err, const syncd_error_t *from, int rc)
+{
+    if (from->code == 0)
+        return syncd_error_set(err, rc, "%s", syncd_strerror(rc));
+    return syncd_error_set_backend(err, from->code, from->backend,
+                                   from->backend_code, "%s", from->message);
+}
+
+/* Builds the change record of committing next over cur (NULL when there
+ * was no record) into *out; next is stolen, even on failure. */
+static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
+                       syncd_doc_t *next, syncd_error_t *err)
+{
+    syncd_change_t *c = calloc(1, sizeof(*c));
+    syncd_error_t merr;
+    int rc = 0;
+
+    *out = NULL;
+    if (c == NULL) {
+        syncd_doc_free(next);
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    c->doc = next;
+    if (next->deleted) {
+        c->op = SYNCD_CHANGE_DELETE;
+        c->base = cur->version;
+    } else if (!is_live(cur)) {
+        c->op = SYNCD_CHANGE_CREATE;
+        c->patch = json_pack("[{s:s, s:s, s:O}]", "op", "add", "path", "",
+                             "value", next->body);
+        c->merge = json_incref(next->body);
+        if (c->patch == NULL)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    } else {
+        c->op = SYNCD_CHANGE_UPDATE;
+        c->base = cur->version;
+        rc = syncd_patch_diff(&c->patch, cur->body, next->body, err);
+        syncd_error_clear(&merr);
+        if (rc == 0 &&
+            syncd_merge_diff(&c->merge, cur->body, next->body, &merr) != 0 &&
+            merr.code != SYNCD_EPATCH)
+            rc = syncd_error_set(err, merr.code, "%s", merr.message);
+    }
+    if (rc != 0) {
+        syncd_change_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+/* A change with op NONE holding cur (stolen). */
+static int change_none(syncd_change_t **out, syncd_doc_t *cur,
+                       syncd_error_t *err)
+{
+    *out = calloc(1, sizeof(**out));
+    if (*out == NULL) {
+        syncd_doc_free(cur);
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    (*out)->op = SYNCD_CHANGE_NONE;
+    (*out)->doc = cur;
+    (*out)->base = cur->version;
+    return 0;
+}
+
+/* ---- Cache refresh and reads -------------------------------------------- */
+
+/* Puts doc in the cache (put-if-newer); a cache that fails to take it
+ * drops the key instead, so it can never serve an older version. */
+static void cache_refresh(syncd_store_t *s, const syncd_doc_t *doc)
+{
+    if (s->cache != NULL && syncd_cache_put(s->cache, doc, NULL) < 0)
+        syncd_cache_invalidate(s->cache, doc->coll, doc->id, NULL);
+}
+
+/* Reads the record of coll/id (tombstones included) into *cur, NULL when
+ * there is none; from the cache when from_cache and it holds a fresh entry
+ * (*cached set to 1), else from the store, refreshing the cache. */
+static int read_record(syncd_store_t *s, syncd_doc_t **cur, const char *coll,
+                       const char *id, int from_cache, int *cached,
+                       syncd_error_t *err)
+{
+    syncd_error_t local;
+    int rc;
+
+    *cur = NULL;
+    *cached = 0;
+    if (from_cache && s->cache != NULL &&
+        syncd_cache_get(s->cache, cur, coll, id, NULL) == 0) {
+        *cached = 1;
+        return 0;
+    }
+    syncd_error_clear(&local);
+    rc = s->backend->ops->get(s->backend, cur, coll, id, &local);
+    if (rc == SYNCD_ENOTFOUND) {
+        if (s->cache != NULL)
+            syncd_cache_invalidate(s->cache, coll, id, NULL);
+        return 0;
+    }
+    if (rc != 0)
+        return forward(err, &local, rc);
+    cache_refresh(s, *cur);
+    return 0;
+}
+
+/* ---- The write loop ----------------------------------------------------- */
+
+/* One read-decide-commit attempt. Returns 0 with *out set, CAS_CONFLICT
+ * when the version moved, or an error; *cached tells whether the read came
+ * from the cache. */
+static int attempt(syncd_store_t *s, syncd_change_t **out,
+                   const write_req_t *req, int from_cache, int *cached,
+                   syncd_error_t *err)
+{
+    char hash[SYNCD_HASH_HEX_LEN + 1] = "";
+    syncd_doc_t *cur = NULL, *next = NULL;
+    json_t *body = NULL;
+    syncd_error_t local;
+    int rc;
+
+    rc = read_record(s, &cur, req->coll, req->id, from_cache, cached, err);
+    if (rc != 0)
+        return rc;
+    if (req->if_match != SYNCD_ANY_VERSION && !is_live(cur)) {
+        rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", req->coll,
+                             req->id);
+        goto done;
+    }
+    if (req->if_match != SYNCD_ANY_VERSION && cur->version != req->if_match) {
+        rc = syncd_error_set(err, SYNCD_EPRECONDITION,
+                             "%s/%s is at version %lld, not %lld", req->coll,
+                             req->id, (long long)cur->version,
+                             (long long)req->if_match);
+        goto done;
+    }
+    rc = req->step(&body, req, cur, err);
+    if (rc < 0)
+        goto done;
+    if (rc != STEP_DELETE) {
+        rc = check_body(s, body, hash, err);
+        if (rc != 0)
+            goto done;
+        if (is_live(cur) && strcmp(hash, cur->hash) == 0) {
+            rc = change_none(out, cur, err);
+            cur = NULL;
+            goto done;
+        }
+    }
+    next = doc_new(s, req->coll, req->id, cur != NULL ? cur->version + 1 : 1,
+                   body, hash);
+    body = NULL;
+    if (next == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto done;
+    }
+    syncd_error_clear(&local);
+    rc = s->backend->ops->cas(s->backend, next, cur != NULL ? cur->version : 0,
+                              &local);
+    if (rc == SYNCD_ECONFLICT) {
+        rc = CAS_CONFLICT;
+        goto done;
+    }
+    if (rc != 0) {
+        forward(err, &local, rc);
+        goto done;
+    }
+    cache_refresh(s, next);
+    rc = make_change(out, cur, next, err);
+    next = NULL;
+done:
+    json_decref(body);
+    syncd_doc_free(next);
+    syncd_doc_free(cur);
+    return rc;
+}
+
+/* Runs attempt(), first on a cached read when allowed; only a committed
+ * change or a conflict is trusted from the cache, anything else is decided
+ * again on a read from the store. */
+static int attempt_fresh(syncd_store_t *s, syncd_change_t **out,
+                         const write_req_t *req, int first, syncd_error_t *err)
+{
+    int cached = 0;
+    syncd_error_t local;
+    int rc;
+
+    if (first && s->cache != NULL && req->if_match == SYNCD_ANY_VERSION) {
+        syncd_error_clear(&local);
+        rc = attempt(s, out, req, 1, &cached, &local);
+        if (!cached || rc == CAS_CONFLICT ||
+            (rc == 0 && (*out)->op != SYNCD_CHANGE_NONE))
+            return rc < 0 ? forward(err, &local, rc) : rc;
+        if (rc == 0) {
+            syncd_change_free(*out);
+            *out = NULL;
+        }
+    }
+    return attempt(s, out, req, 0, &cached, err);
+}
+
+static int write_loop(syncd_store_t *s, syncd_change_t **out,
+                      const write_req_t *req, syncd_error_t *err)
+{
+    int64_t deadline, delay;
+    int rc;
+
+    *out = NULL;
+    rc = validate_key(req->coll, req->id, err);
+    if (rc != 0)
+        return rc;
+    deadline = now_ms(s) + s->edit_timeout_ms;
+    for (int n = 0;; n++) {
+        rc = attempt_fresh(s, out, req, n == 0, err);
+        if (rc == 0) {
+            (*out)->attempts = n + 1;
+            if ((*out)->op != SYNCD_CHANGE_NONE)
+                count(&s->edits);
+            return 0;
+        }
+        if (rc != CAS_CONFLICT)
+            return rc;
+        count(&s->conflicts);
+        if (req->if_match != SYNCD_ANY_VERSION)
+            return syncd_error_set(
+                err, SYNCD_EPRECONDITION, "%s/%s changed after version %lld",
+                req->coll, req->id, (long long)req->if_match);
+        if (n >= s->max_retries)
+            return syncd_error_set(err, SYNCD_ECONFLICT,
+                                   "%s/%s: gave up after %d conflicting "
+                                   "attempts (max_retries %d)",
+                                   req->coll, req->id, n + 1, s->max_retries);
+        delay = syncd_backoff_ms(n, s->retry_delay_ms, s->max_retry_delay_ms,
+                                 random_u64(s));
+        if (now_ms(s) + delay > deadline)
+            return syncd_error_set(err, SYNCD_ECONFLICT,
+                                   "%s/%s: edit_timeout (%lld ms) ran out "
+                                   "after %d conflicting attempts",
+                                   req->coll, req->id,
+                                   (long long)s->edit_timeout_ms, n + 1);
+        sleep_ms(s, delay);
+        count(&s->retries);
+    }
+}
+
+/* ---- Steps -------------------------------------------------------------- */
+
+static int not_found(const write_req_t *req, syncd_error_t *err)
+{
+    return syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", req->coll,
+                           req->id);
+}
+
+static int step_create(json_t **body, const write_req_t *req,
+                       const syncd_doc_t *cur, syncd_error_t *err)
+{
+    if (is_live(cur))
+        return syncd_error_set(err, SYNCD_EEXISTS, "%s/%s already exists",
+                               cur->coll, cur->id);
+    *body = json_incref(req->arg);
+    return 0;
+}
+
+static int step_put(json_t **body, const write_req_t *req,
+                    const syncd_doc_t *cur, syncd_error_t *err)
+{
+    (void)cur;
+    (void)err;
+    *body = json_incref(req->arg);
+    return 0;
+}
+
+static int step_delete(json_t **body, const write_req_t *req,
+                       const syncd_doc_t *cur, syncd_error_t *err)
+{
+    *body = NULL;
+    return is_live(cur) ? STEP_DELETE : not_found(req, err);
+}
+
+typedef struct edit_arg {
+    syncd_edit_fn fn;
+    void *arg;
+} edit_arg_t;
+
+static int step_edit(json_t **body, const write_req_t *req,
+                     const syncd_doc_t *cur, syncd_error_t *err)
+{
+    edit_arg_t *ea = req->arg;
+    int rc;
+
+    if (!is_live(cur))
+        return not_found(req, err);
+    *body = json_deep_copy(cur->body);
+    if (*body == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    rc = ea->fn(*body, ea->arg, err);
+    if (rc < 0) {
+        json_decref(*body);
+        *body = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+typedef struct patch_arg {
+    const json_t *patch;
+    int is_merge;
+} patch_arg_t;
+
+static int step_patch(json_t **body, const write_req_t *req,
+                      const syncd_doc_t *cur, syncd_error_t *err)
+{
+    patch_arg_t *pa = req->arg;
+
+    if (!is_live(cur))
+        return not_found(req, err);
+    if (pa->is_merge)
+        return syncd_merge_apply(body, cur->body, pa->patch, err);
+    return syncd_patch_apply(body, cur->body, pa->patch, err);
+}
+
+/* ---- Public writes ------------------------------------------------------ */
+
+/* Runs a create or put of a private copy of body. */
+static int write_body(syncd_store_t *store, syncd_change_t **out,
+                      const char *coll, const char *id, const json_t *body,
+                      step_fn step, int64_t if_match, syncd_error_t *err)
+{
+    write_req_t req = {coll, id, step, NULL, if_match};
+    json_t *copy;
+    int rc;
+
+    *out = NULL;
+    if (!json_is_object(body))
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "document body must be a JSON object");
+    copy = json_deep_copy(body);
+    if (copy == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    req.arg = copy;
+    rc = write_loop(store, out, &req, err);
+    json_decref(copy);
+    return rc;
+}
+
+int syncd_store_create(syncd_store_t *store, syncd_change_t **out,
+                       const char *coll, const char *id, const json_t *body,
+                       syncd_error_t *err)
+{
+    return write_body(store, out, coll, id, body, step_create,
+                      SYNCD_ANY_VERSION, err);
+}
+
+int syncd_store_put(syncd_store_t *store, syncd_change_t **out,
+                    const char *coll, const char *id, const json_t *body,
+                    int64_t if_match, syncd_error_t *err)
+{
+    return write_body(store, out, coll, id, body, step_put, if_match, err);
+}
+
+int syncd_store_edit(syncd_store_t *store, syncd_change_t **out,
+                     const char *coll, const char *id, syncd_edit_fn fn,
+                     void *arg, int64_t if_match, syncd_error_t *err)
+{
+    edit_arg_t ea = {fn, arg};
+    write_req_t req = {coll, id, step_edit, &ea, if_match};
+
+    return write_loop(store, out, &req, err);
+}
+
+int syncd_store_patch(syncd_store_t *store, syncd_change_t **out,
+                      const char *coll, const char *id, const json_t *patch,
+                      int is_merge, int64_t if_match, syncd_error_t *err)
+{
+    patch_arg_t pa = {patch, is_merge};
+    write_req_t req = {coll, id, step_patch, &pa, if_match};
+    int rc;
+
+    *out = NULL;
+    if (!is_merge) {
+        rc = syncd_patch_validate(patch, err);
+        if (rc != 0)
+            return rc;
+    } else if (patch == NULL) {
+        return syncd_error_set(err, SYNCD_EPATCH, "merge patch is missing");
+    }
+    return write_loop(store, out, &req, err);
+}
+
+int syncd_store_delete(syncd_store_t *store, syncd_change_t **out,
+                       const char *coll, const char *id, int64_t if_match,
+                       syncd_error_t *err)
+{
+    write_req_t req = {coll, id, step_delete, NULL, if_match};
+
+    return write_loop(store, out, &req, err);
+}
+
+/* ---- Reads -------------------------------------------------------------- */
+
+int syncd_store_get(syncd_store_t *store, syncd_doc_t **out, const char *coll,
+                    const char *id, syncd_error_t *err)
+{
+    int cached;
+    int rc;
+
+    *out = NULL;
+    rc = validate_key(coll, id, err);
+    if (rc == 0)
+        rc = read_record(store, out, coll, id, 1, &cached, err);
+    if (rc != 0)
+        return rc;
+    if (!is_live(*out)) {
+        syncd_doc_free(*out);
+        *out = NULL;
+        return syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll,
+                               id);
+    }
+    return 0;
+}
+
+int syncd_store_list(syncd_store_t *store, json_t **out, const char *coll,
+                     const char *prefix, const char *after, size_t limit,
+                     syncd_error_t *err)
+{
+    int rc = syncd_validate_collection(coll, err);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    return store->backend->ops->list(store->backend, out, coll, prefix, after,
+                                     limit, 0, err);
+}
+
+int syncd_store_collections(syncd_store_t *store, json_t **out,
+                            syncd_error_t *err)
+{
+    return store->backend->ops->collections(store->backend, out, err);
+}
+
+int syncd_store_digest(syncd_store_t *store, syncd_digest_t *out,
+                       const char *coll, syncd_error_t *err)
+{
+    json_t *entries = NULL;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    rc = syncd_store_list(store, &entries, coll, NULL, NULL, 0, err);
+    if (rc == 0)
+        rc = syncd_digest_entries(out, entries, err);
+    json_decref(entries);
+    return rc;
+}
+
+int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
+                      syncd_error_t *err)
+{
+    size_t n = 0;
+    int rc = syncd_validate_collection(coll, err);
+
+    if (rc == 0)
+        rc = store->backend->ops->purge(
+            store->backend, coll, wall_ms(store) - store->tombstone_ttl_ms, &n,
+            err);
+    if (n > 0 && store->cache != NULL)
+        syncd_cache_invalidate(store->cache, coll, NULL, NULL);
+    if (purged != NULL)
+        *purged = n;
+    return rc;
+}
+
+/* ---- Cache access ------------------------------------------------------- */
+
+int syncd_store_cached(syncd_store_t *store, syncd_doc_t **out,
+                       const char *coll, const char *id, syncd_error_t *err)
+{
+    int rc = validate_key(coll, id, err);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    if (store->cache == NULL)
+        return syncd_error_set(err, SYNCD_ENOTFOUND,
+                               "the embedded store has no cache");
+    return syncd_cache_get(store->cache, out, coll, id, err);
+}
+
+int syncd_store_cache_put(syncd_store_t *store, const syncd_doc_t *doc,
+                          syncd_error_t *err)
+{
+    int rc = validate_key(doc->coll, doc->id, err);
+
+    if (rc != 0 || store->cache == NULL)
+        return rc;
+    return syncd_cache_put(store->cache, doc, err);
+}
+
+int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
+                                 const char *id, syncd_error_t *err)
+{
+    int rc = syncd_validate_collection(coll, err);
+
+    if (rc != 0 || store->cache == NULL)
+        return rc;
+    return syncd_cache_invalidate(store->cache, coll, id, err);
+}
+
+int syncd_store_cache_list(syncd_store_t *store, json_t **out, const char *coll,
+                           syncd_error_t *err)
+{
+    int rc = syncd_validate_collection(coll, err);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    if (store->cache == NULL) {
+        *out = json_array();
+        return *out != NULL
+                   ? 0
+                   : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    return syncd_cache_list(store->cache, out, coll, err);
+}
+
+int syncd_store_refetch(syncd_store_t *store, syncd_doc_t **out,
+                        const char *coll, const char *id, syncd_error_t *err)
+{
+    int cached;
+    int rc;
+
+    *out = NULL;
+    rc = validate_key(coll, id, err);
+    if (rc == 0)
+        rc = read_record(store, out, coll, id, 0, &cached, err);
+    if (rc == 0 && *out == NULL)
+        rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll, id);
+    return rc;
+}
+
+void syncd_store_stats(syncd_store_t *store, syncd_store_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (store->cache != NULL)
+        syncd_cache_stats(store->cache, out);
+    out->edits = __atomic_load_n(&store->edits, __ATOMIC_RELAXED);
+    out->conflicts = __atomic_load_n(&store->conflicts, __ATOMIC_RELAXED);
+    out->retries = __atomic_load_n(&store->retries, __ATOMIC_RELAXED);
+}
+
+/* ---- Open and close ----------------------------------------------------- */
+
+void syncd_store_options_init(syncd_store_options_t *opts)
+{
+    memset(opts, 0, sizeof(*opts));
+    opts->database = "syncd";
+    opts->data_dir = "data";
+    opts->node_id = "local";
+    opts->sync_writes = 1;
+    opts->cache_ttl_ms = 10 * 60 * 1000;
+    opts->cache_max_bytes = (uint64_t)256 << 20;
+    opts->max_retries = 10;
+    opts->retry_delay_ms = 5;
+    opts->max_retry_delay_ms = 1000;
+    opts->edit_timeout_ms = 10 * 1000;
+    opts->max_doc_bytes = (size_t)8 << 20;
+    opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
+    opts->backend_timeout_ms = 5000;
+}
+
+static int check_options(const syncd_store_options_t *o, syncd_error_t *err)
+{
+    if (o->data_dir == NULL || o->data_dir[0] == '\0')
+        return syncd_error_set(err, SYNCD_EINVAL, "data_dir is not set");
+    if (o->node_id == NULL || o->node_id[0] == '\0' ||
+        strlen(o->node_id) > SYNCD_MAX_NODE_ID)
+        return syncd_error_set(err, SYNCD_EINVAL, "node_id must be 1..%d bytes",
+                               SYNCD_MAX_NODE_ID);
+    if (o->mongo_uri != NULL && (o->database == NULL || !o->database[0]))
+        return syncd_error_set(err, SYNCD_EINVAL, "database is not set");
+    if (o->max_retries < 0 || o->retry_delay_ms < 0 ||
+        o->max_retry_delay_ms < 0 || o->edit_timeout_ms < 0 ||
+        o->tombstone_ttl_ms < 0 || o->cache_ttl_ms < 0 ||
+        o->backend_timeout_ms <= 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "retry, timeout and TTL options must not be "
+                               "negative");
+    if (o->max_doc_bytes == 0)
+        return syncd_error_set(err, SYNCD_EINVAL, "max_doc_bytes is 0");
+    return 0;
+}
+
+/* Opens the backend (and, in MongoDB mode, the cache in data_dir/cache). */
+static int open_backends(syncd_store_t *s, const syncd_store_options_t *o,
+                         syncd_error_t *err)
+{
+    char dir[4096];
+    int rc;
+
+    if (mkdir(o->data_dir, 0755) != 0 && errno != EEXIST)
+        return syncd_error_set(err, SYNCD_EBACKEND,
+                               "cannot create data_dir %s: %s", o->data_dir,
+                               strerror(errno));
+    if (o->mongo_uri == NULL)
+        return syncd_backend_rocks_open(&s->backend, o->data_dir,
+                                        o->sync_writes, err);
+    if ((size_t)snprintf(dir, sizeof(dir), "%s/cache", o->data_dir) >=
+        sizeof(dir))
+        return syncd_error_set(err, SYNCD_EINVAL, "data_dir is too long");
+    rc = syncd_backend_mongo_open(&s->backend, o->mongo_uri, o->database,
+                                  o->backend_timeout_ms, err);
+    if (rc == 0)
+        rc = syncd_cache_open(&s->cache, dir, o->cache_ttl_ms,
+                              o->cache_max_bytes, o->hooks, err);
+    return rc;
+}
+
+int syncd_store_open(syncd_store_t **out, const syncd_store_options_t *opts,
+                     syncd_error_t *err)
+{
+    syncd_store_t *s;
+    int rc;
+
+    *out = NULL;
+    rc = check_options(opts, err);
+    if (rc != 0)
+        return rc;
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    snprintf(s->node_id, sizeof(s->node_id), "%s", opts->node_id);
+    s->max_retries = opts->max_retries;
+    s->retry_delay_ms = opts->retry_delay_ms;
+    s->max_retry_delay_ms = opts->max_retry_delay_ms;
+    s->edit_timeout_ms = opts->edit_timeout_ms;
+    s->tombstone_ttl_ms = opts->tombstone_ttl_ms;
+    s->max_doc_bytes = opts->max_doc_bytes;
+    if (opts->hooks != NULL)
+        s->hooks = *opts->hooks;
+    s->rng_state = (uint64_t)clock_ms(CLOCK_REALTIME) * 1000003u ^
+                   (uint64_t)getpid() ^ (uint64_t)(uintptr_t)s;
+    rc = open_backends(s, opts, err);
+    if (rc != 0) {
+        syncd_store_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void syncd_store_close(syncd_store_t *store)
+{
+    if (store == NULL)
+        return;
+    syncd_cache_close(store->cache);
+    if (store->backend != NULL)
+        store->backend->ops->close(store->backend);
+    free(store);
+}
+
+const char *syncd_store_kind(const syncd_store_t *store)
+{
+    return store->backend->ops->kind;
+}

@@ -1,0 +1,1207 @@
+/* api.c - the HTTP API of DESIGN.md section 5: routes, validation, store
+ * calls on the thread pool, publishing, and watch streams.
+ *
+ * A document request becomes one job: the loop validates the route, the
+ * collection, the id and the headers; the thread pool parses the body,
+ * runs the store call and serializes the answer; back on the loop a
+ * committed change is published through the node and the response goes
+ * out once the publish completes (a failed publish is logged: the change
+ * is committed and anti-entropy carries it to the other nodes).
+ *
+ * A watch checks where its stream can start (the collection's current seq
+ * and, for a past `since`, that the replay log still holds since+1; else
+ * 410), then streams the node's events as server-sent events. A watcher
+ * whose unsent output passes watch_buffer_bytes, or that the node tells to
+ * resync, gets `event: resync` and is closed; at shutdown every watcher
+ * gets `event: shutdown` with the seq to resume from.
+ */
+#define _GNU_SOURCE
+#include "api.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "log.h"
+
+#define LIST_DEFAULT_LIMIT 1000
+#define LIST_MAX_LIMIT 10000
+
+struct syncd_api {
+    uv_loop_t *loop;
+    const syncd_config_t *cfg;
+    const char *node_id;
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+    syncd_metrics_t *metrics;
+    syncd_http_server_t *server;
+    int inflight; /* jobs, publishes and watch set-ups under way */
+    int quiescing;
+    void (*quiesce_cb)(void *payload);
+    void *quiesce_payload;
+};
+
+typedef enum {
+    JOB_GET,
+    JOB_CREATE,
+    JOB_PUT,
+    JOB_PATCH,
+    JOB_DELETE,
+    JOB_LIST,
+    JOB_DIGEST,
+} job_kind_t;
+
+typedef struct job {
+    uv_work_t work;
+    syncd_api_t *api;
+    syncd_http_req_t *req;
+    job_kind_t kind;
+    char *coll, *id;
+    const char *raw; /* the request body, borrowed from req */
+    size_t raw_len;
+    int is_merge;
+    int64_t if_match;
+    char *prefix, *after;
+    size_t limit;
+    int64_t seq; /* list: the collection's seq read before listing */
+    /* results */
+    int rc;
+    int bad_json; /* rc comes from parsing the body */
+    syncd_error_t err;
+    syncd_change_t *change;
+    int64_t version;
+    char *text; /* the response body */
+} job_t;
+
+typedef struct watcher {
+    syncd_api_t *api;
+    syncd_http_req_t *req;
+    syncd_node_watch_t *watch; /* NULL once the node ended it */
+    uv_timer_t bookmark;
+    char *coll, *prefix;
+    int64_t since; /* -1: from now on */
+    int64_t last;  /* seq of the last event sent */
+    int streaming;
+    int ended;
+} watcher_t;
+
+int syncd_api_new(syncd_api_t **out, const syncd_api_options_t *opts)
+{
+    syncd_api_t *api = calloc(1, sizeof(*api));
+
+    *out = NULL;
+    if (api == NULL)
+        return SYNCD_ENOMEM;
+    api->loop = opts->loop;
+    api->cfg = opts->cfg;
+    api->node_id = opts->node_id;
+    api->store = opts->store;
+    api->bus = opts->bus;
+    api->node = opts->node;
+    api->metrics = opts->metrics;
+    *out = api;
+    return 0;
+}
+
+void syncd_api_set_server(syncd_api_t *api, syncd_http_server_t *srv)
+{
+    api->server = srv;
+}
+
+void syncd_api_free(syncd_api_t *api)
+{
+    free(api);
+}
+
+void syncd_api_observe(const char *route, int status, void *data)
+{
+    syncd_api_t *api = data;
+
+    syncd_metrics_request(api->metrics, route, status);
+}
+
+static void inflight_begin(syncd_api_t *api)
+{
+    api->inflight++;
+}
+
+static void inflight_end(syncd_api_t *api)
+{
+    if (--api->inflight == 0 && api->quiescing && api->quiesce_cb != NULL) {
+        void (*cb)(void *) = api->quiesce_cb;
+
+        api->quiesce_cb = NULL;
+        cb(api->quiesce_payload);
+    }
+}
+
+void syncd_api_quiesce(syncd_api_t *api, void (*cb)(void *payload),
+                       void *payload)
+{
+    api->quiescing = 1;
+    api->quiesce_cb = cb;
+    api->quiesce_payload = payload;
+    if (api->inflight == 0) {
+        api->quiesce_cb = NULL;
+        cb(payload);
+    }
+}
+
+/* ---- Input helpers --------------------------------------------------- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes n bytes of s into *out (malloc'd). Returns 0,
+ * SYNCD_EINVAL for a bad escape or an encoded NUL byte, SYNCD_ENOMEM. */
+static int pct_decode(char **out, const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    size_t i, o = 0;
+
+    *out = NULL;
+    if (d == NULL)
+        return SYNCD_ENOMEM;
+    for (i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            int hi, lo;
+
+            if (i + 2 >= n)
+                goto bad;
+            hi = hexval(s[i + 1]);
+            lo = hexval(s[i + 2]);
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                goto bad;
+            d[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            d[o++] = s[i];
+        }
+    }
+    d[o] = '\0';
+    *out = d;
+    return 0;
+bad:
+    free(d);
+    return SYNCD_EINVAL;
+}
+
+/* Finds query parameter name in req's query and percent-decodes its value
+ * into *out (malloc'd). Returns 1 when found, 0 when absent, SYNCD_EINVAL
+ * for bad percent-encoding, SYNCD_ENOMEM. */
+static int query_param(char **out, const syncd_http_req_t *req,
+                       const char *name)
+{
+    const char *q = syncd_http_query(req);
+    size_t nlen = strlen(name);
+
+    *out = NULL;
+    while (*q != '\0') {
+        const char *end = strchr(q, '&');
+        size_t len = end ? (size_t)(end - q) : strlen(q);
+
+        if (len >= nlen && strncmp(q, name, nlen) == 0 &&
+            (len == nlen || q[nlen] == '=')) {
+            const char *v = len == nlen ? q + len : q + nlen + 1;
+            int rc = pct_decode(out, v, (size_t)(q + len - v));
+
+            return rc == 0 ? 1 : rc;
+        }
+        q += len;
+        if (*q == '&')
+            q++;
+    }
+    return 0;
+}
+
+/* Parses a non-negative decimal integer; -1 when text is not one. */
+static int parse_count(int64_t *out, const char *text)
+{
+    char *end;
+    long long v;
+
+    if (*text < '0' || *text > '9')
+        return -1;
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (*end != '\0' || errno != 0 || v < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Parses an If-Match value ("*", "\"7\"", W/"7" or 7) into *out; -1 when
+ * it is none of those. */
+static int parse_etag(int64_t *out, const char *text)
+{
+    char buf[32];
+    size_t n;
+
+    while (*text == ' ')
+        text++;
+    if (strcmp(text, "*") == 0) {
+        *out = SYNCD_ANY_VERSION;
+        return 0;
+    }
+    if (strncmp(text, "W/", 2) == 0)
+        text += 2;
+    n = strlen(text);
+    while (n > 0 && text[n - 1] == ' ')
+        n--;
+    if (n >= 2 && text[0] == '"' && text[n - 1] == '"') {
+        text++;
+        n -= 2;
+    }
+    if (n == 0 || n >= sizeof(buf))
+        return -1;
+    memcpy(buf, text, n);
+    buf[n] = '\0';
+    return parse_count(out, buf) < 0 || *out < 1 ? -1 : 0;
+}
+
+/* ---- Responses ------------------------------------------------------- */
+
+static void respond_json(syncd_http_req_t *req, int status, int64_t version,
+                         const char *text)
+{
+    char etag[48] = "";
+
+    if (version > 0)
+        snprintf(etag, sizeof(etag), "ETag: \"%lld\"\r\n", (long long)version);
+    syncd_http_respond(req, status, "application/json", etag, text,
+                       strlen(text));
+}
+
+/* Answers req with the HTTP status and error code of rc for a request of
+ * kind; the message comes from err when it holds one. */
+static void respond_rc(syncd_http_req_t *req, job_kind_t kind, int rc,
+                       const syncd_error_t *err)
+{
+    const char *msg = err != NULL && err->code != 0 ? err->message
+                                                    : syncd_strerror(rc);
+    int status;
+    const char *code = syncd_strerror(rc);
+
+    switch (rc) {
+    case SYNCD_ENOTFOUND:
+        status = kind == JOB_PUT ? 412 : 404;
+        if (kind == JOB_PUT)
+            code = "precondition_failed";
+        break;
+    case SYNCD_EEXISTS:
+    case SYNCD_ECONFLICT:
+        status = 409;
+        break;
+    case SYNCD_EPRECONDITION:
+        status = 412;
+        break;
+    case SYNCD_EPATCH:
+        status = 422;
+        break;
+    case SYNCD_EINVAL:
+        status = kind == JOB_PATCH ? 422 : 400;
+        if (kind == JOB_PATCH)
+            code = "invalid_patch";
+        break;
+    case SYNCD_ETOOBIG:
+        status = 413;
+        break;
+    case SYNCD_ENOMEM:
+        status = 500;
+        break;
+    default:
+        status = 503;
+        syncd_log(SYNCD_LOG_WARN, "api: %s %s: %s", syncd_http_method(req),
+                  syncd_http_path(req), msg);
+        break;
+    }
+    syncd_http_respond_error(req, status, code, msg);
+}
+
+/* ---- Store jobs ------------------------------------------------------ */
+
+static void job_free(job_t *j)
+{
+    syncd_change_free(j->change);
+    free(j->coll);
+    free(j->id);
+    free(j->prefix);
+    free(j->after);
+    free(j->text);
+    free(j);
+}
+
+/* Parses the request body (thread pool): a JSON object, or for a merge
+ * patch any JSON value. */
+static json_t *parse_body(job_t *j)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(j->raw, j->raw_len, JSON_DECODE_ANY, &jerr);
+
+    if (v == NULL) {
+        j->bad_json = 1;
+        j->rc = syncd_error_set(&j->err, SYNCD_EINVAL,
+                                "malformed JSON at line %d column %d: %s",
+                                jerr.line, jerr.column, jerr.text);
+        return NULL;
+    }
+    if (j->kind == JOB_PATCH && !j->is_merge && !json_is_array(v)) {
+        j->rc = syncd_error_set(&j->err, SYNCD_EPATCH,
+                                "a JSON Patch must be an array of operations");
+    } else if (j->kind != JOB_PATCH && !json_is_object(v)) {
+        j->bad_json = 1;
+        j->rc = syncd_error_set(&j->err, SYNCD_EINVAL,
+                                "the document body must be a JSON object");
+    } else {
+        return v;
+    }
+    json_decref(v);
+    return NULL;
+}
+
+/* Serializes a result (thread pool) into j->text. */
+static void set_text(job_t *j, const json_t *v)
+{
+    j->text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (j->text == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+}
+
+static void run_write(job_t *j)
+{
+    json_t *body = parse_body(j);
+
+    if (body == NULL)
+        return;
+    switch (j->kind) {
+    case JOB_CREATE:
+        j->rc = syncd_store_create(j->api->store, &j->change, j->coll, j->id,
+                                   body, &j->err);
+        break;
+    case JOB_PUT:
+        j->rc = syncd_store_put(j->api->store, &j->change, j->coll, j->id,
+                                body, j->if_match, &j->err);
+        break;
+    default:
+        j->rc = syncd_store_patch(j->api->store, &j->change, j->coll, j->id,
+                                  body, j->is_merge, j->if_match, &j->err);
+        break;
+    }
+    json_decref(body);
+    if (j->rc == 0) {
+        j->version = j->change->doc->version;
+        set_text(j, j->change->doc->body);
+    }
+}
+
+static void run_list(job_t *j)
+{
+    json_t *docs = NULL, *out = NULL;
+    const char *next = NULL;
+
+    j->rc = syncd_store_list(j->api->store, &docs, j->coll, j->prefix,
+                             j->after, j->limit + 1, &j->err);
+    if (j->rc != 0)
+        return;
+    if (json_array_size(docs) > j->limit) {
+        json_array_remove(docs, j->limit);
+        next = json_string_value(
+            json_object_get(json_array_get(docs, j->limit - 1), "id"));
+    }
+    out = json_pack("{s:I, s:O, s:o}", "seq", (json_int_t)j->seq, "docs",
+                    docs, "next", next ? json_string(next) : json_null());
+    if (out == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    else
+        set_text(j, out);
+    json_decref(out);
+    json_decref(docs);
+}
+
+static void run_digest(job_t *j)
+{
+    syncd_digest_t d;
+    json_t *entries = NULL, *out;
+
+    if (strcmp(syncd_store_kind(j->api->store), "rocksdb") == 0) {
+        j->rc = syncd_store_digest(j->api->store, &d, j->coll, &j->err);
+    } else {
+        j->rc = syncd_store_cache_list(j->api->store, &entries, j->coll,
+                                       &j->err);
+        if (j->rc == 0)
+            j->rc = syncd_digest_entries(&d, entries, &j->err);
+        json_decref(entries);
+    }
+    if (j->rc != 0)
+        return;
+    out = json_pack("{s:I, s:s}", "count", (json_int_t)d.count, "digest",
+                    d.hex);
+    if (out == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    else
+        set_text(j, out);
+    json_decref(out);
+}
+
+static void job_work(uv_work_t *w)
+{
+    job_t *j = w->data;
+    syncd_doc_t *doc = NULL;
+
+    switch (j->kind) {
+    case JOB_GET:
+        j->rc = syncd_store_get(j->api->store, &doc, j->coll, j->id, &j->err);
+        if (j->rc == 0) {
+            j->version = doc->version;
+            set_text(j, doc->body);
+        }
+        syncd_doc_free(doc);
+        break;
+    case JOB_DELETE:
+        j->rc = syncd_store_delete(j->api->store, &j->change, j->coll, j->id,
+                                   j->if_match, &j->err);
+        if (j->rc == 0) {
+            json_t *out;
+
+            j->version = j->change->doc->version;
+            out = json_pack("{s:s, s:I, s:b}", "id", j->id, "v",
+                            (json_int_t)j->version, "deleted", 1);
+            if (out == NULL)
+                j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "no memory");
+            else
+                set_text(j, out);
+            json_decref(out);
+        }
+        break;
+    case JOB_LIST:
+        run_list(j);
+        break;
+    case JOB_DIGEST:
+        run_digest(j);
+        break;
+    default:
+        run_write(j);
+        break;
+    }
+}
+
+/* Sends the job's answer and frees it. */
+static void job_finish(job_t *j)
+{
+    syncd_api_t *api = j->api;
+
+    if (j->rc != 0) {
+        if (j->bad_json)
+            syncd_http_respond_error(j->req, 400, "invalid_json",
+                                     j->err.message);
+        else
+            respond_rc(j->req, j->kind, j->rc, &j->err);
+    } else {
+        int created = j->change != NULL &&
+                      j->change->op == SYNCD_CHANGE_CREATE;
+
+        respond_json(j->req, created ? 201 : 200, j->version, j->text);
+    }
+    job_free(j);
+    inflight_end(api);
+}
+
+static void job_published(int status, int64_t seq, void *payload)
+{
+    job_t *j = payload;
+
+    if (status != 0)
+        syncd_log(SYNCD_LOG_WARN,
+                  "api: publishing %s/%s v%lld failed (%s); anti-entropy "
+                  "will carry it",
+                  j->coll, j->id, (long long)j->version,
+                  syncd_strerror(status));
+    else
+        syncd_log(SYNCD_LOG_DEBUG, "api: %s/%s v%lld published as seq %lld",
+                  j->coll, j->id, (long long)j->version, (long long)seq);
+    job_finish(j);
+}
+
+static void job_done(uv_work_t *w, int status)
+{
+    job_t *j = w->data;
+    int rc;
+
+    (void)status;
+    if (j->rc == 0 && j->change != NULL &&
+        j->change->op != SYNCD_CHANGE_NONE) {
+        rc = syncd_node_publish(j->api->node, j->change, job_published, j);
+        if (rc == 0)
+            return;
+        job_published(rc, 0, j);
+        return;
+    }
+    job_finish(j);
+}
+
+static void job_queue(job_t *j)
+{
+    int rc;
+
+    j->work.data = j;
+    rc = uv_queue_work(j->api->loop, &j->work, job_work, job_done);
+    if (rc != 0) {
+        j->rc = syncd_error_set(&j->err, SYNCD_EBACKEND,
+                                "cannot queue work: %s", uv_strerror(rc));
+        job_finish(j);
+    }
+}
+
+/* Returns a new job of kind for req over coll (and id, may be NULL), both
+ * taken over; NULL on out of memory (coll and id are freed). */
+static job_t *job_new(syncd_api_t *api, syncd_http_req_t *req,
+                      job_kind_t kind, char *coll, char *id)
+{
+    job_t *j = calloc(1, sizeof(*j));
+
+    if (j == NULL) {
+        free(coll);
+        free(id);
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        return NULL;
+    }
+    j->api = api;
+    j->req = req;
+    j->kind = kind;
+    j->coll = coll;
+    j->id = id;
+    j->if_match = SYNCD_ANY_VERSION;
+    j->raw = syncd_http_body(req, &j->raw_len);
+    inflight_begin(api);
+    return j;
+}
+
+/* ---- Document routes ------------------------------------------------- */
+
+/* Reads If-Match into j->if_match; answers 400 and returns -1 when bad. */
+static int read_if_match(job_t *j)
+{
+    const char *h = syncd_http_header(j->req, "If-Match");
+
+    if (h == NULL)
+        return 0;
+    if (parse_etag(&j->if_match, h) == 0)
+        return 0;
+    syncd_http_respond_error(j->req, 400, "bad_request",
+                             "If-Match must be \"<version>\" or *");
+    return -1;
+}
+
+/* Sets up a PUT: create, replace or create-or-replace by its headers. */
+static int setup_put(job_t *j)
+{
+    const char *none = syncd_http_header(j->req, "If-None-Match");
+
+    if (read_if_match(j) < 0)
+        return -1;
+    if (none == NULL) {
+        j->kind = JOB_PUT;
+        return 0;
+    }
+    if (strcmp(none, "*") != 0 ||
+        syncd_http_header(j->req, "If-Match") != NULL) {
+        syncd_http_respond_error(j->req, 400, "bad_request",
+                                 "If-None-Match supports only *, without "
+                                 "If-Match");
+        return -1;
+    }
+    j->kind = JOB_CREATE;
+    return 0;
+}
+
+/* Sets up a PATCH: its content type picks JSON Patch or merge patch. */
+static int setup_patch(job_t *j)
+{
+    const char *ct = syncd_http_header(j->req, "Content-Type");
+    size_t n;
+
+    if (read_if_match(j) < 0)
+        return -1;
+    if (ct == NULL)
+        ct = "";
+    n = strcspn(ct, "; ");
+    if (n == strlen("application/json-patch+json") &&
+        strncasecmp(ct, "application/json-patch+json", n) == 0) {
+        j->is_merge = 0;
+    } else if (n == strlen("application/merge-patch+json") &&
+               strncasecmp(ct, "application/merge-patch+json", n) == 0) {
+        j->is_merge = 1;
+    } else {
+        syncd_http_respond_error(
+            j->req, 415, "unsupported_media_type",
+            "PATCH takes application/json-patch+json or "
+            "application/merge-patch+json");
+        return -1;
+    }
+    return 0;
+}
+
+static void method_not_allowed(syncd_http_req_t *req, const char *allow)
+{
+    static const char body[] = "{\"error\":\"method_not_allowed\","
+                               "\"message\":\"method not allowed on this "
+                               "route\"}";
+    char headers[64];
+
+    snprintf(headers, sizeof(headers), "Allow: %s\r\n", allow);
+    syncd_http_respond(req, 405, "application/json", headers, body,
+                       sizeof(body) - 1);
+}
+
+static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
+                      char *id)
+{
+    const char *m = syncd_http_method(req);
+    job_kind_t kind;
+    job_t *j;
+    int rc = 0;
+
+    if (strcmp(m, "GET") == 0) {
+        syncd_http_set_route(req, "get");
+        kind = JOB_GET;
+    } else if (strcmp(m, "PUT") == 0) {
+        syncd_http_set_route(req, "put");
+        kind = JOB_PUT;
+    } else if (strcmp(m, "PATCH") == 0) {
+        syncd_http_set_route(req, "patch");
+        kind = JOB_PATCH;
+    } else if (strcmp(m, "DELETE") == 0) {
+        syncd_http_set_route(req, "delete");
+        kind = JOB_DELETE;
+    } else {
+        free(coll);
+        free(id);
+        method_not_allowed(req, "GET, PUT, PATCH, DELETE");
+        return;
+    }
+    j = job_new(api, req, kind, coll, id);
+    if (j == NULL)
+        return;
+    if (kind == JOB_PUT)
+        rc = setup_put(j);
+    else if (kind == JOB_PATCH)
+        rc = setup_patch(j);
+    else if (kind == JOB_DELETE)
+        rc = read_if_match(j);
+    if (rc < 0) {
+        job_free(j);
+        inflight_end(api);
+        return;
+    }
+    job_queue(j);
+}
+
+static void list_seq_read(int status, int64_t seq, void *payload)
+{
+    job_t *j = payload;
+
+    if (status != 0) {
+        j->rc = syncd_error_set(&j->err, status,
+                                "cannot read the collection's seq: %s",
+                                syncd_strerror(status));
+        job_finish(j);
+        return;
+    }
+    j->seq = seq;
+    job_queue(j);
+}
+
+/* Reads a query parameter, answering 400 (and returning -1) when it is
+ * not percent-encoded correctly. */
+static int query_or_400(char **out, syncd_http_req_t *req, const char *name)
+{
+    int rc = query_param(out, req, name);
+
+    if (rc >= 0)
+        return rc;
+    syncd_http_respond_error(req, 400, "bad_request",
+                             rc == SYNCD_EINVAL
+                                 ? "bad percent-encoding in the query"
+                                      : "out of memory");
+    return -1;
+}
+
+static void serve_list(syncd_api_t *api, syncd_http_req_t *req, char *coll)
+{
+    job_t *j;
+    char *limit = NULL;
+    int64_t n = LIST_DEFAULT_LIMIT;
+    int rc;
+
+    syncd_http_set_route(req, "list");
+    if (strcmp(syncd_http_method(req), "GET") != 0) {
+        free(coll);
+        method_not_allowed(req, "GET");
+        return;
+    }
+    j = job_new(api, req, JOB_LIST, coll, NULL);
+    if (j == NULL)
+        return;
+    if (query_or_400(&j->prefix, req, "prefix") < 0 ||
+        query_or_400(&j->after, req, "after") < 0 ||
+        query_or_400(&limit, req, "limit") < 0)
+        goto fail;
+    if (limit != NULL &&
+        (parse_count(&n, limit) < 0 || n < 1 || n > LIST_MAX_LIMIT)) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "limit must be an integer in 1..10000");
+        goto fail;
+    }
+    free(limit);
+    j->limit = (size_t)n;
+    rc = syncd_bus_seq(api->bus, j->coll, list_seq_read, j);
+    if (rc != 0)
+        list_seq_read(rc, 0, j);
+    return;
+fail:
+    free(limit);
+    job_free(j);
+    inflight_end(api);
+}
+
+static void serve_digest(syncd_api_t *api, syncd_http_req_t *req, char *coll)
+{
+    job_t *j;
+
+    syncd_http_set_route(req, "digest");
+    if (strcmp(syncd_http_method(req), "GET") != 0) {
+        free(coll);
+        method_not_allowed(req, "GET");
+        return;
+    }
+    j = job_new(api, req, JOB_DIGEST, coll, NULL);
+    if (j != NULL)
+        job_queue(j);
+}
+
+/* ---- Watch streams --------------------------------------------------- */
+
+static void watcher_closed(uv_handle_t *h)
+{
+    watcher_t *w = h->data;
+
+    free(w->coll);
+    free(w->prefix);
+    free(w);
+}
+
+/* Ends w's stream after a last event (event/data may be NULL), stops its
+ * node watch when it is still on, and frees w. */
+static void watcher_end(watcher_t *w, const char *event, const char *data)
+{
+    char line[160];
+
+    if (w->ended)
+        return;
+    w->ended = 1;
+    if (event != NULL) {
+        int n = snprintf(line, sizeof(line), "event: %s\ndata: %s\n\n", event,
+                         data);
+
+        syncd_http_stream_write(w->req, line, (size_t)n);
+    }
+    syncd_node_unwatch(w->watch);
+    w->watch = NULL;
+    if (w->streaming) {
+        syncd_metrics_watchers(w->api->metrics, -1);
+        syncd_http_stream_end(w->req);
+    }
+    uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
+}
+
+/* Returns seconds since the RFC 3339 UTC time ts, or -1 if unparsable. */
+static double age_of(const char *ts)
+{
+    struct tm tm;
+    struct timespec now;
+    const char *rest;
+    double frac = 0, scale = 0.1;
+
+    if (ts == NULL)
+        return -1;
+    memset(&tm, 0, sizeof(tm));
+    rest = strptime(ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (rest == NULL)
+        return -1;
+    if (*rest == '.')
+        for (rest++; *rest >= '0' && *rest <= '9'; rest++, scale /= 10)
+            frac += (*rest - '0') * scale;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (double)(now.tv_sec - timegm(&tm)) + now.tv_nsec / 1e9 - frac;
+}
+
+static void bookmark_due(uv_timer_t *t)
+{
+    watcher_t *w = t->data;
+    char line[96];
+    int64_t seq = syncd_node_seq(w->api->node, w->coll);
+    int n;
+
+    if (seq < w->last)
+        seq = w->last;
+    w->last = seq;
+    n = snprintf(line, sizeof(line), "id: %lld\nevent: bookmark\ndata: "
+                 "{\"seq\":%lld}\n\n",
+                 (long long)seq, (long long)seq);
+    syncd_http_stream_write(w->req, line, (size_t)n);
+}
+
+static void send_event(watcher_t *w, int64_t seq, const json_t *event)
+{
+    char *data = json_dumps(event, JSON_COMPACT);
+    char head[96];
+    int n;
+
+    if (data == NULL) {
+        watcher_end(w, "resync", "{\"reason\":\"out of memory\"}");
+        return;
+    }
+    n = snprintf(head, sizeof(head), "id: %lld\nevent: %s\ndata: ",
+                 (long long)seq,
+                 json_string_value(json_object_get(event, "op")));
+    {
+        size_t dlen = strlen(data);
+        char *msg = malloc((size_t)n + dlen + 2);
+
+        if (msg != NULL) {
+            memcpy(msg, head, (size_t)n);
+            memcpy(msg + n, data, dlen);
+            memcpy(msg + n + dlen, "\n\n", 2);
+            syncd_http_stream_write(w->req, msg, (size_t)n + dlen + 2);
+            free(msg);
+        }
+    }
+    free(data);
+    w->last = seq;
+    {
+        double age = age_of(json_string_value(json_object_get(event, "ts")));
+
+        if (age >= 0)
+            syncd_metrics_latency(w->api->metrics, age);
+    }
+    uv_timer_again(&w->bookmark);
+    if (syncd_http_stream_backlog(w->req) > w->api->cfg->watch_buffer_bytes) {
+        char data_resync[64];
+
+        syncd_log(SYNCD_LOG_WARN, "api: watcher of %s too slow at seq %lld: "
+                  "resync",
+                  w->coll, (long long)seq);
+        snprintf(data_resync, sizeof(data_resync), "{\"seq\":%lld}",
+                 (long long)seq);
+        watcher_end(w, "resync", data_resync);
+    }
+}
+
+static void watch_signal(syncd_node_signal_t signal, int64_t seq,
+                         const json_t *event, void *payload)
+{
+    watcher_t *w = payload;
+    char data[64];
+
+    if (w->ended)
+        return;
+    if (signal == SYNCD_NODE_EVENT) {
+        send_event(w, seq, event);
+        return;
+    }
+    /* The node ends and frees its watch after these signals. */
+    w->watch = NULL;
+    snprintf(data, sizeof(data), "{\"seq\":%lld}",
+             (long long)(w->last > seq ? w->last : seq));
+    if (signal == SYNCD_NODE_RESYNC)
+        syncd_log(SYNCD_LOG_INFO, "api: watcher of %s told to resync at %lld",
+                  w->coll, (long long)seq);
+    watcher_end(w, signal == SYNCD_NODE_RESYNC ? "resync" : "shutdown", data);
+}
+
+static void watcher_gone(syncd_http_req_t *req)
+{
+    watcher_t *w = syncd_http_data(req);
+
+    watcher_end(w, NULL, NULL);
+}
+
+/* Starts w's stream and its node watch. */
+static void watcher_go(watcher_t *w)
+{
+    syncd_api_t *api = w->api;
+    syncd_error_t err;
+    int rc;
+
+    syncd_error_clear(&err);
+    syncd_http_set_data(w->req, w);
+    syncd_http_on_gone(w->req, watcher_gone);
+    syncd_http_stream_start(w->req, 200, "text/event-stream",
+                            "Cache-Control: no-cache\r\n"
+                            "X-Accel-Buffering: no\r\n");
+    w->streaming = 1;
+    syncd_metrics_watchers(api->metrics, 1);
+    w->last = w->since;
+    rc = syncd_node_watch(api->node, &w->watch, w->coll, w->prefix, w->since,
+                          watch_signal, w, &err);
+    if (rc != 0) {
+        char data[600];
+        json_t *o = json_pack("{s:s, s:s}", "error", syncd_strerror(rc),
+                              "message", err.message);
+        char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+
+        snprintf(data, sizeof(data), "%s", text != NULL ? text : "{}");
+        free(text);
+        json_decref(o);
+        w->watch = NULL;
+        watcher_end(w, "error", data);
+        return;
+    }
+    uv_timer_start(&w->bookmark, bookmark_due,
+                   (uint64_t)api->cfg->bookmark_interval_ms,
+                   (uint64_t)api->cfg->bookmark_interval_ms);
+}
+
+/* Answers a watch that cannot start (and frees w). */
+static void watcher_refuse(watcher_t *w, int status, const char *code,
+                           const char *message)
+{
+    syncd_http_respond_error(w->req, status, code, message);
+    w->ended = 1;
+    uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
+}
+
+static void watch_probe_read(int status, json_t *events, void *payload)
+{
+    watcher_t *w = payload;
+    syncd_api_t *api = w->api;
+
+    if (syncd_http_gone(w->req) || api->quiescing)
+        watcher_refuse(w, 503, "unavailable", "shutting down");
+    else if (status == SYNCD_ENOTFOUND ||
+             (status == 0 && json_array_size(events) == 0))
+        watcher_refuse(w, 410, "gone",
+                       "since is older than the replay log holds");
+    else if (status != 0)
+        watcher_refuse(w, 503, syncd_strerror(status),
+                       "cannot read the replay log");
+    else
+        watcher_go(w);
+    json_decref(events);
+    inflight_end(api);
+}
+
+static void watch_seq_read(int status, int64_t seq, void *payload)
+{
+    watcher_t *w = payload;
+    syncd_api_t *api = w->api;
+    int rc;
+
+    if (status != 0) {
+        watcher_refuse(w, 503, syncd_strerror(status),
+                       "cannot read the collection's seq");
+    } else if (w->since < 0 || w->since >= seq) {
+        if (syncd_http_gone(w->req))
+            watcher_refuse(w, 503, "unavailable", "client gone");
+        else
+            watcher_go(w);
+    } else {
+        /* The log must still hold since+1 for the stream to start. */
+        rc = syncd_bus_replay(api->bus, w->coll, w->since, w->since + 1, 1,
+                              watch_probe_read, w);
+        if (rc == 0)
+            return;
+        watcher_refuse(w, 503, syncd_strerror(rc),
+                       "cannot read the replay log");
+    }
+    inflight_end(api);
+}
+
+static void serve_watch(syncd_api_t *api, syncd_http_req_t *req, char *coll)
+{
+    watcher_t *w;
+    char *since = NULL;
+    const char *last_id = syncd_http_header(req, "Last-Event-ID");
+    int rc;
+
+    syncd_http_set_route(req, "watch");
+    if (strcmp(syncd_http_method(req), "GET") != 0) {
+        free(coll);
+        method_not_allowed(req, "GET");
+        return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        free(coll);
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        return;
+    }
+    w->api = api;
+    w->req = req;
+    w->coll = coll;
+    w->since = -1;
+    uv_timer_init(api->loop, &w->bookmark);
+    w->bookmark.data = w;
+    if (query_or_400(&w->prefix, req, "prefix") < 0 ||
+        query_or_400(&since, req, "since") < 0)
+        goto fail;
+    if (last_id != NULL && *last_id != '\0') {
+        free(since);
+        since = strdup(last_id);
+    }
+    if (since != NULL && parse_count(&w->since, since) < 0) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "since and Last-Event-ID must be a seq "
+                                 "(a non-negative integer)");
+        goto fail;
+    }
+    free(since);
+    inflight_begin(api);
+    rc = syncd_bus_seq(api->bus, w->coll, watch_seq_read, w);
+    if (rc != 0)
+        watch_seq_read(rc, 0, w);
+    return;
+fail:
+    free(since);
+    w->ended = 1;
+    uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
+}
+
+/* ---- Other routes ---------------------------------------------------- */
+
+static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
+{
+    json_t *o;
+    char *text;
+
+    o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "status", "ok", "node",
+                  api->node_id, "store", syncd_store_kind(api->store), "bus",
+                  syncd_bus_kind(api->bus), "bus_connected",
+                  syncd_bus_connected(api->bus));
+    text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (text == NULL)
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+    else
+        respond_json(req, 200, 0, text);
+    free(text);
+    json_decref(o);
+}
+
+static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
+{
+    syncd_metrics_view_t v;
+    char *text;
+    size_t len;
+
+    memset(&v, 0, sizeof(v));
+    syncd_store_stats(api->store, &v.store);
+    syncd_bus_stats(api->bus, &v.bus);
+    syncd_node_stats(api->node, &v.node);
+    v.bus_connected = syncd_bus_connected(api->bus);
+    v.connections = api->server ? syncd_http_connections(api->server) : 0;
+    text = syncd_metrics_render(api->metrics, &v, &len);
+    if (text == NULL) {
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        return;
+    }
+    syncd_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8",
+                       "", text, len);
+    free(text);
+}
+
+/* Decodes and validates a collection or id path segment into *out;
+ * answers 400 naming the problem and returns -1 when it is bad. */
+static int path_segment(char **out, syncd_http_req_t *req, const char *s,
+                        size_t n, int is_id)
+{
+    syncd_error_t err;
+    int rc = pct_decode(out, s, n);
+
+    if (rc == SYNCD_ENOMEM) {
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        return -1;
+    }
+    if (rc != 0) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 is_id ? "bad percent-encoding in the id"
+                                       : "bad percent-encoding in the "
+                                         "collection");
+        return -1;
+    }
+    syncd_error_clear(&err);
+    rc = is_id ? syncd_validate_id(*out, &err)
+               : syncd_validate_collection(*out, &err);
+    if (rc == 0)
+        return 0;
+    syncd_http_respond_error(req, 400,
+                             is_id ? "invalid_id" : "invalid_collection",
+                             err.message);
+    free(*out);
+    *out = NULL;
+    return -1;
+}
+
+void syncd_api_handle(syncd_http_req_t *req, void *data)
+{
+    static const char prefix[] = "/v1/collections/";
+    syncd_api_t *api = data;
+    const char *path = syncd_http_path(req);
+    const char *rest, *slash;
+    char *coll = NULL, *id = NULL;
+
+    if (api->quiescing) {
+        syncd_http_respond_error(req, 503, "unavailable", "shutting down");
+        return;
+    }
+    if (strcmp(path, "/v1/health") == 0 || strcmp(path, "/metrics") == 0) {
+        syncd_http_set_route(req, path[1] == 'v' ? "health" : "metrics");
+        if (strcmp(syncd_http_method(req), "GET") != 0)
+            method_not_allowed(req, "GET");
+        else if (path[1] == 'v')
+            serve_health(api, req);
+        else
+            serve_metrics(api, req);
+        return;
+    }
+    if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
+        goto not_found;
+    rest = path + sizeof(prefix) - 1;
+    slash = strchr(rest, '/');
+    if (slash == NULL)
+        goto not_found;
+    if (path_segment(&coll, req, rest, (size_t)(slash - rest), 0) < 0)
+        return;
+    rest = slash + 1;
+    if (strcmp(rest, "docs") == 0) {
+        serve_list(api, req, coll);
+    } else if (strncmp(rest, "docs/", 5) == 0) {
+        if (path_segment(&id, req, rest + 5, strlen(rest + 5), 1) < 0) {
+            free(coll);
+            return;
+        }
+        serve_doc(api, req, coll, id);
+    } else if (strcmp(rest, "watch") == 0) {
+        serve_watch(api, req, coll);
+    } else if (strcmp(rest, "digest") == 0) {
+        serve_digest(api, req, coll);
+    } else {
+        free(coll);
+        goto not_found;
+    }
+    return;
+not_found:
+    syncd_http_set_route(req, "unknown");
+    syncd_http_respond_error(req, 404, "not_found", "no such route");
+}

@@ -1,0 +1,392 @@
+/* config.c - the daemon's flags and SYNCD_* environment variables.
+ *
+ * One table lists every setting: its flag, kind, where it goes in
+ * syncd_config_t, its default (as text, parsed like any other value, so
+ * the usage text shows exactly what applies) and its help line. Values
+ * are applied in three passes over the table: defaults, environment,
+ * flags; each pass reports the first bad value naming its source.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum {
+    OPT_STRING,
+    OPT_DURATION,
+    OPT_SIZE,
+    OPT_INT,
+    OPT_BOOL,
+    OPT_LEVEL,
+} opt_kind_t;
+
+typedef struct option {
+    const char *flag;
+    opt_kind_t kind;
+    size_t offset;
+    const char *def; /* NULL: unset */
+    const char *help;
+} option_t;
+
+#define AT(field) offsetof(syncd_config_t, field)
+
+static const option_t options[] = {
+    {"mongo-uri", OPT_STRING, AT(mongo_uri), NULL,
+     "MongoDB URI of the store of record (cluster mode)"},
+    {"redis-url", OPT_STRING, AT(redis_url), NULL,
+     "Redis URL of the change bus (cluster mode)"},
+    {"database", OPT_STRING, AT(database), "syncd",
+     "MongoDB database and bus key namespace"},
+    {"data-dir", OPT_STRING, AT(data_dir), "data",
+     "RocksDB store (embedded) or cache (cluster), and the replay log"},
+    {"listen", OPT_STRING, AT(listen), "127.0.0.1:7070",
+     "HTTP address, host:port"},
+    {"node-id", OPT_STRING, AT(node_id), NULL,
+     "this node's id (default: local, or host-port in a cluster)"},
+    {"secret", OPT_STRING, AT(secret), NULL,
+     "cluster secret: events are signed with HMAC-SHA256"},
+    {"token", OPT_STRING, AT(token), NULL,
+     "API bearer token required on every route but /v1/health"},
+    {"log-level", OPT_LEVEL, AT(log_level), "info",
+     "debug, info, warn or error"},
+    {"sync-writes", OPT_BOOL, AT(sync_writes), "true",
+     "embedded store: fsync every commit"},
+    {"cache-ttl", OPT_DURATION, AT(cache_ttl_ms), "10m",
+     "lifetime of a cache entry"},
+    {"cache-max-bytes", OPT_SIZE, AT(cache_max_bytes), "256MiB",
+     "size bound of the cache"},
+    {"max-retries", OPT_INT, AT(max_retries), "10",
+     "compare-and-swap retries of an edit"},
+    {"retry-delay", OPT_DURATION, AT(retry_delay_ms), "5ms",
+     "first backoff of an edit retry"},
+    {"max-retry-delay", OPT_DURATION, AT(max_retry_delay_ms), "1s",
+     "backoff cap of an edit retry"},
+    {"edit-timeout", OPT_DURATION, AT(edit_timeout_ms), "10s",
+     "deadline of an edit loop"},
+    {"anti-entropy-interval", OPT_DURATION, AT(anti_entropy_interval_ms),
+     "30s", "period of the digest comparison with the store"},
+    {"tombstone-ttl", OPT_DURATION, AT(tombstone_ttl_ms), "24h",
+     "lifetime of a delete tombstone"},
+    {"max-doc-bytes", OPT_SIZE, AT(max_doc_bytes), "8MiB",
+     "largest document body"},
+    {"max-event-bytes", OPT_SIZE, AT(max_event_bytes), "1MiB",
+     "larger diffs are published as invalidates"},
+    {"event-log-len", OPT_INT, AT(event_log_len), "100000",
+     "replay log length per collection"},
+    {"max-connections", OPT_INT, AT(max_connections), "1024",
+     "open HTTP connections; more are refused with 503"},
+    {"max-header-bytes", OPT_SIZE, AT(max_header_bytes), "16KiB",
+     "request line and headers; more is refused with 431"},
+    {"idle-timeout", OPT_DURATION, AT(idle_timeout_ms), "60s",
+     "keep-alive idle time, and the longest stall of a request body"},
+    {"header-timeout", OPT_DURATION, AT(header_timeout_ms), "10s",
+     "time to receive request headers; slower clients get 408"},
+    {"watch-buffer-bytes", OPT_SIZE, AT(watch_buffer_bytes), "4MiB",
+     "unsent bytes per watcher before it is told to resync"},
+    {"watch-buffer-events", OPT_INT, AT(watch_buffer_events), "10000",
+     "queued events per watcher before it is told to resync"},
+    {"bookmark-interval", OPT_DURATION, AT(bookmark_interval_ms), "15s",
+     "idle time before a watcher gets a bookmark event"},
+};
+
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+int syncd_parse_duration(int64_t *ms, const char *text)
+{
+    static const struct {
+        const char *unit;
+        double ms;
+    } units[] = {{"ms", 1}, {"s", 1e3}, {"m", 60e3}, {"h", 3600e3}};
+    char *end;
+    double v;
+    size_t i;
+
+    errno = 0;
+    v = strtod(text, &end);
+    if (end == text || errno != 0 || v < 0 || !isdigit((unsigned char)*text))
+        return -1;
+    if (*end == '\0' && v == 0) {
+        *ms = 0;
+        return 0;
+    }
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) == 0) {
+            double total = v * units[i].ms;
+
+            if (total > 9.2e18)
+                return -1;
+            *ms = (int64_t)total;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int syncd_parse_size(uint64_t *bytes, const char *text)
+{
+    static const struct {
+        const char *unit;
+        double bytes;
+    } units[] = {{"B", 1},
+                 {"KiB", 1024.0},
+                 {"MiB", 1024.0 * 1024},
+                 {"GiB", 1024.0 * 1024 * 1024},
+                 {"TiB", 1024.0 * 1024 * 1024 * 1024}};
+    char *end;
+    double v;
+    size_t i;
+
+    errno = 0;
+    v = strtod(text, &end);
+    if (end == text || errno != 0 || v < 0 || !isdigit((unsigned char)*text))
+        return -1;
+    if (*end == '\0' && v == 0) {
+        *bytes = 0;
+        return 0;
+    }
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) == 0) {
+            double total = v * units[i].bytes;
+
+            if (total > 1.8e19)
+                return -1;
+            *bytes = (uint64_t)total;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int parse_bool(int *out, const char *text)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    size_t i;
+
+    for (i = 0; i < 4; i++) {
+        if (strcmp(text, yes[i]) == 0) {
+            *out = 1;
+            return 0;
+        }
+        if (strcmp(text, no[i]) == 0) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static const char *kind_hint(opt_kind_t kind)
+{
+    switch (kind) {
+    case OPT_DURATION:
+        return "a duration with a unit (250ms, 2s, 5m, 24h)";
+    case OPT_SIZE:
+        return "a size with a unit (512KiB, 64MiB, 1GiB)";
+    case OPT_INT:
+        return "a non-negative integer";
+    case OPT_BOOL:
+        return "true or false";
+    case OPT_LEVEL:
+        return "debug, info, warn or error";
+    default:
+        return "a string";
+    }
+}
+
+/* Stores text as the value of opt in cfg; -1 when it does not parse. */
+static int set_value(syncd_config_t *cfg, const option_t *opt,
+                     const char *text)
+{
+    char *field = (char *)cfg + opt->offset;
+
+    switch (opt->kind) {
+    case OPT_STRING: {
+        char **slot = (char **)field;
+        char *copy = strdup(text);
+
+        if (copy == NULL)
+            return -1;
+        free(*slot);
+        *slot = copy;
+        return 0;
+    }
+    case OPT_DURATION:
+        return syncd_parse_duration((int64_t *)field, text);
+    case OPT_SIZE:
+        return syncd_parse_size((uint64_t *)field, text);
+    case OPT_INT: {
+        char *end;
+        long long v;
+
+        errno = 0;
+        v = strtoll(text, &end, 10);
+        if (end == text || *end != '\0' || errno != 0 || v < 0)
+            return -1;
+        *(int64_t *)field = v;
+        return 0;
+    }
+    case OPT_BOOL:
+        return parse_bool((int *)field, text);
+    case OPT_LEVEL:
+        return syncd_log_parse_level((syncd_log_level_t *)field, text);
+    }
+    return -1;
+}
+
+static const option_t *find_option(const char *flag, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < NOPTIONS; i++)
+        if (strlen(options[i].flag) == len &&
+            strncmp(options[i].flag, flag, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+/* Writes the environment variable name of flag into buf (SYNCD_X_Y). */
+static void env_name(char *buf, size_t size, const char *flag)
+{
+    size_t n = (size_t)snprintf(buf, size, "SYNCD_");
+
+    for (; *flag != '\0' && n + 1 < size; flag++)
+        buf[n++] = *flag == '-' ? '_' : (char)toupper((unsigned char)*flag);
+    buf[n] = '\0';
+}
+
+static int bad_value(syncd_error_t *err, const char *source,
+                     const option_t *opt, const char *text)
+{
+    return syncd_error_set(err, SYNCD_EINVAL, "%s: bad value '%s': want %s",
+                           source, text, kind_hint(opt->kind));
+}
+
+/* Splits cfg->listen into host and port. */
+static int split_listen(syncd_config_t *cfg, syncd_error_t *err)
+{
+    const char *text = cfg->listen;
+    const char *colon = strrchr(text, ':');
+    const char *host = text;
+    size_t hlen;
+    char *end;
+    long port;
+
+    if (colon == NULL)
+        goto bad;
+    hlen = (size_t)(colon - text);
+    if (hlen >= 2 && text[0] == '[' && text[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen >= sizeof(cfg->host))
+        goto bad;
+    errno = 0;
+    port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || end == colon + 1 || errno != 0 || port < 0 ||
+        port > 65535)
+        goto bad;
+    memcpy(cfg->host, host, hlen);
+    cfg->host[hlen] = '\0';
+    cfg->port = (int)port;
+    return 0;
+bad:
+    return syncd_error_set(err, SYNCD_EINVAL,
+                           "--listen: bad value '%s': want host:port", text);
+}
+
+int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
+                       syncd_error_t *err)
+{
+    size_t i;
+    int a;
+
+    memset(cfg, 0, sizeof(*cfg));
+    for (i = 0; i < NOPTIONS; i++)
+        if (options[i].def != NULL &&
+            set_value(cfg, &options[i], options[i].def) < 0)
+            return syncd_error_set(err, SYNCD_EINVAL, "bad default of --%s",
+                                   options[i].flag);
+    for (i = 0; i < NOPTIONS; i++) {
+        char name[64];
+        const char *v;
+
+        env_name(name, sizeof(name), options[i].flag);
+        v = getenv(name);
+        if (v != NULL && *v != '\0' && set_value(cfg, &options[i], v) < 0)
+            return bad_value(err, name, &options[i], v);
+    }
+    for (a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        const char *eq, *value;
+        const option_t *opt;
+        char source[80];
+
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            cfg->help = 1;
+            return 0;
+        }
+        if (strncmp(arg, "--", 2) != 0)
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "unexpected argument '%s'", arg);
+        arg += 2;
+        eq = strchr(arg, '=');
+        opt = find_option(arg, eq ? (size_t)(eq - arg) : strlen(arg));
+        if (opt == NULL)
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "unknown flag '%s' (see --help)", argv[a]);
+        if (eq != NULL)
+            value = eq + 1;
+        else if (a + 1 < argc)
+            value = argv[++a];
+        else
+            return syncd_error_set(err, SYNCD_EINVAL, "--%s needs a value",
+                                   opt->flag);
+        snprintf(source, sizeof(source), "--%s", opt->flag);
+        if (set_value(cfg, opt, value) < 0)
+            return bad_value(err, source, opt, value);
+    }
+    if (cfg->max_doc_bytes == 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "--max-doc-bytes: must be more than 0");
+    return split_listen(cfg, err);
+}
+
+void syncd_config_free(syncd_config_t *cfg)
+{
+    size_t i;
+
+    for (i = 0; i < NOPTIONS; i++) {
+        if (options[i].kind == OPT_STRING) {
+            char **slot = (char **)((char *)cfg + options[i].offset);
+
+            free(*slot);
+            *slot = NULL;
+        }
+    }
+}
+
+void syncd_config_usage(FILE *out)
+{
+    size_t i;
+
+    fprintf(out,
+            "usage: syncd [--flag value | --flag=value]...\n\n"
+            "With neither --mongo-uri nor --redis-url, syncd runs the "
+            "embedded default:\n"
+            "one node, RocksDB in --data-dir as the store of record, the "
+            "in-process bus.\n"
+            "Every flag has an environment variable of the same meaning; "
+            "flags win.\n\n");
+    for (i = 0; i < NOPTIONS; i++) {
+        char name[64];
+
+        env_name(name, sizeof(name), options[i].flag);
+        fprintf(out, "  --%-24s %s\n  %-26s env %s, default %s\n",
+                options[i].flag, options[i].help, "", name,
+                options[i].def ? options[i].def : "(none)");
+    }
+}

@@ -1,0 +1,61 @@
+/* config.h - the daemon's configuration: flags and environment variables
+ * of DESIGN.md section 7.
+ *
+ * Every setting has a flag (--cache-ttl) and an environment variable of
+ * the same meaning (SYNCD_CACHE_TTL); flags win over the environment, the
+ * environment over the defaults. Durations take a unit (250ms, 2s, 5m,
+ * 24h), sizes too (512KiB, 64MiB, 1GiB); a bad value is an error naming
+ * the flag.
+ */
+#ifndef SYNCD_CONFIG_H
+#define SYNCD_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "syncd/error.h"
+
+#include "log.h"
+
+typedef struct syncd_config {
+    char *mongo_uri;  /* NULL: embedded RocksDB store of record */
+    char *redis_url;  /* NULL: in-process bus */
+    char *database;   /* MongoDB database and bus namespace */
+    char *data_dir;   /* RocksDB store or cache, replay log */
+    char *listen;     /* host:port */
+    char *node_id;    /* NULL: "local" embedded, host-port in a cluster */
+    char *secret;     /* event HMAC key; NULL: unsigned */
+    char *token;      /* API bearer token; NULL: open */
+    syncd_log_level_t log_level;
+    int sync_writes;
+    int64_t max_retries, max_connections, event_log_len, watch_buffer_events;
+    int64_t cache_ttl_ms, retry_delay_ms, max_retry_delay_ms, edit_timeout_ms,
+        anti_entropy_interval_ms, tombstone_ttl_ms, idle_timeout_ms,
+        header_timeout_ms, bookmark_interval_ms;
+    uint64_t cache_max_bytes, max_doc_bytes, max_event_bytes,
+        max_header_bytes, watch_buffer_bytes;
+    char host[256]; /* parsed from listen */
+    int port;
+    int help; /* --help was given */
+} syncd_config_t;
+
+/* Fills cfg from the defaults, then the SYNCD_* environment, then argv
+ * (argv[0] is skipped). SYNCD_EINVAL names the flag (or variable) and the
+ * bad value. cfg is released with syncd_config_free() either way. */
+int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
+                       syncd_error_t *err);
+
+/* Frees the strings cfg holds. */
+void syncd_config_free(syncd_config_t *cfg);
+
+/* Writes the usage text: every flag, its variable and its default. */
+void syncd_config_usage(FILE *out);
+
+/* Parses a duration with a unit (ms, s, m, h) into *ms; -1 if bad. */
+int syncd_parse_duration(int64_t *ms, const char *text);
+
+/* Parses a size with a unit (B, KiB, MiB, GiB, TiB) into *bytes; -1 if
+ * bad. */
+int syncd_parse_size(uint64_t *bytes, const char *text);
+
+#endif

@@ -1,0 +1,1098 @@
+/* http.c - the daemon's HTTP/1.1 server: libuv sockets, Debian's
+ * http-parser, keep-alive, pipelining, limits and bearer-token checks.
+ *
+ * Each connection owns an input buffer, one parser, a timer and a queue of
+ * requests in arrival order. Pipelined requests are read ahead but handed
+ * to the handler one at a time: the next is parsed once the one before it
+ * is finished, so a pipelined GET sees the PUT before it. Responses are
+ * buffered on their request until every earlier response has been
+ * written (the server's own error answers join the same queue), so they
+ * leave in request order. Read-ahead stops at max_header_bytes +
+ * max_body_bytes of unparsed input.
+ *
+ * One timer per connection guards against slow and idle clients: from the
+ * first byte of a request to the end of its headers the header timeout
+ * runs (408 on expiry), while a body arrives each read re-arms the idle
+ * timeout (408 on expiry), and between requests the idle timeout closes
+ * the connection silently. Anything the parser rejects gets 400 (or 431 /
+ * 413 for the header and body limits) after the responses already queued,
+ * and the connection closes.
+ */
+#include "http.h"
+
+#include <http_parser.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+
+#define READ_CHUNK (64 * 1024)
+
+typedef struct buf {
+    char *data;
+    size_t len, cap;
+} buf_t;
+
+typedef struct header {
+    buf_t name, value;
+} header_t;
+
+typedef struct conn conn_t;
+
+struct syncd_http_req {
+    conn_t *conn; /* NULL once the connection is gone */
+    syncd_http_req_t *next;
+    const char *method;
+    buf_t url;
+    char *path, *query;
+    header_t *headers;
+    size_t nheaders;
+    int in_field; /* the parser's last header callback was a field name */
+    buf_t body;
+    buf_t out;        /* response bytes waiting for earlier responses */
+    int keep_alive;   /* the client allows another request after this one */
+    int started;      /* a response has begun */
+    int finished;     /* respond() or stream_end() was called */
+    int close_after;  /* close the connection once this response is out */
+    int status;
+    const char *route;
+    void *data;
+    syncd_http_gone_cb gone;
+};
+
+typedef enum { PHASE_IDLE, PHASE_HEADERS, PHASE_BODY } phase_t;
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    syncd_http_server_t *srv;
+    conn_t *prev, *next;
+    http_parser parser;
+    buf_t in;               /* received bytes not yet parsed */
+    syncd_http_req_t *cur;  /* the request being parsed */
+    syncd_http_req_t *head; /* queued requests, oldest first */
+    syncd_http_req_t *tail;
+    int busy;               /* queued requests not finished yet */
+    int eof;                /* the client sent everything it will send */
+    phase_t phase;
+    size_t header_bytes;
+    int fail_status;        /* limit hit inside a parser callback */
+    int no_more;            /* parse nothing more on this connection */
+    int reading;
+    int writes;             /* uv_write requests in flight */
+    int close_when_written; /* close once writes drain */
+    int closing;
+    int parsing; /* inside http_parser_execute() */
+    int handles; /* open libuv handles (tcp, timer) */
+};
+
+struct syncd_http_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    int listening;
+    int port;
+    syncd_http_options_t opts;
+    char *token;
+    char *open_path;
+    conn_t *conns;
+    int nconns;
+    int draining;
+    int closing;
+    int handles; /* listener + live connections */
+    syncd_http_close_cb close_cb;
+    void *close_payload;
+};
+
+typedef struct write_req {
+    uv_write_t req;
+    conn_t *conn;
+    char *data;
+} write_req_t;
+
+static const http_parser_settings parser_settings;
+
+void syncd_http_options_init(syncd_http_options_t *opts)
+{
+    memset(opts, 0, sizeof(*opts));
+    opts->max_header_bytes = 16 * 1024;
+    opts->max_body_bytes = 8 * 1024 * 1024 + 64 * 1024;
+    opts->max_connections = 1024;
+    opts->idle_timeout_ms = 60 * 1000;
+    opts->header_timeout_ms = 10 * 1000;
+    opts->open_path = "/v1/health";
+}
+
+/* ---- Buffers --------------------------------------------------------- */
+
+/* Appends len bytes to b, keeping it NUL-terminated; -1 on out of memory. */
+static int buf_append(buf_t *b, const char *data, size_t len)
+{
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        char *p;
+
+        while (cap < b->len + len + 1)
+            cap *= 2;
+        p = realloc(b->data, cap);
+        if (p == NULL)
+            return -1;
+        b->data = p;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static int buf_printf(buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int buf_printf(buf_t *b, const char *fmt, ...)
+{
+    char small[256];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(small, sizeof(small), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return -1;
+    if ((size_t)n < sizeof(small))
+        return buf_append(b, small, (size_t)n);
+    {
+        char *big = malloc((size_t)n + 1);
+        int rc;
+
+        if (big == NULL)
+            return -1;
+        va_start(ap, fmt);
+        vsnprintf(big, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+        rc = buf_append(b, big, (size_t)n);
+        free(big);
+        return rc;
+    }
+}
+
+static void buf_free(buf_t *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- Requests -------------------------------------------------------- */
+
+static syncd_http_req_t *req_new(conn_t *c)
+{
+    syncd_http_req_t *r = calloc(1, sizeof(*r));
+
+    if (r == NULL)
+        return NULL;
+    r->conn = c;
+    r->method = "GET";
+    r->route = "-";
+    r->keep_alive = 1;
+    return r;
+}
+
+static void req_free(syncd_http_req_t *r)
+{
+    size_t i;
+
+    if (r == NULL)
+        return;
+    for (i = 0; i < r->nheaders; i++) {
+        buf_free(&r->headers[i].name);
+        buf_free(&r->headers[i].value);
+    }
+    free(r->headers);
+    buf_free(&r->url);
+    buf_free(&r->body);
+    buf_free(&r->out);
+    free(r->path);
+    free(r->query);
+    free(r);
+}
+
+const char *syncd_http_method(const syncd_http_req_t *req)
+{
+    return req->method;
+}
+
+const char *syncd_http_path(const syncd_http_req_t *req)
+{
+    return req->path ? req->path : "/";
+}
+
+const char *syncd_http_query(const syncd_http_req_t *req)
+{
+    return req->query ? req->query : "";
+}
+
+const char *syncd_http_header(const syncd_http_req_t *req, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < req->nheaders; i++) {
+        const header_t *h = &req->headers[i];
+
+        if (h->name.data != NULL && strcasecmp(h->name.data, name) == 0)
+            return h->value.data ? h->value.data : "";
+    }
+    return NULL;
+}
+
+const char *syncd_http_body(const syncd_http_req_t *req, size_t *len)
+{
+    if (len != NULL)
+        *len = req->body.len;
+    return req->body.data ? req->body.data : "";
+}
+
+void syncd_http_set_route(syncd_http_req_t *req, const char *route)
+{
+    req->route = route;
+}
+
+void syncd_http_set_data(syncd_http_req_t *req, void *data)
+{
+    req->data = data;
+}
+
+void *syncd_http_data(const syncd_http_req_t *req)
+{
+    return req->data;
+}
+
+void syncd_http_on_gone(syncd_http_req_t *req, syncd_http_gone_cb cb)
+{
+    req->gone = cb;
+}
+
+int syncd_http_gone(const syncd_http_req_t *req)
+{
+    return req->conn == NULL;
+}
+
+/* ---- Connections ----------------------------------------------------- */
+
+/* Drops one of srv's handle references; the last one after a close frees
+ * srv and reports the close. */
+static void server_unref(syncd_http_server_t *srv)
+{
+    syncd_http_close_cb cb;
+    void *payload;
+
+    if (--srv->handles > 0 || !srv->closing)
+        return;
+    cb = srv->close_cb;
+    payload = srv->close_payload;
+    free(srv->token);
+    free(srv->open_path);
+    free(srv);
+    if (cb != NULL)
+        cb(payload);
+}
+
+static void conn_handle_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    syncd_http_server_t *srv = c->srv;
+
+    if (--c->handles > 0)
+        return;
+    buf_free(&c->in);
+    free(c);
+    server_unref(srv);
+}
+
+/* Closes c: unlinks it, drops the request being parsed, orphans queued
+ * requests (telling unfinished ones through their gone callback). */
+static void conn_close(conn_t *c)
+{
+    syncd_http_server_t *srv = c->srv;
+    syncd_http_req_t *r, *next;
+
+    if (c->closing)
+        return;
+    c->closing = 1;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    srv->nconns--;
+    req_free(c->cur);
+    c->cur = NULL;
+    r = c->head;
+    c->head = c->tail = NULL;
+    c->busy = 0;
+    for (; r != NULL; r = next) {
+        next = r->next;
+        r->next = NULL;
+        r->conn = NULL;
+        if (r->finished)
+            req_free(r);
+        else if (r->gone != NULL)
+            r->gone(r);
+    }
+    uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
+}
+
+static void write_done(uv_write_t *w, int status)
+{
+    write_req_t *wr = (write_req_t *)w;
+    conn_t *c = wr->conn;
+
+    free(wr->data);
+    free(wr);
+    c->writes--;
+    if (c->closing)
+        return;
+    if (status < 0 || (c->close_when_written && c->writes == 0))
+        conn_close(c);
+}
+
+/* Hands len bytes at data (malloc'd; ownership taken) to the socket. */
+static void conn_write(conn_t *c, char *data, size_t len)
+{
+    write_req_t *wr;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+
+    if (c->closing || (wr = calloc(1, sizeof(*wr))) == NULL) {
+        free(data);
+        return;
+    }
+    wr->conn = c;
+    wr->data = data;
+    c->writes++;
+    if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_done) < 0) {
+        c->writes--;
+        free(data);
+        free(wr);
+        conn_close(c);
+    }
+}
+
+static void conn_close_when_written(conn_t *c)
+{
+    c->no_more = 1;
+    c->close_when_written = 1;
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+    uv_timer_stop(&c->timer);
+    if (c->writes == 0)
+        conn_close(c);
+}
+
+static void timer_fired(uv_timer_t *t);
+static void read_some(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+static void alloc_read(uv_handle_t *h, size_t hint, uv_buf_t *b);
+static void parse_input(conn_t *c);
+
+static void conn_arm(conn_t *c, int64_t ms)
+{
+    uv_timer_start(&c->timer, timer_fired, (uint64_t)(ms > 0 ? ms : 1), 0);
+}
+
+static void conn_resume_reading(conn_t *c)
+{
+    if (c->reading || c->no_more || c->closing)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_read, read_some) == 0)
+        c->reading = 1;
+}
+
+/* Writes what can go out in order: the head request's buffered bytes, and
+ * on through every finished request. Re-arms the idle timer and resumes
+ * reading when the queue has drained. */
+static void conn_flush(conn_t *c)
+{
+    syncd_http_req_t *r;
+
+    while (!c->closing && (r = c->head) != NULL) {
+        if (r->out.len > 0) {
+            conn_write(c, r->out.data, r->out.len);
+            memset(&r->out, 0, sizeof(r->out));
+        }
+        if (!r->finished)
+            return;
+        c->head = r->next;
+        if (c->head == NULL)
+            c->tail = NULL;
+        if (r->close_after) {
+            req_free(r);
+            conn_close_when_written(c);
+            return;
+        }
+        req_free(r);
+    }
+    if (c->closing || c->no_more || c->busy > 0)
+        return;
+    if (c->in.len > 0)
+        parse_input(c);
+    if (c->closing || c->no_more || c->busy > 0)
+        return;
+    if ((c->srv->draining || c->eof) && c->cur == NULL && c->in.len == 0) {
+        conn_close_when_written(c);
+        return;
+    }
+    if (c->cur == NULL)
+        conn_arm(c, c->srv->opts.idle_timeout_ms);
+    if (!c->eof)
+        conn_resume_reading(c);
+}
+
+/* Queues r (a new request of c) behind the others. */
+static void conn_enqueue(conn_t *c, syncd_http_req_t *r)
+{
+    r->next = NULL;
+    if (c->tail != NULL)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->busy++;
+}
+
+/* Answers the request being parsed (or a fresh one) with status and closes
+ * the connection after the responses queued before it. */
+static void conn_fail(conn_t *c, int status, const char *message)
+{
+    syncd_http_req_t *r = c->cur;
+
+    c->cur = NULL;
+    c->no_more = 1;
+    c->phase = PHASE_IDLE;
+    uv_timer_stop(&c->timer);
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+    if (r == NULL && (r = req_new(c)) == NULL) {
+        conn_close(c);
+        return;
+    }
+    r->keep_alive = 0;
+    conn_enqueue(c, r);
+    syncd_http_respond_error(r, status,
+                             status == 408   ? "timeout"
+                             : status == 413 ? "too_large"
+                             : status == 431 ? "headers_too_large"
+                             : status == 503 ? "unavailable"
+                                             : "bad_request",
+                             message);
+}
+
+static void timer_fired(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+
+    if (c->phase == PHASE_HEADERS)
+        conn_fail(c, 408, "request headers not received in time");
+    else if (c->phase == PHASE_BODY)
+        conn_fail(c, 408, "request body stalled");
+    else if (c->head == NULL)
+        conn_close(c);
+}
+
+static void alloc_read(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    conn_t *c = h->data;
+    (void)hint;
+
+    if (c->in.cap - c->in.len < READ_CHUNK + 1) {
+        size_t cap = c->in.len + READ_CHUNK + 1;
+        char *p = realloc(c->in.data, cap);
+
+        if (p == NULL) {
+            *b = uv_buf_init(NULL, 0);
+            return;
+        }
+        c->in.data = p;
+        c->in.cap = cap;
+    }
+    *b = uv_buf_init(c->in.data + c->in.len, READ_CHUNK);
+}
+
+static void read_some(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    conn_t *c = s->data;
+    (void)b;
+
+    if (nread < 0) {
+        if (nread == UV_EOF && (c->head != NULL || c->in.len > 0)) {
+            /* Half-close: answer what was asked, then close. */
+            c->eof = 1;
+            uv_read_stop(s);
+            c->reading = 0;
+            return;
+        }
+        conn_close(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    c->in.len += (size_t)nread;
+    if (c->phase == PHASE_BODY)
+        conn_arm(c, c->srv->opts.idle_timeout_ms);
+    parse_input(c);
+}
+
+/* Feeds buffered input to the parser until it is consumed, a parsed
+ * request is still unfinished, or the connection takes no more requests.
+ * Reading pauses while unparsed input passes the read-ahead bound. */
+static void parse_input(conn_t *c)
+{
+    size_t off = 0;
+
+    if (c->parsing)
+        return;
+    c->parsing = 1;
+    while (!c->closing && !c->no_more && off < c->in.len && c->busy == 0) {
+        size_t n = http_parser_execute(&c->parser, &parser_settings,
+                                       c->in.data + off, c->in.len - off);
+        enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+
+        off += n;
+        if (e == HPE_PAUSED) {
+            http_parser_pause(&c->parser, 0);
+            continue;
+        }
+        if (e != HPE_OK) {
+            char msg[160];
+
+            if (c->closing)
+                break;
+            snprintf(msg, sizeof(msg), "malformed HTTP request: %s",
+                     http_errno_description(e));
+            conn_fail(c, c->fail_status ? c->fail_status : 400,
+                      c->fail_status == 431
+                          ? "request headers exceed the header limit"
+                      : c->fail_status == 413
+                          ? "request body exceeds the body limit"
+                          : msg);
+            off = c->in.len;
+            break;
+        }
+    }
+    c->parsing = 0;
+    if (c->closing)
+        return;
+    if (c->no_more)
+        off = c->in.len;
+    memmove(c->in.data, c->in.data + off, c->in.len - off);
+    c->in.len -= off;
+    if (c->in.len > c->srv->opts.max_header_bytes +
+                        c->srv->opts.max_body_bytes &&
+        c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+/* ---- Parser callbacks ------------------------------------------------ */
+
+static int count_header_bytes(conn_t *c, size_t len)
+{
+    c->header_bytes += len;
+    if (c->header_bytes > c->srv->opts.max_header_bytes) {
+        c->fail_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    conn_t *c = p->data;
+
+    c->cur = req_new(c);
+    if (c->cur == NULL)
+        return -1;
+    c->phase = PHASE_HEADERS;
+    c->header_bytes = 0;
+    conn_arm(c, c->srv->opts.header_timeout_ms);
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+
+    if (count_header_bytes(c, len) < 0)
+        return -1;
+    return buf_append(&c->cur->url, at, len);
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+    syncd_http_req_t *r = c->cur;
+
+    if (count_header_bytes(c, len + 4) < 0)
+        return -1;
+    if (!r->in_field) {
+        header_t *h = realloc(r->headers, (r->nheaders + 1) * sizeof(*h));
+
+        if (h == NULL)
+            return -1;
+        r->headers = h;
+        memset(&h[r->nheaders++], 0, sizeof(*h));
+        r->in_field = 1;
+    }
+    return buf_append(&r->headers[r->nheaders - 1].name, at, len);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+    syncd_http_req_t *r = c->cur;
+
+    if (count_header_bytes(c, len) < 0)
+        return -1;
+    r->in_field = 0;
+    return buf_append(&r->headers[r->nheaders - 1].value, at, len);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    conn_t *c = p->data;
+    syncd_http_req_t *r = c->cur;
+    const char *expect;
+
+    if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
+        p->content_length > c->srv->opts.max_body_bytes) {
+        c->fail_status = 413;
+        return -1;
+    }
+    r->method = http_method_str((enum http_method)p->method);
+    c->phase = PHASE_BODY;
+    conn_arm(c, c->srv->opts.idle_timeout_ms);
+    expect = syncd_http_header(r, "Expect");
+    if (expect != NULL && strcasecmp(expect, "100-continue") == 0 &&
+        c->head == NULL) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        char *copy = malloc(sizeof(cont) - 1);
+
+        if (copy != NULL) {
+            memcpy(copy, cont, sizeof(cont) - 1);
+            conn_write(c, copy, sizeof(cont) - 1);
+        }
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    conn_t *c = p->data;
+
+    if (c->cur->body.len + len > c->srv->opts.max_body_bytes) {
+        c->fail_status = 413;
+        return -1;
+    }
+    return buf_append(&c->cur->body, at, len);
+}
+
+/* Splits the request target into path and query; -1 when it is not a
+ * valid origin-form or absolute-form URL. */
+static int split_url(syncd_http_req_t *r)
+{
+    struct http_parser_url u;
+    const char *url = r->url.data ? r->url.data : "";
+
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(url, r->url.len, 0, &u) != 0 ||
+        !(u.field_set & (1 << UF_PATH)))
+        return -1;
+    r->path = strndup(url + u.field_data[UF_PATH].off,
+                      u.field_data[UF_PATH].len);
+    r->query = (u.field_set & (1 << UF_QUERY))
+                   ? strndup(url + u.field_data[UF_QUERY].off,
+                             u.field_data[UF_QUERY].len)
+                   : strdup("");
+    return r->path != NULL && r->query != NULL ? 0 : -1;
+}
+
+/* Returns 1 when r carries the server's bearer token (or none is set). */
+static int authorized(const syncd_http_server_t *srv, syncd_http_req_t *r)
+{
+    const char *auth, *given;
+    size_t want, i;
+    unsigned char diff = 0;
+
+    if (srv->token == NULL || strcmp(syncd_http_path(r), srv->open_path) == 0)
+        return 1;
+    auth = syncd_http_header(r, "Authorization");
+    if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0)
+        return 0;
+    given = auth + 7;
+    want = strlen(srv->token);
+    if (strlen(given) != want)
+        return 0;
+    for (i = 0; i < want; i++)
+        diff |= (unsigned char)(given[i] ^ srv->token[i]);
+    return diff == 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    conn_t *c = p->data;
+    syncd_http_server_t *srv = c->srv;
+    syncd_http_req_t *r = c->cur;
+
+    c->cur = NULL;
+    c->phase = PHASE_IDLE;
+    uv_timer_stop(&c->timer);
+    r->keep_alive = http_should_keep_alive(p) && !srv->draining;
+    conn_enqueue(c, r);
+    if (!r->keep_alive) {
+        c->no_more = 1;
+        r->close_after = 1;
+    }
+    if (split_url(r) < 0)
+        syncd_http_respond_error(r, 400, "bad_request",
+                                 "malformed request target");
+    else if (!authorized(srv, r))
+        syncd_http_respond_error(r, 401, "unauthorized",
+                                 "missing or wrong bearer token");
+    else
+        srv->opts.handler(r, srv->opts.data);
+    if (!c->closing)
+        http_parser_pause(p, 1);
+    return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- Responses ------------------------------------------------------- */
+
+const char *syncd_http_reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
+    }
+}
+
+/* Writes the status line and common headers of r's response into r->out.
+ * body_len < 0 means a chunked body follows. */
+static void begin_response(syncd_http_req_t *r, int status,
+                           const char *content_type, const char *headers,
+                           long long body_len)
+{
+    conn_t *c = r->conn;
+
+    r->started = 1;
+    r->status = status;
+    if (c == NULL)
+        return;
+    if (c->srv->draining || status >= 500 || status == 400 || status == 408 ||
+        status == 413 || status == 431)
+        r->close_after = 1;
+    if (!r->keep_alive)
+        r->close_after = 1;
+    if (c->srv->opts.observe != NULL)
+        c->srv->opts.observe(r->route, status, c->srv->opts.data);
+    buf_printf(&r->out, "HTTP/1.1 %d %s\r\n", status,
+               syncd_http_reason(status));
+    if (content_type != NULL)
+        buf_printf(&r->out, "Content-Type: %s\r\n", content_type);
+    if (body_len >= 0)
+        buf_printf(&r->out, "Content-Length: %lld\r\n", body_len);
+    else
+        buf_printf(&r->out, "Transfer-Encoding: chunked\r\n");
+    if (status == 401)
+        buf_printf(&r->out, "WWW-Authenticate: Bearer\r\n");
+    if (r->close_after)
+        buf_printf(&r->out, "Connection: close\r\n");
+    buf_printf(&r->out, "%s\r\n", headers != NULL ? headers : "");
+}
+
+/* Marks r finished and writes or frees it. */
+static void finish(syncd_http_req_t *r)
+{
+    conn_t *c = r->conn;
+
+    r->finished = 1;
+    if (c == NULL) {
+        req_free(r);
+        return;
+    }
+    c->busy--;
+    if (r->close_after) {
+        c->no_more = 1;
+        if (c->reading) {
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            c->reading = 0;
+        }
+    }
+    conn_flush(c);
+}
+
+void syncd_http_respond(syncd_http_req_t *req, int status,
+                        const char *content_type, const char *headers,
+                        const char *body, size_t len)
+{
+    begin_response(req, status, content_type, headers, (long long)len);
+    if (req->conn != NULL && len > 0)
+        buf_append(&req->out, body, len);
+    finish(req);
+}
+
+void syncd_http_respond_error(syncd_http_req_t *req, int status,
+                              const char *code, const char *message)
+{
+    json_t *obj = json_pack("{s:s, s:s}", "error", code, "message", message);
+    char *text;
+
+    if (obj == NULL) {
+        /* The message quoted input that is not UTF-8: mask those bytes. */
+        char *ascii = strdup(message);
+        char *p;
+
+        for (p = ascii; p != NULL && *p != '\0'; p++)
+            if ((unsigned char)*p >= 0x80)
+                *p = '?';
+        obj = json_pack("{s:s, s:s}", "error", code, "message",
+                        ascii != NULL ? ascii : "");
+        free(ascii);
+    }
+    text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+
+    if (text == NULL)
+        syncd_http_respond(req, status, NULL, "", "", 0);
+    else
+        syncd_http_respond(req, status, "application/json", "", text,
+                           strlen(text));
+    free(text);
+    json_decref(obj);
+}
+
+void syncd_http_stream_start(syncd_http_req_t *req, int status,
+                             const char *content_type, const char *headers)
+{
+    begin_response(req, status, content_type, headers, -1);
+    if (req->conn != NULL)
+        conn_flush(req->conn);
+}
+
+void syncd_http_stream_write(syncd_http_req_t *req, const char *data,
+                             size_t len)
+{
+    if (req->conn == NULL || len == 0)
+        return;
+    buf_printf(&req->out, "%zx\r\n", len);
+    buf_append(&req->out, data, len);
+    buf_append(&req->out, "\r\n", 2);
+    conn_flush(req->conn);
+}
+
+size_t syncd_http_stream_backlog(const syncd_http_req_t *req)
+{
+    if (req->conn == NULL)
+        return 0;
+    return req->out.len +
+           uv_stream_get_write_queue_size((uv_stream_t *)&req->conn->tcp);
+}
+
+void syncd_http_stream_end(syncd_http_req_t *req)
+{
+    if (req->conn != NULL)
+        buf_append(&req->out, "0\r\n\r\n", 5);
+    finish(req);
+}
+
+/* ---- The listener ---------------------------------------------------- */
+
+static void listener_closed(uv_handle_t *h)
+{
+    server_unref(h->data);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    syncd_http_server_t *srv = server->data;
+    conn_t *c;
+
+    if (status < 0 || srv->draining)
+        return;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->srv = srv;
+    uv_tcp_init(srv->loop, &c->tcp);
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles = 2;
+    srv->handles++;
+    c->next = srv->conns;
+    if (srv->conns != NULL)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    if (srv->nconns > srv->opts.max_connections) {
+        syncd_log(SYNCD_LOG_WARN, "http: refusing a connection: %d open",
+                  srv->nconns - 1);
+        conn_fail(c, 503, "too many open connections");
+        return;
+    }
+    conn_arm(c, srv->opts.idle_timeout_ms);
+    conn_resume_reading(c);
+}
+
+int syncd_http_listen(syncd_http_server_t **out, uv_loop_t *loop,
+                      const char *host, int port,
+                      const syncd_http_options_t *opts, syncd_error_t *err)
+{
+    syncd_http_server_t *srv = NULL;
+    struct sockaddr_storage addr;
+    struct sockaddr_storage bound;
+    int len = sizeof(bound);
+    int rc;
+
+    *out = NULL;
+    if (opts->handler == NULL)
+        return syncd_error_set(err, SYNCD_EINVAL, "http: no handler");
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "http: bad listen address '%s'", host);
+    srv = calloc(1, sizeof(*srv));
+    if (srv == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "http: out of memory");
+    srv->loop = loop;
+    srv->opts = *opts;
+    srv->token = opts->token ? strdup(opts->token) : NULL;
+    srv->open_path = strdup(opts->open_path ? opts->open_path : "");
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    srv->handles = 1;
+    rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    if (rc == 0)
+        rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound,
+                                &len);
+    if (rc != 0) {
+        syncd_error_set(err, SYNCD_EBACKEND, "http: cannot listen on %s:%d: %s",
+                        host, port, uv_strerror(rc));
+        /* srv is freed by the listener's close callback. */
+        srv->closing = 1;
+        uv_close((uv_handle_t *)&srv->listener, listener_closed);
+        return SYNCD_EBACKEND;
+    }
+    srv->listening = 1;
+    srv->port = bound.ss_family == AF_INET6
+                    ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
+                    : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    *out = srv;
+    return 0;
+}
+
+int syncd_http_port(const syncd_http_server_t *srv)
+{
+    return srv->port;
+}
+
+int syncd_http_connections(const syncd_http_server_t *srv)
+{
+    return srv->nconns;
+}
+
+static void stop_listening(syncd_http_server_t *srv)
+{
+    if (!srv->listening)
+        return;
+    srv->listening = 0;
+    uv_close((uv_handle_t *)&srv->listener, listener_closed);
+}
+
+void syncd_http_drain(syncd_http_server_t *srv)
+{
+    conn_t *c, *next;
+
+    srv->draining = 1;
+    stop_listening(srv);
+    for (c = srv->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->head == NULL && c->cur == NULL)
+            conn_close_when_written(c);
+    }
+}
+
+void syncd_http_close(syncd_http_server_t *srv, syncd_http_close_cb cb,
+                      void *payload)
+{
+    srv->draining = 1;
+    srv->closing = 1;
+    srv->close_cb = cb;
+    srv->close_payload = payload;
+    while (srv->conns != NULL)
+        conn_close(srv->conns);
+    /* A reference of our own, so that a server with no handle left is
+     * released here too. */
+    srv->handles++;
+    stop_listening(srv);
+    server_unref(srv);
+}

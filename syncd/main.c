@@ -1,0 +1,322 @@
+/* main.c - the syncd daemon: configuration, wiring, signals, shutdown.
+ *
+ * Opens the store (the embedded RocksDB store of record, or MongoDB with a
+ * RocksDB cache), the bus (in-process, or Redis), the node over both, and
+ * the HTTP API on --listen, then runs the loop. SIGTERM or SIGINT starts a
+ * graceful shutdown, one step after the other: stop accepting and answer
+ * 503 to new requests, wait for in-flight store calls and publishes, close
+ * the node (watchers get a final event), the HTTP server, the bus and the
+ * store; the loop then runs dry and syncd exits 0. A once-a-second check
+ * logs bus connects and disconnects, resyncs and anti-entropy repairs.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "syncd/bus.h"
+#include "syncd/node.h"
+#include "syncd/store.h"
+
+#include "api.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+
+typedef struct daemon {
+    uv_loop_t loop;
+    syncd_config_t cfg;
+    char node_id[SYNCD_MAX_NODE_ID + 1];
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+    syncd_metrics_t *metrics;
+    syncd_api_t *api;
+    syncd_http_server_t *http;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t watch;
+    int bus_was_connected;
+    syncd_node_stats_t last;
+    int stopping;
+} daemon_t;
+
+/* Creates dir and its parents (mkdir -p); -1 with errno on failure. */
+static int make_dirs(const char *dir)
+{
+    char path[4096];
+    size_t i, n = strlen(dir);
+
+    if (n == 0 || n >= sizeof(path))
+        return errno = EINVAL, -1;
+    memcpy(path, dir, n + 1);
+    for (i = 1; i <= n; i++) {
+        if (path[i] != '/' && path[i] != '\0')
+            continue;
+        path[i] = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return -1;
+        path[i] = dir[i];
+    }
+    return 0;
+}
+
+static void close_store(void *payload)
+{
+    daemon_t *d = payload;
+
+    syncd_store_close(d->store);
+    d->store = NULL;
+    syncd_api_free(d->api);
+    d->api = NULL;
+    syncd_log(SYNCD_LOG_INFO, "syncd: stopped");
+}
+
+static void close_bus(void *payload)
+{
+    daemon_t *d = payload;
+
+    d->http = NULL;
+    if (d->bus != NULL)
+        syncd_bus_close(d->bus, close_store, d);
+    else
+        close_store(d);
+}
+
+static void close_http(void *payload)
+{
+    daemon_t *d = payload;
+
+    d->node = NULL;
+    if (d->http != NULL)
+        syncd_http_close(d->http, close_bus, d);
+    else
+        close_bus(d);
+}
+
+static void close_node(void *payload)
+{
+    daemon_t *d = payload;
+
+    if (d->node != NULL)
+        syncd_node_close(d->node, close_http, d);
+    else
+        close_http(d);
+}
+
+/* Starts the shutdown chain: node, HTTP server, bus, store. */
+static void stop(daemon_t *d)
+{
+    if (d->stopping)
+        return;
+    d->stopping = 1;
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->watch, NULL);
+    if (d->http != NULL)
+        syncd_http_drain(d->http);
+    if (d->api != NULL)
+        syncd_api_quiesce(d->api, close_node, d);
+    else
+        close_node(d);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    daemon_t *d = s->data;
+
+    syncd_log(SYNCD_LOG_INFO, "syncd: %s: shutting down",
+              signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    stop(d);
+}
+
+/* Logs what changed since the last check: the bus connection, resyncs
+ * and anti-entropy repairs. */
+static void check_health(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    syncd_node_stats_t now;
+    int connected = syncd_bus_connected(d->bus);
+
+    if (connected != d->bus_was_connected)
+        syncd_log(connected ? SYNCD_LOG_INFO : SYNCD_LOG_WARN,
+                  "syncd: bus (%s) %s", syncd_bus_kind(d->bus),
+                  connected ? "connected" : "disconnected");
+    d->bus_was_connected = connected;
+    syncd_node_stats(d->node, &now);
+    if (now.resyncs > d->last.resyncs)
+        syncd_log(SYNCD_LOG_WARN, "syncd: %llu collection resync(s)",
+                  (unsigned long long)(now.resyncs - d->last.resyncs));
+    if (now.anti_entropy_repairs > d->last.anti_entropy_repairs)
+        syncd_log(SYNCD_LOG_WARN, "syncd: anti-entropy repaired %llu doc(s)",
+                  (unsigned long long)(now.anti_entropy_repairs -
+                                       d->last.anti_entropy_repairs));
+    d->last = now;
+}
+
+/* Opens the store, the bus and the node as configured. */
+static int open_node(daemon_t *d, syncd_error_t *err)
+{
+    const syncd_config_t *c = &d->cfg;
+    syncd_store_options_t so;
+    syncd_bus_options_t bo;
+    syncd_node_options_t no;
+    char store_dir[4096], bus_dir[4096];
+    int rc;
+
+    snprintf(store_dir, sizeof(store_dir), "%s/store", c->data_dir);
+    snprintf(bus_dir, sizeof(bus_dir), "%s/events", c->data_dir);
+    if (make_dirs(store_dir) != 0 || make_dirs(bus_dir) != 0)
+        return syncd_error_set(err, SYNCD_EBACKEND,
+                               "--data-dir: cannot create '%s': %s",
+                               c->data_dir, strerror(errno));
+    syncd_store_options_init(&so);
+    so.mongo_uri = c->mongo_uri;
+    so.database = c->database;
+    so.data_dir = store_dir;
+    so.node_id = d->node_id;
+    so.sync_writes = c->sync_writes;
+    so.cache_ttl_ms = c->cache_ttl_ms;
+    so.cache_max_bytes = c->cache_max_bytes;
+    so.max_retries = (int)c->max_retries;
+    so.retry_delay_ms = c->retry_delay_ms;
+    so.max_retry_delay_ms = c->max_retry_delay_ms;
+    so.edit_timeout_ms = c->edit_timeout_ms;
+    so.max_doc_bytes = c->max_doc_bytes;
+    so.tombstone_ttl_ms = c->tombstone_ttl_ms;
+    rc = syncd_store_open(&d->store, &so, err);
+    if (rc != 0)
+        return rc;
+    syncd_bus_options_init(&bo);
+    bo.redis_url = c->redis_url;
+    bo.database = c->database;
+    bo.data_dir = bus_dir;
+    bo.node_id = d->node_id;
+    bo.secret = c->secret;
+    bo.event_log_len = (uint64_t)c->event_log_len;
+    bo.max_event_bytes = c->max_event_bytes;
+    rc = syncd_bus_open(&d->bus, &d->loop, &bo, err);
+    if (rc != 0)
+        return rc;
+    syncd_node_options_init(&no);
+    no.node_id = d->node_id;
+    no.anti_entropy_interval_ms = c->anti_entropy_interval_ms;
+    no.max_event_bytes = c->max_event_bytes;
+    no.watch_buffer_events = (size_t)c->watch_buffer_events;
+    return syncd_node_open(&d->node, &d->loop, d->store, d->bus, &no, err);
+}
+
+/* Starts the API and the HTTP server on --listen. */
+static int open_api(daemon_t *d, syncd_error_t *err)
+{
+    const syncd_config_t *c = &d->cfg;
+    syncd_api_options_t ao;
+    syncd_http_options_t ho;
+    int rc;
+
+    d->metrics = syncd_metrics_new();
+    if (d->metrics == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    memset(&ao, 0, sizeof(ao));
+    ao.loop = &d->loop;
+    ao.cfg = c;
+    ao.node_id = d->node_id;
+    ao.store = d->store;
+    ao.bus = d->bus;
+    ao.node = d->node;
+    ao.metrics = d->metrics;
+    rc = syncd_api_new(&d->api, &ao);
+    if (rc != 0)
+        return syncd_error_set(err, rc, "out of memory");
+    syncd_http_options_init(&ho);
+    ho.max_header_bytes = c->max_header_bytes;
+    ho.max_body_bytes = c->max_doc_bytes + 64 * 1024;
+    ho.max_connections = (int)c->max_connections;
+    ho.idle_timeout_ms = c->idle_timeout_ms;
+    ho.header_timeout_ms = c->header_timeout_ms;
+    ho.token = c->token;
+    ho.handler = syncd_api_handle;
+    ho.observe = syncd_api_observe;
+    ho.data = d->api;
+    rc = syncd_http_listen(&d->http, &d->loop, c->host, c->port, &ho, err);
+    if (rc != 0)
+        return rc;
+    syncd_api_set_server(d->api, d->http);
+    return 0;
+}
+
+static void set_node_id(daemon_t *d)
+{
+    char host[64] = "localhost";
+
+    if (d->cfg.node_id != NULL) {
+        snprintf(d->node_id, sizeof(d->node_id), "%s", d->cfg.node_id);
+    } else if (d->cfg.mongo_uri == NULL && d->cfg.redis_url == NULL) {
+        snprintf(d->node_id, sizeof(d->node_id), "local");
+    } else {
+        gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = '\0';
+        snprintf(d->node_id, sizeof(d->node_id), "%.50s-%d", host,
+                 d->cfg.port);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static daemon_t d;
+    syncd_error_t err;
+    int rc, status = 0;
+
+    syncd_error_clear(&err);
+    rc = syncd_config_parse(&d.cfg, argc, argv, &err);
+    if (rc != 0 || d.cfg.help) {
+        if (rc != 0)
+            fprintf(stderr, "syncd: %s\n", err.message);
+        else
+            syncd_config_usage(stdout);
+        syncd_config_free(&d.cfg);
+        return rc != 0 ? 2 : 0;
+    }
+    if (d.cfg.node_id != NULL && strlen(d.cfg.node_id) > SYNCD_MAX_NODE_ID) {
+        fprintf(stderr, "syncd: --node-id: longer than %d bytes\n",
+                SYNCD_MAX_NODE_ID);
+        syncd_config_free(&d.cfg);
+        return 2;
+    }
+    syncd_log_set_level(d.cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    set_node_id(&d);
+    uv_loop_init(&d.loop);
+    uv_signal_init(&d.loop, &d.sigterm);
+    uv_signal_init(&d.loop, &d.sigint);
+    uv_timer_init(&d.loop, &d.watch);
+    d.sigterm.data = d.sigint.data = d.watch.data = &d;
+    rc = open_node(&d, &err);
+    if (rc == 0)
+        rc = open_api(&d, &err);
+    if (rc != 0) {
+        syncd_log(SYNCD_LOG_ERROR, "syncd: cannot start: %s", err.message);
+        status = 1;
+        stop(&d);
+    } else {
+        syncd_log(SYNCD_LOG_INFO,
+                  "syncd: node %s serving http://%s:%d (store %s, bus %s, "
+                  "data %s)",
+                  d.node_id, d.cfg.host, syncd_http_port(d.http),
+                  syncd_store_kind(d.store), syncd_bus_kind(d.bus),
+                  d.cfg.data_dir);
+        uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+        uv_signal_start(&d.sigint, on_signal, SIGINT);
+        d.bus_was_connected = syncd_bus_connected(d.bus);
+        uv_timer_start(&d.watch, check_health, 1000, 1000);
+    }
+    uv_run(&d.loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&d.loop) != 0)
+        syncd_log(SYNCD_LOG_WARN, "syncd: loop closed with handles open");
+    syncd_metrics_free(d.metrics);
+    syncd_config_free(&d.cfg);
+    return status;
+}

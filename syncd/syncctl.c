@@ -1,0 +1,201 @@
+/* syncctl.c - the syncctl command-line tool: global options, the command
+ * table and the offline commands.
+ *
+ * `syncctl [--server URL] [--token T] COMMAND ...` (DESIGN.md section 10).
+ * The offline commands work on files without a node: `diff A B [--merge]`
+ * prints the RFC 6902 (or RFC 7396) patch from A to B, and `apply DOC
+ * PATCH [--merge]` prints DOC with PATCH applied. Output is canonical JSON
+ * on stdout; errors are one line on stderr with exit status 1, usage
+ * errors exit 2.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "syncd/patch.h"
+#include "syncctl.h"
+
+#define DEFAULT_SERVER "http://127.0.0.1:7070"
+
+int syncctl_fail(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("syncctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return SYNCCTL_FAILED;
+}
+
+int syncctl_usage(const syncctl_cmd_t *cmd)
+{
+    fprintf(stderr, "syncctl: usage: syncctl %s %s\n", cmd->name, cmd->usage);
+    return SYNCCTL_USAGE;
+}
+
+int syncctl_load_json(json_t **out, const char *path)
+{
+    json_error_t jerr;
+    size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
+
+    if (strcmp(path, "-") == 0)
+        *out = json_loadf(stdin, flags, &jerr);
+    else
+        *out = json_load_file(path, flags, &jerr);
+    if (*out == NULL)
+        return syncctl_fail("%s:%d:%d: %s", path, jerr.line, jerr.column,
+                            jerr.text);
+    return SYNCCTL_OK;
+}
+
+int syncctl_print_json(const json_t *v)
+{
+    size_t len;
+    char *text = syncd_json_canonical(v, &len);
+    int failed;
+
+    if (text == NULL)
+        return syncctl_fail("cannot serialize the result (out of memory or "
+                            "nested deeper than %d)",
+                            SYNCD_PATCH_MAX_DEPTH);
+    failed = fwrite(text, 1, len, stdout) != len || fputc('\n', stdout) == EOF;
+    free(text);
+    return failed ? syncctl_fail("cannot write the result: stdout") : 0;
+}
+
+/* Splits the arguments of diff/apply: two files and an optional --merge. */
+static int two_files(const char *files[2], int *merge, int argc, char **argv)
+{
+    int n = 0;
+
+    *merge = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--merge") == 0)
+            *merge = 1;
+        else if (argv[i][0] == '-' && argv[i][1] != '\0')
+            return -1;
+        else if (n < 2)
+            files[n++] = argv[i];
+        else
+            return -1;
+    }
+    return n == 2 ? 0 : -1;
+}
+
+typedef int (*patch_fn)(json_t **out, const json_t *first, const json_t *second,
+                        syncd_error_t *err);
+
+/* Loads two files, runs fn on them and prints the result; errors name the
+ * command and the second file. */
+static int run_on_files(const syncctl_cmd_t *self, patch_fn fn,
+                        const char *files[2])
+{
+    json_t *first = NULL, *second = NULL, *out = NULL;
+    syncd_error_t err;
+    int rc;
+
+    rc = syncctl_load_json(&first, files[0]);
+    if (rc == SYNCCTL_OK)
+        rc = syncctl_load_json(&second, files[1]);
+    if (rc == SYNCCTL_OK) {
+        syncd_error_clear(&err);
+        if (fn(&out, first, second, &err) < 0)
+            rc = syncctl_fail("%s %s: %s", self->name, files[1], err.message);
+        else
+            rc = syncctl_print_json(out);
+    }
+    json_decref(first);
+    json_decref(second);
+    json_decref(out);
+    return rc;
+}
+
+static int cmd_diff(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                    int argc, char **argv)
+{
+    const char *files[2];
+    int merge;
+
+    (void)opts;
+    if (two_files(files, &merge, argc, argv) < 0)
+        return syncctl_usage(self);
+    return run_on_files(self, merge ? syncd_merge_diff : syncd_patch_diff,
+                        files);
+}
+
+static int cmd_apply(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                     int argc, char **argv)
+{
+    const char *files[2];
+    int merge;
+
+    (void)opts;
+    if (two_files(files, &merge, argc, argv) < 0)
+        return syncctl_usage(self);
+    return run_on_files(self, merge ? syncd_merge_apply : syncd_patch_apply,
+                        files);
+}
+
+static const syncctl_cmd_t commands[] = {
+    {"diff", "A.json B.json [--merge]", cmd_diff},
+    {"apply", "DOC.json PATCH.json [--merge]", cmd_apply},
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void print_usage(FILE *to)
+{
+    fputs("usage: syncctl [--server URL] [--token T] COMMAND ...\n"
+          "commands:\n",
+          to);
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(to, "  %s %s\n", commands[i].name, commands[i].usage);
+    for (size_t i = 0; i < syncctl_http_ncommands; i++)
+        fprintf(to, "  %s %s\n", syncctl_http_commands[i].name,
+                syncctl_http_commands[i].usage);
+}
+
+int main(int argc, char **argv)
+{
+    syncctl_opts_t opts = {getenv("SYNCD_SERVER"), NULL};
+    int i = 1;
+
+    if (opts.server == NULL || opts.server[0] == '\0')
+        opts.server = DEFAULT_SERVER;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_usage(stdout);
+            return SYNCCTL_OK;
+        }
+        if (i + 1 < argc && strcmp(argv[i], "--server") == 0) {
+            opts.server = argv[++i];
+        } else if (i + 1 < argc && strcmp(argv[i], "--token") == 0) {
+            opts.token = argv[++i];
+        } else {
+            fprintf(stderr, "syncctl: bad option '%s'\n", argv[i]);
+            print_usage(stderr);
+            return SYNCCTL_USAGE;
+        }
+    }
+    if (i >= argc) {
+        print_usage(stderr);
+        return SYNCCTL_USAGE;
+    }
+    for (size_t c = 0; c < NCOMMANDS; c++) {
+        if (strcmp(argv[i], commands[c].name) == 0)
+            return commands[c].run(&commands[c], &opts, argc - i - 1,
+                                   argv + i + 1);
+    }
+    for (size_t c = 0; c < syncctl_http_ncommands; c++) {
+        const syncctl_cmd_t *cmd = &syncctl_http_commands[c];
+
+        if (strcmp(argv[i], cmd->name) == 0)
+            return cmd->run(cmd, &opts, argc - i - 1, argv + i + 1);
+    }
+    fprintf(stderr, "syncctl: unknown command '%s'\n", argv[i]);
+    print_usage(stderr);
+    return SYNCCTL_USAGE;
+}

@@ -1,0 +1,54 @@
+/* syncctl.h - the command table of the syncctl CLI.
+ *
+ * syncctl.c owns main(), the global options and the offline commands
+ * (diff, apply). A command is one syncctl_cmd_t entry in the table of
+ * syncctl.c; commands that talk to a node (get, put, patch, ...) live in
+ * their own file and are listed there by name. Every command prints JSON on
+ * stdout and reports failure through the helpers below: one line on
+ * stderr, exit status 1 (2 for usage errors).
+ */
+#ifndef SYNCD_SYNCCTL_H
+#define SYNCD_SYNCCTL_H
+
+#include <jansson.h>
+
+/* Exit statuses of syncctl (DESIGN.md section 10). */
+enum { SYNCCTL_OK = 0, SYNCCTL_FAILED = 1, SYNCCTL_USAGE = 2 };
+
+/* Global options, parsed before the command name. */
+typedef struct syncctl_opts {
+    const char *server; /* --server, $SYNCD_SERVER, or the default URL */
+    const char *token;  /* --token, or NULL */
+} syncctl_opts_t;
+
+/* One command: `run` gets its own entry, the global options and the
+ * arguments after the command name, and returns a SYNCCTL_* exit status. */
+typedef struct syncctl_cmd syncctl_cmd_t;
+struct syncctl_cmd {
+    const char *name;
+    const char *usage; /* arguments, for the usage text */
+    int (*run)(const syncctl_cmd_t *self, const syncctl_opts_t *opts, int argc,
+               char **argv);
+};
+
+/* The commands that talk to a node over HTTP (syncctl_http.c). */
+extern const syncctl_cmd_t syncctl_http_commands[];
+extern const size_t syncctl_http_ncommands;
+
+/* Prints "syncctl: <message>" on stderr and returns SYNCCTL_FAILED. */
+int syncctl_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints "syncctl: usage: syncctl <name> <usage>" on stderr and returns
+ * SYNCCTL_USAGE. */
+int syncctl_usage(const syncctl_cmd_t *cmd);
+
+/* Loads the JSON file at path ("-" reads stdin) into *out (a new
+ * reference); on failure reports the file, line and column through
+ * syncctl_fail() and returns SYNCCTL_FAILED. */
+int syncctl_load_json(json_t **out, const char *path);
+
+/* Prints v on stdout in canonical form followed by a newline; returns
+ * SYNCCTL_OK or SYNCCTL_FAILED. */
+int syncctl_print_json(const json_t *v);
+
+#endif

@@ -1,0 +1,516 @@
+/* syncctl_http.c - the syncctl commands that talk to a node over its HTTP
+ * API (DESIGN.md sections 5 and 10): get, put, patch, rm, ls, watch and
+ * digest, with libcurl.
+ *
+ * Every command builds one URL from --server (or $SYNCD_SERVER), the
+ * percent-encoded collection and id, sends --token as a bearer token, and
+ * prints JSON on stdout. A non-2xx answer is reported on stderr as one
+ * line with the status and the server's error code and message (exit 1).
+ * get prints the document body; put and patch print {"coll","id","v",
+ * "data"} with the version from the ETag; watch prints one event JSON per
+ * line and, when the stream ends for any reason but a resync, reconnects
+ * with Last-Event-ID until interrupted.
+ */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "syncctl.h"
+
+typedef struct reply {
+    long status;
+    char *body;
+    size_t len;
+    long long version; /* from ETag; 0 when absent */
+} reply_t;
+
+typedef struct buf {
+    char *data;
+    size_t len;
+} buf_t;
+
+static int append(buf_t *b, const char *data, size_t n)
+{
+    char *p = realloc(b->data, b->len + n + 1);
+
+    if (p == NULL)
+        return -1;
+    b->data = p;
+    memcpy(b->data + b->len, data, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
+{
+    return append(arg, data, size * n) < 0 ? 0 : size * n;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *arg)
+{
+    reply_t *r = arg;
+
+    if (size * n > 5 && strncasecmp(data, "ETag:", 5) == 0)
+        sscanf(data + 5, " \"%lld\"", &r->version);
+    return size * n;
+}
+
+/* Appends "/v1/collections/<coll>[/<what>[/<id>]]" to server, with coll
+ * and id percent-encoded, into a malloc'd URL; query is appended as is. */
+static char *make_url(CURL *c, const syncctl_opts_t *opts, const char *coll,
+                      const char *what, const char *id, const char *query)
+{
+    char *ecoll = curl_easy_escape(c, coll, 0);
+    char *eid = id != NULL ? curl_easy_escape(c, id, 0) : NULL;
+    size_t n = strlen(opts->server) + strlen(ecoll ? ecoll : "") +
+               (eid ? strlen(eid) : 0) + strlen(query ? query : "") + 64;
+    char *url = malloc(n);
+    size_t slen = strlen(opts->server);
+
+    if (url != NULL && ecoll != NULL && (id == NULL || eid != NULL))
+        snprintf(url, n, "%.*s/v1/collections/%s/%s%s%s%s",
+                 (int)(slen > 0 && opts->server[slen - 1] == '/' ? slen - 1
+                                                                 : slen),
+                 opts->server, ecoll, what, eid ? "/" : "", eid ? eid : "",
+                 query ? query : "");
+    curl_free(ecoll);
+    curl_free(eid);
+    return url;
+}
+
+/* Sends one request; the reply lands in *r. Returns 0, or reports a
+ * transport failure and returns SYNCCTL_FAILED. */
+static int call(const syncctl_opts_t *opts, const char *method,
+                const char *url, const char *content_type, const char *body,
+                const char *if_match, reply_t *r)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = curl_slist_append(NULL, "Expect:");
+    char line[512];
+    buf_t out = {0};
+    CURLcode cc;
+
+    memset(r, 0, sizeof(*r));
+    if (c == NULL)
+        return syncctl_fail("cannot initialise libcurl");
+    if (opts->token != NULL) {
+        snprintf(line, sizeof(line), "Authorization: Bearer %s", opts->token);
+        h = curl_slist_append(h, line);
+    }
+    if (content_type != NULL) {
+        snprintf(line, sizeof(line), "Content-Type: %s", content_type);
+        h = curl_slist_append(h, line);
+    }
+    if (if_match != NULL) {
+        snprintf(line, sizeof(line), "If-Match: \"%s\"", if_match);
+        h = curl_slist_append(h, line);
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    if (body != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)strlen(body));
+    }
+    cc = curl_easy_perform(c);
+    if (cc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    r->body = out.data;
+    r->len = out.len;
+    if (cc != CURLE_OK) {
+        free(out.data);
+        r->body = NULL;
+        return syncctl_fail("%s %s: %s", method, url, curl_easy_strerror(cc));
+    }
+    return SYNCCTL_OK;
+}
+
+/* Reports a non-2xx reply as "<status> <error>: <message>". */
+static int report(const reply_t *r)
+{
+    json_t *v = json_loads(r->body ? r->body : "", 0, NULL);
+    int rc = syncctl_fail(
+        "%ld %s: %s", r->status,
+        json_string_value(json_object_get(v, "error"))
+            ? json_string_value(json_object_get(v, "error"))
+            : "error",
+        json_string_value(json_object_get(v, "message"))
+            ? json_string_value(json_object_get(v, "message"))
+            : (r->body ? r->body : ""));
+
+    json_decref(v);
+    return rc;
+}
+
+/* Prints a reply: its body as JSON, or wrapped as {"coll","id","v",
+ * "data"} when coll is not NULL. */
+static int print_reply(const reply_t *r, const char *coll, const char *id)
+{
+    json_t *v, *out;
+    int rc;
+
+    if (r->status < 200 || r->status > 299)
+        return report(r);
+    v = json_loads(r->body ? r->body : "", JSON_DECODE_ANY, NULL);
+    if (v == NULL)
+        return syncctl_fail("the server answered with invalid JSON");
+    out = coll == NULL ? json_incref(v)
+                       : json_pack("{s:s, s:s, s:I, s:O}", "coll", coll, "id",
+                                   id, "v", (json_int_t)r->version, "data", v);
+    rc = out != NULL ? syncctl_print_json(out) : SYNCCTL_FAILED;
+    json_decref(out);
+    json_decref(v);
+    return rc;
+}
+
+/* Parsed arguments of the document commands. */
+typedef struct args {
+    const char *pos[3]; /* positional arguments */
+    int npos;
+    const char *if_match, *prefix, *since;
+    int merge;
+} args_t;
+
+/* Splits argv into positional arguments and the flags the command allows
+ * (a string of letters: m --merge, i --if-match, p --prefix, s --since);
+ * returns -1 on anything else. */
+static int parse_args(args_t *a, int argc, char **argv, const char *allow)
+{
+    int i;
+
+    memset(a, 0, sizeof(*a));
+    for (i = 0; i < argc; i++) {
+        const char *s = argv[i];
+
+        if (strcmp(s, "--merge") == 0 && strchr(allow, 'm'))
+            a->merge = 1;
+        else if (strcmp(s, "--if-match") == 0 && strchr(allow, 'i') &&
+                 i + 1 < argc)
+            a->if_match = argv[++i];
+        else if (strcmp(s, "--prefix") == 0 && strchr(allow, 'p') &&
+                 i + 1 < argc)
+            a->prefix = argv[++i];
+        else if (strcmp(s, "--since") == 0 && strchr(allow, 's') &&
+                 i + 1 < argc)
+            a->since = argv[++i];
+        else if ((s[0] != '-' || strcmp(s, "-") == 0) && a->npos < 3)
+            a->pos[a->npos++] = s;
+        else
+            return -1;
+    }
+    return 0;
+}
+
+/* Runs one request on coll/id and prints the reply; body_file (may be
+ * NULL: no body) is read as JSON ("-" is stdin). */
+static int doc_request(const syncctl_opts_t *opts, const char *method,
+                       const args_t *a, const char *content_type,
+                       const char *body_file, int wrap)
+{
+    CURL *c = curl_easy_init();
+    json_t *doc = NULL;
+    char *body = NULL, *url;
+    reply_t r;
+    int rc;
+
+    if (c == NULL)
+        return syncctl_fail("cannot initialise libcurl");
+    url = make_url(c, opts, a->pos[0], "docs", a->pos[1], NULL);
+    curl_easy_cleanup(c);
+    if (url == NULL)
+        return syncctl_fail("out of memory");
+    if (body_file != NULL) {
+        rc = syncctl_load_json(&doc, body_file);
+        if (rc != SYNCCTL_OK) {
+            free(url);
+            return rc;
+        }
+        body = json_dumps(doc, JSON_COMPACT | JSON_ENCODE_ANY);
+        json_decref(doc);
+    }
+    rc = call(opts, method, url, content_type, body, a->if_match, &r);
+    if (rc == SYNCCTL_OK)
+        rc = print_reply(&r, wrap ? a->pos[0] : NULL, a->pos[1]);
+    free(r.body);
+    free(body);
+    free(url);
+    return rc;
+}
+
+static int cmd_get(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                   int argc, char **argv)
+{
+    args_t a;
+
+    if (parse_args(&a, argc, argv, "") < 0 || a.npos != 2)
+        return syncctl_usage(self);
+    return doc_request(opts, "GET", &a, NULL, NULL, 0);
+}
+
+static int cmd_put(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                   int argc, char **argv)
+{
+    args_t a;
+
+    if (parse_args(&a, argc, argv, "i") < 0 || a.npos < 2)
+        return syncctl_usage(self);
+    return doc_request(opts, "PUT", &a, "application/json",
+                       a.npos == 3 ? a.pos[2] : "-", 1);
+}
+
+static int cmd_patch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                     int argc, char **argv)
+{
+    args_t a;
+
+    if (parse_args(&a, argc, argv, "mi") < 0 || a.npos < 2)
+        return syncctl_usage(self);
+    return doc_request(opts, "PATCH", &a,
+                       a.merge ? "application/merge-patch+json"
+                               : "application/json-patch+json",
+                       a.npos == 3 ? a.pos[2] : "-", 1);
+}
+
+static int cmd_rm(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                  int argc, char **argv)
+{
+    args_t a;
+
+    if (parse_args(&a, argc, argv, "i") < 0 || a.npos != 2)
+        return syncctl_usage(self);
+    return doc_request(opts, "DELETE", &a, NULL, NULL, 0);
+}
+
+/* GETs coll's route `what` with query and prints the reply. */
+static int coll_request(const syncctl_opts_t *opts, const char *coll,
+                        const char *what, const char *query, reply_t *r)
+{
+    CURL *c = curl_easy_init();
+    char *url;
+    int rc;
+
+    if (c == NULL)
+        return syncctl_fail("cannot initialise libcurl");
+    url = make_url(c, opts, coll, what, NULL, query);
+    curl_easy_cleanup(c);
+    if (url == NULL)
+        return syncctl_fail("out of memory");
+    rc = call(opts, "GET", url, NULL, NULL, NULL, r);
+    free(url);
+    return rc;
+}
+
+static int cmd_digest(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                      int argc, char **argv)
+{
+    args_t a;
+    reply_t r;
+    int rc;
+
+    if (parse_args(&a, argc, argv, "") < 0 || a.npos != 1)
+        return syncctl_usage(self);
+    rc = coll_request(opts, a.pos[0], "digest", NULL, &r);
+    if (rc == SYNCCTL_OK)
+        rc = print_reply(&r, NULL, NULL);
+    free(r.body);
+    return rc;
+}
+
+/* Appends "&name=<value percent-encoded>" to q (size bytes). */
+static void add_query(char *q, size_t size, const char *name,
+                      const char *value)
+{
+    CURL *c = curl_easy_init();
+    char *e = c != NULL ? curl_easy_escape(c, value, 0) : NULL;
+    size_t n = strlen(q);
+
+    snprintf(q + n, size - n, "%c%s=%s", n == 0 ? '?' : '&', name,
+             e ? e : "");
+    curl_free(e);
+    curl_easy_cleanup(c);
+}
+
+static int cmd_ls(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                  int argc, char **argv)
+{
+    args_t a;
+    json_t *all = json_array(), *seq = NULL, *out;
+    char *after = NULL;
+    int rc = SYNCCTL_OK;
+
+    if (parse_args(&a, argc, argv, "p") < 0 || a.npos != 1) {
+        json_decref(all);
+        return syncctl_usage(self);
+    }
+    for (;;) {
+        char query[4096] = "";
+        json_t *page, *next;
+        reply_t r;
+
+        if (a.prefix != NULL)
+            add_query(query, sizeof(query), "prefix", a.prefix);
+        if (after != NULL)
+            add_query(query, sizeof(query), "after", after);
+        rc = coll_request(opts, a.pos[0], "docs", query, &r);
+        if (rc == SYNCCTL_OK && (r.status < 200 || r.status > 299))
+            rc = report(&r);
+        page = rc == SYNCCTL_OK ? json_loads(r.body, 0, NULL) : NULL;
+        free(r.body);
+        if (rc == SYNCCTL_OK && page == NULL)
+            rc = syncctl_fail("the server answered with invalid JSON");
+        if (rc != SYNCCTL_OK)
+            break;
+        if (seq == NULL)
+            seq = json_incref(json_object_get(page, "seq"));
+        json_array_extend(all, json_object_get(page, "docs"));
+        next = json_object_get(page, "next");
+        free(after);
+        after = json_is_string(next) ? strdup(json_string_value(next)) : NULL;
+        json_decref(page);
+        if (after == NULL)
+            break;
+    }
+    if (rc == SYNCCTL_OK) {
+        out = json_pack("{s:o, s:O}", "seq", seq ? seq : json_integer(0),
+                        "docs", all);
+        seq = NULL;
+        rc = out != NULL ? syncctl_print_json(out) : SYNCCTL_FAILED;
+        json_decref(out);
+    }
+    json_decref(seq);
+    json_decref(all);
+    free(after);
+    return rc;
+}
+
+/* State of one watch stream: a line buffer and the SSE fields so far. */
+typedef struct stream {
+    buf_t line;
+    char event[32];
+    char last_id[32];
+    int resync;
+} stream_t;
+
+/* Handles one SSE line: prints the data of change events, remembers ids
+ * and notices resync. */
+static void sse_line(stream_t *s, const char *line)
+{
+    if (strncmp(line, "id: ", 4) == 0)
+        snprintf(s->last_id, sizeof(s->last_id), "%s", line + 4);
+    else if (strncmp(line, "event: ", 7) == 0)
+        snprintf(s->event, sizeof(s->event), "%s", line + 7);
+    else if (strncmp(line, "data: ", 6) == 0 &&
+             (strcmp(s->event, "create") == 0 ||
+              strcmp(s->event, "update") == 0 ||
+              strcmp(s->event, "delete") == 0)) {
+        printf("%s\n", line + 6);
+        fflush(stdout);
+    } else if (line[0] == '\0') {
+        if (strcmp(s->event, "resync") == 0)
+            s->resync = 1;
+        s->event[0] = '\0';
+    }
+}
+
+static size_t on_stream(char *data, size_t size, size_t n, void *arg)
+{
+    stream_t *s = arg;
+    size_t i, total = size * n;
+
+    for (i = 0; i < total; i++) {
+        if (data[i] == '\n') {
+            sse_line(s, s->line.data ? s->line.data : "");
+            s->line.len = 0;
+            if (s->line.data != NULL)
+                s->line.data[0] = '\0';
+        } else if (append(&s->line, data + i, 1) < 0) {
+            return 0;
+        }
+    }
+    return total;
+}
+
+static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                     int argc, char **argv)
+{
+    args_t a;
+    stream_t s;
+    int rc = SYNCCTL_OK;
+
+    if (parse_args(&a, argc, argv, "ps") < 0 || a.npos != 1)
+        return syncctl_usage(self);
+    memset(&s, 0, sizeof(s));
+    if (a.since != NULL)
+        snprintf(s.last_id, sizeof(s.last_id), "%s", a.since);
+    while (rc == SYNCCTL_OK && !s.resync) {
+        char query[4096] = "", hdr[512];
+        CURL *c = curl_easy_init();
+        struct curl_slist *h = NULL;
+        char *url;
+        long status = 0;
+        CURLcode cc;
+
+        if (c == NULL)
+            return syncctl_fail("cannot initialise libcurl");
+        if (a.prefix != NULL)
+            add_query(query, sizeof(query), "prefix", a.prefix);
+        if (s.last_id[0] != '\0')
+            add_query(query, sizeof(query), "since", s.last_id);
+        url = make_url(c, opts, a.pos[0], "watch", NULL, query);
+        if (opts->token != NULL) {
+            snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s",
+                     opts->token);
+            h = curl_slist_append(h, hdr);
+        }
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
+        cc = curl_easy_perform(c);
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        curl_slist_free_all(h);
+        curl_easy_cleanup(c);
+        free(url);
+        if (status >= 400) {
+            reply_t r = {status, s.line.data, s.line.len, 0};
+
+            rc = report(&r);
+        } else if (cc != CURLE_OK && status == 0) {
+            rc = syncctl_fail("watch %s: %s", a.pos[0],
+                              curl_easy_strerror(cc));
+        } else if (!s.resync) {
+            sleep(1);
+        }
+        s.line.len = 0;
+    }
+    free(s.line.data);
+    if (s.resync && rc == SYNCCTL_OK)
+        rc = syncctl_fail("watch %s: resync needed after seq %s (list the "
+                          "collection again)",
+                          a.pos[0], s.last_id);
+    return rc;
+}
+
+const syncctl_cmd_t syncctl_http_commands[] = {
+    {"get", "C ID", cmd_get},
+    {"put", "C ID [FILE] [--if-match V]", cmd_put},
+    {"patch", "C ID [--merge] [FILE] [--if-match V]", cmd_patch},
+    {"rm", "C ID [--if-match V]", cmd_rm},
+    {"ls", "C [--prefix P]", cmd_ls},
+    {"watch", "C [--since SEQ] [--prefix P]", cmd_watch},
+    {"digest", "C", cmd_digest},
+};
+
+const size_t syncctl_http_ncommands =
+    sizeof(syncctl_http_commands) / sizeof(syncctl_http_commands[0]);

@@ -1,0 +1,1074 @@
+/* test_http.c - HTTP conformance of the syncd daemon, over real sockets.
+ *
+ * Starts the real `syncd` binary in the embedded default (RocksDB store of
+ * record in a temp dir, in-process bus) on a free loopback port, and
+ * drives every route of DESIGN.md section 5 with libcurl and raw sockets:
+ * status codes, ETags and error bodies, malformed HTTP, limits, slow and
+ * idle clients, pipelining, bearer tokens, SSE watch streams, and a
+ * graceful shutdown on SIGTERM.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "servers.h"
+
+#ifndef SYNCD_BINARY
+#error "SYNCD_BINARY must name the syncd binary"
+#endif
+
+/* One running syncd process. */
+typedef struct daemon {
+    pid_t pid;
+    int port;
+    char dir[256];
+    char log[300];
+} daemon_t;
+
+/* The shared daemon most tests use. */
+static daemon_t main_daemon;
+
+/* ---- Processes ------------------------------------------------------- */
+
+static int connect_port(int port)
+{
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0)
+        return -1;
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Starts syncd on a free port with its own data dir and the extra flags
+ * (NULL-terminated); waits until it accepts connections. 0 or -1. */
+static int daemon_start(daemon_t *d, ...)
+{
+    char *argv[64];
+    char listen[64], data[300];
+    int argc = 0, i, fd;
+    va_list ap;
+
+    memset(d, 0, sizeof(*d));
+    if (syncd_test_tmpdir(d->dir, sizeof(d->dir), "http") != 0)
+        return -1;
+    d->port = syncd_test_free_port();
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", d->port);
+    snprintf(data, sizeof(data), "%s/data", d->dir);
+    snprintf(d->log, sizeof(d->log), "%s/syncd.log", d->dir);
+    argv[argc++] = SYNCD_BINARY;
+    argv[argc++] = "--listen";
+    argv[argc++] = listen;
+    argv[argc++] = "--data-dir";
+    argv[argc++] = data;
+    va_start(ap, d);
+    while (argc < 62 && (argv[argc] = va_arg(ap, char *)) != NULL)
+        argc++;
+    va_end(ap);
+    argv[argc] = NULL;
+    d->pid = fork();
+    if (d->pid < 0)
+        return -1;
+    if (d->pid == 0) {
+        int log = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        if (log >= 0)
+            dup2(log, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    for (i = 0; i < 200; i++) {
+        int status;
+
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            fprintf(stderr, "syncd exited at start; see %s\n", d->log);
+            d->pid = 0;
+            return -1;
+        }
+        fd = connect_port(d->port);
+        if (fd >= 0) {
+            close(fd);
+            return 0;
+        }
+        usleep(50 * 1000);
+    }
+    return -1;
+}
+
+/* Waits for syncd to exit and returns its exit status (-1 if it did not
+ * exit normally); removes its dir when it exited 0. */
+static int daemon_wait(daemon_t *d)
+{
+    int status = 0;
+
+    if (d->pid <= 0)
+        return -1;
+    waitpid(d->pid, &status, 0);
+    d->pid = 0;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        syncd_test_rmtree(d->dir);
+    else
+        fprintf(stderr, "syncd status %d; log kept in %s\n", status, d->log);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Sends SIGTERM and returns syncd's exit status (see daemon_wait()). */
+static int daemon_stop(daemon_t *d)
+{
+    if (d->pid > 0)
+        kill(d->pid, SIGTERM);
+    return daemon_wait(d);
+}
+
+/* ---- libcurl client -------------------------------------------------- */
+
+typedef struct response {
+    long status;
+    char *body;
+    size_t len;
+    char etag[64];
+    char content_type[128];
+} response_t;
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
+{
+    response_t *r = arg;
+    char *p = realloc(r->body, r->len + size * n + 1);
+
+    if (p == NULL)
+        return 0;
+    r->body = p;
+    memcpy(r->body + r->len, data, size * n);
+    r->len += size * n;
+    r->body[r->len] = '\0';
+    return size * n;
+}
+
+static void copy_header_value(char *dst, size_t size, const char *line,
+                              size_t len, const char *name)
+{
+    size_t n = strlen(name);
+
+    if (len > n && strncasecmp(line, name, n) == 0) {
+        line += n;
+        len -= n;
+        while (len > 0 && *line == ' ')
+            line++, len--;
+        while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == '\n'))
+            len--;
+        snprintf(dst, size, "%.*s", (int)len, line);
+    }
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *arg)
+{
+    response_t *r = arg;
+
+    copy_header_value(r->etag, sizeof(r->etag), data, size * n, "ETag:");
+    copy_header_value(r->content_type, sizeof(r->content_type), data,
+                      size * n, "Content-Type:");
+    return size * n;
+}
+
+/* Sends one request to d; headers is a NULL-terminated list or NULL. */
+static response_t request(const daemon_t *d, const char *method,
+                          const char *path, const char *body,
+                          const char **headers)
+{
+    response_t r;
+    CURL *c = curl_easy_init();
+    struct curl_slist *list = curl_slist_append(NULL, "Expect:");
+    char url[2048];
+
+    memset(&r, 0, sizeof(r));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", d->port, path);
+    for (; headers != NULL && *headers != NULL; headers++)
+        list = curl_slist_append(list, *headers);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
+    if (body != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(list);
+    curl_easy_cleanup(c);
+    return r;
+}
+
+static void response_free(response_t *r)
+{
+    free(r->body);
+    r->body = NULL;
+}
+
+/* Asserts r's status and, when code is not NULL, its error code. */
+static void expect(response_t *r, long status, const char *code)
+{
+    if (r->status != status)
+        fprintf(stderr, "got %ld: %s\n", r->status,
+                r->body ? r->body : "");
+    assert_int_equal(r->status, status);
+    if (code != NULL) {
+        json_t *v = json_loads(r->body ? r->body : "", 0, NULL);
+
+        assert_non_null(v);
+        assert_string_equal(json_string_value(json_object_get(v, "error")),
+                            code);
+        assert_non_null(json_string_value(json_object_get(v, "message")));
+        json_decref(v);
+    }
+    response_free(r);
+}
+
+/* Sends a request to the main daemon and checks its status (and error
+ * code when not NULL). */
+static void check(const char *method, const char *path, const char *body,
+                  const char **headers, long status, const char *code)
+{
+    response_t r = request(&main_daemon, method, path, body, headers);
+
+    expect(&r, status, code);
+}
+
+/* ---- Raw sockets ----------------------------------------------------- */
+
+/* Sends len bytes to port and reads until the server closes (or 10 s
+ * pass) into a malloc'd, NUL-terminated string. */
+static char *raw_exchange(int port, const char *data, size_t len)
+{
+    struct timeval tv = {10, 0};
+    size_t cap = 65536, n = 0;
+    char *out = malloc(cap);
+    int fd = connect_port(port);
+    ssize_t got;
+
+    assert_non_null(out);
+    assert_true(fd >= 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(send(fd, data, len, MSG_NOSIGNAL), (ssize_t)len);
+    while ((got = recv(fd, out + n, cap - n - 1, 0)) > 0) {
+        n += (size_t)got;
+        if (n + 1 == cap) {
+            cap *= 2;
+            out = realloc(out, cap);
+            assert_non_null(out);
+        }
+    }
+    out[n] = '\0';
+    close(fd);
+    return out;
+}
+
+/* Counts occurrences of needle in hay. */
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+
+    while ((hay = strstr(hay, needle)) != NULL) {
+        n++;
+        hay += strlen(needle);
+    }
+    return n;
+}
+
+/* ---- SSE ------------------------------------------------------------- */
+
+typedef struct sse {
+    int fd;
+    char buf[1 << 16];
+    size_t len;
+} sse_t;
+
+/* Opens a watch stream with a raw GET of path and extra header lines. */
+static void sse_open(sse_t *s, const daemon_t *d, const char *path,
+                     const char *extra)
+{
+    char req[1024];
+    struct timeval tv = {10, 0};
+    int n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n", path,
+                     extra ? extra : "");
+
+    memset(s, 0, sizeof(*s));
+    s->fd = connect_port(d->port);
+    assert_true(s->fd >= 0);
+    setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(send(s->fd, req, (size_t)n, MSG_NOSIGNAL), n);
+}
+
+/* Reads until the stream holds `count` occurrences of marker (or the
+ * server closes, or 10 s pass); returns the count seen. */
+static int sse_wait(sse_t *s, const char *marker, int count)
+{
+    int seen;
+
+    while ((seen = count_of(s->buf, marker)) < count &&
+           s->len + 1 < sizeof(s->buf)) {
+        ssize_t got = recv(s->fd, s->buf + s->len, sizeof(s->buf) - s->len - 1,
+                           0);
+
+        if (got <= 0)
+            break;
+        s->len += (size_t)got;
+        s->buf[s->len] = '\0';
+    }
+    return seen;
+}
+
+static void sse_close(sse_t *s)
+{
+    close(s->fd);
+}
+
+/* ---- Fixtures -------------------------------------------------------- */
+
+static int setup_main(void **state)
+{
+    (void)state;
+    curl_global_init(CURL_GLOBAL_ALL);
+    return daemon_start(&main_daemon, "--header-timeout", "2s",
+                        "--max-header-bytes", "4KiB", "--max-doc-bytes",
+                        "64KiB", "--bookmark-interval", "1s", "--log-level",
+                        "debug", NULL);
+}
+
+static int teardown_main(void **state)
+{
+    int rc;
+
+    (void)state;
+    rc = daemon_stop(&main_daemon);
+    curl_global_cleanup();
+    return rc == 0 ? 0 : -1;
+}
+
+static const char *json_patch_ct[] = {
+    "Content-Type: application/json-patch+json", NULL};
+static const char *merge_patch_ct[] = {
+    "Content-Type: application/merge-patch+json", NULL};
+
+/* ---- Routes ---------------------------------------------------------- */
+
+static void test_health__answers_200_with_node_store_and_bus(void **state)
+{
+    response_t r = request(&main_daemon, "GET", "/v1/health", NULL, NULL);
+    json_t *v;
+
+    (void)state;
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    assert_non_null(v);
+    assert_string_equal(json_string_value(json_object_get(v, "node")),
+                        "local");
+    assert_string_equal(json_string_value(json_object_get(v, "store")),
+                        "rocksdb");
+    assert_string_equal(json_string_value(json_object_get(v, "bus")),
+                        "local");
+    assert_true(json_is_true(json_object_get(v, "bus_connected")));
+    json_decref(v);
+    response_free(&r);
+}
+
+static void test_put__creates_with_201_and_etag_1(void **state)
+{
+    response_t r = request(&main_daemon, "PUT", "/v1/collections/t/docs/a",
+                           "{\"n\":1}", NULL);
+
+    (void)state;
+    assert_int_equal(r.status, 201);
+    assert_string_equal(r.etag, "\"1\"");
+    assert_string_equal(r.body, "{\"n\":1}");
+    response_free(&r);
+    r = request(&main_daemon, "GET", "/v1/collections/t/docs/a", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.etag, "\"1\"");
+    assert_string_equal(r.content_type, "application/json");
+    response_free(&r);
+}
+
+static void test_put__if_none_match_star_on_a_live_doc_is_409(void **state)
+{
+    const char *h[] = {"If-None-Match: *", NULL};
+
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/inm", "{}", h, 201, NULL);
+    check("PUT", "/v1/collections/t/docs/inm", "{}", h, 409, "exists");
+}
+
+static void test_put__if_match_replaces_or_fails_with_412(void **state)
+{
+    const char *stale[] = {"If-Match: \"7\"", NULL};
+    const char *good[] = {"If-Match: \"1\"", NULL};
+    response_t r;
+
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/im", "{\"a\":1}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/t/docs/im", "{\"a\":2}", stale, 412,
+          "precondition_failed");
+    r = request(&main_daemon, "PUT", "/v1/collections/t/docs/im",
+                "{\"a\":3}", good);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.etag, "\"2\"");
+    response_free(&r);
+    check("PUT", "/v1/collections/t/docs/im-missing", "{}", good, 412,
+          "precondition_failed");
+}
+
+static void test_put__without_preconditions_replaces_with_200(void **state)
+{
+    response_t r;
+
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/rep", "{\"a\":1}", NULL, 201, NULL);
+    r = request(&main_daemon, "PUT", "/v1/collections/t/docs/rep",
+                "{\"a\":2}", NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.etag, "\"2\"");
+    response_free(&r);
+}
+
+static void test_get__missing_doc_is_404(void **state)
+{
+    (void)state;
+    check("GET", "/v1/collections/t/docs/nope", NULL, NULL, 404, "not_found");
+}
+
+static void test_patch__json_patch_increments_with_200_and_etag(void **state)
+{
+    response_t r;
+
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/p", "{\"n\":1}", NULL, 201, NULL);
+    r = request(&main_daemon, "PATCH", "/v1/collections/t/docs/p",
+                "[{\"op\":\"replace\",\"path\":\"/n\",\"value\":2}]",
+                json_patch_ct);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.etag, "\"2\"");
+    assert_string_equal(r.body, "{\"n\":2}");
+    response_free(&r);
+}
+
+static void test_patch__merge_patch_applies_with_200(void **state)
+{
+    response_t r;
+
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/m", "{\"a\":1,\"b\":2}", NULL, 201,
+          NULL);
+    r = request(&main_daemon, "PATCH", "/v1/collections/t/docs/m",
+                "{\"a\":null,\"c\":3}", merge_patch_ct);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.etag, "\"2\"");
+    assert_string_equal(r.body, "{\"b\":2,\"c\":3}");
+    response_free(&r);
+}
+
+static void test_patch__other_content_types_are_415(void **state)
+{
+    const char *h[] = {"Content-Type: application/json", NULL};
+
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/ct", "{}", NULL, 201, NULL);
+    check("PATCH", "/v1/collections/t/docs/ct", "[]", h, 415,
+          "unsupported_media_type");
+}
+
+static void test_patch__invalid_patches_are_422(void **state)
+{
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/ip", "{\"a\":1}", NULL, 201, NULL);
+    check("PATCH", "/v1/collections/t/docs/ip",
+          "[{\"op\":\"frobnicate\",\"path\":\"/a\"}]", json_patch_ct, 422,
+          "invalid_patch");
+    check("PATCH", "/v1/collections/t/docs/ip", "{\"op\":\"add\"}",
+          json_patch_ct, 422, "invalid_patch");
+    check("PATCH", "/v1/collections/t/docs/ip",
+          "[{\"op\":\"remove\",\"path\":\"/missing\"}]", json_patch_ct, 422,
+          "invalid_patch");
+    check("PATCH", "/v1/collections/t/docs/ip", "[{\"op\":", json_patch_ct,
+          400, "invalid_json");
+}
+
+static void test_patch__failing_test_op_is_409(void **state)
+{
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/tst", "{\"a\":1}", NULL, 201, NULL);
+    check("PATCH", "/v1/collections/t/docs/tst",
+          "[{\"op\":\"test\",\"path\":\"/a\",\"value\":2}]", json_patch_ct,
+          409, "conflict");
+}
+
+static void test_patch__stale_if_match_is_412_and_missing_doc_404(void **state)
+{
+    const char *h[] = {"Content-Type: application/merge-patch+json",
+                       "If-Match: \"9\"", NULL};
+
+    (void)state;
+    check("PUT", "/v1/collections/t/docs/pim", "{}", NULL, 201, NULL);
+    check("PATCH", "/v1/collections/t/docs/pim", "{\"x\":1}", h, 412,
+          "precondition_failed");
+    check("PATCH", "/v1/collections/t/docs/none", "{\"x\":1}",
+          merge_patch_ct, 404, "not_found");
+}
+
+static void test_delete__tombstones_and_recreate_continues_version(void **s)
+{
+    const char *stale[] = {"If-Match: \"5\"", NULL};
+    long long tomb = 0, again = 0;
+    response_t r;
+
+    (void)s;
+    check("PUT", "/v1/collections/t/docs/d", "{}", NULL, 201, NULL);
+    check("DELETE", "/v1/collections/t/docs/d", NULL, stale, 412,
+          "precondition_failed");
+    r = request(&main_daemon, "DELETE", "/v1/collections/t/docs/d", NULL,
+                NULL);
+    assert_int_equal(r.status, 200);
+    assert_true(sscanf(r.etag, "\"%lld\"", &tomb) == 1 && tomb >= 1);
+    response_free(&r);
+    check("GET", "/v1/collections/t/docs/d", NULL, NULL, 404, "not_found");
+    check("DELETE", "/v1/collections/t/docs/d", NULL, NULL, 404, "not_found");
+    r = request(&main_daemon, "PUT", "/v1/collections/t/docs/d", "{}", NULL);
+    assert_int_equal(r.status, 201);
+    assert_true(sscanf(r.etag, "\"%lld\"", &again) == 1);
+    assert_int_equal(again, tomb + 1);
+    response_free(&r);
+}
+
+static void test_bad_input__malformed_or_non_object_json_is_400(void **s)
+{
+    (void)s;
+    check("PUT", "/v1/collections/t/docs/bj", "{\"a\":", NULL, 400,
+          "invalid_json");
+    check("PUT", "/v1/collections/t/docs/bj", "[1,2]", NULL, 400,
+          "invalid_json");
+    check("GET", "/v1/collections/t/docs/bj", NULL, NULL, 404, NULL);
+}
+
+static void test_bad_input__bad_ids_collections_and_encoding_are_400(void **s)
+{
+    response_t r;
+
+    (void)s;
+    check("GET", "/v1/collections/Bad!/docs/x", NULL, NULL, 400,
+          "invalid_collection");
+    check("GET", "/v1/collections/t/docs/a%7Bb", NULL, NULL, 400,
+          "invalid_id");
+    check("GET", "/v1/collections/t/docs/a%0Ab", NULL, NULL, 400,
+          "invalid_id");
+    check("GET", "/v1/collections/t/docs/a%zzb", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/t/docs/a%00b", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/t/docs/a%4", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/t/docs?prefix=%G1", NULL, NULL, 400,
+          "bad_request");
+    /* A percent-encoded slash is part of the id. */
+    check("PUT", "/v1/collections/t/docs/Scenario%2Fhelloworld", "{}", NULL,
+          201, NULL);
+    r = request(&main_daemon, "GET", "/v1/collections/t/docs?prefix=Scenario",
+                NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"Scenario/helloworld\""));
+    response_free(&r);
+}
+
+static void test_bad_input__oversize_bodies_are_413(void **state)
+{
+    size_t n = 100 * 1024, big = 300 * 1024;
+    char *body = malloc(big + 16);
+
+    (void)state;
+    assert_non_null(body);
+    /* Over --max-doc-bytes: refused by the store. */
+    snprintf(body, 16, "{\"s\":\"");
+    memset(body + 6, 'x', n);
+    strcpy(body + 6 + n, "\"}");
+    check("PUT", "/v1/collections/t/docs/big", body, NULL, 413, "too_large");
+    /* Over the HTTP body limit: refused before it is read. */
+    memset(body + 6, 'x', big);
+    strcpy(body + 6 + big, "\"}");
+    check("PUT", "/v1/collections/t/docs/big", body, NULL, 413, "too_large");
+    free(body);
+    check("GET", "/v1/collections/t/docs/big", NULL, NULL, 404, NULL);
+}
+
+static void test_list__returns_seq_docs_and_next_page(void **state)
+{
+    response_t r;
+    json_t *v;
+    char path[128];
+
+    (void)state;
+    check("PUT", "/v1/collections/l/docs/a", "{}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/l/docs/b", "{}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/l/docs/c", "{}", NULL, 201, NULL);
+    r = request(&main_daemon, "GET", "/v1/collections/l/docs?limit=2", NULL,
+                NULL);
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    assert_non_null(v);
+    assert_int_equal(json_integer_value(json_object_get(v, "seq")), 3);
+    assert_int_equal(json_array_size(json_object_get(v, "docs")), 2);
+    assert_string_equal(json_string_value(json_object_get(v, "next")), "b");
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(v, "docs"), 0), "v")),
+                     1);
+    snprintf(path, sizeof(path), "/v1/collections/l/docs?limit=2&after=%s",
+             json_string_value(json_object_get(v, "next")));
+    json_decref(v);
+    response_free(&r);
+    r = request(&main_daemon, "GET", path, NULL, NULL);
+    v = json_loads(r.body, 0, NULL);
+    assert_int_equal(json_array_size(json_object_get(v, "docs")), 1);
+    assert_true(json_is_null(json_object_get(v, "next")));
+    json_decref(v);
+    response_free(&r);
+    check("GET", "/v1/collections/l/docs?limit=0", NULL, NULL, 400,
+          "bad_request");
+}
+
+static void test_digest__counts_live_documents(void **state)
+{
+    response_t r;
+    json_t *v;
+
+    (void)state;
+    check("PUT", "/v1/collections/dg/docs/a", "{}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/dg/docs/b", "{}", NULL, 201, NULL);
+    check("DELETE", "/v1/collections/dg/docs/b", NULL, NULL, 200, NULL);
+    r = request(&main_daemon, "GET", "/v1/collections/dg/digest", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(v, "count")), 1);
+    assert_int_equal(strlen(json_string_value(json_object_get(v, "digest"))),
+                     64);
+    json_decref(v);
+    response_free(&r);
+}
+
+static void test_metrics__reports_requests_by_route_and_status(void **state)
+{
+    response_t r;
+
+    (void)state;
+    check("GET", "/v1/collections/t/docs/never", NULL, NULL, 404, NULL);
+    r = request(&main_daemon, "GET", "/metrics", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.content_type, "text/plain"));
+    assert_non_null(
+        strstr(r.body, "syncd_http_requests_total{route=\"get\",code=\"404\"}"));
+    assert_non_null(strstr(r.body, "syncd_edit_conflicts_total"));
+    assert_non_null(strstr(r.body, "syncd_events_dropped_total{reason="));
+    assert_non_null(strstr(r.body, "syncd_propagation_seconds_bucket"));
+    assert_non_null(strstr(r.body, "syncd_cache_hits_total"));
+    response_free(&r);
+}
+
+static void test_routes__unknown_is_404_and_wrong_method_405(void **state)
+{
+    (void)state;
+    check("GET", "/v2/nothing", NULL, NULL, 404, "not_found");
+    check("GET", "/v1/collections/t/frob", NULL, NULL, 404, "not_found");
+    check("POST", "/v1/collections/t/docs/x", "{}", NULL, 405,
+          "method_not_allowed");
+    check("DELETE", "/v1/health", NULL, NULL, 405, "method_not_allowed");
+}
+
+/* ---- HTTP robustness ------------------------------------------------- */
+
+static void test_http__malformed_request_is_400_and_closed(void **state)
+{
+    static const char bad[] = "GET /v1/health HTTP/1.1\r\nHost t\r\n\r\n";
+    char *out = raw_exchange(main_daemon.port, bad, sizeof(bad) - 1);
+
+    (void)state;
+    assert_non_null(strstr(out, "HTTP/1.1 400 "));
+    assert_non_null(strstr(out, "Connection: close"));
+    free(out);
+    check("GET", "/v1/health", NULL, NULL, 200, NULL);
+}
+
+static void test_http__oversize_headers_are_431(void **state)
+{
+    char req[8192];
+    int n = snprintf(req, sizeof(req), "GET /v1/health HTTP/1.1\r\nX-Big: ");
+    char *out;
+
+    (void)state;
+    memset(req + n, 'a', 6000);
+    n += 6000;
+    n += snprintf(req + n, sizeof(req) - (size_t)n, "\r\n\r\n");
+    out = raw_exchange(main_daemon.port, req, (size_t)n);
+    assert_non_null(strstr(out, "HTTP/1.1 431 "));
+    free(out);
+}
+
+static void test_http__pipelined_requests_are_answered_in_order(void **s)
+{
+    static const char reqs[] =
+        "PUT /v1/collections/pipe/docs/x HTTP/1.1\r\nHost: t\r\n"
+        "Content-Length: 7\r\n\r\n{\"n\":1}"
+        "GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n"
+        "GET /v1/collections/pipe/docs/x HTTP/1.1\r\nHost: t\r\n\r\n"
+        "GET /v1/collections/pipe/docs/nope HTTP/1.1\r\nHost: t\r\n"
+        "Connection: close\r\n\r\n";
+    char *out = raw_exchange(main_daemon.port, reqs, sizeof(reqs) - 1);
+    char *a, *b, *c, *d;
+
+    (void)s;
+    a = strstr(out, "HTTP/1.1 201 ");
+    b = strstr(out, "HTTP/1.1 200 ");
+    assert_non_null(a);
+    assert_non_null(b);
+    c = strstr(b + 1, "HTTP/1.1 200 ");
+    d = strstr(out, "HTTP/1.1 404 ");
+    assert_non_null(c);
+    assert_non_null(d);
+    assert_true(a < b && b < c && c < d);
+    assert_non_null(strstr(b, "\"status\":\"ok\""));
+    assert_non_null(strstr(c, "{\"n\":1}"));
+    free(out);
+}
+
+static void test_http__slow_client_gets_408_while_others_are_served(void **s)
+{
+    static const char req[] = "GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n";
+    char out[4096];
+    int fd = connect_port(main_daemon.port);
+    size_t i, n = 0;
+    ssize_t got;
+
+    (void)s;
+    assert_true(fd >= 0);
+    for (i = 0; i < sizeof(req) - 1; i++) {
+        struct pollfd p = {fd, POLLIN, 0};
+
+        if (poll(&p, 1, 0) > 0)
+            break;
+        if (send(fd, req + i, 1, MSG_NOSIGNAL) != 1)
+            break;
+        check("GET", "/v1/health", NULL, NULL, 200, NULL);
+        sleep(1);
+    }
+    assert_true(i < sizeof(req) - 1);
+    while (n + 1 < sizeof(out) &&
+           (got = recv(fd, out + n, sizeof(out) - n - 1, 0)) > 0)
+        n += (size_t)got;
+    out[n] = '\0';
+    close(fd);
+    assert_non_null(strstr(out, "HTTP/1.1 408 "));
+}
+
+static void test_http__hundreds_of_idle_connections_do_not_block(void **s)
+{
+    int fds[300];
+    size_t i;
+
+    (void)s;
+    for (i = 0; i < 300; i++) {
+        fds[i] = connect_port(main_daemon.port);
+        assert_true(fds[i] >= 0);
+        if (i % 2 == 0)
+            send(fds[i], "GET", 3, MSG_NOSIGNAL);
+    }
+    for (i = 0; i < 20; i++)
+        check("GET", "/v1/health", NULL, NULL, 200, NULL);
+    check("PUT", "/v1/collections/idle/docs/x", "{}", NULL, 201, NULL);
+    for (i = 0; i < 300; i++)
+        close(fds[i]);
+}
+
+/* ---- Watch ----------------------------------------------------------- */
+
+static void test_watch__streams_events_with_id_event_and_data(void **state)
+{
+    sse_t w;
+    response_t r;
+
+    (void)state;
+    r = request(&main_daemon, "GET", "/v1/collections/w/docs", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"seq\":0"));
+    response_free(&r);
+    sse_open(&w, &main_daemon, "/v1/collections/w/watch", NULL);
+    assert_int_equal(sse_wait(&w, "text/event-stream", 1), 1);
+    check("PUT", "/v1/collections/w/docs/a",
+          "{\"n\":1,\"about\":\"a body larger than its diffs\"}", NULL, 201,
+          NULL);
+    check("PATCH", "/v1/collections/w/docs/a", "{\"n\":2}", merge_patch_ct,
+          200, NULL);
+    check("DELETE", "/v1/collections/w/docs/a", NULL, NULL, 200, NULL);
+    assert_int_equal(sse_wait(&w, "event: delete", 1), 1);
+    assert_non_null(strstr(w.buf, "id: 1\nevent: create\ndata: {"));
+    assert_non_null(strstr(w.buf, "id: 2\nevent: update\ndata: {"));
+    assert_non_null(strstr(w.buf, "id: 3\nevent: delete\ndata: {"));
+    assert_non_null(strstr(w.buf, "\"merge\":{\"n\":2}"));
+    /* Idle: a bookmark with the current seq arrives. */
+    assert_int_equal(sse_wait(&w, "event: bookmark", 1), 1);
+    assert_non_null(strstr(w.buf, "event: bookmark\ndata: {\"seq\":3}"));
+    sse_close(&w);
+}
+
+static void test_watch__since_and_last_event_id_resume_after_seq(void **s)
+{
+    sse_t w;
+
+    (void)s;
+    check("PUT", "/v1/collections/ws/docs/a", "{}", NULL, 201, NULL);
+    check("PATCH", "/v1/collections/ws/docs/a", "{\"k\":1}", merge_patch_ct,
+          200, NULL);
+    check("PATCH", "/v1/collections/ws/docs/a", "{\"k\":2}", merge_patch_ct,
+          200, NULL);
+    check("PATCH", "/v1/collections/ws/docs/a", "{\"k\":3}", merge_patch_ct,
+          200, NULL);
+    sse_open(&w, &main_daemon, "/v1/collections/ws/watch?since=0", NULL);
+    assert_int_equal(sse_wait(&w, "event: update", 3), 3);
+    assert_non_null(strstr(w.buf, "id: 1\nevent: create\n"));
+    assert_non_null(strstr(w.buf, "id: 4\nevent: update\n"));
+    sse_close(&w);
+    sse_open(&w, &main_daemon, "/v1/collections/ws/watch?since=1",
+             "Last-Event-ID: 2\r\n");
+    assert_int_equal(sse_wait(&w, "event: update", 2), 2);
+    assert_null(strstr(w.buf, "id: 1\n"));
+    assert_null(strstr(w.buf, "id: 2\n"));
+    assert_true(strstr(w.buf, "id: 3\nevent: update") <
+                strstr(w.buf, "id: 4\nevent: update"));
+    sse_close(&w);
+    sse_open(&w, &main_daemon, "/v1/collections/ws/watch?since=4", NULL);
+    check("PATCH", "/v1/collections/ws/docs/a", "{\"k\":4}", merge_patch_ct,
+          200, NULL);
+    assert_int_equal(sse_wait(&w, "event: update", 1), 1);
+    assert_non_null(strstr(w.buf, "id: 5\nevent: update"));
+    sse_close(&w);
+    check("GET", "/v1/collections/ws/watch?since=abc", NULL, NULL, 400,
+          "bad_request");
+}
+
+static void test_watch__prefix_filters_ids(void **state)
+{
+    sse_t w;
+
+    (void)state;
+    sse_open(&w, &main_daemon, "/v1/collections/wp/watch?prefix=keep%2F",
+             NULL);
+    assert_int_equal(sse_wait(&w, "text/event-stream", 1), 1);
+    check("PUT", "/v1/collections/wp/docs/drop%2Fa", "{}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/wp/docs/keep%2Fb", "{}", NULL, 201, NULL);
+    assert_int_equal(sse_wait(&w, "event: create", 1), 1);
+    assert_non_null(strstr(w.buf, "\"id\":\"keep/b\""));
+    assert_null(strstr(w.buf, "drop/a"));
+    sse_close(&w);
+}
+
+static void test_watch__since_older_than_the_log_is_410(void **state)
+{
+    daemon_t d;
+    int i;
+    response_t r;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, "--event-log-len", "4", NULL), 0);
+    for (i = 0; i < 20; i++) {
+        char body[32];
+
+        snprintf(body, sizeof(body), "{\"i\":%d}", i);
+        r = request(&d, "PUT", "/v1/collections/g/docs/a", body, NULL);
+        assert_int_equal(r.status, i == 0 ? 201 : 200);
+        response_free(&r);
+    }
+    r = request(&d, "GET", "/v1/collections/g/watch?since=0", NULL, NULL);
+    expect(&r, 410, "gone");
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* ---- Auth, limits, shutdown, config ----------------------------------- */
+
+static void test_auth__token_is_required_on_every_route_but_health(void **s)
+{
+    daemon_t d;
+    const char *good[] = {"Authorization: Bearer s3cret", NULL};
+    const char *bad[] = {"Authorization: Bearer nope", NULL};
+    response_t r;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, "--token", "s3cret", NULL), 0);
+    r = request(&d, "GET", "/v1/health", NULL, NULL);
+    expect(&r, 200, NULL);
+    r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, NULL);
+    expect(&r, 401, "unauthorized");
+    r = request(&d, "GET", "/metrics", NULL, bad);
+    expect(&r, 401, "unauthorized");
+    r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, good);
+    expect(&r, 404, "not_found");
+    r = request(&d, "GET", "/metrics", NULL, good);
+    expect(&r, 200, NULL);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+static void test_limits__connections_beyond_the_maximum_get_503(void **s)
+{
+    daemon_t d;
+    int fds[4], i, fd;
+    char out[512];
+    ssize_t n;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, "--max-connections", "4", NULL), 0);
+    for (i = 0; i < 4; i++) {
+        fds[i] = connect_port(d.port);
+        assert_true(fds[i] >= 0);
+    }
+    fd = connect_port(d.port);
+    assert_true(fd >= 0);
+    n = recv(fd, out, sizeof(out) - 1, 0);
+    assert_true(n > 0);
+    out[n] = '\0';
+    assert_non_null(strstr(out, "HTTP/1.1 503 "));
+    close(fd);
+    for (i = 0; i < 4; i++)
+        close(fds[i]);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+static void test_shutdown__sigterm_ends_watchers_and_exits_0(void **state)
+{
+    daemon_t d;
+    sse_t w;
+    response_t r;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, NULL), 0);
+    r = request(&d, "PUT", "/v1/collections/sd/docs/a", "{}", NULL);
+    expect(&r, 201, NULL);
+    sse_open(&w, &d, "/v1/collections/sd/watch?since=0", NULL);
+    assert_int_equal(sse_wait(&w, "event: create", 1), 1);
+    kill(d.pid, SIGTERM);
+    /* The final event, then the end of the chunked stream. */
+    assert_int_equal(sse_wait(&w, "\r\n0\r\n\r\n", 1), 1);
+    assert_non_null(strstr(w.buf, "event: shutdown"));
+    sse_close(&w);
+    assert_int_equal(daemon_wait(&d), 0);
+}
+
+/* Runs cmd through the shell, keeping the first size-1 bytes of its
+ * output in out; returns its exit status. */
+static int run_capture(const char *cmd, char *out, size_t size)
+{
+    char chunk[4096];
+    FILE *p = popen(cmd, "r");
+    size_t n = 0, got;
+
+    assert_non_null(p);
+    while ((got = fread(chunk, 1, sizeof(chunk), p)) > 0) {
+        size_t keep = got < size - 1 - n ? got : size - 1 - n;
+
+        memcpy(out + n, chunk, keep);
+        n += keep;
+    }
+    out[n] = '\0';
+    return WEXITSTATUS(pclose(p));
+}
+
+static void test_config__bad_values_fail_naming_the_flag(void **state)
+{
+    char out[8192];
+
+    (void)state;
+    assert_int_equal(
+        run_capture(SYNCD_BINARY " --cache-ttl 5 2>&1", out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--cache-ttl"));
+    assert_int_equal(run_capture("SYNCD_CACHE_MAX_BYTES=lots " SYNCD_BINARY
+                                 " 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "SYNCD_CACHE_MAX_BYTES"));
+    assert_int_equal(
+        run_capture(SYNCD_BINARY " --listen nowhere 2>&1", out, sizeof(out)),
+        2);
+    assert_non_null(strstr(out, "--listen"));
+    assert_int_equal(run_capture(SYNCD_BINARY " --help", out, sizeof(out)),
+                     0);
+    assert_non_null(strstr(out, "--mongo-uri"));
+    assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health__answers_200_with_node_store_and_bus),
+        cmocka_unit_test(test_put__creates_with_201_and_etag_1),
+        cmocka_unit_test(test_put__if_none_match_star_on_a_live_doc_is_409),
+        cmocka_unit_test(test_put__if_match_replaces_or_fails_with_412),
+        cmocka_unit_test(test_put__without_preconditions_replaces_with_200),
+        cmocka_unit_test(test_get__missing_doc_is_404),
+        cmocka_unit_test(test_patch__json_patch_increments_with_200_and_etag),
+        cmocka_unit_test(test_patch__merge_patch_applies_with_200),
+        cmocka_unit_test(test_patch__other_content_types_are_415),
+        cmocka_unit_test(test_patch__invalid_patches_are_422),
+        cmocka_unit_test(test_patch__failing_test_op_is_409),
+        cmocka_unit_test(
+            test_patch__stale_if_match_is_412_and_missing_doc_404),
+        cmocka_unit_test(
+            test_delete__tombstones_and_recreate_continues_version),
+        cmocka_unit_test(test_bad_input__malformed_or_non_object_json_is_400),
+        cmocka_unit_test(
+            test_bad_input__bad_ids_collections_and_encoding_are_400),
+        cmocka_unit_test(test_bad_input__oversize_bodies_are_413),
+        cmocka_unit_test(test_list__returns_seq_docs_and_next_page),
+        cmocka_unit_test(test_digest__counts_live_documents),
+        cmocka_unit_test(test_metrics__reports_requests_by_route_and_status),
+        cmocka_unit_test(test_routes__unknown_is_404_and_wrong_method_405),
+        cmocka_unit_test(test_http__malformed_request_is_400_and_closed),
+        cmocka_unit_test(test_http__oversize_headers_are_431),
+        cmocka_unit_test(test_http__pipelined_requests_are_answered_in_order),
+        cmocka_unit_test(
+            test_http__slow_client_gets_408_while_others_are_served),
+        cmocka_unit_test(test_http__hundreds_of_idle_connections_do_not_block),
+        cmocka_unit_test(test_watch__streams_events_with_id_event_and_data),
+        cmocka_unit_test(test_watch__since_and_last_event_id_resume_after_seq),
+        cmocka_unit_test(test_watch__prefix_filters_ids),
+        cmocka_unit_test(test_watch__since_older_than_the_log_is_410),
+        cmocka_unit_test(
+            test_auth__token_is_required_on_every_route_but_health),
+        cmocka_unit_test(test_limits__connections_beyond_the_maximum_get_503),
+        cmocka_unit_test(test_shutdown__sigterm_ends_watchers_and_exits_0),
+        cmocka_unit_test(test_config__bad_values_fail_naming_the_flag),
+    };
+
+    return cmocka_run_group_tests(tests, setup_main, teardown_main);
+}

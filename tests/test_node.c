@@ -1,0 +1,1042 @@
+/* test_node.c - syncd nodes converging over a real Redis bus and a real
+ * MongoDB-wire store (FerretDB).
+ *
+ * Each test opens a small cluster on one uv loop: three nodes, each with
+ * its own store (MongoDB mode, its own cache dir) and its own Redis bus,
+ * and a watcher per node. Writes run on the libuv thread pool (the store
+ * blocks) and are published by the writing node, as the daemon does. Faults
+ * are real: pub/sub clients killed, Redis shut down and restarted, crafted
+ * events on the channel, a tampered cache. Afterwards every node's cache
+ * must equal the store (ids, versions, hashes and bodies) and every watcher
+ * must have seen each seq once, in order, or have been told to resync.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "syncd/node.h"
+#include "tests/support/servers.h"
+
+#define NODES 3
+#define DOCS 8
+#define DB "syncd_node_test"
+#define BUS_DB "nt"
+/* Polls are 10 ms apart; a stuck cluster fails after a minute. */
+#define MAX_POLLS 6000
+
+static syncd_test_server_t mongo, redis;
+
+typedef struct cluster cluster_t;
+
+typedef struct tnode {
+    cluster_t *cl;
+    int index;
+    char dir[256];
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+    syncd_node_watch_t *watch;
+    int64_t last;     /* last seq the watcher saw */
+    int events;       /* events the watcher saw */
+    int order_errors; /* events not at last + 1 */
+    int resyncs;      /* RESYNC signals */
+    int64_t resync_seq;
+    int closed; /* CLOSED signals */
+    int down;   /* node and bus closed */
+} tnode_t;
+
+/* A storm of edits: jobs on the thread pool, each published by its
+ * writer. */
+typedef struct storm {
+    int total, started, done, inflight, parallel;
+    int publishing; /* publishes not yet completed */
+    unsigned seed;
+    void (*fault)(cluster_t *cl, int job); /* runs as job k starts */
+} storm_t;
+
+struct cluster {
+    uv_loop_t loop;
+    uv_timer_t poll;
+    const char *coll;
+    tnode_t n[NODES];
+    storm_t storm;
+    int (*cond)(cluster_t *cl);
+    int met, polls;
+    int64_t bus_seq; /* last seq read after the storm ended; -1 unknown */
+    int seq_inflight;
+    int ae_pending;
+    uint64_t ae_repaired;
+};
+
+typedef struct cluster_opts {
+    const char *secret;
+    uint64_t event_log_len;
+    size_t max_event_bytes; /* node 0's; 0 keeps the default */
+} cluster_opts_t;
+
+/* ---- Watchers ------------------------------------------------------------ */
+
+static void on_watch(syncd_node_signal_t signal, int64_t seq,
+                     const json_t *event, void *payload)
+{
+    tnode_t *n = payload;
+
+    switch (signal) {
+    case SYNCD_NODE_EVENT:
+        assert_non_null(event);
+        assert_int_equal(json_integer_value(json_object_get(event, "seq")),
+                         seq);
+        if (seq != n->last + 1)
+            n->order_errors++;
+        n->last = seq;
+        n->events++;
+        break;
+    case SYNCD_NODE_RESYNC:
+        n->resyncs++;
+        n->resync_seq = seq;
+        n->watch = NULL;
+        break;
+    case SYNCD_NODE_CLOSED:
+        n->closed++;
+        n->watch = NULL;
+        break;
+    }
+}
+
+static void watch_from(tnode_t *n, int64_t since)
+{
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    n->last = since;
+    assert_int_equal(syncd_node_watch(n->node, &n->watch, n->cl->coll, NULL,
+                                      since, on_watch, n, &err),
+                     0);
+}
+
+/* ---- Cluster ------------------------------------------------------------- */
+
+static void cluster_open(cluster_t *cl, const char *coll,
+                         const cluster_opts_t *co)
+{
+    syncd_error_t err;
+
+    memset(cl, 0, sizeof(*cl));
+    assert_int_equal(uv_loop_init(&cl->loop), 0);
+    assert_int_equal(uv_timer_init(&cl->loop, &cl->poll), 0);
+    cl->poll.data = cl;
+    cl->coll = coll;
+    cl->bus_seq = -1;
+    for (int i = 0; i < NODES; i++) {
+        tnode_t *n = &cl->n[i];
+        syncd_store_options_t so;
+        syncd_bus_options_t bo;
+        syncd_node_options_t no;
+        char id[16];
+
+        syncd_error_clear(&err);
+        n->cl = cl;
+        n->index = i;
+        snprintf(id, sizeof(id), "node-%d", i);
+        assert_int_equal(syncd_test_tmpdir(n->dir, sizeof(n->dir), "node"), 0);
+        syncd_store_options_init(&so);
+        so.mongo_uri = mongo.uri;
+        so.database = DB;
+        so.data_dir = n->dir;
+        so.node_id = id;
+        assert_int_equal(syncd_store_open(&n->store, &so, &err), 0);
+        syncd_bus_options_init(&bo);
+        bo.redis_url = redis.uri;
+        bo.database = BUS_DB;
+        bo.node_id = id;
+        bo.secret = co != NULL ? co->secret : NULL;
+        if (co != NULL && co->event_log_len > 0)
+            bo.event_log_len = co->event_log_len;
+        bo.reconnect_min_ms = 20;
+        bo.reconnect_max_ms = 200;
+        assert_int_equal(syncd_bus_open(&n->bus, &cl->loop, &bo, &err), 0);
+        syncd_node_options_init(&no);
+        no.node_id = id;
+        no.anti_entropy_interval_ms = 0; /* runs are explicit in tests */
+        if (i == 0 && co != NULL && co->max_event_bytes > 0)
+            no.max_event_bytes = co->max_event_bytes;
+        assert_int_equal(
+            syncd_node_open(&n->node, &cl->loop, n->store, n->bus, &no, &err),
+            0);
+        watch_from(n, 0);
+    }
+}
+
+static void on_bus_closed(void *payload)
+{
+    tnode_t *n = payload;
+
+    n->down = 1;
+}
+
+static void on_node_closed(void *payload)
+{
+    tnode_t *n = payload;
+
+    syncd_bus_close(n->bus, on_bus_closed, n);
+}
+
+/* Closes nodes, then buses, and checks the loop closes clean. */
+static void cluster_close(cluster_t *cl)
+{
+    for (int i = 0; i < NODES; i++) {
+        int had_watch = cl->n[i].watch != NULL;
+        int closed = cl->n[i].closed;
+
+        syncd_node_close(cl->n[i].node, on_node_closed, &cl->n[i]);
+        assert_int_equal(cl->n[i].closed, closed + had_watch);
+    }
+    uv_close((uv_handle_t *)&cl->poll, NULL);
+    assert_int_equal(uv_run(&cl->loop, UV_RUN_DEFAULT), 0);
+    for (int i = 0; i < NODES; i++) {
+        assert_true(cl->n[i].down);
+        syncd_store_close(cl->n[i].store);
+        syncd_test_rmtree(cl->n[i].dir);
+    }
+    assert_int_equal(uv_loop_close(&cl->loop), 0);
+}
+
+/* ---- Running the loop until a condition holds ------------------------------
+ */
+
+static void on_bus_seq(int status, int64_t seq, void *payload)
+{
+    cluster_t *cl = payload;
+
+    cl->seq_inflight = 0;
+    if (status == 0 && cl->storm.done == cl->storm.total &&
+        cl->storm.publishing == 0)
+        cl->bus_seq = seq;
+}
+
+static void on_poll(uv_timer_t *timer)
+{
+    cluster_t *cl = timer->data;
+
+    if (!cl->seq_inflight &&
+        syncd_bus_seq(cl->n[0].bus, cl->coll, on_bus_seq, cl) == 0)
+        cl->seq_inflight = 1;
+    if (cl->cond(cl)) {
+        cl->met = 1;
+        uv_stop(&cl->loop);
+    } else if (++cl->polls > MAX_POLLS) {
+        uv_stop(&cl->loop);
+    }
+}
+
+static void run_until(cluster_t *cl, int (*cond)(cluster_t *cl))
+{
+    cl->cond = cond;
+    cl->met = 0;
+    cl->polls = 0;
+    uv_timer_start(&cl->poll, on_poll, 0, 10);
+    uv_run(&cl->loop, UV_RUN_DEFAULT);
+    uv_timer_stop(&cl->poll);
+    /* Let a pending seq read land before the next phase. */
+    while (cl->seq_inflight)
+        uv_run(&cl->loop, UV_RUN_ONCE);
+    assert_true(cl->met);
+}
+
+/* Every node has applied up to the bus's seq, and every live watcher has
+ * seen it. */
+static int synced(cluster_t *cl)
+{
+    if (cl->storm.done < cl->storm.total || cl->storm.publishing > 0 ||
+        cl->bus_seq < 0)
+        return 0;
+    for (int i = 0; i < NODES; i++) {
+        if (syncd_node_seq(cl->n[i].node, cl->coll) != cl->bus_seq)
+            return 0;
+        if (cl->n[i].watch != NULL && cl->n[i].last != cl->bus_seq)
+            return 0;
+    }
+    return 1;
+}
+
+static void wait_synced(cluster_t *cl)
+{
+    cl->bus_seq = -1;
+    run_until(cl, synced);
+}
+
+static void on_ae(int status, uint64_t repaired, void *payload)
+{
+    cluster_t *cl = payload;
+
+    assert_int_equal(status, 0);
+    cl->ae_repaired += repaired;
+    cl->ae_pending--;
+}
+
+static int ae_done(cluster_t *cl)
+{
+    return cl->ae_pending == 0;
+}
+
+/* Runs one anti-entropy pass on every node; returns the repairs made. */
+static uint64_t anti_entropy(cluster_t *cl)
+{
+    cl->ae_repaired = 0;
+    for (int i = 0; i < NODES; i++) {
+        assert_int_equal(syncd_node_anti_entropy(cl->n[i].node, on_ae, cl), 0);
+        cl->ae_pending++;
+    }
+    run_until(cl, ae_done);
+    return cl->ae_repaired;
+}
+
+/* ---- Writes on the thread pool ------------------------------------------ */
+
+typedef struct job {
+    uv_work_t req;
+    cluster_t *cl;
+    int writer;
+    unsigned r;
+    char id[32];
+    json_t *body; /* for puts */
+    syncd_change_t *change;
+    int status;
+} job_t;
+
+/* Bumps "n", records the writer, and on some edits flips "x" between 1
+ * and null (a change no merge patch can express). */
+static int edit_bump(json_t *body, void *arg, syncd_error_t *err)
+{
+    job_t *j = arg;
+    json_t *x = json_object_get(body, "x");
+
+    (void)err;
+    json_object_set_new(
+        body, "n",
+        json_integer(json_integer_value(json_object_get(body, "n")) + 1));
+    json_object_set_new(body, "by", json_integer(j->writer));
+    if (j->r % 10 == 2)
+        json_object_set_new(body, "x",
+                            json_is_null(x) ? json_integer(1) : json_null());
+    return 0;
+}
+
+static void job_run(uv_work_t *req)
+{
+    job_t *j = req->data;
+    syncd_store_t *store = j->cl->n[j->writer].store;
+    const char *coll = j->cl->coll;
+
+    switch (j->body != NULL ? 1 : j->r % 10) {
+    case 0:
+        j->status = syncd_store_delete(store, &j->change, coll, j->id,
+                                       SYNCD_ANY_VERSION, NULL);
+        break;
+    case 1:
+        j->status = syncd_store_put(store, &j->change, coll, j->id, j->body,
+                                    SYNCD_ANY_VERSION, NULL);
+        break;
+    default:
+        j->status = syncd_store_edit(store, &j->change, coll, j->id, edit_bump,
+                                     j, SYNCD_ANY_VERSION, NULL);
+        if (j->status == SYNCD_ENOTFOUND) {
+            json_t *fresh = json_pack("{s:i}", "n", 1);
+            j->status =
+                syncd_store_create(store, &j->change, coll, j->id, fresh, NULL);
+            json_decref(fresh);
+        }
+        break;
+    }
+}
+
+static void storm_next(cluster_t *cl);
+
+static void on_job_published(int status, int64_t seq, void *payload)
+{
+    cluster_t *cl = payload;
+
+    (void)status;
+    (void)seq;
+    cl->storm.publishing--;
+}
+
+static void job_done(uv_work_t *req, int status)
+{
+    job_t *j = req->data;
+    cluster_t *cl = j->cl;
+
+    assert_int_equal(status, 0);
+    if (j->status == 0 && j->change != NULL &&
+        syncd_node_publish(cl->n[j->writer].node, j->change, on_job_published,
+                           cl) == 0)
+        cl->storm.publishing++;
+    syncd_change_free(j->change);
+    json_decref(j->body);
+    free(j);
+    cl->storm.inflight--;
+    cl->storm.done++;
+    storm_next(cl);
+}
+
+/* Starts write jobs until parallel are in flight or all are started. */
+static void storm_next(cluster_t *cl)
+{
+    storm_t *s = &cl->storm;
+
+    while (s->started < s->total && s->inflight < s->parallel) {
+        job_t *j = calloc(1, sizeof(*j));
+        assert_non_null(j);
+        if (s->fault != NULL)
+            s->fault(cl, s->started);
+        j->req.data = j;
+        j->cl = cl;
+        j->r = (unsigned)rand_r(&s->seed);
+        j->writer = (int)(j->r / 16 % NODES);
+        snprintf(j->id, sizeof(j->id), "doc-%u", j->r / 64 % DOCS);
+        if (j->r % 10 == 1)
+            j->body = json_pack("{s:i,s:i}", "n", 0, "fresh", (int)j->r);
+        s->started++;
+        s->inflight++;
+        assert_int_equal(uv_queue_work(&cl->loop, &j->req, job_run, job_done),
+                         0);
+    }
+}
+
+static int storm_over(cluster_t *cl)
+{
+    return cl->storm.done == cl->storm.total && cl->storm.publishing == 0;
+}
+
+/* Runs total writes, parallel at a time, with fault() before each job. */
+static void storm(cluster_t *cl, int total, int parallel, unsigned seed,
+                  void (*fault)(cluster_t *cl, int job))
+{
+    memset(&cl->storm, 0, sizeof(cl->storm));
+    cl->storm.total = total;
+    cl->storm.parallel = parallel;
+    cl->storm.seed = seed;
+    cl->storm.fault = fault;
+    storm_next(cl);
+    run_until(cl, storm_over);
+}
+
+/* One write of body to id by writer, published; waits for every node. */
+static void write_one(cluster_t *cl, int writer, const char *id,
+                      json_t *body_new)
+{
+    job_t *j = calloc(1, sizeof(*j));
+
+    assert_non_null(j);
+    memset(&cl->storm, 0, sizeof(cl->storm));
+    cl->storm.total = 1;
+    cl->storm.started = 1;
+    cl->storm.inflight = 1;
+    j->req.data = j;
+    j->cl = cl;
+    j->writer = writer;
+    j->r = 1; /* a put */
+    j->body = body_new;
+    snprintf(j->id, sizeof(j->id), "%s", id);
+    assert_int_equal(uv_queue_work(&cl->loop, &j->req, job_run, job_done), 0);
+    wait_synced(cl);
+}
+
+/* Creates a document and runs one anti-entropy pass once every node is
+ * subscribed, so each node's cache starts out holding the collection. */
+static void warm_up(cluster_t *cl)
+{
+    write_one(cl, 0, "warmup", json_pack("{s:i}", "n", 0));
+    anti_entropy(cl);
+}
+
+/* ---- Checks -------------------------------------------------------------- */
+
+/* Every node's cache holds exactly the store's live documents: the same
+ * ids, versions, hashes and bodies. */
+static void assert_converged(cluster_t *cl)
+{
+    json_t *truth = NULL;
+
+    assert_int_equal(
+        syncd_store_list(cl->n[0].store, &truth, cl->coll, NULL, NULL, 0, NULL),
+        0);
+    assert_true(json_array_size(truth) > 0);
+    for (int i = 0; i < NODES; i++) {
+        syncd_store_t *store = cl->n[i].store;
+        json_t *cached = NULL, *e;
+        size_t k;
+
+        assert_int_equal(syncd_store_cache_list(store, &cached, cl->coll, NULL),
+                         0);
+        if (!json_equal(cached, truth)) {
+            char *a = json_dumps(cached, JSON_COMPACT);
+            char *b = json_dumps(truth, JSON_COMPACT);
+            fail_msg("node %d cache %s\n  store %s", i, a, b);
+        }
+        json_array_foreach(truth, k, e)
+        {
+            const char *id = json_string_value(json_object_get(e, "id"));
+            syncd_doc_t *mine = NULL, *real = NULL;
+
+            assert_int_equal(
+                syncd_store_cached(store, &mine, cl->coll, id, NULL), 0);
+            assert_int_equal(
+                syncd_store_refetch(store, &real, cl->coll, id, NULL), 0);
+            assert_int_equal(mine->version, real->version);
+            assert_string_equal(mine->hash, real->hash);
+            assert_true(json_equal(mine->body, real->body));
+            syncd_doc_free(mine);
+            syncd_doc_free(real);
+        }
+        json_decref(cached);
+    }
+    json_decref(truth);
+}
+
+/* Each watcher saw every seq once, in order, up to the bus's seq. */
+static void assert_watchers_saw_all(cluster_t *cl)
+{
+    for (int i = 0; i < NODES; i++) {
+        assert_int_equal(cl->n[i].order_errors, 0);
+        assert_int_equal(cl->n[i].resyncs, 0);
+        assert_int_equal(cl->n[i].last, cl->bus_seq);
+        assert_int_equal(cl->n[i].events, cl->bus_seq);
+    }
+}
+
+static void node_stats(cluster_t *cl, int i, syncd_node_stats_t *out)
+{
+    syncd_node_stats(cl->n[i].node, out);
+}
+
+/* ---- Crafted events ------------------------------------------------------ */
+
+/* Commits a put of body_new on writer's store without publishing it;
+ * returns the change (caller frees). */
+static syncd_change_t *commit_unpublished(cluster_t *cl, int writer,
+                                          const char *id, json_t *body_new)
+{
+    syncd_change_t *change = NULL;
+
+    assert_int_equal(syncd_store_put(cl->n[writer].store, &change, cl->coll, id,
+                                     body_new, SYNCD_ANY_VERSION, NULL),
+                     0);
+    json_decref(body_new);
+    return change;
+}
+
+static void on_published(int status, int64_t seq, void *payload)
+{
+    cluster_t *cl = payload;
+
+    assert_int_equal(status, 0);
+    assert_true(seq > 0);
+    cl->storm.publishing--;
+}
+
+/* Publishes change through writer's node and waits for every node. */
+static void publish_change(cluster_t *cl, int writer,
+                           const syncd_change_t *change)
+{
+    memset(&cl->storm, 0, sizeof(cl->storm));
+    cl->storm.publishing = 1;
+    assert_int_equal(
+        syncd_node_publish(cl->n[writer].node, change, on_published, cl), 0);
+    wait_synced(cl);
+}
+
+/* Publishes a hand-made event straight on node 0's bus and waits. */
+static void publish_raw(cluster_t *cl, json_t *event_new)
+{
+    memset(&cl->storm, 0, sizeof(cl->storm));
+    cl->storm.publishing = 1;
+    assert_int_equal(
+        syncd_bus_publish(cl->n[0].bus, event_new, on_published, cl), 0);
+    json_decref(event_new);
+    wait_synced(cl);
+}
+
+/* ---- Tests --------------------------------------------------------------- */
+
+static void
+test_node__three_nodes_editing_concurrently_converge_and_watchers_see_every_seq_once(
+    void **state)
+{
+    cluster_t cl;
+    syncd_node_stats_t st;
+
+    (void)state;
+    cluster_open(&cl, "converge", NULL);
+    warm_up(&cl);
+    storm(&cl, 300, 6, 42, NULL);
+    wait_synced(&cl);
+    assert_converged(&cl);
+    assert_watchers_saw_all(&cl);
+    /* Events alone converged the caches: nothing left to repair. */
+    assert_int_equal(anti_entropy(&cl), 0);
+    node_stats(&cl, 1, &st);
+    assert_true(st.events_applied > 0);
+    cluster_close(&cl);
+}
+
+static void kill_pubsub_clients(cluster_t *cl, int job)
+{
+    (void)cl;
+    if (job == 60 || job == 150 || job == 240)
+        assert_int_equal(syncd_test_redis_cli(&redis, "CLIENT", "KILL", "TYPE",
+                                              "pubsub", NULL),
+                         0);
+}
+
+static void
+test_node__pubsub_clients_killed_mid_storm_catch_up_from_the_replay_log(
+    void **state)
+{
+    cluster_t cl;
+    syncd_bus_stats_t bs;
+
+    (void)state;
+    cluster_open(&cl, "killed", NULL);
+    warm_up(&cl);
+    storm(&cl, 300, 6, 7, kill_pubsub_clients);
+    wait_synced(&cl);
+    assert_converged(&cl);
+    assert_watchers_saw_all(&cl);
+    assert_int_equal(anti_entropy(&cl), 0);
+    syncd_bus_stats(cl.n[1].bus, &bs);
+    assert_true(bs.reconnects > 0);
+    cluster_close(&cl);
+}
+
+static void restart_redis(cluster_t *cl, int job)
+{
+    (void)cl;
+    if (job == 100)
+        assert_int_equal(
+            syncd_test_redis_cli(&redis, "SHUTDOWN", "NOSAVE", NULL), 0);
+    if (job == 140)
+        assert_int_equal(syncd_test_server_restart(&redis), 0);
+}
+
+static void
+test_node__redis_restarted_mid_storm_converges_and_watchers_are_told_to_resync(
+    void **state)
+{
+    cluster_t cl;
+
+    (void)state;
+    cluster_open(&cl, "restarted", NULL);
+    warm_up(&cl);
+    storm(&cl, 250, 4, 99, restart_redis);
+    wait_synced(&cl);
+    /* Changes committed while Redis was down were never published: the
+     * resync after the restart or anti-entropy repairs them. */
+    anti_entropy(&cl);
+    assert_converged(&cl);
+    for (int i = 0; i < NODES; i++) {
+        tnode_t *n = &cl.n[i];
+        assert_int_equal(n->order_errors, 0);
+        /* The log was lost with Redis: each watcher is told, never
+         * silently skipped past the loss. */
+        assert_int_equal(n->resyncs, 1);
+        assert_null(n->watch);
+    }
+    cluster_close(&cl);
+}
+
+static void
+test_node__duplicate_and_out_of_order_events_are_dropped_and_counted(
+    void **state)
+{
+    cluster_t cl;
+    syncd_change_t *v2, *v3;
+    syncd_node_stats_t before, after;
+
+    (void)state;
+    cluster_open(&cl, "reorder", NULL);
+    warm_up(&cl);
+    write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 1));
+    node_stats(&cl, 1, &before);
+
+    v2 = commit_unpublished(&cl, 0, "doc", json_pack("{s:i}", "n", 2));
+    v3 = commit_unpublished(&cl, 0, "doc", json_pack("{s:i}", "n", 3));
+    publish_change(&cl, 0, v3); /* base 2 on caches at 1: a gap */
+    publish_change(&cl, 0, v2); /* older than the refetched v3 */
+    publish_change(&cl, 0, v3); /* a duplicate */
+    node_stats(&cl, 1, &after);
+    assert_int_equal(after.refetches - before.refetches, 1);
+    assert_int_equal(after.events_dropped_old - before.events_dropped_old, 1);
+    assert_int_equal(
+        after.events_dropped_duplicate - before.events_dropped_duplicate, 1);
+    assert_converged(&cl);
+    assert_watchers_saw_all(&cl);
+    syncd_change_free(v2);
+    syncd_change_free(v3);
+    cluster_close(&cl);
+}
+
+/* Returns the event a node would publish for change, from origin. */
+static json_t *event_for(const syncd_change_t *change, const char *origin)
+{
+    return json_pack("{s:s,s:s,s:s,s:I,s:I,s:O,s:O?,s:s,s:s,s:s}", "op",
+                     syncd_change_op_name(change->op), "coll",
+                     change->doc->coll, "id", change->doc->id, "v",
+                     (json_int_t)change->doc->version, "base",
+                     (json_int_t)change->base, "patch", change->patch, "merge",
+                     change->merge, "h", change->doc->hash, "origin", origin,
+                     "ts", "2026-11-24T10:00:00.000000Z");
+}
+
+static void
+test_node__corrupted_patch_fails_the_hash_check_and_is_refetched(void **state)
+{
+    cluster_t cl;
+    syncd_change_t *change;
+    syncd_node_stats_t before, after;
+    json_t *ev;
+
+    (void)state;
+    cluster_open(&cl, "corrupt", NULL);
+    warm_up(&cl);
+    write_one(&cl, 0, "doc", json_pack("{s:i,s:s}", "n", 1, "s", "a"));
+    node_stats(&cl, 2, &before);
+    change = commit_unpublished(&cl, 0, "doc",
+                                json_pack("{s:i,s:s}", "n", 2, "s", "a"));
+    ev = event_for(change, "mallory");
+    /* The patch now writes 3 where the hash says 2. */
+    json_object_set_new(ev, "patch",
+                        json_pack("[{s:s,s:s,s:i}]", "op", "replace", "path",
+                                  "/n", "value", 3));
+    json_object_set_new(ev, "merge", json_pack("{s:i}", "n", 3));
+    publish_raw(&cl, ev);
+    node_stats(&cl, 2, &after);
+    assert_int_equal(after.hash_mismatches - before.hash_mismatches, 1);
+    assert_int_equal(after.refetches - before.refetches, 1);
+    assert_converged(&cl);
+    syncd_change_free(change);
+    cluster_close(&cl);
+}
+
+static void test_node__forged_event_with_a_bad_signature_is_dropped_and_counted(
+    void **state)
+{
+    cluster_t cl;
+    cluster_opts_t co = {.secret = "cluster-secret"};
+    syncd_bus_stats_t bs;
+    char chan[128], msg[1024];
+
+    (void)state;
+    cluster_open(&cl, "forged", &co);
+    warm_up(&cl);
+    write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 1));
+    snprintf(chan, sizeof(chan), "syncd:%s:%s", BUS_DB, cl.coll);
+    snprintf(msg, sizeof(msg),
+             "{\"seq\":%lld,\"op\":\"update\",\"coll\":\"%s\",\"id\":\"doc\","
+             "\"v\":9,\"base\":1,\"patch\":[{\"op\":\"replace\",\"path\":"
+             "\"/n\",\"value\":666}],\"merge\":{\"n\":666},\"h\":\"%064d\","
+             "\"origin\":\"mallory\",\"ts\":\"2026-11-24T10:00:00.000000Z\","
+             "\"sig\":\"%064d\"}",
+             (long long)cl.bus_seq + 1, cl.coll, 0, 0);
+    assert_int_equal(syncd_test_redis_cli(&redis, "PUBLISH", chan, msg, NULL),
+                     0);
+    /* A genuine change after the forgery still flows to every node. */
+    write_one(&cl, 1, "doc", json_pack("{s:i}", "n", 2));
+    for (int i = 0; i < NODES; i++) {
+        syncd_bus_stats(cl.n[i].bus, &bs);
+        assert_int_equal(bs.dropped_signature, 1);
+    }
+    assert_converged(&cl);
+    assert_watchers_saw_all(&cl);
+    cluster_close(&cl);
+}
+
+static void test_node__change_without_a_merge_patch_converges(void **state)
+{
+    cluster_t cl;
+    syncd_change_t *change;
+
+    (void)state;
+    cluster_open(&cl, "nullmember", NULL);
+    warm_up(&cl);
+    write_one(&cl, 0, "doc", json_pack("{s:i,s:i}", "n", 1, "x", 1));
+    change =
+        commit_unpublished(&cl, 1, "doc", json_pack("{s:i,s:n}", "n", 1, "x"));
+    assert_null(change->merge);
+    assert_non_null(change->patch);
+    publish_change(&cl, 1, change);
+    assert_converged(&cl);
+    assert_watchers_saw_all(&cl);
+    syncd_change_free(change);
+    cluster_close(&cl);
+}
+
+static void on_invalidate_watch(syncd_node_signal_t signal, int64_t seq,
+                                const json_t *event, void *payload)
+{
+    int *invalidates = payload;
+
+    (void)seq;
+    if (signal == SYNCD_NODE_EVENT &&
+        json_is_null(json_object_get(event, "patch")) &&
+        json_is_null(json_object_get(event, "merge")))
+        (*invalidates)++;
+}
+
+static void
+test_node__change_beyond_max_event_bytes_is_an_invalidate_and_receivers_refetch(
+    void **state)
+{
+    cluster_t cl;
+    cluster_opts_t co = {.max_event_bytes = 4096};
+    syncd_node_stats_t before, after;
+    syncd_node_watch_t *w;
+    char *big = malloc(20000);
+    int invalidates = 0;
+
+    (void)state;
+    assert_non_null(big);
+    memset(big, 'x', 19999);
+    big[19999] = '\0';
+    cluster_open(&cl, "invalidate", &co);
+    warm_up(&cl);
+    assert_int_equal(syncd_node_watch(cl.n[1].node, &w, cl.coll, NULL, -1,
+                                      on_invalidate_watch, &invalidates, NULL),
+                     0);
+    write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 1));
+    node_stats(&cl, 1, &before);
+    write_one(&cl, 0, "doc", json_pack("{s:i,s:s}", "n", 2, "big", big));
+    node_stats(&cl, 1, &after);
+    assert_int_equal(invalidates, 1);
+    assert_int_equal(after.refetches - before.refetches, 1);
+    assert_converged(&cl);
+    syncd_node_unwatch(w);
+    free(big);
+    cluster_close(&cl);
+}
+
+static void test_node__anti_entropy_heals_a_tampered_cache(void **state)
+{
+    cluster_t cl;
+    syncd_node_stats_t st;
+    syncd_doc_t *doc = NULL;
+
+    (void)state;
+    cluster_open(&cl, "tampered", NULL);
+    warm_up(&cl);
+    storm(&cl, 40, 3, 5, NULL);
+    wait_synced(&cl);
+    assert_int_equal(
+        syncd_store_cached(cl.n[2].store, &doc, cl.coll, "warmup", NULL), 0);
+    doc->version += 5;
+    json_decref(doc->body);
+    doc->body = json_pack("{s:s}", "evil", "yes");
+    assert_int_equal(syncd_store_cache_put(cl.n[2].store, doc, NULL), 1);
+    syncd_doc_free(doc);
+    assert_int_equal(
+        syncd_store_cache_invalidate(cl.n[1].store, cl.coll, "warmup", NULL),
+        0);
+    assert_int_equal(anti_entropy(&cl), 2);
+    node_stats(&cl, 2, &st);
+    assert_true(st.anti_entropy_runs >= 2);
+    assert_true(st.anti_entropy_repairs >= 1);
+    assert_converged(&cl);
+    cluster_close(&cl);
+}
+
+static void on_prefix_watch(syncd_node_signal_t signal, int64_t seq,
+                            const json_t *event, void *payload)
+{
+    int64_t *last = payload;
+
+    assert_int_equal(signal, SYNCD_NODE_EVENT);
+    assert_true(seq > *last);
+    assert_true(strncmp(json_string_value(json_object_get(event, "id")),
+                        "doc-1", 5) == 0);
+    *last = seq;
+}
+
+static void
+test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap(
+    void **state)
+{
+    cluster_t cl;
+    tnode_t *n;
+    int64_t prefix_last = 0, mid;
+    syncd_node_watch_t *pw;
+
+    (void)state;
+    cluster_open(&cl, "resume", NULL);
+    warm_up(&cl);
+    storm(&cl, 40, 3, 11, NULL);
+    wait_synced(&cl);
+    mid = cl.bus_seq / 2;
+    n = &cl.n[2];
+    syncd_node_unwatch(n->watch);
+    n->events = 0;
+    watch_from(n, mid);
+    assert_int_equal(syncd_node_watch(n->node, &pw, cl.coll, "doc-1", 0,
+                                      on_prefix_watch, &prefix_last, NULL),
+                     0);
+    /* Live events arrive while the replay is read. */
+    storm(&cl, 40, 3, 12, NULL);
+    wait_synced(&cl);
+    assert_int_equal(n->order_errors, 0);
+    assert_int_equal(n->events, cl.bus_seq - mid);
+    assert_true(prefix_last > 0);
+    syncd_node_unwatch(pw);
+    cluster_close(&cl);
+}
+
+static void
+test_node__watch_from_before_a_trimmed_log_is_told_to_resync(void **state)
+{
+    cluster_t cl;
+    cluster_opts_t co = {.event_log_len = 10};
+    tnode_t *n;
+
+    (void)state;
+    cluster_open(&cl, "trimmed", &co);
+    warm_up(&cl);
+    storm(&cl, 250, 6, 3, NULL);
+    wait_synced(&cl);
+    n = &cl.n[1];
+    syncd_node_unwatch(n->watch);
+    n->events = 0;
+    watch_from(n, 1);
+    write_one(&cl, 0, "doc-0", json_pack("{s:i}", "n", 0));
+    assert_int_equal(n->resyncs, 1);
+    assert_int_equal(n->resync_seq, 1);
+    assert_int_equal(n->events, 0);
+    assert_null(n->watch);
+    cluster_close(&cl);
+}
+
+/* ---- Embedded default ---------------------------------------------------- */
+
+static void on_embedded_watch(syncd_node_signal_t signal, int64_t seq,
+                              const json_t *event, void *payload)
+{
+    int64_t *seen = payload;
+
+    if (signal != SYNCD_NODE_EVENT)
+        return;
+    assert_int_equal(seq, *seen + 1);
+    assert_string_equal(json_string_value(json_object_get(event, "op")),
+                        "create");
+    *seen = seq;
+}
+
+static void on_embedded_published(int status, int64_t seq, void *payload)
+{
+    int64_t *published = payload;
+
+    assert_int_equal(status, 0);
+    *published = seq;
+}
+
+static void on_embedded_closed(void *payload)
+{
+    syncd_bus_close(payload, NULL, NULL);
+}
+
+static void
+test_node__embedded_node_delivers_published_changes_to_watchers(void **state)
+{
+    uv_loop_t loop;
+    char dir[256];
+    syncd_store_options_t so;
+    syncd_bus_options_t bo;
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+    syncd_node_watch_t *w;
+    syncd_change_t *change = NULL;
+    json_t *body = json_pack("{s:i}", "n", 1);
+    int64_t seen = 0, published = 0;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "embedded"), 0);
+    syncd_store_options_init(&so);
+    so.data_dir = dir;
+    so.sync_writes = 0;
+    assert_int_equal(syncd_store_open(&store, &so, NULL), 0);
+    syncd_bus_options_init(&bo);
+    assert_int_equal(syncd_bus_open(&bus, &loop, &bo, NULL), 0);
+    assert_int_equal(syncd_node_open(&node, &loop, store, bus, NULL, NULL), 0);
+    assert_int_equal(syncd_node_watch(node, &w, "things", NULL, 0,
+                                      on_embedded_watch, &seen, NULL),
+                     0);
+    assert_int_equal(
+        syncd_store_create(store, &change, "things", "a", body, NULL), 0);
+    assert_int_equal(
+        syncd_node_publish(node, change, on_embedded_published, &published), 0);
+    for (int i = 0; i < 10000 && seen < 1; i++)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(published, 1);
+    assert_int_equal(syncd_node_seq(node, "things"), 1);
+    syncd_node_unwatch(w);
+    syncd_node_close(node, on_embedded_closed, bus);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    syncd_change_free(change);
+    json_decref(body);
+    syncd_store_close(store);
+    syncd_test_rmtree(dir);
+}
+
+/* ---- Servers ------------------------------------------------------------- */
+
+static int servers_start(void **state)
+{
+    (void)state;
+    if (syncd_test_mongo_start(&mongo) != 0 ||
+        syncd_test_redis_start(&redis) != 0)
+        return -1;
+    return 0;
+}
+
+static int servers_stop(void **state)
+{
+    (void)state;
+    syncd_test_server_destroy(&redis);
+    syncd_test_server_destroy(&mongo);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(
+            test_node__embedded_node_delivers_published_changes_to_watchers),
+        cmocka_unit_test(
+            test_node__three_nodes_editing_concurrently_converge_and_watchers_see_every_seq_once),
+        cmocka_unit_test(
+            test_node__duplicate_and_out_of_order_events_are_dropped_and_counted),
+        cmocka_unit_test(
+            test_node__corrupted_patch_fails_the_hash_check_and_is_refetched),
+        cmocka_unit_test(
+            test_node__forged_event_with_a_bad_signature_is_dropped_and_counted),
+        cmocka_unit_test(test_node__change_without_a_merge_patch_converges),
+        cmocka_unit_test(
+            test_node__change_beyond_max_event_bytes_is_an_invalidate_and_receivers_refetch),
+        cmocka_unit_test(test_node__anti_entropy_heals_a_tampered_cache),
+        cmocka_unit_test(
+            test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap),
+        cmocka_unit_test(
+            test_node__watch_from_before_a_trimmed_log_is_told_to_resync),
+        cmocka_unit_test(
+            test_node__pubsub_clients_killed_mid_storm_catch_up_from_the_replay_log),
+        cmocka_unit_test(
+            test_node__redis_restarted_mid_storm_converges_and_watchers_are_told_to_resync),
+    };
+
+    return cmocka_run_group_tests(tests, servers_start, servers_stop);
+}

@@ -1,0 +1,1102 @@
+/* test_patch.c - tests of the patch engine (syncd_patch).
+ *
+ * Data-driven conformance against the shared vectors in $SYNCD_TESTDATA
+ * (default ../shared/testdata): json-patch-tests, the RFC 7396 and RFC 6901
+ * tables. Property tests over thousands of seeded random document pairs
+ * check that diffs reproduce their target and that failed patches leave
+ * the input untouched. Error paths cover malformed input, deep nesting and
+ * 50,000-element arrays; canonical JSON and SHA-256 are checked against
+ * fixed vectors.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "syncd/patch.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static const char *testdata_dir(void)
+{
+    const char *dir = getenv("SYNCD_TESTDATA");
+
+    return dir != NULL && dir[0] != '\0' ? dir : "../shared/testdata";
+}
+
+/* Loads a file from the test data folder; fails the test, saying where it
+ * looked, when the file is missing or not JSON. */
+static json_t *load_testdata(const char *name)
+{
+    char path[1024];
+    json_error_t jerr;
+    json_t *v;
+
+    snprintf(path, sizeof(path), "%s/%s", testdata_dir(), name);
+    v = json_load_file(path, JSON_DECODE_ANY, &jerr);
+    if (v == NULL)
+        fail_msg("cannot load conformance data %s: %s (set SYNCD_TESTDATA "
+                 "to the folder holding json-patch-tests/ and the RFC "
+                 "tables)",
+                 path, jerr.text);
+    return v;
+}
+
+/* Returns the canonical text of v; the caller frees it. */
+static char *canon(const json_t *v)
+{
+    char *text = syncd_json_canonical(v, NULL);
+
+    assert_non_null(text);
+    return text;
+}
+
+/* Asserts that a and b are exactly equal (same canonical bytes). */
+static void assert_same_json(const json_t *a, const json_t *b, const char *what)
+{
+    char *ta = canon(a), *tb = canon(b);
+
+    if (strcmp(ta, tb) != 0)
+        fail_msg("%s: got %s, want %s", what, ta, tb);
+    free(ta);
+    free(tb);
+}
+
+static json_t *parse(const char *text)
+{
+    json_error_t jerr;
+    json_t *v = json_loads(text, JSON_DECODE_ANY, &jerr);
+
+    if (v == NULL)
+        fail_msg("bad JSON in test: %s: %s", text, jerr.text);
+    return v;
+}
+
+/* Applies patch text to doc text; returns the code, the result in *out
+ * (may be NULL) and the error in *err. */
+static int apply_text(json_t **out, const char *doc, const char *patch,
+                      syncd_error_t *err)
+{
+    json_t *d = parse(doc), *p = parse(patch), *res = NULL;
+    int rc;
+
+    syncd_error_clear(err);
+    rc = syncd_patch_apply(&res, d, p, err);
+    json_decref(d);
+    json_decref(p);
+    if (out != NULL)
+        *out = res;
+    else
+        json_decref(res);
+    return rc;
+}
+
+/* Builds `levels` nested arrays without recursion. */
+static json_t *nested_arrays(size_t levels)
+{
+    json_t *v = json_array();
+
+    for (size_t i = 1; i < levels; i++) {
+        json_t *outer = json_array();
+
+        json_array_append_new(outer, v);
+        v = outer;
+    }
+    return v;
+}
+
+/* Frees nested single-element arrays without recursing (jansson's own
+ * json_decref recurses once per level). */
+static void free_nested(json_t *v)
+{
+    while (json_is_array(v) && json_array_size(v) > 0) {
+        json_t *child = json_incref(json_array_get(v, 0));
+
+        json_array_clear(v);
+        json_decref(v);
+        v = child;
+    }
+    json_decref(v);
+}
+
+/* ---- conformance: RFC 6902 ---------------------------------------------- */
+
+/* Runs every non-disabled record of a json-patch-tests file; returns the
+ * number of records checked. */
+static size_t run_patch_records(const char *file)
+{
+    json_t *records = load_testdata(file), *rec;
+    size_t i, checked = 0;
+
+    assert_true(json_is_array(records));
+    json_array_foreach(records, i, rec)
+    {
+        json_t *doc = json_object_get(rec, "doc");
+        json_t *patch = json_object_get(rec, "patch");
+        json_t *expected = json_object_get(rec, "expected");
+        const char *comment =
+            json_string_value(json_object_get(rec, "comment"));
+        json_t *saved, *out = NULL;
+        syncd_error_t err;
+        int rc;
+
+        if (doc == NULL || patch == NULL ||
+            json_is_true(json_object_get(rec, "disabled")))
+            continue;
+        comment = comment != NULL ? comment : "(no comment)";
+        saved = json_deep_copy(doc);
+        syncd_error_clear(&err);
+        rc = syncd_patch_apply(&out, doc, patch, &err);
+        if (json_object_get(rec, "error") != NULL) {
+            if (rc == 0)
+                fail_msg("%s record %zu (%s): applied, want an error", file, i,
+                         comment);
+            assert_null(out);
+            assert_true(strncmp(err.message, "operation ", 10) == 0 ||
+                        strncmp(err.message, "patch ", 6) == 0);
+        } else {
+            if (rc != 0)
+                fail_msg("%s record %zu (%s): failed: %s", file, i, comment,
+                         err.message);
+            if (expected != NULL && !syncd_json_equal(out, expected))
+                fail_msg("%s record %zu (%s): wrong result", file, i, comment);
+        }
+        assert_same_json(doc, saved, "the input document after apply");
+        json_decref(saved);
+        json_decref(out);
+        checked++;
+    }
+    json_decref(records);
+    return checked;
+}
+
+static void test_patch_conformance__every_tests_json_record_behaves(void **s)
+{
+    (void)s;
+    assert_int_equal(run_patch_records("json-patch-tests/tests.json"), 92);
+}
+
+static void test_patch_conformance__every_spec_tests_record_behaves(void **s)
+{
+    (void)s;
+    assert_int_equal(run_patch_records("json-patch-tests/spec_tests.json"), 16);
+}
+
+/* ---- conformance: RFC 7396 ---------------------------------------------- */
+
+static void
+test_merge_conformance__every_record_applies_and_roundtrips(void **s)
+{
+    json_t *records = load_testdata("merge-patch-tests.json"), *rec;
+    size_t i, checked = 0, roundtrips = 0;
+
+    (void)s;
+    json_array_foreach(records, i, rec)
+    {
+        json_t *doc = json_object_get(rec, "doc");
+        json_t *patch = json_object_get(rec, "patch");
+        json_t *expected = json_object_get(rec, "expected");
+        json_t *out = NULL, *gen = NULL, *again = NULL;
+        syncd_error_t err;
+
+        if (doc == NULL || patch == NULL || expected == NULL)
+            continue;
+        syncd_error_clear(&err);
+        assert_int_equal(syncd_merge_apply(&out, doc, patch, &err), 0);
+        assert_same_json(out, expected, "merge apply");
+        if (json_is_true(json_object_get(rec, "roundtrip"))) {
+            assert_int_equal(syncd_merge_diff(&gen, doc, expected, &err), 0);
+            assert_int_equal(syncd_merge_apply(&again, doc, gen, &err), 0);
+            assert_same_json(again, expected, "merge generate-then-apply");
+            roundtrips++;
+        }
+        json_decref(out);
+        json_decref(gen);
+        json_decref(again);
+        checked++;
+    }
+    json_decref(records);
+    assert_int_equal(checked, 17);
+    assert_int_equal(roundtrips, 17);
+}
+
+/* ---- conformance: RFC 6901 ---------------------------------------------- */
+
+static void test_pointer_conformance__every_record_resolves_or_fails(void **s)
+{
+    json_t *records = load_testdata("json-pointer-tests.json"), *rec;
+    size_t i, checked = 0;
+
+    (void)s;
+    json_array_foreach(records, i, rec)
+    {
+        const char *form = json_string_value(json_object_get(rec, "form"));
+        const char *text = json_string_value(json_object_get(rec, "pointer"));
+        json_t *doc = json_object_get(rec, "doc");
+        json_t *expected = json_object_get(rec, "expected");
+        syncd_ptr_t *ptr = NULL;
+        json_t *found = NULL;
+        syncd_error_t err;
+        int rc;
+
+        if (form == NULL)
+            continue;
+        syncd_error_clear(&err);
+        if (strcmp(form, "uri-fragment") == 0)
+            rc = syncd_ptr_parse_fragment(&ptr, text, &err);
+        else
+            rc = syncd_ptr_parse(&ptr, text, &err);
+        if (rc == 0)
+            rc = syncd_ptr_get(&found, doc, ptr, &err);
+        if (expected != NULL) {
+            if (rc != 0)
+                fail_msg("pointer %s (%s): %s", text, form, err.message);
+            assert_same_json(found, expected, text);
+        } else if (rc == 0) {
+            fail_msg("pointer %s (%s): resolved, want an error", text, form);
+        } else {
+            assert_true(err.message[0] != '\0');
+        }
+        syncd_ptr_free(ptr);
+        checked++;
+    }
+    json_decref(records);
+    assert_int_equal(checked, 40);
+}
+
+/* ---- property tests on random documents --------------------------------- */
+
+typedef struct rng {
+    uint64_t state;
+} rng_t;
+
+static uint64_t rng_next(rng_t *r)
+{
+    r->state ^= r->state >> 12;
+    r->state ^= r->state << 25;
+    r->state ^= r->state >> 27;
+    return r->state * 0x2545f4914f6cdd1dULL;
+}
+
+static size_t rng_below(rng_t *r, size_t n)
+{
+    return (size_t)(rng_next(r) % n);
+}
+
+static const char *const words[] = {"",
+                                    "a",
+                                    "b",
+                                    "a/b",
+                                    "m~n",
+                                    "~1",
+                                    "~0/",
+                                    "x y",
+                                    "caf\xc3\xa9",
+                                    "\xe6\x97\xa5\xe6\x9c\xac",
+                                    "\xf0\x9f\x98\x80",
+                                    "-",
+                                    "0",
+                                    "01",
+                                    "layers",
+                                    "labels",
+                                    "size",
+                                    "quote\"back\\slash",
+                                    "tab\tnl\n"};
+
+#define NWORDS (sizeof(words) / sizeof(words[0]))
+
+static json_t *random_scalar(rng_t *r)
+{
+    static const double reals[] = {0.1, 1e300, -0.0, 5e-324, 2.5, -1e-7, 1.0};
+
+    switch (rng_below(r, 7)) {
+    case 0:
+        return json_null();
+    case 1:
+        return json_boolean(rng_below(r, 2));
+    case 2:
+        return json_integer((json_int_t)rng_below(r, 100));
+    case 3:
+        return json_integer(rng_below(r, 2) ? INT64_MAX : INT64_MIN);
+    case 4:
+        return json_real(reals[rng_below(r, sizeof(reals) / sizeof(reals[0]))]);
+    default:
+        return json_string(words[rng_below(r, NWORDS)]);
+    }
+}
+
+static void set_random_key(rng_t *r, json_t *obj, json_t *value)
+{
+    if (rng_below(r, 20) == 0)
+        json_object_setn_new(obj, "nul\0key", 7, value);
+    else
+        json_object_set_new(obj, words[rng_below(r, NWORDS)], value);
+}
+
+static json_t *random_value(rng_t *r, int depth)
+{
+    size_t n;
+    json_t *v;
+
+    if (depth <= 0 || rng_below(r, 3) == 0)
+        return random_scalar(r);
+    n = rng_below(r, 6);
+    if (rng_below(r, 2)) {
+        v = json_array();
+        if (rng_below(r, 4) == 0)
+            n += 20;
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(v, random_value(r, depth - 1));
+    } else {
+        v = json_object();
+        for (size_t i = 0; i < n; i++)
+            set_random_key(r, v, random_value(r, depth - 1));
+    }
+    return v;
+}
+
+/* Changes v in place: nested edits, array inserts/removes/moves in the
+ * middle, member additions and deletions. */
+static void mutate(rng_t *r, json_t *v, int depth)
+{
+    size_t n = json_is_array(v) ? json_array_size(v) : json_object_size(v);
+    size_t edits = 1 + rng_below(r, 3);
+
+    for (size_t e = 0; e < edits; e++) {
+        size_t pick = n > 0 ? rng_below(r, n) : 0;
+
+        if (json_is_array(v)) {
+            json_t *child = json_array_get(v, pick);
+
+            switch (rng_below(r, 5)) {
+            case 0:
+                json_array_insert_new(v, pick, random_value(r, depth));
+                break;
+            case 1:
+                if (n > 0)
+                    json_array_remove(v, pick);
+                break;
+            case 2:
+                if (n > 1) {
+                    json_incref(child);
+                    json_array_remove(v, pick);
+                    json_array_insert_new(v, rng_below(r, n - 1), child);
+                }
+                break;
+            case 3:
+                if (n > 0)
+                    json_array_set_new(v, pick, random_value(r, depth));
+                break;
+            default:
+                if (json_is_array(child) || json_is_object(child))
+                    mutate(r, child, depth - 1);
+            }
+        } else {
+            void *it = json_object_iter(v);
+            json_t *child;
+
+            for (size_t i = 0; i < pick && it != NULL; i++)
+                it = json_object_iter_next(v, it);
+            child = it != NULL ? json_object_iter_value(it) : NULL;
+            switch (rng_below(r, 4)) {
+            case 0:
+                set_random_key(r, v, random_value(r, depth));
+                break;
+            case 1:
+                if (it != NULL)
+                    json_object_deln(v, json_object_iter_key(it),
+                                     json_object_iter_key_len(it));
+                break;
+            default:
+                if (json_is_array(child) || json_is_object(child))
+                    mutate(r, child, depth - 1);
+                else if (it != NULL)
+                    json_object_iter_set_new(v, it, random_value(r, depth));
+            }
+        }
+        n = json_is_array(v) ? json_array_size(v) : json_object_size(v);
+    }
+}
+
+static void test_patch_diff__random_pairs_apply_back_to_target(void **s)
+{
+    rng_t r = {0x5eed5eed12345ULL};
+    size_t merged = 0, refused = 0;
+
+    (void)s;
+    for (int round = 0; round < 3000; round++) {
+        json_t *a = random_value(&r, 4), *b = json_deep_copy(a);
+        json_t *patch = NULL, *out = NULL, *merge = NULL, *mout = NULL;
+        char *before = canon(a), *after;
+        syncd_error_t err;
+        int rc;
+
+        if (json_is_array(b) || json_is_object(b)) {
+            mutate(&r, b, 3);
+        } else {
+            json_decref(b);
+            b = random_value(&r, 2);
+        }
+        syncd_error_clear(&err);
+        assert_int_equal(syncd_patch_diff(&patch, a, b, &err), 0);
+        rc = syncd_patch_apply(&out, a, patch, &err);
+        if (rc != 0)
+            fail_msg("round %d: diff does not apply: %s", round, err.message);
+        assert_same_json(out, b, "apply(a, diff(a, b))");
+        rc = syncd_merge_diff(&merge, a, b, &err);
+        if (rc == 0) {
+            assert_int_equal(syncd_merge_apply(&mout, a, merge, &err), 0);
+            assert_same_json(mout, b, "merge_apply(a, merge_diff(a, b))");
+            merged++;
+        } else {
+            assert_int_equal(rc, SYNCD_EPATCH);
+            assert_null(merge);
+            assert_non_null(strstr(err.message, "null"));
+            refused++;
+        }
+        after = canon(a);
+        assert_string_equal(before, after);
+        free(after);
+        free(before);
+        json_decref(a);
+        json_decref(b);
+        json_decref(patch);
+        json_decref(out);
+        json_decref(merge);
+        json_decref(mout);
+    }
+    assert_true(merged > 1000);
+    assert_true(refused > 0);
+}
+
+static void
+test_patch_apply__failed_random_patch_leaves_input_unchanged(void **s)
+{
+    rng_t r = {0xabcdef987654321ULL};
+
+    (void)s;
+    for (int round = 0; round < 2000; round++) {
+        json_t *a = json_pack("{s:o}", "doc", random_value(&r, 4));
+        json_t *b = json_deep_copy(a), *patch = NULL, *out = NULL;
+        char *before, *after, want[64];
+        syncd_error_t err;
+
+        mutate(&r, b, 3);
+        assert_int_equal(syncd_patch_diff(&patch, a, b, NULL), 0);
+        json_array_append_new(patch, json_pack("{s:s,s:s}", "op", "remove",
+                                               "path", "/no/such/member"));
+        before = canon(a);
+        snprintf(want, sizeof(want), "operation %zu (remove /no/such/member)",
+                 json_array_size(patch) - 1);
+        syncd_error_clear(&err);
+        assert_int_equal(syncd_patch_apply(&out, a, patch, &err), SYNCD_EPATCH);
+        assert_null(out);
+        assert_true(strncmp(err.message, want, strlen(want)) == 0);
+        after = canon(a);
+        assert_string_equal(before, after);
+        free(after);
+        free(before);
+        json_decref(a);
+        json_decref(b);
+        json_decref(patch);
+    }
+}
+
+/* ---- diff shape --------------------------------------------------------- */
+
+static void assert_diff_ops(const char *a_text, const char *b_text,
+                            const char *want_text)
+{
+    json_t *a = parse(a_text), *b = parse(b_text), *want = parse(want_text);
+    json_t *patch = NULL, *out = NULL;
+
+    assert_int_equal(syncd_patch_diff(&patch, a, b, NULL), 0);
+    assert_same_json(patch, want, "diff");
+    assert_int_equal(syncd_patch_apply(&out, a, patch, NULL), 0);
+    assert_same_json(out, b, "apply(a, diff(a, b))");
+    json_decref(a);
+    json_decref(b);
+    json_decref(want);
+    json_decref(patch);
+    json_decref(out);
+}
+
+static void test_patch_diff__reports_nested_change_at_deepest_path(void **s)
+{
+    (void)s;
+    assert_diff_ops("{\"v\":{\"hg38\":{\"size\":1,\"files\":2}}}",
+                    "{\"v\":{\"hg38\":{\"size\":42,\"files\":2}}}",
+                    "[{\"op\":\"replace\",\"path\":\"/v/hg38/size\","
+                    "\"value\":42}]");
+    assert_diff_ops("{\"a/b\":{\"m~n\":1}}", "{\"a/b\":{\"m~n\":2}}",
+                    "[{\"op\":\"replace\",\"path\":\"/a~1b/m~0n\","
+                    "\"value\":2}]");
+}
+
+static void test_patch_diff__equal_documents_give_empty_patch(void **s)
+{
+    (void)s;
+    assert_diff_ops("{\"a\":[1,{\"b\":2}],\"c\":null}",
+                    "{\"c\":null,\"a\":[1,{\"b\":2}]}", "[]");
+}
+
+static void test_patch_diff__integer_and_real_are_different_values(void **s)
+{
+    (void)s;
+    assert_diff_ops("{\"a\":1}", "{\"a\":1.0}",
+                    "[{\"op\":\"replace\",\"path\":\"/a\",\"value\":1.0}]");
+}
+
+static void test_patch_diff__array_edits_account_for_earlier_ops(void **s)
+{
+    (void)s;
+    assert_diff_ops("[1,2,3,4,5]", "[0,1,3,4,6,5]",
+                    "[{\"op\":\"add\",\"path\":\"/0\",\"value\":0},"
+                    "{\"op\":\"remove\",\"path\":\"/2\"},"
+                    "{\"op\":\"add\",\"path\":\"/4\",\"value\":6}]");
+    assert_diff_ops("[{\"id\":1,\"x\":1},{\"id\":2,\"x\":1}]",
+                    "[{\"id\":1,\"x\":1},{\"id\":2,\"x\":2}]",
+                    "[{\"op\":\"replace\",\"path\":\"/1/x\",\"value\":2}]");
+}
+
+/* Builds an array of n volume-like entries. */
+static json_t *entries(size_t n)
+{
+    json_t *v = json_array();
+
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(v, json_pack("{s:I,s:{s:s},s:[i,i]}", "id",
+                                           (json_int_t)i, "labels", "tier",
+                                           "hot", "layers", (int)i, 7));
+    return v;
+}
+
+static void assert_single_op(const json_t *a, const json_t *b, const char *op,
+                             const char *path)
+{
+    json_t *patch = NULL, *out = NULL, *first;
+
+    assert_int_equal(syncd_patch_diff(&patch, a, b, NULL), 0);
+    assert_int_equal(json_array_size(patch), 1);
+    first = json_array_get(patch, 0);
+    assert_string_equal(json_string_value(json_object_get(first, "op")), op);
+    assert_string_equal(json_string_value(json_object_get(first, "path")),
+                        path);
+    assert_int_equal(syncd_patch_apply(&out, a, patch, NULL), 0);
+    assert_same_json(out, b, "apply(a, diff(a, b))");
+    json_decref(patch);
+    json_decref(out);
+}
+
+static void test_patch_diff__insert_in_50k_array_is_one_add(void **s)
+{
+    json_t *a = entries(50000), *b = json_deep_copy(a);
+
+    (void)s;
+    json_array_insert_new(b, 25000, json_pack("{s:s}", "id", "new"));
+    assert_single_op(a, b, "add", "/25000");
+    assert_single_op(b, a, "remove", "/25000");
+    json_decref(a);
+    json_decref(b);
+}
+
+static void test_patch_diff__field_change_in_50k_array_is_one_replace(void **s)
+{
+    json_t *a = entries(50000), *b = json_deep_copy(a);
+
+    (void)s;
+    json_object_set_new(json_object_get(json_array_get(b, 31337), "labels"),
+                        "tier", json_string("cold"));
+    assert_single_op(a, b, "replace", "/31337/labels/tier");
+    json_decref(a);
+    json_decref(b);
+}
+
+static void test_patch_diff__huge_edit_distance_replaces_whole_array(void **s)
+{
+    json_t *a = json_array(), *b = json_array();
+
+    (void)s;
+    for (int i = 0; i < 20000; i++) {
+        json_array_append_new(a, json_integer(i));
+        json_array_append_new(b, json_integer(-i - 1));
+    }
+    assert_single_op(a, b, "replace", "");
+    json_decref(a);
+    json_decref(b);
+}
+
+/* ---- apply errors ------------------------------------------------------- */
+
+static void assert_apply_fails(const char *doc, const char *patch, int code,
+                               const char *prefix)
+{
+    syncd_error_t err;
+    json_t *out = NULL;
+
+    assert_int_equal(apply_text(&out, doc, patch, &err), code);
+    assert_null(out);
+    if (strncmp(err.message, prefix, strlen(prefix)) != 0)
+        fail_msg("message \"%s\" does not start with \"%s\"", err.message,
+                 prefix);
+}
+
+static void test_patch_apply__ops_missing_members_fail_with_EPATCH(void **s)
+{
+    (void)s;
+    assert_apply_fails("{}", "[{\"path\":\"/a\"}]", SYNCD_EPATCH,
+                       "operation 0 (? /a): missing 'op'");
+    assert_apply_fails("{}", "[{\"op\":\"add\",\"value\":1}]", SYNCD_EPATCH,
+                       "operation 0 (add ?): missing 'path'");
+    assert_apply_fails("{}", "[{\"op\":\"add\",\"path\":\"/a\"}]", SYNCD_EPATCH,
+                       "operation 0 (add /a): missing 'value'");
+    assert_apply_fails("{\"a\":1}", "[{\"op\":\"move\",\"path\":\"/b\"}]",
+                       SYNCD_EPATCH, "operation 0 (move /b): missing 'from'");
+    assert_apply_fails("{}", "[{\"op\":\"spam\",\"path\":\"/a\"}]",
+                       SYNCD_EPATCH, "operation 0 (spam /a): unknown op");
+}
+
+static void test_patch_apply__wrong_types_fail_with_EPATCH(void **s)
+{
+    (void)s;
+    assert_apply_fails("{}", "{\"op\":\"add\"}", SYNCD_EPATCH,
+                       "patch is not an array");
+    assert_apply_fails("{}", "[42]", SYNCD_EPATCH,
+                       "operation 0 (? ?): not an object");
+    assert_apply_fails("{}", "[{\"op\":1,\"path\":\"/a\"}]", SYNCD_EPATCH,
+                       "operation 0 (? /a): 'op' is not a string");
+    assert_apply_fails("{}", "[{\"op\":\"remove\",\"path\":7}]", SYNCD_EPATCH,
+                       "operation 0 (remove ?): 'path' is not a string");
+    assert_apply_fails("{\"a\":1}",
+                       "[{\"op\":\"add\",\"path\":\"/a/b\",\"value\":1}]",
+                       SYNCD_EPATCH, "operation 0 (add /a/b): parent is not");
+}
+
+static void test_patch_apply__malformed_pointers_fail_with_EPATCH(void **s)
+{
+    (void)s;
+    assert_apply_fails("{}", "[{\"op\":\"add\",\"path\":\"a\",\"value\":1}]",
+                       SYNCD_EPATCH, "operation 0 (add a): bad 'path'");
+    assert_apply_fails("{}", "[{\"op\":\"add\",\"path\":\"/a~2\",\"value\":1}]",
+                       SYNCD_EPATCH, "operation 0 (add /a~2): bad 'path'");
+    assert_apply_fails(
+        "{\"a\":[1,2]}", "[{\"op\":\"add\",\"path\":\"/a/01\",\"value\":1}]",
+        SYNCD_EPATCH, "operation 0 (add /a/01): leading zero in array index");
+    assert_apply_fails(
+        "{\"a\":[1,2]}", "[{\"op\":\"replace\",\"path\":\"/a/-\",\"value\":1}]",
+        SYNCD_EPATCH, "operation 0 (replace /a/-): '-' index is past the end");
+}
+
+static void test_patch_apply__names_the_failing_operation(void **s)
+{
+    (void)s;
+    assert_apply_fails("{\"a\":1}",
+                       "[{\"op\":\"add\",\"path\":\"/b\",\"value\":2},"
+                       "{\"op\":\"replace\",\"path\":\"/a\",\"value\":3},"
+                       "{\"op\":\"remove\",\"path\":\"/missing\"}]",
+                       SYNCD_EPATCH,
+                       "operation 2 (remove /missing): member not found");
+}
+
+static void test_patch_apply__failing_test_op_gives_ECONFLICT(void **s)
+{
+    (void)s;
+    assert_apply_fails("{\"a\":1}",
+                       "[{\"op\":\"test\",\"path\":\"/a\",\"value\":2}]",
+                       SYNCD_ECONFLICT, "operation 0 (test /a): value differs");
+    assert_apply_fails("{\"a\":1}",
+                       "[{\"op\":\"test\",\"path\":\"/a\",\"value\":\"1\"}]",
+                       SYNCD_ECONFLICT, "operation 0 (test /a): value differs");
+}
+
+static void test_patch_apply__test_op_compares_by_rfc_equality(void **s)
+{
+    json_t *out = NULL;
+    syncd_error_t err;
+
+    (void)s;
+    assert_int_equal(apply_text(&out, "{\"n\":1,\"o\":{\"x\":1,\"y\":[1,2]}}",
+                                "[{\"op\":\"test\",\"path\":\"/n\",\"value\":"
+                                "1.0},{\"op\":\"test\",\"path\":\"/o\","
+                                "\"value\":{\"y\":[1.0,2],\"x\":1}}]",
+                                &err),
+                     0);
+    json_decref(out);
+}
+
+static void test_patch_apply__move_into_own_child_fails(void **s)
+{
+    (void)s;
+    assert_apply_fails("{\"a\":{\"b\":1}}",
+                       "[{\"op\":\"move\",\"from\":\"/a\",\"path\":\"/a/c\"}]",
+                       SYNCD_EPATCH, "operation 0 (move /a/c): cannot move");
+}
+
+static void test_patch_validate__checks_without_applying(void **s)
+{
+    json_t *good = parse("[{\"op\":\"remove\",\"path\":\"/nothing/here\"}]");
+    json_t *bad = parse("[{\"op\":\"copy\",\"path\":\"/a\",\"from\":\"x\"}]");
+    syncd_error_t err;
+
+    (void)s;
+    assert_int_equal(syncd_patch_validate(good, NULL), 0);
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_validate(bad, &err), SYNCD_EPATCH);
+    assert_true(strncmp(err.message, "operation 0 (copy /a): bad 'from'", 33) ==
+                0);
+    json_decref(good);
+    json_decref(bad);
+}
+
+/* ---- deep nesting ------------------------------------------------------- */
+
+static void test_patch__100k_nested_arrays_fail_cleanly(void **s)
+{
+    json_t *deep = nested_arrays(100000), *flat = json_array(), *out = NULL;
+    json_t *empty = json_object(), *wrapped = json_object();
+    json_t *patch = parse("[{\"op\":\"add\",\"path\":\"/-\",\"value\":1}]");
+    syncd_error_t err;
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+
+    (void)s;
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_apply(&out, deep, patch, &err), SYNCD_EINVAL);
+    assert_non_null(strstr(err.message, "nests deeper than 512"));
+    assert_int_equal(syncd_patch_diff(&out, flat, deep, NULL), SYNCD_EINVAL);
+    assert_int_equal(syncd_patch_diff(&out, deep, deep, NULL), SYNCD_EINVAL);
+    json_object_set(wrapped, "new", deep);
+    assert_int_equal(syncd_patch_diff(&out, empty, wrapped, NULL),
+                     SYNCD_EINVAL);
+    json_object_clear(wrapped);
+    assert_int_equal(syncd_merge_apply(&out, flat, deep, NULL), SYNCD_EINVAL);
+    assert_int_equal(syncd_merge_diff(&out, deep, flat, NULL), SYNCD_EINVAL);
+    assert_int_equal(syncd_json_hash(hash, deep, NULL), SYNCD_EINVAL);
+    assert_null(syncd_json_canonical(deep, NULL));
+    assert_int_equal(syncd_json_equal(deep, flat), 0);
+    assert_null(out);
+    free_nested(deep);
+    json_decref(flat);
+    json_decref(patch);
+    json_decref(empty);
+    json_decref(wrapped);
+}
+
+/* Returns a patch adding value_new at the end of the innermost of `levels`
+ * nested arrays. */
+static json_t *append_innermost(size_t levels, json_t *value_new)
+{
+    char *path = malloc(2 * levels + 1);
+    json_t *patch;
+
+    for (size_t i = 0; i + 1 < levels; i++)
+        memcpy(path + 2 * i, "/0", 2);
+    memcpy(path + 2 * (levels - 1), "/-", 3);
+    patch = json_pack("[{s:s,s:s,s:o}]", "op", "add", "path", path, "value",
+                      value_new);
+    free(path);
+    return patch;
+}
+
+static void test_patch_apply__result_nesting_past_the_limit_fails(void **s)
+{
+    json_t *doc = nested_arrays(SYNCD_PATCH_MAX_DEPTH - 1);
+    json_t *too_deep =
+        append_innermost(SYNCD_PATCH_MAX_DEPTH - 1, nested_arrays(2));
+    json_t *at_limit =
+        append_innermost(SYNCD_PATCH_MAX_DEPTH - 1, nested_arrays(1));
+    json_t *out = NULL;
+    syncd_error_t err;
+
+    (void)s;
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_apply(&out, doc, too_deep, &err),
+                     SYNCD_EPATCH);
+    assert_null(out);
+    assert_non_null(strstr(err.message, "patched document"));
+    assert_int_equal(syncd_patch_apply(&out, doc, at_limit, NULL), 0);
+    free_nested(out);
+    free_nested(doc);
+    json_decref(too_deep);
+    json_decref(at_limit);
+}
+
+/* ---- merge patch -------------------------------------------------------- */
+
+static void test_merge_diff__null_member_fails_with_EPATCH_naming_path(void **s)
+{
+    json_t *a = parse("{\"x\":{\"y\":1}}"), *b = parse("{\"x\":{\"y\":null}}");
+    json_t *c = parse("{\"x\":{\"z\":{\"a/b\":null}}}"), *out = NULL;
+    syncd_error_t err;
+
+    (void)s;
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_merge_diff(&out, a, b, &err), SYNCD_EPATCH);
+    assert_null(out);
+    assert_non_null(strstr(err.message, "\"/x/y\""));
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_merge_diff(&out, a, c, &err), SYNCD_EPATCH);
+    assert_non_null(strstr(err.message, "\"/x/z/a~1b\""));
+    json_decref(a);
+    json_decref(b);
+    json_decref(c);
+}
+
+static void test_merge_diff__removed_member_becomes_null(void **s)
+{
+    json_t *a = parse("{\"a\":1,\"b\":{\"c\":2,\"d\":3}}");
+    json_t *b = parse("{\"b\":{\"c\":2,\"d\":[null]}}");
+    json_t *want = parse("{\"a\":null,\"b\":{\"d\":[null]}}"), *out = NULL;
+
+    (void)s;
+    assert_int_equal(syncd_merge_diff(&out, a, b, NULL), 0);
+    assert_same_json(out, want, "merge diff");
+    json_decref(a);
+    json_decref(b);
+    json_decref(want);
+    json_decref(out);
+}
+
+/* ---- pointer API -------------------------------------------------------- */
+
+static void test_ptr__parse_and_format_roundtrip_escapes(void **s)
+{
+    syncd_ptr_t *ptr = NULL;
+    json_t *doc = parse("{\"a/b\":{\"m~n\":[10,20]}}"), *found, *parent;
+    size_t len;
+    char *text, *esc;
+
+    (void)s;
+    assert_int_equal(syncd_ptr_parse(&ptr, "/a~1b/m~0n/1", NULL), 0);
+    assert_int_equal(syncd_ptr_count(ptr), 3);
+    assert_string_equal(syncd_ptr_token(ptr, 0, &len), "a/b");
+    assert_int_equal(len, 3);
+    assert_string_equal(syncd_ptr_token(ptr, 1, NULL), "m~n");
+    text = syncd_ptr_format(ptr);
+    assert_string_equal(text, "/a~1b/m~0n/1");
+    assert_int_equal(syncd_ptr_get(&found, doc, ptr, NULL), 0);
+    assert_int_equal(json_integer_value(found), 20);
+    assert_int_equal(syncd_ptr_parent(&parent, doc, ptr, NULL), 0);
+    assert_true(json_is_array(parent));
+    esc = syncd_ptr_escape("~/x", 3);
+    assert_string_equal(esc, "~0~1x");
+    free(esc);
+    free(text);
+    syncd_ptr_free(ptr);
+    json_decref(doc);
+}
+
+static void test_ptr__malformed_pointers_fail_with_EINVAL(void **s)
+{
+    static const char *const bad[] = {"a", "/a~2", "/a~", "#/a"};
+    static const char *const bad_fragments[] = {"/a", "#/%zz", "#/%4", "#/~"};
+    syncd_ptr_t *ptr = NULL;
+    syncd_error_t err;
+
+    (void)s;
+    for (size_t i = 0; i < 4; i++) {
+        syncd_error_clear(&err);
+        assert_int_equal(syncd_ptr_parse(&ptr, bad[i], &err), SYNCD_EINVAL);
+        assert_null(ptr);
+        assert_non_null(strstr(err.message, bad[i]));
+        syncd_error_clear(&err);
+        assert_int_equal(syncd_ptr_parse_fragment(&ptr, bad_fragments[i], &err),
+                         SYNCD_EINVAL);
+        assert_null(ptr);
+    }
+}
+
+static void test_ptr__fragment_decodes_percent_nul(void **s)
+{
+    syncd_ptr_t *ptr = NULL;
+    json_t *doc = json_object(), *found = NULL;
+    size_t len;
+
+    (void)s;
+    json_object_setn_new(doc, "a\0b", 3, json_integer(5));
+    assert_int_equal(syncd_ptr_parse_fragment(&ptr, "#/a%00b", NULL), 0);
+    assert_non_null(syncd_ptr_token(ptr, 0, &len));
+    assert_int_equal(len, 3);
+    assert_int_equal(syncd_ptr_get(&found, doc, ptr, NULL), 0);
+    assert_int_equal(json_integer_value(found), 5);
+    syncd_ptr_free(ptr);
+    json_decref(doc);
+}
+
+/* ---- canonical JSON and hashing ----------------------------------------- */
+
+static void assert_canonical(const json_t *v, const char *want)
+{
+    char *text = canon(v);
+
+    assert_string_equal(text, want);
+    free(text);
+}
+
+static void test_canonical__sorts_keys_whatever_the_order(void **s)
+{
+    json_t *a = parse("{\"b\":1,\"a\":{\"z\":[true,null],\"y\":\"\\u0001\"}}");
+    json_t *b = parse("{\"a\":{\"y\":\"\\u0001\",\"z\":[true,null]},\"b\":1}");
+    char ha[SYNCD_HASH_HEX_LEN + 1], hb[SYNCD_HASH_HEX_LEN + 1];
+
+    (void)s;
+    assert_canonical(a,
+                     "{\"a\":{\"y\":\"\\u0001\",\"z\":[true,null]},\"b\":1}");
+    assert_int_equal(syncd_json_hash(ha, a, NULL), 0);
+    assert_int_equal(syncd_json_hash(hb, b, NULL), 0);
+    assert_string_equal(ha, hb);
+    json_decref(a);
+    json_decref(b);
+}
+
+static void test_canonical__keys_with_nul_sort_by_bytes(void **s)
+{
+    json_t *v = json_object();
+
+    (void)s;
+    json_object_setn_new(v, "a\0b", 3, json_integer(2));
+    json_object_set_new(v, "a", json_integer(1));
+    json_object_set_new(v, "\xc3\xa9", json_integer(3));
+    json_object_set_new(v, "B", json_integer(0));
+    assert_canonical(v, "{\"B\":0,\"a\":1,\"a\\u0000b\":2,\"\xc3\xa9\":3}");
+    json_decref(v);
+}
+
+static void test_canonical__integers_are_exact(void **s)
+{
+    json_t *v =
+        json_pack("[I,I,i]", (json_int_t)INT64_MIN, (json_int_t)INT64_MAX, 0);
+
+    (void)s;
+    assert_canonical(v, "[-9223372036854775808,9223372036854775807,0]");
+    json_decref(v);
+}
+
+static void test_canonical__reals_roundtrip_and_stay_reals(void **s)
+{
+    static const struct {
+        double value;
+        const char *text;
+    } cases[] = {{0.1, "0.1"},
+                 {1e300, "1e+300"},
+                 {-0.0, "-0.0"},
+                 {5e-324, "5e-324"},
+                 {1.0, "1.0"},
+                 {123456789.0, "123456789.0"},
+                 {1.0 / 3, "0.3333333333333333"}};
+
+    (void)s;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *v = json_real(cases[i].value), *back;
+        char *text = canon(v);
+        double got;
+
+        assert_string_equal(text, cases[i].text);
+        back = parse(text);
+        assert_true(json_is_real(back));
+        got = json_real_value(back);
+        assert_memory_equal(&got, &cases[i].value, sizeof(got));
+        free(text);
+        json_decref(v);
+        json_decref(back);
+    }
+}
+
+static void test_sha256__matches_fips_180_2_vectors(void **s)
+{
+    char hex[SYNCD_HASH_HEX_LEN + 1];
+    char *million = malloc(1000000);
+
+    (void)s;
+    syncd_sha256_hex(hex, "abc", 3);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb"
+                             "410ff61f20015ad");
+    syncd_sha256_hex(hex, "", 0);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca"
+                             "495991b7852b855");
+    syncd_sha256_hex(
+        hex, "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56);
+    assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f"
+                             "6ecedd419db06c1");
+    memset(million, 'a', 1000000);
+    syncd_sha256_hex(hex, million, 1000000);
+    assert_string_equal(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e0"
+                             "46d39ccc7112cd0");
+    free(million);
+}
+
+static void test_json_equal__numbers_by_value_objects_ignore_order(void **s)
+{
+    json_t *a = parse("{\"a\":1,\"b\":[1.5,{\"c\":9007199254740993}]}");
+    json_t *b = parse("{\"b\":[1.5,{\"c\":9007199254740993}],\"a\":1.0}");
+    json_t *c = parse("{\"b\":[1.5,{\"c\":9007199254740992.0}],\"a\":1}");
+    json_t *d = parse("[1,2]"), *e = parse("[2,1]");
+
+    (void)s;
+    assert_true(syncd_json_equal(a, b));
+    assert_false(syncd_json_equal(a, c));
+    assert_false(syncd_json_equal(d, e));
+    json_decref(a);
+    json_decref(b);
+    json_decref(c);
+    json_decref(d);
+    json_decref(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(
+            test_patch_conformance__every_tests_json_record_behaves),
+        cmocka_unit_test(
+            test_patch_conformance__every_spec_tests_record_behaves),
+        cmocka_unit_test(
+            test_merge_conformance__every_record_applies_and_roundtrips),
+        cmocka_unit_test(
+            test_pointer_conformance__every_record_resolves_or_fails),
+        cmocka_unit_test(test_patch_diff__random_pairs_apply_back_to_target),
+        cmocka_unit_test(
+            test_patch_apply__failed_random_patch_leaves_input_unchanged),
+        cmocka_unit_test(
+            test_patch_diff__reports_nested_change_at_deepest_path),
+        cmocka_unit_test(test_patch_diff__equal_documents_give_empty_patch),
+        cmocka_unit_test(
+            test_patch_diff__integer_and_real_are_different_values),
+        cmocka_unit_test(test_patch_diff__array_edits_account_for_earlier_ops),
+        cmocka_unit_test(test_patch_diff__insert_in_50k_array_is_one_add),
+        cmocka_unit_test(
+            test_patch_diff__field_change_in_50k_array_is_one_replace),
+        cmocka_unit_test(
+            test_patch_diff__huge_edit_distance_replaces_whole_array),
+        cmocka_unit_test(
+            test_patch_apply__ops_missing_members_fail_with_EPATCH),
+        cmocka_unit_test(test_patch_apply__wrong_types_fail_with_EPATCH),
+        cmocka_unit_test(test_patch_apply__malformed_pointers_fail_with_EPATCH),
+        cmocka_unit_test(test_patch_apply__names_the_failing_operation),
+        cmocka_unit_test(test_patch_apply__failing_test_op_gives_ECONFLICT),
+        cmocka_unit_test(test_patch_apply__test_op_compares_by_rfc_equality),
+        cmocka_unit_test(test_patch_apply__move_into_own_child_fails),
+        cmocka_unit_test(test_patch_validate__checks_without_applying),
+        cmocka_unit_test(test_patch__100k_nested_arrays_fail_cleanly),
+        cmocka_unit_test(test_patch_apply__result_nesting_past_the_limit_fails),
+        cmocka_unit_test(
+            test_merge_diff__null_member_fails_with_EPATCH_naming_path),
+        cmocka_unit_test(test_merge_diff__removed_member_becomes_null),
+        cmocka_unit_test(test_ptr__parse_and_format_roundtrip_escapes),
+        cmocka_unit_test(test_ptr__malformed_pointers_fail_with_EINVAL),
+        cmocka_unit_test(test_ptr__fragment_decodes_percent_nul),
+        cmocka_unit_test(test_canonical__sorts_keys_whatever_the_order),
+        cmocka_unit_test(test_canonical__keys_with_nul_sort_by_bytes),
+        cmocka_unit_test(test_canonical__integers_are_exact),
+        cmocka_unit_test(test_canonical__reals_roundtrip_and_stay_reals),
+        cmocka_unit_test(test_sha256__matches_fips_180_2_vectors),
+        cmocka_unit_test(
+            test_json_equal__numbers_by_value_objects_ignore_order),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1004 @@
+/* test_pubsub.c - the change bus: events, the in-process bus, the Redis bus.
+ *
+ * Event tests check validation, encoding and HMAC signatures. Bus tests
+ * run real buses on a real libuv loop (the Redis ones against a real
+ * redis-server started on a free port), inject real faults (CLIENT KILL of
+ * the subscriber connections during a publish storm, SHUTDOWN NOSAVE and a
+ * restart, a trimmed log, raw duplicate, reordered and forged messages),
+ * and check that every subscriber saw each seq once, in order, or an
+ * explicit resync, with the counters to match. Every test ends by closing
+ * its buses and checking that the loop closes clean.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+
+#include "servers.h"
+#include "syncd/bus.h"
+#include "syncd/patch.h"
+
+#define COLL "volumes"
+#define MAX_SEQ 4096
+
+/* ---- Helpers ------------------------------------------------------------ */
+
+/* Returns a new valid event (without seq) that moves doc id of COLL to
+ * version v with body {"n": v}. */
+static json_t *make_event(const char *id, int64_t v)
+{
+    json_t *body = json_pack("{s:I}", "n", (json_int_t)v);
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    json_t *event, *patch;
+
+    assert_int_equal(syncd_json_hash(hash, body, NULL), 0);
+    if (v == 1)
+        patch = json_pack("[{s:s,s:s,s:O}]", "op", "add", "path", "", "value",
+                          body);
+    else
+        patch = json_pack("[{s:s,s:s,s:I}]", "op", "replace", "path", "/n",
+                          "value", (json_int_t)v);
+    event = json_pack("{s:s,s:s,s:s,s:I,s:I,s:o,s:o,s:s,s:s,s:s}", "op",
+                      v == 1 ? "create" : "update", "coll", COLL, "id", id,
+                      "v", (json_int_t)v, "base", (json_int_t)(v - 1),
+                      "patch", patch, "merge", body, "h", hash, "origin",
+                      "node-test", "ts", "2026-11-24T10:00:00.123456Z");
+    assert_non_null(event);
+    return event;
+}
+
+/* What one subscription saw. */
+typedef struct rec {
+    int events, resyncs, out_of_order;
+    int64_t last, resync_seq[8];
+} rec_t;
+
+static void on_event(syncd_bus_signal_t signal, int64_t seq,
+                     const json_t *event, void *payload)
+{
+    rec_t *rec = payload;
+
+    if (signal == SYNCD_BUS_RESYNC) {
+        assert_null(event);
+        if (rec->resyncs < 8)
+            rec->resync_seq[rec->resyncs] = seq;
+        rec->resyncs++;
+        rec->last = seq;
+        return;
+    }
+    assert_int_equal(json_integer_value(json_object_get(event, "seq")), seq);
+    if (seq != rec->last + 1)
+        rec->out_of_order++;
+    rec->last = seq;
+    rec->events++;
+}
+
+/* Publishes and checks the seqs handed out. */
+typedef struct pubs {
+    syncd_bus_t *bus;
+    int issued, done, failed, target, window;
+    int in_call; /* set while syncd_bus_publish() runs */
+    int kill_at; /* CLIENT KILL TYPE pubsub after this many (0: never) */
+    const syncd_test_server_t *srv;
+    unsigned char seen[MAX_SEQ + 1];
+    int dup_seq;
+} pubs_t;
+
+static void publish_next(pubs_t *p);
+
+static void on_published(int status, int64_t seq, void *payload)
+{
+    pubs_t *p = payload;
+
+    assert_false(p->in_call);
+    p->done++;
+    if (status != 0) {
+        p->failed++;
+        return;
+    }
+    assert_true(seq >= 1 && seq <= MAX_SEQ);
+    if (p->seen[seq])
+        p->dup_seq++;
+    p->seen[seq] = 1;
+    if (p->kill_at != 0 && p->done == p->kill_at)
+        assert_int_equal(syncd_test_redis_cli(p->srv, "CLIENT", "KILL",
+                                              "TYPE", "pubsub", NULL),
+                         0);
+    publish_next(p);
+}
+
+static void publish_next(pubs_t *p)
+{
+    while (p->issued < p->target && p->issued - p->done < p->window) {
+        json_t *event = make_event("doc", 1 + p->issued);
+        p->in_call = 1;
+        assert_int_equal(syncd_bus_publish(p->bus, event, on_published, p), 0);
+        p->in_call = 0;
+        p->issued++;
+        json_decref(event);
+    }
+}
+
+static void on_tick(uv_timer_t *timer)
+{
+    (void)timer;
+}
+
+static void on_tick_closed(uv_handle_t *handle)
+{
+    *(int *)handle->data = 1;
+}
+
+/* Runs loop until pred(arg) holds; fails the test after 60 s so that a
+ * bug is a failure, not a hang. */
+static void wait_for(uv_loop_t *loop, int (*pred)(void *), void *arg)
+{
+    uv_timer_t tick;
+    uint64_t deadline = uv_hrtime() + 60ull * 1000 * 1000 * 1000;
+    int closed = 0, ok;
+
+    uv_timer_init(loop, &tick);
+    tick.data = &closed;
+    uv_timer_start(&tick, on_tick, 10, 10);
+    while (!pred(arg) && uv_hrtime() < deadline)
+        uv_run(loop, UV_RUN_ONCE);
+    ok = pred(arg);
+    uv_close((uv_handle_t *)&tick, on_tick_closed);
+    while (!closed)
+        uv_run(loop, UV_RUN_ONCE);
+    assert_true(ok);
+}
+
+static int pubs_done(void *arg)
+{
+    pubs_t *p = arg;
+    return p->done == p->target;
+}
+
+/* Waits until every rec in the NULL-terminated list saw seq target. */
+static int recs_at(void *arg)
+{
+    void **v = arg;
+    int64_t target = *(int64_t *)v[0];
+
+    for (int i = 1; v[i] != NULL; i++) {
+        if (((rec_t *)v[i])->last < target)
+            return 0;
+    }
+    return 1;
+}
+
+static void wait_recs(uv_loop_t *loop, int64_t target, rec_t *a, rec_t *b)
+{
+    void *v[4] = {&target, a, b, NULL};
+    wait_for(loop, recs_at, v);
+}
+
+static int bus_up(void *arg)
+{
+    return syncd_bus_connected(arg);
+}
+
+static int bus_down(void *arg)
+{
+    return !syncd_bus_connected(arg);
+}
+
+static int flag_set(void *arg)
+{
+    return *(int *)arg != 0;
+}
+
+static void on_bus_closed(void *payload)
+{
+    (*(int *)payload)++;
+}
+
+static void close_bus(uv_loop_t *loop, syncd_bus_t *bus)
+{
+    int closed = 0;
+
+    syncd_bus_close(bus, on_bus_closed, &closed);
+    wait_for(loop, flag_set, &closed);
+    assert_int_equal(closed, 1);
+}
+
+static void end_loop(uv_loop_t *loop)
+{
+    uv_run(loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(loop), 0);
+}
+
+/* Replay result holder. */
+typedef struct replay {
+    int done, status;
+    json_t *events;
+    int64_t seq;
+} replay_t;
+
+static void on_replay(int status, json_t *events, void *payload)
+{
+    replay_t *r = payload;
+
+    r->done++;
+    r->status = status;
+    r->events = events;
+}
+
+static void on_seq(int status, int64_t seq, void *payload)
+{
+    replay_t *r = payload;
+
+    r->done++;
+    r->status = status;
+    r->seq = seq;
+}
+
+/* Replays coll (after, until] and checks status and count. */
+static void check_replay(uv_loop_t *loop, syncd_bus_t *bus, int64_t after,
+                         int64_t until, int status, size_t count)
+{
+    replay_t r = {0};
+
+    assert_int_equal(syncd_bus_replay(bus, COLL, after, until, 0, on_replay,
+                                      &r),
+                     0);
+    assert_int_equal(r.done, 0);
+    wait_for(loop, flag_set, &r.done);
+    assert_int_equal(r.status, status);
+    if (status != 0) {
+        assert_null(r.events);
+        return;
+    }
+    assert_int_equal(json_array_size(r.events), count);
+    for (size_t i = 0; i < count; i++) {
+        json_t *e = json_array_get(r.events, i);
+        assert_int_equal(json_integer_value(json_object_get(e, "seq")),
+                         after + 1 + (int64_t)i);
+    }
+    json_decref(r.events);
+}
+
+static int64_t current_seq(uv_loop_t *loop, syncd_bus_t *bus)
+{
+    replay_t r = {0};
+
+    assert_int_equal(syncd_bus_seq(bus, COLL, on_seq, &r), 0);
+    wait_for(loop, flag_set, &r.done);
+    assert_int_equal(r.status, 0);
+    return r.seq;
+}
+
+static void publish_all(uv_loop_t *loop, pubs_t *p, syncd_bus_t *bus, int n)
+{
+    memset(p, 0, sizeof(*p));
+    p->bus = bus;
+    p->target = n;
+    p->window = 64;
+    publish_next(p);
+    wait_for(loop, pubs_done, p);
+    assert_int_equal(p->failed, 0);
+    assert_int_equal(p->dup_seq, 0);
+}
+
+static syncd_bus_t *open_bus(uv_loop_t *loop, const char *url,
+                             const char *dir, const char *secret,
+                             uint64_t log_len)
+{
+    syncd_bus_options_t opts;
+    syncd_bus_t *bus = NULL;
+    syncd_error_t err = {0};
+
+    syncd_bus_options_init(&opts);
+    opts.redis_url = url;
+    opts.data_dir = dir;
+    opts.secret = secret;
+    opts.database = "test";
+    opts.reconnect_min_ms = 10;
+    opts.reconnect_max_ms = 200;
+    opts.max_event_bytes = 4096;
+    if (log_len != 0)
+        opts.event_log_len = log_len;
+    assert_int_equal(syncd_bus_open(&bus, loop, &opts, &err), 0);
+    if (url != NULL)
+        wait_for(loop, bus_up, bus);
+    return bus;
+}
+
+/* ---- Events ------------------------------------------------------------- */
+
+static void test_event_validate__well_formed_event_passes(void **state)
+{
+    json_t *event = make_event("a/b", 3);
+
+    (void)state;
+    assert_int_equal(syncd_event_validate(event, 0, NULL), SYNCD_EINVAL);
+    json_object_set_new(event, "seq", json_integer(7));
+    assert_int_equal(syncd_event_validate(event, 0, NULL), 0);
+    json_decref(event);
+}
+
+/* Sets member of a valid event to value (NULL: removes it) and expects
+ * validation to fail with code and a message naming word. */
+static void expect_invalid(const char *member, json_t *value, int code,
+                           const char *word)
+{
+    json_t *event = make_event("doc", 2);
+    syncd_error_t err = {0};
+
+    json_object_set_new(event, "seq", json_integer(1));
+    if (value != NULL)
+        json_object_set_new(event, member, value);
+    else
+        json_object_del(event, member);
+    assert_int_equal(syncd_event_validate(event, 0, &err), code);
+    assert_int_equal(err.code, code);
+    assert_non_null(strstr(err.message, word));
+    json_decref(event);
+}
+
+static void test_event_validate__bad_members_fail_with_EINVAL_naming_them(
+    void **state)
+{
+    (void)state;
+    expect_invalid("h", NULL, SYNCD_EINVAL, "\"h\"");
+    expect_invalid("seq", json_integer(0), SYNCD_EINVAL, "\"seq\"");
+    expect_invalid("op", json_string("upsert"), SYNCD_EINVAL, "\"op\"");
+    expect_invalid("coll", json_string("Bad Name"), SYNCD_EINVAL, "\"coll\"");
+    expect_invalid("id", json_string("a{b"), SYNCD_EINVAL, "\"id\"");
+    expect_invalid("v", json_string("2"), SYNCD_EINVAL, "\"v\"");
+    expect_invalid("base", json_integer(5), SYNCD_EINVAL, "\"base\"");
+    expect_invalid("patch", json_object(), SYNCD_EINVAL, "\"patch\"");
+    expect_invalid("patch", json_pack("[{s:s}]", "op", "nope"), SYNCD_EINVAL,
+                   "\"patch\"");
+    expect_invalid("ts", json_string("2026-13-01T00:00:00Z"), SYNCD_EINVAL,
+                   "\"ts\"");
+    expect_invalid("ts", json_string("yesterday"), SYNCD_EINVAL, "\"ts\"");
+    expect_invalid("origin", json_integer(1), SYNCD_EINVAL, "\"origin\"");
+    expect_invalid("sig", json_string("abc"), SYNCD_EINVAL, "\"sig\"");
+    expect_invalid("extra", json_true(), SYNCD_EINVAL, "\"extra\"");
+}
+
+static void test_event_validate__op_rules_hold(void **state)
+{
+    json_t *event = make_event("doc", 1);
+    syncd_error_t err = {0};
+
+    (void)state;
+    json_object_set_new(event, "seq", json_integer(1));
+    assert_int_equal(syncd_event_validate(event, 0, NULL), 0);
+    json_object_set_new(event, "base", json_integer(0));
+    json_object_set_new(event, "v", json_integer(4));
+    assert_int_equal(syncd_event_validate(event, 0, NULL), 0);
+    json_object_set_new(event, "base", json_integer(3));
+    assert_int_equal(syncd_event_validate(event, 0, &err), SYNCD_EINVAL);
+    assert_non_null(strstr(err.message, "create"));
+
+    json_object_set_new(event, "op", json_string("delete"));
+    assert_int_equal(syncd_event_validate(event, 0, NULL), SYNCD_EINVAL);
+    json_object_set_new(event, "patch", json_null());
+    json_object_set_new(event, "merge", json_null());
+    json_object_set_new(event, "h", json_string(""));
+    assert_int_equal(syncd_event_validate(event, 0, NULL), 0);
+    json_decref(event);
+}
+
+static void test_event_validate__oversize_event_fails_with_ETOOBIG(
+    void **state)
+{
+    json_t *event = make_event("doc", 2);
+    char big[2048];
+
+    (void)state;
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    json_object_set_new(event, "seq", json_integer(1));
+    json_object_set_new(event, "merge", json_pack("{s:s}", "n", big));
+    assert_int_equal(syncd_event_validate(event, 1024, NULL), SYNCD_ETOOBIG);
+    assert_int_equal(syncd_event_validate(event, 0, NULL), 0);
+    json_decref(event);
+}
+
+static void test_event_sign__signed_event_verifies_and_tampering_fails(
+    void **state)
+{
+    json_t *event = make_event("doc", 2), *out = NULL;
+    syncd_error_t err = {0};
+    char *text, *p;
+    size_t len;
+
+    (void)state;
+    json_object_set_new(event, "seq", json_integer(41));
+    text = syncd_event_encode(event, "k1", &len);
+    assert_non_null(text);
+    assert_true(json_is_string(json_object_get(event, "sig")));
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "k1", NULL), 0);
+    assert_true(syncd_json_equal(out, event));
+    json_decref(out);
+
+    /* The seq is not signed (Redis assigns it after signing). */
+    p = strstr(text, "\"seq\":41");
+    assert_non_null(p);
+    p[7] = '2';
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "k1", NULL), 0);
+    json_decref(out);
+
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "k2", &err),
+                     SYNCD_EINVAL);
+    assert_non_null(strstr(err.message, "signature"));
+    assert_null(out);
+    p = strstr(text, "\"v\":2");
+    assert_non_null(p);
+    p[4] = '3';
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "k1", NULL),
+                     SYNCD_EINVAL);
+    free(text);
+
+    json_object_del(event, "sig");
+    text = syncd_event_encode(event, NULL, &len);
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "k1", &err),
+                     SYNCD_EINVAL);
+    assert_non_null(strstr(err.message, "not signed"));
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, NULL, NULL), 0);
+    json_decref(out);
+    assert_int_equal(syncd_event_decode(&out, text, len, 16, NULL, NULL),
+                     SYNCD_ETOOBIG);
+    assert_int_equal(syncd_event_decode(&out, "{\"seq\":", 7, 0, NULL, NULL),
+                     SYNCD_EINVAL);
+    free(text);
+    json_decref(event);
+}
+
+/* ---- In-process bus ----------------------------------------------------- */
+
+static void test_local_bus__seqs_are_contiguous_and_delivered_in_order(
+    void **state)
+{
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *s1, *s2;
+    rec_t r1 = {0}, r2 = {0};
+    pubs_t p;
+    syncd_bus_stats_t st;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 0);
+    assert_string_equal(syncd_bus_kind(bus), "local");
+    assert_int_equal(syncd_bus_connected(bus), 1);
+    assert_int_equal(syncd_bus_subscribe(bus, &s1, COLL, -1, on_event, &r1,
+                                         NULL),
+                     0);
+    assert_int_equal(syncd_bus_subscribe(bus, &s2, COLL, 0, on_event, &r2,
+                                         NULL),
+                     0);
+    publish_all(&loop, &p, bus, 300);
+    for (int s = 1; s <= 300; s++)
+        assert_true(p.seen[s]);
+    wait_recs(&loop, 300, &r1, &r2);
+    assert_int_equal(r1.events, 300);
+    assert_int_equal(r2.events, 300);
+    assert_int_equal(r1.out_of_order + r2.out_of_order, 0);
+    assert_int_equal(r1.resyncs + r2.resyncs, 0);
+    syncd_bus_stats(bus, &st);
+    assert_int_equal(st.published, 300);
+    assert_int_equal(current_seq(&loop, bus), 300);
+
+    syncd_bus_unsubscribe(s1);
+    publish_all(&loop, &p, bus, 1);
+    wait_recs(&loop, 301, &r2, NULL);
+    assert_int_equal(r1.events, 300);
+    assert_int_equal(r2.events, 301);
+    syncd_bus_unsubscribe(s2);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
+static void test_local_bus__replay_reads_ranges_from_the_log(void **state)
+{
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    pubs_t p;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 0);
+    assert_int_equal(current_seq(&loop, bus), 0);
+    check_replay(&loop, bus, 0, -1, 0, 0);
+    publish_all(&loop, &p, bus, 10);
+    check_replay(&loop, bus, 0, -1, 0, 10);
+    check_replay(&loop, bus, 3, 7, 0, 4);
+    check_replay(&loop, bus, 10, -1, 0, 0);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
+static void test_local_bus__seq_continues_after_reopen_from_data_dir(
+    void **state)
+{
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    pubs_t p;
+
+    (void)state;
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    publish_all(&loop, &p, bus, 5);
+    close_bus(&loop, bus);
+
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    assert_int_equal(current_seq(&loop, bus), 5);
+    publish_all(&loop, &p, bus, 1);
+    assert_true(p.seen[6]);
+    check_replay(&loop, bus, 0, -1, 0, 6);
+    r.last = 2;
+    assert_int_equal(syncd_bus_subscribe(bus, &sub, COLL, 2, on_event, &r,
+                                         NULL),
+                     0);
+    wait_recs(&loop, 6, &r, NULL);
+    assert_int_equal(r.events, 4);
+    assert_int_equal(r.out_of_order, 0);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
+static void test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC(
+    void **state)
+{
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    pubs_t p;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 5);
+    publish_all(&loop, &p, bus, 20);
+    check_replay(&loop, bus, 0, -1, SYNCD_ENOTFOUND, 0);
+    check_replay(&loop, bus, 15, -1, 0, 5);
+    assert_int_equal(syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r,
+                                         NULL),
+                     0);
+    wait_recs(&loop, 20, &r, NULL);
+    assert_int_equal(r.resyncs, 1);
+    assert_int_equal(r.resync_seq[0], 15);
+    assert_int_equal(r.events, 5);
+    assert_int_equal(r.out_of_order, 0);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
+/* ---- Redis bus ----------------------------------------------------------- */
+
+static int setup_redis(void **state)
+{
+    syncd_test_server_t *srv = calloc(1, sizeof(*srv));
+
+    assert_non_null(srv);
+    assert_int_equal(syncd_test_redis_start(srv), 0);
+    *state = srv;
+    return 0;
+}
+
+static int teardown_redis(void **state)
+{
+    syncd_test_server_destroy(*state);
+    free(*state);
+    return 0;
+}
+
+static void flush(const syncd_test_server_t *srv)
+{
+    assert_int_equal(syncd_test_redis_cli(srv, "FLUSHALL", NULL), 0);
+}
+
+/* Sends text as a raw message on COLL's channel, bypassing the bus. */
+static void raw_publish(const syncd_test_server_t *srv, const char *text)
+{
+    redisContext *c = redisConnect("127.0.0.1", srv->port);
+    redisReply *reply;
+
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    reply = redisCommand(c, "PUBLISH syncd:test:" COLL " %s", text);
+    assert_non_null(reply);
+    freeReplyObject(reply);
+    redisFree(c);
+}
+
+/* Returns the encoded event for doc version v with the given seq (signed
+ * with secret when not NULL); caller frees. */
+static char *raw_event(int64_t seq, int64_t v, const char *secret)
+{
+    json_t *event = make_event("doc", v);
+    char *text;
+
+    json_object_set_new(event, "seq", json_integer(seq));
+    text = syncd_event_encode(event, secret, NULL);
+    json_decref(event);
+    assert_non_null(text);
+    return text;
+}
+
+static void test_redis_bus__bad_url_fails_with_EINVAL_naming_it(void **state)
+{
+    const char *bad[] = {"http://x:1", "redis://", "redis://h:0",
+                         "redis://h:99999", "redis://h:1/x", "redis://h:1/2/3"};
+    syncd_bus_options_t opts;
+    syncd_error_t err;
+    syncd_bus_t *bus;
+    uv_loop_t loop;
+
+    (void)state;
+    uv_loop_init(&loop);
+    syncd_bus_options_init(&opts);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        syncd_error_clear(&err);
+        opts.redis_url = bad[i];
+        assert_int_equal(syncd_bus_open(&bus, &loop, &opts, &err),
+                         SYNCD_EINVAL);
+        assert_null(bus);
+        assert_non_null(strstr(err.message, bad[i]));
+    }
+    end_loop(&loop);
+}
+
+static void test_redis_bus__two_nodes_see_identical_contiguous_seqs(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    syncd_bus_sub_t *sa, *sb;
+    rec_t ra = {0}, rb = {0};
+    pubs_t pa = {0}, pb = {0};
+    syncd_bus_stats_t st;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, "secret", 0);
+    b = open_bus(&loop, srv->uri, NULL, "secret", 0);
+    assert_string_equal(syncd_bus_kind(a), "redis");
+    assert_int_equal(syncd_bus_subscribe(a, &sa, COLL, 0, on_event, &ra, NULL),
+                     0);
+    assert_int_equal(syncd_bus_subscribe(b, &sb, COLL, 0, on_event, &rb, NULL),
+                     0);
+    pa.bus = a;
+    pb.bus = b;
+    pa.target = pb.target = 250;
+    pa.window = pb.window = 16;
+    publish_next(&pa);
+    publish_next(&pb);
+    wait_for(&loop, pubs_done, &pa);
+    wait_for(&loop, pubs_done, &pb);
+    assert_int_equal(pa.failed + pb.failed, 0);
+    for (int s = 1; s <= 500; s++)
+        assert_int_equal(pa.seen[s] + pb.seen[s], 1);
+    wait_recs(&loop, 500, &ra, &rb);
+    assert_int_equal(ra.events, 500);
+    assert_int_equal(rb.events, 500);
+    assert_int_equal(ra.out_of_order + rb.out_of_order, 0);
+    assert_int_equal(ra.resyncs + rb.resyncs, 0);
+    assert_int_equal(current_seq(&loop, b), 500);
+    check_replay(&loop, a, 100, 200, 0, 100);
+    syncd_bus_stats(a, &st);
+    assert_int_equal(st.published, 250);
+    assert_int_equal(st.dropped_signature + st.dropped_malformed, 0);
+    syncd_bus_unsubscribe(sa);
+    syncd_bus_unsubscribe(sb);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
+static void test_redis_bus__client_kill_during_storm_loses_nothing(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    syncd_bus_sub_t *sa, *sb;
+    rec_t ra = {0}, rb = {0};
+    pubs_t p = {0};
+    syncd_bus_stats_t sta, stb;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    b = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    assert_int_equal(syncd_bus_subscribe(a, &sa, COLL, 0, on_event, &ra, NULL),
+                     0);
+    assert_int_equal(syncd_bus_subscribe(b, &sb, COLL, 0, on_event, &rb, NULL),
+                     0);
+    p.bus = a;
+    p.target = 3000;
+    p.window = 100;
+    p.kill_at = 1000;
+    p.srv = srv;
+    publish_next(&p);
+    wait_for(&loop, pubs_done, &p);
+    assert_int_equal(p.failed, 0);
+    wait_recs(&loop, 3000, &ra, &rb);
+    assert_int_equal(ra.events, 3000);
+    assert_int_equal(rb.events, 3000);
+    assert_int_equal(ra.out_of_order + rb.out_of_order, 0);
+    assert_int_equal(ra.resyncs + rb.resyncs, 0);
+    syncd_bus_stats(a, &sta);
+    syncd_bus_stats(b, &stb);
+    assert_true(sta.reconnects >= 1);
+    assert_true(stb.reconnects >= 1);
+    syncd_bus_unsubscribe(sa);
+    syncd_bus_unsubscribe(sb);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
+static void test_redis_bus__restart_fails_publishes_then_resyncs_once(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    syncd_bus_sub_t *sa, *sb;
+    rec_t ra = {0}, rb = {0};
+    pubs_t p;
+    json_t *event;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    b = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    assert_int_equal(syncd_bus_subscribe(a, &sa, COLL, 0, on_event, &ra, NULL),
+                     0);
+    assert_int_equal(syncd_bus_subscribe(b, &sb, COLL, 0, on_event, &rb, NULL),
+                     0);
+    publish_all(&loop, &p, a, 10);
+    wait_recs(&loop, 10, &ra, &rb);
+
+    syncd_test_redis_cli(srv, "SHUTDOWN", "NOSAVE", NULL);
+    wait_for(&loop, bus_down, a);
+    wait_for(&loop, bus_down, b);
+    event = make_event("doc", 11);
+    assert_int_equal(syncd_bus_publish(a, event, NULL, NULL), SYNCD_EBACKEND);
+    json_decref(event);
+    assert_int_equal(syncd_test_server_restart(srv), 0);
+    wait_for(&loop, bus_up, a);
+    wait_for(&loop, bus_up, b);
+
+    /* Redis lost the counter; each subscriber is told to resync once, and
+     * seqs continue above everything seen. */
+    wait_for(&loop, flag_set, &ra.resyncs);
+    wait_for(&loop, flag_set, &rb.resyncs);
+    memset(&p, 0, sizeof(p));
+    p.bus = b;
+    p.target = 5;
+    p.window = 1;
+    publish_next(&p);
+    wait_for(&loop, pubs_done, &p);
+    assert_int_equal(p.failed, 0);
+    for (int s = 11; s <= 15; s++)
+        assert_true(p.seen[s]);
+    wait_recs(&loop, 15, &ra, &rb);
+    assert_int_equal(ra.resyncs, 1);
+    assert_int_equal(rb.resyncs, 1);
+    assert_int_equal(ra.resync_seq[0], 10);
+    assert_int_equal(rb.resync_seq[0], 10);
+    assert_int_equal(ra.events, 15);
+    assert_int_equal(rb.events, 15);
+    assert_int_equal(ra.out_of_order + rb.out_of_order, 0);
+    syncd_bus_unsubscribe(sa);
+    syncd_bus_unsubscribe(sb);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
+static void test_redis_bus__trimmed_log_resyncs_a_late_subscriber(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    pubs_t p;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, NULL, 10);
+    publish_all(&loop, &p, a, 500);
+    check_replay(&loop, a, 0, -1, SYNCD_ENOTFOUND, 0);
+    check_replay(&loop, a, 495, -1, 0, 5);
+    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r,
+                                         NULL),
+                     0);
+    wait_recs(&loop, 500, &r, NULL);
+    assert_int_equal(r.resyncs, 1);
+    assert_true(r.resync_seq[0] >= 10 && r.resync_seq[0] < 490);
+    assert_int_equal(r.events, 500 - r.resync_seq[0]);
+    assert_int_equal(r.out_of_order, 0);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, a);
+    end_loop(&loop);
+}
+
+static int dup_seen(void *arg)
+{
+    syncd_bus_stats_t st;
+
+    syncd_bus_stats(arg, &st);
+    return st.dropped_duplicate >= 1;
+}
+
+static void test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    pubs_t p;
+    syncd_bus_stats_t st;
+    char *e2, *e4, *e5;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r,
+                                         NULL),
+                     0);
+    publish_all(&loop, &p, a, 3);
+    wait_recs(&loop, 3, &r, NULL);
+
+    e2 = raw_event(2, 2, NULL);
+    raw_publish(srv, e2);
+    wait_for(&loop, dup_seen, a);
+
+    /* Seqs 4 and 5 land in the log, but their messages arrive 5 first. */
+    e4 = raw_event(4, 4, NULL);
+    e5 = raw_event(5, 5, NULL);
+    assert_int_equal(syncd_test_redis_cli(srv, "SET", "syncd:test:" COLL ":seq",
+                                          "5", NULL),
+                     0);
+    assert_int_equal(syncd_test_redis_cli(srv, "XADD",
+                                          "syncd:test:" COLL ":log", "4-1",
+                                          "e", e4, NULL),
+                     0);
+    assert_int_equal(syncd_test_redis_cli(srv, "XADD",
+                                          "syncd:test:" COLL ":log", "5-1",
+                                          "e", e5, NULL),
+                     0);
+    raw_publish(srv, e5);
+    wait_recs(&loop, 5, &r, NULL);
+    raw_publish(srv, e4);
+    publish_all(&loop, &p, a, 1);
+    assert_true(p.seen[6]);
+    wait_recs(&loop, 6, &r, NULL);
+    assert_int_equal(r.events, 6);
+    assert_int_equal(r.out_of_order, 0);
+    syncd_bus_stats(a, &st);
+    assert_int_equal(st.gaps, 1);
+    assert_int_equal(st.dropped_duplicate, 2);
+    assert_true(st.replayed >= 2);
+    free(e2);
+    free(e4);
+    free(e5);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, a);
+    end_loop(&loop);
+}
+
+static int drops_seen(void *arg)
+{
+    syncd_bus_stats_t st;
+
+    syncd_bus_stats(arg, &st);
+    return st.dropped_signature >= 2 && st.dropped_malformed >= 1 &&
+           st.dropped_oversize >= 1;
+}
+
+static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    pubs_t p;
+    syncd_bus_stats_t st;
+    char *forged, *unsigned_event, big[5000];
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, "cluster-key", 0);
+    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r,
+                                         NULL),
+                     0);
+    publish_all(&loop, &p, a, 1);
+    wait_recs(&loop, 1, &r, NULL);
+
+    forged = raw_event(2, 2, "wrong-key");
+    unsigned_event = raw_event(2, 2, NULL);
+    memset(big, ' ', sizeof(big) - 1);
+    big[0] = '{';
+    big[sizeof(big) - 2] = '}';
+    big[sizeof(big) - 1] = '\0';
+    raw_publish(srv, forged);
+    raw_publish(srv, unsigned_event);
+    raw_publish(srv, "not json");
+    raw_publish(srv, big);
+    wait_for(&loop, drops_seen, a);
+    assert_int_equal(r.events, 1);
+
+    publish_all(&loop, &p, a, 1);
+    assert_true(p.seen[2]);
+    wait_recs(&loop, 2, &r, NULL);
+    assert_int_equal(r.events, 2);
+    assert_int_equal(r.out_of_order, 0);
+    syncd_bus_stats(a, &st);
+    assert_int_equal(st.dropped_signature, 2);
+    assert_int_equal(st.dropped_malformed, 1);
+    assert_int_equal(st.dropped_oversize, 1);
+    free(forged);
+    free(unsigned_event);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, a);
+    end_loop(&loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest local[] = {
+        cmocka_unit_test(test_event_validate__well_formed_event_passes),
+        cmocka_unit_test(
+            test_event_validate__bad_members_fail_with_EINVAL_naming_them),
+        cmocka_unit_test(test_event_validate__op_rules_hold),
+        cmocka_unit_test(test_event_validate__oversize_event_fails_with_ETOOBIG),
+        cmocka_unit_test(
+            test_event_sign__signed_event_verifies_and_tampering_fails),
+        cmocka_unit_test(
+            test_local_bus__seqs_are_contiguous_and_delivered_in_order),
+        cmocka_unit_test(test_local_bus__replay_reads_ranges_from_the_log),
+        cmocka_unit_test(
+            test_local_bus__seq_continues_after_reopen_from_data_dir),
+        cmocka_unit_test(
+            test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC),
+        cmocka_unit_test(test_redis_bus__bad_url_fails_with_EINVAL_naming_it),
+    };
+    const struct CMUnitTest redis[] = {
+        cmocka_unit_test(
+            test_redis_bus__two_nodes_see_identical_contiguous_seqs),
+        cmocka_unit_test(
+            test_redis_bus__client_kill_during_storm_loses_nothing),
+        cmocka_unit_test(
+            test_redis_bus__restart_fails_publishes_then_resyncs_once),
+        cmocka_unit_test(test_redis_bus__trimmed_log_resyncs_a_late_subscriber),
+        cmocka_unit_test(
+            test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log),
+        cmocka_unit_test(
+            test_redis_bus__forged_and_malformed_events_are_dropped_and_counted),
+    };
+    int failed = cmocka_run_group_tests_name("pubsub", local, NULL, NULL);
+
+    failed += cmocka_run_group_tests_name("pubsub_redis", redis, setup_redis,
+                                          teardown_redis);
+    return failed;
+}

@@ -1,0 +1,1479 @@
+/* test_storage.c - the store library against both stores of record.
+ *
+ * Every store test runs twice: on the embedded RocksDB store in a temp dir,
+ * and on the MongoDB store (FerretDB started once for the binary, or
+ * $SYNCD_TEST_MONGO_URI) with its RocksDB node cache, each test in a fresh
+ * database. Conflicts, clocks and backoff are driven through injected hooks
+ * and forced concurrent writes, never by timing. The node cache, the digest
+ * construction and the backoff formula also get tests of their own.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "servers.h"
+#include "storage/internal.h"
+#include "syncd/store.h"
+
+/* ---- Fixture ------------------------------------------------------------ */
+
+typedef struct backend_kind {
+    const char *name;
+    int mongo;
+} backend_kind_t;
+
+static const backend_kind_t rocks_kind = {"rocksdb", 0};
+static const backend_kind_t mongo_kind = {"mongodb", 1};
+
+static syncd_test_server_t mongo_server;
+static int database_seq;
+
+/* Injected clock, sleep and random source. Sleeping advances the clock;
+ * random returns queued values in turn, then `rnd`. */
+typedef struct fake {
+    int64_t now;
+    int64_t slept[64];
+    int nslept;
+    uint64_t queue[64];
+    int nqueue, next;
+    uint64_t rnd;
+} fake_t;
+
+static int64_t fake_now(void *data)
+{
+    return ((fake_t *)data)->now;
+}
+
+static void fake_sleep(void *data, int64_t ms)
+{
+    fake_t *f = data;
+
+    if (f->nslept < 64)
+        f->slept[f->nslept++] = ms;
+    f->now += ms;
+}
+
+static uint64_t fake_random(void *data)
+{
+    fake_t *f = data;
+
+    return f->next < f->nqueue ? f->queue[f->next++] : f->rnd;
+}
+
+typedef struct fixture {
+    const backend_kind_t *kind;
+    char dir[256];
+    char db[64];
+    syncd_store_options_t opts;
+    syncd_store_hooks_t hooks;
+    fake_t fake;
+    syncd_store_t *store;
+} fixture_t;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    return syncd_test_mongo_start(&mongo_server);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    syncd_test_server_destroy(&mongo_server);
+    return 0;
+}
+
+static void open_store(fixture_t *f)
+{
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_open(&f->store, &f->opts, &err), 0);
+}
+
+/* Closes and reopens the store with f->opts (after changing options). */
+static void reopen(fixture_t *f)
+{
+    syncd_store_close(f->store);
+    f->store = NULL;
+    open_store(f);
+}
+
+/* Switches the store to the injected clock, sleep and random source. */
+static void use_fake_hooks(fixture_t *f, int64_t now)
+{
+    f->fake.now = now;
+    f->hooks.now_ms = fake_now;
+    f->hooks.sleep_ms = fake_sleep;
+    f->hooks.random = fake_random;
+    f->hooks.data = &f->fake;
+    f->opts.hooks = &f->hooks;
+    reopen(f);
+}
+
+static int setup_store(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+
+    if (f == NULL)
+        return -1;
+    f->kind = *state;
+    if (syncd_test_tmpdir(f->dir, sizeof(f->dir), "store") != 0) {
+        free(f);
+        return -1;
+    }
+    syncd_store_options_init(&f->opts);
+    f->opts.data_dir = f->dir;
+    f->opts.node_id = "node-t";
+    if (f->kind->mongo) {
+        snprintf(f->db, sizeof(f->db), "syncd_t%d_%d", (int)getpid(),
+                 ++database_seq);
+        f->opts.mongo_uri = mongo_server.uri;
+        f->opts.database = f->db;
+    }
+    *state = f;
+    open_store(f);
+    return 0;
+}
+
+static int teardown_store(void **state)
+{
+    fixture_t *f = *state;
+
+    syncd_store_close(f->store);
+    syncd_test_rmtree(f->dir);
+    free(f);
+    return 0;
+}
+
+/* ---- Helpers ------------------------------------------------------------ */
+
+static json_t *parse(const char *text)
+{
+    json_t *v = json_loads(text, JSON_DECODE_ANY, NULL);
+
+    assert_non_null(v);
+    return v;
+}
+
+/* Asserts that a and b have the same canonical bytes (exact equality:
+ * integer vs real, -0.0 vs 0.0 and key sets all count). */
+static void assert_json_exact(const json_t *a, const json_t *b)
+{
+    char *ca = syncd_json_canonical(a, NULL);
+    char *cb = syncd_json_canonical(b, NULL);
+
+    assert_non_null(ca);
+    assert_non_null(cb);
+    assert_string_equal(ca, cb);
+    free(ca);
+    free(cb);
+}
+
+static void assert_json_text(const json_t *v, const char *text)
+{
+    json_t *want = parse(text);
+
+    assert_json_exact(v, want);
+    json_decref(want);
+}
+
+static void create_doc(fixture_t *f, const char *coll, const char *id,
+                       const char *body)
+{
+    json_t *b = parse(body);
+    syncd_change_t *c = NULL;
+
+    assert_int_equal(syncd_store_create(f->store, &c, coll, id, b, NULL), 0);
+    syncd_change_free(c);
+    json_decref(b);
+}
+
+static int put_doc(fixture_t *f, const char *coll, const char *id,
+                   const char *body, int64_t if_match, int64_t *version)
+{
+    json_t *b = parse(body);
+    syncd_change_t *c = NULL;
+    int rc = syncd_store_put(f->store, &c, coll, id, b, if_match, NULL);
+
+    if (rc == 0 && version != NULL)
+        *version = c->doc->version;
+    syncd_change_free(c);
+    json_decref(b);
+    return rc;
+}
+
+/* Asserts coll/id is live at version with body text. */
+static void assert_doc(fixture_t *f, const char *coll, const char *id,
+                       int64_t version, const char *body)
+{
+    syncd_doc_t *doc = NULL;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_get(f->store, &doc, coll, id, &err), 0);
+    assert_int_equal(doc->version, version);
+    assert_json_text(doc->body, body);
+    syncd_doc_free(doc);
+}
+
+static int64_t live_version(fixture_t *f, const char *coll, const char *id)
+{
+    syncd_doc_t *doc = NULL;
+    int64_t v;
+
+    assert_int_equal(syncd_store_get(f->store, &doc, coll, id, NULL), 0);
+    v = doc->version;
+    syncd_doc_free(doc);
+    return v;
+}
+
+/* Asserts that list's ids, joined by spaces, are want. */
+static void assert_ids(const json_t *list, const char *want)
+{
+    char got[1024] = "";
+    size_t i;
+    json_t *e;
+
+    json_array_foreach(list, i, e)
+    {
+        if (i > 0)
+            strcat(got, " ");
+        strcat(got, json_string_value(json_object_get(e, "id")));
+    }
+    assert_string_equal(got, want);
+}
+
+static int inc_counter(json_t *body, void *arg, syncd_error_t *err)
+{
+    json_int_t n = json_integer_value(json_object_get(body, "n"));
+
+    (void)arg;
+    (void)err;
+    return json_object_set_new(body, "n", json_integer(n + 1)) == 0
+               ? 0
+               : SYNCD_ENOMEM;
+}
+
+static int leave_unchanged(json_t *body, void *arg, syncd_error_t *err)
+{
+    (void)body;
+    (void)arg;
+    (void)err;
+    return 0;
+}
+
+static int fail_with_einval(json_t *body, void *arg, syncd_error_t *err)
+{
+    (void)arg;
+    json_object_set_new(body, "half", json_true());
+    return syncd_error_set(err, SYNCD_EINVAL, "the callback refused");
+}
+
+/* An edit callback that makes every compare-and-swap conflict: it commits
+ * a write of its own to the same document before returning. */
+typedef struct forcer {
+    syncd_store_t *store;
+    const char *coll, *id;
+    int calls;
+} forcer_t;
+
+static int force_conflict(json_t *body, void *arg, syncd_error_t *err)
+{
+    forcer_t *fc = arg;
+    json_t *bump = json_pack("{s:i}", "bump", ++fc->calls);
+    syncd_change_t *c = NULL;
+    int rc;
+
+    rc = syncd_store_put(fc->store, &c, fc->coll, fc->id, bump,
+                         SYNCD_ANY_VERSION, err);
+    syncd_change_free(c);
+    json_decref(bump);
+    if (rc != 0)
+        return rc;
+    return json_object_set_new(body, "mine", json_integer(fc->calls));
+}
+
+/* ---- CRUD and versions -------------------------------------------------- */
+
+static void test_store__create_put_delete_recreate_track_versions(void **state)
+{
+    fixture_t *f = *state;
+    json_t *body = parse("{\"a\":1,\"b\":{\"c\":[1,2]}}");
+    json_t *next = parse("{\"a\":2,\"b\":{\"c\":[1,2]}}");
+    syncd_change_t *c = NULL;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    assert_int_equal(
+        syncd_store_create(f->store, &c, "docs", "x/1", body, &err), 0);
+    assert_int_equal(c->op, SYNCD_CHANGE_CREATE);
+    assert_int_equal(c->base, 0);
+    assert_int_equal(c->doc->version, 1);
+    assert_string_equal(c->doc->origin, "node-t");
+    assert_json_text(c->patch, "[{\"op\":\"add\",\"path\":\"\",\"value\":"
+                               "{\"a\":1,\"b\":{\"c\":[1,2]}}}]");
+    assert_json_exact(c->merge, body);
+    syncd_change_free(c);
+    assert_doc(f, "docs", "x/1", 1, "{\"a\":1,\"b\":{\"c\":[1,2]}}");
+
+    assert_int_equal(
+        syncd_store_create(f->store, &c, "docs", "x/1", body, &err),
+        SYNCD_EEXISTS);
+    assert_null(c);
+
+    assert_int_equal(syncd_store_put(f->store, &c, "docs", "x/1", next,
+                                     SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(c->op, SYNCD_CHANGE_UPDATE);
+    assert_int_equal(c->base, 1);
+    assert_int_equal(c->doc->version, 2);
+    assert_json_text(c->patch, "[{\"op\":\"replace\",\"path\":\"/a\","
+                               "\"value\":2}]");
+    assert_json_text(c->merge, "{\"a\":2}");
+    syncd_change_free(c);
+
+    assert_int_equal(syncd_store_delete(f->store, &c, "docs", "x/1",
+                                        SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(c->op, SYNCD_CHANGE_DELETE);
+    assert_int_equal(c->base, 2);
+    assert_int_equal(c->doc->version, 3);
+    assert_true(c->doc->deleted);
+    assert_null(c->patch);
+    assert_null(c->merge);
+    syncd_change_free(c);
+
+    syncd_error_clear(&err);
+    assert_int_equal(
+        syncd_store_get(f->store, &(syncd_doc_t *){NULL}, "docs", "x/1", &err),
+        SYNCD_ENOTFOUND);
+    assert_int_equal(syncd_store_delete(f->store, &c, "docs", "x/1",
+                                        SYNCD_ANY_VERSION, NULL),
+                     SYNCD_ENOTFOUND);
+
+    assert_int_equal(
+        syncd_store_create(f->store, &c, "docs", "x/1", body, NULL), 0);
+    assert_int_equal(c->op, SYNCD_CHANGE_CREATE);
+    assert_int_equal(c->base, 0);
+    assert_int_equal(c->doc->version, 4);
+    syncd_change_free(c);
+    assert_doc(f, "docs", "x/1", 4, "{\"a\":1,\"b\":{\"c\":[1,2]}}");
+    json_decref(body);
+    json_decref(next);
+}
+
+static void test_store_put__without_if_match_creates_or_replaces(void **state)
+{
+    fixture_t *f = *state;
+    int64_t v = 0;
+
+    assert_int_equal(
+        put_doc(f, "docs", "p", "{\"k\":1}", SYNCD_ANY_VERSION, &v), 0);
+    assert_int_equal(v, 1);
+    assert_int_equal(
+        put_doc(f, "docs", "p", "{\"k\":2}", SYNCD_ANY_VERSION, &v), 0);
+    assert_int_equal(v, 2);
+    assert_doc(f, "docs", "p", 2, "{\"k\":2}");
+}
+
+static void test_store_put__same_body_writes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    json_t *b = parse("{\"k\":1}");
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "docs", "same", "{\"k\":1}");
+    assert_int_equal(syncd_store_put(f->store, &c, "docs", "same", b,
+                                     SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(c->op, SYNCD_CHANGE_NONE);
+    assert_int_equal(c->doc->version, 1);
+    assert_null(c->patch);
+    syncd_change_free(c);
+    assert_int_equal(live_version(f, "docs", "same"), 1);
+    json_decref(b);
+}
+
+/* ---- Strict writes ------------------------------------------------------ */
+
+static void
+test_store_put__stale_if_match_fails_with_EPRECONDITION_and_changes_nothing(
+    void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    syncd_error_t err;
+    int64_t v = 0;
+
+    create_doc(f, "docs", "s", "{\"v\":\"one\"}");
+    assert_int_equal(put_doc(f, "docs", "s", "{\"v\":\"two\"}", 1, &v), 0);
+    assert_int_equal(v, 2);
+    assert_int_equal(put_doc(f, "docs", "s", "{\"v\":\"three\"}", 1, NULL),
+                     SYNCD_EPRECONDITION);
+    assert_doc(f, "docs", "s", 2, "{\"v\":\"two\"}");
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_delete(f->store, &c, "docs", "s", 1, &err),
+                     SYNCD_EPRECONDITION);
+    assert_non_null(strstr(err.message, "version 2"));
+    assert_doc(f, "docs", "s", 2, "{\"v\":\"two\"}");
+
+    assert_int_equal(
+        syncd_store_edit(f->store, &c, "docs", "s", inc_counter, NULL, 5, NULL),
+        SYNCD_EPRECONDITION);
+    assert_doc(f, "docs", "s", 2, "{\"v\":\"two\"}");
+    assert_int_equal(put_doc(f, "docs", "absent", "{}", 1, NULL),
+                     SYNCD_ENOTFOUND);
+}
+
+static void
+test_store_edit__strict_write_that_loses_a_race_is_one_attempt(void **state)
+{
+    fixture_t *f = *state;
+    forcer_t fc = {f->store, "docs", "race", 0};
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "docs", "race", "{}");
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "race",
+                                      force_conflict, &fc, 1, NULL),
+                     SYNCD_EPRECONDITION);
+    assert_int_equal(fc.calls, 1);
+    assert_doc(f, "docs", "race", 2, "{\"bump\":1}");
+}
+
+/* ---- The edit loop ------------------------------------------------------ */
+
+static void
+test_store_edit__commits_the_callback_result_with_diffs(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "docs", "e", "{\"n\":41,\"keep\":null}");
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "e", inc_counter,
+                                      NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(c->op, SYNCD_CHANGE_UPDATE);
+    assert_int_equal(c->attempts, 1);
+    assert_int_equal(c->base, 1);
+    assert_int_equal(c->doc->version, 2);
+    assert_json_text(c->patch,
+                     "[{\"op\":\"replace\",\"path\":\"/n\",\"value\":42}]");
+    assert_json_text(c->merge, "{\"n\":42}");
+    syncd_change_free(c);
+    assert_doc(f, "docs", "e", 2, "{\"n\":42,\"keep\":null}");
+}
+
+static void test_store_edit__no_change_writes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    syncd_store_stats_t before, after;
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "docs", "same", "{\"n\":1}");
+    syncd_store_stats(f->store, &before);
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "same",
+                                      leave_unchanged, NULL, SYNCD_ANY_VERSION,
+                                      NULL),
+                     0);
+    assert_int_equal(c->op, SYNCD_CHANGE_NONE);
+    assert_int_equal(c->doc->version, 1);
+    assert_null(c->patch);
+    assert_null(c->merge);
+    syncd_change_free(c);
+    syncd_store_stats(f->store, &after);
+    assert_int_equal(after.edits, before.edits);
+    assert_int_equal(live_version(f, "docs", "same"), 1);
+}
+
+static void
+test_store_edit__callback_error_aborts_and_writes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    syncd_error_t err;
+
+    create_doc(f, "docs", "abort", "{\"n\":1}");
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "abort",
+                                      fail_with_einval, NULL, SYNCD_ANY_VERSION,
+                                      &err),
+                     SYNCD_EINVAL);
+    assert_string_equal(err.message, "the callback refused");
+    assert_null(c);
+    assert_doc(f, "docs", "abort", 1, "{\"n\":1}");
+}
+
+static void
+test_store_edit__missing_or_deleted_document_is_ENOTFOUND(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "none", inc_counter,
+                                      NULL, SYNCD_ANY_VERSION, NULL),
+                     SYNCD_ENOTFOUND);
+    create_doc(f, "docs", "gone", "{}");
+    assert_int_equal(syncd_store_delete(f->store, &c, "docs", "gone",
+                                        SYNCD_ANY_VERSION, NULL),
+                     0);
+    syncd_change_free(c);
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "gone", inc_counter,
+                                      NULL, SYNCD_ANY_VERSION, NULL),
+                     SYNCD_ENOTFOUND);
+}
+
+static void test_store_edit__retries_a_conflict_after_rereading(void **state)
+{
+    fixture_t *f = *state;
+    forcer_t fc = {f->store, "docs", "retry", 0};
+    syncd_store_stats_t stats;
+    syncd_change_t *c = NULL;
+
+    use_fake_hooks(f, 1000);
+    fc.store = f->store;
+    create_doc(f, "docs", "retry", "{}");
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "retry",
+                                      force_conflict, &fc, SYNCD_ANY_VERSION,
+                                      NULL),
+                     SYNCD_ECONFLICT);
+    /* Each attempt re-read the version the previous callback wrote. */
+    assert_doc(f, "docs", "retry", 12, "{\"bump\":11}");
+    syncd_store_stats(f->store, &stats);
+    assert_int_equal(stats.conflicts, 11);
+    assert_int_equal(stats.retries, 10);
+}
+
+static void
+test_store_edit__gives_up_at_max_retries_with_ECONFLICT(void **state)
+{
+    fixture_t *f = *state;
+    forcer_t fc = {NULL, "docs", "busy", 0};
+    syncd_change_t *c = NULL;
+    syncd_error_t err;
+
+    f->opts.max_retries = 3;
+    use_fake_hooks(f, 1000);
+    fc.store = f->store;
+    create_doc(f, "docs", "busy", "{}");
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "busy",
+                                      force_conflict, &fc, SYNCD_ANY_VERSION,
+                                      &err),
+                     SYNCD_ECONFLICT);
+    assert_null(c);
+    assert_int_equal(fc.calls, 4);
+    assert_int_equal(f->fake.nslept, 3);
+    assert_non_null(strstr(err.message, "max_retries 3"));
+    assert_doc(f, "docs", "busy", 5, "{\"bump\":4}");
+}
+
+static void
+test_store_edit__gives_up_at_edit_timeout_with_ECONFLICT(void **state)
+{
+    fixture_t *f = *state;
+    forcer_t fc = {NULL, "docs", "slow", 0};
+    syncd_change_t *c = NULL;
+    syncd_error_t err;
+    int64_t slept = 0;
+
+    f->opts.max_retries = 1000;
+    f->opts.retry_delay_ms = 40;
+    f->opts.max_retry_delay_ms = 40;
+    f->opts.edit_timeout_ms = 100;
+    use_fake_hooks(f, 5000);
+    f->fake.rnd = 40; /* every backoff is the full 40 ms */
+    fc.store = f->store;
+    create_doc(f, "docs", "slow", "{}");
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "slow",
+                                      force_conflict, &fc, SYNCD_ANY_VERSION,
+                                      &err),
+                     SYNCD_ECONFLICT);
+    assert_non_null(strstr(err.message, "edit_timeout"));
+    /* Sleeps of 40 + 40 fit in 100 ms; a third would not. */
+    assert_int_equal(f->fake.nslept, 2);
+    for (int i = 0; i < f->fake.nslept; i++)
+        slept += f->fake.slept[i];
+    assert_int_equal(slept, 80);
+    assert_int_equal(fc.calls, 3);
+}
+
+static void
+test_store_edit__backoff_doubles_up_to_the_cap_with_full_jitter(void **state)
+{
+    fixture_t *f = *state;
+    static const int64_t caps[] = {5, 10, 20, 40, 40};
+    forcer_t fc = {NULL, "docs", "jitter", 0};
+    syncd_change_t *c = NULL;
+
+    f->opts.max_retries = 5;
+    f->opts.retry_delay_ms = 5;
+    f->opts.max_retry_delay_ms = 40;
+    use_fake_hooks(f, 0);
+    fc.store = f->store;
+    create_doc(f, "docs", "jitter", "{}");
+
+    /* A random value equal to the cap sleeps the cap: the bound is
+     * inclusive, and it doubles per attempt up to max_retry_delay. */
+    for (int i = 0; i < 5; i++)
+        f->fake.queue[i] = (uint64_t)caps[i];
+    f->fake.nqueue = 5;
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "jitter",
+                                      force_conflict, &fc, SYNCD_ANY_VERSION,
+                                      NULL),
+                     SYNCD_ECONFLICT);
+    assert_int_equal(f->fake.nslept, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(f->fake.slept[i], caps[i]);
+
+    /* One past the cap wraps to 0: nothing above the cap is ever drawn. */
+    f->fake.nslept = f->fake.next = 0;
+    for (int i = 0; i < 5; i++)
+        f->fake.queue[i] = (uint64_t)caps[i] + 1;
+    assert_int_equal(syncd_store_edit(f->store, &c, "docs", "jitter",
+                                      force_conflict, &fc, SYNCD_ANY_VERSION,
+                                      NULL),
+                     SYNCD_ECONFLICT);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(f->fake.slept[i], 0);
+}
+
+static void
+test_backoff__stays_within_zero_and_the_capped_exponential(void **state)
+{
+    uint64_t rnd = 0x12345678abcdefULL;
+
+    (void)state;
+    assert_int_equal(syncd_backoff_ms(0, 5, 1000, 5), 5);
+    assert_int_equal(syncd_backoff_ms(3, 5, 1000, 40), 40);
+    assert_int_equal(syncd_backoff_ms(3, 5, 1000, 41), 0);
+    assert_int_equal(syncd_backoff_ms(60, 5, 1000, 1000), 1000);
+    assert_int_equal(syncd_backoff_ms(2, 0, 1000, rnd), 0);
+    for (int attempt = 0; attempt < 70; attempt++) {
+        int64_t cap = attempt < 8 ? 5LL << attempt : 1000;
+
+        if (cap > 1000)
+            cap = 1000;
+        for (int i = 0; i < 50; i++) {
+            int64_t d;
+
+            rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+            d = syncd_backoff_ms(attempt, 5, 1000, rnd);
+            assert_true(d >= 0 && d <= cap);
+        }
+    }
+}
+
+/* ---- Patch-based edits -------------------------------------------------- */
+
+static void test_store_patch__applies_json_patch_and_merge_patch(void **state)
+{
+    fixture_t *f = *state;
+    json_t *patch = parse("[{\"op\":\"add\",\"path\":\"/list/-\",\"value\":3},"
+                          "{\"op\":\"remove\",\"path\":\"/gone\"}]");
+    json_t *merge = parse("{\"m\":{\"x\":null,\"y\":2}}");
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "docs", "pt",
+               "{\"list\":[1,2],\"gone\":true,\"m\":{\"x\":1}}");
+    assert_int_equal(syncd_store_patch(f->store, &c, "docs", "pt", patch, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(c->doc->version, 2);
+    syncd_change_free(c);
+    assert_int_equal(
+        syncd_store_patch(f->store, &c, "docs", "pt", merge, 1, 2, NULL), 0);
+    assert_json_text(c->merge, "{\"m\":{\"x\":null,\"y\":2}}");
+    syncd_change_free(c);
+    assert_doc(f, "docs", "pt", 3, "{\"list\":[1,2,3],\"m\":{\"y\":2}}");
+    json_decref(patch);
+    json_decref(merge);
+}
+
+static void
+test_store_patch__failing_test_op_is_ECONFLICT_and_not_retried(void **state)
+{
+    fixture_t *f = *state;
+    json_t *patch = parse("[{\"op\":\"test\",\"path\":\"/n\",\"value\":2},"
+                          "{\"op\":\"replace\",\"path\":\"/n\",\"value\":3}]");
+    syncd_store_stats_t stats;
+    syncd_change_t *c = NULL;
+
+    use_fake_hooks(f, 0);
+    create_doc(f, "docs", "t", "{\"n\":1}");
+    assert_int_equal(syncd_store_patch(f->store, &c, "docs", "t", patch, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     SYNCD_ECONFLICT);
+    syncd_store_stats(f->store, &stats);
+    assert_int_equal(stats.conflicts, 0);
+    assert_int_equal(stats.retries, 0);
+    assert_int_equal(f->fake.nslept, 0);
+    assert_doc(f, "docs", "t", 1, "{\"n\":1}");
+    json_decref(patch);
+}
+
+static void test_store_patch__invalid_patch_is_EPATCH(void **state)
+{
+    fixture_t *f = *state;
+    json_t *bad = parse("[{\"op\":\"jump\",\"path\":\"/n\"}]");
+    json_t *missing = parse("[{\"op\":\"remove\",\"path\":\"/nope\"}]");
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "docs", "ip", "{\"n\":1}");
+    assert_int_equal(syncd_store_patch(f->store, &c, "docs", "ip", bad, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     SYNCD_EPATCH);
+    assert_int_equal(syncd_store_patch(f->store, &c, "docs", "ip", missing, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     SYNCD_EPATCH);
+    assert_doc(f, "docs", "ip", 1, "{\"n\":1}");
+    json_decref(bad);
+    json_decref(missing);
+}
+
+/* ---- No lost update ----------------------------------------------------- */
+
+typedef struct hammer {
+    syncd_store_t *store;
+    int edits;
+    int failures;
+} hammer_t;
+
+static void *hammer_thread(void *arg)
+{
+    hammer_t *h = arg;
+
+    for (int i = 0; i < h->edits; i++) {
+        syncd_change_t *c = NULL;
+
+        if (syncd_store_edit(h->store, &c, "counters", "c", inc_counter, NULL,
+                             SYNCD_ANY_VERSION, NULL) != 0)
+            __atomic_add_fetch(&h->failures, 1, __ATOMIC_RELAXED);
+        syncd_change_free(c);
+    }
+    return NULL;
+}
+
+/* Runs nthreads writers of `edits` increments each and checks the total. */
+static void run_hammer(fixture_t *f, int nthreads, int edits)
+{
+    hammer_t h = {NULL, edits, 0};
+    pthread_t *threads = calloc((size_t)nthreads, sizeof(*threads));
+    char want[64];
+
+    f->opts.max_retries = 100000;
+    f->opts.retry_delay_ms = 1;
+    f->opts.max_retry_delay_ms = 20;
+    f->opts.edit_timeout_ms = 600000;
+    f->opts.sync_writes = 0;
+    reopen(f);
+    h.store = f->store;
+    create_doc(f, "counters", "c", "{\"n\":0}");
+    for (int i = 0; i < nthreads; i++)
+        assert_int_equal(pthread_create(&threads[i], NULL, hammer_thread, &h),
+                         0);
+    for (int i = 0; i < nthreads; i++)
+        pthread_join(threads[i], NULL);
+    free(threads);
+    assert_int_equal(h.failures, 0);
+    snprintf(want, sizeof(want), "{\"n\":%d}", nthreads * edits);
+    assert_doc(f, "counters", "c", 1 + (int64_t)nthreads * edits, want);
+}
+
+static void
+test_store_edit__8_threads_x_500_increments_lose_nothing(void **state)
+{
+    run_hammer(*state, 8, 500);
+}
+
+/* Fewer increments per thread on MongoDB keep the FerretDB run short. */
+static void test_store_edit__64_threads_lose_nothing(void **state)
+{
+    fixture_t *f = *state;
+
+    run_hammer(f, 64, f->kind->mongo ? 5 : 50);
+}
+
+/* ---- Tombstones, list, digest, purge ------------------------------------ */
+
+static void
+test_store_list__pages_by_prefix_and_after_and_skips_tombstones(void **state)
+{
+    fixture_t *f = *state;
+    static const char *ids[] = {"a/1", "a/2", "a/3", "b/1", "c"};
+    syncd_change_t *c = NULL;
+    json_t *list = NULL;
+
+    for (size_t i = 0; i < 5; i++)
+        create_doc(f, "lst", ids[i], "{}");
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "lst", "a/2", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+
+    assert_int_equal(
+        syncd_store_list(f->store, &list, "lst", NULL, NULL, 0, NULL), 0);
+    assert_int_equal(json_array_size(list), 4);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(list, 0), "id")),
+        "a/1");
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(list, 0), "v")), 1);
+    assert_int_equal(strlen(json_string_value(
+                         json_object_get(json_array_get(list, 0), "h"))),
+                     SYNCD_HASH_HEX_LEN);
+    json_decref(list);
+
+    assert_int_equal(
+        syncd_store_list(f->store, &list, "lst", "a/", NULL, 0, NULL), 0);
+    assert_ids(list, "a/1 a/3");
+    json_decref(list);
+
+    assert_int_equal(
+        syncd_store_list(f->store, &list, "lst", NULL, "a/3", 2, NULL), 0);
+    assert_ids(list, "b/1 c");
+    json_decref(list);
+
+    assert_int_equal(
+        syncd_store_list(f->store, &list, "lst", "a/", "a/1", 0, NULL), 0);
+    assert_ids(list, "a/3");
+    json_decref(list);
+}
+
+static void test_store_digest__covers_live_documents_only(void **state)
+{
+    fixture_t *f = *state;
+    syncd_digest_t all, after, again;
+    syncd_change_t *c = NULL;
+    json_t *list = NULL;
+
+    create_doc(f, "dg", "a", "{\"x\":1}");
+    create_doc(f, "dg", "b", "{\"x\":2}");
+    create_doc(f, "dg", "c", "{\"x\":3}");
+    assert_int_equal(syncd_store_digest(f->store, &all, "dg", NULL), 0);
+    assert_int_equal(all.count, 3);
+
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "dg", "b", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+    assert_int_equal(syncd_store_digest(f->store, &after, "dg", NULL), 0);
+    assert_int_equal(after.count, 2);
+    assert_string_not_equal(after.hex, all.hex);
+    assert_int_equal(
+        syncd_store_list(f->store, &list, "dg", NULL, NULL, 0, NULL), 0);
+    assert_int_equal(syncd_digest_entries(&again, list, NULL), 0);
+    assert_string_equal(again.hex, after.hex);
+    json_decref(list);
+
+    create_doc(f, "dg", "b", "{\"x\":2}");
+    assert_int_equal(syncd_store_digest(f->store, &again, "dg", NULL), 0);
+    assert_int_equal(again.count, 3);
+    /* b came back at version 3, so the digest differs from the first. */
+    assert_string_not_equal(again.hex, all.hex);
+}
+
+static void
+test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    size_t purged = 99;
+
+    f->opts.tombstone_ttl_ms = 1000;
+    use_fake_hooks(f, 1000000);
+    create_doc(f, "tomb", "dead", "{}");
+    create_doc(f, "tomb", "alive", "{}");
+    assert_int_equal(syncd_store_delete(f->store, &c, "tomb", "dead",
+                                        SYNCD_ANY_VERSION, NULL),
+                     0);
+    syncd_change_free(c);
+
+    f->fake.now += 999;
+    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, NULL), 0);
+    assert_int_equal(purged, 0);
+    assert_int_equal(syncd_store_refetch(f->store, &doc, "tomb", "dead", NULL),
+                     0);
+    assert_true(doc->deleted);
+    assert_int_equal(doc->version, 2);
+    syncd_doc_free(doc);
+
+    f->fake.now += 2;
+    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, NULL), 0);
+    assert_int_equal(purged, 1);
+    assert_int_equal(syncd_store_refetch(f->store, &doc, "tomb", "dead", NULL),
+                     SYNCD_ENOTFOUND);
+    assert_int_equal(live_version(f, "tomb", "alive"), 1);
+}
+
+static void test_store_collections__lists_names_sorted(void **state)
+{
+    fixture_t *f = *state;
+    json_t *names = NULL;
+
+    create_doc(f, "beta", "x", "{}");
+    create_doc(f, "alpha", "x", "{}");
+    create_doc(f, "alpha", "y", "{}");
+    assert_int_equal(syncd_store_collections(f->store, &names, NULL), 0);
+    assert_json_text(names, "[\"alpha\",\"beta\"]");
+    json_decref(names);
+}
+
+/* ---- Cache through the store -------------------------------------------- */
+
+static void
+test_store_cache__holds_committed_writes_in_mongodb_mode(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    json_t *list = NULL;
+
+    create_doc(f, "cc", "d", "{\"n\":1}");
+    assert_int_equal(syncd_store_edit(f->store, &c, "cc", "d", inc_counter,
+                                      NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    syncd_change_free(c);
+    assert_int_equal(syncd_store_cache_list(f->store, &list, "cc", NULL), 0);
+    if (!f->kind->mongo) {
+        assert_int_equal(syncd_store_cached(f->store, &doc, "cc", "d", NULL),
+                         SYNCD_ENOTFOUND);
+        assert_int_equal(json_array_size(list), 0);
+        json_decref(list);
+        return;
+    }
+    assert_ids(list, "d");
+    json_decref(list);
+    assert_int_equal(syncd_store_cached(f->store, &doc, "cc", "d", NULL), 0);
+    assert_int_equal(doc->version, 2);
+    assert_json_text(doc->body, "{\"n\":2}");
+
+    /* An older version offered to the cache is refused. */
+    doc->version = 1;
+    assert_int_equal(syncd_store_cache_put(f->store, doc, NULL), 0);
+    syncd_doc_free(doc);
+    assert_int_equal(syncd_store_cached(f->store, &doc, "cc", "d", NULL), 0);
+    assert_int_equal(doc->version, 2);
+    syncd_doc_free(doc);
+
+    assert_int_equal(syncd_store_cache_invalidate(f->store, "cc", "d", NULL),
+                     0);
+    assert_int_equal(syncd_store_cached(f->store, &doc, "cc", "d", NULL),
+                     SYNCD_ENOTFOUND);
+    assert_int_equal(syncd_store_refetch(f->store, &doc, "cc", "d", NULL), 0);
+    syncd_doc_free(doc);
+    assert_int_equal(syncd_store_cached(f->store, &doc, "cc", "d", NULL), 0);
+    assert_int_equal(doc->version, 2);
+    syncd_doc_free(doc);
+}
+
+/* ---- Bad input ---------------------------------------------------------- */
+
+static void assert_id_rejected(fixture_t *f, const char *id, const char *why)
+{
+    json_t *body = parse("{}");
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_validate_id(id, &err), SYNCD_EINVAL);
+    assert_non_null(strstr(err.message, why));
+    assert_int_equal(syncd_store_create(f->store, &c, "ok", id, body, NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(
+        syncd_store_put(f->store, &c, "ok", id, body, SYNCD_ANY_VERSION, NULL),
+        SYNCD_EINVAL);
+    assert_int_equal(syncd_store_get(f->store, &doc, "ok", id, NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(syncd_store_edit(f->store, &c, "ok", id, inc_counter, NULL,
+                                      SYNCD_ANY_VERSION, NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "ok", id, SYNCD_ANY_VERSION, NULL),
+        SYNCD_EINVAL);
+    json_decref(body);
+}
+
+static void assert_coll_rejected(fixture_t *f, const char *coll)
+{
+    json_t *body = parse("{}");
+    syncd_change_t *c = NULL;
+    json_t *list = NULL;
+
+    assert_int_equal(syncd_validate_collection(coll, NULL), SYNCD_EINVAL);
+    assert_int_equal(syncd_store_create(f->store, &c, coll, "id", body, NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(
+        syncd_store_list(f->store, &list, coll, NULL, NULL, 0, NULL),
+        SYNCD_EINVAL);
+    json_decref(body);
+}
+
+static void
+test_store__bad_ids_and_collections_never_reach_the_backend(void **state)
+{
+    fixture_t *f = *state;
+    char longest[SYNCD_MAX_ID_BYTES + 2];
+    json_t *names = NULL;
+    char coll[66];
+
+    memset(longest, 'a', sizeof(longest) - 1);
+    longest[sizeof(longest) - 1] = '\0';
+    assert_id_rejected(f, "", "empty");
+    assert_id_rejected(f, longest, "over 1024");
+    assert_id_rejected(f, "a\x01z", "control");
+    assert_id_rejected(f, "tab\tbed", "control");
+    assert_id_rejected(f, "del\x7f", "control");
+    assert_id_rejected(f, "c1\xc2\x85", "control");
+    assert_id_rejected(f, "a<b", "'<'");
+    assert_id_rejected(f, "a>b", "'>'");
+    assert_id_rejected(f, "a?b", "'?'");
+    assert_id_rejected(f, "a{b", "'{'");
+    assert_id_rejected(f, "a}b", "'}'");
+    assert_id_rejected(f, "\xff", "UTF-8");
+    assert_id_rejected(f, "bad\xc3\x28", "UTF-8");
+    assert_id_rejected(f, "overlong\xc0\xaf", "UTF-8");
+    assert_id_rejected(f, "surrogate\xed\xa0\x80", "UTF-8");
+    assert_id_rejected(f, "cut\xe6\x97", "UTF-8");
+
+    assert_coll_rejected(f, "");
+    assert_coll_rejected(f, "Upper");
+    assert_coll_rejected(f, "_lead");
+    assert_coll_rejected(f, ".lead");
+    assert_coll_rejected(f, "has space");
+    assert_coll_rejected(f, "a/b");
+    assert_coll_rejected(f, "caf\xc3\xa9");
+    memset(coll, 'c', 65);
+    coll[65] = '\0';
+    assert_coll_rejected(f, coll);
+
+    assert_int_equal(syncd_store_collections(f->store, &names, NULL), 0);
+    assert_int_equal(json_array_size(names), 0);
+    json_decref(names);
+
+    longest[SYNCD_MAX_ID_BYTES] = '\0';
+    assert_int_equal(syncd_validate_id(longest, NULL), 0);
+    assert_int_equal(syncd_validate_id("Scenario/helloworld", NULL), 0);
+    assert_int_equal(syncd_validate_id("\xc3\xbc/\xe6\x97\xa5", NULL), 0);
+    assert_int_equal(syncd_validate_collection("0-9._x", NULL), 0);
+    coll[64] = '\0';
+    assert_int_equal(syncd_validate_collection(coll, NULL), 0);
+    create_doc(f, "ok", longest, "{}");
+    assert_int_equal(live_version(f, "ok", longest), 1);
+}
+
+static void
+test_store__non_object_and_oversized_bodies_are_rejected(void **state)
+{
+    fixture_t *f = *state;
+    static const char *not_objects[] = {"[1]", "\"s\"", "3", "null"};
+    json_t *big = json_pack("{s:s}", "pad", "");
+    syncd_change_t *c = NULL;
+    char pad[201];
+    json_t *names = NULL;
+
+    f->opts.max_doc_bytes = 100;
+    reopen(f);
+    for (size_t i = 0; i < 4; i++) {
+        json_t *b = parse(not_objects[i]);
+
+        assert_int_equal(
+            syncd_store_create(f->store, &c, "bodies", "x", b, NULL),
+            SYNCD_EINVAL);
+        json_decref(b);
+    }
+    memset(pad, 'p', 200);
+    pad[200] = '\0';
+    json_object_set_new(big, "pad", json_string(pad));
+    assert_int_equal(syncd_store_create(f->store, &c, "bodies", "x", big, NULL),
+                     SYNCD_ETOOBIG);
+    assert_int_equal(syncd_store_collections(f->store, &names, NULL), 0);
+    assert_int_equal(json_array_size(names), 0);
+    json_decref(names);
+
+    create_doc(f, "bodies", "x", "{\"pad\":\"small\"}");
+    assert_int_equal(syncd_store_put(f->store, &c, "bodies", "x", big,
+                                     SYNCD_ANY_VERSION, NULL),
+                     SYNCD_ETOOBIG);
+    assert_doc(f, "bodies", "x", 1, "{\"pad\":\"small\"}");
+    json_decref(big);
+}
+
+/* ---- Exact round trips -------------------------------------------------- */
+
+static void
+test_store__awkward_keys_and_numbers_round_trip_exactly(void **state)
+{
+    fixture_t *f = *state;
+    json_t *body = json_loads(
+        "{\"a.b\":1,\"$x\":{\"$y\":\"z\",\"p.q.r\":[{\"$in\":[]}]},"
+        "\"\":\"empty key\",\"_id\":\"not mine\","
+        "\"n\":{\"min\":-9223372036854775808,\"max\":9223372036854775807,"
+        "\"tenth\":0.1,\"big\":1e300,\"tiny\":5e-324,\"negzero\":-0.0,"
+        "\"zero\":0,\"realone\":1.0,\"neg\":-17},"
+        "\"s\":\"\\u00fc \\u65e5 nul\\u0000end\",\"o\":{},\"t\":true,"
+        "\"nil\":null}",
+        JSON_ALLOW_NUL, NULL);
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+
+    assert_non_null(body);
+    assert_int_equal(syncd_store_create(f->store, &c, "rt", "odd", body, NULL),
+                     0);
+    assert_int_equal(syncd_json_hash(hash, body, NULL), 0);
+    assert_string_equal(c->doc->hash, hash);
+    syncd_change_free(c);
+
+    reopen(f);
+    assert_int_equal(syncd_store_get(f->store, &doc, "rt", "odd", NULL), 0);
+    assert_json_exact(doc->body, body);
+    assert_string_equal(doc->hash, hash);
+    syncd_doc_free(doc);
+    assert_int_equal(syncd_store_refetch(f->store, &doc, "rt", "odd", NULL), 0);
+    assert_json_exact(doc->body, body);
+    syncd_doc_free(doc);
+    json_decref(body);
+}
+
+/* ---- Crash safety of the embedded store --------------------------------- */
+
+/* Child: increments the counter forever, writing each committed version
+ * to fd after the edit returned (the acknowledgement). */
+static void crash_child(const char *dir, int fd)
+{
+    syncd_store_options_t opts;
+    syncd_store_t *store = NULL;
+
+    syncd_store_options_init(&opts);
+    opts.data_dir = dir;
+    if (syncd_store_open(&store, &opts, NULL) != 0)
+        _exit(2);
+    for (;;) {
+        syncd_change_t *c = NULL;
+        int64_t v;
+
+        if (syncd_store_edit(store, &c, "crash", "c", inc_counter, NULL,
+                             SYNCD_ANY_VERSION, NULL) != 0)
+            _exit(3);
+        v = c->doc->version;
+        syncd_change_free(c);
+        if (write(fd, &v, sizeof(v)) != sizeof(v))
+            _exit(4);
+    }
+}
+
+static void test_store_rocks__acknowledged_writes_survive_sigkill(void **state)
+{
+    fixture_t *f = *state;
+    int64_t acked = 0, v;
+    int fds[2], status, n = 0;
+    char want[64];
+    pid_t pid;
+
+    create_doc(f, "crash", "c", "{\"n\":0}");
+    syncd_store_close(f->store);
+    f->store = NULL;
+    assert_int_equal(pipe(fds), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        crash_child(f->dir, fds[1]);
+    }
+    close(fds[1]);
+    while (n < 150 && read(fds[0], &v, sizeof(v)) == sizeof(v)) {
+        acked = v;
+        n++;
+    }
+    assert_int_equal(n, 150);
+    kill(pid, SIGKILL);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    while (read(fds[0], &v, sizeof(v)) == sizeof(v))
+        acked = v;
+    close(fds[0]);
+
+    open_store(f);
+    v = live_version(f, "crash", "c");
+    assert_true(v >= acked);
+    snprintf(want, sizeof(want), "{\"n\":%lld}", (long long)(v - 1));
+    assert_doc(f, "crash", "c", v, want);
+}
+
+/* ---- The node cache on its own ------------------------------------------ */
+
+typedef struct cache_fixture {
+    char dir[256];
+    fake_t fake;
+    syncd_store_hooks_t hooks;
+    syncd_cache_t *cache;
+} cache_fixture_t;
+
+static int setup_cache(void **state)
+{
+    cache_fixture_t *cf = calloc(1, sizeof(*cf));
+
+    if (cf == NULL || syncd_test_tmpdir(cf->dir, sizeof(cf->dir), "cache"))
+        return -1;
+    cf->hooks.now_ms = fake_now;
+    cf->hooks.data = &cf->fake;
+    cf->fake.now = 100000;
+    *state = cf;
+    return syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, &cf->hooks,
+                            NULL);
+}
+
+static int teardown_cache(void **state)
+{
+    cache_fixture_t *cf = *state;
+
+    syncd_cache_close(cf->cache);
+    syncd_test_rmtree(cf->dir);
+    free(cf);
+    return 0;
+}
+
+/* Puts coll/id at version with a body padded to about pad bytes; returns
+ * what syncd_cache_put() returned. */
+static int cache_put(cache_fixture_t *cf, const char *id, int64_t version,
+                     size_t pad)
+{
+    char *fill = malloc(pad + 1);
+    syncd_doc_t doc = {"cc", (char *)id, version, NULL, "", 0, "", 0};
+    int rc;
+
+    memset(fill, 'x', pad);
+    fill[pad] = '\0';
+    doc.body = json_pack("{s:I, s:s}", "v", (json_int_t)version, "fill", fill);
+    assert_int_equal(syncd_json_hash(doc.hash, doc.body, NULL), 0);
+    rc = syncd_cache_put(cf->cache, &doc, NULL);
+    json_decref(doc.body);
+    free(fill);
+    return rc;
+}
+
+static int64_t cached_version(cache_fixture_t *cf, const char *id)
+{
+    syncd_doc_t *doc = NULL;
+    int64_t v;
+
+    if (syncd_cache_get(cf->cache, &doc, "cc", id, NULL) != 0)
+        return -1;
+    v = doc->version;
+    assert_int_equal(json_integer_value(json_object_get(doc->body, "v")), v);
+    syncd_doc_free(doc);
+    return v;
+}
+
+static void test_cache__expired_entries_are_never_served(void **state)
+{
+    cache_fixture_t *cf = *state;
+    json_t *list = NULL;
+
+    assert_int_equal(cache_put(cf, "a", 1, 10), 1);
+    cf->fake.now += 999;
+    assert_int_equal(cached_version(cf, "a"), 1);
+    assert_int_equal(syncd_cache_list(cf->cache, &list, "cc", NULL), 0);
+    assert_ids(list, "a");
+    json_decref(list);
+
+    cf->fake.now += 1;
+    assert_int_equal(cached_version(cf, "a"), -1);
+    assert_int_equal(syncd_cache_list(cf->cache, &list, "cc", NULL), 0);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+
+    /* A new put after expiry is served again for a full TTL. */
+    assert_int_equal(cache_put(cf, "a", 1, 10), 1);
+    assert_int_equal(cached_version(cf, "a"), 1);
+}
+
+static void test_cache__put_if_newer_never_goes_backwards(void **state)
+{
+    cache_fixture_t *cf = *state;
+
+    assert_int_equal(cache_put(cf, "a", 3, 10), 1);
+    assert_int_equal(cache_put(cf, "a", 2, 10), 0);
+    assert_int_equal(cache_put(cf, "a", 3, 10), 0);
+    assert_int_equal(cached_version(cf, "a"), 3);
+    assert_int_equal(cache_put(cf, "a", 4, 10), 1);
+    assert_int_equal(cached_version(cf, "a"), 4);
+}
+
+static void
+test_cache__stays_within_max_bytes_evicting_least_recent(void **state)
+{
+    cache_fixture_t *cf = *state;
+    syncd_store_stats_t stats;
+    char id[32];
+
+    for (int i = 0; i < 300; i++) {
+        snprintf(id, sizeof(id), "doc-%03d", i);
+        assert_int_equal(cache_put(cf, id, 1, 1000), 1);
+        /* doc-000 is read after every put: it stays the most recent. */
+        assert_int_equal(cached_version(cf, "doc-000"), 1);
+        syncd_cache_stats(cf->cache, &stats);
+        assert_true(stats.cache_bytes <= 110000);
+    }
+    syncd_cache_stats(cf->cache, &stats);
+    assert_true(stats.cache_bytes >= 90000);
+    assert_true(stats.cache_evictions > 0);
+    assert_int_equal(stats.cache_entries + stats.cache_evictions, 300);
+    assert_int_equal(cached_version(cf, "doc-001"), -1);
+    assert_int_equal(cached_version(cf, "doc-299"), 1);
+    assert_int_equal(cached_version(cf, "doc-000"), 1);
+}
+
+static void test_cache__invalidate_drops_one_entry_or_a_collection(void **state)
+{
+    cache_fixture_t *cf = *state;
+    syncd_doc_t other = {"zz", "a", 1, NULL, "", 0, "", 1};
+    syncd_doc_t *doc = NULL;
+
+    assert_int_equal(cache_put(cf, "a", 1, 10), 1);
+    assert_int_equal(cache_put(cf, "b", 1, 10), 1);
+    assert_int_equal(syncd_cache_put(cf->cache, &other, NULL), 1);
+    assert_int_equal(syncd_cache_invalidate(cf->cache, "cc", "a", NULL), 0);
+    assert_int_equal(cached_version(cf, "a"), -1);
+    assert_int_equal(cached_version(cf, "b"), 1);
+    assert_int_equal(syncd_cache_invalidate(cf->cache, "cc", NULL, NULL), 0);
+    assert_int_equal(cached_version(cf, "b"), -1);
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "zz", "a", NULL), 0);
+    assert_true(doc->deleted);
+    syncd_doc_free(doc);
+}
+
+/* ---- The digest construction -------------------------------------------- */
+
+static void leaf(unsigned char out[32], const char *id, const char *v,
+                 const char *h)
+{
+    char buf[256];
+    size_t n = 0;
+
+    n += (size_t)sprintf(buf + n, "%s", id) + 1;
+    n += (size_t)sprintf(buf + n, "%s", v) + 1;
+    n += (size_t)sprintf(buf + n, "%s", h);
+    syncd_sha256(out, buf, n);
+}
+
+static void test_digest__is_the_documented_merkle_root(void **state)
+{
+    const char *h1 =
+        "1111111111111111111111111111111111111111111111111111111111111111";
+    const char *h2 =
+        "2222222222222222222222222222222222222222222222222222222222222222";
+    unsigned char la[32], lb[32], lc[32], pair[64], ab[32];
+    char want[SYNCD_HASH_HEX_LEN + 1];
+    syncd_digest_t d;
+    json_t *entries;
+
+    (void)state;
+    entries = json_array();
+    assert_int_equal(syncd_digest_entries(&d, entries, NULL), 0);
+    assert_int_equal(d.count, 0);
+    assert_string_equal(
+        d.hex,
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    json_decref(entries);
+
+    leaf(la, "a", "1", h1);
+    leaf(lb, "b", "12", h2);
+    leaf(lc, "c", "3", h1);
+    entries = json_pack("[{s:s,s:i,s:s},{s:s,s:i,s:s}]", "id", "b", "v", 12,
+                        "h", h2, "id", "a", "v", 1, "h", h1);
+    assert_int_equal(syncd_digest_entries(&d, entries, NULL), 0);
+    memcpy(pair, la, 32);
+    memcpy(pair + 32, lb, 32);
+    syncd_sha256_hex(want, pair, 64);
+    assert_int_equal(d.count, 2);
+    assert_string_equal(d.hex, want);
+
+    json_array_append_new(
+        entries, json_pack("{s:s,s:i,s:s}", "id", "c", "v", 3, "h", h1));
+    assert_int_equal(syncd_digest_entries(&d, entries, NULL), 0);
+    syncd_sha256(ab, pair, 64);
+    memcpy(pair, ab, 32);
+    memcpy(pair + 32, lc, 32);
+    syncd_sha256_hex(want, pair, 64);
+    assert_string_equal(d.hex, want);
+    json_decref(entries);
+
+    entries = json_pack("[{s:s}]", "id", "a");
+    assert_int_equal(syncd_digest_entries(&d, entries, NULL), SYNCD_EINVAL);
+    json_decref(entries);
+}
+
+/* ---- Runner ------------------------------------------------------------- */
+
+#define BOTH(fn)                                                               \
+    {"rocksdb/" #fn, fn, setup_store, teardown_store, (void *)&rocks_kind},    \
+    {                                                                          \
+        "mongodb/" #fn, fn, setup_store, teardown_store, (void *)&mongo_kind   \
+    }
+#define ROCKS(fn)                                                              \
+    {                                                                          \
+        "rocksdb/" #fn, fn, setup_store, teardown_store, (void *)&rocks_kind   \
+    }
+#define CACHE(fn)                                                              \
+    cmocka_unit_test_setup_teardown(fn, setup_cache, teardown_cache)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(
+            test_backoff__stays_within_zero_and_the_capped_exponential),
+        cmocka_unit_test(test_digest__is_the_documented_merkle_root),
+        CACHE(test_cache__expired_entries_are_never_served),
+        CACHE(test_cache__put_if_newer_never_goes_backwards),
+        CACHE(test_cache__stays_within_max_bytes_evicting_least_recent),
+        CACHE(test_cache__invalidate_drops_one_entry_or_a_collection),
+        BOTH(test_store__create_put_delete_recreate_track_versions),
+        BOTH(test_store_put__without_if_match_creates_or_replaces),
+        BOTH(test_store_put__same_body_writes_nothing),
+        BOTH(
+            test_store_put__stale_if_match_fails_with_EPRECONDITION_and_changes_nothing),
+        BOTH(test_store_edit__strict_write_that_loses_a_race_is_one_attempt),
+        BOTH(test_store_edit__commits_the_callback_result_with_diffs),
+        BOTH(test_store_edit__no_change_writes_nothing),
+        BOTH(test_store_edit__callback_error_aborts_and_writes_nothing),
+        BOTH(test_store_edit__missing_or_deleted_document_is_ENOTFOUND),
+        BOTH(test_store_edit__retries_a_conflict_after_rereading),
+        BOTH(test_store_edit__gives_up_at_max_retries_with_ECONFLICT),
+        BOTH(test_store_edit__gives_up_at_edit_timeout_with_ECONFLICT),
+        BOTH(test_store_edit__backoff_doubles_up_to_the_cap_with_full_jitter),
+        BOTH(test_store_patch__applies_json_patch_and_merge_patch),
+        BOTH(test_store_patch__failing_test_op_is_ECONFLICT_and_not_retried),
+        BOTH(test_store_patch__invalid_patch_is_EPATCH),
+        BOTH(test_store_list__pages_by_prefix_and_after_and_skips_tombstones),
+        BOTH(test_store_digest__covers_live_documents_only),
+        BOTH(test_store_purge__removes_tombstones_after_tombstone_ttl),
+        BOTH(test_store_collections__lists_names_sorted),
+        BOTH(test_store_cache__holds_committed_writes_in_mongodb_mode),
+        BOTH(test_store__bad_ids_and_collections_never_reach_the_backend),
+        BOTH(test_store__non_object_and_oversized_bodies_are_rejected),
+        BOTH(test_store__awkward_keys_and_numbers_round_trip_exactly),
+        ROCKS(test_store_rocks__acknowledged_writes_survive_sigkill),
+        BOTH(test_store_edit__8_threads_x_500_increments_lose_nothing),
+        BOTH(test_store_edit__64_threads_lose_nothing),
+    };
+
+    return cmocka_run_group_tests_name("storage", tests, group_setup,
+                                       group_teardown);
+}
