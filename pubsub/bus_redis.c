@@ -130,7 +130,7 @@ typedef struct rcall {
     syncd_bus_sub_t *sub; /* CALL_CATCHUP (holds a reference) */
     syncd_bus_publish_cb publish_cb;
     syncd_bus_replay_cb replay_cb;
-    int64_t after, until; /* CALL_REPLAY */
+    int64_t after, until; /* CALL_REPLAY; CALL_CATCHUP: sub->want at send */
     void *payload;
 } rcall_t;
 
@@ -535,8 +535,23 @@ static int catch_up_deliver(rbus_t *bus, syncd_bus_sub_t *sub, int64_t cur,
         }
         json_decref(event);
     }
-    return entries->elements >= CATCHUP_BATCH ||
-           (sub->want > sub->last && sub->want <= cur);
+    return entries->elements >= CATCHUP_BATCH;
+}
+
+/* Decides whether sub must read the log again for the live events it saw
+ * while catching up: a seq the read already covers is done; a seq beyond
+ * the read's counter that arrived after the read was sent may have been
+ * published after it ran (read again); one that arrived before cannot be
+ * a real event (the script counts before it publishes), so it is
+ * forgotten. */
+static int want_more(syncd_bus_sub_t *sub, int64_t cur, int64_t sent_want)
+{
+    if (sub->want <= sub->last)
+        return 0;
+    if (sub->want <= cur || sub->want > sent_want)
+        return 1;
+    sub->want = 0;
+    return 0;
 }
 
 static void catch_up_done(rcall_t *call, const redisReply *reply)
@@ -555,7 +570,8 @@ static void catch_up_done(rcall_t *call, const redisReply *reply)
         return;
     }
     raise_known(call->chan, cur);
-    if (catch_up_deliver(bus, sub, cur, raised, entries) || sub->lost) {
+    if (catch_up_deliver(bus, sub, cur, raised, entries) ||
+        want_more(sub, cur, call->after) || sub->lost) {
         catch_up(sub);
     } else if (bus_sub_live(sub)) {
         sub->catching = 0;
@@ -650,6 +666,7 @@ static void catch_up(syncd_bus_sub_t *sub)
     snprintf(call->args[3], sizeof(call->args[3]), "%" PRId64,
              sub->last > 0 ? sub->last : 0);
     call->sub = sub;
+    call->after = sub->want;
     bus_sub_ref(sub);
     sub->inflight = 1;
     if (send_call(call) != 0) {

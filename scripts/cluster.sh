@@ -84,6 +84,8 @@ cmd_start() {
     [ -x "$SYNCD_BIN" ] || { echo "cluster: no syncd at $SYNCD_BIN" >&2; exit 1; }
     [ -x "$FERRETDB" ] || { echo "cluster: no FerretDB at $FERRETDB (run scripts/setup.sh)" >&2; exit 1; }
     mkdir -p "$DIR/fdb" "$DIR/fdb-state"
+    # A start that fails half-way stops what it started.
+    trap 'cmd_stop' ERR EXIT
     MONGO_PORT=$(free_port)
     REDIS_PORT=$(free_port)
     NODE1_PORT=$(free_port)
@@ -103,9 +105,11 @@ NODE1=http://127.0.0.1:$NODE1_PORT
 NODE2=http://127.0.0.1:$NODE2_PORT
 NODE3=http://127.0.0.1:$NODE3_PORT
 EOF
+    load_env
     "$FERRETDB" --handler=sqlite --sqlite-url="file:$DIR/fdb/" \
         --listen-addr="127.0.0.1:$MONGO_PORT" --state-dir="$DIR/fdb-state" \
-        --telemetry=disable --log-level=warn >"$DIR/ferretdb.log" 2>&1 &
+        --telemetry=disable --log-level=warn --debug-addr=- \
+        >"$DIR/ferretdb.log" 2>&1 &
     echo $! >"$DIR/ferretdb.pid"
     wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$MONGO_PORT" || {
         echo "cluster: FerretDB did not start (see $DIR/ferretdb.log)" >&2
@@ -120,6 +124,7 @@ EOF
         echo "node$n  ${!var}"
     done
     echo "state  $DIR (scripts/cluster.sh stop to end)"
+    trap - ERR EXIT
 }
 
 cmd_status() {
