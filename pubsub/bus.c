@@ -95,8 +95,9 @@ int syncd_bus_open(syncd_bus_t **out, uv_loop_t *loop,
 
     *out = NULL;
     if (loop == NULL || opts == NULL)
-        return syncd_error_set(err, SYNCD_EINVAL, "bus needs a loop and "
-                                                  "options");
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "bus needs a loop and "
+                               "options");
     rc = check_options(opts, err);
     if (rc != 0)
         return rc;
@@ -173,8 +174,9 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
         rc = SYNCD_ETOOBIG;
         goto cleanup;
     }
-    rc = bus->ops->publish(bus, json_string_value(json_object_get(copy, "coll")),
-                           body, len, cb, payload);
+    rc =
+        bus->ops->publish(bus, json_string_value(json_object_get(copy, "coll")),
+                          body, len, cb, payload);
     body = NULL;
 
 cleanup:
@@ -184,9 +186,8 @@ cleanup:
 }
 
 int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
-                        const char *coll, int64_t after,
-                        syncd_bus_event_cb cb, void *payload,
-                        syncd_error_t *err)
+                        const char *coll, int64_t after, syncd_bus_event_cb cb,
+                        void *payload, syncd_error_t *err)
 {
     syncd_bus_sub_t *sub;
     int rc;
@@ -199,12 +200,14 @@ int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
                                "\"%s\" is not a valid collection name",
                                coll ? coll : "(null)");
     if (cb == NULL)
-        return syncd_error_set(err, SYNCD_EINVAL, "subscribe needs a "
-                                                  "callback");
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "subscribe needs a "
+                               "callback");
     sub = calloc(1, sizeof(*sub));
     if (sub == NULL)
-        return syncd_error_set(err, SYNCD_ENOMEM, "allocating a "
-                                                  "subscription");
+        return syncd_error_set(err, SYNCD_ENOMEM,
+                               "allocating a "
+                               "subscription");
     sub->bus = bus;
     snprintf(sub->coll, sizeof(sub->coll), "%s", coll);
     sub->last = after < 0 ? -1 : after;
@@ -260,8 +263,8 @@ int bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal, int64_t seq,
 
 int bus_receive(syncd_bus_t *bus, json_t **out, const char *data, size_t len)
 {
-    int rc = syncd_event_decode(out, data, len, bus->max_event_bytes, NULL,
-                                NULL);
+    int rc =
+        syncd_event_decode(out, data, len, bus->max_event_bytes, NULL, NULL);
 
     if (rc == SYNCD_ETOOBIG)
         bus->stats.dropped_oversize++;

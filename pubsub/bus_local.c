@@ -38,8 +38,8 @@ typedef struct slot {
 typedef struct lcoll {
     struct lcoll *next;
     char name[BUS_NAME_MAX];
-    int64_t seq;          /* last assigned */
-    slot_t *ring;         /* event of seq s at ring[s % cap] */
+    int64_t seq;  /* last assigned */
+    slot_t *ring; /* event of seq s at ring[s % cap] */
     size_t cap;
     syncd_bus_sub_t *subs;
 } lcoll_t;
@@ -143,8 +143,8 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
     c->cap = (size_t)(bus->base.event_log_len < bound ? bus->base.event_log_len
                                                       : bound);
     c->ring = calloc(c->cap, sizeof(*c->ring));
-    rc = c->ring == NULL ? syncd_error_set(err, SYNCD_ENOMEM,
-                                           "allocating a replay ring")
+    rc = c->ring == NULL
+             ? syncd_error_set(err, SYNCD_ENOMEM, "allocating a replay ring")
          : bus->db != NULL ? load_seq(bus, c, err)
                            : 0;
     if (rc != 0) {
@@ -356,8 +356,7 @@ static void fire(lreq_t *req, int status)
             req->publish_cb(status, status == 0 ? req->seq : 0, req->payload);
         break;
     case REQ_REPLAY:
-        req->replay_cb(status, status == 0 ? req->events : NULL,
-                       req->payload);
+        req->replay_cb(status, status == 0 ? req->events : NULL, req->payload);
         if (status == 0)
             req->events = NULL;
         break;

@@ -85,9 +85,9 @@ typedef struct rchan {
     struct rchan *next;
     char name[BUS_NAME_MAX];
     char channel[KEY_MAX], counter[KEY_MAX], stream[KEY_MAX];
-    int64_t known;  /* highest seq seen: the floor of the scripts */
-    int wanted;     /* has had a subscription: SUBSCRIBEd on connect */
-    int confirmed;  /* subscribed on the current subscriber connection */
+    int64_t known; /* highest seq seen: the floor of the scripts */
+    int wanted;    /* has had a subscription: SUBSCRIBEd on connect */
+    int confirmed; /* subscribed on the current subscriber connection */
     syncd_bus_sub_t *subs;
 } rchan_t;
 
@@ -299,8 +299,8 @@ static int setup_cmd(rbus_t *bus, redisAsyncContext *ac)
         return -1;
     if (redisAsyncCommand(ac, on_script_loaded, bus->publish_sha,
                           "SCRIPT LOAD %s", publish_lua) ||
-        redisAsyncCommand(ac, on_script_loaded, bus->read_sha,
-                          "SCRIPT LOAD %s", read_lua) ||
+        redisAsyncCommand(ac, on_script_loaded, bus->read_sha, "SCRIPT LOAD %s",
+                          read_lua) ||
         redisAsyncCommand(ac, NULL, NULL, "SET %s %s NX", bus->epoch_key,
                           bus->epoch_mine) ||
         redisAsyncCommand(ac, on_epoch, conn, "GET %s", bus->epoch_key))
@@ -342,7 +342,8 @@ static void conn_start(rconn_t *conn)
         conn_fail(conn);
 }
 
-/* ---- Collections ---------------------------------------------------------- */
+/* ---- Collections ----------------------------------------------------------
+ */
 
 static rchan_t *find_chan(rbus_t *bus, const char *name, size_t len)
 {
@@ -381,7 +382,8 @@ static void raise_known(rchan_t *chan, int64_t seq)
         chan->known = seq;
 }
 
-/* ---- Script calls --------------------------------------------------------- */
+/* ---- Script calls ---------------------------------------------------------
+ */
 
 static void on_call_reply(redisAsyncContext *ac, void *r, void *privdata);
 
@@ -675,7 +677,8 @@ static void catch_up(syncd_bus_sub_t *sub)
     }
 }
 
-/* ---- Live events ---------------------------------------------------------- */
+/* ---- Live events ----------------------------------------------------------
+ */
 
 static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
 {
@@ -684,8 +687,8 @@ static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
 
     if (bus_receive(&bus->base, &event, data, len) != 0)
         return;
-    if (strcmp(json_string_value(json_object_get(event, "coll")),
-               chan->name) != 0) {
+    if (strcmp(json_string_value(json_object_get(event, "coll")), chan->name) !=
+        0) {
         bus->base.stats.dropped_malformed++;
         json_decref(event);
         return;
@@ -742,7 +745,8 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
     bus_leave(&bus->base);
 }
 
-/* ---- Operations ----------------------------------------------------------- */
+/* ---- Operations -----------------------------------------------------------
+ */
 
 static int redis_publish(syncd_bus_t *base, const char *coll, char *body_new,
                          size_t len, syncd_bus_publish_cb cb, void *payload)
@@ -823,13 +827,11 @@ static int redis_replay(syncd_bus_t *base, const char *coll, int64_t after,
     call->payload = payload;
     call->after = after;
     call->until = until;
-    snprintf(call->args[0], sizeof(call->args[0]), "%" PRId64 "-0",
-             after + 1);
+    snprintf(call->args[0], sizeof(call->args[0]), "%" PRId64 "-0", after + 1);
     if (until < 0)
         snprintf(call->args[1], sizeof(call->args[1]), "+");
     else
-        snprintf(call->args[1], sizeof(call->args[1]), "%" PRId64 "-1",
-                 until);
+        snprintf(call->args[1], sizeof(call->args[1]), "%" PRId64 "-1", until);
     snprintf(call->args[2], sizeof(call->args[2]), "%zu", max);
     snprintf(call->args[3], sizeof(call->args[3]), "0");
     if (send_call(call) != 0) {
@@ -880,9 +882,8 @@ static int redis_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
     req->bus = bus;
     req->cb = cb;
     req->payload = payload;
-    if (!bus->cmd.ready ||
-        redisAsyncCommand(bus->cmd.ac, on_seq, req, "GET %s",
-                          chan->counter) != REDIS_OK) {
+    if (!bus->cmd.ready || redisAsyncCommand(bus->cmd.ac, on_seq, req, "GET %s",
+                                             chan->counter) != REDIS_OK) {
         free(req);
         return SYNCD_EBACKEND;
     }
@@ -946,7 +947,7 @@ static const bus_ops_t redis_ops = {
 /* Parses "redis://host[:port][/db]" into bus; SYNCD_EINVAL names the URL. */
 static int parse_url(rbus_t *bus, const char *url, syncd_error_t *err)
 {
-    const char *p = url, *host, *end;
+    const char *p = url, *host;
     char *num_end;
     long v;
 
@@ -975,8 +976,7 @@ static int parse_url(rbus_t *bus, const char *url, syncd_error_t *err)
     } else if (*p == '/') {
         p++;
     }
-    end = p;
-    if (*end != '\0')
+    if (*p != '\0')
         goto bad;
     return 0;
 

@@ -33,8 +33,8 @@
 #define ID_MAX_BYTES 1024
 
 static const char *const members[] = {
-    "seq", "op",   "coll", "id",     "v",  "base", "patch",
-    "merge", "h",  "origin", "ts",   "sig",
+    "seq",   "op",    "coll", "id",     "v",  "base",
+    "patch", "merge", "h",    "origin", "ts", "sig",
 };
 
 int bus_name_valid(const char *name)
@@ -104,8 +104,8 @@ static int rfc3339_valid(const char *s)
     if (digits(&p, 2, &hour) || *p++ != ':' || digits(&p, 2, &min) ||
         *p++ != ':' || digits(&p, 2, &sec))
         return 0;
-    if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 ||
-        min > 59 || sec > 60)
+    if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 ||
+        sec > 60)
         return 0;
     if (*p == '.') {
         p++;
@@ -126,8 +126,8 @@ static int rfc3339_valid(const char *s)
 
 static int bad(syncd_error_t *err, const char *member, const char *why)
 {
-    return syncd_error_set(err, SYNCD_EINVAL, "event member \"%s\" %s",
-                           member, why);
+    return syncd_error_set(err, SYNCD_EINVAL, "event member \"%s\" %s", member,
+                           why);
 }
 
 /* Checks that member name of event is an integer >= min into *out. */
@@ -143,8 +143,8 @@ static int int_member(const json_t *event, const char *name, int64_t min,
     *out = json_integer_value(v);
     if (*out < min)
         return syncd_error_set(err, SYNCD_EINVAL,
-                               "event member \"%s\" is %lld, below %lld",
-                               name, (long long)*out, (long long)min);
+                               "event member \"%s\" is %lld, below %lld", name,
+                               (long long)*out, (long long)min);
     return 0;
 }
 
@@ -275,8 +275,8 @@ int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
             return syncd_error_set(err, SYNCD_ENOMEM, "encoding an event");
         if (len > max_bytes)
             return syncd_error_set(err, SYNCD_ETOOBIG,
-                                   "event of %zu bytes exceeds %zu bytes",
-                                   len, max_bytes);
+                                   "event of %zu bytes exceeds %zu bytes", len,
+                                   max_bytes);
     }
     return 0;
 }
@@ -351,8 +351,7 @@ int bus_event_verify(const json_t *event, const char *secret,
 }
 
 int syncd_event_decode(json_t **out, const char *data, size_t len,
-                       size_t max_bytes, const char *secret,
-                       syncd_error_t *err)
+                       size_t max_bytes, const char *secret, syncd_error_t *err)
 {
     json_error_t jerr;
     json_t *event;

@@ -62,16 +62,16 @@ struct syncd_bus {
 
 struct syncd_bus_sub {
     syncd_bus_t *bus;
-    void *chan;                /* the implementation's collection record */
-    syncd_bus_sub_t *next;     /* in that record's list */
+    void *chan;            /* the implementation's collection record */
+    syncd_bus_sub_t *next; /* in that record's list */
     char coll[BUS_NAME_MAX];
-    int64_t last;              /* last seq delivered; -1 until known */
-    int64_t want;              /* highest live seq seen while catching up */
-    int refs;                  /* list + in-flight requests + deliveries */
-    int dead;                  /* unsubscribed; unlinked by the next sweep */
-    int catching;              /* reading the replay log before live events */
-    int inflight;              /* a replay read is in flight */
-    int lost;                  /* the backend lost data: resync first */
+    int64_t last; /* last seq delivered; -1 until known */
+    int64_t want; /* highest live seq seen while catching up */
+    int refs;     /* list + in-flight requests + deliveries */
+    int dead;     /* unsubscribed; unlinked by the next sweep */
+    int catching; /* reading the replay log before live events */
+    int inflight; /* a replay read is in flight */
+    int lost;     /* the backend lost data: resync first */
     syncd_bus_event_cb cb;
     void *payload;
 };

@@ -45,10 +45,10 @@ static json_t *make_event(const char *id, int64_t v)
         patch = json_pack("[{s:s,s:s,s:I}]", "op", "replace", "path", "/n",
                           "value", (json_int_t)v);
     event = json_pack("{s:s,s:s,s:s,s:I,s:I,s:o,s:o,s:s,s:s,s:s}", "op",
-                      v == 1 ? "create" : "update", "coll", COLL, "id", id,
-                      "v", (json_int_t)v, "base", (json_int_t)(v - 1),
-                      "patch", patch, "merge", body, "h", hash, "origin",
-                      "node-test", "ts", "2026-11-24T10:00:00.123456Z");
+                      v == 1 ? "create" : "update", "coll", COLL, "id", id, "v",
+                      (json_int_t)v, "base", (json_int_t)(v - 1), "patch",
+                      patch, "merge", body, "h", hash, "origin", "node-test",
+                      "ts", "2026-11-24T10:00:00.123456Z");
     assert_non_null(event);
     return event;
 }
@@ -107,8 +107,8 @@ static void on_published(int status, int64_t seq, void *payload)
         p->dup_seq++;
     p->seen[seq] = 1;
     if (p->kill_at != 0 && p->done == p->kill_at)
-        assert_int_equal(syncd_test_redis_cli(p->srv, "CLIENT", "KILL",
-                                              "TYPE", "pubsub", NULL),
+        assert_int_equal(syncd_test_redis_cli(p->srv, "CLIENT", "KILL", "TYPE",
+                                              "pubsub", NULL),
                          0);
     publish_next(p);
 }
@@ -246,9 +246,8 @@ static void check_replay(uv_loop_t *loop, syncd_bus_t *bus, int64_t after,
 {
     replay_t r = {0};
 
-    assert_int_equal(syncd_bus_replay(bus, COLL, after, until, 0, on_replay,
-                                      &r),
-                     0);
+    assert_int_equal(
+        syncd_bus_replay(bus, COLL, after, until, 0, on_replay, &r), 0);
     assert_int_equal(r.done, 0);
     wait_for(loop, flag_set, &r.done);
     assert_int_equal(r.status, status);
@@ -287,9 +286,8 @@ static void publish_all(uv_loop_t *loop, pubs_t *p, syncd_bus_t *bus, int n)
     assert_int_equal(p->dup_seq, 0);
 }
 
-static syncd_bus_t *open_bus(uv_loop_t *loop, const char *url,
-                             const char *dir, const char *secret,
-                             uint64_t log_len)
+static syncd_bus_t *open_bus(uv_loop_t *loop, const char *url, const char *dir,
+                             const char *secret, uint64_t log_len)
 {
     syncd_bus_options_t opts;
     syncd_bus_t *bus = NULL;
@@ -343,8 +341,8 @@ static void expect_invalid(const char *member, json_t *value, int code,
     json_decref(event);
 }
 
-static void test_event_validate__bad_members_fail_with_EINVAL_naming_them(
-    void **state)
+static void
+test_event_validate__bad_members_fail_with_EINVAL_naming_them(void **state)
 {
     (void)state;
     expect_invalid("h", NULL, SYNCD_EINVAL, "\"h\"");
@@ -389,8 +387,7 @@ static void test_event_validate__op_rules_hold(void **state)
     json_decref(event);
 }
 
-static void test_event_validate__oversize_event_fails_with_ETOOBIG(
-    void **state)
+static void test_event_validate__oversize_event_fails_with_ETOOBIG(void **state)
 {
     json_t *event = make_event("doc", 2);
     char big[2048];
@@ -405,8 +402,8 @@ static void test_event_validate__oversize_event_fails_with_ETOOBIG(
     json_decref(event);
 }
 
-static void test_event_sign__signed_event_verifies_and_tampering_fails(
-    void **state)
+static void
+test_event_sign__signed_event_verifies_and_tampering_fails(void **state)
 {
     json_t *event = make_event("doc", 2), *out = NULL;
     syncd_error_t err = {0};
@@ -458,8 +455,8 @@ static void test_event_sign__signed_event_verifies_and_tampering_fails(
 
 /* ---- In-process bus ----------------------------------------------------- */
 
-static void test_local_bus__seqs_are_contiguous_and_delivered_in_order(
-    void **state)
+static void
+test_local_bus__seqs_are_contiguous_and_delivered_in_order(void **state)
 {
     uv_loop_t loop;
     syncd_bus_t *bus;
@@ -473,12 +470,10 @@ static void test_local_bus__seqs_are_contiguous_and_delivered_in_order(
     bus = open_bus(&loop, NULL, NULL, NULL, 0);
     assert_string_equal(syncd_bus_kind(bus), "local");
     assert_int_equal(syncd_bus_connected(bus), 1);
-    assert_int_equal(syncd_bus_subscribe(bus, &s1, COLL, -1, on_event, &r1,
-                                         NULL),
-                     0);
-    assert_int_equal(syncd_bus_subscribe(bus, &s2, COLL, 0, on_event, &r2,
-                                         NULL),
-                     0);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &s1, COLL, -1, on_event, &r1, NULL), 0);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &s2, COLL, 0, on_event, &r2, NULL), 0);
     publish_all(&loop, &p, bus, 300);
     for (int s = 1; s <= 300; s++)
         assert_true(p.seen[s]);
@@ -520,8 +515,8 @@ static void test_local_bus__replay_reads_ranges_from_the_log(void **state)
     end_loop(&loop);
 }
 
-static void test_local_bus__seq_continues_after_reopen_from_data_dir(
-    void **state)
+static void
+test_local_bus__seq_continues_after_reopen_from_data_dir(void **state)
 {
     char dir[256];
     uv_loop_t loop;
@@ -543,9 +538,8 @@ static void test_local_bus__seq_continues_after_reopen_from_data_dir(
     assert_true(p.seen[6]);
     check_replay(&loop, bus, 0, -1, 0, 6);
     r.last = 2;
-    assert_int_equal(syncd_bus_subscribe(bus, &sub, COLL, 2, on_event, &r,
-                                         NULL),
-                     0);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 2, on_event, &r, NULL), 0);
     wait_recs(&loop, 6, &r, NULL);
     assert_int_equal(r.events, 4);
     assert_int_equal(r.out_of_order, 0);
@@ -555,8 +549,7 @@ static void test_local_bus__seq_continues_after_reopen_from_data_dir(
     syncd_test_rmtree(dir);
 }
 
-static void test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC(
-    void **state)
+static void test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC(void **state)
 {
     uv_loop_t loop;
     syncd_bus_t *bus;
@@ -570,9 +563,8 @@ static void test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC(
     publish_all(&loop, &p, bus, 20);
     check_replay(&loop, bus, 0, -1, SYNCD_ENOTFOUND, 0);
     check_replay(&loop, bus, 15, -1, 0, 5);
-    assert_int_equal(syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r,
-                                         NULL),
-                     0);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r, NULL), 0);
     wait_recs(&loop, 20, &r, NULL);
     assert_int_equal(r.resyncs, 1);
     assert_int_equal(r.resync_seq[0], 15);
@@ -637,7 +629,7 @@ static char *raw_event(int64_t seq, int64_t v, const char *secret)
 
 static void test_redis_bus__bad_url_fails_with_EINVAL_naming_it(void **state)
 {
-    const char *bad[] = {"http://x:1", "redis://", "redis://h:0",
+    const char *bad[] = {"http://x:1",      "redis://",      "redis://h:0",
                          "redis://h:99999", "redis://h:1/x", "redis://h:1/2/3"};
     syncd_bus_options_t opts;
     syncd_error_t err;
@@ -658,8 +650,8 @@ static void test_redis_bus__bad_url_fails_with_EINVAL_naming_it(void **state)
     end_loop(&loop);
 }
 
-static void test_redis_bus__two_nodes_see_identical_contiguous_seqs(
-    void **state)
+static void
+test_redis_bus__two_nodes_see_identical_contiguous_seqs(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
@@ -706,8 +698,7 @@ static void test_redis_bus__two_nodes_see_identical_contiguous_seqs(
     end_loop(&loop);
 }
 
-static void test_redis_bus__client_kill_during_storm_loses_nothing(
-    void **state)
+static void test_redis_bus__client_kill_during_storm_loses_nothing(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
@@ -749,8 +740,8 @@ static void test_redis_bus__client_kill_during_storm_loses_nothing(
     end_loop(&loop);
 }
 
-static void test_redis_bus__restart_fails_publishes_then_resyncs_once(
-    void **state)
+static void
+test_redis_bus__restart_fails_publishes_then_resyncs_once(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
@@ -809,8 +800,7 @@ static void test_redis_bus__restart_fails_publishes_then_resyncs_once(
     end_loop(&loop);
 }
 
-static void test_redis_bus__trimmed_log_resyncs_a_late_subscriber(
-    void **state)
+static void test_redis_bus__trimmed_log_resyncs_a_late_subscriber(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
@@ -825,8 +815,7 @@ static void test_redis_bus__trimmed_log_resyncs_a_late_subscriber(
     publish_all(&loop, &p, a, 500);
     check_replay(&loop, a, 0, -1, SYNCD_ENOTFOUND, 0);
     check_replay(&loop, a, 495, -1, 0, 5);
-    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r,
-                                         NULL),
+    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r, NULL),
                      0);
     wait_recs(&loop, 500, &r, NULL);
     assert_int_equal(r.resyncs, 1);
@@ -846,8 +835,8 @@ static int dup_seen(void *arg)
     return st.dropped_duplicate >= 1;
 }
 
-static void test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(
-    void **state)
+static void
+test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
@@ -861,8 +850,7 @@ static void test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(
     flush(srv);
     uv_loop_init(&loop);
     a = open_bus(&loop, srv->uri, NULL, NULL, 0);
-    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r,
-                                         NULL),
+    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r, NULL),
                      0);
     publish_all(&loop, &p, a, 3);
     wait_recs(&loop, 3, &r, NULL);
@@ -874,16 +862,16 @@ static void test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(
     /* Seqs 4 and 5 land in the log, but their messages arrive 5 first. */
     e4 = raw_event(4, 4, NULL);
     e5 = raw_event(5, 5, NULL);
-    assert_int_equal(syncd_test_redis_cli(srv, "SET", "syncd:test:" COLL ":seq",
-                                          "5", NULL),
+    assert_int_equal(
+        syncd_test_redis_cli(srv, "SET", "syncd:test:" COLL ":seq", "5", NULL),
+        0);
+    assert_int_equal(syncd_test_redis_cli(srv, "XADD",
+                                          "syncd:test:" COLL ":log", "4-1", "e",
+                                          e4, NULL),
                      0);
     assert_int_equal(syncd_test_redis_cli(srv, "XADD",
-                                          "syncd:test:" COLL ":log", "4-1",
-                                          "e", e4, NULL),
-                     0);
-    assert_int_equal(syncd_test_redis_cli(srv, "XADD",
-                                          "syncd:test:" COLL ":log", "5-1",
-                                          "e", e5, NULL),
+                                          "syncd:test:" COLL ":log", "5-1", "e",
+                                          e5, NULL),
                      0);
     raw_publish(srv, e5);
     wait_recs(&loop, 5, &r, NULL);
@@ -929,8 +917,7 @@ static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
     flush(srv);
     uv_loop_init(&loop);
     a = open_bus(&loop, srv->uri, NULL, "cluster-key", 0);
-    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r,
-                                         NULL),
+    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r, NULL),
                      0);
     publish_all(&loop, &p, a, 1);
     wait_recs(&loop, 1, &r, NULL);
@@ -971,7 +958,8 @@ int main(void)
         cmocka_unit_test(
             test_event_validate__bad_members_fail_with_EINVAL_naming_them),
         cmocka_unit_test(test_event_validate__op_rules_hold),
-        cmocka_unit_test(test_event_validate__oversize_event_fails_with_ETOOBIG),
+        cmocka_unit_test(
+            test_event_validate__oversize_event_fails_with_ETOOBIG),
         cmocka_unit_test(
             test_event_sign__signed_event_verifies_and_tampering_fails),
         cmocka_unit_test(

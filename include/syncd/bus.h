@@ -154,7 +154,8 @@ int syncd_event_decode(json_t **out, const char *data, size_t len,
 char *syncd_event_encode(json_t *event, const char *secret, size_t *len);
 
 /* Writes the hex HMAC-SHA256 under secret of event's canonical form
- * without "sig" into out (65 bytes). */
+ * without "sig" and "seq" (the bus assigns seq after signing) into out
+ * (65 bytes). */
 int syncd_event_sign(char out[65], const json_t *event, const char *secret,
                      syncd_error_t *err);
 
