@@ -113,6 +113,7 @@ struct rbus {
     rconn_t cmd, sub;
     rchan_t *chans;
     int open_timers;
+    unsigned sub_gen; /* subscriber connections lost so far */
 };
 
 typedef enum { CALL_PUBLISH, CALL_CATCHUP, CALL_REPLAY } call_kind_t;
@@ -131,6 +132,7 @@ typedef struct rcall {
     syncd_bus_publish_cb publish_cb;
     syncd_bus_replay_cb replay_cb;
     int64_t after, until; /* CALL_REPLAY; CALL_CATCHUP: sub->want at send */
+    unsigned gen;         /* CALL_CATCHUP: bus->sub_gen at send */
     void *payload;
 } rcall_t;
 
@@ -153,6 +155,7 @@ static void conn_down(rconn_t *conn)
     if (bus->base.closing)
         return;
     if (conn->is_sub) {
+        bus->sub_gen++;
         for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
             c->confirmed = 0;
             for (syncd_bus_sub_t *s = c->subs; s != NULL; s = s->next)
@@ -573,7 +576,8 @@ static void catch_up_done(rcall_t *call, const redisReply *reply)
     }
     raise_known(call->chan, cur);
     if (catch_up_deliver(bus, sub, cur, raised, entries) ||
-        want_more(sub, cur, call->after) || sub->lost) {
+        want_more(sub, cur, call->after) || sub->lost ||
+        call->gen != bus->sub_gen) {
         catch_up(sub);
     } else if (bus_sub_live(sub)) {
         sub->catching = 0;
@@ -669,6 +673,7 @@ static void catch_up(syncd_bus_sub_t *sub)
              sub->last > 0 ? sub->last : 0);
     call->sub = sub;
     call->after = sub->want;
+    call->gen = bus->sub_gen;
     bus_sub_ref(sub);
     sub->inflight = 1;
     if (send_call(call) != 0) {

@@ -1,27 +1,54 @@
 /* cache.c - the node cache: recent documents of the MongoDB store in a
- * local RocksDB, with a TTL and a size bound.
+ * local RocksDB, with a TTL, a size bound and an in-memory tier of decoded
+ * documents in front.
  *
- * Bodies live in a RocksDB of their own (WAL off: the cache is discarded at
+ * Records live in a RocksDB of their own (WAL off: the cache is discarded at
  * every open, so nothing in it needs to survive a crash). An in-memory index
  * of every entry, keyed like the records (see record.c), holds what the
  * policies need without touching RocksDB: version, hash, tombstone flag,
- * when the entry was stored, its size, and its recency. An entry older than
- * the TTL is never served; when the cached bytes pass max_bytes the least
- * recently used entries are evicted until they fit again, so the bound is
- * exact. put-if-newer never replaces a fresh entry by an equal or lower
- * version. One mutex guards the index and orders the RocksDB writes with it.
+ * when the entry was stored, its size, and its recency. In front of RocksDB,
+ * the tier keeps the decoded, reference-counted documents of the most
+ * recently used entries (a hit hands out the shared json_t body: no read,
+ * no parse, no serialization), bounded to a quarter of max_bytes.
+ *
+ * The bound covers both: the cached bytes are the records' key and value
+ * bytes plus, for entries in the tier, their charge there (record bytes and
+ * a fixed overhead); when they pass max_bytes the least recently used
+ * entries are evicted until they fit again, so the bound is exact. An entry
+ * older than the TTL is never served; put-if-newer never replaces a fresh
+ * entry by an equal or lower version.
+ *
+ * A reader-writer lock guards the index and the tier and orders the RocksDB
+ * writes with them. A hit holds it shared and only marks its entry as used;
+ * the recency lists are reordered lazily, under the exclusive lock, when
+ * eviction meets a marked entry (a marked entry gets a second chance at the
+ * newest end, as in the CLOCK algorithm).
  */
+#define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <pthread.h>
 #include <rocksdb/c.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "internal.h"
 
-/* One cached record's index entry; the key bytes follow the struct. */
+/* Bytes charged for a decoded record beyond its encoded size. */
+#define TIER_ENTRY_OVERHEAD 256
+
+/* The tier holds at most max_bytes / TIER_SHARE bytes. */
+#define TIER_SHARE 4
+
+/* One cached record: its index entry and, when in the tier, its decoded
+ * document. The key bytes follow the struct. */
 typedef struct cache_entry {
-    syncd_lru_node_t node;
+    syncd_lru_node_t node;      /* in the index: every entry */
+    syncd_lru_node_t tier_node; /* in the tier: entries with doc set */
+    syncd_doc_t *doc;           /* the decoded record, or NULL */
+    unsigned char index_used;   /* read since last placed in the index */
+    unsigned char tier_used;    /* read since last placed in the tier */
+    uint64_t gen;               /* distinguishes successive entries of a key */
     int64_t version;
     int64_t stored_ms;
     int deleted;
@@ -30,8 +57,9 @@ typedef struct cache_entry {
 } cache_entry_t;
 
 struct syncd_cache {
-    pthread_mutex_t lock;
+    pthread_rwlock_t lock;
     syncd_lru_t index;
+    syncd_lru_t tier;
     rocksdb_t *db;
     rocksdb_options_t *options;
     rocksdb_readoptions_t *read;
@@ -40,8 +68,16 @@ struct syncd_cache {
     uint64_t max_bytes;
     int64_t (*now_ms)(void *data);
     void *now_data;
-    uint64_t hits, misses, evictions;
+    uint64_t gens;                   /* under the exclusive lock */
+    uint64_t hits, misses, evictions; /* updated atomically */
 };
+
+/* A record key with its hash, computed once per call. */
+typedef struct reckey {
+    char bytes[SYNCD_RECORD_KEY_MAX];
+    size_t len;
+    uint64_t hash;
+} reckey_t;
 
 static int64_t monotonic_ms(void *data)
 {
@@ -61,6 +97,26 @@ static int cache_error(syncd_error_t *err, char *errptr, const char *what)
     return rc;
 }
 
+static void count(uint64_t *counter)
+{
+    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+}
+
+/* Marks e as read; under the shared lock, so the flags are atomic and only
+ * written when not already set (a hot entry's line stays clean). */
+static void mark_used(cache_entry_t *e)
+{
+    if (!__atomic_load_n(&e->index_used, __ATOMIC_RELAXED))
+        __atomic_store_n(&e->index_used, 1, __ATOMIC_RELAXED);
+    if (!__atomic_load_n(&e->tier_used, __ATOMIC_RELAXED))
+        __atomic_store_n(&e->tier_used, 1, __ATOMIC_RELAXED);
+}
+
+static cache_entry_t *from_tier(syncd_lru_node_t *node)
+{
+    return (cache_entry_t *)((char *)node - offsetof(cache_entry_t, tier_node));
+}
+
 static int is_fresh(const syncd_cache_t *c, const cache_entry_t *e, int64_t now)
 {
     return now - e->stored_ms < c->ttl_ms;
@@ -71,20 +127,103 @@ static int in_coll(const cache_entry_t *e, const char *coll, size_t clen)
     return e->node.keylen > clen && memcmp(e->key, coll, clen + 1) == 0;
 }
 
-/* Drops e from the index and its body from RocksDB; with the lock held. */
+static uint64_t cached_bytes(const syncd_cache_t *c)
+{
+    return c->index.bytes + c->tier.bytes;
+}
+
+/* Takes doc (ownership) into the tier as e's decoded record, charged
+ * record_bytes plus the overhead; with the exclusive lock held and e not
+ * yet in the tier. */
+static void tier_add(syncd_cache_t *c, cache_entry_t *e, syncd_doc_t *doc,
+                     size_t record_bytes)
+{
+    e->doc = doc;
+    e->tier_node.key = e->key;
+    e->tier_node.keylen = e->node.keylen;
+    e->tier_node.hash = e->node.hash;
+    e->tier_node.size = record_bytes + TIER_ENTRY_OVERHEAD;
+    e->tier_used = 0;
+    syncd_lru_insert(&c->tier, &e->tier_node);
+}
+
+/* Takes e's decoded record out of the tier (the entry stays cached). */
+static void tier_release(syncd_cache_t *c, cache_entry_t *e)
+{
+    if (e->doc == NULL)
+        return;
+    syncd_lru_remove(&c->tier, &e->tier_node);
+    syncd_doc_free(e->doc);
+    e->doc = NULL;
+}
+
+/* Unlinks e from the index and the tier and frees it; its RocksDB record
+ * is left for the caller. */
+static void entry_free(syncd_cache_t *c, cache_entry_t *e)
+{
+    tier_release(c, e);
+    syncd_lru_remove(&c->index, &e->node);
+    free(e);
+}
+
+/* Drops e and its RocksDB record; with the exclusive lock held. */
 static void drop(syncd_cache_t *c, cache_entry_t *e)
 {
     char *errptr = NULL;
 
     rocksdb_delete(c->db, c->write, e->key, e->node.keylen, &errptr);
     rocksdb_free(errptr);
-    syncd_lru_remove(&c->index, &e->node);
-    free(e);
+    entry_free(c, e);
+}
+
+/* Returns the least recently used entry of lru (the index when tier is 0,
+ * else the tier), giving every entry read since it was placed a second
+ * chance at the newest end; NULL when empty. */
+static cache_entry_t *victim(syncd_lru_t *lru, int tier)
+{
+    syncd_lru_node_t *node;
+
+    while ((node = syncd_lru_oldest(lru)) != NULL) {
+        cache_entry_t *e = tier ? from_tier(node) : (cache_entry_t *)node;
+        unsigned char *used = tier ? &e->tier_used : &e->index_used;
+
+        if (!__atomic_load_n(used, __ATOMIC_RELAXED))
+            return e;
+        __atomic_store_n(used, 0, __ATOMIC_RELAXED);
+        syncd_lru_touch(lru, node);
+    }
+    return NULL;
+}
+
+/* Shrinks the tier to its share, then evicts least recently used entries
+ * until the cached bytes fit; with the exclusive lock held. */
+static void evict(syncd_cache_t *c)
+{
+    cache_entry_t *e;
+
+    while (c->tier.bytes > c->max_bytes / TIER_SHARE &&
+           (e = victim(&c->tier, 1)) != NULL)
+        tier_release(c, e);
+    while (cached_bytes(c) > c->max_bytes &&
+           (e = victim(&c->index, 0)) != NULL) {
+        drop(c, e);
+        c->evictions++;
+    }
+}
+
+/* The tier's nodes belong to index entries: destroying the tier only
+ * frees its buckets. */
+static void keep_node(syncd_lru_node_t *node)
+{
+    (void)node;
 }
 
 static void free_node(syncd_lru_node_t *node)
 {
-    free(node);
+    cache_entry_t *e = (cache_entry_t *)node;
+
+    syncd_doc_free(e->doc);
+    free(e);
 }
 
 int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
@@ -92,16 +231,23 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
                      syncd_error_t *err)
 {
     syncd_cache_t *c = calloc(1, sizeof(*c));
+    pthread_rwlockattr_t attr;
     char *errptr = NULL;
 
     *out = NULL;
     if (c == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    if (syncd_lru_init(&c->index) != 0) {
+    if (syncd_lru_init(&c->index) != 0 || syncd_lru_init(&c->tier) != 0) {
+        syncd_lru_destroy(&c->index, free_node);
         free(c);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    pthread_mutex_init(&c->lock, NULL);
+    /* Writers first: a steady stream of hits must not starve puts. */
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&c->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
     c->ttl_ms = ttl_ms;
     c->max_bytes = max_bytes;
     c->now_ms =
@@ -129,8 +275,9 @@ void syncd_cache_close(syncd_cache_t *cache)
 {
     if (cache == NULL)
         return;
+    syncd_lru_destroy(&cache->tier, keep_node);
     syncd_lru_destroy(&cache->index, free_node);
-    pthread_mutex_destroy(&cache->lock);
+    pthread_rwlock_destroy(&cache->lock);
     if (cache->db != NULL)
         rocksdb_close(cache->db);
     rocksdb_writeoptions_destroy(cache->write);
@@ -139,126 +286,200 @@ void syncd_cache_close(syncd_cache_t *cache)
     free(cache);
 }
 
-/* Finds the entry of coll/id, key written into key; NULL when absent. */
-static cache_entry_t *find(syncd_cache_t *c, char key[SYNCD_RECORD_KEY_MAX],
-                           size_t klen)
+static int make_key(reckey_t *k, const char *coll, const char *id,
+                    syncd_error_t *err)
 {
-    return (cache_entry_t *)syncd_lru_find(&c->index, key, klen,
-                                           syncd_lru_hash(key, klen));
+    k->len = syncd_record_key(k->bytes, coll, id);
+    if (k->len == 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "collection or id too long for a key");
+    k->hash = syncd_lru_hash(k->bytes, k->len);
+    return 0;
 }
 
-static int make_key(char key[SYNCD_RECORD_KEY_MAX], size_t *klen,
-                    const char *coll, const char *id, syncd_error_t *err)
+static cache_entry_t *find(syncd_cache_t *c, const reckey_t *k)
 {
-    *klen = syncd_record_key(key, coll, id);
-    return *klen != 0 ? 0
-                      : syncd_error_set(err, SYNCD_EINVAL,
-                                        "collection or id too long for a key");
+    return (cache_entry_t *)syncd_lru_find(&c->index, k->bytes, k->len,
+                                           k->hash);
+}
+
+/* Copies doc into *out (the body shared). */
+static int dup_out(syncd_doc_t **out, const syncd_doc_t *doc,
+                   syncd_error_t *err)
+{
+    *out = syncd_doc_dup(doc);
+    return *out != NULL ? 0
+                        : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+}
+
+/* Decodes the record val (vlen bytes) of the entry of k with generation
+ * gen into *out, and takes a copy of it into the tier unless the entry
+ * changed meanwhile. Called with no lock held. */
+static int load(syncd_cache_t *c, syncd_doc_t **out, const reckey_t *k,
+                uint64_t gen, const char *coll, const char *id,
+                const char *val, size_t vlen, syncd_error_t *err)
+{
+    syncd_doc_t *doc = NULL;
+    cache_entry_t *e;
+    int rc;
+
+    rc = syncd_record_decode(&doc, coll, id, val, vlen, 1, err);
+    if (rc == 0)
+        rc = dup_out(out, doc, err);
+    if (rc != 0) {
+        syncd_doc_free(doc);
+        return rc;
+    }
+    pthread_rwlock_wrlock(&c->lock);
+    e = find(c, k);
+    if (e != NULL && e->gen == gen && e->doc == NULL) {
+        tier_add(c, e, doc, k->len + vlen);
+        doc = NULL;
+        evict(c);
+    }
+    pthread_rwlock_unlock(&c->lock);
+    syncd_doc_free(doc);
+    return 0;
+}
+
+/* Drops the entry of k if it is still expired. */
+static void drop_expired(syncd_cache_t *c, const reckey_t *k)
+{
+    cache_entry_t *e;
+
+    pthread_rwlock_wrlock(&c->lock);
+    e = find(c, k);
+    if (e != NULL && !is_fresh(c, e, c->now_ms(c->now_data)))
+        drop(c, e);
+    pthread_rwlock_unlock(&c->lock);
 }
 
 int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err)
 {
-    char key[SYNCD_RECORD_KEY_MAX];
     char *errptr = NULL;
     char *val = NULL;
+    int expired = 0;
     cache_entry_t *e;
-    size_t klen, vlen = 0;
+    size_t vlen = 0;
+    uint64_t gen = 0;
+    reckey_t k;
     int rc;
 
     *out = NULL;
-    rc = make_key(key, &klen, coll, id, err);
+    rc = make_key(&k, coll, id, err);
     if (rc != 0)
         return rc;
-    pthread_mutex_lock(&cache->lock);
-    e = find(cache, key, klen);
+    pthread_rwlock_rdlock(&cache->lock);
+    e = find(cache, &k);
     if (e != NULL && !is_fresh(cache, e, cache->now_ms(cache->now_data))) {
-        drop(cache, e);
+        expired = 1;
         e = NULL;
     }
     if (e != NULL) {
-        syncd_lru_touch(&cache->index, &e->node);
-        val = rocksdb_get(cache->db, cache->read, key, klen, &vlen, &errptr);
+        mark_used(e);
+        if (e->doc != NULL) {
+            rc = dup_out(out, e->doc, err);
+        } else {
+            gen = e->gen;
+            val = rocksdb_get(cache->db, cache->read, k.bytes, k.len, &vlen,
+                              &errptr);
+        }
     }
+    pthread_rwlock_unlock(&cache->lock);
+
+    if (expired)
+        drop_expired(cache, &k);
     if (errptr != NULL)
         rc = cache_error(err, errptr, "get");
-    else if (val == NULL)
+    else if (val != NULL)
+        rc = load(cache, out, &k, gen, coll, id, val, vlen, err);
+    else if (*out == NULL && rc == 0)
         rc =
             syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not cached", coll, id);
-    else
-        rc = syncd_record_decode(out, coll, id, val, vlen, 1, err);
-    if (rc == 0)
-        cache->hits++;
-    else
-        cache->misses++;
-    pthread_mutex_unlock(&cache->lock);
     rocksdb_free(val);
+    count(rc == 0 ? &cache->hits : &cache->misses);
     return rc;
 }
 
-/* Evicts least recently used entries until the cached bytes fit. */
-static void evict(syncd_cache_t *c)
+/* Returns a new entry for doc under k, its decoded copy attached but not
+ * yet linked, or NULL when out of memory. */
+static cache_entry_t *entry_new(const reckey_t *k, const syncd_doc_t *doc,
+                                size_t vlen)
 {
-    while (c->index.bytes > c->max_bytes && c->index.count > 0) {
-        drop(c, (cache_entry_t *)syncd_lru_oldest(&c->index));
-        c->evictions++;
+    cache_entry_t *e = calloc(1, sizeof(*e) + k->len);
+
+    if (e == NULL)
+        return NULL;
+    e->doc = syncd_doc_dup(doc);
+    if (e->doc == NULL) {
+        free(e);
+        return NULL;
     }
+    memcpy(e->key, k->bytes, k->len);
+    e->node.key = e->key;
+    e->node.keylen = k->len;
+    e->node.hash = k->hash;
+    e->node.size = k->len + vlen;
+    e->version = doc->version;
+    e->deleted = doc->deleted;
+    memcpy(e->hash, doc->hash, sizeof(e->hash));
+    return e;
 }
 
 int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
                     syncd_error_t *err)
 {
-    char key[SYNCD_RECORD_KEY_MAX];
     cache_entry_t *e = NULL, *old;
+    syncd_doc_t *decoded;
     char *errptr = NULL;
     char *val = NULL;
-    size_t klen, vlen;
+    size_t vlen = 0;
     int64_t now;
+    reckey_t k;
     int rc;
 
-    rc = make_key(key, &klen, doc->coll, doc->id, err);
+    rc = make_key(&k, doc->coll, doc->id, err);
     if (rc == 0)
-        rc = syncd_record_encode(&val, &vlen, doc, err);
+        rc = syncd_record_encode(&val, &vlen, doc, NULL, 0, err);
     if (rc != 0)
         return rc;
-    e = calloc(1, sizeof(*e) + klen);
+    e = entry_new(&k, doc, vlen);
     if (e == NULL) {
         free(val);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    memcpy(e->key, key, klen);
-    e->node.key = e->key;
-    e->node.keylen = klen;
-    e->node.hash = syncd_lru_hash(key, klen);
-    e->node.size = klen + vlen;
-    e->version = doc->version;
-    e->deleted = doc->deleted;
-    memcpy(e->hash, doc->hash, sizeof(e->hash));
 
-    pthread_mutex_lock(&cache->lock);
+    pthread_rwlock_wrlock(&cache->lock);
     now = cache->now_ms(cache->now_data);
-    old = find(cache, key, klen);
+    old = find(cache, &k);
     if (old != NULL && is_fresh(cache, old, now) &&
         old->version >= doc->version) {
         rc = 0;
         goto unlock;
     }
-    rocksdb_put(cache->db, cache->write, key, klen, val, vlen, &errptr);
+    rocksdb_put(cache->db, cache->write, k.bytes, k.len, val, vlen, &errptr);
     if (errptr != NULL) {
         rc = cache_error(err, errptr, "put");
         goto unlock;
     }
     if (old != NULL)
-        syncd_lru_remove(&cache->index, &old->node);
-    free(old);
+        entry_free(cache, old);
     e->stored_ms = now;
+    e->gen = ++cache->gens;
     syncd_lru_insert(&cache->index, &e->node);
+    decoded = e->doc;
+    e->doc = NULL;
+    tier_add(cache, e, decoded, k.len + vlen);
     e = NULL;
     evict(cache);
     rc = 1;
 unlock:
-    pthread_mutex_unlock(&cache->lock);
-    free(e);
+    pthread_rwlock_unlock(&cache->lock);
+    if (e != NULL) {
+        syncd_doc_free(e->doc);
+        free(e);
+    }
     free(val);
     return rc;
 }
@@ -266,16 +487,20 @@ unlock:
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
                            const char *id, syncd_error_t *err)
 {
-    char key[SYNCD_RECORD_KEY_MAX];
-    size_t klen, clen = strlen(coll);
+    size_t clen = strlen(coll);
     syncd_lru_node_t *node, *next;
     cache_entry_t *e;
+    reckey_t k;
     int rc = 0;
 
-    pthread_mutex_lock(&cache->lock);
     if (id != NULL) {
-        rc = make_key(key, &klen, coll, id, err);
-        if (rc == 0 && (e = find(cache, key, klen)) != NULL)
+        rc = make_key(&k, coll, id, err);
+        if (rc != 0)
+            return rc;
+    }
+    pthread_rwlock_wrlock(&cache->lock);
+    if (id != NULL) {
+        if ((e = find(cache, &k)) != NULL)
             drop(cache, e);
     } else {
         for (node = syncd_lru_next(&cache->index, NULL); node != NULL;
@@ -285,7 +510,7 @@ int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
                 drop(cache, (cache_entry_t *)node);
         }
     }
-    pthread_mutex_unlock(&cache->lock);
+    pthread_rwlock_unlock(&cache->lock);
     return rc;
 }
 
@@ -331,7 +556,7 @@ int syncd_cache_list(syncd_cache_t *cache, json_t **out, const char *coll,
     int rc = SYNCD_ENOMEM;
 
     *out = NULL;
-    pthread_mutex_lock(&cache->lock);
+    pthread_rwlock_rdlock(&cache->lock);
     now = cache->now_ms(cache->now_data);
     picked = malloc((cache->index.count + 1) * sizeof(*picked));
     if (picked == NULL || arr == NULL)
@@ -346,7 +571,7 @@ int syncd_cache_list(syncd_cache_t *cache, json_t **out, const char *coll,
     qsort(picked, n, sizeof(*picked), entry_cmp);
     rc = append_entries(arr, picked, n, clen);
 unlock:
-    pthread_mutex_unlock(&cache->lock);
+    pthread_rwlock_unlock(&cache->lock);
     free(picked);
     if (rc != 0) {
         json_decref(arr);
@@ -358,11 +583,11 @@ unlock:
 
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out)
 {
-    pthread_mutex_lock(&cache->lock);
-    out->cache_hits = cache->hits;
-    out->cache_misses = cache->misses;
+    pthread_rwlock_rdlock(&cache->lock);
+    out->cache_hits = __atomic_load_n(&cache->hits, __ATOMIC_RELAXED);
+    out->cache_misses = __atomic_load_n(&cache->misses, __ATOMIC_RELAXED);
     out->cache_evictions = cache->evictions;
-    out->cache_bytes = cache->index.bytes;
+    out->cache_bytes = cached_bytes(cache);
     out->cache_entries = cache->index.count;
-    pthread_mutex_unlock(&cache->lock);
+    pthread_rwlock_unlock(&cache->lock);
 }

@@ -48,6 +48,14 @@ typedef struct syncd_backend_ops {
 
     /* Closes and frees the backend. */
     void (*close)(syncd_backend_t *b);
+
+    /* Optional (NULL: the edit loop calls cas): cas given also the
+     * canonical JSON of doc's body (canon, len bytes, borrowed; NULL for a
+     * tombstone) that the edit loop has already made to hash it, so that a
+     * backend storing canonical JSON does not serialize the body again. */
+    int (*cas_canonical)(syncd_backend_t *b, const syncd_doc_t *doc,
+                         const char *canon, size_t len, int64_t expected,
+                         syncd_error_t *err);
 } syncd_backend_ops_t;
 
 /* Common head of every backend; implementations embed it first. */
@@ -73,9 +81,10 @@ typedef struct syncd_cache syncd_cache_t;
 
 /* Opens the cache in dir (its contents from a previous run are discarded:
  * a restarted node rebuilds its cache from the store and the bus).
- * Entries older than ttl_ms are never served; the total size of cached
- * bodies is kept within max_bytes (+10%) by evicting least recently used
- * entries. now_ms may be NULL (the real monotonic clock). */
+ * Entries older than ttl_ms are never served; the cached bytes (records in
+ * RocksDB plus the in-memory tier of decoded documents, which takes at most
+ * a quarter of them) are kept within max_bytes by evicting least recently
+ * used entries. hooks may be NULL (the real monotonic clock). */
 int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
                      uint64_t max_bytes, const syncd_store_hooks_t *hooks,
                      syncd_error_t *err);
@@ -83,8 +92,9 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
 /* Closes and frees the cache; NULL ignored. */
 void syncd_cache_close(syncd_cache_t *cache);
 
-/* Reads a fresh entry (tombstones included) into *out; SYNCD_ENOTFOUND
- * when absent or expired. Counts a hit or a miss. */
+/* Reads a fresh entry (tombstones included) into *out, its body shared
+ * with the cache's in-memory tier; SYNCD_ENOTFOUND when absent or expired.
+ * Counts a hit or a miss. */
 int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err);
 
@@ -117,8 +127,11 @@ size_t syncd_record_key(char key[SYNCD_RECORD_KEY_MAX], const char *coll,
                         const char *id);
 
 /* Encodes doc's version, mtime, origin, hash, tombstone flag and canonical
- * body into *out (malloc'd, caller frees) with its length in *len. */
+ * body into *out (malloc'd, caller frees) with its length in *len. canon
+ * (canon_len bytes, borrowed) is the canonical JSON of doc's body when the
+ * caller already has it; NULL serializes the body here. */
 int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
+                        const char *canon, size_t canon_len,
                         syncd_error_t *err);
 
 /* Decodes a record of coll/id into *out (caller frees with

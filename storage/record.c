@@ -53,25 +53,29 @@ static int64_t get_i64(const unsigned char *p)
 }
 
 int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
+                        const char *canon, size_t canon_len,
                         syncd_error_t *err)
 {
     size_t olen = strlen(doc->origin);
     size_t hlen = doc->deleted ? 0 : strlen(doc->hash);
-    size_t blen = 0;
-    char *body = NULL;
+    size_t blen = canon_len;
+    const char *body = canon;
+    char *made = NULL;
     unsigned char *buf, *p;
 
     *out = NULL;
-    if (!doc->deleted) {
-        body = syncd_json_canonical(doc->body, &blen);
-        if (body == NULL)
+    if (doc->deleted) {
+        blen = 0;
+    } else if (canon == NULL) {
+        body = made = syncd_json_canonical(doc->body, &blen);
+        if (made == NULL)
             return syncd_error_set(err, SYNCD_EINVAL,
                                    "body of %s/%s cannot be serialized",
                                    doc->coll, doc->id);
     }
     buf = malloc(HEADER_FIXED + 1 + olen + 1 + hlen + blen);
     if (buf == NULL) {
-        free(body);
+        free(made);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
     p = buf;
@@ -89,7 +93,7 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
     if (blen > 0)
         memcpy(p, body, blen);
     p += blen;
-    free(body);
+    free(made);
     *out = (char *)buf;
     *len = (size_t)(p - buf);
     return 0;

@@ -23,7 +23,7 @@
  * Lifetimes: watchers are freed by the node once ended and out of every
  * callback; bus requests still in flight at close are orphaned (they free
  * themselves when the bus answers); the node itself is freed when its last
- * thread-pool work and its timer are done.
+ * thread-pool work and its timers are done.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +34,8 @@
 #include "syncd/patch.h"
 
 #define REPLAY_PAGE 1000
+/* Delay before subscribing again when the bus could not be reached. */
+#define SUBSCRIBE_RETRY_MS 200
 
 typedef struct coll coll_t;
 typedef struct ae_run ae_run_t;
@@ -110,8 +112,9 @@ struct syncd_node {
     int cached; /* MongoDB mode: there is a cache to keep converged */
     coll_t *colls;
     breq_t *reqs;
-    uv_timer_t timer;
-    int timer_open;
+    uv_timer_t timer; /* anti-entropy */
+    uv_timer_t retry; /* subscribing collections the bus refused */
+    int timers_open;
     size_t works; /* thread-pool items in flight */
     int depth;    /* nesting of watcher callbacks */
     int closing;
@@ -468,6 +471,25 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
     pump(c);
 }
 
+static void coll_subscribe(coll_t *c);
+
+/* Subscribes every collection that is not yet. */
+static void on_retry(uv_timer_t *timer)
+{
+    syncd_node_t *node = timer->data;
+    coll_t *c;
+
+    for (c = node->colls; c != NULL; c = c->next)
+        coll_subscribe(c);
+}
+
+/* Schedules on_retry() unless it is already due. */
+static void retry_later(syncd_node_t *node)
+{
+    if (!node->closing && !uv_is_active((uv_handle_t *)&node->retry))
+        uv_timer_start(&node->retry, on_retry, SUBSCRIBE_RETRY_MS, 0);
+}
+
 static void on_coll_seq(int status, int64_t seq, void *payload)
 {
     breq_t *r = payload;
@@ -480,8 +502,10 @@ static void on_coll_seq(int status, int64_t seq, void *payload)
         return;
     c->seq_pending = 0;
     if (status != 0 || syncd_bus_subscribe(node->bus, &c->sub, c->name, seq,
-                                           on_bus_event, c, NULL) != 0)
-        return; /* retried on the next touch or anti-entropy run */
+                                           on_bus_event, c, NULL) != 0) {
+        retry_later(node);
+        return;
+    }
     c->seq = seq;
     c->ready = 1;
     for (w = c->watchers; w != NULL; w = w->next) {
@@ -509,6 +533,7 @@ static void coll_subscribe(coll_t *c)
         breq_take(r);
         free(r);
         c->seq_pending = 0;
+        retry_later(node);
     }
 }
 
@@ -919,8 +944,9 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
         return syncd_error_set(err, rc, "node: cannot queue store work");
     }
     uv_timer_init(loop, &node->timer);
-    node->timer.data = node;
-    node->timer_open = 1;
+    uv_timer_init(loop, &node->retry);
+    node->timer.data = node->retry.data = node;
+    node->timers_open = 2;
     if (opts->anti_entropy_interval_ms > 0)
         uv_timer_start(&node->timer, on_timer,
                        (uint64_t)opts->anti_entropy_interval_ms,
@@ -948,7 +974,7 @@ static void free_node(syncd_node_t *node)
 
 static void maybe_finish_close(syncd_node_t *node)
 {
-    if (node->closing && node->works == 0 && !node->timer_open &&
+    if (node->closing && node->works == 0 && node->timers_open == 0 &&
         node->depth == 0)
         free_node(node);
 }
@@ -957,7 +983,7 @@ static void on_timer_closed(uv_handle_t *handle)
 {
     syncd_node_t *node = handle->data;
 
-    node->timer_open = 0;
+    node->timers_open--;
     maybe_finish_close(node);
 }
 
@@ -972,6 +998,7 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     node->close_cb = cb;
     node->close_payload = payload;
     uv_close((uv_handle_t *)&node->timer, on_timer_closed);
+    uv_close((uv_handle_t *)&node->retry, on_timer_closed);
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
         c->sub = NULL;
