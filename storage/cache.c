@@ -68,7 +68,7 @@ struct syncd_cache {
     uint64_t max_bytes;
     int64_t (*now_ms)(void *data);
     void *now_data;
-    uint64_t gens;                   /* under the exclusive lock */
+    uint64_t gens;                    /* under the exclusive lock */
     uint64_t hits, misses, evictions; /* updated atomically */
 };
 
@@ -316,8 +316,8 @@ static int dup_out(syncd_doc_t **out, const syncd_doc_t *doc,
  * gen into *out, and takes a copy of it into the tier unless the entry
  * changed meanwhile. Called with no lock held. */
 static int load(syncd_cache_t *c, syncd_doc_t **out, const reckey_t *k,
-                uint64_t gen, const char *coll, const char *id,
-                const char *val, size_t vlen, syncd_error_t *err)
+                uint64_t gen, const char *coll, const char *id, const char *val,
+                size_t vlen, syncd_error_t *err)
 {
     syncd_doc_t *doc = NULL;
     cache_entry_t *e;

@@ -99,7 +99,8 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err);
 
 /* Stores doc unless an equal or higher version is cached; returns 1 when
- * stored, 0 when kept. A stored entry's TTL starts now. */
+ * stored, 0 when kept. A stored entry's TTL starts now; the cache keeps a
+ * reference to doc's body (shared and immutable, as always). */
 int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
                     syncd_error_t *err);
 

@@ -53,8 +53,7 @@ static int64_t get_i64(const unsigned char *p)
 }
 
 int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
-                        const char *canon, size_t canon_len,
-                        syncd_error_t *err)
+                        const char *canon, size_t canon_len, syncd_error_t *err)
 {
     size_t olen = strlen(doc->origin);
     size_t hlen = doc->deleted ? 0 : strlen(doc->hash);

@@ -193,17 +193,19 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     return rc;
 }
 
-/* Commits doc's record (and, on an insert, its collection's registry key)
+/* Commits doc's record, its body's canonical JSON given or NULL (see
+ * syncd_record_encode()), and on an insert its collection's registry key,
  * in one write batch. */
 static int commit(rocks_t *r, const reckey_t *k, const syncd_doc_t *doc,
-                  int insert, size_t *vlen, syncd_error_t *err)
+                  const char *canon, size_t canon_len, int insert, size_t *vlen,
+                  syncd_error_t *err)
 {
     rocksdb_writebatch_t *batch = NULL;
     char *errptr = NULL;
     char *val = NULL;
     int rc;
 
-    rc = syncd_record_encode(&val, vlen, doc, err);
+    rc = syncd_record_encode(&val, vlen, doc, canon, canon_len, err);
     if (rc != 0)
         return rc;
     batch = rocksdb_writebatch_create();
@@ -224,8 +226,9 @@ static int commit(rocks_t *r, const reckey_t *k, const syncd_doc_t *doc,
     return rc;
 }
 
-static int rocks_cas(syncd_backend_t *b, const syncd_doc_t *doc,
-                     int64_t expected, syncd_error_t *err)
+static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
+                               const char *canon, size_t canon_len,
+                               int64_t expected, syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *cur = NULL;
@@ -255,7 +258,7 @@ static int rocks_cas(syncd_backend_t *b, const syncd_doc_t *doc,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto unlock;
     }
-    rc = commit(r, &k, doc, cur == NULL, &vlen, err);
+    rc = commit(r, &k, doc, canon, canon_len, cur == NULL, &vlen, err);
     if (rc != 0) {
         tier_drop(s, &k);
         syncd_doc_free(copy);
@@ -265,6 +268,12 @@ static int rocks_cas(syncd_backend_t *b, const syncd_doc_t *doc,
 unlock:
     pthread_mutex_unlock(&s->lock);
     return rc;
+}
+
+static int rocks_cas(syncd_backend_t *b, const syncd_doc_t *doc,
+                     int64_t expected, syncd_error_t *err)
+{
+    return rocks_cas_canonical(b, doc, NULL, 0, expected, err);
 }
 
 /* Positions a new iterator at the first key >= start (start_len bytes). */
@@ -491,6 +500,7 @@ static const syncd_backend_ops_t rocks_ops = {
     .collections = rocks_collections,
     .purge = rocks_purge,
     .close = rocks_close,
+    .cas_canonical = rocks_cas_canonical,
 };
 
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,

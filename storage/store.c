@@ -325,31 +325,43 @@ static syncd_doc_t *doc_new(syncd_store_t *s, const char *coll, const char *id,
 }
 
 /* Checks that body is a JSON object of at most max_doc_bytes when
- * serialized canonically, and writes its content hash into hash. */
+ * serialized canonically, writes its content hash into hash, and hands the
+ * canonical JSON to *canon (caller frees) with its length in *len. */
 static int check_body(syncd_store_t *s, const json_t *body,
-                      char hash[SYNCD_HASH_HEX_LEN + 1], syncd_error_t *err)
+                      char hash[SYNCD_HASH_HEX_LEN + 1], char **canon,
+                      size_t *len, syncd_error_t *err)
 {
-    size_t len = 0;
-    char *canon;
-
+    *canon = NULL;
+    *len = 0;
     if (!json_is_object(body))
         return syncd_error_set(err, SYNCD_EINVAL,
                                "document body must be a JSON object");
-    canon = syncd_json_canonical(body, &len);
-    if (canon == NULL)
+    *canon = syncd_json_canonical(body, len);
+    if (*canon == NULL)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "document body nests deeper than %d levels",
                                SYNCD_PATCH_MAX_DEPTH);
-    if (len > s->max_doc_bytes) {
-        free(canon);
+    if (*len > s->max_doc_bytes)
         return syncd_error_set(err, SYNCD_ETOOBIG,
                                "document body is %zu bytes, over "
                                "max_doc_bytes (%zu)",
-                               len, s->max_doc_bytes);
-    }
-    syncd_sha256_hex(hash, canon, len);
-    free(canon);
+                               *len, s->max_doc_bytes);
+    syncd_sha256_hex(hash, *canon, *len);
     return 0;
+}
+
+/* Commits next over version expected with the backend's compare-and-swap,
+ * handing it the canonical JSON of next's body (NULL for a tombstone) when
+ * it can use it. */
+static int commit(syncd_store_t *s, const syncd_doc_t *next, const char *canon,
+                  size_t canon_len, int64_t expected, syncd_error_t *err)
+{
+    const syncd_backend_ops_t *ops = s->backend->ops;
+
+    if (ops->cas_canonical != NULL)
+        return ops->cas_canonical(s->backend, next, canon, canon_len, expected,
+                                  err);
+    return ops->cas(s->backend, next, expected, err);
 }
 
 /* Copies a backend's error into err, keeping its backend name and code. */
@@ -471,6 +483,8 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     char hash[SYNCD_HASH_HEX_LEN + 1] = "";
     syncd_doc_t *cur = NULL, *next = NULL;
     json_t *body = NULL;
+    char *canon = NULL;
+    size_t canon_len = 0;
     syncd_error_t local;
     int rc;
 
@@ -493,7 +507,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     if (rc < 0)
         goto done;
     if (rc != STEP_DELETE) {
-        rc = check_body(s, body, hash, err);
+        rc = check_body(s, body, hash, &canon, &canon_len, err);
         if (rc != 0)
             goto done;
         if (is_live(cur) && strcmp(hash, cur->hash) == 0) {
@@ -510,8 +524,8 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         goto done;
     }
     syncd_error_clear(&local);
-    rc = s->backend->ops->cas(s->backend, next, cur != NULL ? cur->version : 0,
-                              &local);
+    rc = commit(s, next, canon, canon_len, cur != NULL ? cur->version : 0,
+                &local);
     if (rc == SYNCD_ECONFLICT) {
         rc = CAS_CONFLICT;
         goto done;
@@ -524,6 +538,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     rc = make_change(out, cur, next, err);
     next = NULL;
 done:
+    free(canon);
     json_decref(body);
     syncd_doc_free(next);
     syncd_doc_free(cur);

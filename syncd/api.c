@@ -289,8 +289,8 @@ static void respond_json(syncd_http_req_t *req, int status, int64_t version,
 static void respond_rc(syncd_http_req_t *req, job_kind_t kind, int rc,
                        const syncd_error_t *err)
 {
-    const char *msg = err != NULL && err->code != 0 ? err->message
-                                                    : syncd_strerror(rc);
+    const char *msg =
+        err != NULL && err->code != 0 ? err->message : syncd_strerror(rc);
     int status;
     const char *code = syncd_strerror(rc);
 
@@ -391,8 +391,8 @@ static void run_write(job_t *j)
                                    body, &j->err);
         break;
     case JOB_PUT:
-        j->rc = syncd_store_put(j->api->store, &j->change, j->coll, j->id,
-                                body, j->if_match, &j->err);
+        j->rc = syncd_store_put(j->api->store, &j->change, j->coll, j->id, body,
+                                j->if_match, &j->err);
         break;
     default:
         j->rc = syncd_store_patch(j->api->store, &j->change, j->coll, j->id,
@@ -411,8 +411,8 @@ static void run_list(job_t *j)
     json_t *docs = NULL, *out = NULL;
     const char *next = NULL;
 
-    j->rc = syncd_store_list(j->api->store, &docs, j->coll, j->prefix,
-                             j->after, j->limit + 1, &j->err);
+    j->rc = syncd_store_list(j->api->store, &docs, j->coll, j->prefix, j->after,
+                             j->limit + 1, &j->err);
     if (j->rc != 0)
         return;
     if (json_array_size(docs) > j->limit) {
@@ -420,8 +420,8 @@ static void run_list(job_t *j)
         next = json_string_value(
             json_object_get(json_array_get(docs, j->limit - 1), "id"));
     }
-    out = json_pack("{s:I, s:O, s:o}", "seq", (json_int_t)j->seq, "docs",
-                    docs, "next", next ? json_string(next) : json_null());
+    out = json_pack("{s:I, s:O, s:o}", "seq", (json_int_t)j->seq, "docs", docs,
+                    "next", next ? json_string(next) : json_null());
     if (out == NULL)
         j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
     else
@@ -438,16 +438,16 @@ static void run_digest(job_t *j)
     if (strcmp(syncd_store_kind(j->api->store), "rocksdb") == 0) {
         j->rc = syncd_store_digest(j->api->store, &d, j->coll, &j->err);
     } else {
-        j->rc = syncd_store_cache_list(j->api->store, &entries, j->coll,
-                                       &j->err);
+        j->rc =
+            syncd_store_cache_list(j->api->store, &entries, j->coll, &j->err);
         if (j->rc == 0)
             j->rc = syncd_digest_entries(&d, entries, &j->err);
         json_decref(entries);
     }
     if (j->rc != 0)
         return;
-    out = json_pack("{s:I, s:s}", "count", (json_int_t)d.count, "digest",
-                    d.hex);
+    out =
+        json_pack("{s:I, s:s}", "count", (json_int_t)d.count, "digest", d.hex);
     if (out == NULL)
         j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
     else
@@ -509,8 +509,7 @@ static void job_finish(job_t *j)
         else
             respond_rc(j->req, j->kind, j->rc, &j->err);
     } else {
-        int created = j->change != NULL &&
-                      j->change->op == SYNCD_CHANGE_CREATE;
+        int created = j->change != NULL && j->change->op == SYNCD_CHANGE_CREATE;
 
         respond_json(j->req, created ? 201 : 200, j->version, j->text);
     }
@@ -540,8 +539,7 @@ static void job_done(uv_work_t *w, int status)
     int rc;
 
     (void)status;
-    if (j->rc == 0 && j->change != NULL &&
-        j->change->op != SYNCD_CHANGE_NONE) {
+    if (j->rc == 0 && j->change != NULL && j->change->op != SYNCD_CHANGE_NONE) {
         rc = syncd_node_publish(j->api->node, j->change, job_published, j);
         if (rc == 0)
             return;
@@ -566,8 +564,8 @@ static void job_queue(job_t *j)
 
 /* Returns a new job of kind for req over coll (and id, may be NULL), both
  * taken over; NULL on out of memory (coll and id are freed). */
-static job_t *job_new(syncd_api_t *api, syncd_http_req_t *req,
-                      job_kind_t kind, char *coll, char *id)
+static job_t *job_new(syncd_api_t *api, syncd_http_req_t *req, job_kind_t kind,
+                      char *coll, char *id)
 {
     job_t *j = calloc(1, sizeof(*j));
 
@@ -644,10 +642,9 @@ static int setup_patch(job_t *j)
                strncasecmp(ct, "application/merge-patch+json", n) == 0) {
         j->is_merge = 1;
     } else {
-        syncd_http_respond_error(
-            j->req, 415, "unsupported_media_type",
-            "PATCH takes application/json-patch+json or "
-            "application/merge-patch+json");
+        syncd_http_respond_error(j->req, 415, "unsupported_media_type",
+                                 "PATCH takes application/json-patch+json or "
+                                 "application/merge-patch+json");
         return -1;
     }
     return 0;
@@ -734,7 +731,7 @@ static int query_or_400(char **out, syncd_http_req_t *req, const char *name)
     syncd_http_respond_error(req, 400, "bad_request",
                              rc == SYNCD_EINVAL
                                  ? "bad percent-encoding in the query"
-                                      : "out of memory");
+                                 : "out of memory");
     return -1;
 }
 
@@ -857,7 +854,8 @@ static void bookmark_due(uv_timer_t *t)
     if (seq < w->last)
         seq = w->last;
     w->last = seq;
-    n = snprintf(line, sizeof(line), "id: %lld\nevent: bookmark\ndata: "
+    n = snprintf(line, sizeof(line),
+                 "id: %lld\nevent: bookmark\ndata: "
                  "{\"seq\":%lld}\n\n",
                  (long long)seq, (long long)seq);
     syncd_http_stream_write(w->req, line, (size_t)n);
@@ -873,8 +871,8 @@ static void send_event(watcher_t *w, int64_t seq, const json_t *event)
         watcher_end(w, "resync", "{\"reason\":\"out of memory\"}");
         return;
     }
-    n = snprintf(head, sizeof(head), "id: %lld\nevent: %s\ndata: ",
-                 (long long)seq,
+    n = snprintf(head, sizeof(head),
+                 "id: %lld\nevent: %s\ndata: ", (long long)seq,
                  json_string_value(json_object_get(event, "op")));
     {
         size_t dlen = strlen(data);
@@ -900,7 +898,8 @@ static void send_event(watcher_t *w, int64_t seq, const json_t *event)
     if (syncd_http_stream_backlog(w->req) > w->api->cfg->watch_buffer_bytes) {
         char data_resync[64];
 
-        syncd_log(SYNCD_LOG_WARN, "api: watcher of %s too slow at seq %lld: "
+        syncd_log(SYNCD_LOG_WARN,
+                  "api: watcher of %s too slow at seq %lld: "
                   "resync",
                   w->coll, (long long)seq);
         snprintf(data_resync, sizeof(data_resync), "{\"seq\":%lld}",
@@ -1116,8 +1115,8 @@ static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
         return;
     }
-    syncd_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8",
-                       "", text, len);
+    syncd_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", "",
+                       text, len);
     free(text);
 }
 
@@ -1145,9 +1144,8 @@ static int path_segment(char **out, syncd_http_req_t *req, const char *s,
                : syncd_validate_collection(*out, &err);
     if (rc == 0)
         return 0;
-    syncd_http_respond_error(req, 400,
-                             is_id ? "invalid_id" : "invalid_collection",
-                             err.message);
+    syncd_http_respond_error(
+        req, 400, is_id ? "invalid_id" : "invalid_collection", err.message);
     free(*out);
     *out = NULL;
     return -1;

@@ -66,8 +66,8 @@ static const option_t options[] = {
      "backoff cap of an edit retry"},
     {"edit-timeout", OPT_DURATION, AT(edit_timeout_ms), "10s",
      "deadline of an edit loop"},
-    {"anti-entropy-interval", OPT_DURATION, AT(anti_entropy_interval_ms),
-     "30s", "period of the digest comparison with the store"},
+    {"anti-entropy-interval", OPT_DURATION, AT(anti_entropy_interval_ms), "30s",
+     "period of the digest comparison with the store"},
     {"tombstone-ttl", OPT_DURATION, AT(tombstone_ttl_ms), "24h",
      "lifetime of a delete tombstone"},
     {"max-doc-bytes", OPT_SIZE, AT(max_doc_bytes), "8MiB",
@@ -198,8 +198,7 @@ static const char *kind_hint(opt_kind_t kind)
 }
 
 /* Stores text as the value of opt in cfg; -1 when it does not parse. */
-static int set_value(syncd_config_t *cfg, const option_t *opt,
-                     const char *text)
+static int set_value(syncd_config_t *cfg, const option_t *opt, const char *text)
 {
     char *field = (char *)cfg + opt->offset;
 
@@ -373,14 +372,13 @@ void syncd_config_usage(FILE *out)
 {
     size_t i;
 
-    fprintf(out,
-            "usage: syncd [--flag value | --flag=value]...\n\n"
-            "With neither --mongo-uri nor --redis-url, syncd runs the "
-            "embedded default:\n"
-            "one node, RocksDB in --data-dir as the store of record, the "
-            "in-process bus.\n"
-            "Every flag has an environment variable of the same meaning; "
-            "flags win.\n\n");
+    fprintf(out, "usage: syncd [--flag value | --flag=value]...\n\n"
+                 "With neither --mongo-uri nor --redis-url, syncd runs the "
+                 "embedded default:\n"
+                 "one node, RocksDB in --data-dir as the store of record, the "
+                 "in-process bus.\n"
+                 "Every flag has an environment variable of the same meaning; "
+                 "flags win.\n\n");
     for (i = 0; i < NOPTIONS; i++) {
         char name[64];
 

@@ -53,11 +53,11 @@ struct syncd_http_req {
     size_t nheaders;
     int in_field; /* the parser's last header callback was a field name */
     buf_t body;
-    buf_t out;        /* response bytes waiting for earlier responses */
-    int keep_alive;   /* the client allows another request after this one */
-    int started;      /* a response has begun */
-    int finished;     /* respond() or stream_end() was called */
-    int close_after;  /* close the connection once this response is out */
+    buf_t out;       /* response bytes waiting for earlier responses */
+    int keep_alive;  /* the client allows another request after this one */
+    int started;     /* a response has begun */
+    int finished;    /* respond() or stream_end() was called */
+    int close_after; /* close the connection once this response is out */
     int status;
     const char *route;
     void *data;
@@ -76,12 +76,12 @@ struct conn {
     syncd_http_req_t *cur;  /* the request being parsed */
     syncd_http_req_t *head; /* queued requests, oldest first */
     syncd_http_req_t *tail;
-    int busy;               /* queued requests not finished yet */
-    int eof;                /* the client sent everything it will send */
+    int busy; /* queued requests not finished yet */
+    int eof;  /* the client sent everything it will send */
     phase_t phase;
     size_t header_bytes;
-    int fail_status;        /* limit hit inside a parser callback */
-    int no_more;            /* parse nothing more on this connection */
+    int fail_status; /* limit hit inside a parser callback */
+    int no_more;     /* parse nothing more on this connection */
     int reading;
     int writes;             /* uv_write requests in flight */
     int close_when_written; /* close once writes drain */
@@ -593,8 +593,8 @@ static void parse_input(conn_t *c)
         off = c->in.len;
     memmove(c->in.data, c->in.data + off, c->in.len - off);
     c->in.len -= off;
-    if (c->in.len > c->srv->opts.max_header_bytes +
-                        c->srv->opts.max_body_bytes &&
+    if (c->in.len >
+            c->srv->opts.max_header_bytes + c->srv->opts.max_body_bytes &&
         c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = 0;
@@ -715,8 +715,8 @@ static int split_url(syncd_http_req_t *r)
     if (http_parser_parse_url(url, r->url.len, 0, &u) != 0 ||
         !(u.field_set & (1 << UF_PATH)))
         return -1;
-    r->path = strndup(url + u.field_data[UF_PATH].off,
-                      u.field_data[UF_PATH].len);
+    r->path =
+        strndup(url + u.field_data[UF_PATH].off, u.field_data[UF_PATH].len);
     r->query = (u.field_set & (1 << UF_QUERY))
                    ? strndup(url + u.field_data[UF_QUERY].off,
                              u.field_data[UF_QUERY].len)
@@ -1032,8 +1032,8 @@ int syncd_http_listen(syncd_http_server_t **out, uv_loop_t *loop,
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
     if (rc == 0)
-        rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound,
-                                &len);
+        rc =
+            uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &len);
     if (rc != 0) {
         syncd_error_set(err, SYNCD_EBACKEND, "http: cannot listen on %s:%d: %s",
                         host, port, uv_strerror(rc));

@@ -6,8 +6,9 @@
  * asynchronously: every request is finished exactly once, by
  * syncd_http_respond() or, for a streamed response, by
  * syncd_http_stream_end(). Pipelined requests reach the handler one at a
- * time, in order, and their responses go out in that order. A request whose connection went away stays
- * valid until it is finished (its output is then discarded).
+ * time, in order, and their responses go out in that order. A request whose
+ * connection went away stays valid until it is finished (its output is then
+ * discarded).
  *
  * Everything runs on the loop's thread.
  */

@@ -259,8 +259,7 @@ static void set_node_id(daemon_t *d)
     } else {
         gethostname(host, sizeof(host) - 1);
         host[sizeof(host) - 1] = '\0';
-        snprintf(d->node_id, sizeof(d->node_id), "%.50s-%d", host,
-                 d->cfg.port);
+        snprintf(d->node_id, sizeof(d->node_id), "%.50s-%d", host, d->cfg.port);
     }
 }
 

@@ -185,8 +185,8 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
            "Sequence gaps filled from the replay log.", v->bus.gaps);
     metric(&o, "syncd_bus_reconnects_total", "counter",
            "Reconnects of the bus.", v->bus.reconnects);
-    metric(&o, "syncd_bus_connected", "gauge",
-           "1 while the bus is connected.", (uint64_t)v->bus_connected);
+    metric(&o, "syncd_bus_connected", "gauge", "1 while the bus is connected.",
+           (uint64_t)v->bus_connected);
     metric(&o, "syncd_refetches_total", "counter",
            "Documents refetched from the store.", v->node.refetches);
     metric(&o, "syncd_hash_mismatches_total", "counter",
@@ -198,8 +198,7 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
     metric(&o, "syncd_anti_entropy_runs_total", "counter",
            "Anti-entropy passes.", v->node.anti_entropy_runs);
     metric(&o, "syncd_anti_entropy_repairs_total", "counter",
-           "Documents repaired by anti-entropy.",
-           v->node.anti_entropy_repairs);
+           "Documents repaired by anti-entropy.", v->node.anti_entropy_repairs);
     metric(&o, "syncd_cache_hits_total", "counter", "Cache hits.",
            v->store.cache_hits);
     metric(&o, "syncd_cache_misses_total", "counter", "Cache misses.",

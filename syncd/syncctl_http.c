@@ -72,11 +72,11 @@ static char *make_url(CURL *c, const syncctl_opts_t *opts, const char *coll,
     size_t slen = strlen(opts->server);
 
     if (url != NULL && ecoll != NULL && (id == NULL || eid != NULL))
-        snprintf(url, n, "%.*s/v1/collections/%s/%s%s%s%s",
-                 (int)(slen > 0 && opts->server[slen - 1] == '/' ? slen - 1
-                                                                 : slen),
-                 opts->server, ecoll, what, eid ? "/" : "", eid ? eid : "",
-                 query ? query : "");
+        snprintf(
+            url, n, "%.*s/v1/collections/%s/%s%s%s%s",
+            (int)(slen > 0 && opts->server[slen - 1] == '/' ? slen - 1 : slen),
+            opts->server, ecoll, what, eid ? "/" : "", eid ? eid : "",
+            query ? query : "");
     curl_free(ecoll);
     curl_free(eid);
     return url;
@@ -84,8 +84,8 @@ static char *make_url(CURL *c, const syncctl_opts_t *opts, const char *coll,
 
 /* Sends one request; the reply lands in *r. Returns 0, or reports a
  * transport failure and returns SYNCCTL_FAILED. */
-static int call(const syncctl_opts_t *opts, const char *method,
-                const char *url, const char *content_type, const char *body,
+static int call(const syncctl_opts_t *opts, const char *method, const char *url,
+                const char *content_type, const char *body,
                 const char *if_match, reply_t *r)
 {
     CURL *c = curl_easy_init();
@@ -140,14 +140,13 @@ static int call(const syncctl_opts_t *opts, const char *method,
 static int report(const reply_t *r)
 {
     json_t *v = json_loads(r->body ? r->body : "", 0, NULL);
-    int rc = syncctl_fail(
-        "%ld %s: %s", r->status,
-        json_string_value(json_object_get(v, "error"))
-            ? json_string_value(json_object_get(v, "error"))
-            : "error",
-        json_string_value(json_object_get(v, "message"))
-            ? json_string_value(json_object_get(v, "message"))
-            : (r->body ? r->body : ""));
+    int rc = syncctl_fail("%ld %s: %s", r->status,
+                          json_string_value(json_object_get(v, "error"))
+                              ? json_string_value(json_object_get(v, "error"))
+                              : "error",
+                          json_string_value(json_object_get(v, "message"))
+                              ? json_string_value(json_object_get(v, "message"))
+                              : (r->body ? r->body : ""));
 
     json_decref(v);
     return rc;
@@ -328,15 +327,13 @@ static int cmd_digest(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
 }
 
 /* Appends "&name=<value percent-encoded>" to q (size bytes). */
-static void add_query(char *q, size_t size, const char *name,
-                      const char *value)
+static void add_query(char *q, size_t size, const char *name, const char *value)
 {
     CURL *c = curl_easy_init();
     char *e = c != NULL ? curl_easy_escape(c, value, 0) : NULL;
     size_t n = strlen(q);
 
-    snprintf(q + n, size - n, "%c%s=%s", n == 0 ? '?' : '&', name,
-             e ? e : "");
+    snprintf(q + n, size - n, "%c%s=%s", n == 0 ? '?' : '&', name, e ? e : "");
     curl_free(e);
     curl_easy_cleanup(c);
 }
@@ -469,8 +466,7 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
             add_query(query, sizeof(query), "since", s.last_id);
         url = make_url(c, opts, a.pos[0], "watch", NULL, query);
         if (opts->token != NULL) {
-            snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s",
-                     opts->token);
+            snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s", opts->token);
             h = curl_slist_append(h, hdr);
         }
         curl_easy_setopt(c, CURLOPT_URL, url);
@@ -487,8 +483,7 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
 
             rc = report(&r);
         } else if (cc != CURLE_OK && status == 0) {
-            rc = syncctl_fail("watch %s: %s", a.pos[0],
-                              curl_easy_strerror(cc));
+            rc = syncctl_fail("watch %s: %s", a.pos[0], curl_easy_strerror(cc));
         } else if (!s.resync) {
             sleep(1);
         }

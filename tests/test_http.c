@@ -189,8 +189,8 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
     response_t *r = arg;
 
     copy_header_value(r->etag, sizeof(r->etag), data, size * n, "ETag:");
-    copy_header_value(r->content_type, sizeof(r->content_type), data,
-                      size * n, "Content-Type:");
+    copy_header_value(r->content_type, sizeof(r->content_type), data, size * n,
+                      "Content-Type:");
     return size * n;
 }
 
@@ -238,8 +238,7 @@ static void response_free(response_t *r)
 static void expect(response_t *r, long status, const char *code)
 {
     if (r->status != status)
-        fprintf(stderr, "got %ld: %s\n", r->status,
-                r->body ? r->body : "");
+        fprintf(stderr, "got %ld: %s\n", r->status, r->body ? r->body : "");
     assert_int_equal(r->status, status);
     if (code != NULL) {
         json_t *v = json_loads(r->body ? r->body : "", 0, NULL);
@@ -318,9 +317,8 @@ static void sse_open(sse_t *s, const daemon_t *d, const char *path,
 {
     char req[1024];
     struct timeval tv = {10, 0};
-    int n = snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n", path,
-                     extra ? extra : "");
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n",
+                     path, extra ? extra : "");
 
     memset(s, 0, sizeof(*s));
     s->fd = connect_port(d->port);
@@ -337,8 +335,8 @@ static int sse_wait(sse_t *s, const char *marker, int count)
 
     while ((seen = count_of(s->buf, marker)) < count &&
            s->len + 1 < sizeof(s->buf)) {
-        ssize_t got = recv(s->fd, s->buf + s->len, sizeof(s->buf) - s->len - 1,
-                           0);
+        ssize_t got =
+            recv(s->fd, s->buf + s->len, sizeof(s->buf) - s->len - 1, 0);
 
         if (got <= 0)
             break;
@@ -391,12 +389,10 @@ static void test_health__answers_200_with_node_store_and_bus(void **state)
     assert_int_equal(r.status, 200);
     v = json_loads(r.body, 0, NULL);
     assert_non_null(v);
-    assert_string_equal(json_string_value(json_object_get(v, "node")),
-                        "local");
+    assert_string_equal(json_string_value(json_object_get(v, "node")), "local");
     assert_string_equal(json_string_value(json_object_get(v, "store")),
                         "rocksdb");
-    assert_string_equal(json_string_value(json_object_get(v, "bus")),
-                        "local");
+    assert_string_equal(json_string_value(json_object_get(v, "bus")), "local");
     assert_true(json_is_true(json_object_get(v, "bus_connected")));
     json_decref(v);
     response_free(&r);
@@ -438,8 +434,8 @@ static void test_put__if_match_replaces_or_fails_with_412(void **state)
     check("PUT", "/v1/collections/t/docs/im", "{\"a\":1}", NULL, 201, NULL);
     check("PUT", "/v1/collections/t/docs/im", "{\"a\":2}", stale, 412,
           "precondition_failed");
-    r = request(&main_daemon, "PUT", "/v1/collections/t/docs/im",
-                "{\"a\":3}", good);
+    r = request(&main_daemon, "PUT", "/v1/collections/t/docs/im", "{\"a\":3}",
+                good);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.etag, "\"2\"");
     response_free(&r);
@@ -453,8 +449,8 @@ static void test_put__without_preconditions_replaces_with_200(void **state)
 
     (void)state;
     check("PUT", "/v1/collections/t/docs/rep", "{\"a\":1}", NULL, 201, NULL);
-    r = request(&main_daemon, "PUT", "/v1/collections/t/docs/rep",
-                "{\"a\":2}", NULL);
+    r = request(&main_daemon, "PUT", "/v1/collections/t/docs/rep", "{\"a\":2}",
+                NULL);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.etag, "\"2\"");
     response_free(&r);
@@ -518,8 +514,8 @@ static void test_patch__invalid_patches_are_422(void **state)
     check("PATCH", "/v1/collections/t/docs/ip",
           "[{\"op\":\"remove\",\"path\":\"/missing\"}]", json_patch_ct, 422,
           "invalid_patch");
-    check("PATCH", "/v1/collections/t/docs/ip", "[{\"op\":", json_patch_ct,
-          400, "invalid_json");
+    check("PATCH", "/v1/collections/t/docs/ip", "[{\"op\":", json_patch_ct, 400,
+          "invalid_json");
 }
 
 static void test_patch__failing_test_op_is_409(void **state)
@@ -527,8 +523,8 @@ static void test_patch__failing_test_op_is_409(void **state)
     (void)state;
     check("PUT", "/v1/collections/t/docs/tst", "{\"a\":1}", NULL, 201, NULL);
     check("PATCH", "/v1/collections/t/docs/tst",
-          "[{\"op\":\"test\",\"path\":\"/a\",\"value\":2}]", json_patch_ct,
-          409, "conflict");
+          "[{\"op\":\"test\",\"path\":\"/a\",\"value\":2}]", json_patch_ct, 409,
+          "conflict");
 }
 
 static void test_patch__stale_if_match_is_412_and_missing_doc_404(void **state)
@@ -540,8 +536,8 @@ static void test_patch__stale_if_match_is_412_and_missing_doc_404(void **state)
     check("PUT", "/v1/collections/t/docs/pim", "{}", NULL, 201, NULL);
     check("PATCH", "/v1/collections/t/docs/pim", "{\"x\":1}", h, 412,
           "precondition_failed");
-    check("PATCH", "/v1/collections/t/docs/none", "{\"x\":1}",
-          merge_patch_ct, 404, "not_found");
+    check("PATCH", "/v1/collections/t/docs/none", "{\"x\":1}", merge_patch_ct,
+          404, "not_found");
 }
 
 static void test_delete__tombstones_and_recreate_continues_version(void **s)
@@ -554,8 +550,7 @@ static void test_delete__tombstones_and_recreate_continues_version(void **s)
     check("PUT", "/v1/collections/t/docs/d", "{}", NULL, 201, NULL);
     check("DELETE", "/v1/collections/t/docs/d", NULL, stale, 412,
           "precondition_failed");
-    r = request(&main_daemon, "DELETE", "/v1/collections/t/docs/d", NULL,
-                NULL);
+    r = request(&main_daemon, "DELETE", "/v1/collections/t/docs/d", NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_true(sscanf(r.etag, "\"%lld\"", &tomb) == 1 && tomb >= 1);
     response_free(&r);
@@ -585,16 +580,13 @@ static void test_bad_input__bad_ids_collections_and_encoding_are_400(void **s)
     (void)s;
     check("GET", "/v1/collections/Bad!/docs/x", NULL, NULL, 400,
           "invalid_collection");
-    check("GET", "/v1/collections/t/docs/a%7Bb", NULL, NULL, 400,
-          "invalid_id");
-    check("GET", "/v1/collections/t/docs/a%0Ab", NULL, NULL, 400,
-          "invalid_id");
+    check("GET", "/v1/collections/t/docs/a%7Bb", NULL, NULL, 400, "invalid_id");
+    check("GET", "/v1/collections/t/docs/a%0Ab", NULL, NULL, 400, "invalid_id");
     check("GET", "/v1/collections/t/docs/a%zzb", NULL, NULL, 400,
           "bad_request");
     check("GET", "/v1/collections/t/docs/a%00b", NULL, NULL, 400,
           "bad_request");
-    check("GET", "/v1/collections/t/docs/a%4", NULL, NULL, 400,
-          "bad_request");
+    check("GET", "/v1/collections/t/docs/a%4", NULL, NULL, 400, "bad_request");
     check("GET", "/v1/collections/t/docs?prefix=%G1", NULL, NULL, 400,
           "bad_request");
     /* A percent-encoded slash is part of the id. */
@@ -690,8 +682,8 @@ static void test_metrics__reports_requests_by_route_and_status(void **state)
     r = request(&main_daemon, "GET", "/metrics", NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.content_type, "text/plain"));
-    assert_non_null(
-        strstr(r.body, "syncd_http_requests_total{route=\"get\",code=\"404\"}"));
+    assert_non_null(strstr(
+        r.body, "syncd_http_requests_total{route=\"get\",code=\"404\"}"));
     assert_non_null(strstr(r.body, "syncd_edit_conflicts_total"));
     assert_non_null(strstr(r.body, "syncd_events_dropped_total{reason="));
     assert_non_null(strstr(r.body, "syncd_propagation_seconds_bucket"));
@@ -830,8 +822,8 @@ static void test_watch__streams_events_with_id_event_and_data(void **state)
     check("PUT", "/v1/collections/w/docs/a",
           "{\"n\":1,\"about\":\"a body larger than its diffs\"}", NULL, 201,
           NULL);
-    check("PATCH", "/v1/collections/w/docs/a", "{\"n\":2}", merge_patch_ct,
-          200, NULL);
+    check("PATCH", "/v1/collections/w/docs/a", "{\"n\":2}", merge_patch_ct, 200,
+          NULL);
     check("DELETE", "/v1/collections/w/docs/a", NULL, NULL, 200, NULL);
     assert_int_equal(sse_wait(&w, "event: delete", 1), 1);
     assert_non_null(strstr(w.buf, "id: 1\nevent: create\ndata: {"));
@@ -884,8 +876,7 @@ static void test_watch__prefix_filters_ids(void **state)
     sse_t w;
 
     (void)state;
-    sse_open(&w, &main_daemon, "/v1/collections/wp/watch?prefix=keep%2F",
-             NULL);
+    sse_open(&w, &main_daemon, "/v1/collections/wp/watch?prefix=keep%2F", NULL);
     assert_int_equal(sse_wait(&w, "text/event-stream", 1), 1);
     check("PUT", "/v1/collections/wp/docs/drop%2Fa", "{}", NULL, 201, NULL);
     check("PUT", "/v1/collections/wp/docs/keep%2Fb", "{}", NULL, 201, NULL);
@@ -1021,8 +1012,7 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
         run_capture(SYNCD_BINARY " --listen nowhere 2>&1", out, sizeof(out)),
         2);
     assert_non_null(strstr(out, "--listen"));
-    assert_int_equal(run_capture(SYNCD_BINARY " --help", out, sizeof(out)),
-                     0);
+    assert_int_equal(run_capture(SYNCD_BINARY " --help", out, sizeof(out)), 0);
     assert_non_null(strstr(out, "--mongo-uri"));
     assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
 }
@@ -1041,8 +1031,7 @@ int main(void)
         cmocka_unit_test(test_patch__other_content_types_are_415),
         cmocka_unit_test(test_patch__invalid_patches_are_422),
         cmocka_unit_test(test_patch__failing_test_op_is_409),
-        cmocka_unit_test(
-            test_patch__stale_if_match_is_412_and_missing_doc_404),
+        cmocka_unit_test(test_patch__stale_if_match_is_412_and_missing_doc_404),
         cmocka_unit_test(
             test_delete__tombstones_and_recreate_continues_version),
         cmocka_unit_test(test_bad_input__malformed_or_non_object_json_is_400),
