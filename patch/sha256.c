@@ -35,7 +35,7 @@ static uint32_t ror(uint32_t x, int n)
 
 static void compress(sha256_ctx_t *ctx, const unsigned char *p)
 {
-    uint32_t w[64], s[8];
+    uint32_t w[64];
 
     for (int i = 0; i < 16; i++)
         w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
@@ -46,20 +46,35 @@ static void compress(sha256_ctx_t *ctx, const unsigned char *p)
 
         w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
-    memcpy(s, ctx->state, sizeof(s));
+    /* The working variables live in locals, not an array rotated by
+     * memmove, so that the compiler keeps them in registers. */
+    uint32_t a = ctx->state[0], b = ctx->state[1], c = ctx->state[2];
+    uint32_t d = ctx->state[3], e = ctx->state[4], f = ctx->state[5];
+    uint32_t g = ctx->state[6], h = ctx->state[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t e1 = ror(s[4], 6) ^ ror(s[4], 11) ^ ror(s[4], 25);
-        uint32_t ch = (s[4] & s[5]) ^ (~s[4] & s[6]);
-        uint32_t t1 = s[7] + e1 + ch + k[i] + w[i];
-        uint32_t e0 = ror(s[0], 2) ^ ror(s[0], 13) ^ ror(s[0], 22);
-        uint32_t maj = (s[0] & s[1]) ^ (s[0] & s[2]) ^ (s[1] & s[2]);
+        uint32_t e1 = ror(e, 6) ^ ror(e, 11) ^ ror(e, 25);
+        uint32_t ch = (e & f) ^ (~e & g);
+        uint32_t t1 = h + e1 + ch + k[i] + w[i];
+        uint32_t e0 = ror(a, 2) ^ ror(a, 13) ^ ror(a, 22);
+        uint32_t maj = (a & b) ^ (a & c) ^ (b & c);
 
-        memmove(s + 1, s, 7 * sizeof(uint32_t));
-        s[4] += t1;
-        s[0] = t1 + e0 + maj;
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + e0 + maj;
     }
-    for (int i = 0; i < 8; i++)
-        ctx->state[i] += s[i];
+    ctx->state[0] += a;
+    ctx->state[1] += b;
+    ctx->state[2] += c;
+    ctx->state[3] += d;
+    ctx->state[4] += e;
+    ctx->state[5] += f;
+    ctx->state[6] += g;
+    ctx->state[7] += h;
 }
 
 static void update(sha256_ctx_t *ctx, const unsigned char *p, size_t len)

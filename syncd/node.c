@@ -756,10 +756,12 @@ static void finish_item(coll_t *c, item_t *item, int status, uint64_t repaired)
             watch_offer(w, item->seq, item->event);
         break;
     case ITEM_RESYNC:
+        /* Watchers lost their place when the seq moved under them, or
+         * missed changes when the resync repaired any. */
         node->stats.resyncs++;
         c->seq = item->seq;
         for (w = c->watchers; w != NULL; w = w->next) {
-            if (w->started && w->last != item->seq)
+            if (w->started && (w->last != item->seq || repaired > 0))
                 watch_end(w, SYNCD_NODE_RESYNC, item->seq);
         }
         break;

@@ -1359,6 +1359,182 @@ static void test_cache__invalidate_drops_one_entry_or_a_collection(void **state)
     syncd_doc_free(doc);
 }
 
+/* Returns a new body {"v": version, "fill": "xx..."} of about pad bytes. */
+static json_t *padded(int64_t version, size_t pad)
+{
+    char *fill = malloc(pad + 1);
+    json_t *body;
+
+    memset(fill, 'x', pad);
+    fill[pad] = '\0';
+    body = json_pack("{s:I, s:s}", "v", (json_int_t)version, "fill", fill);
+    free(fill);
+    return body;
+}
+
+/* Puts coll/id at version with body (borrowed) into the cache. */
+static int cache_put_body(cache_fixture_t *cf, const char *id, int64_t version,
+                          json_t *body)
+{
+    syncd_doc_t doc = {"cc", (char *)id, version, body, "", 0, "", 0};
+
+    assert_int_equal(syncd_json_hash(doc.hash, doc.body, NULL), 0);
+    return syncd_cache_put(cf->cache, &doc, NULL);
+}
+
+/* Returns the body of a cached get of id (a borrowed pointer, only good
+ * for comparing identity and, while body_keep holds it, content). */
+static json_t *cached_body(cache_fixture_t *cf, const char *id,
+                           json_t **body_keep)
+{
+    syncd_doc_t *doc = NULL;
+
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", id, NULL), 0);
+    *body_keep = json_incref(doc->body);
+    syncd_doc_free(doc);
+    return *body_keep;
+}
+
+static void
+test_cache__hits_share_the_decoded_body_without_copying(void **state)
+{
+    cache_fixture_t *cf = *state;
+    json_t *body = padded(1, 100);
+    json_t *first = NULL, *second = NULL;
+
+    assert_int_equal(cache_put_body(cf, "a", 1, body), 1);
+    assert_ptr_equal(cached_body(cf, "a", &first), body);
+    assert_ptr_equal(cached_body(cf, "a", &second), body);
+    json_decref(first);
+    json_decref(second);
+    json_decref(body);
+}
+
+static void
+test_cache__entries_out_of_the_tier_are_read_back_from_rocksdb(void **state)
+{
+    cache_fixture_t *cf = *state;
+    json_t *bodies[60];
+    json_t *first = NULL, *second = NULL;
+    syncd_store_stats_t stats;
+    char id[32];
+
+    /* 60 entries of about 1 KB fit the 100 KB bound, but the tier holds
+     * only a quarter of it: the oldest are left in RocksDB alone. */
+    for (int i = 0; i < 60; i++) {
+        snprintf(id, sizeof(id), "doc-%03d", i);
+        bodies[i] = padded(1, 1000);
+        assert_int_equal(cache_put_body(cf, id, 1, bodies[i]), 1);
+    }
+    syncd_cache_stats(cf->cache, &stats);
+    assert_int_equal(stats.cache_entries, 60);
+    assert_int_equal(stats.cache_evictions, 0);
+    assert_true(stats.cache_bytes <= 100000);
+
+    /* The newest is served from the tier, the oldest decoded again. */
+    assert_ptr_equal(cached_body(cf, "doc-059", &first), bodies[59]);
+    json_decref(first);
+    first = cached_body(cf, "doc-000", &first);
+    assert_ptr_not_equal(first, bodies[0]);
+    assert_true(json_equal(first, bodies[0]));
+    /* ...and is then in the tier itself, still within the bound. */
+    assert_ptr_equal(cached_body(cf, "doc-000", &second), first);
+    syncd_cache_stats(cf->cache, &stats);
+    assert_true(stats.cache_bytes <= 100000);
+    assert_int_equal(stats.cache_entries, 60);
+    json_decref(first);
+    json_decref(second);
+    for (int i = 0; i < 60; i++)
+        json_decref(bodies[i]);
+}
+
+static void
+test_cache__expired_tier_entries_are_never_served_and_free_their_bytes(
+    void **state)
+{
+    cache_fixture_t *cf = *state;
+    syncd_store_stats_t stats;
+    json_t *body = padded(1, 100);
+    json_t *got = NULL;
+    syncd_doc_t *doc = NULL;
+
+    assert_int_equal(cache_put_body(cf, "a", 1, body), 1);
+    assert_ptr_equal(cached_body(cf, "a", &got), body);
+    json_decref(got);
+    cf->fake.now += 1000;
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "a", NULL),
+                     SYNCD_ENOTFOUND);
+    assert_null(doc);
+    syncd_cache_stats(cf->cache, &stats);
+    assert_int_equal(stats.cache_entries, 0);
+    assert_int_equal(stats.cache_bytes, 0);
+    /* An expired entry does not hold back a lower version either. */
+    assert_int_equal(cache_put(cf, "a", 0, 10), 1);
+    assert_int_equal(cached_version(cf, "a"), 0);
+    json_decref(body);
+}
+
+/* More hot keys than the tier holds: readers keep decoding some. */
+#define RACE_KEYS 200
+
+typedef struct cache_race {
+    syncd_cache_t *cache;
+    int stop;
+    int backwards;  /* a reader saw a lower version after a higher one */
+    int mismatched; /* a body that is not its version's */
+} cache_race_t;
+
+static void *race_reader(void *arg)
+{
+    cache_race_t *r = arg;
+    int64_t seen[RACE_KEYS] = {0};
+    char id[32];
+
+    for (unsigned i = 0; !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE); i++) {
+        syncd_doc_t *doc = NULL;
+        int k = (int)(i % RACE_KEYS);
+
+        snprintf(id, sizeof(id), "hot-%d", k);
+        if (syncd_cache_get(r->cache, &doc, "cc", id, NULL) != 0)
+            continue;
+        if (doc->version < seen[k])
+            __atomic_store_n(&r->backwards, 1, __ATOMIC_RELAXED);
+        if (json_integer_value(json_object_get(doc->body, "v")) != doc->version)
+            __atomic_store_n(&r->mismatched, 1, __ATOMIC_RELAXED);
+        seen[k] = doc->version;
+        syncd_doc_free(doc);
+    }
+    return NULL;
+}
+
+static void
+test_cache__concurrent_readers_never_see_a_version_go_backwards(void **state)
+{
+    cache_fixture_t *cf = *state;
+    cache_race_t race = {.cache = cf->cache};
+    pthread_t readers[3];
+    char id[32];
+
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&readers[i], NULL, race_reader, &race),
+                         0);
+    /* New versions race with readers decoding the same keys back from
+     * RocksDB: 200 entries of ~250 bytes outgrow the tier's 25 KB. */
+    for (int v = 1; v <= 30; v++) {
+        for (int k = 0; k < RACE_KEYS; k++) {
+            snprintf(id, sizeof(id), "hot-%d", k);
+            assert_int_equal(cache_put(cf, id, v, 200), 1);
+            assert_int_equal(cache_put(cf, id, v - 1, 200), 0);
+        }
+    }
+    __atomic_store_n(&race.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 3; i++)
+        pthread_join(readers[i], NULL);
+    assert_false(race.backwards);
+    assert_false(race.mismatched);
+    assert_int_equal(cached_version(cf, "hot-0"), 30);
+}
+
 /* ---- The digest construction -------------------------------------------- */
 
 static void leaf(unsigned char out[32], const char *id, const char *v,
@@ -1444,6 +1620,11 @@ int main(void)
         CACHE(test_cache__put_if_newer_never_goes_backwards),
         CACHE(test_cache__stays_within_max_bytes_evicting_least_recent),
         CACHE(test_cache__invalidate_drops_one_entry_or_a_collection),
+        CACHE(test_cache__hits_share_the_decoded_body_without_copying),
+        CACHE(test_cache__entries_out_of_the_tier_are_read_back_from_rocksdb),
+        CACHE(
+            test_cache__expired_tier_entries_are_never_served_and_free_their_bytes),
+        CACHE(test_cache__concurrent_readers_never_see_a_version_go_backwards),
         BOTH(test_store__create_put_delete_recreate_track_versions),
         BOTH(test_store_put__without_if_match_creates_or_replaces),
         BOTH(test_store_put__same_body_writes_nothing),

@@ -5,11 +5,16 @@
  * --mongo-uri is given) it runs the edit loop through the public
  * syncd_store_* API with 1, 8 and 64 concurrent writers on one document and
  * on 1,000 documents (1 KB bodies, each edit increments a counter field)
- * and reports edits/s with p50/p99 latency, then cached gets of a 1 KB
- * document on one thread. In the same run it measures the bare backend
- * round trip the edit path is built on: a findAndModify ($inc) loop with
- * mongo-c-driver against the same server, and a RocksDB get + put loop
- * with the same fsync setting, so syncd's overhead reads as a ratio.
+ * and reports edits/s with p50/p99 latency, failed edits and conflict
+ * retries per edit, then cached gets of a 1 KB document on one thread.
+ *
+ * The overhead ratio compares the 1-writer edit with the bare backend round
+ * trip it is built on: a RocksDB get + put of the very record bytes syncd
+ * stores for the document (same key, same length, same fsync setting), and
+ * a findAndModify ($inc) loop with mongo-c-driver on a 1 KB document of the
+ * same server. The two are measured in alternating slices of the same
+ * seconds, so that load from other processes on the machine weighs on both
+ * alike.
  *
  * Usage: bench_store --data-dir DIR [--mongo-uri URI] [--seconds S]
  * (bench/storage/run.sh starts a FerretDB and runs it).
@@ -25,11 +30,13 @@
 #include <mongoc/mongoc.h>
 #include <rocksdb/c.h>
 
+#include "storage/internal.h"
 #include "syncd/store.h"
 
 #define BODY_BYTES 1024
 #define MAX_WRITERS 64
 #define MANY_DOCS 1000
+#define RATIO_SLICES 10
 
 typedef struct samples {
     int64_t *ns;
@@ -39,6 +46,7 @@ typedef struct samples {
 typedef struct result {
     double per_sec;
     double p50_ms, p99_ms;
+    double retries_per_op;
     size_t ops, failures;
 } result_t;
 
@@ -52,6 +60,11 @@ typedef struct edit_run {
     size_t failures;
 } edit_run_t;
 
+/* A bare backend loop: runs round trips until deadline, adding each one's
+ * latency to lat and counting failed ones in *failures. */
+typedef void (*bare_loop_fn)(void *ctx, samples_t *lat, size_t *failures,
+                             int64_t deadline);
+
 static int64_t mono_ns(void)
 {
     struct timespec ts;
@@ -60,15 +73,24 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static int64_t deadline_after(double seconds)
+{
+    return mono_ns() + (int64_t)(seconds * 1e9);
+}
+
+static void die(const char *what, const char *detail)
+{
+    fprintf(stderr, "%s: %s\n", what, detail);
+    exit(1);
+}
+
 static void samples_add(samples_t *s, int64_t ns)
 {
     if (s->n == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 4096;
         s->ns = realloc(s->ns, s->cap * sizeof(*s->ns));
-        if (!s->ns) {
-            fprintf(stderr, "out of memory\n");
-            exit(1);
-        }
+        if (!s->ns)
+            die("samples", "out of memory");
     }
     s->ns[s->n++] = ns;
 }
@@ -96,8 +118,9 @@ static result_t summarise(samples_t *s, int64_t elapsed_ns, size_t failures)
 
 static void print_row(const char *what, const char *backend, result_t r)
 {
-    printf("| %-34s | %-8s | %10.0f | %8.3f | %8.3f | %6zu |\n", what, backend,
-           r.per_sec, r.p50_ms, r.p99_ms, r.failures);
+    printf("| %-34s | %-8s | %10.0f | %8.3f | %8.3f | %6zu | %7.3f |\n", what,
+           backend, r.per_sec, r.p50_ms, r.p99_ms, r.failures,
+           r.retries_per_op);
     fflush(stdout);
 }
 
@@ -172,6 +195,14 @@ static int seed_docs(syncd_store_t *store, const char *coll, int ndocs)
     return 0;
 }
 
+static uint64_t store_retries(syncd_store_t *store)
+{
+    syncd_store_stats_t stats;
+
+    syncd_store_stats(store, &stats);
+    return stats.retries;
+}
+
 static result_t run_edits(syncd_store_t *store, const char *coll, int writers,
                           int ndocs, double seconds)
 {
@@ -179,8 +210,9 @@ static result_t run_edits(syncd_store_t *store, const char *coll, int writers,
     edit_run_t runs[MAX_WRITERS];
     samples_t all = {0};
     size_t failures = 0;
+    uint64_t retries = store_retries(store);
     int64_t start = mono_ns();
-    int64_t deadline = start + (int64_t)(seconds * 1e9);
+    int64_t deadline = deadline_after(seconds);
 
     for (int i = 0; i < writers; i++) {
         runs[i] = (edit_run_t){.store = store,
@@ -198,6 +230,8 @@ static result_t run_edits(syncd_store_t *store, const char *coll, int writers,
         free(runs[i].lat.ns);
     }
     result_t r = summarise(&all, mono_ns() - start, failures);
+    if (r.ops > 0)
+        r.retries_per_op = (double)(store_retries(store) - retries) / r.ops;
     free(all.ns);
     return r;
 }
@@ -208,7 +242,7 @@ static result_t run_cached_gets(syncd_store_t *store, const char *coll,
     samples_t lat = {0};
     size_t failures = 0;
     int64_t start = mono_ns();
-    int64_t deadline = start + (int64_t)(seconds * 1e9);
+    int64_t deadline = deadline_after(seconds);
 
     while (mono_ns() < deadline) {
         int64_t t0 = mono_ns();
@@ -228,17 +262,190 @@ static result_t run_cached_gets(syncd_store_t *store, const char *coll,
     return r;
 }
 
-/* Runs the edit matrix and the cached-get loop on one store of record;
- * returns the 1-writer, 1-document edit result. */
-static result_t bench_store(const char *mongo_uri, const char *dir,
-                            double seconds)
+/* Measures the 1-writer edit of coll/doc-0000 and the bare loop in
+ * RATIO_SLICES alternating slices over 2 x seconds; results in *syncd and
+ * *bare. */
+static void run_ratio(syncd_store_t *store, const char *coll, bare_loop_fn bare,
+                      void *ctx, double seconds, result_t *syncd,
+                      result_t *bare_r)
+{
+    samples_t bare_lat = {0};
+    samples_t edit_lat = {0};
+    size_t bare_failures = 0, edit_failures = 0;
+    int64_t bare_ns = 0, edit_ns = 0;
+    double slice = seconds / RATIO_SLICES;
+
+    for (int i = 0; i < RATIO_SLICES; i++) {
+        edit_run_t run = {.store = store,
+                          .coll = coll,
+                          .ndocs = 1,
+                          .deadline = deadline_after(slice),
+                          .seed = 1};
+        int64_t t0 = mono_ns();
+
+        edit_worker(&run);
+        edit_ns += mono_ns() - t0;
+        for (size_t j = 0; j < run.lat.n; j++)
+            samples_add(&edit_lat, run.lat.ns[j]);
+        edit_failures += run.failures;
+        free(run.lat.ns);
+        t0 = mono_ns();
+        bare(ctx, &bare_lat, &bare_failures, deadline_after(slice));
+        bare_ns += mono_ns() - t0;
+    }
+    *syncd = summarise(&edit_lat, edit_ns, edit_failures);
+    *bare_r = summarise(&bare_lat, bare_ns, bare_failures);
+    free(edit_lat.ns);
+    free(bare_lat.ns);
+}
+
+/* ---- The bare RocksDB round trip ---------------------------------------- */
+
+typedef struct bare_rocks {
+    rocksdb_t *db;
+    rocksdb_options_t *opts;
+    rocksdb_writeoptions_t *wo;
+    rocksdb_readoptions_t *ro;
+    char key[SYNCD_RECORD_KEY_MAX];
+    size_t klen;
+} bare_rocks_t;
+
+/* Opens a RocksDB in dir (WAL on, fsync per write as sync_writes) holding
+ * the record syncd stores for doc, under the same key. */
+static void bare_rocks_open(bare_rocks_t *b, const char *dir,
+                            const syncd_doc_t *doc, int sync_writes)
+{
+    char *errptr = NULL;
+    char *value = NULL;
+    size_t vlen = 0;
+
+    b->opts = rocksdb_options_create();
+    b->wo = rocksdb_writeoptions_create();
+    b->ro = rocksdb_readoptions_create();
+    rocksdb_options_set_create_if_missing(b->opts, 1);
+    rocksdb_writeoptions_set_sync(b->wo, sync_writes);
+    b->db = rocksdb_open(b->opts, dir, &errptr);
+    if (!b->db)
+        die("bare rocksdb open", errptr);
+    b->klen = syncd_record_key(b->key, doc->coll, doc->id);
+    if (syncd_record_encode(&value, &vlen, doc, NULL, 0, NULL) != 0)
+        die("bare rocksdb", "cannot encode the record");
+    rocksdb_put(b->db, b->wo, b->key, b->klen, value, vlen, &errptr);
+    if (errptr)
+        die("bare rocksdb put", errptr);
+    free(value);
+}
+
+/* A get + put of the record, changed in its last byte (a pad character)
+ * so that every put writes new bytes of the same length. */
+static void bare_rocks_loop(void *ctx, samples_t *lat, size_t *failures,
+                            int64_t deadline)
+{
+    bare_rocks_t *b = ctx;
+    char *errptr = NULL;
+
+    while (mono_ns() < deadline) {
+        size_t len = 0;
+        int64_t t0 = mono_ns();
+        char *got = rocksdb_get(b->db, b->ro, b->key, b->klen, &len, &errptr);
+
+        if (got && len > 0) {
+            got[len - 1] ^= 1;
+            rocksdb_put(b->db, b->wo, b->key, b->klen, got, len, &errptr);
+        }
+        samples_add(lat, mono_ns() - t0);
+        if (!got || errptr) {
+            (*failures)++;
+            rocksdb_free(errptr);
+            errptr = NULL;
+        }
+        rocksdb_free(got);
+    }
+}
+
+static void bare_rocks_close(bare_rocks_t *b)
+{
+    rocksdb_close(b->db);
+    rocksdb_readoptions_destroy(b->ro);
+    rocksdb_writeoptions_destroy(b->wo);
+    rocksdb_options_destroy(b->opts);
+}
+
+/* ---- The bare MongoDB round trip ---------------------------------------- */
+
+typedef struct bare_mongo {
+    mongoc_client_t *client;
+    mongoc_collection_t *coll;
+    bson_t *query;
+    bson_t *update;
+} bare_mongo_t;
+
+/* Connects to uri and creates a 1 KB document {_id, n, pad}. */
+static void bare_mongo_open(bare_mongo_t *b, const char *uri)
+{
+    bson_t doc = BSON_INITIALIZER;
+    char pad[BODY_BYTES - 64];
+    bson_error_t e;
+
+    b->client = mongoc_client_new(uri);
+    if (!b->client)
+        die("bare mongo", "bad URI");
+    b->coll = mongoc_client_get_collection(b->client, "syncd_bench", "bare");
+    mongoc_collection_drop(b->coll, NULL);
+    b->query = BCON_NEW("_id", BCON_UTF8("bare"));
+    b->update = BCON_NEW("$inc", "{", "n", BCON_INT64(1), "}");
+    memset(pad, 'x', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
+    BSON_APPEND_UTF8(&doc, "_id", "bare");
+    BSON_APPEND_INT64(&doc, "n", 0);
+    BSON_APPEND_UTF8(&doc, "pad", pad);
+    if (!mongoc_collection_insert_one(b->coll, &doc, NULL, NULL, &e))
+        die("bare mongo insert", e.message);
+    bson_destroy(&doc);
+}
+
+/* A findAndModify {$inc: {n: 1}} returning the new document. */
+static void bare_mongo_loop(void *ctx, samples_t *lat, size_t *failures,
+                            int64_t deadline)
+{
+    bare_mongo_t *b = ctx;
+    bson_error_t e;
+
+    while (mono_ns() < deadline) {
+        bson_t reply;
+        int64_t t0 = mono_ns();
+
+        if (!mongoc_collection_find_and_modify(b->coll, b->query, NULL,
+                                               b->update, NULL, false, false,
+                                               true, &reply, &e))
+            (*failures)++;
+        samples_add(lat, mono_ns() - t0);
+        bson_destroy(&reply);
+    }
+}
+
+static void bare_mongo_close(bare_mongo_t *b)
+{
+    bson_destroy(b->update);
+    bson_destroy(b->query);
+    mongoc_collection_destroy(b->coll);
+    mongoc_client_destroy(b->client);
+}
+
+/* ---- One store of record ------------------------------------------------ */
+
+/* Runs the edit matrix, the cached-get loop and the overhead ratio on one
+ * store of record; prints the rows and returns the ratio's two results. */
+static void bench_store(const char *mongo_uri, const char *dir, double seconds,
+                        result_t *syncd, result_t *bare)
 {
     static const int writer_counts[] = {1, 8, 64};
     static const int doc_counts[] = {1, MANY_DOCS};
     syncd_store_options_t opts;
     syncd_store_t *store = NULL;
+    syncd_doc_t *doc = NULL;
     syncd_error_t err;
-    result_t first = {0};
+    char path[4096];
     const char *kind;
 
     syncd_error_clear(&err);
@@ -247,10 +454,8 @@ static result_t bench_store(const char *mongo_uri, const char *dir,
     opts.database = "syncd_bench";
     opts.data_dir = dir;
     opts.node_id = "bench";
-    if (syncd_store_open(&store, &opts, &err) != 0) {
-        fprintf(stderr, "open store: %s\n", err.message);
-        exit(1);
-    }
+    if (syncd_store_open(&store, &opts, &err) != 0)
+        die("open store", err.message);
     kind = syncd_store_kind(store);
     for (size_t d = 0; d < 2; d++) {
         char coll[32];
@@ -267,112 +472,33 @@ static result_t bench_store(const char *mongo_uri, const char *dir,
                      writer_counts[w], writer_counts[w] > 1 ? "s" : "",
                      doc_counts[d], doc_counts[d] > 1 ? "s" : "");
             print_row(what, kind, r);
-            if (d == 0 && w == 0)
-                first = r;
         }
     }
     print_row("cached get, 1 KB doc, 1 thread", kind,
               run_cached_gets(store, "bench1", seconds));
+
+    if (mongo_uri == NULL) {
+        bare_rocks_t b = {0};
+
+        if (syncd_store_get(store, &doc, "bench1", "doc-0000", &err) != 0)
+            die("get", err.message);
+        snprintf(path, sizeof(path), "%s-bare", dir);
+        bare_rocks_open(&b, path, doc, opts.sync_writes);
+        run_ratio(store, "bench1", bare_rocks_loop, &b, seconds, syncd, bare);
+        bare_rocks_close(&b);
+        syncd_doc_free(doc);
+        print_row("ratio: edit, 1 writer, 1 doc", kind, *syncd);
+        print_row("ratio: bare get + put (fsync)", kind, *bare);
+    } else {
+        bare_mongo_t b = {0};
+
+        bare_mongo_open(&b, mongo_uri);
+        run_ratio(store, "bench1", bare_mongo_loop, &b, seconds, syncd, bare);
+        bare_mongo_close(&b);
+        print_row("ratio: edit, 1 writer, 1 doc", kind, *syncd);
+        print_row("ratio: bare findAndModify $inc", kind, *bare);
+    }
     syncd_store_close(store);
-    return first;
-}
-
-/* A bare findAndModify {$inc: {n: 1}} loop on one 1 KB document. */
-static result_t bare_mongo(const char *uri, double seconds)
-{
-    mongoc_client_t *client;
-    mongoc_collection_t *c;
-    bson_t *query = BCON_NEW("_id", BCON_UTF8("bare"));
-    bson_t *update = BCON_NEW("$inc", "{", "n", BCON_INT64(1), "}");
-    bson_t doc = BSON_INITIALIZER;
-    char pad[BODY_BYTES - 64];
-    bson_error_t e;
-    samples_t lat = {0};
-    size_t failures = 0;
-
-    mongoc_init();
-    client = mongoc_client_new(uri);
-    c = mongoc_client_get_collection(client, "syncd_bench", "bare");
-    mongoc_collection_drop(c, NULL);
-    memset(pad, 'x', sizeof(pad) - 1);
-    pad[sizeof(pad) - 1] = '\0';
-    BSON_APPEND_UTF8(&doc, "_id", "bare");
-    BSON_APPEND_INT64(&doc, "n", 0);
-    BSON_APPEND_UTF8(&doc, "pad", pad);
-    if (!mongoc_collection_insert_one(c, &doc, NULL, NULL, &e)) {
-        fprintf(stderr, "bare insert: %s\n", e.message);
-        exit(1);
-    }
-    int64_t start = mono_ns();
-    int64_t deadline = start + (int64_t)(seconds * 1e9);
-    while (mono_ns() < deadline) {
-        bson_t reply;
-        int64_t t0 = mono_ns();
-
-        if (!mongoc_collection_find_and_modify(c, query, NULL, update, NULL,
-                                               false, false, true, &reply, &e))
-            failures++;
-        samples_add(&lat, mono_ns() - t0);
-        bson_destroy(&reply);
-    }
-    result_t r = summarise(&lat, mono_ns() - start, failures);
-    free(lat.ns);
-    bson_destroy(&doc);
-    bson_destroy(update);
-    bson_destroy(query);
-    mongoc_collection_destroy(c);
-    mongoc_client_destroy(client);
-    return r;
-}
-
-/* A bare RocksDB get + put loop on one 1 KB value, fsync per put as the
- * embedded store's default sync_writes. */
-static result_t bare_rocks(const char *dir, double seconds)
-{
-    rocksdb_options_t *opts = rocksdb_options_create();
-    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
-    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    char value[BODY_BYTES];
-    char *errptr = NULL;
-    samples_t lat = {0};
-    size_t failures = 0;
-    rocksdb_t *db;
-
-    rocksdb_options_set_create_if_missing(opts, 1);
-    rocksdb_writeoptions_set_sync(wo, 1);
-    db = rocksdb_open(opts, dir, &errptr);
-    if (!db) {
-        fprintf(stderr, "bare rocksdb open %s: %s\n", dir, errptr);
-        exit(1);
-    }
-    memset(value, 'x', sizeof(value));
-    rocksdb_put(db, wo, "bare", 4, value, sizeof(value), &errptr);
-    int64_t start = mono_ns();
-    int64_t deadline = start + (int64_t)(seconds * 1e9);
-    while (mono_ns() < deadline) {
-        size_t len = 0;
-        int64_t t0 = mono_ns();
-        char *got = rocksdb_get(db, ro, "bare", 4, &len, &errptr);
-
-        if (got) {
-            got[0]++;
-            rocksdb_put(db, wo, "bare", 4, got, len, &errptr);
-        }
-        samples_add(&lat, mono_ns() - t0);
-        if (!got || errptr) {
-            failures++;
-            rocksdb_free(errptr);
-            errptr = NULL;
-        }
-        rocksdb_free(got);
-    }
-    result_t r = summarise(&lat, mono_ns() - start, failures);
-    free(lat.ns);
-    rocksdb_close(db);
-    rocksdb_readoptions_destroy(ro);
-    rocksdb_writeoptions_destroy(wo);
-    rocksdb_options_destroy(opts);
-    return r;
 }
 
 static void print_ratio(const char *backend, result_t syncd, result_t bare)
@@ -395,7 +521,7 @@ int main(int argc, char **argv)
     const char *uri = NULL;
     double seconds = 2;
     char path[4096];
-    result_t embedded, mongo = {0}, bare_r, bare_m = {0};
+    result_t embedded, bare_r, mongo = {0}, bare_m = {0};
 
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--data-dir") == 0)
@@ -409,25 +535,18 @@ int main(int argc, char **argv)
     }
     if (!dir || argc % 2 == 0 || seconds <= 0)
         usage();
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "mkdir %s: %s\n", dir, strerror(errno));
-        return 1;
-    }
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        die(dir, strerror(errno));
+    mongoc_init();
 
-    printf("| what | backend | ops/s | p50 ms | p99 ms | failed |\n");
-    printf("|---|---|---:|---:|---:|---:|\n");
-    snprintf(path, sizeof(path), "%s/bare-rocks", dir);
-    bare_r = bare_rocks(path, seconds);
-    print_row("bare get + put (fsync)", "rocksdb", bare_r);
-    if (uri) {
-        bare_m = bare_mongo(uri, seconds);
-        print_row("bare findAndModify $inc", "mongodb", bare_m);
-    }
+    printf("| what | backend | ops/s | p50 ms | p99 ms | failed | retries/op "
+           "|\n");
+    printf("|---|---|---:|---:|---:|---:|---:|\n");
     snprintf(path, sizeof(path), "%s/embedded", dir);
-    embedded = bench_store(NULL, path, seconds);
+    bench_store(NULL, path, seconds, &embedded, &bare_r);
     if (uri) {
         snprintf(path, sizeof(path), "%s/mongo", dir);
-        mongo = bench_store(uri, path, seconds);
+        bench_store(uri, path, seconds, &mongo, &bare_m);
     }
 
     printf("\n| backend | syncd edit p50 ms (1 writer) | bare round trip p50 "
@@ -435,5 +554,6 @@ int main(int argc, char **argv)
     print_ratio("rocksdb", embedded, bare_r);
     if (uri)
         print_ratio("mongodb", mongo, bare_m);
+    mongoc_cleanup();
     return 0;
 }
