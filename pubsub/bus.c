@@ -244,6 +244,30 @@ void bus_sub_unref(syncd_bus_sub_t *sub)
         free(sub);
 }
 
+void bus_subs_sweep(syncd_bus_sub_t **list)
+{
+    while (*list != NULL) {
+        syncd_bus_sub_t *sub = *list;
+
+        if (sub->dead) {
+            *list = sub->next;
+            bus_sub_unref(sub);
+        } else {
+            list = &sub->next;
+        }
+    }
+}
+
+void bus_subs_release(syncd_bus_sub_t **list)
+{
+    while (*list != NULL) {
+        syncd_bus_sub_t *sub = *list;
+
+        *list = sub->next;
+        bus_sub_unref(sub);
+    }
+}
+
 int bus_sub_live(const syncd_bus_sub_t *sub)
 {
     return !sub->dead && !sub->bus->closing;

@@ -459,18 +459,8 @@ static void local_sweep(syncd_bus_t *base)
 {
     lbus_t *bus = (lbus_t *)base;
 
-    for (lcoll_t *c = bus->colls; c != NULL; c = c->next) {
-        syncd_bus_sub_t **pp = &c->subs;
-        while (*pp != NULL) {
-            syncd_bus_sub_t *sub = *pp;
-            if (sub->dead) {
-                *pp = sub->next;
-                bus_sub_unref(sub);
-            } else {
-                pp = &sub->next;
-            }
-        }
-    }
+    for (lcoll_t *c = bus->colls; c != NULL; c = c->next)
+        bus_subs_sweep(&c->subs);
 }
 
 static int local_connected(const syncd_bus_t *base)
@@ -498,11 +488,7 @@ static void on_closed(uv_handle_t *handle)
     while (bus->colls != NULL) {
         lcoll_t *c = bus->colls;
         bus->colls = c->next;
-        while (c->subs != NULL) {
-            syncd_bus_sub_t *sub = c->subs;
-            c->subs = sub->next;
-            bus_sub_unref(sub);
-        }
+        bus_subs_release(&c->subs);
         for (size_t i = 0; i < c->cap; i++)
             json_decref(c->ring[i].event);
         free(c->ring);

@@ -804,18 +804,8 @@ static void redis_sweep(syncd_bus_t *base)
 {
     rbus_t *bus = (rbus_t *)base;
 
-    for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
-        syncd_bus_sub_t **pp = &c->subs;
-        while (*pp != NULL) {
-            syncd_bus_sub_t *sub = *pp;
-            if (sub->dead) {
-                *pp = sub->next;
-                bus_sub_unref(sub);
-            } else {
-                pp = &sub->next;
-            }
-        }
-    }
+    for (rchan_t *c = bus->chans; c != NULL; c = c->next)
+        bus_subs_sweep(&c->subs);
 }
 
 static int redis_replay(syncd_bus_t *base, const char *coll, int64_t after,
@@ -910,11 +900,7 @@ static void on_timer_closed(uv_handle_t *handle)
     while (bus->chans != NULL) {
         rchan_t *c = bus->chans;
         bus->chans = c->next;
-        while (c->subs != NULL) {
-            syncd_bus_sub_t *sub = c->subs;
-            c->subs = sub->next;
-            bus_sub_unref(sub);
-        }
+        bus_subs_release(&c->subs);
         free(c);
     }
     bus_finish_close(&bus->base);

@@ -92,6 +92,13 @@ void bus_leave(syncd_bus_t *bus);
 void bus_sub_ref(syncd_bus_sub_t *sub);
 void bus_sub_unref(syncd_bus_sub_t *sub);
 
+/* Unlinks the dead subscriptions of the list at *list (linked by next),
+ * dropping the list's reference to each. */
+void bus_subs_sweep(syncd_bus_sub_t **list);
+
+/* Empties the list at *list, dropping the list's reference to each. */
+void bus_subs_release(syncd_bus_sub_t **list);
+
 /* Returns 1 when sub may still be called (not dead, bus not closing). */
 int bus_sub_live(const syncd_bus_sub_t *sub);
 

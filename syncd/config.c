@@ -94,12 +94,18 @@ static const option_t options[] = {
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
-int syncd_parse_duration(int64_t *ms, const char *text)
+/* A unit suffix and what one of it is worth. */
+typedef struct unit {
+    const char *name;
+    double scale;
+} unit_t;
+
+/* Parses a non-negative number followed by one of the n units (a bare 0
+ * needs none) into *out, scaled; -1 when text does not parse or the total
+ * exceeds max. */
+static int parse_scaled(double *out, const char *text, const unit_t *units,
+                        size_t n, double max)
 {
-    static const struct {
-        const char *unit;
-        double ms;
-    } units[] = {{"ms", 1}, {"s", 1e3}, {"m", 60e3}, {"h", 3600e3}};
     char *end;
     double v;
     size_t i;
@@ -109,55 +115,49 @@ int syncd_parse_duration(int64_t *ms, const char *text)
     if (end == text || errno != 0 || v < 0 || !isdigit((unsigned char)*text))
         return -1;
     if (*end == '\0' && v == 0) {
-        *ms = 0;
+        *out = 0;
         return 0;
     }
-    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-        if (strcmp(end, units[i].unit) == 0) {
-            double total = v * units[i].ms;
+    for (i = 0; i < n; i++) {
+        if (strcmp(end, units[i].name) == 0) {
+            double total = v * units[i].scale;
 
-            if (total > 9.2e18)
+            if (total > max)
                 return -1;
-            *ms = (int64_t)total;
+            *out = total;
             return 0;
         }
     }
     return -1;
 }
 
+int syncd_parse_duration(int64_t *ms, const char *text)
+{
+    static const unit_t units[] = {
+        {"ms", 1}, {"s", 1e3}, {"m", 60e3}, {"h", 3600e3}};
+    double total;
+
+    if (parse_scaled(&total, text, units, sizeof(units) / sizeof(units[0]),
+                     9.2e18) < 0)
+        return -1;
+    *ms = (int64_t)total;
+    return 0;
+}
+
 int syncd_parse_size(uint64_t *bytes, const char *text)
 {
-    static const struct {
-        const char *unit;
-        double bytes;
-    } units[] = {{"B", 1},
-                 {"KiB", 1024.0},
-                 {"MiB", 1024.0 * 1024},
-                 {"GiB", 1024.0 * 1024 * 1024},
-                 {"TiB", 1024.0 * 1024 * 1024 * 1024}};
-    char *end;
-    double v;
-    size_t i;
+    static const unit_t units[] = {{"B", 1},
+                                   {"KiB", 1024.0},
+                                   {"MiB", 1024.0 * 1024},
+                                   {"GiB", 1024.0 * 1024 * 1024},
+                                   {"TiB", 1024.0 * 1024 * 1024 * 1024}};
+    double total;
 
-    errno = 0;
-    v = strtod(text, &end);
-    if (end == text || errno != 0 || v < 0 || !isdigit((unsigned char)*text))
+    if (parse_scaled(&total, text, units, sizeof(units) / sizeof(units[0]),
+                     1.8e19) < 0)
         return -1;
-    if (*end == '\0' && v == 0) {
-        *bytes = 0;
-        return 0;
-    }
-    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-        if (strcmp(end, units[i].unit) == 0) {
-            double total = v * units[i].bytes;
-
-            if (total > 1.8e19)
-                return -1;
-            *bytes = (uint64_t)total;
-            return 0;
-        }
-    }
-    return -1;
+    *bytes = (uint64_t)total;
+    return 0;
 }
 
 static int parse_bool(int *out, const char *text)

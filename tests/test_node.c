@@ -653,11 +653,6 @@ test_node__redis_restarted_mid_storm_converges_and_watchers_are_told_to_resync(
     anti_entropy(&cl);
     assert_converged(&cl);
     for (int i = 0; i < NODES; i++) {
-        syncd_bus_stats_t bs; syncd_node_stats_t ns;
-        syncd_bus_stats(cl.n[i].bus, &bs); syncd_node_stats(cl.n[i].node, &ns);
-        fprintf(stderr, "DBG node %d bus resyncs %llu node resyncs %llu watcher resyncs %d last %lld\n", i, (unsigned long long)bs.resyncs, (unsigned long long)ns.resyncs, cl.n[i].resyncs, (long long)cl.n[i].last);
-    }
-    for (int i = 0; i < NODES; i++) {
         tnode_t *n = &cl.n[i];
         assert_int_equal(n->order_errors, 0);
         /* Redis lost the log, and changes committed meanwhile were never

@@ -1228,7 +1228,7 @@ static int parse_args(args_t *a, int argc, char **argv)
     *a = (args_t){.count = 10000,
                   .chunk = 1000,
                   .window = 16,
-                  .docs = 100,
+                  .docs = 10,
                   .entries = 50,
                   .writers = 4,
                   .live = 2000,

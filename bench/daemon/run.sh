@@ -136,7 +136,7 @@ wait_up etcd "$ETCD_PID" "$TMP/etcd.log" -X POST -d '{"key":"AA=="}' \
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores" \
     "($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1))," \
     "load $(cut -d ' ' -f 1-3 /proc/loadavg), kernel $(uname -r)"
-echo "# syncd $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+echo "# syncd $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" \
     "(embedded default${SYNCD_FLAGS:+, $SYNCD_FLAGS}), etcd" \
     "$(etcd --version | sed -n 's/^etcd Version: //p'), wrk" \
     "$(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p'), ${SECS}s per cell"
