@@ -135,51 +135,53 @@ int syncd_patch_validate(const json_t *patch, syncd_error_t *err)
     return 0;
 }
 
-/* Resolves the container of ptr's last token in *root. */
-static int find_parent(json_t **parent, json_t *root, const syncd_ptr_t *ptr,
-                       const op_t *op, syncd_error_t *err)
+/* Where ptr's last token lands: its container, the token, and the child
+ * it names (NULL for a missing member when allowed) or its array index. */
+typedef struct loc {
+    json_t *parent;
+    json_t *child;
+    size_t index;
+    const char *tok;
+    size_t len;
+} loc_t;
+
+/* Resolves ptr (not the whole document) in root into *loc; with allow_end
+ * the child may be a missing member or the array's end. */
+static int locate(loc_t *loc, json_t *root, const syncd_ptr_t *ptr,
+                  int allow_end, const op_t *op, syncd_error_t *err)
 {
+    size_t last = syncd_ptr_count(ptr) - 1;
     const char *why = NULL;
     size_t at = 0;
 
-    if (ptr_walk(parent, root, ptr, syncd_ptr_count(ptr) - 1, &why, &at) < 0)
+    if (ptr_walk(&loc->parent, root, ptr, last, &why, &at) < 0)
         return op_fail(err, SYNCD_EPATCH, op, "%s at token %zu", why, at);
-    if (!json_is_object(*parent) && !json_is_array(*parent))
+    if (!json_is_object(loc->parent) && !json_is_array(loc->parent))
         return op_fail(err, SYNCD_EPATCH, op,
                        "parent is not an object or array");
-    return 0;
-}
-
-/* Resolves ptr's last token in parent: its array index in *index, or its
- * member in *child (NULL for a missing member when allow_end is set). */
-static int find_child(json_t **child, size_t *index, json_t *parent,
-                      const syncd_ptr_t *ptr, int allow_end, const op_t *op,
-                      syncd_error_t *err)
-{
-    size_t len;
-    const char *tok = syncd_ptr_token(ptr, syncd_ptr_count(ptr) - 1, &len);
-    const char *why = NULL;
-
-    if (json_is_object(parent)) {
-        *child = json_object_getn(parent, tok, len);
-        if (*child == NULL && !allow_end)
+    loc->tok = syncd_ptr_token(ptr, last, &loc->len);
+    if (json_is_object(loc->parent)) {
+        loc->child = json_object_getn(loc->parent, loc->tok, loc->len);
+        if (loc->child == NULL && !allow_end)
             return op_fail(err, SYNCD_EPATCH, op, "member not found");
         return 0;
     }
-    if (ptr_array_index(index, tok, len, json_array_size(parent), allow_end,
-                        &why) < 0)
+    if (ptr_array_index(&loc->index, loc->tok, loc->len,
+                        json_array_size(loc->parent), allow_end, &why) < 0)
         return op_fail(err, SYNCD_EPATCH, op, "%s", why);
-    *child = json_array_get(parent, *index);
+    loc->child = json_array_get(loc->parent, loc->index);
     return 0;
 }
 
-/* Adds value_new (stolen on every path) at ptr in *root. */
-static int add_at(json_t **root, const syncd_ptr_t *ptr, json_t *value_new,
-                  const op_t *op, syncd_error_t *err)
+enum put_mode { PUT_ADD, PUT_REPLACE };
+
+/* Puts value_new (stolen on every path) at ptr in *root, as "add" does
+ * (a new member, or an array element inserted or appended) or as
+ * "replace" does (the value must exist). */
+static int put_at(json_t **root, const syncd_ptr_t *ptr, json_t *value_new,
+                  enum put_mode mode, const op_t *op, syncd_error_t *err)
 {
-    json_t *parent, *child;
-    size_t index, len;
-    const char *tok;
+    loc_t loc;
     int rc;
 
     if (syncd_ptr_count(ptr) == 0) {
@@ -187,18 +189,17 @@ static int add_at(json_t **root, const syncd_ptr_t *ptr, json_t *value_new,
         *root = value_new;
         return 0;
     }
-    rc = find_parent(&parent, *root, ptr, op, err);
-    if (rc == 0)
-        rc = find_child(&child, &index, parent, ptr, 1, op, err);
+    rc = locate(&loc, *root, ptr, mode == PUT_ADD, op, err);
     if (rc < 0) {
         json_decref(value_new);
         return rc;
     }
-    tok = syncd_ptr_token(ptr, syncd_ptr_count(ptr) - 1, &len);
-    if (json_is_object(parent))
-        rc = json_object_setn_new(parent, tok, len, value_new);
+    if (json_is_object(loc.parent))
+        rc = json_object_setn_new(loc.parent, loc.tok, loc.len, value_new);
+    else if (mode == PUT_ADD)
+        rc = json_array_insert_new(loc.parent, loc.index, value_new);
     else
-        rc = json_array_insert_new(parent, index, value_new);
+        rc = json_array_set_new(loc.parent, loc.index, value_new);
     if (rc < 0)
         return op_fail(err, SYNCD_ENOMEM, op, "out of memory");
     return 0;
@@ -209,26 +210,21 @@ static int add_at(json_t **root, const syncd_ptr_t *ptr, json_t *value_new,
 static int remove_at(json_t **removed, json_t *root, const syncd_ptr_t *ptr,
                      const op_t *op, syncd_error_t *err)
 {
-    json_t *parent, *child;
-    size_t index, len;
-    const char *tok;
+    loc_t loc;
     int rc;
 
     if (syncd_ptr_count(ptr) == 0)
         return op_fail(err, SYNCD_EPATCH, op,
                        "cannot remove the whole document");
-    rc = find_parent(&parent, root, ptr, op, err);
-    if (rc == 0)
-        rc = find_child(&child, &index, parent, ptr, 0, op, err);
+    rc = locate(&loc, root, ptr, 0, op, err);
     if (rc < 0)
         return rc;
     if (removed != NULL)
-        *removed = json_incref(child);
-    tok = syncd_ptr_token(ptr, syncd_ptr_count(ptr) - 1, &len);
-    if (json_is_object(parent))
-        json_object_deln(parent, tok, len);
+        *removed = json_incref(loc.child);
+    if (json_is_object(loc.parent))
+        json_object_deln(loc.parent, loc.tok, loc.len);
     else
-        json_array_remove(parent, index);
+        json_array_remove(loc.parent, loc.index);
     return 0;
 }
 
@@ -257,34 +253,6 @@ static int tokens_match(const syncd_ptr_t *a, const syncd_ptr_t *b, size_t n)
     return 1;
 }
 
-/* Replaces the existing value at ptr in *root with value_new (stolen). */
-static int replace_at(json_t **root, const syncd_ptr_t *ptr, json_t *value_new,
-                      const op_t *op, syncd_error_t *err)
-{
-    json_t *parent, *child;
-    size_t index, len;
-    const char *tok;
-    int rc;
-
-    if (syncd_ptr_count(ptr) == 0)
-        return add_at(root, ptr, value_new, op, err);
-    rc = find_parent(&parent, *root, ptr, op, err);
-    if (rc == 0)
-        rc = find_child(&child, &index, parent, ptr, 0, op, err);
-    if (rc < 0) {
-        json_decref(value_new);
-        return rc;
-    }
-    tok = syncd_ptr_token(ptr, syncd_ptr_count(ptr) - 1, &len);
-    if (json_is_object(parent))
-        rc = json_object_setn_new(parent, tok, len, value_new);
-    else
-        rc = json_array_set_new(parent, index, value_new);
-    if (rc < 0)
-        return op_fail(err, SYNCD_ENOMEM, op, "out of memory");
-    return 0;
-}
-
 static int move_op(json_t **root, const op_t *op, syncd_error_t *err)
 {
     size_t nfrom = syncd_ptr_count(op->from);
@@ -298,7 +266,7 @@ static int move_op(json_t **root, const op_t *op, syncd_error_t *err)
         return op_fail(err, SYNCD_EPATCH, op,
                        "cannot move a value into its own child");
     rc = remove_at(&value, *root, op->from, op, err);
-    return rc < 0 ? rc : add_at(root, op->path, value, op, err);
+    return rc < 0 ? rc : put_at(root, op->path, value, PUT_ADD, op, err);
 }
 
 static int apply_op(json_t **root, const op_t *op, syncd_error_t *err)
@@ -309,19 +277,20 @@ static int apply_op(json_t **root, const op_t *op, syncd_error_t *err)
     switch (op->kind) {
     case OP_ADD:
         rc = copy_value(&value, op->value, err);
-        return rc < 0 ? rc : add_at(root, op->path, value, op, err);
+        return rc < 0 ? rc : put_at(root, op->path, value, PUT_ADD, op, err);
     case OP_REMOVE:
         return remove_at(NULL, *root, op->path, op, err);
     case OP_REPLACE:
         rc = copy_value(&value, op->value, err);
-        return rc < 0 ? rc : replace_at(root, op->path, value, op, err);
+        return rc < 0 ? rc
+                      : put_at(root, op->path, value, PUT_REPLACE, op, err);
     case OP_MOVE:
         return move_op(root, op, err);
     case OP_COPY:
         rc = get_at(&value, *root, op->from, op, err);
         if (rc == 0)
             rc = copy_value(&value, value, err);
-        return rc < 0 ? rc : add_at(root, op->path, value, op, err);
+        return rc < 0 ? rc : put_at(root, op->path, value, PUT_ADD, op, err);
     default:
         rc = get_at(&value, *root, op->path, op, err);
         if (rc == 0 && !values_equal(value, op->value, 1))

@@ -1,38 +1,21 @@
 /* internal.h - helpers shared by the files of the patch engine.
  *
- * Private to patch/: a growable byte buffer, the depth guard every
- * recursive walk goes through, strict and RFC equality, the structural hash
- * the array diff compares elements with, and the pointer pieces the patch
- * operations need (length-aware parsing, strict array indexes).
+ * Private to patch/: RFC 6901 escaping into a byte buffer (buf.h, which
+ * syncd/ shares), the depth guard every recursive walk goes through,
+ * strict and RFC equality, the structural hash the array diff compares
+ * elements with, and the pointer pieces the patch operations need
+ * (length-aware parsing, strict array indexes).
  */
 #ifndef SYNCD_PATCH_INTERNAL_H
 #define SYNCD_PATCH_INTERNAL_H
 
 #include <stdint.h>
 
+#include "patch/buf.h"
 #include "syncd/patch.h"
-
-/* A growable byte buffer; `data` is NUL-terminated whenever len > 0. */
-typedef struct buf {
-    char *data;
-    size_t len;
-    size_t cap;
-} buf_t;
-
-/* Appends n bytes to b; returns 0 or SYNCD_ENOMEM. */
-int buf_append(buf_t *b, const void *bytes, size_t n);
-
-/* Appends one byte to b; returns 0 or SYNCD_ENOMEM. */
-int buf_putc(buf_t *b, char c);
 
 /* Appends the RFC 6901 escaped form of a token to b. */
 int buf_append_escaped(buf_t *b, const char *token, size_t len);
-
-/* Shortens b to its first len bytes. */
-void buf_truncate(buf_t *b, size_t len);
-
-/* Frees b's storage and resets it to empty. */
-void buf_free(buf_t *b);
 
 /* Returns 0 when v nests at most SYNCD_PATCH_MAX_DEPTH arrays/objects,
  * else `code` with a message naming `what`. */

@@ -75,21 +75,10 @@ int syncd_ptr_parse(syncd_ptr_t **out, const char *text, syncd_error_t *err)
     return ptr_parse_n(out, text, strlen(text), err);
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int syncd_ptr_parse_fragment(syncd_ptr_t **out, const char *fragment,
                              syncd_error_t *err)
 {
-    size_t len = strlen(fragment), n = 0;
+    size_t len = strlen(fragment), n = 0, bad_at = 0;
     char *decoded;
     int rc;
 
@@ -98,28 +87,14 @@ int syncd_ptr_parse_fragment(syncd_ptr_t **out, const char *fragment,
         return syncd_error_set(err, SYNCD_EINVAL,
                                "pointer fragment \"%s\": missing leading '#'",
                                fragment);
-    decoded = malloc(len);
-    if (decoded == NULL)
-        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    for (size_t i = 1; i < len; i++) {
-        int hi, lo;
-
-        if (fragment[i] != '%') {
-            decoded[n++] = fragment[i];
-            continue;
-        }
-        hi = i + 2 < len ? hex_value(fragment[i + 1]) : -1;
-        lo = hi >= 0 ? hex_value(fragment[i + 2]) : -1;
-        if (lo < 0) {
-            free(decoded);
-            return syncd_error_set(
-                err, SYNCD_EINVAL,
-                "pointer fragment \"%s\": bad percent-encoding at byte %zu",
-                fragment, i);
-        }
-        decoded[n++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
+    rc = pct_decode(&decoded, &n, fragment + 1, len - 1, &bad_at);
+    if (rc == SYNCD_EINVAL)
+        return syncd_error_set(
+            err, SYNCD_EINVAL,
+            "pointer fragment \"%s\": bad percent-encoding at byte %zu",
+            fragment, bad_at + 1);
+    if (rc != 0)
+        return syncd_error_set(err, rc, "out of memory");
     rc = ptr_parse_n(out, decoded, n, err);
     free(decoded);
     return rc;
@@ -140,6 +115,27 @@ const char *syncd_ptr_token(const syncd_ptr_t *ptr, size_t i, size_t *len)
     if (len != NULL)
         *len = ptr->tokens[i].len;
     return ptr->tokens[i].text;
+}
+
+int buf_append_escaped(buf_t *b, const char *token, size_t len)
+{
+    size_t start = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        const char *esc;
+
+        if (token[i] == '~')
+            esc = "~0";
+        else if (token[i] == '/')
+            esc = "~1";
+        else
+            continue;
+        if (buf_append(b, token + start, i - start) < 0 ||
+            buf_append(b, esc, 2) < 0)
+            return SYNCD_ENOMEM;
+        start = i + 1;
+    }
+    return buf_append(b, token + start, len - start);
 }
 
 char *syncd_ptr_format(const syncd_ptr_t *ptr)

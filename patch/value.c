@@ -1,4 +1,4 @@
-/* value.c - byte buffers, depth guard, equality and hashing of JSON values.
+/* value.c - depth guard, copies, equality and hashing of JSON values.
  *
  * Every recursive walk in the patch engine runs on values that passed
  * check_depth() first (or, in the diff, value_hash()'s own depth guard),
@@ -13,66 +13,6 @@
 #include <string.h>
 
 #include "patch/internal.h"
-
-int buf_append(buf_t *b, const void *bytes, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        char *data;
-
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        data = realloc(b->data, cap);
-        if (data == NULL)
-            return SYNCD_ENOMEM;
-        b->data = data;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, bytes, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-int buf_putc(buf_t *b, char c)
-{
-    return buf_append(b, &c, 1);
-}
-
-int buf_append_escaped(buf_t *b, const char *token, size_t len)
-{
-    size_t start = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        const char *esc;
-
-        if (token[i] == '~')
-            esc = "~0";
-        else if (token[i] == '/')
-            esc = "~1";
-        else
-            continue;
-        if (buf_append(b, token + start, i - start) < 0 ||
-            buf_append(b, esc, 2) < 0)
-            return SYNCD_ENOMEM;
-        start = i + 1;
-    }
-    return buf_append(b, token + start, len - start);
-}
-
-void buf_truncate(buf_t *b, size_t len)
-{
-    b->len = len;
-    if (b->data != NULL)
-        b->data[len] = '\0';
-}
-
-void buf_free(buf_t *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
 
 static int depth_ok(const json_t *v, int depth)
 {

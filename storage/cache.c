@@ -72,13 +72,6 @@ struct syncd_cache {
     uint64_t hits, misses, evictions; /* updated atomically */
 };
 
-/* A record key with its hash, computed once per call. */
-typedef struct reckey {
-    char bytes[SYNCD_RECORD_KEY_MAX];
-    size_t len;
-    uint64_t hash;
-} reckey_t;
-
 static int64_t monotonic_ms(void *data)
 {
     struct timespec ts;
@@ -286,18 +279,7 @@ void syncd_cache_close(syncd_cache_t *cache)
     free(cache);
 }
 
-static int make_key(reckey_t *k, const char *coll, const char *id,
-                    syncd_error_t *err)
-{
-    k->len = syncd_record_key(k->bytes, coll, id);
-    if (k->len == 0)
-        return syncd_error_set(err, SYNCD_EINVAL,
-                               "collection or id too long for a key");
-    k->hash = syncd_lru_hash(k->bytes, k->len);
-    return 0;
-}
-
-static cache_entry_t *find(syncd_cache_t *c, const reckey_t *k)
+static cache_entry_t *find(syncd_cache_t *c, const syncd_reckey_t *k)
 {
     return (cache_entry_t *)syncd_lru_find(&c->index, k->bytes, k->len,
                                            k->hash);
@@ -315,7 +297,7 @@ static int dup_out(syncd_doc_t **out, const syncd_doc_t *doc,
 /* Decodes the record val (vlen bytes) of the entry of k with generation
  * gen into *out, and takes a copy of it into the tier unless the entry
  * changed meanwhile. Called with no lock held. */
-static int load(syncd_cache_t *c, syncd_doc_t **out, const reckey_t *k,
+static int load(syncd_cache_t *c, syncd_doc_t **out, const syncd_reckey_t *k,
                 uint64_t gen, const char *coll, const char *id, const char *val,
                 size_t vlen, syncd_error_t *err)
 {
@@ -343,7 +325,7 @@ static int load(syncd_cache_t *c, syncd_doc_t **out, const reckey_t *k,
 }
 
 /* Drops the entry of k if it is still expired. */
-static void drop_expired(syncd_cache_t *c, const reckey_t *k)
+static void drop_expired(syncd_cache_t *c, const syncd_reckey_t *k)
 {
     cache_entry_t *e;
 
@@ -363,11 +345,11 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
     cache_entry_t *e;
     size_t vlen = 0;
     uint64_t gen = 0;
-    reckey_t k;
+    syncd_reckey_t k;
     int rc;
 
     *out = NULL;
-    rc = make_key(&k, coll, id, err);
+    rc = syncd_reckey_make(&k, coll, id, err);
     if (rc != 0)
         return rc;
     pthread_rwlock_rdlock(&cache->lock);
@@ -404,7 +386,7 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
 
 /* Returns a new entry for doc under k, its decoded copy attached but not
  * yet linked, or NULL when out of memory. */
-static cache_entry_t *entry_new(const reckey_t *k, const syncd_doc_t *doc,
+static cache_entry_t *entry_new(const syncd_reckey_t *k, const syncd_doc_t *doc,
                                 size_t vlen)
 {
     cache_entry_t *e = calloc(1, sizeof(*e) + k->len);
@@ -436,10 +418,10 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     char *val = NULL;
     size_t vlen = 0;
     int64_t now;
-    reckey_t k;
+    syncd_reckey_t k;
     int rc;
 
-    rc = make_key(&k, doc->coll, doc->id, err);
+    rc = syncd_reckey_make(&k, doc->coll, doc->id, err);
     if (rc == 0)
         rc = syncd_record_encode(&val, &vlen, doc, NULL, 0, err);
     if (rc != 0)
@@ -490,11 +472,11 @@ int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
     size_t clen = strlen(coll);
     syncd_lru_node_t *node, *next;
     cache_entry_t *e;
-    reckey_t k;
+    syncd_reckey_t k;
     int rc = 0;
 
     if (id != NULL) {
-        rc = make_key(&k, coll, id, err);
+        rc = syncd_reckey_make(&k, coll, id, err);
         if (rc != 0)
             return rc;
     }

@@ -127,6 +127,18 @@ void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out);
 size_t syncd_record_key(char key[SYNCD_RECORD_KEY_MAX], const char *coll,
                         const char *id);
 
+/* A record key with its syncd_lru_hash(), computed once per call. */
+typedef struct syncd_reckey {
+    char bytes[SYNCD_RECORD_KEY_MAX];
+    size_t len;
+    uint64_t hash;
+} syncd_reckey_t;
+
+/* Fills k with coll/id's record key and its hash; SYNCD_EINVAL when coll
+ * or id is too long for a key. */
+int syncd_reckey_make(syncd_reckey_t *k, const char *coll, const char *id,
+                      syncd_error_t *err);
+
 /* Encodes doc's version, mtime, origin, hash, tombstone flag and canonical
  * body into *out (malloc'd, caller frees) with its length in *len. canon
  * (canon_len bytes, borrowed) is the canonical JSON of doc's body when the

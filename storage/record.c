@@ -35,6 +35,17 @@ size_t syncd_record_key(char key[SYNCD_RECORD_KEY_MAX], const char *coll,
     return clen + 1 + ilen;
 }
 
+int syncd_reckey_make(syncd_reckey_t *k, const char *coll, const char *id,
+                      syncd_error_t *err)
+{
+    k->len = syncd_record_key(k->bytes, coll, id);
+    if (k->len == 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "collection or id too long for a key");
+    k->hash = syncd_lru_hash(k->bytes, k->len);
+    return 0;
+}
+
 static void put_i64(unsigned char *p, int64_t v)
 {
     uint64_t u = (uint64_t)v;

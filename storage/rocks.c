@@ -50,13 +50,6 @@ typedef struct rocks {
     stripe_t stripes[NSTRIPES];
 } rocks_t;
 
-/* A record key with its hash, computed once per call. */
-typedef struct key {
-    char bytes[SYNCD_RECORD_KEY_MAX];
-    size_t len;
-    uint64_t hash;
-} reckey_t;
-
 static int rocks_error(syncd_error_t *err, char *errptr, const char *what)
 {
     int rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
@@ -66,20 +59,18 @@ static int rocks_error(syncd_error_t *err, char *errptr, const char *what)
     return rc;
 }
 
-static int make_key(reckey_t *k, const char *coll, const char *id,
-                    syncd_error_t *err)
+/* Makes coll/id's key in *k and locks its stripe, returned in *s for the
+ * caller to unlock; fails, locking nothing, when the key cannot be made. */
+static int lock_key(rocks_t *r, syncd_reckey_t *k, stripe_t **s,
+                    const char *coll, const char *id, syncd_error_t *err)
 {
-    k->len = syncd_record_key(k->bytes, coll, id);
-    if (k->len == 0)
-        return syncd_error_set(err, SYNCD_EINVAL,
-                               "collection or id too long for a key");
-    k->hash = syncd_lru_hash(k->bytes, k->len);
-    return 0;
-}
+    int rc = syncd_reckey_make(k, coll, id, err);
 
-static stripe_t *stripe_of(rocks_t *r, const reckey_t *k)
-{
-    return &r->stripes[(k->hash >> 40) % NSTRIPES];
+    if (rc != 0)
+        return rc;
+    *s = &r->stripes[(k->hash >> 40) % NSTRIPES];
+    pthread_mutex_lock(&(*s)->lock);
+    return 0;
 }
 
 static void free_entry(syncd_lru_node_t *node)
@@ -90,7 +81,7 @@ static void free_entry(syncd_lru_node_t *node)
     free(e);
 }
 
-static void tier_drop(stripe_t *s, const reckey_t *k)
+static void tier_drop(stripe_t *s, const syncd_reckey_t *k)
 {
     syncd_lru_node_t *node =
         syncd_lru_find(&s->tier, k->bytes, k->len, k->hash);
@@ -105,8 +96,8 @@ static void tier_drop(stripe_t *s, const reckey_t *k)
  * replacing any entry of the key, then evicts down to the stripe's share
  * of TIER_MAX_BYTES. Returns the tier's doc (borrowed), or NULL when out
  * of memory (doc freed, no entry left for the key). */
-static syncd_doc_t *tier_put(stripe_t *s, const reckey_t *k, syncd_doc_t *doc,
-                             size_t size)
+static syncd_doc_t *tier_put(stripe_t *s, const syncd_reckey_t *k,
+                             syncd_doc_t *doc, size_t size)
 {
     tier_entry_t *e;
 
@@ -135,8 +126,9 @@ static syncd_doc_t *tier_put(stripe_t *s, const reckey_t *k, syncd_doc_t *doc,
 /* Finds coll/id in the tier or loads it from RocksDB into the tier; with
  * the stripe locked. *doc is borrowed from the tier, or NULL with
  * SYNCD_ENOTFOUND when there is no record. */
-static int load(rocks_t *r, stripe_t *s, const reckey_t *k, const char *coll,
-                const char *id, syncd_doc_t **doc, syncd_error_t *err)
+static int load(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
+                const char *coll, const char *id, syncd_doc_t **doc,
+                syncd_error_t *err)
 {
     syncd_lru_node_t *node =
         syncd_lru_find(&s->tier, k->bytes, k->len, k->hash);
@@ -172,15 +164,13 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *doc;
     stripe_t *s;
-    reckey_t k;
+    syncd_reckey_t k;
     int rc;
 
     *out = NULL;
-    rc = make_key(&k, coll, id, err);
+    rc = lock_key(r, &k, &s, coll, id, err);
     if (rc != 0)
         return rc;
-    s = stripe_of(r, &k);
-    pthread_mutex_lock(&s->lock);
     rc = load(r, s, &k, coll, id, &doc, err);
     if (rc == 0) {
         *out = syncd_doc_dup(doc);
@@ -196,7 +186,7 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
 /* Commits doc's record, its body's canonical JSON given or NULL (see
  * syncd_record_encode()), and on an insert its collection's registry key,
  * in one write batch. */
-static int commit(rocks_t *r, const reckey_t *k, const syncd_doc_t *doc,
+static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
                   const char *canon, size_t canon_len, int insert, size_t *vlen,
                   syncd_error_t *err)
 {
@@ -235,14 +225,12 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
     syncd_doc_t *copy = NULL;
     size_t vlen = 0;
     stripe_t *s;
-    reckey_t k;
+    syncd_reckey_t k;
     int rc;
 
-    rc = make_key(&k, doc->coll, doc->id, err);
+    rc = lock_key(r, &k, &s, doc->coll, doc->id, err);
     if (rc != 0)
         return rc;
-    s = stripe_of(r, &k);
-    pthread_mutex_lock(&s->lock);
     rc = load(r, s, &k, doc->coll, doc->id, &cur, err);
     if (rc != 0 && rc != SYNCD_ENOTFOUND)
         goto unlock;
@@ -320,7 +308,7 @@ static int rocks_list(syncd_backend_t *b, json_t **out, const char *coll,
     size_t plen = prefix != NULL ? strlen(prefix) : 0;
     rocksdb_iterator_t *it = NULL;
     json_t *arr = json_array();
-    reckey_t k;
+    syncd_reckey_t k;
     int rc;
 
     *out = NULL;
@@ -330,7 +318,7 @@ static int rocks_list(syncd_backend_t *b, json_t **out, const char *coll,
         start = after;
     else if (prefix != NULL)
         start = prefix;
-    rc = make_key(&k, coll, start, err);
+    rc = syncd_reckey_make(&k, coll, start, err);
     if (rc != 0)
         goto done;
     it = iter_at(r, k.bytes, k.len);
@@ -418,15 +406,13 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
     syncd_doc_t *cur = NULL;
     char *errptr = NULL;
     stripe_t *s;
-    reckey_t k;
+    syncd_reckey_t k;
     int rc;
 
     *removed = 0;
-    rc = make_key(&k, coll, id, err);
+    rc = lock_key(r, &k, &s, coll, id, err);
     if (rc != 0)
         return rc;
-    s = stripe_of(r, &k);
-    pthread_mutex_lock(&s->lock);
     rc = load(r, s, &k, coll, id, &cur, err);
     if (rc == SYNCD_ENOTFOUND)
         rc = 0;

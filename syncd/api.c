@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "patch/buf.h"
 
 #define LIST_DEFAULT_LIMIT 1000
 #define LIST_MAX_LIMIT 10000
@@ -153,49 +154,19 @@ void syncd_api_quiesce(syncd_api_t *api, void (*cb)(void *payload),
 
 /* ---- Input helpers --------------------------------------------------- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes n bytes of s into *out (malloc'd). Returns 0,
+/* Percent-decodes n bytes of a URL part at s into *out (malloc'd). Returns 0,
  * SYNCD_EINVAL for a bad escape or an encoded NUL byte, SYNCD_ENOMEM. */
-static int pct_decode(char **out, const char *s, size_t n)
+static int url_decode(char **out, const char *s, size_t n)
 {
-    char *d = malloc(n + 1);
-    size_t i, o = 0;
+    size_t len;
+    int rc = pct_decode(out, &len, s, n, NULL);
 
-    *out = NULL;
-    if (d == NULL)
-        return SYNCD_ENOMEM;
-    for (i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            int hi, lo;
-
-            if (i + 2 >= n)
-                goto bad;
-            hi = hexval(s[i + 1]);
-            lo = hexval(s[i + 2]);
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-                goto bad;
-            d[o++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            d[o++] = s[i];
-        }
+    if (rc == 0 && memchr(*out, '\0', len) != NULL) {
+        free(*out);
+        *out = NULL;
+        rc = SYNCD_EINVAL;
     }
-    d[o] = '\0';
-    *out = d;
-    return 0;
-bad:
-    free(d);
-    return SYNCD_EINVAL;
+    return rc;
 }
 
 /* Finds query parameter name in req's query and percent-decodes its value
@@ -215,7 +186,7 @@ static int query_param(char **out, const syncd_http_req_t *req,
         if (len >= nlen && strncmp(q, name, nlen) == 0 &&
             (len == nlen || q[nlen] == '=')) {
             const char *v = len == nlen ? q + len : q + nlen + 1;
-            int rc = pct_decode(out, v, (size_t)(q + len - v));
+            int rc = url_decode(out, v, (size_t)(q + len - v));
 
             return rc == 0 ? 1 : rc;
         }
@@ -1126,7 +1097,7 @@ static int path_segment(char **out, syncd_http_req_t *req, const char *s,
                         size_t n, int is_id)
 {
     syncd_error_t err;
-    int rc = pct_decode(out, s, n);
+    int rc = url_decode(out, s, n);
 
     if (rc == SYNCD_ENOMEM) {
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");

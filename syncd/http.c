@@ -29,13 +29,9 @@
 #include <strings.h>
 
 #include "log.h"
+#include "patch/buf.h"
 
 #define READ_CHUNK (64 * 1024)
-
-typedef struct buf {
-    char *data;
-    size_t len, cap;
-} buf_t;
 
 typedef struct header {
     buf_t name, value;
@@ -124,66 +120,6 @@ void syncd_http_options_init(syncd_http_options_t *opts)
     opts->idle_timeout_ms = 60 * 1000;
     opts->header_timeout_ms = 10 * 1000;
     opts->open_path = "/v1/health";
-}
-
-/* ---- Buffers --------------------------------------------------------- */
-
-/* Appends len bytes to b, keeping it NUL-terminated; -1 on out of memory. */
-static int buf_append(buf_t *b, const char *data, size_t len)
-{
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *p;
-
-        while (cap < b->len + len + 1)
-            cap *= 2;
-        p = realloc(b->data, cap);
-        if (p == NULL)
-            return -1;
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, data, len);
-    b->len += len;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-static int buf_printf(buf_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int buf_printf(buf_t *b, const char *fmt, ...)
-{
-    char small[256];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(small, sizeof(small), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -1;
-    if ((size_t)n < sizeof(small))
-        return buf_append(b, small, (size_t)n);
-    {
-        char *big = malloc((size_t)n + 1);
-        int rc;
-
-        if (big == NULL)
-            return -1;
-        va_start(ap, fmt);
-        vsnprintf(big, (size_t)n + 1, fmt, ap);
-        va_end(ap);
-        rc = buf_append(b, big, (size_t)n);
-        free(big);
-        return rc;
-    }
-}
-
-static void buf_free(buf_t *b)
-{
-    free(b->data);
-    memset(b, 0, sizeof(*b));
 }
 
 /* ---- Requests -------------------------------------------------------- */

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "patch/buf.h"
+
 #define MAX_REQUEST_SERIES 256
 
 static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
@@ -77,9 +79,9 @@ void syncd_metrics_watchers(syncd_metrics_t *m, int delta)
     m->watchers += delta;
 }
 
+/* The text being rendered; failed sticks after the first error. */
 typedef struct out {
-    char *data;
-    size_t len, cap;
+    buf_t buf;
     int failed;
 } out_t;
 
@@ -89,33 +91,11 @@ static void emit(out_t *o, const char *fmt, ...)
 static void emit(out_t *o, const char *fmt, ...)
 {
     va_list ap;
-    int n;
 
-    for (;;) {
-        va_start(ap, fmt);
-        n = vsnprintf(o->data ? o->data + o->len : NULL,
-                      o->data ? o->cap - o->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            o->failed = 1;
-            return;
-        }
-        if (o->data != NULL && o->len + (size_t)n < o->cap) {
-            o->len += (size_t)n;
-            return;
-        }
-        {
-            size_t cap = (o->cap ? o->cap : 4096) * 2 + (size_t)n;
-            char *p = realloc(o->data, cap);
-
-            if (p == NULL) {
-                o->failed = 1;
-                return;
-            }
-            o->data = p;
-            o->cap = cap;
-        }
-    }
+    va_start(ap, fmt);
+    if (buf_vprintf(&o->buf, fmt, ap) < 0)
+        o->failed = 1;
+    va_end(ap);
 }
 
 /* Emits one counter or gauge with its HELP and TYPE lines. */
@@ -226,9 +206,9 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
          (unsigned long long)m->latency_count, m->latency_sum,
          (unsigned long long)m->latency_count);
     if (o.failed) {
-        free(o.data);
+        buf_free(&o.buf);
         return NULL;
     }
-    *len = o.len;
-    return o.data;
+    *len = o.buf.len;
+    return o.buf.data;
 }

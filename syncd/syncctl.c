@@ -66,6 +66,9 @@ int syncctl_print_json(const json_t *v)
     return failed ? syncctl_fail("cannot write the result: stdout") : 0;
 }
 
+typedef int (*patch_fn)(json_t **out, const json_t *first, const json_t *second,
+                        syncd_error_t *err);
+
 /* Splits the arguments of diff/apply: two files and an optional --merge. */
 static int two_files(const char *files[2], int *merge, int argc, char **argv)
 {
@@ -85,24 +88,25 @@ static int two_files(const char *files[2], int *merge, int argc, char **argv)
     return n == 2 ? 0 : -1;
 }
 
-typedef int (*patch_fn)(json_t **out, const json_t *first, const json_t *second,
-                        syncd_error_t *err);
-
-/* Loads two files, runs fn on them and prints the result; errors name the
- * command and the second file. */
-static int run_on_files(const syncctl_cmd_t *self, patch_fn fn,
-                        const char *files[2])
+/* Runs diff or apply: loads the two files of argv, runs json_fn on them
+ * (merge_fn with --merge) and prints the result; errors name the command
+ * and the second file. */
+static int run_on_files(const syncctl_cmd_t *self, patch_fn json_fn,
+                        patch_fn merge_fn, int argc, char **argv)
 {
     json_t *first = NULL, *second = NULL, *out = NULL;
+    const char *files[2];
     syncd_error_t err;
-    int rc;
+    int merge, rc;
 
+    if (two_files(files, &merge, argc, argv) < 0)
+        return syncctl_usage(self);
     rc = syncctl_load_json(&first, files[0]);
     if (rc == SYNCCTL_OK)
         rc = syncctl_load_json(&second, files[1]);
     if (rc == SYNCCTL_OK) {
         syncd_error_clear(&err);
-        if (fn(&out, first, second, &err) < 0)
+        if ((merge ? merge_fn : json_fn)(&out, first, second, &err) < 0)
             rc = syncctl_fail("%s %s: %s", self->name, files[1], err.message);
         else
             rc = syncctl_print_json(out);
@@ -116,27 +120,15 @@ static int run_on_files(const syncctl_cmd_t *self, patch_fn fn,
 static int cmd_diff(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                     int argc, char **argv)
 {
-    const char *files[2];
-    int merge;
-
     (void)opts;
-    if (two_files(files, &merge, argc, argv) < 0)
-        return syncctl_usage(self);
-    return run_on_files(self, merge ? syncd_merge_diff : syncd_patch_diff,
-                        files);
+    return run_on_files(self, syncd_patch_diff, syncd_merge_diff, argc, argv);
 }
 
 static int cmd_apply(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                      int argc, char **argv)
 {
-    const char *files[2];
-    int merge;
-
     (void)opts;
-    if (two_files(files, &merge, argc, argv) < 0)
-        return syncctl_usage(self);
-    return run_on_files(self, merge ? syncd_merge_apply : syncd_patch_apply,
-                        files);
+    return run_on_files(self, syncd_patch_apply, syncd_merge_apply, argc, argv);
 }
 
 static const syncctl_cmd_t commands[] = {

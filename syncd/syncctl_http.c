@@ -18,6 +18,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "patch/buf.h"
 #include "syncctl.h"
 
 typedef struct reply {
@@ -27,27 +28,9 @@ typedef struct reply {
     long long version; /* from ETag; 0 when absent */
 } reply_t;
 
-typedef struct buf {
-    char *data;
-    size_t len;
-} buf_t;
-
-static int append(buf_t *b, const char *data, size_t n)
-{
-    char *p = realloc(b->data, b->len + n + 1);
-
-    if (p == NULL)
-        return -1;
-    b->data = p;
-    memcpy(b->data + b->len, data, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
-    return append(arg, data, size * n) < 0 ? 0 : size * n;
+    return buf_append(arg, data, size * n) < 0 ? 0 : size * n;
 }
 
 static size_t on_header(char *data, size_t size, size_t n, void *arg)
@@ -428,10 +411,8 @@ static size_t on_stream(char *data, size_t size, size_t n, void *arg)
     for (i = 0; i < total; i++) {
         if (data[i] == '\n') {
             sse_line(s, s->line.data ? s->line.data : "");
-            s->line.len = 0;
-            if (s->line.data != NULL)
-                s->line.data[0] = '\0';
-        } else if (append(&s->line, data + i, 1) < 0) {
+            buf_truncate(&s->line, 0);
+        } else if (buf_putc(&s->line, data[i]) < 0) {
             return 0;
         }
     }
@@ -487,9 +468,9 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
         } else if (!s.resync) {
             sleep(1);
         }
-        s.line.len = 0;
+        buf_truncate(&s.line, 0);
     }
-    free(s.line.data);
+    buf_free(&s.line);
     if (s.resync && rc == SYNCCTL_OK)
         rc = syncctl_fail("watch %s: resync needed after seq %s (list the "
                           "collection again)",

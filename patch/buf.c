@@ -1,0 +1,135 @@
+/* buf.c - byte buffers and percent-decoding (see buf.h).
+ *
+ * A buffer doubles its capacity as it grows and keeps a NUL after its
+ * bytes, so its data can be handed to C string functions at any time.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "patch/buf.h"
+#include "syncd/error.h"
+
+/* Makes room for n more bytes and the NUL after them. */
+static int reserve(buf_t *b, size_t n)
+{
+    size_t cap = b->cap ? b->cap : 64;
+    char *data;
+
+    if (b->len + n + 1 <= b->cap)
+        return 0;
+    while (cap < b->len + n + 1)
+        cap *= 2;
+    data = realloc(b->data, cap);
+    if (data == NULL)
+        return SYNCD_ENOMEM;
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+int buf_append(buf_t *b, const void *bytes, size_t n)
+{
+    if (reserve(b, n) < 0)
+        return SYNCD_ENOMEM;
+    memcpy(b->data + b->len, bytes, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int buf_putc(buf_t *b, char c)
+{
+    return buf_append(b, &c, 1);
+}
+
+int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
+{
+    size_t room = b->cap - b->len;
+    va_list again;
+    int n;
+
+    va_copy(again, ap);
+    n = vsnprintf(room > 0 ? b->data + b->len : NULL, room, fmt, ap);
+    if (n >= 0 && (size_t)n >= room)
+        n = reserve(b, (size_t)n) < 0
+                ? -1
+                : vsnprintf(b->data + b->len, b->cap - b->len, fmt, again);
+    va_end(again);
+    if (n < 0) {
+        if (b->data != NULL)
+            b->data[b->len] = '\0';
+        return SYNCD_ENOMEM;
+    }
+    b->len += (size_t)n;
+    return 0;
+}
+
+int buf_printf(buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = buf_vprintf(b, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+void buf_truncate(buf_t *b, size_t len)
+{
+    b->len = len;
+    if (b->data != NULL)
+        b->data[len] = '\0';
+}
+
+void buf_free(buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int pct_decode(char **out, size_t *len, const char *s, size_t n, size_t *bad_at)
+{
+    char *d = malloc(n + 1);
+    size_t o = 0;
+
+    *out = NULL;
+    if (d == NULL)
+        return SYNCD_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+
+        if (s[i] != '%') {
+            d[o++] = s[i];
+            continue;
+        }
+        hi = i + 2 < n ? hex_value(s[i + 1]) : -1;
+        lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
+        if (lo < 0) {
+            free(d);
+            if (bad_at != NULL)
+                *bad_at = i;
+            return SYNCD_EINVAL;
+        }
+        d[o++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    d[o] = '\0';
+    *out = d;
+    *len = o;
+    return 0;
+}
