@@ -123,8 +123,7 @@ int syncd_patch_validate(const json_t *patch, syncd_error_t *err)
 
     if (!json_is_array(patch))
         return syncd_error_set(err, SYNCD_EPATCH, "patch is not an array");
-    json_array_foreach(patch, i, item)
-    {
+    json_array_foreach (patch, i, item) {
         op_t op;
         int rc = parse_op(&op, item, i, err);
 
@@ -312,8 +311,7 @@ int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,
     rc = check_depth(doc, SYNCD_EINVAL, "document", err);
     if (rc == 0)
         rc = copy_value(&root, doc, err);
-    json_array_foreach(patch, i, item)
-    {
+    json_array_foreach (patch, i, item) {
         op_t op;
 
         if (rc < 0)

@@ -101,8 +101,7 @@ static int write_object(buf_t *b, const json_t *v)
         if (members == NULL)
             return SYNCD_ENOMEM;
     }
-    json_object_keylen_foreach((json_t *)v, key, len, child)
-    {
+    json_object_keylen_foreach ((json_t *)v, key, len, child) {
         members[i].key = key;
         members[i].len = len;
         members[i++].value = child;
@@ -136,8 +135,7 @@ static int write_value(buf_t *b, const json_t *v)
         return write_object(b, v);
     case JSON_ARRAY:
         rc = buf_putc(b, '[');
-        json_array_foreach(v, i, child)
-        {
+        json_array_foreach (v, i, child) {
             if (rc == 0 && i > 0)
                 rc = buf_putc(b, ',');
             if (rc == 0)

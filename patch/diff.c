@@ -113,8 +113,7 @@ static int diff_object(differ_t *d, const json_t *a, const json_t *b, int depth)
     json_t *value;
     int rc = 0;
 
-    json_object_keylen_foreach((json_t *)a, key, len, value)
-    {
+    json_object_keylen_foreach ((json_t *)a, key, len, value) {
         json_t *other = json_object_getn(b, key, len);
 
         rc = push_key(d, key, len);
@@ -125,8 +124,7 @@ static int diff_object(differ_t *d, const json_t *a, const json_t *b, int depth)
         if (rc < 0)
             return rc;
     }
-    json_object_keylen_foreach((json_t *)b, key, len, value)
-    {
+    json_object_keylen_foreach ((json_t *)b, key, len, value) {
         if (json_object_getn(a, key, len) != NULL)
             continue;
         rc = push_key(d, key, len);
@@ -147,13 +145,11 @@ static size_t node_count(const json_t *v)
     json_t *child;
 
     if (json_is_array(v)) {
-        json_array_foreach(v, i, child)
-        {
+        json_array_foreach (v, i, child) {
             n += node_count(child);
         }
     } else if (json_is_object(v)) {
-        json_object_foreach((json_t *)v, key, child)
-        {
+        json_object_foreach ((json_t *)v, key, child) {
             n += node_count(child) + 1;
         }
     }

@@ -27,7 +27,8 @@ int check_depth(const json_t *v, int code, const char *what,
  * them at the NUL); NULL on out of memory. */
 json_t *deep_copy(const json_t *v);
 
-/* Deep-copies v (already depth-checked) into *out; SYNCD_ENOMEM on failure. */
+/* Deep-copies v (already depth-checked) into *out (a new reference);
+ * SYNCD_ENOMEM on failure. */
 int copy_value(json_t **out, const json_t *v, syncd_error_t *err);
 
 /* Equality of two depth-checked values. With `rfc` set numbers compare by
@@ -41,7 +42,8 @@ int values_equal(const json_t *a, const json_t *b, int rfc);
  * walk stops there and *too_deep is set to 1. */
 uint64_t value_hash(const json_t *v, int depth, int *too_deep);
 
-/* Parses a pointer of len bytes (may contain NUL) into *out. */
+/* Parses a pointer of len bytes (may contain NUL) into *out (freed with
+ * syncd_ptr_free()). */
 int ptr_parse_n(syncd_ptr_t **out, const char *text, size_t len,
                 syncd_error_t *err);
 

@@ -34,8 +34,7 @@ static int merge_value(json_t **out, const json_t *target, const json_t *patch,
         rc = nomem(err);
     if (rc < 0)
         return rc;
-    json_object_keylen_foreach((json_t *)patch, key, len, value)
-    {
+    json_object_keylen_foreach ((json_t *)patch, key, len, value) {
         json_t *merged;
 
         if (json_is_null(value)) {
@@ -94,8 +93,7 @@ static int check_expressible(const json_t *v, buf_t *path, syncd_error_t *err)
 
     if (!json_is_object(v))
         return 0;
-    json_object_keylen_foreach((json_t *)v, key, len, value)
-    {
+    json_object_keylen_foreach ((json_t *)v, key, len, value) {
         rc = enter_member(path, key, len, value, err);
         if (rc == 0)
             rc = check_expressible(value, path, err);
@@ -130,15 +128,13 @@ static int merge_diff_value(json_t **out, const json_t *a, const json_t *b,
     }
     if ((patch = json_object()) == NULL)
         return nomem(err);
-    json_object_keylen_foreach((json_t *)a, key, len, value)
-    {
+    json_object_keylen_foreach ((json_t *)a, key, len, value) {
         if (json_object_getn(b, key, len) == NULL)
             rc = set_member(patch, key, len, json_null(), err);
         if (rc < 0)
             goto cleanup;
     }
-    json_object_keylen_foreach((json_t *)b, key, len, value)
-    {
+    json_object_keylen_foreach ((json_t *)b, key, len, value) {
         json_t *old = json_object_getn(a, key, len), *sub;
 
         if (old != NULL && values_equal(old, value, 0))

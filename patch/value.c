@@ -25,15 +25,13 @@ static int depth_ok(const json_t *v, int depth)
     if (++depth > SYNCD_PATCH_MAX_DEPTH)
         return 0;
     if (json_is_array(v)) {
-        json_array_foreach(v, i, child)
-        {
+        json_array_foreach (v, i, child) {
             if (!depth_ok(child, depth))
                 return 0;
         }
         return 1;
     }
-    json_object_foreach((json_t *)v, key, child)
-    {
+    json_object_foreach ((json_t *)v, key, child) {
         if (!depth_ok(child, depth))
             return 0;
     }
@@ -57,8 +55,7 @@ json_t *deep_copy(const json_t *v)
     switch (json_typeof(v)) {
     case JSON_OBJECT:
         copy = json_object();
-        json_object_keylen_foreach((json_t *)v, key, len, child)
-        {
+        json_object_keylen_foreach ((json_t *)v, key, len, child) {
             if (copy == NULL)
                 break;
             if (json_object_setn_new_nocheck(copy, key, len, deep_copy(child)) <
@@ -70,8 +67,7 @@ json_t *deep_copy(const json_t *v)
         return copy;
     case JSON_ARRAY:
         copy = json_array();
-        json_array_foreach(v, i, child)
-        {
+        json_array_foreach (v, i, child) {
             if (copy == NULL)
                 break;
             if (json_array_append_new(copy, deep_copy(child)) < 0) {
@@ -133,8 +129,7 @@ int values_equal(const json_t *a, const json_t *b, int rfc)
     case JSON_OBJECT:
         if (json_object_size(a) != json_object_size(b))
             return 0;
-        json_object_keylen_foreach((json_t *)a, key, len, child)
-        {
+        json_object_keylen_foreach ((json_t *)a, key, len, child) {
             json_t *other = json_object_getn(b, key, len);
 
             if (other == NULL || !values_equal(child, other, rfc))
@@ -144,8 +139,7 @@ int values_equal(const json_t *a, const json_t *b, int rfc)
     case JSON_ARRAY:
         if (json_array_size(a) != json_array_size(b))
             return 0;
-        json_array_foreach(a, i, child)
-        {
+        json_array_foreach (a, i, child) {
             if (!values_equal(child, json_array_get(b, i), rfc))
                 return 0;
         }
@@ -175,8 +169,6 @@ static uint64_t mix(uint64_t h)
     return h;
 }
 
-/* Hashes n bytes eight at a time; the array diff hashes whole documents,
- * so this is on the hot path. */
 /* Hashes n bytes eight at a time; the array diff hashes whole documents,
  * so this is on the hot path. */
 static uint64_t bytes_hash(const char *s, size_t n)
@@ -225,8 +217,7 @@ uint64_t value_hash(const json_t *v, int depth, int *too_deep)
         return mix(h ^ 0x6f626a ^ ((uint64_t)json_object_size(v) << 32));
     case JSON_ARRAY:
         h = 0x617272 ^ json_array_size(v);
-        json_array_foreach(v, i, child)
-        {
+        json_array_foreach (v, i, child) {
             h = mix(h + value_hash(child, depth, too_deep));
         }
         return h;

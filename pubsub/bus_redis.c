@@ -9,8 +9,11 @@
  * every published event is in the log before anyone can see it.
  *
  * Two connections per bus: commands, and one subscriber connection for all
- * collections. Each reconnects on its own with exponential backoff
- * (reconnect_min_ms..reconnect_max_ms). A subscription is either live
+ * collections, driven from the loop by redis_uv.c. Each reconnects on its
+ * own with exponential backoff (reconnect_min_ms..reconnect_max_ms); a
+ * connection that is not ready within CONNECT_TIMEOUT_MIN_MS (or
+ * reconnect_max_ms, if longer) is dropped and retried, so a connect into
+ * a black hole cannot stall the bus. A subscription is either live
  * (events come from the channel: last+1 is delivered, <= last is a counted
  * duplicate, a jump is a counted gap) or catching up: it reads the log from
  * last+1 with the read script (XRANGE, in batches) while live events only
@@ -21,21 +24,23 @@
  * SYNCD_BUS_RESYNC.
  *
  * Redis restarts without persistence: the key "syncd:D:epoch" holds a
- * random token set once (SET NX); a bus that finds a different token after
- * a reconnect knows Redis lost its data, and every subscription is told to
- * resync. Both scripts take a floor (the highest seq this bus has seen in
- * the collection) and raise the counter to it, so a seq is never handed
- * out twice, even after the counter was lost.
+ * random token. Every command connection offers a fresh one (SET NX) and
+ * reads the one that holds; a bus that finds a token other than the last
+ * it saw knows Redis lost its data, and every subscription is told to
+ * resync. The token is new per attempt, so this holds even when the bus
+ * that set the lost token is the first to set one again. Both scripts take
+ * a floor (the highest seq this bus has seen in the collection) and raise
+ * the counter to it, so a seq is never handed out twice, even after the
+ * counter was lost.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <openssl/rand.h>
 
 #include "pubsub/internal.h"
 
@@ -43,6 +48,10 @@
 #define CATCHUP_BATCH 1000
 /* Longest key or channel name: "syncd:<db>:<coll>:seq". */
 #define KEY_MAX (2 * BUS_NAME_MAX + 16)
+/* Shortest time a connection gets to become ready. */
+#define CONNECT_TIMEOUT_MIN_MS 2000
+/* Random bytes of an epoch token. */
+#define EPOCH_BYTES 16
 
 /* KEYS: counter, stream. ARGV: event without seq, maxlen, floor, channel.
  * Returns the assigned seq. */
@@ -107,7 +116,6 @@ struct rbus {
     char host[256];
     int port, dbnum;
     char epoch_key[KEY_MAX];
-    char epoch_mine[96]; /* the token this bus offers */
     char epoch_seen[96]; /* the token found on the last connect */
     char publish_sha[41], read_sha[41];
     rconn_t cmd, sub;
@@ -179,6 +187,15 @@ static void conn_fail(rconn_t *conn)
     conn_down(conn);
 }
 
+/* A connection still not ready when its time is up is dropped. */
+static void on_connect_timeout(uv_timer_t *timer)
+{
+    rconn_t *conn = timer->data;
+
+    if (!conn->ready)
+        conn_fail(conn);
+}
+
 static void catch_up_all(rbus_t *bus)
 {
     for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
@@ -191,6 +208,7 @@ static void conn_ready(rconn_t *conn)
 {
     rbus_t *bus = conn->bus;
 
+    uv_timer_stop(&conn->timer);
     conn->ready = 1;
     conn->backoff_ms = bus->base.reconnect_min_ms;
     if (conn->was_ready)
@@ -291,12 +309,28 @@ static int send_subscribe(rbus_t *bus, rchan_t *chan)
                              "SUBSCRIBE %s", chan->channel);
 }
 
+/* Writes a fresh random epoch token into out; 0 or -1. */
+static int new_token(char out[2 * EPOCH_BYTES + 1])
+{
+    unsigned char raw[EPOCH_BYTES];
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        return -1;
+    for (int i = 0; i < EPOCH_BYTES; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    return 0;
+}
+
 /* Queues the setup of a new command connection: SELECT, the two scripts,
- * the epoch token; it is ready when the token's reply arrives. */
+ * a fresh epoch token offered and the token that holds read; it is ready
+ * when the token's reply arrives. */
 static int setup_cmd(rbus_t *bus, redisAsyncContext *ac)
 {
     rconn_t *conn = &bus->cmd;
+    char token[2 * EPOCH_BYTES + 1];
 
+    if (new_token(token) != 0)
+        return -1;
     if (bus->dbnum != 0 &&
         redisAsyncCommand(ac, on_select, conn, "SELECT %d", bus->dbnum))
         return -1;
@@ -305,7 +339,7 @@ static int setup_cmd(rbus_t *bus, redisAsyncContext *ac)
         redisAsyncCommand(ac, on_script_loaded, bus->read_sha, "SCRIPT LOAD %s",
                           read_lua) ||
         redisAsyncCommand(ac, NULL, NULL, "SET %s %s NX", bus->epoch_key,
-                          bus->epoch_mine) ||
+                          token) ||
         redisAsyncCommand(ac, on_epoch, conn, "GET %s", bus->epoch_key))
         return -1;
     return 0;
@@ -315,6 +349,7 @@ static void conn_start(rconn_t *conn)
 {
     rbus_t *bus = conn->bus;
     redisAsyncContext *ac;
+    int64_t timeout_ms;
     int rc = 0;
 
     if (bus->base.closing)
@@ -324,7 +359,7 @@ static void conn_start(rconn_t *conn)
         conn_down(conn);
         return;
     }
-    if (ac->err != 0 || redisLibuvAttach(ac, bus->base.loop) != REDIS_OK) {
+    if (ac->err != 0 || bus_redis_attach(ac, bus->base.loop) != 0) {
         redisAsyncFree(ac);
         conn_down(conn);
         return;
@@ -333,6 +368,10 @@ static void conn_start(rconn_t *conn)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     conn->ac = ac;
+    timeout_ms = bus->base.reconnect_max_ms > CONNECT_TIMEOUT_MIN_MS
+                     ? bus->base.reconnect_max_ms
+                     : CONNECT_TIMEOUT_MIN_MS;
+    uv_timer_start(&conn->timer, on_connect_timeout, (uint64_t)timeout_ms, 0);
     if (!conn->is_sub) {
         rc = setup_cmd(bus, ac);
     } else {
@@ -1006,8 +1045,6 @@ int bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
     }
     snprintf(bus->epoch_key, sizeof(bus->epoch_key), "syncd:%s:epoch",
              bus->base.database);
-    snprintf(bus->epoch_mine, sizeof(bus->epoch_mine), "%.40s-%ld-%" PRIu64,
-             bus->base.node_id, (long)getpid(), uv_hrtime());
     conn_init(bus, &bus->cmd, 0);
     conn_init(bus, &bus->sub, 1);
     conn_start(&bus->cmd);

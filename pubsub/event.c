@@ -171,8 +171,7 @@ static int check_members(const json_t *event, syncd_error_t *err)
     const char *key;
     json_t *value;
 
-    json_object_foreach((json_t *)event, key, value)
-    {
+    json_object_foreach ((json_t *)event, key, value) {
         size_t i;
         for (i = 0; i < sizeof(members) / sizeof(members[0]); i++) {
             if (strcmp(key, members[i]) == 0)

@@ -84,12 +84,18 @@ int bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
  * implementation frees its own memory right after. */
 void bus_finish_close(syncd_bus_t *bus);
 
-/* Brackets code that runs user callbacks (see the file comment). */
+/* Opens a bracket around code that runs user callbacks (see the file
+ * comment). */
 void bus_enter(syncd_bus_t *bus);
+
+/* Closes a bus_enter() bracket; the outermost one unlinks dead
+ * subscriptions and runs a requested close. */
 void bus_leave(syncd_bus_t *bus);
 
-/* Takes and drops a reference to sub; the last one frees it. */
+/* Takes a reference to sub. */
 void bus_sub_ref(syncd_bus_sub_t *sub);
+
+/* Drops a reference to sub; the last one frees it. */
 void bus_sub_unref(syncd_bus_sub_t *sub);
 
 /* Unlinks the dead subscriptions of the list at *list (linked by next),
@@ -130,11 +136,24 @@ int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
 int bus_event_verify(const json_t *event, const char *secret,
                      syncd_error_t *err);
 
-/* Opens the in-process bus (bus_local.c) or the Redis bus (bus_redis.c)
- * into *out. */
+/* Opens the in-process bus (bus_local.c), its replay log in
+ * opts->data_dir (NULL: in memory only), into *out; the caller closes it
+ * with syncd_bus_close(). */
 int bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
                    const syncd_bus_options_t *opts, syncd_error_t *err);
+
+/* Opens the Redis bus (bus_redis.c) at opts->redis_url into *out; it
+ * connects in the background. The caller closes it with syncd_bus_close(). */
 int bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
                    const syncd_bus_options_t *opts, syncd_error_t *err);
+
+struct redisAsyncContext;
+
+/* Attaches hiredis's async context ac to loop (redis_uv.c): its I/O then
+ * runs from the loop, and a failed connect or a dropped connection runs
+ * ac's connect or disconnect callback. The adapter state is freed when
+ * hiredis frees ac. 0, SYNCD_EINVAL when ac is attached already,
+ * SYNCD_ENOMEM, or SYNCD_EBACKEND when libuv cannot watch its socket. */
+int bus_redis_attach(struct redisAsyncContext *ac, uv_loop_t *loop);
 
 #endif

@@ -74,8 +74,7 @@ static int read_leaves(leaf_t **out, const json_t *entries, syncd_error_t *err)
     leaves = calloc(n > 0 ? n : 1, sizeof(*leaves));
     if (leaves == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    json_array_foreach(entries, i, e)
-    {
+    json_array_foreach (entries, i, e) {
         json_t *id = json_object_get(e, "id");
         json_t *v = json_object_get(e, "v");
         json_t *h = json_object_get(e, "h");

@@ -56,6 +56,22 @@ typedef struct syncd_backend_ops {
     int (*cas_canonical)(syncd_backend_t *b, const syncd_doc_t *doc,
                          const char *canon, size_t len, int64_t expected,
                          syncd_error_t *err);
+
+    /* Optional (NULL: writers of a key race, and the edit loop retries
+     * their conflicts): runs fn(arg, err) holding coll/id's write lock,
+     * which every writer of that key in this process takes, and returns
+     * fn's result. The lock is re-entrant, so fn may call get and cas on
+     * coll/id; fn must not touch other keys (their locks taken in another
+     * order could deadlock). SYNCD_EINVAL, fn not called, when coll/id
+     * cannot be a key. */
+    int (*locked)(syncd_backend_t *b, const char *coll, const char *id,
+                  int (*fn)(void *arg, syncd_error_t *err), void *arg,
+                  syncd_error_t *err);
+
+    /* Optional (NULL: zeros): adds the backend's own in-memory tier to the
+     * cache_* counters of out (hits and misses of reads, evictions, bytes
+     * charged and entries). */
+    void (*tier_stats)(syncd_backend_t *b, syncd_store_stats_t *out);
 } syncd_backend_ops_t;
 
 /* Common head of every backend; implementations embed it first. */
@@ -63,14 +79,16 @@ struct syncd_backend {
     const syncd_backend_ops_t *ops;
 };
 
-/* Opens the RocksDB store of record in dir (created when missing); with
- * sync_writes every commit is fsynced before it is acknowledged. */
+/* Opens the RocksDB store of record in dir (created when missing) into *out
+ * (freed with its ops->close); with sync_writes every commit is fsynced
+ * before it is acknowledged. */
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
                              int sync_writes, syncd_error_t *err);
 
-/* Opens the MongoDB store of record at uri, database db, with a client pool
- * and the given connect/socket timeout; fails with SYNCD_EBACKEND when the
- * server cannot be reached within it. */
+/* Opens the MongoDB store of record at uri, database db, into *out (freed
+ * with its ops->close), with a client pool and the given connect/socket
+ * timeout; fails with SYNCD_EBACKEND when the server cannot be reached
+ * within it. */
 int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
                              const char *db, int64_t timeout_ms,
                              syncd_error_t *err);
@@ -84,7 +102,8 @@ typedef struct syncd_cache syncd_cache_t;
  * Entries older than ttl_ms are never served; the cached bytes (records in
  * RocksDB plus the in-memory tier of decoded documents, which takes at most
  * a quarter of them) are kept within max_bytes by evicting least recently
- * used entries. hooks may be NULL (the real monotonic clock). */
+ * used entries. hooks may be NULL (the real monotonic clock). *out is
+ * freed with syncd_cache_close(). */
 int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
                      uint64_t max_bytes, const syncd_store_hooks_t *hooks,
                      syncd_error_t *err);
@@ -92,8 +111,9 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
 /* Closes and frees the cache; NULL ignored. */
 void syncd_cache_close(syncd_cache_t *cache);
 
-/* Reads a fresh entry (tombstones included) into *out, its body shared
- * with the cache's in-memory tier; SYNCD_ENOTFOUND when absent or expired.
+/* Reads a fresh entry (tombstones included) into *out (caller frees with
+ * syncd_doc_free()), its body shared with the cache's in-memory tier;
+ * SYNCD_ENOTFOUND when absent or expired.
  * Counts a hit or a miss. */
 int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err);
@@ -185,7 +205,8 @@ int syncd_lru_init(syncd_lru_t *lru);
 void syncd_lru_destroy(syncd_lru_t *lru,
                        void (*free_node)(syncd_lru_node_t *node));
 
-/* Returns the node with key (hash from syncd_lru_hash()), or NULL. */
+/* Returns the node with key (hash from syncd_lru_hash()), or NULL; the
+ * node stays in the table. */
 syncd_lru_node_t *syncd_lru_find(syncd_lru_t *lru, const char *key,
                                  size_t keylen, uint64_t hash);
 
@@ -200,7 +221,8 @@ void syncd_lru_touch(syncd_lru_t *lru, syncd_lru_node_t *node);
 /* Unlinks node from the table; the caller frees it. */
 void syncd_lru_remove(syncd_lru_t *lru, syncd_lru_node_t *node);
 
-/* Returns the least recently used node, or NULL when empty. */
+/* Returns the least recently used node (still in the table), or NULL when
+ * empty. */
 syncd_lru_node_t *syncd_lru_oldest(syncd_lru_t *lru);
 
 /* Returns the node after node in recency order, newest first (node NULL:

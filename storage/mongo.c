@@ -193,8 +193,7 @@ static int encode_object(bson_t *b, const json_t *obj, syncd_error_t *err)
     json_t *v;
     char stack[KEY_STACK];
 
-    json_object_keylen_foreach((json_t *)obj, key, klen, v)
-    {
+    json_object_keylen_foreach ((json_t *)obj, key, klen, v) {
         char *ek = escape_key(key, klen, stack, sizeof(stack));
         int rc;
 

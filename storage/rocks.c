@@ -14,7 +14,13 @@
  * mutex on every write, and bounded by evicting the least recently used
  * entries. Reads of a key that is not in the tier go to RocksDB under the
  * stripe mutex, so a stale read can never be put in the tier after a newer
- * write.
+ * write. The tier counts its hits, misses and evictions per stripe, under
+ * the same mutex.
+ *
+ * The stripe mutexes are re-entrant, and the store's edit loop holds a
+ * key's mutex across its read, edit and compare-and-swap (the backend's
+ * `locked` operation): within one process, the only place this store is
+ * ever written from, writers of a key queue instead of conflicting.
  */
 #include <pthread.h>
 #include <rocksdb/c.h>
@@ -36,8 +42,9 @@ typedef struct tier_entry {
 } tier_entry_t;
 
 typedef struct stripe {
-    pthread_mutex_t lock;
+    pthread_mutex_t lock; /* recursive */
     syncd_lru_t tier;
+    uint64_t hits, misses, evictions; /* reads and evictions of the tier */
 } stripe_t;
 
 typedef struct rocks {
@@ -119,16 +126,18 @@ static syncd_doc_t *tier_put(stripe_t *s, const syncd_reckey_t *k,
 
         syncd_lru_remove(&s->tier, old);
         free_entry(old);
+        s->evictions++;
     }
     return doc;
 }
 
 /* Finds coll/id in the tier or loads it from RocksDB into the tier; with
  * the stripe locked. *doc is borrowed from the tier, or NULL with
- * SYNCD_ENOTFOUND when there is no record. */
+ * SYNCD_ENOTFOUND when there is no record. A read (is_read set, as opposed
+ * to a writer's version check) counts a tier hit or miss. */
 static int load(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
                 const char *coll, const char *id, syncd_doc_t **doc,
-                syncd_error_t *err)
+                int is_read, syncd_error_t *err)
 {
     syncd_lru_node_t *node =
         syncd_lru_find(&s->tier, k->bytes, k->len, k->hash);
@@ -140,10 +149,12 @@ static int load(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
 
     *doc = NULL;
     if (node != NULL) {
+        s->hits += is_read ? 1 : 0;
         syncd_lru_touch(&s->tier, node);
         *doc = ((tier_entry_t *)node)->doc;
         return 0;
     }
+    s->misses += is_read ? 1 : 0;
     val = rocksdb_get(r->db, r->read, k->bytes, k->len, &vlen, &errptr);
     if (errptr != NULL)
         return rocks_error(err, errptr, "get");
@@ -171,7 +182,7 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     rc = lock_key(r, &k, &s, coll, id, err);
     if (rc != 0)
         return rc;
-    rc = load(r, s, &k, coll, id, &doc, err);
+    rc = load(r, s, &k, coll, id, &doc, 1, err);
     if (rc == 0) {
         *out = syncd_doc_dup(doc);
         if (*out == NULL)
@@ -231,7 +242,7 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
     rc = lock_key(r, &k, &s, doc->coll, doc->id, err);
     if (rc != 0)
         return rc;
-    rc = load(r, s, &k, doc->coll, doc->id, &cur, err);
+    rc = load(r, s, &k, doc->coll, doc->id, &cur, 0, err);
     if (rc != 0 && rc != SYNCD_ENOTFOUND)
         goto unlock;
     if ((cur != NULL ? cur->version : 0) != expected) {
@@ -262,6 +273,39 @@ static int rocks_cas(syncd_backend_t *b, const syncd_doc_t *doc,
                      int64_t expected, syncd_error_t *err)
 {
     return rocks_cas_canonical(b, doc, NULL, 0, expected, err);
+}
+
+static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
+                        int (*fn)(void *arg, syncd_error_t *err), void *arg,
+                        syncd_error_t *err)
+{
+    stripe_t *s;
+    syncd_reckey_t k;
+    int rc;
+
+    rc = lock_key((rocks_t *)b, &k, &s, coll, id, err);
+    if (rc != 0)
+        return rc;
+    rc = fn(arg, err);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static void rocks_tier_stats(syncd_backend_t *b, syncd_store_stats_t *out)
+{
+    rocks_t *r = (rocks_t *)b;
+
+    for (int i = 0; i < NSTRIPES; i++) {
+        stripe_t *s = &r->stripes[i];
+
+        pthread_mutex_lock(&s->lock);
+        out->cache_hits += s->hits;
+        out->cache_misses += s->misses;
+        out->cache_evictions += s->evictions;
+        out->cache_bytes += s->tier.bytes;
+        out->cache_entries += s->tier.count;
+        pthread_mutex_unlock(&s->lock);
+    }
 }
 
 /* Positions a new iterator at the first key >= start (start_len bytes). */
@@ -413,7 +457,7 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
     rc = lock_key(r, &k, &s, coll, id, err);
     if (rc != 0)
         return rc;
-    rc = load(r, s, &k, coll, id, &cur, err);
+    rc = load(r, s, &k, coll, id, &cur, 0, err);
     if (rc == SYNCD_ENOTFOUND)
         rc = 0;
     else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms) {
@@ -438,8 +482,7 @@ static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     int rc;
 
     rc = rocks_list(b, &all, coll, NULL, NULL, 0, 1, err);
-    json_array_foreach(all, i, e)
-    {
+    json_array_foreach (all, i, e) {
         json_int_t mt = json_integer_value(json_object_get(e, "mt"));
         int removed = 0;
 
@@ -487,12 +530,15 @@ static const syncd_backend_ops_t rocks_ops = {
     .purge = rocks_purge,
     .close = rocks_close,
     .cas_canonical = rocks_cas_canonical,
+    .locked = rocks_locked,
+    .tier_stats = rocks_tier_stats,
 };
 
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
                              int sync_writes, syncd_error_t *err)
 {
     rocks_t *r = calloc(1, sizeof(*r));
+    pthread_mutexattr_t recursive;
     char *errptr = NULL;
     int rc = 0;
 
@@ -500,6 +546,8 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     if (r == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     r->base.ops = &rocks_ops;
+    pthread_mutexattr_init(&recursive);
+    pthread_mutexattr_settype(&recursive, PTHREAD_MUTEX_RECURSIVE);
     for (; r->nstripes_ready < NSTRIPES; r->nstripes_ready++) {
         stripe_t *s = &r->stripes[r->nstripes_ready];
 
@@ -507,7 +555,7 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
             goto done;
         }
-        pthread_mutex_init(&s->lock, NULL);
+        pthread_mutex_init(&s->lock, &recursive);
     }
     r->options = rocksdb_options_create();
     r->read = rocksdb_readoptions_create();
@@ -518,6 +566,7 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");
 done:
+    pthread_mutexattr_destroy(&recursive);
     if (rc != 0) {
         rocks_close(&r->base);
         return rc;

@@ -11,6 +11,12 @@
  * re-reads from the store of record and tries again, up to max_retries or
  * edit_timeout. A strict write (if_match given) makes one attempt.
  *
+ * A backend with a per-key write lock (the embedded RocksDB store, written
+ * by this process alone) runs each attempt under it: writers of a document
+ * queue there instead of conflicting, so the attempt commits at once and
+ * the backoff is never reached. The lock is held while the edit callback
+ * runs, which is why the callback must not call the store.
+ *
  * In MongoDB mode the node cache sits in front: a write's first read may
  * come from it, but only a committed compare-and-swap trusts that read;
  * every other outcome (an error, "nothing changed") is decided again on a
@@ -569,6 +575,35 @@ static int attempt_fresh(syncd_store_t *s, syncd_change_t **out,
     return attempt(s, out, req, 0, &cached, err);
 }
 
+/* attempt_fresh()'s arguments, passed through the backend's key lock. */
+typedef struct locked_attempt {
+    syncd_store_t *s;
+    syncd_change_t **out;
+    const write_req_t *req;
+    int first;
+} locked_attempt_t;
+
+static int run_locked_attempt(void *arg, syncd_error_t *err)
+{
+    locked_attempt_t *a = arg;
+
+    return attempt_fresh(a->s, a->out, a->req, a->first, err);
+}
+
+/* Runs attempt_fresh(), holding the key's write lock when the backend has
+ * one: then no writer can come between the read and the compare-and-swap. */
+static int attempt_locked(syncd_store_t *s, syncd_change_t **out,
+                          const write_req_t *req, int first, syncd_error_t *err)
+{
+    locked_attempt_t a = {s, out, req, first};
+    const syncd_backend_ops_t *ops = s->backend->ops;
+
+    if (ops->locked == NULL)
+        return attempt_fresh(s, out, req, first, err);
+    return ops->locked(s->backend, req->coll, req->id, run_locked_attempt, &a,
+                       err);
+}
+
 static int write_loop(syncd_store_t *s, syncd_change_t **out,
                       const write_req_t *req, syncd_error_t *err)
 {
@@ -581,7 +616,7 @@ static int write_loop(syncd_store_t *s, syncd_change_t **out,
         return rc;
     deadline = now_ms(s) + s->edit_timeout_ms;
     for (int n = 0;; n++) {
-        rc = attempt_fresh(s, out, req, n == 0, err);
+        rc = attempt_locked(s, out, req, n == 0, err);
         if (rc == 0) {
             (*out)->attempts = n + 1;
             if ((*out)->op != SYNCD_CHANGE_NONE)
@@ -912,6 +947,8 @@ void syncd_store_stats(syncd_store_t *store, syncd_store_stats_t *out)
     memset(out, 0, sizeof(*out));
     if (store->cache != NULL)
         syncd_cache_stats(store->cache, out);
+    if (store->backend->ops->tier_stats != NULL)
+        store->backend->ops->tier_stats(store->backend, out);
     out->edits = __atomic_load_n(&store->edits, __ATOMIC_RELAXED);
     out->conflicts = __atomic_load_n(&store->conflicts, __ATOMIC_RELAXED);
     out->retries = __atomic_load_n(&store->retries, __ATOMIC_RELAXED);

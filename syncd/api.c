@@ -32,13 +32,7 @@
 #define LIST_MAX_LIMIT 10000
 
 struct syncd_api {
-    uv_loop_t *loop;
-    const syncd_config_t *cfg;
-    const char *node_id;
-    syncd_store_t *store;
-    syncd_bus_t *bus;
-    syncd_node_t *node;
-    syncd_metrics_t *metrics;
+    syncd_api_options_t opts;
     syncd_http_server_t *server;
     int inflight; /* jobs, publishes and watch set-ups under way */
     int quiescing;
@@ -97,13 +91,7 @@ int syncd_api_new(syncd_api_t **out, const syncd_api_options_t *opts)
     *out = NULL;
     if (api == NULL)
         return SYNCD_ENOMEM;
-    api->loop = opts->loop;
-    api->cfg = opts->cfg;
-    api->node_id = opts->node_id;
-    api->store = opts->store;
-    api->bus = opts->bus;
-    api->node = opts->node;
-    api->metrics = opts->metrics;
+    api->opts = *opts;
     *out = api;
     return 0;
 }
@@ -122,7 +110,7 @@ void syncd_api_observe(const char *route, int status, void *data)
 {
     syncd_api_t *api = data;
 
-    syncd_metrics_request(api->metrics, route, status);
+    syncd_metrics_request(api->opts.metrics, route, status);
 }
 
 static void inflight_begin(syncd_api_t *api)
@@ -358,16 +346,17 @@ static void run_write(job_t *j)
         return;
     switch (j->kind) {
     case JOB_CREATE:
-        j->rc = syncd_store_create(j->api->store, &j->change, j->coll, j->id,
-                                   body, &j->err);
+        j->rc = syncd_store_create(j->api->opts.store, &j->change, j->coll,
+                                   j->id, body, &j->err);
         break;
     case JOB_PUT:
-        j->rc = syncd_store_put(j->api->store, &j->change, j->coll, j->id, body,
-                                j->if_match, &j->err);
+        j->rc = syncd_store_put(j->api->opts.store, &j->change, j->coll, j->id,
+                                body, j->if_match, &j->err);
         break;
     default:
-        j->rc = syncd_store_patch(j->api->store, &j->change, j->coll, j->id,
-                                  body, j->is_merge, j->if_match, &j->err);
+        j->rc =
+            syncd_store_patch(j->api->opts.store, &j->change, j->coll, j->id,
+                              body, j->is_merge, j->if_match, &j->err);
         break;
     }
     json_decref(body);
@@ -382,8 +371,8 @@ static void run_list(job_t *j)
     json_t *docs = NULL, *out = NULL;
     const char *next = NULL;
 
-    j->rc = syncd_store_list(j->api->store, &docs, j->coll, j->prefix, j->after,
-                             j->limit + 1, &j->err);
+    j->rc = syncd_store_list(j->api->opts.store, &docs, j->coll, j->prefix,
+                             j->after, j->limit + 1, &j->err);
     if (j->rc != 0)
         return;
     if (json_array_size(docs) > j->limit) {
@@ -406,11 +395,11 @@ static void run_digest(job_t *j)
     syncd_digest_t d;
     json_t *entries = NULL, *out;
 
-    if (strcmp(syncd_store_kind(j->api->store), "rocksdb") == 0) {
-        j->rc = syncd_store_digest(j->api->store, &d, j->coll, &j->err);
+    if (strcmp(syncd_store_kind(j->api->opts.store), "rocksdb") == 0) {
+        j->rc = syncd_store_digest(j->api->opts.store, &d, j->coll, &j->err);
     } else {
-        j->rc =
-            syncd_store_cache_list(j->api->store, &entries, j->coll, &j->err);
+        j->rc = syncd_store_cache_list(j->api->opts.store, &entries, j->coll,
+                                       &j->err);
         if (j->rc == 0)
             j->rc = syncd_digest_entries(&d, entries, &j->err);
         json_decref(entries);
@@ -433,7 +422,8 @@ static void job_work(uv_work_t *w)
 
     switch (j->kind) {
     case JOB_GET:
-        j->rc = syncd_store_get(j->api->store, &doc, j->coll, j->id, &j->err);
+        j->rc =
+            syncd_store_get(j->api->opts.store, &doc, j->coll, j->id, &j->err);
         if (j->rc == 0) {
             j->version = doc->version;
             set_text(j, doc->body);
@@ -441,8 +431,8 @@ static void job_work(uv_work_t *w)
         syncd_doc_free(doc);
         break;
     case JOB_DELETE:
-        j->rc = syncd_store_delete(j->api->store, &j->change, j->coll, j->id,
-                                   j->if_match, &j->err);
+        j->rc = syncd_store_delete(j->api->opts.store, &j->change, j->coll,
+                                   j->id, j->if_match, &j->err);
         if (j->rc == 0) {
             json_t *out;
 
@@ -511,7 +501,7 @@ static void job_done(uv_work_t *w, int status)
 
     (void)status;
     if (j->rc == 0 && j->change != NULL && j->change->op != SYNCD_CHANGE_NONE) {
-        rc = syncd_node_publish(j->api->node, j->change, job_published, j);
+        rc = syncd_node_publish(j->api->opts.node, j->change, job_published, j);
         if (rc == 0)
             return;
         job_published(rc, 0, j);
@@ -525,7 +515,7 @@ static void job_queue(job_t *j)
     int rc;
 
     j->work.data = j;
-    rc = uv_queue_work(j->api->loop, &j->work, job_work, job_done);
+    rc = uv_queue_work(j->api->opts.loop, &j->work, job_work, job_done);
     if (rc != 0) {
         j->rc = syncd_error_set(&j->err, SYNCD_EBACKEND,
                                 "cannot queue work: %s", uv_strerror(rc));
@@ -734,7 +724,7 @@ static void serve_list(syncd_api_t *api, syncd_http_req_t *req, char *coll)
     }
     free(limit);
     j->limit = (size_t)n;
-    rc = syncd_bus_seq(api->bus, j->coll, list_seq_read, j);
+    rc = syncd_bus_seq(api->opts.bus, j->coll, list_seq_read, j);
     if (rc != 0)
         list_seq_read(rc, 0, j);
     return;
@@ -788,7 +778,7 @@ static void watcher_end(watcher_t *w, const char *event, const char *data)
     syncd_node_unwatch(w->watch);
     w->watch = NULL;
     if (w->streaming) {
-        syncd_metrics_watchers(w->api->metrics, -1);
+        syncd_metrics_watchers(w->api->opts.metrics, -1);
         syncd_http_stream_end(w->req);
     }
     uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
@@ -819,7 +809,7 @@ static void bookmark_due(uv_timer_t *t)
 {
     watcher_t *w = t->data;
     char line[96];
-    int64_t seq = syncd_node_seq(w->api->node, w->coll);
+    int64_t seq = syncd_node_seq(w->api->opts.node, w->coll);
     int n;
 
     if (seq < w->last)
@@ -863,10 +853,11 @@ static void send_event(watcher_t *w, int64_t seq, const json_t *event)
         double age = age_of(json_string_value(json_object_get(event, "ts")));
 
         if (age >= 0)
-            syncd_metrics_latency(w->api->metrics, age);
+            syncd_metrics_latency(w->api->opts.metrics, age);
     }
     uv_timer_again(&w->bookmark);
-    if (syncd_http_stream_backlog(w->req) > w->api->cfg->watch_buffer_bytes) {
+    if (syncd_http_stream_backlog(w->req) >
+        w->api->opts.cfg->watch_buffer_bytes) {
         char data_resync[64];
 
         syncd_log(SYNCD_LOG_WARN,
@@ -922,10 +913,10 @@ static void watcher_go(watcher_t *w)
                             "Cache-Control: no-cache\r\n"
                             "X-Accel-Buffering: no\r\n");
     w->streaming = 1;
-    syncd_metrics_watchers(api->metrics, 1);
+    syncd_metrics_watchers(api->opts.metrics, 1);
     w->last = w->since;
-    rc = syncd_node_watch(api->node, &w->watch, w->coll, w->prefix, w->since,
-                          watch_signal, w, &err);
+    rc = syncd_node_watch(api->opts.node, &w->watch, w->coll, w->prefix,
+                          w->since, watch_signal, w, &err);
     if (rc != 0) {
         char data[600];
         json_t *o = json_pack("{s:s, s:s}", "error", syncd_strerror(rc),
@@ -940,8 +931,8 @@ static void watcher_go(watcher_t *w)
         return;
     }
     uv_timer_start(&w->bookmark, bookmark_due,
-                   (uint64_t)api->cfg->bookmark_interval_ms,
-                   (uint64_t)api->cfg->bookmark_interval_ms);
+                   (uint64_t)api->opts.cfg->bookmark_interval_ms,
+                   (uint64_t)api->opts.cfg->bookmark_interval_ms);
 }
 
 /* Answers a watch that cannot start (and frees w). */
@@ -989,7 +980,7 @@ static void watch_seq_read(int status, int64_t seq, void *payload)
             watcher_go(w);
     } else {
         /* The log must still hold since+1 for the stream to start. */
-        rc = syncd_bus_replay(api->bus, w->coll, w->since, w->since + 1, 1,
+        rc = syncd_bus_replay(api->opts.bus, w->coll, w->since, w->since + 1, 1,
                               watch_probe_read, w);
         if (rc == 0)
             return;
@@ -1022,7 +1013,7 @@ static void serve_watch(syncd_api_t *api, syncd_http_req_t *req, char *coll)
     w->req = req;
     w->coll = coll;
     w->since = -1;
-    uv_timer_init(api->loop, &w->bookmark);
+    uv_timer_init(api->opts.loop, &w->bookmark);
     w->bookmark.data = w;
     if (query_or_400(&w->prefix, req, "prefix") < 0 ||
         query_or_400(&since, req, "since") < 0)
@@ -1039,7 +1030,7 @@ static void serve_watch(syncd_api_t *api, syncd_http_req_t *req, char *coll)
     }
     free(since);
     inflight_begin(api);
-    rc = syncd_bus_seq(api->bus, w->coll, watch_seq_read, w);
+    rc = syncd_bus_seq(api->opts.bus, w->coll, watch_seq_read, w);
     if (rc != 0)
         watch_seq_read(rc, 0, w);
     return;
@@ -1057,9 +1048,9 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
     char *text;
 
     o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "status", "ok", "node",
-                  api->node_id, "store", syncd_store_kind(api->store), "bus",
-                  syncd_bus_kind(api->bus), "bus_connected",
-                  syncd_bus_connected(api->bus));
+                  api->opts.node_id, "store", syncd_store_kind(api->opts.store),
+                  "bus", syncd_bus_kind(api->opts.bus), "bus_connected",
+                  syncd_bus_connected(api->opts.bus));
     text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (text == NULL)
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
@@ -1076,12 +1067,12 @@ static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
     size_t len;
 
     memset(&v, 0, sizeof(v));
-    syncd_store_stats(api->store, &v.store);
-    syncd_bus_stats(api->bus, &v.bus);
-    syncd_node_stats(api->node, &v.node);
-    v.bus_connected = syncd_bus_connected(api->bus);
+    syncd_store_stats(api->opts.store, &v.store);
+    syncd_bus_stats(api->opts.bus, &v.bus);
+    syncd_node_stats(api->opts.node, &v.node);
+    v.bus_connected = syncd_bus_connected(api->opts.bus);
     v.connections = api->server ? syncd_http_connections(api->server) : 0;
-    text = syncd_metrics_render(api->metrics, &v, &len);
+    text = syncd_metrics_render(api->opts.metrics, &v, &len);
     if (text == NULL) {
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
         return;

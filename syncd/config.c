@@ -131,7 +131,8 @@ static int parse_scaled(double *out, const char *text, const unit_t *units,
     return -1;
 }
 
-int syncd_parse_duration(int64_t *ms, const char *text)
+/* Parses a duration with a unit (ms, s, m, h) into *ms; -1 if bad. */
+static int parse_duration(int64_t *ms, const char *text)
 {
     static const unit_t units[] = {
         {"ms", 1}, {"s", 1e3}, {"m", 60e3}, {"h", 3600e3}};
@@ -144,7 +145,9 @@ int syncd_parse_duration(int64_t *ms, const char *text)
     return 0;
 }
 
-int syncd_parse_size(uint64_t *bytes, const char *text)
+/* Parses a size with a unit (B, KiB, MiB, GiB, TiB) into *bytes; -1 if
+ * bad. */
+static int parse_size(uint64_t *bytes, const char *text)
 {
     static const unit_t units[] = {{"B", 1},
                                    {"KiB", 1024.0},
@@ -214,9 +217,9 @@ static int set_value(syncd_config_t *cfg, const option_t *opt, const char *text)
         return 0;
     }
     case OPT_DURATION:
-        return syncd_parse_duration((int64_t *)field, text);
+        return parse_duration((int64_t *)field, text);
     case OPT_SIZE:
-        return syncd_parse_size((uint64_t *)field, text);
+        return parse_size((uint64_t *)field, text);
     case OPT_INT: {
         char *end;
         long long v;

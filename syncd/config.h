@@ -51,11 +51,4 @@ void syncd_config_free(syncd_config_t *cfg);
 /* Writes the usage text: every flag, its variable and its default. */
 void syncd_config_usage(FILE *out);
 
-/* Parses a duration with a unit (ms, s, m, h) into *ms; -1 if bad. */
-int syncd_parse_duration(int64_t *ms, const char *text);
-
-/* Parses a size with a unit (B, KiB, MiB, GiB, TiB) into *bytes; -1 if
- * bad. */
-int syncd_parse_size(uint64_t *bytes, const char *text);
-
 #endif

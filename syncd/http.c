@@ -721,7 +721,8 @@ static const http_parser_settings parser_settings = {
 
 /* ---- Responses ------------------------------------------------------- */
 
-const char *syncd_http_reason(int status)
+/* Returns the reason phrase of status ("Not Found"); static. */
+static const char *reason_phrase(int status)
 {
     switch (status) {
     case 100:
@@ -782,8 +783,7 @@ static void begin_response(syncd_http_req_t *r, int status,
         r->close_after = 1;
     if (c->srv->opts.observe != NULL)
         c->srv->opts.observe(r->route, status, c->srv->opts.data);
-    buf_printf(&r->out, "HTTP/1.1 %d %s\r\n", status,
-               syncd_http_reason(status));
+    buf_printf(&r->out, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
     if (content_type != NULL)
         buf_printf(&r->out, "Content-Type: %s\r\n", content_type);
     if (body_len >= 0)

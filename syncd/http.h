@@ -81,17 +81,20 @@ void syncd_http_close(syncd_http_server_t *srv, syncd_http_close_cb cb,
 /* Returns the method name ("GET", "PUT", ...); static. */
 const char *syncd_http_method(const syncd_http_req_t *req);
 
-/* Returns the raw (still percent-encoded) path, without the query. */
+/* Returns the raw (still percent-encoded) path, without the query;
+ * borrowed from req. */
 const char *syncd_http_path(const syncd_http_req_t *req);
 
-/* Returns the raw query string (without '?'), "" when none. */
+/* Returns the raw query string (without '?'), "" when none; borrowed from
+ * req. */
 const char *syncd_http_query(const syncd_http_req_t *req);
 
 /* Returns the value of header name (case-insensitive), or NULL; borrowed
  * from req. */
 const char *syncd_http_header(const syncd_http_req_t *req, const char *name);
 
-/* Returns the body and its length in *len (NUL-terminated; "" if none). */
+/* Returns the body and its length in *len (NUL-terminated; "" if none);
+ * borrowed from req. */
 const char *syncd_http_body(const syncd_http_req_t *req, size_t *len);
 
 /* Sets the route label reported to the observer (a static string). */
@@ -140,8 +143,5 @@ size_t syncd_http_stream_backlog(const syncd_http_req_t *req);
 
 /* Ends a started response and finishes req. */
 void syncd_http_stream_end(syncd_http_req_t *req);
-
-/* Returns the reason phrase of status ("Not Found"); static. */
-const char *syncd_http_reason(int status);
 
 #endif

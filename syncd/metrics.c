@@ -185,7 +185,9 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
            v->store.cache_misses);
     metric(&o, "syncd_cache_evictions_total", "counter", "Cache evictions.",
            v->store.cache_evictions);
-    metric(&o, "syncd_cache_bytes", "gauge", "Bytes of cached bodies.",
+    metric(&o, "syncd_cache_bytes", "gauge",
+           "Bytes held by the node cache: cached records plus the decoded "
+           "in-memory tier (embedded: the tier alone).",
            v->store.cache_bytes);
     metric(&o, "syncd_cache_entries", "gauge", "Cached documents.",
            v->store.cache_entries);

@@ -362,8 +362,7 @@ static void watch_go_live(syncd_node_watch_t *w)
 
     w->live = 1;
     w->queue = NULL;
-    json_array_foreach(queue, i, ev)
-    {
+    json_array_foreach (queue, i, ev) {
         watch_deliver(w, member_int(ev, "seq"), ev);
     }
     json_decref(queue);
@@ -383,8 +382,7 @@ static void on_replay(int status, json_t *events, void *payload)
         return;
     }
     w->req = NULL;
-    json_array_foreach(events, i, ev)
-    {
+    json_array_foreach (events, i, ev) {
         watch_deliver(w, member_int(ev, "seq"), ev);
     }
     /* A failed read, or one that ends short of the target, means the log
@@ -690,12 +688,10 @@ static void repair(work_t *w, int check_digest)
     by_id = json_object();
     if (w->status != 0 || by_id == NULL)
         goto cleanup;
-    json_array_foreach(cached, i, e)
-    {
+    json_array_foreach (cached, i, e) {
         json_object_set(by_id, member_str(e, "id"), e);
     }
-    json_array_foreach(truth, i, e)
-    {
+    json_array_foreach (truth, i, e) {
         json_t *mine_e = json_object_get(by_id, member_str(e, "id"));
         if (mine_e != NULL && member_int(mine_e, "v") == member_int(e, "v") &&
             strcmp(member_str(mine_e, "h"), member_str(e, "h")) == 0) {
@@ -704,8 +700,7 @@ static void repair(work_t *w, int check_digest)
         }
         json_object_set_new(by_id, member_str(e, "id"), json_null());
     }
-    json_object_foreach_safe(by_id, tmp, id, e)
-    {
+    json_object_foreach_safe (by_id, tmp, id, e) {
         syncd_store_cache_invalidate(store, coll, id, NULL);
         refetch(w, id);
         w->repaired++;
@@ -855,8 +850,7 @@ static void on_listed(work_t *w, int status)
     if (node->closing)
         status = SYNCD_ECANCELED;
     if (status == 0) {
-        json_array_foreach(w->colls, i, name)
-        {
+        json_array_foreach (w->colls, i, name) {
             coll_get(node, json_string_value(name));
         }
     }

@@ -489,8 +489,7 @@ static void assert_converged(cluster_t *cl)
             char *b = json_dumps(truth, JSON_COMPACT);
             fail_msg("node %d cache %s\n  store %s", i, a, b);
         }
-        json_array_foreach(truth, k, e)
-        {
+        json_array_foreach (truth, k, e) {
             const char *id = json_string_value(json_object_get(e, "id"));
             syncd_doc_t *mine = NULL, *real = NULL;
 

@@ -134,8 +134,7 @@ static size_t run_patch_records(const char *file)
     size_t i, checked = 0;
 
     assert_true(json_is_array(records));
-    json_array_foreach(records, i, rec)
-    {
+    json_array_foreach (records, i, rec) {
         json_t *doc = json_object_get(rec, "doc");
         json_t *patch = json_object_get(rec, "patch");
         json_t *expected = json_object_get(rec, "expected");
@@ -196,8 +195,7 @@ test_merge_conformance__every_record_applies_and_roundtrips(void **s)
     size_t i, checked = 0, roundtrips = 0;
 
     (void)s;
-    json_array_foreach(records, i, rec)
-    {
+    json_array_foreach (records, i, rec) {
         json_t *doc = json_object_get(rec, "doc");
         json_t *patch = json_object_get(rec, "patch");
         json_t *expected = json_object_get(rec, "expected");
@@ -233,8 +231,7 @@ static void test_pointer_conformance__every_record_resolves_or_fails(void **s)
     size_t i, checked = 0;
 
     (void)s;
-    json_array_foreach(records, i, rec)
-    {
+    json_array_foreach (records, i, rec) {
         const char *form = json_string_value(json_object_get(rec, "form"));
         const char *text = json_string_value(json_object_get(rec, "pointer"));
         json_t *doc = json_object_get(rec, "doc");

@@ -195,6 +195,25 @@ static int flag_set(void *arg)
     return *(int *)arg != 0;
 }
 
+static void on_pause_over(uv_timer_t *timer)
+{
+    *(int *)timer->data = 1;
+}
+
+/* Runs loop for ms milliseconds, so that what the buses do meanwhile (such
+ * as reconnect attempts) happens; not a timing check. */
+static void run_for(uv_loop_t *loop, uint64_t ms)
+{
+    uv_timer_t pause;
+    int over = 0;
+
+    uv_timer_init(loop, &pause);
+    pause.data = &over;
+    uv_timer_start(&pause, on_pause_over, ms, 0);
+    wait_for(loop, flag_set, &over);
+    uv_close((uv_handle_t *)&pause, NULL);
+}
+
 static void on_bus_closed(void *payload)
 {
     (*(int *)payload)++;
@@ -627,6 +646,32 @@ static char *raw_event(int64_t seq, int64_t v, const char *secret)
     return text;
 }
 
+/* A bus on the test Redis with one subscription to COLL from seq 0. */
+typedef struct peer {
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    rec_t rec;
+} peer_t;
+
+/* Opens p's bus on srv, signing with secret (NULL: unsigned), and
+ * subscribes it. */
+static void peer_open(uv_loop_t *loop, peer_t *p,
+                      const syncd_test_server_t *srv, const char *secret)
+{
+    memset(p, 0, sizeof(*p));
+    p->bus = open_bus(loop, srv->uri, NULL, secret, 0);
+    assert_int_equal(
+        syncd_bus_subscribe(p->bus, &p->sub, COLL, 0, on_event, &p->rec, NULL),
+        0);
+}
+
+/* Unsubscribes and closes p's bus. */
+static void peer_close(uv_loop_t *loop, peer_t *p)
+{
+    syncd_bus_unsubscribe(p->sub);
+    close_bus(loop, p->bus);
+}
+
 static void test_redis_bus__bad_url_fails_with_EINVAL_naming_it(void **state)
 {
     const char *bad[] = {"http://x:1",      "redis://",      "redis://h:0",
@@ -655,23 +700,17 @@ test_redis_bus__two_nodes_see_identical_contiguous_seqs(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
-    syncd_bus_t *a, *b;
-    syncd_bus_sub_t *sa, *sb;
-    rec_t ra = {0}, rb = {0};
+    peer_t a, b;
     pubs_t pa = {0}, pb = {0};
     syncd_bus_stats_t st;
 
     flush(srv);
     uv_loop_init(&loop);
-    a = open_bus(&loop, srv->uri, NULL, "secret", 0);
-    b = open_bus(&loop, srv->uri, NULL, "secret", 0);
-    assert_string_equal(syncd_bus_kind(a), "redis");
-    assert_int_equal(syncd_bus_subscribe(a, &sa, COLL, 0, on_event, &ra, NULL),
-                     0);
-    assert_int_equal(syncd_bus_subscribe(b, &sb, COLL, 0, on_event, &rb, NULL),
-                     0);
-    pa.bus = a;
-    pb.bus = b;
+    peer_open(&loop, &a, srv, "secret");
+    peer_open(&loop, &b, srv, "secret");
+    assert_string_equal(syncd_bus_kind(a.bus), "redis");
+    pa.bus = a.bus;
+    pb.bus = b.bus;
     pa.target = pb.target = 250;
     pa.window = pb.window = 16;
     publish_next(&pa);
@@ -681,20 +720,18 @@ test_redis_bus__two_nodes_see_identical_contiguous_seqs(void **state)
     assert_int_equal(pa.failed + pb.failed, 0);
     for (int s = 1; s <= 500; s++)
         assert_int_equal(pa.seen[s] + pb.seen[s], 1);
-    wait_recs(&loop, 500, &ra, &rb);
-    assert_int_equal(ra.events, 500);
-    assert_int_equal(rb.events, 500);
-    assert_int_equal(ra.out_of_order + rb.out_of_order, 0);
-    assert_int_equal(ra.resyncs + rb.resyncs, 0);
-    assert_int_equal(current_seq(&loop, b), 500);
-    check_replay(&loop, a, 100, 200, 0, 100);
-    syncd_bus_stats(a, &st);
+    wait_recs(&loop, 500, &a.rec, &b.rec);
+    assert_int_equal(a.rec.events, 500);
+    assert_int_equal(b.rec.events, 500);
+    assert_int_equal(a.rec.out_of_order + b.rec.out_of_order, 0);
+    assert_int_equal(a.rec.resyncs + b.rec.resyncs, 0);
+    assert_int_equal(current_seq(&loop, b.bus), 500);
+    check_replay(&loop, a.bus, 100, 200, 0, 100);
+    syncd_bus_stats(a.bus, &st);
     assert_int_equal(st.published, 250);
     assert_int_equal(st.dropped_signature + st.dropped_malformed, 0);
-    syncd_bus_unsubscribe(sa);
-    syncd_bus_unsubscribe(sb);
-    close_bus(&loop, a);
-    close_bus(&loop, b);
+    peer_close(&loop, &a);
+    peer_close(&loop, &b);
     end_loop(&loop);
 }
 
@@ -702,21 +739,15 @@ static void test_redis_bus__client_kill_during_storm_loses_nothing(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
-    syncd_bus_t *a, *b;
-    syncd_bus_sub_t *sa, *sb;
-    rec_t ra = {0}, rb = {0};
+    peer_t a, b;
     pubs_t p = {0};
     syncd_bus_stats_t sta, stb;
 
     flush(srv);
     uv_loop_init(&loop);
-    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
-    b = open_bus(&loop, srv->uri, NULL, NULL, 0);
-    assert_int_equal(syncd_bus_subscribe(a, &sa, COLL, 0, on_event, &ra, NULL),
-                     0);
-    assert_int_equal(syncd_bus_subscribe(b, &sb, COLL, 0, on_event, &rb, NULL),
-                     0);
-    p.bus = a;
+    peer_open(&loop, &a, srv, NULL);
+    peer_open(&loop, &b, srv, NULL);
+    p.bus = a.bus;
     p.target = 3000;
     p.window = 100;
     p.kill_at = 1000;
@@ -724,19 +755,17 @@ static void test_redis_bus__client_kill_during_storm_loses_nothing(void **state)
     publish_next(&p);
     wait_for(&loop, pubs_done, &p);
     assert_int_equal(p.failed, 0);
-    wait_recs(&loop, 3000, &ra, &rb);
-    assert_int_equal(ra.events, 3000);
-    assert_int_equal(rb.events, 3000);
-    assert_int_equal(ra.out_of_order + rb.out_of_order, 0);
-    assert_int_equal(ra.resyncs + rb.resyncs, 0);
-    syncd_bus_stats(a, &sta);
-    syncd_bus_stats(b, &stb);
+    wait_recs(&loop, 3000, &a.rec, &b.rec);
+    assert_int_equal(a.rec.events, 3000);
+    assert_int_equal(b.rec.events, 3000);
+    assert_int_equal(a.rec.out_of_order + b.rec.out_of_order, 0);
+    assert_int_equal(a.rec.resyncs + b.rec.resyncs, 0);
+    syncd_bus_stats(a.bus, &sta);
+    syncd_bus_stats(b.bus, &stb);
     assert_true(sta.reconnects >= 1);
     assert_true(stb.reconnects >= 1);
-    syncd_bus_unsubscribe(sa);
-    syncd_bus_unsubscribe(sb);
-    close_bus(&loop, a);
-    close_bus(&loop, b);
+    peer_close(&loop, &a);
+    peer_close(&loop, &b);
     end_loop(&loop);
 }
 
@@ -745,39 +774,34 @@ test_redis_bus__restart_fails_publishes_then_resyncs_once(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
-    syncd_bus_t *a, *b;
-    syncd_bus_sub_t *sa, *sb;
-    rec_t ra = {0}, rb = {0};
+    peer_t a, b;
     pubs_t p;
     json_t *event;
 
     flush(srv);
     uv_loop_init(&loop);
-    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
-    b = open_bus(&loop, srv->uri, NULL, NULL, 0);
-    assert_int_equal(syncd_bus_subscribe(a, &sa, COLL, 0, on_event, &ra, NULL),
-                     0);
-    assert_int_equal(syncd_bus_subscribe(b, &sb, COLL, 0, on_event, &rb, NULL),
-                     0);
-    publish_all(&loop, &p, a, 10);
-    wait_recs(&loop, 10, &ra, &rb);
+    peer_open(&loop, &a, srv, NULL);
+    peer_open(&loop, &b, srv, NULL);
+    publish_all(&loop, &p, a.bus, 10);
+    wait_recs(&loop, 10, &a.rec, &b.rec);
 
     syncd_test_redis_cli(srv, "SHUTDOWN", "NOSAVE", NULL);
-    wait_for(&loop, bus_down, a);
-    wait_for(&loop, bus_down, b);
+    wait_for(&loop, bus_down, a.bus);
+    wait_for(&loop, bus_down, b.bus);
     event = make_event("doc", 11);
-    assert_int_equal(syncd_bus_publish(a, event, NULL, NULL), SYNCD_EBACKEND);
+    assert_int_equal(syncd_bus_publish(a.bus, event, NULL, NULL),
+                     SYNCD_EBACKEND);
     json_decref(event);
     assert_int_equal(syncd_test_server_restart(srv), 0);
-    wait_for(&loop, bus_up, a);
-    wait_for(&loop, bus_up, b);
+    wait_for(&loop, bus_up, a.bus);
+    wait_for(&loop, bus_up, b.bus);
 
     /* Redis lost the counter; each subscriber is told to resync once, and
      * seqs continue above everything seen. */
-    wait_for(&loop, flag_set, &ra.resyncs);
-    wait_for(&loop, flag_set, &rb.resyncs);
+    wait_for(&loop, flag_set, &a.rec.resyncs);
+    wait_for(&loop, flag_set, &b.rec.resyncs);
     memset(&p, 0, sizeof(p));
-    p.bus = b;
+    p.bus = b.bus;
     p.target = 5;
     p.window = 1;
     publish_next(&p);
@@ -785,18 +809,95 @@ test_redis_bus__restart_fails_publishes_then_resyncs_once(void **state)
     assert_int_equal(p.failed, 0);
     for (int s = 11; s <= 15; s++)
         assert_true(p.seen[s]);
-    wait_recs(&loop, 15, &ra, &rb);
-    assert_int_equal(ra.resyncs, 1);
-    assert_int_equal(rb.resyncs, 1);
-    assert_int_equal(ra.resync_seq[0], 10);
-    assert_int_equal(rb.resync_seq[0], 10);
-    assert_int_equal(ra.events, 15);
-    assert_int_equal(rb.events, 15);
-    assert_int_equal(ra.out_of_order + rb.out_of_order, 0);
-    syncd_bus_unsubscribe(sa);
-    syncd_bus_unsubscribe(sb);
-    close_bus(&loop, a);
-    close_bus(&loop, b);
+    wait_recs(&loop, 15, &a.rec, &b.rec);
+    assert_int_equal(a.rec.resyncs, 1);
+    assert_int_equal(b.rec.resyncs, 1);
+    assert_int_equal(a.rec.resync_seq[0], 10);
+    assert_int_equal(b.rec.resync_seq[0], 10);
+    assert_int_equal(a.rec.events, 15);
+    assert_int_equal(b.rec.events, 15);
+    assert_int_equal(a.rec.out_of_order + b.rec.out_of_order, 0);
+    peer_close(&loop, &a);
+    peer_close(&loop, &b);
+    end_loop(&loop);
+}
+
+/* Shuts srv down without saving and reaps it: its port is closed, so
+ * connects to it are refused until it restarts. */
+static void redis_down(uv_loop_t *loop, syncd_test_server_t *srv,
+                       syncd_bus_t *bus)
+{
+    assert_int_equal(syncd_test_redis_cli(srv, "SHUTDOWN", "NOSAVE", NULL), 0);
+    assert_int_equal(syncd_test_server_stop(srv), 0);
+    wait_for(loop, bus_down, bus);
+}
+
+static void
+test_redis_bus__bus_reconnects_by_itself_after_redis_was_down(void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    peer_t a;
+    pubs_t p;
+    syncd_bus_stats_t st;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    peer_open(&loop, &a, srv, NULL);
+    publish_all(&loop, &p, a.bus, 5);
+    wait_recs(&loop, 5, &a.rec, NULL);
+    redis_down(&loop, srv, a.bus);
+    /* Several reconnect attempts find the port closed. */
+    run_for(&loop, 500);
+    assert_false(syncd_bus_connected(a.bus));
+    assert_int_equal(syncd_test_server_restart(srv), 0);
+    wait_for(&loop, bus_up, a.bus);
+    wait_for(&loop, flag_set, &a.rec.resyncs);
+    publish_all(&loop, &p, a.bus, 1);
+    assert_true(p.seen[6]);
+    wait_recs(&loop, 6, &a.rec, NULL);
+    assert_int_equal(a.rec.resyncs, 1);
+    assert_int_equal(a.rec.resync_seq[0], 5);
+    assert_int_equal(a.rec.events, 6);
+    assert_int_equal(a.rec.out_of_order, 0);
+    syncd_bus_stats(a.bus, &st);
+    assert_true(st.reconnects >= 1);
+    peer_close(&loop, &a);
+    end_loop(&loop);
+}
+
+static void
+test_redis_bus__data_loss_is_detected_when_the_same_bus_sets_the_epoch_again(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    peer_t a;
+    pubs_t p;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    peer_open(&loop, &a, srv, NULL);
+    publish_all(&loop, &p, a.bus, 10);
+    wait_recs(&loop, 10, &a.rec, NULL);
+    redis_down(&loop, srv, a.bus);
+    assert_int_equal(syncd_test_server_restart(srv), 0);
+    /* Before the bus is back, the counter is where the bus left it (as if
+     * another node had published since): neither the counter nor the log
+     * shows the loss, and this bus is the one that sets the epoch again. */
+    assert_int_equal(
+        syncd_test_redis_cli(srv, "SET", "syncd:test:" COLL ":seq", "10", NULL),
+        0);
+    wait_for(&loop, bus_up, a.bus);
+    wait_for(&loop, flag_set, &a.rec.resyncs);
+    publish_all(&loop, &p, a.bus, 1);
+    assert_true(p.seen[11]);
+    wait_recs(&loop, 11, &a.rec, NULL);
+    assert_int_equal(a.rec.resyncs, 1);
+    assert_int_equal(a.rec.resync_seq[0], 10);
+    assert_int_equal(a.rec.events, 11);
+    assert_int_equal(a.rec.out_of_order, 0);
+    peer_close(&loop, &a);
     end_loop(&loop);
 }
 
@@ -847,9 +948,7 @@ test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(void **state)
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
-    syncd_bus_t *a;
-    syncd_bus_sub_t *sub;
-    rec_t r = {0};
+    peer_t a;
     pubs_t p;
     snap_t snap;
     syncd_bus_stats_t st, *before = &snap.before;
@@ -857,13 +956,11 @@ test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(void **state)
 
     flush(srv);
     uv_loop_init(&loop);
-    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
-    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r, NULL),
-                     0);
-    publish_all(&loop, &p, a, 3);
-    wait_recs(&loop, 3, &r, NULL);
-    snap.bus = a;
-    syncd_bus_stats(a, &snap.before);
+    peer_open(&loop, &a, srv, NULL);
+    publish_all(&loop, &p, a.bus, 3);
+    wait_recs(&loop, 3, &a.rec, NULL);
+    snap.bus = a.bus;
+    syncd_bus_stats(a.bus, &snap.before);
 
     e2 = raw_event(2, 2, NULL);
     raw_publish(srv, e2);
@@ -884,22 +981,21 @@ test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(void **state)
                                           e5, NULL),
                      0);
     raw_publish(srv, e5);
-    wait_recs(&loop, 5, &r, NULL);
+    wait_recs(&loop, 5, &a.rec, NULL);
     raw_publish(srv, e4);
-    publish_all(&loop, &p, a, 1);
+    publish_all(&loop, &p, a.bus, 1);
     assert_true(p.seen[6]);
-    wait_recs(&loop, 6, &r, NULL);
-    assert_int_equal(r.events, 6);
-    assert_int_equal(r.out_of_order, 0);
-    syncd_bus_stats(a, &st);
+    wait_recs(&loop, 6, &a.rec, NULL);
+    assert_int_equal(a.rec.events, 6);
+    assert_int_equal(a.rec.out_of_order, 0);
+    syncd_bus_stats(a.bus, &st);
     assert_int_equal(st.gaps - before->gaps, 1);
     assert_int_equal(st.dropped_duplicate - before->dropped_duplicate, 2);
     assert_int_equal(st.replayed - before->replayed, 2);
     free(e2);
     free(e4);
     free(e5);
-    syncd_bus_unsubscribe(sub);
-    close_bus(&loop, a);
+    peer_close(&loop, &a);
     end_loop(&loop);
 }
 
@@ -917,20 +1013,16 @@ static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
 {
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
-    syncd_bus_t *a;
-    syncd_bus_sub_t *sub;
-    rec_t r = {0};
+    peer_t a;
     pubs_t p;
     syncd_bus_stats_t st;
     char *forged, *unsigned_event, big[5000];
 
     flush(srv);
     uv_loop_init(&loop);
-    a = open_bus(&loop, srv->uri, NULL, "cluster-key", 0);
-    assert_int_equal(syncd_bus_subscribe(a, &sub, COLL, 0, on_event, &r, NULL),
-                     0);
-    publish_all(&loop, &p, a, 1);
-    wait_recs(&loop, 1, &r, NULL);
+    peer_open(&loop, &a, srv, "cluster-key");
+    publish_all(&loop, &p, a.bus, 1);
+    wait_recs(&loop, 1, &a.rec, NULL);
 
     forged = raw_event(2, 2, "wrong-key");
     unsigned_event = raw_event(2, 2, NULL);
@@ -942,22 +1034,21 @@ static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
     raw_publish(srv, unsigned_event);
     raw_publish(srv, "not json");
     raw_publish(srv, big);
-    wait_for(&loop, drops_seen, a);
-    assert_int_equal(r.events, 1);
+    wait_for(&loop, drops_seen, a.bus);
+    assert_int_equal(a.rec.events, 1);
 
-    publish_all(&loop, &p, a, 1);
+    publish_all(&loop, &p, a.bus, 1);
     assert_true(p.seen[2]);
-    wait_recs(&loop, 2, &r, NULL);
-    assert_int_equal(r.events, 2);
-    assert_int_equal(r.out_of_order, 0);
-    syncd_bus_stats(a, &st);
+    wait_recs(&loop, 2, &a.rec, NULL);
+    assert_int_equal(a.rec.events, 2);
+    assert_int_equal(a.rec.out_of_order, 0);
+    syncd_bus_stats(a.bus, &st);
     assert_int_equal(st.dropped_signature, 2);
     assert_int_equal(st.dropped_malformed, 1);
     assert_int_equal(st.dropped_oversize, 1);
     free(forged);
     free(unsigned_event);
-    syncd_bus_unsubscribe(sub);
-    close_bus(&loop, a);
+    peer_close(&loop, &a);
     end_loop(&loop);
 }
 
@@ -988,13 +1079,22 @@ int main(void)
             test_redis_bus__client_kill_during_storm_loses_nothing),
         cmocka_unit_test(
             test_redis_bus__restart_fails_publishes_then_resyncs_once),
+        cmocka_unit_test(
+            test_redis_bus__bus_reconnects_by_itself_after_redis_was_down),
+        cmocka_unit_test(
+            test_redis_bus__data_loss_is_detected_when_the_same_bus_sets_the_epoch_again),
         cmocka_unit_test(test_redis_bus__trimmed_log_resyncs_a_late_subscriber),
         cmocka_unit_test(
             test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log),
         cmocka_unit_test(
             test_redis_bus__forged_and_malformed_events_are_dropped_and_counted),
     };
-    int failed = cmocka_run_group_tests_name("pubsub", local, NULL, NULL);
+    int failed;
+
+    /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
+    if (getenv("SYNCD_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
+    failed = cmocka_run_group_tests_name("pubsub", local, NULL, NULL);
 
     failed += cmocka_run_group_tests_name("pubsub_redis", redis, setup_redis,
                                           teardown_redis);

@@ -4,8 +4,10 @@
  * and on the MongoDB store (FerretDB started once for the binary, or
  * $SYNCD_TEST_MONGO_URI) with its RocksDB node cache, each test in a fresh
  * database. Conflicts, clocks and backoff are driven through injected hooks
- * and forced concurrent writes, never by timing. The node cache, the digest
- * construction and the backoff formula also get tests of their own.
+ * and forced concurrent writes, never by timing. Conflicts exist on MongoDB
+ * only: the embedded store queues the writers of a document on a lock, and
+ * its tests show that no write there ever conflicts. The node cache, the
+ * digest construction and the backoff formula also get tests of their own.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -22,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "assert_json.h"
 #include "servers.h"
 #include "storage/internal.h"
 #include "syncd/store.h"
@@ -167,20 +170,6 @@ static json_t *parse(const char *text)
     return v;
 }
 
-/* Asserts that a and b have the same canonical bytes (exact equality:
- * integer vs real, -0.0 vs 0.0 and key sets all count). */
-static void assert_json_exact(const json_t *a, const json_t *b)
-{
-    char *ca = syncd_json_canonical(a, NULL);
-    char *cb = syncd_json_canonical(b, NULL);
-
-    assert_non_null(ca);
-    assert_non_null(cb);
-    assert_string_equal(ca, cb);
-    free(ca);
-    free(cb);
-}
-
 static void assert_json_text(const json_t *v, const char *text)
 {
     json_t *want = parse(text);
@@ -246,8 +235,7 @@ static void assert_ids(const json_t *list, const char *want)
     size_t i;
     json_t *e;
 
-    json_array_foreach(list, i, e)
-    {
+    json_array_foreach (list, i, e) {
         if (i > 0)
             strcat(got, " ");
         strcat(got, json_string_value(json_object_get(e, "id")));
@@ -282,7 +270,10 @@ static int fail_with_einval(json_t *body, void *arg, syncd_error_t *err)
 }
 
 /* An edit callback that makes every compare-and-swap conflict: it commits
- * a write of its own to the same document before returning. */
+ * a write of its own to the same document before returning. Calling the
+ * store from a callback is outside the contract of syncd_store_edit() (the
+ * embedded store holds the document's lock meanwhile), so the tests using
+ * it run on MongoDB, where writers race and only the CAS decides. */
 typedef struct forcer {
     syncd_store_t *store;
     const char *coll, *id;
@@ -805,6 +796,151 @@ static void test_store_edit__64_threads_lose_nothing(void **state)
     fixture_t *f = *state;
 
     run_hammer(f, 64, f->kind->mongo ? 5 : 50);
+}
+
+/* Every write of one writer thread of the embedded store: an edit and a
+ * merge patch of the shared counter document, a blind put of another. */
+typedef struct queued_writer {
+    syncd_store_t *store;
+    int thread, rounds;
+    int failures, retried; /* changes that took more than one attempt */
+} queued_writer_t;
+
+/* Counts the outcome of one write and frees its change. */
+static void count_write(queued_writer_t *w, int rc, syncd_change_t **c)
+{
+    if (rc != 0)
+        w->failures++;
+    else if ((*c)->attempts != 1)
+        w->retried++;
+    syncd_change_free(*c);
+    *c = NULL;
+}
+
+static void *queued_writer_thread(void *arg)
+{
+    queued_writer_t *w = arg;
+    syncd_change_t *c = NULL;
+    char field[16];
+    int rc;
+
+    snprintf(field, sizeof(field), "t%d", w->thread);
+    for (int i = 0; i < w->rounds; i++) {
+        json_t *merge = json_pack("{s:i}", field, i);
+        json_t *body = json_pack("{s:i, s:i}", "by", w->thread, "i", i);
+
+        rc = syncd_store_edit(w->store, &c, "q", "counter", inc_counter, NULL,
+                              SYNCD_ANY_VERSION, NULL);
+        count_write(w, rc, &c);
+        rc = syncd_store_patch(w->store, &c, "q", "counter", merge, 1,
+                               SYNCD_ANY_VERSION, NULL);
+        count_write(w, rc, &c);
+        rc = syncd_store_put(w->store, &c, "q", "blind", body,
+                             SYNCD_ANY_VERSION, NULL);
+        count_write(w, rc, &c);
+        json_decref(merge);
+        json_decref(body);
+    }
+    return NULL;
+}
+
+/* With no retry allowed, a single conflict would fail a write: the
+ * embedded store queues the writers of a document instead. */
+static void
+test_store_rocks__8_writers_of_one_document_never_conflict(void **state)
+{
+    enum { THREADS = 8, ROUNDS = 200 };
+    fixture_t *f = *state;
+    queued_writer_t w[THREADS];
+    pthread_t threads[THREADS];
+    syncd_store_stats_t stats;
+    syncd_doc_t *doc = NULL;
+
+    f->opts.max_retries = 0;
+    f->opts.sync_writes = 0;
+    reopen(f);
+    create_doc(f, "q", "counter", "{\"n\":0}");
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (queued_writer_t){f->store, i, ROUNDS, 0, 0};
+        assert_int_equal(
+            pthread_create(&threads[i], NULL, queued_writer_thread, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+        assert_int_equal(w[i].retried, 0);
+    }
+    syncd_store_stats(f->store, &stats);
+    assert_int_equal(stats.conflicts, 0);
+    assert_int_equal(stats.retries, 0);
+    assert_int_equal(stats.edits, 1 + 3 * THREADS * ROUNDS);
+    assert_int_equal(syncd_store_get(f->store, &doc, "q", "counter", NULL), 0);
+    assert_int_equal(doc->version, 1 + 2 * THREADS * ROUNDS);
+    assert_int_equal(json_integer_value(json_object_get(doc->body, "n")),
+                     THREADS * ROUNDS);
+    syncd_doc_free(doc);
+    assert_int_equal(live_version(f, "q", "blind"), THREADS * ROUNDS);
+}
+
+/* In embedded mode the cache counters are those of the RocksDB store's
+ * in-memory tier: a reopened store starts with it empty, a read misses and
+ * loads the document into it, the next read hits. */
+static void test_store_rocks__stats_count_the_in_memory_tier(void **state)
+{
+    fixture_t *f = *state;
+    syncd_store_stats_t stats;
+    syncd_doc_t *doc = NULL;
+
+    create_doc(f, "tier", "a", "{\"x\":1}");
+    reopen(f);
+    syncd_store_stats(f->store, &stats);
+    assert_int_equal(stats.cache_entries, 0);
+    assert_int_equal(stats.cache_bytes, 0);
+
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(syncd_store_get(f->store, &doc, "tier", "a", NULL), 0);
+        syncd_doc_free(doc);
+    }
+    assert_int_equal(syncd_store_get(f->store, &doc, "tier", "none", NULL),
+                     SYNCD_ENOTFOUND);
+    syncd_store_stats(f->store, &stats);
+    assert_int_equal(stats.cache_hits, 1);
+    assert_int_equal(stats.cache_misses, 2);
+    assert_int_equal(stats.cache_entries, 1);
+    assert_true(stats.cache_bytes > 0);
+    assert_int_equal(stats.cache_evictions, 0);
+}
+
+/* The tier holds 64 MiB in 64 stripes of 1 MiB: of 65 documents of 520 KB
+ * two share a stripe, and the older of them is evicted. */
+static void test_store_rocks__stats_count_tier_evictions(void **state)
+{
+    enum { DOCS = 65, PAD = 520 * 1024 };
+    fixture_t *f = *state;
+    char *pad = malloc(PAD + 1);
+    syncd_store_stats_t stats;
+
+    assert_non_null(pad);
+    memset(pad, 'x', PAD);
+    pad[PAD] = '\0';
+    f->opts.sync_writes = 0;
+    reopen(f);
+    for (int i = 0; i < DOCS; i++) {
+        char id[16];
+        json_t *body = json_pack("{s:s}", "pad", pad);
+        syncd_change_t *c = NULL;
+
+        snprintf(id, sizeof(id), "d%d", i);
+        assert_int_equal(
+            syncd_store_create(f->store, &c, "big", id, body, NULL), 0);
+        syncd_change_free(c);
+        json_decref(body);
+    }
+    free(pad);
+    syncd_store_stats(f->store, &stats);
+    assert_true(stats.cache_evictions >= 1);
+    assert_int_equal(stats.cache_entries + stats.cache_evictions, DOCS);
+    assert_true(stats.cache_bytes <= (uint64_t)64 << 20);
 }
 
 /* ---- Tombstones, list, digest, purge ------------------------------------ */
@@ -1607,6 +1743,10 @@ static void test_digest__is_the_documented_merkle_root(void **state)
     {                                                                          \
         "rocksdb/" #fn, fn, setup_store, teardown_store, (void *)&rocks_kind   \
     }
+#define MONGO(fn)                                                              \
+    {                                                                          \
+        "mongodb/" #fn, fn, setup_store, teardown_store, (void *)&mongo_kind   \
+    }
 #define CACHE(fn)                                                              \
     cmocka_unit_test_setup_teardown(fn, setup_cache, teardown_cache)
 
@@ -1630,15 +1770,15 @@ int main(void)
         BOTH(test_store_put__same_body_writes_nothing),
         BOTH(
             test_store_put__stale_if_match_fails_with_EPRECONDITION_and_changes_nothing),
-        BOTH(test_store_edit__strict_write_that_loses_a_race_is_one_attempt),
+        MONGO(test_store_edit__strict_write_that_loses_a_race_is_one_attempt),
         BOTH(test_store_edit__commits_the_callback_result_with_diffs),
         BOTH(test_store_edit__no_change_writes_nothing),
         BOTH(test_store_edit__callback_error_aborts_and_writes_nothing),
         BOTH(test_store_edit__missing_or_deleted_document_is_ENOTFOUND),
-        BOTH(test_store_edit__retries_a_conflict_after_rereading),
-        BOTH(test_store_edit__gives_up_at_max_retries_with_ECONFLICT),
-        BOTH(test_store_edit__gives_up_at_edit_timeout_with_ECONFLICT),
-        BOTH(test_store_edit__backoff_doubles_up_to_the_cap_with_full_jitter),
+        MONGO(test_store_edit__retries_a_conflict_after_rereading),
+        MONGO(test_store_edit__gives_up_at_max_retries_with_ECONFLICT),
+        MONGO(test_store_edit__gives_up_at_edit_timeout_with_ECONFLICT),
+        MONGO(test_store_edit__backoff_doubles_up_to_the_cap_with_full_jitter),
         BOTH(test_store_patch__applies_json_patch_and_merge_patch),
         BOTH(test_store_patch__failing_test_op_is_ECONFLICT_and_not_retried),
         BOTH(test_store_patch__invalid_patch_is_EPATCH),
@@ -1653,6 +1793,9 @@ int main(void)
         ROCKS(test_store_rocks__acknowledged_writes_survive_sigkill),
         BOTH(test_store_edit__8_threads_x_500_increments_lose_nothing),
         BOTH(test_store_edit__64_threads_lose_nothing),
+        ROCKS(test_store_rocks__8_writers_of_one_document_never_conflict),
+        ROCKS(test_store_rocks__stats_count_the_in_memory_tier),
+        ROCKS(test_store_rocks__stats_count_tier_evictions),
     };
 
     return cmocka_run_group_tests_name("storage", tests, group_setup,

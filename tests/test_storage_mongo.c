@@ -20,6 +20,7 @@
 #include <cmocka.h>
 #include <mongoc/mongoc.h>
 
+#include "assert_json.h"
 #include "servers.h"
 #include "storage/internal.h"
 
@@ -68,44 +69,6 @@ static int write_body(syncd_backend_t *be, const char *coll, const char *id,
     syncd_doc_t doc = make_doc(coll, id, version, body);
 
     return be->ops->cas(be, &doc, expected, NULL);
-}
-
-/* Strict equality: same types (integer is not real), reals bit for bit
- * (so -0.0 differs from 0.0), object keys compared with their length. */
-static int same_json(const json_t *a, const json_t *b)
-{
-    const char *key;
-    size_t klen;
-    json_t *v;
-    double x, y;
-
-    if (json_typeof(a) != json_typeof(b))
-        return 0;
-    switch (json_typeof(a)) {
-    case JSON_OBJECT:
-        if (json_object_size(a) != json_object_size(b))
-            return 0;
-        json_object_keylen_foreach((json_t *)a, key, klen, v)
-        {
-            json_t *w = json_object_getn(b, key, klen);
-            if (!w || !same_json(v, w))
-                return 0;
-        }
-        return 1;
-    case JSON_ARRAY:
-        if (json_array_size(a) != json_array_size(b))
-            return 0;
-        for (size_t i = 0; i < json_array_size(a); i++)
-            if (!same_json(json_array_get(a, i), json_array_get(b, i)))
-                return 0;
-        return 1;
-    case JSON_REAL:
-        x = json_real_value(a);
-        y = json_real_value(b);
-        return memcmp(&x, &y, sizeof(x)) == 0;
-    default:
-        return json_equal((json_t *)a, (json_t *)b);
-    }
 }
 
 /* An object with every key MongoDB restricts or our escaping touches. */
@@ -194,7 +157,7 @@ test_mongo_cas__nasty_keys_and_numbers_round_trip_exactly(void **state)
     syncd_error_clear(&err);
     assert_int_equal(write_body(be, "nasty", "doc-1", 1, 0, body), 0);
     assert_int_equal(be->ops->get(be, &got, "nasty", "doc-1", &err), 0);
-    assert_true(same_json(got->body, body));
+    assert_json_exact(got->body, body);
     assert_true(signbit(json_real_value(
         json_object_get(json_object_get(got->body, "numbers"), "negzero"))));
     assert_true(json_is_integer(
@@ -293,7 +256,7 @@ test_mongo_cas__stale_expected_fails_with_ECONFLICT_and_writes_nothing(
                      SYNCD_ECONFLICT);
     assert_int_equal(be->ops->get(be, &got, "cas", "stale", NULL), 0);
     assert_int_equal(got->version, 2);
-    assert_true(same_json(got->body, v2));
+    assert_json_exact(got->body, v2);
     syncd_doc_free(got);
     assert_int_equal(be->ops->get(be, &got, "cas", "absent", NULL),
                      SYNCD_ENOTFOUND);
@@ -425,14 +388,14 @@ test_mongo_cas__a_stale_claim_of_a_dead_writer_is_rolled_forward(void **state)
                          SYNCD_ECONFLICT);
         assert_int_equal(be->ops->get(be, &got, "claims", "crashed", NULL), 0);
         assert_int_equal(got->version, 2);
-        assert_true(same_json(got->body, dead));
+        assert_json_exact(got->body, dead);
         syncd_doc_free(got);
         assert_int_equal(write_body(be, "claims", "crashed", 3, 2, mine), 0);
     } else {
         assert_int_equal(write_body(be, "claims", "crashed", 2, 1, mine), 0);
     }
     assert_int_equal(be->ops->get(be, &got, "claims", "crashed", NULL), 0);
-    assert_true(same_json(got->body, mine));
+    assert_json_exact(got->body, mine);
     syncd_doc_free(got);
     json_decref(v1);
     json_decref(dead);
@@ -461,8 +424,7 @@ static void assert_ids(const json_t *list, const char *expect)
     size_t i;
     json_t *e;
 
-    json_array_foreach(list, i, e)
-    {
+    json_array_foreach (list, i, e) {
         strcat(got, json_string_value(json_object_get(e, "id")));
         strcat(got, " ");
     }
@@ -581,8 +543,7 @@ static void test_mongo_collections__lists_syncd_collections_sorted(void **state)
     assert_int_equal(write_body(f->be, "alpha.beta", "1", 1, 0, body), 0);
     assert_int_equal(write_body(f->be, "zeta", "1", 2, 1, body), 0);
     assert_int_equal(f->be->ops->collections(f->be, &out, NULL), 0);
-    json_array_foreach(out, i, name)
-    {
+    json_array_foreach (out, i, name) {
         assert_true(strcmp(prev, json_string_value(name)) < 0);
         assert_int_equal(json_string_value(name)[0] == '_', 0);
         prev = json_string_value(name);

@@ -1148,7 +1148,42 @@ static int do_dump(const json_t *doc, const json_t *unused)
     return s != NULL ? 0 : -1;
 }
 
-static int bench_bytes(void)
+/* Prints the times of the reader's steps for a one-volume event on a
+ * document of entries volumes and on the big one (a, b, ev). */
+static int apply_costs(int entries, const json_t *a, const json_t *b,
+                       const json_t *ev)
+{
+    static const char *const steps[] = {
+        "syncd_patch_apply", "syncd_json_hash of the result",
+        "json_dumps of the result (the cache write serializes it)"};
+    json_t *sa = volume_doc("small", entries), *sb = NULL, *sev = NULL;
+    double ms[2][3];
+    int rc = -1;
+
+    sb = sa != NULL ? json_deep_copy(sa) : NULL;
+    if (sb == NULL || change_volume(sb, 1, 1) != 0 ||
+        make_event(&sev, SMALL_COLL, "small", 2, sa, sb) != 0)
+        goto cleanup;
+    for (int k = 0; k < 2; k++) {
+        const json_t *x = k == 0 ? sa : a, *y = k == 0 ? sb : b;
+        const json_t *e = k == 0 ? sev : ev;
+        ms[k][0] =
+            (double)time_median(do_patch, x, json_object_get(e, "patch")) / 1e6;
+        ms[k][1] = (double)time_median(do_hash, y, NULL) / 1e6;
+        ms[k][2] = (double)time_median(do_dump, y, NULL) / 1e6;
+    }
+    for (int i = 0; i < 3; i++)
+        printf("| %s | %.3f | %.1f |\n", steps[i], ms[0][i], ms[1][i]);
+    rc = 0;
+
+cleanup:
+    json_decref(sa);
+    json_decref(sb);
+    json_decref(sev);
+    return rc;
+}
+
+static int bench_bytes(int entries)
 {
     json_t *a = volume_doc("refs", BIG_ENTRIES), *b = NULL, *ev = NULL;
     json_t *whole = NULL;
@@ -1186,16 +1221,11 @@ static int bench_bytes(void)
            whole_bytes);
     printf("| document / signed event | %.0fx |\n",
            (double)doc_bytes / (double)ev_signed);
-    printf("\n| reader's work for that event (median of 5) | ms |\n"
-           "|---|---|\n");
-    printf("| syncd_patch_apply on the 10k-entry document | %.1f |\n",
-           (double)time_median(do_patch, a, json_object_get(ev, "patch")) /
-               1e6);
-    printf("| syncd_json_hash of the result | %.1f |\n",
-           (double)time_median(do_hash, b, NULL) / 1e6);
-    printf("| json_dumps of the result (as a cache write serializes) | "
-           "%.1f |\n",
-           (double)time_median(do_dump, b, NULL) / 1e6);
+    printf("\n| reader's work per one-volume event (median of 5) | "
+           "%d volumes, ms | %d volumes, ms |\n|---|---|---|\n",
+           entries, BIG_ENTRIES);
+    if (apply_costs(entries, a, b, ev) != 0)
+        goto cleanup;
     patch = json_dumps(json_object_get(ev, "patch"), JSON_COMPACT);
     printf("\nThe patch: `%s`\n", patch != NULL ? patch : "?");
     fflush(stdout);
@@ -1464,7 +1494,7 @@ int main(int argc, char **argv)
         syncd_test_mongo_start(&mongo) != 0)
         goto cleanup;
     if (bench_paths(&loop, &a, ev, ev_len, &mongo, &redis) != 0 ||
-        bench_bytes() != 0)
+        bench_bytes(a.entries) != 0)
         goto cleanup;
     rc = 0;
 

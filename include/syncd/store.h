@@ -154,13 +154,16 @@ int syncd_store_put(syncd_store_t *store, syncd_change_t **out,
 
 /* Edit callback: modify body (a private copy) in place; return 0 to commit
  * (a body left unchanged writes nothing), or a negative SYNCD_E* code to
- * abort the edit with that code. */
+ * abort the edit with that code. fn must not call the store: the embedded
+ * store runs it holding the document's write lock. */
 typedef int (*syncd_edit_fn)(json_t *body, void *arg, syncd_error_t *err);
 
 /* Runs the edit loop of DESIGN.md section 3 on the live coll/id: fn on a
  * private copy, compare-and-swap, exponential backoff with full jitter on
  * conflict. With if_match set: one strict attempt (SYNCD_EPRECONDITION on
- * mismatch). SYNCD_ECONFLICT when retries or edit_timeout run out. */
+ * mismatch). SYNCD_ECONFLICT when retries or edit_timeout run out. The
+ * embedded store queues the writers of a document on a lock instead, so
+ * there each write (put and patch too) commits in one attempt. */
 int syncd_store_edit(syncd_store_t *store, syncd_change_t **out,
                      const char *coll, const char *id, syncd_edit_fn fn,
                      void *arg, int64_t if_match, syncd_error_t *err);
@@ -241,7 +244,9 @@ int syncd_store_cache_list(syncd_store_t *store, json_t **out, const char *coll,
 int syncd_store_refetch(syncd_store_t *store, syncd_doc_t **out,
                         const char *coll, const char *id, syncd_error_t *err);
 
-/* Counters of one store; all monotonic except cache_bytes/cache_entries. */
+/* Counters of one store; all monotonic except cache_bytes/cache_entries.
+ * The cache_* counters are the node cache's in MongoDB mode and the
+ * in-memory tier's of the RocksDB store in embedded mode. */
 typedef struct syncd_store_stats {
     uint64_t edits, conflicts, retries, cache_hits, cache_misses,
         cache_evictions, cache_bytes, cache_entries;
