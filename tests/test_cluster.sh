@@ -9,8 +9,9 @@
 # keys at version 1801 on every node; the watchers on nodes 1 and 3 saw
 # seqs 1..N contiguous and identical; node 2's watcher, resumed on node 3
 # with Last-Event-ID, continues without a gap or duplicate. After a Redis
-# restart and more writes, every node serves the same document again within
-# a few anti-entropy intervals.
+# restart and more writes, with node 3 paused by SIGSTOP for 5 s meanwhile,
+# every node serves the same document again within a few anti-entropy
+# intervals.
 #
 # Usage: tests/test_cluster.sh SYNCD_BINARY
 set -euo pipefail
@@ -132,7 +133,13 @@ for i in 1 2 3; do
     client "7$i" "${NODES[$((i - 1))]}" &
     CLIENTS+=($!)
 done
+# Mid-storm, node 3 is frozen with SIGSTOP for 5 s and then resumed: it
+# misses live events and must catch up from the replay log.
+sleep 1
+kill -STOP "$(cat "$SYNCD_CLUSTER_DIR/node3/pid")"
+sleep 5
+kill -CONT "$(cat "$SYNCD_CLUSTER_DIR/node3/pid")"
 for p in "${CLIENTS[@]}"; do wait "$p" || fail "a client gave up after the Redis restart"; done
 CLIENTS=()
-converged 2700 || fail "nodes diverge after the Redis restart"
+converged 2700 || fail "nodes diverge after the Redis restart and the pause"
 echo "test_cluster: OK (seq $seq, 2700 keys on every node)"
