@@ -865,8 +865,9 @@ test_store_rocks__8_writers_of_one_document_never_conflict(void **state)
         assert_int_equal(
             pthread_create(&threads[i], NULL, queued_writer_thread, &w[i]), 0);
     }
-    for (int i = 0; i < THREADS; i++) {
+    for (int i = 0; i < THREADS; i++)
         pthread_join(threads[i], NULL);
+    for (int i = 0; i < THREADS; i++) {
         assert_int_equal(w[i].failures, 0);
         assert_int_equal(w[i].retried, 0);
     }
