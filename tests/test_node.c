@@ -1003,6 +1003,126 @@ test_node__embedded_node_delivers_published_changes_to_watchers(void **state)
     syncd_test_rmtree(dir);
 }
 
+/* What a watcher that falls behind saw. */
+typedef struct behind {
+    int64_t last; /* last event seq */
+    int events, order_errors, resyncs, after_resync;
+    int64_t resync_seq;
+} behind_t;
+
+static void on_behind_watch(syncd_node_signal_t signal, int64_t seq,
+                            const json_t *event, void *payload)
+{
+    behind_t *b = payload;
+
+    (void)event;
+    if (b->resyncs > 0) {
+        b->after_resync++;
+    } else if (signal == SYNCD_NODE_RESYNC) {
+        b->resyncs++;
+        b->resync_seq = seq;
+    } else if (signal == SYNCD_NODE_EVENT) {
+        if (seq != b->last + 1)
+            b->order_errors++;
+        b->last = seq;
+        b->events++;
+    }
+}
+
+static void on_embedded_count(int status, int64_t seq, void *payload)
+{
+    int *published = payload;
+
+    (void)seq;
+    assert_int_equal(status, 0);
+    (*published)++;
+}
+
+/* Runs loop until node has applied seq of "things" and every publish
+ * completed. */
+static void run_until_applied(uv_loop_t *loop, syncd_node_t *node, int64_t seq,
+                              const int *published)
+{
+    for (int i = 0; i < 10000 &&
+                    (syncd_node_seq(node, "things") < seq || *published < seq);
+         i++)
+        uv_run(loop, UV_RUN_ONCE);
+    assert_int_equal(syncd_node_seq(node, "things"), seq);
+    assert_int_equal(*published, seq);
+}
+
+/* The in-process bus fires completions (such as a replay page) before it
+ * feeds subscriptions in the same pass, and the embedded node hands each
+ * fed event to its watchers at once. So a watcher replaying more than one
+ * page (1000 events) still waits for its second page when the events
+ * published meanwhile are applied, and they go to its buffer. */
+static void
+test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync(
+    void **state)
+{
+    enum { BEFORE = 1001, MEANWHILE = 3 };
+    uv_loop_t loop;
+    char dir[256];
+    syncd_store_options_t so;
+    syncd_bus_options_t bo;
+    syncd_node_options_t no;
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+    syncd_node_watch_t *w;
+    syncd_node_stats_t st;
+    syncd_change_t *change = NULL;
+    json_t *body = json_pack("{s:i}", "n", 1);
+    behind_t b = {0};
+    int published = 0;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "behind"), 0);
+    syncd_store_options_init(&so);
+    so.data_dir = dir;
+    so.sync_writes = 0;
+    assert_int_equal(syncd_store_open(&store, &so, NULL), 0);
+    syncd_bus_options_init(&bo);
+    assert_int_equal(syncd_bus_open(&bus, &loop, &bo, NULL), 0);
+    syncd_node_options_init(&no);
+    no.anti_entropy_interval_ms = 0;
+    no.watch_buffer_events = MEANWHILE - 1;
+    assert_int_equal(syncd_node_open(&node, &loop, store, bus, &no, NULL), 0);
+    assert_int_equal(
+        syncd_store_create(store, &change, "things", "a", body, NULL), 0);
+    for (int i = 0; i < BEFORE; i++)
+        assert_int_equal(
+            syncd_node_publish(node, change, on_embedded_count, &published), 0);
+    run_until_applied(&loop, node, BEFORE, &published);
+
+    assert_int_equal(syncd_node_watch(node, &w, "things", NULL, 0,
+                                      on_behind_watch, &b, NULL),
+                     0);
+    for (int i = 0; i < MEANWHILE; i++)
+        assert_int_equal(
+            syncd_node_publish(node, change, on_embedded_count, &published), 0);
+    run_until_applied(&loop, node, BEFORE + MEANWHILE, &published);
+
+    /* The first page arrived in order; the buffer then overflowed and the
+     * watcher was told to resync from where it stood, and ended. */
+    assert_int_equal(b.events, 1000);
+    assert_int_equal(b.order_errors, 0);
+    assert_int_equal(b.resyncs, 1);
+    assert_int_equal(b.resync_seq, 1000);
+    assert_int_equal(b.after_resync, 0);
+    syncd_node_stats(node, &st);
+    assert_int_equal(st.watch_resyncs, 1);
+    syncd_node_close(node, on_embedded_closed, bus);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(b.after_resync, 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    syncd_change_free(change);
+    json_decref(body);
+    syncd_store_close(store);
+    syncd_test_rmtree(dir);
+}
+
 /* ---- Servers ------------------------------------------------------------- */
 
 static int servers_start(void **state)
@@ -1027,6 +1147,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
             test_node__embedded_node_delivers_published_changes_to_watchers),
+        cmocka_unit_test(
+            test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(
             test_node__three_nodes_editing_concurrently_converge_and_watchers_see_every_seq_once),
         cmocka_unit_test(

@@ -1155,7 +1155,7 @@ static int apply_costs(int entries, const json_t *a, const json_t *b,
 {
     static const char *const steps[] = {
         "syncd_patch_apply", "syncd_json_hash of the result",
-        "json_dumps of the result (the cache write serializes it)"};
+        "json_dumps of the result (size of a serialization)"};
     json_t *sa = volume_doc("small", entries), *sb = NULL, *sev = NULL;
     double ms[2][3];
     int rc = -1;
