@@ -751,8 +751,12 @@ static void finish_item(coll_t *c, item_t *item, int status, uint64_t repaired)
             watch_offer(w, item->seq, item->event);
         break;
     case ITEM_RESYNC:
-        /* Watchers lost their place when the seq moved under them, or
-         * missed changes when the resync repaired any. */
+        /* A watcher lost its place when the seq moved past what it saw,
+         * and missed changes when the resync repaired any (changes that
+         * reached the store but no event, e.g. after Redis lost its
+         * data): either way it is told. One that saw every seq of a
+         * collection the resync found unchanged lost nothing and goes
+         * on. */
         node->stats.resyncs++;
         c->seq = item->seq;
         for (w = c->watchers; w != NULL; w = w->next) {
