@@ -3,11 +3,14 @@
  *
  * Each collection the node touches (listed in the store at open, published
  * to, or watched) gets a subscription on the bus and a queue of work items:
- * received events, bus resyncs and anti-entropy repairs. A collection runs
- * one item at a time on the libuv thread pool (store calls block), so its
- * events are applied in seq order; the loop then records the item's seq as
- * applied and hands the event to the collection's watchers. Applied events
- * therefore reach watchers after the cache holds their version.
+ * received events, bus resyncs and anti-entropy repairs. A collection hands
+ * what it has queued (up to BATCH_MAX items) to the libuv thread pool as
+ * one work item (store calls block) and runs one such batch at a time, so
+ * its events are applied in seq order and a backlog costs one round trip
+ * to the pool, not one per event. Back on the loop, each item of the batch
+ * in turn has its seq recorded as applied and its event handed to the
+ * collection's watchers. Applied events therefore reach watchers after the
+ * cache holds their version.
  *
  * In MongoDB mode the cache follows DESIGN.md section 4: patch on the base
  * version with a hash check, drop duplicates and old versions, refetch on
@@ -25,6 +28,7 @@
  * themselves when the bus answers); the node itself is freed when its last
  * thread-pool work and its timers are done.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +38,9 @@
 #include "syncd/patch.h"
 
 #define REPLAY_PAGE 1000
+/* Most items one thread-pool work runs, so that a busy collection leaves
+ * pool threads to the others and its watchers hear from it regularly. */
+#define BATCH_MAX 256
 /* Delay before subscribing again when the bus could not be reached. */
 #define SUBSCRIBE_RETRY_MS 200
 
@@ -47,8 +54,10 @@ typedef struct item {
     struct item *next;
     item_kind_t kind;
     int64_t seq;   /* ITEM_EVENT, ITEM_RESYNC: its seq */
-    json_t *event; /* ITEM_EVENT: the node's own deep copy */
+    json_t *event; /* ITEM_EVENT: a reference, read-only from here on */
     ae_run_t *run; /* ITEM_REPAIR: the anti-entropy run it belongs to */
+    int status;    /* outcome on the worker */
+    uint64_t repaired;
 } item_t;
 
 /* One anti-entropy pass over every collection. */
@@ -89,7 +98,7 @@ struct coll {
     int seq_pending; /* a bus seq read is in flight */
     int64_t seq;     /* last seq applied */
     item_t *head, *tail;
-    work_t *running; /* the item on the thread pool */
+    work_t *running; /* the batch on the thread pool */
     syncd_node_watch_t *watchers;
 };
 
@@ -118,26 +127,29 @@ struct syncd_node {
     size_t works; /* thread-pool items in flight */
     int depth;    /* nesting of watcher callbacks */
     int closing;
+    atomic_int stop; /* closing, as seen by workers between items */
     syncd_node_close_cb close_cb;
     void *close_payload;
     syncd_node_stats_t stats;
 };
 
-/* Thread-pool work: one collection item, or a listing of collections. */
+/* Thread-pool work: a batch of one collection's items, or a listing of
+ * collections. */
 struct work {
     uv_work_t req;
     syncd_node_t *node;
-    coll_t *coll;  /* NULL for a listing */
-    item_t *item;  /* NULL for a listing */
-    ae_run_t *run; /* listing for an anti-entropy run, or NULL at open */
-    json_t *colls; /* listing result */
-    int status;
-    uint64_t repaired;
+    coll_t *coll;      /* NULL for a listing */
+    item_t *items;     /* the batch, linked in seq order; NULL for a listing */
+    ae_run_t *run;     /* listing for an anti-entropy run, or NULL at open */
+    json_t *colls;     /* listing result */
+    int status;        /* of the listing, or of the item being run */
+    uint64_t repaired; /* by the item being run */
     syncd_node_stats_t delta; /* counted on the worker, added on the loop */
 };
 
 static void pump(coll_t *c);
 static void sweep(coll_t *c);
+static void run_release(ae_run_t *run, int status, uint64_t repaired);
 static void maybe_finish_close(syncd_node_t *node);
 
 void syncd_node_options_init(syncd_node_options_t *opts)
@@ -212,6 +224,14 @@ static void item_free(item_t *item)
 {
     json_decref(item->event);
     free(item);
+}
+
+/* Frees an item that will not run because the node is closing. */
+static void item_drop(item_t *item)
+{
+    if (item->kind == ITEM_REPAIR)
+        run_release(item->run, SYNCD_ECANCELED, 0);
+    item_free(item);
 }
 
 /* ---- Bus requests ------------------------------------------------------- */
@@ -453,11 +473,10 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
     item->seq = seq;
     if (signal == SYNCD_BUS_EVENT) {
         item->kind = ITEM_EVENT;
-        /* A private copy: the worker thread reads it while the bus may
-         * still hold the original. */
-        item->event = json_deep_copy(event);
-        if (item->event == NULL)
-            item->kind = ITEM_RESYNC;
+        /* Shared, not copied: nobody changes a delivered event, and
+         * jansson's reference counts are atomic, so the worker may read it
+         * while the bus still holds it. */
+        item->event = json_incref((json_t *)event);
     } else {
         item->kind = ITEM_RESYNC;
     }
@@ -559,12 +578,13 @@ static coll_t *coll_get(syncd_node_t *node, const char *name)
     return c;
 }
 
-static void enqueue_front(coll_t *c, item_t *item)
+/* Puts the chain first..last back at the head of c's queue. */
+static void enqueue_front(coll_t *c, item_t *first, item_t *last)
 {
-    item->next = c->head;
-    c->head = item;
+    last->next = c->head;
+    c->head = first;
     if (c->tail == NULL)
-        c->tail = item;
+        c->tail = last;
 }
 
 /* ---- Applying events (worker thread) ----------------------------------- */
@@ -714,17 +734,14 @@ cleanup:
     json_decref(by_id);
 }
 
-static void work_run(uv_work_t *req)
+/* Runs one item of a batch, leaving its outcome in the item. */
+static void run_item(work_t *w, item_t *item)
 {
-    work_t *w = req->data;
-
-    if (w->item == NULL) {
-        w->status = syncd_store_collections(w->node->store, &w->colls, NULL);
-        return;
-    }
-    switch (w->item->kind) {
+    w->status = 0;
+    w->repaired = 0;
+    switch (item->kind) {
     case ITEM_EVENT:
-        apply_event(w, w->item->event);
+        apply_event(w, item->event);
         break;
     case ITEM_RESYNC:
         repair(w, 0);
@@ -733,6 +750,24 @@ static void work_run(uv_work_t *req)
         repair(w, 1);
         break;
     }
+    item->status = w->status;
+    item->repaired = w->repaired;
+}
+
+static void work_run(uv_work_t *req)
+{
+    work_t *w = req->data;
+    item_t *item;
+
+    if (w->items == NULL) {
+        w->status = syncd_store_collections(w->node->store, &w->colls, NULL);
+        return;
+    }
+    /* The rest of a batch is not worth running once the node closes:
+     * work_done() drops it. */
+    for (item = w->items; item != NULL && !atomic_load(&w->node->stop);
+         item = item->next)
+        run_item(w, item);
 }
 
 /* ---- Finishing items (loop thread) --------------------------------------- */
@@ -788,8 +823,16 @@ static void work_done(uv_work_t *req, int status)
         on_listed(w, w->status);
     } else {
         c->running = NULL;
-        finish_item(c, w->item, node->closing ? SYNCD_ECANCELED : w->status,
-                    w->repaired);
+        /* A watcher callback may close the node midway: the rest of the
+         * batch is then dropped like the queue. */
+        while (w->items != NULL) {
+            item_t *item = w->items;
+            w->items = item->next;
+            if (node->closing)
+                item_drop(item);
+            else
+                finish_item(c, item, item->status, item->repaired);
+        }
         pump(c);
     }
     json_decref(w->colls);
@@ -807,38 +850,52 @@ static int queue_work(syncd_node_t *node, work_t *w)
     return 0;
 }
 
-/* Runs c's next item unless one is running. Without a cache there is
- * nothing to do off the loop, so items finish at once. */
+/* Detaches up to max items from the head of c's queue into *last and
+ * returns the first. */
+static item_t *dequeue(coll_t *c, size_t max, item_t **last)
+{
+    item_t *first = c->head, *end = first;
+    size_t n;
+
+    for (n = 1; n < max && end->next != NULL; n++)
+        end = end->next;
+    c->head = end->next;
+    if (c->head == NULL)
+        c->tail = NULL;
+    end->next = NULL;
+    *last = end;
+    return first;
+}
+
+/* Runs c's queued items, as one batch on the thread pool unless one is
+ * running. Without a cache there is nothing to do off the loop, so items
+ * finish at once. */
 static void pump(coll_t *c)
 {
     syncd_node_t *node = c->node;
+    item_t *first, *last;
+    work_t *w;
 
-    while (c->running == NULL && c->head != NULL && !node->closing) {
-        item_t *item = c->head;
-        work_t *w;
-
-        c->head = item->next;
-        if (c->head == NULL)
-            c->tail = NULL;
-        item->next = NULL;
-        if (!node->cached) {
-            finish_item(c, item, 0, 0);
-            continue;
-        }
-        w = calloc(1, sizeof(*w));
-        if (w == NULL) {
-            enqueue_front(c, item);
-            return;
-        }
-        w->coll = c;
-        w->item = item;
-        if (queue_work(node, w) != 0) {
-            free(w);
-            enqueue_front(c, item);
-            return;
-        }
-        c->running = w;
+    while (!node->cached && c->head != NULL && !node->closing) {
+        first = dequeue(c, 1, &last);
+        finish_item(c, first, 0, 0);
     }
+    if (c->running != NULL || c->head == NULL || node->closing)
+        return;
+    first = dequeue(c, BATCH_MAX, &last);
+    w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        enqueue_front(c, first, last);
+        return;
+    }
+    w->coll = c;
+    w->items = first;
+    if (queue_work(node, w) != 0) {
+        free(w);
+        enqueue_front(c, first, last);
+        return;
+    }
+    c->running = w;
 }
 
 /* Subscribes every listed collection and, for an anti-entropy run, queues
@@ -995,6 +1052,7 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     if (node == NULL || node->closing)
         return;
     node->closing = 1;
+    atomic_store(&node->stop, 1);
     node->close_cb = cb;
     node->close_payload = payload;
     uv_close((uv_handle_t *)&node->timer, on_timer_closed);
@@ -1005,9 +1063,7 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
         while (c->head != NULL) {
             item_t *item = c->head;
             c->head = item->next;
-            if (item->kind == ITEM_REPAIR)
-                run_release(item->run, SYNCD_ECANCELED, 0);
-            item_free(item);
+            item_drop(item);
         }
         c->tail = NULL;
         if (c->running != NULL)

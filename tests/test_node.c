@@ -47,8 +47,10 @@ typedef struct tnode {
     int order_errors; /* events not at last + 1 */
     int resyncs;      /* RESYNC signals */
     int64_t resync_seq;
-    int closed; /* CLOSED signals */
-    int down;   /* node and bus closed */
+    int closed;       /* CLOSED signals */
+    int down;         /* node and bus closed */
+    int check_cache;  /* look up each event's document in the cache */
+    int cache_behind; /* events heard of before the cache held them */
 } tnode_t;
 
 /* A storm of edits: jobs on the thread pool, each published by its
@@ -82,6 +84,18 @@ typedef struct cluster_opts {
 
 /* ---- Watchers ------------------------------------------------------------ */
 
+/* Counts an event of n's watcher whose version n's cache does not hold. */
+static void check_cached(tnode_t *n, const json_t *event)
+{
+    const char *id = json_string_value(json_object_get(event, "id"));
+    syncd_doc_t *doc = NULL;
+
+    if (syncd_store_cached(n->store, &doc, n->cl->coll, id, NULL) != 0 ||
+        doc->version < json_integer_value(json_object_get(event, "v")))
+        n->cache_behind++;
+    syncd_doc_free(doc);
+}
+
 static void on_watch(syncd_node_signal_t signal, int64_t seq,
                      const json_t *event, void *payload)
 {
@@ -94,6 +108,8 @@ static void on_watch(syncd_node_signal_t signal, int64_t seq,
                          seq);
         if (seq != n->last + 1)
             n->order_errors++;
+        if (n->check_cache)
+            check_cached(n, event);
         n->last = seq;
         n->events++;
         break;
@@ -591,6 +607,44 @@ test_node__three_nodes_editing_concurrently_converge_and_watchers_see_every_seq_
     assert_int_equal(anti_entropy(&cl), 0);
     node_stats(&cl, 1, &st);
     assert_true(st.events_applied > 0);
+    cluster_close(&cl);
+}
+
+static void
+test_node__backlog_published_at_once_is_applied_in_order_before_watchers_hear_of_it(
+    void **state)
+{
+    enum { BACKLOG_DOCS = 4, BACKLOG_EDITS = 300 };
+    cluster_t cl;
+    syncd_change_t *changes[BACKLOG_EDITS];
+
+    (void)state;
+    cluster_open(&cl, "backlog", NULL);
+    warm_up(&cl);
+    for (int k = 0; k < BACKLOG_EDITS; k++) {
+        char id[16];
+
+        snprintf(id, sizeof(id), "doc-%d", k % BACKLOG_DOCS);
+        changes[k] = commit_unpublished(
+            &cl, 0, id,
+            json_pack("{s:i,s:s}", "n", k, "pad", "some body text"));
+    }
+    for (int i = 0; i < NODES; i++)
+        cl.n[i].check_cache = 1;
+    /* Every event is published before the loop runs again, so each
+     * reader receives a backlog far longer than one event. */
+    memset(&cl.storm, 0, sizeof(cl.storm));
+    cl.storm.publishing = BACKLOG_EDITS;
+    for (int k = 0; k < BACKLOG_EDITS; k++)
+        assert_int_equal(
+            syncd_node_publish(cl.n[0].node, changes[k], on_published, &cl), 0);
+    wait_synced(&cl);
+    for (int i = 0; i < NODES; i++)
+        assert_int_equal(cl.n[i].cache_behind, 0);
+    assert_converged(&cl);
+    assert_watchers_saw_all(&cl);
+    for (int k = 0; k < BACKLOG_EDITS; k++)
+        syncd_change_free(changes[k]);
     cluster_close(&cl);
 }
 
@@ -1172,6 +1226,8 @@ int main(void)
             test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap),
         cmocka_unit_test(
             test_node__watch_from_before_a_trimmed_log_is_told_to_resync),
+        cmocka_unit_test(
+            test_node__backlog_published_at_once_is_applied_in_order_before_watchers_hear_of_it),
         cmocka_unit_test(
             test_node__pubsub_clients_killed_mid_storm_catch_up_from_the_replay_log),
         cmocka_unit_test(
