@@ -11,7 +11,6 @@
  * bound the array is replaced whole, so diff time stays near-linear.
  * Emitted indexes account for every earlier operation of the patch.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -98,10 +97,7 @@ static int push_key(differ_t *d, const char *key, size_t len)
 
 static int push_index(differ_t *d, size_t index)
 {
-    char text[24];
-
-    snprintf(text, sizeof(text), "/%zu", index);
-    if (buf_append(&d->path, text, strlen(text)) < 0)
+    if (buf_printf(&d->path, "/%zu", index) < 0)
         return nomem(d);
     return 0;
 }

@@ -34,9 +34,6 @@
 
 #include "internal.h"
 
-/* Bytes charged for a decoded record beyond its encoded size. */
-#define TIER_ENTRY_OVERHEAD 256
-
 /* The tier holds at most max_bytes / TIER_SHARE bytes. */
 #define TIER_SHARE 4
 
@@ -135,7 +132,7 @@ static void tier_add(syncd_cache_t *c, cache_entry_t *e, syncd_doc_t *doc,
     e->tier_node.key = e->key;
     e->tier_node.keylen = e->node.keylen;
     e->tier_node.hash = e->node.hash;
-    e->tier_node.size = record_bytes + TIER_ENTRY_OVERHEAD;
+    e->tier_node.size = record_bytes + SYNCD_TIER_ENTRY_OVERHEAD;
     e->tier_used = 0;
     syncd_lru_insert(&c->tier, &e->tier_node);
 }
@@ -398,32 +395,46 @@ static cache_entry_t *entry_new(const syncd_reckey_t *k, const syncd_doc_t *doc,
         free(e);
         return NULL;
     }
-    memcpy(e->key, k->bytes, k->len);
-    e->node.key = e->key;
-    e->node.keylen = k->len;
-    e->node.hash = k->hash;
-    e->node.size = k->len + vlen;
+    syncd_reckey_node(&e->node, e->key, k, k->len + vlen);
     e->version = doc->version;
     e->deleted = doc->deleted;
     memcpy(e->hash, doc->hash, sizeof(e->hash));
     return e;
 }
 
+/* Whether old, k's entry or NULL, is fresh at now with a version of at
+ * least version: then a put of version keeps it. With the lock held. */
+static int keeps(const syncd_cache_t *c, const cache_entry_t *old,
+                 int64_t version, int64_t now)
+{
+    return old != NULL && is_fresh(c, old, now) && old->version >= version;
+}
+
 int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
-                    syncd_error_t *err)
+                    const char *canon, size_t canon_len, syncd_error_t *err)
 {
     cache_entry_t *e = NULL, *old;
     syncd_doc_t *decoded;
     char *errptr = NULL;
     char *val = NULL;
     size_t vlen = 0;
+    int kept;
     int64_t now;
     syncd_reckey_t k;
     int rc;
 
     rc = syncd_reckey_make(&k, doc->coll, doc->id, err);
-    if (rc == 0)
-        rc = syncd_record_encode(&val, &vlen, doc, NULL, 0, err);
+    if (rc != 0)
+        return rc;
+    /* A store read of a document already cached is the common case: skip
+     * the encoding, which the check under the exclusive lock repeats. */
+    pthread_rwlock_rdlock(&cache->lock);
+    kept = keeps(cache, find(cache, &k), doc->version,
+                 cache->now_ms(cache->now_data));
+    pthread_rwlock_unlock(&cache->lock);
+    if (kept)
+        return 0;
+    rc = syncd_record_encode(&val, &vlen, doc, canon, canon_len, err);
     if (rc != 0)
         return rc;
     e = entry_new(&k, doc, vlen);
@@ -435,8 +446,7 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     pthread_rwlock_wrlock(&cache->lock);
     now = cache->now_ms(cache->now_data);
     old = find(cache, &k);
-    if (old != NULL && is_fresh(cache, old, now) &&
-        old->version >= doc->version) {
+    if (keeps(cache, old, doc->version, now)) {
         rc = 0;
         goto unlock;
     }

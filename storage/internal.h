@@ -119,10 +119,13 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err);
 
 /* Stores doc unless an equal or higher version is cached; returns 1 when
- * stored, 0 when kept. A stored entry's TTL starts now; the cache keeps a
- * reference to doc's body (shared and immutable, as always). */
+ * stored, 0 when kept (then nothing is encoded). canon (canon_len bytes,
+ * borrowed) is the canonical JSON of doc's body when the caller already has
+ * it, as for syncd_record_encode(); NULL serializes it here. A stored
+ * entry's TTL starts now; the cache keeps a reference to doc's body (shared
+ * and immutable, as always). */
 int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
-                    syncd_error_t *err);
+                    const char *canon, size_t canon_len, syncd_error_t *err);
 
 /* Removes coll/id (id NULL: every entry of coll). */
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
@@ -229,6 +232,16 @@ syncd_lru_node_t *syncd_lru_oldest(syncd_lru_t *lru);
  * the newest), or NULL at the end. To remove while iterating, fetch the
  * next node before removing the current one. */
 syncd_lru_node_t *syncd_lru_next(syncd_lru_t *lru, syncd_lru_node_t *node);
+
+/* Copies k's bytes into key (k->len bytes of the embedding entry) and
+ * points node at them with k's hash, charged size bytes; node is then
+ * ready for syncd_lru_insert(). */
+void syncd_reckey_node(syncd_lru_node_t *node, char *key,
+                       const syncd_reckey_t *k, size_t size);
+
+/* Bytes charged for a decoded record in an in-memory tier (the RocksDB
+ * store's and the cache's) beyond its encoded size. */
+#define SYNCD_TIER_ENTRY_OVERHEAD 256
 
 /* ---- Edit loop pieces ---------------------------------------------------- */
 

@@ -46,6 +46,16 @@ int syncd_reckey_make(syncd_reckey_t *k, const char *coll, const char *id,
     return 0;
 }
 
+void syncd_reckey_node(syncd_lru_node_t *node, char *key,
+                       const syncd_reckey_t *k, size_t size)
+{
+    memcpy(key, k->bytes, k->len);
+    node->key = key;
+    node->keylen = k->len;
+    node->hash = k->hash;
+    node->size = size;
+}
+
 static void put_i64(unsigned char *p, int64_t v)
 {
     uint64_t u = (uint64_t)v;

@@ -31,7 +31,6 @@
 
 #define NSTRIPES 64
 #define TIER_MAX_BYTES ((uint64_t)64 << 20)
-#define TIER_ENTRY_OVERHEAD 256
 #define REGISTRY_PREFIX '\x01'
 
 /* A decoded record in the in-memory tier; key bytes follow the struct. */
@@ -114,11 +113,8 @@ static syncd_doc_t *tier_put(stripe_t *s, const syncd_reckey_t *k,
         syncd_doc_free(doc);
         return NULL;
     }
-    memcpy(e->key, k->bytes, k->len);
-    e->node.key = e->key;
-    e->node.keylen = k->len;
-    e->node.hash = k->hash;
-    e->node.size = size + k->len + TIER_ENTRY_OVERHEAD;
+    syncd_reckey_node(&e->node, e->key, k,
+                      size + k->len + SYNCD_TIER_ENTRY_OVERHEAD);
     e->doc = doc;
     syncd_lru_insert(&s->tier, &e->node);
     while (s->tier.bytes > TIER_MAX_BYTES / NSTRIPES && s->tier.count > 1) {

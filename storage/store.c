@@ -439,11 +439,15 @@ static int change_none(syncd_change_t **out, syncd_doc_t *cur,
 
 /* ---- Cache refresh and reads -------------------------------------------- */
 
-/* Puts doc in the cache (put-if-newer); a cache that fails to take it
- * drops the key instead, so it can never serve an older version. */
-static void cache_refresh(syncd_store_t *s, const syncd_doc_t *doc)
+/* Puts doc in the cache (put-if-newer), canon being the canonical JSON of
+ * its body when the caller has it (see syncd_cache_put()); a cache that
+ * fails to take it drops the key instead, so it can never serve an older
+ * version. */
+static void cache_refresh(syncd_store_t *s, const syncd_doc_t *doc,
+                          const char *canon, size_t canon_len)
 {
-    if (s->cache != NULL && syncd_cache_put(s->cache, doc, NULL) < 0)
+    if (s->cache != NULL &&
+        syncd_cache_put(s->cache, doc, canon, canon_len, NULL) < 0)
         syncd_cache_invalidate(s->cache, doc->coll, doc->id, NULL);
 }
 
@@ -473,7 +477,7 @@ static int read_record(syncd_store_t *s, syncd_doc_t **cur, const char *coll,
     }
     if (rc != 0)
         return forward(err, &local, rc);
-    cache_refresh(s, *cur);
+    cache_refresh(s, *cur, NULL, 0);
     return 0;
 }
 
@@ -540,7 +544,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         forward(err, &local, rc);
         goto done;
     }
-    cache_refresh(s, next);
+    cache_refresh(s, next, canon, canon_len);
     rc = make_change(out, cur, next, err);
     next = NULL;
 done:
@@ -897,7 +901,7 @@ int syncd_store_cache_put(syncd_store_t *store, const syncd_doc_t *doc,
 
     if (rc != 0 || store->cache == NULL)
         return rc;
-    return syncd_cache_put(store->cache, doc, err);
+    return syncd_cache_put(store->cache, doc, NULL, 0, err);
 }
 
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,

@@ -459,6 +459,17 @@ static void sweep(coll_t *c)
 
 /* ---- Collections --------------------------------------------------------- */
 
+/* Appends item to c's queue and pumps the queue. */
+static void enqueue(coll_t *c, item_t *item)
+{
+    if (c->tail != NULL)
+        c->tail->next = item;
+    else
+        c->head = item;
+    c->tail = item;
+    pump(c);
+}
+
 static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
                          const json_t *event, void *payload)
 {
@@ -480,12 +491,7 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
     } else {
         item->kind = ITEM_RESYNC;
     }
-    if (c->tail != NULL)
-        c->tail->next = item;
-    else
-        c->head = item;
-    c->tail = item;
-    pump(c);
+    enqueue(c, item);
 }
 
 static void coll_subscribe(coll_t *c);
@@ -927,12 +933,7 @@ static void on_listed(work_t *w, int status)
         item->kind = ITEM_REPAIR;
         item->run = run;
         run->pending++;
-        if (c->tail != NULL)
-            c->tail->next = item;
-        else
-            c->head = item;
-        c->tail = item;
-        pump(c);
+        enqueue(c, item);
     }
     run_release(run, status, 0);
 }

@@ -138,21 +138,39 @@ static const syncctl_cmd_t commands[] = {
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
+/* Returns the command called name, from either table, or NULL. */
+static const syncctl_cmd_t *find_command(const char *name)
+{
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        if (strcmp(name, commands[i].name) == 0)
+            return &commands[i];
+    }
+    for (size_t i = 0; i < syncctl_http_ncommands; i++) {
+        if (strcmp(name, syncctl_http_commands[i].name) == 0)
+            return &syncctl_http_commands[i];
+    }
+    return NULL;
+}
+
+static void print_commands(FILE *to, const syncctl_cmd_t *cmds, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fprintf(to, "  %s %s\n", cmds[i].name, cmds[i].usage);
+}
+
 static void print_usage(FILE *to)
 {
     fputs("usage: syncctl [--server URL] [--token T] COMMAND ...\n"
           "commands:\n",
           to);
-    for (size_t i = 0; i < NCOMMANDS; i++)
-        fprintf(to, "  %s %s\n", commands[i].name, commands[i].usage);
-    for (size_t i = 0; i < syncctl_http_ncommands; i++)
-        fprintf(to, "  %s %s\n", syncctl_http_commands[i].name,
-                syncctl_http_commands[i].usage);
+    print_commands(to, commands, NCOMMANDS);
+    print_commands(to, syncctl_http_commands, syncctl_http_ncommands);
 }
 
 int main(int argc, char **argv)
 {
     syncctl_opts_t opts = {getenv("SYNCD_SERVER"), NULL};
+    const syncctl_cmd_t *cmd;
     int i = 1;
 
     if (opts.server == NULL || opts.server[0] == '\0')
@@ -176,17 +194,9 @@ int main(int argc, char **argv)
         print_usage(stderr);
         return SYNCCTL_USAGE;
     }
-    for (size_t c = 0; c < NCOMMANDS; c++) {
-        if (strcmp(argv[i], commands[c].name) == 0)
-            return commands[c].run(&commands[c], &opts, argc - i - 1,
-                                   argv + i + 1);
-    }
-    for (size_t c = 0; c < syncctl_http_ncommands; c++) {
-        const syncctl_cmd_t *cmd = &syncctl_http_commands[c];
-
-        if (strcmp(argv[i], cmd->name) == 0)
-            return cmd->run(cmd, &opts, argc - i - 1, argv + i + 1);
-    }
+    cmd = find_command(argv[i]);
+    if (cmd != NULL)
+        return cmd->run(cmd, &opts, argc - i - 1, argv + i + 1);
     fprintf(stderr, "syncctl: unknown command '%s'\n", argv[i]);
     print_usage(stderr);
     return SYNCCTL_USAGE;

@@ -12,6 +12,7 @@
  * with Last-Event-ID until interrupted.
  */
 #include <curl/curl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,19 +43,34 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
     return size * n;
 }
 
+/* Returns s percent-encoded (free with curl_free()), or NULL. */
+static char *escape(const char *s)
+{
+    CURL *c = curl_easy_init();
+    char *e = c != NULL ? curl_easy_escape(c, s, 0) : NULL;
+
+    curl_easy_cleanup(c);
+    return e;
+}
+
 /* Appends "/v1/collections/<coll>[/<what>[/<id>]]" to server, with coll
- * and id percent-encoded, into a malloc'd URL; query is appended as is. */
-static char *make_url(CURL *c, const syncctl_opts_t *opts, const char *coll,
+ * and id percent-encoded, into a malloc'd URL; query is appended as is.
+ * Returns NULL when out of memory. */
+static char *make_url(const syncctl_opts_t *opts, const char *coll,
                       const char *what, const char *id, const char *query)
 {
-    char *ecoll = curl_easy_escape(c, coll, 0);
-    char *eid = id != NULL ? curl_easy_escape(c, id, 0) : NULL;
+    char *ecoll = escape(coll);
+    char *eid = id != NULL ? escape(id) : NULL;
     size_t n = strlen(opts->server) + strlen(ecoll ? ecoll : "") +
                (eid ? strlen(eid) : 0) + strlen(query ? query : "") + 64;
     char *url = malloc(n);
     size_t slen = strlen(opts->server);
 
-    if (url != NULL && ecoll != NULL && (id == NULL || eid != NULL))
+    if (url != NULL && (ecoll == NULL || (id != NULL && eid == NULL))) {
+        free(url);
+        url = NULL;
+    }
+    if (url != NULL)
         snprintf(
             url, n, "%.*s/v1/collections/%s/%s%s%s%s",
             (int)(slen > 0 && opts->server[slen - 1] == '/' ? slen - 1 : slen),
@@ -65,6 +81,22 @@ static char *make_url(CURL *c, const syncctl_opts_t *opts, const char *coll,
     return url;
 }
 
+/* Appends the header printf-formatted from fmt to h (cut at 511 bytes);
+ * returns the new list head. */
+static struct curl_slist *add_header(struct curl_slist *h, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static struct curl_slist *add_header(struct curl_slist *h, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    return curl_slist_append(h, line);
+}
+
 /* Sends one request; the reply lands in *r. Returns 0, or reports a
  * transport failure and returns SYNCCTL_FAILED. */
 static int call(const syncctl_opts_t *opts, const char *method, const char *url,
@@ -73,25 +105,18 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
 {
     CURL *c = curl_easy_init();
     struct curl_slist *h = curl_slist_append(NULL, "Expect:");
-    char line[512];
     buf_t out = {0};
     CURLcode cc;
 
     memset(r, 0, sizeof(*r));
     if (c == NULL)
         return syncctl_fail("cannot initialise libcurl");
-    if (opts->token != NULL) {
-        snprintf(line, sizeof(line), "Authorization: Bearer %s", opts->token);
-        h = curl_slist_append(h, line);
-    }
-    if (content_type != NULL) {
-        snprintf(line, sizeof(line), "Content-Type: %s", content_type);
-        h = curl_slist_append(h, line);
-    }
-    if (if_match != NULL) {
-        snprintf(line, sizeof(line), "If-Match: \"%s\"", if_match);
-        h = curl_slist_append(h, line);
-    }
+    if (opts->token != NULL)
+        h = add_header(h, "Authorization: Bearer %s", opts->token);
+    if (content_type != NULL)
+        h = add_header(h, "Content-Type: %s", content_type);
+    if (if_match != NULL)
+        h = add_header(h, "If-Match: \"%s\"", if_match);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
@@ -123,13 +148,10 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
 static int report(const reply_t *r)
 {
     json_t *v = json_loads(r->body ? r->body : "", 0, NULL);
-    int rc = syncctl_fail("%ld %s: %s", r->status,
-                          json_string_value(json_object_get(v, "error"))
-                              ? json_string_value(json_object_get(v, "error"))
-                              : "error",
-                          json_string_value(json_object_get(v, "message"))
-                              ? json_string_value(json_object_get(v, "message"))
-                              : (r->body ? r->body : ""));
+    const char *error = json_string_value(json_object_get(v, "error"));
+    const char *message = json_string_value(json_object_get(v, "message"));
+    int rc = syncctl_fail("%ld %s: %s", r->status, error ? error : "error",
+                          message ? message : (r->body ? r->body : ""));
 
     json_decref(v);
     return rc;
@@ -200,16 +222,12 @@ static int doc_request(const syncctl_opts_t *opts, const char *method,
                        const args_t *a, const char *content_type,
                        const char *body_file, int wrap)
 {
-    CURL *c = curl_easy_init();
     json_t *doc = NULL;
     char *body = NULL, *url;
     reply_t r;
     int rc;
 
-    if (c == NULL)
-        return syncctl_fail("cannot initialise libcurl");
-    url = make_url(c, opts, a->pos[0], "docs", a->pos[1], NULL);
-    curl_easy_cleanup(c);
+    url = make_url(opts, a->pos[0], "docs", a->pos[1], NULL);
     if (url == NULL)
         return syncctl_fail("out of memory");
     if (body_file != NULL) {
@@ -274,18 +292,13 @@ static int cmd_rm(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return doc_request(opts, "DELETE", &a, NULL, NULL, 0);
 }
 
-/* GETs coll's route `what` with query and prints the reply. */
+/* GETs coll's route `what` with query; the reply lands in *r. */
 static int coll_request(const syncctl_opts_t *opts, const char *coll,
                         const char *what, const char *query, reply_t *r)
 {
-    CURL *c = curl_easy_init();
-    char *url;
+    char *url = make_url(opts, coll, what, NULL, query);
     int rc;
 
-    if (c == NULL)
-        return syncctl_fail("cannot initialise libcurl");
-    url = make_url(c, opts, coll, what, NULL, query);
-    curl_easy_cleanup(c);
     if (url == NULL)
         return syncctl_fail("out of memory");
     rc = call(opts, "GET", url, NULL, NULL, NULL, r);
@@ -312,13 +325,11 @@ static int cmd_digest(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
 /* Appends "&name=<value percent-encoded>" to q (size bytes). */
 static void add_query(char *q, size_t size, const char *name, const char *value)
 {
-    CURL *c = curl_easy_init();
-    char *e = c != NULL ? curl_easy_escape(c, value, 0) : NULL;
+    char *e = escape(value);
     size_t n = strlen(q);
 
     snprintf(q + n, size - n, "%c%s=%s", n == 0 ? '?' : '&', name, e ? e : "");
     curl_free(e);
-    curl_easy_cleanup(c);
 }
 
 static int cmd_ls(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
@@ -432,7 +443,7 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     if (a.since != NULL)
         snprintf(s.last_id, sizeof(s.last_id), "%s", a.since);
     while (rc == SYNCCTL_OK && !s.resync) {
-        char query[4096] = "", hdr[512];
+        char query[4096] = "";
         CURL *c = curl_easy_init();
         struct curl_slist *h = NULL;
         char *url;
@@ -445,11 +456,9 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
             add_query(query, sizeof(query), "prefix", a.prefix);
         if (s.last_id[0] != '\0')
             add_query(query, sizeof(query), "since", s.last_id);
-        url = make_url(c, opts, a.pos[0], "watch", NULL, query);
-        if (opts->token != NULL) {
-            snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s", opts->token);
-            h = curl_slist_append(h, hdr);
-        }
+        url = make_url(opts, a.pos[0], "watch", NULL, query);
+        if (opts->token != NULL)
+            h = add_header(h, "Authorization: Bearer %s", opts->token);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream);

@@ -138,6 +138,9 @@ static void watch_from(tnode_t *n, int64_t since)
 
 /* ---- Cluster ------------------------------------------------------------- */
 
+static void warm_up(cluster_t *cl);
+
+/* Opens the nodes on coll with a watcher each, and warms them up. */
 static void cluster_open(cluster_t *cl, const char *coll,
                          const cluster_opts_t *co)
 {
@@ -187,6 +190,7 @@ static void cluster_open(cluster_t *cl, const char *coll,
             0);
         watch_from(n, 0);
     }
+    warm_up(cl);
 }
 
 static void on_bus_closed(void *payload)
@@ -439,7 +443,8 @@ static int storm_over(cluster_t *cl)
     return cl->storm.done == cl->storm.total && cl->storm.publishing == 0;
 }
 
-/* Runs total writes, parallel at a time, with fault() before each job. */
+/* Runs total writes, parallel at a time, with fault() before each job;
+ * then waits for every node. */
 static void storm(cluster_t *cl, int total, int parallel, unsigned seed,
                   void (*fault)(cluster_t *cl, int job))
 {
@@ -450,6 +455,7 @@ static void storm(cluster_t *cl, int total, int parallel, unsigned seed,
     cl->storm.fault = fault;
     storm_next(cl);
     run_until(cl, storm_over);
+    wait_synced(cl);
 }
 
 /* One write of body to id by writer, published; waits for every node. */
@@ -598,9 +604,7 @@ test_node__three_nodes_editing_concurrently_converge_and_watchers_see_every_seq_
 
     (void)state;
     cluster_open(&cl, "converge", NULL);
-    warm_up(&cl);
     storm(&cl, 300, 6, 42, NULL);
-    wait_synced(&cl);
     assert_converged(&cl);
     assert_watchers_saw_all(&cl);
     /* Events alone converged the caches: nothing left to repair. */
@@ -620,7 +624,6 @@ test_node__backlog_published_at_once_is_applied_in_order_before_watchers_hear_of
 
     (void)state;
     cluster_open(&cl, "backlog", NULL);
-    warm_up(&cl);
     for (int k = 0; k < BACKLOG_EDITS; k++) {
         char id[16];
 
@@ -666,9 +669,7 @@ test_node__pubsub_clients_killed_mid_storm_catch_up_from_the_replay_log(
 
     (void)state;
     cluster_open(&cl, "killed", NULL);
-    warm_up(&cl);
     storm(&cl, 300, 6, 7, kill_pubsub_clients);
-    wait_synced(&cl);
     assert_converged(&cl);
     assert_watchers_saw_all(&cl);
     assert_int_equal(anti_entropy(&cl), 0);
@@ -698,9 +699,7 @@ test_node__redis_restarted_mid_storm_converges_and_watchers_are_told_to_resync(
 
     (void)state;
     cluster_open(&cl, "restarted", NULL);
-    warm_up(&cl);
     storm(&cl, 250, 4, 99, restart_redis);
-    wait_synced(&cl);
     /* Changes committed while Redis was down were never published: the
      * resync after the restart or anti-entropy repairs them. */
     anti_entropy(&cl);
@@ -733,7 +732,6 @@ test_node__duplicate_and_out_of_order_events_are_dropped_and_counted(
 
     (void)state;
     cluster_open(&cl, "reorder", NULL);
-    warm_up(&cl);
     write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 1));
     node_stats(&cl, 1, &before);
 
@@ -776,7 +774,6 @@ test_node__corrupted_patch_fails_the_hash_check_and_is_refetched(void **state)
 
     (void)state;
     cluster_open(&cl, "corrupt", NULL);
-    warm_up(&cl);
     write_one(&cl, 0, "doc", json_pack("{s:i,s:s}", "n", 1, "s", "a"));
     node_stats(&cl, 2, &before);
     change = commit_unpublished(&cl, 0, "doc",
@@ -806,7 +803,6 @@ static void test_node__forged_event_with_a_bad_signature_is_dropped_and_counted(
 
     (void)state;
     cluster_open(&cl, "forged", &co);
-    warm_up(&cl);
     write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 1));
     snprintf(chan, sizeof(chan), "syncd:%s:%s", BUS_DB, cl.coll);
     snprintf(msg, sizeof(msg),
@@ -836,7 +832,6 @@ static void test_node__change_without_a_merge_patch_converges(void **state)
 
     (void)state;
     cluster_open(&cl, "nullmember", NULL);
-    warm_up(&cl);
     write_one(&cl, 0, "doc", json_pack("{s:i,s:i}", "n", 1, "x", 1));
     change =
         commit_unpublished(&cl, 1, "doc", json_pack("{s:i,s:n}", "n", 1, "x"));
@@ -877,7 +872,6 @@ test_node__change_beyond_max_event_bytes_is_an_invalidate_and_receivers_refetch(
     memset(big, 'x', 19999);
     big[19999] = '\0';
     cluster_open(&cl, "invalidate", &co);
-    warm_up(&cl);
     assert_int_equal(syncd_node_watch(cl.n[1].node, &w, cl.coll, NULL, -1,
                                       on_invalidate_watch, &invalidates, NULL),
                      0);
@@ -901,9 +895,7 @@ static void test_node__anti_entropy_heals_a_tampered_cache(void **state)
 
     (void)state;
     cluster_open(&cl, "tampered", NULL);
-    warm_up(&cl);
     storm(&cl, 40, 3, 5, NULL);
-    wait_synced(&cl);
     assert_int_equal(
         syncd_store_cached(cl.n[2].store, &doc, cl.coll, "warmup", NULL), 0);
     doc->version += 5;
@@ -945,9 +937,7 @@ test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap(
 
     (void)state;
     cluster_open(&cl, "resume", NULL);
-    warm_up(&cl);
     storm(&cl, 40, 3, 11, NULL);
-    wait_synced(&cl);
     mid = cl.bus_seq / 2;
     n = &cl.n[2];
     syncd_node_unwatch(n->watch);
@@ -958,7 +948,6 @@ test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap(
                      0);
     /* Live events arrive while the replay is read. */
     storm(&cl, 40, 3, 12, NULL);
-    wait_synced(&cl);
     assert_int_equal(n->order_errors, 0);
     assert_int_equal(n->events, cl.bus_seq - mid);
     assert_true(prefix_last > 0);
@@ -975,9 +964,7 @@ test_node__watch_from_before_a_trimmed_log_is_told_to_resync(void **state)
 
     (void)state;
     cluster_open(&cl, "trimmed", &co);
-    warm_up(&cl);
     storm(&cl, 250, 6, 3, NULL);
-    wait_synced(&cl);
     n = &cl.n[1];
     syncd_node_unwatch(n->watch);
     n->events = 0;

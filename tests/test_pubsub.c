@@ -293,12 +293,19 @@ static int64_t current_seq(uv_loop_t *loop, syncd_bus_t *bus)
     return r.seq;
 }
 
-static void publish_all(uv_loop_t *loop, pubs_t *p, syncd_bus_t *bus, int n)
+/* Resets p to publish n events on bus, window at a time; publish_next()
+ * starts them. */
+static void pubs_init(pubs_t *p, syncd_bus_t *bus, int n, int window)
 {
     memset(p, 0, sizeof(*p));
     p->bus = bus;
     p->target = n;
-    p->window = 64;
+    p->window = window;
+}
+
+static void publish_all(uv_loop_t *loop, pubs_t *p, syncd_bus_t *bus, int n)
+{
+    pubs_init(p, bus, n, 64);
     publish_next(p);
     wait_for(loop, pubs_done, p);
     assert_int_equal(p->failed, 0);
@@ -665,6 +672,34 @@ static void peer_open(uv_loop_t *loop, peer_t *p,
         0);
 }
 
+/* Opens a's bus as peer_open() does, publishes n events on it with p and
+ * waits until a's subscription saw them. */
+static void peer_open_published(uv_loop_t *loop, peer_t *a,
+                                const syncd_test_server_t *srv,
+                                const char *secret, pubs_t *p, int n)
+{
+    peer_open(loop, a, srv, secret);
+    publish_all(loop, p, a->bus, n);
+    wait_recs(loop, n, &a->rec, NULL);
+}
+
+/* Waits until a's bus is back and has resynced, publishes one event on it
+ * with p, and checks that a was told to resync once, at seq at, and saw
+ * every seq in order up to the new event at + 1. */
+static void expect_resynced_once(uv_loop_t *loop, peer_t *a, pubs_t *p,
+                                 int64_t at)
+{
+    wait_for(loop, bus_up, a->bus);
+    wait_for(loop, flag_set, &a->rec.resyncs);
+    publish_all(loop, p, a->bus, 1);
+    assert_true(p->seen[at + 1]);
+    wait_recs(loop, at + 1, &a->rec, NULL);
+    assert_int_equal(a->rec.resyncs, 1);
+    assert_int_equal(a->rec.resync_seq[0], at);
+    assert_int_equal(a->rec.events, at + 1);
+    assert_int_equal(a->rec.out_of_order, 0);
+}
+
 /* Unsubscribes and closes p's bus. */
 static void peer_close(uv_loop_t *loop, peer_t *p)
 {
@@ -701,7 +736,7 @@ test_redis_bus__two_nodes_see_identical_contiguous_seqs(void **state)
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
     peer_t a, b;
-    pubs_t pa = {0}, pb = {0};
+    pubs_t pa, pb;
     syncd_bus_stats_t st;
 
     flush(srv);
@@ -709,10 +744,8 @@ test_redis_bus__two_nodes_see_identical_contiguous_seqs(void **state)
     peer_open(&loop, &a, srv, "secret");
     peer_open(&loop, &b, srv, "secret");
     assert_string_equal(syncd_bus_kind(a.bus), "redis");
-    pa.bus = a.bus;
-    pb.bus = b.bus;
-    pa.target = pb.target = 250;
-    pa.window = pb.window = 16;
+    pubs_init(&pa, a.bus, 250, 16);
+    pubs_init(&pb, b.bus, 250, 16);
     publish_next(&pa);
     publish_next(&pb);
     wait_for(&loop, pubs_done, &pa);
@@ -740,16 +773,14 @@ static void test_redis_bus__client_kill_during_storm_loses_nothing(void **state)
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
     peer_t a, b;
-    pubs_t p = {0};
+    pubs_t p;
     syncd_bus_stats_t sta, stb;
 
     flush(srv);
     uv_loop_init(&loop);
     peer_open(&loop, &a, srv, NULL);
     peer_open(&loop, &b, srv, NULL);
-    p.bus = a.bus;
-    p.target = 3000;
-    p.window = 100;
+    pubs_init(&p, a.bus, 3000, 100);
     p.kill_at = 1000;
     p.srv = srv;
     publish_next(&p);
@@ -800,10 +831,7 @@ test_redis_bus__restart_fails_publishes_then_resyncs_once(void **state)
      * seqs continue above everything seen. */
     wait_for(&loop, flag_set, &a.rec.resyncs);
     wait_for(&loop, flag_set, &b.rec.resyncs);
-    memset(&p, 0, sizeof(p));
-    p.bus = b.bus;
-    p.target = 5;
-    p.window = 1;
+    pubs_init(&p, b.bus, 5, 1);
     publish_next(&p);
     wait_for(&loop, pubs_done, &p);
     assert_int_equal(p.failed, 0);
@@ -843,23 +871,13 @@ test_redis_bus__bus_reconnects_by_itself_after_redis_was_down(void **state)
 
     flush(srv);
     uv_loop_init(&loop);
-    peer_open(&loop, &a, srv, NULL);
-    publish_all(&loop, &p, a.bus, 5);
-    wait_recs(&loop, 5, &a.rec, NULL);
+    peer_open_published(&loop, &a, srv, NULL, &p, 5);
     redis_down(&loop, srv, a.bus);
     /* Several reconnect attempts find the port closed. */
     run_for(&loop, 500);
     assert_false(syncd_bus_connected(a.bus));
     assert_int_equal(syncd_test_server_restart(srv), 0);
-    wait_for(&loop, bus_up, a.bus);
-    wait_for(&loop, flag_set, &a.rec.resyncs);
-    publish_all(&loop, &p, a.bus, 1);
-    assert_true(p.seen[6]);
-    wait_recs(&loop, 6, &a.rec, NULL);
-    assert_int_equal(a.rec.resyncs, 1);
-    assert_int_equal(a.rec.resync_seq[0], 5);
-    assert_int_equal(a.rec.events, 6);
-    assert_int_equal(a.rec.out_of_order, 0);
+    expect_resynced_once(&loop, &a, &p, 5);
     syncd_bus_stats(a.bus, &st);
     assert_true(st.reconnects >= 1);
     peer_close(&loop, &a);
@@ -877,9 +895,7 @@ test_redis_bus__data_loss_is_detected_when_the_same_bus_sets_the_epoch_again(
 
     flush(srv);
     uv_loop_init(&loop);
-    peer_open(&loop, &a, srv, NULL);
-    publish_all(&loop, &p, a.bus, 10);
-    wait_recs(&loop, 10, &a.rec, NULL);
+    peer_open_published(&loop, &a, srv, NULL, &p, 10);
     redis_down(&loop, srv, a.bus);
     assert_int_equal(syncd_test_server_restart(srv), 0);
     /* Before the bus is back, the counter is where the bus left it (as if
@@ -888,15 +904,7 @@ test_redis_bus__data_loss_is_detected_when_the_same_bus_sets_the_epoch_again(
     assert_int_equal(
         syncd_test_redis_cli(srv, "SET", "syncd:test:" COLL ":seq", "10", NULL),
         0);
-    wait_for(&loop, bus_up, a.bus);
-    wait_for(&loop, flag_set, &a.rec.resyncs);
-    publish_all(&loop, &p, a.bus, 1);
-    assert_true(p.seen[11]);
-    wait_recs(&loop, 11, &a.rec, NULL);
-    assert_int_equal(a.rec.resyncs, 1);
-    assert_int_equal(a.rec.resync_seq[0], 10);
-    assert_int_equal(a.rec.events, 11);
-    assert_int_equal(a.rec.out_of_order, 0);
+    expect_resynced_once(&loop, &a, &p, 10);
     peer_close(&loop, &a);
     end_loop(&loop);
 }
@@ -1041,9 +1049,7 @@ test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log(void **state)
 
     flush(srv);
     uv_loop_init(&loop);
-    peer_open(&loop, &a, srv, NULL);
-    publish_all(&loop, &p, a.bus, 3);
-    wait_recs(&loop, 3, &a.rec, NULL);
+    peer_open_published(&loop, &a, srv, NULL, &p, 3);
     /* Seqs 1-3 may have come from the log first: their live copies, late
      * duplicates, are counted before the snapshot. */
     drain_channel(&loop, srv, a.bus);
@@ -1108,9 +1114,7 @@ static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
 
     flush(srv);
     uv_loop_init(&loop);
-    peer_open(&loop, &a, srv, "cluster-key");
-    publish_all(&loop, &p, a.bus, 1);
-    wait_recs(&loop, 1, &a.rec, NULL);
+    peer_open_published(&loop, &a, srv, "cluster-key", &p, 1);
 
     forged = raw_event(2, 2, "wrong-key");
     unsigned_event = raw_event(2, 2, NULL);

@@ -1399,7 +1399,7 @@ static int cache_put(cache_fixture_t *cf, const char *id, int64_t version,
     fill[pad] = '\0';
     doc.body = json_pack("{s:I, s:s}", "v", (json_int_t)version, "fill", fill);
     assert_int_equal(syncd_json_hash(doc.hash, doc.body, NULL), 0);
-    rc = syncd_cache_put(cf->cache, &doc, NULL);
+    rc = syncd_cache_put(cf->cache, &doc, NULL, 0, NULL);
     json_decref(doc.body);
     free(fill);
     return rc;
@@ -1485,7 +1485,7 @@ static void test_cache__invalidate_drops_one_entry_or_a_collection(void **state)
 
     assert_int_equal(cache_put(cf, "a", 1, 10), 1);
     assert_int_equal(cache_put(cf, "b", 1, 10), 1);
-    assert_int_equal(syncd_cache_put(cf->cache, &other, NULL), 1);
+    assert_int_equal(syncd_cache_put(cf->cache, &other, NULL, 0, NULL), 1);
     assert_int_equal(syncd_cache_invalidate(cf->cache, "cc", "a", NULL), 0);
     assert_int_equal(cached_version(cf, "a"), -1);
     assert_int_equal(cached_version(cf, "b"), 1);
@@ -1516,7 +1516,7 @@ static int cache_put_body(cache_fixture_t *cf, const char *id, int64_t version,
     syncd_doc_t doc = {"cc", (char *)id, version, body, "", 0, "", 0};
 
     assert_int_equal(syncd_json_hash(doc.hash, doc.body, NULL), 0);
-    return syncd_cache_put(cf->cache, &doc, NULL);
+    return syncd_cache_put(cf->cache, &doc, NULL, 0, NULL);
 }
 
 /* Returns the body of a cached get of id (a borrowed pointer, only good

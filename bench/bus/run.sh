@@ -15,9 +15,9 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${SYNCD_BENCH_BUILD:-$ROOT/build-benchb}
 
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-    -DSYNCD_SANITIZE=OFF >/dev/null
-cmake --build "$BUILD" -j2 --target bench_bus >/dev/null
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_build "$BUILD" bench_bus
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $(redis-server --version | cut -d' ' -f1-3), FerretDB $("$ROOT/.tools/bin/ferretdb" --version 2>/dev/null | head -1 | cut -d' ' -f2), hiredis $(pkg-config --modversion hiredis), libuv $(pkg-config --modversion libuv)"

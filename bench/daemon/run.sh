@@ -27,39 +27,21 @@ SYNCD_FLAGS=${SYNCD_FLAGS:-}
 TMP=$(mktemp -d /tmp/syncd-bench-daemon-XXXXXX)
 SYNCD_PID=
 ETCD_PID=
-
-stop() {
-    if [ -n "$1" ]; then
-        kill "$1" 2>/dev/null || true
-        wait "$1" 2>/dev/null || true
-    fi
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 cleanup() {
-    stop "$SYNCD_PID"
-    stop "$ETCD_PID"
+    stop_pid "$SYNCD_PID"
+    stop_pid "$ETCD_PID"
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_up NAME PID LOG CURL-ARGS...: polls until the server answers 200.
-wait_up() {
-    name=$1 pid=$2 log=$3
+# http_up NAME PID LOG CURL-ARGS...: polls until the server answers 200.
+http_up() {
+    up_name=$1 up_pid=$2 up_log=$3
     shift 3
-    i=0
-    until curl -sf -o /dev/null "$@"; do
-        i=$((i + 1))
-        if [ "$i" -gt 100 ] || ! kill -0 "$pid" 2>/dev/null; then
-            echo "$name did not start; log:" >&2
-            cat "$log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
+    wait_up "$up_name" "$up_pid" "$up_log" 100 0.1 curl -sf -o /dev/null "$@"
 }
 
 # CPU time (clock ticks, user + system) the process has used so far.
@@ -110,9 +92,7 @@ wrk_cell() {
         -s "$HERE/wrk.lua" "http://$4" | tail -n 1
 }
 
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-    -DSYNCD_SANITIZE=OFF >/dev/null
-cmake --build "$BUILD" -j2 --target syncd bench_daemon >/dev/null
+bench_build "$BUILD" syncd bench_daemon
 BENCH="$BUILD/bench/bench_daemon"
 
 SYNCD=127.0.0.1:$(free_port)
@@ -129,8 +109,8 @@ etcd --name bench --data-dir "$TMP/etcd" \
     --initial-cluster "bench=http://$PEER" --log-level warn \
     >"$TMP/etcd.log" 2>&1 &
 ETCD_PID=$!
-wait_up syncd "$SYNCD_PID" "$TMP/syncd.log" "http://$SYNCD/v1/health"
-wait_up etcd "$ETCD_PID" "$TMP/etcd.log" -X POST -d '{"key":"AA=="}' \
+http_up syncd "$SYNCD_PID" "$TMP/syncd.log" "http://$SYNCD/v1/health"
+http_up etcd "$ETCD_PID" "$TMP/etcd.log" -X POST -d '{"key":"AA=="}' \
     "http://$ETCD/v3/kv/range"
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores" \

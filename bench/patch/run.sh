@@ -36,8 +36,9 @@ fi
 BUILD="${SYNCD_BENCH_BUILD:-}"
 if [ -z "$BUILD" ]; then
     BUILD="$ROOT/build-bench"
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-    cmake --build "$BUILD" -j2 --target bench_patch syncctl >/dev/null
+    # shellcheck source=bench/lib.sh
+    . "$ROOT/bench/lib.sh"
+    bench_build "$BUILD" bench_patch syncctl
 fi
 
 mkdir -p "$TMP"
