@@ -6,7 +6,8 @@
  * counting of received events, and the subscription bookkeeping (reference
  * counts, deferred unlinking, delivery with the last-seq update). The
  * implementation is chosen once in syncd_bus_open() and reached through the
- * bus_ops_t table.
+ * bus_ops_t table. Also here: the deduplication rule both implementations
+ * apply, and the hash table of collection records they both use.
  *
  * Request convention: a call that returns a negative code never calls its
  * callback; a call that returns 0 calls it exactly once, from the loop,
@@ -30,6 +31,7 @@ void syncd_bus_options_init(syncd_bus_options_t *opts)
     opts->max_event_bytes = 1024 * 1024;
     opts->reconnect_min_ms = 100;
     opts->reconnect_max_ms = 5000;
+    opts->command_timeout_ms = 2000;
 }
 
 static int check_options(const syncd_bus_options_t *opts, syncd_error_t *err)
@@ -58,6 +60,11 @@ static int check_options(const syncd_bus_options_t *opts, syncd_error_t *err)
                                "not a valid range",
                                (long long)opts->reconnect_min_ms,
                                (long long)opts->reconnect_max_ms);
+    if (opts->command_timeout_ms < 1)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "bus command timeout (--bus-timeout) %lld ms "
+                               "is below 1 ms",
+                               (long long)opts->command_timeout_ms);
     return 0;
 }
 
@@ -72,6 +79,7 @@ int bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
     bus->max_event_bytes = opts->max_event_bytes;
     bus->reconnect_min_ms = opts->reconnect_min_ms;
     bus->reconnect_max_ms = opts->reconnect_max_ms;
+    bus->command_timeout_ms = opts->command_timeout_ms;
     if (opts->secret != NULL && (bus->secret = strdup(opts->secret)) == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "copying the bus secret");
     return 0;
@@ -84,6 +92,8 @@ void bus_finish_close(syncd_bus_t *bus)
 
     free(bus->secret);
     bus->secret = NULL;
+    while (bus->dead != NULL)
+        bus_sub_unref(bus_dead_pop(bus));
     if (cb != NULL)
         cb(payload);
 }
@@ -151,6 +161,7 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
     json_t *copy = NULL;
     char *body = NULL;
     size_t len = 0;
+    bus_pub_t pub;
     int rc;
 
     if (bus->closing)
@@ -174,9 +185,17 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
         rc = SYNCD_ETOOBIG;
         goto cleanup;
     }
-    rc =
-        bus->ops->publish(bus, json_string_value(json_object_get(copy, "coll")),
-                          body, len, cb, payload);
+    pub.coll = json_string_value(json_object_get(copy, "coll"));
+    pub.id = json_string_value(json_object_get(copy, "id"));
+    pub.v = json_integer_value(json_object_get(copy, "v"));
+    pub.create =
+        strcmp(json_string_value(json_object_get(copy, "op")), "create") == 0;
+    if (bus_ts_micros(json_string_value(json_object_get(copy, "ts")),
+                      &pub.ts_us) != 0) {
+        rc = SYNCD_EINVAL;
+        goto cleanup;
+    }
+    rc = bus->ops->publish(bus, &pub, body, len, cb, payload);
     body = NULL;
 
 cleanup:
@@ -229,8 +248,20 @@ void syncd_bus_unsubscribe(syncd_bus_sub_t *sub)
     if (sub == NULL || sub->dead)
         return;
     sub->dead = 1;
+    bus_sub_ref(sub);
+    sub->dead_next = sub->bus->dead;
+    sub->bus->dead = sub;
     if (sub->bus->depth == 0)
         sub->bus->ops->sweep(sub->bus);
+}
+
+syncd_bus_sub_t *bus_dead_pop(syncd_bus_t *bus)
+{
+    syncd_bus_sub_t *sub = bus->dead;
+
+    if (sub != NULL)
+        bus->dead = sub->dead_next;
+    return sub;
 }
 
 void bus_sub_ref(syncd_bus_sub_t *sub)
@@ -327,4 +358,96 @@ int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
 void syncd_bus_stats(const syncd_bus_t *bus, syncd_bus_stats_t *out)
 {
     *out = bus->stats;
+}
+
+int bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us)
+{
+    return pub->v <= v && !(pub->create && pub->ts_us > ts_us);
+}
+
+/* ---- Collection table ---------------------------------------------------- */
+
+/* Fewest buckets; the table shrinks back to this. */
+#define MAP_MIN_BUCKETS 16
+
+/* FNV-1a of name. */
+static size_t map_hash(const char *name)
+{
+    uint64_t h = 14695981039346656037ull;
+
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return (size_t)h;
+}
+
+/* Rehashes map into n buckets; on ENOMEM map stays as it was. */
+static void map_resize(bus_map_t *map, size_t n)
+{
+    bus_map_entry_t **buckets = calloc(n, sizeof(*buckets));
+
+    if (buckets == NULL)
+        return;
+    for (size_t i = 0; i < map->nbuckets; i++) {
+        while (map->buckets[i] != NULL) {
+            bus_map_entry_t *e = map->buckets[i];
+            size_t b = map_hash(e->name) % n;
+
+            map->buckets[i] = e->next;
+            e->next = buckets[b];
+            buckets[b] = e;
+        }
+    }
+    free(map->buckets);
+    map->buckets = buckets;
+    map->nbuckets = n;
+}
+
+bus_map_entry_t *bus_map_find(const bus_map_t *map, const char *name)
+{
+    if (map->nbuckets == 0)
+        return NULL;
+    for (bus_map_entry_t *e = map->buckets[map_hash(name) % map->nbuckets];
+         e != NULL; e = e->next) {
+        if (strcmp(e->name, name) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+int bus_map_add(bus_map_t *map, bus_map_entry_t *entry)
+{
+    size_t b;
+
+    if (map->nbuckets == 0) {
+        map_resize(map, MAP_MIN_BUCKETS);
+        if (map->nbuckets == 0)
+            return SYNCD_ENOMEM;
+    } else if (map->count >= map->nbuckets) {
+        map_resize(map, map->nbuckets * 2);
+    }
+    b = map_hash(entry->name) % map->nbuckets;
+    entry->next = map->buckets[b];
+    map->buckets[b] = entry;
+    map->count++;
+    return 0;
+}
+
+void bus_map_remove(bus_map_t *map, bus_map_entry_t *entry)
+{
+    bus_map_entry_t **p = &map->buckets[map_hash(entry->name) % map->nbuckets];
+
+    while (*p != entry)
+        p = &(*p)->next;
+    *p = entry->next;
+    map->count--;
+    if (map->nbuckets > MAP_MIN_BUCKETS && map->count < map->nbuckets / 4)
+        map_resize(map, map->nbuckets / 2);
+}
+
+void bus_map_free(bus_map_t *map)
+{
+    free(map->buckets);
+    map->buckets = NULL;
+    map->nbuckets = 0;
+    map->count = 0;
 }

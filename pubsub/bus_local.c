@@ -1,18 +1,32 @@
 /* bus_local.c - the in-process change bus of the embedded default.
  *
  * Same contract as the Redis bus, inside one process: each collection has a
- * counter that gives contiguous seqs, and a replay log bounded by
- * event_log_len. With a data_dir the counter and the log live in RocksDB
- * (keys "c/<coll>" -> decimal seq, "e/<coll>/<16 hex seq>" -> event JSON),
- * so seqs continue after a restart; recent events are also kept decoded in
- * a ring for cheap delivery. Without a data_dir the ring is the log (bounded
- * by min(event_log_len, 2^20) events).
+ * counter that gives contiguous seqs, a replay log bounded by
+ * event_log_len, and the deduplication state of bus.h (the version and
+ * time of the last event published per document id).
  *
- * Nothing is called back from inside a call: publish, replay and seq queue
- * their completions, and subscribers are fed from a uv_idle handle that runs
- * only while there is work. Each pass fires the queued completions, then
- * hands every subscription up to PUMP_BATCH of its next events in seq
- * order; an event the log no longer holds becomes SYNCD_BUS_RESYNC.
+ * With a data_dir all three live in RocksDB (keys "c/<coll>" -> decimal
+ * seq, "e/<coll>/<16 hex seq>" -> event JSON, "p/<coll>/<id>" -> "<version>
+ * <ts in microseconds>"), and each publish writes its counter, event, log
+ * trim and deduplication record in one write batch, fsynced, so that after
+ * a power loss seqs never repeat and a resume from a seq never skips. The
+ * loop thread never touches RocksDB: every read and write is a job, and
+ * the jobs run in order, one batch at a time, on the libuv thread pool;
+ * their completions run on the loop in the same order, so publish
+ * callbacks come in seq order. Recent events are also kept decoded in a
+ * ring for cheap delivery; older ones are read by a job. A collection's
+ * record is loaded (a job reads its counter) on first use and freed when it
+ * has no subscription and no job in flight.
+ *
+ * Without a data_dir everything is in memory: the ring is the log (bounded
+ * by min(event_log_len, 2^20) events), and a collection's record is freed
+ * when idle only while it has never published (it is the log).
+ *
+ * Nothing is called back from inside a call: completions are queued, and
+ * subscribers are fed from a uv_idle handle that runs only while there is
+ * work. Each pass fires the queued completions, then hands every
+ * subscription with events waiting up to PUMP_BATCH of them in seq order;
+ * an event the log no longer holds becomes SYNCD_BUS_RESYNC.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,12 +37,14 @@
 
 #include "pubsub/internal.h"
 
-/* Events handed to one subscription per idle pass. */
+/* Events handed to one subscription per idle pass, and read per job. */
 #define PUMP_BATCH 1024
 /* Decoded recent events kept per collection when RocksDB holds the log. */
 #define RING_PERSISTED 4096
 /* Bound of an in-memory log. */
 #define RING_MEMORY (1u << 20)
+/* Longest RocksDB key: "p/<coll>/<id>" with an id of up to 1024 bytes. */
+#define KEY_MAX (BUS_NAME_MAX + 1100)
 
 typedef struct slot {
     int64_t seq;
@@ -36,28 +52,48 @@ typedef struct slot {
 } slot_t;
 
 typedef struct lcoll {
-    struct lcoll *next;
-    char name[BUS_NAME_MAX];
-    int64_t seq;  /* last assigned */
-    slot_t *ring; /* event of seq s at ring[s % cap] */
+    bus_map_entry_t entry;     /* entry.name: the collection */
+    struct lcoll *prev, *next; /* in the bus's list */
+    struct lcoll *dirty_next;  /* in a sweep's list */
+    int64_t seq;               /* last assigned */
+    slot_t *ring;              /* event of seq s at ring[s % cap] */
     size_t cap;
+    json_t *pubv; /* memory: id -> [version, ts] of the last published */
+    int loaded;   /* the counter is known (always, in memory) */
+    int jobs;     /* jobs in flight */
+    int dirty;    /* in a sweep's list */
+    int feeding;  /* on the bus's feed list */
+    struct lcoll *feed_next;
     syncd_bus_sub_t *subs;
 } lcoll_t;
 
-typedef enum { REQ_PUBLISH, REQ_REPLAY, REQ_SEQ } req_kind_t;
+typedef enum { JOB_LOAD, JOB_PUBLISH, JOB_RAISE, JOB_READ, JOB_SEQ } job_kind_t;
 
-/* A completed request waiting for the idle pass to call it back. */
-typedef struct lreq {
-    struct lreq *next;
-    req_kind_t kind;
-    int status;
-    int64_t seq;
-    json_t *events;
+/* A request: for RocksDB, its work runs on the thread pool and its
+ * completion on the loop; in memory, only its completion (queued). */
+typedef struct ljob {
+    struct ljob *next;
+    job_kind_t kind;
+    lcoll_t *c;
+    char key[KEY_MAX]; /* JOB_PUBLISH: the deduplication key */
+    bus_pub_t pub;     /* JOB_PUBLISH: v, create, ts_us */
+    char *body;        /* JOB_PUBLISH: the event without seq (owned) */
+    size_t body_len;
+    int64_t floor;        /* the loop's seq when queued */
+    int64_t after, until; /* JOB_READ */
+    size_t max;           /* JOB_READ: 0 is no bound */
+    syncd_bus_sub_t *sub; /* JOB_READ for a subscription (a reference) */
+    /* Results. */
+    int status, dropped;
+    int64_t seq; /* JOB_LOAD, JOB_PUBLISH: the counter after the job */
+    char *text;  /* JOB_PUBLISH: the event with its seq */
+    size_t text_len;
+    json_t *events; /* JOB_READ */
     syncd_bus_publish_cb publish_cb;
     syncd_bus_replay_cb replay_cb;
     syncd_bus_seq_cb seq_cb;
     void *payload;
-} lreq_t;
+} ljob_t;
 
 typedef struct lbus {
     syncd_bus_t base;
@@ -67,11 +103,20 @@ typedef struct lbus {
     rocksdb_options_t *dbopts;
     rocksdb_writeoptions_t *wopts;
     rocksdb_readoptions_t *ropts;
+    bus_map_t map; /* lcoll_t by name */
     lcoll_t *colls;
-    lreq_t *head, **tail;
+    lcoll_t *feed;        /* collections whose subscriptions may have events */
+    ljob_t *head, **tail; /* RocksDB jobs waiting for the thread pool */
+    ljob_t *done, **done_tail; /* completions waiting for the idle pass */
+    ljob_t *batch;             /* the jobs on the thread pool */
+    uv_work_t work;
+    int working;
+    int close_waits; /* the close waits for the batch on the thread pool */
 } lbus_t;
 
 static void on_idle(uv_idle_t *idle);
+static void run_jobs(lbus_t *bus);
+static void coll_release(lbus_t *bus, lcoll_t *c);
 
 static void wake(lbus_t *bus)
 {
@@ -81,15 +126,27 @@ static void wake(lbus_t *bus)
     }
 }
 
+/* Puts c on the feed list, so that the next idle pass feeds its
+ * subscriptions. */
+static void feed_later(lbus_t *bus, lcoll_t *c)
+{
+    if (!c->feeding && c->subs != NULL) {
+        c->feeding = 1;
+        c->feed_next = bus->feed;
+        bus->feed = c;
+    }
+    wake(bus);
+}
+
 static uint64_t log_len(const lbus_t *bus, const lcoll_t *c)
 {
     return bus->db != NULL ? bus->base.event_log_len : c->cap;
 }
 
-/* First seq the log of c still holds. */
-static int64_t first_held(const lbus_t *bus, const lcoll_t *c)
+/* First seq the log of c still holds when its last seq is seq. */
+static int64_t first_held(const lbus_t *bus, const lcoll_t *c, int64_t seq)
 {
-    int64_t first = c->seq - (int64_t)log_len(bus, c) + 1;
+    int64_t first = seq - (int64_t)log_len(bus, c) + 1;
     return first > 1 ? first : 1;
 }
 
@@ -98,109 +155,68 @@ static void event_key(char *key, size_t size, const char *coll, int64_t seq)
     snprintf(key, size, "e/%s/%016" PRIx64, coll, (uint64_t)seq);
 }
 
-/* Loads coll's counter from RocksDB into c->seq; 0 or SYNCD_EBACKEND. */
-static int load_seq(lbus_t *bus, lcoll_t *c, syncd_error_t *err)
+/* ---- Jobs ----------------------------------------------------------------
+ */
+
+static ljob_t *new_job(lbus_t *bus, job_kind_t kind, lcoll_t *c, void *payload)
 {
-    char key[BUS_NAME_MAX + 8], num[32];
-    char *errptr = NULL, *val;
+    ljob_t *job = calloc(1, sizeof(*job));
+
+    if (job != NULL) {
+        job->kind = kind;
+        job->c = c;
+        job->payload = payload;
+        job->floor = c->seq;
+        c->jobs++;
+    }
+    (void)bus;
+    return job;
+}
+
+/* Queues job for the thread pool (RocksDB) or for its completion. */
+static void submit(lbus_t *bus, ljob_t *job)
+{
+    job->next = NULL;
+    if (bus->db != NULL) {
+        *bus->tail = job;
+        bus->tail = &job->next;
+        run_jobs(bus);
+    } else {
+        *bus->done_tail = job;
+        bus->done_tail = &job->next;
+        wake(bus);
+    }
+}
+
+/* Reads key into the decimal *out (0 when absent); 0 or SYNCD_EBACKEND. */
+static int db_get_int(lbus_t *bus, const char *key, int64_t *out,
+                      int64_t *second)
+{
+    char *errptr = NULL, *val, num[64];
     size_t len = 0;
 
-    snprintf(key, sizeof(key), "c/%s", c->name);
+    *out = 0;
     val = rocksdb_get(bus->db, bus->ropts, key, strlen(key), &len, &errptr);
     if (errptr != NULL) {
-        syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
-                                "reading the bus counter of %s: %s", c->name,
-                                errptr);
         rocksdb_free(errptr);
         return SYNCD_EBACKEND;
     }
     if (val != NULL) {
         snprintf(num, sizeof(num), "%.*s", (int)len, val);
-        c->seq = strtoll(num, NULL, 10);
+        if (second != NULL)
+            sscanf(num, "%" SCNd64 " %" SCNd64, out, second);
+        else
+            *out = strtoll(num, NULL, 10);
         rocksdb_free(val);
     }
-    return 0;
+    return val != NULL || second == NULL ? 0 : SYNCD_ENOTFOUND;
 }
 
-/* Finds coll's record into *out, creating it on first use. */
-static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
-                    syncd_error_t *err)
+/* Writes batch wb fsynced; 0 or SYNCD_EBACKEND. */
+static int db_write(lbus_t *bus, rocksdb_writebatch_t *wb)
 {
-    lcoll_t *c;
-    uint64_t bound = bus->db != NULL ? RING_PERSISTED : RING_MEMORY;
-    int rc;
-
-    for (c = bus->colls; c != NULL; c = c->next) {
-        if (strcmp(c->name, coll) == 0) {
-            *out = c;
-            return 0;
-        }
-    }
-    c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return syncd_error_set(err, SYNCD_ENOMEM, "allocating a collection");
-    snprintf(c->name, sizeof(c->name), "%s", coll);
-    c->cap = (size_t)(bus->base.event_log_len < bound ? bus->base.event_log_len
-                                                      : bound);
-    c->ring = calloc(c->cap, sizeof(*c->ring));
-    rc = c->ring == NULL
-             ? syncd_error_set(err, SYNCD_ENOMEM, "allocating a replay ring")
-         : bus->db != NULL ? load_seq(bus, c, err)
-                           : 0;
-    if (rc != 0) {
-        free(c->ring);
-        free(c);
-        return rc;
-    }
-    c->next = bus->colls;
-    bus->colls = c;
-    *out = c;
-    return 0;
-}
-
-static void queue(lbus_t *bus, lreq_t *req)
-{
-    req->next = NULL;
-    *bus->tail = req;
-    bus->tail = &req->next;
-    wake(bus);
-}
-
-static lreq_t *new_req(req_kind_t kind, void *payload)
-{
-    lreq_t *req = calloc(1, sizeof(*req));
-
-    if (req != NULL) {
-        req->kind = kind;
-        req->payload = payload;
-    }
-    return req;
-}
-
-/* Persists c's counter (and, when text is set, event seq with the trim of
- * the event that falls out of the log). */
-static int persist(lbus_t *bus, lcoll_t *c, int64_t seq, const char *text,
-                   size_t len)
-{
-    char key[BUS_NAME_MAX + 24], num[32];
-    rocksdb_writebatch_t *wb;
     char *errptr = NULL;
 
-    if (bus->db == NULL)
-        return 0;
-    wb = rocksdb_writebatch_create();
-    snprintf(key, sizeof(key), "c/%s", c->name);
-    snprintf(num, sizeof(num), "%lld", (long long)seq);
-    rocksdb_writebatch_put(wb, key, strlen(key), num, strlen(num));
-    if (text != NULL) {
-        event_key(key, sizeof(key), c->name, seq);
-        rocksdb_writebatch_put(wb, key, strlen(key), text, len);
-        if ((uint64_t)seq > bus->base.event_log_len) {
-            event_key(key, sizeof(key), c->name,
-                      seq - (int64_t)bus->base.event_log_len);
-            rocksdb_writebatch_delete(wb, key, strlen(key));
-        }
-    }
     rocksdb_write(bus->db, bus->wopts, wb, &errptr);
     rocksdb_writebatch_destroy(wb);
     if (errptr != NULL) {
@@ -210,86 +226,386 @@ static int persist(lbus_t *bus, lcoll_t *c, int64_t seq, const char *text,
     return 0;
 }
 
-static int local_publish(syncd_bus_t *base, const char *coll, char *body_new,
-                         size_t len, syncd_bus_publish_cb cb, void *payload)
+/* Thread pool: the counter of job's collection, raised to the loop's. */
+static int work_counter(lbus_t *bus, ljob_t *job, int64_t *seq)
 {
-    lbus_t *bus = (lbus_t *)base;
-    lreq_t *req = NULL;
-    json_t *event = NULL;
-    char *text = NULL;
-    size_t text_len = 0;
-    lcoll_t *c;
-    slot_t *slot;
+    char key[KEY_MAX];
     int rc;
 
-    rc = get_coll(bus, coll, &c, NULL);
+    snprintf(key, sizeof(key), "c/%s", job->c->entry.name);
+    rc = db_get_int(bus, key, seq, NULL);
+    if (rc == 0 && *seq < job->floor)
+        *seq = job->floor;
+    return rc;
+}
+
+/* Thread pool: a publish, deduplicated, in one fsynced write batch. */
+static int work_publish(lbus_t *bus, ljob_t *job)
+{
+    const char *coll = job->c->entry.name;
+    char key[KEY_MAX], num[64];
+    int64_t seq, v = 0, ts = 0;
+    rocksdb_writebatch_t *wb;
+    int rc = work_counter(bus, job, &seq);
+
+    if (rc != 0)
+        return rc;
+    rc = db_get_int(bus, job->key, &v, &ts);
+    if (rc == 0 && bus_pub_is_duplicate(&job->pub, v, ts)) {
+        job->dropped = 1;
+        return 0;
+    }
+    if (rc != 0 && rc != SYNCD_ENOTFOUND)
+        return rc;
+    job->seq = seq + 1;
+    job->text =
+        bus_splice_seq(job->body, job->body_len, job->seq, &job->text_len);
+    if (job->text == NULL)
+        return SYNCD_ENOMEM;
+    wb = rocksdb_writebatch_create();
+    snprintf(key, sizeof(key), "c/%s", coll);
+    snprintf(num, sizeof(num), "%" PRId64, job->seq);
+    rocksdb_writebatch_put(wb, key, strlen(key), num, strlen(num));
+    event_key(key, sizeof(key), coll, job->seq);
+    rocksdb_writebatch_put(wb, key, strlen(key), job->text, job->text_len);
+    if ((uint64_t)job->seq > bus->base.event_log_len) {
+        event_key(key, sizeof(key), coll,
+                  job->seq - (int64_t)bus->base.event_log_len);
+        rocksdb_writebatch_delete(wb, key, strlen(key));
+    }
+    snprintf(num, sizeof(num), "%" PRId64 " %" PRId64, job->pub.v,
+             job->pub.ts_us);
+    rocksdb_writebatch_put(wb, job->key, strlen(job->key), num, strlen(num));
+    return db_write(bus, wb);
+}
+
+/* Thread pool: the counter raised to the loop's, persisted when it moved. */
+static int work_raise(lbus_t *bus, ljob_t *job)
+{
+    char key[KEY_MAX], num[64];
+    rocksdb_writebatch_t *wb;
+    int64_t seq;
+    int rc;
+
+    snprintf(key, sizeof(key), "c/%s", job->c->entry.name);
+    rc = db_get_int(bus, key, &seq, NULL);
+    if (rc != 0 || seq >= job->floor)
+        return rc;
+    wb = rocksdb_writebatch_create();
+    snprintf(num, sizeof(num), "%" PRId64, job->floor);
+    rocksdb_writebatch_put(wb, key, strlen(key), num, strlen(num));
+    return db_write(bus, wb);
+}
+
+/* Thread pool: events after < seq <= until (at most max) into job->events;
+ * SYNCD_ENOTFOUND when the log no longer holds seq after+1. */
+static int work_read(lbus_t *bus, ljob_t *job)
+{
+    char key[KEY_MAX], *errptr = NULL, *val;
+    int64_t seq, hi;
+    size_t len;
+    int rc = work_counter(bus, job, &seq);
+
+    if (rc != 0)
+        return rc;
+    job->seq = seq;
+    hi = job->until < 0 || job->until > seq ? seq : job->until;
+    if (job->after < hi && job->after + 1 < first_held(bus, job->c, seq))
+        return SYNCD_ENOTFOUND;
+    job->events = json_array();
+    if (job->events == NULL)
+        return SYNCD_ENOMEM;
+    for (int64_t s = job->after + 1; s <= hi; s++) {
+        json_t *event;
+
+        if (job->max != 0 && json_array_size(job->events) >= job->max)
+            break;
+        event_key(key, sizeof(key), job->c->entry.name, s);
+        val = rocksdb_get(bus->db, bus->ropts, key, strlen(key), &len, &errptr);
+        if (errptr != NULL) {
+            rocksdb_free(errptr);
+            return SYNCD_EBACKEND;
+        }
+        if (val == NULL)
+            return s == job->after + 1 ? SYNCD_ENOTFOUND : SYNCD_EBACKEND;
+        event = json_loadb(val, len, 0, NULL);
+        rocksdb_free(val);
+        if (event == NULL || json_array_append_new(job->events, event) != 0)
+            return SYNCD_EBACKEND;
+    }
+    return 0;
+}
+
+static void work(uv_work_t *req)
+{
+    lbus_t *bus = req->data;
+
+    for (ljob_t *job = bus->batch; job != NULL; job = job->next) {
+        switch (job->kind) {
+        case JOB_LOAD:
+            job->status = work_counter(bus, job, &job->seq);
+            break;
+        case JOB_PUBLISH:
+            job->status = work_publish(bus, job);
+            break;
+        case JOB_RAISE:
+            job->status = work_raise(bus, job);
+            break;
+        case JOB_READ:
+            job->status = work_read(bus, job);
+            break;
+        case JOB_SEQ:
+            break;
+        }
+    }
+}
+
+static void free_job(ljob_t *job)
+{
+    if (job->sub != NULL)
+        bus_sub_unref(job->sub);
+    json_decref(job->events);
+    free(job->body);
+    free(job->text);
+    free(job);
+}
+
+static void fire_all(lbus_t *bus, int status);
+static void on_closed(uv_handle_t *handle);
+
+static void after_work(uv_work_t *req, int status)
+{
+    lbus_t *bus = req->data;
+    ljob_t *job = bus->batch;
+
+    (void)status;
+    bus->working = 0;
+    bus->batch = NULL;
+    *bus->done_tail = job;
+    while (job != NULL) {
+        bus->done_tail = &job->next;
+        job = job->next;
+    }
+    if (bus->close_waits) {
+        fire_all(bus, SYNCD_ECANCELED);
+        uv_close((uv_handle_t *)&bus->idle, on_closed);
+        return;
+    }
+    wake(bus);
+    run_jobs(bus);
+}
+
+/* Hands the waiting jobs to the thread pool as one batch, unless a batch
+ * is there already. */
+static void run_jobs(lbus_t *bus)
+{
+    if (bus->working || bus->head == NULL || bus->base.closed)
+        return;
+    bus->batch = bus->head;
+    bus->head = NULL;
+    bus->tail = &bus->head;
+    bus->work.data = bus;
+    if (uv_queue_work(bus->base.loop, &bus->work, work, after_work) == 0) {
+        bus->working = 1;
+        return;
+    }
+    for (ljob_t *job = bus->batch; job != NULL; job = job->next)
+        job->status = SYNCD_EBACKEND;
+    *bus->done_tail = bus->batch;
+    while (*bus->done_tail != NULL)
+        bus->done_tail = &(*bus->done_tail)->next;
+    bus->batch = NULL;
+    wake(bus);
+}
+
+/* ---- Collections ---------------------------------------------------------
+ */
+
+/* Finds coll's record into *out, creating it on first use (with a job that
+ * loads its counter from RocksDB). */
+static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
+                    syncd_error_t *err)
+{
+    lcoll_t *c = (lcoll_t *)bus_map_find(&bus->map, coll);
+    uint64_t bound = bus->db != NULL ? RING_PERSISTED : RING_MEMORY;
+    ljob_t *load = NULL;
+
+    if (c != NULL) {
+        *out = c;
+        return 0;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "allocating a collection");
+    snprintf(c->entry.name, sizeof(c->entry.name), "%s", coll);
+    c->cap = (size_t)(bus->base.event_log_len < bound ? bus->base.event_log_len
+                                                      : bound);
+    c->ring = calloc(c->cap, sizeof(*c->ring));
+    c->loaded = bus->db == NULL;
+    if (c->ring == NULL ||
+        (bus->db == NULL && (c->pubv = json_object()) == NULL) ||
+        (bus->db != NULL && (load = new_job(bus, JOB_LOAD, c, NULL)) == NULL) ||
+        bus_map_add(&bus->map, &c->entry) != 0) {
+        free(load);
+        json_decref(c->pubv);
+        free(c->ring);
+        free(c);
+        return syncd_error_set(err, SYNCD_ENOMEM, "allocating a collection");
+    }
+    c->next = bus->colls;
+    if (c->next != NULL)
+        c->next->prev = c;
+    bus->colls = c;
+    bus->base.stats.collections++;
+    if (load != NULL)
+        submit(bus, load);
+    *out = c;
+    return 0;
+}
+
+static void coll_free(lbus_t *bus, lcoll_t *c)
+{
+    bus_subs_release(&c->subs);
+    for (size_t i = 0; i < c->cap; i++)
+        json_decref(c->ring[i].event);
+    json_decref(c->pubv);
+    free(c->ring);
+    free(c);
+    bus->base.stats.collections--;
+}
+
+/* Frees c when it is idle: no subscription, no job, and (in memory) no
+ * published event. */
+static void coll_release(lbus_t *bus, lcoll_t *c)
+{
+    if (bus->base.closed || c->subs != NULL || c->jobs > 0 || c->feeding ||
+        (bus->db == NULL && c->seq > 0))
+        return;
+    bus_map_remove(&bus->map, &c->entry);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        bus->colls = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    coll_free(bus, c);
+}
+
+/* Puts event (a new reference, stolen) with seq into c's ring. */
+static void ring_put(lcoll_t *c, int64_t seq, json_t *event)
+{
+    slot_t *slot = &c->ring[(uint64_t)seq % c->cap];
+
+    json_decref(slot->event);
+    slot->seq = seq;
+    slot->event = event;
+}
+
+/* Starts the subscriptions of c that wait for its counter: from the
+ * current seq when they gave none; one beyond the counter means the caller
+ * saw seqs this log lost, so the counter moves up to it (seqs never
+ * repeat) and the subscription is told to resync. */
+static void start_subs(lbus_t *bus, lcoll_t *c)
+{
+    int64_t raised = c->seq;
+    ljob_t *job;
+
+    for (syncd_bus_sub_t *sub = c->subs; sub != NULL; sub = sub->next) {
+        if (sub->last < 0) {
+            sub->last = c->seq;
+        } else if (sub->last > c->seq && sub->catching) {
+            sub->lost = 1;
+            if (sub->last > raised)
+                raised = sub->last;
+        }
+        sub->catching = 0;
+    }
+    if (raised > c->seq) {
+        c->seq = raised;
+        if (bus->db != NULL && (job = new_job(bus, JOB_RAISE, c, NULL)) != NULL)
+            submit(bus, job);
+    }
+    feed_later(bus, c);
+}
+
+/* ---- Operations ----------------------------------------------------------
+ */
+
+/* Publishes in memory: deduplicated against c->pubv, appended to the ring. */
+static int publish_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
+{
+    json_t *rec = json_object_get(c->pubv, job->key), *event;
+    char *text;
+    size_t len;
+
+    if (rec != NULL &&
+        bus_pub_is_duplicate(&job->pub,
+                             json_integer_value(json_array_get(rec, 0)),
+                             json_integer_value(json_array_get(rec, 1)))) {
+        job->dropped = 1;
+        return 0;
+    }
+    text = bus_splice_seq(job->body, job->body_len, c->seq + 1, &len);
+    event = text != NULL ? json_loadb(text, len, 0, NULL) : NULL;
+    free(text);
+    rec =
+        json_pack("[I,I]", (json_int_t)job->pub.v, (json_int_t)job->pub.ts_us);
+    if (event == NULL || rec == NULL ||
+        json_object_set_new(c->pubv, job->key, rec) != 0) {
+        json_decref(event);
+        return SYNCD_ENOMEM;
+    }
+    job->seq = ++c->seq;
+    ring_put(c, job->seq, event);
+    bus->base.stats.published++;
+    feed_later(bus, c);
+    return 0;
+}
+
+static int local_publish(syncd_bus_t *base, const bus_pub_t *pub,
+                         char *body_new, size_t len, syncd_bus_publish_cb cb,
+                         void *payload)
+{
+    lbus_t *bus = (lbus_t *)base;
+    ljob_t *job = NULL;
+    lcoll_t *c;
+    int rc;
+
+    rc = get_coll(bus, pub->coll, &c, NULL);
     if (rc != 0)
         goto cleanup;
-    text = bus_splice_seq(body_new, len, c->seq + 1, &text_len);
-    req = new_req(REQ_PUBLISH, payload);
-    if (text == NULL || req == NULL ||
-        (event = json_loadb(text, text_len, 0, NULL)) == NULL) {
+    job = new_job(bus, JOB_PUBLISH, c, payload);
+    if (job == NULL) {
         rc = SYNCD_ENOMEM;
         goto cleanup;
     }
-    rc = persist(bus, c, c->seq + 1, text, text_len);
-    if (rc != 0)
-        goto cleanup;
-    c->seq++;
-    slot = &c->ring[(uint64_t)c->seq % c->cap];
-    json_decref(slot->event);
-    slot->seq = c->seq;
-    slot->event = event;
-    event = NULL;
-    base->stats.published++;
-    req->seq = c->seq;
-    req->publish_cb = cb;
-    queue(bus, req);
-    req = NULL;
+    job->pub = *pub;
+    job->publish_cb = cb;
+    job->body = body_new;
+    job->body_len = len;
+    body_new = NULL;
+    if (bus->db != NULL)
+        snprintf(job->key, sizeof(job->key), "p/%s/%s", pub->coll, pub->id);
+    else
+        snprintf(job->key, sizeof(job->key), "%s", pub->id);
+    if (bus->db == NULL) {
+        rc = publish_memory(bus, c, job);
+        if (rc != 0)
+            goto cleanup;
+    }
+    submit(bus, job);
+    job = NULL;
 
 cleanup:
-    json_decref(event);
-    free(req);
-    free(text);
+    if (job != NULL) {
+        c->jobs--;
+        free_job(job);
+        coll_release(bus, c);
+    }
     free(body_new);
     return rc;
 }
 
-/* Reads event seq of c into *out (a new reference); SYNCD_ENOTFOUND when
- * the log no longer holds it, SYNCD_EBACKEND when it cannot be read. */
-static int get_event(lbus_t *bus, lcoll_t *c, int64_t seq, json_t **out)
-{
-    const slot_t *slot = &c->ring[(uint64_t)seq % c->cap];
-    char key[BUS_NAME_MAX + 24];
-    char *errptr = NULL, *val;
-    size_t len = 0;
-
-    *out = NULL;
-    if (seq < first_held(bus, c) || seq > c->seq)
-        return SYNCD_ENOTFOUND;
-    if (slot->event != NULL && slot->seq == seq) {
-        *out = json_incref(slot->event);
-        return 0;
-    }
-    if (bus->db == NULL)
-        return SYNCD_ENOTFOUND;
-    event_key(key, sizeof(key), c->name, seq);
-    val = rocksdb_get(bus->db, bus->ropts, key, strlen(key), &len, &errptr);
-    if (errptr != NULL) {
-        rocksdb_free(errptr);
-        return SYNCD_EBACKEND;
-    }
-    if (val == NULL)
-        return SYNCD_ENOTFOUND;
-    *out = json_loadb(val, len, 0, NULL);
-    rocksdb_free(val);
-    return *out != NULL ? 0 : SYNCD_EBACKEND;
-}
-
-/* Starts sub: from the current seq when it gave none, else from its after;
- * an after beyond the counter means the caller saw seqs this log lost, so
- * the counter moves up to it (seqs never repeat) and sub is told to
- * resync. */
 static int local_subscribe(syncd_bus_t *base, syncd_bus_sub_t *sub,
                            syncd_error_t *err)
 {
@@ -299,106 +615,205 @@ static int local_subscribe(syncd_bus_t *base, syncd_bus_sub_t *sub,
 
     if (rc != 0)
         return rc;
-    if (sub->last < 0) {
-        sub->last = c->seq;
-        sub->catching = 0;
-    } else if (sub->last > c->seq) {
-        if (persist(bus, c, sub->last, NULL, 0) != 0)
-            return syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
-                                           "raising the bus counter of %s",
-                                           c->name);
-        c->seq = sub->last;
-        sub->lost = 1;
-    }
     sub->chan = c;
     sub->next = c->subs;
     c->subs = sub;
-    wake(bus);
+    if (c->loaded)
+        start_subs(bus, c);
     return 0;
+}
+
+/* Reads sub's next events from RocksDB (the ring no longer has them). */
+static void read_for(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
+{
+    ljob_t *job = new_job(bus, JOB_READ, c, NULL);
+
+    if (job == NULL)
+        return;
+    job->after = sub->last;
+    job->until = c->seq;
+    job->max = PUMP_BATCH;
+    job->sub = sub;
+    bus_sub_ref(sub);
+    sub->inflight = 1;
+    submit(bus, job);
 }
 
 /* Hands sub up to PUMP_BATCH events; returns 1 when it has more waiting. */
 static int feed(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
 {
-    json_t *event;
     int n = 0;
 
+    if (sub->inflight || sub->last < 0)
+        return 0;
     if (sub->lost) {
         sub->lost = 0;
         if (!bus_deliver(sub, SYNCD_BUS_RESYNC, sub->last, NULL))
             return 0;
     }
-    sub->catching = 0;
     while (n++ < PUMP_BATCH && bus_sub_live(sub) && sub->last < c->seq) {
         int64_t next = sub->last + 1;
+        const slot_t *slot = &c->ring[(uint64_t)next % c->cap];
 
-        if (next < first_held(bus, c)) {
-            bus_deliver(sub, SYNCD_BUS_RESYNC, first_held(bus, c) - 1, NULL);
-            continue;
-        }
-        if (get_event(bus, c, next, &event) != 0) {
+        if (next < first_held(bus, c, c->seq)) {
+            bus_deliver(sub, SYNCD_BUS_RESYNC, first_held(bus, c, c->seq) - 1,
+                        NULL);
+        } else if (slot->event != NULL && slot->seq == next) {
+            bus_deliver(sub, SYNCD_BUS_EVENT, next, slot->event);
+        } else if (bus->db != NULL) {
+            read_for(bus, c, sub);
+            return 0;
+        } else {
             bus_deliver(sub, SYNCD_BUS_RESYNC, next, NULL);
-            continue;
         }
-        bus_deliver(sub, SYNCD_BUS_EVENT, next, event);
-        json_decref(event);
     }
     return bus_sub_live(sub) && sub->last < c->seq;
 }
 
-static void fire(lreq_t *req, int status)
+/* Delivers what a JOB_READ found for its subscription. */
+static void read_done(lbus_t *bus, ljob_t *job)
 {
-    if (status == 0)
-        status = req->status;
-    switch (req->kind) {
-    case REQ_PUBLISH:
-        if (req->publish_cb != NULL)
-            req->publish_cb(status, status == 0 ? req->seq : 0, req->payload);
-        break;
-    case REQ_REPLAY:
-        req->replay_cb(status, status == 0 ? req->events : NULL, req->payload);
-        if (status == 0)
-            req->events = NULL;
-        break;
-    case REQ_SEQ:
-        req->seq_cb(status, status == 0 ? req->seq : 0, req->payload);
-        break;
+    syncd_bus_sub_t *sub = job->sub;
+
+    sub->inflight = 0;
+    if (!bus_sub_live(sub))
+        return;
+    if (job->status == SYNCD_ENOTFOUND &&
+        first_held(bus, job->c, job->seq) - 1 > job->after) {
+        bus_deliver(sub, SYNCD_BUS_RESYNC,
+                    first_held(bus, job->c, job->seq) - 1, NULL);
+    } else if (job->status != 0) {
+        bus_deliver(sub, SYNCD_BUS_RESYNC, job->after + 1, NULL);
+    } else {
+        for (size_t i = 0; i < json_array_size(job->events); i++) {
+            if (!bus_sub_live(sub) || sub->last != job->after + (int64_t)i)
+                break;
+            bus_deliver(sub, SYNCD_BUS_EVENT, sub->last + 1,
+                        json_array_get(job->events, i));
+        }
     }
-    json_decref(req->events);
-    free(req);
+    feed_later(bus, job->c);
 }
 
-/* Fires every queued completion with status (0: each its own). */
+/* Completes job on the loop (status: 0, or SYNCD_ECANCELED at close). */
+static void complete(lbus_t *bus, ljob_t *job, int status)
+{
+    lcoll_t *c = job->c;
+    json_t *event;
+
+    if (status == 0)
+        status = job->status;
+    switch (job->kind) {
+    case JOB_LOAD:
+        if (status == 0 && job->seq > c->seq)
+            c->seq = job->seq;
+        c->loaded = 1;
+        if (status == 0)
+            start_subs(bus, c);
+        break;
+    case JOB_PUBLISH:
+        if (status == 0 && job->dropped) {
+            bus->base.stats.dropped_republished++;
+        } else if (status == 0 && bus->db != NULL) {
+            if (job->seq > c->seq)
+                c->seq = job->seq;
+            event = json_loadb(job->text, job->text_len, 0, NULL);
+            if (event != NULL)
+                ring_put(c, job->seq, event);
+            bus->base.stats.published++;
+            feed_later(bus, c);
+        }
+        if (job->publish_cb != NULL)
+            job->publish_cb(status, status == 0 ? job->seq : 0, job->payload);
+        break;
+    case JOB_RAISE:
+        break;
+    case JOB_READ:
+        if (job->sub != NULL && status != SYNCD_ECANCELED) {
+            read_done(bus, job);
+        } else if (job->replay_cb != NULL) {
+            if (status == 0)
+                bus->base.stats.replayed += json_array_size(job->events);
+            job->replay_cb(status, status == 0 ? job->events : NULL,
+                           job->payload);
+            if (status == 0)
+                job->events = NULL;
+        }
+        break;
+    case JOB_SEQ:
+        job->seq_cb(status, status == 0 ? c->seq : 0, job->payload);
+        break;
+    }
+    c->jobs--;
+    free_job(job);
+    coll_release(bus, c);
+}
+
+/* Completes every finished job with status (0: each its own). */
 static void fire_all(lbus_t *bus, int status)
 {
-    lreq_t *req = bus->head;
+    ljob_t *job = bus->done;
 
-    bus->head = NULL;
-    bus->tail = &bus->head;
-    while (req != NULL) {
-        lreq_t *next = req->next;
-        fire(req, status);
-        req = next;
+    bus->done = NULL;
+    bus->done_tail = &bus->done;
+    while (job != NULL) {
+        ljob_t *next = job->next;
+        complete(bus, job, status);
+        job = next;
     }
 }
 
 static void on_idle(uv_idle_t *idle)
 {
     lbus_t *bus = idle->data;
-    int more = 0;
+    lcoll_t *list, *c;
 
     bus_enter(&bus->base);
     fire_all(bus, 0);
-    for (lcoll_t *c = bus->colls; c != NULL && !bus->base.closing;
-         c = c->next) {
-        for (syncd_bus_sub_t *sub = c->subs; sub != NULL; sub = sub->next)
-            more |= feed(bus, c, sub);
+    list = bus->feed;
+    bus->feed = NULL;
+    while (list != NULL && !bus->base.closing) {
+        c = list;
+        list = c->feed_next;
+        c->feeding = 0;
+        for (syncd_bus_sub_t *sub = c->subs; sub != NULL; sub = sub->next) {
+            if (feed(bus, c, sub))
+                feed_later(bus, c);
+        }
+        coll_release(bus, c);
     }
-    if (!more && bus->head == NULL && !bus->base.closed) {
+    if (bus->feed == NULL && bus->done == NULL && !bus->base.closed) {
         bus->idle_active = 0;
         uv_idle_stop(&bus->idle);
     }
     bus_leave(&bus->base);
+}
+
+/* In memory: reads coll's events after < seq <= until from the ring. */
+static void replay_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
+{
+    int64_t hi = job->until < 0 || job->until > c->seq ? c->seq : job->until;
+
+    if (job->after < hi && job->after + 1 < first_held(bus, c, c->seq)) {
+        job->status = SYNCD_ENOTFOUND;
+        return;
+    }
+    job->events = json_array();
+    if (job->events == NULL) {
+        job->status = SYNCD_ENOMEM;
+        return;
+    }
+    for (int64_t s = job->after + 1; s <= hi; s++) {
+        const slot_t *slot = &c->ring[(uint64_t)s % c->cap];
+
+        if (job->max != 0 && json_array_size(job->events) >= job->max)
+            break;
+        if (slot->event == NULL || slot->seq != s) {
+            job->status = SYNCD_ENOTFOUND;
+            return;
+        }
+        json_array_append(job->events, slot->event);
+    }
 }
 
 static int local_replay(syncd_bus_t *base, const char *coll, int64_t after,
@@ -406,33 +821,24 @@ static int local_replay(syncd_bus_t *base, const char *coll, int64_t after,
                         void *payload)
 {
     lbus_t *bus = (lbus_t *)base;
-    lreq_t *req = new_req(REQ_REPLAY, payload);
+    ljob_t *job;
     lcoll_t *c;
-    int64_t hi;
-    int rc;
+    int rc = get_coll(bus, coll, &c, NULL);
 
-    if (req == NULL)
+    if (rc != 0)
+        return rc;
+    job = new_job(bus, JOB_READ, c, payload);
+    if (job == NULL) {
+        coll_release(bus, c);
         return SYNCD_ENOMEM;
-    req->replay_cb = cb;
-    rc = get_coll(bus, coll, &c, NULL);
-    if (rc != 0 || (req->events = json_array()) == NULL) {
-        free(req);
-        return rc != 0 ? rc : SYNCD_ENOMEM;
     }
-    hi = until < 0 || until > c->seq ? c->seq : until;
-    if (after < hi && after + 1 < first_held(bus, c))
-        req->status = SYNCD_ENOTFOUND;
-    for (int64_t s = after + 1; req->status == 0 && s <= hi; s++) {
-        json_t *event;
-        if (max != 0 && json_array_size(req->events) >= max)
-            break;
-        req->status = get_event(bus, c, s, &event);
-        if (req->status == 0)
-            json_array_append_new(req->events, event);
-    }
-    if (req->status == 0)
-        base->stats.replayed += json_array_size(req->events);
-    queue(bus, req);
+    job->replay_cb = cb;
+    job->after = after;
+    job->until = until;
+    job->max = max;
+    if (bus->db == NULL)
+        replay_memory(bus, c, job);
+    submit(bus, job);
     return 0;
 }
 
@@ -440,27 +846,44 @@ static int local_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
                      void *payload)
 {
     lbus_t *bus = (lbus_t *)base;
-    lreq_t *req;
+    ljob_t *job;
     lcoll_t *c;
     int rc = get_coll(bus, coll, &c, NULL);
 
     if (rc != 0)
         return rc;
-    req = new_req(REQ_SEQ, payload);
-    if (req == NULL)
+    job = new_job(bus, JOB_SEQ, c, payload);
+    if (job == NULL) {
+        coll_release(bus, c);
         return SYNCD_ENOMEM;
-    req->seq_cb = cb;
-    req->seq = c->seq;
-    queue(bus, req);
+    }
+    job->seq_cb = cb;
+    submit(bus, job);
     return 0;
 }
 
 static void local_sweep(syncd_bus_t *base)
 {
     lbus_t *bus = (lbus_t *)base;
+    lcoll_t *dirty = NULL, *c;
+    syncd_bus_sub_t *sub;
 
-    for (lcoll_t *c = bus->colls; c != NULL; c = c->next)
+    while ((sub = bus_dead_pop(base)) != NULL) {
+        c = sub->chan;
+        if (!c->dirty) {
+            c->dirty = 1;
+            c->dirty_next = dirty;
+            dirty = c;
+        }
+        bus_sub_unref(sub);
+    }
+    while (dirty != NULL) {
+        c = dirty;
+        dirty = c->dirty_next;
+        c->dirty = 0;
         bus_subs_sweep(&c->subs);
+        coll_release(bus, c);
+    }
 }
 
 static int local_connected(const syncd_bus_t *base)
@@ -488,25 +911,31 @@ static void on_closed(uv_handle_t *handle)
     while (bus->colls != NULL) {
         lcoll_t *c = bus->colls;
         bus->colls = c->next;
-        bus_subs_release(&c->subs);
-        for (size_t i = 0; i < c->cap; i++)
-            json_decref(c->ring[i].event);
-        free(c->ring);
-        free(c);
+        coll_free(bus, c);
     }
+    bus_map_free(&bus->map);
     free_db(bus);
     bus_finish_close(&bus->base);
     free(bus);
 }
 
+/* Cancels what has not run (the jobs still queued and the finished ones);
+ * a batch on the thread pool cannot be stopped, so the close waits for it
+ * (one batch of RocksDB work). */
 static void local_close(syncd_bus_t *base)
 {
     lbus_t *bus = (lbus_t *)base;
 
     bus_enter(base);
+    *bus->done_tail = bus->head;
+    bus->head = NULL;
+    bus->tail = &bus->head;
     fire_all(bus, SYNCD_ECANCELED);
     bus_leave(base);
-    uv_close((uv_handle_t *)&bus->idle, on_closed);
+    if (bus->working)
+        bus->close_waits = 1;
+    else
+        uv_close((uv_handle_t *)&bus->idle, on_closed);
 }
 
 static const bus_ops_t local_ops = {
@@ -528,6 +957,7 @@ static int open_db(lbus_t *bus, const char *dir, syncd_error_t *err)
     bus->wopts = rocksdb_writeoptions_create();
     bus->ropts = rocksdb_readoptions_create();
     rocksdb_options_set_create_if_missing(bus->dbopts, 1);
+    rocksdb_writeoptions_set_sync(bus->wopts, 1);
     bus->db = rocksdb_open(bus->dbopts, dir, &errptr);
     if (errptr != NULL) {
         syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
@@ -547,6 +977,7 @@ int bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
     if (bus == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "allocating the bus");
     bus->tail = &bus->head;
+    bus->done_tail = &bus->done;
     rc = bus_init(&bus->base, &local_ops, loop, opts, err);
     if (rc == 0 && opts->data_dir != NULL)
         rc = open_db(bus, opts->data_dir, err);

@@ -4,16 +4,35 @@
  * replay log stream "syncd:D:C:log" (entry ID "<seq>-1", field "e" = the
  * event JSON, MAXLEN ~ event_log_len) and the channel "syncd:D:C".
  * Publishing is one Lua script (loaded once per connection, called by SHA,
- * re-sent with EVAL on NOSCRIPT) that INCRs the counter, splices "seq" into
- * the signed event, XADDs it and PUBLISHes it, so seqs are contiguous and
- * every published event is in the log before anyone can see it.
+ * re-sent with EVAL on NOSCRIPT) that checks the event against the hash
+ * "syncd:D:C:pubv" (document id -> "<version> <ts in microseconds>" of the
+ * last event published for it) and drops a duplicate (bus.h), else INCRs
+ * the counter, splices "seq" into the signed event, XADDs it, PUBLISHes it
+ * and records its version, so seqs are contiguous, every published event
+ * is in the log before anyone can see it, and deduplication is atomic
+ * across nodes.
  *
  * Two connections per bus: commands, and one subscriber connection for all
  * collections, driven from the loop by redis_uv.c. Each reconnects on its
  * own with exponential backoff (reconnect_min_ms..reconnect_max_ms); a
  * connection that is not ready within CONNECT_TIMEOUT_MIN_MS (or
  * reconnect_max_ms, if longer) is dropped and retried, so a connect into
- * a black hole cannot stall the bus. A subscription is either live
+ * a black hole cannot stall the bus. Every command has a deadline
+ * (command_timeout_ms): when a connection has commands waiting and Redis
+ * has answered none of them for that long, the connection is dropped (their
+ * callbacks get SYNCD_ETIMEDOUT) and reconnected, so that a frozen Redis
+ * cannot leave replies to be matched with later commands. Host names are
+ * resolved with uv_getaddrinfo() on the thread pool (hiredis would resolve
+ * them on the loop) and hiredis connects to the numeric address.
+ *
+ * Collections are records in a hash table by name (and a list for the
+ * walks a reconnect needs). A record lives while it has subscriptions or
+ * calls in flight; when it goes idle the subscriber connection UNSUBSCRIBEs
+ * its channel and the record is freed once Redis confirms (a subscription
+ * that comes back meanwhile SUBSCRIBEs again after the confirmation, since
+ * hiredis 0.14 would drop the channel's callback otherwise).
+ *
+ * A subscription is either live
  * (events come from the channel: last+1 is delivered, <= last is a counted
  * duplicate, a jump is a counted gap) or catching up: it reads the log from
  * last+1 with the read script (XRANGE, in batches) while live events only
@@ -53,9 +72,20 @@
 /* Random bytes of an epoch token. */
 #define EPOCH_BYTES 16
 
-/* KEYS: counter, stream. ARGV: event without seq, maxlen, floor, channel.
- * Returns the assigned seq. */
+/* KEYS: counter, stream, published versions. ARGV: event without seq,
+ * maxlen, floor, channel, id, version, 1 for a create, ts in microseconds.
+ * Returns the assigned seq, or 0 for a duplicate (bus.h). */
 static const char publish_lua[] =
+    "local rec = redis.call('HGET', KEYS[3], ARGV[5])\n"
+    "if rec then\n"
+    "  local sp = string.find(rec, ' ', 1, true)\n"
+    "  local pv = tonumber(string.sub(rec, 1, sp - 1))\n"
+    "  local pts = tonumber(string.sub(rec, sp + 1))\n"
+    "  if tonumber(ARGV[6]) <= pv and\n"
+    "     not (ARGV[7] == '1' and tonumber(ARGV[8]) > pts) then\n"
+    "    return 0\n"
+    "  end\n"
+    "end\n"
     "local seq = redis.call('INCR', KEYS[1])\n"
     "local floor = tonumber(ARGV[3])\n"
     "if seq <= floor then\n"
@@ -66,6 +96,7 @@ static const char publish_lua[] =
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-1', 'e', "
     "e)\n"
     "redis.call('PUBLISH', ARGV[4], e)\n"
+    "redis.call('HSET', KEYS[3], ARGV[5], ARGV[6] .. ' ' .. ARGV[8])\n"
     "return seq\n";
 
 /* KEYS: counter, stream. ARGV: first ID ("" reads no entries), last ID,
@@ -91,12 +122,16 @@ typedef struct rbus rbus_t;
 
 /* One collection: its keys, its subscriptions and the highest seq seen. */
 typedef struct rchan {
-    struct rchan *next;
-    char name[BUS_NAME_MAX];
-    char channel[KEY_MAX], counter[KEY_MAX], stream[KEY_MAX];
-    int64_t known; /* highest seq seen: the floor of the scripts */
-    int wanted;    /* has had a subscription: SUBSCRIBEd on connect */
-    int confirmed; /* subscribed on the current subscriber connection */
+    bus_map_entry_t entry;     /* entry.name: the collection */
+    struct rchan *prev, *next; /* in the bus's list */
+    struct rchan *dirty_next;  /* in a sweep's list */
+    char channel[KEY_MAX], counter[KEY_MAX], stream[KEY_MAX], pubv[KEY_MAX];
+    int64_t known;     /* highest seq seen: the floor of the scripts */
+    int calls;         /* script calls in flight */
+    int wanted;        /* SUBSCRIBEd, or to be on connect */
+    int confirmed;     /* subscribed on the current subscriber connection */
+    int unsubscribing; /* UNSUBSCRIBE sent, not yet confirmed */
+    int dirty;         /* in a sweep's list */
     syncd_bus_sub_t *subs;
 } rchan_t;
 
@@ -107,8 +142,13 @@ typedef struct rconn {
     int ready;             /* usable: set up and not dropped */
     int was_ready;         /* has been ready before: the next is a reconnect */
     int is_sub;
+    int resolving;  /* gai is in flight */
+    int pending;    /* commands waiting for an answer */
+    uint64_t heard; /* loop time of the last answer (or of the first send) */
     int64_t backoff_ms;
-    uv_timer_t timer;
+    uv_timer_t timer;    /* reconnect backoff and connect timeout */
+    uv_timer_t deadline; /* command deadline */
+    uv_getaddrinfo_t gai;
 } rconn_t;
 
 struct rbus {
@@ -119,8 +159,10 @@ struct rbus {
     char epoch_seen[96]; /* the token found on the last connect */
     char publish_sha[41], read_sha[41];
     rconn_t cmd, sub;
+    bus_map_t map; /* rchan_t by collection name */
     rchan_t *chans;
-    int open_timers;
+    int open_handles; /* timers and name lookups still to close or end */
+    int drop_status;  /* what calls dropped with a connection get */
     unsigned sub_gen; /* subscriber connections lost so far */
 };
 
@@ -135,7 +177,8 @@ typedef struct rcall {
     int evaled;
     char *body; /* CALL_PUBLISH: the event without seq (owned) */
     size_t body_len;
-    char args[4][48];
+    char *id; /* CALL_PUBLISH: the document id (owned) */
+    char args[5][48];
     syncd_bus_sub_t *sub; /* CALL_CATCHUP (holds a reference) */
     syncd_bus_publish_cb publish_cb;
     syncd_bus_replay_cb replay_cb;
@@ -146,6 +189,8 @@ typedef struct rcall {
 
 static void conn_start(rconn_t *conn);
 static void catch_up(syncd_bus_sub_t *sub);
+static void chan_release(rbus_t *bus, rchan_t *chan);
+static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata);
 
 /* ---- Connections --------------------------------------------------------- */
 
@@ -154,20 +199,59 @@ static void on_timer(uv_timer_t *timer)
     conn_start(timer->data);
 }
 
+/* Returns the status for a call whose reply is NULL: its connection went
+ * away while the bus closed, timed out, or failed. */
+static int dropped_status(const rbus_t *bus)
+{
+    return bus->base.closing ? SYNCD_ECANCELED : bus->drop_status;
+}
+
+static void on_deadline(uv_timer_t *timer);
+
+/* Counts a command sent on conn and arms its deadline check. */
+static void conn_sent(rconn_t *conn)
+{
+    if (conn->pending++ == 0)
+        conn->heard = uv_now(conn->bus->base.loop);
+    if (!uv_is_active((uv_handle_t *)&conn->deadline))
+        uv_timer_start(&conn->deadline, on_deadline,
+                       (uint64_t)conn->bus->base.command_timeout_ms, 0);
+}
+
+/* Notes an answer from Redis on ac: progress on conn when ac is its
+ * current connection; answered says it ends a command. */
+static void conn_heard(rconn_t *conn, const redisAsyncContext *ac, int answered)
+{
+    if (conn->ac != ac)
+        return;
+    conn->heard = uv_now(conn->bus->base.loop);
+    if (answered && conn->pending > 0)
+        conn->pending--;
+}
+
 /* Marks conn down and schedules its reconnect. */
 static void conn_down(rconn_t *conn)
 {
     rbus_t *bus = conn->bus;
 
     conn->ready = 0;
+    conn->pending = 0;
     if (bus->base.closing)
         return;
     if (conn->is_sub) {
+        rchan_t *next;
+
         bus->sub_gen++;
-        for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
+        for (rchan_t *c = bus->chans; c != NULL; c = next) {
+            next = c->next;
             c->confirmed = 0;
             for (syncd_bus_sub_t *s = c->subs; s != NULL; s = s->next)
                 s->catching = 1;
+            if (c->unsubscribing) {
+                c->unsubscribing = 0;
+                c->wanted = c->subs != NULL;
+                chan_release(bus, c);
+            }
         }
     }
     uv_timer_start(&conn->timer, on_timer, (uint64_t)conn->backoff_ms, 0);
@@ -194,6 +278,29 @@ static void on_connect_timeout(uv_timer_t *timer)
 
     if (!conn->ready)
         conn_fail(conn);
+}
+
+/* Drops conn when Redis has answered none of its waiting commands for
+ * command_timeout_ms; their callbacks get SYNCD_ETIMEDOUT. */
+static void on_deadline(uv_timer_t *timer)
+{
+    rconn_t *conn = timer->data;
+    rbus_t *bus = conn->bus;
+    uint64_t due = conn->heard + (uint64_t)bus->base.command_timeout_ms;
+    uint64_t now = uv_now(bus->base.loop);
+
+    if (conn->pending == 0 || conn->ac == NULL)
+        return;
+    if (now < due) {
+        uv_timer_start(&conn->deadline, on_deadline, due - now, 0);
+        return;
+    }
+    bus->base.stats.timeouts++;
+    bus_enter(&bus->base);
+    bus->drop_status = SYNCD_ETIMEDOUT;
+    conn_fail(conn);
+    bus->drop_status = SYNCD_EBACKEND;
+    bus_leave(&bus->base);
 }
 
 static void catch_up_all(rbus_t *bus)
@@ -249,6 +356,7 @@ static int setup_ok(redisAsyncContext *ac, redisReply *reply, rconn_t *conn)
 {
     if (reply == NULL || conn->ac != ac || conn->bus->base.closing)
         return 0;
+    conn_heard(conn, ac, 1);
     if (reply->type == REDIS_REPLY_ERROR) {
         conn_fail(conn);
         return 0;
@@ -256,7 +364,7 @@ static int setup_ok(redisAsyncContext *ac, redisReply *reply, rconn_t *conn)
     return 1;
 }
 
-static void on_select(redisAsyncContext *ac, void *r, void *privdata)
+static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     setup_ok(ac, r, privdata);
 }
@@ -301,12 +409,16 @@ static void on_epoch(redisAsyncContext *ac, void *r, void *privdata)
     conn_ready(&bus->cmd);
 }
 
-static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata);
-
-static int send_subscribe(rbus_t *bus, rchan_t *chan)
+/* Sends a (UN)SUBSCRIBE of chan's channel on the subscriber connection;
+ * REDIS_OK or REDIS_ERR. */
+static int send_sub_command(rbus_t *bus, rchan_t *chan, const char *verb)
 {
-    return redisAsyncCommand(bus->sub.ac, on_sub_reply, &bus->sub,
-                             "SUBSCRIBE %s", chan->channel);
+    int rc = redisAsyncCommand(bus->sub.ac, on_sub_reply, &bus->sub, "%s %s",
+                               verb, chan->channel);
+
+    if (rc == REDIS_OK)
+        conn_sent(&bus->sub);
+    return rc;
 }
 
 /* Writes a fresh random epoch token into out; 0 or -1. */
@@ -328,33 +440,36 @@ static int setup_cmd(rbus_t *bus, redisAsyncContext *ac)
 {
     rconn_t *conn = &bus->cmd;
     char token[2 * EPOCH_BYTES + 1];
+    int n = 4;
 
     if (new_token(token) != 0)
         return -1;
     if (bus->dbnum != 0 &&
-        redisAsyncCommand(ac, on_select, conn, "SELECT %d", bus->dbnum))
+        redisAsyncCommand(ac, on_setup_reply, conn, "SELECT %d", bus->dbnum))
         return -1;
     if (redisAsyncCommand(ac, on_script_loaded, bus->publish_sha,
                           "SCRIPT LOAD %s", publish_lua) ||
         redisAsyncCommand(ac, on_script_loaded, bus->read_sha, "SCRIPT LOAD %s",
                           read_lua) ||
-        redisAsyncCommand(ac, NULL, NULL, "SET %s %s NX", bus->epoch_key,
-                          token) ||
+        redisAsyncCommand(ac, on_setup_reply, conn, "SET %s %s NX",
+                          bus->epoch_key, token) ||
         redisAsyncCommand(ac, on_epoch, conn, "GET %s", bus->epoch_key))
         return -1;
+    n += bus->dbnum != 0;
+    while (n-- > 0)
+        conn_sent(conn);
     return 0;
 }
 
-static void conn_start(rconn_t *conn)
+/* Connects conn to the numeric address ip and queues its setup. */
+static void conn_connect(rconn_t *conn, const char *ip)
 {
     rbus_t *bus = conn->bus;
     redisAsyncContext *ac;
     int64_t timeout_ms;
     int rc = 0;
 
-    if (bus->base.closing)
-        return;
-    ac = redisAsyncConnect(bus->host, bus->port);
+    ac = redisAsyncConnect(ip, bus->port);
     if (ac == NULL) {
         conn_down(conn);
         return;
@@ -368,6 +483,7 @@ static void conn_start(rconn_t *conn)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     conn->ac = ac;
+    conn->pending = 0;
     timeout_ms = bus->base.reconnect_max_ms > CONNECT_TIMEOUT_MIN_MS
                      ? bus->base.reconnect_max_ms
                      : CONNECT_TIMEOUT_MIN_MS;
@@ -377,45 +493,150 @@ static void conn_start(rconn_t *conn)
     } else {
         for (rchan_t *c = bus->chans; c != NULL && rc == 0; c = c->next) {
             if (c->wanted)
-                rc = send_subscribe(bus, c);
+                rc = send_sub_command(bus, c, "SUBSCRIBE");
         }
     }
     if (rc != 0)
         conn_fail(conn);
 }
 
+static void on_closed(uv_handle_t *handle);
+
+/* The host name's addresses: connect to the first IPv4 one (Redis listens
+ * on IPv4 more often than not), else the first one. */
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    rconn_t *conn = req->data;
+    rbus_t *bus = conn->bus;
+    const struct addrinfo *pick = res;
+    char ip[64] = "";
+
+    conn->resolving = 0;
+    if (bus->base.closing) {
+        uv_freeaddrinfo(res);
+        on_closed((uv_handle_t *)&conn->timer);
+        return;
+    }
+    bus->open_handles--;
+    for (const struct addrinfo *a = res; a != NULL; a = a->ai_next) {
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    }
+    if (status == 0 && pick != NULL)
+        uv_ip_name(pick->ai_addr, ip, sizeof(ip));
+    uv_freeaddrinfo(res);
+    if (ip[0] == '\0')
+        conn_down(conn);
+    else
+        conn_connect(conn, ip);
+}
+
+/* Starts a connection: at once to a numeric host, else after resolving the
+ * name on the thread pool. */
+static void conn_start(rconn_t *conn)
+{
+    rbus_t *bus = conn->bus;
+    struct addrinfo hints;
+    unsigned char addr[16];
+
+    if (bus->base.closing)
+        return;
+    if (uv_inet_pton(AF_INET, bus->host, addr) == 0 ||
+        uv_inet_pton(AF_INET6, bus->host, addr) == 0) {
+        conn_connect(conn, bus->host);
+        return;
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    conn->gai.data = conn;
+    if (uv_getaddrinfo(bus->base.loop, &conn->gai, on_resolved, bus->host, NULL,
+                       &hints) != 0) {
+        conn_down(conn);
+        return;
+    }
+    conn->resolving = 1;
+    bus->open_handles++;
+}
+
 /* ---- Collections ----------------------------------------------------------
  */
 
+/* Returns the record of the channel name (len bytes), or NULL. */
 static rchan_t *find_chan(rbus_t *bus, const char *name, size_t len)
 {
-    for (rchan_t *c = bus->chans; c != NULL; c = c->next) {
-        if (strlen(c->channel) == len && memcmp(c->channel, name, len) == 0)
-            return c;
-    }
-    return NULL;
+    size_t pre = strlen("syncd:") + strlen(bus->base.database) + 1;
+    char coll[BUS_NAME_MAX];
+
+    if (len <= pre || len - pre >= sizeof(coll))
+        return NULL;
+    memcpy(coll, name + pre, len - pre);
+    coll[len - pre] = '\0';
+    return (rchan_t *)bus_map_find(&bus->map, coll);
 }
 
 /* Returns coll's record, created on first use; NULL on ENOMEM. */
 static rchan_t *get_chan(rbus_t *bus, const char *coll)
 {
     const char *db = bus->base.database;
-    rchan_t *c;
+    rchan_t *c = (rchan_t *)bus_map_find(&bus->map, coll);
 
-    for (c = bus->chans; c != NULL; c = c->next) {
-        if (strcmp(c->name, coll) == 0)
-            return c;
-    }
+    if (c != NULL)
+        return c;
     c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
-    snprintf(c->name, sizeof(c->name), "%s", coll);
+    snprintf(c->entry.name, sizeof(c->entry.name), "%s", coll);
     snprintf(c->channel, sizeof(c->channel), "syncd:%s:%s", db, coll);
     snprintf(c->counter, sizeof(c->counter), "syncd:%s:%s:seq", db, coll);
     snprintf(c->stream, sizeof(c->stream), "syncd:%s:%s:log", db, coll);
+    snprintf(c->pubv, sizeof(c->pubv), "syncd:%s:%s:pubv", db, coll);
+    if (bus_map_add(&bus->map, &c->entry) != 0) {
+        free(c);
+        return NULL;
+    }
     c->next = bus->chans;
+    if (c->next != NULL)
+        c->next->prev = c;
     bus->chans = c;
+    bus->base.stats.collections++;
     return c;
+}
+
+static void chan_free(rbus_t *bus, rchan_t *c)
+{
+    bus_subs_release(&c->subs);
+    free(c);
+    bus->base.stats.collections--;
+}
+
+/* Frees chan once it is idle (no subscription, no call, no UNSUBSCRIBE
+ * waiting), first UNSUBSCRIBing its channel when it is subscribed. */
+static void chan_release(rbus_t *bus, rchan_t *c)
+{
+    if (bus->base.closed || c->subs != NULL || c->calls > 0 || c->unsubscribing)
+        return;
+    if (c->wanted && bus->sub.ac != NULL) {
+        c->wanted = 0;
+        c->confirmed = 0;
+        if (send_sub_command(bus, c, "UNSUBSCRIBE") == REDIS_OK) {
+            c->unsubscribing = 1;
+            return;
+        }
+        conn_fail(&bus->sub);
+        if (c->unsubscribing || c->subs != NULL)
+            return;
+    }
+    bus_map_remove(&bus->map, &c->entry);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        bus->chans = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    chan_free(bus, c);
 }
 
 static void raise_known(rchan_t *chan, int64_t seq)
@@ -436,8 +657,8 @@ static int send_call(rcall_t *call)
 {
     rbus_t *bus = call->bus;
     int is_pub = call->kind == CALL_PUBLISH;
-    const char *argv[9];
-    size_t lens[9];
+    const char *argv[14];
+    size_t lens[14];
     int argc = 0;
 
     if (!bus->cmd.ready || bus->cmd.ac == NULL)
@@ -447,14 +668,19 @@ static int send_call(rcall_t *call)
         argv[argc++] = is_pub ? publish_lua : read_lua;
     else
         argv[argc++] = is_pub ? bus->publish_sha : bus->read_sha;
-    argv[argc++] = "2";
+    argv[argc++] = is_pub ? "3" : "2";
     argv[argc++] = call->chan->counter;
     argv[argc++] = call->chan->stream;
     if (is_pub) {
+        argv[argc++] = call->chan->pubv;
         argv[argc++] = call->body;
         argv[argc++] = call->args[0];
         argv[argc++] = call->args[1];
         argv[argc++] = call->chan->channel;
+        argv[argc++] = call->id;
+        argv[argc++] = call->args[2];
+        argv[argc++] = call->args[3];
+        argv[argc++] = call->args[4];
     } else {
         for (int i = 0; i < 4; i++)
             argv[argc++] = call->args[i];
@@ -464,6 +690,7 @@ static int send_call(rcall_t *call)
     if (redisAsyncCommandArgv(bus->cmd.ac, on_call_reply, call, argc, argv,
                               lens) != REDIS_OK)
         return -1;
+    conn_sent(&bus->cmd);
     return 0;
 }
 
@@ -475,6 +702,7 @@ static rcall_t *new_call(rbus_t *bus, call_kind_t kind, rchan_t *chan)
         call->bus = bus;
         call->kind = kind;
         call->chan = chan;
+        chan->calls++;
     }
     return call;
 }
@@ -483,7 +711,10 @@ static void free_call(rcall_t *call)
 {
     if (call->sub != NULL)
         bus_sub_unref(call->sub);
+    call->chan->calls--;
+    chan_release(call->bus, call->chan);
     free(call->body);
+    free(call->id);
     free(call);
 }
 
@@ -539,9 +770,12 @@ static void publish_done(rcall_t *call, const redisReply *reply)
     int status = SYNCD_EBACKEND;
     int64_t seq = 0;
 
-    if (reply == NULL && call->bus->base.closing)
-        status = SYNCD_ECANCELED;
-    else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) {
+    if (reply == NULL) {
+        status = dropped_status(call->bus);
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0) {
+        status = 0;
+        call->bus->base.stats.dropped_republished++;
+    } else if (reply->type == REDIS_REPLY_INTEGER) {
         status = 0;
         seq = reply->integer;
         raise_known(call->chan, seq);
@@ -633,8 +867,7 @@ static void replay_done(rcall_t *call, const redisReply *reply)
     int raised, status = 0;
 
     if (reply == NULL || read_reply(reply, &cur, &raised, &entries) != 0) {
-        status = reply == NULL && bus->base.closing ? SYNCD_ECANCELED
-                                                    : SYNCD_EBACKEND;
+        status = reply == NULL ? dropped_status(bus) : SYNCD_EBACKEND;
         goto done;
     }
     hi = call->until < 0 || call->until > cur ? cur : call->until;
@@ -670,7 +903,8 @@ static void on_call_reply(redisAsyncContext *ac, void *r, void *privdata)
     rbus_t *bus = call->bus;
     redisReply *reply = r;
 
-    (void)ac;
+    if (reply != NULL)
+        conn_heard(&bus->cmd, ac, 1);
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0 && !call->evaled) {
         call->evaled = 1;
@@ -731,8 +965,8 @@ static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
 
     if (bus_receive(&bus->base, &event, data, len) != 0)
         return;
-    if (strcmp(json_string_value(json_object_get(event, "coll")), chan->name) !=
-        0) {
+    if (strcmp(json_string_value(json_object_get(event, "coll")),
+               chan->entry.name) != 0) {
         bus->base.stats.dropped_malformed++;
         json_decref(event);
         return;
@@ -774,14 +1008,26 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
         return;
     kind = reply->element[0];
     name = reply->element[1];
-    if (kind->type != REDIS_REPLY_STRING || name->type != REDIS_REPLY_STRING ||
-        (chan = find_chan(bus, name->str, name->len)) == NULL)
+    if (kind->type != REDIS_REPLY_STRING || name->type != REDIS_REPLY_STRING)
+        return;
+    conn_heard(conn, ac, strcmp(kind->str, "message") != 0);
+    chan = find_chan(bus, name->str, name->len);
+    if (chan == NULL)
         return;
     bus_enter(&bus->base);
     if (strcmp(kind->str, "subscribe") == 0) {
         chan->confirmed = 1;
         for (syncd_bus_sub_t *s = chan->subs; s != NULL; s = s->next)
             catch_up(s);
+    } else if (strcmp(kind->str, "unsubscribe") == 0 && chan->unsubscribing) {
+        chan->unsubscribing = 0;
+        if (chan->subs != NULL) {
+            chan->wanted = 1;
+            if (send_sub_command(bus, chan, "SUBSCRIBE") != REDIS_OK)
+                conn_fail(&bus->sub);
+        } else {
+            chan_release(bus, chan);
+        }
     } else if (strcmp(kind->str, "message") == 0 &&
                reply->element[2]->type == REDIS_REPLY_STRING) {
         on_event(bus, chan, reply->element[2]->str, reply->element[2]->len);
@@ -792,24 +1038,35 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
 /* ---- Operations -----------------------------------------------------------
  */
 
-static int redis_publish(syncd_bus_t *base, const char *coll, char *body_new,
-                         size_t len, syncd_bus_publish_cb cb, void *payload)
+static int redis_publish(syncd_bus_t *base, const bus_pub_t *pub,
+                         char *body_new, size_t len, syncd_bus_publish_cb cb,
+                         void *payload)
 {
     rbus_t *bus = (rbus_t *)base;
-    rchan_t *chan = get_chan(bus, coll);
+    rchan_t *chan = get_chan(bus, pub->coll);
     rcall_t *call = chan != NULL ? new_call(bus, CALL_PUBLISH, chan) : NULL;
 
     if (call == NULL) {
         free(body_new);
+        if (chan != NULL)
+            chan_release(bus, chan);
         return SYNCD_ENOMEM;
     }
     call->body = body_new;
     call->body_len = len;
     call->publish_cb = cb;
     call->payload = payload;
+    call->id = strdup(pub->id);
     snprintf(call->args[0], sizeof(call->args[0]), "%" PRIu64,
              base->event_log_len);
     snprintf(call->args[1], sizeof(call->args[1]), "%" PRId64, chan->known);
+    snprintf(call->args[2], sizeof(call->args[2]), "%" PRId64, pub->v);
+    snprintf(call->args[3], sizeof(call->args[3]), "%d", pub->create);
+    snprintf(call->args[4], sizeof(call->args[4]), "%" PRId64, pub->ts_us);
+    if (call->id == NULL) {
+        free_call(call);
+        return SYNCD_ENOMEM;
+    }
     if (send_call(call) != 0) {
         free_call(call);
         return SYNCD_EBACKEND;
@@ -825,16 +1082,17 @@ static int redis_subscribe(syncd_bus_t *base, syncd_bus_sub_t *sub,
 
     if (chan == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "allocating a channel");
-    if (!chan->wanted) {
-        chan->wanted = 1;
-        if (bus->sub.ac != NULL && send_subscribe(bus, chan) != REDIS_OK)
-            conn_fail(&bus->sub);
-    }
     if (sub->last > chan->known)
         chan->known = sub->last;
     sub->chan = chan;
     sub->next = chan->subs;
     chan->subs = sub;
+    if (!chan->wanted && !chan->unsubscribing) {
+        chan->wanted = 1;
+        if (bus->sub.ac != NULL &&
+            send_sub_command(bus, chan, "SUBSCRIBE") != REDIS_OK)
+            conn_fail(&bus->sub);
+    }
     catch_up(sub);
     return 0;
 }
@@ -842,9 +1100,25 @@ static int redis_subscribe(syncd_bus_t *base, syncd_bus_sub_t *sub,
 static void redis_sweep(syncd_bus_t *base)
 {
     rbus_t *bus = (rbus_t *)base;
+    rchan_t *dirty = NULL, *c;
+    syncd_bus_sub_t *sub;
 
-    for (rchan_t *c = bus->chans; c != NULL; c = c->next)
+    while ((sub = bus_dead_pop(base)) != NULL) {
+        c = sub->chan;
+        if (!c->dirty) {
+            c->dirty = 1;
+            c->dirty_next = dirty;
+            dirty = c;
+        }
+        bus_sub_unref(sub);
+    }
+    while (dirty != NULL) {
+        c = dirty;
+        dirty = c->dirty_next;
+        c->dirty = 0;
         bus_subs_sweep(&c->subs);
+        chan_release(bus, c);
+    }
 }
 
 static int redis_replay(syncd_bus_t *base, const char *coll, int64_t after,
@@ -855,8 +1129,11 @@ static int redis_replay(syncd_bus_t *base, const char *coll, int64_t after,
     rchan_t *chan = get_chan(bus, coll);
     rcall_t *call = chan != NULL ? new_call(bus, CALL_REPLAY, chan) : NULL;
 
-    if (call == NULL)
+    if (call == NULL) {
+        if (chan != NULL)
+            chan_release(bus, chan);
         return SYNCD_ENOMEM;
+    }
     call->replay_cb = cb;
     call->payload = payload;
     call->after = after;
@@ -889,15 +1166,16 @@ static void on_seq(redisAsyncContext *ac, void *r, void *privdata)
     int status = SYNCD_EBACKEND;
     int64_t seq = 0;
 
-    (void)ac;
-    if (reply == NULL && req->bus->base.closing) {
-        status = SYNCD_ECANCELED;
+    if (reply == NULL) {
+        status = dropped_status(req->bus);
     } else if (reply != NULL && (reply->type == REDIS_REPLY_NIL ||
                                  reply->type == REDIS_REPLY_STRING)) {
         status = 0;
         seq = reply->type == REDIS_REPLY_STRING ? strtoll(reply->str, NULL, 10)
                                                 : 0;
     }
+    if (reply != NULL)
+        conn_heard(&req->bus->cmd, ac, 1);
     bus_enter(&req->bus->base);
     req->cb(status, seq, req->payload);
     bus_leave(&req->bus->base);
@@ -908,19 +1186,20 @@ static int redis_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
                      void *payload)
 {
     rbus_t *bus = (rbus_t *)base;
-    rchan_t *chan = get_chan(bus, coll);
-    rseq_t *req;
+    rseq_t *req = calloc(1, sizeof(*req));
 
-    if (chan == NULL || (req = calloc(1, sizeof(*req))) == NULL)
+    if (req == NULL)
         return SYNCD_ENOMEM;
     req->bus = bus;
     req->cb = cb;
     req->payload = payload;
-    if (!bus->cmd.ready || redisAsyncCommand(bus->cmd.ac, on_seq, req, "GET %s",
-                                             chan->counter) != REDIS_OK) {
+    if (!bus->cmd.ready ||
+        redisAsyncCommand(bus->cmd.ac, on_seq, req, "GET syncd:%s:%s:seq",
+                          base->database, coll) != REDIS_OK) {
         free(req);
         return SYNCD_EBACKEND;
     }
+    conn_sent(&bus->cmd);
     return 0;
 }
 
@@ -930,18 +1209,20 @@ static int redis_connected(const syncd_bus_t *base)
     return bus->cmd.ready && bus->sub.ready;
 }
 
-static void on_timer_closed(uv_handle_t *handle)
+/* Counts down the handles (and name lookups) of a closing bus; the last
+ * one frees it. */
+static void on_closed(uv_handle_t *handle)
 {
     rbus_t *bus = ((rconn_t *)handle->data)->bus;
 
-    if (--bus->open_timers > 0)
+    if (--bus->open_handles > 0)
         return;
     while (bus->chans != NULL) {
         rchan_t *c = bus->chans;
         bus->chans = c->next;
-        bus_subs_release(&c->subs);
-        free(c);
+        chan_free(bus, c);
     }
+    bus_map_free(&bus->map);
     bus_finish_close(&bus->base);
     free(bus);
 }
@@ -958,7 +1239,10 @@ static void redis_close(syncd_bus_t *base)
         conns[i]->ready = 0;
         if (ac != NULL)
             redisAsyncFree(ac);
-        uv_close((uv_handle_t *)&conns[i]->timer, on_timer_closed);
+        if (conns[i]->resolving)
+            uv_cancel((uv_req_t *)&conns[i]->gai);
+        uv_close((uv_handle_t *)&conns[i]->timer, on_closed);
+        uv_close((uv_handle_t *)&conns[i]->deadline, on_closed);
     }
     bus_leave(base);
 }
@@ -1023,8 +1307,10 @@ static void conn_init(rbus_t *bus, rconn_t *conn, int is_sub)
     conn->is_sub = is_sub;
     conn->backoff_ms = bus->base.reconnect_min_ms;
     uv_timer_init(bus->base.loop, &conn->timer);
+    uv_timer_init(bus->base.loop, &conn->deadline);
     conn->timer.data = conn;
-    bus->open_timers++;
+    conn->deadline.data = conn;
+    bus->open_handles += 2;
 }
 
 int bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,

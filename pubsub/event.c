@@ -90,38 +90,66 @@ static int digits(const char **p, int n, int *out)
     return 0;
 }
 
-/* Returns 1 when s is an RFC 3339 date-time
- * (YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)). */
-static int rfc3339_valid(const char *s)
+/* Days from 1970-01-01 to the civil date y-m-d (proleptic Gregorian). */
+static int64_t days_from_civil(int64_t y, int m, int d)
 {
-    int year, mon, day, hour, min, sec, oh, om;
+    int64_t era, yoe, doy, doe;
+
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+int bus_ts_micros(const char *s, int64_t *out)
+{
+    int year, mon, day, hour, min, sec, oh = 0, om = 0, sign = 0;
+    int64_t frac = 0, scale = 100000;
     const char *p = s;
 
     if (digits(&p, 4, &year) || *p++ != '-' || digits(&p, 2, &mon) ||
         *p++ != '-' || digits(&p, 2, &day) || (*p != 'T' && *p != 't'))
-        return 0;
+        return -1;
     p++;
     if (digits(&p, 2, &hour) || *p++ != ':' || digits(&p, 2, &min) ||
         *p++ != ':' || digits(&p, 2, &sec))
-        return 0;
+        return -1;
     if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 ||
         sec > 60)
-        return 0;
+        return -1;
     if (*p == '.') {
         p++;
         if (!isdigit((unsigned char)*p))
-            return 0;
-        while (isdigit((unsigned char)*p))
-            p++;
+            return -1;
+        for (; isdigit((unsigned char)*p); p++, scale /= 10)
+            frac += (*p - '0') * scale;
     }
-    if (*p == 'Z' || *p == 'z')
-        return p[1] == '\0';
-    if (*p != '+' && *p != '-')
-        return 0;
-    p++;
-    if (digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om))
-        return 0;
-    return *p == '\0' && oh <= 23 && om <= 59;
+    if (*p == 'Z' || *p == 'z') {
+        if (p[1] != '\0')
+            return -1;
+    } else {
+        if (*p != '+' && *p != '-')
+            return -1;
+        sign = *p++ == '+' ? 1 : -1;
+        if (digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om) ||
+            *p != '\0' || oh > 23 || om > 59)
+            return -1;
+    }
+    *out = ((days_from_civil(year, mon, day) * 24 + hour) * 60 + min) * 60 +
+           sec - (int64_t)sign * (oh * 3600 + om * 60);
+    *out = *out * 1000000 + frac;
+    return 0;
+}
+
+/* Returns 1 when s is an RFC 3339 date-time
+ * (YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)). */
+static int rfc3339_valid(const char *s)
+{
+    int64_t us;
+
+    return bus_ts_micros(s, &us) == 0;
 }
 
 static int bad(syncd_error_t *err, const char *member, const char *why)

@@ -20,6 +20,40 @@
 /* Longest collection name (DESIGN.md section 2) plus its NUL. */
 #define BUS_NAME_MAX 65
 
+/* What deduplication needs to know of a published event. */
+typedef struct bus_pub {
+    const char *coll, *id; /* borrowed from the event */
+    int64_t v;
+    int create;    /* op is "create" */
+    int64_t ts_us; /* "ts" in microseconds since the epoch */
+} bus_pub_t;
+
+/* A record in a bus_map_t: implementations embed it in their collection
+ * records. */
+typedef struct bus_map_entry {
+    struct bus_map_entry *next; /* in its bucket */
+    char name[BUS_NAME_MAX];
+} bus_map_entry_t;
+
+/* A chained hash table of collection records by name, grown and shrunk
+ * with its count; it owns only its bucket array. */
+typedef struct bus_map {
+    bus_map_entry_t **buckets;
+    size_t nbuckets, count;
+} bus_map_t;
+
+/* Returns the entry named name in map, or NULL. */
+bus_map_entry_t *bus_map_find(const bus_map_t *map, const char *name);
+
+/* Adds entry (its name set, not in map) to map; 0 or SYNCD_ENOMEM. */
+int bus_map_add(bus_map_t *map, bus_map_entry_t *entry);
+
+/* Removes entry (in map) from map. */
+void bus_map_remove(bus_map_t *map, bus_map_entry_t *entry);
+
+/* Frees map's bucket array (the entries are the caller's). */
+void bus_map_free(bus_map_t *map);
+
 /* Operations of one bus implementation. */
 typedef struct bus_ops {
     const char *kind;
@@ -28,13 +62,15 @@ typedef struct bus_ops {
     void (*close)(syncd_bus_t *bus);
     int (*connected)(const syncd_bus_t *bus);
     /* Publishes body_new (the encoded event without "seq", owned by the
-     * callee on every path) on coll. */
-    int (*publish)(syncd_bus_t *bus, const char *coll, char *body_new,
+     * callee on every path) described by pub, unless deduplication drops
+     * it. */
+    int (*publish)(syncd_bus_t *bus, const bus_pub_t *pub, char *body_new,
                    size_t len, syncd_bus_publish_cb cb, void *payload);
     /* Starts delivery to sub (already filled in by bus.c). */
     int (*subscribe)(syncd_bus_t *bus, syncd_bus_sub_t *sub,
                      syncd_error_t *err);
-    /* Unlinks every dead subscription and drops the bus's reference. */
+    /* Unlinks the dead subscriptions (bus_dead_pop()) from their
+     * collections and frees the collections left idle. */
     void (*sweep)(syncd_bus_t *bus);
     int (*replay)(syncd_bus_t *bus, const char *coll, int64_t after,
                   int64_t until, size_t max, syncd_bus_replay_cb cb,
@@ -51,19 +87,21 @@ struct syncd_bus {
     char *secret; /* NULL: unsigned events */
     uint64_t event_log_len;
     size_t max_event_bytes;
-    int64_t reconnect_min_ms, reconnect_max_ms;
+    int64_t reconnect_min_ms, reconnect_max_ms, command_timeout_ms;
     syncd_bus_stats_t stats;
-    int depth;   /* nesting of bus_enter() */
-    int closing; /* syncd_bus_close() was called */
-    int closed;  /* the implementation's close has started */
+    int depth;             /* nesting of bus_enter() */
+    int closing;           /* syncd_bus_close() was called */
+    int closed;            /* the implementation's close has started */
+    syncd_bus_sub_t *dead; /* unsubscribed, not yet swept (by dead_next) */
     syncd_bus_close_cb close_cb;
     void *close_payload;
 };
 
 struct syncd_bus_sub {
     syncd_bus_t *bus;
-    void *chan;            /* the implementation's collection record */
-    syncd_bus_sub_t *next; /* in that record's list */
+    void *chan;                 /* the implementation's collection record */
+    syncd_bus_sub_t *next;      /* in that record's list */
+    syncd_bus_sub_t *dead_next; /* in the bus's dead list */
     char coll[BUS_NAME_MAX];
     int64_t last; /* last seq delivered; -1 until known */
     int64_t want; /* highest live seq seen while catching up */
@@ -98,6 +136,11 @@ void bus_sub_ref(syncd_bus_sub_t *sub);
 /* Drops a reference to sub; the last one frees it. */
 void bus_sub_unref(syncd_bus_sub_t *sub);
 
+/* Pops a subscription from bus's dead list (NULL when empty); the caller
+ * owns the reference the list held. Sweeps start from this list, so that
+ * they visit only the collections whose subscriptions ended. */
+syncd_bus_sub_t *bus_dead_pop(syncd_bus_t *bus);
+
 /* Unlinks the dead subscriptions of the list at *list (linked by next),
  * dropping the list's reference to each. */
 void bus_subs_sweep(syncd_bus_sub_t **list);
@@ -130,6 +173,14 @@ int bus_name_valid(const char *name);
  * with_seq is set (a publish carries none yet). */
 int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
                     syncd_error_t *err);
+
+/* Reads the RFC 3339 time s into microseconds since the epoch (*out);
+ * 0, or -1 when s is not a valid RFC 3339 date-time. */
+int bus_ts_micros(const char *s, int64_t *out);
+
+/* Returns 1 when a publish of pub must be dropped given the version and
+ * time (microseconds) recorded for its (coll, id): the rule of bus.h. */
+int bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us);
 
 /* Verifies event's "sig" under secret; SYNCD_EINVAL when it is missing or
  * does not match. */

@@ -76,6 +76,8 @@ static const option_t options[] = {
      "larger diffs are published as invalidates"},
     {"event-log-len", OPT_INT, AT(event_log_len), "100000",
      "replay log length per collection"},
+    {"bus-timeout", OPT_DURATION, AT(bus_timeout_ms), "2s",
+     "deadline of every Redis bus command"},
     {"max-connections", OPT_INT, AT(max_connections), "1024",
      "open HTTP connections; more are refused with 503"},
     {"max-header-bytes", OPT_SIZE, AT(max_header_bytes), "16KiB",

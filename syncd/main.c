@@ -198,6 +198,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     bo.secret = c->secret;
     bo.event_log_len = (uint64_t)c->event_log_len;
     bo.max_event_bytes = c->max_event_bytes;
+    bo.command_timeout_ms = c->bus_timeout_ms;
     rc = syncd_bus_open(&d->bus, &d->loop, &bo, err);
     if (rc != 0)
         return rc;

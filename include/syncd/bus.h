@@ -7,7 +7,18 @@
  * seq order. Two implementations share this interface: the Redis bus (one
  * Lua script does INCR + XADD + PUBLISH; pub/sub is the fast path, the
  * stream the replay log) and the in-process bus of the embedded default
- * (memory, with the replay log persisted in RocksDB).
+ * (memory, with the counter, the replay log and the deduplication state
+ * fsynced to RocksDB with each publish, by the libuv thread pool).
+ *
+ * Publishing deduplicates by version at the source: an event of (coll, id,
+ * v) is dropped when the bus already published one of that (coll, id) with
+ * a version >= v, unless it is a create whose "ts" is later than the
+ * recorded one (a re-create after the tombstone was purged restarts the
+ * versions). With Redis the check and the publish are one atomic script,
+ * so this holds across nodes.
+ *
+ * Per-collection state lives while the collection has subscriptions or
+ * requests in flight, and is freed after that.
  *
  * The bus is asynchronous on a libuv loop and is used from that loop's
  * thread only. Every callback fires exactly once per request, with
@@ -40,16 +51,19 @@ typedef struct syncd_bus_options {
     const char *secret;     /* HMAC-SHA256 key; NULL: unsigned events */
     uint64_t event_log_len; /* replay log bound per collection; 100000 */
     size_t max_event_bytes; /* larger diffs become invalidates; 1 MiB */
-    int64_t reconnect_min_ms; /* Redis reconnect backoff start; 100 ms */
-    int64_t reconnect_max_ms; /* Redis reconnect backoff cap; 5 s */
+    int64_t reconnect_min_ms;   /* Redis reconnect backoff start; 100 ms */
+    int64_t reconnect_max_ms;   /* Redis reconnect backoff cap; 5 s */
+    int64_t command_timeout_ms; /* deadline of every Redis command; 2 s */
 } syncd_bus_options_t;
 
 /* Sets every field of opts to its documented default. */
 void syncd_bus_options_init(syncd_bus_options_t *opts);
 
 /* Opens a bus on loop into *out (freed by syncd_bus_close()): the Redis
- * bus when opts->redis_url is set (it connects in the background and
- * reconnects with backoff), else the in-process bus. SYNCD_EINVAL for bad
+ * bus when opts->redis_url is set (it resolves the host on the thread
+ * pool, connects in the background, reconnects with backoff, and drops and
+ * reconnects a connection whose command goes unanswered past
+ * command_timeout_ms), else the in-process bus. SYNCD_EINVAL for bad
  * options, SYNCD_EBACKEND when the replay log cannot be opened. */
 int syncd_bus_open(syncd_bus_t **out, uv_loop_t *loop,
                    const syncd_bus_options_t *opts, syncd_error_t *err);
@@ -69,8 +83,13 @@ const char *syncd_bus_kind(const syncd_bus_t *bus);
  * in-process bus), else 0. */
 int syncd_bus_connected(const syncd_bus_t *bus);
 
-/* Completion of a publish: status 0 and the assigned seq, or a negative
- * SYNCD_E* code (SYNCD_EBACKEND while Redis is unreachable). */
+/* Completion of a publish: status 0 and the assigned seq; status 0 and
+ * seq 0 when the event was dropped as a duplicate of a version the bus
+ * already published (counted in dropped_republished); or a negative
+ * SYNCD_E* code: SYNCD_EBACKEND while Redis is unreachable,
+ * SYNCD_ETIMEDOUT when Redis did not answer within command_timeout_ms (the
+ * event may still have been published: publish it again, deduplication
+ * drops it if so), SYNCD_ECANCELED when the bus closed first. */
 typedef void (*syncd_bus_publish_cb)(int status, int64_t seq, void *payload);
 
 /* Publishes event (borrowed; its "coll" names the collection; "seq",
@@ -107,7 +126,8 @@ void syncd_bus_unsubscribe(syncd_bus_sub_t *sub);
 
 /* Completion of a replay read: status 0 with a new JSON array of the
  * events (caller decrefs), or SYNCD_ENOTFOUND when the log no longer holds
- * seq after+1 (events == NULL), or another negative code. */
+ * seq after+1 (events == NULL), or another negative code (SYNCD_ETIMEDOUT
+ * past command_timeout_ms). */
 typedef void (*syncd_bus_replay_cb)(int status, json_t *events, void *payload);
 
 /* Reads coll's events with after < seq <= until (until < 0: up to the
@@ -117,18 +137,23 @@ int syncd_bus_replay(syncd_bus_t *bus, const char *coll, int64_t after,
                      void *payload);
 
 /* Completion of a seq read: status 0 and coll's current (last assigned)
- * seq, 0 when nothing was published yet. */
+ * seq, 0 when nothing was published yet; or a negative code
+ * (SYNCD_ETIMEDOUT past command_timeout_ms). */
 typedef void (*syncd_bus_seq_cb)(int status, int64_t seq, void *payload);
 
 /* Reads coll's current event seq. */
 int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
                   void *payload);
 
-/* Counters of one bus (monotonic). */
+/* Counters of one bus (monotonic but for collections). dropped_duplicate
+ * counts received events a subscription had seen; dropped_republished
+ * counts publishes dropped by deduplication; timeouts counts commands that
+ * got no answer within command_timeout_ms; collections is the number of
+ * collections the bus holds state for right now (a gauge). */
 typedef struct syncd_bus_stats {
     uint64_t published, received, replayed, gaps, resyncs, reconnects,
         dropped_malformed, dropped_oversize, dropped_signature,
-        dropped_duplicate;
+        dropped_duplicate, dropped_republished, timeouts, collections;
 } syncd_bus_stats_t;
 
 /* Copies the bus counters into *out. */
