@@ -208,11 +208,18 @@ static int dropped_status(const rbus_t *bus)
 
 static void on_deadline(uv_timer_t *timer);
 
+/* The current time in ms. Not uv_now(): the loop's cached time lags when
+ * a caller worked for long without running the loop. */
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
 /* Counts a command sent on conn and arms its deadline check. */
 static void conn_sent(rconn_t *conn)
 {
     if (conn->pending++ == 0)
-        conn->heard = uv_now(conn->bus->base.loop);
+        conn->heard = now_ms();
     if (!uv_is_active((uv_handle_t *)&conn->deadline))
         uv_timer_start(&conn->deadline, on_deadline,
                        (uint64_t)conn->bus->base.command_timeout_ms, 0);
@@ -224,7 +231,7 @@ static void conn_heard(rconn_t *conn, const redisAsyncContext *ac, int answered)
 {
     if (conn->ac != ac)
         return;
-    conn->heard = uv_now(conn->bus->base.loop);
+    conn->heard = now_ms();
     if (answered && conn->pending > 0)
         conn->pending--;
 }
@@ -287,10 +294,20 @@ static void on_deadline(uv_timer_t *timer)
     rconn_t *conn = timer->data;
     rbus_t *bus = conn->bus;
     uint64_t due = conn->heard + (uint64_t)bus->base.command_timeout_ms;
-    uint64_t now = uv_now(bus->base.loop);
+    uint64_t now = now_ms();
 
     if (conn->pending == 0 || conn->ac == NULL)
         return;
+    if (now >= due) {
+        /* Timers run before the loop reads sockets: after a long stall of
+         * the loop, answers may be waiting unread. */
+        bus_enter(&bus->base);
+        redisAsyncHandleRead(conn->ac);
+        bus_leave(&bus->base);
+        if (conn->pending == 0 || conn->ac == NULL || bus->base.closed)
+            return;
+        due = conn->heard + (uint64_t)bus->base.command_timeout_ms;
+    }
     if (now < due) {
         uv_timer_start(&conn->deadline, on_deadline, due - now, 0);
         return;

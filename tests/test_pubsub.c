@@ -10,12 +10,16 @@
  * its buses and checking that the loop closes clean.
  */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
@@ -57,6 +61,7 @@ static json_t *make_event(const char *id, int64_t v)
 typedef struct rec {
     int events, resyncs, out_of_order;
     int64_t last, resync_seq[8];
+    int64_t versions[16]; /* "v" of the first 16 events */
 } rec_t;
 
 static void on_event(syncd_bus_signal_t signal, int64_t seq,
@@ -76,6 +81,9 @@ static void on_event(syncd_bus_signal_t signal, int64_t seq,
     if (seq != rec->last + 1)
         rec->out_of_order++;
     rec->last = seq;
+    if (rec->events < 16)
+        rec->versions[rec->events] =
+            json_integer_value(json_object_get(event, "v"));
     rec->events++;
 }
 
@@ -89,6 +97,8 @@ typedef struct pubs {
     const char *id; /* the document the events change; "doc" */
     unsigned char seen[MAX_SEQ + 1];
     int dup_seq;
+    int64_t last_seq; /* the highest seq a callback got */
+    int out_of_order; /* callbacks with a seq below an earlier one */
 } pubs_t;
 
 /* The version of the next published event: every publish of the tests is
@@ -110,6 +120,10 @@ static void on_published(int status, int64_t seq, void *payload)
     assert_true(seq >= 1 && seq <= MAX_SEQ);
     if (p->seen[seq])
         p->dup_seq++;
+    if (seq < p->last_seq)
+        p->out_of_order++;
+    else
+        p->last_seq = seq;
     p->seen[seq] = 1;
     if (p->kill_at != 0 && p->done == p->kill_at)
         assert_int_equal(syncd_test_redis_cli(p->srv, "CLIENT", "KILL", "TYPE",
@@ -140,12 +154,12 @@ static void on_tick_closed(uv_handle_t *handle)
     *(int *)handle->data = 1;
 }
 
-/* Runs loop until pred(arg) holds; fails the test after 60 s so that a
- * bug is a failure, not a hang. */
-static void wait_for(uv_loop_t *loop, int (*pred)(void *), void *arg)
+/* Runs loop until pred(arg) holds; fails the test after ms milliseconds. */
+static void wait_within(uv_loop_t *loop, uint64_t ms, int (*pred)(void *),
+                        void *arg)
 {
     uv_timer_t tick;
-    uint64_t deadline = uv_hrtime() + 60ull * 1000 * 1000 * 1000;
+    uint64_t deadline = uv_hrtime() + ms * 1000 * 1000;
     int closed = 0, ok;
 
     uv_timer_init(loop, &tick);
@@ -158,6 +172,13 @@ static void wait_for(uv_loop_t *loop, int (*pred)(void *), void *arg)
     while (!closed)
         uv_run(loop, UV_RUN_ONCE);
     assert_true(ok);
+}
+
+/* Runs loop until pred(arg) holds; fails the test after 60 s so that a
+ * bug is a failure, not a hang. */
+static void wait_for(uv_loop_t *loop, int (*pred)(void *), void *arg)
+{
+    wait_within(loop, 60000, pred, arg);
 }
 
 static int pubs_done(void *arg)
@@ -318,27 +339,42 @@ static void publish_all(uv_loop_t *loop, pubs_t *p, syncd_bus_t *bus, int n)
     assert_int_equal(p->dup_seq, 0);
 }
 
+/* Sets opts to what the tests' buses use. */
+static void test_options(syncd_bus_options_t *opts, const char *url,
+                         const char *dir)
+{
+    syncd_bus_options_init(opts);
+    opts->redis_url = url;
+    opts->data_dir = dir;
+    opts->database = "test";
+    opts->reconnect_min_ms = 10;
+    opts->reconnect_max_ms = 200;
+    opts->max_event_bytes = 4096;
+}
+
+/* Opens a bus with opts and, for Redis, waits until it is connected. */
+static syncd_bus_t *open_bus_with(uv_loop_t *loop,
+                                  const syncd_bus_options_t *opts)
+{
+    syncd_bus_t *bus = NULL;
+    syncd_error_t err = {0};
+
+    assert_int_equal(syncd_bus_open(&bus, loop, opts, &err), 0);
+    if (opts->redis_url != NULL)
+        wait_for(loop, bus_up, bus);
+    return bus;
+}
+
 static syncd_bus_t *open_bus(uv_loop_t *loop, const char *url, const char *dir,
                              const char *secret, uint64_t log_len)
 {
     syncd_bus_options_t opts;
-    syncd_bus_t *bus = NULL;
-    syncd_error_t err = {0};
 
-    syncd_bus_options_init(&opts);
-    opts.redis_url = url;
-    opts.data_dir = dir;
+    test_options(&opts, url, dir);
     opts.secret = secret;
-    opts.database = "test";
-    opts.reconnect_min_ms = 10;
-    opts.reconnect_max_ms = 200;
-    opts.max_event_bytes = 4096;
     if (log_len != 0)
         opts.event_log_len = log_len;
-    assert_int_equal(syncd_bus_open(&bus, loop, &opts, &err), 0);
-    if (url != NULL)
-        wait_for(loop, bus_up, bus);
-    return bus;
+    return open_bus_with(loop, &opts);
 }
 
 /* ---- Events ------------------------------------------------------------- */
@@ -607,6 +643,289 @@ static void test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC(void **state)
     end_loop(&loop);
 }
 
+/* One publish and its outcome. */
+typedef struct pub1 {
+    int done, status;
+    int64_t seq;
+} pub1_t;
+
+static void on_pub1(int status, int64_t seq, void *payload)
+{
+    pub1_t *p = payload;
+
+    p->done++;
+    p->status = status;
+    p->seq = seq;
+}
+
+/* Publishes event_new (stolen) on bus and waits for its outcome. */
+static pub1_t publish_one(uv_loop_t *loop, syncd_bus_t *bus, json_t *event_new)
+{
+    pub1_t p = {0};
+
+    assert_int_equal(syncd_bus_publish(bus, event_new, on_pub1, &p), 0);
+    json_decref(event_new);
+    wait_for(loop, flag_set, &p.done);
+    assert_int_equal(p.done, 1);
+    return p;
+}
+
+/* Returns a create of id (version 1, base 0) made at ts. */
+static json_t *make_create_at(const char *id, const char *ts)
+{
+    json_t *event = make_event(id, 1);
+
+    json_object_set_new(event, "ts", json_string(ts));
+    return event;
+}
+
+/* Publishes on bus the sequence that exercises the deduplication rule of
+ * bus.h for a fresh id of COLL, whose first seq is to be first: new
+ * versions get the next seqs, a repeated or older version is dropped with
+ * status 0 and seq 0 (and counted), and a create made later than the
+ * recorded one (a re-create after a purged tombstone) goes through. */
+static void expect_dedupe(uv_loop_t *loop, syncd_bus_t *bus, int64_t first)
+{
+    const char *later = "2026-11-25T08:00:00Z";
+    syncd_bus_stats_t before, after;
+    pub1_t p;
+
+    syncd_bus_stats(bus, &before);
+    p = publish_one(loop, bus, make_event("dd", 1));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, first);
+    p = publish_one(loop, bus, make_event("dd", 2));
+    assert_int_equal(p.seq, first + 1);
+    p = publish_one(loop, bus, make_event("dd", 2));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, 0);
+    p = publish_one(loop, bus, make_event("dd", 1));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, 0);
+    /* 2026-11-24T10:00:00.123456Z in another zone: the same instant. */
+    p = publish_one(loop, bus,
+                    make_create_at("dd", "2026-11-24T11:00:00.123456+01:00"));
+    assert_int_equal(p.seq, 0);
+    p = publish_one(loop, bus, make_create_at("dd", later));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, first + 2);
+    p = publish_one(loop, bus, make_create_at("dd", later));
+    assert_int_equal(p.seq, 0);
+    p = publish_one(loop, bus, make_event("dd", 2));
+    assert_int_equal(p.seq, first + 3);
+    syncd_bus_stats(bus, &after);
+    assert_int_equal(after.published - before.published, 4);
+    assert_int_equal(after.dropped_republished - before.dropped_republished, 4);
+}
+
+/* Subscribes to COLL after seq after, waits for seq until, and checks that
+ * the events carried the versions want (n of them), in order. */
+static void expect_versions(uv_loop_t *loop, syncd_bus_t *bus, int64_t after,
+                            int64_t until, const int64_t *want, int n)
+{
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+
+    r.last = after;
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, after, on_event, &r, NULL), 0);
+    wait_recs(loop, until, &r, NULL);
+    assert_int_equal(r.events, n);
+    assert_int_equal(r.out_of_order + r.resyncs, 0);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(r.versions[i], want[i]);
+    syncd_bus_unsubscribe(sub);
+}
+
+static void
+test_local_bus__repeated_and_older_versions_are_dropped_at_the_source(
+    void **state)
+{
+    static const int64_t want[] = {1, 2, 1, 2};
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 0);
+    expect_dedupe(&loop, bus, 1);
+    expect_versions(&loop, bus, 0, 4, want, 4);
+    close_bus(&loop, bus);
+
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    expect_dedupe(&loop, bus, 1);
+    expect_versions(&loop, bus, 0, 4, want, 4);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
+/* Child of a crash test: publishes versions 1..5 of "crash" on the bus in
+ * dir, each acknowledged, then exits without closing anything, as a
+ * process that dies does. Exits 0, or 1 when a publish failed. */
+static void publish_then_die(const char *dir)
+{
+    syncd_bus_options_t opts;
+    syncd_bus_t *bus = NULL;
+    uv_loop_t loop;
+    pub1_t p;
+
+    uv_loop_init(&loop);
+    test_options(&opts, NULL, dir);
+    if (syncd_bus_open(&bus, &loop, &opts, NULL) != 0)
+        _exit(1);
+    for (int64_t v = 1; v <= 5; v++) {
+        json_t *event = make_event("crash", v);
+
+        memset(&p, 0, sizeof(p));
+        if (syncd_bus_publish(bus, event, on_pub1, &p) != 0)
+            _exit(1);
+        json_decref(event);
+        while (!p.done)
+            uv_run(&loop, UV_RUN_ONCE);
+        if (p.status != 0 || p.seq != v)
+            _exit(1);
+    }
+    _exit(0);
+}
+
+static void
+test_local_bus__acknowledged_publishes_survive_a_crash_and_dedupe_survives_a_reopen(
+    void **state)
+{
+    static const int64_t want[] = {1, 2, 3, 4, 5, 6};
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    pid_t pid;
+    int status = -1;
+    pub1_t p;
+
+    (void)state;
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        publish_then_die(dir);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    assert_int_equal(current_seq(&loop, bus), 5);
+    p = publish_one(&loop, bus, make_event("crash", 5));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, 0);
+    p = publish_one(&loop, bus, make_event("crash", 3));
+    assert_int_equal(p.seq, 0);
+    p = publish_one(&loop, bus, make_event("crash", 6));
+    assert_int_equal(p.seq, 6);
+    expect_versions(&loop, bus, 0, 6, want, 6);
+    close_bus(&loop, bus);
+
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    p = publish_one(&loop, bus, make_event("crash", 6));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, 0);
+    assert_int_equal(current_seq(&loop, bus), 6);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
+static void
+test_local_bus__persisted_publishes_complete_in_seq_order(void **state)
+{
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    pubs_t p;
+
+    (void)state;
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r, NULL), 0);
+    publish_all(&loop, &p, bus, 300);
+    assert_int_equal(p.out_of_order, 0);
+    for (int s = 1; s <= 300; s++)
+        assert_true(p.seen[s]);
+    wait_recs(&loop, 300, &r, NULL);
+    assert_int_equal(r.events, 300);
+    assert_int_equal(r.out_of_order + r.resyncs, 0);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
+static int no_collections(void *arg)
+{
+    syncd_bus_stats_t st;
+
+    syncd_bus_stats(arg, &st);
+    return st.collections == 0;
+}
+
+/* Subscribes to and unsubscribes from 20,000 distinct collections on bus,
+ * and checks that the bus holds state for none of them afterwards. */
+static void expect_collections_freed(uv_loop_t *loop, syncd_bus_t *bus)
+{
+    syncd_bus_stats_t st;
+
+    for (int i = 0; i < 20000; i++) {
+        syncd_bus_sub_t *sub;
+        rec_t r = {0};
+        char name[32];
+
+        snprintf(name, sizeof(name), "c-%d", i);
+        assert_int_equal(syncd_bus_subscribe(bus, &sub, name, i % 2 ? -1 : 0,
+                                             on_event, &r, NULL),
+                         0);
+        syncd_bus_stats(bus, &st);
+        assert_true(st.collections >= 1);
+        syncd_bus_unsubscribe(sub);
+        if (i % 500 == 0)
+            uv_run(loop, UV_RUN_NOWAIT);
+    }
+    wait_for(loop, no_collections, bus);
+}
+
+static void test_local_bus__state_of_idle_collections_is_freed(void **state)
+{
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_stats_t st;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 0);
+    expect_collections_freed(&loop, bus);
+    close_bus(&loop, bus);
+
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    expect_collections_freed(&loop, bus);
+    /* A persisted collection is freed once idle, and its seq and events
+     * come back from RocksDB. */
+    assert_int_equal(publish_one(&loop, bus, make_event("x", 1)).seq, 1);
+    wait_for(&loop, no_collections, bus);
+    assert_int_equal(current_seq(&loop, bus), 1);
+    check_replay(&loop, bus, 0, -1, 0, 1);
+    syncd_bus_stats(bus, &st);
+    assert_int_equal(st.collections, 0);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
 /* ---- Redis bus ----------------------------------------------------------- */
 
 static int setup_redis(void **state)
@@ -626,8 +945,11 @@ static int teardown_redis(void **state)
     return 0;
 }
 
+/* Empties srv, thawing it first should a failed test have left it
+ * stopped. */
 static void flush(const syncd_test_server_t *srv)
 {
+    kill(srv->pid, SIGCONT);
     assert_int_equal(syncd_test_redis_cli(srv, "FLUSHALL", NULL), 0);
 }
 
@@ -1170,6 +1492,13 @@ int main(void)
             test_local_bus__seq_continues_after_reopen_from_data_dir),
         cmocka_unit_test(
             test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC),
+        cmocka_unit_test(
+            test_local_bus__repeated_and_older_versions_are_dropped_at_the_source),
+        cmocka_unit_test(
+            test_local_bus__acknowledged_publishes_survive_a_crash_and_dedupe_survives_a_reopen),
+        cmocka_unit_test(
+            test_local_bus__persisted_publishes_complete_in_seq_order),
+        cmocka_unit_test(test_local_bus__state_of_idle_collections_is_freed),
         cmocka_unit_test(test_redis_bus__bad_url_fails_with_EINVAL_naming_it),
     };
     const struct CMUnitTest redis[] = {
