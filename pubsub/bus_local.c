@@ -56,7 +56,8 @@ typedef struct lcoll {
     struct lcoll *prev, *next; /* in the bus's list */
     struct lcoll *dirty_next;  /* in a sweep's list */
     int64_t seq;               /* last assigned */
-    slot_t *ring;              /* event of seq s at ring[s % cap] */
+    slot_t *ring;              /* event of seq s at ring[s % size] */
+    size_t size; /* grows by doubling, up to cap, as events come */
     size_t cap;
     json_t *pubv; /* memory: id -> [version, ts] of the last published */
     int loaded;   /* the counter is known (always, in memory) */
@@ -440,15 +441,12 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
     snprintf(c->entry.name, sizeof(c->entry.name), "%s", coll);
     c->cap = (size_t)(bus->base.event_log_len < bound ? bus->base.event_log_len
                                                       : bound);
-    c->ring = calloc(c->cap, sizeof(*c->ring));
     c->loaded = bus->db == NULL;
-    if (c->ring == NULL ||
-        (bus->db == NULL && (c->pubv = json_object()) == NULL) ||
+    if ((bus->db == NULL && (c->pubv = json_object()) == NULL) ||
         (bus->db != NULL && (load = new_job(bus, JOB_LOAD, c, NULL)) == NULL) ||
         bus_map_add(&bus->map, &c->entry) != 0) {
         free(load);
         json_decref(c->pubv);
-        free(c->ring);
         free(c);
         return syncd_error_set(err, SYNCD_ENOMEM, "allocating a collection");
     }
@@ -466,7 +464,7 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
 static void coll_free(lbus_t *bus, lcoll_t *c)
 {
     bus_subs_release(&c->subs);
-    for (size_t i = 0; i < c->cap; i++)
+    for (size_t i = 0; i < c->size; i++)
         json_decref(c->ring[i].event);
     json_decref(c->pubv);
     free(c->ring);
@@ -491,11 +489,51 @@ static void coll_release(lbus_t *bus, lcoll_t *c)
     coll_free(bus, c);
 }
 
-/* Puts event (a new reference, stolen) with seq into c's ring. */
+/* Returns event seq of c's ring (borrowed), or NULL when it has left. */
+static json_t *ring_get(const lcoll_t *c, int64_t seq)
+{
+    const slot_t *slot;
+
+    if (c->size == 0)
+        return NULL;
+    slot = &c->ring[(uint64_t)seq % c->size];
+    return slot->seq == seq ? slot->event : NULL;
+}
+
+/* Moves c's ring into n slots; on ENOMEM the ring stays as it was. */
+static void ring_grow(lcoll_t *c, size_t n)
+{
+    slot_t *ring = calloc(n, sizeof(*ring));
+
+    if (ring == NULL)
+        return;
+    for (size_t i = 0; i < c->size; i++) {
+        if (c->ring[i].event != NULL)
+            ring[(uint64_t)c->ring[i].seq % n] = c->ring[i];
+    }
+    free(c->ring);
+    c->ring = ring;
+    c->size = n;
+}
+
+/* Puts event (a new reference, stolen) with seq into c's ring, growing it
+ * rather than dropping an event of the last cap seqs. */
 static void ring_put(lcoll_t *c, int64_t seq, json_t *event)
 {
-    slot_t *slot = &c->ring[(uint64_t)seq % c->cap];
+    slot_t *slot;
 
+    if (c->size == 0) {
+        ring_grow(c, c->cap < 16 ? c->cap : 16);
+    } else if (c->size < c->cap) {
+        slot = &c->ring[(uint64_t)seq % c->size];
+        if (slot->event != NULL && slot->seq > seq - (int64_t)c->cap)
+            ring_grow(c, c->size * 2 < c->cap ? c->size * 2 : c->cap);
+    }
+    if (c->size == 0) {
+        json_decref(event);
+        return;
+    }
+    slot = &c->ring[(uint64_t)seq % c->size];
     json_decref(slot->event);
     slot->seq = seq;
     slot->event = event;
@@ -653,13 +691,13 @@ static int feed(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
     }
     while (n++ < PUMP_BATCH && bus_sub_live(sub) && sub->last < c->seq) {
         int64_t next = sub->last + 1;
-        const slot_t *slot = &c->ring[(uint64_t)next % c->cap];
+        json_t *event = ring_get(c, next);
 
         if (next < first_held(bus, c, c->seq)) {
             bus_deliver(sub, SYNCD_BUS_RESYNC, first_held(bus, c, c->seq) - 1,
                         NULL);
-        } else if (slot->event != NULL && slot->seq == next) {
-            bus_deliver(sub, SYNCD_BUS_EVENT, next, slot->event);
+        } else if (event != NULL) {
+            bus_deliver(sub, SYNCD_BUS_EVENT, next, event);
         } else if (bus->db != NULL) {
             read_for(bus, c, sub);
             return 0;
@@ -804,15 +842,15 @@ static void replay_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
         return;
     }
     for (int64_t s = job->after + 1; s <= hi; s++) {
-        const slot_t *slot = &c->ring[(uint64_t)s % c->cap];
+        json_t *event = ring_get(c, s);
 
         if (job->max != 0 && json_array_size(job->events) >= job->max)
             break;
-        if (slot->event == NULL || slot->seq != s) {
+        if (event == NULL) {
             job->status = SYNCD_ENOTFOUND;
             return;
         }
-        json_array_append(job->events, slot->event);
+        json_array_append(job->events, event);
     }
 }
 

@@ -237,7 +237,10 @@ static void run_for(uv_loop_t *loop, uint64_t ms)
     pause.data = &over;
     uv_timer_start(&pause, on_pause_over, ms, 0);
     wait_for(loop, flag_set, &over);
-    uv_close((uv_handle_t *)&pause, NULL);
+    over = 0;
+    uv_close((uv_handle_t *)&pause, on_tick_closed);
+    while (!over)
+        uv_run(loop, UV_RUN_ONCE);
 }
 
 static void on_bus_closed(void *payload)
@@ -1474,6 +1477,188 @@ static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
     end_loop(&loop);
 }
 
+static void
+test_redis_bus__repeated_and_older_versions_are_dropped_across_nodes(
+    void **state)
+{
+    static const int64_t want[] = {1, 2, 1, 2, 3};
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    syncd_bus_stats_t st;
+    pub1_t p;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    b = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    expect_dedupe(&loop, a, 1);
+    /* The other node publishes the same change: the first one wins. */
+    p = publish_one(&loop, a, make_event("dd", 3));
+    assert_int_equal(p.seq, 5);
+    p = publish_one(&loop, b, make_event("dd", 3));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, 0);
+    syncd_bus_stats(b, &st);
+    assert_int_equal(st.dropped_republished, 1);
+    assert_int_equal(st.published, 0);
+    expect_versions(&loop, b, 0, 5, want, 5);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
+static int pub1_done(void *arg)
+{
+    return ((pub1_t *)arg)->done != 0;
+}
+
+static void
+test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects(
+    void **state)
+{
+    static const int64_t want[] = {1, 2, 3, 4};
+    syncd_test_server_t *srv = *state;
+    syncd_bus_options_t opts;
+    syncd_bus_stats_t st;
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    replay_t seq = {0};
+    pub1_t p = {0}, again;
+    json_t *event;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    test_options(&opts, srv->uri, NULL);
+    opts.command_timeout_ms = 300;
+    bus = open_bus_with(&loop, &opts);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r, NULL), 0);
+    assert_int_equal(publish_one(&loop, bus, make_event("f", 1)).seq, 1);
+    assert_int_equal(publish_one(&loop, bus, make_event("f", 2)).seq, 2);
+    wait_recs(&loop, 2, &r, NULL);
+
+    assert_int_equal(kill(srv->pid, SIGSTOP), 0);
+    event = make_event("f", 3);
+    assert_int_equal(syncd_bus_publish(bus, event, on_pub1, &p), 0);
+    assert_int_equal(syncd_bus_seq(bus, COLL, on_seq, &seq), 0);
+    /* A bound for liveness, well above the deadline: not a speed check. */
+    wait_within(&loop, 10000, pub1_done, &p);
+    assert_int_equal(p.status, SYNCD_ETIMEDOUT);
+    wait_within(&loop, 10000, flag_set, &seq.done);
+    assert_int_equal(seq.status, SYNCD_ETIMEDOUT);
+    syncd_bus_stats(bus, &st);
+    assert_true(st.timeouts >= 1);
+    assert_false(syncd_bus_connected(bus));
+
+    assert_int_equal(kill(srv->pid, SIGCONT), 0);
+    wait_for(&loop, bus_up, bus);
+    /* The timed-out publish may have run once Redis woke up: publishing it
+     * again gives it a seq only if it did not. */
+    again = publish_one(&loop, bus, event);
+    assert_int_equal(again.status, 0);
+    assert_int_equal(publish_one(&loop, bus, make_event("f", 4)).seq, 4);
+    wait_recs(&loop, 4, &r, NULL);
+    assert_int_equal(r.events, 4);
+    assert_int_equal(r.out_of_order + r.resyncs, 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(r.versions[i], want[i]);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
+static void
+test_redis_bus__close_finishes_while_redis_is_frozen_with_a_publish_in_flight(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    syncd_bus_options_t opts;
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    replay_t rp = {0};
+    pub1_t p = {0};
+    json_t *event;
+    int closed = 0;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    test_options(&opts, srv->uri, NULL);
+    /* No deadline will fire first: the close itself must end it all. */
+    opts.command_timeout_ms = 600000;
+    bus = open_bus_with(&loop, &opts);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r, NULL), 0);
+    assert_int_equal(kill(srv->pid, SIGSTOP), 0);
+    event = make_event("frozen", 1);
+    assert_int_equal(syncd_bus_publish(bus, event, on_pub1, &p), 0);
+    json_decref(event);
+    assert_int_equal(syncd_bus_replay(bus, COLL, 0, -1, 0, on_replay, &rp), 0);
+    run_for(&loop, 100);
+    assert_int_equal(p.done, 0);
+
+    syncd_bus_close(bus, on_bus_closed, &closed);
+    wait_within(&loop, 5000, flag_set, &closed);
+    assert_int_equal(closed, 1);
+    assert_int_equal(p.done, 1);
+    assert_int_equal(p.status, SYNCD_ECANCELED);
+    assert_int_equal(rp.done, 1);
+    assert_int_equal(rp.status, SYNCD_ECANCELED);
+    assert_int_equal(kill(srv->pid, SIGCONT), 0);
+    end_loop(&loop);
+}
+
+static void test_redis_bus__host_name_is_resolved_and_connected(void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    char url[64];
+
+    flush(srv);
+    snprintf(url, sizeof(url), "redis://localhost:%d", srv->port);
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, url, NULL, NULL, 0);
+    assert_int_equal(publish_one(&loop, bus, make_event("dns", 1)).seq, 1);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
+static void
+test_redis_bus__state_of_idle_collections_is_freed_and_resubscribing_works(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+
+    flush(srv);
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    expect_collections_freed(&loop, bus);
+    /* Subscribing again while the channel's UNSUBSCRIBE is on its way
+     * still receives the channel's events. */
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r, NULL), 0);
+    syncd_bus_unsubscribe(sub);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r, NULL), 0);
+    run_for(&loop, 100);
+    assert_int_equal(publish_one(&loop, bus, make_event("re", 1)).seq, 1);
+    wait_recs(&loop, 1, &r, NULL);
+    assert_int_equal(r.events, 1);
+    syncd_bus_unsubscribe(sub);
+    wait_for(&loop, no_collections, bus);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest local[] = {
@@ -1519,6 +1704,15 @@ int main(void)
             test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log),
         cmocka_unit_test(
             test_redis_bus__forged_and_malformed_events_are_dropped_and_counted),
+        cmocka_unit_test(
+            test_redis_bus__repeated_and_older_versions_are_dropped_across_nodes),
+        cmocka_unit_test(
+            test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects),
+        cmocka_unit_test(
+            test_redis_bus__close_finishes_while_redis_is_frozen_with_a_publish_in_flight),
+        cmocka_unit_test(test_redis_bus__host_name_is_resolved_and_connected),
+        cmocka_unit_test(
+            test_redis_bus__state_of_idle_collections_is_freed_and_resubscribing_works),
     };
     int failed;
 
