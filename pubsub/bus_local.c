@@ -746,8 +746,7 @@ static void complete(lbus_t *bus, ljob_t *job, int status)
         if (status == 0 && job->seq > c->seq)
             c->seq = job->seq;
         c->loaded = 1;
-        if (status == 0)
-            start_subs(bus, c);
+        start_subs(bus, c);
         break;
     case JOB_PUBLISH:
         if (status == 0 && job->dropped) {

@@ -30,7 +30,8 @@
  * calls in flight; when it goes idle the subscriber connection UNSUBSCRIBEs
  * its channel and the record is freed once Redis confirms (a subscription
  * that comes back meanwhile SUBSCRIBEs again after the confirmation, since
- * hiredis 0.14 would drop the channel's callback otherwise).
+ * hiredis 0.14 would drop the channel's callback otherwise). The record's
+ * floor goes with it; a subscription brings its own back (its last seq).
  *
  * A subscription is either live
  * (events come from the channel: last+1 is delivered, <= last is a counted
@@ -142,9 +143,10 @@ typedef struct rconn {
     int ready;             /* usable: set up and not dropped */
     int was_ready;         /* has been ready before: the next is a reconnect */
     int is_sub;
-    int resolving;  /* gai is in flight */
-    int pending;    /* commands waiting for an answer */
-    uint64_t heard; /* loop time of the last answer (or of the first send) */
+    int resolving; /* gai is in flight */
+    int pending;   /* commands waiting for an answer */
+    uint64_t
+        heard; /* ms (uv_hrtime) of the last answer, or of the first send */
     int64_t backoff_ms;
     uv_timer_t timer;    /* reconnect backoff and connect timeout */
     uv_timer_t deadline; /* command deadline */

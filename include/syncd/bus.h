@@ -73,7 +73,9 @@ typedef void (*syncd_bus_close_cb)(void *payload);
 
 /* Cancels every pending request (their callbacks fire with
  * SYNCD_ECANCELED), closes connections and handles, then calls cb (may be
- * NULL) from the loop; the loop can then close clean. */
+ * NULL) from the loop; the loop can then close clean. It waits for no
+ * answer from Redis, so it finishes promptly even when Redis is frozen;
+ * the in-process bus waits at most for the RocksDB batch it is running. */
 void syncd_bus_close(syncd_bus_t *bus, syncd_bus_close_cb cb, void *payload);
 
 /* Returns the static kind of the bus: "redis" or "local". */
