@@ -8,11 +8,13 @@
  * With a data_dir all three live in RocksDB (keys "c/<coll>" -> decimal
  * seq, "e/<coll>/<16 hex seq>" -> event JSON, "p/<coll>/<id>" -> "<version>
  * <ts in microseconds>"), and each publish writes its counter, event, log
- * trim and deduplication record in one write batch, fsynced, so that after
- * a power loss seqs never repeat and a resume from a seq never skips. The
- * loop thread never touches RocksDB: every read and write is a job, and
- * the jobs run in order, one batch at a time, on the libuv thread pool;
- * their completions run on the loop in the same order, so publish
+ * trim and deduplication record in the same write batch, fsynced before
+ * its callback runs, so that after a power loss seqs never repeat and a
+ * resume from a seq never skips. The loop thread never touches RocksDB:
+ * every read and write is a job, and the jobs run in order, one batch at a
+ * time, on the libuv thread pool; a batch reads through its own writes and
+ * commits them with one fsync (a group commit of the publishes that queued
+ * meanwhile); completions run on the loop in job order, so publish
  * callbacks come in seq order. Recent events are also kept decoded in a
  * ring for cheap delivery; older ones are read by a job. A collection's
  * record is loaded (a job reads its counter) on first use and freed when it
@@ -103,6 +105,7 @@ typedef struct lbus {
     rocksdb_t *db;
     rocksdb_options_t *dbopts;
     rocksdb_writeoptions_t *wopts;
+    rocksdb_writebatch_wi_t *wb; /* the batch's writes (thread pool only) */
     rocksdb_readoptions_t *ropts;
     bus_map_t map; /* lcoll_t by name */
     lcoll_t *colls;
@@ -189,6 +192,14 @@ static void submit(lbus_t *bus, ljob_t *job)
     }
 }
 
+/* Reads key as the batch sees it: its own writes, then RocksDB; a value
+ * for rocksdb_free(), or NULL. */
+static char *db_get(lbus_t *bus, const char *key, size_t *len, char **errptr)
+{
+    return rocksdb_writebatch_wi_get_from_batch_and_db(
+        bus->wb, bus->db, bus->ropts, key, strlen(key), len, errptr);
+}
+
 /* Reads key into the decimal *out (0 when absent); 0 or SYNCD_EBACKEND. */
 static int db_get_int(lbus_t *bus, const char *key, int64_t *out,
                       int64_t *second)
@@ -197,7 +208,7 @@ static int db_get_int(lbus_t *bus, const char *key, int64_t *out,
     size_t len = 0;
 
     *out = 0;
-    val = rocksdb_get(bus->db, bus->ropts, key, strlen(key), &len, &errptr);
+    val = db_get(bus, key, &len, &errptr);
     if (errptr != NULL) {
         rocksdb_free(errptr);
         return SYNCD_EBACKEND;
@@ -213,18 +224,10 @@ static int db_get_int(lbus_t *bus, const char *key, int64_t *out,
     return val != NULL || second == NULL ? 0 : SYNCD_ENOTFOUND;
 }
 
-/* Writes batch wb fsynced; 0 or SYNCD_EBACKEND. */
-static int db_write(lbus_t *bus, rocksdb_writebatch_t *wb)
+/* Writes key = val into the batch's writes. */
+static void db_put(lbus_t *bus, const char *key, const char *val, size_t len)
 {
-    char *errptr = NULL;
-
-    rocksdb_write(bus->db, bus->wopts, wb, &errptr);
-    rocksdb_writebatch_destroy(wb);
-    if (errptr != NULL) {
-        rocksdb_free(errptr);
-        return SYNCD_EBACKEND;
-    }
-    return 0;
+    rocksdb_writebatch_wi_put(bus->wb, key, strlen(key), val, len);
 }
 
 /* Thread pool: the counter of job's collection, raised to the loop's. */
@@ -246,7 +249,6 @@ static int work_publish(lbus_t *bus, ljob_t *job)
     const char *coll = job->c->entry.name;
     char key[KEY_MAX], num[64];
     int64_t seq, v = 0, ts = 0;
-    rocksdb_writebatch_t *wb;
     int rc = work_counter(bus, job, &seq);
 
     if (rc != 0)
@@ -263,28 +265,26 @@ static int work_publish(lbus_t *bus, ljob_t *job)
         bus_splice_seq(job->body, job->body_len, job->seq, &job->text_len);
     if (job->text == NULL)
         return SYNCD_ENOMEM;
-    wb = rocksdb_writebatch_create();
     snprintf(key, sizeof(key), "c/%s", coll);
     snprintf(num, sizeof(num), "%" PRId64, job->seq);
-    rocksdb_writebatch_put(wb, key, strlen(key), num, strlen(num));
+    db_put(bus, key, num, strlen(num));
     event_key(key, sizeof(key), coll, job->seq);
-    rocksdb_writebatch_put(wb, key, strlen(key), job->text, job->text_len);
+    db_put(bus, key, job->text, job->text_len);
     if ((uint64_t)job->seq > bus->base.event_log_len) {
         event_key(key, sizeof(key), coll,
                   job->seq - (int64_t)bus->base.event_log_len);
-        rocksdb_writebatch_delete(wb, key, strlen(key));
+        rocksdb_writebatch_wi_delete(bus->wb, key, strlen(key));
     }
     snprintf(num, sizeof(num), "%" PRId64 " %" PRId64, job->pub.v,
              job->pub.ts_us);
-    rocksdb_writebatch_put(wb, job->key, strlen(job->key), num, strlen(num));
-    return db_write(bus, wb);
+    db_put(bus, job->key, num, strlen(num));
+    return 0;
 }
 
 /* Thread pool: the counter raised to the loop's, persisted when it moved. */
 static int work_raise(lbus_t *bus, ljob_t *job)
 {
     char key[KEY_MAX], num[64];
-    rocksdb_writebatch_t *wb;
     int64_t seq;
     int rc;
 
@@ -292,10 +292,9 @@ static int work_raise(lbus_t *bus, ljob_t *job)
     rc = db_get_int(bus, key, &seq, NULL);
     if (rc != 0 || seq >= job->floor)
         return rc;
-    wb = rocksdb_writebatch_create();
     snprintf(num, sizeof(num), "%" PRId64, job->floor);
-    rocksdb_writebatch_put(wb, key, strlen(key), num, strlen(num));
-    return db_write(bus, wb);
+    db_put(bus, key, num, strlen(num));
+    return 0;
 }
 
 /* Thread pool: events after < seq <= until (at most max) into job->events;
@@ -322,7 +321,7 @@ static int work_read(lbus_t *bus, ljob_t *job)
         if (job->max != 0 && json_array_size(job->events) >= job->max)
             break;
         event_key(key, sizeof(key), job->c->entry.name, s);
-        val = rocksdb_get(bus->db, bus->ropts, key, strlen(key), &len, &errptr);
+        val = db_get(bus, key, &len, &errptr);
         if (errptr != NULL) {
             rocksdb_free(errptr);
             return SYNCD_EBACKEND;
@@ -337,10 +336,15 @@ static int work_read(lbus_t *bus, ljob_t *job)
     return 0;
 }
 
+/* Thread pool: runs the batch's jobs in order against RocksDB as seen
+ * through the batch's own writes, then commits those writes in one fsynced
+ * write (a group commit); if that fails, every job of the batch fails. */
 static void work(uv_work_t *req)
 {
     lbus_t *bus = req->data;
+    char *errptr = NULL;
 
+    rocksdb_writebatch_wi_clear(bus->wb);
     for (ljob_t *job = bus->batch; job != NULL; job = job->next) {
         switch (job->kind) {
         case JOB_LOAD:
@@ -359,6 +363,14 @@ static void work(uv_work_t *req)
             break;
         }
     }
+    if (rocksdb_writebatch_wi_count(bus->wb) == 0)
+        return;
+    rocksdb_write_writebatch_wi(bus->db, bus->wopts, bus->wb, &errptr);
+    if (errptr == NULL)
+        return;
+    rocksdb_free(errptr);
+    for (ljob_t *job = bus->batch; job != NULL; job = job->next)
+        job->status = SYNCD_EBACKEND;
 }
 
 static void free_job(ljob_t *job)
@@ -939,6 +951,8 @@ static void free_db(lbus_t *bus)
         rocksdb_writeoptions_destroy(bus->wopts);
     if (bus->ropts != NULL)
         rocksdb_readoptions_destroy(bus->ropts);
+    if (bus->wb != NULL)
+        rocksdb_writebatch_wi_destroy(bus->wb);
 }
 
 static void on_closed(uv_handle_t *handle)
@@ -995,6 +1009,7 @@ static int open_db(lbus_t *bus, const char *dir, syncd_error_t *err)
     bus->ropts = rocksdb_readoptions_create();
     rocksdb_options_set_create_if_missing(bus->dbopts, 1);
     rocksdb_writeoptions_set_sync(bus->wopts, 1);
+    bus->wb = rocksdb_writebatch_wi_create(0, 1);
     bus->db = rocksdb_open(bus->dbopts, dir, &errptr);
     if (errptr != NULL) {
         syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
