@@ -162,7 +162,7 @@ static void event_key(char *key, size_t size, const char *coll, int64_t seq)
 /* ---- Jobs ----------------------------------------------------------------
  */
 
-static ljob_t *new_job(lbus_t *bus, job_kind_t kind, lcoll_t *c, void *payload)
+static ljob_t *new_job(job_kind_t kind, lcoll_t *c, void *payload)
 {
     ljob_t *job = calloc(1, sizeof(*job));
 
@@ -173,7 +173,6 @@ static ljob_t *new_job(lbus_t *bus, job_kind_t kind, lcoll_t *c, void *payload)
         job->floor = c->seq;
         c->jobs++;
     }
-    (void)bus;
     return job;
 }
 
@@ -455,7 +454,7 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
                                                       : bound);
     c->loaded = bus->db == NULL;
     if ((bus->db == NULL && (c->pubv = json_object()) == NULL) ||
-        (bus->db != NULL && (load = new_job(bus, JOB_LOAD, c, NULL)) == NULL) ||
+        (bus->db != NULL && (load = new_job(JOB_LOAD, c, NULL)) == NULL) ||
         bus_map_add(&bus->map, &c->entry) != 0) {
         free(load);
         json_decref(c->pubv);
@@ -572,7 +571,7 @@ static void start_subs(lbus_t *bus, lcoll_t *c)
     }
     if (raised > c->seq) {
         c->seq = raised;
-        if (bus->db != NULL && (job = new_job(bus, JOB_RAISE, c, NULL)) != NULL)
+        if (bus->db != NULL && (job = new_job(JOB_RAISE, c, NULL)) != NULL)
             submit(bus, job);
     }
     feed_later(bus, c);
@@ -624,7 +623,7 @@ static int local_publish(syncd_bus_t *base, const bus_pub_t *pub,
     rc = get_coll(bus, pub->coll, &c, NULL);
     if (rc != 0)
         goto cleanup;
-    job = new_job(bus, JOB_PUBLISH, c, payload);
+    job = new_job(JOB_PUBLISH, c, payload);
     if (job == NULL) {
         rc = SYNCD_ENOMEM;
         goto cleanup;
@@ -676,7 +675,7 @@ static int local_subscribe(syncd_bus_t *base, syncd_bus_sub_t *sub,
 /* Reads sub's next events from RocksDB (the ring no longer has them). */
 static void read_for(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
 {
-    ljob_t *job = new_job(bus, JOB_READ, c, NULL);
+    ljob_t *job = new_job(JOB_READ, c, NULL);
 
     if (job == NULL)
         return;
@@ -876,7 +875,7 @@ static int local_replay(syncd_bus_t *base, const char *coll, int64_t after,
 
     if (rc != 0)
         return rc;
-    job = new_job(bus, JOB_READ, c, payload);
+    job = new_job(JOB_READ, c, payload);
     if (job == NULL) {
         coll_release(bus, c);
         return SYNCD_ENOMEM;
@@ -901,7 +900,7 @@ static int local_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
 
     if (rc != 0)
         return rc;
-    job = new_job(bus, JOB_SEQ, c, payload);
+    job = new_job(JOB_SEQ, c, payload);
     if (job == NULL) {
         coll_release(bus, c);
         return SYNCD_ENOMEM;
