@@ -93,7 +93,7 @@ void bus_finish_close(syncd_bus_t *bus)
     free(bus->secret);
     bus->secret = NULL;
     while (bus->dead != NULL)
-        bus_sub_unref(bus_dead_pop(bus));
+        bus_sub_unref(syncd_bus_dead_pop(bus));
     if (cb != NULL)
         cb(payload);
 }
@@ -190,8 +190,8 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
     pub.v = json_integer_value(json_object_get(copy, "v"));
     pub.create =
         strcmp(json_string_value(json_object_get(copy, "op")), "create") == 0;
-    if (bus_ts_micros(json_string_value(json_object_get(copy, "ts")),
-                      &pub.ts_us) != 0) {
+    if (syncd_bus_ts_micros(json_string_value(json_object_get(copy, "ts")),
+                            &pub.ts_us) != 0) {
         rc = SYNCD_EINVAL;
         goto cleanup;
     }
@@ -255,7 +255,7 @@ void syncd_bus_unsubscribe(syncd_bus_sub_t *sub)
         sub->bus->ops->sweep(sub->bus);
 }
 
-syncd_bus_sub_t *bus_dead_pop(syncd_bus_t *bus)
+syncd_bus_sub_t *syncd_bus_dead_pop(syncd_bus_t *bus)
 {
     syncd_bus_sub_t *sub = bus->dead;
 
@@ -360,7 +360,7 @@ void syncd_bus_stats(const syncd_bus_t *bus, syncd_bus_stats_t *out)
     *out = bus->stats;
 }
 
-int bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us)
+int syncd_bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us)
 {
     return pub->v <= v && !(pub->create && pub->ts_us > ts_us);
 }
@@ -402,7 +402,7 @@ static void map_resize(bus_map_t *map, size_t n)
     map->nbuckets = n;
 }
 
-bus_map_entry_t *bus_map_find(const bus_map_t *map, const char *name)
+bus_map_entry_t *syncd_bus_map_find(const bus_map_t *map, const char *name)
 {
     if (map->nbuckets == 0)
         return NULL;
@@ -414,7 +414,7 @@ bus_map_entry_t *bus_map_find(const bus_map_t *map, const char *name)
     return NULL;
 }
 
-int bus_map_add(bus_map_t *map, bus_map_entry_t *entry)
+int syncd_bus_map_add(bus_map_t *map, bus_map_entry_t *entry)
 {
     size_t b;
 
@@ -432,7 +432,7 @@ int bus_map_add(bus_map_t *map, bus_map_entry_t *entry)
     return 0;
 }
 
-void bus_map_remove(bus_map_t *map, bus_map_entry_t *entry)
+void syncd_bus_map_remove(bus_map_t *map, bus_map_entry_t *entry)
 {
     bus_map_entry_t **p = &map->buckets[map_hash(entry->name) % map->nbuckets];
 
@@ -444,7 +444,7 @@ void bus_map_remove(bus_map_t *map, bus_map_entry_t *entry)
         map_resize(map, map->nbuckets / 2);
 }
 
-void bus_map_free(bus_map_t *map)
+void syncd_bus_map_free(bus_map_t *map)
 {
     free(map->buckets);
     map->buckets = NULL;

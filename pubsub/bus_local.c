@@ -253,7 +253,7 @@ static int work_publish(lbus_t *bus, ljob_t *job)
     if (rc != 0)
         return rc;
     rc = db_get_int(bus, job->key, &v, &ts);
-    if (rc == 0 && bus_pub_is_duplicate(&job->pub, v, ts)) {
+    if (rc == 0 && syncd_bus_pub_is_duplicate(&job->pub, v, ts)) {
         job->dropped = 1;
         return 0;
     }
@@ -438,7 +438,7 @@ static void run_jobs(lbus_t *bus)
 static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
                     syncd_error_t *err)
 {
-    lcoll_t *c = (lcoll_t *)bus_map_find(&bus->map, coll);
+    lcoll_t *c = (lcoll_t *)syncd_bus_map_find(&bus->map, coll);
     uint64_t bound = bus->db != NULL ? RING_PERSISTED : RING_MEMORY;
     ljob_t *load = NULL;
 
@@ -455,7 +455,7 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
     c->loaded = bus->db == NULL;
     if ((bus->db == NULL && (c->pubv = json_object()) == NULL) ||
         (bus->db != NULL && (load = new_job(JOB_LOAD, c, NULL)) == NULL) ||
-        bus_map_add(&bus->map, &c->entry) != 0) {
+        syncd_bus_map_add(&bus->map, &c->entry) != 0) {
         free(load);
         json_decref(c->pubv);
         free(c);
@@ -490,7 +490,7 @@ static void coll_release(lbus_t *bus, lcoll_t *c)
     if (bus->base.closed || c->subs != NULL || c->jobs > 0 || c->feeding ||
         (bus->db == NULL && c->seq > 0))
         return;
-    bus_map_remove(&bus->map, &c->entry);
+    syncd_bus_map_remove(&bus->map, &c->entry);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -588,9 +588,9 @@ static int publish_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
     size_t len;
 
     if (rec != NULL &&
-        bus_pub_is_duplicate(&job->pub,
-                             json_integer_value(json_array_get(rec, 0)),
-                             json_integer_value(json_array_get(rec, 1)))) {
+        syncd_bus_pub_is_duplicate(
+            &job->pub, json_integer_value(json_array_get(rec, 0)),
+            json_integer_value(json_array_get(rec, 1)))) {
         job->dropped = 1;
         return 0;
     }
@@ -916,7 +916,7 @@ static void local_sweep(syncd_bus_t *base)
     lcoll_t *dirty = NULL, *c;
     syncd_bus_sub_t *sub;
 
-    while ((sub = bus_dead_pop(base)) != NULL) {
+    while ((sub = syncd_bus_dead_pop(base)) != NULL) {
         c = sub->chan;
         if (!c->dirty) {
             c->dirty = 1;
@@ -963,7 +963,7 @@ static void on_closed(uv_handle_t *handle)
         bus->colls = c->next;
         coll_free(bus, c);
     }
-    bus_map_free(&bus->map);
+    syncd_bus_map_free(&bus->map);
     free_db(bus);
     bus_finish_close(&bus->base);
     free(bus);

@@ -593,14 +593,14 @@ static rchan_t *find_chan(rbus_t *bus, const char *name, size_t len)
         return NULL;
     memcpy(coll, name + pre, len - pre);
     coll[len - pre] = '\0';
-    return (rchan_t *)bus_map_find(&bus->map, coll);
+    return (rchan_t *)syncd_bus_map_find(&bus->map, coll);
 }
 
 /* Returns coll's record, created on first use; NULL on ENOMEM. */
 static rchan_t *get_chan(rbus_t *bus, const char *coll)
 {
     const char *db = bus->base.database;
-    rchan_t *c = (rchan_t *)bus_map_find(&bus->map, coll);
+    rchan_t *c = (rchan_t *)syncd_bus_map_find(&bus->map, coll);
 
     if (c != NULL)
         return c;
@@ -612,7 +612,7 @@ static rchan_t *get_chan(rbus_t *bus, const char *coll)
     snprintf(c->counter, sizeof(c->counter), "syncd:%s:%s:seq", db, coll);
     snprintf(c->stream, sizeof(c->stream), "syncd:%s:%s:log", db, coll);
     snprintf(c->pubv, sizeof(c->pubv), "syncd:%s:%s:pubv", db, coll);
-    if (bus_map_add(&bus->map, &c->entry) != 0) {
+    if (syncd_bus_map_add(&bus->map, &c->entry) != 0) {
         free(c);
         return NULL;
     }
@@ -648,7 +648,7 @@ static void chan_release(rbus_t *bus, rchan_t *c)
         if (c->unsubscribing || c->subs != NULL)
             return;
     }
-    bus_map_remove(&bus->map, &c->entry);
+    syncd_bus_map_remove(&bus->map, &c->entry);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -1122,7 +1122,7 @@ static void redis_sweep(syncd_bus_t *base)
     rchan_t *dirty = NULL, *c;
     syncd_bus_sub_t *sub;
 
-    while ((sub = bus_dead_pop(base)) != NULL) {
+    while ((sub = syncd_bus_dead_pop(base)) != NULL) {
         c = sub->chan;
         if (!c->dirty) {
             c->dirty = 1;
@@ -1241,7 +1241,7 @@ static void on_closed(uv_handle_t *handle)
         bus->chans = c->next;
         chan_free(bus, c);
     }
-    bus_map_free(&bus->map);
+    syncd_bus_map_free(&bus->map);
     bus_finish_close(&bus->base);
     free(bus);
 }

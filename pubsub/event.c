@@ -103,7 +103,7 @@ static int64_t days_from_civil(int64_t y, int m, int d)
     return era * 146097 + doe - 719468;
 }
 
-int bus_ts_micros(const char *s, int64_t *out)
+int syncd_bus_ts_micros(const char *s, int64_t *out)
 {
     int year, mon, day, hour, min, sec, oh = 0, om = 0, sign = 0;
     int64_t frac = 0, scale = 100000;
@@ -149,7 +149,7 @@ static int rfc3339_valid(const char *s)
 {
     int64_t us;
 
-    return bus_ts_micros(s, &us) == 0;
+    return syncd_bus_ts_micros(s, &us) == 0;
 }
 
 static int bad(syncd_error_t *err, const char *member, const char *why)

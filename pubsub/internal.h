@@ -43,16 +43,16 @@ typedef struct bus_map {
 } bus_map_t;
 
 /* Returns the entry named name in map, or NULL. */
-bus_map_entry_t *bus_map_find(const bus_map_t *map, const char *name);
+bus_map_entry_t *syncd_bus_map_find(const bus_map_t *map, const char *name);
 
 /* Adds entry (its name set, not in map) to map; 0 or SYNCD_ENOMEM. */
-int bus_map_add(bus_map_t *map, bus_map_entry_t *entry);
+int syncd_bus_map_add(bus_map_t *map, bus_map_entry_t *entry);
 
 /* Removes entry (in map) from map. */
-void bus_map_remove(bus_map_t *map, bus_map_entry_t *entry);
+void syncd_bus_map_remove(bus_map_t *map, bus_map_entry_t *entry);
 
 /* Frees map's bucket array (the entries are the caller's). */
-void bus_map_free(bus_map_t *map);
+void syncd_bus_map_free(bus_map_t *map);
 
 /* Operations of one bus implementation. */
 typedef struct bus_ops {
@@ -69,7 +69,7 @@ typedef struct bus_ops {
     /* Starts delivery to sub (already filled in by bus.c). */
     int (*subscribe)(syncd_bus_t *bus, syncd_bus_sub_t *sub,
                      syncd_error_t *err);
-    /* Unlinks the dead subscriptions (bus_dead_pop()) from their
+    /* Unlinks the dead subscriptions (syncd_bus_dead_pop()) from their
      * collections and frees the collections left idle. */
     void (*sweep)(syncd_bus_t *bus);
     int (*replay)(syncd_bus_t *bus, const char *coll, int64_t after,
@@ -139,7 +139,7 @@ void bus_sub_unref(syncd_bus_sub_t *sub);
 /* Pops a subscription from bus's dead list (NULL when empty); the caller
  * owns the reference the list held. Sweeps start from this list, so that
  * they visit only the collections whose subscriptions ended. */
-syncd_bus_sub_t *bus_dead_pop(syncd_bus_t *bus);
+syncd_bus_sub_t *syncd_bus_dead_pop(syncd_bus_t *bus);
 
 /* Unlinks the dead subscriptions of the list at *list (linked by next),
  * dropping the list's reference to each. */
@@ -176,11 +176,11 @@ int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
 
 /* Reads the RFC 3339 time s into microseconds since the epoch (*out);
  * 0, or -1 when s is not a valid RFC 3339 date-time. */
-int bus_ts_micros(const char *s, int64_t *out);
+int syncd_bus_ts_micros(const char *s, int64_t *out);
 
 /* Returns 1 when a publish of pub must be dropped given the version and
  * time (microseconds) recorded for its (coll, id): the rule of bus.h. */
-int bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us);
+int syncd_bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us);
 
 /* Verifies event's "sig" under secret; SYNCD_EINVAL when it is missing or
  * does not match. */
