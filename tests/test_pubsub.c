@@ -1525,7 +1525,7 @@ test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects(
     syncd_bus_t *bus;
     syncd_bus_sub_t *sub;
     rec_t r = {0};
-    replay_t seq = {0};
+    replay_t seq = {0}, rp = {0};
     pub1_t p = {0}, again;
     json_t *event;
 
@@ -1544,11 +1544,15 @@ test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects(
     event = make_event("f", 3);
     assert_int_equal(syncd_bus_publish(bus, event, on_pub1, &p), 0);
     assert_int_equal(syncd_bus_seq(bus, COLL, on_seq, &seq), 0);
+    assert_int_equal(syncd_bus_replay(bus, COLL, 0, -1, 0, on_replay, &rp), 0);
     /* A bound for liveness, well above the deadline: not a speed check. */
     wait_within(&loop, 10000, pub1_done, &p);
     assert_int_equal(p.status, SYNCD_ETIMEDOUT);
     wait_within(&loop, 10000, flag_set, &seq.done);
     assert_int_equal(seq.status, SYNCD_ETIMEDOUT);
+    wait_within(&loop, 10000, flag_set, &rp.done);
+    assert_int_equal(rp.status, SYNCD_ETIMEDOUT);
+    assert_null(rp.events);
     syncd_bus_stats(bus, &st);
     assert_true(st.timeouts >= 1);
     assert_false(syncd_bus_connected(bus));
