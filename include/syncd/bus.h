@@ -18,7 +18,9 @@
  * so this holds across nodes.
  *
  * Per-collection state lives while the collection has subscriptions or
- * requests in flight, and is freed after that.
+ * requests in flight, and is freed after that (but for the in-process bus
+ * without a data_dir, whose memory is the log of a collection that has
+ * published).
  *
  * The bus is asynchronous on a libuv loop and is used from that loop's
  * thread only. Every callback fires exactly once per request, with
