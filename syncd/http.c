@@ -381,12 +381,10 @@ static void conn_arm(conn_t *c, int64_t ms)
 static void conn_arm_body(conn_t *c)
 {
     uint64_t now = uv_now(c->srv->loop);
-    int64_t left =
-        c->body_deadline > now ? (int64_t)(c->body_deadline - now) : 0;
+    uint64_t left = c->body_deadline > now ? c->body_deadline - now : 0;
+    uint64_t idle = (uint64_t)c->srv->opts.idle_timeout_ms;
 
-    conn_arm(c, left < c->srv->opts.idle_timeout_ms
-                    ? left
-                    : c->srv->opts.idle_timeout_ms);
+    conn_arm(c, (int64_t)(left < idle ? left : idle));
 }
 
 static void shutdown_done(uv_shutdown_t *req, int status)
@@ -720,9 +718,9 @@ static int on_headers_complete(http_parser *p)
         return parse_fail(c, 413, "request body exceeds the body limit");
     c->phase = PHASE_BODY;
     c->body_deadline =
-        uv_now(srv->loop) + (uint64_t)(srv->opts.body_timeout_ms > 0
-                                           ? srv->opts.body_timeout_ms
-                                           : 1);
+        srv->opts.body_timeout_ms > 0
+            ? uv_now(srv->loop) + (uint64_t)srv->opts.body_timeout_ms
+            : UINT64_MAX;
     conn_arm_body(c);
     expect = syncd_http_header(r, "Expect");
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0 &&
