@@ -178,13 +178,33 @@ static int locate(loc_t *loc, json_t *root, const syncd_ptr_t *ptr,
     return 0;
 }
 
+/* A bounded application copies at most this many times max_bytes in all
+ * (copies that stay in the document count once, and the document holds at
+ * most max_bytes), so that ops that copy a large value over and over
+ * again cannot turn a small patch into minutes of work. */
+#define COPY_BUDGET 4
+
 /* One application: the document being patched and, when bounded, a
- * running count of its canonical size. */
+ * running count of its canonical size and of the bytes copied so far. */
 typedef struct apply {
     json_t *root;
-    size_t size; /* canonical size of root; kept only when max > 0 */
-    size_t max;  /* 0: unbounded */
+    size_t size;   /* canonical size of root; kept only when max > 0 */
+    size_t max;    /* 0: unbounded */
+    size_t copied; /* canonical bytes deep-copied into root */
 } apply_t;
+
+/* Counts a copy of vsize bytes; fails once the copies pass the budget. */
+static int count_copy(apply_t *a, size_t vsize, const op_t *op,
+                      syncd_error_t *err)
+{
+    a->copied += vsize;
+    if (a->max > 0 && a->copied / COPY_BUDGET > a->max)
+        return op_fail(err, SYNCD_ETOOBIG, op,
+                       "the patch would copy more than %d times %zu bytes "
+                       "in all",
+                       COPY_BUDGET, a->max);
+    return 0;
+}
 
 /* Moves the size count by removed and added bytes; fails, counting
  * nothing, when the document would grow past the bound. */
@@ -238,16 +258,16 @@ static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
                   enum put_mode mode, const op_t *op, syncd_error_t *err)
 {
     json_t *value_new = moved ? value : NULL;
-    size_t removed = 0, added = 0;
+    size_t removed = 0, added = 0, vsize = 0;
     loc_t loc;
     int rc;
 
+    if (a->max > 0 && (!moved || syncd_ptr_count(ptr) == 0))
+        vsize = syncd_canonical_size(value);
     if (syncd_ptr_count(ptr) == 0) {
-        if (a->max > 0) {
-            removed = a->size;
-            added = syncd_canonical_size(value);
-        }
-        rc = resize(a, removed, added, op, err);
+        rc = resize(a, a->size, vsize, op, err);
+        if (rc == 0 && !moved)
+            rc = count_copy(a, vsize, op, err);
         if (rc == 0 && !moved)
             rc = copy_value(&value_new, value, err);
         if (rc < 0) {
@@ -270,8 +290,10 @@ static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
         else
             added = entry_size(&loc) + (container_size(loc.parent) > 0);
         if (!moved)
-            added += syncd_canonical_size(value);
+            added += vsize;
         rc = resize(a, removed, added, op, err);
+        if (rc == 0 && !moved)
+            rc = count_copy(a, vsize, op, err);
     }
     if (rc == 0 && !moved)
         rc = copy_value(&value_new, value, err);
@@ -401,7 +423,7 @@ void syncd_patch_limits_init(syncd_patch_limits_t *limits)
 int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
                          const syncd_patch_limits_t *limits, syncd_error_t *err)
 {
-    apply_t a = {NULL, 0, limits != NULL ? limits->max_bytes : 0};
+    apply_t a = {NULL, 0, limits != NULL ? limits->max_bytes : 0, 0};
     size_t max_ops = limits != NULL ? limits->max_ops : 0;
     json_t *item;
     size_t i;

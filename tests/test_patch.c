@@ -1004,6 +1004,49 @@ test_patch_apply_ex__more_ops_than_the_limit_fail_before_any(void **s)
     json_decref(patch);
 }
 
+/* Returns a patch of n ops copying /a over /b. */
+static json_t *copies_over(int n)
+{
+    json_t *patch = json_array();
+
+    for (int i = 0; i < n; i++)
+        json_array_append_new(patch, parse("{\"op\":\"copy\",\"from\":\"/a\","
+                                           "\"path\":\"/b\"}"));
+    return patch;
+}
+
+static void test_patch_apply_ex__copies_past_4_times_the_limit_fail(void **s)
+{
+    /* /a is 100,000 bytes serialized; the limit 300,000: the document
+     * stays within it, but 13 copies of /a pass 4 times it. */
+    char *big = malloc(99999);
+    json_t *doc, *twelve = copies_over(12), *thirteen = copies_over(13);
+    json_t *out = NULL;
+    syncd_patch_limits_t limits;
+    syncd_error_t err;
+
+    (void)s;
+    assert_non_null(big);
+    memset(big, 'x', 99998);
+    big[99998] = '\0';
+    doc = json_pack("{s:s}", "a", big);
+    syncd_patch_limits_init(&limits);
+    limits.max_bytes = 300000;
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, twelve, &limits, NULL), 0);
+    assert_true(canon_size(out) <= limits.max_bytes);
+    json_decref(out);
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, thirteen, &limits, &err),
+                     SYNCD_ETOOBIG);
+    assert_null(out);
+    assert_true(strncmp(err.message, "operation 12 (copy /b): ", 24) == 0);
+    assert_non_null(strstr(err.message, "copy more than 4 times 300000 bytes"));
+    free(big);
+    json_decref(doc);
+    json_decref(twelve);
+    json_decref(thirteen);
+}
+
 static void test_merge_apply_ex__result_past_the_limit_is_ETOOBIG(void **s)
 {
     json_t *doc = parse("{\"a\":\"0123456789\",\"b\":1}");
@@ -1301,6 +1344,8 @@ int main(void)
             test_patch_apply_ex__size_bound_is_exact_for_every_op_kind),
         cmocka_unit_test(
             test_patch_apply_ex__more_ops_than_the_limit_fail_before_any),
+        cmocka_unit_test(
+            test_patch_apply_ex__copies_past_4_times_the_limit_fail),
         cmocka_unit_test(test_merge_apply_ex__result_past_the_limit_is_ETOOBIG),
         cmocka_unit_test(test_ptr__parse_and_format_roundtrip_escapes),
         cmocka_unit_test(test_ptr__malformed_pointers_fail_with_EINVAL),

@@ -98,7 +98,9 @@ void syncd_patch_limits_init(syncd_patch_limits_t *limits);
  * A running estimate of the document's canonical size is kept per
  * operation, and the first operation that would grow it past max_bytes
  * fails with SYNCD_ETOOBIG ("operation N (op path): document would exceed
- * M bytes") before it copies anything, so memory stays near max_bytes. */
+ * M bytes") before it copies anything, so memory stays near max_bytes.
+ * The values the ops copy into the document may total 4 times max_bytes
+ * (SYNCD_ETOOBIG past that), which bounds the work of a patch as well. */
 int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
                          const syncd_patch_limits_t *limits,
                          syncd_error_t *err);
