@@ -13,6 +13,9 @@
 
 #include "patch/internal.h"
 
+/* The most bytes of an operation's path an error message quotes. */
+#define PATH_SHOWN 128
+
 enum op_kind { OP_ADD, OP_REMOVE, OP_REPLACE, OP_MOVE, OP_COPY, OP_TEST };
 
 static const char *const op_names[] = {"add",  "remove", "replace",
@@ -41,8 +44,11 @@ static int op_fail(syncd_error_t *err, int code, const op_t *op,
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
-    return syncd_error_set(err, code, "operation %zu (%s %s): %s", op->index,
-                           op->name, op->path_text, why);
+    /* A long path is cut so that the reason still fits the message. */
+    return syncd_error_set(err, code, "operation %zu (%s %.*s%s): %s",
+                           op->index, op->name, PATH_SHOWN, op->path_text,
+                           strlen(op->path_text) > PATH_SHOWN ? "..." : "",
+                           why);
 }
 
 static void op_free(op_t *op)
@@ -172,23 +178,125 @@ static int locate(loc_t *loc, json_t *root, const syncd_ptr_t *ptr,
     return 0;
 }
 
+/* A bounded application copies at most this many times max_bytes in all
+ * (copies that stay in the document count once, and the document holds at
+ * most max_bytes), so that ops that copy a large value over and over
+ * again cannot turn a small patch into minutes of work. */
+#define COPY_BUDGET 4
+
+/* One application: the document being patched and, when bounded, a
+ * running count of its canonical size and of the bytes copied so far. */
+typedef struct apply {
+    json_t *root;
+    size_t size;   /* canonical size of root; kept only when max > 0 */
+    size_t max;    /* 0: unbounded */
+    size_t copied; /* canonical bytes deep-copied into root */
+} apply_t;
+
+/* Counts a copy of vsize bytes; fails once the copies pass the budget. */
+static int count_copy(apply_t *a, size_t vsize, const op_t *op,
+                      syncd_error_t *err)
+{
+    a->copied += vsize;
+    if (a->max > 0 && a->copied / COPY_BUDGET > a->max)
+        return op_fail(err, SYNCD_ETOOBIG, op,
+                       "the patch would copy more than %d times %zu bytes "
+                       "in all",
+                       COPY_BUDGET, a->max);
+    return 0;
+}
+
+/* Moves the size count by removed and added bytes; fails, counting
+ * nothing, when the document would grow past the bound. */
+static int resize(apply_t *a, size_t removed, size_t added, const op_t *op,
+                  syncd_error_t *err)
+{
+    size_t next;
+
+    if (a->max == 0)
+        return 0;
+    next = (removed < a->size ? a->size - removed : 0) + added;
+    if (next > a->max && next > a->size)
+        return op_fail(err, SYNCD_ETOOBIG, op,
+                       "document would exceed %zu bytes", a->max);
+    a->size = next;
+    return 0;
+}
+
+/* Bytes loc's entry takes besides its value and comma: "key": in an
+ * object, nothing in an array. */
+static size_t entry_size(const loc_t *loc)
+{
+    if (!json_is_object(loc->parent))
+        return 0;
+    return syncd_canonical_string_size(loc->tok, loc->len) + 1;
+}
+
+static size_t container_size(const json_t *v)
+{
+    return json_is_object(v) ? json_object_size(v) : json_array_size(v);
+}
+
+/* Fails op for a result nesting past SYNCD_PATCH_MAX_DEPTH: checked per
+ * operation, so every walk over the document stays within that depth. */
+static int too_deep(const op_t *op, syncd_error_t *err)
+{
+    return op_fail(err, SYNCD_EPATCH, op,
+                   "the patched document would nest deeper than %d "
+                   "arrays/objects",
+                   SYNCD_PATCH_MAX_DEPTH);
+}
+
 enum put_mode { PUT_ADD, PUT_REPLACE };
 
-/* Puts value_new (stolen on every path) at ptr in *root, as "add" does
- * (a new member, or an array element inserted or appended) or as
- * "replace" does (the value must exist). */
-static int put_at(json_t **root, const syncd_ptr_t *ptr, json_t *value_new,
+/* Puts value at ptr in a->root, as "add" does (a new member, or an array
+ * element inserted or appended) or as "replace" does (the value must
+ * exist). A borrowed value (moved 0) is deep-copied once the size bound
+ * allows it; a moved value, already counted in the size, is stolen on
+ * every path. */
+static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
                   enum put_mode mode, const op_t *op, syncd_error_t *err)
 {
+    json_t *value_new = moved ? value : NULL;
+    size_t removed = 0, added = 0, vsize = 0;
     loc_t loc;
     int rc;
 
+    if (a->max > 0 && (!moved || syncd_ptr_count(ptr) == 0))
+        vsize = syncd_canonical_size(value);
     if (syncd_ptr_count(ptr) == 0) {
-        json_decref(*root);
-        *root = value_new;
+        rc = resize(a, a->size, vsize, op, err);
+        if (rc == 0 && !moved)
+            rc = count_copy(a, vsize, op, err);
+        if (rc == 0 && !moved)
+            rc = copy_value(&value_new, value, err);
+        if (rc < 0) {
+            json_decref(value_new);
+            return rc;
+        }
+        json_decref(a->root);
+        a->root = value_new;
         return 0;
     }
-    rc = locate(&loc, *root, ptr, mode == PUT_ADD, op, err);
+    rc = locate(&loc, a->root, ptr, mode == PUT_ADD, op, err);
+    if (rc == 0 && !moved && !syncd_depth_fits(value, syncd_ptr_count(ptr)))
+        rc = too_deep(op, err);
+    if (rc == 0 && a->max > 0) {
+        int replacing = json_is_object(loc.parent) ? loc.child != NULL
+                                                   : mode == PUT_REPLACE;
+
+        if (replacing)
+            removed = syncd_canonical_size(loc.child);
+        else
+            added = entry_size(&loc) + (container_size(loc.parent) > 0);
+        if (!moved)
+            added += vsize;
+        rc = resize(a, removed, added, op, err);
+        if (rc == 0 && !moved)
+            rc = count_copy(a, vsize, op, err);
+    }
+    if (rc == 0 && !moved)
+        rc = copy_value(&value_new, value, err);
     if (rc < 0) {
         json_decref(value_new);
         return rc;
@@ -204,10 +312,12 @@ static int put_at(json_t **root, const syncd_ptr_t *ptr, json_t *value_new,
     return 0;
 }
 
-/* Removes the value at ptr in root and stores it in *removed (a new
- * reference) when removed is not NULL. */
-static int remove_at(json_t **removed, json_t *root, const syncd_ptr_t *ptr,
-                     const op_t *op, syncd_error_t *err)
+/* Removes the value at ptr in a->root and stores it in *removed (a new
+ * reference) when removed is not NULL. The size count drops by the entry,
+ * and by the value itself unless it is being moved (then put_at() keeps
+ * counting it). */
+static int remove_at(json_t **removed, apply_t *a, const syncd_ptr_t *ptr,
+                     int moving, const op_t *op, syncd_error_t *err)
 {
     loc_t loc;
     int rc;
@@ -215,9 +325,16 @@ static int remove_at(json_t **removed, json_t *root, const syncd_ptr_t *ptr,
     if (syncd_ptr_count(ptr) == 0)
         return op_fail(err, SYNCD_EPATCH, op,
                        "cannot remove the whole document");
-    rc = locate(&loc, root, ptr, 0, op, err);
+    rc = locate(&loc, a->root, ptr, 0, op, err);
     if (rc < 0)
         return rc;
+    if (a->max > 0) {
+        size_t gone = entry_size(&loc) + (container_size(loc.parent) > 1);
+
+        if (!moving)
+            gone += syncd_canonical_size(loc.child);
+        a->size = gone < a->size ? a->size - gone : 0;
+    }
     if (removed != NULL)
         *removed = json_incref(loc.child);
     if (json_is_object(loc.parent))
@@ -252,7 +369,7 @@ static int tokens_match(const syncd_ptr_t *a, const syncd_ptr_t *b, size_t n)
     return 1;
 }
 
-static int move_op(json_t **root, const op_t *op, syncd_error_t *err)
+static int move_op(apply_t *a, const op_t *op, syncd_error_t *err)
 {
     size_t nfrom = syncd_ptr_count(op->from);
     size_t npath = syncd_ptr_count(op->path);
@@ -260,57 +377,71 @@ static int move_op(json_t **root, const op_t *op, syncd_error_t *err)
     int rc;
 
     if (nfrom == npath && tokens_match(op->from, op->path, nfrom))
-        return get_at(&value, *root, op->from, op, err);
+        return get_at(&value, a->root, op->from, op, err);
     if (nfrom < npath && tokens_match(op->from, op->path, nfrom))
         return op_fail(err, SYNCD_EPATCH, op,
                        "cannot move a value into its own child");
-    rc = remove_at(&value, *root, op->from, op, err);
-    return rc < 0 ? rc : put_at(root, op->path, value, PUT_ADD, op, err);
+    rc = remove_at(&value, a, op->from, 1, op, err);
+    if (rc == 0 && npath > nfrom && !syncd_depth_fits(value, npath)) {
+        json_decref(value);
+        rc = too_deep(op, err);
+    }
+    return rc < 0 ? rc : put_at(a, op->path, value, 1, PUT_ADD, op, err);
 }
 
-static int apply_op(json_t **root, const op_t *op, syncd_error_t *err)
+static int apply_op(apply_t *a, const op_t *op, syncd_error_t *err)
 {
     json_t *value = NULL;
     int rc;
 
     switch (op->kind) {
     case OP_ADD:
-        rc = copy_value(&value, op->value, err);
-        return rc < 0 ? rc : put_at(root, op->path, value, PUT_ADD, op, err);
+        return put_at(a, op->path, op->value, 0, PUT_ADD, op, err);
     case OP_REMOVE:
-        return remove_at(NULL, *root, op->path, op, err);
+        return remove_at(NULL, a, op->path, 0, op, err);
     case OP_REPLACE:
-        rc = copy_value(&value, op->value, err);
-        return rc < 0 ? rc
-                      : put_at(root, op->path, value, PUT_REPLACE, op, err);
+        return put_at(a, op->path, op->value, 0, PUT_REPLACE, op, err);
     case OP_MOVE:
-        return move_op(root, op, err);
+        return move_op(a, op, err);
     case OP_COPY:
-        rc = get_at(&value, *root, op->from, op, err);
-        if (rc == 0)
-            rc = copy_value(&value, value, err);
-        return rc < 0 ? rc : put_at(root, op->path, value, PUT_ADD, op, err);
+        rc = get_at(&value, a->root, op->from, op, err);
+        return rc < 0 ? rc : put_at(a, op->path, value, 0, PUT_ADD, op, err);
     default:
-        rc = get_at(&value, *root, op->path, op, err);
+        rc = get_at(&value, a->root, op->path, op, err);
         if (rc == 0 && !values_equal(value, op->value, 1))
             rc = op_fail(err, SYNCD_ECONFLICT, op, "value differs");
         return rc;
     }
 }
 
-int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,
-                      syncd_error_t *err)
+void syncd_patch_limits_init(syncd_patch_limits_t *limits)
 {
-    json_t *root = NULL, *item;
+    limits->max_bytes = (size_t)8 << 20;
+    limits->max_ops = 10000;
+}
+
+int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
+                         const syncd_patch_limits_t *limits, syncd_error_t *err)
+{
+    apply_t a = {NULL, 0, limits != NULL ? limits->max_bytes : 0, 0};
+    size_t max_ops = limits != NULL ? limits->max_ops : 0;
+    json_t *item;
     size_t i;
     int rc;
 
     *out = NULL;
     if (!json_is_array(patch))
         return syncd_error_set(err, SYNCD_EPATCH, "patch is not an array");
+    if (max_ops > 0 && json_array_size(patch) > max_ops)
+        return syncd_error_set(err, SYNCD_ETOOBIG,
+                               "patch has %zu operations, over the limit of "
+                               "%zu",
+                               json_array_size(patch), max_ops);
     rc = check_depth(doc, SYNCD_EINVAL, "document", err);
     if (rc == 0)
-        rc = copy_value(&root, doc, err);
+        rc = copy_value(&a.root, doc, err);
+    if (rc == 0 && a.max > 0)
+        a.size = syncd_canonical_size(a.root);
     json_array_foreach (patch, i, item) {
         op_t op;
 
@@ -318,17 +449,21 @@ int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,
             break;
         rc = parse_op(&op, item, i, err);
         if (rc == 0)
-            rc = apply_op(&root, &op, err);
+            rc = apply_op(&a, &op, err);
         op_free(&op);
     }
-    if (rc == 0)
-        rc = check_depth(root, SYNCD_EPATCH, "the patched document", err);
     if (rc < 0) {
-        json_decref(root);
+        json_decref(a.root);
         return rc;
     }
-    *out = root;
+    *out = a.root;
     return 0;
+}
+
+int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,
+                      syncd_error_t *err)
+{
+    return syncd_patch_apply_ex(out, doc, patch, NULL, err);
 }
 
 int syncd_json_equal(const json_t *a, const json_t *b)

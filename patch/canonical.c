@@ -71,18 +71,26 @@ static int write_string(buf_t *b, const char *s, size_t len)
     return buf_putc(b, '"');
 }
 
-static int write_real(buf_t *b, double d)
+/* Writes the canonical text of the real d into text and returns its
+ * length. */
+static size_t format_real(char text[40], double d)
 {
-    char text[40];
-
     for (int prec = 1; prec <= 17; prec++) {
-        snprintf(text, sizeof(text), "%.*g", prec, d);
+        snprintf(text, 40, "%.*g", prec, d);
         if (strtod(text, NULL) == d)
             break;
     }
     if (strpbrk(text, ".e") == NULL)
         strcat(text, ".0");
-    return buf_append(b, text, strlen(text));
+    return strlen(text);
+}
+
+static int write_real(buf_t *b, double d)
+{
+    char text[40];
+    size_t n = format_real(text, d);
+
+    return buf_append(b, text, n);
 }
 
 static int write_value(buf_t *b, const json_t *v);
@@ -156,6 +164,58 @@ static int write_value(buf_t *b, const json_t *v)
         return buf_append(b, "false", 5);
     default:
         return buf_append(b, "null", 4);
+    }
+}
+
+size_t syncd_canonical_string_size(const char *s, size_t len)
+{
+    size_t n = len + 2;
+
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c == '"' || c == '\\' || c == '\n' || c == '\t' || c == '\r' ||
+            c == '\b' || c == '\f')
+            n += 1;
+        else if (c < 0x20)
+            n += 5;
+    }
+    return n;
+}
+
+size_t syncd_canonical_size(const json_t *v)
+{
+    char text[40];
+    const char *key;
+    size_t len, i, n;
+    json_t *child;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        n = json_object_size(v) > 0 ? json_object_size(v) + 1 : 2;
+        json_object_keylen_foreach ((json_t *)v, key, len, child)
+            n += syncd_canonical_string_size(key, len) + 1 +
+                 syncd_canonical_size(child);
+        return n;
+    case JSON_ARRAY:
+        n = json_array_size(v) > 0 ? json_array_size(v) + 1 : 2;
+        json_array_foreach (v, i, child)
+            n += syncd_canonical_size(child);
+        return n;
+    case JSON_STRING:
+        return syncd_canonical_string_size(json_string_value(v),
+                                           json_string_length(v));
+    case JSON_INTEGER:
+        return (size_t)snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT,
+                                json_integer_value(v));
+    case JSON_REAL:
+        return format_real(text, json_real_value(v));
+    case JSON_TRUE:
+        return 4;
+    case JSON_FALSE:
+        return 5;
+    default:
+        return 4;
     }
 }
 

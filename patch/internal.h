@@ -22,6 +22,10 @@ int buf_append_escaped(buf_t *b, const char *token, size_t len);
 int check_depth(const json_t *v, int code, const char *what,
                 syncd_error_t *err);
 
+/* Returns 1 when v, placed inside `depth` arrays/objects, nests at most
+ * SYNCD_PATCH_MAX_DEPTH deep, else 0. */
+int syncd_depth_fits(const json_t *v, size_t depth);
+
 /* Returns a deep copy of the depth-checked v (a new reference), keeping
  * object keys that contain NUL (json_deep_copy() of jansson 2.14 cuts
  * them at the NUL); NULL on out of memory. */
@@ -30,6 +34,14 @@ json_t *deep_copy(const json_t *v);
 /* Deep-copies v (already depth-checked) into *out (a new reference);
  * SYNCD_ENOMEM on failure. */
 int copy_value(json_t **out, const json_t *v, syncd_error_t *err);
+
+/* Returns the byte length of the depth-checked v's canonical serialization
+ * (what syncd_json_canonical() makes of it) without building it. */
+size_t syncd_canonical_size(const json_t *v);
+
+/* Returns the byte length of the canonical JSON string of the len bytes at
+ * s, quotes and escapes included. */
+size_t syncd_canonical_string_size(const char *s, size_t len);
 
 /* Equality of two depth-checked values. With `rfc` set numbers compare by
  * value (1 == 1.0); without it the comparison is exact: integer and real

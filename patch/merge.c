@@ -54,9 +54,10 @@ static int merge_value(json_t **out, const json_t *target, const json_t *patch,
     return 0;
 }
 
-int syncd_merge_apply(json_t **out, const json_t *doc, const json_t *merge,
-                      syncd_error_t *err)
+int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
+                         const syncd_patch_limits_t *limits, syncd_error_t *err)
 {
+    size_t max = limits != NULL ? limits->max_bytes : 0, before, after;
     int rc;
 
     *out = NULL;
@@ -65,7 +66,26 @@ int syncd_merge_apply(json_t **out, const json_t *doc, const json_t *merge,
         rc = check_depth(merge, SYNCD_EINVAL, "merge patch", err);
     if (rc == 0)
         rc = merge_value(out, doc, merge, err);
-    return rc;
+    if (rc < 0 || max == 0)
+        return rc;
+    /* Every value of the result comes from doc or from the patch, once:
+     * the result can outgrow the bound only when the two together do. */
+    before = syncd_canonical_size(doc);
+    if (before + syncd_canonical_size(merge) <= max)
+        return 0;
+    after = syncd_canonical_size(*out);
+    if (after <= max || after <= before)
+        return 0;
+    json_decref(*out);
+    *out = NULL;
+    return syncd_error_set(err, SYNCD_ETOOBIG,
+                           "merge patch: document would exceed %zu bytes", max);
+}
+
+int syncd_merge_apply(json_t **out, const json_t *doc, const json_t *merge,
+                      syncd_error_t *err)
+{
+    return syncd_merge_apply_ex(out, doc, merge, NULL, err);
 }
 
 /* Appends "/key" to path and fails when the new value is null. */

@@ -46,6 +46,13 @@ int check_depth(const json_t *v, int code, const char *what, syncd_error_t *err)
                            what, SYNCD_PATCH_MAX_DEPTH);
 }
 
+int syncd_depth_fits(const json_t *v, size_t depth)
+{
+    if (depth > SYNCD_PATCH_MAX_DEPTH)
+        return !json_is_object(v) && !json_is_array(v);
+    return depth_ok(v, (int)depth);
+}
+
 json_t *deep_copy(const json_t *v)
 {
     const char *key;

@@ -714,6 +714,7 @@ static int step_edit(json_t **body, const write_req_t *req,
 typedef struct patch_arg {
     const json_t *patch;
     int is_merge;
+    syncd_patch_limits_t limits;
 } patch_arg_t;
 
 static int step_patch(json_t **body, const write_req_t *req,
@@ -724,8 +725,9 @@ static int step_patch(json_t **body, const write_req_t *req,
     if (!is_live(cur))
         return not_found(req, err);
     if (pa->is_merge)
-        return syncd_merge_apply(body, cur->body, pa->patch, err);
-    return syncd_patch_apply(body, cur->body, pa->patch, err);
+        return syncd_merge_apply_ex(body, cur->body, pa->patch, &pa->limits,
+                                    err);
+    return syncd_patch_apply_ex(body, cur->body, pa->patch, &pa->limits, err);
 }
 
 /* ---- Public writes ------------------------------------------------------ */
@@ -781,7 +783,7 @@ int syncd_store_patch(syncd_store_t *store, syncd_change_t **out,
                       const char *coll, const char *id, const json_t *patch,
                       int is_merge, int64_t if_match, syncd_error_t *err)
 {
-    patch_arg_t pa = {patch, is_merge};
+    patch_arg_t pa = {patch, is_merge, {store->max_doc_bytes, 0}};
     write_req_t req = {coll, id, step_patch, &pa, if_match};
     int rc;
 

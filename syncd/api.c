@@ -338,6 +338,20 @@ static void set_text(job_t *j, const json_t *v)
         j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
 }
 
+/* Refuses a JSON Patch of more operations than --max-patch-ops before
+ * anything is read or applied (0: no bound). */
+static int check_patch_ops(job_t *j, const json_t *patch)
+{
+    size_t max = (size_t)j->api->opts.cfg->max_patch_ops;
+
+    if (j->is_merge || max == 0 || json_array_size(patch) <= max)
+        return 0;
+    return syncd_error_set(&j->err, SYNCD_ETOOBIG,
+                           "the patch has %zu operations, over "
+                           "--max-patch-ops (%zu)",
+                           json_array_size(patch), max);
+}
+
 static void run_write(job_t *j)
 {
     json_t *body = parse_body(j);
@@ -354,9 +368,11 @@ static void run_write(job_t *j)
                                 body, j->if_match, &j->err);
         break;
     default:
-        j->rc =
-            syncd_store_patch(j->api->opts.store, &j->change, j->coll, j->id,
-                              body, j->is_merge, j->if_match, &j->err);
+        j->rc = check_patch_ops(j, body);
+        if (j->rc == 0)
+            j->rc = syncd_store_patch(j->api->opts.store, &j->change, j->coll,
+                                      j->id, body, j->is_merge, j->if_match,
+                                      &j->err);
         break;
     }
     json_decref(body);
@@ -764,17 +780,15 @@ static void watcher_closed(uv_handle_t *h)
  * node watch when it is still on, and frees w. */
 static void watcher_end(watcher_t *w, const char *event, const char *data)
 {
-    char line[160];
+    buf_t line = {0};
 
     if (w->ended)
         return;
     w->ended = 1;
-    if (event != NULL) {
-        int n = snprintf(line, sizeof(line), "event: %s\ndata: %s\n\n", event,
-                         data);
-
-        syncd_http_stream_write(w->req, line, (size_t)n);
-    }
+    if (event != NULL &&
+        buf_printf(&line, "event: %s\ndata: %s\n\n", event, data) == 0)
+        syncd_http_stream_write(w->req, line.data, line.len);
+    buf_free(&line);
     syncd_node_unwatch(w->watch);
     w->watch = NULL;
     if (w->streaming) {
@@ -918,16 +932,14 @@ static void watcher_go(watcher_t *w)
     rc = syncd_node_watch(api->opts.node, &w->watch, w->coll, w->prefix,
                           w->since, watch_signal, w, &err);
     if (rc != 0) {
-        char data[600];
         json_t *o = json_pack("{s:s, s:s}", "error", syncd_strerror(rc),
                               "message", err.message);
         char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
 
-        snprintf(data, sizeof(data), "%s", text != NULL ? text : "{}");
-        free(text);
         json_decref(o);
         w->watch = NULL;
-        watcher_end(w, "error", data);
+        watcher_end(w, "error", text != NULL ? text : "{}");
+        free(text);
         return;
     }
     uv_timer_start(&w->bookmark, bookmark_due,

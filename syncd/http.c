@@ -12,11 +12,21 @@
  *
  * One timer per connection guards against slow and idle clients: from the
  * first byte of a request to the end of its headers the header timeout
- * runs (408 on expiry), while a body arrives each read re-arms the idle
- * timeout (408 on expiry), and between requests the idle timeout closes
- * the connection silently. Anything the parser rejects gets 400 (or 431 /
- * 413 for the header and body limits) after the responses already queued,
- * and the connection closes.
+ * runs (408 on expiry); while a body arrives each read re-arms the idle
+ * timeout, but never past the body deadline that the end of the headers
+ * set (408 on either); between requests the idle timeout closes the
+ * connection silently. The bearer token and the declared body size are
+ * checked on the headers, before any body is read and before `100
+ * Continue`. Anything the parser rejects gets 400 (or 401, 431 / 413 for
+ * the token and the header and body limits) after the responses already
+ * queued, and the connection closes.
+ *
+ * A connection closed after an answer the client may not expect yet (an
+ * early 413 while it still sends its body) closes gracefully (RFC 9112
+ * section 9.6): the server shuts down its writing side, then reads and
+ * discards for a bounded time and byte count, so that the client reads the
+ * answer instead of a connection reset. Connections are counted per client
+ * address too; past the limit a new one gets 503.
  */
 #include "http.h"
 
@@ -32,6 +42,11 @@
 #include "patch/buf.h"
 
 #define READ_CHUNK (64 * 1024)
+
+/* A lingering close reads and discards for at most this long and this
+ * many bytes before it closes. */
+#define LINGER_MS 5000
+#define LINGER_BYTES ((size_t)64 << 20)
 
 typedef struct header {
     buf_t name, value;
@@ -76,8 +91,14 @@ struct conn {
     int eof;  /* the client sent everything it will send */
     phase_t phase;
     size_t header_bytes;
-    int fail_status; /* limit hit inside a parser callback */
-    int no_more;     /* parse nothing more on this connection */
+    uint64_t body_deadline;       /* loop time the body must be in by */
+    int fail_status;              /* limit hit inside a parser callback */
+    const char *fail_message;     /* static; its reason */
+    struct sockaddr_storage peer; /* the client's address */
+    uv_shutdown_t shutdown;
+    int lingering;    /* answered; discarding input until the close */
+    size_t discarded; /* bytes discarded while lingering */
+    int no_more;      /* parse nothing more on this connection */
     int reading;
     int writes;             /* uv_write requests in flight */
     int close_when_written; /* close once writes drain */
@@ -117,8 +138,10 @@ void syncd_http_options_init(syncd_http_options_t *opts)
     opts->max_header_bytes = 16 * 1024;
     opts->max_body_bytes = 8 * 1024 * 1024 + 64 * 1024;
     opts->max_connections = 1024;
+    opts->max_connections_per_client = 64;
     opts->idle_timeout_ms = 60 * 1000;
     opts->header_timeout_ms = 10 * 1000;
+    opts->body_timeout_ms = 30 * 1000;
     opts->open_path = "/v1/health";
 }
 
@@ -248,23 +271,13 @@ static void conn_handle_closed(uv_handle_t *h)
     server_unref(srv);
 }
 
-/* Closes c: unlinks it, drops the request being parsed, orphans queued
- * requests (telling unfinished ones through their gone callback). */
-static void conn_close(conn_t *c)
+/* Drops the request being parsed and orphans queued requests: finished
+ * ones are freed, unfinished ones are told through their gone callback
+ * and freed when their handler finishes them. */
+static void conn_drop_requests(conn_t *c)
 {
-    syncd_http_server_t *srv = c->srv;
     syncd_http_req_t *r, *next;
 
-    if (c->closing)
-        return;
-    c->closing = 1;
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        srv->conns = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    srv->nconns--;
     req_free(c->cur);
     c->cur = NULL;
     r = c->head;
@@ -279,9 +292,29 @@ static void conn_close(conn_t *c)
         else if (r->gone != NULL)
             r->gone(r);
     }
+}
+
+/* Closes c: unlinks it and drops its requests. */
+static void conn_close(conn_t *c)
+{
+    syncd_http_server_t *srv = c->srv;
+
+    if (c->closing)
+        return;
+    c->closing = 1;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    srv->nconns--;
+    conn_drop_requests(c);
     uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
 }
+
+static void conn_linger(conn_t *c);
 
 static void write_done(uv_write_t *w, int status)
 {
@@ -293,8 +326,10 @@ static void write_done(uv_write_t *w, int status)
     c->writes--;
     if (c->closing)
         return;
-    if (status < 0 || (c->close_when_written && c->writes == 0))
+    if (status < 0)
         conn_close(c);
+    else if (c->close_when_written && c->writes == 0)
+        conn_linger(c);
 }
 
 /* Hands len bytes at data (malloc'd; ownership taken) to the socket. */
@@ -328,7 +363,7 @@ static void conn_close_when_written(conn_t *c)
     }
     uv_timer_stop(&c->timer);
     if (c->writes == 0)
-        conn_close(c);
+        conn_linger(c);
 }
 
 static void timer_fired(uv_timer_t *t);
@@ -339,6 +374,44 @@ static void parse_input(conn_t *c);
 static void conn_arm(conn_t *c, int64_t ms)
 {
     uv_timer_start(&c->timer, timer_fired, (uint64_t)(ms > 0 ? ms : 1), 0);
+}
+
+/* Arms the timer while a body arrives: the idle timeout, cut short by the
+ * body deadline. */
+static void conn_arm_body(conn_t *c)
+{
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t left = c->body_deadline > now ? c->body_deadline - now : 0;
+    uint64_t idle = (uint64_t)c->srv->opts.idle_timeout_ms;
+
+    conn_arm(c, (int64_t)(left < idle ? left : idle));
+}
+
+static void shutdown_done(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status;
+}
+
+/* Closes c once its last answer is written: at once when the client has
+ * sent everything, else gracefully (see the top of the file). */
+static void conn_linger(conn_t *c)
+{
+    if (c->eof || c->lingering) {
+        conn_close(c);
+        return;
+    }
+    c->lingering = 1;
+    conn_drop_requests(c);
+    c->in.len = 0;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_done) != 0 ||
+        (!c->reading &&
+         uv_read_start((uv_stream_t *)&c->tcp, alloc_read, read_some) != 0)) {
+        conn_close(c);
+        return;
+    }
+    c->reading = 1;
+    conn_arm(c, LINGER_MS);
 }
 
 static void conn_resume_reading(conn_t *c)
@@ -358,8 +431,14 @@ static void conn_flush(conn_t *c)
 
     while (!c->closing && (r = c->head) != NULL) {
         if (r->out.len > 0) {
-            conn_write(c, r->out.data, r->out.len);
+            buf_t out = r->out;
+
+            /* The bytes belong to the write now: a write that fails at
+             * once closes c and frees r, which must not free them too. */
             memset(&r->out, 0, sizeof(r->out));
+            conn_write(c, out.data, out.len);
+            if (c->closing)
+                return;
         }
         if (!r->finished)
             return;
@@ -423,6 +502,7 @@ static void conn_fail(conn_t *c, int status, const char *message)
     conn_enqueue(c, r);
     syncd_http_respond_error(r, status,
                              status == 408   ? "timeout"
+                             : status == 401 ? "unauthorized"
                              : status == 413 ? "too_large"
                              : status == 431 ? "headers_too_large"
                              : status == 503 ? "unavailable"
@@ -434,10 +514,15 @@ static void timer_fired(uv_timer_t *t)
 {
     conn_t *c = t->data;
 
-    if (c->phase == PHASE_HEADERS)
+    if (c->lingering)
+        conn_close(c);
+    else if (c->phase == PHASE_HEADERS)
         conn_fail(c, 408, "request headers not received in time");
     else if (c->phase == PHASE_BODY)
-        conn_fail(c, 408, "request body stalled");
+        conn_fail(c, 408,
+                  uv_now(c->srv->loop) >= c->body_deadline
+                      ? "request body not received within the body timeout"
+                      : "request body stalled");
     else if (c->head == NULL)
         conn_close(c);
 }
@@ -466,6 +551,13 @@ static void read_some(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     conn_t *c = s->data;
     (void)b;
 
+    if (c->lingering) {
+        c->discarded += nread > 0 ? (size_t)nread : 0;
+        c->in.len = 0;
+        if (nread < 0 || c->discarded > LINGER_BYTES)
+            conn_close(c);
+        return;
+    }
     if (nread < 0) {
         if (nread == UV_EOF && (c->head != NULL || c->in.len > 0)) {
             /* Half-close: answer what was asked, then close. */
@@ -481,7 +573,7 @@ static void read_some(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         return;
     c->in.len += (size_t)nread;
     if (c->phase == PHASE_BODY)
-        conn_arm(c, c->srv->opts.idle_timeout_ms);
+        conn_arm_body(c);
     parse_input(c);
 }
 
@@ -513,11 +605,7 @@ static void parse_input(conn_t *c)
             snprintf(msg, sizeof(msg), "malformed HTTP request: %s",
                      http_errno_description(e));
             conn_fail(c, c->fail_status ? c->fail_status : 400,
-                      c->fail_status == 431
-                          ? "request headers exceed the header limit"
-                      : c->fail_status == 413
-                          ? "request body exceeds the body limit"
-                          : msg);
+                      c->fail_message ? c->fail_message : msg);
             off = c->in.len;
             break;
         }
@@ -539,13 +627,19 @@ static void parse_input(conn_t *c)
 
 /* ---- Parser callbacks ------------------------------------------------ */
 
+/* Stops the parser from a callback; parse_input() answers status. */
+static int parse_fail(conn_t *c, int status, const char *message)
+{
+    c->fail_status = status;
+    c->fail_message = message;
+    return -1;
+}
+
 static int count_header_bytes(conn_t *c, size_t len)
 {
     c->header_bytes += len;
-    if (c->header_bytes > c->srv->opts.max_header_bytes) {
-        c->fail_status = 431;
-        return -1;
-    }
+    if (c->header_bytes > c->srv->opts.max_header_bytes)
+        return parse_fail(c, 431, "request headers exceed the header limit");
     return 0;
 }
 
@@ -601,20 +695,33 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     return buf_append(&r->headers[r->nheaders - 1].value, at, len);
 }
 
+static int split_url(syncd_http_req_t *r);
+static int authorized(const syncd_http_server_t *srv, syncd_http_req_t *r);
+
+/* Checks the request on its headers, before any of its body is read: the
+ * target, the bearer token, the declared body size; then starts the body
+ * deadline and sends `100 Continue` when asked. */
 static int on_headers_complete(http_parser *p)
 {
     conn_t *c = p->data;
+    syncd_http_server_t *srv = c->srv;
     syncd_http_req_t *r = c->cur;
     const char *expect;
 
-    if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
-        p->content_length > c->srv->opts.max_body_bytes) {
-        c->fail_status = 413;
-        return -1;
-    }
     r->method = http_method_str((enum http_method)p->method);
+    if (split_url(r) < 0)
+        return parse_fail(c, 400, "malformed request target");
+    if (!authorized(srv, r))
+        return parse_fail(c, 401, "missing or wrong bearer token");
+    if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
+        p->content_length > srv->opts.max_body_bytes)
+        return parse_fail(c, 413, "request body exceeds the body limit");
     c->phase = PHASE_BODY;
-    conn_arm(c, c->srv->opts.idle_timeout_ms);
+    c->body_deadline =
+        srv->opts.body_timeout_ms > 0
+            ? uv_now(srv->loop) + (uint64_t)srv->opts.body_timeout_ms
+            : UINT64_MAX;
+    conn_arm_body(c);
     expect = syncd_http_header(r, "Expect");
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0 &&
         c->head == NULL) {
@@ -626,17 +733,15 @@ static int on_headers_complete(http_parser *p)
             conn_write(c, copy, sizeof(cont) - 1);
         }
     }
-    return 0;
+    return c->closing ? -1 : 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     conn_t *c = p->data;
 
-    if (c->cur->body.len + len > c->srv->opts.max_body_bytes) {
-        c->fail_status = 413;
-        return -1;
-    }
+    if (c->cur->body.len + len > c->srv->opts.max_body_bytes)
+        return parse_fail(c, 413, "request body exceeds the body limit");
     return buf_append(&c->cur->body, at, len);
 }
 
@@ -696,14 +801,7 @@ static int on_message_complete(http_parser *p)
         c->no_more = 1;
         r->close_after = 1;
     }
-    if (split_url(r) < 0)
-        syncd_http_respond_error(r, 400, "bad_request",
-                                 "malformed request target");
-    else if (!authorized(srv, r))
-        syncd_http_respond_error(r, 401, "unauthorized",
-                                 "missing or wrong bearer token");
-    else
-        srv->opts.handler(r, srv->opts.data);
+    srv->opts.handler(r, srv->opts.data);
     if (!c->closing)
         http_parser_pause(p, 1);
     return 0;
@@ -898,6 +996,40 @@ static void listener_closed(uv_handle_t *h)
     server_unref(h->data);
 }
 
+/* Returns 1 when a and b are the same client address (ports aside). */
+static int same_client(const struct sockaddr_storage *a,
+                       const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                      &((const struct sockaddr_in *)b)->sin_addr,
+                      sizeof(struct in_addr)) == 0;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                      &((const struct sockaddr_in6 *)b)->sin6_addr,
+                      sizeof(struct in6_addr)) == 0;
+    return 0;
+}
+
+/* Records c's client address and returns 1 when c is one connection too
+ * many from it (a client whose address cannot be read is not limited). */
+static int too_many_from_peer(conn_t *c)
+{
+    syncd_http_server_t *srv = c->srv;
+    int len = sizeof(c->peer), n = 0;
+    const conn_t *o;
+
+    if (srv->opts.max_connections_per_client <= 0 ||
+        uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len) != 0)
+        return 0;
+    for (o = srv->conns; o != NULL; o = o->next)
+        if (o->peer.ss_family != AF_UNSPEC && same_client(&o->peer, &c->peer))
+            n++;
+    return n > srv->opts.max_connections_per_client;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     syncd_http_server_t *srv = server->data;
@@ -931,6 +1063,13 @@ static void on_connection(uv_stream_t *server, int status)
         syncd_log(SYNCD_LOG_WARN, "http: refusing a connection: %d open",
                   srv->nconns - 1);
         conn_fail(c, 503, "too many open connections");
+        return;
+    }
+    if (too_many_from_peer(c)) {
+        syncd_log(SYNCD_LOG_WARN,
+                  "http: refusing a connection: %d open from one client",
+                  srv->opts.max_connections_per_client);
+        conn_fail(c, 503, "too many open connections from this client");
         return;
     }
     conn_arm(c, srv->opts.idle_timeout_ms);

@@ -35,11 +35,13 @@ typedef void (*syncd_http_observe_fn)(const char *route, int status,
 /* Server options; syncd_http_options_init() sets the documented defaults.
  * Strings are borrowed for the life of the server. */
 typedef struct syncd_http_options {
-    size_t max_header_bytes;   /* request line + headers; 16 KiB, else 431 */
-    size_t max_body_bytes;     /* request body; 8 MiB + 64 KiB, else 413 */
-    int max_connections;       /* open connections; 1024, beyond: 503 */
-    int64_t idle_timeout_ms;   /* keep-alive idle and body stall; 60 s */
+    size_t max_header_bytes; /* request line + headers; 16 KiB, else 431 */
+    size_t max_body_bytes;   /* request body; 8 MiB + 64 KiB, else 413 */
+    int max_connections;     /* open connections; 1024, beyond: 503 */
+    int max_connections_per_client; /* from one address; 64 (0: none) */
+    int64_t idle_timeout_ms;        /* keep-alive idle and body stall; 60 s */
     int64_t header_timeout_ms; /* first byte to end of headers; 10 s, 408 */
+    int64_t body_timeout_ms;   /* headers to end of body; 30 s (0: none) */
     const char *token;         /* bearer token; NULL: no authentication */
     const char *open_path;     /* the one path served without the token */
     syncd_http_handler_fn handler;

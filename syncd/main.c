@@ -236,6 +236,8 @@ static int open_api(daemon_t *d, syncd_error_t *err)
     ho.max_header_bytes = c->max_header_bytes;
     ho.max_body_bytes = c->max_doc_bytes + 64 * 1024;
     ho.max_connections = (int)c->max_connections;
+    ho.max_connections_per_client = (int)c->max_connections_per_client;
+    ho.body_timeout_ms = c->body_timeout_ms;
     ho.idle_timeout_ms = c->idle_timeout_ms;
     ho.header_timeout_ms = c->header_timeout_ms;
     ho.token = c->token;

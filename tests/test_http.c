@@ -291,6 +291,34 @@ static char *raw_exchange(int port, const char *data, size_t len)
     return out;
 }
 
+/* Connects to port with 10 s send and receive timeouts. */
+static int connect_timed(int port)
+{
+    struct timeval tv = {10, 0};
+    int fd = connect_port(port);
+
+    assert_true(fd >= 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+/* Reads from fd into out (size bytes, NUL-terminated) until it holds
+ * needle, the server closes, or the receive timeout passes; returns 1 when
+ * needle was seen. */
+static int recv_until(int fd, char *out, size_t size, const char *needle)
+{
+    size_t n = strlen(out);
+    ssize_t got;
+
+    while (strstr(out, needle) == NULL && n + 1 < size &&
+           (got = recv(fd, out + n, size - n - 1, 0)) > 0) {
+        n += (size_t)got;
+        out[n] = '\0';
+    }
+    return strstr(out, needle) != NULL;
+}
+
 /* Counts occurrences of needle in hay. */
 static int count_of(const char *hay, const char *needle)
 {
@@ -357,10 +385,11 @@ static int setup_main(void **state)
 {
     (void)state;
     curl_global_init(CURL_GLOBAL_ALL);
+    /* Hundreds of connections from this one client in some tests. */
     return daemon_start(&main_daemon, "--header-timeout", "2s",
                         "--max-header-bytes", "4KiB", "--max-doc-bytes",
                         "64KiB", "--bookmark-interval", "1s", "--log-level",
-                        "debug", NULL);
+                        "debug", "--max-connections-per-client", "1000", NULL);
 }
 
 static int teardown_main(void **state)
@@ -907,6 +936,258 @@ static void test_watch__since_older_than_the_log_is_410(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* ---- Patch limits ------------------------------------------------------ */
+
+/* Returns a JSON Patch of nops ops each copying the whole document into a
+ * new member, so that each doubles it; malloc'd. */
+static char *copy_bomb(int nops)
+{
+    static const char keys[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    char *patch = malloc((size_t)nops * 40 + 3);
+    size_t n = 0;
+    int i;
+
+    assert_non_null(patch);
+    patch[n++] = '[';
+    for (i = 0; i < nops; i++)
+        n += (size_t)sprintf(
+            patch + n, "%s{\"op\":\"copy\",\"from\":\"\",\"path\":\"/%c\"}",
+            i > 0 ? "," : "", keys[i % 36]);
+    patch[n++] = ']';
+    patch[n] = '\0';
+    return patch;
+}
+
+static void
+test_patch__copy_bomb_is_413_naming_the_op_and_changes_nothing(void **state)
+{
+    daemon_t d;
+    char *bomb = copy_bomb(25);
+    response_t r;
+    json_t *v;
+
+    (void)state;
+    assert_true(strlen(bomb) < 1000);
+    assert_int_equal(daemon_start(&d, NULL), 0);
+    r = request(&d, "PUT", "/v1/collections/bomb/docs/x",
+                "{\"s\":\"a string of some thirty bytes\"}", NULL);
+    expect(&r, 201, NULL);
+    r = request(&d, "PATCH", "/v1/collections/bomb/docs/x", bomb,
+                json_patch_ct);
+    assert_int_equal(r.status, 413);
+    v = json_loads(r.body, 0, NULL);
+    assert_non_null(v);
+    assert_string_equal(json_string_value(json_object_get(v, "error")),
+                        "too_large");
+    /* The document is 38 bytes and op i makes it 43 * 2^(i+1) - 5: op 17
+     * is the first past 8 MiB, and it fails before it copies. */
+    assert_string_equal(json_string_value(json_object_get(v, "message")),
+                        "operation 17 (copy /h): document would exceed "
+                        "8388608 bytes");
+    json_decref(v);
+    response_free(&r);
+    r = request(&d, "GET", "/v1/collections/bomb/docs/x", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.etag, "\"1\"");
+    assert_string_equal(r.body, "{\"s\":\"a string of some thirty bytes\"}");
+    response_free(&r);
+    free(bomb);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* Returns a JSON Patch that sets /n to 1, then tests it nops - 1 times;
+ * malloc'd. */
+static char *many_ops(int nops)
+{
+    static const char set[] =
+        "{\"op\":\"replace\",\"path\":\"/n\",\"value\":1}";
+    static const char test[] = ",{\"op\":\"test\",\"path\":\"/n\",\"value\":1}";
+    char *patch = malloc(sizeof(set) + (size_t)nops * sizeof(test) + 2);
+    size_t n = 0;
+    int i;
+
+    assert_non_null(patch);
+    patch[n++] = '[';
+    memcpy(patch + n, set, sizeof(set) - 1);
+    n += sizeof(set) - 1;
+    for (i = 1; i < nops; i++) {
+        memcpy(patch + n, test, sizeof(test) - 1);
+        n += sizeof(test) - 1;
+    }
+    patch[n++] = ']';
+    patch[n] = '\0';
+    return patch;
+}
+
+static void
+test_patch__more_than_10000_ops_are_413_and_change_nothing(void **state)
+{
+    daemon_t d;
+    char *over = many_ops(10001), *at = many_ops(10000);
+    response_t r;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, NULL), 0);
+    r = request(&d, "PUT", "/v1/collections/ops/docs/x", "{\"n\":0}", NULL);
+    expect(&r, 201, NULL);
+    r = request(&d, "PATCH", "/v1/collections/ops/docs/x", over, json_patch_ct);
+    assert_non_null(strstr(r.body, "10001 operations"));
+    expect(&r, 413, "too_large");
+    r = request(&d, "GET", "/v1/collections/ops/docs/x", NULL, NULL);
+    assert_string_equal(r.body, "{\"n\":0}");
+    expect(&r, 200, NULL);
+    /* At the limit, the patch applies. */
+    r = request(&d, "PATCH", "/v1/collections/ops/docs/x", at, json_patch_ct);
+    assert_string_equal(r.etag, "\"2\"");
+    expect(&r, 200, NULL);
+    free(over);
+    free(at);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* ---- Slow bodies, early answers, per-client limits -------------------- */
+
+static void test_http__body_trickled_past_the_body_timeout_is_408(void **s)
+{
+    static const char head[] =
+        "PUT /v1/collections/slow/docs/x HTTP/1.1\r\n"
+        "Host: t\r\nContent-Length: 200\r\n\r\n{\"s\":\"";
+    daemon_t d;
+    char out[4096] = "";
+    response_t r;
+    int fd, i;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, "--body-timeout", "2s", NULL), 0);
+    fd = connect_timed(d.port);
+    assert_int_equal(send(fd, head, sizeof(head) - 1, MSG_NOSIGNAL),
+                     (ssize_t)sizeof(head) - 1);
+    /* A byte every 100 ms never stalls past the idle timeout; the body
+     * deadline ends it. Bounded at 10 s. */
+    for (i = 0; i < 100; i++) {
+        struct pollfd p = {fd, POLLIN, 0};
+
+        if (poll(&p, 1, 100) > 0)
+            break;
+        if (send(fd, "x", 1, MSG_NOSIGNAL) != 1)
+            break;
+    }
+    assert_true(i < 100);
+    assert_true(recv_until(fd, out, sizeof(out), "\r\n\r\n"));
+    assert_non_null(strstr(out, "HTTP/1.1 408 "));
+    close(fd);
+    r = request(&d, "GET", "/v1/health", NULL, NULL);
+    expect(&r, 200, NULL);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+static void test_auth__bad_token_gets_401_before_100_continue_or_body(void **s)
+{
+    static const char bad[] = "PUT /v1/collections/t/docs/x HTTP/1.1\r\n"
+                              "Host: t\r\nAuthorization: Bearer nope\r\n"
+                              "Content-Length: 7\r\nExpect: 100-continue\r\n"
+                              "\r\n";
+    static const char good[] = "PUT /v1/collections/t/docs/x HTTP/1.1\r\n"
+                               "Host: t\r\nAuthorization: Bearer s3cret\r\n"
+                               "Content-Length: 7\r\nExpect: 100-continue\r\n"
+                               "\r\n";
+    daemon_t d;
+    char out[4096] = "";
+    int fd;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, "--token", "s3cret", NULL), 0);
+    /* The body is never sent: the answer comes on the headers alone. */
+    fd = connect_timed(d.port);
+    assert_int_equal(send(fd, bad, sizeof(bad) - 1, MSG_NOSIGNAL),
+                     (ssize_t)sizeof(bad) - 1);
+    assert_true(recv_until(fd, out, sizeof(out), "}"));
+    assert_null(strstr(out, "100 Continue"));
+    assert_true(strncmp(out, "HTTP/1.1 401 ", 13) == 0);
+    assert_non_null(strstr(out, "\"unauthorized\""));
+    close(fd);
+    /* The right token gets 100 Continue, then the write goes through. */
+    out[0] = '\0';
+    fd = connect_timed(d.port);
+    assert_int_equal(send(fd, good, sizeof(good) - 1, MSG_NOSIGNAL),
+                     (ssize_t)sizeof(good) - 1);
+    assert_true(recv_until(fd, out, sizeof(out), "\r\n\r\n"));
+    assert_true(strncmp(out, "HTTP/1.1 100 Continue\r\n", 23) == 0);
+    assert_int_equal(send(fd, "{\"a\":1}", 7, MSG_NOSIGNAL), 7);
+    assert_true(recv_until(fd, out, sizeof(out), "201 Created"));
+    close(fd);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+static void
+test_http__early_413_reaches_a_client_sending_a_20_mib_body(void **s)
+{
+    const size_t body = (size_t)20 << 20;
+    char head[160], out[4096] = "";
+    int n = snprintf(head, sizeof(head),
+                     "PUT /v1/collections/t/docs/huge HTTP/1.1\r\nHost: t\r\n"
+                     "Content-Length: %zu\r\n\r\n",
+                     body);
+    char *msg = malloc((size_t)n + body);
+    int fd;
+
+    (void)s;
+    assert_non_null(msg);
+    memcpy(msg, head, (size_t)n);
+    memset(msg + n, 'x', body);
+    fd = connect_timed(main_daemon.port);
+    /* One blocking write of everything, then read the answer. */
+    assert_int_equal(send(fd, msg, (size_t)n + body, MSG_NOSIGNAL),
+                     (ssize_t)((size_t)n + body));
+    errno = 0;
+    assert_true(recv_until(fd, out, sizeof(out), "}"));
+    assert_int_not_equal(errno, ECONNRESET);
+    assert_true(strncmp(out, "HTTP/1.1 413 ", 13) == 0);
+    assert_non_null(strstr(out, "\"too_large\""));
+    close(fd);
+    free(msg);
+    check("GET", "/v1/collections/t/docs/huge", NULL, NULL, 404, NULL);
+}
+
+/* Sends a health request on fd and asserts a 200 answer. */
+static void health_on(int fd)
+{
+    static const char health[] = "GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n";
+    char out[4096] = "";
+
+    assert_int_equal(send(fd, health, sizeof(health) - 1, MSG_NOSIGNAL),
+                     (ssize_t)sizeof(health) - 1);
+    assert_true(recv_until(fd, out, sizeof(out), "}"));
+    assert_true(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
+}
+
+static void test_limits__connections_past_the_per_client_limit_get_503(void **s)
+{
+    daemon_t d;
+    int fds[3], i, fd;
+    char out[4096] = "";
+
+    (void)s;
+    assert_int_equal(
+        daemon_start(&d, "--max-connections-per-client", "3", NULL), 0);
+    /* Each answered before the next opens, so the server has seen every
+     * earlier connection (daemon_start()'s probe included) come and go. */
+    for (i = 0; i < 3; i++) {
+        fds[i] = connect_timed(d.port);
+        health_on(fds[i]);
+    }
+    fd = connect_timed(d.port);
+    assert_true(recv_until(fd, out, sizeof(out), "\r\n\r\n"));
+    assert_true(strncmp(out, "HTTP/1.1 503 ", 13) == 0);
+    close(fd);
+    /* The three still work. */
+    for (i = 0; i < 3; i++)
+        health_on(fds[i]);
+    for (i = 0; i < 3; i++)
+        close(fds[i]);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* ---- Auth, limits, shutdown, config ----------------------------------- */
 
 static void test_auth__token_is_required_on_every_route_but_health(void **s)
@@ -1055,6 +1336,17 @@ int main(void)
         cmocka_unit_test(
             test_auth__token_is_required_on_every_route_but_health),
         cmocka_unit_test(test_limits__connections_beyond_the_maximum_get_503),
+        cmocka_unit_test(
+            test_patch__copy_bomb_is_413_naming_the_op_and_changes_nothing),
+        cmocka_unit_test(
+            test_patch__more_than_10000_ops_are_413_and_change_nothing),
+        cmocka_unit_test(test_http__body_trickled_past_the_body_timeout_is_408),
+        cmocka_unit_test(
+            test_auth__bad_token_gets_401_before_100_continue_or_body),
+        cmocka_unit_test(
+            test_http__early_413_reaches_a_client_sending_a_20_mib_body),
+        cmocka_unit_test(
+            test_limits__connections_past_the_per_client_limit_get_503),
         cmocka_unit_test(test_shutdown__sigterm_ends_watchers_and_exits_0),
         cmocka_unit_test(test_config__bad_values_fail_naming_the_flag),
     };

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <cmocka.h>
 
@@ -822,6 +823,260 @@ static void test_patch_apply__result_nesting_past_the_limit_fails(void **s)
     json_decref(at_limit);
 }
 
+/* ---- bounded application ------------------------------------------------ */
+
+/* Returns the canonical size of v. */
+static size_t canon_size(const json_t *v)
+{
+    size_t len = 0;
+    char *text = syncd_json_canonical(v, &len);
+
+    assert_non_null(text);
+    free(text);
+    return len;
+}
+
+/* Returns the peak resident set of this process in KiB. */
+static long peak_rss_kib(void)
+{
+    struct rusage ru;
+
+    assert_int_equal(getrusage(RUSAGE_SELF, &ru), 0);
+    return ru.ru_maxrss;
+}
+
+static void
+test_patch_apply_ex__copy_bomb_fails_at_the_first_op_past_the_limit(void **s)
+{
+    const size_t limit = (size_t)1 << 20, nops = 40;
+    json_t *doc = parse("{\"a\":\"a string of some thirty bytes\"}");
+    json_t *patch = json_array(), *out = NULL, *cur;
+    syncd_patch_limits_t limits;
+    syncd_error_t err;
+    size_t i, fail_at = nops;
+    long rss_before;
+    char want[128];
+
+    (void)s;
+    /* Each op copies the whole document into a new member: it doubles. */
+    for (i = 0; i < nops; i++) {
+        char path[16];
+
+        snprintf(path, sizeof(path), "/k%zu", i);
+        json_array_append_new(patch, json_pack("{s:s,s:s,s:s}", "op", "copy",
+                                               "from", "", "path", path));
+    }
+    syncd_patch_limits_init(&limits);
+    limits.max_bytes = limit;
+    syncd_error_clear(&err);
+    rss_before = peak_rss_kib();
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, patch, &limits, &err),
+                     SYNCD_ETOOBIG);
+    /* Unbounded, the document would have reached 2^40 times its size. */
+    assert_true(peak_rss_kib() - rss_before < 64 * 1024);
+    assert_null(out);
+    /* The failing op is the first whose result is over the limit. */
+    cur = json_incref(doc);
+    for (i = 0; i < nops && fail_at == nops; i++) {
+        json_t *one = json_pack("[O]", json_array_get(patch, i)), *next;
+
+        assert_int_equal(syncd_patch_apply(&next, cur, one, NULL), 0);
+        if (canon_size(next) > limit)
+            fail_at = i;
+        json_decref(cur);
+        json_decref(one);
+        cur = next;
+    }
+    json_decref(cur);
+    assert_true(fail_at > 0 && fail_at < nops);
+    snprintf(want, sizeof(want),
+             "operation %zu (copy /k%zu): document would exceed %zu bytes",
+             fail_at, fail_at, limit);
+    assert_string_equal(err.message, want);
+    json_decref(doc);
+    json_decref(patch);
+}
+
+/* Applies ops one by one without limits and returns the largest
+ * canonical size the document reaches (its start included), with the
+ * index of the op that first reaches it in *at (ops size when the start
+ * is the largest). */
+static size_t largest_size(const json_t *doc, const json_t *ops, size_t *at)
+{
+    json_t *cur = json_incref((json_t *)doc), *item;
+    size_t best = canon_size(doc), i;
+
+    *at = json_array_size(ops);
+    json_array_foreach (ops, i, item) {
+        json_t *one = json_pack("[O]", item), *next = NULL;
+        size_t n;
+
+        assert_int_equal(syncd_patch_apply(&next, cur, one, NULL), 0);
+        n = canon_size(next);
+        if (n > best) {
+            best = n;
+            *at = i;
+        }
+        json_decref(one);
+        json_decref(cur);
+        cur = next;
+    }
+    json_decref(cur);
+    return best;
+}
+
+static void test_patch_apply_ex__size_bound_is_exact_for_every_op_kind(void **s)
+{
+    json_t *doc = parse("{\"a\":[1,2.5,\"x\\\"y\"],\"b\":{\"k\\n\":null},"
+                        "\"c\":\"\\u0001\",\"d\":true}");
+    json_t *patch = parse(
+        "[{\"op\":\"add\",\"path\":\"/a/1\",\"value\":{\"q\\\\\":[false]}},"
+        "{\"op\":\"copy\",\"from\":\"/b\",\"path\":\"/e~1f\"},"
+        "{\"op\":\"remove\",\"path\":\"/a/0\"},"
+        "{\"op\":\"move\",\"from\":\"/c\",\"path\":\"/a/-\"},"
+        "{\"op\":\"replace\",\"path\":\"/d\",\"value\":1e300},"
+        "{\"op\":\"add\",\"path\":\"/b/k\\n\",\"value\":\"longer\"},"
+        "{\"op\":\"move\",\"from\":\"/b\",\"path\":\"/e~1f\"},"
+        "{\"op\":\"test\",\"path\":\"/d\",\"value\":1e300},"
+        "{\"op\":\"copy\",\"from\":\"/a\",\"path\":\"/g\"},"
+        "{\"op\":\"replace\",\"path\":\"/g/0\",\"value\":[]},"
+        "{\"op\":\"add\",\"path\":\"/a/0\",\"value\":-12345},"
+        "{\"op\":\"remove\",\"path\":\"/g\"},"
+        "{\"op\":\"add\",\"path\":\"\",\"value\":{\"z\":[[],{},\"\"]}}]");
+    json_t *out = NULL, *free_run = NULL;
+    syncd_patch_limits_t limits;
+    syncd_error_t err;
+    size_t at, peak;
+    char want[128];
+
+    (void)s;
+    peak = largest_size(doc, patch, &at);
+    assert_true(at < json_array_size(patch));
+    syncd_patch_limits_init(&limits);
+    /* Exactly the peak: every op fits, and the result is the unbounded
+     * one. */
+    limits.max_bytes = peak;
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, patch, &limits, NULL), 0);
+    assert_int_equal(syncd_patch_apply(&free_run, doc, patch, NULL), 0);
+    assert_same_json(out, free_run, "bounded result");
+    json_decref(out);
+    json_decref(free_run);
+    /* One byte less: the op that reaches the peak fails. */
+    limits.max_bytes = peak - 1;
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, patch, &limits, &err),
+                     SYNCD_ETOOBIG);
+    assert_null(out);
+    snprintf(want, sizeof(want), "operation %zu (", at);
+    assert_true(strncmp(err.message, want, strlen(want)) == 0);
+    snprintf(want, sizeof(want), "document would exceed %zu bytes", peak - 1);
+    assert_non_null(strstr(err.message, want));
+    json_decref(doc);
+    json_decref(patch);
+}
+
+static void
+test_patch_apply_ex__more_ops_than_the_limit_fail_before_any(void **s)
+{
+    json_t *doc = parse("{\"n\":0}"), *patch = json_array(), *out = NULL;
+    syncd_patch_limits_t limits;
+    syncd_error_t err;
+    int i;
+
+    (void)s;
+    syncd_patch_limits_init(&limits);
+    assert_int_equal(limits.max_ops, 10000);
+    assert_int_equal(limits.max_bytes, 8 << 20);
+    limits.max_ops = 10;
+    for (i = 0; i < 10; i++)
+        json_array_append_new(patch, parse("{\"op\":\"test\",\"path\":\"/n\","
+                                           "\"value\":0}"));
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, patch, &limits, NULL), 0);
+    json_decref(out);
+    /* An eleventh op, even one that would fail, is refused unapplied. */
+    json_array_append_new(patch, parse("{\"op\":\"remove\",\"path\":\"/no\"}"));
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, patch, &limits, &err),
+                     SYNCD_ETOOBIG);
+    assert_null(out);
+    assert_non_null(strstr(err.message, "11 operations"));
+    json_decref(doc);
+    json_decref(patch);
+}
+
+/* Returns a patch of n ops copying /a over /b. */
+static json_t *copies_over(int n)
+{
+    json_t *patch = json_array();
+
+    for (int i = 0; i < n; i++)
+        json_array_append_new(patch, parse("{\"op\":\"copy\",\"from\":\"/a\","
+                                           "\"path\":\"/b\"}"));
+    return patch;
+}
+
+static void test_patch_apply_ex__copies_past_4_times_the_limit_fail(void **s)
+{
+    /* /a is 100,000 bytes serialized; the limit 300,000: the document
+     * stays within it, but 13 copies of /a pass 4 times it. */
+    char *big = malloc(99999);
+    json_t *doc, *twelve = copies_over(12), *thirteen = copies_over(13);
+    json_t *out = NULL;
+    syncd_patch_limits_t limits;
+    syncd_error_t err;
+
+    (void)s;
+    assert_non_null(big);
+    memset(big, 'x', 99998);
+    big[99998] = '\0';
+    doc = json_pack("{s:s}", "a", big);
+    syncd_patch_limits_init(&limits);
+    limits.max_bytes = 300000;
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, twelve, &limits, NULL), 0);
+    assert_true(canon_size(out) <= limits.max_bytes);
+    json_decref(out);
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_apply_ex(&out, doc, thirteen, &limits, &err),
+                     SYNCD_ETOOBIG);
+    assert_null(out);
+    assert_true(strncmp(err.message, "operation 12 (copy /b): ", 24) == 0);
+    assert_non_null(strstr(err.message, "copy more than 4 times 300000 bytes"));
+    free(big);
+    json_decref(doc);
+    json_decref(twelve);
+    json_decref(thirteen);
+}
+
+static void test_merge_apply_ex__result_past_the_limit_is_ETOOBIG(void **s)
+{
+    json_t *doc = parse("{\"a\":\"0123456789\",\"b\":1}");
+    json_t *grow = parse("{\"c\":\"0123456789\"}");
+    json_t *shrink = parse("{\"a\":null,\"c\":\"01234567890123\"}");
+    json_t *out = NULL;
+    syncd_patch_limits_t limits;
+    syncd_error_t err;
+    size_t doc_size = canon_size(doc);
+
+    (void)s;
+    syncd_patch_limits_init(&limits);
+    limits.max_bytes = doc_size + 10;
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_merge_apply_ex(&out, doc, grow, &limits, &err),
+                     SYNCD_ETOOBIG);
+    assert_null(out);
+    assert_non_null(strstr(err.message, "would exceed"));
+    /* Within the limit, and at it exactly. */
+    assert_int_equal(syncd_merge_apply_ex(&out, doc, shrink, &limits, NULL), 0);
+    json_decref(out);
+    limits.max_bytes = doc_size + 17;
+    assert_int_equal(syncd_merge_apply_ex(&out, doc, grow, &limits, NULL), 0);
+    assert_int_equal(canon_size(out), doc_size + 17);
+    json_decref(out);
+    json_decref(doc);
+    json_decref(grow);
+    json_decref(shrink);
+}
+
 /* ---- merge patch -------------------------------------------------------- */
 
 static void test_merge_diff__null_member_fails_with_EPATCH_naming_path(void **s)
@@ -1083,6 +1338,15 @@ int main(void)
         cmocka_unit_test(
             test_merge_diff__null_member_fails_with_EPATCH_naming_path),
         cmocka_unit_test(test_merge_diff__removed_member_becomes_null),
+        cmocka_unit_test(
+            test_patch_apply_ex__copy_bomb_fails_at_the_first_op_past_the_limit),
+        cmocka_unit_test(
+            test_patch_apply_ex__size_bound_is_exact_for_every_op_kind),
+        cmocka_unit_test(
+            test_patch_apply_ex__more_ops_than_the_limit_fail_before_any),
+        cmocka_unit_test(
+            test_patch_apply_ex__copies_past_4_times_the_limit_fail),
+        cmocka_unit_test(test_merge_apply_ex__result_past_the_limit_is_ETOOBIG),
         cmocka_unit_test(test_ptr__parse_and_format_roundtrip_escapes),
         cmocka_unit_test(test_ptr__malformed_pointers_fail_with_EINVAL),
         cmocka_unit_test(test_ptr__fragment_decodes_percent_nul),

@@ -98,9 +98,11 @@ BENCH="$BUILD/bench/bench_daemon"
 SYNCD=127.0.0.1:$(free_port)
 ETCD=127.0.0.1:$(free_port)
 PEER=127.0.0.1:$(free_port)
+# Every benchmark connection comes from this one address.
 # shellcheck disable=SC2086 # SYNCD_FLAGS is a list of flags
 "$BUILD/syncd/syncd" --data-dir "$TMP/syncd" --listen "$SYNCD" \
-    --log-level warn $SYNCD_FLAGS >"$TMP/syncd.log" 2>&1 &
+    --log-level warn --max-connections-per-client 1024 $SYNCD_FLAGS \
+    >"$TMP/syncd.log" 2>&1 &
 SYNCD_PID=$!
 etcd --name bench --data-dir "$TMP/etcd" \
     --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \

@@ -83,6 +83,28 @@ int syncd_patch_validate(const json_t *patch, syncd_error_t *err);
 int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,
                       syncd_error_t *err);
 
+/* What applying one patch may cost; syncd_patch_limits_init() sets the
+ * defaults. A field of 0 means unbounded. */
+typedef struct syncd_patch_limits {
+    size_t max_bytes; /* canonical size of the result; default 8 MiB */
+    size_t max_ops;   /* operations in one JSON Patch; default 10,000 */
+} syncd_patch_limits_t;
+
+/* Sets every field of limits to its documented default. */
+void syncd_patch_limits_init(syncd_patch_limits_t *limits);
+
+/* syncd_patch_apply() within limits (NULL: unbounded). A patch of more
+ * than max_ops operations fails with SYNCD_ETOOBIG before any is applied.
+ * A running estimate of the document's canonical size is kept per
+ * operation, and the first operation that would grow it past max_bytes
+ * fails with SYNCD_ETOOBIG ("operation N (op path): document would exceed
+ * M bytes") before it copies anything, so memory stays near max_bytes.
+ * The values the ops copy into the document may total 4 times max_bytes
+ * (SYNCD_ETOOBIG past that), which bounds the work of a patch as well. */
+int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
+                         const syncd_patch_limits_t *limits,
+                         syncd_error_t *err);
+
 /* Computes an RFC 6902 patch from a to b and stores it in *out (a new
  * array). Changes are reported at the deepest path that changed; arrays are
  * diffed as sequences (Myers on element hashes), falling back to a single
@@ -101,6 +123,13 @@ int syncd_json_equal(const json_t *a, const json_t *b);
  * memory or nesting deeper than SYNCD_PATCH_MAX_DEPTH. */
 int syncd_merge_apply(json_t **out, const json_t *doc, const json_t *merge,
                       syncd_error_t *err);
+
+/* syncd_merge_apply() within limits (NULL: unbounded): a result whose
+ * canonical size is over max_bytes (and over doc's) fails with
+ * SYNCD_ETOOBIG; max_ops does not apply. */
+int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
+                         const syncd_patch_limits_t *limits,
+                         syncd_error_t *err);
 
 /* Generates the RFC 7396 merge patch from a to b into *out (a new value).
  * When the change cannot be expressed as a merge patch (b has a member whose
