@@ -329,6 +329,51 @@ static void test_mongo_cas__concurrent_writers_lose_no_update(void **state)
     json_decref(zero);
 }
 
+#define RACE_IDS 40
+
+typedef struct racer {
+    syncd_backend_t *be;
+    int won[RACE_IDS];
+} racer_t;
+
+static void *race_inserts(void *arg)
+{
+    racer_t *r = arg;
+    json_t *body = json_pack("{s:i}", "n", 1);
+
+    for (int i = 0; i < RACE_IDS; i++) {
+        char id[16];
+
+        snprintf(id, sizeof(id), "race-%d", i);
+        r->won[i] = write_body(r->be, "race", id, 1, 0, body) == 0;
+    }
+    json_decref(body);
+    return NULL;
+}
+
+static void test_mongo_cas__concurrent_inserts_of_an_id_have_one_winner(
+    void **state)
+{
+    fixture_t *f = *state;
+    pthread_t threads[WRITERS];
+    racer_t racers[WRITERS];
+
+    for (int i = 0; i < WRITERS; i++) {
+        racers[i] = (racer_t){.be = f->be};
+        assert_int_equal(
+            pthread_create(&threads[i], NULL, race_inserts, &racers[i]), 0);
+    }
+    for (int i = 0; i < WRITERS; i++)
+        pthread_join(threads[i], NULL);
+    for (int id = 0; id < RACE_IDS; id++) {
+        int winners = 0;
+
+        for (int i = 0; i < WRITERS; i++)
+            winners += racers[i].won[id];
+        assert_int_equal(winners, 1);
+    }
+}
+
 /* Plants a claim on list/crashed at version 1 carrying a record at version
  * 2, as a FerretDB-mode writer that died between claim and replace would
  * leave it, timestamped a minute ago. */
@@ -636,6 +681,231 @@ test_mongo_fault__a_dead_server_fails_calls_with_EBACKEND_then_recovers(
     be->ops->close(be);
 }
 
+/* ---- Linearizability of creates, deletes and strict writes ---------------- */
+
+#define HISTORY_NODES 3
+#define HISTORY_CLIENTS 6
+#define HISTORY_KEYS 3
+#define HISTORY_OPS 60
+#define HISTORY_MAX (HISTORY_CLIENTS * HISTORY_OPS)
+
+/* One acknowledged change. */
+typedef struct acked {
+    int key;
+    int64_t version, base, if_match;
+    syncd_change_op_t op;
+    json_int_t token; /* the body's "w"; -1 for a tombstone */
+} acked_t;
+
+typedef struct history {
+    syncd_store_t *stores[HISTORY_NODES];
+    char dirs[HISTORY_NODES][256];
+    pthread_mutex_t lock;
+    acked_t acked[HISTORY_MAX];
+    size_t n;
+    int failures; /* unexpected outcomes, printed as they happen */
+} history_t;
+
+typedef struct client {
+    history_t *h;
+    int index;
+} client_t;
+
+static const char *history_ids[HISTORY_KEYS] = {"k0", "k1", "k2"};
+
+static void record_change(history_t *h, int key, const syncd_change_t *c,
+                          int64_t if_match, json_int_t token)
+{
+    pthread_mutex_lock(&h->lock);
+    h->acked[h->n++] =
+        (acked_t){key, c->doc->version, c->base, if_match, c->op,
+                  c->op == SYNCD_CHANGE_DELETE ? -1 : token};
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void unexpected(history_t *h, const char *what, int rc,
+                       const syncd_error_t *err)
+{
+    pthread_mutex_lock(&h->lock);
+    h->failures++;
+    print_error("%s: %d %s\n", what, rc, err->message);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* The version the store of record holds for key (0: none), read the way a
+ * client does before a strict write. */
+static int64_t current_version(syncd_store_t *s, int key)
+{
+    syncd_doc_t *doc = NULL;
+    int64_t v = 0;
+
+    if (syncd_store_refetch(s, &doc, "hist", history_ids[key], NULL) == 0 &&
+        !doc->deleted)
+        v = doc->version;
+    syncd_doc_free(doc);
+    return v;
+}
+
+/* Runs HISTORY_OPS random creates, deletes and puts (strict or not) on the
+ * history keys through one of the stores, recording each acknowledged
+ * change and checking the outcome codes each operation may have. */
+static void *history_client(void *arg)
+{
+    client_t *c = arg;
+    history_t *h = c->h;
+    syncd_store_t *s = h->stores[c->index % HISTORY_NODES];
+    unsigned seed = (unsigned)c->index * 7919u + 17u;
+
+    for (int i = 0; i < HISTORY_OPS; i++) {
+        int key = rand_r(&seed) % HISTORY_KEYS;
+        int kind = rand_r(&seed) % 5;
+        const char *id = history_ids[key];
+        json_int_t token = (json_int_t)c->index * 100000 + i;
+        json_t *body = json_pack("{s:I}", "w", token);
+        int64_t if_match = SYNCD_ANY_VERSION;
+        syncd_change_t *change = NULL;
+        syncd_error_t err;
+        int rc;
+
+        syncd_error_clear(&err);
+        if (kind >= 2) {
+            if_match = current_version(s, key);
+            if (if_match == 0)
+                kind = 0;
+        }
+        switch (kind) {
+        case 0:
+            if_match = SYNCD_ANY_VERSION;
+            rc = syncd_store_create(s, &change, "hist", id, body, &err);
+            if (rc != 0 && rc != SYNCD_EEXISTS)
+                unexpected(h, "create", rc, &err);
+            break;
+        case 1:
+            rc = syncd_store_delete(s, &change, "hist", id, SYNCD_ANY_VERSION,
+                                    &err);
+            if (rc != 0 && rc != SYNCD_ENOTFOUND)
+                unexpected(h, "delete", rc, &err);
+            break;
+        case 2:
+            rc = syncd_store_delete(s, &change, "hist", id, if_match, &err);
+            if (rc != 0 && rc != SYNCD_ENOTFOUND && rc != SYNCD_EPRECONDITION)
+                unexpected(h, "strict delete", rc, &err);
+            break;
+        default:
+            rc = syncd_store_put(s, &change, "hist", id, body, if_match, &err);
+            if (rc != 0 && rc != SYNCD_ENOTFOUND && rc != SYNCD_EPRECONDITION)
+                unexpected(h, "strict put", rc, &err);
+            break;
+        }
+        if (rc == 0 && change->op != SYNCD_CHANGE_NONE)
+            record_change(h, key, change, if_match, token);
+        /* Versions only grow: still at if_match now means it was then. */
+        if (rc == SYNCD_EPRECONDITION && current_version(s, key) == if_match)
+            unexpected(h, "precondition failed at the expected version", rc,
+                       &err);
+        syncd_change_free(change);
+        json_decref(body);
+    }
+    return NULL;
+}
+
+static int compare_acked(const void *a, const void *b)
+{
+    const acked_t *x = a, *y = b;
+
+    if (x->key != y->key)
+        return x->key - y->key;
+    return (x->version > y->version) - (x->version < y->version);
+}
+
+/* Checks the history of one key (entries sorted by version): every
+ * acknowledged version is unique and they run 1, 2, 3, ... with no gap;
+ * every update and delete is based on the version just before it, a
+ * strict one on its If-Match; the store ends at the last acknowledged
+ * change. */
+static void check_key_history(history_t *h, int key, const acked_t *a,
+                              size_t n)
+{
+    syncd_doc_t *doc = NULL;
+
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(a[i].key, key);
+        assert_int_equal(a[i].version, (int64_t)i + 1);
+        if (a[i].op != SYNCD_CHANGE_CREATE)
+            assert_int_equal(a[i].base, a[i].version - 1);
+        if (a[i].if_match != SYNCD_ANY_VERSION)
+            assert_int_equal(a[i].base, a[i].if_match);
+    }
+    if (n == 0)
+        return;
+    assert_int_equal(
+        syncd_store_refetch(h->stores[0], &doc, "hist", history_ids[key], NULL),
+        0);
+    assert_int_equal(doc->version, a[n - 1].version);
+    if (a[n - 1].token < 0)
+        assert_true(doc->deleted);
+    else
+        assert_int_equal(json_integer_value(json_object_get(doc->body, "w")),
+                         a[n - 1].token);
+    syncd_doc_free(doc);
+}
+
+static void
+test_mongo_history__creates_deletes_and_strict_writes_are_linearizable(
+    void **state)
+{
+    fixture_t *f = *state;
+    history_t *h = calloc(1, sizeof(*h));
+    pthread_t threads[HISTORY_CLIENTS];
+    client_t clients[HISTORY_CLIENTS];
+    size_t start = 0;
+
+    assert_non_null(h);
+    pthread_mutex_init(&h->lock, NULL);
+    for (int i = 0; i < HISTORY_NODES; i++) {
+        syncd_store_options_t o;
+        char node[16];
+        syncd_error_t err;
+
+        syncd_error_clear(&err);
+        snprintf(node, sizeof(node), "node-%d", i);
+        assert_int_equal(syncd_test_tmpdir(h->dirs[i], sizeof(h->dirs[i]),
+                                           "mongo-hist"),
+                         0);
+        syncd_store_options_init(&o);
+        o.mongo_uri = f->srv.uri;
+        o.database = DB;
+        o.data_dir = h->dirs[i];
+        o.node_id = node;
+        o.retry_delay_ms = 1;
+        assert_int_equal(syncd_store_open(&h->stores[i], &o, &err), 0);
+    }
+    for (int i = 0; i < HISTORY_CLIENTS; i++) {
+        clients[i] = (client_t){h, i};
+        assert_int_equal(
+            pthread_create(&threads[i], NULL, history_client, &clients[i]), 0);
+    }
+    for (int i = 0; i < HISTORY_CLIENTS; i++)
+        pthread_join(threads[i], NULL);
+    assert_int_equal(h->failures, 0);
+    qsort(h->acked, h->n, sizeof(*h->acked), compare_acked);
+    for (int key = 0; key < HISTORY_KEYS; key++) {
+        size_t end = start;
+
+        while (end < h->n && h->acked[end].key == key)
+            end++;
+        check_key_history(h, key, h->acked + start, end - start);
+        start = end;
+    }
+    print_message("history: %zu acknowledged changes\n", h->n);
+    for (int i = 0; i < HISTORY_NODES; i++) {
+        syncd_store_close(h->stores[i]);
+        syncd_test_rmtree(h->dirs[i]);
+    }
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -647,6 +917,8 @@ int main(void)
             test_mongo_cas__stale_expected_fails_with_ECONFLICT_and_writes_nothing),
         cmocka_unit_test(test_mongo_cas__concurrent_writers_lose_no_update),
         cmocka_unit_test(
+            test_mongo_cas__concurrent_inserts_of_an_id_have_one_winner),
+        cmocka_unit_test(
             test_mongo_cas__a_stale_claim_of_a_dead_writer_is_rolled_forward),
         cmocka_unit_test(
             test_mongo_list__pages_by_prefix_and_after_in_byte_order),
@@ -657,6 +929,8 @@ int main(void)
             test_mongo_open__unreachable_server_fails_with_EBACKEND),
         cmocka_unit_test(
             test_mongo_fault__a_dead_server_fails_calls_with_EBACKEND_then_recovers),
+        cmocka_unit_test(
+            test_mongo_history__creates_deletes_and_strict_writes_are_linearizable),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
