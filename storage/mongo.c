@@ -55,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mongoc/mongoc.h>
 
@@ -65,7 +66,10 @@
 #define CLAIMS_PREFIX "_syncd_claims."
 #define NEG_ZERO_TAG "%-0"
 #define ARRAY_TAG "%a"
-#define MIN_LEASE_MS 1000
+#define LEASE_MS 1000       /* a claim's lease */
+#define CLAIM_POLL_MS 5      /* first pause while another writer's claim */
+#define CLAIM_POLL_MAX_MS 40 /* is in the way, doubling up to this */
+#define NO_OWNER "-"         /* the owner of a claim that names none */
 #define KEY_STACK 256
 
 typedef struct mongo_backend {
@@ -78,9 +82,26 @@ typedef struct mongo_backend {
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
+/* Tells this process's claims from those of every other process (and of
+ * this one's earlier runs); drawn once at the first open. */
+static uint64_t process_nonce;
+
+static syncd_mongo_claim_hook_fn claim_hook;
+static void *claim_hook_data;
+
 static void init_driver(void)
 {
+    struct timespec ts;
+    FILE *f = fopen("/dev/urandom", "rb");
+
     mongoc_init();
+    if (!f || fread(&process_nonce, sizeof(process_nonce), 1, f) != 1) {
+        clock_gettime(CLOCK_REALTIME, &ts);
+        process_nonce = (uint64_t)ts.tv_sec * 1000000007u ^
+                        (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 32;
+    }
+    if (f)
+        fclose(f);
 }
 
 static int64_t wall_ms(void)
@@ -89,6 +110,29 @@ static int64_t wall_ms(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
+
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
+                                        void *data)
+{
+    claim_hook = fn;
+    claim_hook_data = data;
 }
 
 static int driver_error(syncd_error_t *err, const bson_error_t *e,
@@ -663,97 +707,175 @@ static void claim_key(char *buf, size_t size, const char *id, int64_t version)
     snprintf(buf, size, "%s\x1f%020lld", id, (long long)version);
 }
 
-static int delete_by_id(mongoc_collection_t *c, const char *key,
-                        const char *coll, const char *id, syncd_error_t *err)
+/* Makes a claim owner token unique to this claim: the process nonce and a
+ * per-process sequence number. */
+static void claim_owner(char *buf, size_t size)
 {
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
+    static uint64_t seq;
+    uint64_t n = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
+
+    snprintf(buf, size, "%016llx-%llu", (unsigned long long)process_nonce,
+             (unsigned long long)n);
+}
+
+/* Deletes the claim key of coll/id when its owner is owner (any owner when
+ * owner is NULL). */
+static int drop_claim(mongoc_collection_t *claims, const char *key,
+                      const char *owner, const char *coll, const char *id,
+                      syncd_error_t *err)
+{
+    bson_t *filter = owner ? BCON_NEW("_id", BCON_UTF8(key), "o",
+                                      BCON_UTF8(owner))
+                           : BCON_NEW("_id", BCON_UTF8(key));
     bson_error_t e;
     int rc = 0;
 
-    if (!mongoc_collection_delete_one(c, filter, NULL, NULL, &e))
-        rc = driver_error(err, &e, "delete", coll, id);
+    if (!mongoc_collection_delete_one(claims, filter, NULL, NULL, &e))
+        rc = driver_error(err, &e, "delete claim", coll, id);
     bson_destroy(filter);
     return rc;
 }
 
-/* A claim on coll/id at expected is held by another writer. When it is
- * older than the lease its writer is taken for dead: its record is rolled
- * forward if the document is still at expected, and the claim is dropped.
- * Returns SYNCD_ECONFLICT, or a driver error. */
-static int settle_claim(mongoc_collection_t *docs, mongoc_collection_t *claims,
-                        const char *key, mongo_backend_t *m, const char *coll,
-                        const char *id, int64_t expected, syncd_error_t *err)
+/* Inserts the claim key for owner; *taken is 0 when another owner holds
+ * it. */
+static int take_claim(mongoc_collection_t *claims, const char *key,
+                      const char *owner, int *taken, const char *coll,
+                      const char *id, syncd_error_t *err)
 {
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
-    bson_t *claim = NULL;
-    bson_iter_t it;
-    int64_t version = 0;
-    int matched = 0;
-    int rc = find_one(&claim, claims, filter, coll, id, err);
+    bson_t *claim = BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner), "t",
+                             BCON_DATE_TIME(wall_ms()));
+    bson_error_t e;
+    int rc = 0;
 
-    if (rc < 0 || !claim || wall_ms() - field_int64(claim, "t") <= m->lease_ms)
-        goto cleanup;
-    rc = read_version(docs, id, &version, coll, err);
-    if (rc == 0 && version == expected &&
-        bson_iter_init_find(&it, claim, "rec") &&
-        BSON_ITER_HOLDS_DOCUMENT(&it)) {
-        const uint8_t *data;
-        uint32_t len;
-        bson_t rec;
-
-        bson_iter_document(&it, &len, &data);
-        if (bson_init_static(&rec, data, len))
-            rc = replace_record(docs, id, &rec, 0, &matched, coll, err);
-    }
-    if (rc == 0)
-        rc = delete_by_id(claims, key, coll, id, err);
-
-cleanup:
-    if (claim)
-        bson_destroy(claim);
-    bson_destroy(filter);
-    return rc < 0 ? rc : conflict(err, coll, id, expected);
+    *taken = mongoc_collection_insert_one(claims, claim, NULL, NULL, &e);
+    if (!*taken && e.code != DUPLICATE_KEY)
+        rc = driver_error(err, &e, "claim", coll, id);
+    bson_destroy(claim);
+    return rc;
 }
 
-/* The claimed replace of FerretDB mode (see the file comment). Holding the
- * claim, a read of the version and a replace by _id alone are as good as
- * the filter {_id, v}, and FerretDB serves them from its _id index, where
- * it would scan the collection for the two-field filter. */
+/* Reads the owner of the claim key into owner ("" when there is none). */
+static int claim_holder(mongoc_collection_t *claims, const char *key,
+                        char *owner, size_t size, const char *coll,
+                        const char *id, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
+    bson_t *found = NULL;
+    int rc = find_one(&found, claims, filter, coll, id, err);
+
+    owner[0] = '\0';
+    if (found) {
+        field_string(owner, size, found, "o");
+        if (owner[0] == '\0')
+            snprintf(owner, size, NO_OWNER);
+        bson_destroy(found);
+    }
+    bson_destroy(filter);
+    return rc;
+}
+
+/* Holding the claim taken at claimed (monotonic ms), moves coll/id from
+ * expected to rec: the replace is fenced on {_id, v: expected}, and is not
+ * sent at all once half the lease has passed, so that it never races a
+ * writer that took the claim over. *lapsed is set when it was not sent for
+ * that reason. */
+static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
+                           const char *coll, const char *id, int64_t expected,
+                           int64_t claimed, int *lapsed, syncd_error_t *err)
+{
+    int64_t version = 0;
+    int matched = 0;
+    int rc = read_version(c->coll, id, &version, coll, err);
+
+    *lapsed = 0;
+    if (rc < 0)
+        return rc;
+    if (version != expected)
+        return conflict(err, coll, id, expected);
+    if (mono_ms() - claimed > m->lease_ms / 2) {
+        *lapsed = 1;
+        return 0;
+    }
+    if (claim_hook)
+        claim_hook(coll, id, expected, claim_hook_data);
+    rc = replace_record(c->coll, id, rec, expected, &matched, coll, err);
+    if (rc == 0 && !matched)
+        rc = conflict(err, coll, id, expected);
+    return rc;
+}
+
+/* The claimed replace of FerretDB mode (see the file comment): takes the
+ * claim on coll/id at expected and writes under it; while another writer
+ * holds the claim, waits for the version to move (a conflict) or the claim
+ * to go, and takes over a claim whose owner kept it a whole lease. Fails
+ * with SYNCD_ETIMEDOUT when none of this happened within two leases. */
 static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
                            syncd_error_t *err)
 {
     char key[SYNCD_MAX_ID_BYTES + 32];
     char name[128];
+    char owner[64], holder[64] = "", seen[64] = "";
     mongoc_collection_t *claims;
-    bson_t claim = BSON_INITIALIZER;
-    bson_error_t e;
-    int64_t version = 0;
-    int matched = 0;
+    int64_t deadline = mono_ms() + 2 * m->lease_ms;
+    int64_t seen_since = 0, pause = CLAIM_POLL_MS;
     int rc = 0;
 
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
     claim_key(key, sizeof(key), id, expected);
-    BSON_APPEND_UTF8(&claim, "_id", key);
-    BSON_APPEND_DATE_TIME(&claim, "t", wall_ms());
-    BSON_APPEND_DOCUMENT(&claim, "rec", rec);
-    if (!mongoc_collection_insert_one(claims, &claim, NULL, NULL, &e)) {
-        rc = e.code == DUPLICATE_KEY ? settle_claim(c->coll, claims, key, m,
-                                                    coll, id, expected, err)
-                                     : driver_error(err, &e, "claim", coll, id);
-        goto cleanup;
-    }
-    rc = read_version(c->coll, id, &version, coll, err);
-    if (rc == 0 && version == expected)
-        rc = replace_record(c->coll, id, rec, 0, &matched, coll, err);
-    if (rc == 0)
-        rc = delete_by_id(claims, key, coll, id, err);
-    if (rc == 0 && !matched)
-        rc = conflict(err, coll, id, expected);
+    for (;;) {
+        int64_t claimed = mono_ms();
+        int64_t version = 0;
+        int taken = 0, lapsed = 0;
 
-cleanup:
-    bson_destroy(&claim);
+        claim_owner(owner, sizeof(owner));
+        rc = take_claim(claims, key, owner, &taken, coll, id, err);
+        if (rc == 0 && taken) {
+            rc = replace_claimed(m, c, rec, coll, id, expected, claimed,
+                                 &lapsed, err);
+            /* A claim left behind is on a version that moved on, or is
+             * taken over after its lease: an error here changes nothing. */
+            drop_claim(claims, key, owner, coll, id, NULL);
+            if (!lapsed)
+                break;
+        } else if (rc == 0) {
+            rc = read_version(c->coll, id, &version, coll, err);
+            if (rc == 0 && version != expected)
+                rc = conflict(err, coll, id, expected);
+            if (rc == 0)
+                rc = claim_holder(claims, key, holder, sizeof(holder), coll,
+                                  id, err);
+            if (rc < 0)
+                break;
+            if (holder[0] && strcmp(holder, seen) != 0) {
+                snprintf(seen, sizeof(seen), "%s", holder);
+                seen_since = mono_ms();
+            } else if (holder[0] && mono_ms() - seen_since > m->lease_ms) {
+                rc = drop_claim(claims, key,
+                                strcmp(holder, NO_OWNER) ? holder : NULL, coll,
+                                id, err);
+                if (rc < 0)
+                    break;
+                continue;
+            }
+        }
+        if (rc < 0)
+            break;
+        if (mono_ms() >= deadline) {
+            rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
+                                 "%s/%s: the claim on version %lld was not "
+                                 "settled within %lld ms",
+                                 coll, id, (long long)expected,
+                                 (long long)(2 * m->lease_ms));
+            break;
+        }
+        if (holder[0] && !taken) {
+            sleep_ms(pause);
+            pause = pause * 2 > CLAIM_POLL_MAX_MS ? CLAIM_POLL_MAX_MS
+                                                  : pause * 2;
+        }
+    }
     mongoc_collection_destroy(claims);
     return rc;
 }
@@ -1006,62 +1128,56 @@ static int delete_many(mongoc_collection_t *c, const bson_t *filter,
 }
 
 /* Purges one tombstone in FerretDB mode: claims it at its version (so no
- * writer can re-create it meanwhile), checks that it is still that
- * tombstone, drops the older claims of its id, deletes it and then its
- * claim. *deleted is 1 when it was removed. */
+ * writer can re-create it meanwhile), drops the older claims of its id,
+ * deletes it when it is still that tombstone (the delete is fenced on its
+ * version and flag) and drops its claim. *deleted is 1 when it was
+ * removed. */
 static int purge_claimed(mongoc_collection_t *docs, mongoc_collection_t *claims,
                          const char *coll, const char *id, int64_t version,
                          int64_t *deleted, syncd_error_t *err)
 {
     char key[SYNCD_MAX_ID_BYTES + 32];
     char first[SYNCD_MAX_ID_BYTES + 32];
-    bson_t *claim;
+    char owner[64];
     bson_t *older;
-    bson_t *by_id = BCON_NEW("_id", BCON_UTF8(id));
-    bson_t *found = NULL;
-    bson_error_t e;
+    bson_t *tomb = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version),
+                            "del", BCON_BOOL(true));
     int64_t dropped = 0;
-    int rc = 0;
+    int taken = 0;
+    int rc;
 
     *deleted = 0;
     claim_key(key, sizeof(key), id, version);
     claim_key(first, sizeof(first), id, 0);
-    claim = BCON_NEW("_id", BCON_UTF8(key), "t", BCON_DATE_TIME(wall_ms()));
+    claim_owner(owner, sizeof(owner));
     older = BCON_NEW("_id", "{", "$gte", BCON_UTF8(first), "$lt",
                      BCON_UTF8(key), "}");
-    if (!mongoc_collection_insert_one(claims, claim, NULL, NULL, &e)) {
-        if (e.code != DUPLICATE_KEY)
-            rc = driver_error(err, &e, "claim", coll, id);
+    rc = take_claim(claims, key, owner, &taken, coll, id, err);
+    if (rc < 0 || !taken)
         goto cleanup;
-    }
-    rc = find_one(&found, docs, by_id, coll, id, err);
-    if (rc == 0 && found && field_int64(found, "v") == version &&
-        field_bool(found, "del")) {
-        rc = delete_many(claims, older, &dropped, coll, err);
-        if (rc == 0)
-            rc = delete_many(docs, by_id, deleted, coll, err);
-    }
+    rc = delete_many(claims, older, &dropped, coll, err);
     if (rc == 0)
-        rc = delete_by_id(claims, key, coll, id, err);
+        rc = delete_many(docs, tomb, deleted, coll, err);
+    if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
+        rc = SYNCD_EBACKEND;
 
 cleanup:
-    if (found)
-        bson_destroy(found);
-    bson_destroy(by_id);
+    bson_destroy(tomb);
     bson_destroy(older);
-    bson_destroy(claim);
     return rc;
 }
 
-/* FerretDB mode purge: claims older than before_ms (their writers are long
- * gone), then each expired tombstone under its claim. */
+/* FerretDB mode purge: claims older than the lease (their writers no
+ * longer write under them), then each tombstone older than before_ms
+ * (filter) under its claim. */
 static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
-                             const bson_t *filter, int64_t before_ms,
-                             size_t *purged, syncd_error_t *err)
+                             const bson_t *filter, size_t *purged,
+                             syncd_error_t *err)
 {
     char name[128];
     bson_t *opts = BCON_NEW("projection", "{", "v", BCON_INT32(1), "}");
-    bson_t *old = BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(before_ms), "}");
+    bson_t *old =
+        BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(wall_ms() - m->lease_ms), "}");
     mongoc_collection_t *claims;
     mongoc_cursor_t *cur;
     json_t *tombs = json_array();
@@ -1123,7 +1239,7 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     *purged = 0;
     call_begin(&c, m, "", coll);
     if (m->claims) {
-        rc = purge_with_claims(m, &c, coll, filter, before_ms, purged, err);
+        rc = purge_with_claims(m, &c, coll, filter, purged, err);
     } else {
         rc = delete_many(c.coll, filter, &deleted, coll, err);
         *purged = (size_t)deleted;
@@ -1205,7 +1321,7 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
         goto cleanup;
     }
     m->base.ops = &mongo_ops;
-    m->lease_ms = t < MIN_LEASE_MS ? MIN_LEASE_MS : t;
+    m->lease_ms = LEASE_MS;
     m->pool = mongoc_client_pool_new(u);
     if (!m->pool) {
         rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, 0,
