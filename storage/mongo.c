@@ -66,7 +66,7 @@
 #define CLAIMS_PREFIX "_syncd_claims."
 #define NEG_ZERO_TAG "%-0"
 #define ARRAY_TAG "%a"
-#define LEASE_MS 1000       /* a claim's lease */
+#define LEASE_MS 1000        /* a claim's lease */
 #define CLAIM_POLL_MS 5      /* first pause while another writer's claim */
 #define CLAIM_POLL_MAX_MS 40 /* is in the way, doubling up to this */
 #define NO_OWNER "-"         /* the owner of a claim that names none */
@@ -724,9 +724,9 @@ static int drop_claim(mongoc_collection_t *claims, const char *key,
                       const char *owner, const char *coll, const char *id,
                       syncd_error_t *err)
 {
-    bson_t *filter = owner ? BCON_NEW("_id", BCON_UTF8(key), "o",
-                                      BCON_UTF8(owner))
-                           : BCON_NEW("_id", BCON_UTF8(key));
+    bson_t *filter =
+        owner ? BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner))
+              : BCON_NEW("_id", BCON_UTF8(key));
     bson_error_t e;
     int rc = 0;
 
@@ -844,8 +844,8 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
             if (rc == 0 && version != expected)
                 rc = conflict(err, coll, id, expected);
             if (rc == 0)
-                rc = claim_holder(claims, key, holder, sizeof(holder), coll,
-                                  id, err);
+                rc = claim_holder(claims, key, holder, sizeof(holder), coll, id,
+                                  err);
             if (rc < 0)
                 break;
             if (holder[0] && strcmp(holder, seen) != 0) {
@@ -872,8 +872,8 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
         }
         if (holder[0] && !taken) {
             sleep_ms(pause);
-            pause = pause * 2 > CLAIM_POLL_MAX_MS ? CLAIM_POLL_MAX_MS
-                                                  : pause * 2;
+            pause =
+                pause * 2 > CLAIM_POLL_MAX_MS ? CLAIM_POLL_MAX_MS : pause * 2;
         }
     }
     mongoc_collection_destroy(claims);
@@ -1292,6 +1292,36 @@ static int probe_server(mongo_backend_t *m, syncd_error_t *err)
     return rc;
 }
 
+/* Gives u the store of record's defaults where it names none: writes
+ * acknowledged by a majority of the replica set within timeout_ms and
+ * journaled (w: majority, j: true), and reads of majority-committed data
+ * (readConcern majority). The URI's own w, wtimeoutMS, journal and
+ * readConcernLevel win. */
+static void default_concerns(mongoc_uri_t *u, int32_t timeout_ms)
+{
+    mongoc_write_concern_t *wc =
+        mongoc_write_concern_copy(mongoc_uri_get_write_concern(u));
+    mongoc_read_concern_t *rc =
+        mongoc_read_concern_copy(mongoc_uri_get_read_concern(u));
+
+    if (mongoc_write_concern_get_w(wc) == MONGOC_WRITE_CONCERN_W_DEFAULT &&
+        !mongoc_write_concern_get_wtag(wc))
+        mongoc_write_concern_set_wmajority(
+            wc, mongoc_write_concern_get_wtimeout_int64(wc) > 0
+                    ? (int32_t)mongoc_write_concern_get_wtimeout_int64(wc)
+                    : timeout_ms);
+    if (!mongoc_write_concern_journal_is_set(wc) &&
+        mongoc_write_concern_get_w(wc) != MONGOC_WRITE_CONCERN_W_UNACKNOWLEDGED)
+        mongoc_write_concern_set_journal(wc, true);
+    mongoc_uri_set_write_concern(u, wc);
+    if (!mongoc_read_concern_get_level(rc)) {
+        mongoc_read_concern_set_level(rc, MONGOC_READ_CONCERN_LEVEL_MAJORITY);
+        mongoc_uri_set_read_concern(u, rc);
+    }
+    mongoc_read_concern_destroy(rc);
+    mongoc_write_concern_destroy(wc);
+}
+
 int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
                              const char *db, int64_t timeout_ms,
                              syncd_error_t *err)
@@ -1315,6 +1345,7 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, t);
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_CONNECTTIMEOUTMS, t);
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_SOCKETTIMEOUTMS, t);
+    default_concerns(u, t);
     m = calloc(1, sizeof(*m));
     if (!m || !(m->db = strdup(db))) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");

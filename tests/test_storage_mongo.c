@@ -358,8 +358,8 @@ static void *race_inserts(void *arg)
     return NULL;
 }
 
-static void test_mongo_cas__concurrent_inserts_of_an_id_have_one_winner(
-    void **state)
+static void
+test_mongo_cas__concurrent_inserts_of_an_id_have_one_winner(void **state)
 {
     fixture_t *f = *state;
     pthread_t threads[WRITERS];
@@ -483,21 +483,19 @@ test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write(
 
     syncd_error_clear(&err);
     node_open(&n, f, "node-a");
-    assert_int_equal(syncd_store_create(n.store, &change, "claims", "crashed",
-                                        v1, NULL),
-                     0);
+    assert_int_equal(
+        syncd_store_create(n.store, &change, "claims", "crashed", v1, NULL), 0);
     syncd_change_free(change);
     /* Fresh by the clock, but its writer is gone: nobody ends it. */
     plant_claim(f, "claims", "crashed", 1, "dead-node-process", 0);
-    assert_int_equal(syncd_store_put(n.store, &change, "claims", "crashed",
-                                     mine, 1, &err),
-                     0);
+    assert_int_equal(
+        syncd_store_put(n.store, &change, "claims", "crashed", mine, 1, &err),
+        0);
     assert_int_equal(change->base, 1);
     assert_int_equal(change->doc->version, 2);
     syncd_change_free(change);
-    assert_int_equal(syncd_store_refetch(n.store, &got, "claims", "crashed",
-                                         NULL),
-                     0);
+    assert_int_equal(
+        syncd_store_refetch(n.store, &got, "claims", "crashed", NULL), 0);
     assert_int_equal(got->version, 2);
     assert_json_exact(got->body, mine);
     syncd_doc_free(got);
@@ -605,8 +603,8 @@ test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing(
 {
     fixture_t *f = *state;
     json_t *zero = json_pack("{s:i}", "n", 0);
-    call_t stalled = {.coll = "claims", .id = "stalled",
-                      .if_match = SYNCD_ANY_VERSION};
+    call_t stalled = {
+        .coll = "claims", .id = "stalled", .if_match = SYNCD_ANY_VERSION};
     syncd_change_t *change = NULL;
     syncd_doc_t *got = NULL;
     node_t a, b;
@@ -653,15 +651,14 @@ test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing(
     json_decref(zero);
 }
 
-static void
-test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
+static void test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
     void **state)
 {
     fixture_t *f = *state;
     json_t *v1 = json_pack("{s:i}", "n", 0);
     json_t *mine = json_pack("{s:s}", "who", "strict");
-    call_t holder = {.coll = "claims", .id = "held",
-                     .if_match = SYNCD_ANY_VERSION};
+    call_t holder = {
+        .coll = "claims", .id = "held", .if_match = SYNCD_ANY_VERSION};
     call_t strict = {.coll = "claims", .id = "held", .if_match = 1};
     syncd_change_t *change = NULL;
     syncd_doc_t *got = NULL;
@@ -895,6 +892,36 @@ test_mongo_open__unreachable_server_fails_with_EBACKEND(void **state)
     assert_true(strlen(err.message) > 0);
 }
 
+static void
+test_mongo_open__concerns_given_in_the_uri_are_accepted(void **state)
+{
+    fixture_t *f = *state;
+    const char *opts[] = {
+        "w=1&journal=false&readConcernLevel=local",
+        "w=majority&wtimeoutMS=2000&readConcernLevel=majority", "journal=true"};
+    json_t *body = json_pack("{s:i}", "n", 1);
+
+    for (size_t i = 0; i < sizeof(opts) / sizeof(*opts); i++) {
+        char uri[512], id[16];
+        syncd_backend_t *be = NULL;
+        syncd_doc_t *got = NULL;
+        syncd_error_t err;
+
+        syncd_error_clear(&err);
+        snprintf(uri, sizeof(uri), "%s?%s", f->srv.uri, opts[i]);
+        snprintf(id, sizeof(id), "doc-%zu", i);
+        assert_int_equal(
+            syncd_backend_mongo_open(&be, uri, DB, TIMEOUT_MS, &err), 0);
+        assert_int_equal(write_body(be, "concern", id, 1, 0, body), 0);
+        assert_int_equal(write_body(be, "concern", id, 2, 1, body), 0);
+        assert_int_equal(be->ops->get(be, &got, "concern", id, &err), 0);
+        assert_int_equal(got->version, 2);
+        syncd_doc_free(got);
+        be->ops->close(be);
+    }
+    json_decref(body);
+}
+
 /* One call of each kind; returns the first failure code, or 0. */
 static int call_each(syncd_backend_t *be, int64_t version, syncd_error_t *err)
 {
@@ -959,7 +986,8 @@ test_mongo_fault__a_dead_server_fails_calls_with_EBACKEND_then_recovers(
     be->ops->close(be);
 }
 
-/* ---- Linearizability of creates, deletes and strict writes ---------------- */
+/* ---- Linearizability of creates, deletes and strict writes ----------------
+ */
 
 #define HISTORY_NODES 3
 #define HISTORY_CLIENTS 6
@@ -994,9 +1022,9 @@ static void record_change(history_t *h, int key, const syncd_change_t *c,
                           int64_t if_match, json_int_t token)
 {
     pthread_mutex_lock(&h->lock);
-    h->acked[h->n++] =
-        (acked_t){key, c->doc->version, c->base, if_match, c->op,
-                  c->op == SYNCD_CHANGE_DELETE ? -1 : token};
+    h->acked[h->n++] = (acked_t){
+        key,      c->doc->version, c->base,
+        if_match, c->op,           c->op == SYNCD_CHANGE_DELETE ? -1 : token};
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -1100,8 +1128,7 @@ static int compare_acked(const void *a, const void *b)
  * every update and delete is based on the version just before it, a
  * strict one on its If-Match; the store ends at the last acknowledged
  * change. */
-static void check_key_history(history_t *h, int key, const acked_t *a,
-                              size_t n)
+static void check_key_history(history_t *h, int key, const acked_t *a, size_t n)
 {
     syncd_doc_t *doc = NULL;
 
@@ -1115,10 +1142,9 @@ static void check_key_history(history_t *h, int key, const acked_t *a,
     }
     if (n == 0)
         return;
-    assert_int_equal(
-        syncd_store_refetch(h->nodes[0].store, &doc, "hist", history_ids[key],
-                            NULL),
-        0);
+    assert_int_equal(syncd_store_refetch(h->nodes[0].store, &doc, "hist",
+                                         history_ids[key], NULL),
+                     0);
     assert_int_equal(doc->version, a[n - 1].version);
     if (a[n - 1].token < 0)
         assert_true(doc->deleted);
@@ -1198,6 +1224,8 @@ int main(void)
             test_mongo_collections__lists_syncd_collections_sorted),
         cmocka_unit_test(
             test_mongo_open__unreachable_server_fails_with_EBACKEND),
+        cmocka_unit_test(
+            test_mongo_open__concerns_given_in_the_uri_are_accepted),
         cmocka_unit_test(
             test_mongo_fault__a_dead_server_fails_calls_with_EBACKEND_then_recovers),
         cmocka_unit_test(
