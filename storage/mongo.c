@@ -66,10 +66,10 @@
 #define CLAIMS_PREFIX "_syncd_claims."
 #define NEG_ZERO_TAG "%-0"
 #define ARRAY_TAG "%a"
-#define LEASE_MS 1000        /* a claim's lease */
-#define CLAIM_POLL_MS 5      /* first pause while another writer's claim */
-#define CLAIM_POLL_MAX_MS 40 /* is in the way, doubling up to this */
-#define NO_OWNER "-"         /* the owner of a claim that names none */
+#define MIN_LEASE_MS 1000     /* a claim's lease is the timeout, or this */
+#define CLAIM_POLL_MS 4       /* first pause while another writer's claim */
+#define CLAIM_POLL_MAX_MS 128 /* is in the way, doubling up to this */
+#define NO_OWNER "-"          /* the owner of a claim that names none */
 #define KEY_STACK 256
 
 typedef struct mongo_backend {
@@ -804,21 +804,65 @@ static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
     return rc;
 }
 
+/* What a writer kept out by another's claim has seen of it. */
+typedef struct claim_watch {
+    char holder[64]; /* the owner seen; "" before the first look */
+    int64_t since;   /* when it was first seen (monotonic ms) */
+    int64_t pause;   /* the next pause's upper bound, ms */
+} claim_watch_t;
+
+/* The claim key on coll/id at expected is held by another writer. Returns
+ * SYNCD_ECONFLICT when the version has moved; else drops the claim when
+ * its owner has held it a whole lease (dead, or stalled past its lease:
+ * it writes nothing after half of it) and returns 0 at once, or returns 0
+ * after a pause (exponential, jittered) for the caller to try again. */
+static int await_claim(mongo_backend_t *m, call_t *c,
+                       mongoc_collection_t *claims, const char *key,
+                       claim_watch_t *w, const char *coll, const char *id,
+                       int64_t expected, syncd_error_t *err)
+{
+    char holder[sizeof(w->holder)];
+    int64_t version = 0;
+    int64_t now;
+    int rc = read_version(c->coll, id, &version, coll, err);
+
+    if (rc < 0)
+        return rc;
+    if (version != expected)
+        return conflict(err, coll, id, expected);
+    now = mono_ms();
+    if (!w->holder[0] || now - w->since > m->lease_ms) {
+        rc = claim_holder(claims, key, holder, sizeof(holder), coll, id, err);
+        if (rc < 0 || !holder[0])
+            return rc;
+        if (strcmp(holder, w->holder) == 0)
+            return drop_claim(claims, key,
+                              strcmp(holder, NO_OWNER) ? holder : NULL, coll,
+                              id, err);
+        snprintf(w->holder, sizeof(w->holder), "%s", holder);
+        w->since = now;
+    }
+    sleep_ms(w->pause / 2 + random() % (w->pause / 2 + 1));
+    if (w->pause < CLAIM_POLL_MAX_MS)
+        w->pause *= 2;
+    return 0;
+}
+
 /* The claimed replace of FerretDB mode (see the file comment): takes the
  * claim on coll/id at expected and writes under it; while another writer
  * holds the claim, waits for the version to move (a conflict) or the claim
- * to go, and takes over a claim whose owner kept it a whole lease. Fails
- * with SYNCD_ETIMEDOUT when none of this happened within two leases. */
+ * to go, taking over a claim held a whole lease. Fails with
+ * SYNCD_ETIMEDOUT when none of this happened within two leases. */
 static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
                            syncd_error_t *err)
 {
     char key[SYNCD_MAX_ID_BYTES + 32];
     char name[128];
-    char owner[64], holder[64] = "", seen[64] = "";
+    char owner[64];
+    claim_watch_t watch = {"", 0, CLAIM_POLL_MS};
     mongoc_collection_t *claims;
     int64_t deadline = mono_ms() + 2 * m->lease_ms;
-    int64_t seen_since = 0, pause = CLAIM_POLL_MS;
     int rc = 0;
 
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
@@ -826,7 +870,6 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
     claim_key(key, sizeof(key), id, expected);
     for (;;) {
         int64_t claimed = mono_ms();
-        int64_t version = 0;
         int taken = 0, lapsed = 0;
 
         claim_owner(owner, sizeof(owner));
@@ -840,25 +883,8 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
             if (!lapsed)
                 break;
         } else if (rc == 0) {
-            rc = read_version(c->coll, id, &version, coll, err);
-            if (rc == 0 && version != expected)
-                rc = conflict(err, coll, id, expected);
-            if (rc == 0)
-                rc = claim_holder(claims, key, holder, sizeof(holder), coll, id,
-                                  err);
-            if (rc < 0)
-                break;
-            if (holder[0] && strcmp(holder, seen) != 0) {
-                snprintf(seen, sizeof(seen), "%s", holder);
-                seen_since = mono_ms();
-            } else if (holder[0] && mono_ms() - seen_since > m->lease_ms) {
-                rc = drop_claim(claims, key,
-                                strcmp(holder, NO_OWNER) ? holder : NULL, coll,
-                                id, err);
-                if (rc < 0)
-                    break;
-                continue;
-            }
+            rc =
+                await_claim(m, c, claims, key, &watch, coll, id, expected, err);
         }
         if (rc < 0)
             break;
@@ -869,11 +895,6 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
                                  coll, id, (long long)expected,
                                  (long long)(2 * m->lease_ms));
             break;
-        }
-        if (holder[0] && !taken) {
-            sleep_ms(pause);
-            pause =
-                pause * 2 > CLAIM_POLL_MAX_MS ? CLAIM_POLL_MAX_MS : pause * 2;
         }
     }
     mongoc_collection_destroy(claims);
@@ -1352,7 +1373,7 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
         goto cleanup;
     }
     m->base.ops = &mongo_ops;
-    m->lease_ms = LEASE_MS;
+    m->lease_ms = t < MIN_LEASE_MS ? MIN_LEASE_MS : t;
     m->pool = mongoc_client_pool_new(u);
     if (!m->pool) {
         rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, 0,

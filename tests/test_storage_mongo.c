@@ -27,6 +27,7 @@
 #define DB "syncd_test_mongo"
 #define TIMEOUT_MS 5000
 #define FAULT_TIMEOUT_MS 1000
+#define LEASE_MS 1000 /* store tests' backend timeout, so the claim lease */
 #define WRITERS 8
 #define WRITES_PER_WRITER 40
 
@@ -446,7 +447,10 @@ typedef struct node {
     char dir[256];
 } node_t;
 
-static void node_open(node_t *n, const fixture_t *f, const char *node_id)
+/* Opens n as node node_id with the given backend timeout (the claim
+ * lease). */
+static void node_open(node_t *n, const fixture_t *f, const char *node_id,
+                      int64_t timeout_ms)
 {
     syncd_store_options_t o;
     syncd_error_t err;
@@ -460,6 +464,7 @@ static void node_open(node_t *n, const fixture_t *f, const char *node_id)
     o.data_dir = n->dir;
     o.node_id = node_id;
     o.retry_delay_ms = 1;
+    o.backend_timeout_ms = timeout_ms;
     assert_int_equal(syncd_store_open(&n->store, &o, &err), 0);
 }
 
@@ -482,7 +487,7 @@ test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write(
     node_t n;
 
     syncd_error_clear(&err);
-    node_open(&n, f, "node-a");
+    node_open(&n, f, "node-a", LEASE_MS);
     assert_int_equal(
         syncd_store_create(n.store, &change, "claims", "crashed", v1, NULL), 0);
     syncd_change_free(change);
@@ -613,8 +618,8 @@ test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing(
 
     if (!server_is_ferretdb(f))
         skip(); /* claims are FerretDB's; MongoDB needs none */
-    node_open(&a, f, "node-a");
-    node_open(&b, f, "node-b");
+    node_open(&a, f, "node-a", LEASE_MS);
+    node_open(&b, f, "node-b", LEASE_MS);
     assert_int_equal(
         syncd_store_create(a.store, &change, "claims", "stalled", zero, NULL),
         0);
@@ -668,8 +673,8 @@ static void test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
 
     if (!server_is_ferretdb(f))
         skip(); /* claims are FerretDB's; MongoDB needs none */
-    node_open(&a, f, "node-a");
-    node_open(&b, f, "node-b");
+    node_open(&a, f, "node-a", LEASE_MS);
+    node_open(&b, f, "node-b", LEASE_MS);
     assert_int_equal(
         syncd_store_create(a.store, &change, "claims", "held", v1, NULL), 0);
     syncd_change_free(change);
@@ -1170,7 +1175,7 @@ test_mongo_history__creates_deletes_and_strict_writes_are_linearizable(
         char node[16];
 
         snprintf(node, sizeof(node), "node-%d", i);
-        node_open(&h->nodes[i], f, node);
+        node_open(&h->nodes[i], f, node, TIMEOUT_MS);
     }
     for (int i = 0; i < HISTORY_CLIENTS; i++) {
         clients[i] = (client_t){h, i};
