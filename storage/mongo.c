@@ -26,23 +26,43 @@
  *
  * FerretDB v1 (detected by `buildInfo`; its SQLite backend was checked by
  * experiment and in its source) runs a filtered update as a query followed
- * by an update by _id, which loses updates under concurrency. There the
- * replace is preceded by a claim: an insert of
- * {_id: "<id>\x1f<expected, 20 digits>", t, rec} into the side collection
- * "_syncd_claims.<coll>", whose unique _id lets exactly one writer move a
- * document on from a given version; the claim holder then reads the
- * version, replaces by _id alone when it is still expected, and drops its
- * claim. A claim left by a call whose outcome is unknown (the server went
- * away, the writer died) carries the record it was about to write: the
- * next writer to find it older than the lease (the backend timeout) rolls
- * it forward if the document is still at that version, and drops it; purge
- * drops what is left. This needs every write to raise the version, which
- * section 2 guarantees (a tombstone takes the next version too).
+ * by an update by _id, which loses updates under concurrency; only an
+ * insert (its unique _id) is atomic there. So the replace is preceded by a
+ * claim: an insert of {_id: "<id>\x1f<expected, 20 digits>", o: <owner>,
+ * t} into the side collection "_syncd_claims.<coll>", whose unique _id
+ * lets one writer at a time move a document on from a given version. The
+ * owner token (a per-process random nonce and a per-claim number) is
+ * unique to one claim. The holder reads the version, replaces with the
+ * filter {_id, v: expected} and drops its claim (filtered on its owner).
+ *
+ * A claim is trusted for a lease (the backend timeout, at least 1 s),
+ * timed by each process on its own monotonic clock, so no two nodes'
+ * clocks are ever compared: the holder sends its replace only within the
+ * first half of the lease from the moment it sent the claim (else it drops
+ * the claim and claims again), and a writer kept out takes the claim over
+ * only after it saw the same owner hold it for a whole lease. A writer
+ * that stalls past that (a stopped process) can then still send a replace
+ * it had decided on, but the {_id, v: expected} filter rejects it once the
+ * new holder has moved the version: the only window left is inside the
+ * server, between FerretDB's query and its update by _id. A writer kept
+ * out of a claim waits (jittered, growing pauses) until the version moves
+ * (a conflict), the claim goes (it claims again) or it takes the claim
+ * over, for at most two leases (then SYNCD_ETIMEDOUT): so a conflict, and
+ * a strict write's precondition failure, always mean that the version
+ * moved, never only that another writer was on its way. Claims are left
+ * behind only by writers that died or lost the server; purge drops those
+ * older than the lease by the writer's wall clock `t` (its holder stopped
+ * writing half a lease before, which absorbs that much clock skew).
  *
  * Other FerretDB v1 limits seen: it never uses its _id index (the lookup
  * expression differs from the index expression), so every lookup, listing
  * and purge scans the collection; the claims collection stays small for
  * that reason.
+ *
+ * Writes use {w: majority, j: true} and reads readConcern majority unless
+ * the URI names its own (w, wtimeoutMS, journal, readConcernLevel), so an
+ * acknowledged write survives a replica-set failover. FerretDB v1 accepts
+ * and ignores them (one SQLite file, no replication).
  *
  * Driver errors become SYNCD_EBACKEND with backend "mongodb", the driver's
  * code and its message. The connect, socket and server selection timeouts
