@@ -27,7 +27,7 @@
 #define DB "syncd_test_mongo"
 #define TIMEOUT_MS 5000
 #define FAULT_TIMEOUT_MS 1000
-#define LEASE_MS 1000 /* store tests' backend timeout, so the claim lease */
+#define LEASE_MS 2000 /* store tests' backend timeout, so the claim lease */
 #define WRITERS 8
 #define WRITES_PER_WRITER 40
 
