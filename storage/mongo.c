@@ -798,16 +798,18 @@ static int claim_holder(mongoc_collection_t *claims, const char *key,
  * expected to rec: the replace is fenced on {_id, v: expected}, and is not
  * sent at all once half the lease has passed, so that it never races a
  * writer that took the claim over. *lapsed is set when it was not sent for
- * that reason. */
+ * that reason, *unknown when it was sent and failed (it may still land). */
 static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
-                           int64_t claimed, int *lapsed, syncd_error_t *err)
+                           int64_t claimed, int *lapsed, int *unknown,
+                           syncd_error_t *err)
 {
     int64_t version = 0;
     int matched = 0;
     int rc = read_version(c->coll, id, &version, coll, err);
 
     *lapsed = 0;
+    *unknown = 0;
     if (rc < 0)
         return rc;
     if (version != expected)
@@ -819,6 +821,7 @@ static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
     if (claim_hook)
         claim_hook(coll, id, expected, claim_hook_data);
     rc = replace_record(c->coll, id, rec, expected, &matched, coll, err);
+    *unknown = rc < 0;
     if (rc == 0 && !matched)
         rc = conflict(err, coll, id, expected);
     return rc;
@@ -890,16 +893,19 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
     claim_key(key, sizeof(key), id, expected);
     for (;;) {
         int64_t claimed = mono_ms();
-        int taken = 0, lapsed = 0;
+        int taken = 0, lapsed = 0, unknown = 0;
 
         claim_owner(owner, sizeof(owner));
         rc = take_claim(claims, key, owner, &taken, coll, id, err);
         if (rc == 0 && taken) {
             rc = replace_claimed(m, c, rec, coll, id, expected, claimed,
-                                 &lapsed, err);
-            /* A claim left behind is on a version that moved on, or is
-             * taken over after its lease: an error here changes nothing. */
-            drop_claim(claims, key, owner, coll, id, NULL);
+                                 &lapsed, &unknown, err);
+            /* A replace that may still land keeps the others out for the
+             * lease. A claim left behind is on a version that moved on, or
+             * is taken over after its lease: an error dropping it changes
+             * nothing. */
+            if (!unknown)
+                drop_claim(claims, key, owner, coll, id, NULL);
             if (!lapsed)
                 break;
         } else if (rc == 0) {

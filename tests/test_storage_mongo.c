@@ -5,6 +5,10 @@
  * body encoding (nasty keys, every kind of number) both through the backend
  * and as raw BSON read with mongo-c-driver, the compare-and-swap under
  * contention, listings, purge, and a server that dies and comes back.
+ * Through the store API with several stores as nodes: FerretDB's claims
+ * (a dead writer's claim, a writer stalled past its lease by a test hook,
+ * a strict write behind a live claim), and a history of concurrent
+ * creates, deletes and strict writes checked for linearizability.
  */
 #include <math.h>
 #include <pthread.h>
@@ -344,6 +348,8 @@ typedef struct racer {
     int won[RACE_IDS];
 } racer_t;
 
+/* Tries to create race/race-0 .. race-<RACE_IDS - 1>, noting which it
+ * created. */
 static void *race_inserts(void *arg)
 {
     racer_t *r = arg;
