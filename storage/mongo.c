@@ -35,12 +35,14 @@
  * unique to one claim. The holder reads the version, replaces with the
  * filter {_id, v: expected} and drops its claim (filtered on its owner).
  *
- * A claim is trusted for a lease (the backend timeout, at least 1 s),
- * timed by each process on its own monotonic clock, so no two nodes'
+ * A claim is trusted for a lease (twice the backend timeout, at least
+ * 1 s), timed by each process on its own monotonic clock, so no two nodes'
  * clocks are ever compared: the holder sends its replace only within the
  * first half of the lease from the moment it sent the claim (else it drops
  * the claim and claims again), and a writer kept out takes the claim over
- * only after it saw the same owner hold it for a whole lease. A writer
+ * only after it saw the same owner hold it for a whole lease. The other
+ * half is for the replace to reach the server: one that takes longer
+ * fails at the socket timeout anyway. A writer
  * that stalls past that (a stopped process) can then still send a replace
  * it had decided on, but the {_id, v: expected} filter rejects it once the
  * new holder has moved the version: the only window left is inside the
@@ -86,7 +88,7 @@
 #define CLAIMS_PREFIX "_syncd_claims."
 #define NEG_ZERO_TAG "%-0"
 #define ARRAY_TAG "%a"
-#define MIN_LEASE_MS 1000     /* a claim's lease is the timeout, or this */
+#define MIN_LEASE_MS 1000     /* a claim's lease: twice the timeout, or this */
 #define CLAIM_POLL_MS 4       /* first pause while another writer's claim */
 #define CLAIM_POLL_MAX_MS 128 /* is in the way, doubling up to this */
 #define NO_OWNER "-"          /* the owner of a claim that names none */
@@ -1399,7 +1401,7 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
         goto cleanup;
     }
     m->base.ops = &mongo_ops;
-    m->lease_ms = t < MIN_LEASE_MS ? MIN_LEASE_MS : t;
+    m->lease_ms = 2 * (int64_t)t < MIN_LEASE_MS ? MIN_LEASE_MS : 2 * (int64_t)t;
     m->pool = mongoc_client_pool_new(u);
     if (!m->pool) {
         rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, 0,

@@ -31,7 +31,8 @@
 #define DB "syncd_test_mongo"
 #define TIMEOUT_MS 5000
 #define FAULT_TIMEOUT_MS 1000
-#define LEASE_MS 2000 /* store tests' backend timeout, so the claim lease */
+#define LEASE_TIMEOUT_MS                                                       \
+    2000 /* backend timeout of the claim tests: 4 s lease */
 #define WRITERS 8
 #define WRITES_PER_WRITER 40
 
@@ -493,7 +494,7 @@ test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write(
     node_t n;
 
     syncd_error_clear(&err);
-    node_open(&n, f, "node-a", LEASE_MS);
+    node_open(&n, f, "node-a", LEASE_TIMEOUT_MS);
     assert_int_equal(
         syncd_store_create(n.store, &change, "claims", "crashed", v1, NULL), 0);
     syncd_change_free(change);
@@ -624,8 +625,8 @@ test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing(
 
     if (!server_is_ferretdb(f))
         skip(); /* claims are FerretDB's; MongoDB needs none */
-    node_open(&a, f, "node-a", LEASE_MS);
-    node_open(&b, f, "node-b", LEASE_MS);
+    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
+    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
     assert_int_equal(
         syncd_store_create(a.store, &change, "claims", "stalled", zero, NULL),
         0);
@@ -679,8 +680,8 @@ static void test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
 
     if (!server_is_ferretdb(f))
         skip(); /* claims are FerretDB's; MongoDB needs none */
-    node_open(&a, f, "node-a", LEASE_MS);
-    node_open(&b, f, "node-b", LEASE_MS);
+    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
+    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
     assert_int_equal(
         syncd_store_create(a.store, &change, "claims", "held", v1, NULL), 0);
     syncd_change_free(change);
