@@ -93,6 +93,15 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
                              const char *db, int64_t timeout_ms,
                              syncd_error_t *err);
 
+/* Test hook of the FerretDB claim protocol: fn(coll, id, expected, data)
+ * runs in the writing thread holding the claim on coll/id at expected,
+ * right before the fenced replace is sent, as if the writer stalled there.
+ * fn NULL removes it. Set it while no backend call is in flight. */
+typedef void (*syncd_mongo_claim_hook_fn)(const char *coll, const char *id,
+                                          int64_t expected, void *data);
+void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
+                                        void *data);
+
 /* ---- Node cache ---------------------------------------------------------- */
 
 typedef struct syncd_cache syncd_cache_t;

@@ -26,23 +26,45 @@
  *
  * FerretDB v1 (detected by `buildInfo`; its SQLite backend was checked by
  * experiment and in its source) runs a filtered update as a query followed
- * by an update by _id, which loses updates under concurrency. There the
- * replace is preceded by a claim: an insert of
- * {_id: "<id>\x1f<expected, 20 digits>", t, rec} into the side collection
- * "_syncd_claims.<coll>", whose unique _id lets exactly one writer move a
- * document on from a given version; the claim holder then reads the
- * version, replaces by _id alone when it is still expected, and drops its
- * claim. A claim left by a call whose outcome is unknown (the server went
- * away, the writer died) carries the record it was about to write: the
- * next writer to find it older than the lease (the backend timeout) rolls
- * it forward if the document is still at that version, and drops it; purge
- * drops what is left. This needs every write to raise the version, which
- * section 2 guarantees (a tombstone takes the next version too).
+ * by an update by _id, which loses updates under concurrency; only an
+ * insert (its unique _id) is atomic there. So the replace is preceded by a
+ * claim: an insert of {_id: "<id>\x1f<expected, 20 digits>", o: <owner>,
+ * t} into the side collection "_syncd_claims.<coll>", whose unique _id
+ * lets one writer at a time move a document on from a given version. The
+ * owner token (a per-process random nonce and a per-claim number) is
+ * unique to one claim. The holder reads the version, replaces with the
+ * filter {_id, v: expected} and drops its claim (filtered on its owner).
+ *
+ * A claim is trusted for a lease (twice the backend timeout, at least
+ * 1 s), timed by each process on its own monotonic clock, so no two nodes'
+ * clocks are ever compared: the holder sends its replace only within the
+ * first half of the lease from the moment it sent the claim (else it drops
+ * the claim and claims again), and a writer kept out takes the claim over
+ * only after it saw the same owner hold it for a whole lease. The other
+ * half is for the replace to reach the server: one that takes longer
+ * fails at the socket timeout anyway. A writer
+ * that stalls past that (a stopped process) can then still send a replace
+ * it had decided on, but the {_id, v: expected} filter rejects it once the
+ * new holder has moved the version: the only window left is inside the
+ * server, between FerretDB's query and its update by _id. A writer kept
+ * out of a claim waits (jittered, growing pauses) until the version moves
+ * (a conflict), the claim goes (it claims again) or it takes the claim
+ * over, for at most two leases (then SYNCD_ETIMEDOUT): so a conflict, and
+ * a strict write's precondition failure, always mean that the version
+ * moved, never only that another writer was on its way. Claims are left
+ * behind only by writers that died or lost the server; purge drops those
+ * older than the lease by the writer's wall clock `t` (its holder stopped
+ * writing half a lease before, which absorbs that much clock skew).
  *
  * Other FerretDB v1 limits seen: it never uses its _id index (the lookup
  * expression differs from the index expression), so every lookup, listing
  * and purge scans the collection; the claims collection stays small for
  * that reason.
+ *
+ * Writes use {w: majority, j: true} and reads readConcern majority unless
+ * the URI names its own (w, wtimeoutMS, journal, readConcernLevel), so an
+ * acknowledged write survives a replica-set failover. FerretDB v1 accepts
+ * and ignores them (one SQLite file, no replication).
  *
  * Driver errors become SYNCD_EBACKEND with backend "mongodb", the driver's
  * code and its message. The connect, socket and server selection timeouts
@@ -55,6 +77,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mongoc/mongoc.h>
 
@@ -65,7 +88,10 @@
 #define CLAIMS_PREFIX "_syncd_claims."
 #define NEG_ZERO_TAG "%-0"
 #define ARRAY_TAG "%a"
-#define MIN_LEASE_MS 1000
+#define MIN_LEASE_MS 1000     /* a claim's lease: twice the timeout, or this */
+#define CLAIM_POLL_MS 4       /* first pause while another writer's claim */
+#define CLAIM_POLL_MAX_MS 128 /* is in the way, doubling up to this */
+#define NO_OWNER "-"          /* the owner of a claim that names none */
 #define KEY_STACK 256
 
 typedef struct mongo_backend {
@@ -78,9 +104,26 @@ typedef struct mongo_backend {
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
+/* Tells this process's claims from those of every other process (and of
+ * this one's earlier runs); drawn once at the first open. */
+static uint64_t process_nonce;
+
+static syncd_mongo_claim_hook_fn claim_hook;
+static void *claim_hook_data;
+
 static void init_driver(void)
 {
+    struct timespec ts;
+    FILE *f = fopen("/dev/urandom", "rb");
+
     mongoc_init();
+    if (!f || fread(&process_nonce, sizeof(process_nonce), 1, f) != 1) {
+        clock_gettime(CLOCK_REALTIME, &ts);
+        process_nonce = (uint64_t)ts.tv_sec * 1000000007u ^
+                        (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 32;
+    }
+    if (f)
+        fclose(f);
 }
 
 static int64_t wall_ms(void)
@@ -89,6 +132,29 @@ static int64_t wall_ms(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
+
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
+                                        void *data)
+{
+    claim_hook = fn;
+    claim_hook_data = data;
 }
 
 static int driver_error(syncd_error_t *err, const bson_error_t *e,
@@ -663,97 +729,202 @@ static void claim_key(char *buf, size_t size, const char *id, int64_t version)
     snprintf(buf, size, "%s\x1f%020lld", id, (long long)version);
 }
 
-static int delete_by_id(mongoc_collection_t *c, const char *key,
-                        const char *coll, const char *id, syncd_error_t *err)
+/* Makes a claim owner token unique to this claim: the process nonce and a
+ * per-process sequence number. */
+static void claim_owner(char *buf, size_t size)
 {
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
+    static uint64_t seq;
+    uint64_t n = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
+
+    snprintf(buf, size, "%016llx-%llu", (unsigned long long)process_nonce,
+             (unsigned long long)n);
+}
+
+/* Deletes the claim key of coll/id when its owner is owner (any owner when
+ * owner is NULL). */
+static int drop_claim(mongoc_collection_t *claims, const char *key,
+                      const char *owner, const char *coll, const char *id,
+                      syncd_error_t *err)
+{
+    bson_t *filter =
+        owner ? BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner))
+              : BCON_NEW("_id", BCON_UTF8(key));
     bson_error_t e;
     int rc = 0;
 
-    if (!mongoc_collection_delete_one(c, filter, NULL, NULL, &e))
-        rc = driver_error(err, &e, "delete", coll, id);
+    if (!mongoc_collection_delete_one(claims, filter, NULL, NULL, &e))
+        rc = driver_error(err, &e, "delete claim", coll, id);
     bson_destroy(filter);
     return rc;
 }
 
-/* A claim on coll/id at expected is held by another writer. When it is
- * older than the lease its writer is taken for dead: its record is rolled
- * forward if the document is still at expected, and the claim is dropped.
- * Returns SYNCD_ECONFLICT, or a driver error. */
-static int settle_claim(mongoc_collection_t *docs, mongoc_collection_t *claims,
-                        const char *key, mongo_backend_t *m, const char *coll,
-                        const char *id, int64_t expected, syncd_error_t *err)
+/* Inserts the claim key for owner; *taken is 0 when another owner holds
+ * it. */
+static int take_claim(mongoc_collection_t *claims, const char *key,
+                      const char *owner, int *taken, const char *coll,
+                      const char *id, syncd_error_t *err)
 {
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
-    bson_t *claim = NULL;
-    bson_iter_t it;
-    int64_t version = 0;
-    int matched = 0;
-    int rc = find_one(&claim, claims, filter, coll, id, err);
+    bson_t *claim = BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner), "t",
+                             BCON_DATE_TIME(wall_ms()));
+    bson_error_t e;
+    int rc = 0;
 
-    if (rc < 0 || !claim || wall_ms() - field_int64(claim, "t") <= m->lease_ms)
-        goto cleanup;
-    rc = read_version(docs, id, &version, coll, err);
-    if (rc == 0 && version == expected &&
-        bson_iter_init_find(&it, claim, "rec") &&
-        BSON_ITER_HOLDS_DOCUMENT(&it)) {
-        const uint8_t *data;
-        uint32_t len;
-        bson_t rec;
-
-        bson_iter_document(&it, &len, &data);
-        if (bson_init_static(&rec, data, len))
-            rc = replace_record(docs, id, &rec, 0, &matched, coll, err);
-    }
-    if (rc == 0)
-        rc = delete_by_id(claims, key, coll, id, err);
-
-cleanup:
-    if (claim)
-        bson_destroy(claim);
-    bson_destroy(filter);
-    return rc < 0 ? rc : conflict(err, coll, id, expected);
+    *taken = mongoc_collection_insert_one(claims, claim, NULL, NULL, &e);
+    if (!*taken && e.code != DUPLICATE_KEY)
+        rc = driver_error(err, &e, "claim", coll, id);
+    bson_destroy(claim);
+    return rc;
 }
 
-/* The claimed replace of FerretDB mode (see the file comment). Holding the
- * claim, a read of the version and a replace by _id alone are as good as
- * the filter {_id, v}, and FerretDB serves them from its _id index, where
- * it would scan the collection for the two-field filter. */
+/* Reads the owner of the claim key into owner ("" when there is none). */
+static int claim_holder(mongoc_collection_t *claims, const char *key,
+                        char *owner, size_t size, const char *coll,
+                        const char *id, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
+    bson_t *found = NULL;
+    int rc = find_one(&found, claims, filter, coll, id, err);
+
+    owner[0] = '\0';
+    if (found) {
+        field_string(owner, size, found, "o");
+        if (owner[0] == '\0')
+            snprintf(owner, size, NO_OWNER);
+        bson_destroy(found);
+    }
+    bson_destroy(filter);
+    return rc;
+}
+
+/* Holding the claim taken at claimed (monotonic ms), moves coll/id from
+ * expected to rec: the replace is fenced on {_id, v: expected}, and is not
+ * sent at all once half the lease has passed, so that it never races a
+ * writer that took the claim over. *lapsed is set when it was not sent for
+ * that reason, *unknown when it was sent and failed (it may still land). */
+static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
+                           const char *coll, const char *id, int64_t expected,
+                           int64_t claimed, int *lapsed, int *unknown,
+                           syncd_error_t *err)
+{
+    int64_t version = 0;
+    int matched = 0;
+    int rc = read_version(c->coll, id, &version, coll, err);
+
+    *lapsed = 0;
+    *unknown = 0;
+    if (rc < 0)
+        return rc;
+    if (version != expected)
+        return conflict(err, coll, id, expected);
+    if (mono_ms() - claimed > m->lease_ms / 2) {
+        *lapsed = 1;
+        return 0;
+    }
+    if (claim_hook)
+        claim_hook(coll, id, expected, claim_hook_data);
+    rc = replace_record(c->coll, id, rec, expected, &matched, coll, err);
+    *unknown = rc < 0;
+    if (rc == 0 && !matched)
+        rc = conflict(err, coll, id, expected);
+    return rc;
+}
+
+/* What a writer kept out by another's claim has seen of it. */
+typedef struct claim_watch {
+    char holder[64]; /* the owner seen; "" before the first look */
+    int64_t since;   /* when it was first seen (monotonic ms) */
+    int64_t pause;   /* the next pause's upper bound, ms */
+} claim_watch_t;
+
+/* The claim key on coll/id at expected is held by another writer. Returns
+ * SYNCD_ECONFLICT when the version has moved; else drops the claim when
+ * its owner has held it a whole lease (dead, or stalled past its lease:
+ * it writes nothing after half of it) and returns 0 at once, or returns 0
+ * after a pause (exponential, jittered) for the caller to try again. */
+static int await_claim(mongo_backend_t *m, call_t *c,
+                       mongoc_collection_t *claims, const char *key,
+                       claim_watch_t *w, const char *coll, const char *id,
+                       int64_t expected, syncd_error_t *err)
+{
+    char holder[sizeof(w->holder)];
+    int64_t version = 0;
+    int64_t now;
+    int rc = read_version(c->coll, id, &version, coll, err);
+
+    if (rc < 0)
+        return rc;
+    if (version != expected)
+        return conflict(err, coll, id, expected);
+    now = mono_ms();
+    if (!w->holder[0] || now - w->since > m->lease_ms) {
+        rc = claim_holder(claims, key, holder, sizeof(holder), coll, id, err);
+        if (rc < 0 || !holder[0])
+            return rc;
+        if (strcmp(holder, w->holder) == 0)
+            return drop_claim(claims, key,
+                              strcmp(holder, NO_OWNER) ? holder : NULL, coll,
+                              id, err);
+        snprintf(w->holder, sizeof(w->holder), "%s", holder);
+        w->since = now;
+    }
+    sleep_ms(w->pause / 2 + random() % (w->pause / 2 + 1));
+    if (w->pause < CLAIM_POLL_MAX_MS)
+        w->pause *= 2;
+    return 0;
+}
+
+/* The claimed replace of FerretDB mode (see the file comment): takes the
+ * claim on coll/id at expected and writes under it; while another writer
+ * holds the claim, waits for the version to move (a conflict) or the claim
+ * to go, taking over a claim held a whole lease. Fails with
+ * SYNCD_ETIMEDOUT when none of this happened within two leases. */
 static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
                            syncd_error_t *err)
 {
     char key[SYNCD_MAX_ID_BYTES + 32];
     char name[128];
+    char owner[64];
+    claim_watch_t watch = {"", 0, CLAIM_POLL_MS};
     mongoc_collection_t *claims;
-    bson_t claim = BSON_INITIALIZER;
-    bson_error_t e;
-    int64_t version = 0;
-    int matched = 0;
+    int64_t deadline = mono_ms() + 2 * m->lease_ms;
     int rc = 0;
 
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
     claim_key(key, sizeof(key), id, expected);
-    BSON_APPEND_UTF8(&claim, "_id", key);
-    BSON_APPEND_DATE_TIME(&claim, "t", wall_ms());
-    BSON_APPEND_DOCUMENT(&claim, "rec", rec);
-    if (!mongoc_collection_insert_one(claims, &claim, NULL, NULL, &e)) {
-        rc = e.code == DUPLICATE_KEY ? settle_claim(c->coll, claims, key, m,
-                                                    coll, id, expected, err)
-                                     : driver_error(err, &e, "claim", coll, id);
-        goto cleanup;
-    }
-    rc = read_version(c->coll, id, &version, coll, err);
-    if (rc == 0 && version == expected)
-        rc = replace_record(c->coll, id, rec, 0, &matched, coll, err);
-    if (rc == 0)
-        rc = delete_by_id(claims, key, coll, id, err);
-    if (rc == 0 && !matched)
-        rc = conflict(err, coll, id, expected);
+    for (;;) {
+        int64_t claimed = mono_ms();
+        int taken = 0, lapsed = 0, unknown = 0;
 
-cleanup:
-    bson_destroy(&claim);
+        claim_owner(owner, sizeof(owner));
+        rc = take_claim(claims, key, owner, &taken, coll, id, err);
+        if (rc == 0 && taken) {
+            rc = replace_claimed(m, c, rec, coll, id, expected, claimed,
+                                 &lapsed, &unknown, err);
+            /* A replace that may still land keeps the others out for the
+             * lease. A claim left behind is on a version that moved on, or
+             * is taken over after its lease: an error dropping it changes
+             * nothing. */
+            if (!unknown)
+                drop_claim(claims, key, owner, coll, id, NULL);
+            if (!lapsed)
+                break;
+        } else if (rc == 0) {
+            rc =
+                await_claim(m, c, claims, key, &watch, coll, id, expected, err);
+        }
+        if (rc < 0)
+            break;
+        if (mono_ms() >= deadline) {
+            rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
+                                 "%s/%s: the claim on version %lld was not "
+                                 "settled within %lld ms",
+                                 coll, id, (long long)expected,
+                                 (long long)(2 * m->lease_ms));
+            break;
+        }
+    }
     mongoc_collection_destroy(claims);
     return rc;
 }
@@ -1006,62 +1177,56 @@ static int delete_many(mongoc_collection_t *c, const bson_t *filter,
 }
 
 /* Purges one tombstone in FerretDB mode: claims it at its version (so no
- * writer can re-create it meanwhile), checks that it is still that
- * tombstone, drops the older claims of its id, deletes it and then its
- * claim. *deleted is 1 when it was removed. */
+ * writer can re-create it meanwhile), drops the older claims of its id,
+ * deletes it when it is still that tombstone (the delete is fenced on its
+ * version and flag) and drops its claim. *deleted is 1 when it was
+ * removed. */
 static int purge_claimed(mongoc_collection_t *docs, mongoc_collection_t *claims,
                          const char *coll, const char *id, int64_t version,
                          int64_t *deleted, syncd_error_t *err)
 {
     char key[SYNCD_MAX_ID_BYTES + 32];
     char first[SYNCD_MAX_ID_BYTES + 32];
-    bson_t *claim;
+    char owner[64];
     bson_t *older;
-    bson_t *by_id = BCON_NEW("_id", BCON_UTF8(id));
-    bson_t *found = NULL;
-    bson_error_t e;
+    bson_t *tomb = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version),
+                            "del", BCON_BOOL(true));
     int64_t dropped = 0;
-    int rc = 0;
+    int taken = 0;
+    int rc;
 
     *deleted = 0;
     claim_key(key, sizeof(key), id, version);
     claim_key(first, sizeof(first), id, 0);
-    claim = BCON_NEW("_id", BCON_UTF8(key), "t", BCON_DATE_TIME(wall_ms()));
+    claim_owner(owner, sizeof(owner));
     older = BCON_NEW("_id", "{", "$gte", BCON_UTF8(first), "$lt",
                      BCON_UTF8(key), "}");
-    if (!mongoc_collection_insert_one(claims, claim, NULL, NULL, &e)) {
-        if (e.code != DUPLICATE_KEY)
-            rc = driver_error(err, &e, "claim", coll, id);
+    rc = take_claim(claims, key, owner, &taken, coll, id, err);
+    if (rc < 0 || !taken)
         goto cleanup;
-    }
-    rc = find_one(&found, docs, by_id, coll, id, err);
-    if (rc == 0 && found && field_int64(found, "v") == version &&
-        field_bool(found, "del")) {
-        rc = delete_many(claims, older, &dropped, coll, err);
-        if (rc == 0)
-            rc = delete_many(docs, by_id, deleted, coll, err);
-    }
+    rc = delete_many(claims, older, &dropped, coll, err);
     if (rc == 0)
-        rc = delete_by_id(claims, key, coll, id, err);
+        rc = delete_many(docs, tomb, deleted, coll, err);
+    if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
+        rc = SYNCD_EBACKEND;
 
 cleanup:
-    if (found)
-        bson_destroy(found);
-    bson_destroy(by_id);
+    bson_destroy(tomb);
     bson_destroy(older);
-    bson_destroy(claim);
     return rc;
 }
 
-/* FerretDB mode purge: claims older than before_ms (their writers are long
- * gone), then each expired tombstone under its claim. */
+/* FerretDB mode purge: claims older than the lease (their writers no
+ * longer write under them), then each tombstone older than before_ms
+ * (filter) under its claim. */
 static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
-                             const bson_t *filter, int64_t before_ms,
-                             size_t *purged, syncd_error_t *err)
+                             const bson_t *filter, size_t *purged,
+                             syncd_error_t *err)
 {
     char name[128];
     bson_t *opts = BCON_NEW("projection", "{", "v", BCON_INT32(1), "}");
-    bson_t *old = BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(before_ms), "}");
+    bson_t *old =
+        BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(wall_ms() - m->lease_ms), "}");
     mongoc_collection_t *claims;
     mongoc_cursor_t *cur;
     json_t *tombs = json_array();
@@ -1123,7 +1288,7 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     *purged = 0;
     call_begin(&c, m, "", coll);
     if (m->claims) {
-        rc = purge_with_claims(m, &c, coll, filter, before_ms, purged, err);
+        rc = purge_with_claims(m, &c, coll, filter, purged, err);
     } else {
         rc = delete_many(c.coll, filter, &deleted, coll, err);
         *purged = (size_t)deleted;
@@ -1176,6 +1341,36 @@ static int probe_server(mongo_backend_t *m, syncd_error_t *err)
     return rc;
 }
 
+/* Gives u the store of record's defaults where it names none: writes
+ * acknowledged by a majority of the replica set within timeout_ms and
+ * journaled (w: majority, j: true), and reads of majority-committed data
+ * (readConcern majority). The URI's own w, wtimeoutMS, journal and
+ * readConcernLevel win. */
+static void default_concerns(mongoc_uri_t *u, int32_t timeout_ms)
+{
+    mongoc_write_concern_t *wc =
+        mongoc_write_concern_copy(mongoc_uri_get_write_concern(u));
+    mongoc_read_concern_t *rc =
+        mongoc_read_concern_copy(mongoc_uri_get_read_concern(u));
+
+    if (mongoc_write_concern_get_w(wc) == MONGOC_WRITE_CONCERN_W_DEFAULT &&
+        !mongoc_write_concern_get_wtag(wc))
+        mongoc_write_concern_set_wmajority(
+            wc, mongoc_write_concern_get_wtimeout_int64(wc) > 0
+                    ? (int32_t)mongoc_write_concern_get_wtimeout_int64(wc)
+                    : timeout_ms);
+    if (!mongoc_write_concern_journal_is_set(wc) &&
+        mongoc_write_concern_get_w(wc) != MONGOC_WRITE_CONCERN_W_UNACKNOWLEDGED)
+        mongoc_write_concern_set_journal(wc, true);
+    mongoc_uri_set_write_concern(u, wc);
+    if (!mongoc_read_concern_get_level(rc)) {
+        mongoc_read_concern_set_level(rc, MONGOC_READ_CONCERN_LEVEL_MAJORITY);
+        mongoc_uri_set_read_concern(u, rc);
+    }
+    mongoc_read_concern_destroy(rc);
+    mongoc_write_concern_destroy(wc);
+}
+
 int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
                              const char *db, int64_t timeout_ms,
                              syncd_error_t *err)
@@ -1199,13 +1394,14 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, t);
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_CONNECTTIMEOUTMS, t);
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_SOCKETTIMEOUTMS, t);
+    default_concerns(u, t);
     m = calloc(1, sizeof(*m));
     if (!m || !(m->db = strdup(db))) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
     m->base.ops = &mongo_ops;
-    m->lease_ms = t < MIN_LEASE_MS ? MIN_LEASE_MS : t;
+    m->lease_ms = 2 * (int64_t)t < MIN_LEASE_MS ? MIN_LEASE_MS : 2 * (int64_t)t;
     m->pool = mongoc_client_pool_new(u);
     if (!m->pool) {
         rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, 0,

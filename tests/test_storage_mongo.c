@@ -5,6 +5,10 @@
  * body encoding (nasty keys, every kind of number) both through the backend
  * and as raw BSON read with mongo-c-driver, the compare-and-swap under
  * contention, listings, purge, and a server that dies and comes back.
+ * Through the store API with several stores as nodes: FerretDB's claims
+ * (a dead writer's claim, a writer stalled past its lease by a test hook,
+ * a strict write behind a live claim), and a history of concurrent
+ * creates, deletes and strict writes checked for linearizability.
  */
 #include <math.h>
 #include <pthread.h>
@@ -27,6 +31,8 @@
 #define DB "syncd_test_mongo"
 #define TIMEOUT_MS 5000
 #define FAULT_TIMEOUT_MS 1000
+#define LEASE_TIMEOUT_MS                                                       \
+    2000 /* backend timeout of the claim tests: 4 s lease */
 #define WRITERS 8
 #define WRITES_PER_WRITER 40
 
@@ -41,6 +47,13 @@ static int64_t now_ms(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
+
+    nanosleep(&ts, NULL);
 }
 
 /* A document to write; body is borrowed. */
@@ -329,29 +342,93 @@ static void test_mongo_cas__concurrent_writers_lose_no_update(void **state)
     json_decref(zero);
 }
 
-/* Plants a claim on list/crashed at version 1 carrying a record at version
- * 2, as a FerretDB-mode writer that died between claim and replace would
- * leave it, timestamped a minute ago. */
-static void plant_stale_claim(const fixture_t *f, const json_t *body)
+#define RACE_IDS 40
+
+typedef struct racer {
+    syncd_backend_t *be;
+    int won[RACE_IDS];
+} racer_t;
+
+/* Tries to create race/race-0 .. race-<RACE_IDS - 1>, noting which it
+ * created. */
+static void *race_inserts(void *arg)
+{
+    racer_t *r = arg;
+    json_t *body = json_pack("{s:i}", "n", 1);
+
+    for (int i = 0; i < RACE_IDS; i++) {
+        char id[16];
+
+        snprintf(id, sizeof(id), "race-%d", i);
+        r->won[i] = write_body(r->be, "race", id, 1, 0, body) == 0;
+    }
+    json_decref(body);
+    return NULL;
+}
+
+static void
+test_mongo_cas__concurrent_inserts_of_an_id_have_one_winner(void **state)
+{
+    fixture_t *f = *state;
+    pthread_t threads[WRITERS];
+    racer_t racers[WRITERS];
+
+    for (int i = 0; i < WRITERS; i++) {
+        racers[i] = (racer_t){.be = f->be};
+        assert_int_equal(
+            pthread_create(&threads[i], NULL, race_inserts, &racers[i]), 0);
+    }
+    for (int i = 0; i < WRITERS; i++)
+        pthread_join(threads[i], NULL);
+    for (int id = 0; id < RACE_IDS; id++) {
+        int winners = 0;
+
+        for (int i = 0; i < WRITERS; i++)
+            winners += racers[i].won[id];
+        assert_int_equal(winners, 1);
+    }
+}
+
+/* Plants a claim on coll/id at version, owned by owner and timestamped
+ * age_ms ago, as a FerretDB-mode writer that died between claim and
+ * replace would leave it. */
+static void plant_claim(const fixture_t *f, const char *coll, const char *id,
+                        int64_t version, const char *owner, int64_t age_ms)
 {
     mongoc_client_t *client = mongoc_client_new(f->srv.uri);
-    mongoc_collection_t *c =
-        mongoc_client_get_collection(client, DB, "_syncd_claims.claims");
-    char key[64];
+    char name[128], key[128];
+    mongoc_collection_t *c;
     bson_t *claim;
     bson_error_t e;
 
-    snprintf(key, sizeof(key), "crashed\x1f%020d", 1);
-    claim =
-        BCON_NEW("_id", BCON_UTF8(key), "t", BCON_DATE_TIME(now_ms() - 60000),
-                 "rec", "{", "v", BCON_INT64(2), "data", "{", "who",
-                 BCON_UTF8(json_string_value(json_object_get(body, "who"))),
-                 "}", "h", BCON_UTF8("h2"), "mt", BCON_DATE_TIME(now_ms()),
-                 "by", BCON_UTF8("dead-node"), "del", BCON_BOOL(false), "}");
+    snprintf(name, sizeof(name), "_syncd_claims.%s", coll);
+    snprintf(key, sizeof(key), "%s\x1f%020lld", id, (long long)version);
+    c = mongoc_client_get_collection(client, DB, name);
+    claim = BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner), "t",
+                     BCON_DATE_TIME(now_ms() - age_ms));
     assert_true(mongoc_collection_insert_one(c, claim, NULL, NULL, &e));
     bson_destroy(claim);
     mongoc_collection_destroy(c);
     mongoc_client_destroy(client);
+}
+
+/* Returns the number of claims on coll. */
+static int64_t count_claims(const fixture_t *f, const char *coll)
+{
+    mongoc_client_t *client = mongoc_client_new(f->srv.uri);
+    char name[128];
+    mongoc_collection_t *c;
+    bson_t filter = BSON_INITIALIZER;
+    bson_error_t e;
+    int64_t n;
+
+    snprintf(name, sizeof(name), "_syncd_claims.%s", coll);
+    c = mongoc_client_get_collection(client, DB, name);
+    n = mongoc_collection_count_documents(c, &filter, NULL, NULL, NULL, &e);
+    assert_true(n >= 0);
+    mongoc_collection_destroy(c);
+    mongoc_client_destroy(client);
+    return n;
 }
 
 static int server_is_ferretdb(const fixture_t *f)
@@ -371,35 +448,290 @@ static int server_is_ferretdb(const fixture_t *f)
     return ferret;
 }
 
+/* A store (with its cache dir) on the fixture's server, as one node. */
+typedef struct node {
+    syncd_store_t *store;
+    char dir[256];
+} node_t;
+
+/* Opens n as node node_id with the given backend timeout (the claim
+ * lease). */
+static void node_open(node_t *n, const fixture_t *f, const char *node_id,
+                      int64_t timeout_ms)
+{
+    syncd_store_options_t o;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_test_tmpdir(n->dir, sizeof(n->dir), "mongo-node"),
+                     0);
+    syncd_store_options_init(&o);
+    o.mongo_uri = f->srv.uri;
+    o.database = DB;
+    o.data_dir = n->dir;
+    o.node_id = node_id;
+    o.retry_delay_ms = 1;
+    o.backend_timeout_ms = timeout_ms;
+    assert_int_equal(syncd_store_open(&n->store, &o, &err), 0);
+}
+
+static void node_close(node_t *n)
+{
+    syncd_store_close(n->store);
+    syncd_test_rmtree(n->dir);
+}
+
 static void
-test_mongo_cas__a_stale_claim_of_a_dead_writer_is_rolled_forward(void **state)
+test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write(
+    void **state)
 {
     fixture_t *f = *state;
-    syncd_backend_t *be = f->be;
     json_t *v1 = json_pack("{s:s}", "who", "creator");
-    json_t *dead = json_pack("{s:s}", "who", "dead writer");
     json_t *mine = json_pack("{s:s}", "who", "me");
+    syncd_change_t *change = NULL;
     syncd_doc_t *got = NULL;
+    syncd_error_t err;
+    node_t n;
 
-    assert_int_equal(write_body(be, "claims", "crashed", 1, 0, v1), 0);
-    plant_stale_claim(f, dead);
-    if (server_is_ferretdb(f)) {
-        assert_int_equal(write_body(be, "claims", "crashed", 2, 1, mine),
-                         SYNCD_ECONFLICT);
-        assert_int_equal(be->ops->get(be, &got, "claims", "crashed", NULL), 0);
-        assert_int_equal(got->version, 2);
-        assert_json_exact(got->body, dead);
-        syncd_doc_free(got);
-        assert_int_equal(write_body(be, "claims", "crashed", 3, 2, mine), 0);
-    } else {
-        assert_int_equal(write_body(be, "claims", "crashed", 2, 1, mine), 0);
-    }
-    assert_int_equal(be->ops->get(be, &got, "claims", "crashed", NULL), 0);
+    syncd_error_clear(&err);
+    node_open(&n, f, "node-a", LEASE_TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(n.store, &change, "claims", "crashed", v1, NULL), 0);
+    syncd_change_free(change);
+    /* Fresh by the clock, but its writer is gone: nobody ends it. */
+    plant_claim(f, "claims", "crashed", 1, "dead-node-process", 0);
+    assert_int_equal(
+        syncd_store_put(n.store, &change, "claims", "crashed", mine, 1, &err),
+        0);
+    assert_int_equal(change->base, 1);
+    assert_int_equal(change->doc->version, 2);
+    syncd_change_free(change);
+    assert_int_equal(
+        syncd_store_refetch(n.store, &got, "claims", "crashed", NULL), 0);
+    assert_int_equal(got->version, 2);
     assert_json_exact(got->body, mine);
     syncd_doc_free(got);
+    node_close(&n);
     json_decref(v1);
-    json_decref(dead);
     json_decref(mine);
+}
+
+/* Pauses the first writer that reaches it, between its claim and its
+ * replace, until released. */
+typedef struct stall {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int armed, paused, released;
+    int64_t released_at; /* wall ms when released */
+} stall_t;
+
+static void stall_hook(const char *coll, const char *id, int64_t expected,
+                       void *data)
+{
+    stall_t *s = data;
+
+    (void)coll;
+    (void)id;
+    (void)expected;
+    pthread_mutex_lock(&s->lock);
+    if (s->armed) {
+        s->armed = 0;
+        s->paused = 1;
+        pthread_cond_broadcast(&s->cond);
+        while (!s->released)
+            pthread_cond_wait(&s->cond, &s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void stall_init(stall_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->armed = 1;
+    syncd_backend_mongo_set_claim_hook(stall_hook, s);
+}
+
+static void stall_wait_paused(stall_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    while (!s->paused)
+        pthread_cond_wait(&s->cond, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void stall_release(stall_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->released = 1;
+    s->released_at = now_ms();
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void stall_destroy(stall_t *s)
+{
+    syncd_backend_mongo_set_claim_hook(NULL, NULL);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+}
+
+static int add_one(json_t *body, void *arg, syncd_error_t *err)
+{
+    json_int_t n = json_integer_value(json_object_get(body, "n"));
+
+    (void)arg;
+    (void)err;
+    return json_object_set_new(body, "n", json_integer(n + 1));
+}
+
+/* One store call run on a thread of its own. */
+typedef struct call {
+    syncd_store_t *store;
+    const char *coll, *id;
+    json_t *body;     /* put this when set, else run add_one */
+    int64_t if_match; /* SYNCD_ANY_VERSION or a strict write */
+    int rc;
+    syncd_change_t *change;
+    int64_t done_at; /* wall ms when it returned */
+} call_t;
+
+static void *run_call(void *arg)
+{
+    call_t *c = arg;
+
+    c->rc = c->body ? syncd_store_put(c->store, &c->change, c->coll, c->id,
+                                      c->body, c->if_match, NULL)
+                    : syncd_store_edit(c->store, &c->change, c->coll, c->id,
+                                       add_one, NULL, c->if_match, NULL);
+    c->done_at = now_ms();
+    return NULL;
+}
+
+static void
+test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *zero = json_pack("{s:i}", "n", 0);
+    call_t stalled = {
+        .coll = "claims", .id = "stalled", .if_match = SYNCD_ANY_VERSION};
+    syncd_change_t *change = NULL;
+    syncd_doc_t *got = NULL;
+    node_t a, b;
+    pthread_t t;
+    stall_t s;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* claims are FerretDB's; MongoDB needs none */
+    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
+    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(a.store, &change, "claims", "stalled", zero, NULL),
+        0);
+    syncd_change_free(change);
+    stall_init(&s);
+    stalled.store = a.store;
+    assert_int_equal(pthread_create(&t, NULL, run_call, &stalled), 0);
+    stall_wait_paused(&s);
+
+    /* Node b takes the claim over once its lease is out, and commits. */
+    assert_int_equal(syncd_store_edit(b.store, &change, "claims", "stalled",
+                                      add_one, NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(change->doc->version, 2);
+    syncd_change_free(change);
+
+    /* The stalled writer's replace, sent now, must not land: it conflicts
+     * and its edit loop applies it again on top of version 2. */
+    stall_release(&s);
+    pthread_join(t, NULL);
+    assert_int_equal(stalled.rc, 0);
+    assert_int_equal(stalled.change->base, 2);
+    assert_int_equal(stalled.change->doc->version, 3);
+    assert_true(stalled.change->attempts >= 2);
+    syncd_change_free(stalled.change);
+    assert_int_equal(
+        syncd_store_refetch(b.store, &got, "claims", "stalled", NULL), 0);
+    assert_int_equal(got->version, 3);
+    assert_int_equal(json_integer_value(json_object_get(got->body, "n")), 2);
+    syncd_doc_free(got);
+    stall_destroy(&s);
+    node_close(&a);
+    node_close(&b);
+    json_decref(zero);
+}
+
+static void test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *v1 = json_pack("{s:i}", "n", 0);
+    json_t *mine = json_pack("{s:s}", "who", "strict");
+    call_t holder = {
+        .coll = "claims", .id = "held", .if_match = SYNCD_ANY_VERSION};
+    call_t strict = {.coll = "claims", .id = "held", .if_match = 1};
+    syncd_change_t *change = NULL;
+    syncd_doc_t *got = NULL;
+    pthread_t th, ts;
+    node_t a, b;
+    stall_t s;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* claims are FerretDB's; MongoDB needs none */
+    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
+    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(a.store, &change, "claims", "held", v1, NULL), 0);
+    syncd_change_free(change);
+    stall_init(&s);
+    holder.store = a.store;
+    strict.store = b.store;
+    strict.body = mine;
+    assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
+    stall_wait_paused(&s);
+
+    /* A live writer holds the claim on version 1 while the strict write
+     * comes: it must wait for it rather than answer at once. */
+    assert_int_equal(pthread_create(&ts, NULL, run_call, &strict), 0);
+    sleep_ms(200);
+    stall_release(&s);
+    pthread_join(th, NULL);
+    pthread_join(ts, NULL);
+    assert_int_equal(holder.rc, 0);
+    assert_int_equal(holder.change->doc->version, 2);
+    assert_int_equal(strict.rc, SYNCD_EPRECONDITION);
+    assert_true(strict.done_at >= s.released_at);
+    syncd_change_free(holder.change);
+    assert_int_equal(syncd_store_refetch(a.store, &got, "claims", "held", NULL),
+                     0);
+    assert_int_equal(got->version, 2);
+    assert_int_equal(json_integer_value(json_object_get(got->body, "n")), 1);
+    syncd_doc_free(got);
+    stall_destroy(&s);
+    node_close(&a);
+    node_close(&b);
+    json_decref(v1);
+    json_decref(mine);
+}
+
+static void test_mongo_purge__drops_claims_older_than_the_lease(void **state)
+{
+    fixture_t *f = *state;
+    size_t purged = 0;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* claims are FerretDB's; MongoDB needs none */
+    plant_claim(f, "stale", "old", 4, "gone-process", 60000);
+    plant_claim(f, "stale", "older", 9, "gone-process", 3600000);
+    plant_claim(f, "stale", "live", 2, "busy-process", 0);
+    assert_int_equal(count_claims(f, "stale"), 3);
+    assert_int_equal(
+        f->be->ops->purge(f->be, "stale", now_ms() - 86400000, &purged, NULL),
+        0);
+    assert_int_equal(purged, 0);
+    assert_int_equal(count_claims(f, "stale"), 1);
 }
 
 static const char *list_ids[] = {
@@ -572,6 +904,36 @@ test_mongo_open__unreachable_server_fails_with_EBACKEND(void **state)
     assert_true(strlen(err.message) > 0);
 }
 
+static void
+test_mongo_open__concerns_given_in_the_uri_are_accepted(void **state)
+{
+    fixture_t *f = *state;
+    const char *opts[] = {
+        "w=1&journal=false&readConcernLevel=local",
+        "w=majority&wtimeoutMS=2000&readConcernLevel=majority", "journal=true"};
+    json_t *body = json_pack("{s:i}", "n", 1);
+
+    for (size_t i = 0; i < sizeof(opts) / sizeof(*opts); i++) {
+        char uri[512], id[16];
+        syncd_backend_t *be = NULL;
+        syncd_doc_t *got = NULL;
+        syncd_error_t err;
+
+        syncd_error_clear(&err);
+        snprintf(uri, sizeof(uri), "%s?%s", f->srv.uri, opts[i]);
+        snprintf(id, sizeof(id), "doc-%zu", i);
+        assert_int_equal(
+            syncd_backend_mongo_open(&be, uri, DB, TIMEOUT_MS, &err), 0);
+        assert_int_equal(write_body(be, "concern", id, 1, 0, body), 0);
+        assert_int_equal(write_body(be, "concern", id, 2, 1, body), 0);
+        assert_int_equal(be->ops->get(be, &got, "concern", id, &err), 0);
+        assert_int_equal(got->version, 2);
+        syncd_doc_free(got);
+        be->ops->close(be);
+    }
+    json_decref(body);
+}
+
 /* One call of each kind; returns the first failure code, or 0. */
 static int call_each(syncd_backend_t *be, int64_t version, syncd_error_t *err)
 {
@@ -636,6 +998,218 @@ test_mongo_fault__a_dead_server_fails_calls_with_EBACKEND_then_recovers(
     be->ops->close(be);
 }
 
+/* ---- Linearizability of creates, deletes and strict writes ----------------
+ */
+
+#define HISTORY_NODES 3
+#define HISTORY_CLIENTS 6
+#define HISTORY_KEYS 3
+#define HISTORY_OPS 60
+#define HISTORY_MAX (HISTORY_CLIENTS * HISTORY_OPS)
+
+/* One acknowledged change. */
+typedef struct acked {
+    int key;
+    int64_t version, base, if_match;
+    syncd_change_op_t op;
+    json_int_t token; /* the body's "w"; -1 for a tombstone */
+} acked_t;
+
+typedef struct history {
+    node_t nodes[HISTORY_NODES];
+    pthread_mutex_t lock;
+    acked_t acked[HISTORY_MAX];
+    size_t n;
+    int failures; /* unexpected outcomes, printed as they happen */
+} history_t;
+
+typedef struct client {
+    history_t *h;
+    int index;
+} client_t;
+
+static const char *history_ids[HISTORY_KEYS] = {"k0", "k1", "k2"};
+
+static void record_change(history_t *h, int key, const syncd_change_t *c,
+                          int64_t if_match, json_int_t token)
+{
+    pthread_mutex_lock(&h->lock);
+    h->acked[h->n++] = (acked_t){
+        key,      c->doc->version, c->base,
+        if_match, c->op,           c->op == SYNCD_CHANGE_DELETE ? -1 : token};
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void unexpected(history_t *h, const char *what, int rc,
+                       const syncd_error_t *err)
+{
+    pthread_mutex_lock(&h->lock);
+    h->failures++;
+    print_error("%s: %d %s\n", what, rc, err->message);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* The version the store of record holds for key (0: none), read the way a
+ * client does before a strict write. */
+static int64_t current_version(syncd_store_t *s, int key)
+{
+    syncd_doc_t *doc = NULL;
+    int64_t v = 0;
+
+    if (syncd_store_refetch(s, &doc, "hist", history_ids[key], NULL) == 0 &&
+        !doc->deleted)
+        v = doc->version;
+    syncd_doc_free(doc);
+    return v;
+}
+
+/* Runs HISTORY_OPS random creates, deletes and puts (strict or not) on the
+ * history keys through one of the stores, recording each acknowledged
+ * change and checking the outcome codes each operation may have. */
+static void *history_client(void *arg)
+{
+    client_t *c = arg;
+    history_t *h = c->h;
+    syncd_store_t *s = h->nodes[c->index % HISTORY_NODES].store;
+    unsigned seed = (unsigned)c->index * 7919u + 17u;
+
+    for (int i = 0; i < HISTORY_OPS; i++) {
+        int key = rand_r(&seed) % HISTORY_KEYS;
+        int kind = rand_r(&seed) % 5;
+        const char *id = history_ids[key];
+        json_int_t token = (json_int_t)c->index * 100000 + i;
+        json_t *body = json_pack("{s:I}", "w", token);
+        int64_t if_match = SYNCD_ANY_VERSION;
+        syncd_change_t *change = NULL;
+        syncd_error_t err;
+        int rc;
+
+        syncd_error_clear(&err);
+        if (kind >= 2) {
+            if_match = current_version(s, key);
+            if (if_match == 0)
+                kind = 0;
+        }
+        switch (kind) {
+        case 0:
+            if_match = SYNCD_ANY_VERSION;
+            rc = syncd_store_create(s, &change, "hist", id, body, &err);
+            if (rc != 0 && rc != SYNCD_EEXISTS)
+                unexpected(h, "create", rc, &err);
+            break;
+        case 1:
+            rc = syncd_store_delete(s, &change, "hist", id, SYNCD_ANY_VERSION,
+                                    &err);
+            if (rc != 0 && rc != SYNCD_ENOTFOUND)
+                unexpected(h, "delete", rc, &err);
+            break;
+        case 2:
+            rc = syncd_store_delete(s, &change, "hist", id, if_match, &err);
+            if (rc != 0 && rc != SYNCD_ENOTFOUND && rc != SYNCD_EPRECONDITION)
+                unexpected(h, "strict delete", rc, &err);
+            break;
+        default:
+            rc = syncd_store_put(s, &change, "hist", id, body, if_match, &err);
+            if (rc != 0 && rc != SYNCD_ENOTFOUND && rc != SYNCD_EPRECONDITION)
+                unexpected(h, "strict put", rc, &err);
+            break;
+        }
+        if (rc == 0 && change->op != SYNCD_CHANGE_NONE)
+            record_change(h, key, change, if_match, token);
+        /* Versions only grow: still at if_match now means it was then. */
+        if (rc == SYNCD_EPRECONDITION && current_version(s, key) == if_match)
+            unexpected(h, "precondition failed at the expected version", rc,
+                       &err);
+        syncd_change_free(change);
+        json_decref(body);
+    }
+    return NULL;
+}
+
+static int compare_acked(const void *a, const void *b)
+{
+    const acked_t *x = a, *y = b;
+
+    if (x->key != y->key)
+        return x->key - y->key;
+    return (x->version > y->version) - (x->version < y->version);
+}
+
+/* Checks the history of one key (entries sorted by version): every
+ * acknowledged version is unique and they run 1, 2, 3, ... with no gap;
+ * every update and delete is based on the version just before it, a
+ * strict one on its If-Match; the store ends at the last acknowledged
+ * change. */
+static void check_key_history(history_t *h, int key, const acked_t *a, size_t n)
+{
+    syncd_doc_t *doc = NULL;
+
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(a[i].key, key);
+        assert_int_equal(a[i].version, (int64_t)i + 1);
+        if (a[i].op != SYNCD_CHANGE_CREATE)
+            assert_int_equal(a[i].base, a[i].version - 1);
+        if (a[i].if_match != SYNCD_ANY_VERSION)
+            assert_int_equal(a[i].base, a[i].if_match);
+    }
+    if (n == 0)
+        return;
+    assert_int_equal(syncd_store_refetch(h->nodes[0].store, &doc, "hist",
+                                         history_ids[key], NULL),
+                     0);
+    assert_int_equal(doc->version, a[n - 1].version);
+    if (a[n - 1].token < 0)
+        assert_true(doc->deleted);
+    else
+        assert_int_equal(json_integer_value(json_object_get(doc->body, "w")),
+                         a[n - 1].token);
+    syncd_doc_free(doc);
+}
+
+static void
+test_mongo_history__creates_deletes_and_strict_writes_are_linearizable(
+    void **state)
+{
+    fixture_t *f = *state;
+    history_t *h = calloc(1, sizeof(*h));
+    pthread_t threads[HISTORY_CLIENTS];
+    client_t clients[HISTORY_CLIENTS];
+    size_t start = 0;
+
+    assert_non_null(h);
+    pthread_mutex_init(&h->lock, NULL);
+    for (int i = 0; i < HISTORY_NODES; i++) {
+        char node[16];
+
+        snprintf(node, sizeof(node), "node-%d", i);
+        node_open(&h->nodes[i], f, node, TIMEOUT_MS);
+    }
+    for (int i = 0; i < HISTORY_CLIENTS; i++) {
+        clients[i] = (client_t){h, i};
+        assert_int_equal(
+            pthread_create(&threads[i], NULL, history_client, &clients[i]), 0);
+    }
+    for (int i = 0; i < HISTORY_CLIENTS; i++)
+        pthread_join(threads[i], NULL);
+    assert_int_equal(h->failures, 0);
+    qsort(h->acked, h->n, sizeof(*h->acked), compare_acked);
+    for (int key = 0; key < HISTORY_KEYS; key++) {
+        size_t end = start;
+
+        while (end < h->n && h->acked[end].key == key)
+            end++;
+        check_key_history(h, key, h->acked + start, end - start);
+        start = end;
+    }
+    /* Every writer is done, so none may have left a claim behind. */
+    assert_int_equal(count_claims(f, "hist"), 0);
+    print_message("history: %zu acknowledged changes\n", h->n);
+    for (int i = 0; i < HISTORY_NODES; i++)
+        node_close(&h->nodes[i]);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -647,7 +1221,14 @@ int main(void)
             test_mongo_cas__stale_expected_fails_with_ECONFLICT_and_writes_nothing),
         cmocka_unit_test(test_mongo_cas__concurrent_writers_lose_no_update),
         cmocka_unit_test(
-            test_mongo_cas__a_stale_claim_of_a_dead_writer_is_rolled_forward),
+            test_mongo_cas__concurrent_inserts_of_an_id_have_one_winner),
+        cmocka_unit_test(
+            test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write),
+        cmocka_unit_test(
+            test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing),
+        cmocka_unit_test(
+            test_mongo_claims__a_strict_write_fails_only_once_the_version_moved),
+        cmocka_unit_test(test_mongo_purge__drops_claims_older_than_the_lease),
         cmocka_unit_test(
             test_mongo_list__pages_by_prefix_and_after_in_byte_order),
         cmocka_unit_test(test_mongo_purge__removes_only_old_tombstones),
@@ -656,7 +1237,11 @@ int main(void)
         cmocka_unit_test(
             test_mongo_open__unreachable_server_fails_with_EBACKEND),
         cmocka_unit_test(
+            test_mongo_open__concerns_given_in_the_uri_are_accepted),
+        cmocka_unit_test(
             test_mongo_fault__a_dead_server_fails_calls_with_EBACKEND_then_recovers),
+        cmocka_unit_test(
+            test_mongo_history__creates_deletes_and_strict_writes_are_linearizable),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
