@@ -824,7 +824,7 @@ static void repair(work_t *w)
 
     do {
         if (o->ae_chunk_hook != NULL)
-            o->ae_chunk_hook(o->hook_data);
+            o->ae_chunk_hook(o->hook_data, w->coll->name);
         if (atomic_load(&w->node->stop)) {
             w->status = SYNCD_ECANCELED;
             break;
@@ -995,15 +995,16 @@ static void work_done(uv_work_t *req, int status)
     maybe_finish_close(node);
 }
 
-/* Queues a new work of kind for node on the thread pool with coll and run
- * set; SYNCD_ENOMEM or SYNCD_EBACKEND when it cannot. */
+/* Queues a new work of kind for node on the thread pool with coll, run and
+ * items set, into *out when out is not NULL; SYNCD_ENOMEM or
+ * SYNCD_EBACKEND (nothing queued) when it cannot. */
 static int queue_work(syncd_node_t *node, work_kind_t kind, coll_t *coll,
-                      ae_run_t *run, work_t **out)
+                      ae_run_t *run, item_t *items, work_t **out)
 {
     work_t *w = calloc(1, sizeof(*w));
 
     if (out != NULL)
-        *out = w;
+        *out = NULL;
     if (w == NULL)
         return SYNCD_ENOMEM;
     w->req.data = w;
@@ -1011,13 +1012,14 @@ static int queue_work(syncd_node_t *node, work_kind_t kind, coll_t *coll,
     w->node = node;
     w->coll = coll;
     w->run = run;
+    w->items = items;
     if (uv_queue_work(node->loop, &w->req, work_run, work_done) != 0) {
         free(w);
-        if (out != NULL)
-            *out = NULL;
         return SYNCD_EBACKEND;
     }
     node->works++;
+    if (out != NULL)
+        *out = w;
     return 0;
 }
 
@@ -1054,11 +1056,10 @@ static void pump(coll_t *c)
     if (c->running != NULL || c->head == NULL || node->closing)
         return;
     first = dequeue(c, BATCH_MAX, &last);
-    if (queue_work(node, WORK_BATCH, c, NULL, &w) != 0) {
+    if (queue_work(node, WORK_BATCH, c, NULL, first, &w) != 0) {
         enqueue_front(c, first, last);
         return;
     }
-    w->items = first;
     c->running = w;
 }
 
@@ -1073,7 +1074,7 @@ static void start_pass(coll_t *c, ae_run_t *run)
         return;
     if (run != NULL)
         run->pending++;
-    rc = queue_work(node, WORK_PASS, c, run, NULL);
+    rc = queue_work(node, WORK_PASS, c, run, NULL, NULL);
     if (rc == 0)
         c->passes++;
     else if (run != NULL)
@@ -1110,7 +1111,7 @@ static void on_listed(work_t *w, int status)
  * the subscriptions at open. */
 static int list_collections(syncd_node_t *node, ae_run_t *run)
 {
-    return queue_work(node, WORK_LIST, NULL, run, NULL);
+    return queue_work(node, WORK_LIST, NULL, run, NULL, NULL);
 }
 
 /* Starts a purge of old tombstones unless one is in flight. */
@@ -1119,7 +1120,7 @@ static void on_purge_timer(uv_timer_t *timer)
     syncd_node_t *node = timer->data;
 
     if (!node->purging && !node->closing &&
-        queue_work(node, WORK_PURGE, NULL, NULL, NULL) == 0)
+        queue_work(node, WORK_PURGE, NULL, NULL, NULL, NULL) == 0)
         node->purging = 1;
 }
 

@@ -42,10 +42,10 @@ typedef struct syncd_node_options {
     int64_t tombstone_ttl_ms; /* the store's tombstone TTL: tombstones are
                                  purged every quarter of it (1 s..1 h);
                                  negative: never; 24 h */
-    void (*ae_chunk_hook)(void *data); /* test hook (NULL): called on the
-                                          worker thread before each chunk an
-                                          anti-entropy pass compares */
-    void *hook_data;                   /* passed to ae_chunk_hook */
+    /* Test hook (NULL in production): called on the worker thread with
+     * hook_data before each chunk an anti-entropy pass over coll compares. */
+    void (*ae_chunk_hook)(void *data, const char *coll);
+    void *hook_data;
 } syncd_node_options_t;
 
 /* Sets every field of opts to its documented default. */
