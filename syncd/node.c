@@ -251,6 +251,7 @@ static void add_stats(syncd_node_stats_t *to, const syncd_node_stats_t *d)
     to->events_ignored_uncached += d->events_ignored_uncached;
     to->refetches += d->refetches;
     to->hash_mismatches += d->hash_mismatches;
+    to->tombstones_purged += d->tombstones_purged;
 }
 
 static void item_free(item_t *item)
@@ -853,15 +854,17 @@ static void repair(work_t *w)
 static void purge(work_t *w)
 {
     json_t *colls = NULL, *name;
-    size_t i;
+    size_t i, purged;
 
     w->status = syncd_store_collections(w->node->store, &colls, NULL);
     json_array_foreach (colls, i, name) {
         if (atomic_load(&w->node->stop))
             break;
-        if (syncd_store_purge(w->node->store, json_string_value(name), NULL,
+        purged = 0;
+        if (syncd_store_purge(w->node->store, json_string_value(name), &purged,
                               NULL) != 0)
             w->status = SYNCD_EBACKEND;
+        w->delta.tombstones_purged += purged;
     }
     json_decref(colls);
 }

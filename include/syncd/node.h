@@ -114,7 +114,8 @@ int64_t syncd_node_seq(const syncd_node_t *node, const char *coll);
 typedef struct syncd_node_stats {
     uint64_t events_applied, events_dropped_duplicate, events_dropped_old,
         events_ignored_uncached, refetches, hash_mismatches, resyncs,
-        anti_entropy_runs, anti_entropy_repairs, watchers, watch_resyncs;
+        anti_entropy_runs, anti_entropy_repairs, watchers, watch_resyncs,
+        tombstones_purged;
 } syncd_node_stats_t;
 
 /* Copies the node counters into *out. */
