@@ -19,10 +19,10 @@
  * there is no cache, so items only carry events to watchers.
  *
  * Anti-entropy (MongoDB mode) compares only what the node holds: a pass over
- * a collection pages through its fresh cache entries, AE_CHUNK ids at a
- * time, reads the store's versions of those ids in one query, and compares
- * the chunk's digest (DESIGN.md section 6) with the store's for the same
- * ids; only a chunk that differs is compared entry by entry, and only an
+ * a collection pages through its fresh cache entries, anti_entropy_chunk
+ * ids at a time, reads the store's versions of those ids in one query, and
+ * compares the chunk's digest (DESIGN.md section 6) with the store's for the
+ * same ids; only a chunk that differs is compared entry by entry, and only an
  * entry that really differs is repaired (refetched, or dropped when the
  * store no longer has it) and counted. A pass is thread-pool work of its
  * own, never an item of the queue, so event delivery never waits for it;
@@ -42,8 +42,9 @@
  *
  * Lifetimes: watchers are freed by the node once ended and out of every
  * callback; bus requests still in flight at close are orphaned (they free
- * themselves when the bus answers); the node itself is freed when its last
- * thread-pool work and its timers are done.
+ * themselves when the bus answers); a collection outlives the
+ * anti-entropy passes over it (coll.passes); the node itself is freed when
+ * its last thread-pool work and its timers are done.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -58,8 +59,6 @@
 /* Most items one thread-pool work runs, so that a busy collection leaves
  * pool threads to the others and its watchers hear from it regularly. */
 #define BATCH_MAX 256
-/* Cached entries an anti-entropy pass compares at a time. */
-#define AE_CHUNK 500
 /* Bounds of the tombstone purge period: a quarter of the tombstone TTL. */
 #define PURGE_MIN_MS 1000
 #define PURGE_MAX_MS (3600 * 1000)
@@ -189,6 +188,7 @@ void syncd_node_options_init(syncd_node_options_t *opts)
     memset(opts, 0, sizeof(*opts));
     opts->node_id = "local";
     opts->anti_entropy_interval_ms = 30000;
+    opts->anti_entropy_chunk = 500;
     opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
     opts->max_event_bytes = 1 << 20;
     opts->watch_buffer_events = 10000;
@@ -814,8 +814,8 @@ static int compare_chunk(work_t *w, const json_t *page)
 }
 
 /* One anti-entropy pass over the work's collection: pages through the
- * cached entries, AE_CHUNK at a time, and repairs those that really
- * differ from the store. Stops early when the node closes. */
+ * cached entries, anti_entropy_chunk at a time, and repairs those that
+ * really differ from the store. Stops early when the node closes. */
 static void repair(work_t *w)
 {
     const syncd_node_options_t *o = &w->node->opts;
@@ -831,13 +831,13 @@ static void repair(work_t *w)
             break;
         }
         w->status = syncd_store_cache_page(w->node->store, &page, w->coll->name,
-                                           after, AE_CHUNK, NULL);
+                                           after, o->anti_entropy_chunk, NULL);
         n = json_array_size(page);
         if (w->status == 0 && n > 0)
             w->status = compare_chunk(w, page);
         free(after);
         after = NULL;
-        if (w->status == 0 && n == AE_CHUNK) {
+        if (w->status == 0 && n == o->anti_entropy_chunk) {
             after = strdup(member_str(json_array_get(page, n - 1), "id"));
             if (after == NULL)
                 w->status = SYNCD_ENOMEM;
@@ -1176,6 +1176,11 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
         return syncd_error_set(err, SYNCD_EINVAL,
                                "node: max_event_bytes and "
                                "watch_buffer_events must be positive");
+    if (opts->anti_entropy_chunk == 0 ||
+        opts->anti_entropy_chunk > SYNCD_MAX_VERSIONS_IDS)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "node: anti_entropy_chunk must be 1..%d",
+                               SYNCD_MAX_VERSIONS_IDS);
     node = calloc(1, sizeof(*node));
     if (node == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "node: out of memory");

@@ -83,6 +83,7 @@ typedef struct cluster_opts {
     size_t max_event_bytes; /* node 0's; 0 keeps the default */
     int64_t cache_ttl_ms;   /* every node's; 0 keeps the default */
     int64_t ae_interval_ms; /* node 1's anti-entropy timer; 0: none */
+    size_t ae_chunk;        /* node 1's; 0 keeps the default */
     void (*ae_chunk_hook)(void *data, const char *coll); /* node 1's */
     void *hook_data;
 } cluster_opts_t;
@@ -194,6 +195,8 @@ static void cluster_open(cluster_t *cl, const char *coll,
             no.max_event_bytes = co->max_event_bytes;
         if (i == 1 && co != NULL) {
             no.anti_entropy_interval_ms = co->ae_interval_ms;
+            if (co->ae_chunk > 0)
+                no.anti_entropy_chunk = co->ae_chunk;
             no.ae_chunk_hook = co->ae_chunk_hook;
             no.hook_data = co->hook_data;
         }
@@ -982,13 +985,15 @@ test_node__idle_node_with_an_expiring_cache_refetches_nothing_but_repairs_a_real
     void **state)
 {
     enum { IDLE_DOCS = 300, IDLE_RUNS = 12 };
-    cluster_opts_t co = {.cache_ttl_ms = 4000, .ae_interval_ms = 250};
+    cluster_opts_t co = {
+        .cache_ttl_ms = 4000, .ae_interval_ms = 250, .ae_chunk = 100};
     syncd_change_t *changes[IDLE_DOCS], *behind;
     syncd_node_stats_t before, after;
     syncd_doc_t *doc = NULL;
     cluster_t cl;
 
     (void)state;
+    /* 300 cached documents: three anti-entropy chunks on node 1. */
     cluster_open(&cl, "idle", &co);
     for (int k = 0; k < IDLE_DOCS; k++) {
         char id[16];

@@ -39,6 +39,8 @@ typedef struct syncd_node_options {
                                          1 MiB */
     size_t watch_buffer_events;       /* per-watcher queue bound before it is
                                          told to resync; 10000 */
+    size_t anti_entropy_chunk;        /* cached entries compared per store query
+                                         (1..SYNCD_MAX_VERSIONS_IDS); 500 */
     int64_t tombstone_ttl_ms; /* the store's tombstone TTL: tombstones are
                                  purged every quarter of it (1 s..1 h);
                                  negative: never; 24 h */
