@@ -215,12 +215,12 @@ int syncd_digest_entries(syncd_digest_t *out, const json_t *entries,
 #define SYNCD_MAX_VERSIONS_IDS 1000
 
 /* Reads from the store of record the version header of each id in ids (a
- * JSON array of 1..SYNCD_MAX_VERSIONS_IDS id strings, borrowed) in one
- * backend query, into *out: a new JSON object mapping every id that has a
- * record, tombstones included, to {"v": version, "h": content hash ("" for
- * a tombstone), "del": true|false}. Ids without a record (never written, or
- * purged) are absent. No body is read; the cache is neither read nor
- * changed. SYNCD_EINVAL for a bad collection, id or ids array. */
+ * JSON array of 1..SYNCD_MAX_VERSIONS_IDS id strings, borrowed; one query
+ * on MongoDB, projecting no body) into *out: a new JSON object mapping every id
+ * that has a record, tombstones included, to {"v": version, "h": content hash
+ * ("" for a tombstone), "del": true|false}. Ids without a record (never
+ * written, or purged) are absent. No body is read; the cache is neither read
+ * nor changed. SYNCD_EINVAL for a bad collection, id or ids array. */
 int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
                          const json_t *ids, syncd_error_t *err);
 
