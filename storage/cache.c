@@ -573,6 +573,84 @@ unlock:
     return 0;
 }
 
+/* Appends the page entry of the cache entry under key (klen bytes, in
+ * coll, whose name is clen bytes) to arr when it is fresh; entries gone
+ * since the iterator was made are skipped. */
+static int page_entry(syncd_cache_t *cache, json_t *arr, const char *key,
+                      size_t klen, size_t clen)
+{
+    cache_entry_t *e;
+    json_t *o = NULL;
+    int rc = 0;
+
+    pthread_rwlock_rdlock(&cache->lock);
+    e = (cache_entry_t *)syncd_lru_find(&cache->index, key, klen,
+                                        syncd_lru_hash(key, klen));
+    if (e != NULL && is_fresh(cache, e, cache->now_ms(cache->now_data))) {
+        o = json_pack("{s:s%, s:I, s:s}", "id", key + clen + 1, klen - clen - 1,
+                      "v", (json_int_t)e->version, "h", e->hash);
+        if (o != NULL && e->deleted &&
+            json_object_set_new(o, "del", json_true()) != 0) {
+            json_decref(o);
+            o = NULL;
+        }
+        if (o == NULL || json_array_append_new(arr, o) != 0)
+            rc = SYNCD_ENOMEM;
+    }
+    pthread_rwlock_unlock(&cache->lock);
+    return rc;
+}
+
+int syncd_cache_page(syncd_cache_t *cache, json_t **out, const char *coll,
+                     const char *after, size_t limit, syncd_error_t *err)
+{
+    size_t clen = strlen(coll);
+    rocksdb_iterator_t *it = NULL;
+    json_t *arr = json_array();
+    char *errptr = NULL;
+    syncd_reckey_t start;
+    int rc;
+
+    *out = NULL;
+    if (arr == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    rc = syncd_reckey_make(&start, coll, after != NULL ? after : "", err);
+    if (rc != 0)
+        goto done;
+    /* Every entry has its record in RocksDB, in id order within coll: the
+     * iterator finds the page's keys and the index their freshness. */
+    it = rocksdb_create_iterator(cache->db, cache->read);
+    for (rocksdb_iter_seek(it, start.bytes, start.len);
+         rocksdb_iter_valid(it) && json_array_size(arr) < limit;
+         rocksdb_iter_next(it)) {
+        size_t klen;
+        const char *key = rocksdb_iter_key(it, &klen);
+
+        if (klen <= clen || memcmp(key, coll, clen + 1) != 0)
+            break;
+        if (after != NULL && klen == start.len &&
+            memcmp(key, start.bytes, klen) == 0)
+            continue;
+        rc = page_entry(cache, arr, key, klen, clen);
+        if (rc != 0) {
+            rc = syncd_error_set(err, rc, "out of memory");
+            goto done;
+        }
+    }
+    rocksdb_iter_get_error(it, &errptr);
+    if (errptr != NULL)
+        rc = cache_error(err, errptr, "iterate");
+done:
+    if (it != NULL)
+        rocksdb_iter_destroy(it);
+    if (rc != 0) {
+        json_decref(arr);
+        return rc;
+    }
+    *out = arr;
+    return 0;
+}
+
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out)
 {
     pthread_rwlock_rdlock(&cache->lock);

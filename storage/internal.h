@@ -49,6 +49,14 @@ typedef struct syncd_backend_ops {
     /* Closes and frees the backend. */
     void (*close)(syncd_backend_t *b);
 
+    /* Reads the version header of each id in ids (a JSON array of at most
+     * SYNCD_MAX_VERSIONS_IDS strings, borrowed) into *out, a new JSON object
+     * mapping every id that has a record, tombstones included, to
+     * {"v": version, "h": hash, "del": tombstone flag}; ids without a
+     * record are left out. Bodies are not read. */
+    int (*versions)(syncd_backend_t *b, json_t **out, const char *coll,
+                    const json_t *ids, syncd_error_t *err);
+
     /* Optional (NULL: the edit loop calls cas): cas given also the
      * canonical JSON of doc's body (canon, len bytes, borrowed; NULL for a
      * tombstone) that the edit loop has already made to hash it, so that a
@@ -144,6 +152,14 @@ int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
  * sorted by id. */
 int syncd_cache_list(syncd_cache_t *cache, json_t **out, const char *coll,
                      syncd_error_t *err);
+
+/* Lists up to limit (> 0) fresh entries of coll, tombstones included, whose
+ * id sorts after `after` (NULL: from the start) as a new JSON array of
+ * {"id","v","h"} (with "del":true for a tombstone) sorted by id, into *out.
+ * Walks the cache's RocksDB from `after` on, so a page costs what it holds,
+ * not the size of the cache. */
+int syncd_cache_page(syncd_cache_t *cache, json_t **out, const char *coll,
+                     const char *after, size_t limit, syncd_error_t *err);
 
 /* Copies hit/miss/eviction counters and current bytes/entries into out. */
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out);

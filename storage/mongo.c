@@ -1117,6 +1117,80 @@ cleanup:
     return 0;
 }
 
+/* Builds the filter {_id: {$in: ids}} into f. */
+static void versions_filter(bson_t *f, const json_t *ids)
+{
+    bson_t in, arr;
+    char buf[16];
+    const char *key;
+    json_t *id;
+    size_t i;
+
+    BSON_APPEND_DOCUMENT_BEGIN(f, "_id", &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &arr);
+    json_array_foreach (ids, i, id) {
+        bson_uint32_to_string((uint32_t)i, &key, buf, sizeof(buf));
+        bson_append_utf8(&arr, key, -1, json_string_value(id), -1);
+    }
+    bson_append_array_end(&in, &arr);
+    bson_append_document_end(f, &in);
+}
+
+static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
+                          const json_t *ids, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t filter = BSON_INITIALIZER;
+    bson_t *opts =
+        BCON_NEW("projection", "{", "_id", BCON_INT32(1), "v", BCON_INT32(1),
+                 "h", BCON_INT32(1), "del", BCON_INT32(1), "}");
+    json_t *map = json_object();
+    mongoc_cursor_t *cur;
+    const bson_t *r;
+    bson_error_t e;
+    bson_iter_t it;
+    call_t c;
+    int rc = 0;
+
+    *out = NULL;
+    if (!map) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    versions_filter(&filter, ids);
+    call_begin(&c, m, "", coll);
+    cur = mongoc_collection_find_with_opts(c.coll, &filter, opts, NULL);
+    while (rc == 0 && mongoc_cursor_next(cur, &r)) {
+        char hash[SYNCD_HASH_HEX_LEN + 1];
+
+        if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it)) {
+            rc = corrupt(err, "_id is not a string");
+            break;
+        }
+        field_string(hash, sizeof(hash), r, "h");
+        if (json_object_set_new(map, bson_iter_utf8(&it, NULL),
+                                json_pack("{s:I, s:s, s:b}", "v",
+                                          (json_int_t)field_int64(r, "v"), "h",
+                                          hash, "del", field_bool(r, "del"))) <
+            0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    if (rc == 0 && mongoc_cursor_error(cur, &e))
+        rc = driver_error(err, &e, "versions", coll, NULL);
+    mongoc_cursor_destroy(cur);
+    call_end(&c, m);
+
+cleanup:
+    bson_destroy(opts);
+    bson_destroy(&filter);
+    if (rc < 0) {
+        json_decref(map);
+        return rc;
+    }
+    *out = map;
+    return 0;
+}
+
 static int compare_names(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -1318,6 +1392,7 @@ static const syncd_backend_ops_t mongo_ops = {
     .collections = mongo_collections,
     .purge = mongo_purge,
     .close = mongo_close,
+    .versions = mongo_versions,
 };
 
 /* Asks the server for buildInfo (which also proves it is reachable) and

@@ -405,6 +405,47 @@ done:
     return rc;
 }
 
+static int rocks_versions(syncd_backend_t *b, json_t **out, const char *coll,
+                          const json_t *ids, syncd_error_t *err)
+{
+    rocks_t *r = (rocks_t *)b;
+    json_t *map = json_object(), *id;
+    size_t i;
+    int rc = 0;
+
+    *out = NULL;
+    if (map == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    json_array_foreach (ids, i, id) {
+        const char *key = json_string_value(id);
+        syncd_doc_t *doc;
+        stripe_t *s;
+        syncd_reckey_t k;
+
+        rc = lock_key(r, &k, &s, coll, key, err);
+        if (rc != 0)
+            break;
+        rc = load(r, s, &k, coll, key, &doc, 0, err);
+        if (rc == 0 &&
+            json_object_set_new(map, key,
+                                json_pack("{s:I, s:s, s:b}", "v",
+                                          (json_int_t)doc->version, "h",
+                                          doc->hash, "del", doc->deleted)) != 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        pthread_mutex_unlock(&s->lock);
+        if (rc == SYNCD_ENOTFOUND)
+            rc = 0;
+        if (rc != 0)
+            break;
+    }
+    if (rc != 0) {
+        json_decref(map);
+        return rc;
+    }
+    *out = map;
+    return 0;
+}
+
 static int rocks_collections(syncd_backend_t *b, json_t **out,
                              syncd_error_t *err)
 {
@@ -525,6 +566,7 @@ static const syncd_backend_ops_t rocks_ops = {
     .collections = rocks_collections,
     .purge = rocks_purge,
     .close = rocks_close,
+    .versions = rocks_versions,
     .cas_canonical = rocks_cas_canonical,
     .locked = rocks_locked,
     .tier_stats = rocks_tier_stats,

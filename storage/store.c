@@ -863,6 +863,32 @@ int syncd_store_digest(syncd_store_t *store, syncd_digest_t *out,
     return rc;
 }
 
+int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
+                         const json_t *ids, syncd_error_t *err)
+{
+    size_t n = json_array_size(ids), i;
+    json_t *id;
+    int rc;
+
+    *out = NULL;
+    rc = syncd_validate_collection(coll, err);
+    if (rc != 0)
+        return rc;
+    if (!json_is_array(ids) || n == 0 || n > SYNCD_MAX_VERSIONS_IDS)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "versions: ids must be an array of 1..%d ids",
+                               SYNCD_MAX_VERSIONS_IDS);
+    json_array_foreach (ids, i, id) {
+        if (!json_is_string(id))
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "versions: id %zu is not a string", i);
+        rc = syncd_validate_id(json_string_value(id), err);
+        if (rc != 0)
+            return rc;
+    }
+    return store->backend->ops->versions(store->backend, out, coll, ids, err);
+}
+
 int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
                       syncd_error_t *err)
 {
@@ -931,6 +957,25 @@ int syncd_store_cache_list(syncd_store_t *store, json_t **out, const char *coll,
                    : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
     return syncd_cache_list(store->cache, out, coll, err);
+}
+
+int syncd_store_cache_page(syncd_store_t *store, json_t **out, const char *coll,
+                           const char *after, size_t limit, syncd_error_t *err)
+{
+    int rc = syncd_validate_collection(coll, err);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    if (limit == 0)
+        return syncd_error_set(err, SYNCD_EINVAL, "cache page: limit is 0");
+    if (store->cache == NULL) {
+        *out = json_array();
+        return *out != NULL
+                   ? 0
+                   : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    return syncd_cache_page(store->cache, out, coll, after, limit, err);
 }
 
 int syncd_store_refetch(syncd_store_t *store, syncd_doc_t **out,

@@ -205,6 +205,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     syncd_node_options_init(&no);
     no.node_id = d->node_id;
     no.anti_entropy_interval_ms = c->anti_entropy_interval_ms;
+    no.tombstone_ttl_ms = c->tombstone_ttl_ms;
     no.max_event_bytes = c->max_event_bytes;
     no.watch_buffer_events = (size_t)c->watch_buffer_events;
     return syncd_node_open(&d->node, &d->loop, d->store, d->bus, &no, err);

@@ -179,6 +179,9 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
            "Anti-entropy passes.", v->node.anti_entropy_runs);
     metric(&o, "syncd_anti_entropy_repairs_total", "counter",
            "Documents repaired by anti-entropy.", v->node.anti_entropy_repairs);
+    metric(&o, "syncd_tombstones_purged_total", "counter",
+           "Tombstones purged past --tombstone-ttl.",
+           v->node.tombstones_purged);
     metric(&o, "syncd_cache_hits_total", "counter", "Cache hits.",
            v->store.cache_hits);
     metric(&o, "syncd_cache_misses_total", "counter", "Cache misses.",

@@ -1,9 +1,9 @@
 /* node.c - a syncd node: applies the change bus to the node cache, runs
- * anti-entropy, and feeds local watchers.
+ * anti-entropy, purges tombstones, and feeds local watchers.
  *
  * Each collection the node touches (listed in the store at open, published
  * to, or watched) gets a subscription on the bus and a queue of work items:
- * received events, bus resyncs and anti-entropy repairs. A collection hands
+ * received events and bus resyncs, in seq order. A collection hands
  * what it has queued (up to BATCH_MAX items) to the libuv thread pool as
  * one work item (store calls block) and runs one such batch at a time, so
  * its events are applied in seq order and a backlog costs one round trip
@@ -18,6 +18,23 @@
  * In the embedded default (store kind "rocksdb") the store is the truth and
  * there is no cache, so items only carry events to watchers.
  *
+ * Anti-entropy (MongoDB mode) compares only what the node holds: a pass over
+ * a collection pages through its fresh cache entries, anti_entropy_chunk
+ * ids at a time, reads the store's versions of those ids in one query, and
+ * compares the chunk's digest (DESIGN.md section 6) with the store's for the
+ * same ids; only a chunk that differs is compared entry by entry, and only an
+ * entry that really differs is repaired (refetched, or dropped when the
+ * store no longer has it) and counted. A pass is thread-pool work of its
+ * own, never an item of the queue, so event delivery never waits for it;
+ * it is safe beside event application because cache puts are put-if-newer
+ * and a repair reads the store. A bus resync (the replay log no longer
+ * holds what the node missed) runs the same pass over the collection.
+ * Expired cache entries are simply not compared, so an idle node with a
+ * partial cache refetches nothing.
+ *
+ * Tombstones older than the store's tombstone TTL are purged on a timer,
+ * one thread-pool work per run over every collection of the store.
+ *
  * A watcher from a past seq first reads (since, applied] from the bus's
  * replay log while newer applied events wait in its bounded queue; seqs are
  * checked to follow one another, so the seam has no gap or duplicate, and
@@ -25,8 +42,9 @@
  *
  * Lifetimes: watchers are freed by the node once ended and out of every
  * callback; bus requests still in flight at close are orphaned (they free
- * themselves when the bus answers); the node itself is freed when its last
- * thread-pool work and its timers are done.
+ * themselves when the bus answers); a collection outlives the
+ * anti-entropy passes over it (coll.passes); the node itself is freed when
+ * its last thread-pool work and its timers are done.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -41,6 +59,9 @@
 /* Most items one thread-pool work runs, so that a busy collection leaves
  * pool threads to the others and its watchers hear from it regularly. */
 #define BATCH_MAX 256
+/* Bounds of the tombstone purge period: a quarter of the tombstone TTL. */
+#define PURGE_MIN_MS 1000
+#define PURGE_MAX_MS (3600 * 1000)
 /* Delay before subscribing again when the bus could not be reached. */
 #define SUBSCRIBE_RETRY_MS 200
 
@@ -48,22 +69,19 @@ typedef struct coll coll_t;
 typedef struct ae_run ae_run_t;
 
 /* What a collection's queue holds. */
-typedef enum { ITEM_EVENT, ITEM_RESYNC, ITEM_REPAIR } item_kind_t;
+typedef enum { ITEM_EVENT, ITEM_RESYNC } item_kind_t;
 
 typedef struct item {
     struct item *next;
     item_kind_t kind;
-    int64_t seq;   /* ITEM_EVENT, ITEM_RESYNC: its seq */
+    int64_t seq;   /* its seq */
     json_t *event; /* ITEM_EVENT: a reference, read-only from here on */
-    ae_run_t *run; /* ITEM_REPAIR: the anti-entropy run it belongs to */
-    int status;    /* outcome on the worker */
-    uint64_t repaired;
 } item_t;
 
-/* One anti-entropy pass over every collection. */
+/* One anti-entropy run: a pass over every collection. */
 struct ae_run {
     syncd_node_t *node;
-    size_t pending; /* collection items left, plus one while listing */
+    size_t pending; /* collection passes left, plus one while listing */
     uint64_t repaired;
     int status;
     void (*cb)(int status, uint64_t repaired, void *payload);
@@ -99,6 +117,8 @@ struct coll {
     int64_t seq;     /* last seq applied */
     item_t *head, *tail;
     work_t *running; /* the batch on the thread pool */
+    size_t passes;   /* anti-entropy passes in flight: they use c, which
+                        must outlive them */
     syncd_node_watch_t *watchers;
 };
 
@@ -123,9 +143,12 @@ struct syncd_node {
     breq_t *reqs;
     uv_timer_t timer; /* anti-entropy */
     uv_timer_t retry; /* subscribing collections the bus refused */
+    uv_timer_t purge; /* tombstone purge */
     int timers_open;
-    size_t works; /* thread-pool items in flight */
-    int depth;    /* nesting of watcher callbacks */
+    size_t works;   /* thread-pool items in flight */
+    size_t ae_runs; /* anti-entropy runs in progress */
+    int purging;    /* a purge work is in flight */
+    int depth;      /* nesting of watcher callbacks */
     int closing;
     atomic_int stop; /* closing, as seen by workers between items */
     syncd_node_close_cb close_cb;
@@ -133,23 +156,31 @@ struct syncd_node {
     syncd_node_stats_t stats;
 };
 
-/* Thread-pool work: a batch of one collection's items, or a listing of
- * collections. */
+/* What a thread-pool work does. */
+typedef enum {
+    WORK_LIST,  /* lists the store's collections */
+    WORK_BATCH, /* runs a batch of one collection's items */
+    WORK_PASS,  /* compares and repairs one collection's cached entries */
+    WORK_PURGE, /* purges old tombstones of every collection */
+} work_kind_t;
+
+/* Thread-pool work of the node. */
 struct work {
     uv_work_t req;
+    work_kind_t kind;
     syncd_node_t *node;
-    coll_t *coll;      /* NULL for a listing */
-    item_t *items;     /* the batch, linked in seq order; NULL for a listing */
-    ae_run_t *run;     /* listing for an anti-entropy run, or NULL at open */
-    json_t *colls;     /* listing result */
-    int status;        /* of the listing, or of the item being run */
-    uint64_t repaired; /* by the item being run */
+    coll_t *coll;             /* WORK_BATCH, WORK_PASS */
+    item_t *items;            /* WORK_BATCH: the batch, linked in seq order */
+    ae_run_t *run;            /* WORK_LIST, WORK_PASS: the anti-entropy run, or
+                                 NULL (the listing at open, a pass for a resync) */
+    json_t *colls;            /* WORK_LIST: the listing */
+    int status;               /* of the listing, the pass or the purge */
+    uint64_t repaired;        /* WORK_PASS: entries that really differed */
     syncd_node_stats_t delta; /* counted on the worker, added on the loop */
 };
 
 static void pump(coll_t *c);
 static void sweep(coll_t *c);
-static void run_release(ae_run_t *run, int status, uint64_t repaired);
 static void maybe_finish_close(syncd_node_t *node);
 
 void syncd_node_options_init(syncd_node_options_t *opts)
@@ -157,6 +188,8 @@ void syncd_node_options_init(syncd_node_options_t *opts)
     memset(opts, 0, sizeof(*opts));
     opts->node_id = "local";
     opts->anti_entropy_interval_ms = 30000;
+    opts->anti_entropy_chunk = 500;
+    opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
     opts->max_event_bytes = 1 << 20;
     opts->watch_buffer_events = 10000;
 }
@@ -218,20 +251,13 @@ static void add_stats(syncd_node_stats_t *to, const syncd_node_stats_t *d)
     to->events_ignored_uncached += d->events_ignored_uncached;
     to->refetches += d->refetches;
     to->hash_mismatches += d->hash_mismatches;
+    to->tombstones_purged += d->tombstones_purged;
 }
 
 static void item_free(item_t *item)
 {
     json_decref(item->event);
     free(item);
-}
-
-/* Frees an item that will not run because the node is closing. */
-static void item_drop(item_t *item)
-{
-    if (item->kind == ITEM_REPAIR)
-        run_release(item->run, SYNCD_ECANCELED, 0);
-    item_free(item);
 }
 
 /* ---- Bus requests ------------------------------------------------------- */
@@ -277,7 +303,7 @@ static void run_release(ae_run_t *run, int status, uint64_t repaired)
     run->repaired += repaired;
     if (--run->pending > 0)
         return;
-    run->node->stats.anti_entropy_repairs += run->repaired;
+    run->node->ae_runs--;
     if (run->cb != NULL)
         run->cb(run->status, run->repaired, run->payload);
     free(run);
@@ -685,79 +711,162 @@ static void apply_event(work_t *w, const json_t *ev)
     syncd_doc_free(c);
 }
 
-/* Makes the cache of the work's collection agree with the store: ids whose
- * version or hash differ, that are missing, or that the store no longer
- * holds live are dropped and read again. With check_digest, compares the
- * digests first and stops when they agree. */
-static void repair(work_t *w, int check_digest)
+/* ---- Anti-entropy and purge (worker thread) ------------------------------
+ */
+
+/* Whether the entries a and b ({"v","h"} each; b may be NULL) hold the
+ * same version. */
+static int same_version(const json_t *a, const json_t *b)
 {
-    syncd_store_t *store = w->node->store;
-    const char *coll = w->coll->name;
-    json_t *cached = NULL, *truth = NULL, *by_id = NULL, *e;
-    syncd_digest_t mine, theirs;
-    const char *id;
-    size_t i;
-    void *tmp;
-
-    w->status = syncd_store_cache_list(store, &cached, coll, NULL);
-    if (w->status != 0)
-        goto cleanup;
-    if (check_digest) {
-        w->status = syncd_digest_entries(&mine, cached, NULL);
-        if (w->status == 0)
-            w->status = syncd_store_digest(store, &theirs, coll, NULL);
-        if (w->status != 0 ||
-            (mine.count == theirs.count && strcmp(mine.hex, theirs.hex) == 0))
-            goto cleanup;
-    }
-    w->status = syncd_store_list(store, &truth, coll, NULL, NULL, 0, NULL);
-    by_id = json_object();
-    if (w->status != 0 || by_id == NULL)
-        goto cleanup;
-    json_array_foreach (cached, i, e) {
-        json_object_set(by_id, member_str(e, "id"), e);
-    }
-    json_array_foreach (truth, i, e) {
-        json_t *mine_e = json_object_get(by_id, member_str(e, "id"));
-        if (mine_e != NULL && member_int(mine_e, "v") == member_int(e, "v") &&
-            strcmp(member_str(mine_e, "h"), member_str(e, "h")) == 0) {
-            json_object_del(by_id, member_str(e, "id"));
-            continue;
-        }
-        json_object_set_new(by_id, member_str(e, "id"), json_null());
-    }
-    json_object_foreach_safe (by_id, tmp, id, e) {
-        syncd_store_cache_invalidate(store, coll, id, NULL);
-        refetch(w, id);
-        w->repaired++;
-    }
-
-cleanup:
-    if (w->status != 0 && w->status != SYNCD_ECANCELED)
-        w->status = SYNCD_EBACKEND;
-    json_decref(cached);
-    json_decref(truth);
-    json_decref(by_id);
+    return b != NULL && member_int(a, "v") == member_int(b, "v") &&
+           strcmp(member_str(a, "h"), member_str(b, "h")) == 0;
 }
 
-/* Runs one item of a batch, leaving its outcome in the item. */
-static void run_item(work_t *w, item_t *item)
+/* Sets *out to a new array of the ids of page's entries. */
+static int page_ids(json_t **out, const json_t *page)
 {
-    w->status = 0;
-    w->repaired = 0;
-    switch (item->kind) {
-    case ITEM_EVENT:
-        apply_event(w, item->event);
-        break;
-    case ITEM_RESYNC:
-        repair(w, 0);
-        break;
-    case ITEM_REPAIR:
-        repair(w, 1);
-        break;
+    json_t *ids = json_array(), *e;
+    size_t i;
+
+    *out = ids;
+    if (ids == NULL)
+        return SYNCD_ENOMEM;
+    json_array_foreach (page, i, e) {
+        if (json_array_append(ids, json_object_get(e, "id")) != 0)
+            return SYNCD_ENOMEM;
     }
-    item->status = w->status;
-    item->repaired = w->repaired;
+    return 0;
+}
+
+/* Whether the digest of the cached entries of page equals the digest of
+ * the store's versions truth ({id: {"v","h","del"}}) of the same ids. */
+static int chunk_agrees(const json_t *page, const json_t *truth)
+{
+    syncd_digest_t mine, theirs;
+    json_t *entries = json_array(), *t;
+    const char *id;
+    int agrees = 0;
+
+    if (entries == NULL)
+        return 0;
+    json_object_foreach ((json_t *)truth, id, t) {
+        if (json_array_append_new(entries,
+                                  json_pack("{s:s,s:O,s:O}", "id", id, "v",
+                                            json_object_get(t, "v"), "h",
+                                            json_object_get(t, "h"))) != 0)
+            goto cleanup;
+    }
+    agrees = syncd_digest_entries(&mine, page, NULL) == 0 &&
+             syncd_digest_entries(&theirs, entries, NULL) == 0 &&
+             mine.count == theirs.count && strcmp(mine.hex, theirs.hex) == 0;
+cleanup:
+    json_decref(entries);
+    return agrees;
+}
+
+/* Repairs the cached entry e of the pass's collection when it differs from
+ * the store's version t (NULL: the store has no record, e.g. purged). An
+ * entry that changed in the cache since the page was read is left alone:
+ * an event or a refetch moved it to a version the store committed. */
+static void repair_entry(work_t *w, const json_t *e, const json_t *t)
+{
+    syncd_store_t *store = w->node->store;
+    const char *coll = w->coll->name, *id = member_str(e, "id");
+    syncd_doc_t *now = NULL;
+
+    if (same_version(e, t))
+        return;
+    if (syncd_store_cached(store, &now, coll, id, NULL) != 0)
+        return;
+    if (now->version == member_int(e, "v") &&
+        strcmp(now->hash, member_str(e, "h")) == 0) {
+        w->repaired++;
+        /* put-if-newer keeps a cached version the store does not have at
+         * or above its own: drop it first. */
+        if (t == NULL || now->version >= member_int(t, "v"))
+            syncd_store_cache_invalidate(store, coll, id, NULL);
+        if (t != NULL)
+            refetch(w, id);
+    }
+    syncd_doc_free(now);
+}
+
+/* Compares one page of cached entries with the store's versions of the
+ * same ids, entry by entry only when the chunk digests differ. */
+static int compare_chunk(work_t *w, const json_t *page)
+{
+    json_t *ids = NULL, *truth = NULL, *e;
+    size_t i;
+    int rc;
+
+    rc = page_ids(&ids, page);
+    if (rc == 0)
+        rc = syncd_store_versions(w->node->store, &truth, w->coll->name, ids,
+                                  NULL);
+    if (rc == 0 && !chunk_agrees(page, truth)) {
+        json_array_foreach (page, i, e) {
+            repair_entry(w, e, json_object_get(truth, member_str(e, "id")));
+        }
+    }
+    json_decref(ids);
+    json_decref(truth);
+    return rc;
+}
+
+/* One anti-entropy pass over the work's collection: pages through the
+ * cached entries, anti_entropy_chunk at a time, and repairs those that
+ * really differ from the store. Stops early when the node closes. */
+static void repair(work_t *w)
+{
+    const syncd_node_options_t *o = &w->node->opts;
+    json_t *page = NULL;
+    char *after = NULL;
+    size_t n;
+
+    do {
+        if (o->ae_chunk_hook != NULL)
+            o->ae_chunk_hook(o->hook_data, w->coll->name);
+        if (atomic_load(&w->node->stop)) {
+            w->status = SYNCD_ECANCELED;
+            break;
+        }
+        w->status = syncd_store_cache_page(w->node->store, &page, w->coll->name,
+                                           after, o->anti_entropy_chunk, NULL);
+        n = json_array_size(page);
+        if (w->status == 0 && n > 0)
+            w->status = compare_chunk(w, page);
+        free(after);
+        after = NULL;
+        if (w->status == 0 && n == o->anti_entropy_chunk) {
+            after = strdup(member_str(json_array_get(page, n - 1), "id"));
+            if (after == NULL)
+                w->status = SYNCD_ENOMEM;
+        }
+        json_decref(page);
+        page = NULL;
+    } while (w->status == 0 && after != NULL);
+    free(after);
+    if (w->status != 0 && w->status != SYNCD_ECANCELED)
+        w->status = SYNCD_EBACKEND;
+}
+
+/* Purges old tombstones of every collection of the store. */
+static void purge(work_t *w)
+{
+    json_t *colls = NULL, *name;
+    size_t i, purged;
+
+    w->status = syncd_store_collections(w->node->store, &colls, NULL);
+    json_array_foreach (colls, i, name) {
+        if (atomic_load(&w->node->stop))
+            break;
+        purged = 0;
+        if (syncd_store_purge(w->node->store, json_string_value(name), &purged,
+                              NULL) != 0)
+            w->status = SYNCD_EBACKEND;
+        w->delta.tombstones_purged += purged;
+    }
+    json_decref(colls);
 }
 
 static void work_run(uv_work_t *req)
@@ -765,22 +874,36 @@ static void work_run(uv_work_t *req)
     work_t *w = req->data;
     item_t *item;
 
-    if (w->items == NULL) {
+    switch (w->kind) {
+    case WORK_LIST:
         w->status = syncd_store_collections(w->node->store, &w->colls, NULL);
-        return;
+        break;
+    case WORK_BATCH:
+        /* The rest of a batch is not worth running once the node closes:
+         * work_done() drops it. A resync needs nothing here: its pass
+         * starts once the item finishes. */
+        for (item = w->items; item != NULL && !atomic_load(&w->node->stop);
+             item = item->next) {
+            if (item->kind == ITEM_EVENT)
+                apply_event(w, item->event);
+        }
+        break;
+    case WORK_PASS:
+        repair(w);
+        break;
+    case WORK_PURGE:
+        purge(w);
+        break;
     }
-    /* The rest of a batch is not worth running once the node closes:
-     * work_done() drops it. */
-    for (item = w->items; item != NULL && !atomic_load(&w->node->stop);
-         item = item->next)
-        run_item(w, item);
 }
 
 /* ---- Finishing items (loop thread) --------------------------------------- */
 
-/* Records an item as done: its seq as applied, its event to the watchers,
- * its repairs to its anti-entropy run. */
-static void finish_item(coll_t *c, item_t *item, int status, uint64_t repaired)
+static void start_pass(coll_t *c, ae_run_t *run);
+
+/* Records an item as done: its seq as applied, its event to the
+ * watchers. */
+static void finish_item(coll_t *c, item_t *item)
 {
     syncd_node_t *node = c->node;
     syncd_node_watch_t *w;
@@ -792,21 +915,20 @@ static void finish_item(coll_t *c, item_t *item, int status, uint64_t repaired)
             watch_offer(w, item->seq, item->event);
         break;
     case ITEM_RESYNC:
-        /* A watcher lost its place when the seq moved past what it saw,
-         * and missed changes when the resync repaired any (changes that
-         * reached the store but no event, e.g. after Redis lost its
-         * data): either way it is told. One that saw every seq of a
-         * collection the resync found unchanged lost nothing and goes
-         * on. */
+        /* A watcher lost its place when the seq moved past what it saw:
+         * it is told now. The node may also have missed changes that
+         * reached the store but no event (e.g. after Redis lost its
+         * data): a pass repairs what the node holds, and when it repairs
+         * anything the watchers are told then (pass_done()). One that saw
+         * every seq of a collection the pass finds unchanged lost nothing
+         * and goes on. */
         node->stats.resyncs++;
         c->seq = item->seq;
         for (w = c->watchers; w != NULL; w = w->next) {
-            if (w->started && (w->last != item->seq || repaired > 0))
+            if (w->started && w->last != item->seq)
                 watch_end(w, SYNCD_NODE_RESYNC, item->seq);
         }
-        break;
-    case ITEM_REPAIR:
-        run_release(item->run, status, repaired);
+        start_pass(c, NULL);
         break;
     }
     item_free(item);
@@ -814,6 +936,27 @@ static void finish_item(coll_t *c, item_t *item, int status, uint64_t repaired)
 }
 
 static void on_listed(work_t *w, int status);
+
+/* Ends a pass: counts its repairs, tells c's watchers when a resync's pass
+ * repaired anything, and reports to its run. */
+static void pass_done(work_t *w)
+{
+    syncd_node_t *node = w->node;
+    coll_t *c = w->coll;
+    syncd_node_watch_t *wa;
+
+    c->passes--;
+    node->stats.anti_entropy_repairs += w->repaired;
+    if (w->run == NULL && w->repaired > 0 && !node->closing) {
+        for (wa = c->watchers; wa != NULL; wa = wa->next) {
+            if (wa->started)
+                watch_end(wa, SYNCD_NODE_RESYNC, wa->last);
+        }
+        sweep(c);
+    }
+    if (w->run != NULL)
+        run_release(w->run, w->status, w->repaired);
+}
 
 static void work_done(uv_work_t *req, int status)
 {
@@ -825,9 +968,11 @@ static void work_done(uv_work_t *req, int status)
     if (status == UV_ECANCELED)
         w->status = SYNCD_ECANCELED;
     add_stats(&node->stats, &w->delta);
-    if (c == NULL) {
+    switch (w->kind) {
+    case WORK_LIST:
         on_listed(w, w->status);
-    } else {
+        break;
+    case WORK_BATCH:
         c->running = NULL;
         /* A watcher callback may close the node midway: the rest of the
          * batch is then dropped like the queue. */
@@ -835,24 +980,49 @@ static void work_done(uv_work_t *req, int status)
             item_t *item = w->items;
             w->items = item->next;
             if (node->closing)
-                item_drop(item);
+                item_free(item);
             else
-                finish_item(c, item, item->status, item->repaired);
+                finish_item(c, item);
         }
         pump(c);
+        break;
+    case WORK_PASS:
+        pass_done(w);
+        break;
+    case WORK_PURGE:
+        node->purging = 0;
+        break;
     }
     json_decref(w->colls);
     free(w);
     maybe_finish_close(node);
 }
 
-static int queue_work(syncd_node_t *node, work_t *w)
+/* Queues a new work of kind for node on the thread pool with coll, run and
+ * items set, into *out when out is not NULL; SYNCD_ENOMEM or
+ * SYNCD_EBACKEND (nothing queued) when it cannot. */
+static int queue_work(syncd_node_t *node, work_kind_t kind, coll_t *coll,
+                      ae_run_t *run, item_t *items, work_t **out)
 {
+    work_t *w = calloc(1, sizeof(*w));
+
+    if (out != NULL)
+        *out = NULL;
+    if (w == NULL)
+        return SYNCD_ENOMEM;
     w->req.data = w;
+    w->kind = kind;
     w->node = node;
-    if (uv_queue_work(node->loop, &w->req, work_run, work_done) != 0)
+    w->coll = coll;
+    w->run = run;
+    w->items = items;
+    if (uv_queue_work(node->loop, &w->req, work_run, work_done) != 0) {
+        free(w);
         return SYNCD_EBACKEND;
+    }
     node->works++;
+    if (out != NULL)
+        *out = w;
     return 0;
 }
 
@@ -884,28 +1054,38 @@ static void pump(coll_t *c)
 
     while (!node->cached && c->head != NULL && !node->closing) {
         first = dequeue(c, 1, &last);
-        finish_item(c, first, 0, 0);
+        finish_item(c, first);
     }
     if (c->running != NULL || c->head == NULL || node->closing)
         return;
     first = dequeue(c, BATCH_MAX, &last);
-    w = calloc(1, sizeof(*w));
-    if (w == NULL) {
-        enqueue_front(c, first, last);
-        return;
-    }
-    w->coll = c;
-    w->items = first;
-    if (queue_work(node, w) != 0) {
-        free(w);
+    if (queue_work(node, WORK_BATCH, c, NULL, first, &w) != 0) {
         enqueue_front(c, first, last);
         return;
     }
     c->running = w;
 }
 
-/* Subscribes every listed collection and, for an anti-entropy run, queues
- * a repair item on each collection the node knows. */
+/* Starts an anti-entropy pass over c on the thread pool, for run (NULL: a
+ * resync's pass). Without a cache there is nothing to compare. */
+static void start_pass(coll_t *c, ae_run_t *run)
+{
+    syncd_node_t *node = c->node;
+    int rc;
+
+    if (!node->cached || node->closing)
+        return;
+    if (run != NULL)
+        run->pending++;
+    rc = queue_work(node, WORK_PASS, c, run, NULL, NULL);
+    if (rc == 0)
+        c->passes++;
+    else if (run != NULL)
+        run_release(run, rc, 0);
+}
+
+/* Subscribes every listed collection and, for an anti-entropy run, starts
+ * a pass over each collection the node knows. */
 static void on_listed(work_t *w, int status)
 {
     syncd_node_t *node = w->node;
@@ -924,16 +1104,8 @@ static void on_listed(work_t *w, int status)
     if (run == NULL)
         return;
     for (c = node->colls; status == 0 && c != NULL; c = c->next) {
-        item_t *item = calloc(1, sizeof(*item));
-        if (item == NULL) {
-            status = SYNCD_ENOMEM;
-            break;
-        }
         coll_subscribe(c);
-        item->kind = ITEM_REPAIR;
-        item->run = run;
-        run->pending++;
-        enqueue(c, item);
+        start_pass(c, run);
     }
     run_release(run, status, 0);
 }
@@ -942,23 +1114,41 @@ static void on_listed(work_t *w, int status)
  * the subscriptions at open. */
 static int list_collections(syncd_node_t *node, ae_run_t *run)
 {
-    work_t *w = calloc(1, sizeof(*w));
+    return queue_work(node, WORK_LIST, NULL, run, NULL, NULL);
+}
 
-    if (w == NULL)
-        return SYNCD_ENOMEM;
-    w->run = run;
-    if (queue_work(node, w) != 0) {
-        free(w);
-        return SYNCD_EBACKEND;
-    }
-    return 0;
+/* Starts a purge of old tombstones unless one is in flight. */
+static void on_purge_timer(uv_timer_t *timer)
+{
+    syncd_node_t *node = timer->data;
+
+    if (!node->purging && !node->closing &&
+        queue_work(node, WORK_PURGE, NULL, NULL, NULL, NULL) == 0)
+        node->purging = 1;
+}
+
+/* Returns the tombstone purge period for a tombstone TTL of ttl_ms: a
+ * quarter of it, within PURGE_MIN_MS..PURGE_MAX_MS. */
+static uint64_t purge_period_ms(int64_t ttl_ms)
+{
+    int64_t ms = ttl_ms / 4;
+
+    if (ms < PURGE_MIN_MS)
+        ms = PURGE_MIN_MS;
+    if (ms > PURGE_MAX_MS)
+        ms = PURGE_MAX_MS;
+    return (uint64_t)ms;
 }
 
 /* ---- Public API ---------------------------------------------------------- */
 
+/* Starts an anti-entropy run unless the last one is still going. */
 static void on_timer(uv_timer_t *timer)
 {
-    syncd_node_anti_entropy(timer->data, NULL, NULL);
+    syncd_node_t *node = timer->data;
+
+    if (node->ae_runs == 0)
+        syncd_node_anti_entropy(node, NULL, NULL);
 }
 
 int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
@@ -986,6 +1176,11 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
         return syncd_error_set(err, SYNCD_EINVAL,
                                "node: max_event_bytes and "
                                "watch_buffer_events must be positive");
+    if (opts->anti_entropy_chunk == 0 ||
+        opts->anti_entropy_chunk > SYNCD_MAX_VERSIONS_IDS)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "node: anti_entropy_chunk must be 1..%d",
+                               SYNCD_MAX_VERSIONS_IDS);
     node = calloc(1, sizeof(*node));
     if (node == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "node: out of memory");
@@ -1003,12 +1198,18 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
     }
     uv_timer_init(loop, &node->timer);
     uv_timer_init(loop, &node->retry);
-    node->timer.data = node->retry.data = node;
-    node->timers_open = 2;
-    if (opts->anti_entropy_interval_ms > 0)
+    uv_timer_init(loop, &node->purge);
+    node->timer.data = node->retry.data = node->purge.data = node;
+    node->timers_open = 3;
+    if (node->cached && opts->anti_entropy_interval_ms > 0)
         uv_timer_start(&node->timer, on_timer,
                        (uint64_t)opts->anti_entropy_interval_ms,
                        (uint64_t)opts->anti_entropy_interval_ms);
+    if (opts->tombstone_ttl_ms >= 0) {
+        uint64_t period = purge_period_ms(opts->tombstone_ttl_ms);
+
+        uv_timer_start(&node->purge, on_purge_timer, period, period);
+    }
     *out = node;
     return 0;
 }
@@ -1058,13 +1259,14 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     node->close_payload = payload;
     uv_close((uv_handle_t *)&node->timer, on_timer_closed);
     uv_close((uv_handle_t *)&node->retry, on_timer_closed);
+    uv_close((uv_handle_t *)&node->purge, on_timer_closed);
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
         c->sub = NULL;
         while (c->head != NULL) {
             item_t *item = c->head;
             c->head = item->next;
-            item_drop(item);
+            item_free(item);
         }
         c->tail = NULL;
         if (c->running != NULL)
@@ -1256,6 +1458,7 @@ int syncd_node_anti_entropy(syncd_node_t *node,
         free(run);
         return rc;
     }
+    node->ae_runs++;
     node->stats.anti_entropy_runs++;
     return 0;
 }

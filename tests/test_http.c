@@ -720,6 +720,52 @@ static void test_metrics__reports_requests_by_route_and_status(void **state)
     response_free(&r);
 }
 
+/* Returns the value of the unlabelled counter name on d's /metrics, or -1
+ * when absent. */
+static long long metric_value(const daemon_t *d, const char *name)
+{
+    response_t r = request(d, "GET", "/metrics", NULL, NULL);
+    char line[128];
+    long long v = -1;
+    const char *at;
+
+    snprintf(line, sizeof(line), "\n%s ", name);
+    at = r.body != NULL ? strstr(r.body, line) : NULL;
+    if (r.status == 200 && at != NULL)
+        sscanf(at + strlen(line), "%lld", &v);
+    response_free(&r);
+    return v;
+}
+
+static void
+test_tombstones__are_purged_by_the_daemon_after_tombstone_ttl(void **state)
+{
+    daemon_t d;
+    response_t r;
+    long long purged = 0;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, "--tombstone-ttl", "1s", NULL), 0);
+    assert_int_equal(metric_value(&d, "syncd_tombstones_purged_total"), 0);
+    r = request(&d, "PUT", "/v1/collections/tt/docs/gone", "{}", NULL);
+    expect(&r, 201, NULL);
+    r = request(&d, "DELETE", "/v1/collections/tt/docs/gone", NULL, NULL);
+    assert_string_equal(r.etag, "\"2\"");
+    expect(&r, 200, NULL);
+    /* Nothing but the daemon's own timer purges it (a stuck purge fails
+     * after 15 s). */
+    for (int i = 0; i < 150 && purged < 1; i++) {
+        usleep(100 * 1000);
+        purged = metric_value(&d, "syncd_tombstones_purged_total");
+    }
+    assert_int_equal(purged, 1);
+    /* The tombstone is gone from the store: the version line starts over. */
+    r = request(&d, "PUT", "/v1/collections/tt/docs/gone", "{}", NULL);
+    assert_string_equal(r.etag, "\"1\"");
+    expect(&r, 201, NULL);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 static void test_routes__unknown_is_404_and_wrong_method_405(void **state)
 {
     (void)state;
@@ -1348,6 +1394,8 @@ int main(void)
         cmocka_unit_test(
             test_limits__connections_past_the_per_client_limit_get_503),
         cmocka_unit_test(test_shutdown__sigterm_ends_watchers_and_exits_0),
+        cmocka_unit_test(
+            test_tombstones__are_purged_by_the_daemon_after_tombstone_ttl),
         cmocka_unit_test(test_config__bad_values_fail_naming_the_flag),
     };
 

@@ -10,6 +10,7 @@
  * must equal the store (ids, versions, hashes and bodies) and every watcher
  * must have seen each seq once, in order, or have been told to resync.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -80,6 +81,11 @@ typedef struct cluster_opts {
     const char *secret;
     uint64_t event_log_len;
     size_t max_event_bytes; /* node 0's; 0 keeps the default */
+    int64_t cache_ttl_ms;   /* every node's; 0 keeps the default */
+    int64_t ae_interval_ms; /* node 1's anti-entropy timer; 0: none */
+    size_t ae_chunk;        /* node 1's; 0 keeps the default */
+    void (*ae_chunk_hook)(void *data, const char *coll); /* node 1's */
+    void *hook_data;
 } cluster_opts_t;
 
 /* ---- Watchers ------------------------------------------------------------ */
@@ -169,6 +175,8 @@ static void cluster_open(cluster_t *cl, const char *coll,
         so.database = DB;
         so.data_dir = n->dir;
         so.node_id = id;
+        if (co != NULL && co->cache_ttl_ms > 0)
+            so.cache_ttl_ms = co->cache_ttl_ms;
         assert_int_equal(syncd_store_open(&n->store, &so, &err), 0);
         syncd_bus_options_init(&bo);
         bo.redis_url = redis.uri;
@@ -185,6 +193,13 @@ static void cluster_open(cluster_t *cl, const char *coll,
         no.anti_entropy_interval_ms = 0; /* runs are explicit in tests */
         if (i == 0 && co != NULL && co->max_event_bytes > 0)
             no.max_event_bytes = co->max_event_bytes;
+        if (i == 1 && co != NULL) {
+            no.anti_entropy_interval_ms = co->ae_interval_ms;
+            if (co->ae_chunk > 0)
+                no.anti_entropy_chunk = co->ae_chunk;
+            no.ae_chunk_hook = co->ae_chunk_hook;
+            no.hook_data = co->hook_data;
+        }
         assert_int_equal(
             syncd_node_open(&n->node, &cl->loop, n->store, n->bus, &no, &err),
             0);
@@ -479,44 +494,59 @@ static void write_one(cluster_t *cl, int writer, const char *id,
     wait_synced(cl);
 }
 
-/* Creates a document and runs one anti-entropy pass once every node is
- * subscribed, so each node's cache starts out holding the collection. */
+/* Creates a document and waits until every node has applied it, so every
+ * node is subscribed; then runs one anti-entropy pass, which finds nothing
+ * to repair. */
 static void warm_up(cluster_t *cl)
 {
     write_one(cl, 0, "warmup", json_pack("{s:i}", "n", 0));
-    anti_entropy(cl);
+    assert_int_equal(anti_entropy(cl), 0);
 }
 
 /* ---- Checks -------------------------------------------------------------- */
 
-/* Every node's cache holds exactly the store's live documents: the same
- * ids, versions, hashes and bodies. */
+/* Every node serves exactly what the store holds: each live entry its
+ * cache holds has the store's version and hash, and a read through the
+ * node's store of each live document returns the store's version, hash and
+ * body. (A cache holds what the node was told of or read, not necessarily
+ * every document.) */
 static void assert_converged(cluster_t *cl)
 {
-    json_t *truth = NULL;
+    json_t *truth = NULL, *by_id = json_object();
+    json_t *e;
+    size_t k;
 
     assert_int_equal(
         syncd_store_list(cl->n[0].store, &truth, cl->coll, NULL, NULL, 0, NULL),
         0);
     assert_true(json_array_size(truth) > 0);
+    json_array_foreach (truth, k, e) {
+        json_object_set(by_id, json_string_value(json_object_get(e, "id")), e);
+    }
     for (int i = 0; i < NODES; i++) {
         syncd_store_t *store = cl->n[i].store;
-        json_t *cached = NULL, *e;
-        size_t k;
+        json_t *cached = NULL;
 
         assert_int_equal(syncd_store_cache_list(store, &cached, cl->coll, NULL),
                          0);
-        if (!json_equal(cached, truth)) {
-            char *a = json_dumps(cached, JSON_COMPACT);
-            char *b = json_dumps(truth, JSON_COMPACT);
-            fail_msg("node %d cache %s\n  store %s", i, a, b);
+        json_array_foreach (cached, k, e) {
+            json_t *real = json_object_get(
+                by_id, json_string_value(json_object_get(e, "id")));
+
+            if (real == NULL || !json_equal(e, real)) {
+                char *a = json_dumps(e, JSON_COMPACT);
+                char *b = json_dumps(real, JSON_COMPACT);
+                fail_msg("node %d caches %s\n  store has %s", i, a,
+                         b != NULL ? b : "nothing");
+            }
         }
+        json_decref(cached);
         json_array_foreach (truth, k, e) {
             const char *id = json_string_value(json_object_get(e, "id"));
             syncd_doc_t *mine = NULL, *real = NULL;
 
-            assert_int_equal(
-                syncd_store_cached(store, &mine, cl->coll, id, NULL), 0);
+            assert_int_equal(syncd_store_get(store, &mine, cl->coll, id, NULL),
+                             0);
             assert_int_equal(
                 syncd_store_refetch(store, &real, cl->coll, id, NULL), 0);
             assert_int_equal(mine->version, real->version);
@@ -525,8 +555,8 @@ static void assert_converged(cluster_t *cl)
             syncd_doc_free(mine);
             syncd_doc_free(real);
         }
-        json_decref(cached);
     }
+    json_decref(by_id);
     json_decref(truth);
 }
 
@@ -909,21 +939,188 @@ static void test_node__anti_entropy_heals_a_tampered_cache(void **state)
     (void)state;
     cluster_open(&cl, "tampered", NULL);
     storm(&cl, 40, 3, 5, NULL);
+    write_one(&cl, 0, "victim", json_pack("{s:i}", "n", 1));
+    /* Node 2 caches a version the store never had, node 0 a document the
+     * store does not have: two real differences. */
     assert_int_equal(
-        syncd_store_cached(cl.n[2].store, &doc, cl.coll, "warmup", NULL), 0);
+        syncd_store_cached(cl.n[2].store, &doc, cl.coll, "victim", NULL), 0);
     doc->version += 5;
     json_decref(doc->body);
     doc->body = json_pack("{s:s}", "evil", "yes");
     assert_int_equal(syncd_store_cache_put(cl.n[2].store, doc, NULL), 1);
+    free(doc->id);
+    doc->id = strdup("ghost");
+    assert_int_equal(syncd_store_cache_put(cl.n[0].store, doc, NULL), 1);
     syncd_doc_free(doc);
+    /* Node 1 merely no longer holds one: nothing to repair, it reads the
+     * document from the store when asked. */
     assert_int_equal(
-        syncd_store_cache_invalidate(cl.n[1].store, cl.coll, "warmup", NULL),
+        syncd_store_cache_invalidate(cl.n[1].store, cl.coll, "victim", NULL),
         0);
     assert_int_equal(anti_entropy(&cl), 2);
-    node_stats(&cl, 2, &st);
-    assert_true(st.anti_entropy_runs >= 2);
-    assert_true(st.anti_entropy_repairs >= 1);
+    for (int i = 0; i < NODES; i++) {
+        node_stats(&cl, i, &st);
+        assert_true(st.anti_entropy_runs >= 2);
+        assert_int_equal(st.anti_entropy_repairs, i == 1 ? 0 : 1);
+    }
+    assert_int_equal(
+        syncd_store_cached(cl.n[0].store, &doc, cl.coll, "ghost", NULL),
+        SYNCD_ENOTFOUND);
     assert_converged(&cl);
+    assert_int_equal(anti_entropy(&cl), 0);
+    cluster_close(&cl);
+}
+
+/* Node 1's anti-entropy runs to wait for: its timer starts a run only once
+ * the last one has finished, so when it has started this many, all runs
+ * before the last have finished. */
+static uint64_t ae_runs_target;
+
+/* Node 1 has run enough and every entry of its cache has expired. */
+static int node1_idled_until_expired(cluster_t *cl)
+{
+    syncd_node_stats_t st;
+    json_t *cached = NULL;
+    size_t n;
+
+    syncd_node_stats(cl->n[1].node, &st);
+    if (st.anti_entropy_runs < ae_runs_target)
+        return 0;
+    assert_int_equal(
+        syncd_store_cache_list(cl->n[1].store, &cached, cl->coll, NULL), 0);
+    n = json_array_size(cached);
+    json_decref(cached);
+    return n == 0;
+}
+
+static void
+test_node__idle_node_with_an_expiring_cache_refetches_nothing_but_repairs_a_real_difference_once(
+    void **state)
+{
+    enum { IDLE_DOCS = 300, IDLE_RUNS = 12 };
+    cluster_opts_t co = {
+        .cache_ttl_ms = 4000, .ae_interval_ms = 250, .ae_chunk = 100};
+    syncd_change_t *changes[IDLE_DOCS], *behind;
+    syncd_node_stats_t before, after;
+    syncd_doc_t *doc = NULL;
+    cluster_t cl;
+
+    (void)state;
+    /* 300 cached documents: three anti-entropy chunks on node 1. */
+    cluster_open(&cl, "idle", &co);
+    for (int k = 0; k < IDLE_DOCS; k++) {
+        char id[16];
+
+        snprintf(id, sizeof(id), "doc-%03d", k);
+        changes[k] = commit_unpublished(&cl, 0, id, json_pack("{s:i}", "n", k));
+    }
+    memset(&cl.storm, 0, sizeof(cl.storm));
+    cl.storm.publishing = IDLE_DOCS;
+    for (int k = 0; k < IDLE_DOCS; k++)
+        assert_int_equal(
+            syncd_node_publish(cl.n[0].node, changes[k], on_published, &cl), 0);
+    wait_synced(&cl);
+    assert_int_equal(
+        syncd_store_cached(cl.n[1].store, &doc, cl.coll, "doc-299", NULL), 0);
+    assert_int_equal(doc->version, 1);
+    syncd_doc_free(doc);
+    node_stats(&cl, 1, &before);
+
+    /* One document changes behind the nodes' backs: straight to the
+     * store, never published. */
+    behind = commit_unpublished(&cl, 0, "doc-299", json_pack("{s:i}", "n", -1));
+    /* Node 1 idles through many anti-entropy runs while every entry of its
+     * cache expires (the last to expire is the repaired document). */
+    ae_runs_target = before.anti_entropy_runs + IDLE_RUNS;
+    run_until(&cl, node1_idled_until_expired);
+    node_stats(&cl, 1, &after);
+    assert_int_equal(after.anti_entropy_repairs - before.anti_entropy_repairs,
+                     1);
+    assert_int_equal(after.refetches - before.refetches, 1);
+    assert_int_equal(after.events_applied - before.events_applied, 0);
+    assert_int_equal(
+        syncd_store_get(cl.n[1].store, &doc, cl.coll, "doc-299", NULL), 0);
+    assert_int_equal(doc->version, behind->doc->version);
+    syncd_doc_free(doc);
+    assert_converged(&cl);
+    for (int k = 0; k < IDLE_DOCS; k++)
+        syncd_change_free(changes[k]);
+    syncd_change_free(behind);
+    cluster_close(&cl);
+}
+
+/* Holds anti-entropy passes over the collection "unblocked" at their first
+ * chunk while closed. */
+typedef struct gate {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int entered, open;
+} gate_t;
+
+static gate_t gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0,
+                      1};
+
+static void gate_hook(void *data, const char *coll)
+{
+    gate_t *g = data;
+
+    if (strcmp(coll, "unblocked") != 0)
+        return;
+    pthread_mutex_lock(&g->lock);
+    g->entered++;
+    pthread_cond_broadcast(&g->cond);
+    while (!g->open)
+        pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static int gate_entered(cluster_t *cl)
+{
+    int entered;
+
+    (void)cl;
+    pthread_mutex_lock(&gate.lock);
+    entered = gate.entered;
+    pthread_mutex_unlock(&gate.lock);
+    return entered > 0;
+}
+
+static void
+test_node__anti_entropy_in_progress_never_delays_event_delivery(void **state)
+{
+    cluster_opts_t co = {.ae_chunk_hook = gate_hook, .hook_data = &gate};
+    syncd_doc_t *doc = NULL;
+    cluster_t cl;
+
+    (void)state;
+    cluster_open(&cl, "unblocked", &co);
+    write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 1));
+    pthread_mutex_lock(&gate.lock);
+    gate.entered = gate.open = 0;
+    pthread_mutex_unlock(&gate.lock);
+    cl.ae_repaired = 0;
+    assert_int_equal(syncd_node_anti_entropy(cl.n[1].node, on_ae, &cl), 0);
+    cl.ae_pending = 1;
+    run_until(&cl, gate_entered);
+
+    /* Node 1's pass is held mid-run; a change still reaches its cache and
+     * its watcher. */
+    write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 2));
+    assert_int_equal(cl.ae_pending, 1);
+    assert_int_equal(cl.n[1].last, cl.bus_seq);
+    assert_int_equal(
+        syncd_store_cached(cl.n[1].store, &doc, cl.coll, "doc", NULL), 0);
+    assert_int_equal(doc->version, 2);
+    syncd_doc_free(doc);
+
+    pthread_mutex_lock(&gate.lock);
+    gate.open = 1;
+    pthread_cond_broadcast(&gate.cond);
+    pthread_mutex_unlock(&gate.lock);
+    run_until(&cl, ae_done);
+    assert_int_equal(cl.ae_repaired, 0);
+    assert_converged(&cl);
+    assert_watchers_saw_all(&cl);
     cluster_close(&cl);
 }
 
@@ -1059,6 +1256,90 @@ test_node__embedded_node_delivers_published_changes_to_watchers(void **state)
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(uv_loop_close(&loop), 0);
     syncd_change_free(change);
+    json_decref(body);
+    syncd_store_close(store);
+    syncd_test_rmtree(dir);
+}
+
+/* Polls a store until things/a has no record. */
+typedef struct purge_wait {
+    syncd_store_t *store;
+    int gone, polls;
+} purge_wait_t;
+
+static void on_purge_poll(uv_timer_t *timer)
+{
+    purge_wait_t *pw = timer->data;
+    syncd_doc_t *doc = NULL;
+
+    if (syncd_store_refetch(pw->store, &doc, "things", "a", NULL) ==
+        SYNCD_ENOTFOUND)
+        pw->gone = 1;
+    syncd_doc_free(doc);
+    /* A stuck purge fails after 15 s. */
+    if (pw->gone || ++pw->polls > 300)
+        uv_timer_stop(timer);
+}
+
+static void test_node__tombstone_past_tombstone_ttl_is_purged_by_the_node_timer(
+    void **state)
+{
+    uv_loop_t loop;
+    uv_timer_t poll;
+    char dir[256];
+    syncd_store_options_t so;
+    syncd_bus_options_t bo;
+    syncd_node_options_t no;
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+    syncd_change_t *change = NULL;
+    syncd_doc_t *doc = NULL;
+    json_t *body = json_pack("{s:i}", "n", 1);
+    purge_wait_t pw = {0};
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "purge"), 0);
+    syncd_store_options_init(&so);
+    so.data_dir = dir;
+    so.sync_writes = 0;
+    so.tombstone_ttl_ms = 500;
+    assert_int_equal(syncd_store_open(&store, &so, NULL), 0);
+    syncd_bus_options_init(&bo);
+    assert_int_equal(syncd_bus_open(&bus, &loop, &bo, NULL), 0);
+    syncd_node_options_init(&no);
+    no.tombstone_ttl_ms = so.tombstone_ttl_ms;
+    assert_int_equal(syncd_node_open(&node, &loop, store, bus, &no, NULL), 0);
+    assert_int_equal(
+        syncd_store_create(store, &change, "things", "a", body, NULL), 0);
+    syncd_change_free(change);
+    assert_int_equal(
+        syncd_store_create(store, &change, "things", "keep", body, NULL), 0);
+    syncd_change_free(change);
+    assert_int_equal(syncd_store_delete(store, &change, "things", "a",
+                                        SYNCD_ANY_VERSION, NULL),
+                     0);
+    syncd_change_free(change);
+    assert_int_equal(syncd_store_refetch(store, &doc, "things", "a", NULL), 0);
+    assert_true(doc->deleted);
+    syncd_doc_free(doc);
+
+    /* Nothing but the node's own timer purges it. */
+    pw.store = store;
+    assert_int_equal(uv_timer_init(&loop, &poll), 0);
+    poll.data = &pw;
+    assert_int_equal(uv_timer_start(&poll, on_purge_poll, 50, 50), 0);
+    while (uv_is_active((uv_handle_t *)&poll))
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_true(pw.gone);
+    assert_int_equal(syncd_store_get(store, &doc, "things", "keep", NULL), 0);
+    syncd_doc_free(doc);
+
+    uv_close((uv_handle_t *)&poll, NULL);
+    syncd_node_close(node, on_embedded_closed, bus);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
     json_decref(body);
     syncd_store_close(store);
     syncd_test_rmtree(dir);
@@ -1211,6 +1492,8 @@ int main(void)
         cmocka_unit_test(
             test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(
+            test_node__tombstone_past_tombstone_ttl_is_purged_by_the_node_timer),
+        cmocka_unit_test(
             test_node__three_nodes_editing_concurrently_converge_and_watchers_see_every_seq_once),
         cmocka_unit_test(
             test_node__duplicate_and_out_of_order_events_are_dropped_and_counted),
@@ -1222,6 +1505,10 @@ int main(void)
         cmocka_unit_test(
             test_node__change_beyond_max_event_bytes_is_an_invalidate_and_receivers_refetch),
         cmocka_unit_test(test_node__anti_entropy_heals_a_tampered_cache),
+        cmocka_unit_test(
+            test_node__idle_node_with_an_expiring_cache_refetches_nothing_but_repairs_a_real_difference_once),
+        cmocka_unit_test(
+            test_node__anti_entropy_in_progress_never_delays_event_delivery),
         cmocka_unit_test(
             test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap),
         cmocka_unit_test(

@@ -1057,6 +1057,102 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
     assert_int_equal(live_version(f, "tomb", "alive"), 1);
 }
 
+/* Asserts that entry (an object of syncd_store_versions()) is version v
+ * with hash h and tombstone flag del. */
+static void assert_version(const json_t *entry, int64_t v, const char *h,
+                           int del)
+{
+    assert_non_null(entry);
+    assert_int_equal(json_integer_value(json_object_get(entry, "v")), v);
+    assert_string_equal(json_string_value(json_object_get(entry, "h")), h);
+    assert_int_equal(json_is_true(json_object_get(entry, "del")), del);
+    assert_true(json_is_boolean(json_object_get(entry, "del")));
+}
+
+static void
+test_store_versions__reads_the_version_headers_of_the_given_ids(void **state)
+{
+    fixture_t *f = *state;
+    json_t *ids = parse("[\"a\",\"b\",\"c\",\"nope\"]");
+    json_t *out = NULL, *many = json_array();
+    syncd_change_t *c = NULL;
+    syncd_doc_t *a = NULL, *b = NULL;
+
+    create_doc(f, "vv", "a", "{\"x\":1}");
+    create_doc(f, "vv", "b", "{\"x\":1}");
+    assert_int_equal(put_doc(f, "vv", "b", "{\"x\":2}", 1, NULL), 0);
+    create_doc(f, "vv", "c", "{}");
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "vv", "c", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+    create_doc(f, "other", "nope", "{}");
+    assert_int_equal(syncd_store_get(f->store, &a, "vv", "a", NULL), 0);
+    assert_int_equal(syncd_store_get(f->store, &b, "vv", "b", NULL), 0);
+
+    assert_int_equal(syncd_store_versions(f->store, &out, "vv", ids, NULL), 0);
+    assert_int_equal(json_object_size(out), 3);
+    assert_version(json_object_get(out, "a"), 1, a->hash, 0);
+    assert_version(json_object_get(out, "b"), 2, b->hash, 0);
+    assert_version(json_object_get(out, "c"), 2, "", 1);
+    assert_null(json_object_get(out, "nope"));
+    json_decref(out);
+
+    /* Bad input never reaches the backend. */
+    assert_int_equal(syncd_store_versions(f->store, &out, "vv", many, NULL),
+                     SYNCD_EINVAL);
+    assert_null(out);
+    for (int i = 0; i <= SYNCD_MAX_VERSIONS_IDS; i++)
+        json_array_append_new(many, json_sprintf("id-%d", i));
+    assert_int_equal(syncd_store_versions(f->store, &out, "vv", many, NULL),
+                     SYNCD_EINVAL);
+    json_array_set_new(ids, 3, json_integer(1));
+    assert_int_equal(syncd_store_versions(f->store, &out, "vv", ids, NULL),
+                     SYNCD_EINVAL);
+    json_array_set_new(ids, 3, json_string("a{b}"));
+    assert_int_equal(syncd_store_versions(f->store, &out, "vv", ids, NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(syncd_store_versions(f->store, &out, "Bad!", ids, NULL),
+                     SYNCD_EINVAL);
+    syncd_doc_free(a);
+    syncd_doc_free(b);
+    json_decref(ids);
+    json_decref(many);
+}
+
+static void
+test_store_cache_page__pages_cached_entries_in_mongodb_mode_only(void **state)
+{
+    fixture_t *f = *state;
+    json_t *page = NULL;
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "pg", "a", "{}");
+    create_doc(f, "pg", "b", "{}");
+    create_doc(f, "pg", "c", "{}");
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "pg", "b", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+    assert_int_equal(
+        syncd_store_cache_page(f->store, &page, "pg", NULL, 2, NULL), 0);
+    if (!f->kind->mongo) {
+        assert_int_equal(json_array_size(page), 0);
+        json_decref(page);
+        return;
+    }
+    assert_ids(page, "a b");
+    assert_true(json_is_true(json_object_get(json_array_get(page, 1), "del")));
+    json_decref(page);
+    assert_int_equal(
+        syncd_store_cache_page(f->store, &page, "pg", "b", 2, NULL), 0);
+    assert_ids(page, "c");
+    json_decref(page);
+    assert_int_equal(
+        syncd_store_cache_page(f->store, &page, "pg", NULL, 0, NULL),
+        SYNCD_EINVAL);
+}
+
 static void test_store_collections__lists_names_sorted(void **state)
 {
     fixture_t *f = *state;
@@ -1496,6 +1592,51 @@ static void test_cache__invalidate_drops_one_entry_or_a_collection(void **state)
     syncd_doc_free(doc);
 }
 
+static void
+test_cache__page_lists_fresh_entries_and_tombstones_after_a_key(void **state)
+{
+    cache_fixture_t *cf = *state;
+    syncd_doc_t tomb = {"cc", "t", 2, NULL, "", 0, "", 1};
+    syncd_doc_t before = {"c", "x", 1, NULL, "", 0, "", 1};
+    syncd_doc_t after = {"ccz", "a", 1, NULL, "", 0, "", 1};
+    json_t *page = NULL, *e;
+
+    assert_int_equal(cache_put(cf, "b", 1, 10), 1);
+    cf->fake.now += 600;
+    assert_int_equal(cache_put(cf, "a", 1, 10), 1);
+    assert_int_equal(cache_put(cf, "c", 3, 10), 1);
+    assert_int_equal(cache_put(cf, "d", 1, 10), 1);
+    assert_int_equal(cache_put(cf, "e", 1, 10), 1);
+    assert_int_equal(syncd_cache_put(cf->cache, &tomb, NULL, 0, NULL), 1);
+    assert_int_equal(syncd_cache_put(cf->cache, &before, NULL, 0, NULL), 1);
+    assert_int_equal(syncd_cache_put(cf->cache, &after, NULL, 0, NULL), 1);
+    cf->fake.now += 500; /* b has expired */
+
+    assert_int_equal(syncd_cache_page(cf->cache, &page, "cc", NULL, 2, NULL),
+                     0);
+    assert_ids(page, "a c");
+    e = json_array_get(page, 1);
+    assert_int_equal(json_integer_value(json_object_get(e, "v")), 3);
+    assert_int_equal(strlen(json_string_value(json_object_get(e, "h"))), 64);
+    assert_null(json_object_get(e, "del"));
+    json_decref(page);
+    assert_int_equal(syncd_cache_page(cf->cache, &page, "cc", "c", 2, NULL), 0);
+    assert_ids(page, "d e");
+    json_decref(page);
+    assert_int_equal(syncd_cache_page(cf->cache, &page, "cc", "e", 2, NULL), 0);
+    assert_ids(page, "t");
+    e = json_array_get(page, 0);
+    assert_true(json_is_true(json_object_get(e, "del")));
+    assert_int_equal(json_integer_value(json_object_get(e, "v")), 2);
+    assert_string_equal(json_string_value(json_object_get(e, "h")), "");
+    json_decref(page);
+    /* A key between entries starts the page after it. */
+    assert_int_equal(syncd_cache_page(cf->cache, &page, "cc", "bb", 10, NULL),
+                     0);
+    assert_ids(page, "c d e t");
+    json_decref(page);
+}
+
 /* Returns a new body {"v": version, "fill": "xx..."} of about pad bytes. */
 static json_t *padded(int64_t version, size_t pad)
 {
@@ -1761,6 +1902,7 @@ int main(void)
         CACHE(test_cache__put_if_newer_never_goes_backwards),
         CACHE(test_cache__stays_within_max_bytes_evicting_least_recent),
         CACHE(test_cache__invalidate_drops_one_entry_or_a_collection),
+        CACHE(test_cache__page_lists_fresh_entries_and_tombstones_after_a_key),
         CACHE(test_cache__hits_share_the_decoded_body_without_copying),
         CACHE(test_cache__entries_out_of_the_tier_are_read_back_from_rocksdb),
         CACHE(
@@ -1787,6 +1929,8 @@ int main(void)
         BOTH(test_store_digest__covers_live_documents_only),
         BOTH(test_store_purge__removes_tombstones_after_tombstone_ttl),
         BOTH(test_store_collections__lists_names_sorted),
+        BOTH(test_store_versions__reads_the_version_headers_of_the_given_ids),
+        BOTH(test_store_cache_page__pages_cached_entries_in_mongodb_mode_only),
         BOTH(test_store_cache__holds_committed_writes_in_mongodb_mode),
         BOTH(test_store__bad_ids_and_collections_never_reach_the_backend),
         BOTH(test_store__non_object_and_oversized_bodies_are_rejected),

@@ -5,9 +5,10 @@
  * received event to its cache by the rules of DESIGN.md section 4 (patch
  * when the cached version is the event's base and the hash matches; drop
  * duplicates; refetch on gaps and hash mismatches; resync when the replay
- * log was trimmed), runs anti-entropy by digest every
- * anti_entropy_interval, and delivers applied events to local watchers in
- * seq order, once each.
+ * log was trimmed), runs anti-entropy every anti_entropy_interval (its
+ * cached entries against the store's versions of the same ids, by chunk
+ * digests), purges old tombstones of the store on a timer, and delivers
+ * applied events to local watchers in seq order, once each.
  *
  * A node is used from its loop's thread only; blocking store work runs on
  * the libuv thread pool. Every callback fires exactly once, with
@@ -38,6 +39,15 @@ typedef struct syncd_node_options {
                                          1 MiB */
     size_t watch_buffer_events;       /* per-watcher queue bound before it is
                                          told to resync; 10000 */
+    size_t anti_entropy_chunk;        /* cached entries compared per store query
+                                         (1..SYNCD_MAX_VERSIONS_IDS); 500 */
+    int64_t tombstone_ttl_ms; /* the store's tombstone TTL: tombstones are
+                                 purged every quarter of it (1 s..1 h);
+                                 negative: never; 24 h */
+    /* Test hook (NULL in production): called on the worker thread with
+     * hook_data before each chunk an anti-entropy pass over coll compares. */
+    void (*ae_chunk_hook)(void *data, const char *coll);
+    void *hook_data;
 } syncd_node_options_t;
 
 /* Sets every field of opts to its documented default. */
@@ -106,15 +116,20 @@ int64_t syncd_node_seq(const syncd_node_t *node, const char *coll);
 typedef struct syncd_node_stats {
     uint64_t events_applied, events_dropped_duplicate, events_dropped_old,
         events_ignored_uncached, refetches, hash_mismatches, resyncs,
-        anti_entropy_runs, anti_entropy_repairs, watchers, watch_resyncs;
+        anti_entropy_runs, anti_entropy_repairs, watchers, watch_resyncs,
+        tombstones_purged;
 } syncd_node_stats_t;
 
 /* Copies the node counters into *out. */
 void syncd_node_stats(const syncd_node_t *node, syncd_node_stats_t *out);
 
 /* Runs one anti-entropy pass now over every collection (the timer does the
- * same every anti_entropy_interval); cb (may be NULL) gets the status and
- * the number of documents repaired. */
+ * same every anti_entropy_interval, skipping a tick while a run is still
+ * going): the node's fresh cache entries are compared with the store's
+ * versions of the same ids, and those that really differ are refetched or
+ * dropped. Runs on the thread pool beside event delivery, never in its way.
+ * cb (may be NULL) gets the status and the number of documents repaired. In
+ * the embedded default there is no cache: nothing is compared. */
 int syncd_node_anti_entropy(syncd_node_t *node,
                             void (*cb)(int status, uint64_t repaired,
                                        void *payload),

@@ -211,6 +211,19 @@ int syncd_store_digest(syncd_store_t *store, syncd_digest_t *out,
 int syncd_digest_entries(syncd_digest_t *out, const json_t *entries,
                          syncd_error_t *err);
 
+/* Most ids one syncd_store_versions() call takes. */
+#define SYNCD_MAX_VERSIONS_IDS 1000
+
+/* Reads from the store of record the version header of each id in ids (a
+ * JSON array of 1..SYNCD_MAX_VERSIONS_IDS id strings, borrowed; one query
+ * on MongoDB, projecting no body) into *out: a new JSON object mapping every id
+ * that has a record, tombstones included, to {"v": version, "h": content hash
+ * ("" for a tombstone), "del": true|false}. Ids without a record (never
+ * written, or purged) are absent. No body is read; the cache is neither read
+ * nor changed. SYNCD_EINVAL for a bad collection, id or ids array. */
+int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
+                         const json_t *ids, syncd_error_t *err);
+
 /* Removes tombstones of coll older than tombstone_ttl; the number removed
  * goes to *purged when not NULL. */
 int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
@@ -237,6 +250,14 @@ int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
  * sorted by id, into *out. */
 int syncd_store_cache_list(syncd_store_t *store, json_t **out, const char *coll,
                            syncd_error_t *err);
+
+/* Lists one page of coll's fresh cache entries, tombstones included: up to
+ * limit (> 0) entries whose id sorts after `after` (NULL: from the start),
+ * as a new JSON array of {"id","v","h"} (plus "del":true for a tombstone)
+ * sorted by id, into *out. A page shorter than limit is the last. The
+ * embedded store has no cache and lists nothing. */
+int syncd_store_cache_page(syncd_store_t *store, json_t **out, const char *coll,
+                           const char *after, size_t limit, syncd_error_t *err);
 
 /* Reads coll/id from the store of record (bypassing the cache) into *out,
  * tombstones included, and refreshes the cache with it (put-if-newer);
