@@ -88,6 +88,8 @@ static const option_t options[] = {
      "unsent bytes per watcher before it is told to resync"},
     {"watch-buffer-events", OPT_INT, AT(watch_buffer_events), "10000",
      "queued events per watcher before it is told to resync"},
+    {"max-collections", OPT_INT, AT(max_collections), "10000",
+     "collections a node works on at once; more are refused with 503"},
     {"bookmark-interval", OPT_DURATION, AT(bookmark_interval_ms), "15s",
      "idle time before a watcher gets a bookmark event"},
 };
