@@ -1021,6 +1021,31 @@ test_metrics__events_received_and_applied_count_each_write(void **state)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* In the embedded default --cache-max-bytes bounds the store's in-memory
+ * tier: reads of 100 documents of 2 KB through a 64 KiB tier leave it
+ * within the bound, having evicted. */
+static void test_metrics__embedded_tier_honours_cache_max_bytes(void **state)
+{
+    daemon_t d;
+    char body[2100], path[64];
+    response_t r;
+
+    (void)state;
+    memset(body, 0, sizeof(body));
+    snprintf(body, sizeof(body), "{\"pad\":\"%0*d\"}", 2000, 0);
+    assert_int_equal(daemon_start(&d, "--cache-max-bytes", "64KiB", NULL), 0);
+    for (int i = 0; i < 100; i++) {
+        snprintf(path, sizeof(path), "/v1/collections/tiered/docs/d%d", i);
+        r = request(&d, "PUT", path, body, NULL);
+        expect(&r, 201, NULL);
+        r = request(&d, "GET", path, NULL, NULL);
+        expect(&r, 200, NULL);
+    }
+    assert_true(metric_value(&d, "syncd_cache_bytes") <= 64 * 1024);
+    assert_true(metric_value(&d, "syncd_cache_evictions_total") > 0);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* Redis restarted empty forces one resync of the one collection the node
  * works on (a watcher keeps it), and it counts once. */
 static void test_metrics__one_forced_resync_counts_one(void **state)
@@ -1235,6 +1260,7 @@ int main(void)
         cmocka_unit_test(
             test_metrics__events_received_and_applied_count_each_write),
         cmocka_unit_test(test_metrics__one_forced_resync_counts_one),
+        cmocka_unit_test(test_metrics__embedded_tier_honours_cache_max_bytes),
         cmocka_unit_test(test_shutdown__sigterm_ends_watchers_and_exits_0),
         cmocka_unit_test(test_config__bad_values_fail_naming_the_flag),
     };
