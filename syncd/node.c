@@ -11,8 +11,9 @@
  * creates none. Collections are found in a hash table by name and bounded
  * by max_collections. One that goes idle (no watcher, no hold, no queued or
  * running work, no seq read in flight) is freed with its subscription at
- * once when it was never written, else after coll_idle_ms without a write;
- * in MongoDB mode a collection that exists in the store is kept. A collection
+ * once when it is not known to exist in the store, else after coll_idle_ms
+ * without a write or event; in MongoDB mode a collection that exists in
+ * the store is kept. A collection
  * hands what it has queued (up to BATCH_MAX items) to the libuv thread pool as
  * one work item (store calls block) and runs one such batch at a time, so
  * its events are applied in seq order and a backlog costs one round trip
@@ -105,9 +106,9 @@ struct coll {
     syncd_node_t *node;
     char *name;
     size_t holds;     /* syncd_node_hold() calls not yet released */
-    int written;      /* a change of it was committed or applied */
-    int in_store;     /* known to exist in the store of record */
-    uint64_t touched; /* loop time (ms) of its last write */
+    int in_store;     /* known to exist in the store of record: listed,
+                         written, or an event of it received */
+    uint64_t touched; /* loop time (ms) of its last write or event */
     syncd_bus_sub_t *sub;
     int ready;       /* subscribed; seq is known */
     int seq_pending; /* a bus seq read is in flight */
@@ -684,14 +685,14 @@ static int coll_open(syncd_node_t *node, coll_t **out, const char *name,
 }
 
 /* coll_open() for a collection that is being written or exists in the
- * store: marked written now, so that it keeps its state for coll_idle_ms
- * and hears its own event. NULL when it fails. */
+ * store: marked so now, so that it keeps its state for coll_idle_ms (and
+ * hears its own event). NULL when it fails. */
 static coll_t *coll_get(syncd_node_t *node, const char *name)
 {
     coll_t *c = NULL;
 
     if (coll_open(node, &c, name, NULL) == 0) {
-        c->written = 1;
+        c->in_store = 1;
         c->touched = uv_now(node->loop);
     }
     return c;
@@ -728,9 +729,10 @@ static int coll_idle(const coll_t *c)
            c->running == NULL && !c->seq_pending;
 }
 
-/* Frees c if it is idle and may go: never written, or not written for
- * coll_idle_ms; in MongoDB mode, not in the store (its subscription keeps
- * the cache converged). Returns 1 when freed. */
+/* Frees c if it is idle and may go: not known in the store, or in the
+ * embedded default not written for coll_idle_ms (in MongoDB mode a
+ * collection of the store keeps its subscription, which keeps the cache
+ * converged). Returns 1 when freed. */
 static int coll_reap(coll_t *c)
 {
     syncd_node_t *node = c->node;
@@ -740,7 +742,7 @@ static int coll_reap(coll_t *c)
     sweep(c);
     if (!coll_idle(c) || (node->cached && c->in_store))
         return 0;
-    if (c->written &&
+    if (c->in_store &&
         uv_now(node->loop) - c->touched < (uint64_t)node->opts.coll_idle_ms)
         return 0;
     coll_free(c);
@@ -962,7 +964,7 @@ static void finish_item(coll_t *c, item_t *item, int status, uint64_t repaired)
     switch (item->kind) {
     case ITEM_EVENT:
         c->seq = item->seq;
-        c->written = 1;
+        c->in_store = 1;
         c->touched = uv_now(node->loop);
         /* Without a cache the store is the truth: an event is applied
          * once recorded and handed to the watchers. */
@@ -1100,9 +1102,7 @@ static void on_listed(work_t *w, int status)
      * default, state is made when a collection is written or watched. */
     if (status == 0 && node->cached) {
         json_array_foreach (w->colls, i, name) {
-            c = coll_get(node, json_string_value(name));
-            if (c != NULL)
-                c->in_store = 1;
+            coll_get(node, json_string_value(name));
         }
     }
     if (run == NULL)
@@ -1440,7 +1440,6 @@ void syncd_node_release(syncd_node_t *node, const char *coll, int committed)
         return;
     c->holds--;
     if (committed) {
-        c->written = 1;
         c->in_store = 1;
         c->touched = uv_now(node->loop);
     }
