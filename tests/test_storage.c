@@ -2010,6 +2010,9 @@ int main(void)
             test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer),
     };
 
+    /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
+    if (getenv("SYNCD_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
     return cmocka_run_group_tests_name("storage", tests, group_setup,
                                        group_teardown);
 }
