@@ -974,7 +974,8 @@ static void get_unknown_collections(const daemon_t *d, int n)
 }
 
 /* 20,000 GETs of distinct unknown collection names, and writes that fail
- * on some more, leave no per-collection state on the node. */
+ * and watches that end on some more, leave no per-collection state on the
+ * node. */
 static void
 test_collections__unknown_names_leave_no_state_on_the_node(void **state)
 {
@@ -986,9 +987,14 @@ test_collections__unknown_names_leave_no_state_on_the_node(void **state)
     get_unknown_collections(&main_daemon, 20000);
     for (int i = 0; i < 100; i++) {
         char path[64];
+        sse_t sse;
 
         snprintf(path, sizeof(path), "/v1/collections/ghost-%d/docs/x", i);
         check("DELETE", path, NULL, NULL, 404, "not_found");
+        snprintf(path, sizeof(path), "/v1/collections/ghost-%d/watch", i);
+        sse_open(&sse, &main_daemon, path, NULL);
+        assert_int_equal(sse_wait(&sse, "200 OK", 1), 1);
+        sse_close(&sse);
     }
     for (int i = 0;
          i < 300 && metric_value(&main_daemon, "syncd_collections") != before;
