@@ -356,6 +356,9 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
     if (cfg->max_doc_bytes == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-doc-bytes: must be more than 0");
+    if (cfg->max_collections == 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "--max-collections: must be more than 0");
     return split_listen(cfg, err);
 }
 

@@ -206,9 +206,6 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     no.anti_entropy_interval_ms = c->anti_entropy_interval_ms;
     no.max_event_bytes = c->max_event_bytes;
     no.watch_buffer_events = (size_t)c->watch_buffer_events;
-    if (c->max_collections < 1)
-        return syncd_error_set(err, SYNCD_EINVAL,
-                               "--max-collections: must be at least 1");
     no.max_collections = (size_t)c->max_collections;
     return syncd_node_open(&d->node, &d->loop, d->store, d->bus, &no, err);
 }

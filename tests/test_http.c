@@ -1216,6 +1216,11 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
         run_capture(SYNCD_BINARY " --listen nowhere 2>&1", out, sizeof(out)),
         2);
     assert_non_null(strstr(out, "--listen"));
+    assert_int_equal(run_capture("SYNCD_MAX_COLLECTIONS=0 " SYNCD_BINARY
+                                 " 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--max-collections"));
     assert_int_equal(run_capture(SYNCD_BINARY " --help", out, sizeof(out)), 0);
     assert_non_null(strstr(out, "--mongo-uri"));
     assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
