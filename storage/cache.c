@@ -22,7 +22,9 @@
  * writes with them. A hit holds it shared and only marks its entry as used;
  * the recency lists are reordered lazily, under the exclusive lock, when
  * eviction meets a marked entry (a marked entry gets a second chance at the
- * newest end, as in the CLOCK algorithm).
+ * newest end, as in the CLOCK algorithm). The statistics are atomics,
+ * refreshed before the exclusive lock is released, so reading them never
+ * waits for the lock (held across RocksDB I/O).
  */
 #define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <pthread.h>
@@ -67,6 +69,7 @@ struct syncd_cache {
     void *now_data;
     uint64_t gens;                    /* under the exclusive lock */
     uint64_t hits, misses, evictions; /* updated atomically */
+    uint64_t bytes, entries; /* atomic copies, refreshed by every change */
 };
 
 static int64_t monotonic_ms(void *data)
@@ -197,8 +200,17 @@ static void evict(syncd_cache_t *c)
     while (cached_bytes(c) > c->max_bytes &&
            (e = victim(&c->index, 0)) != NULL) {
         drop(c, e);
-        c->evictions++;
+        count(&c->evictions);
     }
+}
+
+/* Publishes the cached bytes and entries for syncd_cache_stats() and
+ * releases the exclusive lock. */
+static void unlock_exclusive(syncd_cache_t *c)
+{
+    __atomic_store_n(&c->bytes, cached_bytes(c), __ATOMIC_RELAXED);
+    __atomic_store_n(&c->entries, (uint64_t)c->index.count, __ATOMIC_RELAXED);
+    pthread_rwlock_unlock(&c->lock);
 }
 
 /* The tier's nodes belong to index entries: destroying the tier only
@@ -316,7 +328,7 @@ static int load(syncd_cache_t *c, syncd_doc_t **out, const syncd_reckey_t *k,
         doc = NULL;
         evict(c);
     }
-    pthread_rwlock_unlock(&c->lock);
+    unlock_exclusive(c);
     syncd_doc_free(doc);
     return 0;
 }
@@ -330,7 +342,7 @@ static void drop_expired(syncd_cache_t *c, const syncd_reckey_t *k)
     e = find(c, k);
     if (e != NULL && !is_fresh(c, e, c->now_ms(c->now_data)))
         drop(c, e);
-    pthread_rwlock_unlock(&c->lock);
+    unlock_exclusive(c);
 }
 
 int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
@@ -467,7 +479,7 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     evict(cache);
     rc = 1;
 unlock:
-    pthread_rwlock_unlock(&cache->lock);
+    unlock_exclusive(cache);
     if (e != NULL) {
         syncd_doc_free(e->doc);
         free(e);
@@ -502,7 +514,7 @@ int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
                 drop(cache, (cache_entry_t *)node);
         }
     }
-    pthread_rwlock_unlock(&cache->lock);
+    unlock_exclusive(cache);
     return rc;
 }
 
@@ -653,11 +665,9 @@ done:
 
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out)
 {
-    pthread_rwlock_rdlock(&cache->lock);
     out->cache_hits = __atomic_load_n(&cache->hits, __ATOMIC_RELAXED);
     out->cache_misses = __atomic_load_n(&cache->misses, __ATOMIC_RELAXED);
-    out->cache_evictions = cache->evictions;
-    out->cache_bytes = cached_bytes(cache);
-    out->cache_entries = cache->index.count;
-    pthread_rwlock_unlock(&cache->lock);
+    out->cache_evictions = __atomic_load_n(&cache->evictions, __ATOMIC_RELAXED);
+    out->cache_bytes = __atomic_load_n(&cache->bytes, __ATOMIC_RELAXED);
+    out->cache_entries = __atomic_load_n(&cache->entries, __ATOMIC_RELAXED);
 }

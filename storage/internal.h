@@ -89,9 +89,14 @@ struct syncd_backend {
 
 /* Opens the RocksDB store of record in dir (created when missing) into *out
  * (freed with its ops->close); with sync_writes every commit is fsynced
- * before it is acknowledged. */
+ * before it is acknowledged. Its in-memory tier of decoded documents holds
+ * at most tier_max_bytes and serves an entry for tier_ttl_ms after loading
+ * it, by hooks' clock (NULL: the real monotonic clock). */
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
-                             int sync_writes, syncd_error_t *err);
+                             int sync_writes, int64_t tier_ttl_ms,
+                             uint64_t tier_max_bytes,
+                             const syncd_store_hooks_t *hooks,
+                             syncd_error_t *err);
 
 /* Opens the MongoDB store of record at uri, database db, into *out (freed
  * with its ops->close), with a client pool and the given connect/socket

@@ -6,44 +6,64 @@
  * and, with sync_writes, every commit is fsynced before it is acknowledged,
  * so an acknowledged write survives kill -9.
  *
- * Compare-and-swap is made atomic by striping: every key hashes to one of
- * NSTRIPES mutexes, and a writer holds its key's mutex from the version
- * check to the commit. Each stripe also owns a slice of the in-memory tier:
- * decoded, reference-counted documents (the json_t body is shared with the
- * callers) in front of RocksDB, kept exact by updating it under the same
- * mutex on every write, and bounded by evicting the least recently used
- * entries. Reads of a key that is not in the tier go to RocksDB under the
- * stripe mutex, so a stale read can never be put in the tier after a newer
- * write. The tier counts its hits, misses and evictions per stripe, under
- * the same mutex.
+ * Compare-and-swap is made atomic by per-document write locks: a writer
+ * holds its key's lock from the version check to the commit. Key locks are
+ * re-entrant and live in a small table, created on first use and freed by
+ * their last user, so writers of different documents never wait for one
+ * another, and the store's edit loop can hold a key's lock across its
+ * read, edit and compare-and-swap (the backend's `locked` operation):
+ * within one process, the only place this store is ever written from,
+ * writers of a key queue instead of conflicting.
  *
- * The stripe mutexes are re-entrant, and the store's edit loop holds a
- * key's mutex across its read, edit and compare-and-swap (the backend's
- * `locked` operation): within one process, the only place this store is
- * ever written from, writers of a key queue instead of conflicting.
+ * Readers never take a write lock. In front of RocksDB, an in-memory tier
+ * holds decoded, reference-counted documents (the json_t body is shared
+ * with the callers), bounded to tier_max_bytes by evicting the least
+ * recently used entries, each served for at most tier_ttl_ms after it was
+ * loaded. The tier and the key-lock table are split into NSTRIPES stripes,
+ * each guarded by a mutex that is only ever held for in-memory work, never
+ * across I/O or a caller's callback. A writer updates its key's tier entry
+ * after the commit; a reader that misses reads RocksDB without any lock and
+ * puts what it read in the tier only when no commit of its stripe began or
+ * ended meanwhile (the stripe's commit generation and count of commits in
+ * progress tell), so a stale read never enters the tier after a newer
+ * write. Statistics are atomics, refreshed whenever a stripe changes, so
+ * reading them takes no lock at all.
  */
 #include <pthread.h>
 #include <rocksdb/c.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
 #define NSTRIPES 64
-#define TIER_MAX_BYTES ((uint64_t)64 << 20)
 #define REGISTRY_PREFIX '\x01'
 
 /* A decoded record in the in-memory tier; key bytes follow the struct. */
 typedef struct tier_entry {
     syncd_lru_node_t node;
     syncd_doc_t *doc;
+    int64_t loaded_ms; /* when it entered the tier */
     char key[];
 } tier_entry_t;
 
-typedef struct stripe {
+/* The write lock of one key, shared by its writers; key bytes follow. */
+typedef struct key_lock {
+    syncd_lru_node_t node;
     pthread_mutex_t lock; /* recursive */
+    size_t users;         /* holders and waiters, under the stripe mutex */
+    char key[];
+} key_lock_t;
+
+typedef struct stripe {
+    pthread_mutex_t lock; /* in-memory work only: tier, key locks, gen */
     syncd_lru_t tier;
-    uint64_t hits, misses, evictions; /* reads and evictions of the tier */
+    syncd_lru_t locks;
+    uint64_t gen; /* bumped when a commit of the stripe begins and ends */
+    int writing;  /* commits of the stripe in progress */
+    /* Statistics, atomic: read without the lock. */
+    uint64_t hits, misses, evictions, bytes, entries;
 } stripe_t;
 
 typedef struct rocks {
@@ -52,9 +72,22 @@ typedef struct rocks {
     rocksdb_options_t *options;
     rocksdb_readoptions_t *read;
     rocksdb_writeoptions_t *write;
+    int64_t tier_ttl_ms;
+    uint64_t tier_max_bytes;
+    int64_t (*now_ms)(void *data);
+    void *now_data;
     int nstripes_ready;
     stripe_t stripes[NSTRIPES];
 } rocks_t;
+
+static int64_t monotonic_ms(void *data)
+{
+    struct timespec ts;
+
+    (void)data;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int rocks_error(syncd_error_t *err, char *errptr, const char *what)
 {
@@ -65,19 +98,72 @@ static int rocks_error(syncd_error_t *err, char *errptr, const char *what)
     return rc;
 }
 
-/* Makes coll/id's key in *k and locks its stripe, returned in *s for the
- * caller to unlock; fails, locking nothing, when the key cannot be made. */
-static int lock_key(rocks_t *r, syncd_reckey_t *k, stripe_t **s,
-                    const char *coll, const char *id, syncd_error_t *err)
+static void count(uint64_t *counter)
 {
-    int rc = syncd_reckey_make(k, coll, id, err);
+    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+}
 
-    if (rc != 0)
-        return rc;
-    *s = &r->stripes[(k->hash >> 40) % NSTRIPES];
-    pthread_mutex_lock(&(*s)->lock);
+static stripe_t *stripe_of(rocks_t *r, const syncd_reckey_t *k)
+{
+    return &r->stripes[(k->hash >> 40) % NSTRIPES];
+}
+
+/* Publishes the stripe's tier size for the statistics and unlocks it. */
+static void stripe_unlock(stripe_t *s)
+{
+    __atomic_store_n(&s->bytes, s->tier.bytes, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->entries, (uint64_t)s->tier.count, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- Key write locks ----------------------------------------------------- */
+
+/* Takes k's write lock (re-entrant), returned in *out for key_unlock(). */
+static int key_lock(stripe_t *s, const syncd_reckey_t *k, key_lock_t **out,
+                    syncd_error_t *err)
+{
+    pthread_mutexattr_t recursive;
+    syncd_lru_node_t *node;
+    key_lock_t *kl;
+
+    pthread_mutex_lock(&s->lock);
+    node = syncd_lru_find(&s->locks, k->bytes, k->len, k->hash);
+    kl = (key_lock_t *)node;
+    if (kl == NULL) {
+        kl = malloc(sizeof(*kl) + k->len);
+        if (kl == NULL) {
+            pthread_mutex_unlock(&s->lock);
+            return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        }
+        pthread_mutexattr_init(&recursive);
+        pthread_mutexattr_settype(&recursive, PTHREAD_MUTEX_RECURSIVE);
+        pthread_mutex_init(&kl->lock, &recursive);
+        pthread_mutexattr_destroy(&recursive);
+        kl->users = 0;
+        syncd_reckey_node(&kl->node, kl->key, k, 0);
+        syncd_lru_insert(&s->locks, &kl->node);
+    }
+    kl->users++;
+    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_lock(&kl->lock);
+    *out = kl;
     return 0;
 }
+
+/* Releases a key_lock(); the last user frees the lock. */
+static void key_unlock(stripe_t *s, key_lock_t *kl)
+{
+    pthread_mutex_unlock(&kl->lock);
+    pthread_mutex_lock(&s->lock);
+    if (--kl->users == 0) {
+        syncd_lru_remove(&s->locks, &kl->node);
+        pthread_mutex_destroy(&kl->lock);
+        free(kl);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- The in-memory tier (stripe mutex held) ------------------------------ */
 
 static void free_entry(syncd_lru_node_t *node)
 {
@@ -100,10 +186,9 @@ static void tier_drop(stripe_t *s, const syncd_reckey_t *k)
 
 /* Puts doc (ownership taken) into the stripe's tier as the newest entry,
  * replacing any entry of the key, then evicts down to the stripe's share
- * of TIER_MAX_BYTES. Returns the tier's doc (borrowed), or NULL when out
- * of memory (doc freed, no entry left for the key). */
-static syncd_doc_t *tier_put(stripe_t *s, const syncd_reckey_t *k,
-                             syncd_doc_t *doc, size_t size)
+ * of tier_max_bytes. Out of memory leaves no entry for the key. */
+static void tier_put(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
+                     syncd_doc_t *doc, size_t size)
 {
     tier_entry_t *e;
 
@@ -111,46 +196,76 @@ static syncd_doc_t *tier_put(stripe_t *s, const syncd_reckey_t *k,
     e = malloc(sizeof(*e) + k->len);
     if (e == NULL) {
         syncd_doc_free(doc);
-        return NULL;
+        return;
     }
     syncd_reckey_node(&e->node, e->key, k,
                       size + k->len + SYNCD_TIER_ENTRY_OVERHEAD);
     e->doc = doc;
+    e->loaded_ms = r->now_ms(r->now_data);
     syncd_lru_insert(&s->tier, &e->node);
-    while (s->tier.bytes > TIER_MAX_BYTES / NSTRIPES && s->tier.count > 1) {
+    while (s->tier.bytes > r->tier_max_bytes / NSTRIPES && s->tier.count > 0) {
         syncd_lru_node_t *old = syncd_lru_oldest(&s->tier);
 
         syncd_lru_remove(&s->tier, old);
         free_entry(old);
-        s->evictions++;
+        count(&s->evictions);
     }
-    return doc;
 }
 
-/* Finds coll/id in the tier or loads it from RocksDB into the tier; with
- * the stripe locked. *doc is borrowed from the tier, or NULL with
- * SYNCD_ENOTFOUND when there is no record. A read (is_read set, as opposed
- * to a writer's version check) counts a tier hit or miss. */
-static int load(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
-                const char *coll, const char *id, syncd_doc_t **doc,
-                int is_read, syncd_error_t *err)
+/* Returns k's tier entry if it is younger than tier_ttl_ms (an older one
+ * is dropped), made the newest; NULL otherwise. */
+static tier_entry_t *tier_find(rocks_t *r, stripe_t *s, const syncd_reckey_t *k)
 {
     syncd_lru_node_t *node =
         syncd_lru_find(&s->tier, k->bytes, k->len, k->hash);
+    tier_entry_t *e = (tier_entry_t *)node;
+
+    if (e == NULL)
+        return NULL;
+    if (r->now_ms(r->now_data) - e->loaded_ms >= r->tier_ttl_ms) {
+        syncd_lru_remove(&s->tier, node);
+        free_entry(node);
+        return NULL;
+    }
+    syncd_lru_touch(&s->tier, node);
+    return e;
+}
+
+/* ---- Reads and writes ---------------------------------------------------- */
+
+/* Reads the record of coll/id into *out (a copy, the body shared with the
+ * tier; caller frees), from the tier or else from RocksDB, then keeping it
+ * in the tier when no commit of the stripe overlapped the read. A read
+ * (is_read set, as opposed to a writer's version check) counts a tier hit
+ * or miss. SYNCD_ENOTFOUND when there is no record. */
+static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
+                    const char *coll, const char *id, syncd_doc_t **out,
+                    int is_read, syncd_error_t *err)
+{
     syncd_doc_t *loaded = NULL;
     char *errptr = NULL;
+    tier_entry_t *e;
     size_t vlen = 0;
+    uint64_t gen;
     char *val;
     int rc;
 
-    *doc = NULL;
-    if (node != NULL) {
-        s->hits += is_read ? 1 : 0;
-        syncd_lru_touch(&s->tier, node);
-        *doc = ((tier_entry_t *)node)->doc;
-        return 0;
+    *out = NULL;
+    pthread_mutex_lock(&s->lock);
+    e = tier_find(r, s, k);
+    if (e != NULL)
+        *out = syncd_doc_dup(e->doc);
+    gen = s->gen;
+    stripe_unlock(s);
+    if (e != NULL) {
+        if (is_read)
+            count(&s->hits);
+        return *out != NULL
+                   ? 0
+                   : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    s->misses += is_read ? 1 : 0;
+    if (is_read)
+        count(&s->misses);
     val = rocksdb_get(r->db, r->read, k->bytes, k->len, &vlen, &errptr);
     if (errptr != NULL)
         return rocks_error(err, errptr, "get");
@@ -160,34 +275,62 @@ static int load(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
     rocksdb_free(val);
     if (rc != 0)
         return rc;
-    *doc = tier_put(s, k, loaded, vlen);
-    return *doc != NULL ? 0
-                        : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    *out = syncd_doc_dup(loaded);
+    if (*out == NULL) {
+        syncd_doc_free(loaded);
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->gen == gen && s->writing == 0 &&
+        syncd_lru_find(&s->tier, k->bytes, k->len, k->hash) == NULL) {
+        tier_put(r, s, k, loaded, vlen);
+        loaded = NULL;
+    }
+    stripe_unlock(s);
+    syncd_doc_free(loaded);
+    return 0;
 }
 
 static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
                      const char *id, syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
-    syncd_doc_t *doc;
-    stripe_t *s;
     syncd_reckey_t k;
     int rc;
 
     *out = NULL;
-    rc = lock_key(r, &k, &s, coll, id, err);
+    rc = syncd_reckey_make(&k, coll, id, err);
     if (rc != 0)
         return rc;
-    rc = load(r, s, &k, coll, id, &doc, 1, err);
-    if (rc == 0) {
-        *out = syncd_doc_dup(doc);
-        if (*out == NULL)
-            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    }
-    pthread_mutex_unlock(&s->lock);
+    rc = read_doc(r, stripe_of(r, &k), &k, coll, id, out, 1, err);
     if (rc == SYNCD_ENOTFOUND)
         syncd_error_set(err, rc, "%s/%s not found", coll, id);
     return rc;
+}
+
+/* Marks a commit of s as begun: readers that overlap it keep what they
+ * read out of the tier. */
+static void write_begin(stripe_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->writing++;
+    s->gen++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Ends a commit of s: k's tier entry becomes doc (ownership taken;
+ * NULL: dropped), charged size bytes. */
+static void write_end(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
+                      syncd_doc_t *doc, size_t size)
+{
+    pthread_mutex_lock(&s->lock);
+    if (doc != NULL)
+        tier_put(r, s, k, doc, size);
+    else
+        tier_drop(s, k);
+    s->writing--;
+    s->gen++;
+    stripe_unlock(s);
 }
 
 /* Commits doc's record, its body's canonical JSON given or NULL (see
@@ -228,17 +371,21 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
                                int64_t expected, syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
-    syncd_doc_t *cur = NULL;
-    syncd_doc_t *copy = NULL;
+    syncd_doc_t *cur = NULL, *copy = NULL;
+    key_lock_t *kl = NULL;
     size_t vlen = 0;
-    stripe_t *s;
     syncd_reckey_t k;
+    stripe_t *s;
     int rc;
 
-    rc = lock_key(r, &k, &s, doc->coll, doc->id, err);
+    rc = syncd_reckey_make(&k, doc->coll, doc->id, err);
     if (rc != 0)
         return rc;
-    rc = load(r, s, &k, doc->coll, doc->id, &cur, 0, err);
+    s = stripe_of(r, &k);
+    rc = key_lock(s, &k, &kl, err);
+    if (rc != 0)
+        return rc;
+    rc = read_doc(r, s, &k, doc->coll, doc->id, &cur, 0, err);
     if (rc != 0 && rc != SYNCD_ENOTFOUND)
         goto unlock;
     if ((cur != NULL ? cur->version : 0) != expected) {
@@ -253,15 +400,16 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto unlock;
     }
+    write_begin(s);
     rc = commit(r, &k, doc, canon, canon_len, cur == NULL, &vlen, err);
     if (rc != 0) {
-        tier_drop(s, &k);
         syncd_doc_free(copy);
-        goto unlock;
+        copy = NULL;
     }
-    tier_put(s, &k, copy, vlen);
+    write_end(r, s, &k, copy, vlen);
 unlock:
-    pthread_mutex_unlock(&s->lock);
+    key_unlock(s, kl);
+    syncd_doc_free(cur);
     return rc;
 }
 
@@ -275,18 +423,26 @@ static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
                         int (*fn)(void *arg, syncd_error_t *err), void *arg,
                         syncd_error_t *err)
 {
-    stripe_t *s;
+    rocks_t *r = (rocks_t *)b;
+    key_lock_t *kl = NULL;
     syncd_reckey_t k;
+    stripe_t *s;
     int rc;
 
-    rc = lock_key((rocks_t *)b, &k, &s, coll, id, err);
+    rc = syncd_reckey_make(&k, coll, id, err);
+    if (rc != 0)
+        return rc;
+    s = stripe_of(r, &k);
+    rc = key_lock(s, &k, &kl, err);
     if (rc != 0)
         return rc;
     rc = fn(arg, err);
-    pthread_mutex_unlock(&s->lock);
+    key_unlock(s, kl);
     return rc;
 }
 
+/* Sums the stripes' statistics; takes no lock, so it never waits for a
+ * reader or a writer. */
 static void rocks_tier_stats(syncd_backend_t *b, syncd_store_stats_t *out)
 {
     rocks_t *r = (rocks_t *)b;
@@ -294,13 +450,12 @@ static void rocks_tier_stats(syncd_backend_t *b, syncd_store_stats_t *out)
     for (int i = 0; i < NSTRIPES; i++) {
         stripe_t *s = &r->stripes[i];
 
-        pthread_mutex_lock(&s->lock);
-        out->cache_hits += s->hits;
-        out->cache_misses += s->misses;
-        out->cache_evictions += s->evictions;
-        out->cache_bytes += s->tier.bytes;
-        out->cache_entries += s->tier.count;
-        pthread_mutex_unlock(&s->lock);
+        out->cache_hits += __atomic_load_n(&s->hits, __ATOMIC_RELAXED);
+        out->cache_misses += __atomic_load_n(&s->misses, __ATOMIC_RELAXED);
+        out->cache_evictions +=
+            __atomic_load_n(&s->evictions, __ATOMIC_RELAXED);
+        out->cache_bytes += __atomic_load_n(&s->bytes, __ATOMIC_RELAXED);
+        out->cache_entries += __atomic_load_n(&s->entries, __ATOMIC_RELAXED);
     }
 }
 
@@ -418,21 +573,20 @@ static int rocks_versions(syncd_backend_t *b, json_t **out, const char *coll,
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     json_array_foreach (ids, i, id) {
         const char *key = json_string_value(id);
-        syncd_doc_t *doc;
-        stripe_t *s;
+        syncd_doc_t *doc = NULL;
         syncd_reckey_t k;
 
-        rc = lock_key(r, &k, &s, coll, key, err);
+        rc = syncd_reckey_make(&k, coll, key, err);
         if (rc != 0)
             break;
-        rc = load(r, s, &k, coll, key, &doc, 0, err);
+        rc = read_doc(r, stripe_of(r, &k), &k, coll, key, &doc, 0, err);
         if (rc == 0 &&
             json_object_set_new(map, key,
                                 json_pack("{s:I, s:s, s:b}", "v",
                                           (json_int_t)doc->version, "h",
                                           doc->hash, "del", doc->deleted)) != 0)
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        pthread_mutex_unlock(&s->lock);
+        syncd_doc_free(doc);
         if (rc == SYNCD_ENOTFOUND)
             rc = 0;
         if (rc != 0)
@@ -485,27 +639,34 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
                      int64_t before_ms, int *removed, syncd_error_t *err)
 {
     syncd_doc_t *cur = NULL;
+    key_lock_t *kl = NULL;
     char *errptr = NULL;
-    stripe_t *s;
     syncd_reckey_t k;
+    stripe_t *s;
     int rc;
 
     *removed = 0;
-    rc = lock_key(r, &k, &s, coll, id, err);
+    rc = syncd_reckey_make(&k, coll, id, err);
     if (rc != 0)
         return rc;
-    rc = load(r, s, &k, coll, id, &cur, 0, err);
-    if (rc == SYNCD_ENOTFOUND)
+    s = stripe_of(r, &k);
+    rc = key_lock(s, &k, &kl, err);
+    if (rc != 0)
+        return rc;
+    rc = read_doc(r, s, &k, coll, id, &cur, 0, err);
+    if (rc == SYNCD_ENOTFOUND) {
         rc = 0;
-    else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms) {
+    } else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms) {
+        write_begin(s);
         rocksdb_delete(r->db, r->write, k.bytes, k.len, &errptr);
-        tier_drop(s, &k);
+        write_end(r, s, &k, NULL, 0);
         if (errptr != NULL)
             rc = rocks_error(err, errptr, "delete");
         else
             *removed = 1;
     }
-    pthread_mutex_unlock(&s->lock);
+    key_unlock(s, kl);
+    syncd_doc_free(cur);
     return rc;
 }
 
@@ -537,6 +698,15 @@ static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     return rc;
 }
 
+/* The key-lock table is empty once no call is in flight. */
+static void free_key_lock(syncd_lru_node_t *node)
+{
+    key_lock_t *kl = (key_lock_t *)node;
+
+    pthread_mutex_destroy(&kl->lock);
+    free(kl);
+}
+
 static void rocks_close(syncd_backend_t *b)
 {
     rocks_t *r = (rocks_t *)b;
@@ -545,6 +715,7 @@ static void rocks_close(syncd_backend_t *b)
         return;
     for (int i = 0; i < r->nstripes_ready; i++) {
         syncd_lru_destroy(&r->stripes[i].tier, free_entry);
+        syncd_lru_destroy(&r->stripes[i].locks, free_key_lock);
         pthread_mutex_destroy(&r->stripes[i].lock);
     }
     if (r->db != NULL)
@@ -573,10 +744,12 @@ static const syncd_backend_ops_t rocks_ops = {
 };
 
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
-                             int sync_writes, syncd_error_t *err)
+                             int sync_writes, int64_t tier_ttl_ms,
+                             uint64_t tier_max_bytes,
+                             const syncd_store_hooks_t *hooks,
+                             syncd_error_t *err)
 {
     rocks_t *r = calloc(1, sizeof(*r));
-    pthread_mutexattr_t recursive;
     char *errptr = NULL;
     int rc = 0;
 
@@ -584,8 +757,11 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     if (r == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     r->base.ops = &rocks_ops;
-    pthread_mutexattr_init(&recursive);
-    pthread_mutexattr_settype(&recursive, PTHREAD_MUTEX_RECURSIVE);
+    r->tier_ttl_ms = tier_ttl_ms;
+    r->tier_max_bytes = tier_max_bytes;
+    r->now_ms =
+        hooks != NULL && hooks->now_ms != NULL ? hooks->now_ms : monotonic_ms;
+    r->now_data = hooks != NULL ? hooks->data : NULL;
     for (; r->nstripes_ready < NSTRIPES; r->nstripes_ready++) {
         stripe_t *s = &r->stripes[r->nstripes_ready];
 
@@ -593,7 +769,12 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
             goto done;
         }
-        pthread_mutex_init(&s->lock, &recursive);
+        if (syncd_lru_init(&s->locks) != 0) {
+            syncd_lru_destroy(&s->tier, free_entry);
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+            goto done;
+        }
+        pthread_mutex_init(&s->lock, NULL);
     }
     r->options = rocksdb_options_create();
     r->read = rocksdb_readoptions_create();
@@ -604,7 +785,6 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");
 done:
-    pthread_mutexattr_destroy(&recursive);
     if (rc != 0) {
         rocks_close(&r->base);
         return rc;

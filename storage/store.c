@@ -1060,7 +1060,8 @@ static int open_backends(syncd_store_t *s, const syncd_store_options_t *o,
                                strerror(errno));
     if (o->mongo_uri == NULL)
         return syncd_backend_rocks_open(&s->backend, o->data_dir,
-                                        o->sync_writes, err);
+                                        o->sync_writes, o->cache_ttl_ms,
+                                        o->cache_max_bytes, o->hooks, err);
     if ((size_t)snprintf(dir, sizeof(dir), "%s/cache", o->data_dir) >=
         sizeof(dir))
         return syncd_error_set(err, SYNCD_EINVAL, "data_dir is too long");

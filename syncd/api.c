@@ -63,6 +63,7 @@ typedef struct job {
     char *prefix, *after;
     size_t limit;
     int64_t seq; /* list: the collection's seq read before listing */
+    int held;    /* a write holding its collection on the node */
     /* results */
     int rc;
     int bad_json; /* rc comes from parsing the body */
@@ -80,6 +81,7 @@ typedef struct watcher {
     char *coll, *prefix;
     int64_t since; /* -1: from now on */
     int64_t last;  /* seq of the last event sent */
+    int held;      /* holding its collection on the node until it watches */
     int streaming;
     int ended;
 } watcher_t;
@@ -289,6 +291,32 @@ static void respond_rc(syncd_http_req_t *req, job_kind_t kind, int rc,
     syncd_http_respond_error(req, status, code, msg);
 }
 
+/* Holds coll on the node for a write or a watch; answers 503 naming the
+ * limit when the node holds --max-collections others (or the hold fails
+ * otherwise) and returns -1. */
+static int hold_collection(syncd_api_t *api, syncd_http_req_t *req,
+                           const char *coll)
+{
+    syncd_error_t err;
+    char msg[160];
+    int rc;
+
+    syncd_error_clear(&err);
+    rc = syncd_node_hold(api->opts.node, coll, &err);
+    if (rc == 0)
+        return 0;
+    if (rc == SYNCD_ETOOBIG) {
+        snprintf(msg, sizeof(msg),
+                 "this node works on its limit of %lld collections "
+                 "(--max-collections); retry later",
+                 (long long)api->opts.cfg->max_collections);
+        syncd_http_respond_error(req, 503, "too_many_collections", msg);
+    } else {
+        respond_rc(req, JOB_GET, rc, &err);
+    }
+    return -1;
+}
+
 /* ---- Store jobs ------------------------------------------------------ */
 
 static void job_free(job_t *j)
@@ -490,6 +518,10 @@ static void job_finish(job_t *j)
 
         respond_json(j->req, created ? 201 : 200, j->version, j->text);
     }
+    if (j->held)
+        syncd_node_release(api->opts.node, j->coll,
+                           j->change != NULL &&
+                               j->change->op != SYNCD_CHANGE_NONE);
     job_free(j);
     inflight_end(api);
 }
@@ -674,6 +706,10 @@ static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
         rc = setup_patch(j);
     else if (kind == JOB_DELETE)
         rc = read_if_match(j);
+    if (rc == 0 && kind != JOB_GET) {
+        rc = hold_collection(api, req, j->coll);
+        j->held = rc == 0;
+    }
     if (rc < 0) {
         job_free(j);
         inflight_end(api);
@@ -931,6 +967,8 @@ static void watcher_go(watcher_t *w)
     w->last = w->since;
     rc = syncd_node_watch(api->opts.node, &w->watch, w->coll, w->prefix,
                           w->since, watch_signal, w, &err);
+    syncd_node_release(api->opts.node, w->coll, 0);
+    w->held = 0;
     if (rc != 0) {
         json_t *o = json_pack("{s:s, s:s}", "error", syncd_strerror(rc),
                               "message", err.message);
@@ -952,6 +990,8 @@ static void watcher_refuse(watcher_t *w, int status, const char *code,
                            const char *message)
 {
     syncd_http_respond_error(w->req, status, code, message);
+    if (w->held)
+        syncd_node_release(w->api->opts.node, w->coll, 0);
     w->ended = 1;
     uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
 }
@@ -1041,6 +1081,9 @@ static void serve_watch(syncd_api_t *api, syncd_http_req_t *req, char *coll)
         goto fail;
     }
     free(since);
+    if (hold_collection(api, req, w->coll) < 0)
+        goto refused;
+    w->held = 1;
     inflight_begin(api);
     rc = syncd_bus_seq(api->opts.bus, w->coll, watch_seq_read, w);
     if (rc != 0)
@@ -1048,6 +1091,7 @@ static void serve_watch(syncd_api_t *api, syncd_http_req_t *req, char *coll)
     return;
 fail:
     free(since);
+refused:
     w->ended = 1;
     uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
 }

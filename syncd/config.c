@@ -55,9 +55,9 @@ static const option_t options[] = {
     {"sync-writes", OPT_BOOL, AT(sync_writes), "true",
      "embedded store: fsync every commit"},
     {"cache-ttl", OPT_DURATION, AT(cache_ttl_ms), "10m",
-     "lifetime of a cache entry"},
+     "lifetime of a cache entry (embedded: of the in-memory tier's)"},
     {"cache-max-bytes", OPT_SIZE, AT(cache_max_bytes), "256MiB",
-     "size bound of the cache"},
+     "size bound of the cache (embedded: of the in-memory tier)"},
     {"max-retries", OPT_INT, AT(max_retries), "10",
      "compare-and-swap retries of an edit"},
     {"retry-delay", OPT_DURATION, AT(retry_delay_ms), "5ms",
@@ -98,6 +98,8 @@ static const option_t options[] = {
      "unsent bytes per watcher before it is told to resync"},
     {"watch-buffer-events", OPT_INT, AT(watch_buffer_events), "10000",
      "queued events per watcher before it is told to resync"},
+    {"max-collections", OPT_INT, AT(max_collections), "10000",
+     "collections a node works on at once; more are refused with 503"},
     {"bookmark-interval", OPT_DURATION, AT(bookmark_interval_ms), "15s",
      "idle time before a watcher gets a bookmark event"},
 };
@@ -364,6 +366,9 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
     if (cfg->max_doc_bytes == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-doc-bytes: must be more than 0");
+    if (cfg->max_collections == 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "--max-collections: must be more than 0");
     return split_listen(cfg, err);
 }
 

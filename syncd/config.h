@@ -28,7 +28,8 @@ typedef struct syncd_config {
     char *token;     /* API bearer token; NULL: open */
     syncd_log_level_t log_level;
     int sync_writes;
-    int64_t max_retries, max_connections, event_log_len, watch_buffer_events;
+    int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
+        max_collections;
     int64_t max_connections_per_client, max_patch_ops, body_timeout_ms;
     int64_t cache_ttl_ms, retry_delay_ms, max_retry_delay_ms, edit_timeout_ms,
         anti_entropy_interval_ms, tombstone_ttl_ms, idle_timeout_ms,

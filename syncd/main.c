@@ -208,6 +208,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     no.tombstone_ttl_ms = c->tombstone_ttl_ms;
     no.max_event_bytes = c->max_event_bytes;
     no.watch_buffer_events = (size_t)c->watch_buffer_events;
+    no.max_collections = (size_t)c->max_collections;
     return syncd_node_open(&d->node, &d->loop, d->store, d->bus, &no, err);
 }
 

@@ -142,7 +142,7 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
     metric(&o, "syncd_events_published_total", "counter",
            "Events published on the bus.", v->bus.published);
     metric(&o, "syncd_events_received_total", "counter",
-           "Events received from the bus.", v->bus.received);
+           "Events the bus delivered to this node.", v->node.events_received);
     metric(&o, "syncd_events_applied_total", "counter",
            "Events applied to this node's view.", v->node.events_applied);
     metric(&o, "syncd_events_replayed_total", "counter",
@@ -172,9 +172,10 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
     metric(&o, "syncd_hash_mismatches_total", "counter",
            "Patched documents whose hash did not match the event.",
            v->node.hash_mismatches);
+    /* The bus counts the resyncs it signals and the node those it runs:
+     * the same ones, so only the node's are reported. */
     metric(&o, "syncd_resyncs_total", "counter",
-           "Collection resyncs from the store.",
-           v->node.resyncs + v->bus.resyncs);
+           "Collection resyncs from the store.", v->node.resyncs);
     metric(&o, "syncd_anti_entropy_runs_total", "counter",
            "Anti-entropy passes.", v->node.anti_entropy_runs);
     metric(&o, "syncd_anti_entropy_repairs_total", "counter",
@@ -194,6 +195,9 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
            v->store.cache_bytes);
     metric(&o, "syncd_cache_entries", "gauge", "Cached documents.",
            v->store.cache_entries);
+    metric(&o, "syncd_collections", "gauge",
+           "Collections this node holds state for (subscription, queue).",
+           v->node.collections);
     metric(&o, "syncd_watchers", "gauge", "Open watch streams.",
            (uint64_t)(m->watchers > 0 ? m->watchers : 0));
     metric(&o, "syncd_watch_resyncs_total", "counter",

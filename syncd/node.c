@@ -1,10 +1,20 @@
 /* node.c - a syncd node: applies the change bus to the node cache, runs
  * anti-entropy, purges tombstones, and feeds local watchers.
  *
- * Each collection the node touches (listed in the store at open, published
- * to, or watched) gets a subscription on the bus and a queue of work items:
- * received events and bus resyncs, in seq order. A collection hands
- * what it has queued (up to BATCH_MAX items) to the libuv thread pool as
+ * Each collection the node works on gets a subscription on the bus and a
+ * queue of work items: received events and bus resyncs, in seq order. That
+ * state exists only for collections that exist in the store
+ * (in MongoDB mode, every collection listed there, whose cache entries the
+ * subscription keeps converged; in the embedded default, where the store is
+ * the truth, those written through the node) or that have watchers or a
+ * write in progress (held by the API); a request for an unknown collection
+ * creates none. Collections are found in a hash table by name and bounded
+ * by max_collections. One that goes idle (no watcher, no hold, no queued or
+ * running work, no anti-entropy pass, no seq read in flight) is freed with
+ * its subscription at once when it is not known to exist in the store, else
+ * after coll_idle_ms without a write or event; in MongoDB mode a collection
+ * that exists in the store is kept. A collection
+ * hands what it has queued (up to BATCH_MAX items) to the libuv thread pool as
  * one work item (store calls block) and runs one such batch at a time, so
  * its events are applied in seq order and a backlog costs one round trip
  * to the pool, not one per event. Back on the loop, each item of the batch
@@ -108,9 +118,15 @@ struct syncd_node_watch {
 typedef struct work work_t;
 
 struct coll {
-    coll_t *next;
+    coll_t *next, *prev; /* the node's list */
+    coll_t *hnext;       /* the node's hash chain */
+    uint64_t hash;
     syncd_node_t *node;
     char *name;
+    size_t holds;     /* syncd_node_hold() calls not yet released */
+    int in_store;     /* known to exist in the store of record: listed,
+                         written, or an event of it received */
+    uint64_t touched; /* loop time (ms) of its last write or event */
     syncd_bus_sub_t *sub;
     int ready;       /* subscribed; seq is known */
     int seq_pending; /* a bus seq read is in flight */
@@ -140,10 +156,13 @@ struct syncd_node {
     char node_id[SYNCD_MAX_NODE_ID + 1];
     int cached; /* MongoDB mode: there is a cache to keep converged */
     coll_t *colls;
+    coll_t **buckets; /* hash table of colls; nbuckets is a power of two */
+    size_t nbuckets, ncolls;
     breq_t *reqs;
     uv_timer_t timer; /* anti-entropy */
     uv_timer_t retry; /* subscribing collections the bus refused */
     uv_timer_t purge; /* tombstone purge */
+    uv_timer_t reap;  /* freeing idle collections */
     int timers_open;
     size_t works;   /* thread-pool items in flight */
     size_t ae_runs; /* anti-entropy runs in progress */
@@ -192,6 +211,8 @@ void syncd_node_options_init(syncd_node_options_t *opts)
     opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
     opts->max_event_bytes = 1 << 20;
     opts->watch_buffer_events = 10000;
+    opts->max_collections = 10000;
+    opts->coll_idle_ms = 30000;
 }
 
 /* ---- Helpers --------------------------------------------------------------
@@ -504,6 +525,8 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
 
     if (c->node->closing)
         return;
+    if (signal == SYNCD_BUS_EVENT)
+        c->node->stats.events_received++;
     item = calloc(1, sizeof(*item));
     if (item == NULL)
         return;
@@ -521,6 +544,7 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
 }
 
 static void coll_subscribe(coll_t *c);
+static int coll_reap(coll_t *c);
 
 /* Subscribes every collection that is not yet. */
 static void on_retry(uv_timer_t *timer)
@@ -552,7 +576,8 @@ static void on_coll_seq(int status, int64_t seq, void *payload)
     c->seq_pending = 0;
     if (status != 0 || syncd_bus_subscribe(node->bus, &c->sub, c->name, seq,
                                            on_bus_event, c, NULL) != 0) {
-        retry_later(node);
+        if (!coll_reap(c))
+            retry_later(node);
         return;
     }
     c->seq = seq;
@@ -562,6 +587,8 @@ static void on_coll_seq(int status, int64_t seq, void *payload)
             watch_start(w);
     }
     sweep(c);
+    /* Whoever wanted it may be gone already (a write that failed). */
+    coll_reap(c);
 }
 
 /* Subscribes c when it is not yet: reads the collection's current seq,
@@ -586,28 +613,177 @@ static void coll_subscribe(coll_t *c)
     }
 }
 
-/* Finds or adds the collection name and makes sure it is subscribed;
- * NULL on out of memory. */
-static coll_t *coll_get(syncd_node_t *node, const char *name)
+/* Returns the FNV-1a hash of name. */
+static uint64_t name_hash(const char *name)
 {
+    uint64_t h = 14695981039346656037ULL;
+
+    for (; *name != '\0'; name++) {
+        h ^= (unsigned char)*name;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static coll_t **bucket_of(const syncd_node_t *node, uint64_t hash)
+{
+    return &node->buckets[(hash ^ (hash >> 31)) & (node->nbuckets - 1)];
+}
+
+/* Returns the collection name, or NULL when the node holds no state for
+ * it. */
+static coll_t *coll_find(const syncd_node_t *node, const char *name)
+{
+    uint64_t hash = name_hash(name);
     coll_t *c;
 
-    for (c = node->colls; c != NULL; c = c->next) {
-        if (strcmp(c->name, name) == 0)
-            break;
+    if (node->buckets == NULL)
+        return NULL;
+    for (c = *bucket_of(node, hash); c != NULL; c = c->hnext) {
+        if (c->hash == hash && strcmp(c->name, name) == 0)
+            return c;
     }
+    return NULL;
+}
+
+/* Doubles the hash table (or makes its first one); on out of memory the
+ * chains just get longer. */
+static void table_grow(syncd_node_t *node)
+{
+    size_t n = node->nbuckets ? node->nbuckets * 2 : 64;
+    coll_t **old = node->buckets, **fresh = calloc(n, sizeof(*fresh));
+    size_t oldn = node->nbuckets;
+
+    if (fresh == NULL)
+        return;
+    node->buckets = fresh;
+    node->nbuckets = n;
+    for (size_t i = 0; i < oldn; i++) {
+        while (old[i] != NULL) {
+            coll_t *c = old[i], **b = bucket_of(node, c->hash);
+
+            old[i] = c->hnext;
+            c->hnext = *b;
+            *b = c;
+        }
+    }
+    free(old);
+}
+
+/* Finds or adds the collection name into *out and makes sure it is
+ * subscribed; SYNCD_ETOOBIG when adding it would pass max_collections,
+ * SYNCD_ENOMEM. */
+static int coll_open(syncd_node_t *node, coll_t **out, const char *name,
+                     syncd_error_t *err)
+{
+    coll_t *c = coll_find(node, name), **b;
+
+    *out = NULL;
     if (c == NULL) {
+        if (node->ncolls >= node->opts.max_collections)
+            return syncd_error_set(err, SYNCD_ETOOBIG,
+                                   "node: collection %s refused: the node "
+                                   "holds its limit of %zu collections",
+                                   name, node->opts.max_collections);
+        if (node->ncolls >= node->nbuckets)
+            table_grow(node);
         c = calloc(1, sizeof(*c));
-        if (c == NULL || (c->name = strdup(name)) == NULL) {
+        if (c == NULL || node->buckets == NULL ||
+            (c->name = strdup(name)) == NULL) {
             free(c);
-            return NULL;
+            return syncd_error_set(err, SYNCD_ENOMEM, "node: out of memory");
         }
         c->node = node;
+        c->hash = name_hash(name);
+        c->touched = uv_now(node->loop);
+        b = bucket_of(node, c->hash);
+        c->hnext = *b;
+        *b = c;
         c->next = node->colls;
+        if (node->colls != NULL)
+            node->colls->prev = c;
         node->colls = c;
+        node->ncolls++;
     }
     coll_subscribe(c);
+    *out = c;
+    return 0;
+}
+
+/* coll_open() for a collection that is being written or exists in the
+ * store: marked so now, so that it keeps its state for coll_idle_ms (and
+ * hears its own event). NULL when it fails. */
+static coll_t *coll_get(syncd_node_t *node, const char *name)
+{
+    coll_t *c = NULL;
+
+    if (coll_open(node, &c, name, NULL) == 0) {
+        c->in_store = 1;
+        c->touched = uv_now(node->loop);
+    }
     return c;
+}
+
+/* Unlinks c from its node and frees it with its subscription; c must be
+ * idle (see coll_idle()). */
+static void coll_free(coll_t *c)
+{
+    syncd_node_t *node = c->node;
+    coll_t **p = bucket_of(node, c->hash);
+
+    while (*p != c)
+        p = &(*p)->hnext;
+    *p = c->hnext;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        node->colls = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    node->ncolls--;
+    syncd_bus_unsubscribe(c->sub);
+    free(c->name);
+    free(c);
+}
+
+/* Tells whether c needs its state for nothing now: no watcher (ended ones
+ * included until swept), no hold, no queued or running work, no
+ * anti-entropy pass and no bus request in flight. */
+static int coll_idle(const coll_t *c)
+{
+    return c->watchers == NULL && c->holds == 0 && c->head == NULL &&
+           c->running == NULL && c->passes == 0 && !c->seq_pending;
+}
+
+/* Frees c if it is idle and may go: not known in the store, or in the
+ * embedded default not written for coll_idle_ms (in MongoDB mode a
+ * collection of the store keeps its subscription, which keeps the cache
+ * converged). Returns 1 when freed. */
+static int coll_reap(coll_t *c)
+{
+    syncd_node_t *node = c->node;
+
+    if (node->closing || node->depth > 0)
+        return 0;
+    sweep(c);
+    if (!coll_idle(c) || (node->cached && c->in_store))
+        return 0;
+    if (c->in_store &&
+        uv_now(node->loop) - c->touched < (uint64_t)node->opts.coll_idle_ms)
+        return 0;
+    coll_free(c);
+    return 1;
+}
+
+static void on_reap(uv_timer_t *timer)
+{
+    syncd_node_t *node = timer->data;
+    coll_t *c = node->colls, *next;
+
+    for (; c != NULL; c = next) {
+        next = c->next;
+        coll_reap(c);
+    }
 }
 
 /* Puts the chain first..last back at the head of c's queue. */
@@ -911,6 +1087,12 @@ static void finish_item(coll_t *c, item_t *item)
     switch (item->kind) {
     case ITEM_EVENT:
         c->seq = item->seq;
+        c->in_store = 1;
+        c->touched = uv_now(node->loop);
+        /* Without a cache the store is the truth: an event is applied
+         * once recorded and handed to the watchers. */
+        if (!node->cached)
+            node->stats.events_applied++;
         for (w = c->watchers; w != NULL; w = w->next)
             watch_offer(w, item->seq, item->event);
         break;
@@ -1096,7 +1278,9 @@ static void on_listed(work_t *w, int status)
 
     if (node->closing)
         status = SYNCD_ECANCELED;
-    if (status == 0) {
+    /* Only a cache needs every collection subscribed: in the embedded
+     * default, state is made when a collection is written or watched. */
+    if (status == 0 && node->cached) {
         json_array_foreach (w->colls, i, name) {
             coll_get(node, json_string_value(name));
         }
@@ -1181,6 +1365,10 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
         return syncd_error_set(err, SYNCD_EINVAL,
                                "node: anti_entropy_chunk must be 1..%d",
                                SYNCD_MAX_VERSIONS_IDS);
+    if (opts->max_collections == 0 || opts->coll_idle_ms <= 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "node: max_collections and coll_idle_ms "
+                               "must be positive");
     node = calloc(1, sizeof(*node));
     if (node == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "node: out of memory");
@@ -1199,8 +1387,12 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
     uv_timer_init(loop, &node->timer);
     uv_timer_init(loop, &node->retry);
     uv_timer_init(loop, &node->purge);
-    node->timer.data = node->retry.data = node->purge.data = node;
-    node->timers_open = 3;
+    uv_timer_init(loop, &node->reap);
+    node->timer.data = node->retry.data = node->purge.data = node->reap.data =
+        node;
+    node->timers_open = 4;
+    uv_timer_start(&node->reap, on_reap, (uint64_t)opts->coll_idle_ms,
+                   (uint64_t)opts->coll_idle_ms);
     if (node->cached && opts->anti_entropy_interval_ms > 0)
         uv_timer_start(&node->timer, on_timer,
                        (uint64_t)opts->anti_entropy_interval_ms,
@@ -1226,6 +1418,7 @@ static void free_node(syncd_node_t *node)
         free(c->name);
         free(c);
     }
+    free(node->buckets);
     free(node);
     if (cb != NULL)
         cb(payload);
@@ -1260,6 +1453,7 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     uv_close((uv_handle_t *)&node->timer, on_timer_closed);
     uv_close((uv_handle_t *)&node->retry, on_timer_closed);
     uv_close((uv_handle_t *)&node->purge, on_timer_closed);
+    uv_close((uv_handle_t *)&node->reap, on_timer_closed);
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
         c->sub = NULL;
@@ -1391,11 +1585,13 @@ int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,
         return rc;
     if (cb == NULL)
         return syncd_error_set(err, SYNCD_EINVAL, "node: watch needs a cb");
+    rc = coll_open(node, &c, coll, err);
+    if (rc != 0)
+        return rc;
     w = calloc(1, sizeof(*w));
-    c = coll_get(node, coll);
-    if (w == NULL || c == NULL ||
-        (prefix != NULL && (w->prefix = strdup(prefix)) == NULL)) {
+    if (w == NULL || (prefix != NULL && (w->prefix = strdup(prefix)) == NULL)) {
         free(w);
+        coll_reap(c);
         return syncd_error_set(err, SYNCD_ENOMEM, "node: out of memory");
     }
     w->prefix_len = prefix != NULL ? strlen(prefix) : 0;
@@ -1414,26 +1610,56 @@ int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,
 
 void syncd_node_unwatch(syncd_node_watch_t *watch)
 {
+    coll_t *c;
+
     if (watch == NULL)
         return;
+    c = watch->coll;
     watch->dead = 1;
-    sweep(watch->coll);
+    sweep(c);
+    coll_reap(c);
+}
+
+int syncd_node_hold(syncd_node_t *node, const char *coll, syncd_error_t *err)
+{
+    coll_t *c;
+    int rc;
+
+    if (node->closing)
+        return syncd_error_set(err, SYNCD_ECANCELED, "node: closing");
+    rc = syncd_validate_collection(coll, err);
+    if (rc == 0)
+        rc = coll_open(node, &c, coll, err);
+    if (rc == 0)
+        c->holds++;
+    return rc;
+}
+
+void syncd_node_release(syncd_node_t *node, const char *coll, int committed)
+{
+    coll_t *c = coll_find(node, coll);
+
+    if (c == NULL || c->holds == 0)
+        return;
+    c->holds--;
+    if (committed) {
+        c->in_store = 1;
+        c->touched = uv_now(node->loop);
+    }
+    coll_reap(c);
 }
 
 int64_t syncd_node_seq(const syncd_node_t *node, const char *coll)
 {
-    const coll_t *c;
+    const coll_t *c = coll_find(node, coll);
 
-    for (c = node->colls; c != NULL; c = c->next) {
-        if (strcmp(c->name, coll) == 0)
-            return c->seq;
-    }
-    return 0;
+    return c != NULL ? c->seq : 0;
 }
 
 void syncd_node_stats(const syncd_node_t *node, syncd_node_stats_t *out)
 {
     *out = node->stats;
+    out->collections = node->ncolls;
 }
 
 int syncd_node_anti_entropy(syncd_node_t *node,

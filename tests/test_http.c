@@ -1234,6 +1234,192 @@ static void test_limits__connections_past_the_per_client_limit_get_503(void **s)
     assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* ---- Metric values and collection state -------------------------------- */
+
+/* Polls d's metric name until it is at least want (at most 15 s: a bound
+ * for liveness) and returns its value then. */
+static long long wait_metric(const daemon_t *d, const char *name,
+                             long long want)
+{
+    long long v = metric_value(d, name);
+
+    for (int i = 0; i < 300 && v < want; i++) {
+        usleep(50 * 1000);
+        v = metric_value(d, name);
+    }
+    return v;
+}
+
+/* Sends n GETs of distinct, unknown collection names over one keep-alive
+ * connection (document reads, listings and digests in turn) and checks
+ * that each answers as for an empty collection. */
+static void get_unknown_collections(const daemon_t *d, int n)
+{
+    CURL *c = curl_easy_init();
+    response_t r;
+    char url[256];
+    long status;
+
+    memset(&r, 0, sizeof(r));
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    for (int i = 0; i < n; i++) {
+        static const char *const kinds[] = {"docs/x", "docs", "digest"};
+        int kind = i % 10 == 8 ? 1 : i % 10 == 9 ? 2 : 0;
+
+        snprintf(url, sizeof(url),
+                 "http://127.0.0.1:%d/v1/collections/"
+                 "nobody-%d/%s",
+                 d->port, i, kinds[kind]);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        assert_int_equal(curl_easy_perform(c), CURLE_OK);
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        assert_int_equal(status, kind == 0 ? 404 : 200);
+        response_free(&r);
+        r.len = 0;
+    }
+    curl_easy_cleanup(c);
+}
+
+/* 20,000 GETs of distinct unknown collection names, and writes that fail
+ * and watches that end on some more, leave no per-collection state on the
+ * node. */
+static void
+test_collections__unknown_names_leave_no_state_on_the_node(void **state)
+{
+    long long before;
+
+    (void)state;
+    before = metric_value(&main_daemon, "syncd_collections");
+    assert_true(before >= 0);
+    get_unknown_collections(&main_daemon, 20000);
+    for (int i = 0; i < 100; i++) {
+        char path[64];
+        sse_t sse;
+
+        snprintf(path, sizeof(path), "/v1/collections/ghost-%d/docs/x", i);
+        check("DELETE", path, NULL, NULL, 404, "not_found");
+        snprintf(path, sizeof(path), "/v1/collections/ghost-%d/watch", i);
+        sse_open(&sse, &main_daemon, path, NULL);
+        assert_int_equal(sse_wait(&sse, "200 OK", 1), 1);
+        sse_close(&sse);
+    }
+    for (int i = 0;
+         i < 300 && metric_value(&main_daemon, "syncd_collections") != before;
+         i++)
+        usleep(50 * 1000);
+    assert_int_equal(metric_value(&main_daemon, "syncd_collections"), before);
+}
+
+/* In the embedded default every write is an event the node receives and
+ * applies: after N writes both counters are N. */
+static void
+test_metrics__events_received_and_applied_count_each_write(void **state)
+{
+    enum { N = 7 };
+    daemon_t d;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, NULL), 0);
+    for (int i = 0; i < N; i++) {
+        char path[64];
+        response_t r;
+
+        snprintf(path, sizeof(path), "/v1/collections/counted/docs/d%d", i);
+        r = request(&d, "PUT", path, "{\"x\":1}", NULL);
+        expect(&r, 201, NULL);
+    }
+    assert_int_equal(wait_metric(&d, "syncd_events_applied_total", N), N);
+    assert_int_equal(metric_value(&d, "syncd_events_received_total"), N);
+    assert_int_equal(metric_value(&d, "syncd_events_published_total"), N);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* In the embedded default --cache-max-bytes bounds the store's in-memory
+ * tier: reads of 100 documents of 2 KB through a 64 KiB tier leave it
+ * within the bound, having evicted. */
+static void test_metrics__embedded_tier_honours_cache_max_bytes(void **state)
+{
+    daemon_t d;
+    char body[2100], path[64];
+    response_t r;
+
+    (void)state;
+    memset(body, 0, sizeof(body));
+    snprintf(body, sizeof(body), "{\"pad\":\"%0*d\"}", 2000, 0);
+    assert_int_equal(daemon_start(&d, "--cache-max-bytes", "64KiB", NULL), 0);
+    for (int i = 0; i < 100; i++) {
+        snprintf(path, sizeof(path), "/v1/collections/tiered/docs/d%d", i);
+        r = request(&d, "PUT", path, body, NULL);
+        expect(&r, 201, NULL);
+        r = request(&d, "GET", path, NULL, NULL);
+        expect(&r, 200, NULL);
+    }
+    assert_true(metric_value(&d, "syncd_cache_bytes") <= 64 * 1024);
+    assert_true(metric_value(&d, "syncd_cache_evictions_total") > 0);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* Redis restarted empty forces one resync of the one collection the node
+ * works on (a watcher keeps it), and it counts once. */
+static void test_metrics__one_forced_resync_counts_one(void **state)
+{
+    syncd_test_server_t redis;
+    daemon_t d;
+    response_t r;
+    sse_t s;
+
+    (void)state;
+    assert_int_equal(syncd_test_redis_start(&redis), 0);
+    assert_int_equal(daemon_start(&d, "--redis-url", redis.uri, NULL), 0);
+    sse_open(&s, &d, "/v1/collections/resynced/watch", NULL);
+    assert_int_equal(sse_wait(&s, "200 OK", 1), 1);
+    r = request(&d, "PUT", "/v1/collections/resynced/docs/a", "{}", NULL);
+    expect(&r, 201, NULL);
+    assert_int_equal(sse_wait(&s, "event: create", 1), 1);
+    assert_int_equal(metric_value(&d, "syncd_resyncs_total"), 0);
+
+    assert_int_equal(syncd_test_server_stop(&redis), 0);
+    assert_int_equal(syncd_test_server_restart(&redis), 0);
+    assert_int_equal(wait_metric(&d, "syncd_resyncs_total", 1), 1);
+    sse_close(&s);
+    assert_int_equal(daemon_stop(&d), 0);
+    syncd_test_server_destroy(&redis);
+}
+
+/* With --max-collections 3, a write or a watch of a fourth collection is
+ * refused with 503 naming the limit and writes nothing; the three keep
+ * working. */
+static void test_limits__max_collections_refuses_the_next_with_503(void **s)
+{
+    daemon_t d;
+    response_t r;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, "--max-collections", "3", NULL), 0);
+    for (int i = 1; i <= 3; i++) {
+        char path[64];
+
+        snprintf(path, sizeof(path), "/v1/collections/c%d/docs/a", i);
+        r = request(&d, "PUT", path, "{}", NULL);
+        expect(&r, 201, NULL);
+    }
+    r = request(&d, "PUT", "/v1/collections/c4/docs/a", "{}", NULL);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.body, "\"too_many_collections\""));
+    assert_non_null(strstr(r.body, "--max-collections"));
+    response_free(&r);
+    r = request(&d, "GET", "/v1/collections/c4/watch", NULL, NULL);
+    expect(&r, 503, "too_many_collections");
+    r = request(&d, "GET", "/v1/collections/c4/docs/a", NULL, NULL);
+    expect(&r, 404, "not_found");
+    r = request(&d, "PUT", "/v1/collections/c2/docs/a", "{\"v\":2}", NULL);
+    expect(&r, 200, NULL);
+    assert_int_equal(metric_value(&d, "syncd_collections"), 3);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* ---- Auth, limits, shutdown, config ----------------------------------- */
 
 static void test_auth__token_is_required_on_every_route_but_health(void **s)
@@ -1339,6 +1525,11 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
         run_capture(SYNCD_BINARY " --listen nowhere 2>&1", out, sizeof(out)),
         2);
     assert_non_null(strstr(out, "--listen"));
+    assert_int_equal(run_capture("SYNCD_MAX_COLLECTIONS=0 " SYNCD_BINARY
+                                 " 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--max-collections"));
     assert_int_equal(run_capture(SYNCD_BINARY " --help", out, sizeof(out)), 0);
     assert_non_null(strstr(out, "--mongo-uri"));
     assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
@@ -1393,11 +1584,22 @@ int main(void)
             test_http__early_413_reaches_a_client_sending_a_20_mib_body),
         cmocka_unit_test(
             test_limits__connections_past_the_per_client_limit_get_503),
+        cmocka_unit_test(
+            test_limits__max_collections_refuses_the_next_with_503),
+        cmocka_unit_test(
+            test_collections__unknown_names_leave_no_state_on_the_node),
+        cmocka_unit_test(
+            test_metrics__events_received_and_applied_count_each_write),
+        cmocka_unit_test(test_metrics__one_forced_resync_counts_one),
+        cmocka_unit_test(test_metrics__embedded_tier_honours_cache_max_bytes),
         cmocka_unit_test(test_shutdown__sigterm_ends_watchers_and_exits_0),
         cmocka_unit_test(
             test_tombstones__are_purged_by_the_daemon_after_tombstone_ttl),
         cmocka_unit_test(test_config__bad_values_fail_naming_the_flag),
     };
 
+    /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
+    if (getenv("SYNCD_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, setup_main, teardown_main);
 }

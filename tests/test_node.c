@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -1465,6 +1466,162 @@ test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync(
     syncd_test_rmtree(dir);
 }
 
+/* ---- Collection state ---------------------------------------------------- */
+
+/* An embedded node on its own loop, store and bus. */
+typedef struct embedded {
+    uv_loop_t loop;
+    char dir[256];
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+} embedded_t;
+
+static void embedded_open(embedded_t *e, const syncd_node_options_t *no)
+{
+    syncd_store_options_t so;
+    syncd_bus_options_t bo;
+    char events[300];
+
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    assert_int_equal(syncd_test_tmpdir(e->dir, sizeof(e->dir), "colls"), 0);
+    syncd_store_options_init(&so);
+    so.data_dir = e->dir;
+    so.sync_writes = 0;
+    assert_int_equal(syncd_store_open(&e->store, &so, NULL), 0);
+    snprintf(events, sizeof(events), "%s/events", e->dir);
+    assert_int_equal(mkdir(events, 0755), 0);
+    syncd_bus_options_init(&bo);
+    bo.data_dir = events;
+    assert_int_equal(syncd_bus_open(&e->bus, &e->loop, &bo, NULL), 0);
+    assert_int_equal(
+        syncd_node_open(&e->node, &e->loop, e->store, e->bus, no, NULL), 0);
+}
+
+static void embedded_close(embedded_t *e)
+{
+    syncd_node_close(e->node, on_embedded_closed, e->bus);
+    assert_int_equal(uv_run(&e->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&e->loop), 0);
+    syncd_store_close(e->store);
+    syncd_test_rmtree(e->dir);
+}
+
+static uint64_t collections_of(embedded_t *e)
+{
+    syncd_node_stats_t st;
+
+    syncd_node_stats(e->node, &st);
+    return st.collections;
+}
+
+/* Runs e's loop until the node holds `want` collections (at most 2000
+ * passes: a bound for liveness); returns what it holds then. */
+static uint64_t run_until_collections(embedded_t *e, uint64_t want)
+{
+    for (int i = 0; i < 2000 && collections_of(e) != want; i++)
+        uv_run(&e->loop, UV_RUN_ONCE);
+    return collections_of(e);
+}
+
+/* A hold that commits nothing (a request for an unknown collection) leaves
+ * no state behind; a watched collection's state is freed once unwatched; a
+ * written one's after coll_idle_ms without writes, and it can be watched
+ * again from its first seq afterwards. */
+static void
+test_node__collection_state_lives_only_while_watched_held_or_recently_written(
+    void **state)
+{
+    embedded_t e;
+    syncd_node_options_t no;
+    syncd_node_watch_t *w = NULL;
+    syncd_change_t *change = NULL;
+    json_t *body = json_pack("{s:i}", "n", 1);
+    int64_t seen = 0, published = 0;
+    char name[32];
+
+    (void)state;
+    syncd_node_options_init(&no);
+    no.anti_entropy_interval_ms = 0;
+    no.coll_idle_ms = 50;
+    embedded_open(&e, &no);
+    assert_int_equal(run_until_collections(&e, 0), 0);
+
+    for (int i = 0; i < 2000; i++) {
+        snprintf(name, sizeof(name), "unknown-%d", i);
+        assert_int_equal(syncd_node_hold(e.node, name, NULL), 0);
+        syncd_node_release(e.node, name, 0);
+    }
+    assert_int_equal(run_until_collections(&e, 0), 0);
+
+    assert_int_equal(syncd_node_watch(e.node, &w, "watched", NULL, -1,
+                                      on_embedded_watch, &seen, NULL),
+                     0);
+    assert_int_equal(collections_of(&e), 1);
+    syncd_node_unwatch(w);
+    assert_int_equal(run_until_collections(&e, 0), 0);
+
+    assert_int_equal(
+        syncd_store_create(e.store, &change, "written", "a", body, NULL), 0);
+    assert_int_equal(
+        syncd_node_publish(e.node, change, on_embedded_published, &published),
+        0);
+    assert_int_equal(collections_of(&e), 1);
+    for (int i = 0; i < 2000 && published < 1; i++)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    assert_int_equal(published, 1);
+    assert_int_equal(run_until_collections(&e, 0), 0);
+
+    assert_int_equal(syncd_node_watch(e.node, &w, "written", NULL, 0,
+                                      on_embedded_watch, &seen, NULL),
+                     0);
+    for (int i = 0; i < 2000 && seen < 1; i++)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    assert_int_equal(seen, 1);
+    syncd_node_unwatch(w);
+    embedded_close(&e);
+    syncd_change_free(change);
+    json_decref(body);
+}
+
+/* With max_collections 3, a fourth collection is refused (hold and watch)
+ * while three are held, the held ones stay usable, and the fourth is
+ * taken once the others are released. */
+static void
+test_node__max_collections_refuses_the_next_one_with_ETOOBIG(void **state)
+{
+    static const char *names[] = {"c1", "c2", "c3"};
+    embedded_t e;
+    syncd_node_options_t no;
+    syncd_node_watch_t *w = NULL;
+    syncd_error_t err;
+    int64_t seen = 0;
+
+    (void)state;
+    syncd_node_options_init(&no);
+    no.anti_entropy_interval_ms = 0;
+    no.max_collections = 3;
+    embedded_open(&e, &no);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(syncd_node_hold(e.node, names[i], NULL), 0);
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_node_hold(e.node, "c4", &err), SYNCD_ETOOBIG);
+    assert_non_null(strstr(err.message, "3 collections"));
+    assert_int_equal(syncd_node_watch(e.node, &w, "c4", NULL, -1,
+                                      on_embedded_watch, &seen, NULL),
+                     SYNCD_ETOOBIG);
+    assert_null(w);
+    assert_int_equal(syncd_node_hold(e.node, "c1", NULL), 0);
+    syncd_node_release(e.node, "c1", 0);
+    assert_int_equal(collections_of(&e), 3);
+    for (int i = 0; i < 3; i++)
+        syncd_node_release(e.node, names[i], 0);
+    assert_int_equal(run_until_collections(&e, 0), 0);
+    assert_int_equal(syncd_node_hold(e.node, "c4", NULL), 0);
+    syncd_node_release(e.node, "c4", 0);
+    embedded_close(&e);
+}
+
 /* ---- Servers ------------------------------------------------------------- */
 
 static int servers_start(void **state)
@@ -1493,6 +1650,10 @@ int main(void)
             test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(
             test_node__tombstone_past_tombstone_ttl_is_purged_by_the_node_timer),
+        cmocka_unit_test(
+            test_node__collection_state_lives_only_while_watched_held_or_recently_written),
+        cmocka_unit_test(
+            test_node__max_collections_refuses_the_next_one_with_ETOOBIG),
         cmocka_unit_test(
             test_node__three_nodes_editing_concurrently_converge_and_watchers_see_every_seq_once),
         cmocka_unit_test(

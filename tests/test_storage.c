@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -912,7 +913,7 @@ static void test_store_rocks__stats_count_the_in_memory_tier(void **state)
     assert_int_equal(stats.cache_evictions, 0);
 }
 
-/* The tier holds 64 MiB in 64 stripes of 1 MiB: of 65 documents of 520 KB
+/* A tier of 64 MiB holds 64 stripes of 1 MiB: of 65 documents of 520 KB
  * two share a stripe, and the older of them is evicted. */
 static void test_store_rocks__stats_count_tier_evictions(void **state)
 {
@@ -925,6 +926,7 @@ static void test_store_rocks__stats_count_tier_evictions(void **state)
     memset(pad, 'x', PAD);
     pad[PAD] = '\0';
     f->opts.sync_writes = 0;
+    f->opts.cache_max_bytes = (uint64_t)64 << 20;
     reopen(f);
     for (int i = 0; i < DOCS; i++) {
         char id[16];
@@ -942,6 +944,320 @@ static void test_store_rocks__stats_count_tier_evictions(void **state)
     assert_true(stats.cache_evictions >= 1);
     assert_int_equal(stats.cache_entries + stats.cache_evictions, DOCS);
     assert_true(stats.cache_bytes <= (uint64_t)64 << 20);
+}
+
+/* In embedded mode cache_max_bytes bounds the store's in-memory tier:
+ * 2 MB of documents through a 256 KiB tier leave it within the bound,
+ * having evicted. */
+static void test_store_rocks__tier_stays_within_cache_max_bytes(void **state)
+{
+    enum { DOCS = 100, PAD = 20 * 1024 };
+    fixture_t *f = *state;
+    char *pad = malloc(PAD + 1);
+    syncd_store_stats_t stats;
+
+    assert_non_null(pad);
+    memset(pad, 'y', PAD);
+    pad[PAD] = '\0';
+    f->opts.sync_writes = 0;
+    f->opts.cache_max_bytes = (uint64_t)256 << 10;
+    reopen(f);
+    for (int i = 0; i < DOCS; i++) {
+        char id[16];
+        json_t *body = json_pack("{s:s}", "pad", pad);
+        syncd_change_t *c = NULL;
+
+        snprintf(id, sizeof(id), "d%d", i);
+        assert_int_equal(
+            syncd_store_create(f->store, &c, "bound", id, body, NULL), 0);
+        syncd_change_free(c);
+        json_decref(body);
+    }
+    free(pad);
+    syncd_store_stats(f->store, &stats);
+    assert_true(stats.cache_bytes <= (uint64_t)256 << 10);
+    assert_true(stats.cache_evictions > 0);
+    assert_int_equal(stats.cache_entries + stats.cache_evictions, DOCS);
+}
+
+/* In embedded mode cache_ttl is the lifetime of a tier entry: a read
+ * within it hits, a read after it misses and loads the record again. */
+static void test_store_rocks__tier_entries_live_for_cache_ttl(void **state)
+{
+    fixture_t *f = *state;
+    syncd_store_stats_t stats;
+    syncd_doc_t *doc = NULL;
+
+    f->opts.cache_ttl_ms = 1000;
+    use_fake_hooks(f, 5000);
+    create_doc(f, "ttl", "a", "{\"x\":1}");
+    reopen(f);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(syncd_store_get(f->store, &doc, "ttl", "a", NULL), 0);
+        syncd_doc_free(doc);
+    }
+    syncd_store_stats(f->store, &stats);
+    assert_int_equal(stats.cache_misses, 1);
+    assert_int_equal(stats.cache_hits, 1);
+
+    f->fake.now += 999;
+    assert_int_equal(syncd_store_get(f->store, &doc, "ttl", "a", NULL), 0);
+    syncd_doc_free(doc);
+    f->fake.now += 1;
+    assert_int_equal(syncd_store_get(f->store, &doc, "ttl", "a", NULL), 0);
+    assert_int_equal(json_integer_value(json_object_get(doc->body, "x")), 1);
+    syncd_doc_free(doc);
+    syncd_store_stats(f->store, &stats);
+    assert_int_equal(stats.cache_hits, 2);
+    assert_int_equal(stats.cache_misses, 2);
+    assert_int_equal(stats.cache_entries, 1);
+}
+
+/* Readers and writers of 128 documents racing through a tier that holds
+ * about one per stripe, so that they keep evicting one another. */
+typedef struct tier_race {
+    syncd_store_t *store;
+    int stop, backwards, mismatched, failures;
+} tier_race_t;
+
+#define TIER_RACE_KEYS 128
+
+static int bump_v(json_t *body, void *arg, syncd_error_t *err)
+{
+    (void)arg;
+    (void)err;
+    return json_object_set_new(
+               body, "v",
+               json_integer(json_integer_value(json_object_get(body, "v")) +
+                            1)) == 0
+               ? 0
+               : SYNCD_ENOMEM;
+}
+
+static void *tier_race_writer(void *arg)
+{
+    tier_race_t *r = arg;
+    char id[32];
+
+    for (int i = 0; i < 4 * TIER_RACE_KEYS; i++) {
+        syncd_change_t *c = NULL;
+
+        snprintf(id, sizeof(id), "hot-%d", i % TIER_RACE_KEYS);
+        if (syncd_store_edit(r->store, &c, "rr", id, bump_v, NULL,
+                             SYNCD_ANY_VERSION, NULL) != 0)
+            __atomic_add_fetch(&r->failures, 1, __ATOMIC_RELAXED);
+        syncd_change_free(c);
+    }
+    return NULL;
+}
+
+static void *tier_race_reader(void *arg)
+{
+    tier_race_t *r = arg;
+    int64_t seen[TIER_RACE_KEYS] = {0};
+    char id[32];
+
+    for (unsigned i = 0; !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE); i++) {
+        syncd_doc_t *doc = NULL;
+        int k = (int)(i % TIER_RACE_KEYS);
+
+        snprintf(id, sizeof(id), "hot-%d", k);
+        if (syncd_store_get(r->store, &doc, "rr", id, NULL) != 0) {
+            __atomic_add_fetch(&r->failures, 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        if (doc->version < seen[k])
+            __atomic_store_n(&r->backwards, 1, __ATOMIC_RELAXED);
+        if (json_integer_value(json_object_get(doc->body, "v")) != doc->version)
+            __atomic_store_n(&r->mismatched, 1, __ATOMIC_RELAXED);
+        seen[k] = doc->version;
+        syncd_doc_free(doc);
+    }
+    return NULL;
+}
+
+/* Readers take no write lock and fill the tier from RocksDB while writers
+ * commit: no reader ever sees a version older than one it saw before, or
+ * a body of another version, and every write commits. */
+static void
+test_store_rocks__lock_free_readers_never_see_a_version_go_backwards(
+    void **state)
+{
+    fixture_t *f = *state;
+    tier_race_t r = {0};
+    syncd_store_stats_t st;
+    pthread_t writers[2], readers[3];
+    char id[32];
+
+    f->opts.sync_writes = 0;
+    f->opts.cache_max_bytes = 64 * 400;
+    reopen(f);
+    for (int k = 0; k < TIER_RACE_KEYS; k++) {
+        snprintf(id, sizeof(id), "hot-%d", k);
+        create_doc(f, "rr", id, "{\"v\":1}");
+    }
+    r.store = f->store;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            pthread_create(&readers[i], NULL, tier_race_reader, &r), 0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(
+            pthread_create(&writers[i], NULL, tier_race_writer, &r), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(writers[i], NULL);
+    __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 3; i++)
+        pthread_join(readers[i], NULL);
+    assert_int_equal(r.failures, 0);
+    assert_int_equal(r.backwards, 0);
+    assert_int_equal(r.mismatched, 0);
+    for (int k = 0; k < TIER_RACE_KEYS; k++) {
+        snprintf(id, sizeof(id), "hot-%d", k);
+        assert_int_equal(live_version(f, "rr", id), 1 + 2 * 4);
+    }
+    /* The race went through RocksDB and the tier, not the tier alone. */
+    syncd_store_stats(f->store, &st);
+    assert_true(st.cache_misses > 0);
+    assert_true(st.cache_hits > 0);
+    assert_true(st.cache_evictions > 0);
+}
+
+/* An edit whose callback blocks, and the threads that must not wait for
+ * it. */
+typedef struct blocker {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int entered, released, readers_done;
+    fixture_t *f;
+    int edit_rc, read_rc;
+    int64_t seen_version;
+} blocker_t;
+
+static int blocking_edit(json_t *body, void *arg, syncd_error_t *err)
+{
+    blocker_t *b = arg;
+
+    (void)err;
+    pthread_mutex_lock(&b->lock);
+    b->entered = 1;
+    pthread_cond_broadcast(&b->cond);
+    while (!b->released)
+        pthread_cond_wait(&b->cond, &b->lock);
+    pthread_mutex_unlock(&b->lock);
+    return json_object_set_new(body, "edited", json_true()) == 0 ? 0
+                                                                 : SYNCD_ENOMEM;
+}
+
+static void *run_blocked_edit(void *arg)
+{
+    blocker_t *b = arg;
+    syncd_change_t *c = NULL;
+
+    b->edit_rc = syncd_store_edit(b->f->store, &c, "blk", "held", blocking_edit,
+                                  b, SYNCD_ANY_VERSION, NULL);
+    syncd_change_free(c);
+    return NULL;
+}
+
+/* Reads the statistics, reads and writes every other document, and reads
+ * the held one, while the edit blocks. */
+static void *run_readers(void *arg)
+{
+    blocker_t *b = arg;
+    syncd_store_stats_t stats;
+    syncd_doc_t *doc = NULL;
+    int rc = 0;
+
+    syncd_store_stats(b->f->store, &stats);
+    for (int i = 0; i < 256 && rc == 0; i++) {
+        char id[16];
+        json_t *body = json_pack("{s:i}", "n", i);
+        syncd_change_t *c = NULL;
+
+        snprintf(id, sizeof(id), "other-%d", i);
+        rc = syncd_store_get(b->f->store, &doc, "blk", id, NULL);
+        syncd_doc_free(doc);
+        doc = NULL;
+        if (rc == 0)
+            rc = syncd_store_put(b->f->store, &c, "blk", id, body,
+                                 SYNCD_ANY_VERSION, NULL);
+        syncd_change_free(c);
+        json_decref(body);
+    }
+    if (rc == 0)
+        rc = syncd_store_get(b->f->store, &doc, "blk", "held", NULL);
+    if (rc == 0)
+        b->seen_version = doc->version;
+    syncd_doc_free(doc);
+    syncd_store_stats(b->f->store, &stats);
+    pthread_mutex_lock(&b->lock);
+    b->read_rc = rc;
+    b->readers_done = 1;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+/* Waits (at most 20 s: a bound for liveness, not a speed check) until
+ * *flag is set; returns it. */
+static int wait_flag(blocker_t *b, int *flag)
+{
+    struct timespec until;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    pthread_mutex_lock(&b->lock);
+    while (!*flag && pthread_cond_timedwait(&b->cond, &b->lock, &until) == 0) {
+    }
+    pthread_mutex_unlock(&b->lock);
+    return *flag;
+}
+
+/* A writer holds one document's lock across the user's edit; the
+ * statistics, reads of every other document (whatever stripe they share)
+ * and of the held one (its committed version), and writes of the others
+ * all complete while the edit is blocked. */
+static void test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer(
+    void **state)
+{
+    fixture_t *f = *state;
+    blocker_t b;
+    pthread_t editor, readers;
+    int done;
+
+    memset(&b, 0, sizeof(b));
+    pthread_mutex_init(&b.lock, NULL);
+    pthread_cond_init(&b.cond, NULL);
+    b.f = f;
+    f->opts.sync_writes = 0;
+    reopen(f);
+    create_doc(f, "blk", "held", "{}");
+    for (int i = 0; i < 256; i++) {
+        char id[16];
+
+        snprintf(id, sizeof(id), "other-%d", i);
+        create_doc(f, "blk", id, "{}");
+    }
+    reopen(f); /* an empty tier: the readers go to RocksDB */
+    assert_int_equal(pthread_create(&editor, NULL, run_blocked_edit, &b), 0);
+    assert_true(wait_flag(&b, &b.entered));
+    assert_int_equal(pthread_create(&readers, NULL, run_readers, &b), 0);
+    done = wait_flag(&b, &b.readers_done);
+
+    pthread_mutex_lock(&b.lock);
+    b.released = 1;
+    pthread_cond_broadcast(&b.cond);
+    pthread_mutex_unlock(&b.lock);
+    pthread_join(editor, NULL);
+    pthread_join(readers, NULL);
+    pthread_cond_destroy(&b.cond);
+    pthread_mutex_destroy(&b.lock);
+
+    assert_true(done);
+    assert_int_equal(b.read_rc, 0);
+    assert_int_equal(b.seen_version, 1);
+    assert_int_equal(b.edit_rc, 0);
+    assert_int_equal(live_version(f, "blk", "held"), 2);
 }
 
 /* ---- Tombstones, list, digest, purge ------------------------------------ */
@@ -1941,8 +2257,17 @@ int main(void)
         ROCKS(test_store_rocks__8_writers_of_one_document_never_conflict),
         ROCKS(test_store_rocks__stats_count_the_in_memory_tier),
         ROCKS(test_store_rocks__stats_count_tier_evictions),
+        ROCKS(test_store_rocks__tier_stays_within_cache_max_bytes),
+        ROCKS(test_store_rocks__tier_entries_live_for_cache_ttl),
+        ROCKS(
+            test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer),
+        ROCKS(
+            test_store_rocks__lock_free_readers_never_see_a_version_go_backwards),
     };
 
+    /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
+    if (getenv("SYNCD_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
     return cmocka_run_group_tests_name("storage", tests, group_setup,
                                        group_teardown);
 }

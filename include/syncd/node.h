@@ -48,6 +48,10 @@ typedef struct syncd_node_options {
      * hook_data before each chunk an anti-entropy pass over coll compares. */
     void (*ae_chunk_hook)(void *data, const char *coll);
     void *hook_data;
+    size_t max_collections;           /* collections the node holds state for at
+                                         once; 10000 */
+    int64_t coll_idle_ms; /* how long an idle collection that was written
+                             keeps its state; 30 s */
 } syncd_node_options_t;
 
 /* Sets every field of opts to its documented default. */
@@ -109,15 +113,30 @@ int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,
 /* Ends a watch; its callback is not called again. NULL ignored. */
 void syncd_node_unwatch(syncd_node_watch_t *watch);
 
+/* Holds the node's state for coll (made, and subscribed, when the node has
+ * none) until syncd_node_release(), so that a write counts the collection
+ * it may create against max_collections before it commits. SYNCD_ETOOBIG
+ * when the node already holds max_collections other collections,
+ * SYNCD_EINVAL for a bad name, SYNCD_ECANCELED when closing. */
+int syncd_node_hold(syncd_node_t *node, const char *coll, syncd_error_t *err);
+
+/* Ends one syncd_node_hold() of coll; committed tells whether a change of
+ * it was committed meanwhile (then its state stays for coll_idle_ms, else
+ * an idle collection's state is freed at once). */
+void syncd_node_release(syncd_node_t *node, const char *coll, int committed);
+
 /* Returns the last seq of coll this node has applied (0 if none). */
 int64_t syncd_node_seq(const syncd_node_t *node, const char *coll);
 
-/* Counters of a node (monotonic). */
+/* Counters of a node (monotonic), and the number of collections it holds
+ * state for now. In the embedded default (no cache) an event is applied
+ * once recorded and handed to the watchers. */
 typedef struct syncd_node_stats {
-    uint64_t events_applied, events_dropped_duplicate, events_dropped_old,
-        events_ignored_uncached, refetches, hash_mismatches, resyncs,
-        anti_entropy_runs, anti_entropy_repairs, watchers, watch_resyncs,
-        tombstones_purged;
+    uint64_t events_received, events_applied, events_dropped_duplicate,
+        events_dropped_old, events_ignored_uncached, refetches, hash_mismatches,
+        resyncs, anti_entropy_runs, anti_entropy_repairs, watchers,
+        watch_resyncs, tombstones_purged;
+    uint64_t collections;
 } syncd_node_stats_t;
 
 /* Copies the node counters into *out. */

@@ -99,8 +99,10 @@ typedef struct syncd_store_options {
     const char *data_dir;       /* RocksDB store (embedded) or cache dir */
     const char *node_id;        /* origin written with each change; "local" */
     int sync_writes;            /* embedded: fsync every commit; default 1 */
-    int64_t cache_ttl_ms;       /* cache entry lifetime; default 10 min */
-    uint64_t cache_max_bytes;   /* cache size bound; default 256 MiB */
+    int64_t cache_ttl_ms;       /* cache entry lifetime (embedded: of an
+                                   in-memory tier entry); default 10 min */
+    uint64_t cache_max_bytes;   /* cache size bound (embedded: of the
+                                   in-memory tier); default 256 MiB */
     int max_retries;            /* conflict retries; default 10 */
     int64_t retry_delay_ms;     /* first backoff; default 5 ms */
     int64_t max_retry_delay_ms; /* backoff cap; default 1 s */
