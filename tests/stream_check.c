@@ -15,7 +15,8 @@
  *       reads {_id, v} of every document of COLL straight from MongoDB (the
  *       store of record, not syncd), then exits 0 only when every stream
  *       holds, for every document, each version 1..v exactly once and in
- *       increasing order, no version the store does not hold, and seqs
+ *       increasing order (v45 before v44 is a violation even when both
+ *       came), no version the store does not hold, and seqs
  *       1, 2, 3, ... without a gap or a repeat (DESIGN.md sections 4 and 5:
  *       every committed version reaches every watcher, exactly once, in seq
  *       order). Without --quiet every violation is printed (missing versions
@@ -50,13 +51,14 @@ typedef struct events {
 } events_t;
 
 /* One document of the store: its committed version, and per stream the
- * last version seen so far. */
+ * seq at which each version 1..v came (0: not yet) and the highest version
+ * seen so far. */
 typedef struct doc {
     char *id;
     int64_t v;
     int deleted;
-    int64_t seen;
-    int64_t seen_seq;
+    int64_t *seq_of;
+    int64_t top;
 } doc_t;
 
 typedef struct store {
@@ -161,8 +163,10 @@ static doc_t *store_find(store_t *s, const char *id)
 
 static void store_free(store_t *s)
 {
-    for (size_t i = 0; i < s->n; i++)
+    for (size_t i = 0; i < s->n; i++) {
         free(s->docs[i].id);
+        free(s->docs[i].seq_of);
+    }
     free(s->docs);
 }
 
@@ -239,18 +243,27 @@ static void problem(report_t *r, const char *fmt, ...)
     r->problems++;
 }
 
-/* Reports versions from..to of id as missing, seen between seqs. */
-static void missing(report_t *r, const char *id, int64_t from, int64_t to,
-                    int64_t after_seq, int64_t before_seq)
+/* Reports versions from..to of d as missing, with the seqs at which the
+ * versions around them came. */
+static void missing(report_t *r, const doc_t *d, int64_t from, int64_t to)
 {
+    const char *id = d->id;
     char where[96];
 
-    if (before_seq > 0)
-        snprintf(where, sizeof(where), "between seq %" PRId64 " and %" PRId64,
-                 after_seq, before_seq);
+    if (from == 1 && to == d->v)
+        snprintf(where, sizeof(where), "no version came");
+    else if (from == 1)
+        snprintf(where, sizeof(where), "v%" PRId64 " came at seq %" PRId64,
+                 to + 1, d->seq_of[to + 1]);
+    else if (to == d->v)
+        snprintf(where, sizeof(where),
+                 "v%" PRId64 " came at seq %" PRId64 ", nothing after",
+                 from - 1, d->seq_of[from - 1]);
     else
-        snprintf(where, sizeof(where), "after the last seq %" PRId64,
-                 after_seq);
+        snprintf(where, sizeof(where),
+                 "v%" PRId64 " came at seq %" PRId64 ", v%" PRId64
+                 " at seq %" PRId64,
+                 from - 1, d->seq_of[from - 1], to + 1, d->seq_of[to + 1]);
     if (from == to)
         problem(r, "%s: v%" PRId64 " missing (%s)", id, from, where);
     else
@@ -286,8 +299,15 @@ static size_t check_stream(store_t *s, const char *name, const events_t *e,
     int64_t last_seq = 0;
 
     for (size_t i = 0; i < s->n; i++) {
-        s->docs[i].seen = 0;
-        s->docs[i].seen_seq = 0;
+        doc_t *d = &s->docs[i];
+
+        free(d->seq_of);
+        d->seq_of = calloc((size_t)d->v + 1, sizeof(*d->seq_of));
+        if (d->seq_of == NULL) {
+            fprintf(stderr, "stream_check: out of memory\n");
+            exit(2);
+        }
+        d->top = 0;
     }
     for (size_t i = 0; i < e->n; i++) {
         const event_t *ev = &e->v[i], *other;
@@ -303,31 +323,42 @@ static size_t check_stream(store_t *s, const char *name, const events_t *e,
                     "seq %" PRId64 " is %s v%" PRId64 " here, %s v%" PRId64
                     " in %s",
                     ev->seq, ev->id, ev->v, other->id, other->v, ref_name);
-        if (d == NULL || ev->v > d->v) {
+        if (d == NULL || ev->v < 1 || ev->v > d->v) {
             problem(&r,
                     "%s: v%" PRId64 " at seq %" PRId64
                     " was never committed (the store holds v%" PRId64 ")",
                     ev->id, ev->v, ev->seq, d ? d->v : 0);
             continue;
         }
-        if (ev->v <= d->seen) {
+        if (d->seq_of[ev->v] != 0) {
             problem(&r,
                     "%s: v%" PRId64 " at seq %" PRId64
-                    " repeats or goes back (v%" PRId64 " came at seq %" PRId64
-                    ")",
-                    ev->id, ev->v, ev->seq, d->seen, d->seen_seq);
+                    " repeats (it came at seq %" PRId64 ")",
+                    ev->id, ev->v, ev->seq, d->seq_of[ev->v]);
             continue;
         }
-        if (ev->v > d->seen + 1)
-            missing(&r, d->id, d->seen + 1, ev->v - 1, d->seen_seq, ev->seq);
-        d->seen = ev->v;
-        d->seen_seq = ev->seq;
+        if (ev->v < d->top)
+            problem(&r,
+                    "%s: v%" PRId64 " at seq %" PRId64 " comes after v%" PRId64
+                    " (seq %" PRId64 "): out of order",
+                    ev->id, ev->v, ev->seq, d->top, d->seq_of[d->top]);
+        d->seq_of[ev->v] = ev->seq;
+        if (ev->v > d->top)
+            d->top = ev->v;
     }
     for (size_t i = 0; i < s->n; i++) {
         doc_t *d = &s->docs[i];
 
-        if (d->seen < d->v)
-            missing(&r, d->id, d->seen + 1, d->v, last_seq, 0);
+        for (int64_t v = 1; v <= d->v; v++) {
+            int64_t to = v;
+
+            if (d->seq_of[v] != 0)
+                continue;
+            while (to < d->v && d->seq_of[to + 1] == 0)
+                to++;
+            missing(&r, d, v, to);
+            v = to;
+        }
     }
     if (!quiet) {
         if (r.problems > MAX_REPORTS)
