@@ -11,7 +11,7 @@
  *       prints the seq of the last event in FILE (0 when there is none).
  *   stream_check reached SEQ STREAM...
  *       exits 0 when every stream's last event has a seq >= SEQ.
- *   stream_check check [--quiet] MONGO_URI DATABASE COLL STREAM...
+ *   stream_check check MONGO_URI DATABASE COLL STREAM...
  *       reads {_id, v} of every document of COLL straight from MongoDB (the
  *       store of record, not syncd), then exits 0 only when every stream
  *       holds, for every document, each version 1..v exactly once and in
@@ -19,7 +19,7 @@
  *       came), no version the store does not hold, and seqs
  *       1, 2, 3, ... without a gap or a repeat (DESIGN.md sections 4 and 5:
  *       every committed version reaches every watcher, exactly once, in seq
- *       order). Without --quiet every violation is printed (missing versions
+ *       order). Every violation is printed (missing versions
  *       as ranges, with the seqs they fell between) and a summary line per
  *       stream. Every stream after the first must also carry the same
  *       (id, v) as the first under each seq both hold.
@@ -69,7 +69,6 @@ typedef struct store {
 /* Violations of one stream. */
 typedef struct report {
     const char *name;
-    int quiet;
     size_t problems;
 } report_t;
 
@@ -225,7 +224,7 @@ cleanup:
     return rc;
 }
 
-/* Prints one violation of r's stream, unless quiet or past MAX_REPORTS. */
+/* Prints one violation of r's stream, unless past MAX_REPORTS. */
 static void problem(report_t *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -233,7 +232,7 @@ static void problem(report_t *r, const char *fmt, ...)
 {
     va_list ap;
 
-    if (!r->quiet && r->problems < MAX_REPORTS) {
+    if (r->problems < MAX_REPORTS) {
         printf("%s: ", r->name);
         va_start(ap, fmt);
         vprintf(fmt, ap);
@@ -293,9 +292,9 @@ static const event_t *ref_event(const events_t *ref, int64_t seq)
  * its seqs against the same seq in ref (seqs are the same on every node).
  * Returns the number of violations. */
 static size_t check_stream(store_t *s, const char *name, const events_t *e,
-                           const events_t *ref, const char *ref_name, int quiet)
+                           const events_t *ref, const char *ref_name)
 {
-    report_t r = {name, quiet, 0};
+    report_t r = {name, 0};
     int64_t last_seq = 0;
 
     for (size_t i = 0; i < s->n; i++) {
@@ -360,25 +359,20 @@ static size_t check_stream(store_t *s, const char *name, const events_t *e,
             v = to;
         }
     }
-    if (!quiet) {
-        if (r.problems > MAX_REPORTS)
-            printf("%s: ... %zu more\n", name, r.problems - MAX_REPORTS);
-        printf("%s: %zu events, seqs up to %" PRId64 ", %zu violations\n", name,
-               e->n, last_seq, r.problems);
-    }
+    if (r.problems > MAX_REPORTS)
+        printf("%s: ... %zu more\n", name, r.problems - MAX_REPORTS);
+    printf("%s: %zu events, seqs up to %" PRId64 ", %zu violations\n", name,
+           e->n, last_seq, r.problems);
     return r.problems;
 }
 
 static int cmd_check(int argc, char **argv)
 {
-    int quiet = argc > 0 && strcmp(argv[0], "--quiet") == 0;
     store_t s;
     events_t ref = {0};
     size_t bad = 0;
     int64_t versions = 0;
 
-    argc -= quiet;
-    argv += quiet;
     if (argc < 4)
         return -1;
     mongoc_init();
@@ -388,9 +382,8 @@ static int cmd_check(int argc, char **argv)
     }
     for (size_t i = 0; i < s.n; i++)
         versions += s.docs[i].v;
-    if (!quiet)
-        printf("store: %zu documents, %" PRId64 " committed versions\n", s.n,
-               versions);
+    printf("store: %zu documents, %" PRId64 " committed versions\n", s.n,
+           versions);
     for (int i = 3; i < argc; i++) {
         events_t e;
 
@@ -401,8 +394,7 @@ static int cmd_check(int argc, char **argv)
             mongoc_cleanup();
             return 2;
         }
-        bad +=
-            check_stream(&s, argv[i], &e, i > 3 ? &ref : NULL, argv[3], quiet);
+        bad += check_stream(&s, argv[i], &e, i > 3 ? &ref : NULL, argv[3]);
         if (i == 3)
             ref = e;
         else
@@ -431,7 +423,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: stream_check last FILE\n"
             "       stream_check reached SEQ STREAM...\n"
-            "       stream_check check [--quiet] MONGO_URI DATABASE COLL "
+            "       stream_check check MONGO_URI DATABASE COLL "
             "STREAM...\n"
             "A STREAM is a file of `syncctl watch` output, or F1+F2 for a "
             "resumed watcher.\n");
