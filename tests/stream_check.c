@@ -12,17 +12,18 @@
  *   stream_check reached SEQ STREAM...
  *       exits 0 when every stream's last event has a seq >= SEQ.
  *   stream_check check MONGO_URI DATABASE COLL STREAM...
- *       reads {_id, v} of every document of COLL straight from MongoDB (the
- *       store of record, not syncd), then exits 0 only when every stream
- *       holds, for every document, each version 1..v exactly once and in
- *       increasing order (v45 before v44 is a violation even when both
- *       came), no version the store does not hold, and seqs
- *       1, 2, 3, ... without a gap or a repeat (DESIGN.md sections 4 and 5:
- *       every committed version reaches every watcher, exactly once, in seq
- *       order). Every violation is printed (missing versions
- *       as ranges, with the seqs they fell between) and a summary line per
- *       stream. Every stream after the first must also carry the same
- *       (id, v) as the first under each seq both hold.
+ *       reads {_id, v, del} of every document of COLL straight from MongoDB
+ *       (the store of record, not syncd), then exits 0 only when every
+ *       stream holds, for every document, each version 1..v exactly once
+ *       and in increasing order (v45 before v44 is a violation even when
+ *       both came), the tombstone's version as a delete, no version the
+ *       store does not hold, and seqs 1, 2, 3, ... without a gap or a
+ *       repeat (DESIGN.md sections 4 and 5: every committed version reaches
+ *       every watcher, exactly once, in seq order). Every stream after the
+ *       first must also carry the same (id, v) as the first under each seq
+ *       both hold. Violations are printed (the first MAX_REPORTS per
+ *       stream; missing versions as ranges, with the seqs at which the
+ *       versions around them came), then a summary line per stream.
  *
  * Exit status: 0 holds, 1 does not hold, 2 usage or I/O error.
  */
@@ -43,6 +44,7 @@ typedef struct event {
     int64_t seq;
     int64_t v;
     char *id;
+    int is_delete;
 } event_t;
 
 typedef struct events {
@@ -104,7 +106,7 @@ static int read_file(events_t *out, const char *path)
         return -1;
     }
     while ((len = getline(&line, &cap, f)) > 0) {
-        json_t *ev, *seq, *v, *id;
+        json_t *ev, *seq, *v, *id, *op;
 
         if (line[len - 1] != '\n')
             break;
@@ -112,8 +114,9 @@ static int read_file(events_t *out, const char *path)
         seq = json_object_get(ev, "seq");
         v = json_object_get(ev, "v");
         id = json_object_get(ev, "id");
+        op = json_object_get(ev, "op");
         if (!json_is_integer(seq) || !json_is_integer(v) ||
-            !json_is_string(id)) {
+            !json_is_string(id) || !json_is_string(op)) {
             fprintf(stderr, "stream_check: %s: not a change event: %s", path,
                     line);
             json_decref(ev);
@@ -126,7 +129,8 @@ static int read_file(events_t *out, const char *path)
         }
         out->v[out->n++] =
             (event_t){json_integer_value(seq), json_integer_value(v),
-                      strdup(json_string_value(id))};
+                      strdup(json_string_value(id)),
+                      strcmp(json_string_value(op), "delete") == 0};
         json_decref(ev);
     }
     free(line);
@@ -341,6 +345,12 @@ static size_t check_stream(store_t *s, const char *name, const events_t *e,
                     "%s: v%" PRId64 " at seq %" PRId64 " comes after v%" PRId64
                     " (seq %" PRId64 "): out of order",
                     ev->id, ev->v, ev->seq, d->top, d->seq_of[d->top]);
+        if (ev->v == d->v && ev->is_delete != d->deleted)
+            problem(&r,
+                    "%s: v%" PRId64 " at seq %" PRId64
+                    " is %sa delete, but the store %s",
+                    ev->id, ev->v, ev->seq, ev->is_delete ? "" : "not ",
+                    d->deleted ? "holds a tombstone" : "holds a live document");
         d->seq_of[ev->v] = ev->seq;
         if (ev->v > d->top)
             d->top = ev->v;
