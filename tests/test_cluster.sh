@@ -20,9 +20,12 @@
 # SIGSTOP for 2 s. Then every node serves each document with 600 keys at
 # version 601.
 #
+# Before the storm a fourth document is created, patched and deleted.
+#
 # After each phase every watcher's stream must hold, for every document,
 # each version the store (FerretDB, read directly by tests/stream_check.c)
-# committed exactly once, in increasing order, with seqs 1, 2, 3, ...
+# committed exactly once, in increasing order (a tombstone's as a delete),
+# with seqs 1, 2, 3, ...
 # without a gap (DESIGN.md sections 4 and 5). Violations are printed with
 # the versions each fault window covered, so a miss can be placed. Both
 # phases are checked before the test fails.
@@ -87,6 +90,16 @@ for d in "${DOCS[@]}"; do
         "$NODE1$(doc "$d")")
     [ "$code" = 201 ] || fail "create of $d answered $code"
 done
+# A document created, changed and deleted on three nodes: its tombstone's
+# version must reach the watchers as a delete.
+code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -d '{"a":1}' \
+    "$NODE1$(doc gone)")
+code="$code $(curl -s -o /dev/null -w '%{http_code}' -X PATCH \
+    -H 'Content-Type: application/merge-patch+json' -d '{"a":2}' \
+    "$NODE2$(doc gone)")"
+code="$code $(curl -s -o /dev/null -w '%{http_code}' -X DELETE \
+    "$NODE3$(doc gone)")"
+[ "$code" = "201 200 200" ] || fail "create, patch, delete answered $code"
 
 # watch NAME NODE SINCE: syncctl watch into $TMP/NAME, in the background;
 # its pid goes into WATCHERS and into the variable NAME_PID.
