@@ -9,6 +9,11 @@
 #   scripts/cluster.sh kill-node N    SIGKILL node N (1..3)
 #   scripts/cluster.sh start-node N   start node N again (same port, dir)
 #   scripts/cluster.sh restart-redis  stop Redis and start it again
+#   scripts/cluster.sh stop-redis     stop Redis (its data is lost: no
+#                                     persistence)
+#   scripts/cluster.sh start-redis    start Redis again (same port)
+#   scripts/cluster.sh pause-redis    freeze Redis with SIGSTOP
+#   scripts/cluster.sh resume-redis   thaw it with SIGCONT
 #
 # State lives in $SYNCD_CLUSTER_DIR (default /tmp/syncd-cluster-$USER);
 # $DIR/env holds NODE1..NODE3 (URLs), REDIS_URL and MONGO_URI for scripts.
@@ -42,6 +47,11 @@ start_redis() {
         --logfile "$DIR/redis.log" --dir "$DIR"
     wait_for redis-cli -p "$REDIS_PORT" ping ||
         { echo "cluster: redis did not start (see $DIR/redis.log)" >&2; exit 1; }
+}
+
+stop_redis() {
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    for _ in $(seq 100); do alive "$DIR/redis.pid" || break; sleep 0.1; done
 }
 
 stop_pidfile() {
@@ -143,6 +153,10 @@ cmd_status() {
 
 cmd_stop() {
     [ -d "$DIR" ] || return 0
+    # A process frozen by SIGSTOP would not act on SIGTERM.
+    for f in "$DIR"/node*/pid "$DIR/redis.pid"; do
+        alive "$f" && kill -CONT "$(cat "$f")" 2>/dev/null || true
+    done
     for n in 1 2 3; do stop_pidfile "$DIR/node$n/pid"; done
     stop_pidfile "$DIR/redis.pid"
     stop_pidfile "$DIR/ferretdb.pid"
@@ -163,12 +177,28 @@ start-node)
     ;;
 restart-redis)
     load_env
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
-    for _ in $(seq 100); do alive "$DIR/redis.pid" || break; sleep 0.1; done
+    stop_redis
     start_redis
     ;;
+stop-redis)
+    load_env
+    stop_redis
+    ;;
+start-redis)
+    load_env
+    start_redis
+    ;;
+pause-redis)
+    load_env
+    kill -STOP "$(cat "$DIR/redis.pid")"
+    ;;
+resume-redis)
+    load_env
+    kill -CONT "$(cat "$DIR/redis.pid")"
+    ;;
 *)
-    echo "usage: $0 start|status|stop|kill-node N|start-node N|restart-redis" >&2
+    echo "usage: $0 start|status|stop|kill-node N|start-node N|" \
+        "restart-redis|stop-redis|start-redis|pause-redis|resume-redis" >&2
     exit 2
     ;;
 esac

@@ -5,16 +5,24 @@
  * covers what needs per-connection state and correlation:
  *
  *   seed   writes the 1 KB benchmark document under a key.
+ *   seed-many
+ *          writes COUNT 1 KB documents under the keys KEY000000, KEY000001,
+ *          ... over N connections (for wrk's random-key reads).
  *   cas    N threads, each with one keep-alive connection, increment a
- *          counter in one shared document for S seconds. syncd "edit": a
- *          JSON-Patch without If-Match (the server's edit loop; each thread
- *          owns a field /wK, so no increment can be lost unseen). syncd
- *          "strict": PATCH with If-Match, re-GET and retry on 412. etcd: the
- *          read-modify-CAS loop a user writes, a txn comparing mod_revision
- *          with a put on success and a range on failure (so a retry costs no
- *          extra read). Prints increments/s, p50/p99 latency per increment
- *          (retries included), conflicts and errors, then re-reads the
- *          document and checks that no increment was lost.
+ *          counter in one shared document for S seconds. syncd "put": the
+ *          read-modify-write loop a user writes, like etcd's: GET the whole
+ *          document, PUT it back with n+1 and If-Match, re-GET and retry on
+ *          412. syncd "strict": the same with a JSON-Patch `replace /n`
+ *          instead of the whole document. syncd "edit": a JSON-Patch without
+ *          If-Match that sets the thread's own field /wK (the server's edit
+ *          loop; the fields are distinct, so the patches never conflict by
+ *          construction and this is not a compare-and-swap workload). etcd:
+ *          the read-modify-CAS loop, a txn comparing mod_revision with a put
+ *          of the whole document on success and a range on failure (so a
+ *          retry costs no extra read, where syncd's costs a GET). Prints
+ *          increments/s, p50/p99 latency per increment (retries included),
+ *          conflicts and errors, then re-reads the document and checks that
+ *          no increment was lost.
  *   watch  one watcher stream (syncd SSE, etcd /v3/watch) and one writer
  *          doing COUNT updates at RATE per second; prints the latency from
  *          the write's acknowledgement (and from its send) to the event
@@ -22,9 +30,9 @@
  *
  * Each command prints one line of key=value pairs for bench/daemon/run.sh.
  *
- * Usage: bench_daemon seed|cas|watch --target syncd|etcd --addr HOST:PORT
- *        --key K [--mode edit|strict] [--connections N] [--seconds S]
- *        [--count N] [--rate R]
+ * Usage: bench_daemon seed|seed-many|cas|watch --target syncd|etcd
+ *        --addr HOST:PORT --key K [--mode put|strict|edit] [--connections N]
+ *        [--seconds S] [--count N] [--rate R]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,12 +56,15 @@
 
 typedef enum target { TARGET_SYNCD, TARGET_ETCD } target_t;
 
+/* How a syncd cas client increments (see the file comment). */
+typedef enum cas_mode { MODE_PUT, MODE_STRICT, MODE_EDIT } cas_mode_t;
+
 typedef struct opts {
     const char *command;
     target_t target;
     const char *addr;
     const char *key;
-    int strict;
+    cas_mode_t mode;
     int connections;
     double seconds;
     long count;
@@ -271,37 +282,94 @@ static int syncd_get(httpc_t *c, const opts_t *o, long *n, long *version,
     return 0;
 }
 
+/* Writes text (the benchmark document) under key over c. Returns 0 or -1. */
+static int put_doc(httpc_t *c, target_t target, const char *key,
+                   const char *text)
+{
+    char path[256];
+    int status;
+
+    if (target == TARGET_ETCD) {
+        char *key_b64 = b64_encode(key, strlen(key));
+        int rc = etcd_put(c, key_b64, text) > 0 ? 0 : -1;
+
+        free(key_b64);
+        return rc;
+    }
+    snprintf(path, sizeof(path), "/v1/collections/c/docs/%s", key);
+    status = httpc_request(c, "PUT", path, "Content-Type: application/json\r\n",
+                           text, strlen(text));
+    return status == 200 || status == 201 ? 0 : -1;
+}
+
 /* Writes the benchmark document with n = 0 under o->key. Returns 0 or -1. */
 static int seed(const opts_t *o)
 {
     httpc_t c;
     json_t *doc = doc_new(0);
     char *text = json_dumps(doc, JSON_COMPACT);
-    char *key_b64 = b64_encode(o->key, strlen(o->key));
-    char path[256];
     int rc = -1;
 
-    if (httpc_connect(&c, o->addr, 10) < 0)
-        goto cleanup;
-    if (o->target == TARGET_ETCD) {
-        rc = etcd_put(&c, key_b64, text) > 0 ? 0 : -1;
-    } else {
-        int status;
-
-        doc_path(path, sizeof(path), o);
-        status =
-            httpc_request(&c, "PUT", path, "Content-Type: application/json\r\n",
-                          text, strlen(text));
-        rc = status == 200 || status == 201 ? 0 : -1;
-    }
-cleanup:
+    if (httpc_connect(&c, o->addr, 10) == 0)
+        rc = put_doc(&c, o->target, o->key, text);
     httpc_close(&c);
     json_decref(doc);
     free(text);
-    free(key_b64);
     if (rc < 0)
         fprintf(stderr, "bench_daemon: seeding %s failed\n", o->key);
     return rc;
+}
+
+/* One seed-many connection: keys [from, to). */
+typedef struct seed_part {
+    const opts_t *o;
+    long from, to;
+    int failed;
+} seed_part_t;
+
+static void *seed_thread(void *arg)
+{
+    seed_part_t *p = arg;
+    json_t *doc = doc_new(0);
+    char *text = json_dumps(doc, JSON_COMPACT);
+    char key[128];
+    httpc_t c;
+
+    if (httpc_connect(&c, p->o->addr, 10) < 0) {
+        p->failed = 1;
+    } else {
+        for (long i = p->from; i < p->to && !p->failed; i++) {
+            snprintf(key, sizeof(key), "%s%06ld", p->o->key, i);
+            p->failed = put_doc(&c, p->o->target, key, text) < 0;
+        }
+    }
+    httpc_close(&c);
+    json_decref(doc);
+    free(text);
+    return NULL;
+}
+
+/* Writes o->count documents KEY000000.. over o->connections connections.
+ * Returns 0 or 1. */
+static int seed_many(const opts_t *o)
+{
+    seed_part_t parts[MAX_CONNECTIONS];
+    pthread_t threads[MAX_CONNECTIONS];
+    int failed = 0;
+
+    for (int i = 0; i < o->connections; i++) {
+        parts[i] = (seed_part_t){o, o->count * i / o->connections,
+                                 o->count * (i + 1) / o->connections, 0};
+        if (pthread_create(&threads[i], NULL, seed_thread, &parts[i]) != 0)
+            die("pthread_create failed");
+    }
+    for (int i = 0; i < o->connections; i++) {
+        pthread_join(threads[i], NULL);
+        failed |= parts[i].failed;
+    }
+    if (failed)
+        fprintf(stderr, "bench_daemon: seeding %ld keys failed\n", o->count);
+    return failed;
 }
 
 /* syncd edit loop: each request sets this thread's own field to its count
@@ -332,6 +400,57 @@ static void cas_syncd_edit(worker_t *w, httpc_t *c)
                 return;
         }
     }
+}
+
+/* syncd put: GET the document, PUT it with n+1 and If-Match; on 412 re-GET
+ * and retry. */
+static void cas_syncd_put(worker_t *w, httpc_t *c)
+{
+    char path[256], headers[128];
+    json_t *doc = NULL;
+    long n, version;
+
+    doc_path(path, sizeof(path), w->o);
+    if (syncd_get(c, w->o, &n, &version, &doc) < 0) {
+        w->errors++;
+        return;
+    }
+    while (mono_ns() < w->deadline) {
+        int64_t t0 = mono_ns();
+        int status;
+
+        for (;;) {
+            char *text;
+
+            json_object_set_new(doc, "n", json_integer(n + 1));
+            text = json_dumps(doc, JSON_COMPACT);
+            if (!text)
+                die("out of memory");
+            snprintf(headers, sizeof(headers),
+                     "Content-Type: application/json\r\n"
+                     "If-Match: \"%ld\"\r\n",
+                     version);
+            status = httpc_request(c, "PUT", path, headers, text, strlen(text));
+            free(text);
+            if (status == 200)
+                break;
+            if (status == 412)
+                w->conflicts++;
+            else
+                w->errors++;
+            json_decref(doc);
+            doc = NULL;
+            if (status < 0 || syncd_get(c, w->o, &n, &version, &doc) < 0 ||
+                mono_ns() >= w->deadline)
+                goto cleanup;
+        }
+        n++;
+        version = strtol(c->etag, NULL, 10);
+        w->ok++;
+        samples_add(&w->lat, mono_ns() - t0);
+    }
+cleanup:
+    json_decref(doc);
 }
 
 /* syncd strict: PATCH /n to n+1 with If-Match; on 412 re-GET and retry. */
@@ -465,7 +584,9 @@ static void *cas_thread(void *arg)
     }
     if (w->o->target == TARGET_ETCD)
         cas_etcd(w, &c);
-    else if (w->o->strict)
+    else if (w->o->mode == MODE_PUT)
+        cas_syncd_put(w, &c);
+    else if (w->o->mode == MODE_STRICT)
         cas_syncd_strict(w, &c);
     else
         cas_syncd_edit(w, &c);
@@ -492,7 +613,7 @@ static int cas_verify(const opts_t *o, const worker_t *workers, size_t total)
         free(key_b64);
     } else if (syncd_get(&c, o, &n, &version, &doc) == 0) {
         good = 1;
-        for (int i = 0; i < o->connections && !o->strict; i++) {
+        for (int i = 0; i < o->connections && o->mode == MODE_EDIT; i++) {
             char field[16];
 
             snprintf(field, sizeof(field), "w%d", i);
@@ -500,7 +621,7 @@ static int cas_verify(const opts_t *o, const worker_t *workers, size_t total)
                 workers[i].ok)
                 good = 0;
         }
-        if (o->strict && n != (long)total)
+        if (o->mode != MODE_EDIT && n != (long)total)
             good = 0;
         if (version != (long)total + 1)
             good = 0;
@@ -744,9 +865,9 @@ static int watch(const opts_t *o)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bench_daemon seed|cas|watch --target syncd|etcd "
-            "--addr HOST:PORT --key K\n"
-            "       [--mode edit|strict] [--connections N] [--seconds S]\n"
+            "usage: bench_daemon seed|seed-many|cas|watch --target "
+            "syncd|etcd --addr HOST:PORT --key K\n"
+            "       [--mode put|strict|edit] [--connections N] [--seconds S]\n"
             "       [--count N] [--rate R]\n");
     exit(2);
 }
@@ -756,6 +877,7 @@ static void parse_args(opts_t *o, int argc, char **argv)
     if (argc < 2)
         usage();
     *o = (opts_t){.command = argv[1],
+                  .mode = MODE_EDIT,
                   .connections = 1,
                   .seconds = 10,
                   .count = 2000,
@@ -770,7 +892,9 @@ static void parse_args(opts_t *o, int argc, char **argv)
         else if (strcmp(flag, "--key") == 0)
             o->key = value;
         else if (strcmp(flag, "--mode") == 0)
-            o->strict = strcmp(value, "strict") == 0;
+            o->mode = strcmp(value, "put") == 0      ? MODE_PUT
+                      : strcmp(value, "strict") == 0 ? MODE_STRICT
+                                                     : MODE_EDIT;
         else if (strcmp(flag, "--connections") == 0)
             o->connections = atoi(value);
         else if (strcmp(flag, "--seconds") == 0)
@@ -795,6 +919,8 @@ int main(int argc, char **argv)
     parse_args(&o, argc, argv);
     if (strcmp(o.command, "seed") == 0)
         return seed(&o) < 0;
+    if (strcmp(o.command, "seed-many") == 0)
+        return seed_many(&o);
     if (strcmp(o.command, "cas") == 0)
         return cas(&o);
     if (strcmp(o.command, "watch") == 0)

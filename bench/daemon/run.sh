@@ -4,7 +4,8 @@
 #
 # Builds syncd and bench_daemon in Release mode without sanitizers, starts
 # a private syncd (temp data dir) and a private etcd (temp data dir) on free
-# loopback ports, measures point reads (wrk), blind puts (wrk),
+# loopback ports, measures point reads of one hot key and of keys chosen
+# uniformly at random among MANY_KEYS (wrk), blind puts (wrk),
 # compare-and-swap increments (bench_daemon cas) at each connection count
 # and watch propagation latency (bench_daemon watch), prints Markdown
 # tables, then stops both servers and removes the temp dir.
@@ -12,8 +13,10 @@
 # Usage: bench/daemon/run.sh
 # Environment: SECONDS_PER_CELL (default 10), CONNECTIONS (default
 # "1 8 64"), WATCH_COUNT (default 2000) and WATCH_RATE (default 200 per
-# second), SYNCD_BENCH_BUILD (default build-benchd), SYNCD_FLAGS (extra
-# syncd flags, e.g. "--sync-writes false").
+# second), MANY_KEYS (default 100000), WORKLOADS (default "read random put
+# cas add watch": which tables to run), SYNCD_BENCH_BUILD (default
+# build-benchd), SYNCD_FLAGS (extra syncd flags, e.g. "--sync-writes
+# false"). Every workload uses keys of its own.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,6 +26,8 @@ SECS=${SECONDS_PER_CELL:-10}
 CONNECTIONS=${CONNECTIONS:-"1 8 64"}
 WATCH_COUNT=${WATCH_COUNT:-2000}
 WATCH_RATE=${WATCH_RATE:-200}
+MANY_KEYS=${MANY_KEYS:-100000}
+WORKLOADS=${WORKLOADS:-"read random put cas add watch"}
 SYNCD_FLAGS=${SYNCD_FLAGS:-}
 TMP=$(mktemp -d /tmp/syncd-bench-daemon-XXXXXX)
 SYNCD_PID=
@@ -61,6 +66,12 @@ syncd_metric() {
 
 TICK=$(getconf CLK_TCK)
 
+# wanted NAME: succeeds when NAME is one of WORKLOADS.
+wanted() {
+    case " $WORKLOADS " in *" $1 "*) return 0 ;; esac
+    return 1
+}
+
 # row WORKLOAD CONNS SERVER PID FAILED CMD...: runs one cell, prints its row.
 row() {
     workload=$1 conns=$2 server=$3 pid=$4 failed=$5
@@ -88,8 +99,8 @@ threads() {
 
 # wrk_cell MODE KEY CONNS ADDR: one wrk run with wrk.lua.
 wrk_cell() {
-    BENCH_MODE=$1 BENCH_KEY=$2 wrk -t"$(threads "$3")" -c"$3" -d"${SECS}s" \
-        -s "$HERE/wrk.lua" "http://$4" | tail -n 1
+    BENCH_MODE=$1 BENCH_KEY=$2 BENCH_KEYS=$MANY_KEYS wrk -t"$(threads "$3")" \
+        -c"$3" -d"${SECS}s" -s "$HERE/wrk.lua" "http://$4" | tail -n 1
 }
 
 bench_build "$BUILD" syncd bench_daemon
@@ -126,49 +137,84 @@ echo
 echo "| workload | conns | server | ops/s | p50 ms | p99 ms | failed attempts | errors | server CPU | verified |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 
-"$BENCH" seed --target syncd --addr "$SYNCD" --key read
-"$BENCH" seed --target etcd --addr "$ETCD" --key read
-for c in $CONNECTIONS; do
-    row "point read 1 KB" "$c" syncd "$SYNCD_PID" - \
-        wrk_cell syncd-get read "$c" "$SYNCD"
-    row "point read 1 KB" "$c" "etcd (linearizable)" "$ETCD_PID" - \
-        wrk_cell etcd-range read "$c" "$ETCD"
-    row "point read 1 KB" "$c" "etcd (serializable)" "$ETCD_PID" - \
-        wrk_cell etcd-serial read "$c" "$ETCD"
-done
-for c in $CONNECTIONS; do
-    row "blind put 1 KB" "$c" syncd "$SYNCD_PID" - \
-        wrk_cell syncd-put "put$c" "$c" "$SYNCD"
-    row "blind put 1 KB" "$c" etcd "$ETCD_PID" - \
-        wrk_cell etcd-put "put$c" "$c" "$ETCD"
-done
-for c in $CONNECTIONS; do
-    retries=$(syncd_metric syncd_edit_retries_total)
-    out=$(row "CAS increment" "$c" "syncd PATCH (edit loop)" "$SYNCD_PID" \
-        RETRIES "$BENCH" cas --target syncd --mode edit --addr "$SYNCD" \
-        --key "edit$c" --connections "$c" --seconds "$SECS")
-    retries=$(($(syncd_metric syncd_edit_retries_total) - retries))
-    echo "$out" | sed "s/(RETRIES)/(server retries $retries)/"
-    row "CAS increment" "$c" "syncd PATCH If-Match" "$SYNCD_PID" - \
-        "$BENCH" cas --target syncd --mode strict --addr "$SYNCD" \
-        --key "strict$c" --connections "$c" --seconds "$SECS"
-    row "CAS increment" "$c" "etcd txn (read-modify-CAS)" "$ETCD_PID" - \
-        "$BENCH" cas --target etcd --addr "$ETCD" --key "cas$c" \
-        --connections "$c" --seconds "$SECS"
-done
-
+if wanted read; then
+    "$BENCH" seed --target syncd --addr "$SYNCD" --key read
+    "$BENCH" seed --target etcd --addr "$ETCD" --key read
+    for c in $CONNECTIONS; do
+        row "point read 1 KB" "$c" syncd "$SYNCD_PID" - \
+            wrk_cell syncd-get read "$c" "$SYNCD"
+        row "point read 1 KB" "$c" "etcd (linearizable)" "$ETCD_PID" - \
+            wrk_cell etcd-range read "$c" "$ETCD"
+        row "point read 1 KB" "$c" "etcd (serializable)" "$ETCD_PID" - \
+            wrk_cell etcd-serial read "$c" "$ETCD"
+    done
+fi
+if wanted random; then
+    "$BENCH" seed-many --target syncd --addr "$SYNCD" --key k \
+        --count "$MANY_KEYS" --connections 32
+    "$BENCH" seed-many --target etcd --addr "$ETCD" --key k \
+        --count "$MANY_KEYS" --connections 32
+    for c in $CONNECTIONS; do
+        row "point read 1 KB, $MANY_KEYS keys uniform" "$c" syncd "$SYNCD_PID" - \
+            wrk_cell syncd-get-random k "$c" "$SYNCD"
+        row "point read 1 KB, $MANY_KEYS keys uniform" "$c" "etcd (linearizable)" \
+            "$ETCD_PID" - wrk_cell etcd-range-random k "$c" "$ETCD"
+        row "point read 1 KB, $MANY_KEYS keys uniform" "$c" "etcd (serializable)" \
+            "$ETCD_PID" - wrk_cell etcd-serial-random k "$c" "$ETCD"
+    done
+fi
+if wanted put; then
+    for c in $CONNECTIONS; do
+        row "blind put 1 KB" "$c" syncd "$SYNCD_PID" - \
+            wrk_cell syncd-put "put$c" "$c" "$SYNCD"
+        row "blind put 1 KB" "$c" etcd "$ETCD_PID" - \
+            wrk_cell etcd-put "put$c" "$c" "$ETCD"
+    done
+fi
+if wanted cas; then
+    # Like for like first: both clients read, compute and write the whole
+    # document with a version precondition, retrying on conflict.
+    for c in $CONNECTIONS; do
+        row "CAS increment" "$c" "syncd PUT If-Match (read-modify-write)" \
+            "$SYNCD_PID" - "$BENCH" cas --target syncd --mode put \
+            --addr "$SYNCD" --key "rmw$c" --connections "$c" --seconds "$SECS"
+        row "CAS increment" "$c" "etcd txn (read-modify-CAS)" "$ETCD_PID" - \
+            "$BENCH" cas --target etcd --addr "$ETCD" --key "cas$c" \
+            --connections "$c" --seconds "$SECS"
+        row "CAS increment" "$c" "syncd PATCH If-Match (replace /n)" \
+            "$SYNCD_PID" - "$BENCH" cas --target syncd --mode strict \
+            --addr "$SYNCD" --key "strict$c" --connections "$c" --seconds "$SECS"
+    done
+fi
+# Not a compare-and-swap: each client sets its own field, so the server's
+# edit loop never meets a conflict by construction.
+if wanted add; then
+    for c in $CONNECTIONS; do
+        retries=$(syncd_metric syncd_edit_retries_total)
+        out=$(row "distinct-field add (no conflicts)" "$c" \
+            "syncd PATCH (edit loop)" "$SYNCD_PID" RETRIES "$BENCH" cas \
+            --target syncd --mode edit --addr "$SYNCD" --key "edit$c" \
+            --connections "$c" --seconds "$SECS")
+        retries=$(($(syncd_metric syncd_edit_retries_total) - retries))
+        echo "$out" | sed "s/(RETRIES)/(server retries $retries)/"
+    done
+fi
+if wanted watch; then
+    echo
+    echo "Watch propagation, $WATCH_COUNT updates at $WATCH_RATE/s, one watcher (ms):"
+    echo
+    echo "| server | events | ack→event p50 | p99 | p999 | send→event p50 | p99 | p999 | events before ack |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    for target in syncd etcd; do
+        if [ "$target" = syncd ]; then addr=$SYNCD; else addr=$ETCD; fi
+        out=$("$BENCH" watch --target "$target" --addr "$addr" --key watched \
+            --count "$WATCH_COUNT" --rate "$WATCH_RATE")
+        echo "| $target | $(field "$out" events)/$(field "$out" writes) |" \
+            "$(field "$out" ack_p50_ms) | $(field "$out" ack_p99_ms) |" \
+            "$(field "$out" ack_p999_ms) | $(field "$out" send_p50_ms) |" \
+            "$(field "$out" send_p99_ms) | $(field "$out" send_p999_ms) |" \
+            "$(field "$out" early) |"
+    done
+fi
 echo
-echo "Watch propagation, $WATCH_COUNT updates at $WATCH_RATE/s, one watcher (ms):"
-echo
-echo "| server | events | ack→event p50 | p99 | p999 | send→event p50 | p99 | p999 | events before ack |"
-echo "|---|---|---|---|---|---|---|---|---|"
-for target in syncd etcd; do
-    if [ "$target" = syncd ]; then addr=$SYNCD; else addr=$ETCD; fi
-    out=$("$BENCH" watch --target "$target" --addr "$addr" --key watched \
-        --count "$WATCH_COUNT" --rate "$WATCH_RATE")
-    echo "| $target | $(field "$out" events)/$(field "$out" writes) |" \
-        "$(field "$out" ack_p50_ms) | $(field "$out" ack_p99_ms) |" \
-        "$(field "$out" ack_p999_ms) | $(field "$out" send_p50_ms) |" \
-        "$(field "$out" send_p99_ms) | $(field "$out" send_p999_ms) |" \
-        "$(field "$out" early) |"
-done
+echo "# load at the end $(cut -d ' ' -f 1-3 /proc/loadavg)"

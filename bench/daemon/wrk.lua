@@ -6,6 +6,12 @@
 --   etcd-serial  the same with "serializable": true (no raft round)
 --   syncd-put    PUT of the 1 KB document, create-or-replace
 --   etcd-put     POST /v3/kv/put of the same document
+--   syncd-get-random, etcd-range-random, etcd-serial-random
+--                the reads above, each of a key chosen uniformly at random
+--                among KEY000000 .. KEY(N-1) (N = BENCH_KEYS, default
+--                100000; bench_daemon seed-many writes them); each thread
+--                builds its N requests up front and seeds its own random
+--                generator
 -- Puts cycle through 64 bodies whose counter differs, so every put changes
 -- the stored value. done() prints one line of key=value pairs. The mode
 -- comes from the environment, not from init()'s args, because wrk decides
@@ -41,11 +47,32 @@ local function doc(n)
 end
 
 local mode, key = os.getenv("BENCH_MODE"), os.getenv("BENCH_KEY")
+local nkeys = tonumber(os.getenv("BENCH_KEYS") or "100000")
+local random = mode == "syncd-get-random" or mode == "etcd-range-random"
+  or mode == "etcd-serial-random"
 local requests = {}
 local next_request = 1
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
 
 function init(args)
-  if mode == "syncd-get" then
+  if random then
+    math.randomseed(thread_number or 1)
+    for i = 1, nkeys do
+      local k = string.format("%s%06d", key, i - 1)
+      if mode == "syncd-get-random" then
+        requests[i] = wrk.format("GET", "/v1/collections/c/docs/" .. k)
+      else
+        requests[i] = wrk.format("POST", "/v3/kv/range", nil,
+          '{"key":"' .. b64(k) .. '"'
+          .. (mode == "etcd-serial-random" and ',"serializable":true}' or "}"))
+      end
+    end
+  elseif mode == "syncd-get" then
     wrk.method = "GET"
     wrk.path = "/v1/collections/c/docs/" .. key
   elseif mode == "etcd-range" or mode == "etcd-serial" then
@@ -69,7 +96,11 @@ function init(args)
   end
 end
 
-if mode == "syncd-put" or mode == "etcd-put" then
+if random then
+  function request()
+    return requests[math.random(nkeys)]
+  end
+elseif mode == "syncd-put" or mode == "etcd-put" then
   function request()
     local r = requests[next_request]
     next_request = next_request % #requests + 1

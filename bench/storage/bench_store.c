@@ -6,7 +6,9 @@
  * syncd_store_* API with 1, 8 and 64 concurrent writers on one document and
  * on 1,000 documents (1 KB bodies, each edit increments a counter field)
  * and reports edits/s with p50/p99 latency, failed edits and conflict
- * retries per edit, then cached gets of a 1 KB document on one thread.
+ * retries per edit, then cached gets of a 1 KB document on one thread,
+ * and (embedded default) gets of 100,000 1 KB documents chosen uniformly at
+ * random on one thread, with the share the in-memory tier answered.
  *
  * The overhead ratio compares the 1-writer edit with the bare backend round
  * trip it is built on: a RocksDB get + put of the very record bytes syncd
@@ -36,6 +38,9 @@
 #define BODY_BYTES 1024
 #define MAX_WRITERS 64
 #define MANY_DOCS 1000
+/* Documents of the uniform random get row (embedded default only). */
+#define GET_DOCS 100000
+#define SEED_THREADS 8
 #define RATIO_SLICES 10
 
 typedef struct samples {
@@ -262,6 +267,107 @@ static result_t run_cached_gets(syncd_store_t *store, const char *coll,
     return r;
 }
 
+/* ids[i] of the uniform random get row: "doc-NNNNNN". */
+typedef struct get_ids {
+    char (*ids)[16];
+    int n;
+} get_ids_t;
+
+typedef struct seed_run {
+    syncd_store_t *store;
+    const char *coll;
+    const get_ids_t *ids;
+    int from, to;
+    int failed;
+} seed_run_t;
+
+static void *seed_worker(void *arg)
+{
+    seed_run_t *r = arg;
+    json_t *body = padded_body();
+
+    for (int i = r->from; i < r->to && !r->failed; i++) {
+        syncd_change_t *change = NULL;
+
+        if (syncd_store_put(r->store, &change, r->coll, r->ids->ids[i], body,
+                            SYNCD_ANY_VERSION, NULL) != 0)
+            r->failed = 1;
+        syncd_change_free(change);
+    }
+    json_decref(body);
+    return NULL;
+}
+
+/* Creates the n documents of ids in coll with SEED_THREADS writers. */
+static void seed_many(syncd_store_t *store, const char *coll,
+                      const get_ids_t *ids)
+{
+    pthread_t threads[SEED_THREADS];
+    seed_run_t runs[SEED_THREADS];
+
+    for (int t = 0; t < SEED_THREADS; t++) {
+        runs[t] = (seed_run_t){.store = store,
+                               .coll = coll,
+                               .ids = ids,
+                               .from = ids->n * t / SEED_THREADS,
+                               .to = ids->n * (t + 1) / SEED_THREADS};
+        pthread_create(&threads[t], NULL, seed_worker, &runs[t]);
+    }
+    for (int t = 0; t < SEED_THREADS; t++) {
+        pthread_join(threads[t], NULL);
+        if (runs[t].failed)
+            die("seed", "a put of the 100k-document collection failed");
+    }
+}
+
+/* Gets of documents of coll chosen uniformly at random among ids, on one
+ * thread, after one pass over all of them; *hit_pct receives the share of
+ * the measured gets the store's in-memory tier answered. */
+static result_t run_random_gets(syncd_store_t *store, const char *coll,
+                                const get_ids_t *ids, double seconds,
+                                double *hit_pct)
+{
+    samples_t lat = {0};
+    size_t failures = 0;
+    uint64_t seed = 42;
+    syncd_store_stats_t before, after;
+
+    for (int i = 0; i < ids->n; i++) {
+        syncd_doc_t *doc = NULL;
+
+        syncd_store_get(store, &doc, coll, ids->ids[i], NULL);
+        syncd_doc_free(doc);
+    }
+    syncd_store_stats(store, &before);
+    int64_t start = mono_ns();
+    int64_t deadline = deadline_after(seconds);
+
+    while (mono_ns() < deadline) {
+        int64_t t0 = mono_ns();
+        for (int i = 0; i < 1000; i++) {
+            syncd_doc_t *doc = NULL;
+
+            seed = seed * 6364136223846793005u + 1442695040888963407u;
+            if (syncd_store_get(store, &doc, coll,
+                                ids->ids[(seed >> 33) % (uint64_t)ids->n],
+                                NULL) != 0)
+                failures++;
+            syncd_doc_free(doc);
+        }
+        samples_add(&lat, (mono_ns() - t0) / 1000);
+    }
+    int64_t elapsed = mono_ns() - start;
+    syncd_store_stats(store, &after);
+    uint64_t hits = after.cache_hits - before.cache_hits;
+    uint64_t misses = after.cache_misses - before.cache_misses;
+    *hit_pct =
+        hits + misses ? 100.0 * (double)hits / (double)(hits + misses) : 0;
+    result_t r = summarise(&lat, elapsed, failures);
+    r.per_sec = lat.n * 1000 * 1e9 / elapsed;
+    free(lat.ns);
+    return r;
+}
+
 /* Measures the 1-writer edit of coll/doc-0000 and the bare loop in
  * RATIO_SLICES alternating slices over 2 x seconds; results in *syncd and
  * *bare. */
@@ -476,6 +582,23 @@ static void bench_store(const char *mongo_uri, const char *dir, double seconds,
     }
     print_row("cached get, 1 KB doc, 1 thread", kind,
               run_cached_gets(store, "bench1", seconds));
+    if (mongo_uri == NULL) {
+        get_ids_t ids = {malloc(GET_DOCS * sizeof(*ids.ids)), GET_DOCS};
+        char what[64];
+        double hit_pct;
+        result_t r;
+
+        if (!ids.ids)
+            die("ids", "out of memory");
+        for (int i = 0; i < GET_DOCS; i++)
+            snprintf(ids.ids[i], sizeof(ids.ids[i]), "doc-%06d", i);
+        seed_many(store, "bench100k", &ids);
+        r = run_random_gets(store, "bench100k", &ids, seconds, &hit_pct);
+        snprintf(what, sizeof(what), "get, 100k docs uniform (%.0f%% hits)",
+                 hit_pct);
+        print_row(what, kind, r);
+        free(ids.ids);
+    }
 
     if (mongo_uri == NULL) {
         bare_rocks_t b = {0};
