@@ -52,6 +52,7 @@ typedef struct rocks {
     rocksdb_options_t *options;
     rocksdb_readoptions_t *read;
     rocksdb_writeoptions_t *write;
+    rocksdb_writeoptions_t *write_nosync; /* outbox acks */
     int nstripes_ready;
     stripe_t stripes[NSTRIPES];
 } rocks_t;
@@ -195,7 +196,7 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
  * in one write batch. */
 static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
                   const char *canon, size_t canon_len, int insert, size_t *vlen,
-                  syncd_error_t *err)
+                  const rocksdb_writeoptions_t *wopts, syncd_error_t *err)
 {
     rocksdb_writebatch_t *batch = NULL;
     char *errptr = NULL;
@@ -215,7 +216,7 @@ static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
         memcpy(reg + 1, doc->coll, clen);
         rocksdb_writebatch_put(batch, reg, 1 + clen, "", 0);
     }
-    rocksdb_write(r->db, r->write, batch, &errptr);
+    rocksdb_write(r->db, wopts, batch, &errptr);
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "write");
     rocksdb_writebatch_destroy(batch);
@@ -253,7 +254,8 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto unlock;
     }
-    rc = commit(r, &k, doc, canon, canon_len, cur == NULL, &vlen, err);
+    rc =
+        commit(r, &k, doc, canon, canon_len, cur == NULL, &vlen, r->write, err);
     if (rc != 0) {
         tier_drop(s, &k);
         syncd_doc_free(copy);
@@ -456,7 +458,8 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
     rc = load(r, s, &k, coll, id, &cur, 0, err);
     if (rc == SYNCD_ENOTFOUND)
         rc = 0;
-    else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms) {
+    else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms &&
+             json_array_size(cur->outbox) == 0) {
         rocksdb_delete(r->db, r->write, k.bytes, k.len, &errptr);
         tier_drop(s, &k);
         if (errptr != NULL)
@@ -496,6 +499,104 @@ static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     return rc;
 }
 
+static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
+                            const char *id, int64_t version, syncd_error_t *err)
+{
+    rocks_t *r = (rocks_t *)b;
+    syncd_doc_t *cur = NULL, *copy = NULL;
+    size_t vlen = 0;
+    stripe_t *s;
+    syncd_reckey_t k;
+    int rc;
+
+    rc = lock_key(r, &k, &s, coll, id, err);
+    if (rc != 0)
+        return rc;
+    rc = load(r, s, &k, coll, id, &cur, 0, err);
+    if (rc == SYNCD_ENOTFOUND) {
+        rc = 0;
+        goto unlock;
+    }
+    if (rc != 0 || cur->version != version || cur->outbox == NULL)
+        goto unlock;
+    copy = syncd_doc_dup(cur);
+    if (copy == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto unlock;
+    }
+    json_decref(copy->outbox);
+    copy->outbox = NULL;
+    rc = commit(r, &k, copy, NULL, 0, 0, &vlen, r->write_nosync, err);
+    if (rc != 0) {
+        tier_drop(s, &k);
+        syncd_doc_free(copy);
+        goto unlock;
+    }
+    tier_put(s, &k, copy, vlen);
+unlock:
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
+                             const char *after, size_t limit,
+                             syncd_error_t *err)
+{
+    rocks_t *r = (rocks_t *)b;
+    size_t clen = strlen(coll);
+    rocksdb_iterator_t *it = NULL;
+    json_t *arr = json_array();
+    syncd_reckey_t k;
+    int rc;
+
+    *out = NULL;
+    if (arr == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    rc = syncd_reckey_make(&k, coll, after != NULL ? after : "", err);
+    if (rc != 0)
+        goto done;
+    it = iter_at(r, k.bytes, k.len);
+    for (; rocksdb_iter_valid(it) && json_array_size(arr) < limit;
+         rocksdb_iter_next(it)) {
+        size_t klen, vlen, ilen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        char id[SYNCD_MAX_ID_BYTES + 1];
+        syncd_doc_t *doc = NULL;
+
+        if (klen <= clen || memcmp(key, coll, clen + 1) != 0)
+            break;
+        ilen = klen - clen - 1;
+        if (ilen > SYNCD_MAX_ID_BYTES)
+            continue;
+        memcpy(id, key + clen + 1, ilen);
+        id[ilen] = '\0';
+        if (after != NULL && strcmp(id, after) <= 0)
+            continue;
+        rc = syncd_record_decode(&doc, coll, id, val, vlen, SYNCD_RECORD_META,
+                                 err);
+        if (rc != 0)
+            goto done;
+        if (json_array_size(doc->outbox) > 0 &&
+            json_array_append_new(arr, json_pack("{s:s, s:I, s:O}", "id", id,
+                                                 "v", (json_int_t)doc->version,
+                                                 "ob", doc->outbox)) != 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        syncd_doc_free(doc);
+        if (rc != 0)
+            goto done;
+    }
+    rc = iter_status(it, err);
+done:
+    if (it != NULL)
+        rocksdb_iter_destroy(it);
+    if (rc == 0)
+        *out = arr;
+    else
+        json_decref(arr);
+    return rc;
+}
+
 static void rocks_close(syncd_backend_t *b)
 {
     rocks_t *r = (rocks_t *)b;
@@ -510,6 +611,8 @@ static void rocks_close(syncd_backend_t *b)
         rocksdb_close(r->db);
     if (r->write != NULL)
         rocksdb_writeoptions_destroy(r->write);
+    if (r->write_nosync != NULL)
+        rocksdb_writeoptions_destroy(r->write_nosync);
     if (r->read != NULL)
         rocksdb_readoptions_destroy(r->read);
     if (r->options != NULL)
@@ -525,6 +628,8 @@ static const syncd_backend_ops_t rocks_ops = {
     .collections = rocks_collections,
     .purge = rocks_purge,
     .close = rocks_close,
+    .outbox_ack = rocks_outbox_ack,
+    .outbox_list = rocks_outbox_list,
     .cas_canonical = rocks_cas_canonical,
     .locked = rocks_locked,
     .tier_stats = rocks_tier_stats,
@@ -558,6 +663,7 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->write = rocksdb_writeoptions_create();
     rocksdb_options_set_create_if_missing(r->options, 1);
     rocksdb_writeoptions_set_sync(r->write, sync_writes ? 1 : 0);
+    r->write_nosync = rocksdb_writeoptions_create();
     r->db = rocksdb_open(r->options, dir, &errptr);
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");
