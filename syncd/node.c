@@ -1574,20 +1574,19 @@ void syncd_node_republish(syncd_node_t *node, int64_t min_age_ms)
     ob_page_queue(run);
 }
 
-/* Polls the bus connection: a (re)connect runs the republisher for every
- * marker; so does each outbox_interval, for markers past their min age. */
+/* Polls the bus connection: the republisher runs when the bus (re)connects
+ * (the first time at open) and every outbox_interval while it is up. Each
+ * run leaves markers younger than outbox_min_age to their writer's own
+ * publish, which is most likely under way. */
 static void on_outbox_timer(uv_timer_t *timer)
 {
     syncd_node_t *node = timer->data;
     int up = syncd_bus_connected(node->bus);
     int64_t now = (int64_t)uv_now(node->loop);
 
-    if (up && !node->bus_up) {
-        syncd_node_republish(node, 0);
-    } else if (up && node->opts.outbox_interval_ms > 0 &&
-               now >= node->outbox_due_ms) {
+    if (up && (!node->bus_up || (node->opts.outbox_interval_ms > 0 &&
+                                 now >= node->outbox_due_ms)))
         syncd_node_republish(node, node->opts.outbox_min_age_ms);
-    }
     if (now >= node->outbox_due_ms)
         node->outbox_due_ms = now + node->opts.outbox_interval_ms;
     node->bus_up = up;
