@@ -38,8 +38,8 @@
 #include "servers.h"
 #include "syncd/store.h"
 
-#ifndef SYNCD_BINARY
-#error "SYNCD_BINARY must name the syncd binary"
+#if !defined(SYNCD_BINARY) || !defined(SYNCCTL_BINARY)
+#error "SYNCD_BINARY and SYNCCTL_BINARY must name the binaries"
 #endif
 
 #define NDOCS 4
@@ -120,16 +120,17 @@ static int daemon_run(daemon_t *d, int crash_after)
 }
 
 /* Sets up d's argv: the embedded default, or cluster mode on the shared
- * FerretDB (database db) and Redis; then starts it. */
-static int daemon_start(daemon_t *d, const char *node_id, const char *db,
-                        int crash_after)
+ * FerretDB (database db) and Redis; then starts it on port (0: a free
+ * one). */
+static int daemon_start_on(daemon_t *d, int port, const char *node_id,
+                           const char *db, int crash_after)
 {
     int argc = 0;
 
     memset(d, 0, sizeof(*d));
     if (syncd_test_tmpdir(d->dir, sizeof(d->dir), "contract") != 0)
         return -1;
-    d->port = syncd_test_free_port();
+    d->port = port > 0 ? port : syncd_test_free_port();
     snprintf(d->listen, sizeof(d->listen), "127.0.0.1:%d", d->port);
     snprintf(d->data, sizeof(d->data), "%s/data", d->dir);
     snprintf(d->log, sizeof(d->log), "%s/syncd.log", d->dir);
@@ -150,6 +151,12 @@ static int daemon_start(daemon_t *d, const char *node_id, const char *db,
     }
     d->argv[argc] = NULL;
     return daemon_run(d, crash_after);
+}
+
+static int daemon_start(daemon_t *d, const char *node_id, const char *db,
+                        int crash_after)
+{
+    return daemon_start_on(d, 0, node_id, db, crash_after);
 }
 
 /* Waits (bounded) for d to exit; returns its wait status, or -1. */
@@ -185,8 +192,7 @@ static void daemon_stop(daemon_t *d)
     syncd_test_rmtree(d->dir);
 }
 
-/* ---- HTTP writes ----------------------------------------------------------
- */
+/* ---- HTTP writes --------------------------------------------------------- */
 
 typedef struct response {
     long status; /* 0: no answer (connection error or timeout) */
@@ -272,8 +278,7 @@ static void create_docs(int port, const char *coll)
     }
 }
 
-/* ---- SSE watchers ---------------------------------------------------------
- */
+/* ---- SSE watchers -------------------------------------------------------- */
 
 /* A watcher thread: follows coll on a node from seq 1, reconnecting with
  * Last-Event-ID, recording each document's versions in the order seen. */
@@ -531,8 +536,7 @@ static void assert_watchers_saw_every_version(watcher_t *ws, int nw,
     }
 }
 
-/* ---- Cluster scenarios ----------------------------------------------------
- */
+/* ---- Cluster scenarios --------------------------------------------------- */
 
 /* The processes and watchers of one test, stopped by its teardown
  * whatever happened. */
@@ -685,8 +689,7 @@ test_contract__node_killed_right_after_a_commit_loses_no_version(void **state)
     cluster_check(cl);
 }
 
-/* ---- Embedded default -----------------------------------------------------
- */
+/* ---- Embedded default ---------------------------------------------------- */
 
 static void
 test_contract__embedded_node_killed_after_a_commit_publishes_it_on_restart(
@@ -718,8 +721,7 @@ test_contract__embedded_node_killed_after_a_commit_publishes_it_on_restart(
     assert_watchers_saw_every_version(w, 1, want);
 }
 
-/* ---- Idempotency-Key ------------------------------------------------------
- */
+/* ---- Idempotency-Key ----------------------------------------------------- */
 
 static void
 test_contract__a_patch_retried_with_its_key_applies_once_on_any_node(
@@ -758,8 +760,52 @@ test_contract__a_patch_retried_with_its_key_applies_once_on_any_node(
     cluster_check(cl);
 }
 
-/* ---- Main -----------------------------------------------------------------
- */
+/* ---- syncctl ------------------------------------------------------------- */
+
+static void
+test_contract__syncctl_retries_a_write_until_the_node_answers(void **state)
+{
+    daemon_t *d = &the_cluster.nodes[0];
+    int port = syncd_test_free_port();
+    char server[64], file[300];
+    response_t get;
+    FILE *f;
+    pid_t pid;
+    int status = -1;
+
+    (void)state;
+    snprintf(server, sizeof(server), "http://127.0.0.1:%d", port);
+    assert_int_equal(syncd_test_tmpdir(file, sizeof(file) - 16, "syncctl"), 0);
+    strcat(file, "/doc.json");
+    f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("{\"n\":5}", f);
+    fclose(f);
+    /* The node is not up yet: the first attempts are refused. */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+
+        dup2(devnull, 1);
+        execl(SYNCCTL_BINARY, SYNCCTL_BINARY, "--server", server, "put", "cli",
+              "d0", file, (char *)NULL);
+        _exit(127);
+    }
+    usleep(300 * 1000);
+    assert_int_equal(daemon_start_on(d, port, "solo", NULL, 0), 0);
+    for (int i = 0; i < 1500 && waitpid(pid, &status, WNOHANG) != pid; i++)
+        usleep(10 * 1000);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    get = request(port, "GET", "/v1/collections/cli/docs/d0", NULL, NULL);
+    assert_int_equal(get.status, 200);
+    assert_string_equal(get.etag, "\"1\"");
+    assert_string_equal(get.body, "{\"n\":5}");
+    *strrchr(file, '/') = '\0';
+    syncd_test_rmtree(file);
+}
+
+/* ---- Main ---------------------------------------------------------------- */
 
 static int group_setup(void **state)
 {
@@ -783,6 +829,9 @@ static int group_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(
+            test_contract__syncctl_retries_a_write_until_the_node_answers,
+            teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__embedded_node_killed_after_a_commit_publishes_it_on_restart,
             teardown_cluster),
