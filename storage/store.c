@@ -54,6 +54,7 @@ struct syncd_store {
     int64_t retry_delay_ms, max_retry_delay_ms, edit_timeout_ms;
     int64_t tombstone_ttl_ms;
     int64_t idempotency_ttl_ms;
+    int outbox;
     size_t max_doc_bytes;
     syncd_store_hooks_t hooks; /* NULL members: the real clock/sleep/rng */
     uint64_t rng_state;
@@ -434,7 +435,8 @@ static const json_t *ikey_find(syncd_store_t *s, const syncd_doc_t *cur,
 }
 
 /* Sets next's outbox (cur's pending markers, the newest
- * SYNCD_MAX_OUTBOX_MARKERS - 1 of them, then one for next) and its
+ * SYNCD_MAX_OUTBOX_MARKERS - 1 of them, then one for next; without the
+ * outbox option only cur's markers, kept for their writers) and its
  * idempotency keys (with req's key: cur's keys younger than the TTL, at
  * most SYNCD_MAX_IDEMPOTENCY_KEYS - 1 of the newest, then req's; without:
  * cur's as they are), so that they commit with next. */
@@ -447,19 +449,25 @@ static int add_meta(syncd_store_t *s, syncd_doc_t *next, const syncd_doc_t *cur,
     size_t n = json_array_size(old), i;
     int rc = 0;
 
-    next->outbox = cur != NULL && cur->outbox != NULL ? json_copy(cur->outbox)
-                                                      : json_array();
-    while (json_array_size(next->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
-        json_array_remove(next->outbox, 0);
-    if (next->outbox == NULL ||
-        json_array_append_new(
-            next->outbox,
-            json_pack(
-                "{s:I, s:I, s:s, s:s, s:I, s:s}", "v",
-                (json_int_t)next->version, "base",
-                (json_int_t)(op == SYNCD_CHANGE_CREATE ? 0 : cur->version),
-                "op", syncd_change_op_name(op), "h", next->hash, "t",
-                (json_int_t)next->mtime_ms, "by", next->origin)) != 0)
+    if (!s->outbox) {
+        next->outbox = json_incref(cur != NULL ? cur->outbox : NULL);
+    } else {
+        next->outbox = cur != NULL && cur->outbox != NULL
+                           ? json_copy(cur->outbox)
+                           : json_array();
+        while (json_array_size(next->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
+            json_array_remove(next->outbox, 0);
+    }
+    if (s->outbox &&
+        (next->outbox == NULL ||
+         json_array_append_new(
+             next->outbox,
+             json_pack(
+                 "{s:I, s:I, s:s, s:s, s:I, s:s}", "v",
+                 (json_int_t)next->version, "base",
+                 (json_int_t)(op == SYNCD_CHANGE_CREATE ? 0 : cur->version),
+                 "op", syncd_change_op_name(op), "h", next->hash, "t",
+                 (json_int_t)next->mtime_ms, "by", next->origin)) != 0))
         rc = SYNCD_ENOMEM;
     if (rc == 0 && req->ikey == NULL) {
         next->ikeys = json_incref(old);
@@ -1282,6 +1290,7 @@ int syncd_store_open(syncd_store_t **out, const syncd_store_options_t *opts,
     s->edit_timeout_ms = opts->edit_timeout_ms;
     s->tombstone_ttl_ms = opts->tombstone_ttl_ms;
     s->idempotency_ttl_ms = opts->idempotency_ttl_ms;
+    s->outbox = opts->outbox;
     s->max_doc_bytes = opts->max_doc_bytes;
     if (opts->hooks != NULL)
         s->hooks = *opts->hooks;

@@ -1043,6 +1043,8 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
     node->timers_open = 3;
     node->crash_after = test_crash_after();
     uv_timer_start(&node->outbox, on_outbox_timer, 0, OUTBOX_POLL_MS);
+    /* It polls: it never keeps a loop that has nothing else to do alive. */
+    uv_unref((uv_handle_t *)&node->outbox);
     if (opts->anti_entropy_interval_ms > 0)
         uv_timer_start(&node->timer, on_timer,
                        (uint64_t)opts->anti_entropy_interval_ms,
@@ -1393,8 +1395,11 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
         json_decref(events);
         return rc;
     }
-    return chain_start(node, events, change->doc->coll, change->doc->id,
-                       change->doc->version, cb, payload);
+    /* A store without the outbox option left nothing to ack. */
+    return chain_start(
+        node, events, change->doc->coll, change->doc->id,
+        json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0, cb,
+        payload);
 }
 
 /* ---- The outbox republisher ---------------------------------------------- */

@@ -1039,10 +1039,6 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
                                         SYNCD_ANY_VERSION, NULL),
                      0);
     syncd_change_free(c);
-    /* Published: its outbox is acked (see the test below for pending
-     * markers). */
-    assert_int_equal(syncd_store_outbox_ack(f->store, "tomb", "dead", 2, NULL),
-                     0);
 
     f->fake.now += 999;
     assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, NULL), 0);
@@ -1062,6 +1058,13 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
 }
 
 /* ---- Transactional outbox and idempotency keys ------------------------- */
+
+/* Turns the store's outbox on, as the daemon does. */
+static void use_outbox(fixture_t *f)
+{
+    f->opts.outbox = 1;
+    reopen(f);
+}
 
 /* Asserts that markers (a JSON array of outbox markers) are for the
  * versions want, space-separated, in order. */
@@ -1100,6 +1103,8 @@ test_store_outbox__each_write_commits_a_marker_and_keeps_pending_ones(
     json_t *list = NULL;
     syncd_change_t *c = NULL;
     json_t *m;
+
+    use_outbox(f);
 
     assert_int_equal(syncd_store_create(f->store, &c, "ob", "d", body, NULL),
                      0);
@@ -1143,6 +1148,8 @@ test_store_outbox__ack_clears_only_at_the_acked_version(void **state)
     syncd_change_t *c = NULL;
     json_t *list = NULL;
 
+    use_outbox(f);
+
     create_doc(f, "ack", "d", "{\"n\":1}");
     assert_int_equal(
         put_doc(f, "ack", "d", "{\"n\":2}", SYNCD_ANY_VERSION, NULL), 0);
@@ -1176,6 +1183,8 @@ static void test_store_outbox__list_pages_records_with_markers(void **state)
     fixture_t *f = *state;
     json_t *list = NULL;
 
+    use_outbox(f);
+
     create_doc(f, "pg", "a", "{}");
     create_doc(f, "pg", "b", "{}");
     create_doc(f, "pg", "c", "{}");
@@ -1203,6 +1212,8 @@ test_store_purge__keeps_tombstones_with_pending_markers(void **state)
     syncd_change_t *c = NULL;
     syncd_doc_t *doc = NULL;
     size_t purged = 99;
+
+    use_outbox(f);
 
     f->opts.tombstone_ttl_ms = 1000;
     use_fake_hooks(f, 1000000);
@@ -1254,6 +1265,8 @@ test_store_idempotency__a_retry_replays_the_first_outcome_and_writes_nothing(
     fixture_t *f = *state;
     syncd_write_options_t wo;
     syncd_change_t *c = NULL;
+
+    use_outbox(f);
 
     create_doc(f, "ik", "d", "{\"n\":0}");
     assert_int_equal(keyed_merge(f, &c, "d", "{\"n\":1}", "key-1", 1), 0);

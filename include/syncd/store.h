@@ -120,6 +120,9 @@ typedef struct syncd_store_options {
     int64_t tombstone_ttl_ms;   /* tombstone lifetime; default 24 h */
     int64_t backend_timeout_ms; /* MongoDB connect/socket timeout; 5 s */
     int64_t idempotency_ttl_ms; /* how long a key replays; default 10 min */
+    int outbox; /* 1: each write appends a pending-publish marker to its
+                   record (the transactional outbox of a node that
+                   publishes and acks; the daemon sets it); default 0 */
     const syncd_store_hooks_t *hooks; /* NULL: real clock, sleep, random */
 } syncd_store_options_t;
 
