@@ -593,13 +593,16 @@ static void cluster_check(cluster_t *cl)
 }
 
 /* Runs writes patches, alternating nodes and documents; calls fault(i)
- * before write i. */
+ * before write i. Each is answered 200, its publish failing or not: it is
+ * committed, and the outbox completes the publish. */
 static void workload(cluster_t *cl, int writes, void (*fault)(cluster_t *, int))
 {
     for (int i = 0; i < writes; i++) {
         if (fault != NULL)
             fault(cl, i);
-        patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1);
+        assert_int_equal(
+            patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1).status,
+            200);
     }
 }
 
@@ -633,14 +636,18 @@ test_contract__redis_stopped_during_writes_loses_no_version(void **state)
 typedef struct frozen_writes {
     cluster_t *cl;
     int from, to;
+    int failed; /* writes not answered 200 */
 } frozen_writes_t;
 
 static void *frozen_writer(void *arg)
 {
     frozen_writes_t *f = arg;
 
-    for (int i = f->from; i < f->to; i++)
-        patch_doc(f->cl->nodes[i % 2].port, f->cl->coll, i % NDOCS, i + 1);
+    for (int i = f->from; i < f->to; i++) {
+        if (patch_doc(f->cl->nodes[i % 2].port, f->cl->coll, i % NDOCS, i + 1)
+                .status != 200)
+            f->failed++;
+    }
     return NULL;
 }
 
@@ -656,12 +663,14 @@ test_contract__redis_frozen_during_writes_loses_no_version(void **state)
     workload(cl, 8, NULL);
     assert_int_equal(kill(redis.pid, SIGSTOP), 0);
     fw.cl = cl;
+    fw.failed = 0;
     fw.from = 8;
     fw.to = 16;
     assert_int_equal(pthread_create(&th, NULL, frozen_writer, &fw), 0);
     sleep(3);
     assert_int_equal(kill(redis.pid, SIGCONT), 0);
     pthread_join(th, NULL);
+    assert_int_equal(fw.failed, 0);
     for (int i = 16; i < 24; i++)
         patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1);
     cluster_check(cl);
