@@ -434,12 +434,36 @@ static const json_t *ikey_find(syncd_store_t *s, const syncd_doc_t *cur,
     return NULL;
 }
 
-/* Sets next's outbox (cur's pending markers, the newest
- * SYNCD_MAX_OUTBOX_MARKERS - 1 of them, then one for next; without the
- * outbox option only cur's markers, kept for their writers) and its
- * idempotency keys (with req's key: cur's keys younger than the TTL, at
- * most SYNCD_MAX_IDEMPOTENCY_KEYS - 1 of the newest, then req's; without:
- * cur's as they are), so that they commit with next. */
+/* Sets next's outbox: cur's pending markers (the newest
+ * SYNCD_MAX_OUTBOX_MARKERS - 1 of them) and one for next, op; without the
+ * outbox option only cur's markers, kept for their writers. */
+static int add_marker(syncd_store_t *s, syncd_doc_t *next,
+                      const syncd_doc_t *cur, syncd_change_op_t op)
+{
+    json_t *marker;
+
+    if (!s->outbox) {
+        next->outbox = json_incref(cur != NULL ? cur->outbox : NULL);
+        return 0;
+    }
+    next->outbox = cur != NULL && cur->outbox != NULL ? json_copy(cur->outbox)
+                                                      : json_array();
+    if (next->outbox == NULL)
+        return SYNCD_ENOMEM;
+    while (json_array_size(next->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
+        json_array_remove(next->outbox, 0);
+    marker = json_pack(
+        "{s:I, s:I, s:s, s:s, s:I, s:s}", "v", (json_int_t)next->version,
+        "base", (json_int_t)(op == SYNCD_CHANGE_CREATE ? 0 : cur->version),
+        "op", syncd_change_op_name(op), "h", next->hash, "t",
+        (json_int_t)next->mtime_ms, "by", next->origin);
+    return json_array_append_new(next->outbox, marker) == 0 ? 0 : SYNCD_ENOMEM;
+}
+
+/* Sets next's outbox (see add_marker()) and its idempotency keys (with
+ * req's key: cur's keys younger than the TTL, at most
+ * SYNCD_MAX_IDEMPOTENCY_KEYS - 1 of the newest, then req's; without: cur's
+ * as they are), so that they commit with next. */
 static int add_meta(syncd_store_t *s, syncd_doc_t *next, const syncd_doc_t *cur,
                     const write_req_t *req, syncd_error_t *err)
 {
@@ -447,28 +471,8 @@ static int add_meta(syncd_store_t *s, syncd_doc_t *next, const syncd_doc_t *cur,
     json_t *old = cur != NULL ? cur->ikeys : NULL;
     int64_t oldest = wall_ms(s) - s->idempotency_ttl_ms;
     size_t n = json_array_size(old), i;
-    int rc = 0;
+    int rc = add_marker(s, next, cur, op);
 
-    if (!s->outbox) {
-        next->outbox = json_incref(cur != NULL ? cur->outbox : NULL);
-    } else {
-        next->outbox = cur != NULL && cur->outbox != NULL
-                           ? json_copy(cur->outbox)
-                           : json_array();
-        while (json_array_size(next->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
-            json_array_remove(next->outbox, 0);
-    }
-    if (s->outbox &&
-        (next->outbox == NULL ||
-         json_array_append_new(
-             next->outbox,
-             json_pack(
-                 "{s:I, s:I, s:s, s:s, s:I, s:s}", "v",
-                 (json_int_t)next->version, "base",
-                 (json_int_t)(op == SYNCD_CHANGE_CREATE ? 0 : cur->version),
-                 "op", syncd_change_op_name(op), "h", next->hash, "t",
-                 (json_int_t)next->mtime_ms, "by", next->origin)) != 0))
-        rc = SYNCD_ENOMEM;
     if (rc == 0 && req->ikey == NULL) {
         next->ikeys = json_incref(old);
     } else if (rc == 0) {
