@@ -182,14 +182,10 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
                         const char *canon, size_t canon_len,
                         syncd_error_t *err);
 
-/* What syncd_record_decode() reads besides the header. */
-#define SYNCD_RECORD_BODY 1 /* the body and the outbox and keys */
-#define SYNCD_RECORD_META 2 /* the outbox and keys only */
-
 /* Decodes a record of coll/id into *out (caller frees with
- * syncd_doc_free()); with_body is 0 (the header alone is read, the body
- * left NULL) or a SYNCD_RECORD_* value. SYNCD_EBACKEND when the bytes are
- * not a valid record. */
+ * syncd_doc_free()); without with_body the body, outbox and idempotency
+ * keys are left NULL (the header alone is read). SYNCD_EBACKEND when the
+ * bytes are not a valid record. */
 int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
                         const char *val, size_t len, int with_body,
                         syncd_error_t *err);

@@ -234,11 +234,11 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
         p += 4;
         if ((size_t)(end - p) < mlen)
             goto bad;
-        if (with_body != 0 && decode_meta(doc, p, mlen) != 0)
+        if (with_body && decode_meta(doc, p, mlen) != 0)
             goto bad;
         p += mlen;
     }
-    if (with_body == SYNCD_RECORD_BODY && !doc->deleted) {
+    if (with_body && !doc->deleted) {
         doc->body = json_loadb((const char *)p, (size_t)(end - p),
                                JSON_ALLOW_NUL, &jerr);
         if (!json_is_object(doc->body))

@@ -2,7 +2,10 @@
  *
  * Records live under key = collection, NUL, id (see record.c); a second
  * key space, one key per collection under the prefix byte 0x01 (which no
- * collection name starts with), registers collection names. The WAL is on
+ * collection name starts with), registers collection names; a third, under
+ * 0x02, holds the key of every record with pending-publish markers (the
+ * outbox), written in the same batch as the record, so that the
+ * republisher lists those without scanning the store. The WAL is on
  * and, with sync_writes, every commit is fsynced before it is acknowledged,
  * so an acknowledged write survives kill -9.
  *
@@ -32,6 +35,7 @@
 #define NSTRIPES 64
 #define TIER_MAX_BYTES ((uint64_t)64 << 20)
 #define REGISTRY_PREFIX '\x01'
+#define OUTBOX_PREFIX '\x02'
 
 /* A decoded record in the in-memory tier; key bytes follow the struct. */
 typedef struct tier_entry {
@@ -191,6 +195,14 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     return rc;
 }
 
+/* Writes the outbox index key of record key k (OUTBOX_PREFIX, then k)
+ * into buf, 1 + k->len bytes. */
+static void outbox_key(char *buf, const syncd_reckey_t *k)
+{
+    buf[0] = OUTBOX_PREFIX;
+    memcpy(buf + 1, k->bytes, k->len);
+}
+
 /* Commits doc's record, its body's canonical JSON given or NULL (see
  * syncd_record_encode()), and on an insert its collection's registry key,
  * in one write batch. */
@@ -199,6 +211,7 @@ static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
                   const rocksdb_writeoptions_t *wopts, syncd_error_t *err)
 {
     rocksdb_writebatch_t *batch = NULL;
+    char ob[1 + SYNCD_RECORD_KEY_MAX];
     char *errptr = NULL;
     char *val = NULL;
     int rc;
@@ -208,6 +221,11 @@ static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
         return rc;
     batch = rocksdb_writebatch_create();
     rocksdb_writebatch_put(batch, k->bytes, k->len, val, *vlen);
+    outbox_key(ob, k);
+    if (json_array_size(doc->outbox) > 0)
+        rocksdb_writebatch_put(batch, ob, 1 + k->len, "", 0);
+    else
+        rocksdb_writebatch_delete(batch, ob, 1 + k->len);
     if (insert) {
         char reg[1 + 64];
         size_t clen = strlen(doc->coll);
@@ -538,12 +556,37 @@ unlock:
     return rc;
 }
 
+/* Appends {"id","v","ob"} of coll/id to arr when its record still has
+ * markers (the index may name a record acked since it was read). */
+static int outbox_entry(rocks_t *r, json_t *arr, const char *coll,
+                        const char *id, syncd_error_t *err)
+{
+    syncd_doc_t *doc;
+    stripe_t *s;
+    syncd_reckey_t k;
+    int rc = lock_key(r, &k, &s, coll, id, err);
+
+    if (rc != 0)
+        return rc;
+    rc = load(r, s, &k, coll, id, &doc, 0, err);
+    if (rc == SYNCD_ENOTFOUND)
+        rc = 0;
+    else if (rc == 0 && json_array_size(doc->outbox) > 0 &&
+             json_array_append_new(arr, json_pack("{s:s, s:I, s:O}", "id", id,
+                                                  "v", (json_int_t)doc->version,
+                                                  "ob", doc->outbox)) != 0)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
 static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
                              const char *after, size_t limit,
                              syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
     size_t clen = strlen(coll);
+    char start[1 + SYNCD_RECORD_KEY_MAX];
     rocksdb_iterator_t *it = NULL;
     json_t *arr = json_array();
     syncd_reckey_t k;
@@ -555,34 +598,25 @@ static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     rc = syncd_reckey_make(&k, coll, after != NULL ? after : "", err);
     if (rc != 0)
         goto done;
-    it = iter_at(r, k.bytes, k.len);
+    outbox_key(start, &k);
+    it = iter_at(r, start, 1 + k.len);
     for (; rocksdb_iter_valid(it) && json_array_size(arr) < limit;
          rocksdb_iter_next(it)) {
-        size_t klen, vlen, ilen;
+        size_t klen, ilen;
         const char *key = rocksdb_iter_key(it, &klen);
-        const char *val = rocksdb_iter_value(it, &vlen);
         char id[SYNCD_MAX_ID_BYTES + 1];
-        syncd_doc_t *doc = NULL;
 
-        if (klen <= clen || memcmp(key, coll, clen + 1) != 0)
+        if (klen <= 1 + clen || key[0] != OUTBOX_PREFIX ||
+            memcmp(key + 1, coll, clen + 1) != 0)
             break;
-        ilen = klen - clen - 1;
+        ilen = klen - 1 - clen - 1;
         if (ilen > SYNCD_MAX_ID_BYTES)
             continue;
-        memcpy(id, key + clen + 1, ilen);
+        memcpy(id, key + 1 + clen + 1, ilen);
         id[ilen] = '\0';
         if (after != NULL && strcmp(id, after) <= 0)
             continue;
-        rc = syncd_record_decode(&doc, coll, id, val, vlen, SYNCD_RECORD_META,
-                                 err);
-        if (rc != 0)
-            goto done;
-        if (json_array_size(doc->outbox) > 0 &&
-            json_array_append_new(arr, json_pack("{s:s, s:I, s:O}", "id", id,
-                                                 "v", (json_int_t)doc->version,
-                                                 "ob", doc->outbox)) != 0)
-            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        syncd_doc_free(doc);
+        rc = outbox_entry(r, arr, coll, id, err);
         if (rc != 0)
             goto done;
     }
