@@ -23,6 +23,16 @@
  * checked to follow one another, so the seam has no gap or duplicate, and
  * any discontinuity ends the watcher with SYNCD_NODE_RESYNC.
  *
+ * Publishing is the transactional outbox's other half (storage/store.c):
+ * a change goes out after the versions still pending on its record (as
+ * invalidate events), one publish after the other in version order, and
+ * the record is acked off the loop once all are out. The republisher
+ * (on each bus (re)connect, and every outbox_interval) pages through the
+ * records with markers left on the thread pool and publishes those older
+ * than outbox_min_age the same way. An event's ts is its commit time,
+ * whoever publishes it, and the bus drops an (id, v) it has already
+ * published, so the two paths never show a version twice.
+ *
  * Lifetimes: watchers are freed by the node once ended and out of every
  * callback; bus requests still in flight at close are orphaned (they free
  * themselves when the bus answers); the node itself is freed when its last
