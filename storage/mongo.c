@@ -11,7 +11,9 @@
  * absent when empty. ob and ik are written by the same compare-and-swap as
  * the change (the transactional outbox, see store.c); an ack unsets ob
  * with the filter {_id, v}, so it never clears a newer writer's markers
- * (on FerretDB under a claim on that version, like a write).
+ * (on FerretDB under a claim on that version, like a write). A sparse
+ * index on ob, made the first time a collection's outbox is listed, keeps
+ * that listing from scanning the collection.
  *
  * Bodies round-trip exactly. Inside `data` every object key is escaped with
  * '%' so that keys MongoDB restricts survive: '%' becomes "%25", '.' "%2E",
@@ -79,6 +81,8 @@ typedef struct mongo_backend {
     char *db;
     int64_t lease_ms;
     int claims; /* 1 when filtered updates are not atomic (FerretDB) */
+    pthread_mutex_t indexed_lock;
+    json_t *indexed; /* collections given their outbox index: name -> true */
 } mongo_backend_t;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -1228,6 +1232,32 @@ static int mongo_outbox_ack(syncd_backend_t *b, const char *coll,
     return rc;
 }
 
+/* Creates the sparse index on ob of coll once per process (an existing
+ * index is no error); a failure is left to the next listing. */
+static void ensure_outbox_index(mongo_backend_t *m, call_t *c, const char *coll)
+{
+    bson_t *cmd;
+    bson_error_t e;
+    int done;
+
+    pthread_mutex_lock(&m->indexed_lock);
+    done = json_object_get(m->indexed, coll) != NULL;
+    pthread_mutex_unlock(&m->indexed_lock);
+    if (done)
+        return;
+    cmd = BCON_NEW("createIndexes", BCON_UTF8(coll), "indexes", "[", "{", "key",
+                   "{", "ob", BCON_INT32(1), "}", "name",
+                   BCON_UTF8("syncd_outbox"), "sparse", BCON_BOOL(true), "}",
+                   "]");
+    if (mongoc_collection_write_command_with_opts(c->coll, cmd, NULL, NULL,
+                                                  &e)) {
+        pthread_mutex_lock(&m->indexed_lock);
+        json_object_set_new(m->indexed, coll, json_true());
+        pthread_mutex_unlock(&m->indexed_lock);
+    }
+    bson_destroy(cmd);
+}
+
 static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
                              const char *after, size_t limit,
                              syncd_error_t *err)
@@ -1249,6 +1279,7 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     int rc = arr != NULL ? 0 : syncd_error_set(err, SYNCD_ENOMEM, "no memory");
 
     call_begin(&c, m, "", coll);
+    ensure_outbox_index(m, &c, coll);
     cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
     while (rc == 0 && mongoc_cursor_next(cur, &r)) {
         json_t *ob = NULL;
@@ -1287,6 +1318,10 @@ static void mongo_close(syncd_backend_t *b)
         return;
     if (m->pool)
         mongoc_client_pool_destroy(m->pool);
+    if (m->indexed) {
+        json_decref(m->indexed);
+        pthread_mutex_destroy(&m->indexed_lock);
+    }
     free(m->db);
     free(m);
 }
@@ -1348,10 +1383,11 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_CONNECTTIMEOUTMS, t);
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_SOCKETTIMEOUTMS, t);
     m = calloc(1, sizeof(*m));
-    if (!m || !(m->db = strdup(db))) {
+    if (!m || !(m->db = strdup(db)) || !(m->indexed = json_object())) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
+    pthread_mutex_init(&m->indexed_lock, NULL);
     m->base.ops = &mongo_ops;
     m->lease_ms = t < MIN_LEASE_MS ? MIN_LEASE_MS : t;
     m->pool = mongoc_client_pool_new(u);
