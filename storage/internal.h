@@ -76,6 +76,17 @@ typedef struct syncd_backend_ops {
                   int (*fn)(void *arg, syncd_error_t *err), void *arg,
                   syncd_error_t *err);
 
+    /* Clears coll/id's outbox (doc->outbox) iff the record is at version;
+     * need not be durable. 0 when there is nothing to clear. */
+    int (*outbox_ack)(syncd_backend_t *b, const char *coll, const char *id,
+                      int64_t version, syncd_error_t *err);
+
+    /* Lists coll's records holding outbox markers, sorted by id, strictly
+     * after `after` (NULL: from the start), at most limit, as a new JSON
+     * array of {"id","v","ob"}. */
+    int (*outbox_list)(syncd_backend_t *b, json_t **out, const char *coll,
+                       const char *after, size_t limit, syncd_error_t *err);
+
     /* Optional (NULL: zeros): adds the backend's own in-memory tier to the
      * cache_* counters of out (hits and misses of reads, evictions, bytes
      * charged and entries). */
@@ -192,17 +203,19 @@ typedef struct syncd_reckey {
 int syncd_reckey_make(syncd_reckey_t *k, const char *coll, const char *id,
                       syncd_error_t *err);
 
-/* Encodes doc's version, mtime, origin, hash, tombstone flag and canonical
- * body into *out (malloc'd, caller frees) with its length in *len. canon
- * (canon_len bytes, borrowed) is the canonical JSON of doc's body when the
- * caller already has it; NULL serializes the body here. */
+/* Encodes doc's version, mtime, origin, hash, tombstone flag, outbox,
+ * idempotency keys and canonical body into *out (malloc'd, caller frees) with
+ * its length in *len. canon (canon_len bytes, borrowed) is the canonical JSON
+ * of doc's body when the caller already has it; NULL serializes the body here.
+ */
 int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
                         const char *canon, size_t canon_len,
                         syncd_error_t *err);
 
 /* Decodes a record of coll/id into *out (caller frees with
- * syncd_doc_free()); without with_body the body is left NULL (the header
- * alone is read). SYNCD_EBACKEND when the bytes are not a valid record. */
+ * syncd_doc_free()); without with_body the body, outbox and idempotency
+ * keys are left NULL (the header alone is read). SYNCD_EBACKEND when the
+ * bytes are not a valid record. */
 int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
                         const char *val, size_t len, int with_body,
                         syncd_error_t *err);

@@ -4,9 +4,16 @@
  * Each record is one document (DESIGN.md section 2):
  *
  *   {_id: <id string>, v: int64, data: <body as BSON>, h: <hash string>,
- *    mt: <BSON date, ms>, by: <origin node>, del: <bool>}
+ *    mt: <BSON date, ms>, by: <origin node>, del: <bool>,
+ *    ob: [pending-publish markers], ik: [recent idempotency keys]}
  *
- * where a tombstone has del: true, h: "" and no data.
+ * where a tombstone has del: true, h: "" and no data, and ob and ik are
+ * absent when empty. ob and ik are written by the same compare-and-swap as
+ * the change (the transactional outbox, see store.c); an ack unsets ob
+ * with the filter {_id, v}, so it never clears a newer writer's markers
+ * (on FerretDB under a claim on that version, like a write). A sparse
+ * index on ob, made the first time a collection's outbox is listed, keeps
+ * that listing from scanning the collection.
  *
  * Bodies round-trip exactly. Inside `data` every object key is escaped with
  * '%' so that keys MongoDB restricts survive: '%' becomes "%25", '.' "%2E",
@@ -100,6 +107,8 @@ typedef struct mongo_backend {
     char *db;
     int64_t lease_ms;
     int claims; /* 1 when filtered updates are not atomic (FerretDB) */
+    pthread_mutex_t indexed_lock;
+    json_t *indexed; /* collections given their outbox index: name -> true */
 } mongo_backend_t;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -529,7 +538,26 @@ static int build_record(bson_t *rec, const syncd_doc_t *doc, int with_id,
     BSON_APPEND_DATE_TIME(rec, "mt", doc->mtime_ms);
     BSON_APPEND_UTF8(rec, "by", doc->origin);
     BSON_APPEND_BOOL(rec, "del", doc->deleted != 0);
+    if (rc == 0 && json_array_size(doc->outbox) > 0)
+        rc = encode_value(rec, "ob", doc->outbox, err);
+    if (rc == 0 && json_array_size(doc->ikeys) > 0)
+        rc = encode_value(rec, "ik", doc->ikeys, err);
     return rc;
+}
+
+/* Decodes the optional array field name of b into a new reference in
+ * *out (left NULL when absent). */
+static int field_array(json_t **out, const bson_t *b, const char *name,
+                       syncd_error_t *err)
+{
+    bson_iter_t it;
+
+    *out = NULL;
+    if (!bson_iter_init_find(&it, b, name))
+        return 0;
+    if (!BSON_ITER_HOLDS_ARRAY(&it))
+        return corrupt(err, "an outbox or key list that is not an array");
+    return decode_value(out, &it, err);
 }
 
 static int64_t field_int64(const bson_t *b, const char *name)
@@ -585,7 +613,10 @@ static int parse_record(syncd_doc_t **out, const bson_t *b, const char *coll,
     doc->deleted = field_bool(b, "del");
     field_string(doc->hash, sizeof(doc->hash), b, "h");
     field_string(doc->origin, sizeof(doc->origin), b, "by");
-    if (!doc->deleted) {
+    rc = field_array(&doc->outbox, b, "ob", err);
+    if (rc == 0)
+        rc = field_array(&doc->ikeys, b, "ik", err);
+    if (rc == 0 && !doc->deleted) {
         if (!bson_iter_init_find(&it, b, "data") ||
             !BSON_ITER_HOLDS_DOCUMENT(&it)) {
             rc = corrupt(err, "a live record without a data document");
@@ -1252,8 +1283,9 @@ static int delete_many(mongoc_collection_t *c, const bson_t *filter,
 
 /* Purges one tombstone in FerretDB mode: claims it at its version (so no
  * writer can re-create it meanwhile), drops the older claims of its id,
- * deletes it when it is still that tombstone (the delete is fenced on its
- * version and flag) and drops its claim. *deleted is 1 when it was
+ * deletes it when it is still that tombstone with no pending-publish
+ * marker (the delete is fenced on its version, flag and outbox) and drops
+ * its claim. *deleted is 1 when it was
  * removed. */
 static int purge_claimed(mongoc_collection_t *docs, mongoc_collection_t *claims,
                          const char *coll, const char *id, int64_t version,
@@ -1263,8 +1295,9 @@ static int purge_claimed(mongoc_collection_t *docs, mongoc_collection_t *claims,
     char first[SYNCD_MAX_ID_BYTES + 32];
     char owner[64];
     bson_t *older;
-    bson_t *tomb = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version),
-                            "del", BCON_BOOL(true));
+    bson_t *tomb =
+        BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version), "del",
+                 BCON_BOOL(true), "ob", "{", "$exists", BCON_BOOL(false), "}");
     int64_t dropped = 0;
     int taken = 0;
     int rc;
@@ -1354,7 +1387,8 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
     bson_t *filter = BCON_NEW("del", BCON_BOOL(true), "mt", "{", "$lt",
-                              BCON_DATE_TIME(before_ms), "}");
+                              BCON_DATE_TIME(before_ms), "}", "ob", "{",
+                              "$exists", BCON_BOOL(false), "}");
     int64_t deleted = 0;
     call_t c;
     int rc;
@@ -1372,6 +1406,148 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     return rc;
 }
 
+/* Unsets ob of coll/id with the filter {_id, v: version}. */
+static int unset_outbox(mongoc_collection_t *c, const char *coll,
+                        const char *id, int64_t version, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version));
+    bson_t *update = BCON_NEW("$unset", "{", "ob", BCON_UTF8(""), "}");
+    bson_error_t e;
+    int rc = 0;
+
+    if (!mongoc_collection_update_one(c, filter, update, NULL, NULL, &e))
+        rc = driver_error(err, &e, "ack", coll, id);
+    bson_destroy(update);
+    bson_destroy(filter);
+    return rc;
+}
+
+/* The ack of FerretDB mode, where a filtered update is a query and then an
+ * update by _id that could clear a newer writer's markers: under a claim
+ * on version (no record in it: a settle only drops it), as a writer's. A
+ * claim held by another writer means the record is moving on: its writer
+ * owns the markers now, and there is nothing to do. */
+static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
+                       const char *id, int64_t version, syncd_error_t *err)
+{
+    char key[SYNCD_MAX_ID_BYTES + 32];
+    char owner[64];
+    char name[128];
+    mongoc_collection_t *claims;
+    int64_t current = 0;
+    int taken = 0;
+    int rc;
+
+    snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
+    claims = mongoc_client_get_collection(c->client, m->db, name);
+    claim_key(key, sizeof(key), id, version);
+    claim_owner(owner, sizeof(owner));
+    rc = take_claim(claims, key, owner, &taken, coll, id, err);
+    if (rc < 0 || !taken)
+        goto cleanup;
+    rc = read_version(c->coll, id, &current, coll, err);
+    if (rc == 0 && current == version)
+        rc = unset_outbox(c->coll, coll, id, version, err);
+    if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
+        rc = SYNCD_EBACKEND;
+
+cleanup:
+    mongoc_collection_destroy(claims);
+    return rc < 0 ? rc : 0;
+}
+
+static int mongo_outbox_ack(syncd_backend_t *b, const char *coll,
+                            const char *id, int64_t version, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    call_t c;
+    int rc;
+
+    call_begin(&c, m, "", coll);
+    rc = m->claims ? claimed_ack(m, &c, coll, id, version, err)
+                   : unset_outbox(c.coll, coll, id, version, err);
+    call_end(&c, m);
+    return rc;
+}
+
+/* Creates the sparse index on ob of coll once per process (an existing
+ * index is no error); a failure is left to the next listing. */
+static void ensure_outbox_index(mongo_backend_t *m, call_t *c, const char *coll)
+{
+    bson_t *cmd;
+    bson_error_t e;
+    int done;
+
+    pthread_mutex_lock(&m->indexed_lock);
+    done = json_object_get(m->indexed, coll) != NULL;
+    pthread_mutex_unlock(&m->indexed_lock);
+    if (done)
+        return;
+    cmd = BCON_NEW("createIndexes", BCON_UTF8(coll), "indexes", "[", "{", "key",
+                   "{", "ob", BCON_INT32(1), "}", "name",
+                   BCON_UTF8("syncd_outbox"), "sparse", BCON_BOOL(true), "}",
+                   "]");
+    if (mongoc_collection_write_command_with_opts(c->coll, cmd, NULL, NULL,
+                                                  &e)) {
+        pthread_mutex_lock(&m->indexed_lock);
+        json_object_set_new(m->indexed, coll, json_true());
+        pthread_mutex_unlock(&m->indexed_lock);
+    }
+    bson_destroy(cmd);
+}
+
+static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
+                             const char *after, size_t limit,
+                             syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t *filter = after != NULL
+                         ? BCON_NEW("ob", "{", "$exists", BCON_BOOL(true), "}",
+                                    "_id", "{", "$gt", BCON_UTF8(after), "}")
+                         : BCON_NEW("ob", "{", "$exists", BCON_BOOL(true), "}");
+    bson_t *opts =
+        BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "projection", "{", "v",
+                 BCON_INT32(1), "ob", BCON_INT32(1), "}", "limit",
+                 BCON_INT64((int64_t)limit));
+    mongoc_cursor_t *cur;
+    json_t *arr = json_array();
+    const bson_t *r;
+    bson_error_t e;
+    call_t c;
+    int rc = arr != NULL ? 0 : syncd_error_set(err, SYNCD_ENOMEM, "no memory");
+
+    call_begin(&c, m, "", coll);
+    ensure_outbox_index(m, &c, coll);
+    cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
+    while (rc == 0 && mongoc_cursor_next(cur, &r)) {
+        json_t *ob = NULL;
+        bson_iter_t it;
+
+        if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+            continue;
+        rc = field_array(&ob, r, "ob", err);
+        if (rc == 0 && json_array_size(ob) > 0 &&
+            json_array_append_new(
+                arr,
+                json_pack("{s:s, s:I, s:O}", "id", bson_iter_utf8(&it, NULL),
+                          "v", (json_int_t)field_int64(r, "v"), "ob", ob)) < 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        json_decref(ob);
+    }
+    if (rc == 0 && mongoc_cursor_error(cur, &e))
+        rc = driver_error(err, &e, "outbox list", coll, after);
+    mongoc_cursor_destroy(cur);
+    call_end(&c, m);
+    bson_destroy(opts);
+    bson_destroy(filter);
+    if (rc < 0) {
+        json_decref(arr);
+        return rc;
+    }
+    *out = arr;
+    return 0;
+}
+
 static void mongo_close(syncd_backend_t *b)
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
@@ -1380,6 +1556,10 @@ static void mongo_close(syncd_backend_t *b)
         return;
     if (m->pool)
         mongoc_client_pool_destroy(m->pool);
+    if (m->indexed) {
+        json_decref(m->indexed);
+        pthread_mutex_destroy(&m->indexed_lock);
+    }
     free(m->db);
     free(m);
 }
@@ -1393,6 +1573,8 @@ static const syncd_backend_ops_t mongo_ops = {
     .purge = mongo_purge,
     .close = mongo_close,
     .versions = mongo_versions,
+    .outbox_ack = mongo_outbox_ack,
+    .outbox_list = mongo_outbox_list,
 };
 
 /* Asks the server for buildInfo (which also proves it is reachable) and
@@ -1471,10 +1653,11 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
     mongoc_uri_set_option_as_int32(u, MONGOC_URI_SOCKETTIMEOUTMS, t);
     default_concerns(u, t);
     m = calloc(1, sizeof(*m));
-    if (!m || !(m->db = strdup(db))) {
+    if (!m || !(m->db = strdup(db)) || !(m->indexed = json_object())) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
+    pthread_mutex_init(&m->indexed_lock, NULL);
     m->base.ops = &mongo_ops;
     m->lease_ms = 2 * (int64_t)t < MIN_LEASE_MS ? MIN_LEASE_MS : 2 * (int64_t)t;
     m->pool = mongoc_client_pool_new(u);

@@ -5,12 +5,16 @@
  * order); value = a fixed little-endian header followed by the canonical
  * JSON of the body:
  *
- *   u8 format (1) | u8 flags (bit 0: tombstone) | i64 version | i64 mtime
- *   | u8 origin length | origin | u8 hash length (0 or 64) | hash | body
+ *   u8 format (1) | u8 flags (bit 0: tombstone, bit 1: meta) | i64 version
+ *   | i64 mtime | u8 origin length | origin | u8 hash length (0 or 64)
+ *   | hash | [u32 meta length | meta] | body
  *
- * The header can be read without parsing the body, which is what listings
- * and digests need. Canonical JSON parses back to the same value (integers
- * exact, reals round-trip), so bodies come back exactly as written.
+ * where meta, present when flag bit 1 is set, is the compact JSON object
+ * {"ob": outbox markers, "ik": idempotency keys} (either may be absent):
+ * it lives in the record so that it commits with the change, in the same
+ * write. The header can be read without parsing the body, which is what
+ * listings and digests need. Canonical JSON parses back to the same value
+ * (integers exact, reals round-trip), so bodies come back exactly as written.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +23,7 @@
 
 #define RECORD_FORMAT 1
 #define FLAG_DELETED 0x01
+#define FLAG_META 0x02
 #define HEADER_FIXED (1 + 1 + 8 + 8)
 
 size_t syncd_record_key(char key[SYNCD_RECORD_KEY_MAX], const char *coll,
@@ -64,6 +69,32 @@ static void put_i64(unsigned char *p, int64_t v)
         p[i] = (unsigned char)(u >> (8 * i));
 }
 
+/* Returns the compact JSON of doc's outbox and keys (malloc'd) with its
+ * length in *len, or NULL with *len 0 when it has neither; *len is
+ * (size_t)-1 on out of memory. */
+static char *meta_dump(const syncd_doc_t *doc, size_t *len)
+{
+    json_t *meta = json_object();
+    char *text = NULL;
+    int ok = meta != NULL;
+
+    *len = 0;
+    if (ok && json_array_size(doc->outbox) > 0)
+        ok = json_object_set(meta, "ob", doc->outbox) == 0;
+    if (ok && json_array_size(doc->ikeys) > 0)
+        ok = json_object_set(meta, "ik", doc->ikeys) == 0;
+    if (ok && json_object_size(meta) > 0) {
+        text = json_dumps(meta, JSON_COMPACT);
+        ok = text != NULL;
+    }
+    json_decref(meta);
+    if (!ok)
+        *len = (size_t)-1;
+    else if (text != NULL)
+        *len = strlen(text);
+    return text;
+}
+
 static int64_t get_i64(const unsigned char *p)
 {
     uint64_t u = 0;
@@ -81,26 +112,33 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
     size_t blen = canon_len;
     const char *body = canon;
     char *made = NULL;
+    size_t mlen;
+    char *meta = meta_dump(doc, &mlen);
     unsigned char *buf, *p;
 
     *out = NULL;
+    if (mlen == (size_t)-1)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     if (doc->deleted) {
         blen = 0;
     } else if (canon == NULL) {
         body = made = syncd_json_canonical(doc->body, &blen);
-        if (made == NULL)
+        if (made == NULL) {
+            free(meta);
             return syncd_error_set(err, SYNCD_EINVAL,
                                    "body of %s/%s cannot be serialized",
                                    doc->coll, doc->id);
+        }
     }
-    buf = malloc(HEADER_FIXED + 1 + olen + 1 + hlen + blen);
+    buf = malloc(HEADER_FIXED + 1 + olen + 1 + hlen + 4 + mlen + blen);
     if (buf == NULL) {
         free(made);
+        free(meta);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
     p = buf;
     *p++ = RECORD_FORMAT;
-    *p++ = doc->deleted ? FLAG_DELETED : 0;
+    *p++ = (doc->deleted ? FLAG_DELETED : 0) | (meta != NULL ? FLAG_META : 0);
     put_i64(p, doc->version);
     put_i64(p + 8, doc->mtime_ms);
     p += 16;
@@ -110,12 +148,37 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
     *p++ = (unsigned char)hlen;
     memcpy(p, doc->hash, hlen);
     p += hlen;
+    if (meta != NULL) {
+        for (int i = 0; i < 4; i++)
+            *p++ = (unsigned char)(mlen >> (8 * i));
+        memcpy(p, meta, mlen);
+        p += mlen;
+    }
     if (blen > 0)
         memcpy(p, body, blen);
     p += blen;
     free(made);
+    free(meta);
     *out = (char *)buf;
     *len = (size_t)(p - buf);
+    return 0;
+}
+
+/* Reads the outbox and keys of doc from its meta JSON (len bytes). */
+static int decode_meta(syncd_doc_t *doc, const unsigned char *p, size_t len)
+{
+    json_t *meta = json_loadb((const char *)p, len, 0, NULL);
+    json_t *ob = json_object_get(meta, "ob");
+    json_t *ik = json_object_get(meta, "ik");
+
+    if (!json_is_object(meta) || (ob != NULL && !json_is_array(ob)) ||
+        (ik != NULL && !json_is_array(ik))) {
+        json_decref(meta);
+        return -1;
+    }
+    doc->outbox = json_incref(ob);
+    doc->ikeys = json_incref(ik);
+    json_decref(meta);
     return 0;
 }
 
@@ -161,6 +224,20 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
         goto bad;
     memcpy(doc->hash, p, hlen);
     p += hlen;
+    if (((const unsigned char *)val)[1] & FLAG_META) {
+        size_t mlen = 0;
+
+        if ((size_t)(end - p) < 4)
+            goto bad;
+        for (int i = 0; i < 4; i++)
+            mlen |= (size_t)p[i] << (8 * i);
+        p += 4;
+        if ((size_t)(end - p) < mlen)
+            goto bad;
+        if (with_body && decode_meta(doc, p, mlen) != 0)
+            goto bad;
+        p += mlen;
+    }
     if (with_body && !doc->deleted) {
         doc->body = json_loadb((const char *)p, (size_t)(end - p),
                                JSON_ALLOW_NUL, &jerr);

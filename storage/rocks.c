@@ -2,7 +2,10 @@
  *
  * Records live under key = collection, NUL, id (see record.c); a second
  * key space, one key per collection under the prefix byte 0x01 (which no
- * collection name starts with), registers collection names. The WAL is on
+ * collection name starts with), registers collection names; a third, under
+ * 0x02, holds the key of every record with pending-publish markers (the
+ * outbox), written in the same batch as the record, so that the
+ * republisher lists those without scanning the store. The WAL is on
  * and, with sync_writes, every commit is fsynced before it is acknowledged,
  * so an acknowledged write survives kill -9.
  *
@@ -39,6 +42,7 @@
 
 #define NSTRIPES 64
 #define REGISTRY_PREFIX '\x01'
+#define OUTBOX_PREFIX '\x02'
 
 /* A decoded record in the in-memory tier; key bytes follow the struct. */
 typedef struct tier_entry {
@@ -76,6 +80,7 @@ typedef struct rocks {
     uint64_t tier_max_bytes;
     int64_t (*now_ms)(void *data);
     void *now_data;
+    rocksdb_writeoptions_t *write_nosync; /* outbox acks */
     int nstripes_ready;
     stripe_t stripes[NSTRIPES];
 } rocks_t;
@@ -333,14 +338,23 @@ static void write_end(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
     stripe_unlock(s);
 }
 
+/* Writes the outbox index key of record key k (OUTBOX_PREFIX, then k)
+ * into buf, 1 + k->len bytes. */
+static void outbox_key(char *buf, const syncd_reckey_t *k)
+{
+    buf[0] = OUTBOX_PREFIX;
+    memcpy(buf + 1, k->bytes, k->len);
+}
+
 /* Commits doc's record, its body's canonical JSON given or NULL (see
  * syncd_record_encode()), and on an insert its collection's registry key,
  * in one write batch. */
 static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
                   const char *canon, size_t canon_len, int insert, size_t *vlen,
-                  syncd_error_t *err)
+                  const rocksdb_writeoptions_t *wopts, syncd_error_t *err)
 {
     rocksdb_writebatch_t *batch = NULL;
+    char ob[1 + SYNCD_RECORD_KEY_MAX];
     char *errptr = NULL;
     char *val = NULL;
     int rc;
@@ -350,6 +364,11 @@ static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
         return rc;
     batch = rocksdb_writebatch_create();
     rocksdb_writebatch_put(batch, k->bytes, k->len, val, *vlen);
+    outbox_key(ob, k);
+    if (json_array_size(doc->outbox) > 0)
+        rocksdb_writebatch_put(batch, ob, 1 + k->len, "", 0);
+    else
+        rocksdb_writebatch_delete(batch, ob, 1 + k->len);
     if (insert) {
         char reg[1 + 64];
         size_t clen = strlen(doc->coll);
@@ -358,7 +377,7 @@ static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
         memcpy(reg + 1, doc->coll, clen);
         rocksdb_writebatch_put(batch, reg, 1 + clen, "", 0);
     }
-    rocksdb_write(r->db, r->write, batch, &errptr);
+    rocksdb_write(r->db, wopts, batch, &errptr);
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "write");
     rocksdb_writebatch_destroy(batch);
@@ -401,7 +420,8 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
         goto unlock;
     }
     write_begin(s);
-    rc = commit(r, &k, doc, canon, canon_len, cur == NULL, &vlen, err);
+    rc =
+        commit(r, &k, doc, canon, canon_len, cur == NULL, &vlen, r->write, err);
     if (rc != 0) {
         syncd_doc_free(copy);
         copy = NULL;
@@ -656,7 +676,8 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
     rc = read_doc(r, s, &k, coll, id, &cur, 0, err);
     if (rc == SYNCD_ENOTFOUND) {
         rc = 0;
-    } else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms) {
+    } else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms &&
+               json_array_size(cur->outbox) == 0) {
         write_begin(s);
         rocksdb_delete(r->db, r->write, k.bytes, k.len, &errptr);
         write_end(r, s, &k, NULL, 0);
@@ -707,6 +728,125 @@ static void free_key_lock(syncd_lru_node_t *node)
     free(kl);
 }
 
+static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
+                            const char *id, int64_t version, syncd_error_t *err)
+{
+    rocks_t *r = (rocks_t *)b;
+    syncd_doc_t *cur = NULL, *copy = NULL;
+    key_lock_t *kl = NULL;
+    size_t vlen = 0;
+    syncd_reckey_t k;
+    stripe_t *s;
+    int rc;
+
+    rc = syncd_reckey_make(&k, coll, id, err);
+    if (rc != 0)
+        return rc;
+    s = stripe_of(r, &k);
+    rc = key_lock(s, &k, &kl, err);
+    if (rc != 0)
+        return rc;
+    rc = read_doc(r, s, &k, coll, id, &cur, 0, err);
+    if (rc == SYNCD_ENOTFOUND) {
+        rc = 0;
+        goto unlock;
+    }
+    if (rc != 0 || cur->version != version || cur->outbox == NULL)
+        goto unlock;
+    copy = syncd_doc_dup(cur);
+    if (copy == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto unlock;
+    }
+    json_decref(copy->outbox);
+    copy->outbox = NULL;
+    write_begin(s);
+    rc = commit(r, &k, copy, NULL, 0, 0, &vlen, r->write_nosync, err);
+    if (rc != 0) {
+        syncd_doc_free(copy);
+        copy = NULL;
+    }
+    write_end(r, s, &k, copy, vlen);
+unlock:
+    key_unlock(s, kl);
+    syncd_doc_free(cur);
+    return rc;
+}
+
+/* Appends {"id","v","ob"} of coll/id to arr when its record still has
+ * markers (the index may name a record acked since it was read). */
+static int outbox_entry(rocks_t *r, json_t *arr, const char *coll,
+                        const char *id, syncd_error_t *err)
+{
+    syncd_doc_t *doc = NULL;
+    syncd_reckey_t k;
+    int rc = syncd_reckey_make(&k, coll, id, err);
+
+    if (rc != 0)
+        return rc;
+    rc = read_doc(r, stripe_of(r, &k), &k, coll, id, &doc, 0, err);
+    if (rc == SYNCD_ENOTFOUND)
+        rc = 0;
+    else if (rc == 0 && json_array_size(doc->outbox) > 0 &&
+             json_array_append_new(arr, json_pack("{s:s, s:I, s:O}", "id", id,
+                                                  "v", (json_int_t)doc->version,
+                                                  "ob", doc->outbox)) != 0)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    syncd_doc_free(doc);
+    return rc;
+}
+
+static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
+                             const char *after, size_t limit,
+                             syncd_error_t *err)
+{
+    rocks_t *r = (rocks_t *)b;
+    size_t clen = strlen(coll);
+    char start[1 + SYNCD_RECORD_KEY_MAX];
+    rocksdb_iterator_t *it = NULL;
+    json_t *arr = json_array();
+    syncd_reckey_t k;
+    int rc;
+
+    *out = NULL;
+    if (arr == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    rc = syncd_reckey_make(&k, coll, after != NULL ? after : "", err);
+    if (rc != 0)
+        goto done;
+    outbox_key(start, &k);
+    it = iter_at(r, start, 1 + k.len);
+    for (; rocksdb_iter_valid(it) && json_array_size(arr) < limit;
+         rocksdb_iter_next(it)) {
+        size_t klen, ilen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        char id[SYNCD_MAX_ID_BYTES + 1];
+
+        if (klen <= 1 + clen || key[0] != OUTBOX_PREFIX ||
+            memcmp(key + 1, coll, clen + 1) != 0)
+            break;
+        ilen = klen - 1 - clen - 1;
+        if (ilen > SYNCD_MAX_ID_BYTES)
+            continue;
+        memcpy(id, key + 1 + clen + 1, ilen);
+        id[ilen] = '\0';
+        if (after != NULL && strcmp(id, after) <= 0)
+            continue;
+        rc = outbox_entry(r, arr, coll, id, err);
+        if (rc != 0)
+            goto done;
+    }
+    rc = iter_status(it, err);
+done:
+    if (it != NULL)
+        rocksdb_iter_destroy(it);
+    if (rc == 0)
+        *out = arr;
+    else
+        json_decref(arr);
+    return rc;
+}
+
 static void rocks_close(syncd_backend_t *b)
 {
     rocks_t *r = (rocks_t *)b;
@@ -722,6 +862,8 @@ static void rocks_close(syncd_backend_t *b)
         rocksdb_close(r->db);
     if (r->write != NULL)
         rocksdb_writeoptions_destroy(r->write);
+    if (r->write_nosync != NULL)
+        rocksdb_writeoptions_destroy(r->write_nosync);
     if (r->read != NULL)
         rocksdb_readoptions_destroy(r->read);
     if (r->options != NULL)
@@ -738,6 +880,8 @@ static const syncd_backend_ops_t rocks_ops = {
     .purge = rocks_purge,
     .close = rocks_close,
     .versions = rocks_versions,
+    .outbox_ack = rocks_outbox_ack,
+    .outbox_list = rocks_outbox_list,
     .cas_canonical = rocks_cas_canonical,
     .locked = rocks_locked,
     .tier_stats = rocks_tier_stats,
@@ -781,6 +925,7 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->write = rocksdb_writeoptions_create();
     rocksdb_options_set_create_if_missing(r->options, 1);
     rocksdb_writeoptions_set_sync(r->write, sync_writes ? 1 : 0);
+    r->write_nosync = rocksdb_writeoptions_create();
     r->db = rocksdb_open(r->options, dir, &errptr);
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");

@@ -17,11 +17,18 @@
  * the backoff is never reached. The lock is held while the edit callback
  * runs, which is why the callback must not call the store.
  *
- * In MongoDB mode the node cache sits in front: a write's first read may
- * come from it, but only a committed compare-and-swap trusts that read;
- * every other outcome (an error, "nothing changed") is decided again on a
- * fresh read from the store. Every committed write and every read from the
+ * In MongoDB mode the node cache sits in front for reads; a write reads
+ * from the store of record, because it carries the record's outbox and
+ * idempotency keys forward. Every committed write and every read from the
  * store refreshes the cache with put-if-newer.
+ *
+ * The outbox: every committed version appends a pending-publish marker to
+ * its record, in the same compare-and-swap, and the change reports the
+ * markers still pending before it, so that the node publishes those first;
+ * the node acks a record once its versions are published, and a
+ * republisher lists the records with markers left (a publish that failed,
+ * a node that died after its commit). An idempotency key of a write is
+ * kept with the record the same way, so a retry on any node finds it.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -46,6 +53,8 @@ struct syncd_store {
     int max_retries;
     int64_t retry_delay_ms, max_retry_delay_ms, edit_timeout_ms;
     int64_t tombstone_ttl_ms;
+    int64_t idempotency_ttl_ms;
+    int outbox;
     size_t max_doc_bytes;
     syncd_store_hooks_t hooks; /* NULL members: the real clock/sleep/rng */
     uint64_t rng_state;
@@ -61,13 +70,15 @@ typedef int (*step_fn)(json_t **body, const write_req_t *req,
                        const syncd_doc_t *cur, syncd_error_t *err);
 
 /* One write: its record, the step deciding the next state (with its
- * argument), and the strict precondition (SYNCD_ANY_VERSION: none). */
+ * argument), the strict precondition (SYNCD_ANY_VERSION: none) and the
+ * idempotency key (NULL: none). */
 struct write_req {
     const char *coll;
     const char *id;
     step_fn step;
     void *arg;
     int64_t if_match;
+    const char *ikey;
 };
 
 /* ---- Clock, sleep and random source ------------------------------------ */
@@ -255,6 +266,8 @@ void syncd_doc_free(syncd_doc_t *doc)
     free(doc->coll);
     free(doc->id);
     json_decref(doc->body);
+    json_decref(doc->outbox);
+    json_decref(doc->ikeys);
     free(doc);
 }
 
@@ -268,6 +281,8 @@ syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc)
     copy->coll = strdup(doc->coll);
     copy->id = strdup(doc->id);
     copy->body = json_incref(doc->body);
+    copy->outbox = json_incref(doc->outbox);
+    copy->ikeys = json_incref(doc->ikeys);
     if (copy->coll == NULL || copy->id == NULL) {
         syncd_doc_free(copy);
         return NULL;
@@ -282,6 +297,7 @@ void syncd_change_free(syncd_change_t *change)
     syncd_doc_free(change->doc);
     json_decref(change->patch);
     json_decref(change->merge);
+    json_decref(change->pending);
     free(change);
 }
 
@@ -379,6 +395,109 @@ static int forward(syncd_error_t *err, const syncd_error_t *from, int rc)
                                    from->backend_code, "%s", from->message);
 }
 
+/* Returns the op that committing next over cur (NULL: no record) is. */
+static syncd_change_op_t op_of(const syncd_doc_t *cur, const syncd_doc_t *next)
+{
+    if (next->deleted)
+        return SYNCD_CHANGE_DELETE;
+    return is_live(cur) ? SYNCD_CHANGE_UPDATE : SYNCD_CHANGE_CREATE;
+}
+
+/* Returns the op named name ("create", "update", "delete"), else NONE. */
+static syncd_change_op_t op_named(const char *name)
+{
+    for (int op = SYNCD_CHANGE_CREATE; op <= SYNCD_CHANGE_DELETE; op++) {
+        if (name != NULL && strcmp(name, syncd_change_op_name(op)) == 0)
+            return (syncd_change_op_t)op;
+    }
+    return SYNCD_CHANGE_NONE;
+}
+
+/* Returns cur's entry of idempotency key (borrowed) when it is younger
+ * than idempotency_ttl, else NULL. */
+static const json_t *ikey_find(syncd_store_t *s, const syncd_doc_t *cur,
+                               const char *key)
+{
+    int64_t oldest = wall_ms(s) - s->idempotency_ttl_ms;
+    size_t i;
+    json_t *e;
+
+    if (cur == NULL)
+        return NULL;
+    json_array_foreach (cur->ikeys, i, e) {
+        const char *k = json_string_value(json_object_get(e, "k"));
+
+        if (k != NULL && strcmp(k, key) == 0 &&
+            json_integer_value(json_object_get(e, "t")) >= oldest)
+            return e;
+    }
+    return NULL;
+}
+
+/* Sets next's outbox: cur's pending markers (the newest
+ * SYNCD_MAX_OUTBOX_MARKERS - 1 of them) and one for next, op; without the
+ * outbox option only cur's markers, kept for their writers. */
+static int add_marker(syncd_store_t *s, syncd_doc_t *next,
+                      const syncd_doc_t *cur, syncd_change_op_t op)
+{
+    json_t *marker;
+
+    if (!s->outbox) {
+        next->outbox = json_incref(cur != NULL ? cur->outbox : NULL);
+        return 0;
+    }
+    next->outbox = cur != NULL && cur->outbox != NULL ? json_copy(cur->outbox)
+                                                      : json_array();
+    if (next->outbox == NULL)
+        return SYNCD_ENOMEM;
+    while (json_array_size(next->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
+        json_array_remove(next->outbox, 0);
+    marker = json_pack(
+        "{s:I, s:I, s:s, s:s, s:I, s:s}", "v", (json_int_t)next->version,
+        "base", (json_int_t)(op == SYNCD_CHANGE_CREATE ? 0 : cur->version),
+        "op", syncd_change_op_name(op), "h", next->hash, "t",
+        (json_int_t)next->mtime_ms, "by", next->origin);
+    return json_array_append_new(next->outbox, marker) == 0 ? 0 : SYNCD_ENOMEM;
+}
+
+/* Sets next's outbox (see add_marker()) and its idempotency keys (with
+ * req's key: cur's keys younger than the TTL, at most
+ * SYNCD_MAX_IDEMPOTENCY_KEYS - 1 of the newest, then req's; without: cur's
+ * as they are), so that they commit with next. */
+static int add_meta(syncd_store_t *s, syncd_doc_t *next, const syncd_doc_t *cur,
+                    const write_req_t *req, syncd_error_t *err)
+{
+    syncd_change_op_t op = op_of(cur, next);
+    json_t *old = cur != NULL ? cur->ikeys : NULL;
+    int64_t oldest = wall_ms(s) - s->idempotency_ttl_ms;
+    size_t n = json_array_size(old), i;
+    int rc = add_marker(s, next, cur, op);
+
+    if (rc == 0 && req->ikey == NULL) {
+        next->ikeys = json_incref(old);
+    } else if (rc == 0) {
+        next->ikeys = json_array();
+        for (i = n >= SYNCD_MAX_IDEMPOTENCY_KEYS
+                     ? n - SYNCD_MAX_IDEMPOTENCY_KEYS + 1
+                     : 0;
+             next->ikeys != NULL && i < n; i++) {
+            json_t *e = json_array_get(old, i);
+
+            if (json_integer_value(json_object_get(e, "t")) >= oldest &&
+                json_array_append(next->ikeys, e) != 0)
+                rc = SYNCD_ENOMEM;
+        }
+        if (next->ikeys == NULL ||
+            json_array_append_new(
+                next->ikeys, json_pack("{s:s, s:s, s:I, s:I}", "k", req->ikey,
+                                       "op", syncd_change_op_name(op), "v",
+                                       (json_int_t)next->version, "t",
+                                       (json_int_t)next->mtime_ms)) != 0)
+            rc = SYNCD_ENOMEM;
+    }
+    return rc == 0 ? 0 : syncd_error_set(err, rc, "out of memory");
+}
+
 /* Builds the change record of committing next over cur (NULL when there
  * was no record) into *out; next is stolen, even on failure. */
 static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
@@ -394,6 +513,8 @@ static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
     c->doc = next;
+    if (cur != NULL && json_array_size(cur->outbox) > 0)
+        c->pending = json_incref(cur->outbox);
     if (next->deleted) {
         c->op = SYNCD_CHANGE_DELETE;
         c->base = cur->version;
@@ -434,6 +555,22 @@ static int change_none(syncd_change_t **out, syncd_doc_t *cur,
     (*out)->op = SYNCD_CHANGE_NONE;
     (*out)->doc = cur;
     (*out)->base = cur->version;
+    return 0;
+}
+
+/* A change with op NONE holding cur (stolen) that replays hit, cur's entry
+ * of the write's idempotency key. */
+static int change_replay(syncd_change_t **out, syncd_doc_t *cur,
+                         const json_t *hit, syncd_error_t *err)
+{
+    int rc = change_none(out, cur, err);
+
+    if (rc != 0)
+        return rc;
+    (*out)->replayed = 1;
+    (*out)->replayed_op =
+        op_named(json_string_value(json_object_get(hit, "op")));
+    (*out)->replayed_version = json_integer_value(json_object_get(hit, "v"));
     return 0;
 }
 
@@ -484,12 +621,15 @@ static int read_record(syncd_store_t *s, syncd_doc_t **cur, const char *coll,
 /* ---- The write loop ----------------------------------------------------- */
 
 /* One read-decide-commit attempt. Returns 0 with *out set, CAS_CONFLICT
- * when the version moved, or an error; *cached tells whether the read came
- * from the cache. */
+ * when the version moved, or an error. The read is always from the store
+ * of record: the record's outbox and idempotency keys, which the write
+ * carries forward, live only there (the cache may hold a version made
+ * from an event, without them). */
 static int attempt(syncd_store_t *s, syncd_change_t **out,
-                   const write_req_t *req, int from_cache, int *cached,
-                   syncd_error_t *err)
+                   const write_req_t *req, syncd_error_t *err)
 {
+    const json_t *hit;
+    int cached;
     char hash[SYNCD_HASH_HEX_LEN + 1] = "";
     syncd_doc_t *cur = NULL, *next = NULL;
     json_t *body = NULL;
@@ -498,9 +638,14 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     syncd_error_t local;
     int rc;
 
-    rc = read_record(s, &cur, req->coll, req->id, from_cache, cached, err);
+    rc = read_record(s, &cur, req->coll, req->id, 0, &cached, err);
     if (rc != 0)
         return rc;
+    if (req->ikey != NULL && (hit = ikey_find(s, cur, req->ikey)) != NULL) {
+        rc = change_replay(out, cur, hit, err);
+        cur = NULL;
+        goto done;
+    }
     if (req->if_match != SYNCD_ANY_VERSION && !is_live(cur)) {
         rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", req->coll,
                              req->id);
@@ -533,6 +678,9 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto done;
     }
+    rc = add_meta(s, next, cur, req, err);
+    if (rc != 0)
+        goto done;
     syncd_error_clear(&local);
     rc = commit(s, next, canon, canon_len, cur != NULL ? cur->version : 0,
                 &local);
@@ -555,55 +703,30 @@ done:
     return rc;
 }
 
-/* Runs attempt(), first on a cached read when allowed; only a committed
- * change or a conflict is trusted from the cache, anything else is decided
- * again on a read from the store. */
-static int attempt_fresh(syncd_store_t *s, syncd_change_t **out,
-                         const write_req_t *req, int first, syncd_error_t *err)
-{
-    int cached = 0;
-    syncd_error_t local;
-    int rc;
-
-    if (first && s->cache != NULL && req->if_match == SYNCD_ANY_VERSION) {
-        syncd_error_clear(&local);
-        rc = attempt(s, out, req, 1, &cached, &local);
-        if (!cached || rc == CAS_CONFLICT ||
-            (rc == 0 && (*out)->op != SYNCD_CHANGE_NONE))
-            return rc < 0 ? forward(err, &local, rc) : rc;
-        if (rc == 0) {
-            syncd_change_free(*out);
-            *out = NULL;
-        }
-    }
-    return attempt(s, out, req, 0, &cached, err);
-}
-
-/* attempt_fresh()'s arguments, passed through the backend's key lock. */
+/* attempt()'s arguments, passed through the backend's key lock. */
 typedef struct locked_attempt {
     syncd_store_t *s;
     syncd_change_t **out;
     const write_req_t *req;
-    int first;
 } locked_attempt_t;
 
 static int run_locked_attempt(void *arg, syncd_error_t *err)
 {
     locked_attempt_t *a = arg;
 
-    return attempt_fresh(a->s, a->out, a->req, a->first, err);
+    return attempt(a->s, a->out, a->req, err);
 }
 
-/* Runs attempt_fresh(), holding the key's write lock when the backend has
- * one: then no writer can come between the read and the compare-and-swap. */
+/* Runs attempt(), holding the key's write lock when the backend has one:
+ * then no writer can come between the read and the compare-and-swap. */
 static int attempt_locked(syncd_store_t *s, syncd_change_t **out,
-                          const write_req_t *req, int first, syncd_error_t *err)
+                          const write_req_t *req, syncd_error_t *err)
 {
-    locked_attempt_t a = {s, out, req, first};
+    locked_attempt_t a = {s, out, req};
     const syncd_backend_ops_t *ops = s->backend->ops;
 
     if (ops->locked == NULL)
-        return attempt_fresh(s, out, req, first, err);
+        return attempt(s, out, req, err);
     return ops->locked(s->backend, req->coll, req->id, run_locked_attempt, &a,
                        err);
 }
@@ -620,7 +743,7 @@ static int write_loop(syncd_store_t *s, syncd_change_t **out,
         return rc;
     deadline = now_ms(s) + s->edit_timeout_ms;
     for (int n = 0;; n++) {
-        rc = attempt_locked(s, out, req, n == 0, err);
+        rc = attempt_locked(s, out, req, err);
         if (rc == 0) {
             (*out)->attempts = n + 1;
             if ((*out)->op != SYNCD_CHANGE_NONE)
@@ -732,16 +855,60 @@ static int step_patch(json_t **body, const write_req_t *req,
 
 /* ---- Public writes ------------------------------------------------------ */
 
+void syncd_write_options_init(syncd_write_options_t *opts)
+{
+    opts->if_match = SYNCD_ANY_VERSION;
+    opts->idempotency_key = NULL;
+}
+
+int syncd_validate_idempotency_key(const char *key, syncd_error_t *err)
+{
+    size_t len = key != NULL ? strlen(key) : 0;
+
+    if (len == 0 || len > SYNCD_MAX_IDEMPOTENCY_KEY)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "idempotency key must be 1..%d bytes",
+                               SYNCD_MAX_IDEMPOTENCY_KEY);
+    for (size_t i = 0; i < len; i++) {
+        if (key[i] < 0x21 || key[i] > 0x7e)
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "idempotency key has a byte that is not "
+                                   "printable ASCII at offset %zu",
+                                   i);
+    }
+    return 0;
+}
+
+/* Fills req from coll, id, step and the write options wo (NULL: defaults),
+ * checking the idempotency key. */
+static int req_init(write_req_t *req, const char *coll, const char *id,
+                    step_fn step, void *arg, const syncd_write_options_t *wo,
+                    syncd_error_t *err)
+{
+    req->coll = coll;
+    req->id = id;
+    req->step = step;
+    req->arg = arg;
+    req->if_match = wo != NULL ? wo->if_match : SYNCD_ANY_VERSION;
+    req->ikey = wo != NULL ? wo->idempotency_key : NULL;
+    return req->ikey != NULL ? syncd_validate_idempotency_key(req->ikey, err)
+                             : 0;
+}
+
 /* Runs a create or put of a private copy of body. */
 static int write_body(syncd_store_t *store, syncd_change_t **out,
                       const char *coll, const char *id, const json_t *body,
-                      step_fn step, int64_t if_match, syncd_error_t *err)
+                      step_fn step, const syncd_write_options_t *wo,
+                      syncd_error_t *err)
 {
-    write_req_t req = {coll, id, step, NULL, if_match};
+    write_req_t req;
     json_t *copy;
     int rc;
 
     *out = NULL;
+    rc = req_init(&req, coll, id, step, NULL, wo, err);
+    if (rc != 0)
+        return rc;
     if (!json_is_object(body))
         return syncd_error_set(err, SYNCD_EINVAL,
                                "document body must be a JSON object");
@@ -758,15 +925,36 @@ int syncd_store_create(syncd_store_t *store, syncd_change_t **out,
                        const char *coll, const char *id, const json_t *body,
                        syncd_error_t *err)
 {
-    return write_body(store, out, coll, id, body, step_create,
-                      SYNCD_ANY_VERSION, err);
+    return syncd_store_create_ex(store, out, coll, id, body, NULL, err);
+}
+
+int syncd_store_create_ex(syncd_store_t *store, syncd_change_t **out,
+                          const char *coll, const char *id, const json_t *body,
+                          const syncd_write_options_t *wo, syncd_error_t *err)
+{
+    syncd_write_options_t o;
+
+    syncd_write_options_init(&o);
+    o.idempotency_key = wo != NULL ? wo->idempotency_key : NULL;
+    return write_body(store, out, coll, id, body, step_create, &o, err);
 }
 
 int syncd_store_put(syncd_store_t *store, syncd_change_t **out,
                     const char *coll, const char *id, const json_t *body,
                     int64_t if_match, syncd_error_t *err)
 {
-    return write_body(store, out, coll, id, body, step_put, if_match, err);
+    syncd_write_options_t o;
+
+    syncd_write_options_init(&o);
+    o.if_match = if_match;
+    return write_body(store, out, coll, id, body, step_put, &o, err);
+}
+
+int syncd_store_put_ex(syncd_store_t *store, syncd_change_t **out,
+                       const char *coll, const char *id, const json_t *body,
+                       const syncd_write_options_t *wo, syncd_error_t *err)
+{
+    return write_body(store, out, coll, id, body, step_put, wo, err);
 }
 
 int syncd_store_edit(syncd_store_t *store, syncd_change_t **out,
@@ -774,7 +962,7 @@ int syncd_store_edit(syncd_store_t *store, syncd_change_t **out,
                      void *arg, int64_t if_match, syncd_error_t *err)
 {
     edit_arg_t ea = {fn, arg};
-    write_req_t req = {coll, id, step_edit, &ea, if_match};
+    write_req_t req = {coll, id, step_edit, &ea, if_match, NULL};
 
     return write_loop(store, out, &req, err);
 }
@@ -783,11 +971,26 @@ int syncd_store_patch(syncd_store_t *store, syncd_change_t **out,
                       const char *coll, const char *id, const json_t *patch,
                       int is_merge, int64_t if_match, syncd_error_t *err)
 {
+    syncd_write_options_t o;
+
+    syncd_write_options_init(&o);
+    o.if_match = if_match;
+    return syncd_store_patch_ex(store, out, coll, id, patch, is_merge, &o, err);
+}
+
+int syncd_store_patch_ex(syncd_store_t *store, syncd_change_t **out,
+                         const char *coll, const char *id, const json_t *patch,
+                         int is_merge, const syncd_write_options_t *wo,
+                         syncd_error_t *err)
+{
     patch_arg_t pa = {patch, is_merge, {store->max_doc_bytes, 0}};
-    write_req_t req = {coll, id, step_patch, &pa, if_match};
+    write_req_t req;
     int rc;
 
     *out = NULL;
+    rc = req_init(&req, coll, id, step_patch, &pa, wo, err);
+    if (rc != 0)
+        return rc;
     if (!is_merge) {
         rc = syncd_patch_validate(patch, err);
         if (rc != 0)
@@ -802,9 +1005,54 @@ int syncd_store_delete(syncd_store_t *store, syncd_change_t **out,
                        const char *coll, const char *id, int64_t if_match,
                        syncd_error_t *err)
 {
-    write_req_t req = {coll, id, step_delete, NULL, if_match};
+    syncd_write_options_t o;
 
-    return write_loop(store, out, &req, err);
+    syncd_write_options_init(&o);
+    o.if_match = if_match;
+    return syncd_store_delete_ex(store, out, coll, id, &o, err);
+}
+
+int syncd_store_delete_ex(syncd_store_t *store, syncd_change_t **out,
+                          const char *coll, const char *id,
+                          const syncd_write_options_t *wo, syncd_error_t *err)
+{
+    write_req_t req;
+    int rc;
+
+    *out = NULL;
+    rc = req_init(&req, coll, id, step_delete, NULL, wo, err);
+    return rc != 0 ? rc : write_loop(store, out, &req, err);
+}
+
+/* ---- The outbox --------------------------------------------------------- */
+
+int syncd_store_outbox_ack(syncd_store_t *store, const char *coll,
+                           const char *id, int64_t version, syncd_error_t *err)
+{
+    syncd_error_t local;
+    int rc = validate_key(coll, id, err);
+
+    if (rc != 0)
+        return rc;
+    syncd_error_clear(&local);
+    rc = store->backend->ops->outbox_ack(store->backend, coll, id, version,
+                                         &local);
+    return rc != 0 ? forward(err, &local, rc) : 0;
+}
+
+int syncd_store_outbox_list(syncd_store_t *store, json_t **out,
+                            const char *coll, const char *after_id,
+                            size_t limit, syncd_error_t *err)
+{
+    int rc = syncd_validate_collection(coll, err);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    if (limit == 0)
+        return syncd_error_set(err, SYNCD_EINVAL, "outbox list limit is 0");
+    return store->backend->ops->outbox_list(store->backend, out, coll, after_id,
+                                            limit, err);
 }
 
 /* ---- Reads -------------------------------------------------------------- */
@@ -1023,6 +1271,7 @@ void syncd_store_options_init(syncd_store_options_t *opts)
     opts->max_doc_bytes = (size_t)8 << 20;
     opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
     opts->backend_timeout_ms = 5000;
+    opts->idempotency_ttl_ms = 10 * 60 * 1000;
 }
 
 static int check_options(const syncd_store_options_t *o, syncd_error_t *err)
@@ -1038,7 +1287,7 @@ static int check_options(const syncd_store_options_t *o, syncd_error_t *err)
     if (o->max_retries < 0 || o->retry_delay_ms < 0 ||
         o->max_retry_delay_ms < 0 || o->edit_timeout_ms < 0 ||
         o->tombstone_ttl_ms < 0 || o->cache_ttl_ms < 0 ||
-        o->backend_timeout_ms <= 0)
+        o->idempotency_ttl_ms < 0 || o->backend_timeout_ms <= 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "retry, timeout and TTL options must not be "
                                "negative");
@@ -1092,6 +1341,8 @@ int syncd_store_open(syncd_store_t **out, const syncd_store_options_t *opts,
     s->max_retry_delay_ms = opts->max_retry_delay_ms;
     s->edit_timeout_ms = opts->edit_timeout_ms;
     s->tombstone_ttl_ms = opts->tombstone_ttl_ms;
+    s->idempotency_ttl_ms = opts->idempotency_ttl_ms;
+    s->outbox = opts->outbox;
     s->max_doc_bytes = opts->max_doc_bytes;
     if (opts->hooks != NULL)
         s->hooks = *opts->hooks;

@@ -5,8 +5,14 @@
  * collection, the id and the headers; the thread pool parses the body,
  * runs the store call and serializes the answer; back on the loop a
  * committed change is published through the node and the response goes
- * out once the publish completes (a failed publish is logged: the change
- * is committed and anti-entropy carries it to the other nodes).
+ * out once the publish completes. A publish that fails or times out is
+ * logged and the write answered as usual: it is committed, with its
+ * outbox marker, and the node's republisher completes the publish.
+ *
+ * Writes take an Idempotency-Key header (1..128 printable ASCII bytes):
+ * the store keeps it with the document, and a retry that finds it answers
+ * the first outcome (status, ETag; the body when the document is still at
+ * that version) and writes nothing.
  *
  * A watch checks where its stream can start (the collection's current seq
  * and, for a past `since`, that the replay log still holds since+1; else
@@ -60,6 +66,7 @@ typedef struct job {
     size_t raw_len;
     int is_merge;
     int64_t if_match;
+    const char *ikey; /* Idempotency-Key, borrowed from req; NULL: none */
     char *prefix, *after;
     size_t limit;
     int64_t seq; /* list: the collection's seq read before listing */
@@ -380,34 +387,92 @@ static int check_patch_ops(job_t *j, const json_t *patch)
                            json_array_size(patch), max);
 }
 
+/* Sets the answer of a write the store replayed by its idempotency key:
+ * the first write's version, and its body when the document is still at
+ * that version (else, or for a delete, a summary of it). */
+static void set_replay_text(job_t *j)
+{
+    const syncd_change_t *c = j->change;
+    json_t *out;
+
+    j->version = c->replayed_version;
+    if (c->replayed_op != SYNCD_CHANGE_DELETE && !c->doc->deleted &&
+        c->doc->version == c->replayed_version) {
+        set_text(j, c->doc->body);
+        return;
+    }
+    out = c->replayed_op == SYNCD_CHANGE_DELETE
+              ? json_pack("{s:s, s:I, s:b}", "id", j->id, "v",
+                          (json_int_t)j->version, "deleted", 1)
+              : json_pack("{s:s, s:I, s:b}", "id", j->id, "v",
+                          (json_int_t)j->version, "replayed", 1);
+    if (out == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    else
+        set_text(j, out);
+    json_decref(out);
+}
+
 static void run_write(job_t *j)
 {
     json_t *body = parse_body(j);
+    syncd_write_options_t wo;
 
     if (body == NULL)
         return;
+    syncd_write_options_init(&wo);
+    wo.if_match = j->if_match;
+    wo.idempotency_key = j->ikey;
     switch (j->kind) {
     case JOB_CREATE:
-        j->rc = syncd_store_create(j->api->opts.store, &j->change, j->coll,
-                                   j->id, body, &j->err);
+        j->rc = syncd_store_create_ex(j->api->opts.store, &j->change, j->coll,
+                                      j->id, body, &wo, &j->err);
         break;
     case JOB_PUT:
-        j->rc = syncd_store_put(j->api->opts.store, &j->change, j->coll, j->id,
-                                body, j->if_match, &j->err);
+        j->rc = syncd_store_put_ex(j->api->opts.store, &j->change, j->coll,
+                                   j->id, body, &wo, &j->err);
         break;
     default:
         j->rc = check_patch_ops(j, body);
         if (j->rc == 0)
-            j->rc = syncd_store_patch(j->api->opts.store, &j->change, j->coll,
-                                      j->id, body, j->is_merge, j->if_match,
-                                      &j->err);
+            j->rc =
+                syncd_store_patch_ex(j->api->opts.store, &j->change, j->coll,
+                                     j->id, body, j->is_merge, &wo, &j->err);
         break;
     }
     json_decref(body);
-    if (j->rc == 0) {
+    if (j->rc == 0 && j->change->replayed) {
+        set_replay_text(j);
+    } else if (j->rc == 0) {
         j->version = j->change->doc->version;
         set_text(j, j->change->doc->body);
     }
+}
+
+static void run_delete(job_t *j)
+{
+    syncd_write_options_t wo;
+    json_t *out;
+
+    syncd_write_options_init(&wo);
+    wo.if_match = j->if_match;
+    wo.idempotency_key = j->ikey;
+    j->rc = syncd_store_delete_ex(j->api->opts.store, &j->change, j->coll,
+                                  j->id, &wo, &j->err);
+    if (j->rc != 0)
+        return;
+    if (j->change->replayed) {
+        set_replay_text(j);
+        return;
+    }
+    j->version = j->change->doc->version;
+    out = json_pack("{s:s, s:I, s:b}", "id", j->id, "v", (json_int_t)j->version,
+                    "deleted", 1);
+    if (out == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "no memory");
+    else
+        set_text(j, out);
+    json_decref(out);
 }
 
 static void run_list(job_t *j)
@@ -475,20 +540,7 @@ static void job_work(uv_work_t *w)
         syncd_doc_free(doc);
         break;
     case JOB_DELETE:
-        j->rc = syncd_store_delete(j->api->opts.store, &j->change, j->coll,
-                                   j->id, j->if_match, &j->err);
-        if (j->rc == 0) {
-            json_t *out;
-
-            j->version = j->change->doc->version;
-            out = json_pack("{s:s, s:I, s:b}", "id", j->id, "v",
-                            (json_int_t)j->version, "deleted", 1);
-            if (out == NULL)
-                j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "no memory");
-            else
-                set_text(j, out);
-            json_decref(out);
-        }
+        run_delete(j);
         break;
     case JOB_LIST:
         run_list(j);
@@ -514,7 +566,10 @@ static void job_finish(job_t *j)
         else
             respond_rc(j->req, j->kind, j->rc, &j->err);
     } else {
-        int created = j->change != NULL && j->change->op == SYNCD_CHANGE_CREATE;
+        int created =
+            j->change != NULL &&
+            (j->change->replayed ? j->change->replayed_op : j->change->op) ==
+                SYNCD_CHANGE_CREATE;
 
         respond_json(j->req, created ? 201 : 200, j->version, j->text);
     }
@@ -532,8 +587,8 @@ static void job_published(int status, int64_t seq, void *payload)
 
     if (status != 0)
         syncd_log(SYNCD_LOG_WARN,
-                  "api: publishing %s/%s v%lld failed (%s); anti-entropy "
-                  "will carry it",
+                  "api: publishing %s/%s v%lld failed (%s); the outbox "
+                  "will complete it",
                   j->coll, j->id, (long long)j->version,
                   syncd_strerror(status));
     else
@@ -608,6 +663,20 @@ static int read_if_match(job_t *j)
         return 0;
     syncd_http_respond_error(j->req, 400, "bad_request",
                              "If-Match must be \"<version>\" or *");
+    return -1;
+}
+
+/* Reads Idempotency-Key into j->ikey; answers 400 and returns -1 when it
+ * is not 1..128 printable ASCII bytes. */
+static int read_idempotency_key(job_t *j)
+{
+    syncd_error_t err;
+
+    j->ikey = syncd_http_header(j->req, "Idempotency-Key");
+    syncd_error_clear(&err);
+    if (j->ikey == NULL || syncd_validate_idempotency_key(j->ikey, &err) == 0)
+        return 0;
+    syncd_http_respond_error(j->req, 400, "bad_request", err.message);
     return -1;
 }
 
@@ -710,6 +779,8 @@ static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
         rc = hold_collection(api, req, j->coll);
         j->held = rc == 0;
     }
+    if (rc == 0 && kind != JOB_GET)
+        rc = read_idempotency_key(j);
     if (rc < 0) {
         job_free(j);
         inflight_end(api);

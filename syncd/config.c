@@ -70,6 +70,8 @@ static const option_t options[] = {
      "period of the digest comparison with the store"},
     {"tombstone-ttl", OPT_DURATION, AT(tombstone_ttl_ms), "24h",
      "lifetime of a delete tombstone"},
+    {"idempotency-ttl", OPT_DURATION, AT(idempotency_ttl_ms), "10m",
+     "how long a write's Idempotency-Key replays its outcome"},
     {"max-doc-bytes", OPT_SIZE, AT(max_doc_bytes), "8MiB",
      "largest document body"},
     {"max-event-bytes", OPT_SIZE, AT(max_event_bytes), "1MiB",

@@ -187,6 +187,8 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.edit_timeout_ms = c->edit_timeout_ms;
     so.max_doc_bytes = c->max_doc_bytes;
     so.tombstone_ttl_ms = c->tombstone_ttl_ms;
+    so.idempotency_ttl_ms = c->idempotency_ttl_ms;
+    so.outbox = 1;
     rc = syncd_store_open(&d->store, &so, err);
     if (rc != 0)
         return rc;
@@ -209,6 +211,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     no.max_event_bytes = c->max_event_bytes;
     no.watch_buffer_events = (size_t)c->watch_buffer_events;
     no.max_collections = (size_t)c->max_collections;
+    no.outbox_min_age_ms = c->bus_timeout_ms;
     return syncd_node_open(&d->node, &d->loop, d->store, d->bus, &no, err);
 }
 

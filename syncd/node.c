@@ -50,12 +50,23 @@
  * checked to follow one another, so the seam has no gap or duplicate, and
  * any discontinuity ends the watcher with SYNCD_NODE_RESYNC.
  *
+ * Publishing is the transactional outbox's other half (storage/store.c):
+ * a change goes out after the versions still pending on its record (as
+ * invalidate events), one publish after the other in version order, and
+ * the record is acked off the loop once all are out. The republisher
+ * (on each bus (re)connect, and every outbox_interval) pages through the
+ * records with markers left on the thread pool and publishes those older
+ * than outbox_min_age the same way. An event's ts is its commit time,
+ * whoever publishes it, and the bus drops an (id, v) it has already
+ * published, so the two paths never show a version twice.
+ *
  * Lifetimes: watchers are freed by the node once ended and out of every
  * callback; bus requests still in flight at close are orphaned (they free
  * themselves when the bus answers); a collection outlives the
  * anti-entropy passes over it (coll.passes); the node itself is freed when
  * its last thread-pool work and its timers are done.
  */
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,9 +85,14 @@
 #define PURGE_MAX_MS (3600 * 1000)
 /* Delay before subscribing again when the bus could not be reached. */
 #define SUBSCRIBE_RETRY_MS 200
+/* How often the outbox timer looks at the bus connection. */
+#define OUTBOX_POLL_MS 250
+/* Records with pending markers the republisher reads per page. */
+#define OUTBOX_PAGE 64
 
 typedef struct coll coll_t;
 typedef struct ae_run ae_run_t;
+typedef struct ob_run ob_run_t;
 
 /* What a collection's queue holds. */
 typedef enum { ITEM_EVENT, ITEM_RESYNC } item_kind_t;
@@ -159,11 +175,19 @@ struct syncd_node {
     coll_t **buckets; /* hash table of colls; nbuckets is a power of two */
     size_t nbuckets, ncolls;
     breq_t *reqs;
-    uv_timer_t timer; /* anti-entropy */
-    uv_timer_t retry; /* subscribing collections the bus refused */
-    uv_timer_t purge; /* tombstone purge */
-    uv_timer_t reap;  /* freeing idle collections */
+    uv_timer_t timer;  /* anti-entropy */
+    uv_timer_t retry;  /* subscribing collections the bus refused */
+    uv_timer_t purge;  /* tombstone purge */
+    uv_timer_t reap;   /* freeing idle collections */
+    uv_timer_t outbox; /* bus reconnects and the periodic republisher */
     int timers_open;
+    int bus_up;            /* the bus was connected at the last poll */
+    int64_t outbox_due_ms; /* next periodic republisher run (loop time) */
+    ob_run_t *ob_run;      /* the republisher run under way, or NULL */
+    int ob_again;          /* run again when it ends */
+    int64_t ob_again_age;  /* with this min age */
+    long crash_after;      /* test hook: SIGKILL at this commit (0: off) */
+    long commits;
     size_t works;   /* thread-pool items in flight */
     size_t ae_runs; /* anti-entropy runs in progress */
     int purging;    /* a purge work is in flight */
@@ -200,6 +224,8 @@ struct work {
 
 static void pump(coll_t *c);
 static void sweep(coll_t *c);
+static void on_published(int status, int64_t seq, void *payload);
+static void run_release(ae_run_t *run, int status, uint64_t repaired);
 static void maybe_finish_close(syncd_node_t *node);
 
 void syncd_node_options_init(syncd_node_options_t *opts)
@@ -213,6 +239,8 @@ void syncd_node_options_init(syncd_node_options_t *opts)
     opts->watch_buffer_events = 10000;
     opts->max_collections = 10000;
     opts->coll_idle_ms = 30000;
+    opts->outbox_interval_ms = 5000;
+    opts->outbox_min_age_ms = 2000;
 }
 
 /* ---- Helpers --------------------------------------------------------------
@@ -247,16 +275,24 @@ static int64_t parse_ts_ms(const char *ts)
     return (int64_t)timegm(&tm) * 1000 + usec / 1000;
 }
 
-/* Writes the current UTC time as RFC 3339 with microseconds into out. */
-static void format_now(char out[32])
+/* Writes ms (since the epoch) as RFC 3339 UTC with microseconds into
+ * out: an event's ts is its commit time, the same whoever publishes it. */
+static void format_ms(char out[32], int64_t ms)
 {
-    struct timespec now;
+    time_t sec = (time_t)(ms / 1000);
     struct tm tm;
 
-    clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
+    gmtime_r(&sec, &tm);
     strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + 19, 13, ".%06dZ", (int)(now.tv_nsec / 1000 % 1000000));
+    snprintf(out + 19, 13, ".%06dZ", (int)(ms % 1000) * 1000);
+}
+
+static int64_t wall_now_ms(void)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
 static size_t dumped_size(const json_t *v)
@@ -1335,6 +1371,16 @@ static void on_timer(uv_timer_t *timer)
         syncd_node_anti_entropy(node, NULL, NULL);
 }
 
+static void on_outbox_timer(uv_timer_t *timer);
+
+/* Reads the SYNCD_TEST_CRASH_AFTER_COMMITS test hook (node.h); 0: off. */
+static long test_crash_after(void)
+{
+    const char *v = getenv("SYNCD_TEST_CRASH_AFTER_COMMITS");
+
+    return v != NULL ? strtol(v, NULL, 10) : 0;
+}
+
 int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
                     syncd_bus_t *bus, const syncd_node_options_t *opts,
                     syncd_error_t *err)
@@ -1388,11 +1434,16 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
     uv_timer_init(loop, &node->retry);
     uv_timer_init(loop, &node->purge);
     uv_timer_init(loop, &node->reap);
+    uv_timer_init(loop, &node->outbox);
     node->timer.data = node->retry.data = node->purge.data = node->reap.data =
-        node;
-    node->timers_open = 4;
+        node->outbox.data = node;
+    node->timers_open = 5;
     uv_timer_start(&node->reap, on_reap, (uint64_t)opts->coll_idle_ms,
                    (uint64_t)opts->coll_idle_ms);
+    node->crash_after = test_crash_after();
+    uv_timer_start(&node->outbox, on_outbox_timer, 0, OUTBOX_POLL_MS);
+    /* It polls: it never keeps a loop that has nothing else to do alive. */
+    uv_unref((uv_handle_t *)&node->outbox);
     if (node->cached && opts->anti_entropy_interval_ms > 0)
         uv_timer_start(&node->timer, on_timer,
                        (uint64_t)opts->anti_entropy_interval_ms,
@@ -1454,6 +1505,7 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     uv_close((uv_handle_t *)&node->retry, on_timer_closed);
     uv_close((uv_handle_t *)&node->purge, on_timer_closed);
     uv_close((uv_handle_t *)&node->reap, on_timer_closed);
+    uv_close((uv_handle_t *)&node->outbox, on_timer_closed);
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
         c->sub = NULL;
@@ -1504,7 +1556,7 @@ static int build_event(json_t **out, const syncd_node_t *node,
             patch = merge = NULL;
         }
     }
-    format_now(ts);
+    format_ms(ts, doc->mtime_ms);
     ev = json_pack("{s:s,s:s,s:s,s:I,s:I,s:o?,s:o?,s:s,s:s,s:s}", "op",
                    syncd_change_op_name(change->op), "coll", doc->coll, "id",
                    doc->id, "v", (json_int_t)doc->version, "base",
@@ -1521,6 +1573,185 @@ static int build_event(json_t **out, const syncd_node_t *node,
     return 0;
 }
 
+/* Returns the invalidate event (patch and merge null) of the outbox marker
+ * m of coll/id, a new object, or NULL on out of memory. */
+static json_t *marker_event(const char *coll, const char *id, const json_t *m)
+{
+    char ts[32];
+
+    format_ms(ts, member_int(m, "t"));
+    return json_pack(
+        "{s:s,s:s,s:s,s:I,s:I,s:n,s:n,s:s,s:s,s:s}", "op", member_str(m, "op"),
+        "coll", coll, "id", id, "v", (json_int_t)member_int(m, "v"), "base",
+        (json_int_t)member_int(m, "base"), "patch", "merge", "h",
+        member_str(m, "h"), "origin", member_str(m, "by"), "ts", ts);
+}
+
+/* A record's outbox ack on the thread pool. */
+typedef struct ack_work {
+    uv_work_t req;
+    syncd_node_t *node;
+    char *coll, *id;
+    int64_t version;
+} ack_work_t;
+
+static void ack_run(uv_work_t *req)
+{
+    ack_work_t *a = req->data;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    if (syncd_store_outbox_ack(a->node->store, a->coll, a->id, a->version,
+                               &err) != 0)
+        fprintf(stderr, "syncd: outbox ack of %s/%s v%lld failed: %s\n",
+                a->coll, a->id, (long long)a->version, err.message);
+}
+
+static void ack_done(uv_work_t *req, int status)
+{
+    ack_work_t *a = req->data;
+    syncd_node_t *node = a->node;
+
+    (void)status;
+    node->works--;
+    free(a->coll);
+    free(a->id);
+    free(a);
+    maybe_finish_close(node);
+}
+
+/* Clears coll/id's outbox at version off the loop (best effort: a record
+ * left with markers is republished, and the bus drops the duplicates). */
+static void queue_ack(syncd_node_t *node, const char *coll, const char *id,
+                      int64_t version)
+{
+    ack_work_t *a = calloc(1, sizeof(*a));
+
+    if (a == NULL || (a->coll = strdup(coll)) == NULL ||
+        (a->id = strdup(id)) == NULL)
+        goto fail;
+    a->node = node;
+    a->version = version;
+    a->req.data = a;
+    if (uv_queue_work(node->loop, &a->req, ack_run, ack_done) != 0)
+        goto fail;
+    node->works++;
+    return;
+fail:
+    if (a != NULL) {
+        free(a->coll);
+        free(a->id);
+    }
+    free(a);
+}
+
+/* Events of one document published one after the other, in version
+ * order; once all are published its outbox is acked at ack_version. */
+typedef struct chain {
+    syncd_node_t *node;
+    json_t *events;
+    size_t next;
+    char *coll, *id;
+    int64_t ack_version;
+    syncd_node_publish_cb cb;
+    void *payload;
+} chain_t;
+
+static void chain_free(chain_t *ch)
+{
+    json_decref(ch->events);
+    free(ch->coll);
+    free(ch->id);
+    free(ch);
+}
+
+static void chain_step(int status, int64_t seq, void *payload);
+
+/* Publishes the chain's next event; on a synchronous failure finishes it
+ * with that status. */
+static void chain_publish(chain_t *ch)
+{
+    breq_t *r = breq_new(ch->node);
+    int rc = SYNCD_ENOMEM;
+
+    if (r != NULL) {
+        r->cb = chain_step;
+        r->payload = ch;
+        rc = syncd_bus_publish(ch->node->bus,
+                               json_array_get(ch->events, ch->next),
+                               on_published, r);
+        if (rc != 0) {
+            breq_take(r);
+            free(r);
+        }
+    }
+    if (rc != 0)
+        chain_step(rc, 0, ch);
+}
+
+/* One publish of the chain completed: go on, or finish (ack when all were
+ * published, then report). */
+static void chain_step(int status, int64_t seq, void *payload)
+{
+    chain_t *ch = payload;
+    syncd_node_publish_cb cb = ch->cb;
+    void *cb_payload = ch->payload;
+
+    if (status == 0 && ++ch->next < json_array_size(ch->events) &&
+        !ch->node->closing) {
+        chain_publish(ch);
+        return;
+    }
+    if (status == 0 && ch->node->closing &&
+        ch->next < json_array_size(ch->events))
+        status = SYNCD_ECANCELED;
+    if (status == 0 && ch->ack_version > 0)
+        queue_ack(ch->node, ch->coll, ch->id, ch->ack_version);
+    chain_free(ch);
+    if (cb != NULL)
+        cb(status, seq, cb_payload);
+}
+
+/* Starts publishing events (stolen) of coll/id in order; ack_version 0
+ * acks nothing. cb is called once, unless this fails at once (then it
+ * is not called and an error is returned). */
+static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
+                       const char *id, int64_t ack_version,
+                       syncd_node_publish_cb cb, void *payload)
+{
+    chain_t *ch = calloc(1, sizeof(*ch));
+    breq_t *r;
+    int rc;
+
+    if (ch == NULL || (ch->coll = strdup(coll)) == NULL ||
+        (ch->id = strdup(id)) == NULL) {
+        json_decref(events);
+        if (ch != NULL)
+            chain_free(ch);
+        return SYNCD_ENOMEM;
+    }
+    ch->node = node;
+    ch->events = events;
+    ch->ack_version = ack_version;
+    ch->cb = cb;
+    ch->payload = payload;
+    r = breq_new(node);
+    if (r == NULL) {
+        chain_free(ch);
+        return SYNCD_ENOMEM;
+    }
+    r->cb = chain_step;
+    r->payload = ch;
+    rc = syncd_bus_publish(node->bus, json_array_get(events, 0), on_published,
+                           r);
+    if (rc != 0) {
+        breq_take(r);
+        free(r);
+        chain_free(ch);
+    }
+    return rc;
+}
+
 static void on_published(int status, int64_t seq, void *payload)
 {
     breq_t *r = payload;
@@ -1534,8 +1765,8 @@ static void on_published(int status, int64_t seq, void *payload)
 int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_publish_cb cb, void *payload)
 {
-    json_t *ev = NULL;
-    breq_t *r;
+    json_t *events = NULL, *ev = NULL, *m;
+    size_t i;
     int rc;
 
     if (node->closing)
@@ -1548,25 +1779,229 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
             cb(0, 0, payload);
         return 0;
     }
+    /* The test hook of node.h: die between the commit and its publish. */
+    if (node->crash_after > 0 && ++node->commits == node->crash_after)
+        raise(SIGKILL);
     if (coll_get(node, change->doc->coll) == NULL)
         return SYNCD_ENOMEM;
-    rc = build_event(&ev, node, change);
-    if (rc != 0)
-        return rc;
-    r = breq_new(node);
-    if (r == NULL) {
-        json_decref(ev);
+    events = json_array();
+    if (events == NULL)
         return SYNCD_ENOMEM;
+    json_array_foreach (change->pending, i, m) {
+        if (json_array_append_new(
+                events, marker_event(change->doc->coll, change->doc->id, m)) !=
+            0) {
+            json_decref(events);
+            return SYNCD_ENOMEM;
+        }
     }
-    r->cb = cb;
-    r->payload = payload;
-    rc = syncd_bus_publish(node->bus, ev, on_published, r);
-    json_decref(ev);
+    rc = build_event(&ev, node, change);
+    if (rc == 0 && json_array_append_new(events, ev) != 0)
+        rc = SYNCD_ENOMEM;
     if (rc != 0) {
-        breq_take(r);
-        free(r);
+        json_decref(events);
+        return rc;
     }
-    return rc;
+    /* A store without the outbox option left nothing to ack. */
+    return chain_start(
+        node, events, change->doc->coll, change->doc->id,
+        json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0, cb,
+        payload);
+}
+
+/* ---- The outbox republisher ---------------------------------------------- */
+
+/* One republisher run: pages of records with pending markers, collection
+ * by collection, read on the thread pool; each page's records are
+ * republished (one chain each) before the next page is read. */
+struct ob_run {
+    uv_work_t req;
+    syncd_node_t *node;
+    int64_t min_age_ms;
+    json_t *colls; /* listed on the first page */
+    size_t ci;     /* collection being paged */
+    char *after;   /* last id of the previous page */
+    json_t *page;  /* this page: [{"id","v","ob"}] */
+    int status;
+    size_t chains; /* chains of this page still publishing */
+};
+
+static void ob_run_end(ob_run_t *run)
+{
+    syncd_node_t *node = run->node;
+
+    node->ob_run = NULL;
+    json_decref(run->colls);
+    json_decref(run->page);
+    free(run->after);
+    free(run);
+    if (node->ob_again && !node->closing) {
+        node->ob_again = 0;
+        syncd_node_republish(node, node->ob_again_age);
+    }
+}
+
+static void ob_page_read(uv_work_t *req)
+{
+    ob_run_t *run = req->data;
+    syncd_store_t *store = run->node->store;
+
+    json_decref(run->page);
+    run->page = NULL;
+    if (run->colls == NULL) {
+        run->status = syncd_store_collections(store, &run->colls, NULL);
+        if (run->status != 0)
+            return;
+    }
+    while (run->ci < json_array_size(run->colls) &&
+           !atomic_load(&run->node->stop)) {
+        run->status = syncd_store_outbox_list(
+            store, &run->page,
+            json_string_value(json_array_get(run->colls, run->ci)), run->after,
+            OUTBOX_PAGE, NULL);
+        if (run->status != 0 || json_array_size(run->page) > 0)
+            return;
+        json_decref(run->page);
+        run->page = NULL;
+        free(run->after);
+        run->after = NULL;
+        run->ci++;
+    }
+}
+
+static void ob_page_done(uv_work_t *req, int status);
+
+static void ob_page_queue(ob_run_t *run)
+{
+    run->req.data = run;
+    if (run->node->closing || uv_queue_work(run->node->loop, &run->req,
+                                            ob_page_read, ob_page_done) != 0) {
+        ob_run_end(run);
+        return;
+    }
+    run->node->works++;
+}
+
+/* A republished record's chain ended: the page goes on when it was the
+ * last. */
+static void ob_chain_done(int status, int64_t seq, void *payload)
+{
+    ob_run_t *run = payload;
+
+    (void)seq;
+    if (status != 0 && run->status == 0)
+        run->status = status;
+    if (--run->chains == 0) {
+        if (run->status != 0)
+            ob_run_end(run);
+        else
+            ob_page_queue(run);
+    }
+}
+
+/* Starts the chain of one listed record: its markers older than the run's
+ * min age, in order, acked when that is all of them. */
+static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
+                      int64_t now)
+{
+    const json_t *ob = json_object_get(rec, "ob");
+    const char *id = member_str(rec, "id");
+    json_t *events = json_array();
+    json_t *m;
+    size_t i;
+
+    json_array_foreach (ob, i, m) {
+        if (now - member_int(m, "t") < run->min_age_ms)
+            break;
+        if (events == NULL ||
+            json_array_append_new(events, marker_event(coll, id, m)) != 0) {
+            json_decref(events);
+            return;
+        }
+    }
+    if (json_array_size(events) == 0) {
+        json_decref(events);
+        return;
+    }
+    run->chains++;
+    if (chain_start(run->node, events, coll, id,
+                    i == json_array_size(ob) ? member_int(rec, "v") : 0,
+                    ob_chain_done, run) != 0)
+        run->chains--;
+}
+
+static void ob_page_done(uv_work_t *req, int status)
+{
+    ob_run_t *run = req->data;
+    syncd_node_t *node = run->node;
+    const char *coll;
+    int64_t now = wall_now_ms();
+    size_t n;
+    json_t *rec;
+    size_t i;
+
+    node->works--;
+    n = json_array_size(run->page);
+    if (status != 0 || run->status != 0 || node->closing || n == 0) {
+        ob_run_end(run);
+        maybe_finish_close(node);
+        return;
+    }
+    coll = json_string_value(json_array_get(run->colls, run->ci));
+    if (coll_get(node, coll) == NULL) {
+        ob_run_end(run);
+        return;
+    }
+    free(run->after);
+    run->after = strdup(member_str(json_array_get(run->page, n - 1), "id"));
+    if (run->after == NULL) {
+        ob_run_end(run);
+        return;
+    }
+    run->chains = 1; /* held while the page's chains start */
+    json_array_foreach (run->page, i, rec) {
+        ob_record(run, coll, rec, now);
+    }
+    ob_chain_done(0, 0, run);
+}
+
+void syncd_node_republish(syncd_node_t *node, int64_t min_age_ms)
+{
+    ob_run_t *run;
+
+    if (node->closing)
+        return;
+    if (node->ob_run != NULL) {
+        if (!node->ob_again || min_age_ms < node->ob_again_age)
+            node->ob_again_age = min_age_ms;
+        node->ob_again = 1;
+        return;
+    }
+    run = calloc(1, sizeof(*run));
+    if (run == NULL)
+        return;
+    run->node = node;
+    run->min_age_ms = min_age_ms;
+    node->ob_run = run;
+    ob_page_queue(run);
+}
+
+/* Polls the bus connection: the republisher runs when the bus (re)connects
+ * (the first time at open) and every outbox_interval while it is up. Each
+ * run leaves markers younger than outbox_min_age to their writer's own
+ * publish, which is most likely under way. */
+static void on_outbox_timer(uv_timer_t *timer)
+{
+    syncd_node_t *node = timer->data;
+    int up = syncd_bus_connected(node->bus);
+    int64_t now = (int64_t)uv_now(node->loop);
+
+    if (up && (!node->bus_up || (node->opts.outbox_interval_ms > 0 &&
+                                 now >= node->outbox_due_ms)))
+        syncd_node_republish(node, node->opts.outbox_min_age_ms);
+    if (now >= node->outbox_due_ms)
+        node->outbox_due_ms = now + node->opts.outbox_interval_ms;
+    node->bus_up = up;
 }
 
 int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,

@@ -10,13 +10,21 @@
  * "data"} with the version from the ETag; watch prints one event JSON per
  * line and, when the stream ends for any reason but a resync, reconnects
  * with Last-Event-ID until interrupted.
+ *
+ * Every write (put, patch, rm) carries a random Idempotency-Key and is
+ * sent again with the same key when the connection fails (bounded
+ * attempts, exponential backoff): a node that committed the first attempt
+ * answers the retry with its first outcome instead of applying it twice.
  */
 #include <curl/curl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "patch/buf.h"
@@ -97,15 +105,61 @@ static struct curl_slist *add_header(struct curl_slist *h, const char *fmt, ...)
     return curl_slist_append(h, line);
 }
 
-/* Sends one request; the reply lands in *r. Returns 0, or reports a
- * transport failure and returns SYNCCTL_FAILED. */
+/* Attempts of a write whose connection fails, and the backoff between
+ * them: 100 ms doubling up to 1 s. */
+#define WRITE_ATTEMPTS 8
+#define RETRY_FIRST_MS 100
+#define RETRY_MAX_MS 1000
+
+/* Returns 1 when cc means the request may not have reached the node or
+ * its answer was lost: worth sending again with the same key. */
+static int retryable(CURLcode cc)
+{
+    return cc == CURLE_COULDNT_CONNECT || cc == CURLE_SEND_ERROR ||
+           cc == CURLE_RECV_ERROR || cc == CURLE_GOT_NOTHING ||
+           cc == CURLE_PARTIAL_FILE;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+
+    nanosleep(&ts, NULL);
+}
+
+/* Writes a random idempotency key (32 hex digits) into key; without
+ * getrandom() (an old kernel), one made from the clock and the pid. */
+static void random_key(char key[33])
+{
+    unsigned char b[16];
+    struct timespec now;
+
+    if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b)) {
+        uint64_t z;
+
+        clock_gettime(CLOCK_REALTIME, &now);
+        z = (uint64_t)now.tv_sec * 1000000007u ^ (uint64_t)now.tv_nsec ^
+            (uint64_t)getpid() << 32;
+        for (size_t i = 0; i < sizeof(b); i++) {
+            z = (z ^ (z >> 31)) * 0x9e3779b97f4a7c15ULL + i;
+            b[i] = (unsigned char)(z >> 56);
+        }
+    }
+    for (size_t i = 0; i < sizeof(b); i++)
+        snprintf(key + 2 * i, 3, "%02x", b[i]);
+}
+
+/* Sends one request; the reply lands in *r. With ikey (a write) it goes
+ * with that Idempotency-Key, and is sent again on connection errors.
+ * Returns 0, or reports a transport failure and returns SYNCCTL_FAILED. */
 static int call(const syncctl_opts_t *opts, const char *method, const char *url,
                 const char *content_type, const char *body,
-                const char *if_match, reply_t *r)
+                const char *if_match, const char *ikey, reply_t *r)
 {
     CURL *c = curl_easy_init();
     struct curl_slist *h = curl_slist_append(NULL, "Expect:");
     buf_t out = {0};
+    long delay = RETRY_FIRST_MS;
     CURLcode cc;
 
     memset(r, 0, sizeof(*r));
@@ -117,6 +171,8 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
         h = add_header(h, "Content-Type: %s", content_type);
     if (if_match != NULL)
         h = add_header(h, "If-Match: \"%s\"", if_match);
+    if (ikey != NULL)
+        h = add_header(h, "Idempotency-Key: %s", ikey);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
@@ -129,7 +185,16 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)strlen(body));
     }
-    cc = curl_easy_perform(c);
+    for (int attempt = 1;; attempt++) {
+        cc = curl_easy_perform(c);
+        if (cc == CURLE_OK || ikey == NULL || attempt >= WRITE_ATTEMPTS ||
+            !retryable(cc))
+            break;
+        buf_truncate(&out, 0);
+        r->version = 0;
+        sleep_ms(delay);
+        delay = delay * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : delay * 2;
+    }
     if (cc == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     curl_slist_free_all(h);
@@ -224,6 +289,7 @@ static int doc_request(const syncctl_opts_t *opts, const char *method,
 {
     json_t *doc = NULL;
     char *body = NULL, *url;
+    char key[33];
     reply_t r;
     int rc;
 
@@ -239,7 +305,9 @@ static int doc_request(const syncctl_opts_t *opts, const char *method,
         body = json_dumps(doc, JSON_COMPACT | JSON_ENCODE_ANY);
         json_decref(doc);
     }
-    rc = call(opts, method, url, content_type, body, a->if_match, &r);
+    random_key(key);
+    rc = call(opts, method, url, content_type, body, a->if_match,
+              strcmp(method, "GET") != 0 ? key : NULL, &r);
     if (rc == SYNCCTL_OK)
         rc = print_reply(&r, wrap ? a->pos[0] : NULL, a->pos[1]);
     free(r.body);
@@ -301,7 +369,7 @@ static int coll_request(const syncctl_opts_t *opts, const char *coll,
 
     if (url == NULL)
         return syncctl_fail("out of memory");
-    rc = call(opts, "GET", url, NULL, NULL, NULL, r);
+    rc = call(opts, "GET", url, NULL, NULL, NULL, NULL, r);
     free(url);
     return rc;
 }

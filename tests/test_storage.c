@@ -1469,6 +1469,288 @@ test_store_cache_page__pages_cached_entries_in_mongodb_mode_only(void **state)
         SYNCD_EINVAL);
 }
 
+/* ---- Transactional outbox and idempotency keys ------------------------- */
+
+/* Turns the store's outbox on, as the daemon does. */
+static void use_outbox(fixture_t *f)
+{
+    f->opts.outbox = 1;
+    reopen(f);
+}
+
+/* Asserts that markers (a JSON array of outbox markers) are for the
+ * versions want, space-separated, in order. */
+static void assert_marker_versions(const json_t *markers, const char *want)
+{
+    char got[256] = "";
+    size_t i;
+    json_t *m;
+
+    json_array_foreach (markers, i, m) {
+        snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%lld",
+                 i > 0 ? " " : "",
+                 (long long)json_integer_value(json_object_get(m, "v")));
+    }
+    assert_string_equal(got, want);
+}
+
+/* Asserts the store of record holds coll/id with outbox markers of the
+ * versions want ("" for none). */
+static void assert_outbox(fixture_t *f, const char *coll, const char *id,
+                          const char *want)
+{
+    syncd_doc_t *doc = NULL;
+
+    assert_int_equal(syncd_store_refetch(f->store, &doc, coll, id, NULL), 0);
+    assert_marker_versions(doc->outbox, want);
+    syncd_doc_free(doc);
+}
+
+static void
+test_store_outbox__each_write_commits_a_marker_and_keeps_pending_ones(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *body = parse("{\"n\":2}");
+    json_t *list = NULL;
+    syncd_change_t *c = NULL;
+    json_t *m;
+
+    use_outbox(f);
+
+    assert_int_equal(syncd_store_create(f->store, &c, "ob", "d", body, NULL),
+                     0);
+    assert_null(c->pending);
+    syncd_change_free(c);
+    assert_outbox(f, "ob", "d", "1");
+
+    assert_int_equal(
+        put_doc(f, "ob", "d", "{\"n\":3}", SYNCD_ANY_VERSION, NULL), 0);
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "ob", "d", SYNCD_ANY_VERSION, NULL),
+        0);
+    /* The change reports what was pending before it, in version order. */
+    assert_marker_versions(c->pending, "1 2");
+    syncd_change_free(c);
+    reopen(f);
+    assert_outbox(f, "ob", "d", "1 2 3");
+
+    /* A marker holds what an invalidate event needs. */
+    assert_int_equal(
+        syncd_store_outbox_list(f->store, &list, "ob", NULL, 10, NULL), 0);
+    assert_ids(list, "d");
+    m = json_array_get(json_object_get(json_array_get(list, 0), "ob"), 2);
+    assert_string_equal(json_string_value(json_object_get(m, "op")), "delete");
+    assert_int_equal(json_integer_value(json_object_get(m, "base")), 2);
+    assert_string_equal(json_string_value(json_object_get(m, "by")), "node-t");
+    assert_true(json_integer_value(json_object_get(m, "t")) > 0);
+    m = json_array_get(json_object_get(json_array_get(list, 0), "ob"), 0);
+    assert_string_equal(json_string_value(json_object_get(m, "op")), "create");
+    assert_int_equal(json_integer_value(json_object_get(m, "base")), 0);
+    assert_int_equal(strlen(json_string_value(json_object_get(m, "h"))),
+                     SYNCD_HASH_HEX_LEN);
+    json_decref(list);
+    json_decref(body);
+}
+
+static void
+test_store_outbox__ack_clears_only_at_the_acked_version(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    json_t *list = NULL;
+
+    use_outbox(f);
+
+    create_doc(f, "ack", "d", "{\"n\":1}");
+    assert_int_equal(
+        put_doc(f, "ack", "d", "{\"n\":2}", SYNCD_ANY_VERSION, NULL), 0);
+    /* An ack of a version the record has moved past clears nothing. */
+    assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "d", 1, NULL), 0);
+    assert_outbox(f, "ack", "d", "1 2");
+
+    assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "d", 2, NULL), 0);
+    assert_outbox(f, "ack", "d", "");
+    assert_int_equal(
+        syncd_store_outbox_list(f->store, &list, "ack", NULL, 10, NULL), 0);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    assert_doc(f, "ack", "d", 2, "{\"n\":2}");
+
+    /* The next write has nothing pending before it. */
+    assert_int_equal(syncd_store_edit(f->store, &c, "ack", "d", inc_counter,
+                                      NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_null(c->pending);
+    assert_int_equal(c->doc->version, 3);
+    syncd_change_free(c);
+    assert_outbox(f, "ack", "d", "3");
+    /* Acking a record that is gone is no error. */
+    assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "nope", 1, NULL),
+                     0);
+}
+
+static void test_store_outbox__list_pages_records_with_markers(void **state)
+{
+    fixture_t *f = *state;
+    json_t *list = NULL;
+
+    use_outbox(f);
+
+    create_doc(f, "pg", "a", "{}");
+    create_doc(f, "pg", "b", "{}");
+    create_doc(f, "pg", "c", "{}");
+    create_doc(f, "other", "z", "{}");
+    assert_int_equal(syncd_store_outbox_ack(f->store, "pg", "b", 1, NULL), 0);
+
+    assert_int_equal(
+        syncd_store_outbox_list(f->store, &list, "pg", NULL, 1, NULL), 0);
+    assert_ids(list, "a");
+    json_decref(list);
+    assert_int_equal(
+        syncd_store_outbox_list(f->store, &list, "pg", "a", 1, NULL), 0);
+    assert_ids(list, "c");
+    json_decref(list);
+    assert_int_equal(
+        syncd_store_outbox_list(f->store, &list, "pg", "c", 1, NULL), 0);
+    assert_ids(list, "");
+    json_decref(list);
+}
+
+static void
+test_store_purge__keeps_tombstones_with_pending_markers(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    size_t purged = 99;
+
+    use_outbox(f);
+
+    f->opts.tombstone_ttl_ms = 1000;
+    use_fake_hooks(f, 1000000);
+    create_doc(f, "tp", "pending", "{}");
+    create_doc(f, "tp", "done", "{}");
+    assert_int_equal(syncd_store_delete(f->store, &c, "tp", "pending",
+                                        SYNCD_ANY_VERSION, NULL),
+                     0);
+    syncd_change_free(c);
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "tp", "done", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+    assert_int_equal(syncd_store_outbox_ack(f->store, "tp", "done", 2, NULL),
+                     0);
+
+    f->fake.now += 5000;
+    assert_int_equal(syncd_store_purge(f->store, "tp", &purged, NULL), 0);
+    assert_int_equal(purged, 1);
+    assert_int_equal(syncd_store_refetch(f->store, &doc, "tp", "done", NULL),
+                     SYNCD_ENOTFOUND);
+    assert_int_equal(syncd_store_refetch(f->store, &doc, "tp", "pending", NULL),
+                     0);
+    assert_true(doc->deleted);
+    assert_marker_versions(doc->outbox, "1 2");
+    syncd_doc_free(doc);
+}
+
+/* Runs a merge patch of coll/id with the idempotency key into *out. */
+static int keyed_merge(fixture_t *f, syncd_change_t **out, const char *id,
+                       const char *patch, const char *key, int64_t if_match)
+{
+    syncd_write_options_t wo;
+    json_t *p = parse(patch);
+    int rc;
+
+    syncd_write_options_init(&wo);
+    wo.idempotency_key = key;
+    wo.if_match = if_match;
+    rc = syncd_store_patch_ex(f->store, out, "ik", id, p, 1, &wo, NULL);
+    json_decref(p);
+    return rc;
+}
+
+static void
+test_store_idempotency__a_retry_replays_the_first_outcome_and_writes_nothing(
+    void **state)
+{
+    fixture_t *f = *state;
+    syncd_write_options_t wo;
+    syncd_change_t *c = NULL;
+
+    use_outbox(f);
+
+    create_doc(f, "ik", "d", "{\"n\":0}");
+    assert_int_equal(keyed_merge(f, &c, "d", "{\"n\":1}", "key-1", 1), 0);
+    assert_int_equal(c->op, SYNCD_CHANGE_UPDATE);
+    assert_false(c->replayed);
+    syncd_change_free(c);
+    /* Another writer moves the document on... */
+    assert_int_equal(
+        put_doc(f, "ik", "d", "{\"n\":7}", SYNCD_ANY_VERSION, NULL), 0);
+    /* ...and the retry, even a strict one, replays the first outcome. */
+    reopen(f);
+    assert_int_equal(keyed_merge(f, &c, "d", "{\"n\":1}", "key-1", 1), 0);
+    assert_int_equal(c->op, SYNCD_CHANGE_NONE);
+    assert_true(c->replayed);
+    assert_int_equal(c->replayed_op, SYNCD_CHANGE_UPDATE);
+    assert_int_equal(c->replayed_version, 2);
+    syncd_change_free(c);
+    assert_doc(f, "ik", "d", 3, "{\"n\":7}");
+    assert_outbox(f, "ik", "d", "1 2 3");
+
+    /* Another key writes. */
+    assert_int_equal(
+        keyed_merge(f, &c, "d", "{\"n\":1}", "key-2", SYNCD_ANY_VERSION), 0);
+    assert_int_equal(c->doc->version, 4);
+    syncd_change_free(c);
+
+    /* A delete replays as a delete, also over its own tombstone. */
+    syncd_write_options_init(&wo);
+    wo.idempotency_key = "del-1";
+    assert_int_equal(syncd_store_delete_ex(f->store, &c, "ik", "d", &wo, NULL),
+                     0);
+    syncd_change_free(c);
+    assert_int_equal(syncd_store_delete_ex(f->store, &c, "ik", "d", &wo, NULL),
+                     0);
+    assert_true(c->replayed);
+    assert_int_equal(c->replayed_op, SYNCD_CHANGE_DELETE);
+    assert_int_equal(c->replayed_version, 5);
+    syncd_change_free(c);
+
+    /* Keys must be 1..128 printable ASCII bytes. */
+    wo.idempotency_key = "bad key";
+    assert_int_equal(syncd_store_delete_ex(f->store, &c, "ik", "d", &wo, NULL),
+                     SYNCD_EINVAL);
+    assert_null(c);
+}
+
+static void test_store_idempotency__an_expired_key_writes_again(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+
+    f->opts.idempotency_ttl_ms = 1000;
+    use_fake_hooks(f, 1000000);
+    create_doc(f, "ik", "e", "{\"n\":0}");
+    assert_int_equal(keyed_merge(f, &c, "e", "{\"n\":1}", "k", 1), 0);
+    syncd_change_free(c);
+    assert_int_equal(
+        put_doc(f, "ik", "e", "{\"n\":0}", SYNCD_ANY_VERSION, NULL), 0);
+    f->fake.now += 1000;
+    assert_int_equal(
+        keyed_merge(f, &c, "e", "{\"n\":1}", "k", SYNCD_ANY_VERSION), 0);
+    assert_true(c->replayed);
+    syncd_change_free(c);
+    f->fake.now += 1;
+    assert_int_equal(
+        keyed_merge(f, &c, "e", "{\"n\":1}", "k", SYNCD_ANY_VERSION), 0);
+    assert_false(c->replayed);
+    assert_int_equal(c->op, SYNCD_CHANGE_UPDATE);
+    assert_int_equal(c->doc->version, 4);
+    syncd_change_free(c);
+}
+
 static void test_store_collections__lists_names_sorted(void **state)
 {
     fixture_t *f = *state;
@@ -2247,6 +2529,14 @@ int main(void)
         BOTH(test_store_collections__lists_names_sorted),
         BOTH(test_store_versions__reads_the_version_headers_of_the_given_ids),
         BOTH(test_store_cache_page__pages_cached_entries_in_mongodb_mode_only),
+        BOTH(
+            test_store_outbox__each_write_commits_a_marker_and_keeps_pending_ones),
+        BOTH(test_store_outbox__ack_clears_only_at_the_acked_version),
+        BOTH(test_store_outbox__list_pages_records_with_markers),
+        BOTH(test_store_purge__keeps_tombstones_with_pending_markers),
+        BOTH(
+            test_store_idempotency__a_retry_replays_the_first_outcome_and_writes_nothing),
+        BOTH(test_store_idempotency__an_expired_key_writes_again),
         BOTH(test_store_cache__holds_committed_writes_in_mongodb_mode),
         BOTH(test_store__bad_ids_and_collections_never_reach_the_backend),
         BOTH(test_store__non_object_and_oversized_bodies_are_rejected),

@@ -48,10 +48,15 @@ typedef struct syncd_node_options {
      * hook_data before each chunk an anti-entropy pass over coll compares. */
     void (*ae_chunk_hook)(void *data, const char *coll);
     void *hook_data;
-    size_t max_collections;           /* collections the node holds state for at
-                                         once; 10000 */
-    int64_t coll_idle_ms; /* how long an idle collection that was written
-                             keeps its state; 30 s */
+    size_t max_collections;     /* collections the node holds state for at
+                                   once; 10000 */
+    int64_t coll_idle_ms;       /* how long an idle collection that was written
+                                   keeps its state; 30 s */
+    int64_t outbox_interval_ms; /* republisher period (0: only at start and
+                                   on bus reconnect); 5 s */
+    int64_t outbox_min_age_ms;  /* markers younger than this are left to
+                                   their writer's publish by the periodic
+                                   republisher; 2 s (the bus timeout) */
 } syncd_node_options_t;
 
 /* Sets every field of opts to its documented default. */
@@ -72,14 +77,22 @@ typedef void (*syncd_node_close_cb)(void *payload);
 void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb,
                       void *payload);
 
-/* Completion of a publish: status 0 and the event's seq, or a negative
- * code (the change is committed in the store either way; anti-entropy
- * repairs nodes that miss it). */
+/* Completion of a publish: status 0 and the event's seq (0 when the bus
+ * dropped it as a duplicate), or a negative code (the change is committed
+ * in the store either way, with its outbox marker: the republisher
+ * completes the publish). */
 typedef void (*syncd_node_publish_cb)(int status, int64_t seq, void *payload);
 
-/* Builds the event of DESIGN.md section 4 from a committed change
- * (borrowed; op NONE publishes nothing and calls cb with seq 0) and
- * publishes it on the bus. */
+/* Publishes a committed change (borrowed; op NONE publishes nothing and
+ * calls cb with seq 0): first the versions still pending before it
+ * (change->pending) as invalidate events, then its own event of DESIGN.md
+ * section 4, in version order; cb fires after the last. Once all are
+ * published the record's outbox is acked off the loop.
+ *
+ * Test hook: with the environment variable
+ * SYNCD_TEST_CRASH_AFTER_COMMITS=N at syncd_node_open(), the process
+ * raises SIGKILL on the N-th committed change it is asked to publish,
+ * before publishing it. */
 int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_publish_cb cb, void *payload);
 
@@ -109,6 +122,13 @@ typedef struct syncd_node_watch syncd_node_watch_t;
 int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,
                      const char *coll, const char *prefix, int64_t since,
                      syncd_node_watch_cb cb, void *payload, syncd_error_t *err);
+
+/* Runs the outbox republisher now (it also runs at open, when the bus
+ * reconnects and every outbox_interval): publishes the pending markers of
+ * every collection's records, oldest first per document, and acks each
+ * record once its markers are published. min_age_ms skips markers
+ * younger than that. A run already under way is followed by another. */
+void syncd_node_republish(syncd_node_t *node, int64_t min_age_ms);
 
 /* Ends a watch; its callback is not called again. NULL ignored. */
 void syncd_node_unwatch(syncd_node_watch_t *watch);

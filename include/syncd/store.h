@@ -48,6 +48,11 @@ typedef struct syncd_doc {
     int64_t mtime_ms;                 /* commit time, ms since the epoch */
     char origin[SYNCD_MAX_NODE_ID + 1]; /* node id that wrote it */
     int deleted;                        /* tombstone flag */
+    json_t *outbox; /* the record's pending-publish markers, oldest first:
+                       [{"v","base","op","h","t","by"}] (t: commit time in
+                       ms, by: origin); shared, immutable; NULL: none */
+    json_t *ikeys;  /* the record's recent idempotency keys:
+                       [{"k","op","v","t"}]; shared, immutable; NULL: none */
 } syncd_doc_t;
 
 /* Frees doc and its strings and drops its body reference; NULL ignored. */
@@ -73,6 +78,12 @@ typedef struct syncd_change {
     json_t *patch;    /* RFC 6902 from base to doc; NULL on delete/none */
     json_t *merge;    /* RFC 7396 from base to doc; NULL when inexpressible */
     int attempts;     /* compare-and-swap attempts made */
+    json_t *pending;  /* outbox markers of earlier versions still pending
+                         when this one committed (publish them first, in
+                         order); NULL when none */
+    int replayed;     /* op NONE: an idempotency key matched an earlier write */
+    syncd_change_op_t replayed_op; /* that write's op */
+    int64_t replayed_version;      /* that write's version */
 } syncd_change_t;
 
 /* Frees a change and everything it holds; NULL ignored. */
@@ -110,6 +121,10 @@ typedef struct syncd_store_options {
     size_t max_doc_bytes;       /* serialized body limit; default 8 MiB */
     int64_t tombstone_ttl_ms;   /* tombstone lifetime; default 24 h */
     int64_t backend_timeout_ms; /* MongoDB connect/socket timeout; 5 s */
+    int64_t idempotency_ttl_ms; /* how long a key replays; default 10 min */
+    int outbox; /* 1: each write appends a pending-publish marker to its
+                   record (the transactional outbox of a node that
+                   publishes and acks; the daemon sets it); default 0 */
     const syncd_store_hooks_t *hooks; /* NULL: real clock, sleep, random */
 } syncd_store_options_t;
 
@@ -185,6 +200,71 @@ int syncd_store_delete(syncd_store_t *store, syncd_change_t **out,
                        const char *coll, const char *id, int64_t if_match,
                        syncd_error_t *err);
 
+/* Most pending-publish markers a record holds: past it (the bus has been
+ * failing for that many versions of one document) the oldest is dropped,
+ * so a record stays bounded; watchers then miss those versions. */
+#define SYNCD_MAX_OUTBOX_MARKERS 100
+
+/* Longest idempotency key, and most keys a record remembers. */
+#define SYNCD_MAX_IDEMPOTENCY_KEY 128
+#define SYNCD_MAX_IDEMPOTENCY_KEYS 64
+
+/* Per-write options; set defaults with syncd_write_options_init(). */
+typedef struct syncd_write_options {
+    int64_t if_match; /* SYNCD_ANY_VERSION (default): no precondition */
+    /* NULL (default) or 1..128 printable ASCII bytes: a write that finds
+     * the key among its record's keys younger than idempotency_ttl writes
+     * nothing and returns op NONE with replayed set and the first write's
+     * op and version; a write that commits records the key with the
+     * record, atomically. Borrowed during the call. */
+    const char *idempotency_key;
+} syncd_write_options_t;
+
+/* Sets every field of opts to its documented default. */
+void syncd_write_options_init(syncd_write_options_t *opts);
+
+/* Checks an idempotency key (1..128 printable ASCII bytes); SYNCD_EINVAL
+ * names the problem. */
+int syncd_validate_idempotency_key(const char *key, syncd_error_t *err);
+
+/* syncd_store_create() with write options (if_match is ignored). */
+int syncd_store_create_ex(syncd_store_t *store, syncd_change_t **out,
+                          const char *coll, const char *id, const json_t *body,
+                          const syncd_write_options_t *wo, syncd_error_t *err);
+
+/* syncd_store_put() with write options (NULL: defaults). */
+int syncd_store_put_ex(syncd_store_t *store, syncd_change_t **out,
+                       const char *coll, const char *id, const json_t *body,
+                       const syncd_write_options_t *wo, syncd_error_t *err);
+
+/* syncd_store_patch() with write options (NULL: defaults). */
+int syncd_store_patch_ex(syncd_store_t *store, syncd_change_t **out,
+                         const char *coll, const char *id, const json_t *patch,
+                         int is_merge, const syncd_write_options_t *wo,
+                         syncd_error_t *err);
+
+/* syncd_store_delete() with write options (NULL: defaults). */
+int syncd_store_delete_ex(syncd_store_t *store, syncd_change_t **out,
+                          const char *coll, const char *id,
+                          const syncd_write_options_t *wo, syncd_error_t *err);
+
+/* ---- The transactional outbox ----------------------------------------- */
+
+/* Clears the pending-publish markers of coll/id iff the record is still at
+ * version (a record that moved on belongs to its newer writer, who acks
+ * it); not fsynced (a lost ack only causes a republish). 0 also when there
+ * was nothing to clear. */
+int syncd_store_outbox_ack(syncd_store_t *store, const char *coll,
+                           const char *id, int64_t version, syncd_error_t *err);
+
+/* Lists the records of coll with pending-publish markers, sorted by id,
+ * strictly after after_id (NULL: from the start), at most limit (> 0),
+ * into *out: a new JSON array of {"id","v","ob"} where ob is the record's
+ * markers oldest first. */
+int syncd_store_outbox_list(syncd_store_t *store, json_t **out,
+                            const char *coll, const char *after_id,
+                            size_t limit, syncd_error_t *err);
+
 /* Lists live documents of coll from the store of record, sorted by id,
  * whose id starts with prefix (NULL: all) and sorts after `after` (NULL:
  * from the start), at most limit (0: no limit), into *out: a new JSON array
@@ -226,8 +306,9 @@ int syncd_digest_entries(syncd_digest_t *out, const json_t *entries,
 int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
                          const json_t *ids, syncd_error_t *err);
 
-/* Removes tombstones of coll older than tombstone_ttl; the number removed
- * goes to *purged when not NULL. */
+/* Removes tombstones of coll older than tombstone_ttl, except those with
+ * pending-publish markers; the number removed goes to *purged when not
+ * NULL. */
 int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
                       syncd_error_t *err);
 

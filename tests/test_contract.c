@@ -1,0 +1,864 @@
+/* test_contract.c - the every-version guarantee of DESIGN.md section 5
+ * under real faults, and Idempotency-Key over HTTP.
+ *
+ * Starts FerretDB, redis-server and `syncd` processes itself. Writers
+ * patch documents over HTTP while watchers follow the collection on SSE
+ * (reconnecting with Last-Event-ID when their node goes away); a fault is
+ * injected mid-workload: Redis shut down and restarted, Redis frozen with
+ * SIGSTOP and resumed, a node SIGKILLed right after a commit (the
+ * SYNCD_TEST_CRASH_AFTER_COMMITS hook) and restarted. Afterwards every
+ * watcher must have seen, for every document, exactly the versions 1..N
+ * in order, where N is the version the store of record holds (read with
+ * the store library, not through a node). An `event: resync` fails.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "servers.h"
+#include "syncd/store.h"
+
+#if !defined(SYNCD_BINARY) || !defined(SYNCCTL_BINARY)
+#error "SYNCD_BINARY and SYNCCTL_BINARY must name the binaries"
+#endif
+
+#define NDOCS 4
+#define MAXV 256
+#define NWATCHERS 2
+
+static syncd_test_server_t mongo, redis;
+static int db_seq;
+
+/* ---- Processes ----------------------------------------------------------- */
+
+/* One syncd process; args are kept to restart it. */
+typedef struct daemon {
+    pid_t pid;
+    int port;
+    char dir[256];
+    char log[300];
+    char *argv[32];
+    char listen[64], data[300];
+} daemon_t;
+
+static int connect_port(int port)
+{
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0)
+        return -1;
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Starts (or restarts) d with its argv; crash_after > 0 sets the crash
+ * hook. Waits until it accepts connections; 0 or -1. */
+static int daemon_run(daemon_t *d, int crash_after)
+{
+    d->pid = fork();
+    if (d->pid < 0)
+        return -1;
+    if (d->pid == 0) {
+        int log = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        char n[16];
+
+        if (log >= 0)
+            dup2(log, 2);
+        if (crash_after > 0) {
+            snprintf(n, sizeof(n), "%d", crash_after);
+            setenv("SYNCD_TEST_CRASH_AFTER_COMMITS", n, 1);
+        } else {
+            unsetenv("SYNCD_TEST_CRASH_AFTER_COMMITS");
+        }
+        execv(d->argv[0], d->argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 400; i++) {
+        int status, fd;
+
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            fprintf(stderr, "syncd exited at start; see %s\n", d->log);
+            d->pid = 0;
+            return -1;
+        }
+        fd = connect_port(d->port);
+        if (fd >= 0) {
+            close(fd);
+            return 0;
+        }
+        usleep(50 * 1000);
+    }
+    return -1;
+}
+
+/* Sets up d's argv: the embedded default, or cluster mode on the shared
+ * FerretDB (database db) and Redis; then starts it on port (0: a free
+ * one). */
+static int daemon_start_on(daemon_t *d, int port, const char *node_id,
+                           const char *db, int crash_after)
+{
+    int argc = 0;
+
+    memset(d, 0, sizeof(*d));
+    if (syncd_test_tmpdir(d->dir, sizeof(d->dir), "contract") != 0)
+        return -1;
+    d->port = port > 0 ? port : syncd_test_free_port();
+    snprintf(d->listen, sizeof(d->listen), "127.0.0.1:%d", d->port);
+    snprintf(d->data, sizeof(d->data), "%s/data", d->dir);
+    snprintf(d->log, sizeof(d->log), "%s/syncd.log", d->dir);
+    d->argv[argc++] = SYNCD_BINARY;
+    d->argv[argc++] = "--listen";
+    d->argv[argc++] = d->listen;
+    d->argv[argc++] = "--data-dir";
+    d->argv[argc++] = d->data;
+    d->argv[argc++] = "--node-id";
+    d->argv[argc++] = (char *)node_id;
+    if (db != NULL) {
+        d->argv[argc++] = "--mongo-uri";
+        d->argv[argc++] = mongo.uri;
+        d->argv[argc++] = "--database";
+        d->argv[argc++] = (char *)db;
+        d->argv[argc++] = "--redis-url";
+        d->argv[argc++] = redis.uri;
+    }
+    d->argv[argc] = NULL;
+    return daemon_run(d, crash_after);
+}
+
+static int daemon_start(daemon_t *d, const char *node_id, const char *db,
+                        int crash_after)
+{
+    return daemon_start_on(d, 0, node_id, db, crash_after);
+}
+
+/* Waits (bounded) for d to exit; returns its wait status, or -1. */
+static int daemon_reap(daemon_t *d, int timeout_ms)
+{
+    int status = -1;
+
+    for (int i = 0; i < timeout_ms / 10; i++) {
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            d->pid = 0;
+            return status;
+        }
+        usleep(10 * 1000);
+    }
+    return -1;
+}
+
+/* Stops d with SIGTERM (SIGKILL after 10 s), keeping its dir. */
+static void daemon_halt(daemon_t *d)
+{
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        if (daemon_reap(d, 10000) < 0) {
+            kill(d->pid, SIGKILL);
+            daemon_reap(d, 5000);
+        }
+    }
+}
+
+static void daemon_stop(daemon_t *d)
+{
+    daemon_halt(d);
+    syncd_test_rmtree(d->dir);
+}
+
+/* ---- HTTP writes --------------------------------------------------------- */
+
+typedef struct response {
+    long status; /* 0: no answer (connection error or timeout) */
+    char etag[64];
+    char body[4096];
+    size_t len;
+} response_t;
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
+{
+    response_t *r = arg;
+    size_t len = size * n;
+
+    if (r->len + len < sizeof(r->body)) {
+        memcpy(r->body + r->len, data, len);
+        r->len += len;
+        r->body[r->len] = '\0';
+    }
+    return len;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *arg)
+{
+    response_t *r = arg;
+    size_t len = size * n;
+
+    if (len > 5 && strncasecmp(data, "ETag:", 5) == 0)
+        snprintf(r->etag, sizeof(r->etag), "%.*s",
+                 (int)strcspn(data + 6, "\r\n"), data + 6);
+    return len;
+}
+
+/* Sends one request to port (headers: NULL-terminated, or NULL). */
+static response_t request(int port, const char *method, const char *path,
+                          const char *body, const char **headers)
+{
+    response_t r;
+    char url[512];
+    CURL *curl = curl_easy_init();
+    struct curl_slist *hl = NULL;
+
+    memset(&r, 0, sizeof(r));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+    for (int i = 0; headers != NULL && headers[i] != NULL; i++)
+        hl = curl_slist_append(hl, headers[i]);
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 15000L);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &r);
+    if (body != NULL)
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+    if (curl_easy_perform(curl) == CURLE_OK)
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(curl);
+    return r;
+}
+
+/* PATCHes doc k of coll through port with a merge patch setting n. */
+static response_t patch_doc(int port, const char *coll, int k, int n)
+{
+    static const char *merge[] = {"Content-Type: application/merge-patch+json",
+                                  NULL};
+    char path[256], body[64];
+
+    snprintf(path, sizeof(path), "/v1/collections/%.64s/docs/d%d", coll, k);
+    snprintf(body, sizeof(body), "{\"n\":%d}", n);
+    return request(port, "PATCH", path, body, merge);
+}
+
+static void create_docs(int port, const char *coll)
+{
+    char path[256];
+
+    for (int k = 0; k < NDOCS; k++) {
+        snprintf(path, sizeof(path), "/v1/collections/%.64s/docs/d%d", coll, k);
+        assert_int_equal(request(port, "PUT", path, "{\"n\":0}", NULL).status,
+                         201);
+    }
+}
+
+/* ---- SSE watchers -------------------------------------------------------- */
+
+/* A watcher thread: follows coll on a node from seq 1, reconnecting with
+ * Last-Event-ID, recording each document's versions in the order seen. */
+typedef struct watcher {
+    pthread_t thread;
+    const daemon_t *node;
+    const char *coll;
+    atomic_int stop;
+    pthread_mutex_t lock;
+    int64_t last_seq;
+    int64_t seen[NDOCS][MAXV];
+    int nseen[NDOCS];
+    int resyncs, seq_errors, bad_events, connects;
+    char raw[1 << 16]; /* undecoded bytes (chunked framing) */
+    size_t rawlen;
+    int in_body;
+    char sse[1 << 16]; /* decoded stream text not yet parsed */
+    size_t sselen;
+} watcher_t;
+
+/* Records one SSE event (its lines in ev, NUL-terminated). */
+static void watcher_event(watcher_t *w, char *ev)
+{
+    char *data = strstr(ev, "data: ");
+    char *type = strstr(ev, "event: ");
+    json_t *v;
+    const char *id;
+    int64_t seq;
+    int k;
+
+    if (type != NULL && strncmp(type + 7, "resync", 6) == 0)
+        w->resyncs++;
+    if (data == NULL || (type != NULL && strncmp(type + 7, "bookmark", 8) == 0))
+        return;
+    v = json_loads(data + 6, JSON_DISABLE_EOF_CHECK, NULL);
+    id = json_string_value(json_object_get(v, "id"));
+    seq = json_integer_value(json_object_get(v, "seq"));
+    if (id == NULL || sscanf(id, "d%d", &k) != 1 || k < 0 || k >= NDOCS) {
+        if (type == NULL || strncmp(type + 7, "shutdown", 8) != 0)
+            w->bad_events++;
+        json_decref(v);
+        return;
+    }
+    pthread_mutex_lock(&w->lock);
+    if (seq <= w->last_seq)
+        w->seq_errors++;
+    w->last_seq = seq;
+    if (w->nseen[k] < MAXV)
+        w->seen[k][w->nseen[k]++] = json_integer_value(json_object_get(v, "v"));
+    pthread_mutex_unlock(&w->lock);
+    json_decref(v);
+}
+
+/* Moves the body bytes of w->raw (after the headers, chunked) into
+ * w->sse and parses the complete events there. Returns -1 at the last
+ * chunk. */
+static int watcher_parse(watcher_t *w)
+{
+    char *p = w->raw, *end = w->raw + w->rawlen, *ev;
+    int rc = 0;
+
+    if (!w->in_body) {
+        char *h = memmem(p, w->rawlen, "\r\n\r\n", 4);
+
+        if (h == NULL)
+            return 0;
+        if (strncmp(p, "HTTP/1.1 200", 12) != 0)
+            rc = -1;
+        p = h + 4;
+        w->in_body = 1;
+    }
+    while (rc == 0 && p < end) {
+        char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
+        size_t size;
+
+        if (eol == NULL)
+            break;
+        if (strspn(p, "0123456789abcdefABCDEF") != (size_t)(eol - p)) {
+            w->bad_events++; /* lost the chunked framing */
+            rc = -1;
+            break;
+        }
+        size = strtoul(p, NULL, 16);
+        if (size == 0 || size >= sizeof(w->raw)) {
+            w->bad_events += size != 0;
+            rc = -1;
+            break;
+        }
+        if ((size_t)(end - eol - 2) < size + 2)
+            break;
+        if (w->sselen + size >= sizeof(w->sse)) {
+            w->bad_events++;
+            rc = -1;
+            break;
+        }
+        memcpy(w->sse + w->sselen, eol + 2, size);
+        w->sselen += size;
+        p = eol + 2 + size + 2;
+    }
+    w->rawlen = (size_t)(end - p);
+    memmove(w->raw, p, w->rawlen);
+    w->sse[w->sselen] = '\0';
+    while ((ev = strstr(w->sse, "\n\n")) != NULL) {
+        size_t n = (size_t)(ev - w->sse) + 2;
+
+        *ev = '\0';
+        watcher_event(w, w->sse);
+        memmove(w->sse, w->sse + n, w->sselen - n + 1);
+        w->sselen -= n;
+    }
+    return rc;
+}
+
+static void *watcher_main(void *arg)
+{
+    watcher_t *w = arg;
+
+    while (!atomic_load(&w->stop)) {
+        char req[512];
+        int fd = connect_port(w->node->port);
+        int n;
+
+        if (fd < 0) {
+            usleep(50 * 1000);
+            continue;
+        }
+        pthread_mutex_lock(&w->lock);
+        n = snprintf(req, sizeof(req),
+                     "GET /v1/collections/%s/watch?since=0 HTTP/1.1\r\n"
+                     "Host: t\r\nLast-Event-ID: %lld\r\n\r\n",
+                     w->coll, (long long)w->last_seq);
+        pthread_mutex_unlock(&w->lock);
+        w->connects++;
+        w->rawlen = w->sselen = 0;
+        w->in_body = 0;
+        if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+            close(fd);
+            continue;
+        }
+        while (!atomic_load(&w->stop)) {
+            struct pollfd pfd = {fd, POLLIN, 0};
+            ssize_t got;
+
+            if (poll(&pfd, 1, 100) <= 0)
+                continue;
+            got =
+                recv(fd, w->raw + w->rawlen, sizeof(w->raw) - w->rawlen - 1, 0);
+            if (got <= 0)
+                break;
+            w->rawlen += (size_t)got;
+            if (watcher_parse(w) < 0)
+                break;
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+static void watcher_start(watcher_t *w, const daemon_t *node, const char *coll)
+{
+    memset(w, 0, sizeof(*w));
+    w->node = node;
+    w->coll = coll;
+    pthread_mutex_init(&w->lock, NULL);
+    assert_int_equal(pthread_create(&w->thread, NULL, watcher_main, w), 0);
+}
+
+static void watcher_stop(watcher_t *w)
+{
+    atomic_store(&w->stop, 1);
+    pthread_join(w->thread, NULL);
+    pthread_mutex_destroy(&w->lock);
+}
+
+/* ---- The check against the store ----------------------------------------- */
+
+/* Reads the version of each document of coll from the store of record
+ * (database db; NULL: the embedded store in data_dir). */
+static void store_versions(int64_t out[NDOCS], const char *coll, const char *db,
+                           const char *data_dir)
+{
+    syncd_store_options_t so;
+    syncd_store_t *store = NULL;
+    char dir[256], embedded[320];
+
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "contract-store"), 0);
+    snprintf(embedded, sizeof(embedded), "%s/store", data_dir ? data_dir : "");
+    syncd_store_options_init(&so);
+    so.data_dir = db != NULL ? dir : embedded;
+    so.mongo_uri = db != NULL ? mongo.uri : NULL;
+    so.database = db != NULL ? db : "syncd";
+    assert_int_equal(syncd_store_open(&store, &so, NULL), 0);
+    for (int k = 0; k < NDOCS; k++) {
+        syncd_doc_t *doc = NULL;
+        char id[16];
+
+        snprintf(id, sizeof(id), "d%d", k);
+        assert_int_equal(syncd_store_refetch(store, &doc, coll, id, NULL), 0);
+        out[k] = doc->version;
+        syncd_doc_free(doc);
+    }
+    syncd_store_close(store);
+    syncd_test_rmtree(dir);
+}
+
+/* Returns 1 when w has seen at least want[k] events of every document. */
+static int watcher_caught_up(watcher_t *w, const int64_t want[NDOCS])
+{
+    int done = 1;
+
+    pthread_mutex_lock(&w->lock);
+    for (int k = 0; k < NDOCS; k++)
+        done &= w->nseen[k] >= want[k];
+    pthread_mutex_unlock(&w->lock);
+    return done;
+}
+
+/* Waits (bounded: liveness, not speed) for the watchers to reach the
+ * store's versions, then checks each saw every version once, in order. */
+static void assert_watchers_saw_every_version(watcher_t *ws, int nw,
+                                              const int64_t want[NDOCS])
+{
+    for (int i = 0; i < 600; i++) {
+        int all = 1;
+
+        for (int j = 0; j < nw; j++)
+            all &= watcher_caught_up(&ws[j], want);
+        if (all)
+            break;
+        usleep(50 * 1000);
+    }
+    usleep(300 * 1000); /* room for a duplicate to show */
+    for (int j = 0; j < nw; j++) {
+        watcher_t *w = &ws[j];
+
+        pthread_mutex_lock(&w->lock);
+        for (int k = 0; k < NDOCS; k++) {
+            char got[2048] = "", exp[2048] = "";
+
+            for (int i = 0; i < w->nseen[k]; i++)
+                snprintf(got + strlen(got), sizeof(got) - strlen(got), " %lld",
+                         (long long)w->seen[k][i]);
+            for (int64_t v = 1; v <= want[k]; v++)
+                snprintf(exp + strlen(exp), sizeof(exp) - strlen(exp), " %lld",
+                         (long long)v);
+            if (strcmp(got, exp) != 0)
+                fprintf(stderr, "watcher %d, d%d: saw%s; store has v1..v%lld\n",
+                        j, k, got, (long long)want[k]);
+            assert_string_equal(got, exp);
+        }
+        assert_int_equal(w->resyncs, 0);
+        assert_int_equal(w->seq_errors, 0);
+        assert_int_equal(w->bad_events, 0);
+        pthread_mutex_unlock(&w->lock);
+    }
+}
+
+/* ---- Cluster scenarios --------------------------------------------------- */
+
+/* The processes and watchers of one test, stopped by its teardown
+ * whatever happened. */
+typedef struct cluster {
+    char db[64];
+    char coll[32];
+    daemon_t nodes[2];
+    watcher_t watchers[NWATCHERS];
+    int nwatchers; /* started */
+} cluster_t;
+
+static cluster_t the_cluster;
+
+static int teardown_cluster(void **state)
+{
+    cluster_t *cl = &the_cluster;
+
+    (void)state;
+    for (int j = 0; j < cl->nwatchers; j++)
+        watcher_stop(&cl->watchers[j]);
+    for (int i = 0; i < 2; i++) {
+        if (cl->nodes[i].dir[0] != '\0')
+            daemon_stop(&cl->nodes[i]);
+    }
+    memset(cl, 0, sizeof(*cl));
+    /* A test that failed mid-fault leaves Redis as it should be. */
+    if (redis.pid > 0)
+        kill(redis.pid, SIGCONT);
+    else if (syncd_test_server_restart(&redis) != 0)
+        return -1;
+    return 0;
+}
+
+static void cluster_open(cluster_t *cl, const char *coll, int crash_after)
+{
+    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
+    snprintf(cl->coll, sizeof(cl->coll), "%s", coll);
+    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
+    assert_int_equal(daemon_start(&cl->nodes[1], "node-b", cl->db, crash_after),
+                     0);
+    create_docs(cl->nodes[0].port, coll);
+    for (int j = 0; j < NWATCHERS; j++) {
+        watcher_start(&cl->watchers[j], &cl->nodes[j % 2], coll);
+        cl->nwatchers++;
+    }
+}
+
+static void cluster_check(cluster_t *cl)
+{
+    int64_t want[NDOCS];
+
+    store_versions(want, cl->coll, cl->db, NULL);
+    assert_watchers_saw_every_version(cl->watchers, NWATCHERS, want);
+}
+
+/* Runs writes patches, alternating nodes and documents; calls fault(i)
+ * before write i. Each is answered 200, its publish failing or not: it is
+ * committed, and the outbox completes the publish. */
+static void workload(cluster_t *cl, int writes, void (*fault)(cluster_t *, int))
+{
+    for (int i = 0; i < writes; i++) {
+        if (fault != NULL)
+            fault(cl, i);
+        assert_int_equal(
+            patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1).status,
+            200);
+    }
+}
+
+static void redis_down_and_back(cluster_t *cl, int i)
+{
+    (void)cl;
+    if (i == 8) {
+        /* Saved, so that the replay log survives the restart: the fault
+         * under test is the bus being away, not Redis losing its data. */
+        assert_int_equal(syncd_test_redis_cli(&redis, "SHUTDOWN", "SAVE", NULL),
+                         0);
+        assert_int_equal(syncd_test_server_stop(&redis), 0);
+    }
+    if (i == 20)
+        assert_int_equal(syncd_test_server_restart(&redis), 0);
+}
+
+static void
+test_contract__redis_stopped_during_writes_loses_no_version(void **state)
+{
+    cluster_t *cl = &the_cluster;
+
+    (void)state;
+    cluster_open(cl, "down", 0);
+    workload(cl, 32, redis_down_and_back);
+    cluster_check(cl);
+}
+
+/* Writes to a frozen Redis are sent from a thread, as a client would:
+ * without a bus deadline their answers wait for Redis. */
+typedef struct frozen_writes {
+    cluster_t *cl;
+    int from, to;
+    int failed; /* writes not answered 200 */
+} frozen_writes_t;
+
+static void *frozen_writer(void *arg)
+{
+    frozen_writes_t *f = arg;
+
+    for (int i = f->from; i < f->to; i++) {
+        if (patch_doc(f->cl->nodes[i % 2].port, f->cl->coll, i % NDOCS, i + 1)
+                .status != 200)
+            f->failed++;
+    }
+    return NULL;
+}
+
+static void
+test_contract__redis_frozen_during_writes_loses_no_version(void **state)
+{
+    cluster_t *cl = &the_cluster;
+    frozen_writes_t fw;
+    pthread_t th;
+
+    (void)state;
+    cluster_open(cl, "frozen", 0);
+    workload(cl, 8, NULL);
+    assert_int_equal(kill(redis.pid, SIGSTOP), 0);
+    fw.cl = cl;
+    fw.failed = 0;
+    fw.from = 8;
+    fw.to = 16;
+    assert_int_equal(pthread_create(&th, NULL, frozen_writer, &fw), 0);
+    sleep(3);
+    assert_int_equal(kill(redis.pid, SIGCONT), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(fw.failed, 0);
+    for (int i = 16; i < 24; i++)
+        patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1);
+    cluster_check(cl);
+}
+
+static void
+test_contract__node_killed_right_after_a_commit_loses_no_version(void **state)
+{
+    cluster_t *cl = &the_cluster;
+    response_t r;
+    int status;
+
+    (void)state;
+    /* node-b dies after its 5th commit, before publishing it. */
+    cluster_open(cl, "crash", 5);
+    for (int i = 0; i < 5; i++)
+        patch_doc(cl->nodes[1].port, cl->coll, i % NDOCS, i + 1);
+    status = daemon_reap(&cl->nodes[1], 10000);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    r = patch_doc(cl->nodes[0].port, cl->coll, 0, 100);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(daemon_run(&cl->nodes[1], 0), 0);
+    for (int i = 6; i < 14; i++)
+        patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1);
+    cluster_check(cl);
+}
+
+/* ---- Embedded default ---------------------------------------------------- */
+
+static void
+test_contract__embedded_node_killed_after_a_commit_publishes_it_on_restart(
+    void **state)
+{
+    daemon_t *d = &the_cluster.nodes[0];
+    watcher_t *w = &the_cluster.watchers[0];
+    int64_t want[NDOCS];
+    int status;
+
+    (void)state;
+    assert_int_equal(daemon_start(d, "solo", NULL, NDOCS + 2), 0);
+    create_docs(d->port, "solo");
+    watcher_start(w, d, "solo");
+    the_cluster.nwatchers = 1;
+    assert_int_equal(patch_doc(d->port, "solo", 0, 1).status, 200);
+    /* The commit that kills it: no answer. */
+    assert_int_equal(patch_doc(d->port, "solo", 1, 2).status, 0);
+    status = daemon_reap(d, 10000);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_int_equal(daemon_run(d, 0), 0);
+    /* The watcher resumes with Last-Event-ID and sees the version. */
+    for (int i = 0; i < 600 && !watcher_caught_up(w, (int64_t[]){2, 2, 1, 1});
+         i++)
+        usleep(50 * 1000);
+    daemon_halt(d);
+    store_versions(want, "solo", NULL, d->data);
+    assert_int_equal(want[1], 2);
+    assert_watchers_saw_every_version(w, 1, want);
+}
+
+/* ---- Idempotency-Key ----------------------------------------------------- */
+
+static void
+test_contract__a_patch_retried_with_its_key_applies_once_on_any_node(
+    void **state)
+{
+    static const char *h[] = {"Content-Type: application/json-patch+json",
+                              "Idempotency-Key: retry-1", NULL};
+    static const char *bad[] = {"Content-Type: application/json-patch+json",
+                                "Idempotency-Key: has space", NULL};
+    static const char *inc = "[{\"op\":\"add\",\"path\":\"/x\",\"value\":1}]";
+    cluster_t *cl = &the_cluster;
+    response_t a, b, c, get;
+
+    (void)state;
+    cluster_open(cl, "idem", 0);
+    a = request(cl->nodes[0].port, "PATCH", "/v1/collections/idem/docs/d0", inc,
+                h);
+    b = request(cl->nodes[0].port, "PATCH", "/v1/collections/idem/docs/d0", inc,
+                h);
+    c = request(cl->nodes[1].port, "PATCH", "/v1/collections/idem/docs/d0", inc,
+                h);
+    assert_int_equal(a.status, 200);
+    assert_string_equal(a.etag, "\"2\"");
+    assert_int_equal(b.status, a.status);
+    assert_string_equal(b.etag, a.etag);
+    assert_string_equal(b.body, a.body);
+    assert_int_equal(c.status, a.status);
+    assert_string_equal(c.etag, a.etag);
+    get = request(cl->nodes[1].port, "GET", "/v1/collections/idem/docs/d0",
+                  NULL, NULL);
+    assert_string_equal(get.etag, "\"2\"");
+    assert_int_equal(request(cl->nodes[0].port, "PATCH",
+                             "/v1/collections/idem/docs/d0", inc, bad)
+                         .status,
+                     400);
+    cluster_check(cl);
+}
+
+/* ---- syncctl ------------------------------------------------------------- */
+
+static void
+test_contract__syncctl_retries_a_write_until_the_node_answers(void **state)
+{
+    daemon_t *d = &the_cluster.nodes[0];
+    int port = syncd_test_free_port();
+    char server[64], file[300];
+    response_t get;
+    FILE *f;
+    pid_t pid;
+    int status = -1;
+
+    (void)state;
+    snprintf(server, sizeof(server), "http://127.0.0.1:%d", port);
+    assert_int_equal(syncd_test_tmpdir(file, sizeof(file) - 16, "syncctl"), 0);
+    strcat(file, "/doc.json");
+    f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("{\"n\":5}", f);
+    fclose(f);
+    /* The node is not up yet: the first attempts are refused. */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+
+        dup2(devnull, 1);
+        execl(SYNCCTL_BINARY, SYNCCTL_BINARY, "--server", server, "put", "cli",
+              "d0", file, (char *)NULL);
+        _exit(127);
+    }
+    usleep(300 * 1000);
+    assert_int_equal(daemon_start_on(d, port, "solo", NULL, 0), 0);
+    for (int i = 0; i < 1500 && waitpid(pid, &status, WNOHANG) != pid; i++)
+        usleep(10 * 1000);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    get = request(port, "GET", "/v1/collections/cli/docs/d0", NULL, NULL);
+    assert_int_equal(get.status, 200);
+    assert_string_equal(get.etag, "\"1\"");
+    assert_string_equal(get.body, "{\"n\":5}");
+    *strrchr(file, '/') = '\0';
+    syncd_test_rmtree(file);
+}
+
+/* ---- Main ---------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (syncd_test_mongo_start(&mongo) != 0 ||
+        syncd_test_redis_start(&redis) != 0)
+        return -1;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    syncd_test_server_destroy(&redis);
+    syncd_test_server_destroy(&mongo);
+    curl_global_cleanup();
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(
+            test_contract__syncctl_retries_a_write_until_the_node_answers,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__embedded_node_killed_after_a_commit_publishes_it_on_restart,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__a_patch_retried_with_its_key_applies_once_on_any_node,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__node_killed_right_after_a_commit_loses_no_version,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__redis_stopped_during_writes_loses_no_version,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__redis_frozen_during_writes_loses_no_version,
+            teardown_cluster),
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests_name("contract", tests, group_setup,
+                                       group_teardown);
+}
