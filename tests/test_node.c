@@ -1399,6 +1399,24 @@ static void run_until_applied(uv_loop_t *loop, syncd_node_t *node, int64_t seq,
  * fed event to its watchers at once. So a watcher replaying more than one
  * page (1000 events) still waits for its second page when the events
  * published meanwhile are applied, and they go to its buffer. */
+/* Commits the next version of things/a (body's "n" counts up) and
+ * publishes it through node, counting completions in *published. */
+static void publish_next_version(syncd_node_t *node, syncd_store_t *store,
+                                 json_t *body, int *published)
+{
+    syncd_change_t *change = NULL;
+
+    json_object_set_new(
+        body, "n",
+        json_integer(json_integer_value(json_object_get(body, "n")) + 1));
+    assert_int_equal(syncd_store_put(store, &change, "things", "a", body,
+                                     SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(
+        syncd_node_publish(node, change, on_embedded_count, published), 0);
+    syncd_change_free(change);
+}
+
 static void
 test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync(
     void **state)
@@ -1414,8 +1432,7 @@ test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync(
     syncd_node_t *node;
     syncd_node_watch_t *w;
     syncd_node_stats_t st;
-    syncd_change_t *change = NULL;
-    json_t *body = json_pack("{s:i}", "n", 1);
+    json_t *body = json_pack("{s:i}", "n", 0);
     behind_t b = {0};
     int published = 0;
 
@@ -1432,19 +1449,17 @@ test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync(
     no.anti_entropy_interval_ms = 0;
     no.watch_buffer_events = MEANWHILE - 1;
     assert_int_equal(syncd_node_open(&node, &loop, store, bus, &no, NULL), 0);
-    assert_int_equal(
-        syncd_store_create(store, &change, "things", "a", body, NULL), 0);
+    /* Each publish is a new committed version: the bus drops a version it
+     * has published already. */
     for (int i = 0; i < BEFORE; i++)
-        assert_int_equal(
-            syncd_node_publish(node, change, on_embedded_count, &published), 0);
+        publish_next_version(node, store, body, &published);
     run_until_applied(&loop, node, BEFORE, &published);
 
     assert_int_equal(syncd_node_watch(node, &w, "things", NULL, 0,
                                       on_behind_watch, &b, NULL),
                      0);
     for (int i = 0; i < MEANWHILE; i++)
-        assert_int_equal(
-            syncd_node_publish(node, change, on_embedded_count, &published), 0);
+        publish_next_version(node, store, body, &published);
     run_until_applied(&loop, node, BEFORE + MEANWHILE, &published);
 
     /* The first page arrived in order; the buffer then overflowed and the
@@ -1460,7 +1475,6 @@ test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync(
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(b.after_resync, 0);
     assert_int_equal(uv_loop_close(&loop), 0);
-    syncd_change_free(change);
     json_decref(body);
     syncd_store_close(store);
     syncd_test_rmtree(dir);
