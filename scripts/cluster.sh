@@ -8,9 +8,11 @@
 #   scripts/cluster.sh stop           stop everything, remove the state
 #   scripts/cluster.sh kill-node N    SIGKILL node N (1..3)
 #   scripts/cluster.sh start-node N   start node N again (same port, dir)
-#   scripts/cluster.sh restart-redis  stop Redis and start it again
-#   scripts/cluster.sh stop-redis     stop Redis (its data is lost: no
-#                                     persistence)
+#   scripts/cluster.sh restart-redis  stop Redis and start it again, its
+#                                     data lost (no persistence)
+#   scripts/cluster.sh stop-redis     stop Redis, saving its data to its
+#                                     dump file as a persistent Redis
+#                                     would (start-redis loads it)
 #   scripts/cluster.sh start-redis    start Redis again (same port)
 #   scripts/cluster.sh pause-redis    freeze Redis with SIGSTOP
 #   scripts/cluster.sh resume-redis   thaw it with SIGCONT
@@ -49,8 +51,9 @@ start_redis() {
         { echo "cluster: redis did not start (see $DIR/redis.log)" >&2; exit 1; }
 }
 
+# stop_redis [save|nosave]: shuts Redis down (default nosave: data lost).
 stop_redis() {
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    redis-cli -p "$REDIS_PORT" shutdown "${1:-nosave}" >/dev/null 2>&1 || true
     for _ in $(seq 100); do alive "$DIR/redis.pid" || break; sleep 0.1; done
 }
 
@@ -178,11 +181,12 @@ start-node)
 restart-redis)
     load_env
     stop_redis
+    rm -f "$DIR/dump.rdb"
     start_redis
     ;;
 stop-redis)
     load_env
-    stop_redis
+    stop_redis save
     ;;
 start-redis)
     load_env

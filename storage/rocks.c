@@ -385,32 +385,62 @@ static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
     return rc;
 }
 
+/* A key held for writing: its write lock taken and its current record
+ * read. */
+typedef struct held {
+    syncd_reckey_t k;
+    stripe_t *s;
+    key_lock_t *kl;
+    syncd_doc_t *cur; /* the current record; NULL when there is none */
+} held_t;
+
+/* Takes coll/id's write lock and reads its record into h->cur (NULL when
+ * there is none); on failure nothing is held. Released by release(). */
+static int hold(rocks_t *r, held_t *h, const char *coll, const char *id,
+                syncd_error_t *err)
+{
+    int rc;
+
+    h->cur = NULL;
+    rc = syncd_reckey_make(&h->k, coll, id, err);
+    if (rc != 0)
+        return rc;
+    h->s = stripe_of(r, &h->k);
+    rc = key_lock(h->s, &h->k, &h->kl, err);
+    if (rc != 0)
+        return rc;
+    rc = read_doc(r, h->s, &h->k, coll, id, &h->cur, 0, err);
+    if (rc == SYNCD_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        key_unlock(h->s, h->kl);
+    return rc;
+}
+
+/* Releases a hold(): unlocks the key and frees the record read. */
+static void release(held_t *h)
+{
+    key_unlock(h->s, h->kl);
+    syncd_doc_free(h->cur);
+}
+
 static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
                                const char *canon, size_t canon_len,
                                int64_t expected, syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
-    syncd_doc_t *cur = NULL, *copy = NULL;
-    key_lock_t *kl = NULL;
+    syncd_doc_t *copy = NULL;
     size_t vlen = 0;
-    syncd_reckey_t k;
-    stripe_t *s;
+    held_t h;
     int rc;
 
-    rc = syncd_reckey_make(&k, doc->coll, doc->id, err);
+    rc = hold(r, &h, doc->coll, doc->id, err);
     if (rc != 0)
         return rc;
-    s = stripe_of(r, &k);
-    rc = key_lock(s, &k, &kl, err);
-    if (rc != 0)
-        return rc;
-    rc = read_doc(r, s, &k, doc->coll, doc->id, &cur, 0, err);
-    if (rc != 0 && rc != SYNCD_ENOTFOUND)
-        goto unlock;
-    if ((cur != NULL ? cur->version : 0) != expected) {
+    if ((h.cur != NULL ? h.cur->version : 0) != expected) {
         rc = syncd_error_set(err, SYNCD_ECONFLICT,
                              "%s/%s is at version %lld, not %lld", doc->coll,
-                             doc->id, (long long)(cur ? cur->version : 0),
+                             doc->id, (long long)(h.cur ? h.cur->version : 0),
                              (long long)expected);
         goto unlock;
     }
@@ -419,17 +449,16 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto unlock;
     }
-    write_begin(s);
-    rc =
-        commit(r, &k, doc, canon, canon_len, cur == NULL, &vlen, r->write, err);
+    write_begin(h.s);
+    rc = commit(r, &h.k, doc, canon, canon_len, h.cur == NULL, &vlen, r->write,
+                err);
     if (rc != 0) {
         syncd_doc_free(copy);
         copy = NULL;
     }
-    write_end(r, s, &k, copy, vlen);
+    write_end(r, h.s, &h.k, copy, vlen);
 unlock:
-    key_unlock(s, kl);
-    syncd_doc_free(cur);
+    release(&h);
     return rc;
 }
 
@@ -658,36 +687,25 @@ static int rocks_collections(syncd_backend_t *b, json_t **out,
 static int purge_one(rocks_t *r, const char *coll, const char *id,
                      int64_t before_ms, int *removed, syncd_error_t *err)
 {
-    syncd_doc_t *cur = NULL;
-    key_lock_t *kl = NULL;
     char *errptr = NULL;
-    syncd_reckey_t k;
-    stripe_t *s;
+    held_t h;
     int rc;
 
     *removed = 0;
-    rc = syncd_reckey_make(&k, coll, id, err);
+    rc = hold(r, &h, coll, id, err);
     if (rc != 0)
         return rc;
-    s = stripe_of(r, &k);
-    rc = key_lock(s, &k, &kl, err);
-    if (rc != 0)
-        return rc;
-    rc = read_doc(r, s, &k, coll, id, &cur, 0, err);
-    if (rc == SYNCD_ENOTFOUND) {
-        rc = 0;
-    } else if (rc == 0 && cur->deleted && cur->mtime_ms < before_ms &&
-               json_array_size(cur->outbox) == 0) {
-        write_begin(s);
-        rocksdb_delete(r->db, r->write, k.bytes, k.len, &errptr);
-        write_end(r, s, &k, NULL, 0);
+    if (h.cur != NULL && h.cur->deleted && h.cur->mtime_ms < before_ms &&
+        json_array_size(h.cur->outbox) == 0) {
+        write_begin(h.s);
+        rocksdb_delete(r->db, r->write, h.k.bytes, h.k.len, &errptr);
+        write_end(r, h.s, &h.k, NULL, 0);
         if (errptr != NULL)
             rc = rocks_error(err, errptr, "delete");
         else
             *removed = 1;
     }
-    key_unlock(s, kl);
-    syncd_doc_free(cur);
+    release(&h);
     return rc;
 }
 
@@ -732,44 +750,32 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
                             const char *id, int64_t version, syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
-    syncd_doc_t *cur = NULL, *copy = NULL;
-    key_lock_t *kl = NULL;
+    syncd_doc_t *copy = NULL;
     size_t vlen = 0;
-    syncd_reckey_t k;
-    stripe_t *s;
+    held_t h;
     int rc;
 
-    rc = syncd_reckey_make(&k, coll, id, err);
+    rc = hold(r, &h, coll, id, err);
     if (rc != 0)
         return rc;
-    s = stripe_of(r, &k);
-    rc = key_lock(s, &k, &kl, err);
-    if (rc != 0)
-        return rc;
-    rc = read_doc(r, s, &k, coll, id, &cur, 0, err);
-    if (rc == SYNCD_ENOTFOUND) {
-        rc = 0;
+    if (h.cur == NULL || h.cur->version != version || h.cur->outbox == NULL)
         goto unlock;
-    }
-    if (rc != 0 || cur->version != version || cur->outbox == NULL)
-        goto unlock;
-    copy = syncd_doc_dup(cur);
+    copy = syncd_doc_dup(h.cur);
     if (copy == NULL) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto unlock;
     }
     json_decref(copy->outbox);
     copy->outbox = NULL;
-    write_begin(s);
-    rc = commit(r, &k, copy, NULL, 0, 0, &vlen, r->write_nosync, err);
+    write_begin(h.s);
+    rc = commit(r, &h.k, copy, NULL, 0, 0, &vlen, r->write_nosync, err);
     if (rc != 0) {
         syncd_doc_free(copy);
         copy = NULL;
     }
-    write_end(r, s, &k, copy, vlen);
+    write_end(r, h.s, &h.k, copy, vlen);
 unlock:
-    key_unlock(s, kl);
-    syncd_doc_free(cur);
+    release(&h);
     return rc;
 }
 

@@ -15,7 +15,8 @@
 # every node serves each document with 400 keys at version 401.
 #
 # Phase 2: 3 more clients, one per document and node, add 200 keys each
-# while Redis is stopped (losing its data) for 3 s and started again, then
+# while Redis is stopped for 3 s (saving its data, as a persistent Redis
+# does) and started again, then
 # node 3 is frozen with SIGSTOP for 5 s, and meanwhile Redis is frozen with
 # SIGSTOP for 2 s. Then every node serves each document with 600 keys at
 # version 601.
