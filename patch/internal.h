@@ -1,17 +1,16 @@
 /* internal.h - helpers shared by the files of the patch engine.
  *
- * Private to patch/: RFC 6901 escaping into a byte buffer (buf.h, which
- * syncd/ shares), the depth guard every recursive walk goes through,
- * strict and RFC equality, the structural hash the array diff compares
- * elements with, and the pointer pieces the patch operations need
- * (length-aware parsing, strict array indexes).
+ * Private to patch/: RFC 6901 escaping into a byte buffer (base/buf.h), the
+ * depth guard every recursive walk goes through, strict and RFC equality, the
+ * structural hash the array diff compares elements with, and the pointer pieces
+ * the patch operations need (length-aware parsing, strict array indexes).
  */
 #ifndef SYNCD_PATCH_INTERNAL_H
 #define SYNCD_PATCH_INTERNAL_H
 
 #include <stdint.h>
 
-#include "patch/buf.h"
+#include "base/buf.h"
 #include "syncd/patch.h"
 
 /* Appends the RFC 6901 escaped form of a token to b. */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/pct.h"
 #include "patch/internal.h"
 
 typedef struct token {

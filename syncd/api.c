@@ -31,8 +31,9 @@
 #include <strings.h>
 #include <time.h>
 
+#include "base/buf.h"
+#include "base/pct.h"
 #include "log.h"
-#include "patch/buf.h"
 
 #define LIST_DEFAULT_LIMIT 1000
 #define LIST_MAX_LIMIT 10000

@@ -38,8 +38,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base/buf.h"
 #include "log.h"
-#include "patch/buf.h"
 
 #define READ_CHUNK (64 * 1024)
 

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "patch/buf.h"
+#include "base/buf.h"
 
 #define MAX_REQUEST_SERIES 256
 

@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "patch/buf.h"
+#include "base/buf.h"
 #include "syncctl.h"
 
 typedef struct reply {

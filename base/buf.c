@@ -1,4 +1,4 @@
-/* buf.c - byte buffers and percent-decoding (see buf.h).
+/* buf.c - byte buffers (see buf.h).
  *
  * A buffer doubles its capacity as it grows and keeps a NUL after its
  * bytes, so its data can be handed to C string functions at any time.
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "patch/buf.h"
+#include "base/buf.h"
 #include "syncd/error.h"
 
 /* Makes room for n more bytes and the NUL after them. */
@@ -89,47 +89,4 @@ void buf_free(buf_t *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
-}
-
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-int pct_decode(char **out, size_t *len, const char *s, size_t n, size_t *bad_at)
-{
-    char *d = malloc(n + 1);
-    size_t o = 0;
-
-    *out = NULL;
-    if (d == NULL)
-        return SYNCD_ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        int hi, lo;
-
-        if (s[i] != '%') {
-            d[o++] = s[i];
-            continue;
-        }
-        hi = i + 2 < n ? hex_value(s[i + 1]) : -1;
-        lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
-        if (lo < 0) {
-            free(d);
-            if (bad_at != NULL)
-                *bad_at = i;
-            return SYNCD_EINVAL;
-        }
-        d[o++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    d[o] = '\0';
-    *out = d;
-    *len = o;
-    return 0;
 }

@@ -1,12 +1,11 @@
-/* buf.h - byte buffers and percent-decoding, shared with syncd/.
+/* buf.h - growable byte buffers, shared by every layer.
  *
- * The lowest layer's text helpers: the patch engine builds pointers and
+ * Part of base/, the lowest layer: the patch engine builds pointers and
  * canonical JSON in these buffers, and the daemon and syncctl use the same
- * buffer for HTTP messages and the same decoder for URL parts. Plain C
- * over libc; no jansson.
+ * buffer for HTTP messages. Plain C over libc; no jansson.
  */
-#ifndef SYNCD_PATCH_BUF_H
-#define SYNCD_PATCH_BUF_H
+#ifndef SYNCD_BASE_BUF_H
+#define SYNCD_BASE_BUF_H
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -39,12 +38,5 @@ void buf_truncate(buf_t *b, size_t len);
 
 /* Frees b's storage and resets it to empty. */
 void buf_free(buf_t *b);
-
-/* Percent-decodes n bytes at s into *out (malloc'd and NUL-terminated, the
- * caller frees it), its length in *len (encoded NUL bytes included).
- * Returns 0, SYNCD_ENOMEM, or SYNCD_EINVAL for a '%' not followed by two
- * hex digits, with that '%''s offset in *bad_at when bad_at is not NULL. */
-int pct_decode(char **out, size_t *len, const char *s, size_t n,
-               size_t *bad_at);
 
 #endif

@@ -1,6 +1,6 @@
 /* error.c - the caller-passed error struct shared by every syncd module.
  *
- * Lives in patch/, the lowest layer, so that every module can record
+ * Lives in base/, the lowest layer, so that every module can record
  * errors the same way. The first error recorded in a struct wins.
  */
 #include <stdio.h>
