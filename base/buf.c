@@ -12,7 +12,7 @@
 #include "syncd/error.h"
 
 /* Makes room for n more bytes and the NUL after them. */
-static int reserve(buf_t *b, size_t n)
+static int reserve(syncd_buf_t *b, size_t n)
 {
     size_t cap = b->cap ? b->cap : 64;
     char *data;
@@ -29,7 +29,7 @@ static int reserve(buf_t *b, size_t n)
     return 0;
 }
 
-int buf_append(buf_t *b, const void *bytes, size_t n)
+int syncd_buf_append(syncd_buf_t *b, const void *bytes, size_t n)
 {
     if (reserve(b, n) < 0)
         return SYNCD_ENOMEM;
@@ -39,12 +39,12 @@ int buf_append(buf_t *b, const void *bytes, size_t n)
     return 0;
 }
 
-int buf_putc(buf_t *b, char c)
+int syncd_buf_putc(syncd_buf_t *b, char c)
 {
-    return buf_append(b, &c, 1);
+    return syncd_buf_append(b, &c, 1);
 }
 
-int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
+int syncd_buf_vprintf(syncd_buf_t *b, const char *fmt, va_list ap)
 {
     size_t room = b->cap - b->len;
     va_list again;
@@ -66,25 +66,25 @@ int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
     return 0;
 }
 
-int buf_printf(buf_t *b, const char *fmt, ...)
+int syncd_buf_printf(syncd_buf_t *b, const char *fmt, ...)
 {
     va_list ap;
     int rc;
 
     va_start(ap, fmt);
-    rc = buf_vprintf(b, fmt, ap);
+    rc = syncd_buf_vprintf(b, fmt, ap);
     va_end(ap);
     return rc;
 }
 
-void buf_truncate(buf_t *b, size_t len)
+void syncd_buf_truncate(syncd_buf_t *b, size_t len)
 {
     b->len = len;
     if (b->data != NULL)
         b->data[len] = '\0';
 }
 
-void buf_free(buf_t *b)
+void syncd_buf_free(syncd_buf_t *b)
 {
     free(b->data);
     b->data = NULL;

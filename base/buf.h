@@ -11,32 +11,32 @@
 #include <stddef.h>
 
 /* A growable byte buffer; `data` is NUL-terminated whenever len > 0. A
- * zeroed buf_t is empty and owns nothing. */
-typedef struct buf {
+ * zeroed syncd_buf_t is empty and owns nothing. */
+typedef struct syncd_buf {
     char *data;
     size_t len;
     size_t cap;
-} buf_t;
+} syncd_buf_t;
 
 /* Appends n bytes to b; returns 0 or SYNCD_ENOMEM. */
-int buf_append(buf_t *b, const void *bytes, size_t n);
+int syncd_buf_append(syncd_buf_t *b, const void *bytes, size_t n);
 
 /* Appends one byte to b; returns 0 or SYNCD_ENOMEM. */
-int buf_putc(buf_t *b, char c);
+int syncd_buf_putc(syncd_buf_t *b, char c);
 
 /* Appends printf-style formatted text to b; returns 0 or SYNCD_ENOMEM
  * (b keeps what it held before). */
-int buf_printf(buf_t *b, const char *fmt, ...)
+int syncd_buf_printf(syncd_buf_t *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* buf_printf() with a va_list, which it consumes. */
-int buf_vprintf(buf_t *b, const char *fmt, va_list ap)
+/* syncd_buf_printf() with a va_list, which it consumes. */
+int syncd_buf_vprintf(syncd_buf_t *b, const char *fmt, va_list ap)
     __attribute__((format(printf, 2, 0)));
 
 /* Shortens b to its first len bytes. */
-void buf_truncate(buf_t *b, size_t len);
+void syncd_buf_truncate(syncd_buf_t *b, size_t len);
 
 /* Frees b's storage and resets it to empty. */
-void buf_free(buf_t *b);
+void syncd_buf_free(syncd_buf_t *b);
 
 #endif

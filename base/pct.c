@@ -19,7 +19,8 @@ static int hex_value(char c)
     return -1;
 }
 
-int pct_decode(char **out, size_t *len, const char *s, size_t n, size_t *bad_at)
+int syncd_pct_decode(char **out, size_t *len, const char *s, size_t n,
+                     size_t *bad_at)
 {
     char *d = malloc(n + 1);
     size_t o = 0;

@@ -13,7 +13,7 @@
  * caller frees it), its length in *len (encoded NUL bytes included).
  * Returns 0, SYNCD_ENOMEM, or SYNCD_EINVAL for a '%' not followed by two
  * hex digits, with that '%''s offset in *bad_at when bad_at is not NULL. */
-int pct_decode(char **out, size_t *len, const char *s, size_t n,
-               size_t *bad_at);
+int syncd_pct_decode(char **out, size_t *len, const char *s, size_t n,
+                     size_t *bad_at);
 
 #endif

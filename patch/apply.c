@@ -69,8 +69,8 @@ static int parse_pointer_member(syncd_ptr_t **out, const json_t *item,
     if (!json_is_string(text))
         return op_fail(err, SYNCD_EPATCH, op, "'%s' is not a string", member);
     syncd_error_clear(&why);
-    if (ptr_parse_n(out, json_string_value(text), json_string_length(text),
-                    &why) < 0)
+    if (syncd_ptr_parse_n(out, json_string_value(text),
+                          json_string_length(text), &why) < 0)
         return op_fail(err, why.code == SYNCD_ENOMEM ? why.code : SYNCD_EPATCH,
                        op, "bad '%s': %s", member, why.message);
     return 0;
@@ -115,7 +115,7 @@ static int parse_op(op_t *op, const json_t *item, size_t index,
     op->value = json_object_get(item, "value");
     if (op->value == NULL)
         return op_fail(err, SYNCD_EPATCH, op, "missing 'value'");
-    if (check_depth(op->value, SYNCD_EPATCH, "value", NULL) < 0)
+    if (syncd_json_check_depth(op->value, SYNCD_EPATCH, "value", NULL) < 0)
         return op_fail(err, SYNCD_EPATCH, op,
                        "'value' nests deeper than %d arrays/objects",
                        SYNCD_PATCH_MAX_DEPTH);
@@ -159,7 +159,7 @@ static int locate(loc_t *loc, json_t *root, const syncd_ptr_t *ptr,
     const char *why = NULL;
     size_t at = 0;
 
-    if (ptr_walk(&loc->parent, root, ptr, last, &why, &at) < 0)
+    if (syncd_ptr_walk(&loc->parent, root, ptr, last, &why, &at) < 0)
         return op_fail(err, SYNCD_EPATCH, op, "%s at token %zu", why, at);
     if (!json_is_object(loc->parent) && !json_is_array(loc->parent))
         return op_fail(err, SYNCD_EPATCH, op,
@@ -171,8 +171,9 @@ static int locate(loc_t *loc, json_t *root, const syncd_ptr_t *ptr,
             return op_fail(err, SYNCD_EPATCH, op, "member not found");
         return 0;
     }
-    if (ptr_array_index(&loc->index, loc->tok, loc->len,
-                        json_array_size(loc->parent), allow_end, &why) < 0)
+    if (syncd_ptr_array_index(&loc->index, loc->tok, loc->len,
+                              json_array_size(loc->parent), allow_end,
+                              &why) < 0)
         return op_fail(err, SYNCD_EPATCH, op, "%s", why);
     loc->child = json_array_get(loc->parent, loc->index);
     return 0;
@@ -269,7 +270,7 @@ static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
         if (rc == 0 && !moved)
             rc = count_copy(a, vsize, op, err);
         if (rc == 0 && !moved)
-            rc = copy_value(&value_new, value, err);
+            rc = syncd_json_copy(&value_new, value, err);
         if (rc < 0) {
             json_decref(value_new);
             return rc;
@@ -296,7 +297,7 @@ static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
             rc = count_copy(a, vsize, op, err);
     }
     if (rc == 0 && !moved)
-        rc = copy_value(&value_new, value, err);
+        rc = syncd_json_copy(&value_new, value, err);
     if (rc < 0) {
         json_decref(value_new);
         return rc;
@@ -350,7 +351,7 @@ static int get_at(json_t **out, json_t *root, const syncd_ptr_t *ptr,
     const char *why = NULL;
     size_t at = 0;
 
-    if (ptr_walk(out, root, ptr, syncd_ptr_count(ptr), &why, &at) < 0)
+    if (syncd_ptr_walk(out, root, ptr, syncd_ptr_count(ptr), &why, &at) < 0)
         return op_fail(err, SYNCD_EPATCH, op, "%s at token %zu", why, at);
     return 0;
 }
@@ -408,7 +409,7 @@ static int apply_op(apply_t *a, const op_t *op, syncd_error_t *err)
         return rc < 0 ? rc : put_at(a, op->path, value, 0, PUT_ADD, op, err);
     default:
         rc = get_at(&value, a->root, op->path, op, err);
-        if (rc == 0 && !values_equal(value, op->value, 1))
+        if (rc == 0 && !syncd_json_values_equal(value, op->value, 1))
             rc = op_fail(err, SYNCD_ECONFLICT, op, "value differs");
         return rc;
     }
@@ -437,9 +438,9 @@ int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
                                "patch has %zu operations, over the limit of "
                                "%zu",
                                json_array_size(patch), max_ops);
-    rc = check_depth(doc, SYNCD_EINVAL, "document", err);
+    rc = syncd_json_check_depth(doc, SYNCD_EINVAL, "document", err);
     if (rc == 0)
-        rc = copy_value(&a.root, doc, err);
+        rc = syncd_json_copy(&a.root, doc, err);
     if (rc == 0 && a.max > 0)
         a.size = syncd_canonical_size(a.root);
     json_array_foreach (patch, i, item) {
@@ -470,8 +471,8 @@ int syncd_json_equal(const json_t *a, const json_t *b)
 {
     if (a == b)
         return 1;
-    if (check_depth(a, SYNCD_EINVAL, "a", NULL) < 0 ||
-        check_depth(b, SYNCD_EINVAL, "b", NULL) < 0)
+    if (syncd_json_check_depth(a, SYNCD_EINVAL, "a", NULL) < 0 ||
+        syncd_json_check_depth(b, SYNCD_EINVAL, "b", NULL) < 0)
         return 0;
-    return values_equal(a, b, 1);
+    return syncd_json_values_equal(a, b, 1);
 }

@@ -30,12 +30,12 @@ static int member_cmp(const void *pa, const void *pb)
     return (a->len > b->len) - (a->len < b->len);
 }
 
-static int write_string(buf_t *b, const char *s, size_t len)
+static int write_string(syncd_buf_t *b, const char *s, size_t len)
 {
     static const char digits[] = "0123456789abcdef";
     size_t start = 0;
 
-    if (buf_putc(b, '"') < 0)
+    if (syncd_buf_putc(b, '"') < 0)
         return SYNCD_ENOMEM;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -61,14 +61,14 @@ static int write_string(buf_t *b, const char *s, size_t len)
             n = 6;
         } else
             continue;
-        if (buf_append(b, s + start, i - start) < 0 ||
-            buf_append(b, esc, n) < 0)
+        if (syncd_buf_append(b, s + start, i - start) < 0 ||
+            syncd_buf_append(b, esc, n) < 0)
             return SYNCD_ENOMEM;
         start = i + 1;
     }
-    if (buf_append(b, s + start, len - start) < 0)
+    if (syncd_buf_append(b, s + start, len - start) < 0)
         return SYNCD_ENOMEM;
-    return buf_putc(b, '"');
+    return syncd_buf_putc(b, '"');
 }
 
 /* Writes the canonical text of the real d into text and returns its
@@ -85,17 +85,17 @@ static size_t format_real(char text[40], double d)
     return strlen(text);
 }
 
-static int write_real(buf_t *b, double d)
+static int write_real(syncd_buf_t *b, double d)
 {
     char text[40];
     size_t n = format_real(text, d);
 
-    return buf_append(b, text, n);
+    return syncd_buf_append(b, text, n);
 }
 
-static int write_value(buf_t *b, const json_t *v);
+static int write_value(syncd_buf_t *b, const json_t *v);
 
-static int write_object(buf_t *b, const json_t *v)
+static int write_object(syncd_buf_t *b, const json_t *v)
 {
     size_t n = json_object_size(v), i = 0;
     member_t *members = NULL;
@@ -116,22 +116,22 @@ static int write_object(buf_t *b, const json_t *v)
     }
     if (n > 0)
         qsort(members, n, sizeof(*members), member_cmp);
-    rc = buf_putc(b, '{');
+    rc = syncd_buf_putc(b, '{');
     for (i = 0; i < n && rc == 0; i++) {
         if (i > 0)
-            rc = buf_putc(b, ',');
+            rc = syncd_buf_putc(b, ',');
         if (rc == 0)
             rc = write_string(b, members[i].key, members[i].len);
         if (rc == 0)
-            rc = buf_putc(b, ':');
+            rc = syncd_buf_putc(b, ':');
         if (rc == 0)
             rc = write_value(b, members[i].value);
     }
     free(members);
-    return rc < 0 ? rc : buf_putc(b, '}');
+    return rc < 0 ? rc : syncd_buf_putc(b, '}');
 }
 
-static int write_value(buf_t *b, const json_t *v)
+static int write_value(syncd_buf_t *b, const json_t *v)
 {
     char text[32];
     size_t i;
@@ -142,28 +142,28 @@ static int write_value(buf_t *b, const json_t *v)
     case JSON_OBJECT:
         return write_object(b, v);
     case JSON_ARRAY:
-        rc = buf_putc(b, '[');
+        rc = syncd_buf_putc(b, '[');
         json_array_foreach (v, i, child) {
             if (rc == 0 && i > 0)
-                rc = buf_putc(b, ',');
+                rc = syncd_buf_putc(b, ',');
             if (rc == 0)
                 rc = write_value(b, child);
         }
-        return rc < 0 ? rc : buf_putc(b, ']');
+        return rc < 0 ? rc : syncd_buf_putc(b, ']');
     case JSON_STRING:
         return write_string(b, json_string_value(v), json_string_length(v));
     case JSON_INTEGER:
         snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT,
                  json_integer_value(v));
-        return buf_append(b, text, strlen(text));
+        return syncd_buf_append(b, text, strlen(text));
     case JSON_REAL:
         return write_real(b, json_real_value(v));
     case JSON_TRUE:
-        return buf_append(b, "true", 4);
+        return syncd_buf_append(b, "true", 4);
     case JSON_FALSE:
-        return buf_append(b, "false", 5);
+        return syncd_buf_append(b, "false", 5);
     default:
-        return buf_append(b, "null", 4);
+        return syncd_buf_append(b, "null", 4);
     }
 }
 
@@ -221,11 +221,11 @@ size_t syncd_canonical_size(const json_t *v)
 
 char *syncd_json_canonical(const json_t *v, size_t *len)
 {
-    buf_t b = {0};
+    syncd_buf_t b = {0};
 
-    if (check_depth(v, SYNCD_EINVAL, "value", NULL) < 0 ||
+    if (syncd_json_check_depth(v, SYNCD_EINVAL, "value", NULL) < 0 ||
         write_value(&b, v) < 0) {
-        buf_free(&b);
+        syncd_buf_free(&b);
         return NULL;
     }
     if (len != NULL)
@@ -240,7 +240,7 @@ int syncd_json_hash(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v,
     char *text;
 
     out[0] = '\0';
-    if (check_depth(v, SYNCD_EINVAL, "value", err) < 0)
+    if (syncd_json_check_depth(v, SYNCD_EINVAL, "value", err) < 0)
         return SYNCD_EINVAL;
     text = syncd_json_canonical(v, &len);
     if (text == NULL)

@@ -2,10 +2,10 @@
  *
  * Objects are compared member by member and changes are reported at the
  * deepest path that changed. Arrays are diffed as sequences: each element
- * is hashed once (value_hash(), independent of member order), the common
- * prefix and suffix are stripped, and Myers' O(ND) greedy algorithm finds a
- * shortest edit script on the middle, comparing hashes and confirming every
- * match with an exact equality check. A removal and an insertion at the
+ * is hashed once (syncd_json_value_hash(), independent of member order), the
+ * common prefix and suffix are stripped, and Myers' O(ND) greedy algorithm
+ * finds a shortest edit script on the middle, comparing hashes and confirming
+ * every match with an exact equality check. A removal and an insertion at the
  * same index become one `replace`, or a recursive diff of the element when
  * that is smaller. The search is bounded (edit distance and work): past the
  * bound the array is replaced whole, so diff time stays near-linear.
@@ -25,7 +25,7 @@
 
 typedef struct differ {
     json_t *ops;
-    buf_t path;
+    syncd_buf_t path;
     syncd_error_t *err;
 } differ_t;
 
@@ -63,9 +63,10 @@ static int emit(differ_t *d, const char *op, const json_t *value)
     json_t *item, *copy = NULL;
 
     if (value != NULL) {
-        if (check_depth(value, SYNCD_EINVAL, "a document", d->err) < 0)
+        if (syncd_json_check_depth(value, SYNCD_EINVAL, "a document", d->err) <
+            0)
             return SYNCD_EINVAL;
-        copy = deep_copy(value);
+        copy = syncd_json_deep_copy(value);
         if (copy == NULL)
             return nomem(d);
     }
@@ -89,15 +90,15 @@ static int emit(differ_t *d, const char *op, const json_t *value)
 
 static int push_key(differ_t *d, const char *key, size_t len)
 {
-    if (buf_putc(&d->path, '/') < 0 ||
-        buf_append_escaped(&d->path, key, len) < 0)
+    if (syncd_buf_putc(&d->path, '/') < 0 ||
+        syncd_ptr_append_escaped(&d->path, key, len) < 0)
         return nomem(d);
     return 0;
 }
 
 static int push_index(differ_t *d, size_t index)
 {
-    if (buf_printf(&d->path, "/%zu", index) < 0)
+    if (syncd_buf_printf(&d->path, "/%zu", index) < 0)
         return nomem(d);
     return 0;
 }
@@ -116,7 +117,7 @@ static int diff_object(differ_t *d, const json_t *a, const json_t *b, int depth)
         if (rc == 0)
             rc = other == NULL ? emit(d, "remove", NULL)
                                : diff_value(d, value, other, depth);
-        buf_truncate(&d->path, base);
+        syncd_buf_truncate(&d->path, base);
         if (rc < 0)
             return rc;
     }
@@ -126,7 +127,7 @@ static int diff_object(differ_t *d, const json_t *a, const json_t *b, int depth)
         rc = push_key(d, key, len);
         if (rc == 0)
             rc = emit(d, "add", value);
-        buf_truncate(&d->path, base);
+        syncd_buf_truncate(&d->path, base);
         if (rc < 0)
             return rc;
     }
@@ -182,8 +183,8 @@ static int diff_pair(differ_t *d, const json_t *a, const json_t *b, int depth)
 static int same(const side_t *a, size_t i, const side_t *b, size_t j)
 {
     return a->hash[i] == b->hash[j] &&
-           values_equal(json_array_get(a->array, i),
-                        json_array_get(b->array, j), 0);
+           syncd_json_values_equal(json_array_get(a->array, i),
+                                   json_array_get(b->array, j), 0);
 }
 
 /* Myers' greedy search on a[off, off + n) and b[off, off + m). On success
@@ -313,7 +314,7 @@ static int emit_script(differ_t *d, const side_t *a, const side_t *b,
                 rc = emit(d, "remove", NULL);
             else if (rc == 0)
                 rc = emit(d, "add", json_array_get(b->array, off + bi + k));
-            buf_truncate(&d->path, base);
+            syncd_buf_truncate(&d->path, base);
         }
         cur += nins;
         ai += ndel;
@@ -334,7 +335,8 @@ static int hash_side(side_t *s, const json_t *array, int depth)
     if (s->hash == NULL)
         return SYNCD_ENOMEM;
     for (size_t i = 0; i < s->size; i++)
-        s->hash[i] = value_hash(json_array_get(array, i), depth, &deep);
+        s->hash[i] =
+            syncd_json_value_hash(json_array_get(array, i), depth, &deep);
     return deep ? SYNCD_EINVAL : 0;
 }
 
@@ -384,7 +386,7 @@ static int diff_value(differ_t *d, const json_t *a, const json_t *b, int depth)
         return diff_object(d, a, b, depth + 1);
     if (json_is_array(a))
         return diff_array(d, a, b, depth + 1);
-    if (!values_equal(a, b, 0))
+    if (!syncd_json_values_equal(a, b, 0))
         return emit(d, "replace", b);
     return 0;
 }
@@ -399,7 +401,7 @@ int syncd_patch_diff(json_t **out, const json_t *a, const json_t *b,
     if (d.ops == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory diffing");
     rc = diff_value(&d, a, b, 0);
-    buf_free(&d.path);
+    syncd_buf_free(&d.path);
     if (rc < 0) {
         json_decref(d.ops);
         return rc;

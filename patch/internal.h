@@ -14,12 +14,12 @@
 #include "syncd/patch.h"
 
 /* Appends the RFC 6901 escaped form of a token to b. */
-int buf_append_escaped(buf_t *b, const char *token, size_t len);
+int syncd_ptr_append_escaped(syncd_buf_t *b, const char *token, size_t len);
 
 /* Returns 0 when v nests at most SYNCD_PATCH_MAX_DEPTH arrays/objects,
  * else `code` with a message naming `what`. */
-int check_depth(const json_t *v, int code, const char *what,
-                syncd_error_t *err);
+int syncd_json_check_depth(const json_t *v, int code, const char *what,
+                           syncd_error_t *err);
 
 /* Returns 1 when v, placed inside `depth` arrays/objects, nests at most
  * SYNCD_PATCH_MAX_DEPTH deep, else 0. */
@@ -28,11 +28,11 @@ int syncd_depth_fits(const json_t *v, size_t depth);
 /* Returns a deep copy of the depth-checked v (a new reference), keeping
  * object keys that contain NUL (json_deep_copy() of jansson 2.14 cuts
  * them at the NUL); NULL on out of memory. */
-json_t *deep_copy(const json_t *v);
+json_t *syncd_json_deep_copy(const json_t *v);
 
 /* Deep-copies v (already depth-checked) into *out (a new reference);
  * SYNCD_ENOMEM on failure. */
-int copy_value(json_t **out, const json_t *v, syncd_error_t *err);
+int syncd_json_copy(json_t **out, const json_t *v, syncd_error_t *err);
 
 /* Returns the byte length of the depth-checked v's canonical serialization
  * (what syncd_json_canonical() makes of it) without building it. */
@@ -45,30 +45,30 @@ size_t syncd_canonical_string_size(const char *s, size_t len);
 /* Equality of two depth-checked values. With `rfc` set numbers compare by
  * value (1 == 1.0); without it the comparison is exact: integer and real
  * differ, as do 0.0 and -0.0, so equal values have equal canonical bytes. */
-int values_equal(const json_t *a, const json_t *b, int rfc);
+int syncd_json_values_equal(const json_t *a, const json_t *b, int rfc);
 
 /* Returns a 64-bit hash of v that is equal for values equal under
- * values_equal(a, b, 0), whatever the member order. `depth` is the number
- * of arrays/objects around v; when v nests past SYNCD_PATCH_MAX_DEPTH the
- * walk stops there and *too_deep is set to 1. */
-uint64_t value_hash(const json_t *v, int depth, int *too_deep);
+ * syncd_json_values_equal(a, b, 0), whatever the member order. `depth` is the
+ * number of arrays/objects around v; when v nests past SYNCD_PATCH_MAX_DEPTH
+ * the walk stops there and *too_deep is set to 1. */
+uint64_t syncd_json_value_hash(const json_t *v, int depth, int *too_deep);
 
 /* Parses a pointer of len bytes (may contain NUL) into *out (freed with
  * syncd_ptr_free()). */
-int ptr_parse_n(syncd_ptr_t **out, const char *text, size_t len,
-                syncd_error_t *err);
+int syncd_ptr_parse_n(syncd_ptr_t **out, const char *text, size_t len,
+                      syncd_error_t *err);
 
 /* Resolves token (len bytes) as an index into an array of `size` elements.
  * "-" means `size` and is accepted only with allow_end; an index equal to
  * size is accepted only with allow_end. Returns 0 and *index, or
  * SYNCD_ENOTFOUND with *why set to a static reason. */
-int ptr_array_index(size_t *index, const char *token, size_t len, size_t size,
-                    int allow_end, const char **why);
+int syncd_ptr_array_index(size_t *index, const char *token, size_t len,
+                          size_t size, int allow_end, const char **why);
 
 /* Resolves the first `count` tokens of ptr in doc into *out (borrowed);
  * on failure returns SYNCD_ENOTFOUND with *why (static) and the failing
  * token's position in *at. */
-int ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr, size_t count,
-             const char **why, size_t *at);
+int syncd_ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr,
+                   size_t count, const char **why, size_t *at);
 
 #endif

@@ -27,9 +27,9 @@ static int merge_value(json_t **out, const json_t *target, const json_t *patch,
 
     *out = NULL;
     if (!json_is_object(patch))
-        return copy_value(out, patch, err);
+        return syncd_json_copy(out, patch, err);
     if (json_is_object(target))
-        rc = copy_value(&result, target, err);
+        rc = syncd_json_copy(&result, target, err);
     else if ((result = json_object()) == NULL)
         rc = nomem(err);
     if (rc < 0)
@@ -61,9 +61,9 @@ int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
     int rc;
 
     *out = NULL;
-    rc = check_depth(doc, SYNCD_EINVAL, "document", err);
+    rc = syncd_json_check_depth(doc, SYNCD_EINVAL, "document", err);
     if (rc == 0)
-        rc = check_depth(merge, SYNCD_EINVAL, "merge patch", err);
+        rc = syncd_json_check_depth(merge, SYNCD_EINVAL, "merge patch", err);
     if (rc == 0)
         rc = merge_value(out, doc, merge, err);
     if (rc < 0 || max == 0)
@@ -89,10 +89,11 @@ int syncd_merge_apply(json_t **out, const json_t *doc, const json_t *merge,
 }
 
 /* Appends "/key" to path and fails when the new value is null. */
-static int enter_member(buf_t *path, const char *key, size_t len,
+static int enter_member(syncd_buf_t *path, const char *key, size_t len,
                         const json_t *value, syncd_error_t *err)
 {
-    if (buf_putc(path, '/') < 0 || buf_append_escaped(path, key, len) < 0)
+    if (syncd_buf_putc(path, '/') < 0 ||
+        syncd_ptr_append_escaped(path, key, len) < 0)
         return nomem(err);
     if (json_is_null(value))
         return syncd_error_set(err, SYNCD_EPATCH,
@@ -104,7 +105,8 @@ static int enter_member(buf_t *path, const char *key, size_t len,
 
 /* Fails when applying v as a patch would not reproduce v: an object member
  * anywhere in it is null. path (escaped pointer) names where v sits. */
-static int check_expressible(const json_t *v, buf_t *path, syncd_error_t *err)
+static int check_expressible(const json_t *v, syncd_buf_t *path,
+                             syncd_error_t *err)
 {
     size_t base = path->len, len;
     const char *key;
@@ -117,7 +119,7 @@ static int check_expressible(const json_t *v, buf_t *path, syncd_error_t *err)
         rc = enter_member(path, key, len, value, err);
         if (rc == 0)
             rc = check_expressible(value, path, err);
-        buf_truncate(path, base);
+        syncd_buf_truncate(path, base);
         if (rc < 0)
             return rc;
     }
@@ -134,7 +136,7 @@ static int set_member(json_t *patch, const char *key, size_t len,
 }
 
 static int merge_diff_value(json_t **out, const json_t *a, const json_t *b,
-                            buf_t *path, syncd_error_t *err)
+                            syncd_buf_t *path, syncd_error_t *err)
 {
     size_t base = path->len, len;
     const char *key;
@@ -144,7 +146,7 @@ static int merge_diff_value(json_t **out, const json_t *a, const json_t *b,
     *out = NULL;
     if (!json_is_object(a) || !json_is_object(b)) {
         rc = check_expressible(b, path, err);
-        return rc < 0 ? rc : copy_value(out, b, err);
+        return rc < 0 ? rc : syncd_json_copy(out, b, err);
     }
     if ((patch = json_object()) == NULL)
         return nomem(err);
@@ -157,7 +159,7 @@ static int merge_diff_value(json_t **out, const json_t *a, const json_t *b,
     json_object_keylen_foreach ((json_t *)b, key, len, value) {
         json_t *old = json_object_getn(a, key, len), *sub;
 
-        if (old != NULL && values_equal(old, value, 0))
+        if (old != NULL && syncd_json_values_equal(old, value, 0))
             continue;
         rc = enter_member(path, key, len, value, err);
         if (rc == 0)
@@ -165,7 +167,7 @@ static int merge_diff_value(json_t **out, const json_t *a, const json_t *b,
                                   path, err);
         if (rc == 0)
             rc = set_member(patch, key, len, sub, err);
-        buf_truncate(path, base);
+        syncd_buf_truncate(path, base);
         if (rc < 0)
             goto cleanup;
     }
@@ -179,17 +181,17 @@ cleanup:
 int syncd_merge_diff(json_t **out, const json_t *a, const json_t *b,
                      syncd_error_t *err)
 {
-    buf_t path = {0};
+    syncd_buf_t path = {0};
     int rc;
 
     *out = NULL;
-    rc = check_depth(a, SYNCD_EINVAL, "document a", err);
+    rc = syncd_json_check_depth(a, SYNCD_EINVAL, "document a", err);
     if (rc == 0)
-        rc = check_depth(b, SYNCD_EINVAL, "document b", err);
-    if (rc == 0 && buf_append(&path, "", 0) < 0)
+        rc = syncd_json_check_depth(b, SYNCD_EINVAL, "document b", err);
+    if (rc == 0 && syncd_buf_append(&path, "", 0) < 0)
         rc = nomem(err);
     if (rc == 0)
         rc = merge_diff_value(out, a, b, &path, err);
-    buf_free(&path);
+    syncd_buf_free(&path);
     return rc;
 }

@@ -22,8 +22,8 @@ struct syncd_ptr {
     token_t *tokens;
 };
 
-int ptr_parse_n(syncd_ptr_t **out, const char *text, size_t len,
-                syncd_error_t *err)
+int syncd_ptr_parse_n(syncd_ptr_t **out, const char *text, size_t len,
+                      syncd_error_t *err)
 {
     size_t count = 0;
     syncd_ptr_t *ptr;
@@ -73,7 +73,7 @@ int ptr_parse_n(syncd_ptr_t **out, const char *text, size_t len,
 
 int syncd_ptr_parse(syncd_ptr_t **out, const char *text, syncd_error_t *err)
 {
-    return ptr_parse_n(out, text, strlen(text), err);
+    return syncd_ptr_parse_n(out, text, strlen(text), err);
 }
 
 int syncd_ptr_parse_fragment(syncd_ptr_t **out, const char *fragment,
@@ -88,7 +88,7 @@ int syncd_ptr_parse_fragment(syncd_ptr_t **out, const char *fragment,
         return syncd_error_set(err, SYNCD_EINVAL,
                                "pointer fragment \"%s\": missing leading '#'",
                                fragment);
-    rc = pct_decode(&decoded, &n, fragment + 1, len - 1, &bad_at);
+    rc = syncd_pct_decode(&decoded, &n, fragment + 1, len - 1, &bad_at);
     if (rc == SYNCD_EINVAL)
         return syncd_error_set(
             err, SYNCD_EINVAL,
@@ -96,7 +96,7 @@ int syncd_ptr_parse_fragment(syncd_ptr_t **out, const char *fragment,
             fragment, bad_at + 1);
     if (rc != 0)
         return syncd_error_set(err, rc, "out of memory");
-    rc = ptr_parse_n(out, decoded, n, err);
+    rc = syncd_ptr_parse_n(out, decoded, n, err);
     free(decoded);
     return rc;
 }
@@ -118,7 +118,7 @@ const char *syncd_ptr_token(const syncd_ptr_t *ptr, size_t i, size_t *len)
     return ptr->tokens[i].text;
 }
 
-int buf_append_escaped(buf_t *b, const char *token, size_t len)
+int syncd_ptr_append_escaped(syncd_buf_t *b, const char *token, size_t len)
 {
     size_t start = 0;
 
@@ -131,23 +131,23 @@ int buf_append_escaped(buf_t *b, const char *token, size_t len)
             esc = "~1";
         else
             continue;
-        if (buf_append(b, token + start, i - start) < 0 ||
-            buf_append(b, esc, 2) < 0)
+        if (syncd_buf_append(b, token + start, i - start) < 0 ||
+            syncd_buf_append(b, esc, 2) < 0)
             return SYNCD_ENOMEM;
         start = i + 1;
     }
-    return buf_append(b, token + start, len - start);
+    return syncd_buf_append(b, token + start, len - start);
 }
 
 char *syncd_ptr_format(const syncd_ptr_t *ptr)
 {
-    buf_t b = {0};
+    syncd_buf_t b = {0};
 
     for (size_t i = 0; i < ptr->count; i++) {
-        if (buf_putc(&b, '/') < 0 ||
-            buf_append_escaped(&b, ptr->tokens[i].text, ptr->tokens[i].len) <
-                0) {
-            buf_free(&b);
+        if (syncd_buf_putc(&b, '/') < 0 ||
+            syncd_ptr_append_escaped(&b, ptr->tokens[i].text,
+                                     ptr->tokens[i].len) < 0) {
+            syncd_buf_free(&b);
             return NULL;
         }
     }
@@ -158,10 +158,10 @@ char *syncd_ptr_format(const syncd_ptr_t *ptr)
 
 char *syncd_ptr_escape(const char *token, size_t len)
 {
-    buf_t b = {0};
+    syncd_buf_t b = {0};
 
-    if (buf_append_escaped(&b, token, len) < 0) {
-        buf_free(&b);
+    if (syncd_ptr_append_escaped(&b, token, len) < 0) {
+        syncd_buf_free(&b);
         return NULL;
     }
     if (b.data == NULL)
@@ -169,8 +169,8 @@ char *syncd_ptr_escape(const char *token, size_t len)
     return b.data;
 }
 
-int ptr_array_index(size_t *index, const char *token, size_t len, size_t size,
-                    int allow_end, const char **why)
+int syncd_ptr_array_index(size_t *index, const char *token, size_t len,
+                          size_t size, int allow_end, const char **why)
 {
     size_t value = 0;
 
@@ -206,8 +206,8 @@ int ptr_array_index(size_t *index, const char *token, size_t len, size_t size,
     return 0;
 }
 
-int ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr, size_t count,
-             const char **why, size_t *at)
+int syncd_ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr,
+                   size_t count, const char **why, size_t *at)
 {
     json_t *cur = doc;
 
@@ -223,8 +223,8 @@ int ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr, size_t count,
                 return SYNCD_ENOTFOUND;
             }
         } else if (json_is_array(cur)) {
-            if (ptr_array_index(&index, tok->text, tok->len,
-                                json_array_size(cur), 0, why) < 0)
+            if (syncd_ptr_array_index(&index, tok->text, tok->len,
+                                      json_array_size(cur), 0, why) < 0)
                 return SYNCD_ENOTFOUND;
             cur = json_array_get(cur, index);
         } else {
@@ -254,7 +254,7 @@ int syncd_ptr_get(json_t **out, json_t *doc, const syncd_ptr_t *ptr,
     size_t at = 0;
 
     *out = NULL;
-    if (ptr_walk(out, doc, ptr, ptr->count, &why, &at) < 0)
+    if (syncd_ptr_walk(out, doc, ptr, ptr->count, &why, &at) < 0)
         return walk_failed(ptr, at, why, err);
     return 0;
 }
@@ -269,7 +269,7 @@ int syncd_ptr_parent(json_t **parent, json_t *doc, const syncd_ptr_t *ptr,
     if (ptr->count == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "the whole-document pointer has no parent");
-    if (ptr_walk(parent, doc, ptr, ptr->count - 1, &why, &at) < 0)
+    if (syncd_ptr_walk(parent, doc, ptr, ptr->count - 1, &why, &at) < 0)
         return walk_failed(ptr, at, why, err);
     if (!json_is_object(*parent) && !json_is_array(*parent)) {
         *parent = NULL;

@@ -1,12 +1,11 @@
 /* value.c - depth guard, copies, equality and hashing of JSON values.
  *
  * Every recursive walk in the patch engine runs on values that passed
- * check_depth() first (or, in the diff, value_hash()'s own depth guard),
- * so recursion is bounded by SYNCD_PATCH_MAX_DEPTH and a hostile document
- * cannot overflow the stack.
- * value_hash() is structural: objects hash the same in any member order, so
- * the array diff can compare elements by hash and confirm with
- * values_equal().
+ * syncd_json_check_depth() first (or, in the diff, syncd_json_value_hash()'s
+ * own depth guard), so recursion is bounded by SYNCD_PATCH_MAX_DEPTH and a
+ * hostile document cannot overflow the stack. syncd_json_value_hash() is
+ * structural: objects hash the same in any member order, so the array diff can
+ * compare elements by hash and confirm with syncd_json_values_equal().
  */
 #include <math.h>
 #include <stdlib.h>
@@ -38,7 +37,8 @@ static int depth_ok(const json_t *v, int depth)
     return 1;
 }
 
-int check_depth(const json_t *v, int code, const char *what, syncd_error_t *err)
+int syncd_json_check_depth(const json_t *v, int code, const char *what,
+                           syncd_error_t *err)
 {
     if (depth_ok(v, 0))
         return 0;
@@ -53,7 +53,7 @@ int syncd_depth_fits(const json_t *v, size_t depth)
     return depth_ok(v, (int)depth);
 }
 
-json_t *deep_copy(const json_t *v)
+json_t *syncd_json_deep_copy(const json_t *v)
 {
     const char *key;
     size_t len, i;
@@ -65,8 +65,8 @@ json_t *deep_copy(const json_t *v)
         json_object_keylen_foreach ((json_t *)v, key, len, child) {
             if (copy == NULL)
                 break;
-            if (json_object_setn_new_nocheck(copy, key, len, deep_copy(child)) <
-                0) {
+            if (json_object_setn_new_nocheck(copy, key, len,
+                                             syncd_json_deep_copy(child)) < 0) {
                 json_decref(copy);
                 copy = NULL;
             }
@@ -77,7 +77,7 @@ json_t *deep_copy(const json_t *v)
         json_array_foreach (v, i, child) {
             if (copy == NULL)
                 break;
-            if (json_array_append_new(copy, deep_copy(child)) < 0) {
+            if (json_array_append_new(copy, syncd_json_deep_copy(child)) < 0) {
                 json_decref(copy);
                 copy = NULL;
             }
@@ -95,9 +95,9 @@ json_t *deep_copy(const json_t *v)
     }
 }
 
-int copy_value(json_t **out, const json_t *v, syncd_error_t *err)
+int syncd_json_copy(json_t **out, const json_t *v, syncd_error_t *err)
 {
-    *out = deep_copy(v);
+    *out = syncd_json_deep_copy(v);
     if (*out == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory copying");
     return 0;
@@ -120,7 +120,7 @@ static int numbers_equal(const json_t *a, const json_t *b)
     return (json_int_t)d == json_integer_value(i);
 }
 
-int values_equal(const json_t *a, const json_t *b, int rfc)
+int syncd_json_values_equal(const json_t *a, const json_t *b, int rfc)
 {
     const char *key;
     size_t len, i;
@@ -139,7 +139,7 @@ int values_equal(const json_t *a, const json_t *b, int rfc)
         json_object_keylen_foreach ((json_t *)a, key, len, child) {
             json_t *other = json_object_getn(b, key, len);
 
-            if (other == NULL || !values_equal(child, other, rfc))
+            if (other == NULL || !syncd_json_values_equal(child, other, rfc))
                 return 0;
         }
         return 1;
@@ -147,7 +147,7 @@ int values_equal(const json_t *a, const json_t *b, int rfc)
         if (json_array_size(a) != json_array_size(b))
             return 0;
         json_array_foreach (a, i, child) {
-            if (!values_equal(child, json_array_get(b, i), rfc))
+            if (!syncd_json_values_equal(child, json_array_get(b, i), rfc))
                 return 0;
         }
         return 1;
@@ -196,7 +196,7 @@ static uint64_t bytes_hash(const char *s, size_t n)
     return h ^ (h >> 32);
 }
 
-uint64_t value_hash(const json_t *v, int depth, int *too_deep)
+uint64_t syncd_json_value_hash(const json_t *v, int depth, int *too_deep)
 {
     size_t i;
     json_t *child;
@@ -213,11 +213,11 @@ uint64_t value_hash(const json_t *v, int depth, int *too_deep)
         h = 0;
         for (void *it = json_object_iter((json_t *)v); it != NULL;
              it = json_object_iter_next((json_t *)v, it)) {
-            uint64_t member =
-                bytes_hash(json_object_iter_key(it),
-                           json_object_iter_key_len(it)) ^
-                value_hash(json_object_iter_value(it), depth, too_deep) *
-                    0x9e3779b97f4a7c15ULL;
+            uint64_t member = bytes_hash(json_object_iter_key(it),
+                                         json_object_iter_key_len(it)) ^
+                              syncd_json_value_hash(json_object_iter_value(it),
+                                                    depth, too_deep) *
+                                  0x9e3779b97f4a7c15ULL;
 
             h += member * 0xbf58476d1ce4e5b9ULL ^ (member >> 31);
         }
@@ -225,7 +225,7 @@ uint64_t value_hash(const json_t *v, int depth, int *too_deep)
     case JSON_ARRAY:
         h = 0x617272 ^ json_array_size(v);
         json_array_foreach (v, i, child) {
-            h = mix(h + value_hash(child, depth, too_deep));
+            h = mix(h + syncd_json_value_hash(child, depth, too_deep));
         }
         return h;
     case JSON_STRING:

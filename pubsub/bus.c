@@ -36,7 +36,7 @@ void syncd_bus_options_init(syncd_bus_options_t *opts)
 
 static int check_options(const syncd_bus_options_t *opts, syncd_error_t *err)
 {
-    if (opts->database == NULL || !bus_name_valid(opts->database))
+    if (opts->database == NULL || !syncd_bus_name_valid(opts->database))
         return syncd_error_set(err, SYNCD_EINVAL,
                                "bus database \"%s\" is not a valid name",
                                opts->database ? opts->database : "(null)");
@@ -68,8 +68,8 @@ static int check_options(const syncd_bus_options_t *opts, syncd_error_t *err)
     return 0;
 }
 
-int bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
-             const syncd_bus_options_t *opts, syncd_error_t *err)
+int syncd_bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
+                   const syncd_bus_options_t *opts, syncd_error_t *err)
 {
     bus->ops = ops;
     bus->loop = loop;
@@ -85,7 +85,7 @@ int bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
     return 0;
 }
 
-void bus_finish_close(syncd_bus_t *bus)
+void syncd_bus_finish_close(syncd_bus_t *bus)
 {
     syncd_bus_close_cb cb = bus->close_cb;
     void *payload = bus->close_payload;
@@ -93,7 +93,7 @@ void bus_finish_close(syncd_bus_t *bus)
     free(bus->secret);
     bus->secret = NULL;
     while (bus->dead != NULL)
-        bus_sub_unref(syncd_bus_dead_pop(bus));
+        syncd_bus_sub_unref(syncd_bus_dead_pop(bus));
     if (cb != NULL)
         cb(payload);
 }
@@ -112,16 +112,16 @@ int syncd_bus_open(syncd_bus_t **out, uv_loop_t *loop,
     if (rc != 0)
         return rc;
     if (opts->redis_url != NULL)
-        return bus_redis_open(out, loop, opts, err);
-    return bus_local_open(out, loop, opts, err);
+        return syncd_bus_redis_open(out, loop, opts, err);
+    return syncd_bus_local_open(out, loop, opts, err);
 }
 
-void bus_enter(syncd_bus_t *bus)
+void syncd_bus_enter(syncd_bus_t *bus)
 {
     bus->depth++;
 }
 
-void bus_leave(syncd_bus_t *bus)
+void syncd_bus_leave(syncd_bus_t *bus)
 {
     if (--bus->depth > 0)
         return;
@@ -173,7 +173,7 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
         return SYNCD_ENOMEM;
     json_object_del(copy, "seq");
     json_object_del(copy, "sig");
-    rc = bus_event_check(copy, 0, 0, NULL);
+    rc = syncd_bus_event_check(copy, 0, 0, NULL);
     if (rc != 0)
         goto cleanup;
     body = syncd_event_encode(copy, bus->secret, &len);
@@ -214,7 +214,7 @@ int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
     *out = NULL;
     if (bus->closing)
         return syncd_error_set(err, SYNCD_ECANCELED, "the bus is closing");
-    if (coll == NULL || !bus_name_valid(coll))
+    if (coll == NULL || !syncd_bus_name_valid(coll))
         return syncd_error_set(err, SYNCD_EINVAL,
                                "\"%s\" is not a valid collection name",
                                coll ? coll : "(null)");
@@ -248,7 +248,7 @@ void syncd_bus_unsubscribe(syncd_bus_sub_t *sub)
     if (sub == NULL || sub->dead)
         return;
     sub->dead = 1;
-    bus_sub_ref(sub);
+    syncd_bus_sub_ref(sub);
     sub->dead_next = sub->bus->dead;
     sub->bus->dead = sub;
     if (sub->bus->depth == 0)
@@ -264,59 +264,60 @@ syncd_bus_sub_t *syncd_bus_dead_pop(syncd_bus_t *bus)
     return sub;
 }
 
-void bus_sub_ref(syncd_bus_sub_t *sub)
+void syncd_bus_sub_ref(syncd_bus_sub_t *sub)
 {
     sub->refs++;
 }
 
-void bus_sub_unref(syncd_bus_sub_t *sub)
+void syncd_bus_sub_unref(syncd_bus_sub_t *sub)
 {
     if (--sub->refs == 0)
         free(sub);
 }
 
-void bus_subs_sweep(syncd_bus_sub_t **list)
+void syncd_bus_subs_sweep(syncd_bus_sub_t **list)
 {
     while (*list != NULL) {
         syncd_bus_sub_t *sub = *list;
 
         if (sub->dead) {
             *list = sub->next;
-            bus_sub_unref(sub);
+            syncd_bus_sub_unref(sub);
         } else {
             list = &sub->next;
         }
     }
 }
 
-void bus_subs_release(syncd_bus_sub_t **list)
+void syncd_bus_subs_release(syncd_bus_sub_t **list)
 {
     while (*list != NULL) {
         syncd_bus_sub_t *sub = *list;
 
         *list = sub->next;
-        bus_sub_unref(sub);
+        syncd_bus_sub_unref(sub);
     }
 }
 
-int bus_sub_live(const syncd_bus_sub_t *sub)
+int syncd_bus_sub_live(const syncd_bus_sub_t *sub)
 {
     return !sub->dead && !sub->bus->closing;
 }
 
-int bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal, int64_t seq,
-                const json_t *event)
+int syncd_bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal,
+                      int64_t seq, const json_t *event)
 {
-    if (!bus_sub_live(sub))
+    if (!syncd_bus_sub_live(sub))
         return 0;
     sub->last = seq;
     if (signal == SYNCD_BUS_RESYNC)
         sub->bus->stats.resyncs++;
     sub->cb(signal, seq, event, sub->payload);
-    return bus_sub_live(sub);
+    return syncd_bus_sub_live(sub);
 }
 
-int bus_receive(syncd_bus_t *bus, json_t **out, const char *data, size_t len)
+int syncd_bus_receive(syncd_bus_t *bus, json_t **out, const char *data,
+                      size_t len)
 {
     int rc =
         syncd_event_decode(out, data, len, bus->max_event_bytes, NULL, NULL);
@@ -326,7 +327,7 @@ int bus_receive(syncd_bus_t *bus, json_t **out, const char *data, size_t len)
     else if (rc != 0)
         bus->stats.dropped_malformed++;
     else if (bus->secret != NULL &&
-             (rc = bus_event_verify(*out, bus->secret, NULL)) != 0) {
+             (rc = syncd_bus_event_verify(*out, bus->secret, NULL)) != 0) {
         bus->stats.dropped_signature++;
         json_decref(*out);
         *out = NULL;
@@ -340,7 +341,7 @@ int syncd_bus_replay(syncd_bus_t *bus, const char *coll, int64_t after,
 {
     if (bus->closing)
         return SYNCD_ECANCELED;
-    if (coll == NULL || !bus_name_valid(coll) || after < 0 || cb == NULL)
+    if (coll == NULL || !syncd_bus_name_valid(coll) || after < 0 || cb == NULL)
         return SYNCD_EINVAL;
     return bus->ops->replay(bus, coll, after, until, max, cb, payload);
 }
@@ -350,7 +351,7 @@ int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
 {
     if (bus->closing)
         return SYNCD_ECANCELED;
-    if (coll == NULL || !bus_name_valid(coll) || cb == NULL)
+    if (coll == NULL || !syncd_bus_name_valid(coll) || cb == NULL)
         return SYNCD_EINVAL;
     return bus->ops->seq(bus, coll, cb, payload);
 }

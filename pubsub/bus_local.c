@@ -260,8 +260,8 @@ static int work_publish(lbus_t *bus, ljob_t *job)
     if (rc != 0 && rc != SYNCD_ENOTFOUND)
         return rc;
     job->seq = seq + 1;
-    job->text =
-        bus_splice_seq(job->body, job->body_len, job->seq, &job->text_len);
+    job->text = syncd_bus_splice_seq(job->body, job->body_len, job->seq,
+                                     &job->text_len);
     if (job->text == NULL)
         return SYNCD_ENOMEM;
     snprintf(key, sizeof(key), "c/%s", coll);
@@ -375,7 +375,7 @@ static void work(uv_work_t *req)
 static void free_job(ljob_t *job)
 {
     if (job->sub != NULL)
-        bus_sub_unref(job->sub);
+        syncd_bus_sub_unref(job->sub);
     json_decref(job->events);
     free(job->body);
     free(job->text);
@@ -474,7 +474,7 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
 
 static void coll_free(lbus_t *bus, lcoll_t *c)
 {
-    bus_subs_release(&c->subs);
+    syncd_bus_subs_release(&c->subs);
     for (size_t i = 0; i < c->size; i++)
         json_decref(c->ring[i].event);
     json_decref(c->pubv);
@@ -594,7 +594,7 @@ static int publish_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
         job->dropped = 1;
         return 0;
     }
-    text = bus_splice_seq(job->body, job->body_len, c->seq + 1, &len);
+    text = syncd_bus_splice_seq(job->body, job->body_len, c->seq + 1, &len);
     event = text != NULL ? json_loadb(text, len, 0, NULL) : NULL;
     free(text);
     rec =
@@ -683,7 +683,7 @@ static void read_for(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
     job->until = c->seq;
     job->max = PUMP_BATCH;
     job->sub = sub;
-    bus_sub_ref(sub);
+    syncd_bus_sub_ref(sub);
     sub->inflight = 1;
     submit(bus, job);
 }
@@ -697,26 +697,26 @@ static int feed(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
         return 0;
     if (sub->lost) {
         sub->lost = 0;
-        if (!bus_deliver(sub, SYNCD_BUS_RESYNC, sub->last, NULL))
+        if (!syncd_bus_deliver(sub, SYNCD_BUS_RESYNC, sub->last, NULL))
             return 0;
     }
-    while (n++ < PUMP_BATCH && bus_sub_live(sub) && sub->last < c->seq) {
+    while (n++ < PUMP_BATCH && syncd_bus_sub_live(sub) && sub->last < c->seq) {
         int64_t next = sub->last + 1;
         json_t *event = ring_get(c, next);
 
         if (next < first_held(bus, c, c->seq)) {
-            bus_deliver(sub, SYNCD_BUS_RESYNC, first_held(bus, c, c->seq) - 1,
-                        NULL);
+            syncd_bus_deliver(sub, SYNCD_BUS_RESYNC,
+                              first_held(bus, c, c->seq) - 1, NULL);
         } else if (event != NULL) {
-            bus_deliver(sub, SYNCD_BUS_EVENT, next, event);
+            syncd_bus_deliver(sub, SYNCD_BUS_EVENT, next, event);
         } else if (bus->db != NULL) {
             read_for(bus, c, sub);
             return 0;
         } else {
-            bus_deliver(sub, SYNCD_BUS_RESYNC, next, NULL);
+            syncd_bus_deliver(sub, SYNCD_BUS_RESYNC, next, NULL);
         }
     }
-    return bus_sub_live(sub) && sub->last < c->seq;
+    return syncd_bus_sub_live(sub) && sub->last < c->seq;
 }
 
 /* Delivers what a JOB_READ found for its subscription. */
@@ -725,20 +725,21 @@ static void read_done(lbus_t *bus, ljob_t *job)
     syncd_bus_sub_t *sub = job->sub;
 
     sub->inflight = 0;
-    if (!bus_sub_live(sub))
+    if (!syncd_bus_sub_live(sub))
         return;
     if (job->status == SYNCD_ENOTFOUND &&
         first_held(bus, job->c, job->seq) - 1 > job->after) {
-        bus_deliver(sub, SYNCD_BUS_RESYNC,
-                    first_held(bus, job->c, job->seq) - 1, NULL);
+        syncd_bus_deliver(sub, SYNCD_BUS_RESYNC,
+                          first_held(bus, job->c, job->seq) - 1, NULL);
     } else if (job->status != 0) {
-        bus_deliver(sub, SYNCD_BUS_RESYNC, job->after + 1, NULL);
+        syncd_bus_deliver(sub, SYNCD_BUS_RESYNC, job->after + 1, NULL);
     } else {
         for (size_t i = 0; i < json_array_size(job->events); i++) {
-            if (!bus_sub_live(sub) || sub->last != job->after + (int64_t)i)
+            if (!syncd_bus_sub_live(sub) ||
+                sub->last != job->after + (int64_t)i)
                 break;
-            bus_deliver(sub, SYNCD_BUS_EVENT, sub->last + 1,
-                        json_array_get(job->events, i));
+            syncd_bus_deliver(sub, SYNCD_BUS_EVENT, sub->last + 1,
+                              json_array_get(job->events, i));
         }
     }
     feed_later(bus, job->c);
@@ -816,7 +817,7 @@ static void on_idle(uv_idle_t *idle)
     lbus_t *bus = idle->data;
     lcoll_t *list, *c;
 
-    bus_enter(&bus->base);
+    syncd_bus_enter(&bus->base);
     fire_all(bus, 0);
     list = bus->feed;
     bus->feed = NULL;
@@ -834,7 +835,7 @@ static void on_idle(uv_idle_t *idle)
         bus->idle_active = 0;
         uv_idle_stop(&bus->idle);
     }
-    bus_leave(&bus->base);
+    syncd_bus_leave(&bus->base);
 }
 
 /* In memory: reads coll's events after < seq <= until from the ring. */
@@ -923,13 +924,13 @@ static void local_sweep(syncd_bus_t *base)
             c->dirty_next = dirty;
             dirty = c;
         }
-        bus_sub_unref(sub);
+        syncd_bus_sub_unref(sub);
     }
     while (dirty != NULL) {
         c = dirty;
         dirty = c->dirty_next;
         c->dirty = 0;
-        bus_subs_sweep(&c->subs);
+        syncd_bus_subs_sweep(&c->subs);
         coll_release(bus, c);
     }
 }
@@ -965,7 +966,7 @@ static void on_closed(uv_handle_t *handle)
     }
     syncd_bus_map_free(&bus->map);
     free_db(bus);
-    bus_finish_close(&bus->base);
+    syncd_bus_finish_close(&bus->base);
     free(bus);
 }
 
@@ -976,12 +977,12 @@ static void local_close(syncd_bus_t *base)
 {
     lbus_t *bus = (lbus_t *)base;
 
-    bus_enter(base);
+    syncd_bus_enter(base);
     *bus->done_tail = bus->head;
     bus->head = NULL;
     bus->tail = &bus->head;
     fire_all(bus, SYNCD_ECANCELED);
-    bus_leave(base);
+    syncd_bus_leave(base);
     if (bus->working)
         bus->close_waits = 1;
     else
@@ -1019,8 +1020,8 @@ static int open_db(lbus_t *bus, const char *dir, syncd_error_t *err)
     return 0;
 }
 
-int bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
-                   const syncd_bus_options_t *opts, syncd_error_t *err)
+int syncd_bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
+                         const syncd_bus_options_t *opts, syncd_error_t *err)
 {
     lbus_t *bus = calloc(1, sizeof(*bus));
     int rc;
@@ -1029,7 +1030,7 @@ int bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
         return syncd_error_set(err, SYNCD_ENOMEM, "allocating the bus");
     bus->tail = &bus->head;
     bus->done_tail = &bus->done;
-    rc = bus_init(&bus->base, &local_ops, loop, opts, err);
+    rc = syncd_bus_init(&bus->base, &local_ops, loop, opts, err);
     if (rc == 0 && opts->data_dir != NULL)
         rc = open_db(bus, opts->data_dir, err);
     if (rc != 0) {

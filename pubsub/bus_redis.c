@@ -303,9 +303,9 @@ static void on_deadline(uv_timer_t *timer)
     if (now >= due) {
         /* Timers run before the loop reads sockets: after a long stall of
          * the loop, answers may be waiting unread. */
-        bus_enter(&bus->base);
+        syncd_bus_enter(&bus->base);
         redisAsyncHandleRead(conn->ac);
-        bus_leave(&bus->base);
+        syncd_bus_leave(&bus->base);
         if (conn->pending == 0 || conn->ac == NULL || bus->base.closed)
             return;
         due = conn->heard + (uint64_t)bus->base.command_timeout_ms;
@@ -315,11 +315,11 @@ static void on_deadline(uv_timer_t *timer)
         return;
     }
     bus->base.stats.timeouts++;
-    bus_enter(&bus->base);
+    syncd_bus_enter(&bus->base);
     bus->drop_status = SYNCD_ETIMEDOUT;
     conn_fail(conn);
     bus->drop_status = SYNCD_EBACKEND;
-    bus_leave(&bus->base);
+    syncd_bus_leave(&bus->base);
 }
 
 static void catch_up_all(rbus_t *bus)
@@ -493,7 +493,7 @@ static void conn_connect(rconn_t *conn, const char *ip)
         conn_down(conn);
         return;
     }
-    if (ac->err != 0 || bus_redis_attach(ac, bus->base.loop) != 0) {
+    if (ac->err != 0 || syncd_bus_redis_attach(ac, bus->base.loop) != 0) {
         redisAsyncFree(ac);
         conn_down(conn);
         return;
@@ -626,7 +626,7 @@ static rchan_t *get_chan(rbus_t *bus, const char *coll)
 
 static void chan_free(rbus_t *bus, rchan_t *c)
 {
-    bus_subs_release(&c->subs);
+    syncd_bus_subs_release(&c->subs);
     free(c);
     bus->base.stats.collections--;
 }
@@ -729,7 +729,7 @@ static rcall_t *new_call(rbus_t *bus, call_kind_t kind, rchan_t *chan)
 static void free_call(rcall_t *call)
 {
     if (call->sub != NULL)
-        bus_sub_unref(call->sub);
+        syncd_bus_sub_unref(call->sub);
     call->chan->calls--;
     chan_release(call->bus, call->chan);
     free(call->body);
@@ -772,7 +772,7 @@ static int64_t read_entry(rbus_t *bus, const redisReply *entry, json_t **out)
         const redisReply *f = fields->element[i], *v = fields->element[i + 1];
         if (f->type == REDIS_REPLY_STRING && strcmp(f->str, "e") == 0 &&
             v->type == REDIS_REPLY_STRING &&
-            bus_receive(&bus->base, out, v->str, v->len) == 0)
+            syncd_bus_receive(&bus->base, out, v->str, v->len) == 0)
             break;
     }
     if (*out != NULL &&
@@ -812,23 +812,23 @@ static int catch_up_deliver(rbus_t *bus, syncd_bus_sub_t *sub, int64_t cur,
         sub->last = cur;
     } else if (sub->lost || raised) {
         sub->lost = 0;
-        bus_deliver(sub, SYNCD_BUS_RESYNC, cur, NULL);
+        syncd_bus_deliver(sub, SYNCD_BUS_RESYNC, cur, NULL);
         return 0;
     } else if (entries->elements == 0 && cur > sub->last) {
-        bus_deliver(sub, SYNCD_BUS_RESYNC, cur, NULL);
+        syncd_bus_deliver(sub, SYNCD_BUS_RESYNC, cur, NULL);
         return 0;
     }
-    for (size_t i = 0; i < entries->elements && bus_sub_live(sub); i++) {
+    for (size_t i = 0; i < entries->elements && syncd_bus_sub_live(sub); i++) {
         json_t *event;
         int64_t seq = read_entry(bus, entries->element[i], &event);
 
         if (seq > sub->last + 1)
-            bus_deliver(sub, SYNCD_BUS_RESYNC, seq - 1, NULL);
+            syncd_bus_deliver(sub, SYNCD_BUS_RESYNC, seq - 1, NULL);
         if (seq > sub->last && event == NULL) {
-            bus_deliver(sub, SYNCD_BUS_RESYNC, seq, NULL);
+            syncd_bus_deliver(sub, SYNCD_BUS_RESYNC, seq, NULL);
         } else if (seq > sub->last) {
             bus->base.stats.replayed++;
-            bus_deliver(sub, SYNCD_BUS_EVENT, seq, event);
+            syncd_bus_deliver(sub, SYNCD_BUS_EVENT, seq, event);
         }
         json_decref(event);
     }
@@ -860,7 +860,7 @@ static void catch_up_done(rcall_t *call, const redisReply *reply)
     int raised;
 
     sub->inflight = 0;
-    if (reply == NULL || !bus_sub_live(sub))
+    if (reply == NULL || !syncd_bus_sub_live(sub))
         return;
     if (read_reply(reply, &cur, &raised, &entries) != 0) {
         conn_fail(&bus->cmd);
@@ -871,7 +871,7 @@ static void catch_up_done(rcall_t *call, const redisReply *reply)
         want_more(sub, cur, call->after) || sub->lost ||
         call->gen != bus->sub_gen) {
         catch_up(sub);
-    } else if (bus_sub_live(sub)) {
+    } else if (syncd_bus_sub_live(sub)) {
         sub->catching = 0;
         sub->want = 0;
     }
@@ -931,7 +931,7 @@ static void on_call_reply(redisAsyncContext *ac, void *r, void *privdata)
             return;
         reply = NULL;
     }
-    bus_enter(&bus->base);
+    syncd_bus_enter(&bus->base);
     if (call->kind == CALL_PUBLISH)
         publish_done(call, reply);
     else if (call->kind == CALL_CATCHUP)
@@ -939,7 +939,7 @@ static void on_call_reply(redisAsyncContext *ac, void *r, void *privdata)
     else
         replay_done(call, reply);
     free_call(call);
-    bus_leave(&bus->base);
+    syncd_bus_leave(&bus->base);
 }
 
 /* Reads sub's next log batch when it is catching up and both connections
@@ -950,7 +950,7 @@ static void catch_up(syncd_bus_sub_t *sub)
     rchan_t *chan = sub->chan;
     rcall_t *call;
 
-    if (!sub->catching || sub->inflight || !bus_sub_live(sub) ||
+    if (!sub->catching || sub->inflight || !syncd_bus_sub_live(sub) ||
         !bus->cmd.ready || !bus->sub.ready || !chan->confirmed)
         return;
     call = new_call(bus, CALL_CATCHUP, chan);
@@ -966,7 +966,7 @@ static void catch_up(syncd_bus_sub_t *sub)
     call->sub = sub;
     call->after = sub->want;
     call->gen = bus->sub_gen;
-    bus_sub_ref(sub);
+    syncd_bus_sub_ref(sub);
     sub->inflight = 1;
     if (send_call(call) != 0) {
         sub->inflight = 0;
@@ -982,7 +982,7 @@ static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
     json_t *event;
     int64_t seq;
 
-    if (bus_receive(&bus->base, &event, data, len) != 0)
+    if (syncd_bus_receive(&bus->base, &event, data, len) != 0)
         return;
     if (strcmp(json_string_value(json_object_get(event, "coll")),
                chan->entry.name) != 0) {
@@ -994,7 +994,7 @@ static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
     seq = json_integer_value(json_object_get(event, "seq"));
     raise_known(chan, seq);
     for (syncd_bus_sub_t *sub = chan->subs; sub != NULL; sub = sub->next) {
-        if (!bus_sub_live(sub))
+        if (!syncd_bus_sub_live(sub))
             continue;
         if (sub->catching) {
             if (seq > sub->want)
@@ -1003,7 +1003,7 @@ static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
         } else if (seq <= sub->last) {
             bus->base.stats.dropped_duplicate++;
         } else if (seq == sub->last + 1) {
-            bus_deliver(sub, SYNCD_BUS_EVENT, seq, event);
+            syncd_bus_deliver(sub, SYNCD_BUS_EVENT, seq, event);
         } else {
             bus->base.stats.gaps++;
             sub->catching = 1;
@@ -1033,7 +1033,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
     chan = find_chan(bus, name->str, name->len);
     if (chan == NULL)
         return;
-    bus_enter(&bus->base);
+    syncd_bus_enter(&bus->base);
     if (strcmp(kind->str, "subscribe") == 0) {
         chan->confirmed = 1;
         for (syncd_bus_sub_t *s = chan->subs; s != NULL; s = s->next)
@@ -1051,7 +1051,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
                reply->element[2]->type == REDIS_REPLY_STRING) {
         on_event(bus, chan, reply->element[2]->str, reply->element[2]->len);
     }
-    bus_leave(&bus->base);
+    syncd_bus_leave(&bus->base);
 }
 
 /* ---- Operations -----------------------------------------------------------
@@ -1129,13 +1129,13 @@ static void redis_sweep(syncd_bus_t *base)
             c->dirty_next = dirty;
             dirty = c;
         }
-        bus_sub_unref(sub);
+        syncd_bus_sub_unref(sub);
     }
     while (dirty != NULL) {
         c = dirty;
         dirty = c->dirty_next;
         c->dirty = 0;
-        bus_subs_sweep(&c->subs);
+        syncd_bus_subs_sweep(&c->subs);
         chan_release(bus, c);
     }
 }
@@ -1195,9 +1195,9 @@ static void on_seq(redisAsyncContext *ac, void *r, void *privdata)
     }
     if (reply != NULL)
         conn_heard(&req->bus->cmd, ac, 1);
-    bus_enter(&req->bus->base);
+    syncd_bus_enter(&req->bus->base);
     req->cb(status, seq, req->payload);
-    bus_leave(&req->bus->base);
+    syncd_bus_leave(&req->bus->base);
     free(req);
 }
 
@@ -1242,7 +1242,7 @@ static void on_closed(uv_handle_t *handle)
         chan_free(bus, c);
     }
     syncd_bus_map_free(&bus->map);
-    bus_finish_close(&bus->base);
+    syncd_bus_finish_close(&bus->base);
     free(bus);
 }
 
@@ -1251,7 +1251,7 @@ static void redis_close(syncd_bus_t *base)
     rbus_t *bus = (rbus_t *)base;
     rconn_t *conns[2] = {&bus->cmd, &bus->sub};
 
-    bus_enter(base);
+    syncd_bus_enter(base);
     for (int i = 0; i < 2; i++) {
         redisAsyncContext *ac = conns[i]->ac;
         conns[i]->ac = NULL;
@@ -1263,7 +1263,7 @@ static void redis_close(syncd_bus_t *base)
         uv_close((uv_handle_t *)&conns[i]->timer, on_closed);
         uv_close((uv_handle_t *)&conns[i]->deadline, on_closed);
     }
-    bus_leave(base);
+    syncd_bus_leave(base);
 }
 
 static const bus_ops_t redis_ops = {
@@ -1332,15 +1332,15 @@ static void conn_init(rbus_t *bus, rconn_t *conn, int is_sub)
     bus->open_handles += 2;
 }
 
-int bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
-                   const syncd_bus_options_t *opts, syncd_error_t *err)
+int syncd_bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
+                         const syncd_bus_options_t *opts, syncd_error_t *err)
 {
     rbus_t *bus = calloc(1, sizeof(*bus));
     int rc;
 
     if (bus == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "allocating the bus");
-    rc = bus_init(&bus->base, &redis_ops, loop, opts, err);
+    rc = syncd_bus_init(&bus->base, &redis_ops, loop, opts, err);
     if (rc == 0)
         rc = parse_url(bus, opts->redis_url, err);
     if (rc != 0) {

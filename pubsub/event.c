@@ -37,7 +37,7 @@ static const char *const members[] = {
     "patch", "merge", "h",    "origin", "ts", "sig",
 };
 
-int bus_name_valid(const char *name)
+int syncd_bus_name_valid(const char *name)
 {
     size_t n = strlen(name);
 
@@ -256,8 +256,8 @@ static int check_op(const json_t *event, const char *op, int64_t base,
     return bad(err, "op", "is not create, update or delete");
 }
 
-int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
-                    syncd_error_t *err)
+int syncd_bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
+                          syncd_error_t *err)
 {
     const char *op, *coll, *id, *origin, *ts;
     const json_t *sig;
@@ -275,7 +275,7 @@ int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
         (origin = str_member(event, "origin", err)) == NULL ||
         (ts = str_member(event, "ts", err)) == NULL)
         return SYNCD_EINVAL;
-    if (!bus_name_valid(coll))
+    if (!syncd_bus_name_valid(coll))
         return bad(err, "coll", "is not a valid collection name");
     if (!id_valid(id, json_string_length(json_object_get(event, "id"))))
         return bad(err, "id", "is not a valid document id");
@@ -311,7 +311,7 @@ int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
 int syncd_event_validate(const json_t *event, size_t max_bytes,
                          syncd_error_t *err)
 {
-    return bus_event_check(event, 1, max_bytes, err);
+    return syncd_bus_event_check(event, 1, max_bytes, err);
 }
 
 int syncd_event_sign(char out[65], const json_t *event, const char *secret,
@@ -359,8 +359,8 @@ cleanup:
     return rc;
 }
 
-int bus_event_verify(const json_t *event, const char *secret,
-                     syncd_error_t *err)
+int syncd_bus_event_verify(const json_t *event, const char *secret,
+                           syncd_error_t *err)
 {
     const json_t *sig = json_object_get(event, "sig");
     char want[65];
@@ -393,9 +393,9 @@ int syncd_event_decode(json_t **out, const char *data, size_t len,
     if (event == NULL)
         return syncd_error_set(err, SYNCD_EINVAL, "event is not JSON: %s",
                                jerr.text);
-    rc = bus_event_check(event, 1, 0, err);
+    rc = syncd_bus_event_check(event, 1, 0, err);
     if (rc == 0 && secret != NULL)
-        rc = bus_event_verify(event, secret, err);
+        rc = syncd_bus_event_verify(event, secret, err);
     if (rc != 0) {
         json_decref(event);
         return rc;
@@ -420,8 +420,8 @@ char *syncd_event_encode(json_t *event, const char *secret, size_t *len)
     return text;
 }
 
-char *bus_splice_seq(const char *body, size_t body_len, int64_t seq,
-                     size_t *len)
+char *syncd_bus_splice_seq(const char *body, size_t body_len, int64_t seq,
+                           size_t *len)
 {
     char head[32];
     int n = snprintf(head, sizeof(head), "{\"seq\":%lld,", (long long)seq);

@@ -4,13 +4,13 @@
  * table of operations of one implementation (bus_local.c, bus_redis.c),
  * which embeds it as its first member. Subscriptions are common too: each
  * implementation keeps them in per-collection lists and hands events to
- * bus_deliver(), which calls the user's callback and tracks the last seq.
+ * syncd_bus_deliver(), which calls the user's callback and tracks the last seq.
  *
  * Reentrancy: user callbacks may unsubscribe anything or close the bus.
- * Every entry point that runs callbacks brackets them with bus_enter() and
- * bus_leave(); unsubscribing only marks a subscription dead, and the
+ * Every entry point that runs callbacks brackets them with syncd_bus_enter()
+ * and syncd_bus_leave(); unsubscribing only marks a subscription dead, and the
  * implementation unlinks dead ones (and runs a requested close) when the
- * outermost bus_leave() returns.
+ * outermost syncd_bus_leave() returns.
  */
 #ifndef SYNCD_PUBSUB_INTERNAL_H
 #define SYNCD_PUBSUB_INTERNAL_H
@@ -58,7 +58,7 @@ void syncd_bus_map_free(bus_map_t *map);
 typedef struct bus_ops {
     const char *kind;
     /* Tears the bus down: cancels requests, closes handles, and finally
-     * calls bus_finish_close() from a close callback. */
+     * calls syncd_bus_finish_close() from a close callback. */
     void (*close)(syncd_bus_t *bus);
     int (*connected)(const syncd_bus_t *bus);
     /* Publishes body_new (the encoded event without "seq", owned by the
@@ -89,7 +89,7 @@ struct syncd_bus {
     size_t max_event_bytes;
     int64_t reconnect_min_ms, reconnect_max_ms, command_timeout_ms;
     syncd_bus_stats_t stats;
-    int depth;             /* nesting of bus_enter() */
+    int depth;             /* nesting of syncd_bus_enter() */
     int closing;           /* syncd_bus_close() was called */
     int closed;            /* the implementation's close has started */
     syncd_bus_sub_t *dead; /* unsubscribed, not yet swept (by dead_next) */
@@ -115,26 +115,26 @@ struct syncd_bus_sub {
 };
 
 /* Fills bus's common head from opts (strings copied); 0 or SYNCD_ENOMEM. */
-int bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
-             const syncd_bus_options_t *opts, syncd_error_t *err);
+int syncd_bus_init(syncd_bus_t *bus, const bus_ops_t *ops, uv_loop_t *loop,
+                   const syncd_bus_options_t *opts, syncd_error_t *err);
 
-/* Frees what bus_init() allocated, then calls the close callback; the
+/* Frees what syncd_bus_init() allocated, then calls the close callback; the
  * implementation frees its own memory right after. */
-void bus_finish_close(syncd_bus_t *bus);
+void syncd_bus_finish_close(syncd_bus_t *bus);
 
 /* Opens a bracket around code that runs user callbacks (see the file
  * comment). */
-void bus_enter(syncd_bus_t *bus);
+void syncd_bus_enter(syncd_bus_t *bus);
 
-/* Closes a bus_enter() bracket; the outermost one unlinks dead
+/* Closes a syncd_bus_enter() bracket; the outermost one unlinks dead
  * subscriptions and runs a requested close. */
-void bus_leave(syncd_bus_t *bus);
+void syncd_bus_leave(syncd_bus_t *bus);
 
 /* Takes a reference to sub. */
-void bus_sub_ref(syncd_bus_sub_t *sub);
+void syncd_bus_sub_ref(syncd_bus_sub_t *sub);
 
 /* Drops a reference to sub; the last one frees it. */
-void bus_sub_unref(syncd_bus_sub_t *sub);
+void syncd_bus_sub_unref(syncd_bus_sub_t *sub);
 
 /* Pops a subscription from bus's dead list (NULL when empty); the caller
  * owns the reference the list held. Sweeps start from this list, so that
@@ -143,36 +143,37 @@ syncd_bus_sub_t *syncd_bus_dead_pop(syncd_bus_t *bus);
 
 /* Unlinks the dead subscriptions of the list at *list (linked by next),
  * dropping the list's reference to each. */
-void bus_subs_sweep(syncd_bus_sub_t **list);
+void syncd_bus_subs_sweep(syncd_bus_sub_t **list);
 
 /* Empties the list at *list, dropping the list's reference to each. */
-void bus_subs_release(syncd_bus_sub_t **list);
+void syncd_bus_subs_release(syncd_bus_sub_t **list);
 
 /* Returns 1 when sub may still be called (not dead, bus not closing). */
-int bus_sub_live(const syncd_bus_sub_t *sub);
+int syncd_bus_sub_live(const syncd_bus_sub_t *sub);
 
 /* Calls sub's callback with signal and seq, sets sub->last = seq and counts
- * resyncs; returns bus_sub_live() after the call. */
-int bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal, int64_t seq,
-                const json_t *event);
+ * resyncs; returns syncd_bus_sub_live() after the call. */
+int syncd_bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal,
+                      int64_t seq, const json_t *event);
 
 /* Decodes a received event (len bytes at data) into *out, verifying its
  * signature when the bus has a secret; failures are counted in the bus's
  * dropped_* counters and return the negative code. */
-int bus_receive(syncd_bus_t *bus, json_t **out, const char *data, size_t len);
+int syncd_bus_receive(syncd_bus_t *bus, json_t **out, const char *data,
+                      size_t len);
 
 /* Returns a malloc'd copy of body (an encoded event object without "seq")
  * with "seq":seq spliced in first, its length in *len; NULL on ENOMEM. */
-char *bus_splice_seq(const char *body, size_t body_len, int64_t seq,
-                     size_t *len);
+char *syncd_bus_splice_seq(const char *body, size_t body_len, int64_t seq,
+                           size_t *len);
 
 /* Returns 1 when name is a valid collection name (DESIGN.md section 2). */
-int bus_name_valid(const char *name);
+int syncd_bus_name_valid(const char *name);
 
 /* Checks event like syncd_event_validate(), with "seq" required only when
  * with_seq is set (a publish carries none yet). */
-int bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
-                    syncd_error_t *err);
+int syncd_bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
+                          syncd_error_t *err);
 
 /* Reads the RFC 3339 time s into microseconds since the epoch (*out);
  * 0, or -1 when s is not a valid RFC 3339 date-time. */
@@ -184,19 +185,19 @@ int syncd_bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us);
 
 /* Verifies event's "sig" under secret; SYNCD_EINVAL when it is missing or
  * does not match. */
-int bus_event_verify(const json_t *event, const char *secret,
-                     syncd_error_t *err);
+int syncd_bus_event_verify(const json_t *event, const char *secret,
+                           syncd_error_t *err);
 
 /* Opens the in-process bus (bus_local.c), its replay log in
  * opts->data_dir (NULL: in memory only), into *out; the caller closes it
  * with syncd_bus_close(). */
-int bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
-                   const syncd_bus_options_t *opts, syncd_error_t *err);
+int syncd_bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
+                         const syncd_bus_options_t *opts, syncd_error_t *err);
 
 /* Opens the Redis bus (bus_redis.c) at opts->redis_url into *out; it
  * connects in the background. The caller closes it with syncd_bus_close(). */
-int bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
-                   const syncd_bus_options_t *opts, syncd_error_t *err);
+int syncd_bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
+                         const syncd_bus_options_t *opts, syncd_error_t *err);
 
 struct redisAsyncContext;
 
@@ -205,6 +206,6 @@ struct redisAsyncContext;
  * ac's connect or disconnect callback. The adapter state is freed when
  * hiredis frees ac. 0, SYNCD_EINVAL when ac is attached already,
  * SYNCD_ENOMEM, or SYNCD_EBACKEND when libuv cannot watch its socket. */
-int bus_redis_attach(struct redisAsyncContext *ac, uv_loop_t *loop);
+int syncd_bus_redis_attach(struct redisAsyncContext *ac, uv_loop_t *loop);
 
 #endif

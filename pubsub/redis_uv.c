@@ -104,7 +104,7 @@ static void cleanup(void *privdata)
     uv_close((uv_handle_t *)&p->poll, on_poll_closed);
 }
 
-int bus_redis_attach(redisAsyncContext *ac, uv_loop_t *loop)
+int syncd_bus_redis_attach(redisAsyncContext *ac, uv_loop_t *loop)
 {
     redis_uv_t *p;
 

@@ -157,7 +157,7 @@ void syncd_api_quiesce(syncd_api_t *api, void (*cb)(void *payload),
 static int url_decode(char **out, const char *s, size_t n)
 {
     size_t len;
-    int rc = pct_decode(out, &len, s, n, NULL);
+    int rc = syncd_pct_decode(out, &len, s, n, NULL);
 
     if (rc == 0 && memchr(*out, '\0', len) != NULL) {
         free(*out);
@@ -888,15 +888,15 @@ static void watcher_closed(uv_handle_t *h)
  * node watch when it is still on, and frees w. */
 static void watcher_end(watcher_t *w, const char *event, const char *data)
 {
-    buf_t line = {0};
+    syncd_buf_t line = {0};
 
     if (w->ended)
         return;
     w->ended = 1;
     if (event != NULL &&
-        buf_printf(&line, "event: %s\ndata: %s\n\n", event, data) == 0)
+        syncd_buf_printf(&line, "event: %s\ndata: %s\n\n", event, data) == 0)
         syncd_http_stream_write(w->req, line.data, line.len);
-    buf_free(&line);
+    syncd_buf_free(&line);
     syncd_node_unwatch(w->watch);
     w->watch = NULL;
     if (w->streaming) {

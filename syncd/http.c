@@ -49,7 +49,7 @@
 #define LINGER_BYTES ((size_t)64 << 20)
 
 typedef struct header {
-    buf_t name, value;
+    syncd_buf_t name, value;
 } header_t;
 
 typedef struct conn conn_t;
@@ -58,13 +58,13 @@ struct syncd_http_req {
     conn_t *conn; /* NULL once the connection is gone */
     syncd_http_req_t *next;
     const char *method;
-    buf_t url;
+    syncd_buf_t url;
     char *path, *query;
     header_t *headers;
     size_t nheaders;
     int in_field; /* the parser's last header callback was a field name */
-    buf_t body;
-    buf_t out;       /* response bytes waiting for earlier responses */
+    syncd_buf_t body;
+    syncd_buf_t out; /* response bytes waiting for earlier responses */
     int keep_alive;  /* the client allows another request after this one */
     int started;     /* a response has begun */
     int finished;    /* respond() or stream_end() was called */
@@ -83,7 +83,7 @@ struct conn {
     syncd_http_server_t *srv;
     conn_t *prev, *next;
     http_parser parser;
-    buf_t in;               /* received bytes not yet parsed */
+    syncd_buf_t in;         /* received bytes not yet parsed */
     syncd_http_req_t *cur;  /* the request being parsed */
     syncd_http_req_t *head; /* queued requests, oldest first */
     syncd_http_req_t *tail;
@@ -167,13 +167,13 @@ static void req_free(syncd_http_req_t *r)
     if (r == NULL)
         return;
     for (i = 0; i < r->nheaders; i++) {
-        buf_free(&r->headers[i].name);
-        buf_free(&r->headers[i].value);
+        syncd_buf_free(&r->headers[i].name);
+        syncd_buf_free(&r->headers[i].value);
     }
     free(r->headers);
-    buf_free(&r->url);
-    buf_free(&r->body);
-    buf_free(&r->out);
+    syncd_buf_free(&r->url);
+    syncd_buf_free(&r->body);
+    syncd_buf_free(&r->out);
     free(r->path);
     free(r->query);
     free(r);
@@ -266,7 +266,7 @@ static void conn_handle_closed(uv_handle_t *h)
 
     if (--c->handles > 0)
         return;
-    buf_free(&c->in);
+    syncd_buf_free(&c->in);
     free(c);
     server_unref(srv);
 }
@@ -431,7 +431,7 @@ static void conn_flush(conn_t *c)
 
     while (!c->closing && (r = c->head) != NULL) {
         if (r->out.len > 0) {
-            buf_t out = r->out;
+            syncd_buf_t out = r->out;
 
             /* The bytes belong to the write now: a write that fails at
              * once closes c and frees r, which must not free them too. */
@@ -662,7 +662,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 
     if (count_header_bytes(c, len) < 0)
         return -1;
-    return buf_append(&c->cur->url, at, len);
+    return syncd_buf_append(&c->cur->url, at, len);
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len)
@@ -681,7 +681,7 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         memset(&h[r->nheaders++], 0, sizeof(*h));
         r->in_field = 1;
     }
-    return buf_append(&r->headers[r->nheaders - 1].name, at, len);
+    return syncd_buf_append(&r->headers[r->nheaders - 1].name, at, len);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
@@ -692,7 +692,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     if (count_header_bytes(c, len) < 0)
         return -1;
     r->in_field = 0;
-    return buf_append(&r->headers[r->nheaders - 1].value, at, len);
+    return syncd_buf_append(&r->headers[r->nheaders - 1].value, at, len);
 }
 
 static int split_url(syncd_http_req_t *r);
@@ -742,7 +742,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
 
     if (c->cur->body.len + len > c->srv->opts.max_body_bytes)
         return parse_fail(c, 413, "request body exceeds the body limit");
-    return buf_append(&c->cur->body, at, len);
+    return syncd_buf_append(&c->cur->body, at, len);
 }
 
 /* Splits the request target into path and query; -1 when it is not a
@@ -881,18 +881,19 @@ static void begin_response(syncd_http_req_t *r, int status,
         r->close_after = 1;
     if (c->srv->opts.observe != NULL)
         c->srv->opts.observe(r->route, status, c->srv->opts.data);
-    buf_printf(&r->out, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+    syncd_buf_printf(&r->out, "HTTP/1.1 %d %s\r\n", status,
+                     reason_phrase(status));
     if (content_type != NULL)
-        buf_printf(&r->out, "Content-Type: %s\r\n", content_type);
+        syncd_buf_printf(&r->out, "Content-Type: %s\r\n", content_type);
     if (body_len >= 0)
-        buf_printf(&r->out, "Content-Length: %lld\r\n", body_len);
+        syncd_buf_printf(&r->out, "Content-Length: %lld\r\n", body_len);
     else
-        buf_printf(&r->out, "Transfer-Encoding: chunked\r\n");
+        syncd_buf_printf(&r->out, "Transfer-Encoding: chunked\r\n");
     if (status == 401)
-        buf_printf(&r->out, "WWW-Authenticate: Bearer\r\n");
+        syncd_buf_printf(&r->out, "WWW-Authenticate: Bearer\r\n");
     if (r->close_after)
-        buf_printf(&r->out, "Connection: close\r\n");
-    buf_printf(&r->out, "%s\r\n", headers != NULL ? headers : "");
+        syncd_buf_printf(&r->out, "Connection: close\r\n");
+    syncd_buf_printf(&r->out, "%s\r\n", headers != NULL ? headers : "");
 }
 
 /* Marks r finished and writes or frees it. */
@@ -922,7 +923,7 @@ void syncd_http_respond(syncd_http_req_t *req, int status,
 {
     begin_response(req, status, content_type, headers, (long long)len);
     if (req->conn != NULL && len > 0)
-        buf_append(&req->out, body, len);
+        syncd_buf_append(&req->out, body, len);
     finish(req);
 }
 
@@ -968,9 +969,9 @@ void syncd_http_stream_write(syncd_http_req_t *req, const char *data,
 {
     if (req->conn == NULL || len == 0)
         return;
-    buf_printf(&req->out, "%zx\r\n", len);
-    buf_append(&req->out, data, len);
-    buf_append(&req->out, "\r\n", 2);
+    syncd_buf_printf(&req->out, "%zx\r\n", len);
+    syncd_buf_append(&req->out, data, len);
+    syncd_buf_append(&req->out, "\r\n", 2);
     conn_flush(req->conn);
 }
 
@@ -985,7 +986,7 @@ size_t syncd_http_stream_backlog(const syncd_http_req_t *req)
 void syncd_http_stream_end(syncd_http_req_t *req)
 {
     if (req->conn != NULL)
-        buf_append(&req->out, "0\r\n\r\n", 5);
+        syncd_buf_append(&req->out, "0\r\n\r\n", 5);
     finish(req);
 }
 

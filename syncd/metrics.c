@@ -81,7 +81,7 @@ void syncd_metrics_watchers(syncd_metrics_t *m, int delta)
 
 /* The text being rendered; failed sticks after the first error. */
 typedef struct out {
-    buf_t buf;
+    syncd_buf_t buf;
     int failed;
 } out_t;
 
@@ -93,7 +93,7 @@ static void emit(out_t *o, const char *fmt, ...)
     va_list ap;
 
     va_start(ap, fmt);
-    if (buf_vprintf(&o->buf, fmt, ap) < 0)
+    if (syncd_buf_vprintf(&o->buf, fmt, ap) < 0)
         o->failed = 1;
     va_end(ap);
 }
@@ -215,7 +215,7 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
          (unsigned long long)m->latency_count, m->latency_sum,
          (unsigned long long)m->latency_count);
     if (o.failed) {
-        buf_free(&o.buf);
+        syncd_buf_free(&o.buf);
         return NULL;
     }
     *len = o.buf.len;

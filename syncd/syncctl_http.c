@@ -39,7 +39,7 @@ typedef struct reply {
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
-    return buf_append(arg, data, size * n) < 0 ? 0 : size * n;
+    return syncd_buf_append(arg, data, size * n) < 0 ? 0 : size * n;
 }
 
 static size_t on_header(char *data, size_t size, size_t n, void *arg)
@@ -158,7 +158,7 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
 {
     CURL *c = curl_easy_init();
     struct curl_slist *h = curl_slist_append(NULL, "Expect:");
-    buf_t out = {0};
+    syncd_buf_t out = {0};
     long delay = RETRY_FIRST_MS;
     CURLcode cc;
 
@@ -190,7 +190,7 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
         if (cc == CURLE_OK || ikey == NULL || attempt >= WRITE_ATTEMPTS ||
             !retryable(cc))
             break;
-        buf_truncate(&out, 0);
+        syncd_buf_truncate(&out, 0);
         r->version = 0;
         sleep_ms(delay);
         delay = delay * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : delay * 2;
@@ -455,7 +455,7 @@ static int cmd_ls(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
 
 /* State of one watch stream: a line buffer and the SSE fields so far. */
 typedef struct stream {
-    buf_t line;
+    syncd_buf_t line;
     char event[32];
     char last_id[32];
     int resync;
@@ -490,8 +490,8 @@ static size_t on_stream(char *data, size_t size, size_t n, void *arg)
     for (i = 0; i < total; i++) {
         if (data[i] == '\n') {
             sse_line(s, s->line.data ? s->line.data : "");
-            buf_truncate(&s->line, 0);
-        } else if (buf_putc(&s->line, data[i]) < 0) {
+            syncd_buf_truncate(&s->line, 0);
+        } else if (syncd_buf_putc(&s->line, data[i]) < 0) {
             return 0;
         }
     }
@@ -545,9 +545,9 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
         } else if (!s.resync) {
             sleep(1);
         }
-        buf_truncate(&s.line, 0);
+        syncd_buf_truncate(&s.line, 0);
     }
-    buf_free(&s.line);
+    syncd_buf_free(&s.line);
     if (s.resync && rc == SYNCCTL_OK)
         rc = syncctl_fail("watch %s: resync needed after seq %s (list the "
                           "collection again)",
