@@ -209,6 +209,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     no.anti_entropy_interval_ms = c->anti_entropy_interval_ms;
     no.tombstone_ttl_ms = c->tombstone_ttl_ms;
     no.max_event_bytes = c->max_event_bytes;
+    no.max_doc_bytes = c->max_doc_bytes;
     no.watch_buffer_events = (size_t)c->watch_buffer_events;
     no.max_collections = (size_t)c->max_collections;
     no.outbox_min_age_ms = c->bus_timeout_ms;

@@ -236,6 +236,7 @@ void syncd_node_options_init(syncd_node_options_t *opts)
     opts->anti_entropy_chunk = 500;
     opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
     opts->max_event_bytes = 1 << 20;
+    opts->max_doc_bytes = (size_t)8 << 20;
     opts->watch_buffer_events = 10000;
     opts->max_collections = 10000;
     opts->coll_idle_ms = 30000;
@@ -862,19 +863,22 @@ static void cache_version(work_t *w, const json_t *ev, json_t *body,
     w->delta.events_applied++;
 }
 
-/* Patches base (NULL: an empty object) with the event's patch and caches
- * the result when its hash is the event's; otherwise refetches. */
+/* Patches base (NULL: an empty object) with the event's patch, within
+ * max_doc_bytes (a patch that amplifies past it is not the store's: the
+ * store refuses such a document), and caches the result when its hash is
+ * the event's; otherwise refetches. */
 static void apply_patch(work_t *w, const json_t *ev, const json_t *base)
 {
     const char *id = member_str(ev, "id");
+    syncd_patch_limits_t limits = {w->node->opts.max_doc_bytes, 0};
     json_t *empty = NULL, *body = NULL;
     char hash[SYNCD_HASH_HEX_LEN + 1];
 
     if (base == NULL)
         base = empty = json_object();
     if (base == NULL ||
-        syncd_patch_apply(&body, base, json_object_get(ev, "patch"), NULL) !=
-            0 ||
+        syncd_patch_apply_ex(&body, base, json_object_get(ev, "patch"), &limits,
+                             NULL) != 0 ||
         syncd_json_hash(hash, body, NULL) != 0) {
         refetch(w, id);
     } else if (strcmp(hash, member_str(ev, "h")) != 0) {

@@ -837,6 +837,40 @@ test_node__corrupted_patch_fails_the_hash_check_and_is_refetched(void **state)
     cluster_close(&cl);
 }
 
+static void
+test_node__amplifying_patch_in_an_event_is_not_applied_and_is_refetched(
+    void **state)
+{
+    cluster_t cl;
+    syncd_change_t *change;
+    syncd_node_stats_t before, after;
+    json_t *ev, *bomb = json_array();
+
+    (void)state;
+    cluster_open(&cl, "bomb", NULL);
+    write_one(&cl, 0, "doc", json_pack("{s:i,s:s}", "n", 1, "s", "a"));
+    node_stats(&cl, 2, &before);
+    change = commit_unpublished(&cl, 0, "doc",
+                                json_pack("{s:i,s:s}", "n", 2, "s", "a"));
+    ev = event_for(change, "mallory");
+    /* 60 copies of the whole document, each doubling it: 2^60 times its
+     * size if applied without a bound. */
+    for (int i = 0; i < 60; i++) {
+        char path[16];
+
+        snprintf(path, sizeof(path), "/a%d", i);
+        json_array_append_new(bomb, json_pack("{s:s,s:s,s:s}", "op", "copy",
+                                              "from", "", "path", path));
+    }
+    json_object_set_new(ev, "patch", bomb);
+    publish_raw(&cl, ev);
+    node_stats(&cl, 2, &after);
+    assert_int_equal(after.refetches - before.refetches, 1);
+    assert_converged(&cl);
+    syncd_change_free(change);
+    cluster_close(&cl);
+}
+
 static void test_node__forged_event_with_a_bad_signature_is_dropped_and_counted(
     void **state)
 {
@@ -1674,6 +1708,8 @@ int main(void)
             test_node__duplicate_and_out_of_order_events_are_dropped_and_counted),
         cmocka_unit_test(
             test_node__corrupted_patch_fails_the_hash_check_and_is_refetched),
+        cmocka_unit_test(
+            test_node__amplifying_patch_in_an_event_is_not_applied_and_is_refetched),
         cmocka_unit_test(
             test_node__forged_event_with_a_bad_signature_is_dropped_and_counted),
         cmocka_unit_test(test_node__change_without_a_merge_patch_converges),

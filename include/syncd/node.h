@@ -37,13 +37,16 @@ typedef struct syncd_node_options {
     int64_t anti_entropy_interval_ms; /* digest comparison period; 30 s */
     size_t max_event_bytes;           /* larger diffs are sent as invalidates;
                                          1 MiB */
-    size_t watch_buffer_events;       /* per-watcher queue bound before it is
-                                         told to resync; 10000 */
-    size_t anti_entropy_chunk;        /* cached entries compared per store query
-                                         (1..SYNCD_MAX_VERSIONS_IDS); 500 */
-    int64_t tombstone_ttl_ms; /* the store's tombstone TTL: tombstones are
-                                 purged every quarter of it (1 s..1 h);
-                                 negative: never; 24 h */
+    size_t max_doc_bytes;       /* a received patch that would grow a document
+                                   past this is not applied: the node refetches
+                                   instead; 8 MiB */
+    size_t watch_buffer_events; /* per-watcher queue bound before it is
+                                   told to resync; 10000 */
+    size_t anti_entropy_chunk;  /* cached entries compared per store query
+                                   (1..SYNCD_MAX_VERSIONS_IDS); 500 */
+    int64_t tombstone_ttl_ms;   /* the store's tombstone TTL: tombstones are
+                                   purged every quarter of it (1 s..1 h);
+                                   negative: never; 24 h */
     /* Test hook (NULL in production): called on the worker thread with
      * hook_data before each chunk an anti-entropy pass over coll compares. */
     void (*ae_chunk_hook)(void *data, const char *coll);
