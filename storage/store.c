@@ -632,6 +632,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     int cached;
     char hash[SYNCD_HASH_HEX_LEN + 1] = "";
     syncd_doc_t *cur = NULL, *next = NULL;
+    syncd_change_t *change = NULL;
     json_t *body = NULL;
     char *canon = NULL;
     size_t canon_len = 0;
@@ -681,9 +682,16 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     rc = add_meta(s, next, cur, req, err);
     if (rc != 0)
         goto done;
+    /* The change (its diffs) is built before the commit, so that a failure
+     * to build it fails a write that wrote nothing, never one that
+     * committed. */
+    rc = make_change(&change, cur, next, err);
+    next = NULL;
+    if (rc != 0)
+        goto done;
     syncd_error_clear(&local);
-    rc = commit(s, next, canon, canon_len, cur != NULL ? cur->version : 0,
-                &local);
+    rc = commit(s, change->doc, canon, canon_len,
+                cur != NULL ? cur->version : 0, &local);
     if (rc == SYNCD_ECONFLICT) {
         rc = CAS_CONFLICT;
         goto done;
@@ -692,10 +700,11 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         forward(err, &local, rc);
         goto done;
     }
-    cache_refresh(s, next, canon, canon_len);
-    rc = make_change(out, cur, next, err);
-    next = NULL;
+    cache_refresh(s, change->doc, canon, canon_len);
+    *out = change;
+    change = NULL;
 done:
+    syncd_change_free(change);
     free(canon);
     json_decref(body);
     syncd_doc_free(next);
