@@ -38,9 +38,11 @@
  * claim: an insert of {_id: "<id>\x1f<expected, 20 digits>", o: <owner>,
  * t} into the side collection "_syncd_claims.<coll>", whose unique _id
  * lets one writer at a time move a document on from a given version. The
- * owner token (a per-process random nonce and a per-claim number) is
- * unique to one claim. The holder reads the version, replaces with the
- * filter {_id, v: expected} and drops its claim (filtered on its owner).
+ * owner token "<holder>-<number>" is unique to one claim: the holder name
+ * is the backend's (a per-process random nonce and the backend's number in
+ * the process), the number counts claims. The holder reads the version,
+ * replaces with the filter {_id, v: expected} and drops its claim
+ * (filtered on its owner).
  *
  * A claim is trusted for a lease (twice the backend timeout, at least
  * 1 s), timed by each process on its own monotonic clock, so no two nodes'
@@ -63,20 +65,36 @@
  * older than the lease by the writer's wall clock `t` (its holder stopped
  * writing half a lease before, which absorbs that much clock skew).
  *
- * Other FerretDB v1 limits seen: it never uses its _id index (the lookup
- * expression differs from the index expression), so every lookup, listing
- * and purge scans the collection; the claims collection stays small for
- * that reason.
- *
- * Writes use {w: majority, j: true} and reads readConcern majority unless
- * the URI names its own (w, wtimeoutMS, journal, readConcernLevel), so an
- * acknowledged write survives a replica-set failover. FerretDB v1 accepts
- * and ignores them (one SQLite file, no replication).
- *
- * Driver errors become SYNCD_EBACKEND with backend "mongodb", the driver's
- * code and its message. The connect, socket and server selection timeouts
- * are the backend timeout, so a dead server fails a call within it; the
- * pool reconnects by itself when the server is back.
+ * So that a holder that died does not hold a document's writers up for a
+ * lease, each backend in FerretDB mode keeps a liveness record
+ * {_id: <holder name>, n: counter, t: wall time} in "_syncd_procs": it is
+ * written at open (before any claim of the backend), bumped every 250 ms
+ * by a thread of the backend and deleted at close. A writer kept out
+ * reads the record of the claim's holder at each pause: when it is absent,
+ * or when its counter has stood still for a second of the writer's own
+ * monotonic clock (from a read that returned it to a later read, sent a
+ * second after, that returned it again: no bump landed in between), the
+ * holder is dead and the writer takes the claim over at once. Only a
+ * counter is compared, never one node's clock with another's. A live
+ * holder's counter moves, and a holder that is alive but stuck is left to
+ * the lease as before. The holder fences itself to match: it sends its
+ * replace only while its liveness is proved, that is within half a second
+ * of sending a bump that was acknowledged within a second of sending the
+ * bump acknowledged before it (so no writer saw its counter stand still
+ * for a second up to that bump's landing): a writer that decides it dead
+ * does so at least half a second after any replace it sent. A holder
+ * whose bumps fail or lag (the server is slow, the process was stopped)
+ * thus neither claims nor writes until a bump lands on time again. What is left
+ * is what the lease leaves: a replace sent in time that takes longer than half
+ * a second to reach the server can meet the taker's replace of the same version
+ * there, and the
+ * {_id, v: expected} filter rejects the later one except inside FerretDB,
+ * between its query and its update by _id. A record can also be missing
+ * while its holder lives, with the same window: when a writer of an older
+ * syncd without records holds the claim, or for the 250 ms until the next
+ * bump writes it again after purge dropped it. Purge drops the records
+ * whose `t` is ten leases old by the purging node's clock: housekeeping,
+ * where only a clock that many leases behind gets a live record dropped.
  */
 #include <errno.h>
 #include <math.h>
@@ -1154,22 +1172,36 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
     claim_key(key, sizeof(key), id, expected);
     for (;;) {
         int64_t claimed = mono_ms();
-        int taken = 0, lapsed = 0, unknown = 0;
+        int tried = 0, taken = 0, lapsed = 0, unknown = 0;
 
-        claim_owner(owner, sizeof(owner), m->proc);
-        rc = take_claim(claims, key, owner, &taken, coll, id, err);
+        /* A writer whose liveness is not proved could not write under a
+         * claim: it waits for a bump that proves it instead, as long as
+         * the server answers and the version stays. */
+        if (!beat_fresh(m)) {
+            int64_t version = 0;
+
+            rc = read_version(c->coll, id, &version, coll, err);
+            if (rc == 0 && version != expected)
+                rc = conflict(err, coll, id, expected);
+            if (rc == 0)
+                sleep_ms(BEAT_MS / 5);
+        } else {
+            claim_owner(owner, sizeof(owner), m->proc);
+            rc = take_claim(claims, key, owner, &taken, coll, id, err);
+            tried = 1;
+        }
         if (rc == 0 && taken) {
             rc = replace_claimed(m, c, rec, coll, id, expected, claimed,
                                  &lapsed, &unknown, err);
             /* A replace that may still land keeps the others out for the
              * lease. A claim left behind is on a version that moved on, or
-             * is taken over after its lease: an error dropping it changes
-             * nothing. */
+             * is taken over after its lease or its holder's death: an
+             * error dropping it changes nothing. */
             if (!unknown)
                 drop_claim(claims, key, owner, coll, id, NULL);
             if (!lapsed)
                 break;
-        } else if (rc == 0) {
+        } else if (rc == 0 && tried) {
             rc =
                 await_claim(m, c, claims, key, &watch, coll, id, expected, err);
         }
@@ -1512,9 +1544,9 @@ static int delete_many(mongoc_collection_t *c, const bson_t *filter,
 /* Purges one tombstone in FerretDB mode: claims it at its version (so no
  * writer can re-create it meanwhile), drops the older claims of its id,
  * deletes it when it is still that tombstone with no pending-publish
- * marker (the delete is fenced on its version, flag and outbox) and drops
- * its claim. *deleted is 1 when it was
- * removed. */
+ * marker (the delete is fenced on its version, flag and outbox) and m's
+ * liveness is proved (else a later purge does it), and drops its claim.
+ * *deleted is 1 when it was removed. */
 static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
                          mongoc_collection_t *claims, const char *coll,
                          const char *id, int64_t version, int64_t *deleted,
@@ -1541,7 +1573,7 @@ static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
     if (rc < 0 || !taken)
         goto cleanup;
     rc = delete_many(claims, older, &dropped, coll, err);
-    if (rc == 0)
+    if (rc == 0 && beat_fresh(m))
         rc = delete_many(docs, tomb, deleted, coll, err);
     if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
@@ -1676,7 +1708,8 @@ static int unset_outbox(mongoc_collection_t *c, const char *coll,
  * update by _id that could clear a newer writer's markers: under a claim
  * on version (no record in it: a settle only drops it), as a writer's. A
  * claim held by another writer means the record is moving on: its writer
- * owns the markers now, and there is nothing to do. */
+ * owns the markers now, and there is nothing to do. Fails with
+ * SYNCD_ETIMEDOUT, writing nothing, while m's liveness is not proved. */
 static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
                        const char *id, int64_t version, syncd_error_t *err)
 {
@@ -1696,7 +1729,12 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
     if (rc < 0 || !taken)
         goto cleanup;
     rc = read_version(c->coll, id, &current, coll, err);
-    if (rc == 0 && current == version)
+    if (rc == 0 && current == version && !beat_fresh(m))
+        rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
+                             "%s/%s: not acked, this writer's liveness is "
+                             "not proved",
+                             coll, id);
+    else if (rc == 0 && current == version)
         rc = unset_outbox(c->coll, coll, id, version, err);
     if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
