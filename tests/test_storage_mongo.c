@@ -884,18 +884,22 @@ static void test_mongo_purge__drops_claims_older_than_the_lease(void **state)
     assert_int_equal(count_claims(f, "stale"), 1);
 }
 
-/* Returns the number of liveness records. */
-static int64_t count_procs(const fixture_t *f)
+/* Returns the number of liveness records, of holder proc only when it is
+ * not NULL. */
+static int64_t count_procs(const fixture_t *f, const char *proc)
 {
     mongoc_client_t *client = mongoc_client_new(f->srv.uri);
     mongoc_collection_t *c =
         mongoc_client_get_collection(client, DB, "_syncd_procs");
     bson_t filter = BSON_INITIALIZER;
     bson_error_t e;
-    int64_t n =
-        mongoc_collection_count_documents(c, &filter, NULL, NULL, NULL, &e);
+    int64_t n;
 
+    if (proc)
+        BSON_APPEND_UTF8(&filter, "_id", proc);
+    n = mongoc_collection_count_documents(c, &filter, NULL, NULL, NULL, &e);
     assert_true(n >= 0);
+    bson_destroy(&filter);
     mongoc_collection_destroy(c);
     mongoc_client_destroy(client);
     return n;
@@ -910,8 +914,8 @@ test_mongo_purge__drops_liveness_records_of_long_gone_processes(void **state)
     size_t purged = 0;
 
     if (!server_is_ferretdb(f))
-        skip();              /* liveness is for claims, which are FerretDB's */
-    before = count_procs(f); /* the fixture's backend is alive */
+        skip(); /* liveness is for claims, which are FerretDB's */
+    before = count_procs(f, NULL); /* the fixture's backend's, at least */
     assert_true(before >= 1);
     client = mongoc_client_new(f->srv.uri);
     /* The fixture's lease is 10 s: 100 s is ten leases. */
@@ -919,11 +923,14 @@ test_mongo_purge__drops_liveness_records_of_long_gone_processes(void **state)
     bump_liveness(client, "00000000000000a2.1", 5, now_ms() - 120000);
     bump_liveness(client, "00000000000000a3.1", 5, now_ms() - 30000);
     mongoc_client_destroy(client);
-    assert_int_equal(count_procs(f), before + 3);
+    assert_int_equal(count_procs(f, NULL), before + 3);
     assert_int_equal(
         f->be->ops->purge(f->be, "stale", now_ms() - 86400000, &purged, NULL),
         0);
-    assert_int_equal(count_procs(f), before + 1);
+    assert_int_equal(count_procs(f, "00000000000000a1.1"), 0);
+    assert_int_equal(count_procs(f, "00000000000000a2.1"), 0);
+    assert_int_equal(count_procs(f, "00000000000000a3.1"), 1);
+    assert_int_equal(count_procs(f, NULL), before + 1); /* live ones stay */
 }
 
 static const char *list_ids[] = {
