@@ -6,9 +6,11 @@
  * and as raw BSON read with mongo-c-driver, the compare-and-swap under
  * contention, listings, purge, and a server that dies and comes back.
  * Through the store API with several stores as nodes: FerretDB's claims
- * (a dead writer's claim, a writer stalled past its lease by a test hook,
- * a strict write behind a live claim), and a history of concurrent
- * creates, deletes and strict writes checked for linearizability.
+ * (a dead writer's claim taken over well within its lease, a holder kept
+ * alive by a liveness record waited for until the record stands still, a
+ * writer stalled past its lease by a test hook, a strict write behind a
+ * live claim), and a history of concurrent creates, deletes and strict
+ * writes checked for linearizability.
  */
 #include <math.h>
 #include <pthread.h>
