@@ -38,9 +38,11 @@
  * claim: an insert of {_id: "<id>\x1f<expected, 20 digits>", o: <owner>,
  * t} into the side collection "_syncd_claims.<coll>", whose unique _id
  * lets one writer at a time move a document on from a given version. The
- * owner token (a per-process random nonce and a per-claim number) is
- * unique to one claim. The holder reads the version, replaces with the
- * filter {_id, v: expected} and drops its claim (filtered on its owner).
+ * owner token "<holder>-<number>" is unique to one claim: the holder name
+ * is the backend's (a per-process random nonce and the backend's number in
+ * the process), the number counts claims. The holder reads the version,
+ * replaces with the filter {_id, v: expected} and drops its claim
+ * (filtered on its owner).
  *
  * A claim is trusted for a lease (twice the backend timeout, at least
  * 1 s), timed by each process on its own monotonic clock, so no two nodes'
@@ -63,21 +65,38 @@
  * older than the lease by the writer's wall clock `t` (its holder stopped
  * writing half a lease before, which absorbs that much clock skew).
  *
- * Other FerretDB v1 limits seen: it never uses its _id index (the lookup
- * expression differs from the index expression), so every lookup, listing
- * and purge scans the collection; the claims collection stays small for
- * that reason.
- *
- * Writes use {w: majority, j: true} and reads readConcern majority unless
- * the URI names its own (w, wtimeoutMS, journal, readConcernLevel), so an
- * acknowledged write survives a replica-set failover. FerretDB v1 accepts
- * and ignores them (one SQLite file, no replication).
- *
- * Driver errors become SYNCD_EBACKEND with backend "mongodb", the driver's
- * code and its message. The connect, socket and server selection timeouts
- * are the backend timeout, so a dead server fails a call within it; the
- * pool reconnects by itself when the server is back.
+ * So that a holder that died does not hold a document's writers up for a
+ * lease, each backend in FerretDB mode keeps a liveness record
+ * {_id: <holder name>, n: counter, t: wall time} in "_syncd_procs": it is
+ * written at open (before any claim of the backend), bumped every 250 ms
+ * by a thread of the backend and deleted at close. A writer kept out
+ * reads the record of the claim's holder at each pause: when it is absent,
+ * or when its counter has stood still for a second of the writer's own
+ * monotonic clock (from a read that returned it to a later read, sent a
+ * second after, that returned it again: no bump landed in between), the
+ * holder is dead and the writer takes the claim over at once. Only a
+ * counter is compared, never one node's clock with another's. A live
+ * holder's counter moves, and a holder that is alive but stuck is left to
+ * the lease as before. The holder fences itself to match: it sends its
+ * replace only while its liveness is proved, that is within half a second
+ * of sending a bump that was acknowledged within a second of sending the
+ * bump acknowledged before it (so no writer saw its counter stand still
+ * for a second up to that bump's landing): a writer that decides it dead
+ * does so at least half a second after any replace it sent. A holder
+ * whose bumps fail or lag (the server is slow, the process was stopped)
+ * thus neither claims nor writes until a bump lands on time again. What is left
+ * is what the lease leaves: a replace sent in time that takes longer than half
+ * a second to reach the server can meet the taker's replace of the same version
+ * there, and the
+ * {_id, v: expected} filter rejects the later one except inside FerretDB,
+ * between its query and its update by _id. A record can also be missing
+ * while its holder lives, with the same window: when a writer of an older
+ * syncd without records holds the claim, or for the 250 ms until the next
+ * bump writes it again after purge dropped it. Purge drops the records
+ * whose `t` is ten leases old by the purging node's clock: housekeeping,
+ * where only a clock that many leases behind gets a live record dropped.
  */
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -99,6 +118,10 @@
 #define CLAIM_POLL_MS 4       /* first pause while another writer's claim */
 #define CLAIM_POLL_MAX_MS 128 /* is in the way, doubling up to this */
 #define NO_OWNER "-"          /* the owner of a claim that names none */
+#define PROCS "_syncd_procs"  /* liveness records of the claim holders */
+#define BEAT_MS 250           /* how often a backend bumps its record */
+#define DEAD_MS 1000 /* a record that stood still this long: holder dead */
+#define PROC_PURGE_LEASES 10 /* purge drops records this many leases old */
 #define KEY_STACK 256
 
 typedef struct mongo_backend {
@@ -109,6 +132,13 @@ typedef struct mongo_backend {
     int claims; /* 1 when filtered updates are not atomic (FerretDB) */
     pthread_mutex_t indexed_lock;
     json_t *indexed; /* collections given their outbox index: name -> true */
+    char proc[40];   /* this backend's holder name: process nonce.number */
+    pthread_t beat;  /* bumps the liveness record while claims are used */
+    int beating;     /* 1 while beat runs */
+    int stopping;    /* set under beat_lock to stop beat */
+    pthread_mutex_t beat_lock;
+    pthread_cond_t beat_cond;
+    int64_t beat_ok; /* monotonic ms when the last acknowledged bump was sent */
 } mongo_backend_t;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -116,6 +146,9 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 /* Tells this process's claims from those of every other process (and of
  * this one's earlier runs); drawn once at the first open. */
 static uint64_t process_nonce;
+
+/* Numbers the backends of this process, each a claim holder of its own. */
+static unsigned backend_seq;
 
 static syncd_mongo_claim_hook_fn claim_hook;
 static void *claim_hook_data;
@@ -760,15 +793,15 @@ static void claim_key(char *buf, size_t size, const char *id, int64_t version)
     snprintf(buf, size, "%s\x1f%020lld", id, (long long)version);
 }
 
-/* Makes a claim owner token unique to this claim: the process nonce and a
- * per-process sequence number. */
-static void claim_owner(char *buf, size_t size)
+/* Makes a claim owner token unique to this claim: the holder name of the
+ * backend (proc, the _id of its liveness record) and a per-process
+ * sequence number, as "<proc>-<number>". */
+static void claim_owner(char *buf, size_t size, const char *proc)
 {
     static uint64_t seq;
     uint64_t n = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
 
-    snprintf(buf, size, "%016llx-%llu", (unsigned long long)process_nonce,
-             (unsigned long long)n);
+    snprintf(buf, size, "%s-%llu", proc, (unsigned long long)n);
 }
 
 /* Deletes the claim key of coll/id when its owner is owner (any owner when
@@ -827,11 +860,180 @@ static int claim_holder(mongoc_collection_t *claims, const char *key,
     return rc;
 }
 
+/* ---- Holder liveness (FerretDB mode) ------------------------------------ */
+
+/* Bumps the liveness record of m ({_id: proc, n: +1, t: wall time},
+ * upserted) with procs. An acknowledged bump that landed within DEAD_MS
+ * of the previous acknowledged one (by the send of that one and the ack of
+ * this one) proves that no waiter saw the counter stand still for DEAD_MS
+ * up to its landing: then m->beat_ok becomes the time it was sent, else
+ * 0 (the holder writes nothing until a bump proves it again). *prev is
+ * the send time of the previous acknowledged bump (0 before the first). */
+static int beat_once(mongo_backend_t *m, mongoc_collection_t *procs,
+                     int64_t *prev, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(m->proc));
+    bson_t *update = BCON_NEW("$inc", "{", "n", BCON_INT64(1), "}", "$set", "{",
+                              "t", BCON_DATE_TIME(wall_ms()), "}");
+    bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
+    int64_t sent = mono_ms();
+    bson_error_t e;
+    int rc = 0;
+
+    if (mongoc_collection_update_one(procs, filter, update, opts, NULL, &e)) {
+        int fresh = *prev == 0 || mono_ms() - *prev < DEAD_MS;
+
+        __atomic_store_n(&m->beat_ok, fresh ? sent : 0, __ATOMIC_RELEASE);
+        *prev = sent;
+    } else {
+        rc = driver_error(err, &e, "liveness", PROCS, m->proc);
+    }
+    bson_destroy(opts);
+    bson_destroy(update);
+    bson_destroy(filter);
+    return rc;
+}
+
+/* The liveness thread of m: bumps its record every BEAT_MS until
+ * m->stopping, with a client of its own from the pool. */
+static void *beat_main(void *arg)
+{
+    mongo_backend_t *m = arg;
+    mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *procs =
+        mongoc_client_get_collection(client, m->db, PROCS);
+    int64_t prev = __atomic_load_n(&m->beat_ok, __ATOMIC_ACQUIRE);
+    struct timespec until;
+
+    pthread_mutex_lock(&m->beat_lock);
+    while (!m->stopping) {
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += BEAT_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        while (!m->stopping &&
+               pthread_cond_timedwait(&m->beat_cond, &m->beat_lock, &until) !=
+                   ETIMEDOUT)
+            ;
+        if (m->stopping)
+            break;
+        pthread_mutex_unlock(&m->beat_lock);
+        beat_once(m, procs, &prev, NULL);
+        pthread_mutex_lock(&m->beat_lock);
+    }
+    pthread_mutex_unlock(&m->beat_lock);
+    mongoc_collection_destroy(procs);
+    mongoc_client_pool_push(m->pool, client);
+    return NULL;
+}
+
+/* Writes m's first liveness record (so that it exists before any claim
+ * of m) and starts the thread that keeps bumping it. */
+static int beat_start(mongo_backend_t *m, syncd_error_t *err)
+{
+    mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *procs =
+        mongoc_client_get_collection(client, m->db, PROCS);
+    pthread_condattr_t attr;
+    int64_t prev = 0;
+    int rc = beat_once(m, procs, &prev, err);
+
+    mongoc_collection_destroy(procs);
+    mongoc_client_pool_push(m->pool, client);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_init(&m->beat_lock, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->beat_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (pthread_create(&m->beat, NULL, beat_main, m) != 0) {
+        pthread_cond_destroy(&m->beat_cond);
+        pthread_mutex_destroy(&m->beat_lock);
+        return syncd_error_set(err, SYNCD_ENOMEM,
+                               "cannot start the liveness thread");
+    }
+    m->beating = 1;
+    return 0;
+}
+
+/* Stops and joins m's liveness thread and deletes its record: m holds no
+ * claim any more (a claim it left behind is taken over at once). */
+static void beat_stop(mongo_backend_t *m)
+{
+    mongoc_client_t *client;
+    mongoc_collection_t *procs;
+    bson_t *filter;
+
+    if (!m->beating)
+        return;
+    pthread_mutex_lock(&m->beat_lock);
+    m->stopping = 1;
+    pthread_cond_signal(&m->beat_cond);
+    pthread_mutex_unlock(&m->beat_lock);
+    pthread_join(m->beat, NULL);
+    pthread_cond_destroy(&m->beat_cond);
+    pthread_mutex_destroy(&m->beat_lock);
+    m->beating = 0;
+    client = mongoc_client_pool_pop(m->pool);
+    procs = mongoc_client_get_collection(client, m->db, PROCS);
+    filter = BCON_NEW("_id", BCON_UTF8(m->proc));
+    mongoc_collection_delete_one(procs, filter, NULL, NULL, NULL);
+    bson_destroy(filter);
+    mongoc_collection_destroy(procs);
+    mongoc_client_pool_push(m->pool, client);
+}
+
+/* Whether m may still send a replace under a claim: its last bump that
+ * proved it alive (see beat_once) was sent within DEAD_MS / 2, so a
+ * waiter that takes its claims over as dead does so at least DEAD_MS / 2
+ * after this moment. */
+static int beat_fresh(mongo_backend_t *m)
+{
+    int64_t ok = __atomic_load_n(&m->beat_ok, __ATOMIC_ACQUIRE);
+
+    return ok > 0 && mono_ms() - ok <= DEAD_MS / 2;
+}
+
+/* Copies the holder name in a claim owner token (what precedes its last
+ * '-') into proc; "" when it names none. */
+static void owner_proc(char *proc, size_t size, const char *owner)
+{
+    const char *dash = strrchr(owner, '-');
+    size_t len = dash ? (size_t)(dash - owner) : 0;
+
+    if (len >= size)
+        len = 0;
+    memcpy(proc, owner, len);
+    proc[len] = '\0';
+}
+
+/* Reads the counter of proc's liveness record into *beats (-1 when it has
+ * none). */
+static int read_beats(mongo_backend_t *m, call_t *c, const char *proc,
+                      int64_t *beats, const char *coll, const char *id,
+                      syncd_error_t *err)
+{
+    mongoc_collection_t *procs =
+        mongoc_client_get_collection(c->client, m->db, PROCS);
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(proc));
+    bson_t *found = NULL;
+    int rc = find_one(&found, procs, filter, coll, id, err);
+
+    *beats = found ? field_int64(found, "n") : -1;
+    if (found)
+        bson_destroy(found);
+    bson_destroy(filter);
+    mongoc_collection_destroy(procs);
+    return rc;
+}
+
 /* Holding the claim taken at claimed (monotonic ms), moves coll/id from
  * expected to rec: the replace is fenced on {_id, v: expected}, and is not
- * sent at all once half the lease has passed, so that it never races a
- * writer that took the claim over. *lapsed is set when it was not sent for
- * that reason, *unknown when it was sent and failed (it may still land). */
+ * sent at all once half the lease has passed, or while m's liveness is
+ * not proved fresh, so that it never races a writer that took the claim
+ * over. *lapsed is set when it was not sent for that reason, *unknown when
+ * it was sent and failed (it may still land). */
 static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
                            int64_t claimed, int *lapsed, int *unknown,
@@ -847,7 +1049,7 @@ static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
         return rc;
     if (version != expected)
         return conflict(err, coll, id, expected);
-    if (mono_ms() - claimed > m->lease_ms / 2) {
+    if (mono_ms() - claimed > m->lease_ms / 2 || !beat_fresh(m)) {
         *lapsed = 1;
         return 0;
     }
@@ -864,14 +1066,51 @@ static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
 typedef struct claim_watch {
     char holder[64]; /* the owner seen; "" before the first look */
     int64_t since;   /* when it was first seen (monotonic ms) */
+    int64_t beats;   /* its holder's liveness counter last seen; -1: none */
+    int64_t moved;   /* when that counter was seen to move (monotonic ms) */
     int64_t pause;   /* the next pause's upper bound, ms */
 } claim_watch_t;
 
+/* Tells by its liveness record whether the holder of w->holder lives.
+ * *alive is 0 when the record is absent or when its counter has stood
+ * still for DEAD_MS of this process's monotonic clock, from the moment a
+ * read of it returned to the moment a later read of the same value was
+ * sent; it stays 1 when the owner names no holder (the lease alone ends
+ * such a claim). */
+static int holder_alive(mongo_backend_t *m, call_t *c, claim_watch_t *w,
+                        int *alive, const char *coll, const char *id,
+                        syncd_error_t *err)
+{
+    char proc[sizeof(w->holder)];
+    int64_t beats = -1;
+    int64_t sent;
+    int rc;
+
+    *alive = 1;
+    owner_proc(proc, sizeof(proc), w->holder);
+    if (!proc[0])
+        return 0;
+    sent = mono_ms();
+    rc = read_beats(m, c, proc, &beats, coll, id, err);
+    if (rc < 0)
+        return rc;
+    if (beats < 0) {
+        *alive = 0;
+    } else if (beats != w->beats) {
+        w->beats = beats;
+        w->moved = mono_ms();
+    } else if (sent - w->moved >= DEAD_MS) {
+        *alive = 0;
+    }
+    return 0;
+}
+
 /* The claim key on coll/id at expected is held by another writer. Returns
  * SYNCD_ECONFLICT when the version has moved; else drops the claim when
- * its owner has held it a whole lease (dead, or stalled past its lease:
- * it writes nothing after half of it) and returns 0 at once, or returns 0
- * after a pause (exponential, jittered) for the caller to try again. */
+ * its holder is dead by its liveness record or its owner has held it a
+ * whole lease (stalled past its lease: it writes nothing after half of
+ * it) and returns 0 at once, or returns 0 after a pause (exponential,
+ * jittered) for the caller to try again. */
 static int await_claim(mongo_backend_t *m, call_t *c,
                        mongoc_collection_t *claims, const char *key,
                        claim_watch_t *w, const char *coll, const char *id,
@@ -880,24 +1119,30 @@ static int await_claim(mongo_backend_t *m, call_t *c,
     char holder[sizeof(w->holder)];
     int64_t version = 0;
     int64_t now;
+    int alive = 1;
     int rc = read_version(c->coll, id, &version, coll, err);
 
     if (rc < 0)
         return rc;
     if (version != expected)
         return conflict(err, coll, id, expected);
+    rc = claim_holder(claims, key, holder, sizeof(holder), coll, id, err);
+    if (rc < 0 || !holder[0])
+        return rc;
     now = mono_ms();
-    if (!w->holder[0] || now - w->since > m->lease_ms) {
-        rc = claim_holder(claims, key, holder, sizeof(holder), coll, id, err);
-        if (rc < 0 || !holder[0])
-            return rc;
-        if (strcmp(holder, w->holder) == 0)
-            return drop_claim(claims, key,
-                              strcmp(holder, NO_OWNER) ? holder : NULL, coll,
-                              id, err);
+    if (strcmp(holder, w->holder) != 0) {
         snprintf(w->holder, sizeof(w->holder), "%s", holder);
         w->since = now;
+        w->beats = -1;
+        w->moved = now;
+    } else if (now - w->since > m->lease_ms) {
+        alive = 0;
     }
+    if (alive && (rc = holder_alive(m, c, w, &alive, coll, id, err)) < 0)
+        return rc;
+    if (!alive)
+        return drop_claim(claims, key, strcmp(holder, NO_OWNER) ? holder : NULL,
+                          coll, id, err);
     sleep_ms(w->pause / 2 + random() % (w->pause / 2 + 1));
     if (w->pause < CLAIM_POLL_MAX_MS)
         w->pause *= 2;
@@ -907,7 +1152,8 @@ static int await_claim(mongo_backend_t *m, call_t *c,
 /* The claimed replace of FerretDB mode (see the file comment): takes the
  * claim on coll/id at expected and writes under it; while another writer
  * holds the claim, waits for the version to move (a conflict) or the claim
- * to go, taking over a claim held a whole lease. Fails with
+ * to go, taking over a claim whose holder died or that was held a whole
+ * lease. Fails with
  * SYNCD_ETIMEDOUT when none of this happened within two leases. */
 static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
@@ -916,7 +1162,7 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
     char key[SYNCD_MAX_ID_BYTES + 32];
     char name[128];
     char owner[64];
-    claim_watch_t watch = {"", 0, CLAIM_POLL_MS};
+    claim_watch_t watch = {"", 0, -1, 0, CLAIM_POLL_MS};
     mongoc_collection_t *claims;
     int64_t deadline = mono_ms() + 2 * m->lease_ms;
     int rc = 0;
@@ -926,22 +1172,36 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
     claim_key(key, sizeof(key), id, expected);
     for (;;) {
         int64_t claimed = mono_ms();
-        int taken = 0, lapsed = 0, unknown = 0;
+        int tried = 0, taken = 0, lapsed = 0, unknown = 0;
 
-        claim_owner(owner, sizeof(owner));
-        rc = take_claim(claims, key, owner, &taken, coll, id, err);
+        /* A writer whose liveness is not proved could not write under a
+         * claim: it waits for a bump that proves it instead, as long as
+         * the server answers and the version stays. */
+        if (!beat_fresh(m)) {
+            int64_t version = 0;
+
+            rc = read_version(c->coll, id, &version, coll, err);
+            if (rc == 0 && version != expected)
+                rc = conflict(err, coll, id, expected);
+            if (rc == 0)
+                sleep_ms(BEAT_MS / 5);
+        } else {
+            claim_owner(owner, sizeof(owner), m->proc);
+            rc = take_claim(claims, key, owner, &taken, coll, id, err);
+            tried = 1;
+        }
         if (rc == 0 && taken) {
             rc = replace_claimed(m, c, rec, coll, id, expected, claimed,
                                  &lapsed, &unknown, err);
             /* A replace that may still land keeps the others out for the
              * lease. A claim left behind is on a version that moved on, or
-             * is taken over after its lease: an error dropping it changes
-             * nothing. */
+             * is taken over after its lease or its holder's death: an
+             * error dropping it changes nothing. */
             if (!unknown)
                 drop_claim(claims, key, owner, coll, id, NULL);
             if (!lapsed)
                 break;
-        } else if (rc == 0) {
+        } else if (rc == 0 && tried) {
             rc =
                 await_claim(m, c, claims, key, &watch, coll, id, expected, err);
         }
@@ -1284,12 +1544,13 @@ static int delete_many(mongoc_collection_t *c, const bson_t *filter,
 /* Purges one tombstone in FerretDB mode: claims it at its version (so no
  * writer can re-create it meanwhile), drops the older claims of its id,
  * deletes it when it is still that tombstone with no pending-publish
- * marker (the delete is fenced on its version, flag and outbox) and drops
- * its claim. *deleted is 1 when it was
- * removed. */
-static int purge_claimed(mongoc_collection_t *docs, mongoc_collection_t *claims,
-                         const char *coll, const char *id, int64_t version,
-                         int64_t *deleted, syncd_error_t *err)
+ * marker (the delete is fenced on its version, flag and outbox) and m's
+ * liveness is proved (else a later purge does it), and drops its claim.
+ * *deleted is 1 when it was removed. */
+static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
+                         mongoc_collection_t *claims, const char *coll,
+                         const char *id, int64_t version, int64_t *deleted,
+                         syncd_error_t *err)
 {
     char key[SYNCD_MAX_ID_BYTES + 32];
     char first[SYNCD_MAX_ID_BYTES + 32];
@@ -1305,14 +1566,14 @@ static int purge_claimed(mongoc_collection_t *docs, mongoc_collection_t *claims,
     *deleted = 0;
     claim_key(key, sizeof(key), id, version);
     claim_key(first, sizeof(first), id, 0);
-    claim_owner(owner, sizeof(owner));
+    claim_owner(owner, sizeof(owner), m->proc);
     older = BCON_NEW("_id", "{", "$gte", BCON_UTF8(first), "$lt",
                      BCON_UTF8(key), "}");
     rc = take_claim(claims, key, owner, &taken, coll, id, err);
     if (rc < 0 || !taken)
         goto cleanup;
     rc = delete_many(claims, older, &dropped, coll, err);
-    if (rc == 0)
+    if (rc == 0 && beat_fresh(m))
         rc = delete_many(docs, tomb, deleted, coll, err);
     if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
@@ -1323,9 +1584,28 @@ cleanup:
     return rc;
 }
 
-/* FerretDB mode purge: claims older than the lease (their writers no
- * longer write under them), then each tombstone older than before_ms
- * (filter) under its claim. */
+/* Drops the liveness records last bumped PROC_PURGE_LEASES leases ago or
+ * more by their owners' wall clocks: their processes are gone (a live one
+ * with a clock that far behind writes its record again within BEAT_MS). */
+static int purge_procs(mongo_backend_t *m, call_t *c, const char *coll,
+                       syncd_error_t *err)
+{
+    mongoc_collection_t *procs =
+        mongoc_client_get_collection(c->client, m->db, PROCS);
+    bson_t *old = BCON_NEW(
+        "t", "{", "$lt",
+        BCON_DATE_TIME(wall_ms() - PROC_PURGE_LEASES * m->lease_ms), "}");
+    int64_t dropped = 0;
+    int rc = delete_many(procs, old, &dropped, coll, err);
+
+    bson_destroy(old);
+    mongoc_collection_destroy(procs);
+    return rc;
+}
+
+/* FerretDB mode purge: stale liveness records, claims older than the
+ * lease (their writers no longer write under them), then each tombstone
+ * older than before_ms (filter) under its claim. */
 static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
                              const bson_t *filter, size_t *purged,
                              syncd_error_t *err)
@@ -1344,7 +1624,9 @@ static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
 
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
-    rc = delete_many(claims, old, &dropped, coll, err);
+    rc = purge_procs(m, c, coll, err);
+    if (rc == 0)
+        rc = delete_many(claims, old, &dropped, coll, err);
     if (rc < 0)
         goto cleanup;
     cur = mongoc_collection_find_with_opts(c->coll, filter, opts, NULL);
@@ -1369,7 +1651,7 @@ static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
         int64_t deleted = 0;
 
         rc = purge_claimed(
-            c->coll, claims, coll, json_string_value(json_array_get(t, 0)),
+            m, c->coll, claims, coll, json_string_value(json_array_get(t, 0)),
             json_integer_value(json_array_get(t, 1)), &deleted, err);
         *purged += (size_t)deleted;
     }
@@ -1426,7 +1708,8 @@ static int unset_outbox(mongoc_collection_t *c, const char *coll,
  * update by _id that could clear a newer writer's markers: under a claim
  * on version (no record in it: a settle only drops it), as a writer's. A
  * claim held by another writer means the record is moving on: its writer
- * owns the markers now, and there is nothing to do. */
+ * owns the markers now, and there is nothing to do. Fails with
+ * SYNCD_ETIMEDOUT, writing nothing, while m's liveness is not proved. */
 static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
                        const char *id, int64_t version, syncd_error_t *err)
 {
@@ -1441,12 +1724,17 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
     claim_key(key, sizeof(key), id, version);
-    claim_owner(owner, sizeof(owner));
+    claim_owner(owner, sizeof(owner), m->proc);
     rc = take_claim(claims, key, owner, &taken, coll, id, err);
     if (rc < 0 || !taken)
         goto cleanup;
     rc = read_version(c->coll, id, &current, coll, err);
-    if (rc == 0 && current == version)
+    if (rc == 0 && current == version && !beat_fresh(m))
+        rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
+                             "%s/%s: not acked, this writer's liveness is "
+                             "not proved",
+                             coll, id);
+    else if (rc == 0 && current == version)
         rc = unset_outbox(c->coll, coll, id, version, err);
     if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
@@ -1554,6 +1842,7 @@ static void mongo_close(syncd_backend_t *b)
 
     if (!m)
         return;
+    beat_stop(m);
     if (m->pool)
         mongoc_client_pool_destroy(m->pool);
     if (m->indexed) {
@@ -1667,7 +1956,12 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
         goto cleanup;
     }
     mongoc_client_pool_set_error_api(m->pool, MONGOC_ERROR_API_VERSION_2);
+    snprintf(m->proc, sizeof(m->proc), "%016llx.%u",
+             (unsigned long long)process_nonce,
+             __atomic_add_fetch(&backend_seq, 1, __ATOMIC_RELAXED));
     rc = probe_server(m, err);
+    if (rc == 0 && m->claims)
+        rc = beat_start(m, err);
 
 cleanup:
     mongoc_uri_destroy(u);

@@ -6,9 +6,11 @@
  * and as raw BSON read with mongo-c-driver, the compare-and-swap under
  * contention, listings, purge, and a server that dies and comes back.
  * Through the store API with several stores as nodes: FerretDB's claims
- * (a dead writer's claim, a writer stalled past its lease by a test hook,
- * a strict write behind a live claim), and a history of concurrent
- * creates, deletes and strict writes checked for linearizability.
+ * (a dead writer's claim taken over well within its lease, a holder kept
+ * alive by a liveness record waited for until the record stands still, a
+ * writer stalled past its lease by a test hook, a strict write behind a
+ * live claim), and a history of concurrent creates, deletes and strict
+ * writes checked for linearizability.
  */
 #include <math.h>
 #include <pthread.h>
@@ -34,6 +36,10 @@
 #define LEASE_TIMEOUT_MS                                                       \
     2000 /* backend timeout of the claim tests: 4 s lease */
 #define WRITERS 8
+#define DEAD_HOLDER                                                            \
+    "00000000deadbeef.1"                 /* a holder with no liveness record   \
+                                          */
+#define LIVE_HOLDER "00000000feedface.1" /* one a test keeps alive */
 #define WRITES_PER_WRITER 40
 
 typedef struct fixture {
@@ -412,6 +418,55 @@ static void plant_claim(const fixture_t *f, const char *coll, const char *id,
     mongoc_client_destroy(client);
 }
 
+/* Sets the liveness record of holder proc to counter n and wall time t,
+ * as its process does while it lives. */
+static void bump_liveness(mongoc_client_t *client, const char *proc, int64_t n,
+                          int64_t t)
+{
+    mongoc_collection_t *c =
+        mongoc_client_get_collection(client, DB, "_syncd_procs");
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(proc));
+    bson_t *update =
+        BCON_NEW("$set", "{", "n", BCON_INT64(n), "t", BCON_DATE_TIME(t), "}");
+    bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
+    bson_error_t e;
+
+    assert_true(
+        mongoc_collection_update_one(c, filter, update, opts, NULL, &e));
+    bson_destroy(opts);
+    bson_destroy(update);
+    bson_destroy(filter);
+    mongoc_collection_destroy(c);
+}
+
+/* Returns the owner of the claim on coll/id at version ("" when none) in
+ * owner. */
+static void claim_owner_of(const fixture_t *f, const char *coll, const char *id,
+                           int64_t version, char *owner, size_t size)
+{
+    mongoc_client_t *client = mongoc_client_new(f->srv.uri);
+    char name[128], key[128];
+    mongoc_collection_t *c;
+    mongoc_cursor_t *cur;
+    const bson_t *found;
+    bson_t *filter;
+    bson_iter_t it;
+
+    snprintf(name, sizeof(name), "_syncd_claims.%s", coll);
+    snprintf(key, sizeof(key), "%s\x1f%020lld", id, (long long)version);
+    c = mongoc_client_get_collection(client, DB, name);
+    filter = BCON_NEW("_id", BCON_UTF8(key));
+    cur = mongoc_collection_find_with_opts(c, filter, NULL, NULL);
+    owner[0] = '\0';
+    if (mongoc_cursor_next(cur, &found) &&
+        bson_iter_init_find(&it, found, "o") && BSON_ITER_HOLDS_UTF8(&it))
+        snprintf(owner, size, "%s", bson_iter_utf8(&it, NULL));
+    mongoc_cursor_destroy(cur);
+    bson_destroy(filter);
+    mongoc_collection_destroy(c);
+    mongoc_client_destroy(client);
+}
+
 /* Returns the number of claims on coll. */
 static int64_t count_claims(const fixture_t *f, const char *coll)
 {
@@ -493,16 +548,22 @@ test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write(
     syncd_error_t err;
     node_t n;
 
+    int64_t start;
+
     syncd_error_clear(&err);
-    node_open(&n, f, "node-a", LEASE_TIMEOUT_MS);
+    node_open(&n, f, "node-a", TIMEOUT_MS); /* a lease of 10 s */
     assert_int_equal(
         syncd_store_create(n.store, &change, "claims", "crashed", v1, NULL), 0);
     syncd_change_free(change);
-    /* Fresh by the clock, but its writer is gone: nobody ends it. */
-    plant_claim(f, "claims", "crashed", 1, "dead-node-process", 0);
+    /* Fresh by the clock, but its writer's process is gone (it has no
+     * liveness record): nobody ends it. */
+    plant_claim(f, "claims", "crashed", 1, DEAD_HOLDER "-7", 0);
+    start = now_ms();
     assert_int_equal(
         syncd_store_put(n.store, &change, "claims", "crashed", mine, 1, &err),
         0);
+    /* A bound for liveness, well within the lease, not a speed claim. */
+    assert_true(now_ms() - start < 3000);
     assert_int_equal(change->base, 1);
     assert_int_equal(change->doc->version, 2);
     syncd_change_free(change);
@@ -716,6 +777,97 @@ static void test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
     json_decref(mine);
 }
 
+/* A process that holds a claim: its liveness record advances every
+ * 100 ms until stop is set. */
+typedef struct fake_holder {
+    const char *uri;
+    pthread_mutex_t lock;
+    int stop;
+    int64_t stopped_at; /* wall ms of the last bump */
+} fake_holder_t;
+
+static void *fake_holder_live(void *arg)
+{
+    fake_holder_t *h = arg;
+    mongoc_client_t *client = mongoc_client_new(h->uri);
+    int64_t n = 0;
+    int stop = 0;
+
+    while (!stop) {
+        bump_liveness(client, LIVE_HOLDER, ++n, now_ms());
+        sleep_ms(100);
+        pthread_mutex_lock(&h->lock);
+        stop = h->stop;
+        if (stop)
+            h->stopped_at = now_ms();
+        pthread_mutex_unlock(&h->lock);
+    }
+    mongoc_client_destroy(client);
+    return NULL;
+}
+
+static void
+test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *v1 = json_pack("{s:i}", "n", 0);
+    json_t *mine = json_pack("{s:s}", "who", "strict");
+    call_t strict = {.coll = "claims", .id = "alive", .if_match = 1};
+    fake_holder_t h = {.uri = f->srv.uri};
+    syncd_change_t *change = NULL;
+    syncd_doc_t *got = NULL;
+    char owner[64];
+    pthread_t th, ts;
+    node_t n;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* claims are FerretDB's; MongoDB needs none */
+    pthread_mutex_init(&h.lock, NULL);
+    node_open(&n, f, "node-a", TIMEOUT_MS); /* a lease of 10 s */
+    assert_int_equal(
+        syncd_store_create(n.store, &change, "claims", "alive", v1, NULL), 0);
+    syncd_change_free(change);
+    assert_int_equal(pthread_create(&th, NULL, fake_holder_live, &h), 0);
+    sleep_ms(200);
+    plant_claim(f, "claims", "alive", 1, LIVE_HOLDER "-1", 0);
+    strict.store = n.store;
+    strict.body = mine;
+    assert_int_equal(pthread_create(&ts, NULL, run_call, &strict), 0);
+
+    /* Its holder's record advances: the strict write waits and takes
+     * nothing over, for longer than a dead holder is given. */
+    sleep_ms(2500);
+    claim_owner_of(f, "claims", "alive", 1, owner, sizeof(owner));
+    assert_string_equal(owner, LIVE_HOLDER "-1");
+    assert_int_equal(
+        syncd_store_refetch(n.store, &got, "claims", "alive", NULL), 0);
+    assert_int_equal(got->version, 1);
+    syncd_doc_free(got);
+
+    /* The holder dies with its claim: its record stands still, and the
+     * strict write takes the claim over after a second of that. */
+    pthread_mutex_lock(&h.lock);
+    h.stop = 1;
+    pthread_mutex_unlock(&h.lock);
+    pthread_join(th, NULL);
+    pthread_join(ts, NULL);
+    assert_int_equal(strict.rc, 0);
+    assert_int_equal(strict.change->doc->version, 2);
+    assert_true(strict.done_at - h.stopped_at >= 800);
+    assert_true(strict.done_at - h.stopped_at < 3000);
+    syncd_change_free(strict.change);
+    assert_int_equal(
+        syncd_store_refetch(n.store, &got, "claims", "alive", NULL), 0);
+    assert_int_equal(got->version, 2);
+    assert_json_exact(got->body, mine);
+    syncd_doc_free(got);
+    node_close(&n);
+    pthread_mutex_destroy(&h.lock);
+    json_decref(v1);
+    json_decref(mine);
+}
+
 static void test_mongo_purge__drops_claims_older_than_the_lease(void **state)
 {
     fixture_t *f = *state;
@@ -732,6 +884,55 @@ static void test_mongo_purge__drops_claims_older_than_the_lease(void **state)
         0);
     assert_int_equal(purged, 0);
     assert_int_equal(count_claims(f, "stale"), 1);
+}
+
+/* Returns the number of liveness records, of holder proc only when it is
+ * not NULL. */
+static int64_t count_procs(const fixture_t *f, const char *proc)
+{
+    mongoc_client_t *client = mongoc_client_new(f->srv.uri);
+    mongoc_collection_t *c =
+        mongoc_client_get_collection(client, DB, "_syncd_procs");
+    bson_t filter = BSON_INITIALIZER;
+    bson_error_t e;
+    int64_t n;
+
+    if (proc)
+        BSON_APPEND_UTF8(&filter, "_id", proc);
+    n = mongoc_collection_count_documents(c, &filter, NULL, NULL, NULL, &e);
+    assert_true(n >= 0);
+    bson_destroy(&filter);
+    mongoc_collection_destroy(c);
+    mongoc_client_destroy(client);
+    return n;
+}
+
+static void
+test_mongo_purge__drops_liveness_records_of_long_gone_processes(void **state)
+{
+    fixture_t *f = *state;
+    mongoc_client_t *client;
+    int64_t before;
+    size_t purged = 0;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* liveness is for claims, which are FerretDB's */
+    before = count_procs(f, NULL); /* the fixture's backend's, at least */
+    assert_true(before >= 1);
+    client = mongoc_client_new(f->srv.uri);
+    /* The fixture's lease is 10 s: 100 s is ten leases. */
+    bump_liveness(client, "00000000000000a1.1", 5, now_ms() - 3600000);
+    bump_liveness(client, "00000000000000a2.1", 5, now_ms() - 120000);
+    bump_liveness(client, "00000000000000a3.1", 5, now_ms() - 30000);
+    mongoc_client_destroy(client);
+    assert_int_equal(count_procs(f, NULL), before + 3);
+    assert_int_equal(
+        f->be->ops->purge(f->be, "stale", now_ms() - 86400000, &purged, NULL),
+        0);
+    assert_int_equal(count_procs(f, "00000000000000a1.1"), 0);
+    assert_int_equal(count_procs(f, "00000000000000a2.1"), 0);
+    assert_int_equal(count_procs(f, "00000000000000a3.1"), 1);
+    assert_int_equal(count_procs(f, NULL), before + 1); /* live ones stay */
 }
 
 static const char *list_ids[] = {
@@ -1228,7 +1429,11 @@ int main(void)
             test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing),
         cmocka_unit_test(
             test_mongo_claims__a_strict_write_fails_only_once_the_version_moved),
+        cmocka_unit_test(
+            test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead),
         cmocka_unit_test(test_mongo_purge__drops_claims_older_than_the_lease),
+        cmocka_unit_test(
+            test_mongo_purge__drops_liveness_records_of_long_gone_processes),
         cmocka_unit_test(
             test_mongo_list__pages_by_prefix_and_after_in_byte_order),
         cmocka_unit_test(test_mongo_purge__removes_only_old_tombstones),
