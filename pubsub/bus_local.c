@@ -442,10 +442,9 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
     uint64_t bound = bus->db != NULL ? RING_PERSISTED : RING_MEMORY;
     ljob_t *load = NULL;
 
-    if (c != NULL) {
-        *out = c;
+    *out = c;
+    if (c != NULL)
         return 0;
-    }
     c = calloc(1, sizeof(*c));
     if (c == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "allocating a collection");
