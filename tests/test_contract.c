@@ -61,24 +61,6 @@ typedef struct daemon {
     char listen[64], data[300];
 } daemon_t;
 
-static int connect_port(int port)
-{
-    struct sockaddr_in sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    if (fd < 0)
-        return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Starts (or restarts) d with its argv; crash_after > 0 sets the crash
  * hook. Waits until it accepts connections; 0 or -1. */
 static int daemon_run(daemon_t *d, int crash_after)
@@ -109,7 +91,7 @@ static int daemon_run(daemon_t *d, int crash_after)
             d->pid = 0;
             return -1;
         }
-        fd = connect_port(d->port);
+        fd = syncd_test_connect(d->port);
         if (fd >= 0) {
             close(fd);
             return 0;
@@ -398,7 +380,7 @@ static void *watcher_main(void *arg)
 
     while (!atomic_load(&w->stop)) {
         char req[512];
-        int fd = connect_port(w->node->port);
+        int fd = syncd_test_connect(w->node->port);
         int n;
 
         if (fd < 0) {

@@ -46,24 +46,6 @@ static daemon_t main_daemon;
 
 /* ---- Processes ------------------------------------------------------- */
 
-static int connect_port(int port)
-{
-    struct sockaddr_in sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    if (fd < 0)
-        return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Starts syncd on a free port with its own data dir and the extra flags
  * (NULL-terminated); waits until it accepts connections. 0 or -1. */
 static int daemon_start(daemon_t *d, ...)
@@ -109,7 +91,7 @@ static int daemon_start(daemon_t *d, ...)
             d->pid = 0;
             return -1;
         }
-        fd = connect_port(d->port);
+        fd = syncd_test_connect(d->port);
         if (fd >= 0) {
             close(fd);
             return 0;
@@ -271,7 +253,7 @@ static char *raw_exchange(int port, const char *data, size_t len)
     struct timeval tv = {10, 0};
     size_t cap = 65536, n = 0;
     char *out = malloc(cap);
-    int fd = connect_port(port);
+    int fd = syncd_test_connect(port);
     ssize_t got;
 
     assert_non_null(out);
@@ -295,7 +277,7 @@ static char *raw_exchange(int port, const char *data, size_t len)
 static int connect_timed(int port)
 {
     struct timeval tv = {10, 0};
-    int fd = connect_port(port);
+    int fd = syncd_test_connect(port);
 
     assert_true(fd >= 0);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -349,7 +331,7 @@ static void sse_open(sse_t *s, const daemon_t *d, const char *path,
                      path, extra ? extra : "");
 
     memset(s, 0, sizeof(*s));
-    s->fd = connect_port(d->port);
+    s->fd = syncd_test_connect(d->port);
     assert_true(s->fd >= 0);
     setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     assert_int_equal(send(s->fd, req, (size_t)n, MSG_NOSIGNAL), n);
@@ -836,7 +818,7 @@ static void test_http__slow_client_gets_408_while_others_are_served(void **s)
 {
     static const char req[] = "GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n";
     char out[4096];
-    int fd = connect_port(main_daemon.port);
+    int fd = syncd_test_connect(main_daemon.port);
     size_t i, n = 0;
     ssize_t got;
 
@@ -868,7 +850,7 @@ static void test_http__hundreds_of_idle_connections_do_not_block(void **s)
 
     (void)s;
     for (i = 0; i < 300; i++) {
-        fds[i] = connect_port(main_daemon.port);
+        fds[i] = syncd_test_connect(main_daemon.port);
         assert_true(fds[i] >= 0);
         if (i % 2 == 0)
             send(fds[i], "GET", 3, MSG_NOSIGNAL);
@@ -1454,10 +1436,10 @@ static void test_limits__connections_beyond_the_maximum_get_503(void **s)
     (void)s;
     assert_int_equal(daemon_start(&d, "--max-connections", "4", NULL), 0);
     for (i = 0; i < 4; i++) {
-        fds[i] = connect_port(d.port);
+        fds[i] = syncd_test_connect(d.port);
         assert_true(fds[i] >= 0);
     }
-    fd = connect_port(d.port);
+    fd = syncd_test_connect(d.port);
     assert_true(fd >= 0);
     n = recv(fd, out, sizeof(out) - 1, 0);
     assert_true(n > 0);

@@ -64,21 +64,32 @@ int syncd_test_rmtree(const char *dir)
     return nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static int port_answers(int port)
+int syncd_test_connect(int port)
 {
     struct sockaddr_in sa;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int ok;
 
     if (fd < 0)
-        return 0;
+        return -1;
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)port);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int port_answers(int port)
+{
+    int fd = syncd_test_connect(port);
+
+    if (fd < 0)
+        return 0;
     close(fd);
-    return ok;
+    return 1;
 }
 
 /* Forks and execs argv with stdout/stderr to logfile; returns the pid. */

@@ -23,6 +23,10 @@ typedef struct syncd_test_server {
 /* Returns a TCP port that is free on 127.0.0.1 right now, or -1. */
 int syncd_test_free_port(void);
 
+/* Connects a TCP socket to 127.0.0.1:port; returns it (the caller closes
+ * it), or -1 when the connection fails. */
+int syncd_test_connect(int port);
+
 /* Makes a fresh temp dir "/tmp/syncd-test-<tag>-XXXXXX" into buf (size
  * bytes); returns 0 or -1. */
 int syncd_test_tmpdir(char *buf, size_t size, const char *tag);
