@@ -1,6 +1,6 @@
 /* syncctl_http.c - the syncctl commands that talk to a node over its HTTP
- * API (DESIGN.md sections 5 and 10): get, put, patch, rm, ls, watch and
- * digest, with libcurl.
+ * API (DESIGN.md sections 5 and 10): get, put, patch, rm, ls, watch,
+ * digest and health, with libcurl.
  *
  * Every command builds one URL from --server (or $SYNCD_SERVER), the
  * percent-encoded collection and id, sends --token as a bearer token, and
@@ -390,6 +390,34 @@ static int cmd_digest(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return rc;
 }
 
+/* health: GETs /v1/health and prints it; exit 0 only on 200, so that it
+ * serves as a container healthcheck (the image has no curl). */
+static int cmd_health(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                      int argc, char **argv)
+{
+    size_t slen = strlen(opts->server);
+    char *url;
+    reply_t r;
+    int rc;
+
+    (void)argv;
+    if (argc != 0)
+        return syncctl_usage(self);
+    if (slen > 0 && opts->server[slen - 1] == '/')
+        slen--;
+    url = malloc(slen + sizeof("/v1/health"));
+    if (url == NULL)
+        return syncctl_fail("out of memory");
+    snprintf(url, slen + sizeof("/v1/health"), "%.*s/v1/health", (int)slen,
+             opts->server);
+    rc = call(opts, "GET", url, NULL, NULL, NULL, NULL, &r);
+    if (rc == SYNCCTL_OK)
+        rc = r.status == 200 ? print_reply(&r, NULL, NULL) : report(&r);
+    free(r.body);
+    free(url);
+    return rc;
+}
+
 /* Appends "&name=<value percent-encoded>" to q (size bytes). */
 static void add_query(char *q, size_t size, const char *name, const char *value)
 {
@@ -563,6 +591,7 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"ls", "C [--prefix P]", cmd_ls},
     {"watch", "C [--since SEQ] [--prefix P]", cmd_watch},
     {"digest", "C", cmd_digest},
+    {"health", "", cmd_health},
 };
 
 const size_t syncctl_http_ncommands =
