@@ -32,7 +32,7 @@ RUN apt-get update -q && \
         --no-install-recommends libjansson4 libuv1 libmongoc-1.0-0 \
         libbson-1.0-0 libhiredis0.14 librocksdb7.8 libhttp-parser2.9 \
         libcurl4 libssl3 && \
-    rm -rf /var/lib/apt/lists/* && \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/* && \
     useradd --system --uid 10001 --user-group --home-dir /data \
         --no-create-home syncd && \
     mkdir /data && chown syncd:syncd /data
