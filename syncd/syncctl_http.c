@@ -12,9 +12,11 @@
  * with Last-Event-ID until interrupted.
  *
  * Every write (put, patch, rm) carries a random Idempotency-Key and is
- * sent again with the same key when the connection fails (bounded
- * attempts, exponential backoff): a node that committed the first attempt
- * answers the retry with its first outcome instead of applying it twice.
+ * sent again with the same key when the connection fails or the answer
+ * is 502, 503 or 504 (a balancer lost its node, or the node is shutting
+ * down; bounded attempts, exponential backoff): a node that committed the
+ * first attempt answers the retry with its first outcome instead of
+ * applying it twice.
  */
 #include <curl/curl.h>
 #include <stdarg.h>
@@ -120,6 +122,14 @@ static int retryable(CURLcode cc)
            cc == CURLE_PARTIAL_FILE;
 }
 
+/* Returns 1 when an HTTP status says the request was not served but may
+ * be on another attempt: a gateway that lost its node (502, 504) or a
+ * node that is unavailable, shutting down say (503). */
+static int unavailable(long status)
+{
+    return status == 502 || status == 503 || status == 504;
+}
+
 static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -187,16 +197,17 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
     }
     for (int attempt = 1;; attempt++) {
         cc = curl_easy_perform(c);
-        if (cc == CURLE_OK || ikey == NULL || attempt >= WRITE_ATTEMPTS ||
-            !retryable(cc))
+        if (cc == CURLE_OK)
+            curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+        if (ikey == NULL || attempt >= WRITE_ATTEMPTS ||
+            (cc == CURLE_OK ? !unavailable(r->status) : !retryable(cc)))
             break;
         syncd_buf_truncate(&out, 0);
         r->version = 0;
+        r->status = 0;
         sleep_ms(delay);
         delay = delay * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : delay * 2;
     }
-    if (cc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     r->body = out.data;

@@ -32,6 +32,9 @@
 #    acknowledged (syncctl retries a lost answer with its Idempotency-Key);
 #    mid-storm one syncd container is `docker kill`ed and comes back (its
 #    restart policy, else `docker start`);
+#  - phase "rolling": the same storm while each node in turn is restarted
+#    (`docker restart`: SIGTERM, then start) and becomes healthy again; no
+#    add may fail with 502, 503 or 504 (syncctl sends it again);
 #  - phase "redis": the same storm while the redis container restarts;
 #  - phase "pause": the same storm while one node is `docker pause`d for
 #    more than three heartbeat intervals: another node's /v1/nodes drops
@@ -52,7 +55,7 @@ SYNCCTL="$(cd "$(dirname "$SYNCCTL")" && pwd)/$(basename "$SYNCCTL")"
 
 PROJECT="syncd-compose-$$"
 TMP="$(mktemp -d /tmp/syncd-compose-XXXXXX)"
-KEYS="${SYNCD_COMPOSE_KEYS:-60}" # adds per client and phase
+KEYS="${SYNCD_COMPOSE_KEYS:-30}" # adds per client and phase
 HEARTBEAT_S=1                     # the nodes' --heartbeat-interval, seconds
 SYNCD_IMAGE_TAG="syncd-compose-test:latest"
 BUILT_IMAGES=()
@@ -247,6 +250,7 @@ client() {
 storm() {
     local i
     CLIENTS=()
+    STORM_T0=$(now)
     for i in 1 2 3 4 5 6; do
         client "$1" "$i" "${DOCS[$(((i - 1) / 2))]}" &
         CLIENTS+=($!)
@@ -254,9 +258,28 @@ storm() {
     done
 }
 
+# storm_wait PHASE: waits for the clients; says how many adds were not
+# acknowledged and why (the errors syncctl reported, digits elided).
 storm_wait() {
     local p
     for p in "${CLIENTS[@]}"; do wait "$p"; done
+    log "$1: the storm of $((6 * KEYS)) adds took $(since "$STORM_T0") s"
+    if [ -s "$TMP/client.err" ]; then
+        log "$1: $(wc -l <"$TMP/client.err") adds not acknowledged:"
+        sed -E 's/[0-9]+/N/g' "$TMP/client.err" | sort | uniq -c |
+            sort -rn | head -n 5 | sed 's/^/compose:   /'
+    fi
+    mv "$TMP/client.err" "$TMP/errors.$1" 2>/dev/null || : >"$TMP/errors.$1"
+}
+
+# wait_healthy SERVICE: waits (bounded) until its container is healthy.
+wait_healthy() {
+    for _ in $(seq 120); do
+        [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")")" = healthy ] &&
+            return 0
+        sleep 0.5
+    done
+    fail "$1 is not healthy again"
 }
 
 # agree: every node serves every document at the same version (ETag)
@@ -408,9 +431,29 @@ else
     docker start "$victim" >/dev/null
 fi
 healed=$(now)
-storm_wait
+storm_wait kill
 converge kill "$healed"
 check kill
+
+# ---- Phase rolling: restart every node in turn during the storm ------------
+
+storm o
+sleep 1
+for svc in syncd1 syncd2 syncd3; do
+    log "rolling: docker restart $svc (SIGTERM) during the storm"
+    docker restart -t 10 "$(cid "$svc")" >/dev/null
+    wait_healthy "$svc"
+done
+healed=$(now)
+storm_wait rolling
+# A node shutting down answers 503 and the balancer skips it for the next
+# requests; syncctl sends a write again with its Idempotency-Key, so no
+# add may end with the node's unavailability.
+if grep -E ': 50[234] ' "$TMP/errors.rolling" >&2; then
+    fail "rolling: adds ended in 502, 503 or 504 (above)"
+fi
+converge rolling "$healed"
+check rolling
 
 # ---- Phase redis: restart Redis during the storm ---------------------------
 
@@ -419,7 +462,7 @@ sleep 2
 log "redis: docker restart redis during the storm"
 docker restart -t 5 "$(cid redis)" >/dev/null
 healed=$(now)
-storm_wait
+storm_wait redis
 converge redis "$healed"
 check redis
 
@@ -449,7 +492,7 @@ done
 nodes_has "${NODES[0]}" node-3 ||
     fail "pause: /v1/nodes of node 1 does not list node-3 after the unpause"
 log "pause: node-3 listed again $(since "$healed") s after docker unpause"
-storm_wait
+storm_wait pause
 converge pause "$healed"
 check pause
 
