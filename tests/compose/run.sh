@@ -55,7 +55,7 @@ SYNCCTL="$(cd "$(dirname "$SYNCCTL")" && pwd)/$(basename "$SYNCCTL")"
 
 PROJECT="syncd-compose-$$"
 TMP="$(mktemp -d /tmp/syncd-compose-XXXXXX)"
-KEYS="${SYNCD_COMPOSE_KEYS:-30}" # adds per client and phase
+KEYS="${SYNCD_COMPOSE_KEYS:-20}" # adds per client and phase
 HEARTBEAT_S=1                     # the nodes' --heartbeat-interval, seconds
 SYNCD_IMAGE_TAG="syncd-compose-test:latest"
 BUILT_IMAGES=()
@@ -334,7 +334,7 @@ print(sum(1 for k in open(sys.argv[2]).read().split() if k not in body["items"])
             fail "$phase: $d lacks $missing of its $acked acknowledged keys"
         log "$phase: $d holds all $acked acknowledged keys at version $(cat "$TMP/v.$d")"
     done
-    if ctl verify c --nodes "$NODE_LIST" >"$TMP/verify" 2>&1; then
+    if ctl --server "$LB" verify c --nodes "$NODE_LIST" >"$TMP/verify" 2>&1; then
         log "$phase: syncctl verify c --nodes ...: every node agrees with the store"
     else
         cat "$TMP/verify" >&2
