@@ -1175,9 +1175,10 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
     json_t *o;
     char *text;
 
-    o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "status", "ok", "node",
-                  api->opts.node_id, "store", syncd_store_kind(api->opts.store),
-                  "bus", syncd_bus_kind(api->opts.bus), "bus_connected",
+    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b}", "status", "ok", "node",
+                  api->opts.node_id, "version", SYNCD_VERSION, "store",
+                  syncd_store_kind(api->opts.store), "bus",
+                  syncd_bus_kind(api->opts.bus), "bus_connected",
                   syncd_bus_connected(api->opts.bus));
     text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (text == NULL)
@@ -1191,6 +1192,7 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
 static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
 {
     syncd_metrics_view_t v;
+    syncd_buf_t b = {0};
     char *text;
     size_t len;
 
@@ -1201,13 +1203,15 @@ static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
     v.bus_connected = syncd_bus_connected(api->opts.bus);
     v.connections = api->server ? syncd_http_connections(api->server) : 0;
     text = syncd_metrics_render(api->opts.metrics, &v, &len);
-    if (text == NULL) {
+    if (text == NULL || syncd_buf_append(&b, text, len) != 0 ||
+        syncd_members_metrics(api->opts.members, &b) != 0) {
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
-        return;
+    } else {
+        syncd_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8",
+                           "", b.data, b.len);
     }
-    syncd_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", "",
-                       text, len);
     free(text);
+    syncd_buf_free(&b);
 }
 
 /* Decodes and validates a collection or id path segment into *out;
@@ -1261,6 +1265,14 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
             serve_health(api, req);
         else
             serve_metrics(api, req);
+        return;
+    }
+    if (strcmp(path, "/v1/nodes") == 0) {
+        syncd_http_set_route(req, "nodes");
+        if (strcmp(syncd_http_method(req), "GET") != 0)
+            method_not_allowed(req, "GET");
+        else
+            syncd_members_serve(api->opts.members, req);
         return;
     }
     if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)

@@ -18,14 +18,15 @@
 #include "log.h"
 
 typedef struct syncd_config {
-    char *mongo_uri; /* NULL: embedded RocksDB store of record */
-    char *redis_url; /* NULL: in-process bus */
-    char *database;  /* MongoDB database and bus namespace */
-    char *data_dir;  /* RocksDB store or cache, replay log */
-    char *listen;    /* host:port */
-    char *node_id;   /* NULL: "local" embedded, host-port in a cluster */
-    char *secret;    /* event HMAC key; NULL: unsigned */
-    char *token;     /* API bearer token; NULL: open */
+    char *mongo_uri;     /* NULL: embedded RocksDB store of record */
+    char *redis_url;     /* NULL: in-process bus */
+    char *database;      /* MongoDB database and bus namespace */
+    char *data_dir;      /* RocksDB store or cache, replay log */
+    char *listen;        /* host:port */
+    char *node_id;       /* NULL: "local" embedded, host-port in a cluster */
+    char *secret;        /* event HMAC key; NULL: unsigned */
+    char *token;         /* API bearer token; NULL: open */
+    char *advertise_url; /* NULL: http://<listen address> */
     syncd_log_level_t log_level;
     int sync_writes;
     int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
@@ -34,12 +35,13 @@ typedef struct syncd_config {
     int64_t cache_ttl_ms, retry_delay_ms, max_retry_delay_ms, edit_timeout_ms,
         anti_entropy_interval_ms, tombstone_ttl_ms, idle_timeout_ms,
         header_timeout_ms, bookmark_interval_ms, bus_timeout_ms,
-        idempotency_ttl_ms;
+        idempotency_ttl_ms, heartbeat_interval_ms;
     uint64_t cache_max_bytes, max_doc_bytes, max_event_bytes, max_header_bytes,
         watch_buffer_bytes;
     char host[256]; /* parsed from listen */
     int port;
-    int help; /* --help was given */
+    int help;    /* --help was given */
+    int version; /* --version was given */
 } syncd_config_t;
 
 /* Fills cfg from the defaults, then the SYNCD_* environment, then argv

@@ -390,6 +390,33 @@ static int cmd_digest(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return rc;
 }
 
+/* Prints GET /v1/nodes: the live nodes and their lag. */
+static int cmd_nodes(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                     int argc, char **argv)
+{
+    size_t slen = strlen(opts->server);
+    reply_t r = {0};
+    char *url;
+    int rc;
+
+    (void)argv;
+    if (argc != 0)
+        return syncctl_usage(self);
+    if (slen > 0 && opts->server[slen - 1] == '/')
+        slen--;
+    url = malloc(slen + sizeof("/v1/nodes"));
+    if (url == NULL)
+        return syncctl_fail("out of memory");
+    snprintf(url, slen + sizeof("/v1/nodes"), "%.*s/v1/nodes", (int)slen,
+             opts->server);
+    rc = call(opts, "GET", url, NULL, NULL, NULL, NULL, &r);
+    if (rc == SYNCCTL_OK)
+        rc = print_reply(&r, NULL, NULL);
+    free(r.body);
+    free(url);
+    return rc;
+}
+
 /* Appends "&name=<value percent-encoded>" to q (size bytes). */
 static void add_query(char *q, size_t size, const char *name, const char *value)
 {
@@ -563,6 +590,7 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"ls", "C [--prefix P]", cmd_ls},
     {"watch", "C [--since SEQ] [--prefix P]", cmd_watch},
     {"digest", "C", cmd_digest},
+    {"nodes", "", cmd_nodes},
 };
 
 const size_t syncctl_http_ncommands =
