@@ -4,8 +4,9 @@
  * record in a temp dir, in-process bus) on a free loopback port, and
  * drives every route of DESIGN.md section 5 with libcurl and raw sockets:
  * status codes, ETags and error bodies, malformed HTTP, limits, slow and
- * idle clients, pipelining, bearer tokens, SSE watch streams, and a
- * graceful shutdown on SIGTERM.
+ * idle clients, pipelining, bearer tokens, SSE watch streams, a graceful
+ * shutdown on SIGTERM, GET /v1/nodes of the embedded default (only the node
+ * itself), and one syncd per data dir.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -405,6 +406,7 @@ static void test_health__answers_200_with_node_store_and_bus(void **state)
                         "rocksdb");
     assert_string_equal(json_string_value(json_object_get(v, "bus")), "local");
     assert_true(json_is_true(json_object_get(v, "bus_connected")));
+    assert_true(json_string_length(json_object_get(v, "version")) > 0);
     json_decref(v);
     response_free(&r);
 }
@@ -1471,6 +1473,90 @@ static void test_shutdown__sigterm_ends_watchers_and_exits_0(void **state)
     assert_int_equal(daemon_wait(&d), 0);
 }
 
+/* Returns 1 when s is an RFC 3339 UTC time as /v1/nodes writes them. */
+static int is_utc_time(const json_t *s)
+{
+    const char *t = json_string_value(s);
+
+    return t != NULL && strlen(t) == 24 && t[10] == 'T' && t[23] == 'Z';
+}
+
+static void test_nodes__embedded_default_lists_only_itself(void **state)
+{
+    daemon_t d;
+    response_t r;
+    json_t *v = NULL, *node = NULL, *c = NULL;
+    char url[64];
+    int i;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, "--heartbeat-interval", "100ms", NULL),
+                     0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", d.port);
+    r = request(&d, "PUT", "/v1/collections/mn/docs/a", "{}", NULL);
+    expect(&r, 201, NULL);
+    r = request(&d, "PUT", "/v1/collections/mn/docs/b", "{}", NULL);
+    expect(&r, 201, NULL);
+    /* The next heartbeat names the collection. */
+    for (i = 0; i < 100 && c == NULL; i++) {
+        json_decref(v);
+        r = request(&d, "GET", "/v1/nodes", NULL, NULL);
+        assert_int_equal(r.status, 200);
+        v = json_loads(r.body, 0, NULL);
+        response_free(&r);
+        assert_non_null(v);
+        node = json_array_get(json_object_get(v, "nodes"), 0);
+        c = json_object_get(json_object_get(node, "collections"), "mn");
+        if (c == NULL)
+            usleep(50 * 1000);
+    }
+    assert_non_null(c);
+    assert_string_equal(json_string_value(json_object_get(v, "self")), "local");
+    assert_int_equal(json_array_size(json_object_get(v, "nodes")), 1);
+    assert_string_equal(json_string_value(json_object_get(node, "id")),
+                        "local");
+    assert_string_equal(json_string_value(json_object_get(node, "url")), url);
+    assert_true(json_string_length(json_object_get(node, "version")) > 0);
+    assert_true(is_utc_time(json_object_get(node, "started")));
+    assert_true(is_utc_time(json_object_get(node, "last_heartbeat")));
+    assert_true(json_integer_value(json_object_get(node, "age_ms")) >= 0);
+    assert_true(json_integer_value(json_object_get(node, "age_ms")) < 300);
+    assert_int_equal(json_integer_value(json_object_get(c, "seq")), 2);
+    assert_int_equal(json_integer_value(json_object_get(c, "newest")), 2);
+    assert_int_equal(json_integer_value(json_object_get(c, "lag")), 0);
+    json_decref(v);
+    assert_int_equal(metric_value(&d, "syncd_nodes_live"), 1);
+    r = request(&d, "POST", "/v1/nodes", "{}", NULL);
+    expect(&r, 405, NULL);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+static void test_nodes__advertise_url_is_the_url_of_the_node(void **state)
+{
+    daemon_t d;
+    response_t r;
+    json_t *v;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, "--advertise-url",
+                                  "http://node-a.example:7070", "--token",
+                                  "s3cret", NULL),
+                     0);
+    r = request(&d, "GET", "/v1/nodes", NULL, NULL);
+    expect(&r, 401, "unauthorized");
+    r = request(&d, "GET", "/v1/nodes", NULL,
+                (const char *[]){"Authorization: Bearer s3cret", NULL});
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    response_free(&r);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_array_get(json_object_get(v, "nodes"), 0), "url")),
+        "http://node-a.example:7070");
+    json_decref(v);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* Runs cmd through the shell, keeping the first size-1 bytes of its
  * output in out; returns its exit status. */
 static int run_capture(const char *cmd, char *out, size_t size)
@@ -1515,6 +1601,41 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
     assert_int_equal(run_capture(SYNCD_BINARY " --help", out, sizeof(out)), 0);
     assert_non_null(strstr(out, "--mongo-uri"));
     assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
+    assert_non_null(strstr(out, "SYNCD_HEARTBEAT_INTERVAL, default 5s"));
+    assert_int_equal(run_capture(SYNCD_BINARY " --heartbeat-interval 5 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--heartbeat-interval"));
+    assert_int_equal(run_capture("SYNCD_HEARTBEAT_INTERVAL=0 " SYNCD_BINARY
+                                 " 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--heartbeat-interval"));
+    assert_int_equal(run_capture(SYNCD_BINARY " --version", out, sizeof(out)),
+                     0);
+    assert_int_equal(strncmp(out, "syncd ", 6), 0);
+}
+
+static void test_data_dir__a_second_syncd_exits_1_naming_dir_and_pid(void **s)
+{
+    daemon_t d;
+    char cmd[1024], out[8192], pid[32], dir[300];
+    response_t r;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, NULL), 0);
+    snprintf(dir, sizeof(dir), "%s/data", d.dir);
+    snprintf(cmd, sizeof(cmd),
+             SYNCD_BINARY " --listen 127.0.0.1:%d --data-dir %s 2>&1",
+             syncd_test_free_port(), dir);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 1);
+    snprintf(pid, sizeof(pid), "pid %d", (int)d.pid);
+    assert_non_null(strstr(out, dir));
+    assert_non_null(strstr(out, pid));
+    /* The first one is unharmed. */
+    r = request(&d, "PUT", "/v1/collections/dd/docs/a", "{}", NULL);
+    expect(&r, 201, NULL);
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 int main(void)
@@ -1578,6 +1699,10 @@ int main(void)
         cmocka_unit_test(
             test_tombstones__are_purged_by_the_daemon_after_tombstone_ttl),
         cmocka_unit_test(test_config__bad_values_fail_naming_the_flag),
+        cmocka_unit_test(test_nodes__embedded_default_lists_only_itself),
+        cmocka_unit_test(test_nodes__advertise_url_is_the_url_of_the_node),
+        cmocka_unit_test(
+            test_data_dir__a_second_syncd_exits_1_naming_dir_and_pid),
     };
 
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
