@@ -174,7 +174,7 @@ int syncd_bus_heartbeat(syncd_bus_t *bus, const json_t *beat, int64_t ttl_ms,
 /* Completion of a members read: status 0 with a new object (caller
  * decrefs) {"now_ms":N, "nodes":[{"id":"..","last_ms":N,"beat":{..}},..],
  * "newest":{"<coll>":seq,..}}: the live nodes (heartbeat key not expired)
- * sorted by id, the time of their last heartbeat and the current time on
+ * in no set order, the time of their last heartbeat and the current time on
  * the bus's clock (ms since the epoch), and the current seq of every
  * collection their beats name; or a negative code as for a heartbeat. */
 typedef void (*syncd_bus_members_cb)(int status, json_t *members,
