@@ -410,7 +410,8 @@ void syncd_config_usage(FILE *out)
                  "one node, RocksDB in --data-dir as the store of record, the "
                  "in-process bus.\n"
                  "Every flag has an environment variable of the same meaning; "
-                 "flags win.\n\n");
+                 "flags win.\n"
+                 "--version prints the version, --help this text.\n\n");
     for (i = 0; i < NOPTIONS; i++) {
         char name[64];
 

@@ -18,16 +18,16 @@
 #include "log.h"
 
 typedef struct syncd_config {
-    char *mongo_uri;     /* NULL: embedded RocksDB store of record */
-    char *redis_url;     /* NULL: in-process bus */
-    char *database;      /* MongoDB database and bus namespace */
-    char *data_dir;      /* RocksDB store or cache, replay log */
-    char *listen;        /* host:port */
-    char *node_id;       /* NULL: "local" embedded, host-port in a cluster */
-    char *secret;        /* event HMAC key; NULL: unsigned */
-    char *token;         /* API bearer token; NULL: open */
-    char *advertise_url; /* NULL: http://<listen address> */
+    char *mongo_uri; /* NULL: embedded RocksDB store of record */
+    char *redis_url; /* NULL: in-process bus */
+    char *database;  /* MongoDB database and bus namespace */
+    char *data_dir;  /* RocksDB store or cache, replay log */
+    char *listen;    /* host:port */
+    char *node_id;   /* NULL: "local" embedded, host-port in a cluster */
+    char *secret;    /* event HMAC key; NULL: unsigned */
+    char *token;     /* API bearer token; NULL: open */
     syncd_log_level_t log_level;
+    char *advertise_url; /* NULL: http://<listen address> */
     int sync_writes;
     int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
         max_collections;
@@ -40,8 +40,7 @@ typedef struct syncd_config {
         watch_buffer_bytes;
     char host[256]; /* parsed from listen */
     int port;
-    int help;    /* --help was given */
-    int version; /* --version was given */
+    int help, version; /* --help, --version was given */
 } syncd_config_t;
 
 /* Fills cfg from the defaults, then the SYNCD_* environment, then argv
