@@ -2,13 +2,14 @@
  *
  * Two timers on the loop: the heartbeat (every interval, the first at
  * start) sends this node's beat through syncd_bus_heartbeat() with a TTL
- * of three intervals, and the poll (every half interval) reads the live
+ * of three intervals, and the poll (every quarter interval) reads the live
  * nodes with syncd_bus_members(). At most one of each is in flight. Every
  * read, the poll's or a /v1/nodes request's, becomes the current view: the
  * set of live nodes (for the join and gone log lines) and their lags (for
  * /metrics). A node is live while its heartbeat key has not expired, so
  * one that stops beating is gone at most three intervals after its last
- * beat, and logged gone by the next poll.
+ * beat, and logged gone by the next poll, a quarter interval later at
+ * most.
  *
  * The beat is bounded: it names at most SYNCD_MEMBERS_MAX_COLLECTIONS
  * collections (the most recently active), so a node holding ten thousand
@@ -246,7 +247,7 @@ int syncd_members_start(syncd_members_t **out,
 {
     syncd_members_t *m;
     struct timespec ts;
-    uint64_t half;
+    uint64_t poll;
 
     *out = NULL;
     if (opts->interval_ms < 1 || opts->node_id == NULL || opts->url == NULL ||
@@ -272,9 +273,9 @@ int syncd_members_start(syncd_members_t **out,
     uv_timer_init(opts->loop, &m->beat);
     uv_timer_init(opts->loop, &m->poll);
     m->beat.data = m->poll.data = m;
-    half = (uint64_t)(opts->interval_ms / 2 > 0 ? opts->interval_ms / 2 : 1);
+    poll = (uint64_t)(opts->interval_ms / 4 > 0 ? opts->interval_ms / 4 : 1);
     uv_timer_start(&m->beat, on_beat, 0, (uint64_t)opts->interval_ms);
-    uv_timer_start(&m->poll, on_poll, half, half);
+    uv_timer_start(&m->poll, on_poll, poll, poll);
     *out = m;
     return 0;
 }

@@ -5,7 +5,7 @@
  * advertised URL, version, start time, and the last applied seq of the
  * collections it holds, at most SYNCD_MEMBERS_MAX_COLLECTIONS of them, the
  * most recently active first) with a TTL of three intervals, and every
- * half interval it reads the live nodes, logging "node <id> joined" and
+ * quarter interval it reads the live nodes, logging "node <id> joined" and
  * "node <id> gone (last heartbeat <t>)" as peers appear and lapse. Used
  * from the loop's thread only; nothing blocks: every bus call is
  * asynchronous, and a failed heartbeat is logged (rate-limited) and
