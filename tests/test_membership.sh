@@ -5,6 +5,8 @@
 #
 # - every node's GET /v1/nodes (and `syncctl nodes`) lists all three nodes
 #   with their advertised URLs, and /metrics says syncd_nodes_live 3;
+#   `syncctl nodes` fails with one line and exit 1 against a server that
+#   is no syncd, and with exit 2 given an argument;
 # - after 20 writes to a collection have settled, every node reports every
 #   node at that collection's newest seq (20) with lag 0;
 # - node 2 killed with SIGKILL is absent from /v1/nodes of nodes 1 and 3,
@@ -93,6 +95,15 @@ done
 out=$("$SYNCCTL" --server "$NODE2" nodes) || fail "syncctl nodes exited $?"
 [ "$(echo "$out" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["self"], len(v["nodes"]))')" = "node-2 3" ] ||
     fail "syncctl nodes printed $out"
+set +e
+err=$("$SYNCCTL" --server "http://127.0.0.1:$REDIS_PORT" nodes 2>&1 >/dev/null)
+rc=$?
+"$SYNCCTL" --server "$NODE1" nodes extra >/dev/null 2>&1
+usage=$?
+set -e
+[ "$rc" = 1 ] && [ "$(echo "$err" | wc -l)" = 1 ] ||
+    fail "syncctl nodes against a non-syncd server exited $rc with: $err"
+[ "$usage" = 2 ] || fail "syncctl nodes with an extra argument exited $usage, want 2"
 
 # 2. Lag: after WRITES writes settle, every node is at the newest seq.
 for i in $(seq "$WRITES"); do
