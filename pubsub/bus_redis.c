@@ -22,13 +22,13 @@
  * has answered none of them for that long, the connection is dropped (their
  * callbacks get SYNCD_ETIMEDOUT) and reconnected, so that a frozen Redis
  * cannot leave replies to be matched with later commands. Membership (bus.h)
- * is two scripts sent with EVAL: a heartbeat SETs "syncd:D:node:<id>" with
- * a TTL and stamps the id in the sorted set "syncd:D:nodes" with Redis's
- * clock; a members read walks that set (no KEYS), drops the ids whose key
- * expired, and reads the counters of the collections the beats name. Host
- * names are resolved with uv_getaddrinfo() on the thread pool (hiredis
- * would resolve them on the loop) and hiredis connects to the numeric
- * address.
+ * is two scripts sent with EVAL: a heartbeat SETs "syncd:D:node:<id>:beat"
+ * (five or more segments, so never a collection's key) with a TTL and
+ * stamps the id in the sorted set "syncd:D:nodes" with Redis's clock; a
+ * members read walks that set (no KEYS), drops the ids whose key expired,
+ * and reads the counters of the collections the beats name. Host names are
+ * resolved with uv_getaddrinfo() on the thread pool (hiredis would resolve
+ * them on the loop) and hiredis connects to the numeric address.
  *
  * Collections are records in a hash table by name (and a list for the
  * walks a reconnect needs). A record lives while it has subscriptions or
@@ -1251,7 +1251,7 @@ static const char members_lua[] =
     "local out, newest, seen = {}, {}, {}\n"
     "local max = tonumber(ARGV[2])\n"
     "for i = 1, #ids, 2 do\n"
-    "  local v = redis.call('GET', ARGV[1] .. ids[i])\n"
+    "  local v = redis.call('GET', ARGV[1] .. ids[i] .. ':beat')\n"
     "  if not v then\n"
     "    redis.call('ZREM', KEYS[1], ids[i])\n"
     "  elseif #out < 3 * max then\n"
@@ -1391,7 +1391,7 @@ static int redis_heartbeat(syncd_bus_t *base, const json_t *beat,
     req->bus = bus;
     req->heartbeat_cb = cb;
     req->payload = payload;
-    snprintf(key, sizeof(key), "syncd:%s:node:%s", base->database,
+    snprintf(key, sizeof(key), "syncd:%s:node:%s:beat", base->database,
              base->node_id);
     snprintf(set, sizeof(set), "syncd:%s:nodes", base->database);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_ms);

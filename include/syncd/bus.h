@@ -164,10 +164,11 @@ typedef void (*syncd_bus_heartbeat_cb)(int status, void *payload);
 
 /* Announces this node (the bus's node_id) with beat (borrowed: a JSON
  * object, its "collections" member an object of collection -> seq) as
- * live for ttl_ms. The Redis bus SETs "syncd:<db>:node:<id>" to the beat
- * with PX ttl_ms and records the id in the sorted set "syncd:<db>:nodes"
- * scored by Redis's clock (ms), in one script; the in-process bus keeps
- * the beat in memory. SYNCD_ETOOBIG past SYNCD_BUS_MAX_BEAT_BYTES. */
+ * live for ttl_ms. The Redis bus SETs "syncd:<db>:node:<id>:beat" to the
+ * beat with PX ttl_ms and records the id in the sorted set
+ * "syncd:<db>:nodes" scored by Redis's clock (ms), in one script; the
+ * in-process bus keeps the beat in memory. SYNCD_ETOOBIG past
+ * SYNCD_BUS_MAX_BEAT_BYTES. */
 int syncd_bus_heartbeat(syncd_bus_t *bus, const json_t *beat, int64_t ttl_ms,
                         syncd_bus_heartbeat_cb cb, void *payload);
 
