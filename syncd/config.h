@@ -28,6 +28,7 @@ typedef struct syncd_config {
     char *token;     /* API bearer token; NULL: open */
     syncd_log_level_t log_level;
     int sync_writes;
+    int keep_cache;
     int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
         max_collections;
     int64_t max_connections_per_client, max_patch_ops, body_timeout_ms;

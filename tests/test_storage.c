@@ -2066,7 +2066,7 @@ static int setup_cache(void **state)
     cf->hooks.data = &cf->fake;
     cf->fake.now = 100000;
     *state = cf;
-    return syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, &cf->hooks,
+    return syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 0, &cf->hooks,
                             NULL);
 }
 
