@@ -1,7 +1,7 @@
 /* cache_tamper.c - changes one record of a stopped node's cache behind its
  * back, for tests only (tests/test_verify.sh); not installed.
  *
- * A syncd started with --keep-cache keeps the cache in DATA_DIR/cache
+ * A syncd started with --keep-cache keeps its cache in DATA_DIR/store/cache
  * across a clean restart. This tool opens that RocksDB while the node is
  * stopped and rewrites the record of COLL/ID in place, in the record
  * layout of storage/record.c, keeping everything else:
@@ -74,7 +74,7 @@ int main(int argc, char **argv)
         goto cleanup;
     }
     if (syncd_reckey_make(&k, argv[2], argv[3], NULL) != 0 ||
-        asprintf(&dir, "%s/cache", argv[1]) < 0) {
+        asprintf(&dir, "%s/store/cache", argv[1]) < 0) {
         dir = NULL;
         fprintf(stderr, "cache_tamper: bad collection or id\n");
         goto cleanup;
