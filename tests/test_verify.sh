@@ -71,20 +71,25 @@ EOF
 . "$SYNCD_CLUSTER_DIR/env"
 NODES="$NODE1,$NODE2,$NODE3"
 
-# 300 creates spread over the nodes, then 30 updates.
-nodes=("$NODE1" "$NODE2" "$NODE3")
-for i in $(seq 1 300); do
-    curl -sf -o /dev/null -X PUT -H 'Content-Type: application/json' \
-        -d "{\"n\":$i,\"name\":\"doc $i\"}" \
-        "${nodes[$((i % 3))]}/v1/collections/c/docs/doc-$i" ||
-        fail "PUT doc-$i"
-done
-for i in $(seq 1 10 300); do
-    curl -sf -o /dev/null -X PATCH \
-        -H 'Content-Type: application/merge-patch+json' -d '{"updated":true}' \
-        "${nodes[$(((i + 1) % 3))]}/v1/collections/c/docs/doc-$i" ||
-        fail "PATCH doc-$i"
-done
+# 300 creates, then 30 updates, spread over the nodes: one writer per node.
+write_through() {
+    local k="$1" url="$2" i
+    for i in $(seq "$k" 3 300); do
+        curl -sf -o /dev/null -X PUT -H 'Content-Type: application/json' \
+            -d "{\"n\":$i,\"name\":\"doc $i\"}" \
+            "$url/v1/collections/c/docs/doc-$i" || return 1
+    done
+    for i in $(seq "$k" 30 300); do
+        curl -sf -o /dev/null -X PATCH \
+            -H 'Content-Type: application/merge-patch+json' \
+            -d '{"updated":true}' "$url/v1/collections/c/docs/doc-$i" ||
+            return 1
+    done
+}
+write_through 1 "$NODE1" & w1=$!
+write_through 2 "$NODE2" & w2=$!
+write_through 3 "$NODE3" & w3=$!
+for w in $w1 $w2 $w3; do wait "$w" || fail "a writer failed"; done
 
 # Every node applies the events of the others: wait (bounded) until they
 # all agree.
