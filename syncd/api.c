@@ -14,6 +14,11 @@
  * the first outcome (status, ETag; the body when the document is still at
  * that version) and writes nothing.
  *
+ * Digests and verification (GET .../digest with an optional id range and
+ * source, POST .../verify) are store jobs like the others: the thread pool
+ * pages through the node's view and the store (storage/view.c), so the
+ * loop never waits and memory does not grow with the collection.
+ *
  * A watch checks where its stream can start (the collection's current seq
  * and, for a past `since`, that the replay log still holds since+1; else
  * 410), then streams the node's events as server-sent events. A watcher
