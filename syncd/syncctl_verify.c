@@ -4,7 +4,8 @@
  *
  * The nodes are those given with --nodes, else the `url` of each element
  * of `nodes` in GET /v1/nodes of --server; a server without that route
- * (404) is checked alone, which is said on stderr. Each node is asked to
+ * (404), or whose list holds no url, is checked alone, which is said on
+ * stderr. Each node is asked to
  * verify itself (POST .../verify: its view against the store's digest and
  * each body it serves from itself against its stored hash). When its view
  * and the store's digest differ, the ids are narrowed down through ranged
@@ -346,8 +347,13 @@ static int node_urls(const syncctl_opts_t *opts, const char *list, json_t **out)
             if (json_is_string(json_object_get(n, "url")))
                 json_array_append(urls, json_object_get(n, "url"));
         }
-        if (json_array_size(urls) == 0)
-            rc = syncctl_fail("%s lists no node with a url", url);
+        if (json_array_size(urls) == 0) {
+            fprintf(stderr,
+                    "syncctl: %s lists no node with a url: verifying %s "
+                    "alone\n",
+                    url, opts->server);
+            json_array_append_new(urls, json_string(opts->server));
+        }
     }
     free(url);
     json_decref(v);
