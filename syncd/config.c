@@ -58,6 +58,8 @@ static const option_t options[] = {
      "lifetime of a cache entry (embedded: of the in-memory tier's)"},
     {"cache-max-bytes", OPT_SIZE, AT(cache_max_bytes), "256MiB",
      "size bound of the cache (embedded: of the in-memory tier)"},
+    {"keep-cache", OPT_BOOL, AT(keep_cache), "false",
+     "cluster: keep the cache across a clean restart"},
     {"max-retries", OPT_INT, AT(max_retries), "10",
      "compare-and-swap retries of an edit"},
     {"retry-delay", OPT_DURATION, AT(retry_delay_ms), "5ms",

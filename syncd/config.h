@@ -29,6 +29,7 @@ typedef struct syncd_config {
     syncd_log_level_t log_level;
     char *advertise_url; /* NULL: http://<listen address> */
     int sync_writes;
+    int keep_cache;
     int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
         max_collections;
     int64_t max_connections_per_client, max_patch_ops, body_timeout_ms;

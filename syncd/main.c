@@ -238,6 +238,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.sync_writes = c->sync_writes;
     so.cache_ttl_ms = c->cache_ttl_ms;
     so.cache_max_bytes = c->cache_max_bytes;
+    so.keep_cache = c->keep_cache;
     so.max_retries = (int)c->max_retries;
     so.retry_delay_ms = c->retry_delay_ms;
     so.max_retry_delay_ms = c->max_retry_delay_ms;

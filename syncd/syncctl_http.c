@@ -582,6 +582,36 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return rc;
 }
 
+char *syncctl_url(const syncctl_opts_t *opts, const char *coll,
+                  const char *what, const char *query)
+{
+    return make_url(opts, coll, what, NULL, query);
+}
+
+void syncctl_add_query(char *q, size_t size, const char *name,
+                       const char *value)
+{
+    add_query(q, size, name, value);
+}
+
+int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
+                      const char *url, long *status, json_t **out)
+{
+    reply_t r;
+    int rc = call(opts, method, url, NULL, NULL, NULL, NULL, &r);
+
+    *out = NULL;
+    *status = r.status;
+    if (rc == SYNCCTL_OK) {
+        *out = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
+        if (r.status >= 200 && r.status <= 299 && *out == NULL)
+            rc = syncctl_fail("%s %s: the server answered with invalid JSON",
+                              method, url);
+    }
+    free(r.body);
+    return rc;
+}
+
 const syncctl_cmd_t syncctl_http_commands[] = {
     {"get", "C ID", cmd_get},
     {"put", "C ID [FILE] [--if-match V]", cmd_put},
@@ -590,6 +620,7 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"ls", "C [--prefix P]", cmd_ls},
     {"watch", "C [--since SEQ] [--prefix P]", cmd_watch},
     {"digest", "C", cmd_digest},
+    {"verify", "C [--nodes URL,URL,...]", syncctl_cmd_verify},
     {"nodes", "", cmd_nodes},
 };
 

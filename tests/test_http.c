@@ -686,6 +686,114 @@ static void test_digest__counts_live_documents(void **state)
     response_free(&r);
 }
 
+/* GETs path, which must answer 200 with JSON; returns it. */
+static json_t *get_json(const char *path)
+{
+    response_t r = request(&main_daemon, "GET", path, NULL, NULL);
+    json_t *v;
+
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    assert_non_null(v);
+    response_free(&r);
+    return v;
+}
+
+static void
+test_digest__ranges_split_a_collection_into_adjacent_parts(void **state)
+{
+    json_t *whole, *left, *right, *all, *store;
+    char path[256];
+
+    (void)state;
+    for (int i = 0; i < 12; i++) {
+        snprintf(path, sizeof(path), "/v1/collections/rd/docs/r%02d", i);
+        check("PUT", path, "{\"n\":1}", NULL, 201, NULL);
+    }
+    whole = get_json("/v1/collections/rd/digest");
+    all = get_json("/v1/collections/rd/digest?entries=1000");
+    store = get_json("/v1/collections/rd/digest?source=store");
+    assert_int_equal(json_integer_value(json_object_get(whole, "count")), 12);
+    assert_string_equal(json_string_value(json_object_get(whole, "source")),
+                        "node");
+    /* 12 entries: the split leaves 4 (2 * 4 <= 12 < 2 * 8) on the left. */
+    assert_string_equal(json_string_value(json_object_get(whole, "split")),
+                        "r03");
+    assert_true(json_equal(json_object_get(all, "digest"),
+                           json_object_get(whole, "digest")));
+    assert_true(json_equal(json_object_get(store, "digest"),
+                           json_object_get(whole, "digest")));
+    assert_false(json_is_true(json_object_get(all, "truncated")));
+
+    /* (r01, r05] and (r05, r09] list, in order, the entries of (r01, r09]. */
+    left = get_json("/v1/collections/rd/digest?after=r01&until=r05&entries=10");
+    right = get_json("/v1/collections/rd/"
+                     "digest?after=r05&until=r09&entries=10&source=store");
+    json_decref(whole);
+    whole =
+        get_json("/v1/collections/rd/digest?after=r01&until=r09&entries=10");
+    assert_int_equal(json_integer_value(json_object_get(left, "count")), 4);
+    assert_int_equal(json_integer_value(json_object_get(right, "count")), 4);
+    assert_int_equal(json_array_extend(json_object_get(left, "entries"),
+                                       json_object_get(right, "entries")),
+                     0);
+    assert_true(json_equal(json_object_get(left, "entries"),
+                           json_object_get(whole, "entries")));
+    assert_string_not_equal(
+        json_string_value(json_object_get(left, "digest")),
+        json_string_value(json_object_get(whole, "digest")));
+    json_decref(left);
+    json_decref(right);
+    json_decref(whole);
+    json_decref(all);
+    json_decref(store);
+
+    check("GET", "/v1/collections/rd/digest?source=cache", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/rd/digest?entries=1001", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/rd/digest?entries=x", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/rd/digest?after=r05&until=r01", NULL, NULL,
+          400, NULL);
+    check("GET", "/v1/collections/rd/digest?after=r05&until=r05", NULL, NULL,
+          400, NULL);
+    check("GET", "/v1/collections/rd/digest?until=a%7B", NULL, NULL, 400, NULL);
+    check("GET", "/v1/collections/rd/digest?after=%zz", NULL, NULL, 400,
+          "bad_request");
+}
+
+static void test_verify__a_node_that_serves_its_store_agrees(void **state)
+{
+    response_t r;
+    json_t *v, *d;
+
+    (void)state;
+    check("PUT", "/v1/collections/vf/docs/a", "{\"x\":1}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/vf/docs/b", "{\"x\":2}", NULL, 201, NULL);
+    r = request(&main_daemon, "POST", "/v1/collections/vf/verify", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    assert_non_null(v);
+    response_free(&r);
+    d = get_json("/v1/collections/vf/digest");
+    assert_true(json_is_true(json_object_get(v, "agree")));
+    assert_int_equal(json_integer_value(json_object_get(v, "count")), 2);
+    assert_int_equal(json_integer_value(json_object_get(v, "store_count")), 2);
+    assert_int_equal(json_integer_value(json_object_get(v, "bodies")), 2);
+    assert_true(
+        json_equal(json_object_get(v, "digest"), json_object_get(d, "digest")));
+    assert_true(json_equal(json_object_get(v, "store_digest"),
+                           json_object_get(d, "digest")));
+    assert_int_equal(json_array_size(json_object_get(v, "differs")), 0);
+    assert_false(json_is_true(json_object_get(v, "truncated")));
+    assert_non_null(json_string_value(json_object_get(v, "node")));
+    json_decref(v);
+    json_decref(d);
+    check("GET", "/v1/collections/vf/verify", NULL, NULL, 405, NULL);
+    check("POST", "/v1/collections/Bad/verify", NULL, NULL, 400, NULL);
+}
+
 static void test_metrics__reports_requests_by_route_and_status(void **state)
 {
     response_t r;
@@ -1661,6 +1769,9 @@ int main(void)
         cmocka_unit_test(test_bad_input__oversize_bodies_are_413),
         cmocka_unit_test(test_list__returns_seq_docs_and_next_page),
         cmocka_unit_test(test_digest__counts_live_documents),
+        cmocka_unit_test(
+            test_digest__ranges_split_a_collection_into_adjacent_parts),
+        cmocka_unit_test(test_verify__a_node_that_serves_its_store_agrees),
         cmocka_unit_test(test_metrics__reports_requests_by_route_and_status),
         cmocka_unit_test(test_routes__unknown_is_404_and_wrong_method_405),
         cmocka_unit_test(test_http__malformed_request_is_400_and_closed),
