@@ -356,6 +356,37 @@ int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
     return bus->ops->seq(bus, coll, cb, payload);
 }
 
+int syncd_bus_heartbeat(syncd_bus_t *bus, const json_t *beat, int64_t ttl_ms,
+                        syncd_bus_heartbeat_cb cb, void *payload)
+{
+    char *body;
+
+    if (bus->closing)
+        return SYNCD_ECANCELED;
+    if (!json_is_object(beat) ||
+        !json_is_object(json_object_get(beat, "collections")) || ttl_ms < 1 ||
+        cb == NULL)
+        return SYNCD_EINVAL;
+    body = json_dumps(beat, JSON_COMPACT);
+    if (body == NULL)
+        return SYNCD_ENOMEM;
+    if (strlen(body) > SYNCD_BUS_MAX_BEAT_BYTES) {
+        free(body);
+        return SYNCD_ETOOBIG;
+    }
+    return bus->ops->heartbeat(bus, beat, body, strlen(body), ttl_ms, cb,
+                               payload);
+}
+
+int syncd_bus_members(syncd_bus_t *bus, syncd_bus_members_cb cb, void *payload)
+{
+    if (bus->closing)
+        return SYNCD_ECANCELED;
+    if (cb == NULL)
+        return SYNCD_EINVAL;
+    return bus->ops->members(bus, cb, payload);
+}
+
 void syncd_bus_stats(const syncd_bus_t *bus, syncd_bus_stats_t *out)
 {
     *out = bus->stats;

@@ -29,11 +29,16 @@
  * work. Each pass fires the queued completions, then hands every
  * subscription with events waiting up to PUMP_BATCH of them in seq order;
  * an event the log no longer holds becomes SYNCD_BUS_RESYNC.
+ *
+ * Membership: the embedded default is one node, so the bus only keeps this
+ * node's last heartbeat in memory (with its wall-clock time and TTL); a
+ * members read, completed by the idle pass, lists it while it is live.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <rocksdb/c.h>
 
@@ -98,6 +103,14 @@ typedef struct ljob {
     void *payload;
 } ljob_t;
 
+/* A heartbeat or members request waiting for the idle pass. */
+typedef struct lmember {
+    struct lmember *next;
+    syncd_bus_heartbeat_cb heartbeat_cb; /* NULL: a members read */
+    syncd_bus_members_cb members_cb;
+    void *payload;
+} lmember_t;
+
 typedef struct lbus {
     syncd_bus_t base;
     uv_idle_t idle;
@@ -116,6 +129,9 @@ typedef struct lbus {
     uv_work_t work;
     int working;
     int close_waits; /* the close waits for the batch on the thread pool */
+    json_t *beat;    /* this node's last heartbeat, or NULL */
+    int64_t beat_ms, beat_ttl_ms;   /* its wall-clock time and TTL */
+    lmember_t *mreqs, **mreqs_tail; /* membership requests, in order */
 } lbus_t;
 
 static void on_idle(uv_idle_t *idle);
@@ -811,6 +827,68 @@ static void fire_all(lbus_t *bus, int status)
     }
 }
 
+/* The wall-clock time in ms since the epoch. */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Returns a new members object (bus.h) of this node's live heartbeat, the
+ * newest seq of its collections from their records; NULL on ENOMEM. */
+static json_t *members_now(lbus_t *bus)
+{
+    int64_t now = wall_ms();
+    json_t *nodes = json_array(), *newest = json_object();
+    json_t *out = json_pack("{s:I, s:o, s:o}", "now_ms", (json_int_t)now,
+                            "nodes", nodes, "newest", newest);
+    const char *name;
+    json_t *seq;
+
+    if (out == NULL || bus->beat == NULL ||
+        now - bus->beat_ms >= bus->beat_ttl_ms)
+        return out;
+    json_array_append_new(
+        nodes, json_pack("{s:s, s:I, s:O}", "id", bus->base.node_id, "last_ms",
+                         (json_int_t)bus->beat_ms, "beat", bus->beat));
+    json_object_foreach (json_object_get(bus->beat, "collections"), name, seq) {
+        lcoll_t *c = (lcoll_t *)syncd_bus_map_find(&bus->map, name);
+
+        json_object_set_new(newest, name,
+                            c != NULL && c->loaded ? json_integer(c->seq)
+                                                   : json_copy(seq));
+    }
+    return out;
+}
+
+/* Completes the waiting membership requests (status: 0, or
+ * SYNCD_ECANCELED at close). */
+static void fire_members(lbus_t *bus, int status)
+{
+    lmember_t *req = bus->mreqs;
+
+    bus->mreqs = NULL;
+    bus->mreqs_tail = &bus->mreqs;
+    while (req != NULL) {
+        lmember_t *next = req->next;
+
+        if (req->heartbeat_cb != NULL) {
+            req->heartbeat_cb(status, req->payload);
+        } else {
+            json_t *members = status == 0 ? members_now(bus) : NULL;
+
+            req->members_cb(status != 0       ? status
+                            : members == NULL ? SYNCD_ENOMEM
+                                              : 0,
+                            members, req->payload);
+        }
+        free(req);
+        req = next;
+    }
+}
+
 static void on_idle(uv_idle_t *idle)
 {
     lbus_t *bus = idle->data;
@@ -818,6 +896,7 @@ static void on_idle(uv_idle_t *idle)
 
     syncd_bus_enter(&bus->base);
     fire_all(bus, 0);
+    fire_members(bus, 0);
     list = bus->feed;
     bus->feed = NULL;
     while (list != NULL && !bus->base.closing) {
@@ -830,7 +909,8 @@ static void on_idle(uv_idle_t *idle)
         }
         coll_release(bus, c);
     }
-    if (bus->feed == NULL && bus->done == NULL && !bus->base.closed) {
+    if (bus->feed == NULL && bus->done == NULL && bus->mreqs == NULL &&
+        !bus->base.closed) {
         bus->idle_active = 0;
         uv_idle_stop(&bus->idle);
     }
@@ -964,6 +1044,7 @@ static void on_closed(uv_handle_t *handle)
         coll_free(bus, c);
     }
     syncd_bus_map_free(&bus->map);
+    json_decref(bus->beat);
     free_db(bus);
     syncd_bus_finish_close(&bus->base);
     free(bus);
@@ -981,11 +1062,59 @@ static void local_close(syncd_bus_t *base)
     bus->head = NULL;
     bus->tail = &bus->head;
     fire_all(bus, SYNCD_ECANCELED);
+    fire_members(bus, SYNCD_ECANCELED);
     syncd_bus_leave(base);
     if (bus->working)
         bus->close_waits = 1;
     else
         uv_close((uv_handle_t *)&bus->idle, on_closed);
+}
+
+/* Queues a membership request for the idle pass. */
+static int member_request(lbus_t *bus, syncd_bus_heartbeat_cb heartbeat_cb,
+                          syncd_bus_members_cb members_cb, void *payload)
+{
+    lmember_t *req = calloc(1, sizeof(*req));
+
+    if (req == NULL)
+        return SYNCD_ENOMEM;
+    req->heartbeat_cb = heartbeat_cb;
+    req->members_cb = members_cb;
+    req->payload = payload;
+    *bus->mreqs_tail = req;
+    bus->mreqs_tail = &req->next;
+    wake(bus);
+    return 0;
+}
+
+static int local_heartbeat(syncd_bus_t *base, const json_t *beat,
+                           char *body_new, size_t len, int64_t ttl_ms,
+                           syncd_bus_heartbeat_cb cb, void *payload)
+{
+    lbus_t *bus = (lbus_t *)base;
+    json_t *copy = json_deep_copy(beat);
+    int rc;
+
+    (void)len;
+    free(body_new);
+    if (copy == NULL)
+        return SYNCD_ENOMEM;
+    rc = member_request(bus, cb, NULL, payload);
+    if (rc != 0) {
+        json_decref(copy);
+        return rc;
+    }
+    json_decref(bus->beat);
+    bus->beat = copy;
+    bus->beat_ms = wall_ms();
+    bus->beat_ttl_ms = ttl_ms;
+    return 0;
+}
+
+static int local_members(syncd_bus_t *base, syncd_bus_members_cb cb,
+                         void *payload)
+{
+    return member_request((lbus_t *)base, NULL, cb, payload);
 }
 
 static const bus_ops_t local_ops = {
@@ -997,6 +1126,8 @@ static const bus_ops_t local_ops = {
     .sweep = local_sweep,
     .replay = local_replay,
     .seq = local_seq,
+    .heartbeat = local_heartbeat,
+    .members = local_members,
 };
 
 static int open_db(lbus_t *bus, const char *dir, syncd_error_t *err)
@@ -1029,6 +1160,7 @@ int syncd_bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
         return syncd_error_set(err, SYNCD_ENOMEM, "allocating the bus");
     bus->tail = &bus->head;
     bus->done_tail = &bus->done;
+    bus->mreqs_tail = &bus->mreqs;
     rc = syncd_bus_init(&bus->base, &local_ops, loop, opts, err);
     if (rc == 0 && opts->data_dir != NULL)
         rc = open_db(bus, opts->data_dir, err);

@@ -21,7 +21,12 @@
  * (command_timeout_ms): when a connection has commands waiting and Redis
  * has answered none of them for that long, the connection is dropped (their
  * callbacks get SYNCD_ETIMEDOUT) and reconnected, so that a frozen Redis
- * cannot leave replies to be matched with later commands. Host names are
+ * cannot leave replies to be matched with later commands. Membership (bus.h)
+ * is two scripts sent with EVAL: a heartbeat SETs "syncd:D:node:<id>:beat"
+ * (five or more segments, so never a collection's key) with a TTL and
+ * stamps the id in the sorted set "syncd:D:nodes" with Redis's clock; a
+ * members read walks that set (no KEYS), drops the ids whose key expired,
+ * and reads the counters of the collections the beats name. Host names are
  * resolved with uv_getaddrinfo() on the thread pool (hiredis would resolve
  * them on the loop) and hiredis connects to the numeric address.
  *
@@ -1222,6 +1227,232 @@ static int redis_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
     return 0;
 }
 
+/* ---- Membership ---------------------------------------------------------
+ */
+
+/* KEYS: the node's key, the sorted set of nodes. ARGV: the beat, ttl ms,
+ * node id. Stamps the id with Redis's clock (ms) and forgets ids silent
+ * for a day. Returns that time. */
+static const char heartbeat_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "redis.call('ZADD', KEYS[2], now, ARGV[3])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)\n"
+    "return now\n";
+
+/* KEYS: the sorted set of nodes. ARGV: node key prefix, most nodes,
+ * collection key prefix. Returns {now ms, {id, last ms, beat, ...},
+ * {coll, seq, ...}}; ids whose key expired leave the set. */
+static const char members_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local ids = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')\n"
+    "local out, newest, seen = {}, {}, {}\n"
+    "local max = tonumber(ARGV[2])\n"
+    "for i = 1, #ids, 2 do\n"
+    "  local v = redis.call('GET', ARGV[1] .. ids[i] .. ':beat')\n"
+    "  if not v then\n"
+    "    redis.call('ZREM', KEYS[1], ids[i])\n"
+    "  elseif #out < 3 * max then\n"
+    "    out[#out + 1] = ids[i]\n"
+    "    out[#out + 1] = ids[i + 1]\n"
+    "    out[#out + 1] = v\n"
+    "    local ok, b = pcall(cjson.decode, v)\n"
+    "    if ok and type(b) == 'table' and type(b.collections) == 'table' then\n"
+    "      for c, _ in pairs(b.collections) do\n"
+    "        if type(c) == 'string' and not seen[c] then\n"
+    "          seen[c] = true\n"
+    "          newest[#newest + 1] = c\n"
+    "          newest[#newest + 1] = redis.call('GET', ARGV[3] .. c .. ':seq')"
+    " or '0'\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {tostring(now), out, newest}\n";
+
+/* A heartbeat or members script in flight. */
+typedef struct rmember {
+    rbus_t *bus;
+    syncd_bus_heartbeat_cb heartbeat_cb;
+    syncd_bus_members_cb members_cb;
+    void *payload;
+} rmember_t;
+
+static void on_heartbeat(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rmember_t *req = privdata;
+    redisReply *reply = r;
+    int status = SYNCD_EBACKEND;
+
+    if (reply == NULL)
+        status = dropped_status(req->bus);
+    else if (reply->type == REDIS_REPLY_INTEGER)
+        status = 0;
+    if (reply != NULL)
+        conn_heard(&req->bus->cmd, ac, 1);
+    syncd_bus_enter(&req->bus->base);
+    req->heartbeat_cb(status, req->payload);
+    syncd_bus_leave(&req->bus->base);
+    free(req);
+}
+
+/* Returns the integer in a bulk string reply element, or -1. */
+static int64_t reply_int(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER)
+        return r->integer;
+    if (r->type == REDIS_REPLY_STRING)
+        return (int64_t)strtod(r->str, NULL);
+    return -1;
+}
+
+/* Reads a members script reply into a new object (bus.h); NULL when it is
+ * malformed or on out of memory. Beats that do not parse are skipped. */
+static json_t *read_members(const redisReply *reply)
+{
+    const redisReply *nodes, *newest;
+    json_t *out = NULL, *list, *seqs;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    nodes = reply->element[1];
+    newest = reply->element[2];
+    list = json_array();
+    seqs = json_object();
+    out = json_pack("{s:I, s:o, s:o}", "now_ms",
+                    (json_int_t)reply_int(reply->element[0]), "nodes", list,
+                    "newest", seqs);
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i + 2 < nodes->elements; i += 3) {
+        const redisReply *id = nodes->element[i], *v = nodes->element[i + 2];
+        json_t *beat;
+
+        if (id->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        beat = json_loadb(v->str, v->len, 0, NULL);
+        if (!json_is_object(beat)) {
+            json_decref(beat);
+            continue;
+        }
+        json_array_append_new(
+            list,
+            json_pack("{s:s%, s:I, s:o}", "id", id->str, id->len, "last_ms",
+                      (json_int_t)reply_int(nodes->element[i + 1]), "beat",
+                      beat));
+    }
+    for (size_t i = 0; i + 1 < newest->elements; i += 2) {
+        if (newest->element[i]->type == REDIS_REPLY_STRING)
+            json_object_set_new(
+                seqs, newest->element[i]->str,
+                json_integer((json_int_t)reply_int(newest->element[i + 1])));
+    }
+    return out;
+}
+
+static void on_members(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rmember_t *req = privdata;
+    redisReply *reply = r;
+    json_t *members = NULL;
+    int status = SYNCD_EBACKEND;
+
+    if (reply == NULL)
+        status = dropped_status(req->bus);
+    else if ((members = read_members(reply)) != NULL)
+        status = 0;
+    if (reply != NULL)
+        conn_heard(&req->bus->cmd, ac, 1);
+    syncd_bus_enter(&req->bus->base);
+    req->members_cb(status, members, req->payload);
+    syncd_bus_leave(&req->bus->base);
+    free(req);
+}
+
+static int redis_heartbeat(syncd_bus_t *base, const json_t *beat,
+                           char *body_new, size_t len, int64_t ttl_ms,
+                           syncd_bus_heartbeat_cb cb, void *payload)
+{
+    rbus_t *bus = (rbus_t *)base;
+    rmember_t *req = calloc(1, sizeof(*req));
+    char key[KEY_MAX + 160], set[KEY_MAX], ttl[32];
+    const char *argv[8];
+    size_t argl[8];
+    int rc = SYNCD_ENOMEM;
+
+    (void)beat;
+    if (req == NULL)
+        goto cleanup;
+    req->bus = bus;
+    req->heartbeat_cb = cb;
+    req->payload = payload;
+    snprintf(key, sizeof(key), "syncd:%s:node:%s:beat", base->database,
+             base->node_id);
+    snprintf(set, sizeof(set), "syncd:%s:nodes", base->database);
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_ms);
+    argv[0] = "EVAL";
+    argv[1] = heartbeat_lua;
+    argv[2] = "2";
+    argv[3] = key;
+    argv[4] = set;
+    argv[5] = body_new;
+    argv[6] = ttl;
+    argv[7] = base->node_id;
+    for (int i = 0; i < 8; i++)
+        argl[i] = i == 5 ? len : strlen(argv[i]);
+    rc = SYNCD_EBACKEND;
+    if (!bus->cmd.ready || redisAsyncCommandArgv(bus->cmd.ac, on_heartbeat, req,
+                                                 8, argv, argl) != REDIS_OK)
+        goto cleanup;
+    conn_sent(&bus->cmd);
+    req = NULL;
+    rc = 0;
+
+cleanup:
+    free(req);
+    free(body_new);
+    return rc;
+}
+
+static int redis_members(syncd_bus_t *base, syncd_bus_members_cb cb,
+                         void *payload)
+{
+    rbus_t *bus = (rbus_t *)base;
+    rmember_t *req = calloc(1, sizeof(*req));
+    char set[KEY_MAX], node_prefix[KEY_MAX], coll_prefix[KEY_MAX], max[16];
+    const char *argv[7];
+
+    if (req == NULL)
+        return SYNCD_ENOMEM;
+    req->bus = bus;
+    req->members_cb = cb;
+    req->payload = payload;
+    snprintf(set, sizeof(set), "syncd:%s:nodes", base->database);
+    snprintf(node_prefix, sizeof(node_prefix),
+             "syncd:%s:node:", base->database);
+    snprintf(coll_prefix, sizeof(coll_prefix), "syncd:%s:", base->database);
+    snprintf(max, sizeof(max), "%d", SYNCD_BUS_MAX_NODES);
+    argv[0] = "EVAL";
+    argv[1] = members_lua;
+    argv[2] = "1";
+    argv[3] = set;
+    argv[4] = node_prefix;
+    argv[5] = max;
+    argv[6] = coll_prefix;
+    if (!bus->cmd.ready || redisAsyncCommandArgv(bus->cmd.ac, on_members, req,
+                                                 7, argv, NULL) != REDIS_OK) {
+        free(req);
+        return SYNCD_EBACKEND;
+    }
+    conn_sent(&bus->cmd);
+    return 0;
+}
+
 static int redis_connected(const syncd_bus_t *base)
 {
     const rbus_t *bus = (const rbus_t *)base;
@@ -1275,6 +1506,8 @@ static const bus_ops_t redis_ops = {
     .sweep = redis_sweep,
     .replay = redis_replay,
     .seq = redis_seq,
+    .heartbeat = redis_heartbeat,
+    .members = redis_members,
 };
 
 /* Parses "redis://host[:port][/db]" into bus; SYNCD_EINVAL names the URL. */

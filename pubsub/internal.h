@@ -77,6 +77,13 @@ typedef struct bus_ops {
                   void *payload);
     int (*seq)(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
                void *payload);
+    /* Stores body_new (the encoded beat, owned by the callee on every
+     * path) as this node's heartbeat for ttl_ms; beat is the decoded one
+     * (borrowed). */
+    int (*heartbeat)(syncd_bus_t *bus, const json_t *beat, char *body_new,
+                     size_t len, int64_t ttl_ms, syncd_bus_heartbeat_cb cb,
+                     void *payload);
+    int (*members)(syncd_bus_t *bus, syncd_bus_members_cb cb, void *payload);
 } bus_ops_t;
 
 struct syncd_bus {

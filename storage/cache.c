@@ -2,8 +2,13 @@
  * local RocksDB, with a TTL, a size bound and an in-memory tier of decoded
  * documents in front.
  *
- * Records live in a RocksDB of their own (WAL off: the cache is discarded at
- * every open, so nothing in it needs to survive a crash). An in-memory index
+ * Records live in a RocksDB of their own (WAL off: by default the cache is
+ * discarded at every open, so nothing in it needs to survive a crash). Opened
+ * with keep, the records of a previous run are kept when that run closed the
+ * cache cleanly (it flushes and then leaves a CLEAN file, which the next open
+ * removes; after a crash the WAL-less records may have lost their newest
+ * writes, so they are discarded); the index is rebuilt from the records'
+ * headers and each kept entry's TTL starts at the open. An in-memory index
  * of every entry, keyed like the records (see record.c), holds what the
  * policies need without touching RocksDB: version, hash, tombstone flag,
  * when the entry was stored, its size, and its recency. In front of RocksDB,
@@ -29,10 +34,12 @@
 #define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <pthread.h>
 #include <rocksdb/c.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -70,6 +77,7 @@ struct syncd_cache {
     uint64_t gens;                    /* under the exclusive lock */
     uint64_t hits, misses, evictions; /* updated atomically */
     uint64_t bytes, entries; /* atomic copies, refreshed by every change */
+    char *clean_path;        /* keep: the CLEAN file written at close */
 };
 
 static int64_t monotonic_ms(void *data)
@@ -228,13 +236,70 @@ static void free_node(syncd_lru_node_t *node)
     free(e);
 }
 
+/* Rebuilds the index from the records of a kept cache, every entry stored
+ * now; records that do not decode are deleted. Then evicts down to
+ * max_bytes. Called before the cache is shared. */
+static int load_kept(syncd_cache_t *c, syncd_error_t *err)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator(c->db, c->read);
+    int64_t now = c->now_ms(c->now_data);
+    char *errptr = NULL;
+    int rc = 0;
+
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        const char *nul = memchr(key, '\0', klen);
+        syncd_doc_t *doc = NULL;
+        syncd_reckey_t k;
+        cache_entry_t *e;
+
+        if (nul == NULL || klen > SYNCD_RECORD_KEY_MAX ||
+            syncd_record_decode(&doc, key, "", val, vlen, 0, NULL) != 0) {
+            rocksdb_delete(c->db, c->write, key, klen, &errptr);
+            rocksdb_free(errptr);
+            errptr = NULL;
+            continue;
+        }
+        memcpy(k.bytes, key, klen);
+        k.len = klen;
+        k.hash = syncd_lru_hash(key, klen);
+        e = calloc(1, sizeof(*e) + klen);
+        if (e == NULL) {
+            syncd_doc_free(doc);
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+            break;
+        }
+        syncd_reckey_node(&e->node, e->key, &k, klen + vlen);
+        e->version = doc->version;
+        e->deleted = doc->deleted;
+        memcpy(e->hash, doc->hash, sizeof(e->hash));
+        e->stored_ms = now;
+        e->gen = ++c->gens;
+        syncd_lru_insert(&c->index, &e->node);
+        syncd_doc_free(doc);
+    }
+    rocksdb_iter_get_error(it, &errptr);
+    rocksdb_iter_destroy(it);
+    if (errptr != NULL && rc == 0)
+        return cache_error(err, errptr, "load");
+    rocksdb_free(errptr);
+    evict(c);
+    c->bytes = cached_bytes(c);
+    c->entries = (uint64_t)c->index.count;
+    return rc;
+}
+
 int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
-                     uint64_t max_bytes, const syncd_store_hooks_t *hooks,
-                     syncd_error_t *err)
+                     uint64_t max_bytes, int keep,
+                     const syncd_store_hooks_t *hooks, syncd_error_t *err)
 {
     syncd_cache_t *c = calloc(1, sizeof(*c));
     pthread_rwlockattr_t attr;
     char *errptr = NULL;
+    int kept = 0;
 
     *out = NULL;
     if (c == NULL)
@@ -260,7 +325,16 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
     c->write = rocksdb_writeoptions_create();
     rocksdb_options_set_create_if_missing(c->options, 1);
     rocksdb_writeoptions_disable_WAL(c->write, 1);
-    rocksdb_destroy_db(c->options, dir, &errptr);
+    if (keep) {
+        if (asprintf(&c->clean_path, "%s/CLEAN", dir) < 0) {
+            c->clean_path = NULL;
+            syncd_cache_close(c);
+            return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        }
+        kept = unlink(c->clean_path) == 0;
+    }
+    if (!kept)
+        rocksdb_destroy_db(c->options, dir, &errptr);
     if (errptr == NULL)
         c->db = rocksdb_open(c->options, dir, &errptr);
     if (errptr != NULL) {
@@ -269,8 +343,36 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
         syncd_cache_close(c);
         return rc;
     }
+    if (kept) {
+        int rc = load_kept(c, err);
+
+        if (rc != 0) {
+            syncd_cache_close(c);
+            return rc;
+        }
+    }
     *out = c;
     return 0;
+}
+
+/* Flushes a kept cache's records and marks them complete with the CLEAN
+ * file; on any failure the next open discards them. */
+static void keep_on_close(syncd_cache_t *c)
+{
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    char *errptr = NULL;
+    FILE *f;
+
+    rocksdb_flushoptions_set_wait(fo, 1);
+    rocksdb_flush(c->db, fo, &errptr);
+    rocksdb_flushoptions_destroy(fo);
+    if (errptr != NULL) {
+        rocksdb_free(errptr);
+        return;
+    }
+    f = fopen(c->clean_path, "w");
+    if (f != NULL)
+        fclose(f);
 }
 
 void syncd_cache_close(syncd_cache_t *cache)
@@ -280,11 +382,14 @@ void syncd_cache_close(syncd_cache_t *cache)
     syncd_lru_destroy(&cache->tier, keep_node);
     syncd_lru_destroy(&cache->index, free_node);
     pthread_rwlock_destroy(&cache->lock);
+    if (cache->db != NULL && cache->clean_path != NULL)
+        keep_on_close(cache);
     if (cache->db != NULL)
         rocksdb_close(cache->db);
     rocksdb_writeoptions_destroy(cache->write);
     rocksdb_readoptions_destroy(cache->read);
     rocksdb_options_destroy(cache->options);
+    free(cache->clean_path);
     free(cache);
 }
 

@@ -19,6 +19,13 @@
  *
  * A leaf's input is always longer than 64 bytes (the hash alone is 64), so
  * no leaf can be mistaken for a parent.
+ *
+ * The same root is also built streaming (syncd_merkle_*), leaves in id
+ * order, in O(log n) memory: step 3 pairs whole perfect subtrees, so the
+ * root of n leaves is that of the perfect subtrees of n's binary
+ * decomposition, largest first, folded from the right
+ * (root = H(P_largest || H(P_next || ... P_smallest))). Ranged digests
+ * page through a collection with it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +100,59 @@ static int read_leaves(leaf_t **out, const json_t *entries, syncd_error_t *err)
     }
     *out = leaves;
     return 0;
+}
+
+void syncd_merkle_init(syncd_merkle_t *m)
+{
+    memset(m, 0, sizeof(*m));
+}
+
+int syncd_merkle_add(syncd_merkle_t *m, const char *id, int64_t v,
+                     const char *h)
+{
+    leaf_t leaf = {id, (json_int_t)v, h};
+    unsigned char node[32];
+    unsigned char height = 0;
+
+    if (hash_leaf(node, &leaf) != 0)
+        return SYNCD_ENOMEM;
+    /* Like a binary counter: equal heights on top merge into a parent. */
+    while (m->depth > 0 && m->height[m->depth - 1] == height) {
+        unsigned char pair[64];
+
+        memcpy(pair, m->nodes[m->depth - 1], 32);
+        memcpy(pair + 32, node, 32);
+        syncd_sha256(node, pair, sizeof(pair));
+        m->depth--;
+        height++;
+    }
+    memcpy(m->nodes[m->depth], node, 32);
+    m->height[m->depth] = height;
+    m->depth++;
+    m->count++;
+    return 0;
+}
+
+void syncd_merkle_final(const syncd_merkle_t *m, syncd_digest_t *out)
+{
+    unsigned char root[32];
+
+    memset(out, 0, sizeof(*out));
+    if (m->depth == 0) {
+        syncd_sha256_hex(out->hex, "", 0);
+        return;
+    }
+    memcpy(root, m->nodes[m->depth - 1], 32);
+    for (size_t i = m->depth - 1; i > 0; i--) {
+        unsigned char pair[64];
+
+        memcpy(pair, m->nodes[i - 1], 32);
+        memcpy(pair + 32, root, 32);
+        syncd_sha256(root, pair, sizeof(pair));
+    }
+    for (size_t i = 0; i < 32; i++)
+        snprintf(out->hex + 2 * i, 3, "%02x", root[i]);
+    out->count = m->count;
 }
 
 int syncd_digest_entries(syncd_digest_t *out, const json_t *entries,

@@ -130,16 +130,18 @@ void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
 
 typedef struct syncd_cache syncd_cache_t;
 
-/* Opens the cache in dir (its contents from a previous run are discarded:
- * a restarted node rebuilds its cache from the store and the bus).
+/* Opens the cache in dir. Without keep, its contents from a previous run
+ * are discarded (a restarted node rebuilds its cache from the store and the
+ * bus); with keep, those of a previous run that closed cleanly are kept,
+ * each entry fresh from now, and a clean close leaves them for the next.
  * Entries older than ttl_ms are never served; the cached bytes (records in
  * RocksDB plus the in-memory tier of decoded documents, which takes at most
  * a quarter of them) are kept within max_bytes by evicting least recently
  * used entries. hooks may be NULL (the real monotonic clock). *out is
  * freed with syncd_cache_close(). */
 int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
-                     uint64_t max_bytes, const syncd_store_hooks_t *hooks,
-                     syncd_error_t *err);
+                     uint64_t max_bytes, int keep,
+                     const syncd_store_hooks_t *hooks, syncd_error_t *err);
 
 /* Closes and frees the cache; NULL ignored. */
 void syncd_cache_close(syncd_cache_t *cache);
@@ -285,6 +287,29 @@ void syncd_reckey_node(syncd_lru_node_t *node, char *key,
 /* Bytes charged for a decoded record in an in-memory tier (the RocksDB
  * store's and the cache's) beyond its encoded size. */
 #define SYNCD_TIER_ENTRY_OVERHEAD 256
+
+/* ---- Streaming digest ---------------------------------------------------- */
+
+/* The collection digest (digest.c) built one leaf at a time, in O(log n)
+ * memory: a stack of the roots of perfect subtrees, heights decreasing. */
+typedef struct syncd_merkle {
+    unsigned char nodes[64][32];
+    unsigned char height[64];
+    size_t depth;
+    uint64_t count;
+} syncd_merkle_t;
+
+/* Starts an empty digest. */
+void syncd_merkle_init(syncd_merkle_t *m);
+
+/* Adds the leaf (id, v, h); leaves must come in strictly increasing id
+ * order (byte order). SYNCD_ENOMEM on failure. */
+int syncd_merkle_add(syncd_merkle_t *m, const char *id, int64_t v,
+                     const char *h);
+
+/* Writes the digest of the leaves added so far into *out: the same value
+ * as syncd_digest_entries() of those entries. */
+void syncd_merkle_final(const syncd_merkle_t *m, syncd_digest_t *out);
 
 /* ---- Edit loop pieces ---------------------------------------------------- */
 

@@ -1327,7 +1327,7 @@ static int open_backends(syncd_store_t *s, const syncd_store_options_t *o,
                                   o->backend_timeout_ms, err);
     if (rc == 0)
         rc = syncd_cache_open(&s->cache, dir, o->cache_ttl_ms,
-                              o->cache_max_bytes, o->hooks, err);
+                              o->cache_max_bytes, o->keep_cache, o->hooks, err);
     return rc;
 }
 

@@ -14,6 +14,11 @@
  * the first outcome (status, ETag; the body when the document is still at
  * that version) and writes nothing.
  *
+ * Digests and verification (GET .../digest with an optional id range and
+ * source, POST .../verify) are store jobs like the others: the thread pool
+ * pages through the node's view and the store (storage/view.c), so the
+ * loop never waits and memory does not grow with the collection.
+ *
  * A watch checks where its stream can start (the collection's current seq
  * and, for a past `since`, that the replay log still holds since+1; else
  * 410), then streams the node's events as server-sent events. A watcher
@@ -55,6 +60,7 @@ typedef enum {
     JOB_DELETE,
     JOB_LIST,
     JOB_DIGEST,
+    JOB_VERIFY,
 } job_kind_t;
 
 typedef struct job {
@@ -68,10 +74,11 @@ typedef struct job {
     int is_merge;
     int64_t if_match;
     const char *ikey; /* Idempotency-Key, borrowed from req; NULL: none */
-    char *prefix, *after;
+    char *prefix, *after, *until;
     size_t limit;
-    int64_t seq; /* list: the collection's seq read before listing */
-    int held;    /* a write holding its collection on the node */
+    syncd_view_t view; /* digest: whose entries */
+    int64_t seq;       /* list: the collection's seq read before listing */
+    int held;          /* a write holding its collection on the node */
     /* results */
     int rc;
     int bad_json; /* rc comes from parsing the body */
@@ -334,6 +341,7 @@ static void job_free(job_t *j)
     free(j->id);
     free(j->prefix);
     free(j->after);
+    free(j->until);
     free(j->text);
     free(j);
 }
@@ -500,29 +508,65 @@ static void run_list(job_t *j)
     json_decref(docs);
 }
 
+/* Answers a digest request: the digest of the view's entries in the
+ * requested range, its split id, and with ?entries=N its first N entries
+ * (j->limit; 0: none). */
 static void run_digest(job_t *j)
 {
-    syncd_digest_t d;
-    json_t *entries = NULL, *out;
+    syncd_range_digest_t rd;
+    json_t *out;
 
-    if (strcmp(syncd_store_kind(j->api->opts.store), "rocksdb") == 0) {
-        j->rc = syncd_store_digest(j->api->opts.store, &d, j->coll, &j->err);
-    } else {
-        j->rc = syncd_store_cache_list(j->api->opts.store, &entries, j->coll,
-                                       &j->err);
-        if (j->rc == 0)
-            j->rc = syncd_digest_entries(&d, entries, &j->err);
-        json_decref(entries);
-    }
+    j->rc = syncd_store_digest_range(j->api->opts.store, &rd, j->coll, j->view,
+                                     j->after, j->until, j->limit, &j->err);
     if (j->rc != 0)
         return;
-    out =
-        json_pack("{s:I, s:s}", "count", (json_int_t)d.count, "digest", d.hex);
+    out = json_pack("{s:I, s:s, s:s, s:s?}", "count",
+                    (json_int_t)rd.digest.count, "digest", rd.digest.hex,
+                    "source", j->view == SYNCD_VIEW_STORE ? "store" : "node",
+                    "split", rd.split);
+    if (out != NULL && rd.entries != NULL &&
+        (json_object_set(out, "entries", rd.entries) != 0 ||
+         json_object_set_new(out, "truncated", json_boolean(rd.truncated)) !=
+             0)) {
+        json_decref(out);
+        out = NULL;
+    }
     if (out == NULL)
         j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
     else
         set_text(j, out);
     json_decref(out);
+    syncd_range_digest_clear(&rd);
+}
+
+/* Most differences one verify answer lists. */
+#define VERIFY_MAX_DIFFERS 1000
+
+/* Answers a verify request: this node's view checked against the store
+ * and against its own stored hashes. */
+static void run_verify(job_t *j)
+{
+    syncd_verify_t v;
+    json_t *out;
+
+    j->rc = syncd_store_verify(j->api->opts.store, &v, j->coll,
+                               VERIFY_MAX_DIFFERS, &j->err);
+    if (j->rc != 0)
+        return;
+    out = json_pack(
+        "{s:s, s:I, s:s, s:I, s:s, s:b, s:I, s:O, s:b}", "node",
+        j->api->opts.node_id, "count", (json_int_t)v.node.count, "digest",
+        v.node.hex, "store_count", (json_int_t)v.store.count, "store_digest",
+        v.store.hex, "agree",
+        json_array_size(v.differs) == 0 && strcmp(v.node.hex, v.store.hex) == 0,
+        "bodies", (json_int_t)v.bodies, "differs", v.differs, "truncated",
+        v.truncated);
+    if (out == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    else
+        set_text(j, out);
+    json_decref(out);
+    syncd_verify_clear(&v);
 }
 
 static void job_work(uv_work_t *w)
@@ -548,6 +592,9 @@ static void job_work(uv_work_t *w)
         break;
     case JOB_DIGEST:
         run_digest(j);
+        break;
+    case JOB_VERIFY:
+        run_verify(j);
         break;
     default:
         run_write(j);
@@ -858,8 +905,13 @@ fail:
     inflight_end(api);
 }
 
+/* Serves GET .../digest?after=&until=&source=node|store&entries=N: the
+ * digest of the ids in (after, until] of this node's view (default) or of
+ * the store of record. */
 static void serve_digest(syncd_api_t *api, syncd_http_req_t *req, char *coll)
 {
+    char *source = NULL, *entries = NULL;
+    int64_t n = 0;
     job_t *j;
 
     syncd_http_set_route(req, "digest");
@@ -869,6 +921,51 @@ static void serve_digest(syncd_api_t *api, syncd_http_req_t *req, char *coll)
         return;
     }
     j = job_new(api, req, JOB_DIGEST, coll, NULL);
+    if (j == NULL)
+        return;
+    if (query_or_400(&j->after, req, "after") < 0 ||
+        query_or_400(&j->until, req, "until") < 0 ||
+        query_or_400(&source, req, "source") < 0 ||
+        query_or_400(&entries, req, "entries") < 0)
+        goto fail;
+    if (source != NULL && strcmp(source, "node") != 0 &&
+        strcmp(source, "store") != 0) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "source must be node or store");
+        goto fail;
+    }
+    if (entries != NULL &&
+        (parse_count(&n, entries) < 0 || n > SYNCD_MAX_RANGE_ENTRIES)) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "entries must be an integer in 0..1000");
+        goto fail;
+    }
+    j->view = source != NULL && strcmp(source, "store") == 0 ? SYNCD_VIEW_STORE
+                                                             : SYNCD_VIEW_NODE;
+    j->limit = (size_t)n;
+    free(source);
+    free(entries);
+    job_queue(j);
+    return;
+fail:
+    free(source);
+    free(entries);
+    job_free(j);
+    inflight_end(api);
+}
+
+/* Serves POST .../verify: this node's view checked off the loop. */
+static void serve_verify(syncd_api_t *api, syncd_http_req_t *req, char *coll)
+{
+    job_t *j;
+
+    syncd_http_set_route(req, "verify");
+    if (strcmp(syncd_http_method(req), "POST") != 0) {
+        free(coll);
+        method_not_allowed(req, "POST");
+        return;
+    }
+    j = job_new(api, req, JOB_VERIFY, coll, NULL);
     if (j != NULL)
         job_queue(j);
 }
@@ -1175,9 +1272,10 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
     json_t *o;
     char *text;
 
-    o = json_pack("{s:s, s:s, s:s, s:s, s:b}", "status", "ok", "node",
-                  api->opts.node_id, "store", syncd_store_kind(api->opts.store),
-                  "bus", syncd_bus_kind(api->opts.bus), "bus_connected",
+    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b}", "status", "ok", "node",
+                  api->opts.node_id, "version", SYNCD_VERSION, "store",
+                  syncd_store_kind(api->opts.store), "bus",
+                  syncd_bus_kind(api->opts.bus), "bus_connected",
                   syncd_bus_connected(api->opts.bus));
     text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (text == NULL)
@@ -1191,6 +1289,7 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
 static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
 {
     syncd_metrics_view_t v;
+    syncd_buf_t b = {0};
     char *text;
     size_t len;
 
@@ -1201,13 +1300,15 @@ static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
     v.bus_connected = syncd_bus_connected(api->opts.bus);
     v.connections = api->server ? syncd_http_connections(api->server) : 0;
     text = syncd_metrics_render(api->opts.metrics, &v, &len);
-    if (text == NULL) {
+    if (text == NULL || syncd_buf_append(&b, text, len) != 0 ||
+        syncd_members_metrics(api->opts.members, &b) != 0) {
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
-        return;
+    } else {
+        syncd_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8",
+                           "", b.data, b.len);
     }
-    syncd_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", "",
-                       text, len);
     free(text);
+    syncd_buf_free(&b);
 }
 
 /* Decodes and validates a collection or id path segment into *out;
@@ -1263,6 +1364,14 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
             serve_metrics(api, req);
         return;
     }
+    if (strcmp(path, "/v1/nodes") == 0) {
+        syncd_http_set_route(req, "nodes");
+        if (strcmp(syncd_http_method(req), "GET") != 0)
+            method_not_allowed(req, "GET");
+        else
+            syncd_members_serve(api->opts.members, req);
+        return;
+    }
     if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
         goto not_found;
     rest = path + sizeof(prefix) - 1;
@@ -1284,6 +1393,8 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
         serve_watch(api, req, coll);
     } else if (strcmp(rest, "digest") == 0) {
         serve_digest(api, req, coll);
+    } else if (strcmp(rest, "verify") == 0) {
+        serve_verify(api, req, coll);
     } else {
         free(coll);
         goto not_found;

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "members.h"
 #include "metrics.h"
 
 typedef struct syncd_api syncd_api_t;
@@ -29,6 +30,7 @@ typedef struct syncd_api_options {
     syncd_bus_t *bus;
     syncd_node_t *node;
     syncd_metrics_t *metrics;
+    syncd_members_t *members; /* GET /v1/nodes and the node metrics */
 } syncd_api_options_t;
 
 /* Creates the API into *out (freed with syncd_api_free()); SYNCD_ENOMEM. */

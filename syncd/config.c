@@ -58,6 +58,8 @@ static const option_t options[] = {
      "lifetime of a cache entry (embedded: of the in-memory tier's)"},
     {"cache-max-bytes", OPT_SIZE, AT(cache_max_bytes), "256MiB",
      "size bound of the cache (embedded: of the in-memory tier)"},
+    {"keep-cache", OPT_BOOL, AT(keep_cache), "false",
+     "cluster: keep the cache across a clean restart"},
     {"max-retries", OPT_INT, AT(max_retries), "10",
      "compare-and-swap retries of an edit"},
     {"retry-delay", OPT_DURATION, AT(retry_delay_ms), "5ms",
@@ -102,6 +104,11 @@ static const option_t options[] = {
      "queued events per watcher before it is told to resync"},
     {"max-collections", OPT_INT, AT(max_collections), "10000",
      "collections a node works on at once; more are refused with 503"},
+    {"heartbeat-interval", OPT_DURATION, AT(heartbeat_interval_ms), "5s",
+     "period of this node's heartbeat on the bus (live for three of them)"},
+    {"advertise-url", OPT_STRING, AT(advertise_url), NULL,
+     "URL other nodes and syncctl reach this node at (default: "
+     "http://<listen address>)"},
     {"bookmark-interval", OPT_DURATION, AT(bookmark_interval_ms), "15s",
      "idle time before a watcher gets a bookmark event"},
 };
@@ -345,6 +352,10 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
             cfg->help = 1;
             return 0;
         }
+        if (strcmp(arg, "--version") == 0) {
+            cfg->version = 1;
+            return 0;
+        }
         if (strncmp(arg, "--", 2) != 0)
             return syncd_error_set(err, SYNCD_EINVAL,
                                    "unexpected argument '%s'", arg);
@@ -368,6 +379,9 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
     if (cfg->max_doc_bytes == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-doc-bytes: must be more than 0");
+    if (cfg->heartbeat_interval_ms < 1)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "--heartbeat-interval: must be at least 1ms");
     if (cfg->max_collections == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-collections: must be more than 0");
@@ -398,7 +412,8 @@ void syncd_config_usage(FILE *out)
                  "one node, RocksDB in --data-dir as the store of record, the "
                  "in-process bus.\n"
                  "Every flag has an environment variable of the same meaning; "
-                 "flags win.\n\n");
+                 "flags win.\n"
+                 "--version prints the version, --help this text.\n\n");
     for (i = 0; i < NOPTIONS; i++) {
         char name[64];
 

@@ -27,19 +27,21 @@ typedef struct syncd_config {
     char *secret;    /* event HMAC key; NULL: unsigned */
     char *token;     /* API bearer token; NULL: open */
     syncd_log_level_t log_level;
+    char *advertise_url; /* NULL: http://<listen address> */
     int sync_writes;
+    int keep_cache;
     int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
         max_collections;
     int64_t max_connections_per_client, max_patch_ops, body_timeout_ms;
     int64_t cache_ttl_ms, retry_delay_ms, max_retry_delay_ms, edit_timeout_ms,
         anti_entropy_interval_ms, tombstone_ttl_ms, idle_timeout_ms,
         header_timeout_ms, bookmark_interval_ms, bus_timeout_ms,
-        idempotency_ttl_ms;
+        idempotency_ttl_ms, heartbeat_interval_ms;
     uint64_t cache_max_bytes, max_doc_bytes, max_event_bytes, max_header_bytes,
         watch_buffer_bytes;
     char host[256]; /* parsed from listen */
     int port;
-    int help; /* --help was given */
+    int help, version; /* --help, --version was given */
 } syncd_config_t;
 
 /* Fills cfg from the defaults, then the SYNCD_* environment, then argv

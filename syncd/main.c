@@ -8,12 +8,20 @@
  * the node (watchers get a final event), the HTTP server, the bus and the
  * store; the loop then runs dry and syncd exits 0. A once-a-second check
  * logs bus connects and disconnects, resyncs and anti-entropy repairs.
+ * Membership (members.c) announces the node on the bus once serving.
+ *
+ * One instance per data dir: before anything opens RocksDB, syncd takes an
+ * exclusive flock() of <data-dir>/syncd.lock and writes its pid there; a
+ * second syncd on the same dir exits 1 naming the dir and that pid. The
+ * lock goes with the process, however it ends.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,6 +33,7 @@
 #include "config.h"
 #include "http.h"
 #include "log.h"
+#include "members.h"
 #include "metrics.h"
 
 typedef struct daemon {
@@ -35,6 +44,7 @@ typedef struct daemon {
     syncd_bus_t *bus;
     syncd_node_t *node;
     syncd_metrics_t *metrics;
+    syncd_members_t *members;
     syncd_api_t *api;
     syncd_http_server_t *http;
     uv_signal_t sigterm, sigint;
@@ -116,6 +126,7 @@ static void stop(daemon_t *d)
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->watch, NULL);
+    syncd_members_stop(d->members);
     if (d->http != NULL)
         syncd_http_drain(d->http);
     if (d->api != NULL)
@@ -157,6 +168,49 @@ static void check_health(uv_timer_t *t)
     d->last = now;
 }
 
+/* Takes the data dir's lock file (kept open, so locked, for the life of
+ * the process) and writes this pid into it; SYNCD_EEXISTS naming the dir
+ * and the holder's pid when another process holds it. */
+static int lock_data_dir(const char *dir, syncd_error_t *err)
+{
+    char path[4096], text[32] = "";
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/syncd.lock", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return syncd_error_set(err, SYNCD_EBACKEND,
+                               "--data-dir: cannot open '%s': %s", path,
+                               strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int saved = errno;
+
+        n = pread(fd, text, sizeof(text) - 1, 0);
+        text[n > 0 ? n : 0] = '\0';
+        text[strcspn(text, "\n")] = '\0';
+        close(fd);
+        if (saved != EWOULDBLOCK)
+            return syncd_error_set(err, SYNCD_EBACKEND,
+                                   "--data-dir: cannot lock '%s': %s", path,
+                                   strerror(saved));
+        return syncd_error_set(err, SYNCD_EEXISTS,
+                               "--data-dir '%s' is in use by syncd pid %s "
+                               "(lock file %s)",
+                               dir, text[0] ? text : "(unknown)", path);
+    }
+    n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n) {
+        int saved = errno;
+
+        close(fd);
+        return syncd_error_set(err, SYNCD_EBACKEND,
+                               "--data-dir: cannot write '%s': %s", path,
+                               strerror(saved));
+    }
+    return 0;
+}
+
 /* Opens the store, the bus and the node as configured. */
 static int open_node(daemon_t *d, syncd_error_t *err)
 {
@@ -173,6 +227,9 @@ static int open_node(daemon_t *d, syncd_error_t *err)
         return syncd_error_set(err, SYNCD_EBACKEND,
                                "--data-dir: cannot create '%s': %s",
                                c->data_dir, strerror(errno));
+    rc = lock_data_dir(c->data_dir, err);
+    if (rc != 0)
+        return rc;
     syncd_store_options_init(&so);
     so.mongo_uri = c->mongo_uri;
     so.database = c->database;
@@ -181,6 +238,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.sync_writes = c->sync_writes;
     so.cache_ttl_ms = c->cache_ttl_ms;
     so.cache_max_bytes = c->cache_max_bytes;
+    so.keep_cache = c->keep_cache;
     so.max_retries = (int)c->max_retries;
     so.retry_delay_ms = c->retry_delay_ms;
     so.max_retry_delay_ms = c->max_retry_delay_ms;
@@ -235,6 +293,7 @@ static int open_api(daemon_t *d, syncd_error_t *err)
     ao.bus = d->bus;
     ao.node = d->node;
     ao.metrics = d->metrics;
+    ao.members = d->members;
     rc = syncd_api_new(&d->api, &ao);
     if (rc != 0)
         return syncd_error_set(err, rc, "out of memory");
@@ -255,6 +314,31 @@ static int open_api(daemon_t *d, syncd_error_t *err)
         return rc;
     syncd_api_set_server(d->api, d->http);
     return 0;
+}
+
+/* Starts membership: heartbeats with the advertised URL (by default
+ * http://<listen address>). */
+static int open_members(daemon_t *d, syncd_error_t *err)
+{
+    const syncd_config_t *c = &d->cfg;
+    syncd_members_options_t mo;
+    char url[512];
+
+    if (c->advertise_url != NULL)
+        snprintf(url, sizeof(url), "%s", c->advertise_url);
+    else
+        snprintf(url, sizeof(url),
+                 strchr(c->host, ':') ? "http://[%s]:%d" : "http://%s:%d",
+                 c->host, c->port);
+    memset(&mo, 0, sizeof(mo));
+    mo.loop = &d->loop;
+    mo.bus = d->bus;
+    mo.node = d->node;
+    mo.node_id = d->node_id;
+    mo.url = url;
+    mo.version = SYNCD_VERSION;
+    mo.interval_ms = c->heartbeat_interval_ms;
+    return syncd_members_start(&d->members, &mo, err);
 }
 
 static void set_node_id(daemon_t *d)
@@ -280,6 +364,11 @@ int main(int argc, char **argv)
 
     syncd_error_clear(&err);
     rc = syncd_config_parse(&d.cfg, argc, argv, &err);
+    if (rc == 0 && d.cfg.version) {
+        printf("syncd %s\n", SYNCD_VERSION);
+        syncd_config_free(&d.cfg);
+        return 0;
+    }
     if (rc != 0 || d.cfg.help) {
         if (rc != 0)
             fprintf(stderr, "syncd: %s\n", err.message);
@@ -304,6 +393,8 @@ int main(int argc, char **argv)
     d.sigterm.data = d.sigint.data = d.watch.data = &d;
     rc = open_node(&d, &err);
     if (rc == 0)
+        rc = open_members(&d, &err);
+    if (rc == 0)
         rc = open_api(&d, &err);
     if (rc != 0) {
         syncd_log(SYNCD_LOG_ERROR, "syncd: cannot start: %s", err.message);
@@ -325,6 +416,7 @@ int main(int argc, char **argv)
     if (uv_loop_close(&d.loop) != 0)
         syncd_log(SYNCD_LOG_WARN, "syncd: loop closed with handles open");
     syncd_metrics_free(d.metrics);
+    syncd_members_free(d.members);
     syncd_config_free(&d.cfg);
     return status;
 }

@@ -2095,6 +2095,43 @@ int64_t syncd_node_seq(const syncd_node_t *node, const char *coll)
     return c != NULL ? c->seq : 0;
 }
 
+/* Orders collections by their last activity, the most recent first. */
+static int by_touched_desc(const void *a, const void *b)
+{
+    const coll_t *x = *(const coll_t *const *)a, *y = *(const coll_t *const *)b;
+
+    return x->touched < y->touched ? 1 : x->touched > y->touched ? -1 : 0;
+}
+
+json_t *syncd_node_seqs(const syncd_node_t *node, size_t max)
+{
+    coll_t **all = NULL;
+    json_t *out = json_object();
+    size_t n = 0;
+
+    if (out == NULL || node->ncolls == 0)
+        return out;
+    all = malloc(node->ncolls * sizeof(*all));
+    if (all == NULL) {
+        json_decref(out);
+        return NULL;
+    }
+    for (coll_t *c = node->colls; c != NULL && n < node->ncolls; c = c->next)
+        if (c->ready)
+            all[n++] = c;
+    qsort(all, n, sizeof(*all), by_touched_desc);
+    for (size_t i = 0; i < n && i < max; i++) {
+        if (json_object_set_new(out, all[i]->name, json_integer(all[i]->seq)) !=
+            0) {
+            json_decref(out);
+            out = NULL;
+            break;
+        }
+    }
+    free(all);
+    return out;
+}
+
 void syncd_node_stats(const syncd_node_t *node, syncd_node_stats_t *out)
 {
     *out = node->stats;

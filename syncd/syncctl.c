@@ -180,6 +180,10 @@ int main(int argc, char **argv)
             print_usage(stdout);
             return SYNCCTL_OK;
         }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("syncctl %s\n", SYNCD_VERSION);
+            return SYNCCTL_OK;
+        }
         if (i + 1 < argc && strcmp(argv[i], "--server") == 0) {
             opts.server = argv[++i];
         } else if (i + 1 < argc && strcmp(argv[i], "--token") == 0) {

@@ -35,6 +35,28 @@ struct syncctl_cmd {
 extern const syncctl_cmd_t syncctl_http_commands[];
 extern const size_t syncctl_http_ncommands;
 
+/* Returns the malloc'd URL of coll's route `what` on opts->server
+ * ("<server>/v1/collections/<coll>/<what><query>", coll percent-encoded,
+ * query appended as is), or NULL when out of memory. */
+char *syncctl_url(const syncctl_opts_t *opts, const char *coll,
+                  const char *what, const char *query);
+
+/* Appends "?name=<value>" (or "&...") to q (size bytes), value
+ * percent-encoded. */
+void syncctl_add_query(char *q, size_t size, const char *name,
+                       const char *value);
+
+/* Sends method to url with opts' token and no body; *status gets the HTTP
+ * status and *out the answer parsed as JSON (a new reference; NULL when it
+ * is none). Returns SYNCCTL_OK when the server answered (any status), else
+ * reports the failure naming url and returns SYNCCTL_FAILED. */
+int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
+                      const char *url, long *status, json_t **out);
+
+/* `syncctl verify C [--nodes URL,...]` (syncctl_verify.c). */
+int syncctl_cmd_verify(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                       int argc, char **argv);
+
 /* Prints "syncctl: <message>" on stderr and returns SYNCCTL_FAILED. */
 int syncctl_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

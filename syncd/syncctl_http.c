@@ -1,6 +1,7 @@
 /* syncctl_http.c - the syncctl commands that talk to a node over its HTTP
  * API (DESIGN.md sections 5 and 10): get, put, patch, rm, ls, watch,
- * digest and health, with libcurl.
+ * digest, nodes and health, with libcurl (verify lives in
+ * syncctl_verify.c).
  *
  * Every command builds one URL from --server (or $SYNCD_SERVER), the
  * percent-encoded collection and id, sends --token as a bearer token, and
@@ -401,32 +402,49 @@ static int cmd_digest(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return rc;
 }
 
-/* health: GETs /v1/health and prints it; exit 0 only on 200, so that it
- * serves as a container healthcheck (the image has no curl). */
-static int cmd_health(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
-                      int argc, char **argv)
+/* GETs path (from the server root) and prints the reply; exit 0 only on
+ * a 2xx answer. */
+static int get_root(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                    int argc, const char *path)
 {
-    size_t slen = strlen(opts->server);
+    size_t slen = strlen(opts->server), n;
+    reply_t r = {0};
     char *url;
-    reply_t r;
     int rc;
 
-    (void)argv;
     if (argc != 0)
         return syncctl_usage(self);
     if (slen > 0 && opts->server[slen - 1] == '/')
         slen--;
-    url = malloc(slen + sizeof("/v1/health"));
+    n = slen + strlen(path) + 1;
+    url = malloc(n);
     if (url == NULL)
         return syncctl_fail("out of memory");
-    snprintf(url, slen + sizeof("/v1/health"), "%.*s/v1/health", (int)slen,
-             opts->server);
+    snprintf(url, n, "%.*s%s", (int)slen, opts->server, path);
     rc = call(opts, "GET", url, NULL, NULL, NULL, NULL, &r);
     if (rc == SYNCCTL_OK)
-        rc = r.status == 200 ? print_reply(&r, NULL, NULL) : report(&r);
+        rc = print_reply(&r, NULL, NULL);
     free(r.body);
     free(url);
     return rc;
+}
+
+/* Prints GET /v1/nodes: the live nodes and their lag. */
+static int cmd_nodes(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                     int argc, char **argv)
+{
+    (void)argv;
+    return get_root(self, opts, argc, "/v1/nodes");
+}
+
+/* Prints GET /v1/health; exits 0 only when the node answers (200; it
+ * answers 503 while shutting down), so that it serves as a container
+ * healthcheck (the image has no curl). */
+static int cmd_health(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                      int argc, char **argv)
+{
+    (void)argv;
+    return get_root(self, opts, argc, "/v1/health");
 }
 
 /* Appends "&name=<value percent-encoded>" to q (size bytes). */
@@ -594,6 +612,36 @@ static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return rc;
 }
 
+char *syncctl_url(const syncctl_opts_t *opts, const char *coll,
+                  const char *what, const char *query)
+{
+    return make_url(opts, coll, what, NULL, query);
+}
+
+void syncctl_add_query(char *q, size_t size, const char *name,
+                       const char *value)
+{
+    add_query(q, size, name, value);
+}
+
+int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
+                      const char *url, long *status, json_t **out)
+{
+    reply_t r;
+    int rc = call(opts, method, url, NULL, NULL, NULL, NULL, &r);
+
+    *out = NULL;
+    *status = r.status;
+    if (rc == SYNCCTL_OK) {
+        *out = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
+        if (r.status >= 200 && r.status <= 299 && *out == NULL)
+            rc = syncctl_fail("%s %s: the server answered with invalid JSON",
+                              method, url);
+    }
+    free(r.body);
+    return rc;
+}
+
 const syncctl_cmd_t syncctl_http_commands[] = {
     {"get", "C ID", cmd_get},
     {"put", "C ID [FILE] [--if-match V]", cmd_put},
@@ -602,6 +650,8 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"ls", "C [--prefix P]", cmd_ls},
     {"watch", "C [--since SEQ] [--prefix P]", cmd_watch},
     {"digest", "C", cmd_digest},
+    {"verify", "C [--nodes URL,URL,...]", syncctl_cmd_verify},
+    {"nodes", "", cmd_nodes},
     {"health", "", cmd_health},
 };
 

@@ -4,8 +4,9 @@
  * record in a temp dir, in-process bus) on a free loopback port, and
  * drives every route of DESIGN.md section 5 with libcurl and raw sockets:
  * status codes, ETags and error bodies, malformed HTTP, limits, slow and
- * idle clients, pipelining, bearer tokens, SSE watch streams, and a
- * graceful shutdown on SIGTERM.
+ * idle clients, pipelining, bearer tokens, SSE watch streams, a graceful
+ * shutdown on SIGTERM, GET /v1/nodes of the embedded default (only the node
+ * itself), and one syncd per data dir.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -405,6 +406,7 @@ static void test_health__answers_200_with_node_store_and_bus(void **state)
                         "rocksdb");
     assert_string_equal(json_string_value(json_object_get(v, "bus")), "local");
     assert_true(json_is_true(json_object_get(v, "bus_connected")));
+    assert_true(json_string_length(json_object_get(v, "version")) > 0);
     json_decref(v);
     response_free(&r);
 }
@@ -682,6 +684,114 @@ static void test_digest__counts_live_documents(void **state)
                      64);
     json_decref(v);
     response_free(&r);
+}
+
+/* GETs path, which must answer 200 with JSON; returns it. */
+static json_t *get_json(const char *path)
+{
+    response_t r = request(&main_daemon, "GET", path, NULL, NULL);
+    json_t *v;
+
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    assert_non_null(v);
+    response_free(&r);
+    return v;
+}
+
+static void
+test_digest__ranges_split_a_collection_into_adjacent_parts(void **state)
+{
+    json_t *whole, *left, *right, *all, *store;
+    char path[256];
+
+    (void)state;
+    for (int i = 0; i < 12; i++) {
+        snprintf(path, sizeof(path), "/v1/collections/rd/docs/r%02d", i);
+        check("PUT", path, "{\"n\":1}", NULL, 201, NULL);
+    }
+    whole = get_json("/v1/collections/rd/digest");
+    all = get_json("/v1/collections/rd/digest?entries=1000");
+    store = get_json("/v1/collections/rd/digest?source=store");
+    assert_int_equal(json_integer_value(json_object_get(whole, "count")), 12);
+    assert_string_equal(json_string_value(json_object_get(whole, "source")),
+                        "node");
+    /* 12 entries: the split leaves 4 (2 * 4 <= 12 < 2 * 8) on the left. */
+    assert_string_equal(json_string_value(json_object_get(whole, "split")),
+                        "r03");
+    assert_true(json_equal(json_object_get(all, "digest"),
+                           json_object_get(whole, "digest")));
+    assert_true(json_equal(json_object_get(store, "digest"),
+                           json_object_get(whole, "digest")));
+    assert_false(json_is_true(json_object_get(all, "truncated")));
+
+    /* (r01, r05] and (r05, r09] list, in order, the entries of (r01, r09]. */
+    left = get_json("/v1/collections/rd/digest?after=r01&until=r05&entries=10");
+    right = get_json("/v1/collections/rd/"
+                     "digest?after=r05&until=r09&entries=10&source=store");
+    json_decref(whole);
+    whole =
+        get_json("/v1/collections/rd/digest?after=r01&until=r09&entries=10");
+    assert_int_equal(json_integer_value(json_object_get(left, "count")), 4);
+    assert_int_equal(json_integer_value(json_object_get(right, "count")), 4);
+    assert_int_equal(json_array_extend(json_object_get(left, "entries"),
+                                       json_object_get(right, "entries")),
+                     0);
+    assert_true(json_equal(json_object_get(left, "entries"),
+                           json_object_get(whole, "entries")));
+    assert_string_not_equal(
+        json_string_value(json_object_get(left, "digest")),
+        json_string_value(json_object_get(whole, "digest")));
+    json_decref(left);
+    json_decref(right);
+    json_decref(whole);
+    json_decref(all);
+    json_decref(store);
+
+    check("GET", "/v1/collections/rd/digest?source=cache", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/rd/digest?entries=1001", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/rd/digest?entries=x", NULL, NULL, 400,
+          "bad_request");
+    check("GET", "/v1/collections/rd/digest?after=r05&until=r01", NULL, NULL,
+          400, NULL);
+    check("GET", "/v1/collections/rd/digest?after=r05&until=r05", NULL, NULL,
+          400, NULL);
+    check("GET", "/v1/collections/rd/digest?until=a%7B", NULL, NULL, 400, NULL);
+    check("GET", "/v1/collections/rd/digest?after=%zz", NULL, NULL, 400,
+          "bad_request");
+}
+
+static void test_verify__a_node_that_serves_its_store_agrees(void **state)
+{
+    response_t r;
+    json_t *v, *d;
+
+    (void)state;
+    check("PUT", "/v1/collections/vf/docs/a", "{\"x\":1}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/vf/docs/b", "{\"x\":2}", NULL, 201, NULL);
+    r = request(&main_daemon, "POST", "/v1/collections/vf/verify", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    assert_non_null(v);
+    response_free(&r);
+    d = get_json("/v1/collections/vf/digest");
+    assert_true(json_is_true(json_object_get(v, "agree")));
+    assert_int_equal(json_integer_value(json_object_get(v, "count")), 2);
+    assert_int_equal(json_integer_value(json_object_get(v, "store_count")), 2);
+    assert_int_equal(json_integer_value(json_object_get(v, "bodies")), 2);
+    assert_true(
+        json_equal(json_object_get(v, "digest"), json_object_get(d, "digest")));
+    assert_true(json_equal(json_object_get(v, "store_digest"),
+                           json_object_get(d, "digest")));
+    assert_int_equal(json_array_size(json_object_get(v, "differs")), 0);
+    assert_false(json_is_true(json_object_get(v, "truncated")));
+    assert_non_null(json_string_value(json_object_get(v, "node")));
+    json_decref(v);
+    json_decref(d);
+    check("GET", "/v1/collections/vf/verify", NULL, NULL, 405, NULL);
+    check("POST", "/v1/collections/Bad/verify", NULL, NULL, 400, NULL);
 }
 
 static void test_metrics__reports_requests_by_route_and_status(void **state)
@@ -1471,6 +1581,90 @@ static void test_shutdown__sigterm_ends_watchers_and_exits_0(void **state)
     assert_int_equal(daemon_wait(&d), 0);
 }
 
+/* Returns 1 when s is an RFC 3339 UTC time as /v1/nodes writes them. */
+static int is_utc_time(const json_t *s)
+{
+    const char *t = json_string_value(s);
+
+    return t != NULL && strlen(t) == 24 && t[10] == 'T' && t[23] == 'Z';
+}
+
+static void test_nodes__embedded_default_lists_only_itself(void **state)
+{
+    daemon_t d;
+    response_t r;
+    json_t *v = NULL, *node = NULL, *c = NULL;
+    char url[64];
+    int i;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, "--heartbeat-interval", "100ms", NULL),
+                     0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", d.port);
+    r = request(&d, "PUT", "/v1/collections/mn/docs/a", "{}", NULL);
+    expect(&r, 201, NULL);
+    r = request(&d, "PUT", "/v1/collections/mn/docs/b", "{}", NULL);
+    expect(&r, 201, NULL);
+    /* The next heartbeat names the collection. */
+    for (i = 0; i < 100 && c == NULL; i++) {
+        json_decref(v);
+        r = request(&d, "GET", "/v1/nodes", NULL, NULL);
+        assert_int_equal(r.status, 200);
+        v = json_loads(r.body, 0, NULL);
+        response_free(&r);
+        assert_non_null(v);
+        node = json_array_get(json_object_get(v, "nodes"), 0);
+        c = json_object_get(json_object_get(node, "collections"), "mn");
+        if (c == NULL)
+            usleep(50 * 1000);
+    }
+    assert_non_null(c);
+    assert_string_equal(json_string_value(json_object_get(v, "self")), "local");
+    assert_int_equal(json_array_size(json_object_get(v, "nodes")), 1);
+    assert_string_equal(json_string_value(json_object_get(node, "id")),
+                        "local");
+    assert_string_equal(json_string_value(json_object_get(node, "url")), url);
+    assert_true(json_string_length(json_object_get(node, "version")) > 0);
+    assert_true(is_utc_time(json_object_get(node, "started")));
+    assert_true(is_utc_time(json_object_get(node, "last_heartbeat")));
+    assert_true(json_integer_value(json_object_get(node, "age_ms")) >= 0);
+    assert_true(json_integer_value(json_object_get(node, "age_ms")) < 300);
+    assert_int_equal(json_integer_value(json_object_get(c, "seq")), 2);
+    assert_int_equal(json_integer_value(json_object_get(c, "newest")), 2);
+    assert_int_equal(json_integer_value(json_object_get(c, "lag")), 0);
+    json_decref(v);
+    assert_int_equal(metric_value(&d, "syncd_nodes_live"), 1);
+    r = request(&d, "POST", "/v1/nodes", "{}", NULL);
+    expect(&r, 405, NULL);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+static void test_nodes__advertise_url_is_the_url_of_the_node(void **state)
+{
+    daemon_t d;
+    response_t r;
+    json_t *v;
+
+    (void)state;
+    assert_int_equal(daemon_start(&d, "--advertise-url",
+                                  "http://node-a.example:7070", "--token",
+                                  "s3cret", NULL),
+                     0);
+    r = request(&d, "GET", "/v1/nodes", NULL, NULL);
+    expect(&r, 401, "unauthorized");
+    r = request(&d, "GET", "/v1/nodes", NULL,
+                (const char *[]){"Authorization: Bearer s3cret", NULL});
+    assert_int_equal(r.status, 200);
+    v = json_loads(r.body, 0, NULL);
+    response_free(&r);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_array_get(json_object_get(v, "nodes"), 0), "url")),
+        "http://node-a.example:7070");
+    json_decref(v);
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
 /* Runs cmd through the shell, keeping the first size-1 bytes of its
  * output in out; returns its exit status. */
 static int run_capture(const char *cmd, char *out, size_t size)
@@ -1515,6 +1709,41 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
     assert_int_equal(run_capture(SYNCD_BINARY " --help", out, sizeof(out)), 0);
     assert_non_null(strstr(out, "--mongo-uri"));
     assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
+    assert_non_null(strstr(out, "SYNCD_HEARTBEAT_INTERVAL, default 5s"));
+    assert_int_equal(run_capture(SYNCD_BINARY " --heartbeat-interval 5 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--heartbeat-interval"));
+    assert_int_equal(run_capture("SYNCD_HEARTBEAT_INTERVAL=0 " SYNCD_BINARY
+                                 " 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--heartbeat-interval"));
+    assert_int_equal(run_capture(SYNCD_BINARY " --version", out, sizeof(out)),
+                     0);
+    assert_int_equal(strncmp(out, "syncd ", 6), 0);
+}
+
+static void test_data_dir__a_second_syncd_exits_1_naming_dir_and_pid(void **s)
+{
+    daemon_t d;
+    char cmd[1024], out[8192], pid[32], dir[300];
+    response_t r;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, NULL), 0);
+    snprintf(dir, sizeof(dir), "%s/data", d.dir);
+    snprintf(cmd, sizeof(cmd),
+             SYNCD_BINARY " --listen 127.0.0.1:%d --data-dir %s 2>&1",
+             syncd_test_free_port(), dir);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 1);
+    snprintf(pid, sizeof(pid), "pid %d", (int)d.pid);
+    assert_non_null(strstr(out, dir));
+    assert_non_null(strstr(out, pid));
+    /* The first one is unharmed. */
+    r = request(&d, "PUT", "/v1/collections/dd/docs/a", "{}", NULL);
+    expect(&r, 201, NULL);
+    assert_int_equal(daemon_stop(&d), 0);
 }
 
 int main(void)
@@ -1540,6 +1769,9 @@ int main(void)
         cmocka_unit_test(test_bad_input__oversize_bodies_are_413),
         cmocka_unit_test(test_list__returns_seq_docs_and_next_page),
         cmocka_unit_test(test_digest__counts_live_documents),
+        cmocka_unit_test(
+            test_digest__ranges_split_a_collection_into_adjacent_parts),
+        cmocka_unit_test(test_verify__a_node_that_serves_its_store_agrees),
         cmocka_unit_test(test_metrics__reports_requests_by_route_and_status),
         cmocka_unit_test(test_routes__unknown_is_404_and_wrong_method_405),
         cmocka_unit_test(test_http__malformed_request_is_400_and_closed),
@@ -1578,6 +1810,10 @@ int main(void)
         cmocka_unit_test(
             test_tombstones__are_purged_by_the_daemon_after_tombstone_ttl),
         cmocka_unit_test(test_config__bad_values_fail_naming_the_flag),
+        cmocka_unit_test(test_nodes__embedded_default_lists_only_itself),
+        cmocka_unit_test(test_nodes__advertise_url_is_the_url_of_the_node),
+        cmocka_unit_test(
+            test_data_dir__a_second_syncd_exits_1_naming_dir_and_pid),
     };
 
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */

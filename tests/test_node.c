@@ -1670,6 +1670,64 @@ test_node__max_collections_refuses_the_next_one_with_ETOOBIG(void **state)
     embedded_close(&e);
 }
 
+/* The seqs a heartbeat carries are bounded: syncd_node_seqs() names at
+ * most max collections, the most recently written first, each at the
+ * last seq the node applied. */
+static void
+test_node__seqs_names_the_most_recent_collections_up_to_max(void **state)
+{
+    embedded_t e;
+    syncd_node_options_t no;
+    json_t *body = json_object(), *seqs;
+    char name[16];
+
+    (void)state;
+    syncd_node_options_init(&no);
+    no.anti_entropy_interval_ms = 0;
+    embedded_open(&e, &no);
+    for (int i = 0; i < 5; i++) {
+        syncd_change_t *change = NULL;
+        int64_t published = 0;
+
+        snprintf(name, sizeof(name), "s%d", i);
+        for (int k = 0; k <= i; k++) {
+            char id[8];
+
+            snprintf(id, sizeof(id), "d%d", k);
+            published = 0;
+            assert_int_equal(
+                syncd_store_create(e.store, &change, name, id, body, NULL), 0);
+            assert_int_equal(syncd_node_publish(e.node, change,
+                                                on_embedded_published,
+                                                &published),
+                             0);
+            for (int n = 0; n < 2000 && published < 1; n++)
+                uv_run(&e.loop, UV_RUN_ONCE);
+            syncd_change_free(change);
+            change = NULL;
+        }
+        for (int n = 0; n < 2000 && syncd_node_seq(e.node, name) < i + 1; n++)
+            uv_run(&e.loop, UV_RUN_NOWAIT);
+        assert_int_equal(syncd_node_seq(e.node, name), i + 1);
+        uv_sleep(5);
+        uv_update_time(&e.loop);
+    }
+    seqs = syncd_node_seqs(e.node, 3);
+    assert_non_null(seqs);
+    assert_int_equal(json_object_size(seqs), 3);
+    for (int i = 2; i < 5; i++) {
+        snprintf(name, sizeof(name), "s%d", i);
+        assert_int_equal(json_integer_value(json_object_get(seqs, name)),
+                         i + 1);
+    }
+    json_decref(seqs);
+    seqs = syncd_node_seqs(e.node, 100);
+    assert_int_equal(json_object_size(seqs), 5);
+    json_decref(seqs);
+    embedded_close(&e);
+    json_decref(body);
+}
+
 /* ---- Servers ------------------------------------------------------------- */
 
 static int servers_start(void **state)
@@ -1694,6 +1752,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
             test_node__embedded_node_delivers_published_changes_to_watchers),
+        cmocka_unit_test(
+            test_node__seqs_names_the_most_recent_collections_up_to_max),
         cmocka_unit_test(
             test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(

@@ -1663,6 +1663,145 @@ test_redis_bus__state_of_idle_collections_is_freed_and_resubscribing_works(
     end_loop(&loop);
 }
 
+/* Membership result holder. */
+typedef struct members {
+    int done, status;
+    json_t *members;
+} members_t;
+
+static void on_beat(int status, void *payload)
+{
+    members_t *m = payload;
+
+    m->done++;
+    m->status = status;
+}
+
+static void on_members(int status, json_t *members, void *payload)
+{
+    members_t *m = payload;
+
+    m->done++;
+    m->status = status;
+    m->members = members;
+}
+
+/* Sends bus's heartbeat naming COLL at seq, live for ttl_ms; returns the
+ * completion status. */
+static int beat(uv_loop_t *loop, syncd_bus_t *bus, int64_t seq, int64_t ttl_ms)
+{
+    members_t m = {0};
+    json_t *b = json_pack("{s:s, s:{s:I}}", "url", "http://x", "collections",
+                          COLL, (json_int_t)seq);
+
+    assert_int_equal(syncd_bus_heartbeat(bus, b, ttl_ms, on_beat, &m), 0);
+    json_decref(b);
+    assert_int_equal(m.done, 0);
+    /* A bound for liveness, well above the deadline: not a speed check. */
+    wait_within(loop, 10000, flag_set, &m.done);
+    return m.status;
+}
+
+/* Reads the live nodes of bus into a new members object (bus.h). */
+static json_t *members_of(uv_loop_t *loop, syncd_bus_t *bus)
+{
+    members_t m = {0};
+
+    assert_int_equal(syncd_bus_members(bus, on_members, &m), 0);
+    wait_within(loop, 10000, flag_set, &m.done);
+    assert_int_equal(m.status, 0);
+    return m.members;
+}
+
+/* Returns the id of the i-th node of members ("" past the end). */
+static const char *member_id(const json_t *members, size_t i)
+{
+    const char *id = json_string_value(json_object_get(
+        json_array_get(json_object_get(members, "nodes"), i), "id"));
+    return id != NULL ? id : "";
+}
+
+/* Two nodes' heartbeats: each lists both with the newest seq of the
+ * collection their beats name; one whose TTL lapses is no longer listed;
+ * a heartbeat to a frozen Redis fails with ETIMEDOUT instead of waiting. */
+static void
+test_redis_bus__heartbeats_list_live_nodes_until_their_ttl_lapses(void **state)
+{
+    syncd_test_server_t *srv = *state;
+    syncd_bus_options_t opts;
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    json_t *m;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    test_options(&opts, srv->uri, NULL);
+    opts.command_timeout_ms = 300;
+    opts.node_id = "na";
+    a = open_bus_with(&loop, &opts);
+    opts.node_id = "nb";
+    b = open_bus_with(&loop, &opts);
+    assert_int_equal(publish_one(&loop, a, make_event("m", 1)).seq, 1);
+    assert_int_equal(publish_one(&loop, a, make_event("m", 2)).seq, 2);
+    assert_int_equal(beat(&loop, a, 2, 60000), 0);
+    assert_int_equal(beat(&loop, b, 1, 300), 0);
+    m = members_of(&loop, a);
+    assert_int_equal(json_array_size(json_object_get(m, "nodes")), 2);
+    assert_true((strcmp(member_id(m, 0), "na") == 0 &&
+                 strcmp(member_id(m, 1), "nb") == 0) ||
+                (strcmp(member_id(m, 0), "nb") == 0 &&
+                 strcmp(member_id(m, 1), "na") == 0));
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(m, "newest"), COLL)),
+        2);
+    assert_true(json_integer_value(json_object_get(m, "now_ms")) > 0);
+    json_decref(m);
+
+    run_for(&loop, 500);
+    m = members_of(&loop, b);
+    assert_int_equal(json_array_size(json_object_get(m, "nodes")), 1);
+    assert_string_equal(member_id(m, 0), "na");
+    json_decref(m);
+
+    assert_int_equal(kill(srv->pid, SIGSTOP), 0);
+    assert_int_equal(beat(&loop, a, 2, 60000), SYNCD_ETIMEDOUT);
+    assert_int_equal(kill(srv->pid, SIGCONT), 0);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
+/* The in-process bus lists only its own node, while its heartbeat lives. */
+static void
+test_local_bus__members_are_this_node_while_its_heartbeat_lives(void **state)
+{
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    json_t *m;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 0);
+    m = members_of(&loop, bus);
+    assert_int_equal(json_array_size(json_object_get(m, "nodes")), 0);
+    json_decref(m);
+    assert_int_equal(publish_one(&loop, bus, make_event("m", 1)).seq, 1);
+    assert_int_equal(beat(&loop, bus, 1, 200), 0);
+    m = members_of(&loop, bus);
+    assert_int_equal(json_array_size(json_object_get(m, "nodes")), 1);
+    assert_string_equal(member_id(m, 0), "local");
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(m, "newest"), COLL)),
+        1);
+    json_decref(m);
+    run_for(&loop, 300);
+    m = members_of(&loop, bus);
+    assert_int_equal(json_array_size(json_object_get(m, "nodes")), 0);
+    json_decref(m);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest local[] = {
@@ -1688,9 +1827,13 @@ int main(void)
         cmocka_unit_test(
             test_local_bus__persisted_publishes_complete_in_seq_order),
         cmocka_unit_test(test_local_bus__state_of_idle_collections_is_freed),
+        cmocka_unit_test(
+            test_local_bus__members_are_this_node_while_its_heartbeat_lives),
         cmocka_unit_test(test_redis_bus__bad_url_fails_with_EINVAL_naming_it),
     };
     const struct CMUnitTest redis[] = {
+        cmocka_unit_test(
+            test_redis_bus__heartbeats_list_live_nodes_until_their_ttl_lapses),
         cmocka_unit_test(
             test_redis_bus__two_nodes_see_identical_contiguous_seqs),
         cmocka_unit_test(

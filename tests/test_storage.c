@@ -1339,6 +1339,233 @@ static void test_store_digest__covers_live_documents_only(void **state)
     assert_string_not_equal(again.hex, all.hex);
 }
 
+/* Returns the entries of the range (after, until] of view, listed by
+ * syncd_store_digest_range() (at most SYNCD_MAX_RANGE_ENTRIES), checking
+ * that its digest is that of its entries. */
+static json_t *range_entries(fixture_t *f, const char *coll, syncd_view_t view,
+                             const char *after, const char *until)
+{
+    syncd_range_digest_t rd;
+    syncd_digest_t d;
+    json_t *entries;
+
+    assert_int_equal(syncd_store_digest_range(f->store, &rd, coll, view, after,
+                                              until, SYNCD_MAX_RANGE_ENTRIES,
+                                              NULL),
+                     0);
+    assert_false(rd.truncated);
+    assert_int_equal(syncd_digest_entries(&d, rd.entries, NULL), 0);
+    assert_string_equal(d.hex, rd.digest.hex);
+    assert_int_equal(d.count, rd.digest.count);
+    entries = json_incref(rd.entries);
+    syncd_range_digest_clear(&rd);
+    return entries;
+}
+
+static void
+test_store_digest_range__of_a_range_equals_the_digest_of_its_adjacent_parts(
+    void **state)
+{
+    fixture_t *f = *state;
+    syncd_range_digest_t whole, rd;
+    syncd_digest_t all, d;
+    syncd_change_t *c = NULL;
+    json_t *left, *right;
+    char id[16];
+
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof(id), "k%02d", i);
+        create_doc(f, "rg", id, "{\"x\":1}");
+    }
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "rg", "k12", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+
+    /* (k05, k20] is (k05, k11] and (k11, k20]: 6 + 8 live documents. */
+    left = range_entries(f, "rg", SYNCD_VIEW_STORE, "k05", "k11");
+    right = range_entries(f, "rg", SYNCD_VIEW_STORE, "k11", "k20");
+    assert_int_equal(json_array_size(left), 6);
+    assert_int_equal(json_array_size(right), 8);
+    assert_int_equal(json_array_extend(left, right), 0);
+    assert_int_equal(syncd_digest_entries(&d, left, NULL), 0);
+    for (int view = SYNCD_VIEW_NODE; view <= SYNCD_VIEW_STORE; view++) {
+        assert_int_equal(syncd_store_digest_range(f->store, &rd, "rg",
+                                                  (syncd_view_t)view, "k05",
+                                                  "k20", 0, NULL),
+                         0);
+        assert_int_equal(rd.digest.count, 14);
+        assert_string_equal(rd.digest.hex, d.hex);
+        assert_null(rd.entries);
+        syncd_range_digest_clear(&rd);
+    }
+    json_decref(left);
+    json_decref(right);
+
+    /* The open range is the collection digest; its split leaves the largest
+     * power of two p with 2p <= 39 (16) entries on the left: k00..k16 less
+     * the deleted k12. */
+    assert_int_equal(syncd_store_digest(f->store, &all, "rg", NULL), 0);
+    assert_int_equal(syncd_store_digest_range(f->store, &whole, "rg",
+                                              SYNCD_VIEW_NODE, NULL, NULL, 5,
+                                              NULL),
+                     0);
+    assert_int_equal(whole.digest.count, 39);
+    assert_string_equal(whole.digest.hex, all.hex);
+    assert_int_equal(json_array_size(whole.entries), 5);
+    assert_true(whole.truncated);
+    assert_string_equal(whole.split, "k16");
+    left = range_entries(f, "rg", SYNCD_VIEW_NODE, NULL, whole.split);
+    assert_int_equal(json_array_size(left), 16);
+    json_decref(left);
+    syncd_range_digest_clear(&whole);
+
+    /* Fewer than two entries: no split. */
+    assert_int_equal(syncd_store_digest_range(f->store, &rd, "rg",
+                                              SYNCD_VIEW_STORE, "k11", "k13", 0,
+                                              NULL),
+                     0);
+    assert_int_equal(rd.digest.count, 1);
+    assert_null(rd.split);
+    syncd_range_digest_clear(&rd);
+}
+
+static void test_store_digest_range__bad_range_is_EINVAL(void **state)
+{
+    fixture_t *f = *state;
+    syncd_range_digest_t rd;
+
+    assert_int_equal(syncd_store_digest_range(f->store, &rd, "rg",
+                                              SYNCD_VIEW_NODE, "b", "a", 0,
+                                              NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(syncd_store_digest_range(f->store, &rd, "rg",
+                                              SYNCD_VIEW_NODE, "a", "a", 0,
+                                              NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(syncd_store_digest_range(f->store, &rd, "rg",
+                                              SYNCD_VIEW_NODE, "a{", NULL, 0,
+                                              NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(syncd_store_digest_range(f->store, &rd, "Bad",
+                                              SYNCD_VIEW_NODE, NULL, NULL, 0,
+                                              NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(
+        syncd_store_digest_range(f->store, &rd, "rg", SYNCD_VIEW_NODE, NULL,
+                                 NULL, SYNCD_MAX_RANGE_ENTRIES + 1, NULL),
+        SYNCD_EINVAL);
+}
+
+static void test_store_verify__a_consistent_store_agrees(void **state)
+{
+    fixture_t *f = *state;
+    syncd_verify_t v;
+    syncd_digest_t all;
+
+    create_doc(f, "vf", "a", "{\"x\":1}");
+    create_doc(f, "vf", "b", "{\"x\":2}");
+    create_doc(f, "vf", "c", "{\"x\":3}");
+    assert_int_equal(syncd_store_digest(f->store, &all, "vf", NULL), 0);
+    assert_int_equal(syncd_store_verify(f->store, &v, "vf", 10, NULL), 0);
+    assert_int_equal(json_array_size(v.differs), 0);
+    assert_false(v.truncated);
+    assert_string_equal(v.node.hex, all.hex);
+    assert_string_equal(v.store.hex, all.hex);
+    assert_int_equal(v.store.count, 3);
+    /* Every body the node serves from itself is rehashed: the embedded
+     * store's records, or the cache's entries (creates are cached). */
+    assert_int_equal(v.bodies, 3);
+    syncd_verify_clear(&v);
+}
+
+/* Caches doc coll/id at version with body (text) and the given hash (NULL:
+ * the body's own), or a tombstone when body is NULL, replacing whatever
+ * the cache held. */
+static void cache_fake(fixture_t *f, const char *id, int64_t version,
+                       const char *body, const char *hash)
+{
+    syncd_doc_t doc = {"vf", (char *)id, version, NULL, "", 0, "x", 0};
+
+    if (body != NULL) {
+        doc.body = parse(body);
+        assert_int_equal(syncd_json_hash(doc.hash, doc.body, NULL), 0);
+    } else {
+        doc.deleted = 1;
+    }
+    if (hash != NULL)
+        strcpy(doc.hash, hash);
+    assert_int_equal(syncd_store_cache_invalidate(f->store, "vf", id, NULL), 0);
+    assert_int_equal(syncd_store_cache_put(f->store, &doc, NULL), 1);
+    json_decref(doc.body);
+}
+
+static void
+test_store_verify__names_each_cached_entry_that_differs_from_the_store(
+    void **state)
+{
+    fixture_t *f = *state;
+    syncd_doc_t *c = NULL;
+    syncd_range_digest_t node, truth;
+    syncd_verify_t v;
+
+    create_doc(f, "vf", "a", "{\"x\":1}");
+    create_doc(f, "vf", "b", "{\"x\":2}");
+    create_doc(f, "vf", "c", "{\"x\":3}");
+    create_doc(f, "vf", "d", "{\"x\":4}");
+    create_doc(f, "vf", "e", "{\"x\":5}");
+    assert_int_equal(syncd_store_cached(f->store, &c, "vf", "c", NULL), 0);
+    /* a: a tombstone; b: another version; c: a body that is not the one its
+     * hash was made from; x: a document the store has not; d, e: right. */
+    cache_fake(f, "a", 2, NULL, NULL);
+    cache_fake(f, "b", 5, "{\"x\":2}", NULL);
+    cache_fake(f, "c", 1, "{\"x\":33}", c->hash);
+    cache_fake(f, "x", 1, "{\"x\":0}", NULL);
+    syncd_doc_free(c);
+
+    assert_int_equal(syncd_store_verify(f->store, &v, "vf", 10, NULL), 0);
+    assert_json_text(v.differs, "[{\"id\":\"a\",\"node_v\":2,\"store_v\":1,"
+                                "\"reason\":\"missing\"},"
+                                "{\"id\":\"b\",\"node_v\":5,\"store_v\":1,"
+                                "\"reason\":\"version\"},"
+                                "{\"id\":\"c\",\"node_v\":1,\"store_v\":1,"
+                                "\"reason\":\"body\"},"
+                                "{\"id\":\"x\",\"node_v\":1,\"store_v\":null,"
+                                "\"reason\":\"extra\"}]");
+    assert_false(v.truncated);
+    assert_int_equal(v.node.count, 5); /* b c d e x: a is hidden */
+    assert_int_equal(v.store.count, 5);
+    assert_string_not_equal(v.node.hex, v.store.hex);
+    syncd_verify_clear(&v);
+
+    /* The node view's ranged digest tells the same: it differs from the
+     * store's over (a, c] and agrees over (c, e]. */
+    for (int i = 0; i < 2; i++) {
+        const char *after = i == 0 ? NULL : "c", *until = i == 0 ? "c" : "e";
+
+        assert_int_equal(syncd_store_digest_range(f->store, &node, "vf",
+                                                  SYNCD_VIEW_NODE, after, until,
+                                                  0, NULL),
+                         0);
+        assert_int_equal(syncd_store_digest_range(f->store, &truth, "vf",
+                                                  SYNCD_VIEW_STORE, after,
+                                                  until, 0, NULL),
+                         0);
+        if (i == 0)
+            assert_string_not_equal(node.digest.hex, truth.digest.hex);
+        else
+            assert_string_equal(node.digest.hex, truth.digest.hex);
+        syncd_range_digest_clear(&node);
+        syncd_range_digest_clear(&truth);
+    }
+
+    /* At most max_differs are listed. */
+    assert_int_equal(syncd_store_verify(f->store, &v, "vf", 2, NULL), 0);
+    assert_int_equal(json_array_size(v.differs), 2);
+    assert_true(v.truncated);
+    syncd_verify_clear(&v);
+}
+
 static void
 test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
 {
@@ -2066,7 +2293,7 @@ static int setup_cache(void **state)
     cf->hooks.data = &cf->fake;
     cf->fake.now = 100000;
     *state = cf;
-    return syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, &cf->hooks,
+    return syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 0, &cf->hooks,
                             NULL);
 }
 
@@ -2472,6 +2699,81 @@ static void test_digest__is_the_documented_merkle_root(void **state)
     json_decref(entries);
 }
 
+static void test_digest__streaming_root_equals_the_documented_one(void **state)
+{
+    const char *h =
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    json_t *entries = json_array();
+    syncd_digest_t want, got;
+    syncd_merkle_t m;
+    char id[16];
+
+    (void)state;
+    for (int n = 0; n <= 70; n++) {
+        syncd_merkle_init(&m);
+        for (int i = 0; i < n; i++) {
+            snprintf(id, sizeof(id), "id%03d", i);
+            assert_int_equal(syncd_merkle_add(&m, id, i + 1, h), 0);
+        }
+        syncd_merkle_final(&m, &got);
+        assert_int_equal(syncd_digest_entries(&want, entries, NULL), 0);
+        assert_int_equal(got.count, (uint64_t)n);
+        assert_string_equal(got.hex, want.hex);
+        snprintf(id, sizeof(id), "id%03d", n);
+        json_array_append_new(entries, json_pack("{s:s, s:i, s:s}", "id", id,
+                                                 "v", n + 1, "h", h));
+    }
+    json_decref(entries);
+}
+
+/* ---- A cache kept across a restart -------------------------------------- */
+
+static void test_cache__kept_only_across_a_clean_close_when_asked(void **state)
+{
+    cache_fixture_t *cf = *state;
+    syncd_doc_t *doc = NULL;
+    char clean[300];
+
+    assert_int_equal(cache_put(cf, "a", 3, 10), 1);
+    assert_int_equal(cache_put(cf, "b", 1, 10), 1);
+    /* The fixture's cache does not keep: a reopen with keep finds nothing,
+     * as no clean close of a keeping cache left its records. */
+    syncd_cache_close(cf->cache);
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
+                                      &cf->hooks, NULL),
+                     0);
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "a", NULL),
+                     SYNCD_ENOTFOUND);
+    assert_int_equal(cache_put(cf, "a", 3, 10), 1);
+    assert_int_equal(cache_put(cf, "b", 1, 10), 1);
+
+    /* Closed cleanly, reopened with keep: the entries are back, read from
+     * RocksDB, fresh for a whole TTL from the open. */
+    syncd_cache_close(cf->cache);
+    cf->fake.now += 5000;
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
+                                      &cf->hooks, NULL),
+                     0);
+    cf->fake.now += 999;
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "a", NULL), 0);
+    assert_int_equal(doc->version, 3);
+    assert_int_equal(json_integer_value(json_object_get(doc->body, "v")), 3);
+    syncd_doc_free(doc);
+    /* put-if-newer holds for kept entries too. */
+    assert_int_equal(cache_put(cf, "a", 2, 10), 0);
+
+    /* A close that did not finish (no CLEAN file, as after a crash): the
+     * next open discards the records. */
+    syncd_cache_close(cf->cache);
+    snprintf(clean, sizeof(clean), "%s/CLEAN", cf->dir);
+    assert_int_equal(unlink(clean), 0);
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
+                                      &cf->hooks, NULL),
+                     0);
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "b", NULL),
+                     SYNCD_ENOTFOUND);
+}
+
 /* ---- Runner ------------------------------------------------------------- */
 
 #define BOTH(fn)                                                               \
@@ -2496,6 +2798,8 @@ int main(void)
         cmocka_unit_test(
             test_backoff__stays_within_zero_and_the_capped_exponential),
         cmocka_unit_test(test_digest__is_the_documented_merkle_root),
+        cmocka_unit_test(test_digest__streaming_root_equals_the_documented_one),
+        CACHE(test_cache__kept_only_across_a_clean_close_when_asked),
         CACHE(test_cache__expired_entries_are_never_served),
         CACHE(test_cache__put_if_newer_never_goes_backwards),
         CACHE(test_cache__stays_within_max_bytes_evicting_least_recent),
@@ -2525,6 +2829,12 @@ int main(void)
         BOTH(test_store_patch__invalid_patch_is_EPATCH),
         BOTH(test_store_list__pages_by_prefix_and_after_and_skips_tombstones),
         BOTH(test_store_digest__covers_live_documents_only),
+        BOTH(
+            test_store_digest_range__of_a_range_equals_the_digest_of_its_adjacent_parts),
+        BOTH(test_store_digest_range__bad_range_is_EINVAL),
+        BOTH(test_store_verify__a_consistent_store_agrees),
+        MONGO(
+            test_store_verify__names_each_cached_entry_that_differs_from_the_store),
         BOTH(test_store_purge__removes_tombstones_after_tombstone_ttl),
         BOTH(test_store_collections__lists_names_sorted),
         BOTH(test_store_versions__reads_the_version_headers_of_the_given_ids),

@@ -149,6 +149,42 @@ typedef void (*syncd_bus_seq_cb)(int status, int64_t seq, void *payload);
 int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
                   void *payload);
 
+/* ---- Membership ------------------------------------------------------- */
+
+/* Longest encoded heartbeat the bus accepts (SYNCD_ETOOBIG past it). */
+#define SYNCD_BUS_MAX_BEAT_BYTES (256 * 1024)
+
+/* Most nodes a members read returns (the first by id). */
+#define SYNCD_BUS_MAX_NODES 1000
+
+/* Completion of a heartbeat: 0, or a negative code (SYNCD_EBACKEND while
+ * Redis is unreachable, SYNCD_ETIMEDOUT past command_timeout_ms,
+ * SYNCD_ECANCELED when the bus closed first). */
+typedef void (*syncd_bus_heartbeat_cb)(int status, void *payload);
+
+/* Announces this node (the bus's node_id) with beat (borrowed: a JSON
+ * object, its "collections" member an object of collection -> seq) as
+ * live for ttl_ms. The Redis bus SETs "syncd:<db>:node:<id>:beat" to the
+ * beat with PX ttl_ms and records the id in the sorted set
+ * "syncd:<db>:nodes" scored by Redis's clock (ms), in one script; the
+ * in-process bus keeps the beat in memory. SYNCD_ETOOBIG past
+ * SYNCD_BUS_MAX_BEAT_BYTES. */
+int syncd_bus_heartbeat(syncd_bus_t *bus, const json_t *beat, int64_t ttl_ms,
+                        syncd_bus_heartbeat_cb cb, void *payload);
+
+/* Completion of a members read: status 0 with a new object (caller
+ * decrefs) {"now_ms":N, "nodes":[{"id":"..","last_ms":N,"beat":{..}},..],
+ * "newest":{"<coll>":seq,..}}: the live nodes (heartbeat key not expired)
+ * in no set order, the time of their last heartbeat and the current time on
+ * the bus's clock (ms since the epoch), and the current seq of every
+ * collection their beats name; or a negative code as for a heartbeat. */
+typedef void (*syncd_bus_members_cb)(int status, json_t *members,
+                                     void *payload);
+
+/* Reads the live nodes (at most SYNCD_BUS_MAX_NODES); the Redis bus drops
+ * the ids of expired heartbeats from its sorted set as it reads. */
+int syncd_bus_members(syncd_bus_t *bus, syncd_bus_members_cb cb, void *payload);
+
 /* Counters of one bus (monotonic but for collections). dropped_duplicate
  * counts received events a subscription had seen; dropped_republished
  * counts publishes dropped by deduplication; timeouts counts commands that

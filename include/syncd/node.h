@@ -151,6 +151,11 @@ void syncd_node_release(syncd_node_t *node, const char *coll, int committed);
 /* Returns the last seq of coll this node has applied (0 if none). */
 int64_t syncd_node_seq(const syncd_node_t *node, const char *coll);
 
+/* Returns a new object of collection -> last seq applied (caller decrefs)
+ * for the collections the node holds subscribed, at most max of them, the
+ * most recently written or received first; NULL on out of memory. */
+json_t *syncd_node_seqs(const syncd_node_t *node, size_t max);
+
 /* Counters of a node (monotonic), and the number of collections it holds
  * state for now. In the embedded default (no cache) an event is applied
  * once recorded and handed to the watchers. */

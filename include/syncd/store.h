@@ -122,9 +122,13 @@ typedef struct syncd_store_options {
     int64_t tombstone_ttl_ms;   /* tombstone lifetime; default 24 h */
     int64_t backend_timeout_ms; /* MongoDB connect/socket timeout; 5 s */
     int64_t idempotency_ttl_ms; /* how long a key replays; default 10 min */
-    int outbox; /* 1: each write appends a pending-publish marker to its
-                   record (the transactional outbox of a node that
-                   publishes and acks; the daemon sets it); default 0 */
+    int outbox;     /* 1: each write appends a pending-publish marker to its
+                       record (the transactional outbox of a node that
+                       publishes and acks; the daemon sets it); default 0 */
+    int keep_cache; /* MongoDB mode: keep the cache of a previous run that
+                       closed cleanly (a warm restart; what changed while
+                       the node was down is repaired by anti-entropy);
+                       default 0: start empty */
     const syncd_store_hooks_t *hooks; /* NULL: real clock, sleep, random */
 } syncd_store_options_t;
 
@@ -292,6 +296,76 @@ int syncd_store_digest(syncd_store_t *store, syncd_digest_t *out,
  * order; the function sorts a copy) into *out. */
 int syncd_digest_entries(syncd_digest_t *out, const json_t *entries,
                          syncd_error_t *err);
+
+/* ---- Ranged digests and verification (DESIGN.md sections 5 and 6) ------ */
+
+/* Whose entries a ranged digest covers. */
+typedef enum syncd_view {
+    SYNCD_VIEW_NODE = 0, /* what this node serves: each fresh cache entry
+                            (a cached tombstone hides its id) over the
+                            store's live documents; the embedded default
+                            has no cache, so there it is the store's */
+    SYNCD_VIEW_STORE,    /* the store of record's live documents */
+} syncd_view_t;
+
+/* Most entries a ranged digest lists (syncd_store_digest_range()). */
+#define SYNCD_MAX_RANGE_ENTRIES 1000
+
+/* A ranged digest; release what it holds with syncd_range_digest_clear(). */
+typedef struct syncd_range_digest {
+    syncd_digest_t digest; /* of the range's entries: a sub-range digest */
+    char *split;     /* malloc'd id cutting the range after its p-th entry,
+                        p the largest power of two with 2p <= count, so each
+                        part holds at least a quarter of the entries; NULL
+                        when the range holds fewer than 2 */
+    json_t *entries; /* new array of the range's first max_entries entries
+                        {"id","v","h"} in id order; NULL when max_entries
+                        is 0 */
+    int truncated;   /* the range holds more than max_entries entries */
+} syncd_range_digest_t;
+
+/* Frees what rd holds and zeroes it. */
+void syncd_range_digest_clear(syncd_range_digest_t *rd);
+
+/* Computes into *out the digest of view's entries of coll whose id sorts
+ * strictly after `after` and at or before `until` (either NULL: open on
+ * that side), with a split id and, up to max_entries (at most
+ * SYNCD_MAX_RANGE_ENTRIES), the entries themselves. Pages through the
+ * store (and cache) a bounded page at a time, so memory does not grow with
+ * the collection. SYNCD_EINVAL for a bad collection or id, or after not
+ * sorting before until. */
+int syncd_store_digest_range(syncd_store_t *store, syncd_range_digest_t *out,
+                             const char *coll, syncd_view_t view,
+                             const char *after, const char *until,
+                             size_t max_entries, syncd_error_t *err);
+
+/* The outcome of syncd_store_verify(); release with syncd_verify_clear(). */
+typedef struct syncd_verify {
+    syncd_digest_t node;  /* of this node's view (SYNCD_VIEW_NODE) */
+    syncd_digest_t store; /* of the store of record's live documents */
+    uint64_t bodies;      /* bodies rehashed */
+    json_t *differs;      /* new array, in id order, of {"id", "node_v",
+                             "store_v" (null: none), "reason"}: "version" or
+                             "hash" (the node's entry differs from the
+                             store's), "body" (the body no longer hashes to
+                             its stored hash), "missing" (the node holds a
+                             tombstone of a live document), "extra" (the
+                             node serves a document the store has not) */
+    int truncated;        /* more differences than max_differs were found */
+} syncd_verify_t;
+
+/* Frees what v holds and zeroes it. */
+void syncd_verify_clear(syncd_verify_t *v);
+
+/* Checks this node's view of coll against the store, in one paged pass:
+ * both digests, each cached entry's version and hash against the store's,
+ * and each body the node would serve from itself (its cache; in the
+ * embedded default, the store's own records) rehashed against its stored
+ * hash. At most max_differs differences are listed. A document written
+ * during the pass may show as differing. */
+int syncd_store_verify(syncd_store_t *store, syncd_verify_t *out,
+                       const char *coll, size_t max_differs,
+                       syncd_error_t *err);
 
 /* Most ids one syncd_store_versions() call takes. */
 #define SYNCD_MAX_VERSIONS_IDS 1000

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# test_verify.sh - `syncctl verify` against a real cluster (FerretDB, Redis
+# and three syncd nodes from scripts/cluster.sh) and the embedded default.
+#
+# The nodes run with --keep-cache (a clean restart keeps the cache) and an
+# anti-entropy interval of an hour, so that what the test changes in a
+# cache stays there. 240 documents are written through the three nodes and
+# 24 of them updated; `syncctl verify c --nodes N1,N2,N3` must then exit 0
+# with every node agreeing. Node 2 is stopped cleanly, tests/cache_tamper
+# rewrites in its cache one document's body (keeping its version and hash)
+# and another's version (keeping its body and hash), and node 2 starts
+# again on the same cache: `syncctl verify` must exit 1 naming exactly those
+# two ids on node 2 (reasons body and version, with the versions each side
+# holds) and nothing on nodes 1 and 3. Last, one embedded syncd (no Mongo,
+# no Redis) with a few documents: `syncctl verify c` against it exits 0.
+#
+# Usage: tests/test_verify.sh SYNCD SYNCCTL CACHE_TAMPER
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export SYNCD_BIN="${1:?usage: test_verify.sh SYNCD SYNCCTL CACHE_TAMPER}"
+SYNCCTL="${2:?usage: test_verify.sh SYNCD SYNCCTL CACHE_TAMPER}"
+TAMPER="${3:?usage: test_verify.sh SYNCD SYNCCTL CACHE_TAMPER}"
+TMP="$(mktemp -d /tmp/syncd-test-verify-XXXXXX)"
+export SYNCD_CLUSTER_DIR="$TMP/cluster"
+export SYNCD_CLUSTER_ARGS="--anti-entropy-interval 1h --keep-cache true"
+CLUSTER="$ROOT/scripts/cluster.sh"
+EMBEDDED_PID=""
+
+cleanup() {
+    if [ -n "$EMBEDDED_PID" ]; then kill "$EMBEDDED_PID" 2>/dev/null || true; fi
+    "$CLUSTER" stop >/dev/null 2>&1 || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+fail() {
+    echo "test_verify: FAIL: $*" >&2
+    for n in 1 2 3; do
+        echo "--- node $n log (tail)" >&2
+        tail -n 20 "$SYNCD_CLUSTER_DIR/node$n/syncd.log" >&2 || true
+    done
+    exit 1
+}
+
+# check_report FILE NODE2_IDS: the verify output in FILE must name exactly
+# the ids NODE2_IDS (a JSON object id -> [reason, node_v, store_v]) on the
+# node at $NODE2 and nothing on the others.
+check_report() {
+    python3 - "$1" "$2" "$NODE1" "$NODE2" "$NODE3" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+want2 = json.loads(sys.argv[2])
+urls = sys.argv[3:6]
+nodes = {n["url"]: n for n in report["nodes"]}
+assert sorted(nodes) == sorted(urls), "nodes reported: %s" % sorted(nodes)
+for url in urls:
+    n = nodes[url]
+    assert "error" not in n, "%s: %s" % (url, n.get("error"))
+    want = want2 if url == urls[1] else {}
+    got = {d["id"]: [d["reason"], d["node_v"], d["store_v"]] for d in n["differs"]}
+    assert got == want, "%s differs %s, want %s" % (url, got, want)
+    assert n["agree"] == (not want), "%s agree is %s" % (url, n["agree"])
+    assert n["store_count"] == 240, "%s store_count %s" % (url, n["store_count"])
+assert report["agree"] == (not want2), "agree is %s" % report["agree"]
+EOF
+}
+
+"$CLUSTER" start >/dev/null || fail "the cluster did not start"
+echo "test_verify: cluster started (${SECONDS} s)"
+# shellcheck disable=SC1091
+. "$SYNCD_CLUSTER_DIR/env"
+NODES="$NODE1,$NODE2,$NODE3"
+
+# 240 creates, then 24 updates, spread over the nodes: one writer per node.
+write_through() {
+    local k="$1" url="$2" i
+    for i in $(seq "$k" 3 240); do
+        curl -sf -o /dev/null -X PUT -H 'Content-Type: application/json' \
+            -d "{\"n\":$i,\"name\":\"doc $i\"}" \
+            "$url/v1/collections/c/docs/doc-$i" || return 1
+    done
+    for i in $(seq "$k" 30 240); do
+        curl -sf -o /dev/null -X PATCH \
+            -H 'Content-Type: application/merge-patch+json' \
+            -d '{"updated":true}' "$url/v1/collections/c/docs/doc-$i" ||
+            return 1
+    done
+}
+write_through 1 "$NODE1" & w1=$!
+write_through 2 "$NODE2" & w2=$!
+write_through 3 "$NODE3" & w3=$!
+for w in $w1 $w2 $w3; do wait "$w" || fail "a writer failed"; done
+echo "test_verify: 240 documents written (${SECONDS} s)"
+
+# Every node applies the events of the others: wait (bounded) until they
+# all agree.
+ok=0
+for _ in $(seq 100); do
+    if "$SYNCCTL" verify c --nodes "$NODES" >"$TMP/agree.json" 2>"$TMP/agree.err"; then
+        ok=1
+        break
+    fi
+    sleep 0.2
+done
+[ "$ok" = 1 ] || fail "verify did not exit 0: $(cat "$TMP/agree.json" "$TMP/agree.err")"
+check_report "$TMP/agree.json" '{}' || fail "verify of agreeing nodes"
+echo "test_verify: three agreeing nodes: exit 0 (${SECONDS} s)"
+
+# Stop node 2 cleanly (its cache is kept), tamper with it, start it again.
+kill -TERM "$(cat "$SYNCD_CLUSTER_DIR/node2/pid")"
+for _ in $(seq 100); do
+    kill -0 "$(cat "$SYNCD_CLUSTER_DIR/node2/pid")" 2>/dev/null || break
+    sleep 0.1
+done
+kill -0 "$(cat "$SYNCD_CLUSTER_DIR/node2/pid")" 2>/dev/null &&
+    fail "node 2 did not stop on SIGTERM"
+"$TAMPER" "$SYNCD_CLUSTER_DIR/node2/data" c doc-17 body ||
+    fail "cache_tamper body"
+"$TAMPER" "$SYNCD_CLUSTER_DIR/node2/data" c doc-42 version 7 ||
+    fail "cache_tamper version"
+"$CLUSTER" start-node 2 >/dev/null || fail "node 2 did not start again"
+
+set +e
+"$SYNCCTL" verify c --nodes "$NODES" >"$TMP/tampered.json" 2>"$TMP/tampered.err"
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "verify of a tampered node exited $rc, want 1: $(cat "$TMP/tampered.json" "$TMP/tampered.err")"
+check_report "$TMP/tampered.json" \
+    '{"doc-17": ["body", 1, 1], "doc-42": ["version", 7, 1]}' ||
+    fail "verify of a tampered node: $(cat "$TMP/tampered.json")"
+echo "test_verify: tampered node 2: exit 1 naming doc-17 (body) and doc-42 (version) (${SECONDS} s)"
+
+# A node that cannot be reached is named, exit 1.
+set +e
+"$SYNCCTL" verify c --nodes "$NODE1,http://127.0.0.1:9" >"$TMP/down.json" 2>"$TMP/down.err"
+rc=$?
+set -e
+[ "$rc" = 1 ] && grep -q "127.0.0.1:9" "$TMP/down.err" ||
+    fail "verify with an unreachable node exited $rc: $(cat "$TMP/down.err")"
+echo "test_verify: unreachable node: exit 1, named (${SECONDS} s)"
+
+# The embedded default: one node, its own store.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$SYNCD_BIN" --listen "127.0.0.1:$PORT" --data-dir "$TMP/embedded" \
+    >"$TMP/embedded.log" 2>&1 &
+EMBEDDED_PID=$!
+for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$PORT/v1/health" && break
+    sleep 0.1
+done
+for i in $(seq 1 20); do
+    curl -sf -o /dev/null -X PUT -d "{\"n\":$i}" \
+        "http://127.0.0.1:$PORT/v1/collections/c/docs/e-$i" || fail "embedded PUT"
+done
+"$SYNCCTL" --server "http://127.0.0.1:$PORT" verify c >"$TMP/embedded.json" ||
+    fail "verify of the embedded default: $(cat "$TMP/embedded.json")"
+echo "test_verify: embedded default: exit 0 (${SECONDS} s)"
+echo "test_verify: PASS (${SECONDS} s)"
