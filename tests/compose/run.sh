@@ -37,8 +37,9 @@
 #    add may fail with 502, 503 or 504 (syncctl sends it again);
 #  - phase "redis": the same storm while the redis container restarts;
 #  - phase "pause": the same storm while one node is `docker pause`d for
-#    more than three heartbeat intervals: another node's /v1/nodes drops
-#    it, and lists it again after `docker unpause`;
+#    more than three heartbeat intervals: another node's /v1/nodes
+#    (`syncctl nodes`) drops it and its syncd_nodes_live says 2, and it is
+#    listed again after `docker unpause`;
 #  - after each phase: every node serves every document at the same
 #    version with the same body, holding every acknowledged key;
 #    `syncctl verify c --nodes` (node ports) exits 0; every watcher saw
@@ -399,16 +400,24 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
-# nodes_has NODE ID: NODE's /v1/nodes lists ID.
+# nodes_has NODE ID: NODE's /v1/nodes (syncctl nodes) lists ID.
 nodes_has() {
-    curl -sf --max-time 5 -H "Authorization: Bearer $TOKEN" "$1/v1/nodes" |
+    ctl --server "$1" nodes |
         python3 -c 'import json,sys; sys.exit(0 if sys.argv[1] in [n["id"] for n in json.load(sys.stdin)["nodes"]] else 1)' "$2"
+}
+
+# nodes_live NODE: syncd_nodes_live in NODE's /metrics.
+nodes_live() {
+    curl -sf --max-time 5 -H "Authorization: Bearer $TOKEN" "$1/metrics" |
+        awk '$1 == "syncd_nodes_live" { print $2 }'
 }
 
 agree || { sleep 2; agree; } || fail "the nodes do not agree before the storm"
 for n in node-1 node-2 node-3; do
     nodes_has "${NODES[0]}" "$n" || fail "/v1/nodes of node 1 does not list $n"
 done
+[ "$(nodes_live "${NODES[0]}")" = 3 ] ||
+    fail "node 1's /metrics has syncd_nodes_live $(nodes_live "${NODES[0]}"), not 3"
 log "documents created and patched; /v1/nodes lists the three nodes"
 
 # ---- Phase kill: docker kill a node during the storm -----------------------
@@ -481,6 +490,8 @@ done
 nodes_has "${NODES[0]}" node-3 &&
     fail "pause: /v1/nodes of node 1 still lists node-3 after $(since "$paused_at") s"
 log "pause: node 1's /v1/nodes dropped node-3 after $(since "$paused_at") s"
+[ "$(nodes_live "${NODES[0]}")" = 2 ] ||
+    fail "pause: node 1's /metrics has syncd_nodes_live $(nodes_live "${NODES[0]}"), not 2"
 sleep "$HEARTBEAT_S"
 docker unpause "$PAUSED" >/dev/null
 PAUSED=""
