@@ -29,12 +29,13 @@
 #    balancer, which lands them on different nodes;
 #  - phase "kill": 6 clients (two per document) add distinct keys with
 #    JSON Patch and no If-Match through the balancer, counting the adds
-#    acknowledged (syncctl retries a lost answer with its Idempotency-Key);
+#    acknowledged; syncctl sends an add again with its Idempotency-Key
+#    when the balancer answers 502 or a node 503, so no add may end with
+#    one (a conflict the store gave up on is not acknowledged, and fine);
 #    mid-storm one syncd container is `docker kill`ed and comes back (its
 #    restart policy, else `docker start`);
 #  - phase "rolling": the same storm while each node in turn is restarted
-#    (`docker restart`: SIGTERM, then start) and becomes healthy again; no
-#    add may fail with 502, 503 or 504 (syncctl sends it again);
+#    (`docker restart`: SIGTERM, then start) and becomes healthy again;
 #  - phase "redis": the same storm while the redis container restarts;
 #  - phase "pause": the same storm while one node is `docker pause`d for
 #    more than three heartbeat intervals: another node's /v1/nodes
@@ -271,6 +272,12 @@ storm_wait() {
             sort -rn | head -n 5 | sed 's/^/compose:   /'
     fi
     mv "$TMP/client.err" "$TMP/errors.$1" 2>/dev/null || : >"$TMP/errors.$1"
+    # A node that died or shuts down costs the balancer's 502 or the
+    # node's 503; syncctl sends the write again with its Idempotency-Key,
+    # so no add may end with one.
+    if grep -E '^syncctl: 50[234] ' "$TMP/errors.$1" >&2; then
+        fail "$1: adds ended in 502, 503 or 504 (above)"
+    fi
 }
 
 # wait_healthy SERVICE: waits (bounded) until its container is healthy.
@@ -455,12 +462,6 @@ for svc in syncd1 syncd2 syncd3; do
 done
 healed=$(now)
 storm_wait rolling
-# A node shutting down answers 503 and the balancer skips it for the next
-# requests; syncctl sends a write again with its Idempotency-Key, so no
-# add may end with the node's unavailability.
-if grep -E ': 50[234] ' "$TMP/errors.rolling" >&2; then
-    fail "rolling: adds ended in 502, 503 or 504 (above)"
-fi
 converge rolling "$healed"
 check rolling
 
