@@ -32,8 +32,9 @@
 #    acknowledged; syncctl sends an add again with its Idempotency-Key
 #    when the balancer answers 502 or a node 503, so no add may end with
 #    one (a conflict the store gave up on is not acknowledged, and fine);
-#    mid-storm one syncd container is `docker kill`ed and comes back (its
-#    restart policy, else `docker start`);
+#    mid-storm one syncd container is frozen for a second (so that writes
+#    are in flight on it), `docker kill`ed and comes back (its restart
+#    policy, else `docker start`);
 #  - phase "rolling": the same storm while each node in turn is restarted
 #    (`docker restart`: SIGTERM, then start) and becomes healthy again;
 #  - phase "redis": the same storm while the redis container restarts;
@@ -267,8 +268,8 @@ storm_wait() {
     for p in "${CLIENTS[@]}"; do wait "$p"; done
     log "$1: the storm of $((6 * KEYS)) adds took $(since "$STORM_T0") s"
     if [ -s "$TMP/client.err" ]; then
-        log "$1: $(wc -l <"$TMP/client.err") adds not acknowledged:"
-        sed -E 's/[0-9]+/N/g' "$TMP/client.err" | sort | uniq -c |
+        log "$1: $(grep -c '^syncctl:' "$TMP/client.err") adds not acknowledged:"
+        grep '^syncctl:' "$TMP/client.err" | sed -E 's/[0-9]+/N/g' | sort | uniq -c |
             sort -rn | head -n 5 | sed 's/^/compose:   /'
     fi
     mv "$TMP/client.err" "$TMP/errors.$1" 2>/dev/null || : >"$TMP/errors.$1"
@@ -433,7 +434,11 @@ T0=$(now)
 storm k
 sleep 2
 victim=$(cid syncd2)
-log "kill: docker kill syncd2 during the storm"
+# Frozen for a second first, so that writes are in flight on it when it
+# dies (the balancer then answers them 502).
+log "kill: docker pause, then docker kill syncd2 during the storm"
+docker pause "$victim" >/dev/null
+sleep 1
 docker kill "$victim" >/dev/null
 sleep 1
 for _ in $(seq 30); do
@@ -448,6 +453,7 @@ else
 fi
 healed=$(now)
 storm_wait kill
+log "kill: the balancer answered $(compose logs --no-color lb | grep -c '" 502 ') requests 502, syncctl sent them again"
 converge kill "$healed"
 check kill
 
