@@ -33,8 +33,8 @@ RUN apt-get update -q && \
         libbson-1.0-0 libhiredis0.14 librocksdb7.8 libhttp-parser2.9 \
         libcurl4 libssl3 && \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/* && \
-    useradd --system --uid 10001 --user-group --home-dir /data \
-        --no-create-home syncd && \
+    useradd --uid 10001 --user-group --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin syncd && \
     mkdir /data && chown syncd:syncd /data
 COPY --from=build /usr/local/bin/syncd /usr/local/bin/syncctl /usr/local/bin/
 # Fails the build when a linked library is missing from the list above.

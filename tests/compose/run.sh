@@ -44,11 +44,12 @@
 #    listed again after `docker unpause`;
 #  - after each phase: every node serves every document at the same
 #    version with the same body, holding every acknowledged key;
-#    `syncctl verify c --nodes` (node ports) exits 0; every watcher saw
-#    every version of every document (1..the final one) exactly once, in
-#    order, with seqs 1, 2, 3, ... and the same event under each seq; the
-#    time from the healed fault (and the storm's end) until every node
-#    agreed is printed.
+#    `syncctl verify c --nodes` (node ports) exits 0, and so does
+#    `syncctl verify c` over the three URLs the nodes advertise in
+#    /v1/nodes; every watcher saw every version of every document (1..the
+#    final one) exactly once, in order, with seqs 1, 2, 3, ... and the
+#    same event under each seq; the time from the healed fault (and the
+#    storm's end) until every node agreed is printed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -343,12 +344,23 @@ print(sum(1 for k in open(sys.argv[2]).read().split() if k not in body["items"])
             fail "$phase: $d lacks $missing of its $acked acknowledged keys"
         log "$phase: $d holds all $acked acknowledged keys at version $(cat "$TMP/v.$d")"
     done
-    if ctl --server "$LB" verify c --nodes "$NODE_LIST" >"$TMP/verify" 2>&1; then
-        log "$phase: syncctl verify c --nodes ...: every node agrees with the store"
-    else
+    if ! ctl --server "$LB" verify c --nodes "$NODE_LIST" >"$TMP/verify" 2>&1; then
         cat "$TMP/verify" >&2
-        fail "$phase: syncctl verify exited non-zero"
+        fail "$phase: syncctl verify c --nodes exited non-zero"
     fi
+    # Without --nodes, verify checks the nodes /v1/nodes lists, at the
+    # URLs they advertise (SYNCD_ADVERTISE_URL: their host ports).
+    if ! ctl --server "$LB" verify c >"$TMP/verify" 2>"$TMP/verify.err"; then
+        cat "$TMP/verify" "$TMP/verify.err" >&2
+        fail "$phase: syncctl verify c (the nodes of /v1/nodes) exited non-zero"
+    fi
+    python3 -c '
+import json, sys
+urls = sorted(n["url"] for n in json.load(open(sys.argv[1]))["nodes"])
+sys.exit(0 if urls == sorted(sys.argv[2].split(",")) else 1)' \
+        "$TMP/verify" "$NODE_LIST" ||
+        fail "$phase: syncctl verify c did not check the three advertised URLs"
+    log "$phase: syncctl verify c (--nodes, and the nodes of /v1/nodes): every node agrees with the store"
     seq=$(curl -sf --max-time 5 -H "Authorization: Bearer $TOKEN" \
         "${NODES[0]}/v1/collections/c/docs?limit=1" | python3 -c \
         'import json,sys; print(json.load(sys.stdin)["seq"])')
