@@ -104,6 +104,7 @@ static int read_data(vscan_t *s, volume_t *v, struct archive *a,
 
         index[used] = '\0';
         v->index = json_loadb(index, used, JSON_REJECT_DUPLICATES, &jerr);
+        v->readerr = v->index == NULL;
         if (v->index == NULL)
             rc = syncd_volume_problem(s, v, name, "index",
                                       "volume %s: file %s: line %d: %s",

@@ -45,6 +45,7 @@ typedef struct volume {
     vdecl_t *decls;
     size_t ndecls;
     int failed;  /* a problem keeps it out of the document */
+    int indexed; /* its index passed the checks: decls are valid */
     int cached;  /* an archive listed from the cache */
     int readerr; /* an archive with problems while read: not cached */
 } volume_t;

@@ -450,6 +450,7 @@ static int load_decls(vscan_t *s, volume_t *v)
                                       "volume %s: file %s: declared twice",
                                       VNAME(v), v->decls[i].path);
     }
+    v->indexed = rc == 0 && !v->failed;
     return rc;
 }
 
@@ -806,9 +807,9 @@ int syncd_volume_scan(json_t **doc, json_t **problems, json_t **cache,
 
         if (!v->archive && !v->failed) {
             rc = load_decls(&s, v);
-            if (rc == 0 && !v->failed)
+            if (rc == 0 && v->indexed)
                 rc = walk(&s, v, "", 0);
-            if (rc == 0 && !v->failed)
+            if (rc == 0 && v->indexed)
                 rc = check_files(&s, v, 0);
         }
     }
@@ -817,12 +818,14 @@ int syncd_volume_scan(json_t **doc, json_t **problems, json_t **cache,
     for (size_t i = 0; rc == 0 && i < l.n; i++) {
         volume_t *v = l.v[i];
 
-        if (v->archive && !v->failed) {
+        if (v->archive && v->index != NULL) {
             rc = load_decls(&s, v);
-            if (rc == 0 && !v->failed)
+            if (rc == 0 && v->indexed)
                 rc = check_files(&s, v, 0);
+        } else if (v->archive && !v->readerr) {
+            rc = load_decls(&s, v);
         }
-        if (rc == 0 && !v->failed)
+        if (rc == 0 && v->indexed)
             rc = check_files(&s, v, 1);
         if (rc == 0)
             rc = remember(keep, v);
@@ -898,6 +901,7 @@ int syncd_volume_init(const char *dir, const char *name,
         rc = syncd_error_set(err, SYNCD_EEXISTS, "%s: already exists", index);
         goto cleanup;
     }
+    v->name = base;
     v->real = realpath(dir, NULL);
     if (v->real == NULL) {
         rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s: %s", dir,
