@@ -133,12 +133,15 @@ static char *state_path(const char *dir)
     if (real == NULL)
         return NULL;
     if (xdg != NULL && xdg[0] != '\0')
-        snprintf(base, sizeof(base), "%s/syncd", xdg);
+        snprintf(base, sizeof(base), "%s", xdg);
     else if (home != NULL && home[0] != '\0')
-        snprintf(base, sizeof(base), "%s/.cache/syncd", home);
+        snprintf(base, sizeof(base), "%s/.cache", home);
     else
         goto cleanup;
     syncd_sha256_hex(hex, real, strlen(real));
+    /* mkdir -p of <base>/syncd/volumes; a failure shows when writing. */
+    mkdir(base, 0700);
+    strncat(base, "/syncd", sizeof(base) - strlen(base) - 1);
     mkdir(base, 0700);
     strncat(base, "/volumes", sizeof(base) - strlen(base) - 1);
     mkdir(base, 0700);
