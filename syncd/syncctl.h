@@ -61,10 +61,9 @@ int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
  * when the server answered (any status), else reports the failure and
  * returns SYNCCTL_FAILED. */
 int syncctl_call_doc(const syncctl_opts_t *opts, const char *method,
-                     const char *coll, const char *id,
-                     const char *content_type, const char *body,
-                     const char *if_match, long *status, long long *version,
-                     json_t **out);
+                     const char *coll, const char *id, const char *content_type,
+                     const char *body, const char *if_match, long *status,
+                     long long *version, json_t **out);
 
 /* `syncctl volume init|scan|push|verify ...` (syncctl_volume.c). */
 int syncctl_cmd_volume(const syncctl_cmd_t *self, const syncctl_opts_t *opts,

@@ -613,10 +613,9 @@ int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
 }
 
 int syncctl_call_doc(const syncctl_opts_t *opts, const char *method,
-                     const char *coll, const char *id,
-                     const char *content_type, const char *body,
-                     const char *if_match, long *status, long long *version,
-                     json_t **out)
+                     const char *coll, const char *id, const char *content_type,
+                     const char *body, const char *if_match, long *status,
+                     long long *version, json_t **out)
 {
     char *url = make_url(opts, coll, "docs", id, NULL);
     char key[33];

@@ -272,7 +272,8 @@ static int list_dir(char ***names, size_t *n, const char *path)
         (*n)++;
     }
     closedir(d);
-    qsort(*names, *n, sizeof(**names), name_cmp);
+    if (*n > 1)
+        qsort(*names, *n, sizeof(**names), name_cmp);
     return 0;
 fail:
     closedir(d);
@@ -463,7 +464,8 @@ static int check_files(vscan_t *s, volume_t *v, int hashed)
     size_t i = 0, j = 0;
     int rc = 0;
 
-    qsort(v->files, v->nfiles, sizeof(*v->files), file_cmp);
+    if (v->nfiles > 1)
+        qsort(v->files, v->nfiles, sizeof(*v->files), file_cmp);
     while (rc == 0 && (i < v->ndecls || j < v->nfiles)) {
         int c = i == v->ndecls   ? 1
                 : j == v->nfiles ? -1
@@ -919,7 +921,8 @@ int syncd_volume_init(const char *dir, const char *name,
                                  json_array_get(s.problems, 0), "message")));
     if (rc < 0)
         goto cleanup;
-    qsort(v->files, v->nfiles, sizeof(*v->files), file_cmp);
+    if (v->nfiles > 1)
+        qsort(v->files, v->nfiles, sizeof(*v->files), file_cmp);
     for (size_t i = 0; i < v->nfiles; i++) {
         char digest[SYNCD_VOLUME_DIGEST_LEN + 1];
 
