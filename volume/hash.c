@@ -166,6 +166,7 @@ int syncd_volume_hash_all(vscan_t *s, volume_t **vols, size_t nvols)
     pool_t p = {s, NULL, 0, 0};
     pthread_t threads[64];
     size_t njobs = 0, nthreads, started = 0;
+    long cpus;
     int rc;
 
     for (size_t i = 0; i < nvols; i++) {
@@ -190,10 +191,9 @@ int syncd_volume_hash_all(vscan_t *s, volume_t **vols, size_t nvols)
                 p.jobs[p.njobs++] = (job_t){vols[i], &vols[i]->files[j]};
         }
     }
-    nthreads = s->opts->threads > 0 ? (size_t)s->opts->threads
-                                    : (size_t)sysconf(_SC_NPROCESSORS_ONLN);
-    if (nthreads < 1)
-        nthreads = 1;
+    cpus =
+        s->opts->threads > 0 ? s->opts->threads : sysconf(_SC_NPROCESSORS_ONLN);
+    nthreads = cpus > 0 ? (size_t)cpus : 1;
     if (nthreads > sizeof(threads) / sizeof(threads[0]))
         nthreads = sizeof(threads) / sizeof(threads[0]);
     if (nthreads > njobs)
