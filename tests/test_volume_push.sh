@@ -12,7 +12,8 @@
 # says it is unchanged), while `--rehash` reads it and refuses with a
 # digest problem naming v05 and the file. `volume verify` exits 0 on the
 # pushed folder; after a file of v07 is changed it exits 1 naming v07 and
-# that file, and a missing volume is named too.
+# that file, and a missing volume is named too. On the command line a
+# limit names its flag and a second init refuses.
 #
 # Usage: tests/test_volume_push.sh SYNCD SYNCCTL
 set -euo pipefail
@@ -51,6 +52,21 @@ done
 tar -C "$D/v11" -czf "$D/v11.tar.gz" .
 rm -rf "$D/v11"
 "$SYNCCTL" volume scan "$D" >"$TMP/scan.json" || fail "volume scan"
+
+# The command line: limits name their flag, init does not overwrite.
+set +e
+"$SYNCCTL" volume scan "$D" --max-files 5 >/dev/null 2>"$TMP/limit.err"
+rc=$?
+"$SYNCCTL" volume init "$D/v00" 2>"$TMP/init.err"
+rc2=$?
+"$SYNCCTL" volume scan "$D" --max-bytes 12parsecs 2>/dev/null
+rc3=$?
+set -e
+[ "$rc" = 1 ] && grep -q "volume v01: file sub/c.bin: more than --max-files 5" "$TMP/limit.err" ||
+    fail "scan --max-files 5 exited $rc: $(cat "$TMP/limit.err")"
+[ "$rc2" = 1 ] && grep -q "already exists" "$TMP/init.err" ||
+    fail "a second init exited $rc2: $(cat "$TMP/init.err")"
+[ "$rc3" = 2 ] || fail "a bad --max-bytes exited $rc3, not 2"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 SERVER="http://127.0.0.1:$PORT"
