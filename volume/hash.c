@@ -47,8 +47,11 @@ static void to_hex(char *hex, const unsigned char *raw, size_t n)
     hex[2 * n] = '\0';
 }
 
-int syncd_volume_hash_file(char hex[65], int64_t *len, const char *path,
-                           unsigned char *buf, size_t bufsize)
+/* Writes the lower-case hex SHA-256 of the file at path into hex, reading
+ * it through buf; *len gets the bytes read. Returns 0, or -1 with errno
+ * set. */
+static int hash_file(char hex[65], int64_t *len, const char *path,
+                     unsigned char *buf, size_t bufsize)
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned char raw[32];
@@ -110,7 +113,7 @@ static int hash_one(vscan_t *s, volume_t *v, vfile_t *f, unsigned char *buf)
     if (path == NULL)
         return SYNCD_ENOMEM;
     snprintf(path, n, "%s/%s", v->abs, f->path);
-    if (syncd_volume_hash_file(f->hex, &len, path, buf, READ_BUF) < 0) {
+    if (hash_file(f->hex, &len, path, buf, READ_BUF) < 0) {
         f->hex[0] = '\0';
         rc = syncd_volume_problem(s, v, f->path, "read",
                                   "volume %s: file %s: cannot read: %s",

@@ -94,9 +94,4 @@ int syncd_volume_read_archive(vscan_t *s, volume_t *v);
  * hard error. */
 int syncd_volume_hash_all(vscan_t *s, volume_t **vols, size_t nvols);
 
-/* Writes the lower-case hex SHA-256 of the file at path into hex; *len
- * gets the bytes read. Returns 0, or -1 with errno set. */
-int syncd_volume_hash_file(char hex[65], int64_t *len, const char *path,
-                           unsigned char *buf, size_t bufsize);
-
 #endif
