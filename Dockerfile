@@ -18,7 +18,7 @@ RUN apt-get update -q && \
         --no-install-recommends build-essential cmake pkg-config \
         libjansson-dev libuv1-dev libcmocka-dev libmongoc-dev libbson-dev \
         libhiredis-dev librocksdb-dev libhttp-parser-dev \
-        libcurl4-openssl-dev libssl-dev && \
+        libcurl4-openssl-dev libssl-dev libarchive-dev && \
     rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -31,7 +31,7 @@ RUN apt-get update -q && \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
         --no-install-recommends libjansson4 libuv1 libmongoc-1.0-0 \
         libbson-1.0-0 libhiredis0.14 librocksdb7.8 libhttp-parser2.9 \
-        libcurl4 libssl3 && \
+        libcurl4 libssl3 libarchive13 && \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/* && \
     useradd --uid 10001 --user-group --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin syncd && \

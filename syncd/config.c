@@ -166,9 +166,7 @@ static int parse_duration(int64_t *ms, const char *text)
     return 0;
 }
 
-/* Parses a size with a unit (B, KiB, MiB, GiB, TiB) into *bytes; -1 if
- * bad. */
-static int parse_size(uint64_t *bytes, const char *text)
+int syncd_config_parse_size(uint64_t *bytes, const char *text)
 {
     static const unit_t units[] = {{"B", 1},
                                    {"KiB", 1024.0},
@@ -240,7 +238,7 @@ static int set_value(syncd_config_t *cfg, const option_t *opt, const char *text)
     case OPT_DURATION:
         return parse_duration((int64_t *)field, text);
     case OPT_SIZE:
-        return parse_size((uint64_t *)field, text);
+        return syncd_config_parse_size((uint64_t *)field, text);
     case OPT_INT: {
         char *end;
         long long v;

@@ -56,4 +56,8 @@ void syncd_config_free(syncd_config_t *cfg);
 /* Writes the usage text: every flag, its variable and its default. */
 void syncd_config_usage(FILE *out);
 
+/* Parses a size with a unit (B, KiB, MiB, GiB, TiB: "512KiB") into *bytes;
+ * returns 0, or -1 when text is not one. syncctl parses its sizes so. */
+int syncd_config_parse_size(uint64_t *bytes, const char *text);
+
 #endif

@@ -134,6 +134,8 @@ static int cmd_apply(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
 static const syncctl_cmd_t commands[] = {
     {"diff", "A.json B.json [--merge]", cmd_diff},
     {"apply", "DOC.json PATCH.json [--merge]", cmd_apply},
+    {"volume", "init|scan|push|verify ... (syncctl volume --help)",
+     syncctl_cmd_volume},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

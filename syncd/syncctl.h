@@ -53,6 +53,22 @@ void syncctl_add_query(char *q, size_t size, const char *name,
 int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
                       const char *url, long *status, json_t **out);
 
+/* Sends method to the document coll/id with body (NULL: none) of
+ * content_type, and If-Match: "<if_match>" unless if_match is NULL; a
+ * write goes with an idempotency key and is retried on connection errors.
+ * *status gets the HTTP status, *version the ETag's version (0: none) and
+ * *out the answer as JSON (a new reference, or NULL). Returns SYNCCTL_OK
+ * when the server answered (any status), else reports the failure and
+ * returns SYNCCTL_FAILED. */
+int syncctl_call_doc(const syncctl_opts_t *opts, const char *method,
+                     const char *coll, const char *id, const char *content_type,
+                     const char *body, const char *if_match, long *status,
+                     long long *version, json_t **out);
+
+/* `syncctl volume init|scan|push|verify ...` (syncctl_volume.c). */
+int syncctl_cmd_volume(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                       int argc, char **argv);
+
 /* `syncctl verify C [--nodes URL,...]` (syncctl_verify.c). */
 int syncctl_cmd_verify(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                        int argc, char **argv);

@@ -642,6 +642,37 @@ int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
     return rc;
 }
 
+int syncctl_call_doc(const syncctl_opts_t *opts, const char *method,
+                     const char *coll, const char *id, const char *content_type,
+                     const char *body, const char *if_match, long *status,
+                     long long *version, json_t **out)
+{
+    char *url = make_url(opts, coll, "docs", id, NULL);
+    char key[33];
+    reply_t r;
+    int rc;
+
+    *out = NULL;
+    *status = 0;
+    *version = 0;
+    if (url == NULL)
+        return syncctl_fail("out of memory");
+    random_key(key);
+    rc = call(opts, method, url, content_type, body, if_match,
+              strcmp(method, "GET") != 0 ? key : NULL, &r);
+    if (rc == SYNCCTL_OK) {
+        *status = r.status;
+        *version = r.version;
+        *out = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
+        if (r.status >= 200 && r.status <= 299 && *out == NULL)
+            rc = syncctl_fail("%s %s: the server answered with invalid JSON",
+                              method, url);
+    }
+    free(r.body);
+    free(url);
+    return rc;
+}
+
 const syncctl_cmd_t syncctl_http_commands[] = {
     {"get", "C ID", cmd_get},
     {"put", "C ID [FILE] [--if-match V]", cmd_put},
