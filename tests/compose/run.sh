@@ -32,9 +32,9 @@
 #    acknowledged; syncctl sends an add again with its Idempotency-Key
 #    when the balancer answers 502 or a node 503, so no add may end with
 #    one (a conflict the store gave up on is not acknowledged, and fine);
-#    mid-storm one syncd container is frozen for a second (so that writes
-#    are in flight on it), `docker kill`ed and comes back (its restart
-#    policy, else `docker start`);
+#    mid-storm one syncd container is frozen until requests wait on it (so
+#    that writes are in flight on it), `docker kill`ed and comes back (its
+#    restart policy, else `docker start`);
 #  - phase "rolling": the same storm while each node in turn is restarted
 #    (`docker restart`: SIGTERM, then start) and becomes healthy again;
 #  - phase "redis": the same storm while the redis container restarts;
@@ -446,11 +446,21 @@ T0=$(now)
 storm k
 sleep 2
 victim=$(cid syncd2)
-# Frozen for a second first, so that writes are in flight on it when it
-# dies (the balancer then answers them 502).
+# Frozen first until requests wait on it (bytes unread on its port 7070,
+# seen in its network namespace's /proc/PID/net/tcp), so that writes are
+# in flight on it when it dies: the balancer then answers them 502.
+in_flight() {
+    awk 'NR > 1 && $2 ~ /:1B9E$/ && $4 == "01" {
+        split($5, q, ":"); if (q[2] != "00000000") n++ } END { print n + 0 }' \
+        "/proc/$(docker inspect -f '{{.State.Pid}}' "$victim")/net/tcp"
+}
 log "kill: docker pause, then docker kill syncd2 during the storm"
 docker pause "$victim" >/dev/null
-sleep 1
+for _ in $(seq 50); do
+    [ "$(in_flight)" -gt 0 ] && break
+    sleep 0.1
+done
+log "kill: $(in_flight) requests wait on the frozen syncd2"
 docker kill "$victim" >/dev/null
 sleep 1
 for _ in $(seq 30); do
