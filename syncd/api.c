@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "base/buf.h"
@@ -587,13 +588,31 @@ static void run_collections(job_t *j)
     json_decref(out);
 }
 
-/* Answers POST /v1/admin/checkpoint?dir=D: a RocksDB checkpoint of the
- * embedded store into D (j->after holds D). */
+/* Answers POST /v1/admin/checkpoint?dir=D (j->after holds D): makes D a
+ * data dir whose store/ is a RocksDB checkpoint of the embedded store. */
 static void run_checkpoint(job_t *j)
 {
+    char path[4096];
     json_t *out;
 
-    j->rc = syncd_store_checkpoint(j->api->opts.store, j->after, &j->err);
+    if (strcmp(syncd_store_kind(j->api->opts.store), "rocksdb") != 0) {
+        j->rc = syncd_error_set(&j->err, SYNCD_EINVAL,
+                                "a checkpoint is made of the embedded "
+                                "RocksDB store only");
+        return;
+    }
+    if (snprintf(path, sizeof(path), "%s/store", j->after) >=
+        (int)sizeof(path)) {
+        j->rc = syncd_error_set(&j->err, SYNCD_EINVAL, "dir is too long");
+        return;
+    }
+    if (mkdir(j->after, 0755) != 0) {
+        j->rc = syncd_error_set(
+            &j->err, errno == EEXIST ? SYNCD_EEXISTS : SYNCD_EINVAL,
+            "cannot create '%s': %s", j->after, strerror(errno));
+        return;
+    }
+    j->rc = syncd_store_checkpoint(j->api->opts.store, path, &j->err);
     if (j->rc != 0)
         return;
     out =

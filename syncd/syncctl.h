@@ -57,6 +57,24 @@ int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
 int syncctl_cmd_verify(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                        int argc, char **argv);
 
+/* PUTs body (JSON text, borrowed) as coll/id with a fresh Idempotency-Key
+ * (sent again on connection errors); *status and *version (from the ETag)
+ * get the answer. Returns SYNCCTL_OK on a 2xx answer, else reports it
+ * (or the transport failure) naming the URL and returns SYNCCTL_FAILED. */
+int syncctl_put_json(const syncctl_opts_t *opts, const char *coll,
+                     const char *id, const char *body, long *status,
+                     long long *version);
+
+/* `syncctl backup [C...] --out FILE [--gzip]`, `syncctl restore FILE
+ * [--mode=empty|overwrite]` and `syncctl checkpoint DIR`
+ * (syncctl_backup.c). */
+int syncctl_cmd_backup(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                       int argc, char **argv);
+int syncctl_cmd_restore(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                        int argc, char **argv);
+int syncctl_cmd_checkpoint(const syncctl_cmd_t *self,
+                           const syncctl_opts_t *opts, int argc, char **argv);
+
 /* Prints "syncctl: <message>" on stderr and returns SYNCCTL_FAILED. */
 int syncctl_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

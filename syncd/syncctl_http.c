@@ -612,6 +612,32 @@ int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
     return rc;
 }
 
+int syncctl_put_json(const syncctl_opts_t *opts, const char *coll,
+                     const char *id, const char *body, long *status,
+                     long long *version)
+{
+    char *url = make_url(opts, coll, "docs", id, NULL);
+    char key[33];
+    reply_t r;
+    int rc;
+
+    *status = 0;
+    *version = 0;
+    if (url == NULL)
+        return syncctl_fail("out of memory");
+    random_key(key);
+    rc = call(opts, "PUT", url, "application/json", body, NULL, key, &r);
+    if (rc == SYNCCTL_OK && (r.status < 200 || r.status > 299)) {
+        fprintf(stderr, "syncctl: PUT %s: ", url);
+        rc = report(&r);
+    }
+    *status = r.status;
+    *version = r.version;
+    free(r.body);
+    free(url);
+    return rc;
+}
+
 const syncctl_cmd_t syncctl_http_commands[] = {
     {"get", "C ID", cmd_get},
     {"put", "C ID [FILE] [--if-match V]", cmd_put},
@@ -622,6 +648,9 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"digest", "C", cmd_digest},
     {"verify", "C [--nodes URL,URL,...]", syncctl_cmd_verify},
     {"nodes", "", cmd_nodes},
+    {"backup", "[C...] --out FILE [--gzip]", syncctl_cmd_backup},
+    {"restore", "FILE [--mode=empty|overwrite]", syncctl_cmd_restore},
+    {"checkpoint", "DIR", syncctl_cmd_checkpoint},
 };
 
 const size_t syncctl_http_ncommands =
