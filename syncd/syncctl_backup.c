@@ -638,7 +638,10 @@ static int read_file(checker_t *ck, const char *path)
     while (rc == SYNCCTL_OK && (n = gzread(in, buf, sizeof(buf))) > 0)
         rc = feed(ck, buf, (size_t)n);
     if (rc == SYNCCTL_OK && n < 0)
-        rc = syncctl_fail("%s: cannot read it (a damaged gzip stream?)", path);
+        rc = syncctl_fail("%s: line %llu: collection %s: the gzip stream is "
+                          "cut or damaged",
+                          path, (unsigned long long)ck->lineno + 1,
+                          ck->open != NULL ? ck->open->coll : "(none)");
     if (rc == SYNCCTL_OK)
         rc = finish(ck);
     gzclose(in);
