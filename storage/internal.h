@@ -92,7 +92,7 @@ typedef struct syncd_backend_ops {
      * charged and entries). */
     void (*tier_stats)(syncd_backend_t *b, syncd_store_stats_t *out);
 
-    /* Optional (NULL: list, then get each id): lists at most limit (> 0)
+    /* Lists at most limit (> 0)
      * live documents of coll sorted by id, strictly after `after` (NULL:
      * from the start), with their bodies, as a new JSON array of
      * {"id","v","h","data"}, read from the records themselves (no

@@ -1100,53 +1100,6 @@ int syncd_store_list(syncd_store_t *store, json_t **out, const char *coll,
                                      limit, 0, err);
 }
 
-/* Lists one export page the slow way, for a backend without export_page:
- * a listing, then each listed id's record (one that is gone or deleted
- * meanwhile is left out). */
-static int export_by_get(syncd_store_t *store, json_t **out, const char *coll,
-                         const char *after, size_t limit, syncd_error_t *err)
-{
-    syncd_backend_t *b = store->backend;
-    json_t *ids = NULL, *page = json_array(), *e;
-    size_t i;
-    int rc;
-
-    if (page == NULL)
-        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    rc = b->ops->list(b, &ids, coll, NULL, after, limit, 0, err);
-    json_array_foreach (ids, i, e) {
-        const char *id = json_string_value(json_object_get(e, "id"));
-        syncd_doc_t *doc = NULL;
-        syncd_error_t local;
-
-        if (rc != 0)
-            break;
-        syncd_error_clear(&local);
-        rc = b->ops->get(b, &doc, coll, id, &local);
-        if (rc == SYNCD_ENOTFOUND) {
-            rc = 0;
-            continue;
-        }
-        if (rc != 0) {
-            rc = forward(err, &local, rc);
-            break;
-        }
-        if (!doc->deleted &&
-            json_array_append_new(page,
-                                  json_pack("{s:s, s:I, s:s, s:O}", "id", id,
-                                            "v", (json_int_t)doc->version, "h",
-                                            doc->hash, "data", doc->body)) != 0)
-            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        syncd_doc_free(doc);
-    }
-    json_decref(ids);
-    if (rc == 0)
-        *out = page;
-    else
-        json_decref(page);
-    return rc;
-}
-
 int syncd_store_export_page(syncd_store_t *store, json_t **out,
                             const char *coll, const char *after, size_t limit,
                             syncd_error_t *err)
@@ -1163,9 +1116,7 @@ int syncd_store_export_page(syncd_store_t *store, json_t **out,
                              SYNCD_MAX_EXPORT_PAGE);
     if (rc != 0)
         return rc;
-    if (b->ops->export_page != NULL)
-        return b->ops->export_page(b, out, coll, after, limit, err);
-    return export_by_get(store, out, coll, after, limit, err);
+    return b->ops->export_page(b, out, coll, after, limit, err);
 }
 
 int syncd_store_checkpoint(syncd_store_t *store, const char *dir,
