@@ -19,6 +19,14 @@
  * pages through the node's view and the store (storage/view.c), so the
  * loop never waits and memory does not grow with the collection.
  *
+ * An export (GET .../export) streams JSON Lines of the store of record's
+ * live documents: the thread pool reads and serializes a page, the loop
+ * writes it, and the next page is read only once the connection's output
+ * drained (syncd_http_on_drained), so a slow client holds one page; a
+ * trailer line with the count, digest and starting seq ends it. GET
+ * /v1/collections lists the collections and POST /v1/admin/checkpoint
+ * writes a RocksDB checkpoint of the embedded store, both as store jobs.
+ *
  * A watch checks where its stream can start (the collection's current seq
  * and, for a past `since`, that the replay log still holds since+1; else
  * 410), then streams the node's events as server-sent events. A watcher
