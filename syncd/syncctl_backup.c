@@ -20,14 +20,16 @@
  * written. With --mode=empty (the default) every target collection must
  * be empty; with --mode=overwrite documents are written over what is
  * there. Each document is PUT through the edit loop, so it gets a new
- * version with the backup's body. Versions differ after a restore, so the
- * check afterwards compares content digests: the collection digest with
- * every version taken as 0, i.e. over (id, content hash). `restore` prints
- * both sides' and exits 1 when a collection differs (for example a
+ * version with the backup's body; --jobs N (default 8) writers run at
+ * once, so the store can commit their writes in groups. Versions differ after a
+ * restore, so the check afterwards compares content digests: the collection
+ * digest with every version taken as 0, i.e. over (id, content hash). `restore`
+ * prints both sides' and exits 1 when a collection differs (for example a
  * document the target holds and the backup does not).
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -648,28 +650,151 @@ static int read_file(checker_t *ck, const char *path)
     return rc;
 }
 
-/* Writes a document line to the node. */
+/* Most concurrent writers of a restore (--jobs), and documents queued
+ * for them. */
+#define MAX_JOBS 64
+#define QUEUE_LEN 256
+
+/* One document to write. */
+typedef struct put_job {
+    char *coll, *id, *body;
+} put_job_t;
+
+/* The writers of a restore: a bounded queue that the reader fills and
+ * `jobs` threads drain, each PUTting one document at a time; concurrent
+ * writes let the store commit them in groups. */
+typedef struct pool {
+    const syncctl_opts_t *opts;
+    pthread_mutex_t mu;
+    pthread_cond_t not_empty, not_full;
+    put_job_t q[QUEUE_LEN];
+    size_t head, n;
+    int closed; /* no more documents come */
+    int failed; /* a write failed: stop */
+    pthread_t threads[MAX_JOBS];
+    int nthreads;
+} pool_t;
+
+static void *writer_main(void *arg)
+{
+    pool_t *p = arg;
+
+    for (;;) {
+        put_job_t job;
+        long status;
+        long long version;
+        int rc;
+
+        pthread_mutex_lock(&p->mu);
+        while (p->n == 0 && !p->closed && !p->failed)
+            pthread_cond_wait(&p->not_empty, &p->mu);
+        if (p->n == 0 || p->failed) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        job = p->q[p->head];
+        p->head = (p->head + 1) % QUEUE_LEN;
+        p->n--;
+        pthread_cond_signal(&p->not_full);
+        pthread_mutex_unlock(&p->mu);
+        rc = syncctl_put_json(p->opts, job.coll, job.id, job.body, &status,
+                              &version);
+        free(job.coll);
+        free(job.id);
+        free(job.body);
+        if (rc != SYNCCTL_OK) {
+            pthread_mutex_lock(&p->mu);
+            p->failed = 1;
+            pthread_cond_broadcast(&p->not_empty);
+            pthread_cond_broadcast(&p->not_full);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+/* Queues a document line for the writers (waits while the queue is
+ * full); SYNCCTL_FAILED once a write failed. */
 static int put_line(checker_t *ck, const json_t *v, const section_t *sec,
                     const char *line, size_t len)
 {
-    const syncctl_opts_t *opts = ck->arg;
-    long status;
-    long long version;
-    char *body;
-    int rc;
+    pool_t *p = ck->arg;
+    put_job_t job;
+    int failed;
 
     (void)line;
     (void)len;
     if (json_is_true(json_object_get(v, "trailer")))
         return SYNCCTL_OK;
-    body = json_dumps(json_object_get(v, "data"), JSON_COMPACT);
-    if (body == NULL)
+    job.coll = strdup(sec->coll);
+    job.id = strdup(json_string_value(json_object_get(v, "id")));
+    job.body = json_dumps(json_object_get(v, "data"), JSON_COMPACT);
+    if (job.coll == NULL || job.id == NULL || job.body == NULL) {
+        free(job.coll);
+        free(job.id);
+        free(job.body);
         return syncctl_fail("out of memory");
-    rc = syncctl_put_json(opts, sec->coll,
-                          json_string_value(json_object_get(v, "id")), body,
-                          &status, &version);
-    free(body);
-    return rc;
+    }
+    pthread_mutex_lock(&p->mu);
+    while (p->n == QUEUE_LEN && !p->failed)
+        pthread_cond_wait(&p->not_full, &p->mu);
+    failed = p->failed;
+    if (!failed) {
+        p->q[(p->head + p->n) % QUEUE_LEN] = job;
+        p->n++;
+        pthread_cond_signal(&p->not_empty);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (failed) {
+        free(job.coll);
+        free(job.id);
+        free(job.body);
+        return SYNCCTL_FAILED;
+    }
+    return SYNCCTL_OK;
+}
+
+/* Starts jobs writers; SYNCCTL_FAILED when a thread cannot start. */
+static int pool_start(pool_t *p, const syncctl_opts_t *opts, int jobs)
+{
+    memset(p, 0, sizeof(*p));
+    p->opts = opts;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->not_empty, NULL);
+    pthread_cond_init(&p->not_full, NULL);
+    for (; p->nthreads < jobs; p->nthreads++)
+        if (pthread_create(&p->threads[p->nthreads], NULL, writer_main, p) != 0)
+            return syncctl_fail("cannot start a writer thread");
+    return SYNCCTL_OK;
+}
+
+/* Lets the writers finish what is queued (or stop, with abort), joins them
+ * and frees the pool; SYNCCTL_FAILED when a write failed. */
+static int pool_finish(pool_t *p, int abort)
+{
+    int failed;
+
+    pthread_mutex_lock(&p->mu);
+    p->closed = 1;
+    if (abort)
+        p->failed = 1;
+    pthread_cond_broadcast(&p->not_empty);
+    pthread_cond_broadcast(&p->not_full);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nthreads; i++)
+        pthread_join(p->threads[i], NULL);
+    for (; p->n > 0; p->n--) {
+        put_job_t *job = &p->q[p->head];
+
+        free(job->coll);
+        free(job->id);
+        free(job->body);
+        p->head = (p->head + 1) % QUEUE_LEN;
+    }
+    failed = p->failed;
+    pthread_cond_destroy(&p->not_full);
+    pthread_cond_destroy(&p->not_empty);
+    pthread_mutex_destroy(&p->mu);
+    return failed ? SYNCCTL_FAILED : SYNCCTL_OK;
 }
 
 /* Refuses when any collection of the backup holds a document on the
@@ -742,19 +867,23 @@ int syncctl_cmd_restore(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
 {
     const char *path = NULL, *mode = "empty";
     checker_t check, write;
-    int rc;
+    long jobs = 8;
+    pool_t pool;
+    int rc, prc;
 
     for (int k = 0; k < argc; k++) {
         if (strncmp(argv[k], "--mode=", 7) == 0)
             mode = argv[k] + 7;
         else if (strcmp(argv[k], "--mode") == 0 && k + 1 < argc)
             mode = argv[++k];
+        else if (strcmp(argv[k], "--jobs") == 0 && k + 1 < argc)
+            jobs = strtol(argv[++k], NULL, 10);
         else if (argv[k][0] != '-' && path == NULL)
             path = argv[k];
         else
             return syncctl_usage(self);
     }
-    if (path == NULL ||
+    if (path == NULL || jobs < 1 || jobs > MAX_JOBS ||
         (strcmp(mode, "empty") != 0 && strcmp(mode, "overwrite") != 0))
         return syncctl_usage(self);
     memset(&check, 0, sizeof(check));
@@ -765,14 +894,22 @@ int syncctl_cmd_restore(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     write.verb = "restore: wrote";
     check.progress = write.progress = isatty(STDERR_FILENO);
     write.sink = put_line;
-    write.arg = (void *)opts;
+    write.arg = &pool;
     rc = read_file(&check, path);
     if (rc == SYNCCTL_OK && check.nsecs == 0)
         rc = syncctl_fail("%s: holds no collection", path);
     if (rc == SYNCCTL_OK && strcmp(mode, "empty") == 0)
         rc = check_empty(opts, &check);
-    if (rc == SYNCCTL_OK)
-        rc = read_file(&write, path);
+    if (rc == SYNCCTL_OK) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        rc = pool_start(&pool, opts, (int)jobs);
+        if (rc == SYNCCTL_OK)
+            rc = read_file(&write, path);
+        prc = pool_finish(&pool, rc != SYNCCTL_OK);
+        if (rc == SYNCCTL_OK)
+            rc = prc;
+        curl_global_cleanup();
+    }
     if (rc == SYNCCTL_OK)
         rc = compare_content(opts, &check, mode, write.docs);
     checker_free(&check);

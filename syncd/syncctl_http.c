@@ -649,7 +649,8 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"verify", "C [--nodes URL,URL,...]", syncctl_cmd_verify},
     {"nodes", "", cmd_nodes},
     {"backup", "[C...] --out FILE [--gzip]", syncctl_cmd_backup},
-    {"restore", "FILE [--mode=empty|overwrite]", syncctl_cmd_restore},
+    {"restore", "FILE [--mode=empty|overwrite] [--jobs N]",
+     syncctl_cmd_restore},
     {"checkpoint", "DIR", syncctl_cmd_checkpoint},
 };
 
