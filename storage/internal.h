@@ -92,11 +92,10 @@ typedef struct syncd_backend_ops {
      * charged and entries). */
     void (*tier_stats)(syncd_backend_t *b, syncd_store_stats_t *out);
 
-    /* Lists at most limit (> 0)
-     * live documents of coll sorted by id, strictly after `after` (NULL:
-     * from the start), with their bodies, as a new JSON array of
-     * {"id","v","h","data"}, read from the records themselves (no
-     * in-memory tier is read or filled). */
+    /* Lists at most limit (> 0) live documents of coll sorted by id,
+     * strictly after `after` (NULL: from the start), with their bodies, as
+     * a new JSON array of {"id","v","h","data"}, read from the records
+     * themselves (no in-memory tier is read or filled). */
     int (*export_page)(syncd_backend_t *b, json_t **out, const char *coll,
                        const char *after, size_t limit, syncd_error_t *err);
 
