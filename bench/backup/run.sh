@@ -9,18 +9,18 @@
 #                     documents (seeded with tests/backup_seed);
 #   embedded restore  syncctl restore of that file into an empty embedded
 #                     node (PUTs from 8 writers, fsync per commit);
-#   FerretDB backup   syncctl backup, from node 2 of a cluster
-#                     (scripts/cluster.sh: FerretDB, Redis, three nodes),
-#                     of FBN documents inserted into FerretDB directly
-#                     (FerretDB v1 on SQLite ingests 100,000 in no useful
-#                     time: it slows down as the collection grows);
-#   FerretDB restore  syncctl restore of FN documents into node 1 of that
-#                     cluster (every write goes through the FerretDB claim
-#                     protocol, see storage/mongo.c).
+#   FerretDB backup   syncctl backup of one node over a private FerretDB
+#                     (v1.24 on SQLite) holding FBN documents inserted
+#                     directly (FerretDB scans the whole collection for
+#                     every page, so this row stays at thousands);
+#   FerretDB restore  syncctl restore of FN documents into node 1 of a
+#                     cluster (scripts/cluster.sh: FerretDB, Redis, three
+#                     nodes); every write goes through the FerretDB claim
+#                     protocol (storage/mongo.c).
 # Prints one line per case: documents, seconds, documents/s, file bytes.
 #
 # Usage: bench/backup/run.sh [N [FN [FBN]]]   (defaults 100000, 500
-# and 20000)
+# and 5000)
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,14 +28,15 @@ BUILD=${SYNCD_BENCH_BUILD:-$ROOT/build-bench}
 FERRETDB=${SYNCD_FERRETDB:-$ROOT/.tools/bin/ferretdb}
 N=${1:-100000}
 FN=${2:-500}
-FBN=${3:-20000}
+FBN=${3:-5000}
 TMP=$(mktemp -d /tmp/syncd-bench-backup-XXXXXX)
-NODE_PID=
+NODE_PID= FDB_PID=
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
 cleanup() {
     stop_pid "$NODE_PID"
+    stop_pid "$FDB_PID"
     if [ -f "$TMP/cluster/env" ]; then
         SYNCD_CLUSTER_DIR="$TMP/cluster" "$ROOT/scripts/cluster.sh" stop \
             >/dev/null 2>&1 || true
@@ -91,12 +92,33 @@ start_node fseed --data-dir "$TMP/fseed"
 "$SYNCCTL" --server "$URL" backup small --out "$TMP/small.jsonl" >/dev/null
 stop_pid "$NODE_PID"
 
+# FerretDB backup: one node over a private FerretDB (no other node's
+# anti-entropy scanning the collection meanwhile).
+FPORT=$(free_port)
+mkdir -p "$TMP/fdb"
+"$FERRETDB" --handler=sqlite --sqlite-url="file:$TMP/fdb/" \
+    --listen-addr="127.0.0.1:$FPORT" --state-dir="$TMP" \
+    --telemetry=disable --log-level=warn --debug-addr=- \
+    >"$TMP/ferretdb.log" 2>&1 &
+FDB_PID=$!
+tcp_up() {
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $FPORT), 1)" \
+        2>/dev/null
+}
+wait_up FerretDB "$FDB_PID" "$TMP/ferretdb.log" 150 0.2 tcp_up
+"$BUILD/tests/backup_seed" "mongodb://127.0.0.1:$FPORT/" big "$FBN" 1024 \
+    2>/dev/null
+start_node ferret --data-dir "$TMP/ferret" \
+    --mongo-uri "mongodb://127.0.0.1:$FPORT/"
+timed "FerretDB backup" "$FBN" "$TMP/again.jsonl" \
+    "$SYNCCTL" --server "$URL" backup big --out "$TMP/again.jsonl"
+stop_pid "$NODE_PID"
+stop_pid "$FDB_PID"
+
+# FerretDB restore: into node 1 of a cluster (writes need Redis).
 export SYNCD_BIN="$SYNCD" SYNCD_CLUSTER_DIR="$TMP/cluster" SYNCD_FERRETDB="$FERRETDB"
 "$ROOT/scripts/cluster.sh" start >/dev/null
 # shellcheck disable=SC1091
 . "$SYNCD_CLUSTER_DIR/env"
-"$BUILD/tests/backup_seed" "$MONGO_URI" big "$FBN" 1024
-timed "FerretDB backup" "$FBN" "$TMP/again.jsonl" \
-    "$SYNCCTL" --server "$NODE2" backup big --out "$TMP/again.jsonl"
 timed "FerretDB restore" "$FN" "$TMP/small.jsonl" \
     "$SYNCCTL" --server "$NODE1" restore "$TMP/small.jsonl"
