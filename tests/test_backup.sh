@@ -22,8 +22,8 @@
 #    node; `syncd backup` takes one of the stopped node. Nodes started on
 #    a copy of each serve the same collection digests.
 # 5. N documents of 1 KB (tests/backup_seed; N = 3000 by default, 100000
-#    with the argument "large", which is the separate test
-#    test_backup_large) are exported by `syncctl backup` while the node's
+#    with the argument "large": test_backup_large, added with
+#    cmake -DSYNCD_LARGE_TESTS=ON) are exported by `syncctl backup` while the node's
 #    RSS is sampled (printed before, peak and after; its growth must stay
 #    under 64 MiB, far below the export's size); a client that
 #    disconnects mid-export leaves the node serving; every node exits 0
