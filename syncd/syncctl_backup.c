@@ -9,9 +9,10 @@
  * collection digest over (id, v, h) and the collection's event seq when
  * the export started. The file ends with {"end":true,"collections":N,
  * "documents":M}, so a file cut between two collections is refused too.
- * `backup` writes the lines as they arrive (gzip with
- * --gzip), checking each collection's lines against its trailer, so a
- * backup that ends without its trailer fails and leaves no file.
+ * `backup` writes the lines as they arrive (gzip with --gzip) into
+ * FILE.partial, checking each collection's lines against its trailer, and
+ * renames it to FILE once complete: a backup that ends without a trailer
+ * fails and leaves FILE as it was.
  *
  * `restore` reads the whole file before it writes anything: every line
  * must parse, every data must hash to its h, ids must come in order, and
@@ -570,6 +571,7 @@ int syncctl_cmd_backup(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                        int argc, char **argv)
 {
     const char *path = NULL;
+    char *partial = NULL;
     json_t *colls = json_array(), *c;
     backup_t b;
     int gzip = 0, bad = 0, rc;
@@ -601,9 +603,11 @@ int syncctl_cmd_backup(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     b.ck.verb = "backup:";
     b.ck.progress = isatty(STDERR_FILENO);
     b.curl = curl_easy_init();
-    b.out = gzopen(path, gzip ? "wb6" : "wbT");
+    if (asprintf(&partial, "%s.partial", path) < 0)
+        partial = NULL;
+    b.out = partial != NULL ? gzopen(partial, gzip ? "wb6" : "wbT") : NULL;
     if (b.curl == NULL || b.out == NULL)
-        rc = syncctl_fail("cannot open %s for writing", path);
+        rc = syncctl_fail("cannot open %s.partial for writing", path);
     json_array_foreach (colls, i, c) {
         if (rc != SYNCCTL_OK)
             break;
@@ -614,11 +618,14 @@ int syncctl_cmd_backup(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     if (rc == SYNCCTL_OK)
         report_progress(&b.ck, 1);
     if (b.out != NULL && gzclose(b.out) != Z_OK && rc == SYNCCTL_OK)
-        rc = syncctl_fail("cannot write the backup file %s", path);
+        rc = syncctl_fail("cannot write the backup file %s", partial);
+    if (rc == SYNCCTL_OK && rename(partial, path) != 0)
+        rc = syncctl_fail("cannot rename %s to %s", partial, path);
     if (rc == SYNCCTL_OK)
         rc = print_backup(&b, path, gzip);
     else if (b.out != NULL)
-        unlink(path);
+        unlink(partial);
+    free(partial);
     curl_easy_cleanup(b.curl);
     syncd_buf_free(&b.error);
     checker_free(&b.ck);

@@ -14,7 +14,8 @@
 #    --mode=overwrite brings a changed document back to the backup's body
 #    with a new version, and exits 1 naming the collection when the target
 #    holds a document the backup lacks.
-# 3. A one-byte edit of a body, an edited version, a file cut mid-line, a
+# 3. A backup that fails leaves the file it was to replace as it was. A
+#    one-byte edit of a body, an edited version, a file cut mid-line, a
 #    file cut between two collections and a cut gzip file are each refused
 #    naming the collection, and the target node stays empty.
 # 4. `syncd backup` refuses a data dir a running node holds (naming its
@@ -231,6 +232,12 @@ echo "test_backup: restore checks passed"
 
 start_node C "$TMP/c"
 "$SYNCCTL" --server "$A_URL" backup --out "$TMP/plain.jsonl" >/dev/null
+sum=$(md5sum <"$TMP/plain.jsonl")
+if "$SYNCCTL" --server "$A_URL" backup storm Bad! --out "$TMP/plain.jsonl" >/dev/null 2>&1; then
+    fail "a backup of a bad collection succeeded"
+fi
+[ "$(md5sum <"$TMP/plain.jsonl")" = "$sum" ] && [ ! -e "$TMP/plain.jsonl.partial" ] ||
+    fail "a failed backup changed the file it was to replace"
 python3 - "$TMP/plain.jsonl" "$TMP" <<'EOF'
 import sys
 src, tmp = sys.argv[1], sys.argv[2]
