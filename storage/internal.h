@@ -91,6 +91,18 @@ typedef struct syncd_backend_ops {
      * cache_* counters of out (hits and misses of reads, evictions, bytes
      * charged and entries). */
     void (*tier_stats)(syncd_backend_t *b, syncd_store_stats_t *out);
+
+    /* Lists at most limit (> 0) live documents of coll sorted by id,
+     * strictly after `after` (NULL: from the start), with their bodies, as
+     * a new JSON array of {"id","v","h","data"}, read from the records
+     * themselves (no in-memory tier is read or filled). */
+    int (*export_page)(syncd_backend_t *b, json_t **out, const char *coll,
+                       const char *after, size_t limit, syncd_error_t *err);
+
+    /* Optional (NULL: SYNCD_EINVAL): writes a consistent checkpoint of the
+     * store into dir, which must not exist (hard links where the file
+     * system allows). */
+    int (*checkpoint)(syncd_backend_t *b, const char *dir, syncd_error_t *err);
 } syncd_backend_ops_t;
 
 /* Common head of every backend; implementations embed it first. */
@@ -287,29 +299,6 @@ void syncd_reckey_node(syncd_lru_node_t *node, char *key,
 /* Bytes charged for a decoded record in an in-memory tier (the RocksDB
  * store's and the cache's) beyond its encoded size. */
 #define SYNCD_TIER_ENTRY_OVERHEAD 256
-
-/* ---- Streaming digest ---------------------------------------------------- */
-
-/* The collection digest (digest.c) built one leaf at a time, in O(log n)
- * memory: a stack of the roots of perfect subtrees, heights decreasing. */
-typedef struct syncd_merkle {
-    unsigned char nodes[64][32];
-    unsigned char height[64];
-    size_t depth;
-    uint64_t count;
-} syncd_merkle_t;
-
-/* Starts an empty digest. */
-void syncd_merkle_init(syncd_merkle_t *m);
-
-/* Adds the leaf (id, v, h); leaves must come in strictly increasing id
- * order (byte order). SYNCD_ENOMEM on failure. */
-int syncd_merkle_add(syncd_merkle_t *m, const char *id, int64_t v,
-                     const char *h);
-
-/* Writes the digest of the leaves added so far into *out: the same value
- * as syncd_digest_entries() of those entries. */
-void syncd_merkle_final(const syncd_merkle_t *m, syncd_digest_t *out);
 
 /* ---- Edit loop pieces ---------------------------------------------------- */
 

@@ -1408,6 +1408,60 @@ cleanup:
     return 0;
 }
 
+/* Lists one export page: live records after `after`, bodies included, in
+ * one query. */
+static int mongo_export_page(syncd_backend_t *b, json_t **out, const char *coll,
+                             const char *after, size_t limit,
+                             syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t filter = BSON_INITIALIZER;
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "limit",
+                            BCON_INT64((int64_t)limit));
+    mongoc_cursor_t *cur;
+    json_t *arr = json_array();
+    const bson_t *r;
+    bson_error_t e;
+    call_t c;
+    int rc;
+
+    if (arr == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    rc = list_filter(&filter, NULL, after, 0, err);
+    if (rc < 0)
+        goto cleanup;
+    call_begin(&c, m, "", coll);
+    cur = mongoc_collection_find_with_opts(c.coll, &filter, opts, NULL);
+    while (rc == 0 && mongoc_cursor_next(cur, &r)) {
+        syncd_doc_t *doc = NULL;
+
+        rc = parse_record(&doc, r, coll, err);
+        if (rc == 0 && !doc->deleted &&
+            json_array_append_new(
+                arr, json_pack("{s:s, s:I, s:s, s:O}", "id", doc->id, "v",
+                               (json_int_t)doc->version, "h", doc->hash, "data",
+                               doc->body)) != 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        syncd_doc_free(doc);
+    }
+    if (rc == 0 && mongoc_cursor_error(cur, &e))
+        rc = driver_error(err, &e, "export", coll, after);
+    mongoc_cursor_destroy(cur);
+    call_end(&c, m);
+
+cleanup:
+    bson_destroy(opts);
+    bson_destroy(&filter);
+    if (rc < 0) {
+        json_decref(arr);
+        return rc;
+    }
+    *out = arr;
+    return 0;
+}
+
 /* Builds the filter {_id: {$in: ids}} into f. */
 static void versions_filter(bson_t *f, const json_t *ids)
 {
@@ -1864,6 +1918,7 @@ static const syncd_backend_ops_t mongo_ops = {
     .versions = mongo_versions,
     .outbox_ack = mongo_outbox_ack,
     .outbox_list = mongo_outbox_list,
+    .export_page = mongo_export_page,
 };
 
 /* Asks the server for buildInfo (which also proves it is reachable) and

@@ -543,11 +543,25 @@ static int append_entry(json_t *arr, const syncd_doc_t *doc)
     return json_array_append_new(arr, e) == 0 ? 0 : SYNCD_ENOMEM;
 }
 
-static int rocks_list(syncd_backend_t *b, json_t **out, const char *coll,
-                      const char *prefix, const char *after, size_t limit,
-                      int with_tombstones, syncd_error_t *err)
+/* Appends one export entry for the live doc (header and body) to arr. */
+static int append_body(json_t *arr, const syncd_doc_t *doc)
 {
-    rocks_t *r = (rocks_t *)b;
+    json_t *e =
+        json_pack("{s:s, s:I, s:s, s:O}", "id", doc->id, "v",
+                  (json_int_t)doc->version, "h", doc->hash, "data", doc->body);
+
+    if (e == NULL)
+        return SYNCD_ENOMEM;
+    return json_array_append_new(arr, e) == 0 ? 0 : SYNCD_ENOMEM;
+}
+
+/* Scans coll's records in id order into a new array *out, as rocks_list
+ * says; with_bodies lists live documents only, with their bodies, read
+ * from RocksDB itself (the in-memory tier is neither read nor filled). */
+static int scan(rocks_t *r, json_t **out, const char *coll, const char *prefix,
+                const char *after, size_t limit, int with_tombstones,
+                int with_bodies, syncd_error_t *err)
+{
     const char *start = "";
     size_t plen = prefix != NULL ? strlen(prefix) : 0;
     rocksdb_iterator_t *it = NULL;
@@ -585,10 +599,12 @@ static int rocks_list(syncd_backend_t *b, json_t **out, const char *coll,
             break;
         if (after != NULL && strcmp(id, after) <= 0)
             continue;
-        rc = syncd_record_decode(&doc, coll, id, val, vlen, 0, err);
+        rc = syncd_record_decode(&doc, coll, id, val, vlen, with_bodies, err);
         if (rc != 0)
             goto done;
-        if (!doc->deleted || with_tombstones)
+        if (with_bodies && !doc->deleted)
+            rc = append_body(arr, doc);
+        else if (!with_bodies && (!doc->deleted || with_tombstones))
             rc = append_entry(arr, doc);
         syncd_doc_free(doc);
         if (rc != 0) {
@@ -607,6 +623,38 @@ done:
     else
         json_decref(arr);
     return rc;
+}
+
+static int rocks_list(syncd_backend_t *b, json_t **out, const char *coll,
+                      const char *prefix, const char *after, size_t limit,
+                      int with_tombstones, syncd_error_t *err)
+{
+    return scan((rocks_t *)b, out, coll, prefix, after, limit, with_tombstones,
+                0, err);
+}
+
+static int rocks_export_page(syncd_backend_t *b, json_t **out, const char *coll,
+                             const char *after, size_t limit,
+                             syncd_error_t *err)
+{
+    return scan((rocks_t *)b, out, coll, NULL, after, limit, 0, 1, err);
+}
+
+static int rocks_checkpoint(syncd_backend_t *b, const char *dir,
+                            syncd_error_t *err)
+{
+    rocks_t *r = (rocks_t *)b;
+    rocksdb_checkpoint_t *cp;
+    char *errptr = NULL;
+
+    cp = rocksdb_checkpoint_object_create(r->db, &errptr);
+    if (errptr != NULL)
+        return rocks_error(err, errptr, "checkpoint");
+    rocksdb_checkpoint_create(cp, dir, 0, &errptr);
+    rocksdb_checkpoint_object_destroy(cp);
+    if (errptr != NULL)
+        return rocks_error(err, errptr, "checkpoint");
+    return 0;
 }
 
 static int rocks_versions(syncd_backend_t *b, json_t **out, const char *coll,
@@ -891,6 +939,8 @@ static const syncd_backend_ops_t rocks_ops = {
     .cas_canonical = rocks_cas_canonical,
     .locked = rocks_locked,
     .tier_stats = rocks_tier_stats,
+    .export_page = rocks_export_page,
+    .checkpoint = rocks_checkpoint,
 };
 
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,

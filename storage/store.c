@@ -1100,6 +1100,38 @@ int syncd_store_list(syncd_store_t *store, json_t **out, const char *coll,
                                      limit, 0, err);
 }
 
+int syncd_store_export_page(syncd_store_t *store, json_t **out,
+                            const char *coll, const char *after, size_t limit,
+                            syncd_error_t *err)
+{
+    syncd_backend_t *b = store->backend;
+    int rc = syncd_validate_collection(coll, err);
+
+    *out = NULL;
+    if (rc == 0 && after != NULL)
+        rc = syncd_validate_id(after, err);
+    if (rc == 0 && (limit == 0 || limit > SYNCD_MAX_EXPORT_PAGE))
+        rc = syncd_error_set(err, SYNCD_EINVAL,
+                             "an export page holds 1..%d documents",
+                             SYNCD_MAX_EXPORT_PAGE);
+    if (rc != 0)
+        return rc;
+    return b->ops->export_page(b, out, coll, after, limit, err);
+}
+
+int syncd_store_checkpoint(syncd_store_t *store, const char *dir,
+                           syncd_error_t *err)
+{
+    syncd_backend_t *b = store->backend;
+
+    if (b->ops->checkpoint == NULL)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "a checkpoint is made of the embedded RocksDB "
+                               "store only, not of a %s store",
+                               b->ops->kind);
+    return b->ops->checkpoint(b, dir, err);
+}
+
 int syncd_store_collections(syncd_store_t *store, json_t **out,
                             syncd_error_t *err)
 {

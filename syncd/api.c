@@ -19,6 +19,14 @@
  * pages through the node's view and the store (storage/view.c), so the
  * loop never waits and memory does not grow with the collection.
  *
+ * An export (GET .../export) streams JSON Lines of the store of record's
+ * live documents: the thread pool reads and serializes a page, the loop
+ * writes it, and the next page is read only once the connection's output
+ * drained (syncd_http_on_drained), so a slow client holds one page; a
+ * trailer line with the count, digest and starting seq ends it. GET
+ * /v1/collections lists the collections and POST /v1/admin/checkpoint
+ * writes a RocksDB checkpoint of the embedded store, both as store jobs.
+ *
  * A watch checks where its stream can start (the collection's current seq
  * and, for a past `since`, that the replay log still holds since+1; else
  * 410), then streams the node's events as server-sent events. A watcher
@@ -34,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "base/buf.h"
@@ -61,6 +70,8 @@ typedef enum {
     JOB_LIST,
     JOB_DIGEST,
     JOB_VERIFY,
+    JOB_COLLECTIONS,
+    JOB_CHECKPOINT,
 } job_kind_t;
 
 typedef struct job {
@@ -569,6 +580,58 @@ static void run_verify(job_t *j)
     syncd_verify_clear(&v);
 }
 
+/* Answers GET /v1/collections: the store of record's collection names. */
+static void run_collections(job_t *j)
+{
+    json_t *names = NULL, *out;
+
+    j->rc = syncd_store_collections(j->api->opts.store, &names, &j->err);
+    if (j->rc != 0)
+        return;
+    out = json_pack("{s:o}", "collections", names);
+    if (out == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    else
+        set_text(j, out);
+    json_decref(out);
+}
+
+/* Answers POST /v1/admin/checkpoint?dir=D (j->after holds D): makes D a
+ * data dir whose store/ is a RocksDB checkpoint of the embedded store. */
+static void run_checkpoint(job_t *j)
+{
+    char path[4096];
+    json_t *out;
+
+    if (strcmp(syncd_store_kind(j->api->opts.store), "rocksdb") != 0) {
+        j->rc = syncd_error_set(&j->err, SYNCD_EINVAL,
+                                "a checkpoint is made of the embedded "
+                                "RocksDB store only");
+        return;
+    }
+    if (snprintf(path, sizeof(path), "%s/store", j->after) >=
+        (int)sizeof(path)) {
+        j->rc = syncd_error_set(&j->err, SYNCD_EINVAL, "dir is too long");
+        return;
+    }
+    if (mkdir(j->after, 0755) != 0) {
+        j->rc = syncd_error_set(
+            &j->err, errno == EEXIST ? SYNCD_EEXISTS : SYNCD_EINVAL,
+            "cannot create '%s': %s", j->after, strerror(errno));
+        return;
+    }
+    j->rc = syncd_store_checkpoint(j->api->opts.store, path, &j->err);
+    if (j->rc != 0)
+        return;
+    out =
+        json_pack("{s:s, s:s}", "node", j->api->opts.node_id, "dir", j->after);
+    if (out == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    else
+        set_text(j, out);
+    json_decref(out);
+}
+
 static void job_work(uv_work_t *w)
 {
     job_t *j = w->data;
@@ -595,6 +658,12 @@ static void job_work(uv_work_t *w)
         break;
     case JOB_VERIFY:
         run_verify(j);
+        break;
+    case JOB_COLLECTIONS:
+        run_collections(j);
+        break;
+    case JOB_CHECKPOINT:
+        run_checkpoint(j);
         break;
     default:
         run_write(j);
@@ -968,6 +1037,276 @@ static void serve_verify(syncd_api_t *api, syncd_http_req_t *req, char *coll)
     j = job_new(api, req, JOB_VERIFY, coll, NULL);
     if (j != NULL)
         job_queue(j);
+}
+
+/* Serves GET /v1/collections: the collections of the store of record. */
+static void serve_collections(syncd_api_t *api, syncd_http_req_t *req)
+{
+    job_t *j;
+
+    syncd_http_set_route(req, "collections");
+    if (strcmp(syncd_http_method(req), "GET") != 0) {
+        method_not_allowed(req, "GET");
+        return;
+    }
+    j = job_new(api, req, JOB_COLLECTIONS, NULL, NULL);
+    if (j != NULL)
+        job_queue(j);
+}
+
+/* Serves POST /v1/admin/checkpoint?dir=D: D must be an absolute path that
+ * does not exist yet, on the node's machine. */
+static void serve_checkpoint(syncd_api_t *api, syncd_http_req_t *req)
+{
+    job_t *j;
+
+    syncd_http_set_route(req, "checkpoint");
+    if (strcmp(syncd_http_method(req), "POST") != 0) {
+        method_not_allowed(req, "POST");
+        return;
+    }
+    j = job_new(api, req, JOB_CHECKPOINT, NULL, NULL);
+    if (j == NULL)
+        return;
+    if (query_or_400(&j->after, req, "dir") < 0)
+        goto fail;
+    if (j->after == NULL || j->after[0] != '/') {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "dir must be an absolute path");
+        goto fail;
+    }
+    job_queue(j);
+    return;
+fail:
+    job_free(j);
+    inflight_end(api);
+}
+
+/* ---- Export streams -------------------------------------------------- */
+
+/* Documents read per page of an export. */
+#define EXPORT_PAGE 500
+
+/* One export: a page is read and serialized on the thread pool, written,
+ * and the next page is read only once the client has taken that one (the
+ * connection's output drained), so memory stays one page whatever the
+ * collection's size. */
+typedef struct exporter {
+    uv_work_t work;
+    syncd_api_t *api;
+    syncd_http_req_t *req;
+    char *coll;
+    char *after;      /* the last id exported; NULL at the start */
+    int64_t seq;      /* the collection's seq when the export started */
+    syncd_merkle_t m; /* over the exported (id, v, h) */
+    syncd_buf_t out;  /* the page's lines (thread pool to loop) */
+    int last;         /* the page read holds the trailer */
+    int working;      /* a page read is in flight */
+    int gone;         /* the client went away */
+    int rc;
+    syncd_error_t err;
+} exporter_t;
+
+static void exporter_free(exporter_t *x)
+{
+    free(x->coll);
+    free(x->after);
+    syncd_buf_free(&x->out);
+    free(x);
+}
+
+/* Appends one JSON line of v (borrowed) to x->out; 0 or SYNCD_ENOMEM. */
+static int export_line(exporter_t *x, const json_t *v)
+{
+    char *text = json_dumps(v, JSON_COMPACT);
+    int rc = text != NULL &&
+                     syncd_buf_append(&x->out, text, strlen(text)) == 0 &&
+                     syncd_buf_append(&x->out, "\n", 1) == 0
+                 ? 0
+                 : SYNCD_ENOMEM;
+
+    free(text);
+    return rc;
+}
+
+/* Reads the next page (thread pool) into x->out, with the trailer after
+ * the last page. */
+static void export_work(uv_work_t *w)
+{
+    exporter_t *x = w->data;
+    json_t *page = NULL, *e;
+    syncd_digest_t d;
+    size_t i;
+
+    syncd_buf_truncate(&x->out, 0);
+    x->rc = syncd_store_export_page(x->api->opts.store, &page, x->coll,
+                                    x->after, EXPORT_PAGE, &x->err);
+    json_array_foreach (page, i, e) {
+        const char *id = json_string_value(json_object_get(e, "id"));
+        json_int_t v = json_integer_value(json_object_get(e, "v"));
+        const char *h = json_string_value(json_object_get(e, "h"));
+        json_t *line;
+
+        if (x->rc != 0)
+            break;
+        line = json_pack("{s:s, s:s, s:I, s:s, s:O}", "coll", x->coll, "id", id,
+                         "v", v, "h", h, "data", json_object_get(e, "data"));
+        if (line == NULL || export_line(x, line) != 0 ||
+            syncd_merkle_add(&x->m, id, v, h) != 0)
+            x->rc = syncd_error_set(&x->err, SYNCD_ENOMEM, "out of memory");
+        json_decref(line);
+    }
+    if (x->rc == 0 && json_array_size(page) > 0) {
+        free(x->after);
+        x->after = strdup(json_string_value(json_object_get(
+            json_array_get(page, json_array_size(page) - 1), "id")));
+        if (x->after == NULL)
+            x->rc = syncd_error_set(&x->err, SYNCD_ENOMEM, "out of memory");
+    }
+    if (x->rc == 0 && json_array_size(page) < EXPORT_PAGE) {
+        json_t *trailer;
+
+        syncd_merkle_final(&x->m, &d);
+        trailer = json_pack("{s:s, s:b, s:I, s:s, s:I}", "coll", x->coll,
+                            "trailer", 1, "count", (json_int_t)d.count,
+                            "digest", d.hex, "seq", (json_int_t)x->seq);
+        if (trailer == NULL || export_line(x, trailer) != 0)
+            x->rc = syncd_error_set(&x->err, SYNCD_ENOMEM, "out of memory");
+        json_decref(trailer);
+        x->last = 1;
+    }
+    json_decref(page);
+}
+
+static void export_done(uv_work_t *w, int status);
+
+/* Queues the read of the next page. */
+static void export_next(exporter_t *x)
+{
+    int rc;
+
+    x->working = 1;
+    x->work.data = x;
+    inflight_begin(x->api);
+    rc = uv_queue_work(x->api->opts.loop, &x->work, export_work, export_done);
+    if (rc != 0) {
+        x->rc = syncd_error_set(&x->err, SYNCD_EBACKEND,
+                                "cannot queue work: %s", uv_strerror(rc));
+        export_done(&x->work, 0);
+    }
+}
+
+/* Reads the next page once the client took the last one; a node that is
+ * shutting down ends the stream instead (no trailer). */
+static void export_drained(syncd_http_req_t *req)
+{
+    exporter_t *x = syncd_http_data(req);
+
+    if (x->api->quiescing) {
+        syncd_http_stream_end(req);
+        exporter_free(x);
+        return;
+    }
+    export_next(x);
+}
+
+static void export_gone(syncd_http_req_t *req)
+{
+    exporter_t *x = syncd_http_data(req);
+
+    x->gone = 1;
+    if (!x->working) {
+        syncd_http_stream_end(req);
+        exporter_free(x);
+    }
+}
+
+/* Writes the page read and goes on: the next page once the client took
+ * this one, or the end. A failed read or a shutdown ends the stream
+ * without its trailer (after an error line for a failed read), which the
+ * client sees as an incomplete export. */
+static void export_done(uv_work_t *w, int status)
+{
+    exporter_t *x = w->data;
+    syncd_api_t *api = x->api;
+
+    (void)status;
+    x->working = 0;
+    if (x->gone) {
+        syncd_http_stream_end(x->req);
+        exporter_free(x);
+    } else if (x->rc != 0) {
+        json_t *e = json_pack("{s:s, s:s, s:s}", "coll", x->coll, "error",
+                              syncd_strerror(x->rc), "message", x->err.message);
+
+        syncd_log(SYNCD_LOG_WARN, "api: export of %s failed: %s", x->coll,
+                  x->err.message);
+        syncd_buf_truncate(&x->out, 0);
+        if (e != NULL && export_line(x, e) == 0)
+            syncd_http_stream_write(x->req, x->out.data, x->out.len);
+        json_decref(e);
+        syncd_http_stream_end(x->req);
+        exporter_free(x);
+    } else {
+        syncd_http_stream_write(x->req, x->out.data, x->out.len);
+        if (x->last || api->quiescing) {
+            syncd_http_stream_end(x->req);
+            exporter_free(x);
+        } else if (!syncd_http_on_drained(x->req, export_drained)) {
+            export_next(x);
+        }
+    }
+    inflight_end(api);
+}
+
+static void export_seq_read(int status, int64_t seq, void *payload)
+{
+    exporter_t *x = payload;
+    syncd_api_t *api = x->api;
+
+    if (status != 0 || syncd_http_gone(x->req) || api->quiescing) {
+        respond_rc(x->req, JOB_LIST, status != 0 ? status : SYNCD_ECANCELED,
+                   NULL);
+        exporter_free(x);
+    } else {
+        x->seq = seq;
+        syncd_http_set_data(x->req, x);
+        syncd_http_on_gone(x->req, export_gone);
+        syncd_http_stream_start(x->req, 200, "application/x-ndjson",
+                                "Cache-Control: no-cache\r\n");
+        export_next(x);
+    }
+    inflight_end(api);
+}
+
+/* Serves GET .../export: JSON Lines of {coll,id,v,h,data} for every live
+ * document of the store of record in id order, then the trailer
+ * {coll,trailer:true,count,digest,seq}. */
+static void serve_export(syncd_api_t *api, syncd_http_req_t *req, char *coll)
+{
+    exporter_t *x;
+    int rc;
+
+    syncd_http_set_route(req, "export");
+    if (strcmp(syncd_http_method(req), "GET") != 0) {
+        free(coll);
+        method_not_allowed(req, "GET");
+        return;
+    }
+    x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        free(coll);
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        return;
+    }
+    x->api = api;
+    x->req = req;
+    x->coll = coll;
+    syncd_merkle_init(&x->m);
+    inflight_begin(api);
+    rc = syncd_bus_seq(api->opts.bus, coll, export_seq_read, x);
+    if (rc != 0)
+        export_seq_read(rc, 0, x);
 }
 
 /* ---- Watch streams --------------------------------------------------- */
@@ -1372,6 +1711,14 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
             syncd_members_serve(api->opts.members, req);
         return;
     }
+    if (strcmp(path, "/v1/collections") == 0) {
+        serve_collections(api, req);
+        return;
+    }
+    if (strcmp(path, "/v1/admin/checkpoint") == 0) {
+        serve_checkpoint(api, req);
+        return;
+    }
     if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
         goto not_found;
     rest = path + sizeof(prefix) - 1;
@@ -1395,6 +1742,8 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
         serve_digest(api, req, coll);
     } else if (strcmp(rest, "verify") == 0) {
         serve_verify(api, req, coll);
+    } else if (strcmp(rest, "export") == 0) {
+        serve_export(api, req, coll);
     } else {
         free(coll);
         goto not_found;

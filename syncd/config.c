@@ -411,7 +411,9 @@ void syncd_config_usage(FILE *out)
                  "in-process bus.\n"
                  "Every flag has an environment variable of the same meaning; "
                  "flags win.\n"
-                 "--version prints the version, --help this text.\n\n");
+                 "--version prints the version, --help this text.\n"
+                 "syncd backup --data-dir D --out DIR writes a checkpoint of "
+                 "a stopped node's\nembedded store (syncd backup --help).\n\n");
     for (i = 0; i < NOPTIONS; i++) {
         char name[64];
 

@@ -73,6 +73,7 @@ struct syncd_http_req {
     const char *route;
     void *data;
     syncd_http_gone_cb gone;
+    syncd_http_drained_cb drained; /* fire once the output is written */
 };
 
 typedef enum { PHASE_IDLE, PHASE_HEADERS, PHASE_BODY } phase_t;
@@ -326,9 +327,15 @@ static void write_done(uv_write_t *w, int status)
     c->writes--;
     if (c->closing)
         return;
-    if (status < 0)
+    if (status < 0) {
         conn_close(c);
-    else if (c->close_when_written && c->writes == 0)
+    } else if (c->writes == 0 && c->head != NULL && c->head->drained != NULL &&
+               c->head->out.len == 0) {
+        syncd_http_drained_cb cb = c->head->drained;
+
+        c->head->drained = NULL;
+        cb(c->head);
+    } else if (c->close_when_written && c->writes == 0)
         conn_linger(c);
 }
 
@@ -981,6 +988,14 @@ size_t syncd_http_stream_backlog(const syncd_http_req_t *req)
         return 0;
     return req->out.len +
            uv_stream_get_write_queue_size((uv_stream_t *)&req->conn->tcp);
+}
+
+int syncd_http_on_drained(syncd_http_req_t *req, syncd_http_drained_cb cb)
+{
+    if (req->conn == NULL || (req->out.len == 0 && req->conn->writes == 0))
+        return 0;
+    req->drained = cb;
+    return 1;
 }
 
 void syncd_http_stream_end(syncd_http_req_t *req)

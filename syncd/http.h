@@ -143,6 +143,16 @@ void syncd_http_stream_write(syncd_http_req_t *req, const char *data,
 /* Returns the bytes of req's response not yet handed to the kernel. */
 size_t syncd_http_stream_backlog(const syncd_http_req_t *req);
 
+/* Called once the bytes of a streamed response are handed to the kernel. */
+typedef void (*syncd_http_drained_cb)(syncd_http_req_t *req);
+
+/* Asks for cb once every byte written so far to req's started response has
+ * been handed to the kernel (backpressure for a producer that must not
+ * buffer ahead of a slow client). Returns 1 when cb will be called, 0 when
+ * nothing is waiting (cb is not called; write on). A connection that goes
+ * away first calls the gone callback instead. */
+int syncd_http_on_drained(syncd_http_req_t *req, syncd_http_drained_cb cb);
+
 /* Ends a started response and finishes req. */
 void syncd_http_stream_end(syncd_http_req_t *req);
 

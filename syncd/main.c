@@ -30,6 +30,7 @@
 #include "syncd/store.h"
 
 #include "api.h"
+#include "backup.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -362,6 +363,8 @@ int main(int argc, char **argv)
     syncd_error_t err;
     int rc, status = 0;
 
+    if (argc > 1 && strcmp(argv[1], "backup") == 0)
+        return syncd_backup_main(argc - 1, argv + 1);
     syncd_error_clear(&err);
     rc = syncd_config_parse(&d.cfg, argc, argv, &err);
     if (rc == 0 && d.cfg.version) {

@@ -73,6 +73,16 @@ int syncctl_cmd_volume(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
 int syncctl_cmd_verify(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                        int argc, char **argv);
 
+/* `syncctl backup [C...] --out FILE [--gzip]`, `syncctl restore FILE
+ * [--mode=empty|overwrite]` and `syncctl checkpoint DIR`
+ * (syncctl_backup.c). */
+int syncctl_cmd_backup(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                       int argc, char **argv);
+int syncctl_cmd_restore(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                        int argc, char **argv);
+int syncctl_cmd_checkpoint(const syncctl_cmd_t *self,
+                           const syncctl_opts_t *opts, int argc, char **argv);
+
 /* Prints "syncctl: <message>" on stderr and returns SYNCCTL_FAILED. */
 int syncctl_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -1,7 +1,7 @@
 /* syncctl_http.c - the syncctl commands that talk to a node over its HTTP
  * API (DESIGN.md sections 5 and 10): get, put, patch, rm, ls, watch,
  * digest, nodes and health, with libcurl (verify lives in
- * syncctl_verify.c).
+ * syncctl_verify.c; backup, restore and checkpoint in syncctl_backup.c).
  *
  * Every command builds one URL from --server (or $SYNCD_SERVER), the
  * percent-encoded collection and id, sends --token as a bearer token, and
@@ -684,6 +684,10 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"verify", "C [--nodes URL,URL,...]", syncctl_cmd_verify},
     {"nodes", "", cmd_nodes},
     {"health", "", cmd_health},
+    {"backup", "[C...] --out FILE [--gzip]", syncctl_cmd_backup},
+    {"restore", "FILE [--mode=empty|overwrite] [--jobs N]",
+     syncctl_cmd_restore},
+    {"checkpoint", "DIR", syncctl_cmd_checkpoint},
 };
 
 const size_t syncctl_http_ncommands =

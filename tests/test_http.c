@@ -700,6 +700,76 @@ static json_t *get_json(const char *path)
 }
 
 static void
+test_export__lists_live_documents_then_a_trailer_with_count_digest_and_seq(
+    void **state)
+{
+    response_t r;
+    json_t *line, *digest;
+    char *text, *save = NULL, *tok;
+    int n = 0;
+
+    (void)state;
+    check("PUT", "/v1/collections/ex/docs/b", "{\"n\":2}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/ex/docs/a%2F1", "{\"n\":1}", NULL, 201, NULL);
+    check("PUT", "/v1/collections/ex/docs/c", "{}", NULL, 201, NULL);
+    check("DELETE", "/v1/collections/ex/docs/c", NULL, NULL, 200, NULL);
+    r = request(&main_daemon, "GET", "/v1/collections/ex/export", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    digest = get_json("/v1/collections/ex/digest?source=store");
+    text = strdup(r.body);
+    for (tok = strtok_r(text, "\n", &save); tok != NULL;
+         tok = strtok_r(NULL, "\n", &save), n++) {
+        line = json_loads(tok, 0, NULL);
+        assert_non_null(line);
+        assert_string_equal(json_string_value(json_object_get(line, "coll")),
+                            "ex");
+        if (n == 0) {
+            assert_string_equal(json_string_value(json_object_get(line, "id")),
+                                "a/1");
+            assert_int_equal(json_integer_value(json_object_get(line, "v")), 1);
+            assert_int_equal(json_integer_value(json_object_get(
+                                 json_object_get(line, "data"), "n")),
+                             1);
+        } else if (n == 1) {
+            assert_string_equal(json_string_value(json_object_get(line, "id")),
+                                "b");
+        } else {
+            assert_int_equal(n, 2);
+            assert_true(json_is_true(json_object_get(line, "trailer")));
+            assert_int_equal(json_integer_value(json_object_get(line, "count")),
+                             2);
+            assert_string_equal(
+                json_string_value(json_object_get(line, "digest")),
+                json_string_value(json_object_get(digest, "digest")));
+            assert_true(json_integer_value(json_object_get(line, "seq")) >= 4);
+        }
+        json_decref(line);
+    }
+    assert_int_equal(n, 3);
+    free(text);
+    json_decref(digest);
+    response_free(&r);
+}
+
+static void test_collections__lists_the_store_collections_sorted(void **state)
+{
+    json_t *v;
+    size_t i;
+    const char *prev = "";
+    json_t *name;
+
+    (void)state;
+    check("PUT", "/v1/collections/zz-last/docs/x", "{}", NULL, 201, NULL);
+    v = get_json("/v1/collections");
+    json_array_foreach (json_object_get(v, "collections"), i, name) {
+        assert_true(strcmp(prev, json_string_value(name)) < 0);
+        prev = json_string_value(name);
+    }
+    assert_string_equal(prev, "zz-last");
+    json_decref(v);
+}
+
+static void
 test_digest__ranges_split_a_collection_into_adjacent_parts(void **state)
 {
     json_t *whole, *left, *right, *all, *store;
@@ -1529,6 +1599,10 @@ static void test_auth__token_is_required_on_every_route_but_health(void **s)
     expect(&r, 401, "unauthorized");
     r = request(&d, "GET", "/metrics", NULL, bad);
     expect(&r, 401, "unauthorized");
+    r = request(&d, "GET", "/v1/collections/t/export", NULL, bad);
+    expect(&r, 401, "unauthorized");
+    r = request(&d, "POST", "/v1/admin/checkpoint?dir=/tmp/x", NULL, NULL);
+    expect(&r, 401, "unauthorized");
     r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, good);
     expect(&r, 404, "not_found");
     r = request(&d, "GET", "/metrics", NULL, good);
@@ -1769,6 +1843,9 @@ int main(void)
         cmocka_unit_test(test_bad_input__oversize_bodies_are_413),
         cmocka_unit_test(test_list__returns_seq_docs_and_next_page),
         cmocka_unit_test(test_digest__counts_live_documents),
+        cmocka_unit_test(
+            test_export__lists_live_documents_then_a_trailer_with_count_digest_and_seq),
+        cmocka_unit_test(test_collections__lists_the_store_collections_sorted),
         cmocka_unit_test(
             test_digest__ranges_split_a_collection_into_adjacent_parts),
         cmocka_unit_test(test_verify__a_node_that_serves_its_store_agrees),

@@ -1978,6 +1978,91 @@ static void test_store_idempotency__an_expired_key_writes_again(void **state)
     syncd_change_free(c);
 }
 
+static void
+test_store_export_page__lists_live_documents_with_bodies_after_an_id(
+    void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    json_t *page = NULL;
+    syncd_error_t err;
+
+    create_doc(f, "exp", "b", "{\"n\":2}");
+    create_doc(f, "exp", "a", "{\"n\":1}");
+    create_doc(f, "exp", "c", "{\"n\":3}");
+    create_doc(f, "exp", "d/e", "{\"n\":4}");
+    assert_int_equal(put_doc(f, "exp", "a", "{\"n\":10}", 1, NULL), 0);
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "exp", "c", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+
+    assert_int_equal(
+        syncd_store_export_page(f->store, &page, "exp", NULL, 2, NULL), 0);
+    assert_ids(page, "a b");
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(page, 0), "v")), 2);
+    assert_json_text(json_object_get(json_array_get(page, 0), "data"),
+                     "{\"n\":10}");
+    assert_int_equal(syncd_store_get(f->store, &doc, "exp", "a", NULL), 0);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(page, 0), "h")),
+        doc->hash);
+    syncd_doc_free(doc);
+    json_decref(page);
+
+    /* The tombstone of c is not exported. */
+    assert_int_equal(
+        syncd_store_export_page(f->store, &page, "exp", "b", 10, NULL), 0);
+    assert_ids(page, "d/e");
+    json_decref(page);
+
+    syncd_error_clear(&err);
+    assert_int_equal(
+        syncd_store_export_page(f->store, &page, "exp", NULL, 0, &err),
+        SYNCD_EINVAL);
+    assert_null(page);
+    assert_int_equal(
+        syncd_store_export_page(f->store, &page, "Bad!", NULL, 10, NULL),
+        SYNCD_EINVAL);
+}
+
+static void
+test_store_checkpoint__of_rocksdb_opens_with_the_same_documents(void **state)
+{
+    fixture_t *f = *state;
+    syncd_store_options_t opts = f->opts;
+    syncd_store_t *copy = NULL;
+    syncd_digest_t want, got;
+    syncd_error_t err;
+    char dir[512];
+
+    create_doc(f, "cp", "x", "{\"n\":1}");
+    create_doc(f, "cp", "y", "{\"n\":2}");
+    assert_int_equal(put_doc(f, "cp", "y", "{\"n\":3}", 1, NULL), 0);
+    snprintf(dir, sizeof(dir), "%s/checkpoint", f->dir);
+    syncd_error_clear(&err);
+    if (f->kind->mongo) {
+        assert_int_equal(syncd_store_checkpoint(f->store, dir, &err),
+                         SYNCD_EINVAL);
+        assert_non_null(strstr(err.message, "embedded"));
+        return;
+    }
+    assert_int_equal(syncd_store_checkpoint(f->store, dir, &err), 0);
+    assert_int_equal(syncd_store_checkpoint(f->store, dir, NULL),
+                     SYNCD_EBACKEND);
+    /* A write after the checkpoint is not in it. */
+    assert_int_equal(syncd_store_digest(f->store, &want, "cp", NULL), 0);
+    create_doc(f, "cp", "z", "{}");
+    opts.data_dir = dir;
+    assert_int_equal(syncd_store_open(&copy, &opts, NULL), 0);
+    assert_int_equal(syncd_store_digest(copy, &got, "cp", NULL), 0);
+    assert_int_equal(got.count, 2);
+    assert_string_equal(got.hex, want.hex);
+    syncd_store_close(copy);
+}
+
 static void test_store_collections__lists_names_sorted(void **state)
 {
     fixture_t *f = *state;
@@ -2828,6 +2913,9 @@ int main(void)
         BOTH(test_store_patch__failing_test_op_is_ECONFLICT_and_not_retried),
         BOTH(test_store_patch__invalid_patch_is_EPATCH),
         BOTH(test_store_list__pages_by_prefix_and_after_and_skips_tombstones),
+        BOTH(
+            test_store_export_page__lists_live_documents_with_bodies_after_an_id),
+        BOTH(test_store_checkpoint__of_rocksdb_opens_with_the_same_documents),
         BOTH(test_store_digest__covers_live_documents_only),
         BOTH(
             test_store_digest_range__of_a_range_equals_the_digest_of_its_adjacent_parts),

@@ -1087,6 +1087,45 @@ static void test_mongo_collections__lists_syncd_collections_sorted(void **state)
 }
 
 static void
+test_mongo_export_page__lists_live_documents_with_bodies_in_id_order(
+    void **state)
+{
+    fixture_t *f = *state;
+    syncd_backend_t *be = f->be;
+    json_t *body = nasty_body();
+    json_t *page = NULL;
+
+    assert_int_equal(write_body(be, "export", "b", 1, 0, body), 0);
+    assert_int_equal(write_body(be, "export", "a", 1, 0, body), 0);
+    assert_int_equal(write_body(be, "export", "a", 2, 1, body), 0);
+    assert_int_equal(write_body(be, "export", "c", 1, 0, body), 0);
+    assert_int_equal(write_body(be, "export", "c", 2, 1, NULL), 0);
+    assert_int_equal(write_body(be, "export", "d/e", 1, 0, body), 0);
+
+    assert_int_equal(be->ops->export_page(be, &page, "export", NULL, 2, NULL),
+                     0);
+    assert_int_equal(json_array_size(page), 2);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(page, 0), "id")), "a");
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(page, 0), "v")), 2);
+    assert_json_exact(json_object_get(json_array_get(page, 0), "data"), body);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(page, 1), "id")), "b");
+    json_decref(page);
+
+    /* The tombstone of c is left out. */
+    assert_int_equal(be->ops->export_page(be, &page, "export", "b", 10, NULL),
+                     0);
+    assert_int_equal(json_array_size(page), 1);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(page, 0), "id")),
+        "d/e");
+    json_decref(page);
+    json_decref(body);
+}
+
+static void
 test_mongo_open__unreachable_server_fails_with_EBACKEND(void **state)
 {
     char uri[64];
@@ -1439,6 +1478,8 @@ int main(void)
         cmocka_unit_test(test_mongo_purge__removes_only_old_tombstones),
         cmocka_unit_test(
             test_mongo_collections__lists_syncd_collections_sorted),
+        cmocka_unit_test(
+            test_mongo_export_page__lists_live_documents_with_bodies_in_id_order),
         cmocka_unit_test(
             test_mongo_open__unreachable_server_fails_with_EBACKEND),
         cmocka_unit_test(

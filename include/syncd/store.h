@@ -297,6 +297,54 @@ int syncd_store_digest(syncd_store_t *store, syncd_digest_t *out,
 int syncd_digest_entries(syncd_digest_t *out, const json_t *entries,
                          syncd_error_t *err);
 
+/* The collection digest built one entry at a time, in O(log n) memory (a
+ * stack of the roots of perfect subtrees, heights decreasing): a plain
+ * value the caller keeps, e.g. on the stack. */
+typedef struct syncd_merkle {
+    unsigned char nodes[64][32];
+    unsigned char height[64];
+    size_t depth;
+    uint64_t count;
+} syncd_merkle_t;
+
+/* Starts an empty digest. */
+void syncd_merkle_init(syncd_merkle_t *m);
+
+/* Adds the entry (id, v, h); entries must come in strictly increasing id
+ * order (byte order). SYNCD_ENOMEM on failure. The content digest of a
+ * collection (what a restore compares, versions aside) is this digest with
+ * every v given as 0. */
+int syncd_merkle_add(syncd_merkle_t *m, const char *id, int64_t v,
+                     const char *h);
+
+/* Writes the digest of the entries added so far into *out: the same value
+ * as syncd_digest_entries() of those entries. */
+void syncd_merkle_final(const syncd_merkle_t *m, syncd_digest_t *out);
+
+/* ---- Backups ------------------------------------------------------------ */
+
+/* Most documents one syncd_store_export_page() call lists. */
+#define SYNCD_MAX_EXPORT_PAGE 10000
+
+/* Reads from the store of record (never the cache) at most limit
+ * (1..SYNCD_MAX_EXPORT_PAGE) live documents of coll sorted by id, strictly
+ * after `after` (NULL: from the start), into *out: a new JSON array of
+ * {"id","v","h","data"} (each data a shared, immutable body).
+ * A page shorter than limit is the last. Each document is at a version it
+ * had at some moment of the call. SYNCD_EINVAL for a bad collection, id or
+ * limit. */
+int syncd_store_export_page(syncd_store_t *store, json_t **out,
+                            const char *coll, const char *after, size_t limit,
+                            syncd_error_t *err);
+
+/* Writes a consistent RocksDB checkpoint of the embedded store of record
+ * into dir (which must not exist; files are hard-linked when dir is on the
+ * same file system): a store that syncd_store_open() opens as its data_dir.
+ * SYNCD_EINVAL for a MongoDB store, SYNCD_EBACKEND when RocksDB fails (the
+ * message says why). */
+int syncd_store_checkpoint(syncd_store_t *store, const char *dir,
+                           syncd_error_t *err);
+
 /* ---- Ranged digests and verification (DESIGN.md sections 5 and 6) ------ */
 
 /* Whose entries a ranged digest covers. */
