@@ -18,7 +18,7 @@ RUN apt-get update -q && \
         --no-install-recommends build-essential cmake pkg-config \
         libjansson-dev libuv1-dev libcmocka-dev libmongoc-dev libbson-dev \
         libhiredis-dev librocksdb-dev libhttp-parser-dev \
-        libcurl4-openssl-dev libssl-dev libarchive-dev && \
+        libcurl4-openssl-dev libssl-dev libarchive-dev zlib1g-dev && \
     rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
