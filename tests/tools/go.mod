@@ -2,6 +2,8 @@ module syncd.local/tools
 
 go 1.24
 
+toolchain go1.24.3
+
 tool github.com/FerretDB/FerretDB/cmd/ferretdb
 
 require (
