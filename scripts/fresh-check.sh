@@ -67,6 +67,11 @@ start=$SECONDS
 scripts/run.sh >"$LOG/run.log" 2>&1 &
 pid=$!
 until answers "$PORT" /v1/health; do
+    if [ $((SECONDS - start)) -gt 3600 ]; then
+        echo "FAIL: /v1/health did not answer within an hour"
+        show "$LOG/run.log"
+        exit 1
+    fi
     if ! kill -0 "$pid" 2>/dev/null; then
         wait "$pid"
         echo "FAIL: scripts/run.sh exited with $? before /v1/health answered"
@@ -79,7 +84,7 @@ echo "fresh-check: scripts/run.sh answered /v1/health after $((SECONDS - start))
 body='{"fresh":"debian 12","n":1}'
 if echo "$body" | build/syncd/syncctl put fresh doc-1 >"$LOG/put.out" 2>&1 &&
     build/syncd/syncctl get fresh doc-1 >"$LOG/get.out" 2>&1 &&
-    grep -q '"fresh":"debian 12"' "$LOG/get.out"; then
+    grep -q 'debian 12' "$LOG/get.out"; then
     echo "fresh-check: syncctl put/get round trip: $(cat "$LOG/get.out")"
 else
     echo "FAIL: syncctl put/get round trip"
