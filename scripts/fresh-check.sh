@@ -34,9 +34,12 @@ git clone -q "$ROOT" "$WORK/syncd"
 git -C "$WORK/syncd" checkout -q --detach "$HEAD"
 echo "fresh-check: $(git -C "$WORK/syncd" log --oneline -1) in a fresh $IMAGE"
 
-# What runs in the container, from the clone's root. The listen address
-# is the default unless the host (whose network the container shares)
-# already uses 127.0.0.1:7070.
+# What runs in the container, from the clone's root. The container shares
+# the host's network, where 127.0.0.1:7070 may belong to something else (a
+# compose cluster, a developer's node), so the node listens on a free port
+# set through syncd's and syncctl's own variables (SYNCD_LISTEN,
+# SYNCD_SERVER); the commands stay as the README writes them. The health
+# check waits for this node's own "serving" line before it asks.
 read -r -d '' INNER <<'EOF' || true
 set -uo pipefail
 LOG=/var/tmp/fresh-logs
@@ -54,19 +57,16 @@ answers() { # answers PORT PATH: an HTTP 200 from 127.0.0.1:PORT
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 show() { echo "--- last lines of $1:"; tail -n 40 "$1"; }
 
-PORT=7070
-if ! port_free 7070; then
-    PORT=17070
-    while ! port_free "$PORT"; do PORT=$((PORT + 1)); done
-    export SYNCD_LISTEN="127.0.0.1:$PORT" SYNCD_SERVER="http://127.0.0.1:$PORT"
-    echo "fresh-check: 127.0.0.1:7070 is taken on this host; SYNCD_LISTEN=$SYNCD_LISTEN"
-fi
+PORT=17070
+while ! port_free "$PORT"; do PORT=$((PORT + 1)); done
+export SYNCD_LISTEN="127.0.0.1:$PORT" SYNCD_SERVER="http://127.0.0.1:$PORT"
 
-echo "fresh-check: scripts/run.sh"
+echo "fresh-check: scripts/run.sh (SYNCD_LISTEN=$SYNCD_LISTEN)"
 start=$SECONDS
 scripts/run.sh >"$LOG/run.log" 2>&1 &
 pid=$!
-until answers "$PORT" /v1/health; do
+until grep -q "serving http://$SYNCD_LISTEN " "$LOG/run.log" &&
+    answers "$PORT" /v1/health; do
     if [ $((SECONDS - start)) -gt 3600 ]; then
         echo "FAIL: /v1/health did not answer within an hour"
         show "$LOG/run.log"
