@@ -114,7 +114,13 @@ if [ "$rc" -eq 0 ]; then
     echo "fresh-check: scripts/test.sh passed in $took s (setup, build, tests)"
 else
     echo "FAIL: scripts/test.sh exited $rc after $took s"
-    grep -q 'tests passed, ' "$LOG/test.log" || show "$LOG/test.log"
+    if grep -q 'tests passed, ' "$LOG/test.log"; then
+        echo "--- output of the failed tests:"
+        awk '/^ *[0-9]+\/[0-9]+ Test +#/ { p = /\*\*\*|Failed|Timeout/ }
+             /^ +Start +[0-9]+:/ { p = 0 } p' "$LOG/test.log" | tail -n 200
+    else
+        show "$LOG/test.log"
+    fi
     fail=1
 fi
 exit $fail
