@@ -34,18 +34,68 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now redis-server etcd >/dev/null 2>&1 || true
 fi
 
+# A Go for the FerretDB recipe. tests/tools/go.mod needs Go 1.24, which
+# Debian 12 does not ship; any Go from 1.21 on fetches the toolchain that
+# go.mod names from the Go module proxy (GOTOOLCHAIN=auto). Use such a Go
+# when the machine has one; otherwise install golang-1.23-go from Debian's
+# bookworm-backports, pinned so that nothing else comes from there
+# (Debian's own golang-go is 1.19, too old to switch toolchains).
+find_go() {
+    local g m
+    for g in "$(command -v go || true)" /usr/local/go/bin/go /usr/lib/go-1.23/bin/go; do
+        [ -n "$g" ] && [ -x "$g" ] || continue
+        m="$(GOTOOLCHAIN=local "$g" env GOVERSION 2>/dev/null |
+            sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+        if [ -n "$m" ] && [ "$m" -ge 21 ]; then
+            echo "$g"
+            return 0
+        fi
+    done
+    return 1
+}
+
+install_backports_go() {
+    local list=/etc/apt/sources.list.d/bookworm-backports.sources
+    if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list \
+        /etc/apt/sources.list.d/; then
+        echo "setup: adding Debian's bookworm-backports as $list" >&2
+        cat >"$list" <<EOF
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    fi
+    cat >/etc/apt/preferences.d/syncd-golang-backports <<EOF
+Package: *
+Pin: release n=bookworm-backports
+Pin-Priority: 50
+
+Package: golang-1.23 golang-1.23-go golang-1.23-src
+Pin: release n=bookworm-backports
+Pin-Priority: 500
+EOF
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends golang-1.23-go
+}
+
 # FerretDB: built from the Go module proxy with the recipe checked in as
 # tests/tools (go.mod, go.sum). Vendoring lets us supply the version file
 # that FerretDB's build normally generates.
 FERRETDB="$ROOT/.tools/bin/ferretdb"
 if [ ! -x "$FERRETDB" ]; then
-    GO="$(command -v go || true)"
-    [ -n "$GO" ] || { [ -x /usr/local/go/bin/go ] && GO=/usr/local/go/bin/go; }
+    GO="$(find_go || true)"
     if [ -z "$GO" ]; then
-        apt-get install -y -q --no-install-recommends golang-go
-        GO="$(command -v go)"
+        [ "$(id -u)" -eq 0 ] || {
+            echo "setup: no Go >= 1.21; run as root to install golang-1.23-go" >&2
+            exit 1
+        }
+        install_backports_go
+        GO="$(find_go)"
     fi
-    echo "setup: building FerretDB into $FERRETDB" >&2
+    echo "setup: building FerretDB into $FERRETDB with $GO" >&2
     (
         cd "$ROOT/tests/tools"
         export GOTOOLCHAIN=auto GOFLAGS=-mod=mod

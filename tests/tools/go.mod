@@ -2,6 +2,10 @@ module syncd.local/tools
 
 go 1.24
 
+// FerretDB v1.24.2 needs Go 1.24; a Go from 1.21 on (Debian 12's
+// bookworm-backports has 1.23) fetches this one from the Go module proxy.
+toolchain go1.24.3
+
 tool github.com/FerretDB/FerretDB/cmd/ferretdb
 
 require (
