@@ -769,6 +769,28 @@ static void utc_now(char out[32])
     strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* Starts scan state s with opts (NULL: the defaults, kept in *defaults)
+ * and err; s->problems is NULL when out of memory. scan_end() frees it. */
+static void scan_begin(vscan_t *s, const syncd_volume_options_t *opts,
+                       syncd_volume_options_t *defaults, syncd_error_t *err)
+{
+    if (opts == NULL) {
+        syncd_volume_options_init(defaults);
+        opts = defaults;
+    }
+    s->opts = opts;
+    s->err = err;
+    s->problems = json_array();
+    pthread_mutex_init(&s->lock, NULL);
+}
+
+/* Frees what scan_begin() made. */
+static void scan_end(vscan_t *s)
+{
+    pthread_mutex_destroy(&s->lock);
+    json_decref(s->problems);
+}
+
 int syncd_volume_scan(json_t **doc, json_t **problems, json_t **cache,
                       const char *dir, const char *name,
                       const syncd_volume_options_t *opts, syncd_error_t *err)
@@ -785,14 +807,7 @@ int syncd_volume_scan(json_t **doc, json_t **problems, json_t **cache,
     *problems = NULL;
     if (cache != NULL)
         *cache = NULL;
-    if (opts == NULL) {
-        syncd_volume_options_init(&defaults);
-        opts = &defaults;
-    }
-    s.opts = opts;
-    s.err = err;
-    s.problems = json_array();
-    pthread_mutex_init(&s.lock, NULL);
+    scan_begin(&s, opts, &defaults, err);
     keep = json_pack("{s:{}, s:{}}", "files", "archives");
     if (volumes == NULL || s.problems == NULL || keep == NULL) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
@@ -858,9 +873,8 @@ cleanup:
             *cache = NULL;
         }
     }
-    pthread_mutex_destroy(&s.lock);
+    scan_end(&s);
     vlist_free(&l);
-    json_decref(s.problems);
     json_decref(volumes);
     json_decref(keep);
     free(base);
@@ -879,14 +893,7 @@ int syncd_volume_init(const char *dir, const char *name,
     json_t *files = json_array(), *out = NULL;
     int rc = 0;
 
-    if (opts == NULL) {
-        syncd_volume_options_init(&defaults);
-        opts = &defaults;
-    }
-    s.opts = opts;
-    s.err = err;
-    s.problems = json_array();
-    pthread_mutex_init(&s.lock, NULL);
+    scan_begin(&s, opts, &defaults, err);
     if (v == NULL || index == NULL || tmp == NULL || files == NULL ||
         s.problems == NULL) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
@@ -948,8 +955,7 @@ int syncd_volume_init(const char *dir, const char *name,
                             "%s: %s", index, strerror(errno));
     unlink(tmp);
 cleanup:
-    pthread_mutex_destroy(&s.lock);
-    json_decref(s.problems);
+    scan_end(&s);
     json_decref(files);
     json_decref(out);
     volume_free(v);
