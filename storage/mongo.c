@@ -1334,6 +1334,36 @@ static int list_filter(bson_t *f, const char *prefix, const char *after,
     return 0;
 }
 
+/* Called by find_each() with each record r found; adds what it needs to
+ * acc. Returns 0 or a negative SYNCD_E* code, which stops the walk. */
+typedef int (*row_fn)(json_t *acc, const bson_t *r, const char *arg,
+                      syncd_error_t *err);
+
+/* Runs find(filter, opts) on coll and passes each record to row with acc
+ * and arg; a driver error is named by what and key. Returns 0 or a
+ * negative SYNCD_E* code. */
+static int find_each(mongo_backend_t *m, const char *coll, const bson_t *filter,
+                     const bson_t *opts, row_fn row, json_t *acc,
+                     const char *arg, const char *what, const char *key,
+                     syncd_error_t *err)
+{
+    mongoc_cursor_t *cur;
+    const bson_t *r;
+    bson_error_t e;
+    call_t c;
+    int rc = 0;
+
+    call_begin(&c, m, "", coll);
+    cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
+    while (rc == 0 && mongoc_cursor_next(cur, &r))
+        rc = row(acc, r, arg, err);
+    if (rc == 0 && mongoc_cursor_error(cur, &e))
+        rc = driver_error(err, &e, what, coll, key);
+    mongoc_cursor_destroy(cur);
+    call_end(&c, m);
+    return rc;
+}
+
 /* Appends the listing entry of record r to arr; ids outside prefix (past
  * an inexact bound) are skipped. */
 static int list_entry(json_t *arr, const bson_t *r, const char *prefix,
@@ -1372,11 +1402,7 @@ static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
     bson_t filter = BSON_INITIALIZER;
     bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}",
                             "projection", "{", "data", BCON_INT32(0), "}");
-    mongoc_cursor_t *cur = NULL;
     json_t *arr = json_array();
-    const bson_t *r;
-    bson_error_t e;
-    call_t c;
     int rc;
 
     if (!arr) {
@@ -1388,14 +1414,8 @@ static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
         goto cleanup;
     if (limit > 0)
         BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
-    call_begin(&c, m, "", coll);
-    cur = mongoc_collection_find_with_opts(c.coll, &filter, opts, NULL);
-    while (rc == 0 && mongoc_cursor_next(cur, &r))
-        rc = list_entry(arr, r, prefix, err);
-    if (rc == 0 && mongoc_cursor_error(cur, &e))
-        rc = driver_error(err, &e, "list", coll, prefix);
-    mongoc_cursor_destroy(cur);
-    call_end(&c, m);
+    rc = find_each(m, coll, &filter, opts, list_entry, arr, prefix, "list",
+                   prefix, err);
 
 cleanup:
     bson_destroy(opts);
@@ -1408,6 +1428,24 @@ cleanup:
     return 0;
 }
 
+/* Appends record r of collection coll to arr as an export line
+ * {id,v,h,data} unless it is a tombstone. */
+static int export_entry(json_t *arr, const bson_t *r, const char *coll,
+                        syncd_error_t *err)
+{
+    syncd_doc_t *doc = NULL;
+    int rc = parse_record(&doc, r, coll, err);
+
+    if (rc == 0 && !doc->deleted &&
+        json_array_append_new(arr,
+                              json_pack("{s:s, s:I, s:s, s:O}", "id", doc->id,
+                                        "v", (json_int_t)doc->version, "h",
+                                        doc->hash, "data", doc->body)) != 0)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    syncd_doc_free(doc);
+    return rc;
+}
+
 /* Lists one export page: live records after `after`, bodies included, in
  * one query. */
 static int mongo_export_page(syncd_backend_t *b, json_t **out, const char *coll,
@@ -1418,11 +1456,7 @@ static int mongo_export_page(syncd_backend_t *b, json_t **out, const char *coll,
     bson_t filter = BSON_INITIALIZER;
     bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "limit",
                             BCON_INT64((int64_t)limit));
-    mongoc_cursor_t *cur;
     json_t *arr = json_array();
-    const bson_t *r;
-    bson_error_t e;
-    call_t c;
     int rc;
 
     if (arr == NULL) {
@@ -1432,24 +1466,8 @@ static int mongo_export_page(syncd_backend_t *b, json_t **out, const char *coll,
     rc = list_filter(&filter, NULL, after, 0, err);
     if (rc < 0)
         goto cleanup;
-    call_begin(&c, m, "", coll);
-    cur = mongoc_collection_find_with_opts(c.coll, &filter, opts, NULL);
-    while (rc == 0 && mongoc_cursor_next(cur, &r)) {
-        syncd_doc_t *doc = NULL;
-
-        rc = parse_record(&doc, r, coll, err);
-        if (rc == 0 && !doc->deleted &&
-            json_array_append_new(
-                arr, json_pack("{s:s, s:I, s:s, s:O}", "id", doc->id, "v",
-                               (json_int_t)doc->version, "h", doc->hash, "data",
-                               doc->body)) != 0)
-            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        syncd_doc_free(doc);
-    }
-    if (rc == 0 && mongoc_cursor_error(cur, &e))
-        rc = driver_error(err, &e, "export", coll, after);
-    mongoc_cursor_destroy(cur);
-    call_end(&c, m);
+    rc = find_each(m, coll, &filter, opts, export_entry, arr, coll, "export",
+                   after, err);
 
 cleanup:
     bson_destroy(opts);
@@ -1481,6 +1499,25 @@ static void versions_filter(bson_t *f, const json_t *ids)
     bson_append_document_end(f, &in);
 }
 
+/* Sets map[id] = {v,h,del} of record r. */
+static int versions_entry(json_t *map, const bson_t *r, const char *unused,
+                          syncd_error_t *err)
+{
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    bson_iter_t it;
+
+    (void)unused;
+    if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+        return corrupt(err, "_id is not a string");
+    field_string(hash, sizeof(hash), r, "h");
+    if (json_object_set_new(map, bson_iter_utf8(&it, NULL),
+                            json_pack("{s:I, s:s, s:b}", "v",
+                                      (json_int_t)field_int64(r, "v"), "h",
+                                      hash, "del", field_bool(r, "del"))) < 0)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return 0;
+}
+
 static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
                           const json_t *ids, syncd_error_t *err)
 {
@@ -1490,11 +1527,6 @@ static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
         BCON_NEW("projection", "{", "_id", BCON_INT32(1), "v", BCON_INT32(1),
                  "h", BCON_INT32(1), "del", BCON_INT32(1), "}");
     json_t *map = json_object();
-    mongoc_cursor_t *cur;
-    const bson_t *r;
-    bson_error_t e;
-    bson_iter_t it;
-    call_t c;
     int rc = 0;
 
     *out = NULL;
@@ -1503,27 +1535,8 @@ static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
         goto cleanup;
     }
     versions_filter(&filter, ids);
-    call_begin(&c, m, "", coll);
-    cur = mongoc_collection_find_with_opts(c.coll, &filter, opts, NULL);
-    while (rc == 0 && mongoc_cursor_next(cur, &r)) {
-        char hash[SYNCD_HASH_HEX_LEN + 1];
-
-        if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it)) {
-            rc = corrupt(err, "_id is not a string");
-            break;
-        }
-        field_string(hash, sizeof(hash), r, "h");
-        if (json_object_set_new(map, bson_iter_utf8(&it, NULL),
-                                json_pack("{s:I, s:s, s:b}", "v",
-                                          (json_int_t)field_int64(r, "v"), "h",
-                                          hash, "del", field_bool(r, "del"))) <
-            0)
-            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    }
-    if (rc == 0 && mongoc_cursor_error(cur, &e))
-        rc = driver_error(err, &e, "versions", coll, NULL);
-    mongoc_cursor_destroy(cur);
-    call_end(&c, m);
+    rc = find_each(m, coll, &filter, opts, versions_entry, map, NULL,
+                   "versions", NULL, err);
 
 cleanup:
     bson_destroy(opts);
