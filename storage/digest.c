@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "syncd/store.h"
 
 typedef struct leaf {
     const char *id;

@@ -268,10 +268,17 @@ storm_wait() {
     local p
     for p in "${CLIENTS[@]}"; do wait "$p"; done
     log "$1: the storm of $((6 * KEYS)) adds took $(since "$STORM_T0") s"
-    if [ -s "$TMP/client.err" ]; then
-        log "$1: $(grep -c '^syncctl:' "$TMP/client.err") adds not acknowledged:"
+    local n
+    n=$(grep -c '^syncctl:' "$TMP/client.err" 2>/dev/null || true)
+    if [ "${n:-0}" -gt 0 ]; then
+        log "$1: $n adds not acknowledged:"
         grep '^syncctl:' "$TMP/client.err" | sed -E 's/[0-9]+/N/g' | sort | uniq -c |
             sort -rn | head -n 5 | sed 's/^/compose:   /'
+    fi
+    # Anything else syncctl wrote (a sanitizer report, say) is a defect.
+    if grep -v '^syncctl:' "$TMP/client.err" 2>/dev/null | grep -q .; then
+        grep -v '^syncctl:' "$TMP/client.err" | head -n 40 >&2
+        fail "$1: syncctl wrote more than its error lines (above)"
     fi
     mv "$TMP/client.err" "$TMP/errors.$1" 2>/dev/null || : >"$TMP/errors.$1"
     # A node that died or shuts down costs the balancer's 502 or the
