@@ -1394,14 +1394,15 @@ static int list_entry(json_t *arr, const bson_t *r, const char *prefix,
     return 0;
 }
 
-static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
-                      const char *prefix, const char *after, size_t limit,
-                      int with_tombstones, syncd_error_t *err)
+/* Lists into a new array *out (the caller owns it) what row makes of each
+ * record of coll that list_filter(prefix, after, with_tombstones) selects,
+ * found with opts (destroyed here); a driver error is named by what. */
+static int find_listed(mongo_backend_t *m, json_t **out, const char *coll,
+                       const char *prefix, const char *after,
+                       int with_tombstones, bson_t *opts, row_fn row,
+                       const char *arg, const char *what, syncd_error_t *err)
 {
-    mongo_backend_t *m = (mongo_backend_t *)b;
     bson_t filter = BSON_INITIALIZER;
-    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}",
-                            "projection", "{", "data", BCON_INT32(0), "}");
     json_t *arr = json_array();
     int rc;
 
@@ -1410,12 +1411,9 @@ static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
         goto cleanup;
     }
     rc = list_filter(&filter, prefix, after, with_tombstones, err);
-    if (rc < 0)
-        goto cleanup;
-    if (limit > 0)
-        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
-    rc = find_each(m, coll, &filter, opts, list_entry, arr, prefix, "list",
-                   prefix, err);
+    if (rc == 0)
+        rc = find_each(m, coll, &filter, opts, row, arr, arg, what,
+                       prefix != NULL ? prefix : after, err);
 
 cleanup:
     bson_destroy(opts);
@@ -1426,6 +1424,19 @@ cleanup:
     }
     *out = arr;
     return 0;
+}
+
+static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
+                      const char *prefix, const char *after, size_t limit,
+                      int with_tombstones, syncd_error_t *err)
+{
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}",
+                            "projection", "{", "data", BCON_INT32(0), "}");
+
+    if (limit > 0)
+        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
+    return find_listed((mongo_backend_t *)b, out, coll, prefix, after,
+                       with_tombstones, opts, list_entry, prefix, "list", err);
 }
 
 /* Appends record r of collection coll to arr as an export line
@@ -1452,32 +1463,11 @@ static int mongo_export_page(syncd_backend_t *b, json_t **out, const char *coll,
                              const char *after, size_t limit,
                              syncd_error_t *err)
 {
-    mongo_backend_t *m = (mongo_backend_t *)b;
-    bson_t filter = BSON_INITIALIZER;
     bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "limit",
                             BCON_INT64((int64_t)limit));
-    json_t *arr = json_array();
-    int rc;
 
-    if (arr == NULL) {
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        goto cleanup;
-    }
-    rc = list_filter(&filter, NULL, after, 0, err);
-    if (rc < 0)
-        goto cleanup;
-    rc = find_each(m, coll, &filter, opts, export_entry, arr, coll, "export",
-                   after, err);
-
-cleanup:
-    bson_destroy(opts);
-    bson_destroy(&filter);
-    if (rc < 0) {
-        json_decref(arr);
-        return rc;
-    }
-    *out = arr;
-    return 0;
+    return find_listed((mongo_backend_t *)b, out, coll, NULL, after, 0, opts,
+                       export_entry, coll, "export", err);
 }
 
 /* Builds the filter {_id: {$in: ids}} into f. */
