@@ -78,6 +78,7 @@ struct syncd_cache {
     uint64_t hits, misses, evictions; /* updated atomically */
     uint64_t bytes, entries; /* atomic copies, refreshed by every change */
     char *clean_path;        /* keep: the CLEAN file written at close */
+    int kept;                /* the records of a previous run were kept */
 };
 
 static int64_t monotonic_ms(void *data)
@@ -343,6 +344,7 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
         syncd_cache_close(c);
         return rc;
     }
+    c->kept = kept;
     if (kept) {
         int rc = load_kept(c, err);
 
@@ -391,6 +393,156 @@ void syncd_cache_close(syncd_cache_t *cache)
     rocksdb_options_destroy(cache->options);
     free(cache->clean_path);
     free(cache);
+}
+
+int syncd_cache_kept(const syncd_cache_t *cache)
+{
+    return cache->kept;
+}
+
+int syncd_cache_keeps(const syncd_cache_t *cache)
+{
+    return cache->clean_path != NULL;
+}
+
+/* The digest of one collection's records, built in key (id) order. */
+typedef struct coll_sum {
+    char coll[65];
+    syncd_merkle_t m;
+} coll_sum_t;
+
+/* Adds the finished digest of sum's collection to digests. */
+static int sum_close(json_t *digests, const coll_sum_t *sum)
+{
+    syncd_digest_t d;
+
+    if (sum->coll[0] == '\0')
+        return 0;
+    syncd_merkle_final(&sum->m, &d);
+    return json_object_set_new(
+        digests, sum->coll,
+        json_pack("{s:I, s:s}", "count", (json_int_t)d.count, "digest", d.hex));
+}
+
+/* Adds id to bad[coll] (at most max_bad ids per collection; past it the
+ * entry is marked truncated). */
+static int add_bad(json_t *bad, const char *coll, const char *id,
+                   size_t max_bad)
+{
+    json_t *c = json_object_get(bad, coll);
+
+    if (c == NULL) {
+        c = json_pack("{s:[], s:b}", "ids", "truncated", 0);
+        if (c == NULL || json_object_set_new(bad, coll, c) != 0)
+            return -1;
+    }
+    if (json_array_size(json_object_get(c, "ids")) >= max_bad)
+        return json_object_set_new(c, "truncated", json_true());
+    return json_array_append_new(json_object_get(c, "ids"), json_string(id));
+}
+
+/* Checks one record: adds its live entry to sum and, with bad, rehashes
+ * its body, naming it in bad when it does not match or does not decode. */
+static int check_record(coll_sum_t *sum, json_t *bad, size_t max_bad,
+                        const char *id, const char *val, size_t vlen,
+                        uint64_t *bodies)
+{
+    char hex[SYNCD_HASH_HEX_LEN + 1];
+    syncd_doc_t *doc = NULL;
+    int rc =
+        syncd_record_decode(&doc, sum->coll, id, val, vlen, bad != NULL, NULL);
+
+    if (rc == SYNCD_ENOMEM)
+        return rc;
+    if (rc != 0)
+        return bad != NULL ? add_bad(bad, sum->coll, id, max_bad) : 0;
+    if (!doc->deleted)
+        rc = syncd_merkle_add(&sum->m, id, doc->version, doc->hash);
+    if (rc == 0 && bad != NULL && !doc->deleted) {
+        (*bodies)++;
+        if (syncd_json_hash(hex, doc->body, NULL) != 0 ||
+            strcmp(hex, doc->hash) != 0)
+            rc = add_bad(bad, sum->coll, id, max_bad);
+    }
+    syncd_doc_free(doc);
+    return rc;
+}
+
+int syncd_cache_check(syncd_cache_t *cache, json_t **digests, json_t **bad,
+                      size_t max_bad, uint64_t *bodies, syncd_error_t *err)
+{
+    rocksdb_iterator_t *it;
+    char *errptr = NULL;
+    coll_sum_t sum;
+    int rc = 0;
+
+    *digests = json_object();
+    if (bad != NULL)
+        *bad = json_object();
+    *bodies = 0;
+    if (*digests == NULL || (bad != NULL && *bad == NULL)) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    memset(&sum, 0, sizeof(sum));
+    pthread_rwlock_rdlock(&cache->lock);
+    it = rocksdb_create_iterator(cache->db, cache->read);
+    for (rocksdb_iter_seek_to_first(it); rc == 0 && rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t klen, vlen, clen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        const char *nul = memchr(key, '\0', klen);
+        char id[SYNCD_MAX_ID_BYTES + 1];
+
+        if (nul == NULL || (clen = (size_t)(nul - key)) >= sizeof(sum.coll) ||
+            klen - clen - 1 > SYNCD_MAX_ID_BYTES)
+            continue;
+        if (strlen(sum.coll) != clen || memcmp(sum.coll, key, clen) != 0) {
+            rc = sum_close(*digests, &sum);
+            memcpy(sum.coll, key, clen);
+            sum.coll[clen] = '\0';
+            syncd_merkle_init(&sum.m);
+        }
+        memcpy(id, nul + 1, klen - clen - 1);
+        id[klen - clen - 1] = '\0';
+        if (rc == 0)
+            rc = check_record(&sum, bad != NULL ? *bad : NULL, max_bad, id, val,
+                              vlen, bodies);
+    }
+    if (rc == 0)
+        rc = sum_close(*digests, &sum);
+    rocksdb_iter_get_error(it, &errptr);
+    rocksdb_iter_destroy(it);
+    pthread_rwlock_unlock(&cache->lock);
+    if (rc != 0)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    else if (errptr != NULL)
+        rc = cache_error(err, errptr, "check");
+    rocksdb_free(errptr);
+cleanup:
+    if (rc != 0) {
+        json_decref(*digests);
+        *digests = NULL;
+        if (bad != NULL) {
+            json_decref(*bad);
+            *bad = NULL;
+        }
+    }
+    return rc;
+}
+
+void syncd_cache_clear(syncd_cache_t *cache)
+{
+    syncd_lru_node_t *node, *next;
+
+    pthread_rwlock_wrlock(&cache->lock);
+    for (node = syncd_lru_next(&cache->index, NULL); node != NULL;
+         node = next) {
+        next = syncd_lru_next(&cache->index, node);
+        drop(cache, (cache_entry_t *)node);
+    }
+    unlock_exclusive(cache);
 }
 
 static cache_entry_t *find(syncd_cache_t *c, const syncd_reckey_t *k)

@@ -191,8 +191,33 @@ int syncd_cache_list(syncd_cache_t *cache, json_t **out, const char *coll,
 int syncd_cache_page(syncd_cache_t *cache, json_t **out, const char *coll,
                      const char *after, size_t limit, syncd_error_t *err);
 
+/* Returns 1 when the cache kept the records of a previous run at open. */
+int syncd_cache_kept(const syncd_cache_t *cache);
+
+/* Returns 1 when the cache was opened with keep (a clean close keeps it). */
+int syncd_cache_keeps(const syncd_cache_t *cache);
+
+/* Walks every record of the cache's RocksDB (fresh or not) once, in key
+ * order, and sets *digests to a new object {C: {"count","digest"}}: each
+ * collection's digest over its live records. With bad (NULL: bodies are
+ * not read) every live body is also rehashed: *bad gets a new object
+ * {C: {"ids":[...],"truncated"}} naming, at most max_bad per collection,
+ * the records whose body does not match its hash or does not decode;
+ * *bodies counts the bodies rehashed. Call it while the cache is idle. */
+int syncd_cache_check(syncd_cache_t *cache, json_t **digests, json_t **bad,
+                      size_t max_bad, uint64_t *bodies, syncd_error_t *err);
+
+/* Drops every entry of the cache. */
+void syncd_cache_clear(syncd_cache_t *cache);
+
 /* Copies hit/miss/eviction counters and current bytes/entries into out. */
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out);
+
+/* Returns the store's node cache (borrowed), NULL in embedded mode. */
+syncd_cache_t *syncd_store_cache_of(const syncd_store_t *store);
+
+/* Returns the store's data_dir as opened (borrowed). */
+const char *syncd_store_data_dir(const syncd_store_t *store);
 
 /* ---- Shared by the RocksDB store and the cache --------------------------- */
 

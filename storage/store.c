@@ -49,6 +49,7 @@
 struct syncd_store {
     syncd_backend_t *backend;
     syncd_cache_t *cache; /* NULL in embedded mode */
+    char *data_dir;       /* the RocksDB store (embedded) or the cache's dir */
     char node_id[SYNCD_MAX_NODE_ID + 1];
     int max_retries;
     int64_t retry_delay_ms, max_retry_delay_ms, edit_timeout_ms;
@@ -1290,7 +1291,10 @@ int syncd_store_open(syncd_store_t **out, const syncd_store_options_t *opts,
         s->hooks = *opts->hooks;
     s->rng_state = (uint64_t)clock_ms(CLOCK_REALTIME) * 1000003u ^
                    (uint64_t)getpid() ^ (uint64_t)(uintptr_t)s;
-    rc = open_backends(s, opts, err);
+    s->data_dir = strdup(opts->data_dir);
+    rc = s->data_dir != NULL
+             ? open_backends(s, opts, err)
+             : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     if (rc != 0) {
         syncd_store_close(s);
         return rc;
@@ -1306,7 +1310,18 @@ void syncd_store_close(syncd_store_t *store)
     syncd_cache_close(store->cache);
     if (store->backend != NULL)
         store->backend->ops->close(store->backend);
+    free(store->data_dir);
     free(store);
+}
+
+syncd_cache_t *syncd_store_cache_of(const syncd_store_t *store)
+{
+    return store->cache;
+}
+
+const char *syncd_store_data_dir(const syncd_store_t *store)
+{
+    return store->data_dir;
 }
 
 const char *syncd_store_kind(const syncd_store_t *store)

@@ -268,6 +268,7 @@ typedef struct verify_ctx {
     syncd_store_t *store;
     const char *coll;
     int cached; /* the store has a node cache (MongoDB mode) */
+    int rehash; /* rehash the bodies the node serves from itself */
     syncd_merkle_t node, truth;
     syncd_verify_t *out;
     size_t max_differs;
@@ -296,8 +297,9 @@ static int add_differ(verify_ctx_t *x, const char *id, const json_t *mine,
 
 /* Rehashes the body the node serves for e (its cache's record in MongoDB
  * mode, the store's own record in the embedded default) and sets *bad
- * when it no longer hashes to its stored hash. A record that moved on
- * since e was listed is not judged. */
+ * when it no longer hashes to its stored hash, or when the record can no
+ * longer be decoded at all. A record that moved on since e was listed, or
+ * went away, is not judged. */
 static int check_body(verify_ctx_t *x, const char *id, const json_t *e,
                       int *bad, syncd_error_t *err)
 {
@@ -308,6 +310,11 @@ static int check_body(verify_ctx_t *x, const char *id, const json_t *e,
     *bad = 0;
     rc = x->cached ? syncd_store_cached(x->store, &doc, x->coll, id, NULL)
                    : syncd_store_get(x->store, &doc, x->coll, id, NULL);
+    if (rc == SYNCD_EBACKEND) {
+        x->out->bodies++;
+        *bad = 1;
+        return 0;
+    }
     if (rc != 0 || doc->deleted || doc->version != entry_v(e) ||
         strcmp(doc->hash, entry_h(e)) != 0) {
         syncd_doc_free(doc);
@@ -347,7 +354,7 @@ static int visit_verify(void *arg, const char *id, const json_t *stored,
         reason = "version";
     } else if (strcmp(entry_h(mine), entry_h(stored)) != 0) {
         reason = "hash";
-    } else if (cached != NULL || !x->cached) {
+    } else if (x->rehash && (cached != NULL || !x->cached)) {
         rc = check_body(x, id, mine, &bad, err);
         if (rc != 0)
             return rc;
@@ -366,6 +373,13 @@ void syncd_verify_clear(syncd_verify_t *v)
 int syncd_store_verify(syncd_store_t *store, syncd_verify_t *out,
                        const char *coll, size_t max_differs, syncd_error_t *err)
 {
+    return syncd_store_verify_ex(store, out, coll, max_differs, 1, err);
+}
+
+int syncd_store_verify_ex(syncd_store_t *store, syncd_verify_t *out,
+                          const char *coll, size_t max_differs, int rehash,
+                          syncd_error_t *err)
+{
     verify_ctx_t x;
     int rc;
 
@@ -380,6 +394,7 @@ int syncd_store_verify(syncd_store_t *store, syncd_verify_t *out,
     x.store = store;
     x.coll = coll;
     x.cached = strcmp(syncd_store_kind(store), "rocksdb") != 0;
+    x.rehash = rehash;
     x.out = out;
     x.max_differs = max_differs;
     syncd_merkle_init(&x.node);

@@ -45,6 +45,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "atstart.h"
 #include "base/buf.h"
 #include "base/pct.h"
 #include "log.h"
@@ -1611,11 +1612,12 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
     json_t *o;
     char *text;
 
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b}", "status", "ok", "node",
-                  api->opts.node_id, "version", SYNCD_VERSION, "store",
+    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:O*}", "status", "ok",
+                  "node", api->opts.node_id, "version", SYNCD_VERSION, "store",
                   syncd_store_kind(api->opts.store), "bus",
                   syncd_bus_kind(api->opts.bus), "bus_connected",
-                  syncd_bus_connected(api->opts.bus));
+                  syncd_bus_connected(api->opts.bus), "start_check",
+                  (json_t *)api->opts.start_check);
     text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (text == NULL)
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
@@ -1686,7 +1688,7 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
     static const char prefix[] = "/v1/collections/";
     syncd_api_t *api = data;
     const char *path = syncd_http_path(req);
-    const char *rest, *slash;
+    const char *rest, *slash, *msg;
     char *coll = NULL, *id = NULL;
 
     if (api->quiescing) {
@@ -1728,6 +1730,13 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
     if (path_segment(&coll, req, rest, (size_t)(slash - rest), 0) < 0)
         return;
     rest = slash + 1;
+    msg = syncd_atstart_refused(api->opts.start_check, coll);
+    if (msg != NULL && strcmp(rest, "verify") != 0) {
+        syncd_http_set_route(req, "refused");
+        syncd_http_respond_error(req, 503, "collection_corrupt", msg);
+        free(coll);
+        return;
+    }
     if (strcmp(rest, "docs") == 0) {
         serve_list(api, req, coll);
     } else if (strncmp(rest, "docs/", 5) == 0) {

@@ -31,6 +31,9 @@ typedef struct syncd_api_options {
     syncd_node_t *node;
     syncd_metrics_t *metrics;
     syncd_members_t *members; /* GET /v1/nodes and the node metrics */
+    const json_t *start_check; /* the report of syncd_atstart_run(): its
+                                  refused collections get 503, /v1/health
+                                  shows it; NULL: none */
 } syncd_api_options_t;
 
 /* Creates the API into *out (freed with syncd_api_free()); SYNCD_ENOMEM. */

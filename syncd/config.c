@@ -21,6 +21,7 @@ typedef enum {
     OPT_INT,
     OPT_BOOL,
     OPT_LEVEL,
+    OPT_CHECK,
 } opt_kind_t;
 
 typedef struct option {
@@ -111,6 +112,12 @@ static const option_t options[] = {
      "http://<listen address>)"},
     {"bookmark-interval", OPT_DURATION, AT(bookmark_interval_ms), "15s",
      "idle time before a watcher gets a bookmark event"},
+    {"verify-at-start", OPT_CHECK, AT(verify_at_start), "auto",
+     "off, digests (recompute and compare with the clean shutdown's), full "
+     "(and rehash every body), or auto: full under 1GiB, else digests"},
+    {"repair", OPT_BOOL, AT(repair), "false",
+     "embedded: quarantine and delete the documents the start check finds "
+     "corrupt, then serve (a bare --repair means true)"},
 };
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
@@ -214,6 +221,8 @@ static const char *kind_hint(opt_kind_t kind)
         return "true or false";
     case OPT_LEVEL:
         return "debug, info, warn or error";
+    case OPT_CHECK:
+        return "off, digests, full or auto";
     default:
         return "a string";
     }
@@ -254,6 +263,28 @@ static int set_value(syncd_config_t *cfg, const option_t *opt, const char *text)
         return parse_bool((int *)field, text);
     case OPT_LEVEL:
         return syncd_log_parse_level((syncd_log_level_t *)field, text);
+    case OPT_CHECK:
+        return syncd_config_parse_check((syncd_start_check_t *)field, text);
+    }
+    return -1;
+}
+
+int syncd_config_parse_check(syncd_start_check_t *out, const char *text)
+{
+    static const struct {
+        const char *name;
+        syncd_start_check_t mode;
+    } modes[] = {{"auto", SYNCD_CHECK_AUTO},
+                 {"off", SYNCD_CHECK_OFF},
+                 {"digests", SYNCD_CHECK_DIGESTS},
+                 {"full", SYNCD_CHECK_FULL}};
+    size_t i;
+
+    for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        if (strcmp(text, modes[i].name) == 0) {
+            *out = modes[i].mode;
+            return 0;
+        }
     }
     return -1;
 }
@@ -365,6 +396,9 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
                                    "unknown flag '%s' (see --help)", argv[a]);
         if (eq != NULL)
             value = eq + 1;
+        else if (opt->kind == OPT_BOOL &&
+                 (a + 1 >= argc || strncmp(argv[a + 1], "--", 2) == 0))
+            value = "true";
         else if (a + 1 < argc)
             value = argv[++a];
         else

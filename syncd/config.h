@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "syncd/error.h"
+#include "syncd/store.h"
 
 #include "log.h"
 
@@ -30,6 +31,8 @@ typedef struct syncd_config {
     char *advertise_url; /* NULL: http://<listen address> */
     int sync_writes;
     int keep_cache;
+    syncd_start_check_t verify_at_start; /* what the start check does */
+    int repair; /* embedded: quarantine corrupt documents at start */
     int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
         max_collections;
     int64_t max_connections_per_client, max_patch_ops, body_timeout_ms;
@@ -55,6 +58,10 @@ void syncd_config_free(syncd_config_t *cfg);
 
 /* Writes the usage text: every flag, its variable and its default. */
 void syncd_config_usage(FILE *out);
+
+/* Parses a --verify-at-start value (off, digests, full, auto) into *out;
+ * returns 0, or -1 when text is none of them. */
+int syncd_config_parse_check(syncd_start_check_t *out, const char *text);
 
 /* Parses a size with a unit (B, KiB, MiB, GiB, TiB: "512KiB") into *bytes;
  * returns 0, or -1 when text is not one. syncctl parses its sizes so. */

@@ -30,6 +30,7 @@
 #include "syncd/store.h"
 
 #include "api.h"
+#include "atstart.h"
 #include "backup.h"
 #include "config.h"
 #include "http.h"
@@ -42,6 +43,7 @@ typedef struct daemon {
     syncd_config_t cfg;
     char node_id[SYNCD_MAX_NODE_ID + 1];
     syncd_store_t *store;
+    json_t *start_check; /* what the check at start found and refuses */
     syncd_bus_t *bus;
     syncd_node_t *node;
     syncd_metrics_t *metrics;
@@ -78,7 +80,14 @@ static int make_dirs(const char *dir)
 static void close_store(void *payload)
 {
     daemon_t *d = payload;
+    syncd_error_t err;
 
+    syncd_error_clear(&err);
+    if (d->store != NULL && syncd_store_save_digests(d->store, &err) != 0)
+        syncd_log(SYNCD_LOG_WARN,
+                  "syncd: cannot write the digests of this clean shutdown "
+                  "(the next start will recompute them): %s",
+                  err.message);
     syncd_store_close(d->store);
     d->store = NULL;
     syncd_api_free(d->api);
@@ -249,6 +258,8 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.idempotency_ttl_ms = c->idempotency_ttl_ms;
     so.outbox = 1;
     rc = syncd_store_open(&d->store, &so, err);
+    if (rc == 0)
+        rc = syncd_atstart_run(&d->start_check, d->store, c, err);
     if (rc != 0)
         return rc;
     syncd_bus_options_init(&bo);
@@ -295,6 +306,7 @@ static int open_api(daemon_t *d, syncd_error_t *err)
     ao.node = d->node;
     ao.metrics = d->metrics;
     ao.members = d->members;
+    ao.start_check = d->start_check;
     rc = syncd_api_new(&d->api, &ao);
     if (rc != 0)
         return syncd_error_set(err, rc, "out of memory");
@@ -420,6 +432,7 @@ int main(int argc, char **argv)
         syncd_log(SYNCD_LOG_WARN, "syncd: loop closed with handles open");
     syncd_metrics_free(d.metrics);
     syncd_members_free(d.members);
+    json_decref(d.start_check);
     syncd_config_free(&d.cfg);
     return status;
 }

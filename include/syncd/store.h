@@ -415,6 +415,58 @@ int syncd_store_verify(syncd_store_t *store, syncd_verify_t *out,
                        const char *coll, size_t max_differs,
                        syncd_error_t *err);
 
+/* syncd_store_verify() with the body rehash chosen: without rehash only
+ * the digests, versions and hashes are compared (no body is read). */
+int syncd_store_verify_ex(syncd_store_t *store, syncd_verify_t *out,
+                          const char *coll, size_t max_differs, int rehash,
+                          syncd_error_t *err);
+
+/* ---- Digests written at a clean close, checked at the next open -------- */
+
+/* How much syncd_store_check_start() checks. */
+typedef enum syncd_start_check {
+    SYNCD_CHECK_AUTO = 0, /* FULL when the files under data_dir total less
+                             than SYNCD_CHECK_FULL_BELOW, else DIGESTS */
+    SYNCD_CHECK_OFF,      /* nothing (the digests file is still consumed) */
+    SYNCD_CHECK_DIGESTS,  /* recompute each collection's digest from the
+                             records' ids, versions and hashes */
+    SYNCD_CHECK_FULL,     /* DIGESTS, and rehash every body against its
+                             stored hash */
+} syncd_start_check_t;
+
+/* The store size under which SYNCD_CHECK_AUTO rehashes every body. */
+#define SYNCD_CHECK_FULL_BELOW ((uint64_t)1 << 30)
+
+/* The digests file, in the store's data_dir, and its format version. */
+#define SYNCD_DIGESTS_FILE "digests.json"
+#define SYNCD_DIGESTS_FORMAT 1
+
+/* Writes the digests file of the store into its data_dir (atomically:
+ * a temporary file, fsynced, renamed): {"format","kind","written",
+ * "collections":{C:{"count","digest"}}}, kind "rocksdb" for the embedded
+ * store of record (every collection's digest, DESIGN.md section 6) or
+ * "cache" for a node cache kept across restarts (the digest of its own
+ * live records); nothing for a cache that is not kept. Call it at a clean
+ * close, once nothing writes any more, before syncd_store_close(). */
+int syncd_store_save_digests(syncd_store_t *store, syncd_error_t *err);
+
+/* Checks the store right after syncd_store_open(), before it serves: reads
+ * and removes the digests file of the last clean close (none: the last
+ * run did not close cleanly, or this is the first), then, per mode,
+ * recomputes the digests and compares them with it and rehashes the
+ * bodies. The embedded store of record is left as it is: the report names
+ * each collection whose bodies do not match their hashes, for the caller
+ * to refuse or repair. A kept node cache (MongoDB mode) that fails (a body
+ * that does not match, or a digest other than at its clean close) is
+ * dropped here, every entry, to be refilled from the store. *report gets a
+ * new object: {"target":"store"|"cache","mode","auto","bytes","clean",
+ * "written" (the file's time, or null),"collections","documents","bodies",
+ * "changed":[{"coll","count","digest","shutdown_count",
+ * "shutdown_digest"}],"corrupt":{C:{"ids":[...],"truncated"}},"dropped"}
+ * ("dropped" only for a cache). */
+int syncd_store_check_start(syncd_store_t *store, syncd_start_check_t mode,
+                            json_t **report, syncd_error_t *err);
+
 /* Most ids one syncd_store_versions() call takes. */
 #define SYNCD_MAX_VERSIONS_IDS 1000
 
