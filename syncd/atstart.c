@@ -77,6 +77,16 @@ static char *ids_text(const json_t *c, size_t max)
     return text;
 }
 
+/* Says how many bodies of c ({"ids","truncated"}) are bad. */
+static const char *bad_bodies(const json_t *c)
+{
+    if (json_is_true(json_object_get(c, "truncated")))
+        return "stored bodies do not match their hashes, more than listed";
+    if (json_array_size(json_object_get(c, "ids")) == 1)
+        return "a stored body does not match its hash";
+    return "stored bodies do not match their hashes";
+}
+
 /* Logs what the check found, one line per finding and a summary. */
 static void log_report(const json_t *rep, const char *dir, int64_t ms)
 {
@@ -116,10 +126,8 @@ static void log_report(const json_t *rep, const char *dir, int64_t ms)
         char *ids = ids_text(c, 0);
 
         syncd_log(SYNCD_LOG_ERROR,
-                  "syncd: start check of the %s: collection %s: %zu stored "
-                  "bodies do not match their hashes: %s",
-                  target, coll, json_array_size(json_object_get(c, "ids")),
-                  ids != NULL ? ids : "(out of memory)");
+                  "syncd: start check of the %s: collection %s: %s: %s", target,
+                  coll, bad_bodies(c), ids != NULL ? ids : "(out of memory)");
         free(ids);
     }
     if (json_is_true(json_object_get(rep, "dropped")))

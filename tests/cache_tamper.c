@@ -1,15 +1,17 @@
-/* cache_tamper.c - changes one record of a stopped node's cache behind its
- * back, for tests only (tests/test_verify.sh); not installed.
+/* cache_tamper.c - changes one record of a stopped node's cache, or of a
+ * stopped embedded store, behind its back, for tests only
+ * (tests/test_verify.sh, tests/test_atstart.sh); not installed.
  *
  * A syncd started with --keep-cache keeps its cache in DATA_DIR/store/cache
- * across a clean restart. This tool opens that RocksDB while the node is
- * stopped and rewrites the record of COLL/ID in place, in the record
- * layout of storage/record.c, keeping everything else:
+ * across a clean restart; in the embedded default DATA_DIR/store is the
+ * store of record itself (--embedded). This tool opens that RocksDB while
+ * the node is stopped and rewrites the record of COLL/ID in place, in the
+ * record layout of storage/record.c, keeping everything else:
  *
- *   cache_tamper DATA_DIR COLL ID body
+ *   cache_tamper [--embedded] DATA_DIR COLL ID body
  *       sets the body's member "tampered" to true, keeping the version and
  *       the stored content hash (which no longer matches the body);
- *   cache_tamper DATA_DIR COLL ID version N
+ *   cache_tamper [--embedded] DATA_DIR COLL ID version N
  *       sets the version to N, keeping the body and its hash.
  *
  * Exit status: 0 done, 1 the record is missing or cannot be rewritten,
@@ -26,8 +28,9 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: cache_tamper DATA_DIR COLL ID body\n"
-                    "       cache_tamper DATA_DIR COLL ID version N\n");
+    fprintf(stderr,
+            "usage: cache_tamper [--embedded] DATA_DIR COLL ID body\n"
+            "       cache_tamper [--embedded] DATA_DIR COLL ID version N\n");
     return 2;
 }
 
@@ -67,14 +70,20 @@ int main(int argc, char **argv)
     char *errptr = NULL, *val = NULL, *rec = NULL, *dir = NULL;
     size_t vlen = 0, rlen = 0;
     syncd_reckey_t k;
+    const char *sub = "store/cache";
     int rc = 1;
 
+    if (argc > 1 && strcmp(argv[1], "--embedded") == 0) {
+        sub = "store";
+        argv++;
+        argc--;
+    }
     if (argc < 5 || argc > 6) {
         rc = usage();
         goto cleanup;
     }
     if (syncd_reckey_make(&k, argv[2], argv[3], NULL) != 0 ||
-        asprintf(&dir, "%s/store/cache", argv[1]) < 0) {
+        asprintf(&dir, "%s/%s", argv[1], sub) < 0) {
         dir = NULL;
         fprintf(stderr, "cache_tamper: bad collection or id\n");
         goto cleanup;

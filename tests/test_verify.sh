@@ -11,8 +11,18 @@
 # and another's version (keeping its body and hash), and node 2 starts
 # again on the same cache: `syncctl verify` must exit 1 naming exactly those
 # two ids on node 2 (reasons body and version, with the versions each side
-# holds) and nothing on nodes 1 and 3. Last, one embedded syncd (no Mongo,
-# no Redis) with a few documents: `syncctl verify c` against it exits 0.
+# holds) and nothing on nodes 1 and 3; node 2 restarts there with
+# --verify-at-start off, so that its check at start leaves the cache alone.
+# Then the check at start (DESIGN.md section 6, README "State verified at
+# start"): node 2 stopped cleanly writes its cache's digests, and started
+# with the default check it rehashes every body of its kept cache, finds
+# doc-17's, logs it, drops the cache and serves the store's bodies: doc-17
+# without the tampered member, doc-42 at the store's version, and `syncctl
+# verify` agrees again. Stopped cleanly once more, a version changed in its
+# cache (body and hash intact) is caught by --verify-at-start digests alone
+# (the digest differs from the clean shutdown's): dropped again, agreeing.
+# Last, one embedded syncd (no Mongo, no Redis) with a few documents:
+# `syncctl verify c` against it exits 0.
 #
 # Usage: tests/test_verify.sh SYNCD SYNCCTL CACHE_TAMPER
 set -euo pipefail
@@ -119,7 +129,8 @@ kill -0 "$(cat "$SYNCD_CLUSTER_DIR/node2/pid")" 2>/dev/null &&
     fail "cache_tamper body"
 "$TAMPER" "$SYNCD_CLUSTER_DIR/node2/data" c doc-42 version 7 ||
     fail "cache_tamper version"
-"$CLUSTER" start-node 2 >/dev/null || fail "node 2 did not start again"
+SYNCD_VERIFY_AT_START=off "$CLUSTER" start-node 2 >/dev/null ||
+    fail "node 2 did not start again"
 
 set +e
 "$SYNCCTL" verify c --nodes "$NODES" >"$TMP/tampered.json" 2>"$TMP/tampered.err"
@@ -130,6 +141,75 @@ check_report "$TMP/tampered.json" \
     '{"doc-17": ["body", 1, 1], "doc-42": ["version", 7, 1]}' ||
     fail "verify of a tampered node: $(cat "$TMP/tampered.json")"
 echo "test_verify: tampered node 2: exit 1 naming doc-17 (body) and doc-42 (version) (${SECONDS} s)"
+
+# stop_node2: SIGTERM to node 2, waiting (bounded) until it is gone.
+stop_node2() {
+    local pid
+    pid="$(cat "$SYNCD_CLUSTER_DIR/node2/pid")"
+    kill -TERM "$pid"
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    fail "node 2 did not stop on SIGTERM"
+}
+
+# agree_again WHAT: syncctl verify of the three nodes exits 0 naming nothing.
+agree_again() {
+    "$SYNCCTL" verify c --nodes "$NODES" >"$TMP/again.json" 2>"$TMP/again.err" ||
+        fail "$1: verify did not exit 0: $(cat "$TMP/again.json" "$TMP/again.err")"
+    check_report "$TMP/again.json" '{}' || fail "$1: verify"
+}
+
+# The check at start: a clean stop writes the cache's digests; the default
+# start rehashes the kept cache, finds doc-17 and drops the cache.
+LOG2="$SYNCD_CLUSTER_DIR/node2/syncd.log"
+stop_node2
+python3 - "$SYNCD_CLUSTER_DIR/node2/data/store/digests.json" <<'EOF2' ||
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["format"] == 1 and d["kind"] == "cache", d
+assert d["written"].endswith("Z"), d
+assert d["collections"]["c"]["count"] > 0, d
+EOF2
+    fail "node 2's digests file after a clean stop"
+lines=$(wc -l <"$LOG2")
+"$CLUSTER" start-node 2 >/dev/null || fail "node 2 did not start (check)"
+tail -n "+$((lines + 1))" "$LOG2" >"$TMP/start2.log"
+grep -q "collection c: a stored body does not match its hash: doc-17$" "$TMP/start2.log" ||
+    fail "node 2's start did not name doc-17: $(cat "$TMP/start2.log")"
+grep -q "kept cache failed the check; dropped it" "$TMP/start2.log" ||
+    fail "node 2 did not drop its cache: $(cat "$TMP/start2.log")"
+[ ! -e "$SYNCD_CLUSTER_DIR/node2/data/store/digests.json" ] ||
+    fail "node 2 left its digests file while running"
+curl -sf "$NODE2/v1/collections/c/docs/doc-17" >"$TMP/doc17.json" ||
+    fail "GET doc-17 from node 2"
+curl -sf "$NODE1/v1/collections/c/docs/doc-17" >"$TMP/doc17-store.json" ||
+    fail "GET doc-17 from node 1"
+cmp -s "$TMP/doc17.json" "$TMP/doc17-store.json" && ! grep -q tampered "$TMP/doc17.json" ||
+    fail "node 2 serves doc-17 as $(cat "$TMP/doc17.json"), the store $(cat "$TMP/doc17-store.json")"
+[ "$(curl -sf -o /dev/null -w '%header{etag}' "$NODE2/v1/collections/c/docs/doc-42")" = '"1"' ] ||
+    fail "node 2 does not serve doc-42 at version 1"
+agree_again "after the dropped cache"
+echo "test_verify: node 2 restarted: its check found doc-17, dropped the cache, serves the store's bodies (${SECONDS} s)"
+
+# A version changed while stopped: --verify-at-start digests catches it by
+# the digest alone.
+stop_node2
+"$TAMPER" "$SYNCD_CLUSTER_DIR/node2/data" c doc-42 version 9 ||
+    fail "cache_tamper version 9"
+lines=$(wc -l <"$LOG2")
+SYNCD_VERIFY_AT_START=digests "$CLUSTER" start-node 2 >/dev/null ||
+    fail "node 2 did not start (digests)"
+tail -n "+$((lines + 1))" "$LOG2" >"$TMP/start3.log"
+grep -q "collection c changed since the clean shutdown" "$TMP/start3.log" &&
+    grep -q "kept cache failed the check; dropped it" "$TMP/start3.log" &&
+    grep -q "(digests, " "$TMP/start3.log" ||
+    fail "node 2's digests check: $(cat "$TMP/start3.log")"
+[ "$(curl -sf -o /dev/null -w '%header{etag}' "$NODE2/v1/collections/c/docs/doc-42")" = '"1"' ] ||
+    fail "node 2 does not serve doc-42 at version 1 after the digests check"
+agree_again "after the digests check"
+echo "test_verify: a version changed while stopped: the digests check dropped the cache (${SECONDS} s)"
 
 # A node that cannot be reached is named, exit 1.
 set +e
