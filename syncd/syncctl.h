@@ -53,8 +53,13 @@ void syncctl_add_query(char *q, size_t size, const char *name,
 int syncctl_call_json(const syncctl_opts_t *opts, const char *method,
                       const char *url, long *status, json_t **out);
 
+/* The if_match of syncctl_call_doc() that sends If-None-Match: * instead
+ * (a create that fails with 409 when the document exists). */
+#define SYNCCTL_CREATE_ONLY "*"
+
 /* Sends method to the document coll/id with body (NULL: none) of
- * content_type, and If-Match: "<if_match>" unless if_match is NULL; a
+ * content_type, and If-Match: "<if_match>" unless if_match is NULL
+ * (SYNCCTL_CREATE_ONLY: If-None-Match: *); a
  * write goes with an idempotency key and is retried on connection errors.
  * *status gets the HTTP status, *version the ETag's version (0: none) and
  * *out the answer as JSON (a new reference, or NULL). Returns SYNCCTL_OK

@@ -180,7 +180,9 @@ static int call(const syncctl_opts_t *opts, const char *method, const char *url,
         h = add_header(h, "Authorization: Bearer %s", opts->token);
     if (content_type != NULL)
         h = add_header(h, "Content-Type: %s", content_type);
-    if (if_match != NULL)
+    if (if_match != NULL && strcmp(if_match, SYNCCTL_CREATE_ONLY) == 0)
+        h = add_header(h, "If-None-Match: *");
+    else if (if_match != NULL)
         h = add_header(h, "If-Match: \"%s\"", if_match);
     if (ikey != NULL)
         h = add_header(h, "Idempotency-Key: %s", ikey);

@@ -303,10 +303,13 @@ static int cmd_push(const syncctl_opts_t *opts, vargs_t *a)
                 rc = syncctl_fail("out of memory");
         }
         if (rc == SYNCCTL_OK && current == NULL) {
-            /* First push: create the document (create-or-replace). */
+            /* First push: create the document, only if it still does not
+             * exist (409 when another push or writer created it since the
+             * GET: then read it again and patch it). */
             body = json_dumps(want, JSON_COMPACT);
             rc = syncctl_call_doc(opts, "PUT", coll, id, "application/json",
-                                  body, NULL, &status, &version, &answer);
+                                  body, SYNCCTL_CREATE_ONLY, &status, &version,
+                                  &answer);
         } else if (rc == SYNCCTL_OK) {
             if (syncd_patch_diff(&patch, current, want, &err) < 0)
                 rc = syncctl_fail("volume push: %s", err.message);

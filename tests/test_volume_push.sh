@@ -13,7 +13,11 @@
 # digest problem naming v05 and the file. `volume verify` exits 0 on the
 # pushed folder; after a file of v07 is changed it exits 1 naming v07 and
 # that file, and a missing volume is named too. On the command line a
-# limit names its flag and a second init refuses.
+# limit names its flag and a second init refuses. Last, a first push that
+# loses the race to create its document (a proxy in front of syncd creates
+# it, with a member of its own, right before the push's PUT reaches syncd)
+# does not overwrite it: the PUT carries If-None-Match: *, gets 409, and
+# the push reads the document again and patches it, keeping that member.
 #
 # Usage: tests/test_volume_push.sh SYNCD SYNCCTL
 set -euo pipefail
@@ -169,4 +173,73 @@ set -e
 [ "$rc" = 1 ] && grep -q "volume v09: in the synced document, missing here" \
     "$TMP/verify3.err" || fail "verify without v09 exited $rc: $(cat "$TMP/verify3.err")"
 echo "test_volume_push: verify exits 0, then 1 naming v07 b.txt and v09 (${SECONDS} s)"
+mv "$TMP/v09-away" "$D/v09"
+echo "volume 07 second" >"$D/v07/b.txt"
+
+# A first push that loses the race to create the document: a proxy in
+# front of syncd creates it (with a member of its own) just before it
+# forwards the push's first PUT.
+PPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 - "$PPORT" "$PORT" "$TMP/proxy.log" <<'PY' &
+import http.client, http.server, json, sys
+pport, port, logpath = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+raced = False
+
+class Proxy(http.server.BaseHTTPRequestHandler):
+    def forward(self):
+        global raced
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else None
+        with open(logpath, "a") as log:
+            log.write("%s %s %s\n" % (self.command, self.path,
+                                      self.headers.get("If-None-Match")))
+        if self.command == "PUT" and self.path.endswith("/docs/race") and not raced:
+            raced = True
+            c = http.client.HTTPConnection("127.0.0.1", port)
+            c.request("PUT", self.path, json.dumps({"owner": "other", "volumes": {}}),
+                      {"If-None-Match": "*", "Content-Type": "application/json"})
+            assert c.getresponse().status == 201
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        c.request(self.command, self.path, body, headers)
+        r = c.getresponse()
+        data = r.read()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    do_GET = do_PUT = do_PATCH = forward
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", pport), Proxy).serve_forever()
+PY
+PROXY=$!
+for _ in $(seq 50); do
+    curl -sf -o /dev/null "http://127.0.0.1:$PPORT/v1/health" && break
+    sleep 0.1
+done
+set +e
+"$SYNCCTL" --server "http://127.0.0.1:$PPORT" volume push volumes race "$D" \
+    >"$TMP/race.json" 2>"$TMP/race.err"
+rc=$?
+set -e
+kill "$PROXY" 2>/dev/null || true
+wait "$PROXY" 2>/dev/null || true
+[ "$rc" = 0 ] || fail "the raced first push exited $rc: $(cat "$TMP/race.err")"
+grep -q "^PUT /v1/collections/volumes/docs/race \*$" "$TMP/proxy.log" ||
+    fail "the first push's PUT did not carry If-None-Match: * ($(cat "$TMP/proxy.log"))"
+grep -q "^PATCH /v1/collections/volumes/docs/race " "$TMP/proxy.log" ||
+    fail "the raced push did not patch the document ($(cat "$TMP/proxy.log"))"
+S get volumes race >"$TMP/race-doc.json" || fail "get volumes/race"
+python3 - "$TMP/race-doc.json" <<'PY' || fail "the raced document: $(cat "$TMP/race-doc.json")"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+assert doc["owner"] == "other", doc
+assert sorted(doc["volumes"]) == ["v%02d" % i for i in range(12)], doc
+PY
+echo "test_volume_push: a first push that lost the race patched the document, keeping its member (${SECONDS} s)"
 echo "test_volume_push: PASS (${SECONDS} s)"
