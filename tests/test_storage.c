@@ -1566,6 +1566,161 @@ test_store_verify__names_each_cached_entry_that_differs_from_the_store(
     syncd_verify_clear(&v);
 }
 
+/* Runs syncd_store_check_start() in mode and returns its report. */
+static json_t *check_start(fixture_t *f, syncd_start_check_t mode)
+{
+    json_t *report = NULL;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_check_start(f->store, mode, &report, &err),
+                     0);
+    assert_non_null(report);
+    return report;
+}
+
+static json_int_t report_int(const json_t *report, const char *key)
+{
+    return json_integer_value(json_object_get(report, key));
+}
+
+static void
+test_store_check_start__a_clean_close_leaves_digests_the_next_open_matches(
+    void **state)
+{
+    fixture_t *f = *state;
+    char path[512];
+    json_t *report, *file;
+    syncd_digest_t d;
+
+    f->opts.keep_cache = 1; /* MongoDB mode: a cache kept across reopens */
+    reopen(f);
+    create_doc(f, "vf", "a", "{\"x\":1}");
+    create_doc(f, "vf", "b", "{\"x\":2}");
+    create_doc(f, "vf", "c", "{\"x\":3}");
+    assert_int_equal(syncd_store_digest(f->store, &d, "vf", NULL), 0);
+    assert_int_equal(syncd_store_save_digests(f->store, NULL), 0);
+    snprintf(path, sizeof(path), "%s/%s", f->dir, SYNCD_DIGESTS_FILE);
+    file = json_load_file(path, 0, NULL);
+    assert_non_null(file);
+    assert_int_equal(report_int(file, "format"), SYNCD_DIGESTS_FORMAT);
+    assert_string_equal(json_string_value(json_object_get(file, "kind")),
+                        f->kind->mongo ? "cache" : "rocksdb");
+    /* The creates are cached, so the cache's digest is the store's. */
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_object_get(json_object_get(file, "collections"), "vf"),
+            "digest")),
+        d.hex);
+    json_decref(file);
+
+    reopen(f);
+    report = check_start(f, SYNCD_CHECK_FULL);
+    assert_true(json_is_true(json_object_get(report, "clean")));
+    assert_int_equal(json_array_size(json_object_get(report, "changed")), 0);
+    assert_int_equal(json_object_size(json_object_get(report, "corrupt")), 0);
+    assert_int_equal(report_int(report, "collections"), 1);
+    assert_int_equal(report_int(report, "documents"), 3);
+    assert_int_equal(report_int(report, "bodies"), 3);
+    assert_false(json_is_true(json_object_get(report, "dropped")));
+    json_decref(report);
+
+    /* The file was consumed: without a clean close, nothing to compare. */
+    reopen(f);
+    report = check_start(f, SYNCD_CHECK_DIGESTS);
+    assert_false(json_is_true(json_object_get(report, "clean")));
+    assert_int_equal(report_int(report, "bodies"), 0);
+    json_decref(report);
+}
+
+static void
+test_store_check_start__a_kept_cache_with_a_bad_body_is_dropped(void **state)
+{
+    fixture_t *f = *state;
+    syncd_doc_t *c = NULL;
+    json_t *report;
+
+    f->opts.keep_cache = 1;
+    reopen(f);
+    create_doc(f, "vf", "a", "{\"x\":1}");
+    create_doc(f, "vf", "c", "{\"x\":3}");
+    assert_int_equal(syncd_store_cached(f->store, &c, "vf", "c", NULL), 0);
+    cache_fake(f, "c", 1, "{\"x\":33}", c->hash);
+    syncd_doc_free(c);
+    c = NULL;
+    assert_int_equal(syncd_store_save_digests(f->store, NULL), 0);
+
+    /* The digests agree (same versions and hashes): only the rehash finds
+     * it, and the cache is dropped. */
+    reopen(f);
+    report = check_start(f, SYNCD_CHECK_FULL);
+    assert_json_text(json_object_get(report, "corrupt"),
+                     "{\"vf\":{\"ids\":[\"c\"],\"truncated\":false}}");
+    assert_int_equal(json_array_size(json_object_get(report, "changed")), 0);
+    assert_true(json_is_true(json_object_get(report, "dropped")));
+    json_decref(report);
+    assert_int_equal(syncd_store_cached(f->store, &c, "vf", "c", NULL),
+                     SYNCD_ENOTFOUND);
+    assert_int_equal(syncd_store_cached(f->store, &c, "vf", "a", NULL),
+                     SYNCD_ENOTFOUND);
+    /* Refilled from the store: the store's body. */
+    assert_doc(f, "vf", "c", 1, "{\"x\":3}");
+}
+
+static void
+test_store_check_start__a_kept_cache_changed_while_closed_is_dropped(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *report;
+
+    f->opts.keep_cache = 1;
+    reopen(f);
+    create_doc(f, "vf", "a", "{\"x\":1}");
+    create_doc(f, "vf", "b", "{\"x\":2}");
+    assert_int_equal(syncd_store_save_digests(f->store, NULL), 0);
+    /* A version changed after the digests were written: the digest check
+     * alone (no body read) finds it. */
+    cache_fake(f, "b", 7, "{\"x\":2}", NULL);
+    reopen(f);
+    report = check_start(f, SYNCD_CHECK_DIGESTS);
+    assert_int_equal(json_array_size(json_object_get(report, "changed")), 1);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(report, "changed"),
+                                           0),
+                            "coll")),
+                        "vf");
+    assert_true(json_is_true(json_object_get(report, "dropped")));
+    assert_int_equal(report_int(report, "bodies"), 0);
+    json_decref(report);
+    assert_doc(f, "vf", "b", 1, "{\"x\":2}");
+}
+
+static void
+test_store_check_start__off_checks_nothing_but_consumes_the_file(void **state)
+{
+    fixture_t *f = *state;
+    char path[512];
+    json_t *report;
+
+    create_doc(f, "vf", "a", "{\"x\":1}");
+    assert_int_equal(syncd_store_save_digests(f->store, NULL), 0);
+    reopen(f);
+    report = check_start(f, SYNCD_CHECK_OFF);
+    assert_string_equal(json_string_value(json_object_get(report, "mode")),
+                        "off");
+    assert_int_equal(report_int(report, "documents"), 0);
+    json_decref(report);
+    snprintf(path, sizeof(path), "%s/%s", f->dir, SYNCD_DIGESTS_FILE);
+    assert_int_equal(access(path, F_OK), -1);
+    /* auto is full for a small store. */
+    report = check_start(f, SYNCD_CHECK_AUTO);
+    assert_string_equal(json_string_value(json_object_get(report, "mode")),
+                        "full");
+    assert_true(json_is_true(json_object_get(report, "auto")));
+    json_decref(report);
+}
+
 static void
 test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
 {
@@ -2923,6 +3078,12 @@ int main(void)
         BOTH(test_store_verify__a_consistent_store_agrees),
         MONGO(
             test_store_verify__names_each_cached_entry_that_differs_from_the_store),
+        BOTH(
+            test_store_check_start__a_clean_close_leaves_digests_the_next_open_matches),
+        MONGO(test_store_check_start__a_kept_cache_with_a_bad_body_is_dropped),
+        MONGO(
+            test_store_check_start__a_kept_cache_changed_while_closed_is_dropped),
+        ROCKS(test_store_check_start__off_checks_nothing_but_consumes_the_file),
         BOTH(test_store_purge__removes_tombstones_after_tombstone_ttl),
         BOTH(test_store_collections__lists_names_sorted),
         BOTH(test_store_versions__reads_the_version_headers_of_the_given_ids),
