@@ -1573,8 +1573,7 @@ static json_t *check_start(fixture_t *f, syncd_start_check_t mode)
     syncd_error_t err;
 
     syncd_error_clear(&err);
-    assert_int_equal(syncd_store_check_start(f->store, mode, &report, &err),
-                     0);
+    assert_int_equal(syncd_store_check_start(f->store, mode, &report, &err), 0);
     assert_non_null(report);
     return report;
 }
@@ -1685,11 +1684,10 @@ test_store_check_start__a_kept_cache_changed_while_closed_is_dropped(
     reopen(f);
     report = check_start(f, SYNCD_CHECK_DIGESTS);
     assert_int_equal(json_array_size(json_object_get(report, "changed")), 1);
-    assert_string_equal(json_string_value(json_object_get(
-                            json_array_get(json_object_get(report, "changed"),
-                                           0),
-                            "coll")),
-                        "vf");
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_array_get(json_object_get(report, "changed"), 0), "coll")),
+        "vf");
     assert_true(json_is_true(json_object_get(report, "dropped")));
     assert_int_equal(report_int(report, "bodies"), 0);
     json_decref(report);
