@@ -370,7 +370,10 @@ int syncd_store_check_start(syncd_store_t *store, syncd_start_check_t mode,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
-    if (cache != NULL && json_object_set_new(rep, "dropped", json_false()))
+    if (cache != NULL &&
+        (json_object_set_new(rep, "dropped", json_false()) != 0 ||
+         json_object_set_new(rep, "kept",
+                             json_boolean(syncd_cache_kept(cache))) != 0))
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     if (rc != 0 || mode == SYNCD_CHECK_OFF ||
         (cache != NULL && !syncd_cache_kept(cache)))

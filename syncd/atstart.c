@@ -104,8 +104,18 @@ static void log_report(const json_t *rep, const char *dir, int64_t ms)
                   target);
         return;
     }
+    if (json_is_false(json_object_get(rep, "kept"))) {
+        syncd_log(SYNCD_LOG_INFO,
+                  "syncd: start check of the cache: nothing to check (no "
+                  "cache kept from a clean shutdown with --keep-cache true)");
+        return;
+    }
+    /* A new store has nothing to lose: only an unclean stop of a store
+     * that holds collections is a warning. */
     if (!json_is_true(json_object_get(rep, "clean")))
-        syncd_log(SYNCD_LOG_WARN,
+        syncd_log(json_integer_value(json_object_get(rep, "collections")) > 0
+                      ? SYNCD_LOG_WARN
+                      : SYNCD_LOG_INFO,
                   "syncd: start check of the %s: no digests of a clean "
                   "shutdown in %s (the last run did not stop cleanly, or "
                   "this is the first start): recomputing them",

@@ -462,8 +462,9 @@ int syncd_store_save_digests(syncd_store_t *store, syncd_error_t *err);
  * new object: {"target":"store"|"cache","mode","auto","bytes","clean",
  * "written" (the file's time, or null),"collections","documents","bodies",
  * "changed":[{"coll","count","digest","shutdown_count",
- * "shutdown_digest"}],"corrupt":{C:{"ids":[...],"truncated"}},"dropped"}
- * ("dropped" only for a cache). */
+ * "shutdown_digest"}],"corrupt":{C:{"ids":[...],"truncated"}},"kept",
+ * "dropped"} ("kept": the cache held a previous run's records, and
+ * "dropped", only for a cache; a cache not kept is not checked). */
 int syncd_store_check_start(syncd_store_t *store, syncd_start_check_t mode,
                             json_t **report, syncd_error_t *err);
 
