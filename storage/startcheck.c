@@ -226,6 +226,24 @@ static json_t *take_digests(syncd_store_t *store, const char *kind,
     return colls;
 }
 
+/* Appends {"coll","count","digest","shutdown_count","shutdown_digest"}
+ * to changed; now and then are {"count","digest"} entries (NULL: the
+ * collection is missing on that side, so empty). */
+static int add_changed(json_t *changed, const char *coll, const json_t *now,
+                       const json_t *then, const char *empty)
+{
+    const char *d = json_string_value(json_object_get(now, "digest"));
+    const char *sd = json_string_value(json_object_get(then, "digest"));
+
+    return json_array_append_new(
+        changed,
+        json_pack("{s:s, s:I, s:s, s:I, s:s}", "coll", coll, "count",
+                  json_integer_value(json_object_get(now, "count")), "digest",
+                  now != NULL && d != NULL ? d : empty, "shutdown_count",
+                  json_integer_value(json_object_get(then, "count")),
+                  "shutdown_digest", then != NULL && sd != NULL ? sd : empty));
+}
+
 /* Appends to changed each collection whose {count, digest} in now differs
  * from then's (a collection missing from one side counts as empty). */
 static int compare(json_t *changed, const json_t *now, const json_t *then)
@@ -239,30 +257,17 @@ static int compare(json_t *changed, const json_t *now, const json_t *then)
     syncd_merkle_final(&m, &empty);
     json_object_foreach ((json_t *)now, coll, a) {
         b = json_object_get(then, coll);
-        if (b != NULL && json_equal(a, b))
+        if ((b != NULL && json_equal(a, b)) ||
+            (b == NULL && json_integer_value(json_object_get(a, "count")) == 0))
             continue;
-        if (json_array_append_new(
-                changed,
-                json_pack("{s:s, s:O, s:O, s:o, s:o}", "coll", coll, "count",
-                          json_object_get(a, "count"), "digest",
-                          json_object_get(a, "digest"), "shutdown_count",
-                          b != NULL ? json_incref(json_object_get(b, "count"))
-                                    : json_integer(0),
-                          "shutdown_digest",
-                          b != NULL ? json_incref(json_object_get(b, "digest"))
-                                    : json_string(empty.hex))) != 0)
+        if (add_changed(changed, coll, a, b, empty.hex) != 0)
             return SYNCD_ENOMEM;
     }
     json_object_foreach ((json_t *)then, coll, b) {
         if (json_object_get(now, coll) != NULL ||
             json_integer_value(json_object_get(b, "count")) == 0)
             continue;
-        if (json_array_append_new(
-                changed,
-                json_pack("{s:s, s:i, s:s, s:O, s:O}", "coll", coll, "count", 0,
-                          "digest", empty.hex, "shutdown_count",
-                          json_object_get(b, "count"), "shutdown_digest",
-                          json_object_get(b, "digest"))) != 0)
+        if (add_changed(changed, coll, NULL, b, empty.hex) != 0)
             return SYNCD_ENOMEM;
     }
     return 0;
