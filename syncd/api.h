@@ -30,7 +30,7 @@ typedef struct syncd_api_options {
     syncd_bus_t *bus;
     syncd_node_t *node;
     syncd_metrics_t *metrics;
-    syncd_members_t *members; /* GET /v1/nodes and the node metrics */
+    syncd_members_t *members;  /* GET /v1/nodes and the node metrics */
     const json_t *start_check; /* the report of syncd_atstart_run(): its
                                   refused collections get 503, /v1/health
                                   shows it; NULL: none */
