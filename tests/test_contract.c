@@ -659,6 +659,37 @@ test_contract__redis_frozen_during_writes_loses_no_version(void **state)
     cluster_check(cl);
 }
 
+/* Redis is away for more versions of one document than its outbox holds
+ * (SYNCD_MAX_OUTBOX_MARKERS): the writes past that are refused with 503
+ * (the store never drops a marker to make room: a dropped marker is a
+ * version no watcher sees), and once Redis is back every committed
+ * version reaches every watcher and writes go on. */
+static void
+test_contract__redis_away_for_more_versions_than_the_outbox_holds_loses_no_version(
+    void **state)
+{
+    cluster_t *cl = &the_cluster;
+    int ok = 0, refused = 0;
+
+    (void)state;
+    cluster_open(cl, "full", 0);
+    assert_int_equal(syncd_test_redis_cli(&redis, "SHUTDOWN", "SAVE", NULL), 0);
+    assert_int_equal(syncd_test_server_stop(&redis), 0);
+    for (int i = 0; i < SYNCD_MAX_OUTBOX_MARKERS + 5; i++) {
+        long status = patch_doc(cl->nodes[0].port, cl->coll, 0, i + 1).status;
+
+        ok += status == 200;
+        refused += status == 503;
+    }
+    assert_int_equal(ok, SYNCD_MAX_OUTBOX_MARKERS);
+    assert_int_equal(refused, 5);
+    assert_int_equal(syncd_test_server_restart(&redis), 0);
+    cluster_check(cl);
+    assert_int_equal(patch_doc(cl->nodes[1].port, cl->coll, 0, 1000).status,
+                     200);
+    cluster_check(cl);
+}
+
 /* One of the concurrent writers of a single document: patches d0 of its
  * node (a member of its own, so the patches differ) until told to stop. */
 typedef struct storm_writer {
@@ -911,6 +942,9 @@ int main(void)
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__redis_restarted_under_concurrent_writers_of_one_document_loses_no_version,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__redis_away_for_more_versions_than_the_outbox_holds_loses_no_version,
             teardown_cluster),
     };
 
