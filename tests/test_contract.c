@@ -719,7 +719,7 @@ static void *storm_main(void *arg)
 
 /* Three nodes, a watcher on each, and three writers of ONE document, each
  * through its own node, while Redis is shut down (its data saved, as a
- * persistent Redis does) and started again on the same port, three times:
+ * persistent Redis does) and started again on the same port, five times:
  * every node's outbox and republisher race the others' for the same
  * document across each reconnect. */
 static void
@@ -741,7 +741,7 @@ test_contract__redis_restarted_under_concurrent_writers_of_one_document_loses_no
         assert_int_equal(
             pthread_create(&sw[t].thread, NULL, storm_main, &sw[t]), 0);
     }
-    for (int round = 0; round < 8; round++) {
+    for (int round = 0; round < 5; round++) {
         usleep(1000 * 1000);
         assert_int_equal(syncd_test_redis_cli(&redis, "SHUTDOWN", "SAVE", NULL),
                          0);
@@ -755,7 +755,7 @@ test_contract__redis_restarted_under_concurrent_writers_of_one_document_loses_no
         pthread_join(sw[t].thread, NULL);
         answered += sw[t].answered;
     }
-    /* The writers really raced: most of their writes committed. */
+    /* The writers really raced: writes of theirs committed. */
     assert_true(answered >= 10);
     cluster_check(cl);
 }
