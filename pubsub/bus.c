@@ -402,10 +402,9 @@ void syncd_bus_stats(const syncd_bus_t *bus, syncd_bus_stats_t *out)
 
 int syncd_bus_pub_check(const bus_pub_t *pub, int64_t v, int64_t ts_us)
 {
-    if (pub->create && pub->ts_us > ts_us)
-        return BUS_PUB_SEND;
     if (pub->v <= v)
-        return BUS_PUB_DUPLICATE;
+        return pub->create && pub->ts_us > ts_us ? BUS_PUB_SEND
+                                                 : BUS_PUB_DUPLICATE;
     if (pub->v - 1 > v && pub->v - 1 > pub->settled)
         return BUS_PUB_EARLY;
     return BUS_PUB_SEND;

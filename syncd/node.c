@@ -1917,7 +1917,7 @@ static void ob_chain_done(int status, int64_t seq, void *payload)
 }
 
 /* Starts the chain of one listed record: its markers older than the run's
- * min age, in order, acked when that is all of them. */
+ * min age, in order, acked up to the last of them once published. */
 static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
                       int64_t now)
 {
@@ -1942,8 +1942,8 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
     }
     run->chains++;
     if (chain_start(run->node, events, coll, id,
-                    i == json_array_size(ob) ? member_int(rec, "v") : 0,
-                    ob_chain_done, run) != 0)
+                    member_int(json_array_get(ob, i - 1), "v"), ob_chain_done,
+                    run) != 0)
         run->chains--;
 }
 
