@@ -743,10 +743,12 @@ static void expect_dedupe(uv_loop_t *loop, syncd_bus_t *bus, int64_t first)
  * published, no seq is used), where deduplication alone would have taken
  * v3 and then dropped v2 for good; v2 then v3 go out in order. A
  * publisher whose outbox says v1..v6 are published (a bus that lost its
- * record of the document) starts at v7, but not at v9. */
+ * record of the document) starts at v7, but not at v9. A re-create (made
+ * later, over a tombstone) does not overtake the tombstone either. */
 static void expect_in_order(uv_loop_t *loop, syncd_bus_t *a, syncd_bus_t *b,
                             int64_t first)
 {
+    json_t *recreate;
     pub1_t p;
 
     p = publish_after(loop, a, make_event("oo", 1), 0);
@@ -775,6 +777,17 @@ static void expect_in_order(uv_loop_t *loop, syncd_bus_t *a, syncd_bus_t *b,
     assert_int_equal(p.seq, first + 4);
     p = publish_after(loop, a, make_event("jump", 9), 6);
     assert_int_equal(p.seq, first + 5);
+
+    p = publish_after(loop, a, make_event("re", 1), 0);
+    assert_int_equal(p.seq, first + 6);
+    recreate = make_create_at("re", "2026-11-25T08:00:00Z");
+    json_object_set_new(recreate, "v", json_integer(3));
+    p = publish_after(loop, b, json_incref(recreate), 1);
+    assert_int_equal(p.status, SYNCD_ECONFLICT);
+    p = publish_after(loop, a, make_event("re", 2), 1);
+    assert_int_equal(p.seq, first + 7);
+    p = publish_after(loop, b, recreate, 1);
+    assert_int_equal(p.seq, first + 8);
 }
 
 /* Subscribes to COLL after seq after, waits for seq until, and checks that
@@ -825,7 +838,7 @@ static void
 test_local_bus__a_version_is_refused_until_the_one_before_it_is_published(
     void **state)
 {
-    static const int64_t want[] = {1, 2, 3, 7, 8, 9};
+    static const int64_t want[] = {1, 2, 3, 7, 8, 9, 1, 2, 3};
     char dir[256];
     uv_loop_t loop;
     syncd_bus_t *bus;
@@ -834,13 +847,13 @@ test_local_bus__a_version_is_refused_until_the_one_before_it_is_published(
     uv_loop_init(&loop);
     bus = open_bus(&loop, NULL, NULL, NULL, 0);
     expect_in_order(&loop, bus, bus, 1);
-    expect_versions(&loop, bus, 0, 6, want, 6);
+    expect_versions(&loop, bus, 0, 9, want, 9);
     close_bus(&loop, bus);
 
     assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
     bus = open_bus(&loop, NULL, dir, NULL, 0);
     expect_in_order(&loop, bus, bus, 1);
-    expect_versions(&loop, bus, 0, 6, want, 6);
+    expect_versions(&loop, bus, 0, 9, want, 9);
     close_bus(&loop, bus);
     end_loop(&loop);
     syncd_test_rmtree(dir);
@@ -1593,7 +1606,7 @@ static void
 test_redis_bus__a_version_is_refused_until_the_one_before_it_is_published_across_nodes(
     void **state)
 {
-    static const int64_t want[] = {1, 2, 3, 7, 8, 9};
+    static const int64_t want[] = {1, 2, 3, 7, 8, 9, 1, 2, 3};
     syncd_test_server_t *srv = *state;
     uv_loop_t loop;
     syncd_bus_t *a, *b;
@@ -1605,8 +1618,8 @@ test_redis_bus__a_version_is_refused_until_the_one_before_it_is_published_across
     b = open_bus(&loop, srv->uri, NULL, NULL, 0);
     expect_in_order(&loop, a, b, 1);
     syncd_bus_stats(b, &st);
-    assert_int_equal(st.published, 2);
-    expect_versions(&loop, b, 0, 6, want, 6);
+    assert_int_equal(st.published, 3);
+    expect_versions(&loop, b, 0, 9, want, 9);
     close_bus(&loop, a);
     close_bus(&loop, b);
     end_loop(&loop);
