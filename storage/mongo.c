@@ -1809,11 +1809,15 @@ cleanup:
 /* The ack of FerretDB mode, where a filtered update is a query and then an
  * update by _id that could overwrite a newer writer's replace: under a
  * claim on the version the record is at, as a writer's. It first waits
- * (within a lease) for this process's liveness to be proved, since a
- * waiter may take over the claim of a holder that is not; a claim held by
- * another writer means the record is moving on, carrying the markers, and
- * a later ack drops them. Fails with SYNCD_ETIMEDOUT, writing nothing,
- * when m's liveness is still not proved once it holds the claim. */
+ * (up to DEAD_MS: it runs on a thread of the node's pool) for this
+ * process's liveness to be proved, since a waiter may take over the claim
+ * of a holder that is not: the proof lapses between bumps whenever a bump
+ * takes FerretDB more than about an eighth of a second, which a write
+ * storm on SQLite brings about, and an ack that gave up at once then left
+ * the markers to pile up. A claim held by another writer means the
+ * record is moving on, carrying the markers, and a later ack drops them.
+ * Fails with SYNCD_ETIMEDOUT, writing nothing, when m's liveness is still
+ * not proved once it holds the claim. */
 static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
                        const char *id, int64_t version, syncd_error_t *err)
 {
@@ -1821,7 +1825,7 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
     char owner[64];
     char name[128];
     mongoc_collection_t *claims;
-    int64_t deadline = mono_ms() + m->lease_ms;
+    int64_t deadline = mono_ms() + DEAD_MS;
     int64_t current = 0;
     int taken = 0;
     int rc;
