@@ -158,6 +158,13 @@ int syncd_bus_connected(const syncd_bus_t *bus)
 int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
                       syncd_bus_publish_cb cb, void *payload)
 {
+    return syncd_bus_publish_in_order(bus, event, -1, cb, payload);
+}
+
+int syncd_bus_publish_in_order(syncd_bus_t *bus, const json_t *event,
+                               int64_t settled, syncd_bus_publish_cb cb,
+                               void *payload)
+{
     json_t *copy = NULL;
     char *body = NULL;
     size_t len = 0;
@@ -188,6 +195,7 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
     pub.coll = json_string_value(json_object_get(copy, "coll"));
     pub.id = json_string_value(json_object_get(copy, "id"));
     pub.v = json_integer_value(json_object_get(copy, "v"));
+    pub.settled = settled < 0 ? pub.v - 1 : settled;
     pub.create =
         strcmp(json_string_value(json_object_get(copy, "op")), "create") == 0;
     if (syncd_bus_ts_micros(json_string_value(json_object_get(copy, "ts")),
@@ -392,9 +400,14 @@ void syncd_bus_stats(const syncd_bus_t *bus, syncd_bus_stats_t *out)
     *out = bus->stats;
 }
 
-int syncd_bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us)
+int syncd_bus_pub_check(const bus_pub_t *pub, int64_t v, int64_t ts_us)
 {
-    return pub->v <= v && !(pub->create && pub->ts_us > ts_us);
+    if (pub->v <= v)
+        return pub->create && pub->ts_us > ts_us ? BUS_PUB_SEND
+                                                 : BUS_PUB_DUPLICATE;
+    if (pub->v - 1 > v && pub->v - 1 > pub->settled)
+        return BUS_PUB_EARLY;
+    return BUS_PUB_SEND;
 }
 
 /* ---- Collection table ---------------------------------------------------- */

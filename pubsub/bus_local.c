@@ -269,12 +269,15 @@ static int work_publish(lbus_t *bus, ljob_t *job)
     if (rc != 0)
         return rc;
     rc = db_get_int(bus, job->key, &v, &ts);
-    if (rc == 0 && syncd_bus_pub_is_duplicate(&job->pub, v, ts)) {
-        job->dropped = 1;
-        return 0;
-    }
     if (rc != 0 && rc != SYNCD_ENOTFOUND)
         return rc;
+    switch (syncd_bus_pub_check(&job->pub, v, ts)) {
+    case BUS_PUB_DUPLICATE:
+        job->dropped = 1;
+        return 0;
+    case BUS_PUB_EARLY:
+        return SYNCD_ECONFLICT;
+    }
     job->seq = seq + 1;
     job->text = syncd_bus_splice_seq(job->body, job->body_len, job->seq,
                                      &job->text_len);
@@ -602,11 +605,14 @@ static int publish_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
     char *text;
     size_t len;
 
-    if (rec != NULL &&
-        syncd_bus_pub_is_duplicate(
-            &job->pub, json_integer_value(json_array_get(rec, 0)),
-            json_integer_value(json_array_get(rec, 1)))) {
+    switch (syncd_bus_pub_check(&job->pub,
+                                json_integer_value(json_array_get(rec, 0)),
+                                json_integer_value(json_array_get(rec, 1)))) {
+    case BUS_PUB_DUPLICATE:
         job->dropped = 1;
+        return 0;
+    case BUS_PUB_EARLY:
+        job->status = SYNCD_ECONFLICT;
         return 0;
     }
     text = syncd_bus_splice_seq(job->body, job->body_len, c->seq + 1, &len);

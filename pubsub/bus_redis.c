@@ -6,7 +6,8 @@
  * Publishing is one Lua script (loaded once per connection, called by SHA,
  * re-sent with EVAL on NOSCRIPT) that checks the event against the hash
  * "syncd:D:C:pubv" (document id -> "<version> <ts in microseconds>" of the
- * last event published for it) and drops a duplicate (bus.h), else INCRs
+ * last event published for it) and drops a duplicate or refuses a version
+ * that would overtake an unpublished one (bus.h), else INCRs
  * the counter, splices "seq" into the signed event, XADDs it, PUBLISHes it
  * and records its version, so seqs are contiguous, every published event
  * is in the log before anyone can see it, and deduplication is atomic
@@ -79,18 +80,23 @@
 #define EPOCH_BYTES 16
 
 /* KEYS: counter, stream, published versions. ARGV: event without seq,
- * maxlen, floor, channel, id, version, 1 for a create, ts in microseconds.
- * Returns the assigned seq, or 0 for a duplicate (bus.h). */
+ * maxlen, floor, channel, id, version, 1 for a create, ts in microseconds,
+ * settled version. Returns the assigned seq, 0 for a duplicate or -1 for a
+ * version whose predecessor is not published yet (bus.h, and
+ * syncd_bus_pub_check(), which this mirrors). */
 static const char publish_lua[] =
+    "local pv, pts = 0, 0\n"
     "local rec = redis.call('HGET', KEYS[3], ARGV[5])\n"
     "if rec then\n"
     "  local sp = string.find(rec, ' ', 1, true)\n"
-    "  local pv = tonumber(string.sub(rec, 1, sp - 1))\n"
-    "  local pts = tonumber(string.sub(rec, sp + 1))\n"
-    "  if tonumber(ARGV[6]) <= pv and\n"
-    "     not (ARGV[7] == '1' and tonumber(ARGV[8]) > pts) then\n"
-    "    return 0\n"
-    "  end\n"
+    "  pv = tonumber(string.sub(rec, 1, sp - 1))\n"
+    "  pts = tonumber(string.sub(rec, sp + 1))\n"
+    "end\n"
+    "local v = tonumber(ARGV[6])\n"
+    "if v <= pv then\n"
+    "  if not (ARGV[7] == '1' and tonumber(ARGV[8]) > pts) then return 0 end\n"
+    "elseif v - 1 > pv and v - 1 > tonumber(ARGV[9]) then\n"
+    "  return -1\n"
     "end\n"
     "local seq = redis.call('INCR', KEYS[1])\n"
     "local floor = tonumber(ARGV[3])\n"
@@ -185,7 +191,7 @@ typedef struct rcall {
     char *body; /* CALL_PUBLISH: the event without seq (owned) */
     size_t body_len;
     char *id; /* CALL_PUBLISH: the document id (owned) */
-    char args[5][48];
+    char args[6][48];
     syncd_bus_sub_t *sub; /* CALL_CATCHUP (holds a reference) */
     syncd_bus_publish_cb publish_cb;
     syncd_bus_replay_cb replay_cb;
@@ -681,8 +687,8 @@ static int send_call(rcall_t *call)
 {
     rbus_t *bus = call->bus;
     int is_pub = call->kind == CALL_PUBLISH;
-    const char *argv[14];
-    size_t lens[14];
+    const char *argv[16];
+    size_t lens[16];
     int argc = 0;
 
     if (!bus->cmd.ready || bus->cmd.ac == NULL)
@@ -705,6 +711,7 @@ static int send_call(rcall_t *call)
         argv[argc++] = call->args[2];
         argv[argc++] = call->args[3];
         argv[argc++] = call->args[4];
+        argv[argc++] = call->args[5];
     } else {
         for (int i = 0; i < 4; i++)
             argv[argc++] = call->args[i];
@@ -799,6 +806,8 @@ static void publish_done(rcall_t *call, const redisReply *reply)
     } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0) {
         status = 0;
         call->bus->base.stats.dropped_republished++;
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer < 0) {
+        status = SYNCD_ECONFLICT;
     } else if (reply->type == REDIS_REPLY_INTEGER) {
         status = 0;
         seq = reply->integer;
@@ -1087,6 +1096,7 @@ static int redis_publish(syncd_bus_t *base, const bus_pub_t *pub,
     snprintf(call->args[2], sizeof(call->args[2]), "%" PRId64, pub->v);
     snprintf(call->args[3], sizeof(call->args[3]), "%d", pub->create);
     snprintf(call->args[4], sizeof(call->args[4]), "%" PRId64, pub->ts_us);
+    snprintf(call->args[5], sizeof(call->args[5]), "%" PRId64, pub->settled);
     if (call->id == NULL) {
         free_call(call);
         return SYNCD_ENOMEM;

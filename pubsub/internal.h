@@ -20,12 +20,13 @@
 /* Longest collection name (DESIGN.md section 2) plus its NUL. */
 #define BUS_NAME_MAX 65
 
-/* What deduplication needs to know of a published event. */
+/* What deduplication and ordering need to know of a published event. */
 typedef struct bus_pub {
     const char *coll, *id; /* borrowed from the event */
     int64_t v;
-    int create;    /* op is "create" */
-    int64_t ts_us; /* "ts" in microseconds since the epoch */
+    int64_t settled; /* the publisher knows versions <= settled published */
+    int create;      /* op is "create" */
+    int64_t ts_us;   /* "ts" in microseconds since the epoch */
 } bus_pub_t;
 
 /* A record in a bus_map_t: implementations embed it in their collection
@@ -186,9 +187,15 @@ int syncd_bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
  * 0, or -1 when s is not a valid RFC 3339 date-time. */
 int syncd_bus_ts_micros(const char *s, int64_t *out);
 
-/* Returns 1 when a publish of pub must be dropped given the version and
- * time (microseconds) recorded for its (coll, id): the rule of bus.h. */
-int syncd_bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us);
+/* The rule of bus.h for a publish of pub, given the version v and time
+ * ts_us (microseconds) recorded for its (coll, id) (0 and 0 when none):
+ * BUS_PUB_SEND, BUS_PUB_DUPLICATE (drop it), or BUS_PUB_EARLY (an earlier
+ * version is not published yet: refuse it). */
+int syncd_bus_pub_check(const bus_pub_t *pub, int64_t v, int64_t ts_us);
+
+#define BUS_PUB_SEND 0
+#define BUS_PUB_DUPLICATE 1
+#define BUS_PUB_EARLY 2
 
 /* Verifies event's "sig" under secret; SYNCD_EINVAL when it is missing or
  * does not match. */

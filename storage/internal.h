@@ -76,8 +76,11 @@ typedef struct syncd_backend_ops {
                   int (*fn)(void *arg, syncd_error_t *err), void *arg,
                   syncd_error_t *err);
 
-    /* Clears coll/id's outbox (doc->outbox) iff the record is at version;
-     * need not be durable. 0 when there is nothing to clear. */
+    /* Drops coll/id's outbox markers (doc->outbox) of versions <= version,
+     * whatever version the record is at now, without changing anything
+     * else of it (see syncd_store_outbox_ack()); need not be durable. 0
+     * when there is nothing to drop, or when the record moved on while
+     * this ran (a later ack drops them). */
     int (*outbox_ack)(syncd_backend_t *b, const char *coll, const char *id,
                       int64_t version, syncd_error_t *err);
 
@@ -258,6 +261,12 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
 int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
                         const char *val, size_t len, int with_body,
                         syncd_error_t *err);
+
+/* Sets *out to the outbox markers of ob (borrowed) whose version is above
+ * version (an ack at version: the others are published): a new array, or
+ * NULL when none is left. Returns 1 when some marker was dropped, 0 when
+ * none was (*out is then a new reference to ob), SYNCD_ENOMEM. */
+int syncd_outbox_after(json_t **out, json_t *ob, int64_t version);
 
 /* Returns a 64-bit FNV-1a hash of len bytes at data. */
 uint64_t syncd_lru_hash(const void *data, size_t len);

@@ -9,9 +9,11 @@
  *
  * where a tombstone has del: true, h: "" and no data, and ob and ik are
  * absent when empty. ob and ik are written by the same compare-and-swap as
- * the change (the transactional outbox, see store.c); an ack unsets ob
- * with the filter {_id, v}, so it never clears a newer writer's markers
- * (on FerretDB under a claim on that version, like a write). A sparse
+ * the change (the transactional outbox, see store.c); an ack drops the
+ * markers up to its version from whatever version the record is at,
+ * rewriting ob with the filter {_id, v} of the version it read, so it
+ * never clears a newer writer's markers (on FerretDB under a claim on
+ * that version, like a write). A sparse
  * index on ob, made the first time a collection's outbox is listed, keeps
  * that listing from scanning the collection.
  *
@@ -1745,28 +1747,77 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     return rc;
 }
 
-/* Unsets ob of coll/id with the filter {_id, v: version}. */
-static int unset_outbox(mongoc_collection_t *c, const char *coll,
-                        const char *id, int64_t version, syncd_error_t *err)
+/* Drops the markers of coll/id at or below version from its ob (they are
+ * published), fenced on the version the record is at: reads the record
+ * and, when some marker goes, rewrites ob (or unsets it when none is
+ * left) with the filter {_id, v: that version}, so that it never clears
+ * the markers of a newer writer; a record that moves on meanwhile keeps
+ * them (its writer carried them forward, and a later ack drops them).
+ * When expected is not 0, does nothing unless the record is at expected
+ * (FerretDB mode: the version the caller's claim is on). */
+static int drop_markers(mongoc_collection_t *c, const char *coll,
+                        const char *id, int64_t version, int64_t expected,
+                        syncd_error_t *err)
 {
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version));
-    bson_t *update = BCON_NEW("$unset", "{", "ob", BCON_UTF8(""), "}");
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t *found = NULL, *fence = NULL;
+    json_t *ob = NULL, *left = NULL;
+    bson_t update, set;
     bson_error_t e;
-    int rc = 0;
+    int64_t current;
+    int rc = find_one(&found, c, filter, coll, id, err);
 
-    if (!mongoc_collection_update_one(c, filter, update, NULL, NULL, &e))
+    bson_init(&update);
+    if (rc < 0 || found == NULL)
+        goto cleanup;
+    current = field_int64(found, "v");
+    rc = field_array(&ob, found, "ob", err);
+    if (rc < 0 || (expected != 0 && current != expected))
+        goto cleanup;
+    rc = syncd_outbox_after(&left, ob, version);
+    if (rc < 0)
+        rc = syncd_error_set(err, rc, "out of memory");
+    if (rc <= 0)
+        goto cleanup;
+    rc = 0;
+    if (left != NULL) {
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+        rc = encode_value(&set, "ob", left, err);
+        bson_append_document_end(&update, &set);
+    } else {
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &set);
+        BSON_APPEND_UTF8(&set, "ob", "");
+        bson_append_document_end(&update, &set);
+    }
+    fence = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(current));
+    if (rc == 0 &&
+        !mongoc_collection_update_one(c, fence, &update, NULL, NULL, &e))
         rc = driver_error(err, &e, "ack", coll, id);
-    bson_destroy(update);
+
+cleanup:
+    if (fence != NULL)
+        bson_destroy(fence);
+    bson_destroy(&update);
+    if (found != NULL)
+        bson_destroy(found);
     bson_destroy(filter);
+    json_decref(left);
+    json_decref(ob);
     return rc;
 }
 
 /* The ack of FerretDB mode, where a filtered update is a query and then an
- * update by _id that could clear a newer writer's markers: under a claim
- * on version (no record in it: a settle only drops it), as a writer's. A
- * claim held by another writer means the record is moving on: its writer
- * owns the markers now, and there is nothing to do. Fails with
- * SYNCD_ETIMEDOUT, writing nothing, while m's liveness is not proved. */
+ * update by _id that could overwrite a newer writer's replace: under a
+ * claim on the version the record is at, as a writer's. It first waits
+ * (up to DEAD_MS: it runs on a thread of the node's pool) for this
+ * process's liveness to be proved, since a waiter may take over the claim
+ * of a holder that is not: the proof lapses between bumps whenever a bump
+ * takes FerretDB more than about an eighth of a second, which a write
+ * storm on SQLite brings about, and an ack that gave up at once then left
+ * the markers to pile up. A claim held by another writer means the
+ * record is moving on, carrying the markers, and a later ack drops them.
+ * Fails with SYNCD_ETIMEDOUT, writing nothing, when m's liveness is still
+ * not proved once it holds the claim. */
 static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
                        const char *id, int64_t version, syncd_error_t *err)
 {
@@ -1774,25 +1825,30 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
     char owner[64];
     char name[128];
     mongoc_collection_t *claims;
+    int64_t deadline = mono_ms() + DEAD_MS;
     int64_t current = 0;
     int taken = 0;
     int rc;
 
+    while (!beat_fresh(m) && mono_ms() < deadline)
+        sleep_ms(BEAT_MS / 5);
+    rc = read_version(c->coll, id, &current, coll, err);
+    if (rc < 0 || current == 0)
+        return rc;
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
-    claim_key(key, sizeof(key), id, version);
+    claim_key(key, sizeof(key), id, current);
     claim_owner(owner, sizeof(owner), m->proc);
     rc = take_claim(claims, key, owner, &taken, coll, id, err);
     if (rc < 0 || !taken)
         goto cleanup;
-    rc = read_version(c->coll, id, &current, coll, err);
-    if (rc == 0 && current == version && !beat_fresh(m))
+    if (!beat_fresh(m))
         rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
                              "%s/%s: not acked, this writer's liveness is "
                              "not proved",
                              coll, id);
-    else if (rc == 0 && current == version)
-        rc = unset_outbox(c->coll, coll, id, version, err);
+    else
+        rc = drop_markers(c->coll, coll, id, version, current, err);
     if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
 
@@ -1810,7 +1866,7 @@ static int mongo_outbox_ack(syncd_backend_t *b, const char *coll,
 
     call_begin(&c, m, "", coll);
     rc = m->claims ? claimed_ack(m, &c, coll, id, version, err)
-                   : unset_outbox(c.coll, coll, id, version, err);
+                   : drop_markers(c.coll, coll, id, version, 0, err);
     call_end(&c, m);
     return rc;
 }

@@ -164,6 +164,37 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
     return 0;
 }
 
+int syncd_outbox_after(json_t **out, json_t *ob, int64_t version)
+{
+    json_t *left, *m;
+    size_t i;
+
+    *out = NULL;
+    json_array_foreach (ob, i, m) {
+        if (json_integer_value(json_object_get(m, "v")) <= version)
+            break;
+    }
+    if (i == json_array_size(ob)) {
+        *out = json_incref(ob);
+        return 0;
+    }
+    left = json_array();
+    if (left == NULL)
+        return SYNCD_ENOMEM;
+    json_array_foreach (ob, i, m) {
+        if (json_integer_value(json_object_get(m, "v")) > version &&
+            json_array_append(left, m) != 0) {
+            json_decref(left);
+            return SYNCD_ENOMEM;
+        }
+    }
+    if (json_array_size(left) > 0)
+        *out = left;
+    else
+        json_decref(left);
+    return 1;
+}
+
 /* Reads the outbox and keys of doc from its meta JSON (len bytes). */
 static int decode_meta(syncd_doc_t *doc, const unsigned char *p, size_t len)
 {

@@ -799,6 +799,7 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
 {
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *copy = NULL;
+    json_t *left = NULL;
     size_t vlen = 0;
     held_t h;
     int rc;
@@ -806,7 +807,12 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     rc = hold(r, &h, coll, id, err);
     if (rc != 0)
         return rc;
-    if (h.cur == NULL || h.cur->version != version || h.cur->outbox == NULL)
+    if (h.cur == NULL)
+        goto unlock;
+    rc = syncd_outbox_after(&left, h.cur->outbox, version);
+    if (rc < 0)
+        rc = syncd_error_set(err, rc, "out of memory");
+    if (rc <= 0)
         goto unlock;
     copy = syncd_doc_dup(h.cur);
     if (copy == NULL) {
@@ -814,7 +820,8 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
         goto unlock;
     }
     json_decref(copy->outbox);
-    copy->outbox = NULL;
+    copy->outbox = left;
+    left = NULL;
     write_begin(h.s);
     rc = commit(r, &h.k, copy, NULL, 0, 0, &vlen, r->write_nosync, err);
     if (rc != 0) {
@@ -823,6 +830,7 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     }
     write_end(r, h.s, &h.k, copy, vlen);
 unlock:
+    json_decref(left);
     release(&h);
     return rc;
 }

@@ -25,10 +25,13 @@
  * The outbox: every committed version appends a pending-publish marker to
  * its record, in the same compare-and-swap, and the change reports the
  * markers still pending before it, so that the node publishes those first;
- * the node acks a record once its versions are published, and a
+ * once its versions are published the node acks them (the markers up to
+ * that version go, whatever version the record is at by then), and a
  * republisher lists the records with markers left (a publish that failed,
- * a node that died after its commit). An idempotency key of a write is
- * kept with the record the same way, so a retry on any node finds it.
+ * a node that died after its commit). A marker goes only with its ack: a
+ * record that holds SYNCD_MAX_OUTBOX_MARKERS refuses the next write. An
+ * idempotency key of a write is kept with the record the same way, so a retry
+ * on any node finds it.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -336,11 +339,14 @@ static const json_t *ikey_find(syncd_store_t *s, const syncd_doc_t *cur,
     return NULL;
 }
 
-/* Sets next's outbox: cur's pending markers (the newest
- * SYNCD_MAX_OUTBOX_MARKERS - 1 of them) and one for next, op; without the
- * outbox option only cur's markers, kept for their writers. */
+/* Sets next's outbox: cur's pending markers and one for next, op; without
+ * the outbox option only cur's markers, kept for their writers. A marker
+ * is never dropped before its ack: when cur already holds
+ * SYNCD_MAX_OUTBOX_MARKERS, the write fails with SYNCD_EBACKEND (nothing
+ * is written) until the publisher catches up. */
 static int add_marker(syncd_store_t *s, syncd_doc_t *next,
-                      const syncd_doc_t *cur, syncd_change_op_t op)
+                      const syncd_doc_t *cur, syncd_change_op_t op,
+                      syncd_error_t *err)
 {
     json_t *marker;
 
@@ -348,18 +354,23 @@ static int add_marker(syncd_store_t *s, syncd_doc_t *next,
         next->outbox = json_incref(cur != NULL ? cur->outbox : NULL);
         return 0;
     }
+    if (cur != NULL && json_array_size(cur->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
+        return syncd_error_set(err, SYNCD_EBACKEND,
+                               "%s/%s: %d versions are still waiting to be "
+                               "published; try again once the bus is back",
+                               cur->coll, cur->id, SYNCD_MAX_OUTBOX_MARKERS);
     next->outbox = cur != NULL && cur->outbox != NULL ? json_copy(cur->outbox)
                                                       : json_array();
     if (next->outbox == NULL)
-        return SYNCD_ENOMEM;
-    while (json_array_size(next->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
-        json_array_remove(next->outbox, 0);
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     marker = json_pack(
         "{s:I, s:I, s:s, s:s, s:I, s:s}", "v", (json_int_t)next->version,
         "base", (json_int_t)(op == SYNCD_CHANGE_CREATE ? 0 : cur->version),
         "op", syncd_change_op_name(op), "h", next->hash, "t",
         (json_int_t)next->mtime_ms, "by", next->origin);
-    return json_array_append_new(next->outbox, marker) == 0 ? 0 : SYNCD_ENOMEM;
+    if (json_array_append_new(next->outbox, marker) != 0)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return 0;
 }
 
 /* Sets next's outbox (see add_marker()) and its idempotency keys (with
@@ -373,11 +384,13 @@ static int add_meta(syncd_store_t *s, syncd_doc_t *next, const syncd_doc_t *cur,
     json_t *old = cur != NULL ? cur->ikeys : NULL;
     int64_t oldest = wall_ms(s) - s->idempotency_ttl_ms;
     size_t n = json_array_size(old), i;
-    int rc = add_marker(s, next, cur, op);
+    int rc = add_marker(s, next, cur, op, err);
 
-    if (rc == 0 && req->ikey == NULL) {
+    if (rc != 0)
+        return rc;
+    if (req->ikey == NULL) {
         next->ikeys = json_incref(old);
-    } else if (rc == 0) {
+    } else {
         next->ikeys = json_array();
         for (i = n >= SYNCD_MAX_IDEMPOTENCY_KEYS
                      ? n - SYNCD_MAX_IDEMPOTENCY_KEYS + 1

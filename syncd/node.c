@@ -53,7 +53,13 @@
  * Publishing is the transactional outbox's other half (storage/store.c):
  * a change goes out after the versions still pending on its record (as
  * invalidate events), one publish after the other in version order, and
- * the record is acked off the loop once all are out. The republisher
+ * its markers up to its version are acked off the loop once all are out
+ * (whatever version the record is at by then). The bus keeps each
+ * document's versions in order (syncd_bus_publish_in_order(): the
+ * versions before a chain's first one are published, since only an ack
+ * drops a marker), so a version can never be overtaken and dropped as a
+ * duplicate by a later one that another node published first. The
+ * republisher
  * (on each bus (re)connect, and every outbox_interval) pages through the
  * records with markers left on the thread pool and publishes those older
  * than outbox_min_age the same way. An event's ts is its commit time,
@@ -1624,8 +1630,9 @@ static void ack_done(uv_work_t *req, int status)
     maybe_finish_close(node);
 }
 
-/* Clears coll/id's outbox at version off the loop (best effort: a record
- * left with markers is republished, and the bus drops the duplicates). */
+/* Drops coll/id's outbox markers up to version (all published) off the
+ * loop (best effort: a record left with markers is republished, and the
+ * bus drops the duplicates). */
 static void queue_ack(syncd_node_t *node, const char *coll, const char *id,
                       int64_t version)
 {
@@ -1650,13 +1657,17 @@ fail:
 }
 
 /* Events of one document published one after the other, in version
- * order; once all are published its outbox is acked at ack_version. */
+ * order; once all are published its outbox is acked at ack_version. The
+ * versions of the document up to settled are published already (they
+ * precede the record's oldest pending marker), so the bus may take the
+ * first event even when it has no record of its predecessor. */
 typedef struct chain {
     syncd_node_t *node;
     json_t *events;
     size_t next;
     char *coll, *id;
     int64_t ack_version;
+    int64_t settled;
     syncd_node_publish_cb cb;
     void *payload;
 } chain_t;
@@ -1681,9 +1692,9 @@ static void chain_publish(chain_t *ch)
     if (r != NULL) {
         r->cb = chain_step;
         r->payload = ch;
-        rc = syncd_bus_publish(ch->node->bus,
-                               json_array_get(ch->events, ch->next),
-                               on_published, r);
+        rc = syncd_bus_publish_in_order(ch->node->bus,
+                                        json_array_get(ch->events, ch->next),
+                                        ch->settled, on_published, r);
         if (rc != 0) {
             breq_take(r);
             free(r);
@@ -1716,9 +1727,10 @@ static void chain_step(int status, int64_t seq, void *payload)
         cb(status, seq, cb_payload);
 }
 
-/* Starts publishing events (stolen) of coll/id in order; ack_version 0
- * acks nothing. cb is called once, unless this fails at once (then it
- * is not called and an error is returned). */
+/* Starts publishing events (stolen, of consecutive versions) of coll/id
+ * in order, the versions before the first being published already;
+ * ack_version 0 acks nothing. cb is called once, unless this fails at
+ * once (then it is not called and an error is returned). */
 static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
                        const char *id, int64_t ack_version,
                        syncd_node_publish_cb cb, void *payload)
@@ -1737,6 +1749,7 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     ch->node = node;
     ch->events = events;
     ch->ack_version = ack_version;
+    ch->settled = member_int(json_array_get(events, 0), "v") - 1;
     ch->cb = cb;
     ch->payload = payload;
     r = breq_new(node);
@@ -1746,8 +1759,8 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     }
     r->cb = chain_step;
     r->payload = ch;
-    rc = syncd_bus_publish(node->bus, json_array_get(events, 0), on_published,
-                           r);
+    rc = syncd_bus_publish_in_order(node->bus, json_array_get(events, 0),
+                                    ch->settled, on_published, r);
     if (rc != 0) {
         breq_take(r);
         free(r);
@@ -1904,7 +1917,7 @@ static void ob_chain_done(int status, int64_t seq, void *payload)
 }
 
 /* Starts the chain of one listed record: its markers older than the run's
- * min age, in order, acked when that is all of them. */
+ * min age, in order, acked up to the last of them once published. */
 static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
                       int64_t now)
 {
@@ -1929,8 +1942,8 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
     }
     run->chains++;
     if (chain_start(run->node, events, coll, id,
-                    i == json_array_size(ob) ? member_int(rec, "v") : 0,
-                    ob_chain_done, run) != 0)
+                    member_int(json_array_get(ob, i - 1), "v"), ob_chain_done,
+                    run) != 0)
         run->chains--;
 }
 

@@ -673,6 +673,21 @@ static pub1_t publish_one(uv_loop_t *loop, syncd_bus_t *bus, json_t *event_new)
     return p;
 }
 
+/* Publishes event_new (stolen) on bus in its document's version order,
+ * versions up to settled known published, and waits for its outcome. */
+static pub1_t publish_after(uv_loop_t *loop, syncd_bus_t *bus,
+                            json_t *event_new, int64_t settled)
+{
+    pub1_t p = {0};
+
+    assert_int_equal(
+        syncd_bus_publish_in_order(bus, event_new, settled, on_pub1, &p), 0);
+    json_decref(event_new);
+    wait_for(loop, flag_set, &p.done);
+    assert_int_equal(p.done, 1);
+    return p;
+}
+
 /* Returns a create of id (version 1, base 0) made at ts. */
 static json_t *make_create_at(const char *id, const char *ts)
 {
@@ -721,6 +736,60 @@ static void expect_dedupe(uv_loop_t *loop, syncd_bus_t *bus, int64_t first)
     assert_int_equal(after.dropped_republished - before.dropped_republished, 4);
 }
 
+/* Publishes on a and b (two nodes, or one bus twice) what two publishers
+ * of one document do when one of them is behind: a has published v1 of a
+ * fresh id of COLL as seq first; b, whose outbox says v1 is published,
+ * tries v3 before anyone published v2. The bus refuses v3 (nothing is
+ * published, no seq is used), where deduplication alone would have taken
+ * v3 and then dropped v2 for good; v2 then v3 go out in order. A
+ * publisher whose outbox says v1..v6 are published (a bus that lost its
+ * record of the document) starts at v7, but not at v9. A re-create (made
+ * later, over a tombstone) does not overtake the tombstone either. */
+static void expect_in_order(uv_loop_t *loop, syncd_bus_t *a, syncd_bus_t *b,
+                            int64_t first)
+{
+    json_t *recreate;
+    pub1_t p;
+
+    p = publish_after(loop, a, make_event("oo", 1), 0);
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, first);
+    p = publish_after(loop, b, make_event("oo", 3), 1);
+    assert_int_equal(p.status, SYNCD_ECONFLICT);
+    assert_int_equal(p.seq, 0);
+    p = publish_after(loop, a, make_event("oo", 2), 1);
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, first + 1);
+    p = publish_after(loop, b, make_event("oo", 2), 1);
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, 0);
+    p = publish_after(loop, b, make_event("oo", 3), 1);
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, first + 2);
+
+    p = publish_after(loop, b, make_event("jump", 9), 6);
+    assert_int_equal(p.status, SYNCD_ECONFLICT);
+    p = publish_after(loop, b, make_event("jump", 7), 6);
+    assert_int_equal(p.seq, first + 3);
+    p = publish_after(loop, a, make_event("jump", 9), 6);
+    assert_int_equal(p.status, SYNCD_ECONFLICT);
+    p = publish_after(loop, a, make_event("jump", 8), 6);
+    assert_int_equal(p.seq, first + 4);
+    p = publish_after(loop, a, make_event("jump", 9), 6);
+    assert_int_equal(p.seq, first + 5);
+
+    p = publish_after(loop, a, make_event("re", 1), 0);
+    assert_int_equal(p.seq, first + 6);
+    recreate = make_create_at("re", "2026-11-25T08:00:00Z");
+    json_object_set_new(recreate, "v", json_integer(3));
+    p = publish_after(loop, b, json_incref(recreate), 1);
+    assert_int_equal(p.status, SYNCD_ECONFLICT);
+    p = publish_after(loop, a, make_event("re", 2), 1);
+    assert_int_equal(p.seq, first + 7);
+    p = publish_after(loop, b, recreate, 1);
+    assert_int_equal(p.seq, first + 8);
+}
+
 /* Subscribes to COLL after seq after, waits for seq until, and checks that
  * the events carried the versions want (n of them), in order. */
 static void expect_versions(uv_loop_t *loop, syncd_bus_t *bus, int64_t after,
@@ -760,6 +829,31 @@ test_local_bus__repeated_and_older_versions_are_dropped_at_the_source(
     bus = open_bus(&loop, NULL, dir, NULL, 0);
     expect_dedupe(&loop, bus, 1);
     expect_versions(&loop, bus, 0, 4, want, 4);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
+static void
+test_local_bus__a_version_is_refused_until_the_one_before_it_is_published(
+    void **state)
+{
+    static const int64_t want[] = {1, 2, 3, 7, 8, 9, 1, 2, 3};
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 0);
+    expect_in_order(&loop, bus, bus, 1);
+    expect_versions(&loop, bus, 0, 9, want, 9);
+    close_bus(&loop, bus);
+
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    expect_in_order(&loop, bus, bus, 1);
+    expect_versions(&loop, bus, 0, 9, want, 9);
     close_bus(&loop, bus);
     end_loop(&loop);
     syncd_test_rmtree(dir);
@@ -1508,6 +1602,29 @@ test_redis_bus__repeated_and_older_versions_are_dropped_across_nodes(
     end_loop(&loop);
 }
 
+static void
+test_redis_bus__a_version_is_refused_until_the_one_before_it_is_published_across_nodes(
+    void **state)
+{
+    static const int64_t want[] = {1, 2, 3, 7, 8, 9, 1, 2, 3};
+    syncd_test_server_t *srv = *state;
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    syncd_bus_stats_t st;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    b = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    expect_in_order(&loop, a, b, 1);
+    syncd_bus_stats(b, &st);
+    assert_int_equal(st.published, 3);
+    expect_versions(&loop, b, 0, 9, want, 9);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
 static int pub1_done(void *arg)
 {
     return ((pub1_t *)arg)->done != 0;
@@ -1823,6 +1940,8 @@ int main(void)
         cmocka_unit_test(
             test_local_bus__repeated_and_older_versions_are_dropped_at_the_source),
         cmocka_unit_test(
+            test_local_bus__a_version_is_refused_until_the_one_before_it_is_published),
+        cmocka_unit_test(
             test_local_bus__acknowledged_publishes_survive_a_crash_and_dedupe_survives_a_reopen),
         cmocka_unit_test(
             test_local_bus__persisted_publishes_complete_in_seq_order),
@@ -1853,6 +1972,8 @@ int main(void)
             test_redis_bus__forged_and_malformed_events_are_dropped_and_counted),
         cmocka_unit_test(
             test_redis_bus__repeated_and_older_versions_are_dropped_across_nodes),
+        cmocka_unit_test(
+            test_redis_bus__a_version_is_refused_until_the_one_before_it_is_published_across_nodes),
         cmocka_unit_test(
             test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects),
         cmocka_unit_test(

@@ -1862,7 +1862,7 @@ static void use_outbox(fixture_t *f)
  * versions want, space-separated, in order. */
 static void assert_marker_versions(const json_t *markers, const char *want)
 {
-    char got[256] = "";
+    char got[1024] = "";
     size_t i;
     json_t *m;
 
@@ -1934,7 +1934,8 @@ test_store_outbox__each_write_commits_a_marker_and_keeps_pending_ones(
 }
 
 static void
-test_store_outbox__ack_clears_only_at_the_acked_version(void **state)
+test_store_outbox__ack_drops_the_markers_up_to_its_version_whatever_the_record_is_at(
+    void **state)
 {
     fixture_t *f = *state;
     syncd_change_t *c = NULL;
@@ -1945,29 +1946,95 @@ test_store_outbox__ack_clears_only_at_the_acked_version(void **state)
     create_doc(f, "ack", "d", "{\"n\":1}");
     assert_int_equal(
         put_doc(f, "ack", "d", "{\"n\":2}", SYNCD_ANY_VERSION, NULL), 0);
-    /* An ack of a version the record has moved past clears nothing. */
+    assert_int_equal(
+        put_doc(f, "ack", "d", "{\"n\":3}", SYNCD_ANY_VERSION, NULL), 0);
+    /* The record moved past the acked version: the markers up to it go
+     * (they are published), the later ones stay, the record is as it
+     * was. Under a write storm the record always moves on before an ack,
+     * and markers left by such acks would pile up. */
     assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "d", 1, NULL), 0);
-    assert_outbox(f, "ack", "d", "1 2");
-
+    assert_outbox(f, "ack", "d", "2 3");
+    assert_doc(f, "ack", "d", 3, "{\"n\":3}");
     assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "d", 2, NULL), 0);
+    assert_outbox(f, "ack", "d", "3");
+    /* An ack never drops a marker of a later version. */
+    assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "d", 1, NULL), 0);
+    assert_outbox(f, "ack", "d", "3");
+    assert_int_equal(
+        put_doc(f, "ack", "d", "{\"n\":2}", SYNCD_ANY_VERSION, NULL), 0);
+    assert_outbox(f, "ack", "d", "3 4");
+    assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "d", 3, NULL), 0);
+    assert_outbox(f, "ack", "d", "4");
+
+    assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "d", 4, NULL), 0);
     assert_outbox(f, "ack", "d", "");
     assert_int_equal(
         syncd_store_outbox_list(f->store, &list, "ack", NULL, 10, NULL), 0);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
-    assert_doc(f, "ack", "d", 2, "{\"n\":2}");
+    assert_doc(f, "ack", "d", 4, "{\"n\":2}");
 
     /* The next write has nothing pending before it. */
     assert_int_equal(syncd_store_edit(f->store, &c, "ack", "d", inc_counter,
                                       NULL, SYNCD_ANY_VERSION, NULL),
                      0);
     assert_null(c->pending);
-    assert_int_equal(c->doc->version, 3);
+    assert_int_equal(c->doc->version, 5);
     syncd_change_free(c);
-    assert_outbox(f, "ack", "d", "3");
+    assert_outbox(f, "ack", "d", "5");
     /* Acking a record that is gone is no error. */
     assert_int_equal(syncd_store_outbox_ack(f->store, "ack", "nope", 1, NULL),
                      0);
+}
+
+/* The bus is down for SYNCD_MAX_OUTBOX_MARKERS versions of a document:
+ * the next write is refused and writes nothing, and no marker is dropped
+ * to make room (a dropped marker is a version no watcher ever sees). */
+static void
+test_store_outbox__a_full_outbox_refuses_the_write_and_drops_no_marker(
+    void **state)
+{
+    fixture_t *f = *state;
+    char want[1024] = "", body[32];
+    json_t *zero = parse("{\"n\":0}");
+    syncd_change_t *c = NULL;
+    syncd_error_t err;
+
+    use_outbox(f);
+
+    create_doc(f, "full", "d", "{\"n\":1}");
+    for (int v = 2; v <= SYNCD_MAX_OUTBOX_MARKERS; v++) {
+        snprintf(body, sizeof(body), "{\"n\":%d}", v);
+        assert_int_equal(put_doc(f, "full", "d", body, SYNCD_ANY_VERSION, NULL),
+                         0);
+    }
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_put(f->store, &c, "full", "d", zero,
+                                     SYNCD_ANY_VERSION, &err),
+                     SYNCD_EBACKEND);
+    assert_null(c);
+    assert_non_null(strstr(err.message, "waiting to be published"));
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "full", "d", SYNCD_ANY_VERSION, NULL),
+        SYNCD_EBACKEND);
+    assert_null(c);
+    for (int v = 1; v <= SYNCD_MAX_OUTBOX_MARKERS; v++)
+        snprintf(want + strlen(want), sizeof(want) - strlen(want), "%s%d",
+                 v > 1 ? " " : "", v);
+    assert_outbox(f, "full", "d", want);
+    snprintf(body, sizeof(body), "{\"n\":%d}", SYNCD_MAX_OUTBOX_MARKERS);
+    assert_doc(f, "full", "d", SYNCD_MAX_OUTBOX_MARKERS, body);
+
+    /* Once the publisher caught up, writes go on. */
+    assert_int_equal(syncd_store_outbox_ack(f->store, "full", "d",
+                                            SYNCD_MAX_OUTBOX_MARKERS - 1, NULL),
+                     0);
+    assert_int_equal(
+        put_doc(f, "full", "d", "{\"n\":0}", SYNCD_ANY_VERSION, NULL), 0);
+    snprintf(want, sizeof(want), "%d %d", SYNCD_MAX_OUTBOX_MARKERS,
+             SYNCD_MAX_OUTBOX_MARKERS + 1);
+    assert_outbox(f, "full", "d", want);
+    json_decref(zero);
 }
 
 static void test_store_outbox__list_pages_records_with_markers(void **state)
@@ -3088,7 +3155,10 @@ int main(void)
         BOTH(test_store_cache_page__pages_cached_entries_in_mongodb_mode_only),
         BOTH(
             test_store_outbox__each_write_commits_a_marker_and_keeps_pending_ones),
-        BOTH(test_store_outbox__ack_clears_only_at_the_acked_version),
+        BOTH(
+            test_store_outbox__ack_drops_the_markers_up_to_its_version_whatever_the_record_is_at),
+        BOTH(
+            test_store_outbox__a_full_outbox_refuses_the_write_and_drops_no_marker),
         BOTH(test_store_outbox__list_pages_records_with_markers),
         BOTH(test_store_purge__keeps_tombstones_with_pending_markers),
         BOTH(

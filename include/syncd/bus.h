@@ -14,8 +14,13 @@
  * v) is dropped when the bus already published one of that (coll, id) with
  * a version >= v, unless it is a create whose "ts" is later than the
  * recorded one (a re-create after the tombstone was purged restarts the
- * versions). With Redis the check and the publish are one atomic script,
- * so this holds across nodes.
+ * versions). It also keeps each document's versions in order:
+ * syncd_bus_publish_in_order() refuses a version whose predecessor is
+ * neither the last version the bus published for that (coll, id) nor
+ * known to the publisher as published, so that a later version can never
+ * overtake an earlier one (which deduplication would then drop for good).
+ * With Redis the checks and the publish are one atomic script, so this
+ * holds across nodes.
  *
  * Per-collection state lives while the collection has subscriptions or
  * requests in flight, and is freed after that (but for the in-process bus
@@ -90,7 +95,9 @@ int syncd_bus_connected(const syncd_bus_t *bus);
 /* Completion of a publish: status 0 and the assigned seq; status 0 and
  * seq 0 when the event was dropped as a duplicate of a version the bus
  * already published (counted in dropped_republished); or a negative
- * SYNCD_E* code: SYNCD_EBACKEND while Redis is unreachable,
+ * SYNCD_E* code: SYNCD_ECONFLICT when an earlier version of the document
+ * must be published first (syncd_bus_publish_in_order(); nothing was
+ * published), SYNCD_EBACKEND while Redis is unreachable,
  * SYNCD_ETIMEDOUT when Redis did not answer within command_timeout_ms (the
  * event may still have been published: publish it again, deduplication
  * drops it if so), SYNCD_ECANCELED when the bus closed first. */
@@ -101,6 +108,17 @@ typedef void (*syncd_bus_publish_cb)(int status, int64_t seq, void *payload);
  * seq. The event is signed when a secret is configured. */
 int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
                       syncd_bus_publish_cb cb, void *payload);
+
+/* Publishes event as syncd_bus_publish() does, in its document's version
+ * order: settled is the highest version of the document the caller knows
+ * to be published already (a transactional outbox knows it: every version
+ * below its oldest pending marker); the event is refused (SYNCD_ECONFLICT)
+ * unless its version follows the last one the bus published for the
+ * document, or follows settled. syncd_bus_publish() is this with settled
+ * v - 1: deduplication only. */
+int syncd_bus_publish_in_order(syncd_bus_t *bus, const json_t *event,
+                               int64_t settled, syncd_bus_publish_cb cb,
+                               void *payload);
 
 /* What a subscription callback is told. */
 typedef enum {

@@ -204,9 +204,11 @@ int syncd_store_delete(syncd_store_t *store, syncd_change_t **out,
                        const char *coll, const char *id, int64_t if_match,
                        syncd_error_t *err);
 
-/* Most pending-publish markers a record holds: past it (the bus has been
- * failing for that many versions of one document) the oldest is dropped,
- * so a record stays bounded; watchers then miss those versions. */
+/* Most pending-publish markers a record holds. A marker is dropped only by
+ * the ack of its version (once published), never to make room: a write
+ * to a record that holds this many (the bus has been failing for that
+ * many versions of one document) fails with SYNCD_EBACKEND and writes
+ * nothing, so a record stays bounded and no version is lost to watchers. */
 #define SYNCD_MAX_OUTBOX_MARKERS 100
 
 /* Longest idempotency key, and most keys a record remembers. */
@@ -254,10 +256,12 @@ int syncd_store_delete_ex(syncd_store_t *store, syncd_change_t **out,
 
 /* ---- The transactional outbox ----------------------------------------- */
 
-/* Clears the pending-publish markers of coll/id iff the record is still at
- * version (a record that moved on belongs to its newer writer, who acks
- * it); not fsynced (a lost ack only causes a republish). 0 also when there
- * was nothing to clear. */
+/* Drops the pending-publish markers of coll/id of versions <= version
+ * (the caller published them all), whatever version the record is at now;
+ * it changes nothing else of the record and never touches a marker of a
+ * later version. Not fsynced (a lost ack only causes a republish). 0 also
+ * when there was nothing to drop, or when the record moved on meanwhile
+ * (its writer carried the markers forward; the next ack drops them). */
 int syncd_store_outbox_ack(syncd_store_t *store, const char *coll,
                            const char *id, int64_t version, syncd_error_t *err);
 
