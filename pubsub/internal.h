@@ -190,8 +190,8 @@ int syncd_bus_ts_micros(const char *s, int64_t *out);
  * time (microseconds) recorded for its (coll, id): the rule of bus.h. */
 int syncd_bus_pub_is_duplicate(const bus_pub_t *pub, int64_t v, int64_t ts_us);
 
-/* Verifies event's "sig" under secret; SYNCD_EINVAL when it is missing or
- * does not match. */
+/* Verifies event's "sig" under any key of secret (a comma-separated list);
+ * SYNCD_EINVAL when it is missing or matches none. */
 int syncd_bus_event_verify(const json_t *event, const char *secret,
                            syncd_error_t *err);
 

@@ -410,6 +410,10 @@ int main(int argc, char **argv)
                   d.node_id, d.cfg.host, syncd_http_port(d.http),
                   syncd_store_kind(d.store), syncd_bus_kind(d.bus),
                   d.cfg.data_dir);
+        if (d.cfg.redis_url != NULL && d.cfg.secret == NULL)
+            syncd_log(SYNCD_LOG_WARN,
+                      "syncd: no --secret: events on the bus are not signed, "
+                      "so anyone who can reach Redis can inject changes");
         uv_signal_start(&d.sigterm, on_signal, SIGTERM);
         uv_signal_start(&d.sigint, on_signal, SIGINT);
         d.bus_was_connected = syncd_bus_connected(d.bus);
