@@ -284,8 +284,9 @@ redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$TMP/redis"
 until_true 10000 redis-cli -p "$RP" ping || fail "redis did not start"
 PIDS+=("$(cat "$TMP/redis/pid")")
-redis-cli -p "$RP" ACL SETUSER syncd on ">$RPASS" '~syncd:*' '&syncd:*' '+@all' >/dev/null
-redis-cli -p "$RP" ACL SETUSER default off >/dev/null
+# On redis-cli's input, not its arguments: the password stays out of ps.
+printf 'ACL SETUSER syncd on >%s ~syncd:* &syncd:* +@all\nACL SETUSER default off\n' \
+    "$RPASS" | redis-cli -p "$RP" >/dev/null
 [ "$(redis-cli -p "$RP" ping 2>&1)" != PONG ] || fail "redis still serves the default user"
 
 FERRETDB_SETUP_PASSWORD="$MPASS" "$FERRETDB" --handler=sqlite --sqlite-url="file:$TMP/fdb/" \
