@@ -399,26 +399,32 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
     setup_ok(ac, r, privdata);
 }
 
-/* The subscriber connection's AUTH reply: the connection is ready once
- * Redis accepted the credentials. */
-static void on_sub_auth(redisAsyncContext *ac, void *r, void *privdata)
+/* An AUTH reply: a refusal is counted (auth_failures: the URL's
+ * credentials are wrong) and fails the connection like any setup error;
+ * the subscriber connection is ready once Redis accepted them. */
+static void on_auth(redisAsyncContext *ac, void *r, void *privdata)
 {
-    if (setup_ok(ac, r, privdata))
-        conn_ready(privdata);
+    rconn_t *conn = privdata;
+    redisReply *reply = r;
+
+    if (reply != NULL && conn->ac == ac && reply->type == REDIS_REPLY_ERROR)
+        conn->bus->base.stats.auth_failures++;
+    if (setup_ok(ac, reply, conn) && conn->is_sub)
+        conn_ready(conn);
 }
 
-/* Queues AUTH of the URL's credentials on ac, first of conn's commands,
- * with cb for its reply; 0, or -1 when it cannot be queued. */
-static int send_auth(rconn_t *conn, redisAsyncContext *ac, redisCallbackFn *cb)
+/* Queues AUTH of the URL's credentials on ac, first of conn's commands;
+ * 0, or -1 when it cannot be queued. */
+static int send_auth(rconn_t *conn, redisAsyncContext *ac)
 {
     rbus_t *bus = conn->bus;
     int rc;
 
     if (bus->user != NULL)
-        rc =
-            redisAsyncCommand(ac, cb, conn, "AUTH %s %s", bus->user, bus->pass);
+        rc = redisAsyncCommand(ac, on_auth, conn, "AUTH %s %s", bus->user,
+                               bus->pass);
     else
-        rc = redisAsyncCommand(ac, cb, conn, "AUTH %s", bus->pass);
+        rc = redisAsyncCommand(ac, on_auth, conn, "AUTH %s", bus->pass);
     if (rc != REDIS_OK)
         return -1;
     conn_sent(conn);
@@ -500,7 +506,7 @@ static int setup_cmd(rbus_t *bus, redisAsyncContext *ac)
 
     if (new_token(token) != 0)
         return -1;
-    if (bus->pass != NULL && send_auth(conn, ac, on_setup_reply) != 0)
+    if (bus->pass != NULL && send_auth(conn, ac) != 0)
         return -1;
     if (bus->dbnum != 0 &&
         redisAsyncCommand(ac, on_setup_reply, conn, "SELECT %d", bus->dbnum))
@@ -550,7 +556,7 @@ static void conn_connect(rconn_t *conn, const char *ip)
         rc = setup_cmd(bus, ac);
     } else {
         if (bus->pass != NULL)
-            rc = send_auth(conn, ac, on_sub_auth);
+            rc = send_auth(conn, ac);
         for (rchan_t *c = bus->chans; c != NULL && rc == 0; c = c->next) {
             if (c->wanted)
                 rc = send_sub_command(bus, c, "SUBSCRIBE");

@@ -1173,6 +1173,7 @@ test_redis_bus__acl_user_of_the_url_authenticates_a_wrong_password_never_connect
     syncd_bus_options_t opts;
     syncd_bus_t *bus;
     syncd_bus_sub_t *sub;
+    syncd_bus_stats_t st;
     rec_t r = {0};
     uv_loop_t loop;
     char url[128];
@@ -1194,6 +1195,8 @@ test_redis_bus__acl_user_of_the_url_authenticates_a_wrong_password_never_connect
     assert_int_equal(publish_one(&loop, bus, make_event("acl", 1)).seq, 1);
     wait_recs(&loop, 1, &r, NULL);
     assert_int_equal(r.events, 1);
+    syncd_bus_stats(bus, &st);
+    assert_int_equal(st.auth_failures, 0);
     syncd_bus_unsubscribe(sub);
     close_bus(&loop, bus);
 
@@ -1203,6 +1206,8 @@ test_redis_bus__acl_user_of_the_url_authenticates_a_wrong_password_never_connect
     assert_int_equal(syncd_bus_open(&bus, &loop, &opts, NULL), 0);
     run_for(&loop, 500);
     assert_false(syncd_bus_connected(bus));
+    syncd_bus_stats(bus, &st);
+    assert_true(st.auth_failures >= 1);
     close_bus(&loop, bus);
     end_loop(&loop);
     command_as(srv, "bus-user", "p@ss/w", "ACL SETUSER default on");

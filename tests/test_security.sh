@@ -35,7 +35,8 @@
 #   tunnel; the server tunnel logged connections to both services;
 # - a node without --secret logs that anyone who can reach Redis can
 #   inject changes; no node of part 1 (which had secrets) does;
-# - a wrong Redis password leaves the bus disconnected; a wrong MongoDB
+# - a wrong Redis password leaves the bus disconnected, and the node logs
+#   that Redis refused its credentials; a wrong MongoDB
 #   password fails the start (exit 1, "Authentication failed").
 #
 # Finally no secret, token or password (right or wrong) appears in any log,
@@ -381,6 +382,8 @@ grep -q 'no --secret: events on the bus are not signed, so anyone who can reach 
     "$OUT/a.log" || fail "node a without --secret did not warn"
 sleep 2
 connected c && fail "node c's bus connected with a wrong Redis password"
+grep -q 'Redis refused the user and password of --redis-url' "$OUT/c.log" ||
+    fail "node c did not log that Redis refused its credentials"
 set +e
 SYNCD_MONGO_URI="mongodb://alice:$WRONG@127.0.0.1:$MS/?authSource=syncd&tls=true&tlsCAFile=$TLS/cert.pem" \
     "$SYNCD_BIN" --listen 127.0.0.1:0 --data-dir "$TMP/d" >"$OUT/d.log" 2>&1

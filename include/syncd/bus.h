@@ -197,6 +197,7 @@ typedef struct syncd_bus_stats {
     uint64_t published, received, replayed, gaps, resyncs, reconnects,
         dropped_malformed, dropped_oversize, dropped_signature,
         dropped_duplicate, dropped_republished, timeouts, collections;
+    uint64_t auth_failures; /* AUTH of the URL's credentials refused */
 } syncd_bus_stats_t;
 
 /* Copies the bus counters into *out. */
