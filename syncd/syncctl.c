@@ -224,10 +224,8 @@ int main(int argc, char **argv)
             return SYNCCTL_USAGE;
         }
         if (syncd_config_read_secret(&token, token_file, "--token-file",
-                                     &err) != 0) {
-            fprintf(stderr, "syncctl: %s\n", err.message);
-            return SYNCCTL_USAGE;
-        }
+                                     &err) != 0)
+            return syncctl_fail("%s", err.message);
         opts.token = token;
     }
     rc = cmd->run(cmd, &opts, argc - i - 1, argv + i + 1);

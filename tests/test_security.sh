@@ -21,7 +21,9 @@
 # - token A is refused (401) once every node is at stage 4, token B is
 #   accepted, and a node at stage 2 accepted both;
 # - a node started with --secret and --secret-file, or with an empty key in
-#   --secret, exits 2 with a message that names the flags only.
+#   --secret, exits 2 with a message that names the flags only; syncctl
+#   with --token-file of a missing file exits 1 naming it, with both
+#   --token and --token-file 2.
 #
 # Part 2, credentials and TLS: Redis with an ACL user (the default user
 # off), reached through a stunnel4 pair (a client tunnel on the node's side,
@@ -249,12 +251,19 @@ rc1=$?
 rc2=$?
 "$SYNCCTL" --server "$NODE1" --token "$TA" ls rot >/dev/null 2>"$OUT/bad3.log"
 rc3=$?
+"$SYNCCTL" --server "$NODE1" --token-file "$TMP/none" ls rot >/dev/null 2>"$OUT/bad4.log"
+rc4=$?
+"$SYNCCTL" --server "$NODE1" --token x --token-file "$TMP/token.4" ls rot >/dev/null 2>"$OUT/bad5.log"
+rc5=$?
 set -e
 [ "$rc1" = 2 ] && grep -q -- '--secret and --secret-file' "$OUT/bad1.log" ||
     fail "--secret with --secret-file: exit $rc1, $(cat "$OUT/bad1.log")"
 [ "$rc2" = 2 ] && grep -q -- '--secret: empty key' "$OUT/bad2.log" ||
     fail "--secret with an empty key: exit $rc2, $(cat "$OUT/bad2.log")"
 [ "$rc3" = 1 ] || fail "syncctl with a retired token exited $rc3"
+[ "$rc4" = 1 ] && grep -q -- "--token-file: cannot read '$TMP/none'" "$OUT/bad4.log" ||
+    fail "syncctl --token-file of a missing file: exit $rc4, $(cat "$OUT/bad4.log")"
+[ "$rc5" = 2 ] || fail "syncctl with --token and --token-file exited $rc5, want 2"
 cp "$SYNCD_CLUSTER_DIR"/node1/syncd.log "$OUT/cluster-node1.log"
 cp "$SYNCD_CLUSTER_DIR"/node2/syncd.log "$OUT/cluster-node2.log"
 cp "$SYNCD_CLUSTER_DIR"/node3/syncd.log "$OUT/cluster-node3.log"
