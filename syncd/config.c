@@ -367,8 +367,9 @@ int syncd_config_read_secret(char **out, const char *path, const char *flag,
                              path);
         goto cleanup;
     }
-    *out = text;
-    text = NULL;
+    *out = strdup(text);
+    if (*out == NULL)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
 
 cleanup:
     if (text != NULL) {
