@@ -44,8 +44,12 @@ static int check_options(const syncd_bus_options_t *opts, syncd_error_t *err)
         strlen(opts->node_id) >= sizeof(((syncd_bus_t *)0)->node_id))
         return syncd_error_set(err, SYNCD_EINVAL,
                                "bus node id is empty or too long");
-    if (opts->secret != NULL && opts->secret[0] == '\0')
-        return syncd_error_set(err, SYNCD_EINVAL, "bus secret is empty");
+    if (opts->secret != NULL &&
+        (opts->secret[0] == '\0' || opts->secret[0] == ',' ||
+         strstr(opts->secret, ",,") != NULL ||
+         opts->secret[strlen(opts->secret) - 1] == ','))
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "bus secret is empty or has an empty key");
     if (opts->event_log_len < 1)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "bus event_log_len must be at least 1");

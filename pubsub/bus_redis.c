@@ -29,7 +29,10 @@
  * members read walks that set (no KEYS), drops the ids whose key expired,
  * and reads the counters of the collections the beats name. Host names are
  * resolved with uv_getaddrinfo() on the thread pool (hiredis would resolve
- * them on the loop) and hiredis connects to the numeric address.
+ * them on the loop) and hiredis connects to the numeric address. With
+ * credentials in the URL (redis://[user]:password@host, Redis ACL), each
+ * connection sends AUTH first and is ready only once Redis accepted it; the
+ * password is never part of a message or a log line.
  *
  * Collections are records in a hash table by name (and a list for the
  * walks a reconnect needs). A record lives while it has subscriptions or
@@ -68,6 +71,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/rand.h>
 
+#include "base/pct.h"
 #include "pubsub/internal.h"
 
 /* Log entries read per catch-up round trip. */
@@ -168,6 +172,7 @@ struct rbus {
     syncd_bus_t base;
     char host[256];
     int port, dbnum;
+    char *user, *pass; /* AUTH [user] pass; NULL: none */
     char epoch_key[KEY_MAX];
     char epoch_seen[96]; /* the token found on the last connect */
     char publish_sha[41], read_sha[41];
@@ -204,6 +209,7 @@ static void conn_start(rconn_t *conn);
 static void catch_up(syncd_bus_sub_t *sub);
 static void chan_release(rbus_t *bus, rchan_t *chan);
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata);
+static void free_credentials(rbus_t *bus);
 
 /* ---- Connections --------------------------------------------------------- */
 
@@ -365,7 +371,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         conn_down(conn);
         return;
     }
-    if (conn->is_sub)
+    if (conn->is_sub && conn->bus->pass == NULL)
         conn_ready(conn);
 }
 
@@ -397,6 +403,38 @@ static int setup_ok(redisAsyncContext *ac, redisReply *reply, rconn_t *conn)
 static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     setup_ok(ac, r, privdata);
+}
+
+/* An AUTH reply: a refusal is counted (auth_failures: the URL's
+ * credentials are wrong) and fails the connection like any setup error;
+ * the subscriber connection is ready once Redis accepted them. */
+static void on_auth(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rconn_t *conn = privdata;
+    redisReply *reply = r;
+
+    if (reply != NULL && conn->ac == ac && reply->type == REDIS_REPLY_ERROR)
+        conn->bus->base.stats.auth_failures++;
+    if (setup_ok(ac, reply, conn) && conn->is_sub)
+        conn_ready(conn);
+}
+
+/* Queues AUTH of the URL's credentials on ac, first of conn's commands;
+ * 0, or -1 when it cannot be queued. */
+static int send_auth(rconn_t *conn, redisAsyncContext *ac)
+{
+    rbus_t *bus = conn->bus;
+    int rc;
+
+    if (bus->user != NULL)
+        rc = redisAsyncCommand(ac, on_auth, conn, "AUTH %s %s", bus->user,
+                               bus->pass);
+    else
+        rc = redisAsyncCommand(ac, on_auth, conn, "AUTH %s", bus->pass);
+    if (rc != REDIS_OK)
+        return -1;
+    conn_sent(conn);
+    return 0;
 }
 
 static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata)
@@ -474,6 +512,8 @@ static int setup_cmd(rbus_t *bus, redisAsyncContext *ac)
 
     if (new_token(token) != 0)
         return -1;
+    if (bus->pass != NULL && send_auth(conn, ac) != 0)
+        return -1;
     if (bus->dbnum != 0 &&
         redisAsyncCommand(ac, on_setup_reply, conn, "SELECT %d", bus->dbnum))
         return -1;
@@ -521,6 +561,8 @@ static void conn_connect(rconn_t *conn, const char *ip)
     if (!conn->is_sub) {
         rc = setup_cmd(bus, ac);
     } else {
+        if (bus->pass != NULL)
+            rc = send_auth(conn, ac);
         for (rchan_t *c = bus->chans; c != NULL && rc == 0; c = c->next) {
             if (c->wanted)
                 rc = send_sub_command(bus, c, "SUBSCRIBE");
@@ -1484,6 +1526,7 @@ static void on_closed(uv_handle_t *handle)
     }
     syncd_bus_map_free(&bus->map);
     syncd_bus_finish_close(&bus->base);
+    free_credentials(bus);
     free(bus);
 }
 
@@ -1520,16 +1563,61 @@ static const bus_ops_t redis_ops = {
     .members = redis_members,
 };
 
-/* Parses "redis://host[:port][/db]" into bus; SYNCD_EINVAL names the URL. */
+/* Frees the credentials of bus, their bytes wiped first. */
+static void free_credentials(rbus_t *bus)
+{
+    if (bus->user != NULL) {
+        memset(bus->user, 0, strlen(bus->user));
+        free(bus->user);
+        bus->user = NULL;
+    }
+    if (bus->pass != NULL) {
+        memset(bus->pass, 0, strlen(bus->pass));
+        free(bus->pass);
+        bus->pass = NULL;
+    }
+}
+
+/* Percent-decodes n bytes at s into *out (NULL when n is 0); -1 when they
+ * do not decode or hold a NUL or a control byte. */
+static int decode_credential(char **out, const char *s, size_t n)
+{
+    size_t len;
+
+    *out = NULL;
+    if (n == 0)
+        return 0;
+    if (syncd_pct_decode(out, &len, s, n, NULL) != 0)
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)(*out)[i] < 0x20 || (*out)[i] == 0x7f)
+            return -1;
+    return 0;
+}
+
+/* Parses "redis://[[user]:password@]host[:port][/db]" into bus (user and
+ * password percent-decoded); SYNCD_EINVAL names the URL with its
+ * credentials left out. */
 static int parse_url(rbus_t *bus, const char *url, syncd_error_t *err)
 {
-    const char *p = url, *host;
+    const char *p = url, *host, *at, *colon;
     char *num_end;
     long v;
 
     if (strncmp(p, "redis://", 8) != 0)
         goto bad;
-    host = p += 8;
+    p += 8;
+    at = strrchr(p, '@');
+    if (at != NULL) {
+        colon = memchr(p, ':', (size_t)(at - p));
+        if (colon == NULL || colon + 1 == at ||
+            decode_credential(&bus->user, p, (size_t)(colon - p)) != 0 ||
+            decode_credential(&bus->pass, colon + 1,
+                              (size_t)(at - colon - 1)) != 0)
+            goto bad;
+        p = at + 1;
+    }
+    host = p;
     while (*p != '\0' && *p != ':' && *p != '/')
         p++;
     if (p == host || (size_t)(p - host) >= sizeof(bus->host))
@@ -1557,10 +1645,13 @@ static int parse_url(rbus_t *bus, const char *url, syncd_error_t *err)
     return 0;
 
 bad:
+    free_credentials(bus);
+    at = strncmp(url, "redis://", 8) == 0 ? strrchr(url + 8, '@') : NULL;
     return syncd_error_set(err, SYNCD_EINVAL,
-                           "bad --redis-url \"%s\": expected "
-                           "redis://host[:port][/db]",
-                           url);
+                           "bad --redis-url \"%s%s\": expected "
+                           "redis://[[user]:password@]host[:port][/db]",
+                           at != NULL ? "redis://<credentials>@" : "",
+                           at != NULL ? at + 1 : url);
 }
 
 static void conn_init(rbus_t *bus, rconn_t *conn, int is_sub)
@@ -1588,6 +1679,7 @@ int syncd_bus_redis_open(syncd_bus_t **out, uv_loop_t *loop,
         rc = parse_url(bus, opts->redis_url, err);
     if (rc != 0) {
         free(bus->base.secret);
+        free_credentials(bus);
         free(bus);
         return rc;
     }

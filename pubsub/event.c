@@ -16,6 +16,9 @@
  * is tampered with can only reorder or repeat a genuine change, which the
  * node's per-document version rules (base/v) already reject or repair.
  * Verification compares in constant time (CRYPTO_memcmp).
+ *
+ * A secret may be a comma-separated list of keys, for rotation without
+ * downtime: events are signed with the first key and accepted under any.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -314,48 +317,63 @@ int syncd_event_validate(const json_t *event, size_t max_bytes,
     return syncd_bus_event_check(event, 1, max_bytes, err);
 }
 
-int syncd_event_sign(char out[65], const json_t *event, const char *secret,
-                     syncd_error_t *err)
+/* Serializes event without "seq" and "sig" canonically into *text (the
+ * caller frees it): what a signature covers. */
+static int signed_text(char **text, size_t *len, const json_t *event,
+                       syncd_error_t *err)
+{
+    json_t *body;
+
+    *text = NULL;
+    body = json_copy((json_t *)event);
+    if (body == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "copying an event to sign");
+    json_object_del(body, "seq");
+    json_object_del(body, "sig");
+    *text = syncd_json_canonical(body, len);
+    json_decref(body);
+    if (*text == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "serializing an event");
+    return 0;
+}
+
+/* Writes the hex HMAC-SHA256 of text under the key_len bytes at key into
+ * out (65 bytes). */
+static int hmac_hex(char out[65], const char *key, size_t key_len,
+                    const char *text, size_t len, syncd_error_t *err)
 {
     static const char hexdig[] = "0123456789abcdef";
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int mac_len = 0;
-    json_t *body = NULL;
-    char *text = NULL;
-    size_t len;
-    int rc = 0;
 
     out[0] = '\0';
-    if (!json_is_object(event) || secret == NULL)
-        return syncd_error_set(err, SYNCD_EINVAL,
-                               "signing needs an event object and a secret");
-    body = json_copy((json_t *)event);
-    if (body == NULL) {
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "copying an event to sign");
-        goto cleanup;
-    }
-    json_object_del(body, "seq");
-    json_object_del(body, "sig");
-    text = syncd_json_canonical(body, &len);
-    if (text == NULL) {
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "serializing an event");
-        goto cleanup;
-    }
-    if (HMAC(EVP_sha256(), secret, (int)strlen(secret),
-             (const unsigned char *)text, len, mac, &mac_len) == NULL ||
-        mac_len != 32) {
-        rc = syncd_error_set(err, SYNCD_EINVAL, "HMAC-SHA256 failed");
-        goto cleanup;
-    }
+    if (HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)text, len,
+             mac, &mac_len) == NULL ||
+        mac_len != 32)
+        return syncd_error_set(err, SYNCD_EINVAL, "HMAC-SHA256 failed");
     for (unsigned int i = 0; i < mac_len; i++) {
         out[2 * i] = hexdig[mac[i] >> 4];
         out[2 * i + 1] = hexdig[mac[i] & 15];
     }
     out[64] = '\0';
+    return 0;
+}
 
-cleanup:
+int syncd_event_sign(char out[65], const json_t *event, const char *secret,
+                     syncd_error_t *err)
+{
+    char *text = NULL;
+    size_t len;
+    int rc;
+
+    out[0] = '\0';
+    if (!json_is_object(event) || secret == NULL)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "signing needs an event object and a secret");
+    rc = signed_text(&text, &len, event, err);
+    if (rc == 0)
+        rc = hmac_hex(out, secret, strcspn(secret, ","), text, len, err);
     free(text);
-    json_decref(body);
     return rc;
 }
 
@@ -363,17 +381,29 @@ int syncd_bus_event_verify(const json_t *event, const char *secret,
                            syncd_error_t *err)
 {
     const json_t *sig = json_object_get(event, "sig");
+    const char *key = secret;
+    char *text = NULL;
     char want[65];
+    size_t len;
     int rc;
 
     if (!json_is_string(sig) || json_string_length(sig) != 64)
         return syncd_error_set(err, SYNCD_EINVAL, "event is not signed");
-    rc = syncd_event_sign(want, event, secret, err);
+    rc = signed_text(&text, &len, event, err);
     if (rc != 0)
         return rc;
-    if (CRYPTO_memcmp(want, json_string_value(sig), 64) != 0)
-        return syncd_error_set(err, SYNCD_EINVAL,
-                               "event signature does not match");
+    rc = SYNCD_EINVAL;
+    while (rc != 0 && key != NULL) {
+        size_t n = strcspn(key, ",");
+
+        if (hmac_hex(want, key, n, text, len, NULL) == 0 &&
+            CRYPTO_memcmp(want, json_string_value(sig), 64) == 0)
+            rc = 0;
+        key = key[n] == ',' ? key + n + 1 : NULL;
+    }
+    free(text);
+    if (rc != 0)
+        return syncd_error_set(err, rc, "event signature does not match");
     return 0;
 }
 

@@ -197,8 +197,8 @@ int syncd_bus_pub_check(const bus_pub_t *pub, int64_t v, int64_t ts_us);
 #define BUS_PUB_DUPLICATE 1
 #define BUS_PUB_EARLY 2
 
-/* Verifies event's "sig" under secret; SYNCD_EINVAL when it is missing or
- * does not match. */
+/* Verifies event's "sig" under any key of secret (a comma-separated list);
+ * SYNCD_EINVAL when it is missing or matches none. */
 int syncd_bus_event_verify(const json_t *event, const char *secret,
                            syncd_error_t *err);
 

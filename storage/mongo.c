@@ -2066,7 +2066,8 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
     m->pool = mongoc_client_pool_new(u);
     if (!m->pool) {
         rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, 0,
-                                     "mongo_uri is not usable: %s", uri);
+                                     "mongo_uri is not usable (TLS options "
+                                     "need a driver built with TLS)");
         goto cleanup;
     }
     mongoc_client_pool_set_error_api(m->pool, MONGOC_ERROR_API_VERSION_2);

@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,9 +49,15 @@ static const option_t options[] = {
     {"node-id", OPT_STRING, AT(node_id), NULL,
      "this node's id (default: local, or host-port in a cluster)"},
     {"secret", OPT_STRING, AT(secret), NULL,
-     "cluster secret: events are signed with HMAC-SHA256"},
+     "cluster secrets, comma-separated: events are signed (HMAC-SHA256) "
+     "with the first, accepted under any"},
+    {"secret-file", OPT_STRING, AT(secret_file), NULL,
+     "file holding --secret (kept out of the process listing)"},
     {"token", OPT_STRING, AT(token), NULL,
-     "API bearer token required on every route but /v1/health"},
+     "API bearer tokens, comma-separated: any one is required on every "
+     "route but /v1/health"},
+    {"token-file", OPT_STRING, AT(token_file), NULL,
+     "file holding --token (kept out of the process listing)"},
     {"log-level", OPT_LEVEL, AT(log_level), "info",
      "debug, info, warn or error"},
     {"sync-writes", OPT_BOOL, AT(sync_writes), "true",
@@ -313,6 +320,8 @@ static void env_name(char *buf, size_t size, const char *flag)
 static int bad_value(syncd_error_t *err, const char *source,
                      const option_t *opt, const char *text)
 {
+    if (opt->kind == OPT_STRING) /* only a copy fails; may be a secret */
+        return syncd_error_set(err, SYNCD_ENOMEM, "%s: out of memory", source);
     return syncd_error_set(err, SYNCD_EINVAL, "%s: bad value '%s': want %s",
                            source, text, kind_hint(opt->kind));
 }
@@ -350,9 +359,107 @@ bad:
                            "--listen: bad value '%s': want host:port", text);
 }
 
+/* Largest secret or token file read. */
+#define SECRET_FILE_MAX 65536
+
+int syncd_config_read_secret(char **out, const char *path, const char *flag,
+                             syncd_error_t *err)
+{
+    char *text = NULL;
+    size_t n = 0;
+    FILE *f = NULL;
+    int rc = 0;
+
+    *out = NULL;
+    f = fopen(path, "re");
+    if (f == NULL) {
+        rc = syncd_error_set(err, SYNCD_EINVAL, "%s: cannot read '%s': %s",
+                             flag, path, strerror(errno));
+        goto cleanup;
+    }
+    text = malloc(SECRET_FILE_MAX + 1);
+    if (text == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    n = fread(text, 1, SECRET_FILE_MAX + 1, f);
+    if (ferror(f) || n > SECRET_FILE_MAX) {
+        rc = syncd_error_set(err, SYNCD_EINVAL,
+                             "%s: '%s' is unreadable or longer than %d bytes",
+                             flag, path, SECRET_FILE_MAX);
+        goto cleanup;
+    }
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        n--;
+    text[n] = '\0';
+    if (n == 0 || strlen(text) != n) {
+        rc = syncd_error_set(err, SYNCD_EINVAL,
+                             "%s: '%s' is empty or holds a NUL byte", flag,
+                             path);
+        goto cleanup;
+    }
+    *out = strdup(text);
+    if (*out == NULL)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+
+cleanup:
+    if (text != NULL) {
+        memset(text, 0, SECRET_FILE_MAX + 1);
+        free(text);
+    }
+    if (f != NULL)
+        fclose(f);
+    return rc;
+}
+
+/* Checks a comma-separated list of keys (no empty key, no control
+ * character); the message names the flag, never the value. */
+static int check_key_list(const char *list, const char *flag,
+                          syncd_error_t *err)
+{
+    const char *p;
+
+    if (list == NULL)
+        return 0;
+    for (p = list; *p != '\0'; p++)
+        if (iscntrl((unsigned char)*p))
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "%s: holds a control character", flag);
+    if (list[0] == '\0' || list[0] == ',' || strstr(list, ",,") != NULL ||
+        list[strlen(list) - 1] == ',')
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "%s: empty key in the comma-separated list",
+                               flag);
+    return 0;
+}
+
+/* Sets *value to the content of file when file is set (SYNCD_EINVAL when
+ * a value was given as well), then checks the list. */
+static int load_key_list(char **value, const char *file, const char *flag,
+                         syncd_error_t *err)
+{
+    char file_flag[64];
+    char *text = NULL;
+    int rc;
+
+    snprintf(file_flag, sizeof(file_flag), "%s-file", flag);
+    if (file != NULL) {
+        if (*value != NULL)
+            return syncd_error_set(err, SYNCD_EINVAL,
+                                   "%s and %s: give one of them", flag,
+                                   file_flag);
+        rc = syncd_config_read_secret(&text, file, file_flag, err);
+        if (rc != 0)
+            return rc;
+        *value = text;
+    }
+    return check_key_list(*value, *value == text ? file_flag : flag, err);
+}
+
 int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
                        syncd_error_t *err)
 {
+    int rc;
     size_t i;
     int a;
 
@@ -417,6 +524,11 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
     if (cfg->max_collections == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-collections: must be more than 0");
+    rc = load_key_list(&cfg->secret, cfg->secret_file, "--secret", err);
+    if (rc == 0)
+        rc = load_key_list(&cfg->token, cfg->token_file, "--token", err);
+    if (rc != 0)
+        return rc;
     return split_listen(cfg, err);
 }
 

@@ -25,8 +25,9 @@ typedef struct syncd_config {
     char *data_dir;  /* RocksDB store or cache, replay log */
     char *listen;    /* host:port */
     char *node_id;   /* NULL: "local" embedded, host-port in a cluster */
-    char *secret;    /* event HMAC key; NULL: unsigned */
-    char *token;     /* API bearer token; NULL: open */
+    char *secret;    /* event HMAC keys, comma-separated; NULL: unsigned */
+    char *token;     /* API bearer tokens, comma-separated; NULL: open */
+    char *secret_file, *token_file; /* where secret and token were read */
     syncd_log_level_t log_level;
     char *advertise_url; /* NULL: http://<listen address> */
     int sync_writes;
@@ -52,6 +53,13 @@ typedef struct syncd_config {
  * bad value. cfg is released with syncd_config_free() either way. */
 int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
                        syncd_error_t *err);
+
+/* Reads the secret or token held in the file at path into *out (malloc'd,
+ * the caller frees it), trailing newlines removed. SYNCD_EINVAL, naming
+ * flag and path but never the content, when the file cannot be read, is
+ * empty, longer than 64 KiB or holds a NUL byte. */
+int syncd_config_read_secret(char **out, const char *path, const char *flag,
+                             syncd_error_t *err);
 
 /* Frees the strings cfg holds. */
 void syncd_config_free(syncd_config_t *cfg);

@@ -772,12 +772,14 @@ static int split_url(syncd_http_req_t *r)
     return r->path != NULL && r->query != NULL ? 0 : -1;
 }
 
-/* Returns 1 when r carries the server's bearer token (or none is set). */
+/* Returns 1 when r carries one of the server's bearer tokens (a
+ * comma-separated list), or none is set. Each comparison takes the same
+ * time whatever the bytes that differ. */
 static int authorized(const syncd_http_server_t *srv, syncd_http_req_t *r)
 {
-    const char *auth, *given;
-    size_t want, i;
-    unsigned char diff = 0;
+    const char *auth, *given, *token;
+    size_t len, want, i;
+    int ok = 0;
 
     if (srv->token == NULL || strcmp(syncd_http_path(r), srv->open_path) == 0)
         return 1;
@@ -785,12 +787,19 @@ static int authorized(const syncd_http_server_t *srv, syncd_http_req_t *r)
     if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0)
         return 0;
     given = auth + 7;
-    want = strlen(srv->token);
-    if (strlen(given) != want)
-        return 0;
-    for (i = 0; i < want; i++)
-        diff |= (unsigned char)(given[i] ^ srv->token[i]);
-    return diff == 0;
+    len = strlen(given);
+    for (token = srv->token; token != NULL;) {
+        unsigned char diff = 0;
+
+        want = strcspn(token, ",");
+        if (len == want) {
+            for (i = 0; i < want; i++)
+                diff |= (unsigned char)(given[i] ^ token[i]);
+            ok |= diff == 0;
+        }
+        token = token[want] == ',' ? token + want + 1 : NULL;
+    }
+    return ok;
 }
 
 static int on_message_complete(http_parser *p)

@@ -42,7 +42,8 @@ typedef struct syncd_http_options {
     int64_t idle_timeout_ms;        /* keep-alive idle and body stall; 60 s */
     int64_t header_timeout_ms; /* first byte to end of headers; 10 s, 408 */
     int64_t body_timeout_ms;   /* headers to end of body; 30 s (0: none) */
-    const char *token;         /* bearer token; NULL: no authentication */
+    const char *token;         /* bearer tokens, comma-separated (any one is
+                                  accepted); NULL: no authentication */
     const char *open_path;     /* the one path served without the token */
     syncd_http_handler_fn handler;
     syncd_http_observe_fn observe; /* may be NULL */

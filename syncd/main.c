@@ -53,6 +53,7 @@ typedef struct daemon {
     uv_signal_t sigterm, sigint;
     uv_timer_t watch;
     int bus_was_connected;
+    uint64_t auth_failures; /* the bus's count at the last check */
     syncd_node_stats_t last;
     int stopping;
 } daemon_t;
@@ -154,12 +155,13 @@ static void on_signal(uv_signal_t *s, int signum)
     stop(d);
 }
 
-/* Logs what changed since the last check: the bus connection, resyncs
- * and anti-entropy repairs. */
+/* Logs what changed since the last check: the bus connection, refused
+ * Redis credentials, resyncs and anti-entropy repairs. */
 static void check_health(uv_timer_t *t)
 {
     daemon_t *d = t->data;
     syncd_node_stats_t now;
+    syncd_bus_stats_t bus;
     int connected = syncd_bus_connected(d->bus);
 
     if (connected != d->bus_was_connected)
@@ -167,6 +169,13 @@ static void check_health(uv_timer_t *t)
                   "syncd: bus (%s) %s", syncd_bus_kind(d->bus),
                   connected ? "connected" : "disconnected");
     d->bus_was_connected = connected;
+    syncd_bus_stats(d->bus, &bus);
+    if (bus.auth_failures > d->auth_failures)
+        syncd_log(SYNCD_LOG_ERROR,
+                  "syncd: Redis refused the user and password of --redis-url "
+                  "(%llu time(s))",
+                  (unsigned long long)(bus.auth_failures - d->auth_failures));
+    d->auth_failures = bus.auth_failures;
     syncd_node_stats(d->node, &now);
     if (now.resyncs > d->last.resyncs)
         syncd_log(SYNCD_LOG_WARN, "syncd: %llu collection resync(s)",
@@ -422,6 +431,10 @@ int main(int argc, char **argv)
                   d.node_id, d.cfg.host, syncd_http_port(d.http),
                   syncd_store_kind(d.store), syncd_bus_kind(d.bus),
                   d.cfg.data_dir);
+        if (d.cfg.redis_url != NULL && d.cfg.secret == NULL)
+            syncd_log(SYNCD_LOG_WARN,
+                      "syncd: no --secret: events on the bus are not signed, "
+                      "so anyone who can reach Redis can inject changes");
         uv_signal_start(&d.sigterm, on_signal, SIGTERM);
         uv_signal_start(&d.sigint, on_signal, SIGINT);
         d.bus_was_connected = syncd_bus_connected(d.bus);

@@ -1,7 +1,9 @@
 /* syncctl.c - the syncctl command-line tool: global options, the command
  * table and the offline commands.
  *
- * `syncctl [--server URL] [--token T] COMMAND ...` (DESIGN.md section 10).
+ * `syncctl [--server URL] [--token T] COMMAND ...` (DESIGN.md section 10);
+ * `--token-file FILE` reads the token from a file instead, so that it stays
+ * out of the process listing.
  * The offline commands work on files without a node: `diff A B [--merge]`
  * prints the RFC 6902 (or RFC 7396) patch from A to B, and `apply DOC
  * PATCH [--merge]` prints DOC with PATCH applied. Output is canonical JSON
@@ -14,6 +16,8 @@
 #include <string.h>
 
 #include "syncd/patch.h"
+
+#include "config.h"
 #include "syncctl.h"
 
 #define DEFAULT_SERVER "http://127.0.0.1:7070"
@@ -162,7 +166,8 @@ static void print_commands(FILE *to, const syncctl_cmd_t *cmds, size_t n)
 
 static void print_usage(FILE *to)
 {
-    fputs("usage: syncctl [--server URL] [--token T] COMMAND ...\n"
+    fputs("usage: syncctl [--server URL] [--token T | --token-file FILE] "
+          "COMMAND ...\n"
           "commands:\n",
           to);
     print_commands(to, commands, NCOMMANDS);
@@ -173,7 +178,10 @@ int main(int argc, char **argv)
 {
     syncctl_opts_t opts = {getenv("SYNCD_SERVER"), NULL};
     const syncctl_cmd_t *cmd;
-    int i = 1;
+    const char *token_file = NULL;
+    char *token = NULL;
+    syncd_error_t err;
+    int i = 1, rc;
 
     if (opts.server == NULL || opts.server[0] == '\0')
         opts.server = DEFAULT_SERVER;
@@ -190,6 +198,8 @@ int main(int argc, char **argv)
             opts.server = argv[++i];
         } else if (i + 1 < argc && strcmp(argv[i], "--token") == 0) {
             opts.token = argv[++i];
+        } else if (i + 1 < argc && strcmp(argv[i], "--token-file") == 0) {
+            token_file = argv[++i];
         } else {
             fprintf(stderr, "syncctl: bad option '%s'\n", argv[i]);
             print_usage(stderr);
@@ -201,9 +211,24 @@ int main(int argc, char **argv)
         return SYNCCTL_USAGE;
     }
     cmd = find_command(argv[i]);
-    if (cmd != NULL)
-        return cmd->run(cmd, &opts, argc - i - 1, argv + i + 1);
-    fprintf(stderr, "syncctl: unknown command '%s'\n", argv[i]);
-    print_usage(stderr);
-    return SYNCCTL_USAGE;
+    if (cmd == NULL) {
+        fprintf(stderr, "syncctl: unknown command '%s'\n", argv[i]);
+        print_usage(stderr);
+        return SYNCCTL_USAGE;
+    }
+    if (token_file != NULL) {
+        syncd_error_clear(&err);
+        if (opts.token != NULL) {
+            fputs("syncctl: --token and --token-file: give one of them\n",
+                  stderr);
+            return SYNCCTL_USAGE;
+        }
+        if (syncd_config_read_secret(&token, token_file, "--token-file",
+                                     &err) != 0)
+            return syncctl_fail("%s", err.message);
+        opts.token = token;
+    }
+    rc = cmd->run(cmd, &opts, argc - i - 1, argv + i + 1);
+    free(token);
+    return rc;
 }

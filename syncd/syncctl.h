@@ -18,7 +18,7 @@ enum { SYNCCTL_OK = 0, SYNCCTL_FAILED = 1, SYNCCTL_USAGE = 2 };
 /* Global options, parsed before the command name. */
 typedef struct syncctl_opts {
     const char *server; /* --server, $SYNCD_SERVER, or the default URL */
-    const char *token;  /* --token, or NULL */
+    const char *token;  /* --token, the content of --token-file, or NULL */
 } syncctl_opts_t;
 
 /* One command: `run` gets its own entry, the global options and the

@@ -1798,6 +1798,77 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
     assert_int_equal(strncmp(out, "syncd ", 6), 0);
 }
 
+static void
+test_auth__any_token_of_the_comma_separated_list_is_accepted(void **s)
+{
+    daemon_t d;
+    const char *new_token[] = {"Authorization: Bearer tok-new", NULL};
+    const char *old_token[] = {"Authorization: Bearer tok-old", NULL};
+    const char *bad[][2] = {{"Authorization: Bearer tok-new,tok-old", NULL},
+                            {"Authorization: Bearer tok-ne", NULL},
+                            {"Authorization: Bearer tok-newx", NULL},
+                            {"Authorization: Bearer ", NULL}};
+    response_t r;
+
+    (void)s;
+    assert_int_equal(daemon_start(&d, "--token", "tok-new,tok-old", NULL), 0);
+    r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, new_token);
+    expect(&r, 404, "not_found");
+    r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, old_token);
+    expect(&r, 404, "not_found");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, bad[i]);
+        expect(&r, 401, "unauthorized");
+    }
+    assert_int_equal(daemon_stop(&d), 0);
+}
+
+static void test_auth__token_file_is_read_and_neither_secret_is_echoed(void **s)
+{
+    const char *good[] = {"Authorization: Bearer file-token", NULL};
+    char dir[256], tok[300], sec[300], both[300], cmd[1024], out[8192];
+    daemon_t d;
+    response_t r;
+    FILE *f;
+
+    (void)s;
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "secrets"), 0);
+    snprintf(tok, sizeof(tok), "%s/token", dir);
+    snprintf(sec, sizeof(sec), "%s/secret", dir);
+    snprintf(both, sizeof(both), "%s/both", dir);
+    f = fopen(tok, "w");
+    assert_non_null(f);
+    fputs("file-token\n", f);
+    fclose(f);
+    f = fopen(sec, "w");
+    assert_non_null(f);
+    fputs("sec-one,,sec-two\n", f);
+    fclose(f);
+    assert_int_equal(daemon_start(&d, "--token-file", tok, NULL), 0);
+    r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, NULL);
+    expect(&r, 401, "unauthorized");
+    r = request(&d, "GET", "/v1/collections/t/docs/x", NULL, good);
+    expect(&r, 404, "not_found");
+    assert_int_equal(daemon_stop(&d), 0);
+
+    /* Bad settings name the flags and the file, never the value. */
+    snprintf(cmd, sizeof(cmd),
+             "SYNCD_TOKEN_FILE=%s " SYNCD_BINARY " --token other-token 2>&1",
+             tok);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--token and --token-file"));
+    assert_null(strstr(out, "file-token"));
+    assert_null(strstr(out, "other-token"));
+    snprintf(cmd, sizeof(cmd), SYNCD_BINARY " --secret-file %s 2>&1", sec);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--secret-file: empty key"));
+    assert_null(strstr(out, "sec-one"));
+    snprintf(cmd, sizeof(cmd), SYNCD_BINARY " --secret-file %s 2>&1", both);
+    assert_int_equal(run_capture(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, both));
+    assert_int_equal(syncd_test_rmtree(dir), 0);
+}
+
 static void test_data_dir__a_second_syncd_exits_1_naming_dir_and_pid(void **s)
 {
     daemon_t d;
@@ -1863,6 +1934,10 @@ int main(void)
         cmocka_unit_test(test_watch__since_older_than_the_log_is_410),
         cmocka_unit_test(
             test_auth__token_is_required_on_every_route_but_health),
+        cmocka_unit_test(
+            test_auth__any_token_of_the_comma_separated_list_is_accepted),
+        cmocka_unit_test(
+            test_auth__token_file_is_read_and_neither_secret_is_echoed),
         cmocka_unit_test(test_limits__connections_beyond_the_maximum_get_503),
         cmocka_unit_test(
             test_patch__copy_bomb_is_413_naming_the_op_and_changes_nothing),

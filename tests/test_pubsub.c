@@ -524,6 +524,61 @@ test_event_sign__signed_event_verifies_and_tampering_fails(void **state)
     json_decref(event);
 }
 
+static void
+test_event_sign__key_list_signs_with_the_first_and_accepts_any(void **state)
+{
+    json_t *event = make_event("doc", 2), *out = NULL;
+    syncd_error_t err = {0};
+    char *text;
+    size_t len;
+
+    (void)state;
+    json_object_set_new(event, "seq", json_integer(1));
+    text = syncd_event_encode(event, "new,old", &len);
+    assert_non_null(text);
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "new", NULL), 0);
+    json_decref(out);
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "old,new", NULL),
+                     0);
+    json_decref(out);
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "x,y,new", NULL),
+                     0);
+    json_decref(out);
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "old", &err),
+                     SYNCD_EINVAL);
+    assert_non_null(strstr(err.message, "signature"));
+    assert_int_equal(syncd_event_decode(&out, text, len, 0, "ne,ew", NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(
+        syncd_event_decode(&out, text, len, 0, "new,old,newer", NULL), 0);
+    json_decref(out);
+    free(text);
+    json_decref(event);
+}
+
+static void
+test_bus_open__empty_key_in_the_secret_fails_with_EINVAL(void **state)
+{
+    const char *bad[] = {"", ",", "a,,b", ",a", "a,"};
+    syncd_bus_options_t opts;
+    syncd_error_t err;
+    syncd_bus_t *bus;
+    uv_loop_t loop;
+
+    (void)state;
+    uv_loop_init(&loop);
+    test_options(&opts, NULL, NULL);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        syncd_error_clear(&err);
+        opts.secret = bad[i];
+        assert_int_equal(syncd_bus_open(&bus, &loop, &opts, &err),
+                         SYNCD_EINVAL);
+        assert_null(bus);
+        assert_non_null(strstr(err.message, "secret"));
+    }
+    end_loop(&loop);
+}
+
 /* ---- In-process bus ----------------------------------------------------- */
 
 static void
@@ -1153,6 +1208,105 @@ static void test_redis_bus__bad_url_fails_with_EINVAL_naming_it(void **state)
         assert_non_null(strstr(err.message, bad[i]));
     }
     end_loop(&loop);
+}
+
+static void
+test_redis_bus__bad_credentials_in_the_url_fail_without_echoing_them(
+    void **state)
+{
+    const char *bad[] = {
+        "redis://user:pw-secret@",    "redis://user:pw-secret@h:0",
+        "redis://user:@h:1",          "redis://pw-secret@h:1",
+        "redis://u:pw-secret%zz@h:1", "redis://u:pw-secret%0a@h:1"};
+    syncd_bus_options_t opts;
+    syncd_error_t err;
+    syncd_bus_t *bus;
+    uv_loop_t loop;
+
+    (void)state;
+    uv_loop_init(&loop);
+    syncd_bus_options_init(&opts);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        syncd_error_clear(&err);
+        opts.redis_url = bad[i];
+        assert_int_equal(syncd_bus_open(&bus, &loop, &opts, &err),
+                         SYNCD_EINVAL);
+        assert_null(bus);
+        assert_non_null(strstr(err.message, "redis://<credentials>@"));
+        assert_null(strstr(err.message, "pw-secret"));
+    }
+    end_loop(&loop);
+}
+
+/* Runs cmd (a format of hiredis) on srv authenticated as user with pass;
+ * asserts a reply that is not an error. */
+static void command_as(const syncd_test_server_t *srv, const char *user,
+                       const char *pass, const char *cmd)
+{
+    redisContext *c = redisConnect("127.0.0.1", srv->port);
+    redisReply *reply;
+
+    assert_non_null(c);
+    assert_int_equal(c->err, 0);
+    reply = redisCommand(c, "AUTH %s %s", user, pass);
+    assert_non_null(reply);
+    assert_int_not_equal(reply->type, REDIS_REPLY_ERROR);
+    freeReplyObject(reply);
+    reply = redisCommand(c, cmd);
+    assert_non_null(reply);
+    assert_int_not_equal(reply->type, REDIS_REPLY_ERROR);
+    freeReplyObject(reply);
+    redisFree(c);
+}
+
+static void
+test_redis_bus__acl_user_of_the_url_authenticates_a_wrong_password_never_connects(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    syncd_bus_options_t opts;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    syncd_bus_stats_t st;
+    rec_t r = {0};
+    uv_loop_t loop;
+    char url[128];
+
+    flush(srv);
+    assert_int_equal(syncd_test_redis_cli(srv, "ACL", "SETUSER", "bus-user",
+                                          "on", ">p@ss/w", "~syncd:*",
+                                          "&syncd:*", "+@all", NULL),
+                     0);
+    assert_int_equal(
+        syncd_test_redis_cli(srv, "ACL", "SETUSER", "default", "off", NULL), 0);
+    uv_loop_init(&loop);
+    /* The password percent-encoded ('@' and '/'), as RFC 3986 wants. */
+    snprintf(url, sizeof(url), "redis://bus-user:p%%40ss%%2Fw@127.0.0.1:%d/",
+             srv->port);
+    bus = open_bus(&loop, url, NULL, "k", 0);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event, &r, NULL), 0);
+    assert_int_equal(publish_one(&loop, bus, make_event("acl", 1)).seq, 1);
+    wait_recs(&loop, 1, &r, NULL);
+    assert_int_equal(r.events, 1);
+    syncd_bus_stats(bus, &st);
+    assert_int_equal(st.auth_failures, 0);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+
+    snprintf(url, sizeof(url), "redis://bus-user:wrong@127.0.0.1:%d/",
+             srv->port);
+    test_options(&opts, url, NULL);
+    assert_int_equal(syncd_bus_open(&bus, &loop, &opts, NULL), 0);
+    run_for(&loop, 500);
+    assert_false(syncd_bus_connected(bus));
+    syncd_bus_stats(bus, &st);
+    assert_true(st.auth_failures >= 1);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    command_as(srv, "bus-user", "p@ss/w", "ACL SETUSER default on");
+    assert_int_equal(
+        syncd_test_redis_cli(srv, "ACL", "DELUSER", "bus-user", NULL), 0);
 }
 
 static void
@@ -1931,6 +2085,10 @@ int main(void)
         cmocka_unit_test(
             test_event_sign__signed_event_verifies_and_tampering_fails),
         cmocka_unit_test(
+            test_event_sign__key_list_signs_with_the_first_and_accepts_any),
+        cmocka_unit_test(
+            test_bus_open__empty_key_in_the_secret_fails_with_EINVAL),
+        cmocka_unit_test(
             test_local_bus__seqs_are_contiguous_and_delivered_in_order),
         cmocka_unit_test(test_local_bus__replay_reads_ranges_from_the_log),
         cmocka_unit_test(
@@ -1949,8 +2107,12 @@ int main(void)
         cmocka_unit_test(
             test_local_bus__members_are_this_node_while_its_heartbeat_lives),
         cmocka_unit_test(test_redis_bus__bad_url_fails_with_EINVAL_naming_it),
+        cmocka_unit_test(
+            test_redis_bus__bad_credentials_in_the_url_fail_without_echoing_them),
     };
     const struct CMUnitTest redis[] = {
+        cmocka_unit_test(
+            test_redis_bus__acl_user_of_the_url_authenticates_a_wrong_password_never_connects),
         cmocka_unit_test(
             test_redis_bus__heartbeats_list_live_nodes_until_their_ttl_lapses),
         cmocka_unit_test(

@@ -51,11 +51,14 @@ typedef struct syncd_bus syncd_bus_t;
 /* Options for syncd_bus_open(); set defaults with syncd_bus_options_init().
  * Strings are borrowed during syncd_bus_open() only. */
 typedef struct syncd_bus_options {
-    const char *redis_url;  /* "redis://host:port[/db]"; NULL: in-process */
+    const char *redis_url;  /* "redis://[[user]:pass@]host:port[/db]" (user
+                               and pass percent-encoded, AUTHenticated on
+                               connect); NULL: in-process */
     const char *database;   /* key namespace "syncd:<db>:..."; "syncd" */
     const char *data_dir;   /* in-process bus: replay log dir (NULL: memory) */
     const char *node_id;    /* this node, for logs; "local" */
-    const char *secret;     /* HMAC-SHA256 key; NULL: unsigned events */
+    const char *secret;     /* HMAC-SHA256 keys, comma-separated: sign with
+                               the first, accept any; NULL: unsigned */
     uint64_t event_log_len; /* replay log bound per collection; 100000 */
     size_t max_event_bytes; /* larger diffs become invalidates; 1 MiB */
     int64_t reconnect_min_ms;   /* Redis reconnect backoff start; 100 ms */
@@ -212,6 +215,7 @@ typedef struct syncd_bus_stats {
     uint64_t published, received, replayed, gaps, resyncs, reconnects,
         dropped_malformed, dropped_oversize, dropped_signature,
         dropped_duplicate, dropped_republished, timeouts, collections;
+    uint64_t auth_failures; /* AUTH of the URL's credentials refused */
 } syncd_bus_stats_t;
 
 /* Copies the bus counters into *out. */
@@ -227,16 +231,19 @@ int syncd_event_validate(const json_t *event, size_t max_bytes,
 
 /* Decodes len bytes of event JSON into *out (a new object) after
  * validation and, when secret is not NULL, HMAC-SHA256 verification of
- * "sig" (SYNCD_EINVAL naming the failure). */
+ * "sig" under any key of secret, a comma-separated list (SYNCD_EINVAL
+ * naming the failure). */
 int syncd_event_decode(json_t **out, const char *data, size_t len,
                        size_t max_bytes, const char *secret,
                        syncd_error_t *err);
 
 /* Encodes event compactly into a malloc'd string (caller frees), setting
- * "sig" first when secret is not NULL; NULL on out of memory. */
+ * "sig" first, under the first key of secret, when secret is not NULL;
+ * NULL on out of memory. */
 char *syncd_event_encode(json_t *event, const char *secret, size_t *len);
 
-/* Writes the hex HMAC-SHA256 under secret of event's canonical form
+/* Writes the hex HMAC-SHA256 under secret (its first key when it is a
+ * comma-separated list) of event's canonical form
  * without "sig" and "seq" (the bus assigns seq after signing) into out
  * (65 bytes). */
 int syncd_event_sign(char out[65], const json_t *event, const char *secret,
