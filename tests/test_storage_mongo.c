@@ -1233,6 +1233,9 @@ test_mongo_fault__a_dead_server_fails_calls_with_EBACKEND_then_recovers(
     }
 
     assert_int_equal(syncd_test_server_restart(&f->srv), 0);
+    /* mongo-java-server keeps its data in memory: it restarts empty. */
+    if (strcmp(f->srv.kind, "mongo-java") == 0)
+        version = 1;
     for (; version <= 10; version++)
         assert_int_equal(call_each(be, version, &err), 0);
     be->ops->close(be);
