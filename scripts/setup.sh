@@ -111,7 +111,8 @@ if [ ! -x "$FERRETDB" ]; then
 fi
 
 # mongo-java-server: its jars from Maven Central (the pom in
-# tests/tools/mongo-java-server) and the few lines of Java that start it,
+# tests/tools/mongo-java-server; Maven's own cache in .tools/m2) and the
+# lines of Java that start it,
 # compiled with javac, behind the launcher .tools/bin/mongo-java-server PORT.
 # Rebuilt only when the pom or the Java source changes.
 MJS_SRC="$ROOT/tests/tools/mongo-java-server"
@@ -123,7 +124,8 @@ if [ ! -x "$MJS_BIN" ] || [ "$(cat "$MJS/stamp" 2>/dev/null)" != "$mjs_stamp" ];
     echo "setup: building mongo-java-server into $MJS" >&2
     rm -rf "$MJS"
     mkdir -p "$MJS/classes" "$ROOT/.tools/bin"
-    mvn -q -B -Dstyle.color=never -f "$MJS_SRC/pom.xml" dependency:copy-dependencies \
+    mvn -q -B -Dstyle.color=never -Dmaven.repo.local="$ROOT/.tools/m2" \
+        -f "$MJS_SRC/pom.xml" dependency:copy-dependencies \
         -DincludeScope=runtime -DoutputDirectory="$MJS/lib"
     javac -d "$MJS/classes" -cp "$MJS/lib/*" "$MJS_SRC/SyncdMongoJavaServer.java"
     cat >"$MJS_BIN" <<EOF
