@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # setup.sh - install everything syncd's build, tests and benchmarks need on
-# a Debian 12 machine (run as root), and build FerretDB, the MongoDB
-# wire-compatible test server, into .tools/bin. Does nothing that is
-# already done, so it is cheap to run before every build.
+# a Debian 12 machine (run as root), and build the two MongoDB
+# wire-compatible test servers, FerretDB and mongo-java-server, into
+# .tools/. Does nothing that is already done, so it is cheap to run before
+# every build.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +12,8 @@ PACKAGES=(build-essential cmake pkg-config git ca-certificates
     libjansson-dev libuv1-dev libcmocka-dev libmongoc-dev libbson-dev
     libhiredis-dev librocksdb-dev libhttp-parser-dev libcurl4-openssl-dev
     libssl-dev libarchive-dev zlib1g-dev redis-server redis-tools clang-format python3 python3-jsonpatch
-    etcd-server etcd-client wrk curl openssl stunnel4)
+    etcd-server etcd-client wrk curl openssl stunnel4 default-jdk-headless
+    maven)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -107,4 +109,32 @@ if [ ! -x "$FERRETDB" ]; then
             github.com/FerretDB/FerretDB/cmd/ferretdb
         rm -rf vendor
     )
+fi
+
+# mongo-java-server: its jars from Maven Central (the pom in
+# tests/tools/mongo-java-server; Maven's own cache in .tools/m2) and the
+# lines of Java that start it,
+# compiled with javac, behind the launcher .tools/bin/mongo-java-server PORT.
+# Rebuilt only when the pom or the Java source changes.
+MJS_SRC="$ROOT/tests/tools/mongo-java-server"
+MJS="$ROOT/.tools/mongo-java-server"
+MJS_BIN="$ROOT/.tools/bin/mongo-java-server"
+mjs_stamp="$(cat "$MJS_SRC/pom.xml" "$MJS_SRC/SyncdMongoJavaServer.java" |
+    sha256sum | cut -d' ' -f1)"
+if [ ! -x "$MJS_BIN" ] || [ "$(cat "$MJS/stamp" 2>/dev/null)" != "$mjs_stamp" ]; then
+    echo "setup: building mongo-java-server into $MJS" >&2
+    rm -rf "$MJS"
+    mkdir -p "$MJS/classes" "$ROOT/.tools/bin"
+    mvn -q -B -Dstyle.color=never -Dmaven.repo.local="$ROOT/.tools/m2" \
+        -f "$MJS_SRC/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$MJS/lib"
+    javac -d "$MJS/classes" -cp "$MJS/lib/*" "$MJS_SRC/SyncdMongoJavaServer.java"
+    cat >"$MJS_BIN" <<EOF
+#!/bin/sh
+# mongo-java-server on 127.0.0.1:PORT (memory backend); made by setup.sh.
+exec java -XX:+UseSerialGC -cp "$MJS/classes:$MJS/lib/*" \\
+    SyncdMongoJavaServer "\$@"
+EOF
+    chmod +x "$MJS_BIN"
+    echo "$mjs_stamp" >"$MJS/stamp"
 fi

@@ -14,6 +14,7 @@ cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 cmake --build "$BUILD" -j"$(nproc)"
 
 export SYNCD_FERRETDB="${SYNCD_FERRETDB:-$ROOT/.tools/bin/ferretdb}"
+export SYNCD_MONGO_JAVA="${SYNCD_MONGO_JAVA:-$ROOT/.tools/bin/mongo-java-server}"
 export SYNCD_TESTDATA="${SYNCD_TESTDATA:-$ROOT/../shared/testdata}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$ROOT/tests/lsan.supp:print_suppressions=0}"

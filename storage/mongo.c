@@ -33,18 +33,27 @@
  * the filter {_id, v: expected} (matched 0 is a conflict): one atomic
  * single-document operation on MongoDB.
  *
- * FerretDB v1 (detected by `buildInfo`; its SQLite backend was checked by
- * experiment and in its source) runs a filtered update as a query followed
- * by an update by _id, which loses updates under concurrency; only an
- * insert (its unique _id) is atomic there. So the replace is preceded by a
- * claim: an insert of {_id: "<id>\x1f<expected, 20 digits>", o: <owner>,
- * t} into the side collection "_syncd_claims.<coll>", whose unique _id
- * lets one writer at a time move a document on from a given version. The
- * owner token "<holder>-<number>" is unique to one claim: the holder name
- * is the backend's (a per-process random nonce and the backend's number in
- * the process), the number counts claims. The holder reads the version,
- * replaces with the filter {_id, v: expected} and drops its claim
- * (filtered on its owner).
+ * FerretDB v1 (its SQLite backend was checked by experiment and in its
+ * source) runs a filtered update as a query followed by an update by _id,
+ * which loses updates under concurrency; only an insert (its unique _id) is
+ * atomic there. No server says whether its filtered update is atomic (no
+ * field of hello, buildInfo or serverStatus tells), and a probe at open
+ * could prove only a lost update, by chance, never its absence. So the path
+ * follows the product that `buildInfo` names: a server that reports
+ * `ferretdbVersion` (FerretDB, any version: v2 was not checked, and claims
+ * are correct, only slower, on an atomic server) gets the claims below;
+ * every other server gets the single filtered replace: MongoDB, and
+ * mongo-java-server (which applies a filtered single-document update under
+ * its collection lock; the tests run it there).
+ *
+ * So on FerretDB the replace is preceded by a claim: an insert of
+ * {_id: "<id>\x1f<expected, 20 digits>", o: <owner>, t} into the side
+ * collection "_syncd_claims.<coll>", whose unique _id lets one writer at a time
+ * move a document on from a given version. The owner token "<holder>-<number>"
+ * is unique to one claim: the holder name is the backend's (a per-process
+ * random nonce and the backend's number in the process), the number counts
+ * claims. The holder reads the version, replaces with the filter {_id, v:
+ * expected} and drops its claim (filtered on its owner).
  *
  * A claim is trusted for a lease (twice the backend timeout, at least
  * 1 s), timed by each process on its own monotonic clock, so no two nodes'
@@ -1981,7 +1990,8 @@ static const syncd_backend_ops_t mongo_ops = {
 };
 
 /* Asks the server for buildInfo (which also proves it is reachable) and
- * turns on claims when it is FerretDB. */
+ * turns on claims when it is FerretDB (see the file comment for why the
+ * product decides). */
 static int probe_server(mongo_backend_t *m, syncd_error_t *err)
 {
     mongoc_client_t *client = mongoc_client_pool_pop(m->pool);

@@ -16,10 +16,11 @@
  * a findAndModify ($inc) loop with mongo-c-driver on a 1 KB document of the
  * same server. The two are measured in alternating slices of the same
  * seconds, so that load from other processes on the machine weighs on both
- * alike.
+ * alike. Next to the edit with 8 writers of one document, 8 bare
+ * findAndModify writers of one document (a client each) on the same server.
  *
  * Usage: bench_store --data-dir DIR [--mongo-uri URI] [--seconds S]
- * (bench/storage/run.sh starts a FerretDB and runs it).
+ * (bench/storage/run.sh starts FerretDB or mongo-java-server and runs it).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -538,7 +539,79 @@ static void bare_mongo_close(bare_mongo_t *b)
     mongoc_client_destroy(b->client);
 }
 
+/* One of several bare findAndModify writers of the same document, each
+ * with a client of its own. */
+typedef struct bare_writer {
+    const char *uri;
+    int64_t deadline;
+    samples_t lat;
+    size_t failures;
+} bare_writer_t;
+
+static void *bare_mongo_worker(void *arg)
+{
+    bare_writer_t *w = arg;
+    bare_mongo_t b = {0};
+
+    b.client = mongoc_client_new(w->uri);
+    if (!b.client)
+        die("bare mongo", "bad URI");
+    b.coll = mongoc_client_get_collection(b.client, "syncd_bench", "bare");
+    b.query = BCON_NEW("_id", BCON_UTF8("bare"));
+    b.update = BCON_NEW("$inc", "{", "n", BCON_INT64(1), "}");
+    bare_mongo_loop(&b, &w->lat, &w->failures, w->deadline);
+    bare_mongo_close(&b);
+    return NULL;
+}
+
+/* Runs `writers` bare findAndModify loops on the document that
+ * bare_mongo_open() made, for seconds. */
+static result_t run_bare_mongo_writers(const char *uri, int writers,
+                                       double seconds)
+{
+    pthread_t threads[MAX_WRITERS];
+    bare_writer_t w[MAX_WRITERS];
+    samples_t all = {0};
+    size_t failures = 0;
+    int64_t t0 = mono_ns(), deadline = deadline_after(seconds);
+    result_t r;
+
+    for (int i = 0; i < writers; i++) {
+        w[i] = (bare_writer_t){.uri = uri, .deadline = deadline};
+        pthread_create(&threads[i], NULL, bare_mongo_worker, &w[i]);
+    }
+    for (int i = 0; i < writers; i++) {
+        pthread_join(threads[i], NULL);
+        for (size_t j = 0; j < w[i].lat.n; j++)
+            samples_add(&all, w[i].lat.ns[j]);
+        failures += w[i].failures;
+        free(w[i].lat.ns);
+    }
+    r = summarise(&all, mono_ns() - t0, failures);
+    free(all.ns);
+    return r;
+}
+
 /* ---- One store of record ------------------------------------------------ */
+
+/* Runs the 1-writer edit and the bare findAndModify for 3 x seconds each,
+ * unmeasured: a server on the JVM (mongo-java-server) compiles its hot
+ * paths in its first seconds of load, which would otherwise weigh on the
+ * first rows only. */
+static void warm_up(syncd_store_t *store, const char *mongo_uri, double seconds)
+{
+    bare_mongo_t b = {0};
+    samples_t lat = {0};
+    size_t failures = 0;
+
+    if (seed_docs(store, "warmup", 1) != 0)
+        exit(1);
+    run_edits(store, "warmup", 1, 1, 3 * seconds);
+    bare_mongo_open(&b, mongo_uri);
+    bare_mongo_loop(&b, &lat, &failures, deadline_after(3 * seconds));
+    bare_mongo_close(&b);
+    free(lat.ns);
+}
 
 /* Runs the edit matrix, the cached-get loop and the overhead ratio on one
  * store of record; prints the rows and returns the ratio's two results. */
@@ -563,6 +636,8 @@ static void bench_store(const char *mongo_uri, const char *dir, double seconds,
     if (syncd_store_open(&store, &opts, &err) != 0)
         die("open store", err.message);
     kind = syncd_store_kind(store);
+    if (mongo_uri != NULL)
+        warm_up(store, mongo_uri, seconds);
     for (size_t d = 0; d < 2; d++) {
         char coll[32];
 
@@ -616,6 +691,8 @@ static void bench_store(const char *mongo_uri, const char *dir, double seconds,
         bare_mongo_t b = {0};
 
         bare_mongo_open(&b, mongo_uri);
+        print_row("bare findAndModify $inc, 8 writers", kind,
+                  run_bare_mongo_writers(mongo_uri, 8, seconds));
         run_ratio(store, "bench1", bare_mongo_loop, &b, seconds, syncd, bare);
         bare_mongo_close(&b);
         print_row("ratio: edit, 1 writer, 1 doc", kind, *syncd);

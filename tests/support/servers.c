@@ -1,5 +1,6 @@
-/* servers.c - start, stop and restart real Redis and FerretDB servers for
- * the integration tests, each on a free loopback port with its own temp dir.
+/* servers.c - start, stop and restart real Redis, FerretDB and
+ * mongo-java-server servers for the integration tests, each on a free
+ * loopback port with its own temp dir.
  */
 #define _GNU_SOURCE
 #include "servers.h"
@@ -136,10 +137,43 @@ static int wait_ready(syncd_test_server_t *srv, const char *logfile)
     return -1;
 }
 
+#define MONGO_JAVA_KIND "mongo-java"
+
+/* Spawns mongo-java-server on srv->port and waits until it answers. */
+static int launch_mongo_java(syncd_test_server_t *srv)
+{
+    const char *bin = getenv("SYNCD_MONGO_JAVA");
+    char def[300], log[300], port[16];
+
+    if (bin == NULL || *bin == '\0') {
+        snprintf(def, sizeof(def), "%s/.tools/bin/mongo-java-server",
+                 SYNCD_SOURCE_DIR);
+        bin = def;
+    }
+    if (access(bin, X_OK) != 0) {
+        fprintf(stderr,
+                "mongo-java-server not found at %s: run scripts/setup.sh "
+                "or set SYNCD_MONGO_JAVA\n",
+                bin);
+        return -1;
+    }
+    snprintf(log, sizeof(log), "%s/server.log", srv->dir);
+    snprintf(port, sizeof(port), "%d", srv->port);
+    char *argv[] = {(char *)bin, port, NULL};
+    srv->pid = spawn(argv, log);
+    if (srv->pid < 0) {
+        srv->pid = 0;
+        return -1;
+    }
+    return wait_ready(srv, log);
+}
+
 static int launch(syncd_test_server_t *srv)
 {
     char log[300], port[16], url[300], state[300], listen[64];
 
+    if (strcmp(srv->kind, MONGO_JAVA_KIND) == 0)
+        return launch_mongo_java(srv);
     snprintf(log, sizeof(log), "%s/server.log", srv->dir);
     snprintf(port, sizeof(port), "%d", srv->port);
     if (strcmp(srv->kind, "redis") == 0) {
@@ -218,6 +252,15 @@ int syncd_test_redis_start(syncd_test_server_t *srv)
     return start(srv, "redis");
 }
 
+/* Whether $SYNCD_TEST_MONGO_SERVER picks mongo-java-server over FerretDB
+ * (tests/CMakeLists.txt registers the MongoDB tests once per server). */
+static int mongo_java_selected(void)
+{
+    const char *which = getenv("SYNCD_TEST_MONGO_SERVER");
+
+    return which != NULL && strcmp(which, "mongo-java-server") == 0;
+}
+
 int syncd_test_mongo_start(syncd_test_server_t *srv)
 {
     const char *ext = getenv("SYNCD_TEST_MONGO_URI");
@@ -229,7 +272,14 @@ int syncd_test_mongo_start(syncd_test_server_t *srv)
         srv->external = 1;
         return 0;
     }
+    if (mongo_java_selected())
+        return syncd_test_mongo_java_start(srv);
     return start(srv, "ferretdb");
+}
+
+int syncd_test_mongo_java_start(syncd_test_server_t *srv)
+{
+    return start(srv, MONGO_JAVA_KIND);
 }
 
 int syncd_test_server_stop(syncd_test_server_t *srv)

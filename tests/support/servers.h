@@ -1,4 +1,5 @@
-/* servers.h - real test servers (Redis, FerretDB) on free loopback ports.
+/* servers.h - real test servers (Redis, FerretDB, mongo-java-server) on free
+ * loopback ports.
  *
  * Integration tests start the servers they need with these helpers, talk to
  * them over real sockets, and stop them by PID. A server that cannot start
@@ -15,7 +16,7 @@ typedef struct syncd_test_server {
     pid_t pid;     /* 0 when not running */
     int port;      /* loopback port it listens on */
     char dir[256]; /* private temp dir (data, logs); removed on stop */
-    char kind[16]; /* "redis" or "ferretdb" */
+    char kind[16]; /* "redis", "ferretdb" or "mongo-java" */
     char uri[320]; /* "redis://127.0.0.1:P" or "mongodb://127.0.0.1:P/" */
     int external;  /* 1 when SYNCD_TEST_MONGO_URI names an outside server */
 } syncd_test_server_t;
@@ -38,11 +39,19 @@ int syncd_test_rmtree(const char *dir);
  * answers; returns 0, or -1 (message on stderr). */
 int syncd_test_redis_start(syncd_test_server_t *srv);
 
-/* Starts FerretDB (SQLite backend, binary from $SYNCD_FERRETDB or the
- * project's .tools/bin) on a free port and waits until it accepts
- * connections; with $SYNCD_TEST_MONGO_URI set, uses that server instead
- * (external = 1, nothing is started). Returns 0 or -1. */
+/* Starts the MongoDB-wire server of the test run on a free port and waits
+ * until it accepts connections: FerretDB (SQLite backend, binary from
+ * $SYNCD_FERRETDB or the project's .tools/bin), or mongo-java-server when
+ * $SYNCD_TEST_MONGO_SERVER is "mongo-java-server"; with
+ * $SYNCD_TEST_MONGO_URI set, uses that server instead (external = 1,
+ * nothing is started). Returns 0 or -1. */
 int syncd_test_mongo_start(syncd_test_server_t *srv);
+
+/* Starts mongo-java-server (memory backend: a restart starts it empty;
+ * launcher from $SYNCD_MONGO_JAVA or the project's
+ * .tools/bin/mongo-java-server) on a free port and waits until it accepts
+ * connections; returns 0 or -1 (message on stderr). */
+int syncd_test_mongo_java_start(syncd_test_server_t *srv);
 
 /* Stops the server with SIGTERM (SIGKILL after 5 s) and waits for it,
  * keeping its dir so that it can be restarted; returns 0 or -1. */
