@@ -1,0 +1,107 @@
+// linzcheck - checks a history recorded by linz_record (tests/linz/record.c)
+// against DESIGN.md's contract with Porcupine.
+//
+// Usage: linzcheck -mode embedded|cluster [-html FILE] [-timeout D] HISTORY
+//
+// HISTORY is JSON Lines, one operation a line (see history.go). The model
+// is a key-value store with versions (model.go), partitioned by key.
+//
+// Mode embedded (one node, the store of record serves every read): the whole
+// history, reads included, must be linearizable.
+//
+// Mode cluster (nodes serve reads from caches that are updated
+// asynchronously): the writes alone must be linearizable; every read must
+// return a version and value that some write produced, and no sooner than
+// that write was called; per client (each pinned to one node), reads never
+// go back to an older version and a client reads its own acknowledged
+// writes (reads.go).
+//
+// Exit status: 0 when the history passes, 1 on a violation (with -html, the
+// Porcupine visualization of the failing check is written there), 2 on a
+// usage or input error, 3 when the check ran out of time (no verdict).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+func main() {
+	mode := flag.String("mode", "", "embedded or cluster")
+	html := flag.String("html", "", "write Porcupine's visualization here on a violation")
+	timeout := flag.Duration("timeout", 5*time.Minute, "give up the linearizability search after this long")
+	flag.Parse()
+	if flag.NArg() != 1 || (*mode != "embedded" && *mode != "cluster") {
+		fmt.Fprintln(os.Stderr, "usage: linzcheck -mode embedded|cluster [-html FILE] [-timeout D] HISTORY")
+		os.Exit(2)
+	}
+	h, err := loadHistory(flag.Arg(0))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "linzcheck: %v\n", err)
+		os.Exit(2)
+	}
+	os.Exit(run(h, *mode, *html, *timeout))
+}
+
+// run checks h in mode and prints a summary; it returns the exit status.
+func run(h *history, mode, html string, timeout time.Duration) int {
+	fmt.Printf("linzcheck: %s\n", h.summary())
+	if bad := h.unexpected(); len(bad) > 0 {
+		for _, r := range bad {
+			fmt.Printf("VIOLATION: answer outside the contract: %s\n", r.describe())
+		}
+		return 1
+	}
+	var ops []porcupine.Operation
+	what := "the whole history"
+	if mode == "embedded" {
+		ops = h.operations(true)
+	} else {
+		ops = h.operations(false)
+		what = "the writes"
+	}
+	status := checkLinearizable(ops, what, html, timeout)
+	if mode == "cluster" {
+		violations := checkReads(h)
+		for _, v := range violations {
+			fmt.Printf("VIOLATION: %s\n", v)
+		}
+		if len(violations) > 0 && status == 0 {
+			status = 1
+		}
+		if len(violations) == 0 {
+			fmt.Printf("linzcheck: reads: every read returned a written version, none went back, every client read its own writes\n")
+		}
+	}
+	return status
+}
+
+// checkLinearizable runs Porcupine on ops; on a violation it writes the
+// visualization to html (when given). It returns the exit status.
+func checkLinearizable(ops []porcupine.Operation, what, html string, timeout time.Duration) int {
+	start := time.Now()
+	res := porcupine.CheckOperationsTimeout(kvModel, ops, timeout)
+	took := time.Since(start).Round(time.Millisecond)
+	switch res {
+	case porcupine.Ok:
+		fmt.Printf("linzcheck: %s (%d operations) is linearizable (checked in %s)\n", what, len(ops), took)
+		return 0
+	case porcupine.Unknown:
+		fmt.Printf("linzcheck: NO VERDICT: the search over %s (%d operations) ran out of -timeout %s\n", what, len(ops), timeout)
+		return 3
+	}
+	fmt.Printf("VIOLATION: %s (%d operations) is not linearizable (found in %s)\n", what, len(ops), took)
+	if html != "" {
+		_, info := porcupine.CheckOperationsVerbose(kvModel, ops, timeout)
+		if err := porcupine.VisualizePath(kvModel, info, html); err != nil {
+			fmt.Fprintf(os.Stderr, "linzcheck: writing %s: %v\n", html, err)
+		} else {
+			fmt.Printf("linzcheck: visualization in %s\n", html)
+		}
+	}
+	return 1
+}
