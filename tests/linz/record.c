@@ -259,8 +259,8 @@ static int client_step(client_t *c, CURL *curl)
     op_t op = pick_op(c);
     int key = pick(c, o->keys);
     seen_t *s = &c->seen[key];
-    char url[512], val[64], body[256], etag[32], out[64];
-    const char *test = NULL, *method = "GET", *ctype = NULL, *if_match = NULL;
+    char url[512], val[64], test[64], body[256], etag[32], out[64];
+    const char *method = "GET", *ctype = NULL, *if_match = NULL;
     const char *payload = NULL;
     int64_t call, ret, expect = s->ver > 0 ? s->ver : 1;
     int have_out = 0, exhausted = 0;
@@ -285,7 +285,7 @@ static int client_step(client_t *c, CURL *curl)
         break;
     case OP_TAS:
         method = "PATCH";
-        test = s->val[0] != '\0' ? s->val : "none";
+        snprintf(test, sizeof(test), "%s", s->val[0] != '\0' ? s->val : "none");
         snprintf(body, sizeof(body),
                  "[{\"op\":\"test\",\"path\":\"/val\",\"value\":\"%s\"},"
                  "{\"op\":\"replace\",\"path\":\"/val\",\"value\":\"%s\"}]",

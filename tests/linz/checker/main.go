@@ -88,13 +88,13 @@ func checkLinearizable(ops []porcupine.Operation, what, html string, timeout tim
 	took := time.Since(start).Round(time.Millisecond)
 	switch res {
 	case porcupine.Ok:
-		fmt.Printf("linzcheck: %s (%d operations) is linearizable (checked in %s)\n", what, len(ops), took)
+		fmt.Printf("linzcheck: linearizable: %s (%d operations; checked in %s)\n", what, len(ops), took)
 		return 0
 	case porcupine.Unknown:
 		fmt.Printf("linzcheck: NO VERDICT: the search over %s (%d operations) ran out of -timeout %s\n", what, len(ops), timeout)
 		return 3
 	}
-	fmt.Printf("VIOLATION: %s (%d operations) is not linearizable (found in %s)\n", what, len(ops), took)
+	fmt.Printf("VIOLATION: not linearizable: %s (%d operations; found in %s)\n", what, len(ops), took)
 	if html != "" {
 		_, info := porcupine.CheckOperationsVerbose(kvModel, ops, timeout)
 		if err := porcupine.VisualizePath(kvModel, info, html); err != nil {
