@@ -9,6 +9,7 @@
 #   bad-lost-update   two If-Match writes on v1 both succeed as v2
 #   bad-own-write     a client reads v1 after its own write of v2
 #   bad-phantom-read  a read returns a value no write produced
+#   bad-read-back     a client reads v2, then v1
 #
 # Usage: tests/linz/checker_test.sh LINZCHECK
 set -euo pipefail
@@ -46,9 +47,11 @@ expect 1 embedded bad-stale-read.jsonl html
 expect 0 cluster bad-stale-read.jsonl
 expect 1 embedded bad-lost-update.jsonl html
 expect 1 cluster bad-lost-update.jsonl html
-expect 1 cluster bad-own-write.jsonl
+expect 1 cluster bad-own-write.jsonl html
 expect 1 embedded bad-own-write.jsonl html
-expect 1 cluster bad-phantom-read.jsonl
+expect 1 cluster bad-phantom-read.jsonl html
 expect 1 embedded bad-phantom-read.jsonl html
+expect 1 cluster bad-read-back.jsonl html
+expect 1 embedded bad-read-back.jsonl html
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

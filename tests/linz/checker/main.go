@@ -16,9 +16,10 @@
 // go back to an older version and a client reads its own acknowledged
 // writes (reads.go).
 //
-// Exit status: 0 when the history passes, 1 on a violation (with -html, the
-// Porcupine visualization of the failing check is written there), 2 on a
-// usage or input error, 3 when the check ran out of time (no verdict).
+// Exit status: 0 when the history passes, 1 on a violation (with -html,
+// Porcupine's visualization is written there: of the whole history, or in
+// cluster mode of the writes, with each bad read as an annotation), 2 on a
+// usage or input error, 3 when the search ran out of time (no verdict).
 package main
 
 import (
@@ -64,44 +65,64 @@ func run(h *history, mode, html string, timeout time.Duration) int {
 		ops = h.operations(false)
 		what = "the writes"
 	}
-	status := checkLinearizable(ops, what, html, timeout)
+	res := checkLinearizable(ops, what, timeout)
+	var bad []readViolation
 	if mode == "cluster" {
-		violations := checkReads(h)
-		for _, v := range violations {
-			fmt.Printf("VIOLATION: %s\n", v)
+		bad = checkReads(h)
+		for _, v := range bad {
+			fmt.Printf("VIOLATION: %s\n", v.msg)
 		}
-		if len(violations) > 0 && status == 0 {
-			status = 1
-		}
-		if len(violations) == 0 {
+		if len(bad) == 0 {
 			fmt.Printf("linzcheck: reads: every read returned a written version, none went back, every client read its own writes\n")
 		}
 	}
-	return status
+	if res != porcupine.Illegal && len(bad) == 0 {
+		if res == porcupine.Unknown {
+			return 3
+		}
+		return 0
+	}
+	if html != "" {
+		visualize(ops, bad, html, timeout)
+	}
+	return 1
 }
 
-// checkLinearizable runs Porcupine on ops; on a violation it writes the
-// visualization to html (when given). It returns the exit status.
-func checkLinearizable(ops []porcupine.Operation, what, html string, timeout time.Duration) int {
+// visualize writes Porcupine's visualization of ops to html, with each
+// read violation as an annotation on its client's line.
+func visualize(ops []porcupine.Operation, bad []readViolation, html string, timeout time.Duration) {
+	_, info := porcupine.CheckOperationsVerbose(kvModel, ops, timeout)
+	var notes []porcupine.Annotation
+	for _, v := range bad {
+		notes = append(notes, porcupine.Annotation{
+			ClientId:        v.rec.Client,
+			Start:           v.rec.Call,
+			End:             v.rec.Ret,
+			Description:     "bad read: " + describeOutput(v.rec.output()),
+			Details:         v.msg,
+			BackgroundColor: "#f4a6a6",
+		})
+	}
+	info.AddAnnotations(notes)
+	if err := porcupine.VisualizePath(kvModel, info, html); err != nil {
+		fmt.Fprintf(os.Stderr, "linzcheck: writing %s: %v\n", html, err)
+		return
+	}
+	fmt.Printf("linzcheck: visualization in %s\n", html)
+}
+
+// checkLinearizable runs Porcupine on ops and prints the verdict.
+func checkLinearizable(ops []porcupine.Operation, what string, timeout time.Duration) porcupine.CheckResult {
 	start := time.Now()
 	res := porcupine.CheckOperationsTimeout(kvModel, ops, timeout)
 	took := time.Since(start).Round(time.Millisecond)
 	switch res {
 	case porcupine.Ok:
 		fmt.Printf("linzcheck: linearizable: %s (%d operations; checked in %s)\n", what, len(ops), took)
-		return 0
 	case porcupine.Unknown:
 		fmt.Printf("linzcheck: NO VERDICT: the search over %s (%d operations) ran out of -timeout %s\n", what, len(ops), timeout)
-		return 3
+	default:
+		fmt.Printf("VIOLATION: not linearizable: %s (%d operations; found in %s)\n", what, len(ops), took)
 	}
-	fmt.Printf("VIOLATION: not linearizable: %s (%d operations; found in %s)\n", what, len(ops), took)
-	if html != "" {
-		_, info := porcupine.CheckOperationsVerbose(kvModel, ops, timeout)
-		if err := porcupine.VisualizePath(kvModel, info, html); err != nil {
-			fmt.Fprintf(os.Stderr, "linzcheck: writing %s: %v\n", html, err)
-		} else {
-			fmt.Printf("linzcheck: visualization in %s\n", html)
-		}
-	}
-	return 1
+	return res
 }

@@ -2,6 +2,12 @@ package main
 
 import "fmt"
 
+// readViolation is a read that breaks what a cluster promises of reads.
+type readViolation struct {
+	rec *record
+	msg string
+}
+
 // floor is what a client has seen of one document: the highest version it
 // read or had acknowledged, and whether that version is a tombstone.
 type floor struct {
@@ -21,9 +27,9 @@ type floor struct {
 //     version), and a 404 after the client saw version v is explained by a
 //     delete of a version past v (or one of unknown outcome).
 //
-// It returns one line per violation.
-func checkReads(h *history) []string {
-	var out []string
+// It returns the violations in call order.
+func checkReads(h *history) []readViolation {
+	var out []readViolation
 	writes := map[string]map[string]*record{} // key -> value -> write
 	deletes := map[string][]*record{}
 	for i := range h.recs {
@@ -62,7 +68,7 @@ func checkReads(h *history) []string {
 		}
 		if r.Status == 404 {
 			if f.ver > 0 && !f.tomb && !deletedAfter(deletes[r.Key], f.ver, r.Ret) {
-				out = append(out, fmt.Sprintf("%s, but the client had seen v%d (%s) and no delete past it was called before",
+				out = append(out, bad(r, "%s, but the client had seen v%d (%s) and no delete past it was called before",
 					r.describe(), f.ver, f.cause.describe()))
 			}
 			continue
@@ -70,20 +76,20 @@ func checkReads(h *history) []string {
 		w := writes[r.Key][r.Out]
 		switch {
 		case w == nil:
-			out = append(out, fmt.Sprintf("%s: no write produced this value", r.describe()))
+			out = append(out, bad(r, "%s: no write produced this value", r.describe()))
 		case !w.Unknown && w.Status < 300 && w.Ver != r.Ver:
-			out = append(out, fmt.Sprintf("%s: the write of this value made v%d (%s)", r.describe(), w.Ver, w.describe()))
+			out = append(out, bad(r, "%s: the write of this value made v%d (%s)", r.describe(), w.Ver, w.describe()))
 		case !w.Unknown && w.Status >= 300:
-			out = append(out, fmt.Sprintf("%s: the write of this value failed (%s)", r.describe(), w.describe()))
+			out = append(out, bad(r, "%s: the write of this value failed (%s)", r.describe(), w.describe()))
 		case w.Call > r.Ret:
-			out = append(out, fmt.Sprintf("%s: returned before the write of this value was called (%s)", r.describe(), w.describe()))
+			out = append(out, bad(r, "%s: returned before the write of this value was called (%s)", r.describe(), w.describe()))
 		}
 		if r.Ver < f.ver || (f.tomb && r.Ver == f.ver) {
 			what := "went back"
 			if f.cause.isWrite() {
 				what = "missed the client's own acknowledged write"
 			}
-			out = append(out, fmt.Sprintf("%s: %s: the client had seen v%d (%s)", r.describe(), what, f.ver, f.cause.describe()))
+			out = append(out, bad(r, "%s: %s: the client had seen v%d (%s)", r.describe(), what, f.ver, f.cause.describe()))
 		}
 		if r.Ver > f.ver {
 			*f = floor{ver: r.Ver, cause: r}
@@ -101,4 +107,8 @@ func deletedAfter(deletes []*record, ver, t int64) bool {
 		}
 	}
 	return false
+}
+
+func bad(r *record, format string, args ...interface{}) readViolation {
+	return readViolation{rec: r, msg: fmt.Sprintf(format, args...)}
 }
