@@ -10,6 +10,8 @@
 #   bad-own-write     a client reads v1 after its own write of v2
 #   bad-phantom-read  a read returns a value no write produced
 #   bad-read-back     a client reads v2, then v1
+#   bad-put-conflict  a PUT without precondition answers 409 when its edit
+#                     loop did not give up on conflicts
 #
 # Usage: tests/linz/checker_test.sh LINZCHECK
 set -euo pipefail
@@ -53,5 +55,7 @@ expect 1 cluster bad-phantom-read.jsonl html
 expect 1 embedded bad-phantom-read.jsonl html
 expect 1 cluster bad-read-back.jsonl html
 expect 1 embedded bad-read-back.jsonl html
+expect 1 cluster bad-put-conflict.jsonl
+expect 1 embedded bad-put-conflict.jsonl
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

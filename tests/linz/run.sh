@@ -19,6 +19,9 @@
 #                          cluster: one round of the built-in faults; 600
 #                          before resolving an issue: the long run)
 #   SYNCD_LINZ_CLIENTS     clients (default 6), SYNCD_LINZ_KEYS keys (3)
+#   SYNCD_LINZ_EPOCH       seconds each set of keys is used before the
+#                          clients move to fresh ones (default 15; see
+#                          record.c: it keeps the checker's search small)
 #   SYNCD_LINZ_TIMEOUT_MS  a request without an answer by then is of
 #                          unknown outcome (default 5000)
 #   SYNCD_LINZ_FAULTS      builtin (default) or none
@@ -200,7 +203,8 @@ fi
 HISTORY="$TMP/history.jsonl"
 echo "linz: recording $SECONDS_TO_RUN s, $CLIENTS clients on $KEYS keys, faults: $FAULTS${SYNCD_LINZ_FAULT_HOOK:+ and the hook}" >&2
 "$RECORD" --out "$HISTORY" --seconds "$SECONDS_TO_RUN" --clients "$CLIENTS" \
-    --keys "$KEYS" --timeout-ms "$TIMEOUT_MS" --coll linz "${NODES[@]}"
+    --keys "$KEYS" --epoch-seconds "${SYNCD_LINZ_EPOCH:-15}" \
+    --timeout-ms "$TIMEOUT_MS" --coll linz "${NODES[@]}"
 stop_group "$FAULT_PID"
 FAULT_PID=""
 stop_group "$HOOK_PID"
