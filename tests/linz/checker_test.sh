@@ -13,6 +13,14 @@
 #   bad-put-conflict  a PUT without precondition answers 409 when its edit
 #                     loop did not give up on conflicts
 #
+# found-*.jsonl are violations linz_cluster found in syncd (one key's
+# history up to the violation), kept as they were recorded:
+#   found-ferretdb-two-v38  node 3 SIGKILLed during a test-and-set on
+#                     e0-k0 at v37; a DELETE and a PUT on node 2, both kept
+#                     out by its claim for ~1.2 s, were both answered 200
+#                     with version 38; the PUT is lost (node 2 then serves
+#                     the tombstone: 404)
+#
 # Usage: tests/linz/checker_test.sh LINZCHECK
 set -euo pipefail
 
@@ -57,5 +65,6 @@ expect 1 cluster bad-read-back.jsonl html
 expect 1 embedded bad-read-back.jsonl html
 expect 1 cluster bad-put-conflict.jsonl
 expect 1 embedded bad-put-conflict.jsonl
+expect 1 cluster found-ferretdb-two-v38.jsonl html
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
