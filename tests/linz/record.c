@@ -378,7 +378,7 @@ static int parse_args(options_t *o, int argc, char **argv)
     o->keys = 3;
     o->epoch_seconds = 15;
     o->seconds = 10;
-    o->timeout_ms = 5000;
+    o->timeout_ms = 2500;
     o->seed = (unsigned)time(NULL);
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;

@@ -5,12 +5,14 @@
 #
 #   embedded  one node in the embedded default; the whole history, reads
 #             included, must be linearizable. Built-in faults: the node
-#             frozen with SIGSTOP for 2 s; SIGKILLed and started again.
+#             frozen with SIGSTOP for 3 s (longer than the requests'
+#             timeout: writes in flight are of unknown outcome and may land
+#             when it thaws); SIGKILLed and started again.
 #   cluster   three nodes on FerretDB and Redis (scripts/cluster.sh), two
 #             clients pinned to each node; the writes must be linearizable,
 #             every read must return a version and value some write made,
 #             and per client reads never go back and see its own writes.
-#             Built-in faults: node 2 frozen with SIGSTOP for 2 s; node 3
+#             Built-in faults: node 2 frozen with SIGSTOP for 3 s; node 3
 #             SIGKILLed and started again; Redis stopped and started again;
 #             Redis frozen for 2 s.
 #
@@ -23,7 +25,7 @@
 #                          clients move to fresh ones (default 15; see
 #                          record.c: it keeps the checker's search small)
 #   SYNCD_LINZ_TIMEOUT_MS  a request without an answer by then is of
-#                          unknown outcome (default 5000)
+#                          unknown outcome (default 2500)
 #   SYNCD_LINZ_FAULTS      builtin (default) or none
 #   SYNCD_LINZ_FAULT_HOOK  a command run (bash -c) in the background for the
 #                          whole recording and ended (SIGTERM to its process
@@ -54,7 +56,7 @@ ARTIFACTS="${5:?$USAGE}"
 SECONDS_TO_RUN="${SYNCD_LINZ_SECONDS:-}"
 CLIENTS="${SYNCD_LINZ_CLIENTS:-6}"
 KEYS="${SYNCD_LINZ_KEYS:-3}"
-TIMEOUT_MS="${SYNCD_LINZ_TIMEOUT_MS:-5000}"
+TIMEOUT_MS="${SYNCD_LINZ_TIMEOUT_MS:-2500}"
 FAULTS="${SYNCD_LINZ_FAULTS:-builtin}"
 CLUSTER="$ROOT/scripts/cluster.sh"
 
@@ -143,7 +145,7 @@ pause() {
 embedded_faults() {
     while :; do
         sleep 3
-        pause "$TMP/node1/pid" 2
+        pause "$TMP/node1/pid" 3
         sleep 3
         echo "fault: SIGKILL the node, start it again" >&2
         kill -KILL "$(cat "$TMP/node1/pid")"
@@ -155,7 +157,7 @@ embedded_faults() {
 cluster_faults() {
     while :; do
         sleep 3
-        pause "$SYNCD_CLUSTER_DIR/node2/pid" 2
+        pause "$SYNCD_CLUSTER_DIR/node2/pid" 3
         sleep 3
         echo "fault: SIGKILL node 3, start it again" >&2
         "$CLUSTER" kill-node 3
