@@ -15,11 +15,11 @@
 #
 # found-*.jsonl are violations linz_cluster found in syncd (one key's
 # history up to the violation), kept as they were recorded:
-#   found-ferretdb-two-v38  node 3 SIGKILLed during a test-and-set on
-#                     e0-k0 at v37; a DELETE and a PUT on node 2, both kept
-#                     out by its claim for ~1.2 s, were both answered 200
-#                     with version 38; the PUT is lost (node 2 then serves
-#                     the tombstone: 404)
+#   found-ferretdb-two-v38  FerretDB claim mode, a loaded machine: node 3
+#                     was SIGKILLed with a test-and-set on e0-k0 (at v37) in
+#                     flight; then a DELETE and a PUT on node 2, taking 1.4
+#                     and 1.2 s, were both answered 200 with version 38; the
+#                     PUT is lost (node 2 then serves the tombstone: 404)
 #
 # Usage: tests/linz/checker_test.sh LINZCHECK
 set -euo pipefail
