@@ -84,8 +84,10 @@ EOF
 # FerretDB: built from the Go module proxy with the recipe checked in as
 # tests/tools (go.mod, go.sum). Vendoring lets us supply the version file
 # that FerretDB's build normally generates.
-FERRETDB="$ROOT/.tools/bin/ferretdb"
-if [ ! -x "$FERRETDB" ]; then
+# need_go: sets GO to a Go that can build the recipes, installing one when
+# the machine has none.
+need_go() {
+    [ -n "${GO:-}" ] && return 0
     GO="$(find_go || true)"
     if [ -z "$GO" ]; then
         [ "$(id -u)" -eq 0 ] || {
@@ -95,6 +97,11 @@ if [ ! -x "$FERRETDB" ]; then
         install_backports_go
         GO="$(find_go)"
     fi
+}
+
+FERRETDB="$ROOT/.tools/bin/ferretdb"
+if [ ! -x "$FERRETDB" ]; then
+    need_go
     echo "setup: building FerretDB into $FERRETDB with $GO" >&2
     (
         cd "$ROOT/tests/tools"
@@ -106,5 +113,20 @@ if [ ! -x "$FERRETDB" ]; then
         GOFLAGS=-mod=vendor "$GO" build -o "$FERRETDB" \
             github.com/FerretDB/FerretDB/cmd/ferretdb
         rm -rf vendor
+    )
+fi
+
+# Toxiproxy, the network fault injector of tests/test_netfault.sh: from the
+# Go module proxy with the recipe in tests/tools/toxiproxy (a module of its
+# own, so that its dependencies do not move FerretDB's).
+TOXIPROXY="$ROOT/.tools/bin/toxiproxy-server"
+if [ ! -x "$TOXIPROXY" ]; then
+    need_go
+    echo "setup: building Toxiproxy into $TOXIPROXY with $GO" >&2
+    (
+        cd "$ROOT/tests/tools/toxiproxy"
+        mkdir -p "$ROOT/.tools/bin"
+        GOTOOLCHAIN=auto GOFLAGS=-mod=mod "$GO" build -o "$TOXIPROXY" \
+            github.com/Shopify/toxiproxy/v2/cmd/server
     )
 fi
