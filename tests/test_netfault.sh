@@ -39,10 +39,11 @@ SYNCCTL="${2:?usage: test_netfault.sh SYNCD SYNCCTL STREAM_CHECK}"
 CHECK="${3:?usage: test_netfault.sh SYNCD SYNCCTL STREAM_CHECK}"
 TOXIPROXY="${SYNCD_TOXIPROXY:-$ROOT/.tools/bin/toxiproxy-server}"
 TMP="$(mktemp -d /tmp/syncd-test-netfault-XXXXXX)"
-AE_MS=2000        # --anti-entropy-interval
-STORE_TIMEOUT_MS=2000 # --store-timeout
+AE_MS=2000              # --anti-entropy-interval
+REQUEST_TIMEOUT_MS=3000 # --request-timeout
+SLACK_MS=1500           # for a loaded machine, on top of the request timeout
 export SYNCD_CLUSTER_DIR="$TMP/cluster"
-export SYNCD_CLUSTER_ARGS="--anti-entropy-interval ${AE_MS}ms --store-timeout ${STORE_TIMEOUT_MS}ms --bus-timeout 1s --max-retries 100 --log-level info"
+export SYNCD_CLUSTER_ARGS="--anti-entropy-interval ${AE_MS}ms --store-timeout 1s --request-timeout ${REQUEST_TIMEOUT_MS}ms --bus-timeout 1s --max-retries 100 --log-level info"
 CLUSTER="$ROOT/scripts/cluster.sh"
 DOCS=(d1 d2 d3)
 WATCHERS=()
@@ -201,34 +202,37 @@ client() {
     done
 }
 
-# store_state: "DOC VERSION HASH" lines of the store of record (the
-# export), sorted.
-store_state() {
-    curl -sf --max-time 10 "$NODE1/v1/collections/c/export" |
-        python3 -c '
-import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    if "id" in r:
-        print(r["id"], r["v"], r["h"])' | sort
-}
+# converge: polls (bounded: 15 s) until every node lists exactly the ids,
+# versions and hashes that the store holds (its export); prints the time
+# that took in ms, or fails.
+converge() {
+    python3 - "${NODES[@]}" <<'EOF'
+import json, sys, time, urllib.request
 
-# node_state NODE: the same lines as NODE lists them.
-node_state() {
-    curl -sf --max-time 10 "$1/v1/collections/c/docs?limit=1000" |
-        python3 -c '
-import json, sys
-for d in json.load(sys.stdin)["docs"]:
-    print(d["id"], d["v"], d["h"])' | sort
-}
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
 
-# converged: every node lists exactly what the store holds.
-converged() {
-    local want n
-    want=$(store_state) || return 1
-    for n in "${NODES[@]}"; do
-        [ "$(node_state "$n" 2>/dev/null)" = "$want" ] || return 1
-    done
+def store():
+    rows = [json.loads(l) for l in get(sys.argv[1] + "/v1/collections/c/export").splitlines()]
+    return sorted((r["id"], r["v"], r["h"]) for r in rows if "id" in r)
+
+def node(url):
+    docs = json.loads(get(url + "/v1/collections/c/docs?limit=1000"))["docs"]
+    return sorted((d["id"], d["v"], d["h"]) for d in docs)
+
+t0 = time.monotonic()
+while time.monotonic() - t0 < 15:
+    try:
+        want = store()
+        if all(node(n) == want for n in sys.argv[1:]):
+            print(int((time.monotonic() - t0) * 1000))
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.02)
+sys.exit(1)
+EOF
 }
 
 # phase NAME HOLD_SECONDS APPLY HEAL: runs the storm with the fault that
@@ -254,18 +258,40 @@ phase() {
     CLIENTS=()
     READERS=()
     t_end=$(now_ms)
-    for _ in $(seq 300); do
-        converged && break
-        sleep 0.05
-    done
+    converge >/dev/null ||
+        fail "$name: the nodes do not serve what the store holds 15 s after the last write"
     t_conv=$(now_ms)
-    converged || fail "$name: the nodes do not serve what the store holds 15 s after the fault healed"
-    RESULTS="$RESULTS  $name: converged $((t_conv - t_heal)) ms after the fault healed, $((t_conv - t_end)) ms after the last answer; $(grep -c "^d[0-9] $name-" "$TMP/acked" || true) writes acknowledged, $(wc -l <"$TMP/answers.$name" 2>/dev/null || echo 0) refused
+    RESULTS="$RESULTS  $name: converged $((t_conv - t_heal)) ms after the fault healed, $((t_conv - t_end)) ms after the last answer; $(grep -c "^d[0-9] $name-" "$TMP/acked" || true) writes acknowledged, $(cat "$TMP/answers.$name" 2>/dev/null | wc -l) refused
 "
     [ $((t_conv - t_end)) -le "$AE_MS" ] ||
         FAILED+=("$name: converged $((t_conv - t_end)) ms after the last answer (anti-entropy interval $AE_MS ms)")
     check_acked "$name"
     check_streams "$name"
+    [ "$name" != stall ] || check_stalled_answers
+}
+
+# check_stalled_answers: every answer node 2 gave while its links stalled
+# came within the request timeout (and some slack for a loaded machine) and
+# is a 503 with an error code and a message: no call hung.
+check_stalled_answers() {
+    python3 - "$NODE2" "$((REQUEST_TIMEOUT_MS + SLACK_MS))" "$TMP/answers.stall" <<'EOF' ||
+import json, sys
+node, limit, bad = sys.argv[1], int(sys.argv[2]), 0
+for line in open(sys.argv[3]):
+    url, code, ms, body = (line.rstrip("\n").split(" ", 3) + [""])[:4]
+    if url != node:
+        continue
+    try:
+        err = json.loads(body)
+        clear = err["error"] and err["message"]
+    except (ValueError, KeyError, TypeError):
+        clear = False
+    if code != "503" or int(ms) > limit or not clear:
+        print(f"stalled node answered {code} after {ms} ms (limit {limit}): {body}")
+        bad += 1
+sys.exit(1 if bad else 0)
+EOF
+        FAILED+=("stall: node 2 did not fail its calls within the request timeout (above)")
 }
 
 # check_acked PHASE: every acknowledged key is in the store's body.
@@ -324,10 +350,18 @@ bandwidth_on() { all_toxic bandwidth '{"rate":8}'; }
 bandwidth_off() { all_untoxic bandwidth; }
 
 stall_on() {
+    local i t0 code
     toxic mongo2 stall-down timeout downstream '{"timeout":0}'
     toxic mongo2 stall-up timeout upstream '{"timeout":0}'
     toxic redis2 stall-down timeout downstream '{"timeout":0}'
     toxic redis2 stall-up timeout upstream '{"timeout":0}'
+    # Reads the node has not cached go to the stalled store too.
+    for i in 1 2; do
+        t0=$(now_ms)
+        code=$(curl -s -o "$TMP/probe" -w '%{http_code}' --max-time 30 \
+            "$NODE2$(doc "absent-$i")" || true)
+        echo "$NODE2 $code $(($(now_ms) - t0)) $(cat "$TMP/probe")" >>"$TMP/answers.stall"
+    done
 }
 stall_off() {
     untoxic mongo2 stall-down
@@ -353,6 +387,54 @@ phase bandwidth 4 bandwidth_on bandwidth_off
 phase stall 6 stall_on stall_off
 phase halfopen 6 halfopen_on halfopen_off
 phase partition 20 partition_on partition_off
+
+# Every body a reader was served is the store's body at that version.
+# Version 1 holds no key and version v adds one, so the store's version v
+# holds the keys that versions 2..v added, with the values the last version
+# (the export) holds. The first watcher's stream (checked against the store
+# above) names the key of each version whose event carries its patch; an
+# event the outbox published carries none (an invalidate). So a body served
+# as version v must hold v - 1 keys, with the store's values, every key
+# named for versions up to v and none named for a later one; and every node
+# must have served the same body as version v.
+python3 - "$TMP/export" "$TMP/w1" "$TMP"/samples.* <<'EOF' ||
+import json, sys
+final, added = {}, {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if "id" in r:
+        final[r["id"]] = r["data"]["items"]
+for line in open(sys.argv[2]):
+    ev = json.loads(line)
+    p = ev["patch"] or []
+    if ev["v"] > 1 and len(p) == 1 and p[0]["op"] == "add" and p[0]["path"].startswith("/items/"):
+        added.setdefault(ev["id"], {})[ev["v"]] = p[0]["path"][len("/items/"):]
+
+def fits(doc, v, body):
+    items = body.get("items")
+    if set(body) != {"items"} or len(items) != v - 1 or doc not in final:
+        return False
+    if any(final[doc].get(k) != val for k, val in items.items()):
+        return False
+    named = added.get(doc, {})
+    return all((k in items) == (u <= v) for u, k in named.items())
+
+bad = n = 0
+served = {}
+for f in sys.argv[3:]:
+    for line in open(f):
+        node, doc, v, text = line.rstrip("\n").split(" ", 3)
+        n += 1
+        body = json.loads(text)
+        if not fits(doc, int(v), body) or served.setdefault((doc, v), body) != body:
+            bad += 1
+            if bad <= 10:
+                print(f"node {node} served {doc} v{v} as {text[:200]}, which the store never had at v{v}")
+named = sum(len(a) for a in added.values())
+print(f"test_netfault: {n} bodies served during the faults, {bad} that the store never had ({named} versions named by their events)")
+sys.exit(1 if bad else 0)
+EOF
+    FAILED+=("a node served a version the store never had (above)")
 
 printf 'test_netfault: convergence per fault kind (anti-entropy interval %s ms):\n%s' \
     "$AE_MS" "$RESULTS"
