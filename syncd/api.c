@@ -759,10 +759,9 @@ static void job_done(uv_work_t *w, int status)
 static void job_deadline(uv_timer_t *t)
 {
     job_t *j = t->data;
-    syncd_error_t err;
-
     int write = j->kind == JOB_CREATE || j->kind == JOB_PUT ||
                 j->kind == JOB_PATCH || j->kind == JOB_DELETE;
+    syncd_error_t err;
 
     syncd_error_clear(&err);
     syncd_error_set(&err, SYNCD_ETIMEDOUT,
