@@ -40,10 +40,10 @@ CHECK="${3:?usage: test_netfault.sh SYNCD SYNCCTL STREAM_CHECK}"
 TOXIPROXY="${SYNCD_TOXIPROXY:-$ROOT/.tools/bin/toxiproxy-server}"
 TMP="$(mktemp -d /tmp/syncd-test-netfault-XXXXXX)"
 AE_MS=2000              # --anti-entropy-interval
-REQUEST_TIMEOUT_MS=3000 # --request-timeout
+REQUEST_TIMEOUT_MS=8000 # --request-timeout
 SLACK_MS=1500           # for a loaded machine, on top of a deadline
 export SYNCD_CLUSTER_DIR="$TMP/cluster"
-export SYNCD_CLUSTER_ARGS="--anti-entropy-interval ${AE_MS}ms --store-timeout 1s --request-timeout ${REQUEST_TIMEOUT_MS}ms --bus-timeout 1s --max-retries 100 --log-level info"
+export SYNCD_CLUSTER_ARGS="--anti-entropy-interval ${AE_MS}ms --store-timeout 1s --edit-timeout 6s --request-timeout ${REQUEST_TIMEOUT_MS}ms --bus-timeout 1s --max-retries 100 --log-level info"
 CLUSTER="$ROOT/scripts/cluster.sh"
 DOCS=(d1 d2 d3)
 WATCHERS=()
@@ -243,6 +243,7 @@ EOF
 # the function APPLY sets up and HEAL removes, then checks.
 phase() {
     local name="$1" hold="$2" apply="$3" heal="$4" i p t_heal t_end t_conv
+    local acked refused
     rm -f "$TMP/stop"
     for i in 1 2 3 4 5 6; do
         client "$name" "$i" "${NODES[$((i % 3))]}" "${DOCS[$(((i - 1) / 2))]}" &
@@ -265,7 +266,10 @@ phase() {
     converge >/dev/null ||
         fail "$name: the nodes do not serve what the store holds 15 s after the last write"
     t_conv=$(now_ms)
-    RESULTS="$RESULTS  $name: converged $((t_conv - t_heal)) ms after the fault healed, $((t_conv - t_end)) ms after the last answer; $(grep -c "^d[0-9] $name-" "$TMP/acked" || true) writes acknowledged, $(cat "$TMP/answers.$name" 2>/dev/null | wc -l) refused
+    acked=$(grep -c "^d[0-9] $name-" "$TMP/acked" || true)
+    refused=0
+    [ ! -f "$TMP/answers.$name" ] || refused=$(wc -l <"$TMP/answers.$name")
+    RESULTS="$RESULTS  $name: converged $((t_conv - t_heal)) ms after the fault healed, $((t_conv - t_end)) ms after the last answer; $acked writes acknowledged, $refused refused
 "
     # The first anti-entropy pass that starts after the last write repairs
     # what the bus did not deliver: at most an interval, plus the pass
