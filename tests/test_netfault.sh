@@ -57,8 +57,8 @@ cleanup() {
     local p
     for p in "${CLIENTS[@]}" "${READERS[@]}" "${WATCHERS[@]}"; do
         kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
     done
-    wait "${CLIENTS[@]}" "${READERS[@]}" "${WATCHERS[@]}" 2>/dev/null || true
     "$CLUSTER" stop || true
     if [ -n "$TP_PID" ]; then
         kill "$TP_PID" 2>/dev/null || true
@@ -139,11 +139,14 @@ ALL_PROXIES=(mongo1 mongo2 mongo3 redis1 redis2 redis3)
 # shellcheck disable=SC1091
 . "$SYNCD_CLUSTER_DIR/env"
 NODES=("$NODE1" "$NODE2" "$NODE3")
-# Each node is restarted on its own pair of proxies before any write.
+# Each node is restarted on its own pair of proxies before any write, once
+# the killed process has let go of its data dir.
 for n in 1 2 3; do
     export "NODE${n}_MONGO_URI=mongodb://127.0.0.1:$(proxy "mongo$n" "$MONGO_PORT")/"
     export "NODE${n}_REDIS_URL=redis://127.0.0.1:$(proxy "redis$n" "$REDIS_PORT")"
+    pid=$(cat "$SYNCD_CLUSTER_DIR/node$n/pid")
     "$CLUSTER" kill-node "$n"
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     "$CLUSTER" start-node "$n"
 done
 
