@@ -7,7 +7,7 @@
 #   bandwidth   every link limited to 8 KB/s each way
 #   stall       node 2's links to MongoDB and Redis accept and never answer
 #               (`timeout` toxic); node 2's calls must fail within
-#               --store-timeout with a clear error, not hang
+#               --request-timeout with a clear error, not hang
 #   half-open   node 3's links deliver its requests but never the answers
 #               (`timeout` toxic downstream only): its writes commit in the
 #               store and it cannot know
@@ -27,8 +27,8 @@
 #     committed version exactly once, in order, seqs without a gap
 #     (tests/stream_check.c against FerretDB read directly);
 # and at the end every body a reader was served is the store's body at that
-# version (rebuilt from the watch stream), so no node served a version the
-# store never had.
+# version (as far as the watch stream tells it: see the check at the end),
+# so no node served a version the store never had.
 #
 # Usage: tests/test_netfault.sh SYNCD SYNCCTL STREAM_CHECK
 set -euo pipefail
