@@ -157,3 +157,18 @@ if [ ! -x "$LINZCHECK" ] ||
     mkdir -p "$ROOT/.tools/bin"
     (cd "$LINZSRC" && GOTOOLCHAIN=auto GOFLAGS=-mod=mod "$GO" build -o "$LINZCHECK" .)
 fi
+
+# Toxiproxy, the network fault injector of tests/test_netfault.sh: from the
+# Go module proxy with the recipe in tests/tools/toxiproxy (a module of its
+# own, so that its dependencies do not move FerretDB's).
+TOXIPROXY="$ROOT/.tools/bin/toxiproxy-server"
+if [ ! -x "$TOXIPROXY" ]; then
+    ensure_go
+    echo "setup: building Toxiproxy into $TOXIPROXY with $GO" >&2
+    (
+        cd "$ROOT/tests/tools/toxiproxy"
+        mkdir -p "$ROOT/.tools/bin"
+        GOTOOLCHAIN=auto GOFLAGS=-mod=mod "$GO" build -o "$TOXIPROXY" \
+            github.com/Shopify/toxiproxy/v2/cmd/server
+    )
+fi
