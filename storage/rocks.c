@@ -76,6 +76,7 @@ typedef struct key_lock {
     pthread_mutex_t lock; /* recursive */
     size_t users;         /* holders and waiters, under the stripe mutex */
     int depth;            /* the holder's nesting, under lock */
+    uintptr_t holder;     /* the holder's this_thread(), atomic; 0: none */
     uint64_t ticket;      /* last commit sequenced by the holder, under lock */
     char key[];
 } key_lock_t;
@@ -122,7 +123,8 @@ typedef struct rocks {
     void *now_data;
     /* The group commit, under gc_lock: queued commits in sequence order,
      * the last sequenced and the last durable sequence numbers, whether a
-     * leader is writing, and the error of a failed sync. */
+     * leader is writing, and the error of a failed sync. Taken before a
+     * stripe's mutex when both are held. */
     pthread_mutex_t gc_lock;
     pthread_cond_t gc_done; /* a leader finished */
     pending_t *queue, **queue_tail;
@@ -133,6 +135,14 @@ typedef struct rocks {
     int nstripes_ready;
     stripe_t stripes[NSTRIPES];
 } rocks_t;
+
+/* Identifies the calling thread (the address of its own tag). */
+static _Thread_local char thread_tag;
+
+static uintptr_t this_thread(void)
+{
+    return (uintptr_t)&thread_tag;
+}
 
 static int64_t monotonic_ms(void *data)
 {
@@ -195,6 +205,7 @@ static int key_lock(stripe_t *s, const syncd_reckey_t *k, key_lock_t **out,
         pthread_mutexattr_destroy(&recursive);
         kl->users = 0;
         kl->depth = 0;
+        kl->holder = 0;
         kl->ticket = 0;
         syncd_reckey_node(&kl->node, kl->key, k, 0);
         syncd_lru_insert(&s->locks, &kl->node);
@@ -202,7 +213,8 @@ static int key_lock(stripe_t *s, const syncd_reckey_t *k, key_lock_t **out,
     kl->users++;
     pthread_mutex_unlock(&s->lock);
     pthread_mutex_lock(&kl->lock);
-    kl->depth++;
+    if (kl->depth++ == 0)
+        __atomic_store_n(&kl->holder, this_thread(), __ATOMIC_RELAXED);
     *out = kl;
     return 0;
 }
@@ -217,6 +229,7 @@ static uint64_t key_unlock(stripe_t *s, key_lock_t *kl)
     if (--kl->depth == 0) {
         ticket = kl->ticket;
         kl->ticket = 0;
+        __atomic_store_n(&kl->holder, 0, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&kl->lock);
     pthread_mutex_lock(&s->lock);
@@ -357,6 +370,36 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
     return 0;
 }
 
+/* Sets *out to a copy of k's pending version (caller frees) when it has
+ * one and, with holder_only, the calling thread holds k's write lock:
+ * only a writer of k builds on a version not yet durable. Returns 1 when
+ * it did, 0 when not, SYNCD_ENOMEM. */
+static int pending_read(stripe_t *s, const syncd_reckey_t *k, int holder_only,
+                        syncd_doc_t **out, syncd_error_t *err)
+{
+    syncd_lru_node_t *node, *lock;
+    int found = 0;
+
+    pthread_mutex_lock(&s->lock);
+    node = syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
+    if (node != NULL && holder_only) {
+        lock = syncd_lru_find(&s->locks, k->bytes, k->len, k->hash);
+        if (lock == NULL || __atomic_load_n(&((key_lock_t *)lock)->holder,
+                                            __ATOMIC_RELAXED) != this_thread())
+            node = NULL;
+    }
+    if (node != NULL) {
+        *out = syncd_doc_dup(((pending_t *)node)->doc);
+        found = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (found && *out == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return found;
+}
+
+/* Reads coll/id: the durable version, or the pending one for a caller
+ * holding the key's write lock (the store's edit loop, inside `locked`). */
 static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
                      const char *id, syncd_error_t *err)
 {
@@ -368,6 +411,9 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     rc = syncd_reckey_make(&k, coll, id, err);
     if (rc != 0)
         return rc;
+    rc = pending_read(stripe_of(r, &k), &k, 1, out, err);
+    if (rc != 0)
+        return rc > 0 ? 0 : rc;
     rc = read_doc(r, stripe_of(r, &k), &k, coll, id, out, 1, err);
     if (rc == SYNCD_ENOTFOUND)
         syncd_error_set(err, rc, "%s/%s not found", coll, id);
@@ -453,10 +499,8 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
         pending_free(p);
         return rc;
     }
+    /* In the pending table before the queue: a leader may take it at once. */
     p->seq = ++r->seq_last;
-    *r->queue_tail = p;
-    r->queue_tail = &p->next;
-    pthread_mutex_unlock(&r->gc_lock);
     kl->ticket = p->seq;
     pthread_mutex_lock(&s->lock);
     old = syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
@@ -469,6 +513,9 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
     s->writing++;
     s->gen++;
     pthread_mutex_unlock(&s->lock);
+    *r->queue_tail = p;
+    r->queue_tail = &p->next;
+    pthread_mutex_unlock(&r->gc_lock);
     return 0;
 }
 
@@ -603,7 +650,6 @@ typedef struct held {
 static int hold(rocks_t *r, held_t *h, const char *coll, const char *id,
                 syncd_error_t *err)
 {
-    syncd_lru_node_t *node;
     int rc;
 
     h->cur = NULL;
@@ -614,16 +660,10 @@ static int hold(rocks_t *r, held_t *h, const char *coll, const char *id,
     rc = key_lock(h->s, &h->k, &h->kl, err);
     if (rc != 0)
         return rc;
-    pthread_mutex_lock(&h->s->lock);
-    node = syncd_lru_find(&h->s->pending, h->k.bytes, h->k.len, h->k.hash);
-    if (node != NULL)
-        h->cur = syncd_doc_dup(((pending_t *)node)->doc);
-    pthread_mutex_unlock(&h->s->lock);
-    if (node != NULL && h->cur == NULL)
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    else if (node != NULL)
+    rc = pending_read(h->s, &h->k, 0, &h->cur, err);
+    if (rc > 0)
         return 0;
-    else
+    if (rc == 0)
         rc = read_doc(r, h->s, &h->k, coll, id, &h->cur, 0, err);
     if (rc == SYNCD_ENOTFOUND)
         return 0;
