@@ -130,6 +130,7 @@ typedef struct rocks {
     pending_t *queue, **queue_tail;
     uint64_t seq_last, seq_durable;
     int leading;
+    int waiting; /* threads in group_wait() */
     int failed;
     char failure[256];
     int nstripes_ready;
@@ -595,18 +596,22 @@ static pending_t *queue_take(rocks_t *r, uint64_t *last)
 }
 
 /* Waits until commit seq (0: none) is durable, leading a group write
- * when no other thread is. Fails with SYNCD_EBACKEND when a sync failed
- * before seq was durable; the failing leader discards what is queued
- * behind its group, since later commits may build on it. */
+ * when no other thread is; a thread that finds commits queued and no
+ * other thread in here (to write them) leads too, so that commits nobody
+ * waits for (outbox acks) never stay queued. Fails with SYNCD_EBACKEND
+ * when a sync failed before seq was durable; the failing leader discards
+ * what is queued behind its group, since later commits may build on it. */
 static int group_wait(rocks_t *r, uint64_t seq, syncd_error_t *err)
 {
     char failure[sizeof(r->failure)];
     pending_t *group;
     uint64_t last;
-    int rc = 0;
+    int rc;
 
     pthread_mutex_lock(&r->gc_lock);
-    while (r->seq_durable < seq && !r->failed) {
+    r->waiting++;
+    while (!r->failed &&
+           (r->seq_durable < seq || (r->queue != NULL && r->waiting == 1))) {
         if (r->leading) {
             pthread_cond_wait(&r->gc_done, &r->gc_lock);
             continue;
@@ -627,6 +632,7 @@ static int group_wait(rocks_t *r, uint64_t seq, syncd_error_t *err)
         r->leading = 0;
         pthread_cond_broadcast(&r->gc_done);
     }
+    r->waiting--;
     rc = 0;
     if (r->seq_durable < seq)
         rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
@@ -1061,6 +1067,7 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *copy = NULL;
     json_t *left = NULL;
+    uint64_t ticket;
     held_t h;
     int rc;
 
@@ -1082,11 +1089,18 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     json_decref(copy->outbox);
     copy->outbox = left;
     left = NULL;
+    ticket = h.kl->ticket;
     rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, 0, err);
+    /* An ack needs no sync of its own: one lost to a crash only means a
+     * republish, which the bus drops as a duplicate. It rides with the
+     * next group, or leads one when no other writer is about. */
+    h.kl->ticket = ticket;
 unlock:
     syncd_doc_free(copy);
     json_decref(left);
-    return release(r, &h, rc, err);
+    rc = release(r, &h, rc, err);
+    group_wait(r, 0, NULL);
+    return rc;
 }
 
 /* Appends {"id","v","ob"} of coll/id to arr when its record still has
@@ -1169,6 +1183,8 @@ static void rocks_close(syncd_backend_t *b)
 
     if (r == NULL)
         return;
+    if (r->db != NULL)
+        group_wait(r, r->seq_last, NULL);
     for (int i = 0; i < r->nstripes_ready; i++) {
         syncd_lru_destroy(&r->stripes[i].tier, free_entry);
         syncd_lru_destroy(&r->stripes[i].locks, free_key_lock);
