@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -2759,6 +2760,123 @@ test_store_rocks__kill_during_group_commits_loses_no_acked_or_read_version(
     }
 }
 
+/* Shared by the writers of a store whose files cannot grow past a limit. */
+typedef struct full_disk {
+    syncd_store_t *store;
+    pthread_mutex_t lock;
+    int64_t acked;  /* the highest version acknowledged */
+    int failures;   /* failed writes, all SYNCD_EBACKEND */
+    int wrong_code; /* failed writes with another code */
+} full_disk_t;
+
+/* Blind-puts 64 KiB bodies to full/d until a put fails. */
+static void *full_disk_writer(void *arg)
+{
+    full_disk_t *fd = arg;
+    char *pad = malloc(65536);
+
+    if (pad == NULL)
+        _exit(5);
+    memset(pad, 'x', 65535);
+    pad[65535] = '\0';
+    for (int i = 0; i < 4000; i++) {
+        json_t *body = json_pack("{s:s, s:i}", "pad", pad, "i", i);
+        syncd_change_t *c = NULL;
+        int rc = syncd_store_put(fd->store, &c, "full", "d", body,
+                                 SYNCD_ANY_VERSION, NULL);
+
+        json_decref(body);
+        pthread_mutex_lock(&fd->lock);
+        if (rc == 0 && c->doc->version > fd->acked)
+            fd->acked = c->doc->version;
+        if (rc == SYNCD_EBACKEND)
+            fd->failures++;
+        else if (rc != 0)
+            fd->wrong_code++;
+        pthread_mutex_unlock(&fd->lock);
+        syncd_change_free(c);
+        if (rc != 0)
+            break;
+    }
+    free(pad);
+    return NULL;
+}
+
+/* The child: writers on the store in dir, whose files may not grow past
+ * 8 MiB, until their writes fail; then checks the store and reports the
+ * highest acknowledged version on fd. Exits 0 when all held. */
+static void full_disk_child(const char *dir, int out)
+{
+    struct rlimit limit = {8 << 20, 8 << 20};
+    full_disk_t fd = {NULL, PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+    pthread_t threads[4];
+    syncd_store_options_t opts;
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    json_t *body;
+
+    syncd_store_options_init(&opts);
+    opts.data_dir = dir;
+    signal(SIGXFSZ, SIG_IGN);
+    if (syncd_store_open(&fd.store, &opts, NULL) != 0 ||
+        setrlimit(RLIMIT_FSIZE, &limit) != 0)
+        _exit(2);
+    for (int i = 0; i < 4; i++)
+        if (pthread_create(&threads[i], NULL, full_disk_writer, &fd) != 0)
+            _exit(3);
+    for (int i = 0; i < 4; i++)
+        pthread_join(threads[i], NULL);
+    if (write(out, &fd.acked, sizeof(fd.acked)) != sizeof(fd.acked))
+        _exit(4);
+    /* Every writer failed, with SYNCD_EBACKEND. */
+    if (fd.failures != 4 || fd.wrong_code != 0)
+        _exit(10);
+    /* Readers see the last acknowledged version, none of the failed. */
+    if (syncd_store_get(fd.store, &doc, "full", "d", NULL) != 0 ||
+        doc->version != fd.acked)
+        _exit(11);
+    syncd_doc_free(doc);
+    /* The store takes no write after a failed sync. */
+    body = json_pack("{s:i}", "small", 1);
+    if (syncd_store_put(fd.store, &c, "full", "d2", body, SYNCD_ANY_VERSION,
+                        NULL) != SYNCD_EBACKEND)
+        _exit(12);
+    json_decref(body);
+    syncd_store_close(fd.store);
+    _exit(0);
+}
+
+static void
+test_store_rocks__a_failed_sync_fails_its_writers_and_shows_no_version_of_theirs(
+    void **state)
+{
+    fixture_t *f = *state;
+    int fds[2], status;
+    int64_t acked = -1;
+    pid_t pid;
+
+    syncd_store_close(f->store);
+    f->store = NULL;
+    assert_int_equal(pipe(fds), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        full_disk_child(f->dir, fds[1]);
+    }
+    close(fds[1]);
+    assert_int_equal(read(fds[0], &acked, sizeof(acked)), sizeof(acked));
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_true(acked > 0);
+
+    /* Reopened, the store has every acknowledged write. */
+    open_store(f);
+    assert_true(live_version(f, "full", "d") >= acked);
+}
+
 /* ---- The node cache on its own ------------------------------------------ */
 
 typedef struct cache_fixture {
@@ -3351,6 +3469,8 @@ int main(void)
         ROCKS(test_store_rocks__acknowledged_writes_survive_sigkill),
         ROCKS(
             test_store_rocks__kill_during_group_commits_loses_no_acked_or_read_version),
+        ROCKS(
+            test_store_rocks__a_failed_sync_fails_its_writers_and_shows_no_version_of_theirs),
         BOTH(test_store_edit__8_threads_x_500_increments_lose_nothing),
         BOTH(test_store_edit__64_threads_lose_nothing),
         ROCKS(test_store_rocks__8_writers_of_one_document_never_conflict),
