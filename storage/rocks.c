@@ -16,11 +16,15 @@
  * writer then releases the lock and waits for a sync covering its commit:
  * the first waiter finding no sync under way leads, writing the whole
  * queue as one batch with one rocksdb_write (sync on), and wakes the
- * others. (Writing each commit unsynced and then one rocksdb_flush_wal
- * would make undurable versions readable from RocksDB itself.) Readers
- * never see a pending version: they read the tier and RocksDB, which
- * only ever hold durable versions, so a reader sees the previous version
- * until the sync is done; the leader puts the group's versions into the
+ * others. A writer that answers from a pending version without a commit
+ * of its own (an idempotent replay, an unchanged body) waits for that
+ * version's sync as well. Outbox acks need no sync of their own (a lost
+ * ack only means a republish): they ride with the next group, and the
+ * last thread about writes what is still queued. (Writing each commit unsynced
+ * and then one rocksdb_flush_wal would make undurable versions readable from
+ * RocksDB itself.) Readers never see a pending version: they read the tier and
+ * RocksDB, which only ever hold durable versions, so a reader sees the previous
+ * version until the sync is done; the leader puts the group's versions into the
  * tier, in order, before acknowledging the writers. A failed sync fails
  * every writer of its group and of the queue behind it, drops their
  * pending versions (readers keep seeing the last durable ones) and fails
@@ -372,31 +376,34 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
 }
 
 /* Sets *out to a copy of k's pending version (caller frees) when it has
- * one and, with holder_only, the calling thread holds k's write lock:
- * only a writer of k builds on a version not yet durable. Returns 1 when
- * it did, 0 when not, SYNCD_ENOMEM. */
-static int pending_read(stripe_t *s, const syncd_reckey_t *k, int holder_only,
-                        syncd_doc_t **out, syncd_error_t *err)
+ * one and the calling thread holds k's write lock: only a writer of k
+ * builds on a version not yet durable, and whatever it answers from it
+ * (a replay, an unchanged body) waits for that version's sync too, which
+ * the lock's ticket then covers. Returns 1 when it did, 0 when not,
+ * SYNCD_ENOMEM. */
+static int pending_read(stripe_t *s, const syncd_reckey_t *k, syncd_doc_t **out,
+                        syncd_error_t *err)
 {
-    syncd_lru_node_t *node, *lock;
-    int found = 0;
+    syncd_lru_node_t *node, *lock = NULL;
+    key_lock_t *kl = NULL;
+    pending_t *p = NULL;
 
     pthread_mutex_lock(&s->lock);
     node = syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
-    if (node != NULL && holder_only) {
+    if (node != NULL)
         lock = syncd_lru_find(&s->locks, k->bytes, k->len, k->hash);
-        if (lock == NULL || __atomic_load_n(&((key_lock_t *)lock)->holder,
-                                            __ATOMIC_RELAXED) != this_thread())
-            node = NULL;
-    }
-    if (node != NULL) {
-        *out = syncd_doc_dup(((pending_t *)node)->doc);
-        found = 1;
+    kl = (key_lock_t *)lock;
+    if (kl != NULL &&
+        __atomic_load_n(&kl->holder, __ATOMIC_RELAXED) == this_thread()) {
+        p = (pending_t *)node;
+        *out = syncd_doc_dup(p->doc);
+        if (kl->ticket < p->seq)
+            kl->ticket = p->seq;
     }
     pthread_mutex_unlock(&s->lock);
-    if (found && *out == NULL)
+    if (p != NULL && *out == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    return found;
+    return p != NULL;
 }
 
 /* Reads coll/id: the durable version, or the pending one for a caller
@@ -412,7 +419,7 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     rc = syncd_reckey_make(&k, coll, id, err);
     if (rc != 0)
         return rc;
-    rc = pending_read(stripe_of(r, &k), &k, 1, out, err);
+    rc = pending_read(stripe_of(r, &k), &k, out, err);
     if (rc != 0)
         return rc > 0 ? 0 : rc;
     rc = read_doc(r, stripe_of(r, &k), &k, coll, id, out, 1, err);
@@ -666,7 +673,7 @@ static int hold(rocks_t *r, held_t *h, const char *coll, const char *id,
     rc = key_lock(h->s, &h->k, &h->kl, err);
     if (rc != 0)
         return rc;
-    rc = pending_read(h->s, &h->k, 0, &h->cur, err);
+    rc = pending_read(h->s, &h->k, &h->cur, err);
     if (rc > 0)
         return 0;
     if (rc == 0)
