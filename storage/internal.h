@@ -69,9 +69,12 @@ typedef struct syncd_backend_ops {
      * their conflicts): runs fn(arg, err) holding coll/id's write lock,
      * which every writer of that key in this process takes, and returns
      * fn's result. The lock is re-entrant, so fn may call get and cas on
-     * coll/id; fn must not touch other keys (their locks taken in another
-     * order could deadlock). SYNCD_EINVAL, fn not called, when coll/id
-     * cannot be a key. */
+     * coll/id (get then sees the key's commits not yet durable, which
+     * other readers do not); fn must not touch other keys (their locks
+     * taken in another order could deadlock). After releasing the lock it
+     * waits until what fn committed is durable, failing with
+     * SYNCD_EBACKEND when that sync fails. SYNCD_EINVAL, fn not called,
+     * when coll/id cannot be a key. */
     int (*locked)(syncd_backend_t *b, const char *coll, const char *id,
                   int (*fn)(void *arg, syncd_error_t *err), void *arg,
                   syncd_error_t *err);
@@ -115,9 +118,11 @@ struct syncd_backend {
 
 /* Opens the RocksDB store of record in dir (created when missing) into *out
  * (freed with its ops->close); with sync_writes every commit is fsynced
- * before it is acknowledged. Its in-memory tier of decoded documents holds
- * at most tier_max_bytes and serves an entry for tier_ttl_ms after loading
- * it, by hooks' clock (NULL: the real monotonic clock). */
+ * before it is acknowledged, concurrent commits sharing one sync (group
+ * commit; after a failed sync every write fails until reopened). Its in-memory
+ * tier of decoded documents holds at most tier_max_bytes and serves an entry
+ * for tier_ttl_ms after loading it, by hooks' clock (NULL: the real monotonic
+ * clock). */
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
                              int sync_writes, int64_t tier_ttl_ms,
                              uint64_t tier_max_bytes,

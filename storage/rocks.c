@@ -9,6 +9,28 @@
  * and, with sync_writes, every commit is fsynced before it is acknowledged,
  * so an acknowledged write survives kill -9.
  *
+ * Group commit: concurrent commits share one WAL sync. A writer sequences
+ * its commit in memory under its key's write lock: the encoded record joins
+ * the group queue and becomes the key's pending version, which the key's
+ * next writer reads instead of the store, so that it builds on it. The
+ * writer then releases the lock and waits for a sync covering its commit:
+ * the first waiter finding no sync under way leads, writing the whole
+ * queue as one batch with one rocksdb_write (sync on), and wakes the
+ * others. A writer that answers from a pending version without a commit
+ * of its own (an idempotent replay, an unchanged body) waits for that
+ * version's sync as well. Outbox acks need no sync of their own (a lost
+ * ack only means a republish): they ride with the next group, and the
+ * last thread about writes what is still queued. (Writing each commit unsynced
+ * and then one rocksdb_flush_wal would make undurable versions readable from
+ * RocksDB itself.) Readers never see a pending version: they read the tier and
+ * RocksDB, which only ever hold durable versions, so a reader sees the previous
+ * version until the sync is done; the leader puts the group's versions into the
+ * tier, in order, before acknowledging the writers. A failed sync fails
+ * every writer of its group and of the queue behind it, drops their
+ * pending versions (readers keep seeing the last durable ones) and fails
+ * every later write with SYNCD_EBACKEND: the store must be reopened, which
+ * recovers from the WAL exactly what was durable.
+ *
  * Compare-and-swap is made atomic by per-document write locks: a writer
  * holds its key's lock from the version check to the commit. Key locks are
  * re-entrant and live in a small table, created on first use and freed by
@@ -57,13 +79,36 @@ typedef struct key_lock {
     syncd_lru_node_t node;
     pthread_mutex_t lock; /* recursive */
     size_t users;         /* holders and waiters, under the stripe mutex */
+    int depth;            /* the holder's nesting, under lock */
+    uintptr_t holder;     /* the holder's this_thread(), atomic; 0: none */
+    uint64_t ticket;      /* last commit sequenced by the holder, under lock */
     char key[];
 } key_lock_t;
+
+struct stripe;
+
+/* A commit sequenced in memory and not yet durable. While it is its key's
+ * newest such commit it is also the key's entry in its stripe's pending
+ * table (node.key points at k.bytes). */
+typedef struct pending {
+    syncd_lru_node_t node;
+    struct pending *next; /* in the group queue */
+    struct stripe *s;
+    syncd_reckey_t k;
+    syncd_doc_t *doc; /* the version, the key's tier entry once durable */
+    char *val;        /* the encoded record */
+    size_t vlen;
+    int has_outbox; /* puts the outbox key, else deletes it */
+    int insert;     /* registers the collection */
+    int in_table;   /* the key's entry in s->pending */
+    uint64_t seq;
+} pending_t;
 
 typedef struct stripe {
     pthread_mutex_t lock; /* in-memory work only: tier, key locks, gen */
     syncd_lru_t tier;
     syncd_lru_t locks;
+    syncd_lru_t pending; /* pending_t by key: versions awaiting a sync */
     uint64_t gen; /* bumped when a commit of the stripe begins and ends */
     int writing;  /* commits of the stripe in progress */
     /* Statistics, atomic: read without the lock. */
@@ -80,10 +125,29 @@ typedef struct rocks {
     uint64_t tier_max_bytes;
     int64_t (*now_ms)(void *data);
     void *now_data;
-    rocksdb_writeoptions_t *write_nosync; /* outbox acks */
+    /* The group commit, under gc_lock: queued commits in sequence order,
+     * the last sequenced and the last durable sequence numbers, whether a
+     * leader is writing, and the error of a failed sync. Taken before a
+     * stripe's mutex when both are held. */
+    pthread_mutex_t gc_lock;
+    pthread_cond_t gc_done; /* a leader finished */
+    pending_t *queue, **queue_tail;
+    uint64_t seq_last, seq_durable;
+    int leading;
+    int waiting; /* threads in group_wait() */
+    int failed;
+    char failure[256];
     int nstripes_ready;
     stripe_t stripes[NSTRIPES];
 } rocks_t;
+
+/* Identifies the calling thread (the address of its own tag). */
+static _Thread_local char thread_tag;
+
+static uintptr_t this_thread(void)
+{
+    return (uintptr_t)&thread_tag;
+}
 
 static int64_t monotonic_ms(void *data)
 {
@@ -145,19 +209,33 @@ static int key_lock(stripe_t *s, const syncd_reckey_t *k, key_lock_t **out,
         pthread_mutex_init(&kl->lock, &recursive);
         pthread_mutexattr_destroy(&recursive);
         kl->users = 0;
+        kl->depth = 0;
+        kl->holder = 0;
+        kl->ticket = 0;
         syncd_reckey_node(&kl->node, kl->key, k, 0);
         syncd_lru_insert(&s->locks, &kl->node);
     }
     kl->users++;
     pthread_mutex_unlock(&s->lock);
     pthread_mutex_lock(&kl->lock);
+    if (kl->depth++ == 0)
+        __atomic_store_n(&kl->holder, this_thread(), __ATOMIC_RELAXED);
     *out = kl;
     return 0;
 }
 
-/* Releases a key_lock(); the last user frees the lock. */
-static void key_unlock(stripe_t *s, key_lock_t *kl)
+/* Releases a key_lock(); the last user frees the lock. Returns the last
+ * commit sequenced under the outermost hold when this releases it (its
+ * holder waits for it with group_wait()), else 0. */
+static uint64_t key_unlock(stripe_t *s, key_lock_t *kl)
 {
+    uint64_t ticket = 0;
+
+    if (--kl->depth == 0) {
+        ticket = kl->ticket;
+        kl->ticket = 0;
+        __atomic_store_n(&kl->holder, 0, __ATOMIC_RELAXED);
+    }
     pthread_mutex_unlock(&kl->lock);
     pthread_mutex_lock(&s->lock);
     if (--kl->users == 0) {
@@ -166,6 +244,7 @@ static void key_unlock(stripe_t *s, key_lock_t *kl)
         free(kl);
     }
     pthread_mutex_unlock(&s->lock);
+    return ticket;
 }
 
 /* ---- The in-memory tier (stripe mutex held) ------------------------------ */
@@ -296,6 +375,39 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
     return 0;
 }
 
+/* Sets *out to a copy of k's pending version (caller frees) when it has
+ * one and the calling thread holds k's write lock: only a writer of k
+ * builds on a version not yet durable, and whatever it answers from it
+ * (a replay, an unchanged body) waits for that version's sync too, which
+ * the lock's ticket then covers. Returns 1 when it did, 0 when not,
+ * SYNCD_ENOMEM. */
+static int pending_read(stripe_t *s, const syncd_reckey_t *k, syncd_doc_t **out,
+                        syncd_error_t *err)
+{
+    syncd_lru_node_t *node, *lock = NULL;
+    key_lock_t *kl = NULL;
+    pending_t *p = NULL;
+
+    pthread_mutex_lock(&s->lock);
+    node = syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
+    if (node != NULL)
+        lock = syncd_lru_find(&s->locks, k->bytes, k->len, k->hash);
+    kl = (key_lock_t *)lock;
+    if (kl != NULL &&
+        __atomic_load_n(&kl->holder, __ATOMIC_RELAXED) == this_thread()) {
+        p = (pending_t *)node;
+        *out = syncd_doc_dup(p->doc);
+        if (kl->ticket < p->seq)
+            kl->ticket = p->seq;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (p != NULL && *out == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return p != NULL;
+}
+
+/* Reads coll/id: the durable version, or the pending one for a caller
+ * holding the key's write lock (the store's edit loop, inside `locked`). */
 static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
                      const char *id, syncd_error_t *err)
 {
@@ -307,6 +419,9 @@ static int rocks_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     rc = syncd_reckey_make(&k, coll, id, err);
     if (rc != 0)
         return rc;
+    rc = pending_read(stripe_of(r, &k), &k, out, err);
+    if (rc != 0)
+        return rc > 0 ? 0 : rc;
     rc = read_doc(r, stripe_of(r, &k), &k, coll, id, out, 1, err);
     if (rc == SYNCD_ENOTFOUND)
         syncd_error_set(err, rc, "%s/%s not found", coll, id);
@@ -323,16 +438,11 @@ static void write_begin(stripe_t *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Ends a commit of s: k's tier entry becomes doc (ownership taken;
- * NULL: dropped), charged size bytes. */
-static void write_end(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
-                      syncd_doc_t *doc, size_t size)
+/* Ends a delete of k begun with write_begin(): drops k's tier entry. */
+static void write_end(stripe_t *s, const syncd_reckey_t *k)
 {
     pthread_mutex_lock(&s->lock);
-    if (doc != NULL)
-        tier_put(r, s, k, doc, size);
-    else
-        tier_drop(s, k);
+    tier_drop(s, k);
     s->writing--;
     s->gen++;
     stripe_unlock(s);
@@ -346,42 +456,195 @@ static void outbox_key(char *buf, const syncd_reckey_t *k)
     memcpy(buf + 1, k->bytes, k->len);
 }
 
-/* Commits doc's record, its body's canonical JSON given or NULL (see
- * syncd_record_encode()), and on an insert its collection's registry key,
- * in one write batch. */
-static int commit(rocks_t *r, const syncd_reckey_t *k, const syncd_doc_t *doc,
-                  const char *canon, size_t canon_len, int insert, size_t *vlen,
-                  const rocksdb_writeoptions_t *wopts, syncd_error_t *err)
+/* Frees a pending commit whose version was not put in the tier. */
+static void pending_free(pending_t *p)
 {
-    rocksdb_writebatch_t *batch = NULL;
-    char ob[1 + SYNCD_RECORD_KEY_MAX];
-    char *errptr = NULL;
-    char *val = NULL;
+    syncd_doc_free(p->doc);
+    free(p->val);
+    free(p);
+}
+
+/* Sequences doc's record (its body's canonical JSON given or NULL, see
+ * syncd_record_encode()), and on an insert its collection's registry key,
+ * as the newest commit of key k, whose write lock the caller holds through
+ * kl: it becomes k's pending version and joins the group queue, and kl's
+ * ticket names it for group_wait(). doc is borrowed (copied). Fails with
+ * SYNCD_EBACKEND once a sync has failed. */
+static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
+                    const syncd_reckey_t *k, const syncd_doc_t *doc,
+                    const char *canon, size_t canon_len, int insert,
+                    syncd_error_t *err)
+{
+    syncd_lru_node_t *old;
+    pending_t *p;
     int rc;
 
-    rc = syncd_record_encode(&val, vlen, doc, canon, canon_len, err);
-    if (rc != 0)
-        return rc;
-    batch = rocksdb_writebatch_create();
-    rocksdb_writebatch_put(batch, k->bytes, k->len, val, *vlen);
-    outbox_key(ob, k);
-    if (json_array_size(doc->outbox) > 0)
-        rocksdb_writebatch_put(batch, ob, 1 + k->len, "", 0);
-    else
-        rocksdb_writebatch_delete(batch, ob, 1 + k->len);
-    if (insert) {
-        char reg[1 + 64];
-        size_t clen = strlen(doc->coll);
-
-        reg[0] = REGISTRY_PREFIX;
-        memcpy(reg + 1, doc->coll, clen);
-        rocksdb_writebatch_put(batch, reg, 1 + clen, "", 0);
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    p->doc = syncd_doc_dup(doc);
+    if (p->doc == NULL) {
+        pending_free(p);
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    rocksdb_write(r->db, wopts, batch, &errptr);
-    if (errptr != NULL)
-        rc = rocks_error(err, errptr, "write");
-    rocksdb_writebatch_destroy(batch);
-    free(val);
+    rc = syncd_record_encode(&p->val, &p->vlen, doc, canon, canon_len, err);
+    if (rc != 0) {
+        pending_free(p);
+        return rc;
+    }
+    p->s = s;
+    p->k = *k;
+    p->node.key = p->k.bytes;
+    p->node.keylen = p->k.len;
+    p->node.hash = p->k.hash;
+    p->has_outbox = json_array_size(doc->outbox) > 0;
+    p->insert = insert;
+    pthread_mutex_lock(&r->gc_lock);
+    if (r->failed) {
+        rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
+                                     "store closed for writes: %s", r->failure);
+        pthread_mutex_unlock(&r->gc_lock);
+        pending_free(p);
+        return rc;
+    }
+    /* In the pending table before the queue: a leader may take it at once. */
+    p->seq = ++r->seq_last;
+    kl->ticket = p->seq;
+    pthread_mutex_lock(&s->lock);
+    old = syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
+    if (old != NULL) {
+        syncd_lru_remove(&s->pending, old);
+        ((pending_t *)old)->in_table = 0;
+    }
+    syncd_lru_insert(&s->pending, &p->node);
+    p->in_table = 1;
+    s->writing++;
+    s->gen++;
+    pthread_mutex_unlock(&s->lock);
+    *r->queue_tail = p;
+    r->queue_tail = &p->next;
+    pthread_mutex_unlock(&r->gc_lock);
+    return 0;
+}
+
+/* Writes the group (a queue, in sequence order) as one batch with r->write
+ * (synced with sync_writes); ok 0 skips the write and discards the group.
+ * Then puts each durable version in its key's tier, in order (a failed
+ * write drops the key's tier entry instead), ends the pending state of
+ * each commit and frees the group. Returns 0, or SYNCD_EBACKEND with the
+ * message in failure (size bytes). */
+static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
+                       size_t size)
+{
+    rocksdb_writebatch_t *batch;
+    char ob[1 + SYNCD_RECORD_KEY_MAX];
+    char *errptr = NULL;
+    int rc = 0;
+
+    if (ok) {
+        batch = rocksdb_writebatch_create();
+        for (pending_t *p = group; p != NULL; p = p->next) {
+            rocksdb_writebatch_put(batch, p->k.bytes, p->k.len, p->val,
+                                   p->vlen);
+            outbox_key(ob, &p->k);
+            if (p->has_outbox)
+                rocksdb_writebatch_put(batch, ob, 1 + p->k.len, "", 0);
+            else
+                rocksdb_writebatch_delete(batch, ob, 1 + p->k.len);
+            if (p->insert) {
+                char reg[1 + 64];
+                size_t clen = strlen(p->doc->coll);
+
+                reg[0] = REGISTRY_PREFIX;
+                memcpy(reg + 1, p->doc->coll, clen);
+                rocksdb_writebatch_put(batch, reg, 1 + clen, "", 0);
+            }
+        }
+        rocksdb_write(r->db, r->write, batch, &errptr);
+        rocksdb_writebatch_destroy(batch);
+        if (errptr != NULL) {
+            snprintf(failure, size, "rocksdb group write: %s", errptr);
+            rocksdb_free(errptr);
+            rc = SYNCD_EBACKEND;
+        }
+    }
+    while (group != NULL) {
+        pending_t *p = group;
+        stripe_t *s = p->s;
+
+        group = p->next;
+        pthread_mutex_lock(&s->lock);
+        if (p->in_table)
+            syncd_lru_remove(&s->pending, &p->node);
+        if (ok && rc == 0) {
+            tier_put(r, s, &p->k, p->doc, p->vlen);
+            p->doc = NULL;
+        } else {
+            tier_drop(s, &p->k);
+        }
+        s->writing--;
+        s->gen++;
+        stripe_unlock(s);
+        pending_free(p);
+    }
+    return rc;
+}
+
+/* Takes the whole group queue (gc_lock held); *last is the sequence
+ * number of its last commit. */
+static pending_t *queue_take(rocks_t *r, uint64_t *last)
+{
+    pending_t *group = r->queue;
+
+    *last = r->seq_last;
+    r->queue = NULL;
+    r->queue_tail = &r->queue;
+    return group;
+}
+
+/* Waits until commit seq (0: none) is durable, leading a group write
+ * when no other thread is; a thread that finds commits queued and no
+ * other thread in here (to write them) leads too, so that commits nobody
+ * waits for (outbox acks) never stay queued. Fails with SYNCD_EBACKEND
+ * when a sync failed before seq was durable; the failing leader discards
+ * what is queued behind its group, since later commits may build on it. */
+static int group_wait(rocks_t *r, uint64_t seq, syncd_error_t *err)
+{
+    char failure[sizeof(r->failure)];
+    pending_t *group;
+    uint64_t last;
+    int rc;
+
+    pthread_mutex_lock(&r->gc_lock);
+    r->waiting++;
+    while (!r->failed &&
+           (r->seq_durable < seq || (r->queue != NULL && r->waiting == 1))) {
+        if (r->leading) {
+            pthread_cond_wait(&r->gc_done, &r->gc_lock);
+            continue;
+        }
+        r->leading = 1;
+        group = queue_take(r, &last);
+        pthread_mutex_unlock(&r->gc_lock);
+        rc = group_write(r, group, 1, failure, sizeof(failure));
+        pthread_mutex_lock(&r->gc_lock);
+        if (rc == 0) {
+            r->seq_durable = last;
+        } else {
+            r->failed = 1;
+            memcpy(r->failure, failure, sizeof(failure));
+            group = queue_take(r, &last);
+            group_write(r, group, 0, NULL, 0);
+        }
+        r->leading = 0;
+        pthread_cond_broadcast(&r->gc_done);
+    }
+    r->waiting--;
+    rc = 0;
+    if (r->seq_durable < seq)
+        rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
+                                     "commit not durable: %s", r->failure);
+    pthread_mutex_unlock(&r->gc_lock);
     return rc;
 }
 
@@ -395,7 +658,8 @@ typedef struct held {
 } held_t;
 
 /* Takes coll/id's write lock and reads its record into h->cur (NULL when
- * there is none); on failure nothing is held. Released by release(). */
+ * there is none): its pending version when it has one, else the durable
+ * one; on failure nothing is held. Released by release(). */
 static int hold(rocks_t *r, held_t *h, const char *coll, const char *id,
                 syncd_error_t *err)
 {
@@ -409,7 +673,11 @@ static int hold(rocks_t *r, held_t *h, const char *coll, const char *id,
     rc = key_lock(h->s, &h->k, &h->kl, err);
     if (rc != 0)
         return rc;
-    rc = read_doc(r, h->s, &h->k, coll, id, &h->cur, 0, err);
+    rc = pending_read(h->s, &h->k, &h->cur, err);
+    if (rc > 0)
+        return 0;
+    if (rc == 0)
+        rc = read_doc(r, h->s, &h->k, coll, id, &h->cur, 0, err);
     if (rc == SYNCD_ENOTFOUND)
         return 0;
     if (rc != 0)
@@ -417,11 +685,27 @@ static int hold(rocks_t *r, held_t *h, const char *coll, const char *id,
     return rc;
 }
 
-/* Releases a hold(): unlocks the key and frees the record read. */
-static void release(held_t *h)
+/* Releases a key_lock() of s; when this ends the outermost hold, waits
+ * until what was sequenced under it is durable. Returns rc, or when rc is
+ * 0 the wait's error. */
+static int unlock_durable(rocks_t *r, stripe_t *s, key_lock_t *kl, int rc,
+                          syncd_error_t *err)
 {
-    key_unlock(h->s, h->kl);
+    uint64_t ticket = key_unlock(s, kl);
+    int synced;
+
+    if (ticket == 0)
+        return rc;
+    synced = group_wait(r, ticket, rc == 0 ? err : NULL);
+    return rc == 0 ? synced : rc;
+}
+
+/* Releases a hold() as unlock_durable() says and frees the record read. */
+static int release(rocks_t *r, held_t *h, int rc, syncd_error_t *err)
+{
     syncd_doc_free(h->cur);
+    h->cur = NULL;
+    return unlock_durable(r, h->s, h->kl, rc, err);
 }
 
 static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
@@ -429,8 +713,6 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
                                int64_t expected, syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
-    syncd_doc_t *copy = NULL;
-    size_t vlen = 0;
     held_t h;
     int rc;
 
@@ -444,22 +726,10 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
                              (long long)expected);
         goto unlock;
     }
-    copy = syncd_doc_dup(doc);
-    if (copy == NULL) {
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        goto unlock;
-    }
-    write_begin(h.s);
-    rc = commit(r, &h.k, doc, canon, canon_len, h.cur == NULL, &vlen, r->write,
-                err);
-    if (rc != 0) {
-        syncd_doc_free(copy);
-        copy = NULL;
-    }
-    write_end(r, h.s, &h.k, copy, vlen);
+    rc =
+        sequence(r, h.s, h.kl, &h.k, doc, canon, canon_len, h.cur == NULL, err);
 unlock:
-    release(&h);
-    return rc;
+    return release(r, &h, rc, err);
 }
 
 static int rocks_cas(syncd_backend_t *b, const syncd_doc_t *doc,
@@ -486,8 +756,7 @@ static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
     if (rc != 0)
         return rc;
     rc = fn(arg, err);
-    key_unlock(s, kl);
-    return rc;
+    return unlock_durable(r, s, kl, rc, err);
 }
 
 /* Sums the stripes' statistics; takes no lock, so it never waits for a
@@ -747,14 +1016,13 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
         json_array_size(h.cur->outbox) == 0) {
         write_begin(h.s);
         rocksdb_delete(r->db, r->write, h.k.bytes, h.k.len, &errptr);
-        write_end(r, h.s, &h.k, NULL, 0);
+        write_end(h.s, &h.k);
         if (errptr != NULL)
             rc = rocks_error(err, errptr, "delete");
         else
             *removed = 1;
     }
-    release(&h);
-    return rc;
+    return release(r, &h, rc, err);
 }
 
 static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
@@ -785,6 +1053,12 @@ static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     return rc;
 }
 
+/* The pending table is empty once no call is in flight. */
+static void free_pending(syncd_lru_node_t *node)
+{
+    pending_free((pending_t *)node);
+}
+
 /* The key-lock table is empty once no call is in flight. */
 static void free_key_lock(syncd_lru_node_t *node)
 {
@@ -800,7 +1074,7 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *copy = NULL;
     json_t *left = NULL;
-    size_t vlen = 0;
+    uint64_t ticket;
     held_t h;
     int rc;
 
@@ -822,16 +1096,17 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     json_decref(copy->outbox);
     copy->outbox = left;
     left = NULL;
-    write_begin(h.s);
-    rc = commit(r, &h.k, copy, NULL, 0, 0, &vlen, r->write_nosync, err);
-    if (rc != 0) {
-        syncd_doc_free(copy);
-        copy = NULL;
-    }
-    write_end(r, h.s, &h.k, copy, vlen);
+    ticket = h.kl->ticket;
+    rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, 0, err);
+    /* An ack needs no sync of its own: one lost to a crash only means a
+     * republish, which the bus drops as a duplicate. It rides with the
+     * next group, or leads one when no other writer is about. */
+    h.kl->ticket = ticket;
 unlock:
+    syncd_doc_free(copy);
     json_decref(left);
-    release(&h);
+    rc = release(r, &h, rc, err);
+    group_wait(r, 0, NULL);
     return rc;
 }
 
@@ -915,17 +1190,20 @@ static void rocks_close(syncd_backend_t *b)
 
     if (r == NULL)
         return;
+    if (r->db != NULL)
+        group_wait(r, r->seq_last, NULL);
     for (int i = 0; i < r->nstripes_ready; i++) {
         syncd_lru_destroy(&r->stripes[i].tier, free_entry);
         syncd_lru_destroy(&r->stripes[i].locks, free_key_lock);
+        syncd_lru_destroy(&r->stripes[i].pending, free_pending);
         pthread_mutex_destroy(&r->stripes[i].lock);
     }
+    pthread_cond_destroy(&r->gc_done);
+    pthread_mutex_destroy(&r->gc_lock);
     if (r->db != NULL)
         rocksdb_close(r->db);
     if (r->write != NULL)
         rocksdb_writeoptions_destroy(r->write);
-    if (r->write_nosync != NULL)
-        rocksdb_writeoptions_destroy(r->write_nosync);
     if (r->read != NULL)
         rocksdb_readoptions_destroy(r->read);
     if (r->options != NULL)
@@ -970,6 +1248,9 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->now_ms =
         hooks != NULL && hooks->now_ms != NULL ? hooks->now_ms : monotonic_ms;
     r->now_data = hooks != NULL ? hooks->data : NULL;
+    pthread_mutex_init(&r->gc_lock, NULL);
+    pthread_cond_init(&r->gc_done, NULL);
+    r->queue_tail = &r->queue;
     for (; r->nstripes_ready < NSTRIPES; r->nstripes_ready++) {
         stripe_t *s = &r->stripes[r->nstripes_ready];
 
@@ -982,6 +1263,12 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
             goto done;
         }
+        if (syncd_lru_init(&s->pending) != 0) {
+            syncd_lru_destroy(&s->tier, free_entry);
+            syncd_lru_destroy(&s->locks, free_key_lock);
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+            goto done;
+        }
         pthread_mutex_init(&s->lock, NULL);
     }
     r->options = rocksdb_options_create();
@@ -989,7 +1276,6 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->write = rocksdb_writeoptions_create();
     rocksdb_options_set_create_if_missing(r->options, 1);
     rocksdb_writeoptions_set_sync(r->write, sync_writes ? 1 : 0);
-    r->write_nosync = rocksdb_writeoptions_create();
     r->db = rocksdb_open(r->options, dir, &errptr);
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");

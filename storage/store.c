@@ -642,17 +642,26 @@ static int run_locked_attempt(void *arg, syncd_error_t *err)
 }
 
 /* Runs attempt(), holding the key's write lock when the backend has one:
- * then no writer can come between the read and the compare-and-swap. */
+ * then no writer can come between the read and the compare-and-swap. The
+ * lock's release waits for the commit to be durable (see rocks.c, group
+ * commit), which can still fail it. */
 static int attempt_locked(syncd_store_t *s, syncd_change_t **out,
                           const write_req_t *req, syncd_error_t *err)
 {
     locked_attempt_t a = {s, out, req};
     const syncd_backend_ops_t *ops = s->backend->ops;
+    int rc;
 
     if (ops->locked == NULL)
         return attempt(s, out, req, err);
-    return ops->locked(s->backend, req->coll, req->id, run_locked_attempt, &a,
-                       err);
+    rc = ops->locked(s->backend, req->coll, req->id, run_locked_attempt, &a,
+                     err);
+    if (rc != 0) {
+        /* The commit was sequenced but its sync failed: not committed. */
+        syncd_change_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 static int write_loop(syncd_store_t *s, syncd_change_t **out,

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -2579,6 +2580,303 @@ static void test_store_rocks__acknowledged_writes_survive_sigkill(void **state)
     assert_doc(f, "crash", "c", v, want);
 }
 
+/* What a group-commit crash child reports to its parent: a write it had
+ * acknowledged (writer set) or a version one of its readers saw. */
+typedef struct gc_report {
+    int32_t doc;    /* which of GC_DOCS */
+    int32_t writer; /* the writer thread, -1 for a read */
+    int64_t version;
+    int64_t i; /* the writer's count, in its body */
+} gc_report_t;
+
+#define GC_DOCS 3
+#define GC_WRITERS 12
+#define GC_READERS 4
+
+typedef struct gc_thread {
+    syncd_store_t *store;
+    int fd;
+    int writer;
+} gc_thread_t;
+
+static void gc_report(int fd, int doc, int writer, int64_t version, int64_t i)
+{
+    gc_report_t r = {doc, writer, version, i};
+
+    if (write(fd, &r, sizeof(r)) != sizeof(r))
+        _exit(4);
+}
+
+/* Blind-puts {"w":writer,"i":i} to doc i % GC_DOCS, for i = 0, 1, ..., and
+ * reports each acknowledged put. */
+static void *gc_writer(void *arg)
+{
+    gc_thread_t *t = arg;
+    char id[16];
+
+    for (int64_t i = 0;; i++) {
+        json_t *body = json_pack("{s:i, s:I}", "w", t->writer, "i", i);
+        syncd_change_t *c = NULL;
+        int doc = (int)(i % GC_DOCS);
+
+        snprintf(id, sizeof(id), "d%d", doc);
+        if (body == NULL || syncd_store_put(t->store, &c, "gc", id, body,
+                                            SYNCD_ANY_VERSION, NULL) != 0)
+            _exit(3);
+        gc_report(t->fd, doc, t->writer, c->doc->version, i);
+        syncd_change_free(c);
+        json_decref(body);
+    }
+    return NULL;
+}
+
+/* Reads the documents in turn and reports each version seen. */
+static void *gc_reader(void *arg)
+{
+    gc_thread_t *t = arg;
+    char id[16];
+
+    for (int64_t i = 0;; i++) {
+        syncd_doc_t *doc = NULL;
+
+        snprintf(id, sizeof(id), "d%d", (int)(i % GC_DOCS));
+        if (syncd_store_get(t->store, &doc, "gc", id, NULL) == 0) {
+            gc_report(t->fd, (int)(i % GC_DOCS), -1, doc->version, 0);
+            syncd_doc_free(doc);
+        }
+    }
+    return NULL;
+}
+
+/* The crash child: writers and readers on the store in dir until killed. */
+static void gc_child(const char *dir, int fd)
+{
+    gc_thread_t t[GC_WRITERS + GC_READERS];
+    pthread_t threads[GC_WRITERS + GC_READERS];
+    syncd_store_options_t opts;
+    syncd_store_t *store = NULL;
+
+    syncd_store_options_init(&opts);
+    opts.data_dir = dir;
+    if (syncd_store_open(&store, &opts, NULL) != 0)
+        _exit(2);
+    for (int i = 0; i < GC_WRITERS + GC_READERS; i++) {
+        t[i].store = store;
+        t[i].fd = fd;
+        t[i].writer = i;
+        if (pthread_create(&threads[i], NULL,
+                           i < GC_WRITERS ? gc_writer : gc_reader, &t[i]) != 0)
+            _exit(5);
+    }
+    pause();
+    _exit(6);
+}
+
+/* Acknowledged writes, as the parent collected them: for each document,
+ * the highest version acked or read, and the body of each acked version. */
+typedef struct gc_seen {
+    int64_t max_version[GC_DOCS];
+    json_t *bodies[GC_DOCS]; /* version (as a key) -> acked body */
+} gc_seen_t;
+
+static void gc_collect(gc_seen_t *seen, const gc_report_t *r)
+{
+    char key[32];
+    json_t *body, *was;
+
+    assert_true(r->doc >= 0 && r->doc < GC_DOCS);
+    if (r->version > seen->max_version[r->doc])
+        seen->max_version[r->doc] = r->version;
+    if (r->writer < 0)
+        return;
+    snprintf(key, sizeof(key), "%lld", (long long)r->version);
+    body = json_pack("{s:i, s:I}", "w", r->writer, "i", r->i);
+    was = json_object_get(seen->bodies[r->doc], key);
+    /* Two acknowledged writes never get the same version. */
+    assert_null(was);
+    assert_int_equal(json_object_set_new(seen->bodies[r->doc], key, body), 0);
+}
+
+static void
+test_store_rocks__kill_during_group_commits_loses_no_acked_or_read_version(
+    void **state)
+{
+    fixture_t *f = *state;
+    gc_seen_t seen = {{0}, {NULL}};
+    int fds[2], status, n = 0;
+    gc_report_t r;
+    pid_t pid;
+
+    syncd_store_close(f->store);
+    f->store = NULL;
+    for (int d = 0; d < GC_DOCS; d++)
+        seen.bodies[d] = json_object();
+    assert_int_equal(pipe(fds), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        gc_child(f->dir, fds[1]);
+    }
+    close(fds[1]);
+    while (n < 1500 && read(fds[0], &r, sizeof(r)) == sizeof(r)) {
+        gc_collect(&seen, &r);
+        n += r.writer >= 0;
+    }
+    assert_int_equal(n, 1500);
+    kill(pid, SIGKILL);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    while (read(fds[0], &r, sizeof(r)) == sizeof(r))
+        gc_collect(&seen, &r);
+    close(fds[0]);
+
+    open_store(f);
+    for (int d = 0; d < GC_DOCS; d++) {
+        char id[16], key[32];
+        syncd_doc_t *doc = NULL;
+        syncd_change_t *c = NULL;
+        json_t *acked, *body = json_pack("{s:s}", "after", "crash");
+
+        snprintf(id, sizeof(id), "d%d", d);
+        assert_int_equal(syncd_store_get(f->store, &doc, "gc", id, NULL), 0);
+        /* Every acked write and every version a reader saw survived. */
+        assert_true(doc->version >= seen.max_version[d]);
+        snprintf(key, sizeof(key), "%lld", (long long)doc->version);
+        acked = json_object_get(seen.bodies[d], key);
+        if (acked != NULL)
+            assert_true(json_equal(acked, doc->body));
+        /* The next write takes a version no acked write had. */
+        assert_int_equal(syncd_store_put(f->store, &c, "gc", id, body,
+                                         SYNCD_ANY_VERSION, NULL),
+                         0);
+        assert_int_equal(c->doc->version, doc->version + 1);
+        snprintf(key, sizeof(key), "%lld", (long long)c->doc->version);
+        assert_null(json_object_get(seen.bodies[d], key));
+        syncd_change_free(c);
+        syncd_doc_free(doc);
+        json_decref(body);
+        json_decref(seen.bodies[d]);
+    }
+}
+
+/* Shared by the writers of a store whose files cannot grow past a limit. */
+typedef struct full_disk {
+    syncd_store_t *store;
+    pthread_mutex_t lock;
+    int64_t acked;  /* the highest version acknowledged */
+    int failures;   /* failed writes, all SYNCD_EBACKEND */
+    int wrong_code; /* failed writes with another code */
+} full_disk_t;
+
+/* Blind-puts 64 KiB bodies to full/d until a put fails. */
+static void *full_disk_writer(void *arg)
+{
+    full_disk_t *fd = arg;
+    char *pad = malloc(65536);
+
+    if (pad == NULL)
+        _exit(5);
+    memset(pad, 'x', 65535);
+    pad[65535] = '\0';
+    for (int i = 0; i < 4000; i++) {
+        json_t *body = json_pack("{s:s, s:i}", "pad", pad, "i", i);
+        syncd_change_t *c = NULL;
+        int rc = syncd_store_put(fd->store, &c, "full", "d", body,
+                                 SYNCD_ANY_VERSION, NULL);
+
+        json_decref(body);
+        pthread_mutex_lock(&fd->lock);
+        if (rc == 0 && c->doc->version > fd->acked)
+            fd->acked = c->doc->version;
+        if (rc == SYNCD_EBACKEND)
+            fd->failures++;
+        else if (rc != 0)
+            fd->wrong_code++;
+        pthread_mutex_unlock(&fd->lock);
+        syncd_change_free(c);
+        if (rc != 0)
+            break;
+    }
+    free(pad);
+    return NULL;
+}
+
+/* The child: writers on the store in dir, whose files may not grow past
+ * 8 MiB, until their writes fail; then checks the store and reports the
+ * highest acknowledged version on fd. Exits 0 when all held. */
+static void full_disk_child(const char *dir, int out)
+{
+    struct rlimit limit = {8 << 20, 8 << 20};
+    full_disk_t fd = {NULL, PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+    pthread_t threads[4];
+    syncd_store_options_t opts;
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    json_t *body;
+
+    syncd_store_options_init(&opts);
+    opts.data_dir = dir;
+    signal(SIGXFSZ, SIG_IGN);
+    if (syncd_store_open(&fd.store, &opts, NULL) != 0 ||
+        setrlimit(RLIMIT_FSIZE, &limit) != 0)
+        _exit(2);
+    for (int i = 0; i < 4; i++)
+        if (pthread_create(&threads[i], NULL, full_disk_writer, &fd) != 0)
+            _exit(3);
+    for (int i = 0; i < 4; i++)
+        pthread_join(threads[i], NULL);
+    if (write(out, &fd.acked, sizeof(fd.acked)) != sizeof(fd.acked))
+        _exit(4);
+    /* Every writer failed, with SYNCD_EBACKEND. */
+    if (fd.failures != 4 || fd.wrong_code != 0)
+        _exit(10);
+    /* Readers see the last acknowledged version, none of the failed. */
+    if (syncd_store_get(fd.store, &doc, "full", "d", NULL) != 0 ||
+        doc->version != fd.acked)
+        _exit(11);
+    syncd_doc_free(doc);
+    /* The store takes no write after a failed sync. */
+    body = json_pack("{s:i}", "small", 1);
+    if (syncd_store_put(fd.store, &c, "full", "d2", body, SYNCD_ANY_VERSION,
+                        NULL) != SYNCD_EBACKEND)
+        _exit(12);
+    json_decref(body);
+    syncd_store_close(fd.store);
+    _exit(0);
+}
+
+static void
+test_store_rocks__a_failed_sync_fails_its_writers_and_shows_no_version_of_theirs(
+    void **state)
+{
+    fixture_t *f = *state;
+    int fds[2], status;
+    int64_t acked = -1;
+    pid_t pid;
+
+    syncd_store_close(f->store);
+    f->store = NULL;
+    assert_int_equal(pipe(fds), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        full_disk_child(f->dir, fds[1]);
+    }
+    close(fds[1]);
+    assert_int_equal(read(fds[0], &acked, sizeof(acked)), sizeof(acked));
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_true(acked > 0);
+
+    /* Reopened, the store has every acknowledged write. */
+    open_store(f);
+    assert_true(live_version(f, "full", "d") >= acked);
+}
+
 /* ---- The node cache on its own ------------------------------------------ */
 
 typedef struct cache_fixture {
@@ -3169,6 +3467,10 @@ int main(void)
         BOTH(test_store__non_object_and_oversized_bodies_are_rejected),
         BOTH(test_store__awkward_keys_and_numbers_round_trip_exactly),
         ROCKS(test_store_rocks__acknowledged_writes_survive_sigkill),
+        ROCKS(
+            test_store_rocks__kill_during_group_commits_loses_no_acked_or_read_version),
+        ROCKS(
+            test_store_rocks__a_failed_sync_fails_its_writers_and_shows_no_version_of_theirs),
         BOTH(test_store_edit__8_threads_x_500_increments_lose_nothing),
         BOTH(test_store_edit__64_threads_lose_nothing),
         ROCKS(test_store_rocks__8_writers_of_one_document_never_conflict),
