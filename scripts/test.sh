@@ -24,6 +24,7 @@ export SYNCD_TESTDATA="${SYNCD_TESTDATA:-$ROOT/../shared/testdata}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$ROOT/tests/lsan.supp:print_suppressions=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$ROOT/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1}"
+# die_after_fork=0: the crash tests fork a child that opens stores (threads).
+export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$ROOT/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1:die_after_fork=0}"
 cd "$BUILD"
 ctest --output-on-failure --timeout 900 "$@"
