@@ -1495,6 +1495,9 @@ test_metrics__events_received_and_applied_count_each_write(void **state)
     assert_int_equal(wait_metric(&d, "syncd_events_applied_total", N), N);
     assert_int_equal(metric_value(&d, "syncd_events_received_total"), N);
     assert_int_equal(metric_value(&d, "syncd_events_published_total"), N);
+    /* Every event applied: none waits, none was dropped for a resync. */
+    assert_int_equal(metric_value(&d, "syncd_apply_queue_events"), 0);
+    assert_int_equal(metric_value(&d, "syncd_apply_queue_overflows_total"), 0);
     assert_int_equal(daemon_stop(&d), 0);
 }
 
