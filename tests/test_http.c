@@ -1467,11 +1467,13 @@ test_collections__unknown_names_leave_no_state_on_the_node(void **state)
         assert_int_equal(sse_wait(&sse, "200 OK", 1), 1);
         sse_close(&sse);
     }
+    /* Collections written by earlier tests may go idle meanwhile (a slow
+     * build takes longer than coll_idle_ms here): never more than before. */
     for (int i = 0;
-         i < 300 && metric_value(&main_daemon, "syncd_collections") != before;
+         i < 300 && metric_value(&main_daemon, "syncd_collections") > before;
          i++)
         usleep(50 * 1000);
-    assert_int_equal(metric_value(&main_daemon, "syncd_collections"), before);
+    assert_true(metric_value(&main_daemon, "syncd_collections") <= before);
 }
 
 /* In the embedded default every write is an event the node receives and
