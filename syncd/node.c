@@ -25,7 +25,8 @@
  * the bus fast), the node drops what is queued and queues one resync at the
  * new item's seq instead, as if the bus had lost those events: watchers
  * that missed them are told to resync and a pass repairs the cache from
- * the store. Memory per collection stays bounded, never the correctness.
+ * the store. So a collection's memory stays bounded, and what the node
+ * serves stays the store's.
  *
  * In MongoDB mode the cache follows DESIGN.md section 4: patch on the base
  * version with a hash check, drop duplicates and old versions, refetch on

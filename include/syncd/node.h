@@ -63,7 +63,7 @@ typedef struct syncd_node_options {
     size_t max_apply_queue;     /* received events one collection may hold
                                    waiting to be applied; past it the node
                                    drops them and resyncs the collection
-                                   instead; 10000 */
+                                   instead (0: no bound); 10000 */
 } syncd_node_options_t;
 
 /* Sets every field of opts to its documented default. */
