@@ -32,7 +32,11 @@
  * 410), then streams the node's events as server-sent events. A watcher
  * whose unsent output passes watch_buffer_bytes, or that the node tells to
  * resync, gets `event: resync` and is closed; at shutdown every watcher
- * gets `event: shutdown` with the seq to resume from.
+ * gets `event: shutdown` with the seq to resume from. A watch takes a slot
+ * from its request until its stream ends: at most max_watchers on the node
+ * and max_watchers_per_collection per collection; past either a new watch
+ * is answered 503 too_many_watchers with a Retry-After, and the watchers
+ * already streaming are not touched.
  */
 #define _GNU_SOURCE
 #include "api.h"
@@ -52,6 +56,8 @@
 
 #define LIST_DEFAULT_LIMIT 1000
 #define LIST_MAX_LIMIT 10000
+/* Seconds a watch refused for too many watchers is told to wait. */
+#define WATCH_RETRY_AFTER_S 5
 
 struct syncd_api {
     syncd_api_options_t opts;
@@ -60,6 +66,8 @@ struct syncd_api {
     int quiescing;
     void (*quiesce_cb)(void *payload);
     void *quiesce_payload;
+    int64_t watchers;      /* watch slots taken: set-ups and streams */
+    json_t *coll_watchers; /* collection -> its watch slots taken */
 };
 
 typedef enum {
@@ -113,6 +121,7 @@ typedef struct watcher {
     int64_t since; /* -1: from now on */
     int64_t last;  /* seq of the last event sent */
     int held;      /* holding its collection on the node until it watches */
+    int slot;      /* holding a watch slot */
     int streaming;
     int ended;
 } watcher_t;
@@ -125,6 +134,11 @@ int syncd_api_new(syncd_api_t **out, const syncd_api_options_t *opts)
     if (api == NULL)
         return SYNCD_ENOMEM;
     api->opts = *opts;
+    api->coll_watchers = json_object();
+    if (api->coll_watchers == NULL) {
+        free(api);
+        return SYNCD_ENOMEM;
+    }
     *out = api;
     return 0;
 }
@@ -136,6 +150,9 @@ void syncd_api_set_server(syncd_api_t *api, syncd_http_server_t *srv)
 
 void syncd_api_free(syncd_api_t *api)
 {
+    if (api == NULL)
+        return;
+    json_decref(api->coll_watchers);
     free(api);
 }
 
@@ -1387,6 +1404,63 @@ static void serve_export(syncd_api_t *api, syncd_http_req_t *req, char *coll)
 
 /* ---- Watch streams --------------------------------------------------- */
 
+/* Takes a watch slot of coll; answers 503 too_many_watchers with a
+ * Retry-After naming the limit reached (or 500 out of memory) and returns
+ * -1 when it cannot. */
+static int watch_slot_take(syncd_api_t *api, syncd_http_req_t *req,
+                           const char *coll)
+{
+    const syncd_config_t *cfg = api->opts.cfg;
+    json_int_t n =
+        json_integer_value(json_object_get(api->coll_watchers, coll));
+    json_t *body = NULL;
+    char *text = NULL;
+    char msg[200], retry[48];
+
+    if (cfg->max_watchers > 0 && api->watchers >= cfg->max_watchers)
+        snprintf(msg, sizeof(msg),
+                 "this node serves its limit of %lld watch streams "
+                 "(--max-watchers); retry later",
+                 (long long)cfg->max_watchers);
+    else if (cfg->max_watchers_per_collection > 0 &&
+             n >= cfg->max_watchers_per_collection)
+        snprintf(msg, sizeof(msg),
+                 "collection %s has its limit of %lld watch streams on this "
+                 "node (--max-watchers-per-collection); retry later",
+                 coll, (long long)cfg->max_watchers_per_collection);
+    else if (json_object_set_new(api->coll_watchers, coll,
+                                 json_integer(n + 1)) == 0) {
+        api->watchers++;
+        return 0;
+    } else {
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        return -1;
+    }
+    body =
+        json_pack("{s:s, s:s}", "error", "too_many_watchers", "message", msg);
+    text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    snprintf(retry, sizeof(retry), "Retry-After: %d\r\n", WATCH_RETRY_AFTER_S);
+    syncd_http_respond(req, 503, "application/json", retry,
+                       text != NULL ? text : "",
+                       text != NULL ? strlen(text) : 0);
+    free(text);
+    json_decref(body);
+    return -1;
+}
+
+/* Gives back a watch slot of coll. */
+static void watch_slot_give(syncd_api_t *api, const char *coll)
+{
+    json_int_t n =
+        json_integer_value(json_object_get(api->coll_watchers, coll));
+
+    api->watchers--;
+    if (n <= 1)
+        json_object_del(api->coll_watchers, coll);
+    else
+        json_object_set_new(api->coll_watchers, coll, json_integer(n - 1));
+}
+
 static void watcher_closed(uv_handle_t *h)
 {
     watcher_t *w = h->data;
@@ -1394,6 +1468,15 @@ static void watcher_closed(uv_handle_t *h)
     free(w->coll);
     free(w->prefix);
     free(w);
+}
+
+/* Gives back w's watch slot and closes its timer; w is freed then. */
+static void watcher_close(watcher_t *w)
+{
+    if (w->slot)
+        watch_slot_give(w->api, w->coll);
+    w->slot = 0;
+    uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
 }
 
 /* Ends w's stream after a last event (event/data may be NULL), stops its
@@ -1415,7 +1498,7 @@ static void watcher_end(watcher_t *w, const char *event, const char *data)
         syncd_metrics_watchers(w->api->opts.metrics, -1);
         syncd_http_stream_end(w->req);
     }
-    uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
+    watcher_close(w);
 }
 
 /* Returns seconds since the RFC 3339 UTC time ts, or -1 if unparsable. */
@@ -1577,7 +1660,7 @@ static void watcher_refuse(watcher_t *w, int status, const char *code,
     if (w->held)
         syncd_node_release(w->api->opts.node, w->coll, 0);
     w->ended = 1;
-    uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
+    watcher_close(w);
 }
 
 static void watch_probe_read(int status, json_t *events, void *payload)
@@ -1665,6 +1748,9 @@ static void serve_watch(syncd_api_t *api, syncd_http_req_t *req, char *coll)
         goto fail;
     }
     free(since);
+    if (watch_slot_take(api, req, w->coll) < 0)
+        goto refused;
+    w->slot = 1;
     if (hold_collection(api, req, w->coll) < 0)
         goto refused;
     w->held = 1;
@@ -1677,7 +1763,7 @@ fail:
     free(since);
 refused:
     w->ended = 1;
-    uv_close((uv_handle_t *)&w->bookmark, watcher_closed);
+    watcher_close(w);
 }
 
 /* ---- Other routes ---------------------------------------------------- */

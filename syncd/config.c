@@ -116,6 +116,16 @@ static const option_t options[] = {
      "queued events per watcher before it is told to resync"},
     {"max-collections", OPT_INT, AT(max_collections), "10000",
      "collections a node works on at once; more are refused with 503"},
+    {"max-watchers", OPT_INT, AT(max_watchers), "1000",
+     "open watch streams of this node; more are refused with 503 (0: no "
+     "limit)"},
+    {"max-watchers-per-collection", OPT_INT, AT(max_watchers_per_collection),
+     "500",
+     "open watch streams of one collection; more are refused with 503 (0: "
+     "no limit)"},
+    {"max-apply-queue", OPT_INT, AT(max_apply_queue), "10000",
+     "received events of one collection waiting to be applied; past it the "
+     "node resyncs that collection from the store"},
     {"heartbeat-interval", OPT_DURATION, AT(heartbeat_interval_ms), "5s",
      "period of this node's heartbeat on the bus (live for three of them)"},
     {"advertise-url", OPT_STRING, AT(advertise_url), NULL,
@@ -528,6 +538,9 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
     if (cfg->max_collections == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-collections: must be more than 0");
+    if (cfg->max_apply_queue == 0)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "--max-apply-queue: must be more than 0");
     if (cfg->store_timeout_ms < 1)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--store-timeout: must be at least 1ms");

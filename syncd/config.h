@@ -37,6 +37,7 @@ typedef struct syncd_config {
     int64_t max_retries, max_connections, event_log_len, watch_buffer_events,
         max_collections;
     int64_t max_connections_per_client, max_patch_ops, body_timeout_ms;
+    int64_t max_watchers, max_watchers_per_collection, max_apply_queue;
     int64_t cache_ttl_ms, retry_delay_ms, max_retry_delay_ms, edit_timeout_ms,
         anti_entropy_interval_ms, tombstone_ttl_ms, idle_timeout_ms,
         header_timeout_ms, bookmark_interval_ms, bus_timeout_ms,

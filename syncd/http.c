@@ -19,7 +19,10 @@
  * checked on the headers, before any body is read and before `100
  * Continue`. Anything the parser rejects gets 400 (or 401, 431 / 413 for
  * the token and the header and body limits) after the responses already
- * queued, and the connection closes.
+ * queued, and the connection closes. A client's end of input (EOF) is a
+ * half-close: what it asked is still answered; but once a streamed response
+ * has begun, EOF means the client left, and the connection closes at once
+ * so that its request hears it is gone (a watch frees its slot).
  *
  * A connection closed after an answer the client may not expect yet (an
  * early 413 while it still sends its body) closes gracefully (RFC 9112
@@ -68,6 +71,7 @@ struct syncd_http_req {
     int keep_alive;  /* the client allows another request after this one */
     int started;     /* a response has begun */
     int finished;    /* respond() or stream_end() was called */
+    int streaming;   /* stream_start() was called */
     int close_after; /* close the connection once this response is out */
     int status;
     const char *route;
@@ -566,7 +570,10 @@ static void read_some(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         return;
     }
     if (nread < 0) {
-        if (nread == UV_EOF && (c->head != NULL || c->in.len > 0)) {
+        /* A client that ends its side of a started stream (a watch has no
+         * end to wait for) has left: its request is told it is gone. */
+        if (nread == UV_EOF && (c->head != NULL || c->in.len > 0) &&
+            !(c->head != NULL && c->head->streaming && !c->head->finished)) {
             /* Half-close: answer what was asked, then close. */
             c->eof = 1;
             uv_read_stop(s);
@@ -976,6 +983,7 @@ void syncd_http_stream_start(syncd_http_req_t *req, int status,
                              const char *content_type, const char *headers)
 {
     begin_response(req, status, content_type, headers, -1);
+    req->streaming = 1;
     if (req->conn != NULL)
         conn_flush(req->conn);
 }

@@ -300,6 +300,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     no.max_doc_bytes = c->max_doc_bytes;
     no.watch_buffer_events = (size_t)c->watch_buffer_events;
     no.max_collections = (size_t)c->max_collections;
+    no.max_apply_queue = (size_t)c->max_apply_queue;
     no.outbox_min_age_ms = c->bus_timeout_ms;
     return syncd_node_open(&d->node, &d->loop, d->store, d->bus, &no, err);
 }

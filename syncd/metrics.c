@@ -198,6 +198,16 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
     metric(&o, "syncd_collections", "gauge",
            "Collections this node holds state for (subscription, queue).",
            v->node.collections);
+    metric(&o, "syncd_apply_queue_events", "gauge",
+           "Received events waiting to be applied, over every collection.",
+           v->node.apply_queued);
+    metric(&o, "syncd_apply_queue_peak_events", "gauge",
+           "Most events one collection's apply queue has held.",
+           v->node.apply_queue_peak);
+    metric(&o, "syncd_apply_queue_overflows_total", "counter",
+           "Apply queues that passed --max-apply-queue: each one a resync "
+           "of its collection.",
+           v->node.apply_queue_overflows);
     metric(&o, "syncd_watchers", "gauge", "Open watch streams.",
            (uint64_t)(m->watchers > 0 ? m->watchers : 0));
     metric(&o, "syncd_watch_resyncs_total", "counter",

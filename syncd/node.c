@@ -20,7 +20,13 @@
  * to the pool, not one per event. Back on the loop, each item of the batch
  * in turn has its seq recorded as applied and its event handed to the
  * collection's watchers. Applied events therefore reach watchers after the
- * cache holds their version.
+ * cache holds their version. A queue holds at most max_apply_queue items:
+ * when an item arrives at a full queue (the thread pool is busy or slow and
+ * the bus fast), the node drops what is queued and queues one resync at the
+ * new item's seq instead, as if the bus had lost those events: watchers
+ * that missed them are told to resync and a pass repairs the cache from
+ * the store. So a collection's memory stays bounded, and what the node
+ * serves stays the store's.
  *
  * In MongoDB mode the cache follows DESIGN.md section 4: patch on the base
  * version with a hash check, drop duplicates and old versions, refetch on
@@ -154,6 +160,7 @@ struct coll {
     int seq_pending; /* a bus seq read is in flight */
     int64_t seq;     /* last seq applied */
     item_t *head, *tail;
+    size_t queued;   /* items from head to tail */
     work_t *running; /* the batch on the thread pool */
     size_t passes;   /* anti-entropy passes in flight: they use c, which
                         must outlive them */
@@ -248,6 +255,7 @@ void syncd_node_options_init(syncd_node_options_t *opts)
     opts->coll_idle_ms = 30000;
     opts->outbox_interval_ms = 5000;
     opts->outbox_min_age_ms = 2000;
+    opts->max_apply_queue = 10000;
 }
 
 /* ---- Helpers --------------------------------------------------------------
@@ -549,14 +557,44 @@ static void sweep(coll_t *c)
 
 /* ---- Collections --------------------------------------------------------- */
 
-/* Appends item to c's queue and pumps the queue. */
+/* Frees the items of c's queue. */
+static void drop_queue(coll_t *c)
+{
+    while (c->head != NULL) {
+        item_t *item = c->head;
+        c->head = item->next;
+        item_free(item);
+    }
+    c->tail = NULL;
+    c->node->stats.apply_queued -= c->queued;
+    c->queued = 0;
+}
+
+/* Appends item to c's queue and pumps the queue. An item that finds the
+ * queue full replaces it with one resync at its seq (and is dropped
+ * itself): the resync tells the watchers that missed the dropped events
+ * and repairs the cache from the store. */
 static void enqueue(coll_t *c, item_t *item)
 {
+    syncd_node_t *node = c->node;
+
+    if (node->opts.max_apply_queue > 0 &&
+        c->queued >= node->opts.max_apply_queue) {
+        drop_queue(c);
+        node->stats.apply_queue_overflows++;
+        json_decref(item->event);
+        item->event = NULL;
+        item->kind = ITEM_RESYNC;
+    }
     if (c->tail != NULL)
         c->tail->next = item;
     else
         c->head = item;
     c->tail = item;
+    c->queued++;
+    node->stats.apply_queued++;
+    if (c->queued > node->stats.apply_queue_peak)
+        node->stats.apply_queue_peak = c->queued;
     pump(c);
 }
 
@@ -829,13 +867,15 @@ static void on_reap(uv_timer_t *timer)
     }
 }
 
-/* Puts the chain first..last back at the head of c's queue. */
-static void enqueue_front(coll_t *c, item_t *first, item_t *last)
+/* Puts the chain first..last, n items, back at the head of c's queue. */
+static void enqueue_front(coll_t *c, item_t *first, item_t *last, size_t n)
 {
     last->next = c->head;
     c->head = first;
     if (c->tail == NULL)
         c->tail = last;
+    c->queued += n;
+    c->node->stats.apply_queued += n;
 }
 
 /* ---- Applying events (worker thread) ----------------------------------- */
@@ -1254,19 +1294,20 @@ static int queue_work(syncd_node_t *node, work_kind_t kind, coll_t *coll,
     return 0;
 }
 
-/* Detaches up to max items from the head of c's queue into *last and
- * returns the first. */
-static item_t *dequeue(coll_t *c, size_t max, item_t **last)
+/* Detaches up to max items from the head of c's queue into *last (their
+ * number into *n) and returns the first. */
+static item_t *dequeue(coll_t *c, size_t max, item_t **last, size_t *n)
 {
     item_t *first = c->head, *end = first;
-    size_t n;
 
-    for (n = 1; n < max && end->next != NULL; n++)
+    for (*n = 1; *n < max && end->next != NULL; (*n)++)
         end = end->next;
     c->head = end->next;
     if (c->head == NULL)
         c->tail = NULL;
     end->next = NULL;
+    c->queued -= *n;
+    c->node->stats.apply_queued -= *n;
     *last = end;
     return first;
 }
@@ -1278,17 +1319,18 @@ static void pump(coll_t *c)
 {
     syncd_node_t *node = c->node;
     item_t *first, *last;
+    size_t n;
     work_t *w;
 
     while (!node->cached && c->head != NULL && !node->closing) {
-        first = dequeue(c, 1, &last);
+        first = dequeue(c, 1, &last, &n);
         finish_item(c, first);
     }
     if (c->running != NULL || c->head == NULL || node->closing)
         return;
-    first = dequeue(c, BATCH_MAX, &last);
+    first = dequeue(c, BATCH_MAX, &last, &n);
     if (queue_work(node, WORK_BATCH, c, NULL, first, &w) != 0) {
-        enqueue_front(c, first, last);
+        enqueue_front(c, first, last, n);
         return;
     }
     c->running = w;
@@ -1519,12 +1561,7 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
         c->sub = NULL;
-        while (c->head != NULL) {
-            item_t *item = c->head;
-            c->head = item->next;
-            item_free(item);
-        }
-        c->tail = NULL;
+        drop_queue(c);
         if (c->running != NULL)
             uv_cancel((uv_req_t *)&c->running->req);
     }

@@ -276,7 +276,8 @@ typedef struct watcher {
     int64_t last_seq;
     int64_t seen[NDOCS][MAXV];
     int nseen[NDOCS];
-    int resyncs, seq_errors, bad_events, connects;
+    /* Counted by the thread, read by the test: atomic. */
+    atomic_int resyncs, seq_errors, bad_events, connects;
     char raw[1 << 16]; /* undecoded bytes (chunked framing) */
     size_t rawlen;
     int in_body;

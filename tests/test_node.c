@@ -31,6 +31,9 @@
 #define BUS_DB "nt"
 /* Polls are 10 ms apart; a stuck cluster fails after 15 s. */
 #define MAX_POLLS 1500
+/* Threads of the libuv pool: main() sets UV_THREADPOOL_SIZE to it, so that
+ * a test can hold them all. */
+#define POOL_THREADS 4
 
 static syncd_test_server_t mongo, redis;
 
@@ -87,6 +90,7 @@ typedef struct cluster_opts {
     size_t ae_chunk;        /* node 1's; 0 keeps the default */
     void (*ae_chunk_hook)(void *data, const char *coll); /* node 1's */
     void *hook_data;
+    size_t max_apply_queue; /* node 1's; 0 keeps the default */
 } cluster_opts_t;
 
 /* ---- Watchers ------------------------------------------------------------ */
@@ -200,6 +204,8 @@ static void cluster_open(cluster_t *cl, const char *coll,
                 no.anti_entropy_chunk = co->ae_chunk;
             no.ae_chunk_hook = co->ae_chunk_hook;
             no.hook_data = co->hook_data;
+            if (co->max_apply_queue > 0)
+                no.max_apply_queue = co->max_apply_queue;
         }
         assert_int_equal(
             syncd_node_open(&n->node, &cl->loop, n->store, n->bus, &no, &err),
@@ -1095,12 +1101,9 @@ typedef struct gate {
 static gate_t gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0,
                       1};
 
-static void gate_hook(void *data, const char *coll)
+/* Counts the calling thread in at g and waits there while g is closed. */
+static void gate_pass(gate_t *g)
 {
-    gate_t *g = data;
-
-    if (strcmp(coll, "unblocked") != 0)
-        return;
     pthread_mutex_lock(&g->lock);
     g->entered++;
     pthread_cond_broadcast(&g->cond);
@@ -1109,15 +1112,42 @@ static void gate_hook(void *data, const char *coll)
     pthread_mutex_unlock(&g->lock);
 }
 
-static int gate_entered(cluster_t *cl)
+static void gate_hook(void *data, const char *coll)
+{
+    if (strcmp(coll, "unblocked") == 0)
+        gate_pass(data);
+}
+
+static int gate_count(void)
 {
     int entered;
 
-    (void)cl;
     pthread_mutex_lock(&gate.lock);
     entered = gate.entered;
     pthread_mutex_unlock(&gate.lock);
-    return entered > 0;
+    return entered;
+}
+
+static int gate_entered(cluster_t *cl)
+{
+    (void)cl;
+    return gate_count() > 0;
+}
+
+/* Closes the gate (entered back to 0). */
+static void gate_close(void)
+{
+    pthread_mutex_lock(&gate.lock);
+    gate.entered = gate.open = 0;
+    pthread_mutex_unlock(&gate.lock);
+}
+
+static void gate_open(void)
+{
+    pthread_mutex_lock(&gate.lock);
+    gate.open = 1;
+    pthread_cond_broadcast(&gate.cond);
+    pthread_mutex_unlock(&gate.lock);
 }
 
 static void
@@ -1130,9 +1160,7 @@ test_node__anti_entropy_in_progress_never_delays_event_delivery(void **state)
     (void)state;
     cluster_open(&cl, "unblocked", &co);
     write_one(&cl, 0, "doc", json_pack("{s:i}", "n", 1));
-    pthread_mutex_lock(&gate.lock);
-    gate.entered = gate.open = 0;
-    pthread_mutex_unlock(&gate.lock);
+    gate_close();
     cl.ae_repaired = 0;
     assert_int_equal(syncd_node_anti_entropy(cl.n[1].node, on_ae, &cl), 0);
     cl.ae_pending = 1;
@@ -1148,14 +1176,137 @@ test_node__anti_entropy_in_progress_never_delays_event_delivery(void **state)
     assert_int_equal(doc->version, 2);
     syncd_doc_free(doc);
 
-    pthread_mutex_lock(&gate.lock);
-    gate.open = 1;
-    pthread_cond_broadcast(&gate.cond);
-    pthread_mutex_unlock(&gate.lock);
+    gate_open();
     run_until(&cl, ae_done);
     assert_int_equal(cl.ae_repaired, 0);
     assert_converged(&cl);
     assert_watchers_saw_all(&cl);
+    cluster_close(&cl);
+}
+
+/* A pool work that waits at the gate. */
+static void gate_work(uv_work_t *req)
+{
+    (void)req;
+    gate_pass(&gate);
+}
+
+static int pool_held(cluster_t *cl)
+{
+    (void)cl;
+    return gate_count() == POOL_THREADS;
+}
+
+static void on_burst_published(int status, int64_t seq, void *payload)
+{
+    cluster_t *cl = payload;
+
+    (void)seq;
+    assert_int_equal(status, 0);
+    cl->storm.publishing--;
+}
+
+static uint64_t burst_target;
+
+/* Every publish completed and node 1 has received every event. */
+static int node1_received_all(cluster_t *cl)
+{
+    syncd_node_stats_t st;
+
+    syncd_node_stats(cl->n[1].node, &st);
+    return cl->storm.publishing == 0 && st.events_received >= burst_target;
+}
+
+/* Node 1's cache holds exactly the store's versions of what it caches. */
+static int node1_cache_agrees(cluster_t *cl)
+{
+    json_t *cached = NULL, *e;
+    size_t k;
+    int agrees = 1;
+
+    assert_int_equal(
+        syncd_store_cache_list(cl->n[1].store, &cached, cl->coll, NULL), 0);
+    json_array_foreach (cached, k, e) {
+        syncd_doc_t *real = NULL;
+        const char *id = json_string_value(json_object_get(e, "id"));
+
+        assert_int_equal(
+            syncd_store_refetch(cl->n[1].store, &real, cl->coll, id, NULL), 0);
+        if (json_integer_value(json_object_get(e, "v")) != real->version)
+            agrees = 0;
+        syncd_doc_free(real);
+    }
+    json_decref(cached);
+    return agrees;
+}
+
+static void
+test_node__apply_queue_past_its_bound_resyncs_the_collection_and_serves_the_store(
+    void **state)
+{
+    enum { BOUND = 16, BURST = 100 };
+    cluster_opts_t co = {.max_apply_queue = BOUND};
+    uv_work_t hold[POOL_THREADS];
+    syncd_node_stats_t before, st;
+    cluster_t cl;
+    char id[16];
+
+    (void)state;
+    cluster_open(&cl, "overflow", &co);
+    /* Every node caches every document at version 1. */
+    for (int d = 0; d < DOCS; d++) {
+        snprintf(id, sizeof(id), "doc-%d", d);
+        write_one(&cl, 0, id, json_pack("{s:i}", "n", 0));
+    }
+    node_stats(&cl, 1, &before);
+
+    /* With every pool thread held, no node applies anything: a burst of
+     * updates committed and published meanwhile piles up in the apply
+     * queues. */
+    gate_close();
+    for (int i = 0; i < POOL_THREADS; i++)
+        assert_int_equal(uv_queue_work(&cl.loop, &hold[i], gate_work, NULL), 0);
+    run_until(&cl, pool_held);
+    memset(&cl.storm, 0, sizeof(cl.storm));
+    for (int k = 0; k < BURST; k++) {
+        syncd_change_t *change;
+
+        snprintf(id, sizeof(id), "doc-%d", k % DOCS);
+        change = commit_unpublished(&cl, 0, id, json_pack("{s:i}", "n", k + 1));
+        assert_int_equal(
+            syncd_node_publish(cl.n[0].node, change, on_burst_published, &cl),
+            0);
+        cl.storm.publishing++;
+        syncd_change_free(change);
+    }
+    burst_target = before.events_received + BURST;
+    run_until(&cl, node1_received_all);
+
+    /* Node 1's queue never held more than its bound: it dropped the
+     * backlog for a resync instead. */
+    node_stats(&cl, 1, &st);
+    assert_int_equal(st.apply_queue_peak, BOUND);
+    assert_true(st.apply_queued <= BOUND);
+    assert_true(st.apply_queue_overflows >= 1);
+    assert_int_equal(before.apply_queue_overflows, 0);
+
+    /* Once the pool runs again, node 1 resyncs once: its watcher is told,
+     * the others saw every seq, and its cache repairs to the store's
+     * versions. */
+    gate_open();
+    wait_synced(&cl);
+    assert_int_equal(cl.n[1].resyncs, 1);
+    assert_null(cl.n[1].watch);
+    for (int i = 0; i < NODES; i += 2) {
+        assert_int_equal(cl.n[i].resyncs, 0);
+        assert_int_equal(cl.n[i].order_errors, 0);
+        assert_int_equal(cl.n[i].last, cl.bus_seq);
+    }
+    run_until(&cl, node1_cache_agrees);
+    node_stats(&cl, 1, &st);
+    assert_int_equal(st.apply_queued, 0);
+    assert_int_equal(st.resyncs, before.resyncs + 1);
+    assert_converged(&cl);
     cluster_close(&cl);
 }
 
@@ -1781,6 +1932,8 @@ int main(void)
         cmocka_unit_test(
             test_node__anti_entropy_in_progress_never_delays_event_delivery),
         cmocka_unit_test(
+            test_node__apply_queue_past_its_bound_resyncs_the_collection_and_serves_the_store),
+        cmocka_unit_test(
             test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap),
         cmocka_unit_test(
             test_node__watch_from_before_a_trimmed_log_is_told_to_resync),
@@ -1792,6 +1945,8 @@ int main(void)
             test_node__redis_restarted_mid_storm_converges_and_watchers_are_told_to_resync),
     };
 
+    /* Before the pool starts: a test holds all its threads. */
+    setenv("UV_THREADPOOL_SIZE", "4", 1);
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
     if (getenv("SYNCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));

@@ -2517,8 +2517,11 @@ test_store__awkward_keys_and_numbers_round_trip_exactly(void **state)
 
 /* ---- Crash safety of the embedded store --------------------------------- */
 
-/* Child: increments the counter forever, writing each committed version
- * to fd after the edit returned (the acknowledgement). */
+/* Child of the crash test (this binary run with --crash-child DIR FD: a
+ * process of its own, since a child forked from the threaded test process
+ * cannot start threads under ThreadSanitizer): increments the counter
+ * forever, writing each committed version to fd after the edit returned
+ * (the acknowledgement). */
 static void crash_child(const char *dir, int fd)
 {
     syncd_store_options_t opts;
@@ -2557,8 +2560,13 @@ static void test_store_rocks__acknowledged_writes_survive_sigkill(void **state)
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        char fd[16];
+
         close(fds[0]);
-        crash_child(f->dir, fds[1]);
+        snprintf(fd, sizeof(fd), "%d", fds[1]);
+        execl("/proc/self/exe", "test_storage", "--crash-child", f->dir, fd,
+              (char *)NULL);
+        _exit(127);
     }
     close(fds[1]);
     while (n < 150 && read(fds[0], &v, sizeof(v)) == sizeof(v)) {
@@ -3395,7 +3403,7 @@ static void test_cache__kept_only_across_a_clean_close_when_asked(void **state)
 #define CACHE(fn)                                                              \
     cmocka_unit_test_setup_teardown(fn, setup_cache, teardown_cache)
 
-int main(void)
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
@@ -3484,6 +3492,8 @@ int main(void)
             test_store_rocks__lock_free_readers_never_see_a_version_go_backwards),
     };
 
+    if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
+        crash_child(argv[2], atoi(argv[3]));
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
     if (getenv("SYNCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));

@@ -60,6 +60,10 @@ typedef struct syncd_node_options {
     int64_t outbox_min_age_ms;  /* markers younger than this are left to
                                    their writer's publish by the periodic
                                    republisher; 2 s (the bus timeout) */
+    size_t max_apply_queue;     /* received events one collection may hold
+                                   waiting to be applied; past it the node
+                                   drops them and resyncs the collection
+                                   instead (0: no bound); 10000 */
 } syncd_node_options_t;
 
 /* Sets every field of opts to its documented default. */
@@ -158,13 +162,17 @@ json_t *syncd_node_seqs(const syncd_node_t *node, size_t max);
 
 /* Counters of a node (monotonic), and the number of collections it holds
  * state for now. In the embedded default (no cache) an event is applied
- * once recorded and handed to the watchers. */
+ * once recorded and handed to the watchers. apply_queue_overflows counts
+ * the times a collection's apply queue passed max_apply_queue (each one a
+ * resync of that collection); apply_queued is the number of items waiting
+ * in every apply queue now, apply_queue_peak the most one collection's
+ * queue has held. */
 typedef struct syncd_node_stats {
     uint64_t events_received, events_applied, events_dropped_duplicate,
         events_dropped_old, events_ignored_uncached, refetches, hash_mismatches,
         resyncs, anti_entropy_runs, anti_entropy_repairs, watchers,
-        watch_resyncs, tombstones_purged;
-    uint64_t collections;
+        watch_resyncs, tombstones_purged, apply_queue_overflows;
+    uint64_t collections, apply_queued, apply_queue_peak;
 } syncd_node_stats_t;
 
 /* Copies the node counters into *out. */
