@@ -27,8 +27,7 @@ size_t syncd_fuzz_each_case(json_t *input, void (*fn)(json_t *c))
         fn(input);
         return 1;
     }
-    json_array_foreach(input, i, c)
-    {
+    json_array_foreach (input, i, c) {
         if (json_is_object(c)) {
             fn(c);
             n++;

@@ -26,17 +26,17 @@ static void resign(const json_t *event)
     int64_t us;
 
     SYNCD_FUZZ_CHECK(body != NULL);
-    SYNCD_FUZZ_CHECK(syncd_bus_ts_micros(
-                         json_string_value(json_object_get(event, "ts")),
-                         &us) == 0);
+    SYNCD_FUZZ_CHECK(
+        syncd_bus_ts_micros(json_string_value(json_object_get(event, "ts")),
+                            &us) == 0);
     json_object_del(body, "seq");
     json_object_del(body, "sig");
     text = syncd_event_encode(body, SECRET, &len);
     SYNCD_FUZZ_CHECK(text != NULL);
     spliced = syncd_bus_splice_seq(text, len, 7, &spliced_len);
     SYNCD_FUZZ_CHECK(spliced != NULL && strlen(spliced) == spliced_len);
-    SYNCD_FUZZ_CHECK(syncd_event_decode(&back, spliced, spliced_len, 0,
-                                        SECRET, NULL) == 0);
+    SYNCD_FUZZ_CHECK(
+        syncd_event_decode(&back, spliced, spliced_len, 0, SECRET, NULL) == 0);
     SYNCD_FUZZ_CHECK(json_integer_value(json_object_get(back, "seq")) == 7);
     SYNCD_FUZZ_CHECK(syncd_bus_event_verify(back, "other", NULL) != 0);
     json_object_del(back, "seq");
@@ -54,10 +54,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t len = 0;
     char *spliced;
 
-    rc_plain = syncd_event_decode(&plain, (const char *)data, size, 0, NULL,
-                                  NULL);
-    rc_signed = syncd_event_decode(&signed_, (const char *)data, size, 0,
-                                   SECRET, NULL);
+    rc_plain =
+        syncd_event_decode(&plain, (const char *)data, size, 0, NULL, NULL);
+    rc_signed =
+        syncd_event_decode(&signed_, (const char *)data, size, 0, SECRET, NULL);
     SYNCD_FUZZ_CHECK((rc_plain == 0) == (plain != NULL));
     SYNCD_FUZZ_CHECK((rc_signed == 0) == (signed_ != NULL));
     if (rc_signed == 0)

@@ -16,7 +16,8 @@
 
 static void check_case(json_t *c)
 {
-    json_t *doc = json_object_get(c, "doc"), *patch = json_object_get(c, "patch");
+    json_t *doc = json_object_get(c, "doc"),
+           *patch = json_object_get(c, "patch");
     json_t *out = NULL, *twice = NULL, *gen = NULL, *again = NULL;
     char *before, *after;
 

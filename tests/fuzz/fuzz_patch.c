@@ -16,7 +16,8 @@
 
 static void check_case(json_t *c)
 {
-    json_t *doc = json_object_get(c, "doc"), *patch = json_object_get(c, "patch");
+    json_t *doc = json_object_get(c, "doc"),
+           *patch = json_object_get(c, "patch");
     json_t *out = NULL, *out_ex = NULL, *small = NULL;
     syncd_patch_limits_t limits = {.max_bytes = 256, .max_ops = 8};
     char *before, *after, *text;

@@ -123,8 +123,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                          (json_array_size(problems) > 0 ? 1 : 0) >=
                      1);
     index = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
-    if (syncd_volume_digest(digest, json_object_get(index, "files"), NULL) ==
-        0)
+    if (syncd_volume_digest(digest, json_object_get(index, "files"), NULL) == 0)
         SYNCD_FUZZ_CHECK(strncmp(digest, "sha256:", 7) == 0 &&
                          strlen(digest) == SYNCD_VOLUME_DIGEST_LEN);
     json_decref(index);
