@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh - set up the machine, build syncd and run the whole test suite.
 # SYNCD_SANITIZE=ON builds with AddressSanitizer and UBSan (CI does);
-# SYNCD_WERROR=ON turns warnings into errors.
+# SYNCD_WERROR=ON turns warnings into errors. SYNCD_FUZZ_SECONDS=N then
+# runs each fuzz target for N seconds (scripts/fuzz.sh; CI does).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,3 +21,6 @@ export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$ROOT/tests/lsan.supp:print_su
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 cd "$BUILD"
 ctest --output-on-failure --timeout 900 "$@"
+if [ "${SYNCD_FUZZ_SECONDS:-0}" != 0 ]; then
+    "$ROOT/scripts/fuzz.sh" "$SYNCD_FUZZ_SECONDS"
+fi
