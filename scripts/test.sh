@@ -3,7 +3,8 @@
 # SYNCD_SANITIZE=ON builds with AddressSanitizer and UBSan (CI does);
 # SYNCD_SANITIZE=thread with ThreadSanitizer instead, in build-tsan (the two
 # cannot share a build), under tests/tsan.supp; SYNCD_WERROR=ON turns
-# warnings into errors.
+# warnings into errors. SYNCD_FUZZ_SECONDS=N then runs each fuzz target for
+# N seconds (scripts/fuzz.sh; CI does).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,3 +30,6 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$ROOT/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1:die_after_fork=0}"
 cd "$BUILD"
 ctest --output-on-failure --timeout 900 "$@"
+if [ "${SYNCD_FUZZ_SECONDS:-0}" != 0 ]; then
+    "$ROOT/scripts/fuzz.sh" "$SYNCD_FUZZ_SECONDS"
+fi

@@ -693,10 +693,11 @@ static int remember(json_t *cache, volume_t *v)
     json_t *files = json_object_get(cache, "files");
 
     if (v->archive) {
-        json_t *list = json_array(), *entry;
+        json_t *list, *entry;
 
         if (v->readerr || v->index == NULL)
             return 0;
+        list = json_array();
         for (size_t i = 0; list != NULL && i < v->nfiles; i++) {
             if (json_array_append_new(list,
                                       json_pack("[s, I, s]", v->files[i].path,

@@ -49,7 +49,9 @@ size_t syncd_ptr_count(const syncd_ptr_t *ptr);
  * byte length in *len when len is not NULL (tokens may contain NUL). */
 const char *syncd_ptr_token(const syncd_ptr_t *ptr, size_t i, size_t *len);
 
-/* Returns the string form of ptr, escaped; malloc'd, caller frees. */
+/* Returns the string form of ptr, escaped; malloc'd, caller frees. A C
+ * string cannot hold a NUL byte: the string ends at the first token that
+ * holds one (only messages use this form). */
 char *syncd_ptr_format(const syncd_ptr_t *ptr);
 
 /* Returns token escaped for use in a pointer ("a/b" -> "a~1b", "m~n" ->
