@@ -20,7 +20,9 @@
 # State lives in $SYNCD_CLUSTER_DIR (default /tmp/syncd-cluster-$USER);
 # $DIR/env holds NODE1..NODE3 (URLs), REDIS_URL and MONGO_URI for scripts.
 # SYNCD_BIN names the syncd binary (default build/syncd/syncd) and
-# SYNCD_CLUSTER_ARGS adds flags to every node.
+# SYNCD_CLUSTER_ARGS adds flags to every node. NODE<N>_MONGO_URI and
+# NODE<N>_REDIS_URL, when set, give node N its own way to the store and the
+# bus (a fault-injecting proxy: tests/test_netfault.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -68,13 +70,16 @@ stop_pidfile() {
 }
 
 start_node() {
-    local n="$1" port var
+    local n="$1" port var mongo redis
     var="NODE${n}_PORT"
     port="${!var}"
+    mongo="NODE${n}_MONGO_URI"
+    redis="NODE${n}_REDIS_URL"
     mkdir -p "$DIR/node$n"
     # shellcheck disable=SC2086
     "$SYNCD_BIN" --listen "127.0.0.1:$port" --data-dir "$DIR/node$n/data" \
-        --node-id "node-$n" --mongo-uri "$MONGO_URI" --redis-url "$REDIS_URL" \
+        --node-id "node-$n" --mongo-uri "${!mongo:-$MONGO_URI}" \
+        --redis-url "${!redis:-$REDIS_URL}" \
         ${SYNCD_CLUSTER_ARGS:-} >>"$DIR/node$n/syncd.log" 2>&1 &
     echo $! >"$DIR/node$n/pid"
     wait_for curl -sf "http://127.0.0.1:$port/v1/health" || {

@@ -81,11 +81,10 @@ EOF
         --no-install-recommends golang-1.23-go
 }
 
-# FerretDB: built from the Go module proxy with the recipe checked in as
-# tests/tools (go.mod, go.sum). Vendoring lets us supply the version file
-# that FerretDB's build normally generates.
-FERRETDB="$ROOT/.tools/bin/ferretdb"
-if [ ! -x "$FERRETDB" ]; then
+# ensure_go: sets GO to a Go of 1.21 or later, installing one when needed.
+GO=""
+ensure_go() {
+    [ -n "${GO:-}" ] && return 0
     GO="$(find_go || true)"
     if [ -z "$GO" ]; then
         [ "$(id -u)" -eq 0 ] || {
@@ -95,6 +94,14 @@ if [ ! -x "$FERRETDB" ]; then
         install_backports_go
         GO="$(find_go)"
     fi
+}
+
+# FerretDB: built from the Go module proxy with the recipe checked in as
+# tests/tools (go.mod, go.sum). Vendoring lets us supply the version file
+# that FerretDB's build normally generates.
+FERRETDB="$ROOT/.tools/bin/ferretdb"
+if [ ! -x "$FERRETDB" ]; then
+    ensure_go
     echo "setup: building FerretDB into $FERRETDB with $GO" >&2
     (
         cd "$ROOT/tests/tools"
@@ -106,5 +113,32 @@ if [ ! -x "$FERRETDB" ]; then
         GOFLAGS=-mod=vendor "$GO" build -o "$FERRETDB" \
             github.com/FerretDB/FerretDB/cmd/ferretdb
         rm -rf vendor
+    )
+fi
+
+# linzcheck: the Porcupine checker of tests/linz (its own Go module, with
+# Porcupine from the Go module proxy), rebuilt when its sources change.
+LINZCHECK="$ROOT/.tools/bin/linzcheck"
+LINZSRC="$ROOT/tests/linz/checker"
+if [ ! -x "$LINZCHECK" ] ||
+    [ -n "$(find "$LINZSRC" -newer "$LINZCHECK" -type f -print -quit)" ]; then
+    ensure_go
+    echo "setup: building linzcheck into $LINZCHECK with $GO" >&2
+    mkdir -p "$ROOT/.tools/bin"
+    (cd "$LINZSRC" && GOTOOLCHAIN=auto GOFLAGS=-mod=mod "$GO" build -o "$LINZCHECK" .)
+fi
+
+# Toxiproxy, the network fault injector of tests/test_netfault.sh: from the
+# Go module proxy with the recipe in tests/tools/toxiproxy (a module of its
+# own, so that its dependencies do not move FerretDB's).
+TOXIPROXY="$ROOT/.tools/bin/toxiproxy-server"
+if [ ! -x "$TOXIPROXY" ]; then
+    ensure_go
+    echo "setup: building Toxiproxy into $TOXIPROXY with $GO" >&2
+    (
+        cd "$ROOT/tests/tools/toxiproxy"
+        mkdir -p "$ROOT/.tools/bin"
+        GOTOOLCHAIN=auto GOFLAGS=-mod=mod "$GO" build -o "$TOXIPROXY" \
+            github.com/Shopify/toxiproxy/v2/cmd/server
     )
 fi

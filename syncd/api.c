@@ -77,8 +77,12 @@ typedef enum {
 
 typedef struct job {
     uv_work_t work;
+    uv_timer_t deadline; /* --request-timeout, from job_queue() on */
+    int deadline_on;     /* deadline initialized: freed in its close cb */
     syncd_api_t *api;
-    syncd_http_req_t *req;
+    syncd_http_req_t *req; /* NULL once answered at the deadline */
+    char *body;            /* the worker's copy of the request body */
+    char *ikey_copy;       /* the worker's copy of the Idempotency-Key */
     job_kind_t kind;
     char *coll, *id;
     const char *raw; /* the request body, borrowed from req */
@@ -355,6 +359,8 @@ static void job_free(job_t *j)
     free(j->after);
     free(j->until);
     free(j->text);
+    free(j->body);
+    free(j->ikey_copy);
     free(j);
 }
 
@@ -672,12 +678,23 @@ static void job_work(uv_work_t *w)
     }
 }
 
-/* Sends the job's answer and frees it. */
+static void job_closed(uv_handle_t *h)
+{
+    job_free(h->data);
+}
+
+/* Sends the job's answer, unless its deadline already answered, and frees
+ * it. */
 static void job_finish(job_t *j)
 {
     syncd_api_t *api = j->api;
 
-    if (j->rc != 0) {
+    if (j->req == NULL) {
+        syncd_log(SYNCD_LOG_INFO,
+                  "api: %s/%s finished after its deadline answered: %s",
+                  j->coll, j->id != NULL ? j->id : "",
+                  j->rc == 0 ? "done" : j->err.message);
+    } else if (j->rc != 0) {
         if (j->bad_json)
             syncd_http_respond_error(j->req, 400, "invalid_json",
                                      j->err.message);
@@ -695,7 +712,12 @@ static void job_finish(job_t *j)
         syncd_node_release(api->opts.node, j->coll,
                            j->change != NULL &&
                                j->change->op != SYNCD_CHANGE_NONE);
-    job_free(j);
+    if (j->deadline_on) {
+        uv_timer_stop(&j->deadline);
+        uv_close((uv_handle_t *)&j->deadline, job_closed);
+    } else {
+        job_free(j);
+    }
     inflight_end(api);
 }
 
@@ -731,17 +753,67 @@ static void job_done(uv_work_t *w, int status)
     job_finish(j);
 }
 
+/* The job's --request-timeout passed before its store work finished (a
+ * stalled store, or a thread pool full of stalled calls): answers 503
+ * "timeout" now. The work goes on; its outcome, a write's included, is
+ * unknown to the client, and job_finish() only logs it. */
+static void job_deadline(uv_timer_t *t)
+{
+    job_t *j = t->data;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    syncd_error_set(&err, SYNCD_ETIMEDOUT,
+                    "the store did not answer within --request-timeout "
+                    "(%lld ms); a write may or may not be committed",
+                    (long long)j->api->opts.cfg->request_timeout_ms);
+    respond_rc(j->req, j->kind, SYNCD_ETIMEDOUT, &err);
+    j->req = NULL;
+}
+
+/* Copies what the worker reads of the request, so that the request can be
+ * answered at the deadline while the worker still runs; 0 or -1. */
+static int job_own_input(job_t *j)
+{
+    if (j->raw != NULL) {
+        j->body = malloc(j->raw_len + 1);
+        if (j->body == NULL)
+            return -1;
+        memcpy(j->body, j->raw, j->raw_len);
+        j->body[j->raw_len] = '\0';
+        j->raw = j->body;
+    }
+    if (j->ikey != NULL) {
+        j->ikey_copy = strdup(j->ikey);
+        if (j->ikey_copy == NULL)
+            return -1;
+        j->ikey = j->ikey_copy;
+    }
+    return 0;
+}
+
 static void job_queue(job_t *j)
 {
+    int64_t timeout = j->api->opts.cfg->request_timeout_ms;
     int rc;
 
+    if (job_own_input(j) != 0) {
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+        job_finish(j);
+        return;
+    }
     j->work.data = j;
     rc = uv_queue_work(j->api->opts.loop, &j->work, job_work, job_done);
     if (rc != 0) {
         j->rc = syncd_error_set(&j->err, SYNCD_EBACKEND,
                                 "cannot queue work: %s", uv_strerror(rc));
         job_finish(j);
+        return;
     }
+    uv_timer_init(j->api->opts.loop, &j->deadline);
+    j->deadline.data = j;
+    j->deadline_on = 1;
+    uv_timer_start(&j->deadline, job_deadline, (uint64_t)timeout, 0);
 }
 
 /* Returns a new job of kind for req over coll (and id, may be NULL), both

@@ -83,6 +83,10 @@ static const option_t options[] = {
      "replay log length per collection"},
     {"bus-timeout", OPT_DURATION, AT(bus_timeout_ms), "2s",
      "deadline of every Redis bus command"},
+    {"store-timeout", OPT_DURATION, AT(store_timeout_ms), "5s",
+     "MongoDB connect, server selection and socket timeout"},
+    {"request-timeout", OPT_DURATION, AT(request_timeout_ms), "30s",
+     "deadline of a request's store work; past it the answer is 503 timeout"},
     {"max-connections", OPT_INT, AT(max_connections), "1024",
      "open HTTP connections; more are refused with 503"},
     {"max-connections-per-client", OPT_INT, AT(max_connections_per_client),
@@ -417,6 +421,12 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
     if (cfg->max_collections == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-collections: must be more than 0");
+    if (cfg->store_timeout_ms < 1)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "--store-timeout: must be at least 1ms");
+    if (cfg->request_timeout_ms < 1)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "--request-timeout: must be at least 1ms");
     return split_listen(cfg, err);
 }
 

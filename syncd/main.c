@@ -256,6 +256,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.max_doc_bytes = c->max_doc_bytes;
     so.tombstone_ttl_ms = c->tombstone_ttl_ms;
     so.idempotency_ttl_ms = c->idempotency_ttl_ms;
+    so.backend_timeout_ms = c->store_timeout_ms;
     so.outbox = 1;
     rc = syncd_store_open(&d->store, &so, err);
     if (rc == 0)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# checker_test.sh - the checker can fail: each checked-in history that
+# breaks the contract (tests/linz/histories/bad-*.jsonl) is reported as a
+# violation in the modes it breaks, with Porcupine's visualization when the
+# linearizability check fails, and a good history passes in both modes.
+#
+#   bad-stale-read    a read returns v1 after v2 was acknowledged: not
+#                     linearizable (embedded); allowed of a cache (cluster)
+#   bad-lost-update   two If-Match writes on v1 both succeed as v2
+#   bad-own-write     a client reads v1 after its own write of v2
+#   bad-phantom-read  a read returns a value no write produced
+#   bad-read-back     a client reads v2, then v1
+#
+# Usage: tests/linz/checker_test.sh LINZCHECK
+set -euo pipefail
+
+CHECKER="${SYNCD_LINZCHECK:-${1:?usage: checker_test.sh LINZCHECK}}"
+H="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/histories"
+TMP="$(mktemp -d /tmp/syncd-test-linzcheck-XXXXXX)"
+trap 'rm -rf "$TMP"' EXIT
+[ -x "$CHECKER" ] || { echo "checker_test: no checker at $CHECKER (scripts/setup.sh builds it)" >&2; exit 1; }
+passed=0
+failed=0
+
+# expect STATUS MODE HISTORY [HTML]: the checker's exit status must be
+# STATUS; with HTML, the visualization must have been written.
+expect() {
+    local want="$1" mode="$2" file="$3" html="${4:-}" got=0
+    rm -f "$TMP/v.html"
+    "$CHECKER" -mode "$mode" -html "$TMP/v.html" "$H/$file" >"$TMP/out" 2>&1 || got=$?
+    if [ "$got" -ne "$want" ]; then
+        echo "FAIL: $file in $mode mode: exit $got, want $want" >&2
+        cat "$TMP/out" >&2
+        failed=$((failed + 1))
+    elif [ -n "$html" ] && ! grep -q '<html' "$TMP/v.html" 2>/dev/null; then
+        echo "FAIL: $file in $mode mode: no visualization written" >&2
+        failed=$((failed + 1))
+    else
+        echo "ok: $file in $mode mode: exit $got"
+        passed=$((passed + 1))
+    fi
+}
+
+expect 0 embedded good.jsonl
+expect 0 cluster good.jsonl
+expect 1 embedded bad-stale-read.jsonl html
+expect 0 cluster bad-stale-read.jsonl
+expect 1 embedded bad-lost-update.jsonl html
+expect 1 cluster bad-lost-update.jsonl html
+expect 1 cluster bad-own-write.jsonl html
+expect 1 embedded bad-own-write.jsonl html
+expect 1 cluster bad-phantom-read.jsonl html
+expect 1 embedded bad-phantom-read.jsonl html
+expect 1 cluster bad-read-back.jsonl html
+expect 1 embedded bad-read-back.jsonl html
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

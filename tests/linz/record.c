@@ -1,0 +1,453 @@
+/* record.c - linz_record: records a history of concurrent clients against
+ * running syncd nodes, for the Porcupine checker (tests/linz/checker).
+ *
+ *   linz_record --out FILE [--seconds N] [--clients N] [--keys N]
+ *               [--coll NAME] [--timeout-ms MS] [--seed S] URL...
+ *
+ * Client i is a thread pinned to node URL[i % nodes], with one request in
+ * flight at a time. Until the time is up it picks one of the keys k0..kN-1
+ * and one request: a read (GET), a blind write (PUT, no precondition), an
+ * If-Match write (PUT with the version it last saw), a test-and-set JSON
+ * Patch (`test` of the value it last saw, then `replace`) or a DELETE.
+ * Every value written is {"val":"c<client>-<n>"}, unique in the history.
+ *
+ * Each request becomes one JSON line in FILE (see checker/history.go):
+ * call and return times on one monotonic clock (ns since the start), the
+ * input, and the status, ETag version and read value. A request that got
+ * no answer (timeout, reset) or a 5xx is recorded as unknown: it may or
+ * may not have taken effect. A connection that was refused sent nothing,
+ * so it is not recorded. Writes always go out on a fresh connection: libcurl
+ * resends a request whose reused connection died without an answer, which
+ * would apply a write twice behind the history's back.
+ *
+ * It only talks HTTP, so faults (a fault hook, Toxiproxy, signals) can be
+ * injected from outside while it runs. Exit status 0 when the history was
+ * written, 1 on an error, 2 on a usage error.
+ */
+#define _GNU_SOURCE
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CLIENTS 64
+#define MAX_KEYS 64
+#define MAX_NODES 16
+
+typedef enum op { OP_READ, OP_PUT, OP_PUT_IF, OP_TAS, OP_DELETE } op_t;
+
+static const char *const op_names[] = {"read", "put", "put_if", "tas",
+                                       "delete"};
+
+/* Per cent of requests of each op, in op_t order. */
+static const int op_weights[] = {40, 12, 18, 20, 10};
+
+typedef struct options {
+    const char *out;
+    const char *coll;
+    const char *urls[MAX_NODES];
+    int nodes, clients, keys;
+    long seconds, timeout_ms;
+    unsigned seed;
+} options_t;
+
+/* What one client last saw of one key. */
+typedef struct seen {
+    int64_t ver;
+    char val[64];
+} seen_t;
+
+typedef struct client {
+    pthread_t thread;
+    int id, node;
+    const options_t *opts;
+    unsigned rand;
+    int64_t writes; /* values written so far, for unique values */
+    seen_t seen[MAX_KEYS];
+    long recorded, unknown, refused;
+} client_t;
+
+typedef struct answer {
+    long status; /* 0: no answer */
+    int unknown; /* no answer or a 5xx */
+    int refused; /* nothing was sent */
+    int64_t ver;
+    char body[8192];
+    size_t len;
+} answer_t;
+
+static FILE *out_file;
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct timespec start_time;
+static int64_t deadline_ns;
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)(t.tv_sec - start_time.tv_sec) * 1000000000 +
+           (t.tv_nsec - start_time.tv_nsec);
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
+{
+    answer_t *a = arg;
+    size_t len = size * n;
+
+    if (a->len + len < sizeof(a->body)) {
+        memcpy(a->body + a->len, data, len);
+        a->len += len;
+        a->body[a->len] = '\0';
+    }
+    return len;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *arg)
+{
+    answer_t *a = arg;
+    size_t len = size * n;
+    const char *p = data + 5;
+
+    if (len > 5 && strncasecmp(data, "ETag:", 5) == 0) {
+        while (*p == ' ' || *p == '"')
+            p++;
+        a->ver = strtoll(p, NULL, 10);
+    }
+    return len;
+}
+
+/* Sends one request on curl; a write (fresh = 1) on a new connection. */
+static void send_request(CURL *curl, answer_t *a, const char *method,
+                         const char *url, const char *body,
+                         const char *content_type, const char *if_match,
+                         int fresh, long timeout_ms)
+{
+    struct curl_slist *hl = NULL;
+    char line[128];
+    CURLcode rc;
+
+    memset(a, 0, sizeof(*a));
+    if (content_type != NULL) {
+        snprintf(line, sizeof(line), "Content-Type: %s", content_type);
+        hl = curl_slist_append(hl, line);
+    }
+    if (if_match != NULL) {
+        snprintf(line, sizeof(line), "If-Match: %s", if_match);
+        hl = curl_slist_append(hl, line);
+    }
+    curl_easy_reset(curl);
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_FRESH_CONNECT, (long)fresh);
+    curl_easy_setopt(curl, CURLOPT_FORBID_REUSE, (long)fresh);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, a);
+    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(curl, CURLOPT_HEADERDATA, a);
+    if (body != NULL)
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+    rc = curl_easy_perform(curl);
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &a->status);
+    if (rc == CURLE_COULDNT_CONNECT)
+        a->refused = 1;
+    else if (rc != CURLE_OK || a->status >= 500)
+        a->unknown = 1;
+    curl_slist_free_all(hl);
+}
+
+/* The string member "val" of a JSON text, copied into out; 0 or -1. */
+static int body_val(const char *text, char *out, size_t size)
+{
+    json_t *doc = json_loads(text, 0, NULL);
+    const char *v = json_string_value(json_object_get(doc, "val"));
+    int rc = -1;
+
+    if (v != NULL && strlen(v) < size) {
+        strcpy(out, v);
+        rc = 0;
+    }
+    json_decref(doc);
+    return rc;
+}
+
+/* Tells whether a 409 to a test-and-set says that the edit loop gave up on
+ * conflicts (rather than that the `test` operation failed). */
+static int gave_up(const char *text)
+{
+    json_t *doc = json_loads(text, 0, NULL);
+    const char *msg = json_string_value(json_object_get(doc, "message"));
+    int rc = msg != NULL && strstr(msg, "value differs") == NULL;
+
+    json_decref(doc);
+    return rc;
+}
+
+static int pick(client_t *c, int n)
+{
+    return (int)(rand_r(&c->rand) % (unsigned)n);
+}
+
+static op_t pick_op(client_t *c)
+{
+    int r = pick(c, 100);
+
+    for (int i = 0; i < (int)(sizeof(op_weights) / sizeof(op_weights[0]));
+         i++) {
+        if (r < op_weights[i])
+            return (op_t)i;
+        r -= op_weights[i];
+    }
+    return OP_READ;
+}
+
+/* Writes one history line; 0 or -1. */
+static int record(client_t *c, op_t op, int key, int64_t call, int64_t ret,
+                  const char *val, int64_t expect, const char *test,
+                  const answer_t *a, const char *out, int exhausted)
+{
+    char keyname[16];
+    json_t *line;
+    int rc = -1;
+
+    snprintf(keyname, sizeof(keyname), "k%d", key);
+    line = json_pack("{s:i, s:i, s:s, s:s, s:I, s:I, s:I, s:I}", "client",
+                     c->id, "node", c->node, "key", keyname, "op", op_names[op],
+                     "call", (json_int_t)call, "ret", (json_int_t)ret, "status",
+                     (json_int_t)a->status, "ver", (json_int_t)a->ver);
+    if (line == NULL)
+        return -1;
+    if (val != NULL && json_object_set_new(line, "val", json_string(val)))
+        goto cleanup;
+    if (op == OP_PUT_IF &&
+        json_object_set_new(line, "expect", json_integer(expect)) != 0)
+        goto cleanup;
+    if (test != NULL && json_object_set_new(line, "test", json_string(test)))
+        goto cleanup;
+    if (out != NULL && json_object_set_new(line, "out", json_string(out)))
+        goto cleanup;
+    if (a->unknown && json_object_set_new(line, "unknown", json_true()))
+        goto cleanup;
+    if (exhausted && json_object_set_new(line, "exhausted", json_true()))
+        goto cleanup;
+    pthread_mutex_lock(&out_lock);
+    rc = json_dumpf(line, out_file, JSON_COMPACT) == 0 &&
+                 fputc('\n', out_file) != EOF
+             ? 0
+             : -1;
+    pthread_mutex_unlock(&out_lock);
+cleanup:
+    json_decref(line);
+    return rc;
+}
+
+/* Runs one request of client c; 0 or -1 (the history could not be
+ * written). */
+static int client_step(client_t *c, CURL *curl)
+{
+    const options_t *o = c->opts;
+    op_t op = pick_op(c);
+    int key = pick(c, o->keys);
+    seen_t *s = &c->seen[key];
+    char url[512], val[64], test[64], body[256], etag[32], out[64];
+    const char *method = "GET", *ctype = NULL, *if_match = NULL;
+    const char *payload = NULL;
+    int64_t call, ret, expect = s->ver > 0 ? s->ver : 1;
+    int have_out = 0, exhausted = 0;
+    answer_t a;
+
+    snprintf(url, sizeof(url), "%s/v1/collections/%s/docs/k%d",
+             o->urls[c->node], o->coll, key);
+    snprintf(val, sizeof(val), "c%d-%lld", c->id, (long long)++c->writes);
+    switch (op) {
+    case OP_READ:
+        break;
+    case OP_PUT:
+    case OP_PUT_IF:
+        method = "PUT";
+        snprintf(body, sizeof(body), "{\"val\":\"%s\"}", val);
+        payload = body;
+        ctype = "application/json";
+        if (op == OP_PUT_IF) {
+            snprintf(etag, sizeof(etag), "\"%lld\"", (long long)expect);
+            if_match = etag;
+        }
+        break;
+    case OP_TAS:
+        method = "PATCH";
+        snprintf(test, sizeof(test), "%s", s->val[0] != '\0' ? s->val : "none");
+        snprintf(body, sizeof(body),
+                 "[{\"op\":\"test\",\"path\":\"/val\",\"value\":\"%s\"},"
+                 "{\"op\":\"replace\",\"path\":\"/val\",\"value\":\"%s\"}]",
+                 test, val);
+        payload = body;
+        ctype = "application/json-patch+json";
+        break;
+    case OP_DELETE:
+        method = "DELETE";
+        break;
+    }
+    call = now_ns();
+    send_request(curl, &a, method, url, payload, ctype, if_match, op != OP_READ,
+                 o->timeout_ms);
+    ret = now_ns();
+    if (a.refused) {
+        c->refused++;
+        usleep(20 * 1000);
+        return 0;
+    }
+    if (!a.unknown && op == OP_READ && a.status == 200) {
+        if (body_val(a.body, out, sizeof(out)) != 0) {
+            fprintf(stderr, "linz_record: a read of k%d answered %s\n", key,
+                    a.body);
+            return -1;
+        }
+        have_out = 1;
+    }
+    if (!a.unknown && op == OP_TAS && a.status == 409)
+        exhausted = gave_up(a.body);
+    if (!a.unknown && a.status < 300) {
+        s->ver = a.ver;
+        snprintf(s->val, sizeof(s->val), "%s",
+                 op == OP_READ     ? out
+                 : op == OP_DELETE ? ""
+                                   : val);
+    }
+    c->recorded++;
+    c->unknown += a.unknown;
+    return record(c, op, key, call, ret,
+                  op == OP_READ || op == OP_DELETE ? NULL : val, expect,
+                  op == OP_TAS ? test : NULL, &a, have_out ? out : NULL,
+                  exhausted);
+}
+
+static void *client_main(void *arg)
+{
+    client_t *c = arg;
+    CURL *curl = curl_easy_init();
+
+    if (curl == NULL)
+        return (void *)-1;
+    while (now_ns() < deadline_ns) {
+        if (client_step(c, curl) != 0) {
+            curl_easy_cleanup(curl);
+            return (void *)-1;
+        }
+    }
+    curl_easy_cleanup(curl);
+    return NULL;
+}
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: linz_record --out FILE [--seconds N] [--clients N] "
+            "[--keys N] [--coll NAME] [--timeout-ms MS] [--seed S] URL...\n");
+    return 2;
+}
+
+/* Parses argv into o; 0 or -1. */
+static int parse_args(options_t *o, int argc, char **argv)
+{
+    o->coll = "linz";
+    o->clients = 6;
+    o->keys = 3;
+    o->seconds = 10;
+    o->timeout_ms = 5000;
+    o->seed = (unsigned)time(NULL);
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+        if (strncmp(argv[i], "--", 2) != 0) {
+            if (o->nodes == MAX_NODES)
+                return -1;
+            o->urls[o->nodes++] = argv[i];
+            continue;
+        }
+        if (v == NULL)
+            return -1;
+        i++;
+        if (strcmp(argv[i - 1], "--out") == 0)
+            o->out = v;
+        else if (strcmp(argv[i - 1], "--coll") == 0)
+            o->coll = v;
+        else if (strcmp(argv[i - 1], "--seconds") == 0)
+            o->seconds = atol(v);
+        else if (strcmp(argv[i - 1], "--clients") == 0)
+            o->clients = atoi(v);
+        else if (strcmp(argv[i - 1], "--keys") == 0)
+            o->keys = atoi(v);
+        else if (strcmp(argv[i - 1], "--timeout-ms") == 0)
+            o->timeout_ms = atol(v);
+        else if (strcmp(argv[i - 1], "--seed") == 0)
+            o->seed = (unsigned)strtoul(v, NULL, 10);
+        else
+            return -1;
+    }
+    if (o->out == NULL || o->nodes == 0 || o->seconds < 1 || o->clients < 1 ||
+        o->clients > MAX_CLIENTS || o->keys < 1 || o->keys > MAX_KEYS ||
+        o->timeout_ms < 1)
+        return -1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static client_t clients[MAX_CLIENTS];
+    options_t o;
+    long recorded = 0, unknown = 0, refused = 0;
+    int rc = 0;
+
+    memset(&o, 0, sizeof(o));
+    if (parse_args(&o, argc, argv) != 0)
+        return usage();
+    out_file = fopen(o.out, "w");
+    if (out_file == NULL) {
+        fprintf(stderr, "linz_record: %s: %s\n", o.out, strerror(errno));
+        return 1;
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    clock_gettime(CLOCK_MONOTONIC, &start_time);
+    deadline_ns = (int64_t)o.seconds * 1000000000;
+    for (int i = 0; i < o.clients; i++) {
+        clients[i].id = i;
+        clients[i].node = i % o.nodes;
+        clients[i].opts = &o;
+        clients[i].rand = o.seed * 7919u + (unsigned)i;
+        if (pthread_create(&clients[i].thread, NULL, client_main,
+                           &clients[i]) != 0) {
+            fprintf(stderr, "linz_record: cannot start client %d\n", i);
+            o.clients = i;
+            rc = 1;
+            break;
+        }
+    }
+    for (int i = 0; i < o.clients; i++) {
+        void *res = NULL;
+
+        pthread_join(clients[i].thread, &res);
+        if (res != NULL)
+            rc = 1;
+        recorded += clients[i].recorded;
+        unknown += clients[i].unknown;
+        refused += clients[i].refused;
+    }
+    if (fclose(out_file) != 0)
+        rc = 1;
+    curl_global_cleanup();
+    fprintf(stderr,
+            "linz_record: %ld requests recorded in %s (%ld of unknown "
+            "outcome), %ld refused connections not recorded; seed %u\n",
+            recorded, o.out, unknown, refused, o.seed);
+    return rc;
+}
