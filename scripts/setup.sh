@@ -11,7 +11,7 @@ PACKAGES=(build-essential cmake pkg-config git ca-certificates
     libjansson-dev libuv1-dev libcmocka-dev libmongoc-dev libbson-dev
     libhiredis-dev librocksdb-dev libhttp-parser-dev libcurl4-openssl-dev
     libssl-dev libarchive-dev zlib1g-dev redis-server redis-tools clang-format python3 python3-jsonpatch
-    etcd-server etcd-client wrk curl)
+    etcd-server etcd-client wrk curl gnuplot-nox)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
