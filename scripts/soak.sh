@@ -63,6 +63,10 @@
 # Usage: scripts/soak.sh [MINUTES]
 set -uo pipefail
 
+# The whole script is one block, read before it runs: bash reads a script
+# as it goes, and a long run must not pick up edits made meanwhile.
+{
+
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MINUTES="${1:-30}"
 case "$MINUTES" in '' | *[!0-9]*) echo "usage: soak.sh [MINUTES]" >&2; exit 2 ;; esac
@@ -87,7 +91,7 @@ FD_SLACK="${SOAK_FD_SLACK:-10}"
 DOCS=16
 RUN="$(mktemp -d /tmp/syncd-soak-XXXXXX)"
 export SYNCD_CLUSTER_DIR="$RUN/cluster"
-export SYNCD_CLUSTER_ARGS="${SOAK_NODE_ARGS:---anti-entropy-interval 2s --store-timeout 1s --request-timeout 3s --bus-timeout 1s --max-retries 100}"
+export SYNCD_CLUSTER_ARGS="${SOAK_NODE_ARGS:---anti-entropy-interval 5s --store-timeout 5s --request-timeout 10s --max-retries 100}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}:quarantine_size_mb=${SOAK_ASAN_QUARANTINE_MB:-16}"
 CLUSTER="$ROOT/scripts/cluster.sh"
 TP_PID=""
@@ -205,7 +209,7 @@ linz_segments() {
         [ "$left" -ge 10 ] || break
         [ "$left" -le "$SEGMENT" ] || left="$SEGMENT"
         "$RECORD" --out "$RUN/linz/$s.jsonl" --seconds "$left" --clients 6 --keys 3 \
-            --timeout-ms 5000 --coll "linz$s" "${NODES[@]}" >"$RUN/linz/$s.record" 2>&1
+            --timeout-ms 15000 --coll "linz$s" "${NODES[@]}" >"$RUN/linz/$s.record" 2>&1
         echo $? >"$RUN/linz/$s.record.rc"
         ("$LINZCHECK" -mode cluster -html "$RUN/linz/$s.html" -timeout 10m \
             "$RUN/linz/$s.jsonl" >"$RUN/linz/$s.report" 2>&1
@@ -301,6 +305,24 @@ chain() {
 
 # ---- Faults -------------------------------------------------------------------
 
+# start_node N: starts node N again; a start that fails (the store or the
+# bus slow to answer on a loaded machine) is waited for or tried again,
+# three times in all, and counted in $RUN/restart-failures.
+start_node() {
+    local try url="${NODES[$(($1 - 1))]}"
+    for try in 1 2 3; do
+        "$CLUSTER" start-node "$1" >>"$RUN/faults.out" 2>&1 && return 0
+        echo "node $1 at $(elapsed) s, try $try" >>"$RUN/restart-failures"
+        # Still starting: give it more time rather than a second process.
+        for _ in $(seq 30); do
+            kill -0 "$(cat "$SYNCD_CLUSTER_DIR/node$1/pid")" 2>/dev/null || break
+            curl -sf --max-time 2 "$url/v1/health" >/dev/null && return 0
+            sleep 1
+        done
+    done
+    return 1
+}
+
 # fault K: the K-th fault (0-based); appends "T KIND NODE RESULT" to
 # $RUN/faults.
 fault() {
@@ -315,7 +337,7 @@ fault() {
     kill)
         "$CLUSTER" kill-node "$n" || ok=failed
         sleep 1
-        "$CLUSTER" start-node "$n" >>"$RUN/faults.out" 2>&1 || ok=failed
+        start_node "$n" || ok=failed
         ;;
     stop)
         pid=$(cat "$SYNCD_CLUSTER_DIR/node$n/pid")
@@ -409,7 +431,7 @@ log "load stopped after $(elapsed) s"
 for n in 1 2 3; do
     kill -0 "$(cat "$SYNCD_CLUSTER_DIR/node$n/pid")" 2>/dev/null || {
         FAILED+=("node $n is not running at the end")
-        "$CLUSTER" start-node "$n" >>"$RUN/faults.out" 2>&1
+        start_node "$n"
     }
 done
 
@@ -581,3 +603,5 @@ EOF
     fi
 } | tee "$OUT/summary.txt"
 [ "${#FAILED[@]}" -eq 0 ] || { SOAK_KEEP=1; exit 1; }
+exit 0
+}
