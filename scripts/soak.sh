@@ -27,7 +27,8 @@
 # through the five kinds while the node rotates through 1..3:
 #   kill       SIGKILL node N, start it again
 #   stop       SIGSTOP node N for 5 s, then SIGCONT
-#   redis      Redis restarted (its data lost: it is only the bus)
+#   redis      Redis stopped and started again, its data (the replay log)
+#              kept as a persistent Redis keeps it
 #   mongo      FerretDB stopped and started again (its data kept)
 #   partition  node N's Redis proxy disabled for 20 s, then enabled
 #
@@ -110,7 +111,7 @@ cleanup() {
     local p
     touch "$RUN/stop"
     for p in "${JOBS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-    wait 2>/dev/null
+    for p in "${JOBS[@]}"; do wait "$p" 2>/dev/null; done
     "$CLUSTER" stop >/dev/null 2>&1 || true
     if [ -n "$TP_PID" ]; then
         kill "$TP_PID" 2>/dev/null || true
@@ -285,7 +286,7 @@ part_end() {
         echo "$1.$2 ($(cat "$f.where")) ended by itself, status $rc: $(tail -n 2 "$f.err" | tr '\n' ' ')" \
             >>"$RUN/watch/ended"
     fi
-    last=$("$CHECK" last "$f")
+    last=$("$CHECK" last "$f" 2>/dev/null)
     [ "${last:-0}" -gt 0 ] 2>/dev/null && SINCE="$last"
     return 0
 }
@@ -345,7 +346,11 @@ fault() {
         sleep 5
         kill -CONT "$pid" || ok=failed
         ;;
-    redis) "$CLUSTER" restart-redis >>"$RUN/faults.out" 2>&1 || ok=failed ;;
+    redis)
+        "$CLUSTER" stop-redis >>"$RUN/faults.out" 2>&1 || ok=failed
+        sleep 1
+        "$CLUSTER" start-redis >>"$RUN/faults.out" 2>&1 || ok=failed
+        ;;
     mongo) "$CLUSTER" restart-mongo >>"$RUN/faults.out" 2>&1 || ok=failed ;;
     partition)
         enable "redis$n" false || ok=failed
@@ -358,9 +363,13 @@ fault() {
     echo "-" >"$RUN/fault.now"
 }
 
+# faults: the K-th fault at K x FAULT_INTERVAL seconds (K = 1, 2, ...),
+# while it can end (a partition takes 20 s) before the load does.
 faults() {
-    local k=0
-    while nap "$FAULT_INTERVAL"; do
+    local k=0 wait
+    while :; do
+        wait=$(((k + 1) * FAULT_INTERVAL - $(elapsed)))
+        [ "$wait" -le 0 ] || nap "$wait" || break
         [ $(($(elapsed) + 25)) -lt "$DURATION" ] || break
         fault "$k"
         k=$((k + 1))
@@ -470,9 +479,10 @@ for ((i = 1; i <= CHAINS; i++)); do
     read -r part SINCE <"$RUN/watch/w$i.state"
     part=$((part + 1))
     watch_part "w$i" "$part" "$NODE1" "$SINCE"
-    for _ in $(seq 600); do
-        "$CHECK" reached "$SEQ" "$RUN/watch/w$i.$part" && break
-        sleep 0.1
+    t=$(date +%s)
+    while [ $(($(date +%s) - t)) -lt 60 ] && kill -0 "$WPID" 2>/dev/null; do
+        "$CHECK" reached "$SEQ" "$RUN/watch/w$i.$part" 2>/dev/null && break
+        sleep 0.2
     done
     part_end "w$i" "$part"
     WATCH_PARTS=$((WATCH_PARTS + part))
@@ -482,11 +492,10 @@ if ! "$CHECK" check "$MONGO_URI" syncd soak "${STREAMS[@]}" >"$RUN/stream_check.
     FAILED+=("watcher streams break the every-version contract ($RUN/stream_check.out)")
     tail -n 20 "$RUN/stream_check.out" >&2
 fi
-WATCH_ENDED=$(wc -l <"$RUN/watch/ended" 2>/dev/null || echo 0)
+WATCH_ENDED=$(cat "$RUN/watch/ended" 2>/dev/null | wc -l)
+WATCH_RESYNCS=$(grep -c 'resync needed\|410 gone' "$RUN/watch/ended" 2>/dev/null)
 
 # Porcupine: every segment's verdict.
-log "waiting for the Porcupine checks"
-wait
 LINZ_SEGS=0
 LINZ_PASS=0
 LINZ_OPS=0
@@ -593,7 +602,7 @@ EOF
     echo "statuses: $STATUSES"
     echo "Porcupine: $LINZ_PASS of $LINZ_SEGS segments linearizable (writes; reads from writes, monotonic per client, read-your-writes)"
     echo "syncctl verify: $VERIFY_OK of ${#COLLS[@]} collections agree on every node"
-    echo "watchers: $CHAINS chains, $WATCH_PARTS watches, $WATCH_ENDED ended by themselves; $(tail -n "$CHAINS" "$RUN/stream_check.out" | tr '\n' ' ')"
+    echo "watchers: $CHAINS chains, $WATCH_PARTS watches, $WATCH_ENDED ended by themselves (${WATCH_RESYNCS:-0} told to resync); $(tail -n "$CHAINS" "$RUN/stream_check.out" | tr '\n' ' ')"
     echo "memory and fds (after warm-up, first -> last sample):"
     echo "$FLAT"
     if [ "${#FAILED[@]}" -gt 0 ]; then
