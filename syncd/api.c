@@ -760,13 +760,16 @@ static void job_done(uv_work_t *w, int status)
 static void job_deadline(uv_timer_t *t)
 {
     job_t *j = t->data;
+    int write = j->kind == JOB_CREATE || j->kind == JOB_PUT ||
+                j->kind == JOB_PATCH || j->kind == JOB_DELETE;
     syncd_error_t err;
 
     syncd_error_clear(&err);
     syncd_error_set(&err, SYNCD_ETIMEDOUT,
                     "the store did not answer within --request-timeout "
-                    "(%lld ms); a write may or may not be committed",
-                    (long long)j->api->opts.cfg->request_timeout_ms);
+                    "(%lld ms)%s",
+                    (long long)j->api->opts.cfg->request_timeout_ms,
+                    write ? "; the write may or may not be committed" : "");
     respond_rc(j->req, j->kind, SYNCD_ETIMEDOUT, &err);
     j->req = NULL;
 }

@@ -272,6 +272,14 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     bo.event_log_len = (uint64_t)c->event_log_len;
     bo.max_event_bytes = c->max_event_bytes;
     bo.command_timeout_ms = c->bus_timeout_ms;
+    /* A node cut off from Redis notices the bus is back within one
+     * anti-entropy interval, so that it converges within one after a
+     * partition heals. */
+    if (c->anti_entropy_interval_ms > 0 &&
+        bo.reconnect_max_ms > c->anti_entropy_interval_ms)
+        bo.reconnect_max_ms = c->anti_entropy_interval_ms < bo.reconnect_min_ms
+                                  ? bo.reconnect_min_ms
+                                  : c->anti_entropy_interval_ms;
     rc = syncd_bus_open(&d->bus, &d->loop, &bo, err);
     if (rc != 0)
         return rc;

@@ -10,6 +10,8 @@
  * watcher must have seen, for every document, exactly the versions 1..N
  * in order, where N is the version the store of record holds (read with
  * the store library, not through a node). An `event: resync` fails.
+ * Calls to a node whose MongoDB is frozen (SIGSTOP: connections accepted,
+ * never answered) fail within --request-timeout with a clear error.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -544,6 +546,10 @@ static int teardown_cluster(void **state)
             daemon_stop(&cl->nodes[i]);
     }
     memset(cl, 0, sizeof(*cl));
+    unsetenv("SYNCD_STORE_TIMEOUT");
+    unsetenv("SYNCD_REQUEST_TIMEOUT");
+    if (mongo.pid > 0)
+        kill(mongo.pid, SIGCONT);
     /* A test that failed mid-fault leaves Redis as it should be. */
     if (redis.pid > 0)
         kill(redis.pid, SIGCONT);
@@ -678,6 +684,92 @@ test_contract__node_killed_right_after_a_commit_loses_no_version(void **state)
     for (int i = 6; i < 14; i++)
         patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1);
     cluster_check(cl);
+}
+
+/* ---- A frozen store ------------------------------------------------------ */
+
+/* One request sent from a thread, timed. */
+typedef struct timed_call {
+    pthread_t thread;
+    int port;
+    char path[128];
+    response_t r;
+    int64_t ms;
+} timed_call_t;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *timed_get(void *arg)
+{
+    timed_call_t *c = arg;
+    int64_t t0 = now_ms();
+
+    c->r = request(c->port, "GET", c->path, NULL, NULL);
+    c->ms = now_ms() - t0;
+    return NULL;
+}
+
+/* More uncached reads than the thread pool has threads (4), each stalled
+ * on the store: without the request deadline the later ones wait for the
+ * earlier ones' driver timeouts (a read is retried once) and answer late. */
+static void
+test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout(
+    void **state)
+{
+    cluster_t *cl = &the_cluster;
+    timed_call_t calls[8];
+    int64_t t0, ms;
+    response_t r;
+
+    (void)state;
+    if (mongo.external)
+        skip();
+    setenv("SYNCD_STORE_TIMEOUT", "1s", 1);
+    setenv("SYNCD_REQUEST_TIMEOUT", "2s", 1);
+    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
+    snprintf(cl->coll, sizeof(cl->coll), "frozen_store");
+    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
+    create_docs(cl->nodes[0].port, cl->coll);
+    assert_int_equal(kill(mongo.pid, SIGSTOP), 0);
+    t0 = now_ms();
+    r = patch_doc(cl->nodes[0].port, cl->coll, 0, 1);
+    ms = now_ms() - t0;
+    fprintf(stderr, "frozen store: PATCH answered %ld in %lld ms: %s\n",
+            r.status, (long long)ms, r.body);
+    assert_int_equal(r.status, 503);
+    assert_true(ms < 2000 + 1500);
+    assert_non_null(strstr(r.body, "\"message\""));
+    for (int i = 0; i < 8; i++) {
+        calls[i].port = cl->nodes[0].port;
+        snprintf(calls[i].path, sizeof(calls[i].path),
+                 "/v1/collections/%.32s/docs/absent-%d", cl->coll, i);
+        assert_int_equal(
+            pthread_create(&calls[i].thread, NULL, timed_get, &calls[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(calls[i].thread, NULL);
+        fprintf(stderr, "frozen store: GET %s answered %ld in %lld ms: %s\n",
+                calls[i].path, calls[i].r.status, (long long)calls[i].ms,
+                calls[i].r.body);
+        assert_int_equal(calls[i].r.status, 503);
+        assert_true(calls[i].ms < 2000 + 1500);
+        assert_non_null(strstr(calls[i].r.body, "\"error\""));
+    }
+    assert_int_equal(kill(mongo.pid, SIGCONT), 0);
+    /* Thawed, the node serves writes again (bounded: liveness). */
+    for (int i = 0; i < 100; i++) {
+        r = patch_doc(cl->nodes[0].port, cl->coll, 1, 2);
+        if (r.status == 200)
+            break;
+        usleep(100 * 1000);
+    }
+    assert_int_equal(r.status, 200);
 }
 
 /* ---- Embedded default ---------------------------------------------------- */
@@ -837,6 +929,9 @@ int main(void)
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__redis_frozen_during_writes_loses_no_version,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout,
             teardown_cluster),
     };
 

@@ -1793,6 +1793,15 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
                                  out, sizeof(out)),
                      2);
     assert_non_null(strstr(out, "--heartbeat-interval"));
+    assert_int_equal(
+        run_capture(SYNCD_BINARY " --store-timeout 0s 2>&1", out, sizeof(out)),
+        2);
+    assert_non_null(strstr(out, "--store-timeout"));
+    assert_int_equal(run_capture("SYNCD_REQUEST_TIMEOUT=0s " SYNCD_BINARY
+                                 " 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--request-timeout"));
     assert_int_equal(run_capture(SYNCD_BINARY " --version", out, sizeof(out)),
                      0);
     assert_int_equal(strncmp(out, "syncd ", 6), 0);

@@ -2,14 +2,19 @@
  * running syncd nodes, for the Porcupine checker (tests/linz/checker).
  *
  *   linz_record --out FILE [--seconds N] [--clients N] [--keys N]
- *               [--coll NAME] [--timeout-ms MS] [--seed S] URL...
+ *               [--epoch-seconds N] [--coll NAME] [--timeout-ms MS]
+ *               [--seed S] URL...
  *
  * Client i is a thread pinned to node URL[i % nodes], with one request in
- * flight at a time. Until the time is up it picks one of the keys k0..kN-1
- * and one request: a read (GET), a blind write (PUT, no precondition), an
- * If-Match write (PUT with the version it last saw), a test-and-set JSON
- * Patch (`test` of the value it last saw, then `replace`) or a DELETE.
- * Every value written is {"val":"c<client>-<n>"}, unique in the history.
+ * flight at a time. Until the time is up it picks one of the keys
+ * e<E>-k0..e<E>-kN-1 of the current epoch E (a new set of keys every
+ * --epoch-seconds, 15 by default: a request of unknown outcome stays
+ * pending to the end of its key's history, and the checker's search grows
+ * with those, so a long run is many short histories) and one request: a read
+ * (GET), a blind write (PUT, no precondition), an If-Match write (PUT with the
+ * version it last saw), a test-and-set JSON Patch (`test` of the value it last
+ * saw, then `replace`) or a DELETE. Every value written is
+ * {"val":"c<client>-<n>"}, unique in the history.
  *
  * Each request becomes one JSON line in FILE (see checker/history.go):
  * call and return times on one monotonic clock (ns since the start), the
@@ -53,7 +58,7 @@ typedef struct options {
     const char *coll;
     const char *urls[MAX_NODES];
     int nodes, clients, keys;
-    long seconds, timeout_ms;
+    long seconds, timeout_ms, epoch_seconds;
     unsigned seed;
 } options_t;
 
@@ -69,6 +74,7 @@ typedef struct client {
     const options_t *opts;
     unsigned rand;
     int64_t writes; /* values written so far, for unique values */
+    long epoch;     /* the epoch of the keys in seen */
     seen_t seen[MAX_KEYS];
     long recorded, unknown, refused;
 } client_t;
@@ -181,8 +187,8 @@ static int body_val(const char *text, char *out, size_t size)
     return rc;
 }
 
-/* Tells whether a 409 to a test-and-set says that the edit loop gave up on
- * conflicts (rather than that the `test` operation failed). */
+/* Tells whether a 409 says that the edit loop gave up on conflicts (rather
+ * than that the `test` operation of a test-and-set failed). */
 static int gave_up(const char *text)
 {
     json_t *doc = json_loads(text, 0, NULL);
@@ -212,17 +218,16 @@ static op_t pick_op(client_t *c)
 }
 
 /* Writes one history line; 0 or -1. */
-static int record(client_t *c, op_t op, int key, int64_t call, int64_t ret,
-                  const char *val, int64_t expect, const char *test,
-                  const answer_t *a, const char *out, int exhausted)
+static int record(client_t *c, op_t op, const char *key, int64_t call,
+                  int64_t ret, const char *val, int64_t expect,
+                  const char *test, const answer_t *a, const char *out,
+                  int exhausted)
 {
-    char keyname[16];
     json_t *line;
     int rc = -1;
 
-    snprintf(keyname, sizeof(keyname), "k%d", key);
     line = json_pack("{s:i, s:i, s:s, s:s, s:I, s:I, s:I, s:I}", "client",
-                     c->id, "node", c->node, "key", keyname, "op", op_names[op],
+                     c->id, "node", c->node, "key", key, "op", op_names[op],
                      "call", (json_int_t)call, "ret", (json_int_t)ret, "status",
                      (json_int_t)a->status, "ver", (json_int_t)a->ver);
     if (line == NULL)
@@ -257,17 +262,25 @@ static int client_step(client_t *c, CURL *curl)
 {
     const options_t *o = c->opts;
     op_t op = pick_op(c);
-    int key = pick(c, o->keys);
-    seen_t *s = &c->seen[key];
-    char url[512], val[64], test[64], body[256], etag[32], out[64];
+    int k = pick(c, o->keys);
+    long epoch = (long)(now_ns() / 1000000000 / o->epoch_seconds);
+    seen_t *s;
+    char key[32], url[512], val[64], test[64], body[256], etag[32], out[64];
     const char *method = "GET", *ctype = NULL, *if_match = NULL;
     const char *payload = NULL;
-    int64_t call, ret, expect = s->ver > 0 ? s->ver : 1;
+    int64_t call, ret, expect;
     int have_out = 0, exhausted = 0;
     answer_t a;
 
-    snprintf(url, sizeof(url), "%s/v1/collections/%s/docs/k%d",
-             o->urls[c->node], o->coll, key);
+    if (epoch != c->epoch) {
+        memset(c->seen, 0, sizeof(c->seen));
+        c->epoch = epoch;
+    }
+    s = &c->seen[k];
+    expect = s->ver > 0 ? s->ver : 1;
+    snprintf(key, sizeof(key), "e%ld-k%d", epoch, k);
+    snprintf(url, sizeof(url), "%s/v1/collections/%s/docs/%s", o->urls[c->node],
+             o->coll, key);
     snprintf(val, sizeof(val), "c%d-%lld", c->id, (long long)++c->writes);
     switch (op) {
     case OP_READ:
@@ -308,13 +321,13 @@ static int client_step(client_t *c, CURL *curl)
     }
     if (!a.unknown && op == OP_READ && a.status == 200) {
         if (body_val(a.body, out, sizeof(out)) != 0) {
-            fprintf(stderr, "linz_record: a read of k%d answered %s\n", key,
+            fprintf(stderr, "linz_record: a read of %s answered %s\n", key,
                     a.body);
             return -1;
         }
         have_out = 1;
     }
-    if (!a.unknown && op == OP_TAS && a.status == 409)
+    if (!a.unknown && a.status == 409)
         exhausted = gave_up(a.body);
     if (!a.unknown && a.status < 300) {
         s->ver = a.ver;
@@ -352,7 +365,8 @@ static int usage(void)
 {
     fprintf(stderr,
             "usage: linz_record --out FILE [--seconds N] [--clients N] "
-            "[--keys N] [--coll NAME] [--timeout-ms MS] [--seed S] URL...\n");
+            "[--keys N] [--epoch-seconds N] [--coll NAME] [--timeout-ms MS] "
+            "[--seed S] URL...\n");
     return 2;
 }
 
@@ -362,8 +376,9 @@ static int parse_args(options_t *o, int argc, char **argv)
     o->coll = "linz";
     o->clients = 6;
     o->keys = 3;
+    o->epoch_seconds = 15;
     o->seconds = 10;
-    o->timeout_ms = 5000;
+    o->timeout_ms = 2500;
     o->seed = (unsigned)time(NULL);
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -387,6 +402,8 @@ static int parse_args(options_t *o, int argc, char **argv)
             o->clients = atoi(v);
         else if (strcmp(argv[i - 1], "--keys") == 0)
             o->keys = atoi(v);
+        else if (strcmp(argv[i - 1], "--epoch-seconds") == 0)
+            o->epoch_seconds = atol(v);
         else if (strcmp(argv[i - 1], "--timeout-ms") == 0)
             o->timeout_ms = atol(v);
         else if (strcmp(argv[i - 1], "--seed") == 0)
@@ -396,7 +413,7 @@ static int parse_args(options_t *o, int argc, char **argv)
     }
     if (o->out == NULL || o->nodes == 0 || o->seconds < 1 || o->clients < 1 ||
         o->clients > MAX_CLIENTS || o->keys < 1 || o->keys > MAX_KEYS ||
-        o->timeout_ms < 1)
+        o->epoch_seconds < 1 || o->timeout_ms < 1)
         return -1;
     return 0;
 }

@@ -5,12 +5,14 @@
 #
 #   embedded  one node in the embedded default; the whole history, reads
 #             included, must be linearizable. Built-in faults: the node
-#             frozen with SIGSTOP for 2 s; SIGKILLed and started again.
+#             frozen with SIGSTOP for 3 s (longer than the requests'
+#             timeout: writes in flight are of unknown outcome and may land
+#             when it thaws); SIGKILLed and started again.
 #   cluster   three nodes on FerretDB and Redis (scripts/cluster.sh), two
 #             clients pinned to each node; the writes must be linearizable,
 #             every read must return a version and value some write made,
 #             and per client reads never go back and see its own writes.
-#             Built-in faults: node 2 frozen with SIGSTOP for 2 s; node 3
+#             Built-in faults: node 2 frozen with SIGSTOP for 3 s; node 3
 #             SIGKILLed and started again; Redis stopped and started again;
 #             Redis frozen for 2 s.
 #
@@ -19,8 +21,11 @@
 #                          cluster: one round of the built-in faults; 600
 #                          before resolving an issue: the long run)
 #   SYNCD_LINZ_CLIENTS     clients (default 6), SYNCD_LINZ_KEYS keys (3)
+#   SYNCD_LINZ_EPOCH       seconds each set of keys is used before the
+#                          clients move to fresh ones (default 15; see
+#                          record.c: it keeps the checker's search small)
 #   SYNCD_LINZ_TIMEOUT_MS  a request without an answer by then is of
-#                          unknown outcome (default 5000)
+#                          unknown outcome (default 2500)
 #   SYNCD_LINZ_FAULTS      builtin (default) or none
 #   SYNCD_LINZ_FAULT_HOOK  a command run (bash -c) in the background for the
 #                          whole recording and ended (SIGTERM to its process
@@ -51,7 +56,7 @@ ARTIFACTS="${5:?$USAGE}"
 SECONDS_TO_RUN="${SYNCD_LINZ_SECONDS:-}"
 CLIENTS="${SYNCD_LINZ_CLIENTS:-6}"
 KEYS="${SYNCD_LINZ_KEYS:-3}"
-TIMEOUT_MS="${SYNCD_LINZ_TIMEOUT_MS:-5000}"
+TIMEOUT_MS="${SYNCD_LINZ_TIMEOUT_MS:-2500}"
 FAULTS="${SYNCD_LINZ_FAULTS:-builtin}"
 CLUSTER="$ROOT/scripts/cluster.sh"
 
@@ -140,7 +145,7 @@ pause() {
 embedded_faults() {
     while :; do
         sleep 3
-        pause "$TMP/node1/pid" 2
+        pause "$TMP/node1/pid" 3
         sleep 3
         echo "fault: SIGKILL the node, start it again" >&2
         kill -KILL "$(cat "$TMP/node1/pid")"
@@ -152,7 +157,7 @@ embedded_faults() {
 cluster_faults() {
     while :; do
         sleep 3
-        pause "$SYNCD_CLUSTER_DIR/node2/pid" 2
+        pause "$SYNCD_CLUSTER_DIR/node2/pid" 3
         sleep 3
         echo "fault: SIGKILL node 3, start it again" >&2
         "$CLUSTER" kill-node 3
@@ -200,7 +205,8 @@ fi
 HISTORY="$TMP/history.jsonl"
 echo "linz: recording $SECONDS_TO_RUN s, $CLIENTS clients on $KEYS keys, faults: $FAULTS${SYNCD_LINZ_FAULT_HOOK:+ and the hook}" >&2
 "$RECORD" --out "$HISTORY" --seconds "$SECONDS_TO_RUN" --clients "$CLIENTS" \
-    --keys "$KEYS" --timeout-ms "$TIMEOUT_MS" --coll linz "${NODES[@]}"
+    --keys "$KEYS" --epoch-seconds "${SYNCD_LINZ_EPOCH:-15}" \
+    --timeout-ms "$TIMEOUT_MS" --coll linz "${NODES[@]}"
 stop_group "$FAULT_PID"
 FAULT_PID=""
 stop_group "$HOOK_PID"

@@ -28,8 +28,9 @@ type record struct {
 	// Unknown: no answer, or a 5xx, so a write may or may not have taken
 	// effect (Porcupine: it returns at infinity).
 	Unknown bool `json:"unknown"`
-	// Exhausted: a tas answered 409 because the edit loop gave up on
-	// conflicts, not because the test failed: it wrote nothing.
+	// Exhausted: a 409 because the edit loop gave up on conflicts
+	// (DESIGN.md section 3), not because a tas's test failed: it wrote
+	// nothing.
 	Exhausted bool `json:"exhausted"`
 }
 
@@ -55,13 +56,14 @@ func (r *record) output() kvOutput {
 func (r *record) isWrite() bool { return r.Op != "read" }
 
 // expected lists, per operation, the statuses the contract allows for the
-// requests the recorder sends (DESIGN.md section 5).
+// requests the recorder sends (DESIGN.md sections 3 and 5). A 409 to a put
+// or a delete must be the edit loop giving up on conflicts.
 var expected = map[string][]int{
 	"read":   {200, 404},
-	"put":    {200, 201},
+	"put":    {200, 201, 409},
 	"put_if": {200, 412},
 	"tas":    {200, 404, 409},
-	"delete": {200, 404},
+	"delete": {200, 404, 409},
 }
 
 // history is a loaded history, in call order.
@@ -131,6 +133,9 @@ func (h *history) unexpected() []*record {
 		ok := false
 		for _, s := range expected[r.Op] {
 			ok = ok || s == r.Status
+		}
+		if r.Status == 409 && r.Op != "tas" && !r.Exhausted {
+			ok = false
 		}
 		if !ok || (r.Status < 300 && r.Ver < 1) {
 			bad = append(bad, r)

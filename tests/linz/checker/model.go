@@ -48,6 +48,9 @@ func step(s kvState, in kvInput, out kvOutput) (bool, kvState) {
 		if out.Unknown {
 			return true, next
 		}
+		if out.Status == 409 {
+			return out.Exhausted, s
+		}
 		if out.Ver != next.Ver || (out.Status == 201) == s.Live {
 			return false, s
 		}
@@ -89,8 +92,11 @@ func step(s kvState, in kvInput, out kvOutput) (bool, kvState) {
 			}
 			return true, s
 		}
-		if out.Status == 404 {
+		switch out.Status {
+		case 404:
 			return !s.Live, s
+		case 409:
+			return out.Exhausted, s
 		}
 		return s.Live && out.Ver == gone.Ver, gone
 	}
