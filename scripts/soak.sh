@@ -602,7 +602,7 @@ EOF
     echo "statuses: $STATUSES"
     echo "Porcupine: $LINZ_PASS of $LINZ_SEGS segments linearizable (writes; reads from writes, monotonic per client, read-your-writes)"
     echo "syncctl verify: $VERIFY_OK of ${#COLLS[@]} collections agree on every node"
-XX
+    echo "watchers: $CHAINS chains, $WATCH_PARTS watches, $WATCH_ENDED ended by themselves (${WATCH_RESYNCS:-0} told to resync); $(tail -n "$CHAINS" "$RUN/stream_check.out" | sed 's/^[^:]*: //' | paste -sd';')"
     echo "memory and fds (after warm-up, first -> last sample):"
     echo "$FLAT"
     if [ "${#FAILED[@]}" -gt 0 ]; then
