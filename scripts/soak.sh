@@ -10,7 +10,8 @@
 #
 # Load, the whole time:
 #   - the Porcupine-checked history of tests/linz: linz_record (6 clients
-#     pinned two per node, 3 keys) in segments of SOAK_LINZ_SEGMENT seconds
+#     pinned two per node, 3 keys at a time, fresh ones every 15 s epoch)
+#     in segments of SOAK_LINZ_SEGMENT seconds
 #     (default 300), each on a collection of its own (linz1, linz2, ...) and
 #     checked by linzcheck -mode cluster as soon as it ends, so that no
 #     single history grows past what the checker can search;
