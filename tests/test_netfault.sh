@@ -7,7 +7,7 @@
 #   bandwidth   every link limited to 8 KB/s each way
 #   stall       node 2's links to MongoDB and Redis accept and never answer
 #               (`timeout` toxic); node 2's calls must fail within
-#               --store-timeout with a clear error, not hang
+#               --request-timeout with a clear error, not hang
 #   half-open   node 3's links deliver its requests but never the answers
 #               (`timeout` toxic downstream only): its writes commit in the
 #               store and it cannot know
@@ -27,8 +27,8 @@
 #     committed version exactly once, in order, seqs without a gap
 #     (tests/stream_check.c against FerretDB read directly);
 # and at the end every body a reader was served is the store's body at that
-# version (rebuilt from the watch stream), so no node served a version the
-# store never had.
+# version (as far as the watch stream tells it: see the check at the end),
+# so no node served a version the store never had.
 #
 # Usage: tests/test_netfault.sh SYNCD SYNCCTL STREAM_CHECK
 set -euo pipefail
@@ -328,8 +328,10 @@ sys.exit(1 if lost else 0)
 EOF
 }
 
-# check_streams PHASE: waits (bounded) for the watchers to reach the store's
-# last seq, then checks them against FerretDB.
+# check_streams PHASE: waits (bounded) for the watchers to reach the bus's
+# last seq and to hold every version the store committed (a version whose
+# publish failed comes from the outbox a few seconds later), then checks
+# them against FerretDB.
 check_streams() {
     local seq
     seq=$(curl -s --max-time 5 "$NODE1/v1/collections/c/docs?limit=1" |
@@ -337,6 +339,11 @@ check_streams() {
     for _ in $(seq 300); do
         "$CHECK" reached "$seq" "$TMP/w1" "$TMP/w2" "$TMP/w3" && break
         sleep 0.05
+    done
+    for _ in $(seq 30); do
+        "$CHECK" check "$MONGO_URI" syncd c "$TMP/w1" "$TMP/w2" "$TMP/w3" \
+            >/dev/null 2>&1 && break
+        sleep 0.5
     done
     "$CHECK" check "$MONGO_URI" syncd c "$TMP/w1" "$TMP/w2" "$TMP/w3" ||
         FAILED+=("$1: watcher streams break the every-version contract (above)")
