@@ -10,6 +10,8 @@
 #   scripts/cluster.sh start-node N   start node N again (same port, dir)
 #   scripts/cluster.sh restart-redis  stop Redis and start it again, its
 #                                     data lost (no persistence)
+#   scripts/cluster.sh restart-mongo  stop FerretDB (SIGTERM) and start it
+#                                     again (same port, its data kept)
 #   scripts/cluster.sh stop-redis     stop Redis, saving its data to its
 #                                     dump file as a persistent Redis
 #                                     would (start-redis loads it)
@@ -69,6 +71,20 @@ stop_pidfile() {
     rm -f "$f"
 }
 
+# start_ferretdb: starts FerretDB (again) on MONGO_PORT; its SQLite files in
+# $DIR/fdb survive a restart.
+start_ferretdb() {
+    "$FERRETDB" --handler=sqlite --sqlite-url="file:$DIR/fdb/" \
+        --listen-addr="127.0.0.1:$MONGO_PORT" --state-dir="$DIR/fdb-state" \
+        --telemetry=disable --log-level=warn --debug-addr=- \
+        >>"$DIR/ferretdb.log" 2>&1 &
+    echo $! >"$DIR/ferretdb.pid"
+    wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$MONGO_PORT" || {
+        echo "cluster: FerretDB did not start (see $DIR/ferretdb.log)" >&2
+        exit 1
+    }
+}
+
 start_node() {
     local n="$1" port var mongo redis
     var="NODE${n}_PORT"
@@ -124,15 +140,7 @@ NODE2=http://127.0.0.1:$NODE2_PORT
 NODE3=http://127.0.0.1:$NODE3_PORT
 EOF
     load_env
-    "$FERRETDB" --handler=sqlite --sqlite-url="file:$DIR/fdb/" \
-        --listen-addr="127.0.0.1:$MONGO_PORT" --state-dir="$DIR/fdb-state" \
-        --telemetry=disable --log-level=warn --debug-addr=- \
-        >"$DIR/ferretdb.log" 2>&1 &
-    echo $! >"$DIR/ferretdb.pid"
-    wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$MONGO_PORT" || {
-        echo "cluster: FerretDB did not start (see $DIR/ferretdb.log)" >&2
-        exit 1
-    }
+    start_ferretdb
     start_redis
     for n in 1 2 3; do start_node "$n"; done
     echo "mongo  $MONGO_URI"
@@ -189,6 +197,11 @@ restart-redis)
     rm -f "$DIR/dump.rdb"
     start_redis
     ;;
+restart-mongo)
+    load_env
+    stop_pidfile "$DIR/ferretdb.pid"
+    start_ferretdb
+    ;;
 stop-redis)
     load_env
     stop_redis save
@@ -207,7 +220,7 @@ resume-redis)
     ;;
 *)
     echo "usage: $0 start|status|stop|kill-node N|start-node N|" \
-        "restart-redis|stop-redis|start-redis|pause-redis|resume-redis" >&2
+        "restart-redis|restart-mongo|stop-redis|start-redis|pause-redis|resume-redis" >&2
     exit 2
     ;;
 esac

@@ -13,7 +13,8 @@ PACKAGES=(build-essential cmake pkg-config git ca-certificates
     libhiredis-dev librocksdb-dev libhttp-parser-dev libcurl4-openssl-dev
     libssl-dev libarchive-dev zlib1g-dev redis-server redis-tools clang-format python3 python3-jsonpatch
     etcd-server etcd-client wrk curl openssl stunnel4 default-jdk-headless
-    maven clang-14 libfuzzer-14-dev libclang-rt-14-dev)
+    maven clang-14 libfuzzer-14-dev libclang-rt-14-dev
+    gnuplot-nox)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
