@@ -23,8 +23,9 @@
  * (MongoDB's single-operation compare-and-swap): then a write first
  * decides from the cache's entry and commits fenced on its version and
  * hash, the server carrying the outbox and keys forward, and falls back to
- * the read when that misses. Every committed write and every read from the
- * store refreshes the cache with put-if-newer.
+ * the read when that misses (a retry after a conflict always reads).
+ * Every committed write and every read from the store refreshes the cache
+ * with put-if-newer.
  *
  * The outbox: every committed version appends a pending-publish marker to
  * its record, in the same compare-and-swap, and the change reports the
@@ -50,7 +51,7 @@
 /* attempt() result: the compare-and-swap found another version. */
 #define CAS_CONFLICT 1
 
-/* attempt_cached() result: nothing written; the store of record decides. */
+/* attempt_cached() result: nothing written; attempt() decides. */
 #define UNDECIDED 2
 
 /* step result: commit a tombstone instead of a body. */
@@ -565,13 +566,13 @@ static void set_pending(syncd_change_t *c)
     }
 }
 
-/* attempt()'s first try where the backend writes without a read
+/* The first attempt of a write where the backend writes without a read
  * (cas_update: MongoDB with its single-operation compare-and-swap): it
  * decides from the node cache's fresh entry of a live record and commits
  * with one operation fenced on that entry's version and hash, which
  * carries the record's outbox and idempotency keys forward on the server.
  * Returns 0 with *out set, an error of the backend, or UNDECIDED when it
- * wrote nothing and the read-and-replace attempt must decide: no such
+ * wrote nothing and attempt(), reading the record, must decide: no such
  * entry, a strict write at another version, a step that fails or changes
  * nothing on it, or an update that found the record elsewhere (the store
  * of record has the last word on each). */
@@ -648,10 +649,10 @@ done:
 }
 
 /* One read-decide-commit attempt. Returns 0 with *out set, CAS_CONFLICT
- * when the version moved, or an error. Unless attempt_cached() wrote
- * without a read, the read is from the store of record: the record's
- * outbox and idempotency keys, which the write carries forward, live only
- * there (the cache may hold a version made from an event, without them). */
+ * when the version moved, or an error. The read is always from the store
+ * of record: the record's outbox and idempotency keys, which the write
+ * carries forward, live only there (the cache may hold a version made
+ * from an event, without them). */
 static int attempt(syncd_store_t *s, syncd_change_t **out,
                    const write_req_t *req, syncd_error_t *err)
 {
@@ -664,10 +665,8 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     char *canon = NULL;
     size_t canon_len = 0;
     syncd_error_t local;
-    int rc = attempt_cached(s, out, req, err);
+    int rc;
 
-    if (rc != UNDECIDED)
-        return rc;
     rc = read_record(s, &cur, req->coll, req->id, 0, &cached, err);
     if (rc != 0)
         return rc;
@@ -781,7 +780,11 @@ static int write_loop(syncd_store_t *s, syncd_change_t **out,
         return rc;
     deadline = now_ms(s) + s->edit_timeout_ms;
     for (int n = 0;; n++) {
-        rc = attempt_locked(s, out, req, err);
+        /* The cache's entry can spare the read only before a conflict: a
+         * retry follows a version that moved, so it reads the store. */
+        rc = n == 0 ? attempt_cached(s, out, req, err) : UNDECIDED;
+        if (rc == UNDECIDED)
+            rc = attempt_locked(s, out, req, err);
         if (rc == 0) {
             (*out)->attempts = n + 1;
             if ((*out)->op != SYNCD_CHANGE_NONE)
