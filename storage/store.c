@@ -23,9 +23,10 @@
  * (MongoDB's single-operation compare-and-swap): then a write first
  * decides from the cache's entry and commits fenced on its version and
  * hash, the server carrying the outbox and keys forward, and falls back to
- * the read when that misses (a retry after a conflict always reads).
- * Every committed write and every read from the store refreshes the cache
- * with put-if-newer.
+ * the read when it cannot decide there; an update that misses is a
+ * conflict, and a retry after a conflict always reads. Every committed
+ * write and every read from the store refreshes the cache with
+ * put-if-newer.
  *
  * The outbox: every committed version appends a pending-publish marker to
  * its record, in the same compare-and-swap, and the change reports the
@@ -571,11 +572,12 @@ static void set_pending(syncd_change_t *c)
  * decides from the node cache's fresh entry of a live record and commits
  * with one operation fenced on that entry's version and hash, which
  * carries the record's outbox and idempotency keys forward on the server.
- * Returns 0 with *out set, an error of the backend, or UNDECIDED when it
- * wrote nothing and attempt(), reading the record, must decide: no such
- * entry, a strict write at another version, a step that fails or changes
- * nothing on it, or an update that found the record elsewhere (the store
- * of record has the last word on each). */
+ * Returns 0 with *out set, CAS_CONFLICT when the update found the record
+ * elsewhere (a strict write: UNDECIDED), an error of the backend, or
+ * UNDECIDED when it wrote nothing and attempt(), reading the record, must
+ * decide: no such entry, a strict write at another version, a step that
+ * fails or changes nothing on it (the store of record has the last word
+ * on each). */
 static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
                           const write_req_t *req, syncd_error_t *err)
 {
@@ -624,7 +626,10 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     rc = s->backend->ops->cas_update(s->backend, change->doc, cur->version,
                                      cur->hash, &outbox, &ikeys, &local);
     if (rc == SYNCD_ECONFLICT) {
-        rc = UNDECIDED;
+        /* The record moved on from the entry, or never was at it: a
+         * conflict, retried from the store; a strict write, which has one
+         * attempt, lets the store decide at once. */
+        rc = req->if_match != SYNCD_ANY_VERSION ? UNDECIDED : CAS_CONFLICT;
         goto done;
     }
     if (rc != 0) {
@@ -781,7 +786,7 @@ static int write_loop(syncd_store_t *s, syncd_change_t **out,
     deadline = now_ms(s) + s->edit_timeout_ms;
     for (int n = 0;; n++) {
         /* The cache's entry can spare the read only before a conflict: a
-         * retry follows a version that moved, so it reads the store. */
+         * retry reads the store. */
         rc = n == 0 ? attempt_cached(s, out, req, err) : UNDECIDED;
         if (rc == UNDECIDED)
             rc = attempt_locked(s, out, req, err);
