@@ -24,7 +24,8 @@
  * decides from the cache's entry and commits fenced on its version and
  * hash, the server carrying the outbox and keys forward, and falls back to
  * the read when it cannot decide there; an update that misses is a
- * conflict, and a retry after a conflict always reads. Every committed
+ * conflict that drops the entry (the retry reads the store unless a newer
+ * write of this node refreshed the entry meanwhile). Every committed
  * write and every read from the store refreshes the cache with
  * put-if-newer.
  *
@@ -567,7 +568,7 @@ static void set_pending(syncd_change_t *c)
     }
 }
 
-/* The first attempt of a write where the backend writes without a read
+/* An attempt of a write where the backend writes without a read
  * (cas_update: MongoDB with its single-operation compare-and-swap): it
  * decides from the node cache's fresh entry of a live record and commits
  * with one operation fenced on that entry's version and hash, which
@@ -627,8 +628,10 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
                                      cur->hash, &outbox, &ikeys, &local);
     if (rc == SYNCD_ECONFLICT) {
         /* The record moved on from the entry, or never was at it: a
-         * conflict, retried from the store; a strict write, which has one
-         * attempt, lets the store decide at once. */
+         * conflict, and the entry goes, so that the retry reads the store
+         * unless a newer write refreshed it meanwhile; a strict write,
+         * which has one attempt, lets the store decide at once. */
+        syncd_cache_invalidate(s->cache, req->coll, req->id, NULL);
         rc = req->if_match != SYNCD_ANY_VERSION ? UNDECIDED : CAS_CONFLICT;
         goto done;
     }
@@ -785,9 +788,7 @@ static int write_loop(syncd_store_t *s, syncd_change_t **out,
         return rc;
     deadline = now_ms(s) + s->edit_timeout_ms;
     for (int n = 0;; n++) {
-        /* The cache's entry can spare the read only before a conflict: a
-         * retry reads the store. */
-        rc = n == 0 ? attempt_cached(s, out, req, err) : UNDECIDED;
+        rc = attempt_cached(s, out, req, err);
         if (rc == UNDECIDED)
             rc = attempt_locked(s, out, req, err);
         if (rc == 0) {
