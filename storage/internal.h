@@ -109,6 +109,22 @@ typedef struct syncd_backend_ops {
      * store into dir, which must not exist (hard links where the file
      * system allows). */
     int (*checkpoint)(syncd_backend_t *b, const char *dir, syncd_error_t *err);
+
+    /* Optional (NULL: every write reads the record first): commits doc in
+     * one atomic operation, without reading the record, over the live
+     * record at version expected whose hash is expected_hash: sets doc's
+     * version, body (or tombstone), hash, mtime and origin, and appends
+     * the marker doc->outbox holds (if any) to the record's outbox and the
+     * key doc->ikeys holds (if any) to its idempotency keys, keeping the
+     * newest SYNCD_MAX_IDEMPOTENCY_KEYS. SYNCD_ECONFLICT, nothing written,
+     * when the record is not at that version and hash, when a marker is to
+     * go into an outbox that holds SYNCD_MAX_OUTBOX_MARKERS, or when the
+     * record already holds the key. On success *outbox and *ikeys are new
+     * references to the record's markers and keys as committed (NULL when
+     * it has none). */
+    int (*cas_update)(syncd_backend_t *b, const syncd_doc_t *doc,
+                      int64_t expected, const char *expected_hash,
+                      json_t **outbox, json_t **ikeys, syncd_error_t *err);
 } syncd_backend_ops_t;
 
 /* Common head of every backend; implementations embed it first. */

@@ -33,6 +33,15 @@
  * the filter {_id, v: expected} (matched 0 is a conflict): one atomic
  * single-document operation on MongoDB.
  *
+ * A write whose caller knows the record already (the node cache's entry)
+ * skips the read: one findAndModify filtered on {_id, v: expected, h:
+ * expected hash} (and, when it adds a marker, on "ob.99" not existing:
+ * an outbox holding SYNCD_MAX_OUTBOX_MARKERS refuses it; when it adds an
+ * idempotency key, on no "ik.k" equal to it) $sets the new version's
+ * fields and $pushes its marker and key, returning the ob and ik it
+ * committed. A miss writes nothing and the caller falls back to the read
+ * and the replace. Claims mode does not offer it.
+ *
  * FerretDB v1 (its SQLite backend was checked by experiment and in its
  * source) runs a filtered update as a query followed by an update by _id,
  * which loses updates under concurrency; only an insert (its unique _id) is
@@ -137,6 +146,7 @@
 
 typedef struct mongo_backend {
     syncd_backend_t base;
+    syncd_backend_ops_t ops; /* base.ops: mongo_ops, less what the mode lacks */
     mongoc_client_pool_t *pool;
     char *db;
     int64_t lease_ms;
@@ -1258,6 +1268,153 @@ static int mongo_cas(syncd_backend_t *b, const syncd_doc_t *doc,
     return rc;
 }
 
+/* Appends {name: {$each: [v], $slice: -slice}} to push ($slice left out
+ * when slice is 0). */
+static int push_each(bson_t *push, const char *name, const json_t *v, int slice,
+                     syncd_error_t *err)
+{
+    bson_t field, each;
+    int rc;
+
+    BSON_APPEND_DOCUMENT_BEGIN(push, name, &field);
+    BSON_APPEND_ARRAY_BEGIN(&field, "$each", &each);
+    rc = encode_value(&each, "0", v, err);
+    bson_append_array_end(&field, &each);
+    if (slice > 0)
+        BSON_APPEND_INT32(&field, "$slice", -slice);
+    if (!bson_append_document_end(push, &field) && rc == 0)
+        rc = syncd_error_set(err, SYNCD_ETOOBIG, "record too large for BSON");
+    return rc;
+}
+
+/* Builds the update of mongo_cas_update() into u (initialised here; the
+ * caller destroys it): $set of doc's header and body (a tombstone $unsets
+ * the body), $push of its marker and idempotency key. */
+static int build_update(bson_t *u, const syncd_doc_t *doc, const json_t *marker,
+                        const json_t *ikey, syncd_error_t *err)
+{
+    bson_t set, data, unset, push;
+    int rc = 0;
+
+    bson_init(u);
+    BSON_APPEND_DOCUMENT_BEGIN(u, "$set", &set);
+    BSON_APPEND_INT64(&set, "v", doc->version);
+    if (!doc->deleted) {
+        BSON_APPEND_DOCUMENT_BEGIN(&set, "data", &data);
+        rc = encode_object(&data, doc->body, err);
+        if (!bson_append_document_end(&set, &data) && rc == 0)
+            rc = syncd_error_set(err, SYNCD_ETOOBIG, "body too large for BSON");
+    }
+    BSON_APPEND_UTF8(&set, "h", doc->deleted ? "" : doc->hash);
+    BSON_APPEND_DATE_TIME(&set, "mt", doc->mtime_ms);
+    BSON_APPEND_UTF8(&set, "by", doc->origin);
+    BSON_APPEND_BOOL(&set, "del", doc->deleted != 0);
+    bson_append_document_end(u, &set);
+    if (doc->deleted) {
+        BSON_APPEND_DOCUMENT_BEGIN(u, "$unset", &unset);
+        BSON_APPEND_UTF8(&unset, "data", "");
+        bson_append_document_end(u, &unset);
+    }
+    if (rc == 0 && (marker != NULL || ikey != NULL)) {
+        BSON_APPEND_DOCUMENT_BEGIN(u, "$push", &push);
+        if (marker != NULL)
+            rc = push_each(&push, "ob", marker, 0, err);
+        if (rc == 0 && ikey != NULL)
+            rc = push_each(&push, "ik", ikey, SYNCD_MAX_IDEMPOTENCY_KEYS, err);
+        bson_append_document_end(u, &push);
+    }
+    return rc;
+}
+
+/* Builds the filter of mongo_cas_update() into f: the record at version
+ * expected with hash expected_hash, with room for marker (when given) and
+ * without the key of ikey (when given). */
+static void build_update_filter(bson_t *f, const char *id, int64_t expected,
+                                const char *expected_hash, const json_t *marker,
+                                const json_t *ikey)
+{
+    char full[32];
+
+    bson_init(f);
+    BSON_APPEND_UTF8(f, "_id", id);
+    BSON_APPEND_INT64(f, "v", expected);
+    BSON_APPEND_UTF8(f, "h", expected_hash);
+    if (marker != NULL) {
+        snprintf(full, sizeof(full), "ob.%d", SYNCD_MAX_OUTBOX_MARKERS - 1);
+        BCON_APPEND(f, full, "{", "$exists", BCON_BOOL(false), "}");
+    }
+    if (ikey != NULL)
+        BCON_APPEND(f, "ik.k", "{", "$ne",
+                    BCON_UTF8(json_string_value(json_object_get(ikey, "k"))),
+                    "}");
+}
+
+/* The write without a read (single-operation mode only, see the file
+ * comment): one findAndModify fenced on {_id, v, h} that sets the new
+ * version and pushes its marker and key, returning the record's ob and ik
+ * as committed. */
+static int mongo_cas_update(syncd_backend_t *b, const syncd_doc_t *doc,
+                            int64_t expected, const char *expected_hash,
+                            json_t **outbox, json_t **ikeys, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    const json_t *marker = json_array_get(doc->outbox, 0);
+    const json_t *ikey = json_array_get(doc->ikeys, 0);
+    mongoc_find_and_modify_opts_t *opts = mongoc_find_and_modify_opts_new();
+    bson_t *fields = BCON_NEW("ob", BCON_INT32(1), "ik", BCON_INT32(1));
+    bson_t filter, update, value;
+    bson_t reply = BSON_INITIALIZER;
+    const uint8_t *buf;
+    uint32_t len;
+    bson_iter_t it;
+    bson_error_t e;
+    call_t c;
+    int rc = build_update(&update, doc, marker, ikey, err);
+
+    *outbox = NULL;
+    *ikeys = NULL;
+    build_update_filter(&filter, doc->id, expected, expected_hash, marker,
+                        ikey);
+    if (rc < 0)
+        goto cleanup;
+    mongoc_find_and_modify_opts_set_update(opts, &update);
+    mongoc_find_and_modify_opts_set_fields(opts, fields);
+    mongoc_find_and_modify_opts_set_flags(opts,
+                                          MONGOC_FIND_AND_MODIFY_RETURN_NEW);
+    call_begin(&c, m, "", doc->coll);
+    if (!mongoc_collection_find_and_modify_with_opts(c.coll, &filter, opts,
+                                                     &reply, &e))
+        rc = driver_error(err, &e, "update", doc->coll, doc->id);
+    call_end(&c, m);
+    if (rc < 0)
+        goto cleanup;
+    if (!bson_iter_init_find(&it, &reply, "value") ||
+        !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+        rc = conflict(err, doc->coll, doc->id, expected);
+        goto cleanup;
+    }
+    bson_iter_document(&it, &len, &buf);
+    if (!bson_init_static(&value, buf, len)) {
+        rc = corrupt(err, "an unreadable findAndModify reply");
+        goto cleanup;
+    }
+    rc = field_array(outbox, &value, "ob", err);
+    if (rc == 0)
+        rc = field_array(ikeys, &value, "ik", err);
+    if (rc < 0) {
+        json_decref(*outbox);
+        *outbox = NULL;
+    }
+
+cleanup:
+    bson_destroy(&reply);
+    bson_destroy(&update);
+    bson_destroy(&filter);
+    bson_destroy(fields);
+    mongoc_find_and_modify_opts_destroy(opts);
+    return rc;
+}
+
 static uint32_t utf8_decode(const unsigned char *p)
 {
     if (p[0] < 0x80)
@@ -1987,6 +2144,7 @@ static const syncd_backend_ops_t mongo_ops = {
     .outbox_ack = mongo_outbox_ack,
     .outbox_list = mongo_outbox_list,
     .export_page = mongo_export_page,
+    .cas_update = mongo_cas_update,
 };
 
 /* Asks the server for buildInfo (which also proves it is reachable) and
@@ -2071,7 +2229,8 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
         goto cleanup;
     }
     pthread_mutex_init(&m->indexed_lock, NULL);
-    m->base.ops = &mongo_ops;
+    m->ops = mongo_ops;
+    m->base.ops = &m->ops;
     m->lease_ms = 2 * (int64_t)t < MIN_LEASE_MS ? MIN_LEASE_MS : 2 * (int64_t)t;
     m->pool = mongoc_client_pool_new(u);
     if (!m->pool) {
@@ -2085,8 +2244,10 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
              (unsigned long long)process_nonce,
              __atomic_add_fetch(&backend_seq, 1, __ATOMIC_RELAXED));
     rc = probe_server(m, err);
-    if (rc == 0 && m->claims)
+    if (rc == 0 && m->claims) {
+        m->ops.cas_update = NULL;
         rc = beat_start(m, err);
+    }
 
 cleanup:
     mongoc_uri_destroy(u);

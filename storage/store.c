@@ -19,8 +19,15 @@
  *
  * In MongoDB mode the node cache sits in front for reads; a write reads
  * from the store of record, because it carries the record's outbox and
- * idempotency keys forward. Every committed write and every read from the
- * store refreshes the cache with put-if-newer.
+ * idempotency keys forward, unless the backend can commit without a read
+ * (MongoDB's single-operation compare-and-swap): then a write first
+ * decides from the cache's entry and commits fenced on its version and
+ * hash, the server carrying the outbox and keys forward, and falls back to
+ * the read when it cannot decide there; an update that misses is a
+ * conflict that drops the entry (the retry reads the store unless a newer
+ * write of this node refreshed the entry meanwhile). Every committed
+ * write and every read from the store refreshes the cache with
+ * put-if-newer.
  *
  * The outbox: every committed version appends a pending-publish marker to
  * its record, in the same compare-and-swap, and the change reports the
@@ -45,6 +52,9 @@
 
 /* attempt() result: the compare-and-swap found another version. */
 #define CAS_CONFLICT 1
+
+/* attempt_cached() result: nothing written; attempt() decides. */
+#define UNDECIDED 2
 
 /* step result: commit a tombstone instead of a body. */
 #define STEP_DELETE 1
@@ -535,6 +545,117 @@ static int read_record(syncd_store_t *s, syncd_doc_t **cur, const char *coll,
 
 /* ---- The write loop ----------------------------------------------------- */
 
+/* Sets c's pending markers to those of its record's committed outbox
+ * below its version (NULL when there are none). Out of memory leaves them
+ * NULL: the republisher publishes them. */
+static void set_pending(syncd_change_t *c)
+{
+    size_t i;
+    json_t *marker;
+
+    json_decref(c->pending);
+    c->pending = NULL;
+    json_array_foreach (c->doc->outbox, i, marker) {
+        if (json_integer_value(json_object_get(marker, "v")) >= c->doc->version)
+            continue;
+        if (c->pending == NULL && (c->pending = json_array()) == NULL)
+            return;
+        if (json_array_append(c->pending, marker) != 0) {
+            json_decref(c->pending);
+            c->pending = NULL;
+            return;
+        }
+    }
+}
+
+/* An attempt of a write where the backend writes without a read
+ * (cas_update: MongoDB with its single-operation compare-and-swap): it
+ * decides from the node cache's fresh entry of a live record and commits
+ * with one operation fenced on that entry's version and hash, which
+ * carries the record's outbox and idempotency keys forward on the server.
+ * Returns 0 with *out set, CAS_CONFLICT when the update found the record
+ * elsewhere (a strict write: UNDECIDED), an error of the backend, or
+ * UNDECIDED when it wrote nothing and attempt(), reading the record, must
+ * decide: no such entry, a strict write at another version, a step that
+ * fails or changes nothing on it (the store of record has the last word
+ * on each). */
+static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
+                          const write_req_t *req, syncd_error_t *err)
+{
+    char hash[SYNCD_HASH_HEX_LEN + 1] = "";
+    syncd_doc_t *cur = NULL, *next = NULL;
+    syncd_change_t *change = NULL;
+    json_t *body = NULL, *outbox = NULL, *ikeys = NULL;
+    char *canon = NULL;
+    size_t canon_len = 0;
+    syncd_error_t local;
+    int rc = UNDECIDED;
+
+    if (s->cache == NULL || s->backend->ops->cas_update == NULL ||
+        syncd_cache_get(s->cache, &cur, req->coll, req->id, NULL) != 0)
+        return UNDECIDED;
+    if (!is_live(cur) ||
+        (req->if_match != SYNCD_ANY_VERSION && cur->version != req->if_match))
+        goto done;
+    /* An entry made from an event has no markers or keys, and those of
+     * one made here may be old: the update keeps the record's own. */
+    json_decref(cur->outbox);
+    json_decref(cur->ikeys);
+    cur->outbox = cur->ikeys = NULL;
+    syncd_error_clear(&local);
+    rc = req->step(&body, req, cur, &local);
+    if (rc < 0 || (rc != STEP_DELETE && (check_body(s, body, hash, &canon,
+                                                    &canon_len, &local) != 0 ||
+                                         strcmp(hash, cur->hash) == 0))) {
+        rc = UNDECIDED;
+        goto done;
+    }
+    next = doc_new(s, req->coll, req->id, cur->version + 1, body, hash);
+    body = NULL;
+    if (next == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto done;
+    }
+    rc = add_meta(s, next, cur, req, err);
+    if (rc != 0)
+        goto done;
+    rc = make_change(&change, cur, next, err);
+    next = NULL;
+    if (rc != 0)
+        goto done;
+    syncd_error_clear(&local);
+    rc = s->backend->ops->cas_update(s->backend, change->doc, cur->version,
+                                     cur->hash, &outbox, &ikeys, &local);
+    if (rc == SYNCD_ECONFLICT) {
+        /* The record moved on from the entry, or never was at it: a
+         * conflict, and the entry goes, so that the retry reads the store
+         * unless a newer write refreshed it meanwhile; a strict write,
+         * which has one attempt, lets the store decide at once. */
+        syncd_cache_invalidate(s->cache, req->coll, req->id, NULL);
+        rc = req->if_match != SYNCD_ANY_VERSION ? UNDECIDED : CAS_CONFLICT;
+        goto done;
+    }
+    if (rc != 0) {
+        forward(err, &local, rc);
+        goto done;
+    }
+    json_decref(change->doc->outbox);
+    json_decref(change->doc->ikeys);
+    change->doc->outbox = outbox;
+    change->doc->ikeys = ikeys;
+    set_pending(change);
+    cache_refresh(s, change->doc, canon, canon_len);
+    *out = change;
+    change = NULL;
+done:
+    syncd_change_free(change);
+    free(canon);
+    json_decref(body);
+    syncd_doc_free(next);
+    syncd_doc_free(cur);
+    return rc;
+}
+
 /* One read-decide-commit attempt. Returns 0 with *out set, CAS_CONFLICT
  * when the version moved, or an error. The read is always from the store
  * of record: the record's outbox and idempotency keys, which the write
@@ -676,7 +797,9 @@ static int write_loop(syncd_store_t *s, syncd_change_t **out,
         return rc;
     deadline = now_ms(s) + s->edit_timeout_ms;
     for (int n = 0;; n++) {
-        rc = attempt_locked(s, out, req, err);
+        rc = attempt_cached(s, out, req, err);
+        if (rc == UNDECIDED)
+            rc = attempt_locked(s, out, req, err);
         if (rc == 0) {
             (*out)->attempts = n + 1;
             if ((*out)->op != SYNCD_CHANGE_NONE)

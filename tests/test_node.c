@@ -77,6 +77,7 @@ struct cluster {
     int met, polls;
     int64_t bus_seq; /* last seq read after the storm ended; -1 unknown */
     int seq_inflight;
+    int seq_after_storm; /* the seq read in flight was sent after it ended */
     int ae_pending;
     uint64_t ae_repaired;
 };
@@ -257,8 +258,9 @@ static void on_bus_seq(int status, int64_t seq, void *payload)
     cluster_t *cl = payload;
 
     cl->seq_inflight = 0;
-    if (status == 0 && cl->storm.done == cl->storm.total &&
-        cl->storm.publishing == 0)
+    /* A read sent while the storm still ran may predate its last
+     * publish. */
+    if (status == 0 && cl->seq_after_storm)
         cl->bus_seq = seq;
 }
 
@@ -266,9 +268,12 @@ static void on_poll(uv_timer_t *timer)
 {
     cluster_t *cl = timer->data;
 
-    if (!cl->seq_inflight &&
-        syncd_bus_seq(cl->n[0].bus, cl->coll, on_bus_seq, cl) == 0)
-        cl->seq_inflight = 1;
+    if (!cl->seq_inflight) {
+        cl->seq_after_storm =
+            cl->storm.done == cl->storm.total && cl->storm.publishing == 0;
+        cl->seq_inflight =
+            syncd_bus_seq(cl->n[0].bus, cl->coll, on_bus_seq, cl) == 0;
+    }
     if (cl->cond(cl)) {
         cl->met = 1;
         uv_stop(&cl->loop);

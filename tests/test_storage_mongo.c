@@ -510,9 +510,9 @@ typedef struct node {
 } node_t;
 
 /* Opens n as node node_id with the given backend timeout (the claim
- * lease). */
-static void node_open(node_t *n, const fixture_t *f, const char *node_id,
-                      int64_t timeout_ms)
+ * lease), with the transactional outbox when outbox is 1. */
+static void node_open_with(node_t *n, const fixture_t *f, const char *node_id,
+                           int64_t timeout_ms, int outbox)
 {
     syncd_store_options_t o;
     syncd_error_t err;
@@ -527,7 +527,16 @@ static void node_open(node_t *n, const fixture_t *f, const char *node_id,
     o.node_id = node_id;
     o.retry_delay_ms = 1;
     o.backend_timeout_ms = timeout_ms;
+    o.outbox = outbox;
     assert_int_equal(syncd_store_open(&n->store, &o, &err), 0);
+}
+
+/* Opens n as node node_id with the given backend timeout (the claim
+ * lease). */
+static void node_open(node_t *n, const fixture_t *f, const char *node_id,
+                      int64_t timeout_ms)
+{
+    node_open_with(n, f, node_id, timeout_ms, 0);
 }
 
 static void node_close(node_t *n)
@@ -722,6 +731,230 @@ test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing(
     stall_destroy(&s);
     node_close(&a);
     node_close(&b);
+    json_decref(zero);
+}
+
+/* Returns the value of coll/id's counter n in the store of record. */
+static json_int_t stored_n(node_t *n, const char *coll, const char *id,
+                           int64_t *version)
+{
+    syncd_doc_t *got = NULL;
+    json_int_t v;
+
+    assert_int_equal(syncd_store_refetch(n->store, &got, coll, id, NULL), 0);
+    v = json_integer_value(json_object_get(got->body, "n"));
+    *version = got->version;
+    syncd_doc_free(got);
+    return v;
+}
+
+static void
+test_mongo_store__an_edit_from_a_stale_cache_entry_loses_no_update(void **state)
+{
+    fixture_t *f = *state;
+    json_t *zero = json_pack("{s:i}", "n", 0);
+    syncd_change_t *change = NULL;
+    int64_t version = 0;
+    node_t a, b;
+
+    node_open(&a, f, "node-a", TIMEOUT_MS);
+    node_open(&b, f, "node-b", TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(a.store, &change, "known", "stale", zero, NULL), 0);
+    syncd_change_free(change);
+    /* Node a's cache holds version 1 while node b moves the record on. */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(syncd_store_edit(b.store, &change, "known", "stale",
+                                          add_one, NULL, SYNCD_ANY_VERSION,
+                                          NULL),
+                         0);
+        syncd_change_free(change);
+    }
+    assert_int_equal(syncd_store_edit(a.store, &change, "known", "stale",
+                                      add_one, NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(change->base, 4);
+    assert_int_equal(change->doc->version, 5);
+    assert_int_equal(
+        json_integer_value(json_object_get(change->doc->body, "n")), 4);
+    syncd_change_free(change);
+    /* Then a's cache is current again, and the next edit builds on it. */
+    assert_int_equal(syncd_store_edit(a.store, &change, "known", "stale",
+                                      add_one, NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(change->doc->version, 6);
+    syncd_change_free(change);
+    assert_int_equal(stored_n(&b, "known", "stale", &version), 5);
+    assert_int_equal(version, 6);
+    node_close(&a);
+    node_close(&b);
+    json_decref(zero);
+}
+
+static void
+test_mongo_store__a_cache_entry_at_the_version_of_another_body_writes_nothing_over_it(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *stored = json_pack("{s:i}", "n", 0);
+    syncd_doc_t planted = make_doc("known", "other", 1, NULL);
+    syncd_change_t *change = NULL;
+    int64_t version = 0;
+    size_t len = 0;
+    char *canon;
+    node_t a, b;
+
+    node_open(&a, f, "node-a", TIMEOUT_MS);
+    node_open(&b, f, "node-b", TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(b.store, &change, "known", "other", stored, NULL),
+        0);
+    syncd_change_free(change);
+    /* Node a holds version 1 of an earlier life of the record (purged and
+     * created again since): the same version, another body. */
+    planted.body = json_pack("{s:i}", "n", 100);
+    planted.deleted = 0;
+    canon = syncd_json_canonical(planted.body, &len);
+    syncd_sha256_hex(planted.hash, canon, len);
+    free(canon);
+    assert_int_equal(syncd_store_cache_put(a.store, &planted, NULL), 1);
+    assert_int_equal(syncd_store_edit(a.store, &change, "known", "other",
+                                      add_one, NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(change->doc->version, 2);
+    assert_int_equal(
+        json_integer_value(json_object_get(change->doc->body, "n")), 1);
+    syncd_change_free(change);
+    assert_int_equal(stored_n(&b, "known", "other", &version), 1);
+    assert_int_equal(version, 2);
+    json_decref(planted.body);
+    node_close(&a);
+    node_close(&b);
+    json_decref(stored);
+}
+
+/* Returns 1 when the markers of ob (borrowed) are of versions from..to. */
+static int markers_are(const json_t *ob, int64_t from, int64_t to)
+{
+    if ((int64_t)json_array_size(ob) != to - from + 1)
+        return 0;
+    for (int64_t v = from; v <= to; v++) {
+        if (json_integer_value(json_object_get(
+                json_array_get(ob, (size_t)(v - from)), "v")) != v)
+            return 0;
+    }
+    return 1;
+}
+
+static void
+test_mongo_store__a_write_from_the_cache_carries_markers_and_keys_forward(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *v1 = json_pack("{s:i}", "n", 0);
+    json_t *v2 = json_pack("{s:i}", "n", 10);
+    syncd_write_options_t wo;
+    syncd_change_t *change = NULL;
+    syncd_doc_t *got = NULL;
+    node_t a;
+
+    node_open_with(&a, f, "node-a", TIMEOUT_MS, 1);
+    syncd_write_options_init(&wo);
+    wo.idempotency_key = "key-1";
+    assert_int_equal(
+        syncd_store_create_ex(a.store, &change, "known", "meta", v1, &wo, NULL),
+        0);
+    syncd_change_free(change);
+    wo.idempotency_key = "key-2";
+    assert_int_equal(
+        syncd_store_put_ex(a.store, &change, "known", "meta", v2, &wo, NULL),
+        0);
+    assert_int_equal(change->doc->version, 2);
+    assert_true(markers_are(change->pending, 1, 1));
+    syncd_change_free(change);
+    assert_int_equal(syncd_store_edit(a.store, &change, "known", "meta",
+                                      add_one, NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(change->doc->version, 3);
+    assert_true(markers_are(change->pending, 1, 2));
+    syncd_change_free(change);
+
+    /* Both keys still replay their writes, on the record at version 3. */
+    assert_int_equal(
+        syncd_store_put_ex(a.store, &change, "known", "meta", v2, &wo, NULL),
+        0);
+    assert_int_equal(change->op, SYNCD_CHANGE_NONE);
+    assert_true(change->replayed);
+    assert_int_equal(change->replayed_version, 2);
+    syncd_change_free(change);
+    wo.idempotency_key = "key-1";
+    assert_int_equal(
+        syncd_store_create_ex(a.store, &change, "known", "meta", v1, &wo, NULL),
+        0);
+    assert_true(change->replayed);
+    assert_int_equal(change->replayed_version, 1);
+    syncd_change_free(change);
+
+    /* Acked markers stay gone; the next write reports only what is left. */
+    assert_int_equal(syncd_store_outbox_ack(a.store, "known", "meta", 2, NULL),
+                     0);
+    assert_int_equal(syncd_store_edit(a.store, &change, "known", "meta",
+                                      add_one, NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_true(markers_are(change->pending, 3, 3));
+    syncd_change_free(change);
+    assert_int_equal(syncd_store_refetch(a.store, &got, "known", "meta", NULL),
+                     0);
+    assert_int_equal(got->version, 4);
+    assert_int_equal(json_integer_value(json_object_get(got->body, "n")), 12);
+    assert_true(markers_are(got->outbox, 3, 4));
+    assert_int_equal(json_array_size(got->ikeys), 2);
+    syncd_doc_free(got);
+    node_close(&a);
+    json_decref(v1);
+    json_decref(v2);
+}
+
+static void
+test_mongo_store__a_full_outbox_refuses_a_write_from_the_cache_with_EBACKEND(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *zero = json_pack("{s:i}", "n", 0);
+    syncd_change_t *change = NULL;
+    syncd_error_t err;
+    int64_t version = 0;
+    node_t a;
+
+    syncd_error_clear(&err);
+    node_open_with(&a, f, "node-a", TIMEOUT_MS, 1);
+    assert_int_equal(
+        syncd_store_create(a.store, &change, "known", "full", zero, NULL), 0);
+    syncd_change_free(change);
+    for (int i = 1; i < SYNCD_MAX_OUTBOX_MARKERS; i++) {
+        assert_int_equal(syncd_store_edit(a.store, &change, "known", "full",
+                                          add_one, NULL, SYNCD_ANY_VERSION,
+                                          NULL),
+                         0);
+        syncd_change_free(change);
+    }
+    assert_int_equal(syncd_store_edit(a.store, &change, "known", "full",
+                                      add_one, NULL, SYNCD_ANY_VERSION, &err),
+                     SYNCD_EBACKEND);
+    assert_null(change);
+    assert_int_equal(stored_n(&a, "known", "full", &version),
+                     SYNCD_MAX_OUTBOX_MARKERS - 1);
+    assert_int_equal(version, SYNCD_MAX_OUTBOX_MARKERS);
+    /* Once the publisher caught up, writes go on. */
+    assert_int_equal(syncd_store_outbox_ack(a.store, "known", "full",
+                                            SYNCD_MAX_OUTBOX_MARKERS, NULL),
+                     0);
+    assert_int_equal(syncd_store_edit(a.store, &change, "known", "full",
+                                      add_one, NULL, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(change->doc->version, SYNCD_MAX_OUTBOX_MARKERS + 1);
+    syncd_change_free(change);
+    node_close(&a);
     json_decref(zero);
 }
 
@@ -1523,6 +1756,14 @@ int main(void)
             test_mongo_cas__concurrent_inserts_of_an_id_have_one_winner),
         cmocka_unit_test(
             test_mongo_cas__runs_under_claims_only_where_a_filtered_update_is_not_atomic),
+        cmocka_unit_test(
+            test_mongo_store__an_edit_from_a_stale_cache_entry_loses_no_update),
+        cmocka_unit_test(
+            test_mongo_store__a_cache_entry_at_the_version_of_another_body_writes_nothing_over_it),
+        cmocka_unit_test(
+            test_mongo_store__a_write_from_the_cache_carries_markers_and_keys_forward),
+        cmocka_unit_test(
+            test_mongo_store__a_full_outbox_refuses_a_write_from_the_cache_with_EBACKEND),
         cmocka_unit_test(
             test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write),
         cmocka_unit_test(
