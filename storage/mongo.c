@@ -1152,9 +1152,9 @@ static int holder_alive(mongo_backend_t *m, call_t *c, claim_watch_t *w,
     owner_proc(proc, sizeof(proc), w->holder);
     if (!proc[0])
         return 0;
-    sent = mono_ms();
     if (liveness_hook)
         liveness_hook(SYNCD_MONGO_HOOK_READ, liveness_hook_data);
+    sent = mono_ms();
     rc = read_beats(m, c, proc, &beats, coll, id, err);
     if (rc < 0)
         return rc;

@@ -877,9 +877,10 @@ test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead(
 
 /* Holds a backend's liveness back on the cue of a writer kept out by a
  * claim: its first read of the holder's record stops the bumps (once none
- * is on its way), its second is held past HOLDER_DEAD_MS as if slow to
- * reach the server, then the bumps go on. So that writer sees the record
- * stand still for longer than a dead holder is given, as under heavy load. */
+ * is on its way) until freeze_thaw, and its second comes HOLDER_DEAD_MS
+ * later, as if the calls before it were slow. So that writer sees the
+ * record stand still for longer than a dead holder is given, after it
+ * proved its own liveness, as under heavy load. */
 typedef struct freeze {
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -907,9 +908,15 @@ static void freeze_hook(int site, void *data)
         pthread_mutex_unlock(&z->lock);
         sleep_ms(HOLDER_DEAD_MS + 200);
         pthread_mutex_lock(&z->lock);
-        z->frozen = 0;
-        pthread_cond_broadcast(&z->cond);
     }
+    pthread_mutex_unlock(&z->lock);
+}
+
+static void freeze_thaw(freeze_t *z)
+{
+    pthread_mutex_lock(&z->lock);
+    z->frozen = 0;
+    pthread_cond_broadcast(&z->cond);
     pthread_mutex_unlock(&z->lock);
 }
 
@@ -957,7 +964,9 @@ test_mongo_claims__a_writer_never_takes_over_a_claim_its_own_process_writes_unde
      * stand still past HOLDER_DEAD_MS: it must wait for the holder, never
      * take its claim over and write version 2 under it. */
     assert_int_equal(pthread_create(&tw, NULL, run_call, &waiter), 0);
-    sleep_ms(HOLDER_DEAD_MS + 1500);
+    sleep_ms(HOLDER_DEAD_MS + 1000);
+    freeze_thaw(&z);
+    sleep_ms(1500);
     stall_release(&s);
     pthread_join(th, NULL);
     pthread_join(tw, NULL);
