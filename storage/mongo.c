@@ -80,32 +80,66 @@
  * lease, each backend in FerretDB mode keeps a liveness record
  * {_id: <holder name>, n: counter, t: wall time} in "_syncd_procs": it is
  * written at open (before any claim of the backend), bumped every 250 ms
- * by a thread of the backend and deleted at close. A writer kept out
- * reads the record of the claim's holder at each pause: when it is absent,
- * or when its counter has stood still for a second of the writer's own
- * monotonic clock (from a read that returned it to a later read, sent a
- * second after, that returned it again: no bump landed in between), the
- * holder is dead and the writer takes the claim over at once. Only a
- * counter is compared, never one node's clock with another's. A live
- * holder's counter moves, and a holder that is alive but stuck is left to
- * the lease as before. The holder fences itself to match: it sends its
- * replace only while its liveness is proved, that is within half a second
- * of sending a bump that was acknowledged within a second of sending the
- * bump acknowledged before it (so no writer saw its counter stand still
- * for a second up to that bump's landing): a writer that decides it dead
- * does so at least half a second after any replace it sent. A holder
- * whose bumps fail or lag (the server is slow, the process was stopped)
- * thus neither claims nor writes until a bump lands on time again. What is left
- * is what the lease leaves: a replace sent in time that takes longer than half
- * a second to reach the server can meet the taker's replace of the same version
- * there, and the
- * {_id, v: expected} filter rejects the later one except inside FerretDB,
- * between its query and its update by _id. A record can also be missing
- * while its holder lives, with the same window: when a writer of an older
- * syncd without records holds the claim, or for the 250 ms until the next
- * bump writes it again after purge dropped it. Purge drops the records
- * whose `t` is ten leases old by the purging node's clock: housekeeping,
- * where only a clock that many leases behind gets a live record dropped.
+ * by a thread of the backend and deleted at close. A writer kept out by
+ * another process's claim reads the record of the claim's holder at each
+ * pause: when it is absent, or when its counter has stood still for
+ * DEAD_MS (2 s) of the writer's own monotonic clock (from a read that
+ * returned it to a later read, sent DEAD_MS after, that returned it again:
+ * no bump landed in between), the holder is dead and the writer takes the
+ * claim over at once. Only a counter is compared, never one node's clock
+ * with another's. A live holder's counter moves, and a holder that is
+ * alive but stuck is left to the lease as before. The holder fences itself
+ * to match: it sends its replace only while its liveness is proved, that
+ * is within FENCE_MS (0.5 s) of sending a bump that was acknowledged
+ * within DEAD_MS of sending the bump acknowledged before it (so no writer
+ * saw its counter stand still for DEAD_MS up to that bump's landing): a
+ * writer that decides it dead does so at least DEAD_MS - FENCE_MS (1.5 s)
+ * after any replace it sent. A holder whose bumps fail or lag (the server
+ * is slow, the process was stopped) thus neither claims nor writes until a
+ * bump lands on time again.
+ *
+ * A claim of the backend itself (the same holder name) is never judged by
+ * that record: a backend keeps the owner tokens of the claims it holds
+ * (registered before the claim is sent, released when its holder is done
+ * with it), so its writers wait while the holder is at work, however its
+ * own liveness thread lags under load, and take over after the lease only
+ * a claim left behind (a replace that failed and may still land). (Before,
+ * a writer of a loaded process could find its own record standing still
+ * while its liveness thread lagged, take over the claim of a holder of its
+ * own process whose replace was on its way, and both were acknowledged at
+ * the same version: the linz checker's found-ferretdb-two-v38 history.)
+ *
+ * A holder reports success only when it still finds its claim to drop
+ * after its replace (the delete filtered on its owner deletes one): else a
+ * writer took it over, its replace of the same version may have met this
+ * one inside the server, and the holder answers SYNCD_EBACKEND (outcome
+ * unknown). Since the taker drops the claim before it reads the version,
+ * and reads it before its replace, a holder that finds its claim had its
+ * replace done before the taker read the version: the taker then sees it
+ * moved and writes nothing.
+ *
+ * What is left, and not closed: the taker's own acknowledged replace can
+ * be overwritten by a replace of the old holder that was sent in time but
+ * reaches FerretDB more than DEAD_MS - FENCE_MS = 1.5 s later (held in the
+ * network or a proxy, or queued in a loaded FerretDB), when FerretDB runs
+ * that replace's query before the taker's update and its update by _id
+ * after it (the {_id, v: expected} filter rejects it otherwise). The old
+ * holder then answers unknown, but the taker has answered success. With
+ * the holder alive but stalled, the taker waits a lease instead, and the
+ * old replace must arrive more than half a lease late. Neither the
+ * driver's socket timeout (it closes the connection of a replace not
+ * answered in time, but a command FerretDB has read runs to its end, and
+ * bytes a proxy or the kernel holds may still be delivered after the
+ * close) nor any wait of the taker bounds that delay; only a commit point
+ * FerretDB makes atomic would close it: e.g. each version's record
+ * inserted under the unique _id "<id>@<version>" as its intent (one writer
+ * wins a version), the document rolled forward from the newest intent by
+ * whoever reads or writes it next. A record can also be missing while its
+ * holder lives, with the same window: when a writer of an older syncd
+ * without records holds the claim, or for the 250 ms until the next bump
+ * writes it again after purge dropped it. Purge drops the records whose
+ * `t` is ten leases old by the purging node's clock: housekeeping, where
+ * only a clock that many leases behind gets a live record dropped.
  */
 #include <errno.h>
 #include <math.h>
