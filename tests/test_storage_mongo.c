@@ -994,6 +994,122 @@ test_mongo_claims__a_writer_never_takes_over_a_claim_its_own_process_writes_unde
     json_decref(theirs);
 }
 
+/* Pauses each of the first two writers that reach it, between its claim
+ * and its replace, until the test releases that one. */
+typedef struct pair_stall {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int arrived;     /* writers paused so far, at most 2 */
+    int released[2]; /* by order of arrival */
+} pair_stall_t;
+
+static void pair_stall_hook(const char *coll, const char *id, int64_t expected,
+                            void *data)
+{
+    pair_stall_t *s = data;
+
+    (void)coll;
+    (void)id;
+    (void)expected;
+    pthread_mutex_lock(&s->lock);
+    if (s->arrived < 2) {
+        int me = s->arrived++;
+
+        pthread_cond_broadcast(&s->cond);
+        while (!s->released[me])
+            pthread_cond_wait(&s->cond, &s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void pair_stall_wait(pair_stall_t *s, int arrived)
+{
+    pthread_mutex_lock(&s->lock);
+    while (s->arrived < arrived)
+        pthread_cond_wait(&s->cond, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void pair_stall_release(pair_stall_t *s, int which)
+{
+    pthread_mutex_lock(&s->lock);
+    s->released[which] = 1;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void
+test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *zero = NULL;
+    json_t *mine = NULL;
+    json_t *theirs = NULL;
+    call_t holder = {
+        .coll = "claims", .id = "taken", .if_match = SYNCD_ANY_VERSION};
+    call_t taker = {
+        .coll = "claims", .id = "taken", .if_match = SYNCD_ANY_VERSION};
+    pair_stall_t s = {.arrived = 0};
+    syncd_change_t *change = NULL;
+    syncd_doc_t *got = NULL;
+    pthread_t th, tt;
+    node_t a, b;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* claims are FerretDB's; MongoDB needs none */
+    zero = json_pack("{s:i}", "n", 0);
+    mine = json_pack("{s:s}", "who", "holder");
+    theirs = json_pack("{s:s}", "who", "taker");
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_cond_init(&s.cond, NULL);
+    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
+    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(a.store, &change, "claims", "taken", zero, NULL), 0);
+    syncd_change_free(change);
+    syncd_backend_mongo_set_claim_hook(pair_stall_hook, &s);
+    holder.store = a.store;
+    holder.body = mine;
+    taker.store = b.store;
+    taker.body = theirs;
+    assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
+    pair_stall_wait(&s, 1);
+
+    /* Node b takes the claim over once its lease is out and is about to
+     * replace version 1, while the holder's replace of version 1, sent in
+     * time, is still on its way: they may meet inside FerretDB, so the
+     * holder, whose claim is gone, must not answer success. */
+    assert_int_equal(pthread_create(&tt, NULL, run_call, &taker), 0);
+    pair_stall_wait(&s, 2);
+    pair_stall_release(&s, 0);
+    pthread_join(th, NULL);
+    assert_int_equal(holder.rc, SYNCD_EBACKEND);
+    assert_null(holder.change);
+
+    /* Here the holder's replace landed first, so the taker's, fenced on
+     * version 1, conflicts and its edit loop writes version 3. */
+    pair_stall_release(&s, 1);
+    pthread_join(tt, NULL);
+    assert_int_equal(taker.rc, 0);
+    assert_int_equal(taker.change->base, 2);
+    assert_int_equal(taker.change->doc->version, 3);
+    syncd_change_free(taker.change);
+    assert_int_equal(
+        syncd_store_refetch(b.store, &got, "claims", "taken", NULL), 0);
+    assert_int_equal(got->version, 3);
+    assert_json_exact(got->body, theirs);
+    syncd_doc_free(got);
+    syncd_backend_mongo_set_claim_hook(NULL, NULL);
+    node_close(&a);
+    node_close(&b);
+    pthread_cond_destroy(&s.cond);
+    pthread_mutex_destroy(&s.lock);
+    json_decref(zero);
+    json_decref(mine);
+    json_decref(theirs);
+}
+
 static void test_mongo_purge__drops_claims_older_than_the_lease(void **state)
 {
     fixture_t *f = *state;
@@ -1654,6 +1770,8 @@ int main(void)
             test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead),
         cmocka_unit_test(
             test_mongo_claims__a_writer_never_takes_over_a_claim_its_own_process_writes_under),
+        cmocka_unit_test(
+            test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success),
         cmocka_unit_test(test_mongo_purge__drops_claims_older_than_the_lease),
         cmocka_unit_test(
             test_mongo_purge__drops_liveness_records_of_long_gone_processes),
