@@ -1084,13 +1084,14 @@ test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success(
     pair_stall_wait(&s, 2);
     pair_stall_release(&s, 0);
     pthread_join(th, NULL);
+    pair_stall_release(&s, 1);
+    pthread_join(tt, NULL);
+    syncd_backend_mongo_set_claim_hook(NULL, NULL);
     assert_int_equal(holder.rc, SYNCD_EBACKEND);
     assert_null(holder.change);
 
     /* Here the holder's replace landed first, so the taker's, fenced on
      * version 1, conflicts and its edit loop writes version 3. */
-    pair_stall_release(&s, 1);
-    pthread_join(tt, NULL);
     assert_int_equal(taker.rc, 0);
     assert_int_equal(taker.change->base, 2);
     assert_int_equal(taker.change->doc->version, 3);
@@ -1100,7 +1101,6 @@ test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success(
     assert_int_equal(got->version, 3);
     assert_json_exact(got->body, theirs);
     syncd_doc_free(got);
-    syncd_backend_mongo_set_claim_hook(NULL, NULL);
     node_close(&a);
     node_close(&b);
     pthread_cond_destroy(&s.cond);
