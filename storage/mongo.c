@@ -1260,7 +1260,8 @@ static int await_claim(mongo_backend_t *m, call_t *c,
  * only when its claim was still there to drop: else another writer took
  * the claim over, its replace of the same version may have met this one
  * inside the server, and the outcome is reported unknown
- * (SYNCD_EBACKEND), never success. Returns rc otherwise. */
+ * (SYNCD_EBACKEND), never success; so is it when the drop fails. Returns
+ * rc otherwise. */
 static int drop_own(mongoc_collection_t *claims, const char *key,
                     const char *owner, int rc, int lapsed, const char *coll,
                     const char *id, int64_t expected, syncd_error_t *err)
