@@ -162,6 +162,18 @@ typedef void (*syncd_mongo_claim_hook_fn)(const char *coll, const char *id,
 void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
                                         void *data);
 
+/* Test hook of the FerretDB holder liveness: fn(site, data) runs with
+ * SYNCD_MONGO_HOOK_BUMP in a backend's liveness thread once a bump's send
+ * time is taken, right before the bump is sent (as if it were slow to
+ * reach the server), and with SYNCD_MONGO_HOOK_READ in a writer kept out
+ * by a claim right before it times and sends its read of the holder's
+ * record (as if the calls before that read were slow). fn NULL removes
+ * it. Set it while no backend is open. */
+enum { SYNCD_MONGO_HOOK_BUMP, SYNCD_MONGO_HOOK_READ };
+typedef void (*syncd_mongo_liveness_hook_fn)(int site, void *data);
+void syncd_backend_mongo_set_liveness_hook(syncd_mongo_liveness_hook_fn fn,
+                                           void *data);
+
 /* ---- Node cache ---------------------------------------------------------- */
 
 typedef struct syncd_cache syncd_cache_t;

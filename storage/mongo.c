@@ -89,32 +89,66 @@
  * lease, each backend in FerretDB mode keeps a liveness record
  * {_id: <holder name>, n: counter, t: wall time} in "_syncd_procs": it is
  * written at open (before any claim of the backend), bumped every 250 ms
- * by a thread of the backend and deleted at close. A writer kept out
- * reads the record of the claim's holder at each pause: when it is absent,
- * or when its counter has stood still for a second of the writer's own
- * monotonic clock (from a read that returned it to a later read, sent a
- * second after, that returned it again: no bump landed in between), the
- * holder is dead and the writer takes the claim over at once. Only a
- * counter is compared, never one node's clock with another's. A live
- * holder's counter moves, and a holder that is alive but stuck is left to
- * the lease as before. The holder fences itself to match: it sends its
- * replace only while its liveness is proved, that is within half a second
- * of sending a bump that was acknowledged within a second of sending the
- * bump acknowledged before it (so no writer saw its counter stand still
- * for a second up to that bump's landing): a writer that decides it dead
- * does so at least half a second after any replace it sent. A holder
- * whose bumps fail or lag (the server is slow, the process was stopped)
- * thus neither claims nor writes until a bump lands on time again. What is left
- * is what the lease leaves: a replace sent in time that takes longer than half
- * a second to reach the server can meet the taker's replace of the same version
- * there, and the
- * {_id, v: expected} filter rejects the later one except inside FerretDB,
- * between its query and its update by _id. A record can also be missing
- * while its holder lives, with the same window: when a writer of an older
- * syncd without records holds the claim, or for the 250 ms until the next
- * bump writes it again after purge dropped it. Purge drops the records
- * whose `t` is ten leases old by the purging node's clock: housekeeping,
- * where only a clock that many leases behind gets a live record dropped.
+ * by a thread of the backend and deleted at close. A writer kept out by
+ * another process's claim reads the record of the claim's holder at each
+ * pause: when it is absent, or when its counter has stood still for
+ * DEAD_MS (2 s) of the writer's own monotonic clock (from a read that
+ * returned it to a later read, sent DEAD_MS after, that returned it again:
+ * no bump landed in between), the holder is dead and the writer takes the
+ * claim over at once. Only a counter is compared, never one node's clock
+ * with another's. A live holder's counter moves, and a holder that is
+ * alive but stuck is left to the lease as before. The holder fences itself
+ * to match: it sends its replace only while its liveness is proved, that
+ * is within FENCE_MS (0.5 s) of sending a bump that was acknowledged
+ * within DEAD_MS of sending the bump acknowledged before it (so no writer
+ * saw its counter stand still for DEAD_MS up to that bump's landing): a
+ * writer that decides it dead does so at least DEAD_MS - FENCE_MS (1.5 s)
+ * after any replace it sent. A holder whose bumps fail or lag (the server
+ * is slow, the process was stopped) thus neither claims nor writes until a
+ * bump lands on time again.
+ *
+ * A claim of the backend itself (the same holder name) is never judged by
+ * that record: a backend keeps the owner tokens of the claims it holds
+ * (registered before the claim is sent, released when its holder is done
+ * with it), so its writers wait while the holder is at work, however its
+ * own liveness thread lags under load, and take over after the lease only
+ * a claim left behind (a replace that failed and may still land). (Before,
+ * a writer of a loaded process could find its own record standing still
+ * while its liveness thread lagged, take over the claim of a holder of its
+ * own process whose replace was on its way, and both were acknowledged at
+ * the same version: the linz checker's found-ferretdb-two-v38 history.)
+ *
+ * A holder reports success only when it still finds its claim to drop
+ * after its replace (the delete filtered on its owner deletes one): else a
+ * writer took it over, its replace of the same version may have met this
+ * one inside the server, and the holder answers SYNCD_EBACKEND (outcome
+ * unknown). Since the taker drops the claim before it reads the version,
+ * and reads it before its replace, a holder that finds its claim had its
+ * replace done before the taker read the version: the taker then sees it
+ * moved and writes nothing.
+ *
+ * What is left, and not closed: the taker's own acknowledged replace can
+ * be overwritten by a replace of the old holder that was sent in time but
+ * reaches FerretDB more than DEAD_MS - FENCE_MS = 1.5 s later (held in the
+ * network or a proxy, or queued in a loaded FerretDB), when FerretDB runs
+ * that replace's query before the taker's update and its update by _id
+ * after it (the {_id, v: expected} filter rejects it otherwise). The old
+ * holder then answers unknown, but the taker has answered success. With
+ * the holder alive but stalled, the taker waits a lease instead, and the
+ * old replace must arrive more than half a lease late. Neither the
+ * driver's socket timeout (it closes the connection of a replace not
+ * answered in time, but a command FerretDB has read runs to its end, and
+ * bytes a proxy or the kernel holds may still be delivered after the
+ * close) nor any wait of the taker bounds that delay; only a commit point
+ * FerretDB makes atomic would close it: e.g. each version's record
+ * inserted under the unique _id "<id>@<version>" as its intent (one writer
+ * wins a version), the document rolled forward from the newest intent by
+ * whoever reads or writes it next. A record can also be missing while its
+ * holder lives, with the same window: when a writer of an older syncd
+ * without records holds the claim, or for the 250 ms until the next bump
+ * writes it again after purge dropped it. Purge drops the records whose
+ * `t` is ten leases old by the purging node's clock: housekeeping, where
+ * only a clock that many leases behind gets a live record dropped.
  */
 #include <errno.h>
 #include <math.h>
@@ -140,7 +174,8 @@
 #define NO_OWNER "-"          /* the owner of a claim that names none */
 #define PROCS "_syncd_procs"  /* liveness records of the claim holders */
 #define BEAT_MS 250           /* how often a backend bumps its record */
-#define DEAD_MS 1000 /* a record that stood still this long: holder dead */
+#define DEAD_MS 2000 /* a record that stood still this long: holder dead */
+#define FENCE_MS 500 /* a holder writes only this soon after a proved bump */
 #define PROC_PURGE_LEASES 10 /* purge drops records this many leases old */
 #define KEY_STACK 256
 
@@ -160,6 +195,8 @@ typedef struct mongo_backend {
     pthread_mutex_t beat_lock;
     pthread_cond_t beat_cond;
     int64_t beat_ok; /* monotonic ms when the last acknowledged bump was sent */
+    pthread_mutex_t held_lock;
+    json_t *held; /* owner tokens of the claims m holds now: token -> true */
 } mongo_backend_t;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -173,6 +210,8 @@ static unsigned backend_seq;
 
 static syncd_mongo_claim_hook_fn claim_hook;
 static void *claim_hook_data;
+static syncd_mongo_liveness_hook_fn liveness_hook;
+static void *liveness_hook_data;
 
 static void init_driver(void)
 {
@@ -218,6 +257,13 @@ void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
 {
     claim_hook = fn;
     claim_hook_data = data;
+}
+
+void syncd_backend_mongo_set_liveness_hook(syncd_mongo_liveness_hook_fn fn,
+                                           void *data)
+{
+    liveness_hook = fn;
+    liveness_hook_data = data;
 }
 
 static int driver_error(syncd_error_t *err, const bson_error_t *e,
@@ -826,37 +872,74 @@ static void claim_owner(char *buf, size_t size, const char *proc)
 }
 
 /* Deletes the claim key of coll/id when its owner is owner (any owner when
- * owner is NULL). */
+ * owner is NULL); *dropped (when not NULL) is whether it deleted one. */
 static int drop_claim(mongoc_collection_t *claims, const char *key,
-                      const char *owner, const char *coll, const char *id,
-                      syncd_error_t *err)
+                      const char *owner, int *dropped, const char *coll,
+                      const char *id, syncd_error_t *err)
 {
     bson_t *filter =
         owner ? BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner))
               : BCON_NEW("_id", BCON_UTF8(key));
+    bson_t reply;
     bson_error_t e;
     int rc = 0;
 
-    if (!mongoc_collection_delete_one(claims, filter, NULL, NULL, &e))
+    if (mongoc_collection_delete_one(claims, filter, NULL, &reply, &e)) {
+        if (dropped)
+            *dropped = field_int64(&reply, "deletedCount") > 0;
+    } else {
         rc = driver_error(err, &e, "delete claim", coll, id);
+    }
+    bson_destroy(&reply);
     bson_destroy(filter);
     return rc;
 }
 
-/* Inserts the claim key for owner; *taken is 0 when another owner holds
- * it. */
-static int take_claim(mongoc_collection_t *claims, const char *key,
-                      const char *owner, int *taken, const char *coll,
-                      const char *id, syncd_error_t *err)
+/* Whether owner is the token of a claim m holds now (see take_claim). */
+static int holds(mongo_backend_t *m, const char *owner)
 {
-    bson_t *claim = BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner), "t",
-                             BCON_DATE_TIME(wall_ms()));
-    bson_error_t e;
-    int rc = 0;
+    int in;
 
+    pthread_mutex_lock(&m->held_lock);
+    in = json_object_get(m->held, owner) != NULL;
+    pthread_mutex_unlock(&m->held_lock);
+    return in;
+}
+
+/* Forgets owner as a claim m holds: its holder has finished with it (or
+ * has given it up to the lease, when its replace may still land). */
+static void release(mongo_backend_t *m, const char *owner)
+{
+    pthread_mutex_lock(&m->held_lock);
+    json_object_del(m->held, owner);
+    pthread_mutex_unlock(&m->held_lock);
+}
+
+/* Inserts the claim key for owner; *taken is 0 when another owner holds
+ * it. A claim taken is registered in m as held (before the insert, so that
+ * no writer of m ever sees it unregistered while its holder is at work)
+ * until its holder calls release. */
+static int take_claim(mongo_backend_t *m, mongoc_collection_t *claims,
+                      const char *key, const char *owner, int *taken,
+                      const char *coll, const char *id, syncd_error_t *err)
+{
+    bson_t *claim = NULL;
+    bson_error_t e;
+    int rc;
+
+    *taken = 0;
+    pthread_mutex_lock(&m->held_lock);
+    rc = json_object_set_new(m->held, owner, json_true());
+    pthread_mutex_unlock(&m->held_lock);
+    if (rc != 0)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    claim = BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner), "t",
+                     BCON_DATE_TIME(wall_ms()));
     *taken = mongoc_collection_insert_one(claims, claim, NULL, NULL, &e);
     if (!*taken && e.code != DUPLICATE_KEY)
         rc = driver_error(err, &e, "claim", coll, id);
+    if (!*taken)
+        release(m, owner);
     bson_destroy(claim);
     return rc;
 }
@@ -901,6 +984,8 @@ static int beat_once(mongo_backend_t *m, mongoc_collection_t *procs,
     bson_error_t e;
     int rc = 0;
 
+    if (liveness_hook)
+        liveness_hook(SYNCD_MONGO_HOOK_BUMP, liveness_hook_data);
     if (mongoc_collection_update_one(procs, filter, update, opts, NULL, &e)) {
         int fresh = *prev == 0 || mono_ms() - *prev < DEAD_MS;
 
@@ -1006,14 +1091,14 @@ static void beat_stop(mongo_backend_t *m)
 }
 
 /* Whether m may still send a replace under a claim: its last bump that
- * proved it alive (see beat_once) was sent within DEAD_MS / 2, so a
- * waiter that takes its claims over as dead does so at least DEAD_MS / 2
- * after this moment. */
+ * proved it alive (see beat_once) was sent within FENCE_MS, so a waiter
+ * of another process that takes its claims over as dead does so at least
+ * DEAD_MS - FENCE_MS after this moment. */
 static int beat_fresh(mongo_backend_t *m)
 {
     int64_t ok = __atomic_load_n(&m->beat_ok, __ATOMIC_ACQUIRE);
 
-    return ok > 0 && mono_ms() - ok <= DEAD_MS / 2;
+    return ok > 0 && mono_ms() - ok <= FENCE_MS;
 }
 
 /* Copies the holder name in a claim owner token (what precedes its last
@@ -1111,6 +1196,8 @@ static int holder_alive(mongo_backend_t *m, call_t *c, claim_watch_t *w,
     owner_proc(proc, sizeof(proc), w->holder);
     if (!proc[0])
         return 0;
+    if (liveness_hook)
+        liveness_hook(SYNCD_MONGO_HOOK_READ, liveness_hook_data);
     sent = mono_ms();
     rc = read_beats(m, c, proc, &beats, coll, id, err);
     if (rc < 0)
@@ -1131,16 +1218,21 @@ static int holder_alive(mongo_backend_t *m, call_t *c, claim_watch_t *w,
  * its holder is dead by its liveness record or its owner has held it a
  * whole lease (stalled past its lease: it writes nothing after half of
  * it) and returns 0 at once, or returns 0 after a pause (exponential,
- * jittered) for the caller to try again. */
+ * jittered) for the caller to try again. A claim of m itself is never
+ * judged by m's liveness record: while its holder is at work (m holds
+ * it) it is waited for, and one left behind is taken over after the
+ * lease. */
 static int await_claim(mongo_backend_t *m, call_t *c,
                        mongoc_collection_t *claims, const char *key,
                        claim_watch_t *w, const char *coll, const char *id,
                        int64_t expected, syncd_error_t *err)
 {
     char holder[sizeof(w->holder)];
+    char proc[sizeof(w->holder)];
     int64_t version = 0;
     int64_t now;
     int alive = 1;
+    int own;
     int rc = read_version(c->coll, id, &version, coll, err);
 
     if (rc < 0)
@@ -1156,17 +1248,48 @@ static int await_claim(mongo_backend_t *m, call_t *c,
         w->since = now;
         w->beats = -1;
         w->moved = now;
-    } else if (now - w->since > m->lease_ms) {
+    } else if (now - w->since > m->lease_ms && !holds(m, holder)) {
         alive = 0;
     }
-    if (alive && (rc = holder_alive(m, c, w, &alive, coll, id, err)) < 0)
+    owner_proc(proc, sizeof(proc), holder);
+    own = strcmp(proc, m->proc) == 0;
+    if (alive && !own &&
+        (rc = holder_alive(m, c, w, &alive, coll, id, err)) < 0)
         return rc;
     if (!alive)
         return drop_claim(claims, key, strcmp(holder, NO_OWNER) ? holder : NULL,
-                          coll, id, err);
+                          NULL, coll, id, err);
     sleep_ms(w->pause / 2 + random() % (w->pause / 2 + 1));
     if (w->pause < CLAIM_POLL_MAX_MS)
         w->pause *= 2;
+    return 0;
+}
+
+/* Drops the claim key that owner took, after its holder's replace_claimed
+ * returned rc (lapsed: it sent nothing). A replace that committed counts
+ * only when its claim was still there to drop: else another writer took
+ * the claim over, its replace of the same version may have met this one
+ * inside the server, and the outcome is reported unknown
+ * (SYNCD_EBACKEND), never success; so is it when the drop fails. Returns
+ * rc otherwise. */
+static int drop_own(mongoc_collection_t *claims, const char *key,
+                    const char *owner, int rc, int lapsed, const char *coll,
+                    const char *id, int64_t expected, syncd_error_t *err)
+{
+    int dropped = 0;
+    int dr = drop_claim(claims, key, owner, &dropped, coll, id,
+                        rc == 0 && !lapsed ? err : NULL);
+
+    if (rc < 0 || lapsed)
+        return rc;
+    if (dr < 0)
+        return dr;
+    if (!dropped)
+        return syncd_error_set(err, SYNCD_EBACKEND,
+                               "%s/%s: the claim on version %lld was taken "
+                               "over while its replace was in flight: "
+                               "outcome unknown",
+                               coll, id, (long long)expected);
     return 0;
 }
 
@@ -1208,7 +1331,7 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
                 sleep_ms(BEAT_MS / 5);
         } else {
             claim_owner(owner, sizeof(owner), m->proc);
-            rc = take_claim(claims, key, owner, &taken, coll, id, err);
+            rc = take_claim(m, claims, key, owner, &taken, coll, id, err);
             tried = 1;
         }
         if (rc == 0 && taken) {
@@ -1216,10 +1339,11 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
                                  &lapsed, &unknown, err);
             /* A replace that may still land keeps the others out for the
              * lease. A claim left behind is on a version that moved on, or
-             * is taken over after its lease or its holder's death: an
-             * error dropping it changes nothing. */
+             * is taken over after its lease or its holder's death. */
             if (!unknown)
-                drop_claim(claims, key, owner, coll, id, NULL);
+                rc = drop_own(claims, key, owner, rc, lapsed, coll, id,
+                              expected, err);
+            release(m, owner);
             if (!lapsed)
                 break;
         } else if (rc == 0 && tried) {
@@ -1794,14 +1918,15 @@ static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
     claim_owner(owner, sizeof(owner), m->proc);
     older = BCON_NEW("_id", "{", "$gte", BCON_UTF8(first), "$lt",
                      BCON_UTF8(key), "}");
-    rc = take_claim(claims, key, owner, &taken, coll, id, err);
+    rc = take_claim(m, claims, key, owner, &taken, coll, id, err);
     if (rc < 0 || !taken)
         goto cleanup;
     rc = delete_many(claims, older, &dropped, coll, err);
     if (rc == 0 && beat_fresh(m))
         rc = delete_many(docs, tomb, deleted, coll, err);
-    if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
+    if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
+    release(m, owner);
 
 cleanup:
     bson_destroy(tomb);
@@ -2005,7 +2130,7 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
     claims = mongoc_client_get_collection(c->client, m->db, name);
     claim_key(key, sizeof(key), id, current);
     claim_owner(owner, sizeof(owner), m->proc);
-    rc = take_claim(claims, key, owner, &taken, coll, id, err);
+    rc = take_claim(m, claims, key, owner, &taken, coll, id, err);
     if (rc < 0 || !taken)
         goto cleanup;
     if (!beat_fresh(m))
@@ -2015,8 +2140,9 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
                              coll, id);
     else
         rc = drop_markers(c->coll, coll, id, version, current, err);
-    if (drop_claim(claims, key, owner, coll, id, err) < 0 && rc == 0)
+    if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
+    release(m, owner);
 
 cleanup:
     mongoc_collection_destroy(claims);
@@ -2128,6 +2254,10 @@ static void mongo_close(syncd_backend_t *b)
         json_decref(m->indexed);
         pthread_mutex_destroy(&m->indexed_lock);
     }
+    if (m->held) {
+        json_decref(m->held);
+        pthread_mutex_destroy(&m->held_lock);
+    }
     free(m->db);
     free(m);
 }
@@ -2229,6 +2359,11 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
         goto cleanup;
     }
     pthread_mutex_init(&m->indexed_lock, NULL);
+    if (!(m->held = json_object())) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    pthread_mutex_init(&m->held_lock, NULL);
     m->ops = mongo_ops;
     m->base.ops = &m->ops;
     m->lease_ms = 2 * (int64_t)t < MIN_LEASE_MS ? MIN_LEASE_MS : 2 * (int64_t)t;

@@ -40,6 +40,8 @@
     "00000000deadbeef.1"                 /* a holder with no liveness record   \
                                           */
 #define LIVE_HOLDER "00000000feedface.1" /* one a test keeps alive */
+#define HOLDER_DEAD_MS                                                         \
+    2000 /* a holder's record standing still this long: dead (DEAD_MS) */
 #define WRITES_PER_WRITER 40
 
 typedef struct fixture {
@@ -1075,7 +1077,7 @@ test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead(
 
     /* Its holder's record advances: the strict write waits and takes
      * nothing over, for longer than a dead holder is given. */
-    sleep_ms(2500);
+    sleep_ms(HOLDER_DEAD_MS + 500);
     claim_owner_of(f, "claims", "alive", 1, owner, sizeof(owner));
     assert_string_equal(owner, LIVE_HOLDER "-1");
     assert_int_equal(
@@ -1084,7 +1086,7 @@ test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead(
     syncd_doc_free(got);
 
     /* The holder dies with its claim: its record stands still, and the
-     * strict write takes the claim over after a second of that. */
+     * strict write takes the claim over after HOLDER_DEAD_MS of that. */
     pthread_mutex_lock(&h.lock);
     h.stop = 1;
     pthread_mutex_unlock(&h.lock);
@@ -1092,8 +1094,8 @@ test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead(
     pthread_join(ts, NULL);
     assert_int_equal(strict.rc, 0);
     assert_int_equal(strict.change->doc->version, 2);
-    assert_true(strict.done_at - h.stopped_at >= 800);
-    assert_true(strict.done_at - h.stopped_at < 3000);
+    assert_true(strict.done_at - h.stopped_at >= HOLDER_DEAD_MS - 200);
+    assert_true(strict.done_at - h.stopped_at < HOLDER_DEAD_MS + 3000);
     syncd_change_free(strict.change);
     assert_int_equal(
         syncd_store_refetch(n.store, &got, "claims", "alive", NULL), 0);
@@ -1104,6 +1106,241 @@ test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead(
     pthread_mutex_destroy(&h.lock);
     json_decref(v1);
     json_decref(mine);
+}
+
+/* Holds a backend's liveness back on the cue of a writer kept out by a
+ * claim: its first read of the holder's record stops the bumps (once none
+ * is on its way) until freeze_thaw, and its second comes HOLDER_DEAD_MS
+ * later, as if the calls before it were slow. So that writer sees the
+ * record stand still for longer than a dead holder is given, after it
+ * proved its own liveness, as under heavy load. */
+typedef struct freeze {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int reads;  /* reads of a holder's record so far */
+    int frozen; /* 1 while the bumps are held back */
+    int parked; /* 1 while the liveness thread waits in the hook */
+} freeze_t;
+
+static void freeze_hook(int site, void *data)
+{
+    freeze_t *z = data;
+
+    pthread_mutex_lock(&z->lock);
+    if (site == SYNCD_MONGO_HOOK_BUMP) {
+        z->parked = 1;
+        pthread_cond_broadcast(&z->cond);
+        while (z->frozen)
+            pthread_cond_wait(&z->cond, &z->lock);
+        z->parked = 0;
+    } else if (++z->reads == 1) {
+        z->frozen = 1;
+        while (!z->parked)
+            pthread_cond_wait(&z->cond, &z->lock);
+    } else if (z->reads == 2) {
+        pthread_mutex_unlock(&z->lock);
+        sleep_ms(HOLDER_DEAD_MS + 200);
+        pthread_mutex_lock(&z->lock);
+    }
+    pthread_mutex_unlock(&z->lock);
+}
+
+static void freeze_thaw(freeze_t *z)
+{
+    pthread_mutex_lock(&z->lock);
+    z->frozen = 0;
+    pthread_cond_broadcast(&z->cond);
+    pthread_mutex_unlock(&z->lock);
+}
+
+static void
+test_mongo_claims__a_writer_never_takes_over_a_claim_its_own_process_writes_under(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *zero = NULL;
+    json_t *mine = NULL;
+    json_t *theirs = NULL;
+    call_t holder = {
+        .coll = "claims", .id = "own", .if_match = SYNCD_ANY_VERSION};
+    call_t waiter = {
+        .coll = "claims", .id = "own", .if_match = SYNCD_ANY_VERSION};
+    freeze_t z = {.reads = 0};
+    syncd_change_t *change = NULL;
+    syncd_doc_t *got = NULL;
+    pthread_t th, tw;
+    node_t a;
+    stall_t s;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* claims are FerretDB's; MongoDB needs none */
+    zero = json_pack("{s:i}", "n", 0);
+    mine = json_pack("{s:s}", "who", "holder");
+    theirs = json_pack("{s:s}", "who", "waiter");
+    pthread_mutex_init(&z.lock, NULL);
+    pthread_cond_init(&z.cond, NULL);
+    syncd_backend_mongo_set_liveness_hook(freeze_hook, &z);
+    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(a.store, &change, "claims", "own", zero, NULL), 0);
+    syncd_change_free(change);
+    stall_init(&s);
+    holder.store = a.store;
+    holder.body = mine;
+    waiter.store = a.store;
+    waiter.body = theirs;
+    assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
+    stall_wait_paused(&s);
+
+    /* The holder has passed its fence and its replace is on its way while
+     * a writer of the same process comes and sees the process's record
+     * stand still past HOLDER_DEAD_MS: it must wait for the holder, never
+     * take its claim over and write version 2 under it. */
+    assert_int_equal(pthread_create(&tw, NULL, run_call, &waiter), 0);
+    sleep_ms(HOLDER_DEAD_MS + 1000);
+    freeze_thaw(&z);
+    sleep_ms(1500);
+    stall_release(&s);
+    pthread_join(th, NULL);
+    pthread_join(tw, NULL);
+    assert_int_equal(holder.rc, 0);
+    assert_int_equal(waiter.rc, 0);
+    assert_int_equal(holder.change->doc->version, 2);
+    assert_json_exact(holder.change->doc->body, mine);
+    assert_int_equal(waiter.change->base, 2);
+    assert_int_equal(waiter.change->doc->version, 3);
+    assert_true(waiter.done_at >= s.released_at);
+    syncd_change_free(holder.change);
+    syncd_change_free(waiter.change);
+    assert_int_equal(syncd_store_refetch(a.store, &got, "claims", "own", NULL),
+                     0);
+    assert_int_equal(got->version, 3);
+    assert_json_exact(got->body, theirs);
+    syncd_doc_free(got);
+    stall_destroy(&s);
+    node_close(&a);
+    syncd_backend_mongo_set_liveness_hook(NULL, NULL);
+    pthread_cond_destroy(&z.cond);
+    pthread_mutex_destroy(&z.lock);
+    json_decref(zero);
+    json_decref(mine);
+    json_decref(theirs);
+}
+
+/* Pauses each of the first two writers that reach it, between its claim
+ * and its replace, until the test releases that one. */
+typedef struct pair_stall {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int arrived;     /* writers paused so far, at most 2 */
+    int released[2]; /* by order of arrival */
+} pair_stall_t;
+
+static void pair_stall_hook(const char *coll, const char *id, int64_t expected,
+                            void *data)
+{
+    pair_stall_t *s = data;
+
+    (void)coll;
+    (void)id;
+    (void)expected;
+    pthread_mutex_lock(&s->lock);
+    if (s->arrived < 2) {
+        int me = s->arrived++;
+
+        pthread_cond_broadcast(&s->cond);
+        while (!s->released[me])
+            pthread_cond_wait(&s->cond, &s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void pair_stall_wait(pair_stall_t *s, int arrived)
+{
+    pthread_mutex_lock(&s->lock);
+    while (s->arrived < arrived)
+        pthread_cond_wait(&s->cond, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void pair_stall_release(pair_stall_t *s, int which)
+{
+    pthread_mutex_lock(&s->lock);
+    s->released[which] = 1;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void
+test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *zero = NULL;
+    json_t *mine = NULL;
+    json_t *theirs = NULL;
+    call_t holder = {
+        .coll = "claims", .id = "taken", .if_match = SYNCD_ANY_VERSION};
+    call_t taker = {
+        .coll = "claims", .id = "taken", .if_match = SYNCD_ANY_VERSION};
+    pair_stall_t s = {.arrived = 0};
+    syncd_change_t *change = NULL;
+    syncd_doc_t *got = NULL;
+    pthread_t th, tt;
+    node_t a, b;
+
+    if (!server_is_ferretdb(f))
+        skip(); /* claims are FerretDB's; MongoDB needs none */
+    zero = json_pack("{s:i}", "n", 0);
+    mine = json_pack("{s:s}", "who", "holder");
+    theirs = json_pack("{s:s}", "who", "taker");
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_cond_init(&s.cond, NULL);
+    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
+    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
+    assert_int_equal(
+        syncd_store_create(a.store, &change, "claims", "taken", zero, NULL), 0);
+    syncd_change_free(change);
+    syncd_backend_mongo_set_claim_hook(pair_stall_hook, &s);
+    holder.store = a.store;
+    holder.body = mine;
+    taker.store = b.store;
+    taker.body = theirs;
+    assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
+    pair_stall_wait(&s, 1);
+
+    /* Node b takes the claim over once its lease is out and is about to
+     * replace version 1, while the holder's replace of version 1, sent in
+     * time, is still on its way: they may meet inside FerretDB, so the
+     * holder, whose claim is gone, must not answer success. */
+    assert_int_equal(pthread_create(&tt, NULL, run_call, &taker), 0);
+    pair_stall_wait(&s, 2);
+    pair_stall_release(&s, 0);
+    pthread_join(th, NULL);
+    pair_stall_release(&s, 1);
+    pthread_join(tt, NULL);
+    syncd_backend_mongo_set_claim_hook(NULL, NULL);
+    assert_int_equal(holder.rc, SYNCD_EBACKEND);
+    assert_null(holder.change);
+
+    /* Here the holder's replace landed first, so the taker's, fenced on
+     * version 1, conflicts and its edit loop writes version 3. */
+    assert_int_equal(taker.rc, 0);
+    assert_int_equal(taker.change->base, 2);
+    assert_int_equal(taker.change->doc->version, 3);
+    syncd_change_free(taker.change);
+    assert_int_equal(
+        syncd_store_refetch(b.store, &got, "claims", "taken", NULL), 0);
+    assert_int_equal(got->version, 3);
+    assert_json_exact(got->body, theirs);
+    syncd_doc_free(got);
+    node_close(&a);
+    node_close(&b);
+    pthread_cond_destroy(&s.cond);
+    pthread_mutex_destroy(&s.lock);
+    json_decref(zero);
+    json_decref(mine);
+    json_decref(theirs);
 }
 
 static void test_mongo_purge__drops_claims_older_than_the_lease(void **state)
@@ -1772,6 +2009,10 @@ int main(void)
             test_mongo_claims__a_strict_write_fails_only_once_the_version_moved),
         cmocka_unit_test(
             test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead),
+        cmocka_unit_test(
+            test_mongo_claims__a_writer_never_takes_over_a_claim_its_own_process_writes_under),
+        cmocka_unit_test(
+            test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success),
         cmocka_unit_test(test_mongo_purge__drops_claims_older_than_the_lease),
         cmocka_unit_test(
             test_mongo_purge__drops_liveness_records_of_long_gone_processes),
