@@ -468,6 +468,28 @@ static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
     return 0;
 }
 
+/* Builds into *out the change of req over cur (NULL when there was no
+ * record): the next version with body (stolen, even on failure; NULL for a
+ * delete) and its hash, its outbox and keys (add_meta()), its diffs. */
+static int build_change(syncd_store_t *s, syncd_change_t **out,
+                        const syncd_doc_t *cur, const write_req_t *req,
+                        json_t *body, const char *hash, syncd_error_t *err)
+{
+    syncd_doc_t *next = doc_new(s, req->coll, req->id,
+                                cur != NULL ? cur->version + 1 : 1, body, hash);
+    int rc;
+
+    *out = NULL;
+    if (next == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    rc = add_meta(s, next, cur, req, err);
+    if (rc != 0) {
+        syncd_doc_free(next);
+        return rc;
+    }
+    return make_change(out, cur, next, err);
+}
+
 /* A change with op NONE holding cur (stolen). */
 static int change_none(syncd_change_t **out, syncd_doc_t *cur,
                        syncd_error_t *err)
@@ -583,7 +605,7 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
                           const write_req_t *req, syncd_error_t *err)
 {
     char hash[SYNCD_HASH_HEX_LEN + 1] = "";
-    syncd_doc_t *cur = NULL, *next = NULL;
+    syncd_doc_t *cur = NULL;
     syncd_change_t *change = NULL;
     json_t *body = NULL, *outbox = NULL, *ikeys = NULL;
     char *canon = NULL;
@@ -610,17 +632,8 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
         rc = UNDECIDED;
         goto done;
     }
-    next = doc_new(s, req->coll, req->id, cur->version + 1, body, hash);
+    rc = build_change(s, &change, cur, req, body, hash, err);
     body = NULL;
-    if (next == NULL) {
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        goto done;
-    }
-    rc = add_meta(s, next, cur, req, err);
-    if (rc != 0)
-        goto done;
-    rc = make_change(&change, cur, next, err);
-    next = NULL;
     if (rc != 0)
         goto done;
     syncd_error_clear(&local);
@@ -651,7 +664,6 @@ done:
     syncd_change_free(change);
     free(canon);
     json_decref(body);
-    syncd_doc_free(next);
     syncd_doc_free(cur);
     return rc;
 }
@@ -667,7 +679,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     const json_t *hit;
     int cached;
     char hash[SYNCD_HASH_HEX_LEN + 1] = "";
-    syncd_doc_t *cur = NULL, *next = NULL;
+    syncd_doc_t *cur = NULL;
     syncd_change_t *change = NULL;
     json_t *body = NULL;
     char *canon = NULL;
@@ -708,21 +720,11 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
             goto done;
         }
     }
-    next = doc_new(s, req->coll, req->id, cur != NULL ? cur->version + 1 : 1,
-                   body, hash);
-    body = NULL;
-    if (next == NULL) {
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        goto done;
-    }
-    rc = add_meta(s, next, cur, req, err);
-    if (rc != 0)
-        goto done;
     /* The change (its diffs) is built before the commit, so that a failure
      * to build it fails a write that wrote nothing, never one that
      * committed. */
-    rc = make_change(&change, cur, next, err);
-    next = NULL;
+    rc = build_change(s, &change, cur, req, body, hash, err);
+    body = NULL;
     if (rc != 0)
         goto done;
     syncd_error_clear(&local);
@@ -743,7 +745,6 @@ done:
     syncd_change_free(change);
     free(canon);
     json_decref(body);
-    syncd_doc_free(next);
     syncd_doc_free(cur);
     return rc;
 }
