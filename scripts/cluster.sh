@@ -32,8 +32,13 @@ DIR="${SYNCD_CLUSTER_DIR:-${TMPDIR:-/tmp}/syncd-cluster-${USER:-$(id -un)}}"
 SYNCD_BIN="${SYNCD_BIN:-$ROOT/build/syncd/syncd}"
 FERRETDB="${SYNCD_FERRETDB:-$ROOT/.tools/bin/ferretdb}"
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# free_ports N: N distinct free loopback ports (all bound at once while
+# chosen, so that no two are the same), on one line.
+free_ports() {
+    python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1",0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
 
 # wait_for CMD... : retries CMD for up to 20 s.
@@ -51,7 +56,7 @@ start_redis() {
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
         --appendonly no --daemonize yes --pidfile "$DIR/redis.pid" \
         --logfile "$DIR/redis.log" --dir "$DIR"
-    wait_for redis-cli -p "$REDIS_PORT" ping ||
+    wait_for timeout 2 redis-cli -p "$REDIS_PORT" ping ||
         { echo "cluster: redis did not start (see $DIR/redis.log)" >&2; exit 1; }
 }
 
@@ -120,11 +125,8 @@ cmd_start() {
     mkdir -p "$DIR/fdb" "$DIR/fdb-state"
     # A start that fails half-way stops what it started.
     trap 'cmd_stop' ERR EXIT
-    MONGO_PORT=$(free_port)
-    REDIS_PORT=$(free_port)
-    NODE1_PORT=$(free_port)
-    NODE2_PORT=$(free_port)
-    NODE3_PORT=$(free_port)
+    read -r MONGO_PORT REDIS_PORT NODE1_PORT NODE2_PORT NODE3_PORT \
+        <<<"$(free_ports 5)"
     MONGO_URI="mongodb://127.0.0.1:$MONGO_PORT/"
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
     cat >"$DIR/env" <<EOF

@@ -84,8 +84,15 @@ fail() {
     exit 1
 }
 
+# free_port: a free loopback port; free_ports N: N distinct ones on one line.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+free_ports() {
+    python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1",0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
 
 now_ms() { date +%s%3N; }
@@ -283,11 +290,9 @@ mkdir -p "$TLS" "$TMP/redis" "$TMP/fdb" "$TMP/fdb-state"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$TLS/key.pem" \
     -out "$TLS/cert.pem" 2>/dev/null || fail "openssl cannot make a certificate"
-RP=$(free_port) # Redis
-RS=$(free_port) # its server tunnel
-RC=$(free_port) # the node's client tunnel
-MP=$(free_port) # FerretDB
-MS=$(free_port) # its server tunnel
+# Redis, its server tunnel, the node's client tunnel; FerretDB, its server
+# tunnel: distinct ports (chosen together).
+read -r RP RS RC MP MS <<<"$(free_ports 5)"
 
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no \
     --daemonize yes --pidfile "$TMP/redis/pid" --logfile "$TMP/redis/log" \

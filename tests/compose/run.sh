@@ -153,13 +153,17 @@ log "images ready in $(since "$T0") s"
 port_free() {
     python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null
 }
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# free_ports N: N distinct free loopback ports, on one line.
+free_ports() {
+    python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1",0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
 PORTS=(7070 7071 7072 7073)
 for p in "${PORTS[@]}"; do
     if ! port_free "$p"; then
-        PORTS=("$(free_port)" "$(free_port)" "$(free_port)" "$(free_port)")
+        read -r -a PORTS <<<"$(free_ports 4)"
         break
     fi
 done
