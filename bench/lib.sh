@@ -2,6 +2,9 @@
 #
 # Source it after setting ROOT: . "$ROOT/bench/lib.sh"
 
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
+
 # bench_build BUILD TARGET...: configures BUILD as a Release build without
 # sanitizers and builds the given targets, quietly.
 bench_build() {
@@ -10,11 +13,6 @@ bench_build() {
     cmake -S "$ROOT" -B "$bench_dir" -DCMAKE_BUILD_TYPE=Release \
         -DSYNCD_SANITIZE=OFF >/dev/null
     cmake --build "$bench_dir" -j2 --target "$@" >/dev/null
-}
-
-# free_port: prints a loopback TCP port that is free right now.
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # stop_pid PID: kills and reaps PID; does nothing if PID is empty.

@@ -28,18 +28,11 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
 DIR="${SYNCD_CLUSTER_DIR:-${TMPDIR:-/tmp}/syncd-cluster-${USER:-$(id -un)}}"
 SYNCD_BIN="${SYNCD_BIN:-$ROOT/build/syncd/syncd}"
 FERRETDB="${SYNCD_FERRETDB:-$ROOT/.tools/bin/ferretdb}"
-
-# free_ports N: N distinct free loopback ports (all bound at once while
-# chosen, so that no two are the same), on one line.
-free_ports() {
-    python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-for x in s: x.bind(("127.0.0.1",0))
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
-}
 
 # wait_for CMD... : retries CMD for up to 20 s.
 wait_for() {

@@ -70,6 +70,8 @@ set -uo pipefail
 {
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
 MINUTES="${1:-30}"
 case "$MINUTES" in '' | *[!0-9]*) echo "usage: soak.sh [MINUTES]" >&2; exit 2 ;; esac
 DURATION=$((MINUTES * 60))
@@ -144,10 +146,6 @@ for f in "$LINZCHECK" "$TOXIPROXY" "$SYNCD_FERRETDB"; do
 done
 command -v gnuplot >/dev/null || die "no gnuplot (apt-get install gnuplot-nox, or scripts/setup.sh)"
 mkdir -p "$OUT" "$RUN/linz" "$RUN/watch" "$RUN/ops"
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # elapsed: seconds since the load started.
 elapsed() { echo $(($(date +%s) - T0)); }

@@ -46,6 +46,8 @@ TMP="$(mktemp -d /tmp/syncd-test-backup-XXXXXX)"
 PIDS=()
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
 export SYNCD_BIN="$SYNCD" SYNCD_CLUSTER_DIR="$TMP/cluster"
 
 cleanup() {
@@ -65,10 +67,6 @@ fail() {
         tail -n 15 "$f" >&2
     done
     exit 1
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # start_node NAME DATA_DIR [FLAGS...]: starts syncd and sets NAME_URL and

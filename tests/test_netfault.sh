@@ -34,6 +34,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
 export SYNCD_BIN="${1:?usage: test_netfault.sh SYNCD SYNCCTL STREAM_CHECK}"
 SYNCCTL="${2:?usage: test_netfault.sh SYNCD SYNCCTL STREAM_CHECK}"
 CHECK="${3:?usage: test_netfault.sh SYNCD SYNCCTL STREAM_CHECK}"
@@ -83,10 +85,6 @@ fail() {
 }
 
 now_ms() { date +%s%3N; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # ---- Toxiproxy --------------------------------------------------------------
 

@@ -49,6 +49,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
 export SYNCD_BIN="${1:?usage: test_security.sh SYNCD SYNCCTL STREAM_CHECK}"
 SYNCCTL="${2:?usage: test_security.sh SYNCD SYNCCTL STREAM_CHECK}"
 CHECK="${3:?usage: test_security.sh SYNCD SYNCCTL STREAM_CHECK}"
@@ -82,17 +84,6 @@ fail() {
         tail -n 15 "$f" >&2 || true
     done
     exit 1
-}
-
-# free_port: a free loopback port; free_ports N: N distinct ones on one line.
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-free_ports() {
-    python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-for x in s: x.bind(("127.0.0.1",0))
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
 
 now_ms() { date +%s%3N; }

@@ -53,6 +53,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
 SYNCCTL="${1:-$ROOT/build/syncd/syncctl}"
 [ -x "$SYNCCTL" ] || { echo "compose: no syncctl at $SYNCCTL" >&2; exit 2; }
 SYNCCTL="$(cd "$(dirname "$SYNCCTL")" && pwd)/$(basename "$SYNCCTL")"
@@ -152,13 +154,6 @@ log "images ready in $(since "$T0") s"
 
 port_free() {
     python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null
-}
-# free_ports N: N distinct free loopback ports, on one line.
-free_ports() {
-    python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-for x in s: x.bind(("127.0.0.1",0))
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
 PORTS=(7070 7071 7072 7073)
 for p in "${PORTS[@]}"; do

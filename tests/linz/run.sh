@@ -47,6 +47,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/ports.sh
+. "$ROOT/scripts/ports.sh"
 USAGE="usage: run.sh embedded|cluster SYNCD LINZ_RECORD LINZCHECK ARTIFACTS"
 MODE="${1:?$USAGE}"
 export SYNCD_BIN="${2:?$USAGE}"
@@ -78,10 +80,6 @@ export SYNCD_CLUSTER_DIR="$TMP/cluster"
 NODE_PORT=""
 FAULT_PID=""
 HOOK_PID=""
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
