@@ -53,6 +53,7 @@
 #include "base/buf.h"
 #include "base/pct.h"
 #include "log.h"
+#include "ui.h"
 
 #define LIST_DEFAULT_LIMIT 1000
 #define LIST_MAX_LIMIT 10000
@@ -1773,12 +1774,13 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
     json_t *o;
     char *text;
 
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:O*}", "status", "ok",
+    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:O*}", "status", "ok",
                   "node", api->opts.node_id, "version", SYNCD_VERSION, "store",
                   syncd_store_kind(api->opts.store), "bus",
                   syncd_bus_kind(api->opts.bus), "bus_connected",
-                  syncd_bus_connected(api->opts.bus), "start_check",
-                  (json_t *)api->opts.start_check);
+                  syncd_bus_connected(api->opts.bus), "token_required",
+                  api->opts.cfg != NULL && api->opts.cfg->token != NULL,
+                  "start_check", (json_t *)api->opts.start_check);
     text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (text == NULL)
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
@@ -1811,6 +1813,35 @@ static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
     }
     free(text);
     syncd_buf_free(&b);
+}
+
+int syncd_api_cors(const char *origin, void *data)
+{
+    syncd_api_t *api = data;
+
+    return syncd_members_knows_url(api->opts.members, origin);
+}
+
+/* Answers a CORS preflight: for an origin of the cluster, the methods and
+ * request headers the API takes (Access-Control-Allow-Origin itself comes
+ * from syncd_api_cors()); 403 for any other origin. */
+static void serve_preflight(syncd_api_t *api, syncd_http_req_t *req)
+{
+    const char *origin = syncd_http_header(req, "Origin");
+
+    syncd_http_set_route(req, "preflight");
+    if (origin == NULL || !syncd_api_cors(origin, api)) {
+        syncd_http_respond_error(req, 403, "forbidden",
+                                 "this origin is no node of the cluster");
+        return;
+    }
+    syncd_http_respond(
+        req, 204, NULL,
+        "Access-Control-Allow-Methods: GET, PUT, PATCH, DELETE, POST\r\n"
+        "Access-Control-Allow-Headers: Authorization, Content-Type, "
+        "If-Match, If-None-Match, Idempotency-Key, Last-Event-ID\r\n"
+        "Access-Control-Max-Age: 600\r\n",
+        "", 0);
 }
 
 /* Decodes and validates a collection or id path segment into *out;
@@ -1854,6 +1885,15 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
 
     if (api->quiescing) {
         syncd_http_respond_error(req, 503, "unavailable", "shutting down");
+        return;
+    }
+    if (strcmp(syncd_http_method(req), "OPTIONS") == 0) {
+        serve_preflight(api, req);
+        return;
+    }
+    if (syncd_ui_path(path)) {
+        syncd_http_set_route(req, "ui");
+        syncd_ui_serve(req);
         return;
     }
     if (strcmp(path, "/v1/health") == 0 || strcmp(path, "/metrics") == 0) {

@@ -338,8 +338,10 @@ static int open_api(daemon_t *d, syncd_error_t *err)
     ho.idle_timeout_ms = c->idle_timeout_ms;
     ho.header_timeout_ms = c->header_timeout_ms;
     ho.token = c->token;
+    ho.open_prefix = "/ui";
     ho.handler = syncd_api_handle;
     ho.observe = syncd_api_observe;
+    ho.cors = syncd_api_cors;
     ho.data = d->api;
     rc = syncd_http_listen(&d->http, &d->loop, c->host, c->port, &ho, err);
     if (rc != 0)
