@@ -27,6 +27,7 @@ const state = {
     watch: null,       // the AbortController of the watch stream
     lastSeq: null,     // the last event seq seen on the stream
     samples: [],       // metrics samples for the charts
+    docsDue: null,     // the timer of a documents reload after events
 };
 
 const $ = (id) => document.getElementById(id);
@@ -363,6 +364,12 @@ function onEvent(ev) {
     list.prepend(li);
     setTimeout(() => li.classList.remove("fresh"), 3000);
     while (list.children.length > 200) list.lastChild.remove();
+    if (!state.docsDue) {
+        state.docsDue = setTimeout(() => {
+            state.docsDue = null;
+            loadDocs().catch(report);
+        }, 500);
+    }
     if (state.doc && state.doc.coll === e.coll && state.doc.id === e.id && e.v > state.doc.v)
         openDoc(e.id).catch(report);
 }
