@@ -17,6 +17,13 @@ token and beats every second. In order:
   body as a new version (HTTP and syncctl);
 - node 3 killed with SIGKILL leaves the node list.
 
+Before the browser, over plain HTTP: /ui and its files are served without
+the token, with their content type, an ETag (304 on If-None-Match) and a
+Content-Security-Policy; the API still wants the token; a CORS preflight
+from another node's origin is allowed (without the token, as browsers send
+it), one from a foreign origin gets 403, and only the cluster's origins get
+Access-Control-Allow-Origin.
+
 A screenshot of each state goes to ARTIFACTS (build/ui-artifacts/). Exits
 77 (skipped) only when chromium or chromium-driver is not installed.
 
@@ -29,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +105,17 @@ class Cluster:
             fail("syncctl %s: %s" % (" ".join(args), r.stderr.strip()))
         return r.stdout
 
+    def raw(self, node, path, method="GET", headers=None):
+        """Sends one request to node; returns (status, headers, body bytes),
+        whatever the status."""
+        req = urllib.request.Request(self.urls[node] + path, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
     def get(self, node, path):
         """GETs path of node; returns (status, headers, parsed JSON body)."""
         req = urllib.request.Request(self.urls[node] + path, headers={
@@ -153,6 +172,44 @@ class Console:
         self.d.quit()
 
 
+def check_http(cluster):
+    """The console's files, their headers, and CORS, over plain HTTP."""
+    types = {"/ui": "text/html", "/ui/": "text/html",
+             "/ui/console.js": "text/javascript", "/ui/console.css": "text/css"}
+    for path, ctype in types.items():
+        status, h, body = cluster.raw(1, path)
+        if status != 200 or not h.get("Content-Type", "").startswith(ctype):
+            fail("GET %s without a token: %d %s" % (path, status, h.get("Content-Type")))
+        if "script-src 'self'" not in h.get("Content-Security-Policy", ""):
+            fail("GET %s has no CSP" % path)
+        etag = h.get("ETag")
+        status, h2, body2 = cluster.raw(1, path, headers={"If-None-Match": etag})
+        if not etag or status != 304 or body2 != b"":
+            fail("GET %s with If-None-Match %s: %d" % (path, etag, status))
+    if cluster.raw(1, "/ui/nothing.js")[0] != 404:
+        fail("an unknown console file is not 404")
+    if cluster.raw(1, "/v1/nodes")[0] != 401:
+        fail("the API answers without the token")
+    other = cluster.urls[2]
+    status, h, _ = cluster.raw(1, "/v1/nodes", method="OPTIONS", headers={
+        "Origin": other, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    if (status != 204 or h.get("Access-Control-Allow-Origin") != other or
+            "Authorization" not in h.get("Access-Control-Allow-Headers", "")):
+        fail("the preflight from node 2's origin: %d %s" % (status, dict(h)))
+    status, h, _ = cluster.raw(1, "/v1/nodes", method="OPTIONS", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
+    if status != 403 or h.get("Access-Control-Allow-Origin") is not None:
+        fail("the preflight from a foreign origin: %d %s" % (status, dict(h)))
+    auth = {"Authorization": "Bearer " + TOKEN}
+    _, h, _ = cluster.raw(1, "/v1/health", headers=dict(auth, Origin=other))
+    if h.get("Access-Control-Allow-Origin") != other:
+        fail("node 2's origin may not read node 1")
+    _, h, _ = cluster.raw(1, "/v1/health", headers=dict(auth, Origin="http://evil.example"))
+    if h.get("Access-Control-Allow-Origin") is not None:
+        fail("a foreign origin may read node 1")
+
+
 def node_ids(c):
     return c.js("return [...document.querySelectorAll('#nodes-table tbody tr')]"
                 ".map(r => r.dataset.node);")
@@ -177,6 +234,10 @@ def main():
         cluster.ctl(1, "put", COLL, "u1", stdin='{"name":"alpha","n":1,"tags":["a","b"]}')
         cluster.ctl(1, "put", COLL, "u2", stdin='{"name":"gamma","n":2}')
         cluster.ctl(2, "put", COLL, "u1", stdin='{"name":"beta","n":2,"tags":["a","c"]}')
+
+        wait_until("node 1 to know node 2",
+                   lambda: len(cluster.get(1, "/v1/nodes")[2]["nodes"]) == 3, 10)
+        check_http(cluster)
 
         console = Console(*browser, artifacts)
         console.d.get(cluster.urls[1] + "/ui")
