@@ -181,23 +181,29 @@ function pretty(x) {
     return JSON.stringify(sortKeys(x), null, 2);
 }
 
-/* The kept versions of a /history answer, oldest first, as {v, ...}. */
+/* The kept versions of a /history answer ({"versions": [{v, time, origin,
+ * deleted, patch}], newest first}), oldest first. */
 function historyVersions(h) {
-    const list = Array.isArray(h) ? h : (h.versions || h.history || []);
-    return list.map((e) => Object.assign({}, e, { v: e.v !== undefined ? e.v : e.version }))
-        .sort((a, b) => a.v - b.v);
+    return (h.versions || []).slice().sort((a, b) => a.v - b.v);
 }
 
+/* Shows document id of the selected collection; a deleted one shows its
+ * tombstone's history, from which it can be restored. */
 async function openDoc(id) {
     const c = state.coll;
-    const r = await call("", docPath(c, id));
-    const body = await r.json();
-    const v = Number((r.headers.get("ETag") || "").replace(/[^0-9]/g, ""));
+    let body = null, v = null;
+    try {
+        const r = await call("", docPath(c, id));
+        body = await r.json();
+        v = Number((r.headers.get("ETag") || "").replace(/[^0-9]/g, ""));
+    } catch (e) {
+        if (!(e instanceof HttpError) || e.status !== 404) throw e;
+    }
     state.doc = { coll: c, id, v };
     $("doc").hidden = false;
     $("doc-title").textContent = `${c}/${id}`;
-    $("doc-version").textContent = `version ${v}`;
-    $("doc-json").textContent = pretty(body);
+    $("doc-version").textContent = v === null ? "deleted or absent" : `version ${v}`;
+    $("doc-json").textContent = v === null ? "" : pretty(body);
     $("rollback-confirm").hidden = true;
     await loadHistory();
 }
@@ -213,18 +219,20 @@ async function loadHistory() {
     state.history = versions;
     $("history-table").tBodies[0].replaceChildren(...versions.slice().reverse().map((h) =>
         el("tr", { "data-version": h.v },
-           el("td", {}, h.v, h.v === d.v ? " (current)" : ""),
+           el("td", {}, h.v, h.v === d.v ? " (current)" : "",
+              h.deleted ? " (deleted)" : ""),
            el("td", {}, h.time || h.ts || ""),
            el("td", {}, h.origin || ""),
            el("td", { class: "mono" }, h.patch ? JSON.stringify(h.patch) : ""))));
-    const opts = (sel, pick) => {
-        sel.replaceChildren(...versions.map((h) => el("option", { value: h.v }, h.v)));
+    const opts = (sel, list, pick) => {
+        sel.replaceChildren(...list.map((h) => el("option", { value: h.v }, h.v)));
         if (pick !== undefined) sel.value = pick;
     };
-    const n = versions.length;
-    opts($("diff-a"), n > 1 ? versions[n - 2].v : undefined);
-    opts($("diff-b"), n > 0 ? versions[n - 1].v : undefined);
-    const older = versions.filter((h) => h.v !== d.v);
+    const bodies = versions.filter((h) => !h.deleted);
+    const n = bodies.length;
+    opts($("diff-a"), bodies, n > 1 ? bodies[n - 2].v : undefined);
+    opts($("diff-b"), bodies, n > 0 ? bodies[n - 1].v : undefined);
+    const older = bodies.filter((h) => h.v !== d.v);
     $("rollback-to").replaceChildren(...older.map((h) => el("option", { value: h.v }, h.v)));
     if (older.length > 0) $("rollback-to").value = older[older.length - 1].v;
     $("diff").replaceChildren();
@@ -270,15 +278,17 @@ function askRollback() {
     const d = state.doc, to = $("rollback-to").value;
     if (!d || !to) return;
     $("rollback-question").textContent =
-        `Write version ${to} of ${d.coll}/${d.id} as a new version (now ${d.v})?`;
+        `Write version ${to} of ${d.coll}/${d.id} as a new version ` +
+        (d.v === null ? "(restoring it)?" : `(now ${d.v})?`);
     $("rollback-confirm").hidden = false;
 }
 
 async function doRollback() {
     const d = state.doc, to = $("rollback-to").value;
     $("rollback-confirm").hidden = true;
+    const headers = d.v === null ? {} : { "If-Match": `"${d.v}"` };
     const r = await call("", docPath(d.coll, d.id) + `/rollback?to=${enc(to)}`,
-                         { method: "POST", headers: { "If-Match": `"${d.v}"` } });
+                         { method: "POST", headers });
     const v = (r.headers.get("ETag") || "").replace(/[^0-9]/g, "");
     $("rollback-result").textContent = `rolled back to version ${to}: now version ${v}`;
     $("rollback-result").className = "ok";
@@ -555,6 +565,10 @@ document.addEventListener("DOMContentLoaded", () => {
     $("search-form").addEventListener("submit", (ev) => {
         ev.preventDefault();
         loadDocs().catch(report);
+    });
+    $("open-id").addEventListener("click", () => {
+        const id = $("prefix-input").value.trim();
+        if (id && state.coll) openDoc(id).catch(report);
     });
     $("diff-form").addEventListener("submit", (ev) => {
         ev.preventDefault();
