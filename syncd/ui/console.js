@@ -203,7 +203,7 @@ async function openDoc(id) {
     $("doc").hidden = false;
     $("doc-title").textContent = `${c}/${id}`;
     $("doc-version").textContent = v === null ? "deleted or absent" : `version ${v}`;
-    $("doc-json").textContent = v === null ? "" : pretty(body);
+    $("doc-json").textContent = v === null ? "" : JSON.stringify(body, null, 2);
     $("rollback-confirm").hidden = true;
     await loadHistory();
 }
