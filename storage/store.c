@@ -1487,8 +1487,12 @@ static int check_options(const syncd_store_options_t *o, syncd_error_t *err)
         o->idempotency_ttl_ms < 0 || o->backend_timeout_ms <= 0 ||
         o->history_len < 0)
         return syncd_error_set(err, SYNCD_EINVAL,
-                               "retry, timeout and TTL options must not be "
-                               "negative");
+                               "retry, timeout, TTL and history options must "
+                               "not be negative");
+    if (o->history_len > SYNCD_MAX_HISTORY_LEN)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "history_len (--history-len) is over %d",
+                               SYNCD_MAX_HISTORY_LEN);
     if (o->max_doc_bytes == 0)
         return syncd_error_set(err, SYNCD_EINVAL, "max_doc_bytes is 0");
     return 0;

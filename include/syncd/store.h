@@ -269,6 +269,9 @@ int syncd_store_delete_ex(syncd_store_t *store, syncd_change_t **out,
 
 /* ---- History and rollback (DESIGN.md section 2) ------------------------ */
 
+/* Largest history_len. */
+#define SYNCD_MAX_HISTORY_LEN 100000
+
 /* Bytes a history entry is charged beyond its patch text. */
 #define SYNCD_HISTORY_ENTRY_OVERHEAD 128
 
