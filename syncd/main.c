@@ -265,6 +265,10 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.max_doc_bytes = c->max_doc_bytes;
     so.tombstone_ttl_ms = c->tombstone_ttl_ms;
     so.idempotency_ttl_ms = c->idempotency_ttl_ms;
+    so.history_len = c->history_len > SYNCD_MAX_HISTORY_LEN
+                         ? SYNCD_MAX_HISTORY_LEN + 1
+                         : (int)c->history_len;
+    so.history_max_bytes = c->history_max_bytes;
     so.backend_timeout_ms = c->store_timeout_ms;
     so.outbox = 1;
     rc = syncd_store_open(&d->store, &so, err);
