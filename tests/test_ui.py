@@ -288,6 +288,7 @@ def main():
         adds = console.js("return [...document.querySelectorAll('#diff .add')].map(e => e.textContent);")
         if not any('"alpha"' in t for t in dels) or not any('"beta"' in t for t in adds):
             fail("the diff shows neither alpha removed nor beta added: %s %s" % (dels, adds))
+        console.js("document.getElementById('doc').scrollIntoView();")
         console.shot("history-diff")
 
         # Rollback to version 1, confirmed in the page.
@@ -315,6 +316,8 @@ def main():
         if errs:
             fail("console errors: %s" % errs)
         console.shot("rollback-done")
+        console.js("window.scrollTo(0, 0);")
+        console.shot("overview")
 
         # A killed node leaves the list (three heartbeats of 1 s, and more).
         cluster.run("kill-node", "3")

@@ -369,7 +369,8 @@ function onEvent(ev) {
                   el("span", { class: "muted" }, `#${e.seq} `),
                   el("b", {}, e.op), ` ${e.id} v${e.v} `,
                   el("span", { class: "muted" }, `from ${e.origin || "?"} at ${e.ts || ""}`),
-                  el("div", { class: "mono" }, JSON.stringify(e.patch)));
+                  el("div", { class: "mono" }, e.op === "delete" ? "" :
+                     e.patch ? JSON.stringify(e.patch) : "(no patch in the event: nodes refetch the body)"));
     const list = $("events");
     list.prepend(li);
     setTimeout(() => li.classList.remove("fresh"), 3000);
@@ -479,23 +480,37 @@ function p99(prev, cur) {
     return null;
 }
 
+/* A small SVG line chart of values (null: no data, a gap in the line). */
 function chart(title, unit, values) {
     const W = 240, H = 60;
-    const vs = values.map((v) => (v === null ? 0 : v));
-    const max = Math.max(1e-9, ...vs);
-    const pts = vs.map((v, i) => `${(i * W) / Math.max(1, vs.length - 1)},${H - (v / max) * (H - 4) - 2}`);
+    const max = Math.max(1e-9, ...values.filter((v) => v !== null));
+    const x = (i) => (i * W) / Math.max(1, values.length - 1);
+    const y = (v) => H - (v / max) * (H - 4) - 2;
     const svgNS = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(svgNS, "svg");
     svg.setAttribute("width", W);
     svg.setAttribute("height", H);
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    const line = document.createElementNS(svgNS, "polyline");
-    line.setAttribute("points", pts.join(" "));
-    svg.append(line);
+    let pts = [];
+    const flush = () => {
+        if (pts.length === 0) return;
+        if (pts.length === 1) pts.push(pts[0].replace(/^[^,]+/, (a) => String(Number(a) + 2)));
+        const line = document.createElementNS(svgNS, "polyline");
+        line.setAttribute("points", pts.join(" "));
+        svg.append(line);
+        pts = [];
+    };
+    values.forEach((v, i) => {
+        if (v === null) flush();
+        else pts.push(`${x(i)},${y(v)}`);
+    });
+    flush();
     const last = values.length ? values[values.length - 1] : null;
     const fmt = (v) => (v === null ? "–" : v < 10 ? v.toFixed(2) : v.toFixed(0));
     return el("div", { class: "chart" },
-              el("div", { class: "label" }, `${title}: ${fmt(last)} ${unit} (max ${fmt(max)})`), svg);
+              el("div", { class: "label" },
+                 `${title}: ${fmt(last)} ${unit} (max ${fmt(values.some((v) => v !== null) ? max : null)})`),
+              svg);
 }
 
 function drawCharts() {
