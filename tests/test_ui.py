@@ -6,8 +6,9 @@ chromium-driver (no browser download), against a real three-node cluster
 (scripts/cluster.sh: FerretDB, Redis, three syncd) that requires a bearer
 token and beats every second. In order:
 
-- the console of node 1 asks for the token once, then loads with no error
-  in the browser's console and lists the three nodes;
+- the console of node 1 asks for the token once (a reload does not ask
+  again), then loads with no error in the browser's console and lists the
+  three nodes;
 - a write made with syncctl on node 2 shows up in the live event list
   within a second of syncctl returning (the stream is read with fetch(),
   carrying the token);
@@ -256,6 +257,15 @@ def main():
         if errs:
             fail("console errors on load: %s" % errs)
         console.shot("nodes")
+
+        # A reload keeps the token: the console does not ask again.
+        console.d.refresh()
+        wait_until("three nodes after a reload",
+                   lambda: node_ids(console) == ["node-1", "node-2", "node-3"], 15)
+        if console.js("return !document.getElementById('token-panel').hidden;"):
+            fail("the console asks for the token again after a reload")
+        wait_until("the watch stream after a reload",
+                   lambda: console.text("#live-status") == "connected", 10)
 
         # Live: a write on node 2, seen on node 1's console within 1 s.
         cluster.ctl(2, "put", COLL, "live-1", stdin='{"hello":"world"}')
