@@ -35,6 +35,11 @@
  * /v1/collections lists the collections and POST /v1/admin/checkpoint
  * writes a RocksDB checkpoint of the embedded store, both as store jobs.
  *
+ * GET /ui and the files under /ui/ are the operator's console (ui.c). A
+ * browser page whose origin is the advertised URL of a live node may read
+ * this API (CORS: syncd_api_cors() for every response, and the preflight
+ * answered here), so that a node's console can reach the other nodes.
+ *
  * A watch checks where its stream can start (the collection's current seq
  * and, for a past `since`, that the replay log still holds since+1; else
  * 410), then streams the node's events as server-sent events. A watcher

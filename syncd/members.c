@@ -341,8 +341,6 @@ void syncd_members_serve(syncd_members_t *m, syncd_http_req_t *req)
     }
 }
 
-/* Appends s as a Prometheus label value (backslash, quote and newline
- * escaped); 0 or SYNCD_ENOMEM. */
 /* Returns 1 when url, without one trailing slash, equals origin. */
 static int same_origin(const char *url, const char *origin)
 {
@@ -370,6 +368,8 @@ int syncd_members_knows_url(const syncd_members_t *m, const char *origin)
     return 0;
 }
 
+/* Appends s as a Prometheus label value (backslash, quote and newline
+ * escaped); 0 or SYNCD_ENOMEM. */
 static int put_label(syncd_buf_t *out, const char *s)
 {
     int rc = 0;
