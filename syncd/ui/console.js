@@ -387,8 +387,11 @@ function onEvent(ev) {
 
 /* ---- Health ----------------------------------------------------------- */
 
-/* The base URL of node n for call(): "" for this node. */
-const baseOf = (n) => (n.id === state.self ? "" : (n.url || "").replace(/\/$/, ""));
+/* The base URL of node n for call(): "" when the page came from it. */
+function baseOf(n) {
+    const url = (n.url || "").replace(/\/$/, "");
+    return url === location.origin ? "" : url;
+}
 
 async function refreshHealth() {
     const nodes = state.nodes.slice();
