@@ -32,20 +32,22 @@ static json_t *replay_body(const syncd_doc_t *doc)
     return doc->deleted ? json_object() : json_incref(doc->body);
 }
 
-/* Returns a new history entry for cur whose patch leads from next's body to
- * cur's, or NULL with err set. */
-static json_t *entry_new(const syncd_doc_t *next, const syncd_doc_t *cur,
-                         syncd_error_t *err)
+/* Makes into *out a new history entry for cur whose patch leads from
+ * next's body to cur's. */
+static int entry_new(json_t **out, const syncd_doc_t *next,
+                     const syncd_doc_t *cur, syncd_error_t *err)
 {
     json_t *from = replay_body(next), *to = replay_body(cur);
     json_t *patch = NULL, *entry = NULL;
     char *text = NULL;
+    int rc = 0;
 
     if (from == NULL || to == NULL) {
-        syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
-    if (syncd_patch_diff(&patch, from, to, err) != 0)
+    rc = syncd_patch_diff(&patch, from, to, err);
+    if (rc != 0)
         goto cleanup;
     text = json_dumps(patch, JSON_COMPACT);
     if (text != NULL)
@@ -59,29 +61,30 @@ static json_t *entry_new(const syncd_doc_t *next, const syncd_doc_t *cur,
         entry = NULL;
     }
     if (entry == NULL)
-        syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
 cleanup:
+    *out = entry;
     free(text);
     json_decref(patch);
     json_decref(to);
     json_decref(from);
-    return entry;
+    return rc;
 }
 
 int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
                          uint64_t max_bytes, syncd_error_t *err)
 {
-    json_t *entry, *hist = NULL;
+    json_t *entry = NULL, *hist = NULL;
     uint64_t bytes;
     size_t n, first, i;
-    int rc = 0;
+    int rc;
 
     next->hist = NULL;
     if (cur == NULL || len <= 0)
         return 0;
-    entry = entry_new(next, cur, err);
-    if (entry == NULL)
-        return err != NULL && err->code != 0 ? err->code : SYNCD_ENOMEM;
+    rc = entry_new(&entry, next, cur, err);
+    if (rc != 0)
+        return rc;
     /* Keep the newest entries that fit both bounds, the new one included. */
     n = json_array_size(cur->hist);
     bytes = entry_bytes(entry);
