@@ -12,7 +12,8 @@ token and beats every second. In order:
 - a write made with syncctl on node 2 shows up in the live event list
   within a second of syncctl returning (the stream is read with fetch(),
   carrying the token);
-- the health view shows the collection's digests agreeing on all nodes;
+- the health view shows the collection's digests agreeing on all nodes,
+  and its Verify button gets every node's agreement with the store;
 - the document view renders the diff of two kept versions side by side;
 - a rollback, confirmed in the page, is committed: node 3 serves the old
   body as a new version (HTTP and syncctl);
@@ -285,6 +286,9 @@ def main():
                                       "'#health-table tr[data-coll=\"users\"]');"
                                       "return r && r.dataset.agree === 'yes' && "
                                       "r.textContent.includes('node-3: 3 docs');"), 15)
+        console.click('#health-table tr[data-coll="users"] button')
+        wait_until("every node's verify answer",
+                   lambda: console.count('#health-table tr[data-coll="users"] .differs .ok') == 3, 15)
         console.shot("health")
 
         # History: the diff of versions 1 and 2 of u1, side by side.
