@@ -14,7 +14,7 @@ PACKAGES=(build-essential cmake pkg-config git ca-certificates
     libssl-dev libarchive-dev zlib1g-dev redis-server redis-tools clang-format python3 python3-jsonpatch
     etcd-server etcd-client wrk curl openssl stunnel4 default-jdk-headless
     maven clang-14 libfuzzer-14-dev libclang-rt-14-dev
-    gnuplot-nox)
+    gnuplot-nox chromium chromium-driver python3-selenium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -367,6 +367,31 @@ void syncd_reckey_node(syncd_lru_node_t *node, char *key,
  * store's and the cache's) beyond its encoded size. */
 #define SYNCD_TIER_ENTRY_OVERHEAD 256
 
+/* ---- History (history.c) ----------------------------------------------- */
+
+/* Sets next->hist to cur's history (borrowed) with an entry for cur added
+ * (the reverse patch from next's body to cur's), trimmed oldest first to
+ * len entries and max_bytes; NULL when cur is NULL (a first write), len is
+ * 0, or not even the new entry fits. */
+int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
+                         uint64_t max_bytes, syncd_error_t *err);
+
+/* Returns the oldest version doc's history keeps (its own version when it
+ * keeps none). */
+int64_t syncd_history_oldest(const syncd_doc_t *doc);
+
+/* Reads version `version` of doc (a record with its history, borrowed) into
+ * *out, a new doc without outbox, keys or history (deleted, body NULL, for
+ * a tombstone version); SYNCD_ENOTFOUND naming the oldest kept version when
+ * it is not kept, SYNCD_EBACKEND when the history does not replay. */
+int syncd_history_version(syncd_doc_t **out, const syncd_doc_t *doc,
+                          int64_t version, syncd_error_t *err);
+
+/* Lists doc's kept versions into *out (the object of
+ * syncd_store_history()). */
+int syncd_history_list(json_t **out, const syncd_doc_t *doc,
+                       syncd_error_t *err);
+
 /* ---- Edit loop pieces ---------------------------------------------------- */
 
 /* Returns the backoff before retry `attempt` (0-based): a uniform random

@@ -5,7 +5,8 @@
  *
  *   {_id: <id string>, v: int64, data: <body as BSON>, h: <hash string>,
  *    mt: <BSON date, ms>, by: <origin node>, del: <bool>,
- *    ob: [pending-publish markers], ik: [recent idempotency keys]}
+ *    ob: [pending-publish markers], ik: [recent idempotency keys],
+ *    hist: [history entries, oldest first (see history.c)]}
  *
  * where a tombstone has del: true, h: "" and no data, and ob and ik are
  * absent when empty. ob and ik are written by the same compare-and-swap as
@@ -15,7 +16,9 @@
  * never clears a newer writer's markers (on FerretDB under a claim on
  * that version, like a write). A sparse
  * index on ob, made the first time a collection's outbox is listed, keeps
- * that listing from scanning the collection.
+ * that listing from scanning the collection. hist is written with the
+ * change in the same way and is absent when empty; a record written
+ * before history existed reads as one without.
  *
  * Bodies round-trip exactly. Inside `data` every object key is escaped with
  * '%' so that keys MongoDB restricts survive: '%' becomes "%25", '.' "%2E",
@@ -642,6 +645,8 @@ static int build_record(bson_t *rec, const syncd_doc_t *doc, int with_id,
         rc = encode_value(rec, "ob", doc->outbox, err);
     if (rc == 0 && json_array_size(doc->ikeys) > 0)
         rc = encode_value(rec, "ik", doc->ikeys, err);
+    if (rc == 0 && json_array_size(doc->hist) > 0)
+        rc = encode_value(rec, "hist", doc->hist, err);
     return rc;
 }
 
@@ -716,6 +721,8 @@ static int parse_record(syncd_doc_t **out, const bson_t *b, const char *coll,
     rc = field_array(&doc->outbox, b, "ob", err);
     if (rc == 0)
         rc = field_array(&doc->ikeys, b, "ik", err);
+    if (rc == 0)
+        rc = field_array(&doc->hist, b, "hist", err);
     if (rc == 0 && !doc->deleted) {
         if (!bson_iter_init_find(&it, b, "data") ||
             !BSON_ITER_HOLDS_DOCUMENT(&it)) {
@@ -1413,7 +1420,9 @@ static int push_each(bson_t *push, const char *name, const json_t *v, int slice,
 
 /* Builds the update of mongo_cas_update() into u (initialised here; the
  * caller destroys it): $set of doc's header and body (a tombstone $unsets
- * the body), $push of its marker and idempotency key. */
+ * the body), $push of its marker and idempotency key. It runs only with
+ * history off (store.c), so it $unsets any history left from a run that
+ * kept one, which no longer leads to this version. */
 static int build_update(bson_t *u, const syncd_doc_t *doc, const json_t *marker,
                         const json_t *ikey, syncd_error_t *err)
 {
@@ -1434,11 +1443,11 @@ static int build_update(bson_t *u, const syncd_doc_t *doc, const json_t *marker,
     BSON_APPEND_UTF8(&set, "by", doc->origin);
     BSON_APPEND_BOOL(&set, "del", doc->deleted != 0);
     bson_append_document_end(u, &set);
-    if (doc->deleted) {
-        BSON_APPEND_DOCUMENT_BEGIN(u, "$unset", &unset);
+    BSON_APPEND_DOCUMENT_BEGIN(u, "$unset", &unset);
+    if (doc->deleted)
         BSON_APPEND_UTF8(&unset, "data", "");
-        bson_append_document_end(u, &unset);
-    }
+    BSON_APPEND_UTF8(&unset, "hist", "");
+    bson_append_document_end(u, &unset);
     if (rc == 0 && (marker != NULL || ikey != NULL)) {
         BSON_APPEND_DOCUMENT_BEGIN(u, "$push", &push);
         if (marker != NULL)
@@ -1722,8 +1731,9 @@ static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
                       const char *prefix, const char *after, size_t limit,
                       int with_tombstones, syncd_error_t *err)
 {
-    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}",
-                            "projection", "{", "data", BCON_INT32(0), "}");
+    bson_t *opts =
+        BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "projection", "{",
+                 "data", BCON_INT32(0), "hist", BCON_INT32(0), "}");
 
     if (limit > 0)
         BSON_APPEND_INT64(opts, "limit", (int64_t)limit);

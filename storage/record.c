@@ -10,7 +10,9 @@
  *   | hash | [u32 meta length | meta] | body
  *
  * where meta, present when flag bit 1 is set, is the compact JSON object
- * {"ob": outbox markers, "ik": idempotency keys} (either may be absent):
+ * {"ob": outbox markers, "ik": idempotency keys, "hs": history entries
+ * (see history.c)} (any may be absent; a record written before history
+ * existed has no "hs" and reads as one without history):
  * it lives in the record so that it commits with the change, in the same
  * write. The header can be read without parsing the body, which is what
  * listings and digests need. Canonical JSON parses back to the same value
@@ -83,6 +85,8 @@ static char *meta_dump(const syncd_doc_t *doc, size_t *len)
         ok = json_object_set(meta, "ob", doc->outbox) == 0;
     if (ok && json_array_size(doc->ikeys) > 0)
         ok = json_object_set(meta, "ik", doc->ikeys) == 0;
+    if (ok && json_array_size(doc->hist) > 0)
+        ok = json_object_set(meta, "hs", doc->hist) == 0;
     if (ok && json_object_size(meta) > 0) {
         text = json_dumps(meta, JSON_COMPACT);
         ok = text != NULL;
@@ -195,20 +199,24 @@ int syncd_outbox_after(json_t **out, json_t *ob, int64_t version)
     return 1;
 }
 
-/* Reads the outbox and keys of doc from its meta JSON (len bytes). */
+/* Reads the outbox, keys and history of doc from its meta JSON (len
+ * bytes). */
 static int decode_meta(syncd_doc_t *doc, const unsigned char *p, size_t len)
 {
     json_t *meta = json_loadb((const char *)p, len, 0, NULL);
     json_t *ob = json_object_get(meta, "ob");
     json_t *ik = json_object_get(meta, "ik");
+    json_t *hs = json_object_get(meta, "hs");
 
     if (!json_is_object(meta) || (ob != NULL && !json_is_array(ob)) ||
-        (ik != NULL && !json_is_array(ik))) {
+        (ik != NULL && !json_is_array(ik)) ||
+        (hs != NULL && !json_is_array(hs))) {
         json_decref(meta);
         return -1;
     }
     doc->outbox = json_incref(ob);
     doc->ikeys = json_incref(ik);
+    doc->hist = json_incref(hs);
     json_decref(meta);
     return 0;
 }

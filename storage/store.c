@@ -69,6 +69,8 @@ struct syncd_store {
     int64_t tombstone_ttl_ms;
     int64_t idempotency_ttl_ms;
     int outbox;
+    int history_len;
+    uint64_t history_max_bytes;
     size_t max_doc_bytes;
     syncd_store_hooks_t hooks; /* NULL members: the real clock/sleep/rng */
     uint64_t rng_state;
@@ -183,6 +185,7 @@ void syncd_doc_free(syncd_doc_t *doc)
     json_decref(doc->body);
     json_decref(doc->outbox);
     json_decref(doc->ikeys);
+    json_decref(doc->hist);
     free(doc);
 }
 
@@ -198,6 +201,7 @@ syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc)
     copy->body = json_incref(doc->body);
     copy->outbox = json_incref(doc->outbox);
     copy->ikeys = json_incref(doc->ikeys);
+    copy->hist = json_incref(doc->hist);
     if (copy->coll == NULL || copy->id == NULL) {
         syncd_doc_free(copy);
         return NULL;
@@ -483,6 +487,9 @@ static int build_change(syncd_store_t *s, syncd_change_t **out,
     if (next == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     rc = add_meta(s, next, cur, req, err);
+    if (rc == 0)
+        rc = syncd_history_append(next, cur, s->history_len,
+                                  s->history_max_bytes, err);
     if (rc != 0) {
         syncd_doc_free(next);
         return rc;
@@ -530,8 +537,14 @@ static int change_replay(syncd_change_t **out, syncd_doc_t *cur,
 static void cache_refresh(syncd_store_t *s, const syncd_doc_t *doc,
                           const char *canon, size_t canon_len)
 {
-    if (s->cache != NULL &&
-        syncd_cache_put(s->cache, doc, canon, canon_len, NULL) < 0)
+    syncd_doc_t bare;
+
+    if (s->cache == NULL)
+        return;
+    /* The cache never holds history: reads of it go to the store. */
+    bare = *doc;
+    bare.hist = NULL;
+    if (syncd_cache_put(s->cache, &bare, canon, canon_len, NULL) < 0)
         syncd_cache_invalidate(s->cache, doc->coll, doc->id, NULL);
 }
 
@@ -613,7 +626,10 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     syncd_error_t local;
     int rc = UNDECIDED;
 
+    /* The cache holds no history, and a history is trimmed by bytes on
+     * the record as read: with history on, writes read the record. */
     if (s->cache == NULL || s->backend->ops->cas_update == NULL ||
+        s->history_len > 0 ||
         syncd_cache_get(s->cache, &cur, req->coll, req->id, NULL) != 0)
         return UNDECIDED;
     if (!is_live(cur) ||
@@ -910,6 +926,30 @@ static int step_patch(json_t **body, const write_req_t *req,
     return syncd_patch_apply_ex(body, cur->body, pa->patch, &pa->limits, err);
 }
 
+/* Rolls back to version *(int64_t *)req->arg of cur's history. */
+static int step_rollback(json_t **body, const write_req_t *req,
+                         const syncd_doc_t *cur, syncd_error_t *err)
+{
+    int64_t to = *(const int64_t *)req->arg;
+    syncd_doc_t *v = NULL;
+    int rc;
+
+    if (cur == NULL)
+        return not_found(req, err);
+    rc = syncd_history_version(&v, cur, to, err);
+    if (rc != 0)
+        return rc;
+    if (v->deleted)
+        rc = syncd_error_set(err, SYNCD_ENOTFOUND,
+                             "version %lld of %s/%s is a deletion: there is "
+                             "no body to restore",
+                             (long long)to, req->coll, req->id);
+    else
+        *body = json_incref(v->body);
+    syncd_doc_free(v);
+    return rc;
+}
+
 /* ---- Public writes ------------------------------------------------------ */
 
 void syncd_write_options_init(syncd_write_options_t *opts)
@@ -1079,6 +1119,68 @@ int syncd_store_delete_ex(syncd_store_t *store, syncd_change_t **out,
     *out = NULL;
     rc = req_init(&req, coll, id, step_delete, NULL, wo, err);
     return rc != 0 ? rc : write_loop(store, out, &req, err);
+}
+
+int syncd_store_rollback(syncd_store_t *store, syncd_change_t **out,
+                         const char *coll, const char *id, int64_t to,
+                         const syncd_write_options_t *wo, syncd_error_t *err)
+{
+    write_req_t req;
+    int rc;
+
+    *out = NULL;
+    rc = req_init(&req, coll, id, step_rollback, &to, wo, err);
+    if (rc != 0)
+        return rc;
+    return write_loop(store, out, &req, err);
+}
+
+/* ---- History reads ------------------------------------------------------ */
+
+/* Reads the record of coll/id with its history from the store of record
+ * (never the cache, which holds no history) into *out. */
+static int read_history(syncd_store_t *s, syncd_doc_t **out, const char *coll,
+                        const char *id, syncd_error_t *err)
+{
+    syncd_error_t local;
+    int rc = validate_key(coll, id, err);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    syncd_error_clear(&local);
+    rc = s->backend->ops->get(s->backend, out, coll, id, &local);
+    if (rc == SYNCD_ENOTFOUND)
+        return syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll,
+                               id);
+    return rc != 0 ? forward(err, &local, rc) : 0;
+}
+
+int syncd_store_history(syncd_store_t *store, json_t **out, const char *coll,
+                        const char *id, syncd_error_t *err)
+{
+    syncd_doc_t *doc = NULL;
+    int rc = read_history(store, &doc, coll, id, err);
+
+    *out = NULL;
+    if (rc == 0)
+        rc = syncd_history_list(out, doc, err);
+    syncd_doc_free(doc);
+    return rc;
+}
+
+int syncd_store_get_version(syncd_store_t *store, syncd_doc_t **out,
+                            const char *coll, const char *id, int64_t version,
+                            syncd_error_t *err)
+{
+    syncd_doc_t *doc = NULL;
+    int rc = read_history(store, &doc, coll, id, err);
+
+    *out = NULL;
+    if (rc == 0)
+        rc = syncd_history_version(out, doc, version, err);
+    syncd_doc_free(doc);
+    return rc;
 }
 
 /* ---- The outbox --------------------------------------------------------- */
@@ -1264,9 +1366,13 @@ int syncd_store_cache_put(syncd_store_t *store, const syncd_doc_t *doc,
 {
     int rc = validate_key(doc->coll, doc->id, err);
 
+    syncd_doc_t bare;
+
     if (rc != 0 || store->cache == NULL)
         return rc;
-    return syncd_cache_put(store->cache, doc, NULL, 0, err);
+    bare = *doc; /* the cache never holds history */
+    bare.hist = NULL;
+    return syncd_cache_put(store->cache, &bare, NULL, 0, err);
 }
 
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
@@ -1361,6 +1467,8 @@ void syncd_store_options_init(syncd_store_options_t *opts)
     opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
     opts->backend_timeout_ms = 5000;
     opts->idempotency_ttl_ms = 10 * 60 * 1000;
+    opts->history_len = 20;
+    opts->history_max_bytes = (uint64_t)1 << 20;
 }
 
 static int check_options(const syncd_store_options_t *o, syncd_error_t *err)
@@ -1376,10 +1484,15 @@ static int check_options(const syncd_store_options_t *o, syncd_error_t *err)
     if (o->max_retries < 0 || o->retry_delay_ms < 0 ||
         o->max_retry_delay_ms < 0 || o->edit_timeout_ms < 0 ||
         o->tombstone_ttl_ms < 0 || o->cache_ttl_ms < 0 ||
-        o->idempotency_ttl_ms < 0 || o->backend_timeout_ms <= 0)
+        o->idempotency_ttl_ms < 0 || o->backend_timeout_ms <= 0 ||
+        o->history_len < 0)
         return syncd_error_set(err, SYNCD_EINVAL,
-                               "retry, timeout and TTL options must not be "
-                               "negative");
+                               "retry, timeout, TTL and history options must "
+                               "not be negative");
+    if (o->history_len > SYNCD_MAX_HISTORY_LEN)
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "history_len (--history-len) is over %d",
+                               SYNCD_MAX_HISTORY_LEN);
     if (o->max_doc_bytes == 0)
         return syncd_error_set(err, SYNCD_EINVAL, "max_doc_bytes is 0");
     return 0;
@@ -1432,6 +1545,8 @@ int syncd_store_open(syncd_store_t **out, const syncd_store_options_t *opts,
     s->tombstone_ttl_ms = opts->tombstone_ttl_ms;
     s->idempotency_ttl_ms = opts->idempotency_ttl_ms;
     s->outbox = opts->outbox;
+    s->history_len = opts->history_len;
+    s->history_max_bytes = opts->history_max_bytes;
     s->max_doc_bytes = opts->max_doc_bytes;
     if (opts->hooks != NULL)
         s->hooks = *opts->hooks;

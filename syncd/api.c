@@ -14,6 +14,14 @@
  * the first outcome (status, ETag; the body when the document is still at
  * that version) and writes nothing.
  *
+ * History (DESIGN.md section 2): GET .../docs/{id}?version=N reads a kept
+ * version, GET .../docs/{id}/history lists the kept versions, and POST
+ * .../docs/{id}/rollback?to=N writes version N's body as a new version
+ * (a write like the others: If-Match, Idempotency-Key, published). All
+ * three read the store of record, which keeps the history with the
+ * record. An id whose last segment is "history" or "rollback" must
+ * percent-encode its '/' to be read as a document.
+ *
  * Digests and verification (GET .../digest with an optional id range and
  * source, POST .../verify) are store jobs like the others: the thread pool
  * pages through the node's view and the store (storage/view.c), so the
@@ -26,6 +34,11 @@
  * trailer line with the count, digest and starting seq ends it. GET
  * /v1/collections lists the collections and POST /v1/admin/checkpoint
  * writes a RocksDB checkpoint of the embedded store, both as store jobs.
+ *
+ * GET /ui and the files under /ui/ are the operator's console (ui.c). A
+ * browser page whose origin is the advertised URL of a live node may read
+ * this API (CORS: syncd_api_cors() for every response, and the preflight
+ * answered here), so that a node's console can reach the other nodes.
  *
  * A watch checks where its stream can start (the collection's current seq
  * and, for a past `since`, that the replay log still holds since+1; else
@@ -53,6 +66,7 @@
 #include "base/buf.h"
 #include "base/pct.h"
 #include "log.h"
+#include "ui.h"
 
 #define LIST_DEFAULT_LIMIT 1000
 #define LIST_MAX_LIMIT 10000
@@ -81,6 +95,9 @@ typedef enum {
     JOB_VERIFY,
     JOB_COLLECTIONS,
     JOB_CHECKPOINT,
+    JOB_GET_VERSION,
+    JOB_HISTORY,
+    JOB_ROLLBACK,
 } job_kind_t;
 
 typedef struct job {
@@ -102,6 +119,7 @@ typedef struct job {
     size_t limit;
     syncd_view_t view; /* digest: whose entries */
     int64_t seq;       /* list: the collection's seq read before listing */
+    int64_t at;        /* ?version=N: N; rollback: the version restored */
     int held;          /* a write holding its collection on the node */
     /* results */
     int rc;
@@ -519,6 +537,55 @@ static void run_delete(job_t *j)
     json_decref(out);
 }
 
+/* Reads version j->at of j's document: its body with ETag N, or 404 for
+ * a version not kept or a deletion. */
+static void run_get_version(job_t *j)
+{
+    syncd_doc_t *doc = NULL;
+
+    j->rc = syncd_store_get_version(j->api->opts.store, &doc, j->coll, j->id,
+                                    j->at, &j->err);
+    if (j->rc == 0 && doc->deleted)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOTFOUND,
+                                "version %lld of %s/%s is a deletion",
+                                (long long)j->at, j->coll, j->id);
+    if (j->rc == 0) {
+        j->version = doc->version;
+        set_text(j, doc->body);
+    }
+    syncd_doc_free(doc);
+}
+
+static void run_history(job_t *j)
+{
+    json_t *out = NULL;
+
+    j->rc =
+        syncd_store_history(j->api->opts.store, &out, j->coll, j->id, &j->err);
+    if (j->rc == 0) {
+        j->version = json_integer_value(json_object_get(out, "v"));
+        set_text(j, out);
+    }
+    json_decref(out);
+}
+
+static void run_rollback(job_t *j)
+{
+    syncd_write_options_t wo;
+
+    syncd_write_options_init(&wo);
+    wo.if_match = j->if_match;
+    wo.idempotency_key = j->ikey;
+    j->rc = syncd_store_rollback(j->api->opts.store, &j->change, j->coll, j->id,
+                                 j->at, &wo, &j->err);
+    if (j->rc == 0 && j->change->replayed) {
+        set_replay_text(j);
+    } else if (j->rc == 0) {
+        j->version = j->change->doc->version;
+        set_text(j, j->change->doc->body);
+    }
+}
+
 static void run_list(job_t *j)
 {
     json_t *docs = NULL, *out = NULL;
@@ -689,6 +756,15 @@ static void job_work(uv_work_t *w)
     case JOB_CHECKPOINT:
         run_checkpoint(j);
         break;
+    case JOB_GET_VERSION:
+        run_get_version(j);
+        break;
+    case JOB_HISTORY:
+        run_history(j);
+        break;
+    case JOB_ROLLBACK:
+        run_rollback(j);
+        break;
     default:
         run_write(j);
         break;
@@ -719,7 +795,7 @@ static void job_finish(job_t *j)
             respond_rc(j->req, j->kind, j->rc, &j->err);
     } else {
         int created =
-            j->change != NULL &&
+            j->change != NULL && j->kind != JOB_ROLLBACK &&
             (j->change->replayed ? j->change->replayed_op : j->change->op) ==
                 SYNCD_CHANGE_CREATE;
 
@@ -778,7 +854,8 @@ static void job_deadline(uv_timer_t *t)
 {
     job_t *j = t->data;
     int write = j->kind == JOB_CREATE || j->kind == JOB_PUT ||
-                j->kind == JOB_PATCH || j->kind == JOB_DELETE;
+                j->kind == JOB_PATCH || j->kind == JOB_DELETE ||
+                j->kind == JOB_ROLLBACK;
     syncd_error_t err;
 
     syncd_error_clear(&err);
@@ -950,6 +1027,93 @@ static void method_not_allowed(syncd_http_req_t *req, const char *allow)
                        sizeof(body) - 1);
 }
 
+/* Returns 1 when req's query has parameter name. */
+static int has_query(const syncd_http_req_t *req, const char *name)
+{
+    char *v = NULL;
+    int rc = query_param(&v, req, name);
+
+    free(v);
+    return rc != 0;
+}
+
+/* Reads the version in query parameter name into j->at; answers 400 and
+ * returns -1 when it is missing or not a version (1 or more). */
+static int read_version_param(job_t *j, const char *name)
+{
+    char *v = NULL;
+    char msg[96];
+    int rc = query_param(&v, j->req, name);
+
+    if (rc == 1 && parse_count(&j->at, v) == 0 && j->at >= 1) {
+        free(v);
+        return 0;
+    }
+    free(v);
+    snprintf(msg, sizeof(msg), "%s must be a version (an integer from 1)",
+             name);
+    syncd_http_respond_error(j->req, 400, "bad_request", msg);
+    return -1;
+}
+
+/* Serves GET .../docs/{id}/history (rollback 0) or POST
+ * .../docs/{id}/rollback?to=N (rollback 1); coll and id are taken over. */
+static void serve_history(syncd_api_t *api, syncd_http_req_t *req, char *coll,
+                          char *id, int rollback)
+{
+    const char *m = syncd_http_method(req);
+    job_t *j;
+    int rc;
+
+    syncd_http_set_route(req, rollback ? "rollback" : "history");
+    if (strcmp(m, rollback ? "POST" : "GET") != 0) {
+        free(coll);
+        free(id);
+        method_not_allowed(req, rollback ? "POST" : "GET");
+        return;
+    }
+    j = job_new(api, req, rollback ? JOB_ROLLBACK : JOB_HISTORY, coll, id);
+    if (j == NULL)
+        return;
+    if (rollback) {
+        rc = read_version_param(j, "to");
+        if (rc == 0)
+            rc = read_if_match(j);
+        if (rc == 0) {
+            rc = hold_collection(api, req, j->coll);
+            j->held = rc == 0;
+        }
+        if (rc == 0)
+            rc = read_idempotency_key(j);
+        if (rc < 0) {
+            if (j->held)
+                syncd_node_release(api->opts.node, j->coll, 0);
+            job_free(j);
+            inflight_end(api);
+            return;
+        }
+    }
+    job_queue(j);
+}
+
+/* Returns 1 (history) or 2 (rollback) when the raw id path s (n bytes)
+ * ends with "/history" or "/rollback" after a non-empty id, shortening *n
+ * to the id; else 0. */
+static int history_subroute(const char *s, size_t *n)
+{
+    static const char *const tails[] = {"/history", "/rollback"};
+
+    for (int i = 0; i < 2; i++) {
+        size_t t = strlen(tails[i]);
+
+        if (*n > t && memcmp(s + *n - t, tails[i], t) == 0) {
+            *n -= t;
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
 static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
                       char *id)
 {
@@ -958,7 +1122,10 @@ static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
     job_t *j;
     int rc = 0;
 
-    if (strcmp(m, "GET") == 0) {
+    if (strcmp(m, "GET") == 0 && has_query(req, "version")) {
+        syncd_http_set_route(req, "get_version");
+        kind = JOB_GET_VERSION;
+    } else if (strcmp(m, "GET") == 0) {
         syncd_http_set_route(req, "get");
         kind = JOB_GET;
     } else if (strcmp(m, "PUT") == 0) {
@@ -985,6 +1152,12 @@ static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
         rc = setup_patch(j);
     else if (kind == JOB_DELETE)
         rc = read_if_match(j);
+    else if (kind == JOB_GET_VERSION)
+        rc = read_version_param(j, "version");
+    if (rc == 0 && kind == JOB_GET_VERSION) {
+        job_queue(j);
+        return;
+    }
     if (rc == 0 && kind != JOB_GET) {
         rc = hold_collection(api, req, j->coll);
         j->held = rc == 0;
@@ -1773,12 +1946,13 @@ static void serve_health(syncd_api_t *api, syncd_http_req_t *req)
     json_t *o;
     char *text;
 
-    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:O*}", "status", "ok",
+    o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:O*}", "status", "ok",
                   "node", api->opts.node_id, "version", SYNCD_VERSION, "store",
                   syncd_store_kind(api->opts.store), "bus",
                   syncd_bus_kind(api->opts.bus), "bus_connected",
-                  syncd_bus_connected(api->opts.bus), "start_check",
-                  (json_t *)api->opts.start_check);
+                  syncd_bus_connected(api->opts.bus), "token_required",
+                  api->opts.cfg != NULL && api->opts.cfg->token != NULL,
+                  "start_check", (json_t *)api->opts.start_check);
     text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (text == NULL)
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
@@ -1811,6 +1985,35 @@ static void serve_metrics(syncd_api_t *api, syncd_http_req_t *req)
     }
     free(text);
     syncd_buf_free(&b);
+}
+
+int syncd_api_cors(const char *origin, void *data)
+{
+    syncd_api_t *api = data;
+
+    return syncd_members_knows_url(api->opts.members, origin);
+}
+
+/* Answers a CORS preflight: for an origin of the cluster, the methods and
+ * request headers the API takes (Access-Control-Allow-Origin itself comes
+ * from syncd_api_cors()); 403 for any other origin. */
+static void serve_preflight(syncd_api_t *api, syncd_http_req_t *req)
+{
+    const char *origin = syncd_http_header(req, "Origin");
+
+    syncd_http_set_route(req, "preflight");
+    if (origin == NULL || !syncd_api_cors(origin, api)) {
+        syncd_http_respond_error(req, 403, "forbidden",
+                                 "this origin is no node of the cluster");
+        return;
+    }
+    syncd_http_respond(
+        req, 204, NULL,
+        "Access-Control-Allow-Methods: GET, PUT, PATCH, DELETE, POST\r\n"
+        "Access-Control-Allow-Headers: Authorization, Content-Type, "
+        "If-Match, If-None-Match, Idempotency-Key, Last-Event-ID\r\n"
+        "Access-Control-Max-Age: 600\r\n",
+        "", 0);
 }
 
 /* Decodes and validates a collection or id path segment into *out;
@@ -1854,6 +2057,15 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
 
     if (api->quiescing) {
         syncd_http_respond_error(req, 503, "unavailable", "shutting down");
+        return;
+    }
+    if (strcmp(syncd_http_method(req), "OPTIONS") == 0) {
+        serve_preflight(api, req);
+        return;
+    }
+    if (syncd_ui_path(path)) {
+        syncd_http_set_route(req, "ui");
+        syncd_ui_serve(req);
         return;
     }
     if (strcmp(path, "/v1/health") == 0 || strcmp(path, "/metrics") == 0) {
@@ -1901,11 +2113,17 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
     if (strcmp(rest, "docs") == 0) {
         serve_list(api, req, coll);
     } else if (strncmp(rest, "docs/", 5) == 0) {
-        if (path_segment(&id, req, rest + 5, strlen(rest + 5), 1) < 0) {
+        size_t n = strlen(rest + 5);
+        int sub = history_subroute(rest + 5, &n);
+
+        if (path_segment(&id, req, rest + 5, n, 1) < 0) {
             free(coll);
             return;
         }
-        serve_doc(api, req, coll, id);
+        if (sub != 0)
+            serve_history(api, req, coll, id, sub == 2);
+        else
+            serve_doc(api, req, coll, id);
     } else if (strcmp(rest, "watch") == 0) {
         serve_watch(api, req, coll);
     } else if (strcmp(rest, "digest") == 0) {

@@ -48,6 +48,10 @@ void syncd_api_handle(syncd_http_req_t *req, void *data);
 /* The syncd_http_observe_fn of the API: counts responses in metrics. */
 void syncd_api_observe(const char *route, int status, void *data);
 
+/* The syncd_http_cors_fn of the API: the console of any live node of the
+ * cluster (its advertised URL is origin) may read this node's API. */
+int syncd_api_cors(const char *origin, void *data);
+
 /* Makes the API answer new requests with 503 and calls cb (once) when no
  * store call or publish is in flight any more. */
 void syncd_api_quiesce(syncd_api_t *api, void (*cb)(void *payload),

@@ -82,6 +82,11 @@ static const option_t options[] = {
      "lifetime of a delete tombstone"},
     {"idempotency-ttl", OPT_DURATION, AT(idempotency_ttl_ms), "10m",
      "how long a write's Idempotency-Key replays its outcome"},
+    {"history-len", OPT_INT, AT(history_len), "20",
+     "earlier versions each document keeps as reverse patches, for "
+     "?version=N, /history and /rollback (0: none; at most 100000)"},
+    {"history-max-bytes", OPT_SIZE, AT(history_max_bytes), "1MiB",
+     "bound of one document's history (oldest versions go first)"},
     {"max-doc-bytes", OPT_SIZE, AT(max_doc_bytes), "8MiB",
      "largest document body"},
     {"max-event-bytes", OPT_SIZE, AT(max_event_bytes), "1MiB",

@@ -45,7 +45,9 @@ typedef struct syncd_config {
         heartbeat_interval_ms;
     uint64_t cache_max_bytes, max_doc_bytes, max_event_bytes, max_header_bytes,
         watch_buffer_bytes;
-    char host[256]; /* parsed from listen */
+    int64_t history_len;        /* earlier versions a document keeps */
+    uint64_t history_max_bytes; /* bound of one document's history */
+    char host[256];             /* parsed from listen */
     int port;
     int help, version; /* --help, --version was given */
 } syncd_config_t;

@@ -120,6 +120,7 @@ struct syncd_http_server {
     syncd_http_options_t opts;
     char *token;
     char *open_path;
+    char *open_prefix;
     conn_t *conns;
     int nconns;
     int draining;
@@ -259,6 +260,7 @@ static void server_unref(syncd_http_server_t *srv)
     payload = srv->close_payload;
     free(srv->token);
     free(srv->open_path);
+    free(srv->open_prefix);
     free(srv);
     if (cb != NULL)
         cb(payload);
@@ -779,16 +781,29 @@ static int split_url(syncd_http_req_t *r)
     return r->path != NULL && r->query != NULL ? 0 : -1;
 }
 
+/* Returns 1 when path is the open prefix or lies under it. */
+static int under_open_prefix(const syncd_http_server_t *srv, const char *path)
+{
+    size_t n = srv->open_prefix ? strlen(srv->open_prefix) : 0;
+
+    return n > 0 && strncmp(path, srv->open_prefix, n) == 0 &&
+           (path[n] == '\0' || path[n] == '/');
+}
+
 /* Returns 1 when r carries one of the server's bearer tokens (a
- * comma-separated list), or none is set. Each comparison takes the same
- * time whatever the bytes that differ. */
+ * comma-separated list), or none is set, or r needs none: the open path,
+ * the open prefix, a CORS preflight (which browsers send without
+ * credentials, and which the handler answers with headers only). Each
+ * comparison takes the same time whatever the bytes that differ. */
 static int authorized(const syncd_http_server_t *srv, syncd_http_req_t *r)
 {
     const char *auth, *given, *token;
     size_t len, want, i;
     int ok = 0;
 
-    if (srv->token == NULL || strcmp(syncd_http_path(r), srv->open_path) == 0)
+    if (srv->token == NULL || strcmp(syncd_http_path(r), srv->open_path) == 0 ||
+        under_open_prefix(srv, syncd_http_path(r)) ||
+        strcmp(r->method, "OPTIONS") == 0)
         return 1;
     auth = syncd_http_header(r, "Authorization");
     if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0)
@@ -852,10 +867,16 @@ static const char *reason_phrase(int status)
         return "OK";
     case 201:
         return "Created";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
     case 400:
         return "Bad Request";
     case 401:
         return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -892,6 +913,7 @@ static void begin_response(syncd_http_req_t *r, int status,
                            long long body_len)
 {
     conn_t *c = r->conn;
+    const char *origin;
 
     r->started = 1;
     r->status = status;
@@ -908,14 +930,22 @@ static void begin_response(syncd_http_req_t *r, int status,
                      reason_phrase(status));
     if (content_type != NULL)
         syncd_buf_printf(&r->out, "Content-Type: %s\r\n", content_type);
-    if (body_len >= 0)
+    /* 204 and 304 have no body, and send no length (RFC 9110 8.6). */
+    if (body_len >= 0 && status != 204 && status != 304)
         syncd_buf_printf(&r->out, "Content-Length: %lld\r\n", body_len);
-    else
+    else if (body_len < 0)
         syncd_buf_printf(&r->out, "Transfer-Encoding: chunked\r\n");
     if (status == 401)
         syncd_buf_printf(&r->out, "WWW-Authenticate: Bearer\r\n");
     if (r->close_after)
         syncd_buf_printf(&r->out, "Connection: close\r\n");
+    origin = syncd_http_header(r, "Origin");
+    if (c->srv->opts.cors != NULL && origin != NULL &&
+        c->srv->opts.cors(origin, c->srv->opts.data))
+        syncd_buf_printf(&r->out,
+                         "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n"
+                         "Access-Control-Expose-Headers: ETag\r\n",
+                         origin);
     syncd_buf_printf(&r->out, "%s\r\n", headers != NULL ? headers : "");
 }
 
@@ -1133,6 +1163,7 @@ int syncd_http_listen(syncd_http_server_t **out, uv_loop_t *loop,
     srv->opts = *opts;
     srv->token = opts->token ? strdup(opts->token) : NULL;
     srv->open_path = strdup(opts->open_path ? opts->open_path : "");
+    srv->open_prefix = opts->open_prefix ? strdup(opts->open_prefix) : NULL;
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
     srv->handles = 1;

@@ -32,6 +32,10 @@ typedef void (*syncd_http_handler_fn)(syncd_http_req_t *req, void *data);
 typedef void (*syncd_http_observe_fn)(const char *route, int status,
                                       void *data);
 
+/* Returns 1 when a page of origin (the Origin header, "http://host:port")
+ * may read the server's responses (CORS), else 0. */
+typedef int (*syncd_http_cors_fn)(const char *origin, void *data);
+
 /* Server options; syncd_http_options_init() sets the documented defaults.
  * Strings are borrowed for the life of the server. */
 typedef struct syncd_http_options {
@@ -45,8 +49,15 @@ typedef struct syncd_http_options {
     const char *token;         /* bearer tokens, comma-separated (any one is
                                   accepted); NULL: no authentication */
     const char *open_path;     /* the one path served without the token */
+    const char *open_prefix;   /* a path served without the token, with
+                                  every path under it + "/" ("/ui"); NULL:
+                                  none. CORS preflights (OPTIONS) never
+                                  need the token either. */
     syncd_http_handler_fn handler;
     syncd_http_observe_fn observe; /* may be NULL */
+    syncd_http_cors_fn cors;       /* allowed origins get
+                                      Access-Control-Allow-Origin on every
+                                      response; NULL: no CORS headers */
     void *data;                    /* passed to handler and observe */
 } syncd_http_options_t;
 

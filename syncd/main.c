@@ -265,6 +265,10 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.max_doc_bytes = c->max_doc_bytes;
     so.tombstone_ttl_ms = c->tombstone_ttl_ms;
     so.idempotency_ttl_ms = c->idempotency_ttl_ms;
+    so.history_len = c->history_len > SYNCD_MAX_HISTORY_LEN
+                         ? SYNCD_MAX_HISTORY_LEN + 1
+                         : (int)c->history_len;
+    so.history_max_bytes = c->history_max_bytes;
     so.backend_timeout_ms = c->store_timeout_ms;
     so.outbox = 1;
     rc = syncd_store_open(&d->store, &so, err);
@@ -338,8 +342,10 @@ static int open_api(daemon_t *d, syncd_error_t *err)
     ho.idle_timeout_ms = c->idle_timeout_ms;
     ho.header_timeout_ms = c->header_timeout_ms;
     ho.token = c->token;
+    ho.open_prefix = "/ui";
     ho.handler = syncd_api_handle;
     ho.observe = syncd_api_observe;
+    ho.cors = syncd_api_cors;
     ho.data = d->api;
     rc = syncd_http_listen(&d->http, &d->loop, c->host, c->port, &ho, err);
     if (rc != 0)

@@ -341,6 +341,33 @@ void syncd_members_serve(syncd_members_t *m, syncd_http_req_t *req)
     }
 }
 
+/* Returns 1 when url, without one trailing slash, equals origin. */
+static int same_origin(const char *url, const char *origin)
+{
+    size_t n = url != NULL ? strlen(url) : 0;
+
+    if (n > 0 && url[n - 1] == '/')
+        n--;
+    return n > 0 && strlen(origin) == n && strncmp(url, origin, n) == 0;
+}
+
+int syncd_members_knows_url(const syncd_members_t *m, const char *origin)
+{
+    const json_t *node;
+    size_t i;
+
+    if (m == NULL)
+        return 0;
+    if (same_origin(m->url, origin))
+        return 1;
+    json_array_foreach (json_object_get(m->view, "nodes"), i, node) {
+        if (same_origin(json_string_value(json_object_get(node, "url")),
+                        origin))
+            return 1;
+    }
+    return 0;
+}
+
 /* Appends s as a Prometheus label value (backslash, quote and newline
  * escaped); 0 or SYNCD_ENOMEM. */
 static int put_label(syncd_buf_t *out, const char *s)

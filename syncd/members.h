@@ -61,6 +61,11 @@ void syncd_members_free(syncd_members_t *m);
  * cannot answer. */
 void syncd_members_serve(syncd_members_t *m, syncd_http_req_t *req);
 
+/* Returns 1 when origin ("http://host:port", no path) is the advertised
+ * URL of this node or of a live node of the last read (a trailing slash of
+ * the URL ignored), else 0; m may be NULL (no membership: 0). */
+int syncd_members_knows_url(const syncd_members_t *m, const char *origin);
+
 /* Appends syncd_nodes_live and syncd_node_lag{node,collection} of the
  * last read to out in Prometheus text format; 0 or SYNCD_ENOMEM. */
 int syncd_members_metrics(const syncd_members_t *m, syncd_buf_t *out);

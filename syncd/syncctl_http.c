@@ -261,12 +261,14 @@ static int print_reply(const reply_t *r, const char *coll, const char *id)
 typedef struct args {
     const char *pos[3]; /* positional arguments */
     int npos;
-    const char *if_match, *prefix, *since;
+    const char *if_match, *prefix, *since, *version;
     int merge;
+    char tail[64]; /* appended to the document's URL: a sub-route, a query */
 } args_t;
 
 /* Splits argv into positional arguments and the flags the command allows
- * (a string of letters: m --merge, i --if-match, p --prefix, s --since);
+ * (a string of letters: m --merge, i --if-match, p --prefix, s --since,
+ * v --version);
  * returns -1 on anything else. */
 static int parse_args(args_t *a, int argc, char **argv, const char *allow)
 {
@@ -287,6 +289,9 @@ static int parse_args(args_t *a, int argc, char **argv, const char *allow)
         else if (strcmp(s, "--since") == 0 && strchr(allow, 's') &&
                  i + 1 < argc)
             a->since = argv[++i];
+        else if (strcmp(s, "--version") == 0 && strchr(allow, 'v') &&
+                 i + 1 < argc)
+            a->version = argv[++i];
         else if ((s[0] != '-' || strcmp(s, "-") == 0) && a->npos < 3)
             a->pos[a->npos++] = s;
         else
@@ -307,7 +312,8 @@ static int doc_request(const syncctl_opts_t *opts, const char *method,
     reply_t r;
     int rc;
 
-    url = make_url(opts, a->pos[0], "docs", a->pos[1], NULL);
+    url = make_url(opts, a->pos[0], "docs", a->pos[1],
+                   a->tail[0] != '\0' ? a->tail : NULL);
     if (url == NULL)
         return syncctl_fail("out of memory");
     if (body_file != NULL) {
@@ -330,14 +336,48 @@ static int doc_request(const syncctl_opts_t *opts, const char *method,
     return rc;
 }
 
+/* Returns 1 when s is a version: 1 to 18 decimal digits, not all zero. */
+static int is_version(const char *s)
+{
+    size_t n = strspn(s, "0123456789");
+
+    return n > 0 && n <= 18 && s[n] == '\0' && strspn(s, "0") < n;
+}
+
 static int cmd_get(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                    int argc, char **argv)
 {
     args_t a;
 
+    if (parse_args(&a, argc, argv, "v") < 0 || a.npos != 2 ||
+        (a.version != NULL && !is_version(a.version)))
+        return syncctl_usage(self);
+    if (a.version != NULL)
+        snprintf(a.tail, sizeof(a.tail), "?version=%s", a.version);
+    return doc_request(opts, "GET", &a, NULL, NULL, 0);
+}
+
+static int cmd_history(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                       int argc, char **argv)
+{
+    args_t a;
+
     if (parse_args(&a, argc, argv, "") < 0 || a.npos != 2)
         return syncctl_usage(self);
+    snprintf(a.tail, sizeof(a.tail), "/history");
     return doc_request(opts, "GET", &a, NULL, NULL, 0);
+}
+
+static int cmd_rollback(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                        int argc, char **argv)
+{
+    args_t a;
+
+    if (parse_args(&a, argc, argv, "i") < 0 || a.npos != 3 ||
+        !is_version(a.pos[2]))
+        return syncctl_usage(self);
+    snprintf(a.tail, sizeof(a.tail), "/rollback?to=%s", a.pos[2]);
+    return doc_request(opts, "POST", &a, NULL, NULL, 1);
 }
 
 static int cmd_put(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
@@ -676,7 +716,9 @@ int syncctl_call_doc(const syncctl_opts_t *opts, const char *method,
 }
 
 const syncctl_cmd_t syncctl_http_commands[] = {
-    {"get", "C ID", cmd_get},
+    {"get", "C ID [--version N]", cmd_get},
+    {"history", "C ID", cmd_history},
+    {"rollback", "C ID N [--if-match V]", cmd_rollback},
     {"put", "C ID [FILE] [--if-match V]", cmd_put},
     {"patch", "C ID [--merge] [FILE] [--if-match V]", cmd_patch},
     {"rm", "C ID [--if-match V]", cmd_rm},

@@ -3385,6 +3385,378 @@ static void test_cache__kept_only_across_a_clean_close_when_asked(void **state)
                      SYNCD_ENOTFOUND);
 }
 
+/* ---- History and rollback ----------------------------------------------- */
+
+/* One acknowledged write: its version, hash and body (NULL: a deletion). */
+typedef struct acked {
+    int64_t v;
+    char h[SYNCD_HASH_HEX_LEN + 1];
+    json_t *body;
+} acked_t;
+
+/* Writers of one document: edits and, with rollbacks set, rollbacks to
+ * versions they were acknowledged earlier; every acknowledged change is
+ * recorded in acked[v]. */
+typedef struct hist_writers {
+    syncd_store_t *store;
+    int per_thread, rollbacks;
+    pthread_mutex_t lock;
+    acked_t acked[256];
+    int failures;
+} hist_writers_t;
+
+typedef struct hist_writer {
+    hist_writers_t *w;
+    int n;
+} hist_writer_t;
+
+static void record_ack(hist_writers_t *w, const syncd_change_t *c)
+{
+    acked_t *a;
+
+    assert_true(c->doc->version > 0 && c->doc->version < 256);
+    pthread_mutex_lock(&w->lock);
+    a = &w->acked[c->doc->version];
+    a->v = c->doc->version;
+    snprintf(a->h, sizeof(a->h), "%s", c->doc->hash);
+    a->body = json_incref(c->doc->body);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void *hist_writer_thread(void *arg)
+{
+    hist_writer_t *hw = arg;
+    hist_writers_t *w = hw->w;
+    uint64_t seed = (uint64_t)hw->n * 7919 + 17;
+
+    for (int i = 0; i < w->per_thread; i++) {
+        syncd_change_t *c = NULL;
+        int rc;
+
+        seed = seed * 6364136223846793005u + 1442695040888963407u;
+        if (w->rollbacks && i % 2 == 1) {
+            /* Versions 1 and 2 exist once this thread's first edit is in. */
+            int64_t to = 1 + (int64_t)((seed >> 33) % 2);
+
+            rc = syncd_store_rollback(w->store, &c, "h", "doc", to, NULL, NULL);
+        } else {
+            rc = syncd_store_edit(w->store, &c, "h", "doc", inc_counter, NULL,
+                                  SYNCD_ANY_VERSION, NULL);
+        }
+        if (rc != 0)
+            __atomic_add_fetch(&w->failures, 1, __ATOMIC_RELAXED);
+        else if (c->op != SYNCD_CHANGE_NONE)
+            record_ack(w, c);
+        syncd_change_free(c);
+    }
+    return NULL;
+}
+
+/* Asserts that coll/id's history is exactly the acknowledged sequence:
+ * versions oldest..current with no gap, each one's body and hash (read
+ * with syncd_store_get_version(), replayed from the reverse patches) the
+ * acknowledged ones, and each forward patch leading to the next body. */
+static void assert_history_is(fixture_t *f, const char *coll, const char *id,
+                              acked_t *acked, int64_t oldest, int64_t current)
+{
+    json_t *hist = NULL, *e;
+    syncd_error_t err;
+    size_t i;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_history(f->store, &hist, coll, id, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(hist, "v")), current);
+    assert_int_equal(json_integer_value(json_object_get(hist, "oldest")),
+                     oldest);
+    assert_int_equal(json_array_size(json_object_get(hist, "versions")),
+                     (size_t)(current - oldest + 1));
+    json_array_foreach (json_object_get(hist, "versions"), i, e) {
+        int64_t v = current - (int64_t)i;
+        syncd_doc_t *doc = NULL;
+        json_t *patch = json_object_get(e, "patch"), *next = NULL;
+
+        assert_int_equal(json_integer_value(json_object_get(e, "v")), v);
+        assert_string_equal(json_string_value(json_object_get(e, "h")),
+                            acked[v].h);
+        assert_int_equal(
+            syncd_store_get_version(f->store, &doc, coll, id, v, &err), 0);
+        assert_int_equal(doc->version, v);
+        assert_string_equal(doc->hash, acked[v].h);
+        if (acked[v].body == NULL) {
+            assert_true(doc->deleted);
+        } else {
+            assert_true(syncd_json_equal(doc->body, acked[v].body));
+        }
+        if (v == current) {
+            assert_true(json_is_null(patch));
+        } else {
+            json_t *from =
+                acked[v].body ? json_incref(acked[v].body) : json_object();
+
+            assert_int_equal(syncd_patch_apply(&next, from, patch, &err), 0);
+            if (acked[v + 1].body != NULL)
+                assert_true(syncd_json_equal(next, acked[v + 1].body));
+            json_decref(next);
+            json_decref(from);
+        }
+        syncd_doc_free(doc);
+    }
+    json_decref(hist);
+}
+
+static void run_history_writers(fixture_t *f, int threads, int per_thread,
+                                int rollbacks)
+{
+    hist_writers_t *w = calloc(1, sizeof(*w));
+    hist_writer_t hw[8];
+    pthread_t t[8];
+    syncd_change_t *c = NULL;
+    json_t *body = parse("{\"n\":0}");
+    int64_t current;
+
+    f->opts.history_len = 200;
+    f->opts.max_retries = 100000;
+    f->opts.retry_delay_ms = 1;
+    f->opts.max_retry_delay_ms = 20;
+    f->opts.edit_timeout_ms = 600000;
+    f->opts.sync_writes = 0;
+    reopen(f);
+    pthread_mutex_init(&w->lock, NULL);
+    w->store = f->store;
+    w->per_thread = per_thread;
+    w->rollbacks = rollbacks;
+    assert_int_equal(syncd_store_create(f->store, &c, "h", "doc", body, NULL),
+                     0);
+    record_ack(w, c);
+    syncd_change_free(c);
+    json_decref(body);
+    for (int i = 0; i < threads; i++) {
+        hw[i].w = w;
+        hw[i].n = i;
+        assert_int_equal(
+            pthread_create(&t[i], NULL, hist_writer_thread, &hw[i]), 0);
+    }
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(w->failures, 0);
+    current = live_version(f, "h", "doc");
+    /* Every version up to the current one was acknowledged to a writer. */
+    for (int64_t v = 1; v <= current; v++)
+        assert_int_equal(w->acked[v].v, v);
+    if (!rollbacks)
+        assert_int_equal(current, 1 + (int64_t)threads * per_thread);
+    assert_history_is(f, "h", "doc", w->acked, 1, current);
+    for (int v = 0; v < 256; v++)
+        json_decref(w->acked[v].body);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
+
+static void
+test_history__after_concurrent_edits_is_exactly_the_committed_sequence(
+    void **state)
+{
+    run_history_writers(*state, 4, 10, 0);
+}
+
+static void
+test_history__rollbacks_under_contention_lose_no_acknowledged_version(
+    void **state)
+{
+    run_history_writers(*state, 4, 10, 1);
+}
+
+/* Asserts that version v of coll/id is gone, naming oldest as the oldest
+ * kept version. */
+static void assert_version_gone(fixture_t *f, const char *id, int64_t v,
+                                int64_t oldest)
+{
+    syncd_doc_t *doc = NULL;
+    syncd_error_t err;
+    char want[64];
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_get_version(f->store, &doc, "h", id, v, &err),
+                     SYNCD_ENOTFOUND);
+    assert_null(doc);
+    snprintf(want, sizeof(want), "the oldest kept version is %lld",
+             (long long)oldest);
+    assert_non_null(strstr(err.message, want));
+}
+
+static void test_history__is_trimmed_oldest_first_by_count(void **state)
+{
+    fixture_t *f = *state;
+    acked_t acked[16] = {{0}};
+
+    f->opts.history_len = 3;
+    reopen(f);
+    for (int i = 1; i <= 8; i++) {
+        json_t *b = json_pack("{s:i}", "n", i);
+        syncd_change_t *c = NULL;
+
+        assert_int_equal(
+            syncd_store_put(f->store, &c, "h", "d", b, SYNCD_ANY_VERSION, NULL),
+            0);
+        acked[i].v = i;
+        snprintf(acked[i].h, sizeof(acked[i].h), "%s", c->doc->hash);
+        acked[i].body = b;
+        syncd_change_free(c);
+    }
+    assert_history_is(f, "h", "d", acked, 5, 8);
+    assert_version_gone(f, "d", 4, 5);
+    for (int i = 1; i <= 8; i++)
+        json_decref(acked[i].body);
+}
+
+static void test_history__is_trimmed_oldest_first_by_bytes(void **state)
+{
+    fixture_t *f = *state;
+    acked_t acked[16] = {{0}};
+    char pad[1001];
+
+    /* Each reverse patch replaces a 1000-byte string: about 1180 bytes
+     * charged per entry, so 2500 bytes keep the newest two. */
+    f->opts.history_max_bytes = 2500;
+    reopen(f);
+    for (int i = 1; i <= 6; i++) {
+        json_t *b;
+        syncd_change_t *c = NULL;
+
+        memset(pad, 'a' + i, 1000);
+        pad[1000] = '\0';
+        b = json_pack("{s:s}", "pad", pad);
+        assert_int_equal(
+            syncd_store_put(f->store, &c, "h", "d", b, SYNCD_ANY_VERSION, NULL),
+            0);
+        acked[i].v = i;
+        snprintf(acked[i].h, sizeof(acked[i].h), "%s", c->doc->hash);
+        acked[i].body = b;
+        syncd_change_free(c);
+    }
+    assert_history_is(f, "h", "d", acked, 4, 6);
+    assert_version_gone(f, "d", 3, 4);
+    /* A history that cannot hold even one entry keeps none. */
+    f->opts.history_max_bytes = 100;
+    reopen(f);
+    assert_int_equal(put_doc(f, "h", "d", "{\"x\":1}", SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_version_gone(f, "d", 6, 7);
+    for (int i = 1; i <= 6; i++)
+        json_decref(acked[i].body);
+}
+
+static void
+test_history__a_deleted_document_is_restored_from_its_tombstone(void **state)
+{
+    fixture_t *f = *state;
+    syncd_change_t *c = NULL;
+    syncd_doc_t *doc = NULL;
+    syncd_write_options_t wo;
+    syncd_error_t err;
+
+    create_doc(f, "h", "vol", "{\"size\":1}");
+    assert_int_equal(
+        put_doc(f, "h", "vol", "{\"size\":2}", SYNCD_ANY_VERSION, NULL), 0);
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "h", "vol", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+    /* The tombstone keeps the history; its own version reads as deleted. */
+    syncd_error_clear(&err);
+    assert_int_equal(
+        syncd_store_get_version(f->store, &doc, "h", "vol", 3, &err), 0);
+    assert_true(doc->deleted);
+    assert_null(doc->body);
+    syncd_doc_free(doc);
+    /* Rolling back to the deletion has nothing to restore. */
+    assert_int_equal(
+        syncd_store_rollback(f->store, &c, "h", "vol", 3, NULL, &err),
+        SYNCD_ENOTFOUND);
+    syncd_write_options_init(&wo);
+    wo.idempotency_key = "restore-1";
+    assert_int_equal(
+        syncd_store_rollback(f->store, &c, "h", "vol", 2, &wo, &err), 0);
+    assert_int_equal(c->op, SYNCD_CHANGE_CREATE);
+    assert_int_equal(c->doc->version, 4);
+    assert_json_text(c->doc->body, "{\"size\":2}");
+    syncd_change_free(c);
+    /* A retry with the same key writes nothing. */
+    assert_int_equal(
+        syncd_store_rollback(f->store, &c, "h", "vol", 2, &wo, &err), 0);
+    assert_true(c->replayed);
+    assert_int_equal(c->replayed_version, 4);
+    syncd_change_free(c);
+    assert_doc(f, "h", "vol", 4, "{\"size\":2}");
+    /* Rolling back to the body it has writes nothing. */
+    assert_int_equal(
+        syncd_store_rollback(f->store, &c, "h", "vol", 2, NULL, &err), 0);
+    assert_int_equal(c->op, SYNCD_CHANGE_NONE);
+    syncd_change_free(c);
+    /* An update rollback is an ordinary update with its patch. */
+    assert_int_equal(
+        syncd_store_rollback(f->store, &c, "h", "vol", 1, NULL, &err), 0);
+    assert_int_equal(c->op, SYNCD_CHANGE_UPDATE);
+    assert_int_equal(c->base, 4);
+    assert_json_text(c->patch,
+                     "[{\"op\":\"replace\",\"path\":\"/size\",\"value\":1}]");
+    syncd_change_free(c);
+    /* A strict rollback at another version fails and writes nothing. */
+    assert_int_equal(syncd_store_rollback(f->store, &c, "h", "vol", 2,
+                                          &(syncd_write_options_t){4, NULL},
+                                          &err),
+                     SYNCD_EPRECONDITION);
+    assert_doc(f, "h", "vol", 5, "{\"size\":1}");
+    /* The node cache never holds the history. */
+    if (f->kind->mongo) {
+        assert_int_equal(syncd_store_cached(f->store, &doc, "h", "vol", NULL),
+                         0);
+        assert_null(doc->hist);
+        syncd_doc_free(doc);
+    }
+}
+
+static void test_history__records_without_history_read_fine(void **state)
+{
+    fixture_t *f = *state;
+    syncd_doc_t *doc = NULL;
+    syncd_change_t *c = NULL;
+    json_t *hist = NULL;
+    syncd_error_t err;
+
+    /* Records written with history off hold no history, as those written
+     * before history existed. */
+    f->opts.history_len = 0;
+    reopen(f);
+    create_doc(f, "h", "old", "{\"a\":1}");
+    assert_int_equal(put_doc(f, "h", "old", "{\"a\":2}", 1, NULL), 0);
+    assert_version_gone(f, "old", 1, 2);
+    f->opts.history_len = 20;
+    reopen(f);
+    assert_doc(f, "h", "old", 2, "{\"a\":2}");
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_history(f->store, &hist, "h", "old", &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(hist, "oldest")), 2);
+    assert_int_equal(json_array_size(json_object_get(hist, "versions")), 1);
+    json_decref(hist);
+    assert_int_equal(
+        syncd_store_get_version(f->store, &doc, "h", "old", 2, &err), 0);
+    assert_json_text(doc->body, "{\"a\":2}");
+    syncd_doc_free(doc);
+    /* The next write starts the history. */
+    assert_int_equal(put_doc(f, "h", "old", "{\"a\":3}", 2, NULL), 0);
+    assert_int_equal(
+        syncd_store_rollback(f->store, &c, "h", "old", 2, NULL, &err), 0);
+    assert_int_equal(c->doc->version, 4);
+    assert_json_text(c->doc->body, "{\"a\":2}");
+    syncd_change_free(c);
+    assert_int_equal(syncd_store_history(f->store, &hist, "h", "old", &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(hist, "oldest")), 2);
+    json_decref(hist);
+    assert_int_equal(syncd_store_history(f->store, &hist, "h", "none", &err),
+                     SYNCD_ENOTFOUND);
+}
+
 /* ---- Runner ------------------------------------------------------------- */
 
 #define BOTH(fn)                                                               \
@@ -3490,6 +3862,14 @@ int main(int argc, char **argv)
             test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer),
         ROCKS(
             test_store_rocks__lock_free_readers_never_see_a_version_go_backwards),
+        BOTH(
+            test_history__after_concurrent_edits_is_exactly_the_committed_sequence),
+        BOTH(
+            test_history__rollbacks_under_contention_lose_no_acknowledged_version),
+        BOTH(test_history__is_trimmed_oldest_first_by_count),
+        BOTH(test_history__is_trimmed_oldest_first_by_bytes),
+        BOTH(test_history__a_deleted_document_is_restored_from_its_tombstone),
+        BOTH(test_history__records_without_history_read_fine),
     };
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)

@@ -53,6 +53,13 @@ typedef struct syncd_doc {
                        ms, by: origin); shared, immutable; NULL: none */
     json_t *ikeys;  /* the record's recent idempotency keys:
                        [{"k","op","v","t"}]; shared, immutable; NULL: none */
+    json_t *hist;   /* the record's history, oldest first: one entry per
+                       kept earlier version, {"v","t","by","h","p"} (and
+                       "del":true for a tombstone), p the compact JSON of
+                       the RFC 6902 patch from version v+1's body to
+                       version v's (a tombstone's body taken as {});
+                       shared, immutable; NULL: none (the node cache never
+                       holds it) */
 } syncd_doc_t;
 
 /* Frees doc and its strings and drops its body reference; NULL ignored. */
@@ -122,13 +129,19 @@ typedef struct syncd_store_options {
     int64_t tombstone_ttl_ms;   /* tombstone lifetime; default 24 h */
     int64_t backend_timeout_ms; /* MongoDB connect/socket timeout; 5 s */
     int64_t idempotency_ttl_ms; /* how long a key replays; default 10 min */
-    int outbox;     /* 1: each write appends a pending-publish marker to its
-                       record (the transactional outbox of a node that
-                       publishes and acks; the daemon sets it); default 0 */
-    int keep_cache; /* MongoDB mode: keep the cache of a previous run that
-                       closed cleanly (a warm restart; what changed while
-                       the node was down is repaired by anti-entropy);
-                       default 0: start empty */
+    int outbox;      /* 1: each write appends a pending-publish marker to its
+                        record (the transactional outbox of a node that
+                        publishes and acks; the daemon sets it); default 0 */
+    int keep_cache;  /* MongoDB mode: keep the cache of a previous run that
+                        closed cleanly (a warm restart; what changed while
+                        the node was down is repaired by anti-entropy);
+                        default 0: start empty */
+    int history_len; /* earlier versions each record keeps as reverse
+                        patches; 0 keeps none; default 20 */
+    uint64_t history_max_bytes;       /* bound of one record's history: its
+                                         entries' patch text plus
+                                         SYNCD_HISTORY_ENTRY_OVERHEAD each;
+                                         default 1 MiB */
     const syncd_store_hooks_t *hooks; /* NULL: real clock, sleep, random */
 } syncd_store_options_t;
 
@@ -253,6 +266,42 @@ int syncd_store_patch_ex(syncd_store_t *store, syncd_change_t **out,
 int syncd_store_delete_ex(syncd_store_t *store, syncd_change_t **out,
                           const char *coll, const char *id,
                           const syncd_write_options_t *wo, syncd_error_t *err);
+
+/* ---- History and rollback (DESIGN.md section 2) ------------------------ */
+
+/* Largest history_len. */
+#define SYNCD_MAX_HISTORY_LEN 100000
+
+/* Bytes a history entry is charged beyond its patch text. */
+#define SYNCD_HISTORY_ENTRY_OVERHEAD 128
+
+/* Reads coll/id's kept versions from the store of record (never the cache)
+ * into *out, a new object {"coll","id","v","oldest","versions":[...]}: v
+ * the current version, oldest the oldest kept one, and versions newest
+ * first, each {"v","t" (commit time, ms),"time" (ISO 8601 UTC),"origin",
+ * "h","deleted","patch"}, patch the RFC 6902 patch from that version's body
+ * to the next one's (null for the current version; a tombstone's body is
+ * taken as {}). SYNCD_ENOTFOUND when there is no record. */
+int syncd_store_history(syncd_store_t *store, json_t **out, const char *coll,
+                        const char *id, syncd_error_t *err);
+
+/* Reads version `version` of coll/id from the store of record into *out
+ * (the current version too; a tombstone version comes back deleted with
+ * a NULL body), made by replaying the record's reverse patches; its hash
+ * is checked against the kept one. SYNCD_ENOTFOUND, the message naming
+ * the oldest kept version, when it is not kept (or there is no record). */
+int syncd_store_get_version(syncd_store_t *store, syncd_doc_t **out,
+                            const char *coll, const char *id, int64_t version,
+                            syncd_error_t *err);
+
+/* Writes the body of version `to` of coll/id as a new version through the
+ * edit loop (an update; over a tombstone a re-create), with write options
+ * wo (NULL: defaults; if_match makes it strict). Rolling back to the body
+ * the document has already writes nothing (op NONE). SYNCD_ENOTFOUND when
+ * version `to` is not kept or is a deletion. */
+int syncd_store_rollback(syncd_store_t *store, syncd_change_t **out,
+                         const char *coll, const char *id, int64_t to,
+                         const syncd_write_options_t *wo, syncd_error_t *err);
 
 /* ---- The transactional outbox ----------------------------------------- */
 

@@ -1,0 +1,301 @@
+/* history.c - a record's history: its earlier versions as reverse patches.
+ *
+ * A record keeps its last history_len earlier versions in doc->hist, oldest
+ * first, each entry {"v","t","by","h","p"} ("del":true for a tombstone)
+ * where p is the compact JSON of the RFC 6902 patch that turns the body of
+ * version v+1 into the body of version v, a tombstone's body taken as {}.
+ * The history is written by the same compare-and-swap as the version it
+ * comes with (it is part of the record), so it is exactly the committed
+ * sequence; replaying the patches from the current body, newest first,
+ * gives back each kept version, which the entry's hash h checks. Entries go
+ * oldest first, to keep at most history_len of them and their bytes (patch
+ * text plus SYNCD_HISTORY_ENTRY_OVERHEAD each) within history_max_bytes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* Bytes a history entry is charged: its patch text plus the overhead. */
+static uint64_t entry_bytes(const json_t *e)
+{
+    return (uint64_t)json_string_length(json_object_get(e, "p")) +
+           SYNCD_HISTORY_ENTRY_OVERHEAD;
+}
+
+/* Returns a new reference to the body doc stands for in a replay: its
+ * body, or {} for a tombstone; NULL on out of memory. */
+static json_t *replay_body(const syncd_doc_t *doc)
+{
+    return doc->deleted ? json_object() : json_incref(doc->body);
+}
+
+/* Makes into *out a new history entry for cur whose patch leads from
+ * next's body to cur's. */
+static int entry_new(json_t **out, const syncd_doc_t *next,
+                     const syncd_doc_t *cur, syncd_error_t *err)
+{
+    json_t *from = replay_body(next), *to = replay_body(cur);
+    json_t *patch = NULL, *entry = NULL;
+    char *text = NULL;
+    int rc = 0;
+
+    if (from == NULL || to == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    rc = syncd_patch_diff(&patch, from, to, err);
+    if (rc != 0)
+        goto cleanup;
+    text = json_dumps(patch, JSON_COMPACT);
+    if (text != NULL)
+        entry =
+            json_pack("{s:I, s:I, s:s, s:s, s:s}", "v",
+                      (json_int_t)cur->version, "t", (json_int_t)cur->mtime_ms,
+                      "by", cur->origin, "h", cur->hash, "p", text);
+    if (entry != NULL && cur->deleted &&
+        json_object_set_new(entry, "del", json_true()) != 0) {
+        json_decref(entry);
+        entry = NULL;
+    }
+    if (entry == NULL)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+cleanup:
+    *out = entry;
+    free(text);
+    json_decref(patch);
+    json_decref(to);
+    json_decref(from);
+    return rc;
+}
+
+int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
+                         uint64_t max_bytes, syncd_error_t *err)
+{
+    json_t *entry = NULL, *hist = NULL;
+    uint64_t bytes;
+    size_t n, first, i;
+    int rc;
+
+    next->hist = NULL;
+    if (cur == NULL || len <= 0)
+        return 0;
+    rc = entry_new(&entry, next, cur, err);
+    if (rc != 0)
+        return rc;
+    /* Keep the newest entries that fit both bounds, the new one included. */
+    n = json_array_size(cur->hist);
+    bytes = entry_bytes(entry);
+    first = n;
+    while (first > 0 && n - first + 1 < (size_t)len) {
+        uint64_t b = entry_bytes(json_array_get(cur->hist, first - 1));
+
+        if (bytes + b > max_bytes)
+            break;
+        bytes += b;
+        first--;
+    }
+    if (bytes > max_bytes)
+        goto cleanup; /* not even the new entry fits: no history */
+    hist = json_array();
+    for (i = first; hist != NULL && i < n; i++) {
+        if (json_array_append(hist, json_array_get(cur->hist, i)) != 0)
+            break;
+    }
+    if (hist == NULL || i < n || json_array_append(hist, entry) != 0) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    next->hist = hist;
+    hist = NULL;
+cleanup:
+    json_decref(hist);
+    json_decref(entry);
+    return rc;
+}
+
+int64_t syncd_history_oldest(const syncd_doc_t *doc)
+{
+    const json_t *first = json_array_get(doc->hist, 0);
+
+    return first != NULL
+               ? (int64_t)json_integer_value(json_object_get(first, "v"))
+               : doc->version;
+}
+
+/* Applies entry's reverse patch to *body (replaced by the result) and
+ * checks the result's hash against the entry's; SYNCD_EBACKEND when the
+ * history does not replay (a corrupt record). */
+static int step_back(json_t **body, const syncd_doc_t *doc, const json_t *e,
+                     syncd_error_t *err)
+{
+    const char *text = json_string_value(json_object_get(e, "p"));
+    const char *h = json_string_value(json_object_get(e, "h"));
+    int deleted = json_is_true(json_object_get(e, "del"));
+    json_t *patch = text != NULL ? json_loads(text, 0, NULL) : NULL;
+    json_t *prev = NULL;
+    char hash[SYNCD_HASH_HEX_LEN + 1] = "";
+    int rc = patch != NULL ? syncd_patch_apply(&prev, *body, patch, NULL) : -1;
+
+    json_decref(patch);
+    if (rc == 0 && !deleted &&
+        (syncd_json_hash(hash, prev, NULL) != 0 || h == NULL ||
+         strcmp(hash, h) != 0))
+        rc = -1;
+    if (rc != 0) {
+        json_decref(prev);
+        return syncd_error_set(
+            err, SYNCD_EBACKEND,
+            "history of %s/%s does not replay at version "
+            "%lld",
+            doc->coll, doc->id,
+            (long long)json_integer_value(json_object_get(e, "v")));
+    }
+    json_decref(*body);
+    *body = prev;
+    return 0;
+}
+
+int syncd_history_version(syncd_doc_t **out, const syncd_doc_t *doc,
+                          int64_t version, syncd_error_t *err)
+{
+    json_t *body = NULL;
+    syncd_doc_t *v = NULL;
+    size_t i = json_array_size(doc->hist);
+    const json_t *e = NULL;
+    int rc = 0;
+
+    *out = NULL;
+    if (version > doc->version || version < syncd_history_oldest(doc))
+        return syncd_error_set(err, SYNCD_ENOTFOUND,
+                               "version %lld of %s/%s is not kept: the oldest "
+                               "kept version is %lld, the current %lld",
+                               (long long)version, doc->coll, doc->id,
+                               (long long)syncd_history_oldest(doc),
+                               (long long)doc->version);
+    v = syncd_doc_dup(doc);
+    body = replay_body(doc);
+    if (v == NULL || body == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    while (v->version > version && i > 0) {
+        e = json_array_get(doc->hist, --i);
+        rc = step_back(&body, doc, e, err);
+        if (rc != 0)
+            goto cleanup;
+        v->version = json_integer_value(json_object_get(e, "v"));
+    }
+    if (v->version != version) {
+        rc = syncd_error_set(err, SYNCD_ENOTFOUND,
+                             "version %lld of %s/%s is not kept",
+                             (long long)version, doc->coll, doc->id);
+        goto cleanup;
+    }
+    if (e != NULL) {
+        v->deleted = json_is_true(json_object_get(e, "del"));
+        v->mtime_ms = json_integer_value(json_object_get(e, "t"));
+        snprintf(v->origin, sizeof(v->origin), "%s",
+                 json_string_value(json_object_get(e, "by")));
+        snprintf(v->hash, sizeof(v->hash), "%s",
+                 json_string_value(json_object_get(e, "h")));
+    }
+    json_decref(v->body);
+    v->body = v->deleted ? NULL : json_incref(body);
+    json_decref(v->outbox);
+    json_decref(v->ikeys);
+    json_decref(v->hist);
+    v->outbox = v->ikeys = v->hist = NULL;
+    *out = v;
+    v = NULL;
+cleanup:
+    json_decref(body);
+    syncd_doc_free(v);
+    return rc;
+}
+
+/* Formats ms since the epoch as ISO 8601 UTC with milliseconds into buf. */
+static void iso_time(char *buf, size_t size, int64_t ms)
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    char day[32];
+
+    gmtime_r(&secs, &tm);
+    strftime(day, sizeof(day), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, size, "%s.%03dZ", day, (int)(ms % 1000));
+}
+
+/* Appends to versions the listing entry of one version: body its replay
+ * body, next_body the next version's (NULL: it is the current one). */
+static int list_version(json_t *versions, int64_t v, int64_t t,
+                        const char *origin, const char *h, int deleted,
+                        const json_t *body, const json_t *next_body,
+                        syncd_error_t *err)
+{
+    json_t *patch = NULL;
+    char time[40];
+    int rc = 0;
+
+    if (next_body != NULL)
+        rc = syncd_patch_diff(&patch, body, next_body, err);
+    if (rc != 0)
+        return rc;
+    iso_time(time, sizeof(time), t);
+    if (json_array_append_new(
+            versions,
+            json_pack("{s:I, s:I, s:s, s:s, s:s, s:b, s:o}", "v", (json_int_t)v,
+                      "t", (json_int_t)t, "time", time, "origin", origin, "h",
+                      h, "deleted", deleted, "patch",
+                      patch != NULL ? patch : json_null())) != 0)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return 0;
+}
+
+int syncd_history_list(json_t **out, const syncd_doc_t *doc, syncd_error_t *err)
+{
+    json_t *res = NULL, *versions = json_array();
+    json_t *body = replay_body(doc), *next = NULL;
+    size_t i = json_array_size(doc->hist);
+    int rc;
+
+    *out = NULL;
+    if (versions == NULL || body == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    rc = list_version(versions, doc->version, doc->mtime_ms, doc->origin,
+                      doc->deleted ? "" : doc->hash, doc->deleted, body, NULL,
+                      err);
+    while (rc == 0 && i > 0) {
+        const json_t *e = json_array_get(doc->hist, --i);
+        const char *by = json_string_value(json_object_get(e, "by"));
+        const char *h = json_string_value(json_object_get(e, "h"));
+
+        json_decref(next);
+        next = json_incref(body);
+        rc = step_back(&body, doc, e, err);
+        if (rc == 0)
+            rc = list_version(
+                versions, json_integer_value(json_object_get(e, "v")),
+                json_integer_value(json_object_get(e, "t")),
+                by != NULL ? by : "", h != NULL ? h : "",
+                json_is_true(json_object_get(e, "del")), body, next, err);
+    }
+    if (rc != 0)
+        goto cleanup;
+    res =
+        json_pack("{s:s, s:s, s:I, s:I, s:O}", "coll", doc->coll, "id", doc->id,
+                  "v", (json_int_t)doc->version, "oldest",
+                  (json_int_t)syncd_history_oldest(doc), "versions", versions);
+    if (res == NULL)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    *out = res;
+cleanup:
+    json_decref(next);
+    json_decref(body);
+    json_decref(versions);
+    return rc;
+}
