@@ -58,9 +58,14 @@
  * it saw knows Redis lost its data, and every subscription is told to
  * resync. The token is new per attempt, so this holds even when the bus
  * that set the lost token is the first to set one again. Both scripts take
- * a floor (the highest seq this bus has seen in the collection) and raise
- * the counter to it, so a seq is never handed out twice, even after the
- * counter was lost.
+ * a floor (the highest seq this bus has seen in the collection) and, when
+ * the counter is below it (Redis lost it), raise the counter to floor + 1
+ * without handing that seq out: a new epoch. So a seq is never handed out
+ * twice, and the seqs of the old epoch are over for good: a reader resuming
+ * after a seq of the old epoch (a watch's since) finds floor + 1 in no log
+ * and is told so (410, or a resync), instead of reading the new epoch's
+ * events (the outbox republishing versions already delivered, say) as if
+ * they followed its old ones. DESIGN.md section 4.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -85,9 +90,10 @@
 
 /* KEYS: counter, stream, published versions. ARGV: event without seq,
  * maxlen, floor, channel, id, version, 1 for a create, ts in microseconds,
- * settled version. Returns the assigned seq, 0 for a duplicate or -1 for a
- * version whose predecessor is not published yet (bus.h, and
- * syncd_bus_pub_check(), which this mirrors). */
+ * settled version. Returns the assigned seq (above floor + 1 when the
+ * counter was below the floor: the new epoch of the read script), 0 for a
+ * duplicate or -1 for a version whose predecessor is not published yet
+ * (bus.h, and syncd_bus_pub_check(), which this mirrors). */
 static const char publish_lua[] =
     "local pv, pts = 0, 0\n"
     "local rec = redis.call('HGET', KEYS[3], ARGV[5])\n"
@@ -105,7 +111,7 @@ static const char publish_lua[] =
     "local seq = redis.call('INCR', KEYS[1])\n"
     "local floor = tonumber(ARGV[3])\n"
     "if seq <= floor then\n"
-    "  seq = floor + 1\n"
+    "  seq = floor + 2\n"
     "  redis.call('SET', KEYS[1], seq)\n"
     "end\n"
     "local e = '{\"seq\":' .. seq .. ',' .. string.sub(ARGV[1], 2)\n"
@@ -116,15 +122,16 @@ static const char publish_lua[] =
     "return seq\n";
 
 /* KEYS: counter, stream. ARGV: first ID ("" reads no entries), last ID,
- * count (0: all), floor. Returns {current seq, 1 if the counter was raised
- * to the floor, entries}. */
+ * count (0: all), floor. Returns {current seq, 1 if the counter was below
+ * the floor and raised past it (to floor + 1, a seq never handed out: the
+ * new epoch's first), entries}. */
 static const char read_lua[] =
     "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "local floor = tonumber(ARGV[4])\n"
     "local raised = 0\n"
     "if cur < floor then\n"
-    "  redis.call('SET', KEYS[1], ARGV[4])\n"
-    "  cur = floor\n"
+    "  cur = floor + 1\n"
+    "  redis.call('SET', KEYS[1], cur)\n"
     "  raised = 1\n"
     "end\n"
     "if ARGV[1] == '' then return {cur, raised, {}} end\n"

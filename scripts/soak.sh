@@ -25,7 +25,10 @@
 #     another random node from the last seq it printed, and so on.
 #
 # Faults, one every SOAK_FAULT_INTERVAL seconds (default 60), rotating
-# through the five kinds while the node rotates through 1..3:
+# through the kinds named in SOAK_FAULTS (a comma list, default all five:
+# kill,stop,redis,mongo,partition; e.g. stop,redis,mongo,partition leaves
+# SIGKILL out so that every node lives the whole run) while the node
+# rotates through 1..3:
 #   kill       SIGKILL node N, start it again
 #   stop       SIGSTOP node N for 5 s, then SIGCONT
 #   redis      Redis stopped and started again, its data (the replay log)
@@ -34,9 +37,9 @@
 #   partition  node N's Redis proxy disabled for 20 s, then enabled
 #
 # A sampler writes every process's RSS (kB) and open fds every 10 s into
-# bench/soak/soak.csv (three syncd nodes, Redis, FerretDB); gnuplot
-# (Debian gnuplot-nox, installed by scripts/setup.sh) draws it to
-# bench/soak/soak.png.
+# bench/soak/NAME.csv (three syncd nodes, Redis, FerretDB; NAME is
+# SOAK_NAME, default soak); gnuplot (Debian gnuplot-nox, installed by
+# scripts/setup.sh) draws it to bench/soak/NAME.png.
 #
 # At the end (load stopped, then the checks), every one must hold or the
 # script exits 1:
@@ -52,7 +55,8 @@
 #     SOAK_FD_SLACK (default 10); a restarted process starts lower, so the
 #     highest values compare like with like;
 #   - every fault was done, and no sanitizer report is in a node's log.
-# The figures go to bench/soak/summary.txt and stdout. The run's folder
+# The figures go to bench/soak/summary.txt (NAME.summary.txt with
+# SOAK_NAME) and stdout. The run's folder
 # (logs, histories, streams) is kept when a check fails, or with
 # SOAK_KEEP=1; its path is printed.
 #
@@ -85,6 +89,7 @@ TOXIPROXY="${SYNCD_TOXIPROXY:-$ROOT/.tools/bin/toxiproxy-server}"
 export SYNCD_FERRETDB="${SYNCD_FERRETDB:-$ROOT/.tools/bin/ferretdb}"
 OUT="${SOAK_OUT:-$ROOT/bench/soak}"
 FAULT_INTERVAL="${SOAK_FAULT_INTERVAL:-60}"
+IFS=, read -r -a FAULT_KINDS <<<"${SOAK_FAULTS:-kill,stop,redis,mongo,partition}"
 SEGMENT="${SOAK_LINZ_SEGMENT:-300}"
 PATCHERS="${SOAK_PATCHERS:-4}"
 READERS="${SOAK_READERS:-3}"
@@ -143,6 +148,12 @@ for f in "$SYNCD_BIN" "$SYNCCTL" "$RECORD" "$CHECK"; do
 done
 for f in "$LINZCHECK" "$TOXIPROXY" "$SYNCD_FERRETDB"; do
     [ -x "$f" ] || die "no $f (run scripts/setup.sh)"
+done
+[ "${#FAULT_KINDS[@]}" -gt 0 ] || die "SOAK_FAULTS names no fault"
+for f in "${FAULT_KINDS[@]}"; do
+    case "$f" in kill | stop | redis | mongo | partition) ;;
+    *) die "SOAK_FAULTS: no fault kind '$f' (kill, stop, redis, mongo, partition)" ;;
+    esac
 done
 command -v gnuplot >/dev/null || die "no gnuplot (apt-get install gnuplot-nox, or scripts/setup.sh)"
 mkdir -p "$OUT" "$RUN/linz" "$RUN/watch" "$RUN/ops"
@@ -323,12 +334,11 @@ start_node() {
     return 1
 }
 
-# fault K: the K-th fault (0-based); appends "T KIND NODE RESULT" to
+# fault K: the K-th fault (0-based) of the rotation FAULT_KINDS; appends "T KIND NODE RESULT" to
 # $RUN/faults.
 fault() {
     local k="$1" kind n=$(($1 % 3 + 1)) ok=ok t pid
-    kind=(kill stop redis mongo partition)
-    kind="${kind[$((k % 5))]}"
+    kind="${FAULT_KINDS[$((k % ${#FAULT_KINDS[@]}))]}"
     t=$(elapsed)
     echo "$kind" >"$RUN/fault.now"
     case "$kind" in redis | mongo) log "fault $((k + 1)): $kind" ;;
@@ -410,7 +420,8 @@ sampler() {
     done
 }
 
-CSV="$OUT/soak.csv"
+CSV="$OUT/${SOAK_NAME:-soak}.csv"
+PNG="$OUT/${SOAK_NAME:-soak}.png"
 {
     printf 't_s'
     for p in "${PROCS[@]}"; do printf ',%s_rss_kb,%s_fds' "$p" "$p"; done
@@ -581,8 +592,8 @@ gnuplot <<EOF 2>"$RUN/gnuplot.err" || FAILED+=("gnuplot failed ($(head -c 300 "$
 set datafile separator ","
 set datafile missing "NaN"
 set terminal pngcairo size 1200,800 noenhanced
-set output "$OUT/soak.png"
-set multiplot layout 2,1 title "syncd soak: $MINUTES min, 3 nodes, a fault every $FAULT_INTERVAL s (warm-up $WARMUP s)"
+set output "$PNG"
+set multiplot layout 2,1 title "syncd soak: $MINUTES min, 3 nodes, a fault every $FAULT_INTERVAL s (${FAULT_KINDS[*]}; warm-up $WARMUP s)"
 set key outside right
 set grid
 set xlabel "seconds"
@@ -609,7 +620,7 @@ EOF
     else
         echo "PASS"
     fi
-} | tee "$OUT/summary.txt"
+} | tee "$OUT/${SOAK_NAME:+$SOAK_NAME.}summary.txt"
 [ "${#FAILED[@]}" -eq 0 ] || { SOAK_KEEP=1; exit 1; }
 exit 0
 }

@@ -26,8 +26,9 @@ export SYNCD_TESTDATA="${SYNCD_TESTDATA:-$ROOT/../shared/testdata}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$ROOT/tests/lsan.supp:print_suppressions=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-# die_after_fork=0: the crash tests fork a child that opens stores (threads).
-export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$ROOT/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1:die_after_fork=0}"
+# Every child a test forks execs at once (the crash tests re-run their own
+# binary in a child mode), so TSan's die_after_fork stays on.
+export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$ROOT/tests/tsan.supp:halt_on_error=1:second_deadlock_stack=1}"
 cd "$BUILD"
 ctest --output-on-failure --timeout 900 "$@"
 if [ "${SYNCD_FUZZ_SECONDS:-0}" != 0 ]; then

@@ -9,8 +9,10 @@
  * line with the status and the server's error code and message (exit 1).
  * get prints the document body; put and patch print {"coll","id","v",
  * "data"} with the version from the ETag; watch prints one event JSON per
- * line and, when the stream ends for any reason but a resync, reconnects
- * with Last-Event-ID until interrupted.
+ * line and, when the stream ends for any reason but a resync or a 410,
+ * reconnects with capped backoff (failing over to the next of --server and
+ * --nodes when a node does not answer) with Last-Event-ID until
+ * interrupted.
  *
  * Every write (put, patch, rm) carries a random Idempotency-Key and is
  * sent again with the same key when the connection fails or the answer
@@ -261,14 +263,14 @@ static int print_reply(const reply_t *r, const char *coll, const char *id)
 typedef struct args {
     const char *pos[3]; /* positional arguments */
     int npos;
-    const char *if_match, *prefix, *since, *version;
+    const char *if_match, *prefix, *since, *version, *nodes;
     int merge;
     char tail[64]; /* appended to the document's URL: a sub-route, a query */
 } args_t;
 
 /* Splits argv into positional arguments and the flags the command allows
  * (a string of letters: m --merge, i --if-match, p --prefix, s --since,
- * v --version);
+ * v --version, n --nodes);
  * returns -1 on anything else. */
 static int parse_args(args_t *a, int argc, char **argv, const char *allow)
 {
@@ -292,6 +294,9 @@ static int parse_args(args_t *a, int argc, char **argv, const char *allow)
         else if (strcmp(s, "--version") == 0 && strchr(allow, 'v') &&
                  i + 1 < argc)
             a->version = argv[++i];
+        else if (strcmp(s, "--nodes") == 0 && strchr(allow, 'n') &&
+                 i + 1 < argc)
+            a->nodes = argv[++i];
         else if ((s[0] != '-' || strcmp(s, "-") == 0) && a->npos < 3)
             a->pos[a->npos++] = s;
         else
@@ -552,33 +557,64 @@ static int cmd_ls(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return rc;
 }
 
-/* State of one watch stream: a line buffer and the SSE fields so far. */
+/* Reconnection of a watch: the wait before the next attempt starts at
+ * WATCH_RETRY_FIRST_MS and doubles up to WATCH_RETRY_MAX_MS while attempts
+ * fail; a stream that was open starts it over. A connection that brings
+ * nothing (not even a bookmark, every 15 s by default) for
+ * WATCH_IDLE_S is dropped and made again (a frozen node, a half-open
+ * link). */
+#define WATCH_RETRY_FIRST_MS 100
+#define WATCH_RETRY_MAX_MS 5000
+#define WATCH_CONNECT_S 5
+#define WATCH_IDLE_S 60
+
+/* State of one watch: a line buffer, the SSE fields of the event so far,
+ * and the id of the last event dispatched (the resume point). */
 typedef struct stream {
     syncd_buf_t line;
+    syncd_buf_t data;
     char event[32];
+    char id[32];
     char last_id[32];
     int resync;
+    int got; /* events dispatched on this connection */
 } stream_t;
 
-/* Handles one SSE line: prints the data of change events, remembers ids
- * and notices resync. */
+/* Dispatches the event the blank line ends: prints a change's data, and
+ * takes a change's or a bookmark's id as the point to resume from (only
+ * once it is printed, so a stream cut between the id and the data is
+ * resumed before that event). */
+static void sse_dispatch(stream_t *s)
+{
+    int change = strcmp(s->event, "create") == 0 ||
+                 strcmp(s->event, "update") == 0 ||
+                 strcmp(s->event, "delete") == 0;
+
+    if (change && s->data.data != NULL) {
+        printf("%s\n", s->data.data);
+        fflush(stdout);
+    }
+    if ((change || strcmp(s->event, "bookmark") == 0) && s->id[0] != '\0')
+        memcpy(s->last_id, s->id, sizeof(s->last_id));
+    if (strcmp(s->event, "resync") == 0)
+        s->resync = 1;
+    s->got += s->event[0] != '\0';
+    s->event[0] = '\0';
+    s->id[0] = '\0';
+    syncd_buf_truncate(&s->data, 0);
+}
+
+/* Handles one SSE line. */
 static void sse_line(stream_t *s, const char *line)
 {
     if (strncmp(line, "id: ", 4) == 0)
-        snprintf(s->last_id, sizeof(s->last_id), "%s", line + 4);
+        snprintf(s->id, sizeof(s->id), "%s", line + 4);
     else if (strncmp(line, "event: ", 7) == 0)
         snprintf(s->event, sizeof(s->event), "%s", line + 7);
-    else if (strncmp(line, "data: ", 6) == 0 &&
-             (strcmp(s->event, "create") == 0 ||
-              strcmp(s->event, "update") == 0 ||
-              strcmp(s->event, "delete") == 0)) {
-        printf("%s\n", line + 6);
-        fflush(stdout);
-    } else if (line[0] == '\0') {
-        if (strcmp(s->event, "resync") == 0)
-            s->resync = 1;
-        s->event[0] = '\0';
-    }
+    else if (strncmp(line, "data: ", 6) == 0)
+        syncd_buf_append(&s->data, line + 6, strlen(line + 6));
+    else if (line[0] == '\0')
+        sse_dispatch(s);
 }
 
 static size_t on_stream(char *data, size_t size, size_t n, void *arg)
@@ -597,60 +633,142 @@ static size_t on_stream(char *data, size_t size, size_t n, void *arg)
     return total;
 }
 
+/* Splits the comma list of node URLs into urls (at most max, pointing into
+ * list, which is changed); returns how many. */
+static int split_nodes(char *list, const char **urls, int max)
+{
+    int n = 0;
+
+    for (char *save = NULL, *u = strtok_r(list, ",", &save);
+         u != NULL && n < max; u = strtok_r(NULL, ",", &save))
+        urls[n++] = u;
+    return n;
+}
+
+/* One connection of a watch to server: streams into s until the stream
+ * ends. Sets *status to the HTTP status (0: no answer) and returns the
+ * transfer's result. */
+static CURLcode watch_once(const syncctl_opts_t *opts, const char *server,
+                           const char *coll, const char *prefix, stream_t *s,
+                           long *status)
+{
+    syncctl_opts_t o = *opts;
+    char query[4096] = "";
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = NULL;
+    char *url;
+    CURLcode cc;
+
+    *status = 0;
+    o.server = server;
+    if (prefix != NULL)
+        add_query(query, sizeof(query), "prefix", prefix);
+    url = make_url(&o, coll, "watch", NULL, query);
+    if (c == NULL || url == NULL) {
+        curl_easy_cleanup(c);
+        free(url);
+        return CURLE_OUT_OF_MEMORY;
+    }
+    if (opts->token != NULL)
+        h = add_header(h, "Authorization: Bearer %s", opts->token);
+    if (s->last_id[0] != '\0')
+        h = add_header(h, "Last-Event-ID: %s", s->last_id);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)WATCH_CONNECT_S);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)WATCH_IDLE_S);
+    cc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    free(url);
+    return cc;
+}
+
+/* syncctl watch C [--since SEQ] [--prefix P] [--nodes URL,...]: prints
+ * every change event from SEQ on, reconnecting (to the next of --server
+ * and the --nodes, with capped backoff) whenever the stream ends or a node
+ * does not answer, and resuming with Last-Event-ID from the last event
+ * printed, so every seq is printed once. Exits 1 when the node answers 410
+ * (the replay log no longer holds the resume point) or sends `event:
+ * resync`: the stream cannot go on without a gap, and the caller lists the
+ * collection again. */
 static int cmd_watch(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
                      int argc, char **argv)
 {
-    args_t a;
+    const char *urls[64];
+    char *nodes = NULL;
     stream_t s;
-    int rc = SYNCCTL_OK;
+    args_t a;
+    long delay = WATCH_RETRY_FIRST_MS;
+    int nurls = 1, cur = 0, rc = SYNCCTL_OK;
 
-    if (parse_args(&a, argc, argv, "ps") < 0 || a.npos != 1)
+    if (parse_args(&a, argc, argv, "psn") < 0 || a.npos != 1)
         return syncctl_usage(self);
+    urls[0] = opts->server;
+    if (a.nodes != NULL) {
+        nodes = strdup(a.nodes);
+        if (nodes == NULL)
+            return syncctl_fail("out of memory");
+        nurls += split_nodes(nodes, urls + 1, 63);
+    }
     memset(&s, 0, sizeof(s));
     if (a.since != NULL)
         snprintf(s.last_id, sizeof(s.last_id), "%s", a.since);
-    while (rc == SYNCCTL_OK && !s.resync) {
-        char query[4096] = "";
-        CURL *c = curl_easy_init();
-        struct curl_slist *h = NULL;
-        char *url;
-        long status = 0;
+    while (!s.resync) {
+        long status;
         CURLcode cc;
 
-        if (c == NULL)
-            return syncctl_fail("cannot initialise libcurl");
-        if (a.prefix != NULL)
-            add_query(query, sizeof(query), "prefix", a.prefix);
-        if (s.last_id[0] != '\0')
-            add_query(query, sizeof(query), "since", s.last_id);
-        url = make_url(opts, a.pos[0], "watch", NULL, query);
-        if (opts->token != NULL)
-            h = add_header(h, "Authorization: Bearer %s", opts->token);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
-        cc = curl_easy_perform(c);
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-        curl_slist_free_all(h);
-        curl_easy_cleanup(c);
-        free(url);
-        if (status >= 400) {
+        s.got = 0;
+        cc = watch_once(opts, urls[cur], a.pos[0], a.prefix, &s, &status);
+        if (cc == CURLE_OUT_OF_MEMORY) {
+            rc = syncctl_fail("out of memory");
+            break;
+        }
+        if (status == 410) {
+            rc = syncctl_fail("watch %s: 410 gone: %s no longer holds the "
+                              "events after seq %s (list the collection "
+                              "again)",
+                              a.pos[0], urls[cur], s.last_id);
+            break;
+        }
+        if (status >= 400 && !unavailable(status)) {
             reply_t r = {status, s.line.data, s.line.len, 0};
 
             rc = report(&r);
-        } else if (cc != CURLE_OK && status == 0) {
-            rc = syncctl_fail("watch %s: %s", a.pos[0], curl_easy_strerror(cc));
-        } else if (!s.resync) {
-            sleep(1);
+            break;
         }
         syncd_buf_truncate(&s.line, 0);
+        syncd_buf_truncate(&s.data, 0);
+        s.event[0] = '\0';
+        s.id[0] = '\0';
+        if (s.resync)
+            break;
+        /* A stream that brought events starts the backoff over. */
+        if (s.got > 0)
+            delay = WATCH_RETRY_FIRST_MS;
+        if (status != 200) {
+            fprintf(stderr,
+                    "syncctl: watch %s: %s: %s %ld; trying %s in %ld ms\n",
+                    a.pos[0], urls[cur], curl_easy_strerror(cc), status,
+                    urls[(cur + 1) % nurls], delay);
+            cur = (cur + 1) % nurls;
+        }
+        sleep_ms(delay);
+        if (s.got == 0)
+            delay =
+                delay * 2 > WATCH_RETRY_MAX_MS ? WATCH_RETRY_MAX_MS : delay * 2;
     }
     syncd_buf_free(&s.line);
+    syncd_buf_free(&s.data);
+    free(nodes);
     if (s.resync && rc == SYNCCTL_OK)
         rc = syncctl_fail("watch %s: resync needed after seq %s (list the "
                           "collection again)",
-                          a.pos[0], s.last_id);
+                          a.pos[0], s.last_id[0] ? s.last_id : "0");
     return rc;
 }
 
@@ -723,7 +841,7 @@ const syncctl_cmd_t syncctl_http_commands[] = {
     {"patch", "C ID [--merge] [FILE] [--if-match V]", cmd_patch},
     {"rm", "C ID [--if-match V]", cmd_rm},
     {"ls", "C [--prefix P]", cmd_ls},
-    {"watch", "C [--since SEQ] [--prefix P]", cmd_watch},
+    {"watch", "C [--since SEQ] [--prefix P] [--nodes URL,...]", cmd_watch},
     {"digest", "C", cmd_digest},
     {"verify", "C [--nodes URL,URL,...]", syncctl_cmd_verify},
     {"nodes", "", cmd_nodes},

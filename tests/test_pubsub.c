@@ -1170,9 +1170,9 @@ static void peer_open_published(uv_loop_t *loop, peer_t *a,
 }
 
 /* Waits until a's bus is back and has resynced, publishes one event on it
- * with p, and checks that a was told to resync once, at seq at, and saw
- * every seq in order up to the new event at + 1. */
-static void expect_resynced_once(uv_loop_t *loop, peer_t *a, pubs_t *p,
+ * with p, and checks that a, which had seen n events, was told to resync
+ * once, at seq at, and then saw the new event at + 1. */
+static void expect_resynced_once(uv_loop_t *loop, peer_t *a, pubs_t *p, int n,
                                  int64_t at)
 {
     wait_for(loop, bus_up, a->bus);
@@ -1182,7 +1182,7 @@ static void expect_resynced_once(uv_loop_t *loop, peer_t *a, pubs_t *p,
     wait_recs(loop, at + 1, &a->rec, NULL);
     assert_int_equal(a->rec.resyncs, 1);
     assert_int_equal(a->rec.resync_seq[0], at);
-    assert_int_equal(a->rec.events, at + 1);
+    assert_int_equal(a->rec.events, n + 1);
     assert_int_equal(a->rec.out_of_order, 0);
 }
 
@@ -1414,24 +1414,32 @@ test_redis_bus__restart_fails_publishes_then_resyncs_once(void **state)
     wait_for(&loop, bus_up, a.bus);
     wait_for(&loop, bus_up, b.bus);
 
-    /* Redis lost the counter; each subscriber is told to resync once, and
-     * seqs continue above everything seen. */
+    /* Redis lost the counter and the log: a new epoch. Each subscriber is
+     * told to resync once, at 11, a seq never handed out: seqs go on
+     * above everything seen and 11 is in no log, so a reader resuming
+     * from a seq of the old epoch (10 or less) finds that the log no
+     * longer holds what follows it (a watch answers 410), never events
+     * renumbered into its old sequence. */
     wait_for(&loop, flag_set, &a.rec.resyncs);
     wait_for(&loop, flag_set, &b.rec.resyncs);
     pubs_init(&p, b.bus, 5, 1);
     publish_next(&p);
     wait_for(&loop, pubs_done, &p);
     assert_int_equal(p.failed, 0);
-    for (int s = 11; s <= 15; s++)
+    for (int s = 12; s <= 16; s++)
         assert_true(p.seen[s]);
-    wait_recs(&loop, 15, &a.rec, &b.rec);
+    wait_recs(&loop, 16, &a.rec, &b.rec);
     assert_int_equal(a.rec.resyncs, 1);
     assert_int_equal(b.rec.resyncs, 1);
-    assert_int_equal(a.rec.resync_seq[0], 10);
-    assert_int_equal(b.rec.resync_seq[0], 10);
+    assert_int_equal(a.rec.resync_seq[0], 11);
+    assert_int_equal(b.rec.resync_seq[0], 11);
     assert_int_equal(a.rec.events, 15);
     assert_int_equal(b.rec.events, 15);
     assert_int_equal(a.rec.out_of_order + b.rec.out_of_order, 0);
+    assert_int_equal(current_seq(&loop, a.bus), 16);
+    for (int64_t after = 0; after <= 10; after++)
+        check_replay(&loop, a.bus, after, -1, SYNCD_ENOTFOUND, 0);
+    check_replay(&loop, a.bus, 11, -1, 0, 5);
     peer_close(&loop, &a);
     peer_close(&loop, &b);
     end_loop(&loop);
@@ -1464,7 +1472,8 @@ test_redis_bus__bus_reconnects_by_itself_after_redis_was_down(void **state)
     run_for(&loop, 500);
     assert_false(syncd_bus_connected(a.bus));
     assert_int_equal(syncd_test_server_restart(srv), 0);
-    expect_resynced_once(&loop, &a, &p, 5);
+    /* Redis lost its data: seq 6 is never handed out (a new epoch). */
+    expect_resynced_once(&loop, &a, &p, 5, 6);
     syncd_bus_stats(a.bus, &st);
     assert_true(st.reconnects >= 1);
     peer_close(&loop, &a);
@@ -1491,7 +1500,7 @@ test_redis_bus__data_loss_is_detected_when_the_same_bus_sets_the_epoch_again(
     assert_int_equal(
         syncd_test_redis_cli(srv, "SET", "syncd:test:" COLL ":seq", "10", NULL),
         0);
-    expect_resynced_once(&loop, &a, &p, 10);
+    expect_resynced_once(&loop, &a, &p, 10, 10);
     peer_close(&loop, &a);
     end_loop(&loop);
 }

@@ -2517,9 +2517,30 @@ test_store__awkward_keys_and_numbers_round_trip_exactly(void **state)
 
 /* ---- Crash safety of the embedded store --------------------------------- */
 
-/* Child of the crash test (this binary run with --crash-child DIR FD: a
- * process of its own, since a child forked from the threaded test process
- * cannot start threads under ThreadSanitizer): increments the counter
+/* Starts this test binary again as a child process in mode (one of the
+ * --*-child flags of main()) on the store in dir, writing to the pipe end
+ * fds[1]; returns its pid, with fds[1] closed in the parent. A child of its
+ * own binary rather than a fork of this process: a child forked from the
+ * threaded test process cannot start threads under ThreadSanitizer. */
+static pid_t spawn_child(const char *mode, const char *dir, int fds[2])
+{
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char fd[16];
+
+        close(fds[0]);
+        snprintf(fd, sizeof(fd), "%d", fds[1]);
+        execl("/proc/self/exe", "test_storage", mode, dir, fd, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    return pid;
+}
+
+/* Child of the crash test (this binary run with --crash-child DIR FD,
+ * spawn_child()): increments the counter
  * forever, writing each committed version to fd after the edit returned
  * (the acknowledgement). */
 static void crash_child(const char *dir, int fd)
@@ -2557,18 +2578,7 @@ static void test_store_rocks__acknowledged_writes_survive_sigkill(void **state)
     syncd_store_close(f->store);
     f->store = NULL;
     assert_int_equal(pipe(fds), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        char fd[16];
-
-        close(fds[0]);
-        snprintf(fd, sizeof(fd), "%d", fds[1]);
-        execl("/proc/self/exe", "test_storage", "--crash-child", f->dir, fd,
-              (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
+    pid = spawn_child("--crash-child", f->dir, fds);
     while (n < 150 && read(fds[0], &v, sizeof(v)) == sizeof(v)) {
         acked = v;
         n++;
@@ -2656,7 +2666,8 @@ static void *gc_reader(void *arg)
     return NULL;
 }
 
-/* The crash child: writers and readers on the store in dir until killed. */
+/* The crash child (this binary run with --gc-child DIR FD, spawn_child()):
+ * writers and readers on the store in dir until killed. */
 static void gc_child(const char *dir, int fd)
 {
     gc_thread_t t[GC_WRITERS + GC_READERS];
@@ -2720,13 +2731,7 @@ test_store_rocks__kill_during_group_commits_loses_no_acked_or_read_version(
     for (int d = 0; d < GC_DOCS; d++)
         seen.bodies[d] = json_object();
     assert_int_equal(pipe(fds), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        gc_child(f->dir, fds[1]);
-    }
-    close(fds[1]);
+    pid = spawn_child("--gc-child", f->dir, fds);
     while (n < 1500 && read(fds[0], &r, sizeof(r)) == sizeof(r)) {
         gc_collect(&seen, &r);
         n += r.writer >= 0;
@@ -2810,7 +2815,8 @@ static void *full_disk_writer(void *arg)
     return NULL;
 }
 
-/* The child: writers on the store in dir, whose files may not grow past
+/* The child (this binary run with --full-disk-child DIR FD,
+ * spawn_child()): writers on the store in dir, whose files may not grow past
  * 8 MiB, until their writes fail; then checks the store and reports the
  * highest acknowledged version on fd. Exits 0 when all held. */
 static void full_disk_child(const char *dir, int out)
@@ -2866,13 +2872,7 @@ test_store_rocks__a_failed_sync_fails_its_writers_and_shows_no_version_of_theirs
     syncd_store_close(f->store);
     f->store = NULL;
     assert_int_equal(pipe(fds), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        full_disk_child(f->dir, fds[1]);
-    }
-    close(fds[1]);
+    pid = spawn_child("--full-disk-child", f->dir, fds);
     assert_int_equal(read(fds[0], &acked, sizeof(acked)), sizeof(acked));
     close(fds[0]);
     assert_int_equal(waitpid(pid, &status, 0), pid);
@@ -3874,6 +3874,10 @@ int main(int argc, char **argv)
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
         crash_child(argv[2], atoi(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "--gc-child") == 0)
+        gc_child(argv[2], atoi(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "--full-disk-child") == 0)
+        full_disk_child(argv[2], atoi(argv[3]));
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
     if (getenv("SYNCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
