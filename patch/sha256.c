@@ -6,14 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "syncd/patch.h"
-
-typedef struct sha256_ctx {
-    uint32_t state[8];
-    uint64_t total;
-    unsigned char block[64];
-    size_t used;
-} sha256_ctx_t;
+#include "patch/internal.h"
 
 static const uint32_t k[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
@@ -33,7 +26,7 @@ static uint32_t ror(uint32_t x, int n)
     return (x >> n) | (x << (32 - n));
 }
 
-static void compress(sha256_ctx_t *ctx, const unsigned char *p)
+static void compress(syncd_sha256_ctx_t *ctx, const unsigned char *p)
 {
     uint32_t w[64];
 
@@ -77,7 +70,7 @@ static void compress(sha256_ctx_t *ctx, const unsigned char *p)
     ctx->state[7] += h;
 }
 
-static void update(sha256_ctx_t *ctx, const unsigned char *p, size_t len)
+static void update(syncd_sha256_ctx_t *ctx, const unsigned char *p, size_t len)
 {
     ctx->total += len;
     while (len > 0) {
@@ -94,26 +87,46 @@ static void update(sha256_ctx_t *ctx, const unsigned char *p, size_t len)
     }
 }
 
-void syncd_sha256(unsigned char out[32], const void *data, size_t len)
+void syncd_sha256_init(syncd_sha256_ctx_t *ctx)
 {
-    sha256_ctx_t ctx = {{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}};
-    unsigned char pad[72] = {0x80};
-    uint64_t bits;
-    size_t padlen;
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372,
+                                   0xa54ff53a, 0x510e527f, 0x9b05688c,
+                                   0x1f83d9ab, 0x5be0cd19};
 
-    update(&ctx, data, len);
-    bits = ctx.total * 8;
-    padlen = (ctx.used < 56 ? 56 : 120) - ctx.used;
+    memcpy(ctx->state, iv, sizeof(iv));
+    ctx->total = 0;
+    ctx->used = 0;
+}
+
+void syncd_sha256_update(syncd_sha256_ctx_t *ctx, const void *data, size_t len)
+{
+    update(ctx, data, len);
+}
+
+void syncd_sha256_final(syncd_sha256_ctx_t *ctx, unsigned char out[32])
+{
+    unsigned char pad[72] = {0x80};
+    uint64_t bits = ctx->total * 8;
+    size_t padlen = (ctx->used < 56 ? 56 : 120) - ctx->used;
+
     for (int i = 0; i < 8; i++)
         pad[padlen + i] = (unsigned char)(bits >> (56 - 8 * i));
-    update(&ctx, pad, padlen + 8);
+    update(ctx, pad, padlen + 8);
     for (int i = 0; i < 8; i++) {
-        out[4 * i] = (unsigned char)(ctx.state[i] >> 24);
-        out[4 * i + 1] = (unsigned char)(ctx.state[i] >> 16);
-        out[4 * i + 2] = (unsigned char)(ctx.state[i] >> 8);
-        out[4 * i + 3] = (unsigned char)ctx.state[i];
+        out[4 * i] = (unsigned char)(ctx->state[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(ctx->state[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(ctx->state[i] >> 8);
+        out[4 * i + 3] = (unsigned char)ctx->state[i];
     }
+}
+
+void syncd_sha256(unsigned char out[32], const void *data, size_t len)
+{
+    syncd_sha256_ctx_t ctx;
+
+    syncd_sha256_init(&ctx);
+    update(&ctx, data, len);
+    syncd_sha256_final(&ctx, out);
 }
 
 void syncd_sha256_hex(char out[SYNCD_HASH_HEX_LEN + 1], const void *data,
