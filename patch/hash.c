@@ -246,19 +246,22 @@ int syncd_json_hash(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v,
     return rc;
 }
 
-int syncd_json_hash_matches(const char *hash, const json_t *v)
+int syncd_json_hash_matches(const char *hash, const json_t *v,
+                            syncd_error_t *err)
 {
     char hex[SYNCD_HASH_HEX_LEN + 1];
     size_t len;
     char *text;
+    int rc = syncd_json_hash(hex, v, err);
 
-    if (syncd_json_hash(hex, v, NULL) != 0)
-        return 0;
+    if (rc < 0)
+        return rc;
     if (strcmp(hex, hash) == 0)
         return 1;
     text = syncd_json_canonical(v, &len);
     if (text == NULL)
-        return 0;
+        return syncd_error_set(err, SYNCD_ENOMEM,
+                               "out of memory serializing the value");
     syncd_sha256_hex(hex, text, len);
     free(text);
     return strcmp(hex, hash) == 0;

@@ -170,7 +170,6 @@ static int check_doc(checker_t *ck, const json_t *v, const char *coll)
     const char *h = json_string_value(json_object_get(v, "h"));
     const json_t *data = json_object_get(v, "data");
     section_t *s = ck->open;
-    char hex[SYNCD_HASH_HEX_LEN + 1];
     syncd_error_t err;
 
     syncd_error_clear(&err);
@@ -186,8 +185,7 @@ static int check_doc(checker_t *ck, const json_t *v, const char *coll)
                             "order or repeated (the file is edited)",
                             ck->source, (unsigned long long)ck->lineno, coll,
                             id);
-    if (ck->rehash &&
-        (syncd_json_hash(hex, data, &err) != 0 || strcmp(hex, h) != 0))
+    if (ck->rehash && syncd_json_hash_matches(h, data, &err) != 1)
         return syncctl_fail("%s: line %llu: collection %s: document %s: its "
                             "data does not hash to its h (the file is "
                             "edited)",

@@ -165,9 +165,11 @@ int syncd_json_hash_raw(unsigned char out[32], const json_t *v,
                         syncd_error_t *err);
 
 /* Returns 1 when hash (hex) is v's content hash, or its legacy hash (the
- * SHA-256 of v's canonical JSON, what records stored before the Merkle hash
- * carry); 0 otherwise and on failure. */
-int syncd_json_hash_matches(const char *hash, const json_t *v);
+ * SHA-256 of v's canonical JSON, which records stored before the Merkle
+ * hash carry), 0 when it is neither; SYNCD_EINVAL (too deep) or
+ * SYNCD_ENOMEM when v cannot be hashed. */
+int syncd_json_hash_matches(const char *hash, const json_t *v,
+                            syncd_error_t *err);
 
 /* ---- Hash tree: the content hash kept beside a document ------------------ */
 
