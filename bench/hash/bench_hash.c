@@ -125,9 +125,9 @@ int main(int argc, char **argv)
     printf("| %d volumes, %zu bytes compact | ms (median of %d) |\n", n,
            json_dumpb(doc, NULL, 0, JSON_COMPACT), RUNS);
     printf("|---|---|\n");
-    printf("| before: SHA-256 of the canonical JSON | %.2f |\n",
+    printf("| the old hash: SHA-256 of the canonical JSON | %.2f |\n",
            median_ms(legacy_hash, next));
-    printf("| after: Merkle hash (syncd_json_hash) | %.2f |\n",
+    printf("| the Merkle hash (syncd_json_hash) | %.2f |\n",
            median_ms(merkle_hash, next));
     printf("| hash tree build (syncd_htree_build) | %.2f |\n",
            median_ms(tree_build, doc));
