@@ -1366,7 +1366,7 @@ static json_t *random_doc(rng_t *r)
     if (rng_below(r, 3) == 0)
         json_object_set_new(
             doc, "big",
-            big_container(r, 40 + rng_below(r, 500), (int)rng_below(r, 2)));
+            big_container(r, 40 + rng_below(r, 260), (int)rng_below(r, 2)));
     return doc;
 }
 
@@ -1630,7 +1630,7 @@ static void test_htree__incremental_equals_fresh_for_every_op_kind(void **s)
     size_t applied[6] = {0}, patches = 0;
 
     (void)s;
-    for (int round = 0; round < 1500; round++) {
+    for (int round = 0; round < 1000; round++) {
         json_t *doc = random_doc(&r), *patch = json_array();
         syncd_htree_t *t = NULL, *whole = NULL;
 
@@ -1667,7 +1667,9 @@ static void test_htree__incremental_equals_fresh_for_every_op_kind(void **s)
         json_decref(doc);
     }
     for (int k = 0; k < 6; k++)
-        assert_true(applied[k] > 100);
+        if (applied[k] < 200)
+            fail_msg("only %zu operations of kind %d applied", applied[k], k);
+    print_message("%zu patches of 2-4 operations\n", patches);
     assert_true(patches > 500);
 }
 
@@ -1822,5 +1824,8 @@ int main(void)
         cmocka_unit_test(test_htree__one_change_in_10k_rehashes_a_few_chunks),
     };
 
+    /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
+    if (getenv("SYNCD_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
