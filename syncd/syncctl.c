@@ -7,8 +7,8 @@
  * The offline commands work on files without a node: `diff A B [--merge]`
  * prints the RFC 6902 (or RFC 7396) patch from A to B, and `apply DOC
  * PATCH [--merge]` prints DOC with PATCH applied, and `hash FILE...`
- * prints each file's content hash (doc/HASH.md), the ETag a node gives
- * that body. Output is canonical JSON, or one hash a line, on stdout;
+ * prints each file's content hash (doc/HASH.md), the "h" a node lists
+ * for that body. Output is canonical JSON, or one hash a line, on stdout;
  * errors are one line on stderr with exit status 1, usage errors exit 2.
  */
 #include <stdarg.h>
