@@ -2,8 +2,10 @@
  *
  * Private to patch/: RFC 6901 escaping into a byte buffer (base/buf.h), the
  * depth guard every recursive walk goes through, strict and RFC equality, the
- * structural hash the array diff compares elements with, and the pointer pieces
- * the patch operations need (length-aware parsing, strict array indexes).
+ * structural hash the array diff compares elements with, the pointer pieces
+ * the patch operations need (length-aware parsing, strict array indexes), and
+ * incremental SHA-256 with the primitives of the content hash (doc/HASH.md)
+ * that hash.c and the hash tree (htree.c) share.
  */
 #ifndef SYNCD_PATCH_INTERNAL_H
 #define SYNCD_PATCH_INTERNAL_H
