@@ -9,7 +9,9 @@
 # hash FILE` prints for the body's file, what `syncctl hash -` prints for it
 # on stdin, and what tests/tools/merkle_hash.py (written from doc/HASH.md
 # alone) prints. One document is then reached by a JSON Patch instead of a
-# PUT: its listed hash must be the hash of the final body's file.
+# PUT: its listed hash must be the hash of the final body's file. Last, a
+# backup file made before the Merkle hash (legacy hashes) restores, and
+# `syncctl restore` finds the node agreeing with it.
 #
 # Usage: tests/test_hash.sh SYNCD SYNCCTL
 set -euo pipefail
@@ -88,4 +90,29 @@ print([d["h"] for d in docs if d["id"] == sys.argv[2]][0])' "$TMP/list.json" "$n
     [ "$ref" = "$listed" ] || fail "$name: merkle_hash.py $ref, the node lists $listed"
     echo "test_hash: $name $listed"
 done
+# A backup made before the Merkle hash: its h are legacy hashes (SHA-256 of
+# the canonical JSON) and its trailer's digest is over them. `syncctl
+# restore` must accept it and find the node's content, now under Merkle
+# hashes, the same as the backup's.
+python3 - "$TMP/legacy.jsonl" <<'PY'
+import hashlib, json, sys
+docs = [("a", 3, {"n": 1, "s": "x"}), ("b", 7, {"list": [1, 2], "o": {}})]
+lines, leaves = [], []
+for id_, v, body in docs:
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    h = hashlib.sha256(canon.encode()).hexdigest()
+    lines.append({"coll": "legacy", "id": id_, "v": v, "h": h, "data": body})
+    leaves.append(hashlib.sha256(("%s\0%d\0%s" % (id_, v, h)).encode()).digest())
+digest = hashlib.sha256(leaves[0] + leaves[1]).hexdigest()
+lines.append({"coll": "legacy", "trailer": True, "count": 2, "digest": digest, "seq": 0})
+lines.append({"end": True, "collections": 1, "documents": 2})
+with open(sys.argv[1], "w") as f:
+    for line in lines:
+        f.write(json.dumps(line) + "\n")
+PY
+"$SYNCCTL" --server "$URL" restore "$TMP/legacy.jsonl" >"$TMP/restore.json" 2>"$TMP/restore.err" ||
+    fail "restore of a legacy backup: $(cat "$TMP/restore.err")"
+python3 -c 'import json,sys; r = json.load(open(sys.argv[1])); assert r["agree"] is True, r' \
+    "$TMP/restore.json" || fail "restore of a legacy backup: $(cat "$TMP/restore.json")"
+echo "test_hash: a backup with legacy hashes restores and agrees"
 echo "test_hash: PASS (${SECONDS} s)"
