@@ -1,7 +1,8 @@
-/* canonical.c - canonical JSON serialization and the content hash.
+/* canonical.c - canonical JSON serialization.
  *
- * The canonical form (DESIGN.md section 2) is what content hashes are made
- * of, so it must be the same bytes for the same value on every node:
+ * The canonical form is what records store, events are signed over and
+ * legacy content hashes were made of (hash.c), so it must be the same bytes
+ * for the same value on every node:
  * object members sorted by the bytes of their keys (keys may contain NUL),
  * no whitespace, strings as UTF-8 with only '"', '\\' and control
  * characters escaped, integers exact, reals in the shortest form that
@@ -20,14 +21,20 @@ typedef struct member {
     json_t *value;
 } member_t;
 
-static int member_cmp(const void *pa, const void *pb)
+int syncd_key_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
-    const member_t *a = pa, *b = pb;
-    int c = memcmp(a->key, b->key, a->len < b->len ? a->len : b->len);
+    int c = memcmp(a, b, alen < blen ? alen : blen);
 
     if (c != 0)
         return c;
-    return (a->len > b->len) - (a->len < b->len);
+    return (alen > blen) - (alen < blen);
+}
+
+static int member_cmp(const void *pa, const void *pb)
+{
+    const member_t *a = pa, *b = pb;
+
+    return syncd_key_cmp(a->key, a->len, b->key, b->len);
 }
 
 static int write_string(syncd_buf_t *b, const char *s, size_t len)
@@ -71,9 +78,7 @@ static int write_string(syncd_buf_t *b, const char *s, size_t len)
     return syncd_buf_putc(b, '"');
 }
 
-/* Writes the canonical text of the real d into text and returns its
- * length. */
-static size_t format_real(char text[40], double d)
+size_t syncd_canonical_real(char text[40], double d)
 {
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(text, 40, "%.*g", prec, d);
@@ -88,7 +93,7 @@ static size_t format_real(char text[40], double d)
 static int write_real(syncd_buf_t *b, double d)
 {
     char text[40];
-    size_t n = format_real(text, d);
+    size_t n = syncd_canonical_real(text, d);
 
     return syncd_buf_append(b, text, n);
 }
@@ -209,7 +214,7 @@ size_t syncd_canonical_size(const json_t *v)
         return (size_t)snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT,
                                 json_integer_value(v));
     case JSON_REAL:
-        return format_real(text, json_real_value(v));
+        return syncd_canonical_real(text, json_real_value(v));
     case JSON_TRUE:
         return 4;
     case JSON_FALSE:
@@ -231,22 +236,4 @@ char *syncd_json_canonical(const json_t *v, size_t *len)
     if (len != NULL)
         *len = b.len;
     return b.data;
-}
-
-int syncd_json_hash(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v,
-                    syncd_error_t *err)
-{
-    size_t len;
-    char *text;
-
-    out[0] = '\0';
-    if (syncd_json_check_depth(v, SYNCD_EINVAL, "value", err) < 0)
-        return SYNCD_EINVAL;
-    text = syncd_json_canonical(v, &len);
-    if (text == NULL)
-        return syncd_error_set(err, SYNCD_ENOMEM,
-                               "out of memory serializing the value");
-    syncd_sha256_hex(out, text, len);
-    free(text);
-    return 0;
 }

@@ -2,8 +2,10 @@
  *
  * Private to patch/: RFC 6901 escaping into a byte buffer (base/buf.h), the
  * depth guard every recursive walk goes through, strict and RFC equality, the
- * structural hash the array diff compares elements with, and the pointer pieces
- * the patch operations need (length-aware parsing, strict array indexes).
+ * structural hash the array diff compares elements with, the pointer pieces
+ * the patch operations need (length-aware parsing, strict array indexes), and
+ * incremental SHA-256 with the primitives of the content hash (doc/HASH.md)
+ * that hash.c and the hash tree (htree.c) share.
  */
 #ifndef SYNCD_PATCH_INTERNAL_H
 #define SYNCD_PATCH_INTERNAL_H
@@ -70,5 +72,67 @@ int syncd_ptr_array_index(size_t *index, const char *token, size_t len,
  * token's position in *at. */
 int syncd_ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr,
                    size_t count, const char **why, size_t *at);
+
+/* ---- SHA-256 and the Merkle content hash (doc/HASH.md) ------------------ */
+
+/* An incremental SHA-256 computation (sha256.c). */
+typedef struct syncd_sha256_ctx {
+    uint32_t state[8];
+    uint64_t total;
+    unsigned char block[64];
+    size_t used;
+} syncd_sha256_ctx_t;
+
+/* Starts a SHA-256 computation in ctx. */
+void syncd_sha256_init(syncd_sha256_ctx_t *ctx);
+
+/* Feeds len bytes at data into ctx. */
+void syncd_sha256_update(syncd_sha256_ctx_t *ctx, const void *data, size_t len);
+
+/* Writes the 32-byte digest of what ctx was fed into out; ctx is spent. */
+void syncd_sha256_final(syncd_sha256_ctx_t *ctx, unsigned char out[32]);
+
+/* Orders two keys by their bytes (memcmp, a prefix first): <0, 0 or >0. */
+int syncd_key_cmp(const char *a, size_t alen, const char *b, size_t blen);
+
+/* Writes the canonical text of the real d (shortest round-trip form, always
+ * with a '.' or an exponent) into text and returns its length. */
+size_t syncd_canonical_real(char text[40], double d);
+
+/* Lists of at most this many entries are hashed flat, never chunked. */
+#define SYNCD_HASH_FLAT_MAX 64
+
+/* A chunk ends after an entry whose hash's last byte has the bits of
+ * SYNCD_HASH_CHUNK_MASK zero, once it has SYNCD_HASH_CHUNK_MIN entries, and
+ * always at SYNCD_HASH_CHUNK_MAX entries. */
+#define SYNCD_HASH_CHUNK_MIN 16
+#define SYNCD_HASH_CHUNK_MAX 256
+#define SYNCD_HASH_CHUNK_MASK 0x1f
+
+/* Writes the leaf hash of the scalar v (not an array or object) into out. */
+void syncd_hash_scalar(unsigned char out[32], const json_t *v);
+
+/* Writes the entry hash of the object member (key of len bytes, value hash
+ * vh) into out. */
+void syncd_hash_member(unsigned char out[32], const char *key, size_t len,
+                       const unsigned char vh[32]);
+
+/* Returns the end (exclusive) of the chunk that starts at items[start] in a
+ * list of n entry hashes, by the content-defined boundary rule. */
+size_t syncd_hash_chunk_end(const unsigned char (*items)[32], size_t start,
+                            size_t n);
+
+/* Writes the hash of the chunk of n entry hashes at items into out. */
+void syncd_hash_chunk(unsigned char out[32], const unsigned char (*items)[32],
+                      size_t n);
+
+/* Writes the value hash of an object (is_object) or array whose top level
+ * list is the n (at most SYNCD_HASH_FLAT_MAX) hashes at top into out. */
+void syncd_hash_container(unsigned char out[32], int is_object,
+                          const unsigned char (*top)[32], size_t n);
+
+/* Writes the lower-case hex form of the 32 bytes at raw into out. */
+void syncd_hash_hex(char out[SYNCD_HASH_HEX_LEN + 1],
+                    const unsigned char raw[32]);
 
 #endif

@@ -447,7 +447,6 @@ static int check_record(coll_sum_t *sum, json_t *bad, size_t max_bad,
                         const char *id, const char *val, size_t vlen,
                         uint64_t *bodies)
 {
-    char hex[SYNCD_HASH_HEX_LEN + 1];
     syncd_doc_t *doc = NULL;
     int rc =
         syncd_record_decode(&doc, sum->coll, id, val, vlen, bad != NULL, NULL);
@@ -460,8 +459,7 @@ static int check_record(coll_sum_t *sum, json_t *bad, size_t max_bad,
         rc = syncd_merkle_add(&sum->m, id, doc->version, doc->hash);
     if (rc == 0 && bad != NULL && !doc->deleted) {
         (*bodies)++;
-        if (syncd_json_hash(hex, doc->body, NULL) != 0 ||
-            strcmp(hex, doc->hash) != 0)
+        if (syncd_json_hash_matches(doc->hash, doc->body, NULL) != 1)
             rc = add_bad(bad, sum->coll, id, max_bad);
     }
     syncd_doc_free(doc);

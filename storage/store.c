@@ -287,8 +287,22 @@ static int check_body(syncd_store_t *s, const json_t *body,
                                "document body is %zu bytes, over "
                                "max_doc_bytes (%zu)",
                                *len, s->max_doc_bytes);
-    syncd_sha256_hex(hash, *canon, *len);
-    return 0;
+    return syncd_json_hash(hash, body, err);
+}
+
+/* Returns 1 when the body whose content hash is hash and canonical JSON is
+ * canon (len bytes) is cur's body. cur may carry the legacy hash of a record
+ * stored before the Merkle hash (doc/HASH.md): the SHA-256 of its canonical
+ * JSON. */
+static int same_body(const syncd_doc_t *cur, const char *hash,
+                     const char *canon, size_t len)
+{
+    char legacy[SYNCD_HASH_HEX_LEN + 1];
+
+    if (strcmp(hash, cur->hash) == 0)
+        return 1;
+    syncd_sha256_hex(legacy, canon, len);
+    return strcmp(legacy, cur->hash) == 0;
 }
 
 /* Commits next over version expected with the backend's compare-and-swap,
@@ -642,9 +656,10 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     cur->outbox = cur->ikeys = NULL;
     syncd_error_clear(&local);
     rc = req->step(&body, req, cur, &local);
-    if (rc < 0 || (rc != STEP_DELETE && (check_body(s, body, hash, &canon,
-                                                    &canon_len, &local) != 0 ||
-                                         strcmp(hash, cur->hash) == 0))) {
+    if (rc < 0 ||
+        (rc != STEP_DELETE &&
+         (check_body(s, body, hash, &canon, &canon_len, &local) != 0 ||
+          same_body(cur, hash, canon, canon_len)))) {
         rc = UNDECIDED;
         goto done;
     }
@@ -730,7 +745,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         rc = check_body(s, body, hash, &canon, &canon_len, err);
         if (rc != 0)
             goto done;
-        if (is_live(cur) && strcmp(hash, cur->hash) == 0) {
+        if (is_live(cur) && same_body(cur, hash, canon, canon_len)) {
             rc = change_none(out, cur, err);
             cur = NULL;
             goto done;

@@ -303,7 +303,6 @@ static int add_differ(verify_ctx_t *x, const char *id, const json_t *mine,
 static int check_body(verify_ctx_t *x, const char *id, const json_t *e,
                       int *bad, syncd_error_t *err)
 {
-    char hex[SYNCD_HASH_HEX_LEN + 1];
     syncd_doc_t *doc = NULL;
     int rc;
 
@@ -320,10 +319,11 @@ static int check_body(verify_ctx_t *x, const char *id, const json_t *e,
         syncd_doc_free(doc);
         return 0;
     }
-    rc = syncd_json_hash(hex, doc->body, err);
-    if (rc == 0) {
+    rc = syncd_json_hash_matches(doc->hash, doc->body, err);
+    if (rc >= 0) {
         x->out->bodies++;
-        *bad = strcmp(hex, doc->hash) != 0;
+        *bad = rc == 0;
+        rc = 0;
     }
     syncd_doc_free(doc);
     return rc;

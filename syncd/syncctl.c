@@ -6,9 +6,10 @@
  * out of the process listing.
  * The offline commands work on files without a node: `diff A B [--merge]`
  * prints the RFC 6902 (or RFC 7396) patch from A to B, and `apply DOC
- * PATCH [--merge]` prints DOC with PATCH applied. Output is canonical JSON
- * on stdout; errors are one line on stderr with exit status 1, usage
- * errors exit 2.
+ * PATCH [--merge]` prints DOC with PATCH applied, and `hash FILE...`
+ * prints each file's content hash (doc/HASH.md), the "h" a node lists
+ * for that body. Output is canonical JSON, or one hash a line, on stdout;
+ * errors are one line on stderr with exit status 1, usage errors exit 2.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -135,9 +136,39 @@ static int cmd_apply(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
     return run_on_files(self, syncd_patch_apply, syncd_merge_apply, argc, argv);
 }
 
+/* Prints the content hash of each file of argv ("-": stdin), one a line. */
+static int cmd_hash(const syncctl_cmd_t *self, const syncctl_opts_t *opts,
+                    int argc, char **argv)
+{
+    (void)opts;
+    if (argc < 1)
+        return syncctl_usage(self);
+    for (int i = 0; i < argc; i++) {
+        char hex[SYNCD_HASH_HEX_LEN + 1];
+        json_t *v = NULL;
+        syncd_error_t err;
+        int rc;
+
+        if (argv[i][0] == '-' && argv[i][1] != '\0')
+            return syncctl_usage(self);
+        rc = syncctl_load_json(&v, argv[i]);
+        if (rc != SYNCCTL_OK)
+            return rc;
+        syncd_error_clear(&err);
+        rc = syncd_json_hash(hex, v, &err);
+        json_decref(v);
+        if (rc < 0)
+            return syncctl_fail("hash %s: %s", argv[i], err.message);
+        if (printf("%s\n", hex) < 0)
+            return syncctl_fail("cannot write the result: stdout");
+    }
+    return SYNCCTL_OK;
+}
+
 static const syncctl_cmd_t commands[] = {
     {"diff", "A.json B.json [--merge]", cmd_diff},
     {"apply", "DOC.json PATCH.json [--merge]", cmd_apply},
+    {"hash", "FILE... ('-': stdin)", cmd_hash},
     {"volume", "init|scan|push|verify ... (syncctl volume --help)",
      syncctl_cmd_volume},
 };

@@ -170,7 +170,7 @@ static int check_doc(checker_t *ck, const json_t *v, const char *coll)
     const char *h = json_string_value(json_object_get(v, "h"));
     const json_t *data = json_object_get(v, "data");
     section_t *s = ck->open;
-    char hex[SYNCD_HASH_HEX_LEN + 1];
+    char merkle[SYNCD_HASH_HEX_LEN + 1];
     syncd_error_t err;
 
     syncd_error_clear(&err);
@@ -186,8 +186,12 @@ static int check_doc(checker_t *ck, const json_t *v, const char *coll)
                             "order or repeated (the file is edited)",
                             ck->source, (unsigned long long)ck->lineno, coll,
                             id);
-    if (ck->rehash &&
-        (syncd_json_hash(hex, data, &err) != 0 || strcmp(hex, h) != 0))
+    /* What the node will hold: the content hash of data, also when h is
+     * the legacy hash of a backup made before the Merkle hash (doc/HASH.md).
+     * Without rehash, h as it is. */
+    if (ck->rehash && (syncd_json_hash(merkle, data, &err) != 0 ||
+                       (strcmp(merkle, h) != 0 &&
+                        syncd_json_hash_matches(h, data, &err) != 1)))
         return syncctl_fail("%s: line %llu: collection %s: document %s: its "
                             "data does not hash to its h (the file is "
                             "edited)",
@@ -197,7 +201,7 @@ static int check_doc(checker_t *ck, const json_t *v, const char *coll)
     s->last_id = strdup(id);
     if (s->last_id == NULL ||
         syncd_merkle_add(&s->m, id, json_integer_value(ver), h) != 0 ||
-        syncd_merkle_add(&s->content, id, 0, h) != 0)
+        syncd_merkle_add(&s->content, id, 0, ck->rehash ? merkle : h) != 0)
         return syncctl_fail("out of memory");
     ck->docs++;
     return SYNCCTL_OK;

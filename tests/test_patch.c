@@ -5,8 +5,9 @@
  * tables. Property tests over thousands of seeded random document pairs
  * check that diffs reproduce their target and that failed patches leave
  * the input untouched. Error paths cover malformed input, deep nesting and
- * 50,000-element arrays; canonical JSON and SHA-256 are checked against
- * fixed vectors.
+ * 50,000-element arrays; canonical JSON, SHA-256 and the content hash are
+ * checked against fixed vectors, and the hash tree's incremental hash against
+ * a fresh one after thousands of random patches.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1299,6 +1300,461 @@ static void test_json_equal__numbers_by_value_objects_ignore_order(void **s)
     json_decref(e);
 }
 
+/* ---- the Merkle content hash and the hash tree --------------------------- */
+
+static void hash_of(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v)
+{
+    assert_int_equal(syncd_json_hash(out, v, NULL), 0);
+}
+
+/* Returns a deep copy of v whose objects got their members in the reverse
+ * order. */
+static json_t *reversed(const json_t *v)
+{
+    json_t *out;
+    size_t i, n;
+
+    if (json_is_array(v)) {
+        out = json_array();
+        for (i = 0; i < json_array_size(v); i++)
+            json_array_append_new(out, reversed(json_array_get(v, i)));
+        return out;
+    }
+    if (!json_is_object(v))
+        return json_deep_copy(v);
+    out = json_object();
+    n = json_object_size(v);
+    for (size_t k = n; k-- > 0;) {
+        void *it = json_object_iter((json_t *)v);
+
+        for (i = 0; i < k; i++)
+            it = json_object_iter_next((json_t *)v, it);
+        json_object_setn_new(out, json_object_iter_key(it),
+                             json_object_iter_key_len(it),
+                             reversed(json_object_iter_value(it)));
+    }
+    return out;
+}
+
+/* Returns an object or array of n members or elements (small objects). */
+static json_t *big_container(rng_t *r, size_t n, int object)
+{
+    json_t *v = object ? json_object() : json_array();
+
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_pack("{s:I,s:s}", "i", (json_int_t)i, "w",
+                              words[rng_below(r, NWORDS)]);
+        char key[32];
+
+        if (object) {
+            snprintf(key, sizeof(key), "k%05zu", i);
+            json_object_set_new(v, key, e);
+        } else {
+            json_array_append_new(v, e);
+        }
+    }
+    return v;
+}
+
+/* Returns a random document, sometimes holding containers big enough to be
+ * chunked. */
+static json_t *random_doc(rng_t *r)
+{
+    json_t *doc = json_object();
+
+    json_object_set_new(doc, "a", random_value(r, 4));
+    if (rng_below(r, 3) == 0)
+        json_object_set_new(
+            doc, "big",
+            big_container(r, 40 + rng_below(r, 260), (int)rng_below(r, 2)));
+    return doc;
+}
+
+/* Appends "/" and token (len bytes) escaped to the pointer at p (*plen
+ * bytes, room for 4096). */
+static void ptr_push(char *p, size_t *plen, const char *token, size_t len)
+{
+    p[(*plen)++] = '/';
+    for (size_t i = 0; i < len && *plen < 4090; i++) {
+        if (token[i] == '~' || token[i] == '/') {
+            p[(*plen)++] = '~';
+            p[(*plen)++] = token[i] == '~' ? '0' : '1';
+        } else {
+            p[(*plen)++] = token[i];
+        }
+    }
+}
+
+/* Walks from doc to a random value, writing its pointer into p / *plen;
+ * *cont and *clen get the deepest container on the way. */
+static json_t *random_location(rng_t *r, json_t *doc, char *p, size_t *plen,
+                               size_t *clen, json_t **cont)
+{
+    json_t *v = doc;
+
+    *plen = 0;
+    *clen = 0;
+    *cont = NULL;
+    for (;;) {
+        size_t n = json_is_array(v)    ? json_array_size(v)
+                   : json_is_object(v) ? json_object_size(v)
+                                       : 0;
+        size_t pick;
+        char idx[24];
+
+        if (json_is_array(v) || json_is_object(v)) {
+            *cont = v;
+            *clen = *plen;
+        }
+        if (n == 0 || rng_below(r, 4) == 0)
+            return v;
+        pick = rng_below(r, n);
+        if (json_is_array(v)) {
+            snprintf(idx, sizeof(idx), "%zu", pick);
+            ptr_push(p, plen, idx, strlen(idx));
+            v = json_array_get(v, pick);
+        } else {
+            void *it = json_object_iter(v);
+
+            for (size_t i = 0; i < pick; i++)
+                it = json_object_iter_next(v, it);
+            ptr_push(p, plen, json_object_iter_key(it),
+                     json_object_iter_key_len(it));
+            v = json_object_iter_value(it);
+        }
+    }
+}
+
+/* Returns a random operation on doc, of the kind `kind` (0..5). */
+static json_t *random_op(rng_t *r, json_t *doc, int kind)
+{
+    static const char *const names[] = {"add",  "remove", "replace",
+                                        "move", "copy",   "test"};
+    char p[4096], q[4096];
+    size_t plen, qlen, clen;
+    json_t *cont, *v = random_location(r, doc, p, &plen, &clen, &cont);
+    json_t *op = json_pack("{s:s}", "op", names[kind]);
+    char idx[24];
+
+    if (kind == 0 || kind == 3 || kind == 4) {
+        /* A target inside a random container: a new or existing key, an
+         * index or "-". */
+        if (kind != 0) {
+            json_object_set_new(op, "from", json_stringn(p, plen));
+            random_location(r, doc, q, &qlen, &clen, &cont);
+        } else {
+            memcpy(q, p, plen);
+        }
+        memcpy(p, q, clen);
+        plen = clen;
+        if (json_is_array(cont)) {
+            size_t n = json_array_size(cont);
+
+            if (rng_below(r, 5) == 0)
+                snprintf(idx, sizeof(idx), "-");
+            else
+                snprintf(idx, sizeof(idx), "%zu", rng_below(r, n + 1));
+            ptr_push(p, &plen, idx, strlen(idx));
+        } else {
+            const char *w = words[rng_below(r, NWORDS)];
+
+            ptr_push(p, &plen, w, strlen(w));
+        }
+    }
+    json_object_set_new(op, "path", json_stringn(p, plen));
+    if (kind == 0 || kind == 2)
+        json_object_set_new(op, "value", random_value(r, 3));
+    else if (kind == 5)
+        json_object_set(op, "value", v);
+    return op;
+}
+
+static void assert_tree_matches(const syncd_htree_t *t, const json_t *doc,
+                                const char *what)
+{
+    char want[SYNCD_HASH_HEX_LEN + 1], got[SYNCD_HASH_HEX_LEN + 1];
+
+    hash_of(want, doc);
+    syncd_htree_root(t, got);
+    if (strcmp(want, got) != 0)
+        fail_msg("%s: the tree's hash %s is not the document's %s", what, got,
+                 want);
+}
+
+static void test_hash__same_value_same_hash_whatever_the_key_order(void **s)
+{
+    rng_t r = {0x4d65726b6c65ULL};
+
+    (void)s;
+    for (int round = 0; round < 500; round++) {
+        json_t *a = random_doc(&r), *b = reversed(a), *c = json_deep_copy(a);
+        char ha[SYNCD_HASH_HEX_LEN + 1], hb[SYNCD_HASH_HEX_LEN + 1],
+            hc[SYNCD_HASH_HEX_LEN + 1];
+
+        hash_of(ha, a);
+        hash_of(hb, b);
+        assert_string_equal(ha, hb);
+        /* Another history to the same value: change it and change it back. */
+        json_object_set_new(c, "a", json_string("changed"));
+        hash_of(hc, c);
+        assert_string_not_equal(ha, hc);
+        json_object_set(c, "a", json_object_get(a, "a"));
+        hash_of(hc, c);
+        assert_string_equal(ha, hc);
+        json_decref(a);
+        json_decref(b);
+        json_decref(c);
+    }
+}
+
+static void test_hash__types_and_values_are_told_apart(void **s)
+{
+    static const char *const texts[] = {"1",
+                                        "1.0",
+                                        "-0.0",
+                                        "0.0",
+                                        "0",
+                                        "\"1\"",
+                                        "true",
+                                        "false",
+                                        "null",
+                                        "\"\"",
+                                        "[]",
+                                        "{}",
+                                        "[[]]",
+                                        "[{}]",
+                                        "{\"\":{}}",
+                                        "[1,2]",
+                                        "[2,1]",
+                                        "[[1],2]",
+                                        "[1,[2]]",
+                                        "{\"a\":1}",
+                                        "{\"a\":[1]}",
+                                        "[\"a\",1]",
+                                        "{\"b\":1}",
+                                        "9007199254740993",
+                                        "9007199254740992.0"};
+    size_t n = sizeof(texts) / sizeof(texts[0]);
+    char(*hashes)[SYNCD_HASH_HEX_LEN + 1] = calloc(n, sizeof(*hashes));
+
+    (void)s;
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = parse(texts[i]);
+
+        hash_of(hashes[i], v);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(hashes[i], hashes[j]) == 0)
+                fail_msg("%s and %s hash alike", texts[i], texts[j]);
+        json_decref(v);
+    }
+    free(hashes);
+}
+
+static void test_hash__matches_the_published_vectors(void **s)
+{
+    static const struct {
+        const char *text, *hash;
+    } cases[] = {
+        {"{}",
+         "82a81d11fc5474fa59392c61940351c1edb23613ee5bc2715d583b5f66d50f6e"},
+        {"[]",
+         "44254458438ecf1cf26d097b39fa6628066fc94b7d8cd1e21bf36be1f83a9a70"},
+        {"null",
+         "1b16b1df538ba12dc3f97edbb85caa7050d46c148134290feba80f8236c83db9"},
+        {"true",
+         "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8"},
+        {"1",
+         "4cd9b7672d7fbee8fb51fb1e049f690342035f543a8efe734b7b5ffb0c154a45"},
+        {"1.0",
+         "514f50708d911ee3be7a357d60a6acfabc976189733df7b5eb9667bbcf5fa7e5"},
+        {"-0.0",
+         "1437d9a729ed50a8acd2d3322c3c482d3c40f625d321620b721d7e2b68105b4e"},
+        {"\"caf\\u00e9\"",
+         "a54a5be2ac9bbd41c79f6b00c7e9edb27651d0c58670c4de721e234eb9f8d54b"},
+        {"{\"b\":[1,2.5,null],\"a\":{\"x\":\"y\"}}",
+         "c57cf5154dfeed227fffaa8ea4d60b95c4d13744d563cfe783344c71d6b43473"}};
+    json_t *big = json_object(), *list = json_array();
+    char hex[SYNCD_HASH_HEX_LEN + 1];
+
+    (void)s;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *v = parse(cases[i].text);
+
+        hash_of(hex, v);
+        if (strcmp(hex, cases[i].hash) != 0)
+            fail_msg("%s hashes to %s", cases[i].text, hex);
+        json_decref(v);
+    }
+    /* Chunked: {"k00000":{"i":0},...} of 1,000 members; [0,...,4999]. */
+    for (int i = 0; i < 5000; i++) {
+        char key[16];
+
+        snprintf(key, sizeof(key), "k%05d", i);
+        if (i < 1000)
+            json_object_set_new(big, key, json_pack("{s:i}", "i", i));
+        json_array_append_new(list, json_integer(i));
+    }
+    hash_of(hex, big);
+    assert_string_equal(
+        hex,
+        "484cd9e3f90b4ca2edaffa95210a944dc3f6e6045b747487c1b141e5c8536bcd");
+    hash_of(hex, list);
+    assert_string_equal(
+        hex,
+        "1470b3d3eaa9f32dfc2355ab6a666aaac6e2905b41a33bf84e1193376894390e");
+    json_decref(big);
+    json_decref(list);
+}
+
+static void test_hash__legacy_hash_still_matches(void **s)
+{
+    json_t *v = parse("{\"b\":[1,2.5],\"a\":\"x\"}");
+    char *text = canon(v);
+    char legacy[SYNCD_HASH_HEX_LEN + 1], merkle[SYNCD_HASH_HEX_LEN + 1];
+
+    (void)s;
+    syncd_sha256_hex(legacy, text, strlen(text));
+    hash_of(merkle, v);
+    assert_string_not_equal(legacy, merkle);
+    assert_true(syncd_json_hash_matches(legacy, v, NULL) == 1);
+    assert_true(syncd_json_hash_matches(merkle, v, NULL) == 1);
+    legacy[0] = legacy[0] == '0' ? '1' : '0';
+    assert_int_equal(syncd_json_hash_matches(legacy, v, NULL), 0);
+    free(text);
+    json_decref(v);
+}
+
+static void test_htree__incremental_equals_fresh_for_every_op_kind(void **s)
+{
+    rng_t r = {0x7472656573ULL};
+    size_t applied[6] = {0}, patches = 0;
+
+    (void)s;
+    for (int round = 0; round < 1000; round++) {
+        json_t *doc = random_doc(&r), *patch = json_array();
+        syncd_htree_t *t = NULL, *whole = NULL;
+
+        assert_int_equal(syncd_htree_build(&t, doc, NULL), 0);
+        assert_int_equal(syncd_htree_build(&whole, doc, NULL), 0);
+        assert_tree_matches(t, doc, "a fresh tree");
+        for (int k = 0; k < 4; k++) {
+            int kind = (int)rng_below(&r, 6);
+            json_t *op = random_op(&r, doc, kind), *one = json_array(), *out;
+            syncd_error_t err;
+
+            json_array_append(one, op);
+            if (syncd_patch_apply(&out, doc, one, NULL) == 0) {
+                syncd_error_clear(&err);
+                if (syncd_htree_apply(t, one, &err) != 0)
+                    fail_msg("round %d: %s", round, err.message);
+                assert_tree_matches(
+                    t, out, json_string_value(json_object_get(op, "op")));
+                json_decref(doc);
+                doc = out;
+                json_array_append(patch, op);
+                applied[kind]++;
+            }
+            json_decref(one);
+            json_decref(op);
+        }
+        /* The same operations as one patch. */
+        assert_int_equal(syncd_htree_apply(whole, patch, NULL), 0);
+        assert_tree_matches(whole, doc, "a whole patch");
+        patches += json_array_size(patch) > 1;
+        syncd_htree_free(t);
+        syncd_htree_free(whole);
+        json_decref(patch);
+        json_decref(doc);
+    }
+    for (int k = 0; k < 6; k++)
+        if (applied[k] < 200)
+            fail_msg("only %zu operations of kind %d applied", applied[k], k);
+    print_message("%zu patches of 2-4 operations\n", patches);
+    assert_true(patches > 500);
+}
+
+static void test_htree__follows_every_conformance_record(void **s)
+{
+    static const char *const files[] = {"json-patch-tests/tests.json",
+                                        "json-patch-tests/spec_tests.json"};
+    size_t checked = 0;
+
+    (void)s;
+    for (size_t f = 0; f < 2; f++) {
+        json_t *records = load_testdata(files[f]), *rec;
+        size_t i;
+
+        json_array_foreach (records, i, rec) {
+            json_t *doc = json_object_get(rec, "doc");
+            json_t *patch = json_object_get(rec, "patch"), *out = NULL;
+            syncd_htree_t *t = NULL;
+
+            if (doc == NULL || patch == NULL ||
+                json_is_true(json_object_get(rec, "disabled")) ||
+                syncd_patch_apply(&out, doc, patch, NULL) != 0)
+                continue;
+            assert_int_equal(syncd_htree_build(&t, doc, NULL), 0);
+            assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
+            assert_tree_matches(t, out, files[f]);
+            syncd_htree_free(t);
+            json_decref(out);
+            checked++;
+        }
+        json_decref(records);
+    }
+    assert_int_equal(checked, 74);
+}
+
+/* Applies patch to *doc and t; returns how many hashes t computed. */
+static uint64_t hashes_for(syncd_htree_t *t, json_t **doc, const char *patch)
+{
+    json_t *p = parse(patch), *out = NULL;
+    uint64_t before = syncd_htree_hash_count(t);
+
+    assert_int_equal(syncd_patch_apply(&out, *doc, p, NULL), 0);
+    assert_int_equal(syncd_htree_apply(t, p, NULL), 0);
+    assert_tree_matches(t, out, patch);
+    json_decref(p);
+    json_decref(*doc);
+    *doc = out;
+    return syncd_htree_hash_count(t) - before;
+}
+
+static void test_htree__one_change_in_10k_rehashes_a_few_chunks(void **s)
+{
+    rng_t r = {42};
+    json_t *doc = json_object();
+    syncd_htree_t *t = NULL;
+    uint64_t built, most = 0;
+    static const char *const patches[] = {
+        "[{\"op\":\"replace\",\"path\":\"/o/k05000/i\",\"value\":-1}]",
+        "[{\"op\":\"add\",\"path\":\"/o/k05000x\",\"value\":1}]",
+        "[{\"op\":\"remove\",\"path\":\"/o/k00007\"}]",
+        "[{\"op\":\"replace\",\"path\":\"/l/5000/w\",\"value\":\"z\"}]",
+        "[{\"op\":\"add\",\"path\":\"/l/5000\",\"value\":{}}]",
+        "[{\"op\":\"remove\",\"path\":\"/l/9000\"}]",
+        "[{\"op\":\"add\",\"path\":\"/l/-\",\"value\":[]}]",
+        "[{\"op\":\"move\",\"from\":\"/l/3\",\"path\":\"/l/9998\"}]"};
+
+    (void)s;
+    json_object_set_new(doc, "o", big_container(&r, 10000, 1));
+    json_object_set_new(doc, "l", big_container(&r, 10000, 0));
+    assert_int_equal(syncd_htree_build(&t, doc, NULL), 0);
+    built = syncd_htree_hash_count(t);
+    assert_true(built > 60000);
+    for (size_t i = 0; i < sizeof(patches) / sizeof(patches[0]); i++) {
+        uint64_t n = hashes_for(t, &doc, patches[i]);
+
+        print_message("%s: %llu hashes\n", patches[i], (unsigned long long)n);
+        most = n > most ? n : most;
+    }
+    /* A level-0 chunk or two, one at each level above, the path: far from
+     * the 10,000 entries a full rehash touches. */
+    assert_true(most <= 40);
+    syncd_htree_free(t);
+    json_decref(doc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1357,7 +1813,19 @@ int main(void)
         cmocka_unit_test(test_sha256__matches_fips_180_2_vectors),
         cmocka_unit_test(
             test_json_equal__numbers_by_value_objects_ignore_order),
+        cmocka_unit_test(
+            test_hash__same_value_same_hash_whatever_the_key_order),
+        cmocka_unit_test(test_hash__types_and_values_are_told_apart),
+        cmocka_unit_test(test_hash__matches_the_published_vectors),
+        cmocka_unit_test(test_hash__legacy_hash_still_matches),
+        cmocka_unit_test(
+            test_htree__incremental_equals_fresh_for_every_op_kind),
+        cmocka_unit_test(test_htree__follows_every_conformance_record),
+        cmocka_unit_test(test_htree__one_change_in_10k_rehashes_a_few_chunks),
     };
 
+    /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
+    if (getenv("SYNCD_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1584,6 +1584,83 @@ static json_int_t report_int(const json_t *report, const char *key)
     return json_integer_value(json_object_get(report, key));
 }
 
+/* Writes coll/id at version 1 with body (text) straight into the store of
+ * record, with the hash a store made before the Merkle hash gave it: the
+ * SHA-256 of the canonical JSON (doc/HASH.md), copied into legacy. The
+ * store is closed meanwhile. */
+static void write_legacy_record(fixture_t *f, const char *coll, const char *id,
+                                const char *body, char *legacy)
+{
+    syncd_doc_t doc = {(char *)coll, (char *)id, 1, NULL, "", 0, "old", 0};
+    syncd_backend_t *b = NULL;
+    size_t len;
+    char *canon;
+
+    syncd_store_close(f->store);
+    f->store = NULL;
+    if (f->opts.mongo_uri != NULL)
+        assert_int_equal(syncd_backend_mongo_open(&b, f->opts.mongo_uri,
+                                                  f->opts.database, 5000, NULL),
+                         0);
+    else
+        assert_int_equal(syncd_backend_rocks_open(&b, f->opts.data_dir, 1, 0,
+                                                  1 << 20, NULL, NULL),
+                         0);
+    doc.body = parse(body);
+    canon = syncd_json_canonical(doc.body, &len);
+    syncd_sha256_hex(doc.hash, canon, len);
+    strcpy(legacy, doc.hash);
+    assert_int_equal(b->ops->cas(b, &doc, 0, NULL), 0);
+    b->ops->close(b);
+    free(canon);
+    json_decref(doc.body);
+    open_store(f);
+}
+
+static void
+test_store_legacy_hash__a_store_written_before_the_merkle_hash_verifies(
+    void **state)
+{
+    fixture_t *f = *state;
+    char legacy[SYNCD_HASH_HEX_LEN + 1], merkle[SYNCD_HASH_HEX_LEN + 1];
+    syncd_doc_t *doc = NULL;
+    syncd_verify_t v;
+    json_t *report, *body = parse("{\"x\":[1,2.5],\"a\":\"b\"}");
+    int64_t version = 0;
+
+    write_legacy_record(f, "vf", "old", "{\"a\":\"b\",\"x\":[1,2.5]}", legacy);
+    assert_int_equal(syncd_json_hash(merkle, body, NULL), 0);
+    assert_string_not_equal(legacy, merkle);
+    /* It reads with its stored hash, which verifies, at start as later. */
+    assert_int_equal(syncd_store_get(f->store, &doc, "vf", "old", NULL), 0);
+    assert_string_equal(doc->hash, legacy);
+    syncd_doc_free(doc);
+    report = check_start(f, SYNCD_CHECK_FULL);
+    assert_int_equal(json_object_size(json_object_get(report, "corrupt")), 0);
+    json_decref(report);
+    assert_int_equal(syncd_store_verify(f->store, &v, "vf", 10, NULL), 0);
+    assert_int_equal(json_array_size(v.differs), 0);
+    assert_int_equal(v.bodies, 1);
+    syncd_verify_clear(&v);
+    /* Writing the same body is still no change; another body gets a Merkle
+     * hash. */
+    assert_int_equal(put_doc(f, "vf", "old", "{\"x\":[1,2.5],\"a\":\"b\"}",
+                             SYNCD_ANY_VERSION, &version),
+                     0);
+    assert_int_equal(version, 1);
+    assert_int_equal(
+        put_doc(f, "vf", "old", "{\"a\":\"c\"}", SYNCD_ANY_VERSION, &version),
+        0);
+    assert_int_equal(version, 2);
+    assert_int_equal(syncd_store_get(f->store, &doc, "vf", "old", NULL), 0);
+    json_decref(body);
+    body = parse("{\"a\":\"c\"}");
+    assert_int_equal(syncd_json_hash(merkle, body, NULL), 0);
+    assert_string_equal(doc->hash, merkle);
+    syncd_doc_free(doc);
+    json_decref(body);
+}
+
 static void
 test_store_check_start__a_clean_close_leaves_digests_the_next_open_matches(
     void **state)
@@ -3819,6 +3896,8 @@ int main(int argc, char **argv)
             test_store_digest_range__of_a_range_equals_the_digest_of_its_adjacent_parts),
         BOTH(test_store_digest_range__bad_range_is_EINVAL),
         BOTH(test_store_verify__a_consistent_store_agrees),
+        BOTH(
+            test_store_legacy_hash__a_store_written_before_the_merkle_hash_verifies),
         MONGO(
             test_store_verify__names_each_cached_entry_that_differs_from_the_store),
         BOTH(

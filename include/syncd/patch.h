@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "syncd/error.h"
 
@@ -152,10 +153,55 @@ int syncd_merge_diff(json_t **out, const json_t *a, const json_t *b,
  * nesting deeper than SYNCD_PATCH_MAX_DEPTH. */
 char *syncd_json_canonical(const json_t *v, size_t *len);
 
-/* Writes the lower-case hex SHA-256 of v's canonical serialization into
- * out (SYNCD_HASH_HEX_LEN + 1 bytes, NUL-terminated). */
+/* Writes v's content hash (doc/HASH.md: a Merkle hash with content-defined
+ * chunks) in lower-case hex into out (SYNCD_HASH_HEX_LEN + 1 bytes,
+ * NUL-terminated). SYNCD_EINVAL when v nests deeper than
+ * SYNCD_PATCH_MAX_DEPTH, SYNCD_ENOMEM; out is "" on failure. */
 int syncd_json_hash(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v,
                     syncd_error_t *err);
+
+/* syncd_json_hash() as the 32 raw bytes. */
+int syncd_json_hash_raw(unsigned char out[32], const json_t *v,
+                        syncd_error_t *err);
+
+/* Returns 1 when hash (hex) is v's content hash, or its legacy hash (the
+ * SHA-256 of v's canonical JSON, which records stored before the Merkle
+ * hash carry), 0 when it is neither; SYNCD_EINVAL (too deep) or
+ * SYNCD_ENOMEM when v cannot be hashed. */
+int syncd_json_hash_matches(const char *hash, const json_t *v,
+                            syncd_error_t *err);
+
+/* ---- Hash tree: the content hash kept beside a document ------------------ */
+
+/* The hashes of every subtree and chunk of one document, so that a patch
+ * rehashes only the paths it touches and O(log n) chunks of each large
+ * container on them. Not thread-safe; one owner at a time. */
+typedef struct syncd_htree syncd_htree_t;
+
+/* Builds the hash tree of doc into *out (freed with syncd_htree_free());
+ * SYNCD_EINVAL when doc nests too deep, SYNCD_ENOMEM. */
+int syncd_htree_build(syncd_htree_t **out, const json_t *doc,
+                      syncd_error_t *err);
+
+/* Frees a tree from syncd_htree_build(); NULL is ignored. */
+void syncd_htree_free(syncd_htree_t *t);
+
+/* Updates t, the tree of a document, for patch (a JSON Patch array) having
+ * been applied to that document successfully (apply it to the document
+ * itself with syncd_patch_apply() or in place): each operation rehashes only
+ * the values it adds and the path above them. SYNCD_EPATCH when an
+ * operation does not fit the tree's document, SYNCD_ENOMEM; after a failure
+ * t no longer matches any document: free it and build it again. */
+int syncd_htree_apply(syncd_htree_t *t, const json_t *patch,
+                      syncd_error_t *err);
+
+/* Writes the content hash of t's document (what syncd_json_hash() gives for
+ * it) into out. */
+void syncd_htree_root(const syncd_htree_t *t, char out[SYNCD_HASH_HEX_LEN + 1]);
+
+/* Returns how many SHA-256 computations t has made since it was built (its
+ * build included): the work its updates cost. */
+uint64_t syncd_htree_hash_count(const syncd_htree_t *t);
 
 /* Writes the lower-case hex SHA-256 of len bytes at data into out
  * (SYNCD_HASH_HEX_LEN + 1 bytes). */
