@@ -8,11 +8,12 @@
 # announces in its cache (applied or refetched), serves the last one, and
 # its metric syncd_cache_writes_total shows it wrote that document's record
 # to its cache's RocksDB at most once per second of the burst (plus one),
-# not 60 times. Node 2 stopped cleanly (SIGTERM, which writes what is dirty) and
-# started again on its kept cache serves the current version at once. Then
-# node 2 is killed with SIGKILL after more updates, and more are committed
-# while it is down: started again, its very first read serves exactly the
-# store's version and body (its cache of the killed run is never served).
+# not 60 times. Node 2 stopped cleanly (SIGTERM, which writes what is
+# dirty) and started again on its kept cache serves the current version at
+# once. Then node 2 is killed with SIGKILL after more updates, and more are
+# committed while it is down: started again, its very first read serves
+# exactly the store's version and body (its cache of the killed run is
+# never served).
 #
 # Usage: tests/test_writebehind.sh SYNCD
 set -euo pipefail

@@ -15,7 +15,8 @@
 # Requirements (Debian): apt-get install nginx-light wrk
 # Usage: bench/get/run.sh
 # Environment: SECONDS_PER_CELL (default 10), ROUNDS (default 3),
-# SYNCD_BENCH_BUILD (default build-benchd).
+# SYNCD_BENCH_BUILD (default build-benchd), SYNCD_BIN (a syncd binary to
+# measure instead of building one, e.g. an earlier commit's).
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -59,12 +60,15 @@ cell() {
         'BEGIN { printf "%.0f %.0f%%\n", r, 100 * t / hz / s }'
 }
 
-bench_build "$BUILD" syncd
+if [ -z "${SYNCD_BIN:-}" ]; then
+    bench_build "$BUILD" syncd
+    SYNCD_BIN=$BUILD/syncd/syncd
+fi
 
 SYNCD=127.0.0.1:$(free_port)
 NGINX_ADDR=127.0.0.1:$(free_port)
 DOC_PATH=/v1/collections/bench/docs/get-1k
-"$BUILD/syncd/syncd" --data-dir "$TMP/syncd" --listen "$SYNCD" \
+"$SYNCD_BIN" --data-dir "$TMP/syncd" --listen "$SYNCD" \
     --log-level warn --max-connections-per-client 1024 \
     >"$TMP/syncd.log" 2>&1 &
 SYNCD_PID=$!
@@ -80,6 +84,8 @@ curl -sf -o /dev/null -X PUT -H 'Content-Type: application/json' \
 mkdir -p "$TMP/www$(dirname "$DOC_PATH")"
 curl -sf -o "$TMP/www$DOC_PATH" "http://$SYNCD$DOC_PATH"
 BYTES=$(wc -c <"$TMP/www$DOC_PATH")
+# nginx started as root serves files as an unprivileged worker.
+chmod -R a+rX "$TMP"
 
 cat >"$TMP/nginx.conf" <<CONF
 worker_processes 1;
@@ -109,6 +115,8 @@ mkdir -p "$TMP/nginx-tmp"
 NGINX_PID=$!
 wait_up nginx "$NGINX_PID" "$TMP/nginx.log" 100 0.1 \
     curl -sf -o /dev/null "http://$NGINX_ADDR$DOC_PATH"
+# The worker serves; the master only waits.
+NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -n 1)
 curl -sf "http://$NGINX_ADDR$DOC_PATH" | cmp -s - "$TMP/www$DOC_PATH" || {
     echo "run.sh: syncd and nginx do not serve the same bytes" >&2
     exit 1
@@ -117,8 +125,9 @@ curl -sf "http://$NGINX_ADDR$DOC_PATH" | cmp -s - "$TMP/www$DOC_PATH" || {
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores" \
     "($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1))," \
     "load $(cut -d ' ' -f 1-3 /proc/loadavg), kernel $(uname -r)"
-echo "# syncd $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" \
-    "(embedded default), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||')" \
+echo "# syncd $SYNCD_BIN" \
+    "($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')," \
+    "embedded default), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||')" \
     "(1 worker), wrk $(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p')" \
     "-t2 -c32, ${SECS}s per cell, $BYTES-byte body"
 echo
@@ -129,9 +138,9 @@ while [ "$r" -le "$ROUNDS" ]; do
     # Alternate which server goes first.
     if [ $((r % 2)) -eq 1 ]; then
         s=$(cell "$SYNCD_PID" "http://$SYNCD$DOC_PATH")
-        n=$(cell "$NGINX_PID" "http://$NGINX_ADDR$DOC_PATH")
+        n=$(cell "$NGINX_WORKER" "http://$NGINX_ADDR$DOC_PATH")
     else
-        n=$(cell "$NGINX_PID" "http://$NGINX_ADDR$DOC_PATH")
+        n=$(cell "$NGINX_WORKER" "http://$NGINX_ADDR$DOC_PATH")
         s=$(cell "$SYNCD_PID" "http://$SYNCD$DOC_PATH")
     fi
     set -- $s $n
