@@ -50,14 +50,17 @@ cpu_ticks() {
     awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
-# cell PID URL: one wrk run; prints "REQ_PER_SEC CPU%".
+# cell PID URL: one wrk run; prints "REQ_PER_SEC CPU% CPU_US_PER_REQUEST"
+# (the server's CPU time per answered request, which a loaded machine
+# distorts less than the rate).
 cell() {
     before=$(cpu_ticks "$1")
     rate=$(wrk -t2 -c32 -d"${SECS}s" "$2" |
         awk '/^Requests\/sec:/ { print $2 }')
     after=$(cpu_ticks "$1")
     awk -v r="$rate" -v t="$((after - before))" -v hz="$TICK" -v s="$SECS" \
-        'BEGIN { printf "%.0f %.0f%%\n", r, 100 * t / hz / s }'
+        'BEGIN { printf "%.0f %.0f%% %.1f\n", r, 100 * t / hz / s,
+                 1e6 * t / hz / (r * s) }'
 }
 
 if [ -z "${SYNCD_BIN:-}" ]; then
@@ -131,8 +134,8 @@ echo "# syncd $SYNCD_BIN" \
     "(1 worker), wrk $(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p')" \
     "-t2 -c32, ${SECS}s per cell, $BYTES-byte body"
 echo
-echo "| round | syncd GET/s | syncd CPU | nginx GET/s | nginx CPU | syncd / nginx |"
-echo "|---|---|---|---|---|---|"
+echo "| round | syncd GET/s | syncd CPU | syncd CPU µs/GET | nginx GET/s | nginx CPU | nginx CPU µs/GET | syncd / nginx |"
+echo "|---|---|---|---|---|---|---|---|"
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
     # Alternate which server goes first.
@@ -144,7 +147,7 @@ while [ "$r" -le "$ROUNDS" ]; do
         s=$(cell "$SYNCD_PID" "http://$SYNCD$DOC_PATH")
     fi
     set -- $s $n
-    echo "| $r | $1 | $2 | $3 | $4 |" \
-        "$(awk -v a="$1" -v b="$3" 'BEGIN { printf "%.2fx", a / b }') |"
+    echo "| $r | $1 | $2 | $3 | $4 | $5 | $6 |" \
+        "$(awk -v a="$1" -v b="$4" 'BEGIN { printf "%.2fx", a / b }') |"
     r=$((r + 1))
 done
