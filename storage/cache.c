@@ -3,7 +3,15 @@
  * documents in front.
  *
  * Records live in a RocksDB of their own (WAL off: by default the cache is
- * discarded at every open, so nothing in it needs to survive a crash). Opened
+ * discarded at every open, so nothing in it needs to survive a crash). They
+ * are written behind: a put updates the index and the tier, which is what
+ * the node serves, and keeps the encoded record as the entry's dirty
+ * record; the dirty records are written to RocksDB together, in one batch,
+ * by the first put at least SYNCD_CACHE_FLUSH_MS after the last such write
+ * (so a document is written at most once per interval however often it
+ * changes), before a page or a check walks RocksDB, and at a clean close.
+ * A read of an entry out of the tier decodes its dirty record when it has
+ * one. A crash loses only cache records, which the store refills. Opened
  * with keep, the records of a previous run are kept when that run closed the
  * cache cleanly (it flushes and then leaves a CLEAN file, which the next open
  * removes; after a crash the WAL-less records may have lost their newest
@@ -12,9 +20,12 @@
  * of every entry, keyed like the records (see record.c), holds what the
  * policies need without touching RocksDB: version, hash, tombstone flag,
  * when the entry was stored, its size, and its recency. In front of RocksDB,
- * the tier keeps the decoded, reference-counted documents of the most
- * recently used entries (a hit hands out the shared json_t body: no read,
- * no parse, no serialization), bounded to a quarter of max_bytes.
+ * the tier of tier.c (the one the embedded store uses too) keeps the
+ * decoded, reference-counted documents of the most recently used entries
+ * (a hit hands out the shared json_t body: no read, no parse, no
+ * serialization), bounded to a quarter of max_bytes; its entries are born
+ * with their index entry, so they expire with it, and leave the tier when
+ * their index entry goes.
  *
  * The bound covers both: the cached bytes are the records' key and value
  * bytes plus, for entries in the tier, their charge there (record bytes and
@@ -23,13 +34,14 @@
  * older than the TTL is never served; put-if-newer never replaces a fresh
  * entry by an equal or lower version.
  *
- * A reader-writer lock guards the index and the tier and orders the RocksDB
- * writes with them. A hit holds it shared and only marks its entry as used;
- * the recency lists are reordered lazily, under the exclusive lock, when
- * eviction meets a marked entry (a marked entry gets a second chance at the
- * newest end, as in the CLOCK algorithm). The statistics are atomics,
- * refreshed before the exclusive lock is released, so reading them never
- * waits for the lock (held across RocksDB I/O).
+ * A reader-writer lock guards the index and orders the RocksDB writes and
+ * the tier's changes with it (the tier has its own locks inside). A hit
+ * holds it shared and only marks its entry as used; the index's recency
+ * list is reordered lazily, under the exclusive lock, when eviction meets a
+ * marked entry (a marked entry gets a second chance at the newest end, as
+ * in the CLOCK algorithm). The statistics are the tier's atomics plus the
+ * index's size, refreshed before the exclusive lock is released, so reading
+ * them never waits for the lock.
  */
 #define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <pthread.h>
@@ -46,15 +58,16 @@
 /* The tier holds at most max_bytes / TIER_SHARE bytes. */
 #define TIER_SHARE 4
 
-/* One cached record: its index entry and, when in the tier, its decoded
- * document. The key bytes follow the struct. */
+/* One cached record's index entry. The key bytes follow the struct. */
 typedef struct cache_entry {
-    syncd_lru_node_t node;      /* in the index: every entry */
-    syncd_lru_node_t tier_node; /* in the tier: entries with doc set */
-    syncd_doc_t *doc;           /* the decoded record, or NULL */
-    unsigned char index_used;   /* read since last placed in the index */
-    unsigned char tier_used;    /* read since last placed in the tier */
-    uint64_t gen;               /* distinguishes successive entries of a key */
+    syncd_lru_node_t node; /* in the index: every entry */
+    /* The record not yet written to RocksDB (malloc'd), or NULL; while set
+     * the entry is in the cache's dirty list. */
+    char *dirty;
+    size_t dirty_len;
+    struct cache_entry *dirty_prev, *dirty_next;
+    unsigned char index_used; /* read since last placed in the index */
+    uint64_t gen;             /* distinguishes successive entries of a key */
     int64_t version;
     int64_t stored_ms;
     int deleted;
@@ -65,7 +78,9 @@ typedef struct cache_entry {
 struct syncd_cache {
     pthread_rwlock_t lock;
     syncd_lru_t index;
-    syncd_lru_t tier;
+    syncd_tier_t *tier;
+    cache_entry_t *dirty; /* entries with a record to write, newest first */
+    int64_t flushed_ms;   /* when the dirty records were last written */
     rocksdb_t *db;
     rocksdb_options_t *options;
     rocksdb_readoptions_t *read;
@@ -74,11 +89,11 @@ struct syncd_cache {
     uint64_t max_bytes;
     int64_t (*now_ms)(void *data);
     void *now_data;
-    uint64_t gens;                    /* under the exclusive lock */
-    uint64_t hits, misses, evictions; /* updated atomically */
-    uint64_t bytes, entries; /* atomic copies, refreshed by every change */
-    char *clean_path;        /* keep: the CLEAN file written at close */
-    int kept;                /* the records of a previous run were kept */
+    uint64_t gens;   /* under the exclusive lock */
+    uint64_t writes; /* records written or deleted in RocksDB, atomic */
+    uint64_t index_bytes, entries; /* atomic copies, refreshed by changes */
+    char *clean_path;              /* keep: the CLEAN file written at close */
+    int kept;                      /* the records of a previous run were kept */
 };
 
 static int64_t monotonic_ms(void *data)
@@ -99,24 +114,17 @@ static int cache_error(syncd_error_t *err, char *errptr, const char *what)
     return rc;
 }
 
-static void count(uint64_t *counter)
+static void count_writes(syncd_cache_t *c, uint64_t n)
 {
-    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->writes, n, __ATOMIC_RELAXED);
 }
 
-/* Marks e as read; under the shared lock, so the flags are atomic and only
+/* Marks e as read; under the shared lock, so the flag is atomic and only
  * written when not already set (a hot entry's line stays clean). */
 static void mark_used(cache_entry_t *e)
 {
     if (!__atomic_load_n(&e->index_used, __ATOMIC_RELAXED))
         __atomic_store_n(&e->index_used, 1, __ATOMIC_RELAXED);
-    if (!__atomic_load_n(&e->tier_used, __ATOMIC_RELAXED))
-        __atomic_store_n(&e->tier_used, 1, __ATOMIC_RELAXED);
-}
-
-static cache_entry_t *from_tier(syncd_lru_node_t *node)
-{
-    return (cache_entry_t *)((char *)node - offsetof(cache_entry_t, tier_node));
 }
 
 static int is_fresh(const syncd_cache_t *c, const cache_entry_t *e, int64_t now)
@@ -129,41 +137,81 @@ static int in_coll(const cache_entry_t *e, const char *coll, size_t clen)
     return e->node.keylen > clen && memcmp(e->key, coll, clen + 1) == 0;
 }
 
-static uint64_t cached_bytes(const syncd_cache_t *c)
+static uint64_t cached_bytes(syncd_cache_t *c)
 {
-    return c->index.bytes + c->tier.bytes;
+    return c->index.bytes + syncd_tier_bytes(c->tier);
 }
 
-/* Takes doc (ownership) into the tier as e's decoded record, charged
- * record_bytes plus the overhead; with the exclusive lock held and e not
- * yet in the tier. */
-static void tier_add(syncd_cache_t *c, cache_entry_t *e, syncd_doc_t *doc,
-                     size_t record_bytes)
+static const syncd_reckey_t *key_of(const cache_entry_t *e, syncd_reckey_t *k)
 {
-    e->doc = doc;
-    e->tier_node.key = e->key;
-    e->tier_node.keylen = e->node.keylen;
-    e->tier_node.hash = e->node.hash;
-    e->tier_node.size = record_bytes + SYNCD_TIER_ENTRY_OVERHEAD;
-    e->tier_used = 0;
-    syncd_lru_insert(&c->tier, &e->tier_node);
+    memcpy(k->bytes, e->key, e->node.keylen);
+    k->len = e->node.keylen;
+    k->hash = e->node.hash;
+    return k;
 }
 
-/* Takes e's decoded record out of the tier (the entry stays cached). */
-static void tier_release(syncd_cache_t *c, cache_entry_t *e)
+/* Makes val (vlen bytes, stolen) e's dirty record, in the dirty list. */
+static void mark_dirty(syncd_cache_t *c, cache_entry_t *e, char *val,
+                       size_t vlen)
 {
-    if (e->doc == NULL)
+    e->dirty = val;
+    e->dirty_len = vlen;
+    e->dirty_prev = NULL;
+    e->dirty_next = c->dirty;
+    if (c->dirty != NULL)
+        c->dirty->dirty_prev = e;
+    c->dirty = e;
+}
+
+/* Takes e out of the dirty list and frees its dirty record. */
+static void clean(syncd_cache_t *c, cache_entry_t *e)
+{
+    if (e->dirty == NULL)
         return;
-    syncd_lru_remove(&c->tier, &e->tier_node);
-    syncd_doc_free(e->doc);
-    e->doc = NULL;
+    if (e->dirty_prev != NULL)
+        e->dirty_prev->dirty_next = e->dirty_next;
+    else
+        c->dirty = e->dirty_next;
+    if (e->dirty_next != NULL)
+        e->dirty_next->dirty_prev = e->dirty_prev;
+    free(e->dirty);
+    e->dirty = NULL;
 }
 
-/* Unlinks e from the index and the tier and frees it; its RocksDB record
- * is left for the caller. */
+/* Writes every dirty record to RocksDB in one batch, at now; with the
+ * exclusive lock held. A failed write leaves them dirty. */
+static void flush(syncd_cache_t *c, int64_t now)
+{
+    rocksdb_writebatch_t *batch;
+    char *errptr = NULL;
+    uint64_t n = 0;
+
+    c->flushed_ms = now;
+    if (c->dirty == NULL)
+        return;
+    batch = rocksdb_writebatch_create();
+    for (cache_entry_t *e = c->dirty; e != NULL; e = e->dirty_next, n++)
+        rocksdb_writebatch_put(batch, e->key, e->node.keylen, e->dirty,
+                               e->dirty_len);
+    rocksdb_write(c->db, c->write, batch, &errptr);
+    rocksdb_writebatch_destroy(batch);
+    if (errptr != NULL) {
+        rocksdb_free(errptr);
+        return;
+    }
+    count_writes(c, n);
+    while (c->dirty != NULL)
+        clean(c, c->dirty);
+}
+
+/* Unlinks e from the index, the dirty list and the tier and frees it; its
+ * RocksDB record is left for the caller. */
 static void entry_free(syncd_cache_t *c, cache_entry_t *e)
 {
-    tier_release(c, e);
+    syncd_reckey_t k;
+
+    syncd_tier_drop(c->tier, key_of(e, &k));
+    clean(c, e);
     syncd_lru_remove(&c->index, &e->node);
     free(e);
 }
@@ -174,66 +222,65 @@ static void drop(syncd_cache_t *c, cache_entry_t *e)
     char *errptr = NULL;
 
     rocksdb_delete(c->db, c->write, e->key, e->node.keylen, &errptr);
+    if (errptr == NULL)
+        count_writes(c, 1);
     rocksdb_free(errptr);
     entry_free(c, e);
 }
 
-/* Returns the least recently used entry of lru (the index when tier is 0,
- * else the tier), giving every entry read since it was placed a second
- * chance at the newest end; NULL when empty. */
-static cache_entry_t *victim(syncd_lru_t *lru, int tier)
+/* Returns the least recently used entry of the index, giving every entry
+ * read since it was placed a second chance at the newest end; NULL when
+ * empty. */
+static cache_entry_t *victim(syncd_cache_t *c)
 {
     syncd_lru_node_t *node;
 
-    while ((node = syncd_lru_oldest(lru)) != NULL) {
-        cache_entry_t *e = tier ? from_tier(node) : (cache_entry_t *)node;
-        unsigned char *used = tier ? &e->tier_used : &e->index_used;
+    while ((node = syncd_lru_oldest(&c->index)) != NULL) {
+        cache_entry_t *e = (cache_entry_t *)node;
 
-        if (!__atomic_load_n(used, __ATOMIC_RELAXED))
+        if (!__atomic_load_n(&e->index_used, __ATOMIC_RELAXED))
             return e;
-        __atomic_store_n(used, 0, __ATOMIC_RELAXED);
-        syncd_lru_touch(lru, node);
+        __atomic_store_n(&e->index_used, 0, __ATOMIC_RELAXED);
+        syncd_lru_touch(&c->index, node);
     }
     return NULL;
 }
 
-/* Shrinks the tier to its share, then evicts least recently used entries
- * until the cached bytes fit; with the exclusive lock held. */
+/* Evicts least recently used entries until the cached bytes fit (the tier
+ * keeps itself within its share); with the exclusive lock held. */
 static void evict(syncd_cache_t *c)
 {
     cache_entry_t *e;
 
-    while (c->tier.bytes > c->max_bytes / TIER_SHARE &&
-           (e = victim(&c->tier, 1)) != NULL)
-        tier_release(c, e);
-    while (cached_bytes(c) > c->max_bytes &&
-           (e = victim(&c->index, 0)) != NULL) {
+    while (cached_bytes(c) > c->max_bytes && (e = victim(c)) != NULL) {
         drop(c, e);
-        count(&c->evictions);
+        syncd_tier_count(c->tier, SYNCD_TIER_EVICTION);
     }
 }
 
-/* Publishes the cached bytes and entries for syncd_cache_stats() and
+/* Publishes the index's bytes and entries for syncd_cache_stats() and
  * releases the exclusive lock. */
 static void unlock_exclusive(syncd_cache_t *c)
 {
-    __atomic_store_n(&c->bytes, cached_bytes(c), __ATOMIC_RELAXED);
+    __atomic_store_n(&c->index_bytes, c->index.bytes, __ATOMIC_RELAXED);
     __atomic_store_n(&c->entries, (uint64_t)c->index.count, __ATOMIC_RELAXED);
     pthread_rwlock_unlock(&c->lock);
 }
 
-/* The tier's nodes belong to index entries: destroying the tier only
- * frees its buckets. */
-static void keep_node(syncd_lru_node_t *node)
+/* Writes the dirty records out before RocksDB is walked: every entry has
+ * its record there afterwards (unless the write failed). */
+static void flush_now(syncd_cache_t *cache)
 {
-    (void)node;
+    pthread_rwlock_wrlock(&cache->lock);
+    flush(cache, cache->now_ms(cache->now_data));
+    unlock_exclusive(cache);
 }
 
 static void free_node(syncd_lru_node_t *node)
 {
     cache_entry_t *e = (cache_entry_t *)node;
 
-    syncd_doc_free(e->doc);
+    free(e->dirty);
     free(e);
 }
 
@@ -288,7 +335,7 @@ static int load_kept(syncd_cache_t *c, syncd_error_t *err)
         return cache_error(err, errptr, "load");
     rocksdb_free(errptr);
     evict(c);
-    c->bytes = cached_bytes(c);
+    c->index_bytes = c->index.bytes;
     c->entries = (uint64_t)c->index.count;
     return rc;
 }
@@ -305,7 +352,12 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
     *out = NULL;
     if (c == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    if (syncd_lru_init(&c->index) != 0 || syncd_lru_init(&c->tier) != 0) {
+    c->now_ms =
+        hooks != NULL && hooks->now_ms != NULL ? hooks->now_ms : monotonic_ms;
+    c->now_data = hooks != NULL ? hooks->data : NULL;
+    if (syncd_lru_init(&c->index) != 0 ||
+        syncd_tier_new(&c->tier, max_bytes / TIER_SHARE, ttl_ms, c->now_ms,
+                       c->now_data, 0) != 0) {
         syncd_lru_destroy(&c->index, free_node);
         free(c);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
@@ -318,9 +370,7 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
     pthread_rwlockattr_destroy(&attr);
     c->ttl_ms = ttl_ms;
     c->max_bytes = max_bytes;
-    c->now_ms =
-        hooks != NULL && hooks->now_ms != NULL ? hooks->now_ms : monotonic_ms;
-    c->now_data = hooks != NULL ? hooks->data : NULL;
+    c->flushed_ms = c->now_ms(c->now_data);
     c->options = rocksdb_options_create();
     c->read = rocksdb_readoptions_create();
     c->write = rocksdb_writeoptions_create();
@@ -381,11 +431,14 @@ void syncd_cache_close(syncd_cache_t *cache)
 {
     if (cache == NULL)
         return;
-    syncd_lru_destroy(&cache->tier, keep_node);
+    if (cache->db != NULL && cache->clean_path != NULL) {
+        flush(cache, cache->now_ms(cache->now_data));
+        if (cache->dirty == NULL)
+            keep_on_close(cache);
+    }
+    syncd_tier_free(cache->tier);
     syncd_lru_destroy(&cache->index, free_node);
     pthread_rwlock_destroy(&cache->lock);
-    if (cache->db != NULL && cache->clean_path != NULL)
-        keep_on_close(cache);
     if (cache->db != NULL)
         rocksdb_close(cache->db);
     rocksdb_writeoptions_destroy(cache->write);
@@ -483,6 +536,7 @@ int syncd_cache_check(syncd_cache_t *cache, json_t **digests, json_t **bad,
         goto cleanup;
     }
     memset(&sum, 0, sizeof(sum));
+    flush_now(cache);
     pthread_rwlock_rdlock(&cache->lock);
     it = rocksdb_create_iterator(cache->db, cache->read);
     for (rocksdb_iter_seek_to_first(it); rc == 0 && rocksdb_iter_valid(it);
@@ -576,14 +630,15 @@ static int load(syncd_cache_t *c, syncd_doc_t **out, const syncd_reckey_t *k,
         syncd_doc_free(doc);
         return rc;
     }
-    pthread_rwlock_wrlock(&c->lock);
+    /* Shared is enough: the tier locks itself, and the entry of gen (whose
+     * tier entry, if any, holds this same record) cannot go meanwhile. */
+    pthread_rwlock_rdlock(&c->lock);
     e = find(c, k);
-    if (e != NULL && e->gen == gen && e->doc == NULL) {
-        tier_add(c, e, doc, k->len + vlen);
+    if (e != NULL && e->gen == gen) {
+        syncd_tier_put(c->tier, k, doc, e->stored_ms, k->len + vlen, 0);
         doc = NULL;
-        evict(c);
     }
-    unlock_exclusive(c);
+    pthread_rwlock_unlock(&c->lock);
     syncd_doc_free(doc);
     return 0;
 }
@@ -624,10 +679,21 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
     }
     if (e != NULL) {
         mark_used(e);
-        if (e->doc != NULL) {
-            rc = dup_out(out, e->doc, err);
-        } else {
+        rc = syncd_tier_get(cache->tier, &k, out);
+        if (rc == SYNCD_ENOMEM) {
+            syncd_error_set(err, rc, "out of memory");
+        } else if (rc == SYNCD_ENOTFOUND && e->dirty != NULL) {
             gen = e->gen;
+            rc = 0;
+            vlen = e->dirty_len;
+            val = malloc(vlen);
+            if (val != NULL)
+                memcpy(val, e->dirty, vlen);
+            else
+                rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        } else if (rc == SYNCD_ENOTFOUND) {
+            gen = e->gen;
+            rc = 0;
             val = rocksdb_get(cache->db, cache->read, k.bytes, k.len, &vlen,
                               &errptr);
         }
@@ -644,12 +710,12 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
         rc =
             syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not cached", coll, id);
     rocksdb_free(val);
-    count(rc == 0 ? &cache->hits : &cache->misses);
+    syncd_tier_count(cache->tier, rc == 0 ? SYNCD_TIER_HIT : SYNCD_TIER_MISS);
     return rc;
 }
 
-/* Returns a new entry for doc under k, its decoded copy attached but not
- * yet linked, or NULL when out of memory. */
+/* Returns a new entry for doc under k, not yet linked, or NULL when out
+ * of memory. */
 static cache_entry_t *entry_new(const syncd_reckey_t *k, const syncd_doc_t *doc,
                                 size_t vlen)
 {
@@ -657,11 +723,6 @@ static cache_entry_t *entry_new(const syncd_reckey_t *k, const syncd_doc_t *doc,
 
     if (e == NULL)
         return NULL;
-    e->doc = syncd_doc_dup(doc);
-    if (e->doc == NULL) {
-        free(e);
-        return NULL;
-    }
     syncd_reckey_node(&e->node, e->key, k, k->len + vlen);
     e->version = doc->version;
     e->deleted = doc->deleted;
@@ -681,8 +742,7 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
                     const char *canon, size_t canon_len, syncd_error_t *err)
 {
     cache_entry_t *e = NULL, *old;
-    syncd_doc_t *decoded;
-    char *errptr = NULL;
+    syncd_doc_t *decoded = NULL;
     char *val = NULL;
     size_t vlen = 0;
     int kept;
@@ -705,7 +765,10 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     if (rc != 0)
         return rc;
     e = entry_new(&k, doc, vlen);
-    if (e == NULL) {
+    decoded = syncd_doc_dup(doc);
+    if (e == NULL || decoded == NULL) {
+        free(e);
+        syncd_doc_free(decoded);
         free(val);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
@@ -717,28 +780,24 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
         rc = 0;
         goto unlock;
     }
-    rocksdb_put(cache->db, cache->write, k.bytes, k.len, val, vlen, &errptr);
-    if (errptr != NULL) {
-        rc = cache_error(err, errptr, "put");
-        goto unlock;
-    }
     if (old != NULL)
         entry_free(cache, old);
     e->stored_ms = now;
     e->gen = ++cache->gens;
     syncd_lru_insert(&cache->index, &e->node);
-    decoded = e->doc;
-    e->doc = NULL;
-    tier_add(cache, e, decoded, k.len + vlen);
+    mark_dirty(cache, e, val, vlen);
+    val = NULL;
+    syncd_tier_put(cache->tier, &k, decoded, now, k.len + vlen, 1);
+    decoded = NULL;
     e = NULL;
     evict(cache);
+    if (now - cache->flushed_ms >= SYNCD_CACHE_FLUSH_MS)
+        flush(cache, now);
     rc = 1;
 unlock:
     unlock_exclusive(cache);
-    if (e != NULL) {
-        syncd_doc_free(e->doc);
-        free(e);
-    }
+    free(e);
+    syncd_doc_free(decoded);
     free(val);
     return rc;
 }
@@ -884,6 +943,7 @@ int syncd_cache_page(syncd_cache_t *cache, json_t **out, const char *coll,
     rc = syncd_reckey_make(&start, coll, after != NULL ? after : "", err);
     if (rc != 0)
         goto done;
+    flush_now(cache);
     /* Every entry has its record in RocksDB, in id order within coll: the
      * iterator finds the page's keys and the index their freshness. */
     it = rocksdb_create_iterator(cache->db, cache->read);
@@ -920,9 +980,19 @@ done:
 
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out)
 {
-    out->cache_hits = __atomic_load_n(&cache->hits, __ATOMIC_RELAXED);
-    out->cache_misses = __atomic_load_n(&cache->misses, __ATOMIC_RELAXED);
-    out->cache_evictions = __atomic_load_n(&cache->evictions, __ATOMIC_RELAXED);
-    out->cache_bytes = __atomic_load_n(&cache->bytes, __ATOMIC_RELAXED);
+    syncd_store_stats_t tier = {0};
+
+    syncd_tier_stats(cache->tier, &tier);
+    out->cache_hits = tier.cache_hits;
+    out->cache_misses = tier.cache_misses;
+    out->cache_evictions = tier.cache_evictions;
+    out->cache_bytes = __atomic_load_n(&cache->index_bytes, __ATOMIC_RELAXED) +
+                       tier.cache_bytes;
     out->cache_entries = __atomic_load_n(&cache->entries, __ATOMIC_RELAXED);
+    out->cache_writes = __atomic_load_n(&cache->writes, __ATOMIC_RELAXED);
+}
+
+syncd_tier_t *syncd_cache_tier(syncd_cache_t *cache)
+{
+    return cache->tier;
 }

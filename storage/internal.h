@@ -98,6 +98,10 @@ typedef struct syncd_backend_ops {
      * charged and entries). */
     void (*tier_stats)(syncd_backend_t *b, syncd_store_stats_t *out);
 
+    /* Optional (NULL: none): the backend's in-memory tier (borrowed), which
+     * holds only durable versions. */
+    struct syncd_tier *(*tier)(syncd_backend_t *b);
+
     /* Lists at most limit (> 0) live documents of coll sorted by id,
      * strictly after `after` (NULL: from the start), with their bodies, as
      * a new JSON array of {"id","v","h","data"}, read from the records
@@ -246,8 +250,17 @@ int syncd_cache_check(syncd_cache_t *cache, json_t **digests, json_t **bad,
 /* Drops every entry of the cache. */
 void syncd_cache_clear(syncd_cache_t *cache);
 
-/* Copies hit/miss/eviction counters and current bytes/entries into out. */
+/* Copies hit/miss/eviction/write counters and current bytes/entries into
+ * out. */
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out);
+
+/* Returns the cache's in-memory tier (borrowed): the fresh entries the node
+ * serves, each expiring with its cache entry. */
+struct syncd_tier *syncd_cache_tier(syncd_cache_t *cache);
+
+/* The write-behind interval of the cache: a document's record is written
+ * to RocksDB at most once per this many milliseconds. */
+#define SYNCD_CACHE_FLUSH_MS 1000
 
 /* Returns the store's node cache (borrowed), NULL in embedded mode. */
 syncd_cache_t *syncd_store_cache_of(const syncd_store_t *store);
@@ -391,6 +404,74 @@ int syncd_history_version(syncd_doc_t **out, const syncd_doc_t *doc,
  * syncd_store_history()). */
 int syncd_history_list(json_t **out, const syncd_doc_t *doc,
                        syncd_error_t *err);
+
+/* ---- The in-memory tier (tier.c) ----------------------------------------- */
+
+/* Decoded records in memory, keyed like the records, bounded by bytes with
+ * least-recently-used eviction, sharded, locked only for in-memory work;
+ * used by the RocksDB store and the node cache. Thread-safe. */
+typedef struct syncd_tier syncd_tier_t;
+
+/* The counters of syncd_tier_count(). */
+typedef enum {
+    SYNCD_TIER_HIT,
+    SYNCD_TIER_MISS,
+    SYNCD_TIER_EVICTION,
+} syncd_tier_counter_t;
+
+/* Makes an empty tier into *out (freed with syncd_tier_free()) holding at
+ * most max_bytes, serving an entry until ttl_ms after it was born by the
+ * clock now_ms(now_data); with count_evictions the entries it evicts count
+ * as evictions in its statistics. SYNCD_ENOMEM. */
+int syncd_tier_new(syncd_tier_t **out, uint64_t max_bytes, int64_t ttl_ms,
+                   int64_t (*now_ms)(void *data), void *now_data,
+                   int count_evictions);
+
+/* Frees the tier and every entry; NULL ignored. */
+void syncd_tier_free(syncd_tier_t *t);
+
+/* Adds one to the tier's hit, miss or eviction counter. */
+void syncd_tier_count(syncd_tier_t *t, syncd_tier_counter_t which);
+
+/* Sets *out to a copy of k's fresh entry (the body shared; caller frees),
+ * made the most recently used. SYNCD_ENOTFOUND when there is none,
+ * SYNCD_ENOMEM. Counts nothing. */
+int syncd_tier_get(syncd_tier_t *t, const syncd_reckey_t *k, syncd_doc_t **out);
+
+/* Sets *text to a copy (malloc'd, NUL-terminated, caller frees) of the
+ * compact JSON of k's fresh live entry's body, *len to its length and
+ * *version to its version, and returns 0. SYNCD_ENOTFOUND when the entry
+ * is a tombstone, SYNCD_ENOMEM. Returns 1 when the tier cannot answer: no
+ * fresh entry, or one not serialized yet; then, with body not NULL and an
+ * entry there, *body is a new reference to its body and *version its
+ * version, to serialize and hand to syncd_tier_set_text(). Never
+ * serializes and never waits for I/O. */
+int syncd_tier_text(syncd_tier_t *t, const syncd_reckey_t *k, char **text,
+                    size_t *len, int64_t *version, json_t **body);
+
+/* Makes doc_new (stolen, on every path) k's entry, born at born_ms and
+ * charged size bytes plus the key and SYNCD_TIER_ENTRY_OVERHEAD, then
+ * evicts down to the bound. With replace 0 an entry already there is kept
+ * instead. Out of memory leaves no entry for k. */
+void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
+                    syncd_doc_t *doc_new, int64_t born_ms, size_t size,
+                    int replace);
+
+/* Keeps text_new (len bytes, stolen) as the serialized body of k's entry
+ * when that entry still holds body (borrowed, compared by address) and has
+ * none yet; charges its bytes. */
+void syncd_tier_set_text(syncd_tier_t *t, const syncd_reckey_t *k,
+                         const json_t *body, char *text_new, size_t len);
+
+/* Drops k's entry, if any. */
+void syncd_tier_drop(syncd_tier_t *t, const syncd_reckey_t *k);
+
+/* Returns the bytes the tier's entries are charged, without locking. */
+uint64_t syncd_tier_bytes(syncd_tier_t *t);
+
+/* Adds the tier's hits, misses, evictions, bytes and entries to out's
+ * cache_* fields, without locking. */
+void syncd_tier_stats(syncd_tier_t *t, syncd_store_stats_t *out);
 
 /* ---- Edit loop pieces ---------------------------------------------------- */
 

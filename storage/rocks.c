@@ -40,19 +40,18 @@
  * within one process, the only place this store is ever written from,
  * writers of a key queue instead of conflicting.
  *
- * Readers never take a write lock. In front of RocksDB, an in-memory tier
- * holds decoded, reference-counted documents (the json_t body is shared
- * with the callers), bounded to tier_max_bytes by evicting the least
+ * Readers never take a write lock. In front of RocksDB, the in-memory tier
+ * of tier.c holds decoded, reference-counted documents (the json_t body is
+ * shared with the callers), bounded to tier_max_bytes by evicting the least
  * recently used entries, each served for at most tier_ttl_ms after it was
- * loaded. The tier and the key-lock table are split into NSTRIPES stripes,
- * each guarded by a mutex that is only ever held for in-memory work, never
- * across I/O or a caller's callback. A writer updates its key's tier entry
- * after the commit; a reader that misses reads RocksDB without any lock and
- * puts what it read in the tier only when no commit of its stripe began or
- * ended meanwhile (the stripe's commit generation and count of commits in
- * progress tell), so a stale read never enters the tier after a newer
- * write. Statistics are atomics, refreshed whenever a stripe changes, so
- * reading them takes no lock at all.
+ * loaded; its statistics are the store's. The key-lock table is split into
+ * NSTRIPES stripes, each guarded by a mutex that is only ever held for
+ * in-memory work, never across I/O or a caller's callback. A writer updates
+ * its key's tier entry after the commit; a reader that misses reads RocksDB
+ * without any lock and puts what it read in the tier, under its stripe's
+ * mutex, only when no commit of its stripe began or ended meanwhile (the
+ * stripe's commit generation and count of commits in progress tell), so a
+ * stale read never enters the tier after a newer write.
  */
 #include <pthread.h>
 #include <rocksdb/c.h>
@@ -65,14 +64,6 @@
 #define NSTRIPES 64
 #define REGISTRY_PREFIX '\x01'
 #define OUTBOX_PREFIX '\x02'
-
-/* A decoded record in the in-memory tier; key bytes follow the struct. */
-typedef struct tier_entry {
-    syncd_lru_node_t node;
-    syncd_doc_t *doc;
-    int64_t loaded_ms; /* when it entered the tier */
-    char key[];
-} tier_entry_t;
 
 /* The write lock of one key, shared by its writers; key bytes follow. */
 typedef struct key_lock {
@@ -105,14 +96,11 @@ typedef struct pending {
 } pending_t;
 
 typedef struct stripe {
-    pthread_mutex_t lock; /* in-memory work only: tier, key locks, gen */
-    syncd_lru_t tier;
+    pthread_mutex_t lock; /* in-memory work only: key locks, pending, gen */
     syncd_lru_t locks;
     syncd_lru_t pending; /* pending_t by key: versions awaiting a sync */
     uint64_t gen; /* bumped when a commit of the stripe begins and ends */
     int writing;  /* commits of the stripe in progress */
-    /* Statistics, atomic: read without the lock. */
-    uint64_t hits, misses, evictions, bytes, entries;
 } stripe_t;
 
 typedef struct rocks {
@@ -121,8 +109,7 @@ typedef struct rocks {
     rocksdb_options_t *options;
     rocksdb_readoptions_t *read;
     rocksdb_writeoptions_t *write;
-    int64_t tier_ttl_ms;
-    uint64_t tier_max_bytes;
+    syncd_tier_t *tier;
     int64_t (*now_ms)(void *data);
     void *now_data;
     /* The group commit, under gc_lock: queued commits in sequence order,
@@ -167,22 +154,9 @@ static int rocks_error(syncd_error_t *err, char *errptr, const char *what)
     return rc;
 }
 
-static void count(uint64_t *counter)
-{
-    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
-}
-
 static stripe_t *stripe_of(rocks_t *r, const syncd_reckey_t *k)
 {
     return &r->stripes[(k->hash >> 40) % NSTRIPES];
-}
-
-/* Publishes the stripe's tier size for the statistics and unlocks it. */
-static void stripe_unlock(stripe_t *s)
-{
-    __atomic_store_n(&s->bytes, s->tier.bytes, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->entries, (uint64_t)s->tier.count, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- Key write locks ----------------------------------------------------- */
@@ -247,74 +221,6 @@ static uint64_t key_unlock(stripe_t *s, key_lock_t *kl)
     return ticket;
 }
 
-/* ---- The in-memory tier (stripe mutex held) ------------------------------ */
-
-static void free_entry(syncd_lru_node_t *node)
-{
-    tier_entry_t *e = (tier_entry_t *)node;
-
-    syncd_doc_free(e->doc);
-    free(e);
-}
-
-static void tier_drop(stripe_t *s, const syncd_reckey_t *k)
-{
-    syncd_lru_node_t *node =
-        syncd_lru_find(&s->tier, k->bytes, k->len, k->hash);
-
-    if (node != NULL) {
-        syncd_lru_remove(&s->tier, node);
-        free_entry(node);
-    }
-}
-
-/* Puts doc (ownership taken) into the stripe's tier as the newest entry,
- * replacing any entry of the key, then evicts down to the stripe's share
- * of tier_max_bytes. Out of memory leaves no entry for the key. */
-static void tier_put(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
-                     syncd_doc_t *doc, size_t size)
-{
-    tier_entry_t *e;
-
-    tier_drop(s, k);
-    e = malloc(sizeof(*e) + k->len);
-    if (e == NULL) {
-        syncd_doc_free(doc);
-        return;
-    }
-    syncd_reckey_node(&e->node, e->key, k,
-                      size + k->len + SYNCD_TIER_ENTRY_OVERHEAD);
-    e->doc = doc;
-    e->loaded_ms = r->now_ms(r->now_data);
-    syncd_lru_insert(&s->tier, &e->node);
-    while (s->tier.bytes > r->tier_max_bytes / NSTRIPES && s->tier.count > 0) {
-        syncd_lru_node_t *old = syncd_lru_oldest(&s->tier);
-
-        syncd_lru_remove(&s->tier, old);
-        free_entry(old);
-        count(&s->evictions);
-    }
-}
-
-/* Returns k's tier entry if it is younger than tier_ttl_ms (an older one
- * is dropped), made the newest; NULL otherwise. */
-static tier_entry_t *tier_find(rocks_t *r, stripe_t *s, const syncd_reckey_t *k)
-{
-    syncd_lru_node_t *node =
-        syncd_lru_find(&s->tier, k->bytes, k->len, k->hash);
-    tier_entry_t *e = (tier_entry_t *)node;
-
-    if (e == NULL)
-        return NULL;
-    if (r->now_ms(r->now_data) - e->loaded_ms >= r->tier_ttl_ms) {
-        syncd_lru_remove(&s->tier, node);
-        free_entry(node);
-        return NULL;
-    }
-    syncd_lru_touch(&s->tier, node);
-    return e;
-}
-
 /* ---- Reads and writes ---------------------------------------------------- */
 
 /* Reads the record of coll/id into *out (a copy, the body shared with the
@@ -328,7 +234,6 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
 {
     syncd_doc_t *loaded = NULL;
     char *errptr = NULL;
-    tier_entry_t *e;
     size_t vlen = 0;
     uint64_t gen;
     char *val;
@@ -336,20 +241,15 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
 
     *out = NULL;
     pthread_mutex_lock(&s->lock);
-    e = tier_find(r, s, k);
-    if (e != NULL)
-        *out = syncd_doc_dup(e->doc);
     gen = s->gen;
-    stripe_unlock(s);
-    if (e != NULL) {
-        if (is_read)
-            count(&s->hits);
-        return *out != NULL
-                   ? 0
-                   : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    }
+    pthread_mutex_unlock(&s->lock);
+    rc = syncd_tier_get(r->tier, k, out);
+    if (rc == SYNCD_ENOMEM)
+        return syncd_error_set(err, rc, "out of memory");
     if (is_read)
-        count(&s->misses);
+        syncd_tier_count(r->tier, rc == 0 ? SYNCD_TIER_HIT : SYNCD_TIER_MISS);
+    if (rc == 0)
+        return 0;
     val = rocksdb_get(r->db, r->read, k->bytes, k->len, &vlen, &errptr);
     if (errptr != NULL)
         return rocks_error(err, errptr, "get");
@@ -365,12 +265,11 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
     pthread_mutex_lock(&s->lock);
-    if (s->gen == gen && s->writing == 0 &&
-        syncd_lru_find(&s->tier, k->bytes, k->len, k->hash) == NULL) {
-        tier_put(r, s, k, loaded, vlen);
+    if (s->gen == gen && s->writing == 0) {
+        syncd_tier_put(r->tier, k, loaded, r->now_ms(r->now_data), vlen, 0);
         loaded = NULL;
     }
-    stripe_unlock(s);
+    pthread_mutex_unlock(&s->lock);
     syncd_doc_free(loaded);
     return 0;
 }
@@ -439,13 +338,13 @@ static void write_begin(stripe_t *s)
 }
 
 /* Ends a delete of k begun with write_begin(): drops k's tier entry. */
-static void write_end(stripe_t *s, const syncd_reckey_t *k)
+static void write_end(rocks_t *r, stripe_t *s, const syncd_reckey_t *k)
 {
     pthread_mutex_lock(&s->lock);
-    tier_drop(s, k);
+    syncd_tier_drop(r->tier, k);
     s->writing--;
     s->gen++;
-    stripe_unlock(s);
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* Writes the outbox index key of record key k (OUTBOX_PREFIX, then k)
@@ -577,14 +476,15 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
         if (p->in_table)
             syncd_lru_remove(&s->pending, &p->node);
         if (ok && rc == 0) {
-            tier_put(r, s, &p->k, p->doc, p->vlen);
+            syncd_tier_put(r->tier, &p->k, p->doc, r->now_ms(r->now_data),
+                           p->vlen, 1);
             p->doc = NULL;
         } else {
-            tier_drop(s, &p->k);
+            syncd_tier_drop(r->tier, &p->k);
         }
         s->writing--;
         s->gen++;
-        stripe_unlock(s);
+        pthread_mutex_unlock(&s->lock);
         pending_free(p);
     }
     return rc;
@@ -759,22 +659,16 @@ static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
     return unlock_durable(r, s, kl, rc, err);
 }
 
-/* Sums the stripes' statistics; takes no lock, so it never waits for a
- * reader or a writer. */
+/* The tier's statistics; takes no lock, so it never waits for a reader or
+ * a writer. */
 static void rocks_tier_stats(syncd_backend_t *b, syncd_store_stats_t *out)
 {
-    rocks_t *r = (rocks_t *)b;
+    syncd_tier_stats(((rocks_t *)b)->tier, out);
+}
 
-    for (int i = 0; i < NSTRIPES; i++) {
-        stripe_t *s = &r->stripes[i];
-
-        out->cache_hits += __atomic_load_n(&s->hits, __ATOMIC_RELAXED);
-        out->cache_misses += __atomic_load_n(&s->misses, __ATOMIC_RELAXED);
-        out->cache_evictions +=
-            __atomic_load_n(&s->evictions, __ATOMIC_RELAXED);
-        out->cache_bytes += __atomic_load_n(&s->bytes, __ATOMIC_RELAXED);
-        out->cache_entries += __atomic_load_n(&s->entries, __ATOMIC_RELAXED);
-    }
+static syncd_tier_t *rocks_tier(syncd_backend_t *b)
+{
+    return ((rocks_t *)b)->tier;
 }
 
 /* Positions a new iterator at the first key >= start (start_len bytes). */
@@ -1016,7 +910,7 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
         json_array_size(h.cur->outbox) == 0) {
         write_begin(h.s);
         rocksdb_delete(r->db, r->write, h.k.bytes, h.k.len, &errptr);
-        write_end(h.s, &h.k);
+        write_end(r, h.s, &h.k);
         if (errptr != NULL)
             rc = rocks_error(err, errptr, "delete");
         else
@@ -1193,11 +1087,11 @@ static void rocks_close(syncd_backend_t *b)
     if (r->db != NULL)
         group_wait(r, r->seq_last, NULL);
     for (int i = 0; i < r->nstripes_ready; i++) {
-        syncd_lru_destroy(&r->stripes[i].tier, free_entry);
         syncd_lru_destroy(&r->stripes[i].locks, free_key_lock);
         syncd_lru_destroy(&r->stripes[i].pending, free_pending);
         pthread_mutex_destroy(&r->stripes[i].lock);
     }
+    syncd_tier_free(r->tier);
     pthread_cond_destroy(&r->gc_done);
     pthread_mutex_destroy(&r->gc_lock);
     if (r->db != NULL)
@@ -1225,6 +1119,7 @@ static const syncd_backend_ops_t rocks_ops = {
     .cas_canonical = rocks_cas_canonical,
     .locked = rocks_locked,
     .tier_stats = rocks_tier_stats,
+    .tier = rocks_tier,
     .export_page = rocks_export_page,
     .checkpoint = rocks_checkpoint,
 };
@@ -1243,8 +1138,6 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     if (r == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     r->base.ops = &rocks_ops;
-    r->tier_ttl_ms = tier_ttl_ms;
-    r->tier_max_bytes = tier_max_bytes;
     r->now_ms =
         hooks != NULL && hooks->now_ms != NULL ? hooks->now_ms : monotonic_ms;
     r->now_data = hooks != NULL ? hooks->data : NULL;
@@ -1254,22 +1147,21 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     for (; r->nstripes_ready < NSTRIPES; r->nstripes_ready++) {
         stripe_t *s = &r->stripes[r->nstripes_ready];
 
-        if (syncd_lru_init(&s->tier) != 0) {
-            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-            goto done;
-        }
         if (syncd_lru_init(&s->locks) != 0) {
-            syncd_lru_destroy(&s->tier, free_entry);
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
             goto done;
         }
         if (syncd_lru_init(&s->pending) != 0) {
-            syncd_lru_destroy(&s->tier, free_entry);
             syncd_lru_destroy(&s->locks, free_key_lock);
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
             goto done;
         }
         pthread_mutex_init(&s->lock, NULL);
+    }
+    if (syncd_tier_new(&r->tier, tier_max_bytes, tier_ttl_ms, r->now_ms,
+                       r->now_data, 1) != 0) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto done;
     }
     r->options = rocksdb_options_create();
     r->read = rocksdb_readoptions_create();

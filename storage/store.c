@@ -1252,6 +1252,67 @@ int syncd_store_get(syncd_store_t *store, syncd_doc_t **out, const char *coll,
     return 0;
 }
 
+/* Returns the in-memory tier this node serves reads from: the node
+ * cache's in MongoDB mode, the backend's in embedded mode; NULL when the
+ * backend has none. */
+static syncd_tier_t *serving_tier(syncd_store_t *s)
+{
+    if (s->cache != NULL)
+        return syncd_cache_tier(s->cache);
+    return s->backend->ops->tier != NULL ? s->backend->ops->tier(s->backend)
+                                         : NULL;
+}
+
+int syncd_store_get_text(syncd_store_t *store, char **text, size_t *len,
+                         int64_t *version, const char *coll, const char *id,
+                         int memory_only, syncd_error_t *err)
+{
+    syncd_tier_t *tier = serving_tier(store);
+    syncd_doc_t *doc = NULL;
+    json_t *body = NULL;
+    syncd_reckey_t k;
+    char *copy;
+    int rc;
+
+    *text = NULL;
+    rc = validate_key(coll, id, err);
+    if (rc == 0)
+        rc = syncd_reckey_make(&k, coll, id, err);
+    if (rc != 0)
+        return rc;
+    rc = tier != NULL ? syncd_tier_text(tier, &k, text, len, version,
+                                        memory_only ? NULL : &body)
+                      : 1;
+    if (rc == 0 || body != NULL)
+        syncd_tier_count(tier, SYNCD_TIER_HIT);
+    if (rc == SYNCD_ENOTFOUND)
+        return syncd_error_set(err, rc, "%s/%s not found", coll, id);
+    if (rc != 1 || memory_only)
+        return rc == SYNCD_ENOMEM ? syncd_error_set(err, rc, "out of memory")
+                                  : rc;
+    if (body == NULL) {
+        rc = syncd_store_get(store, &doc, coll, id, err);
+        if (rc != 0)
+            return rc;
+        body = json_incref(doc->body);
+        *version = doc->version;
+        syncd_doc_free(doc);
+    }
+    *text = json_dumps(body, JSON_COMPACT);
+    if (*text == NULL) {
+        json_decref(body);
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
+    *len = strlen(*text);
+    copy = tier != NULL ? malloc(*len + 1) : NULL;
+    if (copy != NULL) {
+        memcpy(copy, *text, *len + 1);
+        syncd_tier_set_text(tier, &k, body, copy, *len);
+    }
+    json_decref(body);
+    return 0;
+}
+
 int syncd_store_list(syncd_store_t *store, json_t **out, const char *coll,
                      const char *prefix, const char *after, size_t limit,
                      syncd_error_t *err)

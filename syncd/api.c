@@ -726,18 +726,15 @@ static void run_checkpoint(job_t *j)
 static void job_work(uv_work_t *w)
 {
     job_t *j = w->data;
-    syncd_doc_t *doc = NULL;
 
     switch (j->kind) {
-    case JOB_GET:
-        j->rc =
-            syncd_store_get(j->api->opts.store, &doc, j->coll, j->id, &j->err);
-        if (j->rc == 0) {
-            j->version = doc->version;
-            set_text(j, doc->body);
-        }
-        syncd_doc_free(doc);
+    case JOB_GET: {
+        size_t len;
+
+        j->rc = syncd_store_get_text(j->api->opts.store, &j->text, &len,
+                                     &j->version, j->coll, j->id, 0, &j->err);
         break;
+    }
     case JOB_DELETE:
         run_delete(j);
         break;
@@ -1114,6 +1111,37 @@ static int history_subroute(const char *s, size_t *n)
     return 0;
 }
 
+/* Answers a plain GET of coll/id on the loop when the in-memory tier holds
+ * its text (a copy of bytes: no store call, no serialization, no thread
+ * hand-off); returns 1 when answered, 0 when the thread pool must. */
+static int get_from_memory(syncd_api_t *api, syncd_http_req_t *req,
+                           const char *coll, const char *id)
+{
+    const char *q = syncd_http_query(req);
+    int64_t version = 0;
+    syncd_error_t err;
+    char *text = NULL;
+    char etag[48];
+    size_t len = 0;
+    int rc;
+
+    if (q != NULL && *q != '\0')
+        return 0;
+    syncd_error_clear(&err);
+    rc = syncd_store_get_text(api->opts.store, &text, &len, &version, coll, id,
+                              1, &err);
+    if (rc != 0 && rc != SYNCD_ENOTFOUND)
+        return 0;
+    if (rc == SYNCD_ENOTFOUND) {
+        respond_rc(req, JOB_GET, rc, &err);
+        return 1;
+    }
+    snprintf(etag, sizeof(etag), "ETag: \"%lld\"\r\n", (long long)version);
+    syncd_http_respond(req, 200, "application/json", etag, text, len);
+    free(text);
+    return 1;
+}
+
 static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
                       char *id)
 {
@@ -1128,6 +1156,11 @@ static void serve_doc(syncd_api_t *api, syncd_http_req_t *req, char *coll,
     } else if (strcmp(m, "GET") == 0) {
         syncd_http_set_route(req, "get");
         kind = JOB_GET;
+        if (get_from_memory(api, req, coll, id)) {
+            free(coll);
+            free(id);
+            return;
+        }
     } else if (strcmp(m, "PUT") == 0) {
         syncd_http_set_route(req, "put");
         kind = JOB_PUT;

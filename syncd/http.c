@@ -914,6 +914,7 @@ static void begin_response(syncd_http_req_t *r, int status,
 {
     conn_t *c = r->conn;
     const char *origin;
+    char length[48] = "";
 
     r->started = 1;
     r->status = status;
@@ -926,19 +927,20 @@ static void begin_response(syncd_http_req_t *r, int status,
         r->close_after = 1;
     if (c->srv->opts.observe != NULL)
         c->srv->opts.observe(r->route, status, c->srv->opts.data);
-    syncd_buf_printf(&r->out, "HTTP/1.1 %d %s\r\n", status,
-                     reason_phrase(status));
-    if (content_type != NULL)
-        syncd_buf_printf(&r->out, "Content-Type: %s\r\n", content_type);
     /* 204 and 304 have no body, and send no length (RFC 9110 8.6). */
     if (body_len >= 0 && status != 204 && status != 304)
-        syncd_buf_printf(&r->out, "Content-Length: %lld\r\n", body_len);
+        snprintf(length, sizeof(length), "Content-Length: %lld\r\n", body_len);
     else if (body_len < 0)
-        syncd_buf_printf(&r->out, "Transfer-Encoding: chunked\r\n");
-    if (status == 401)
-        syncd_buf_printf(&r->out, "WWW-Authenticate: Bearer\r\n");
-    if (r->close_after)
-        syncd_buf_printf(&r->out, "Connection: close\r\n");
+        snprintf(length, sizeof(length), "Transfer-Encoding: chunked\r\n");
+    /* One formatted write for the common head: this runs for every
+     * request. */
+    syncd_buf_printf(&r->out, "HTTP/1.1 %d %s\r\n%s%s%s%s%s%s", status,
+                     reason_phrase(status),
+                     content_type != NULL ? "Content-Type: " : "",
+                     content_type != NULL ? content_type : "",
+                     content_type != NULL ? "\r\n" : "", length,
+                     status == 401 ? "WWW-Authenticate: Bearer\r\n" : "",
+                     r->close_after ? "Connection: close\r\n" : "");
     origin = syncd_http_header(r, "Origin");
     if (c->srv->opts.cors != NULL && origin != NULL &&
         c->srv->opts.cors(origin, c->srv->opts.data))

@@ -195,6 +195,10 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
            v->store.cache_bytes);
     metric(&o, "syncd_cache_entries", "gauge", "Cached documents.",
            v->store.cache_entries);
+    metric(&o, "syncd_cache_writes_total", "counter",
+           "Records the node cache wrote to or deleted from its RocksDB "
+           "(written behind: a document at most once a second).",
+           v->store.cache_writes);
     metric(&o, "syncd_collections", "gauge",
            "Collections this node holds state for (subscription, queue).",
            v->node.collections);

@@ -885,6 +885,73 @@ test_store_rocks__8_writers_of_one_document_never_conflict(void **state)
     assert_int_equal(live_version(f, "q", "blind"), THREADS * ROUNDS);
 }
 
+/* GET's text: the compact JSON of the live version, made once and then
+ * served from memory (memory_only answers without the store); a write
+ * replaces it, so memory never answers with an older version, and a
+ * deleted document is never served. */
+static void test_store_get_text__serves_each_version_once_made(void **state)
+{
+    fixture_t *f = *state;
+    syncd_store_stats_t before, after;
+    int64_t version = 0;
+    char *text = NULL;
+    size_t len = 0;
+    int rc;
+
+    create_doc(f, "gt", "a", "{\"b\":1,\"a\":[true,null]}");
+    assert_int_equal(syncd_store_get_text(f->store, &text, &len, &version, "gt",
+                                          "a", 0, NULL),
+                     0);
+    assert_string_equal(text, "{\"b\":1,\"a\":[true,null]}");
+    assert_int_equal(len, strlen(text));
+    assert_int_equal(version, 1);
+    free(text);
+
+    syncd_store_stats(f->store, &before);
+    assert_int_equal(syncd_store_get_text(f->store, &text, &len, &version, "gt",
+                                          "a", 1, NULL),
+                     0);
+    assert_string_equal(text, "{\"b\":1,\"a\":[true,null]}");
+    assert_int_equal(version, 1);
+    free(text);
+    syncd_store_stats(f->store, &after);
+    assert_int_equal(after.cache_hits, before.cache_hits + 1);
+
+    assert_int_equal(
+        put_doc(f, "gt", "a", "{\"c\":2}", SYNCD_ANY_VERSION, NULL), 0);
+    rc = syncd_store_get_text(f->store, &text, &len, &version, "gt", "a", 1,
+                              NULL);
+    assert_true(rc == 1 || rc == 0);
+    if (rc == 0) {
+        assert_int_equal(version, 2);
+        assert_string_equal(text, "{\"c\":2}");
+        free(text);
+    }
+    assert_int_equal(syncd_store_get_text(f->store, &text, &len, &version, "gt",
+                                          "a", 0, NULL),
+                     0);
+    assert_int_equal(version, 2);
+    assert_string_equal(text, "{\"c\":2}");
+    free(text);
+
+    {
+        syncd_change_t *c = NULL;
+
+        assert_int_equal(syncd_store_delete(f->store, &c, "gt", "a",
+                                            SYNCD_ANY_VERSION, NULL),
+                         0);
+        syncd_change_free(c);
+    }
+    rc = syncd_store_get_text(f->store, &text, &len, &version, "gt", "a", 1,
+                              NULL);
+    assert_true(rc == 1 || rc == SYNCD_ENOTFOUND);
+    assert_null(text);
+    assert_int_equal(syncd_store_get_text(f->store, &text, &len, &version, "gt",
+                                          "a", 0, NULL),
+                     SYNCD_ENOTFOUND);
+    assert_null(text);
+}
+
 /* In embedded mode the cache counters are those of the RocksDB store's
  * in-memory tier: a reopened store starts with it empty, a read misses and
  * loads the document into it, the next read hits. */
@@ -914,11 +981,11 @@ static void test_store_rocks__stats_count_the_in_memory_tier(void **state)
     assert_int_equal(stats.cache_evictions, 0);
 }
 
-/* A tier of 64 MiB holds 64 stripes of 1 MiB: of 65 documents of 520 KB
- * two share a stripe, and the older of them is evicted. */
+/* 40 documents of 520 KB (20 MB) through a tier of 16 MiB: some are
+ * evicted, each counted once, and the tier stays within its bound. */
 static void test_store_rocks__stats_count_tier_evictions(void **state)
 {
-    enum { DOCS = 65, PAD = 520 * 1024 };
+    enum { DOCS = 40, PAD = 520 * 1024 };
     fixture_t *f = *state;
     char *pad = malloc(PAD + 1);
     syncd_store_stats_t stats;
@@ -927,7 +994,7 @@ static void test_store_rocks__stats_count_tier_evictions(void **state)
     memset(pad, 'x', PAD);
     pad[PAD] = '\0';
     f->opts.sync_writes = 0;
-    f->opts.cache_max_bytes = (uint64_t)64 << 20;
+    f->opts.cache_max_bytes = (uint64_t)16 << 20;
     reopen(f);
     for (int i = 0; i < DOCS; i++) {
         char id[16];
@@ -944,7 +1011,7 @@ static void test_store_rocks__stats_count_tier_evictions(void **state)
     syncd_store_stats(f->store, &stats);
     assert_true(stats.cache_evictions >= 1);
     assert_int_equal(stats.cache_entries + stats.cache_evictions, DOCS);
-    assert_true(stats.cache_bytes <= (uint64_t)64 << 20);
+    assert_true(stats.cache_bytes <= (uint64_t)16 << 20);
 }
 
 /* In embedded mode cache_max_bytes bounds the store's in-memory tier:
@@ -3414,6 +3481,123 @@ static void test_digest__streaming_root_equals_the_documented_one(void **state)
     json_decref(entries);
 }
 
+/* ---- Write-behind ---------------------------------------------------------
+ */
+
+static uint64_t cache_writes(cache_fixture_t *cf)
+{
+    syncd_store_stats_t stats = {0};
+
+    syncd_cache_stats(cf->cache, &stats);
+    return stats.cache_writes;
+}
+
+/* A document updated 100 times within one interval is written to RocksDB
+ * once, when the interval is over; the node serves every version at once
+ * from memory, and a page (which walks RocksDB) sees the newest. */
+static void
+test_cache__many_updates_within_an_interval_write_the_record_once(void **state)
+{
+    cache_fixture_t *cf = *state;
+    json_t *page = NULL;
+
+    for (int v = 1; v <= 100; v++) {
+        assert_int_equal(cache_put(cf, "w", v, 100), 1);
+        assert_int_equal(cached_version(cf, "w"), v);
+    }
+    assert_int_equal(cache_writes(cf), 0);
+    cf->fake.now += SYNCD_CACHE_FLUSH_MS;
+    for (int v = 101; v <= 200; v++)
+        assert_int_equal(cache_put(cf, "w", v, 100), 1);
+    assert_int_equal(cache_writes(cf), 1);
+    assert_int_equal(cached_version(cf, "w"), 200);
+    assert_int_equal(syncd_cache_page(cf->cache, &page, "cc", NULL, 10, NULL),
+                     0);
+    assert_int_equal(json_array_size(page), 1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(page, 0), "v")), 200);
+    assert_int_equal(cache_writes(cf), 2);
+    json_decref(page);
+}
+
+/* Entries out of the tier that were never written are read back from
+ * their records in memory. */
+static void
+test_cache__unwritten_entries_out_of_the_tier_are_served(void **state)
+{
+    cache_fixture_t *cf = *state;
+    char id[32];
+
+    for (int i = 0; i < 60; i++) {
+        snprintf(id, sizeof(id), "doc-%03d", i);
+        assert_int_equal(cache_put(cf, id, i + 1, 1000), 1);
+    }
+    assert_int_equal(cache_writes(cf), 0);
+    for (int i = 0; i < 60; i++) {
+        snprintf(id, sizeof(id), "doc-%03d", i);
+        assert_int_equal(cached_version(cf, id), i + 1);
+    }
+}
+
+/* A clean close writes what is dirty: a keeping cache reopened after
+ * updates that were never written on their own serves the newest. */
+static void test_cache__a_clean_close_writes_every_dirty_record(void **state)
+{
+    cache_fixture_t *cf = *state;
+
+    syncd_cache_close(cf->cache);
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
+                                      &cf->hooks, NULL),
+                     0);
+    for (int v = 1; v <= 50; v++) {
+        assert_int_equal(cache_put(cf, "a", v, 10), 1);
+        assert_int_equal(cache_put(cf, "b", v * 2, 10), 1);
+    }
+    assert_int_equal(cache_writes(cf), 0);
+    syncd_cache_close(cf->cache);
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
+                                      &cf->hooks, NULL),
+                     0);
+    assert_true(syncd_cache_kept(cf->cache));
+    assert_int_equal(cached_version(cf, "a"), 50);
+    assert_int_equal(cached_version(cf, "b"), 100);
+}
+
+/* A process killed with records written and records still dirty leaves a
+ * cache the next open discards: nothing it held is served, so the node
+ * reads the store again instead of a version that may be stale. */
+static void test_cache__a_killed_process_leaves_nothing_served(void **state)
+{
+    cache_fixture_t *cf = *state;
+    syncd_doc_t *doc = NULL;
+    int status = 0;
+    pid_t pid;
+
+    syncd_cache_close(cf->cache);
+    cf->cache = NULL;
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1, &cf->hooks,
+                             NULL) != 0)
+            _exit(2);
+        cache_put(cf, "a", 1, 10);
+        cf->fake.now += SYNCD_CACHE_FLUSH_MS;
+        cache_put(cf, "a", 2, 10); /* written */
+        cache_put(cf, "a", 3, 10); /* dirty */
+        raise(SIGKILL);
+        _exit(3);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
+                                      &cf->hooks, NULL),
+                     0);
+    assert_false(syncd_cache_kept(cf->cache));
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "a", NULL),
+                     SYNCD_ENOTFOUND);
+}
+
 /* ---- A cache kept across a restart -------------------------------------- */
 
 static void test_cache__kept_only_across_a_clean_close_when_asked(void **state)
@@ -3870,6 +4054,12 @@ int main(int argc, char **argv)
         CACHE(
             test_cache__expired_tier_entries_are_never_served_and_free_their_bytes),
         CACHE(test_cache__concurrent_readers_never_see_a_version_go_backwards),
+        CACHE(
+            test_cache__many_updates_within_an_interval_write_the_record_once),
+        CACHE(test_cache__unwritten_entries_out_of_the_tier_are_served),
+        CACHE(test_cache__a_clean_close_writes_every_dirty_record),
+        CACHE(test_cache__a_killed_process_leaves_nothing_served),
+        BOTH(test_store_get_text__serves_each_version_once_made),
         BOTH(test_store__create_put_delete_recreate_track_versions),
         BOTH(test_store_put__without_if_match_creates_or_replaces),
         BOTH(test_store_put__same_body_writes_nothing),

@@ -173,6 +173,18 @@ int syncd_validate_id(const char *id, syncd_error_t *err);
 int syncd_store_get(syncd_store_t *store, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err);
 
+/* Reads the live document coll/id as syncd_store_get() does, but as its
+ * body's compact JSON: *text (malloc'd, NUL-terminated, caller frees), its
+ * length in *len and the version in *version. The in-memory tier keeps
+ * each version's text once made, so a read it answers copies bytes and
+ * serializes nothing. With memory_only the call never does I/O or waits
+ * for it (a loop thread may make it): it returns 1, *text NULL, when the
+ * in-memory tier cannot answer (then ask again without memory_only).
+ * SYNCD_ENOTFOUND when absent or deleted. */
+int syncd_store_get_text(syncd_store_t *store, char **text, size_t *len,
+                         int64_t *version, const char *coll, const char *id,
+                         int memory_only, syncd_error_t *err);
+
 /* Creates coll/id with body (a JSON object); SYNCD_EEXISTS when it is live.
  * Over a tombstone the version continues at tombstone+1. */
 int syncd_store_create(syncd_store_t *store, syncd_change_t **out,
@@ -578,10 +590,12 @@ int syncd_store_refetch(syncd_store_t *store, syncd_doc_t **out,
 
 /* Counters of one store; all monotonic except cache_bytes/cache_entries.
  * The cache_* counters are the node cache's in MongoDB mode and the
- * in-memory tier's of the RocksDB store in embedded mode. */
+ * in-memory tier's of the RocksDB store in embedded mode; cache_writes
+ * counts the records the node cache wrote to (or deleted from) its
+ * RocksDB, 0 in embedded mode. */
 typedef struct syncd_store_stats {
     uint64_t edits, conflicts, retries, cache_hits, cache_misses,
-        cache_evictions, cache_bytes, cache_entries;
+        cache_evictions, cache_bytes, cache_entries, cache_writes;
 } syncd_store_stats_t;
 
 /* Copies the store's counters into *out. */
