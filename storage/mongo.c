@@ -6,7 +6,8 @@
  *   {_id: <id string>, v: int64, data: <body as BSON>, h: <hash string>,
  *    mt: <BSON date, ms>, by: <origin node>, del: <bool>,
  *    ob: [pending-publish markers], ik: [recent idempotency keys],
- *    hist: [history entries, oldest first (see history.c)]}
+ *    hist: <history entries, oldest first, as compact JSON text (see
+ *    history.c)>}
  *
  * where a tombstone has del: true, h: "" and no data, and ob and ik are
  * absent when empty. ob and ik are written by the same compare-and-swap as
@@ -619,6 +620,44 @@ static int decode_value(json_t **out, bson_iter_t *it, syncd_error_t *err)
 
 /* ---- Records ------------------------------------------------------------- */
 
+/* Appends the history entries hist as the string field hist: their compact
+ * JSON, one value the server stores without looking inside (cheaper for
+ * it, and for us, than a BSON array of documents). */
+static int append_hist(bson_t *rec, const json_t *hist, syncd_error_t *err)
+{
+    char *text = json_dumps(hist, JSON_COMPACT);
+    int ok = text != NULL && BSON_APPEND_UTF8(rec, "hist", text);
+
+    free(text);
+    if (ok)
+        return 0;
+    return text == NULL ? syncd_error_set(err, SYNCD_ENOMEM, "out of memory")
+                        : syncd_error_set(err, SYNCD_ETOOBIG,
+                                          "record too large for BSON");
+}
+
+/* Reads the string field hist of b (see append_hist()) into a new array in
+ * *out, left NULL when absent. */
+static int field_hist(json_t **out, const bson_t *b, syncd_error_t *err)
+{
+    bson_iter_t it;
+    uint32_t len;
+    const char *text;
+
+    *out = NULL;
+    if (!bson_iter_init_find(&it, b, "hist"))
+        return 0;
+    if (!BSON_ITER_HOLDS_UTF8(&it))
+        return corrupt(err, "a history that is not a string");
+    text = bson_iter_utf8(&it, &len);
+    *out = json_loadb(text, len, 0, NULL);
+    if (json_is_array(*out))
+        return 0;
+    json_decref(*out);
+    *out = NULL;
+    return corrupt(err, "a history that is not a JSON array");
+}
+
 /* Builds the stored form of doc into rec (initialised here; the caller
  * destroys it), with the _id field when with_id is set. */
 static int build_record(bson_t *rec, const syncd_doc_t *doc, int with_id,
@@ -646,7 +685,7 @@ static int build_record(bson_t *rec, const syncd_doc_t *doc, int with_id,
     if (rc == 0 && json_array_size(doc->ikeys) > 0)
         rc = encode_value(rec, "ik", doc->ikeys, err);
     if (rc == 0 && json_array_size(doc->hist) > 0)
-        rc = encode_value(rec, "hist", doc->hist, err);
+        rc = append_hist(rec, doc->hist, err);
     return rc;
 }
 
@@ -722,7 +761,7 @@ static int parse_record(syncd_doc_t **out, const bson_t *b, const char *coll,
     if (rc == 0)
         rc = field_array(&doc->ikeys, b, "ik", err);
     if (rc == 0)
-        rc = field_array(&doc->hist, b, "hist", err);
+        rc = field_hist(&doc->hist, b, err);
     if (rc == 0 && !doc->deleted) {
         if (!bson_iter_init_find(&it, b, "data") ||
             !BSON_ITER_HOLDS_DOCUMENT(&it)) {

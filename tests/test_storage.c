@@ -4016,6 +4016,19 @@ static void test_history__records_without_history_read_fine(void **state)
     json_decref(hist);
     assert_int_equal(syncd_store_history(f->store, &hist, "h", "none", &err),
                      SYNCD_ENOTFOUND);
+    /* A write with history off drops the history the record had (on
+     * mongo-java-server, by the single-operation update from the cache),
+     * so none is left that does not lead to the current version. */
+    f->opts.history_len = 0;
+    reopen(f);
+    assert_doc(f, "h", "old", 4, "{\"a\":2}");
+    assert_int_equal(put_doc(f, "h", "old", "{\"a\":5}", 4, NULL), 0);
+    f->opts.history_len = 20;
+    reopen(f);
+    assert_int_equal(syncd_store_history(f->store, &hist, "h", "old", &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(hist, "oldest")), 5);
+    assert_int_equal(json_array_size(json_object_get(hist, "versions")), 1);
+    json_decref(hist);
 }
 
 /* ---- Runner ------------------------------------------------------------- */
