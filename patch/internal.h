@@ -71,4 +71,12 @@ int syncd_ptr_array_index(size_t *index, const char *token, size_t len,
 int syncd_ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr,
                    size_t count, const char **why, size_t *at);
 
+/* Appends to ops the RFC 6902 operations that turn a into b at the
+ * location whose escaped pointer is path (len bytes), `depth`
+ * arrays/objects deep: an add of b when a is NULL, a remove when b is
+ * NULL, else their diff (syncd_patch_diff() at that path). */
+int syncd_patch_diff_at(json_t *ops, const char *path, size_t len,
+                        const json_t *a, const json_t *b, int depth,
+                        syncd_error_t *err);
+
 #endif
