@@ -2,9 +2,18 @@
  *
  * A small self-contained implementation so that patch/ depends on jansson
  * only. Checked against the FIPS 180-2 test vectors in tests/test_patch.c.
+ * On x86-64 processors with the SHA extensions (found with cpuid at the
+ * first call) a block is compressed with them, about four times faster
+ * than the portable rounds, which every other processor runs.
  */
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHA_NI 1
+#endif
 
 #include "syncd/patch.h"
 
@@ -33,9 +42,76 @@ static uint32_t ror(uint32_t x, int n)
     return (x >> n) | (x << (32 - n));
 }
 
+#ifdef HAVE_SHA_NI
+/* Returns 1 when the processor has the SHA extensions and SSE4.1. */
+static int sha_ni_supported(void)
+{
+    static int known; /* 0: not asked yet, 1: no, 2: yes */
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    unsigned a, b, c, d;
+
+    if (v == 0) {
+        v = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_1) &&
+                    __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_SHA)
+                ? 2
+                : 1;
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v == 2;
+}
+
+/* Compresses the block p into state with the SHA extensions: four rounds
+ * per step on the message words w, scheduling the words four steps ahead
+ * (sha256msg1/msg2), with the state held as ABEF and CDGH. */
+__attribute__((target("sha,sse4.1"))) static void
+compress_ni(uint32_t state[8], const unsigned char *p)
+{
+    const __m128i swap =
+        _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((void *)&state[0]), 0xb1);
+    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((void *)&state[4]), 0x1b);
+    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8); /* ABEF */
+    __m128i abef = s0, cdgh;
+    __m128i w[4];
+
+    s1 = _mm_blend_epi16(s1, tmp, 0xf0); /* CDGH */
+    cdgh = s1;
+    for (int i = 0; i < 4; i++)
+        w[i] = _mm_shuffle_epi8(_mm_loadu_si128((void *)(p + 16 * i)), swap);
+    for (int i = 0; i < 16; i++) {
+        __m128i msg =
+            _mm_add_epi32(w[i & 3], _mm_loadu_si128((void *)&k[4 * i]));
+
+        s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+        if (i < 12)
+            w[i & 3] = _mm_sha256msg2_epu32(
+                _mm_add_epi32(
+                    _mm_sha256msg1_epu32(w[i & 3], w[(i + 1) & 3]),
+                    _mm_alignr_epi8(w[(i + 3) & 3], w[(i + 2) & 3], 4)),
+                w[(i + 3) & 3]);
+        s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(msg, 0x0e));
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+    tmp = _mm_shuffle_epi32(s0, 0x1b);   /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xb1);    /* DCHG */
+    s0 = _mm_blend_epi16(tmp, s1, 0xf0); /* DCBA */
+    s1 = _mm_alignr_epi8(s1, tmp, 8);    /* HGFE */
+    _mm_storeu_si128((void *)&state[0], s0);
+    _mm_storeu_si128((void *)&state[4], s1);
+}
+#endif
+
 static void compress(sha256_ctx_t *ctx, const unsigned char *p)
 {
     uint32_t w[64];
+
+#ifdef HAVE_SHA_NI
+    if (sha_ni_supported()) {
+        compress_ni(ctx->state, p);
+        return;
+    }
+#endif
 
     for (int i = 0; i < 16; i++)
         w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
