@@ -164,7 +164,8 @@ static int patch_root(json_t *ops, const json_t *a, const json_t *b,
  * the roots' paths (to drop those left empty). */
 typedef struct merger {
     json_t *merge;
-    json_t *nested; /* [[parent, key]] of each nested object, in order */
+    json_t *nested; /* [[parent, key]] of each nested object, in order;
+                       NULL until the first */
     int inexpressible;
     syncd_error_t *err;
 } merger_t;
@@ -225,7 +226,9 @@ static int merge_root(merger_t *m, const json_t *a, const json_t *b,
         }
         child = json_object_getn(node, key, len);
         if (child == NULL) {
-            child = json_object();
+            if (m->nested == NULL)
+                m->nested = json_array();
+            child = m->nested != NULL ? json_object() : NULL;
             if (child == NULL ||
                 json_object_setn_new_nocheck(node, key, len, child) < 0 ||
                 json_array_append_new(m->nested,
@@ -275,8 +278,8 @@ static int merge_whole(merger_t *m, const json_t *a, const json_t *b)
 static int merge_roots(json_t **merge, const json_t *a, const json_t *b,
                        const root_t *roots, size_t n, syncd_error_t *err)
 {
-    merger_t m = {json_object(), json_array(), 0, err};
-    int rc = m.merge != NULL && m.nested != NULL
+    merger_t m = {json_object(), NULL, 0, err};
+    int rc = m.merge != NULL
                  ? 0
                  : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
 
