@@ -391,21 +391,35 @@ static int diff_value(differ_t *d, const json_t *a, const json_t *b, int depth)
     return 0;
 }
 
+int syncd_patch_diff_at(json_t *ops, const char *path, size_t len,
+                        const json_t *a, const json_t *b, int depth,
+                        syncd_error_t *err)
+{
+    differ_t d = {ops, {0}, err};
+    int rc = syncd_buf_append(&d.path, path, len) < 0 ? nomem(&d) : 0;
+
+    if (rc == 0)
+        rc = a == NULL   ? emit(&d, "add", b)
+             : b == NULL ? emit(&d, "remove", NULL)
+                         : diff_value(&d, a, b, depth);
+    syncd_buf_free(&d.path);
+    return rc;
+}
+
 int syncd_patch_diff(json_t **out, const json_t *a, const json_t *b,
                      syncd_error_t *err)
 {
-    differ_t d = {json_array(), {0}, err};
+    json_t *ops = json_array();
     int rc;
 
     *out = NULL;
-    if (d.ops == NULL)
+    if (ops == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory diffing");
-    rc = diff_value(&d, a, b, 0);
-    syncd_buf_free(&d.path);
+    rc = syncd_patch_diff_at(ops, "", 0, a, b, 0, err);
     if (rc < 0) {
-        json_decref(d.ops);
+        json_decref(ops);
         return rc;
     }
-    *out = d.ops;
+    *out = ops;
     return 0;
 }

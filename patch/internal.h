@@ -135,4 +135,12 @@ void syncd_hash_container(unsigned char out[32], int is_object,
 void syncd_hash_hex(char out[SYNCD_HASH_HEX_LEN + 1],
                     const unsigned char raw[32]);
 
+/* Appends to ops the RFC 6902 operations that turn a into b at the
+ * location whose escaped pointer is path (len bytes), `depth`
+ * arrays/objects deep: an add of b when a is NULL, a remove when b is
+ * NULL, else their diff (syncd_patch_diff() at that path). */
+int syncd_patch_diff_at(json_t *ops, const char *path, size_t len,
+                        const json_t *a, const json_t *b, int depth,
+                        syncd_error_t *err);
+
 #endif

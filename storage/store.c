@@ -86,8 +86,9 @@ typedef int (*step_fn)(json_t **body, const write_req_t *req,
                        const syncd_doc_t *cur, syncd_error_t *err);
 
 /* One write: its record, the step deciding the next state (with its
- * argument), the strict precondition (SYNCD_ANY_VERSION: none) and the
- * idempotency key (NULL: none). */
+ * argument), the strict precondition (SYNCD_ANY_VERSION: none), the
+ * idempotency key (NULL: none) and the RFC 6902 patch the step applies
+ * (NULL: another step), which names what the change's diffs compare. */
 struct write_req {
     const char *coll;
     const char *id;
@@ -95,6 +96,7 @@ struct write_req {
     void *arg;
     int64_t if_match;
     const char *ikey;
+    const json_t *applied;
 };
 
 /* ---- Clock, sleep and random source ------------------------------------ */
@@ -442,12 +444,15 @@ static int add_meta(syncd_store_t *s, syncd_doc_t *next, const syncd_doc_t *cur,
 }
 
 /* Builds the change record of committing next over cur (NULL when there
- * was no record) into *out; next is stolen, even on failure. */
+ * was no record) into *out; next is stolen, even on failure. The diffs of
+ * an update compare only what `applied` (the RFC 6902 patch that made
+ * next's body from cur's; NULL: unknown) touched, else the whole bodies
+ * for the JSON Patch and, from what it touched, the merge patch. */
 static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
-                       syncd_doc_t *next, syncd_error_t *err)
+                       syncd_doc_t *next, const json_t *applied,
+                       syncd_error_t *err)
 {
     syncd_change_t *c = calloc(1, sizeof(*c));
-    syncd_error_t merr;
     int rc = 0;
 
     *out = NULL;
@@ -471,12 +476,14 @@ static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
     } else {
         c->op = SYNCD_CHANGE_UPDATE;
         c->base = cur->version;
-        rc = syncd_patch_diff(&c->patch, cur->body, next->body, err);
-        syncd_error_clear(&merr);
-        if (rc == 0 &&
-            syncd_merge_diff(&c->merge, cur->body, next->body, &merr) != 0 &&
-            merr.code != SYNCD_EPATCH)
-            rc = syncd_error_set(err, merr.code, "%s", merr.message);
+        rc = applied != NULL
+                 ? syncd_patch_diff_touched(&c->patch, cur->body, next->body,
+                                            applied, err)
+                 : syncd_patch_diff(&c->patch, cur->body, next->body, err);
+        if (rc == 0)
+            rc = syncd_merge_diff_touched(&c->merge, cur->body, next->body,
+                                          applied != NULL ? applied : c->patch,
+                                          err);
     }
     if (rc != 0) {
         syncd_change_free(c);
@@ -508,7 +515,7 @@ static int build_change(syncd_store_t *s, syncd_change_t **out,
         syncd_doc_free(next);
         return rc;
     }
-    return make_change(out, cur, next, err);
+    return make_change(out, cur, next, req->applied, err);
 }
 
 /* A change with op NONE holding cur (stolen). */
@@ -1003,6 +1010,7 @@ static int req_init(write_req_t *req, const char *coll, const char *id,
     req->arg = arg;
     req->if_match = wo != NULL ? wo->if_match : SYNCD_ANY_VERSION;
     req->ikey = wo != NULL ? wo->idempotency_key : NULL;
+    req->applied = NULL;
     return req->ikey != NULL ? syncd_validate_idempotency_key(req->ikey, err)
                              : 0;
 }
@@ -1074,7 +1082,7 @@ int syncd_store_edit(syncd_store_t *store, syncd_change_t **out,
                      void *arg, int64_t if_match, syncd_error_t *err)
 {
     edit_arg_t ea = {fn, arg};
-    write_req_t req = {coll, id, step_edit, &ea, if_match, NULL};
+    write_req_t req = {coll, id, step_edit, &ea, if_match, NULL, NULL};
 
     return write_loop(store, out, &req, err);
 }
@@ -1107,6 +1115,7 @@ int syncd_store_patch_ex(syncd_store_t *store, syncd_change_t **out,
         rc = syncd_patch_validate(patch, err);
         if (rc != 0)
             return rc;
+        req.applied = patch;
     } else if (patch == NULL) {
         return syncd_error_set(err, SYNCD_EPATCH, "merge patch is missing");
     }

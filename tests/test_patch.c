@@ -506,6 +506,257 @@ test_patch_apply__failed_random_patch_leaves_input_unchanged(void **s)
     }
 }
 
+/* ---- diffs of a JSON Patch edit from what it touched -------------------- */
+
+/* Checks the touched-subtree diffs of applied, a JSON Patch that turns a
+ * into b: the patch applies to a and gives b, and both merge patches (from
+ * applied, and from the full diff's operations) are exactly
+ * syncd_merge_diff() of a and b (NULL when that refuses). what names the
+ * case in failures. */
+static void check_touched(const json_t *a, const json_t *b,
+                          const json_t *applied, const char *what)
+{
+    json_t *patch = NULL, *out = NULL, *full = NULL, *want = NULL;
+    json_t *merge = NULL, *from_diff = NULL;
+    syncd_error_t err;
+    int want_rc;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_diff_touched(&patch, a, b, applied, &err), 0);
+    if (syncd_patch_apply(&out, a, patch, &err) != 0)
+        fail_msg("%s: the touched diff does not apply: %s", what, err.message);
+    assert_same_json(out, b, what);
+    want_rc = syncd_merge_diff(&want, a, b, NULL);
+    assert_true(want_rc == 0 || want_rc == SYNCD_EPATCH);
+    assert_int_equal(syncd_merge_diff_touched(&merge, a, b, applied, &err), 0);
+    assert_int_equal(syncd_patch_diff(&full, a, b, NULL), 0);
+    assert_int_equal(syncd_merge_diff_touched(&from_diff, a, b, full, &err), 0);
+    if (want == NULL) {
+        if (merge != NULL || from_diff != NULL)
+            fail_msg("%s: a merge patch where none can express the change",
+                     what);
+    } else {
+        if (merge == NULL || from_diff == NULL)
+            fail_msg("%s: no merge patch where one can express the change",
+                     what);
+        assert_same_json(merge, want, what);
+        assert_same_json(from_diff, want, what);
+    }
+    json_decref(patch);
+    json_decref(out);
+    json_decref(full);
+    json_decref(want);
+    json_decref(merge);
+    json_decref(from_diff);
+}
+
+/* Checks the touched-subtree diffs of every record of a json-patch-tests
+ * file whose patch applies; returns how many. */
+static size_t check_touched_records(const char *file)
+{
+    json_t *records = load_testdata(file), *rec;
+    size_t i, checked = 0;
+    char what[256];
+
+    json_array_foreach (records, i, rec) {
+        json_t *doc = json_object_get(rec, "doc");
+        json_t *patch = json_object_get(rec, "patch");
+        json_t *out = NULL;
+
+        if (doc == NULL || patch == NULL ||
+            json_is_true(json_object_get(rec, "disabled")) ||
+            json_object_get(rec, "error") != NULL ||
+            syncd_patch_apply(&out, doc, patch, NULL) != 0)
+            continue;
+        snprintf(what, sizeof(what), "%s record %zu", file, i);
+        check_touched(doc, out, patch, what);
+        json_decref(out);
+        checked++;
+    }
+    json_decref(records);
+    return checked;
+}
+
+static void
+test_patch_diff_touched__conformance_edits_give_the_full_diffs_effect(void **s)
+{
+    (void)s;
+    /* Every record whose patch applies: 62 of tests.json, 12 of
+     * spec_tests.json. */
+    assert_int_equal(check_touched_records("json-patch-tests/tests.json"), 62);
+    assert_int_equal(check_touched_records("json-patch-tests/spec_tests.json"),
+                     12);
+}
+
+/* Returns the escaped pointer of a random location in doc (malloc'd), and
+ * the value there in *at (borrowed). */
+static char *random_location(rng_t *r, json_t *doc, json_t **at)
+{
+    char *path = strdup("");
+
+    *at = doc;
+    while (rng_below(r, 3) != 0) {
+        size_t n = json_is_array(*at)    ? json_array_size(*at)
+                   : json_is_object(*at) ? json_object_size(*at)
+                                         : 0;
+        char *token, *longer;
+        size_t pick;
+        void *it;
+
+        if (n == 0)
+            break;
+        pick = rng_below(r, n);
+        if (json_is_array(*at)) {
+            token = malloc(24);
+            snprintf(token, 24, "%zu", pick);
+            *at = json_array_get(*at, pick);
+        } else {
+            it = json_object_iter(*at);
+            for (size_t i = 0; i < pick; i++)
+                it = json_object_iter_next(*at, it);
+            token = syncd_ptr_escape(json_object_iter_key(it),
+                                     json_object_iter_key_len(it));
+            *at = json_object_iter_value(it);
+        }
+        longer = malloc(strlen(path) + strlen(token) + 2);
+        sprintf(longer, "%s/%s", path, token);
+        free(path);
+        free(token);
+        path = longer;
+    }
+    return path;
+}
+
+/* Returns a pointer (malloc'd) to a new place in a random container of
+ * doc: a member name, an index up to the end, or "-". */
+static char *random_target(rng_t *r, json_t *doc)
+{
+    json_t *at;
+    char *path = random_location(r, doc, &at), *out;
+    char token[64];
+
+    if (json_is_array(at)) {
+        if (rng_below(r, 4) == 0)
+            snprintf(token, sizeof(token), "-");
+        else
+            snprintf(token, sizeof(token), "%zu",
+                     rng_below(r, json_array_size(at) + 1));
+    } else {
+        const char *w = words[rng_below(r, NWORDS)];
+        char *esc = syncd_ptr_escape(w, strlen(w));
+
+        snprintf(token, sizeof(token), "%s", esc);
+        free(esc);
+    }
+    out = malloc(strlen(path) + strlen(token) + 2);
+    sprintf(out, "%s/%s", path, token);
+    free(path);
+    return out;
+}
+
+/* Returns one random operation on doc (it may fail to apply). */
+static json_t *random_op(rng_t *r, json_t *doc)
+{
+    json_t *at, *op;
+    char *path, *from;
+
+    switch (rng_below(r, 6)) {
+    case 0:
+        path = random_target(r, doc);
+        op = json_pack("{s:s, s:s, s:o}", "op", "add", "path", path, "value",
+                       random_value(r, 2));
+        break;
+    case 1:
+        path = random_location(r, doc, &at);
+        op = json_pack("{s:s, s:s}", "op", "remove", "path", path);
+        break;
+    case 2:
+        path = random_location(r, doc, &at);
+        op = json_pack("{s:s, s:s, s:o}", "op", "replace", "path", path,
+                       "value", random_value(r, 2));
+        break;
+    case 3:
+    case 4:
+        from = random_location(r, doc, &at);
+        path = random_target(r, doc);
+        op = json_pack("{s:s, s:s, s:s}", "op",
+                       rng_below(r, 2) ? "move" : "copy", "from", from, "path",
+                       path);
+        free(from);
+        break;
+    default:
+        path = random_location(r, doc, &at);
+        op = json_pack("{s:s, s:s, s:O}", "op", "test", "path", path, "value",
+                       at);
+    }
+    free(path);
+    return op;
+}
+
+static void
+test_patch_diff_touched__random_edits_give_the_full_diffs_effect(void **s)
+{
+    rng_t r = {0x70c4ed5eedULL};
+    char what[64];
+
+    (void)s;
+    for (int round = 0; round < 3000; round++) {
+        json_t *a = random_value(&r, 4), *b = NULL;
+        json_t *patch = json_array();
+        size_t ops = 1 + rng_below(&r, 6);
+
+        /* A copy that keeps keys with NUL (json_deep_copy() cuts them). */
+        assert_int_equal(syncd_patch_apply(&b, a, patch, NULL), 0);
+        /* Each operation is kept when it applies to the document so far,
+         * so that the patch as a whole applies to a and gives b. */
+        for (size_t i = 0; i < ops * 3 && json_array_size(patch) < ops; i++) {
+            json_t *op = random_op(&r, b), *one = json_pack("[O]", op);
+            json_t *next = NULL;
+
+            if (syncd_patch_apply(&next, b, one, NULL) == 0) {
+                json_array_append(patch, op);
+                json_decref(b);
+                b = next;
+            }
+            json_decref(one);
+            json_decref(op);
+        }
+        snprintf(what, sizeof(what), "round %d", round);
+        check_touched(a, b, patch, what);
+        json_decref(a);
+        json_decref(b);
+        json_decref(patch);
+    }
+}
+
+static void test_patch_diff_touched__compares_only_the_touched_member(void **s)
+{
+    json_t *a = parse("{\"big\":[1,2,3],\"v\":{\"x\":1,\"y\":[5]}}");
+    json_t *applied =
+        parse("[{\"op\":\"test\",\"path\":\"/big/0\",\"value\":1},"
+              "{\"op\":\"replace\",\"path\":\"/v/x\",\"value\":2},"
+              "{\"op\":\"add\",\"path\":\"/v/y/0\",\"value\":4}]");
+    json_t *b = NULL, *patch = NULL, *merge = NULL;
+    json_t *want_patch =
+        parse("[{\"op\":\"replace\",\"path\":\"/v/x\",\"value\":2},"
+              "{\"op\":\"add\",\"path\":\"/v/y/0\",\"value\":4}]");
+    json_t *want_merge = parse("{\"v\":{\"x\":2,\"y\":[4,5]}}");
+
+    (void)s;
+    assert_int_equal(syncd_patch_apply(&b, a, applied, NULL), 0);
+    assert_int_equal(syncd_patch_diff_touched(&patch, a, b, applied, NULL), 0);
+    assert_int_equal(syncd_merge_diff_touched(&merge, a, b, applied, NULL), 0);
+    assert_same_json(patch, want_patch, "touched patch");
+    assert_same_json(merge, want_merge, "touched merge");
+    json_decref(a);
+    json_decref(b);
+    json_decref(applied);
+    json_decref(patch);
+    json_decref(merge);
+    json_decref(want_patch);
+    json_decref(want_merge);
+}
+
 /* ---- diff shape --------------------------------------------------------- */
 
 static void assert_diff_ops(const char *a_text, const char *b_text,
@@ -1769,6 +2020,12 @@ int main(void)
         cmocka_unit_test(test_patch_diff__random_pairs_apply_back_to_target),
         cmocka_unit_test(
             test_patch_apply__failed_random_patch_leaves_input_unchanged),
+        cmocka_unit_test(
+            test_patch_diff_touched__conformance_edits_give_the_full_diffs_effect),
+        cmocka_unit_test(
+            test_patch_diff_touched__random_edits_give_the_full_diffs_effect),
+        cmocka_unit_test(
+            test_patch_diff_touched__compares_only_the_touched_member),
         cmocka_unit_test(
             test_patch_diff__reports_nested_change_at_deepest_path),
         cmocka_unit_test(test_patch_diff__equal_documents_give_empty_patch),

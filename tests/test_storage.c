@@ -696,6 +696,57 @@ static void test_store_patch__applies_json_patch_and_merge_patch(void **state)
     json_decref(merge);
 }
 
+/* Applies c's patch to before (JSON text) and checks that it gives c's
+ * body. */
+static void assert_change_patch_applies(const syncd_change_t *c,
+                                        const char *before)
+{
+    json_t *old = parse(before), *out = NULL;
+
+    assert_int_equal(syncd_patch_apply(&out, old, c->patch, NULL), 0);
+    assert_json_exact(out, c->doc->body);
+    json_decref(old);
+    json_decref(out);
+}
+
+static void
+test_store_patch__change_of_a_json_patch_holds_its_diffs_and_merge(void **state)
+{
+    fixture_t *f = *state;
+    const char *v1 = "{\"keep\":[1,2,3],\"n\":null,\"v\":{\"x\":1,\"y\":[5]}}";
+    const char *v2 =
+        "{\"keep\":[1,2,3],\"n\":null,\"v\":{\"x\":2,\"y\":[4,5]}}";
+    json_t *patch = parse("[{\"op\":\"test\",\"path\":\"/keep/0\",\"value\":1},"
+                          "{\"op\":\"replace\",\"path\":\"/v/x\",\"value\":2},"
+                          "{\"op\":\"add\",\"path\":\"/v/y/0\",\"value\":4}]");
+    json_t *to_null = parse("[{\"op\":\"move\",\"from\":\"/keep\","
+                            "\"path\":\"/v/k\"},{\"op\":\"add\",\"path\":"
+                            "\"/v/x\",\"value\":null}]");
+    syncd_change_t *c = NULL;
+
+    create_doc(f, "docs", "pd", v1);
+    assert_int_equal(syncd_store_patch(f->store, &c, "docs", "pd", patch, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_json_text(c->patch,
+                     "[{\"op\":\"replace\",\"path\":\"/v/x\",\"value\":2},"
+                     "{\"op\":\"add\",\"path\":\"/v/y/0\",\"value\":4}]");
+    assert_json_text(c->merge, "{\"v\":{\"x\":2,\"y\":[4,5]}}");
+    assert_change_patch_applies(c, v1);
+    syncd_change_free(c);
+    /* A member set to null: no merge patch can say it. */
+    assert_int_equal(syncd_store_patch(f->store, &c, "docs", "pd", to_null, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_null(c->merge);
+    assert_change_patch_applies(c, v2);
+    syncd_change_free(c);
+    assert_doc(f, "docs", "pd", 3,
+               "{\"n\":null,\"v\":{\"k\":[1,2,3],\"x\":null,\"y\":[4,5]}}");
+    json_decref(patch);
+    json_decref(to_null);
+}
+
 static void
 test_store_patch__failing_test_op_is_ECONFLICT_and_not_retried(void **state)
 {
@@ -4088,6 +4139,8 @@ int main(int argc, char **argv)
         MONGO(test_store_edit__gives_up_at_edit_timeout_with_ECONFLICT),
         MONGO(test_store_edit__backoff_doubles_up_to_the_cap_with_full_jitter),
         BOTH(test_store_patch__applies_json_patch_and_merge_patch),
+        BOTH(
+            test_store_patch__change_of_a_json_patch_holds_its_diffs_and_merge),
         BOTH(test_store_patch__failing_test_op_is_ECONFLICT_and_not_retried),
         BOTH(test_store_patch__invalid_patch_is_EPATCH),
         BOTH(test_store_list__pages_by_prefix_and_after_and_skips_tombstones),

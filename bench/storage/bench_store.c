@@ -13,11 +13,13 @@
  * The overhead ratio compares the 1-writer edit with the bare backend round
  * trip it is built on: a RocksDB get + put of the very record bytes syncd
  * stores for the document (same key, same length, same fsync setting), and
- * a findAndModify ($inc) loop with mongo-c-driver on a 1 KB document of the
- * same server. The two are measured in alternating slices of the same
- * seconds, so that load from other processes on the machine weighs on both
- * alike. Next to the edit with 8 writers of one document, 8 bare
- * findAndModify writers of one document (a client each) on the same server.
+ * on MongoDB first the very findAndModify the edit sends (same filter, same
+ * update bytes, built once; see bare_fair_t), then a findAndModify ($inc)
+ * on a 1 KB document of the same server. They are measured in alternating
+ * slices of the same seconds, so that load from other processes on the
+ * machine weighs on all alike. Next to the edit with 8 writers of one document,
+ * 8 bare findAndModify writers of one document (a client each) on the same
+ * server.
  *
  * Usage: bench_store --data-dir DIR [--mongo-uri URI] [--seconds S]
  * (bench/storage/run.sh starts FerretDB or mongo-java-server and runs it).
@@ -369,17 +371,23 @@ static result_t run_random_gets(syncd_store_t *store, const char *coll,
     return r;
 }
 
-/* Measures the 1-writer edit of coll/doc-0000 and the bare loop in
- * RATIO_SLICES alternating slices over 2 x seconds; results in *syncd and
- * *bare. */
-static void run_ratio(syncd_store_t *store, const char *coll, bare_loop_fn bare,
-                      void *ctx, double seconds, result_t *syncd,
-                      result_t *bare_r)
+/* A bare backend loop and its context, for run_ratio(). */
+typedef struct bare_peer {
+    bare_loop_fn loop;
+    void *ctx;
+} bare_peer_t;
+
+/* Measures the 1-writer edit of coll/doc-0000 and each of the npeers bare
+ * loops in RATIO_SLICES alternating slices over (1 + npeers) x seconds;
+ * results in *syncd and bare[i]. */
+static void run_ratio(syncd_store_t *store, const char *coll,
+                      const bare_peer_t *peers, size_t npeers, double seconds,
+                      result_t *syncd, result_t *bare)
 {
-    samples_t bare_lat = {0};
+    samples_t bare_lat[2] = {{0}};
     samples_t edit_lat = {0};
-    size_t bare_failures = 0, edit_failures = 0;
-    int64_t bare_ns = 0, edit_ns = 0;
+    size_t bare_failures[2] = {0}, edit_failures = 0;
+    int64_t bare_ns[2] = {0}, edit_ns = 0;
     double slice = seconds / RATIO_SLICES;
 
     for (int i = 0; i < RATIO_SLICES; i++) {
@@ -396,14 +404,19 @@ static void run_ratio(syncd_store_t *store, const char *coll, bare_loop_fn bare,
             samples_add(&edit_lat, run.lat.ns[j]);
         edit_failures += run.failures;
         free(run.lat.ns);
-        t0 = mono_ns();
-        bare(ctx, &bare_lat, &bare_failures, deadline_after(slice));
-        bare_ns += mono_ns() - t0;
+        for (size_t p = 0; p < npeers; p++) {
+            t0 = mono_ns();
+            peers[p].loop(peers[p].ctx, &bare_lat[p], &bare_failures[p],
+                          deadline_after(slice));
+            bare_ns[p] += mono_ns() - t0;
+        }
     }
     *syncd = summarise(&edit_lat, edit_ns, edit_failures);
-    *bare_r = summarise(&bare_lat, bare_ns, bare_failures);
     free(edit_lat.ns);
-    free(bare_lat.ns);
+    for (size_t p = 0; p < npeers; p++) {
+        bare[p] = summarise(&bare_lat[p], bare_ns[p], bare_failures[p]);
+        free(bare_lat[p].ns);
+    }
 }
 
 /* ---- The bare RocksDB round trip ---------------------------------------- */
@@ -539,6 +552,137 @@ static void bare_mongo_close(bare_mongo_t *b)
     mongoc_client_destroy(b->client);
 }
 
+/* The like-for-like peer of the edit: the very findAndModify that an edit
+ * of bench1/doc-0000 sends (filter {_id, v, h}; update {$set: {v, data, h,
+ * mt, by, del}}; projection {ob, ik}; returning the new document), on a
+ * copy of that document's record, through the same driver call. Filter and
+ * update are built once from the stored record; each round trip only
+ * overwrites, in place, the version (filter and $set), the counter inside
+ * data and mt, so it measures the server and the driver for that request,
+ * not the client work of an edit. (This library benchmark runs without the
+ * outbox and idempotency keys, so the edit pushes neither and the peer
+ * does not either.) */
+typedef struct bare_fair {
+    mongoc_client_t *client;
+    mongoc_collection_t *coll;
+    bson_t *filter, *update, *fields;
+    int64_t v;
+} bare_fair_t;
+
+/* Appends the field name of the record rec to b as it is. */
+static void copy_field(bson_t *b, const bson_t *rec, const char *name)
+{
+    bson_iter_t it;
+
+    if (!bson_iter_init_find(&it, rec, name))
+        die("bare mongo", "the stored record lacks a field");
+    bson_append_iter(b, name, -1, &it);
+}
+
+/* Copies the stored record of coll/id of the store's database db into the
+ * document "fair" of syncd_bench.bare and builds the request. */
+static void bare_fair_open(bare_fair_t *b, const char *uri, const char *db,
+                           const char *coll, const char *id)
+{
+    mongoc_collection_t *src;
+    mongoc_cursor_t *cur;
+    const bson_t *rec;
+    bson_t *query = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t copy = BSON_INITIALIZER, set;
+    bson_iter_t it;
+    bson_error_t e;
+
+    b->client = mongoc_client_new(uri);
+    if (!b->client)
+        die("bare mongo", "bad URI");
+    src = mongoc_client_get_collection(b->client, db, coll);
+    cur = mongoc_collection_find_with_opts(src, query, NULL, NULL);
+    if (!mongoc_cursor_next(cur, &rec))
+        die("bare mongo", "the edited document has no record");
+    b->coll = mongoc_client_get_collection(b->client, "syncd_bench", "bare");
+    BSON_APPEND_UTF8(&copy, "_id", "fair");
+    bson_copy_to_excluding_noinit(rec, &copy, "_id", NULL);
+    mongoc_collection_delete_one(b->coll, query, NULL, NULL, NULL);
+    if (!mongoc_collection_insert_one(b->coll, &copy, NULL, NULL, &e))
+        die("bare mongo insert", e.message);
+    if (!bson_iter_init_find(&it, rec, "v"))
+        die("bare mongo", "the stored record has no version");
+    b->v = bson_iter_as_int64(&it);
+    b->filter = bson_new();
+    BSON_APPEND_UTF8(b->filter, "_id", "fair");
+    copy_field(b->filter, rec, "v");
+    copy_field(b->filter, rec, "h");
+    b->update = bson_new();
+    BSON_APPEND_DOCUMENT_BEGIN(b->update, "$set", &set);
+    copy_field(&set, rec, "v");
+    copy_field(&set, rec, "data");
+    copy_field(&set, rec, "h");
+    copy_field(&set, rec, "mt");
+    copy_field(&set, rec, "by");
+    copy_field(&set, rec, "del");
+    bson_append_document_end(b->update, &set);
+    b->fields = BCON_NEW("ob", BCON_INT32(1), "ik", BCON_INT32(1));
+    bson_destroy(&copy);
+    bson_destroy(query);
+    mongoc_cursor_destroy(cur);
+    mongoc_collection_destroy(src);
+}
+
+/* Overwrites the int64 at the dotted path of b in place. */
+static void overwrite_int64(bson_t *b, const char *path, int64_t value)
+{
+    bson_iter_t it, found;
+
+    if (!bson_iter_init(&it, b) ||
+        !bson_iter_find_descendant(&it, path, &found) ||
+        !BSON_ITER_HOLDS_INT64(&found))
+        die("bare mongo", "the request lacks an int64 field");
+    bson_iter_overwrite_int64(&found, value);
+}
+
+/* The edit's findAndModify, returning the new document's ob and ik. */
+static void bare_fair_loop(void *ctx, samples_t *lat, size_t *failures,
+                           int64_t deadline)
+{
+    bare_fair_t *b = ctx;
+    bson_iter_t it, mt;
+    bson_error_t e;
+    struct timespec now;
+
+    while (mono_ns() < deadline) {
+        bson_t reply;
+        int64_t t0 = mono_ns();
+
+        clock_gettime(CLOCK_REALTIME, &now);
+        overwrite_int64(b->filter, "v", b->v);
+        overwrite_int64(b->update, "$set.v", b->v + 1);
+        overwrite_int64(b->update, "$set.data.n", b->v + 1);
+        if (bson_iter_init(&it, b->update) &&
+            bson_iter_find_descendant(&it, "$set.mt", &mt))
+            bson_iter_overwrite_date_time(&mt, (int64_t)now.tv_sec * 1000 +
+                                                   now.tv_nsec / 1000000);
+        if (!mongoc_collection_find_and_modify(b->coll, b->filter, NULL,
+                                               b->update, b->fields, false,
+                                               false, true, &reply, &e) ||
+            !bson_iter_init_find(&it, &reply, "value") ||
+            !BSON_ITER_HOLDS_DOCUMENT(&it))
+            (*failures)++;
+        else
+            b->v++;
+        samples_add(lat, mono_ns() - t0);
+        bson_destroy(&reply);
+    }
+}
+
+static void bare_fair_close(bare_fair_t *b)
+{
+    bson_destroy(b->fields);
+    bson_destroy(b->update);
+    bson_destroy(b->filter);
+    mongoc_collection_destroy(b->coll);
+    mongoc_client_destroy(b->client);
+}
+
 /* One of several bare findAndModify writers of the same document, each
  * with a client of its own. */
 typedef struct bare_writer {
@@ -594,19 +738,23 @@ static result_t run_bare_mongo_writers(const char *uri, int writers,
 
 /* ---- One store of record ------------------------------------------------ */
 
-/* Runs the 1-writer edit and the bare findAndModify for 3 x seconds each,
- * unmeasured: a server on the JVM (mongo-java-server) compiles its hot
+/* Runs the 1-writer edit and both bare findAndModify loops for 3 x seconds
+ * each, unmeasured: a server on the JVM (mongo-java-server) compiles its hot
  * paths in its first seconds of load, which would otherwise weigh on the
  * first rows only. */
 static void warm_up(syncd_store_t *store, const char *mongo_uri, double seconds)
 {
     bare_mongo_t b = {0};
+    bare_fair_t f = {0};
     samples_t lat = {0};
     size_t failures = 0;
 
     if (seed_docs(store, "warmup", 1) != 0)
         exit(1);
     run_edits(store, "warmup", 1, 1, 3 * seconds);
+    bare_fair_open(&f, mongo_uri, "syncd_bench", "warmup", "doc-0000");
+    bare_fair_loop(&f, &lat, &failures, deadline_after(3 * seconds));
+    bare_fair_close(&f);
     bare_mongo_open(&b, mongo_uri);
     bare_mongo_loop(&b, &lat, &failures, deadline_after(3 * seconds));
     bare_mongo_close(&b);
@@ -614,9 +762,11 @@ static void warm_up(syncd_store_t *store, const char *mongo_uri, double seconds)
 }
 
 /* Runs the edit matrix, the cached-get loop and the overhead ratio on one
- * store of record; prints the rows and returns the ratio's two results. */
+ * store of record; prints the rows and returns the ratio's results: the
+ * edit's, and the bare peers' (RocksDB: one; MongoDB: the same request,
+ * then $inc). */
 static void bench_store(const char *mongo_uri, const char *dir, double seconds,
-                        result_t *syncd, result_t *bare)
+                        result_t *syncd, result_t bare[2])
 {
     static const int writer_counts[] = {1, 8, 64};
     static const int doc_counts[] = {1, MANY_DOCS};
@@ -682,28 +832,35 @@ static void bench_store(const char *mongo_uri, const char *dir, double seconds,
             die("get", err.message);
         snprintf(path, sizeof(path), "%s-bare", dir);
         bare_rocks_open(&b, path, doc, opts.sync_writes);
-        run_ratio(store, "bench1", bare_rocks_loop, &b, seconds, syncd, bare);
+        run_ratio(store, "bench1", &(bare_peer_t){bare_rocks_loop, &b}, 1,
+                  seconds, syncd, bare);
         bare_rocks_close(&b);
         syncd_doc_free(doc);
         print_row("ratio: edit, 1 writer, 1 doc", kind, *syncd);
-        print_row("ratio: bare get + put (fsync)", kind, *bare);
+        print_row("ratio: bare get + put (fsync)", kind, bare[0]);
     } else {
         bare_mongo_t b = {0};
+        bare_fair_t f = {0};
 
         bare_mongo_open(&b, mongo_uri);
         print_row("bare findAndModify $inc, 8 writers", kind,
                   run_bare_mongo_writers(mongo_uri, 8, seconds));
-        run_ratio(store, "bench1", bare_mongo_loop, &b, seconds, syncd, bare);
+        bare_fair_open(&f, mongo_uri, opts.database, "bench1", "doc-0000");
+        run_ratio(store, "bench1",
+                  (bare_peer_t[]){{bare_fair_loop, &f}, {bare_mongo_loop, &b}},
+                  2, seconds, syncd, bare);
+        bare_fair_close(&f);
         bare_mongo_close(&b);
         print_row("ratio: edit, 1 writer, 1 doc", kind, *syncd);
-        print_row("ratio: bare findAndModify $inc", kind, *bare);
+        print_row("ratio: bare findAndModify, same request", kind, bare[0]);
+        print_row("ratio: bare findAndModify $inc", kind, bare[1]);
     }
     syncd_store_close(store);
 }
 
 static void print_ratio(const char *backend, result_t syncd, result_t bare)
 {
-    printf("| %-8s | %8.3f | %8.3f | %+7.1f%% |\n", backend, syncd.p50_ms,
+    printf("| %-24s | %8.3f | %8.3f | %+7.1f%% |\n", backend, syncd.p50_ms,
            bare.p50_ms,
            bare.p50_ms > 0 ? (syncd.p50_ms / bare.p50_ms - 1) * 100 : 0);
 }
@@ -721,7 +878,7 @@ int main(int argc, char **argv)
     const char *uri = NULL;
     double seconds = 2;
     char path[4096];
-    result_t embedded, bare_r, mongo = {0}, bare_m = {0};
+    result_t embedded, bare_r[2], mongo = {0}, bare_m[2] = {{0}};
 
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--data-dir") == 0)
@@ -743,17 +900,19 @@ int main(int argc, char **argv)
            "|\n");
     printf("|---|---|---:|---:|---:|---:|---:|\n");
     snprintf(path, sizeof(path), "%s/embedded", dir);
-    bench_store(NULL, path, seconds, &embedded, &bare_r);
+    bench_store(NULL, path, seconds, &embedded, bare_r);
     if (uri) {
         snprintf(path, sizeof(path), "%s/mongo", dir);
-        bench_store(uri, path, seconds, &mongo, &bare_m);
+        bench_store(uri, path, seconds, &mongo, bare_m);
     }
 
     printf("\n| backend | syncd edit p50 ms (1 writer) | bare round trip p50 "
            "ms | overhead |\n|---|---:|---:|---:|\n");
-    print_ratio("rocksdb", embedded, bare_r);
-    if (uri)
-        print_ratio("mongodb", mongo, bare_m);
+    print_ratio("rocksdb", embedded, bare_r[0]);
+    if (uri) {
+        print_ratio("mongodb, same request", mongo, bare_m[0]);
+        print_ratio("mongodb, $inc", mongo, bare_m[1]);
+    }
     mongoc_cleanup();
     return 0;
 }

@@ -115,6 +115,15 @@ int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
 int syncd_patch_diff(json_t **out, const json_t *a, const json_t *b,
                      syncd_error_t *err);
 
+/* Computes into *out (a new array) an RFC 6902 patch from a to b, where b
+ * is the result of applying the RFC 6902 patch `applied` (well-formed) to
+ * a, comparing only the subtrees the operations of `applied` touched: the
+ * cost follows the patch, not the documents. The operations may come in
+ * another order than syncd_patch_diff()'s, but applying them to a gives
+ * b. */
+int syncd_patch_diff_touched(json_t **out, const json_t *a, const json_t *b,
+                             const json_t *applied, syncd_error_t *err);
+
 /* RFC 6902 equality, as used by `test`: numbers compare by value (1 ==
  * 1.0), objects ignore member order. Returns 1 when equal, else 0. */
 int syncd_json_equal(const json_t *a, const json_t *b);
@@ -140,6 +149,14 @@ int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
  * member's path, and *out is left NULL. */
 int syncd_merge_diff(json_t **out, const json_t *a, const json_t *b,
                      syncd_error_t *err);
+
+/* syncd_merge_diff() of a and b, where b is the result of applying the
+ * RFC 6902 patch `applied` (well-formed) to a, comparing only the subtrees
+ * its operations touched: the same merge patch, except that when it is
+ * inexpressible *out is left NULL and 0 is returned. `applied` may be
+ * syncd_patch_diff() of a and b. */
+int syncd_merge_diff_touched(json_t **out, const json_t *a, const json_t *b,
+                             const json_t *applied, syncd_error_t *err);
 
 /* ---- Canonical JSON and content hash ------------------------------------ */
 
