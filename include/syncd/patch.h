@@ -122,9 +122,13 @@ int syncd_json_equal(const json_t *a, const json_t *b);
  * patched value (the same object, or a new reference when the patch
  * replaces the whole document, the old one released), equal to what
  * syncd_patch_apply_ex() makes; on any failure *doc is left exactly as it
- * was, its changes undone from a log of what each operation replaced
- * (no copy of the document is taken). The caller must own *doc alone (no
- * other reference may read it meanwhile). Errors and limits as
+ * was (values and member order), its changes undone from a log of what
+ * each operation replaced. No copy of the document is taken and, without
+ * limits->max_bytes, nothing but the paths the patch touches is walked, so
+ * the work is that of the patch; with max_bytes the document's canonical
+ * size is counted once first. The caller must own *doc alone (nothing else
+ * may read it meanwhile), and *doc must nest within SYNCD_PATCH_MAX_DEPTH
+ * (as every document the store accepted does). Errors and limits as
  * syncd_patch_apply_ex(). */
 int syncd_patch_apply_in_place(json_t **doc, const json_t *patch,
                                const syncd_patch_limits_t *limits,
