@@ -1,14 +1,21 @@
 /* apply.c - RFC 6902 JSON Patch: validation, atomic application, equality.
  *
- * A patch is applied to a private deep copy of the document; the input is
- * never touched, so a failing operation leaves the caller's document as it
- * was and the partly patched copy is simply dropped. Every error names the
+ * syncd_patch_apply*() apply a patch to a private deep copy of the
+ * document; the input is never touched, so a failing operation leaves the
+ * caller's document as it was and the partly patched copy is simply
+ * dropped. syncd_patch_apply_in_place() patches the caller's own document
+ * and logs what each change replaced (the old value, an inserted index, a
+ * removed member and the member that followed it), so that a failing
+ * operation undoes the changes before it, newest first, back to the same
+ * values in the same member order; the work is that of the patch, not of
+ * the document. Every error names the
  * operation by index, its op and path, and the reason, in that order
  * ("operation 2 (remove /a/b): member not found"). Values the patch
  * carries are deep-copied into the result, never shared with the patch.
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "patch/internal.h"
@@ -185,14 +192,230 @@ static int locate(loc_t *loc, json_t *root, const syncd_ptr_t *ptr,
  * again cannot turn a small patch into minutes of work. */
 #define COPY_BUDGET 4
 
-/* One application: the document being patched and, when bounded, a
- * running count of its canonical size and of the bytes copied so far. */
+/* What one logged change did, and so how to undo it. */
+enum undo_kind {
+    UNDO_ROOT,       /* the root was replaced: old is the previous root */
+    UNDO_MEMBER_SET, /* member key was set over old */
+    UNDO_MEMBER_NEW, /* member key was added */
+    UNDO_MEMBER_DEL, /* member key (old) was removed; next followed it */
+    UNDO_INSERTED,   /* an element was inserted at index */
+    UNDO_ELEM_SET,   /* element index was set over old */
+    UNDO_ELEM_DEL    /* element index (old) was removed */
+};
+
+/* One entry of the undo log; it holds references to container and old and
+ * owns its key copies. */
+typedef struct undo {
+    enum undo_kind kind;
+    json_t *container;
+    json_t *old;
+    char *key;
+    size_t key_len;
+    char *next; /* UNDO_MEMBER_DEL: the key after it, NULL if last */
+    size_t next_len;
+    size_t index;
+} undo_t;
+
+/* An undo log: entries in the order the changes were made. */
+typedef struct undo_log {
+    undo_t *items;
+    size_t n, cap;
+} undo_log_t;
+
+/* One application: the document being patched, the undo log of an
+ * application in place (NULL for one on a private copy) and, when bounded,
+ * a running count of its canonical size and of the bytes copied so far. */
 typedef struct apply {
     json_t *root;
     size_t size;   /* canonical size of root; kept only when max > 0 */
     size_t max;    /* 0: unbounded */
     size_t copied; /* canonical bytes deep-copied into root */
+    undo_log_t *log;
 } apply_t;
+
+/* Returns a NUL-terminated copy of the len bytes at s, or NULL. */
+static char *bytes_dup(const char *s, size_t len)
+{
+    char *copy = malloc(len + 1);
+
+    if (copy != NULL) {
+        memcpy(copy, s, len);
+        copy[len] = '\0';
+    }
+    return copy;
+}
+
+/* Makes room for one more entry and returns it zeroed, or NULL when out of
+ * memory (then nothing may change). */
+static undo_t *undo_reserve(undo_log_t *log)
+{
+    if (log->n == log->cap) {
+        size_t cap = log->cap > 0 ? log->cap * 2 : 8;
+        undo_t *items = realloc(log->items, cap * sizeof(*items));
+
+        if (items == NULL)
+            return NULL;
+        log->items = items;
+        log->cap = cap;
+    }
+    memset(&log->items[log->n], 0, sizeof(log->items[0]));
+    return &log->items[log->n];
+}
+
+static void undo_entry_free(undo_t *u)
+{
+    json_decref(u->container);
+    json_decref(u->old);
+    free(u->key);
+    free(u->next);
+}
+
+/* Frees the log and the references it holds (the changes stay). */
+static void undo_log_free(undo_log_t *log)
+{
+    for (size_t i = 0; i < log->n; i++)
+        undo_entry_free(&log->items[i]);
+    free(log->items);
+}
+
+/* Logs a change of kind to container at key (len bytes) or index, old being
+ * what it replaced or removed (borrowed, referenced by the log); fails,
+ * logging nothing, when out of memory. Does nothing without a log. */
+static int undo_push(apply_t *a, enum undo_kind kind, json_t *container,
+                     const char *key, size_t len, size_t index, json_t *old)
+{
+    undo_t *u;
+
+    if (a->log == NULL)
+        return 0;
+    u = undo_reserve(a->log);
+    if (u == NULL)
+        return SYNCD_ENOMEM;
+    if (key != NULL) {
+        u->key = bytes_dup(key, len);
+        if (u->key == NULL)
+            return SYNCD_ENOMEM;
+        u->key_len = len;
+    }
+    u->kind = kind;
+    u->container = json_incref(container);
+    u->old = json_incref(old);
+    u->index = index;
+    a->log->n++;
+    return 0;
+}
+
+/* Notes in the newest entry (a member removal about to be made) the key
+ * that follows the member, so that undoing it restores the order. */
+static int undo_note_next(apply_t *a, json_t *obj, const char *key, size_t len)
+{
+    undo_t *u = &a->log->items[a->log->n - 1];
+    void *it = NULL;
+    const char *k;
+    size_t klen;
+    json_t *v;
+    int found = 0;
+
+    if (strlen(key) == len) {
+        it = json_object_iter_at(obj, key);
+        it = it != NULL ? json_object_iter_next(obj, it) : NULL;
+    } else {
+        /* A key holding NUL cannot be looked up by iterator: walk. */
+        json_object_keylen_foreach (obj, k, klen, v) {
+            if (found) {
+                it = json_object_key_to_iter(k);
+                break;
+            }
+            found = klen == len && memcmp(k, key, len) == 0;
+        }
+    }
+    if (it == NULL)
+        return 0;
+    u->next_len = json_object_iter_key_len(it);
+    u->next = bytes_dup(json_object_iter_key(it), u->next_len);
+    return u->next != NULL ? 0 : SYNCD_ENOMEM;
+}
+
+/* Puts member key back into obj, where the removal took it from: added
+ * again at the end, then the members that followed it moved behind it. */
+static void undo_member_del(const undo_t *u)
+{
+    json_t *obj = u->container, *v;
+    size_t n, i = 0, klen, from;
+    const char *k;
+    char **keys;
+    size_t *lens;
+
+    json_object_setn(obj, u->key, u->key_len, u->old);
+    if (u->next == NULL)
+        return;
+    n = from = json_object_size(obj);
+    keys = calloc(n, sizeof(*keys));
+    lens = calloc(n, sizeof(*lens));
+    if (keys != NULL && lens != NULL) {
+        json_object_keylen_foreach (obj, k, klen, v) {
+            if (i >= n)
+                break;
+            if (from == n && klen == u->next_len &&
+                memcmp(k, u->next, klen) == 0)
+                from = i;
+            keys[i] = from < n ? bytes_dup(k, klen) : NULL;
+            lens[i++] = klen;
+        }
+        /* The restored member itself is last and stays there. */
+        for (i = from; i + 1 < n; i++) {
+            v = keys[i] != NULL ? json_object_getn(obj, keys[i], lens[i])
+                                : NULL;
+            if (v != NULL) {
+                json_incref(v);
+                json_object_deln(obj, keys[i], lens[i]);
+                json_object_setn_new(obj, keys[i], lens[i], v);
+            }
+        }
+    }
+    for (i = 0; keys != NULL && i < n; i++)
+        free(keys[i]);
+    free(keys);
+    free(lens);
+}
+
+/* Undoes the logged changes, newest first, and frees the log; returns the
+ * root as it was before the first change. */
+static json_t *undo_all(apply_t *a)
+{
+    undo_log_t *log = a->log;
+
+    while (log->n > 0) {
+        undo_t *u = &log->items[--log->n];
+
+        switch (u->kind) {
+        case UNDO_ROOT:
+            json_decref(a->root);
+            a->root = json_incref(u->old);
+            break;
+        case UNDO_MEMBER_SET:
+            json_object_setn(u->container, u->key, u->key_len, u->old);
+            break;
+        case UNDO_MEMBER_NEW:
+            json_object_deln(u->container, u->key, u->key_len);
+            break;
+        case UNDO_MEMBER_DEL:
+            undo_member_del(u);
+            break;
+        case UNDO_INSERTED:
+            json_array_remove(u->container, u->index);
+            break;
+        case UNDO_ELEM_SET:
+            json_array_set(u->container, u->index, u->old);
+            break;
+        case UNDO_ELEM_DEL:
+            json_array_insert(u->container, u->index, u->old);
+            break;
+        }
+        undo_entry_free(u);
+    }
+    return a->root;
+}
 
 /* Counts a copy of vsize bytes; fails once the copies pass the budget. */
 static int count_copy(apply_t *a, size_t vsize, const op_t *op,
@@ -250,6 +473,18 @@ static int too_deep(const op_t *op, syncd_error_t *err)
 
 enum put_mode { PUT_ADD, PUT_REPLACE };
 
+/* Logs the put about to be made at loc (see put_at()). */
+static int log_put(apply_t *a, const loc_t *loc, enum put_mode mode)
+{
+    if (json_is_object(loc->parent))
+        return undo_push(a,
+                         loc->child != NULL ? UNDO_MEMBER_SET : UNDO_MEMBER_NEW,
+                         loc->parent, loc->tok, loc->len, 0, loc->child);
+    return undo_push(a, mode == PUT_ADD ? UNDO_INSERTED : UNDO_ELEM_SET,
+                     loc->parent, NULL, 0, loc->index,
+                     mode == PUT_ADD ? NULL : loc->child);
+}
+
 /* Puts value at ptr in a->root, as "add" does (a new member, or an array
  * element inserted or appended) or as "replace" does (the value must
  * exist). A borrowed value (moved 0) is deep-copied once the size bound
@@ -271,6 +506,8 @@ static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
             rc = count_copy(a, vsize, op, err);
         if (rc == 0 && !moved)
             rc = syncd_json_copy(&value_new, value, err);
+        if (rc == 0 && undo_push(a, UNDO_ROOT, NULL, NULL, 0, 0, a->root) < 0)
+            rc = op_fail(err, SYNCD_ENOMEM, op, "out of memory");
         if (rc < 0) {
             json_decref(value_new);
             return rc;
@@ -298,6 +535,8 @@ static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
     }
     if (rc == 0 && !moved)
         rc = syncd_json_copy(&value_new, value, err);
+    if (rc == 0 && log_put(a, &loc, mode) < 0)
+        rc = op_fail(err, SYNCD_ENOMEM, op, "out of memory");
     if (rc < 0) {
         json_decref(value_new);
         return rc;
@@ -327,6 +566,16 @@ static int remove_at(json_t **removed, apply_t *a, const syncd_ptr_t *ptr,
         return op_fail(err, SYNCD_EPATCH, op,
                        "cannot remove the whole document");
     rc = locate(&loc, a->root, ptr, 0, op, err);
+    if (rc == 0 && json_is_object(loc.parent))
+        rc = undo_push(a, UNDO_MEMBER_DEL, loc.parent, loc.tok, loc.len, 0,
+                       loc.child);
+    else if (rc == 0)
+        rc = undo_push(a, UNDO_ELEM_DEL, loc.parent, NULL, 0, loc.index,
+                       loc.child);
+    if (rc == 0 && a->log != NULL && json_is_object(loc.parent))
+        rc = undo_note_next(a, loc.parent, loc.tok, loc.len);
+    if (rc == SYNCD_ENOMEM)
+        return op_fail(err, SYNCD_ENOMEM, op, "out of memory");
     if (rc < 0)
         return rc;
     if (a->max > 0) {
@@ -421,16 +670,13 @@ void syncd_patch_limits_init(syncd_patch_limits_t *limits)
     limits->max_ops = 10000;
 }
 
-int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
-                         const syncd_patch_limits_t *limits, syncd_error_t *err)
+/* Checks that patch is an array within limits' max_ops (NULL: unbounded)
+ * and, unless doc is NULL, that doc nests within SYNCD_PATCH_MAX_DEPTH. */
+static int check_inputs(const json_t *doc, const json_t *patch,
+                        const syncd_patch_limits_t *limits, syncd_error_t *err)
 {
-    apply_t a = {NULL, 0, limits != NULL ? limits->max_bytes : 0, 0};
     size_t max_ops = limits != NULL ? limits->max_ops : 0;
-    json_t *item;
-    size_t i;
-    int rc;
 
-    *out = NULL;
     if (!json_is_array(patch))
         return syncd_error_set(err, SYNCD_EPATCH, "patch is not an array");
     if (max_ops > 0 && json_array_size(patch) > max_ops)
@@ -438,27 +684,72 @@ int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
                                "patch has %zu operations, over the limit of "
                                "%zu",
                                json_array_size(patch), max_ops);
-    rc = syncd_json_check_depth(doc, SYNCD_EINVAL, "document", err);
-    if (rc == 0)
-        rc = syncd_json_copy(&a.root, doc, err);
-    if (rc == 0 && a.max > 0)
-        a.size = syncd_canonical_size(a.root);
+    if (doc == NULL)
+        return 0;
+    return syncd_json_check_depth(doc, SYNCD_EINVAL, "document", err);
+}
+
+/* Applies the checked patch to a->root operation by operation; stops at
+ * the first failing one. */
+static int run_patch(apply_t *a, const json_t *patch, syncd_error_t *err)
+{
+    json_t *item;
+    size_t i;
+    int rc;
+
+    if (a->max > 0)
+        a->size = syncd_canonical_size(a->root);
     json_array_foreach (patch, i, item) {
         op_t op;
 
-        if (rc < 0)
-            break;
         rc = parse_op(&op, item, i, err);
         if (rc == 0)
-            rc = apply_op(&a, &op, err);
+            rc = apply_op(a, &op, err);
         op_free(&op);
+        if (rc < 0)
+            return rc;
     }
+    return 0;
+}
+
+int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
+                         const syncd_patch_limits_t *limits, syncd_error_t *err)
+{
+    apply_t a = {NULL, 0, limits != NULL ? limits->max_bytes : 0, 0, NULL};
+    int rc;
+
+    *out = NULL;
+    rc = check_inputs(doc, patch, limits, err);
+    if (rc == 0)
+        rc = syncd_json_copy(&a.root, doc, err);
+    if (rc == 0)
+        rc = run_patch(&a, patch, err);
     if (rc < 0) {
         json_decref(a.root);
         return rc;
     }
     *out = a.root;
     return 0;
+}
+
+int syncd_patch_apply_in_place(json_t **doc, const json_t *patch,
+                               const syncd_patch_limits_t *limits,
+                               syncd_error_t *err)
+{
+    undo_log_t log = {NULL, 0, 0};
+    apply_t a = {*doc, 0, limits != NULL ? limits->max_bytes : 0, 0, &log};
+    /* *doc is within depth (the caller's promise), and the values the
+     * operations put are checked where they land: no walk of the whole. */
+    int rc = check_inputs(NULL, patch, limits, err);
+
+    if (rc == 0)
+        rc = run_patch(&a, patch, err);
+    if (rc < 0)
+        *doc = undo_all(&a);
+    else
+        *doc = a.root;
+    undo_log_free(&log);
+    return rc;
 }
 
 int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,

@@ -240,3 +240,59 @@ uint64_t syncd_json_value_hash(const json_t *v, int depth, int *too_deep)
         return mix((uint64_t)json_typeof(v) + 0x636f6e7374);
     }
 }
+
+/* Adds to n the compact size of v, placed inside depth arrays/objects;
+ * returns early, with a count over cap, once it passes cap, and SIZE_MAX
+ * past SYNCD_PATCH_MAX_DEPTH. */
+static size_t compact_size(const json_t *v, size_t n, size_t cap, int depth)
+{
+    const char *key;
+    size_t len, i;
+    json_t *child;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        if (++depth > SYNCD_PATCH_MAX_DEPTH)
+            return SIZE_MAX;
+        n += json_object_size(v) > 0 ? json_object_size(v) + 1 : 2;
+        json_object_keylen_foreach ((json_t *)v, key, len, child) {
+            if (n > cap)
+                return n;
+            n = compact_size(child,
+                             n + syncd_canonical_string_size(key, len) + 1, cap,
+                             depth);
+        }
+        return n;
+    case JSON_ARRAY:
+        if (++depth > SYNCD_PATCH_MAX_DEPTH)
+            return SIZE_MAX;
+        n += json_array_size(v) > 0 ? json_array_size(v) + 1 : 2;
+        json_array_foreach (v, i, child) {
+            if (n > cap)
+                return n;
+            n = compact_size(child, n, cap, depth);
+        }
+        return n;
+    case JSON_STRING:
+        return n + syncd_canonical_string_size(json_string_value(v),
+                                               json_string_length(v));
+    case JSON_INTEGER:
+    case JSON_REAL:
+        /* A scalar dumps into no buffer without allocating. */
+        return n + json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    case JSON_TRUE:
+        return n + 4;
+    case JSON_FALSE:
+        return n + 5;
+    default:
+        return n + 4;
+    }
+}
+
+size_t syncd_json_compact_size(const json_t *v, size_t cap)
+{
+    /* Room below SIZE_MAX for the last scalar or key added past cap. */
+    if (cap == 0 || cap > SIZE_MAX / 2)
+        cap = SIZE_MAX / 2;
+    return compact_size(v, 0, cap, 0);
+}

@@ -101,6 +101,8 @@
 #define OUTBOX_POLL_MS 250
 /* Records with pending markers the republisher reads per page. */
 #define OUTBOX_PAGE 64
+/* Bytes of an event's "seq" and "sig" besides the rest of it. */
+#define EVENT_ROOM 128
 
 typedef struct coll coll_t;
 typedef struct ae_run ae_run_t;
@@ -308,11 +310,6 @@ static int64_t wall_now_ms(void)
 
     clock_gettime(CLOCK_REALTIME, &now);
     return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
-static size_t dumped_size(const json_t *v)
-{
-    return json_dumpb(v, NULL, 0, JSON_COMPACT);
 }
 
 static void add_stats(syncd_node_stats_t *to, const syncd_node_stats_t *d)
@@ -909,23 +906,46 @@ static void cache_version(work_t *w, const json_t *ev, json_t *body,
     w->delta.events_applied++;
 }
 
-/* Patches base (NULL: an empty object) with the event's patch, within
- * max_doc_bytes (a patch that amplifies past it is not the store's: the
- * store refuses such a document), and caches the result when its hash is
- * the event's; otherwise refetches. */
-static void apply_patch(work_t *w, const json_t *ev, const json_t *base)
+/* Whether patch is one op that puts a whole new document (a create's add
+ * or a root replace): it needs nothing of the cached body. */
+static int puts_root(const json_t *patch)
+{
+    const json_t *op = json_array_get(patch, 0);
+    const char *name = member_str(op, "op");
+
+    return json_array_size(patch) == 1 &&
+           strcmp(member_str(op, "path"), "") == 0 &&
+           json_is_string(json_object_get(op, "path")) &&
+           (strcmp(name, "add") == 0 || strcmp(name, "replace") == 0);
+}
+
+/* Patches the cached body of c (NULL: an empty object) with the event's
+ * patch, within max_doc_bytes (a patch that amplifies past it is not the
+ * store's: the store refuses such a document), and caches the result when
+ * its hash is the event's; otherwise refetches. A body c holds alone is
+ * taken and patched in place; one shared with the cache's decoded tier
+ * (which readers may hold) is patched on a copy. */
+static void apply_patch(work_t *w, const json_t *ev, syncd_doc_t *c)
 {
     const char *id = member_str(ev, "id");
+    const json_t *patch = json_object_get(ev, "patch");
     syncd_patch_limits_t limits = {w->node->opts.max_doc_bytes, 0};
-    json_t *empty = NULL, *body = NULL;
+    json_t *body = NULL;
     char hash[SYNCD_HASH_HEX_LEN + 1];
+    int rc = SYNCD_ENOMEM;
 
-    if (base == NULL)
-        base = empty = json_object();
-    if (base == NULL ||
-        syncd_patch_apply_ex(&body, base, json_object_get(ev, "patch"), &limits,
-                             NULL) != 0 ||
-        syncd_json_hash(hash, body, NULL) != 0) {
+    if (c == NULL || puts_root(patch)) {
+        body = json_object();
+        if (body != NULL)
+            rc = syncd_patch_apply_in_place(&body, patch, &limits, NULL);
+    } else if (c->body->refcount == 1) {
+        body = c->body;
+        c->body = NULL;
+        rc = syncd_patch_apply_in_place(&body, patch, &limits, NULL);
+    } else {
+        rc = syncd_patch_apply_ex(&body, c->body, patch, &limits, NULL);
+    }
+    if (rc != 0 || syncd_json_hash(hash, body, NULL) != 0) {
         refetch(w, id);
     } else if (strcmp(hash, member_str(ev, "h")) != 0) {
         w->delta.hash_mismatches++;
@@ -934,7 +954,6 @@ static void apply_patch(work_t *w, const json_t *ev, const json_t *base)
         cache_version(w, ev, body, hash);
     }
     json_decref(body);
-    json_decref(empty);
 }
 
 /* Applies one event to the cache by the rules of DESIGN.md section 4. */
@@ -968,7 +987,7 @@ static void apply_event(work_t *w, const json_t *ev)
     } else if (json_is_null(json_object_get(ev, "patch"))) {
         refetch(w, id);
     } else {
-        apply_patch(w, ev, c->body);
+        apply_patch(w, ev, c);
     }
     syncd_doc_free(c);
 }
@@ -1581,11 +1600,20 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
 }
 
 /* Builds the event of DESIGN.md section 4 for change into *out (a new
- * object, without seq and sig). */
+ * object, without seq and sig): an update whose diff is larger than the
+ * body carries the body as a root replace, and only an event over
+ * max_event_bytes is an invalidate (patch and merge null). Sizes are
+ * counted by syncd_json_compact_size(), never by serializing, and only as
+ * far as the comparison needs, so a small change to a large document costs
+ * the size of the change. */
 static int build_event(json_t **out, const syncd_node_t *node,
                        const syncd_change_t *change)
 {
     const syncd_doc_t *doc = change->doc;
+    /* Room for "seq" and "sig" besides what is measured here. */
+    size_t limit = node->opts.max_event_bytes > EVENT_ROOM
+                       ? node->opts.max_event_bytes - EVENT_ROOM
+                       : 1;
     json_t *ev, *patch = NULL, *merge = NULL;
     char ts[32];
 
@@ -1595,13 +1623,18 @@ static int build_event(json_t **out, const syncd_node_t *node,
                           doc->body);
         merge = json_incref(doc->body);
     } else if (change->op == SYNCD_CHANGE_UPDATE) {
-        patch = json_incref(change->patch);
+        /* A diff larger than the body goes as the body, a root replace;
+         * the body is measured only up to the diff's size. */
+        size_t diff = change->patch != NULL
+                          ? syncd_json_compact_size(change->patch, limit)
+                          : 0;
+
         merge = json_incref(change->merge);
-        if (patch != NULL && dumped_size(patch) > dumped_size(doc->body)) {
-            json_decref(patch);
-            json_decref(merge);
-            patch = merge = NULL;
-        }
+        if (syncd_json_compact_size(doc->body, diff) < diff)
+            patch = json_pack("[{s:s,s:s,s:O}]", "op", "replace", "path", "",
+                              "value", doc->body);
+        else
+            patch = json_incref(change->patch);
     }
     format_ms(ts, doc->mtime_ms);
     ev = json_pack("{s:s,s:s,s:s,s:I,s:I,s:o?,s:o?,s:s,s:s,s:s}", "op",
@@ -1611,8 +1644,7 @@ static int build_event(json_t **out, const syncd_node_t *node,
                    "h", doc->hash, "origin", node->node_id, "ts", ts);
     if (ev == NULL)
         return SYNCD_ENOMEM;
-    /* Room for "seq" and "sig" besides what is dumped here. */
-    if (dumped_size(ev) + 128 > node->opts.max_event_bytes) {
+    if (syncd_json_compact_size(ev, limit) > limit) {
         json_object_set_new(ev, "patch", json_null());
         json_object_set_new(ev, "merge", json_null());
     }

@@ -976,6 +976,75 @@ test_node__change_beyond_max_event_bytes_is_an_invalidate_and_receivers_refetch(
     cluster_close(&cl);
 }
 
+static void on_keep_last(syncd_node_signal_t signal, int64_t seq,
+                         const json_t *event, void *payload)
+{
+    json_t **last = payload;
+
+    (void)seq;
+    if (signal == SYNCD_NODE_EVENT) {
+        json_decref(*last);
+        *last = json_incref((json_t *)event);
+    }
+}
+
+/* Writes body over doc and checks the event node 1's watcher gets: the
+ * body as a root replace, merge as want_merge (NULL: null), and node 1
+ * applied it with no refetch. */
+static void check_root_replace(cluster_t *cl, json_t *body, json_t *want_merge)
+{
+    json_t *last = NULL, *want_patch;
+    syncd_node_stats_t before, after;
+    syncd_node_watch_t *w;
+
+    assert_int_equal(syncd_node_watch(cl->n[1].node, &w, cl->coll, NULL, -1,
+                                      on_keep_last, &last, NULL),
+                     0);
+    node_stats(cl, 1, &before);
+    want_patch = json_pack("[{s:s,s:s,s:O}]", "op", "replace", "path", "",
+                           "value", body);
+    write_one(cl, 0, "doc", body);
+    node_stats(cl, 1, &after);
+    assert_non_null(last);
+    assert_true(json_equal(json_object_get(last, "patch"), want_patch));
+    if (want_merge != NULL)
+        assert_true(json_equal(json_object_get(last, "merge"), want_merge));
+    else
+        assert_true(json_is_null(json_object_get(last, "merge")));
+    assert_int_equal(after.refetches - before.refetches, 0);
+    assert_int_equal(after.hash_mismatches - before.hash_mismatches, 0);
+    assert_int_equal(after.events_applied - before.events_applied, 1);
+    assert_converged(cl);
+    syncd_node_unwatch(w);
+    json_decref(last);
+    json_decref(want_patch);
+    json_decref(want_merge);
+}
+
+static void
+test_node__diff_larger_than_the_body_travels_as_the_body_and_applies_without_refetch(
+    void **state)
+{
+    cluster_t cl;
+
+    (void)state;
+    cluster_open(&cl, "rootreplace", NULL);
+    write_one(&cl, 0, "doc",
+              json_pack("{s:[i,i,i,i,i,i],s:{s:s,s:s}}", "list", 1, 2, 3, 4, 5,
+                        6, "labels", "owner", "alice", "tier", "gold"));
+    /* Every member goes: the diff (two removes and an add) outweighs
+     * {"n":1}; the change is a merge patch. */
+    check_root_replace(&cl, json_pack("{s:i}", "n", 1),
+                       json_pack("{s:n,s:n,s:i}", "list", "labels", "n", 1));
+    /* A member set to null cannot be a merge patch: merge is null, the
+     * patch still the body. */
+    write_one(
+        &cl, 0, "doc",
+        json_pack("{s:s,s:s,s:s}", "aaaa", "xxxx", "bbbb", "yyyy", "x", "z"));
+    check_root_replace(&cl, json_pack("{s:n}", "x"), NULL);
+    cluster_close(&cl);
+}
+
 static void test_node__anti_entropy_heals_a_tampered_cache(void **state)
 {
     cluster_t cl;
@@ -1931,6 +2000,8 @@ int main(void)
         cmocka_unit_test(test_node__change_without_a_merge_patch_converges),
         cmocka_unit_test(
             test_node__change_beyond_max_event_bytes_is_an_invalidate_and_receivers_refetch),
+        cmocka_unit_test(
+            test_node__diff_larger_than_the_body_travels_as_the_body_and_applies_without_refetch),
         cmocka_unit_test(test_node__anti_entropy_heals_a_tampered_cache),
         cmocka_unit_test(
             test_node__idle_node_with_an_expiring_cache_refetches_nothing_but_repairs_a_real_difference_once),

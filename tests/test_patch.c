@@ -757,6 +757,204 @@ static void test_patch_diff_touched__compares_only_the_touched_member(void **s)
     json_decref(want_merge);
 }
 
+/* ---- apply in place ------------------------------------------------------ */
+
+/* Returns v's compact JSON in member order (not canonical): equal texts
+ * mean the same values in the same order. The caller frees it. */
+static char *ordered(const json_t *v)
+{
+    char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+    assert_non_null(text);
+    return text;
+}
+
+/* Returns a deep copy of v that keeps keys holding NUL (json_deep_copy()
+ * of jansson 2.14 cuts them). */
+static json_t *copy_exact(const json_t *v)
+{
+    const char *key;
+    size_t len, i;
+    json_t *child, *copy;
+
+    if (json_is_object(v)) {
+        copy = json_object();
+        json_object_keylen_foreach ((json_t *)v, key, len, child)
+            json_object_setn_new(copy, key, len, copy_exact(child));
+        return copy;
+    }
+    if (json_is_array(v)) {
+        copy = json_array();
+        json_array_foreach (v, i, child)
+            json_array_append_new(copy, copy_exact(child));
+        return copy;
+    }
+    return json_deep_copy(v);
+}
+
+/* Applies patch to a deep copy of doc in place and checks it against the
+ * copying apply: the same code, and on success the same value in the same
+ * member order; on failure the copy exactly as it was. Returns the code. */
+static int check_in_place(const json_t *doc, const json_t *patch,
+                          const char *what)
+{
+    json_t *mine = copy_exact(doc), *copied = NULL, *held;
+    char *before = ordered(mine), *got, *want;
+    syncd_error_t err, cerr;
+    int rc, crc;
+
+    syncd_error_clear(&err);
+    syncd_error_clear(&cerr);
+    crc = syncd_patch_apply(&copied, doc, patch, &cerr);
+    held = mine;
+    rc = syncd_patch_apply_in_place(&mine, patch, NULL, &err);
+    if (rc != crc)
+        fail_msg("%s: in place gave %d, the copying apply %d", what, rc, crc);
+    got = ordered(mine);
+    want = rc == 0 ? ordered(copied) : strdup(before);
+    if (strcmp(got, want) != 0)
+        fail_msg("%s: in place left %s, want %s", what, got, want);
+    if (rc != 0) {
+        assert_ptr_equal(mine, held);
+        assert_string_equal(err.message, cerr.message);
+    }
+    free(before);
+    free(got);
+    free(want);
+    json_decref(mine);
+    json_decref(copied);
+    return rc;
+}
+
+static size_t run_in_place_records(const char *file)
+{
+    json_t *records = load_testdata(file), *rec;
+    size_t i, checked = 0;
+    char what[256];
+
+    json_array_foreach (records, i, rec) {
+        json_t *doc = json_object_get(rec, "doc");
+        json_t *patch = json_object_get(rec, "patch");
+        int rc;
+
+        if (doc == NULL || patch == NULL ||
+            json_is_true(json_object_get(rec, "disabled")))
+            continue;
+        snprintf(what, sizeof(what), "%s record %zu", file, i);
+        rc = check_in_place(doc, patch, what);
+        assert_int_equal(rc != 0, json_object_get(rec, "error") != NULL);
+        checked++;
+    }
+    json_decref(records);
+    return checked;
+}
+
+static void
+test_patch_in_place__conformance_records_match_copying_apply(void **s)
+{
+    (void)s;
+    assert_int_equal(run_in_place_records("json-patch-tests/tests.json"), 92);
+    assert_int_equal(run_in_place_records("json-patch-tests/spec_tests.json"),
+                     16);
+}
+
+/* A random diff with a failing operation put in the middle is undone to
+ * the very document it started from (values and member order), and the
+ * diff alone gives what the copying apply gives. */
+static void test_patch_in_place__failing_middle_op_undoes_everything(void **s)
+{
+    rng_t r = {0x1a2b3c4d5e6fULL};
+    static const char *const failing[] = {
+        "{\"op\":\"remove\",\"path\":\"/no/such/member\"}",
+        "{\"op\":\"test\",\"path\":\"\",\"value\":\"not the document\"}",
+        "{\"op\":\"add\",\"path\":\"/doc/0/x/y/z\",\"value\":1}",
+        "{\"op\":\"move\",\"from\":\"/doc\",\"path\":\"/doc/inner\"}"};
+    size_t undone = 0;
+
+    (void)s;
+    for (int round = 0; round < 2000; round++) {
+        json_t *a =
+            json_pack("{s:o,s:i}", "doc", random_value(&r, 4), "tail", round);
+        json_t *b = copy_exact(a), *patch = NULL;
+        char what[64];
+        size_t at;
+
+        mutate(&r, b, 3);
+        if (rng_below(&r, 3) == 0)
+            json_object_set_new(b, "doc", random_value(&r, 3));
+        assert_int_equal(syncd_patch_diff(&patch, a, b, NULL), 0);
+        snprintf(what, sizeof(what), "round %d, the diff", round);
+        assert_int_equal(check_in_place(a, patch, what), 0);
+        at = rng_below(&r, json_array_size(patch) + 1);
+        json_array_insert_new(
+            patch, at,
+            parse(
+                failing[rng_below(&r, sizeof(failing) / sizeof(failing[0]))]));
+        /* A whole-document replace before it would also be undone. */
+        if (rng_below(&r, 4) == 0)
+            json_array_insert_new(patch, 0,
+                                  json_pack("{s:s,s:s,s:O}", "op", "replace",
+                                            "path", "", "value", b));
+        snprintf(what, sizeof(what), "round %d, failing at %zu", round, at);
+        if (check_in_place(a, patch, what) != 0)
+            undone++;
+        json_decref(a);
+        json_decref(b);
+        json_decref(patch);
+    }
+    assert_true(undone > 1500);
+}
+
+static void test_patch_in_place__limits_fail_and_undo(void **s)
+{
+    json_t *doc = parse("{\"a\":[1,2,3],\"b\":{\"c\":\"x\",\"d\":true}}");
+    json_t *patch = parse("[{\"op\":\"remove\",\"path\":\"/b/c\"},"
+                          "{\"op\":\"copy\",\"from\":\"/a\",\"path\":\"/e\"},"
+                          "{\"op\":\"copy\",\"from\":\"/a\",\"path\":\"/f\"}]");
+    syncd_patch_limits_t limits = {40, 0};
+    char *before = ordered(doc), *after;
+    syncd_error_t err;
+
+    (void)s;
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_apply_in_place(&doc, patch, &limits, &err),
+                     SYNCD_ETOOBIG);
+    assert_non_null(strstr(err.message, "operation 2 (copy /f)"));
+    after = ordered(doc);
+    assert_string_equal(before, after);
+    free(after);
+    limits.max_bytes = 0;
+    limits.max_ops = 2;
+    assert_int_equal(syncd_patch_apply_in_place(&doc, patch, &limits, &err),
+                     SYNCD_ETOOBIG);
+    after = ordered(doc);
+    assert_string_equal(before, after);
+    free(after);
+    free(before);
+    json_decref(doc);
+    json_decref(patch);
+}
+
+/* ---- compact size -------------------------------------------------------- */
+
+static void test_compact_size__equals_dumped_length_and_stops_at_cap(void **s)
+{
+    rng_t r = {0x77aa55cc33ULL};
+
+    (void)s;
+    for (int round = 0; round < 3000; round++) {
+        json_t *v = random_value(&r, 4);
+        size_t want = json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+        size_t cap = rng_below(&r, want + 10) + 1;
+
+        assert_int_equal(syncd_json_compact_size(v, 0), want);
+        assert_int_equal(syncd_json_compact_size(v, cap) > cap, want > cap);
+        if (want <= cap)
+            assert_int_equal(syncd_json_compact_size(v, cap), want);
+        json_decref(v);
+    }
+}
+
 /* ---- diff shape --------------------------------------------------------- */
 
 static void assert_diff_ops(const char *a_text, const char *b_text,
@@ -2064,6 +2262,13 @@ int main(void)
         cmocka_unit_test(test_ptr__malformed_pointers_fail_with_EINVAL),
         cmocka_unit_test(test_ptr__fragment_decodes_percent_nul),
         cmocka_unit_test(test_canonical__sorts_keys_whatever_the_order),
+            test_patch_in_place__conformance_records_match_copying_apply),
+        cmocka_unit_test(
+            test_patch_in_place__failing_middle_op_undoes_everything),
+        cmocka_unit_test(test_patch_in_place__limits_fail_and_undo),
+        cmocka_unit_test(
+            test_compact_size__equals_dumped_length_and_stops_at_cap),
+        cmocka_unit_test(test_canonical__keys_with_nul_sort_by_bytes),
         cmocka_unit_test(test_canonical__keys_with_nul_sort_by_bytes),
         cmocka_unit_test(test_canonical__integers_are_exact),
         cmocka_unit_test(test_canonical__reals_roundtrip_and_stay_reals),

@@ -462,6 +462,7 @@ static void test_event_validate__oversize_event_fails_with_ETOOBIG(void **state)
 {
     json_t *event = make_event("doc", 2);
     char big[2048];
+    size_t len;
 
     (void)state;
     memset(big, 'x', sizeof(big) - 1);
@@ -470,6 +471,10 @@ static void test_event_validate__oversize_event_fails_with_ETOOBIG(void **state)
     json_object_set_new(event, "merge", json_pack("{s:s}", "n", big));
     assert_int_equal(syncd_event_validate(event, 1024, NULL), SYNCD_ETOOBIG);
     assert_int_equal(syncd_event_validate(event, 0, NULL), 0);
+    /* The bound is the encoded length, to the byte. */
+    len = json_dumpb(event, NULL, 0, JSON_COMPACT);
+    assert_int_equal(syncd_event_validate(event, len, NULL), 0);
+    assert_int_equal(syncd_event_validate(event, len - 1, NULL), SYNCD_ETOOBIG);
     json_decref(event);
 }
 

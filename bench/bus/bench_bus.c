@@ -1131,6 +1131,15 @@ static int do_patch(const json_t *doc, const json_t *patch)
     return rc;
 }
 
+/* Applies patch to doc in place: the event's replaces put the same values
+ * each time, so every call does the same work. */
+static int do_patch_in_place(const json_t *doc, const json_t *patch)
+{
+    json_t *mine = (json_t *)doc;
+
+    return syncd_patch_apply_in_place(&mine, patch, NULL, NULL);
+}
+
 static int do_hash(const json_t *doc, const json_t *unused)
 {
     char hash[SYNCD_HASH_HEX_LEN + 1];
@@ -1148,16 +1157,37 @@ static int do_dump(const json_t *doc, const json_t *unused)
     return s != NULL ? 0 : -1;
 }
 
+static int do_size(const json_t *doc, const json_t *unused)
+{
+    (void)unused;
+    return syncd_json_compact_size(doc, 0) > 0 ? 0 : -1;
+}
+
+/* What building the event measures of the body: only up to the diff's
+ * size (syncd/node.c build_event()). */
+static int do_size_capped(const json_t *doc, const json_t *patch)
+{
+    size_t diff = syncd_json_compact_size(patch, 0);
+
+    return syncd_json_compact_size(doc, diff) > 0 ? 0 : -1;
+}
+
 /* Prints the times of the reader's steps for a one-volume event on a
  * document of entries volumes and on the big one (a, b, ev). */
 static int apply_costs(int entries, const json_t *a, const json_t *b,
                        const json_t *ev)
 {
     static const char *const steps[] = {
-        "syncd_patch_apply", "syncd_json_hash of the result",
-        "json_dumps of the result (size of a serialization)"};
+        "syncd_patch_apply (on a copy)",
+        "syncd_patch_apply_in_place (undo log)",
+        "syncd_json_hash of the result",
+        "json_dumps of the result (size of a serialization)",
+        "syncd_json_compact_size of the result (whole walk)",
+        "syncd_json_compact_size of the body up to the diff's size"};
+#define NSTEPS (sizeof(steps) / sizeof(steps[0]))
     json_t *sa = volume_doc("small", entries), *sb = NULL, *sev = NULL;
-    double ms[2][3];
+    json_t *own = NULL;
+    double ms[2][NSTEPS];
     int rc = -1;
 
     sb = sa != NULL ? json_deep_copy(sa) : NULL;
@@ -1167,16 +1197,26 @@ static int apply_costs(int entries, const json_t *a, const json_t *b,
     for (int k = 0; k < 2; k++) {
         const json_t *x = k == 0 ? sa : a, *y = k == 0 ? sb : b;
         const json_t *e = k == 0 ? sev : ev;
-        ms[k][0] =
-            (double)time_median(do_patch, x, json_object_get(e, "patch")) / 1e6;
-        ms[k][1] = (double)time_median(do_hash, y, NULL) / 1e6;
-        ms[k][2] = (double)time_median(do_dump, y, NULL) / 1e6;
+        const json_t *p = json_object_get(e, "patch");
+
+        own = json_deep_copy(x);
+        if (own == NULL)
+            goto cleanup;
+        ms[k][0] = (double)time_median(do_patch, x, p) / 1e6;
+        ms[k][1] = (double)time_median(do_patch_in_place, own, p) / 1e6;
+        ms[k][2] = (double)time_median(do_hash, y, NULL) / 1e6;
+        ms[k][3] = (double)time_median(do_dump, y, NULL) / 1e6;
+        ms[k][4] = (double)time_median(do_size, y, NULL) / 1e6;
+        ms[k][5] = (double)time_median(do_size_capped, y, p) / 1e6;
+        json_decref(own);
+        own = NULL;
     }
-    for (int i = 0; i < 3; i++)
-        printf("| %s | %.3f | %.1f |\n", steps[i], ms[0][i], ms[1][i]);
+    for (size_t i = 0; i < NSTEPS; i++)
+        printf("| %s | %.3f | %.3f |\n", steps[i], ms[0][i], ms[1][i]);
     rc = 0;
 
 cleanup:
+    json_decref(own);
     json_decref(sa);
     json_decref(sb);
     json_decref(sev);
@@ -1244,6 +1284,7 @@ cleanup:
 
 typedef struct args {
     int count, chunk, window, docs, entries, writers, live, big_edits;
+    int paths; /* 0: only the bytes and the reader's work, no servers */
     double rate;
 } args_t;
 
@@ -1263,11 +1304,16 @@ static int parse_args(args_t *a, int argc, char **argv)
                   .writers = 4,
                   .live = 2000,
                   .big_edits = 10,
+                  .paths = 1,
                   .rate = 1000};
     for (int i = 1; i + 1 < argc; i += 2) {
         size_t k = 0;
         if (strcmp(argv[i], "--rate") == 0) {
             a->rate = atof(argv[i + 1]);
+            continue;
+        }
+        if (strcmp(argv[i], "--paths") == 0) {
+            a->paths = atoi(argv[i + 1]);
             continue;
         }
         while (k < sizeof(names) / sizeof(names[0]) &&
@@ -1482,7 +1528,8 @@ int main(int argc, char **argv)
     if (parse_args(&a, argc, argv) != 0) {
         fprintf(stderr, "usage: bench_bus [--count N] [--chunk C] [--rate R] "
                         "[--window W] [--docs D] [--entries E] "
-                        "[--writers K] [--live N] [--big-edits B]\n"
+                        "[--writers K] [--live N] [--big-edits B] "
+                        "[--paths 0|1]\n"
                         "(N a multiple of C)\n");
         return 2;
     }
@@ -1490,11 +1537,13 @@ int main(int argc, char **argv)
     ev = small_event(a.entries);
     enc = ev != NULL ? syncd_event_encode(ev, SECRET, &ev_len) : NULL;
     free(enc);
-    if (enc == NULL || syncd_test_redis_start(&redis) != 0 ||
-        syncd_test_mongo_start(&mongo) != 0)
+    if (enc == NULL)
         goto cleanup;
-    if (bench_paths(&loop, &a, ev, ev_len, &mongo, &redis) != 0 ||
-        bench_bytes(a.entries) != 0)
+    if (a.paths && (syncd_test_redis_start(&redis) != 0 ||
+                    syncd_test_mongo_start(&mongo) != 0 ||
+                    bench_paths(&loop, &a, ev, ev_len, &mongo, &redis) != 0))
+        goto cleanup;
+    if (bench_bytes(a.entries) != 0)
         goto cleanup;
     rc = 0;
 

@@ -128,6 +128,29 @@ int syncd_patch_diff_touched(json_t **out, const json_t *a, const json_t *b,
  * 1.0), objects ignore member order. Returns 1 when equal, else 0. */
 int syncd_json_equal(const json_t *a, const json_t *b);
 
+/* Applies patch to *doc in place, atomically: on success *doc is the
+ * patched value (the same object, or a new reference when the patch
+ * replaces the whole document, the old one released), equal to what
+ * syncd_patch_apply_ex() makes; on any failure *doc is left exactly as it
+ * was (values and member order), its changes undone from a log of what
+ * each operation replaced. No copy of the document is taken and, without
+ * limits->max_bytes, nothing but the paths the patch touches is walked, so
+ * the work is that of the patch; with max_bytes the document's canonical
+ * size is counted once first. The caller must own *doc alone (nothing else
+ * may read it meanwhile), and *doc must nest within SYNCD_PATCH_MAX_DEPTH
+ * (as every document the store accepted does). Errors and limits as
+ * syncd_patch_apply_ex(). */
+int syncd_patch_apply_in_place(json_t **doc, const json_t *patch,
+                               const syncd_patch_limits_t *limits,
+                               syncd_error_t *err);
+
+/* Returns the byte length of json_dumps(v, JSON_COMPACT) (of a scalar with
+ * JSON_ENCODE_ANY), counted by a walk that allocates nothing. The walk
+ * stops once the count passes cap (0: no cap), returning some length over
+ * cap, so it costs O(min(size, cap)). SIZE_MAX when v nests deeper than
+ * SYNCD_PATCH_MAX_DEPTH. */
+size_t syncd_json_compact_size(const json_t *v, size_t cap);
+
 /* ---- RFC 7396 Merge Patch ----------------------------------------------- */
 
 /* Applies merge patch to doc and stores the result in *out (a new value;
