@@ -605,20 +605,6 @@ static int get_at(json_t **out, json_t *root, const syncd_ptr_t *ptr,
     return 0;
 }
 
-/* Returns 1 when the first n tokens of a and b are the same. */
-static int tokens_match(const syncd_ptr_t *a, const syncd_ptr_t *b, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        size_t la, lb;
-        const char *ta = syncd_ptr_token(a, i, &la);
-        const char *tb = syncd_ptr_token(b, i, &lb);
-
-        if (la != lb || memcmp(ta, tb, la) != 0)
-            return 0;
-    }
-    return 1;
-}
-
 static int move_op(apply_t *a, const op_t *op, syncd_error_t *err)
 {
     size_t nfrom = syncd_ptr_count(op->from);
@@ -626,9 +612,9 @@ static int move_op(apply_t *a, const op_t *op, syncd_error_t *err)
     json_t *value = NULL;
     int rc;
 
-    if (nfrom == npath && tokens_match(op->from, op->path, nfrom))
+    if (nfrom == npath && syncd_ptr_prefix_equal(op->from, op->path, nfrom))
         return get_at(&value, a->root, op->from, op, err);
-    if (nfrom < npath && tokens_match(op->from, op->path, nfrom))
+    if (nfrom < npath && syncd_ptr_prefix_equal(op->from, op->path, nfrom))
         return op_fail(err, SYNCD_EPATCH, op,
                        "cannot move a value into its own child");
     rc = remove_at(&value, a, op->from, 1, op, err);

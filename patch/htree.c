@@ -87,18 +87,11 @@ static size_t node_size(const hnode_t *node)
 /* Makes room for n items in level L. */
 static int level_reserve(level_t *L, size_t n)
 {
-    size_t cap = L->cap > 0 ? L->cap : 4;
-    void *p;
+    void *p = syncd_array_reserve(L->item, &L->cap, n, sizeof(*L->item));
 
-    if (n <= L->cap && L->item != NULL)
-        return 0;
-    while (cap < n)
-        cap *= 2;
-    p = realloc(L->item, cap * sizeof(*L->item));
     if (p == NULL)
         return SYNCD_ENOMEM;
     L->item = p;
-    L->cap = cap;
     return 0;
 }
 
@@ -290,18 +283,12 @@ static void entry_hash(syncd_htree_t *t, hnode_t *node, size_t i)
 /* Makes room for n entries in node. */
 static int ent_reserve(hnode_t *node, size_t n)
 {
-    size_t cap = node->entcap > 0 ? node->entcap : 4;
-    void *p;
+    void *p =
+        syncd_array_reserve(node->ent, &node->entcap, n, sizeof(*node->ent));
 
-    if (n <= node->entcap && node->ent != NULL)
-        return 0;
-    while (cap < n)
-        cap *= 2;
-    p = realloc(node->ent, cap * sizeof(*node->ent));
     if (p == NULL)
         return SYNCD_ENOMEM;
     node->ent = p;
-    node->entcap = cap;
     return 0;
 }
 
@@ -650,24 +637,6 @@ static int op_pointer(syncd_ptr_t **out, const json_t *op, const char *name)
                              NULL) == 0;
 }
 
-/* Returns 1 when a and b are the same pointer. */
-static int same_pointer(const syncd_ptr_t *a, const syncd_ptr_t *b)
-{
-    size_t n = syncd_ptr_count(a);
-
-    if (n != syncd_ptr_count(b))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t la, lb;
-        const char *ta = syncd_ptr_token(a, i, &la);
-        const char *tb = syncd_ptr_token(b, i, &lb);
-
-        if (la != lb || memcmp(ta, tb, la) != 0)
-            return 0;
-    }
-    return 1;
-}
-
 /* Replays one operation of a patch that applied on t. */
 static int apply_op(syncd_htree_t *t, const json_t *op, syncd_error_t *err)
 {
@@ -693,7 +662,8 @@ static int apply_op(syncd_htree_t *t, const json_t *op, syncd_error_t *err)
             node_free(node);
     } else if ((strcmp(name, "move") == 0 || strcmp(name, "copy") == 0) &&
                op_pointer(&from, op, "from")) {
-        if (name[0] == 'm' && same_pointer(from, path)) {
+        if (name[0] == 'm' && syncd_ptr_count(from) == syncd_ptr_count(path) &&
+            syncd_ptr_prefix_equal(from, path, syncd_ptr_count(path))) {
             rc = 0;
         } else if (name[0] == 'm') {
             rc = take(t, from, &node, err);

@@ -73,6 +73,16 @@ int syncd_ptr_array_index(size_t *index, const char *token, size_t len,
 int syncd_ptr_walk(json_t **out, json_t *doc, const syncd_ptr_t *ptr,
                    size_t count, const char **why, size_t *at);
 
+/* Returns 1 when the first n tokens of a and b (both at least n long) are
+ * the same bytes, else 0. */
+int syncd_ptr_prefix_equal(const syncd_ptr_t *a, const syncd_ptr_t *b,
+                           size_t n);
+
+/* Returns items (an array of *cap elements of size bytes) with room for n
+ * elements: itself when it has it, else reallocated (doubling from 4, *cap
+ * updated); NULL when out of memory, items then untouched. */
+void *syncd_array_reserve(void *items, size_t *cap, size_t n, size_t size);
+
 /* ---- SHA-256 and the Merkle content hash (doc/HASH.md) ------------------ */
 
 /* An incremental SHA-256 computation (sha256.c). */

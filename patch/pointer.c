@@ -118,6 +118,16 @@ const char *syncd_ptr_token(const syncd_ptr_t *ptr, size_t i, size_t *len)
     return ptr->tokens[i].text;
 }
 
+int syncd_ptr_prefix_equal(const syncd_ptr_t *a, const syncd_ptr_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (a->tokens[i].len != b->tokens[i].len ||
+            memcmp(a->tokens[i].text, b->tokens[i].text, a->tokens[i].len) != 0)
+            return 0;
+    }
+    return 1;
+}
+
 int syncd_ptr_append_escaped(syncd_buf_t *b, const char *token, size_t len)
 {
     size_t start = 0;

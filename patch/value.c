@@ -296,3 +296,18 @@ size_t syncd_json_compact_size(const json_t *v, size_t cap)
         cap = SIZE_MAX / 2;
     return compact_size(v, 0, cap, 0);
 }
+
+void *syncd_array_reserve(void *items, size_t *cap, size_t n, size_t size)
+{
+    size_t c = *cap > 0 ? *cap : 4;
+    void *p;
+
+    if (n <= *cap && items != NULL)
+        return items;
+    while (c < n)
+        c *= 2;
+    p = realloc(items, c * size);
+    if (p != NULL)
+        *cap = c;
+    return p;
+}
