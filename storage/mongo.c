@@ -61,21 +61,21 @@
  * move a document on from a given version. The owner token "<holder>-<number>"
  * is unique to one claim: the holder name is the backend's (a per-process
  * random nonce and the backend's number in the process), the number counts
- * claims. The holder reads the version, replaces with the filter {_id, v:
- * expected} and drops its claim (filtered on its owner).
+ * claims. The holder reads the version, commits the next one (below:
+ * an insert of its commit record, then a replace with the filter {_id, v:
+ * expected}) and drops its claim (filtered on its owner).
  *
  * A claim is trusted for a lease (twice the backend timeout, at least
  * 1 s), timed by each process on its own monotonic clock, so no two nodes'
- * clocks are ever compared: the holder sends its replace only within the
- * first half of the lease from the moment it sent the claim (else it drops
+ * clocks are ever compared: the holder sends its commit insert only within
+ * the first half of the lease from the moment it sent the claim (else it drops
  * the claim and claims again), and a writer kept out takes the claim over
  * only after it saw the same owner hold it for a whole lease. The other
- * half is for the replace to reach the server: one that takes longer
- * fails at the socket timeout anyway. A writer
- * that stalls past that (a stopped process) can then still send a replace
- * it had decided on, but the {_id, v: expected} filter rejects it once the
- * new holder has moved the version: the only window left is inside the
- * server, between FerretDB's query and its update by _id. A writer kept
+ * half is for the insert to reach the server: one that takes longer
+ * fails at the socket timeout anyway. A writer that stalls past that (a
+ * stopped process) can then still send the insert it had decided on,
+ * which is then a duplicate, or is told apart by the commit records
+ * (below). A writer kept
  * out of a claim waits (jittered, growing pauses) until the version moves
  * (a conflict), the claim goes (it claims again) or it takes the claim
  * over, for at most two leases (then SYNCD_ETIMEDOUT): so a conflict, and
@@ -98,7 +98,7 @@
  * claim over at once. Only a counter is compared, never one node's clock
  * with another's. A live holder's counter moves, and a holder that is
  * alive but stuck is left to the lease as before. The holder fences itself
- * to match: it sends its replace only while its liveness is proved, that
+ * to match: it sends its commit insert only while its liveness is proved, that
  * is within FENCE_MS (0.5 s) of sending a bump that was acknowledged
  * within DEAD_MS of sending the bump acknowledged before it (so no writer
  * saw its counter stand still for DEAD_MS up to that bump's landing): a
@@ -118,37 +118,68 @@
  * own process whose replace was on its way, and both were acknowledged at
  * the same version: the linz checker's found-ferretdb-two-v38 history.)
  *
- * A holder reports success only when it still finds its claim to drop
- * after its replace (the delete filtered on its owner deletes one): else a
- * writer took it over, its replace of the same version may have met this
- * one inside the server, and the holder answers SYNCD_EBACKEND (outcome
- * unknown). Since the taker drops the claim before it reads the version,
- * and reads it before its replace, a holder that finds its claim had its
- * replace done before the taker read the version: the taker then sees it
- * moved and writes nothing.
+ * The commit point of a version on FerretDB is not the replace but an
+ * insert, the one write FerretDB makes atomic (its unique _id): before it
+ * replaces the document, the writer of version v + 1 inserts the commit
+ * record {_id: "<id>\x1f<v + 1, 20 digits>", ...the full new record...,
+ * ct: <its owner token>, b: <the ct of the record it read>, t: <wall
+ * ms>} into the side collection "_syncd_commits.<coll>" (an id holds no
+ * control character, so a key never equals a document id, and keys sort
+ * by id, then by version). The insert that succeeds owns version v + 1;
+ * a duplicate is a conflict. The document (which carries ct too) is then
+ * only a copy that can lag (its writer died between insert and replace)
+ * or even be set back (a replace or an ack whose query FerretDB ran
+ * before the document moved on and whose update by _id lands after it).
+ * The committed record of an id is its newest commit record when that is
+ * of a higher version than the document, else the document (read_current
+ * reads the document, then the newest commit record, so it never misses a
+ * version committed before the read). get, list, versions, export and the
+ * outbox listing read through to it (a listing merges the two
+ * collections in _id order, merged_each), and get, writers and acks roll
+ * the document forward to it (a replace filtered on the version the
+ * document is at). The newest commit record of an id is never dropped
+ * (purge drops an id's records with its tombstone, once the document is
+ * gone), so a document set back by any late update is always seen to be
+ * behind; a record below the newest is dropped by the writers and acks of
+ * its id once it is KEEP_LEASES leases old by its t.
  *
- * What is left, and not closed: the taker's own acknowledged replace can
- * be overwritten by a replace of the old holder that was sent in time but
- * reaches FerretDB more than DEAD_MS - FENCE_MS = 1.5 s later (held in the
- * network or a proxy, or queued in a loaded FerretDB), when FerretDB runs
- * that replace's query before the taker's update and its update by _id
- * after it (the {_id, v: expected} filter rejects it otherwise). The old
- * holder then answers unknown, but the taker has answered success. With
- * the holder alive but stalled, the taker waits a lease instead, and the
- * old replace must arrive more than half a lease late. Neither the
- * driver's socket timeout (it closes the connection of a replace not
- * answered in time, but a command FerretDB has read runs to its end, and
- * bytes a proxy or the kernel holds may still be delivered after the
- * close) nor any wait of the taker bounds that delay; only a commit point
- * FerretDB makes atomic would close it: e.g. each version's record
- * inserted under the unique _id "<id>@<version>" as its intent (one writer
- * wins a version), the document rolled forward from the newest intent by
- * whoever reads or writes it next. A record can also be missing while its
- * holder lives, with the same window: when a writer of an older syncd
- * without records holds the claim, or for the 250 ms until the next bump
- * writes it again after purge dropped it. Purge drops the records whose
- * `t` is ten leases old by the purging node's clock: housekeeping, where
- * only a clock that many leases behind gets a live record dropped.
+ * Why a writer's answer is right. Its insert of v + 1 landed either while
+ * the newest committed version was v (then v + 1 is its own: every read
+ * from then on takes that record or a newer one, and every later writer
+ * builds on it), or after v + 1 had been committed by another writer and
+ * that record dropped, which takes KEEP_LEASES leases. After its replace,
+ * the writer reads id's newest commit record. When it is its own, the
+ * first case holds (a record of v + 2 or above would still be there).
+ * When it is newer, the writer reads the record of v + 2: that record's
+ * writer read the committed record of v + 1, so its b names this writer
+ * exactly when this writer's record was the committed one; and since this
+ * check is sent within KEEP_LEASES / 2 leases of the insert by the
+ * writer's own clock (else it answers unknown), the record of v + 2,
+ * written after the insert landed, has not been dropped yet (with wall
+ * clocks skewed by less than that much). Anything else answers
+ * SYNCD_EBACKEND, outcome unknown: a writer never answers success for a
+ * version it did not win, nor a conflict for one it won. A late replace
+ * (or ack) can set the document back, never what is read or built on.
+ * Nothing here depends on how late a replace lands; a commit insert that
+ * lands more than KEEP_LEASES leases late is answered unknown and its
+ * record, below the newest, is never read.
+ *
+ * The claims stay for what they still do: they keep the writers of one
+ * version out of each other's way (a writer waits its turn rather than
+ * failing its commit insert and retrying), and they fence the two writes
+ * that change a document without a new version, the outbox ack and the
+ * tombstone purge. They no longer make a write safe: the lease, the
+ * liveness records and the fences now bound only how long writers wait,
+ * and a writer whose claim was taken over still owns the version its
+ * commit record won. Purge drops the liveness records whose `t` is ten
+ * leases old by the purging node's clock: housekeeping, where only a
+ * clock that many leases behind gets a live record dropped (its holder
+ * writes it again within BEAT_MS).
+ *
+ * This costs FerretDB mode two reads and a delete per write, a read per
+ * get and a second cursor per listing; FerretDB's SQLite backend pushes
+ * down only _id equality, so the newest-record lookup scans the commits
+ * collection (a record per written document, plus the young ones).
  */
 #include <errno.h>
 #include <math.h>
