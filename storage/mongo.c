@@ -122,16 +122,15 @@
  * insert, the one write FerretDB makes atomic (its unique _id): before it
  * replaces the document, the writer of version v + 1 inserts the commit
  * record {_id: "<id>\x1f<v + 1, 20 digits>", ...the full new record...,
- * ct: <its owner token>, b: <the ct of the record it read>, t: <wall
- * ms>} into the side collection "_syncd_commits.<coll>" (an id holds no
- * control character, so a key never equals a document id, and keys sort
- * by id, then by version). The insert that succeeds owns version v + 1;
- * a duplicate is a conflict. The document (which carries ct too) is then
- * only a copy that can lag (its writer died between insert and replace)
- * or even be set back (a replace or an ack whose query FerretDB ran
- * before the document moved on and whose update by _id lands after it).
- * The committed record of an id is its newest commit record when that is
- * of a higher version than the document, else the document (read_current
+ * t: <wall ms>} into the side collection "_syncd_commits.<coll>" (an id
+ * holds no control character, so a key never equals a document id, and
+ * keys sort by id, then by version). The insert that succeeds owns
+ * version v + 1; a duplicate is a conflict. The document is then only a
+ * copy that can lag (its writer died between insert and replace) or even
+ * be set back (a replace or an ack whose query FerretDB ran before the
+ * document moved on and whose update by _id lands after it). The
+ * committed record of an id is its newest commit record when that is of
+ * a higher version than the document, else the document (read_current
  * reads the document, then the newest commit record, so it never misses a
  * version committed before the read). get, list, versions, export and the
  * outbox listing read through to it (a listing merges the two
@@ -140,29 +139,28 @@
  * document is at). The newest commit record of an id is never dropped
  * (purge drops an id's records with its tombstone, once the document is
  * gone), so a document set back by any late update is always seen to be
- * behind; a record below the newest is dropped by the writers and acks of
- * its id once it is KEEP_LEASES leases old by its t.
+ * behind; a record below the newest is dropped once the record above it
+ * is KEEP_LEASES leases old by its t (by every GC_EVERY-th writer of its
+ * id, and by acks).
  *
  * Why a writer's answer is right. Its insert of v + 1 landed either while
  * the newest committed version was v (then v + 1 is its own: every read
  * from then on takes that record or a newer one, and every later writer
- * builds on it), or after v + 1 had been committed by another writer and
- * that record dropped, which takes KEEP_LEASES leases. After its replace,
- * the writer reads id's newest commit record. When it is its own, the
- * first case holds (a record of v + 2 or above would still be there).
- * When it is newer, the writer reads the record of v + 2: that record's
- * writer read the committed record of v + 1, so its b names this writer
- * exactly when this writer's record was the committed one; and since this
- * check is sent within KEEP_LEASES / 2 leases of the insert by the
- * writer's own clock (else it answers unknown), the record of v + 2,
- * written after the insert landed, has not been dropped yet (with wall
- * clocks skewed by less than that much). Anything else answers
- * SYNCD_EBACKEND, outcome unknown: a writer never answers success for a
- * version it did not win, nor a conflict for one it won. A late replace
- * (or ack) can set the document back, never what is read or built on.
- * Nothing here depends on how late a replace lands; a commit insert that
- * lands more than KEEP_LEASES leases late is answered unknown and its
- * record, below the newest, is never read.
+ * builds on it), or after another writer's commit of v + 1 whose record
+ * had since been dropped. That record landed after this writer read
+ * version v (else it would have read v + 1), at most half a lease before
+ * it sent its insert; the record of v + 2 was written after that one
+ * landed, and v + 1 is dropped only once that is KEEP_LEASES leases old:
+ * the insert took more than KEEP_LEASES - 1/2 leases (less the wall
+ * clocks' skew) to land. So an insert acknowledged within KEEP_LEASES / 2
+ * leases of being sent,
+ * by the writer's own monotonic clock, won its version (with clocks
+ * skewed by less than that much). A slower one won it only if its record
+ * is still the newest when the writer asks; else the writer answers
+ * SYNCD_EBACKEND, outcome unknown. A writer never answers success for a
+ * version it did not win, nor a conflict for one it won, and no late
+ * replace (or ack) changes what is read or built on: nothing here depends
+ * on how late a replace lands.
  *
  * The claims stay for what they still do: they keep the writers of one
  * version out of each other's way (a writer waits its turn rather than
@@ -176,7 +174,7 @@
  * clock that many leases behind gets a live record dropped (its holder
  * writes it again within BEAT_MS).
  *
- * This costs FerretDB mode two reads and a delete per write, a read per
+ * This costs FerretDB mode a read and an insert per write, a read per
  * get and a second cursor per listing; FerretDB's SQLite backend pushes
  * down only _id equality, so the newest-record lookup scans the commits
  * collection (a record per written document, plus the young ones).
@@ -213,6 +211,7 @@
 #define FENCE_MS 500 /* a holder writes only this soon after a proved bump */
 #define PROC_PURGE_LEASES 10 /* purge drops records this many leases old */
 #define KEEP_LEASES 4 /* a commit record below the newest lives this long */
+#define GC_EVERY 16   /* a writer drops old commit records every 16 versions */
 #define KEY_STACK 256
 
 typedef struct mongo_backend {
@@ -1053,34 +1052,30 @@ static int latest_commit(bson_t **out, mongoc_collection_t *commits,
     return rc;
 }
 
-/* Deletes coll/id's commit records with a version in (low, high], those
- * written before the wall time before_ms only when it is not 0 (see
- * keep_ms). */
+/* Deletes coll/id's commit records with a version in (low, high]. */
 static int drop_commits(mongoc_collection_t *commits, const char *coll,
                         const char *id, int64_t low, int64_t high,
-                        int64_t before_ms, syncd_error_t *err)
+                        syncd_error_t *err)
 {
     bson_t filter = BSON_INITIALIZER;
     int64_t dropped = 0;
     int rc;
 
     commits_between(&filter, id, low, high);
-    if (before_ms > 0)
-        BCON_APPEND(&filter, "t", "{", "$lt", BCON_DATE_TIME(before_ms), "}");
     rc = delete_many(commits, &filter, &dropped, coll, err);
     bson_destroy(&filter);
     return rc;
 }
 
 /* Makes into rec (initialised here; the caller destroys it) the document
- * record of id that commit record r holds: r without its _id and base b,
+ * record of id that commit record r holds: r without its _id and time t,
  * with _id id first when with_id is set. */
 static void as_record(bson_t *rec, const bson_t *r, const char *id, int with_id)
 {
     bson_init(rec);
     if (with_id)
         BSON_APPEND_UTF8(rec, "_id", id);
-    bson_copy_to_excluding_noinit(r, rec, "_id", "b", "t", NULL);
+    bson_copy_to_excluding_noinit(r, rec, "_id", "t", NULL);
 }
 
 /* Reads what a reader of coll/id must take for its record in FerretDB
@@ -1193,25 +1188,46 @@ static int64_t keep_ms(const mongo_backend_t *m)
     return KEEP_LEASES * m->lease_ms;
 }
 
-/* Tells whether the commit record of coll/id at expected + 1 that owner
- * inserted (sending it at sent, monotonic ms) is a committed version (see
- * the file comment): it is when it is id's newest commit record, or when
- * the record of the next version names owner as its base and this check
- * is sent within keep_ms / 2 of the insert. Returns 0 then, else
- * SYNCD_EBACKEND (outcome unknown). */
+/* Drops, best effort, coll/id's commit records below the newest one of
+ * version at most high whose t is keep_ms old: each of them has a
+ * successor that old (the t of a record is taken after the record below
+ * it was read, so they grow with the version, but for clock skew). */
+static void age_out(mongo_backend_t *m, mongoc_collection_t *commits,
+                    const char *coll, const char *id, int64_t high)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t *opts =
+        BCON_NEW("sort", "{", "_id", BCON_INT32(-1), "}", "limit",
+                 BCON_INT64(1), "projection", "{", "v", BCON_INT32(1), "}");
+    bson_t *old = NULL;
+
+    commits_between(&filter, id, 0, high);
+    BCON_APPEND(&filter, "t", "{", "$lt",
+                BCON_DATE_TIME(wall_ms() - keep_ms(m)), "}");
+    if (find_first(&old, commits, &filter, opts, coll, id, NULL) == 0 && old)
+        drop_commits(commits, coll, id, 0, field_int64(old, "v") - 1, NULL);
+    if (old)
+        bson_destroy(old);
+    bson_destroy(opts);
+    bson_destroy(&filter);
+}
+
+/* Tells whether the commit record of coll/id at expected + 1, whose
+ * insert was sent at sent and acknowledged at acked (monotonic ms), is a
+ * committed version (see the file comment): it is when the insert took
+ * at most keep_ms / 2, or when it is id's newest commit record. Returns 0
+ * then, else SYNCD_EBACKEND (outcome unknown). */
 static int commit_outcome(mongo_backend_t *m, mongoc_collection_t *commits,
                           const char *coll, const char *id, int64_t expected,
-                          const char *owner, int64_t sent, syncd_error_t *err)
+                          int64_t sent, int64_t acked, syncd_error_t *err)
 {
-    int in_time = mono_ms() - sent <= keep_ms(m) / 2;
-    char key[SYNCD_MAX_ID_BYTES + 32];
-    char base[64];
     bson_t *latest = NULL;
-    bson_t *next = NULL;
-    bson_t *filter;
     int64_t v;
-    int rc = latest_commit(&latest, commits, coll, id, err);
+    int rc;
 
+    if (acked - sent <= keep_ms(m) / 2)
+        return 0;
+    rc = latest_commit(&latest, commits, coll, id, err);
     if (rc < 0)
         return rc;
     v = latest ? field_int64(latest, "v") : 0;
@@ -1219,23 +1235,9 @@ static int commit_outcome(mongo_backend_t *m, mongoc_collection_t *commits,
         bson_destroy(latest);
     if (v == expected + 1)
         return 0;
-    if (v > expected + 1) {
-        claim_key(key, sizeof(key), id, expected + 2);
-        filter = BCON_NEW("_id", BCON_UTF8(key));
-        rc = find_one(&next, commits, filter, coll, id, err);
-        bson_destroy(filter);
-        if (rc < 0)
-            return rc;
-        if (next) {
-            field_string(base, sizeof(base), next, "b");
-            bson_destroy(next);
-            if (in_time && strcmp(base, owner) == 0)
-                return 0;
-        }
-    }
     return syncd_error_set(err, SYNCD_EBACKEND,
-                           "%s/%s: the commit of version %lld cannot be told "
-                           "from the versions after it: outcome unknown",
+                           "%s/%s: the commit of version %lld took too long to "
+                           "tell whether it won: outcome unknown",
                            coll, id, (long long)expected + 1);
 }
 
@@ -1413,29 +1415,27 @@ static int read_beats(mongo_backend_t *m, call_t *c, const char *proc,
  * as coll/id's version expected + 1 (see the file comment): reads the
  * record as read_current does (a conflict unless it is at expected),
  * rolls the document forward when a commit record is ahead of it, inserts
- * the commit record {_id: <id>\x1f<expected + 1>, ...rec, ct: owner, b:
- * the ct of the record read}, whose unique _id makes one writer the owner
- * of the version (a duplicate is a conflict), replaces the document
- * (filtered on expected) with rec and ct, and tells by commit_outcome
- * whether its version is committed; then drops the commit records below
- * it. Nothing is sent once half the lease has passed or while m's
- * liveness is not proved fresh (*lapsed is set then), so that writers
- * keep out of each other's way; the commit record alone decides the
+ * the commit record {_id: <id>\x1f<expected + 1>, ...rec, t: wall ms},
+ * whose unique _id makes one writer the owner of the version (a
+ * duplicate is a conflict), replaces the document (filtered on expected)
+ * with rec, and tells by commit_outcome whether its version is
+ * committed; every GC_EVERY versions it then drops the commit records
+ * below it older than keep_ms. Nothing is sent once half the lease has passed
+ * or while m's liveness is not proved fresh (*lapsed is set then), so that
+ * writers keep out of each other's way; the commit record alone decides the
  * outcome. *unknown is set when the insert was sent and failed (it may
  * still land). */
 static int replace_claimed(mongo_backend_t *m, call_t *c,
                            mongoc_collection_t *commits, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
-                           int64_t claimed, const char *owner, int *lapsed,
-                           int *unknown, syncd_error_t *err)
+                           int64_t claimed, int *lapsed, int *unknown,
+                           syncd_error_t *err)
 {
     char key[SYNCD_MAX_ID_BYTES + 32];
-    char base[64];
     bson_t *doc = NULL, *newer = NULL;
     bson_t commit = BSON_INITIALIZER;
-    bson_t full = BSON_INITIALIZER;
     bson_error_t e;
-    int64_t sent;
+    int64_t sent, acked;
     int matched = 0;
     int rc = read_current(&doc, &newer, c->coll, commits, coll, id, err);
     const bson_t *cur = newer ? newer : doc;
@@ -1454,12 +1454,9 @@ static int replace_claimed(mongo_backend_t *m, call_t *c,
     }
     if (newer && (rc = roll_forward(c->coll, newer, doc, coll, id, err)) < 0)
         goto cleanup;
-    field_string(base, sizeof(base), cur, "ct");
     claim_key(key, sizeof(key), id, expected + 1);
     BSON_APPEND_UTF8(&commit, "_id", key);
     bson_concat(&commit, rec);
-    BSON_APPEND_UTF8(&commit, "ct", owner);
-    BSON_APPEND_UTF8(&commit, "b", base);
     BSON_APPEND_DATE_TIME(&commit, "t", wall_ms());
     sent = mono_ms();
     if (!mongoc_collection_insert_one(commits, &commit, NULL, NULL, &e)) {
@@ -1471,18 +1468,15 @@ static int replace_claimed(mongo_backend_t *m, call_t *c,
         }
         goto cleanup;
     }
+    acked = mono_ms();
     if (claim_hook)
         claim_hook(coll, id, expected, claim_hook_data);
-    bson_concat(&full, rec);
-    BSON_APPEND_UTF8(&full, "ct", owner);
-    replace_record(c->coll, id, &full, expected, &matched, coll, NULL);
-    rc = commit_outcome(m, commits, coll, id, expected, owner, sent, err);
-    if (rc == 0)
-        drop_commits(commits, coll, id, 0, expected, wall_ms() - keep_ms(m),
-                     NULL);
+    replace_record(c->coll, id, rec, expected, &matched, coll, NULL);
+    rc = commit_outcome(m, commits, coll, id, expected, sent, acked, err);
+    if (rc == 0 && (expected + 1) % GC_EVERY == 0)
+        age_out(m, commits, coll, id, expected);
 
 cleanup:
-    bson_destroy(&full);
     bson_destroy(&commit);
     if (newer)
         bson_destroy(newer);
@@ -1633,7 +1627,7 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
         }
         if (rc == 0 && taken) {
             rc = replace_claimed(m, c, commits, rec, coll, id, expected,
-                                 claimed, owner, &lapsed, &unknown, err);
+                                 claimed, &lapsed, &unknown, err);
             /* A commit that may still land keeps the others out for the
              * lease. A claim left behind is on a version that moved on, or
              * is taken over after its lease or its holder's death. */
@@ -2445,7 +2439,7 @@ static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
     if (rc == 0 && beat_fresh(m))
         rc = delete_many(docs, tomb, deleted, coll, err);
     if (rc == 0 && *deleted > 0)
-        rc = drop_commits(commits, coll, id, 0, version, 0, err);
+        rc = drop_commits(commits, coll, id, 0, version, err);
     if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
     release(m, owner);
@@ -2685,8 +2679,7 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
         if (rc == 0)
             rc = drop_markers(commits, coll, key, version, current, err);
         if (rc == 0)
-            drop_commits(commits, coll, id, 0, current - 1,
-                         wall_ms() - keep_ms(m), NULL);
+            age_out(m, commits, coll, id, current);
     }
     if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
