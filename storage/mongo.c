@@ -1957,6 +1957,7 @@ typedef struct commit_stream {
     bson_t *next; /* a record read and not yet grouped, or NULL */
     bson_t *best; /* the newest record of the current id; NULL at the end */
     char *id;     /* the current document id */
+    int done;     /* 1 once the cursor has no more */
 } commit_stream_t;
 
 /* Returns the document id in the _id of commit record r as a new string
@@ -1991,8 +1992,10 @@ static void commit_group(commit_stream_t *s)
 
         s->next = NULL;
         if (!rec) {
-            if (!mongoc_cursor_next(s->cur, &r))
+            if (s->done || !mongoc_cursor_next(s->cur, &r)) {
+                s->done = 1;
                 return;
+            }
             rec = bson_copy(r);
         }
         id = commit_id(rec);
@@ -2050,7 +2053,7 @@ static int merged_each(mongo_backend_t *m, const char *coll,
                        json_t *acc, const char *arg, const char *what,
                        const char *key, syncd_error_t *err)
 {
-    commit_stream_t s = {NULL, NULL, NULL, NULL};
+    commit_stream_t s = {NULL, NULL, NULL, NULL, 0};
     mongoc_collection_t *commits;
     mongoc_cursor_t *docs;
     const bson_t *r;
