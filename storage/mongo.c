@@ -2620,6 +2620,28 @@ cleanup:
     return rc;
 }
 
+/* Unsets the outbox markers of coll/id's commit records below version:
+ * a record below the newest is never read for them again, and the merged
+ * outbox listing must not find them. */
+static int unset_markers_below(mongoc_collection_t *commits, const char *coll,
+                               const char *id, int64_t version,
+                               syncd_error_t *err)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t *update = BCON_NEW("$unset", "{", "ob", BCON_UTF8(""), "}");
+    bson_error_t e;
+    int rc = 0;
+
+    commits_between(&filter, id, 0, version - 1);
+    BCON_APPEND(&filter, "ob", "{", "$exists", BCON_BOOL(true), "}");
+    if (!mongoc_collection_update_many(commits, &filter, update, NULL, NULL,
+                                       &e))
+        rc = driver_error(err, &e, "ack", coll, id);
+    bson_destroy(update);
+    bson_destroy(&filter);
+    return rc;
+}
+
 /* The ack of FerretDB mode, where a filtered update is a query and then an
  * update by _id that could overwrite a newer writer's replace: under a
  * claim on the version the record is at (as read_current takes it, the
@@ -2681,6 +2703,8 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
         rc = drop_markers(c->coll, coll, id, version, current, err);
         if (rc == 0)
             rc = drop_markers(commits, coll, key, version, current, err);
+        if (rc == 0)
+            rc = unset_markers_below(commits, coll, id, current, err);
         if (rc == 0)
             age_out(m, commits, coll, id, current);
     }
