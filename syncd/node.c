@@ -201,10 +201,11 @@ struct syncd_node {
     int64_t ob_again_age;  /* with this min age */
     long crash_after;      /* test hook: SIGKILL at this commit (0: off) */
     long commits;
-    size_t works;   /* thread-pool items in flight */
-    size_t ae_runs; /* anti-entropy runs in progress */
-    int purging;    /* a purge work is in flight */
-    int depth;      /* nesting of watcher callbacks */
+    size_t works;          /* thread-pool items in flight */
+    struct ack_work *acks; /* outbox acks queued, newest first */
+    size_t ae_runs;        /* anti-entropy runs in progress */
+    int purging;           /* a purge work is in flight */
+    int depth;             /* nesting of watcher callbacks */
     int closing;
     atomic_int stop; /* closing, as seen by workers between items */
     syncd_node_close_cb close_cb;
@@ -1634,24 +1635,31 @@ static json_t *marker_event(const char *coll, const char *id, const json_t *m)
         member_str(m, "h"), "origin", member_str(m, "by"), "ts", ts);
 }
 
-/* A record's outbox ack on the thread pool. */
+/* A record's outbox ack on the thread pool. Until a worker takes it
+ * (version set to -1 atomically), the loop may raise its version instead
+ * of queuing another ack of the same record. */
 typedef struct ack_work {
     uv_work_t req;
     syncd_node_t *node;
+    struct ack_work *prev, *next; /* in node->acks */
     char *coll, *id;
     int64_t version;
 } ack_work_t;
 
+/* Most queued acks queue_ack() looks through for one of the same record. */
+#define ACK_MERGE_SCAN 16
+
 static void ack_run(uv_work_t *req)
 {
     ack_work_t *a = req->data;
+    int64_t version = __atomic_exchange_n(&a->version, -1, __ATOMIC_ACQ_REL);
     syncd_error_t err;
 
     syncd_error_clear(&err);
-    if (syncd_store_outbox_ack(a->node->store, a->coll, a->id, a->version,
-                               &err) != 0)
+    if (syncd_store_outbox_ack(a->node->store, a->coll, a->id, version, &err) !=
+        0)
         fprintf(stderr, "syncd: outbox ack of %s/%s v%lld failed: %s\n",
-                a->coll, a->id, (long long)a->version, err.message);
+                a->coll, a->id, (long long)version, err.message);
 }
 
 static void ack_done(uv_work_t *req, int status)
@@ -1661,20 +1669,52 @@ static void ack_done(uv_work_t *req, int status)
 
     (void)status;
     node->works--;
+    if (a->prev != NULL)
+        a->prev->next = a->next;
+    else
+        node->acks = a->next;
+    if (a->next != NULL)
+        a->next->prev = a->prev;
     free(a->coll);
     free(a->id);
     free(a);
     maybe_finish_close(node);
 }
 
+/* Raises the version of an ack of coll/id queued and not yet taken by a
+ * worker to version; 1 when one covers version now, else 0. */
+static int merge_ack(syncd_node_t *node, const char *coll, const char *id,
+                     int64_t version)
+{
+    ack_work_t *a = node->acks;
+
+    for (int n = 0; a != NULL && n < ACK_MERGE_SCAN; a = a->next, n++) {
+        int64_t cur = __atomic_load_n(&a->version, __ATOMIC_ACQUIRE);
+
+        if (strcmp(a->id, id) != 0 || strcmp(a->coll, coll) != 0)
+            continue;
+        while (cur >= 0 && cur < version &&
+               !__atomic_compare_exchange_n(&a->version, &cur, version, 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            ;
+        if (cur >= 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Drops coll/id's outbox markers up to version (all published) off the
  * loop (best effort: a record left with markers is republished, and the
- * bus drops the duplicates). */
+ * bus drops the duplicates); merged into an ack of the record still
+ * queued when there is one. */
 static void queue_ack(syncd_node_t *node, const char *coll, const char *id,
                       int64_t version)
 {
-    ack_work_t *a = calloc(1, sizeof(*a));
+    ack_work_t *a;
 
+    if (merge_ack(node, coll, id, version))
+        return;
+    a = calloc(1, sizeof(*a));
     if (a == NULL || (a->coll = strdup(coll)) == NULL ||
         (a->id = strdup(id)) == NULL)
         goto fail;
@@ -1684,6 +1724,10 @@ static void queue_ack(syncd_node_t *node, const char *coll, const char *id,
     if (uv_queue_work(node->loop, &a->req, ack_run, ack_done) != 0)
         goto fail;
     node->works++;
+    a->next = node->acks;
+    if (node->acks != NULL)
+        node->acks->prev = a;
+    node->acks = a;
     return;
 fail:
     if (a != NULL) {
@@ -1693,15 +1737,19 @@ fail:
     free(a);
 }
 
-/* Events of one document published one after the other, in version
- * order; once all are published its outbox is acked at ack_version. The
- * versions of the document up to settled are published already (they
- * precede the record's oldest pending marker), so the bus may take the
- * first event even when it has no record of its predecessor. */
+/* Events of one document, all handed to the bus at once in version order
+ * (the bus keeps their order and refuses an event whose predecessor is
+ * not published, so a failure cannot let a later version through); once
+ * all are published its outbox is acked at ack_version. The versions of
+ * the document up to settled are published already (they precede the
+ * record's oldest pending marker), so the bus may take the first event
+ * even when it has no record of its predecessor. */
 typedef struct chain {
     syncd_node_t *node;
     json_t *events;
-    size_t next;
+    size_t outstanding; /* publishes handed to the bus, not yet completed */
+    int status;         /* the first failure */
+    int64_t seq;        /* seq of the last event completed */
     char *coll, *id;
     int64_t ack_version;
     int64_t settled;
@@ -1717,51 +1765,49 @@ static void chain_free(chain_t *ch)
     free(ch);
 }
 
-static void chain_step(int status, int64_t seq, void *payload);
-
-/* Publishes the chain's next event; on a synchronous failure finishes it
- * with that status. */
-static void chain_publish(chain_t *ch)
-{
-    breq_t *r = breq_new(ch->node);
-    int rc = SYNCD_ENOMEM;
-
-    if (r != NULL) {
-        r->cb = chain_step;
-        r->payload = ch;
-        rc = syncd_bus_publish_in_order(ch->node->bus,
-                                        json_array_get(ch->events, ch->next),
-                                        ch->settled, on_published, r);
-        if (rc != 0) {
-            breq_take(r);
-            free(r);
-        }
-    }
-    if (rc != 0)
-        chain_step(rc, 0, ch);
-}
-
-/* One publish of the chain completed: go on, or finish (ack when all were
- * published, then report). */
+/* One publish of the chain completed; the last one finishes it (ack when
+ * all were published, then report). */
 static void chain_step(int status, int64_t seq, void *payload)
 {
     chain_t *ch = payload;
     syncd_node_publish_cb cb = ch->cb;
     void *cb_payload = ch->payload;
 
-    if (status == 0 && ++ch->next < json_array_size(ch->events) &&
-        !ch->node->closing) {
-        chain_publish(ch);
+    if (status != 0 && ch->status == 0)
+        ch->status = status;
+    if (status == 0)
+        ch->seq = seq;
+    if (--ch->outstanding > 0)
         return;
-    }
-    if (status == 0 && ch->node->closing &&
-        ch->next < json_array_size(ch->events))
-        status = SYNCD_ECANCELED;
+    status = ch->status;
+    seq = ch->seq;
     if (status == 0 && ch->ack_version > 0)
         queue_ack(ch->node, ch->coll, ch->id, ch->ack_version);
     chain_free(ch);
     if (cb != NULL)
         cb(status, seq, cb_payload);
+}
+
+/* Hands event i of the chain to the bus; 0 or the synchronous failure. */
+static int chain_publish(chain_t *ch, size_t i)
+{
+    breq_t *r = breq_new(ch->node);
+    int rc;
+
+    if (r == NULL)
+        return SYNCD_ENOMEM;
+    r->cb = chain_step;
+    r->payload = ch;
+    rc =
+        syncd_bus_publish_in_order(ch->node->bus, json_array_get(ch->events, i),
+                                   ch->settled, on_published, r);
+    if (rc != 0) {
+        breq_take(r);
+        free(r);
+        return rc;
+    }
+    ch->outstanding++;
+    return 0;
 }
 
 /* Starts publishing events (stolen, of consecutive versions) of coll/id
@@ -1773,7 +1819,6 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
                        syncd_node_publish_cb cb, void *payload)
 {
     chain_t *ch = calloc(1, sizeof(*ch));
-    breq_t *r;
     int rc;
 
     if (ch == NULL || (ch->coll = strdup(coll)) == NULL ||
@@ -1789,21 +1834,21 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     ch->settled = member_int(json_array_get(events, 0), "v") - 1;
     ch->cb = cb;
     ch->payload = payload;
-    r = breq_new(node);
-    if (r == NULL) {
-        chain_free(ch);
-        return SYNCD_ENOMEM;
-    }
-    r->cb = chain_step;
-    r->payload = ch;
-    rc = syncd_bus_publish_in_order(node->bus, json_array_get(events, 0),
-                                    ch->settled, on_published, r);
+    rc = chain_publish(ch, 0);
     if (rc != 0) {
-        breq_take(r);
-        free(r);
         chain_free(ch);
+        return rc;
     }
-    return rc;
+    /* A later event that cannot be handed over fails the chain once the
+     * ones handed over complete; the bus refuses none after it. */
+    for (size_t i = 1; i < json_array_size(events); i++) {
+        rc = chain_publish(ch, i);
+        if (rc != 0) {
+            ch->status = rc;
+            break;
+        }
+    }
+    return 0;
 }
 
 static void on_published(int status, int64_t seq, void *payload)
