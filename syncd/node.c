@@ -177,6 +177,21 @@ typedef struct breq {
     void *payload;
 } breq_t;
 
+/* Slots of the table of documents this node published lately. */
+#define PUB_SLOTS 1024
+
+/* What this node handed to the bus of one document: every version up to
+ * handed went over in version order, and those up to confirmed were
+ * accepted (published, or dropped as published already). A publish leaves
+ * out the pending versions up to handed, which are ahead of it on the bus,
+ * and lets the bus take its first event only after confirmed; a failure
+ * lowers handed to confirmed. A document that finds its slot taken by
+ * another evicts it, which loses nothing but the shortcut. */
+typedef struct pub_slot {
+    char *coll, *id;
+    int64_t handed, confirmed;
+} pub_slot_t;
+
 struct syncd_node {
     uv_loop_t *loop;
     syncd_store_t *store;
@@ -203,6 +218,7 @@ struct syncd_node {
     long commits;
     size_t works;          /* thread-pool items in flight */
     struct ack_work *acks; /* outbox acks queued, newest first */
+    struct pub_slot *pubs; /* PUB_SLOTS, allocated on first publish */
     size_t ae_runs;        /* anti-entropy runs in progress */
     int purging;           /* a purge work is in flight */
     int depth;             /* nesting of watcher callbacks */
@@ -1522,6 +1538,11 @@ static void free_node(syncd_node_t *node)
         free(c->name);
         free(c);
     }
+    for (size_t i = 0; node->pubs != NULL && i < PUB_SLOTS; i++) {
+        free(node->pubs[i].coll);
+        free(node->pubs[i].id);
+    }
+    free(node->pubs);
     free(node->buckets);
     free(node);
     if (cb != NULL)
@@ -1737,6 +1758,39 @@ fail:
     free(a);
 }
 
+/* coll/id's slot, NULL when it has none; with claim, it takes the slot
+ * (NULL on out of memory). */
+static pub_slot_t *pub_slot(syncd_node_t *node, const char *coll,
+                            const char *id, int claim)
+{
+    uint64_t h = name_hash(coll) * 31 ^ name_hash(id);
+    pub_slot_t *slot;
+    char *c, *i;
+
+    if (node->pubs == NULL &&
+        (!claim || (node->pubs = calloc(PUB_SLOTS, sizeof(*slot))) == NULL))
+        return NULL;
+    slot = &node->pubs[(h ^ (h >> 29)) & (PUB_SLOTS - 1)];
+    if (slot->coll != NULL && strcmp(slot->coll, coll) == 0 &&
+        strcmp(slot->id, id) == 0)
+        return slot;
+    if (!claim)
+        return NULL;
+    c = strdup(coll);
+    i = strdup(id);
+    if (c == NULL || i == NULL) {
+        free(c);
+        free(i);
+        return NULL;
+    }
+    free(slot->coll);
+    free(slot->id);
+    slot->coll = c;
+    slot->id = i;
+    slot->handed = slot->confirmed = 0;
+    return slot;
+}
+
 /* Events of one document, all handed to the bus at once in version order
  * (the bus keeps their order and refuses an event whose predecessor is
  * not published, so a failure cannot let a later version through); once
@@ -1772,6 +1826,9 @@ static void chain_step(int status, int64_t seq, void *payload)
     chain_t *ch = payload;
     syncd_node_publish_cb cb = ch->cb;
     void *cb_payload = ch->payload;
+    int64_t last_v = member_int(
+        json_array_get(ch->events, json_array_size(ch->events) - 1), "v");
+    pub_slot_t *slot;
 
     if (status != 0 && ch->status == 0)
         ch->status = status;
@@ -1781,6 +1838,11 @@ static void chain_step(int status, int64_t seq, void *payload)
         return;
     status = ch->status;
     seq = ch->seq;
+    slot = pub_slot(ch->node, ch->coll, ch->id, 0);
+    if (slot != NULL && status == 0 && last_v > slot->confirmed)
+        slot->confirmed = last_v;
+    else if (slot != NULL && status != 0)
+        slot->handed = slot->confirmed;
     if (status == 0 && ch->ack_version > 0)
         queue_ack(ch->node, ch->coll, ch->id, ch->ack_version);
     chain_free(ch);
@@ -1810,15 +1872,19 @@ static int chain_publish(chain_t *ch, size_t i)
     return 0;
 }
 
-/* Starts publishing events (stolen, of consecutive versions) of coll/id
- * in order, the versions before the first being published already;
- * ack_version 0 acks nothing. cb is called once, unless this fails at
- * once (then it is not called and an error is returned). */
+/* Starts publishing events (stolen, in version order) of coll/id in
+ * order, the versions up to settled being published already (settled < 0:
+ * those before the first event); ack_version 0 acks nothing. cb is called
+ * once, unless this fails at once (then it is not called and an error is
+ * returned). */
 static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
-                       const char *id, int64_t ack_version,
+                       const char *id, int64_t settled, int64_t ack_version,
                        syncd_node_publish_cb cb, void *payload)
 {
     chain_t *ch = calloc(1, sizeof(*ch));
+    int64_t last_v =
+        member_int(json_array_get(events, json_array_size(events) - 1), "v");
+    pub_slot_t *slot;
     int rc;
 
     if (ch == NULL || (ch->coll = strdup(coll)) == NULL ||
@@ -1832,6 +1898,8 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     ch->events = events;
     ch->ack_version = ack_version;
     ch->settled = member_int(json_array_get(events, 0), "v") - 1;
+    if (settled > ch->settled)
+        ch->settled = settled;
     ch->cb = cb;
     ch->payload = payload;
     rc = chain_publish(ch, 0);
@@ -1848,6 +1916,11 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
             break;
         }
     }
+    slot = pub_slot(node, coll, id, 0);
+    if (slot != NULL && ch->status != 0)
+        slot->handed = slot->confirmed;
+    else if (slot != NULL && last_v > slot->handed)
+        slot->handed = last_v;
     return 0;
 }
 
@@ -1865,6 +1938,8 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_publish_cb cb, void *payload)
 {
     json_t *events = NULL, *ev = NULL, *m;
+    pub_slot_t *slot;
+    int64_t skip = 0, settled = -1;
     size_t i;
     int rc;
 
@@ -1883,10 +1958,23 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
         raise(SIGKILL);
     if (coll_get(node, change->doc->coll) == NULL)
         return SYNCD_ENOMEM;
+    /* Versions up to the slot's handed are ahead on the bus already; a
+     * version not after it goes the long way: a late publish, or a
+     * document created anew after its tombstone was purged, which also
+     * starts the slot over. */
+    slot = pub_slot(node, change->doc->coll, change->doc->id, 1);
+    if (slot != NULL && change->doc->version > slot->handed) {
+        skip = slot->handed;
+        settled = slot->confirmed;
+    } else if (slot != NULL && change->op == SYNCD_CHANGE_CREATE) {
+        slot->handed = slot->confirmed = 0;
+    }
     events = json_array();
     if (events == NULL)
         return SYNCD_ENOMEM;
     json_array_foreach (change->pending, i, m) {
+        if (member_int(m, "v") <= skip)
+            continue;
         if (json_array_append_new(
                 events, marker_event(change->doc->coll, change->doc->id, m)) !=
             0) {
@@ -1903,7 +1991,7 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
     }
     /* A store without the outbox option left nothing to ack. */
     return chain_start(
-        node, events, change->doc->coll, change->doc->id,
+        node, events, change->doc->coll, change->doc->id, settled,
         json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0, cb,
         payload);
 }
@@ -2023,7 +2111,7 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
         return;
     }
     run->chains++;
-    if (chain_start(run->node, events, coll, id,
+    if (chain_start(run->node, events, coll, id, -1,
                     member_int(json_array_get(ob, i - 1), "v"), ob_chain_done,
                     run) != 0)
         run->chains--;
