@@ -179,6 +179,21 @@ typedef struct breq {
     void *payload;
 } breq_t;
 
+/* Slots of the table of documents this node published lately. */
+#define PUB_SLOTS 1024
+
+/* What this node handed to the bus of one document: every version up to
+ * handed went over in version order, and those up to confirmed were
+ * accepted (published, or dropped as published already). A publish leaves
+ * out the pending versions up to handed, which are ahead of it on the bus,
+ * and lets the bus take its first event only after confirmed; a failure
+ * lowers handed to confirmed. A document that finds its slot taken by
+ * another evicts it, which loses nothing but the shortcut. */
+typedef struct pub_slot {
+    char *coll, *id;
+    int64_t handed, confirmed;
+} pub_slot_t;
+
 struct syncd_node {
     uv_loop_t *loop;
     syncd_store_t *store;
@@ -203,10 +218,12 @@ struct syncd_node {
     int64_t ob_again_age;  /* with this min age */
     long crash_after;      /* test hook: SIGKILL at this commit (0: off) */
     long commits;
-    size_t works;   /* thread-pool items in flight */
-    size_t ae_runs; /* anti-entropy runs in progress */
-    int purging;    /* a purge work is in flight */
-    int depth;      /* nesting of watcher callbacks */
+    size_t works;          /* thread-pool items in flight */
+    struct ack_work *acks; /* outbox acks queued, newest first */
+    struct pub_slot *pubs; /* PUB_SLOTS, allocated on first publish */
+    size_t ae_runs;        /* anti-entropy runs in progress */
+    int purging;           /* a purge work is in flight */
+    int depth;             /* nesting of watcher callbacks */
     int closing;
     atomic_int stop; /* closing, as seen by workers between items */
     syncd_node_close_cb close_cb;
@@ -1540,6 +1557,11 @@ static void free_node(syncd_node_t *node)
         free(c->name);
         free(c);
     }
+    for (size_t i = 0; node->pubs != NULL && i < PUB_SLOTS; i++) {
+        free(node->pubs[i].coll);
+        free(node->pubs[i].id);
+    }
+    free(node->pubs);
     free(node->buckets);
     free(node);
     if (cb != NULL)
@@ -1666,24 +1688,31 @@ static json_t *marker_event(const char *coll, const char *id, const json_t *m)
         member_str(m, "h"), "origin", member_str(m, "by"), "ts", ts);
 }
 
-/* A record's outbox ack on the thread pool. */
+/* A record's outbox ack on the thread pool. Until a worker takes it
+ * (version set to -1 atomically), the loop may raise its version instead
+ * of queuing another ack of the same record. */
 typedef struct ack_work {
     uv_work_t req;
     syncd_node_t *node;
+    struct ack_work *prev, *next; /* in node->acks */
     char *coll, *id;
     int64_t version;
 } ack_work_t;
 
+/* Most queued acks queue_ack() looks through for one of the same record. */
+#define ACK_MERGE_SCAN 16
+
 static void ack_run(uv_work_t *req)
 {
     ack_work_t *a = req->data;
+    int64_t version = __atomic_exchange_n(&a->version, -1, __ATOMIC_ACQ_REL);
     syncd_error_t err;
 
     syncd_error_clear(&err);
-    if (syncd_store_outbox_ack(a->node->store, a->coll, a->id, a->version,
-                               &err) != 0)
+    if (syncd_store_outbox_ack(a->node->store, a->coll, a->id, version, &err) !=
+        0)
         fprintf(stderr, "syncd: outbox ack of %s/%s v%lld failed: %s\n",
-                a->coll, a->id, (long long)a->version, err.message);
+                a->coll, a->id, (long long)version, err.message);
 }
 
 static void ack_done(uv_work_t *req, int status)
@@ -1693,20 +1722,52 @@ static void ack_done(uv_work_t *req, int status)
 
     (void)status;
     node->works--;
+    if (a->prev != NULL)
+        a->prev->next = a->next;
+    else
+        node->acks = a->next;
+    if (a->next != NULL)
+        a->next->prev = a->prev;
     free(a->coll);
     free(a->id);
     free(a);
     maybe_finish_close(node);
 }
 
+/* Raises the version of an ack of coll/id queued and not yet taken by a
+ * worker to version; 1 when one covers version now, else 0. */
+static int merge_ack(syncd_node_t *node, const char *coll, const char *id,
+                     int64_t version)
+{
+    ack_work_t *a = node->acks;
+
+    for (int n = 0; a != NULL && n < ACK_MERGE_SCAN; a = a->next, n++) {
+        int64_t cur = __atomic_load_n(&a->version, __ATOMIC_ACQUIRE);
+
+        if (strcmp(a->id, id) != 0 || strcmp(a->coll, coll) != 0)
+            continue;
+        while (cur >= 0 && cur < version &&
+               !__atomic_compare_exchange_n(&a->version, &cur, version, 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            ;
+        if (cur >= 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Drops coll/id's outbox markers up to version (all published) off the
  * loop (best effort: a record left with markers is republished, and the
- * bus drops the duplicates). */
+ * bus drops the duplicates); merged into an ack of the record still
+ * queued when there is one. */
 static void queue_ack(syncd_node_t *node, const char *coll, const char *id,
                       int64_t version)
 {
-    ack_work_t *a = calloc(1, sizeof(*a));
+    ack_work_t *a;
 
+    if (merge_ack(node, coll, id, version))
+        return;
+    a = calloc(1, sizeof(*a));
     if (a == NULL || (a->coll = strdup(coll)) == NULL ||
         (a->id = strdup(id)) == NULL)
         goto fail;
@@ -1716,6 +1777,10 @@ static void queue_ack(syncd_node_t *node, const char *coll, const char *id,
     if (uv_queue_work(node->loop, &a->req, ack_run, ack_done) != 0)
         goto fail;
     node->works++;
+    a->next = node->acks;
+    if (node->acks != NULL)
+        node->acks->prev = a;
+    node->acks = a;
     return;
 fail:
     if (a != NULL) {
@@ -1725,15 +1790,52 @@ fail:
     free(a);
 }
 
-/* Events of one document published one after the other, in version
- * order; once all are published its outbox is acked at ack_version. The
- * versions of the document up to settled are published already (they
- * precede the record's oldest pending marker), so the bus may take the
- * first event even when it has no record of its predecessor. */
+/* coll/id's slot, NULL when it has none; with claim, it takes the slot
+ * (NULL on out of memory). */
+static pub_slot_t *pub_slot(syncd_node_t *node, const char *coll,
+                            const char *id, int claim)
+{
+    uint64_t h = name_hash(coll) * 31 ^ name_hash(id);
+    pub_slot_t *slot;
+    char *c, *i;
+
+    if (node->pubs == NULL &&
+        (!claim || (node->pubs = calloc(PUB_SLOTS, sizeof(*slot))) == NULL))
+        return NULL;
+    slot = &node->pubs[(h ^ (h >> 29)) & (PUB_SLOTS - 1)];
+    if (slot->coll != NULL && strcmp(slot->coll, coll) == 0 &&
+        strcmp(slot->id, id) == 0)
+        return slot;
+    if (!claim)
+        return NULL;
+    c = strdup(coll);
+    i = strdup(id);
+    if (c == NULL || i == NULL) {
+        free(c);
+        free(i);
+        return NULL;
+    }
+    free(slot->coll);
+    free(slot->id);
+    slot->coll = c;
+    slot->id = i;
+    slot->handed = slot->confirmed = 0;
+    return slot;
+}
+
+/* Events of one document, all handed to the bus at once in version order
+ * (the bus keeps their order and refuses an event whose predecessor is
+ * not published, so a failure cannot let a later version through); once
+ * all are published its outbox is acked at ack_version. The versions of
+ * the document up to settled are published already (they precede the
+ * record's oldest pending marker), so the bus may take the first event
+ * even when it has no record of its predecessor. */
 typedef struct chain {
     syncd_node_t *node;
     json_t *events;
-    size_t next;
+    size_t outstanding; /* publishes handed to the bus, not yet completed */
+    int status;         /* the first failure */
+    int64_t seq;        /* seq of the last event completed */
     char *coll, *id;
     int64_t ack_version;
     int64_t settled;
@@ -1749,46 +1851,30 @@ static void chain_free(chain_t *ch)
     free(ch);
 }
 
-static void chain_step(int status, int64_t seq, void *payload);
-
-/* Publishes the chain's next event; on a synchronous failure finishes it
- * with that status. */
-static void chain_publish(chain_t *ch)
-{
-    breq_t *r = breq_new(ch->node);
-    int rc = SYNCD_ENOMEM;
-
-    if (r != NULL) {
-        r->cb = chain_step;
-        r->payload = ch;
-        rc = syncd_bus_publish_in_order(ch->node->bus,
-                                        json_array_get(ch->events, ch->next),
-                                        ch->settled, on_published, r);
-        if (rc != 0) {
-            breq_take(r);
-            free(r);
-        }
-    }
-    if (rc != 0)
-        chain_step(rc, 0, ch);
-}
-
-/* One publish of the chain completed: go on, or finish (ack when all were
- * published, then report). */
+/* One publish of the chain completed; the last one finishes it (ack when
+ * all were published, then report). */
 static void chain_step(int status, int64_t seq, void *payload)
 {
     chain_t *ch = payload;
     syncd_node_publish_cb cb = ch->cb;
     void *cb_payload = ch->payload;
+    int64_t last_v = member_int(
+        json_array_get(ch->events, json_array_size(ch->events) - 1), "v");
+    pub_slot_t *slot;
 
-    if (status == 0 && ++ch->next < json_array_size(ch->events) &&
-        !ch->node->closing) {
-        chain_publish(ch);
+    if (status != 0 && ch->status == 0)
+        ch->status = status;
+    if (status == 0)
+        ch->seq = seq;
+    if (--ch->outstanding > 0)
         return;
-    }
-    if (status == 0 && ch->node->closing &&
-        ch->next < json_array_size(ch->events))
-        status = SYNCD_ECANCELED;
+    status = ch->status;
+    seq = ch->seq;
+    slot = pub_slot(ch->node, ch->coll, ch->id, 0);
+    if (slot != NULL && status == 0 && last_v > slot->confirmed)
+        slot->confirmed = last_v;
+    else if (slot != NULL && status != 0)
+        slot->handed = slot->confirmed;
     if (status == 0 && ch->ack_version > 0)
         queue_ack(ch->node, ch->coll, ch->id, ch->ack_version);
     chain_free(ch);
@@ -1796,16 +1882,41 @@ static void chain_step(int status, int64_t seq, void *payload)
         cb(status, seq, cb_payload);
 }
 
-/* Starts publishing events (stolen, of consecutive versions) of coll/id
- * in order, the versions before the first being published already;
- * ack_version 0 acks nothing. cb is called once, unless this fails at
- * once (then it is not called and an error is returned). */
+/* Hands event i of the chain to the bus; 0 or the synchronous failure. */
+static int chain_publish(chain_t *ch, size_t i)
+{
+    breq_t *r = breq_new(ch->node);
+    int rc;
+
+    if (r == NULL)
+        return SYNCD_ENOMEM;
+    r->cb = chain_step;
+    r->payload = ch;
+    rc =
+        syncd_bus_publish_in_order(ch->node->bus, json_array_get(ch->events, i),
+                                   ch->settled, on_published, r);
+    if (rc != 0) {
+        breq_take(r);
+        free(r);
+        return rc;
+    }
+    ch->outstanding++;
+    return 0;
+}
+
+/* Starts publishing events (stolen, in version order) of coll/id in
+ * order, the versions up to settled being published already (settled < 0:
+ * those before the first event); ack_version 0 acks nothing. cb is called
+ * once, unless this fails at once (then it is not called and an error is
+ * returned). */
 static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
-                       const char *id, int64_t ack_version,
+                       const char *id, int64_t settled, int64_t ack_version,
                        syncd_node_publish_cb cb, void *payload)
 {
     chain_t *ch = calloc(1, sizeof(*ch));
-    breq_t *r;
+    int64_t last_v =
+        member_int(json_array_get(events, json_array_size(events) - 1), "v");
+    pub_slot_t *slot;
     int rc;
 
     if (ch == NULL || (ch->coll = strdup(coll)) == NULL ||
@@ -1819,23 +1930,30 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     ch->events = events;
     ch->ack_version = ack_version;
     ch->settled = member_int(json_array_get(events, 0), "v") - 1;
+    if (settled > ch->settled)
+        ch->settled = settled;
     ch->cb = cb;
     ch->payload = payload;
-    r = breq_new(node);
-    if (r == NULL) {
-        chain_free(ch);
-        return SYNCD_ENOMEM;
-    }
-    r->cb = chain_step;
-    r->payload = ch;
-    rc = syncd_bus_publish_in_order(node->bus, json_array_get(events, 0),
-                                    ch->settled, on_published, r);
+    rc = chain_publish(ch, 0);
     if (rc != 0) {
-        breq_take(r);
-        free(r);
         chain_free(ch);
+        return rc;
     }
-    return rc;
+    /* A later event that cannot be handed over fails the chain once the
+     * ones handed over complete; the bus refuses none after it. */
+    for (size_t i = 1; i < json_array_size(events); i++) {
+        rc = chain_publish(ch, i);
+        if (rc != 0) {
+            ch->status = rc;
+            break;
+        }
+    }
+    slot = pub_slot(node, coll, id, 0);
+    if (slot != NULL && ch->status != 0)
+        slot->handed = slot->confirmed;
+    else if (slot != NULL && last_v > slot->handed)
+        slot->handed = last_v;
+    return 0;
 }
 
 static void on_published(int status, int64_t seq, void *payload)
@@ -1852,6 +1970,8 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_publish_cb cb, void *payload)
 {
     json_t *events = NULL, *ev = NULL, *m;
+    pub_slot_t *slot;
+    int64_t skip = 0, settled = -1;
     size_t i;
     int rc;
 
@@ -1870,10 +1990,23 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
         raise(SIGKILL);
     if (coll_get(node, change->doc->coll) == NULL)
         return SYNCD_ENOMEM;
+    /* Versions up to the slot's handed are ahead on the bus already; a
+     * version not after it goes the long way: a late publish, or a
+     * document created anew after its tombstone was purged, which also
+     * starts the slot over. */
+    slot = pub_slot(node, change->doc->coll, change->doc->id, 1);
+    if (slot != NULL && change->doc->version > slot->handed) {
+        skip = slot->handed;
+        settled = slot->confirmed;
+    } else if (slot != NULL && change->op == SYNCD_CHANGE_CREATE) {
+        slot->handed = slot->confirmed = 0;
+    }
     events = json_array();
     if (events == NULL)
         return SYNCD_ENOMEM;
     json_array_foreach (change->pending, i, m) {
+        if (member_int(m, "v") <= skip)
+            continue;
         if (json_array_append_new(
                 events, marker_event(change->doc->coll, change->doc->id, m)) !=
             0) {
@@ -1890,7 +2023,7 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
     }
     /* A store without the outbox option left nothing to ack. */
     return chain_start(
-        node, events, change->doc->coll, change->doc->id,
+        node, events, change->doc->coll, change->doc->id, settled,
         json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0, cb,
         payload);
 }
@@ -2010,7 +2143,7 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
         return;
     }
     run->chains++;
-    if (chain_start(run->node, events, coll, id,
+    if (chain_start(run->node, events, coll, id, -1,
                     member_int(json_array_get(ob, i - 1), "v"), ob_chain_done,
                     run) != 0)
         run->chains--;

@@ -1953,6 +1953,108 @@ test_node__seqs_names_the_most_recent_collections_up_to_max(void **state)
     json_decref(body);
 }
 
+/* Versions of one document seen by a watcher, in order of arrival. */
+typedef struct versions {
+    int64_t v[64];
+    size_t n;
+} versions_t;
+
+static void on_versions_watch(syncd_node_signal_t signal, int64_t seq,
+                              const json_t *event, void *payload)
+{
+    versions_t *vs = payload;
+
+    (void)seq;
+    if (signal == SYNCD_NODE_EVENT && vs->n < 64)
+        vs->v[vs->n++] = json_integer_value(json_object_get(event, "v"));
+}
+
+/* Records of "things" with pending-publish markers in e's store. */
+static size_t outbox_records(embedded_t *e)
+{
+    json_t *list = NULL;
+    size_t n;
+
+    assert_int_equal(
+        syncd_store_outbox_list(e->store, &list, "things", NULL, 10, NULL), 0);
+    n = json_array_size(list);
+    json_decref(list);
+    return n;
+}
+
+/* Versions committed with the outbox on and published in reverse order
+ * (the newest first, carrying every earlier version still pending): a
+ * watcher sees each version once, in version order, every publish
+ * completes, and the record's outbox is acked to empty. */
+static void
+test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_and_are_acked(
+    void **state)
+{
+    enum { N = 40 };
+    embedded_t e;
+    syncd_store_options_t so;
+    syncd_bus_options_t bo;
+    syncd_node_options_t no;
+    syncd_node_watch_t *w = NULL;
+    syncd_change_t *changes[N];
+    json_t *body = json_object();
+    versions_t seen = {0};
+    char events[300];
+    int published = 0;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&e.loop), 0);
+    assert_int_equal(syncd_test_tmpdir(e.dir, sizeof(e.dir), "pending"), 0);
+    syncd_store_options_init(&so);
+    so.data_dir = e.dir;
+    so.sync_writes = 0;
+    so.outbox = 1;
+    assert_int_equal(syncd_store_open(&e.store, &so, NULL), 0);
+    snprintf(events, sizeof(events), "%s/events", e.dir);
+    assert_int_equal(mkdir(events, 0755), 0);
+    syncd_bus_options_init(&bo);
+    bo.data_dir = events;
+    assert_int_equal(syncd_bus_open(&e.bus, &e.loop, &bo, NULL), 0);
+    syncd_node_options_init(&no);
+    no.anti_entropy_interval_ms = 0;
+    no.outbox_interval_ms = 0;
+    assert_int_equal(
+        syncd_node_open(&e.node, &e.loop, e.store, e.bus, &no, NULL), 0);
+    assert_int_equal(syncd_node_watch(e.node, &w, "things", NULL, 0,
+                                      on_versions_watch, &seen, NULL),
+                     0);
+
+    for (int i = 0; i < N; i++) {
+        json_object_set_new(body, "n", json_integer(i));
+        changes[i] = NULL;
+        assert_int_equal(syncd_store_put(e.store, &changes[i], "things", "a",
+                                         body, SYNCD_ANY_VERSION, NULL),
+                         0);
+    }
+    assert_int_equal(outbox_records(&e), 1);
+    for (int i = N - 1; i >= 0; i--)
+        assert_int_equal(syncd_node_publish(e.node, changes[i],
+                                            on_embedded_count, &published),
+                         0);
+    for (int i = 0; i < 10000 && (published < N || seen.n < N); i++)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    assert_int_equal(published, N);
+    assert_int_equal(seen.n, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(seen.v[i], i + 1);
+    for (int i = 0; i < 2000 && outbox_records(&e) > 0; i++) {
+        uv_run(&e.loop, UV_RUN_NOWAIT);
+        uv_sleep(1);
+    }
+    assert_int_equal(outbox_records(&e), 0);
+
+    syncd_node_unwatch(w);
+    embedded_close(&e);
+    for (int i = 0; i < N; i++)
+        syncd_change_free(changes[i]);
+    json_decref(body);
+}
+
 /* ---- Servers ------------------------------------------------------------- */
 
 static int servers_start(void **state)
@@ -1979,6 +2081,8 @@ int main(void)
             test_node__embedded_node_delivers_published_changes_to_watchers),
         cmocka_unit_test(
             test_node__seqs_names_the_most_recent_collections_up_to_max),
+        cmocka_unit_test(
+            test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_and_are_acked),
         cmocka_unit_test(
             test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(
