@@ -554,7 +554,8 @@ static void bare_mongo_close(bare_mongo_t *b)
 
 /* The like-for-like peer of the edit: the very findAndModify that an edit
  * of bench1/doc-0000 sends (filter {_id, v, h}; update {$set: {v, data, h,
- * mt, by, del}}; projection {ob, ik}; returning the new document), on a
+ * mt, by, del, hist}}, hist with history on, the default; projection {ob,
+ * ik}; returning the new document), on a
  * copy of that document's record, through the same driver call. Filter and
  * update are built once from the stored record; each round trip only
  * overwrites, in place, the version (filter and $set), the counter inside
@@ -620,6 +621,8 @@ static void bare_fair_open(bare_fair_t *b, const char *uri, const char *db,
     copy_field(&set, rec, "mt");
     copy_field(&set, rec, "by");
     copy_field(&set, rec, "del");
+    if (bson_has_field(rec, "hist"))
+        copy_field(&set, rec, "hist");
     bson_append_document_end(b->update, &set);
     b->fields = BCON_NEW("ob", BCON_INT32(1), "ik", BCON_INT32(1));
     bson_destroy(&copy);
