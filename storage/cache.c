@@ -71,6 +71,10 @@ typedef struct cache_entry {
     int64_t version;
     int64_t stored_ms;
     int deleted;
+    /* The record's history is known: the entry's doc holds the whole
+     * history of its version (none when its hist is NULL). Unset for an
+     * entry made from an event or kept from a previous run. */
+    int hist_known;
     char hash[SYNCD_HASH_HEX_LEN + 1];
     char key[];
 } cache_entry_t;
@@ -655,8 +659,10 @@ static void drop_expired(syncd_cache_t *c, const syncd_reckey_t *k)
     unlock_exclusive(c);
 }
 
-int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
-                    const char *id, syncd_error_t *err)
+/* Reads k's fresh entry into *out as syncd_cache_get() does; with
+ * need_hist, an entry whose history is unknown counts as absent. */
+static int cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
+                     const char *id, int need_hist, syncd_error_t *err)
 {
     char *errptr = NULL;
     char *val = NULL;
@@ -677,6 +683,8 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
         expired = 1;
         e = NULL;
     }
+    if (e != NULL && need_hist && !e->hist_known)
+        e = NULL;
     if (e != NULL) {
         mark_used(e);
         rc = syncd_tier_get(cache->tier, &k, out);
@@ -714,10 +722,23 @@ int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
     return rc;
 }
 
+int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
+                    const char *id, syncd_error_t *err)
+{
+    return cache_get(cache, out, coll, id, 0, err);
+}
+
+int syncd_cache_get_with_history(syncd_cache_t *cache, syncd_doc_t **out,
+                                 const char *coll, const char *id,
+                                 syncd_error_t *err)
+{
+    return cache_get(cache, out, coll, id, 1, err);
+}
+
 /* Returns a new entry for doc under k, not yet linked, or NULL when out
  * of memory. */
 static cache_entry_t *entry_new(const syncd_reckey_t *k, const syncd_doc_t *doc,
-                                size_t vlen)
+                                size_t vlen, int hist_known)
 {
     cache_entry_t *e = calloc(1, sizeof(*e) + k->len);
 
@@ -726,20 +747,28 @@ static cache_entry_t *entry_new(const syncd_reckey_t *k, const syncd_doc_t *doc,
     syncd_reckey_node(&e->node, e->key, k, k->len + vlen);
     e->version = doc->version;
     e->deleted = doc->deleted;
+    e->hist_known = hist_known;
     memcpy(e->hash, doc->hash, sizeof(e->hash));
     return e;
 }
 
 /* Whether old, k's entry or NULL, is fresh at now with a version of at
- * least version: then a put of version keeps it. With the lock held. */
+ * least version: then a put of version keeps it, unless the put brings the
+ * history (hist_known) of the same version to an entry without it. With
+ * the lock held. */
 static int keeps(const syncd_cache_t *c, const cache_entry_t *old,
-                 int64_t version, int64_t now)
+                 int64_t version, int hist_known, int64_t now)
 {
-    return old != NULL && is_fresh(c, old, now) && old->version >= version;
+    return old != NULL && is_fresh(c, old, now) &&
+           (old->version > version ||
+            (old->version == version && (old->hist_known || !hist_known)));
 }
 
-int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
-                    const char *canon, size_t canon_len, syncd_error_t *err)
+/* Stores doc as syncd_cache_put() does, its entry's history known when
+ * hist_known. */
+static int cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
+                     const char *canon, size_t canon_len, int hist_known,
+                     syncd_error_t *err)
 {
     cache_entry_t *e = NULL, *old;
     syncd_doc_t *decoded = NULL;
@@ -756,7 +785,7 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     /* A store read of a document already cached is the common case: skip
      * the encoding, which the check under the exclusive lock repeats. */
     pthread_rwlock_rdlock(&cache->lock);
-    kept = keeps(cache, find(cache, &k), doc->version,
+    kept = keeps(cache, find(cache, &k), doc->version, hist_known,
                  cache->now_ms(cache->now_data));
     pthread_rwlock_unlock(&cache->lock);
     if (kept)
@@ -764,7 +793,7 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     rc = syncd_record_encode(&val, &vlen, doc, canon, canon_len, err);
     if (rc != 0)
         return rc;
-    e = entry_new(&k, doc, vlen);
+    e = entry_new(&k, doc, vlen, hist_known);
     decoded = syncd_doc_dup(doc);
     if (e == NULL || decoded == NULL) {
         free(e);
@@ -776,7 +805,7 @@ int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     pthread_rwlock_wrlock(&cache->lock);
     now = cache->now_ms(cache->now_data);
     old = find(cache, &k);
-    if (keeps(cache, old, doc->version, now)) {
+    if (keeps(cache, old, doc->version, hist_known, now)) {
         rc = 0;
         goto unlock;
     }
@@ -800,6 +829,22 @@ unlock:
     syncd_doc_free(decoded);
     free(val);
     return rc;
+}
+
+int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
+                    const char *canon, size_t canon_len, syncd_error_t *err)
+{
+    syncd_doc_t bare = *doc;
+
+    bare.hist = NULL;
+    return cache_put(cache, &bare, canon, canon_len, 0, err);
+}
+
+int syncd_cache_put_with_history(syncd_cache_t *cache, const syncd_doc_t *doc,
+                                 const char *canon, size_t canon_len,
+                                 syncd_error_t *err)
+{
+    return cache_put(cache, doc, canon, canon_len, 1, err);
 }
 
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,

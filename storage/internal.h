@@ -206,14 +206,30 @@ void syncd_cache_close(syncd_cache_t *cache);
 int syncd_cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err);
 
-/* Stores doc unless an equal or higher version is cached; returns 1 when
- * stored, 0 when kept (then nothing is encoded). canon (canon_len bytes,
+/* Reads a fresh entry as syncd_cache_get() does, only when the entry holds
+ * its record's whole history (doc->hist; NULL: none): one stored by
+ * syncd_cache_put_with_history(). SYNCD_ENOTFOUND otherwise. */
+int syncd_cache_get_with_history(syncd_cache_t *cache, syncd_doc_t **out,
+                                 const char *coll, const char *id,
+                                 syncd_error_t *err);
+
+/* Stores doc without its history (its entry's history unknown: an entry
+ * made from an event) unless an equal or higher version is cached; returns 1
+ * when stored, 0 when kept (then nothing is encoded). canon (canon_len bytes,
  * borrowed) is the canonical JSON of doc's body when the caller already has
  * it, as for syncd_record_encode(); NULL serializes it here. A stored
  * entry's TTL starts now; the cache keeps a reference to doc's body (shared
  * and immutable, as always). */
 int syncd_cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
                     const char *canon, size_t canon_len, syncd_error_t *err);
+
+/* Stores doc with doc->hist as its record's whole history (NULL: none), as
+ * read from the store of record or committed by this store, as
+ * syncd_cache_put() does; it also replaces an entry of the same version
+ * whose history is unknown. */
+int syncd_cache_put_with_history(syncd_cache_t *cache, const syncd_doc_t *doc,
+                                 const char *canon, size_t canon_len,
+                                 syncd_error_t *err);
 
 /* Removes coll/id (id NULL: every entry of coll). */
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,

@@ -1749,10 +1749,10 @@ static int push_each(bson_t *push, const char *name, const json_t *v, int slice,
 }
 
 /* Builds the update of mongo_cas_update() into u (initialised here; the
- * caller destroys it): $set of doc's header and body (a tombstone $unsets
- * the body), $push of its marker and idempotency key. It runs only with
- * history off (store.c), so it $unsets any history left from a run that
- * kept one, which no longer leads to this version. */
+ * caller destroys it): $set of doc's header, body (a tombstone $unsets
+ * the body) and history, $push of its marker and idempotency key. Without
+ * a history (history off, or none yet) it $unsets any history left, as
+ * build_record() leaves it out. */
 static int build_update(bson_t *u, const syncd_doc_t *doc, const json_t *marker,
                         const json_t *ikey, syncd_error_t *err)
 {
@@ -1772,12 +1772,17 @@ static int build_update(bson_t *u, const syncd_doc_t *doc, const json_t *marker,
     BSON_APPEND_DATE_TIME(&set, "mt", doc->mtime_ms);
     BSON_APPEND_UTF8(&set, "by", doc->origin);
     BSON_APPEND_BOOL(&set, "del", doc->deleted != 0);
+    if (rc == 0 && json_array_size(doc->hist) > 0)
+        rc = append_hist(&set, doc->hist, err);
     bson_append_document_end(u, &set);
-    BSON_APPEND_DOCUMENT_BEGIN(u, "$unset", &unset);
-    if (doc->deleted)
-        BSON_APPEND_UTF8(&unset, "data", "");
-    BSON_APPEND_UTF8(&unset, "hist", "");
-    bson_append_document_end(u, &unset);
+    if (doc->deleted || json_array_size(doc->hist) == 0) {
+        BSON_APPEND_DOCUMENT_BEGIN(u, "$unset", &unset);
+        if (doc->deleted)
+            BSON_APPEND_UTF8(&unset, "data", "");
+        if (json_array_size(doc->hist) == 0)
+            BSON_APPEND_UTF8(&unset, "hist", "");
+        bson_append_document_end(u, &unset);
+    }
     if (rc == 0 && (marker != NULL || ikey != NULL)) {
         BSON_APPEND_DOCUMENT_BEGIN(u, "$push", &push);
         if (marker != NULL)

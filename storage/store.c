@@ -74,7 +74,7 @@ struct syncd_store {
     size_t max_doc_bytes;
     syncd_store_hooks_t hooks; /* NULL members: the real clock/sleep/rng */
     uint64_t rng_state;
-    uint64_t edits, conflicts, retries; /* updated atomically */
+    uint64_t edits, conflicts, retries, cas_fast; /* updated atomically */
 };
 
 typedef struct write_req write_req_t;
@@ -558,14 +558,13 @@ static int change_replay(syncd_change_t **out, syncd_doc_t *cur,
 static void cache_refresh(syncd_store_t *s, const syncd_doc_t *doc,
                           const char *canon, size_t canon_len)
 {
-    syncd_doc_t bare;
-
     if (s->cache == NULL)
         return;
-    /* The cache never holds history: reads of it go to the store. */
-    bare = *doc;
-    bare.hist = NULL;
-    if (syncd_cache_put(s->cache, &bare, canon, canon_len, NULL) < 0)
+    /* doc is as read from the store of record or as this store committed
+     * it: its history is the record's whole history, which
+     * attempt_cached() builds on (reads of history still go to the
+     * store). */
+    if (syncd_cache_put_with_history(s->cache, doc, canon, canon_len, NULL) < 0)
         syncd_cache_invalidate(s->cache, doc->coll, doc->id, NULL);
 }
 
@@ -647,11 +646,17 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     syncd_error_t local;
     int rc = UNDECIDED;
 
-    /* The cache holds no history, and a history is trimmed by bytes on
-     * the record as read: with history on, writes read the record. */
+    /* Only an entry that holds its record's whole history (one read from
+     * the store or committed here, not one made from an event) can give
+     * the next version's history, built from it exactly as attempt()
+     * builds it from the record read. The update's filter {_id, v, h}
+     * fences that history too: a version number of a record is committed
+     * once, by one compare-and-swap, with the one history that commit
+     * built, so the record at the entry's version is the entry's record,
+     * history included. */
     if (s->cache == NULL || s->backend->ops->cas_update == NULL ||
-        s->history_len > 0 ||
-        syncd_cache_get(s->cache, &cur, req->coll, req->id, NULL) != 0)
+        syncd_cache_get_with_history(s->cache, &cur, req->coll, req->id,
+                                     NULL) != 0)
         return UNDECIDED;
     if (!is_live(cur) ||
         (req->if_match != SYNCD_ANY_VERSION && cur->version != req->if_match))
@@ -696,6 +701,7 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     change->doc->ikeys = ikeys;
     set_pending(change);
     cache_refresh(s, change->doc, canon, canon_len);
+    count(&s->cas_fast);
     *out = change;
     change = NULL;
 done:
@@ -1162,7 +1168,7 @@ int syncd_store_rollback(syncd_store_t *store, syncd_change_t **out,
 /* ---- History reads ------------------------------------------------------ */
 
 /* Reads the record of coll/id with its history from the store of record
- * (never the cache, which holds no history) into *out. */
+ * (never the cache, whose entries may lack it) into *out. */
 static int read_history(syncd_store_t *s, syncd_doc_t **out, const char *coll,
                         const char *id, syncd_error_t *err)
 {
@@ -1451,13 +1457,11 @@ int syncd_store_cache_put(syncd_store_t *store, const syncd_doc_t *doc,
 {
     int rc = validate_key(doc->coll, doc->id, err);
 
-    syncd_doc_t bare;
-
     if (rc != 0 || store->cache == NULL)
         return rc;
-    bare = *doc; /* the cache never holds history */
-    bare.hist = NULL;
-    return syncd_cache_put(store->cache, &bare, NULL, 0, err);
+    /* A doc from an event: its entry's history is unknown, so the next
+     * write of it reads the record (attempt_cached()). */
+    return syncd_cache_put(store->cache, doc, NULL, 0, err);
 }
 
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
@@ -1531,6 +1535,7 @@ void syncd_store_stats(syncd_store_t *store, syncd_store_stats_t *out)
     out->edits = __atomic_load_n(&store->edits, __ATOMIC_RELAXED);
     out->conflicts = __atomic_load_n(&store->conflicts, __ATOMIC_RELAXED);
     out->retries = __atomic_load_n(&store->retries, __ATOMIC_RELAXED);
+    out->cas_fast = __atomic_load_n(&store->cas_fast, __ATOMIC_RELAXED);
 }
 
 /* ---- Open and close ----------------------------------------------------- */

@@ -3878,6 +3878,22 @@ test_history__rollbacks_under_contention_lose_no_acknowledged_version(
     run_history_writers(*state, 4, 10, 1);
 }
 
+/* Whether the store's backend writes from the node cache without a read:
+ * MongoDB on mongo-java-server (the single-operation compare-and-swap). */
+static int writes_from_cache(const fixture_t *f)
+{
+    return f->kind->mongo && strcmp(mongo_server.kind, "mongo-java") == 0;
+}
+
+/* Writes were committed without a read of the record by f's store. */
+static uint64_t cas_fast(fixture_t *f)
+{
+    syncd_store_stats_t st;
+
+    syncd_store_stats(f->store, &st);
+    return st.cas_fast;
+}
+
 /* Asserts that version v of coll/id is gone, naming oldest as the oldest
  * kept version. */
 static void assert_version_gone(fixture_t *f, const char *id, int64_t v,
@@ -3946,6 +3962,7 @@ static void test_history__is_trimmed_oldest_first_by_bytes(void **state)
         acked[i].body = b;
         syncd_change_free(c);
     }
+    assert_int_equal(cas_fast(f), writes_from_cache(f) ? 5 : 0);
     assert_history_is(f, "h", "d", acked, 4, 6);
     assert_version_gone(f, "d", 3, 4);
     /* A history that cannot hold even one entry keeps none. */
@@ -4019,13 +4036,80 @@ test_history__a_deleted_document_is_restored_from_its_tombstone(void **state)
                                           &err),
                      SYNCD_EPRECONDITION);
     assert_doc(f, "h", "vol", 5, "{\"size\":1}");
-    /* The node cache never holds the history. */
-    if (f->kind->mongo) {
-        assert_int_equal(syncd_store_cached(f->store, &doc, "h", "vol", NULL),
+}
+
+/* Puts body (stolen) as coll/id's next version through f's store and
+ * records it in acked. */
+static void put_acked(fixture_t *f, acked_t *acked, const char *id,
+                      json_t *body)
+{
+    syncd_change_t *c = NULL;
+
+    assert_int_equal(
+        syncd_store_put(f->store, &c, "h", id, body, SYNCD_ANY_VERSION, NULL),
+        0);
+    assert_int_not_equal(c->op, SYNCD_CHANGE_NONE);
+    acked[c->doc->version].v = c->doc->version;
+    snprintf(acked[c->doc->version].h, sizeof(acked[c->doc->version].h), "%s",
+             c->doc->hash);
+    acked[c->doc->version].body = body;
+    syncd_change_free(c);
+}
+
+static void
+test_history__edits_from_the_node_cache_keep_the_exact_history(void **state)
+{
+    fixture_t *f = *state;
+    acked_t acked[16] = {{0}};
+    syncd_change_t *c = NULL;
+
+    for (int i = 1; i <= 6; i++)
+        put_acked(f, acked, "d", json_pack("{s:i, s:[i]}", "n", i, "l", i));
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "h", "d", SYNCD_ANY_VERSION, NULL), 0);
+    acked[7].v = 7;
+    snprintf(acked[7].h, sizeof(acked[7].h), "%s", c->doc->hash);
+    syncd_change_free(c);
+    /* With history on (the default), every write after the create commits
+     * from the cache's entry in one operation where the backend can. */
+    assert_int_equal(cas_fast(f), writes_from_cache(f) ? 6 : 0);
+    assert_history_is(f, "h", "d", acked, 1, 7);
+    for (int i = 1; i <= 6; i++)
+        json_decref(acked[i].body);
+}
+
+static void
+test_history__an_entry_from_an_event_is_edited_by_reading_the_record(
+    void **state)
+{
+    fixture_t *f = *state;
+    acked_t acked[16] = {{0}};
+    syncd_doc_t *doc = NULL;
+    uint64_t fast;
+
+    for (int i = 1; i <= 3; i++)
+        put_acked(f, acked, "d", json_pack("{s:i}", "n", i));
+    /* The entry becomes one made from an event: the doc without its
+     * history. */
+    assert_int_equal(syncd_store_cached(f->store, &doc, "h", "d", NULL),
+                     f->kind->mongo ? 0 : SYNCD_ENOTFOUND);
+    if (doc != NULL) {
+        json_decref(doc->hist);
+        doc->hist = NULL;
+        assert_int_equal(syncd_store_cache_invalidate(f->store, "h", "d", NULL),
                          0);
-        assert_null(doc->hist);
+        assert_int_equal(syncd_store_cache_put(f->store, doc, NULL), 1);
         syncd_doc_free(doc);
     }
+    fast = cas_fast(f);
+    put_acked(f, acked, "d", json_pack("{s:i}", "n", 4));
+    assert_int_equal(cas_fast(f), fast);
+    /* That write read the record: the next one commits from the cache. */
+    put_acked(f, acked, "d", json_pack("{s:i}", "n", 5));
+    assert_int_equal(cas_fast(f), fast + (writes_from_cache(f) ? 1 : 0));
+    assert_history_is(f, "h", "d", acked, 1, 5);
+    for (int i = 1; i <= 5; i++)
+        json_decref(acked[i].body);
 }
 
 static void test_history__records_without_history_read_fine(void **state)
@@ -4204,6 +4288,9 @@ int main(int argc, char **argv)
         BOTH(test_history__is_trimmed_oldest_first_by_count),
         BOTH(test_history__is_trimmed_oldest_first_by_bytes),
         BOTH(test_history__a_deleted_document_is_restored_from_its_tombstone),
+        BOTH(test_history__edits_from_the_node_cache_keep_the_exact_history),
+        BOTH(
+            test_history__an_entry_from_an_event_is_edited_by_reading_the_record),
         BOTH(test_history__records_without_history_read_fine),
     };
 

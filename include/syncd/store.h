@@ -58,8 +58,7 @@ typedef struct syncd_doc {
                        "del":true for a tombstone), p the compact JSON of
                        the RFC 6902 patch from version v+1's body to
                        version v's (a tombstone's body taken as {});
-                       shared, immutable; NULL: none (the node cache never
-                       holds it) */
+                       shared, immutable; NULL: none */
 } syncd_doc_t;
 
 /* Frees doc and its strings and drops its body reference; NULL ignored. */
@@ -596,6 +595,8 @@ int syncd_store_refetch(syncd_store_t *store, syncd_doc_t **out,
 typedef struct syncd_store_stats {
     uint64_t edits, conflicts, retries, cache_hits, cache_misses,
         cache_evictions, cache_bytes, cache_entries, cache_writes;
+    uint64_t cas_fast; /* writes committed without a read of the record (one
+                          compare-and-swap from the node cache's entry) */
 } syncd_store_stats_t;
 
 /* Copies the store's counters into *out. */
