@@ -197,9 +197,11 @@ for line in open(sys.argv[1]):
         e = json.loads(line[5:])
         events[e["v"]] = e
 assert events[6]["op"] == "update" and events[6]["base"] == 5, events[6]
-# (An update event may carry no patch, an invalidate: then its hash.)
-assert events[6]["patch"] is None or \
-    {"op": "replace", "path": "/size", "value": 2} in events[6]["patch"], events[6]
+# An update event carries its diff, or the body as a root replace when the
+# diff is larger (DESIGN.md section 4): either way it makes v5's body v6's.
+assert {"op": "replace", "path": "/size", "value": 2} in events[6]["patch"] or \
+    events[6]["patch"] == [{"op": "replace", "path": "",
+                            "value": {"size": 2, "files": ["a", "b"]}}], events[6]
 assert events[7]["op"] == "update", events[7]
 assert events[9]["op"] == "create" and events[9]["base"] == 0, events[9]
 assert events[9]["merge"]["note"] == "x", events[9]
