@@ -159,8 +159,7 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
 
 /* Test hook of the FerretDB claim protocol: fn(coll, id, expected, data)
  * runs in the writing thread holding the claim on coll/id at expected,
- * right after its commit record of expected + 1 is in and before its
- * replace of the document is sent, as if the writer stalled there.
+ * right before the fenced replace is sent, as if the writer stalled there.
  * fn NULL removes it. Set it while no backend call is in flight. */
 typedef void (*syncd_mongo_claim_hook_fn)(const char *coll, const char *id,
                                           int64_t expected, void *data);

@@ -65,21 +65,21 @@
  * move a document on from a given version. The owner token "<holder>-<number>"
  * is unique to one claim: the holder name is the backend's (a per-process
  * random nonce and the backend's number in the process), the number counts
- * claims. The holder reads the version, commits the next one (below:
- * an insert of its commit record, then a replace with the filter {_id, v:
- * expected}) and drops its claim (filtered on its owner).
+ * claims. The holder reads the version, replaces with the filter {_id, v:
+ * expected} and drops its claim (filtered on its owner).
  *
  * A claim is trusted for a lease (twice the backend timeout, at least
  * 1 s), timed by each process on its own monotonic clock, so no two nodes'
- * clocks are ever compared: the holder sends its commit insert only within
- * the first half of the lease from the moment it sent the claim (else it drops
+ * clocks are ever compared: the holder sends its replace only within the
+ * first half of the lease from the moment it sent the claim (else it drops
  * the claim and claims again), and a writer kept out takes the claim over
  * only after it saw the same owner hold it for a whole lease. The other
- * half is for the insert to reach the server: one that takes longer
- * fails at the socket timeout anyway. A writer that stalls past that (a
- * stopped process) can then still send the insert it had decided on,
- * which is then a duplicate, or is told apart by the commit records
- * (below). A writer kept
+ * half is for the replace to reach the server: one that takes longer
+ * fails at the socket timeout anyway. A writer
+ * that stalls past that (a stopped process) can then still send a replace
+ * it had decided on, but the {_id, v: expected} filter rejects it once the
+ * new holder has moved the version: the only window left is inside the
+ * server, between FerretDB's query and its update by _id. A writer kept
  * out of a claim waits (jittered, growing pauses) until the version moves
  * (a conflict), the claim goes (it claims again) or it takes the claim
  * over, for at most two leases (then SYNCD_ETIMEDOUT): so a conflict, and
@@ -102,7 +102,7 @@
  * claim over at once. Only a counter is compared, never one node's clock
  * with another's. A live holder's counter moves, and a holder that is
  * alive but stuck is left to the lease as before. The holder fences itself
- * to match: it sends its commit insert only while its liveness is proved, that
+ * to match: it sends its replace only while its liveness is proved, that
  * is within FENCE_MS (0.5 s) of sending a bump that was acknowledged
  * within DEAD_MS of sending the bump acknowledged before it (so no writer
  * saw its counter stand still for DEAD_MS up to that bump's landing): a
@@ -122,66 +122,37 @@
  * own process whose replace was on its way, and both were acknowledged at
  * the same version: the linz checker's found-ferretdb-two-v38 history.)
  *
- * The commit point of a version on FerretDB is not the replace but an
- * insert, the one write FerretDB makes atomic (its unique _id): before it
- * replaces the document, the writer of version v + 1 inserts the commit
- * record {_id: "<id>\x1f<v + 1, 20 digits>", ...the full new record...,
- * t: <wall ms>} into the side collection "_syncd_commits.<coll>" (an id
- * holds no control character, so a key never equals a document id, and
- * keys sort by id, then by version). The insert that succeeds owns
- * version v + 1; a duplicate is a conflict. The document is then only a
- * copy that can lag (its writer died between insert and replace) or even
- * be set back (a replace or an ack whose query FerretDB ran before the
- * document moved on and whose update by _id lands after it). The
- * committed record of an id is its newest commit record when that is of
- * a higher version than the document, else the document (read_current
- * reads the document, then the newest commit record, so it never misses a
- * version committed before the read). get, list, versions, export and the
- * outbox listing read through to it (a listing merges the two
- * collections in _id order, merged_each), and get, writers and acks roll
- * the document forward to it (a replace filtered on the version the
- * document is at). The newest commit record of an id is never dropped
- * (purge drops an id's records with its tombstone, once the document is
- * gone), so a document set back by any late update is always seen to be
- * behind; a record below the newest is dropped once the record above it
- * is KEEP_LEASES leases old by its t (by every GC_EVERY-th writer of its
- * id, and by acks).
+ * A holder reports success only when it still finds its claim to drop
+ * after its replace (the delete filtered on its owner deletes one): else a
+ * writer took it over, its replace of the same version may have met this
+ * one inside the server, and the holder answers SYNCD_EBACKEND (outcome
+ * unknown). Since the taker drops the claim before it reads the version,
+ * and reads it before its replace, a holder that finds its claim had its
+ * replace done before the taker read the version: the taker then sees it
+ * moved and writes nothing.
  *
- * Why a writer's answer is right. Its insert of v + 1 landed either while
- * the newest committed version was v (then v + 1 is its own: every read
- * from then on takes that record or a newer one, and every later writer
- * builds on it), or after another writer's commit of v + 1 whose record
- * had since been dropped. That record landed after this writer read
- * version v (else it would have read v + 1), at most half a lease before
- * it sent its insert; the record of v + 2 was written after that one
- * landed, and v + 1 is dropped only once that is KEEP_LEASES leases old:
- * the insert took more than KEEP_LEASES - 1/2 leases (less the wall
- * clocks' skew) to land. So an insert acknowledged within KEEP_LEASES / 2
- * leases of being sent,
- * by the writer's own monotonic clock, won its version (with clocks
- * skewed by less than that much). A slower one won it only if its record
- * is still the newest when the writer asks; else the writer answers
- * SYNCD_EBACKEND, outcome unknown. A writer never answers success for a
- * version it did not win, nor a conflict for one it won, and no late
- * replace (or ack) changes what is read or built on: nothing here depends
- * on how late a replace lands.
- *
- * The claims stay for what they still do: they keep the writers of one
- * version out of each other's way (a writer waits its turn rather than
- * failing its commit insert and retrying), and they fence the two writes
- * that change a document without a new version, the outbox ack and the
- * tombstone purge. They no longer make a write safe: the lease, the
- * liveness records and the fences now bound only how long writers wait,
- * and a writer whose claim was taken over still owns the version its
- * commit record won. Purge drops the liveness records whose `t` is ten
- * leases old by the purging node's clock: housekeeping, where only a
- * clock that many leases behind gets a live record dropped (its holder
- * writes it again within BEAT_MS).
- *
- * This costs FerretDB mode a read and an insert per write, a read per
- * get and a second cursor per listing; FerretDB's SQLite backend pushes
- * down only _id equality, so the newest-record lookup scans the commits
- * collection (a record per written document, plus the young ones).
+ * What is left, and not closed: the taker's own acknowledged replace can
+ * be overwritten by a replace of the old holder that was sent in time but
+ * reaches FerretDB more than DEAD_MS - FENCE_MS = 1.5 s later (held in the
+ * network or a proxy, or queued in a loaded FerretDB), when FerretDB runs
+ * that replace's query before the taker's update and its update by _id
+ * after it (the {_id, v: expected} filter rejects it otherwise). The old
+ * holder then answers unknown, but the taker has answered success. With
+ * the holder alive but stalled, the taker waits a lease instead, and the
+ * old replace must arrive more than half a lease late. Neither the
+ * driver's socket timeout (it closes the connection of a replace not
+ * answered in time, but a command FerretDB has read runs to its end, and
+ * bytes a proxy or the kernel holds may still be delivered after the
+ * close) nor any wait of the taker bounds that delay; only a commit point
+ * FerretDB makes atomic would close it: e.g. each version's record
+ * inserted under the unique _id "<id>@<version>" as its intent (one writer
+ * wins a version), the document rolled forward from the newest intent by
+ * whoever reads or writes it next. A record can also be missing while its
+ * holder lives, with the same window: when a writer of an older syncd
+ * without records holds the claim, or for the 250 ms until the next bump
+ * writes it again after purge dropped it. Purge drops the records whose
+ * `t` is ten leases old by the purging node's clock: housekeeping, where
+ * only a clock that many leases behind gets a live record dropped.
  */
 #include <errno.h>
 #include <math.h>
@@ -199,10 +170,6 @@
 #define BACKEND "mongodb"
 #define DUPLICATE_KEY 11000
 #define CLAIMS_PREFIX "_syncd_claims."
-#define COMMITS_PREFIX "_syncd_commits." /* commit records (FerretDB mode) */
-#define KEY_SEP                                                                \
-    '\x1f' /* between the id and the version in a claim or commit              \
-            */
 #define NEG_ZERO_TAG "%-0"
 #define ARRAY_TAG "%a"
 #define MIN_LEASE_MS 1000     /* a claim's lease: twice the timeout, or this */
@@ -214,8 +181,6 @@
 #define DEAD_MS 2000 /* a record that stood still this long: holder dead */
 #define FENCE_MS 500 /* a holder writes only this soon after a proved bump */
 #define PROC_PURGE_LEASES 10 /* purge drops records this many leases old */
-#define KEEP_LEASES 4 /* a commit record below the newest lives this long */
-#define GC_EVERY 16   /* a writer drops old commit records every 16 versions */
 #define KEY_STACK 256
 
 typedef struct mongo_backend {
@@ -839,12 +804,12 @@ static void call_end(call_t *c, mongo_backend_t *m)
     mongoc_client_pool_push(m->pool, c->client);
 }
 
-/* Finds the first document that find(filter, opts) returns into *out (a
- * copy the caller destroys; NULL when none matched). */
-static int find_first(bson_t **out, mongoc_collection_t *c,
-                      const bson_t *filter, const bson_t *opts,
-                      const char *coll, const char *id, syncd_error_t *err)
+/* Finds the first document matching filter into *out (a copy the caller
+ * destroys; NULL when none matched). */
+static int find_one(bson_t **out, mongoc_collection_t *c, const bson_t *filter,
+                    const char *coll, const char *id, syncd_error_t *err)
 {
+    bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
     mongoc_cursor_t *cur =
         mongoc_collection_find_with_opts(c, filter, opts, NULL);
     const bson_t *found;
@@ -857,25 +822,11 @@ static int find_first(bson_t **out, mongoc_collection_t *c,
     else if (mongoc_cursor_error(cur, &e))
         rc = driver_error(err, &e, "find", coll, id);
     mongoc_cursor_destroy(cur);
-    return rc;
-}
-
-/* Finds the first document matching filter into *out (a copy the caller
- * destroys; NULL when none matched). */
-static int find_one(bson_t **out, mongoc_collection_t *c, const bson_t *filter,
-                    const char *coll, const char *id, syncd_error_t *err)
-{
-    bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
-    int rc = find_first(out, c, filter, opts, coll, id, err);
-
     bson_destroy(opts);
     return rc;
 }
 
 /* ---- Operations ---------------------------------------------------------- */
-
-static int read_committed(bson_t **out, mongo_backend_t *m, const call_t *c,
-                          const char *coll, const char *id, syncd_error_t *err);
 
 static int mongo_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
                      const char *id, syncd_error_t *err)
@@ -887,8 +838,7 @@ static int mongo_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     int rc;
 
     call_begin(&c, m, "", coll);
-    rc = m->claims ? read_committed(&found, m, &c, coll, id, err)
-                   : find_one(&found, c.coll, filter, coll, id, err);
+    rc = find_one(&found, c.coll, filter, coll, id, err);
     call_end(&c, m);
     if (rc == 0 && !found)
         rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll, id);
@@ -936,12 +886,24 @@ static int replace_record(mongoc_collection_t *c, const char *id,
     return rc;
 }
 
-/* Makes the _id of the claim, or of the commit record, of id at version:
- * "<id>\x1f<version, 20 digits>" (an id holds no control character, so
- * these sort by id, then by version, and never equal a document id). */
+/* Reads the version of coll/id into *version (0 when there is none). */
+static int read_version(mongoc_collection_t *c, const char *id,
+                        int64_t *version, const char *coll, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t *found = NULL;
+    int rc = find_one(&found, c, filter, coll, id, err);
+
+    *version = found ? field_int64(found, "v") : 0;
+    if (found)
+        bson_destroy(found);
+    bson_destroy(filter);
+    return rc;
+}
+
 static void claim_key(char *buf, size_t size, const char *id, int64_t version)
 {
-    snprintf(buf, size, "%s%c%020lld", id, KEY_SEP, (long long)version);
+    snprintf(buf, size, "%s\x1f%020lld", id, (long long)version);
 }
 
 /* Makes a claim owner token unique to this claim: the holder name of the
@@ -1046,245 +1008,6 @@ static int claim_holder(mongoc_collection_t *claims, const char *key,
     }
     bson_destroy(filter);
     return rc;
-}
-
-/* ---- Commit records (FerretDB mode) ------------------------------------- */
-
-static int delete_many(mongoc_collection_t *c, const bson_t *filter,
-                       int64_t *deleted, const char *coll, syncd_error_t *err);
-
-/* Opens the collection of coll's commit records on c's client (the caller
- * destroys it). */
-static mongoc_collection_t *commits_of(mongo_backend_t *m, const call_t *c,
-                                       const char *coll)
-{
-    char name[128];
-
-    snprintf(name, sizeof(name), COMMITS_PREFIX "%s", coll);
-    return mongoc_client_get_collection(c->client, m->db, name);
-}
-
-/* Builds into f the filter on the commit records of id with a version in
- * (low, high]. */
-static void commits_between(bson_t *f, const char *id, int64_t low,
-                            int64_t high)
-{
-    char lo[SYNCD_MAX_ID_BYTES + 32];
-    char hi[SYNCD_MAX_ID_BYTES + 32];
-    bson_t range;
-
-    claim_key(lo, sizeof(lo), id, low);
-    claim_key(hi, sizeof(hi), id, high);
-    BSON_APPEND_DOCUMENT_BEGIN(f, "_id", &range);
-    BSON_APPEND_UTF8(&range, "$gt", lo);
-    BSON_APPEND_UTF8(&range, "$lte", hi);
-    bson_append_document_end(f, &range);
-}
-
-/* Reads the commit record of coll/id with the highest version into *out (a
- * copy the caller destroys; NULL when id has none). */
-static int latest_commit(bson_t **out, mongoc_collection_t *commits,
-                         const char *coll, const char *id, syncd_error_t *err)
-{
-    bson_t filter = BSON_INITIALIZER;
-    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(-1), "}", "limit",
-                            BCON_INT64(1));
-    int rc;
-
-    commits_between(&filter, id, 0, INT64_MAX);
-    rc = find_first(out, commits, &filter, opts, coll, id, err);
-    bson_destroy(opts);
-    bson_destroy(&filter);
-    return rc;
-}
-
-/* Deletes coll/id's commit records with a version in (low, high]. */
-static int drop_commits(mongoc_collection_t *commits, const char *coll,
-                        const char *id, int64_t low, int64_t high,
-                        syncd_error_t *err)
-{
-    bson_t filter = BSON_INITIALIZER;
-    int64_t dropped = 0;
-    int rc;
-
-    commits_between(&filter, id, low, high);
-    rc = delete_many(commits, &filter, &dropped, coll, err);
-    bson_destroy(&filter);
-    return rc;
-}
-
-/* Makes into rec (initialised here; the caller destroys it) the document
- * record of id that commit record r holds: r without its _id and time t,
- * with _id id first when with_id is set. */
-static void as_record(bson_t *rec, const bson_t *r, const char *id, int with_id)
-{
-    bson_init(rec);
-    if (with_id)
-        BSON_APPEND_UTF8(rec, "_id", id);
-    bson_copy_to_excluding_noinit(r, rec, "_id", "t", NULL);
-}
-
-/* Reads what a reader of coll/id must take for its record in FerretDB
- * mode: its document into *doc (a copy, NULL when it has none), and into
- * *newer its newest commit record when that is of a higher version than
- * the document (a copy, else NULL): that one is the committed record. The
- * document is read first, so *newer is at least as new as any version
- * that was committed when the document was read. */
-static int read_current(bson_t **doc, bson_t **newer, mongoc_collection_t *docs,
-                        mongoc_collection_t *commits, const char *coll,
-                        const char *id, syncd_error_t *err)
-{
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
-    int rc = find_one(doc, docs, filter, coll, id, err);
-
-    *newer = NULL;
-    if (rc == 0)
-        rc = latest_commit(newer, commits, coll, id, err);
-    if (rc == 0 && *newer && *doc &&
-        field_int64(*newer, "v") <= field_int64(*doc, "v")) {
-        bson_destroy(*newer);
-        *newer = NULL;
-    }
-    if (rc < 0 && *doc) {
-        bson_destroy(*doc);
-        *doc = NULL;
-    }
-    bson_destroy(filter);
-    return rc;
-}
-
-/* Reads the version of coll/id as read_current takes it into *version (0
- * when there is none). */
-static int current_version(mongo_backend_t *m, const call_t *c,
-                           const char *coll, const char *id, int64_t *version,
-                           syncd_error_t *err)
-{
-    mongoc_collection_t *commits = commits_of(m, c, coll);
-    bson_t *doc = NULL, *newer = NULL;
-    int rc = read_current(&doc, &newer, c->coll, commits, coll, id, err);
-    const bson_t *cur = newer ? newer : doc;
-
-    *version = cur ? field_int64(cur, "v") : 0;
-    if (newer)
-        bson_destroy(newer);
-    if (doc)
-        bson_destroy(doc);
-    mongoc_collection_destroy(commits);
-    return rc;
-}
-
-/* Rolls the document of coll/id (doc, NULL when it has none) forward to
- * newer, its newest commit record: a replace filtered on the document's
- * version, or an insert. Losing to another writer that does the same, or
- * that moved the document on, is no error. */
-static int roll_forward(mongoc_collection_t *docs, const bson_t *newer,
-                        const bson_t *doc, const char *coll, const char *id,
-                        syncd_error_t *err)
-{
-    bson_t rec;
-    bson_error_t e;
-    int matched = 0;
-    int rc = 0;
-
-    as_record(&rec, newer, id, doc == NULL);
-    if (doc)
-        rc = replace_record(docs, id, &rec, field_int64(doc, "v"), &matched,
-                            coll, err);
-    else if (!mongoc_collection_insert_one(docs, &rec, NULL, NULL, &e) &&
-             e.code != DUPLICATE_KEY)
-        rc = driver_error(err, &e, "roll forward", coll, id);
-    bson_destroy(&rec);
-    return rc;
-}
-
-/* Reads coll/id's committed record in FerretDB mode into *out (a copy the
- * caller destroys; NULL when there is none): its document, or its newest
- * commit record when that is ahead of the document, which it then rolls
- * forward (best effort: the record read is what counts). */
-static int read_committed(bson_t **out, mongo_backend_t *m, const call_t *c,
-                          const char *coll, const char *id, syncd_error_t *err)
-{
-    mongoc_collection_t *commits = commits_of(m, c, coll);
-    bson_t *doc = NULL, *newer = NULL;
-    int rc = read_current(&doc, &newer, c->coll, commits, coll, id, err);
-
-    *out = doc;
-    if (rc == 0 && newer) {
-        bson_t rec;
-
-        roll_forward(c->coll, newer, doc, coll, id, NULL);
-        as_record(&rec, newer, id, 1);
-        *out = bson_copy(&rec);
-        bson_destroy(&rec);
-        if (doc)
-            bson_destroy(doc);
-    }
-    if (newer)
-        bson_destroy(newer);
-    mongoc_collection_destroy(commits);
-    return rc;
-}
-
-/* How long a commit record below its id's newest one is kept (wall ms
- * from its t): so long that the writer of the version below it, which
- * asks for it at most half that long after sending its own insert (by its
- * own clock), finds it (see the file comment). */
-static int64_t keep_ms(const mongo_backend_t *m)
-{
-    return KEEP_LEASES * m->lease_ms;
-}
-
-/* Drops, best effort, coll/id's commit records below the newest one of
- * version at most high whose t is keep_ms old: each of them has a
- * successor that old (the t of a record is taken after the record below
- * it was read, so they grow with the version, but for clock skew). */
-static void age_out(mongo_backend_t *m, mongoc_collection_t *commits,
-                    const char *coll, const char *id, int64_t high)
-{
-    bson_t filter = BSON_INITIALIZER;
-    bson_t *opts =
-        BCON_NEW("sort", "{", "_id", BCON_INT32(-1), "}", "limit",
-                 BCON_INT64(1), "projection", "{", "v", BCON_INT32(1), "}");
-    bson_t *old = NULL;
-
-    commits_between(&filter, id, 0, high);
-    BCON_APPEND(&filter, "t", "{", "$lt",
-                BCON_DATE_TIME(wall_ms() - keep_ms(m)), "}");
-    if (find_first(&old, commits, &filter, opts, coll, id, NULL) == 0 && old)
-        drop_commits(commits, coll, id, 0, field_int64(old, "v") - 1, NULL);
-    if (old)
-        bson_destroy(old);
-    bson_destroy(opts);
-    bson_destroy(&filter);
-}
-
-/* Tells whether the commit record of coll/id at expected + 1, whose
- * insert was sent at sent and acknowledged at acked (monotonic ms), is a
- * committed version (see the file comment): it is when the insert took
- * at most keep_ms / 2, or when it is id's newest commit record. Returns 0
- * then, else SYNCD_EBACKEND (outcome unknown). */
-static int commit_outcome(mongo_backend_t *m, mongoc_collection_t *commits,
-                          const char *coll, const char *id, int64_t expected,
-                          int64_t sent, int64_t acked, syncd_error_t *err)
-{
-    bson_t *latest = NULL;
-    int64_t v;
-    int rc;
-
-    if (acked - sent <= keep_ms(m) / 2)
-        return 0;
-    rc = latest_commit(&latest, commits, coll, id, err);
-    if (rc < 0)
-        return rc;
-    v = latest ? field_int64(latest, "v") : 0;
-    if (latest)
-        bson_destroy(latest);
-    if (v == expected + 1)
-        return 0;
-    return syncd_error_set(err, SYNCD_EBACKEND,
-                           "%s/%s: the commit of version %lld took too long to "
-                           "tell whether it won: outcome unknown",
-                           coll, id, (long long)expected + 1);
 }
 
 /* ---- Holder liveness (FerretDB mode) ------------------------------------ */
@@ -1457,77 +1180,37 @@ static int read_beats(mongo_backend_t *m, call_t *c, const char *proc,
     return rc;
 }
 
-/* Holding the claim taken at claimed (monotonic ms), commits rec (no _id)
- * as coll/id's version expected + 1 (see the file comment): reads the
- * record as read_current does (a conflict unless it is at expected),
- * rolls the document forward when a commit record is ahead of it, inserts
- * the commit record {_id: <id>\x1f<expected + 1>, ...rec, t: wall ms},
- * whose unique _id makes one writer the owner of the version (a
- * duplicate is a conflict), replaces the document (filtered on expected)
- * with rec, and tells by commit_outcome whether its version is
- * committed; every GC_EVERY versions it then drops the commit records
- * below it older than keep_ms. Nothing is sent once half the lease has passed
- * or while m's liveness is not proved fresh (*lapsed is set then), so that
- * writers keep out of each other's way; the commit record alone decides the
- * outcome. *unknown is set when the insert was sent and failed (it may
- * still land). */
-static int replace_claimed(mongo_backend_t *m, call_t *c,
-                           mongoc_collection_t *commits, const bson_t *rec,
+/* Holding the claim taken at claimed (monotonic ms), moves coll/id from
+ * expected to rec: the replace is fenced on {_id, v: expected}, and is not
+ * sent at all once half the lease has passed, or while m's liveness is
+ * not proved fresh, so that it never races a writer that took the claim
+ * over. *lapsed is set when it was not sent for that reason, *unknown when
+ * it was sent and failed (it may still land). */
+static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
                            const char *coll, const char *id, int64_t expected,
                            int64_t claimed, int *lapsed, int *unknown,
                            syncd_error_t *err)
 {
-    char key[SYNCD_MAX_ID_BYTES + 32];
-    bson_t *doc = NULL, *newer = NULL;
-    bson_t commit = BSON_INITIALIZER;
-    bson_error_t e;
-    int64_t sent, acked;
+    int64_t version = 0;
     int matched = 0;
-    int rc = read_current(&doc, &newer, c->coll, commits, coll, id, err);
-    const bson_t *cur = newer ? newer : doc;
+    int rc = read_version(c->coll, id, &version, coll, err);
 
     *lapsed = 0;
     *unknown = 0;
     if (rc < 0)
-        goto cleanup;
-    if ((cur ? field_int64(cur, "v") : 0) != expected) {
-        rc = conflict(err, coll, id, expected);
-        goto cleanup;
-    }
+        return rc;
+    if (version != expected)
+        return conflict(err, coll, id, expected);
     if (mono_ms() - claimed > m->lease_ms / 2 || !beat_fresh(m)) {
         *lapsed = 1;
-        goto cleanup;
+        return 0;
     }
-    if (newer && (rc = roll_forward(c->coll, newer, doc, coll, id, err)) < 0)
-        goto cleanup;
-    claim_key(key, sizeof(key), id, expected + 1);
-    BSON_APPEND_UTF8(&commit, "_id", key);
-    bson_concat(&commit, rec);
-    BSON_APPEND_DATE_TIME(&commit, "t", wall_ms());
-    sent = mono_ms();
-    if (!mongoc_collection_insert_one(commits, &commit, NULL, NULL, &e)) {
-        if (e.code == DUPLICATE_KEY) {
-            rc = conflict(err, coll, id, expected);
-        } else {
-            rc = driver_error(err, &e, "commit", coll, id);
-            *unknown = 1;
-        }
-        goto cleanup;
-    }
-    acked = mono_ms();
     if (claim_hook)
         claim_hook(coll, id, expected, claim_hook_data);
-    replace_record(c->coll, id, rec, expected, &matched, coll, NULL);
-    rc = commit_outcome(m, commits, coll, id, expected, sent, acked, err);
-    if (rc == 0 && (expected + 1) % GC_EVERY == 0)
-        age_out(m, commits, coll, id, expected);
-
-cleanup:
-    bson_destroy(&commit);
-    if (newer)
-        bson_destroy(newer);
-    if (doc)
-        bson_destroy(doc);
+    rc = replace_record(c->coll, id, rec, expected, &matched, coll, err);
+    *unknown = rc < 0;
+    if (rc == 0 && !matched)
+        rc = conflict(err, coll, id, expected);
     return rc;
 }
 
@@ -1596,7 +1279,7 @@ static int await_claim(mongo_backend_t *m, call_t *c,
     int64_t now;
     int alive = 1;
     int own;
-    int rc = current_version(m, c, coll, id, &version, err);
+    int rc = read_version(c->coll, id, &version, coll, err);
 
     if (rc < 0)
         return rc;
@@ -1628,6 +1311,34 @@ static int await_claim(mongo_backend_t *m, call_t *c,
     return 0;
 }
 
+/* Drops the claim key that owner took, after its holder's replace_claimed
+ * returned rc (lapsed: it sent nothing). A replace that committed counts
+ * only when its claim was still there to drop: else another writer took
+ * the claim over, its replace of the same version may have met this one
+ * inside the server, and the outcome is reported unknown
+ * (SYNCD_EBACKEND), never success; so is it when the drop fails. Returns
+ * rc otherwise. */
+static int drop_own(mongoc_collection_t *claims, const char *key,
+                    const char *owner, int rc, int lapsed, const char *coll,
+                    const char *id, int64_t expected, syncd_error_t *err)
+{
+    int dropped = 0;
+    int dr = drop_claim(claims, key, owner, &dropped, coll, id,
+                        rc == 0 && !lapsed ? err : NULL);
+
+    if (rc < 0 || lapsed)
+        return rc;
+    if (dr < 0)
+        return dr;
+    if (!dropped)
+        return syncd_error_set(err, SYNCD_EBACKEND,
+                               "%s/%s: the claim on version %lld was taken "
+                               "over while its replace was in flight: "
+                               "outcome unknown",
+                               coll, id, (long long)expected);
+    return 0;
+}
+
 /* The claimed replace of FerretDB mode (see the file comment): takes the
  * claim on coll/id at expected and writes under it; while another writer
  * holds the claim, waits for the version to move (a conflict) or the claim
@@ -1643,13 +1354,11 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
     char owner[64];
     claim_watch_t watch = {"", 0, -1, 0, CLAIM_POLL_MS};
     mongoc_collection_t *claims;
-    mongoc_collection_t *commits;
     int64_t deadline = mono_ms() + 2 * m->lease_ms;
     int rc = 0;
 
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
-    commits = commits_of(m, c, coll);
     claim_key(key, sizeof(key), id, expected);
     for (;;) {
         int64_t claimed = mono_ms();
@@ -1661,7 +1370,7 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
         if (!beat_fresh(m)) {
             int64_t version = 0;
 
-            rc = current_version(m, c, coll, id, &version, err);
+            rc = read_version(c->coll, id, &version, coll, err);
             if (rc == 0 && version != expected)
                 rc = conflict(err, coll, id, expected);
             if (rc == 0)
@@ -1672,13 +1381,14 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
             tried = 1;
         }
         if (rc == 0 && taken) {
-            rc = replace_claimed(m, c, commits, rec, coll, id, expected,
-                                 claimed, &lapsed, &unknown, err);
-            /* A commit that may still land keeps the others out for the
+            rc = replace_claimed(m, c, rec, coll, id, expected, claimed,
+                                 &lapsed, &unknown, err);
+            /* A replace that may still land keeps the others out for the
              * lease. A claim left behind is on a version that moved on, or
              * is taken over after its lease or its holder's death. */
             if (!unknown)
-                drop_claim(claims, key, owner, NULL, coll, id, NULL);
+                rc = drop_own(claims, key, owner, rc, lapsed, coll, id,
+                              expected, err);
             release(m, owner);
             if (!lapsed)
                 break;
@@ -1697,7 +1407,6 @@ static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
             break;
         }
     }
-    mongoc_collection_destroy(commits);
     mongoc_collection_destroy(claims);
     return rc;
 }
@@ -2000,169 +1709,6 @@ static int find_each(mongo_backend_t *m, const char *coll, const bson_t *filter,
     return rc;
 }
 
-/* What a merged walk passes on: every record, live ones, or those holding
- * outbox markers. */
-enum { KEEP_ALL, KEEP_LIVE, KEEP_OB };
-
-/* A walk over commit records sorted by _id, one document id at a time. */
-typedef struct commit_stream {
-    mongoc_cursor_t *cur;
-    bson_t *next; /* a record read and not yet grouped, or NULL */
-    bson_t *best; /* the newest record of the current id; NULL at the end */
-    char *id;     /* the current document id */
-    int done;     /* 1 once the cursor has no more */
-} commit_stream_t;
-
-/* Returns the document id in the _id of commit record r as a new string
- * (NULL when r is malformed or out of memory). */
-static char *commit_id(const bson_t *r)
-{
-    bson_iter_t it;
-    const char *key;
-    const char *sep;
-
-    if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
-        return NULL;
-    key = bson_iter_utf8(&it, NULL);
-    sep = strrchr(key, KEY_SEP);
-    return sep ? strndup(key, (size_t)(sep - key)) : NULL;
-}
-
-/* Moves s on to the next document id's newest record (s->best NULL past
- * the last). */
-static void commit_group(commit_stream_t *s)
-{
-    const bson_t *r;
-
-    if (s->best)
-        bson_destroy(s->best);
-    free(s->id);
-    s->best = NULL;
-    s->id = NULL;
-    for (;;) {
-        bson_t *rec = s->next;
-        char *id;
-
-        s->next = NULL;
-        if (!rec) {
-            if (s->done || !mongoc_cursor_next(s->cur, &r)) {
-                s->done = 1;
-                return;
-            }
-            rec = bson_copy(r);
-        }
-        id = commit_id(rec);
-        if (!id) {
-            bson_destroy(rec);
-        } else if (!s->best) {
-            s->best = rec;
-            s->id = id;
-        } else if (strcmp(id, s->id) != 0) {
-            s->next = rec;
-            free(id);
-            return;
-        } else {
-            free(id);
-            if (field_int64(rec, "v") > field_int64(s->best, "v")) {
-                bson_destroy(s->best);
-                s->best = rec;
-            } else {
-                bson_destroy(rec);
-            }
-        }
-    }
-}
-
-static int keeps(const bson_t *r, int keep)
-{
-    bson_iter_t it;
-
-    if (keep == KEEP_LIVE)
-        return !field_bool(r, "del");
-    if (keep == KEEP_OB)
-        return bson_iter_init_find(&it, r, "ob");
-    return 1;
-}
-
-static const char *record_id(const bson_t *r)
-{
-    bson_iter_t it;
-
-    if (bson_iter_init_find(&it, r, "_id") && BSON_ITER_HOLDS_UTF8(&it))
-        return bson_iter_utf8(&it, NULL);
-    return "";
-}
-
-/* The walk of find_each in FerretDB mode, where a document can be behind
- * its newest commit record (see the file comment): runs find(filter,
- * opts) on coll and find(cfilter, opts) on its commit records, both sorted
- * by _id, and passes to row, in id order, each id's committed record as
- * read_current takes it (the document, or its newest commit record when
- * that is ahead, as a document record), when keep keeps it, up to limit
- * rows (0: all). */
-static int merged_each(mongo_backend_t *m, const char *coll,
-                       const bson_t *filter, const bson_t *cfilter,
-                       const bson_t *opts, size_t limit, int keep, row_fn row,
-                       json_t *acc, const char *arg, const char *what,
-                       const char *key, syncd_error_t *err)
-{
-    commit_stream_t s = {NULL, NULL, NULL, NULL, 0};
-    mongoc_collection_t *commits;
-    mongoc_cursor_t *docs;
-    const bson_t *r;
-    bson_t *doc = NULL;
-    bson_error_t e;
-    size_t rows = 0;
-    call_t c;
-    int rc = 0;
-
-    call_begin(&c, m, "", coll);
-    commits = commits_of(m, &c, coll);
-    docs = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
-    s.cur = mongoc_collection_find_with_opts(commits, cfilter, opts, NULL);
-    if (mongoc_cursor_next(docs, &r))
-        doc = bson_copy(r);
-    commit_group(&s);
-    while (rc == 0 && (doc || s.best) && (limit == 0 || rows < limit)) {
-        int cmp = !doc ? 1 : !s.best ? -1 : strcmp(record_id(doc), s.id);
-        bson_t rec = BSON_INITIALIZER;
-        const bson_t *pick = doc;
-
-        if (cmp > 0 ||
-            (cmp == 0 && field_int64(s.best, "v") > field_int64(doc, "v"))) {
-            bson_destroy(&rec);
-            as_record(&rec, s.best, s.id, 1);
-            pick = &rec;
-        }
-        if (keeps(pick, keep)) {
-            rc = row(acc, pick, arg, err);
-            rows++;
-        }
-        bson_destroy(&rec);
-        if (cmp <= 0) {
-            bson_destroy(doc);
-            doc = mongoc_cursor_next(docs, &r) ? bson_copy(r) : NULL;
-        }
-        if (cmp >= 0)
-            commit_group(&s);
-    }
-    if (rc == 0 &&
-        (mongoc_cursor_error(docs, &e) || mongoc_cursor_error(s.cur, &e)))
-        rc = driver_error(err, &e, what, coll, key);
-    if (doc)
-        bson_destroy(doc);
-    if (s.next)
-        bson_destroy(s.next);
-    if (s.best)
-        bson_destroy(s.best);
-    free(s.id);
-    mongoc_cursor_destroy(s.cur);
-    mongoc_cursor_destroy(docs);
-    mongoc_collection_destroy(commits);
-    call_end(&c, m);
-    return rc;
-}
-
 /* Appends the listing entry of record r to arr; ids outside prefix (past
  * an inexact bound) are skipped. */
 static int list_entry(json_t *arr, const bson_t *r, const char *prefix,
@@ -2193,63 +1739,29 @@ static int list_entry(json_t *arr, const bson_t *r, const char *prefix,
     return 0;
 }
 
-/* Returns a new string that sorts after every commit record key of id
- * after and below those of any later id. */
-static char *commits_after(const char *after)
-{
-    size_t len = strlen(after);
-    char *k = malloc(len + 3);
-
-    if (k) {
-        memcpy(k, after, len);
-        k[len] = KEY_SEP;
-        k[len + 1] = '~';
-        k[len + 2] = '\0';
-    }
-    return k;
-}
-
 /* Lists into a new array *out (the caller owns it) what row makes of each
  * record of coll that list_filter(prefix, after, with_tombstones) selects,
- * at most limit (0: all), found with opts (destroyed here); a driver
- * error is named by what. In FerretDB mode the records are the committed
- * ones (merged_each). */
+ * found with opts (destroyed here); a driver error is named by what. */
 static int find_listed(mongo_backend_t *m, json_t **out, const char *coll,
-                       const char *prefix, const char *after, size_t limit,
+                       const char *prefix, const char *after,
                        int with_tombstones, bson_t *opts, row_fn row,
                        const char *arg, const char *what, syncd_error_t *err)
 {
     bson_t filter = BSON_INITIALIZER;
-    bson_t cfilter = BSON_INITIALIZER;
-    const char *key = prefix != NULL ? prefix : after;
-    char *cafter = NULL;
     json_t *arr = json_array();
-    int rc = 0;
+    int rc;
 
-    if (!arr || (after && m->claims && !(cafter = commits_after(after)))) {
+    if (!arr) {
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
-    if (m->claims) {
-        rc = list_filter(&filter, prefix, after, 1, err);
-        if (rc == 0)
-            rc = list_filter(&cfilter, prefix, cafter, 1, err);
-        if (rc == 0)
-            rc = merged_each(m, coll, &filter, &cfilter, opts, limit,
-                             with_tombstones ? KEEP_ALL : KEEP_LIVE, row, arr,
-                             arg, what, key, err);
-        goto cleanup;
-    }
-    if (limit > 0)
-        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
     rc = list_filter(&filter, prefix, after, with_tombstones, err);
     if (rc == 0)
-        rc = find_each(m, coll, &filter, opts, row, arr, arg, what, key, err);
+        rc = find_each(m, coll, &filter, opts, row, arr, arg, what,
+                       prefix != NULL ? prefix : after, err);
 
 cleanup:
-    free(cafter);
     bson_destroy(opts);
-    bson_destroy(&cfilter);
     bson_destroy(&filter);
     if (rc < 0) {
         json_decref(arr);
@@ -2267,7 +1779,9 @@ static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
         BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "projection", "{",
                  "data", BCON_INT32(0), "hist", BCON_INT32(0), "}");
 
-    return find_listed((mongo_backend_t *)b, out, coll, prefix, after, limit,
+    if (limit > 0)
+        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
+    return find_listed((mongo_backend_t *)b, out, coll, prefix, after,
                        with_tombstones, opts, list_entry, prefix, "list", err);
 }
 
@@ -2295,10 +1809,11 @@ static int mongo_export_page(syncd_backend_t *b, json_t **out, const char *coll,
                              const char *after, size_t limit,
                              syncd_error_t *err)
 {
-    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}");
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "limit",
+                            BCON_INT64((int64_t)limit));
 
-    return find_listed((mongo_backend_t *)b, out, coll, NULL, after, limit, 0,
-                       opts, export_entry, coll, "export", err);
+    return find_listed((mongo_backend_t *)b, out, coll, NULL, after, 0, opts,
+                       export_entry, coll, "export", err);
 }
 
 /* Builds the filter {_id: {$in: ids}} into f. */
@@ -2318,25 +1833,6 @@ static void versions_filter(bson_t *f, const json_t *ids)
     }
     bson_append_array_end(&in, &arr);
     bson_append_document_end(f, &in);
-}
-
-/* Builds into f the filter on the commit records of the ids in ids. */
-static void commits_of_ids(bson_t *f, const json_t *ids)
-{
-    bson_t arr, range;
-    char buf[16];
-    const char *key;
-    json_t *id;
-    size_t i;
-
-    BSON_APPEND_ARRAY_BEGIN(f, "$or", &arr);
-    json_array_foreach (ids, i, id) {
-        bson_uint32_to_string((uint32_t)i, &key, buf, sizeof(buf));
-        bson_append_document_begin(&arr, key, -1, &range);
-        commits_between(&range, json_string_value(id), 0, INT64_MAX);
-        bson_append_document_end(&arr, &range);
-    }
-    bson_append_array_end(f, &arr);
 }
 
 /* Sets map[id] = {v,h,del} of record r. */
@@ -2363,7 +1859,6 @@ static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
     bson_t filter = BSON_INITIALIZER;
-    bson_t cfilter = BSON_INITIALIZER;
     bson_t *opts =
         BCON_NEW("projection", "{", "_id", BCON_INT32(1), "v", BCON_INT32(1),
                  "h", BCON_INT32(1), "del", BCON_INT32(1), "}");
@@ -2376,19 +1871,11 @@ static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
         goto cleanup;
     }
     versions_filter(&filter, ids);
-    if (m->claims && json_array_size(ids) > 0) {
-        BCON_APPEND(opts, "sort", "{", "_id", BCON_INT32(1), "}");
-        commits_of_ids(&cfilter, ids);
-        rc = merged_each(m, coll, &filter, &cfilter, opts, 0, KEEP_ALL,
-                         versions_entry, map, NULL, "versions", NULL, err);
-    } else {
-        rc = find_each(m, coll, &filter, opts, versions_entry, map, NULL,
-                       "versions", NULL, err);
-    }
+    rc = find_each(m, coll, &filter, opts, versions_entry, map, NULL,
+                   "versions", NULL, err);
 
 cleanup:
     bson_destroy(opts);
-    bson_destroy(&cfilter);
     bson_destroy(&filter);
     if (rc < 0) {
         json_decref(map);
@@ -2461,14 +1948,10 @@ static int delete_many(mongoc_collection_t *c, const bson_t *filter,
  * writer can re-create it meanwhile), drops the older claims of its id,
  * deletes it when it is still that tombstone with no pending-publish
  * marker (the delete is fenced on its version, flag and outbox) and m's
- * liveness is proved (else a later purge does it), then its commit
- * records up to that version (only once the document is gone: a record
- * ahead of it stays, and while the document could still be behind its
- * newest record that record must stay), and drops its claim. *deleted is
- * 1 when it was removed. */
+ * liveness is proved (else a later purge does it), and drops its claim.
+ * *deleted is 1 when it was removed. */
 static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
-                         mongoc_collection_t *claims,
-                         mongoc_collection_t *commits, const char *coll,
+                         mongoc_collection_t *claims, const char *coll,
                          const char *id, int64_t version, int64_t *deleted,
                          syncd_error_t *err)
 {
@@ -2495,8 +1978,6 @@ static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
     rc = delete_many(claims, older, &dropped, coll, err);
     if (rc == 0 && beat_fresh(m))
         rc = delete_many(docs, tomb, deleted, coll, err);
-    if (rc == 0 && *deleted > 0)
-        rc = drop_commits(commits, coll, id, 0, version, err);
     if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
     release(m, owner);
@@ -2538,7 +2019,6 @@ static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
     bson_t *old =
         BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(wall_ms() - m->lease_ms), "}");
     mongoc_collection_t *claims;
-    mongoc_collection_t *commits;
     mongoc_cursor_t *cur;
     json_t *tombs = json_array();
     const bson_t *r;
@@ -2548,7 +2028,6 @@ static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
 
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
-    commits = commits_of(m, c, coll);
     rc = purge_procs(m, c, coll, err);
     if (rc == 0)
         rc = delete_many(claims, old, &dropped, coll, err);
@@ -2575,16 +2054,14 @@ static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
         json_t *t = json_array_get(tombs, i);
         int64_t deleted = 0;
 
-        rc = purge_claimed(m, c->coll, claims, commits, coll,
-                           json_string_value(json_array_get(t, 0)),
-                           json_integer_value(json_array_get(t, 1)), &deleted,
-                           err);
+        rc = purge_claimed(
+            m, c->coll, claims, coll, json_string_value(json_array_get(t, 0)),
+            json_integer_value(json_array_get(t, 1)), &deleted, err);
         *purged += (size_t)deleted;
     }
 
 cleanup:
     json_decref(tombs);
-    mongoc_collection_destroy(commits);
     mongoc_collection_destroy(claims);
     bson_destroy(old);
     bson_destroy(opts);
@@ -2674,35 +2151,9 @@ cleanup:
     return rc;
 }
 
-/* Unsets the outbox markers of coll/id's commit records below version:
- * a record below the newest is never read for them again, and the merged
- * outbox listing must not find them. */
-static int unset_markers_below(mongoc_collection_t *commits, const char *coll,
-                               const char *id, int64_t version,
-                               syncd_error_t *err)
-{
-    bson_t filter = BSON_INITIALIZER;
-    bson_t *update = BCON_NEW("$unset", "{", "ob", BCON_UTF8(""), "}");
-    bson_error_t e;
-    int rc = 0;
-
-    commits_between(&filter, id, 0, version - 1);
-    BCON_APPEND(&filter, "ob", "{", "$exists", BCON_BOOL(true), "}");
-    if (!mongoc_collection_update_many(commits, &filter, update, NULL, NULL,
-                                       &e))
-        rc = driver_error(err, &e, "ack", coll, id);
-    bson_destroy(update);
-    bson_destroy(&filter);
-    return rc;
-}
-
 /* The ack of FerretDB mode, where a filtered update is a query and then an
  * update by _id that could overwrite a newer writer's replace: under a
- * claim on the version the record is at (as read_current takes it, the
- * document rolled forward first when a commit record is ahead of it), as
- * a writer's, it drops the markers from the document and from the commit
- * record of that version (outbox_list reads both), and drops the commit
- * records below it. It first waits
+ * claim on the version the record is at, as a writer's. It first waits
  * (up to DEAD_MS: it runs on a thread of the node's pool) for this
  * process's liveness to be proved, since a waiter may take over the claim
  * of a holder that is not: the proof lapses between bumps whenever a bump
@@ -2719,8 +2170,6 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
     char owner[64];
     char name[128];
     mongoc_collection_t *claims;
-    mongoc_collection_t *commits = commits_of(m, c, coll);
-    bson_t *doc = NULL, *newer = NULL;
     int64_t deadline = mono_ms() + DEAD_MS;
     int64_t current = 0;
     int taken = 0;
@@ -2728,19 +2177,9 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
 
     while (!beat_fresh(m) && mono_ms() < deadline)
         sleep_ms(BEAT_MS / 5);
-    rc = read_current(&doc, &newer, c->coll, commits, coll, id, err);
-    if (rc == 0 && (newer || doc))
-        current = field_int64(newer ? newer : doc, "v");
-    if (rc == 0 && newer)
-        roll_forward(c->coll, newer, doc, coll, id, NULL);
-    if (newer)
-        bson_destroy(newer);
-    if (doc)
-        bson_destroy(doc);
-    if (rc < 0 || current == 0) {
-        mongoc_collection_destroy(commits);
+    rc = read_version(c->coll, id, &current, coll, err);
+    if (rc < 0 || current == 0)
         return rc;
-    }
     snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
     claims = mongoc_client_get_collection(c->client, m->db, name);
     claim_key(key, sizeof(key), id, current);
@@ -2748,27 +2187,19 @@ static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
     rc = take_claim(m, claims, key, owner, &taken, coll, id, err);
     if (rc < 0 || !taken)
         goto cleanup;
-    if (!beat_fresh(m)) {
+    if (!beat_fresh(m))
         rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
                              "%s/%s: not acked, this writer's liveness is "
                              "not proved",
                              coll, id);
-    } else {
+    else
         rc = drop_markers(c->coll, coll, id, version, current, err);
-        if (rc == 0)
-            rc = drop_markers(commits, coll, key, version, current, err);
-        if (rc == 0)
-            rc = unset_markers_below(commits, coll, id, current, err);
-        if (rc == 0)
-            age_out(m, commits, coll, id, current);
-    }
     if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
     release(m, owner);
 
 cleanup:
     mongoc_collection_destroy(claims);
-    mongoc_collection_destroy(commits);
     return rc < 0 ? rc : 0;
 }
 
@@ -2812,56 +2243,6 @@ static void ensure_outbox_index(mongo_backend_t *m, call_t *c, const char *coll)
     bson_destroy(cmd);
 }
 
-/* Appends the outbox entry {id, v, ob} of record r to arr when its ob
- * holds markers. */
-static int outbox_entry(json_t *arr, const bson_t *r, const char *unused,
-                        syncd_error_t *err)
-{
-    json_t *ob = NULL;
-    bson_iter_t it;
-    int rc;
-
-    (void)unused;
-    if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
-        return 0;
-    rc = field_array(&ob, r, "ob", err);
-    if (rc == 0 && json_array_size(ob) > 0 &&
-        json_array_append_new(
-            arr, json_pack("{s:s, s:I, s:O}", "id", bson_iter_utf8(&it, NULL),
-                           "v", (json_int_t)field_int64(r, "v"), "ob", ob)) < 0)
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    json_decref(ob);
-    return rc;
-}
-
-/* Lists in FerretDB mode the committed records holding outbox markers
- * (merged_each): a document's own, or those of its newest commit record
- * when that is ahead of it. */
-static int merged_outbox(mongo_backend_t *m, json_t *arr, const char *coll,
-                         const char *after, size_t limit, const bson_t *opts,
-                         syncd_error_t *err)
-{
-    bson_t filter = BSON_INITIALIZER;
-    bson_t cfilter = BSON_INITIALIZER;
-    char *cafter = after ? commits_after(after) : NULL;
-    int rc;
-
-    if (after && !cafter)
-        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    BCON_APPEND(&filter, "ob", "{", "$exists", BCON_BOOL(true), "}");
-    BCON_APPEND(&cfilter, "ob", "{", "$exists", BCON_BOOL(true), "}");
-    if (after) {
-        BCON_APPEND(&filter, "_id", "{", "$gt", BCON_UTF8(after), "}");
-        BCON_APPEND(&cfilter, "_id", "{", "$gt", BCON_UTF8(cafter), "}");
-    }
-    rc = merged_each(m, coll, &filter, &cfilter, opts, limit, KEEP_OB,
-                     outbox_entry, arr, NULL, "outbox list", after, err);
-    free(cafter);
-    bson_destroy(&cfilter);
-    bson_destroy(&filter);
-    return rc;
-}
-
 static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
                              const char *after, size_t limit,
                              syncd_error_t *err)
@@ -2873,7 +2254,8 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
                          : BCON_NEW("ob", "{", "$exists", BCON_BOOL(true), "}");
     bson_t *opts =
         BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "projection", "{", "v",
-                 BCON_INT32(1), "ob", BCON_INT32(1), "}");
+                 BCON_INT32(1), "ob", BCON_INT32(1), "}", "limit",
+                 BCON_INT64((int64_t)limit));
     mongoc_cursor_t *cur;
     json_t *arr = json_array();
     const bson_t *r;
@@ -2883,20 +2265,25 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
 
     call_begin(&c, m, "", coll);
     ensure_outbox_index(m, &c, coll);
-    if (m->claims) {
-        if (rc == 0)
-            rc = merged_outbox(m, arr, coll, after, limit, opts, err);
-        cur = NULL;
-    } else {
-        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
-        cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
+    cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
+    while (rc == 0 && mongoc_cursor_next(cur, &r)) {
+        json_t *ob = NULL;
+        bson_iter_t it;
+
+        if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+            continue;
+        rc = field_array(&ob, r, "ob", err);
+        if (rc == 0 && json_array_size(ob) > 0 &&
+            json_array_append_new(
+                arr,
+                json_pack("{s:s, s:I, s:O}", "id", bson_iter_utf8(&it, NULL),
+                          "v", (json_int_t)field_int64(r, "v"), "ob", ob)) < 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        json_decref(ob);
     }
-    while (cur && rc == 0 && mongoc_cursor_next(cur, &r))
-        rc = outbox_entry(arr, r, NULL, err);
-    if (cur && rc == 0 && mongoc_cursor_error(cur, &e))
+    if (rc == 0 && mongoc_cursor_error(cur, &e))
         rc = driver_error(err, &e, "outbox list", coll, after);
-    if (cur)
-        mongoc_cursor_destroy(cur);
+    mongoc_cursor_destroy(cur);
     call_end(&c, m);
     bson_destroy(opts);
     bson_destroy(filter);

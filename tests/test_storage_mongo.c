@@ -682,7 +682,7 @@ static void *run_call(void *arg)
 }
 
 static void
-test_mongo_claims__a_writer_stalled_after_its_commit_overwrites_nothing(
+test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing(
     void **state)
 {
     fixture_t *f = *state;
@@ -709,22 +709,21 @@ test_mongo_claims__a_writer_stalled_after_its_commit_overwrites_nothing(
     assert_int_equal(pthread_create(&t, NULL, run_call, &stalled), 0);
     stall_wait_paused(&s);
 
-    /* Its commit record is in: version 2 is committed, and node b's edit
-     * builds on it without waiting for the stalled writer. */
+    /* Node b takes the claim over once its lease is out, and commits. */
     assert_int_equal(syncd_store_edit(b.store, &change, "claims", "stalled",
                                       add_one, NULL, SYNCD_ANY_VERSION, NULL),
                      0);
-    assert_int_equal(change->base, 2);
-    assert_int_equal(change->doc->version, 3);
+    assert_int_equal(change->doc->version, 2);
     syncd_change_free(change);
 
-    /* The stalled writer's replace of version 1, sent past its lease,
-     * overwrites nothing, and its write stays acknowledged as version 2. */
+    /* The stalled writer's replace, sent now, must not land: it conflicts
+     * and its edit loop applies it again on top of version 2. */
     stall_release(&s);
     pthread_join(t, NULL);
     assert_int_equal(stalled.rc, 0);
-    assert_int_equal(stalled.change->base, 1);
-    assert_int_equal(stalled.change->doc->version, 2);
+    assert_int_equal(stalled.change->base, 2);
+    assert_int_equal(stalled.change->doc->version, 3);
+    assert_true(stalled.change->attempts >= 2);
     syncd_change_free(stalled.change);
     assert_int_equal(
         syncd_store_refetch(b.store, &got, "claims", "stalled", NULL), 0);
@@ -992,9 +991,8 @@ static void test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
     assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
     stall_wait_paused(&s);
 
-    /* A live writer holds the claim on version 1 and its commit record
-     * of version 2 is in when the strict write on version 1 comes: the
-     * version has moved, and the strict write fails. */
+    /* A live writer holds the claim on version 1 while the strict write
+     * comes: it must wait for it rather than answer at once. */
     assert_int_equal(pthread_create(&ts, NULL, run_call, &strict), 0);
     sleep_ms(200);
     stall_release(&s);
@@ -1003,6 +1001,7 @@ static void test_mongo_claims__a_strict_write_fails_only_once_the_version_moved(
     assert_int_equal(holder.rc, 0);
     assert_int_equal(holder.change->doc->version, 2);
     assert_int_equal(strict.rc, SYNCD_EPRECONDITION);
+    assert_true(strict.done_at >= s.released_at);
     syncd_change_free(holder.change);
     assert_int_equal(syncd_store_refetch(a.store, &got, "claims", "held", NULL),
                      0);
@@ -1155,7 +1154,7 @@ static void freeze_thaw(freeze_t *z)
 }
 
 static void
-test_mongo_claims__a_writer_of_the_holders_process_builds_on_its_commit(
+test_mongo_claims__a_writer_never_takes_over_a_claim_its_own_process_writes_under(
     void **state)
 {
     fixture_t *f = *state;
@@ -1193,11 +1192,10 @@ test_mongo_claims__a_writer_of_the_holders_process_builds_on_its_commit(
     assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
     stall_wait_paused(&s);
 
-    /* The holder's commit record of version 2 is in and its replace is on
-     * its way while a writer of the same process comes, with the
-     * process's liveness record standing still past HOLDER_DEAD_MS: it
-     * reads version 2 from the commit record and writes version 3 over
-     * it, never version 2 again. */
+    /* The holder has passed its fence and its replace is on its way while
+     * a writer of the same process comes and sees the process's record
+     * stand still past HOLDER_DEAD_MS: it must wait for the holder, never
+     * take its claim over and write version 2 under it. */
     assert_int_equal(pthread_create(&tw, NULL, run_call, &waiter), 0);
     sleep_ms(HOLDER_DEAD_MS + 1000);
     freeze_thaw(&z);
@@ -1211,6 +1209,7 @@ test_mongo_claims__a_writer_of_the_holders_process_builds_on_its_commit(
     assert_json_exact(holder.change->doc->body, mine);
     assert_int_equal(waiter.change->base, 2);
     assert_int_equal(waiter.change->doc->version, 3);
+    assert_true(waiter.done_at >= s.released_at);
     syncd_change_free(holder.change);
     syncd_change_free(waiter.change);
     assert_int_equal(syncd_store_refetch(a.store, &got, "claims", "own", NULL),
@@ -1273,7 +1272,7 @@ static void pair_stall_release(pair_stall_t *s, int which)
 }
 
 static void
-test_mongo_claims__a_holder_overtaken_after_its_commit_keeps_its_version(
+test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success(
     void **state)
 {
     fixture_t *f = *state;
@@ -1310,10 +1309,10 @@ test_mongo_claims__a_holder_overtaken_after_its_commit_keeps_its_version(
     assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
     pair_stall_wait(&s, 1);
 
-    /* The holder's commit record of version 2 is in and its replace is on
-     * its way when node b writes: b reads version 2 from that record and
-     * has its own commit record of version 3 in before the holder's
-     * replace lands. Each write keeps the version its commit record won. */
+    /* Node b takes the claim over once its lease is out and is about to
+     * replace version 1, while the holder's replace of version 1, sent in
+     * time, is still on its way: they may meet inside FerretDB, so the
+     * holder, whose claim is gone, must not answer success. */
     assert_int_equal(pthread_create(&tt, NULL, run_call, &taker), 0);
     pair_stall_wait(&s, 2);
     pair_stall_release(&s, 0);
@@ -1321,10 +1320,11 @@ test_mongo_claims__a_holder_overtaken_after_its_commit_keeps_its_version(
     pair_stall_release(&s, 1);
     pthread_join(tt, NULL);
     syncd_backend_mongo_set_claim_hook(NULL, NULL);
-    assert_int_equal(holder.rc, 0);
-    assert_int_equal(holder.change->doc->version, 2);
-    assert_json_exact(holder.change->doc->body, mine);
-    syncd_change_free(holder.change);
+    assert_int_equal(holder.rc, SYNCD_EBACKEND);
+    assert_null(holder.change);
+
+    /* Here the holder's replace landed first, so the taker's, fenced on
+     * version 1, conflicts and its edit loop writes version 3. */
     assert_int_equal(taker.rc, 0);
     assert_int_equal(taker.change->base, 2);
     assert_int_equal(taker.change->doc->version, 3);
@@ -1338,205 +1338,6 @@ test_mongo_claims__a_holder_overtaken_after_its_commit_keeps_its_version(
     node_close(&b);
     pthread_cond_destroy(&s.cond);
     pthread_mutex_destroy(&s.lock);
-    json_decref(zero);
-    json_decref(mine);
-    json_decref(theirs);
-}
-
-/* Returns the version that coll/id's document itself holds (0 when there is
- * none), read with a client of the test's own: not what the backend
- * serves, which can come from a commit record ahead of it. */
-static int64_t raw_version(const fixture_t *f, const char *coll, const char *id)
-{
-    mongoc_client_t *client = mongoc_client_new(f->srv.uri);
-    mongoc_collection_t *c = mongoc_client_get_collection(client, DB, coll);
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
-    mongoc_cursor_t *cur =
-        mongoc_collection_find_with_opts(c, filter, NULL, NULL);
-    const bson_t *found;
-    bson_iter_t it;
-    int64_t v = 0;
-
-    if (mongoc_cursor_next(cur, &found) && bson_iter_init_find(&it, found, "v"))
-        v = bson_iter_as_int64(&it);
-    mongoc_cursor_destroy(cur);
-    bson_destroy(filter);
-    mongoc_collection_destroy(c);
-    mongoc_client_destroy(client);
-    return v;
-}
-
-/* Writes {"who": who} as coll/id's version v straight into its document by
- * _id, whatever the document holds: what the update by _id of a replace
- * that FerretDB queried while the document was at v - 1 does when it comes
- * late. */
-static void late_replace(const fixture_t *f, const char *coll, const char *id,
-                         int64_t v, const char *who, const char *origin)
-{
-    mongoc_client_t *client = mongoc_client_new(f->srv.uri);
-    mongoc_collection_t *c = mongoc_client_get_collection(client, DB, coll);
-    json_t *body = json_pack("{s:s}", "who", who);
-    char hash[SYNCD_HASH_HEX_LEN + 1];
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
-    bson_t *rec;
-    bson_error_t e;
-
-    assert_int_equal(syncd_json_hash(hash, body, NULL), 0);
-    rec = BCON_NEW("v", BCON_INT64(v), "data", "{", "who", BCON_UTF8(who), "}",
-                   "h", BCON_UTF8(hash), "mt", BCON_DATE_TIME(now_ms()), "by",
-                   BCON_UTF8(origin), "del", BCON_BOOL(false));
-    assert_true(mongoc_collection_replace_one(c, filter, rec, NULL, NULL, &e));
-    bson_destroy(rec);
-    bson_destroy(filter);
-    json_decref(body);
-    mongoc_collection_destroy(c);
-    mongoc_client_destroy(client);
-}
-
-/* FerretDB runs a filtered replace as a query, then an update by _id. A
- * writer of node a whose replace of version 1 FerretDB has queried (the
- * document is at version 1) has its update by _id land only after node b
- * wrote and was acknowledged (held in a proxy or a loaded server). The
- * late update must not take node b's acknowledged write away: both writes
- * are in the history, in the order acknowledged, and readers and
- * listings serve the newest, whatever the document itself holds. */
-static void
-test_mongo_claims__a_late_replace_never_overwrites_a_newer_acknowledged_write(
-    void **state)
-{
-    fixture_t *f = *state;
-    json_t *zero = NULL;
-    json_t *mine = NULL;
-    json_t *theirs = NULL;
-    json_t *listed = NULL;
-    call_t holder = {
-        .coll = "claims", .id = "late", .if_match = SYNCD_ANY_VERSION};
-    syncd_change_t *change = NULL;
-    syncd_change_t *taken = NULL;
-    syncd_doc_t *got = NULL;
-    pthread_t th;
-    node_t a, b;
-    stall_t s;
-
-    if (!server_is_ferretdb(f))
-        skip(); /* MongoDB applies a filtered replace atomically */
-    zero = json_pack("{s:i}", "n", 0);
-    mine = json_pack("{s:s}", "who", "holder");
-    theirs = json_pack("{s:s}", "who", "taker");
-    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
-    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
-    assert_int_equal(
-        syncd_store_create(a.store, &change, "claims", "late", zero, NULL), 0);
-    syncd_change_free(change);
-    stall_init(&s);
-    holder.store = a.store;
-    holder.body = mine;
-    assert_int_equal(pthread_create(&th, NULL, run_call, &holder), 0);
-    stall_wait_paused(&s);
-
-    /* Node a's replace is sent: FerretDB's query finds version 1. */
-    assert_int_equal(raw_version(f, "claims", "late"), 1);
-    assert_int_equal(syncd_store_put(b.store, &taken, "claims", "late", theirs,
-                                     SYNCD_ANY_VERSION, NULL),
-                     0);
-    /* Now its update by _id lands. */
-    late_replace(f, "claims", "late", 2, "holder", "node-a");
-    stall_release(&s);
-    pthread_join(th, NULL);
-
-    assert_int_equal(holder.rc, 0);
-    assert_int_equal(holder.change->doc->version, 2);
-    assert_int_equal(taken->base, 2);
-    assert_int_equal(taken->doc->version, 3);
-    /* The document itself was set back; what is served is not. */
-    assert_int_equal(raw_version(f, "claims", "late"), 2);
-    assert_int_equal(
-        syncd_store_list(b.store, &listed, "claims", "late", NULL, 0, NULL), 0);
-    assert_int_equal(json_array_size(listed), 1);
-    assert_int_equal(
-        json_integer_value(json_object_get(json_array_get(listed, 0), "v")), 3);
-    assert_int_equal(syncd_store_refetch(a.store, &got, "claims", "late", NULL),
-                     0);
-    assert_int_equal(got->version, 3);
-    assert_json_exact(got->body, theirs);
-    syncd_doc_free(got);
-    json_decref(listed);
-    syncd_change_free(holder.change);
-    syncd_change_free(taken);
-    stall_destroy(&s);
-    node_close(&a);
-    node_close(&b);
-    json_decref(zero);
-    json_decref(mine);
-    json_decref(theirs);
-}
-
-/* A writer that stops for good once its commit record is in (killed
- * there, before it replaced the document) has committed: the next reader
- * serves its version and rolls the document forward to it, and the next
- * writer writes on top of it. */
-static void
-test_mongo_claims__a_writer_stopped_after_its_commit_record_is_rolled_forward(
-    void **state)
-{
-    fixture_t *f = *state;
-    json_t *zero = NULL;
-    json_t *mine = NULL;
-    json_t *theirs = NULL;
-    call_t stopped = {
-        .coll = "claims", .id = "stopped", .if_match = SYNCD_ANY_VERSION};
-    syncd_change_t *change = NULL;
-    syncd_doc_t *got = NULL;
-    pthread_t th;
-    node_t a, b;
-    stall_t s;
-
-    if (!server_is_ferretdb(f))
-        skip(); /* MongoDB runs no commit records */
-    zero = json_pack("{s:i}", "n", 0);
-    mine = json_pack("{s:s}", "who", "stopped");
-    theirs = json_pack("{s:s}", "who", "next");
-    node_open(&a, f, "node-a", LEASE_TIMEOUT_MS);
-    node_open(&b, f, "node-b", LEASE_TIMEOUT_MS);
-    assert_int_equal(
-        syncd_store_create(a.store, &change, "claims", "stopped", zero, NULL),
-        0);
-    syncd_change_free(change);
-    stall_init(&s);
-    stopped.store = a.store;
-    stopped.body = mine;
-    assert_int_equal(pthread_create(&th, NULL, run_call, &stopped), 0);
-    stall_wait_paused(&s);
-
-    assert_int_equal(raw_version(f, "claims", "stopped"), 1);
-    assert_int_equal(
-        syncd_store_refetch(b.store, &got, "claims", "stopped", NULL), 0);
-    assert_int_equal(got->version, 2);
-    assert_json_exact(got->body, mine);
-    syncd_doc_free(got);
-    assert_int_equal(raw_version(f, "claims", "stopped"), 2);
-    assert_int_equal(syncd_store_put(b.store, &change, "claims", "stopped",
-                                     theirs, SYNCD_ANY_VERSION, NULL),
-                     0);
-    assert_int_equal(change->base, 2);
-    assert_int_equal(change->doc->version, 3);
-    syncd_change_free(change);
-    assert_int_equal(raw_version(f, "claims", "stopped"), 3);
-
-    /* Let the stopped writer's thread end: its version was committed. */
-    stall_release(&s);
-    pthread_join(th, NULL);
-    assert_int_equal(stopped.rc, 0);
-    assert_int_equal(stopped.change->doc->version, 2);
-    syncd_change_free(stopped.change);
-    assert_int_equal(
-        syncd_store_refetch(a.store, &got, "claims", "stopped", NULL), 0);
-    assert_int_equal(got->version, 3);
-    assert_json_exact(got->body, theirs);
-    syncd_doc_free(got);
-    stall_destroy(&s);
-    node_close(&a);
-    node_close(&b);
     json_decref(zero);
     json_decref(mine);
     json_decref(theirs);
@@ -2203,19 +2004,15 @@ int main(void)
         cmocka_unit_test(
             test_mongo_claims__a_dead_writers_claim_does_not_fail_a_strict_write),
         cmocka_unit_test(
-            test_mongo_claims__a_writer_stalled_after_its_commit_overwrites_nothing),
+            test_mongo_claims__a_writer_stalled_past_the_lease_overwrites_nothing),
         cmocka_unit_test(
             test_mongo_claims__a_strict_write_fails_only_once_the_version_moved),
         cmocka_unit_test(
             test_mongo_claims__a_live_holder_is_waited_for_and_taken_over_once_dead),
         cmocka_unit_test(
-            test_mongo_claims__a_writer_of_the_holders_process_builds_on_its_commit),
+            test_mongo_claims__a_writer_never_takes_over_a_claim_its_own_process_writes_under),
         cmocka_unit_test(
-            test_mongo_claims__a_holder_overtaken_after_its_commit_keeps_its_version),
-        cmocka_unit_test(
-            test_mongo_claims__a_late_replace_never_overwrites_a_newer_acknowledged_write),
-        cmocka_unit_test(
-            test_mongo_claims__a_writer_stopped_after_its_commit_record_is_rolled_forward),
+            test_mongo_claims__a_holder_whose_claim_was_taken_over_never_answers_success),
         cmocka_unit_test(test_mongo_purge__drops_claims_older_than_the_lease),
         cmocka_unit_test(
             test_mongo_purge__drops_liveness_records_of_long_gone_processes),
