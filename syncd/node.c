@@ -1929,9 +1929,8 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     ch->node = node;
     ch->events = events;
     ch->ack_version = ack_version;
-    ch->settled = member_int(json_array_get(events, 0), "v") - 1;
-    if (settled > ch->settled)
-        ch->settled = settled;
+    ch->settled =
+        settled >= 0 ? settled : member_int(json_array_get(events, 0), "v") - 1;
     ch->cb = cb;
     ch->payload = payload;
     rc = chain_publish(ch, 0);
@@ -1971,7 +1970,7 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
 {
     json_t *events = NULL, *ev = NULL, *m;
     pub_slot_t *slot;
-    int64_t skip = 0, settled = -1;
+    int64_t skip = 0, settled;
     size_t i;
     int rc;
 
@@ -1990,14 +1989,21 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
         raise(SIGKILL);
     if (coll_get(node, change->doc->coll) == NULL)
         return SYNCD_ENOMEM;
-    /* Versions up to the slot's handed are ahead on the bus already; a
-     * version not after it goes the long way: a late publish, or a
-     * document created anew after its tombstone was purged, which also
-     * starts the slot over. */
+    /* The versions before the record's oldest pending marker are
+     * published (only an ack drops a marker). Versions up to the slot's
+     * handed are ahead on the bus already and are left out, but they are
+     * not settled until the bus confirmed them: the bus must refuse this
+     * version while one of them may still fail. A version not after
+     * handed goes the long way: a late publish, or a document created
+     * anew after its tombstone was purged, which also starts the slot
+     * over. */
+    m = json_array_get(change->pending, 0);
+    settled = (m != NULL ? member_int(m, "v") : change->doc->version) - 1;
     slot = pub_slot(node, change->doc->coll, change->doc->id, 1);
     if (slot != NULL && change->doc->version > slot->handed) {
         skip = slot->handed;
-        settled = slot->confirmed;
+        if (slot->confirmed > settled)
+            settled = slot->confirmed;
     } else if (slot != NULL && change->op == SYNCD_CHANGE_CREATE) {
         slot->handed = slot->confirmed = 0;
     }
