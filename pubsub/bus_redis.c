@@ -187,7 +187,7 @@ struct rbus {
     bus_map_t map; /* rchan_t by collection name */
     rchan_t *chans;
     int open_handles; /* timers and name lookups still to close or end */
-    int drop_status;  /* what calls dropped with a connection get */
+    int timing_out;   /* a connection is being dropped for its deadline */
     unsigned sub_gen; /* subscriber connections lost so far */
 };
 
@@ -229,7 +229,9 @@ static void on_timer(uv_timer_t *timer)
  * away while the bus closed, timed out, or failed. */
 static int dropped_status(const rbus_t *bus)
 {
-    return bus->base.closing ? SYNCD_ECANCELED : bus->drop_status;
+    if (bus->base.closing)
+        return SYNCD_ECANCELED;
+    return bus->timing_out ? SYNCD_ETIMEDOUT : SYNCD_EBACKEND;
 }
 
 static void on_deadline(uv_timer_t *timer);
@@ -340,9 +342,9 @@ static void on_deadline(uv_timer_t *timer)
     }
     bus->base.stats.timeouts++;
     syncd_bus_enter(&bus->base);
-    bus->drop_status = SYNCD_ETIMEDOUT;
+    bus->timing_out = 1;
     conn_fail(conn);
-    bus->drop_status = SYNCD_EBACKEND;
+    bus->timing_out = 0;
     syncd_bus_leave(&bus->base);
 }
 

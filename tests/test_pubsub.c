@@ -1865,6 +1865,43 @@ test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects(
     end_loop(&loop);
 }
 
+/* A publish in flight when Redis dies is reported failed, never
+ * published, before any command deadline ever fired on the bus: a caller
+ * that took it for published would drop the only record that it is not
+ * (an outbox marker), and the version would never reach a watcher. */
+static void
+test_redis_bus__a_publish_cut_off_by_redis_dying_fails_with_EBACKEND(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    syncd_bus_stats_t st;
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    pub1_t p = {0};
+    json_t *event;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    assert_int_equal(publish_one(&loop, bus, make_event("cut", 1)).seq, 1);
+
+    assert_int_equal(kill(srv->pid, SIGSTOP), 0);
+    event = make_event("cut", 2);
+    assert_int_equal(syncd_bus_publish(bus, event, on_pub1, &p), 0);
+    json_decref(event);
+    assert_int_equal(kill(srv->pid, SIGKILL), 0);
+    wait_for(&loop, flag_set, &p.done);
+    assert_int_equal(p.status, SYNCD_EBACKEND);
+    syncd_bus_stats(bus, &st);
+    assert_int_equal(st.timeouts, 0);
+    assert_int_equal(st.published, 1);
+
+    assert_int_equal(syncd_test_server_restart(srv), 0);
+    wait_for(&loop, bus_up, bus);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
 static void
 test_redis_bus__close_finishes_while_redis_is_frozen_with_a_publish_in_flight(
     void **state)
@@ -2158,6 +2195,8 @@ int main(int argc, char **argv)
             test_redis_bus__a_version_is_refused_until_the_one_before_it_is_published_across_nodes),
         cmocka_unit_test(
             test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects),
+        cmocka_unit_test(
+            test_redis_bus__a_publish_cut_off_by_redis_dying_fails_with_EBACKEND),
         cmocka_unit_test(
             test_redis_bus__close_finishes_while_redis_is_frozen_with_a_publish_in_flight),
         cmocka_unit_test(test_redis_bus__host_name_is_resolved_and_connected),
