@@ -175,6 +175,89 @@ static size_t values_end(const char *t, size_t len)
     return len;
 }
 
+/* Appends to *p the JSON string literal of the len bytes of s (valid
+ * UTF-8), escaped as json_dumps() escapes it without flags: quote,
+ * backslash and the control characters, nothing else. *p has room for
+ * 6 * len + 2 bytes. */
+static void put_string(char **p, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *o = *p;
+
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"':
+        case '\\':
+            *o++ = (char)c;
+            break;
+        case '\b':
+            *o++ = 'b';
+            break;
+        case '\f':
+            *o++ = 'f';
+            break;
+        case '\n':
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = 't';
+            break;
+        default:
+            memcpy(o, "u00", 3);
+            o[3] = hex[c >> 4];
+            o[4] = hex[c & 0xf];
+            o += 5;
+        }
+    }
+    *o++ = '"';
+    *p = o;
+}
+
+/* Returns the compact JSON of entry, cur's new history entry (see
+ * entry_new()), as json_dumps(entry, JSON_COMPACT) gives it, written
+ * directly from cur and the entry's patch text (malloc'd, its length in
+ * *len); NULL on out of memory. */
+static char *entry_text(const json_t *entry, const syncd_doc_t *cur,
+                        size_t *len)
+{
+    const json_t *p = json_object_get(entry, "p");
+    size_t plen = json_string_length(p), olen = strlen(cur->origin);
+    size_t hlen = strlen(cur->hash);
+    char *buf = malloc(96 + 6 * (plen + olen + hlen));
+    char *o = buf;
+
+    if (buf == NULL)
+        return NULL;
+    o += sprintf(o, "{\"v\":%lld,\"t\":%lld,\"by\":", (long long)cur->version,
+                 (long long)cur->mtime_ms);
+    put_string(&o, cur->origin, olen);
+    memcpy(o, ",\"h\":", 5);
+    o += 5;
+    put_string(&o, cur->hash, hlen);
+    memcpy(o, ",\"p\":", 5);
+    o += 5;
+    put_string(&o, json_string_value(p), plen);
+    if (cur->deleted) {
+        memcpy(o, ",\"del\":true", 11);
+        o += 11;
+    }
+    *o++ = '}';
+    *o = '\0';
+    *len = (size_t)(o - buf);
+    return buf;
+}
+
 /* Makes next->hist_text for next->hist, which keeps cur's entries from
  * number first on and then entry: from cur's cached text when it has one
  * (the kept entries are its substring), else by serializing next->hist. */
@@ -198,10 +281,9 @@ static int next_text(syncd_doc_t *next, const syncd_doc_t *cur, size_t first,
             goto cleanup;
         }
     }
-    etext = json_dumps(entry, JSON_COMPACT);
+    etext = entry_text(entry, cur, &elen);
     if (etext == NULL)
         goto cleanup;
-    elen = strlen(etext);
     buf = malloc(end - start + elen + 3);
     if (buf == NULL)
         goto cleanup;
