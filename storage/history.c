@@ -10,7 +10,16 @@
  * gives back each kept version, which the entry's hash h checks. Entries go
  * oldest first, to keep at most history_len of them and their bytes (patch
  * text plus SYNCD_HISTORY_ENTRY_OVERHEAD each) within history_max_bytes.
+ *
+ * Both stores keep the history as the compact JSON text of doc->hist (the
+ * MongoDB field hist, the RocksDB meta hs). doc->hist_text caches that text
+ * with the array it encodes, so that an edit builds its next history's text
+ * from the previous one: the kept entries are a substring of it (found by
+ * skipping the dropped entries, usually one), the new entry's text is
+ * appended, and the whole history is neither serialized nor parsed again.
+ * The text is byte for byte what json_dumps(hist, JSON_COMPACT) gives.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +80,230 @@ cleanup:
     return rc;
 }
 
+/* Returns the cached text of doc->hist (borrowed, len bytes) when
+ * doc->hist_text holds one for this very array, else NULL. */
+static const char *cached_text(const syncd_doc_t *doc, size_t *len)
+{
+    const json_t *text = json_array_get(doc->hist_text, 1);
+
+    if (doc->hist == NULL || json_array_get(doc->hist_text, 0) != doc->hist ||
+        !json_is_string(text))
+        return NULL;
+    *len = json_string_length(text);
+    return json_string_value(text);
+}
+
+int syncd_history_text(const char **text, size_t *len, char **made,
+                       const syncd_doc_t *doc)
+{
+    *made = NULL;
+    *text = cached_text(doc, len);
+    if (*text != NULL)
+        return 0;
+    *made = json_dumps(doc->hist, JSON_COMPACT);
+    if (*made == NULL)
+        return SYNCD_ENOMEM;
+    *text = *made;
+    *len = strlen(*made);
+    return 0;
+}
+
+/* Sets doc->hist_text to [doc->hist, the len bytes of text] (text must be
+ * an encoding of doc->hist, valid UTF-8 unless check); SYNCD_ENOMEM (or
+ * SYNCD_EINVAL for text that is not UTF-8) leaves it NULL. */
+static int set_text(syncd_doc_t *doc, const char *text, size_t len, int check)
+{
+    json_t *s =
+        check ? json_stringn(text, len) : json_stringn_nocheck(text, len);
+
+    json_decref(doc->hist_text);
+    doc->hist_text = s != NULL ? json_pack("[O, o]", doc->hist, s) : NULL;
+    if (doc->hist_text != NULL)
+        return 0;
+    return s != NULL || !check ? SYNCD_ENOMEM : SYNCD_EINVAL;
+}
+
+int syncd_history_keep_text(syncd_doc_t *doc, const char *text, size_t len)
+{
+    return set_text(doc, text, len, 1);
+}
+
+/* Returns the offset in the JSON array text t (len bytes) of its value
+ * number k (0: the first), or len when it has no such value. Strings are
+ * skipped whole, so brackets and commas inside them do not count. */
+static size_t value_offset(const char *t, size_t len, size_t k)
+{
+    size_t i = 0;
+    int depth = 0, in_string = 0;
+
+    while (i < len && t[i] != '[')
+        i++;
+    for (i++; k > 0 && i < len; i++) {
+        if (in_string) {
+            if (t[i] == '\\')
+                i++;
+            else if (t[i] == '"')
+                in_string = 0;
+        } else if (t[i] == '"') {
+            in_string = 1;
+        } else if (t[i] == '{' || t[i] == '[') {
+            depth++;
+        } else if (t[i] == '}' || t[i] == ']') {
+            if (--depth < 0)
+                return len;
+        } else if (t[i] == ',' && depth == 0) {
+            k--;
+        }
+    }
+    while (i < len && isspace((unsigned char)t[i]))
+        i++;
+    return i;
+}
+
+/* Returns the offset in the JSON array text t (len bytes) just past its
+ * last value (before the closing bracket and any blanks), or 0 when t does
+ * not end with a closing bracket. */
+static size_t values_end(const char *t, size_t len)
+{
+    while (len > 0 && isspace((unsigned char)t[len - 1]))
+        len--;
+    if (len == 0 || t[len - 1] != ']')
+        return 0;
+    len--;
+    while (len > 0 && isspace((unsigned char)t[len - 1]))
+        len--;
+    return len;
+}
+
+/* Appends to *p the JSON string literal of the len bytes of s (valid
+ * UTF-8), escaped as json_dumps() escapes it without flags: quote,
+ * backslash and the control characters, nothing else. *p has room for
+ * 6 * len + 2 bytes. */
+static void put_string(char **p, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *o = *p;
+
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"':
+        case '\\':
+            *o++ = (char)c;
+            break;
+        case '\b':
+            *o++ = 'b';
+            break;
+        case '\f':
+            *o++ = 'f';
+            break;
+        case '\n':
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = 't';
+            break;
+        default:
+            memcpy(o, "u00", 3);
+            o[3] = hex[c >> 4];
+            o[4] = hex[c & 0xf];
+            o += 5;
+        }
+    }
+    *o++ = '"';
+    *p = o;
+}
+
+/* Returns the compact JSON of entry, cur's new history entry (see
+ * entry_new()), as json_dumps(entry, JSON_COMPACT) gives it, written
+ * directly from cur and the entry's patch text (malloc'd, its length in
+ * *len); NULL on out of memory. */
+static char *entry_text(const json_t *entry, const syncd_doc_t *cur,
+                        size_t *len)
+{
+    const json_t *p = json_object_get(entry, "p");
+    size_t plen = json_string_length(p), olen = strlen(cur->origin);
+    size_t hlen = strlen(cur->hash);
+    char *buf = malloc(96 + 6 * (plen + olen + hlen));
+    char *o = buf;
+
+    if (buf == NULL)
+        return NULL;
+    o += sprintf(o, "{\"v\":%lld,\"t\":%lld,\"by\":", (long long)cur->version,
+                 (long long)cur->mtime_ms);
+    put_string(&o, cur->origin, olen);
+    memcpy(o, ",\"h\":", 5);
+    o += 5;
+    put_string(&o, cur->hash, hlen);
+    memcpy(o, ",\"p\":", 5);
+    o += 5;
+    put_string(&o, json_string_value(p), plen);
+    if (cur->deleted) {
+        memcpy(o, ",\"del\":true", 11);
+        o += 11;
+    }
+    *o++ = '}';
+    *o = '\0';
+    *len = (size_t)(o - buf);
+    return buf;
+}
+
+/* Makes next->hist_text for next->hist, which keeps cur's entries from
+ * number first on and then entry: from cur's cached text when it has one
+ * (the kept entries are its substring), else by serializing next->hist. */
+static int next_text(syncd_doc_t *next, const syncd_doc_t *cur, size_t first,
+                     const json_t *entry)
+{
+    size_t clen = 0, start = 0, end = 0, elen;
+    const char *ctext = NULL;
+    char *etext = NULL, *buf = NULL, *p;
+    int rc = SYNCD_ENOMEM;
+
+    if (first < json_array_size(cur->hist)) {
+        ctext = cached_text(cur, &clen);
+        if (ctext != NULL) {
+            start = value_offset(ctext, clen, first);
+            end = values_end(ctext, clen);
+        }
+        if (ctext == NULL || start >= end) {
+            buf = json_dumps(next->hist, JSON_COMPACT);
+            rc = buf != NULL ? set_text(next, buf, strlen(buf), 0) : rc;
+            goto cleanup;
+        }
+    }
+    etext = entry_text(entry, cur, &elen);
+    if (etext == NULL)
+        goto cleanup;
+    buf = malloc(end - start + elen + 3);
+    if (buf == NULL)
+        goto cleanup;
+    p = buf;
+    *p++ = '[';
+    if (end > start) {
+        memcpy(p, ctext + start, end - start);
+        p += end - start;
+        *p++ = ',';
+    }
+    memcpy(p, etext, elen);
+    p += elen;
+    *p++ = ']';
+    rc = set_text(next, buf, (size_t)(p - buf), 0);
+cleanup:
+    free(etext);
+    free(buf);
+    return rc;
+}
+
 int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
                          uint64_t max_bytes, syncd_error_t *err)
 {
@@ -79,7 +312,7 @@ int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
     size_t n, first, i;
     int rc;
 
-    next->hist = NULL;
+    next->hist = next->hist_text = NULL;
     if (cur == NULL || len <= 0)
         return 0;
     rc = entry_new(&entry, next, cur, err);
@@ -110,6 +343,8 @@ int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
     }
     next->hist = hist;
     hist = NULL;
+    if (next_text(next, cur, first, entry) != 0)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
 cleanup:
     json_decref(hist);
     json_decref(entry);
@@ -207,7 +442,8 @@ int syncd_history_version(syncd_doc_t **out, const syncd_doc_t *doc,
     json_decref(v->outbox);
     json_decref(v->ikeys);
     json_decref(v->hist);
-    v->outbox = v->ikeys = v->hist = NULL;
+    json_decref(v->hist_text);
+    v->outbox = v->ikeys = v->hist = v->hist_text = NULL;
     *out = v;
     v = NULL;
 cleanup:

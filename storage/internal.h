@@ -401,9 +401,22 @@ void syncd_reckey_node(syncd_lru_node_t *node, char *key,
 /* Sets next->hist to cur's history (borrowed) with an entry for cur added
  * (the reverse patch from next's body to cur's), trimmed oldest first to
  * len entries and max_bytes; NULL when cur is NULL (a first write), len is
- * 0, or not even the new entry fits. */
+ * 0, or not even the new entry fits. next->hist_text caches its text, made
+ * from cur's cached text when cur has one. */
 int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
                          uint64_t max_bytes, syncd_error_t *err);
+
+/* Sets *text to the compact JSON of doc->hist (an array), *len bytes, as
+ * json_dumps(doc->hist, JSON_COMPACT) gives it: the text doc->hist_text
+ * caches for this very array (borrowed from doc, *made NULL), else a new
+ * serialization that *made owns (the caller frees it). SYNCD_ENOMEM. */
+int syncd_history_text(const char **text, size_t *len, char **made,
+                       const syncd_doc_t *doc);
+
+/* Caches text (len bytes, a JSON encoding of doc->hist as read with it) in
+ * doc->hist_text; SYNCD_ENOMEM, SYNCD_EINVAL when it is not UTF-8 (nothing
+ * cached then). */
+int syncd_history_keep_text(syncd_doc_t *doc, const char *text, size_t len);
 
 /* Returns the oldest version doc's history keeps (its own version when it
  * keeps none). */

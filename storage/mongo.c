@@ -155,6 +155,7 @@
  * only a clock that many leases behind gets a live record dropped.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -620,42 +621,50 @@ static int decode_value(json_t **out, bson_iter_t *it, syncd_error_t *err)
 
 /* ---- Records ------------------------------------------------------------- */
 
-/* Appends the history entries hist as the string field hist: their compact
+/* Appends doc's history entries as the string field hist: their compact
  * JSON, one value the server stores without looking inside (cheaper for
- * it, and for us, than a BSON array of documents). */
-static int append_hist(bson_t *rec, const json_t *hist, syncd_error_t *err)
+ * it, and for us, than a BSON array of documents); the text doc caches
+ * when it has it (syncd_history_text()). */
+static int append_hist(bson_t *rec, const syncd_doc_t *doc, syncd_error_t *err)
 {
-    char *text = json_dumps(hist, JSON_COMPACT);
-    int ok = text != NULL && BSON_APPEND_UTF8(rec, "hist", text);
+    const char *text;
+    char *made;
+    size_t len;
+    int ok;
 
-    free(text);
-    if (ok)
-        return 0;
-    return text == NULL ? syncd_error_set(err, SYNCD_ENOMEM, "out of memory")
-                        : syncd_error_set(err, SYNCD_ETOOBIG,
-                                          "record too large for BSON");
+    if (syncd_history_text(&text, &len, &made, doc) != 0)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    ok = len <= INT_MAX && bson_append_utf8(rec, "hist", 4, text, (int)len);
+    free(made);
+    return ok ? 0
+              : syncd_error_set(err, SYNCD_ETOOBIG,
+                                "record too large for BSON");
 }
 
 /* Reads the string field hist of b (see append_hist()) into a new array in
- * *out, left NULL when absent. */
-static int field_hist(json_t **out, const bson_t *b, syncd_error_t *err)
+ * doc->hist, left NULL when absent, and keeps its text in doc->hist_text
+ * so that the next history is built from it. */
+static int field_hist(syncd_doc_t *doc, const bson_t *b, syncd_error_t *err)
 {
     bson_iter_t it;
     uint32_t len;
     const char *text;
 
-    *out = NULL;
+    doc->hist = NULL;
     if (!bson_iter_init_find(&it, b, "hist"))
         return 0;
     if (!BSON_ITER_HOLDS_UTF8(&it))
         return corrupt(err, "a history that is not a string");
     text = bson_iter_utf8(&it, &len);
-    *out = json_loadb(text, len, 0, NULL);
-    if (json_is_array(*out))
-        return 0;
-    json_decref(*out);
-    *out = NULL;
-    return corrupt(err, "a history that is not a JSON array");
+    doc->hist = json_loadb(text, len, 0, NULL);
+    if (!json_is_array(doc->hist)) {
+        json_decref(doc->hist);
+        doc->hist = NULL;
+        return corrupt(err, "a history that is not a JSON array");
+    }
+    if (syncd_history_keep_text(doc, text, len) == SYNCD_ENOMEM)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return 0;
 }
 
 /* Builds the stored form of doc into rec (initialised here; the caller
@@ -685,7 +694,7 @@ static int build_record(bson_t *rec, const syncd_doc_t *doc, int with_id,
     if (rc == 0 && json_array_size(doc->ikeys) > 0)
         rc = encode_value(rec, "ik", doc->ikeys, err);
     if (rc == 0 && json_array_size(doc->hist) > 0)
-        rc = append_hist(rec, doc->hist, err);
+        rc = append_hist(rec, doc, err);
     return rc;
 }
 
@@ -761,7 +770,7 @@ static int parse_record(syncd_doc_t **out, const bson_t *b, const char *coll,
     if (rc == 0)
         rc = field_array(&doc->ikeys, b, "ik", err);
     if (rc == 0)
-        rc = field_hist(&doc->hist, b, err);
+        rc = field_hist(doc, b, err);
     if (rc == 0 && !doc->deleted) {
         if (!bson_iter_init_find(&it, b, "data") ||
             !BSON_ITER_HOLDS_DOCUMENT(&it)) {
@@ -1482,7 +1491,7 @@ static int build_update(bson_t *u, const syncd_doc_t *doc, const json_t *marker,
     BSON_APPEND_UTF8(&set, "by", doc->origin);
     BSON_APPEND_BOOL(&set, "del", doc->deleted != 0);
     if (rc == 0 && json_array_size(doc->hist) > 0)
-        rc = append_hist(&set, doc->hist, err);
+        rc = append_hist(&set, doc, err);
     bson_append_document_end(u, &set);
     if (doc->deleted || json_array_size(doc->hist) == 0) {
         BSON_APPEND_DOCUMENT_BEGIN(u, "$unset", &unset);

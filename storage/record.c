@@ -71,8 +71,37 @@ static void put_i64(unsigned char *p, int64_t v)
         p[i] = (unsigned char)(u >> (8 * i));
 }
 
-/* Returns the compact JSON of doc's outbox and keys (malloc'd) with its
- * length in *len, or NULL with *len 0 when it has neither; *len is
+/* Returns text (len bytes, the compact JSON of an object or NULL for {})
+ * with the member "hs": doc's history text appended (malloc'd; text is
+ * freed), or NULL on out of memory. The result is what json_dumps() gives
+ * for the object with hs set last, without serializing the history again
+ * when doc caches its text (syncd_history_text()). */
+static char *meta_add_hist(char *text, size_t *len, const syncd_doc_t *doc)
+{
+    static const char key[] = "\"hs\":";
+    const char *hist;
+    char *made = NULL, *out = NULL;
+    size_t hlen, head = text != NULL ? *len - 1 : 0;
+
+    if (syncd_history_text(&hist, &hlen, &made, doc) == 0)
+        out = malloc(head + 1 + sizeof(key) - 1 + hlen + 2);
+    if (out != NULL) {
+        if (text != NULL)
+            memcpy(out, text, head); /* without its closing brace */
+        out[head] = text != NULL ? ',' : '{';
+        memcpy(out + head + 1, key, sizeof(key) - 1);
+        memcpy(out + head + sizeof(key), hist, hlen);
+        *len = head + sizeof(key) + hlen;
+        out[(*len)++] = '}';
+        out[*len] = '\0';
+    }
+    free(made);
+    free(text);
+    return out;
+}
+
+/* Returns the compact JSON of doc's outbox, keys and history (malloc'd)
+ * with its length in *len, or NULL with *len 0 when it has none; *len is
  * (size_t)-1 on out of memory. */
 static char *meta_dump(const syncd_doc_t *doc, size_t *len)
 {
@@ -85,17 +114,18 @@ static char *meta_dump(const syncd_doc_t *doc, size_t *len)
         ok = json_object_set(meta, "ob", doc->outbox) == 0;
     if (ok && json_array_size(doc->ikeys) > 0)
         ok = json_object_set(meta, "ik", doc->ikeys) == 0;
-    if (ok && json_array_size(doc->hist) > 0)
-        ok = json_object_set(meta, "hs", doc->hist) == 0;
     if (ok && json_object_size(meta) > 0) {
         text = json_dumps(meta, JSON_COMPACT);
         ok = text != NULL;
+        *len = ok ? strlen(text) : 0;
     }
     json_decref(meta);
+    if (ok && json_array_size(doc->hist) > 0) {
+        text = meta_add_hist(text, len, doc);
+        ok = text != NULL;
+    }
     if (!ok)
         *len = (size_t)-1;
-    else if (text != NULL)
-        *len = strlen(text);
     return text;
 }
 

@@ -188,6 +188,7 @@ void syncd_doc_free(syncd_doc_t *doc)
     json_decref(doc->outbox);
     json_decref(doc->ikeys);
     json_decref(doc->hist);
+    json_decref(doc->hist_text);
     free(doc);
 }
 
@@ -204,6 +205,7 @@ syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc)
     copy->outbox = json_incref(doc->outbox);
     copy->ikeys = json_incref(doc->ikeys);
     copy->hist = json_incref(doc->hist);
+    copy->hist_text = json_incref(doc->hist_text);
     if (copy->coll == NULL || copy->id == NULL) {
         syncd_doc_free(copy);
         return NULL;

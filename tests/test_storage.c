@@ -4166,6 +4166,154 @@ static void test_history__records_without_history_read_fine(void **state)
     json_decref(hist);
 }
 
+/* A doc of version v with the body of text (NULL: a tombstone), for the
+ * history's own functions. */
+static syncd_doc_t *hist_doc(int64_t v, const char *text)
+{
+    syncd_doc_t *d = calloc(1, sizeof(*d));
+
+    assert_non_null(d);
+    d->coll = strdup("h");
+    d->id = strdup("d");
+    d->version = v;
+    d->mtime_ms = 1700000000000 + v;
+    d->deleted = text == NULL;
+    d->body = text != NULL ? parse(text) : NULL;
+    snprintf(d->hash, sizeof(d->hash), "%064lld", (long long)v);
+    snprintf(d->origin, sizeof(d->origin), "n\"%lld\\\x1f\n\t", (long long)v);
+    return d;
+}
+
+/* Asserts that doc's history text is the cached one and is, byte for byte,
+ * what serializing its entries gives. */
+static void assert_hist_text_cached(const syncd_doc_t *doc)
+{
+    const char *text;
+    char *made = NULL, *want = json_dumps(doc->hist, JSON_COMPACT);
+    size_t len;
+
+    assert_int_equal(syncd_history_text(&text, &len, &made, doc), 0);
+    assert_null(made);
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(text, want, len);
+    free(want);
+}
+
+/* Bodies whose reverse patches hold brackets, braces, commas, quotes,
+ * backslashes, control and non-ASCII characters inside their strings. */
+static const char *const hist_bodies[] = {
+    "{\"a\":\"],[\"}",
+    "{\"a\":\"},{\\\"x\\\":[1,2]}\",\"b\\\"]\":[\"\\\\\"]}",
+    "{\"a\":\"caf\u00e9 \\n\\t\\u0001 /\"}",
+    NULL,
+    "{\"a\":[{\"b\":\"}\"}],\"c\":{\"d\":\"[\"}}",
+    "{\"big\":"
+    "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+    "{\"a\":1}",
+};
+
+/* Runs edits over hist_bodies (cycling) from cur (stolen) with history len
+ * and max_bytes, asserting each next history's text; returns the last. */
+static syncd_doc_t *run_hist_texts(syncd_doc_t *cur, int edits, int len,
+                                   uint64_t max_bytes)
+{
+    size_t nb = sizeof(hist_bodies) / sizeof(hist_bodies[0]);
+
+    for (int i = 0; i < edits; i++) {
+        syncd_doc_t *next =
+            hist_doc(cur->version + 1, hist_bodies[(size_t)cur->version % nb]);
+        syncd_error_t err;
+
+        syncd_error_clear(&err);
+        assert_int_equal(syncd_history_append(next, cur, len, max_bytes, &err),
+                         0);
+        assert_true(json_array_size(next->hist) > 0);
+        assert_true(json_array_size(next->hist) <= (size_t)len);
+        assert_hist_text_cached(next);
+        syncd_doc_free(cur);
+        cur = next;
+    }
+    return cur;
+}
+
+static void
+test_history__each_text_is_the_compact_json_of_its_entries(void **state)
+{
+    syncd_doc_t *cur = hist_doc(1, "{}"), *next;
+    json_t *hist;
+    const char *text;
+    char *made = NULL;
+    size_t len;
+
+    (void)state;
+    /* Trimmed by count, one entry at a time, and by bytes, where the big
+     * entry pushes out several small ones at once. */
+    cur = run_hist_texts(cur, 20, 4, 1 << 20);
+    cur = run_hist_texts(cur, 20, 20, 900);
+    /* A history without a cached text (an entry from an event, a record
+     * read from RocksDB) is serialized once, then built on. */
+    json_decref(cur->hist_text);
+    cur->hist_text = NULL;
+    cur = run_hist_texts(cur, 3, 5, 1 << 20);
+    /* A text that is another encoding of the entries (with blanks) is
+     * built on, and what it gives parses back to the entries. */
+    made = json_dumps(cur->hist, JSON_INDENT(2));
+    assert_int_equal(syncd_history_keep_text(cur, made, strlen(made)), 0);
+    free(made);
+    next = hist_doc(cur->version + 1, "{\"a\":\"[,]\"}");
+    assert_int_equal(syncd_history_append(next, cur, 5, 1 << 20, NULL), 0);
+    assert_int_equal(json_array_size(next->hist), 5);
+    assert_int_equal(syncd_history_text(&text, &len, &made, next), 0);
+    assert_null(made);
+    assert_json_text(next->hist,
+                     json_string_value(json_array_get(next->hist_text, 1)));
+    syncd_doc_free(cur);
+    cur = next;
+    /* A text cached for another array than doc->hist is not used. */
+    hist = json_deep_copy(cur->hist);
+    assert_int_equal(json_array_remove(hist, 0), 0);
+    json_decref(cur->hist);
+    cur->hist = hist;
+    assert_int_equal(syncd_history_text(&text, &len, &made, cur), 0);
+    assert_non_null(made);
+    assert_ptr_equal(text, made);
+    assert_json_text(cur->hist, made);
+    free(made);
+    syncd_doc_free(cur);
+}
+
+static void
+test_history__a_record_with_a_cached_text_encodes_the_same_bytes(void **state)
+{
+    syncd_doc_t *cur = run_hist_texts(hist_doc(1, "{}"), 8, 5, 1 << 20);
+    char *with = NULL, *without = NULL;
+    size_t with_len = 0, without_len = 0;
+    json_t *cached = cur->hist_text;
+
+    (void)state;
+    for (int outbox = 0; outbox < 2; outbox++) {
+        if (outbox)
+            cur->outbox = parse("[{\"v\":9,\"base\":8,\"op\":\"update\"}]");
+        cur->hist_text = cached;
+        assert_int_equal(
+            syncd_record_encode(&with, &with_len, cur, NULL, 0, NULL), 0);
+        cur->hist_text = NULL;
+        assert_int_equal(
+            syncd_record_encode(&without, &without_len, cur, NULL, 0, NULL), 0);
+        assert_int_equal(with_len, without_len);
+        assert_memory_equal(with, without, with_len);
+        free(with);
+        free(without);
+    }
+    cur->hist_text = cached;
+    syncd_doc_free(cur);
+}
+
 /* ---- Runner ------------------------------------------------------------- */
 
 #define BOTH(fn)                                                               \
@@ -4292,6 +4440,10 @@ int main(int argc, char **argv)
         BOTH(
             test_history__an_entry_from_an_event_is_edited_by_reading_the_record),
         BOTH(test_history__records_without_history_read_fine),
+        cmocka_unit_test(
+            test_history__each_text_is_the_compact_json_of_its_entries),
+        cmocka_unit_test(
+            test_history__a_record_with_a_cached_text_encodes_the_same_bytes),
     };
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)

@@ -59,6 +59,11 @@ typedef struct syncd_doc {
                        the RFC 6902 patch from version v+1's body to
                        version v's (a tombstone's body taken as {});
                        shared, immutable; NULL: none */
+
+    /* The compact JSON text of hist, cached with it as [hist, text] (see
+     * storage/history.c) and used only while hist is that very array;
+     * shared, immutable; NULL: not cached. */
+    json_t *hist_text;
 } syncd_doc_t;
 
 /* Frees doc and its strings and drops its body reference; NULL ignored. */
