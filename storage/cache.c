@@ -918,6 +918,20 @@ int syncd_cache_put_with_history(syncd_cache_t *cache, const syncd_doc_t *doc,
     return cache_put(cache, doc, canon, canon_len, 1, err);
 }
 
+/* Whether patch has a "copy" operation. */
+static int copies(const json_t *patch)
+{
+    size_t i;
+    json_t *op;
+
+    json_array_foreach (patch, i, op) {
+        if (json_is_string(json_object_get(op, "op")) &&
+            strcmp(json_string_value(json_object_get(op, "op")), "copy") == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Applies patch to the taken body (and its tree, when it has one) and
  * checks the result's hash against want; 0 when it matches, SYNCD_ECONFLICT
  * when it does not, another code when the patch fails (then body and tree
@@ -930,11 +944,14 @@ static int patch_taken(json_t **body, syncd_htree_t **tree, const json_t *patch,
     char hash[SYNCD_HASH_HEX_LEN + 1];
     int rc;
 
-    /* The body's canonical JSON is within its record's size: when even that
-     * plus the whole patch fits, the result does, and the limit (which
-     * counts the whole document first) is not needed. */
+    /* The body's canonical JSON is within its record's size, and without a
+     * copy (which may double it) no operation adds more than its own
+     * bytes: when even that plus the whole patch fits, the result does,
+     * and the limit (which counts the whole document first) is not
+     * needed. */
     rc = syncd_patch_apply_in_place(
-        body, patch, size + patch_size > max_bytes ? &limits : NULL, err);
+        body, patch,
+        copies(patch) || size + patch_size > max_bytes ? &limits : NULL, err);
     if (rc != 0)
         return rc;
     if (*tree != NULL && syncd_htree_apply(*tree, patch, NULL) == 0) {

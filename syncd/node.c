@@ -1412,7 +1412,7 @@ static int apply_on_loop(coll_t *c, item_t *item)
 {
     syncd_node_t *node = c->node;
     const json_t *ev = item->event;
-    int64_t v = member_int(ev, "v"), cached;
+    int64_t cached;
     int rc;
 
     if (item->kind != ITEM_EVENT || item->refetch || !patches_part(ev) ||
@@ -1436,10 +1436,10 @@ static int apply_on_loop(coll_t *c, item_t *item)
         node->stats.events_ignored_uncached++;
         return 1;
     }
-    if (cached < v)
+    if (cached < member_int(ev, "v"))
         return 0;
     /* This node's own events find their version already cached. */
-    if (cached > v)
+    if (cached > member_int(ev, "v"))
         node->stats.events_dropped_old++;
     else if (strcmp(member_str(ev, "origin"), node->node_id) != 0)
         node->stats.events_dropped_duplicate++;

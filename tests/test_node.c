@@ -2206,5 +2206,8 @@ int main(void)
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
     if (getenv("SYNCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
+    /* SYNCD_TEST_SKIP=<glob> skips the matching tests. */
+    if (getenv("SYNCD_TEST_SKIP") != NULL)
+        cmocka_set_skip_filter(getenv("SYNCD_TEST_SKIP"));
     return cmocka_run_group_tests(tests, servers_start, servers_stop);
 }
