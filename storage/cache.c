@@ -43,7 +43,9 @@
  * entry's record is made from the tier's body when the dirty records are
  * written (the entry is "lazy" until then, its tier entry pinned so that
  * the body stays), and until then it is charged its old size plus the
- * patch's, an upper bound of sorts that the write makes exact.
+ * patches' sizes, an upper bound of sorts that the write makes exact; once
+ * the patches add up to more than the size they were added to, the body's
+ * size is counted again (a walk, so amortized over that many patch bytes).
  *
  * A reader-writer lock guards the index and orders the RocksDB writes and
  * the tier's changes with it (the tier has its own locks inside). A hit
@@ -68,6 +70,9 @@
 
 /* The tier holds at most max_bytes / TIER_SHARE bytes. */
 #define TIER_SHARE 4
+/* A record's bytes besides its body (version, times, origin, hash), about:
+ * what a patched entry is charged beside its body until it is written. */
+#define RECORD_HEADER 128
 /* Records this large get a hash tree beside their decoded body. */
 #define SYNCD_CACHE_TREE_MIN 16384
 
@@ -81,6 +86,8 @@ typedef struct cache_entry {
     /* In the dirty list with no dirty record yet: the record is made from
      * the tier's body (pinned there) when written. */
     int lazy;
+    /* Patch bytes charged since the entry's size was last measured. */
+    size_t patched;
     struct cache_entry *dirty_prev, *dirty_next;
     unsigned char index_used; /* read since last placed in the index */
     uint64_t gen;             /* distinguishes successive entries of a key */
@@ -267,6 +274,7 @@ static void flush(syncd_cache_t *c, int64_t now)
             syncd_reckey_t k;
             size_t size = e->node.keylen + e->dirty_len;
 
+            e->patched = 0;
             recharge(c, e, size);
             syncd_tier_unpin(c->tier, key_of(e, &k), size);
         }
@@ -1028,7 +1036,13 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
                              body, tree, now, 0);
         goto unlock;
     }
+    e->patched += patch_size;
     size += patch_size;
+    if (e->patched > size - e->patched) {
+        size =
+            e->node.keylen + syncd_json_compact_size(body, 0) + RECORD_HEADER;
+        e->patched = 0;
+    }
     syncd_tier_give_back(cache->tier, &k, SYNCD_TIER_BACK_CHANGED, meta, body,
                          tree, now, size);
     e->version = meta->version;
