@@ -481,7 +481,8 @@ typedef struct bus_ctx {
     syncd_bus_sub_t *subscription;
     json_t *event;
     int64_t *t0;  /* per message index of the chunk */
-    int64_t base; /* seq before the chunk's first message */
+    int64_t base; /* seq before the chunk's first message (-1: unknown
+                     until the first message arrives) */
     run_t *run;   /* the run in progress, or NULL */
     int64_t v;    /* the version the last message carried */
 } bus_ctx_t;
@@ -511,7 +512,13 @@ static void bus_event(syncd_bus_signal_t signal, int64_t seq,
                       const json_t *event, void *payload)
 {
     bus_ctx_t *b = payload;
-    int64_t now = mono_ns(), i = seq - b->base - 1;
+    int64_t now = mono_ns(), i;
+
+    /* The bus numbers a new collection from where it likes (a new epoch
+     * starts above a floor): the first message sets the origin. */
+    if (b->base < 0)
+        b->base = seq - 1;
+    i = seq - b->base - 1;
 
     (void)event;
     if (signal == SYNCD_BUS_EVENT && b->run != NULL && i >= 0 &&
@@ -569,6 +576,7 @@ static int bus_open(bus_ctx_t *b, uv_loop_t *loop, const char *url,
                     json_t *event, int max)
 {
     memset(b, 0, sizeof(*b));
+    b->base = -1;
     b->event = event;
     b->t0 = calloc((size_t)max, sizeof(*b->t0));
     b->pub = open_bus(loop, url, "writer");
