@@ -745,3 +745,28 @@ uint64_t syncd_htree_hash_count(const syncd_htree_t *t)
 {
     return t->hashes;
 }
+
+/* Returns the bytes node and its subtree hold, about (allocator overhead
+ * aside). */
+static uint64_t node_bytes(const hnode_t *node)
+{
+    uint64_t n = sizeof(*node);
+
+    if (!is_container(node))
+        return n;
+    n += node->entcap * sizeof(*node->ent) + node->nlv * sizeof(*node->lv);
+    for (size_t k = 0; k < node->nlv; k++) {
+        n += node->lv[k].cap * sizeof(*node->lv[k].item);
+        if (node->lv[k].end != NULL)
+            n += (node->lv[k].n / SYNCD_HASH_CHUNK_MIN + 1) *
+                 sizeof(*node->lv[k].end);
+    }
+    for (size_t i = 0; i < node->lv[0].n; i++)
+        n += node->ent[i].klen + node_bytes(node->ent[i].child);
+    return n;
+}
+
+uint64_t syncd_htree_bytes(const syncd_htree_t *t)
+{
+    return sizeof(*t) + node_bytes(t->root);
+}

@@ -34,6 +34,19 @@
  * older than the TTL is never served; put-if-newer never replaces a fresh
  * entry by an equal or lower version.
  *
+ * An event's patch is applied to the cached body in place
+ * (syncd_cache_patch()): the body is taken out of the tier while it
+ * changes (readers wait or get the version before, see tier.c), its hash
+ * is checked on the document's hash tree, which the tier keeps beside a
+ * body of at least SYNCD_CACHE_TREE_MIN bytes (built at the first patch,
+ * charged to the entry, dropped with it), and nothing is serialized: the
+ * entry's record is made from the tier's body when the dirty records are
+ * written (the entry is "lazy" until then, its tier entry pinned so that
+ * the body stays), and until then it is charged its old size plus the
+ * patches' sizes, an upper bound of sorts that the write makes exact; once
+ * the patches add up to more than the size they were added to, the body's
+ * size is counted again (a walk, so amortized over that many patch bytes).
+ *
  * A reader-writer lock guards the index and orders the RocksDB writes and
  * the tier's changes with it (the tier has its own locks inside). A hit
  * holds it shared and only marks its entry as used; the index's recency
@@ -57,6 +70,11 @@
 
 /* The tier holds at most max_bytes / TIER_SHARE bytes. */
 #define TIER_SHARE 4
+/* A record's bytes besides its body (version, times, origin, hash), about:
+ * what a patched entry is charged beside its body until it is written. */
+#define RECORD_HEADER 128
+/* Records this large get a hash tree beside their decoded body. */
+#define SYNCD_CACHE_TREE_MIN 16384
 
 /* One cached record's index entry. The key bytes follow the struct. */
 typedef struct cache_entry {
@@ -65,6 +83,11 @@ typedef struct cache_entry {
      * the entry is in the cache's dirty list. */
     char *dirty;
     size_t dirty_len;
+    /* In the dirty list with no dirty record yet: the record is made from
+     * the tier's body (pinned there) when written. */
+    int lazy;
+    /* Patch bytes charged since the entry's size was last measured. */
+    size_t patched;
     struct cache_entry *dirty_prev, *dirty_next;
     unsigned char index_used; /* read since last placed in the index */
     uint64_t gen;             /* distinguishes successive entries of a key */
@@ -170,7 +193,7 @@ static void mark_dirty(syncd_cache_t *c, cache_entry_t *e, char *val,
 /* Takes e out of the dirty list and frees its dirty record. */
 static void clean(syncd_cache_t *c, cache_entry_t *e)
 {
-    if (e->dirty == NULL)
+    if (e->dirty == NULL && !e->lazy)
         return;
     if (e->dirty_prev != NULL)
         e->dirty_prev->dirty_next = e->dirty_next;
@@ -180,6 +203,41 @@ static void clean(syncd_cache_t *c, cache_entry_t *e)
         e->dirty_next->dirty_prev = e->dirty_prev;
     free(e->dirty);
     e->dirty = NULL;
+    e->lazy = 0;
+}
+
+/* Makes e lazy: its record will be made from the tier's body. */
+static void mark_lazy(syncd_cache_t *c, cache_entry_t *e)
+{
+    if (e->dirty == NULL && !e->lazy) {
+        mark_dirty(c, e, NULL, 0);
+    } else {
+        free(e->dirty);
+        e->dirty = NULL;
+    }
+    e->lazy = 1;
+}
+
+/* Charges e, in the index, size bytes. */
+static void recharge(syncd_cache_t *c, cache_entry_t *e, size_t size)
+{
+    syncd_lru_remove(&c->index, &e->node);
+    e->node.size = size;
+    syncd_lru_insert(&c->index, &e->node);
+}
+
+/* Makes the record of the lazy entry e from the tier's body into e->dirty;
+ * nonzero when it cannot (then e stays lazy). */
+static int encode_lazy(syncd_cache_t *c, cache_entry_t *e)
+{
+    syncd_doc_t *doc = NULL;
+    syncd_reckey_t k;
+    int rc = syncd_tier_get(c->tier, key_of(e, &k), &doc);
+
+    if (rc == 0)
+        rc = syncd_record_encode(&e->dirty, &e->dirty_len, doc, NULL, 0, NULL);
+    syncd_doc_free(doc);
+    return rc;
 }
 
 /* Writes every dirty record to RocksDB in one batch, at now; with the
@@ -194,9 +252,13 @@ static void flush(syncd_cache_t *c, int64_t now)
     if (c->dirty == NULL)
         return;
     batch = rocksdb_writebatch_create();
-    for (cache_entry_t *e = c->dirty; e != NULL; e = e->dirty_next, n++)
+    for (cache_entry_t *e = c->dirty; e != NULL; e = e->dirty_next) {
+        if (e->lazy && e->dirty == NULL && encode_lazy(c, e) != 0)
+            continue;
         rocksdb_writebatch_put(batch, e->key, e->node.keylen, e->dirty,
                                e->dirty_len);
+        n++;
+    }
     rocksdb_write(c->db, c->write, batch, &errptr);
     rocksdb_writebatch_destroy(batch);
     if (errptr != NULL) {
@@ -204,8 +266,20 @@ static void flush(syncd_cache_t *c, int64_t now)
         return;
     }
     count_writes(c, n);
-    while (c->dirty != NULL)
-        clean(c, c->dirty);
+    for (cache_entry_t *e = c->dirty, *next; e != NULL; e = next) {
+        next = e->dirty_next;
+        if (e->dirty == NULL)
+            continue;
+        if (e->lazy) {
+            syncd_reckey_t k;
+            size_t size = e->node.keylen + e->dirty_len;
+
+            e->patched = 0;
+            recharge(c, e, size);
+            syncd_tier_unpin(c->tier, key_of(e, &k), size);
+        }
+        clean(c, e);
+    }
 }
 
 /* Unlinks e from the index, the dirty list and the tier and frees it; its
@@ -690,6 +764,11 @@ static int cache_get(syncd_cache_t *cache, syncd_doc_t **out, const char *coll,
         rc = syncd_tier_get(cache->tier, &k, out);
         if (rc == SYNCD_ENOMEM) {
             syncd_error_set(err, rc, "out of memory");
+        } else if (rc == SYNCD_ENOTFOUND && e->lazy && e->dirty == NULL) {
+            /* Its body left the tier before its record was made (the tier
+             * keeps it pinned, so this is only defensive): not served. */
+            rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not cached", coll,
+                                 id);
         } else if (rc == SYNCD_ENOTFOUND && e->dirty != NULL) {
             gen = e->gen;
             rc = 0;
@@ -845,6 +924,144 @@ int syncd_cache_put_with_history(syncd_cache_t *cache, const syncd_doc_t *doc,
                                  syncd_error_t *err)
 {
     return cache_put(cache, doc, canon, canon_len, 1, err);
+}
+
+/* Whether patch has a "copy" operation. */
+static int copies(const json_t *patch)
+{
+    size_t i;
+    json_t *op;
+
+    json_array_foreach (patch, i, op) {
+        if (json_is_string(json_object_get(op, "op")) &&
+            strcmp(json_string_value(json_object_get(op, "op")), "copy") == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Applies patch to the taken body (and its tree, when it has one) and
+ * checks the result's hash against want; 0 when it matches, SYNCD_ECONFLICT
+ * when it does not, another code when the patch fails (then body and tree
+ * are as they were). *tree is freed and set NULL when it could not follow. */
+static int patch_taken(json_t **body, syncd_htree_t **tree, const json_t *patch,
+                       size_t size, size_t patch_size, size_t max_bytes,
+                       const char *want, syncd_error_t *err)
+{
+    syncd_patch_limits_t limits = {max_bytes, 0};
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    int rc;
+
+    /* The body's canonical JSON is within its record's size, and without a
+     * copy (which may double it) no operation adds more than its own
+     * bytes: when even that plus the whole patch fits, the result does,
+     * and the limit (which counts the whole document first) is not
+     * needed. */
+    rc = syncd_patch_apply_in_place(
+        body, patch,
+        copies(patch) || size + patch_size > max_bytes ? &limits : NULL, err);
+    if (rc != 0)
+        return rc;
+    if (*tree != NULL && syncd_htree_apply(*tree, patch, NULL) == 0) {
+        syncd_htree_root(*tree, hash);
+    } else {
+        syncd_htree_free(*tree);
+        *tree = NULL;
+        if (syncd_json_hash(hash, *body, NULL) != 0)
+            hash[0] = '\0';
+    }
+    return strcmp(hash, want) == 0 ? 0 : SYNCD_ECONFLICT;
+}
+
+int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
+                      int64_t base, const json_t *patch, size_t max_bytes,
+                      int nonblocking, int64_t *cached, syncd_error_t *err)
+{
+    size_t size = 0, patch_size;
+    syncd_htree_t *tree = NULL;
+    json_t *body = NULL;
+    cache_entry_t *e;
+    syncd_reckey_t k;
+    int64_t now;
+    int rc;
+
+    *cached = -1;
+    rc = syncd_reckey_make(&k, meta->coll, meta->id, err);
+    if (rc != 0)
+        return rc;
+    if (!nonblocking) {
+        pthread_rwlock_rdlock(&cache->lock);
+        e = find(cache, &k);
+        if (e != NULL && is_fresh(cache, e, cache->now_ms(cache->now_data)))
+            size = e->node.size;
+        pthread_rwlock_unlock(&cache->lock);
+        /* The first patch of a large body builds its tree, no lock held. */
+        if (size >= SYNCD_CACHE_TREE_MIN)
+            syncd_tier_build_tree(cache->tier, &k, base, size);
+        pthread_rwlock_wrlock(&cache->lock);
+    } else if (pthread_rwlock_trywrlock(&cache->lock) != 0) {
+        return 2;
+    }
+    now = cache->now_ms(cache->now_data);
+    e = find(cache, &k);
+    if (e != NULL && is_fresh(cache, e, now))
+        *cached = e->version;
+    rc = 0;
+    /* Without blocking, leave what may do I/O (writing the dirty records,
+     * evicting) to a blocking call. */
+    if (e == NULL || !is_fresh(cache, e, now) || e->version != base ||
+        e->deleted ||
+        (nonblocking && (now - cache->flushed_ms >= SYNCD_CACHE_FLUSH_MS ||
+                         cached_bytes(cache) > cache->max_bytes)) ||
+        syncd_tier_take(cache->tier, &k, base,
+                        nonblocking && e->node.size >= SYNCD_CACHE_TREE_MIN,
+                        &body, &tree) != 0)
+        goto unlock;
+    size = e->node.size;
+    patch_size = syncd_json_compact_size(patch, 0);
+    rc = patch_taken(&body, &tree, patch, size, patch_size, max_bytes,
+                     meta->hash, err);
+    if (rc == SYNCD_ECONFLICT) {
+        syncd_tier_give_back(cache->tier, &k, SYNCD_TIER_BACK_DROP, NULL, body,
+                             tree, now, 0);
+        drop(cache, e);
+        syncd_error_set(err, rc,
+                        "%s/%s v%lld: the patched body's hash is "
+                        "not the event's",
+                        meta->coll, meta->id, (long long)meta->version);
+        goto unlock;
+    }
+    if (rc != 0) {
+        syncd_tier_give_back(cache->tier, &k, SYNCD_TIER_BACK_UNCHANGED, NULL,
+                             body, tree, now, 0);
+        goto unlock;
+    }
+    e->patched += patch_size;
+    size += patch_size;
+    if (e->patched > size - e->patched) {
+        size =
+            e->node.keylen + syncd_json_compact_size(body, 0) + RECORD_HEADER;
+        e->patched = 0;
+    }
+    syncd_tier_give_back(cache->tier, &k, SYNCD_TIER_BACK_CHANGED, meta, body,
+                         tree, now, size);
+    e->version = meta->version;
+    memcpy(e->hash, meta->hash, sizeof(e->hash));
+    e->hist_known = 0;
+    e->stored_ms = now;
+    e->gen = ++cache->gens;
+    recharge(cache, e, size);
+    mark_lazy(cache, e);
+    *cached = meta->version;
+    rc = 1;
+    if (!nonblocking) {
+        evict(cache);
+        if (now - cache->flushed_ms >= SYNCD_CACHE_FLUSH_MS)
+            flush(cache, now);
+    }
+unlock:
+    unlock_exclusive(cache);
+    return rc;
 }
 
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,

@@ -230,6 +230,22 @@ int syncd_cache_put_with_history(syncd_cache_t *cache, const syncd_doc_t *doc,
                                  const char *canon, size_t canon_len,
                                  syncd_error_t *err);
 
+/* Applies the RFC 6902 patch (borrowed) of an event to coll/id's cached
+ * body at version base, in place, making the entry meta's version (coll,
+ * id, version, hash, mtime and origin read; body ignored) when the result's
+ * content hash is meta->hash, within max_bytes. *cached is the version of
+ * the fresh entry found (-1: none). Returns 1 when applied; 0 when nothing
+ * was done (no fresh live entry at base, a reader holds the body, or, with
+ * nonblocking, the work could wait: a lock, I/O, a hash tree to build):
+ * apply it some other way; SYNCD_ECONFLICT when the hash was not meta's
+ * (the entry is dropped: refetch it); SYNCD_EPATCH, SYNCD_ETOOBIG,
+ * SYNCD_ENOMEM when the patch fails (the entry is unchanged). With
+ * nonblocking it never waits, except to drop the entry on a mismatch, and
+ * returns 2 (nothing done, *cached -1) when it would wait for the lock. */
+int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
+                      int64_t base, const json_t *patch, size_t max_bytes,
+                      int nonblocking, int64_t *cached, syncd_error_t *err);
+
 /* Removes coll/id (id NULL: every entry of coll). */
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
                            const char *id, syncd_error_t *err);
@@ -491,6 +507,50 @@ void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
  * none yet; charges its bytes. */
 void syncd_tier_set_text(syncd_tier_t *t, const syncd_reckey_t *k,
                          const json_t *body, char *text_new, size_t len);
+
+/* Builds the hash tree of the body of k's fresh live entry at version and
+ * keeps it beside the body, charged to the entry (whose record takes size
+ * bytes, as for syncd_tier_put()), unless it has one; the tree is built
+ * with no lock held, so readers go on meanwhile. 0 when the entry has its
+ * tree (or the entry changed meanwhile), SYNCD_ENOTFOUND when there is no
+ * such entry, SYNCD_EINVAL or SYNCD_ENOMEM when the tree cannot be built. */
+int syncd_tier_build_tree(syncd_tier_t *t, const syncd_reckey_t *k,
+                          int64_t version, size_t size);
+
+/* Takes the body of k's fresh live entry at version out of the tier, for
+ * the caller to change in place: *body is the entry's own reference, lent,
+ * and *tree its hash tree (NULL when it has none), lent too. Until the
+ * caller gives them back with syncd_tier_give_back(), which it must, a
+ * reader of the decoded body waits (a reader of the text gets the text of
+ * this version, if any). Returns 0 when taken; 1 when a reader holds the
+ * body, it is taken already, or need_tree is set and the entry has no hash
+ * tree: change a copy instead; SYNCD_ENOTFOUND
+ * when there is no such entry. Never waits. */
+int syncd_tier_take(syncd_tier_t *t, const syncd_reckey_t *k, int64_t version,
+                    int need_tree, json_t **body, syncd_htree_t **tree);
+
+/* How syncd_tier_give_back() gives a taken body back. */
+typedef enum {
+    SYNCD_TIER_BACK_UNCHANGED, /* as it was taken */
+    SYNCD_TIER_BACK_CHANGED,   /* changed into meta's version */
+    SYNCD_TIER_BACK_DROP,      /* changed into no version: drop the entry */
+} syncd_tier_back_t;
+
+/* Gives back what syncd_tier_take() lent for k, as how says: body (the
+ * entry's reference, the same or a new value) and tree (NULL: none; the
+ * entry owns either from here on). CHANGED makes the entry meta's version
+ * (its version, hash, mtime and origin; no outbox, keys or history), born
+ * at born_ms, its text dropped, charged size bytes as for syncd_tier_put(),
+ * and pinned: never evicted or expired until syncd_tier_unpin(). DROP (the
+ * body matches no version) drops the entry. Wakes the readers that
+ * waited. */
+void syncd_tier_give_back(syncd_tier_t *t, const syncd_reckey_t *k,
+                          syncd_tier_back_t how, const syncd_doc_t *meta,
+                          json_t *body, syncd_htree_t *tree, int64_t born_ms,
+                          size_t size);
+
+/* Unpins k's entry, now charged size bytes as for syncd_tier_put(). */
+void syncd_tier_unpin(syncd_tier_t *t, const syncd_reckey_t *k, size_t size);
 
 /* Drops k's entry, if any. */
 void syncd_tier_drop(syncd_tier_t *t, const syncd_reckey_t *k);

@@ -1466,6 +1466,19 @@ int syncd_store_cache_put(syncd_store_t *store, const syncd_doc_t *doc,
     return syncd_cache_put(store->cache, doc, NULL, 0, err);
 }
 
+int syncd_store_cache_patch(syncd_store_t *store, const syncd_doc_t *doc,
+                            int64_t base, const json_t *patch, int nonblocking,
+                            int64_t *cached, syncd_error_t *err)
+{
+    int rc = validate_key(doc->coll, doc->id, err);
+
+    *cached = -1;
+    if (rc != 0 || store->cache == NULL)
+        return rc;
+    return syncd_cache_patch(store->cache, doc, base, patch,
+                             store->max_doc_bytes, nonblocking, cached, err);
+}
+
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
                                  const char *id, syncd_error_t *err)
 {

@@ -103,6 +103,9 @@
 #define OUTBOX_PAGE 64
 /* Bytes of an event's "seq" and "sig" besides the rest of it. */
 #define EVENT_ROOM 128
+/* Largest patch (compact JSON bytes) an event may carry to be applied on
+ * the loop rather than on the thread pool. */
+#define LOOP_PATCH_MAX 4096
 
 typedef struct coll coll_t;
 typedef struct ae_run ae_run_t;
@@ -116,6 +119,8 @@ typedef struct item {
     item_kind_t kind;
     int64_t seq;   /* its seq */
     json_t *event; /* ITEM_EVENT: a reference, read-only from here on */
+    int refetch;   /* ITEM_EVENT: the loop found its patch not to apply: the
+                      pool refetches its document instead */
 } item_t;
 
 /* One anti-entropy run: a pass over every collection. */
@@ -973,6 +978,37 @@ static void apply_patch(work_t *w, const json_t *ev, syncd_doc_t *c)
     json_decref(body);
 }
 
+/* Whether ev is an update whose patch changes part of the cached body:
+ * one that may be applied to it in place. */
+static int patches_part(const json_t *ev)
+{
+    const json_t *patch = json_object_get(ev, "patch");
+
+    return strcmp(member_str(ev, "op"), "update") == 0 &&
+           json_is_array(patch) && !puts_root(patch);
+}
+
+/* Applies the update ev to the cached body in place
+ * (syncd_store_cache_patch(), nonblocking or not) and returns its outcome,
+ * with *cached the version the cache held: fills doc with what ev says of
+ * the new version. */
+static int patch_in_place(syncd_store_t *store, const char *coll,
+                          const json_t *ev, int nonblocking, int64_t *cached)
+{
+    syncd_doc_t doc;
+
+    memset(&doc, 0, sizeof(doc));
+    doc.coll = (char *)coll;
+    doc.id = (char *)member_str(ev, "id");
+    doc.version = member_int(ev, "v");
+    doc.mtime_ms = parse_ts_ms(member_str(ev, "ts"));
+    snprintf(doc.hash, sizeof(doc.hash), "%s", member_str(ev, "h"));
+    snprintf(doc.origin, sizeof(doc.origin), "%s", member_str(ev, "origin"));
+    return syncd_store_cache_patch(store, &doc, member_int(ev, "base"),
+                                   json_object_get(ev, "patch"), nonblocking,
+                                   cached, NULL);
+}
+
 /* Applies one event to the cache by the rules of DESIGN.md section 4. */
 static void apply_event(work_t *w, const json_t *ev)
 {
@@ -980,7 +1016,23 @@ static void apply_event(work_t *w, const json_t *ev)
     int64_t v = member_int(ev, "v"), base = member_int(ev, "base");
     int create = strcmp(op, "create") == 0;
     syncd_doc_t *c = NULL;
+    int64_t cached;
+    int rc;
 
+    /* First in place on the cached body, which needs no copy of it. */
+    if (patches_part(ev)) {
+        rc = patch_in_place(w->node->store, w->coll->name, ev, 0, &cached);
+        if (rc == 1) {
+            w->delta.events_applied++;
+            return;
+        }
+        if (rc == SYNCD_ECONFLICT)
+            w->delta.hash_mismatches++;
+        if (rc < 0) {
+            refetch(w, id);
+            return;
+        }
+    }
     if (syncd_store_cached(w->node->store, &c, w->coll->name, id, NULL) != 0)
         c = NULL;
     if (c == NULL && !create) {
@@ -1182,7 +1234,9 @@ static void work_run(uv_work_t *req)
          * starts once the item finishes. */
         for (item = w->items; item != NULL && !atomic_load(&w->node->stop);
              item = item->next) {
-            if (item->kind == ITEM_EVENT)
+            if (item->kind == ITEM_EVENT && item->refetch)
+                refetch(w, member_str(item->event, "id"));
+            else if (item->kind == ITEM_EVENT)
                 apply_event(w, item->event);
         }
         break;
@@ -1348,9 +1402,55 @@ static item_t *dequeue(coll_t *c, size_t max, item_t **last, size_t *n)
     return first;
 }
 
+/* Applies the event of item, c's first, on the loop when that is cheap
+ * and waits for nothing: a small patch to a cached body
+ * (syncd_store_cache_patch() without blocking), or an update the cache
+ * has no use for (its document not cached, or cached at its version or a
+ * later one). Returns 1 when the item is done with; 0 when it goes to the
+ * thread pool (marked to refetch when its patch did not apply). */
+static int apply_on_loop(coll_t *c, item_t *item)
+{
+    syncd_node_t *node = c->node;
+    const json_t *ev = item->event;
+    int64_t cached;
+    int rc;
+
+    if (item->kind != ITEM_EVENT || item->refetch || !patches_part(ev) ||
+        syncd_json_compact_size(json_object_get(ev, "patch"), LOOP_PATCH_MAX) >
+            LOOP_PATCH_MAX)
+        return 0;
+    rc = patch_in_place(node->store, c->name, ev, 1, &cached);
+    if (rc == 1) {
+        node->stats.events_applied++;
+        return 1;
+    }
+    if (rc < 0) {
+        if (rc == SYNCD_ECONFLICT)
+            node->stats.hash_mismatches++;
+        item->refetch = 1;
+        return 0;
+    }
+    if (rc == 2)
+        return 0;
+    if (cached < 0) {
+        node->stats.events_ignored_uncached++;
+        return 1;
+    }
+    if (cached < member_int(ev, "v"))
+        return 0;
+    /* This node's own events find their version already cached. */
+    if (cached > member_int(ev, "v"))
+        node->stats.events_dropped_old++;
+    else if (strcmp(member_str(ev, "origin"), node->node_id) != 0)
+        node->stats.events_dropped_duplicate++;
+    return 1;
+}
+
 /* Runs c's queued items, as one batch on the thread pool unless one is
  * running. Without a cache there is nothing to do off the loop, so items
- * finish at once. */
+ * finish at once; with one, the items at the head that apply_on_loop()
+ * can finish do so (a lone small event pays no thread hand-off), in seq
+ * order since nothing of c runs meanwhile. */
 static void pump(coll_t *c)
 {
     syncd_node_t *node = c->node;
@@ -1359,6 +1459,11 @@ static void pump(coll_t *c)
     work_t *w;
 
     while (!node->cached && c->head != NULL && !node->closing) {
+        first = dequeue(c, 1, &last, &n);
+        finish_item(c, first);
+    }
+    while (node->cached && c->running == NULL && c->head != NULL &&
+           !node->closing && apply_on_loop(c, c->head)) {
         first = dequeue(c, 1, &last, &n);
         finish_item(c, first);
     }

@@ -848,6 +848,80 @@ test_node__corrupted_patch_fails_the_hash_check_and_is_refetched(void **state)
     cluster_close(&cl);
 }
 
+/* A body of about 20 KB (large enough for a hash tree in the node cache)
+ * with member "m-<changed>" set to n. */
+static json_t *large_body(int changed, int n)
+{
+    json_t *body = json_object();
+    char key[16];
+
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "m-%03d", i);
+        json_object_set_new(
+            body, key,
+            json_pack("{s:i, s:s}", "n", i == changed ? n : 0, "s",
+                      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
+    }
+    return body;
+}
+
+/* Checks that node i caches coll/id with the store's version and body. */
+static void assert_cached_body(cluster_t *cl, int i, const char *id)
+{
+    syncd_doc_t *cached = NULL, *real = NULL;
+
+    assert_int_equal(
+        syncd_store_cached(cl->n[i].store, &cached, cl->coll, id, NULL), 0);
+    assert_int_equal(
+        syncd_store_refetch(cl->n[0].store, &real, cl->coll, id, NULL), 0);
+    assert_int_equal(cached->version, real->version);
+    assert_string_equal(cached->hash, real->hash);
+    assert_true(json_equal(cached->body, real->body));
+    syncd_doc_free(cached);
+    syncd_doc_free(real);
+}
+
+static void
+test_node__changes_to_a_large_cached_document_apply_in_place_and_a_tampered_one_is_refetched(
+    void **state)
+{
+    cluster_t cl;
+    syncd_change_t *change;
+    syncd_node_stats_t before, after;
+    json_t *ev;
+
+    (void)state;
+    cluster_open(&cl, "large", NULL);
+    write_one(&cl, 0, "doc", large_body(0, 0));
+    node_stats(&cl, 2, &before);
+    for (int n = 1; n <= 30; n++)
+        write_one(&cl, 0, "doc", large_body(n * 7 % 300, n));
+    node_stats(&cl, 2, &after);
+    assert_int_equal(after.events_applied - before.events_applied, 30);
+    assert_int_equal(after.refetches - before.refetches, 0);
+    assert_int_equal(after.hash_mismatches - before.hash_mismatches, 0);
+    for (int i = 1; i < NODES; i++)
+        assert_cached_body(&cl, i, "doc");
+
+    /* A patch that does not make the event's hash: found on the tree. */
+    node_stats(&cl, 2, &before);
+    change = commit_unpublished(&cl, 0, "doc", large_body(5, 99));
+    ev = event_for(change, "mallory");
+    json_object_set_new(ev, "patch",
+                        json_pack("[{s:s,s:s,s:i}]", "op", "replace", "path",
+                                  "/m-005/n", "value", 98));
+    publish_raw(&cl, ev);
+    node_stats(&cl, 2, &after);
+    assert_int_equal(after.hash_mismatches - before.hash_mismatches, 1);
+    assert_int_equal(after.refetches - before.refetches, 1);
+    assert_converged(&cl);
+    for (int i = 1; i < NODES; i++)
+        assert_cached_body(&cl, i, "doc");
+    assert_watchers_saw_all(&cl);
+    syncd_change_free(change);
+    cluster_close(&cl);
+}
+
 static void
 test_node__amplifying_patch_in_an_event_is_not_applied_and_is_refetched(
     void **state)
@@ -2098,6 +2172,8 @@ int main(void)
         cmocka_unit_test(
             test_node__corrupted_patch_fails_the_hash_check_and_is_refetched),
         cmocka_unit_test(
+            test_node__changes_to_a_large_cached_document_apply_in_place_and_a_tampered_one_is_refetched),
+        cmocka_unit_test(
             test_node__amplifying_patch_in_an_event_is_not_applied_and_is_refetched),
         cmocka_unit_test(
             test_node__forged_event_with_a_bad_signature_is_dropped_and_counted),
@@ -2130,5 +2206,8 @@ int main(void)
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
     if (getenv("SYNCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
+    /* SYNCD_TEST_SKIP=<glob> skips the matching tests. */
+    if (getenv("SYNCD_TEST_SKIP") != NULL)
+        cmocka_set_skip_filter(getenv("SYNCD_TEST_SKIP"));
     return cmocka_run_group_tests(tests, servers_start, servers_stop);
 }

@@ -3444,6 +3444,309 @@ test_cache__concurrent_readers_never_see_a_version_go_backwards(void **state)
     assert_int_equal(cached_version(cf, "hot-0"), 30);
 }
 
+/* ---- Patching cached bodies in place ------------------------------------ */
+
+#define PATCH_VOLS 300
+
+/* Reopens cf's cache empty with a bound of max_bytes, kept across a clean
+ * close when keep is set. */
+static void reopen_cache(cache_fixture_t *cf, uint64_t max_bytes, int keep)
+{
+    syncd_cache_close(cf->cache);
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, max_bytes,
+                                      keep, &cf->hooks, NULL),
+                     0);
+}
+
+/* A body of about 20 KB (over the size that gets a hash tree) whose "a" and
+ * "b" are both n, with PATCH_VOLS members in "vols". */
+static json_t *vols_body(int n)
+{
+    json_t *vols = json_object();
+    char key[16];
+
+    for (int i = 0; i < PATCH_VOLS; i++) {
+        snprintf(key, sizeof(key), "m-%03d", i);
+        json_object_set_new(
+            vols, key,
+            json_pack("{s:i, s:s}", "n", i, "s",
+                      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
+    }
+    return json_pack("{s:i, s:i, s:o}", "a", n, "b", n, "vols", vols);
+}
+
+/* The patch from version n's body to version n + 1's: "a" first, one
+ * member of "vols" (changed, added or removed as i says) and "b" last, so
+ * that a body half-applied has a != b. */
+static json_t *vols_patch(int n, int i)
+{
+    char path[32];
+
+    snprintf(path, sizeof(path), "/vols/m-%03d", i % PATCH_VOLS);
+    if (i % 7 == 3)
+        return json_pack("[{s:s,s:s,s:i},{s:s,s:s},{s:s,s:s,s:i}]", "op",
+                         "replace", "path", "/a", "value", n + 1, "op",
+                         "remove", "path", path, "op", "replace", "path", "/b",
+                         "value", n + 1);
+    if (i % 7 == 5)
+        return json_pack("[{s:s,s:s,s:i},{s:s,s:s,s:{s:i}},{s:s,s:s,s:i}]",
+                         "op", "replace", "path", "/a", "value", n + 1, "op",
+                         "add", "path", path, "value", "n", n, "op", "replace",
+                         "path", "/b", "value", n + 1);
+    return json_pack("[{s:s,s:s,s:i},{s:s,s:s,s:i},{s:s,s:s,s:i}]", "op",
+                     "replace", "path", "/a", "value", n + 1, "op", "add",
+                     "path", "/vols/zz", "value", n, "op", "replace", "path",
+                     "/b", "value", n + 1);
+}
+
+/* The patch of a small body from version n's to version n + 1's. */
+static json_t *ab_patch(int n)
+{
+    return json_pack("[{s:s,s:s,s:i},{s:s,s:s,s:i}]", "op", "replace", "path",
+                     "/a", "value", n + 1, "op", "replace", "path", "/b",
+                     "value", n + 1);
+}
+
+/* Puts a copy of body (borrowed) as cc/id at version: the cache holds its
+ * body alone, as a node's cache does once it has applied an event. */
+static void put_body(cache_fixture_t *cf, const char *id, int64_t version,
+                     json_t *body)
+{
+    syncd_doc_t doc = {"cc", (char *)id, version, json_deep_copy(body),
+                       "",   0,          "",      0};
+
+    assert_int_equal(syncd_json_hash(doc.hash, body, NULL), 0);
+    assert_int_equal(syncd_cache_put(cf->cache, &doc, NULL, 0, NULL), 1);
+    json_decref(doc.body);
+}
+
+/* Patches cc/id from version base with patch in the cache, the model
+ * (what the body must become) patched alongside; returns what
+ * syncd_cache_patch() returned. */
+static int patch_body(cache_fixture_t *cf, const char *id, int64_t base,
+                      json_t *patch, json_t **model, int nonblocking)
+{
+    syncd_doc_t meta = {"cc", (char *)id, base + 1, NULL, "", 7, "n1", 0};
+    int64_t cached;
+
+    assert_int_equal(syncd_patch_apply_in_place(model, patch, NULL, NULL), 0);
+    assert_int_equal(syncd_json_hash(meta.hash, *model, NULL), 0);
+    return syncd_cache_patch(cf->cache, &meta, base, patch, (size_t)8 << 20,
+                             nonblocking, &cached, NULL);
+}
+
+typedef struct half_race {
+    syncd_cache_t *cache;
+    int stop;
+    int torn;       /* a body with a != b, or not its version's */
+    uint64_t reads; /* bodies and texts checked */
+} half_race_t;
+
+/* Whether body is whole and of version: "a" and "b" both version - 1. */
+static int whole(const json_t *body, int64_t version)
+{
+    return json_integer_value(json_object_get(body, "a")) == version - 1 &&
+           json_integer_value(json_object_get(body, "b")) == version - 1;
+}
+
+/* Reads cc/doc over and over, decoded and as text (serializing the body
+ * for the tier when it has no text, as GET does), until told to stop. */
+static void *half_reader(void *arg)
+{
+    half_race_t *race = arg;
+    syncd_tier_t *tier = syncd_cache_tier(race->cache);
+    syncd_reckey_t k;
+    uint64_t n = 0;
+
+    assert_int_equal(syncd_reckey_make(&k, "cc", "doc", NULL), 0);
+    while (!__atomic_load_n(&race->stop, __ATOMIC_ACQUIRE)) {
+        syncd_doc_t *doc = NULL;
+        json_t *body = NULL, *parsed;
+        char *text = NULL;
+        int64_t version = 0;
+        size_t len = 0;
+        int torn = 0;
+
+        if (n++ % 2 == 0) {
+            if (syncd_cache_get(race->cache, &doc, "cc", "doc", NULL) == 0)
+                torn = !whole(doc->body, doc->version);
+            syncd_doc_free(doc);
+        } else if (syncd_tier_text(tier, &k, &text, &len, &version, &body) ==
+                   0) {
+            parsed = json_loadb(text, len, 0, NULL);
+            torn = parsed == NULL || !whole(parsed, version);
+            json_decref(parsed);
+        } else if (body != NULL) {
+            torn = !whole(body, version);
+            text = json_dumps(body, JSON_COMPACT);
+            syncd_tier_set_text(tier, &k, body, text, strlen(text));
+            text = NULL;
+            json_decref(body);
+        }
+        free(text);
+        if (torn)
+            __atomic_store_n(&race->torn, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&race->reads, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static void
+test_cache_patch__concurrent_readers_never_see_a_half_applied_body(void **state)
+{
+    cache_fixture_t *cf = *state;
+    half_race_t race = {0};
+    json_t *model = vols_body(0);
+    syncd_doc_t *doc = NULL;
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    pthread_t readers[3];
+    int in_place = 0, copied = 0;
+
+    reopen_cache(cf, (uint64_t)64 << 20, 0);
+    race.cache = cf->cache;
+    put_body(cf, "doc", 1, model);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&readers[i], NULL, half_reader, &race),
+                         0);
+    for (int n = 1; n <= 1000; n++) {
+        json_t *patch = vols_patch(n - 1, n);
+        int rc = patch_body(cf, "doc", n, patch, &model, 0);
+
+        /* A body a reader holds is not taken: the node puts a patched
+         * copy instead. */
+        if (rc == 0) {
+            put_body(cf, "doc", n + 1, model);
+            copied++;
+        } else {
+            assert_int_equal(rc, 1);
+            in_place++;
+        }
+        json_decref(patch);
+    }
+    __atomic_store_n(&race.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 3; i++)
+        pthread_join(readers[i], NULL);
+    assert_false(race.torn);
+    assert_true(race.reads > 0);
+    assert_true(in_place > 0);
+    assert_int_equal(in_place + copied, 1000);
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "doc", NULL), 0);
+    assert_int_equal(doc->version, 1001);
+    assert_true(json_equal(doc->body, model));
+    assert_int_equal(syncd_json_hash(hash, doc->body, NULL), 0);
+    assert_string_equal(doc->hash, hash);
+    syncd_doc_free(doc);
+    json_decref(model);
+}
+
+static void
+test_cache_patch__the_tree_checked_hash_is_the_fresh_hash_after_each_patch(
+    void **state)
+{
+    cache_fixture_t *cf = *state;
+    json_t *model = vols_body(0),
+           *small = json_pack("{s:i, s:i}", "a", 0, "b", 0);
+    syncd_store_stats_t before, after;
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    syncd_doc_t *doc = NULL;
+    int64_t cached;
+
+    reopen_cache(cf, (uint64_t)64 << 20, 0);
+    put_body(cf, "doc", 1, model);
+    put_body(cf, "small", 1, small);
+    syncd_cache_stats(cf->cache, &before);
+    /* Without blocking, a large body gets no tree built: left to a
+     * blocking call, which builds it. */
+    {
+        json_t *patch = vols_patch(0, 0);
+        syncd_doc_t meta = {"cc", "doc", 2, NULL, "", 7, "n1", 0};
+
+        assert_int_equal(syncd_cache_patch(cf->cache, &meta, 1, patch,
+                                           (size_t)8 << 20, 1, &cached, NULL),
+                         0);
+        assert_int_equal(cached, 1);
+        json_decref(patch);
+    }
+    for (int n = 1; n <= 300; n++) {
+        json_t *patch = vols_patch(n - 1, n * 13), *ab = ab_patch(n - 1);
+
+        assert_int_equal(patch_body(cf, "doc", n, patch, &model, n > 1), 1);
+        assert_int_equal(patch_body(cf, "small", n, ab, &small, 1), 1);
+        json_decref(patch);
+        json_decref(ab);
+        assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "doc", NULL),
+                         0);
+        assert_int_equal(doc->version, n + 1);
+        assert_true(json_equal(doc->body, model));
+        assert_int_equal(syncd_json_hash(hash, doc->body, NULL), 0);
+        assert_string_equal(doc->hash, hash);
+        syncd_doc_free(doc);
+    }
+    /* The tree counts against the bound, and goes with its entry. */
+    syncd_cache_stats(cf->cache, &after);
+    assert_true(after.cache_bytes > before.cache_bytes + 20000);
+    assert_int_equal(syncd_cache_invalidate(cf->cache, "cc", NULL, NULL), 0);
+    syncd_cache_stats(cf->cache, &after);
+    assert_int_equal(after.cache_bytes, 0);
+    json_decref(model);
+    json_decref(small);
+}
+
+static void
+test_cache_patch__a_patch_whose_hash_is_not_the_events_drops_the_entry(
+    void **state)
+{
+    cache_fixture_t *cf = *state;
+    const char *ids[] = {"doc", "small"};
+    syncd_doc_t *doc = NULL;
+    int64_t cached;
+
+    reopen_cache(cf, (uint64_t)64 << 20, 0);
+    for (int i = 0; i < 2; i++) {
+        json_t *body =
+            i == 0 ? vols_body(0) : json_pack("{s:i, s:i}", "a", 0, "b", 0);
+        json_t *patch = i == 0 ? vols_patch(0, 1) : ab_patch(0);
+        syncd_doc_t meta = {"cc", (char *)ids[i], 2, NULL, "", 7, "n1", 0};
+
+        put_body(cf, ids[i], 1, body);
+        memset(meta.hash, 'a', SYNCD_HASH_HEX_LEN);
+        assert_int_equal(syncd_cache_patch(cf->cache, &meta, 1, patch,
+                                           (size_t)8 << 20, 0, &cached, NULL),
+                         SYNCD_ECONFLICT);
+        assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", ids[i], NULL),
+                         SYNCD_ENOTFOUND);
+        json_decref(patch);
+        json_decref(body);
+    }
+}
+
+static void
+test_cache_patch__a_clean_close_writes_the_patched_records(void **state)
+{
+    cache_fixture_t *cf = *state;
+    json_t *model = vols_body(0);
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    syncd_doc_t *doc = NULL;
+
+    reopen_cache(cf, (uint64_t)64 << 20, 1);
+    put_body(cf, "doc", 1, model);
+    for (int n = 1; n <= 5; n++) {
+        json_t *patch = vols_patch(n - 1, n);
+
+        assert_int_equal(patch_body(cf, "doc", n, patch, &model, 0), 1);
+        json_decref(patch);
+    }
+    reopen_cache(cf, (uint64_t)64 << 20, 1);
+    assert_true(syncd_cache_kept(cf->cache));
+    assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "doc", NULL), 0);
+    assert_int_equal(doc->version, 6);
+    assert_true(json_equal(doc->body, model));
+    assert_int_equal(syncd_json_hash(hash, doc->body, NULL), 0);
+    assert_string_equal(doc->hash, hash);
+    syncd_doc_free(doc);
+    json_decref(model);
+}
+
 /* ---- The digest construction -------------------------------------------- */
 
 static void leaf(unsigned char out[32], const char *id, const char *v,
@@ -4355,6 +4658,13 @@ int main(int argc, char **argv)
         CACHE(test_cache__unwritten_entries_out_of_the_tier_are_served),
         CACHE(test_cache__a_clean_close_writes_every_dirty_record),
         CACHE(test_cache__a_killed_process_leaves_nothing_served),
+        CACHE(
+            test_cache_patch__concurrent_readers_never_see_a_half_applied_body),
+        CACHE(
+            test_cache_patch__the_tree_checked_hash_is_the_fresh_hash_after_each_patch),
+        CACHE(
+            test_cache_patch__a_patch_whose_hash_is_not_the_events_drops_the_entry),
+        CACHE(test_cache_patch__a_clean_close_writes_the_patched_records),
         BOTH(test_store_get_text__serves_each_version_once_made),
         BOTH(test_store__create_put_delete_recreate_track_versions),
         BOTH(test_store_put__without_if_match_creates_or_replaces),

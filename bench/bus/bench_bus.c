@@ -49,6 +49,7 @@
 #include <hiredis/hiredis.h>
 
 #include "servers.h"
+#include "storage/internal.h"
 #include "syncd/node.h"
 
 #define BUS_DB "bench"
@@ -480,23 +481,44 @@ typedef struct bus_ctx {
     syncd_bus_sub_t *subscription;
     json_t *event;
     int64_t *t0;  /* per message index of the chunk */
-    int64_t base; /* seq before the chunk's first message */
+    int64_t base; /* seq before the chunk's first message (-1: unknown
+                     until the first message arrives) */
     run_t *run;   /* the run in progress, or NULL */
+    int64_t v;    /* the version the last message carried */
 } bus_ctx_t;
 
+/* Publishes the event as the next version of its document: the bus drops
+ * a version it has published already. */
 static int bus_send(run_t *r, int i)
 {
     bus_ctx_t *b = r->ctx;
+    json_t *ev;
+    int rc;
 
     b->t0[i] = mono_ns();
-    return syncd_bus_publish(b->pub, b->event, NULL, NULL);
+    b->v++;
+    ev = json_copy(b->event);
+    if (ev == NULL ||
+        json_object_set_new(ev, "v", json_integer((json_int_t)b->v)) != 0 ||
+        json_object_set_new(ev, "base", json_integer((json_int_t)b->v - 1)))
+        rc = SYNCD_ENOMEM;
+    else
+        rc = syncd_bus_publish(b->pub, ev, NULL, NULL);
+    json_decref(ev);
+    return rc;
 }
 
 static void bus_event(syncd_bus_signal_t signal, int64_t seq,
                       const json_t *event, void *payload)
 {
     bus_ctx_t *b = payload;
-    int64_t now = mono_ns(), i = seq - b->base - 1;
+    int64_t now = mono_ns(), i;
+
+    /* The bus numbers a new collection from where it likes (a new epoch
+     * starts above a floor): the first message sets the origin. */
+    if (b->base < 0)
+        b->base = seq - 1;
+    i = seq - b->base - 1;
 
     (void)event;
     if (signal == SYNCD_BUS_EVENT && b->run != NULL && i >= 0 &&
@@ -554,6 +576,7 @@ static int bus_open(bus_ctx_t *b, uv_loop_t *loop, const char *url,
                     json_t *event, int max)
 {
     memset(b, 0, sizeof(*b));
+    b->base = -1;
     b->event = event;
     b->t0 = calloc((size_t)max, sizeof(*b->t0));
     b->pub = open_bus(loop, url, "writer");
@@ -1223,6 +1246,102 @@ cleanup:
     return rc;
 }
 
+/* ---- The receiver's apply, on the node cache itself ---------------------- */
+
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Applies RECV_EVENTS one-volume events (two replaces, as the bus's) to a
+ * cached document of entries volumes through syncd_cache_patch(), as the
+ * receiving node does on its loop (nonblocking; a call that finds the
+ * write-behind due goes blocking, as the node then sends the event to the
+ * pool), after one event that builds the hash tree. Sets *cpu_med and
+ * *cpu_mean to the thread CPU ms per event (the mean includes the records
+ * written behind) and *tree_ms to the CPU ms of the first, tree-building
+ * event. The expected hash is computed outside the clock. */
+#define RECV_EVENTS 40
+static int receiver_cpu(int entries, double *cpu_med, double *cpu_mean,
+                        double *tree_ms)
+{
+    json_t *model = volume_doc("recv", entries);
+    syncd_doc_t doc = {BIG_COLL, "recv", 1, model, "", 0, "bench", 0};
+    samples_t s = {0};
+    syncd_cache_t *cache = NULL;
+    int64_t total = 0;
+    char dir[256];
+    int rc = -1, r;
+
+    if (model == NULL || syncd_test_tmpdir(dir, sizeof(dir), "bench-recv") ||
+        syncd_cache_open(&cache, dir, 3600 * 1000, (uint64_t)1 << 30, 0, NULL,
+                         NULL) != 0 ||
+        syncd_json_hash(doc.hash, model, NULL) != 0)
+        goto cleanup;
+    /* The cache's body is its own, as the node's is once its event is
+     * applied. */
+    doc.body = json_deep_copy(model);
+    r = doc.body != NULL ? syncd_cache_put(cache, &doc, NULL, 0, NULL) : -1;
+    json_decref(doc.body);
+    if (r != 1)
+        goto cleanup;
+    for (int i = 0; i <= RECV_EVENTS; i++) {
+        int j = (i * 4099 + 4321) % entries;
+        json_t *vol = volume_entry(j, i + 1), *patch;
+        syncd_doc_t meta = doc;
+        char name[32], path[64];
+        int64_t cached, t;
+
+        volume_name(name, j);
+        snprintf(path, sizeof(path), "/volumes/%s", name);
+        patch = json_pack(
+            "[{s:s,s:s+,s:O},{s:s,s:s+,s:O}]", "op", "replace", "path", path,
+            "/digest", "value", json_object_get(vol, "digest"), "op", "replace",
+            "path", path, "/size", "value", json_object_get(vol, "size"));
+        json_decref(vol);
+        if (patch == NULL ||
+            syncd_patch_apply_in_place(&model, patch, NULL, NULL) != 0 ||
+            syncd_json_hash(meta.hash, model, NULL) != 0) {
+            json_decref(patch);
+            goto cleanup;
+        }
+        meta.version = i + 2;
+        meta.body = NULL;
+        t = thread_cpu_ns();
+        r = syncd_cache_patch(cache, &meta, i + 1, patch, (size_t)8 << 20,
+                              i > 0, &cached, NULL);
+        if (r == 0 || r == 2)
+            r = syncd_cache_patch(cache, &meta, i + 1, patch, (size_t)8 << 20,
+                                  0, &cached, NULL);
+        t = thread_cpu_ns() - t;
+        json_decref(patch);
+        if (r != 1) {
+            fprintf(stderr, "receiver: event %d not applied in place (%d)\n", i,
+                    r);
+            goto cleanup;
+        }
+        if (i == 0) {
+            *tree_ms = (double)t / 1e6;
+        } else {
+            samples_add(&s, t);
+            total += t;
+        }
+    }
+    *cpu_med = (double)samples_median(&s, 0) / 1e6;
+    *cpu_mean = (double)total / RECV_EVENTS / 1e6;
+    rc = 0;
+
+cleanup:
+    free(s.v);
+    syncd_cache_close(cache);
+    syncd_test_rmtree(dir);
+    json_decref(model);
+    return rc;
+}
+
 static int bench_bytes(int entries)
 {
     json_t *a = volume_doc("refs", BIG_ENTRIES), *b = NULL, *ev = NULL;
@@ -1266,6 +1385,26 @@ static int bench_bytes(int entries)
            entries, BIG_ENTRIES);
     if (apply_costs(entries, a, b, ev) != 0)
         goto cleanup;
+    {
+        double med[2], mean[2], tree[2];
+
+        if (receiver_cpu(entries, &med[0], &mean[0], &tree[0]) != 0 ||
+            receiver_cpu(BIG_ENTRIES, &med[1], &mean[1], &tree[1]) != 0)
+            goto cleanup;
+        printf("\n| the receiver's apply in the node cache, thread CPU ms per "
+               "one-volume event (%d events) | %d volumes | %d volumes |\n"
+               "|---|---|---|\n",
+               RECV_EVENTS, entries, BIG_ENTRIES);
+        printf("| syncd_cache_patch: take-out, in-place patch, hash tree "
+               "check (median) | %.3f | %.3f |\n",
+               med[0], med[1]);
+        printf("| the same, mean (with the records written behind) | %.3f | "
+               "%.3f |\n",
+               mean[0], mean[1]);
+        printf("| the first event of a document (builds its hash tree) | "
+               "%.3f | %.3f |\n",
+               tree[0], tree[1]);
+    }
     patch = json_dumps(json_object_get(ev, "patch"), JSON_COMPACT);
     printf("\nThe patch: `%s`\n", patch != NULL ? patch : "?");
     fflush(stdout);

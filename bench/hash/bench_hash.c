@@ -157,6 +157,8 @@ int main(int argc, char **argv)
     printf("\nSHA-256 computations in that update: %" PRIu64
            " (a full hash: %" PRIu64 "); tree root %s full hash.\n",
            hashes, full, strcmp(a, b) == 0 ? "==" : "!=");
+    printf("The tree holds about %" PRIu64 " bytes (syncd_htree_bytes).\n",
+           syncd_htree_bytes(t));
     syncd_htree_free(t);
     json_decref(vol);
     json_decref(patch);

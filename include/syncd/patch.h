@@ -243,6 +243,10 @@ void syncd_htree_root(const syncd_htree_t *t, char out[SYNCD_HASH_HEX_LEN + 1]);
  * build included): the work its updates cost. */
 uint64_t syncd_htree_hash_count(const syncd_htree_t *t);
 
+/* Returns about how many bytes t holds (a walk of the whole tree): what an
+ * owner that bounds its memory charges for keeping it. */
+uint64_t syncd_htree_bytes(const syncd_htree_t *t);
+
 /* Writes the lower-case hex SHA-256 of len bytes at data into out
  * (SYNCD_HASH_HEX_LEN + 1 bytes). */
 void syncd_sha256_hex(char out[SYNCD_HASH_HEX_LEN + 1], const void *data,

@@ -569,6 +569,25 @@ int syncd_store_cached(syncd_store_t *store, syncd_doc_t **out,
 int syncd_store_cache_put(syncd_store_t *store, const syncd_doc_t *doc,
                           syncd_error_t *err);
 
+/* Applies an event's RFC 6902 patch (borrowed) to the cached body of
+ * doc->coll/doc->id at version base in place, without copying or
+ * serializing the document, and caches it as doc's version (version, hash,
+ * mtime, origin; doc->body is not read) when the patched body's content
+ * hash is doc->hash; readers meanwhile get the version before or wait for
+ * the new one, never a body half-applied. *cached is the version of the
+ * fresh cache entry found (-1: none, or the embedded store). Returns 1 when
+ * applied; 0 when nothing was done (no fresh live entry at base, a reader
+ * holds the body, or, with nonblocking, the work might wait for a lock,
+ * I/O or a hash tree build): apply it otherwise; 2, with nonblocking, when
+ * it would wait for a lock (nothing done, nothing known, *cached -1);
+ * SYNCD_ECONFLICT when the
+ * hash did not match (the entry is dropped: refetch it); SYNCD_EPATCH,
+ * SYNCD_ETOOBIG (over max_doc_bytes), SYNCD_ENOMEM when the patch fails on
+ * the cached body (left unchanged). */
+int syncd_store_cache_patch(syncd_store_t *store, const syncd_doc_t *doc,
+                            int64_t base, const json_t *patch, int nonblocking,
+                            int64_t *cached, syncd_error_t *err);
+
 /* Drops coll/id from the cache (id NULL: the whole collection). */
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
                                  const char *id, syncd_error_t *err);
