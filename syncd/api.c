@@ -98,6 +98,7 @@ typedef enum {
     JOB_GET_VERSION,
     JOB_HISTORY,
     JOB_ROLLBACK,
+    JOB_HASHES,
 } job_kind_t;
 
 typedef struct job {
@@ -120,6 +121,9 @@ typedef struct job {
     syncd_view_t view; /* digest: whose entries */
     int64_t seq;       /* list: the collection's seq read before listing */
     int64_t at;        /* ?version=N: N; rollback: the version restored */
+    char *ptr;         /* hashes: the JSON Pointer listed */
+    size_t level;      /* hashes: the chunk level listed */
+    size_t from;       /* hashes: its first item listed */
     int held;          /* a write holding its collection on the node */
     /* results */
     int rc;
@@ -393,6 +397,7 @@ static void job_free(job_t *j)
     free(j->prefix);
     free(j->after);
     free(j->until);
+    free(j->ptr);
     free(j->text);
     free(j->body);
     free(j->ikey_copy);
@@ -671,6 +676,32 @@ static void run_verify(job_t *j)
     syncd_verify_clear(&v);
 }
 
+/* Answers GET .../docs/{id}/hashes: a hash listing (doc/HASH.md
+ * "Narrowing") of the view's copy of the document, with its version. */
+static void run_hashes(job_t *j)
+{
+    syncd_doc_t *doc = NULL;
+    json_t *out = NULL;
+
+    j->rc = syncd_store_read(j->api->opts.store, &doc, j->coll, j->id, j->view,
+                             &j->err);
+    if (j->rc == 0)
+        j->rc = syncd_htree_list(&out, doc->body, j->ptr, strlen(j->ptr),
+                                 j->level, j->from, j->limit, &j->err);
+    if (j->rc == 0 &&
+        (json_object_set_new(out, "v", json_integer(doc->version)) != 0 ||
+         json_object_set_new(
+             out, "source",
+             json_string(j->view == SYNCD_VIEW_STORE ? "store" : "node")) != 0))
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    if (j->rc == 0) {
+        j->version = doc->version;
+        set_text(j, out);
+    }
+    json_decref(out);
+    syncd_doc_free(doc);
+}
+
 /* Answers GET /v1/collections: the store of record's collection names. */
 static void run_collections(job_t *j)
 {
@@ -761,6 +792,9 @@ static void job_work(uv_work_t *w)
         break;
     case JOB_ROLLBACK:
         run_rollback(j);
+        break;
+    case JOB_HASHES:
+        run_hashes(j);
         break;
     default:
         run_write(j);
@@ -1093,14 +1127,14 @@ static void serve_history(syncd_api_t *api, syncd_http_req_t *req, char *coll,
     job_queue(j);
 }
 
-/* Returns 1 (history) or 2 (rollback) when the raw id path s (n bytes)
- * ends with "/history" or "/rollback" after a non-empty id, shortening *n
- * to the id; else 0. */
+/* Returns 1 (history), 2 (rollback) or 3 (hashes) when the raw id path s
+ * (n bytes) ends with "/history", "/rollback" or "/hashes" after a
+ * non-empty id, shortening *n to the id; else 0. */
 static int history_subroute(const char *s, size_t *n)
 {
-    static const char *const tails[] = {"/history", "/rollback"};
+    static const char *const tails[] = {"/history", "/rollback", "/hashes"};
 
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         size_t t = strlen(tails[i]);
 
         if (*n > t && memcmp(s + *n - t, tails[i], t) == 0) {
@@ -1318,6 +1352,76 @@ static void serve_digest(syncd_api_t *api, syncd_http_req_t *req, char *coll)
 fail:
     free(source);
     free(entries);
+    job_free(j);
+    inflight_end(api);
+}
+
+/* Reads the count in query parameter name into *out (unchanged when
+ * absent); answers 400 and returns -1 when it is not one of 0..max. */
+static int read_count_param(size_t *out, syncd_http_req_t *req,
+                            const char *name, int64_t max)
+{
+    char *v = NULL, msg[96];
+    int64_t n = 0;
+    int rc = query_or_400(&v, req, name);
+
+    if (rc <= 0)
+        return rc;
+    if (parse_count(&n, v) == 0 && n <= max) {
+        *out = (size_t)n;
+        free(v);
+        return 0;
+    }
+    free(v);
+    snprintf(msg, sizeof(msg), "%s must be an integer in 0..%lld", name,
+             (long long)max);
+    syncd_http_respond_error(req, 400, "bad_request", msg);
+    return -1;
+}
+
+/* Serves GET .../docs/{id}/hashes?path=P&level=L&from=F&count=N&source=S
+ * (doc/HASH.md "Narrowing"); coll and id are taken over. */
+static void serve_hashes(syncd_api_t *api, syncd_http_req_t *req, char *coll,
+                         char *id)
+{
+    char *source = NULL;
+    job_t *j;
+
+    syncd_http_set_route(req, "hashes");
+    if (strcmp(syncd_http_method(req), "GET") != 0) {
+        free(coll);
+        free(id);
+        method_not_allowed(req, "GET");
+        return;
+    }
+    j = job_new(api, req, JOB_HASHES, coll, id);
+    if (j == NULL)
+        return;
+    j->level = SYNCD_HTREE_TOP;
+    j->limit = SYNCD_HTREE_LIST_MAX;
+    if (query_or_400(&j->ptr, req, "path") < 0 ||
+        query_or_400(&source, req, "source") < 0 ||
+        read_count_param(&j->level, req, "level", 64) < 0 ||
+        read_count_param(&j->from, req, "from", INT64_MAX) < 0 ||
+        read_count_param(&j->limit, req, "count", SYNCD_HTREE_LIST_MAX) < 0)
+        goto fail;
+    if (source != NULL && strcmp(source, "node") != 0 &&
+        strcmp(source, "store") != 0) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "source must be node or store");
+        goto fail;
+    }
+    if (j->ptr == NULL && (j->ptr = strdup("")) == NULL) {
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        goto fail;
+    }
+    j->view = source != NULL && strcmp(source, "store") == 0 ? SYNCD_VIEW_STORE
+                                                             : SYNCD_VIEW_NODE;
+    free(source);
+    job_queue(j);
+    return;
+fail:
+    free(source);
     job_free(j);
     inflight_end(api);
 }
@@ -2153,7 +2257,9 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
             free(coll);
             return;
         }
-        if (sub != 0)
+        if (sub == 3)
+            serve_hashes(api, req, coll, id);
+        else if (sub != 0)
             serve_history(api, req, coll, id, sub == 2);
         else
             serve_doc(api, req, coll, id);
