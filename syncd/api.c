@@ -19,13 +19,16 @@
  * .../docs/{id}/rollback?to=N writes version N's body as a new version
  * (a write like the others: If-Match, Idempotency-Key, published). All
  * three read the store of record, which keeps the history with the
- * record. An id whose last segment is "history" or "rollback" must
- * percent-encode its '/' to be read as a document.
+ * record. An id whose last segment is "history", "rollback" or "hashes"
+ * must percent-encode its '/' to be read as a document.
  *
  * Digests and verification (GET .../digest with an optional id range and
  * source, POST .../verify) are store jobs like the others: the thread pool
  * pages through the node's view and the store (storage/view.c), so the
- * loop never waits and memory does not grow with the collection.
+ * loop never waits and memory does not grow with the collection. GET
+ * .../docs/{id}/hashes lists the hashes under one value of a document
+ * (doc/HASH.md "Narrowing"), from the node's copy or the store's, so that
+ * syncctl verify finds where inside a document two copies differ.
  *
  * An export (GET .../export) streams JSON Lines of the store of record's
  * live documents: the thread pool reads and serializes a page, the loop
