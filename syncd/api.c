@@ -76,8 +76,21 @@
 /* Seconds a watch refused for too many watchers is told to wait. */
 #define WATCH_RETRY_AFTER_S 5
 
+/* The hash tree last built for a hashes request of one source, so that
+ * the listings of one narrowing walk hash the document once: the node's
+ * copy is known by its body (held, so never mistaken for a later one),
+ * the store's by its version (a version never repeats with another body). */
+typedef struct tree_slot {
+    char *coll, *id;
+    int64_t version;
+    json_t *body;
+    syncd_htree_t *tree;
+} tree_slot_t;
+
 struct syncd_api {
     syncd_api_options_t opts;
+    uv_mutex_t trees_lock;
+    tree_slot_t trees[2]; /* by syncd_view_t */
     syncd_http_server_t *server;
     int inflight; /* jobs, publishes and watch set-ups under way */
     int quiescing;
@@ -164,6 +177,11 @@ int syncd_api_new(syncd_api_t **out, const syncd_api_options_t *opts)
         free(api);
         return SYNCD_ENOMEM;
     }
+    if (uv_mutex_init(&api->trees_lock) != 0) {
+        json_decref(api->coll_watchers);
+        free(api);
+        return SYNCD_ENOMEM;
+    }
     *out = api;
     return 0;
 }
@@ -178,6 +196,13 @@ void syncd_api_free(syncd_api_t *api)
     if (api == NULL)
         return;
     json_decref(api->coll_watchers);
+    for (int v = 0; v < 2; v++) {
+        free(api->trees[v].coll);
+        free(api->trees[v].id);
+        json_decref(api->trees[v].body);
+        syncd_htree_free(api->trees[v].tree);
+    }
+    uv_mutex_destroy(&api->trees_lock);
     free(api);
 }
 
@@ -679,6 +704,57 @@ static void run_verify(job_t *j)
     syncd_verify_clear(&v);
 }
 
+/* Returns 1 when slot holds the tree of doc read from view. */
+static int slot_fits(const tree_slot_t *slot, const syncd_doc_t *doc,
+                     syncd_view_t view)
+{
+    return slot->tree != NULL && strcmp(slot->coll, doc->coll) == 0 &&
+           strcmp(slot->id, doc->id) == 0 && slot->version == doc->version &&
+           (view == SYNCD_VIEW_STORE || slot->body == doc->body);
+}
+
+/* Sets *out to the listing asked by j of doc (read from j->view), from the
+ * tree kept for that view, building it (and keeping it) when it is not
+ * doc's. */
+static int list_hashes(job_t *j, const syncd_doc_t *doc, json_t **out)
+{
+    syncd_api_t *api = j->api;
+    tree_slot_t *slot = &api->trees[j->view == SYNCD_VIEW_STORE];
+    syncd_htree_t *tree = NULL;
+    char *coll = NULL, *id = NULL;
+    int rc;
+
+    uv_mutex_lock(&api->trees_lock);
+    if (slot_fits(slot, doc, j->view)) {
+        rc = syncd_htree_list_tree(out, slot->tree, j->ptr, strlen(j->ptr),
+                                   j->level, j->from, j->limit, &j->err);
+        uv_mutex_unlock(&api->trees_lock);
+        return rc;
+    }
+    uv_mutex_unlock(&api->trees_lock);
+    rc = syncd_htree_build(&tree, doc->body, &j->err);
+    if (rc != 0)
+        return rc;
+    rc = syncd_htree_list_tree(out, tree, j->ptr, strlen(j->ptr), j->level,
+                               j->from, j->limit, &j->err);
+    coll = strdup(doc->coll);
+    id = strdup(doc->id);
+    if (coll == NULL || id == NULL) {
+        free(coll);
+        free(id);
+        syncd_htree_free(tree);
+        return rc;
+    }
+    uv_mutex_lock(&api->trees_lock);
+    free(slot->coll);
+    free(slot->id);
+    json_decref(slot->body);
+    syncd_htree_free(slot->tree);
+    *slot = (tree_slot_t){coll, id, doc->version, json_incref(doc->body), tree};
+    uv_mutex_unlock(&api->trees_lock);
+    return rc;
+}
+
 /* Answers GET .../docs/{id}/hashes: a hash listing (doc/HASH.md
  * "Narrowing") of the view's copy of the document, with its version. */
 static void run_hashes(job_t *j)
@@ -689,8 +765,7 @@ static void run_hashes(job_t *j)
     j->rc = syncd_store_read(j->api->opts.store, &doc, j->coll, j->id, j->view,
                              &j->err);
     if (j->rc == 0)
-        j->rc = syncd_htree_list(&out, doc->body, j->ptr, strlen(j->ptr),
-                                 j->level, j->from, j->limit, &j->err);
+        j->rc = list_hashes(j, doc, &out);
     if (j->rc == 0 &&
         (json_object_set_new(out, "v", json_integer(doc->version)) != 0 ||
          json_object_set_new(

@@ -139,6 +139,24 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 [ "$ok" = 1 ] || fail "verify big did not exit 0: $(cat "$TMP/agree-big.json")"
+# The listing route: the top of /volumes (2,000 members: chunked), a path
+# that names nothing (404), a bad level or source (400).
+H="$NODE2/v1/collections/big/docs/vols/hashes"
+curl -sf "$H?path=/volumes&source=store" >"$TMP/top.json" ||
+    fail "GET hashes of /volumes"
+python3 - "$TMP/top.json" <<'EOF' || fail "hashes of /volumes: $(cat "$TMP/top.json")"
+import json, sys
+t = json.load(open(sys.argv[1]))
+assert t["type"] == "o" and t["size"] == 2000 and t["levels"] >= 2, t
+assert t["level"] == t["levels"] - 1 and t["v"] == 1 and t["source"] == "store", t
+assert sum(1 for _ in t["items"]) <= 64 and t["items"][-1][2] == 2000, t
+EOF
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$H?path=/nope")" = 404 ] ||
+    fail "hashes of a missing path is not 404"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$H?level=x")" = 400 ] ||
+    fail "hashes with a bad level is not 400"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$H?source=x")" = 400 ] ||
+    fail "hashes with a bad source is not 400"
 echo "test_verify: three agreeing nodes: exit 0 (${SECONDS} s)"
 
 # Stop node 2 cleanly (its cache is kept), tamper with it, start it again.
