@@ -770,3 +770,168 @@ uint64_t syncd_htree_bytes(const syncd_htree_t *t)
 {
     return sizeof(*t) + node_bytes(t->root);
 }
+
+/* ---- Hash listings (doc/HASH.md "Narrowing") ----------------------------- */
+
+/* Returns the end (exclusive) in level 0 of item i of level k of node. */
+static size_t entry_end(const hnode_t *node, size_t k, size_t i)
+{
+    size_t e = i + 1;
+
+    while (k-- > 0)
+        e = node->lv[k].end[e - 1];
+    return e;
+}
+
+/* Returns the one-letter kind of a listed value: object, array, scalar. */
+static const char *kind_of(const hnode_t *node)
+{
+    return node->type == JSON_OBJECT  ? "o"
+           : node->type == JSON_ARRAY ? "a"
+                                      : "s";
+}
+
+/* Returns a new array of the listing's item at index i of level k. */
+static json_t *list_item(const hnode_t *node, size_t k, size_t i)
+{
+    char hex[SYNCD_HASH_HEX_LEN + 1];
+
+    if (k > 0) {
+        syncd_hash_hex(hex, node->lv[k].item[i]);
+        return json_pack("[s, I, I]", hex, (json_int_t)node->lv[k - 1].end[i],
+                         (json_int_t)entry_end(node, k, i));
+    }
+    syncd_hash_hex(hex, node->ent[i].child->hash);
+    if (node->type == JSON_ARRAY)
+        return json_pack("[s, s]", hex, kind_of(node->ent[i].child));
+    return json_pack("[s#, s, s]", node->ent[i].key, node->ent[i].klen, hex,
+                     kind_of(node->ent[i].child));
+}
+
+/* Sets *out to the listing of node (see syncd_htree_list()). */
+static int list_node(json_t **out, const hnode_t *node, size_t level,
+                     size_t from, size_t count, syncd_error_t *err)
+{
+    char hex[SYNCD_HASH_HEX_LEN + 1];
+    json_t *o, *items;
+    size_t n;
+
+    syncd_hash_hex(hex, node->hash);
+    o = json_pack("{s:s, s:s}", "type", kind_of(node), "hash", hex);
+    if (o == NULL)
+        goto nomem;
+    if (!is_container(node)) {
+        *out = o;
+        return 0;
+    }
+    if (level == SYNCD_HTREE_TOP)
+        level = node->nlv - 1;
+    if (level >= node->nlv || from > node->lv[level].n) {
+        json_decref(o);
+        return syncd_error_set(err, SYNCD_EINVAL,
+                               "level %zu item %zu is past the value's chunk "
+                               "tree (%zu levels)",
+                               level, from, node->nlv);
+    }
+    n = node->lv[level].n - from;
+    if (count < n)
+        n = count;
+    if (n > SYNCD_HTREE_LIST_MAX)
+        n = SYNCD_HTREE_LIST_MAX;
+    items = json_array();
+    if (items == NULL || json_object_set_new(o, "items", items) != 0 ||
+        json_object_set_new(o, "size",
+                            json_integer((json_int_t)node_size(node))) ||
+        json_object_set_new(o, "levels", json_integer((json_int_t)node->nlv)) ||
+        json_object_set_new(o, "level", json_integer((json_int_t)level)) ||
+        json_object_set_new(o, "from", json_integer((json_int_t)from)))
+        goto nomem_o;
+    if (level > 0 &&
+        (json_object_set_new(
+             o, "child_start",
+             json_integer(
+                 from == 0 ? 0
+                           : (json_int_t)node->lv[level - 1].end[from - 1])) ||
+         json_object_set_new(
+             o, "entry_start",
+             json_integer(from == 0
+                              ? 0
+                              : (json_int_t)entry_end(node, level, from - 1)))))
+        goto nomem_o;
+    for (size_t i = from; i < from + n; i++)
+        if (json_array_append_new(items, list_item(node, level, i)) != 0)
+            goto nomem_o;
+    *out = o;
+    return 0;
+nomem_o:
+    json_decref(o);
+nomem:
+    return syncd_error_set(err, SYNCD_ENOMEM, "out of memory listing hashes");
+}
+
+int syncd_htree_list_tree(json_t **out, const syncd_htree_t *t,
+                          const char *path, size_t path_len, size_t level,
+                          size_t from, size_t count, syncd_error_t *err)
+{
+    syncd_ptr_t *ptr = NULL;
+    const hnode_t *at = t->root;
+    json_t *pj;
+    int rc;
+
+    *out = NULL;
+    rc = syncd_ptr_parse_n(&ptr, path, path_len, err);
+    for (size_t i = 0; rc == 0 && i < syncd_ptr_count(ptr); i++) {
+        size_t len, idx;
+        const char *tok = syncd_ptr_token(ptr, i, &len), *why;
+
+        if (at->type == JSON_OBJECT
+                ? !member_find(at, tok, len, &idx)
+                : at->type != JSON_ARRAY ||
+                      syncd_ptr_array_index(&idx, tok, len, node_size(at), 0,
+                                            &why) != 0)
+            rc = syncd_error_set(err, SYNCD_ENOTFOUND,
+                                 "the path names no value at token %zu", i);
+        else
+            at = at->ent[idx].child;
+    }
+    if (rc == 0)
+        rc = list_node(out, at, level, from, count, err);
+    if (rc == 0 && ((pj = json_stringn(path, path_len)) == NULL ||
+                    json_object_set_new(*out, "path", pj) != 0)) {
+        json_decref(*out);
+        *out = NULL;
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory listing hashes");
+    }
+    syncd_ptr_free(ptr);
+    return rc;
+}
+
+int syncd_htree_list(json_t **out, const json_t *doc, const char *path,
+                     size_t path_len, size_t level, size_t from, size_t count,
+                     syncd_error_t *err)
+{
+    syncd_htree_t t = {NULL, 0};
+    syncd_ptr_t *ptr = NULL;
+    json_t *v = NULL;
+    int rc;
+
+    *out = NULL;
+    rc = syncd_ptr_parse_n(&ptr, path, path_len, err);
+    if (rc == 0)
+        rc = syncd_ptr_get(&v, (json_t *)doc, ptr, err);
+    if (rc == 0)
+        rc = syncd_json_check_depth(v, SYNCD_EINVAL, "value", err);
+    if (rc == 0 && node_build(&t, &t.root, v) < 0)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory listing hashes");
+    if (rc == 0)
+        rc = syncd_htree_list_tree(out, &t, "", 0, level, from, count, err);
+    if (rc == 0 &&
+        json_object_set_new(*out, "path", json_stringn(path, path_len)) != 0) {
+        json_decref(*out);
+        *out = NULL;
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory listing hashes");
+    }
+    node_free(t.root);
+    syncd_ptr_free(ptr);
+    return rc;
+}

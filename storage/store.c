@@ -1215,6 +1215,22 @@ int syncd_store_get_version(syncd_store_t *store, syncd_doc_t **out,
     return rc;
 }
 
+int syncd_store_read(syncd_store_t *store, syncd_doc_t **out, const char *coll,
+                     const char *id, syncd_view_t view, syncd_error_t *err)
+{
+    int rc;
+
+    if (view == SYNCD_VIEW_NODE)
+        return syncd_store_get(store, out, coll, id, err);
+    rc = read_history(store, out, coll, id, err);
+    if (rc == 0 && (*out)->deleted) {
+        syncd_doc_free(*out);
+        *out = NULL;
+        rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll, id);
+    }
+    return rc;
+}
+
 /* ---- The outbox --------------------------------------------------------- */
 
 int syncd_store_outbox_ack(syncd_store_t *store, const char *coll,

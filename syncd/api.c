@@ -19,13 +19,16 @@
  * .../docs/{id}/rollback?to=N writes version N's body as a new version
  * (a write like the others: If-Match, Idempotency-Key, published). All
  * three read the store of record, which keeps the history with the
- * record. An id whose last segment is "history" or "rollback" must
- * percent-encode its '/' to be read as a document.
+ * record. An id whose last segment is "history", "rollback" or "hashes"
+ * must percent-encode its '/' to be read as a document.
  *
  * Digests and verification (GET .../digest with an optional id range and
  * source, POST .../verify) are store jobs like the others: the thread pool
  * pages through the node's view and the store (storage/view.c), so the
- * loop never waits and memory does not grow with the collection.
+ * loop never waits and memory does not grow with the collection. GET
+ * .../docs/{id}/hashes lists the hashes under one value of a document
+ * (doc/HASH.md "Narrowing"), from the node's copy or the store's, so that
+ * syncctl verify finds where inside a document two copies differ.
  *
  * An export (GET .../export) streams JSON Lines of the store of record's
  * live documents: the thread pool reads and serializes a page, the loop
@@ -73,8 +76,21 @@
 /* Seconds a watch refused for too many watchers is told to wait. */
 #define WATCH_RETRY_AFTER_S 5
 
+/* The hash tree last built for a hashes request of one source, so that
+ * the listings of one narrowing walk hash the document once: the node's
+ * copy is known by its body (held, so never mistaken for a later one),
+ * the store's by its version (a version never repeats with another body). */
+typedef struct tree_slot {
+    char *coll, *id;
+    int64_t version;
+    json_t *body;
+    syncd_htree_t *tree;
+} tree_slot_t;
+
 struct syncd_api {
     syncd_api_options_t opts;
+    uv_mutex_t trees_lock;
+    tree_slot_t trees[2]; /* by syncd_view_t */
     syncd_http_server_t *server;
     int inflight; /* jobs, publishes and watch set-ups under way */
     int quiescing;
@@ -98,6 +114,7 @@ typedef enum {
     JOB_GET_VERSION,
     JOB_HISTORY,
     JOB_ROLLBACK,
+    JOB_HASHES,
 } job_kind_t;
 
 typedef struct job {
@@ -120,6 +137,9 @@ typedef struct job {
     syncd_view_t view; /* digest: whose entries */
     int64_t seq;       /* list: the collection's seq read before listing */
     int64_t at;        /* ?version=N: N; rollback: the version restored */
+    char *ptr;         /* hashes: the JSON Pointer listed */
+    size_t level;      /* hashes: the chunk level listed */
+    size_t from;       /* hashes: its first item listed */
     int held;          /* a write holding its collection on the node */
     /* results */
     int rc;
@@ -157,6 +177,11 @@ int syncd_api_new(syncd_api_t **out, const syncd_api_options_t *opts)
         free(api);
         return SYNCD_ENOMEM;
     }
+    if (uv_mutex_init(&api->trees_lock) != 0) {
+        json_decref(api->coll_watchers);
+        free(api);
+        return SYNCD_ENOMEM;
+    }
     *out = api;
     return 0;
 }
@@ -171,6 +196,13 @@ void syncd_api_free(syncd_api_t *api)
     if (api == NULL)
         return;
     json_decref(api->coll_watchers);
+    for (int v = 0; v < 2; v++) {
+        free(api->trees[v].coll);
+        free(api->trees[v].id);
+        json_decref(api->trees[v].body);
+        syncd_htree_free(api->trees[v].tree);
+    }
+    uv_mutex_destroy(&api->trees_lock);
     free(api);
 }
 
@@ -393,6 +425,7 @@ static void job_free(job_t *j)
     free(j->prefix);
     free(j->after);
     free(j->until);
+    free(j->ptr);
     free(j->text);
     free(j->body);
     free(j->ikey_copy);
@@ -671,6 +704,82 @@ static void run_verify(job_t *j)
     syncd_verify_clear(&v);
 }
 
+/* Returns 1 when slot holds the tree of doc read from view. */
+static int slot_fits(const tree_slot_t *slot, const syncd_doc_t *doc,
+                     syncd_view_t view)
+{
+    return slot->tree != NULL && strcmp(slot->coll, doc->coll) == 0 &&
+           strcmp(slot->id, doc->id) == 0 && slot->version == doc->version &&
+           (view == SYNCD_VIEW_STORE || slot->body == doc->body);
+}
+
+/* Sets *out to the listing asked by j of doc (read from j->view), from the
+ * tree kept for that view, building it (and keeping it) when it is not
+ * doc's. */
+static int list_hashes(job_t *j, const syncd_doc_t *doc, json_t **out)
+{
+    syncd_api_t *api = j->api;
+    tree_slot_t *slot = &api->trees[j->view == SYNCD_VIEW_STORE];
+    syncd_htree_t *tree = NULL;
+    char *coll = NULL, *id = NULL;
+    int rc;
+
+    uv_mutex_lock(&api->trees_lock);
+    if (slot_fits(slot, doc, j->view)) {
+        rc = syncd_htree_list_tree(out, slot->tree, j->ptr, strlen(j->ptr),
+                                   j->level, j->from, j->limit, &j->err);
+        uv_mutex_unlock(&api->trees_lock);
+        return rc;
+    }
+    uv_mutex_unlock(&api->trees_lock);
+    rc = syncd_htree_build(&tree, doc->body, &j->err);
+    if (rc != 0)
+        return rc;
+    rc = syncd_htree_list_tree(out, tree, j->ptr, strlen(j->ptr), j->level,
+                               j->from, j->limit, &j->err);
+    coll = strdup(doc->coll);
+    id = strdup(doc->id);
+    if (coll == NULL || id == NULL) {
+        free(coll);
+        free(id);
+        syncd_htree_free(tree);
+        return rc;
+    }
+    uv_mutex_lock(&api->trees_lock);
+    free(slot->coll);
+    free(slot->id);
+    json_decref(slot->body);
+    syncd_htree_free(slot->tree);
+    *slot = (tree_slot_t){coll, id, doc->version, json_incref(doc->body), tree};
+    uv_mutex_unlock(&api->trees_lock);
+    return rc;
+}
+
+/* Answers GET .../docs/{id}/hashes: a hash listing (doc/HASH.md
+ * "Narrowing") of the view's copy of the document, with its version. */
+static void run_hashes(job_t *j)
+{
+    syncd_doc_t *doc = NULL;
+    json_t *out = NULL;
+
+    j->rc = syncd_store_read(j->api->opts.store, &doc, j->coll, j->id, j->view,
+                             &j->err);
+    if (j->rc == 0)
+        j->rc = list_hashes(j, doc, &out);
+    if (j->rc == 0 &&
+        (json_object_set_new(out, "v", json_integer(doc->version)) != 0 ||
+         json_object_set_new(
+             out, "source",
+             json_string(j->view == SYNCD_VIEW_STORE ? "store" : "node")) != 0))
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+    if (j->rc == 0) {
+        j->version = doc->version;
+        set_text(j, out);
+    }
+    json_decref(out);
+    syncd_doc_free(doc);
+}
+
 /* Answers GET /v1/collections: the store of record's collection names. */
 static void run_collections(job_t *j)
 {
@@ -761,6 +870,9 @@ static void job_work(uv_work_t *w)
         break;
     case JOB_ROLLBACK:
         run_rollback(j);
+        break;
+    case JOB_HASHES:
+        run_hashes(j);
         break;
     default:
         run_write(j);
@@ -1093,14 +1205,14 @@ static void serve_history(syncd_api_t *api, syncd_http_req_t *req, char *coll,
     job_queue(j);
 }
 
-/* Returns 1 (history) or 2 (rollback) when the raw id path s (n bytes)
- * ends with "/history" or "/rollback" after a non-empty id, shortening *n
- * to the id; else 0. */
+/* Returns 1 (history), 2 (rollback) or 3 (hashes) when the raw id path s
+ * (n bytes) ends with "/history", "/rollback" or "/hashes" after a
+ * non-empty id, shortening *n to the id; else 0. */
 static int history_subroute(const char *s, size_t *n)
 {
-    static const char *const tails[] = {"/history", "/rollback"};
+    static const char *const tails[] = {"/history", "/rollback", "/hashes"};
 
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         size_t t = strlen(tails[i]);
 
         if (*n > t && memcmp(s + *n - t, tails[i], t) == 0) {
@@ -1318,6 +1430,76 @@ static void serve_digest(syncd_api_t *api, syncd_http_req_t *req, char *coll)
 fail:
     free(source);
     free(entries);
+    job_free(j);
+    inflight_end(api);
+}
+
+/* Reads the count in query parameter name into *out (unchanged when
+ * absent); answers 400 and returns -1 when it is not one of 0..max. */
+static int read_count_param(size_t *out, syncd_http_req_t *req,
+                            const char *name, int64_t max)
+{
+    char *v = NULL, msg[96];
+    int64_t n = 0;
+    int rc = query_or_400(&v, req, name);
+
+    if (rc <= 0)
+        return rc;
+    if (parse_count(&n, v) == 0 && n <= max) {
+        *out = (size_t)n;
+        free(v);
+        return 0;
+    }
+    free(v);
+    snprintf(msg, sizeof(msg), "%s must be an integer in 0..%lld", name,
+             (long long)max);
+    syncd_http_respond_error(req, 400, "bad_request", msg);
+    return -1;
+}
+
+/* Serves GET .../docs/{id}/hashes?path=P&level=L&from=F&count=N&source=S
+ * (doc/HASH.md "Narrowing"); coll and id are taken over. */
+static void serve_hashes(syncd_api_t *api, syncd_http_req_t *req, char *coll,
+                         char *id)
+{
+    char *source = NULL;
+    job_t *j;
+
+    syncd_http_set_route(req, "hashes");
+    if (strcmp(syncd_http_method(req), "GET") != 0) {
+        free(coll);
+        free(id);
+        method_not_allowed(req, "GET");
+        return;
+    }
+    j = job_new(api, req, JOB_HASHES, coll, id);
+    if (j == NULL)
+        return;
+    j->level = SYNCD_HTREE_TOP;
+    j->limit = SYNCD_HTREE_LIST_MAX;
+    if (query_or_400(&j->ptr, req, "path") < 0 ||
+        query_or_400(&source, req, "source") < 0 ||
+        read_count_param(&j->level, req, "level", 64) < 0 ||
+        read_count_param(&j->from, req, "from", INT64_MAX) < 0 ||
+        read_count_param(&j->limit, req, "count", SYNCD_HTREE_LIST_MAX) < 0)
+        goto fail;
+    if (source != NULL && strcmp(source, "node") != 0 &&
+        strcmp(source, "store") != 0) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "source must be node or store");
+        goto fail;
+    }
+    if (j->ptr == NULL && (j->ptr = strdup("")) == NULL) {
+        syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
+        goto fail;
+    }
+    j->view = source != NULL && strcmp(source, "store") == 0 ? SYNCD_VIEW_STORE
+                                                             : SYNCD_VIEW_NODE;
+    free(source);
+    job_queue(j);
+    return;
+fail:
+    free(source);
     job_free(j);
     inflight_end(api);
 }
@@ -2153,7 +2335,9 @@ void syncd_api_handle(syncd_http_req_t *req, void *data)
             free(coll);
             return;
         }
-        if (sub != 0)
+        if (sub == 3)
+            serve_hashes(api, req, coll, id);
+        else if (sub != 0)
             serve_history(api, req, coll, id, sub == 2);
         else
             serve_doc(api, req, coll, id);

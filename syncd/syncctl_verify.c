@@ -15,18 +15,31 @@
  * are then listed and compared. That costs O(differences x log n) requests
  * and finds every differing id, beyond the verify answer's cap.
  *
+ * A document whose content differs between the node and the store
+ * (reason "hash" or "body") is then narrowed down inside it (doc/HASH.md
+ * "Narrowing"): syncd_htree_narrow() walks the two hash trees through GET
+ * .../docs/{id}/hashes?source=node|store, asking only for the listings
+ * under what differs, and the difference gets the JSON Pointers of the
+ * smallest differing subtrees ("paths", at most MAX_PATHS, with
+ * "paths_truncated"). At most MAX_NARROWED documents per node are
+ * narrowed; a narrowing that fails is reported on stderr and leaves its
+ * difference without paths.
+ *
  * Output: {"coll", "agree", "nodes": [{"url", "node", "agree", "count",
  * "digest", "store_count", "store_digest", "differs": [{"id", "node_v",
- * "store_v", "reason"}]}]} (a node that cannot be asked gets {"url",
- * "error"}). Exit 0 when every node agrees, 1 when one does not or cannot
- * be asked, 2 for usage errors.
+ * "store_v", "reason", "paths", "paths_truncated"}]}]} (a node that cannot
+ * be asked gets {"url", "error"}). Exit 0 when every node agrees, 1 when one
+ * does not or cannot be asked, 2 for usage errors.
  */
 #define _GNU_SOURCE /* asprintf */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
+
 #include "syncctl.h"
+#include "syncd/patch.h"
 
 /* A range listed and compared entry by entry holds at most this many
  * entries on each side. */
@@ -35,6 +48,11 @@
 /* Ranges a narrowing follows at most, so a wildly disagreeing node costs
  * bounded requests (the verify answer still names its first 1000). */
 #define MAX_RANGES 10000
+
+/* Most paths one differing document lists, and most documents narrowed
+ * per node. */
+#define MAX_PATHS 20
+#define MAX_NARROWED 100
 
 /* One node being checked. */
 typedef struct node_check {
@@ -226,6 +244,107 @@ cleanup:
     return rc;
 }
 
+/* One side of a narrowing: the node's copy or the store's, through the
+ * node. */
+typedef struct hash_side {
+    const node_check_t *nc;
+    const char *what;   /* "docs/<id percent-encoded>/hashes" */
+    const char *source; /* "node" or "store" */
+} hash_side_t;
+
+/* A syncd_htree_fetch_fn asking the node for a listing of one side. */
+static int fetch_hashes(json_t **out, const char *path, size_t path_len,
+                        size_t level, size_t from, size_t count, void *arg,
+                        syncd_error_t *err)
+{
+    const hash_side_t *hs = arg;
+    size_t size = 3 * path_len + 256;
+    char *query = malloc(size), *ptr = strndup(path, path_len), n[24];
+    int rc = SYNCCTL_FAILED;
+
+    *out = NULL;
+    if (query == NULL || ptr == NULL) {
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    if (strlen(ptr) != path_len) {
+        rc = syncd_error_set(err, SYNCD_EINVAL,
+                             "a key holding a NUL byte cannot be asked for");
+        goto cleanup;
+    }
+    query[0] = '\0';
+    syncctl_add_query(query, size, "source", hs->source);
+    syncctl_add_query(query, size, "path", ptr);
+    if (level != SYNCD_HTREE_TOP) {
+        snprintf(n, sizeof(n), "%zu", level);
+        syncctl_add_query(query, size, "level", n);
+    }
+    snprintf(n, sizeof(n), "%zu", from);
+    syncctl_add_query(query, size, "from", n);
+    snprintf(n, sizeof(n), "%zu", count);
+    syncctl_add_query(query, size, "count", n);
+    rc = ask(hs->nc, "GET", hs->what, query, out) == SYNCCTL_OK
+             ? 0
+             : syncd_error_set(err, SYNCD_EBACKEND, "%s: a hash listing failed",
+                               hs->nc->opts.server);
+cleanup:
+    free(query);
+    free(ptr);
+    return rc;
+}
+
+/* Narrows down where the node's copy of the differing document d and the
+ * store's differ, setting d's "paths" and "paths_truncated". */
+static int narrow_doc(const node_check_t *nc, json_t *d)
+{
+    const char *id = json_string_value(json_object_get(d, "id"));
+    char *eid = curl_easy_escape(NULL, id, 0), *what = NULL;
+    hash_side_t node = {nc, NULL, "node"}, store = {nc, NULL, "store"};
+    json_t *paths = NULL;
+    syncd_error_t err;
+    int truncated = 0, rc = SYNCCTL_FAILED;
+
+    syncd_error_clear(&err);
+    if (eid == NULL || asprintf(&what, "docs/%s/hashes", eid) < 0) {
+        what = NULL;
+        goto cleanup;
+    }
+    node.what = store.what = what;
+    if (syncd_htree_narrow(&paths, &truncated, fetch_hashes, &node,
+                           fetch_hashes, &store, MAX_PATHS, &err) != 0) {
+        syncctl_fail("%s: %s: cannot narrow the difference: %s",
+                     nc->opts.server, id, err.message);
+        goto cleanup;
+    }
+    if (json_object_set_new(d, "paths", paths) == 0 &&
+        json_object_set_new(d, "paths_truncated", json_boolean(truncated)) == 0)
+        rc = SYNCCTL_OK;
+cleanup:
+    curl_free(eid);
+    free(what);
+    return rc;
+}
+
+/* Narrows the differences of list whose content differs (reason "hash"
+ * or "body"), at most MAX_NARROWED of them. */
+static void narrow_docs(const node_check_t *nc, json_t *list)
+{
+    size_t i, narrowed = 0;
+    json_t *d;
+
+    json_array_foreach (list, i, d) {
+        const char *reason = json_string_value(json_object_get(d, "reason"));
+
+        if (narrowed == MAX_NARROWED)
+            break;
+        if (reason != NULL &&
+            (strcmp(reason, "hash") == 0 || strcmp(reason, "body") == 0)) {
+            narrow_doc(nc, d);
+            narrowed++;
+        }
+    }
+}
+
 static int by_id(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -288,6 +407,7 @@ static int check_node(const syncctl_opts_t *opts, const char *url,
         goto cleanup;
     }
     list = sorted_differs(nc.differs);
+    narrow_docs(&nc, list);
     agree = json_array_size(list) == 0 && same_digest(mine, truth) &&
             json_is_true(json_object_get(v, "agree"));
     *out = json_pack("{s:s, s:O?, s:b, s:O?, s:O?, s:O?, s:O?, s:O}", "url",

@@ -12,7 +12,10 @@
  *       sets the body's member "tampered" to true, keeping the version and
  *       the stored content hash (which no longer matches the body);
  *   cache_tamper [--embedded] DATA_DIR COLL ID version N
- *       sets the version to N, keeping the body and its hash.
+ *       sets the version to N, keeping the body and its hash;
+ *   cache_tamper [--embedded] DATA_DIR COLL ID set POINTER JSON
+ *       replaces the value at POINTER in the body by JSON, keeping the
+ *       version and the stored content hash.
  *
  * Exit status: 0 done, 1 the record is missing or cannot be rewritten,
  * 2 usage.
@@ -30,7 +33,9 @@ static int usage(void)
 {
     fprintf(stderr,
             "usage: cache_tamper [--embedded] DATA_DIR COLL ID body\n"
-            "       cache_tamper [--embedded] DATA_DIR COLL ID version N\n");
+            "       cache_tamper [--embedded] DATA_DIR COLL ID version N\n"
+            "       cache_tamper [--embedded] DATA_DIR COLL ID set POINTER "
+            "JSON\n");
     return 2;
 }
 
@@ -44,6 +49,21 @@ static int tamper(syncd_doc_t *doc, int argc, char **argv)
     if (argc == 5 && strcmp(argv[4], "body") == 0) {
         body = json_deep_copy(doc->body);
         if (body == NULL || json_object_set_new(body, "tampered", json_true()))
+            return -1;
+        json_decref(doc->body);
+        doc->body = body;
+        return 0;
+    }
+    if (argc == 7 && strcmp(argv[4], "set") == 0) {
+        json_t *value = json_loads(argv[6], JSON_DECODE_ANY, NULL);
+        json_t *patch = json_pack("[{s:s, s:s, s:o}]", "op", "replace", "path",
+                                  argv[5], "value", value);
+        int rc = patch != NULL
+                     ? syncd_patch_apply(&body, doc->body, patch, NULL)
+                     : -1;
+
+        json_decref(patch);
+        if (rc != 0)
             return -1;
         json_decref(doc->body);
         doc->body = body;
@@ -78,7 +98,7 @@ int main(int argc, char **argv)
         argv++;
         argc--;
     }
-    if (argc < 5 || argc > 6) {
+    if (argc < 5 || argc > 7) {
         rc = usage();
         goto cleanup;
     }

@@ -2204,6 +2204,313 @@ static void test_htree__one_change_in_10k_rehashes_a_few_chunks(void **s)
     json_decref(doc);
 }
 
+/* ---- Narrowing a difference (doc/HASH.md "Narrowing") ------------------ */
+
+/* A party of a narrowing test: a local copy, and what was asked of it. */
+typedef struct party {
+    const json_t *doc;
+    syncd_htree_t *tree; /* NULL: each listing hashes doc again */
+    size_t listings, items, bytes;
+} party_t;
+
+static int fetch_local(json_t **out, const char *path, size_t path_len,
+                       size_t level, size_t from, size_t count, void *arg,
+                       syncd_error_t *err)
+{
+    party_t *p = arg;
+    int rc = p->tree != NULL
+                 ? syncd_htree_list_tree(out, p->tree, path, path_len, level,
+                                         from, count, err)
+                 : syncd_htree_list(out, p->doc, path, path_len, level, from,
+                                    count, err);
+
+    if (rc == 0) {
+        char *text = json_dumps(*out, JSON_COMPACT);
+
+        p->listings++;
+        p->items += json_array_size(json_object_get(*out, "items"));
+        p->bytes += strlen(text);
+        free(text);
+    }
+    return rc;
+}
+
+/* The reference: two values are equal when their content hashes are. */
+static int same_value(const json_t *a, const json_t *b)
+{
+    char x[SYNCD_HASH_HEX_LEN + 1], y[SYNCD_HASH_HEX_LEN + 1];
+
+    assert_int_equal(syncd_json_hash(x, a, NULL), 0);
+    assert_int_equal(syncd_json_hash(y, b, NULL), 0);
+    return strcmp(x, y) == 0;
+}
+
+static char kind_letter(const json_t *v)
+{
+    return json_is_object(v) ? 'o' : json_is_array(v) ? 'a' : 's';
+}
+
+typedef struct key {
+    const char *k;
+    size_t len;
+} keyref_t;
+
+static int key_order(const void *pa, const void *pb)
+{
+    const keyref_t *a = pa, *b = pb;
+    int c = memcmp(a->k, b->k, a->len < b->len ? a->len : b->len);
+
+    return c != 0 ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+static void ref_add(json_t *paths, const char *p, size_t plen)
+{
+    json_array_append_new(paths, json_stringn(p, plen));
+}
+
+/* The reference narrowing, a plain recursive diff of the two values
+ * written from doc/HASH.md "Narrowing": appends to paths the pointers of
+ * the smallest differing subtrees under p (plen bytes, room for 4096). */
+static void ref_narrow(json_t *paths, char *p, size_t plen, const json_t *a,
+                       const json_t *b)
+{
+    char idx[24];
+
+    if (same_value(a, b))
+        return;
+    if (kind_letter(a) != kind_letter(b) || kind_letter(a) == 's') {
+        ref_add(paths, p, plen);
+        return;
+    }
+    if (json_is_object(a)) {
+        size_t n = json_object_size(a) + json_object_size(b), m = 0, len;
+        keyref_t *keys = malloc((n + 1) * sizeof(*keys));
+        const char *k;
+        json_t *v;
+
+        json_object_keylen_foreach ((json_t *)a, k, len, v)
+            keys[m++] = (keyref_t){k, len};
+        json_object_keylen_foreach ((json_t *)b, k, len, v)
+            if (json_object_getn(a, k, len) == NULL)
+                keys[m++] = (keyref_t){k, len};
+        qsort(keys, m, sizeof(*keys), key_order);
+        for (size_t i = 0; i < m; i++) {
+            json_t *va = json_object_getn(a, keys[i].k, keys[i].len);
+            json_t *vb = json_object_getn(b, keys[i].k, keys[i].len);
+            size_t q = plen;
+
+            ptr_push(p, &q, keys[i].k, keys[i].len);
+            if (va != NULL && vb != NULL)
+                ref_narrow(paths, p, q, va, vb);
+            else
+                ref_add(paths, p, q);
+        }
+        free(keys);
+        return;
+    }
+    size_t la = json_array_size(a), lb = json_array_size(b), pre = 0, suf = 0;
+    size_t lmin = la < lb ? la : lb;
+
+    while (pre < lmin &&
+           same_value(json_array_get(a, pre), json_array_get(b, pre)))
+        pre++;
+    while (suf < lmin && same_value(json_array_get(a, la - 1 - suf),
+                                    json_array_get(b, lb - 1 - suf)))
+        suf++;
+    if (suf > lmin - pre)
+        suf = lmin - pre;
+    if (la - pre - suf != lb - pre - suf) {
+        size_t n = la > lb ? la - pre - suf : lb - pre - suf;
+
+        for (size_t i = pre; i < pre + n; i++) {
+            size_t q = plen;
+
+            snprintf(idx, sizeof(idx), "%zu", i);
+            ptr_push(p, &q, idx, strlen(idx));
+            ref_add(paths, p, q);
+        }
+        return;
+    }
+    for (size_t i = pre; i < la - suf; i++) {
+        size_t q = plen;
+
+        snprintf(idx, sizeof(idx), "%zu", i);
+        ptr_push(p, &q, idx, strlen(idx));
+        ref_narrow(paths, p, q, json_array_get(a, i), json_array_get(b, i));
+    }
+}
+
+/* Narrows a against b locally (b's listings from its hash tree when
+ * b_tree is set, else hashed again each time); *out gets the paths. */
+static int narrow_local(json_t **out, int *truncated, const json_t *a,
+                        const json_t *b, int b_tree, size_t max, party_t pa[2])
+{
+    syncd_error_t err;
+    int rc;
+
+    memset(pa, 0, 2 * sizeof(*pa));
+    pa[0].doc = a;
+    pa[1].doc = b;
+    assert_int_equal(syncd_htree_build(&pa[0].tree, a, NULL), 0);
+    if (b_tree)
+        assert_int_equal(syncd_htree_build(&pa[1].tree, b, NULL), 0);
+    syncd_error_clear(&err);
+    rc = syncd_htree_narrow(out, truncated, fetch_local, &pa[0], fetch_local,
+                            &pa[1], max, &err);
+    if (rc != 0)
+        fail_msg("narrow failed: %s", err.message);
+    syncd_htree_free(pa[0].tree);
+    syncd_htree_free(pa[1].tree);
+    return rc;
+}
+
+static void assert_same_paths(const json_t *got, const json_t *want, int round)
+{
+    if (!json_equal(got, want)) {
+        char *g = json_dumps(got, JSON_COMPACT),
+             *w = json_dumps(want, JSON_COMPACT);
+
+        fail_msg("round %d: narrowed to %s, the reference %s", round, g, w);
+    }
+}
+
+static void
+test_htree_narrow__random_edits_name_exactly_the_changed_subtrees(void **s)
+{
+    rng_t r = {0x6e6172726f77ULL};
+    size_t cases = 0, chunked = 0, empty = 0;
+    party_t pa[2];
+
+    (void)s;
+    for (int round = 0; round < 1000; round++) {
+        json_t *a = random_doc(&r), *b = json_deep_copy(a), *got, *want;
+        char p[4096];
+        int truncated, nops = 1 + (int)rng_below(&r, 4);
+
+        /* Edits on b: random operations anywhere, and in one of three
+         * rounds an element added or removed in the big list, so that
+         * chunks shift. */
+        for (int k = 0; k < nops; k++) {
+            json_t *op = random_op(&r, b, (int)rng_below(&r, 5)),
+                   *one = json_array(), *out;
+
+            json_array_append_new(one, op);
+            if (syncd_patch_apply(&out, b, one, NULL) == 0) {
+                json_decref(b);
+                b = out;
+            }
+            json_decref(one);
+        }
+        if (json_array_size(json_object_get(b, "big")) > 0 && round % 3 == 0) {
+            json_t *big = json_object_get(b, "big");
+            size_t at = rng_below(&r, json_array_size(big));
+
+            if (rng_below(&r, 2))
+                json_array_remove(big, at);
+            else
+                json_array_insert_new(big, at, json_integer(round));
+        }
+        want = json_array();
+        ref_narrow(want, p, 0, a, b);
+        narrow_local(&got, &truncated, a, b, round % 4 != 0, 100000, pa);
+        assert_same_paths(got, want, round);
+        assert_false(truncated);
+        chunked += json_object_get(a, "big") != NULL;
+        empty += json_array_size(want) == 0;
+        json_decref(got);
+        /* The same narrowing bounded to 2 paths: the first 2, truncated
+         * when there are more. */
+        narrow_local(&got, &truncated, a, b, 1, 2, pa);
+        assert_int_equal(truncated, json_array_size(want) > 2);
+        while (json_array_size(want) > 2)
+            json_array_remove(want, 2);
+        assert_same_paths(got, want, round);
+        json_decref(got);
+        json_decref(want);
+        json_decref(a);
+        json_decref(b);
+        cases++;
+    }
+    print_message("%zu cases, %zu with a big container, %zu equal\n", cases,
+                  chunked, empty);
+    assert_true(chunked > 150);
+    assert_true(empty < cases / 4);
+}
+
+static void test_htree_narrow__one_change_in_10k_lists_a_few_chunks(void **s)
+{
+    rng_t r = {7};
+    json_t *a = json_object(), *b, *got;
+    static const char *const patches[] = {
+        "[{\"op\":\"replace\",\"path\":\"/o/k05000/i\",\"value\":-1}]",
+        "[{\"op\":\"add\",\"path\":\"/o/k05000x\",\"value\":1}]",
+        "[{\"op\":\"remove\",\"path\":\"/o/k00007\"}]",
+        "[{\"op\":\"replace\",\"path\":\"/l/5000/w\",\"value\":\"z\"}]",
+        "[{\"op\":\"add\",\"path\":\"/l/5000\",\"value\":{}}]",
+        "[{\"op\":\"remove\",\"path\":\"/l/9000\"}]"};
+    static const char *const want[] = {"[\"/o/k05000/i\"]", "[\"/o/k05000x\"]",
+                                       "[\"/o/k00007\"]",   "[\"/l/5000/w\"]",
+                                       "[\"/l/5000\"]",     "[\"/l/9000\"]"};
+    party_t pa[2];
+    int truncated;
+
+    (void)s;
+    json_object_set_new(a, "o", big_container(&r, 10000, 1));
+    json_object_set_new(a, "l", big_container(&r, 10000, 0));
+    for (size_t i = 0; i < sizeof(patches) / sizeof(patches[0]); i++) {
+        json_t *p = parse(patches[i]), *w = parse(want[i]);
+
+        assert_int_equal(syncd_patch_apply(&b, a, p, NULL), 0);
+        narrow_local(&got, &truncated, a, b, 1, 100, pa);
+        assert_same_paths(got, w, (int)i);
+        print_message("%s: %zu listings, %zu items, %zu bytes\n", patches[i],
+                      pa[0].listings + pa[1].listings,
+                      pa[0].items + pa[1].items, pa[0].bytes + pa[1].bytes);
+        /* A few chunks per level on each side, not 20,000 entries. */
+        assert_true(pa[0].items + pa[1].items < 2000);
+        json_decref(got);
+        json_decref(w);
+        json_decref(p);
+        json_decref(b);
+    }
+    json_decref(a);
+}
+
+static void test_htree_list__bad_requests_fail_cleanly(void **s)
+{
+    json_t *doc = parse("{\"a\":[1,{\"b\":2}],\"s\":\"x\"}"), *out = NULL;
+    syncd_error_t err;
+
+    (void)s;
+    syncd_error_clear(&err);
+    assert_int_equal(
+        syncd_htree_list(&out, doc, "/a/7", 4, SYNCD_HTREE_TOP, 0, 10, &err),
+        SYNCD_ENOTFOUND);
+    assert_null(out);
+    assert_int_equal(
+        syncd_htree_list(&out, doc, "a", 1, SYNCD_HTREE_TOP, 0, 10, NULL),
+        SYNCD_EINVAL);
+    assert_int_equal(syncd_htree_list(&out, doc, "", 0, 3, 0, 10, NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(syncd_htree_list(&out, doc, "", 0, 0, 9, 10, NULL),
+                     SYNCD_EINVAL);
+    assert_int_equal(
+        syncd_htree_list(&out, doc, "/s", 2, SYNCD_HTREE_TOP, 0, 10, NULL), 0);
+    assert_string_equal(json_string_value(json_object_get(out, "type")), "s");
+    assert_null(json_object_get(out, "items"));
+    json_decref(out);
+    assert_int_equal(
+        syncd_htree_list(&out, doc, "/a", 2, SYNCD_HTREE_TOP, 1, 10, NULL), 0);
+    assert_int_equal(json_integer_value(json_object_get(out, "size")), 2);
+    assert_int_equal(json_array_size(json_object_get(out, "items")), 1);
+    assert_string_equal(
+        json_string_value(json_array_get(
+            json_array_get(json_object_get(out, "items"), 0), 1)),
+        "o");
+    json_decref(out);
+    json_decref(doc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2284,6 +2591,11 @@ int main(void)
             test_htree__incremental_equals_fresh_for_every_op_kind),
         cmocka_unit_test(test_htree__follows_every_conformance_record),
         cmocka_unit_test(test_htree__one_change_in_10k_rehashes_a_few_chunks),
+        cmocka_unit_test(
+            test_htree_narrow__random_edits_name_exactly_the_changed_subtrees),
+        cmocka_unit_test(
+            test_htree_narrow__one_change_in_10k_lists_a_few_chunks),
+        cmocka_unit_test(test_htree_list__bad_requests_fail_cleanly),
     };
 
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */

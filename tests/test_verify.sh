@@ -11,7 +11,12 @@
 # and another's version (keeping its body and hash), and node 2 starts
 # again on the same cache: `syncctl verify` must exit 1 naming exactly those
 # two ids on node 2 (reasons body and version, with the versions each side
-# holds) and nothing on nodes 1 and 3; node 2 restarts there with
+# holds) and nothing on nodes 1 and 3, and narrow doc-17's difference down
+# to the member the tamper added ("/tampered"). A volume collection of 2,000
+# volumes (collection big) is tampered on node 2 in one place
+# (/volumes/vol-0777/size): `syncctl verify big` must name that path alone,
+# found through the hash listings of GET .../hashes (doc/HASH.md
+# "Narrowing"), not by shipping the document; node 2 restarts there with
 # --verify-at-start off, so that its check at start leaves the cache alone.
 # Then the check at start (DESIGN.md section 6, README "State verified at
 # start"): node 2 stopped cleanly writes its cache's digests, and started
@@ -101,7 +106,17 @@ write_through 1 "$NODE1" & w1=$!
 write_through 2 "$NODE2" & w2=$!
 write_through 3 "$NODE3" & w3=$!
 for w in $w1 $w2 $w3; do wait "$w" || fail "a writer failed"; done
-echo "test_verify: 240 documents written (${SECONDS} s)"
+python3 - >"$TMP/vols.json" <<'EOF'
+import json
+vols = {"vol-%04d" % i: {"path": "v/%d" % i, "digest": "sha256:%064x" % i,
+                         "size": 1000 + i, "files": i % 7,
+                         "updated": "2026-11-24T10:00:00Z"} for i in range(2000)}
+print(json.dumps({"kind": "VolumeCollection", "name": "refs", "volumes": vols}))
+EOF
+curl -sf -o /dev/null -X PUT -H 'Content-Type: application/json' \
+    --data-binary @"$TMP/vols.json" "$NODE1/v1/collections/big/docs/vols" ||
+    fail "PUT big/vols"
+echo "test_verify: 240 documents and a 2,000-volume document written (${SECONDS} s)"
 
 # Every node applies the events of the others: wait (bounded) until they
 # all agree.
@@ -115,6 +130,33 @@ for _ in $(seq 100); do
 done
 [ "$ok" = 1 ] || fail "verify did not exit 0: $(cat "$TMP/agree.json" "$TMP/agree.err")"
 check_report "$TMP/agree.json" '{}' || fail "verify of agreeing nodes"
+ok=0
+for _ in $(seq 100); do
+    if "$SYNCCTL" verify big --nodes "$NODES" >"$TMP/agree-big.json" 2>&1; then
+        ok=1
+        break
+    fi
+    sleep 0.2
+done
+[ "$ok" = 1 ] || fail "verify big did not exit 0: $(cat "$TMP/agree-big.json")"
+# The listing route: the top of /volumes (2,000 members: chunked), a path
+# that names nothing (404), a bad level or source (400).
+H="$NODE2/v1/collections/big/docs/vols/hashes"
+curl -sf "$H?path=/volumes&source=store" >"$TMP/top.json" ||
+    fail "GET hashes of /volumes"
+python3 - "$TMP/top.json" <<'EOF' || fail "hashes of /volumes: $(cat "$TMP/top.json")"
+import json, sys
+t = json.load(open(sys.argv[1]))
+assert t["type"] == "o" and t["size"] == 2000 and t["levels"] >= 2, t
+assert t["level"] == t["levels"] - 1 and t["v"] == 1 and t["source"] == "store", t
+assert sum(1 for _ in t["items"]) <= 64 and t["items"][-1][2] == 2000, t
+EOF
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$H?path=/nope")" = 404 ] ||
+    fail "hashes of a missing path is not 404"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$H?level=x")" = 400 ] ||
+    fail "hashes with a bad level is not 400"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$H?source=x")" = 400 ] ||
+    fail "hashes with a bad source is not 400"
 echo "test_verify: three agreeing nodes: exit 0 (${SECONDS} s)"
 
 # Stop node 2 cleanly (its cache is kept), tamper with it, start it again.
@@ -129,6 +171,8 @@ kill -0 "$(cat "$SYNCD_CLUSTER_DIR/node2/pid")" 2>/dev/null &&
     fail "cache_tamper body"
 "$TAMPER" "$SYNCD_CLUSTER_DIR/node2/data" c doc-42 version 7 ||
     fail "cache_tamper version"
+"$TAMPER" "$SYNCD_CLUSTER_DIR/node2/data" big vols set /volumes/vol-0777/size 7 ||
+    fail "cache_tamper set"
 SYNCD_VERIFY_AT_START=off "$CLUSTER" start-node 2 >/dev/null ||
     fail "node 2 did not start again"
 
@@ -140,7 +184,35 @@ set -e
 check_report "$TMP/tampered.json" \
     '{"doc-17": ["body", 1, 1], "doc-42": ["version", 7, 1]}' ||
     fail "verify of a tampered node: $(cat "$TMP/tampered.json")"
-echo "test_verify: tampered node 2: exit 1 naming doc-17 (body) and doc-42 (version) (${SECONDS} s)"
+python3 - "$TMP/tampered.json" "$NODE2" <<'EOF' ||
+import json, sys
+report = json.load(open(sys.argv[1]))
+node2 = [n for n in report["nodes"] if n["url"] == sys.argv[2]][0]
+d = {x["id"]: x for x in node2["differs"]}
+assert d["doc-17"]["paths"] == ["/tampered"], d["doc-17"]
+assert d["doc-17"]["paths_truncated"] is False, d["doc-17"]
+assert "paths" not in d["doc-42"], d["doc-42"]
+EOF
+    fail "verify did not narrow doc-17 to /tampered: $(cat "$TMP/tampered.json")"
+echo "test_verify: tampered node 2: exit 1 naming doc-17 (body, at /tampered) and doc-42 (version) (${SECONDS} s)"
+
+set +e
+"$SYNCCTL" verify big --nodes "$NODES" >"$TMP/big.json" 2>"$TMP/big.err"
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "verify big exited $rc, want 1: $(cat "$TMP/big.json" "$TMP/big.err")"
+python3 - "$TMP/big.json" "$NODE1" "$NODE2" "$NODE3" <<'EOF' ||
+import json, sys
+report = json.load(open(sys.argv[1]))
+nodes = {n["url"]: n for n in report["nodes"]}
+for url in sys.argv[2:]:
+    want = [{"id": "vols", "node_v": 1, "store_v": 1, "reason": "body",
+             "paths": ["/volumes/vol-0777/size"], "paths_truncated": False}
+            ] if url == sys.argv[3] else []
+    assert nodes[url]["differs"] == want, (url, nodes[url]["differs"])
+EOF
+    fail "verify big did not name /volumes/vol-0777/size: $(cat "$TMP/big.json")"
+echo "test_verify: a 2,000-volume document tampered in one place: narrowed to /volumes/vol-0777/size (${SECONDS} s)"
 
 # stop_node2: SIGTERM to node 2, waiting (bounded) until it is gone.
 stop_node2() {

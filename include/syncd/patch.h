@@ -247,6 +247,50 @@ uint64_t syncd_htree_hash_count(const syncd_htree_t *t);
  * owner that bounds its memory charges for keeping it. */
 uint64_t syncd_htree_bytes(const syncd_htree_t *t);
 
+/* ---- Narrowing a difference inside a document (doc/HASH.md) ------------ */
+
+/* Most items one hash listing holds. */
+#define SYNCD_HTREE_LIST_MAX 1024
+
+/* The `level` of syncd_htree_list() that means the top of the chunk tree. */
+#define SYNCD_HTREE_TOP ((size_t)-1)
+
+/* Sets *out to a new object listing the hashes under the value at the JSON
+ * Pointer path (path_len bytes) of doc, as doc/HASH.md "Narrowing" defines
+ * it: the value's type, hash, entry count and chunk levels, and items
+ * [from, from + count) of level `level` of its chunk tree (SYNCD_HTREE_TOP:
+ * the top level), at most SYNCD_HTREE_LIST_MAX of them. doc is borrowed.
+ * SYNCD_EINVAL for a bad pointer, level or from, or a value nested too
+ * deep; SYNCD_ENOTFOUND when path names no value; SYNCD_ENOMEM. */
+int syncd_htree_list(json_t **out, const json_t *doc, const char *path,
+                     size_t path_len, size_t level, size_t from, size_t count,
+                     syncd_error_t *err);
+
+/* syncd_htree_list() from t, the hash tree of the document (borrowed),
+ * without hashing anything: O(depth + count). */
+int syncd_htree_list_tree(json_t **out, const syncd_htree_t *t,
+                          const char *path, size_t path_len, size_t level,
+                          size_t from, size_t count, syncd_error_t *err);
+
+/* Asks one party for a hash listing of its copy of a document: sets *out
+ * to a new reference to what syncd_htree_list() would give for its copy,
+ * or returns a negative SYNCD_E* code (set in err). */
+typedef int (*syncd_htree_fetch_fn)(json_t **out, const char *path,
+                                    size_t path_len, size_t level, size_t from,
+                                    size_t count, void *arg,
+                                    syncd_error_t *err);
+
+/* Finds where two copies of a document differ by walking their hash trees
+ * top down through fa(a) and fb(b), asking only for the listings under
+ * subtrees and chunks that differ: sets *out to a new array of the JSON
+ * Pointers of the smallest differing subtrees, in document order, as
+ * doc/HASH.md "Narrowing" defines them, at most max_paths of them;
+ * *truncated is 1 when there are more. SYNCD_EINVAL (in err) when a
+ * listing is malformed; any error of a fetch is returned as it is. */
+int syncd_htree_narrow(json_t **out, int *truncated, syncd_htree_fetch_fn fa,
+                       void *a, syncd_htree_fetch_fn fb, void *b,
+                       size_t max_paths, syncd_error_t *err);
+
 /* Writes the lower-case hex SHA-256 of len bytes at data into out
  * (SYNCD_HASH_HEX_LEN + 1 bytes). */
 void syncd_sha256_hex(char out[SYNCD_HASH_HEX_LEN + 1], const void *data,

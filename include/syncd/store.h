@@ -456,6 +456,13 @@ int syncd_store_digest_range(syncd_store_t *store, syncd_range_digest_t *out,
                              const char *after, const char *until,
                              size_t max_entries, syncd_error_t *err);
 
+/* Reads the live document coll/id of view into *out (caller frees):
+ * SYNCD_VIEW_NODE as syncd_store_get() does, SYNCD_VIEW_STORE from the
+ * store of record alone, leaving the cache as it is. SYNCD_ENOTFOUND when
+ * absent or deleted. */
+int syncd_store_read(syncd_store_t *store, syncd_doc_t **out, const char *coll,
+                     const char *id, syncd_view_t view, syncd_error_t *err);
+
 /* The outcome of syncd_store_verify(); release with syncd_verify_clear(). */
 typedef struct syncd_verify {
     syncd_digest_t node;  /* of this node's view (SYNCD_VIEW_NODE) */
