@@ -577,6 +577,7 @@ static int bus_open(bus_ctx_t *b, uv_loop_t *loop, const char *url,
 {
     memset(b, 0, sizeof(*b));
     b->base = -1;
+    b->v = 1; /* an update's version is at least 2 */
     b->event = event;
     b->t0 = calloc((size_t)max, sizeof(*b->t0));
     b->pub = open_bus(loop, url, "writer");
