@@ -52,6 +52,8 @@
 #include "storage/internal.h"
 #include "syncd/node.h"
 
+#include "../common/volumes.h"
+
 #define BUS_DB "bench"
 #define SMALL_COLL "vols"
 #define BIG_COLL "volumes"
@@ -65,21 +67,6 @@
 #define SETTLE_MS 300
 
 /* ---- Time and statistics ------------------------------------------------- */
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-    return (x > y) - (x < y);
-}
 
 /* Returns the nearest-rank percentile p (0..1) of n sorted values in ms. */
 static double pct_ms(const int64_t *sorted, size_t n, double p)
@@ -119,7 +106,7 @@ static int64_t samples_median(samples_t *s, size_t from)
 
     if (n == 0)
         return 0;
-    qsort(s->v + from, n, sizeof(*s->v), cmp_i64);
+    qsort(s->v + from, n, sizeof(*s->v), bench_cmp_i64);
     return s->v[from + (n - 1) / 2];
 }
 
@@ -155,7 +142,9 @@ static void run_pump(run_t *r)
     int64_t due;
 
     if (r->rate > 0)
-        due = (int64_t)((double)(mono_ns() - r->start_ns) * r->rate / 1e9) + 1;
+        due =
+            (int64_t)((double)(bench_mono_ns() - r->start_ns) * r->rate / 1e9) +
+            1;
     else
         due = (int64_t)r->received + r->window;
     if (due > r->count)
@@ -172,7 +161,7 @@ static void on_tick(uv_timer_t *t)
     run_t *r = t->data;
 
     run_pump(r);
-    if (mono_ns() - r->last_ns > STALL_NS)
+    if (bench_mono_ns() - r->last_ns > STALL_NS)
         r->failed = 1;
 }
 
@@ -182,7 +171,7 @@ static void run_got(run_t *r, int64_t ns)
     if (r->received >= r->count)
         return;
     r->received++;
-    r->last_ns = mono_ns();
+    r->last_ns = bench_mono_ns();
     if (r->record)
         samples_add(&r->lat, ns);
     if (r->received == r->count) {
@@ -200,7 +189,7 @@ static int run_chunk(run_t *r, int count, int record)
     r->count = count;
     r->record = record;
     r->sent = r->received = r->failed = 0;
-    r->start_ns = r->last_ns = mono_ns();
+    r->start_ns = r->last_ns = bench_mono_ns();
     uv_timer_init(r->loop, &r->tick);
     r->tick.data = r;
     uv_timer_start(&r->tick, on_tick, 1, 1);
@@ -226,7 +215,7 @@ static void run_report(run_t *r)
 
     if (r->bytes != NULL)
         bytes = samples_median(r->bytes, r->bytes_from);
-    qsort(r->lat.v, n, sizeof(*r->lat.v), cmp_i64);
+    qsort(r->lat.v, n, sizeof(*r->lat.v), bench_cmp_i64);
     if (r->rate > 0)
         snprintf(mode, sizeof(mode), "steady %.0f/s", r->rate);
     else
@@ -247,11 +236,11 @@ static void on_wake(uv_timer_t *t)
 /* Runs the loop for ms milliseconds. */
 static void settle(uv_loop_t *loop, int64_t ms)
 {
-    int64_t end = mono_ns() + ms * 1000000;
+    int64_t end = bench_mono_ns() + ms * 1000000;
     uv_timer_t t;
 
     uv_timer_init(loop, &t);
-    while (mono_ns() < end) {
+    while (bench_mono_ns() < end) {
         uv_timer_start(&t, on_wake, 5, 0);
         uv_run(loop, UV_RUN_ONCE);
     }
@@ -304,14 +293,14 @@ static void on_rsub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
 static int rsub_open(rsub_t *s, uv_loop_t *loop, int port,
                      const char *const *channels, int n)
 {
-    int64_t deadline = mono_ns() + 5000000000LL;
+    int64_t deadline = bench_mono_ns() + 5000000000LL;
 
     s->ac = redis_connect(loop, port);
     if (s->ac == NULL)
         return -1;
     for (int i = 0; i < n; i++)
         redisAsyncCommand(s->ac, on_rsub_reply, s, "SUBSCRIBE %s", channels[i]);
-    while (s->subscribed < n && mono_ns() < deadline)
+    while (s->subscribed < n && bench_mono_ns() < deadline)
         settle(loop, 10);
     return s->subscribed == n ? 0 : -1;
 }
@@ -342,7 +331,7 @@ static int floor_send(run_t *r, int i)
     /* The index leads the payload: "%010d:" then filler. */
     snprintf(head, sizeof(head), "%010d:", i);
     memcpy(f->payload, head, 11);
-    f->t0[i] = mono_ns();
+    f->t0[i] = bench_mono_ns();
     return redisAsyncCommand(f->pub, NULL, NULL, "PUBLISH %s %b", FLOOR_CHANNEL,
                              f->payload, f->len) == REDIS_OK
                ? 0
@@ -353,7 +342,7 @@ static void floor_message(rsub_t *s, const char *channel, const char *data,
                           size_t len)
 {
     floor_ctx_t *f = s->ctx;
-    int64_t now = mono_ns();
+    int64_t now = bench_mono_ns();
     long i = strtol(data, NULL, 10);
 
     (void)channel;
@@ -394,47 +383,14 @@ static void floor_close(floor_ctx_t *f)
 
 /* ---- Volume collection documents and events ----------------------------- */
 
-static void volume_name(char out[32], int j)
-{
-    snprintf(out, 32, "vol-%05d", j);
-}
-
-/* Returns a volume entry whose content depends on stamp. */
-static json_t *volume_entry(int j, int64_t stamp)
-{
-    char name[32], seed[64], digest[8 + SYNCD_HASH_HEX_LEN + 1];
-
-    volume_name(name, j);
-    snprintf(seed, sizeof(seed), "%d/%" PRId64, j, stamp);
-    memcpy(digest, "sha256:", 7);
-    syncd_sha256_hex(digest + 7, seed, strlen(seed));
-    return json_pack("{s:s,s:s,s:I,s:i,s:s}", "path", name, "digest", digest,
-                     "size", (json_int_t)(1000000 + j * 37 + stamp), "files",
-                     25 + j % 50, "updated", "2026-11-24T10:00:00Z");
-}
-
-/* Returns a new volume collection document with n volumes. */
-static json_t *volume_doc(const char *name, int n)
-{
-    json_t *vols = json_object();
-    char vname[32];
-
-    for (int j = 0; j < n && vols != NULL; j++) {
-        volume_name(vname, j);
-        json_object_set_new(vols, vname, volume_entry(j, 0));
-    }
-    return json_pack("{s:s,s:s,s:o}", "kind", "VolumeCollection", "name", name,
-                     "volumes", vols);
-}
-
 /* Rescans volume j of doc in place: new digest and size. */
 static int change_volume(json_t *doc, int j, int64_t stamp)
 {
     char name[32];
 
-    volume_name(name, j);
+    bench_volume_name(name, j);
     return json_object_set_new(json_object_get(doc, "volumes"), name,
-                               volume_entry(j, stamp));
+                               bench_volume_entry(j, stamp));
 }
 
 /* Builds the update event of DESIGN.md section 4 from a to b into *out, as
@@ -495,7 +451,7 @@ static int bus_send(run_t *r, int i)
     json_t *ev;
     int rc;
 
-    b->t0[i] = mono_ns();
+    b->t0[i] = bench_mono_ns();
     b->v++;
     ev = json_copy(b->event);
     if (ev == NULL ||
@@ -512,7 +468,7 @@ static void bus_event(syncd_bus_signal_t signal, int64_t seq,
                       const json_t *event, void *payload)
 {
     bus_ctx_t *b = payload;
-    int64_t now = mono_ns(), i;
+    int64_t now = bench_mono_ns(), i;
 
     /* The bus numbers a new collection from where it likes (a new epoch
      * starts above a floor): the first message sets the origin. */
@@ -555,7 +511,7 @@ static syncd_bus_t *open_bus(uv_loop_t *loop, const char *url,
 /* Runs the loop until every bus in buses is connected (5 s at most). */
 static int wait_connected(uv_loop_t *loop, syncd_bus_t *const *buses, int n)
 {
-    int64_t deadline = mono_ns() + 5000000000LL;
+    int64_t deadline = bench_mono_ns() + 5000000000LL;
 
     for (;;) {
         int up = 0;
@@ -563,7 +519,7 @@ static int wait_connected(uv_loop_t *loop, syncd_bus_t *const *buses, int n)
             up += syncd_bus_connected(buses[i]);
         if (up == n)
             return 0;
-        if (mono_ns() > deadline) {
+        if (bench_mono_ns() > deadline) {
             fprintf(stderr, "bus: Redis not connected after 5 s\n");
             return -1;
         }
@@ -693,11 +649,11 @@ static void *writer_main(void *arg)
         if (cl->todo == NULL)
             cl->todo_tail = NULL;
         pthread_mutex_unlock(&cl->mu);
-        job->edit_ns = mono_ns();
+        job->edit_ns = bench_mono_ns();
         job->status =
             syncd_store_edit(cl->store[0], &job->change, job->doc->coll,
                              job->doc->id, edit_volume, job, -1, NULL);
-        now = mono_ns();
+        now = bench_mono_ns();
         job->edit_ns = now - job->edit_ns;
         if (job->status == 0 && !cl->hold &&
             job->change->doc->version < job->doc->vmax)
@@ -800,7 +756,7 @@ static int held_send(run_t *r, int i)
     job = cl->held[cl->cursor++];
     doc = job->change->doc;
     if (doc->version < job->doc->vmax)
-        job->doc->t0[doc->version] = mono_ns();
+        job->doc->t0[doc->version] = bench_mono_ns();
     rc = syncd_node_publish(cl->node[0], job->change, on_published, cl);
     job_free(job);
     return rc;
@@ -811,7 +767,7 @@ static void on_watch(syncd_node_signal_t signal, int64_t seq,
                      const json_t *event, void *payload)
 {
     cluster_t *cl = payload;
-    int64_t now = mono_ns(), v;
+    int64_t now = bench_mono_ns(), v;
     const char *id;
 
     (void)seq;
@@ -943,10 +899,10 @@ static void cluster_close(cluster_t *cl)
 static int wait_for(cluster_t *cl, int (*cond)(const cluster_t *cl),
                     int64_t timeout_s, const char *what)
 {
-    int64_t deadline = mono_ns() + timeout_s * 1000000000;
+    int64_t deadline = bench_mono_ns() + timeout_s * 1000000000;
 
     while (!cond(cl)) {
-        if (mono_ns() > deadline) {
+        if (bench_mono_ns() > deadline) {
             fprintf(stderr, "timed out waiting for %s\n", what);
             return -1;
         }
@@ -971,7 +927,7 @@ static int create_docs(cluster_t *cl, int first, int n)
     cl->span = n;
     for (int d = first; d < first + n; d++) {
         bdoc_t *doc = &cl->docs[d];
-        json_t *body = volume_doc(doc->id, doc->entries);
+        json_t *body = bench_volume_doc(doc->id, doc->entries);
         syncd_change_t *ch = NULL;
         int rc;
 
@@ -1072,7 +1028,7 @@ static int cmp_held(const void *a, const void *b)
  * sorted so that each document's versions come in order. */
 static int commit_ahead(cluster_t *cl, int n)
 {
-    int64_t start = mono_ns();
+    int64_t start = bench_mono_ns();
     size_t from = cl->edit_ns.n;
     double secs;
 
@@ -1091,9 +1047,10 @@ static int commit_ahead(cluster_t *cl, int n)
         return -1;
     }
     cl->hold = 0;
-    secs = (double)(mono_ns() - start) / 1e9;
+    secs = (double)(bench_mono_ns() - start) / 1e9;
     qsort(cl->held, cl->held_n, sizeof(*cl->held), cmp_held);
-    qsort(cl->edit_ns.v + from, cl->edit_ns.n - from, sizeof(int64_t), cmp_i64);
+    qsort(cl->edit_ns.v + from, cl->edit_ns.n - from, sizeof(int64_t),
+          bench_cmp_i64);
     fprintf(stderr,
             "committed %zu edits ahead in %.0f s (%.0f/s, %d writer "
             "threads; syncd_store_edit p50 %.1f ms, p99 %.1f ms)\n",
@@ -1137,9 +1094,9 @@ static int64_t time_median(int (*what)(const json_t *a, const json_t *b),
     int64_t med;
 
     for (int i = 0; i < 5; i++) {
-        int64_t t = mono_ns();
+        int64_t t = bench_mono_ns();
         what(a, b);
-        samples_add(&s, mono_ns() - t);
+        samples_add(&s, bench_mono_ns() - t);
     }
     med = samples_median(&s, 0);
     free(s.v);
@@ -1209,7 +1166,7 @@ static int apply_costs(int entries, const json_t *a, const json_t *b,
         "syncd_json_compact_size of the result (whole walk)",
         "syncd_json_compact_size of the body up to the diff's size"};
 #define NSTEPS (sizeof(steps) / sizeof(steps[0]))
-    json_t *sa = volume_doc("small", entries), *sb = NULL, *sev = NULL;
+    json_t *sa = bench_volume_doc("small", entries), *sb = NULL, *sev = NULL;
     json_t *own = NULL;
     double ms[2][NSTEPS];
     int rc = -1;
@@ -1269,7 +1226,7 @@ static int64_t thread_cpu_ns(void)
 static int receiver_cpu(int entries, double *cpu_med, double *cpu_mean,
                         double *tree_ms)
 {
-    json_t *model = volume_doc("recv", entries);
+    json_t *model = bench_volume_doc("recv", entries);
     syncd_doc_t doc = {BIG_COLL, "recv", 1, model, "", 0, "bench", 0};
     samples_t s = {0};
     syncd_cache_t *cache = NULL;
@@ -1291,12 +1248,12 @@ static int receiver_cpu(int entries, double *cpu_med, double *cpu_mean,
         goto cleanup;
     for (int i = 0; i <= RECV_EVENTS; i++) {
         int j = (i * 4099 + 4321) % entries;
-        json_t *vol = volume_entry(j, i + 1), *patch;
+        json_t *vol = bench_volume_entry(j, i + 1), *patch;
         syncd_doc_t meta = doc;
         char name[32], path[64];
         int64_t cached, t;
 
-        volume_name(name, j);
+        bench_volume_name(name, j);
         snprintf(path, sizeof(path), "/volumes/%s", name);
         patch = json_pack(
             "[{s:s,s:s+,s:O},{s:s,s:s+,s:O}]", "op", "replace", "path", path,
@@ -1345,7 +1302,7 @@ cleanup:
 
 static int bench_bytes(int entries)
 {
-    json_t *a = volume_doc("refs", BIG_ENTRIES), *b = NULL, *ev = NULL;
+    json_t *a = bench_volume_doc("refs", BIG_ENTRIES), *b = NULL, *ev = NULL;
     json_t *whole = NULL;
     size_t doc_bytes, ev_bytes, ev_signed, whole_bytes;
     char *patch = NULL;
@@ -1476,7 +1433,7 @@ static int parse_args(args_t *a, int argc, char **argv)
 /* Builds the bus-only event: one volume of a small document changed. */
 static json_t *small_event(int entries)
 {
-    json_t *a = volume_doc("doc-0000", entries), *b, *ev = NULL;
+    json_t *a = bench_volume_doc("doc-0000", entries), *b, *ev = NULL;
 
     b = a != NULL ? json_deep_copy(a) : NULL;
     if (b != NULL && change_volume(b, 1, 1) == 0)

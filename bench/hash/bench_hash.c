@@ -2,7 +2,7 @@
  * hash before (SHA-256 of the canonical JSON) and after (the Merkle hash of
  * doc/HASH.md), and the hash tree's update for a one-volume change.
  *
- * The document is bench/bus's (bench_bus.c volume_doc(): {"kind", "name",
+ * The document is bench/bus's (bench/common/volumes.c: {"kind", "name",
  * "volumes": {"vol-00000": {path, digest, size, files, updated}, ...}}),
  * 1.75 MB compact; the change is bench/bus's event patch, two replace ops
  * (/volumes/vol-04321/digest and /size). Prints a markdown table of
@@ -18,49 +18,9 @@
 
 #include "syncd/patch.h"
 
+#include "../common/volumes.h"
+
 #define RUNS 9
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-    return (x > y) - (x < y);
-}
-
-/* Returns volume j's entry as bench_bus.c makes it at stamp. */
-static json_t *volume_entry(int j, int64_t stamp)
-{
-    char name[32], seed[64], digest[8 + SYNCD_HASH_HEX_LEN + 1];
-
-    snprintf(name, sizeof(name), "vol-%05d", j);
-    snprintf(seed, sizeof(seed), "%d/%" PRId64, j, stamp);
-    memcpy(digest, "sha256:", 7);
-    syncd_sha256_hex(digest + 7, seed, strlen(seed));
-    return json_pack("{s:s,s:s,s:I,s:i,s:s}", "path", name, "digest", digest,
-                     "size", (json_int_t)(1000000 + j * 37 + stamp), "files",
-                     25 + j % 50, "updated", "2026-11-24T10:00:00Z");
-}
-
-static json_t *volume_doc(int n)
-{
-    json_t *vols = json_object();
-    char name[32];
-
-    for (int j = 0; j < n; j++) {
-        snprintf(name, sizeof(name), "vol-%05d", j);
-        json_object_set_new(vols, name, volume_entry(j, 0));
-    }
-    return json_pack("{s:s,s:s,s:o}", "kind", "VolumeCollection", "name",
-                     "refs", "volumes", vols);
-}
 
 static void legacy_hash(const json_t *doc)
 {
@@ -93,20 +53,21 @@ static double median_ms(void (*fn)(const json_t *), const json_t *doc)
     int64_t t[RUNS];
 
     for (int i = 0; i < RUNS; i++) {
-        int64_t start = mono_ns();
+        int64_t start = bench_mono_ns();
 
         fn(doc);
-        t[i] = mono_ns() - start;
+        t[i] = bench_mono_ns() - start;
     }
-    qsort(t, RUNS, sizeof(t[0]), cmp_i64);
+    qsort(t, RUNS, sizeof(t[0]), bench_cmp_i64);
     return (double)t[RUNS / 2] / 1e6;
 }
 
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? atoi(argv[1]) : 10000;
-    json_t *doc = volume_doc(n), *next = json_deep_copy(doc), *patch;
-    json_t *vol = volume_entry(4321 % n, 1);
+    json_t *doc = bench_volume_doc("refs", n), *next = json_deep_copy(doc),
+           *patch;
+    json_t *vol = bench_volume_entry(4321 % n, 1);
     syncd_htree_t *t = NULL;
     int64_t times[RUNS];
     uint64_t hashes = 0, full = 0;
@@ -138,17 +99,17 @@ int main(int argc, char **argv)
 
         syncd_htree_build(&t, doc, NULL);
         before = full = syncd_htree_hash_count(t);
-        start = mono_ns();
+        start = bench_mono_ns();
         if (syncd_htree_apply(t, patch, NULL) != 0) {
             fprintf(stderr, "bench_hash: the tree does not take the patch\n");
             return 1;
         }
-        times[i] = mono_ns() - start;
+        times[i] = bench_mono_ns() - start;
         hashes = syncd_htree_hash_count(t) - before;
         if (i + 1 < RUNS)
             syncd_htree_free(t);
     }
-    qsort(times, RUNS, sizeof(times[0]), cmp_i64);
+    qsort(times, RUNS, sizeof(times[0]), bench_cmp_i64);
     printf("| hash tree update for the one-volume patch (syncd_htree_apply) "
            "| %.4f |\n",
            (double)times[RUNS / 2] / 1e6);

@@ -31,49 +31,9 @@
 
 #include "syncd/patch.h"
 
+#include "../common/volumes.h"
+
 #define RUNS 9
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-    return (x > y) - (x < y);
-}
-
-/* Returns volume j's entry as bench_bus.c makes it at stamp. */
-static json_t *volume_entry(int j, int64_t stamp)
-{
-    char name[32], seed[64], digest[8 + SYNCD_HASH_HEX_LEN + 1];
-
-    snprintf(name, sizeof(name), "vol-%05d", j);
-    snprintf(seed, sizeof(seed), "%d/%" PRId64, j, stamp);
-    memcpy(digest, "sha256:", 7);
-    syncd_sha256_hex(digest + 7, seed, strlen(seed));
-    return json_pack("{s:s,s:s,s:I,s:i,s:s}", "path", name, "digest", digest,
-                     "size", (json_int_t)(1000000 + j * 37 + stamp), "files",
-                     25 + j % 50, "updated", "2026-11-24T10:00:00Z");
-}
-
-static json_t *volume_doc(int n)
-{
-    json_t *vols = json_object();
-    char name[32];
-
-    for (int j = 0; j < n; j++) {
-        snprintf(name, sizeof(name), "vol-%05d", j);
-        json_object_set_new(vols, name, volume_entry(j, 0));
-    }
-    return json_pack("{s:s,s:s,s:o}", "kind", "VolumeCollection", "name",
-                     "refs", "volumes", vols);
-}
 
 /* One side: its document, its kept tree (NULL: build per listing), and
  * what it sent. */
@@ -142,14 +102,15 @@ static json_t *ship_once(const json_t *a, const json_t *b, size_t *bytes)
 
 static double median(int64_t *ns)
 {
-    qsort(ns, RUNS, sizeof(*ns), cmp_i64);
+    qsort(ns, RUNS, sizeof(*ns), bench_cmp_i64);
     return (double)ns[RUNS / 2] / 1e6;
 }
 
 int main(int argc, char **argv)
 {
     int n = argc > 1 ? atoi(argv[1]) : 10000;
-    json_t *a = volume_doc(n > 0 ? n : 10000), *patch, *b = NULL, *paths;
+    json_t *a = bench_volume_doc("refs", n > 0 ? n : 10000), *patch, *b = NULL,
+           *paths;
     char path[64], ops[512];
     int64_t ns[RUNS];
     size_t bytes = 0;
@@ -177,15 +138,15 @@ int main(int argc, char **argv)
         side_t s[2] = {{a, NULL, 0, 0}, {b, NULL, 0, 0}};
 
         for (int r = 0; r < RUNS; r++) {
-            int64_t t0 = mono_ns();
+            int64_t t0 = bench_mono_ns();
 
             if (way > 0 && (syncd_htree_build(&s[0].tree, a, NULL) != 0 ||
                             syncd_htree_build(&s[1].tree, b, NULL) != 0))
                 return 1;
             if (way == 2)
-                t0 = mono_ns();
+                t0 = bench_mono_ns();
             json_decref(narrow_once(s));
-            ns[r] = mono_ns() - t0;
+            ns[r] = bench_mono_ns() - t0;
             if (r < RUNS - 1) {
                 syncd_htree_free(s[0].tree);
                 syncd_htree_free(s[1].tree);
@@ -203,10 +164,10 @@ int main(int argc, char **argv)
         syncd_htree_free(s[1].tree);
     }
     for (int r = 0; r < RUNS; r++) {
-        int64_t t0 = mono_ns();
+        int64_t t0 = bench_mono_ns();
 
         json_decref(ship_once(a, b, &bytes));
-        ns[r] = mono_ns() - t0;
+        ns[r] = bench_mono_ns() - t0;
     }
     paths = ship_once(a, b, &bytes);
     printf("| shipping the document and diffing it | %zu | - | %.2f | %zu "
