@@ -327,12 +327,10 @@ static void drop_matched(items_t it[2])
     it[1].n = nj;
 }
 
-/* Walks two objects' listings (tops): matches chunks and members by hash,
- * expanding what does not match, then compares the members left by key. */
-static int walk_object(ctx_t *c, const json_t *top[2])
+/* Reads the items of both sides' top listings (of kind 'o' or 'a') into
+ * it[0] and it[1]. */
+static int read_tops(ctx_t *c, items_t it[2], const json_t *top[2], char kind)
 {
-    items_t it[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
-    size_t mark = c->path.len, i, j;
     int rc = 0;
 
     for (int s = 0; s < 2 && rc == 0; s++) {
@@ -341,9 +339,21 @@ static int walk_object(ctx_t *c, const json_t *top[2])
 
         rc =
             bad ? malformed(c, "no level")
-                : read_items(c, &it[s], 0, top[s], 'o', lv, 0,
+                : read_items(c, &it[s], 0, top[s], kind, lv, 0,
                              json_array_size(json_object_get(top[s], "items")));
     }
+    return rc;
+}
+
+/* Walks two objects' listings (tops): matches chunks and members by hash,
+ * expanding what does not match, then compares the members left by key. */
+static int walk_object(ctx_t *c, const json_t *top[2])
+{
+    items_t it[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
+    size_t mark = c->path.len, i, j;
+    int rc = 0;
+
+    rc = read_tops(c, it, top, 'o');
     while (rc == 0) {
         size_t level = 0;
 
@@ -391,15 +401,7 @@ static int common_run(ctx_t *c, const json_t *top[2], int back, size_t size[2],
     int rc = 0;
 
     *common = 0;
-    for (int s = 0; s < 2 && rc == 0; s++) {
-        int bad = 0;
-        size_t lv = uint_of(json_object_get(top[s], "level"), &bad);
-
-        rc =
-            bad ? malformed(c, "no level")
-                : read_items(c, &it[s], 0, top[s], 'a', lv, 0,
-                             json_array_size(json_object_get(top[s], "items")));
-    }
+    rc = read_tops(c, it, top, 'a');
     while (rc == 0 && it[0].n > 0 && it[1].n > 0) {
         size_t i = back ? it[0].n - 1 : 0, j = back ? it[1].n - 1 : 0;
         const item_t *a = &it[0].v[i], *b = &it[1].v[j];
