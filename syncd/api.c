@@ -1165,22 +1165,30 @@ static int read_version_param(job_t *j, const char *name)
     return -1;
 }
 
+/* Returns 1 when req's method is want; else answers 405 allowing want,
+ * frees coll and id (taken over) and returns 0. */
+static int doc_method_or_405(syncd_http_req_t *req, const char *want,
+                             char *coll, char *id)
+{
+    if (strcmp(syncd_http_method(req), want) == 0)
+        return 1;
+    free(coll);
+    free(id);
+    method_not_allowed(req, want);
+    return 0;
+}
+
 /* Serves GET .../docs/{id}/history (rollback 0) or POST
  * .../docs/{id}/rollback?to=N (rollback 1); coll and id are taken over. */
 static void serve_history(syncd_api_t *api, syncd_http_req_t *req, char *coll,
                           char *id, int rollback)
 {
-    const char *m = syncd_http_method(req);
     job_t *j;
     int rc;
 
     syncd_http_set_route(req, rollback ? "rollback" : "history");
-    if (strcmp(m, rollback ? "POST" : "GET") != 0) {
-        free(coll);
-        free(id);
-        method_not_allowed(req, rollback ? "POST" : "GET");
+    if (!doc_method_or_405(req, rollback ? "POST" : "GET", coll, id))
         return;
-    }
     j = job_new(api, req, rollback ? JOB_ROLLBACK : JOB_HISTORY, coll, id);
     if (j == NULL)
         return;
@@ -1466,12 +1474,8 @@ static void serve_hashes(syncd_api_t *api, syncd_http_req_t *req, char *coll,
     job_t *j;
 
     syncd_http_set_route(req, "hashes");
-    if (strcmp(syncd_http_method(req), "GET") != 0) {
-        free(coll);
-        free(id);
-        method_not_allowed(req, "GET");
+    if (!doc_method_or_405(req, "GET", coll, id))
         return;
-    }
     j = job_new(api, req, JOB_HASHES, coll, id);
     if (j == NULL)
         return;
