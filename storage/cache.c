@@ -453,6 +453,8 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
     c->read = rocksdb_readoptions_create();
     c->write = rocksdb_writeoptions_create();
     rocksdb_options_set_create_if_missing(c->options, 1);
+    rocksdb_options_set_write_buffer_size(c->options, SYNCD_ROCKS_WRITE_BUFFER);
+    rocksdb_options_set_max_write_buffer_number(c->options, 2);
     rocksdb_writeoptions_disable_WAL(c->write, 1);
     if (keep) {
         if (asprintf(&c->clean_path, "%s/CLEAN", dir) < 0) {

@@ -12,6 +12,12 @@
 
 #include "syncd/store.h"
 
+/* Bytes of one RocksDB memtable (at most two are kept) for the node cache
+ * and the embedded store. RocksDB's default, 64 MiB, lets a node's memory
+ * grow by that much per database before the first flush: with the cache's
+ * WAL off nothing else bounds it. */
+#define SYNCD_ROCKS_WRITE_BUFFER ((size_t)4 << 20)
+
 typedef struct syncd_backend syncd_backend_t;
 
 /* Operations of a store of record. All are blocking and thread-safe. */

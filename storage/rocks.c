@@ -1167,6 +1167,8 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->read = rocksdb_readoptions_create();
     r->write = rocksdb_writeoptions_create();
     rocksdb_options_set_create_if_missing(r->options, 1);
+    rocksdb_options_set_write_buffer_size(r->options, SYNCD_ROCKS_WRITE_BUFFER);
+    rocksdb_options_set_max_write_buffer_number(r->options, 2);
     rocksdb_writeoptions_set_sync(r->write, sync_writes ? 1 : 0);
     r->db = rocksdb_open(r->options, dir, &errptr);
     if (errptr != NULL)
