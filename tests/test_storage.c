@@ -3012,11 +3012,13 @@ static void *full_disk_writer(void *arg)
 
 /* The child (this binary run with --full-disk-child DIR FD,
  * spawn_child()): writers on the store in dir, whose files may not grow past
- * 8 MiB, until their writes fail; then checks the store and reports the
+ * half a memtable (so the WAL is what fills, before any flush), until their
+ * writes fail; then checks the store and reports the
  * highest acknowledged version on fd. Exits 0 when all held. */
 static void full_disk_child(const char *dir, int out)
 {
-    struct rlimit limit = {8 << 20, 8 << 20};
+    struct rlimit limit = {SYNCD_ROCKS_WRITE_BUFFER / 2,
+                           SYNCD_ROCKS_WRITE_BUFFER / 2};
     full_disk_t fd = {NULL, PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
     pthread_t threads[4];
     syncd_store_options_t opts;
