@@ -1393,12 +1393,33 @@ fail:
     inflight_end(api);
 }
 
+/* Reads query parameter source (node, the default, or store) into *out;
+ * answers 400 and returns -1 when it is anything else. */
+static int read_source_param(syncd_view_t *out, syncd_http_req_t *req)
+{
+    char *source = NULL;
+    int rc = query_or_400(&source, req, "source");
+
+    if (rc < 0)
+        return rc;
+    *out = SYNCD_VIEW_NODE;
+    if (source != NULL && strcmp(source, "store") == 0)
+        *out = SYNCD_VIEW_STORE;
+    else if (source != NULL && strcmp(source, "node") != 0) {
+        syncd_http_respond_error(req, 400, "bad_request",
+                                 "source must be node or store");
+        rc = -1;
+    }
+    free(source);
+    return rc < 0 ? -1 : 0;
+}
+
 /* Serves GET .../digest?after=&until=&source=node|store&entries=N: the
  * digest of the ids in (after, until] of this node's view (default) or of
  * the store of record. */
 static void serve_digest(syncd_api_t *api, syncd_http_req_t *req, char *coll)
 {
-    char *source = NULL, *entries = NULL;
+    char *entries = NULL;
     int64_t n = 0;
     job_t *j;
 
@@ -1413,30 +1434,20 @@ static void serve_digest(syncd_api_t *api, syncd_http_req_t *req, char *coll)
         return;
     if (query_or_400(&j->after, req, "after") < 0 ||
         query_or_400(&j->until, req, "until") < 0 ||
-        query_or_400(&source, req, "source") < 0 ||
+        read_source_param(&j->view, req) < 0 ||
         query_or_400(&entries, req, "entries") < 0)
         goto fail;
-    if (source != NULL && strcmp(source, "node") != 0 &&
-        strcmp(source, "store") != 0) {
-        syncd_http_respond_error(req, 400, "bad_request",
-                                 "source must be node or store");
-        goto fail;
-    }
     if (entries != NULL &&
         (parse_count(&n, entries) < 0 || n > SYNCD_MAX_RANGE_ENTRIES)) {
         syncd_http_respond_error(req, 400, "bad_request",
                                  "entries must be an integer in 0..1000");
         goto fail;
     }
-    j->view = source != NULL && strcmp(source, "store") == 0 ? SYNCD_VIEW_STORE
-                                                             : SYNCD_VIEW_NODE;
     j->limit = (size_t)n;
-    free(source);
     free(entries);
     job_queue(j);
     return;
 fail:
-    free(source);
     free(entries);
     job_free(j);
     inflight_end(api);
@@ -1470,7 +1481,6 @@ static int read_count_param(size_t *out, syncd_http_req_t *req,
 static void serve_hashes(syncd_api_t *api, syncd_http_req_t *req, char *coll,
                          char *id)
 {
-    char *source = NULL;
     job_t *j;
 
     syncd_http_set_route(req, "hashes");
@@ -1482,28 +1492,18 @@ static void serve_hashes(syncd_api_t *api, syncd_http_req_t *req, char *coll,
     j->level = SYNCD_HTREE_TOP;
     j->limit = SYNCD_HTREE_LIST_MAX;
     if (query_or_400(&j->ptr, req, "path") < 0 ||
-        query_or_400(&source, req, "source") < 0 ||
+        read_source_param(&j->view, req) < 0 ||
         read_count_param(&j->level, req, "level", 64) < 0 ||
         read_count_param(&j->from, req, "from", INT64_MAX) < 0 ||
         read_count_param(&j->limit, req, "count", SYNCD_HTREE_LIST_MAX) < 0)
         goto fail;
-    if (source != NULL && strcmp(source, "node") != 0 &&
-        strcmp(source, "store") != 0) {
-        syncd_http_respond_error(req, 400, "bad_request",
-                                 "source must be node or store");
-        goto fail;
-    }
     if (j->ptr == NULL && (j->ptr = strdup("")) == NULL) {
         syncd_http_respond_error(req, 500, "out_of_memory", "out of memory");
         goto fail;
     }
-    j->view = source != NULL && strcmp(source, "store") == 0 ? SYNCD_VIEW_STORE
-                                                             : SYNCD_VIEW_NODE;
-    free(source);
     job_queue(j);
     return;
 fail:
-    free(source);
     job_free(j);
     inflight_end(api);
 }
