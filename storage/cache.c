@@ -7,9 +7,12 @@
  * are written behind: a put updates the index and the tier, which is what
  * the node serves, and keeps the encoded record as the entry's dirty
  * record; the dirty records are written to RocksDB together, in one batch,
- * by the first put at least SYNCD_CACHE_FLUSH_MS after the last such write
- * (so a document is written at most once per interval however often it
- * changes), before a page or a check walks RocksDB, and at a clean close.
+ * by the first put or syncd_cache_flush_due() at least SYNCD_CACHE_FLUSH_MS
+ * after the last such write (so a document is written at most once per
+ * interval however often it changes), before a page or a check walks
+ * RocksDB, and at a clean close. An event's patch never writes them: the
+ * node calls syncd_cache_flush_due() on its thread pool, so that
+ * serializing a large record never delays the event that made it dirty.
  * A read of an entry out of the tier decodes its dirty record when it has
  * one. A crash loses only cache records, which the store refills. Opened
  * with keep, the records of a previous run are kept when that run closed the
@@ -351,6 +354,17 @@ static void flush_now(syncd_cache_t *cache)
 {
     pthread_rwlock_wrlock(&cache->lock);
     flush(cache, cache->now_ms(cache->now_data));
+    unlock_exclusive(cache);
+}
+
+void syncd_cache_flush_due(syncd_cache_t *cache)
+{
+    int64_t now;
+
+    pthread_rwlock_wrlock(&cache->lock);
+    now = cache->now_ms(cache->now_data);
+    if (now - cache->flushed_ms >= SYNCD_CACHE_FLUSH_MS)
+        flush(cache, now);
     unlock_exclusive(cache);
 }
 
@@ -1009,12 +1023,11 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
     if (e != NULL && is_fresh(cache, e, now))
         *cached = e->version;
     rc = 0;
-    /* Without blocking, leave what may do I/O (writing the dirty records,
-     * evicting) to a blocking call. */
+    /* Without blocking, leave what may do I/O (evicting) to a blocking
+     * call. Neither writes the dirty records: that is
+     * syncd_cache_flush_due()'s, off the event's path. */
     if (e == NULL || !is_fresh(cache, e, now) || e->version != base ||
-        e->deleted ||
-        (nonblocking && (now - cache->flushed_ms >= SYNCD_CACHE_FLUSH_MS ||
-                         cached_bytes(cache) > cache->max_bytes)) ||
+        e->deleted || (nonblocking && cached_bytes(cache) > cache->max_bytes) ||
         syncd_tier_take(cache->tier, &k, base,
                         nonblocking && e->node.size >= SYNCD_CACHE_TREE_MIN,
                         &body, &tree) != 0)
@@ -1056,11 +1069,8 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
     mark_lazy(cache, e);
     *cached = meta->version;
     rc = 1;
-    if (!nonblocking) {
+    if (!nonblocking)
         evict(cache);
-        if (now - cache->flushed_ms >= SYNCD_CACHE_FLUSH_MS)
-            flush(cache, now);
-    }
 unlock:
     unlock_exclusive(cache);
     return rc;

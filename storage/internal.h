@@ -252,6 +252,10 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
                       int64_t base, const json_t *patch, size_t max_bytes,
                       int nonblocking, int64_t *cached, syncd_error_t *err);
 
+/* Writes the dirty records to RocksDB in one batch when at least
+ * SYNCD_CACHE_FLUSH_MS passed since the last write; else does nothing. */
+void syncd_cache_flush_due(syncd_cache_t *cache);
+
 /* Removes coll/id (id NULL: every entry of coll). */
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
                            const char *id, syncd_error_t *err);

@@ -1495,6 +1495,12 @@ int syncd_store_cache_patch(syncd_store_t *store, const syncd_doc_t *doc,
                              store->max_doc_bytes, nonblocking, cached, err);
 }
 
+void syncd_store_cache_flush(syncd_store_t *store)
+{
+    if (store->cache != NULL)
+        syncd_cache_flush_due(store->cache);
+}
+
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
                                  const char *id, syncd_error_t *err)
 {

@@ -99,6 +99,9 @@
 #define SUBSCRIBE_RETRY_MS 200
 /* How often the outbox timer looks at the bus connection. */
 #define OUTBOX_POLL_MS 250
+/* How often the node asks the cache to write its records written behind
+ * (it writes them at most once a second). */
+#define FLUSH_POLL_MS 250
 /* Records with pending markers the republisher reads per page. */
 #define OUTBOX_PAGE 64
 /* Bytes of an event's "seq" and "sig" besides the rest of it. */
@@ -215,6 +218,7 @@ struct syncd_node {
     uv_timer_t purge;  /* tombstone purge */
     uv_timer_t reap;   /* freeing idle collections */
     uv_timer_t outbox; /* bus reconnects and the periodic republisher */
+    uv_timer_t flush;  /* the cache's records written behind */
     int timers_open;
     int bus_up;            /* the bus was connected at the last poll */
     int64_t outbox_due_ms; /* next periodic republisher run (loop time) */
@@ -228,6 +232,7 @@ struct syncd_node {
     struct pub_slot *pubs; /* PUB_SLOTS, allocated on first publish */
     size_t ae_runs;        /* anti-entropy runs in progress */
     int purging;           /* a purge work is in flight */
+    int flushing;          /* a flush work is in flight */
     int depth;             /* nesting of watcher callbacks */
     int closing;
     atomic_int stop; /* closing, as seen by workers between items */
@@ -242,6 +247,7 @@ typedef enum {
     WORK_BATCH, /* runs a batch of one collection's items */
     WORK_PASS,  /* compares and repairs one collection's cached entries */
     WORK_PURGE, /* purges old tombstones of every collection */
+    WORK_FLUSH, /* writes the cache's records written behind, when due */
 } work_kind_t;
 
 /* Thread-pool work of the node. */
@@ -1246,6 +1252,9 @@ static void work_run(uv_work_t *req)
     case WORK_PURGE:
         purge(w);
         break;
+    case WORK_FLUSH:
+        syncd_store_cache_flush(w->node->store);
+        break;
     }
 }
 
@@ -1349,6 +1358,9 @@ static void work_done(uv_work_t *req, int status)
         break;
     case WORK_PURGE:
         node->purging = 0;
+        break;
+    case WORK_FLUSH:
+        node->flushing = 0;
         break;
     }
     json_decref(w->colls);
@@ -1540,6 +1552,17 @@ static void on_purge_timer(uv_timer_t *timer)
         node->purging = 1;
 }
 
+/* Has the cache's records written behind written on the thread pool when
+ * they are due, so that no event's apply waits for it. */
+static void on_flush_timer(uv_timer_t *timer)
+{
+    syncd_node_t *node = timer->data;
+
+    if (!node->flushing && !node->closing &&
+        queue_work(node, WORK_FLUSH, NULL, NULL, NULL, NULL) == 0)
+        node->flushing = 1;
+}
+
 /* Returns the tombstone purge period for a tombstone TTL of ttl_ms: a
  * quarter of it, within PURGE_MIN_MS..PURGE_MAX_MS. */
 static uint64_t purge_period_ms(int64_t ttl_ms)
@@ -1628,15 +1651,22 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
     uv_timer_init(loop, &node->purge);
     uv_timer_init(loop, &node->reap);
     uv_timer_init(loop, &node->outbox);
+    uv_timer_init(loop, &node->flush);
     node->timer.data = node->retry.data = node->purge.data = node->reap.data =
-        node->outbox.data = node;
-    node->timers_open = 5;
+        node->outbox.data = node->flush.data = node;
+    node->timers_open = 6;
     uv_timer_start(&node->reap, on_reap, (uint64_t)opts->coll_idle_ms,
                    (uint64_t)opts->coll_idle_ms);
     node->crash_after = test_crash_after();
     uv_timer_start(&node->outbox, on_outbox_timer, 0, OUTBOX_POLL_MS);
     /* It polls: it never keeps a loop that has nothing else to do alive. */
     uv_unref((uv_handle_t *)&node->outbox);
+    if (node->cached) {
+        uv_timer_start(&node->flush, on_flush_timer, FLUSH_POLL_MS,
+                       FLUSH_POLL_MS);
+        /* Like the outbox poll, it keeps no idle loop alive. */
+        uv_unref((uv_handle_t *)&node->flush);
+    }
     if (node->cached && opts->anti_entropy_interval_ms > 0)
         uv_timer_start(&node->timer, on_timer,
                        (uint64_t)opts->anti_entropy_interval_ms,
@@ -1704,6 +1734,7 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     uv_close((uv_handle_t *)&node->purge, on_timer_closed);
     uv_close((uv_handle_t *)&node->reap, on_timer_closed);
     uv_close((uv_handle_t *)&node->outbox, on_timer_closed);
+    uv_close((uv_handle_t *)&node->flush, on_timer_closed);
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
         c->sub = NULL;

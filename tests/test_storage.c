@@ -3876,6 +3876,43 @@ test_cache__many_updates_within_an_interval_write_the_record_once(void **state)
     json_decref(page);
 }
 
+/* An event's patch never writes records, whatever the time, blocking or
+ * not: the records patched over two intervals are written by
+ * syncd_cache_flush_due() once the interval is over, once, and a page
+ * (which walks RocksDB) sees the newest version. */
+static void
+test_cache__patches_leave_the_record_writes_to_flush_due(void **state)
+{
+    cache_fixture_t *cf = *state;
+    json_t *body = json_pack("{s:i}", "v", 1), *patch, *page = NULL;
+
+    put_body(cf, "p", 1, body);
+    syncd_cache_flush_due(cf->cache);
+    assert_int_equal(cache_writes(cf), 0);
+    for (int v = 1; v <= 40; v++) {
+        patch = json_pack("[{s:s,s:s,s:i}]", "op", "replace", "path", "/v",
+                          "value", v + 1);
+        assert_int_equal(patch_body(cf, "p", v, patch, &body, v % 2), 1);
+        json_decref(patch);
+        /* Half an interval at a time: the entry's TTL is an interval. */
+        if (v % 20 == 10)
+            cf->fake.now += SYNCD_CACHE_FLUSH_MS / 2;
+    }
+    assert_int_equal(cache_writes(cf), 0);
+    assert_int_equal(cached_version(cf, "p"), 41);
+    syncd_cache_flush_due(cf->cache);
+    assert_int_equal(cache_writes(cf), 1);
+    syncd_cache_flush_due(cf->cache);
+    assert_int_equal(cache_writes(cf), 1);
+    assert_int_equal(syncd_cache_page(cf->cache, &page, "cc", NULL, 10, NULL),
+                     0);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(page, 0), "v")), 41);
+    assert_int_equal(cache_writes(cf), 1);
+    json_decref(page);
+    json_decref(body);
+}
+
 /* Entries out of the tier that were never written are read back from
  * their records in memory. */
 static void
@@ -4657,6 +4694,7 @@ int main(int argc, char **argv)
         CACHE(test_cache__concurrent_readers_never_see_a_version_go_backwards),
         CACHE(
             test_cache__many_updates_within_an_interval_write_the_record_once),
+        CACHE(test_cache__patches_leave_the_record_writes_to_flush_due),
         CACHE(test_cache__unwritten_entries_out_of_the_tier_are_served),
         CACHE(test_cache__a_clean_close_writes_every_dirty_record),
         CACHE(test_cache__a_killed_process_leaves_nothing_served),

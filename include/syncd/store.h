@@ -595,6 +595,13 @@ int syncd_store_cache_patch(syncd_store_t *store, const syncd_doc_t *doc,
                             int64_t base, const json_t *patch, int nonblocking,
                             int64_t *cached, syncd_error_t *err);
 
+/* Writes the cache records that changed since the last write, in one
+ * batch, when the write-behind interval (a second) has passed since then;
+ * else, or without a cache, does nothing. It serializes and does I/O: its
+ * owner (the node) calls it a few times a second off the loop, since
+ * syncd_store_cache_patch() never writes records itself. */
+void syncd_store_cache_flush(syncd_store_t *store);
+
 /* Drops coll/id from the cache (id NULL: the whole collection). */
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
                                  const char *id, syncd_error_t *err);
