@@ -1274,6 +1274,8 @@ static int receiver_cpu(int entries, double *cpu_med, double *cpu_mean,
         if (r == 0 || r == 2)
             r = syncd_cache_patch(cache, &meta, i + 1, patch, (size_t)8 << 20,
                                   0, &cached, NULL);
+        /* The node's pool writes the records behind: its CPU too. */
+        syncd_cache_flush_due(cache);
         t = thread_cpu_ns() - t;
         json_decref(patch);
         if (r != 1) {
