@@ -1080,6 +1080,20 @@ unlock:
     return rc;
 }
 
+int syncd_cache_list_hashes(syncd_cache_t *cache, const syncd_doc_t *doc,
+                            const char *path, size_t level, size_t from,
+                            size_t count, json_t **out, syncd_error_t *err)
+{
+    syncd_reckey_t k;
+    int rc = syncd_reckey_make(&k, doc->coll, doc->id, err);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    return syncd_tier_list_hashes(cache->tier, &k, doc->body, path,
+                                  strlen(path), level, from, count, out, err);
+}
+
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
                            const char *id, syncd_error_t *err)
 {

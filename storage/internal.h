@@ -256,6 +256,12 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
  * SYNCD_CACHE_FLUSH_MS passed since the last write; else does nothing. */
 void syncd_cache_flush_due(syncd_cache_t *cache);
 
+/* syncd_tier_list_hashes() of doc's entry (coll, id and body read): the
+ * hash listing from the tree kept beside that very body. */
+int syncd_cache_list_hashes(syncd_cache_t *cache, const syncd_doc_t *doc,
+                            const char *path, size_t level, size_t from,
+                            size_t count, json_t **out, syncd_error_t *err);
+
 /* Removes coll/id (id NULL: every entry of coll). */
 int syncd_cache_invalidate(syncd_cache_t *cache, const char *coll,
                            const char *id, syncd_error_t *err);
@@ -526,6 +532,16 @@ void syncd_tier_set_text(syncd_tier_t *t, const syncd_reckey_t *k,
  * such entry, SYNCD_EINVAL or SYNCD_ENOMEM when the tree cannot be built. */
 int syncd_tier_build_tree(syncd_tier_t *t, const syncd_reckey_t *k,
                           int64_t version, size_t size);
+
+/* Sets *out to the hash listing (syncd_htree_list_tree()) of path, level,
+ * from and count from the hash tree kept beside k's entry, when that
+ * entry's body is body (so the listing is of that very value): a new
+ * object. 1 (nothing set) when the entry keeps no tree for body; else
+ * what syncd_htree_list_tree() returns. */
+int syncd_tier_list_hashes(syncd_tier_t *t, const syncd_reckey_t *k,
+                           const json_t *body, const char *path,
+                           size_t path_len, size_t level, size_t from,
+                           size_t count, json_t **out, syncd_error_t *err);
 
 /* Takes the body of k's fresh live entry at version out of the tier, for
  * the caller to change in place: *body is the entry's own reference, lent,

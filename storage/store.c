@@ -1495,6 +1495,18 @@ int syncd_store_cache_patch(syncd_store_t *store, const syncd_doc_t *doc,
                              store->max_doc_bytes, nonblocking, cached, err);
 }
 
+int syncd_store_cache_list_hashes(syncd_store_t *store, const syncd_doc_t *doc,
+                                  const char *path, size_t level, size_t from,
+                                  size_t count, json_t **out,
+                                  syncd_error_t *err)
+{
+    *out = NULL;
+    if (store->cache == NULL)
+        return 1;
+    return syncd_cache_list_hashes(store->cache, doc, path, level, from, count,
+                                   out, err);
+}
+
 void syncd_store_cache_flush(syncd_store_t *store)
 {
     if (store->cache != NULL)

@@ -401,6 +401,27 @@ int syncd_tier_build_tree(syncd_tier_t *t, const syncd_reckey_t *k,
     return rc;
 }
 
+int syncd_tier_list_hashes(syncd_tier_t *t, const syncd_reckey_t *k,
+                           const json_t *body, const char *path,
+                           size_t path_len, size_t level, size_t from,
+                           size_t count, json_t **out, syncd_error_t *err)
+{
+    shard_t *s = shard_of(t, k);
+    tier_entry_t *e;
+    int rc = 1;
+
+    *out = NULL;
+    pthread_mutex_lock(&s->lock);
+    e = find(t, s, k);
+    /* A taken body lent its tree out; a given-back one may be another
+     * body, which the identity check tells. */
+    if (e != NULL && !e->taken && e->tree != NULL && e->doc->body == body)
+        rc = syncd_htree_list_tree(out, e->tree, path, path_len, level, from,
+                                   count, err);
+    shard_unlock(s);
+    return rc;
+}
+
 int syncd_tier_take(syncd_tier_t *t, const syncd_reckey_t *k, int64_t version,
                     int need_tree, json_t **body, syncd_htree_t **tree)
 {

@@ -77,13 +77,14 @@
 #define WATCH_RETRY_AFTER_S 5
 
 /* The hash tree last built for a hashes request of one source, so that
- * the listings of one narrowing walk hash the document once: the node's
- * copy is known by its body (held, so never mistaken for a later one),
- * the store's by its version (a version never repeats with another body). */
+ * the listings of one narrowing walk hash the document once. A copy is
+ * known by its version and content hash, which name its value; the body
+ * itself is not held, since a held body is one the node cache cannot
+ * patch in place. */
 typedef struct tree_slot {
     char *coll, *id;
     int64_t version;
-    json_t *body;
+    char hash[SYNCD_HASH_HEX_LEN + 1];
     syncd_htree_t *tree;
 } tree_slot_t;
 
@@ -199,7 +200,6 @@ void syncd_api_free(syncd_api_t *api)
     for (int v = 0; v < 2; v++) {
         free(api->trees[v].coll);
         free(api->trees[v].id);
-        json_decref(api->trees[v].body);
         syncd_htree_free(api->trees[v].tree);
     }
     uv_mutex_destroy(&api->trees_lock);
@@ -704,17 +704,17 @@ static void run_verify(job_t *j)
     syncd_verify_clear(&v);
 }
 
-/* Returns 1 when slot holds the tree of doc read from view. */
-static int slot_fits(const tree_slot_t *slot, const syncd_doc_t *doc,
-                     syncd_view_t view)
+/* Returns 1 when slot holds the tree of doc. */
+static int slot_fits(const tree_slot_t *slot, const syncd_doc_t *doc)
 {
     return slot->tree != NULL && strcmp(slot->coll, doc->coll) == 0 &&
            strcmp(slot->id, doc->id) == 0 && slot->version == doc->version &&
-           (view == SYNCD_VIEW_STORE || slot->body == doc->body);
+           strcmp(slot->hash, doc->hash) == 0;
 }
 
-/* Sets *out to the listing asked by j of doc (read from j->view), from the
- * tree kept for that view, building it (and keeping it) when it is not
+/* Sets *out to the listing asked by j of doc (read from j->view): from the
+ * tree the node cache keeps beside a body it patches, else from the tree
+ * kept here for that view, building it (and keeping it) when it is not
  * doc's. */
 static int list_hashes(job_t *j, const syncd_doc_t *doc, json_t **out)
 {
@@ -724,8 +724,15 @@ static int list_hashes(job_t *j, const syncd_doc_t *doc, json_t **out)
     char *coll = NULL, *id = NULL;
     int rc;
 
+    if (j->view == SYNCD_VIEW_NODE) {
+        rc = syncd_store_cache_list_hashes(api->opts.store, doc, j->ptr,
+                                           j->level, j->from, j->limit, out,
+                                           &j->err);
+        if (rc != 1)
+            return rc;
+    }
     uv_mutex_lock(&api->trees_lock);
-    if (slot_fits(slot, doc, j->view)) {
+    if (slot_fits(slot, doc)) {
         rc = syncd_htree_list_tree(out, slot->tree, j->ptr, strlen(j->ptr),
                                    j->level, j->from, j->limit, &j->err);
         uv_mutex_unlock(&api->trees_lock);
@@ -748,9 +755,12 @@ static int list_hashes(job_t *j, const syncd_doc_t *doc, json_t **out)
     uv_mutex_lock(&api->trees_lock);
     free(slot->coll);
     free(slot->id);
-    json_decref(slot->body);
     syncd_htree_free(slot->tree);
-    *slot = (tree_slot_t){coll, id, doc->version, json_incref(doc->body), tree};
+    slot->coll = coll;
+    slot->id = id;
+    slot->version = doc->version;
+    memcpy(slot->hash, doc->hash, sizeof(slot->hash));
+    slot->tree = tree;
     uv_mutex_unlock(&api->trees_lock);
     return rc;
 }

@@ -157,6 +157,41 @@ EOF
     fail "hashes with a bad level is not 400"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$H?source=x")" = 400 ] ||
     fail "hashes with a bad source is not 400"
+# A node lists a document it patched from an event from the hash tree its
+# cache keeps beside the body: one volume changed through node 1, node 2's
+# listings of its copy (source=node) must be the store's, level by level.
+# A watch on node 2 (live once it replayed the create) holds the collection
+# there, and shows when node 2 has applied the change.
+curl -sN "$NODE2/v1/collections/big/watch?since=0" >"$TMP/bigwatch.txt" &
+watch_pid=$!
+wait_line() {
+    local i
+    for i in $(seq 300); do
+        grep -q "$1" "$TMP/bigwatch.txt" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+wait_line '"v":1' || fail "node 2's watch of big saw no create: $(cat "$TMP/bigwatch.txt")"
+curl -sf -o /dev/null -X PATCH -H 'Content-Type: application/json-patch+json' \
+    -d '[{"op":"replace","path":"/volumes/vol-0123/size","value":5}]' \
+    "$NODE1/v1/collections/big/docs/vols" || fail "PATCH big/vols"
+wait_line '"v":2' || fail "node 2 did not apply big/vols v2"
+kill "$watch_pid" 2>/dev/null || true
+wait "$watch_pid" 2>/dev/null || true
+for q in "path=/volumes" "path=/volumes&level=0&from=100&count=50" \
+    "path=/volumes/vol-0123" "path="; do
+    curl -sf "$H?$q&source=node" >"$TMP/hn.json" &&
+        curl -sf "$H?$q&source=store" >"$TMP/hs.json" ||
+        fail "GET hashes?$q"
+    python3 - "$TMP/hn.json" "$TMP/hs.json" <<'EOF' ||
+import json, sys
+n, s = (json.load(open(f)) for f in sys.argv[1:])
+assert n.pop("source") == "node" and s.pop("source") == "store", (n, s)
+assert n["v"] == 2 and n == s, (n, s)
+EOF
+        fail "node 2's listing ($q) is not the store's: $(cat "$TMP/hn.json" "$TMP/hs.json")"
+done
 echo "test_verify: three agreeing nodes: exit 0 (${SECONDS} s)"
 
 # Stop node 2 cleanly (its cache is kept), tamper with it, start it again.
@@ -206,7 +241,7 @@ import json, sys
 report = json.load(open(sys.argv[1]))
 nodes = {n["url"]: n for n in report["nodes"]}
 for url in sys.argv[2:]:
-    want = [{"id": "vols", "node_v": 1, "store_v": 1, "reason": "body",
+    want = [{"id": "vols", "node_v": 2, "store_v": 2, "reason": "body",
              "paths": ["/volumes/vol-0777/size"], "paths_truncated": False}
             ] if url == sys.argv[3] else []
     assert nodes[url]["differs"] == want, (url, nodes[url]["differs"])

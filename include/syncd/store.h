@@ -602,6 +602,17 @@ int syncd_store_cache_patch(syncd_store_t *store, const syncd_doc_t *doc,
  * syncd_store_cache_patch() never writes records itself. */
 void syncd_store_cache_flush(syncd_store_t *store);
 
+/* Sets *out to the hash listing (doc/HASH.md "Narrowing") of path, level,
+ * from and count of doc (as syncd_store_read() gave it from the node's
+ * view), a new object, from the hash tree the node cache keeps beside that
+ * very body, with nothing hashed. 1 (nothing set) when there is no such
+ * tree (no cache, a body without one, or another body by now): list from
+ * a tree of the caller's own; else what syncd_htree_list_tree() returns. */
+int syncd_store_cache_list_hashes(syncd_store_t *store, const syncd_doc_t *doc,
+                                  const char *path, size_t level, size_t from,
+                                  size_t count, json_t **out,
+                                  syncd_error_t *err);
+
 /* Drops coll/id from the cache (id NULL: the whole collection). */
 int syncd_store_cache_invalidate(syncd_store_t *store, const char *coll,
                                  const char *id, syncd_error_t *err);
