@@ -675,13 +675,14 @@ for p in procs:
         pid = r.get(p + "_pid")
         if pid not in (None, "", "NaN") and val(r, p + "_rss_kb") is not None:
             lives.setdefault(pid, []).append(r)
+    short = []
     for pid, rs in lives.items():
         born = int(rs[0]["t_s"])
         judged = [r for r in rs if int(r["t_s"]) >= max(warm, born + warm)]
         span = int(judged[-1]["t_s"]) - int(judged[0]["t_s"]) if judged else 0
         head = f"  {p} pid {pid} ({born}-{int(rs[-1]['t_s'])} s):"
         if span < life_min or len(judged) < 4:
-            print(f"{head} not judged: {span} s after its warm-up, less than {life_min} s")
+            short.append(int(rs[-1]["t_s"]) - born)
             continue
         out = []
         for kind, col in (("RSS", p + "_rss_kb"), ("fds", p + "_fds")):
@@ -689,6 +690,9 @@ for p in procs:
             bad += not ok
             out.append(text)
         print(f"{head} " + "; ".join(out))
+    if short:
+        print(f"  {p}: {len(short)} lifetimes not judged (less than {life_min} s "
+              f"of samples after their warm-up; the longest lived {max(short)} s)")
     # The whole run after the warm-up, every lifetime together.
     out = []
     for kind, col in (("RSS", p + "_rss_kb"), ("fds", p + "_fds")):
