@@ -8,16 +8,25 @@
 # node's links to Redis and to FerretDB through Toxiproxy proxies of their
 # own (redisN, mongoN), as in tests/test_netfault.sh.
 #
-# Load, the whole time:
+# Load, the whole time, on a fixed set of collections and documents (so
+# that the data stops growing once every document exists, and growth after
+# the warm-up is the processes' own):
 #   - the Porcupine-checked history of tests/linz: linz_record (6 clients
-#     pinned two per node, 3 keys at a time, fresh ones every 15 s epoch)
-#     in segments of SOAK_LINZ_SEGMENT seconds
-#     (default 300), each on a collection of its own (linz1, linz2, ...) and
+#     pinned two per node, 3 keys at a time, a new history key every 15 s
+#     epoch) in segments of SOAK_LINZ_SEGMENT seconds (default 300), each
 #     checked by linzcheck -mode cluster as soon as it ends, so that no
-#     single history grows past what the checker can search;
+#     single history grows past what the checker can search. Segment s runs
+#     on collection linz<(s-1) mod SOAK_LINZ_COLLS + 1> (default 2
+#     collections, so a collection rests a whole segment between uses) with
+#     `--slots SOAK_LINZ_SLOTS` (default 8): epoch E works on the documents
+#     s<E mod 8>-k0..k2, 24 per collection, each reset to a known value and
+#     agreed on by every node before its epoch, a state the checker starts
+#     the epoch's history from (an "init" operation, tests/linz/record.c).
+#     SOAK_LINZ_SLOTS=0 SOAK_LINZ_COLLS=0 is the old load: fresh documents
+#     every epoch and a new collection every segment (linz1, linz2, ...);
 #   - SOAK_PATCHERS clients (default 4, spread over the nodes) sending JSON
-#     Patches and merge patches to 16 documents of collection "soak" (a
-#     bounded set of keys, so the data does not grow);
+#     Patches and merge patches to 16 documents of collection "soak", each
+#     to one of 32 members of "items" or "m" (a bounded set of keys);
 #   - SOAK_READERS readers (default 3, one per node) reading documents and
 #     listing the collection;
 #   - SOAK_WATCHERS watcher chains (default 3): `syncctl watch soak` on a
@@ -36,10 +45,23 @@
 #   mongo      FerretDB stopped and started again (its data kept)
 #   partition  node N's Redis proxy disabled for 20 s, then enabled
 #
-# A sampler writes every process's RSS (kB) and open fds every 10 s into
-# bench/soak/NAME.csv (three syncd nodes, Redis, FerretDB; NAME is
-# SOAK_NAME, default soak); gnuplot (Debian gnuplot-nox, installed by
-# scripts/setup.sh) draws it to bench/soak/NAME.png.
+# The nodes run with `--event-log-len SOAK_EVENT_LOG_LEN` (default 2000,
+# appended to SOAK_NODE_ARGS): each collection's replay log in Redis is
+# bounded by that many events, and at the load's rate (about 7 events a
+# second on "soak", 20 on the linz collection in use) every log reaches
+# its bound within the first 7 minutes, so inside the warm-up of a run of
+# 45 minutes or more. It still holds minutes of events, far more than a
+# watcher's resume or a node's catch-up after a 20 s partition needs.
+#
+# A sampler writes a row every 10 s into bench/soak/NAME.csv (NAME is
+# SOAK_NAME, default soak): each process's RSS (kB) and open fds (three
+# syncd nodes, Redis, FerretDB), the fault under way, each process's PID,
+# Redis's used_memory (kB, INFO memory), the entries of all replay logs,
+# the fields of all "pubv" hashes (one per document ever published in a
+# collection) and its key count, and each node's syncd_cache_bytes (kB) and
+# syncd_cache_entries from /metrics (NaN when a process does not answer).
+# gnuplot (Debian gnuplot-nox, installed by scripts/setup.sh) draws RSS,
+# fds and the data figures to bench/soak/NAME.png.
 #
 # At the end (load stopped, then the checks), every one must hold or the
 # script exits 1:
@@ -49,11 +71,26 @@
 #     every committed version of "soak" exactly once, in order, seqs
 #     without a gap;
 #   - memory and fds are flat after warm-up (SOAK_WARMUP seconds, default
-#     a sixth of the run, at least 60): each process's highest RSS in the
-#     second half of the rest is within SOAK_RSS_PCT % (default 20) of its
-#     highest in the first half, and its highest fd count within
-#     SOAK_FD_SLACK (default 10); a restarted process starts lower, so the
-#     highest values compare like with like;
+#     a sixth of the run, at least 60). "Within" below means: the highest
+#     value in the second half of the samples is at most SOAK_RSS_PCT %
+#     (default 20) above the highest in the first half, for fds at most
+#     SOAK_FD_SLACK (default 10) above. Every one of these must hold:
+#       - per lifetime: for each PID of each process, its samples from
+#         SOAK_WARMUP seconds after both the load's start and its own
+#         first sample: RSS and fds within. A restarted process starts low,
+#         so only its own lifetime shows growth between restarts. A
+#         lifetime with less than SOAK_LIFE_MIN seconds (default 600) of
+#         such samples is too short to judge and is listed as such;
+#       - per process, over the whole run after the warm-up, every
+#         lifetime together: RSS and fds within (growth that outlives a
+#         restart: Redis and FerretDB reload their data);
+#       - Redis's used_memory, over the whole run after the warm-up (its
+#         data survives its restarts): within. The replay logs are bounded
+#         (above); if they were still filling after the warm-up, the
+#         summary says so, and the run is too short for its
+#         SOAK_EVENT_LOG_LEN;
+#     each lifetime's fitted slope (MB/h) in each half is printed too, so
+#     that growth too slow for the 20 % rule can be read from the figures;
 #   - every fault was done, and no sanitizer report is in a node's log.
 # The figures go to bench/soak/summary.txt (NAME.summary.txt with
 # SOAK_NAME) and stdout. The run's folder
@@ -94,13 +131,17 @@ SEGMENT="${SOAK_LINZ_SEGMENT:-300}"
 PATCHERS="${SOAK_PATCHERS:-4}"
 READERS="${SOAK_READERS:-3}"
 CHAINS="${SOAK_WATCHERS:-3}"
+LINZ_COLLS="${SOAK_LINZ_COLLS:-2}"
+LINZ_SLOTS="${SOAK_LINZ_SLOTS:-8}"
+EVENT_LOG_LEN="${SOAK_EVENT_LOG_LEN:-2000}"
+LIFE_MIN="${SOAK_LIFE_MIN:-600}"
 WARMUP="${SOAK_WARMUP:-$((DURATION / 6 > 60 ? DURATION / 6 : 60))}"
 RSS_PCT="${SOAK_RSS_PCT:-20}"
 FD_SLACK="${SOAK_FD_SLACK:-10}"
 DOCS=16
 RUN="$(mktemp -d /tmp/syncd-soak-XXXXXX)"
 export SYNCD_CLUSTER_DIR="$RUN/cluster"
-export SYNCD_CLUSTER_ARGS="${SOAK_NODE_ARGS:---anti-entropy-interval 5s --store-timeout 5s --request-timeout 10s --max-retries 100}"
+export SYNCD_CLUSTER_ARGS="${SOAK_NODE_ARGS:---anti-entropy-interval 5s --store-timeout 5s --request-timeout 10s --max-retries 100} --event-log-len $EVENT_LOG_LEN"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}:quarantine_size_mb=${SOAK_ASAN_QUARANTINE_MB:-16}"
 CLUSTER="$ROOT/scripts/cluster.sh"
 TP_PID=""
@@ -214,13 +255,18 @@ log "cluster up (state $SYNCD_CLUSTER_DIR), load for $MINUTES min, a fault every
 # linz_segments: records the Porcupine history in segments, each checked in
 # the background as soon as it ends ($RUN/linz/S.rc holds the verdict).
 linz_segments() {
-    local s=1 left
+    local s=1 left coll slots=()
+    [ "$LINZ_SLOTS" -eq 0 ] || slots=(--slots "$LINZ_SLOTS")
     while ! stopping; do
         left=$((DURATION - $(elapsed)))
         [ "$left" -ge 10 ] || break
         [ "$left" -le "$SEGMENT" ] || left="$SEGMENT"
+        coll="linz$s"
+        [ "$LINZ_COLLS" -eq 0 ] || coll="linz$(((s - 1) % LINZ_COLLS + 1))"
+        echo "$coll" >"$RUN/linz/$s.coll"
         "$RECORD" --out "$RUN/linz/$s.jsonl" --seconds "$left" --clients 6 --keys 3 \
-            --timeout-ms 15000 --coll "linz$s" "${NODES[@]}" >"$RUN/linz/$s.record" 2>&1
+            --timeout-ms 15000 "${slots[@]}" --coll "$coll" "${NODES[@]}" \
+            >"$RUN/linz/$s.record" 2>&1
         echo $? >"$RUN/linz/$s.record.rc"
         ("$LINZCHECK" -mode cluster -html "$RUN/linz/$s.html" -timeout 10m \
             "$RUN/linz/$s.jsonl" >"$RUN/linz/$s.report" 2>&1
@@ -395,10 +441,20 @@ pidfile() {
     esac
 }
 
+# What Redis holds for syncd: the entries of every replay log, the fields
+# of every "pubv" hash, and the key count (a Lua script; KEYS is fine on
+# the few keys of the soak).
+REDIS_FIGURES="local l, p = 0, 0
+for _, k in ipairs(redis.call('KEYS', 'syncd:*:log')) do l = l + redis.call('XLEN', k) end
+for _, k in ipairs(redis.call('KEYS', 'syncd:*:pubv')) do p = p + redis.call('HLEN', k) end
+return {l, p, redis.call('DBSIZE')}"
+
 # sample: one CSV row: seconds, then each process's RSS (kB) and open fds
-# (NaN when it is not running), then the fault under way.
+# (NaN when it is not running), the fault under way, each process's PID,
+# Redis's used_memory (kB), replay-log entries, pubv fields and keys, and
+# each node's cache kB and entries (NaN for what does not answer).
 sample() {
-    local row p pid rss fds
+    local row pids="" p pid rss fds r m n url metrics
     row="$(elapsed)"
     for p in "${PROCS[@]}"; do
         pid=$(cat "$(pidfile "$p")" 2>/dev/null)
@@ -406,11 +462,26 @@ sample() {
         fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
         if [ -n "$pid" ] && [ -n "$rss" ]; then
             row="$row,$rss,$fds"
+            pids="$pids,$pid"
         else
             row="$row,NaN,NaN"
+            pids="$pids,NaN"
         fi
     done
-    echo "$row,$(cat "$RUN/fault.now" 2>/dev/null || echo -)" >>"$CSV"
+    row="$row,$(cat "$RUN/fault.now" 2>/dev/null || echo -)$pids"
+    m=$(timeout 3 redis-cli -p "$REDIS_PORT" INFO memory 2>/dev/null |
+        awk -F: '/^used_memory:/ {printf "%d", $2 / 1024}')
+    r=$(timeout 3 redis-cli -p "$REDIS_PORT" --raw EVAL "$REDIS_FIGURES" 0 2>/dev/null | paste -sd,)
+    [[ "$m" =~ ^[0-9]+$ ]] || m=NaN
+    [[ "$r" =~ ^[0-9]+,[0-9]+,[0-9]+$ ]] || r=NaN,NaN,NaN
+    row="$row,$m,$r"
+    for url in "${NODES[@]}"; do
+        metrics=$(curl -s --max-time 2 "$url/metrics" 2>/dev/null)
+        n=$(awk '$1 == "syncd_cache_bytes" {b = $2} $1 == "syncd_cache_entries" {e = $2}
+            END {if (b != "" && e != "") printf "%d,%d", b / 1024, e}' <<<"$metrics")
+        row="$row,${n:-NaN,NaN}"
+    done
+    echo "$row" >>"$CSV"
 }
 
 sampler() {
@@ -425,7 +496,11 @@ PNG="$OUT/${SOAK_NAME:-soak}.png"
 {
     printf 't_s'
     for p in "${PROCS[@]}"; do printf ',%s_rss_kb,%s_fds' "$p" "$p"; done
-    printf ',fault\n'
+    printf ',fault'
+    for p in "${PROCS[@]}"; do printf ',%s_pid' "$p"; done
+    printf ',redis_used_kb,redis_log_entries,redis_pubv_fields,redis_keys'
+    for n in 1 2 3; do printf ',node%s_cache_kb,node%s_cache_entries' "$n" "$n"; done
+    printf '\n'
 } >"$CSV"
 
 T0=$(date +%s)
@@ -462,10 +537,10 @@ FAULTS_FAILED=$(grep -vc ' ok$' "$RUN/faults" 2>/dev/null)
 # syncctl verify: every node agrees with the store, for every collection
 # (retried while anti-entropy repairs what the last fault left).
 NODELIST="$NODE1,$NODE2,$NODE3"
-COLLS=(soak)
-for f in "$RUN"/linz/*.jsonl; do
-    [ -e "$f" ] && COLLS+=("linz$(basename "$f" .jsonl)")
-done
+mapfile -t COLLS < <({
+    echo soak
+    cat "$RUN"/linz/*.coll 2>/dev/null
+} | sort -u)
 VERIFY_OK=0
 for c in "${COLLS[@]}"; do
     for try in $(seq 15); do
@@ -490,7 +565,9 @@ for ((i = 1; i <= CHAINS; i++)); do
     part=$((part + 1))
     watch_part "w$i" "$part" "$NODE1" "$SINCE"
     t=$(date +%s)
-    while [ $(($(date +%s) - t)) -lt 60 ] && kill -0 "$WPID" 2>/dev/null; do
+    # A chain already at SEQ gets no event to show it: no wait for one.
+    while [ "$SINCE" -lt "$SEQ" ] && [ $(($(date +%s) - t)) -lt 60 ] &&
+        kill -0 "$WPID" 2>/dev/null; do
         "$CHECK" reached "$SEQ" "$RUN/watch/w$i.$part" 2>/dev/null && break
         sleep 0.2
     done
@@ -543,46 +620,129 @@ count_ok() { cat "$RUN"/ops/$1.* 2>/dev/null | awk -v w="$2" '$1 ~ w && $2 ~ /^2
 OPS="JSON Patch $(count_ok patch jsonpatch)/$(count patch jsonpatch) ok, merge patch $(count_ok patch mergepatch)/$(count patch mergepatch) ok, reads $(count_ok read read)/$(count read read) ok, linz operations $LINZ_OPS"
 STATUSES=$(cat "$RUN"/ops/* 2>/dev/null | awk '{print $2}' | sort | uniq -c | awk '{printf "%s:%s ", $2, $1}')
 
-# Memory and fds: flat after warm-up.
-FLAT=$(python3 - "$CSV" "$WARMUP" "$RSS_PCT" "$FD_SLACK" <<'EOF'
+# Memory and fds: flat after warm-up (the rule is in the header).
+FLAT=$(python3 - "$CSV" "$WARMUP" "$RSS_PCT" "$FD_SLACK" "$LIFE_MIN" "$EVENT_LOG_LEN" <<'EOF'
 import csv, math, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 warm, pct, slack = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+life_min, log_len = int(sys.argv[5]), int(sys.argv[6])
 procs = [k[:-7] for k in rows[0] if k.endswith("_rss_kb")]
-after = [r for r in rows if int(r["t_s"]) >= warm]
 bad = 0
+
+def val(r, k):
+    try:
+        v = float(r.get(k) or "nan")
+    except ValueError:
+        return None
+    return None if math.isnan(v) else v
+
+def series(rs, col):
+    return [(int(r["t_s"]), val(r, col)) for r in rs if val(r, col) is not None]
+
+def slope(pts):
+    """Least-squares slope of pts, per hour."""
+    if len(pts) < 2:
+        return 0.0
+    n = len(pts)
+    mt = sum(t for t, _ in pts) / n
+    mv = sum(v for _, v in pts) / n
+    den = sum((t - mt) ** 2 for t, _ in pts) or 1
+    return sum((t - mt) * (v - mv) for t, v in pts) / den * 3600
+
+def within(pts, kind):
+    """(ok, text): the second half's highest value against the first's."""
+    half = len(pts) // 2
+    a, b = [v for _, v in pts[:half]], [v for _, v in pts[half:]]
+    s1, s2 = slope(pts[:half]), slope(pts[half:])
+    if kind == "RSS":
+        ok = max(b) <= max(a) * (1 + pct / 100)
+        return ok, (f"RSS {pts[0][1]/1024:.1f}->{pts[-1][1]/1024:.1f} MB "
+                    f"(peak {max(a)/1024:.1f} then {max(b)/1024:.1f} MB; "
+                    f"{slope(pts)/1024:+.1f} MB/h, halves {s1/1024:+.1f} then "
+                    f"{s2/1024:+.1f}) {'flat' if ok else 'GROWS'}")
+    ok = max(b) <= max(a) + slack
+    return ok, (f"fds {pts[0][1]:.0f}->{pts[-1][1]:.0f} (peak {max(a):.0f} "
+                f"then {max(b):.0f}) {'flat' if ok else 'GROWS'}")
+
+after = [r for r in rows if int(r["t_s"]) >= warm]
 if len(after) < 4:
     print(f"FAIL: only {len(after)} samples after the warm-up of {warm} s")
     sys.exit(1)
-half = len(after) // 2
-def val(r, k):
-    v = float(r[k])
-    return None if math.isnan(v) else v
 for p in procs:
+    # Each lifetime (PID) on its own, from its own warm-up on.
+    lives = {}
+    for r in rows:
+        pid = r.get(p + "_pid")
+        if pid not in (None, "", "NaN") and val(r, p + "_rss_kb") is not None:
+            lives.setdefault(pid, []).append(r)
+    short = []
+    for pid, rs in lives.items():
+        born = int(rs[0]["t_s"])
+        judged = [r for r in rs if int(r["t_s"]) >= max(warm, born + warm)]
+        span = int(judged[-1]["t_s"]) - int(judged[0]["t_s"]) if judged else 0
+        head = f"  {p} pid {pid} ({born}-{int(rs[-1]['t_s'])} s):"
+        if span < life_min or len(judged) < 4:
+            short.append(int(rs[-1]["t_s"]) - born)
+            continue
+        out = []
+        for kind, col in (("RSS", p + "_rss_kb"), ("fds", p + "_fds")):
+            ok, text = within(series(judged, col), kind)
+            bad += not ok
+            out.append(text)
+        print(f"{head} " + "; ".join(out))
+    if short:
+        print(f"  {p}: {len(short)} lifetimes not judged (less than {life_min} s "
+              f"of samples after their warm-up; the longest lived {max(short)} s)")
+    # The whole run after the warm-up, every lifetime together.
     out = []
     for kind, col in (("RSS", p + "_rss_kb"), ("fds", p + "_fds")):
-        a = [v for v in (val(r, col) for r in after[:half]) if v is not None]
-        b = [v for v in (val(r, col) for r in after[half:]) if v is not None]
-        pts = [(int(r["t_s"]), val(r, col)) for r in after if val(r, col) is not None]
-        if not a or not b:
-            print(f"{p}: no {kind} samples in one half")
+        pts = series(after, col)
+        if len(pts) < 4:
+            print(f"  {p}: no {kind} samples after the warm-up")
             bad += 1
             continue
-        n = len(pts)
-        mt = sum(t for t, _ in pts) / n
-        mv = sum(v for _, v in pts) / n
-        den = sum((t - mt) ** 2 for t, _ in pts) or 1
-        slope = sum((t - mt) * (v - mv) for t, v in pts) / den * 3600
-        first, last = pts[0][1], pts[-1][1]
-        if kind == "RSS":
-            ok = max(b) <= max(a) * (1 + pct / 100)
-            out.append(f"RSS {first/1024:.0f}->{last/1024:.0f} MB (peak {max(a)/1024:.0f} then {max(b)/1024:.0f} MB, {slope/1024:+.0f} MB/h) {'flat' if ok else 'GROWS'}")
-        else:
-            ok = max(b) <= max(a) + slack
-            out.append(f"fds {first:.0f}->{last:.0f} (peak {max(a):.0f} then {max(b):.0f}, {slope:+.1f}/h) {'flat' if ok else 'GROWS'}")
+        ok, text = within(pts, kind)
         bad += not ok
-    print(f"  {p}: " + "; ".join(out))
-print(f"verdict: {'flat' if not bad else 'NOT flat'} after a warm-up of {warm} s (RSS within {pct:g} %, fds within {slack})")
+        out.append(text)
+    print(f"  {p} whole run ({len(lives)} lifetimes): " + "; ".join(out))
+
+# Redis's data, which survives its restarts.
+used = series(after, "redis_used_kb")
+logs = series(after, "redis_log_entries")
+if len(used) >= 4:
+    half = len(used) // 2
+    a, b = [v for _, v in used[:half]], [v for _, v in used[half:]]
+    ok = max(b) <= max(a) * (1 + pct / 100)
+    bad += not ok
+    print(f"  redis used_memory: {used[0][1]/1024:.1f}->{used[-1][1]/1024:.1f} MB "
+          f"(peak {max(a)/1024:.1f} then {max(b)/1024:.1f} MB; "
+          f"{slope(used)/1024:+.1f} MB/h) {'flat' if ok else 'GROWS'}")
+else:
+    bad += 1
+    print("  redis used_memory: too few samples after the warm-up")
+if logs:
+    full = max(v for _, v in logs) <= logs[0][1] * (1 + pct / 100)
+    print(f"  redis replay logs: {logs[0][1]:.0f} entries at the warm-up's end, "
+          f"{logs[-1][1]:.0f} at the end (at most about {log_len} per collection)"
+          + ("" if full else "; STILL FILLING after the warm-up: lengthen "
+             "SOAK_WARMUP or lower SOAK_EVENT_LOG_LEN"))
+figs = []
+for col, what in (("redis_pubv_fields", "pubv fields"), ("redis_keys", "keys")):
+    pts = series(after, col)
+    if pts:
+        figs.append(f"{what} {pts[0][1]:.0f}->{pts[-1][1]:.0f}")
+for n in (1, 2, 3):
+    kb = series(after, f"node{n}_cache_kb")
+    ent = series(after, f"node{n}_cache_entries")
+    if kb and ent:
+        figs.append(f"node{n} cache {kb[0][1]:.0f}->{kb[-1][1]:.0f} kB, "
+                    f"{ent[0][1]:.0f}->{ent[-1][1]:.0f} entries")
+if figs:
+    print("  data: " + "; ".join(figs))
+print(f"verdict: {'flat' if not bad else 'NOT flat'} after a warm-up of {warm} s "
+      f"(highest of the second half within {pct:g} % of the first for RSS and "
+      f"Redis's used_memory, within {slack} for fds; per lifetime of at least "
+      f"{life_min} s, and over the whole run)")
 sys.exit(1 if bad else 0)
 EOF
 ) || FAILED+=("memory or fds not flat after warm-up (above)")
@@ -591,9 +751,9 @@ EOF
 gnuplot <<EOF 2>"$RUN/gnuplot.err" || FAILED+=("gnuplot failed ($(head -c 300 "$RUN/gnuplot.err"))")
 set datafile separator ","
 set datafile missing "NaN"
-set terminal pngcairo size 1200,800 noenhanced
+set terminal pngcairo size 1200,1150 noenhanced
 set output "$PNG"
-set multiplot layout 2,1 title "syncd soak: $MINUTES min, 3 nodes, a fault every $FAULT_INTERVAL s (${FAULT_KINDS[*]}; warm-up $WARMUP s)"
+set multiplot layout 3,1 title "syncd soak: $MINUTES min, 3 nodes, a fault every $FAULT_INTERVAL s (${FAULT_KINDS[*]}; warm-up $WARMUP s)"
 set key outside right
 set grid
 set xlabel "seconds"
@@ -602,6 +762,15 @@ set ylabel "RSS (MB)"
 plot for [i=0:4] "$CSV" using 1:(column(2+2*i)/1024) with lines title columnhead(2+2*i)
 set ylabel "open fds"
 plot for [i=0:4] "$CSV" using 1:(column(3+2*i)) with lines title columnhead(3+2*i)
+# Columns 18-27: Redis's used_memory, replay-log entries, pubv fields and
+# keys, then each node's cache kB and entries.
+set ylabel "data (MB)"
+set y2label "entries, fields"
+set y2tics
+plot "$CSV" using 1:(\$18/1024) with lines title "redis used_memory (MB)", \
+     for [i=0:2] "$CSV" using 1:(column(22+2*i)/1024) with lines title columnhead(22+2*i), \
+     "$CSV" using 1:19 axes x1y2 with lines dashtype 2 title "replay-log entries (right)", \
+     "$CSV" using 1:20 axes x1y2 with lines dashtype 3 title "pubv fields (right)"
 unset multiplot
 EOF
 
@@ -610,6 +779,7 @@ EOF
     echo "faults: $FAULTS_DONE done ($(awk '{print $2}' "$RUN/faults" 2>/dev/null | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}')failed ${FAULTS_FAILED:-0})"
     echo "operations: $OPS"
     echo "statuses: $STATUSES"
+    echo "load: linz on $(printf '%s\n' "${COLLS[@]}" | grep -c '^linz') collections ($([ "$LINZ_SLOTS" -eq 0 ] && echo "fresh documents every epoch" || echo "$LINZ_SLOTS slots x 3 documents each, reset before each epoch")), soak $DOCS documents; replay logs bounded at $EVENT_LOG_LEN events"
     echo "Porcupine: $LINZ_PASS of $LINZ_SEGS segments linearizable (writes; reads from writes, monotonic per client, read-your-writes)"
     echo "syncctl verify: $VERIFY_OK of ${#COLLS[@]} collections agree on every node"
     echo "watchers: $CHAINS chains, $WATCH_PARTS watches, $WATCH_ENDED ended by themselves (${WATCH_RESYNCS:-0} told to resync); $(tail -n "$CHAINS" "$RUN/stream_check.out" | sed 's/^[^:]*: //' | paste -sd';')"

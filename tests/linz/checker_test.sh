@@ -13,6 +13,16 @@
 #   bad-put-conflict  a PUT without precondition answers 409 when its edit
 #                     loop did not give up on conflicts
 #
+# With an init operation first (linz_record --slots: a reused document
+# reset to a known state, which every node served before the epoch):
+#   good-init         from init v7: a read of it, a test-and-set, an
+#                     If-Match write, a delete and a re-create as v11
+#   bad-init-version  a PUT after the init answers 201 v1, as if the
+#                     document were new
+#   bad-init-stale-read  a read returns the value the document held
+#                     before the reset
+#   bad-init-404      a read answers 404 after the init with no delete
+#
 # found-*.jsonl are violations linz_cluster found in syncd (one key's
 # history up to the violation), kept as they were recorded:
 #   found-ferretdb-two-v38  FerretDB claim mode, a loaded machine: node 3
@@ -65,6 +75,14 @@ expect 1 cluster bad-read-back.jsonl html
 expect 1 embedded bad-read-back.jsonl html
 expect 1 cluster bad-put-conflict.jsonl
 expect 1 embedded bad-put-conflict.jsonl
+expect 0 embedded good-init.jsonl
+expect 0 cluster good-init.jsonl
+expect 1 embedded bad-init-version.jsonl html
+expect 1 cluster bad-init-version.jsonl html
+expect 1 embedded bad-init-stale-read.jsonl html
+expect 1 cluster bad-init-stale-read.jsonl html
+expect 1 embedded bad-init-404.jsonl html
+expect 1 cluster bad-init-404.jsonl html
 expect 1 cluster found-ferretdb-two-v38.jsonl html
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

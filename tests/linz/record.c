@@ -2,8 +2,8 @@
  * running syncd nodes, for the Porcupine checker (tests/linz/checker).
  *
  *   linz_record --out FILE [--seconds N] [--clients N] [--keys N]
- *               [--epoch-seconds N] [--coll NAME] [--timeout-ms MS]
- *               [--seed S] URL...
+ *               [--epoch-seconds N] [--slots N] [--coll NAME]
+ *               [--timeout-ms MS] [--seed S] URL...
  *
  * Client i is a thread pinned to node URL[i % nodes], with one request in
  * flight at a time. Until the time is up it picks one of the keys
@@ -15,6 +15,21 @@
  * version it last saw), a test-and-set JSON Patch (`test` of the value it last
  * saw, then `replace`) or a DELETE. Every value written is
  * {"val":"c<client>-<n>"}, unique in the history.
+ *
+ * With --slots N (N >= 4), the documents are a fixed set instead, so that a
+ * long run does not add documents: epoch E works on the documents
+ * s<E mod N>-k0..kN-1 (the history's "key" stays e<E>-k<i>, so each epoch
+ * is still a history of its own, and "doc" names the document). A slot
+ * holds what its last epoch left, so before epoch E a preparer (one more
+ * thread, during epoch E-1) resets each of its documents: a PUT of
+ * {"val":"init-e<E>-k<i>"} (retried until answered, waiting --timeout-ms
+ * after an answer of unknown outcome so that it cannot land later), then
+ * GETs on every node until all serve the same version and that value. It
+ * records that state as an "init" operation (checker/model.go: legal only
+ * as the first operation of its key), and the clients start on epoch E
+ * only after it returned. A slot is reused N epochs later, long after its
+ * last requests ended (they take at most --timeout-ms). An epoch whose
+ * reset could not finish within the epoch is skipped.
  *
  * Each request becomes one JSON line in FILE (see checker/history.go):
  * call and return times on one monotonic clock (ns since the start), the
@@ -44,6 +59,8 @@
 #define MAX_CLIENTS 64
 #define MAX_KEYS 64
 #define MAX_NODES 16
+#define MAX_SLOTS 64
+#define MIN_SLOTS 4
 
 typedef enum op { OP_READ, OP_PUT, OP_PUT_IF, OP_TAS, OP_DELETE } op_t;
 
@@ -57,7 +74,7 @@ typedef struct options {
     const char *out;
     const char *coll;
     const char *urls[MAX_NODES];
-    int nodes, clients, keys;
+    int nodes, clients, keys, slots;
     long seconds, timeout_ms, epoch_seconds;
     unsigned seed;
 } options_t;
@@ -92,6 +109,10 @@ static FILE *out_file;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct timespec start_time;
 static int64_t deadline_ns;
+
+/* With --slots: prepared[s] is the epoch whose reset of slot s is done (-1:
+ * none yet). Written by the preparer, read by the clients. */
+static long prepared[MAX_SLOTS];
 
 static int64_t now_ns(void)
 {
@@ -217,9 +238,24 @@ static op_t pick_op(client_t *c)
     return OP_READ;
 }
 
-/* Writes one history line; 0 or -1. */
-static int record(client_t *c, op_t op, const char *key, int64_t call,
-                  int64_t ret, const char *val, int64_t expect,
+/* Writes one line to the history file; 0 or -1. */
+static int write_line(json_t *line)
+{
+    int rc;
+
+    pthread_mutex_lock(&out_lock);
+    rc = json_dumpf(line, out_file, JSON_COMPACT) == 0 &&
+                 fputc('\n', out_file) != EOF
+             ? 0
+             : -1;
+    pthread_mutex_unlock(&out_lock);
+    return rc;
+}
+
+/* Writes one history line; doc is the document id when it is not the key
+ * (--slots), else NULL. 0 or -1. */
+static int record(client_t *c, op_t op, const char *key, const char *doc,
+                  int64_t call, int64_t ret, const char *val, int64_t expect,
                   const char *test, const answer_t *a, const char *out,
                   int exhausted)
 {
@@ -245,12 +281,9 @@ static int record(client_t *c, op_t op, const char *key, int64_t call,
         goto cleanup;
     if (exhausted && json_object_set_new(line, "exhausted", json_true()))
         goto cleanup;
-    pthread_mutex_lock(&out_lock);
-    rc = json_dumpf(line, out_file, JSON_COMPACT) == 0 &&
-                 fputc('\n', out_file) != EOF
-             ? 0
-             : -1;
-    pthread_mutex_unlock(&out_lock);
+    if (doc != NULL && json_object_set_new(line, "doc", json_string(doc)))
+        goto cleanup;
+    rc = write_line(line);
 cleanup:
     json_decref(line);
     return rc;
@@ -265,7 +298,8 @@ static int client_step(client_t *c, CURL *curl)
     int k = pick(c, o->keys);
     long epoch = (long)(now_ns() / 1000000000 / o->epoch_seconds);
     seen_t *s;
-    char key[32], url[512], val[64], test[64], body[256], etag[32], out[64];
+    char key[32], doc[32], url[512], val[64], test[64], body[256], etag[32];
+    char out[64];
     const char *method = "GET", *ctype = NULL, *if_match = NULL;
     const char *payload = NULL;
     int64_t call, ret, expect;
@@ -276,11 +310,20 @@ static int client_step(client_t *c, CURL *curl)
         memset(c->seen, 0, sizeof(c->seen));
         c->epoch = epoch;
     }
+    if (o->slots > 0 && __atomic_load_n(&prepared[epoch % o->slots],
+                                        __ATOMIC_ACQUIRE) != epoch) {
+        usleep(20 * 1000); /* the epoch's documents are not reset yet */
+        return 0;
+    }
     s = &c->seen[k];
     expect = s->ver > 0 ? s->ver : 1;
     snprintf(key, sizeof(key), "e%ld-k%d", epoch, k);
+    if (o->slots > 0)
+        snprintf(doc, sizeof(doc), "s%ld-k%d", epoch % o->slots, k);
+    else
+        snprintf(doc, sizeof(doc), "%s", key);
     snprintf(url, sizeof(url), "%s/v1/collections/%s/docs/%s", o->urls[c->node],
-             o->coll, key);
+             o->coll, doc);
     snprintf(val, sizeof(val), "c%d-%lld", c->id, (long long)++c->writes);
     switch (op) {
     case OP_READ:
@@ -338,7 +381,7 @@ static int client_step(client_t *c, CURL *curl)
     }
     c->recorded++;
     c->unknown += a.unknown;
-    return record(c, op, key, call, ret,
+    return record(c, op, key, o->slots > 0 ? doc : NULL, call, ret,
                   op == OP_READ || op == OP_DELETE ? NULL : val, expect,
                   op == OP_TAS ? test : NULL, &a, have_out ? out : NULL,
                   exhausted);
@@ -361,12 +404,136 @@ static void *client_main(void *arg)
     return NULL;
 }
 
+/* Sleeps until t (ns since the start) or the deadline, whichever is
+ * first. */
+static void sleep_until(int64_t t)
+{
+    int64_t left;
+
+    if (t > deadline_ns)
+        t = deadline_ns;
+    while ((left = t - now_ns()) > 0)
+        usleep(left > 100000000 ? 100000 : (useconds_t)(left / 1000) + 1);
+}
+
+/* Resets document k of the slot of epoch e (--slots) before the epoch
+ * starts: a PUT of {"val":"init-e<E>-k<k>"} until one is answered, then
+ * GETs until every node serves one version with that value, recorded as
+ * the key's "init" operation (client id o->clients, the preparer's). A PUT
+ * of unknown outcome is followed by a pause of --timeout-ms, so that it
+ * cannot land after the agreed state. Returns 0 when recorded, 1 when it
+ * could not finish before until (ns since the start), -1 when the history
+ * could not be written. */
+static int reset_doc(CURL *curl, const options_t *o, long e, int k,
+                     int64_t until)
+{
+    char key[48], doc[48], url[512], val[64], body[128], out[64];
+    int64_t call = now_ns(), ver = 0;
+    int attempt = 0, node = 0, agreed = 0, rc;
+    json_t *line;
+    answer_t a;
+
+    snprintf(key, sizeof(key), "e%ld-k%d", e, k);
+    snprintf(doc, sizeof(doc), "s%ld-k%d", e % o->slots, k);
+    snprintf(val, sizeof(val), "init-e%ld-k%d", e, k);
+    snprintf(body, sizeof(body), "{\"val\":\"%s\"}", val);
+    while (ver == 0) {
+        if (now_ns() >= until)
+            return 1;
+        node = attempt++ % o->nodes;
+        snprintf(url, sizeof(url), "%s/v1/collections/%s/docs/%s",
+                 o->urls[node], o->coll, doc);
+        send_request(curl, &a, "PUT", url, body, "application/json", NULL, 1,
+                     o->timeout_ms);
+        if (!a.unknown && !a.refused && a.status < 300 && a.ver > 0)
+            ver = a.ver;
+        else if (a.unknown)
+            sleep_until(now_ns() + o->timeout_ms * 1000000);
+        else
+            usleep(100 * 1000);
+    }
+    while (!agreed) {
+        if (now_ns() >= until)
+            return 1;
+        agreed = 1;
+        for (int n = 0; n < o->nodes && agreed; n++) {
+            snprintf(url, sizeof(url), "%s/v1/collections/%s/docs/%s",
+                     o->urls[n], o->coll, doc);
+            send_request(curl, &a, "GET", url, NULL, NULL, NULL, 0,
+                         o->timeout_ms);
+            if (a.unknown || a.refused || a.status != 200 ||
+                body_val(a.body, out, sizeof(out)) != 0 ||
+                strcmp(out, val) != 0 || a.ver < ver)
+                agreed = 0; /* not there yet */
+            else if (a.ver > ver) {
+                ver = a.ver; /* an earlier PUT of the same value landed */
+                agreed = 0;
+            }
+        }
+        if (!agreed)
+            usleep(50 * 1000);
+    }
+    line = json_pack("{s:i, s:i, s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:I}",
+                     "client", o->clients, "node", node, "key", key, "doc", doc,
+                     "op", "init", "call", (json_int_t)call, "ret",
+                     (json_int_t)now_ns(), "val", val, "status", 200, "ver",
+                     (json_int_t)ver);
+    if (line == NULL)
+        return -1;
+    rc = write_line(line);
+    json_decref(line);
+    return rc;
+}
+
+/* The preparer of --slots: resets the documents of epoch E during epoch
+ * E-1 and then marks the slot prepared for E. It falls back to the current
+ * epoch when it is behind, and skips an epoch whose reset did not finish
+ * within it. Returns NULL, or (void *)-1 when the history could not be
+ * written. */
+static void *preparer_main(void *arg)
+{
+    const options_t *o = arg;
+    int64_t epoch_ns = (int64_t)o->epoch_seconds * 1000000000;
+    CURL *curl = curl_easy_init();
+    void *res = NULL;
+    long skipped = 0;
+
+    if (curl == NULL)
+        return (void *)-1;
+    for (long e = 0;; e++) {
+        long now = (long)(now_ns() / epoch_ns);
+        int rc = 0;
+
+        if (e < now)
+            e = now;
+        sleep_until((e - 1) * epoch_ns);
+        if (e * epoch_ns >= deadline_ns || now_ns() >= deadline_ns)
+            break;
+        for (int k = 0; k < o->keys && rc == 0; k++)
+            rc = reset_doc(curl, o, e, k, (e + 1) * epoch_ns);
+        if (rc < 0) {
+            res = (void *)-1;
+            break;
+        }
+        if (rc == 0)
+            __atomic_store_n(&prepared[e % o->slots], e, __ATOMIC_RELEASE);
+        else
+            skipped++;
+    }
+    curl_easy_cleanup(curl);
+    if (skipped > 0)
+        fprintf(stderr,
+                "linz_record: %ld epochs skipped (their documents could "
+                "not be reset in time)\n",
+                skipped);
+    return res;
+}
+
 static int usage(void)
 {
-    fprintf(stderr,
-            "usage: linz_record --out FILE [--seconds N] [--clients N] "
-            "[--keys N] [--epoch-seconds N] [--coll NAME] [--timeout-ms MS] "
-            "[--seed S] URL...\n");
+    fprintf(stderr, "usage: linz_record --out FILE [--seconds N] [--clients N] "
+                    "[--keys N] [--epoch-seconds N] [--slots N] [--coll NAME] "
+                    "[--timeout-ms MS] [--seed S] URL...\n");
     return 2;
 }
 
@@ -402,6 +569,8 @@ static int parse_args(options_t *o, int argc, char **argv)
             o->clients = atoi(v);
         else if (strcmp(argv[i - 1], "--keys") == 0)
             o->keys = atoi(v);
+        else if (strcmp(argv[i - 1], "--slots") == 0)
+            o->slots = atoi(v);
         else if (strcmp(argv[i - 1], "--epoch-seconds") == 0)
             o->epoch_seconds = atol(v);
         else if (strcmp(argv[i - 1], "--timeout-ms") == 0)
@@ -413,7 +582,8 @@ static int parse_args(options_t *o, int argc, char **argv)
     }
     if (o->out == NULL || o->nodes == 0 || o->seconds < 1 || o->clients < 1 ||
         o->clients > MAX_CLIENTS || o->keys < 1 || o->keys > MAX_KEYS ||
-        o->epoch_seconds < 1 || o->timeout_ms < 1)
+        o->epoch_seconds < 1 || o->timeout_ms < 1 ||
+        (o->slots != 0 && (o->slots < MIN_SLOTS || o->slots > MAX_SLOTS)))
         return -1;
     return 0;
 }
@@ -422,8 +592,9 @@ int main(int argc, char **argv)
 {
     static client_t clients[MAX_CLIENTS];
     options_t o;
+    pthread_t preparer;
     long recorded = 0, unknown = 0, refused = 0;
-    int rc = 0;
+    int rc = 0, have_preparer = 0, started = 0;
 
     memset(&o, 0, sizeof(o));
     if (parse_args(&o, argc, argv) != 0)
@@ -436,6 +607,17 @@ int main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     clock_gettime(CLOCK_MONOTONIC, &start_time);
     deadline_ns = (int64_t)o.seconds * 1000000000;
+    for (int i = 0; i < MAX_SLOTS; i++)
+        prepared[i] = -1;
+    if (o.slots > 0) {
+        if (pthread_create(&preparer, NULL, preparer_main, &o) != 0) {
+            fprintf(stderr, "linz_record: cannot start the preparer\n");
+            fclose(out_file);
+            curl_global_cleanup();
+            return 1;
+        }
+        have_preparer = 1;
+    }
     for (int i = 0; i < o.clients; i++) {
         clients[i].id = i;
         clients[i].node = i % o.nodes;
@@ -444,12 +626,12 @@ int main(int argc, char **argv)
         if (pthread_create(&clients[i].thread, NULL, client_main,
                            &clients[i]) != 0) {
             fprintf(stderr, "linz_record: cannot start client %d\n", i);
-            o.clients = i;
             rc = 1;
             break;
         }
+        started++;
     }
-    for (int i = 0; i < o.clients; i++) {
+    for (int i = 0; i < started; i++) {
         void *res = NULL;
 
         pthread_join(clients[i].thread, &res);
@@ -458,6 +640,13 @@ int main(int argc, char **argv)
         recorded += clients[i].recorded;
         unknown += clients[i].unknown;
         refused += clients[i].refused;
+    }
+    if (have_preparer) {
+        void *res = NULL;
+
+        pthread_join(preparer, &res);
+        if (res != NULL)
+            rc = 1;
     }
     if (fclose(out_file) != 0)
         rc = 1;

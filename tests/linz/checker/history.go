@@ -15,8 +15,9 @@ import (
 type record struct {
 	Client int    `json:"client"` // client index; each client is pinned to one node
 	Node   int    `json:"node"`   // index of the node the client talks to
-	Key    string `json:"key"`    // document id
-	Op     string `json:"op"`     // read, put, put_if, tas or delete
+	Key    string `json:"key"`    // the history's key: the document id, or an epoch's use of it
+	Doc    string `json:"doc"`    // the document id when it is not Key (linz_record --slots)
+	Op     string `json:"op"`     // read, put, put_if, tas, delete, or init (the state a reused document was reset to)
 	Call   int64  `json:"call"`   // when the request was sent
 	Ret    int64  `json:"ret"`    // when the answer came (meaningless when Unknown)
 	Val    string `json:"val"`    // value written by put, put_if and tas
@@ -37,6 +38,9 @@ type record struct {
 // describe renders r for a report line.
 func (r *record) describe() string {
 	s := fmt.Sprintf("client %d (node %d) %s", r.Client, r.Node, describeOp(r.input()))
+	if r.Doc != "" {
+		s += fmt.Sprintf(" [document %s]", r.Doc)
+	}
 	if r.Unknown {
 		return s + fmt.Sprintf(" -> unknown [called at %.3f s]", float64(r.Call)/1e9)
 	}
@@ -64,6 +68,7 @@ var expected = map[string][]int{
 	"put_if": {200, 412},
 	"tas":    {200, 404, 409},
 	"delete": {200, 404, 409},
+	"init":   {200},
 }
 
 // history is a loaded history, in call order.
@@ -115,9 +120,13 @@ func (h *history) summary() string {
 			unknown++
 		}
 	}
-	return fmt.Sprintf("%d operations (%d reads, %d put, %d put_if, %d tas, %d delete; %d unknown outcomes) by %d clients on %d keys",
+	inits := ""
+	if count["init"] > 0 {
+		inits = fmt.Sprintf(", %d init", count["init"])
+	}
+	return fmt.Sprintf("%d operations (%d reads, %d put, %d put_if, %d tas, %d delete%s; %d unknown outcomes) by %d clients on %d keys",
 		len(h.recs), count["read"], count["put"], count["put_if"], count["tas"],
-		count["delete"], unknown, len(clients), len(keys))
+		count["delete"], inits, unknown, len(clients), len(keys))
 }
 
 // unexpected returns the answers that the contract does not allow for

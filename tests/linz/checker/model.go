@@ -10,7 +10,7 @@ import (
 // kvInput is one request on one document (DESIGN.md sections 2, 3 and 5).
 type kvInput struct {
 	Key    string
-	Op     string // read, put (no precondition), put_if (If-Match), tas, delete
+	Op     string // read, put (no precondition), put_if (If-Match), tas, delete, init
 	Val    string // the value put, put_if and tas write
 	Expect int64  // put_if: the If-Match version
 	Test   string // tas: the value its `test` operation expects
@@ -39,6 +39,13 @@ type kvState struct {
 func step(s kvState, in kvInput, out kvOutput) (bool, kvState) {
 	next := kvState{Live: true, Ver: s.Ver + 1, Val: in.Val}
 	switch in.Op {
+	case "init":
+		// The state a reused document was reset to (linz_record --slots)
+		// before any other operation on its key was called: legal only
+		// as the key's first operation, so everything after it is
+		// checked from that state.
+		return s == kvState{} && !out.Unknown && out.Status < 300 && out.Ver > 0,
+			kvState{Live: true, Ver: out.Ver, Val: in.Val}
 	case "read":
 		if out.Status == 404 {
 			return !s.Live, s
@@ -113,6 +120,8 @@ func describeOp(in kvInput) string {
 		return fmt.Sprintf("put(%s, %q, If-Match %d)", in.Key, in.Val, in.Expect)
 	case "tas":
 		return fmt.Sprintf("patch(%s, test %q, replace %q)", in.Key, in.Test, in.Val)
+	case "init":
+		return fmt.Sprintf("init(%s, %q)", in.Key, in.Val)
 	}
 	return fmt.Sprintf("delete(%s)", in.Key)
 }
@@ -139,7 +148,8 @@ func describeState(s kvState) string {
 }
 
 // kvModel is the Porcupine model: one kvState per document, partitioned
-// by document id; every document starts absent at version 0.
+// by key; every key starts absent at version 0, or, with an init
+// operation first, at the state it names.
 var kvModel = porcupine.Model{
 	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
 		byKey := map[string][]porcupine.Operation{}

@@ -25,15 +25,22 @@ type floor struct {
 //     than one the client read or wrote before on that document (a read
 //     after the client's own acknowledged delete may be a 404 or a later
 //     version), and a 404 after the client saw version v is explained by a
-//     delete of a version past v (or one of unknown outcome).
+//     delete of a version past v (or one of unknown outcome);
+//   - with an init operation (linz_record --slots), every node served the
+//     init state before any client's first operation on the key, so each
+//     client starts from it as if it had read it.
 //
 // It returns the violations in call order.
 func checkReads(h *history) []readViolation {
 	var out []readViolation
 	writes := map[string]map[string]*record{} // key -> value -> write
 	deletes := map[string][]*record{}
+	inits := map[string]*record{}
 	for i := range h.recs {
 		r := &h.recs[i]
+		if r.Op == "init" && !r.Unknown && r.Status < 300 {
+			inits[r.Key] = r
+		}
 		switch {
 		case r.Op == "delete":
 			deletes[r.Key] = append(deletes[r.Key], r)
@@ -55,6 +62,9 @@ func checkReads(h *history) []readViolation {
 		f := seen[r.Client][r.Key]
 		if f == nil {
 			f = &floor{}
+			if in := inits[r.Key]; in != nil {
+				*f = floor{ver: in.Ver, cause: in}
+			}
 			seen[r.Client][r.Key] = f
 		}
 		if r.Unknown {
@@ -86,7 +96,9 @@ func checkReads(h *history) []readViolation {
 		}
 		if r.Ver < f.ver || (f.tomb && r.Ver == f.ver) {
 			what := "went back"
-			if f.cause.isWrite() {
+			if f.cause.Op == "init" {
+				what = "went back behind the state every node served before the epoch"
+			} else if f.cause.isWrite() {
 				what = "missed the client's own acknowledged write"
 			}
 			out = append(out, bad(r, "%s: %s: the client had seen v%d (%s)", r.describe(), what, f.ver, f.cause.describe()))
