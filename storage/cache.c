@@ -364,7 +364,17 @@ static void flush_now(syncd_cache_t *cache)
 void syncd_cache_flush_due(syncd_cache_t *cache)
 {
     int64_t now;
+    int due;
 
+    /* The node asks a few times a second: a cache with nothing due is
+     * told so under the shared lock, which no reader waits for. */
+    pthread_rwlock_rdlock(&cache->lock);
+    due = cache->dirty != NULL &&
+          cache->now_ms(cache->now_data) - cache->flushed_ms >=
+              SYNCD_CACHE_FLUSH_MS;
+    pthread_rwlock_unlock(&cache->lock);
+    if (!due)
+        return;
     pthread_rwlock_wrlock(&cache->lock);
     now = cache->now_ms(cache->now_data);
     if (now - cache->flushed_ms >= SYNCD_CACHE_FLUSH_MS)

@@ -1552,8 +1552,9 @@ static void on_purge_timer(uv_timer_t *timer)
         node->purging = 1;
 }
 
-/* Has the cache's records written behind written on the thread pool when
- * they are due, so that no event's apply waits for it. */
+/* Queues the write of the cache's records written behind on the thread
+ * pool (the cache writes only when they are due), so that no event's
+ * apply waits for it. */
 static void on_flush_timer(uv_timer_t *timer)
 {
     syncd_node_t *node = timer->data;
