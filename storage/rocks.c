@@ -20,7 +20,8 @@
  * of its own (an idempotent replay, an unchanged body) waits for that
  * version's sync as well. Outbox acks need no sync of their own (a lost
  * ack only means a republish): they ride with the next group, and the
- * last thread about writes what is still queued. (Writing each commit unsynced
+ * last thread about writes what is still queued (without a sync when that
+ * is acks only). (Writing each commit unsynced
  * and then one rocksdb_flush_wal would make undurable versions readable from
  * RocksDB itself.) Readers never see a pending version: they read the tier and
  * RocksDB, which only ever hold durable versions, so a reader sees the previous
@@ -65,6 +66,11 @@
 #define REGISTRY_PREFIX '\x01'
 #define OUTBOX_PREFIX '\x02'
 
+/* sequence() flags: the commit creates the record (registers its
+ * collection); the commit is an outbox ack. */
+#define SEQ_INSERT 1
+#define SEQ_ACK 2
+
 /* The write lock of one key, shared by its writers; key bytes follow. */
 typedef struct key_lock {
     syncd_lru_node_t node;
@@ -91,6 +97,7 @@ typedef struct pending {
     size_t vlen;
     int has_outbox; /* puts the outbox key, else deletes it */
     int insert;     /* registers the collection */
+    int ack;        /* an outbox ack: needs no sync of its own */
     int in_table;   /* the key's entry in s->pending */
     uint64_t seq;
 } pending_t;
@@ -109,6 +116,7 @@ typedef struct rocks {
     rocksdb_options_t *options;
     rocksdb_readoptions_t *read;
     rocksdb_writeoptions_t *write;
+    rocksdb_writeoptions_t *write_unsynced; /* for groups of acks only */
     syncd_tier_t *tier;
     int64_t (*now_ms)(void *data);
     void *now_data;
@@ -364,14 +372,14 @@ static void pending_free(pending_t *p)
 }
 
 /* Sequences doc's record (its body's canonical JSON given or NULL, see
- * syncd_record_encode()), and on an insert its collection's registry key,
- * as the newest commit of key k, whose write lock the caller holds through
- * kl: it becomes k's pending version and joins the group queue, and kl's
- * ticket names it for group_wait(). doc is borrowed (copied). Fails with
- * SYNCD_EBACKEND once a sync has failed. */
+ * syncd_record_encode()), and with SEQ_INSERT its collection's registry
+ * key, as the newest commit of key k (SEQ_ACK: an outbox ack), whose write lock
+ * the caller holds through kl: it becomes k's pending version and joins the
+ * group queue, and kl's ticket names it for group_wait(). doc is borrowed
+ * (copied). Fails with SYNCD_EBACKEND once a sync has failed. */
 static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
                     const syncd_reckey_t *k, const syncd_doc_t *doc,
-                    const char *canon, size_t canon_len, int insert,
+                    const char *canon, size_t canon_len, int flags,
                     syncd_error_t *err)
 {
     syncd_lru_node_t *old;
@@ -397,7 +405,8 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
     p->node.keylen = p->k.len;
     p->node.hash = p->k.hash;
     p->has_outbox = json_array_size(doc->outbox) > 0;
-    p->insert = insert;
+    p->insert = (flags & SEQ_INSERT) != 0;
+    p->ack = (flags & SEQ_ACK) != 0;
     pthread_mutex_lock(&r->gc_lock);
     if (r->failed) {
         rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
@@ -427,7 +436,9 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
 }
 
 /* Writes the group (a queue, in sequence order) as one batch with r->write
- * (synced with sync_writes); ok 0 skips the write and discards the group.
+ * (synced with sync_writes), or unsynced when it holds only outbox acks,
+ * which no writer waits for (a later sync covers them, since the WAL is
+ * written in order); ok 0 skips the write and discards the group.
  * Then puts each durable version in its key's tier, in order (a failed
  * write drops the key's tier entry instead), ends the pending state of
  * each commit and frees the group. Returns 0, or SYNCD_EBACKEND with the
@@ -438,11 +449,12 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
     rocksdb_writebatch_t *batch;
     char ob[1 + SYNCD_RECORD_KEY_MAX];
     char *errptr = NULL;
-    int rc = 0;
+    int rc = 0, acks_only = 1;
 
     if (ok) {
         batch = rocksdb_writebatch_create();
         for (pending_t *p = group; p != NULL; p = p->next) {
+            acks_only &= p->ack;
             rocksdb_writebatch_put(batch, p->k.bytes, p->k.len, p->val,
                                    p->vlen);
             outbox_key(ob, &p->k);
@@ -459,7 +471,8 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
                 rocksdb_writebatch_put(batch, reg, 1 + clen, "", 0);
             }
         }
-        rocksdb_write(r->db, r->write, batch, &errptr);
+        rocksdb_write(r->db, acks_only ? r->write_unsynced : r->write, batch,
+                      &errptr);
         rocksdb_writebatch_destroy(batch);
         if (errptr != NULL) {
             snprintf(failure, size, "rocksdb group write: %s", errptr);
@@ -626,8 +639,8 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
                              (long long)expected);
         goto unlock;
     }
-    rc =
-        sequence(r, h.s, h.kl, &h.k, doc, canon, canon_len, h.cur == NULL, err);
+    rc = sequence(r, h.s, h.kl, &h.k, doc, canon, canon_len,
+                  h.cur == NULL ? SEQ_INSERT : 0, err);
 unlock:
     return release(r, &h, rc, err);
 }
@@ -991,10 +1004,10 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     copy->outbox = left;
     left = NULL;
     ticket = h.kl->ticket;
-    rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, 0, err);
+    rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, SEQ_ACK, err);
     /* An ack needs no sync of its own: one lost to a crash only means a
      * republish, which the bus drops as a duplicate. It rides with the
-     * next group, or leads one when no other writer is about. */
+     * next group, or leads one, unsynced, when no other writer is about. */
     h.kl->ticket = ticket;
 unlock:
     syncd_doc_free(copy);
@@ -1098,6 +1111,8 @@ static void rocks_close(syncd_backend_t *b)
         rocksdb_close(r->db);
     if (r->write != NULL)
         rocksdb_writeoptions_destroy(r->write);
+    if (r->write_unsynced != NULL)
+        rocksdb_writeoptions_destroy(r->write_unsynced);
     if (r->read != NULL)
         rocksdb_readoptions_destroy(r->read);
     if (r->options != NULL)
@@ -1166,6 +1181,7 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->options = rocksdb_options_create();
     r->read = rocksdb_readoptions_create();
     r->write = rocksdb_writeoptions_create();
+    r->write_unsynced = rocksdb_writeoptions_create();
     rocksdb_options_set_create_if_missing(r->options, 1);
     rocksdb_options_set_write_buffer_size(r->options, SYNCD_ROCKS_WRITE_BUFFER);
     rocksdb_options_set_max_write_buffer_number(r->options, 2);
