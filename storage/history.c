@@ -80,24 +80,11 @@ cleanup:
     return rc;
 }
 
-/* Returns the cached text of doc->hist (borrowed, len bytes) when
- * doc->hist_text holds one for this very array, else NULL. */
-static const char *cached_text(const syncd_doc_t *doc, size_t *len)
-{
-    const json_t *text = json_array_get(doc->hist_text, 1);
-
-    if (doc->hist == NULL || json_array_get(doc->hist_text, 0) != doc->hist ||
-        !json_is_string(text))
-        return NULL;
-    *len = json_string_length(text);
-    return json_string_value(text);
-}
-
 int syncd_history_text(const char **text, size_t *len, char **made,
                        const syncd_doc_t *doc)
 {
     *made = NULL;
-    *text = cached_text(doc, len);
+    *text = syncd_text_cached(doc->hist_text, doc->hist, len);
     if (*text != NULL)
         return 0;
     *made = json_dumps(doc->hist, JSON_COMPACT);
@@ -270,7 +257,7 @@ static int next_text(syncd_doc_t *next, const syncd_doc_t *cur, size_t first,
     int rc = SYNCD_ENOMEM;
 
     if (first < json_array_size(cur->hist)) {
-        ctext = cached_text(cur, &clen);
+        ctext = syncd_text_cached(cur->hist_text, cur->hist, &clen);
         if (ctext != NULL) {
             start = value_offset(ctext, clen, first);
             end = values_end(ctext, clen);
@@ -443,7 +430,8 @@ int syncd_history_version(syncd_doc_t **out, const syncd_doc_t *doc,
     json_decref(v->ikeys);
     json_decref(v->hist);
     json_decref(v->hist_text);
-    v->outbox = v->ikeys = v->hist = v->hist_text = NULL;
+    json_decref(v->outbox_text);
+    v->outbox = v->ikeys = v->hist = v->hist_text = v->outbox_text = NULL;
     *out = v;
     v = NULL;
 cleanup:

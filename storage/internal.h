@@ -362,6 +362,25 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
  * none was (*out is then a new reference to ob), SYNCD_ENOMEM. */
 int syncd_outbox_after(json_t **out, json_t *ob, int64_t version);
 
+/* Returns the text (borrowed from pair, *len bytes) that pair, a cache
+ * [of, text] such as syncd_doc_t's hist_text and outbox_text, holds for
+ * this very array of, else NULL (no cache, or one for another array). */
+const char *syncd_text_cached(const json_t *pair, const json_t *of,
+                              size_t *len);
+
+/* Sets *text to the compact JSON of doc->outbox, *len bytes, as
+ * json_dumps(doc->outbox, JSON_COMPACT) gives it: doc->outbox_text's when
+ * it caches this very array (borrowed, *made NULL), else a serialization
+ * that *made owns (the caller frees it). SYNCD_ENOMEM. */
+int syncd_outbox_text(const char **text, size_t *len, char **made,
+                      const syncd_doc_t *doc);
+
+/* Sets next->outbox_text for next->outbox, which is cur's markers (cur
+ * NULL: none) and one more: cur's text with the new marker's appended,
+ * without serializing cur's markers again when cur caches their text.
+ * Leaves it NULL on out of memory (it is only a cache). */
+void syncd_outbox_text_append(syncd_doc_t *next, const syncd_doc_t *cur);
+
 /* Returns a 64-bit FNV-1a hash of len bytes at data. */
 uint64_t syncd_lru_hash(const void *data, size_t len);
 

@@ -100,32 +100,135 @@ static char *meta_add_hist(char *text, size_t *len, const syncd_doc_t *doc)
     return out;
 }
 
+const char *syncd_text_cached(const json_t *pair, const json_t *of, size_t *len)
+{
+    const json_t *text = json_array_get(pair, 1);
+
+    if (of == NULL || json_array_get(pair, 0) != of || !json_is_string(text))
+        return NULL;
+    *len = json_string_length(text);
+    return json_string_value(text);
+}
+
+int syncd_outbox_text(const char **text, size_t *len, char **made,
+                      const syncd_doc_t *doc)
+{
+    *made = NULL;
+    *text = syncd_text_cached(doc->outbox_text, doc->outbox, len);
+    if (*text != NULL)
+        return 0;
+    *made = json_dumps(doc->outbox, JSON_COMPACT);
+    if (*made == NULL)
+        return SYNCD_ENOMEM;
+    *text = *made;
+    *len = strlen(*made);
+    return 0;
+}
+
+void syncd_outbox_text_append(syncd_doc_t *next, const syncd_doc_t *cur)
+{
+    json_t *marker =
+        json_array_get(next->outbox, json_array_size(next->outbox) - 1);
+    const char *prev = "[]";
+    char *made = NULL, *mtext, *buf = NULL;
+    size_t plen = 2, mlen;
+
+    json_decref(next->outbox_text);
+    next->outbox_text = NULL;
+    if (cur != NULL && json_array_size(cur->outbox) > 0 &&
+        syncd_outbox_text(&prev, &plen, &made, cur) != 0)
+        return;
+    mtext = json_dumps(marker, JSON_COMPACT);
+    mlen = mtext != NULL ? strlen(mtext) : 0;
+    if (mtext != NULL)
+        buf = malloc(plen + 1 + mlen + 1);
+    if (buf != NULL) {
+        /* [a,b] + m = [a,b,m]; [] + m = [m] */
+        memcpy(buf, prev, plen - 1);
+        if (plen > 2)
+            buf[plen - 1] = ',';
+        memcpy(buf + plen - (plen > 2 ? 0 : 1), mtext, mlen);
+        plen = plen - (plen > 2 ? 0 : 1) + mlen;
+        buf[plen++] = ']';
+        next->outbox_text =
+            json_pack("[O, o]", next->outbox, json_stringn_nocheck(buf, plen));
+    }
+    free(buf);
+    free(mtext);
+    free(made);
+}
+
+/* Appends to *text (*len bytes, malloc'd, reallocated) "," or "{" as the
+ * text is empty, then "\"key\":" and vlen bytes of value. Returns 0, or
+ * -1 on out of memory (*text is then freed and NULL). */
+static int meta_member(char **text, size_t *len, const char *key,
+                       const char *value, size_t vlen)
+{
+    size_t klen = strlen(key);
+    char *grown = realloc(*text, *len + 1 + klen + 3 + vlen + 1);
+
+    if (grown == NULL) {
+        free(*text);
+        *text = NULL;
+        return -1;
+    }
+    grown[*len] = *len == 0 ? '{' : ',';
+    (*len)++;
+    grown[(*len)++] = '"';
+    memcpy(grown + *len, key, klen);
+    *len += klen;
+    grown[(*len)++] = '"';
+    grown[(*len)++] = ':';
+    memcpy(grown + *len, value, vlen);
+    *len += vlen;
+    *text = grown;
+    return 0;
+}
+
 /* Returns the compact JSON of doc's outbox, keys and history (malloc'd)
  * with its length in *len, or NULL with *len 0 when it has none; *len is
- * (size_t)-1 on out of memory. */
+ * (size_t)-1 on out of memory. It is what json_dumps() gives for the
+ * object {"ob","ik","hs"} of those present, the outbox and the history
+ * taken from their cached texts when the doc has them. */
 static char *meta_dump(const syncd_doc_t *doc, size_t *len)
 {
-    json_t *meta = json_object();
-    char *text = NULL;
-    int ok = meta != NULL;
+    const char *ob;
+    char *text = NULL, *made = NULL;
+    size_t oblen;
+    int ok = 1;
 
     *len = 0;
-    if (ok && json_array_size(doc->outbox) > 0)
-        ok = json_object_set(meta, "ob", doc->outbox) == 0;
-    if (ok && json_array_size(doc->ikeys) > 0)
-        ok = json_object_set(meta, "ik", doc->ikeys) == 0;
-    if (ok && json_object_size(meta) > 0) {
-        text = json_dumps(meta, JSON_COMPACT);
-        ok = text != NULL;
-        *len = ok ? strlen(text) : 0;
+    if (json_array_size(doc->outbox) > 0) {
+        ok = syncd_outbox_text(&ob, &oblen, &made, doc) == 0 &&
+             meta_member(&text, len, "ob", ob, oblen) == 0;
+        free(made);
+        made = NULL;
     }
-    json_decref(meta);
+    if (ok && json_array_size(doc->ikeys) > 0) {
+        made = json_dumps(doc->ikeys, JSON_COMPACT);
+        ok = made != NULL &&
+             meta_member(&text, len, "ik", made, strlen(made)) == 0;
+        free(made);
+    }
+    if (ok && text != NULL) {
+        char *closed = realloc(text, *len + 2);
+
+        ok = closed != NULL;
+        if (ok) {
+            closed[(*len)++] = '}';
+            closed[*len] = '\0';
+            text = closed;
+        }
+    }
     if (ok && json_array_size(doc->hist) > 0) {
         text = meta_add_hist(text, len, doc);
         ok = text != NULL;
     }
-    if (!ok)
+    if (!ok) {
+        free(text);
+        text = NULL;
         *len = (size_t)-1;
+    }
     return text;
 }
 

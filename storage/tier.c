@@ -478,7 +478,8 @@ void syncd_tier_give_back(syncd_tier_t *t, const syncd_reckey_t *k,
         json_decref(d->outbox);
         json_decref(d->ikeys);
         json_decref(d->hist);
-        d->outbox = d->ikeys = d->hist = NULL;
+        json_decref(d->outbox_text);
+        d->outbox = d->ikeys = d->hist = d->outbox_text = NULL;
         free(e->text);
         e->text = NULL;
         e->text_len = 0;

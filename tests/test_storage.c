@@ -4656,6 +4656,108 @@ test_history__a_record_with_a_cached_text_encodes_the_same_bytes(void **state)
     syncd_doc_free(cur);
 }
 
+/* Returns a copy of the meta of the record doc encodes (NUL-terminated),
+ * or NULL when the record has none. */
+static char *record_meta(const syncd_doc_t *doc)
+{
+    unsigned char *rec;
+    size_t len, off, mlen;
+    char *meta = NULL;
+
+    assert_int_equal(
+        syncd_record_encode((char **)&rec, &len, doc, NULL, 0, NULL), 0);
+    off = 18;
+    off += 1 + rec[off];
+    off += 1 + rec[off];
+    if (rec[1] & 0x02) {
+        mlen = (size_t)rec[off] | (size_t)rec[off + 1] << 8 |
+               (size_t)rec[off + 2] << 16 | (size_t)rec[off + 3] << 24;
+        assert_true(off + 4 + mlen <= len);
+        meta = strndup((char *)rec + off + 4, mlen);
+    }
+    free(rec);
+    return meta;
+}
+
+/* Asserts that the meta of doc's record is, byte for byte, json_dumps()
+ * of the object of its outbox, keys and history. */
+static void assert_meta_is_its_serialization(const syncd_doc_t *doc)
+{
+    json_t *meta = json_object();
+    char *want, *got = record_meta(doc);
+
+    if (json_array_size(doc->outbox) > 0)
+        json_object_set(meta, "ob", doc->outbox);
+    if (json_array_size(doc->ikeys) > 0)
+        json_object_set(meta, "ik", doc->ikeys);
+    if (json_array_size(doc->hist) > 0)
+        json_object_set(meta, "hs", doc->hist);
+    want = json_object_size(meta) > 0 ? json_dumps(meta, JSON_COMPACT) : NULL;
+    if (want == NULL)
+        assert_null(got);
+    else
+        assert_string_equal(got, want);
+    free(want);
+    free(got);
+    json_decref(meta);
+}
+
+static void
+test_outbox__each_commit_appends_its_marker_to_the_cached_text(void **state)
+{
+    syncd_doc_t *cur = hist_doc(1, "{}"), *next;
+    json_t *left;
+    const char *text;
+    char *made;
+    size_t len;
+
+    (void)state;
+    assert_meta_is_its_serialization(cur);
+    for (int v = 2; v <= 12; v++) {
+        next = hist_doc(v, "{\"a\":1}");
+        /* As add_marker() does: a shallow copy of cur's markers plus one,
+         * whose origin holds quotes, backslashes and control characters. */
+        next->outbox =
+            cur->outbox != NULL ? json_copy(cur->outbox) : json_array();
+        json_array_append_new(
+            next->outbox,
+            json_pack("{s:I, s:I, s:s, s:s, s:I, s:s}", "v", (json_int_t)v,
+                      "base", (json_int_t)(v - 1), "op", "update", "h",
+                      next->hash, "t", (json_int_t)next->mtime_ms, "by",
+                      next->origin));
+        syncd_outbox_text_append(next, cur);
+        assert_int_equal(syncd_outbox_text(&text, &len, &made, next), 0);
+        assert_null(made);
+        if (v == 5)
+            next->ikeys =
+                parse("[{\"k\":\"x\\\"]\",\"op\":\"update\",\"v\":5}]");
+        else if (cur->ikeys != NULL)
+            next->ikeys = json_incref(cur->ikeys);
+        if (v >= 8)
+            assert_int_equal(syncd_history_append(next, cur, 3, 1 << 20, NULL),
+                             0);
+        assert_meta_is_its_serialization(next);
+        syncd_doc_free(cur);
+        cur = next;
+        /* A record read back has no cached text: the next commit
+         * serializes its markers once and builds on that. */
+        if (v == 9) {
+            json_decref(cur->outbox_text);
+            cur->outbox_text = NULL;
+        }
+    }
+    /* An ack leaves a new array: a text cached for the old one is not
+     * used. */
+    assert_int_equal(syncd_outbox_after(&left, cur->outbox, 7), 1);
+    json_decref(cur->outbox);
+    cur->outbox = left;
+    assert_int_equal(syncd_outbox_text(&text, &len, &made, cur), 0);
+    assert_non_null(made);
+    free(made);
+    assert_meta_is_its_serialization(cur);
+    syncd_doc_free(cur);
+}
+
 /* ---- Runner ------------------------------------------------------------- */
 
 #define BOTH(fn)                                                               \
@@ -4794,6 +4896,8 @@ int main(int argc, char **argv)
             test_history__each_text_is_the_compact_json_of_its_entries),
         cmocka_unit_test(
             test_history__a_record_with_a_cached_text_encodes_the_same_bytes),
+        cmocka_unit_test(
+            test_outbox__each_commit_appends_its_marker_to_the_cached_text),
     };
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)

@@ -64,6 +64,11 @@ typedef struct syncd_doc {
      * storage/history.c) and used only while hist is that very array;
      * shared, immutable; NULL: not cached. */
     json_t *hist_text;
+    /* The compact JSON text of outbox, cached with it the same way (see
+     * storage/record.c): each commit appends its marker's text to its
+     * predecessor's, so a record with many markers pending is not
+     * serialized whole per commit; shared, immutable; NULL: not cached. */
+    json_t *outbox_text;
 } syncd_doc_t;
 
 /* Frees doc and its strings and drops its body reference; NULL ignored. */
