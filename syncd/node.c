@@ -200,7 +200,33 @@ typedef struct breq {
 typedef struct pub_slot {
     char *coll, *id;
     int64_t handed, confirmed;
+    int64_t failed; /* the last version of the last chain that failed */
 } pub_slot_t;
+
+/* A publish waits (publish_or_wait()) at most this long, in ms of loop
+ * time, for the earlier versions it waits for, then goes with markers for
+ * them; and for at most this many of them. */
+#define WAIT_MAX_MS 1000
+#define WAIT_MAX_VERSIONS 256
+/* Period of the check of waiting publishes. */
+#define WAIT_POLL_MS 10
+
+/* A publish waiting for earlier versions of its document that this node
+ * committed and whose own publishes are on their way, so that they go out
+ * with their changes rather than as invalidate markers carried by a later
+ * version (see publish_or_wait()). */
+typedef struct pub_wait {
+    struct pub_wait *next; /* in node->waits */
+    char *coll, *id;
+    int64_t version;
+    syncd_change_op_t op;
+    json_t *pending; /* the change's pending markers */
+    json_t *ev;      /* the change's own event */
+    int64_t ack_version;
+    uint64_t since; /* loop time it began waiting */
+    syncd_node_publish_cb cb;
+    void *payload;
+} pub_wait_t;
 
 struct syncd_node {
     uv_loop_t *loop;
@@ -219,6 +245,7 @@ struct syncd_node {
     uv_timer_t reap;   /* freeing idle collections */
     uv_timer_t outbox; /* bus reconnects and the periodic republisher */
     uv_timer_t flush;  /* the cache's records written behind */
+    uv_timer_t wait;   /* publishes waiting for earlier versions */
     int timers_open;
     int bus_up;            /* the bus was connected at the last poll */
     int64_t outbox_due_ms; /* next periodic republisher run (loop time) */
@@ -230,6 +257,8 @@ struct syncd_node {
     size_t works;          /* thread-pool items in flight */
     struct ack_work *acks; /* outbox acks queued, newest first */
     struct pub_slot *pubs; /* PUB_SLOTS, allocated on first publish */
+    pub_wait_t *waits;     /* publishes waiting, in no order */
+    int resuming;          /* resume_waits() is running */
     size_t ae_runs;        /* anti-entropy runs in progress */
     int purging;           /* a purge work is in flight */
     int flushing;          /* a flush work is in flight */
@@ -270,6 +299,8 @@ static void sweep(coll_t *c);
 static void on_published(int status, int64_t seq, void *payload);
 static void run_release(ae_run_t *run, int status, uint64_t repaired);
 static void maybe_finish_close(syncd_node_t *node);
+static void wait_free(pub_wait_t *pw);
+static void resume_waits(syncd_node_t *node, const char *coll, const char *id);
 
 void syncd_node_options_init(syncd_node_options_t *opts)
 {
@@ -1653,9 +1684,10 @@ int syncd_node_open(syncd_node_t **out, uv_loop_t *loop, syncd_store_t *store,
     uv_timer_init(loop, &node->reap);
     uv_timer_init(loop, &node->outbox);
     uv_timer_init(loop, &node->flush);
+    uv_timer_init(loop, &node->wait);
     node->timer.data = node->retry.data = node->purge.data = node->reap.data =
-        node->outbox.data = node->flush.data = node;
-    node->timers_open = 6;
+        node->outbox.data = node->flush.data = node->wait.data = node;
+    node->timers_open = 7;
     uv_timer_start(&node->reap, on_reap, (uint64_t)opts->coll_idle_ms,
                    (uint64_t)opts->coll_idle_ms);
     node->crash_after = test_crash_after();
@@ -1736,6 +1768,15 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     uv_close((uv_handle_t *)&node->reap, on_timer_closed);
     uv_close((uv_handle_t *)&node->outbox, on_timer_closed);
     uv_close((uv_handle_t *)&node->flush, on_timer_closed);
+    uv_close((uv_handle_t *)&node->wait, on_timer_closed);
+    while (node->waits != NULL) {
+        pub_wait_t *pw = node->waits;
+
+        node->waits = pw->next;
+        if (pw->cb != NULL)
+            pw->cb(SYNCD_ECANCELED, 0, pw->payload);
+        wait_free(pw);
+    }
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
         c->sub = NULL;
@@ -1956,7 +1997,7 @@ static pub_slot_t *pub_slot(syncd_node_t *node, const char *coll,
     free(slot->id);
     slot->coll = c;
     slot->id = i;
-    slot->handed = slot->confirmed = 0;
+    slot->handed = slot->confirmed = slot->failed = 0;
     return slot;
 }
 
@@ -2008,10 +2049,12 @@ static void chain_step(int status, int64_t seq, void *payload)
     status = ch->status;
     seq = ch->seq;
     slot = pub_slot(ch->node, ch->coll, ch->id, 0);
-    if (slot != NULL && status == 0 && last_v > slot->confirmed)
+    if (slot != NULL && status == 0 && last_v > slot->confirmed) {
         slot->confirmed = last_v;
-    else if (slot != NULL && status != 0)
+    } else if (slot != NULL && status != 0) {
         slot->handed = slot->confirmed;
+        slot->failed = last_v;
+    }
     if (status == 0 && ch->ack_version > 0)
         queue_ack(ch->node, ch->coll, ch->id, ch->ack_version);
     chain_free(ch);
@@ -2085,10 +2128,13 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
         }
     }
     slot = pub_slot(node, coll, id, 0);
-    if (slot != NULL && ch->status != 0)
+    if (slot != NULL && ch->status != 0) {
         slot->handed = slot->confirmed;
-    else if (slot != NULL && last_v > slot->handed)
+        slot->failed = last_v;
+    } else if (slot != NULL && last_v > slot->handed) {
         slot->handed = last_v;
+    }
+    resume_waits(node, coll, id);
     return 0;
 }
 
@@ -2102,13 +2148,184 @@ static void on_published(int status, int64_t seq, void *payload)
     free(r);
 }
 
+/* Whether a publish of the document of slot whose pending markers
+ * (borrowed) are those of the record before it should wait: some of them
+ * are after slot->handed, and all of those were committed by this node
+ * (each such commit is published by its own syncd_node_publish()) and
+ * none is of a chain that failed. A slot that has handed nothing yet
+ * (new, or taken back from another document) knows too little to wait. */
+static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
+                       const json_t *pending)
+{
+    size_t i, n = 0;
+    json_t *m;
+
+    if (slot == NULL || slot->handed == 0)
+        return 0;
+    json_array_foreach (pending, i, m) {
+        int64_t v = member_int(m, "v");
+
+        if (v <= slot->handed)
+            continue;
+        if (v <= slot->failed ||
+            strcmp(member_str(m, "by"), node->node_id) != 0 ||
+            ++n > WAIT_MAX_VERSIONS)
+            return 0;
+    }
+    return n > 0;
+}
+
+/* Publishes pw (its event is taken, whatever the result): the pending
+ * markers not yet handed to the bus as invalidate events, then its own
+ * event, in one chain. With may_wait, when should_wait() says its
+ * earlier versions are on their way, it does not and returns 1 (pw's
+ * event is then kept). Returns 0, 1 or the chain's synchronous failure. */
+static int publish_or_wait(syncd_node_t *node, pub_wait_t *pw, int may_wait)
+{
+    json_t *events, *m = json_array_get(pw->pending, 0);
+    int64_t skip = 0, settled;
+    pub_slot_t *slot;
+    size_t i;
+
+    /* The versions before the record's oldest pending marker are
+     * published (only an ack drops a marker). Versions up to the slot's
+     * handed are ahead on the bus already and are left out, but they are
+     * not settled until the bus confirmed them: the bus must refuse this
+     * version while one of them may still fail. A version not after
+     * handed goes the long way: a late publish, or a document created
+     * anew after its tombstone was purged, which also starts the slot
+     * over. */
+    settled = (m != NULL ? member_int(m, "v") : pw->version) - 1;
+    slot = pub_slot(node, pw->coll, pw->id, 1);
+    if (slot != NULL && pw->version > slot->handed) {
+        if (may_wait && should_wait(node, slot, pw->pending))
+            return 1;
+        skip = slot->handed;
+        if (slot->confirmed > settled)
+            settled = slot->confirmed;
+    } else if (slot != NULL && pw->op == SYNCD_CHANGE_CREATE) {
+        slot->handed = slot->confirmed = slot->failed = 0;
+    }
+    events = json_array();
+    if (events == NULL) {
+        json_decref(pw->ev);
+        pw->ev = NULL;
+        return SYNCD_ENOMEM;
+    }
+    json_array_foreach (pw->pending, i, m) {
+        if (member_int(m, "v") > skip &&
+            json_array_append_new(events, marker_event(pw->coll, pw->id, m)) !=
+                0)
+            break;
+    }
+    if (i < json_array_size(pw->pending) ||
+        json_array_append_new(events, pw->ev) != 0) {
+        pw->ev = NULL;
+        json_decref(events);
+        return SYNCD_ENOMEM;
+    }
+    pw->ev = NULL;
+    return chain_start(node, events, pw->coll, pw->id, settled, pw->ack_version,
+                       pw->cb, pw->payload);
+}
+
+static void wait_free(pub_wait_t *pw)
+{
+    free(pw->coll);
+    free(pw->id);
+    json_decref(pw->pending);
+    json_decref(pw->ev);
+    free(pw);
+}
+
+/* The link to the waiting publish of coll/id of the lowest version, or
+ * NULL when none waits. */
+static pub_wait_t **lowest_wait(syncd_node_t *node, const char *coll,
+                                const char *id)
+{
+    pub_wait_t **low = NULL;
+
+    for (pub_wait_t **l = &node->waits; *l != NULL; l = &(*l)->next)
+        if (strcmp((*l)->coll, coll) == 0 && strcmp((*l)->id, id) == 0 &&
+            (low == NULL || (*l)->version < (*low)->version))
+            low = l;
+    return low;
+}
+
+/* Publishes the waiting publishes of coll/id that need wait no longer,
+ * lowest version first (a later one waits for the earlier ones), and
+ * with force the lowest one whatever it waits for. */
+static void resume_one(syncd_node_t *node, const char *coll, const char *id,
+                       int force)
+{
+    pub_wait_t **low, *pw;
+    int rc;
+
+    while ((low = lowest_wait(node, coll, id)) != NULL) {
+        pw = *low;
+        rc = publish_or_wait(node, pw, !force);
+        if (rc == 1)
+            return;
+        force = 0;
+        *low = pw->next;
+        if (rc != 0 && pw->cb != NULL)
+            pw->cb(rc, 0, pw->payload);
+        wait_free(pw);
+    }
+}
+
+/* Called when a version of coll/id was handed to the bus: publishes the
+ * waiting publishes that it let go. Not reentrant: the outer call goes on
+ * with what the inner ones let go. */
+static void resume_waits(syncd_node_t *node, const char *coll, const char *id)
+{
+    if (node->resuming || node->waits == NULL)
+        return;
+    node->resuming = 1;
+    resume_one(node, coll, id, 0);
+    node->resuming = 0;
+    if (node->waits == NULL)
+        uv_timer_stop(&node->wait);
+}
+
+/* Publishes what waited longer than WAIT_MAX_MS, or waits for a version
+ * whose chain failed since (or whose slot went to another document): the
+ * lowest waiting version of its document first, with markers for the
+ * versions it waited for. */
+static void on_wait_timer(uv_timer_t *t)
+{
+    syncd_node_t *node = t->data;
+    uint64_t now = uv_now(node->loop);
+    pub_wait_t *pw = node->waits;
+
+    node->resuming = 1;
+    while (pw != NULL) {
+        char *coll, *id;
+
+        if (now - pw->since < WAIT_MAX_MS &&
+            should_wait(node, pub_slot(node, pw->coll, pw->id, 0),
+                        pw->pending)) {
+            pw = pw->next;
+            continue;
+        }
+        /* Copies: resume_one() frees the waits it publishes. */
+        coll = strdup(pw->coll);
+        id = strdup(pw->id);
+        if (coll != NULL && id != NULL)
+            resume_one(node, coll, id, 1);
+        free(coll);
+        free(id);
+        pw = coll != NULL && id != NULL ? node->waits : pw->next;
+    }
+    node->resuming = 0;
+    if (node->waits == NULL)
+        uv_timer_stop(t);
+}
+
 int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_publish_cb cb, void *payload)
 {
-    json_t *events = NULL, *ev = NULL, *m;
-    pub_slot_t *slot;
-    int64_t skip = 0, settled;
-    size_t i;
+    pub_wait_t pw = {0}, *kept;
     int rc;
 
     if (node->closing)
@@ -2126,49 +2343,42 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
         raise(SIGKILL);
     if (coll_get(node, change->doc->coll) == NULL)
         return SYNCD_ENOMEM;
-    /* The versions before the record's oldest pending marker are
-     * published (only an ack drops a marker). Versions up to the slot's
-     * handed are ahead on the bus already and are left out, but they are
-     * not settled until the bus confirmed them: the bus must refuse this
-     * version while one of them may still fail. A version not after
-     * handed goes the long way: a late publish, or a document created
-     * anew after its tombstone was purged, which also starts the slot
-     * over. */
-    m = json_array_get(change->pending, 0);
-    settled = (m != NULL ? member_int(m, "v") : change->doc->version) - 1;
-    slot = pub_slot(node, change->doc->coll, change->doc->id, 1);
-    if (slot != NULL && change->doc->version > slot->handed) {
-        skip = slot->handed;
-        if (slot->confirmed > settled)
-            settled = slot->confirmed;
-    } else if (slot != NULL && change->op == SYNCD_CHANGE_CREATE) {
-        slot->handed = slot->confirmed = 0;
-    }
-    events = json_array();
-    if (events == NULL)
-        return SYNCD_ENOMEM;
-    json_array_foreach (change->pending, i, m) {
-        if (member_int(m, "v") <= skip)
-            continue;
-        if (json_array_append_new(
-                events, marker_event(change->doc->coll, change->doc->id, m)) !=
-            0) {
-            json_decref(events);
-            return SYNCD_ENOMEM;
-        }
-    }
-    rc = build_event(&ev, node, change);
-    if (rc == 0 && json_array_append_new(events, ev) != 0)
-        rc = SYNCD_ENOMEM;
-    if (rc != 0) {
-        json_decref(events);
+    rc = build_event(&pw.ev, node, change);
+    if (rc != 0)
         return rc;
-    }
+    pw.coll = change->doc->coll;
+    pw.id = change->doc->id;
+    pw.version = change->doc->version;
+    pw.op = change->op;
+    pw.pending = change->pending;
     /* A store without the outbox option left nothing to ack. */
-    return chain_start(
-        node, events, change->doc->coll, change->doc->id, settled,
-        json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0, cb,
-        payload);
+    pw.ack_version =
+        json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0;
+    pw.cb = cb;
+    pw.payload = payload;
+    rc = publish_or_wait(node, &pw, 1);
+    if (rc != 1)
+        return rc;
+    kept = malloc(sizeof(*kept));
+    if (kept != NULL) {
+        *kept = pw;
+        kept->coll = strdup(pw.coll);
+        kept->id = strdup(pw.id);
+        kept->pending = json_incref(pw.pending);
+        kept->since = uv_now(node->loop);
+    }
+    if (kept == NULL || kept->coll == NULL || kept->id == NULL) {
+        if (kept != NULL) {
+            kept->ev = NULL;
+            wait_free(kept);
+        }
+        return publish_or_wait(node, &pw, 0);
+    }
+    if (node->waits == NULL)
+        uv_timer_start(&node->wait, on_wait_timer, WAIT_POLL_MS, WAIT_POLL_MS);
+    kept->next = node->waits;
+    node->waits = kept;
+    return 0;
 }
 
 /* ---- The outbox republisher ---------------------------------------------- */

@@ -2027,9 +2027,11 @@ test_node__seqs_names_the_most_recent_collections_up_to_max(void **state)
     json_decref(body);
 }
 
-/* Versions of one document seen by a watcher, in order of arrival. */
+/* Versions of one document seen by a watcher, in order of arrival, and
+ * whether each event carried its change (a patch) or was an invalidate. */
 typedef struct versions {
     int64_t v[64];
+    int patched[64];
     size_t n;
 } versions_t;
 
@@ -2039,8 +2041,10 @@ static void on_versions_watch(syncd_node_signal_t signal, int64_t seq,
     versions_t *vs = payload;
 
     (void)seq;
-    if (signal == SYNCD_NODE_EVENT && vs->n < 64)
+    if (signal == SYNCD_NODE_EVENT && vs->n < 64) {
+        vs->patched[vs->n] = json_is_array(json_object_get(event, "patch"));
         vs->v[vs->n++] = json_integer_value(json_object_get(event, "v"));
+    }
 }
 
 /* Records of "things" with pending-publish markers in e's store. */
@@ -2056,13 +2060,18 @@ static size_t outbox_records(embedded_t *e)
     return n;
 }
 
-/* Versions committed with the outbox on and published in reverse order
- * (the newest first, carrying every earlier version still pending): a
- * watcher sees each version once, in version order, every publish
- * completes, and the record's outbox is acked to empty. */
-static void
-test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_and_are_acked(
-    void **state)
+/* How pending_publish() publishes versions 1..N of one document. */
+typedef enum {
+    NEWEST_FIRST,         /* N down to 1 */
+    FIRST_THEN_NEWEST,    /* 1, then N down to 2 */
+    FIRST_THEN_NEWEST_NO2 /* 1, then N down to 3: version 2 never is */
+} pub_order_t;
+
+/* Commits versions 1..N of one document with the outbox on and publishes
+ * them in order; returns how many publishes completed, with what a
+ * watcher saw in *seen, once the watcher saw N versions; the record's
+ * outbox must be acked to empty. */
+static int pending_publish(pub_order_t order, versions_t *seen)
 {
     enum { N = 40 };
     embedded_t e;
@@ -2072,11 +2081,9 @@ test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_
     syncd_node_watch_t *w = NULL;
     syncd_change_t *changes[N];
     json_t *body = json_object();
-    versions_t seen = {0};
     char events[300];
-    int published = 0;
+    int published = 0, expected = order == FIRST_THEN_NEWEST_NO2 ? N - 1 : N;
 
-    (void)state;
     assert_int_equal(uv_loop_init(&e.loop), 0);
     assert_int_equal(syncd_test_tmpdir(e.dir, sizeof(e.dir), "pending"), 0);
     syncd_store_options_init(&so);
@@ -2095,7 +2102,7 @@ test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_
     assert_int_equal(
         syncd_node_open(&e.node, &e.loop, e.store, e.bus, &no, NULL), 0);
     assert_int_equal(syncd_node_watch(e.node, &w, "things", NULL, 0,
-                                      on_versions_watch, &seen, NULL),
+                                      on_versions_watch, seen, NULL),
                      0);
 
     for (int i = 0; i < N; i++) {
@@ -2106,16 +2113,17 @@ test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_
                          0);
     }
     assert_int_equal(outbox_records(&e), 1);
-    for (int i = N - 1; i >= 0; i--)
-        assert_int_equal(syncd_node_publish(e.node, changes[i],
+    if (order != NEWEST_FIRST)
+        assert_int_equal(syncd_node_publish(e.node, changes[0],
                                             on_embedded_count, &published),
                          0);
-    for (int i = 0; i < 10000 && (published < N || seen.n < N); i++)
+    for (int i = N - 1; i >= (order == NEWEST_FIRST ? 0 : 1); i--)
+        if (order != FIRST_THEN_NEWEST_NO2 || i != 1)
+            assert_int_equal(syncd_node_publish(e.node, changes[i],
+                                                on_embedded_count, &published),
+                             0);
+    for (int i = 0; i < 10000 && (published < expected || seen->n < N); i++)
         uv_run(&e.loop, UV_RUN_ONCE);
-    assert_int_equal(published, N);
-    assert_int_equal(seen.n, N);
-    for (int i = 0; i < N; i++)
-        assert_int_equal(seen.v[i], i + 1);
     for (int i = 0; i < 2000 && outbox_records(&e) > 0; i++) {
         uv_run(&e.loop, UV_RUN_NOWAIT);
         uv_sleep(1);
@@ -2127,6 +2135,61 @@ test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_
     for (int i = 0; i < N; i++)
         syncd_change_free(changes[i]);
     json_decref(body);
+    return published;
+}
+
+/* Versions committed with the outbox on and published in reverse order
+ * (the newest first, carrying every earlier version still pending): a
+ * watcher sees each version once, in version order, every publish
+ * completes, and the record's outbox is acked to empty. */
+static void
+test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_and_are_acked(
+    void **state)
+{
+    versions_t seen = {0};
+
+    (void)state;
+    assert_int_equal(pending_publish(NEWEST_FIRST, &seen), 40);
+    assert_int_equal(seen.n, 40);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(seen.v[i], i + 1);
+}
+
+/* Concurrent writers of one document finish in any order: a publish
+ * whose earlier versions this node committed waits for their own
+ * publishes, so that every version reaches watchers with its change, not
+ * as an invalidate. */
+static void
+test_node__publishes_finishing_out_of_order_reach_watchers_with_their_changes(
+    void **state)
+{
+    versions_t seen = {0};
+
+    (void)state;
+    assert_int_equal(pending_publish(FIRST_THEN_NEWEST, &seen), 40);
+    assert_int_equal(seen.n, 40);
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(seen.v[i], i + 1);
+        assert_true(seen.patched[i]);
+    }
+}
+
+/* A version whose own publish never comes (its writer failed between
+ * commit and publish) holds the later ones back only for a while: then
+ * it goes as an invalidate and the rest with their changes, in order. */
+static void
+test_node__a_publish_that_never_comes_stops_the_later_ones_only_for_a_while(
+    void **state)
+{
+    versions_t seen = {0};
+
+    (void)state;
+    assert_int_equal(pending_publish(FIRST_THEN_NEWEST_NO2, &seen), 39);
+    assert_int_equal(seen.n, 40);
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(seen.v[i], i + 1);
+        assert_int_equal(seen.patched[i], i != 1);
+    }
 }
 
 /* ---- Servers ------------------------------------------------------------- */
@@ -2157,6 +2220,10 @@ int main(void)
             test_node__seqs_names_the_most_recent_collections_up_to_max),
         cmocka_unit_test(
             test_node__pending_versions_published_newest_first_reach_watchers_once_in_order_and_are_acked),
+        cmocka_unit_test(
+            test_node__publishes_finishing_out_of_order_reach_watchers_with_their_changes),
+        cmocka_unit_test(
+            test_node__a_publish_that_never_comes_stops_the_later_ones_only_for_a_while),
         cmocka_unit_test(
             test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(
