@@ -83,16 +83,7 @@ cleanup:
 int syncd_history_text(const char **text, size_t *len, char **made,
                        const syncd_doc_t *doc)
 {
-    *made = NULL;
-    *text = syncd_text_cached(doc->hist_text, doc->hist, len);
-    if (*text != NULL)
-        return 0;
-    *made = json_dumps(doc->hist, JSON_COMPACT);
-    if (*made == NULL)
-        return SYNCD_ENOMEM;
-    *text = *made;
-    *len = strlen(*made);
-    return 0;
+    return syncd_text_of(text, len, made, doc->hist_text, doc->hist);
 }
 
 /* Sets doc->hist_text to [doc->hist, the len bytes of text] (text must be

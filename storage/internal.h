@@ -368,6 +368,13 @@ int syncd_outbox_after(json_t **out, json_t *ob, int64_t version);
 const char *syncd_text_cached(const json_t *pair, const json_t *of,
                               size_t *len);
 
+/* Sets *text to the compact JSON of the array of, *len bytes, as
+ * json_dumps(of, JSON_COMPACT) gives it: the text the cache pair holds
+ * for it (borrowed, *made NULL), else a serialization that *made owns
+ * (the caller frees it). SYNCD_ENOMEM. */
+int syncd_text_of(const char **text, size_t *len, char **made,
+                  const json_t *pair, const json_t *of);
+
 /* Sets *text to the compact JSON of doc->outbox, *len bytes, as
  * json_dumps(doc->outbox, JSON_COMPACT) gives it: doc->outbox_text's when
  * it caches this very array (borrowed, *made NULL), else a serialization

@@ -110,19 +110,25 @@ const char *syncd_text_cached(const json_t *pair, const json_t *of, size_t *len)
     return json_string_value(text);
 }
 
-int syncd_outbox_text(const char **text, size_t *len, char **made,
-                      const syncd_doc_t *doc)
+int syncd_text_of(const char **text, size_t *len, char **made,
+                  const json_t *pair, const json_t *of)
 {
     *made = NULL;
-    *text = syncd_text_cached(doc->outbox_text, doc->outbox, len);
+    *text = syncd_text_cached(pair, of, len);
     if (*text != NULL)
         return 0;
-    *made = json_dumps(doc->outbox, JSON_COMPACT);
+    *made = json_dumps(of, JSON_COMPACT);
     if (*made == NULL)
         return SYNCD_ENOMEM;
     *text = *made;
     *len = strlen(*made);
     return 0;
+}
+
+int syncd_outbox_text(const char **text, size_t *len, char **made,
+                      const syncd_doc_t *doc)
+{
+    return syncd_text_of(text, len, made, doc->outbox_text, doc->outbox);
 }
 
 void syncd_outbox_text_append(syncd_doc_t *next, const syncd_doc_t *cur)
