@@ -2115,6 +2115,9 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     ch->payload = payload;
     rc = chain_publish(ch, 0);
     if (rc != 0) {
+        slot = pub_slot(node, coll, id, 0);
+        if (slot != NULL)
+            slot->failed = last_v;
         chain_free(ch);
         return rc;
     }
