@@ -901,6 +901,11 @@ static void job_finish(job_t *j)
 {
     syncd_api_t *api = j->api;
 
+    /* A document read from the store may now be cached: the node must
+     * hear of its collection's changes. */
+    if (j->kind == JOB_GET && j->rc == 0 && api->opts.node != NULL)
+        syncd_node_note_read(api->opts.node, j->coll);
+
     if (j->req == NULL) {
         syncd_log(SYNCD_LOG_INFO,
                   "api: %s/%s finished after its deadline answered: %s",

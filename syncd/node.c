@@ -161,10 +161,11 @@ struct coll {
     uint64_t hash;
     syncd_node_t *node;
     char *name;
-    size_t holds;     /* syncd_node_hold() calls not yet released */
-    int in_store;     /* known to exist in the store of record: listed,
-                         written, or an event of it received */
-    uint64_t touched; /* loop time (ms) of its last write or event */
+    size_t holds;        /* syncd_node_hold() calls not yet released */
+    int pass_when_ready; /* a read cached a document before it was */
+    int in_store;        /* known to exist in the store of record: listed,
+                            written, or an event of it received */
+    uint64_t touched;    /* loop time (ms) of its last write or event */
     syncd_bus_sub_t *sub;
     int ready;       /* subscribed; seq is known */
     int seq_pending; /* a bus seq read is in flight */
@@ -682,6 +683,7 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
 
 static void coll_subscribe(coll_t *c);
 static int coll_reap(coll_t *c);
+static void start_pass(coll_t *c, ae_run_t *run);
 
 /* Subscribes every collection that is not yet. */
 static void on_retry(uv_timer_t *timer)
@@ -722,6 +724,11 @@ static void on_coll_seq(int status, int64_t seq, void *payload)
     for (w = c->watchers; w != NULL; w = w->next) {
         if (!w->dead && !w->started)
             watch_start(w);
+    }
+    /* What a read cached before now may have missed events. */
+    if (c->pass_when_ready) {
+        c->pass_when_ready = 0;
+        start_pass(c, NULL);
     }
     sweep(c);
     /* Whoever wanted it may be gone already (a write that failed). */
@@ -1290,8 +1297,6 @@ static void work_run(uv_work_t *req)
 }
 
 /* ---- Finishing items (loop thread) --------------------------------------- */
-
-static void start_pass(coll_t *c, ae_run_t *run);
 
 /* Records an item as done: its seq as applied, its event to the
  * watchers. */
@@ -2643,6 +2648,17 @@ int syncd_node_hold(syncd_node_t *node, const char *coll, syncd_error_t *err)
     if (rc == 0)
         c->holds++;
     return rc;
+}
+
+void syncd_node_note_read(syncd_node_t *node, const char *coll)
+{
+    coll_t *c;
+
+    if (!node->cached || node->closing || coll_find(node, coll) != NULL)
+        return;
+    c = coll_get(node, coll);
+    if (c != NULL && !c->ready)
+        c->pass_when_ready = 1;
 }
 
 void syncd_node_release(syncd_node_t *node, const char *coll, int committed)

@@ -1119,6 +1119,80 @@ test_node__diff_larger_than_the_body_travels_as_the_body_and_applies_without_ref
     cluster_close(&cl);
 }
 
+/* The version of later/d that later_cached() waits for on node 2. */
+static int64_t later_want;
+
+/* Node 2's cache holds later/d at later_want. */
+static int later_cached(cluster_t *cl)
+{
+    syncd_doc_t *d = NULL;
+    int ok = syncd_store_cached(cl->n[2].store, &d, "later", "d", NULL) == 0 &&
+             d->version == later_want;
+
+    syncd_doc_free(d);
+    return ok;
+}
+
+static int later_published(cluster_t *cl)
+{
+    return cl->storm.publishing == 0;
+}
+
+/* Commits version v of later/d through node 0 and publishes it, without
+ * waiting. */
+static void later_write(cluster_t *cl, int v)
+{
+    syncd_change_t *change = NULL;
+    json_t *body = json_pack("{s:i}", "n", v);
+
+    assert_int_equal(syncd_store_put(cl->n[0].store, &change, "later", "d",
+                                     body, SYNCD_ANY_VERSION, NULL),
+                     0);
+    assert_int_equal(change->doc->version, v);
+    cl->storm.publishing++;
+    assert_int_equal(
+        syncd_node_publish(cl->n[0].node, change, on_published, cl), 0);
+    syncd_change_free(change);
+    json_decref(body);
+}
+
+/* A node with a cache subscribes to the collections it knows at start
+ * and at anti-entropy runs. A document of a collection created later by
+ * another node, cached by a read, is kept current once the node is told
+ * of the read (as the API does for every GET): a change committed while
+ * the node subscribes is repaired when it is subscribed, and later ones
+ * arrive as events, with no anti-entropy run (none runs in these
+ * tests). */
+static void
+test_node__a_document_read_from_a_collection_created_later_is_kept_current(
+    void **state)
+{
+    cluster_t cl;
+    syncd_doc_t *d = NULL;
+
+    (void)state;
+    cluster_open(&cl, "known", NULL);
+    memset(&cl.storm, 0, sizeof(cl.storm));
+    later_write(&cl, 1);
+    run_until(&cl, later_published);
+    assert_int_equal(syncd_store_get(cl.n[2].store, &d, "later", "d", NULL), 0);
+    assert_int_equal(d->version, 1);
+    syncd_doc_free(d);
+    later_want = 1;
+    assert_true(later_cached(&cl));
+
+    syncd_node_note_read(cl.n[2].node, "later");
+    later_write(&cl, 2);
+    later_want = 2;
+    run_until(&cl, later_cached);
+    run_until(&cl, later_published);
+    later_write(&cl, 3);
+    later_want = 3;
+    run_until(&cl, later_cached);
+    run_until(&cl, later_published);
+    cluster_close(&cl);
+}
+
 static void test_node__anti_entropy_heals_a_tampered_cache(void **state)
 {
     cluster_t cl;
@@ -2249,6 +2323,8 @@ int main(void)
         cmocka_unit_test(
             test_node__diff_larger_than_the_body_travels_as_the_body_and_applies_without_refetch),
         cmocka_unit_test(test_node__anti_entropy_heals_a_tampered_cache),
+        cmocka_unit_test(
+            test_node__a_document_read_from_a_collection_created_later_is_kept_current),
         cmocka_unit_test(
             test_node__idle_node_with_an_expiring_cache_refetches_nothing_but_repairs_a_real_difference_once),
         cmocka_unit_test(

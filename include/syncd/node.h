@@ -152,6 +152,14 @@ int syncd_node_hold(syncd_node_t *node, const char *coll, syncd_error_t *err);
  * an idle collection's state is freed at once). */
 void syncd_node_release(syncd_node_t *node, const char *coll, int committed);
 
+/* Tells the node that a read found a document of coll in the store, so
+ * its cache may now hold one: a node with a cache that did not know coll
+ * (created after its start, by another node) subscribes to it, and once
+ * subscribed compares what it cached meanwhile with the store, so that
+ * the document is not served stale until the next anti-entropy run.
+ * Nothing for a node without a cache or one that knows coll. */
+void syncd_node_note_read(syncd_node_t *node, const char *coll);
+
 /* Returns the last seq of coll this node has applied (0 if none). */
 int64_t syncd_node_seq(const syncd_node_t *node, const char *coll);
 
