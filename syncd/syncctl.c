@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -51,14 +52,11 @@ int syncctl_usage(const syncctl_cmd_t *cmd)
  * reports what it parsed so far. Returns 0, or -1 when out of memory. */
 static int read_all(char **buf, size_t *len, int fd)
 {
-    struct stat st;
     size_t cap = 64 * 1024, n = 0;
-    char *b, *grown;
+    char *b = malloc(cap), *grown;
     ssize_t got;
 
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
-        cap = (size_t)st.st_size + 1;
-    if ((b = malloc(cap)) == NULL)
+    if (b == NULL)
         return -1;
     for (;;) {
         if (n == cap) {
@@ -81,14 +79,42 @@ static int read_all(char **buf, size_t *len, int fd)
     return 0;
 }
 
-/* Loads the JSON file at path ("-": stdin) into *out (a new reference) by
- * reading it whole and parsing the buffer; on failure *out is NULL and jerr
- * holds what json_load_file() would have said. Returns 0 or -1. */
+/* Parses the text of fd into *out as syncd_json_loadb() does: mapped when
+ * may_map and fd is a non-empty regular file (no copy; a file truncated
+ * meanwhile raises SIGBUS, as for any mapped input), else read whole from
+ * where fd stands. Returns 0 or -1 with jerr set. */
+static int parse_fd(json_t **out, int fd, int may_map, json_error_t *jerr)
+{
+    struct stat st;
+    void *map = MAP_FAILED;
+    size_t len;
+    char *buf;
+    int rc;
+
+    if (may_map && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+        map = mmap(NULL, (size_t)st.st_size, PROT_READ,
+                   MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (map != MAP_FAILED) {
+        rc = syncd_json_loadb(out, map, (size_t)st.st_size, jerr);
+        munmap(map, (size_t)st.st_size);
+        return rc < 0 ? -1 : 0;
+    }
+    if (read_all(&buf, &len, fd) < 0) {
+        snprintf(jerr->text, sizeof(jerr->text), "out of memory");
+        jerr->line = jerr->column = -1;
+        return -1;
+    }
+    rc = syncd_json_loadb(out, buf, len, jerr);
+    free(buf);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Loads the JSON file at path ("-": stdin) into *out (a new reference);
+ * on failure *out is NULL and jerr holds what json_load_file() would have
+ * said. Returns 0 or -1. */
 static int load_json(json_t **out, const char *path, json_error_t *jerr)
 {
     int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY);
-    size_t len;
-    char *buf;
     int rc;
 
     *out = NULL;
@@ -98,17 +124,10 @@ static int load_json(json_t **out, const char *path, json_error_t *jerr)
         jerr->line = jerr->column = -1;
         return -1;
     }
-    rc = read_all(&buf, &len, fd);
+    rc = parse_fd(out, fd, fd != STDIN_FILENO, jerr);
     if (fd != STDIN_FILENO)
         close(fd);
-    if (rc < 0) {
-        snprintf(jerr->text, sizeof(jerr->text), "out of memory");
-        jerr->line = jerr->column = -1;
-        return -1;
-    }
-    *out = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, jerr);
-    free(buf);
-    return *out == NULL ? -1 : 0;
+    return rc;
 }
 
 /* Reports a failed load_json() of path through syncctl_fail(). */
@@ -205,6 +224,30 @@ static int load_inputs(input_t in[2])
     return SYNCCTL_OK;
 }
 
+/* Thread body of free_inputs(): drops one input's document. */
+static void *free_input(void *arg)
+{
+    input_t *in = arg;
+
+    json_decref(in->doc);
+    in->doc = NULL;
+    return NULL;
+}
+
+/* Drops the documents of both inputs, the second in a thread: freeing a
+ * large document's values takes about as long as building them. */
+static void free_inputs(input_t in[2])
+{
+    pthread_t second;
+    int threaded = pthread_create(&second, NULL, free_input, &in[1]) == 0;
+
+    free_input(&in[0]);
+    if (threaded)
+        pthread_join(second, NULL);
+    else
+        free_input(&in[1]);
+}
+
 /* Runs diff or apply: loads the two files of argv, runs json_fn on them
  * (merge_fn with --merge) and prints the result; errors name the command
  * and the second file. */
@@ -229,8 +272,7 @@ static int run_on_files(const syncctl_cmd_t *self, patch_fn json_fn,
         else
             rc = syncctl_print_json(out);
     }
-    json_decref(in[0].doc);
-    json_decref(in[1].doc);
+    free_inputs(in);
     json_decref(out);
     return rc;
 }
