@@ -21,7 +21,7 @@ SECONDS_EACH="${1:-30}"
 shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] ||
-    TARGETS=(pointer patch merge diff event config volume http)
+    TARGETS=(pointer patch merge diff load event config volume http)
 BUILD="${SYNCD_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
 TESTDATA="${SYNCD_TESTDATA:-$ROOT/../shared/testdata}"
 NICE="${SYNCD_FUZZ_NICE:-10}"

@@ -11,10 +11,16 @@
  * for that body. Output is canonical JSON, or one hash a line, on stdout;
  * errors are one line on stderr with exit status 1, usage errors exit 2.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "syncd/patch.h"
 
@@ -41,18 +47,102 @@ int syncctl_usage(const syncctl_cmd_t *cmd)
     return SYNCCTL_USAGE;
 }
 
+/* Reads all of fd into *buf (malloc'd, owned by the caller) and *len; a
+ * read error ends the input as jansson's file stream does, so that it
+ * reports what it parsed so far. Returns 0, or -1 when out of memory. */
+static int read_all(char **buf, size_t *len, int fd)
+{
+    size_t cap = 64 * 1024, n = 0;
+    char *b = malloc(cap), *grown;
+    ssize_t got;
+
+    if (b == NULL)
+        return -1;
+    for (;;) {
+        if (n == cap) {
+            if ((grown = realloc(b, cap * 2)) == NULL) {
+                free(b);
+                return -1;
+            }
+            b = grown;
+            cap *= 2;
+        }
+        got = read(fd, b + n, cap - n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    *buf = b;
+    *len = n;
+    return 0;
+}
+
+/* Parses the text of fd into *out as syncd_json_loadb() does: mapped when
+ * may_map and fd is a non-empty regular file (no copy; a file truncated
+ * meanwhile raises SIGBUS, as for any mapped input), else read whole from
+ * where fd stands. Returns 0 or -1 with jerr set. */
+static int parse_fd(json_t **out, int fd, int may_map, json_error_t *jerr)
+{
+    struct stat st;
+    void *map = MAP_FAILED;
+    size_t len;
+    char *buf;
+    int rc;
+
+    if (may_map && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+        map = mmap(NULL, (size_t)st.st_size, PROT_READ,
+                   MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (map != MAP_FAILED) {
+        rc = syncd_json_loadb(out, map, (size_t)st.st_size, jerr);
+        munmap(map, (size_t)st.st_size);
+        return rc < 0 ? -1 : 0;
+    }
+    if (read_all(&buf, &len, fd) < 0) {
+        snprintf(jerr->text, sizeof(jerr->text), "out of memory");
+        jerr->line = jerr->column = -1;
+        return -1;
+    }
+    rc = syncd_json_loadb(out, buf, len, jerr);
+    free(buf);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Loads the JSON file at path ("-": stdin) into *out (a new reference);
+ * on failure *out is NULL and jerr holds what json_load_file() would have
+ * said. Returns 0 or -1. */
+static int load_json(json_t **out, const char *path, json_error_t *jerr)
+{
+    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY);
+    int rc;
+
+    *out = NULL;
+    if (fd < 0) {
+        snprintf(jerr->text, sizeof(jerr->text), "unable to open %s: %s", path,
+                 strerror(errno));
+        jerr->line = jerr->column = -1;
+        return -1;
+    }
+    rc = parse_fd(out, fd, fd != STDIN_FILENO, jerr);
+    if (fd != STDIN_FILENO)
+        close(fd);
+    return rc;
+}
+
+/* Reports a failed load_json() of path through syncctl_fail(). */
+static int load_failed(const char *path, const json_error_t *jerr)
+{
+    return syncctl_fail("%s:%d:%d: %s", path, jerr->line, jerr->column,
+                        jerr->text);
+}
+
 int syncctl_load_json(json_t **out, const char *path)
 {
     json_error_t jerr;
-    size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
 
-    if (strcmp(path, "-") == 0)
-        *out = json_loadf(stdin, flags, &jerr);
-    else
-        *out = json_load_file(path, flags, &jerr);
-    if (*out == NULL)
-        return syncctl_fail("%s:%d:%d: %s", path, jerr.line, jerr.column,
-                            jerr.text);
+    if (load_json(out, path, &jerr) < 0)
+        return load_failed(path, &jerr);
     return SYNCCTL_OK;
 }
 
@@ -93,31 +183,96 @@ static int two_files(const char *files[2], int *merge, int argc, char **argv)
     return n == 2 ? 0 : -1;
 }
 
+/* One input of diff or apply: its path, and once loaded its document (a
+ * new reference, or NULL with the error in err). */
+typedef struct {
+    const char *path;
+    json_t *doc;
+    json_error_t err;
+} input_t;
+
+/* Thread body of load_inputs(): loads one input_t. */
+static void *load_input(void *arg)
+{
+    input_t *in = arg;
+
+    load_json(&in->doc, in->path, &in->err);
+    return NULL;
+}
+
+/* Loads both inputs, in two threads unless both read stdin (then one after
+ * the other, as the second gets what the first left). Reports the error of
+ * the first input that failed, as loading them in turn would, and returns
+ * SYNCCTL_OK or SYNCCTL_FAILED. */
+static int load_inputs(input_t in[2])
+{
+    int both_stdin =
+        strcmp(in[0].path, "-") == 0 && strcmp(in[1].path, "-") == 0;
+    pthread_t second;
+    int threaded =
+        !both_stdin && pthread_create(&second, NULL, load_input, &in[1]) == 0;
+
+    load_input(&in[0]);
+    if (threaded)
+        pthread_join(second, NULL);
+    else if (in[0].doc != NULL)
+        load_input(&in[1]);
+    for (int i = 0; i < 2; i++) {
+        if (in[i].doc == NULL)
+            return load_failed(in[i].path, &in[i].err);
+    }
+    return SYNCCTL_OK;
+}
+
+/* Thread body of free_inputs(): drops one input's document. */
+static void *free_input(void *arg)
+{
+    input_t *in = arg;
+
+    json_decref(in->doc);
+    in->doc = NULL;
+    return NULL;
+}
+
+/* Drops the documents of both inputs, the second in a thread: freeing a
+ * large document's values takes about as long as building them. */
+static void free_inputs(input_t in[2])
+{
+    pthread_t second;
+    int threaded = pthread_create(&second, NULL, free_input, &in[1]) == 0;
+
+    free_input(&in[0]);
+    if (threaded)
+        pthread_join(second, NULL);
+    else
+        free_input(&in[1]);
+}
+
 /* Runs diff or apply: loads the two files of argv, runs json_fn on them
  * (merge_fn with --merge) and prints the result; errors name the command
  * and the second file. */
 static int run_on_files(const syncctl_cmd_t *self, patch_fn json_fn,
                         patch_fn merge_fn, int argc, char **argv)
 {
-    json_t *first = NULL, *second = NULL, *out = NULL;
+    input_t in[2] = {{0}, {0}};
     const char *files[2];
+    json_t *out = NULL;
     syncd_error_t err;
     int merge, rc;
 
     if (two_files(files, &merge, argc, argv) < 0)
         return syncctl_usage(self);
-    rc = syncctl_load_json(&first, files[0]);
-    if (rc == SYNCCTL_OK)
-        rc = syncctl_load_json(&second, files[1]);
+    in[0].path = files[0];
+    in[1].path = files[1];
+    rc = load_inputs(in);
     if (rc == SYNCCTL_OK) {
         syncd_error_clear(&err);
-        if ((merge ? merge_fn : json_fn)(&out, first, second, &err) < 0)
+        if ((merge ? merge_fn : json_fn)(&out, in[0].doc, in[1].doc, &err) < 0)
             rc = syncctl_fail("%s %s: %s", self->name, files[1], err.message);
         else
             rc = syncctl_print_json(out);
     }
-    json_decref(first);
-    json_decref(second);
+    free_inputs(in);
     json_decref(out);
     return rc;
 }

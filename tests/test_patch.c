@@ -7,7 +7,8 @@
  * the input untouched. Error paths cover malformed input, deep nesting and
  * 50,000-element arrays; canonical JSON, SHA-256 and the content hash are
  * checked against fixed vectors, and the hash tree's incremental hash against
- * a fresh one after thousands of random patches.
+ * a fresh one after thousands of random patches. syncd_json_loadb() is
+ * checked against json_loadb() on edge cases and random documents.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1749,6 +1750,163 @@ static void test_json_equal__numbers_by_value_objects_ignore_order(void **s)
     json_decref(e);
 }
 
+/* ---- loading JSON text -------------------------------------------------- */
+
+/* Checks that syncd_json_loadb() gives what json_loadb() gives on len
+ * bytes of text: the same value in the same key order, or the same error
+ * at the same line and column. */
+static void assert_loads_as_jansson(const char *text, size_t len)
+{
+    json_error_t want_err, got_err;
+    json_t *want =
+        json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &want_err);
+    json_t *got = NULL;
+    int rc = syncd_json_loadb(&got, text, len, &got_err);
+
+    if (want == NULL) {
+        assert_int_equal(rc, SYNCD_EINVAL);
+        assert_null(got);
+        assert_string_equal(got_err.text, want_err.text);
+        assert_int_equal(got_err.line, want_err.line);
+        assert_int_equal(got_err.column, want_err.column);
+    } else {
+        char *a = json_dumps(want, JSON_COMPACT | JSON_ENCODE_ANY);
+        char *b = json_dumps(got, JSON_COMPACT | JSON_ENCODE_ANY);
+
+        assert_int_equal(rc, 0);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_string_equal(b, a);
+        free(a);
+        free(b);
+    }
+    json_decref(want);
+    json_decref(got);
+}
+
+static void test_json_loadb__edge_cases_load_as_jansson_loads_them(void **s)
+{
+    static const char *const texts[] = {
+        "{}",
+        "[]",
+        " [ ] ",
+        "\t\r\n1\n",
+        "0",
+        "-0",
+        "-0.0",
+        "1.5e3",
+        "1E+2",
+        "2e-3",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "123456789012345678",
+        "1234567890123456789",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        "01",
+        "-",
+        "1.",
+        "1.e5",
+        "1e",
+        "1e+",
+        ".5",
+        "+1",
+        "true",
+        "false",
+        "null",
+        "tru",
+        "truex",
+        "nul",
+        "[true,false,null]",
+        "[1,]",
+        "[,1]",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "{1:2}",
+        "{\"a\":1,\"a\":2,\"b\":3,\"a\":4}",
+        "\"\"",
+        "\"esc \\\" \\\\ \\/ \\b \\f \\n \\r \\t\"",
+        "\"\\u00e9\\u20ac\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\\ud800\"",
+        "\"\\ud800x\"",
+        "\"\\ud800\\u0041\"",
+        "\"\\udc00\"",
+        "\"\\u12\"",
+        "\"\\uzzzz\"",
+        "\"\\x\"",
+        "\"\\u0000\"",
+        "{\"a\\u0000b\":1}",
+        "{\"\\u00e9\":1}",
+        "{\"caf\xc3\xa9\":\"\xe2\x82\xac\"}",
+        "\"\xc3(\"",
+        "\"\xc0\xaf\"",
+        "\"\xed\xa0\x80\"",
+        "\"\xf4\x90\x80\x80\"",
+        "\"\xff\"",
+        "{\"\xc3\":1}",
+        "\xef\xbb\xbf{}",
+        "\"tab\there\"",
+        "\"unterminated",
+        "{\"a\":\n 1,]",
+        "{\"a\":1} x",
+        "[1] [2]",
+        "",
+        "   ",
+        "]",
+        "}",
+        "[\"\\u00e9\", \"k\", {\"\\n\": \"\\\"\"}]",
+    };
+
+    (void)s;
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+        assert_loads_as_jansson(texts[i], strlen(texts[i]));
+    assert_loads_as_jansson("[1]\0", 4);
+    assert_loads_as_jansson("\"a\0b\"", 5);
+    assert_loads_as_jansson("[\"\0\"]", 5);
+}
+
+static void test_json_loadb__deep_nesting_loads_as_jansson_loads_it(void **s)
+{
+    size_t depths[] = {1023, 1024, 1025, 2047, 2048, 2049, 3000};
+    char *text = malloc(2 * 3000 + 1);
+
+    (void)s;
+    assert_non_null(text);
+    for (size_t i = 0; i < sizeof(depths) / sizeof(depths[0]); i++) {
+        size_t n = depths[i];
+
+        memset(text, '[', n);
+        memset(text + n, ']', n);
+        assert_loads_as_jansson(text, 2 * n);
+    }
+    free(text);
+}
+
+static void
+test_json_loadb__random_documents_load_as_jansson_loads_them(void **s)
+{
+    static const size_t flags[] = {JSON_COMPACT, JSON_INDENT(2),
+                                   JSON_ENSURE_ASCII,
+                                   JSON_INDENT(1) | JSON_ENSURE_ASCII};
+    rng_t r = {0x10adb};
+
+    (void)s;
+    for (int i = 0; i < 400; i++) {
+        json_t *doc = random_value(&r, 5);
+        char *text = json_dumps(doc, JSON_ENCODE_ANY | flags[i % 4]);
+
+        assert_non_null(text);
+        assert_loads_as_jansson(text, strlen(text));
+        free(text);
+        json_decref(doc);
+    }
+}
+
 /* ---- the Merkle content hash and the hash tree --------------------------- */
 
 static void hash_of(char out[SYNCD_HASH_HEX_LEN + 1], const json_t *v)
@@ -2568,6 +2726,12 @@ int main(void)
         cmocka_unit_test(test_ptr__parse_and_format_roundtrip_escapes),
         cmocka_unit_test(test_ptr__malformed_pointers_fail_with_EINVAL),
         cmocka_unit_test(test_ptr__fragment_decodes_percent_nul),
+        cmocka_unit_test(
+            test_json_loadb__edge_cases_load_as_jansson_loads_them),
+        cmocka_unit_test(
+            test_json_loadb__deep_nesting_loads_as_jansson_loads_it),
+        cmocka_unit_test(
+            test_json_loadb__random_documents_load_as_jansson_loads_them),
         cmocka_unit_test(test_canonical__sorts_keys_whatever_the_order),
         cmocka_unit_test(
             test_patch_in_place__conformance_records_match_copying_apply),

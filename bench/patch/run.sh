@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# run.sh - the patch benchmark: syncd's diff against fast-json-patch (npm)
-# and Python's jsonpatch (Debian python3-jsonpatch), in the same run, on
-# generated volume-collection-like documents of 1k, 10k and 50k entries.
+# run.sh - the patch benchmark: syncd's diff against fast-json-patch (npm),
+# cJSON_Utils (C, Debian's cjson) and Python's jsonpatch (Debian
+# python3-jsonpatch), in the same run, on generated volume-collection-like
+# documents of 1k, 10k and 50k entries.
 #
 # Prints a Markdown table: per size and tool, the median diff time from
 # parsed documents, the whole-process time (load both files, diff, write
-# the patch), the operation count, the patch size, whether the patch
+# the patch; median of WHOLE_RUNS processes), the operation count, the patch size, whether the patch
 # reproduces the target, and the minimal operation count.
 #
 # Environment: SIZES (default "1000 10000 50000"), RUNS (default 5),
-# PY_RUNS (default 3; python's jsonpatch is slow), SYNCD_BENCH_BUILD (an
+# PY_RUNS (default 3; python's jsonpatch is slow), WHOLE_RUNS (default 3),
+# SYNCD_BENCH_BUILD (an
 # existing Release build dir with bench_patch and syncctl; default: build
 # one in build-bench/).
 set -euo pipefail
@@ -20,11 +22,13 @@ TMP="$ROOT/bench/results/tmp"
 SIZES="${SIZES:-1000 10000 50000}"
 RUNS="${RUNS:-5}"
 PY_RUNS="${PY_RUNS:-3}"
+WHOLE_RUNS="${WHOLE_RUNS:-3}"
 PY=/usr/bin/python3
 
 need_apt=()
 command -v node >/dev/null || need_apt+=(nodejs npm)
 "$PY" -c 'import jsonpatch' 2>/dev/null || need_apt+=(python3-jsonpatch)
+dpkg -s libcjson-dev >/dev/null 2>&1 || need_apt+=(libcjson-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -43,13 +47,40 @@ fi
 
 mkdir -p "$TMP"
 
-# wall_ms CMD... runs CMD once and prints its wall-clock time in ms.
+# libcjson-dev ships cJSON but not cJSON_Utils: take cJSON_Utils.c from the
+# Debian source package of the installed libcjson1, fetched by apt-get with
+# a private deb-src list (the system's apt configuration is left alone).
+CJSON_SRC="$TMP/cjson-src"
+if [ ! -f "$CJSON_SRC/cJSON_Utils.c" ]; then
+    ver=$(dpkg-query -W -f='${Version}' libcjson1)
+    . /etc/os-release
+    apt_dir="$TMP/apt"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/get"
+    for suite in "$VERSION_CODENAME" "$VERSION_CODENAME-updates"; do
+        echo "deb-src http://deb.debian.org/debian $suite main"
+    done >"$apt_dir/sources.list"
+    echo "deb-src http://deb.debian.org/debian-security $VERSION_CODENAME-security main" \
+        >>"$apt_dir/sources.list"
+    apt_src=(-o "Dir::Etc::SourceList=$apt_dir/sources.list"
+        -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt_dir/lists")
+    apt-get "${apt_src[@]}" update -qq >/dev/null
+    (cd "$apt_dir/get" && apt-get "${apt_src[@]}" source -qq "cjson=$ver" \
+        >/dev/null 2>&1)
+    mv "$apt_dir/get/cjson-${ver%%-*}" "$CJSON_SRC"
+fi
+cc -O2 -I"$CJSON_SRC" -o "$TMP/cjson_diff" "$HERE/cjson_diff.c" \
+    "$CJSON_SRC/cJSON_Utils.c" -lcjson
+
+# wall_ms CMD... runs CMD WHOLE_RUNS times and prints the median
+# wall-clock time in ms.
 wall_ms() {
-    local t0 t1
-    t0=$(date +%s%N)
-    "$@" >/dev/null
-    t1=$(date +%s%N)
-    echo $(((t1 - t0) / 1000000))
+    local t0 t1 i
+    for ((i = 0; i < WHOLE_RUNS; i++)); do
+        t0=$(date +%s%N)
+        "$@" >/dev/null
+        t1=$(date +%s%N)
+        echo $(((t1 - t0) / 1000000))
+    done | sort -n | sed -n "$(((WHOLE_RUNS + 1) / 2))p"
 }
 
 # row SIZE MINIMAL WHOLE_MS RESULT_JSON prints one table row.
@@ -76,6 +107,10 @@ for n in $SIZES; do
 
     r=$(node "$HERE/fjp.js" bench "$a" "$b" "$RUNS")
     w=$(wall_ms node "$HERE/fjp.js" once "$a" "$b" "$TMP/p-fjp.json")
+    row "$n" "$minimal" "$w" "$r"
+
+    r=$("$TMP/cjson_diff" bench "$a" "$b" "$RUNS")
+    w=$(wall_ms "$TMP/cjson_diff" once "$a" "$b" "$TMP/p-cjson.json")
     row "$n" "$minimal" "$w" "$r"
 
     r=$("$PY" "$HERE/jp.py" bench "$a" "$b" "$PY_RUNS")

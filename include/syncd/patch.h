@@ -183,6 +183,14 @@ int syncd_merge_diff_touched(json_t **out, const json_t *a, const json_t *b,
 
 /* ---- Canonical JSON and content hash ------------------------------------ */
 
+/* Parses the len bytes at buf into *out (a new reference) as json_loadb(buf,
+ * len, JSON_DECODE_ANY | JSON_ALLOW_NUL, jerr) would, same value and same
+ * errors, but several times faster on large documents. Returns 0, or
+ * SYNCD_EINVAL with *out NULL and jansson's message, line and column in
+ * jerr (which is left alone on success). */
+int syncd_json_loadb(json_t **out, const char *buf, size_t len,
+                     json_error_t *jerr);
+
 /* Length of a content hash in hex, without the terminating NUL. */
 #define SYNCD_HASH_HEX_LEN 64
 
