@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -47,12 +46,15 @@ int syncctl_usage(const syncctl_cmd_t *cmd)
     return SYNCCTL_USAGE;
 }
 
-/* Reads all of fd into *buf (malloc'd, owned by the caller) and *len; a
- * read error ends the input as jansson's file stream does, so that it
- * reports what it parsed so far. Returns 0, or -1 when out of memory. */
-static int read_all(char **buf, size_t *len, int fd)
+/* Reads all of fd into *buf (malloc'd, owned by the caller) and *len,
+ * starting with room for hint bytes (a regular file's size, so that one
+ * read() takes it whole); a read error ends the input as jansson's file
+ * stream does, so that it reports what it parsed so far. A file that
+ * shrinks or grows meanwhile is read as it is then: no mapping, so no
+ * SIGBUS. Returns 0, or -1 when out of memory. */
+static int read_all(char **buf, size_t *len, int fd, size_t hint)
 {
-    size_t cap = 64 * 1024, n = 0;
+    size_t cap = hint + 1 > 64 * 1024 ? hint + 1 : 64 * 1024, n = 0;
     char *b = malloc(cap), *grown;
     ssize_t got;
 
@@ -79,27 +81,18 @@ static int read_all(char **buf, size_t *len, int fd)
     return 0;
 }
 
-/* Parses the text of fd into *out as syncd_json_loadb() does: mapped when
- * may_map and fd is a non-empty regular file (no copy; a file truncated
- * meanwhile raises SIGBUS, as for any mapped input), else read whole from
- * where fd stands. Returns 0 or -1 with jerr set. */
-static int parse_fd(json_t **out, int fd, int may_map, json_error_t *jerr)
+/* Parses the text of fd, read whole from where it stands, into *out as
+ * syncd_json_loadb() does. Returns 0 or -1 with jerr set. */
+static int parse_fd(json_t **out, int fd, json_error_t *jerr)
 {
     struct stat st;
-    void *map = MAP_FAILED;
-    size_t len;
+    size_t len, hint = 0;
     char *buf;
     int rc;
 
-    if (may_map && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
-        map = mmap(NULL, (size_t)st.st_size, PROT_READ,
-                   MAP_PRIVATE | MAP_POPULATE, fd, 0);
-    if (map != MAP_FAILED) {
-        rc = syncd_json_loadb(out, map, (size_t)st.st_size, jerr);
-        munmap(map, (size_t)st.st_size);
-        return rc < 0 ? -1 : 0;
-    }
-    if (read_all(&buf, &len, fd) < 0) {
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+        hint = (size_t)st.st_size;
+    if (read_all(&buf, &len, fd, hint) < 0) {
         snprintf(jerr->text, sizeof(jerr->text), "out of memory");
         jerr->line = jerr->column = -1;
         return -1;
@@ -124,7 +117,7 @@ static int load_json(json_t **out, const char *path, json_error_t *jerr)
         jerr->line = jerr->column = -1;
         return -1;
     }
-    rc = parse_fd(out, fd, fd != STDIN_FILENO, jerr);
+    rc = parse_fd(out, fd, jerr);
     if (fd != STDIN_FILENO)
         close(fd);
     return rc;
