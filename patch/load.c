@@ -281,6 +281,24 @@ static json_t *string_value(const str_t *s)
                     : json_stringn(s->s, s->len);
 }
 
+/* After a member or an element: skips a ',' and returns 1 (another one
+ * follows), or skips close and returns 0 (the last one); -1 for anything
+ * else. */
+static int after_item(parser_t *ps, char close)
+{
+    skip_space(ps);
+    if (ps->p < ps->end && *ps->p == ',') {
+        ps->p++;
+        skip_space(ps);
+        return 1;
+    }
+    if (ps->p < ps->end && *ps->p == close) {
+        ps->p++;
+        return 0;
+    }
+    return -1;
+}
+
 /* Parses the object whose '{' is at ps->p. */
 static json_t *parse_object(parser_t *ps)
 {
@@ -318,19 +336,10 @@ static json_t *parse_object(parser_t *ps)
                      : json_object_setn_new(object, key, s.len, value);
         free(copy);
         copy = NULL;
-        if (rc < 0)
+        if (rc < 0 || (rc = after_item(ps, '}')) < 0)
             break;
-        skip_space(ps);
-        if (ps->p < ps->end && *ps->p == ',') {
-            ps->p++;
-            skip_space(ps);
-            continue;
-        }
-        if (ps->p < ps->end && *ps->p == '}') {
-            ps->p++;
+        if (rc == 0)
             return object;
-        }
-        break;
     }
     free(copy);
     json_decref(object);
@@ -341,6 +350,7 @@ static json_t *parse_object(parser_t *ps)
 static json_t *parse_array(parser_t *ps)
 {
     json_t *array = json_array(), *elem;
+    int rc;
 
     ps->p++;
     skip_space(ps);
@@ -350,19 +360,11 @@ static json_t *parse_array(parser_t *ps)
     }
     while (array != NULL) {
         if ((elem = parse_value(ps)) == NULL ||
-            json_array_append_new(array, elem) < 0)
+            json_array_append_new(array, elem) < 0 ||
+            (rc = after_item(ps, ']')) < 0)
             break;
-        skip_space(ps);
-        if (ps->p < ps->end && *ps->p == ',') {
-            ps->p++;
-            skip_space(ps);
-            continue;
-        }
-        if (ps->p < ps->end && *ps->p == ']') {
-            ps->p++;
+        if (rc == 0)
             return array;
-        }
-        break;
     }
     json_decref(array);
     return NULL;

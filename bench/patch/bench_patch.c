@@ -10,24 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "syncd/patch.h"
 
-static double now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *pa, const void *pb)
-{
-    double a = *(const double *)pa, b = *(const double *)pb;
-
-    return (a > b) - (a < b);
-}
+#include "../common/timing.h"
 
 static json_t *load(const char *path)
 {
@@ -70,7 +56,7 @@ int main(int argc, char **argv)
         goto cleanup;
     syncd_error_clear(&err);
     for (int i = 0; i < runs; i++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
 
         json_decref(patch);
         patch = NULL;
@@ -78,9 +64,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_patch: diff: %s\n", err.message);
             goto cleanup;
         }
-        times[i] = now_ms() - t0;
+        times[i] = bench_now_ms() - t0;
     }
-    qsort(times, (size_t)runs, sizeof(double), cmp_double);
+    qsort(times, (size_t)runs, sizeof(double), bench_cmp_double);
     text = json_dumps(patch, JSON_COMPACT | JSON_ENCODE_ANY);
     if (text == NULL)
         goto cleanup;

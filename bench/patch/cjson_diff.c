@@ -15,26 +15,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cjson/cJSON.h>
 
 #include "cJSON_Utils.h"
 
-static double now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *pa, const void *pb)
-{
-    double a = *(const double *)pa, b = *(const double *)pb;
-
-    return (a > b) - (a < b);
-}
+#include "../common/timing.h"
 
 /* Returns the parsed document at path (the caller deletes it), or NULL
  * after a message on stderr. */
@@ -88,13 +74,13 @@ static int bench(cJSON *a, cJSON *b, int runs)
         double t0;
 
         cJSON_Delete(patch);
-        t0 = now_ms();
+        t0 = bench_now_ms();
         patch = cJSONUtils_GeneratePatchesCaseSensitive(a, b);
-        times[i] = now_ms() - t0;
+        times[i] = bench_now_ms() - t0;
         if (patch == NULL)
             goto cleanup;
     }
-    qsort(times, (size_t)runs, sizeof(double), cmp_double);
+    qsort(times, (size_t)runs, sizeof(double), bench_cmp_double);
     text = cJSON_PrintUnformatted(patch);
     copy = cJSON_Duplicate(a, 1);
     if (text == NULL || copy == NULL)
