@@ -56,6 +56,16 @@ static int is_digit(const parser_t *ps)
     return ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9';
 }
 
+/* Skips the digits at ps->p; returns how many there were. */
+static size_t skip_digits(parser_t *ps)
+{
+    const char *from = ps->p;
+
+    while (is_digit(ps))
+        ps->p++;
+    return (size_t)(ps->p - from);
+}
+
 /* Returns the value of the 4 hex digits at p, or -1. */
 static long hex4(const char *p)
 {
@@ -236,20 +246,16 @@ static json_t *parse_number(parser_t *ps)
     }
     if (ps->p < ps->end && *ps->p == '.') {
         ps->p++;
-        if (!is_digit(ps))
+        if (!skip_digits(ps))
             return NULL;
-        while (is_digit(ps))
-            ps->p++;
         real = 1;
     }
     if (ps->p < ps->end && (*ps->p == 'e' || *ps->p == 'E')) {
         ps->p++;
         if (ps->p < ps->end && (*ps->p == '+' || *ps->p == '-'))
             ps->p++;
-        if (!is_digit(ps))
+        if (!skip_digits(ps))
             return NULL;
-        while (is_digit(ps))
-            ps->p++;
         real = 1;
     }
     len = (size_t)(ps->p - start);
@@ -281,6 +287,19 @@ static json_t *string_value(const str_t *s)
                     : json_stringn(s->s, s->len);
 }
 
+/* Skips the opening character at ps->p and, when the container is empty,
+ * its close: returns 1 then, else 0. */
+static int opens_empty(parser_t *ps, char close)
+{
+    ps->p++;
+    skip_space(ps);
+    if (ps->p < ps->end && *ps->p == close) {
+        ps->p++;
+        return 1;
+    }
+    return 0;
+}
+
 /* After a member or an element: skips a ',' and returns 1 (another one
  * follows), or skips close and returns 0 (the last one); -1 for anything
  * else. */
@@ -308,12 +327,8 @@ static json_t *parse_object(parser_t *ps)
     str_t s;
     int rc;
 
-    ps->p++;
-    skip_space(ps);
-    if (ps->p < ps->end && *ps->p == '}') {
-        ps->p++;
+    if (opens_empty(ps, '}'))
         return object;
-    }
     while (object != NULL) {
         if (ps->p >= ps->end || *ps->p != '"' || scan_string(ps, &s) < 0)
             break;
@@ -352,12 +367,8 @@ static json_t *parse_array(parser_t *ps)
     json_t *array = json_array(), *elem;
     int rc;
 
-    ps->p++;
-    skip_space(ps);
-    if (ps->p < ps->end && *ps->p == ']') {
-        ps->p++;
+    if (opens_empty(ps, ']'))
         return array;
-    }
     while (array != NULL) {
         if ((elem = parse_value(ps)) == NULL ||
             json_array_append_new(array, elem) < 0 ||
