@@ -3956,6 +3956,29 @@ static void test_cache__a_clean_close_writes_every_dirty_record(void **state)
     assert_int_equal(cached_version(cf, "b"), 100);
 }
 
+/* Child of the cache kill test (this binary run with --cache-kill-child
+ * DIR FD, spawn_child()): opens the node cache in DIR on the fixture's
+ * clock, writes a record, leaves a newer version dirty and kills itself. */
+static void cache_kill_child(const char *dir, int fd)
+{
+    cache_fixture_t cf = {{0}};
+
+    close(fd);
+    snprintf(cf.dir, sizeof(cf.dir), "%s", dir);
+    cf.hooks.now_ms = fake_now;
+    cf.hooks.data = &cf.fake;
+    cf.fake.now = 100000;
+    if (syncd_cache_open(&cf.cache, cf.dir, 1000, 100000, 1, &cf.hooks, NULL) !=
+        0)
+        _exit(2);
+    cache_put(&cf, "a", 1, 10);
+    cf.fake.now += SYNCD_CACHE_FLUSH_MS;
+    cache_put(&cf, "a", 2, 10); /* written */
+    cache_put(&cf, "a", 3, 10); /* dirty */
+    raise(SIGKILL);
+    _exit(3);
+}
+
 /* A process killed with records written and records still dirty leaves a
  * cache the next open discards: nothing it held is served, so the node
  * reads the store again instead of a version that may be stale. */
@@ -3963,24 +3986,14 @@ static void test_cache__a_killed_process_leaves_nothing_served(void **state)
 {
     cache_fixture_t *cf = *state;
     syncd_doc_t *doc = NULL;
-    int status = 0;
+    int status = 0, fds[2];
     pid_t pid;
 
     syncd_cache_close(cf->cache);
     cf->cache = NULL;
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if (syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1, &cf->hooks,
-                             NULL) != 0)
-            _exit(2);
-        cache_put(cf, "a", 1, 10);
-        cf->fake.now += SYNCD_CACHE_FLUSH_MS;
-        cache_put(cf, "a", 2, 10); /* written */
-        cache_put(cf, "a", 3, 10); /* dirty */
-        raise(SIGKILL);
-        _exit(3);
-    }
+    assert_int_equal(pipe(fds), 0);
+    pid = spawn_child("--cache-kill-child", cf->dir, fds);
+    close(fds[0]);
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
@@ -4906,6 +4919,8 @@ int main(int argc, char **argv)
         gc_child(argv[2], atoi(argv[3]));
     if (argc == 4 && strcmp(argv[1], "--full-disk-child") == 0)
         full_disk_child(argv[2], atoi(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "--cache-kill-child") == 0)
+        cache_kill_child(argv[2], atoi(argv[3]));
     /* SYNCD_TEST_FILTER=<glob> runs only the matching tests. */
     if (getenv("SYNCD_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SYNCD_TEST_FILTER"));
