@@ -417,12 +417,7 @@ int syncd_history_version(syncd_doc_t **out, const syncd_doc_t *doc,
     }
     json_decref(v->body);
     v->body = v->deleted ? NULL : json_incref(body);
-    json_decref(v->outbox);
-    json_decref(v->ikeys);
-    json_decref(v->hist);
-    json_decref(v->hist_text);
-    json_decref(v->outbox_text);
-    v->outbox = v->ikeys = v->hist = v->hist_text = v->outbox_text = NULL;
+    syncd_doc_drop_meta(v);
     *out = v;
     v = NULL;
 cleanup:

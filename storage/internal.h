@@ -362,6 +362,10 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
  * none was (*out is then a new reference to ob), SYNCD_ENOMEM. */
 int syncd_outbox_after(json_t **out, json_t *ob, int64_t version);
 
+/* Drops doc's outbox, idempotency keys, history and their cached texts
+ * (a copy that stands for the body and version alone). */
+void syncd_doc_drop_meta(syncd_doc_t *doc);
+
 /* Returns the text (borrowed from pair, *len bytes) that pair, a cache
  * [of, text] such as syncd_doc_t's hist_text and outbox_text, holds for
  * this very array of, else NULL (no cache, or one for another array). */

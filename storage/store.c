@@ -193,6 +193,17 @@ void syncd_doc_free(syncd_doc_t *doc)
     free(doc);
 }
 
+void syncd_doc_drop_meta(syncd_doc_t *doc)
+{
+    json_decref(doc->outbox);
+    json_decref(doc->ikeys);
+    json_decref(doc->hist);
+    json_decref(doc->hist_text);
+    json_decref(doc->outbox_text);
+    doc->outbox = doc->ikeys = doc->hist = doc->hist_text = doc->outbox_text =
+        NULL;
+}
+
 syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc)
 {
     syncd_doc_t *copy = malloc(sizeof(*copy));

@@ -475,11 +475,7 @@ void syncd_tier_give_back(syncd_tier_t *t, const syncd_reckey_t *k,
         d->mtime_ms = meta->mtime_ms;
         memcpy(d->hash, meta->hash, sizeof(d->hash));
         memcpy(d->origin, meta->origin, sizeof(d->origin));
-        json_decref(d->outbox);
-        json_decref(d->ikeys);
-        json_decref(d->hist);
-        json_decref(d->outbox_text);
-        d->outbox = d->ikeys = d->hist = d->outbox_text = NULL;
+        syncd_doc_drop_meta(d);
         free(e->text);
         e->text = NULL;
         e->text_len = 0;

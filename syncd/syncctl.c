@@ -184,7 +184,7 @@ typedef struct {
     json_error_t err;
 } input_t;
 
-/* Thread body of load_inputs(): loads one input_t. */
+/* Thread body of on_both() in load_inputs(): loads one input_t. */
 static void *load_input(void *arg)
 {
     input_t *in = arg;
@@ -193,23 +193,28 @@ static void *load_input(void *arg)
     return NULL;
 }
 
+/* Runs fn on both inputs: the second in a thread of its own when
+ * threaded and a thread can be made, else after the first. */
+static void on_both(void *(*fn)(void *), input_t in[2], int threaded)
+{
+    pthread_t second;
+
+    threaded = threaded && pthread_create(&second, NULL, fn, &in[1]) == 0;
+    fn(&in[0]);
+    if (threaded)
+        pthread_join(second, NULL);
+    else
+        fn(&in[1]);
+}
+
 /* Loads both inputs, in two threads unless both read stdin (then one after
  * the other, as the second gets what the first left). Reports the error of
  * the first input that failed, as loading them in turn would, and returns
  * SYNCCTL_OK or SYNCCTL_FAILED. */
 static int load_inputs(input_t in[2])
 {
-    int both_stdin =
-        strcmp(in[0].path, "-") == 0 && strcmp(in[1].path, "-") == 0;
-    pthread_t second;
-    int threaded =
-        !both_stdin && pthread_create(&second, NULL, load_input, &in[1]) == 0;
-
-    load_input(&in[0]);
-    if (threaded)
-        pthread_join(second, NULL);
-    else if (in[0].doc != NULL)
-        load_input(&in[1]);
+    on_both(load_input, in,
+            strcmp(in[0].path, "-") != 0 || strcmp(in[1].path, "-") != 0);
     for (int i = 0; i < 2; i++) {
         if (in[i].doc == NULL)
             return load_failed(in[i].path, &in[i].err);
@@ -217,7 +222,9 @@ static int load_inputs(input_t in[2])
     return SYNCCTL_OK;
 }
 
-/* Thread body of free_inputs(): drops one input's document. */
+/* Thread body of on_both() in run_on_files(): drops one input's document
+ * (freeing a large document's values takes about as long as building
+ * them, so the two are freed in parallel). */
 static void *free_input(void *arg)
 {
     input_t *in = arg;
@@ -225,20 +232,6 @@ static void *free_input(void *arg)
     json_decref(in->doc);
     in->doc = NULL;
     return NULL;
-}
-
-/* Drops the documents of both inputs, the second in a thread: freeing a
- * large document's values takes about as long as building them. */
-static void free_inputs(input_t in[2])
-{
-    pthread_t second;
-    int threaded = pthread_create(&second, NULL, free_input, &in[1]) == 0;
-
-    free_input(&in[0]);
-    if (threaded)
-        pthread_join(second, NULL);
-    else
-        free_input(&in[1]);
 }
 
 /* Runs diff or apply: loads the two files of argv, runs json_fn on them
@@ -265,7 +258,7 @@ static int run_on_files(const syncctl_cmd_t *self, patch_fn json_fn,
         else
             rc = syncctl_print_json(out);
     }
-    free_inputs(in);
+    on_both(free_input, in, 1);
     json_decref(out);
     return rc;
 }
