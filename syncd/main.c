@@ -7,7 +7,11 @@
  * 503 to new requests, wait for in-flight store calls and publishes, close
  * the node (watchers get a final event), the HTTP server, the bus and the
  * store; the loop then runs dry and syncd exits 0. A once-a-second check
- * logs bus connects and disconnects, resyncs and anti-entropy repairs.
+ * logs bus connects and disconnects, resyncs and anti-entropy repairs, and
+ * once a minute gives the heap's free pages back to the kernel (glibc keeps
+ * what a pool thread freed in that thread's arena: the node cache's
+ * memtable blocks, freed at each flush, otherwise hold RSS that no
+ * allocation reuses).
  * Membership (members.c) announces the node on the bus once serving.
  *
  * One instance per data dir: before anything opens RocksDB, syncd takes an
@@ -17,6 +21,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,8 +62,11 @@ typedef struct daemon {
     int bus_was_connected;
     uint64_t auth_failures; /* the bus's count at the last check */
     syncd_node_stats_t last;
+    unsigned checks; /* health checks run, for the once-a-minute trim */
     int stopping;
 } daemon_t;
+
+#define TRIM_EVERY_CHECKS 60
 
 /* Creates dir and its parents (mkdir -p); -1 with errno on failure. */
 static int make_dirs(const char *dir)
@@ -185,6 +195,10 @@ static void check_health(uv_timer_t *t)
                   (unsigned long long)(now.anti_entropy_repairs -
                                        d->last.anti_entropy_repairs));
     d->last = now;
+#ifdef __GLIBC__
+    if (++d->checks % TRIM_EVERY_CHECKS == 0)
+        malloc_trim(0);
+#endif
 }
 
 /* Takes the data dir's lock file (kept open, so locked, for the life of
