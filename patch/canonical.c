@@ -37,18 +37,53 @@ static int member_cmp(const void *pa, const void *pb)
     return syncd_key_cmp(a->key, a->len, b->key, b->len);
 }
 
+size_t syncd_json_plain_span(const char *s, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+
+    /* Eight bytes at a time while none of them needs escaping: the high
+     * bit of a byte of m is set for a byte below 0x20, a quote or a
+     * backslash (and, after the first such byte, maybe for a later one,
+     * so the word is then scanned byte by byte). */
+    for (; i + 8 <= len; i += 8) {
+        uint64_t x, q, b, m;
+
+        memcpy(&x, s + i, 8);
+        q = x ^ ones * '"';
+        b = x ^ ones * '\\';
+        m = ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b);
+        if ((m & highs) != 0)
+            break;
+    }
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c < 0x20 || c == '"' || c == '\\')
+            break;
+    }
+    return i;
+}
+
 static int write_string(syncd_buf_t *b, const char *s, size_t len)
 {
     static const char digits[] = "0123456789abcdef";
-    size_t start = 0;
+    size_t i = 0;
 
     if (syncd_buf_putc(b, '"') < 0)
         return SYNCD_ENOMEM;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        char esc[7] = {'\\', 0};
-        size_t n = 2;
+    for (;;) {
+        size_t n = syncd_json_plain_span(s + i, len - i);
+        char esc[6] = {'\\', 0};
+        size_t elen = 2;
+        unsigned char c;
 
+        if (syncd_buf_append(b, s + i, n) < 0)
+            return SYNCD_ENOMEM;
+        i += n;
+        if (i == len)
+            break;
+        c = (unsigned char)s[i++];
         if (c == '"' || c == '\\')
             esc[1] = (char)c;
         else if (c == '\n')
@@ -61,20 +96,15 @@ static int write_string(syncd_buf_t *b, const char *s, size_t len)
             esc[1] = 'b';
         else if (c == '\f')
             esc[1] = 'f';
-        else if (c < 0x20) {
+        else {
             memcpy(esc + 1, "u00", 3);
             esc[4] = digits[c >> 4];
             esc[5] = digits[c & 15];
-            n = 6;
-        } else
-            continue;
-        if (syncd_buf_append(b, s + start, i - start) < 0 ||
-            syncd_buf_append(b, esc, n) < 0)
+            elen = 6;
+        }
+        if (syncd_buf_append(b, esc, elen) < 0)
             return SYNCD_ENOMEM;
-        start = i + 1;
     }
-    if (syncd_buf_append(b, s + start, len - start) < 0)
-        return SYNCD_ENOMEM;
     return syncd_buf_putc(b, '"');
 }
 

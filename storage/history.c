@@ -163,13 +163,16 @@ static void put_string(char **p, const char *s, size_t len)
     char *o = *p;
 
     *o++ = '"';
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
+    for (size_t i = 0;;) {
+        size_t n = syncd_json_plain_span(s + i, len - i);
+        unsigned char c;
 
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            continue;
-        }
+        memcpy(o, s + i, n);
+        o += n;
+        i += n;
+        if (i == len)
+            break;
+        c = (unsigned char)s[i++];
         *o++ = '\\';
         switch (c) {
         case '"':

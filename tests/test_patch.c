@@ -1656,6 +1656,73 @@ static void test_canonical__sorts_keys_whatever_the_order(void **s)
     json_decref(b);
 }
 
+/* The canonical literal of the len bytes at str, escaped one byte at a
+ * time (the reference the fast writer must match). */
+static char *escape_by_byte(const char *str, size_t len)
+{
+    char *out = malloc(6 * len + 3), *o = out;
+
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)str[i];
+        const char *short_esc = c == '"'    ? "\\\""
+                                : c == '\\' ? "\\\\"
+                                : c == '\n' ? "\\n"
+                                : c == '\t' ? "\\t"
+                                : c == '\r' ? "\\r"
+                                : c == '\b' ? "\\b"
+                                : c == '\f' ? "\\f"
+                                            : NULL;
+
+        if (short_esc != NULL)
+            o += sprintf(o, "%s", short_esc);
+        else if (c < 0x20)
+            o += sprintf(o, "\\u%04x", c);
+        else
+            *o++ = (char)c;
+    }
+    *o++ = '"';
+    *o = '\0';
+    return out;
+}
+
+static void test_canonical__strings_escape_each_byte_json_requires(void **s)
+{
+    char str[48];
+
+    (void)s;
+    /* Every byte value at every offset of a word, in runs of plain ASCII
+     * and of UTF-8 continuation bytes (whose high bit the word test must
+     * not take for a control character). */
+    for (int fill = 0; fill < 2; fill++)
+        for (int c = 1; c < 128; c++)
+            for (size_t at = 0; at < 20; at++) {
+                size_t len = 20 + at % 7, want_span;
+                json_t *v;
+                char *got, *want;
+
+                for (size_t i = 0; i < len; i++)
+                    str[i] = fill ? (char)(i % 2 ? 0xa9 : 0xc3) : 'x';
+                if (fill && at % 2 == 1)
+                    str[at - 1] = 'y';
+                str[at] = (char)c;
+                want_span = c < 0x20 || c == '"' || c == '\\' ? at : len;
+                if (want_span == len)
+                    for (size_t i = 0; i < len; i++)
+                        if ((unsigned char)str[i] < 0x20)
+                            want_span = i;
+                assert_int_equal(syncd_json_plain_span(str, len), want_span);
+                v = json_stringn_nocheck(str, len);
+                got = canon(v);
+                want = escape_by_byte(str, len);
+                assert_string_equal(got, want);
+                free(got);
+                free(want);
+                json_decref(v);
+            }
+    assert_int_equal(syncd_json_plain_span("", 0), 0);
+}
+
 static void test_canonical__keys_with_nul_sort_by_bytes(void **s)
 {
     json_t *v = json_object();
@@ -2740,6 +2807,8 @@ int main(void)
         cmocka_unit_test(test_patch_in_place__limits_fail_and_undo),
         cmocka_unit_test(
             test_compact_size__equals_dumped_length_and_stops_at_cap),
+        cmocka_unit_test(
+            test_canonical__strings_escape_each_byte_json_requires),
         cmocka_unit_test(test_canonical__keys_with_nul_sort_by_bytes),
         cmocka_unit_test(test_canonical__integers_are_exact),
         cmocka_unit_test(test_canonical__reals_roundtrip_and_stay_reals),

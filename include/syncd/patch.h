@@ -194,6 +194,11 @@ int syncd_json_loadb(json_t **out, const char *buf, size_t len,
 /* Length of a content hash in hex, without the terminating NUL. */
 #define SYNCD_HASH_HEX_LEN 64
 
+/* Returns how many leading bytes of the len bytes at s a JSON string
+ * literal carries as they are: up to the first quote, backslash or control
+ * character (len when there is none). */
+size_t syncd_json_plain_span(const char *s, size_t len);
+
 /* Serializes v canonically (object keys sorted by bytes, compact, integers
  * exact, reals in the shortest form that round-trips, always with a '.' or
  * exponent) into a malloc'd NUL-terminated string the caller frees, with
