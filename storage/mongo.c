@@ -188,6 +188,8 @@ typedef struct mongo_backend {
     syncd_backend_t base;
     syncd_backend_ops_t ops; /* base.ops: mongo_ops, less what the mode lacks */
     mongoc_client_pool_t *pool;
+    pthread_mutex_t conn_lock; /* guards idle (initialized with pool) */
+    struct conn *idle;         /* clients between calls (call_begin()) */
     char *db;
     int64_t lease_ms;
     int claims; /* 1 when filtered updates are not atomic (FerretDB) */
@@ -791,26 +793,90 @@ cleanup:
 
 /* ---- Connection ---------------------------------------------------------- */
 
+/* A client taken from the pool, kept idle with the collection handles
+ * opened on it: a call takes both from the backend's idle list under one
+ * lock, instead of a pool round and a handle made and destroyed per call
+ * (together about 7 us of CPU a call, measured on the edit path). */
+#define CONN_COLLS 8
+typedef struct conn {
+    struct conn *next; /* in m->idle */
+    mongoc_client_t *client;
+    mongoc_collection_t *coll[CONN_COLLS]; /* reused round robin */
+    unsigned hand;                         /* the slot a new handle takes */
+} conn_t;
+
 typedef struct call {
+    conn_t *conn; /* NULL when out of memory: client and coll are the call's */
     mongoc_client_t *client;
     mongoc_collection_t *coll;
 } call_t;
 
-/* Takes a client from the pool and opens collection prefix+coll on it. */
-static void call_begin(call_t *c, mongo_backend_t *m, const char *prefix,
-                       const char *coll)
+/* Returns conn's handle of collection name, opened now if it has none
+ * (taking the place of its oldest handle). */
+static mongoc_collection_t *conn_collection(conn_t *conn, const char *db,
+                                            const char *name)
 {
-    char name[128];
+    unsigned slot;
 
-    snprintf(name, sizeof(name), "%s%s", prefix, coll);
-    c->client = mongoc_client_pool_pop(m->pool);
-    c->coll = mongoc_client_get_collection(c->client, m->db, name);
+    for (slot = 0; slot < CONN_COLLS; slot++)
+        if (conn->coll[slot] != NULL &&
+            strcmp(mongoc_collection_get_name(conn->coll[slot]), name) == 0)
+            return conn->coll[slot];
+    slot = conn->hand++ % CONN_COLLS;
+    if (conn->coll[slot] != NULL)
+        mongoc_collection_destroy(conn->coll[slot]);
+    conn->coll[slot] = mongoc_client_get_collection(conn->client, db, name);
+    return conn->coll[slot];
 }
 
+/* Takes an idle client of m (or one from the pool) and its handle of
+ * collection coll. */
+static void call_begin(call_t *c, mongo_backend_t *m, const char *coll)
+{
+    pthread_mutex_lock(&m->conn_lock);
+    c->conn = m->idle;
+    if (c->conn != NULL)
+        m->idle = c->conn->next;
+    pthread_mutex_unlock(&m->conn_lock);
+    if (c->conn == NULL && (c->conn = calloc(1, sizeof(*c->conn))) != NULL)
+        c->conn->client = mongoc_client_pool_pop(m->pool);
+    if (c->conn == NULL) {
+        c->client = mongoc_client_pool_pop(m->pool);
+        c->coll = mongoc_client_get_collection(c->client, m->db, coll);
+        return;
+    }
+    c->client = c->conn->client;
+    c->coll = conn_collection(c->conn, m->db, coll);
+}
+
+/* Gives back what call_begin() took. */
 static void call_end(call_t *c, mongo_backend_t *m)
 {
-    mongoc_collection_destroy(c->coll);
-    mongoc_client_pool_push(m->pool, c->client);
+    if (c->conn == NULL) {
+        mongoc_collection_destroy(c->coll);
+        mongoc_client_pool_push(m->pool, c->client);
+        return;
+    }
+    pthread_mutex_lock(&m->conn_lock);
+    c->conn->next = m->idle;
+    m->idle = c->conn;
+    pthread_mutex_unlock(&m->conn_lock);
+}
+
+/* Destroys m's idle clients' handles and returns the clients to the pool
+ * (at close, when no call is under way). */
+static void conns_free(mongo_backend_t *m)
+{
+    while (m->idle != NULL) {
+        conn_t *conn = m->idle;
+
+        m->idle = conn->next;
+        for (unsigned i = 0; i < CONN_COLLS; i++)
+            if (conn->coll[i] != NULL)
+                mongoc_collection_destroy(conn->coll[i]);
+        mongoc_client_pool_push(m->pool, conn->client);
+        free(conn);
+    }
 }
 
 /* Finds the first document matching filter into *out (a copy the caller
@@ -846,7 +912,7 @@ static int mongo_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
     call_t c;
     int rc;
 
-    call_begin(&c, m, "", coll);
+    call_begin(&c, m, coll);
     rc = find_one(&found, c.coll, filter, coll, id, err);
     call_end(&c, m);
     if (rc == 0 && !found)
@@ -1433,7 +1499,7 @@ static int mongo_cas(syncd_backend_t *b, const syncd_doc_t *doc,
         bson_destroy(&rec);
         return rc;
     }
-    call_begin(&c, m, "", doc->coll);
+    call_begin(&c, m, doc->coll);
     if (expected == 0)
         rc = insert_record(c.coll, &rec, doc->coll, doc->id, err);
     else if (m->claims)
@@ -1567,7 +1633,7 @@ static int mongo_cas_update(syncd_backend_t *b, const syncd_doc_t *doc,
     mongoc_find_and_modify_opts_set_fields(opts, fields);
     mongoc_find_and_modify_opts_set_flags(opts,
                                           MONGOC_FIND_AND_MODIFY_RETURN_NEW);
-    call_begin(&c, m, "", doc->coll);
+    call_begin(&c, m, doc->coll);
     if (!mongoc_collection_find_and_modify_with_opts(c.coll, &filter, opts,
                                                      &reply, &e))
         rc = driver_error(err, &e, "update", doc->coll, doc->id);
@@ -1707,7 +1773,7 @@ static int find_each(mongo_backend_t *m, const char *coll, const bson_t *filter,
     call_t c;
     int rc = 0;
 
-    call_begin(&c, m, "", coll);
+    call_begin(&c, m, coll);
     cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
     while (rc == 0 && mongoc_cursor_next(cur, &r))
         rc = row(acc, r, arg, err);
@@ -2089,7 +2155,7 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     int rc;
 
     *purged = 0;
-    call_begin(&c, m, "", coll);
+    call_begin(&c, m, coll);
     if (m->claims) {
         rc = purge_with_claims(m, &c, coll, filter, purged, err);
     } else {
@@ -2219,7 +2285,7 @@ static int mongo_outbox_ack(syncd_backend_t *b, const char *coll,
     call_t c;
     int rc;
 
-    call_begin(&c, m, "", coll);
+    call_begin(&c, m, coll);
     rc = m->claims ? claimed_ack(m, &c, coll, id, version, err)
                    : drop_markers(c.coll, coll, id, version, 0, err);
     call_end(&c, m);
@@ -2272,7 +2338,7 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     call_t c;
     int rc = arr != NULL ? 0 : syncd_error_set(err, SYNCD_ENOMEM, "no memory");
 
-    call_begin(&c, m, "", coll);
+    call_begin(&c, m, coll);
     ensure_outbox_index(m, &c, coll);
     cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
     while (rc == 0 && mongoc_cursor_next(cur, &r)) {
@@ -2311,8 +2377,11 @@ static void mongo_close(syncd_backend_t *b)
     if (!m)
         return;
     beat_stop(m);
-    if (m->pool)
+    if (m->pool) {
+        conns_free(m);
+        pthread_mutex_destroy(&m->conn_lock);
         mongoc_client_pool_destroy(m->pool);
+    }
     if (m->indexed) {
         json_decref(m->indexed);
         pthread_mutex_destroy(&m->indexed_lock);
@@ -2437,6 +2506,7 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
                                      "need a driver built with TLS)");
         goto cleanup;
     }
+    pthread_mutex_init(&m->conn_lock, NULL);
     mongoc_client_pool_set_error_api(m->pool, MONGOC_ERROR_API_VERSION_2);
     snprintf(m->proc, sizeof(m->proc), "%016llx.%u",
              (unsigned long long)process_nonce,
