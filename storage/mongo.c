@@ -1613,8 +1613,11 @@ static int mongo_cas_update(syncd_backend_t *b, const syncd_doc_t *doc,
     const json_t *marker = json_array_get(doc->outbox, 0);
     const json_t *ikey = json_array_get(doc->ikeys, 0);
     mongoc_find_and_modify_opts_t *opts = mongoc_find_and_modify_opts_new();
-    bson_t *fields = BCON_NEW("ob", BCON_INT32(1), "ik", BCON_INT32(1));
-    bson_t filter, update, value;
+    /* The projection {"ob": 1, "ik": 1} as BSON. */
+    static const uint8_t projection[] = {21,  0, 0, 0, 0x10, 'o',  'b',
+                                         0,   1, 0, 0, 0,    0x10, 'i',
+                                         'k', 0, 1, 0, 0,    0,    0};
+    bson_t fields, filter, update, value;
     bson_t reply = BSON_INITIALIZER;
     const uint8_t *buf;
     uint32_t len;
@@ -1630,7 +1633,8 @@ static int mongo_cas_update(syncd_backend_t *b, const syncd_doc_t *doc,
     if (rc < 0)
         goto cleanup;
     mongoc_find_and_modify_opts_set_update(opts, &update);
-    mongoc_find_and_modify_opts_set_fields(opts, fields);
+    bson_init_static(&fields, projection, sizeof(projection));
+    mongoc_find_and_modify_opts_set_fields(opts, &fields);
     mongoc_find_and_modify_opts_set_flags(opts,
                                           MONGOC_FIND_AND_MODIFY_RETURN_NEW);
     call_begin(&c, m, doc->coll);
@@ -1662,7 +1666,6 @@ cleanup:
     bson_destroy(&reply);
     bson_destroy(&update);
     bson_destroy(&filter);
-    bson_destroy(fields);
     mongoc_find_and_modify_opts_destroy(opts);
     return rc;
 }
