@@ -231,6 +231,7 @@ void syncd_change_free(syncd_change_t *change)
     if (change == NULL)
         return;
     syncd_doc_free(change->doc);
+    free(change->text);
     json_decref(change->patch);
     json_decref(change->merge);
     json_decref(change->pending);
@@ -585,6 +586,14 @@ static void cache_refresh(syncd_store_t *s, const syncd_doc_t *doc,
         syncd_cache_invalidate(s->cache, doc->coll, doc->id, NULL);
 }
 
+/* Hands the canonical text of change's body (*canon, malloc'd) to change. */
+static void keep_text(syncd_change_t *change, char **canon, size_t len)
+{
+    change->text = *canon;
+    change->text_len = len;
+    *canon = NULL;
+}
+
 /* Reads the record of coll/id (tombstones included) into *cur, NULL when
  * there is none; from the cache when from_cache and it holds a fresh entry
  * (*cached set to 1), else from the store, refreshing the cache. */
@@ -718,6 +727,7 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     change->doc->ikeys = ikeys;
     set_pending(change);
     cache_refresh(s, change->doc, canon, canon_len);
+    keep_text(change, &canon, canon_len);
     count(&s->cas_fast);
     *out = change;
     change = NULL;
@@ -800,6 +810,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         goto done;
     }
     cache_refresh(s, change->doc, canon, canon_len);
+    keep_text(change, &canon, canon_len);
     *out = change;
     change = NULL;
 done:
@@ -1346,12 +1357,11 @@ int syncd_store_get_text(syncd_store_t *store, char **text, size_t *len,
         *version = doc->version;
         syncd_doc_free(doc);
     }
-    *text = json_dumps(body, JSON_COMPACT);
+    *text = syncd_json_canonical(body, len);
     if (*text == NULL) {
         json_decref(body);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    *len = strlen(*text);
     copy = tier != NULL ? malloc(*len + 1) : NULL;
     if (copy != NULL) {
         memcpy(copy, *text, *len + 1);

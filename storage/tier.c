@@ -48,7 +48,7 @@
 typedef struct tier_entry {
     syncd_lru_node_t node;
     syncd_doc_t *doc;
-    char *text; /* doc's body as compact JSON, or NULL until asked for */
+    char *text; /* doc's body as canonical JSON, or NULL until asked for */
     size_t text_len;
     syncd_htree_t *tree; /* the body's hash tree, or NULL */
     size_t tree_bytes;   /* tree's charge */

@@ -468,6 +468,30 @@ static void set_text(job_t *j, const json_t *v)
         j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
 }
 
+/* Serializes a document body (thread pool) into j->text: its canonical
+ * JSON, the bytes a GET of it serves. */
+static void set_body_text(job_t *j, const json_t *body)
+{
+    j->text = syncd_json_canonical(body, NULL);
+    if (j->text == NULL)
+        j->rc = syncd_error_set(&j->err, SYNCD_ENOMEM, "out of memory");
+}
+
+/* Answers a committed write with the new body: the canonical text the
+ * store kept (taken from the change), else made here. */
+static void set_written_text(job_t *j)
+{
+    syncd_change_t *c = j->change;
+
+    j->version = c->doc->version;
+    if (c->text == NULL) {
+        set_body_text(j, c->doc->body);
+        return;
+    }
+    j->text = c->text;
+    c->text = NULL;
+}
+
 /* Refuses a JSON Patch of more operations than --max-patch-ops before
  * anything is read or applied (0: no bound). */
 static int check_patch_ops(job_t *j, const json_t *patch)
@@ -493,7 +517,7 @@ static void set_replay_text(job_t *j)
     j->version = c->replayed_version;
     if (c->replayed_op != SYNCD_CHANGE_DELETE && !c->doc->deleted &&
         c->doc->version == c->replayed_version) {
-        set_text(j, c->doc->body);
+        set_body_text(j, c->doc->body);
         return;
     }
     out = c->replayed_op == SYNCD_CHANGE_DELETE
@@ -539,8 +563,7 @@ static void run_write(job_t *j)
     if (j->rc == 0 && j->change->replayed) {
         set_replay_text(j);
     } else if (j->rc == 0) {
-        j->version = j->change->doc->version;
-        set_text(j, j->change->doc->body);
+        set_written_text(j);
     }
 }
 
@@ -584,7 +607,7 @@ static void run_get_version(job_t *j)
                                 (long long)j->at, j->coll, j->id);
     if (j->rc == 0) {
         j->version = doc->version;
-        set_text(j, doc->body);
+        set_body_text(j, doc->body);
     }
     syncd_doc_free(doc);
 }
@@ -614,8 +637,7 @@ static void run_rollback(job_t *j)
     if (j->rc == 0 && j->change->replayed) {
         set_replay_text(j);
     } else if (j->rc == 0) {
-        j->version = j->change->doc->version;
-        set_text(j, j->change->doc->body);
+        set_written_text(j);
     }
 }
 

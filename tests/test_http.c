@@ -469,6 +469,61 @@ static void test_put__without_preconditions_replaces_with_200(void **state)
     response_free(&r);
 }
 
+/* Asserts that GET coll/id answers 200 with body, byte for byte. */
+static void assert_get_body(const char *path, const char *body)
+{
+    response_t r = request(&main_daemon, "GET", path, NULL, NULL);
+
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, body);
+    response_free(&r);
+}
+
+static void test_put__every_write_answers_the_bytes_a_get_serves(void **s)
+{
+    static const char path[] = "/v1/collections/t/docs/canon";
+    response_t r;
+
+    (void)s;
+    /* Members out of order, nested, with spaces and escapes: every write
+     * answers the canonical JSON that GET serves, not the request's. */
+    r = request(
+        &main_daemon, "PUT", path,
+        "{ \"z\": [1, {\"y\": 2, \"x\": \"\\u0041\\n\"}], \"a\": 1.50 }", NULL);
+    assert_int_equal(r.status, 201);
+    assert_string_equal(r.body,
+                        "{\"a\":1.5,\"z\":[1,{\"x\":\"A\\n\",\"y\":2}]}");
+    assert_get_body(path, r.body);
+    response_free(&r);
+    r = request(
+        &main_daemon, "PATCH", path,
+        "[{\"op\":\"add\",\"path\":\"/m\",\"value\":{\"q\":1,\"p\":0}}]",
+        json_patch_ct);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"a\":1.5,\"m\":{\"p\":0,\"q\":1},\"z\":[1,{"
+                                "\"x\":\"A\\n\",\"y\":2}]}");
+    assert_get_body(path, r.body);
+    response_free(&r);
+    r = request(&main_daemon, "PATCH", path, "{\"b\":{\"d\":1,\"c\":2}}",
+                merge_patch_ct);
+    assert_int_equal(r.status, 200);
+    assert_get_body(path, r.body);
+    response_free(&r);
+    r = request(&main_daemon, "POST",
+                "/v1/collections/t/docs/canon/rollback?to=1", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body,
+                        "{\"a\":1.5,\"z\":[1,{\"x\":\"A\\n\",\"y\":2}]}");
+    assert_get_body(path, r.body);
+    response_free(&r);
+    r = request(&main_daemon, "GET", "/v1/collections/t/docs/canon?version=2",
+                NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"a\":1.5,\"m\":{\"p\":0,\"q\":1},\"z\":[1,{"
+                                "\"x\":\"A\\n\",\"y\":2}]}");
+    response_free(&r);
+}
+
 static void test_get__missing_doc_is_404(void **state)
 {
     (void)state;
@@ -2002,6 +2057,7 @@ int main(void)
         cmocka_unit_test(test_put__if_none_match_star_on_a_live_doc_is_409),
         cmocka_unit_test(test_put__if_match_replaces_or_fails_with_412),
         cmocka_unit_test(test_put__without_preconditions_replaces_with_200),
+        cmocka_unit_test(test_put__every_write_answers_the_bytes_a_get_serves),
         cmocka_unit_test(test_get__missing_doc_is_404),
         cmocka_unit_test(test_patch__json_patch_increments_with_200_and_etag),
         cmocka_unit_test(test_patch__merge_patch_applies_with_200),

@@ -936,10 +936,10 @@ test_store_rocks__8_writers_of_one_document_never_conflict(void **state)
     assert_int_equal(live_version(f, "q", "blind"), THREADS * ROUNDS);
 }
 
-/* GET's text: the compact JSON of the live version, made once and then
- * served from memory (memory_only answers without the store); a write
- * replaces it, so memory never answers with an older version, and a
- * deleted document is never served. */
+/* GET's text: the canonical JSON of the live version (keys sorted, whatever
+ * their order in the write), made once and then served from memory (memory_only
+ * answers without the store); a write replaces it, so memory never answers with
+ * an older version, and a deleted document is never served. */
 static void test_store_get_text__serves_each_version_once_made(void **state)
 {
     fixture_t *f = *state;
@@ -953,7 +953,7 @@ static void test_store_get_text__serves_each_version_once_made(void **state)
     assert_int_equal(syncd_store_get_text(f->store, &text, &len, &version, "gt",
                                           "a", 0, NULL),
                      0);
-    assert_string_equal(text, "{\"b\":1,\"a\":[true,null]}");
+    assert_string_equal(text, "{\"a\":[true,null],\"b\":1}");
     assert_int_equal(len, strlen(text));
     assert_int_equal(version, 1);
     free(text);
@@ -962,7 +962,7 @@ static void test_store_get_text__serves_each_version_once_made(void **state)
     assert_int_equal(syncd_store_get_text(f->store, &text, &len, &version, "gt",
                                           "a", 1, NULL),
                      0);
-    assert_string_equal(text, "{\"b\":1,\"a\":[true,null]}");
+    assert_string_equal(text, "{\"a\":[true,null],\"b\":1}");
     assert_int_equal(version, 1);
     free(text);
     syncd_store_stats(f->store, &after);

@@ -100,6 +100,10 @@ typedef struct syncd_change {
     int replayed;     /* op NONE: an idempotency key matched an earlier write */
     syncd_change_op_t replayed_op; /* that write's op */
     int64_t replayed_version;      /* that write's version */
+    char *text;      /* the canonical JSON of doc->body as the store keeps it
+                        (owned, NUL-terminated); NULL when the write did not
+                        make it (a delete, a replay, a write of no change) */
+    size_t text_len; /* its length */
 } syncd_change_t;
 
 /* Frees a change and everything it holds; NULL ignored. */
@@ -183,10 +187,10 @@ int syncd_store_get(syncd_store_t *store, syncd_doc_t **out, const char *coll,
                     const char *id, syncd_error_t *err);
 
 /* Reads the live document coll/id as syncd_store_get() does, but as its
- * body's compact JSON: *text (malloc'd, NUL-terminated, caller frees), its
- * length in *len and the version in *version. The in-memory tier keeps
- * each version's text once made, so a read it answers copies bytes and
- * serializes nothing. With memory_only the call never does I/O or waits
+ * body's canonical JSON (sorted keys, compact): *text (malloc'd,
+ * NUL-terminated, caller frees), its length in *len and the version in
+ * *version. The in-memory tier keeps each version's text once made, so a
+ * read it answers copies bytes and serializes nothing. With memory_only the call never does I/O or waits
  * for it (a loop thread may make it): it returns 1, *text NULL, when the
  * in-memory tier cannot answer (then ask again without memory_only).
  * SYNCD_ENOTFOUND when absent or deleted. */
