@@ -2,7 +2,7 @@
  *
  * A record keeps its last history_len earlier versions in doc->hist, oldest
  * first, each entry {"v","t","by","h","p"} ("del":true for a tombstone)
- * where p is the compact JSON of the RFC 6902 patch that turns the body of
+ * where p is the canonical JSON of the RFC 6902 patch that turns the body of
  * version v+1 into the body of version v, a tombstone's body taken as {}.
  * The history is written by the same compare-and-swap as the version it
  * comes with (it is part of the record), so it is exactly the committed
@@ -49,6 +49,7 @@ static int entry_new(json_t **out, const syncd_doc_t *next,
     json_t *from = replay_body(next), *to = replay_body(cur);
     json_t *patch = NULL, *entry = NULL;
     char *text = NULL;
+    size_t len = 0;
     int rc = 0;
 
     if (from == NULL || to == NULL) {
@@ -58,14 +59,23 @@ static int entry_new(json_t **out, const syncd_doc_t *next,
     rc = syncd_patch_diff(&patch, from, to, err);
     if (rc != 0)
         goto cleanup;
-    text = json_dumps(patch, JSON_COMPACT);
-    if (text != NULL)
-        entry =
-            json_pack("{s:I, s:I, s:s, s:s, s:s}", "v",
-                      (json_int_t)cur->version, "t", (json_int_t)cur->mtime_ms,
-                      "by", cur->origin, "h", cur->hash, "p", text);
-    if (entry != NULL && cur->deleted &&
-        json_object_set_new(entry, "del", json_true()) != 0) {
+    text = syncd_json_canonical(patch, &len);
+    entry = text != NULL ? json_object() : NULL;
+    /* The members in this order: the entry's text (entry_text()) and
+     * json_dumps() of the history write them so. */
+    if (entry != NULL &&
+        (json_object_set_new_nocheck(entry, "v", json_integer(cur->version)) !=
+             0 ||
+         json_object_set_new_nocheck(entry, "t", json_integer(cur->mtime_ms)) !=
+             0 ||
+         json_object_set_new_nocheck(entry, "by", json_string(cur->origin)) !=
+             0 ||
+         json_object_set_new_nocheck(entry, "h",
+                                     json_string_nocheck(cur->hash)) != 0 ||
+         json_object_set_new_nocheck(entry, "p",
+                                     json_stringn_nocheck(text, len)) != 0 ||
+         (cur->deleted &&
+          json_object_set_new_nocheck(entry, "del", json_true()) != 0))) {
         json_decref(entry);
         entry = NULL;
     }
