@@ -308,17 +308,22 @@ static int check_body(syncd_store_t *s, const json_t *body,
     return syncd_json_hash(hash, body, err);
 }
 
-/* Returns 1 when the body whose content hash is hash and canonical JSON is
- * canon (len bytes) is cur's body. cur may carry the legacy hash of a record
- * stored before the Merkle hash (doc/HASH.md): the SHA-256 of its canonical
- * JSON. */
+/* Returns 1 when body (content hash hash, canonical JSON canon, len bytes)
+ * is the body of cur, which is live. cur may carry the legacy hash of a
+ * record stored before the Merkle hash (doc/HASH.md): the SHA-256 of its
+ * canonical JSON. That hash is computed only for a body jansson finds
+ * equal (it is blind to 0.0 against -0.0, so it cannot decide alone):
+ * comparing stops at the first difference, where hashing reads all of a
+ * body an edit changed. */
 static int same_body(const syncd_doc_t *cur, const char *hash,
-                     const char *canon, size_t len)
+                     const json_t *body, const char *canon, size_t len)
 {
     char legacy[SYNCD_HASH_HEX_LEN + 1];
 
     if (strcmp(hash, cur->hash) == 0)
         return 1;
+    if (!json_equal(cur->body, body))
+        return 0;
     syncd_sha256_hex(legacy, canon, len);
     return strcmp(legacy, cur->hash) == 0;
 }
@@ -697,7 +702,7 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     if (rc < 0 ||
         (rc != STEP_DELETE &&
          (check_body(s, body, hash, &canon, &canon_len, &local) != 0 ||
-          same_body(cur, hash, canon, canon_len)))) {
+          same_body(cur, hash, body, canon, canon_len)))) {
         rc = UNDECIDED;
         goto done;
     }
@@ -785,7 +790,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         rc = check_body(s, body, hash, &canon, &canon_len, err);
         if (rc != 0)
             goto done;
-        if (is_live(cur) && same_body(cur, hash, canon, canon_len)) {
+        if (is_live(cur) && same_body(cur, hash, body, canon, canon_len)) {
             rc = change_none(out, cur, err);
             cur = NULL;
             goto done;
