@@ -190,10 +190,10 @@ int syncd_store_get(syncd_store_t *store, syncd_doc_t **out, const char *coll,
  * body's canonical JSON (sorted keys, compact): *text (malloc'd,
  * NUL-terminated, caller frees), its length in *len and the version in
  * *version. The in-memory tier keeps each version's text once made, so a
- * read it answers copies bytes and serializes nothing. With memory_only the call never does I/O or waits
- * for it (a loop thread may make it): it returns 1, *text NULL, when the
- * in-memory tier cannot answer (then ask again without memory_only).
- * SYNCD_ENOTFOUND when absent or deleted. */
+ * read it answers copies bytes and serializes nothing. With memory_only the
+ * call never does I/O or waits for it (a loop thread may make it): it returns
+ * 1, *text NULL, when the in-memory tier cannot answer (then ask again without
+ * memory_only). SYNCD_ENOTFOUND when absent or deleted. */
 int syncd_store_get_text(syncd_store_t *store, char **text, size_t *len,
                          int64_t *version, const char *coll, const char *id,
                          int memory_only, syncd_error_t *err);
