@@ -131,6 +131,9 @@ static const option_t options[] = {
     {"max-apply-queue", OPT_INT, AT(max_apply_queue), "10000",
      "received events of one collection waiting to be applied; past it the "
      "node resyncs that collection from the store"},
+    {"threads", OPT_INT, AT(threads), "16",
+     "threads that run store and bus calls (libuv's thread pool, 1 to "
+     "1024): a write holds one until its commit is durable"},
     {"heartbeat-interval", OPT_DURATION, AT(heartbeat_interval_ms), "5s",
      "period of this node's heartbeat on the bus (live for three of them)"},
     {"advertise-url", OPT_STRING, AT(advertise_url), NULL,
@@ -546,6 +549,9 @@ int syncd_config_parse(syncd_config_t *cfg, int argc, char **argv,
     if (cfg->max_apply_queue == 0)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--max-apply-queue: must be more than 0");
+    if (cfg->threads < 1 || cfg->threads > SYNCD_MAX_THREADS)
+        return syncd_error_set(err, SYNCD_EINVAL, "--threads: must be 1 to %d",
+                               SYNCD_MAX_THREADS);
     if (cfg->store_timeout_ms < 1)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "--store-timeout: must be at least 1ms");

@@ -18,6 +18,9 @@
 
 #include "log.h"
 
+/* Most threads libuv's pool takes (its own bound). */
+#define SYNCD_MAX_THREADS 1024
+
 typedef struct syncd_config {
     char *mongo_uri; /* NULL: embedded RocksDB store of record */
     char *redis_url; /* NULL: in-process bus */
@@ -38,6 +41,7 @@ typedef struct syncd_config {
         max_collections;
     int64_t max_connections_per_client, max_patch_ops, body_timeout_ms;
     int64_t max_watchers, max_watchers_per_collection, max_apply_queue;
+    int64_t threads; /* libuv's thread pool: store and bus calls at once */
     int64_t cache_ttl_ms, retry_delay_ms, max_retry_delay_ms, edit_timeout_ms,
         anti_entropy_interval_ms, tombstone_ttl_ms, idle_timeout_ms,
         header_timeout_ms, bookmark_interval_ms, bus_timeout_ms,

@@ -415,6 +415,17 @@ static int open_members(daemon_t *d, syncd_error_t *err)
     return syncd_members_start(&d->members, &mo, err);
 }
 
+/* Sizes libuv's thread pool, which it reads from UV_THREADPOOL_SIZE when
+ * the first work is queued: store calls block there (a write until its
+ * group's sync), so the pool bounds the writes a commit group can take. */
+static void set_threads(int64_t threads)
+{
+    char text[16];
+
+    snprintf(text, sizeof(text), "%lld", (long long)threads);
+    setenv("UV_THREADPOOL_SIZE", text, 1);
+}
+
 static void set_node_id(daemon_t *d)
 {
     char host[64] = "localhost";
@@ -460,6 +471,7 @@ int main(int argc, char **argv)
         return 2;
     }
     syncd_log_set_level(d.cfg.log_level);
+    set_threads(d.cfg.threads);
     signal(SIGPIPE, SIG_IGN);
     set_node_id(&d);
     uv_loop_init(&d.loop);

@@ -550,6 +550,7 @@ static int teardown_cluster(void **state)
     memset(cl, 0, sizeof(*cl));
     unsetenv("SYNCD_STORE_TIMEOUT");
     unsetenv("SYNCD_REQUEST_TIMEOUT");
+    unsetenv("SYNCD_THREADS");
     if (mongo.pid > 0)
         kill(mongo.pid, SIGCONT);
     /* A test that failed mid-fault leaves Redis as it should be. */
@@ -818,9 +819,10 @@ static void *timed_get(void *arg)
     return NULL;
 }
 
-/* More uncached reads than the thread pool has threads (4), each stalled
- * on the store: without the request deadline the later ones wait for the
- * earlier ones' driver timeouts (a read is retried once) and answer late. */
+/* More uncached reads than the thread pool has threads (4, set by
+ * --threads), each stalled on the store: without the request deadline the
+ * later ones wait for the earlier ones' driver timeouts (a read is retried
+ * once) and answer late. */
 static void
 test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout(
     void **state)
@@ -835,6 +837,7 @@ test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout(
         skip();
     setenv("SYNCD_STORE_TIMEOUT", "1s", 1);
     setenv("SYNCD_REQUEST_TIMEOUT", "2s", 1);
+    setenv("SYNCD_THREADS", "4", 1);
     snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
     snprintf(cl->coll, sizeof(cl->coll), "frozen_store");
     assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);

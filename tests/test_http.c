@@ -1933,6 +1933,7 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
     assert_non_null(strstr(out, "--mongo-uri"));
     assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
     assert_non_null(strstr(out, "SYNCD_HEARTBEAT_INTERVAL, default 5s"));
+    assert_non_null(strstr(out, "SYNCD_THREADS, default 16"));
     assert_int_equal(run_capture(SYNCD_BINARY " --heartbeat-interval 5 2>&1",
                                  out, sizeof(out)),
                      2);
@@ -1951,6 +1952,13 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
                                  out, sizeof(out)),
                      2);
     assert_non_null(strstr(out, "--request-timeout"));
+    assert_int_equal(
+        run_capture(SYNCD_BINARY " --threads 0 2>&1", out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--threads: must be 1 to 1024"));
+    assert_int_equal(run_capture("SYNCD_THREADS=1025 " SYNCD_BINARY " 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--threads: must be 1 to 1024"));
     assert_int_equal(run_capture(SYNCD_BINARY " --version", out, sizeof(out)),
                      0);
     assert_int_equal(strncmp(out, "syncd ", 6), 0);
