@@ -368,6 +368,26 @@ int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
     return bus->ops->seq(bus, coll, cb, payload);
 }
 
+int syncd_bus_forget(syncd_bus_t *bus, const char *coll, const json_t *gone,
+                     syncd_bus_forget_cb cb, void *payload)
+{
+    const char *id;
+    json_t *v;
+
+    if (bus->closing)
+        return SYNCD_ECANCELED;
+    if (coll == NULL || !syncd_bus_name_valid(coll) || !json_is_object(gone) ||
+        json_object_size(gone) == 0 ||
+        json_object_size(gone) > SYNCD_BUS_MAX_FORGET || cb == NULL)
+        return SYNCD_EINVAL;
+    json_object_foreach ((json_t *)gone, id, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+            !syncd_bus_id_valid(id, strlen(id)))
+            return SYNCD_EINVAL;
+    }
+    return bus->ops->forget(bus, coll, gone, cb, payload);
+}
+
 int syncd_bus_heartbeat(syncd_bus_t *bus, const json_t *beat, int64_t ttl_ms,
                         syncd_bus_heartbeat_cb cb, void *payload)
 {

@@ -10,15 +10,16 @@
  * <ts in microseconds>"), and each publish writes its counter, event, log
  * trim and deduplication record in the same write batch, fsynced before
  * its callback runs, so that after a power loss seqs never repeat and a
- * resume from a seq never skips. The loop thread never touches RocksDB:
- * every read and write is a job, and the jobs run in order, one batch at a
- * time, on the libuv thread pool; a batch reads through its own writes and
- * commits them with one fsync (a group commit of the publishes that queued
- * meanwhile); completions run on the loop in job order, so publish
- * callbacks come in seq order. Recent events are also kept decoded in a
- * ring for cheap delivery; older ones are read by a job. A collection's
- * record is loaded (a job reads its counter) on first use and freed when it
- * has no subscription and no job in flight.
+ * resume from a seq never skips. A forget (syncd_bus_forget()) is a job
+ * like the others that deletes the deduplication records of purged ids. The
+ * loop thread never touches RocksDB: every read and write is a job, and the
+ * jobs run in order, one batch at a time, on the libuv thread pool; a batch
+ * reads through its own writes and commits them with one fsync (a group commit
+ * of the publishes that queued meanwhile); completions run on the loop in job
+ * order, so publish callbacks come in seq order. Recent events are also kept
+ * decoded in a ring for cheap delivery; older ones are read by a job. A
+ * collection's record is loaded (a job reads its counter) on first use and
+ * freed when it has no subscription and no job in flight.
  *
  * Without a data_dir everything is in memory: the ring is the log (bounded
  * by min(event_log_len, 2^20) events), and a collection's record is freed
@@ -75,7 +76,14 @@ typedef struct lcoll {
     syncd_bus_sub_t *subs;
 } lcoll_t;
 
-typedef enum { JOB_LOAD, JOB_PUBLISH, JOB_RAISE, JOB_READ, JOB_SEQ } job_kind_t;
+typedef enum {
+    JOB_LOAD,
+    JOB_PUBLISH,
+    JOB_RAISE,
+    JOB_READ,
+    JOB_SEQ,
+    JOB_FORGET
+} job_kind_t;
 
 /* A request: for RocksDB, its work runs on the thread pool and its
  * completion on the loop; in memory, only its completion (queued). */
@@ -97,9 +105,12 @@ typedef struct ljob {
     char *text;  /* JOB_PUBLISH: the event with its seq */
     size_t text_len;
     json_t *events; /* JOB_READ */
+    json_t *gone;   /* JOB_FORGET: id -> version (a copy) */
+    size_t forgotten;
     syncd_bus_publish_cb publish_cb;
     syncd_bus_replay_cb replay_cb;
     syncd_bus_seq_cb seq_cb;
+    syncd_bus_forget_cb forget_cb;
     void *payload;
 } ljob_t;
 
@@ -354,6 +365,31 @@ static int work_read(lbus_t *bus, ljob_t *job)
     return 0;
 }
 
+/* Thread pool: deletes the deduplication record of each id of job->gone
+ * that names the version given. */
+static int work_forget(lbus_t *bus, ljob_t *job)
+{
+    char key[KEY_MAX];
+    const char *id;
+    json_t *gone_v;
+
+    json_object_foreach (job->gone, id, gone_v) {
+        int64_t v = 0, ts = 0;
+        int rc;
+
+        snprintf(key, sizeof(key), "p/%s/%s", job->c->entry.name, id);
+        rc = db_get_int(bus, key, &v, &ts);
+        if (rc == SYNCD_ENOTFOUND ||
+            (rc == 0 && v != json_integer_value(gone_v)))
+            continue;
+        if (rc != 0)
+            return rc;
+        rocksdb_writebatch_wi_delete(bus->wb, key, strlen(key));
+        job->forgotten++;
+    }
+    return 0;
+}
+
 /* Thread pool: runs the batch's jobs in order against RocksDB as seen
  * through the batch's own writes, then commits those writes in one fsynced
  * write (a group commit); if that fails, every job of the batch fails. */
@@ -379,6 +415,9 @@ static void work(uv_work_t *req)
             break;
         case JOB_SEQ:
             break;
+        case JOB_FORGET:
+            job->status = work_forget(bus, job);
+            break;
         }
     }
     if (rocksdb_writebatch_wi_count(bus->wb) == 0)
@@ -396,6 +435,7 @@ static void free_job(ljob_t *job)
     if (job->sub != NULL)
         syncd_bus_sub_unref(job->sub);
     json_decref(job->events);
+    json_decref(job->gone);
     free(job->body);
     free(job->text);
     free(job);
@@ -598,6 +638,35 @@ static void start_subs(lbus_t *bus, lcoll_t *c)
 /* ---- Operations ----------------------------------------------------------
  */
 
+/* Makes a job of kind for coll into *out, finding or creating coll's
+ * record (the job holds it until completed or dropped). */
+static int coll_job(lbus_t *bus, const char *coll, job_kind_t kind,
+                    void *payload, ljob_t **out)
+{
+    lcoll_t *c;
+    int rc = get_coll(bus, coll, &c, NULL);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    *out = new_job(kind, c, payload);
+    if (*out == NULL) {
+        coll_release(bus, c);
+        return SYNCD_ENOMEM;
+    }
+    return 0;
+}
+
+/* Frees job, never submitted, and lets its collection go. */
+static void drop_job(lbus_t *bus, ljob_t *job)
+{
+    lcoll_t *c = job->c;
+
+    c->jobs--;
+    free_job(job);
+    coll_release(bus, c);
+}
+
 /* Publishes in memory: deduplicated against c->pubv, appended to the ring. */
 static int publish_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
 {
@@ -638,17 +707,10 @@ static int local_publish(syncd_bus_t *base, const bus_pub_t *pub,
 {
     lbus_t *bus = (lbus_t *)base;
     ljob_t *job = NULL;
-    lcoll_t *c;
-    int rc;
+    int rc = coll_job(bus, pub->coll, JOB_PUBLISH, payload, &job);
 
-    rc = get_coll(bus, pub->coll, &c, NULL);
     if (rc != 0)
         goto cleanup;
-    job = new_job(JOB_PUBLISH, c, payload);
-    if (job == NULL) {
-        rc = SYNCD_ENOMEM;
-        goto cleanup;
-    }
     job->pub = *pub;
     job->publish_cb = cb;
     job->body = body_new;
@@ -659,7 +721,7 @@ static int local_publish(syncd_bus_t *base, const bus_pub_t *pub,
     else
         snprintf(job->key, sizeof(job->key), "%s", pub->id);
     if (bus->db == NULL) {
-        rc = publish_memory(bus, c, job);
+        rc = publish_memory(bus, job->c, job);
         if (rc != 0)
             goto cleanup;
     }
@@ -667,11 +729,8 @@ static int local_publish(syncd_bus_t *base, const bus_pub_t *pub,
     job = NULL;
 
 cleanup:
-    if (job != NULL) {
-        c->jobs--;
-        free_job(job);
-        coll_release(bus, c);
-    }
+    if (job != NULL)
+        drop_job(bus, job);
     free(body_new);
     return rc;
 }
@@ -766,6 +825,24 @@ static void read_done(lbus_t *bus, ljob_t *job)
     feed_later(bus, job->c);
 }
 
+/* Deletes from c->pubv each id of job->gone whose record names the
+ * version given. */
+static void forget_memory(lcoll_t *c, ljob_t *job)
+{
+    const char *id;
+    json_t *v;
+
+    json_object_foreach (job->gone, id, v) {
+        json_t *rec = json_object_get(c->pubv, id);
+
+        if (rec != NULL && json_integer_value(json_array_get(rec, 0)) ==
+                               json_integer_value(v)) {
+            json_object_del(c->pubv, id);
+            job->forgotten++;
+        }
+    }
+}
+
 /* Completes job on the loop (status: 0, or SYNCD_ECANCELED at close). */
 static void complete(lbus_t *bus, ljob_t *job, int status)
 {
@@ -812,6 +889,11 @@ static void complete(lbus_t *bus, ljob_t *job, int status)
         break;
     case JOB_SEQ:
         job->seq_cb(status, status == 0 ? c->seq : 0, job->payload);
+        break;
+    case JOB_FORGET:
+        if (status == 0 && bus->db == NULL)
+            forget_memory(c, job);
+        job->forget_cb(status, status == 0 ? job->forgotten : 0, job->payload);
         break;
     }
     c->jobs--;
@@ -956,22 +1038,16 @@ static int local_replay(syncd_bus_t *base, const char *coll, int64_t after,
 {
     lbus_t *bus = (lbus_t *)base;
     ljob_t *job;
-    lcoll_t *c;
-    int rc = get_coll(bus, coll, &c, NULL);
+    int rc = coll_job(bus, coll, JOB_READ, payload, &job);
 
     if (rc != 0)
         return rc;
-    job = new_job(JOB_READ, c, payload);
-    if (job == NULL) {
-        coll_release(bus, c);
-        return SYNCD_ENOMEM;
-    }
     job->replay_cb = cb;
     job->after = after;
     job->until = until;
     job->max = max;
     if (bus->db == NULL)
-        replay_memory(bus, c, job);
+        replay_memory(bus, job->c, job);
     submit(bus, job);
     return 0;
 }
@@ -981,17 +1057,30 @@ static int local_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
 {
     lbus_t *bus = (lbus_t *)base;
     ljob_t *job;
-    lcoll_t *c;
-    int rc = get_coll(bus, coll, &c, NULL);
+    int rc = coll_job(bus, coll, JOB_SEQ, payload, &job);
 
     if (rc != 0)
         return rc;
-    job = new_job(JOB_SEQ, c, payload);
-    if (job == NULL) {
-        coll_release(bus, c);
+    job->seq_cb = cb;
+    submit(bus, job);
+    return 0;
+}
+
+static int local_forget(syncd_bus_t *base, const char *coll, const json_t *gone,
+                        syncd_bus_forget_cb cb, void *payload)
+{
+    lbus_t *bus = (lbus_t *)base;
+    ljob_t *job;
+    int rc = coll_job(bus, coll, JOB_FORGET, payload, &job);
+
+    if (rc != 0)
+        return rc;
+    job->gone = json_deep_copy(gone);
+    if (job->gone == NULL) {
+        drop_job(bus, job);
         return SYNCD_ENOMEM;
     }
-    job->seq_cb = cb;
+    job->forget_cb = cb;
     submit(bus, job);
     return 0;
 }
@@ -1132,6 +1221,7 @@ static const bus_ops_t local_ops = {
     .sweep = local_sweep,
     .replay = local_replay,
     .seq = local_seq,
+    .forget = local_forget,
     .heartbeat = local_heartbeat,
     .members = local_members,
 };

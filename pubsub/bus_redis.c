@@ -11,7 +11,9 @@
  * the counter, splices "seq" into the signed event, XADDs it, PUBLISHes it
  * and records its version, so seqs are contiguous, every published event
  * is in the log before anyone can see it, and deduplication is atomic
- * across nodes.
+ * across nodes. A third script drops the record of an id whose tombstone
+ * the store purged, while it names that tombstone's version
+ * (syncd_bus_forget()), so the hash holds the ids that exist.
  *
  * Two connections per bus: commands, and one subscriber connection for all
  * collections, driven from the loop by redis_uv.c. Each reconnects on its
@@ -1288,6 +1290,95 @@ static int redis_seq(syncd_bus_t *base, const char *coll, syncd_bus_seq_cb cb,
     return 0;
 }
 
+/* KEYS: published versions. ARGV: id, version, id, version, ... Drops
+ * each id's record while its version is the one given; returns how many
+ * went. */
+static const char forget_lua[] =
+    "local n = 0\n"
+    "for i = 1, #ARGV, 2 do\n"
+    "  local rec = redis.call('HGET', KEYS[1], ARGV[i])\n"
+    "  if rec and string.sub(rec, 1, string.find(rec, ' ', 1, true) - 1) == "
+    "ARGV[i + 1] then\n"
+    "    redis.call('HDEL', KEYS[1], ARGV[i])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+typedef struct rforget {
+    rbus_t *bus;
+    syncd_bus_forget_cb cb;
+    void *payload;
+} rforget_t;
+
+static void on_forget(redisAsyncContext *ac, void *r, void *privdata)
+{
+    rforget_t *req = privdata;
+    redisReply *reply = r;
+    int status = SYNCD_EBACKEND;
+    size_t n = 0;
+
+    if (reply == NULL) {
+        status = dropped_status(req->bus);
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0) {
+        status = 0;
+        n = (size_t)reply->integer;
+    }
+    if (reply != NULL)
+        conn_heard(&req->bus->cmd, ac, 1);
+    syncd_bus_enter(&req->bus->base);
+    req->cb(status, n, req->payload);
+    syncd_bus_leave(&req->bus->base);
+    free(req);
+}
+
+static int redis_forget(syncd_bus_t *base, const char *coll, const json_t *gone,
+                        syncd_bus_forget_cb cb, void *payload)
+{
+    enum { HEAD = 4, MAX_ARGS = HEAD + 2 * SYNCD_BUS_MAX_FORGET };
+    rbus_t *bus = (rbus_t *)base;
+    rforget_t *req = calloc(1, sizeof(*req));
+    char key[KEY_MAX], (*versions)[24] = NULL;
+    const char *argv[MAX_ARGS], *id;
+    size_t argl[MAX_ARGS];
+    int argc = HEAD, rc = SYNCD_ENOMEM;
+    json_t *v;
+
+    versions = calloc(SYNCD_BUS_MAX_FORGET, sizeof(*versions));
+    if (req == NULL || versions == NULL)
+        goto cleanup;
+    req->bus = bus;
+    req->cb = cb;
+    req->payload = payload;
+    snprintf(key, sizeof(key), "syncd:%s:%s:pubv", base->database, coll);
+    argv[0] = "EVAL";
+    argv[1] = forget_lua;
+    argv[2] = "1";
+    argv[3] = key;
+    json_object_foreach ((json_t *)gone, id, v) {
+        char *num = versions[(argc - HEAD) / 2];
+
+        snprintf(num, sizeof(versions[0]), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(v));
+        argv[argc++] = id;
+        argv[argc++] = num;
+    }
+    for (int i = 0; i < argc; i++)
+        argl[i] = strlen(argv[i]);
+    rc = SYNCD_EBACKEND;
+    if (!bus->cmd.ready || redisAsyncCommandArgv(bus->cmd.ac, on_forget, req,
+                                                 argc, argv, argl) != REDIS_OK)
+        goto cleanup;
+    conn_sent(&bus->cmd);
+    req = NULL;
+    rc = 0;
+
+cleanup:
+    free(versions);
+    free(req);
+    return rc;
+}
+
 /* ---- Membership ---------------------------------------------------------
  */
 
@@ -1568,6 +1659,7 @@ static const bus_ops_t redis_ops = {
     .sweep = redis_sweep,
     .replay = redis_replay,
     .seq = redis_seq,
+    .forget = redis_forget,
     .heartbeat = redis_heartbeat,
     .members = redis_members,
 };

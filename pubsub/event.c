@@ -57,7 +57,7 @@ int syncd_bus_name_valid(const char *name)
     return 1;
 }
 
-static int id_valid(const char *id, size_t len)
+int syncd_bus_id_valid(const char *id, size_t len)
 {
     if (len < 1 || len > ID_MAX_BYTES)
         return 0;
@@ -280,7 +280,8 @@ int syncd_bus_event_check(const json_t *event, int with_seq, size_t max_bytes,
         return SYNCD_EINVAL;
     if (!syncd_bus_name_valid(coll))
         return bad(err, "coll", "is not a valid collection name");
-    if (!id_valid(id, json_string_length(json_object_get(event, "id"))))
+    if (!syncd_bus_id_valid(id,
+                            json_string_length(json_object_get(event, "id"))))
         return bad(err, "id", "is not a valid document id");
     if (origin[0] == '\0')
         return bad(err, "origin", "is empty");

@@ -78,6 +78,9 @@ typedef struct bus_ops {
                   void *payload);
     int (*seq)(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
                void *payload);
+    /* gone is checked by bus.c: ids with integer versions. */
+    int (*forget)(syncd_bus_t *bus, const char *coll, const json_t *gone,
+                  syncd_bus_forget_cb cb, void *payload);
     /* Stores body_new (the encoded beat, owned by the callee on every
      * path) as this node's heartbeat for ttl_ms; beat is the decoded one
      * (borrowed). */
@@ -177,6 +180,9 @@ char *syncd_bus_splice_seq(const char *body, size_t body_len, int64_t seq,
 
 /* Returns 1 when name is a valid collection name (DESIGN.md section 2). */
 int syncd_bus_name_valid(const char *name);
+
+/* Returns 1 when the len bytes at id are a valid document id. */
+int syncd_bus_id_valid(const char *id, size_t len);
 
 /* Checks event like syncd_event_validate(), with "seq" required only when
  * with_seq is set (a publish carries none yet). */

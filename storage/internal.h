@@ -47,10 +47,12 @@ typedef struct syncd_backend_ops {
     /* Lists collection names as a new sorted JSON array of strings. */
     int (*collections)(syncd_backend_t *b, json_t **out, syncd_error_t *err);
 
-    /* Removes coll's tombstones whose mtime is before before_ms; count in
-     * *purged. A tombstone rewritten meanwhile (re-created) is kept. */
+    /* Removes coll's tombstones whose mtime is before before_ms and that
+     * have no pending-publish marker; count in *purged, and each removed
+     * id mapped to its tombstone's version in gone (an object, or NULL).
+     * A tombstone rewritten meanwhile (re-created) is kept. */
     int (*purge)(syncd_backend_t *b, const char *coll, int64_t before_ms,
-                 size_t *purged, syncd_error_t *err);
+                 size_t *purged, json_t *gone, syncd_error_t *err);
 
     /* Closes and frees the backend. */
     void (*close)(syncd_backend_t *b);

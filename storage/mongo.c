@@ -178,6 +178,7 @@
 #define CLAIM_POLL_MAX_MS 128 /* is in the way, doubling up to this */
 #define NO_OWNER "-"          /* the owner of a claim that names none */
 #define PROCS "_syncd_procs"  /* liveness records of the claim holders */
+#define PURGE_PAGE 1000       /* tombstones a purge lists per query */
 #define BEAT_MS 250           /* how often a backend bumps its record */
 #define DEAD_MS 2000 /* a record that stood still this long: holder dead */
 #define FENCE_MS 500 /* a holder writes only this soon after a proved bump */
@@ -2022,6 +2023,22 @@ static int delete_many(mongoc_collection_t *c, const bson_t *filter,
     return rc;
 }
 
+/* Deletes coll/id when it is still the tombstone of version with no
+ * pending-publish marker (the delete is fenced on its version, flag and
+ * outbox); *deleted is 1 when it was removed. */
+static int purge_one(mongoc_collection_t *docs, const char *coll,
+                     const char *id, int64_t version, int64_t *deleted,
+                     syncd_error_t *err)
+{
+    bson_t *tomb =
+        BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version), "del",
+                 BCON_BOOL(true), "ob", "{", "$exists", BCON_BOOL(false), "}");
+    int rc = delete_many(docs, tomb, deleted, coll, err);
+
+    bson_destroy(tomb);
+    return rc;
+}
+
 /* Purges one tombstone in FerretDB mode: claims it at its version (so no
  * writer can re-create it meanwhile), drops the older claims of its id,
  * deletes it when it is still that tombstone with no pending-publish
@@ -2037,9 +2054,6 @@ static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
     char first[SYNCD_MAX_ID_BYTES + 32];
     char owner[64];
     bson_t *older;
-    bson_t *tomb =
-        BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(version), "del",
-                 BCON_BOOL(true), "ob", "{", "$exists", BCON_BOOL(false), "}");
     int64_t dropped = 0;
     int taken = 0;
     int rc;
@@ -2055,13 +2069,12 @@ static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
         goto cleanup;
     rc = delete_many(claims, older, &dropped, coll, err);
     if (rc == 0 && beat_fresh(m))
-        rc = delete_many(docs, tomb, deleted, coll, err);
+        rc = purge_one(docs, coll, id, version, deleted, err);
     if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
         rc = SYNCD_EBACKEND;
     release(m, owner);
 
 cleanup:
-    bson_destroy(tomb);
     bson_destroy(older);
     return rc;
 }
@@ -2085,33 +2098,21 @@ static int purge_procs(mongo_backend_t *m, call_t *c, const char *coll,
     return rc;
 }
 
-/* FerretDB mode purge: stale liveness records, claims older than the
- * lease (their writers no longer write under them), then each tombstone
- * older than before_ms (filter) under its claim. */
-static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
-                             const bson_t *filter, size_t *purged,
-                             syncd_error_t *err)
+/* Lists up to PURGE_PAGE tombstones that filter matches into *out: a new
+ * array of [id, version]. */
+static int list_tombstones(json_t **out, mongoc_collection_t *docs,
+                           const bson_t *filter, const char *coll,
+                           syncd_error_t *err)
 {
-    char name[128];
-    bson_t *opts = BCON_NEW("projection", "{", "v", BCON_INT32(1), "}");
-    bson_t *old =
-        BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(wall_ms() - m->lease_ms), "}");
-    mongoc_collection_t *claims;
-    mongoc_cursor_t *cur;
+    bson_t *opts = BCON_NEW("projection", "{", "v", BCON_INT32(1), "}", "limit",
+                            BCON_INT64(PURGE_PAGE));
+    mongoc_cursor_t *cur =
+        mongoc_collection_find_with_opts(docs, filter, opts, NULL);
     json_t *tombs = json_array();
     const bson_t *r;
     bson_error_t e;
-    int64_t dropped = 0;
     int rc = 0;
 
-    snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
-    claims = mongoc_client_get_collection(c->client, m->db, name);
-    rc = purge_procs(m, c, coll, err);
-    if (rc == 0)
-        rc = delete_many(claims, old, &dropped, coll, err);
-    if (rc < 0)
-        goto cleanup;
-    cur = mongoc_collection_find_with_opts(c->coll, filter, opts, NULL);
     while (tombs && mongoc_cursor_next(cur, &r)) {
         bson_iter_t it;
 
@@ -2128,43 +2129,81 @@ static int purge_with_claims(mongo_backend_t *m, call_t *c, const char *coll,
     else if (mongoc_cursor_error(cur, &e))
         rc = driver_error(err, &e, "purge", coll, NULL);
     mongoc_cursor_destroy(cur);
-    for (size_t i = 0; rc == 0 && i < json_array_size(tombs); i++) {
-        json_t *t = json_array_get(tombs, i);
-        int64_t deleted = 0;
-
-        rc = purge_claimed(
-            m, c->coll, claims, coll, json_string_value(json_array_get(t, 0)),
-            json_integer_value(json_array_get(t, 1)), &deleted, err);
-        *purged += (size_t)deleted;
-    }
-
-cleanup:
-    json_decref(tombs);
-    mongoc_collection_destroy(claims);
-    bson_destroy(old);
     bson_destroy(opts);
+    *out = rc == 0 ? tombs : NULL;
+    if (rc != 0)
+        json_decref(tombs);
+    return rc;
+}
+
+/* Drops the claims older than the lease (FerretDB mode) and the liveness
+ * records of processes gone. */
+static int purge_claims(mongo_backend_t *m, call_t *c, const char *coll,
+                        mongoc_collection_t *claims, syncd_error_t *err)
+{
+    bson_t *old =
+        BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(wall_ms() - m->lease_ms), "}");
+    int64_t dropped = 0;
+    int rc = purge_procs(m, c, coll, err);
+
+    if (rc == 0)
+        rc = delete_many(claims, old, &dropped, coll, err);
+    bson_destroy(old);
     return rc;
 }
 
 static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
-                       size_t *purged, syncd_error_t *err)
+                       size_t *purged, json_t *gone, syncd_error_t *err)
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
     bson_t *filter = BCON_NEW("del", BCON_BOOL(true), "mt", "{", "$lt",
                               BCON_DATE_TIME(before_ms), "}", "ob", "{",
                               "$exists", BCON_BOOL(false), "}");
-    int64_t deleted = 0;
+    mongoc_collection_t *claims = NULL;
+    json_t *tombs = NULL;
+    char name[128];
     call_t c;
-    int rc;
+    int rc = 0;
 
     *purged = 0;
     call_begin(&c, m, coll);
     if (m->claims) {
-        rc = purge_with_claims(m, &c, coll, filter, purged, err);
-    } else {
-        rc = delete_many(c.coll, filter, &deleted, coll, err);
-        *purged = (size_t)deleted;
+        snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
+        claims = mongoc_client_get_collection(c.client, m->db, name);
+        rc = purge_claims(m, &c, coll, claims, err);
     }
+    /* Page by page, while a page removes something (a tombstone left
+     * because this process's liveness was not proved stays listed). */
+    do {
+        size_t before = *purged;
+
+        json_decref(tombs);
+        tombs = NULL;
+        if (rc == 0)
+            rc = list_tombstones(&tombs, c.coll, filter, coll, err);
+        for (size_t i = 0; rc == 0 && i < json_array_size(tombs); i++) {
+            json_t *t = json_array_get(tombs, i);
+            const char *id = json_string_value(json_array_get(t, 0));
+            int64_t v = json_integer_value(json_array_get(t, 1)), deleted = 0;
+
+            if (claims != NULL)
+                rc = purge_claimed(m, c.coll, claims, coll, id, v, &deleted,
+                                   err);
+            else
+                rc = purge_one(c.coll, coll, id, v, &deleted, err);
+            if (rc == 0 && deleted > 0) {
+                (*purged)++;
+                if (gone != NULL &&
+                    json_object_set_new(gone, id, json_integer(v)) != 0)
+                    rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+            }
+        }
+        if (*purged == before)
+            break;
+    } while (rc == 0 && json_array_size(tombs) == PURGE_PAGE);
+    json_decref(tombs);
+    if (claims != NULL)
+        mongoc_collection_destroy(claims);
     call_end(&c, m);
     bson_destroy(filter);
     return rc;

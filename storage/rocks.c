@@ -906,10 +906,10 @@ static int rocks_collections(syncd_backend_t *b, json_t **out,
     return rc;
 }
 
-/* Deletes coll/id when it is still a tombstone older than before_ms;
- * *removed says whether it was. */
+/* Deletes coll/id when it is still a tombstone older than before_ms with
+ * no pending-publish marker; *removed is its version when it was, else 0. */
 static int purge_one(rocks_t *r, const char *coll, const char *id,
-                     int64_t before_ms, int *removed, syncd_error_t *err)
+                     int64_t before_ms, int64_t *removed, syncd_error_t *err)
 {
     char *errptr = NULL;
     held_t h;
@@ -927,13 +927,13 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
         if (errptr != NULL)
             rc = rocks_error(err, errptr, "delete");
         else
-            *removed = 1;
+            *removed = h.cur->version;
     }
     return release(r, &h, rc, err);
 }
 
 static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
-                       size_t *purged, syncd_error_t *err)
+                       size_t *purged, json_t *gone, syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
     json_t *all = NULL;
@@ -944,15 +944,20 @@ static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     rc = rocks_list(b, &all, coll, NULL, NULL, 0, 1, err);
     json_array_foreach (all, i, e) {
         json_int_t mt = json_integer_value(json_object_get(e, "mt"));
-        int removed = 0;
+        const char *id = json_string_value(json_object_get(e, "id"));
+        int64_t removed = 0;
 
         if (rc != 0)
             break;
         if (!json_is_true(json_object_get(e, "del")) || mt >= before_ms)
             continue;
-        rc = purge_one(r, coll, json_string_value(json_object_get(e, "id")),
-                       before_ms, &removed, err);
-        n += (size_t)removed;
+        rc = purge_one(r, coll, id, before_ms, &removed, err);
+        if (rc != 0 || removed == 0)
+            continue;
+        n++;
+        if (gone != NULL &&
+            json_object_set_new(gone, id, json_integer(removed)) != 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
     json_decref(all);
     if (purged != NULL)

@@ -1468,15 +1468,20 @@ int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
 }
 
 int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
-                      syncd_error_t *err)
+                      json_t **gone, syncd_error_t *err)
 {
+    json_t *ids = gone != NULL ? json_object() : NULL;
     size_t n = 0;
     int rc = syncd_validate_collection(coll, err);
 
+    if (rc == 0 && gone != NULL && ids == NULL)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     if (rc == 0)
         rc = store->backend->ops->purge(
             store->backend, coll, wall_ms(store) - store->tombstone_ttl_ms, &n,
-            err);
+            ids, err);
+    if (gone != NULL)
+        *gone = ids;
     if (n > 0 && store->cache != NULL)
         syncd_cache_invalidate(store->cache, coll, NULL, NULL);
     if (purged != NULL)

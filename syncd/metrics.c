@@ -183,6 +183,13 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
     metric(&o, "syncd_tombstones_purged_total", "counter",
            "Tombstones purged past --tombstone-ttl.",
            v->node.tombstones_purged);
+    metric(&o, "syncd_purged_ids_forgotten_total", "counter",
+           "Deduplication records of purged ids dropped from the bus.",
+           v->node.purged_ids_forgotten);
+    metric(&o, "syncd_bus_forget_failures_total", "counter",
+           "Requests to drop the bus records of purged ids that failed (the "
+           "records stay).",
+           v->node.forget_failures);
     metric(&o, "syncd_cache_hits_total", "counter", "Cache hits.",
            v->store.cache_hits);
     metric(&o, "syncd_cache_misses_total", "counter", "Cache misses.",

@@ -49,7 +49,10 @@
  * partial cache refetches nothing.
  *
  * Tombstones older than the store's tombstone TTL are purged on a timer,
- * one thread-pool work per run over every collection of the store.
+ * one thread-pool work per run over every collection of the store; back
+ * on the loop, the bus forgets the deduplication records of the ids that
+ * went (syncd_bus_forget()), so that ids created and deleted without end
+ * do not grow the bus's state.
  *
  * A watcher from a past seq first reads (since, applied] from the bus's
  * replay log while newer applied events wait in its bounded queue; seqs are
@@ -186,6 +189,7 @@ typedef struct breq {
     syncd_node_watch_t *watch;
     syncd_node_publish_cb cb;
     void *payload;
+    json_t *forget; /* a forget: {coll: {id: version}} it asked for */
 } breq_t;
 
 /* Slots of the table of documents this node published lately. */
@@ -262,6 +266,8 @@ struct syncd_node {
     int resuming;          /* resume_waits() is running */
     size_t ae_runs;        /* anti-entropy runs in progress */
     int purging;           /* a purge work is in flight */
+    json_t *unforgotten;   /* coll -> {id: version}: forgets that failed,
+                              asked again after the next purge */
     int flushing;          /* a flush work is in flight */
     int depth;             /* nesting of watcher callbacks */
     int closing;
@@ -285,12 +291,13 @@ struct work {
     uv_work_t req;
     work_kind_t kind;
     syncd_node_t *node;
-    coll_t *coll;             /* WORK_BATCH, WORK_PASS */
-    item_t *items;            /* WORK_BATCH: the batch, linked in seq order */
-    ae_run_t *run;            /* WORK_LIST, WORK_PASS: the anti-entropy run, or
-                                 NULL (the listing at open, a pass for a resync) */
-    json_t *colls;            /* WORK_LIST: the listing */
-    int status;               /* of the listing, the pass or the purge */
+    coll_t *coll;  /* WORK_BATCH, WORK_PASS */
+    item_t *items; /* WORK_BATCH: the batch, linked in seq order */
+    ae_run_t *run; /* WORK_LIST, WORK_PASS: the anti-entropy run, or
+                      NULL (the listing at open, a pass for a resync) */
+    json_t *colls; /* WORK_LIST: the listing */
+    json_t *gone;  /* WORK_PURGE: coll -> {id: version} of what it removed */
+    int status;    /* of the listing, the pass or the purge */
     uint64_t repaired;        /* WORK_PASS: entries that really differed */
     syncd_node_stats_t delta; /* counted on the worker, added on the loop */
 };
@@ -1244,21 +1251,27 @@ static void repair(work_t *w)
         w->status = SYNCD_EBACKEND;
 }
 
-/* Purges old tombstones of every collection of the store. */
+/* Purges old tombstones of every collection of the store, keeping in
+ * w->gone what went (the bus forgets those ids on the loop). */
 static void purge(work_t *w)
 {
-    json_t *colls = NULL, *name;
+    json_t *colls = NULL, *name, *gone;
     size_t i, purged;
 
     w->status = syncd_store_collections(w->node->store, &colls, NULL);
+    w->gone = json_object();
     json_array_foreach (colls, i, name) {
         if (atomic_load(&w->node->stop))
             break;
         purged = 0;
+        gone = NULL;
         if (syncd_store_purge(w->node->store, json_string_value(name), &purged,
-                              NULL) != 0)
+                              &gone, NULL) != 0)
             w->status = SYNCD_EBACKEND;
         w->delta.tombstones_purged += purged;
+        if (json_object_size(gone) > 0 && w->gone != NULL)
+            json_object_set(w->gone, json_string_value(name), gone);
+        json_decref(gone);
     }
     json_decref(colls);
 }
@@ -1297,6 +1310,90 @@ static void work_run(uv_work_t *req)
 }
 
 /* ---- Finishing items (loop thread) --------------------------------------- */
+
+/* Merges what (coll -> {id: version}) into *into, created on first use;
+ * on out of memory what is left is lost (those records stay). */
+static void merge_ids(json_t **into, const json_t *what)
+{
+    const char *coll;
+    json_t *ids, *to;
+
+    if (*into == NULL && (*into = json_object()) == NULL)
+        return;
+    json_object_foreach ((json_t *)what, coll, ids) {
+        to = json_object_get(*into, coll);
+        if (to == NULL) {
+            to = json_object();
+            if (json_object_set_new(*into, coll, to) != 0)
+                return;
+        }
+        json_object_update(to, ids);
+    }
+}
+
+/* Counts how a forget of purged ids went; a failed one is asked again
+ * after the next purge. */
+static void on_forgotten(int status, size_t forgotten, void *payload)
+{
+    breq_t *r = payload;
+    syncd_node_t *node = breq_take(r);
+
+    if (node != NULL && status != 0) {
+        node->stats.forget_failures++;
+        merge_ids(&node->unforgotten, r->forget);
+    } else if (node != NULL) {
+        node->stats.purged_ids_forgotten += forgotten;
+    }
+    json_decref(r->forget);
+    free(r);
+}
+
+/* Sends one forget of chunk (taken) for coll. */
+static void forget_chunk(syncd_node_t *node, const char *coll, json_t *chunk)
+{
+    breq_t *r = breq_new(node);
+    json_t *forget = json_pack("{s:o}", coll, chunk);
+
+    if (r == NULL || forget == NULL ||
+        syncd_bus_forget(node->bus, coll, chunk, on_forgotten, r) != 0) {
+        node->stats.forget_failures++;
+        if (forget != NULL)
+            merge_ids(&node->unforgotten, forget);
+        if (r != NULL)
+            breq_take(r);
+        free(r);
+        json_decref(forget);
+        return;
+    }
+    r->forget = forget;
+}
+
+/* Has the bus forget the deduplication records of the ids a purge removed
+ * (gone: coll -> {id: version}) and of those whose forget failed before,
+ * SYNCD_BUS_MAX_FORGET ids per call. */
+static void forget_purged(syncd_node_t *node, const json_t *gone)
+{
+    const char *coll, *id;
+    json_t *all = node->unforgotten, *ids, *v, *chunk = NULL;
+
+    node->unforgotten = NULL;
+    merge_ids(&all, gone);
+    json_object_foreach (all, coll, ids) {
+        json_object_foreach (ids, id, v) {
+            if (chunk == NULL && (chunk = json_object()) == NULL)
+                break;
+            json_object_set(chunk, id, v);
+            if (json_object_size(chunk) == SYNCD_BUS_MAX_FORGET) {
+                forget_chunk(node, coll, chunk);
+                chunk = NULL;
+            }
+        }
+        if (chunk != NULL)
+            forget_chunk(node, coll, chunk);
+        chunk = NULL;
+    }
+    json_decref(all);
+}
 
 /* Records an item as done: its seq as applied, its event to the
  * watchers. */
@@ -1394,12 +1491,15 @@ static void work_done(uv_work_t *req, int status)
         break;
     case WORK_PURGE:
         node->purging = 0;
+        if (!node->closing)
+            forget_purged(node, w->gone);
         break;
     case WORK_FLUSH:
         node->flushing = 0;
         break;
     }
     json_decref(w->colls);
+    json_decref(w->gone);
     free(w);
     maybe_finish_close(node);
 }
@@ -1736,6 +1836,7 @@ static void free_node(syncd_node_t *node)
     }
     free(node->pubs);
     free(node->buckets);
+    json_decref(node->unforgotten);
     free(node);
     if (cb != NULL)
         cb(payload);

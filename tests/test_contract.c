@@ -11,7 +11,9 @@
  * in order, where N is the version the store of record holds (read with
  * the store library, not through a node). An `event: resync` fails.
  * Calls to a node whose MongoDB is frozen (SIGSTOP: connections accepted,
- * never answered) fail within --request-timeout with a clear error.
+ * never answered) fail within --request-timeout with a clear error. Ids
+ * created and deleted without end leave nothing in Redis once their
+ * tombstones are purged.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -182,7 +184,7 @@ static void daemon_stop(daemon_t *d)
 typedef struct response {
     long status; /* 0: no answer (connection error or timeout) */
     char etag[64];
-    char body[4096];
+    char body[65536]; /* /metrics fits */
     size_t len;
 } response_t;
 
@@ -551,6 +553,8 @@ static int teardown_cluster(void **state)
     unsetenv("SYNCD_STORE_TIMEOUT");
     unsetenv("SYNCD_REQUEST_TIMEOUT");
     unsetenv("SYNCD_THREADS");
+    unsetenv("SYNCD_TOMBSTONE_TTL");
+    unsetenv("SYNCD_BUS_TIMEOUT");
     if (mongo.pid > 0)
         kill(mongo.pid, SIGCONT);
     /* A test that failed mid-fault leaves Redis as it should be. */
@@ -878,6 +882,113 @@ test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout(
     assert_int_equal(r.status, 200);
 }
 
+/* A client that makes new ids and deletes them (a stream of one-off
+ * documents, or an attacker) grows the bus's per-id deduplication state
+ * only until the tombstones are purged: the node has the bus drop those
+ * records, so the hash goes back to the ids that still exist. */
+static void
+test_contract__ids_created_and_deleted_leave_no_bus_record_once_purged(
+    void **state)
+{
+    cluster_t *cl = &the_cluster;
+    char path[256], pubv[256];
+    long long left = -1;
+    response_t r;
+
+    (void)state;
+    setenv("SYNCD_TOMBSTONE_TTL", "1s", 1);
+    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
+    snprintf(cl->coll, sizeof(cl->coll), "oneoff");
+    snprintf(pubv, sizeof(pubv), "syncd:%.64s:%.64s:pubv", cl->db, cl->coll);
+    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
+    r = request(cl->nodes[0].port, "PUT", "/v1/collections/oneoff/docs/kept",
+                "{}", NULL);
+    assert_int_equal(r.status, 201);
+    for (int i = 0; i < 40; i++) {
+        snprintf(path, sizeof(path), "/v1/collections/oneoff/docs/n%d", i);
+        r = request(cl->nodes[0].port, "PUT", path, "{\"i\":1}", NULL);
+        assert_int_equal(r.status, 201);
+        r = request(cl->nodes[0].port, "DELETE", path, NULL, NULL);
+        assert_int_equal(r.status, 200);
+    }
+    assert_true(syncd_test_redis_hlen(&redis, pubv) >= 2);
+    /* The purge runs every quarter TTL, at least every second (bounded). */
+    for (int i = 0; i < 300 && left != 1; i++) {
+        usleep(100 * 1000);
+        left = syncd_test_redis_hlen(&redis, pubv);
+    }
+    assert_int_equal(left, 1);
+    /* An id purged and made again is published like a new one. */
+    r = request(cl->nodes[0].port, "PUT", "/v1/collections/oneoff/docs/n0",
+                "{\"i\":2}", NULL);
+    assert_int_equal(r.status, 201);
+    assert_string_equal(r.etag, "\"1\"");
+    for (int i = 0; i < 100 && left != 2; i++) {
+        usleep(50 * 1000);
+        left = syncd_test_redis_hlen(&redis, pubv);
+    }
+    assert_int_equal(left, 2);
+}
+
+/* Returns the value of the unlabelled metric name on the node at port, or
+ * -1. */
+static long long metric(int port, const char *name)
+{
+    response_t r = request(port, "GET", "/metrics", NULL, NULL);
+    char pat[128];
+    const char *at;
+
+    snprintf(pat, sizeof(pat), "\n%s ", name);
+    at = r.status == 200 ? strstr(r.body, pat) : NULL;
+    return at != NULL ? strtoll(at + strlen(pat), NULL, 10) : -1;
+}
+
+/* The bus's records of purged ids are dropped even when the bus was away
+ * at the purge: the node asks again after its next purge. */
+static void
+test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
+    void **state)
+{
+    cluster_t *cl = &the_cluster;
+    char path[256], pubv[256];
+    long long left = -1, failures = 0, purged = 0;
+    response_t r;
+
+    (void)state;
+    setenv("SYNCD_TOMBSTONE_TTL", "1s", 1);
+    setenv("SYNCD_BUS_TIMEOUT", "300ms", 1);
+    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
+    snprintf(cl->coll, sizeof(cl->coll), "frozenforget");
+    snprintf(pubv, sizeof(pubv), "syncd:%.64s:%.64s:pubv", cl->db, cl->coll);
+    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
+    for (int i = 0; i < 10; i++) {
+        snprintf(path, sizeof(path), "/v1/collections/frozenforget/docs/n%d",
+                 i);
+        r = request(cl->nodes[0].port, "PUT", path, "{}", NULL);
+        assert_int_equal(r.status, 201);
+        r = request(cl->nodes[0].port, "DELETE", path, NULL, NULL);
+        assert_int_equal(r.status, 200);
+    }
+    assert_int_equal(syncd_test_redis_hlen(&redis, pubv), 10);
+    assert_int_equal(kill(redis.pid, SIGSTOP), 0);
+    /* A purge runs every second; its forget times out (bounded). */
+    for (int i = 0; i < 200 && (failures < 1 || purged < 10); i++) {
+        usleep(100 * 1000);
+        failures = metric(cl->nodes[0].port, "syncd_bus_forget_failures_total");
+        purged = metric(cl->nodes[0].port, "syncd_tombstones_purged_total");
+    }
+    assert_true(failures >= 1);
+    assert_int_equal(purged, 10);
+    assert_int_equal(kill(redis.pid, SIGCONT), 0);
+    for (int i = 0; i < 300 && left != 0; i++) {
+        usleep(100 * 1000);
+        left = syncd_test_redis_hlen(&redis, pubv);
+    }
+    assert_int_equal(left, 0);
+    assert_int_equal(
+        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 10);
+}
+
 /* ---- Embedded default ---------------------------------------------------- */
 
 static void
@@ -1044,6 +1155,12 @@ int main(void)
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__ids_created_and_deleted_leave_no_bus_record_once_purged,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again,
             teardown_cluster),
     };
 

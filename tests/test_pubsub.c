@@ -850,6 +850,78 @@ static void expect_in_order(uv_loop_t *loop, syncd_bus_t *a, syncd_bus_t *b,
     assert_int_equal(p.seq, first + 8);
 }
 
+typedef struct forget1 {
+    int done, status;
+    size_t forgotten;
+} forget1_t;
+
+static void on_forget1(int status, size_t forgotten, void *payload)
+{
+    forget1_t *f = payload;
+
+    f->done++;
+    f->status = status;
+    f->forgotten = forgotten;
+}
+
+/* Has bus forget gone_new (stolen: id -> version) in COLL and waits;
+ * returns how many records went. */
+static size_t forget_now(uv_loop_t *loop, syncd_bus_t *bus, json_t *gone_new)
+{
+    forget1_t f = {0};
+
+    assert_int_equal(syncd_bus_forget(bus, COLL, gone_new, on_forget1, &f), 0);
+    json_decref(gone_new);
+    wait_for(loop, flag_set, &f.done);
+    assert_int_equal(f.done, 1);
+    assert_int_equal(f.status, 0);
+    return f.forgotten;
+}
+
+/* Publishes on bus what a purge makes the bus forget, for fresh ids of
+ * COLL whose first seq is to be first: a forget drops an id's record only
+ * while it names the purged tombstone's version (an id published past it
+ * keeps its record, and its old versions stay duplicates), after which
+ * the id's versions are new to the bus; bad arguments are refused. */
+static void expect_forget(uv_loop_t *loop, syncd_bus_t *bus, int64_t first)
+{
+    pub1_t p;
+
+    p = publish_one(loop, bus, make_event("fg", 1));
+    assert_int_equal(p.seq, first);
+    p = publish_one(loop, bus, make_event("fg", 2));
+    assert_int_equal(p.seq, first + 1);
+    p = publish_one(loop, bus, make_event("fk", 1));
+    assert_int_equal(p.seq, first + 2);
+    assert_int_equal(
+        forget_now(loop, bus,
+                   json_pack("{s:i,s:i,s:i}", "fg", 1, "fk", 1, "never", 4)),
+        1);
+    p = publish_one(loop, bus, make_event("fg", 2));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, 0);
+    p = publish_one(loop, bus, make_event("fk", 1));
+    assert_int_equal(p.status, 0);
+    assert_int_equal(p.seq, first + 3);
+    assert_int_equal(forget_now(loop, bus, json_pack("{s:i}", "fg", 2)), 1);
+    assert_int_equal(forget_now(loop, bus, json_pack("{s:i}", "fg", 2)), 0);
+
+    assert_int_equal(syncd_bus_forget(bus, COLL, NULL, on_forget1, NULL),
+                     SYNCD_EINVAL);
+    {
+        json_t *bad[] = {json_object(), json_pack("{s:s}", "x", "1"),
+                         json_pack("{s:i}", "x", 0),
+                         json_pack("{s:i}", "a<b", 1)};
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            assert_int_equal(
+                syncd_bus_forget(bus, COLL, bad[i], on_forget1, NULL),
+                SYNCD_EINVAL);
+            json_decref(bad[i]);
+        }
+    }
+}
+
 /* Subscribes to COLL after seq after, waits for seq until, and checks that
  * the events carried the versions want (n of them), in order. */
 static void expect_versions(uv_loop_t *loop, syncd_bus_t *bus, int64_t after,
@@ -889,6 +961,36 @@ test_local_bus__repeated_and_older_versions_are_dropped_at_the_source(
     bus = open_bus(&loop, NULL, dir, NULL, 0);
     expect_dedupe(&loop, bus, 1);
     expect_versions(&loop, bus, 0, 4, want, 4);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
+static void
+test_local_bus__a_purged_id_is_forgotten_only_at_its_tombstones_version(
+    void **state)
+{
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    pub1_t p;
+
+    (void)state;
+    uv_loop_init(&loop);
+    bus = open_bus(&loop, NULL, NULL, NULL, 0);
+    expect_forget(&loop, bus, 1);
+    close_bus(&loop, bus);
+
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    expect_forget(&loop, bus, 1);
+    close_bus(&loop, bus);
+    /* What went is gone from RocksDB: after a reopen, fg's v2 is new. */
+    bus = open_bus(&loop, NULL, dir, NULL, 0);
+    p = publish_one(&loop, bus, make_event("fg", 2));
+    assert_int_equal(p.seq, 5);
+    p = publish_one(&loop, bus, make_event("fk", 1));
+    assert_int_equal(p.seq, 0);
     close_bus(&loop, bus);
     end_loop(&loop);
     syncd_test_rmtree(dir);
@@ -1746,6 +1848,33 @@ static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
 }
 
 static void
+test_redis_bus__a_purged_id_is_forgotten_only_at_its_tombstones_version(
+    void **state)
+{
+    syncd_test_server_t *srv = *state;
+    const char *pubv = "syncd:test:" COLL ":pubv";
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    pub1_t p;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    b = open_bus(&loop, srv->uri, NULL, NULL, 0);
+    expect_forget(&loop, a, 1);
+    /* Redis holds fk's record only (fg's went last). */
+    assert_int_equal(syncd_test_redis_hlen(srv, pubv), 1);
+    /* Another node's forget reaches the records every node shares. */
+    assert_int_equal(forget_now(&loop, b, json_pack("{s:i}", "fk", 1)), 1);
+    assert_int_equal(syncd_test_redis_hlen(srv, pubv), 0);
+    p = publish_one(&loop, a, make_event("fk", 1));
+    assert_int_equal(p.seq, 5);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
+static void
 test_redis_bus__repeated_and_older_versions_are_dropped_across_nodes(
     void **state)
 {
@@ -2157,6 +2286,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(
             test_local_bus__a_version_is_refused_until_the_one_before_it_is_published),
         cmocka_unit_test(
+            test_local_bus__a_purged_id_is_forgotten_only_at_its_tombstones_version),
+        cmocka_unit_test(
             test_local_bus__acknowledged_publishes_survive_a_crash_and_dedupe_survives_a_reopen),
         cmocka_unit_test(
             test_local_bus__persisted_publishes_complete_in_seq_order),
@@ -2191,6 +2322,8 @@ int main(int argc, char **argv)
             test_redis_bus__forged_and_malformed_events_are_dropped_and_counted),
         cmocka_unit_test(
             test_redis_bus__repeated_and_older_versions_are_dropped_across_nodes),
+        cmocka_unit_test(
+            test_redis_bus__a_purged_id_is_forgotten_only_at_its_tombstones_version),
         cmocka_unit_test(
             test_redis_bus__a_version_is_refused_until_the_one_before_it_is_published_across_nodes),
         cmocka_unit_test(

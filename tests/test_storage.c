@@ -1921,6 +1921,7 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
     fixture_t *f = *state;
     syncd_change_t *c = NULL;
     syncd_doc_t *doc = NULL;
+    json_t *gone = NULL;
     size_t purged = 99;
 
     f->opts.tombstone_ttl_ms = 1000;
@@ -1933,8 +1934,11 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
     syncd_change_free(c);
 
     f->fake.now += 999;
-    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, NULL), 0);
+    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, &gone, NULL),
+                     0);
     assert_int_equal(purged, 0);
+    assert_int_equal(json_object_size(gone), 0);
+    json_decref(gone);
     assert_int_equal(syncd_store_refetch(f->store, &doc, "tomb", "dead", NULL),
                      0);
     assert_true(doc->deleted);
@@ -1942,8 +1946,13 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
     syncd_doc_free(doc);
 
     f->fake.now += 2;
-    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, NULL), 0);
+    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, &gone, NULL),
+                     0);
     assert_int_equal(purged, 1);
+    /* What went, with its tombstone's version (the bus forgets it). */
+    assert_int_equal(json_object_size(gone), 1);
+    assert_int_equal(json_integer_value(json_object_get(gone, "dead")), 2);
+    json_decref(gone);
     assert_int_equal(syncd_store_refetch(f->store, &doc, "tomb", "dead", NULL),
                      SYNCD_ENOTFOUND);
     assert_int_equal(live_version(f, "tomb", "alive"), 1);
@@ -2286,7 +2295,7 @@ test_store_purge__keeps_tombstones_with_pending_markers(void **state)
                      0);
 
     f->fake.now += 5000;
-    assert_int_equal(syncd_store_purge(f->store, "tp", &purged, NULL), 0);
+    assert_int_equal(syncd_store_purge(f->store, "tp", &purged, NULL, NULL), 0);
     assert_int_equal(purged, 1);
     assert_int_equal(syncd_store_refetch(f->store, &doc, "tp", "done", NULL),
                      SYNCD_ENOTFOUND);

@@ -20,7 +20,9 @@
  * known to the publisher as published, so that a later version can never
  * overtake an earlier one (which deduplication would then drop for good).
  * With Redis the checks and the publish are one atomic script, so this
- * holds across nodes.
+ * holds across nodes. The record of an id goes when the store purges its
+ * tombstone (syncd_bus_forget()), so that the bus keeps records for the
+ * ids that exist, not for every id ever written.
  *
  * Per-collection state lives while the collection has subscriptions or
  * requests in flight, and is freed after that (but for the in-process bus
@@ -169,6 +171,22 @@ typedef void (*syncd_bus_seq_cb)(int status, int64_t seq, void *payload);
 /* Reads coll's current event seq. */
 int syncd_bus_seq(syncd_bus_t *bus, const char *coll, syncd_bus_seq_cb cb,
                   void *payload);
+
+/* Most ids one syncd_bus_forget() call takes. */
+#define SYNCD_BUS_MAX_FORGET 256
+
+/* Completion of syncd_bus_forget(): status 0 and how many records went,
+ * or a negative code (SYNCD_ETIMEDOUT past command_timeout_ms). */
+typedef void (*syncd_bus_forget_cb)(int status, size_t forgotten,
+                                    void *payload);
+
+/* Drops the deduplication records of coll's documents whose tombstones the
+ * store purged: gone (borrowed, 1..SYNCD_BUS_MAX_FORGET members) maps each
+ * id to the version of its purged tombstone, and an id's record goes only
+ * while it names that version (one a re-create published since is kept).
+ * Without it the records of ids created and deleted would never go. */
+int syncd_bus_forget(syncd_bus_t *bus, const char *coll, const json_t *gone,
+                     syncd_bus_forget_cb cb, void *payload);
 
 /* ---- Membership ------------------------------------------------------- */
 

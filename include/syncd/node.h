@@ -180,6 +180,9 @@ typedef struct syncd_node_stats {
         events_dropped_old, events_ignored_uncached, refetches, hash_mismatches,
         resyncs, anti_entropy_runs, anti_entropy_repairs, watchers,
         watch_resyncs, tombstones_purged, apply_queue_overflows;
+    /* Deduplication records of purged ids the bus dropped, and the forget
+     * requests that failed (their records stay). */
+    uint64_t purged_ids_forgotten, forget_failures;
     uint64_t collections, apply_queued, apply_queue_peak;
 } syncd_node_stats_t;
 

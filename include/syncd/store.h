@@ -568,9 +568,11 @@ int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
 
 /* Removes tombstones of coll older than tombstone_ttl, except those with
  * pending-publish markers; the number removed goes to *purged when not
- * NULL. */
+ * NULL, and when gone is not NULL *gone gets a new JSON object (caller
+ * decrefs) mapping each removed id to its tombstone's version, also when
+ * the call fails part way. */
 int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
-                      syncd_error_t *err);
+                      json_t **gone, syncd_error_t *err);
 
 /* ---- The node cache (MongoDB mode; in embedded mode these read and write
  * nothing and report SYNCD_ENOTFOUND / 0 entries) ------------------------ */

@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <hiredis/hiredis.h>
+
 #ifndef SYNCD_SOURCE_DIR
 #define SYNCD_SOURCE_DIR "."
 #endif
@@ -354,4 +356,20 @@ int syncd_test_redis_cli(const syncd_test_server_t *srv, ...)
     if (waitpid(pid, &status, 0) != pid)
         return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+long long syncd_test_redis_hlen(const syncd_test_server_t *srv, const char *key)
+{
+    redisContext *c = redisConnect("127.0.0.1", srv->port);
+    redisReply *reply = NULL;
+    long long n = -1;
+
+    if (c != NULL && c->err == 0)
+        reply = redisCommand(c, "HLEN %s", key);
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER)
+        n = reply->integer;
+    if (reply != NULL)
+        freeReplyObject(reply);
+    redisFree(c);
+    return n;
 }

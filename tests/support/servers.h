@@ -68,4 +68,8 @@ void syncd_test_server_destroy(syncd_test_server_t *srv);
  * status, or -1. */
 int syncd_test_redis_cli(const syncd_test_server_t *srv, ...);
 
+/* Returns the number of fields of the hash key in the Redis srv, or -1. */
+long long syncd_test_redis_hlen(const syncd_test_server_t *srv,
+                                const char *key);
+
 #endif
