@@ -21,6 +21,11 @@
  * writer-thread-to-loop hand-off). A separate row runs the live pipeline
  * at the store's own speed, the clock starting right after the commit.
  *
+ * For the steady node chunks a thread of its own (blocking hiredis,
+ * subscribed to the nodes' channel) notes when each event is on the wire,
+ * which splits the path into publish to wire (the writer node, its bus,
+ * Redis's script) and wire to watcher (the reader node).
+ *
  * Every path runs at a steady rate (paced by a 1 ms timer) and at full
  * speed (a window of messages in flight), in chunks taken in turn (floor,
  * bus, node, floor, ...) so that the other work on the machine hits every
@@ -41,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -575,6 +581,8 @@ typedef struct bdoc {
     int index;
     int entries;
     int64_t *t0; /* indexed by version */
+    int64_t *tw; /* indexed by version: when the clock thread read the
+                    event off the channel (atomic) */
     int64_t vmax;
 } bdoc_t;
 
@@ -617,6 +625,13 @@ typedef struct cluster {
     /* The nodes' channels, read raw: bytes of each event on the wire. */
     rsub_t wire;
     samples_t wire_small, wire_big;
+    /* The clock thread (its own blocking connection, subscribed to the
+     * small collection's channel), and per steady recorded event the time
+     * from publish to the wire and to the watcher (ns, same index). */
+    redisContext *clock;
+    pthread_t clock_thread;
+    int clock_on;
+    samples_t to_wire, to_watch;
 } cluster_t;
 
 static int edit_volume(json_t *body, void *arg, syncd_error_t *err)
@@ -786,10 +801,123 @@ static void on_watch(syncd_node_signal_t signal, int64_t seq,
         bdoc_t *doc = &cl->docs[d];
         if (strcmp(doc->id, id) == 0 && v > 0 && v < doc->vmax &&
             doc->t0[v] > 0) {
+            int64_t tw = __atomic_load_n(&doc->tw[v], __ATOMIC_ACQUIRE);
+
+            if (cl->run->record && cl->run->rate > 0 && tw > 0) {
+                samples_add(&cl->to_wire, tw - doc->t0[v]);
+                samples_add(&cl->to_watch, now - doc->t0[v]);
+            }
             run_got(cl->run, now - doc->t0[v]);
             return;
         }
     }
+}
+
+/* The clock thread: reads the small collection's channel with blocking
+ * hiredis and notes when each event arrives, whatever the loop is doing,
+ * until its connection is shut down. */
+static void *clock_main(void *arg)
+{
+    cluster_t *cl = arg;
+    void *r;
+
+    while (redisGetReply(cl->clock, &r) == REDIS_OK) {
+        redisReply *reply = r;
+        int64_t now = bench_mono_ns(), v;
+        json_t *event = NULL;
+        const char *id = NULL;
+
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
+            reply->element[0]->type == REDIS_REPLY_STRING &&
+            strcmp(reply->element[0]->str, "message") == 0)
+            event = json_loadb(reply->element[2]->str, reply->element[2]->len,
+                               0, NULL);
+        id = json_string_value(json_object_get(event, "id"));
+        v = json_integer_value(json_object_get(event, "v"));
+        for (int d = 0; id != NULL && d < cl->ndocs; d++) {
+            if (strcmp(cl->docs[d].id, id) == 0 && v > 0 &&
+                v < cl->docs[d].vmax)
+                __atomic_store_n(&cl->docs[d].tw[v], now, __ATOMIC_RELEASE);
+        }
+        json_decref(event);
+        freeReplyObject(reply);
+    }
+    return NULL;
+}
+
+/* Starts the clock thread on channel; 0 or -1. */
+static int clock_start(cluster_t *cl, int port, const char *channel)
+{
+    redisReply *reply;
+
+    cl->clock = redisConnect("127.0.0.1", port);
+    if (cl->clock == NULL || cl->clock->err != 0)
+        return -1;
+    reply = redisCommand(cl->clock, "SUBSCRIBE %s", channel);
+    if (reply == NULL)
+        return -1;
+    freeReplyObject(reply);
+    if (pthread_create(&cl->clock_thread, NULL, clock_main, cl) != 0)
+        return -1;
+    cl->clock_on = 1;
+    return 0;
+}
+
+/* Stops the clock thread: its connection is shut down under it. */
+static void clock_stop(cluster_t *cl)
+{
+    if (cl->clock_on) {
+        shutdown(cl->clock->fd, SHUT_RDWR);
+        pthread_join(cl->clock_thread, NULL);
+    }
+    if (cl->clock != NULL)
+        redisFree(cl->clock);
+    cl->clock = NULL;
+    cl->clock_on = 0;
+}
+
+/* Prints where the steady node chunks' time went: publish to the wire
+ * (the writer node, its bus, Redis's script) and wire to watcher (the
+ * reader node), at p50 and p99, and over the slowest 1% of events. */
+static void print_split(cluster_t *cl)
+{
+    size_t n = cl->to_watch.n, slow = n / 100;
+    samples_t wire = {0}, reader = {0}, total = {0};
+    double slow_wire = 0, slow_reader = 0;
+    int64_t cut;
+
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        samples_add(&wire, cl->to_wire.v[i]);
+        samples_add(&reader, cl->to_watch.v[i] - cl->to_wire.v[i]);
+        samples_add(&total, cl->to_watch.v[i]);
+    }
+    qsort(total.v, n, sizeof(*total.v), bench_cmp_i64);
+    cut = total.v[n - (slow > 0 ? slow : 1)];
+    slow = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cl->to_watch.v[i] < cut)
+            continue;
+        slow++;
+        slow_wire += (double)cl->to_wire.v[i];
+        slow_reader += (double)(cl->to_watch.v[i] - cl->to_wire.v[i]);
+    }
+    qsort(wire.v, n, sizeof(*wire.v), bench_cmp_i64);
+    qsort(reader.v, n, sizeof(*reader.v), bench_cmp_i64);
+    printf("\n| node to node, steady (%zu events; the slowest: %zu) | p50 ms "
+           "| p99 ms | mean of the slowest, ms |\n|---|---|---|---|\n",
+           n, slow);
+    printf("| publish to wire (writer node, its bus, Redis's script) | %.3f "
+           "| %.3f | %.3f |\n",
+           pct_ms(wire.v, n, 0.5), pct_ms(wire.v, n, 0.99),
+           slow_wire / (double)slow / 1e6);
+    printf("| wire to watcher (reader node) | %.3f | %.3f | %.3f |\n",
+           pct_ms(reader.v, n, 0.5), pct_ms(reader.v, n, 0.99),
+           slow_reader / (double)slow / 1e6);
+    free(wire.v);
+    free(reader.v);
+    free(total.v);
 }
 
 static void wire_message(rsub_t *s, const char *channel, const char *data,
@@ -859,6 +987,7 @@ static void cluster_close(cluster_t *cl)
     while (cl->cursor < cl->held_n)
         job_free(cl->held[cl->cursor++]);
     rsub_close(&cl->wire);
+    clock_stop(cl);
     for (int k = 0; k < 2; k++) {
         syncd_node_unwatch(cl->watch[k]);
         if (cl->node[k] != NULL) {
@@ -883,14 +1012,18 @@ static void cluster_close(cluster_t *cl)
         if (cl->dir[k][0] != '\0')
             syncd_test_rmtree(cl->dir[k]);
     }
-    for (int d = 0; d < cl->ndocs; d++)
+    for (int d = 0; d < cl->ndocs; d++) {
         free(cl->docs[d].t0);
+        free(cl->docs[d].tw);
+    }
     free(cl->docs);
     free(cl->threads);
     free(cl->held);
     free(cl->edit_ns.v);
     free(cl->wire_small.v);
     free(cl->wire_big.v);
+    free(cl->to_wire.v);
+    free(cl->to_watch.v);
     pthread_mutex_destroy(&cl->mu);
     pthread_cond_destroy(&cl->cv);
 }
@@ -975,7 +1108,8 @@ static int cluster_open(cluster_t *cl, uv_loop_t *loop, const char *mongo_uri,
         snprintf(doc->id, sizeof(doc->id), big ? "refs" : "doc-%04d", d);
         doc->vmax = versions + 2;
         doc->t0 = calloc((size_t)doc->vmax, sizeof(*doc->t0));
-        if (doc->t0 == NULL)
+        doc->tw = calloc((size_t)doc->vmax, sizeof(*doc->tw));
+        if (doc->t0 == NULL || doc->tw == NULL)
             return -1;
     }
     for (int k = 0; k < 2; k++) {
@@ -997,7 +1131,8 @@ static int cluster_open(cluster_t *cl, uv_loop_t *loop, const char *mongo_uri,
     snprintf(channels[1], sizeof(channels[1]), "syncd:%s:%s", BUS_DB, BIG_COLL);
     cl->wire.on_message = wire_message;
     cl->wire.ctx = cl;
-    if (rsub_open(&cl->wire, loop, redis_port, chans, 2) != 0)
+    if (clock_start(cl, redis_port, channels[0]) != 0 ||
+        rsub_open(&cl->wire, loop, redis_port, chans, 2) != 0)
         return -1;
     /* Let the reader subscribe its watched collections. */
     settle(loop, SETTLE_MS);
@@ -1597,6 +1732,7 @@ static int bench_paths(uv_loop_t *loop, const args_t *a, json_t *ev,
         goto cleanup;
     printf("\n");
     print_node_stats(&ps->cl);
+    print_split(&ps->cl);
     rc = ps->cl.publish_errors == 0 && ps->cl.edit_errors == 0 ? 0 : -1;
 
 cleanup:
