@@ -58,8 +58,10 @@
 # syncd nodes, Redis, FerretDB), the fault under way, each process's PID,
 # Redis's used_memory (kB, INFO memory), the entries of all replay logs,
 # the fields of all "pubv" hashes (one per document ever published in a
-# collection) and its key count, and each node's syncd_cache_bytes (kB) and
-# syncd_cache_entries from /metrics (NaN when a process does not answer).
+# collection) and its key count, and each node's syncd_cache_bytes (kB),
+# syncd_cache_entries, heap in use and free (kB, syncd_heap_bytes) and
+# RocksDB memory (kB, the sum of syncd_rocksdb_memory_bytes) from /metrics
+# (NaN when a process does not answer).
 # gnuplot (Debian gnuplot-nox, installed by scripts/setup.sh) draws RSS,
 # fds and the data figures to bench/soak/NAME.png.
 #
@@ -478,8 +480,12 @@ sample() {
     for url in "${NODES[@]}"; do
         metrics=$(curl -s --max-time 2 "$url/metrics" 2>/dev/null)
         n=$(awk '$1 == "syncd_cache_bytes" {b = $2} $1 == "syncd_cache_entries" {e = $2}
-            END {if (b != "" && e != "") printf "%d,%d", b / 1024, e}' <<<"$metrics")
-        row="$row,${n:-NaN,NaN}"
+            $1 == "syncd_heap_bytes{kind=\"in_use\"}" {u = $2}
+            $1 == "syncd_heap_bytes{kind=\"free\"}" {f = $2}
+            $1 ~ /^syncd_rocksdb_memory_bytes[{]/ {r += $2; rs = 1}
+            END {if (b != "" && e != "" && u != "" && f != "" && rs)
+                printf "%d,%d,%d,%d,%d", b / 1024, e, u / 1024, f / 1024, r / 1024}' <<<"$metrics")
+        row="$row,${n:-NaN,NaN,NaN,NaN,NaN}"
     done
     echo "$row" >>"$CSV"
 }
@@ -499,7 +505,10 @@ PNG="$OUT/${SOAK_NAME:-soak}.png"
     printf ',fault'
     for p in "${PROCS[@]}"; do printf ',%s_pid' "$p"; done
     printf ',redis_used_kb,redis_log_entries,redis_pubv_fields,redis_keys'
-    for n in 1 2 3; do printf ',node%s_cache_kb,node%s_cache_entries' "$n" "$n"; done
+    for n in 1 2 3; do
+        printf ',node%s_cache_kb,node%s_cache_entries' "$n" "$n"
+        printf ',node%s_heap_in_use_kb,node%s_heap_free_kb,node%s_rocksdb_kb' "$n" "$n" "$n"
+    done
     printf '\n'
 } >"$CSV"
 
@@ -737,6 +746,14 @@ for n in (1, 2, 3):
     if kb and ent:
         figs.append(f"node{n} cache {kb[0][1]:.0f}->{kb[-1][1]:.0f} kB, "
                     f"{ent[0][1]:.0f}->{ent[-1][1]:.0f} entries")
+    mem = [(what, series(after, f"node{n}_{col}"))
+           for col, what in (("heap_in_use_kb", "heap in use"),
+                             ("heap_free_kb", "heap free"),
+                             ("rocksdb_kb", "RocksDB"))]
+    if all(pts for _, pts in mem):
+        figs.append(f"node{n} " + ", ".join(
+            f"{what} {pts[0][1]:.0f}->{pts[-1][1]:.0f} kB "
+            f"({slope(pts) / 1024:+.1f} MB/h)" for what, pts in mem))
 if figs:
     print("  data: " + "; ".join(figs))
 print(f"verdict: {'flat' if not bad else 'NOT flat'} after a warm-up of {warm} s "

@@ -1292,6 +1292,7 @@ void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out)
                        tier.cache_bytes;
     out->cache_entries = __atomic_load_n(&cache->entries, __ATOMIC_RELAXED);
     out->cache_writes = __atomic_load_n(&cache->writes, __ATOMIC_RELAXED);
+    syncd_rocks_memory(cache->db, out);
 }
 
 syncd_tier_t *syncd_cache_tier(syncd_cache_t *cache)

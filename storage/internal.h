@@ -12,6 +12,8 @@
 
 #include "syncd/store.h"
 
+struct rocksdb_t;
+
 /* Bytes of one RocksDB memtable (at most two are kept) for the node cache
  * and the embedded store. RocksDB's default, 64 MiB, lets a node's memory
  * grow by that much per database before the first flush: with the cache's
@@ -103,7 +105,7 @@ typedef struct syncd_backend_ops {
 
     /* Optional (NULL: zeros): adds the backend's own in-memory tier to the
      * cache_* counters of out (hits and misses of reads, evictions, bytes
-     * charged and entries). */
+     * charged and entries), and its RocksDB's memory to the rocks_* ones. */
     void (*tier_stats)(syncd_backend_t *b, syncd_store_stats_t *out);
 
     /* Optional (NULL: none): the backend's in-memory tier (borrowed), which
@@ -300,9 +302,13 @@ int syncd_cache_check(syncd_cache_t *cache, json_t **digests, json_t **bad,
 /* Drops every entry of the cache. */
 void syncd_cache_clear(syncd_cache_t *cache);
 
-/* Copies hit/miss/eviction/write counters and current bytes/entries into
- * out. */
+/* Copies hit/miss/eviction/write counters, current bytes/entries and the
+ * memory of its RocksDB into out. */
 void syncd_cache_stats(syncd_cache_t *cache, syncd_store_stats_t *out);
+
+/* Adds the memory that RocksDB database db holds (memtables, table
+ * readers, block cache) to the rocks_* fields of out. */
+void syncd_rocks_memory(struct rocksdb_t *db, syncd_store_stats_t *out);
 
 /* Returns the cache's in-memory tier (borrowed): the fresh entries the node
  * serves, each expiring with its cache entry. */

@@ -674,9 +674,22 @@ static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
 
 /* The tier's statistics; takes no lock, so it never waits for a reader or
  * a writer. */
+void syncd_rocks_memory(rocksdb_t *db, syncd_store_stats_t *out)
+{
+    uint64_t v;
+
+    if (rocksdb_property_int(db, "rocksdb.cur-size-all-mem-tables", &v) == 0)
+        out->rocks_memtable_bytes += v;
+    if (rocksdb_property_int(db, "rocksdb.estimate-table-readers-mem", &v) == 0)
+        out->rocks_table_reader_bytes += v;
+    if (rocksdb_property_int(db, "rocksdb.block-cache-usage", &v) == 0)
+        out->rocks_block_cache_bytes += v;
+}
+
 static void rocks_tier_stats(syncd_backend_t *b, syncd_store_stats_t *out)
 {
     syncd_tier_stats(((rocks_t *)b)->tier, out);
+    syncd_rocks_memory(((rocks_t *)b)->db, out);
 }
 
 static syncd_tier_t *rocks_tier(syncd_backend_t *b)

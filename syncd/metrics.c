@@ -6,6 +6,7 @@
  */
 #include "metrics.h"
 
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -119,6 +120,29 @@ static void family(out_t *o, const char *name, const char *type,
     emit(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* Emits the RocksDB and heap memory gauges: what a growing RSS is made of. */
+static void memory(out_t *o, const syncd_store_stats_t *s)
+{
+    struct mallinfo2 mi = mallinfo2();
+
+    family(o, "syncd_rocksdb_memory_bytes", "gauge",
+           "Memory of the store's RocksDB databases (the embedded store of "
+           "record, the node cache), by kind.");
+    sample(o, "syncd_rocksdb_memory_bytes", "kind", "memtables",
+           s->rocks_memtable_bytes);
+    sample(o, "syncd_rocksdb_memory_bytes", "kind", "table_readers",
+           s->rocks_table_reader_bytes);
+    sample(o, "syncd_rocksdb_memory_bytes", "kind", "block_cache",
+           s->rocks_block_cache_bytes);
+    family(o, "syncd_heap_bytes", "gauge",
+           "The C heap (glibc malloc, every arena): bytes in use, bytes free "
+           "in the arenas but not returned to the system, and bytes in "
+           "blocks of their own (mmap).");
+    sample(o, "syncd_heap_bytes", "kind", "in_use", mi.uordblks);
+    sample(o, "syncd_heap_bytes", "kind", "free", mi.fordblks);
+    sample(o, "syncd_heap_bytes", "kind", "mapped", mi.hblkhd);
+}
+
 char *syncd_metrics_render(const syncd_metrics_t *m,
                            const syncd_metrics_view_t *v, size_t *len)
 {
@@ -206,6 +230,7 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
            "Records the node cache wrote to or deleted from its RocksDB "
            "(written behind: a document at most once a second).",
            v->store.cache_writes);
+    memory(&o, &v->store);
     metric(&o, "syncd_collections", "gauge",
            "Collections this node holds state for (subscription, queue).",
            v->node.collections);

@@ -657,6 +657,11 @@ typedef struct syncd_store_stats {
         cache_evictions, cache_bytes, cache_entries, cache_writes;
     uint64_t cas_fast; /* writes committed without a read of the record (one
                           compare-and-swap from the node cache's entry) */
+    /* Memory of the store's RocksDB databases (the embedded store of
+     * record, the node cache): memtables, table readers (indexes and
+     * filters held outside the block cache) and the block cache. */
+    uint64_t rocks_memtable_bytes, rocks_table_reader_bytes,
+        rocks_block_cache_bytes;
 } syncd_store_stats_t;
 
 /* Copies the store's counters into *out. */
