@@ -70,15 +70,15 @@ typedef struct daemon {
  * hook. Waits until it accepts connections; 0 or -1. */
 static int daemon_run(daemon_t *d, int crash_after)
 {
+    pid_t parent = getpid();
+
     d->pid = fork();
     if (d->pid < 0)
         return -1;
     if (d->pid == 0) {
-        int log = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         char n[16];
 
-        if (log >= 0)
-            dup2(log, 2);
+        syncd_test_child_setup(parent, d->log, 1);
         if (crash_after > 0) {
             snprintf(n, sizeof(n), "%d", crash_after);
             setenv("SYNCD_TEST_CRASH_AFTER_COMMITS", n, 1);

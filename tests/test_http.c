@@ -54,6 +54,7 @@ static int daemon_start(daemon_t *d, ...)
     char *argv[64];
     char listen[64], data[300];
     int argc = 0, i, fd;
+    pid_t parent;
     va_list ap;
 
     memset(d, 0, sizeof(*d));
@@ -73,14 +74,12 @@ static int daemon_start(daemon_t *d, ...)
         argc++;
     va_end(ap);
     argv[argc] = NULL;
+    parent = getpid();
     d->pid = fork();
     if (d->pid < 0)
         return -1;
     if (d->pid == 0) {
-        int log = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-        if (log >= 0)
-            dup2(log, 2);
+        syncd_test_child_setup(parent, d->log, 0);
         execv(argv[0], argv);
         _exit(127);
     }

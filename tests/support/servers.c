@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -95,19 +96,28 @@ static int port_answers(int port)
     return 1;
 }
 
-/* Forks and execs argv with stdout/stderr to logfile; returns the pid. */
-static pid_t spawn(char *const argv[], const char *logfile)
+void syncd_test_child_setup(pid_t parent, const char *log, int append)
 {
-    pid_t pid = fork();
+    int fd;
 
-    if (pid != 0)
-        return pid;
-    int fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(127);
+    fd = open(log, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
     if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
         close(fd);
     }
+}
+
+/* Forks and execs argv with stdout/stderr to logfile; returns the pid. */
+static pid_t spawn(char *const argv[], const char *logfile)
+{
+    pid_t parent = getpid(), pid = fork();
+
+    if (pid != 0)
+        return pid;
+    syncd_test_child_setup(parent, logfile, 1);
     setpgid(0, 0);
     execvp(argv[0], argv);
     fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));

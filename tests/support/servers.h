@@ -21,6 +21,13 @@ typedef struct syncd_test_server {
     int external;  /* 1 when SYNCD_TEST_MONGO_URI names an outside server */
 } syncd_test_server_t;
 
+/* In a child forked by a test (parent: the test's pid, taken before the
+ * fork), before its exec: ties its life to the test (killed when the test
+ * dies, an assertion's failure included, so that no daemon outlives it and
+ * holds the test's output open) and sends its stdout and stderr to log,
+ * appended or truncated. */
+void syncd_test_child_setup(pid_t parent, const char *log, int append);
+
 /* Returns a TCP port that is free on 127.0.0.1 right now, or -1. */
 int syncd_test_free_port(void);
 
