@@ -50,11 +50,13 @@ typedef struct syncd_backend_ops {
     int (*collections)(syncd_backend_t *b, json_t **out, syncd_error_t *err);
 
     /* Removes coll's tombstones whose mtime is before before_ms and that
-     * have no pending-publish marker; count in *purged, and each removed
-     * id mapped to its tombstone's version in gone (an object, or NULL).
-     * A tombstone rewritten meanwhile (re-created) is kept. */
+     * have no pending-publish marker, at most limit of them (0: no bound),
+     * reading the collection a page at a time; count in *purged, and each
+     * removed id mapped to its tombstone's version in gone (an object, or
+     * NULL). A tombstone rewritten meanwhile (re-created) is kept. */
     int (*purge)(syncd_backend_t *b, const char *coll, int64_t before_ms,
-                 size_t *purged, json_t *gone, syncd_error_t *err);
+                 size_t limit, size_t *purged, json_t *gone,
+                 syncd_error_t *err);
 
     /* Closes and frees the backend. */
     void (*close)(syncd_backend_t *b);

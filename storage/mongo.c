@@ -2153,7 +2153,8 @@ static int purge_claims(mongo_backend_t *m, call_t *c, const char *coll,
 }
 
 static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
-                       size_t *purged, json_t *gone, syncd_error_t *err)
+                       size_t limit, size_t *purged, json_t *gone,
+                       syncd_error_t *err)
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
     bson_t *filter = BCON_NEW("del", BCON_BOOL(true), "mt", "{", "$lt",
@@ -2181,7 +2182,9 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
         tombs = NULL;
         if (rc == 0)
             rc = list_tombstones(&tombs, c.coll, filter, coll, err);
-        for (size_t i = 0; rc == 0 && i < json_array_size(tombs); i++) {
+        for (size_t i = 0; rc == 0 && i < json_array_size(tombs) &&
+                           (limit == 0 || *purged < limit);
+             i++) {
             json_t *t = json_array_get(tombs, i);
             const char *id = json_string_value(json_array_get(t, 0));
             int64_t v = json_integer_value(json_array_get(t, 1)), deleted = 0;
@@ -2200,7 +2203,8 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
         }
         if (*purged == before)
             break;
-    } while (rc == 0 && json_array_size(tombs) == PURGE_PAGE);
+    } while (rc == 0 && json_array_size(tombs) == PURGE_PAGE &&
+             (limit == 0 || *purged < limit));
     json_decref(tombs);
     if (claims != NULL)
         mongoc_collection_destroy(claims);

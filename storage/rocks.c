@@ -65,6 +65,8 @@
 #define NSTRIPES 64
 #define REGISTRY_PREFIX '\x01'
 #define OUTBOX_PREFIX '\x02'
+/* Records a purge reads per page. */
+#define PURGE_PAGE 1000
 
 /* sequence() flags: the commit creates the record (registers its
  * collection); the commit is an outbox ack. */
@@ -946,33 +948,45 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
 }
 
 static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
-                       size_t *purged, json_t *gone, syncd_error_t *err)
+                       size_t limit, size_t *purged, json_t *gone,
+                       syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
-    json_t *all = NULL;
-    size_t i, n = 0;
-    json_t *e;
+    json_t *page = NULL, *e;
+    char *after = NULL;
+    size_t i, n = 0, got;
     int rc;
 
-    rc = rocks_list(b, &all, coll, NULL, NULL, 0, 1, err);
-    json_array_foreach (all, i, e) {
-        json_int_t mt = json_integer_value(json_object_get(e, "mt"));
-        const char *id = json_string_value(json_object_get(e, "id"));
-        int64_t removed = 0;
+    do {
+        rc = rocks_list(b, &page, coll, NULL, after, PURGE_PAGE, 1, err);
+        got = json_array_size(page);
+        json_array_foreach (page, i, e) {
+            json_int_t mt = json_integer_value(json_object_get(e, "mt"));
+            const char *id = json_string_value(json_object_get(e, "id"));
+            int64_t removed = 0;
 
-        if (rc != 0)
-            break;
-        if (!json_is_true(json_object_get(e, "del")) || mt >= before_ms)
-            continue;
-        rc = purge_one(r, coll, id, before_ms, &removed, err);
-        if (rc != 0 || removed == 0)
-            continue;
-        n++;
-        if (gone != NULL &&
-            json_object_set_new(gone, id, json_integer(removed)) != 0)
+            if (rc != 0 || (limit > 0 && n == limit))
+                break;
+            if (!json_is_true(json_object_get(e, "del")) || mt >= before_ms)
+                continue;
+            rc = purge_one(r, coll, id, before_ms, &removed, err);
+            if (rc != 0 || removed == 0)
+                continue;
+            n++;
+            if (gone != NULL &&
+                json_object_set_new(gone, id, json_integer(removed)) != 0)
+                rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        }
+        free(after);
+        after = got > 0 ? strdup(json_string_value(json_object_get(
+                              json_array_get(page, got - 1), "id")))
+                        : NULL;
+        json_decref(page);
+        page = NULL;
+        if (got > 0 && after == NULL && rc == 0)
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    }
-    json_decref(all);
+    } while (rc == 0 && got == PURGE_PAGE && (limit == 0 || n < limit));
+    free(after);
     if (purged != NULL)
         *purged = n;
     return rc;

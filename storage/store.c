@@ -1467,8 +1467,8 @@ int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
     return store->backend->ops->versions(store->backend, out, coll, ids, err);
 }
 
-int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
-                      json_t **gone, syncd_error_t *err)
+int syncd_store_purge(syncd_store_t *store, const char *coll, size_t limit,
+                      size_t *purged, json_t **gone, syncd_error_t *err)
 {
     json_t *ids = gone != NULL ? json_object() : NULL;
     size_t n = 0;
@@ -1478,8 +1478,8 @@ int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     if (rc == 0)
         rc = store->backend->ops->purge(
-            store->backend, coll, wall_ms(store) - store->tombstone_ttl_ms, &n,
-            ids, err);
+            store->backend, coll, wall_ms(store) - store->tombstone_ttl_ms,
+            limit, &n, ids, err);
     if (gone != NULL)
         *gone = ids;
     if (n > 0 && store->cache != NULL)

@@ -127,7 +127,8 @@ static void memory(out_t *o, const syncd_store_stats_t *s)
 
     family(o, "syncd_rocksdb_memory_bytes", "gauge",
            "Memory of the store's RocksDB databases (the embedded store of "
-           "record, the node cache), by kind.");
+           "record, the node cache), by kind; allocated from the C heap, so "
+           "part of syncd_heap_bytes.");
     sample(o, "syncd_rocksdb_memory_bytes", "kind", "memtables",
            s->rocks_memtable_bytes);
     sample(o, "syncd_rocksdb_memory_bytes", "kind", "table_readers",

@@ -297,12 +297,14 @@ struct work {
                       NULL (the listing at open, a pass for a resync) */
     json_t *colls; /* WORK_LIST: the listing */
     json_t *gone;  /* WORK_PURGE: coll -> {id: version} of what it removed */
+    int more;      /* WORK_PURGE: it stopped at purge_batch, more may wait */
     int status;    /* of the listing, the pass or the purge */
     uint64_t repaired;        /* WORK_PASS: entries that really differed */
     syncd_node_stats_t delta; /* counted on the worker, added on the loop */
 };
 
 static void pump(coll_t *c);
+static void start_purge(syncd_node_t *node);
 static void sweep(coll_t *c);
 static void on_published(int status, int64_t seq, void *payload);
 static void run_release(ae_run_t *run, int status, uint64_t repaired);
@@ -317,6 +319,7 @@ void syncd_node_options_init(syncd_node_options_t *opts)
     opts->anti_entropy_interval_ms = 30000;
     opts->anti_entropy_chunk = 500;
     opts->tombstone_ttl_ms = (int64_t)24 * 3600 * 1000;
+    opts->purge_batch = 10000;
     opts->max_event_bytes = 1 << 20;
     opts->max_doc_bytes = (size_t)8 << 20;
     opts->watch_buffer_events = 10000;
@@ -1256,24 +1259,27 @@ static void repair(work_t *w)
 static void purge(work_t *w)
 {
     json_t *colls = NULL, *name, *gone;
-    size_t i, purged;
+    size_t i, purged, batch = w->node->opts.purge_batch, left = batch;
 
     w->status = syncd_store_collections(w->node->store, &colls, NULL);
     w->gone = json_object();
     json_array_foreach (colls, i, name) {
-        if (atomic_load(&w->node->stop))
+        if (atomic_load(&w->node->stop) || (batch > 0 && left == 0))
             break;
         purged = 0;
         gone = NULL;
-        if (syncd_store_purge(w->node->store, json_string_value(name), &purged,
-                              &gone, NULL) != 0)
+        if (syncd_store_purge(w->node->store, json_string_value(name), left,
+                              &purged, &gone, NULL) != 0)
             w->status = SYNCD_EBACKEND;
         w->delta.tombstones_purged += purged;
+        if (batch > 0)
+            left -= purged < left ? purged : left;
         if (json_object_size(gone) > 0 && w->gone != NULL)
             json_object_set(w->gone, json_string_value(name), gone);
         json_decref(gone);
     }
     json_decref(colls);
+    w->more = batch > 0 && left == 0 && w->status == 0;
 }
 
 static void work_run(uv_work_t *req)
@@ -1493,6 +1499,9 @@ static void work_done(uv_work_t *req, int status)
         node->purging = 0;
         if (!node->closing)
             forget_purged(node, w->gone);
+        /* The next page of a long backlog at once, not a period later. */
+        if (w->more)
+            start_purge(node);
         break;
     case WORK_FLUSH:
         node->flushing = 0;
@@ -1679,13 +1688,16 @@ static int list_collections(syncd_node_t *node, ae_run_t *run)
 }
 
 /* Starts a purge of old tombstones unless one is in flight. */
-static void on_purge_timer(uv_timer_t *timer)
+static void start_purge(syncd_node_t *node)
 {
-    syncd_node_t *node = timer->data;
-
     if (!node->purging && !node->closing &&
         queue_work(node, WORK_PURGE, NULL, NULL, NULL, NULL) == 0)
         node->purging = 1;
+}
+
+static void on_purge_timer(uv_timer_t *timer)
+{
+    start_purge(timer->data);
 }
 
 /* Queues the write of the cache's records written behind on the thread

@@ -1915,6 +1915,89 @@ test_store_check_start__off_checks_nothing_but_consumes_the_file(void **state)
     json_decref(report);
 }
 
+/* Deletes coll/<prefix><i> for i in 0..n-1 that are multiples of step,
+ * having created all n; returns the number deleted. */
+static size_t make_tombstones(fixture_t *f, const char *coll,
+                              const char *prefix, size_t n, size_t step)
+{
+    syncd_change_t *c = NULL;
+    char id[64];
+    size_t deleted = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "%s%05zu", prefix, i);
+        create_doc(f, coll, id, "{}");
+    }
+    for (size_t i = 0; i < n; i += step) {
+        snprintf(id, sizeof(id), "%s%05zu", prefix, i);
+        assert_int_equal(
+            syncd_store_delete(f->store, &c, coll, id, SYNCD_ANY_VERSION, NULL),
+            0);
+        syncd_change_free(c);
+        deleted++;
+    }
+    return deleted;
+}
+
+/* A limit bounds what one purge removes (and reports); the next calls take
+ * the rest, and no id is reported twice. */
+static void test_store_purge__a_limit_bounds_each_call(void **state)
+{
+    fixture_t *f = *state;
+    json_t *all = json_object(), *gone = NULL;
+    size_t purged = 0, want[] = {2, 2, 1, 0};
+
+    f->opts.tombstone_ttl_ms = 1000;
+    use_fake_hooks(f, 1000000);
+    assert_int_equal(make_tombstones(f, "lim", "t", 10, 2), 5);
+    f->fake.now += 2000;
+    for (size_t call = 0; call < 4; call++) {
+        assert_int_equal(
+            syncd_store_purge(f->store, "lim", 2, &purged, &gone, NULL), 0);
+        assert_int_equal(purged, want[call]);
+        assert_int_equal(json_object_size(gone), want[call]);
+        assert_int_equal(json_object_update_missing(all, gone), 0);
+        json_decref(gone);
+        gone = NULL;
+    }
+    assert_int_equal(json_object_size(all), 5);
+    for (size_t i = 0; i < 10; i++) {
+        char id[16];
+
+        snprintf(id, sizeof(id), "t%05zu", i);
+        if (i % 2 == 0)
+            assert_int_equal(json_integer_value(json_object_get(all, id)), 2);
+        else
+            assert_int_equal(live_version(f, "lim", id), 1);
+    }
+    json_decref(all);
+}
+
+/* The embedded store reads a collection a page (1000 records) at a time:
+ * a purge over several pages, tombstones and live documents mixed,
+ * removes every tombstone and nothing else. */
+static void
+test_store_purge__reads_a_large_collection_page_by_page(void **state)
+{
+    fixture_t *f = *state;
+    json_t *gone = NULL, *list = NULL;
+    size_t purged = 0;
+
+    f->opts.tombstone_ttl_ms = 1000;
+    use_fake_hooks(f, 1000000);
+    assert_int_equal(make_tombstones(f, "big", "d", 2500, 3), 834);
+    f->fake.now += 2000;
+    assert_int_equal(
+        syncd_store_purge(f->store, "big", 0, &purged, &gone, NULL), 0);
+    assert_int_equal(purged, 834);
+    assert_int_equal(json_object_size(gone), 834);
+    assert_int_equal(
+        syncd_store_list(f->store, &list, "big", NULL, NULL, 0, NULL), 0);
+    assert_int_equal(json_array_size(list), 2500 - 834);
+    json_decref(list);
+    json_decref(gone);
+}
+
 static void
 test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
 {
@@ -1934,8 +2017,8 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
     syncd_change_free(c);
 
     f->fake.now += 999;
-    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, &gone, NULL),
-                     0);
+    assert_int_equal(
+        syncd_store_purge(f->store, "tomb", 0, &purged, &gone, NULL), 0);
     assert_int_equal(purged, 0);
     assert_int_equal(json_object_size(gone), 0);
     json_decref(gone);
@@ -1946,8 +2029,8 @@ test_store_purge__removes_tombstones_after_tombstone_ttl(void **state)
     syncd_doc_free(doc);
 
     f->fake.now += 2;
-    assert_int_equal(syncd_store_purge(f->store, "tomb", &purged, &gone, NULL),
-                     0);
+    assert_int_equal(
+        syncd_store_purge(f->store, "tomb", 0, &purged, &gone, NULL), 0);
     assert_int_equal(purged, 1);
     /* What went, with its tombstone's version (the bus forgets it). */
     assert_int_equal(json_object_size(gone), 1);
@@ -2295,7 +2378,8 @@ test_store_purge__keeps_tombstones_with_pending_markers(void **state)
                      0);
 
     f->fake.now += 5000;
-    assert_int_equal(syncd_store_purge(f->store, "tp", &purged, NULL, NULL), 0);
+    assert_int_equal(syncd_store_purge(f->store, "tp", 0, &purged, NULL, NULL),
+                     0);
     assert_int_equal(purged, 1);
     assert_int_equal(syncd_store_refetch(f->store, &doc, "tp", "done", NULL),
                      SYNCD_ENOTFOUND);
@@ -4869,6 +4953,8 @@ int main(int argc, char **argv)
             test_store_check_start__a_kept_cache_changed_while_closed_is_dropped),
         ROCKS(test_store_check_start__off_checks_nothing_but_consumes_the_file),
         BOTH(test_store_purge__removes_tombstones_after_tombstone_ttl),
+        BOTH(test_store_purge__a_limit_bounds_each_call),
+        ROCKS(test_store_purge__reads_a_large_collection_page_by_page),
         BOTH(test_store_collections__lists_names_sorted),
         BOTH(test_store_versions__reads_the_version_headers_of_the_given_ids),
         BOTH(test_store_cache_page__pages_cached_entries_in_mongodb_mode_only),

@@ -1354,7 +1354,7 @@ static void test_mongo_purge__drops_claims_older_than_the_lease(void **state)
     plant_claim(f, "stale", "older", 9, "gone-process", 3600000);
     plant_claim(f, "stale", "live", 2, "busy-process", 0);
     assert_int_equal(count_claims(f, "stale"), 3);
-    assert_int_equal(f->be->ops->purge(f->be, "stale", now_ms() - 86400000,
+    assert_int_equal(f->be->ops->purge(f->be, "stale", now_ms() - 86400000, 0,
                                        &purged, NULL, NULL),
                      0);
     assert_int_equal(purged, 0);
@@ -1440,7 +1440,7 @@ test_mongo_purge__drops_liveness_records_of_long_gone_processes(void **state)
     bump_liveness(client, "00000000000000a3.1", 5, now_ms() - 30000);
     mongoc_client_destroy(client);
     assert_int_equal(count_procs(f, NULL), before + 3);
-    assert_int_equal(f->be->ops->purge(f->be, "stale", now_ms() - 86400000,
+    assert_int_equal(f->be->ops->purge(f->be, "stale", now_ms() - 86400000, 0,
                                        &purged, NULL, NULL),
                      0);
     assert_int_equal(count_procs(f, "00000000000000a1.1"), 0);
@@ -1559,7 +1559,8 @@ static void test_mongo_purge__removes_only_old_tombstones(void **state)
     assert_int_equal(write_body(be, "purge", "live", 1, 0, body), 0);
 
     assert_int_equal(
-        be->ops->purge(be, "purge", now_ms() - 30000, &purged, NULL, NULL), 0);
+        be->ops->purge(be, "purge", now_ms() - 30000, 0, &purged, NULL, NULL),
+        0);
     assert_int_equal(purged, 1);
     assert_int_equal(be->ops->get(be, &got, "purge", "old", NULL),
                      SYNCD_ENOTFOUND);

@@ -47,6 +47,11 @@ typedef struct syncd_node_options {
     int64_t tombstone_ttl_ms;   /* the store's tombstone TTL: tombstones are
                                    purged every quarter of it (1 s..1 h);
                                    negative: never; 24 h */
+    size_t purge_batch;         /* tombstones one purge run removes at most
+                                   (its report of the ids is held in
+                                   memory): a run that reaches it is followed
+                                   at once by the next; 0: no bound;
+                                   10000 */
     /* Test hook (NULL in production): called on the worker thread with
      * hook_data before each chunk an anti-entropy pass over coll compares. */
     void (*ae_chunk_hook)(void *data, const char *coll);

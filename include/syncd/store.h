@@ -567,12 +567,13 @@ int syncd_store_versions(syncd_store_t *store, json_t **out, const char *coll,
                          const json_t *ids, syncd_error_t *err);
 
 /* Removes tombstones of coll older than tombstone_ttl, except those with
- * pending-publish markers; the number removed goes to *purged when not
- * NULL, and when gone is not NULL *gone gets a new JSON object (caller
- * decrefs) mapping each removed id to its tombstone's version, also when
- * the call fails part way. */
-int syncd_store_purge(syncd_store_t *store, const char *coll, size_t *purged,
-                      json_t **gone, syncd_error_t *err);
+ * pending-publish markers, at most limit of them (0: all; a caller that
+ * gets limit back calls again for the rest); the number removed goes to
+ * *purged when not NULL, and when gone is not NULL *gone gets a new JSON
+ * object (caller decrefs) mapping each removed id to its tombstone's
+ * version, also when the call fails part way. */
+int syncd_store_purge(syncd_store_t *store, const char *coll, size_t limit,
+                      size_t *purged, json_t **gone, syncd_error_t *err);
 
 /* ---- The node cache (MongoDB mode; in embedded mode these read and write
  * nothing and report SYNCD_ENOTFOUND / 0 entries) ------------------------ */
