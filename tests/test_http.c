@@ -638,6 +638,18 @@ static void test_bad_input__malformed_or_non_object_json_is_400(void **s)
     check("PUT", "/v1/collections/t/docs/bj", "[1,2]", NULL, 400,
           "invalid_json");
     check("GET", "/v1/collections/t/docs/bj", NULL, NULL, 404, NULL);
+    /* A string with a NUL is refused, in a key too; an escaped backslash
+     * followed by u0000 is plain text. */
+    check("PUT", "/v1/collections/t/docs/bj", "{\"a\":\"x\\u0000y\"}", NULL,
+          400, "invalid_json");
+    check("PUT", "/v1/collections/t/docs/bj", "{\"k\\u0000\":1}", NULL, 400,
+          "invalid_json");
+    check("PUT", "/v1/collections/t/docs/bj", "{\"a\":\"\\\\\\u0000\"}", NULL,
+          400, "invalid_json");
+    check("GET", "/v1/collections/t/docs/bj", NULL, NULL, 404, NULL);
+    check("PUT", "/v1/collections/t/docs/bj", "{\"a\":\"\\\\u0000\"}", NULL,
+          201, NULL);
+    check("GET", "/v1/collections/t/docs/bj", NULL, NULL, 200, NULL);
 }
 
 static void test_bad_input__bad_ids_collections_and_encoding_are_400(void **s)
