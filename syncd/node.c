@@ -2593,12 +2593,16 @@ static void ob_chain_done(int status, int64_t seq, void *payload)
 }
 
 /* Starts the chain of one listed record: its markers older than the run's
- * min age, in order, acked up to the last of them once published. */
+ * min age, in order, acked up to the last of them once published. The
+ * versions this node's bus confirmed already (a publish whose ack is still
+ * on its way, e.g. behind a slow store) are not sent again, only acked. */
 static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
                       int64_t now)
 {
     const json_t *ob = json_object_get(rec, "ob");
     const char *id = member_str(rec, "id");
+    const pub_slot_t *slot = pub_slot(run->node, coll, id, 0);
+    int64_t confirmed = slot != NULL ? slot->confirmed : 0, done = 0;
     json_t *events = json_array();
     json_t *m;
     size_t i;
@@ -2606,6 +2610,10 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
     json_array_foreach (ob, i, m) {
         if (now - member_int(m, "t") < run->min_age_ms)
             break;
+        if (member_int(m, "v") <= confirmed) {
+            done = member_int(m, "v");
+            continue;
+        }
         if (events == NULL ||
             json_array_append_new(events, marker_event(coll, id, m)) != 0) {
             json_decref(events);
@@ -2614,6 +2622,8 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
     }
     if (json_array_size(events) == 0) {
         json_decref(events);
+        if (done > 0)
+            queue_ack(run->node, coll, id, done);
         return;
     }
     run->chains++;

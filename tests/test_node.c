@@ -1809,6 +1809,120 @@ static void on_embedded_count(int status, int64_t seq, void *payload)
     (*published)++;
 }
 
+/* A thread of the libuv pool held until released. */
+typedef struct blocker {
+    uv_work_t req;
+    uv_sem_t *started, *release;
+} blocker_t;
+
+static void block_work(uv_work_t *req)
+{
+    blocker_t *b = req->data;
+
+    uv_sem_post(b->started);
+    uv_sem_wait(b->release);
+}
+
+/* Runs loop without blocking n times, a millisecond apart. */
+static void spin(uv_loop_t *loop, int n)
+{
+    for (int i = 0; i < n; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        uv_sleep(1);
+    }
+}
+
+/* A version whose publish the bus confirmed while its outbox ack still
+ * waits (here: behind a republisher run that listed the record first, on
+ * a thread pool held to one thread) is acked, not sent again: the bus
+ * sees one publish and no republish. */
+static void
+test_node__the_republisher_does_not_send_again_what_the_bus_confirmed(
+    void **state)
+{
+    enum { MAX_POOL = 64 };
+    const char *env = getenv("UV_THREADPOOL_SIZE");
+    int pool = env != NULL ? atoi(env) : 4, published = 0;
+    blocker_t blockers[MAX_POOL];
+    uv_sem_t started, release;
+    uv_loop_t loop;
+    char dir[256];
+    syncd_store_options_t so;
+    syncd_bus_options_t bo;
+    syncd_node_options_t no;
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+    syncd_change_t *change = NULL;
+    syncd_bus_stats_t bs;
+    json_t *body = json_pack("{s:i}", "n", 1), *list = NULL;
+
+    (void)state;
+    assert_true(pool >= 1 && pool <= MAX_POOL);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "republish"), 0);
+    syncd_store_options_init(&so);
+    so.data_dir = dir;
+    so.sync_writes = 0;
+    so.outbox = 1;
+    assert_int_equal(syncd_store_open(&store, &so, NULL), 0);
+    syncd_bus_options_init(&bo);
+    assert_int_equal(syncd_bus_open(&bus, &loop, &bo, NULL), 0);
+    syncd_node_options_init(&no);
+    no.anti_entropy_interval_ms = 0;
+    no.outbox_interval_ms = 0;
+    assert_int_equal(syncd_node_open(&node, &loop, store, bus, &no, NULL), 0);
+    spin(&loop, 50);
+
+    assert_int_equal(uv_sem_init(&started, 0), 0);
+    assert_int_equal(uv_sem_init(&release, 0), 0);
+    for (int k = 0; k < pool; k++) {
+        blockers[k] = (blocker_t){.started = &started, .release = &release};
+        blockers[k].req.data = &blockers[k];
+        assert_int_equal(
+            uv_queue_work(&loop, &blockers[k].req, block_work, NULL), 0);
+    }
+    for (int k = 0; k < pool; k++)
+        uv_sem_wait(&started);
+    assert_int_equal(
+        syncd_store_create(store, &change, "things", "a", body, NULL), 0);
+    /* The run's listing is queued first, the publish's ack after it. */
+    syncd_node_republish(node, 0);
+    assert_int_equal(
+        syncd_node_publish(node, change, on_embedded_count, &published), 0);
+    for (int i = 0; i < 1000 && published == 0; i++)
+        spin(&loop, 1);
+    assert_int_equal(published, 1);
+    uv_sem_post(&release);
+    for (int i = 0; i < 2000; i++) {
+        assert_int_equal(
+            syncd_store_outbox_list(store, &list, "things", NULL, 10, NULL), 0);
+        if (json_array_size(list) == 0)
+            break;
+        json_decref(list);
+        list = NULL;
+        spin(&loop, 1);
+    }
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    for (int k = 1; k < pool; k++)
+        uv_sem_post(&release);
+    spin(&loop, 100);
+    syncd_bus_stats(bus, &bs);
+    assert_int_equal(bs.published, 1);
+    assert_int_equal(bs.dropped_republished, 0);
+
+    syncd_node_close(node, on_embedded_closed, bus);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    uv_sem_destroy(&started);
+    uv_sem_destroy(&release);
+    syncd_change_free(change);
+    json_decref(body);
+    syncd_store_close(store);
+    syncd_test_rmtree(dir);
+}
+
 /* Runs loop until node has applied seq of "things" and every publish
  * completed. */
 static void run_until_applied(uv_loop_t *loop, syncd_node_t *node, int64_t seq,
@@ -2322,6 +2436,8 @@ int main(void)
             test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(
             test_node__tombstone_past_tombstone_ttl_is_purged_by_the_node_timer),
+        cmocka_unit_test(
+            test_node__the_republisher_does_not_send_again_what_the_bus_confirmed),
         cmocka_unit_test(
             test_node__collection_state_lives_only_while_watched_held_or_recently_written),
         cmocka_unit_test(

@@ -878,12 +878,14 @@ static void clock_stop(cluster_t *cl)
 
 /* Prints where the steady node chunks' time went: publish to the wire
  * (the writer node, its bus, Redis's script) and wire to watcher (the
- * reader node), at p50 and p99, and over the slowest 1% of events. */
+ * reader node), at p50 and p99, and over the slowest 1% of events; and
+ * how much of the writer's outbox its republisher sent again. */
 static void print_split(cluster_t *cl)
 {
     size_t n = cl->to_watch.n, slow = n / 100;
     samples_t wire = {0}, reader = {0}, total = {0};
     double slow_wire = 0, slow_reader = 0;
+    syncd_bus_stats_t bs;
     int64_t cut;
 
     if (n == 0)
@@ -915,6 +917,11 @@ static void print_split(cluster_t *cl)
     printf("| wire to watcher (reader node) | %.3f | %.3f | %.3f |\n",
            pct_ms(reader.v, n, 0.5), pct_ms(reader.v, n, 0.99),
            slow_reader / (double)slow / 1e6);
+    syncd_bus_stats(cl->bus[0], &bs);
+    printf("\nThe writer's bus so far: %llu events published, %llu republished "
+           "by its outbox and dropped as published already.\n",
+           (unsigned long long)bs.published,
+           (unsigned long long)bs.dropped_republished);
     free(wire.v);
     free(reader.v);
     free(total.v);
