@@ -13,7 +13,9 @@
  * resume from a seq never skips. A forget (syncd_bus_forget()) is a job
  * like the others that deletes the deduplication records of purged ids. The
  * loop thread never touches RocksDB: every read and write is a job, and the
- * jobs run in order, one batch at a time, on the libuv thread pool; a batch
+ * jobs run in order, one batch at a time, on the bus's own thread (not the
+ * libuv thread pool, where a batch would queue behind the store's writes
+ * and their syncs, and every write's answer waits for its publish); a batch
  * reads through its own writes and commits them with one fsync (a group commit
  * of the publishes that queued meanwhile); completions run on the loop in job
  * order, so publish callbacks come in seq order. Recent events are also kept
@@ -36,6 +38,7 @@
  * members read, completed by the idle pass, lists it while it is live.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,11 +139,20 @@ typedef struct lbus {
     lcoll_t *feed;        /* collections whose subscriptions may have events */
     ljob_t *head, **tail; /* RocksDB jobs waiting for the thread pool */
     ljob_t *done, **done_tail; /* completions waiting for the idle pass */
-    ljob_t *batch;             /* the jobs on the thread pool */
-    uv_work_t work;
-    int working;
-    int close_waits; /* the close waits for the batch on the thread pool */
-    json_t *beat;    /* this node's last heartbeat, or NULL */
+    ljob_t *batch;             /* the jobs on the batch thread */
+    int working;               /* a batch is on the batch thread */
+    int close_waits; /* the close waits for the batch on the batch thread */
+    /* The batch thread (RocksDB only): takes a batch when go is set, and
+     * sets finished and wakes the loop (async) when it has run it; ends on
+     * quit. go, finished and quit are under mu. */
+    pthread_t thread;
+    int thread_up;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int go, finished, quit;
+    uv_async_t async;
+    int handles;                    /* handles still open at close */
+    json_t *beat;                   /* this node's last heartbeat, or NULL */
     int64_t beat_ms, beat_ttl_ms;   /* its wall-clock time and TTL */
     lmember_t *mreqs, **mreqs_tail; /* membership requests, in order */
 } lbus_t;
@@ -393,9 +405,8 @@ static int work_forget(lbus_t *bus, ljob_t *job)
 /* Thread pool: runs the batch's jobs in order against RocksDB as seen
  * through the batch's own writes, then commits those writes in one fsynced
  * write (a group commit); if that fails, every job of the batch fails. */
-static void work(uv_work_t *req)
+static void work(lbus_t *bus)
 {
-    lbus_t *bus = req->data;
     char *errptr = NULL;
 
     rocksdb_writebatch_wi_clear(bus->wb);
@@ -442,14 +453,45 @@ static void free_job(ljob_t *job)
 }
 
 static void fire_all(lbus_t *bus, int status);
-static void on_closed(uv_handle_t *handle);
+static void close_handles(lbus_t *bus);
 
-static void after_work(uv_work_t *req, int status)
+/* The batch thread: runs each batch handed over, until told to quit. */
+static void *batch_thread(void *arg)
 {
-    lbus_t *bus = req->data;
-    ljob_t *job = bus->batch;
+    lbus_t *bus = arg;
 
-    (void)status;
+    pthread_mutex_lock(&bus->mu);
+    while (!bus->quit) {
+        if (!bus->go) {
+            pthread_cond_wait(&bus->cv, &bus->mu);
+            continue;
+        }
+        bus->go = 0;
+        pthread_mutex_unlock(&bus->mu);
+        work(bus);
+        pthread_mutex_lock(&bus->mu);
+        bus->finished = 1;
+        uv_async_send(&bus->async);
+    }
+    pthread_mutex_unlock(&bus->mu);
+    return NULL;
+}
+
+/* The loop: the batch thread finished its batch, whose jobs now wait for
+ * their completions; the next batch starts. */
+static void on_batch_done(uv_async_t *async)
+{
+    lbus_t *bus = async->data;
+    ljob_t *job;
+    int finished;
+
+    pthread_mutex_lock(&bus->mu);
+    finished = bus->finished;
+    bus->finished = 0;
+    pthread_mutex_unlock(&bus->mu);
+    if (!finished)
+        return;
+    job = bus->batch;
     bus->working = 0;
     bus->batch = NULL;
     *bus->done_tail = job;
@@ -459,14 +501,14 @@ static void after_work(uv_work_t *req, int status)
     }
     if (bus->close_waits) {
         fire_all(bus, SYNCD_ECANCELED);
-        uv_close((uv_handle_t *)&bus->idle, on_closed);
+        close_handles(bus);
         return;
     }
     wake(bus);
     run_jobs(bus);
 }
 
-/* Hands the waiting jobs to the thread pool as one batch, unless a batch
+/* Hands the waiting jobs to the batch thread as one batch, unless a batch
  * is there already. */
 static void run_jobs(lbus_t *bus)
 {
@@ -475,18 +517,11 @@ static void run_jobs(lbus_t *bus)
     bus->batch = bus->head;
     bus->head = NULL;
     bus->tail = &bus->head;
-    bus->work.data = bus;
-    if (uv_queue_work(bus->base.loop, &bus->work, work, after_work) == 0) {
-        bus->working = 1;
-        return;
-    }
-    for (ljob_t *job = bus->batch; job != NULL; job = job->next)
-        job->status = SYNCD_EBACKEND;
-    *bus->done_tail = bus->batch;
-    while (*bus->done_tail != NULL)
-        bus->done_tail = &(*bus->done_tail)->next;
-    bus->batch = NULL;
-    wake(bus);
+    bus->working = 1;
+    pthread_mutex_lock(&bus->mu);
+    bus->go = 1;
+    pthread_cond_signal(&bus->cv);
+    pthread_mutex_unlock(&bus->mu);
 }
 
 /* ---- Collections ---------------------------------------------------------
@@ -1133,6 +1168,8 @@ static void on_closed(uv_handle_t *handle)
 {
     lbus_t *bus = handle->data;
 
+    if (--bus->handles > 0)
+        return;
     while (bus->colls != NULL) {
         lcoll_t *c = bus->colls;
         bus->colls = c->next;
@@ -1141,12 +1178,38 @@ static void on_closed(uv_handle_t *handle)
     syncd_bus_map_free(&bus->map);
     json_decref(bus->beat);
     free_db(bus);
+    pthread_mutex_destroy(&bus->mu);
+    pthread_cond_destroy(&bus->cv);
     syncd_bus_finish_close(&bus->base);
     free(bus);
 }
 
+/* Ends the batch thread, which has no batch. */
+static void stop_thread(lbus_t *bus)
+{
+    pthread_mutex_lock(&bus->mu);
+    bus->quit = 1;
+    pthread_cond_signal(&bus->cv);
+    pthread_mutex_unlock(&bus->mu);
+    pthread_join(bus->thread, NULL);
+    bus->thread_up = 0;
+}
+
+/* Ends the batch thread (idle: no batch is on it) and closes the handles;
+ * the last one's close frees the bus. */
+static void close_handles(lbus_t *bus)
+{
+    if (bus->thread_up) {
+        stop_thread(bus);
+        bus->handles++;
+        uv_close((uv_handle_t *)&bus->async, on_closed);
+    }
+    bus->handles++;
+    uv_close((uv_handle_t *)&bus->idle, on_closed);
+}
+
 /* Cancels what has not run (the jobs still queued and the finished ones);
- * a batch on the thread pool cannot be stopped, so the close waits for it
+ * a batch on the batch thread cannot be stopped, so the close waits for it
  * (one batch of RocksDB work). */
 static void local_close(syncd_bus_t *base)
 {
@@ -1162,7 +1225,7 @@ static void local_close(syncd_bus_t *base)
     if (bus->working)
         bus->close_waits = 1;
     else
-        uv_close((uv_handle_t *)&bus->idle, on_closed);
+        close_handles(bus);
 }
 
 /* Queues a membership request for the idle pass. */
@@ -1257,12 +1320,28 @@ int syncd_bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
     bus->tail = &bus->head;
     bus->done_tail = &bus->done;
     bus->mreqs_tail = &bus->mreqs;
+    pthread_mutex_init(&bus->mu, NULL);
+    pthread_cond_init(&bus->cv, NULL);
     rc = syncd_bus_init(&bus->base, &local_ops, loop, opts, err);
     if (rc == 0 && opts->data_dir != NULL)
         rc = open_db(bus, opts->data_dir, err);
+    if (rc == 0 && bus->db != NULL) {
+        bus->thread_up =
+            pthread_create(&bus->thread, NULL, batch_thread, bus) == 0;
+        if (bus->thread_up &&
+            uv_async_init(loop, &bus->async, on_batch_done) != 0)
+            stop_thread(bus);
+        else
+            bus->async.data = bus;
+        if (!bus->thread_up)
+            rc = syncd_error_set(err, SYNCD_ENOMEM,
+                                 "starting the bus log's thread");
+    }
     if (rc != 0) {
         free_db(bus);
         free(bus->base.secret);
+        pthread_mutex_destroy(&bus->mu);
+        pthread_cond_destroy(&bus->cv);
         free(bus);
         return rc;
     }
