@@ -768,9 +768,9 @@ EOF
 gnuplot <<EOF 2>"$RUN/gnuplot.err" || FAILED+=("gnuplot failed ($(head -c 300 "$RUN/gnuplot.err"))")
 set datafile separator ","
 set datafile missing "NaN"
-set terminal pngcairo size 1200,1150 noenhanced
+set terminal pngcairo size 1200,1500 noenhanced
 set output "$PNG"
-set multiplot layout 3,1 title "syncd soak: $MINUTES min, 3 nodes, a fault every $FAULT_INTERVAL s (${FAULT_KINDS[*]}; warm-up $WARMUP s)"
+set multiplot layout 4,1 title "syncd soak: $MINUTES min, 3 nodes, a fault every $FAULT_INTERVAL s (${FAULT_KINDS[*]}; warm-up $WARMUP s)"
 set key outside right
 set grid
 set xlabel "seconds"
@@ -779,15 +779,21 @@ set ylabel "RSS (MB)"
 plot for [i=0:4] "$CSV" using 1:(column(2+2*i)/1024) with lines title columnhead(2+2*i)
 set ylabel "open fds"
 plot for [i=0:4] "$CSV" using 1:(column(3+2*i)) with lines title columnhead(3+2*i)
-# Columns 18-27: Redis's used_memory, replay-log entries, pubv fields and
-# keys, then each node's cache kB and entries.
+# Columns 18-36: Redis's used_memory, replay-log entries, pubv fields and
+# keys, then per node (5 columns each, from 22) its cache kB and entries,
+# heap in use and free, and RocksDB memory (kB).
 set ylabel "data (MB)"
 set y2label "entries, fields"
 set y2tics
 plot "$CSV" using 1:(\$18/1024) with lines title "redis used_memory (MB)", \
-     for [i=0:2] "$CSV" using 1:(column(22+2*i)/1024) with lines title columnhead(22+2*i), \
+     for [i=0:2] "$CSV" using 1:(column(22+5*i)/1024) with lines title columnhead(22+5*i), \
      "$CSV" using 1:19 axes x1y2 with lines dashtype 2 title "replay-log entries (right)", \
      "$CSV" using 1:20 axes x1y2 with lines dashtype 3 title "pubv fields (right)"
+unset y2label
+unset y2tics
+set ylabel "node memory (MB)"
+plot for [i=0:2] "$CSV" using 1:(column(24+5*i)/1024) with lines title columnhead(24+5*i), \
+     for [i=0:2] "$CSV" using 1:(column(26+5*i)/1024) with lines dashtype 2 title columnhead(26+5*i)
 unset multiplot
 EOF
 
