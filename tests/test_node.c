@@ -1669,6 +1669,43 @@ test_node__embedded_node_delivers_published_changes_to_watchers(void **state)
     syncd_test_rmtree(dir);
 }
 
+/* An embedded node for a test: loop (initialized here), a store in a new
+ * temp dir named after tag (so, its data_dir set here), an in-memory bus
+ * and a node with no. */
+typedef struct mem_node {
+    uv_loop_t loop;
+    char dir[256];
+    syncd_store_t *store;
+    syncd_bus_t *bus;
+    syncd_node_t *node;
+} mem_node_t;
+
+static void mem_node_open(mem_node_t *m, const char *tag,
+                          syncd_store_options_t *so,
+                          const syncd_node_options_t *no)
+{
+    syncd_bus_options_t bo;
+
+    assert_int_equal(uv_loop_init(&m->loop), 0);
+    assert_int_equal(syncd_test_tmpdir(m->dir, sizeof(m->dir), tag), 0);
+    so->data_dir = m->dir;
+    assert_int_equal(syncd_store_open(&m->store, so, NULL), 0);
+    syncd_bus_options_init(&bo);
+    assert_int_equal(syncd_bus_open(&m->bus, &m->loop, &bo, NULL), 0);
+    assert_int_equal(
+        syncd_node_open(&m->node, &m->loop, m->store, m->bus, no, NULL), 0);
+}
+
+/* Closes what mem_node_open() opened and removes its dir. */
+static void mem_node_close(mem_node_t *m)
+{
+    syncd_node_close(m->node, on_embedded_closed, m->bus);
+    assert_int_equal(uv_run(&m->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&m->loop), 0);
+    syncd_store_close(m->store);
+    syncd_test_rmtree(m->dir);
+}
+
 /* Polls a node until it purged want tombstones, noting when it first
  * purged some (first_ms) and when it had purged them all (all_ms). */
 typedef struct purge_wait {
@@ -1700,15 +1737,10 @@ static void on_purge_poll(uv_timer_t *timer)
 static void test_node__tombstone_past_tombstone_ttl_is_purged_by_the_node_timer(
     void **state)
 {
-    uv_loop_t loop;
+    mem_node_t m;
     uv_timer_t poll;
-    char dir[256];
     syncd_store_options_t so;
-    syncd_bus_options_t bo;
     syncd_node_options_t no;
-    syncd_store_t *store;
-    syncd_bus_t *bus;
-    syncd_node_t *node;
     syncd_change_t *change = NULL;
     syncd_doc_t *doc = NULL;
     json_t *body = json_pack("{s:i}", "n", 1);
@@ -1716,62 +1748,52 @@ static void test_node__tombstone_past_tombstone_ttl_is_purged_by_the_node_timer(
     char id[16];
 
     (void)state;
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "purge"), 0);
     syncd_store_options_init(&so);
-    so.data_dir = dir;
     so.sync_writes = 0;
     so.tombstone_ttl_ms = 500;
-    assert_int_equal(syncd_store_open(&store, &so, NULL), 0);
-    syncd_bus_options_init(&bo);
-    assert_int_equal(syncd_bus_open(&bus, &loop, &bo, NULL), 0);
     syncd_node_options_init(&no);
     no.tombstone_ttl_ms = so.tombstone_ttl_ms;
     no.purge_batch = 2;
-    assert_int_equal(syncd_node_open(&node, &loop, store, bus, &no, NULL), 0);
+    mem_node_open(&m, "purge", &so, &no);
     for (int i = 0; i < 6; i++) {
         snprintf(id, sizeof(id), "gone%d", i);
         assert_int_equal(
-            syncd_store_create(store, &change, "things", id, body, NULL), 0);
+            syncd_store_create(m.store, &change, "things", id, body, NULL), 0);
         syncd_change_free(change);
-        assert_int_equal(syncd_store_delete(store, &change, "things", id,
+        assert_int_equal(syncd_store_delete(m.store, &change, "things", id,
                                             SYNCD_ANY_VERSION, NULL),
                          0);
         syncd_change_free(change);
     }
     assert_int_equal(
-        syncd_store_create(store, &change, "things", "keep", body, NULL), 0);
+        syncd_store_create(m.store, &change, "things", "keep", body, NULL), 0);
     syncd_change_free(change);
-    assert_int_equal(syncd_store_refetch(store, &doc, "things", "gone0", NULL),
-                     0);
+    assert_int_equal(
+        syncd_store_refetch(m.store, &doc, "things", "gone0", NULL), 0);
     assert_true(doc->deleted);
     syncd_doc_free(doc);
 
     /* Nothing but the node's own timer purges them. */
-    pw.node = node;
+    pw.node = m.node;
     pw.want = 6;
-    assert_int_equal(uv_timer_init(&loop, &poll), 0);
+    assert_int_equal(uv_timer_init(&m.loop, &poll), 0);
     poll.data = &pw;
     assert_int_equal(uv_timer_start(&poll, on_purge_poll, 50, 50), 0);
     while (uv_is_active((uv_handle_t *)&poll))
-        uv_run(&loop, UV_RUN_ONCE);
+        uv_run(&m.loop, UV_RUN_ONCE);
     assert_true(pw.all_ms > 0);
     assert_true(pw.all_ms - pw.first_ms < 1000);
     for (int i = 0; i < 6; i++) {
         snprintf(id, sizeof(id), "gone%d", i);
-        assert_int_equal(syncd_store_refetch(store, &doc, "things", id, NULL),
+        assert_int_equal(syncd_store_refetch(m.store, &doc, "things", id, NULL),
                          SYNCD_ENOTFOUND);
     }
-    assert_int_equal(syncd_store_get(store, &doc, "things", "keep", NULL), 0);
+    assert_int_equal(syncd_store_get(m.store, &doc, "things", "keep", NULL), 0);
     syncd_doc_free(doc);
 
     uv_close((uv_handle_t *)&poll, NULL);
-    syncd_node_close(node, on_embedded_closed, bus);
-    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    mem_node_close(&m);
     json_decref(body);
-    syncd_store_close(store);
-    syncd_test_rmtree(dir);
 }
 
 /* What a watcher that falls behind saw. */
@@ -1845,34 +1867,23 @@ test_node__the_republisher_does_not_send_again_what_the_bus_confirmed(
     int pool = env != NULL ? atoi(env) : 4, published = 0;
     blocker_t blockers[MAX_POOL];
     uv_sem_t started, release;
-    uv_loop_t loop;
-    char dir[256];
+    mem_node_t m;
     syncd_store_options_t so;
-    syncd_bus_options_t bo;
     syncd_node_options_t no;
-    syncd_store_t *store;
-    syncd_bus_t *bus;
-    syncd_node_t *node;
     syncd_change_t *change = NULL;
     syncd_bus_stats_t bs;
     json_t *body = json_pack("{s:i}", "n", 1), *list = NULL;
 
     (void)state;
     assert_true(pool >= 1 && pool <= MAX_POOL);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "republish"), 0);
     syncd_store_options_init(&so);
-    so.data_dir = dir;
     so.sync_writes = 0;
     so.outbox = 1;
-    assert_int_equal(syncd_store_open(&store, &so, NULL), 0);
-    syncd_bus_options_init(&bo);
-    assert_int_equal(syncd_bus_open(&bus, &loop, &bo, NULL), 0);
     syncd_node_options_init(&no);
     no.anti_entropy_interval_ms = 0;
     no.outbox_interval_ms = 0;
-    assert_int_equal(syncd_node_open(&node, &loop, store, bus, &no, NULL), 0);
-    spin(&loop, 50);
+    mem_node_open(&m, "republish", &so, &no);
+    spin(&m.loop, 50);
 
     assert_int_equal(uv_sem_init(&started, 0), 0);
     assert_int_equal(uv_sem_init(&release, 0), 0);
@@ -1880,47 +1891,44 @@ test_node__the_republisher_does_not_send_again_what_the_bus_confirmed(
         blockers[k] = (blocker_t){.started = &started, .release = &release};
         blockers[k].req.data = &blockers[k];
         assert_int_equal(
-            uv_queue_work(&loop, &blockers[k].req, block_work, NULL), 0);
+            uv_queue_work(&m.loop, &blockers[k].req, block_work, NULL), 0);
     }
     for (int k = 0; k < pool; k++)
         uv_sem_wait(&started);
     assert_int_equal(
-        syncd_store_create(store, &change, "things", "a", body, NULL), 0);
+        syncd_store_create(m.store, &change, "things", "a", body, NULL), 0);
     /* The run's listing is queued first, the publish's ack after it. */
-    syncd_node_republish(node, 0);
+    syncd_node_republish(m.node, 0);
     assert_int_equal(
-        syncd_node_publish(node, change, on_embedded_count, &published), 0);
+        syncd_node_publish(m.node, change, on_embedded_count, &published), 0);
     for (int i = 0; i < 1000 && published == 0; i++)
-        spin(&loop, 1);
+        spin(&m.loop, 1);
     assert_int_equal(published, 1);
     uv_sem_post(&release);
     for (int i = 0; i < 2000; i++) {
         assert_int_equal(
-            syncd_store_outbox_list(store, &list, "things", NULL, 10, NULL), 0);
+            syncd_store_outbox_list(m.store, &list, "things", NULL, 10, NULL),
+            0);
         if (json_array_size(list) == 0)
             break;
         json_decref(list);
         list = NULL;
-        spin(&loop, 1);
+        spin(&m.loop, 1);
     }
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
     for (int k = 1; k < pool; k++)
         uv_sem_post(&release);
-    spin(&loop, 100);
-    syncd_bus_stats(bus, &bs);
+    spin(&m.loop, 100);
+    syncd_bus_stats(m.bus, &bs);
     assert_int_equal(bs.published, 1);
     assert_int_equal(bs.dropped_republished, 0);
 
-    syncd_node_close(node, on_embedded_closed, bus);
-    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    mem_node_close(&m);
     uv_sem_destroy(&started);
     uv_sem_destroy(&release);
     syncd_change_free(change);
     json_decref(body);
-    syncd_store_close(store);
-    syncd_test_rmtree(dir);
 }
 
 /* Runs loop until node has applied seq of "things" and every publish
