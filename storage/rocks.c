@@ -674,8 +674,6 @@ static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
     return unlock_durable(r, s, kl, rc, err);
 }
 
-/* The tier's statistics; takes no lock, so it never waits for a reader or
- * a writer. */
 void syncd_rocks_memory(rocksdb_t *db, syncd_store_stats_t *out)
 {
     uint64_t v;
@@ -688,6 +686,8 @@ void syncd_rocks_memory(rocksdb_t *db, syncd_store_stats_t *out)
         out->rocks_block_cache_bytes += v;
 }
 
+/* The tier's statistics and RocksDB's memory; takes no lock, so it never
+ * waits for a reader or a writer. */
 static void rocks_tier_stats(syncd_backend_t *b, syncd_store_stats_t *out)
 {
     syncd_tier_stats(((rocks_t *)b)->tier, out);
