@@ -28,6 +28,7 @@ void syncd_bus_options_init(syncd_bus_options_t *opts)
     opts->database = "syncd";
     opts->node_id = "local";
     opts->event_log_len = 100000;
+    opts->block_cache_bytes = (uint64_t)8 << 20;
     opts->max_event_bytes = 1024 * 1024;
     opts->reconnect_min_ms = 100;
     opts->reconnect_max_ms = 5000;

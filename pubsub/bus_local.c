@@ -1289,14 +1289,27 @@ static const bus_ops_t local_ops = {
     .members = local_members,
 };
 
-static int open_db(lbus_t *bus, const char *dir, syncd_error_t *err)
+static int open_db(lbus_t *bus, const char *dir, uint64_t block_cache_bytes,
+                   syncd_error_t *err)
 {
+    rocksdb_block_based_table_options_t *t =
+        rocksdb_block_based_options_create();
     char *errptr = NULL;
 
     bus->dbopts = rocksdb_options_create();
     bus->wopts = rocksdb_writeoptions_create();
     bus->ropts = rocksdb_readoptions_create();
     rocksdb_options_set_create_if_missing(bus->dbopts, 1);
+    if (block_cache_bytes == 0) {
+        rocksdb_block_based_options_set_no_block_cache(t, 1);
+    } else {
+        rocksdb_cache_t *cache = rocksdb_cache_create_lru(block_cache_bytes);
+
+        rocksdb_block_based_options_set_block_cache(t, cache);
+        rocksdb_cache_destroy(cache); /* the table factory shares it */
+    }
+    rocksdb_options_set_block_based_table_factory(bus->dbopts, t);
+    rocksdb_block_based_options_destroy(t);
     rocksdb_writeoptions_set_sync(bus->wopts, 1);
     bus->wb = rocksdb_writebatch_wi_create(0, 1);
     bus->db = rocksdb_open(bus->dbopts, dir, &errptr);
@@ -1324,7 +1337,7 @@ int syncd_bus_local_open(syncd_bus_t **out, uv_loop_t *loop,
     pthread_cond_init(&bus->cv, NULL);
     rc = syncd_bus_init(&bus->base, &local_ops, loop, opts, err);
     if (rc == 0 && opts->data_dir != NULL)
-        rc = open_db(bus, opts->data_dir, err);
+        rc = open_db(bus, opts->data_dir, opts->block_cache_bytes, err);
     if (rc == 0 && bus->db != NULL) {
         bus->thread_up =
             pthread_create(&bus->thread, NULL, batch_thread, bus) == 0;

@@ -447,7 +447,7 @@ static int load_kept(syncd_cache_t *c, syncd_error_t *err)
 }
 
 int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
-                     uint64_t max_bytes, int keep,
+                     uint64_t max_bytes, uint64_t block_cache_bytes, int keep,
                      const syncd_store_hooks_t *hooks, syncd_error_t *err)
 {
     syncd_cache_t *c = calloc(1, sizeof(*c));
@@ -477,12 +477,9 @@ int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
     c->ttl_ms = ttl_ms;
     c->max_bytes = max_bytes;
     c->flushed_ms = c->now_ms(c->now_data);
-    c->options = rocksdb_options_create();
+    c->options = syncd_rocks_options(block_cache_bytes);
     c->read = rocksdb_readoptions_create();
     c->write = rocksdb_writeoptions_create();
-    rocksdb_options_set_create_if_missing(c->options, 1);
-    rocksdb_options_set_write_buffer_size(c->options, SYNCD_ROCKS_WRITE_BUFFER);
-    rocksdb_options_set_max_write_buffer_number(c->options, 2);
     rocksdb_writeoptions_disable_WAL(c->write, 1);
     if (keep) {
         if (asprintf(&c->clean_path, "%s/CLEAN", dir) < 0) {

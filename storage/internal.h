@@ -20,6 +20,12 @@ struct rocksdb_t;
  * WAL off nothing else bounds it. */
 #define SYNCD_ROCKS_WRITE_BUFFER ((size_t)4 << 20)
 
+/* Options of a RocksDB database of the store (caller destroys with
+ * rocksdb_options_destroy()): created when missing, two memtables of
+ * SYNCD_ROCKS_WRITE_BUFFER, and an LRU block cache of its own of
+ * block_cache_bytes (0: no block cache). */
+struct rocksdb_options_t *syncd_rocks_options(uint64_t block_cache_bytes);
+
 typedef struct syncd_backend syncd_backend_t;
 
 /* Operations of a store of record. All are blocking and thread-safe. */
@@ -149,7 +155,8 @@ struct syncd_backend {
 };
 
 /* Opens the RocksDB store of record in dir (created when missing) into *out
- * (freed with its ops->close); with sync_writes every commit is fsynced
+ * (freed with its ops->close), with a block cache of block_cache_bytes; with
+ * sync_writes every commit is fsynced
  * before it is acknowledged, concurrent commits sharing one sync (group
  * commit; after a failed sync every write fails until reopened). Its in-memory
  * tier of decoded documents holds at most tier_max_bytes and serves an entry
@@ -158,6 +165,7 @@ struct syncd_backend {
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
                              int sync_writes, int64_t tier_ttl_ms,
                              uint64_t tier_max_bytes,
+                             uint64_t block_cache_bytes,
                              const syncd_store_hooks_t *hooks,
                              syncd_error_t *err);
 
@@ -201,10 +209,11 @@ typedef struct syncd_cache syncd_cache_t;
  * Entries older than ttl_ms are never served; the cached bytes (records in
  * RocksDB plus the in-memory tier of decoded documents, which takes at most
  * a quarter of them) are kept within max_bytes by evicting least recently
- * used entries. hooks may be NULL (the real monotonic clock). *out is
+ * used entries. RocksDB's block cache, outside that bound, holds at most
+ * block_cache_bytes. hooks may be NULL (the real monotonic clock). *out is
  * freed with syncd_cache_close(). */
 int syncd_cache_open(syncd_cache_t **out, const char *dir, int64_t ttl_ms,
-                     uint64_t max_bytes, int keep,
+                     uint64_t max_bytes, uint64_t block_cache_bytes, int keep,
                      const syncd_store_hooks_t *hooks, syncd_error_t *err);
 
 /* Closes and frees the cache; NULL ignored. */

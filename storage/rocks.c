@@ -1171,9 +1171,32 @@ static const syncd_backend_ops_t rocks_ops = {
     .checkpoint = rocks_checkpoint,
 };
 
+rocksdb_options_t *syncd_rocks_options(uint64_t block_cache_bytes)
+{
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_block_based_table_options_t *t =
+        rocksdb_block_based_options_create();
+
+    rocksdb_options_set_create_if_missing(o, 1);
+    rocksdb_options_set_write_buffer_size(o, SYNCD_ROCKS_WRITE_BUFFER);
+    rocksdb_options_set_max_write_buffer_number(o, 2);
+    if (block_cache_bytes == 0) {
+        rocksdb_block_based_options_set_no_block_cache(t, 1);
+    } else {
+        rocksdb_cache_t *cache = rocksdb_cache_create_lru(block_cache_bytes);
+
+        rocksdb_block_based_options_set_block_cache(t, cache);
+        rocksdb_cache_destroy(cache); /* the table factory shares it */
+    }
+    rocksdb_options_set_block_based_table_factory(o, t);
+    rocksdb_block_based_options_destroy(t);
+    return o;
+}
+
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
                              int sync_writes, int64_t tier_ttl_ms,
                              uint64_t tier_max_bytes,
+                             uint64_t block_cache_bytes,
                              const syncd_store_hooks_t *hooks,
                              syncd_error_t *err)
 {
@@ -1210,13 +1233,10 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto done;
     }
-    r->options = rocksdb_options_create();
+    r->options = syncd_rocks_options(block_cache_bytes);
     r->read = rocksdb_readoptions_create();
     r->write = rocksdb_writeoptions_create();
     r->write_unsynced = rocksdb_writeoptions_create();
-    rocksdb_options_set_create_if_missing(r->options, 1);
-    rocksdb_options_set_write_buffer_size(r->options, SYNCD_ROCKS_WRITE_BUFFER);
-    rocksdb_options_set_max_write_buffer_number(r->options, 2);
     rocksdb_writeoptions_set_sync(r->write, sync_writes ? 1 : 0);
     r->db = rocksdb_open(r->options, dir, &errptr);
     if (errptr != NULL)

@@ -1633,6 +1633,7 @@ void syncd_store_options_init(syncd_store_options_t *opts)
     opts->sync_writes = 1;
     opts->cache_ttl_ms = 10 * 60 * 1000;
     opts->cache_max_bytes = (uint64_t)256 << 20;
+    opts->block_cache_bytes = SYNCD_BLOCK_CACHE_BYTES;
     opts->max_retries = 10;
     opts->retry_delay_ms = 5;
     opts->max_retry_delay_ms = 1000;
@@ -1684,9 +1685,9 @@ static int open_backends(syncd_store_t *s, const syncd_store_options_t *o,
                                "cannot create data_dir %s: %s", o->data_dir,
                                strerror(errno));
     if (o->mongo_uri == NULL)
-        return syncd_backend_rocks_open(&s->backend, o->data_dir,
-                                        o->sync_writes, o->cache_ttl_ms,
-                                        o->cache_max_bytes, o->hooks, err);
+        return syncd_backend_rocks_open(
+            &s->backend, o->data_dir, o->sync_writes, o->cache_ttl_ms,
+            o->cache_max_bytes, o->block_cache_bytes, o->hooks, err);
     if ((size_t)snprintf(dir, sizeof(dir), "%s/cache", o->data_dir) >=
         sizeof(dir))
         return syncd_error_set(err, SYNCD_EINVAL, "data_dir is too long");
@@ -1694,7 +1695,8 @@ static int open_backends(syncd_store_t *s, const syncd_store_options_t *o,
                                   o->backend_timeout_ms, err);
     if (rc == 0)
         rc = syncd_cache_open(&s->cache, dir, o->cache_ttl_ms,
-                              o->cache_max_bytes, o->keep_cache, o->hooks, err);
+                              o->cache_max_bytes, o->block_cache_bytes,
+                              o->keep_cache, o->hooks, err);
     return rc;
 }
 

@@ -66,6 +66,9 @@ static const option_t options[] = {
      "lifetime of a cache entry (embedded: of the in-memory tier's)"},
     {"cache-max-bytes", OPT_SIZE, AT(cache_max_bytes), "256MiB",
      "size bound of the cache (embedded: of the in-memory tier)"},
+    {"rocksdb-block-cache", OPT_SIZE, AT(block_cache_bytes), "8MiB",
+     "RocksDB block cache of each database (store or node cache, replay "
+     "log); 0: none"},
     {"keep-cache", OPT_BOOL, AT(keep_cache), "false",
      "cluster: keep the cache across a clean restart"},
     {"max-retries", OPT_INT, AT(max_retries), "10",

@@ -47,8 +47,8 @@ typedef struct syncd_config {
         header_timeout_ms, bookmark_interval_ms, bus_timeout_ms,
         store_timeout_ms, request_timeout_ms, idempotency_ttl_ms,
         heartbeat_interval_ms;
-    uint64_t cache_max_bytes, max_doc_bytes, max_event_bytes, max_header_bytes,
-        watch_buffer_bytes;
+    uint64_t cache_max_bytes, block_cache_bytes, max_doc_bytes, max_event_bytes,
+        max_header_bytes, watch_buffer_bytes;
     int64_t history_len;        /* earlier versions a document keeps */
     uint64_t history_max_bytes; /* bound of one document's history */
     char host[256];             /* parsed from listen */

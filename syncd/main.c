@@ -293,6 +293,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     so.sync_writes = c->sync_writes;
     so.cache_ttl_ms = c->cache_ttl_ms;
     so.cache_max_bytes = c->cache_max_bytes;
+    so.block_cache_bytes = c->block_cache_bytes;
     so.keep_cache = c->keep_cache;
     so.max_retries = (int)c->max_retries;
     so.retry_delay_ms = c->retry_delay_ms;
@@ -316,6 +317,7 @@ static int open_node(daemon_t *d, syncd_error_t *err)
     bo.redis_url = c->redis_url;
     bo.database = c->database;
     bo.data_dir = bus_dir;
+    bo.block_cache_bytes = c->block_cache_bytes;
     bo.node_id = d->node_id;
     bo.secret = c->secret;
     bo.event_log_len = (uint64_t)c->event_log_len;

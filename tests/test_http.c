@@ -1994,6 +1994,11 @@ static void test_config__bad_values_fail_naming_the_flag(void **state)
     assert_non_null(strstr(out, "SYNCD_ANTI_ENTROPY_INTERVAL, default 30s"));
     assert_non_null(strstr(out, "SYNCD_HEARTBEAT_INTERVAL, default 5s"));
     assert_non_null(strstr(out, "SYNCD_THREADS, default 16"));
+    assert_non_null(strstr(out, "SYNCD_ROCKSDB_BLOCK_CACHE, default 8MiB"));
+    assert_int_equal(run_capture(SYNCD_BINARY " --rocksdb-block-cache 8MB 2>&1",
+                                 out, sizeof(out)),
+                     2);
+    assert_non_null(strstr(out, "--rocksdb-block-cache"));
     assert_int_equal(run_capture(SYNCD_BINARY " --heartbeat-interval 5 2>&1",
                                  out, sizeof(out)),
                      2);

@@ -1721,9 +1721,10 @@ static void write_legacy_record(fixture_t *f, const char *coll, const char *id,
                                                   f->opts.database, 5000, NULL),
                          0);
     else
-        assert_int_equal(syncd_backend_rocks_open(&b, f->opts.data_dir, 1, 0,
-                                                  1 << 20, NULL, NULL),
-                         0);
+        assert_int_equal(
+            syncd_backend_rocks_open(&b, f->opts.data_dir, 1, 0, 1 << 20,
+                                     SYNCD_BLOCK_CACHE_BYTES, NULL, NULL),
+            0);
     doc.body = parse(body);
     canon = syncd_json_canonical(doc.body, &len);
     syncd_sha256_hex(doc.hash, canon, len);
@@ -1996,6 +1997,63 @@ test_store_purge__reads_a_large_collection_page_by_page(void **state)
     assert_int_equal(json_array_size(list), 2500 - 834);
     json_decref(list);
     json_decref(gone);
+}
+
+/* Opens the store with a block cache of cap bytes and an in-memory tier
+ * too small for any record, reads back every record of "blk" (so that each
+ * read goes to RocksDB's tables) and returns the block cache's bytes. */
+static uint64_t block_cache_after_reads(fixture_t *f, uint64_t cap, int n)
+{
+    syncd_store_stats_t stats;
+    char id[16];
+
+    f->opts.block_cache_bytes = cap;
+    reopen(f);
+    for (int i = 0; i < n; i++) {
+        syncd_doc_t *doc = NULL;
+
+        snprintf(id, sizeof(id), "d%d", i);
+        assert_int_equal(syncd_store_get(f->store, &doc, "blk", id, NULL), 0);
+        syncd_doc_free(doc);
+    }
+    syncd_store_stats(f->store, &stats);
+    return stats.rocks_block_cache_bytes;
+}
+
+static void
+test_store_stats__the_block_cache_holds_at_most_its_configured_bytes(
+    void **state)
+{
+    fixture_t *f = *state;
+    char *body = malloc(8193);
+    char id[16];
+    int n = 1000;
+
+    /* 8 MB of records: past the memtables, so the reopened store reads
+     * them from its table files. */
+    memset(body, 'x', 8192);
+    body[8192] = '\0';
+    f->opts.sync_writes = 0;
+    f->opts.cache_max_bytes = 1024;
+    reopen(f);
+    for (int i = 0; i < n; i++) {
+        json_t *b = json_pack("{ss}", "pad", body);
+        syncd_change_t *c = NULL;
+
+        snprintf(id, sizeof(id), "d%d", i);
+        assert_int_equal(syncd_store_create(f->store, &c, "blk", id, b, NULL),
+                         0);
+        syncd_change_free(c);
+        json_decref(b);
+    }
+    free(body);
+    /* The default holds much of what was read; a small bound holds it to
+     * that bound (plus the one block a read may pin); none holds nothing. */
+    assert_true(block_cache_after_reads(f, SYNCD_BLOCK_CACHE_BYTES, n) >
+                (uint64_t)2 << 20);
+    assert_true(block_cache_after_reads(f, 256 << 10, n) <=
+                (256 << 10) + 16384);
+    assert_int_equal(block_cache_after_reads(f, 0, n), 0);
 }
 
 static void
@@ -3194,8 +3252,8 @@ static int setup_cache(void **state)
     cf->hooks.data = &cf->fake;
     cf->fake.now = 100000;
     *state = cf;
-    return syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 0, &cf->hooks,
-                            NULL);
+    return syncd_cache_open(&cf->cache, cf->dir, 1000, 100000,
+                            SYNCD_BLOCK_CACHE_BYTES, 0, &cf->hooks, NULL);
 }
 
 static int teardown_cache(void **state)
@@ -3549,7 +3607,8 @@ static void reopen_cache(cache_fixture_t *cf, uint64_t max_bytes, int keep)
 {
     syncd_cache_close(cf->cache);
     assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, max_bytes,
-                                      keep, &cf->hooks, NULL),
+                                      SYNCD_BLOCK_CACHE_BYTES, keep, &cf->hooks,
+                                      NULL),
                      0);
 }
 
@@ -4032,8 +4091,9 @@ static void test_cache__a_clean_close_writes_every_dirty_record(void **state)
     cache_fixture_t *cf = *state;
 
     syncd_cache_close(cf->cache);
-    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
-                                      &cf->hooks, NULL),
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000,
+                                      SYNCD_BLOCK_CACHE_BYTES, 1, &cf->hooks,
+                                      NULL),
                      0);
     for (int v = 1; v <= 50; v++) {
         assert_int_equal(cache_put(cf, "a", v, 10), 1);
@@ -4041,8 +4101,9 @@ static void test_cache__a_clean_close_writes_every_dirty_record(void **state)
     }
     assert_int_equal(cache_writes(cf), 0);
     syncd_cache_close(cf->cache);
-    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
-                                      &cf->hooks, NULL),
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000,
+                                      SYNCD_BLOCK_CACHE_BYTES, 1, &cf->hooks,
+                                      NULL),
                      0);
     assert_true(syncd_cache_kept(cf->cache));
     assert_int_equal(cached_version(cf, "a"), 50);
@@ -4061,8 +4122,8 @@ static void cache_kill_child(const char *dir, int fd)
     cf.hooks.now_ms = fake_now;
     cf.hooks.data = &cf.fake;
     cf.fake.now = 100000;
-    if (syncd_cache_open(&cf.cache, cf.dir, 1000, 100000, 1, &cf.hooks, NULL) !=
-        0)
+    if (syncd_cache_open(&cf.cache, cf.dir, 1000, 100000,
+                         SYNCD_BLOCK_CACHE_BYTES, 1, &cf.hooks, NULL) != 0)
         _exit(2);
     cache_put(&cf, "a", 1, 10);
     cf.fake.now += SYNCD_CACHE_FLUSH_MS;
@@ -4089,8 +4150,9 @@ static void test_cache__a_killed_process_leaves_nothing_served(void **state)
     close(fds[0]);
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
-                                      &cf->hooks, NULL),
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000,
+                                      SYNCD_BLOCK_CACHE_BYTES, 1, &cf->hooks,
+                                      NULL),
                      0);
     assert_false(syncd_cache_kept(cf->cache));
     assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "a", NULL),
@@ -4110,8 +4172,9 @@ static void test_cache__kept_only_across_a_clean_close_when_asked(void **state)
     /* The fixture's cache does not keep: a reopen with keep finds nothing,
      * as no clean close of a keeping cache left its records. */
     syncd_cache_close(cf->cache);
-    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
-                                      &cf->hooks, NULL),
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000,
+                                      SYNCD_BLOCK_CACHE_BYTES, 1, &cf->hooks,
+                                      NULL),
                      0);
     assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "a", NULL),
                      SYNCD_ENOTFOUND);
@@ -4122,8 +4185,9 @@ static void test_cache__kept_only_across_a_clean_close_when_asked(void **state)
      * RocksDB, fresh for a whole TTL from the open. */
     syncd_cache_close(cf->cache);
     cf->fake.now += 5000;
-    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
-                                      &cf->hooks, NULL),
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000,
+                                      SYNCD_BLOCK_CACHE_BYTES, 1, &cf->hooks,
+                                      NULL),
                      0);
     cf->fake.now += 999;
     assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "a", NULL), 0);
@@ -4138,8 +4202,9 @@ static void test_cache__kept_only_across_a_clean_close_when_asked(void **state)
     syncd_cache_close(cf->cache);
     snprintf(clean, sizeof(clean), "%s/CLEAN", cf->dir);
     assert_int_equal(unlink(clean), 0);
-    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000, 1,
-                                      &cf->hooks, NULL),
+    assert_int_equal(syncd_cache_open(&cf->cache, cf->dir, 1000, 100000,
+                                      SYNCD_BLOCK_CACHE_BYTES, 1, &cf->hooks,
+                                      NULL),
                      0);
     assert_int_equal(syncd_cache_get(cf->cache, &doc, "cc", "b", NULL),
                      SYNCD_ENOTFOUND);
@@ -4955,6 +5020,8 @@ int main(int argc, char **argv)
         BOTH(test_store_purge__removes_tombstones_after_tombstone_ttl),
         BOTH(test_store_purge__a_limit_bounds_each_call),
         ROCKS(test_store_purge__reads_a_large_collection_page_by_page),
+        ROCKS(
+            test_store_stats__the_block_cache_holds_at_most_its_configured_bytes),
         BOTH(test_store_collections__lists_names_sorted),
         BOTH(test_store_versions__reads_the_version_headers_of_the_given_ids),
         BOTH(test_store_cache_page__pages_cached_entries_in_mongodb_mode_only),

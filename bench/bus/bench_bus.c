@@ -1377,8 +1377,8 @@ static int receiver_cpu(int entries, double *cpu_med, double *cpu_mean,
     int rc = -1, r;
 
     if (model == NULL || syncd_test_tmpdir(dir, sizeof(dir), "bench-recv") ||
-        syncd_cache_open(&cache, dir, 3600 * 1000, (uint64_t)1 << 30, 0, NULL,
-                         NULL) != 0 ||
+        syncd_cache_open(&cache, dir, 3600 * 1000, (uint64_t)1 << 30,
+                         SYNCD_BLOCK_CACHE_BYTES, 0, NULL, NULL) != 0 ||
         syncd_json_hash(doc.hash, model, NULL) != 0)
         goto cleanup;
     /* The cache's body is its own, as the node's is once its event is

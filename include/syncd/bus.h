@@ -53,16 +53,18 @@ typedef struct syncd_bus syncd_bus_t;
 /* Options for syncd_bus_open(); set defaults with syncd_bus_options_init().
  * Strings are borrowed during syncd_bus_open() only. */
 typedef struct syncd_bus_options {
-    const char *redis_url;  /* "redis://[[user]:pass@]host:port[/db]" (user
-                               and pass percent-encoded, AUTHenticated on
-                               connect); NULL: in-process */
-    const char *database;   /* key namespace "syncd:<db>:..."; "syncd" */
-    const char *data_dir;   /* in-process bus: replay log dir (NULL: memory) */
-    const char *node_id;    /* this node, for logs; "local" */
-    const char *secret;     /* HMAC-SHA256 keys, comma-separated: sign with
-                               the first, accept any; NULL: unsigned */
-    uint64_t event_log_len; /* replay log bound per collection; 100000 */
-    size_t max_event_bytes; /* larger diffs become invalidates; 1 MiB */
+    const char *redis_url; /* "redis://[[user]:pass@]host:port[/db]" (user
+                              and pass percent-encoded, AUTHenticated on
+                              connect); NULL: in-process */
+    const char *database;  /* key namespace "syncd:<db>:..."; "syncd" */
+    const char *data_dir;  /* in-process bus: replay log dir (NULL: memory) */
+    uint64_t block_cache_bytes; /* in-process bus: the replay log's RocksDB
+                                   block cache; 0: none; 8 MiB */
+    const char *node_id;        /* this node, for logs; "local" */
+    const char *secret;         /* HMAC-SHA256 keys, comma-separated: sign with
+                                   the first, accept any; NULL: unsigned */
+    uint64_t event_log_len;     /* replay log bound per collection; 100000 */
+    size_t max_event_bytes;     /* larger diffs become invalidates; 1 MiB */
     int64_t reconnect_min_ms;   /* Redis reconnect backoff start; 100 ms */
     int64_t reconnect_max_ms;   /* Redis reconnect backoff cap; 5 s */
     int64_t command_timeout_ms; /* deadline of every Redis command; 2 s */

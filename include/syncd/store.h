@@ -124,6 +124,9 @@ typedef struct syncd_store_hooks {
 /* Options for syncd_store_open(); set defaults with
  * syncd_store_options_init(), then override. Strings are borrowed during
  * syncd_store_open() only. */
+/* Default RocksDB block cache of each database syncd opens (8 MiB). */
+#define SYNCD_BLOCK_CACHE_BYTES ((uint64_t)8 << 20)
+
 typedef struct syncd_store_options {
     const char *mongo_uri;      /* NULL: embedded RocksDB store of record */
     const char *database;       /* MongoDB database; default "syncd" */
@@ -134,6 +137,9 @@ typedef struct syncd_store_options {
                                    in-memory tier entry); default 10 min */
     uint64_t cache_max_bytes;   /* cache size bound (embedded: of the
                                    in-memory tier); default 256 MiB */
+    uint64_t block_cache_bytes; /* RocksDB block cache of the embedded store
+                                   or the node cache; 0: none; default
+                                   SYNCD_BLOCK_CACHE_BYTES */
     int max_retries;            /* conflict retries; default 10 */
     int64_t retry_delay_ms;     /* first backoff; default 5 ms */
     int64_t max_retry_delay_ms; /* backoff cap; default 1 s */
