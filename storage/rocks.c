@@ -5,7 +5,11 @@
  * collection name starts with), registers collection names; a third, under
  * 0x02, holds the key of every record with pending-publish markers (the
  * outbox), written in the same batch as the record, so that the
- * republisher lists those without scanning the store. The WAL is on
+ * republisher lists those without scanning the store; a fourth, under
+ * 0x03, holds the key and mtime of every tombstone, written in the same
+ * batch too, so that a purge reads the tombstones alone (a store made
+ * before it gets it built at its first open; the key 0x04
+ * "tombstone-index" says it is complete). The WAL is on
  * and, with sync_writes, every commit is fsynced before it is acknowledged,
  * so an acknowledged write survives kill -9.
  *
@@ -65,6 +69,12 @@
 #define NSTRIPES 64
 #define REGISTRY_PREFIX '\x01'
 #define OUTBOX_PREFIX '\x02'
+/* The tombstone index: TOMB_PREFIX, then a tombstone's record key ->
+ * its mtime (8 bytes, little-endian), so that a purge reads the
+ * tombstones only. TOMB_COMPLETE says the index covers every record
+ * (a store made before it had none: the first open builds it). */
+#define TOMB_PREFIX '\x03'
+#define TOMB_COMPLETE "\x04tombstone-index"
 /* Records a purge reads per page. */
 #define PURGE_PAGE 1000
 
@@ -72,6 +82,8 @@
  * collection); the commit is an outbox ack. */
 #define SEQ_INSERT 1
 #define SEQ_ACK 2
+/* sequence() flag: the record it replaces is a tombstone. */
+#define SEQ_WAS_TOMB 4
 
 /* The write lock of one key, shared by its writers; key bytes follow. */
 typedef struct key_lock {
@@ -100,6 +112,7 @@ typedef struct pending {
     int has_outbox; /* puts the outbox key, else deletes it */
     int insert;     /* registers the collection */
     int ack;        /* an outbox ack: needs no sync of its own */
+    int was_tomb;   /* replaces a tombstone: deletes its index key */
     int in_table;   /* the key's entry in s->pending */
     uint64_t seq;
 } pending_t;
@@ -357,12 +370,30 @@ static void write_end(rocks_t *r, stripe_t *s, const syncd_reckey_t *k)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Writes the outbox index key of record key k (OUTBOX_PREFIX, then k)
- * into buf, 1 + k->len bytes. */
-static void outbox_key(char *buf, const syncd_reckey_t *k)
+/* Writes the index key of record key k (prefix, then k) into buf,
+ * 1 + k->len bytes. */
+static void index_key(char *buf, char prefix, const syncd_reckey_t *k)
 {
-    buf[0] = OUTBOX_PREFIX;
+    buf[0] = prefix;
     memcpy(buf + 1, k->bytes, k->len);
+}
+
+/* Encodes v into 8 little-endian bytes at p. */
+static void put_le64(char *p, int64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (char)((uint64_t)v >> (8 * i));
+}
+
+/* Puts k's tombstone index key (mtime mt) into batch. */
+static void tomb_put(rocksdb_writebatch_t *batch, const syncd_reckey_t *k,
+                     int64_t mt)
+{
+    char key[1 + SYNCD_RECORD_KEY_MAX], val[8];
+
+    index_key(key, TOMB_PREFIX, k);
+    put_le64(val, mt);
+    rocksdb_writebatch_put(batch, key, 1 + k->len, val, sizeof(val));
 }
 
 /* Frees a pending commit whose version was not put in the tier. */
@@ -409,6 +440,7 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
     p->has_outbox = json_array_size(doc->outbox) > 0;
     p->insert = (flags & SEQ_INSERT) != 0;
     p->ack = (flags & SEQ_ACK) != 0;
+    p->was_tomb = (flags & SEQ_WAS_TOMB) != 0;
     pthread_mutex_lock(&r->gc_lock);
     if (r->failed) {
         rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
@@ -459,11 +491,17 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
             acks_only &= p->ack;
             rocksdb_writebatch_put(batch, p->k.bytes, p->k.len, p->val,
                                    p->vlen);
-            outbox_key(ob, &p->k);
+            index_key(ob, OUTBOX_PREFIX, &p->k);
             if (p->has_outbox)
                 rocksdb_writebatch_put(batch, ob, 1 + p->k.len, "", 0);
             else
                 rocksdb_writebatch_delete(batch, ob, 1 + p->k.len);
+            if (p->doc->deleted) {
+                tomb_put(batch, &p->k, p->doc->mtime_ms);
+            } else if (p->was_tomb) {
+                index_key(ob, TOMB_PREFIX, &p->k);
+                rocksdb_writebatch_delete(batch, ob, 1 + p->k.len);
+            }
             if (p->insert) {
                 char reg[1 + 64];
                 size_t clen = strlen(p->doc->coll);
@@ -642,7 +680,10 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
         goto unlock;
     }
     rc = sequence(r, h.s, h.kl, &h.k, doc, canon, canon_len,
-                  h.cur == NULL ? SEQ_INSERT : 0, err);
+                  h.cur == NULL    ? SEQ_INSERT
+                  : h.cur->deleted ? SEQ_WAS_TOMB
+                                   : 0,
+                  err);
 unlock:
     return release(r, &h, rc, err);
 }
@@ -921,54 +962,126 @@ static int rocks_collections(syncd_backend_t *b, json_t **out,
     return rc;
 }
 
-/* Deletes coll/id when it is still a tombstone older than before_ms with
- * no pending-publish marker; *removed is its version when it was, else 0. */
+/* Deletes coll/id and its tombstone index key when it is still a
+ * tombstone older than before_ms with no pending-publish marker; *removed
+ * is its version when it was, else 0. An index key whose record is no
+ * tombstone (none should be) is deleted too. */
 static int purge_one(rocks_t *r, const char *coll, const char *id,
                      int64_t before_ms, int64_t *removed, syncd_error_t *err)
 {
+    rocksdb_writebatch_t *batch = rocksdb_writebatch_create();
+    char key[1 + SYNCD_RECORD_KEY_MAX];
     char *errptr = NULL;
     held_t h;
     int rc;
 
     *removed = 0;
     rc = hold(r, &h, coll, id, err);
-    if (rc != 0)
+    if (rc != 0) {
+        rocksdb_writebatch_destroy(batch);
         return rc;
-    if (h.cur != NULL && h.cur->deleted && h.cur->mtime_ms < before_ms &&
-        json_array_size(h.cur->outbox) == 0) {
+    }
+    index_key(key, TOMB_PREFIX, &h.k);
+    if (h.cur == NULL || !h.cur->deleted) {
+        rocksdb_delete(r->db, r->write_unsynced, key, 1 + h.k.len, &errptr);
+    } else if (h.cur->mtime_ms < before_ms &&
+               json_array_size(h.cur->outbox) == 0) {
+        rocksdb_writebatch_delete(batch, h.k.bytes, h.k.len);
+        rocksdb_writebatch_delete(batch, key, 1 + h.k.len);
         write_begin(h.s);
-        rocksdb_delete(r->db, r->write, h.k.bytes, h.k.len, &errptr);
+        rocksdb_write(r->db, r->write, batch, &errptr);
         write_end(r, h.s, &h.k);
-        if (errptr != NULL)
-            rc = rocks_error(err, errptr, "delete");
-        else
+        if (errptr == NULL)
             *removed = h.cur->version;
     }
+    if (errptr != NULL)
+        rc = rocks_error(err, errptr, "delete");
+    rocksdb_writebatch_destroy(batch);
     return release(r, &h, rc, err);
 }
 
+/* Reads the ids of coll's tombstones older than before_ms from the
+ * tombstone index, from the first id after *after (NULL: from the first),
+ * into ids until it holds PURGE_PAGE of them; *after becomes the last id
+ * read (caller frees), or NULL when the index has no more of coll. */
+static int tomb_page(rocks_t *r, const char *coll, int64_t before_ms,
+                     char **after, json_t *ids, syncd_error_t *err)
+{
+    size_t clen = strlen(coll);
+    char start[1 + SYNCD_RECORD_KEY_MAX], id[SYNCD_MAX_ID_BYTES + 1];
+    rocksdb_iterator_t *it;
+    syncd_reckey_t k;
+    int rc, more = 0;
+
+    rc = syncd_reckey_make(&k, coll, *after != NULL ? *after : "", err);
+    if (rc != 0)
+        return rc;
+    index_key(start, TOMB_PREFIX, &k);
+    it = iter_at(r, start, 1 + k.len);
+    for (; rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen, vlen, ilen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const unsigned char *v =
+            (const unsigned char *)rocksdb_iter_value(it, &vlen);
+        int64_t mt = 0;
+
+        if (klen <= 1 + clen || key[0] != TOMB_PREFIX ||
+            memcmp(key + 1, coll, clen + 1) != 0)
+            break;
+        ilen = klen - 1 - clen - 1;
+        if (ilen > SYNCD_MAX_ID_BYTES ||
+            (klen == 1 + k.len && memcmp(key, start, klen) == 0))
+            continue;
+        if (json_array_size(ids) == PURGE_PAGE) {
+            more = 1;
+            break;
+        }
+        memcpy(id, key + 1 + clen + 1, ilen);
+        id[ilen] = '\0';
+        free(*after);
+        *after = strdup(id);
+        for (size_t i = 0; i < 8 && vlen == 8; i++)
+            mt |= (int64_t)((uint64_t)v[i] << (8 * i));
+        if (*after == NULL ||
+            (mt < before_ms &&
+             json_array_append_new(ids, json_string(id)) != 0)) {
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+            break;
+        }
+    }
+    if (rc == 0)
+        rc = iter_status(it, err);
+    rocksdb_iter_destroy(it);
+    if (!more || rc != 0) {
+        free(*after);
+        *after = NULL;
+    }
+    return rc;
+}
+
+/* Purges coll's tombstones older than before_ms, as the tombstone index
+ * lists them, a page at a time: its time is proportional to the
+ * tombstones, not to the collection. */
 static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
                        size_t limit, size_t *purged, json_t *gone,
                        syncd_error_t *err)
 {
     rocks_t *r = (rocks_t *)b;
-    json_t *page = NULL, *e;
     char *after = NULL;
-    size_t i, n = 0, got;
-    int rc;
+    size_t i, n = 0;
+    json_t *ids, *e;
+    int rc = 0;
 
     do {
-        rc = rocks_list(b, &page, coll, NULL, after, PURGE_PAGE, 1, err);
-        got = json_array_size(page);
-        json_array_foreach (page, i, e) {
-            json_int_t mt = json_integer_value(json_object_get(e, "mt"));
-            const char *id = json_string_value(json_object_get(e, "id"));
+        ids = json_array();
+        rc = ids != NULL ? tomb_page(r, coll, before_ms, &after, ids, err)
+                         : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        json_array_foreach (ids, i, e) {
+            const char *id = json_string_value(e);
             int64_t removed = 0;
 
             if (rc != 0 || (limit > 0 && n == limit))
                 break;
-            if (!json_is_true(json_object_get(e, "del")) || mt >= before_ms)
-                continue;
             rc = purge_one(r, coll, id, before_ms, &removed, err);
             if (rc != 0 || removed == 0)
                 continue;
@@ -977,15 +1090,8 @@ static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
                 json_object_set_new(gone, id, json_integer(removed)) != 0)
                 rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         }
-        free(after);
-        after = got > 0 ? strdup(json_string_value(json_object_get(
-                              json_array_get(page, got - 1), "id")))
-                        : NULL;
-        json_decref(page);
-        page = NULL;
-        if (got > 0 && after == NULL && rc == 0)
-            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    } while (rc == 0 && got == PURGE_PAGE && (limit == 0 || n < limit));
+        json_decref(ids);
+    } while (rc == 0 && after != NULL && (limit == 0 || n < limit));
     free(after);
     if (purged != NULL)
         *purged = n;
@@ -1090,7 +1196,7 @@ static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     rc = syncd_reckey_make(&k, coll, after != NULL ? after : "", err);
     if (rc != 0)
         goto done;
-    outbox_key(start, &k);
+    index_key(start, OUTBOX_PREFIX, &k);
     it = iter_at(r, start, 1 + k.len);
     for (; rocksdb_iter_valid(it) && json_array_size(arr) < limit;
          rocksdb_iter_next(it)) {
@@ -1193,6 +1299,69 @@ rocksdb_options_t *syncd_rocks_options(uint64_t block_cache_bytes)
     return o;
 }
 
+/* Builds the tombstone index of a store made before it had one (no
+ * TOMB_COMPLETE key): one pass over every record's header, writing the
+ * index a batch at a time, then TOMB_COMPLETE, synced. */
+static int tomb_index_build(rocks_t *r, syncd_error_t *err)
+{
+    rocksdb_writebatch_t *batch;
+    rocksdb_iterator_t *it;
+    char *errptr = NULL, *val;
+    size_t vlen;
+    int rc = 0;
+
+    val = rocksdb_get(r->db, r->read, TOMB_COMPLETE, strlen(TOMB_COMPLETE),
+                      &vlen, &errptr);
+    rocksdb_free(val);
+    if (errptr != NULL || val != NULL)
+        return errptr != NULL ? rocks_error(err, errptr, "read") : 0;
+    batch = rocksdb_writebatch_create();
+    /* Record keys start with a collection name's first byte, [a-z0-9]. */
+    it = iter_at(r, "0", 1);
+    for (; rc == 0 && rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen, clen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const char *v = rocksdb_iter_value(it, &vlen);
+        char coll[65], id[SYNCD_MAX_ID_BYTES + 1];
+        syncd_doc_t *doc = NULL;
+        syncd_reckey_t k;
+
+        clen = strnlen(key, klen);
+        if (clen == klen || clen >= sizeof(coll) ||
+            klen - clen - 1 > SYNCD_MAX_ID_BYTES)
+            continue;
+        memcpy(coll, key, clen);
+        coll[clen] = '\0';
+        memcpy(id, key + clen + 1, klen - clen - 1);
+        id[klen - clen - 1] = '\0';
+        rc = syncd_record_decode(&doc, coll, id, v, vlen, 0, err);
+        if (rc == 0 && doc->deleted) {
+            memcpy(k.bytes, key, klen);
+            k.len = klen;
+            tomb_put(batch, &k, doc->mtime_ms);
+        }
+        syncd_doc_free(doc);
+        if (rocksdb_writebatch_count(batch) == PURGE_PAGE) {
+            rocksdb_write(r->db, r->write_unsynced, batch, &errptr);
+            rocksdb_writebatch_clear(batch);
+            if (errptr != NULL)
+                rc = rocks_error(err, errptr, "write");
+        }
+    }
+    if (rc == 0)
+        rc = iter_status(it, err);
+    rocksdb_iter_destroy(it);
+    if (rc == 0) {
+        rocksdb_writebatch_put(batch, TOMB_COMPLETE, strlen(TOMB_COMPLETE), "",
+                               0);
+        rocksdb_write(r->db, r->write, batch, &errptr);
+        if (errptr != NULL)
+            rc = rocks_error(err, errptr, "write");
+    }
+    rocksdb_writebatch_destroy(batch);
+    return rc;
+}
+
 int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
                              int sync_writes, int64_t tier_ttl_ms,
                              uint64_t tier_max_bytes,
@@ -1241,6 +1410,8 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->db = rocksdb_open(r->options, dir, &errptr);
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");
+    else
+        rc = tomb_index_build(r, err);
 done:
     if (rc != 0) {
         rocks_close(&r->base);

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <rocksdb/c.h>
 
 #include "assert_json.h"
 #include "servers.h"
@@ -1938,6 +1939,71 @@ static size_t make_tombstones(fixture_t *f, const char *coll,
         deleted++;
     }
     return deleted;
+}
+
+/* Deletes, as the store before the tombstone index left its database,
+ * every key of the index and the key saying it is complete (the keys
+ * from 0x03 up to the records); returns how many there were. */
+static size_t strip_tombstone_index(const char *dir)
+{
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+    char *errptr = NULL;
+    rocksdb_t *db = rocksdb_open(o, dir, &errptr);
+    rocksdb_iterator_t *it;
+    size_t n = 0;
+
+    assert_null(errptr);
+    it = rocksdb_create_iterator(db, ro);
+    for (rocksdb_iter_seek(it, "\x03", 1); rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t klen;
+        const char *key = rocksdb_iter_key(it, &klen);
+
+        if (key[0] != '\x03' && key[0] != '\x04')
+            break;
+        rocksdb_delete(db, wo, key, klen, &errptr);
+        assert_null(errptr);
+        n++;
+    }
+    rocksdb_iter_destroy(it);
+    rocksdb_close(db);
+    rocksdb_writeoptions_destroy(wo);
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_options_destroy(o);
+    return n;
+}
+
+/* A store made before purges read a tombstone index has none: it is built
+ * at the store's first open, so old tombstones are purged like new ones,
+ * and one written again as a live document is kept. */
+static void
+test_store_purge__a_store_made_before_the_tombstone_index_gets_one(void **state)
+{
+    fixture_t *f = *state;
+    json_t *gone = NULL;
+    size_t purged = 0;
+
+    f->opts.tombstone_ttl_ms = 1000;
+    use_fake_hooks(f, 1000000);
+    assert_int_equal(make_tombstones(f, "old", "d", 30, 3), 10);
+    assert_int_equal(
+        put_doc(f, "old", "d00000", "{\"back\":1}", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_store_close(f->store);
+    f->store = NULL;
+    /* Nine tombstones indexed, and the completeness key. */
+    assert_int_equal(strip_tombstone_index(f->dir), 10);
+    f->fake.now += 2000;
+    open_store(f);
+    assert_int_equal(
+        syncd_store_purge(f->store, "old", 0, &purged, &gone, NULL), 0);
+    assert_int_equal(purged, 9);
+    assert_null(json_object_get(gone, "d00000"));
+    assert_non_null(json_object_get(gone, "d00003"));
+    json_decref(gone);
+    assert_doc(f, "old", "d00000", 3, "{\"back\":1}");
 }
 
 /* A limit bounds what one purge removes (and reports); the next calls take
@@ -5020,6 +5086,8 @@ int main(int argc, char **argv)
         BOTH(test_store_purge__removes_tombstones_after_tombstone_ttl),
         BOTH(test_store_purge__a_limit_bounds_each_call),
         ROCKS(test_store_purge__reads_a_large_collection_page_by_page),
+        ROCKS(
+            test_store_purge__a_store_made_before_the_tombstone_index_gets_one),
         ROCKS(
             test_store_stats__the_block_cache_holds_at_most_its_configured_bytes),
         BOTH(test_store_collections__lists_names_sorted),

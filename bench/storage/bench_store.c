@@ -8,7 +8,9 @@
  * and reports edits/s with p50/p99 latency, failed edits and conflict
  * retries per edit, then cached gets of a 1 KB document on one thread,
  * and (embedded default) gets of 100,000 1 KB documents chosen uniformly at
- * random on one thread, with the share the in-memory tier answered.
+ * random on one thread, with the share the in-memory tier answered, and
+ * one purge of 100 tombstones among those documents (its time, and
+ * tombstones per second).
  *
  * The overhead ratio compares the 1-writer edit with the bare backend round
  * trip it is built on: a RocksDB get + put of the very record bytes syncd
@@ -44,6 +46,8 @@
 /* Documents of the uniform random get row (embedded default only). */
 #define GET_DOCS 100000
 #define SEED_THREADS 8
+/* Tombstones among the GET_DOCS documents when the purge is timed. */
+#define PURGE_TOMBS 100
 #define RATIO_SLICES 10
 
 typedef struct samples {
@@ -368,6 +372,39 @@ static result_t run_random_gets(syncd_store_t *store, const char *coll,
     result_t r = summarise(&lat, elapsed, failures);
     r.per_sec = lat.n * 1000 * 1e9 / elapsed;
     free(lat.ns);
+    return r;
+}
+
+/* Deletes PURGE_TOMBS of the documents of ids (spread over them) and
+ * times one purge of coll once they are past the store's tombstone TTL:
+ * per_sec is tombstones purged per second, p50 and p99 the purge's ms. */
+static result_t run_purge(syncd_store_t *store, const char *coll,
+                          const get_ids_t *ids)
+{
+    struct timespec past_ttl = {0, 2000000};
+    size_t purged = 0, failures = 0;
+    json_t *gone = NULL;
+    result_t r = {0};
+
+    for (int i = 0; i < PURGE_TOMBS; i++) {
+        syncd_change_t *c = NULL;
+
+        if (syncd_store_delete(store, &c, coll,
+                               ids->ids[(size_t)i * ids->n / PURGE_TOMBS],
+                               SYNCD_ANY_VERSION, NULL) != 0)
+            failures++;
+        syncd_change_free(c);
+    }
+    nanosleep(&past_ttl, NULL);
+    int64_t t0 = mono_ns();
+    if (syncd_store_purge(store, coll, 0, &purged, &gone, NULL) != 0)
+        failures++;
+    int64_t elapsed = mono_ns() - t0;
+    json_decref(gone);
+    r.ops = purged;
+    r.failures = failures + (PURGE_TOMBS - purged);
+    r.per_sec = (double)purged * 1e9 / (double)elapsed;
+    r.p50_ms = r.p99_ms = (double)elapsed / 1e6;
     return r;
 }
 
@@ -786,6 +823,7 @@ static void bench_store(const char *mongo_uri, const char *dir, double seconds,
     opts.database = "syncd_bench";
     opts.data_dir = dir;
     opts.node_id = "bench";
+    opts.tombstone_ttl_ms = 1; /* the purge row's tombstones are due at once */
     if (syncd_store_open(&store, &opts, &err) != 0)
         die("open store", err.message);
     kind = syncd_store_kind(store);
@@ -825,6 +863,9 @@ static void bench_store(const char *mongo_uri, const char *dir, double seconds,
         snprintf(what, sizeof(what), "get, 100k docs uniform (%.0f%% hits)",
                  hit_pct);
         print_row(what, kind, r);
+        snprintf(what, sizeof(what), "purge, %d tombstones in 100k docs",
+                 PURGE_TOMBS);
+        print_row(what, kind, run_purge(store, "bench100k", &ids));
         free(ids.ids);
     }
 
