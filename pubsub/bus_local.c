@@ -46,6 +46,7 @@
 
 #include <rocksdb/c.h>
 
+#include "base/rocks_options.h"
 #include "pubsub/internal.h"
 
 /* Events handed to one subscription per idle pass, and read per job. */
@@ -1292,24 +1293,11 @@ static const bus_ops_t local_ops = {
 static int open_db(lbus_t *bus, const char *dir, uint64_t block_cache_bytes,
                    syncd_error_t *err)
 {
-    rocksdb_block_based_table_options_t *t =
-        rocksdb_block_based_options_create();
     char *errptr = NULL;
 
-    bus->dbopts = rocksdb_options_create();
+    bus->dbopts = syncd_rocks_options(block_cache_bytes);
     bus->wopts = rocksdb_writeoptions_create();
     bus->ropts = rocksdb_readoptions_create();
-    rocksdb_options_set_create_if_missing(bus->dbopts, 1);
-    if (block_cache_bytes == 0) {
-        rocksdb_block_based_options_set_no_block_cache(t, 1);
-    } else {
-        rocksdb_cache_t *cache = rocksdb_cache_create_lru(block_cache_bytes);
-
-        rocksdb_block_based_options_set_block_cache(t, cache);
-        rocksdb_cache_destroy(cache); /* the table factory shares it */
-    }
-    rocksdb_options_set_block_based_table_factory(bus->dbopts, t);
-    rocksdb_block_based_options_destroy(t);
     rocksdb_writeoptions_set_sync(bus->wopts, 1);
     bus->wb = rocksdb_writebatch_wi_create(0, 1);
     bus->db = rocksdb_open(bus->dbopts, dir, &errptr);

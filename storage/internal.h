@@ -10,21 +10,8 @@
 #ifndef SYNCD_STORAGE_INTERNAL_H
 #define SYNCD_STORAGE_INTERNAL_H
 
+#include "base/rocks_options.h"
 #include "syncd/store.h"
-
-struct rocksdb_t;
-
-/* Bytes of one RocksDB memtable (at most two are kept) for the node cache
- * and the embedded store. RocksDB's default, 64 MiB, lets a node's memory
- * grow by that much per database before the first flush: with the cache's
- * WAL off nothing else bounds it. */
-#define SYNCD_ROCKS_WRITE_BUFFER ((size_t)4 << 20)
-
-/* Options of a RocksDB database of the store (caller destroys with
- * rocksdb_options_destroy()): created when missing, two memtables of
- * SYNCD_ROCKS_WRITE_BUFFER, and an LRU block cache of its own of
- * block_cache_bytes (0: no block cache). */
-struct rocksdb_options_t *syncd_rocks_options(uint64_t block_cache_bytes);
 
 typedef struct syncd_backend syncd_backend_t;
 
