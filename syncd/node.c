@@ -267,7 +267,8 @@ struct syncd_node {
     size_t ae_runs;        /* anti-entropy runs in progress */
     int purging;           /* a purge work is in flight */
     json_t *unforgotten;   /* coll -> {id: version}: forgets that failed,
-                              asked again after the next purge */
+                              asked again (instead of a purge) at the next
+                              purge period */
     int flushing;          /* a flush work is in flight */
     int depth;             /* nesting of watcher callbacks */
     int closing;
@@ -1338,7 +1339,7 @@ static void merge_ids(json_t **into, const json_t *what)
 }
 
 /* Counts how a forget of purged ids went; a failed one is asked again
- * after the next purge. */
+ * at the next purge period. */
 static void on_forgotten(int status, size_t forgotten, void *payload)
 {
     breq_t *r = payload;
@@ -1688,10 +1689,17 @@ static int list_collections(syncd_node_t *node, ae_run_t *run)
 }
 
 /* Starts a purge of old tombstones unless one is in flight. */
+/* Starts a purge run, unless one is in flight. While forgets of purged
+ * ids keep failing (the bus is away), it purges nothing more and asks
+ * those forgets again instead: the tombstones it would remove wait in the
+ * store, not as ids in the node's memory. */
 static void start_purge(syncd_node_t *node)
 {
-    if (!node->purging && !node->closing &&
-        queue_work(node, WORK_PURGE, NULL, NULL, NULL, NULL) == 0)
+    if (node->purging || node->closing)
+        return;
+    if (node->unforgotten != NULL)
+        forget_purged(node, NULL);
+    else if (queue_work(node, WORK_PURGE, NULL, NULL, NULL, NULL) == 0)
         node->purging = 1;
 }
 

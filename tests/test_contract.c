@@ -943,35 +943,50 @@ static long long metric(int port, const char *name)
     return at != NULL ? strtoll(at + strlen(pat), NULL, 10) : -1;
 }
 
-/* The bus's records of purged ids are dropped even when the bus was away
- * at the purge: the node asks again after its next purge. */
-static void
-test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
-    void **state)
+/* Makes and deletes coll's documents <prefix>0..<prefix>9 on node 0. */
+static void make_tombstones(cluster_t *cl, const char *prefix)
 {
-    cluster_t *cl = &the_cluster;
-    char path[256], pubv[256];
-    long long left = -1, failures = 0, purged = 0;
+    char path[256];
     response_t r;
 
-    (void)state;
-    setenv("SYNCD_TOMBSTONE_TTL", "1s", 1);
-    setenv("SYNCD_BUS_TIMEOUT", "300ms", 1);
-    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
-    snprintf(cl->coll, sizeof(cl->coll), "frozenforget");
-    snprintf(pubv, sizeof(pubv), "syncd:%.64s:%.64s:pubv", cl->db, cl->coll);
-    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
     for (int i = 0; i < 10; i++) {
-        snprintf(path, sizeof(path), "/v1/collections/frozenforget/docs/n%d",
-                 i);
+        snprintf(path, sizeof(path), "/v1/collections/%s/docs/%s%d", cl->coll,
+                 prefix, i);
         r = request(cl->nodes[0].port, "PUT", path, "{}", NULL);
         assert_int_equal(r.status, 201);
         r = request(cl->nodes[0].port, "DELETE", path, NULL, NULL);
         assert_int_equal(r.status, 200);
     }
-    assert_int_equal(syncd_test_redis_hlen(&redis, pubv), 10);
+}
+
+/* The bus's records of purged ids are dropped even when the bus was away
+ * at the purge: the node asks again at each purge period, and purges
+ * nothing more until they are dropped, so that its memory does not hold
+ * the ids of every tombstone purged while the bus is away. */
+static void
+test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
+    void **state)
+{
+    cluster_t *cl = &the_cluster;
+    char pubv[256];
+    long long left = -1, failures = 0, purged = 0;
+    struct timespec t0, now;
+
+    (void)state;
+    /* Purges every second; a tombstone is due 4 s after its delete. */
+    setenv("SYNCD_TOMBSTONE_TTL", "4s", 1);
+    setenv("SYNCD_BUS_TIMEOUT", "300ms", 1);
+    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
+    snprintf(cl->coll, sizeof(cl->coll), "frozenforget");
+    snprintf(pubv, sizeof(pubv), "syncd:%.64s:%.64s:pubv", cl->db, cl->coll);
+    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    make_tombstones(cl, "n");
+    usleep(2000 * 1000);
+    make_tombstones(cl, "m");
+    assert_int_equal(syncd_test_redis_hlen(&redis, pubv), 20);
     assert_int_equal(kill(redis.pid, SIGSTOP), 0);
-    /* A purge runs every second; its forget times out (bounded). */
+    /* The n ids are purged (due at 4 s), and their forget times out. */
     for (int i = 0; i < 200 && (failures < 1 || purged < 10); i++) {
         usleep(100 * 1000);
         failures = metric(cl->nodes[0].port, "syncd_bus_forget_failures_total");
@@ -979,14 +994,26 @@ test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
     }
     assert_true(failures >= 1);
     assert_int_equal(purged, 10);
+    /* The m ids are due from 6 s: past 9 s, three purge periods later,
+     * they are still in the store while the forgets fail. */
+    do {
+        usleep(100 * 1000);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - t0.tv_sec < 9);
+    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
+                     10);
+    assert_true(metric(cl->nodes[0].port, "syncd_bus_forget_failures_total") >
+                failures);
     assert_int_equal(kill(redis.pid, SIGCONT), 0);
     for (int i = 0; i < 300 && left != 0; i++) {
         usleep(100 * 1000);
         left = syncd_test_redis_hlen(&redis, pubv);
     }
     assert_int_equal(left, 0);
+    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
+                     20);
     assert_int_equal(
-        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 10);
+        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 20);
 }
 
 /* ---- Embedded default ---------------------------------------------------- */
