@@ -1290,9 +1290,12 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
 
     val = rocksdb_get(r->db, r->read, TOMB_COMPLETE, strlen(TOMB_COMPLETE),
                       &vlen, &errptr);
-    rocksdb_free(val);
-    if (errptr != NULL || val != NULL)
-        return errptr != NULL ? rocks_error(err, errptr, "read") : 0;
+    if (errptr != NULL)
+        return rocks_error(err, errptr, "read");
+    if (val != NULL) {
+        rocksdb_free(val);
+        return 0;
+    }
     batch = rocksdb_writebatch_create();
     /* Record keys start with a collection name's first byte, [a-z0-9]. */
     it = iter_at(r, "0", 1);
@@ -1312,8 +1315,9 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
         coll[clen] = '\0';
         memcpy(id, key + clen + 1, klen - clen - 1);
         id[klen - clen - 1] = '\0';
-        rc = syncd_record_decode(&doc, coll, id, v, vlen, 0, err);
-        if (rc == 0 && doc->deleted) {
+        /* A record that does not decode is the start check's to report. */
+        if (syncd_record_decode(&doc, coll, id, v, vlen, 0, NULL) == 0 &&
+            doc->deleted) {
             memcpy(k.bytes, key, klen);
             k.len = klen;
             tomb_put(batch, &k, doc->mtime_ms);

@@ -1943,9 +1943,14 @@ static size_t make_tombstones(fixture_t *f, const char *coll,
 
 /* Deletes, as the store before the tombstone index left its database,
  * every key of the index and the key saying it is complete (the keys
- * from 0x03 up to the records); returns how many there were. */
-static size_t strip_tombstone_index(const char *dir)
+ * from 0x03 up to the records), and writes bytes that are no record at
+ * coll/bad; returns how many index keys there were. */
+static size_t strip_tombstone_index(const char *dir, const char *coll,
+                                    const char *bad)
 {
+    char badkey[64];
+    size_t blen =
+        (size_t)snprintf(badkey, sizeof(badkey), "%s%c%s", coll, '\0', bad);
     rocksdb_options_t *o = rocksdb_options_create();
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
@@ -1968,6 +1973,8 @@ static size_t strip_tombstone_index(const char *dir)
         n++;
     }
     rocksdb_iter_destroy(it);
+    rocksdb_put(db, wo, badkey, blen, "not a record", 12, &errptr);
+    assert_null(errptr);
     rocksdb_close(db);
     rocksdb_writeoptions_destroy(wo);
     rocksdb_readoptions_destroy(ro);
@@ -1977,11 +1984,13 @@ static size_t strip_tombstone_index(const char *dir)
 
 /* A store made before purges read a tombstone index has none: it is built
  * at the store's first open, so old tombstones are purged like new ones,
- * and one written again as a live document is kept. */
+ * and one written again as a live document is kept. A record that does
+ * not decode does not stop the open; reading it fails. */
 static void
 test_store_purge__a_store_made_before_the_tombstone_index_gets_one(void **state)
 {
     fixture_t *f = *state;
+    syncd_doc_t *doc = NULL;
     json_t *gone = NULL;
     size_t purged = 0;
 
@@ -1994,9 +2003,11 @@ test_store_purge__a_store_made_before_the_tombstone_index_gets_one(void **state)
     syncd_store_close(f->store);
     f->store = NULL;
     /* Nine tombstones indexed, and the completeness key. */
-    assert_int_equal(strip_tombstone_index(f->dir), 10);
+    assert_int_equal(strip_tombstone_index(f->dir, "old", "d00001x"), 10);
     f->fake.now += 2000;
     open_store(f);
+    assert_int_equal(syncd_store_get(f->store, &doc, "old", "d00001x", NULL),
+                     SYNCD_EBACKEND);
     assert_int_equal(
         syncd_store_purge(f->store, "old", 0, &purged, &gone, NULL), 0);
     assert_int_equal(purged, 9);
