@@ -131,7 +131,8 @@ typedef struct rocks {
     rocksdb_options_t *options;
     rocksdb_readoptions_t *read;
     rocksdb_writeoptions_t *write;
-    rocksdb_writeoptions_t *write_unsynced; /* for groups of acks only */
+    rocksdb_writeoptions_t *write_unsynced; /* acks, purges, index builds */
+    int sync_writes; /* whether r->write syncs */
     syncd_tier_t *tier;
     int64_t (*now_ms)(void *data);
     void *now_data;
@@ -962,10 +963,14 @@ static int rocks_collections(syncd_backend_t *b, json_t **out,
     return rc;
 }
 
-/* Deletes coll/id and its tombstone index key when it is still a
- * tombstone older than before_ms with no pending-publish marker; *removed
+/* Deletes coll/id and its tombstone index key, unsynced, when it is still
+ * a tombstone older than before_ms with no pending-publish marker; *removed
  * is its version when it was, else 0. An index key whose record is no
- * tombstone (none should be) is deleted too. */
+ * tombstone (none should be) is deleted too. The caller syncs the WAL
+ * before it reports the purge: until then a crash may bring the tombstone
+ * back, which a later purge removes again, and any synced commit after it
+ * (a new document of the same id) makes the delete durable first, as the
+ * WAL is written in order. */
 static int purge_one(rocks_t *r, const char *coll, const char *id,
                      int64_t before_ms, int64_t *removed, syncd_error_t *err)
 {
@@ -989,7 +994,7 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
         rocksdb_writebatch_delete(batch, h.k.bytes, h.k.len);
         rocksdb_writebatch_delete(batch, key, 1 + h.k.len);
         write_begin(h.s);
-        rocksdb_write(r->db, r->write, batch, &errptr);
+        rocksdb_write(r->db, r->write_unsynced, batch, &errptr);
         write_end(r, h.s, &h.k);
         if (errptr == NULL)
             *removed = h.cur->version;
@@ -1059,9 +1064,29 @@ static int tomb_page(rocks_t *r, const char *coll, int64_t before_ms,
     return rc;
 }
 
+/* Syncs the WAL (with sync_writes) so that the purges of page, the ids
+ * removed and their versions, are durable, then adds them to gone (when
+ * not NULL) and counts them in *n. */
+static int purge_report(rocks_t *r, json_t *page, json_t *gone, size_t *n,
+                        syncd_error_t *err)
+{
+    char *errptr = NULL;
+
+    if (json_object_size(page) == 0)
+        return 0;
+    if (r->sync_writes)
+        rocksdb_flush_wal(r->db, 1, &errptr);
+    if (errptr != NULL)
+        return rocks_error(err, errptr, "sync");
+    *n += json_object_size(page);
+    if (gone != NULL && json_object_update(gone, page) != 0)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    return 0;
+}
+
 /* Purges coll's tombstones older than before_ms, as the tombstone index
- * lists them, a page at a time: its time is proportional to the
- * tombstones, not to the collection. */
+ * lists them, a page at a time, with one WAL sync per page: its time is
+ * proportional to the tombstones, not to the collection. */
 static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
                        size_t limit, size_t *purged, json_t *gone,
                        syncd_error_t *err)
@@ -1069,27 +1094,31 @@ static int rocks_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     rocks_t *r = (rocks_t *)b;
     char *after = NULL;
     size_t i, n = 0;
-    json_t *ids, *e;
-    int rc = 0;
+    json_t *ids, *page, *e;
+    int rc = 0, reported;
 
     do {
         ids = json_array();
-        rc = ids != NULL ? tomb_page(r, coll, before_ms, &after, ids, err)
-                         : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        page = json_object();
+        rc = ids != NULL && page != NULL
+                 ? tomb_page(r, coll, before_ms, &after, ids, err)
+                 : syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         json_array_foreach (ids, i, e) {
             const char *id = json_string_value(e);
             int64_t removed = 0;
 
-            if (rc != 0 || (limit > 0 && n == limit))
+            if (rc != 0 || (limit > 0 && n + json_object_size(page) == limit))
                 break;
             rc = purge_one(r, coll, id, before_ms, &removed, err);
-            if (rc != 0 || removed == 0)
-                continue;
-            n++;
-            if (gone != NULL &&
-                json_object_set_new(gone, id, json_integer(removed)) != 0)
+            if (rc == 0 && removed != 0 &&
+                json_object_set_new(page, id, json_integer(removed)) != 0)
                 rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         }
+        /* What was removed before a failure is reported too. */
+        reported = purge_report(r, page, gone, &n, rc == 0 ? err : NULL);
+        if (rc == 0)
+            rc = reported;
+        json_decref(page);
         json_decref(ids);
     } while (rc == 0 && after != NULL && (limit == 0 || n < limit));
     free(after);
@@ -1389,6 +1418,7 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     r->write = rocksdb_writeoptions_create();
     r->write_unsynced = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(r->write, sync_writes ? 1 : 0);
+    r->sync_writes = sync_writes;
     r->db = rocksdb_open(r->options, dir, &errptr);
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");
