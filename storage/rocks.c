@@ -132,7 +132,7 @@ typedef struct rocks {
     rocksdb_readoptions_t *read;
     rocksdb_writeoptions_t *write;
     rocksdb_writeoptions_t *write_unsynced; /* acks, purges, index builds */
-    int sync_writes; /* whether r->write syncs */
+    int sync_writes;                        /* whether r->write syncs */
     syncd_tier_t *tier;
     int64_t (*now_ms)(void *data);
     void *now_data;
