@@ -1148,7 +1148,6 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *copy = NULL;
     json_t *left = NULL;
-    uint64_t ticket;
     held_t h;
     int rc;
 
@@ -1170,13 +1169,16 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     json_decref(copy->outbox);
     copy->outbox = left;
     left = NULL;
-    ticket = h.kl->ticket;
     rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, SEQ_ACK, err);
-    /* An ack needs no sync of its own: one lost to a crash only means a
-     * republish, which the bus drops as a duplicate. It rides with the
-     * next group, or leads one, unsynced, when no other writer is about. */
-    h.kl->ticket = ticket;
 unlock:
+    /* An ack waits for no sync: not its own, since one lost to a crash only
+     * means a republish, which the bus drops as a duplicate; nor that of a
+     * pending version it was built on (hold() sets the ticket to it), since
+     * a failed sync discards every commit queued behind it, the ack too.
+     * It rides with the next group, or leads one, unsynced, when no other
+     * writer is about. */
+    if (h.kl->depth == 1)
+        h.kl->ticket = 0;
     syncd_doc_free(copy);
     json_decref(left);
     rc = release(r, &h, rc, err);
