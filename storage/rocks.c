@@ -141,7 +141,7 @@ typedef struct rocks {
      * leader is writing, and the error of a failed sync. Taken before a
      * stripe's mutex when both are held. */
     pthread_mutex_t gc_lock;
-    pthread_cond_t gc_done; /* a leader finished */
+    struct gc_waiter *sleepers; /* threads waiting for a leader to finish */
     pending_t *queue, **queue_tail;
     uint64_t seq_last, seq_durable;
     int leading;
@@ -556,6 +556,58 @@ static pending_t *queue_take(rocks_t *r, uint64_t *last)
     return group;
 }
 
+/* A thread asleep in group_wait() while a leader writes. */
+typedef struct gc_waiter {
+    struct gc_waiter *next;
+    pthread_cond_t cond;
+    uint64_t seq;
+    int woken;
+} gc_waiter_t;
+
+/* Sleeps until the leader that is writing wakes this thread (gc_lock
+ * held), as leader_done() chooses. */
+static void sleep_on_leader(rocks_t *r, uint64_t seq)
+{
+    gc_waiter_t w = {.next = r->sleepers, .seq = seq};
+
+    pthread_cond_init(&w.cond, NULL);
+    r->sleepers = &w;
+    while (!w.woken)
+        pthread_cond_wait(&w.cond, &r->gc_lock);
+    pthread_cond_destroy(&w.cond);
+}
+
+/* Wakes the sleepers that have something to do now that a leader is done
+ * (gc_lock held): every one when the store failed, else those whose
+ * commit is durable and, when commits are queued, the one of the lowest
+ * sequence number left, to lead the next group. The others sleep on: a
+ * broadcast would wake each of them only to sleep again. */
+static void leader_done(rocks_t *r)
+{
+    gc_waiter_t **pp = &r->sleepers, *next = NULL, **next_pp = NULL;
+
+    while (*pp != NULL) {
+        gc_waiter_t *w = *pp;
+
+        if (r->failed || w->seq <= r->seq_durable) {
+            *pp = w->next;
+            w->woken = 1;
+            pthread_cond_signal(&w->cond);
+            continue;
+        }
+        if (next == NULL || w->seq < next->seq) {
+            next = w;
+            next_pp = pp;
+        }
+        pp = &w->next;
+    }
+    if (next != NULL && r->queue != NULL) {
+        *next_pp = next->next;
+        next->woken = 1;
+        pthread_cond_signal(&next->cond);
+    }
+}
+
 /* Waits until commit seq (0: none) is durable, leading a group write
  * when no other thread is; a thread that finds commits queued and no
  * other thread in here (to write them) leads too, so that commits nobody
@@ -574,7 +626,7 @@ static int group_wait(rocks_t *r, uint64_t seq, syncd_error_t *err)
     while (!r->failed &&
            (r->seq_durable < seq || (r->queue != NULL && r->waiting == 1))) {
         if (r->leading) {
-            pthread_cond_wait(&r->gc_done, &r->gc_lock);
+            sleep_on_leader(r, seq);
             continue;
         }
         r->leading = 1;
@@ -591,7 +643,7 @@ static int group_wait(rocks_t *r, uint64_t seq, syncd_error_t *err)
             group_write(r, group, 0, NULL, 0);
         }
         r->leading = 0;
-        pthread_cond_broadcast(&r->gc_done);
+        leader_done(r);
     }
     r->waiting--;
     rc = 0;
@@ -1274,7 +1326,6 @@ static void rocks_close(syncd_backend_t *b)
         pthread_mutex_destroy(&r->stripes[i].lock);
     }
     syncd_tier_free(r->tier);
-    pthread_cond_destroy(&r->gc_done);
     pthread_mutex_destroy(&r->gc_lock);
     if (r->db != NULL)
         rocksdb_close(r->db);
@@ -1394,7 +1445,6 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
         hooks != NULL && hooks->now_ms != NULL ? hooks->now_ms : monotonic_ms;
     r->now_data = hooks != NULL ? hooks->data : NULL;
     pthread_mutex_init(&r->gc_lock, NULL);
-    pthread_cond_init(&r->gc_done, NULL);
     r->queue_tail = &r->queue;
     for (; r->nstripes_ready < NSTRIPES; r->nstripes_ready++) {
         stripe_t *s = &r->stripes[r->nstripes_ready];
