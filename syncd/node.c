@@ -269,6 +269,7 @@ struct syncd_node {
     json_t *unforgotten;   /* coll -> {id: version}: forgets that failed,
                               asked again (instead of a purge) at the next
                               purge period */
+    size_t forgets_sent;   /* forgets sent and not yet answered */
     int flushing;          /* a flush work is in flight */
     int depth;             /* nesting of watcher callbacks */
     int closing;
@@ -1345,6 +1346,8 @@ static void on_forgotten(int status, size_t forgotten, void *payload)
     breq_t *r = payload;
     syncd_node_t *node = breq_take(r);
 
+    if (node != NULL)
+        node->forgets_sent--;
     if (node != NULL && status != 0) {
         node->stats.forget_failures++;
         merge_ids(&node->unforgotten, r->forget);
@@ -1373,6 +1376,7 @@ static void forget_chunk(syncd_node_t *node, const char *coll, json_t *chunk)
         return;
     }
     r->forget = forget;
+    node->forgets_sent++;
 }
 
 /* Has the bus forget the deduplication records of the ids a purge removed
@@ -1688,14 +1692,15 @@ static int list_collections(syncd_node_t *node, ae_run_t *run)
     return queue_work(node, WORK_LIST, NULL, run, NULL, NULL);
 }
 
-/* Starts a purge of old tombstones unless one is in flight. */
-/* Starts a purge run, unless one is in flight. While forgets of purged
- * ids keep failing (the bus is away), it purges nothing more and asks
- * those forgets again instead: the tombstones it would remove wait in the
- * store, not as ids in the node's memory. */
+/* Starts a purge run, unless one is in flight or the forgets of an
+ * earlier one are not answered yet (a frozen bus answers them only when
+ * its timeout fails them). While forgets of purged ids keep failing (the
+ * bus is away), it purges nothing more and asks those forgets again
+ * instead: the tombstones it would remove wait in the store, not as ids
+ * in the node's memory. */
 static void start_purge(syncd_node_t *node)
 {
-    if (node->purging || node->closing)
+    if (node->purging || node->closing || node->forgets_sent > 0)
         return;
     if (node->unforgotten != NULL)
         forget_purged(node, NULL);

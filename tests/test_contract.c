@@ -1016,6 +1016,63 @@ test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
         metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 20);
 }
 
+/* A purge run does not start while the forgets of the one before are
+ * unanswered: with the bus frozen and its timeout longer than the purge
+ * period, the tombstones due meanwhile stay in the store; once the bus
+ * answers, they are purged and forgotten. */
+static void
+test_contract__no_purge_starts_while_forgets_are_unanswered(void **state)
+{
+    cluster_t *cl = &the_cluster;
+    char pubv[256];
+    long long left = -1, purged = 0;
+    struct timespec t0, now;
+
+    (void)state;
+    /* Purges every second; a tombstone is due 6 s after its delete; the
+     * bus drops a connection to a frozen Redis (failing what waits on it)
+     * 12 s after its last answer. */
+    setenv("SYNCD_TOMBSTONE_TTL", "6s", 1);
+    setenv("SYNCD_BUS_TIMEOUT", "12s", 1);
+    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
+    snprintf(cl->coll, sizeof(cl->coll), "slowforget");
+    snprintf(pubv, sizeof(pubv), "syncd:%.64s:%.64s:pubv", cl->db, cl->coll);
+    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
+    make_tombstones(cl, "n");
+    usleep(2000 * 1000);
+    make_tombstones(cl, "m");
+    assert_int_equal(syncd_test_redis_hlen(&redis, pubv), 20);
+    assert_int_equal(kill(redis.pid, SIGSTOP), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* The n ids are purged (due before the m ids); their forget waits on
+     * Redis. */
+    for (int i = 0; i < 300 && purged < 10; i++) {
+        usleep(100 * 1000);
+        purged = metric(cl->nodes[0].port, "syncd_tombstones_purged_total");
+    }
+    assert_int_equal(purged, 10);
+    /* The m ids are due at most 6 s after the freeze: 10 s after it, no
+     * purge has run since, and no forget has failed yet. */
+    do {
+        usleep(100 * 1000);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - t0.tv_sec < 10);
+    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
+                     10);
+    assert_int_equal(
+        metric(cl->nodes[0].port, "syncd_bus_forget_failures_total"), 0);
+    assert_int_equal(kill(redis.pid, SIGCONT), 0);
+    for (int i = 0; i < 300 && left != 0; i++) {
+        usleep(100 * 1000);
+        left = syncd_test_redis_hlen(&redis, pubv);
+    }
+    assert_int_equal(left, 0);
+    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
+                     20);
+    assert_int_equal(
+        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 20);
+}
+
 /* ---- Embedded default ---------------------------------------------------- */
 
 static void
@@ -1188,6 +1245,9 @@ int main(void)
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__no_purge_starts_while_forgets_are_unanswered,
             teardown_cluster),
     };
 
