@@ -23,6 +23,15 @@ stop_pid() {
     fi
 }
 
+# bench_scratch NAME: sets TMP to a new scratch directory and PID to
+# empty, and has the script stop PID (once the script sets it) and remove
+# TMP however it ends.
+bench_scratch() {
+    TMP=$(mktemp -d "/tmp/syncd-bench-$1-XXXXXX")
+    PID=
+    trap 'stop_pid "$PID"; rm -rf "$TMP"' EXIT INT TERM
+}
+
 # wait_up NAME PID LOG TRIES DELAY CMD...: runs CMD every DELAY seconds
 # until it succeeds; exits 1 with LOG on stderr after TRIES failures or
 # when PID has died.

@@ -24,15 +24,9 @@ BUILD=${SYNCD_BENCH_BUILD:-$ROOT/build-benchd}
 SECS=${SECONDS_PER_CELL:-6}
 WARM=${WARM_SECONDS:-20}
 CONNECTIONS=${CONNECTIONS:-"1 8 64"}
-TMP=$(mktemp -d /tmp/syncd-bench-cost-XXXXXX)
-PID=
+# shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-
-cleanup() {
-    stop_pid "$PID"
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
+bench_scratch cost
 
 EVENTS=syscalls:sys_enter_fdatasync,block:block_rq_issue,context-switches
 TICK=$(getconf CLK_TCK)

@@ -16,16 +16,9 @@ FERRETDB=${SYNCD_FERRETDB:-$ROOT/.tools/bin/ferretdb}
 MONGO_JAVA=${SYNCD_MONGO_JAVA:-$ROOT/.tools/bin/mongo-java-server}
 SECONDS_PER_CASE=${1:-2}
 SERVER=${2:-ferretdb}
-TMP=$(mktemp -d /tmp/syncd-bench-storage-XXXXXX)
-PID=
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-
-cleanup() {
-    stop_pid "$PID"
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
+bench_scratch storage
 
 bench_build "$BUILD" bench_store
 

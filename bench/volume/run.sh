@@ -20,16 +20,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${SYNCD_BENCH_BUILD:-$ROOT/build-bench}
 FILES=${FILES:-10000}
 BYTES=${BYTES:-1073741824}
-TMP=$(mktemp -d /tmp/syncd-bench-volume-XXXXXX)
-PID=
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-
-cleanup() {
-    stop_pid "$PID"
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
+bench_scratch volume
 
 bench_build "$BUILD" syncd syncctl
 SYNCCTL="$BUILD/syncd/syncctl"
