@@ -980,6 +980,35 @@ static void tombstones_then_freeze(cluster_t *cl, const char *coll,
     assert_int_equal(kill(redis.pid, SIGSTOP), 0);
 }
 
+/* Sleeps until secs seconds after t0 (CLOCK_MONOTONIC). */
+static void sleep_until(const struct timespec *t0, long secs)
+{
+    struct timespec now;
+
+    do {
+        usleep(100 * 1000);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - t0->tv_sec < secs);
+}
+
+/* Thaws Redis after tombstones_then_freeze(), then requires all 20
+ * tombstones purged and their ids forgotten: pubv empty. */
+static void thaw_then_all_forgotten(cluster_t *cl, const char *pubv)
+{
+    long long left = -1;
+
+    assert_int_equal(kill(redis.pid, SIGCONT), 0);
+    for (int i = 0; i < 300 && left != 0; i++) {
+        usleep(100 * 1000);
+        left = syncd_test_redis_hlen(&redis, pubv);
+    }
+    assert_int_equal(left, 0);
+    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
+                     20);
+    assert_int_equal(
+        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 20);
+}
+
 /* The bus's records of purged ids are dropped even when the bus was away
  * at the purge: the node asks again at each purge period, and purges
  * nothing more until they are dropped, so that its memory does not hold
@@ -990,8 +1019,8 @@ test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
 {
     cluster_t *cl = &the_cluster;
     char pubv[256];
-    long long left = -1, failures = 0, purged = 0;
-    struct timespec t0, now;
+    long long failures = 0, purged = 0;
+    struct timespec t0;
 
     (void)state;
     /* Purges every second; a tombstone is due 4 s after its delete. */
@@ -1008,24 +1037,12 @@ test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
     /* The m ids are due at most 4 s after the freeze: 7 s after it, three
      * purge periods later, they are still in the store while the forgets
      * fail. */
-    do {
-        usleep(100 * 1000);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-    } while (now.tv_sec - t0.tv_sec < 7);
+    sleep_until(&t0, 7);
     assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
                      10);
     assert_true(metric(cl->nodes[0].port, "syncd_bus_forget_failures_total") >
                 failures);
-    assert_int_equal(kill(redis.pid, SIGCONT), 0);
-    for (int i = 0; i < 300 && left != 0; i++) {
-        usleep(100 * 1000);
-        left = syncd_test_redis_hlen(&redis, pubv);
-    }
-    assert_int_equal(left, 0);
-    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
-                     20);
-    assert_int_equal(
-        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 20);
+    thaw_then_all_forgotten(cl, pubv);
 }
 
 /* A purge run does not start while the forgets of the one before are
@@ -1037,8 +1054,8 @@ test_contract__no_purge_starts_while_forgets_are_unanswered(void **state)
 {
     cluster_t *cl = &the_cluster;
     char pubv[256];
-    long long left = -1, purged = 0;
-    struct timespec t0, now;
+    long long purged = 0;
+    struct timespec t0;
 
     (void)state;
     /* Purges every second; a tombstone is due 6 s after its delete; the
@@ -1055,24 +1072,12 @@ test_contract__no_purge_starts_while_forgets_are_unanswered(void **state)
     assert_int_equal(purged, 10);
     /* The m ids are due at most 6 s after the freeze: 10 s after it, no
      * purge has run since, and no forget has failed yet. */
-    do {
-        usleep(100 * 1000);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-    } while (now.tv_sec - t0.tv_sec < 10);
+    sleep_until(&t0, 10);
     assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
                      10);
     assert_int_equal(
         metric(cl->nodes[0].port, "syncd_bus_forget_failures_total"), 0);
-    assert_int_equal(kill(redis.pid, SIGCONT), 0);
-    for (int i = 0; i < 300 && left != 0; i++) {
-        usleep(100 * 1000);
-        left = syncd_test_redis_hlen(&redis, pubv);
-    }
-    assert_int_equal(left, 0);
-    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
-                     20);
-    assert_int_equal(
-        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 20);
+    thaw_then_all_forgotten(cl, pubv);
 }
 
 /* ---- Embedded default ---------------------------------------------------- */
