@@ -270,6 +270,7 @@ struct syncd_node {
                               asked again (instead of a purge) at the next
                               purge period */
     size_t forgets_sent;   /* forgets sent and not yet answered */
+    int purge_more;        /* the last purge run stopped at purge_batch */
     int flushing;          /* a flush work is in flight */
     int depth;             /* nesting of watcher callbacks */
     int closing;
@@ -1353,6 +1354,9 @@ static void on_forgotten(int status, size_t forgotten, void *payload)
         merge_ids(&node->unforgotten, r->forget);
     } else if (node != NULL) {
         node->stats.purged_ids_forgotten += forgotten;
+        /* The next page of a long backlog once its forgets are done. */
+        if (node->forgets_sent == 0 && node->purge_more)
+            start_purge(node);
     }
     json_decref(r->forget);
     free(r);
@@ -1504,7 +1508,9 @@ static void work_done(uv_work_t *req, int status)
         node->purging = 0;
         if (!node->closing)
             forget_purged(node, w->gone);
-        /* The next page of a long backlog at once, not a period later. */
+        /* The next page of a long backlog at once, not a period later
+         * (or, while its forgets are unanswered, when they are). */
+        node->purge_more = w->more;
         if (w->more)
             start_purge(node);
         break;
