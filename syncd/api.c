@@ -4,10 +4,14 @@
  * A document request becomes one job: the loop validates the route, the
  * collection, the id and the headers; the thread pool parses the body,
  * runs the store call and serializes the answer; back on the loop a
- * committed change is published through the node and the response goes
- * out once the publish completes. A publish that fails or times out is
- * logged and the write answered as usual: it is committed, with its
- * outbox marker, and the node's republisher completes the publish.
+ * committed change is published through the node. The write is answered
+ * at once, its publish completing behind it, since it is durable with its
+ * outbox marker and the node's republisher completes a publish that fails
+ * or times out (logged). Only when PUBLISH_AHEAD_MAX earlier versions of
+ * the document are still unpublished does the answer wait for the publish,
+ * so that a bus slower than the writes slows them instead of filling the
+ * record's outbox. A write to a record without an outbox (a store opened
+ * without it) always waits.
  *
  * Writes take an Idempotency-Key header (1..128 printable ASCII bytes):
  * the store keeps it with the document, and a retry that finds it answers
@@ -75,6 +79,11 @@
 #define LIST_MAX_LIMIT 10000
 /* Seconds a watch refused for too many watchers is told to wait. */
 #define WATCH_RETRY_AFTER_S 5
+/* Versions of one document committed and not yet published past which a
+ * write is answered only once its own publish completed, so that the bus
+ * sets the pace of the writes to a document and its record's outbox stays
+ * well below SYNCD_MAX_OUTBOX_MARKERS. */
+#define PUBLISH_AHEAD_MAX 16
 
 /* The hash tree last built for a hashes request of one source, so that
  * the listings of one narrowing walk hash the document once. A copy is
@@ -987,20 +996,84 @@ static void job_finish(job_t *j)
     inflight_end(api);
 }
 
-static void job_published(int status, int64_t seq, void *payload)
+/* Logs the outcome of the publish of coll/id version. */
+static void log_publish(int status, int64_t seq, const char *coll,
+                        const char *id, int64_t version)
 {
-    job_t *j = payload;
-
     if (status != 0)
         syncd_log(SYNCD_LOG_WARN,
                   "api: publishing %s/%s v%lld failed (%s); the outbox "
                   "will complete it",
-                  j->coll, j->id, (long long)j->version,
-                  syncd_strerror(status));
+                  coll, id, (long long)version, syncd_strerror(status));
     else
         syncd_log(SYNCD_LOG_DEBUG, "api: %s/%s v%lld published as seq %lld",
-                  j->coll, j->id, (long long)j->version, (long long)seq);
+                  coll, id, (long long)version, (long long)seq);
+}
+
+static void job_published(int status, int64_t seq, void *payload)
+{
+    job_t *j = payload;
+
+    log_publish(status, seq, j->coll, j->id, j->version);
     job_finish(j);
+}
+
+/* A publish completing behind the write it belongs to, which was answered
+ * already: counted in flight until it completes. */
+typedef struct behind {
+    syncd_api_t *api;
+    char *coll, *id;
+    int64_t version;
+} behind_t;
+
+static void behind_free(behind_t *b)
+{
+    if (b == NULL)
+        return;
+    free(b->coll);
+    free(b->id);
+    free(b);
+}
+
+static void behind_published(int status, int64_t seq, void *payload)
+{
+    behind_t *b = payload;
+    syncd_api_t *api = b->api;
+
+    log_publish(status, seq, b->coll, b->id, b->version);
+    behind_free(b);
+    inflight_end(api);
+}
+
+/* Starts the publish of j's change to complete behind its answer: 0, or
+ * -1 when out of memory (then nothing was started). */
+static int publish_behind(job_t *j)
+{
+    behind_t *b = calloc(1, sizeof(*b));
+    int rc;
+
+    if (b == NULL || (b->coll = strdup(j->coll)) == NULL ||
+        (b->id = strdup(j->id)) == NULL) {
+        behind_free(b);
+        return -1;
+    }
+    b->api = j->api;
+    b->version = j->version;
+    inflight_begin(b->api);
+    rc = syncd_node_publish(j->api->opts.node, j->change, behind_published, b);
+    if (rc != 0)
+        behind_published(rc, 0, b);
+    return 0;
+}
+
+/* Whether change may be answered before its publish completes: its
+ * record's outbox marker lets the republisher complete the publish should
+ * it fail, and fewer than PUBLISH_AHEAD_MAX earlier versions of the
+ * document still await theirs. */
+static int may_publish_behind(const syncd_change_t *change)
+{
+    return json_array_size(change->doc->outbox) > 0 &&
+           json_array_size(change->pending) < PUBLISH_AHEAD_MAX;
 }
 
 static void job_done(uv_work_t *w, int status)
@@ -1010,6 +1083,10 @@ static void job_done(uv_work_t *w, int status)
 
     (void)status;
     if (j->rc == 0 && j->change != NULL && j->change->op != SYNCD_CHANGE_NONE) {
+        if (may_publish_behind(j->change) && publish_behind(j) == 0) {
+            job_finish(j);
+            return;
+        }
         rc = syncd_node_publish(j->api->opts.node, j->change, job_published, j);
         if (rc == 0)
             return;

@@ -626,8 +626,9 @@ test_contract__redis_stopped_during_writes_loses_no_version(void **state)
     cluster_check(cl);
 }
 
-/* Writes to a frozen Redis are sent from a thread, as a client would:
- * without a bus deadline their answers wait for Redis. */
+/* Writes to a frozen Redis are sent from a thread, as a client would,
+ * since an answer may wait for Redis (for the bus deadline, or for a
+ * publish when 16 versions of its document are behind). */
 typedef struct frozen_writes {
     cluster_t *cl;
     int from, to;
@@ -668,6 +669,70 @@ test_contract__redis_frozen_during_writes_loses_no_version(void **state)
     assert_int_equal(fw.failed, 0);
     for (int i = 16; i < 24; i++)
         patch_doc(cl->nodes[i % 2].port, cl->coll, i % NDOCS, i + 1);
+    cluster_check(cl);
+}
+
+/* Patches d0 on node 0 n times, one after another, counting the answers
+ * 200. */
+typedef struct paced_writes {
+    cluster_t *cl;
+    int n;
+    atomic_int answered;
+} paced_writes_t;
+
+static void *paced_writer(void *arg)
+{
+    paced_writes_t *p = arg;
+
+    for (int i = 0; i < p->n; i++) {
+        if (patch_doc(p->cl->nodes[0].port, p->cl->coll, 0, 100 + i).status ==
+            200)
+            atomic_fetch_add(&p->answered, 1);
+    }
+    return NULL;
+}
+
+/* Waits (up to 20 s) until p has n answers; returns how many it has. */
+static int answers_reach(paced_writes_t *p, int n)
+{
+    for (int i = 0; i < 200 && atomic_load(&p->answered) < n; i++)
+        usleep(100 * 1000);
+    return atomic_load(&p->answered);
+}
+
+/* A write is answered once it is committed, its publish completing behind
+ * it, while fewer than 16 earlier versions of its document await theirs;
+ * past that a write waits for its own publish, so that a bus slower than
+ * the writes paces them. With Redis frozen and a bus timeout longer than
+ * the test: 16 writes of one document are answered at once, the 17th only
+ * once Redis thaws, and then every version reaches every watcher. */
+static void
+test_contract__writes_are_answered_before_their_publish_up_to_sixteen_behind(
+    void **state)
+{
+    /* Static: a failed assertion leaves the test while the writer runs. */
+    static paced_writes_t pw;
+    cluster_t *cl = &the_cluster;
+    pthread_t th;
+
+    (void)state;
+    pw.cl = cl;
+    pw.n = 20;
+    atomic_store(&pw.answered, 0);
+    setenv("SYNCD_BUS_TIMEOUT", "60s", 1);
+    cluster_open(cl, "paced", 0);
+    workload(cl, 4, NULL);
+    cluster_check(cl);
+    /* The acks of those publishes clear d0's outbox. */
+    usleep(2000 * 1000);
+    assert_int_equal(kill(redis.pid, SIGSTOP), 0);
+    assert_int_equal(pthread_create(&th, NULL, paced_writer, &pw), 0);
+    assert_int_equal(answers_reach(&pw, 16), 16);
+    usleep(2000 * 1000);
+    assert_int_equal(atomic_load(&pw.answered), 16);
+    assert_int_equal(kill(redis.pid, SIGCONT), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&pw.answered), 20);
     cluster_check(cl);
 }
 
@@ -988,7 +1053,9 @@ static void sleep_until(const struct timespec *t0, long secs)
     do {
         usleep(100 * 1000);
         clock_gettime(CLOCK_MONOTONIC, &now);
-    } while (now.tv_sec - t0->tv_sec < secs);
+    } while ((now.tv_sec - t0->tv_sec) * 1000000000L +
+                 (now.tv_nsec - t0->tv_nsec) <
+             secs * 1000000000L);
 }
 
 /* Thaws Redis after tombstones_then_freeze(), then requires all 20
@@ -1240,6 +1307,9 @@ int main(void)
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__redis_restarted_under_concurrent_writers_of_one_document_loses_no_version,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__writes_are_answered_before_their_publish_up_to_sixteen_behind,
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__redis_away_for_more_versions_than_the_outbox_holds_loses_no_version,
