@@ -398,6 +398,13 @@ int syncd_outbox_text(const char **text, size_t *len, char **made,
  * Leaves it NULL on out of memory (it is only a cache). */
 void syncd_outbox_text_append(syncd_doc_t *next, const syncd_doc_t *cur);
 
+/* Sets next->outbox_text for next->outbox, the markers cur's ack left (the
+ * last of cur's, the very same objects): cur's cached text without the
+ * markers dropped, without serializing the ones left. Leaves it NULL when
+ * cur caches no text or next's markers are not the tail of cur's, or on
+ * out of memory (it is only a cache). */
+void syncd_outbox_text_after(syncd_doc_t *next, const syncd_doc_t *cur);
+
 /* Returns a 64-bit FNV-1a hash of len bytes at data. */
 uint64_t syncd_lru_hash(const void *data, size_t len);
 

@@ -164,6 +164,57 @@ void syncd_outbox_text_append(syncd_doc_t *next, const syncd_doc_t *cur)
     free(made);
 }
 
+void syncd_outbox_text_after(syncd_doc_t *next, const syncd_doc_t *cur)
+{
+    size_t n = json_array_size(next->outbox), drop, len;
+    const char *text, *p, *end;
+    int depth = 0, in_string = 0;
+    char *buf;
+
+    json_decref(next->outbox_text);
+    next->outbox_text = NULL;
+    if (n == 0 || n > json_array_size(cur->outbox))
+        return;
+    drop = json_array_size(cur->outbox) - n;
+    for (size_t i = 0; i < n; i++) {
+        if (json_array_get(next->outbox, i) !=
+            json_array_get(cur->outbox, drop + i))
+            return;
+    }
+    text = syncd_text_cached(cur->outbox_text, cur->outbox, &len);
+    if (text == NULL || len < 2 || text[0] != '[')
+        return;
+    /* Past the drop-th comma between the markers: the text is compact, so
+     * every other comma is inside a marker or one of its strings. */
+    end = text + len;
+    for (p = text + 1; p < end && drop > 0; p++) {
+        if (in_string) {
+            if (*p == '\\')
+                p++;
+            else if (*p == '"')
+                in_string = 0;
+        } else if (*p == '"') {
+            in_string = 1;
+        } else if (*p == '{' || *p == '[') {
+            depth++;
+        } else if (*p == '}' || *p == ']') {
+            depth--;
+        } else if (*p == ',' && depth == 0) {
+            drop--;
+        }
+    }
+    if (drop > 0 || p >= end)
+        return;
+    buf = malloc(1 + (size_t)(end - p));
+    if (buf == NULL)
+        return;
+    buf[0] = '[';
+    memcpy(buf + 1, p, (size_t)(end - p));
+    next->outbox_text = json_pack("[O, o]", next->outbox,
+                                  json_stringn_nocheck(buf, 1 + end - p));
+    free(buf);
+}
+
 /* Appends to *text (*len bytes, malloc'd, reallocated) "," or "{" as the
  * text is empty, then "\"key\":" and vlen bytes of value. Returns 0, or
  * -1 on out of memory (*text is then freed and NULL). */

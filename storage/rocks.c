@@ -1221,6 +1221,7 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     json_decref(copy->outbox);
     copy->outbox = left;
     left = NULL;
+    syncd_outbox_text_after(copy, h.cur);
     rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, SEQ_ACK, err);
 unlock:
     /* An ack waits for no sync: not its own, since one lost to a crash only

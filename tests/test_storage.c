@@ -4770,7 +4770,8 @@ static syncd_doc_t *hist_doc(int64_t v, const char *text)
     d->deleted = text == NULL;
     d->body = text != NULL ? parse(text) : NULL;
     snprintf(d->hash, sizeof(d->hash), "%064lld", (long long)v);
-    snprintf(d->origin, sizeof(d->origin), "n\"%lld\\\x1f\n\t", (long long)v);
+    snprintf(d->origin, sizeof(d->origin), "n\"%lld\\},{]\x1f\n\t",
+             (long long)v);
     return d;
 }
 
@@ -4951,8 +4952,9 @@ static void assert_meta_is_its_serialization(const syncd_doc_t *doc)
 }
 
 static void
-test_outbox__each_commit_appends_its_marker_to_the_cached_text(void **state)
+test_outbox__commits_append_to_the_cached_text_and_acks_cut_it(void **state)
 {
+    static const int64_t acks[] = {2, 7, 11, 12};
     syncd_doc_t *cur = hist_doc(1, "{}"), *next;
     json_t *left;
     const char *text;
@@ -4995,14 +4997,31 @@ test_outbox__each_commit_appends_its_marker_to_the_cached_text(void **state)
         }
     }
     /* An ack leaves a new array: a text cached for the old one is not
-     * used. */
-    assert_int_equal(syncd_outbox_after(&left, cur->outbox, 7), 1);
-    json_decref(cur->outbox);
-    cur->outbox = left;
-    assert_int_equal(syncd_outbox_text(&text, &len, &made, cur), 0);
-    assert_non_null(made);
-    free(made);
-    assert_meta_is_its_serialization(cur);
+     * used, and syncd_outbox_text_after() cuts it to the markers left,
+     * down to none. */
+    for (size_t i = 0; i < sizeof(acks) / sizeof(acks[0]); i++) {
+        next = syncd_doc_dup(cur);
+        assert_non_null(next);
+        assert_int_equal(syncd_outbox_after(&left, cur->outbox, acks[i]), 1);
+        json_decref(next->outbox);
+        next->outbox = left;
+        if (left != NULL) {
+            assert_int_equal(syncd_outbox_text(&text, &len, &made, next), 0);
+            assert_non_null(made);
+            free(made);
+        }
+        syncd_outbox_text_after(next, cur);
+        if (left != NULL) {
+            assert_int_equal(syncd_outbox_text(&text, &len, &made, next), 0);
+            assert_null(made);
+        } else {
+            assert_null(next->outbox_text);
+        }
+        assert_meta_is_its_serialization(next);
+        syncd_doc_free(cur);
+        cur = next;
+    }
+    assert_null(cur->outbox);
     syncd_doc_free(cur);
 }
 
@@ -5151,7 +5170,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(
             test_history__a_record_with_a_cached_text_encodes_the_same_bytes),
         cmocka_unit_test(
-            test_outbox__each_commit_appends_its_marker_to_the_cached_text),
+            test_outbox__commits_append_to_the_cached_text_and_acks_cut_it),
     };
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
