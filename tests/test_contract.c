@@ -1026,17 +1026,17 @@ static void make_tombstones(cluster_t *cl, const char *prefix)
 
 /* Starts node 0 on a new database with a tombstone TTL of ttl and a bus
  * timeout of bus_timeout, makes coll's tombstones n0..n9 and, 2 s later,
- * m0..m9, then freezes Redis. pubv (256 bytes) gets the name of coll's
- * hash of published versions. */
+ * m0..m9, then freezes Redis. pubv (pubv_size bytes) gets the name of
+ * coll's hash of published versions. */
 static void tombstones_then_freeze(cluster_t *cl, const char *coll,
                                    const char *ttl, const char *bus_timeout,
-                                   char *pubv)
+                                   char *pubv, size_t pubv_size)
 {
     setenv("SYNCD_TOMBSTONE_TTL", ttl, 1);
     setenv("SYNCD_BUS_TIMEOUT", bus_timeout, 1);
     snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
     snprintf(cl->coll, sizeof(cl->coll), "%s", coll);
-    snprintf(pubv, 256, "syncd:%.64s:%.64s:pubv", cl->db, cl->coll);
+    snprintf(pubv, pubv_size, "syncd:%.64s:%.64s:pubv", cl->db, cl->coll);
     assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
     make_tombstones(cl, "n");
     usleep(2000 * 1000);
@@ -1059,21 +1059,27 @@ static void sleep_until(const struct timespec *t0, long secs)
 }
 
 /* Thaws Redis after tombstones_then_freeze(), then requires all 20
- * tombstones purged and their ids forgotten: pubv empty. */
+ * tombstones purged and their ids forgotten: pubv empty. The node counts
+ * the records its forgets dropped: those of the m ids (purged after the
+ * thaw), and of the n ids unless a forget that timed out while Redis was
+ * frozen still ran when it thawed (the one asked again then finds them
+ * gone). */
 static void thaw_then_all_forgotten(cluster_t *cl, const char *pubv)
 {
-    long long left = -1;
+    long long left = -1, purged = 0, forgotten = 0;
 
     assert_int_equal(kill(redis.pid, SIGCONT), 0);
-    for (int i = 0; i < 300 && left != 0; i++) {
+    for (int i = 0; i < 300 && (left != 0 || purged < 20 || forgotten < 10);
+         i++) {
         usleep(100 * 1000);
         left = syncd_test_redis_hlen(&redis, pubv);
+        purged = metric(cl->nodes[0].port, "syncd_tombstones_purged_total");
+        forgotten =
+            metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total");
     }
     assert_int_equal(left, 0);
-    assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
-                     20);
-    assert_int_equal(
-        metric(cl->nodes[0].port, "syncd_purged_ids_forgotten_total"), 20);
+    assert_int_equal(purged, 20);
+    assert_true(forgotten >= 10 && forgotten <= 20);
 }
 
 /* The bus's records of purged ids are dropped even when the bus was away
@@ -1091,22 +1097,25 @@ test_contract__forgets_that_failed_while_redis_was_frozen_are_asked_again(
 
     (void)state;
     /* Purges every second; a tombstone is due 4 s after its delete. */
-    tombstones_then_freeze(cl, "frozenforget", "4s", "300ms", pubv);
+    tombstones_then_freeze(cl, "frozenforget", "4s", "300ms", pubv,
+                           sizeof(pubv));
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    /* The n ids are purged, and their forget times out. */
-    for (int i = 0; i < 200 && (failures < 1 || purged < 10); i++) {
+    /* The n ids are purged, and their forget times out. (All ten, unless
+     * making them took longer than a purge period: the first run then
+     * finds only those due.) */
+    for (int i = 0; i < 200 && (failures < 1 || purged < 1); i++) {
         usleep(100 * 1000);
         failures = metric(cl->nodes[0].port, "syncd_bus_forget_failures_total");
         purged = metric(cl->nodes[0].port, "syncd_tombstones_purged_total");
     }
     assert_true(failures >= 1);
-    assert_int_equal(purged, 10);
+    assert_true(purged >= 1 && purged <= 10);
     /* The m ids are due at most 4 s after the freeze: 7 s after it, three
      * purge periods later, they are still in the store while the forgets
      * fail. */
     sleep_until(&t0, 7);
     assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
-                     10);
+                     purged);
     assert_true(metric(cl->nodes[0].port, "syncd_bus_forget_failures_total") >
                 failures);
     thaw_then_all_forgotten(cl, pubv);
@@ -1128,20 +1137,20 @@ test_contract__no_purge_starts_while_forgets_are_unanswered(void **state)
     /* Purges every second; a tombstone is due 6 s after its delete; the
      * bus drops a connection to a frozen Redis (failing what waits on it)
      * 12 s after its last answer. */
-    tombstones_then_freeze(cl, "slowforget", "6s", "12s", pubv);
+    tombstones_then_freeze(cl, "slowforget", "6s", "12s", pubv, sizeof(pubv));
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    /* The n ids are purged (due before the m ids); their forget waits on
-     * Redis. */
-    for (int i = 0; i < 300 && purged < 10; i++) {
+    /* The n ids are purged (due before the m ids; all ten unless making
+     * them took longer than a purge period); their forget waits on Redis. */
+    for (int i = 0; i < 300 && purged < 1; i++) {
         usleep(100 * 1000);
         purged = metric(cl->nodes[0].port, "syncd_tombstones_purged_total");
     }
-    assert_int_equal(purged, 10);
+    assert_true(purged >= 1 && purged <= 10);
     /* The m ids are due at most 6 s after the freeze: 10 s after it, no
      * purge has run since, and no forget has failed yet. */
     sleep_until(&t0, 10);
     assert_int_equal(metric(cl->nodes[0].port, "syncd_tombstones_purged_total"),
-                     10);
+                     purged);
     assert_int_equal(
         metric(cl->nodes[0].port, "syncd_bus_forget_failures_total"), 0);
     thaw_then_all_forgotten(cl, pubv);

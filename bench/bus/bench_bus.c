@@ -29,9 +29,13 @@
  * Every path runs at a steady rate (paced by a 1 ms timer) and at full
  * speed (a window of messages in flight), in chunks taken in turn (floor,
  * bus, node, floor, ...) so that the other work on the machine hits every
- * path alike. Then the 10k-entry volume collection document (DESIGN.md
- * section 9) with one entry changed: the event built from syncd_patch_diff()
- * and syncd_merge_diff() and encoded by syncd_event_encode() against the
+ * path alike. Each row also gives the CPU its chunks took, per message:
+ * the loop thread's, this process's (the loop, the nodes' pools, the
+ * clock thread) and Redis's (INFO cpu), and the loop thread's CPU as a
+ * share of the chunks' time, which tells whether one thread bounds it.
+ * Then the 10k-entry volume collection document (DESIGN.md section 9)
+ * with one entry changed: the event built from syncd_patch_diff() and
+ * syncd_merge_diff() and encoded by syncd_event_encode() against the
  * whole document, the same change sent for real between the nodes (size
  * read off the Redis channel, latency at the watcher), and what applying it
  * costs the reader.
@@ -86,6 +90,36 @@ static double pct_ms(const int64_t *sorted, size_t n, double p)
     return (double)sorted[rank - 1] / 1e6;
 }
 
+/* The CPU time of clock (a thread's or the process's) in ns. */
+static int64_t cpu_ns(clockid_t clock)
+{
+    struct timespec ts;
+
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t thread_cpu_ns(void)
+{
+    return cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+}
+
+/* Redis's CPU time (user + system, all its threads) in ns from INFO cpu
+ * on the blocking connection c, or -1. */
+static int64_t redis_cpu_ns(redisContext *c)
+{
+    redisReply *r = c != NULL ? redisCommand(c, "INFO cpu") : NULL;
+    const char *user, *sys;
+    int64_t ns = -1;
+
+    if (r != NULL && r->type == REDIS_REPLY_STRING &&
+        (user = strstr(r->str, "used_cpu_user:")) != NULL &&
+        (sys = strstr(r->str, "used_cpu_sys:")) != NULL)
+        ns = (int64_t)((atof(user + 14) + atof(sys + 13)) * 1e9);
+    freeReplyObject(r);
+    return ns;
+}
+
 /* A growable list of int64 samples. */
 typedef struct samples {
     int64_t *v;
@@ -132,9 +166,15 @@ struct run {
     int count;   /* messages of the current chunk */
     int sent, received, failed, record;
     int64_t start_ns, last_ns;
-    int64_t busy_ns;  /* recorded chunks' duration */
-    samples_t lat;    /* ns, one per recorded message */
-    samples_t *bytes; /* message sizes seen on the wire, or NULL */
+    int64_t busy_ns; /* recorded chunks' duration */
+    int settle_ms;   /* after each chunk, for the work that trails it */
+    /* CPU over the recorded chunks and their settling (wall_ns): the loop
+     * thread, this process (both nodes and buses, their pools) and Redis
+     * (-1: unknown) */
+    int64_t wall_ns, cpu_loop_ns, cpu_proc_ns, cpu_redis_ns;
+    redisContext *info; /* Redis, for its CPU time, or NULL */
+    samples_t lat;      /* ns, one per recorded message */
+    samples_t *bytes;   /* message sizes seen on the wire, or NULL */
     size_t bytes_from;
     int64_t fixed_bytes; /* message size when bytes is NULL */
     send_fn send;
@@ -188,10 +228,34 @@ static void run_got(run_t *r, int64_t ns)
     }
 }
 
+static void on_wake(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop for ms milliseconds. */
+static void settle(uv_loop_t *loop, int64_t ms)
+{
+    int64_t end = bench_mono_ns() + ms * 1000000;
+    uv_timer_t t;
+
+    uv_timer_init(loop, &t);
+    while (bench_mono_ns() < end) {
+        uv_timer_start(&t, on_wake, 5, 0);
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
 /* Runs a chunk of count messages (recorded or a warm-up) until all were
  * received; returns 0, or -1 when it stalled. */
 static int run_chunk(run_t *r, int count, int record)
 {
+    int64_t loop0 = thread_cpu_ns(), proc0 = cpu_ns(CLOCK_PROCESS_CPUTIME_ID),
+            redis0 = record ? redis_cpu_ns(r->info) : -1, redis1,
+            wall0 = bench_mono_ns();
+
     r->count = count;
     r->record = record;
     r->sent = r->received = r->failed = 0;
@@ -205,6 +269,18 @@ static int run_chunk(run_t *r, int count, int record)
     uv_timer_stop(&r->tick);
     uv_close((uv_handle_t *)&r->tick, NULL);
     uv_run(r->loop, UV_RUN_NOWAIT);
+    if (r->settle_ms > 0)
+        settle(r->loop, r->settle_ms);
+    if (record) {
+        r->wall_ns += bench_mono_ns() - wall0;
+        r->cpu_loop_ns += thread_cpu_ns() - loop0;
+        r->cpu_proc_ns += cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - proc0;
+        redis1 = redis_cpu_ns(r->info);
+        if (redis0 < 0 || redis1 < 0 || r->cpu_redis_ns < 0)
+            r->cpu_redis_ns = -1;
+        else
+            r->cpu_redis_ns += redis1 - redis0;
+    }
     if (r->failed)
         fprintf(stderr, "%s: stalled at %d of %d\n", r->what, r->received,
                 r->count);
@@ -227,31 +303,19 @@ static void run_report(run_t *r)
     else
         snprintf(mode, sizeof(mode), "full speed, window %d", r->window);
     printf("| %s | %s | %zu | %" PRId64
-           " | %.0f | %.3f | %.3f | %.3f | %.3f |\n",
+           " | %.0f | %.3f | %.3f | %.3f | %.3f | %.0f%% | %.1f / %.1f / ",
            r->what, mode, n, bytes, secs > 0 ? (double)n / secs : 0,
            pct_ms(r->lat.v, n, 0.5), pct_ms(r->lat.v, n, 0.99),
-           pct_ms(r->lat.v, n, 0.999), pct_ms(r->lat.v, n, 1.0));
+           pct_ms(r->lat.v, n, 0.999), pct_ms(r->lat.v, n, 1.0),
+           r->wall_ns > 0 ? 100.0 * (double)r->cpu_loop_ns / (double)r->wall_ns
+                          : 0,
+           n > 0 ? (double)r->cpu_loop_ns / 1e3 / (double)n : 0,
+           n > 0 ? (double)r->cpu_proc_ns / 1e3 / (double)n : 0);
+    if (r->cpu_redis_ns < 0 || n == 0)
+        printf("? |\n");
+    else
+        printf("%.1f |\n", (double)r->cpu_redis_ns / 1e3 / (double)n);
     fflush(stdout);
-}
-
-static void on_wake(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Runs the loop for ms milliseconds. */
-static void settle(uv_loop_t *loop, int64_t ms)
-{
-    int64_t end = bench_mono_ns() + ms * 1000000;
-    uv_timer_t t;
-
-    uv_timer_init(loop, &t);
-    while (bench_mono_ns() < end) {
-        uv_timer_start(&t, on_wake, 5, 0);
-        uv_run(loop, UV_RUN_ONCE);
-    }
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
 }
 
 /* ---- Raw hiredis connections --------------------------------------------- */
@@ -1348,14 +1412,6 @@ cleanup:
 
 /* ---- The receiver's apply, on the node cache itself ---------------------- */
 
-static int64_t thread_cpu_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Applies RECV_EVENTS one-volume events (two replaces, as the bus's) to a
  * cached document of entries volumes through syncd_cache_patch(), as the
  * receiving node does on its loop (nonblocking; a call that finds the
@@ -1594,7 +1650,8 @@ typedef struct paths {
     floor_ctx_t floor;
     bus_ctx_t bus;
     cluster_t cl;
-    run_t runs[3][2]; /* [floor, bus, node][steady, full] */
+    redisContext *info; /* Redis, for its CPU time */
+    run_t runs[3][2];   /* [floor, bus, node][steady, full] */
 } paths_t;
 
 /* Points run r of path p at the path's state before a chunk. */
@@ -1615,9 +1672,6 @@ static int path_chunk(paths_t *ps, int p, int m, int count, int record)
     rc = run_chunk(r, count, record);
     if (p == 1)
         ps->bus.base += count;
-    /* Let the node's late work (the writer's own events) finish. */
-    if (p == 2)
-        settle(ps->cl.loop, 20);
     bind_run(ps, -1, NULL);
     return rc;
 }
@@ -1641,8 +1695,13 @@ static void runs_init(paths_t *ps, uv_loop_t *loop, const args_t *a,
             r->send = sends[p];
             r->ctx = ctxs[p];
             r->fixed_bytes = (int64_t)ev_len;
-            if (p == 2)
+            r->info = ps->info;
+            /* The node's late work (the writer's own events, its acks)
+             * finishes within its chunk's clocks. */
+            if (p == 2) {
                 r->bytes = &ps->cl.wire_small;
+                r->settle_ms = 20;
+            }
         }
     }
 }
@@ -1661,6 +1720,8 @@ static int node_live_runs(paths_t *ps, const args_t *a)
     live.ctx = cl;
     live.bytes = &cl->wire_small;
     live.bytes_from = cl->wire_small.n;
+    live.info = ps->info;
+    live.settle_ms = SETTLE_MS;
     snprintf(live.what, sizeof(live.what),
              "syncd node to node (live writers, %d threads)", a->writers);
     cl->first = 0;
@@ -1668,11 +1729,11 @@ static int node_live_runs(paths_t *ps, const args_t *a)
     cl->run = &live;
     if (run_chunk(&live, a->live, 1) != 0)
         goto cleanup;
-    settle(cl->loop, SETTLE_MS);
     run_report(&live);
     free(live.lat.v);
     memset(&live.lat, 0, sizeof(live.lat));
-    live.busy_ns = 0;
+    live.busy_ns = live.wall_ns = 0;
+    live.cpu_loop_ns = live.cpu_proc_ns = live.cpu_redis_ns = 0;
     /* The 10k-entry document, one edit at a time. */
     cl->run = NULL;
     if (create_docs(cl, a->docs, 1) != 0)
@@ -1685,7 +1746,6 @@ static int node_live_runs(paths_t *ps, const args_t *a)
     cl->run = &live;
     if (run_chunk(&live, a->big_edits, 1) != 0)
         goto cleanup;
-    settle(cl->loop, SETTLE_MS);
     run_report(&live);
     rc = 0;
 
@@ -1708,6 +1768,9 @@ static int bench_paths(uv_loop_t *loop, const args_t *a, json_t *ev,
 
     if (ps == NULL)
         return -1;
+    ps->info = redisConnect("127.0.0.1", redis->port);
+    if (ps->info == NULL || ps->info->err)
+        goto cleanup;
     if (floor_open(&ps->floor, loop, redis->port, ev_len, max) != 0 ||
         bus_open(&ps->bus, loop, redis->uri, ev, max) != 0 ||
         cluster_open(&ps->cl, loop, mongo->uri, redis->uri, redis->port,
@@ -1730,7 +1793,8 @@ static int bench_paths(uv_loop_t *loop, const args_t *a, json_t *ev,
         }
     }
     printf("| path | load | messages | bytes/msg | msg/s | p50 ms | p99 ms | "
-           "p999 ms | max ms |\n|---|---|---|---|---|---|---|---|---|\n");
+           "p999 ms | max ms | loop CPU | CPU µs/msg: loop / process / Redis "
+           "|\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int m = 0; m < 2; m++) {
         for (int p = 0; p < 3; p++)
             run_report(&ps->runs[p][m]);
@@ -1751,6 +1815,8 @@ cleanup:
     bus_close(&ps->bus, loop);
     floor_close(&ps->floor);
     settle(loop, 20);
+    if (ps->info != NULL)
+        redisFree(ps->info);
     free(ps);
     return rc;
 }

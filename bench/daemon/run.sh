@@ -130,7 +130,9 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores" \
     "($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1))," \
     "load $(cut -d ' ' -f 1-3 /proc/loadavg), kernel $(uname -r)"
 echo "# syncd $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" \
-    "(embedded default${SYNCD_FLAGS:+, $SYNCD_FLAGS}), etcd" \
+    "(the checkout; binary $BUILD/syncd/syncd, sha256" \
+    "$(sha256sum "$BUILD/syncd/syncd" | cut -c 1-12)," \
+    "embedded default${SYNCD_FLAGS:+, $SYNCD_FLAGS}), etcd" \
     "$(etcd --version | sed -n 's/^etcd Version: //p'), wrk" \
     "$(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p'), ${SECS}s per cell"
 echo
