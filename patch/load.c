@@ -448,3 +448,31 @@ int syncd_json_loadb(json_t **out, const char *buf, size_t len,
         *out = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, jerr);
     return *out != NULL ? 0 : SYNCD_EINVAL;
 }
+
+/* Whether the len bytes at buf hold the escape \u0000 (a backslash that
+ * is not itself escaped, then "u0000"): a string with a NUL. */
+static int has_nul_escape(const char *buf, size_t len)
+{
+    const char *p = buf, *end = buf + len;
+
+    while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
+        size_t run = 0;
+
+        while (p < end && *p == '\\') {
+            run++;
+            p++;
+        }
+        if (run % 2 == 1 && end - p >= 5 && memcmp(p, "u0000", 5) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int syncd_json_loadb_nonul(json_t **out, const char *buf, size_t len,
+                           json_error_t *jerr)
+{
+    if (!has_nul_escape(buf, len))
+        return syncd_json_loadb(out, buf, len, jerr);
+    *out = json_loadb(buf, len, JSON_DECODE_ANY, jerr);
+    return *out != NULL ? 0 : SYNCD_EINVAL;
+}

@@ -332,19 +332,16 @@ int syncd_bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal,
 int syncd_bus_receive(syncd_bus_t *bus, json_t **out, const char *data,
                       size_t len)
 {
-    int rc =
-        syncd_event_decode(out, data, len, bus->max_event_bytes, NULL, NULL);
+    int forged;
+    int rc = syncd_bus_event_decode(out, data, len, bus->max_event_bytes,
+                                    bus->secret, &forged, NULL);
 
     if (rc == SYNCD_ETOOBIG)
         bus->stats.dropped_oversize++;
+    else if (forged)
+        bus->stats.dropped_signature++;
     else if (rc != 0)
         bus->stats.dropped_malformed++;
-    else if (bus->secret != NULL &&
-             (rc = syncd_bus_event_verify(*out, bus->secret, NULL)) != 0) {
-        bus->stats.dropped_signature++;
-        json_decref(*out);
-        *out = NULL;
-    }
     return rc;
 }
 

@@ -203,6 +203,12 @@ int syncd_bus_pub_check(const bus_pub_t *pub, int64_t v, int64_t ts_us);
 #define BUS_PUB_DUPLICATE 1
 #define BUS_PUB_EARLY 2
 
+/* Decodes as syncd_event_decode() does, setting *forged to 1 when the
+ * event is well formed but its signature matches no key of secret. */
+int syncd_bus_event_decode(json_t **out, const char *data, size_t len,
+                           size_t max_bytes, const char *secret, int *forged,
+                           syncd_error_t *err);
+
 /* Verifies event's "sig" under any key of secret (a comma-separated list);
  * SYNCD_EINVAL when it is missing or matches none. */
 int syncd_bus_event_verify(const json_t *event, const char *secret,

@@ -441,40 +441,16 @@ static void job_free(job_t *j)
     free(j);
 }
 
-/* Whether the len bytes at buf hold the escape \u0000 (a backslash that
- * is not itself escaped, then "u0000"): a string with a NUL, which the API
- * refuses as jansson does without JSON_ALLOW_NUL. */
-static int has_nul_escape(const char *buf, size_t len)
-{
-    const char *p = buf, *end = buf + len;
-
-    while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
-        size_t run = 0;
-
-        while (p < end && *p == '\\') {
-            run++;
-            p++;
-        }
-        if (run % 2 == 1 && end - p >= 5 && memcmp(p, "u0000", 5) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* Parses the request body (thread pool): a JSON object, or for a merge
- * patch any JSON value. syncd_json_loadb() parses it (the same values and
- * errors as jansson, faster), except a body with a NUL escape, which
- * jansson refuses with its own message. */
+ * patch any JSON value. syncd_json_loadb_nonul() parses it (the same
+ * values and errors as jansson, faster). */
 static json_t *parse_body(job_t *j)
 {
     const char *raw = j->raw != NULL ? j->raw : "";
     json_error_t jerr;
     json_t *v = NULL;
 
-    if (has_nul_escape(raw, j->raw_len))
-        v = json_loadb(raw, j->raw_len, JSON_DECODE_ANY, &jerr);
-    else
-        syncd_json_loadb(&v, raw, j->raw_len, &jerr);
+    syncd_json_loadb_nonul(&v, raw, j->raw_len, &jerr);
     if (v == NULL) {
         j->bad_json = 1;
         j->rc = syncd_error_set(&j->err, SYNCD_EINVAL,

@@ -24,6 +24,7 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
+#include "pubsub/internal.h"
 #include "servers.h"
 #include "syncd/bus.h"
 #include "syncd/patch.h"
@@ -525,6 +526,92 @@ test_event_sign__signed_event_verifies_and_tampering_fails(void **state)
                      SYNCD_ETOOBIG);
     assert_int_equal(syncd_event_decode(&out, "{\"seq\":", 7, 0, NULL, NULL),
                      SYNCD_EINVAL);
+    free(text);
+    json_decref(event);
+}
+
+/* Decodes len bytes at text under secret: 0, or SYNCD_EINVAL with
+ * *forged 1 when only the signature is wrong. */
+static int decode_forged(const char *text, size_t len, const char *secret,
+                         int *forged)
+{
+    json_t *out = NULL;
+    int rc = syncd_bus_event_decode(&out, text, len, 0, secret, forged, NULL);
+
+    assert_true((rc == 0) == (out != NULL));
+    json_decref(out);
+    return rc;
+}
+
+/* The bytes a bus delivers ("seq" spliced in after signing) verify as
+ * they came, and also once their members are reordered on the way; a
+ * change to any signed byte is a forgery either way, a change of seq is
+ * not (it is not signed); a signed string with a NUL is refused as
+ * jansson refuses it. */
+static void
+test_event_sign__bus_bytes_verify_as_sent_reordered_or_tampered(void **state)
+{
+    json_t *event = make_event("doc", 2), *out = NULL, *parsed;
+    char *text, *wire, *sorted, *p;
+    size_t len, wire_len;
+    syncd_error_t err = {0};
+    int forged;
+
+    (void)state;
+    text = syncd_event_encode(event, "k1,k0", &len);
+    assert_non_null(text);
+    wire = syncd_bus_splice_seq(text, len, 41, &wire_len);
+    assert_non_null(wire);
+    assert_int_equal(strncmp(wire, "{\"seq\":41,", 10), 0);
+    assert_int_equal(decode_forged(wire, wire_len, "k1", &forged), 0);
+    assert_int_equal(decode_forged(wire, wire_len, "k2,k1", &forged), 0);
+    assert_int_equal(syncd_event_decode(&out, wire, wire_len, 0, "k1", NULL),
+                     0);
+    assert_int_equal(json_integer_value(json_object_get(out, "seq")), 41);
+    json_object_del(out, "seq");
+    assert_true(syncd_json_equal(out, event));
+    json_decref(out);
+    assert_int_equal(decode_forged(wire, wire_len, "k2", &forged),
+                     SYNCD_EINVAL);
+    assert_int_equal(forged, 1);
+
+    /* Reordered: verified from the parsed event. */
+    parsed = json_loadb(wire, wire_len, 0, NULL);
+    sorted = json_dumps(parsed, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_int_not_equal(strncmp(sorted, "{\"seq\":", 7), 0);
+    assert_int_equal(decode_forged(sorted, strlen(sorted), "k1", &forged), 0);
+    assert_int_equal(decode_forged(sorted, strlen(sorted), "k2", &forged),
+                     SYNCD_EINVAL);
+    assert_int_equal(forged, 1);
+
+    /* seq is not signed; v is. */
+    wire[8] = '2';
+    assert_int_equal(decode_forged(wire, wire_len, "k1", &forged), 0);
+    p = strstr(wire, "\"v\":2");
+    assert_non_null(p);
+    p[4] = '3';
+    assert_int_equal(decode_forged(wire, wire_len, "k1", &forged),
+                     SYNCD_EINVAL);
+    assert_int_equal(forged, 1);
+    free(wire);
+    free(text);
+    free(sorted);
+    json_decref(parsed);
+
+    /* A NUL in a signed string: not JSON, as jansson has it. */
+    json_object_del(event, "sig");
+    json_object_set_new(event, "origin", json_stringn("node\0x", 6));
+    text = syncd_event_encode(event, "k1", &len);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\\u0000"));
+    wire = syncd_bus_splice_seq(text, len, 7, &wire_len);
+    assert_int_equal(syncd_event_decode(&out, wire, wire_len, 0, "k1", &err),
+                     SYNCD_EINVAL);
+    assert_non_null(strstr(err.message, "not JSON"));
+    assert_int_equal(decode_forged(wire, wire_len, "k1", &forged),
+                     SYNCD_EINVAL);
+    assert_int_equal(forged, 0);
+    free(wire);
     free(text);
     json_decref(event);
 }
@@ -2270,6 +2357,8 @@ int main(int argc, char **argv)
             test_event_validate__oversize_event_fails_with_ETOOBIG),
         cmocka_unit_test(
             test_event_sign__signed_event_verifies_and_tampering_fails),
+        cmocka_unit_test(
+            test_event_sign__bus_bytes_verify_as_sent_reordered_or_tampered),
         cmocka_unit_test(
             test_event_sign__key_list_signs_with_the_first_and_accepts_any),
         cmocka_unit_test(

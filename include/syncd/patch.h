@@ -191,6 +191,12 @@ int syncd_merge_diff_touched(json_t **out, const json_t *a, const json_t *b,
 int syncd_json_loadb(json_t **out, const char *buf, size_t len,
                      json_error_t *jerr);
 
+/* Parses as syncd_json_loadb() does, but refuses a string with a NUL as
+ * json_loadb(buf, len, JSON_DECODE_ANY, jerr) does (jansson's error in
+ * jerr). Returns 0 with *out a new reference, or SYNCD_EINVAL. */
+int syncd_json_loadb_nonul(json_t **out, const char *buf, size_t len,
+                           json_error_t *jerr);
+
 /* Length of a content hash in hex, without the terminating NUL. */
 #define SYNCD_HASH_HEX_LEN 64
 
