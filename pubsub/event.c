@@ -363,6 +363,25 @@ static int hmac_hex(char out[65], const char *key, size_t key_len,
     return 0;
 }
 
+/* Whether sig (64 hex digits) is the HMAC of the len bytes at text under
+ * any key of secret (a comma-separated list); compared in constant time. */
+static int signed_by_any(const char *text, size_t len, const char *sig,
+                         const char *secret)
+{
+    const char *key = secret;
+    char want[65];
+    int ok = 0;
+
+    while (!ok && key != NULL) {
+        size_t n = strcspn(key, ",");
+
+        ok = hmac_hex(want, key, n, text, len, NULL) == 0 &&
+             CRYPTO_memcmp(want, sig, 64) == 0;
+        key = key[n] == ',' ? key + n + 1 : NULL;
+    }
+    return ok;
+}
+
 int syncd_event_sign(char out[65], const json_t *event, const char *secret,
                      syncd_error_t *err)
 {
@@ -385,9 +404,7 @@ int syncd_bus_event_verify(const json_t *event, const char *secret,
                            syncd_error_t *err)
 {
     const json_t *sig = json_object_get(event, "sig");
-    const char *key = secret;
     char *text = NULL;
-    char want[65];
     size_t len;
     int rc;
 
@@ -396,15 +413,9 @@ int syncd_bus_event_verify(const json_t *event, const char *secret,
     rc = signed_text(&text, &len, event, err);
     if (rc != 0)
         return rc;
-    rc = SYNCD_EINVAL;
-    while (rc != 0 && key != NULL) {
-        size_t n = strcspn(key, ",");
-
-        if (hmac_hex(want, key, n, text, len, NULL) == 0 &&
-            CRYPTO_memcmp(want, json_string_value(sig), 64) == 0)
-            rc = 0;
-        key = key[n] == ',' ? key + n + 1 : NULL;
-    }
+    rc = signed_by_any(text, len, json_string_value(sig), secret)
+             ? 0
+             : SYNCD_EINVAL;
     free(text);
     if (rc != 0)
         return syncd_error_set(err, rc, "event signature does not match");
@@ -417,10 +428,10 @@ static int signed_as_sent(const char *data, size_t len, const char *secret)
 {
     static const char head[] = "{\"seq\":", tail[] = ",\"sig\":\"";
     const size_t hl = sizeof(head) - 1, tl = sizeof(tail) - 1;
-    const char *mid, *sig, *key = secret;
+    const char *mid, *sig;
     size_t i = hl, mid_len;
-    char want[65], *text;
-    int ok = 0;
+    char *text;
+    int ok;
 
     if (len < hl + 2 + tl + 66 || memcmp(data, head, hl) != 0)
         return 0;
@@ -440,13 +451,7 @@ static int signed_as_sent(const char *data, size_t len, const char *secret)
     text[0] = '{';
     memcpy(text + 1, mid, mid_len);
     text[mid_len + 1] = '}';
-    while (!ok && key != NULL) {
-        size_t n = strcspn(key, ",");
-
-        ok = hmac_hex(want, key, n, text, mid_len + 2, NULL) == 0 &&
-             CRYPTO_memcmp(want, sig, 64) == 0;
-        key = key[n] == ',' ? key + n + 1 : NULL;
-    }
+    ok = signed_by_any(text, mid_len + 2, sig, secret);
     free(text);
     return ok;
 }
@@ -457,7 +462,7 @@ int syncd_bus_event_decode(json_t **out, const char *data, size_t len,
 {
     json_error_t jerr;
     json_t *event = NULL;
-    int rc, checked = secret != NULL && signed_as_sent(data, len, secret);
+    int rc, checked;
 
     *out = NULL;
     *forged = 0;
@@ -465,6 +470,7 @@ int syncd_bus_event_decode(json_t **out, const char *data, size_t len,
         return syncd_error_set(err, SYNCD_ETOOBIG,
                                "event of %zu bytes exceeds %zu bytes", len,
                                max_bytes);
+    checked = secret != NULL && signed_as_sent(data, len, secret);
     if (checked)
         syncd_json_loadb_nonul(&event, data, len, &jerr);
     else
