@@ -15,7 +15,11 @@
  * (collection, document, versions, patch, hash, origin, time); a seq that
  * is tampered with can only reorder or repeat a genuine change, which the
  * node's per-document version rules (base/v) already reject or repair.
- * Verification compares in constant time (CRYPTO_memcmp).
+ * Verification compares in constant time (CRYPTO_memcmp). Setting an
+ * HMAC up (OpenSSL 3 fetches HMAC and SHA-256 and hashes the key's pads
+ * on each one-shot HMAC()) costs about three times the MAC of an event,
+ * so each key's context is set up once, kept for the process, and only
+ * re-initialized per text.
  *
  * A secret may be a comma-separated list of keys, for rotation without
  * downtime: events are signed with the first key and accepted under any.
@@ -30,10 +34,12 @@
  * before: the signed text is made again from the parsed event.
  */
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -341,21 +347,95 @@ static int signed_text(char **text, size_t *len, const json_t *event,
     return 0;
 }
 
+/* Keys whose HMAC context is kept; a process uses one secret of at most a
+ * few keys (rotation), and further keys take the one-shot HMAC(). */
+#define MAC_KEYS 8
+
+/* An HMAC-SHA256 context set up with one key, kept for the process. */
+typedef struct mac_key {
+    unsigned char *key; /* a copy of the key */
+    size_t len;
+    EVP_MAC_CTX *ctx;
+} mac_key_t;
+
+/* The kept contexts, shared by every thread: a context is used under
+ * mac_mu, which is held only for one MAC. */
+static pthread_mutex_t mac_mu = PTHREAD_MUTEX_INITIALIZER;
+static mac_key_t mac_keys[MAC_KEYS];
+static size_t mac_nkeys;
+
+/* Returns the kept context of the len bytes at key (len > 0), setting one
+ * up when there is room; NULL when there is none. Caller holds mac_mu. */
+static EVP_MAC_CTX *keyed_ctx(const char *key, size_t len)
+{
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+        OSSL_PARAM_construct_end()};
+    mac_key_t *k;
+    EVP_MAC *mac;
+
+    for (size_t i = 0; i < mac_nkeys; i++) {
+        k = &mac_keys[i];
+        if (k->len == len && CRYPTO_memcmp(k->key, key, len) == 0)
+            return k->ctx;
+    }
+    if (mac_nkeys == MAC_KEYS)
+        return NULL;
+    k = &mac_keys[mac_nkeys];
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    k->ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+    EVP_MAC_free(mac); /* the context holds a reference of its own */
+    k->key = malloc(len);
+    if (k->ctx == NULL || k->key == NULL ||
+        EVP_MAC_init(k->ctx, (const unsigned char *)key, len, params) != 1) {
+        EVP_MAC_CTX_free(k->ctx);
+        free(k->key);
+        *k = (mac_key_t){0};
+        return NULL;
+    }
+    memcpy(k->key, key, len);
+    k->len = len;
+    mac_nkeys++;
+    return k->ctx;
+}
+
+/* Writes the HMAC-SHA256 of text under the key_len bytes at key into mac
+ * (32 bytes); 0 when it failed. */
+static int hmac_sha256(unsigned char mac[32], const char *key, size_t key_len,
+                       const char *text, size_t len)
+{
+    unsigned int mac_len = 0;
+    size_t out_len = 0;
+    EVP_MAC_CTX *ctx;
+    int ok = 0;
+
+    pthread_mutex_lock(&mac_mu);
+    ctx = key_len > 0 ? keyed_ctx(key, key_len) : NULL;
+    if (ctx != NULL)
+        ok = EVP_MAC_init(ctx, NULL, 0, NULL) == 1 &&
+             EVP_MAC_update(ctx, (const unsigned char *)text, len) == 1 &&
+             EVP_MAC_final(ctx, mac, &out_len, 32) == 1 && out_len == 32;
+    pthread_mutex_unlock(&mac_mu);
+    if (ctx != NULL)
+        return ok;
+    return HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)text,
+                len, mac, &mac_len) != NULL &&
+           mac_len == 32;
+}
+
 /* Writes the hex HMAC-SHA256 of text under the key_len bytes at key into
  * out (65 bytes). */
 static int hmac_hex(char out[65], const char *key, size_t key_len,
                     const char *text, size_t len, syncd_error_t *err)
 {
     static const char hexdig[] = "0123456789abcdef";
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int mac_len = 0;
+    unsigned char mac[32];
 
     out[0] = '\0';
-    if (HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)text, len,
-             mac, &mac_len) == NULL ||
-        mac_len != 32)
+    if (!hmac_sha256(mac, key, key_len, text, len))
         return syncd_error_set(err, SYNCD_EINVAL, "HMAC-SHA256 failed");
-    for (unsigned int i = 0; i < mac_len; i++) {
+    for (size_t i = 0; i < sizeof(mac); i++) {
         out[2 * i] = hexdig[mac[i] >> 4];
         out[2 * i + 1] = hexdig[mac[i] & 15];
     }

@@ -23,6 +23,9 @@
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <pthread.h>
 
 #include "pubsub/internal.h"
 #include "servers.h"
@@ -528,6 +531,74 @@ test_event_sign__signed_event_verifies_and_tampering_fails(void **state)
                      SYNCD_EINVAL);
     free(text);
     json_decref(event);
+}
+
+/* Threads that sign events under twelve keys at once, more than the
+ * signer keeps a context for. */
+#define SIGN_THREADS 4
+#define SIGN_KEYS 12
+#define SIGN_ROUNDS 200
+
+/* Checks that syncd_event_sign() writes the lower-case hex HMAC-SHA256,
+ * computed here by OpenSSL's one-shot HMAC(), of the event's canonical
+ * text without seq and sig, for events of growing versions under every
+ * key in turn (keys of different lengths, one longer than SHA-256's
+ * block). Returns the number of mismatches. */
+static void *sign_known_answers(void *arg)
+{
+    static const char hexdig[] = "0123456789abcdef";
+    intptr_t mismatches = 0, t = (intptr_t)arg;
+
+    for (int r = 0; r < SIGN_ROUNDS; r++) {
+        json_t *event = make_event("doc", 2 + r + (int)t), *body;
+        char key[160], sig[65], want[65], *text;
+        unsigned char mac[32];
+        unsigned int mac_len = 0;
+        size_t len;
+        int k = (r + (int)t) % SIGN_KEYS;
+
+        memset(key, 'a' + k, sizeof(key));
+        key[k == SIGN_KEYS - 1 ? 100 : 1 + k] = '\0';
+        json_object_set_new(event, "seq", json_integer(r));
+        body = json_copy(event);
+        json_object_del(body, "seq");
+        text = syncd_json_canonical(body, &len);
+        if (text == NULL ||
+            HMAC(EVP_sha256(), key, (int)strlen(key),
+                 (const unsigned char *)text, len, mac, &mac_len) == NULL ||
+            mac_len != 32)
+            memset(mac, 0, sizeof(mac));
+        for (int i = 0; i < 32; i++) {
+            want[2 * i] = hexdig[mac[i] >> 4];
+            want[2 * i + 1] = hexdig[mac[i] & 15];
+        }
+        want[64] = '\0';
+        mismatches += syncd_event_sign(sig, event, key, NULL) != 0 ||
+                      text == NULL || strcmp(sig, want) != 0;
+        free(text);
+        json_decref(body);
+        json_decref(event);
+    }
+    return (void *)mismatches;
+}
+
+/* A signature is the standard HMAC-SHA256 of the canonical event, as any
+ * other tool computes it: whatever the key, however many keys a process
+ * has used, and from threads signing at once. */
+static void test_event_sign__is_hmac_sha256_of_canonical_text(void **state)
+{
+    pthread_t threads[SIGN_THREADS];
+    void *mismatches;
+
+    (void)state;
+    for (intptr_t t = 0; t < SIGN_THREADS; t++)
+        assert_int_equal(
+            pthread_create(&threads[t], NULL, sign_known_answers, (void *)t),
+            0);
+    for (int t = 0; t < SIGN_THREADS; t++) {
+        assert_int_equal(pthread_join(threads[t], &mismatches), 0);
+        assert_int_equal((intptr_t)mismatches, 0);
+    }
 }
 
 /* Decodes len bytes at text under secret: 0, or SYNCD_EINVAL with
@@ -2357,6 +2428,7 @@ int main(int argc, char **argv)
             test_event_validate__oversize_event_fails_with_ETOOBIG),
         cmocka_unit_test(
             test_event_sign__signed_event_verifies_and_tampering_fails),
+        cmocka_unit_test(test_event_sign__is_hmac_sha256_of_canonical_text),
         cmocka_unit_test(
             test_event_sign__bus_bytes_verify_as_sent_reordered_or_tampered),
         cmocka_unit_test(
