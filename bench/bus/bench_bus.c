@@ -1821,6 +1821,75 @@ cleanup:
     return rc;
 }
 
+/* Rounds of EVENT_CPU_N events each that bench_event_cpu() times; the
+ * fastest round is reported. */
+#define EVENT_CPU_ROUNDS 5
+#define EVENT_CPU_N 20000
+
+/* Prints the CPU one thread spends per event, without servers: encoding
+ * and signing event as a publisher does (syncd_event_encode, the event
+ * without seq), and decoding and verifying the bytes a bus delivers
+ * ("seq" spliced in first, as the publish script does). */
+static int bench_event_cpu(const json_t *event)
+{
+    json_t *ev = json_copy((json_t *)event), *out;
+    int64_t best_enc = INT64_MAX, best_dec = INT64_MAX, t;
+    char *enc = NULL, *wire = NULL;
+    size_t len = 0, wire_len;
+    int rc = -1;
+
+    if (ev == NULL)
+        goto cleanup;
+    json_object_del(ev, "seq");
+    json_object_del(ev, "sig");
+    enc = syncd_event_encode(ev, SECRET, &len);
+    if (enc == NULL)
+        goto cleanup;
+    wire = malloc(len + 32);
+    if (wire == NULL)
+        goto cleanup;
+    wire_len = (size_t)snprintf(wire, 32, "{\"seq\":1042,");
+    memcpy(wire + wire_len, enc + 1, len - 1);
+    wire_len += len - 1;
+    for (int r = 0; r < EVENT_CPU_ROUNDS; r++) {
+        t = thread_cpu_ns();
+        for (int i = 0; i < EVENT_CPU_N; i++) {
+            char *s;
+
+            json_object_del(ev, "sig");
+            s = syncd_event_encode(ev, SECRET, &len);
+            if (s == NULL)
+                goto cleanup;
+            free(s);
+        }
+        t = thread_cpu_ns() - t;
+        best_enc = t < best_enc ? t : best_enc;
+        t = thread_cpu_ns();
+        for (int i = 0; i < EVENT_CPU_N; i++) {
+            if (syncd_event_decode(&out, wire, wire_len, 0, SECRET, NULL) != 0)
+                goto cleanup;
+            json_decref(out);
+        }
+        t = thread_cpu_ns() - t;
+        best_dec = t < best_dec ? t : best_dec;
+    }
+    printf("\n| one event, %zu bytes on the wire, one thread | CPU µs per "
+           "event (fastest of %d rounds of %d) |\n|---|---|\n",
+           wire_len, EVENT_CPU_ROUNDS, EVENT_CPU_N);
+    printf("| encode and sign (syncd_event_encode) | %.2f |\n",
+           (double)best_enc / EVENT_CPU_N / 1000.0);
+    printf(
+        "| decode and verify the bus's bytes (syncd_event_decode) | %.2f |\n",
+        (double)best_dec / EVENT_CPU_N / 1000.0);
+    rc = 0;
+
+cleanup:
+    free(wire);
+    free(enc);
+    json_decref(ev);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     syncd_test_server_t redis, mongo;
@@ -1851,7 +1920,7 @@ int main(int argc, char **argv)
                     syncd_test_mongo_start(&mongo) != 0 ||
                     bench_paths(&loop, &a, ev, ev_len, &mongo, &redis) != 0))
         goto cleanup;
-    if (bench_bytes(a.entries) != 0)
+    if (bench_bytes(a.entries) != 0 || bench_event_cpu(ev) != 0)
         goto cleanup;
     rc = 0;
 
