@@ -94,6 +94,15 @@
 #     each lifetime's fitted slope (MB/h) in each half is printed too, so
 #     that growth too slow for the 20 % rule can be read from the figures;
 #   - every fault was done, and no sanitizer report is in a node's log.
+# SOAK_HEAPTRACK=1 runs node 1 under heaptrack's preload library (Debian's
+# heaptrack package), which logs its every allocation and free with the
+# call stack. The log is cut at the end of the warm-up and when the load
+# stops; NAME.heaptrack.txt then lists the allocation sites whose memory
+# still held grew most between the two (heaptrack_print --diff), and the
+# summary gives the total held at each. Each lifetime of node 1 logs to a
+# file of its own, and the one alive at the warm-up's end is followed, so
+# leave kill out of SOAK_FAULTS; the node runs slower under it.
+#
 # The figures go to bench/soak/summary.txt (NAME.summary.txt with
 # SOAK_NAME) and stdout. The run's folder
 # (logs, histories, streams) is kept when a check fails, or with
@@ -200,6 +209,60 @@ for f in "${FAULT_KINDS[@]}"; do
 done
 command -v gnuplot >/dev/null || die "no gnuplot (apt-get install gnuplot-nox, or scripts/setup.sh)"
 mkdir -p "$OUT" "$RUN/linz" "$RUN/watch" "$RUN/ops"
+
+# ---- heaptrack (SOAK_HEAPTRACK=1) --------------------------------------------
+
+HT_LIB=/usr/lib/heaptrack/libheaptrack_preload.so
+HT_INTERPRET=/usr/lib/heaptrack/libexec/heaptrack_interpret
+if [ "${SOAK_HEAPTRACK:-0}" = 1 ]; then
+    [ -e "$HT_LIB" ] && [ -x "$HT_INTERPRET" ] && command -v heaptrack_print >/dev/null ||
+        die "SOAK_HEAPTRACK=1: no heaptrack (apt-get install heaptrack)"
+    mkdir -p "$RUN/heaptrack"
+    # Node 1 (its --node-id) gets the preload, logging to node1.PID.raw.
+    {
+        echo '#!/bin/sh'
+        echo 'for a in "$@"; do'
+        echo "    if [ \"\$a\" = node-1 ]; then"
+        echo "        export LD_PRELOAD='$HT_LIB' DUMP_HEAPTRACK_OUTPUT=\"$RUN/heaptrack/node1.\$\$.raw\""
+        echo '    fi'
+        echo 'done'
+        echo "exec '$SYNCD_BIN' \"\$@\""
+    } >"$RUN/heaptrack/syncd"
+    chmod +x "$RUN/heaptrack/syncd"
+    export SYNCD_BIN="$RUN/heaptrack/syncd"
+fi
+
+# heaptrack_cut NAME: copies the followed heaptrack log of node 1 (the
+# newest at the first cut) as it stands, up to its last whole line, to
+# NAME.raw.
+heaptrack_cut() {
+    local d="$RUN/heaptrack" log
+    [ -e "$d/followed" ] || ls -t "$d"/node1.*.raw 2>/dev/null | head -1 >"$d/followed"
+    log=$(cat "$d/followed")
+    [ -n "$log" ] || return 0
+    head -c "$(stat -c %s "$log")" "$log" | sed '$d' >"$d/$1.raw"
+}
+
+# heaptrack_at_warm: cuts node 1's log when the warm-up ends.
+heaptrack_at_warm() { nap "$WARMUP" && heaptrack_cut warm; }
+
+# heaptrack_report: interprets the two cuts, writes what grew between them
+# to NAME.heaptrack.txt and prints the summary's line.
+heaptrack_report() {
+    local d="$RUN/heaptrack" c held=()
+    if [ ! -s "$d/warm.raw" ] || [ ! -s "$d/end.raw" ]; then
+        echo "heaptrack: node 1's log was not cut (a run shorter than its warm-up?)"
+        return
+    fi
+    for c in warm end; do
+        "$HT_INTERPRET" <"$d/$c.raw" 2>/dev/null | gzip -1 >"$d/$c.gz"
+        held+=("$(heaptrack_print -f "$d/$c.gz" -p 0 -a 0 -T 0 -l 0 2>/dev/null |
+            sed -n 's/^total memory leaked: //p')")
+    done
+    heaptrack_print -f "$d/end.gz" -d "$d/warm.gz" -p 0 -a 0 -T 0 -l 1 -n 10 -s 2 \
+        >"$OUT/${SOAK_NAME:+$SOAK_NAME.}heaptrack.txt" 2>&1
+    echo "heaptrack: node 1 held ${held[0]} at the warm-up's end, ${held[1]} when the load stopped (what grew: ${SOAK_NAME:+$SOAK_NAME.}heaptrack.txt)"
+}
 
 # elapsed: seconds since the load started.
 elapsed() { echo $(($(date +%s) - T0)); }
@@ -520,10 +583,14 @@ for ((i = 1; i <= PATCHERS; i++)); do spawn patcher "$i"; done
 for ((i = 1; i <= READERS; i++)); do spawn reader "$i"; done
 for ((i = 1; i <= CHAINS; i++)); do spawn chain "w$i"; done
 spawn faults
+if [ "${SOAK_HEAPTRACK:-0}" = 1 ]; then
+    spawn heaptrack_at_warm
+fi
 
 nap "$DURATION" || true
 log "load time is up; stopping the load"
 touch "$RUN/stop"
+if [ "${SOAK_HEAPTRACK:-0}" = 1 ]; then heaptrack_cut end; fi
 sample
 for p in "${JOBS[@]}"; do wait "$p"; done
 JOBS=()
@@ -808,6 +875,7 @@ EOF
     echo "watchers: $CHAINS chains, $WATCH_PARTS watches, $WATCH_ENDED ended by themselves (${WATCH_RESYNCS:-0} told to resync); $(tail -n "$CHAINS" "$RUN/stream_check.out" | sed 's/^[^:]*: //' | paste -sd';')"
     echo "memory and fds (after warm-up, first -> last sample):"
     echo "$FLAT"
+    if [ "${SOAK_HEAPTRACK:-0}" = 1 ]; then heaptrack_report; fi
     if [ "${#FAILED[@]}" -gt 0 ]; then
         printf 'FAIL: %s\n' "${FAILED[@]}"
     else
