@@ -193,6 +193,9 @@ static void cluster_open(cluster_t *cl, const char *coll,
             bo.event_log_len = co->event_log_len;
         bo.reconnect_min_ms = 20;
         bo.reconnect_max_ms = 200;
+        /* No test here waits on a frozen Redis: a loaded machine's slow
+         * answer must not fail a publish. */
+        bo.command_timeout_ms = 30000;
         assert_int_equal(syncd_bus_open(&n->bus, &cl->loop, &bo, &err), 0);
         syncd_node_options_init(&no);
         no.node_id = id;
