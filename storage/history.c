@@ -42,9 +42,10 @@ static json_t *replay_body(const syncd_doc_t *doc)
 }
 
 /* Makes into *out a new history entry for cur whose patch leads from
- * next's body to cur's. */
+ * next's body to cur's; forward as for syncd_history_append(). */
 static int entry_new(json_t **out, const syncd_doc_t *next,
-                     const syncd_doc_t *cur, syncd_error_t *err)
+                     const syncd_doc_t *cur, const json_t *forward,
+                     syncd_error_t *err)
 {
     json_t *from = replay_body(next), *to = replay_body(cur);
     json_t *patch = NULL, *entry = NULL;
@@ -56,7 +57,12 @@ static int entry_new(json_t **out, const syncd_doc_t *next,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
-    rc = syncd_patch_diff(&patch, from, to, err);
+    /* The roots a patch touches are where its two documents differ, which
+     * holds whichever way it leads: the forward patch's roots bound the
+     * reverse diff as well as the forward one. */
+    rc = forward != NULL
+             ? syncd_patch_diff_touched(&patch, from, to, forward, err)
+             : syncd_patch_diff(&patch, from, to, err);
     if (rc != 0)
         goto cleanup;
     text = syncd_json_canonical(patch, &len);
@@ -295,8 +301,9 @@ cleanup:
     return rc;
 }
 
-int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
-                         uint64_t max_bytes, syncd_error_t *err)
+int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur,
+                         const json_t *forward, int len, uint64_t max_bytes,
+                         syncd_error_t *err)
 {
     json_t *entry = NULL, *hist = NULL;
     uint64_t bytes;
@@ -306,7 +313,7 @@ int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
     next->hist = next->hist_text = NULL;
     if (cur == NULL || len <= 0)
         return 0;
-    rc = entry_new(&entry, next, cur, err);
+    rc = entry_new(&entry, next, cur, forward, err);
     if (rc != 0)
         return rc;
     /* Keep the newest entries that fit both bounds, the new one included. */

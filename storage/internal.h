@@ -354,6 +354,12 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
                         const char *canon, size_t canon_len,
                         syncd_error_t *err);
 
+/* Points *body at the canonical JSON of the body inside the encoded record
+ * val (vlen bytes; *len bytes, borrowed from val) when val is doc's
+ * version, live and with doc's hash; else returns -1. */
+int syncd_record_body(const char **body, size_t *len, const char *val,
+                      size_t vlen, const syncd_doc_t *doc);
+
 /* Decodes a record of coll/id into *out (caller frees with
  * syncd_doc_free()); without with_body the body, outbox and idempotency
  * keys are left NULL (the header alone is read). SYNCD_EBACKEND when the
@@ -477,9 +483,13 @@ void syncd_reckey_node(syncd_lru_node_t *node, char *key,
  * (the reverse patch from next's body to cur's), trimmed oldest first to
  * len entries and max_bytes; NULL when cur is NULL (a first write), len is
  * 0, or not even the new entry fits. next->hist_text caches its text, made
- * from cur's cached text when cur has one. */
-int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur, int len,
-                         uint64_t max_bytes, syncd_error_t *err);
+ * from cur's cached text when cur has one. forward, when not NULL, is an
+ * RFC 6902 patch from cur's live body to next's (borrowed): the places it
+ * touches are the only ones where the two bodies differ, so the reverse
+ * patch compares only those. */
+int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur,
+                         const json_t *forward, int len, uint64_t max_bytes,
+                         syncd_error_t *err);
 
 /* Sets *text to the compact JSON of doc->hist (an array), *len bytes, as
  * json_dumps(doc->hist, JSON_COMPACT) gives it: the text doc->hist_text

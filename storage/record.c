@@ -417,18 +417,65 @@ static int corrupt(syncd_error_t *err, const char *coll, const char *id)
                                    "record of %s/%s is corrupt", coll, id);
 }
 
+/* Where each part of an encoded record lies. */
+typedef struct spans {
+    int deleted;
+    int64_t version, mtime_ms;
+    const unsigned char *origin, *hash, *meta, *body;
+    size_t olen, hlen, mlen, blen; /* meta: NULL when the record has none */
+} spans_t;
+
+/* Finds the parts of the record val (len bytes) into *sp; -1 when it is
+ * not a well-formed record of this format. */
+static int find_spans(spans_t *sp, const char *val, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)val;
+    const unsigned char *end = p + len;
+
+    if (len < HEADER_FIXED + 1 || p[0] != RECORD_FORMAT)
+        return -1;
+    sp->deleted = (p[1] & FLAG_DELETED) != 0;
+    sp->version = get_i64(p + 2);
+    sp->mtime_ms = get_i64(p + 10);
+    sp->meta = NULL;
+    sp->mlen = 0;
+    p += HEADER_FIXED;
+    sp->olen = *p++;
+    if (sp->olen > SYNCD_MAX_NODE_ID || (size_t)(end - p) < sp->olen + 1)
+        return -1;
+    sp->origin = p;
+    p += sp->olen;
+    sp->hlen = *p++;
+    if (sp->hlen > SYNCD_HASH_HEX_LEN || (size_t)(end - p) < sp->hlen)
+        return -1;
+    sp->hash = p;
+    p += sp->hlen;
+    if (((const unsigned char *)val)[1] & FLAG_META) {
+        if ((size_t)(end - p) < 4)
+            return -1;
+        for (int i = 0; i < 4; i++)
+            sp->mlen |= (size_t)p[i] << (8 * i);
+        p += 4;
+        if ((size_t)(end - p) < sp->mlen)
+            return -1;
+        sp->meta = p;
+        p += sp->mlen;
+    }
+    sp->body = p;
+    sp->blen = (size_t)(end - p);
+    return 0;
+}
+
 int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
                         const char *val, size_t len, int with_body,
                         syncd_error_t *err)
 {
-    const unsigned char *p = (const unsigned char *)val;
-    const unsigned char *end = p + len;
     syncd_doc_t *doc = NULL;
-    size_t olen, hlen;
     json_error_t jerr;
+    spans_t sp;
 
     *out = NULL;
-    if (len < HEADER_FIXED + 1 || p[0] != RECORD_FORMAT)
+    if (find_spans(&sp, val, len) != 0)
         return corrupt(err, coll, id);
     doc = calloc(1, sizeof(*doc));
     if (doc == NULL)
@@ -439,37 +486,16 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
         syncd_doc_free(doc);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    doc->deleted = (p[1] & FLAG_DELETED) != 0;
-    doc->version = get_i64(p + 2);
-    doc->mtime_ms = get_i64(p + 10);
-    p += HEADER_FIXED;
-    olen = *p++;
-    if (olen > SYNCD_MAX_NODE_ID || (size_t)(end - p) < olen + 1)
+    doc->deleted = sp.deleted;
+    doc->version = sp.version;
+    doc->mtime_ms = sp.mtime_ms;
+    memcpy(doc->origin, sp.origin, sp.olen);
+    memcpy(doc->hash, sp.hash, sp.hlen);
+    if (with_body && sp.meta != NULL && decode_meta(doc, sp.meta, sp.mlen) != 0)
         goto bad;
-    memcpy(doc->origin, p, olen);
-    p += olen;
-    hlen = *p++;
-    if (hlen > SYNCD_HASH_HEX_LEN || (size_t)(end - p) < hlen)
-        goto bad;
-    memcpy(doc->hash, p, hlen);
-    p += hlen;
-    if (((const unsigned char *)val)[1] & FLAG_META) {
-        size_t mlen = 0;
-
-        if ((size_t)(end - p) < 4)
-            goto bad;
-        for (int i = 0; i < 4; i++)
-            mlen |= (size_t)p[i] << (8 * i);
-        p += 4;
-        if ((size_t)(end - p) < mlen)
-            goto bad;
-        if (with_body && decode_meta(doc, p, mlen) != 0)
-            goto bad;
-        p += mlen;
-    }
     if (with_body && !doc->deleted) {
-        doc->body = json_loadb((const char *)p, (size_t)(end - p),
-                               JSON_ALLOW_NUL, &jerr);
+        doc->body =
+            json_loadb((const char *)sp.body, sp.blen, JSON_ALLOW_NUL, &jerr);
         if (!json_is_object(doc->body))
             goto bad;
     }
@@ -479,4 +505,18 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
 bad:
     syncd_doc_free(doc);
     return corrupt(err, coll, id);
+}
+
+int syncd_record_body(const char **body, size_t *len, const char *val,
+                      size_t vlen, const syncd_doc_t *doc)
+{
+    spans_t sp;
+
+    if (find_spans(&sp, val, vlen) != 0 || sp.deleted || doc->deleted ||
+        sp.version != doc->version || sp.hlen != strlen(doc->hash) ||
+        memcmp(sp.hash, doc->hash, sp.hlen) != 0)
+        return -1;
+    *body = (const char *)sp.body;
+    *len = sp.blen;
+    return 0;
 }

@@ -1200,6 +1200,9 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *copy = NULL;
     json_t *left = NULL;
+    char *val = NULL, *errptr = NULL;
+    const char *canon = NULL;
+    size_t vlen = 0, canon_len = 0;
     held_t h;
     int rc;
 
@@ -1222,7 +1225,15 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     copy->outbox = left;
     left = NULL;
     syncd_outbox_text_after(copy, h.cur);
-    rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, SEQ_ACK, err);
+    /* Only the markers change: the body's canonical JSON is taken from the
+     * record stored at this version, when it is stored yet, rather than
+     * serialized again (a large document's whole cost). */
+    val = rocksdb_get(r->db, r->read, h.k.bytes, h.k.len, &vlen, &errptr);
+    rocksdb_free(errptr);
+    if (val != NULL &&
+        syncd_record_body(&canon, &canon_len, val, vlen, h.cur) != 0)
+        canon = NULL;
+    rc = sequence(r, h.s, h.kl, &h.k, copy, canon, canon_len, SEQ_ACK, err);
 unlock:
     /* An ack waits for no sync: not its own, since one lost to a crash only
      * means a republish, which the bus drops as a duplicate; nor that of a
@@ -1234,6 +1245,7 @@ unlock:
         h.kl->ticket = 0;
     syncd_doc_free(copy);
     json_decref(left);
+    rocksdb_free(val);
     rc = release(r, &h, rc, err);
     group_wait(r, 0, NULL);
     return rc;

@@ -525,20 +525,30 @@ static int build_change(syncd_store_t *s, syncd_change_t **out,
 {
     syncd_doc_t *next = doc_new(s, req->coll, req->id,
                                 cur != NULL ? cur->version + 1 : 1, body, hash);
+    syncd_change_t *c;
     int rc;
 
     *out = NULL;
     if (next == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     rc = add_meta(s, next, cur, req, err);
-    if (rc == 0)
-        rc = syncd_history_append(next, cur, s->history_len,
-                                  s->history_max_bytes, err);
     if (rc != 0) {
         syncd_doc_free(next);
         return rc;
     }
-    return make_change(out, cur, next, req->applied, err);
+    rc = make_change(&c, cur, next, req->applied, err);
+    if (rc != 0)
+        return rc;
+    /* An update's diff bounds the history entry's reverse diff. */
+    rc = syncd_history_append(c->doc, cur,
+                              c->op == SYNCD_CHANGE_UPDATE ? c->patch : NULL,
+                              s->history_len, s->history_max_bytes, err);
+    if (rc != 0) {
+        syncd_change_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
 }
 
 /* A change with op NONE holding cur (stolen). */
@@ -1054,29 +1064,28 @@ static int req_init(write_req_t *req, const char *coll, const char *id,
                              : 0;
 }
 
-/* Runs a create or put of a private copy of body. */
+/* Runs a create or put of body: of own when the caller gave its reference
+ * (own == body, taken even on error), else of a private copy. */
 static int write_body(syncd_store_t *store, syncd_change_t **out,
                       const char *coll, const char *id, const json_t *body,
-                      step_fn step, const syncd_write_options_t *wo,
-                      syncd_error_t *err)
+                      json_t *own, step_fn step,
+                      const syncd_write_options_t *wo, syncd_error_t *err)
 {
     write_req_t req;
-    json_t *copy;
     int rc;
 
     *out = NULL;
     rc = req_init(&req, coll, id, step, NULL, wo, err);
-    if (rc != 0)
-        return rc;
-    if (!json_is_object(body))
-        return syncd_error_set(err, SYNCD_EINVAL,
-                               "document body must be a JSON object");
-    copy = json_deep_copy(body);
-    if (copy == NULL)
-        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    req.arg = copy;
-    rc = write_loop(store, out, &req, err);
-    json_decref(copy);
+    if (rc == 0 && !json_is_object(body))
+        rc = syncd_error_set(err, SYNCD_EINVAL,
+                             "document body must be a JSON object");
+    if (rc == 0 && own == NULL && (own = json_deep_copy(body)) == NULL)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    if (rc == 0) {
+        req.arg = own;
+        rc = write_loop(store, out, &req, err);
+    }
+    json_decref(own);
     return rc;
 }
 
@@ -1087,15 +1096,32 @@ int syncd_store_create(syncd_store_t *store, syncd_change_t **out,
     return syncd_store_create_ex(store, out, coll, id, body, NULL, err);
 }
 
-int syncd_store_create_ex(syncd_store_t *store, syncd_change_t **out,
-                          const char *coll, const char *id, const json_t *body,
-                          const syncd_write_options_t *wo, syncd_error_t *err)
+/* Options of a create: only wo's idempotency key counts. */
+static syncd_write_options_t create_options(const syncd_write_options_t *wo)
 {
     syncd_write_options_t o;
 
     syncd_write_options_init(&o);
     o.idempotency_key = wo != NULL ? wo->idempotency_key : NULL;
-    return write_body(store, out, coll, id, body, step_create, &o, err);
+    return o;
+}
+
+int syncd_store_create_ex(syncd_store_t *store, syncd_change_t **out,
+                          const char *coll, const char *id, const json_t *body,
+                          const syncd_write_options_t *wo, syncd_error_t *err)
+{
+    syncd_write_options_t o = create_options(wo);
+
+    return write_body(store, out, coll, id, body, NULL, step_create, &o, err);
+}
+
+int syncd_store_create_new(syncd_store_t *store, syncd_change_t **out,
+                           const char *coll, const char *id, json_t *body,
+                           const syncd_write_options_t *wo, syncd_error_t *err)
+{
+    syncd_write_options_t o = create_options(wo);
+
+    return write_body(store, out, coll, id, body, body, step_create, &o, err);
 }
 
 int syncd_store_put(syncd_store_t *store, syncd_change_t **out,
@@ -1106,14 +1132,21 @@ int syncd_store_put(syncd_store_t *store, syncd_change_t **out,
 
     syncd_write_options_init(&o);
     o.if_match = if_match;
-    return write_body(store, out, coll, id, body, step_put, &o, err);
+    return write_body(store, out, coll, id, body, NULL, step_put, &o, err);
 }
 
 int syncd_store_put_ex(syncd_store_t *store, syncd_change_t **out,
                        const char *coll, const char *id, const json_t *body,
                        const syncd_write_options_t *wo, syncd_error_t *err)
 {
-    return write_body(store, out, coll, id, body, step_put, wo, err);
+    return write_body(store, out, coll, id, body, NULL, step_put, wo, err);
+}
+
+int syncd_store_put_new(syncd_store_t *store, syncd_change_t **out,
+                        const char *coll, const char *id, json_t *body,
+                        const syncd_write_options_t *wo, syncd_error_t *err)
+{
+    return write_body(store, out, coll, id, body, body, step_put, wo, err);
 }
 
 int syncd_store_edit(syncd_store_t *store, syncd_change_t **out,

@@ -556,12 +556,12 @@ static void run_write(job_t *j)
     wo.idempotency_key = j->ikey;
     switch (j->kind) {
     case JOB_CREATE:
-        j->rc = syncd_store_create_ex(j->api->opts.store, &j->change, j->coll,
-                                      j->id, body, &wo, &j->err);
+        j->rc = syncd_store_create_new(j->api->opts.store, &j->change, j->coll,
+                                       j->id, body, &wo, &j->err);
         break;
     case JOB_PUT:
-        j->rc = syncd_store_put_ex(j->api->opts.store, &j->change, j->coll,
-                                   j->id, body, &wo, &j->err);
+        j->rc = syncd_store_put_new(j->api->opts.store, &j->change, j->coll,
+                                    j->id, body, &wo, &j->err);
         break;
     default:
         j->rc = check_patch_ops(j, body);
@@ -569,9 +569,9 @@ static void run_write(job_t *j)
             j->rc =
                 syncd_store_patch_ex(j->api->opts.store, &j->change, j->coll,
                                      j->id, body, j->is_merge, &wo, &j->err);
+        json_decref(body);
         break;
     }
-    json_decref(body);
     if (j->rc == 0 && j->change->replayed) {
         set_replay_text(j);
     } else if (j->rc == 0) {

@@ -514,6 +514,24 @@ test_patch_apply__failed_random_patch_leaves_input_unchanged(void **s)
  * applied, and from the full diff's operations) are exactly
  * syncd_merge_diff() of a and b (NULL when that refuses). what names the
  * case in failures. */
+/* Asserts that the diff from b back to a, comparing only what forward (a
+ * patch from a to b) touched, leads from b to a. */
+static void check_touched_back(const json_t *a, const json_t *b,
+                               const json_t *forward, const char *what)
+{
+    json_t *back = NULL, *out = NULL;
+    syncd_error_t err;
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_patch_diff_touched(&back, b, a, forward, &err), 0);
+    if (syncd_patch_apply(&out, b, back, &err) != 0)
+        fail_msg("%s: the touched diff back does not apply: %s", what,
+                 err.message);
+    assert_same_json(out, a, what);
+    json_decref(back);
+    json_decref(out);
+}
+
 static void check_touched(const json_t *a, const json_t *b,
                           const json_t *applied, const char *what)
 {
@@ -543,6 +561,11 @@ static void check_touched(const json_t *a, const json_t *b,
         assert_same_json(merge, want, what);
         assert_same_json(from_diff, want, what);
     }
+    /* The same roots bound the diff back from b to a, whichever of the
+     * three patches from a to b names them. */
+    check_touched_back(a, b, applied, what);
+    check_touched_back(a, b, full, what);
+    check_touched_back(a, b, patch, what);
     json_decref(patch);
     json_decref(out);
     json_decref(full);

@@ -382,6 +382,44 @@ static void test_store_put__without_if_match_creates_or_replaces(void **state)
     assert_doc(f, "docs", "p", 2, "{\"k\":2}");
 }
 
+/* A body given up with _new is stored as it is, without a copy, and the
+ * caller's reference is taken whether the write succeeds or fails. */
+static void
+test_store_put_new__keeps_the_given_tree_and_takes_its_reference(void **state)
+{
+    fixture_t *f = *state;
+    json_t *body = parse("{\"k\":1,\"l\":[1,2]}");
+    json_t *bad = json_array();
+    syncd_write_options_t wo;
+    syncd_change_t *c = NULL;
+
+    syncd_write_options_init(&wo);
+    json_incref(body);
+    assert_int_equal(
+        syncd_store_create_new(f->store, &c, "docs", "given", body, &wo, NULL),
+        0);
+    assert_ptr_equal(c->doc->body, body);
+    syncd_change_free(c);
+    json_decref(body);
+    assert_doc(f, "docs", "given", 1, "{\"k\":1,\"l\":[1,2]}");
+
+    body = parse("{\"k\":2}");
+    assert_int_equal(
+        syncd_store_put_new(f->store, &c, "docs", "given", body, &wo, NULL), 0);
+    assert_int_equal(c->doc->version, 2);
+    syncd_change_free(c);
+    assert_doc(f, "docs", "given", 2, "{\"k\":2}");
+
+    json_incref(bad);
+    assert_int_equal(
+        syncd_store_put_new(f->store, &c, "docs", "given", bad, &wo, NULL),
+        SYNCD_EINVAL);
+    assert_null(c);
+    assert_int_equal(bad->refcount, 1);
+    json_decref(bad);
+    assert_doc(f, "docs", "given", 2, "{\"k\":2}");
+}
+
 static void test_store_put__same_body_writes_nothing(void **state)
 {
     fixture_t *f = *state;
@@ -4821,8 +4859,8 @@ static syncd_doc_t *run_hist_texts(syncd_doc_t *cur, int edits, int len,
         syncd_error_t err;
 
         syncd_error_clear(&err);
-        assert_int_equal(syncd_history_append(next, cur, len, max_bytes, &err),
-                         0);
+        assert_int_equal(
+            syncd_history_append(next, cur, NULL, len, max_bytes, &err), 0);
         assert_true(json_array_size(next->hist) > 0);
         assert_true(json_array_size(next->hist) <= (size_t)len);
         assert_hist_text_cached(next);
@@ -4857,7 +4895,8 @@ test_history__each_text_is_the_compact_json_of_its_entries(void **state)
     assert_int_equal(syncd_history_keep_text(cur, made, strlen(made)), 0);
     free(made);
     next = hist_doc(cur->version + 1, "{\"a\":\"[,]\"}");
-    assert_int_equal(syncd_history_append(next, cur, 5, 1 << 20, NULL), 0);
+    assert_int_equal(syncd_history_append(next, cur, NULL, 5, 1 << 20, NULL),
+                     0);
     assert_int_equal(json_array_size(next->hist), 5);
     assert_int_equal(syncd_history_text(&text, &len, &made, next), 0);
     assert_null(made);
@@ -4951,6 +4990,39 @@ static void assert_meta_is_its_serialization(const syncd_doc_t *doc)
     json_decref(meta);
 }
 
+/* syncd_record_body() finds the canonical JSON of the body a record holds,
+ * and only in a record of the version, hash and liveness asked for. */
+static void
+test_record_body__is_the_stored_text_of_that_version_only(void **state)
+{
+    syncd_doc_t *doc = hist_doc(3, "{\"b\":[1,{\"x\":\"\u00e9\"}],\"a\":1}");
+    syncd_doc_t *tomb = hist_doc(3, NULL);
+    char *rec, *want, *trec;
+    const char *body;
+    size_t len, tlen, blen, wlen;
+
+    (void)state;
+    doc->outbox = parse("[{\"v\":3,\"base\":2,\"op\":\"update\"}]");
+    assert_int_equal(syncd_record_encode(&rec, &len, doc, NULL, 0, NULL), 0);
+    want = syncd_json_canonical(doc->body, &wlen);
+    assert_int_equal(syncd_record_body(&body, &blen, rec, len, doc), 0);
+    assert_int_equal(blen, wlen);
+    assert_memory_equal(body, want, wlen);
+    doc->version = 4;
+    assert_int_equal(syncd_record_body(&body, &blen, rec, len, doc), -1);
+    doc->version = 3;
+    doc->hash[0] = 'f';
+    assert_int_equal(syncd_record_body(&body, &blen, rec, len, doc), -1);
+    assert_int_equal(syncd_record_body(&body, &blen, rec, 20, doc), -1);
+    assert_int_equal(syncd_record_encode(&trec, &tlen, tomb, NULL, 0, NULL), 0);
+    assert_int_equal(syncd_record_body(&body, &blen, trec, tlen, tomb), -1);
+    free(rec);
+    free(trec);
+    free(want);
+    syncd_doc_free(doc);
+    syncd_doc_free(tomb);
+}
+
 static void
 test_outbox__commits_append_to_the_cached_text_and_acks_cut_it(void **state)
 {
@@ -4984,8 +5056,8 @@ test_outbox__commits_append_to_the_cached_text_and_acks_cut_it(void **state)
         else if (cur->ikeys != NULL)
             next->ikeys = json_incref(cur->ikeys);
         if (v >= 8)
-            assert_int_equal(syncd_history_append(next, cur, 3, 1 << 20, NULL),
-                             0);
+            assert_int_equal(
+                syncd_history_append(next, cur, NULL, 3, 1 << 20, NULL), 0);
         assert_meta_is_its_serialization(next);
         syncd_doc_free(cur);
         cur = next;
@@ -5077,6 +5149,7 @@ int main(int argc, char **argv)
         BOTH(test_store_get_text__serves_each_version_once_made),
         BOTH(test_store__create_put_delete_recreate_track_versions),
         BOTH(test_store_put__without_if_match_creates_or_replaces),
+        BOTH(test_store_put_new__keeps_the_given_tree_and_takes_its_reference),
         BOTH(test_store_put__same_body_writes_nothing),
         BOTH(
             test_store_put__stale_if_match_fails_with_EPRECONDITION_and_changes_nothing),
@@ -5171,6 +5244,8 @@ int main(int argc, char **argv)
             test_history__a_record_with_a_cached_text_encodes_the_same_bytes),
         cmocka_unit_test(
             test_outbox__commits_append_to_the_cached_text_and_acks_cut_it),
+        cmocka_unit_test(
+            test_record_body__is_the_stored_text_of_that_version_only),
     };
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)

@@ -120,7 +120,8 @@ int syncd_patch_diff(json_t **out, const json_t *a, const json_t *b,
  * a, comparing only the subtrees the operations of `applied` touched: the
  * cost follows the patch, not the documents. The operations may come in
  * another order than syncd_patch_diff()'s, but applying them to a gives
- * b. */
+ * b. What a patch touches bounds where its two documents differ either
+ * way, so `applied` may also lead from b to a (the diff back). */
 int syncd_patch_diff_touched(json_t **out, const json_t *a, const json_t *b,
                              const json_t *applied, syncd_error_t *err);
 

@@ -287,6 +287,19 @@ int syncd_store_put_ex(syncd_store_t *store, syncd_change_t **out,
                        const char *coll, const char *id, const json_t *body,
                        const syncd_write_options_t *wo, syncd_error_t *err);
 
+/* syncd_store_create_ex() of a body the caller gives up: the store keeps
+ * body's tree, not a copy. The caller's reference is taken, on error too,
+ * and nobody may change body after the call. */
+int syncd_store_create_new(syncd_store_t *store, syncd_change_t **out,
+                           const char *coll, const char *id, json_t *body,
+                           const syncd_write_options_t *wo, syncd_error_t *err);
+
+/* syncd_store_put_ex() of a body the caller gives up, as
+ * syncd_store_create_new(). */
+int syncd_store_put_new(syncd_store_t *store, syncd_change_t **out,
+                        const char *coll, const char *id, json_t *body,
+                        const syncd_write_options_t *wo, syncd_error_t *err);
+
 /* syncd_store_patch() with write options (NULL: defaults). */
 int syncd_store_patch_ex(syncd_store_t *store, syncd_change_t **out,
                          const char *coll, const char *id, const json_t *patch,
