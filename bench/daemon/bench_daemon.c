@@ -23,6 +23,12 @@
  *          increments/s, p50/p99 latency per increment (retries included),
  *          conflicts and errors, then re-reads the document and checks that
  *          no increment was lost.
+ *   big-put
+ *          syncd only: PUTs of the 10,000-volume collection document of
+ *          bench/README.md (1.75 MB) under KEY, one at a time over one
+ *          connection, each with one volume changed, COUNT of them after a
+ *          first PUT that creates it; prints the PUTs' latency p50/p99
+ *          (the serialization of each body is not timed).
  *   watch  one watcher stream (syncd SSE, etcd /v3/watch) and one writer
  *          doing COUNT updates at RATE per second; prints the latency from
  *          the write's acknowledgement (and from its send) to the event
@@ -30,7 +36,7 @@
  *
  * Each command prints one line of key=value pairs for bench/daemon/run.sh.
  *
- * Usage: bench_daemon seed|seed-many|cas|watch --target syncd|etcd
+ * Usage: bench_daemon seed|seed-many|cas|watch|big-put --target syncd|etcd
  *        --addr HOST:PORT --key K [--mode put|strict|edit] [--connections N]
  *        [--seconds S] [--count N] [--rate R]
  */
@@ -48,6 +54,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "../common/volumes.h"
 #include "httpc.h"
 
 #define DOC_BYTES 1024
@@ -317,6 +324,51 @@ static int seed(const opts_t *o)
     free(text);
     if (rc < 0)
         fprintf(stderr, "bench_daemon: seeding %s failed\n", o->key);
+    return rc;
+}
+
+#define BIG_VOLUMES 10000
+
+/* The big-put command (see the file comment). Returns 0, or 1 on a failed
+ * PUT. */
+static int big_put(const opts_t *o)
+{
+    json_t *doc = bench_volume_doc("bench", BIG_VOLUMES);
+    json_t *volumes = json_object_get(doc, "volumes");
+    samples_t lat = {0};
+    char *text = json_dumps(doc, JSON_COMPACT);
+    char name[32];
+    size_t bytes = strlen(text);
+    httpc_t c;
+    int rc = 1;
+
+    if (httpc_connect(&c, o->addr, 30) < 0 ||
+        put_doc(&c, TARGET_SYNCD, o->key, text) < 0)
+        goto cleanup;
+    for (long i = 0; i < o->count; i++) {
+        int64_t t0;
+
+        bench_volume_name(name, (int)(i % BIG_VOLUMES));
+        json_object_set_new(volumes, name,
+                            bench_volume_entry((int)(i % BIG_VOLUMES), i + 1));
+        free(text);
+        text = json_dumps(doc, JSON_COMPACT);
+        t0 = mono_ns();
+        if (put_doc(&c, TARGET_SYNCD, o->key, text) < 0)
+            goto cleanup;
+        samples_add(&lat, mono_ns() - t0);
+    }
+    qsort(lat.v, lat.n, sizeof(*lat.v), compare_i64);
+    printf("puts=%zu bytes=%zu p50_ms=%.1f p99_ms=%.1f\n", lat.n, bytes,
+           percentile_ms(&lat, 0.5), percentile_ms(&lat, 0.99));
+    rc = 0;
+cleanup:
+    if (rc != 0)
+        fprintf(stderr, "bench_daemon: a big PUT of %s failed\n", o->key);
+    httpc_close(&c);
+    json_decref(doc);
+    free(text);
+    free(lat.v);
     return rc;
 }
 
@@ -865,7 +917,7 @@ static int watch(const opts_t *o)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bench_daemon seed|seed-many|cas|watch --target "
+            "usage: bench_daemon seed|seed-many|cas|watch|big-put --target "
             "syncd|etcd --addr HOST:PORT --key K\n"
             "       [--mode put|strict|edit] [--connections N] [--seconds S]\n"
             "       [--count N] [--rate R]\n");
@@ -925,6 +977,8 @@ int main(int argc, char **argv)
         return cas(&o);
     if (strcmp(o.command, "watch") == 0)
         return watch(&o);
+    if (strcmp(o.command, "big-put") == 0)
+        return big_put(&o);
     usage();
     return 2;
 }
