@@ -41,7 +41,7 @@
  * (syncd_cache_patch()): the body is taken out of the tier while it
  * changes (readers wait or get the version before, see tier.c), its hash
  * is checked on the document's hash tree, which the tier keeps beside a
- * body of at least SYNCD_CACHE_TREE_MIN bytes (built at the first patch,
+ * body of at least SYNCD_TREE_MIN bytes (built at the first patch,
  * charged to the entry, dropped with it), and nothing is serialized: the
  * entry's record is made from the tier's body when the dirty records are
  * written (the entry is "lazy" until then, its tier entry pinned so that
@@ -76,12 +76,6 @@
 /* A record's bytes besides its body (version, times, origin, hash), about:
  * what a patched entry is charged beside its body until it is written. */
 #define RECORD_HEADER 128
-/* Records this large get a hash tree beside their decoded body, built at
- * their first patch (so only documents that change pay for one). A tree
- * takes several times its body's bytes, charged to the tier; in exchange
- * an event to a 50-volume (8.7 KB) document costs its receiver 0.017 ms of
- * CPU instead of 0.16 ms for rehashing the whole body (bench/README.md). */
-#define SYNCD_CACHE_TREE_MIN 4096
 
 /* One cached record's index entry. The key bytes follow the struct. */
 typedef struct cache_entry {
@@ -740,7 +734,8 @@ static int load(syncd_cache_t *c, syncd_doc_t **out, const syncd_reckey_t *k,
     pthread_rwlock_rdlock(&c->lock);
     e = find(c, k);
     if (e != NULL && e->gen == gen) {
-        syncd_tier_put(c->tier, k, doc, e->stored_ms, k->len + vlen, 0);
+        syncd_tier_put(c->tier, k, doc, e->stored_ms, k->len + vlen, 0, NULL,
+                       0);
         doc = NULL;
     }
     pthread_rwlock_unlock(&c->lock);
@@ -922,7 +917,7 @@ static int cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     syncd_lru_insert(&cache->index, &e->node);
     mark_dirty(cache, e, val, vlen);
     val = NULL;
-    syncd_tier_put(cache->tier, &k, decoded, now, k.len + vlen, 1);
+    syncd_tier_put(cache->tier, &k, decoded, now, k.len + vlen, 1, NULL, 0);
     decoded = NULL;
     e = NULL;
     evict(cache);
@@ -1023,7 +1018,7 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
             size = e->node.size;
         pthread_rwlock_unlock(&cache->lock);
         /* The first patch of a large body builds its tree, no lock held. */
-        if (size >= SYNCD_CACHE_TREE_MIN)
+        if (size >= SYNCD_TREE_MIN)
             syncd_tier_build_tree(cache->tier, &k, base, size);
         pthread_rwlock_wrlock(&cache->lock);
     } else if (pthread_rwlock_trywrlock(&cache->lock) != 0) {
@@ -1040,7 +1035,7 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
     if (e == NULL || !is_fresh(cache, e, now) || e->version != base ||
         e->deleted || (nonblocking && cached_bytes(cache) > cache->max_bytes) ||
         syncd_tier_take(cache->tier, &k, base,
-                        nonblocking && e->node.size >= SYNCD_CACHE_TREE_MIN,
+                        nonblocking && e->node.size >= SYNCD_TREE_MIN,
                         &body, &tree) != 0)
         goto unlock;
     size = e->node.size;

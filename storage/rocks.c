@@ -57,6 +57,14 @@
  * mutex, only when no commit of its stripe began or ended meanwhile (the
  * stripe's commit generation and count of commits in progress tell), so a
  * stale read never enters the tier after a newer write.
+ *
+ * Hash trees: beside a body of at least SYNCD_TREE_MIN bytes that a write
+ * replaced, the tier keeps its hash tree (tier.c), and a commit not yet
+ * durable keeps it in its pending version, so that the key's next writer
+ * (holding the key's lock, the only one to touch it) takes the tree of the
+ * version it builds on (take_tree), updates it with its change instead of
+ * hashing the whole body, and leaves it with its own version (keep_tree).
+ * An outbox ack, which rewrites the same version, hands the tree on.
  */
 #include <pthread.h>
 #include <rocksdb/c.h>
@@ -109,6 +117,8 @@ typedef struct pending {
     syncd_doc_t *doc; /* the version, the key's tier entry once durable */
     char *val;        /* the encoded record */
     size_t vlen;
+    syncd_htree_t *tree; /* doc's hash tree (owned), or NULL */
+    size_t tree_bytes;   /* what tree is charged in the tier */
     int has_outbox; /* puts the outbox key, else deletes it */
     int insert;     /* registers the collection */
     int ack;        /* an outbox ack: needs no sync of its own */
@@ -290,7 +300,8 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
     }
     pthread_mutex_lock(&s->lock);
     if (s->gen == gen && s->writing == 0) {
-        syncd_tier_put(r->tier, k, loaded, r->now_ms(r->now_data), vlen, 0);
+        syncd_tier_put(r->tier, k, loaded, r->now_ms(r->now_data), vlen, 0,
+                       NULL, 0);
         loaded = NULL;
     }
     pthread_mutex_unlock(&s->lock);
@@ -401,6 +412,7 @@ static void tomb_put(rocksdb_writebatch_t *batch, const syncd_reckey_t *k,
 static void pending_free(pending_t *p)
 {
     syncd_doc_free(p->doc);
+    syncd_htree_free(p->tree);
     free(p->val);
     free(p);
 }
@@ -456,8 +468,16 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
     pthread_mutex_lock(&s->lock);
     old = syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
     if (old != NULL) {
+        pending_t *o = (pending_t *)old;
+
         syncd_lru_remove(&s->pending, old);
-        ((pending_t *)old)->in_table = 0;
+        o->in_table = 0;
+        /* An ack rewrites the same version: its body's tree goes on. */
+        if (p->ack && o->tree != NULL && o->doc->version == doc->version) {
+            p->tree = o->tree;
+            p->tree_bytes = o->tree_bytes;
+            o->tree = NULL;
+        }
     }
     syncd_lru_insert(&s->pending, &p->node);
     p->in_table = 1;
@@ -531,8 +551,9 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
             syncd_lru_remove(&s->pending, &p->node);
         if (ok && rc == 0) {
             syncd_tier_put(r->tier, &p->k, p->doc, r->now_ms(r->now_data),
-                           p->vlen, 1);
+                           p->vlen, 1, p->tree, p->tree_bytes);
             p->doc = NULL;
+            p->tree = NULL;
         } else {
             syncd_tier_drop(r->tier, &p->k);
         }
@@ -766,6 +787,81 @@ static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
         return rc;
     rc = fn(arg, err);
     return unlock_durable(r, s, kl, rc, err);
+}
+
+/* Sets *out to k's newest pending commit when it has one (s locked). */
+static pending_t *pending_of(stripe_t *s, const syncd_reckey_t *k)
+{
+    return (pending_t *)syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
+}
+
+/* Takes the hash tree of coll/id at version (hash): the newest pending
+ * commit's when the key has one, else the tier entry's. */
+static int rocks_take_tree(syncd_backend_t *b, const char *coll,
+                           const char *id, int64_t version, const char *hash,
+                           syncd_htree_t **tree, size_t *bytes)
+{
+    rocks_t *r = (rocks_t *)b;
+    syncd_reckey_t k;
+    stripe_t *s;
+    pending_t *p;
+    char root[SYNCD_HASH_HEX_LEN + 1];
+
+    *tree = NULL;
+    *bytes = 0;
+    if (syncd_reckey_make(&k, coll, id, NULL) != 0)
+        return 0;
+    s = stripe_of(r, &k);
+    pthread_mutex_lock(&s->lock);
+    p = pending_of(s, &k);
+    if (p == NULL) {
+        syncd_tier_take_tree(r->tier, &k, version, hash, tree, bytes);
+    } else if (p->tree != NULL && !p->doc->deleted &&
+               p->doc->version == version && strcmp(p->doc->hash, hash) == 0) {
+        syncd_htree_root(p->tree, root);
+        if (strcmp(root, hash) == 0) {
+            *tree = p->tree;
+            *bytes = p->tree_bytes;
+            p->tree = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return *tree != NULL;
+}
+
+/* Keeps tree with coll/id's commit at version: the newest pending one when
+ * the key has one, else the tier entry. */
+static void rocks_keep_tree(syncd_backend_t *b, const char *coll,
+                            const char *id, int64_t version,
+                            syncd_htree_t *tree, size_t bytes)
+{
+    rocks_t *r = (rocks_t *)b;
+    char root[SYNCD_HASH_HEX_LEN + 1];
+    syncd_reckey_t k;
+    stripe_t *s;
+    pending_t *p;
+
+    if (syncd_reckey_make(&k, coll, id, NULL) != 0) {
+        syncd_htree_free(tree);
+        return;
+    }
+    s = stripe_of(r, &k);
+    pthread_mutex_lock(&s->lock);
+    p = pending_of(s, &k);
+    if (p == NULL) {
+        syncd_tier_keep_tree(r->tier, &k, version, tree, bytes);
+        tree = NULL;
+    } else if (p->tree == NULL && !p->doc->deleted &&
+               p->doc->version == version) {
+        syncd_htree_root(tree, root);
+        if (strcmp(root, p->doc->hash) == 0) {
+            p->tree = tree;
+            p->tree_bytes = bytes;
+            tree = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    syncd_htree_free(tree);
 }
 
 void syncd_rocks_memory(rocksdb_t *db, syncd_store_stats_t *out)
@@ -1366,6 +1462,8 @@ static const syncd_backend_ops_t rocks_ops = {
     .outbox_list = rocks_outbox_list,
     .cas_canonical = rocks_cas_canonical,
     .locked = rocks_locked,
+    .take_tree = rocks_take_tree,
+    .keep_tree = rocks_keep_tree,
     .tier_stats = rocks_tier_stats,
     .tier = rocks_tier,
     .export_page = rocks_export_page,

@@ -284,10 +284,9 @@ static syncd_doc_t *doc_new(syncd_store_t *s, const char *coll, const char *id,
 }
 
 /* Checks that body is a JSON object of at most max_doc_bytes when
- * serialized canonically, writes its content hash into hash, and hands the
- * canonical JSON to *canon (caller frees) with its length in *len. */
-static int check_body(syncd_store_t *s, const json_t *body,
-                      char hash[SYNCD_HASH_HEX_LEN + 1], char **canon,
+ * serialized canonically, and hands the canonical JSON to *canon (caller
+ * frees) with its length in *len. */
+static int check_size(syncd_store_t *s, const json_t *body, char **canon,
                       size_t *len, syncd_error_t *err)
 {
     *canon = NULL;
@@ -305,7 +304,82 @@ static int check_body(syncd_store_t *s, const json_t *body,
                                "document body is %zu bytes, over "
                                "max_doc_bytes (%zu)",
                                *len, s->max_doc_bytes);
-    return syncd_json_hash(hash, body, err);
+    return 0;
+}
+
+/* check_size(), then writes body's content hash into hash. */
+static int check_body(syncd_store_t *s, const json_t *body,
+                      char hash[SYNCD_HASH_HEX_LEN + 1], char **canon,
+                      size_t *len, syncd_error_t *err)
+{
+    int rc = check_size(s, body, canon, len, err);
+
+    return rc != 0 ? rc : syncd_json_hash(hash, body, err);
+}
+
+/* A writer's hash tree: the tree of the body it writes (owned, or NULL)
+ * and the bytes it is charged, and the diff from the record's body that
+ * updated it (owned, or NULL), which the change then carries. */
+typedef struct write_tree {
+    syncd_htree_t *tree;
+    size_t bytes;
+    json_t *diff;
+} write_tree_t;
+
+/* check_body() for a write through a backend that keeps hash trees
+ * (take_tree): when it kept the tree of cur's body, the tree is updated by
+ * the diff from cur's body to body (kept in wt->diff), so that only what
+ * changed is rehashed; a large body that replaces a live one without a
+ * tree gets its tree built. Either way wt->tree, when set, is the tree of
+ * body, for the backend to keep with the version committed. */
+static int hash_body(syncd_store_t *s, const write_req_t *req,
+                     const syncd_doc_t *cur, const json_t *body,
+                     char hash[SYNCD_HASH_HEX_LEN + 1], char **canon,
+                     size_t *len, write_tree_t *wt, syncd_error_t *err)
+{
+    const syncd_backend_ops_t *ops = s->backend->ops;
+    int rc;
+
+    if (ops->take_tree == NULL)
+        return check_body(s, body, hash, canon, len, err);
+    rc = check_size(s, body, canon, len, err);
+    if (rc != 0)
+        return rc;
+    if (is_live(cur) && ops->take_tree(s->backend, cur->coll, cur->id,
+                                       cur->version, cur->hash, &wt->tree,
+                                       &wt->bytes)) {
+        rc = req->applied != NULL
+                 ? syncd_patch_diff_touched(&wt->diff, cur->body, body,
+                                            req->applied, err)
+                 : syncd_patch_diff(&wt->diff, cur->body, body, err);
+        if (rc != 0)
+            return rc;
+        if (syncd_htree_apply(wt->tree, wt->diff, NULL) == 0) {
+            syncd_htree_root(wt->tree, hash);
+            return 0;
+        }
+        syncd_htree_free(wt->tree);
+        wt->tree = NULL;
+    }
+    /* Only documents that change pay for a tree: not a create. */
+    if (*len < SYNCD_TREE_MIN || !is_live(cur))
+        return syncd_json_hash(hash, body, err);
+    rc = syncd_htree_build(&wt->tree, body, err);
+    if (rc != 0)
+        return rc;
+    wt->bytes = (size_t)syncd_htree_bytes(wt->tree);
+    syncd_htree_root(wt->tree, hash);
+    return 0;
+}
+
+/* Hands wt's tree to the backend to keep with coll/id's version. */
+static void keep_tree(syncd_store_t *s, const char *coll, const char *id,
+                      int64_t version, write_tree_t *wt)
+{
+    if (wt->tree != NULL)
+        s->backend->ops->keep_tree(s->backend, coll, id, version, wt->tree,
+                                   wt->bytes);
+    wt->tree = NULL;
 }
 
 /* Returns 1 when body (content hash hash, canonical JSON canon, len bytes)
@@ -467,12 +541,14 @@ static int add_meta(syncd_store_t *s, syncd_doc_t *next, const syncd_doc_t *cur,
 }
 
 /* Builds the change record of committing next over cur (NULL when there
- * was no record) into *out; next is stolen, even on failure. The diffs of
- * an update compare only what `applied` (the RFC 6902 patch that made
- * next's body from cur's; NULL: unknown) touched, else the whole bodies
- * for the JSON Patch and, from what it touched, the merge patch. */
+ * was no record) into *out; next is stolen, even on failure. An update's
+ * JSON Patch is diff when given (the diff from cur's body to next's,
+ * stolen even on failure); else its diffs compare only what `applied` (the
+ * RFC 6902 patch that made next's body from cur's; NULL: unknown) touched,
+ * else the whole bodies for the JSON Patch and, from what it touched, the
+ * merge patch. */
 static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
-                       syncd_doc_t *next, const json_t *applied,
+                       syncd_doc_t *next, const json_t *applied, json_t *diff,
                        syncd_error_t *err)
 {
     syncd_change_t *c = calloc(1, sizeof(*c));
@@ -481,6 +557,7 @@ static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
     *out = NULL;
     if (c == NULL) {
         syncd_doc_free(next);
+        json_decref(diff);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
     c->doc = next;
@@ -499,15 +576,19 @@ static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
     } else {
         c->op = SYNCD_CHANGE_UPDATE;
         c->base = cur->version;
-        rc = applied != NULL
-                 ? syncd_patch_diff_touched(&c->patch, cur->body, next->body,
-                                            applied, err)
-                 : syncd_patch_diff(&c->patch, cur->body, next->body, err);
+        c->patch = diff;
+        diff = NULL;
+        if (c->patch == NULL)
+            rc = applied != NULL
+                     ? syncd_patch_diff_touched(&c->patch, cur->body,
+                                                next->body, applied, err)
+                     : syncd_patch_diff(&c->patch, cur->body, next->body, err);
         if (rc == 0)
             rc = syncd_merge_diff_touched(&c->merge, cur->body, next->body,
                                           applied != NULL ? applied : c->patch,
                                           err);
     }
+    json_decref(diff);
     if (rc != 0) {
         syncd_change_free(c);
         return rc;
@@ -518,10 +599,12 @@ static int make_change(syncd_change_t **out, const syncd_doc_t *cur,
 
 /* Builds into *out the change of req over cur (NULL when there was no
  * record): the next version with body (stolen, even on failure; NULL for a
- * delete) and its hash, its outbox and keys (add_meta()), its diffs. */
+ * delete) and its hash, its outbox and keys (add_meta()), its diffs (an
+ * update's JSON Patch is diff when given, stolen even on failure). */
 static int build_change(syncd_store_t *s, syncd_change_t **out,
                         const syncd_doc_t *cur, const write_req_t *req,
-                        json_t *body, const char *hash, syncd_error_t *err)
+                        json_t *body, const char *hash, json_t *diff,
+                        syncd_error_t *err)
 {
     syncd_doc_t *next = doc_new(s, req->coll, req->id,
                                 cur != NULL ? cur->version + 1 : 1, body, hash);
@@ -529,14 +612,17 @@ static int build_change(syncd_store_t *s, syncd_change_t **out,
     int rc;
 
     *out = NULL;
-    if (next == NULL)
+    if (next == NULL) {
+        json_decref(diff);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    }
     rc = add_meta(s, next, cur, req, err);
     if (rc != 0) {
         syncd_doc_free(next);
+        json_decref(diff);
         return rc;
     }
-    rc = make_change(&c, cur, next, req->applied, err);
+    rc = make_change(&c, cur, next, req->applied, diff, err);
     if (rc != 0)
         return rc;
     /* An update's diff bounds the history entry's reverse diff. */
@@ -716,7 +802,7 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
         rc = UNDECIDED;
         goto done;
     }
-    rc = build_change(s, &change, cur, req, body, hash, err);
+    rc = build_change(s, &change, cur, req, body, hash, NULL, err);
     body = NULL;
     if (rc != 0)
         goto done;
@@ -770,6 +856,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     json_t *body = NULL;
     char *canon = NULL;
     size_t canon_len = 0;
+    write_tree_t wt = {0};
     syncd_error_t local;
     int rc;
 
@@ -797,10 +884,11 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     if (rc < 0)
         goto done;
     if (rc != STEP_DELETE) {
-        rc = check_body(s, body, hash, &canon, &canon_len, err);
+        rc = hash_body(s, req, cur, body, hash, &canon, &canon_len, &wt, err);
         if (rc != 0)
             goto done;
         if (is_live(cur) && same_body(cur, hash, body, canon, canon_len)) {
+            keep_tree(s, cur->coll, cur->id, cur->version, &wt);
             rc = change_none(out, cur, err);
             cur = NULL;
             goto done;
@@ -809,8 +897,9 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     /* The change (its diffs) is built before the commit, so that a failure
      * to build it fails a write that wrote nothing, never one that
      * committed. */
-    rc = build_change(s, &change, cur, req, body, hash, err);
+    rc = build_change(s, &change, cur, req, body, hash, wt.diff, err);
     body = NULL;
+    wt.diff = NULL;
     if (rc != 0)
         goto done;
     syncd_error_clear(&local);
@@ -825,10 +914,13 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
         goto done;
     }
     cache_refresh(s, change->doc, canon, canon_len);
+    keep_tree(s, req->coll, req->id, change->doc->version, &wt);
     keep_text(change, &canon, canon_len);
     *out = change;
     change = NULL;
 done:
+    syncd_htree_free(wt.tree);
+    json_decref(wt.diff);
     syncd_change_free(change);
     free(canon);
     json_decref(body);

@@ -32,7 +32,11 @@
  * still gets the text of the version before. So no reader ever sees a body
  * half-applied. Beside the body an entry may keep the document's hash tree
  * (syncd_htree_t), built on request and charged to the entry, so that the
- * applier rehashes only what a patch touched. An entry given back changed
+ * applier rehashes only what a patch touched; a writer of the RocksDB
+ * store takes it out (syncd_tier_take_tree()), updates it for its change
+ * and leaves it with the new version (syncd_tier_keep_tree(), or with the
+ * entry that version gets), and a record rewritten at the same version
+ * (an outbox ack) hands it on. An entry given back changed
  * stays pinned (never evicted or expired) until its owner has made its new
  * record (syncd_tier_unpin()).
  */
@@ -234,6 +238,37 @@ static void shrink(syncd_tier_t *t, shard_t *s)
     }
 }
 
+/* Whether a and b are the same live version of a record (version and
+ * hash). */
+static int same_version(const syncd_doc_t *a, const syncd_doc_t *b)
+{
+    return !a->deleted && !b->deleted && a->version == b->version &&
+           strcmp(a->hash, b->hash) == 0;
+}
+
+/* Whether tree is the hash tree of a body whose content hash is hash. */
+static int tree_of(const syncd_htree_t *tree, const char *hash)
+{
+    char root[SYNCD_HASH_HEX_LEN + 1];
+
+    syncd_htree_root(tree, root);
+    return strcmp(root, hash) == 0;
+}
+
+/* Sets e's tree (NULL: none) charged bytes, made the newest, and evicts
+ * down to the bound. With s locked. */
+static void set_tree(syncd_tier_t *t, shard_t *s, tier_entry_t *e,
+                     syncd_htree_t *tree, size_t bytes)
+{
+    syncd_lru_remove(&s->lru, &e->node);
+    e->node.size -= e->tree_bytes;
+    e->tree = tree;
+    e->tree_bytes = tree != NULL ? bytes : 0;
+    e->node.size += e->tree_bytes;
+    syncd_lru_insert(&s->lru, &e->node);
+    shrink(t, s);
+}
+
 int syncd_tier_get(syncd_tier_t *t, const syncd_reckey_t *k, syncd_doc_t **out)
 {
     shard_t *s = shard_of(t, k);
@@ -289,7 +324,7 @@ int syncd_tier_text(syncd_tier_t *t, const syncd_reckey_t *k, char **text,
 
 void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
                     syncd_doc_t *doc_new, int64_t born_ms, size_t size,
-                    int replace)
+                    int replace, syncd_htree_t *tree, size_t tree_bytes)
 {
     shard_t *s = shard_of(t, k);
     syncd_lru_node_t *old;
@@ -297,16 +332,17 @@ void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
 
     if (e == NULL) {
         syncd_doc_free(doc_new);
+        syncd_htree_free(tree);
         syncd_tier_drop(t, k);
         return;
     }
     syncd_reckey_node(&e->node, e->key, k,
-                      size + k->len + SYNCD_TIER_ENTRY_OVERHEAD);
+                      size + k->len + SYNCD_TIER_ENTRY_OVERHEAD + tree_bytes);
     e->doc = doc_new;
     e->text = NULL;
     e->text_len = 0;
-    e->tree = NULL;
-    e->tree_bytes = 0;
+    e->tree = tree;
+    e->tree_bytes = tree != NULL ? tree_bytes : 0;
     e->taken = 0;
     e->pinned = 0;
     e->born_ms = born_ms;
@@ -318,6 +354,16 @@ void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
         return;
     }
     if (old != NULL) {
+        tier_entry_t *o = (tier_entry_t *)old;
+
+        /* The same version's record again (an outbox ack): same body,
+         * so the same tree. */
+        if (e->tree == NULL && o->tree != NULL && same_version(o->doc, doc_new)) {
+            e->tree = o->tree;
+            e->tree_bytes = o->tree_bytes;
+            e->node.size += o->tree_bytes;
+            o->tree = NULL;
+        }
         syncd_lru_remove(&s->lru, old);
         entry_free(old);
     }
@@ -420,6 +466,45 @@ int syncd_tier_list_hashes(syncd_tier_t *t, const syncd_reckey_t *k,
                                    count, err);
     shard_unlock(s);
     return rc;
+}
+
+int syncd_tier_take_tree(syncd_tier_t *t, const syncd_reckey_t *k,
+                         int64_t version, const char *hash,
+                         syncd_htree_t **tree, size_t *bytes)
+{
+    shard_t *s = shard_of(t, k);
+    tier_entry_t *e;
+
+    *tree = NULL;
+    *bytes = 0;
+    pthread_mutex_lock(&s->lock);
+    e = find(t, s, k);
+    if (e != NULL && !e->taken && e->tree != NULL && !e->doc->deleted &&
+        e->doc->version == version && strcmp(e->doc->hash, hash) == 0 &&
+        tree_of(e->tree, hash)) {
+        *tree = e->tree;
+        *bytes = e->tree_bytes;
+        set_tree(t, s, e, NULL, 0);
+    }
+    shard_unlock(s);
+    return *tree != NULL;
+}
+
+void syncd_tier_keep_tree(syncd_tier_t *t, const syncd_reckey_t *k,
+                          int64_t version, syncd_htree_t *tree, size_t bytes)
+{
+    shard_t *s = shard_of(t, k);
+    tier_entry_t *e;
+
+    pthread_mutex_lock(&s->lock);
+    e = find(t, s, k);
+    if (e != NULL && !e->taken && e->tree == NULL && !e->doc->deleted &&
+        e->doc->version == version && tree_of(tree, e->doc->hash)) {
+        set_tree(t, s, e, tree, bytes);
+        tree = NULL;
+    }
+    shard_unlock(s);
+    syncd_htree_free(tree);
 }
 
 int syncd_tier_take(syncd_tier_t *t, const syncd_reckey_t *k, int64_t version,

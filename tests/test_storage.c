@@ -420,6 +420,252 @@ test_store_put_new__keeps_the_given_tree_and_takes_its_reference(void **state)
     assert_doc(f, "docs", "given", 2, "{\"k\":2}");
 }
 
+/* ---- Writers' hash trees ------------------------------------------------- */
+
+/* The body of the large document of the hash-tree tests: members
+ * m000..m(n-1), each {"n": i, "s": a 40-byte string}; about 70 bytes a
+ * member, so 80 members pass SYNCD_TREE_MIN. */
+static json_t *big_body(int n)
+{
+    json_t *body = json_object();
+    char key[16];
+
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "m%03d", i);
+        json_object_set_new(
+            body, key,
+            json_pack("{s:i, s:s}", "n", i, "s",
+                      "0123456789012345678901234567890123456789"));
+    }
+    return body;
+}
+
+/* Asserts that doc's hash is the content hash of its body, computed
+ * afresh. */
+static void assert_own_hash(const syncd_doc_t *doc)
+{
+    char want[SYNCD_HASH_HEX_LEN + 1];
+
+    assert_int_equal(syncd_json_hash(want, doc->body, NULL), 0);
+    assert_string_equal(doc->hash, want);
+}
+
+/* Asserts that "big"/id's stored version is version, its hash that of its
+ * body, and (when want is not NULL) its body want. */
+static void assert_stored_hash(fixture_t *f, const char *id, int64_t version,
+                               const json_t *want)
+{
+    syncd_doc_t *doc = NULL;
+
+    assert_int_equal(syncd_store_get(f->store, &doc, "big", id, NULL), 0);
+    assert_int_equal(doc->version, version);
+    assert_own_hash(doc);
+    if (want != NULL)
+        assert_json_exact(doc->body, want);
+    syncd_doc_free(doc);
+}
+
+static uint64_t next_random(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* One random write of the hash-tree test to "big"/id at version *v (a live
+ * record), of kind `kind`; *v follows the record. Every write must leave
+ * the body it makes (the JSON Patch or merge patch applied by the patch
+ * engine, the body put, or the body as it was), and every version the hash
+ * of its body. */
+static void big_write(fixture_t *f, const char *id, int kind, uint64_t *x,
+                      int64_t *v)
+{
+    char text[160];
+    int m = (int)(next_random(x) % 120); /* 80 exist at first: adds too */
+    syncd_change_t *c = NULL;
+    syncd_doc_t *cur = NULL;
+    json_t *arg = NULL, *want = NULL;
+    int rc;
+
+    assert_int_equal(syncd_store_get(f->store, &cur, "big", id, NULL), 0);
+    switch (kind) {
+    case 0: /* a whole-document PUT with one member changed, added or gone */
+        arg = json_deep_copy(cur->body);
+        snprintf(text, sizeof(text), "m%03d", m);
+        if (m % 5 == 0)
+            json_object_del(arg, text);
+        else
+            json_object_set_new(arg, text, json_integer((json_int_t)*x % 1000));
+        want = json_incref(arg);
+        rc = syncd_store_put(f->store, &c, "big", id, arg, SYNCD_ANY_VERSION,
+                             NULL);
+        break;
+    case 1: /* a JSON Patch */
+        snprintf(text, sizeof(text),
+                 "[{\"op\":\"add\",\"path\":\"/m%03d\",\"value\":{\"n\":%d,"
+                 "\"l\":[1,2.5,-0.0]}}]",
+                 m, (int)(*x % 1000));
+        arg = parse(text);
+        assert_int_equal(syncd_patch_apply(&want, cur->body, arg, NULL), 0);
+        rc = syncd_store_patch(f->store, &c, "big", id, arg, 0, *v, NULL);
+        break;
+    case 2: /* a merge patch */
+        snprintf(text, sizeof(text), "{\"m%03d\":%s}", m,
+                 m % 3 == 0 ? "null" : "{\"s\":\"merged\",\"x\":{\"y\":0.0}}");
+        arg = parse(text);
+        assert_int_equal(syncd_merge_apply(&want, cur->body, arg, NULL), 0);
+        rc = syncd_store_patch(f->store, &c, "big", id, arg, 1,
+                               SYNCD_ANY_VERSION, NULL);
+        break;
+    case 3: /* the same body again: nothing written */
+        rc = syncd_store_put(f->store, &c, "big", id, cur->body,
+                             SYNCD_ANY_VERSION, NULL);
+        assert_int_equal(rc, 0);
+        assert_int_equal(c->op, SYNCD_CHANGE_NONE);
+        break;
+    case 4: /* a stale strict write: refused, nothing written */
+        arg = big_body(81);
+        rc = syncd_store_put(f->store, &c, "big", id, arg, *v + 1, NULL);
+        assert_int_equal(rc, SYNCD_EPRECONDITION);
+        break;
+    case 5: /* a JSON Patch whose test fails: refused, nothing written */
+        arg = parse("[{\"op\":\"replace\",\"path\":\"/m001/n\",\"value\":7},"
+                    "{\"op\":\"test\",\"path\":\"/m001/n\",\"value\":8}]");
+        rc = syncd_store_patch(f->store, &c, "big", id, arg, 0,
+                               SYNCD_ANY_VERSION, NULL);
+        assert_true(rc < 0);
+        break;
+    default: /* the outbox ack that follows a publish */
+        rc = syncd_store_outbox_ack(f->store, "big", id, *v, NULL);
+        assert_int_equal(rc, 0);
+        break;
+    }
+    if (want == NULL)
+        want = json_incref(cur->body);
+    if (rc == 0 && c != NULL) {
+        assert_own_hash(c->doc);
+        assert_int_equal(c->op, json_equal(want, cur->body)
+                                    ? SYNCD_CHANGE_NONE
+                                    : SYNCD_CHANGE_UPDATE);
+        *v = c->doc->version;
+    }
+    syncd_change_free(c);
+    syncd_doc_free(cur);
+    json_decref(arg);
+    assert_stored_hash(f, id, *v, want);
+    json_decref(want);
+}
+
+static void
+test_store_big_writes__every_version_carries_the_hash_of_its_body(void **state)
+{
+    fixture_t *f = *state;
+    json_t *body = big_body(80);
+    syncd_change_t *c = NULL;
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    int64_t v;
+
+    assert_true(json_dumpb(body, NULL, 0, JSON_COMPACT) > SYNCD_TREE_MIN);
+    assert_int_equal(syncd_store_create(f->store, &c, "big", "d", body, NULL),
+                     0);
+    v = c->doc->version;
+    syncd_change_free(c);
+    for (int round = 0; round < 600; round++) {
+        big_write(f, "d", (int)(next_random(&x) % 7), &x, &v);
+        if (round % 150 == 149) {
+            /* Deleted and made again, then the store reopened: the next
+             * writes start without any tree. */
+            assert_int_equal(
+                syncd_store_delete(f->store, &c, "big", "d", v, NULL), 0);
+            syncd_change_free(c);
+            assert_int_equal(
+                syncd_store_create(f->store, &c, "big", "d", body, NULL), 0);
+            assert_own_hash(c->doc);
+            v = c->doc->version;
+            syncd_change_free(c);
+            reopen(f);
+        }
+    }
+    json_decref(body);
+}
+
+typedef struct big_writer {
+    syncd_store_t *store;
+    int thread;
+    int bad_hashes, failures;
+} big_writer_t;
+
+/* Patches members of its own of "big"/"c" 60 times (each a new value),
+ * acking each version, and counts the changes whose hash is not that of
+ * their body. */
+static void *big_writer_thread(void *arg)
+{
+    big_writer_t *w = arg;
+    char text[128], want[SYNCD_HASH_HEX_LEN + 1];
+
+    for (int i = 0; i < 60; i++) {
+        syncd_change_t *c = NULL;
+        json_t *patch;
+
+        if (i % 2 == 0)
+            snprintf(text, sizeof(text),
+                     "[{\"op\":\"replace\",\"path\":\"/m%03d/n\","
+                     "\"value\":%d}]",
+                     w->thread * 10 + i % 10, 1000 + i);
+        else
+            snprintf(text, sizeof(text), "{\"m%03d\":{\"n\":%d}}",
+                     w->thread * 10 + i % 10, 1000 + i);
+        patch = json_loads(text, 0, NULL);
+        if (syncd_store_patch(w->store, &c, "big", "c", patch, i % 2,
+                              SYNCD_ANY_VERSION, NULL) != 0 ||
+            syncd_store_outbox_ack(w->store, "big", "c", c->doc->version,
+                                   NULL) != 0) {
+            w->failures++;
+        } else if (syncd_json_hash(want, c->doc->body, NULL) != 0 ||
+                   strcmp(want, c->doc->hash) != 0) {
+            w->bad_hashes++;
+        }
+        syncd_change_free(c);
+        json_decref(patch);
+    }
+    return NULL;
+}
+
+static void
+test_store_big_writes__concurrent_writers_and_acks_keep_every_hash_true(
+    void **state)
+{
+    fixture_t *f = *state;
+    json_t *body = big_body(80);
+    big_writer_t w[4];
+    pthread_t threads[4];
+    syncd_change_t *c = NULL;
+
+    f->opts.max_retries = 100000;
+    f->opts.retry_delay_ms = 1;
+    f->opts.max_retry_delay_ms = 20;
+    f->opts.edit_timeout_ms = 600000;
+    reopen(f);
+    assert_int_equal(syncd_store_create(f->store, &c, "big", "c", body, NULL),
+                     0);
+    syncd_change_free(c);
+    json_decref(body);
+    for (int i = 0; i < 4; i++) {
+        w[i] = (big_writer_t){f->store, i, 0, 0};
+        assert_int_equal(
+            pthread_create(&threads[i], NULL, big_writer_thread, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+        assert_int_equal(w[i].bad_hashes, 0);
+    }
+    assert_stored_hash(f, "c", 1 + 4 * 60, NULL);
+    reopen(f);
+    assert_stored_hash(f, "c", 1 + 4 * 60, NULL);
+}
+
 static void test_store_put__same_body_writes_nothing(void **state)
 {
     fixture_t *f = *state;
@@ -5151,6 +5397,9 @@ int main(int argc, char **argv)
         BOTH(test_store_put__without_if_match_creates_or_replaces),
         BOTH(test_store_put_new__keeps_the_given_tree_and_takes_its_reference),
         BOTH(test_store_put__same_body_writes_nothing),
+        BOTH(test_store_big_writes__every_version_carries_the_hash_of_its_body),
+        ROCKS(
+            test_store_big_writes__concurrent_writers_and_acks_keep_every_hash_true),
         BOTH(
             test_store_put__stale_if_match_fails_with_EPRECONDITION_and_changes_nothing),
         MONGO(test_store_edit__strict_write_that_loses_a_race_is_one_attempt),
