@@ -1035,8 +1035,8 @@ int syncd_cache_patch(syncd_cache_t *cache, const syncd_doc_t *meta,
     if (e == NULL || !is_fresh(cache, e, now) || e->version != base ||
         e->deleted || (nonblocking && cached_bytes(cache) > cache->max_bytes) ||
         syncd_tier_take(cache->tier, &k, base,
-                        nonblocking && e->node.size >= SYNCD_TREE_MIN,
-                        &body, &tree) != 0)
+                        nonblocking && e->node.size >= SYNCD_TREE_MIN, &body,
+                        &tree) != 0)
         goto unlock;
     size = e->node.size;
     patch_size = syncd_json_compact_size(patch, 0);

@@ -119,11 +119,11 @@ typedef struct pending {
     size_t vlen;
     syncd_htree_t *tree; /* doc's hash tree (owned), or NULL */
     size_t tree_bytes;   /* what tree is charged in the tier */
-    int has_outbox; /* puts the outbox key, else deletes it */
-    int insert;     /* registers the collection */
-    int ack;        /* an outbox ack: needs no sync of its own */
-    int was_tomb;   /* replaces a tombstone: deletes its index key */
-    int in_table;   /* the key's entry in s->pending */
+    int has_outbox;      /* puts the outbox key, else deletes it */
+    int insert;          /* registers the collection */
+    int ack;             /* an outbox ack: needs no sync of its own */
+    int was_tomb;        /* replaces a tombstone: deletes its index key */
+    int in_table;        /* the key's entry in s->pending */
     uint64_t seq;
 } pending_t;
 
@@ -797,8 +797,8 @@ static pending_t *pending_of(stripe_t *s, const syncd_reckey_t *k)
 
 /* Takes the hash tree of coll/id at version (hash): the newest pending
  * commit's when the key has one, else the tier entry's. */
-static int rocks_take_tree(syncd_backend_t *b, const char *coll,
-                           const char *id, int64_t version, const char *hash,
+static int rocks_take_tree(syncd_backend_t *b, const char *coll, const char *id,
+                           int64_t version, const char *hash,
                            syncd_htree_t **tree, size_t *bytes)
 {
     rocks_t *r = (rocks_t *)b;

@@ -345,9 +345,9 @@ static int hash_body(syncd_store_t *s, const write_req_t *req,
     rc = check_size(s, body, canon, len, err);
     if (rc != 0)
         return rc;
-    if (is_live(cur) && ops->take_tree(s->backend, cur->coll, cur->id,
-                                       cur->version, cur->hash, &wt->tree,
-                                       &wt->bytes)) {
+    if (is_live(cur) &&
+        ops->take_tree(s->backend, cur->coll, cur->id, cur->version, cur->hash,
+                       &wt->tree, &wt->bytes)) {
         rc = req->applied != NULL
                  ? syncd_patch_diff_touched(&wt->diff, cur->body, body,
                                             req->applied, err)

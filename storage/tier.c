@@ -358,7 +358,8 @@ void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
 
         /* The same version's record again (an outbox ack): same body,
          * so the same tree. */
-        if (e->tree == NULL && o->tree != NULL && same_version(o->doc, doc_new)) {
+        if (e->tree == NULL && o->tree != NULL &&
+            same_version(o->doc, doc_new)) {
             e->tree = o->tree;
             e->tree_bytes = o->tree_bytes;
             e->node.size += o->tree_bytes;
