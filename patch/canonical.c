@@ -128,9 +128,10 @@ static int write_real(syncd_buf_t *b, double d)
     return syncd_buf_append(b, text, n);
 }
 
-static int write_value(syncd_buf_t *b, const json_t *v);
+static int write_value(syncd_buf_t *b, const json_t *v, int depth);
 
-static int write_object(syncd_buf_t *b, const json_t *v)
+/* Writes object v, inside depth containers (its own included). */
+static int write_object(syncd_buf_t *b, const json_t *v, int depth)
 {
     size_t n = json_object_size(v), i = 0;
     member_t *members = NULL;
@@ -160,29 +161,36 @@ static int write_object(syncd_buf_t *b, const json_t *v)
         if (rc == 0)
             rc = syncd_buf_putc(b, ':');
         if (rc == 0)
-            rc = write_value(b, members[i].value);
+            rc = write_value(b, members[i].value, depth);
     }
     free(members);
     return rc < 0 ? rc : syncd_buf_putc(b, '}');
 }
 
-static int write_value(syncd_buf_t *b, const json_t *v)
+/* Writes v, inside depth containers; SYNCD_EINVAL when a container of it
+ * would nest deeper than SYNCD_PATCH_MAX_DEPTH (the bound of
+ * syncd_json_check_depth(), checked on the way instead of by a walk of its
+ * own). */
+static int write_value(syncd_buf_t *b, const json_t *v, int depth)
 {
     char text[32];
     size_t i;
     json_t *child;
     int rc;
 
+    if ((json_is_object(v) || json_is_array(v)) &&
+        ++depth > SYNCD_PATCH_MAX_DEPTH)
+        return SYNCD_EINVAL;
     switch (json_typeof(v)) {
     case JSON_OBJECT:
-        return write_object(b, v);
+        return write_object(b, v, depth);
     case JSON_ARRAY:
         rc = syncd_buf_putc(b, '[');
         json_array_foreach (v, i, child) {
             if (rc == 0 && i > 0)
                 rc = syncd_buf_putc(b, ',');
             if (rc == 0)
-                rc = write_value(b, child);
+                rc = write_value(b, child, depth);
         }
         return rc < 0 ? rc : syncd_buf_putc(b, ']');
     case JSON_STRING:
@@ -258,8 +266,7 @@ char *syncd_json_canonical(const json_t *v, size_t *len)
 {
     syncd_buf_t b = {0};
 
-    if (syncd_json_check_depth(v, SYNCD_EINVAL, "value", NULL) < 0 ||
-        write_value(&b, v) < 0) {
+    if (write_value(&b, v, 0) < 0) {
         syncd_buf_free(&b);
         return NULL;
     }

@@ -159,9 +159,10 @@ static int member_cmp(const void *pa, const void *pb)
     return syncd_key_cmp(a->key, a->len, b->key, b->len);
 }
 
-static int value_hash(unsigned char out[32], const json_t *v);
+static int value_hash(unsigned char out[32], const json_t *v, int depth);
 
-static int object_hash(unsigned char out[32], const json_t *v)
+/* Hashes object v, inside depth containers (its own included). */
+static int object_hash(unsigned char out[32], const json_t *v, int depth)
 {
     size_t n = json_object_size(v), i = 0;
     unsigned char(*items)[32] = NULL;
@@ -184,7 +185,7 @@ static int object_hash(unsigned char out[32], const json_t *v)
     for (i = 0; i < n; i++) {
         unsigned char vh[32];
 
-        rc = value_hash(vh, members[i].value);
+        rc = value_hash(vh, members[i].value, depth);
         if (rc < 0)
             goto cleanup;
         syncd_hash_member(items[i], members[i].key, members[i].len, vh);
@@ -197,7 +198,8 @@ cleanup:
     return rc;
 }
 
-static int array_hash(unsigned char out[32], const json_t *v)
+/* Hashes array v, inside depth containers (its own included). */
+static int array_hash(unsigned char out[32], const json_t *v, int depth)
 {
     size_t n = json_array_size(v);
     unsigned char(*items)[32] = malloc((n > 0 ? n : 1) * 32);
@@ -206,19 +208,25 @@ static int array_hash(unsigned char out[32], const json_t *v)
     if (items == NULL)
         return SYNCD_ENOMEM;
     for (size_t i = 0; i < n && rc == 0; i++)
-        rc = value_hash(items[i], json_array_get(v, i));
+        rc = value_hash(items[i], json_array_get(v, i), depth);
     if (rc == 0)
         hash_entries(out, 0, items, n);
     free(items);
     return rc;
 }
 
-static int value_hash(unsigned char out[32], const json_t *v)
+/* Hashes v, inside depth containers: SYNCD_EINVAL when a container of it
+ * would nest deeper than SYNCD_PATCH_MAX_DEPTH (syncd_json_check_depth()'s
+ * bound, checked on the way instead of by a walk of its own), SYNCD_ENOMEM. */
+static int value_hash(unsigned char out[32], const json_t *v, int depth)
 {
+    if ((json_is_object(v) || json_is_array(v)) &&
+        ++depth > SYNCD_PATCH_MAX_DEPTH)
+        return SYNCD_EINVAL;
     if (json_is_object(v))
-        return object_hash(out, v);
+        return object_hash(out, v, depth);
     if (json_is_array(v))
-        return array_hash(out, v);
+        return array_hash(out, v, depth);
     syncd_hash_scalar(out, v);
     return 0;
 }
@@ -226,9 +234,13 @@ static int value_hash(unsigned char out[32], const json_t *v)
 int syncd_json_hash_raw(unsigned char out[32], const json_t *v,
                         syncd_error_t *err)
 {
-    if (syncd_json_check_depth(v, SYNCD_EINVAL, "value", err) < 0)
-        return SYNCD_EINVAL;
-    if (value_hash(out, v) < 0)
+    int rc = value_hash(out, v, 0);
+
+    if (rc == SYNCD_EINVAL)
+        return syncd_error_set(err, rc,
+                               "value nests deeper than %d arrays/objects",
+                               SYNCD_PATCH_MAX_DEPTH);
+    if (rc < 0)
         return syncd_error_set(err, SYNCD_ENOMEM,
                                "out of memory hashing the value");
     return 0;

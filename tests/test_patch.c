@@ -1258,6 +1258,42 @@ static void test_patch__100k_nested_arrays_fail_cleanly(void **s)
     json_decref(wrapped);
 }
 
+/* The serializer and the hash check the nesting on their way down: exactly
+ * SYNCD_PATCH_MAX_DEPTH nested containers pass, one more fails, objects and
+ * arrays alike. */
+static void
+test_canonical_and_hash__nesting_bound_is_that_of_the_depth_check(void **s)
+{
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    syncd_error_t err;
+
+    (void)s;
+    for (size_t levels = SYNCD_PATCH_MAX_DEPTH - 1;
+         levels <= SYNCD_PATCH_MAX_DEPTH + 1; levels++) {
+        json_t *v = nested_arrays(levels), *obj = json_object();
+        int fits = levels <= SYNCD_PATCH_MAX_DEPTH;
+        char *text;
+
+        text = syncd_json_canonical(v, NULL);
+        assert_int_equal(text != NULL, fits);
+        free(text);
+        syncd_error_clear(&err);
+        assert_int_equal(syncd_json_hash(hash, v, &err),
+                         fits ? 0 : SYNCD_EINVAL);
+        if (!fits)
+            assert_non_null(strstr(err.message, "nests deeper than 512"));
+        /* An object around levels - 1 arrays: the same depth. */
+        json_object_set_new(obj, "k", json_incref(json_array_get(v, 0)));
+        text = syncd_json_canonical(obj, NULL);
+        assert_int_equal(text != NULL, fits);
+        free(text);
+        assert_int_equal(syncd_json_hash(hash, obj, NULL),
+                         fits ? 0 : SYNCD_EINVAL);
+        json_decref(obj);
+        free_nested(v);
+    }
+}
+
 /* Returns a patch adding value_new at the end of the innermost of `levels`
  * nested arrays. */
 static json_t *append_innermost(size_t levels, json_t *value_new)
@@ -2800,6 +2836,8 @@ int main(void)
         cmocka_unit_test(test_patch_apply__move_into_own_child_fails),
         cmocka_unit_test(test_patch_validate__checks_without_applying),
         cmocka_unit_test(test_patch__100k_nested_arrays_fail_cleanly),
+        cmocka_unit_test(
+            test_canonical_and_hash__nesting_bound_is_that_of_the_depth_check),
         cmocka_unit_test(test_patch_apply__result_nesting_past_the_limit_fails),
         cmocka_unit_test(
             test_merge_diff__null_member_fails_with_EPATCH_naming_path),
