@@ -734,8 +734,8 @@ static int load(syncd_cache_t *c, syncd_doc_t **out, const syncd_reckey_t *k,
     pthread_rwlock_rdlock(&c->lock);
     e = find(c, k);
     if (e != NULL && e->gen == gen) {
-        syncd_tier_put(c->tier, k, doc, e->stored_ms, k->len + vlen, 0, NULL,
-                       0);
+        syncd_tier_put(c->tier, k, doc, e->stored_ms, k->len + vlen, 0, NULL, 0,
+                       NULL);
         doc = NULL;
     }
     pthread_rwlock_unlock(&c->lock);
@@ -917,7 +917,8 @@ static int cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     syncd_lru_insert(&cache->index, &e->node);
     mark_dirty(cache, e, val, vlen);
     val = NULL;
-    syncd_tier_put(cache->tier, &k, decoded, now, k.len + vlen, 1, NULL, 0);
+    syncd_tier_put(cache->tier, &k, decoded, now, k.len + vlen, 1, NULL, 0,
+                   NULL);
     decoded = NULL;
     e = NULL;
     evict(cache);

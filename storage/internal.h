@@ -594,10 +594,14 @@ int syncd_tier_text(syncd_tier_t *t, const syncd_reckey_t *k, char **text,
  * then evicts down to the bound. With replace 0 an entry already there is
  * kept instead. An entry replaced by the same version (the same version
  * number and hash: its record rewritten) hands its tree on when no tree is
- * given. Out of memory leaves no entry for k. */
+ * given. The replaced entry is freed once the tier's lock is released;
+ * with replaced not NULL its document is handed to the caller instead
+ * (*replaced, NULL when none; the caller frees it, so that it can do so
+ * after releasing locks of its own). Out of memory leaves no entry for k. */
 void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
                     syncd_doc_t *doc_new, int64_t born_ms, size_t size,
-                    int replace, syncd_htree_t *tree, size_t tree_bytes);
+                    int replace, syncd_htree_t *tree, size_t tree_bytes,
+                    syncd_doc_t **replaced);
 
 /* Keeps text_new (len bytes, stolen) as the serialized body of k's entry
  * when that entry still holds body (borrowed, compared by address) and has

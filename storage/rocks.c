@@ -301,7 +301,7 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
     pthread_mutex_lock(&s->lock);
     if (s->gen == gen && s->writing == 0) {
         syncd_tier_put(r->tier, k, loaded, r->now_ms(r->now_data), vlen, 0,
-                       NULL, 0);
+                       NULL, 0, NULL);
         loaded = NULL;
     }
     pthread_mutex_unlock(&s->lock);
@@ -544,6 +544,7 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
     while (group != NULL) {
         pending_t *p = group;
         stripe_t *s = p->s;
+        syncd_doc_t *replaced = NULL;
 
         group = p->next;
         pthread_mutex_lock(&s->lock);
@@ -551,7 +552,7 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
             syncd_lru_remove(&s->pending, &p->node);
         if (ok && rc == 0) {
             syncd_tier_put(r->tier, &p->k, p->doc, r->now_ms(r->now_data),
-                           p->vlen, 1, p->tree, p->tree_bytes);
+                           p->vlen, 1, p->tree, p->tree_bytes, &replaced);
             p->doc = NULL;
             p->tree = NULL;
         } else {
@@ -560,6 +561,9 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
         s->writing--;
         s->gen++;
         pthread_mutex_unlock(&s->lock);
+        /* The version replaced is freed with no lock held: readers and
+         * writers of the stripe's other keys need not wait for it. */
+        syncd_doc_free(replaced);
         pending_free(p);
     }
     return rc;

@@ -324,12 +324,15 @@ int syncd_tier_text(syncd_tier_t *t, const syncd_reckey_t *k, char **text,
 
 void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
                     syncd_doc_t *doc_new, int64_t born_ms, size_t size,
-                    int replace, syncd_htree_t *tree, size_t tree_bytes)
+                    int replace, syncd_htree_t *tree, size_t tree_bytes,
+                    syncd_doc_t **replaced)
 {
     shard_t *s = shard_of(t, k);
     syncd_lru_node_t *old;
-    tier_entry_t *e = malloc(sizeof(*e) + k->len);
+    tier_entry_t *e = malloc(sizeof(*e) + k->len), *o;
 
+    if (replaced != NULL)
+        *replaced = NULL;
     if (e == NULL) {
         syncd_doc_free(doc_new);
         syncd_htree_free(tree);
@@ -353,9 +356,8 @@ void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
         entry_free(&e->node);
         return;
     }
-    if (old != NULL) {
-        tier_entry_t *o = (tier_entry_t *)old;
-
+    o = (tier_entry_t *)old;
+    if (o != NULL) {
         /* The same version's record again (an outbox ack): same body,
          * so the same tree. */
         if (e->tree == NULL && o->tree != NULL &&
@@ -366,11 +368,17 @@ void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
             o->tree = NULL;
         }
         syncd_lru_remove(&s->lru, old);
-        entry_free(old);
     }
     syncd_lru_insert(&s->lru, &e->node);
     shrink(t, s);
     shard_unlock(s);
+    /* Freed with no lock held: a large body takes a while. */
+    if (o != NULL && replaced != NULL) {
+        *replaced = o->doc;
+        o->doc = NULL;
+    }
+    if (o != NULL)
+        entry_free(old);
 }
 
 void syncd_tier_set_text(syncd_tier_t *t, const syncd_reckey_t *k,
