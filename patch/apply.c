@@ -8,7 +8,14 @@
  * removed member and the member that followed it), so that a failing
  * operation undoes the changes before it, newest first, back to the same
  * values in the same member order; the work is that of the patch, not of
- * the document. Every error names the
+ * the document. syncd_patch_apply_shared() makes a result that shares
+ * with the document every value the patch leaves as it was: it starts from
+ * a copy of the root alone, and before an operation changes a container it
+ * copies (one level) each container on the way to it that is still shared
+ * with the document, which its reference count tells (a shared one is held
+ * by the document's container too); the document is never touched, so a
+ * failure drops the result. The work is that of the patch and of the
+ * containers it passes through. Every error names the
  * operation by index, its op and path, and the reason, in that order
  * ("operation 2 (remove /a/b): member not found"). Values the patch
  * carries are deep-copied into the result, never shared with the patch.
@@ -231,6 +238,7 @@ typedef struct apply {
     size_t max;    /* 0: unbounded */
     size_t copied; /* canonical bytes deep-copied into root */
     undo_log_t *log;
+    int shared; /* root shares the containers it has not changed */
 } apply_t;
 
 /* Returns a NUL-terminated copy of the len bytes at s, or NULL. */
@@ -485,6 +493,83 @@ static int log_put(apply_t *a, const loc_t *loc, enum put_mode mode)
                      mode == PUT_ADD ? NULL : loc->child);
 }
 
+/* Returns a copy of container v one level deep: the same members (keys
+ * holding NUL too) or elements, shared; NULL on out of memory. */
+static json_t *copy_level(const json_t *v)
+{
+    json_t *copy, *child;
+    const char *key;
+    size_t len, i;
+
+    if (json_is_array(v)) {
+        copy = json_array();
+        json_array_foreach (v, i, child) {
+            if (copy != NULL && json_array_append(copy, child) < 0) {
+                json_decref(copy);
+                copy = NULL;
+            }
+        }
+        return copy;
+    }
+    copy = json_object();
+    json_object_keylen_foreach ((json_t *)v, key, len, child) {
+        if (copy != NULL &&
+            json_object_setn_nocheck(copy, key, len, child) < 0) {
+            json_decref(copy);
+            copy = NULL;
+        }
+    }
+    return copy;
+}
+
+/* Whether container v is held by more than its one parent in a->root: a
+ * value a->root still shares with the document. */
+static int is_shared(const json_t *v)
+{
+    return (json_is_object(v) || json_is_array(v)) &&
+           __atomic_load_n(&v->refcount, __ATOMIC_ACQUIRE) > 1;
+}
+
+/* In a shared application (a->shared), makes every container on the way
+ * to ptr's parent a->root's own: each one still shared with the document
+ * is replaced, in its parent (already a->root's own), by copy_level() of
+ * it. Stops where the path does not lead on (locate() then says why). */
+static int own_path(apply_t *a, const syncd_ptr_t *ptr, const op_t *op,
+                    syncd_error_t *err)
+{
+    size_t n = syncd_ptr_count(ptr), len, index;
+    json_t *cur = a->root, *child, *copy;
+    const char *tok, *why;
+    int rc;
+
+    for (size_t i = 0; a->shared && i + 1 < n; i++) {
+        tok = syncd_ptr_token(ptr, i, &len);
+        if (json_is_object(cur))
+            child = json_object_getn(cur, tok, len);
+        else if (json_is_array(cur) &&
+                 syncd_ptr_array_index(&index, tok, len, json_array_size(cur),
+                                       0, &why) == 0)
+            child = json_array_get(cur, index);
+        else
+            return 0;
+        if (child == NULL || !(json_is_object(child) || json_is_array(child)))
+            return 0;
+        if (is_shared(child)) {
+            copy = copy_level(child);
+            if (copy == NULL)
+                return op_fail(err, SYNCD_ENOMEM, op, "out of memory");
+            rc = json_is_object(cur)
+                     ? json_object_setn_new_nocheck(cur, tok, len, copy)
+                     : json_array_set_new(cur, index, copy);
+            if (rc < 0)
+                return op_fail(err, SYNCD_ENOMEM, op, "out of memory");
+            child = copy;
+        }
+        cur = child;
+    }
+    return 0;
+}
+
 /* Puts value at ptr in a->root, as "add" does (a new member, or an array
  * element inserted or appended) or as "replace" does (the value must
  * exist). A borrowed value (moved 0) is deep-copied once the size bound
@@ -516,7 +601,9 @@ static int put_at(apply_t *a, const syncd_ptr_t *ptr, json_t *value, int moved,
         a->root = value_new;
         return 0;
     }
-    rc = locate(&loc, a->root, ptr, mode == PUT_ADD, op, err);
+    rc = own_path(a, ptr, op, err);
+    if (rc == 0)
+        rc = locate(&loc, a->root, ptr, mode == PUT_ADD, op, err);
     if (rc == 0 && !moved && !syncd_depth_fits(value, syncd_ptr_count(ptr)))
         rc = too_deep(op, err);
     if (rc == 0 && a->max > 0) {
@@ -565,7 +652,9 @@ static int remove_at(json_t **removed, apply_t *a, const syncd_ptr_t *ptr,
     if (syncd_ptr_count(ptr) == 0)
         return op_fail(err, SYNCD_EPATCH, op,
                        "cannot remove the whole document");
-    rc = locate(&loc, a->root, ptr, 0, op, err);
+    rc = own_path(a, ptr, op, err);
+    if (rc == 0)
+        rc = locate(&loc, a->root, ptr, 0, op, err);
     if (rc == 0 && json_is_object(loc.parent))
         rc = undo_push(a, UNDO_MEMBER_DEL, loc.parent, loc.tok, loc.len, 0,
                        loc.child);
@@ -698,16 +787,28 @@ static int run_patch(apply_t *a, const json_t *patch, syncd_error_t *err)
     return 0;
 }
 
-int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
-                         const syncd_patch_limits_t *limits, syncd_error_t *err)
+/* syncd_patch_apply_ex(), sharing what the patch leaves with doc when
+ * shared is set. */
+static int apply_new(json_t **out, const json_t *doc, const json_t *patch,
+                     const syncd_patch_limits_t *limits, int shared,
+                     syncd_error_t *err)
 {
-    apply_t a = {NULL, 0, limits != NULL ? limits->max_bytes : 0, 0, NULL};
+    apply_t a = {
+        NULL, 0,    limits != NULL ? limits->max_bytes : 0,
+        0,    NULL, shared && (json_is_object(doc) || json_is_array(doc))};
     int rc;
 
     *out = NULL;
-    rc = check_inputs(doc, patch, limits, err);
-    if (rc == 0)
+    /* A shared application walks only the patch's paths, like one in
+     * place, and takes doc's depth on the same promise. */
+    rc = check_inputs(a.shared ? NULL : doc, patch, limits, err);
+    if (rc == 0 && a.shared) {
+        a.root = copy_level(doc);
+        if (a.root == NULL)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory copying");
+    } else if (rc == 0) {
         rc = syncd_json_copy(&a.root, doc, err);
+    }
     if (rc == 0)
         rc = run_patch(&a, patch, err);
     if (rc < 0) {
@@ -718,12 +819,26 @@ int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
     return 0;
 }
 
+int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
+                         const syncd_patch_limits_t *limits, syncd_error_t *err)
+{
+    return apply_new(out, doc, patch, limits, 0, err);
+}
+
+int syncd_patch_apply_shared(json_t **out, const json_t *doc,
+                             const json_t *patch,
+                             const syncd_patch_limits_t *limits,
+                             syncd_error_t *err)
+{
+    return apply_new(out, doc, patch, limits, 1, err);
+}
+
 int syncd_patch_apply_in_place(json_t **doc, const json_t *patch,
                                const syncd_patch_limits_t *limits,
                                syncd_error_t *err)
 {
     undo_log_t log = {NULL, 0, 0};
-    apply_t a = {*doc, 0, limits != NULL ? limits->max_bytes : 0, 0, &log};
+    apply_t a = {*doc, 0, limits != NULL ? limits->max_bytes : 0, 0, &log, 0};
     /* *doc is within depth (the caller's promise), and the values the
      * operations put are checked where they land: no walk of the whole. */
     int rc = check_inputs(NULL, patch, limits, err);

@@ -1074,6 +1074,7 @@ typedef struct patch_arg {
     const json_t *patch;
     int is_merge;
     syncd_patch_limits_t limits;
+    int shared; /* the new body may share what it keeps with cur's */
 } patch_arg_t;
 
 static int step_patch(json_t **body, const write_req_t *req,
@@ -1086,6 +1087,9 @@ static int step_patch(json_t **body, const write_req_t *req,
     if (pa->is_merge)
         return syncd_merge_apply_ex(body, cur->body, pa->patch, &pa->limits,
                                     err);
+    if (pa->shared)
+        return syncd_patch_apply_shared(body, cur->body, pa->patch, &pa->limits,
+                                        err);
     return syncd_patch_apply_ex(body, cur->body, pa->patch, &pa->limits, err);
 }
 
@@ -1267,7 +1271,11 @@ int syncd_store_patch_ex(syncd_store_t *store, syncd_change_t **out,
                          int is_merge, const syncd_write_options_t *wo,
                          syncd_error_t *err)
 {
-    patch_arg_t pa = {patch, is_merge, {store->max_doc_bytes, 0}};
+    /* A version's body is immutable (store.h) to everyone but the node
+     * cache, which patches the bodies it holds alone in place: without one,
+     * a new version may share what it keeps of the one before. */
+    patch_arg_t pa = {
+        patch, is_merge, {store->max_doc_bytes, 0}, store->cache == NULL};
     write_req_t req;
     int rc;
 

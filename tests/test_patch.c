@@ -929,6 +929,145 @@ static void test_patch_in_place__failing_middle_op_undoes_everything(void **s)
     assert_true(undone > 1500);
 }
 
+/* Applies patch to a private copy of doc with syncd_patch_apply_shared()
+ * and checks it against the copying apply: the same code (and message),
+ * on success the same value in the same member order, and the copy of doc
+ * exactly as it was either way; then frees that copy and reads the result
+ * again, which must hold its own references to all it shares. Returns the
+ * code. */
+static int check_shared(const json_t *doc, const json_t *patch,
+                        const char *what)
+{
+    json_t *mine = copy_exact(doc), *copied = NULL, *shared = NULL;
+    char *before = ordered(mine), *after, *got = NULL, *want = NULL;
+    syncd_error_t err, cerr;
+    int rc, crc;
+
+    syncd_error_clear(&err);
+    syncd_error_clear(&cerr);
+    crc = syncd_patch_apply(&copied, doc, patch, &cerr);
+    rc = syncd_patch_apply_shared(&shared, mine, patch, NULL, &err);
+    if (rc != crc)
+        fail_msg("%s: shared gave %d, the copying apply %d", what, rc, crc);
+    after = ordered(mine);
+    if (strcmp(after, before) != 0)
+        fail_msg("%s: the document became %s", what, after);
+    json_decref(mine);
+    if (rc == 0) {
+        got = ordered(shared);
+        want = ordered(copied);
+        if (strcmp(got, want) != 0)
+            fail_msg("%s: shared gave %s, want %s", what, got, want);
+    } else {
+        assert_null(shared);
+        assert_string_equal(err.message, cerr.message);
+    }
+    free(before);
+    free(after);
+    free(got);
+    free(want);
+    json_decref(shared);
+    json_decref(copied);
+    return rc;
+}
+
+static size_t run_shared_records(const char *file)
+{
+    json_t *records = load_testdata(file), *rec;
+    size_t i, checked = 0;
+    char what[256];
+
+    json_array_foreach (records, i, rec) {
+        json_t *doc = json_object_get(rec, "doc");
+        json_t *patch = json_object_get(rec, "patch");
+        int rc;
+
+        if (doc == NULL || patch == NULL ||
+            json_is_true(json_object_get(rec, "disabled")))
+            continue;
+        snprintf(what, sizeof(what), "%s record %zu", file, i);
+        rc = check_shared(doc, patch, what);
+        assert_int_equal(rc != 0, json_object_get(rec, "error") != NULL);
+        checked++;
+    }
+    json_decref(records);
+    return checked;
+}
+
+static void test_patch_shared__conformance_records_match_copying_apply(void **s)
+{
+    (void)s;
+    assert_int_equal(run_shared_records("json-patch-tests/tests.json"), 92);
+    assert_int_equal(run_shared_records("json-patch-tests/spec_tests.json"),
+                     16);
+}
+
+/* Random patches of random documents (the diffs of random mutations, and
+ * runs of random operations, some failing, moves and copies among them)
+ * give what the copying apply gives and never touch the document. */
+static void
+test_patch_shared__random_patches_match_copying_apply_and_spare_the_doc(
+    void **s)
+{
+    rng_t r = {0x5a4ed0c0ffeeULL};
+    size_t failed = 0;
+    char what[64];
+
+    (void)s;
+    for (int round = 0; round < 3000; round++) {
+        json_t *a = json_pack("{s:o,s:o}", "doc", random_value(&r, 4), "more",
+                              random_value(&r, 3));
+        json_t *b = copy_exact(a), *patch = NULL;
+
+        mutate(&r, b, 3);
+        assert_int_equal(syncd_patch_diff(&patch, a, b, NULL), 0);
+        for (size_t i = 0, n = rng_below(&r, 5); i < n; i++)
+            json_array_append_new(patch, touched_op(&r, b));
+        snprintf(what, sizeof(what), "round %d", round);
+        if (check_shared(a, patch, what) != 0)
+            failed++;
+        json_decref(a);
+        json_decref(b);
+        json_decref(patch);
+    }
+    /* Both outcomes were checked many times. */
+    assert_true(failed > 300 && failed < 2700);
+}
+
+/* What the patch leaves is the document's very value (shared, not
+ * copied); what it writes, and the containers on the way, are new. */
+static void test_patch_shared__shares_what_the_patch_leaves(void **s)
+{
+    json_t *doc = parse("{\"a\":{\"big\":[1,2,3]},\"b\":{\"x\":1,\"y\":[5]},"
+                        "\"c\":[{\"d\":1},{\"e\":2}]}");
+    json_t *patch = parse("[{\"op\":\"replace\",\"path\":\"/b/x\",\"value\":2},"
+                          "{\"op\":\"add\",\"path\":\"/c/1/f\",\"value\":3}]");
+    json_t *out = NULL, *want;
+
+    (void)s;
+    assert_int_equal(syncd_patch_apply_shared(&out, doc, patch, NULL, NULL), 0);
+    assert_ptr_not_equal(out, doc);
+    assert_ptr_equal(json_object_get(out, "a"), json_object_get(doc, "a"));
+    assert_ptr_not_equal(json_object_get(out, "b"), json_object_get(doc, "b"));
+    assert_ptr_equal(json_object_get(json_object_get(out, "b"), "y"),
+                     json_object_get(json_object_get(doc, "b"), "y"));
+    assert_ptr_equal(json_array_get(json_object_get(out, "c"), 0),
+                     json_array_get(json_object_get(doc, "c"), 0));
+    assert_ptr_not_equal(json_array_get(json_object_get(out, "c"), 1),
+                         json_array_get(json_object_get(doc, "c"), 1));
+    want = parse("{\"a\":{\"big\":[1,2,3]},\"b\":{\"x\":1,\"y\":[5]},"
+                 "\"c\":[{\"d\":1},{\"e\":2}]}");
+    assert_true(json_equal(doc, want));
+    json_decref(want);
+    want = parse("{\"a\":{\"big\":[1,2,3]},\"b\":{\"x\":2,\"y\":[5]},"
+                 "\"c\":[{\"d\":1},{\"e\":2,\"f\":3}]}");
+    assert_true(json_equal(out, want));
+    json_decref(want);
+    json_decref(out);
+    json_decref(doc);
+    json_decref(patch);
+}
+
 static void test_patch_in_place__limits_fail_and_undo(void **s)
 {
     json_t *doc = parse("{\"a\":[1,2,3],\"b\":{\"c\":\"x\",\"d\":true}}");
@@ -2866,6 +3005,11 @@ int main(void)
         cmocka_unit_test(
             test_patch_in_place__failing_middle_op_undoes_everything),
         cmocka_unit_test(test_patch_in_place__limits_fail_and_undo),
+        cmocka_unit_test(
+            test_patch_shared__conformance_records_match_copying_apply),
+        cmocka_unit_test(
+            test_patch_shared__random_patches_match_copying_apply_and_spare_the_doc),
+        cmocka_unit_test(test_patch_shared__shares_what_the_patch_leaves),
         cmocka_unit_test(
             test_compact_size__equals_dumped_length_and_stops_at_cap),
         cmocka_unit_test(

@@ -476,8 +476,8 @@ static uint64_t next_random(uint64_t *x)
 /* One random write of the hash-tree test to "big"/id at version *v (a live
  * record), of kind `kind`; *v follows the record. Every write must leave
  * the body it makes (the JSON Patch or merge patch applied by the patch
- * engine, the body put, or the body as it was), and every version the hash
- * of its body. */
+ * engine, the body put, or the body as it was), every version the hash of
+ * its body, and the version read before it as it was. */
 static void big_write(fixture_t *f, const char *id, int kind, uint64_t *x,
                       int64_t *v)
 {
@@ -486,9 +486,11 @@ static void big_write(fixture_t *f, const char *id, int kind, uint64_t *x,
     syncd_change_t *c = NULL;
     syncd_doc_t *cur = NULL;
     json_t *arg = NULL, *want = NULL;
+    char *before, *after;
     int rc;
 
     assert_int_equal(syncd_store_get(f->store, &cur, "big", id, NULL), 0);
+    before = syncd_json_canonical(cur->body, NULL);
     switch (kind) {
     case 0: /* a whole-document PUT with one member changed, added or gone */
         arg = json_deep_copy(cur->body);
@@ -551,6 +553,11 @@ static void big_write(fixture_t *f, const char *id, int kind, uint64_t *x,
         *v = c->doc->version;
     }
     syncd_change_free(c);
+    /* The version read before is as it was: versions are immutable. */
+    after = syncd_json_canonical(cur->body, NULL);
+    assert_string_equal(after, before);
+    free(before);
+    free(after);
     syncd_doc_free(cur);
     json_decref(arg);
     assert_stored_hash(f, id, *v, want);

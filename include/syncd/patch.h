@@ -108,6 +108,22 @@ int syncd_patch_apply_ex(json_t **out, const json_t *doc, const json_t *patch,
                          const syncd_patch_limits_t *limits,
                          syncd_error_t *err);
 
+/* syncd_patch_apply_ex() into a result that shares with doc every value
+ * the patch leaves as it was: only the containers on the paths the patch
+ * writes are new (copied one level deep), so the work is that of the patch
+ * and of those containers, not of the whole document. Neither doc nor the
+ * result may then be changed in place by anyone (syncd_patch_apply_in_place()
+ * included), only replaced whole; a document all of whose holders keep to
+ * that, like the versions of the embedded store, can be patched this way.
+ * doc must nest within SYNCD_PATCH_MAX_DEPTH (as every document the store
+ * accepted does): only the paths the patch touches are walked, and the
+ * values it puts are checked where they land. Errors and limits as
+ * syncd_patch_apply_ex(); doc is never touched. */
+int syncd_patch_apply_shared(json_t **out, const json_t *doc,
+                             const json_t *patch,
+                             const syncd_patch_limits_t *limits,
+                             syncd_error_t *err);
+
 /* Computes an RFC 6902 patch from a to b and stores it in *out (a new
  * array). Changes are reported at the deepest path that changed; arrays are
  * diffed as sequences (Myers on element hashes), falling back to a single
