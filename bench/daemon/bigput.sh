@@ -4,7 +4,9 @@
 # what each costs the server.
 #
 # Usage: bench/daemon/bigput.sh
-# Environment: ROUNDS (default 3), COUNT PUTs per cell after the first
+# Environment: MODE (put, the default: whole-document PUTs; patch: the same
+# changes as JSON Patch PATCHes of the one volume, bench_daemon big-patch),
+# ROUNDS (default 3), COUNT PUTs per cell after the first
 # (default 30), SYNCD_BIN (default the Release build's syncd) and
 # SYNCD_BIN_BEFORE (a second binary, e.g. a build of an earlier commit:
 # the cells then alternate between the two, the order swapped each round).
@@ -19,6 +21,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${SYNCD_BENCH_BUILD:-$ROOT/build-benchd}
 ROUNDS=${ROUNDS:-3}
 COUNT=${COUNT:-30}
+MODE=${MODE:-put}
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 bench_scratch bigput
@@ -38,7 +41,7 @@ cell() {
     wait_up syncd "$PID" "$TMP/server.log" 100 0.1 \
         curl -sf -o /dev/null "http://$addr/v1/health"
     before=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
-    out=$("$BUILD/bench/bench_daemon" big-put --target syncd --addr "$addr" \
+    out=$("$BUILD/bench/bench_daemon" "big-$MODE" --target syncd --addr "$addr" \
         --key big --count "$COUNT")
     after=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
     stop_pid "$PID"
