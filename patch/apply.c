@@ -493,35 +493,6 @@ static int log_put(apply_t *a, const loc_t *loc, enum put_mode mode)
                      mode == PUT_ADD ? NULL : loc->child);
 }
 
-/* Returns a copy of container v one level deep: the same members (keys
- * holding NUL too) or elements, shared; NULL on out of memory. */
-static json_t *copy_level(const json_t *v)
-{
-    json_t *copy, *child;
-    const char *key;
-    size_t len, i;
-
-    if (json_is_array(v)) {
-        copy = json_array();
-        json_array_foreach (v, i, child) {
-            if (copy != NULL && json_array_append(copy, child) < 0) {
-                json_decref(copy);
-                copy = NULL;
-            }
-        }
-        return copy;
-    }
-    copy = json_object();
-    json_object_keylen_foreach ((json_t *)v, key, len, child) {
-        if (copy != NULL &&
-            json_object_setn_nocheck(copy, key, len, child) < 0) {
-            json_decref(copy);
-            copy = NULL;
-        }
-    }
-    return copy;
-}
-
 /* Whether container v is held by more than its one parent in a->root: a
  * value a->root still shares with the document. */
 static int is_shared(const json_t *v)
@@ -532,8 +503,9 @@ static int is_shared(const json_t *v)
 
 /* In a shared application (a->shared), makes every container on the way
  * to ptr's parent a->root's own: each one still shared with the document
- * is replaced, in its parent (already a->root's own), by copy_level() of
- * it. Stops where the path does not lead on (locate() then says why). */
+ * is replaced, in its parent (already a->root's own), by
+ * syncd_json_copy_level() of it. Stops where the path does not lead on
+ * (locate() then says why). */
 static int own_path(apply_t *a, const syncd_ptr_t *ptr, const op_t *op,
                     syncd_error_t *err)
 {
@@ -555,7 +527,7 @@ static int own_path(apply_t *a, const syncd_ptr_t *ptr, const op_t *op,
         if (child == NULL || !(json_is_object(child) || json_is_array(child)))
             return 0;
         if (is_shared(child)) {
-            copy = copy_level(child);
+            copy = syncd_json_copy_level(child);
             if (copy == NULL)
                 return op_fail(err, SYNCD_ENOMEM, op, "out of memory");
             rc = json_is_object(cur)
@@ -803,7 +775,7 @@ static int apply_new(json_t **out, const json_t *doc, const json_t *patch,
      * place, and takes doc's depth on the same promise. */
     rc = check_inputs(a.shared ? NULL : doc, patch, limits, err);
     if (rc == 0 && a.shared) {
-        a.root = copy_level(doc);
+        a.root = syncd_json_copy_level(doc);
         if (a.root == NULL)
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory copying");
     } else if (rc == 0) {

@@ -32,6 +32,11 @@ int syncd_depth_fits(const json_t *v, size_t depth);
  * them at the NUL); NULL on out of memory. */
 json_t *syncd_json_deep_copy(const json_t *v);
 
+/* Returns a new copy of container v one level deep: the same members
+ * (keys holding NUL too) or elements, shared by reference; NULL on out of
+ * memory. */
+json_t *syncd_json_copy_level(const json_t *v);
+
 /* Deep-copies v (already depth-checked) into *out (a new reference);
  * SYNCD_ENOMEM on failure. */
 int syncd_json_copy(json_t **out, const json_t *v, syncd_error_t *err);

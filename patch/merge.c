@@ -16,9 +16,11 @@ static int nomem(syncd_error_t *err)
 }
 
 /* Stores in *out (new reference) target merged with patch; target may be
- * NULL (absent). */
+ * NULL (absent). With shared, the result shares with target every member
+ * the patch leaves (each object the patch merges into is copied one level
+ * deep), and target is never touched either way. */
 static int merge_value(json_t **out, const json_t *target, const json_t *patch,
-                       syncd_error_t *err)
+                       int shared, syncd_error_t *err)
 {
     const char *key;
     size_t len;
@@ -28,7 +30,9 @@ static int merge_value(json_t **out, const json_t *target, const json_t *patch,
     *out = NULL;
     if (!json_is_object(patch))
         return syncd_json_copy(out, patch, err);
-    if (json_is_object(target))
+    if (json_is_object(target) && shared)
+        rc = (result = syncd_json_copy_level(target)) != NULL ? 0 : nomem(err);
+    else if (json_is_object(target))
         rc = syncd_json_copy(&result, target, err);
     else if ((result = json_object()) == NULL)
         rc = nomem(err);
@@ -42,7 +46,7 @@ static int merge_value(json_t **out, const json_t *target, const json_t *patch,
             continue;
         }
         rc = merge_value(&merged, json_object_getn(result, key, len), value,
-                         err);
+                         shared, err);
         if (rc == 0 && json_object_setn_new(result, key, len, merged) < 0)
             rc = nomem(err);
         if (rc < 0) {
@@ -54,18 +58,22 @@ static int merge_value(json_t **out, const json_t *target, const json_t *patch,
     return 0;
 }
 
-int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
-                         const syncd_patch_limits_t *limits, syncd_error_t *err)
+/* syncd_merge_apply_ex(), sharing what the patch leaves with doc (whose
+ * depth is then the caller's promise) when shared is set. */
+static int merge_new(json_t **out, const json_t *doc, const json_t *merge,
+                     const syncd_patch_limits_t *limits, int shared,
+                     syncd_error_t *err)
 {
     size_t max = limits != NULL ? limits->max_bytes : 0, before, after;
-    int rc;
+    int rc = 0;
 
     *out = NULL;
-    rc = syncd_json_check_depth(doc, SYNCD_EINVAL, "document", err);
+    if (!shared)
+        rc = syncd_json_check_depth(doc, SYNCD_EINVAL, "document", err);
     if (rc == 0)
         rc = syncd_json_check_depth(merge, SYNCD_EINVAL, "merge patch", err);
     if (rc == 0)
-        rc = merge_value(out, doc, merge, err);
+        rc = merge_value(out, doc, merge, shared, err);
     if (rc < 0 || max == 0)
         return rc;
     /* Every value of the result comes from doc or from the patch, once:
@@ -80,6 +88,20 @@ int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
     *out = NULL;
     return syncd_error_set(err, SYNCD_ETOOBIG,
                            "merge patch: document would exceed %zu bytes", max);
+}
+
+int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
+                         const syncd_patch_limits_t *limits, syncd_error_t *err)
+{
+    return merge_new(out, doc, merge, limits, 0, err);
+}
+
+int syncd_merge_apply_shared(json_t **out, const json_t *doc,
+                             const json_t *merge,
+                             const syncd_patch_limits_t *limits,
+                             syncd_error_t *err)
+{
+    return merge_new(out, doc, merge, limits, 1, err);
 }
 
 int syncd_merge_apply(json_t **out, const json_t *doc, const json_t *merge,

@@ -95,6 +95,33 @@ json_t *syncd_json_deep_copy(const json_t *v)
     }
 }
 
+json_t *syncd_json_copy_level(const json_t *v)
+{
+    json_t *copy, *child;
+    const char *key;
+    size_t len, i;
+
+    if (json_is_array(v)) {
+        copy = json_array();
+        json_array_foreach (v, i, child) {
+            if (copy != NULL && json_array_append(copy, child) < 0) {
+                json_decref(copy);
+                copy = NULL;
+            }
+        }
+        return copy;
+    }
+    copy = json_object();
+    json_object_keylen_foreach ((json_t *)v, key, len, child) {
+        if (copy != NULL &&
+            json_object_setn_nocheck(copy, key, len, child) < 0) {
+            json_decref(copy);
+            copy = NULL;
+        }
+    }
+    return copy;
+}
+
 int syncd_json_copy(json_t **out, const json_t *v, syncd_error_t *err)
 {
     *out = syncd_json_deep_copy(v);

@@ -1084,6 +1084,9 @@ static int step_patch(json_t **body, const write_req_t *req,
 
     if (!is_live(cur))
         return not_found(req, err);
+    if (pa->is_merge && pa->shared)
+        return syncd_merge_apply_shared(body, cur->body, pa->patch, &pa->limits,
+                                        err);
     if (pa->is_merge)
         return syncd_merge_apply_ex(body, cur->body, pa->patch, &pa->limits,
                                     err);

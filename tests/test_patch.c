@@ -1068,6 +1068,75 @@ static void test_patch_shared__shares_what_the_patch_leaves(void **s)
     json_decref(patch);
 }
 
+/* syncd_merge_apply_shared() of merge on a private copy of doc against the
+ * copying merge: the same code, the same value in the same member order,
+ * the copy of doc as it was, and a result that outlives that copy. */
+static void check_merge_shared(const json_t *doc, const json_t *merge,
+                               const char *what)
+{
+    json_t *mine = copy_exact(doc), *copied = NULL, *shared = NULL;
+    char *before = ordered(mine), *after, *got = NULL, *want = NULL;
+    int rc, crc;
+
+    crc = syncd_merge_apply(&copied, doc, merge, NULL);
+    rc = syncd_merge_apply_shared(&shared, mine, merge, NULL, NULL);
+    if (rc != crc)
+        fail_msg("%s: shared merge gave %d, the copying one %d", what, rc, crc);
+    after = ordered(mine);
+    if (strcmp(after, before) != 0)
+        fail_msg("%s: the document became %s", what, after);
+    json_decref(mine);
+    if (rc == 0) {
+        got = ordered(shared);
+        want = ordered(copied);
+        if (strcmp(got, want) != 0)
+            fail_msg("%s: shared merge gave %s, want %s", what, got, want);
+    }
+    free(before);
+    free(after);
+    free(got);
+    free(want);
+    json_decref(shared);
+    json_decref(copied);
+}
+
+/* The RFC 7396 records, and merge patches of random mutations (null
+ * members deleting, objects merged into, values replaced), give what the
+ * copying merge gives and never touch the document. */
+static void
+test_merge_shared__matches_copying_merge_and_spares_the_doc(void **s)
+{
+    json_t *records = load_testdata("merge-patch-tests.json"), *rec;
+    rng_t r = {0x3e93e5ba7eULL};
+    char what[64];
+    size_t i;
+
+    (void)s;
+    json_array_foreach (records, i, rec) {
+        if (json_object_get(rec, "doc") == NULL ||
+            json_object_get(rec, "patch") == NULL)
+            continue;
+        snprintf(what, sizeof(what), "record %zu", i);
+        check_merge_shared(json_object_get(rec, "doc"),
+                           json_object_get(rec, "patch"), what);
+    }
+    json_decref(records);
+    for (int round = 0; round < 3000; round++) {
+        json_t *a = json_pack("{s:o,s:o}", "doc", random_value(&r, 4), "more",
+                              random_value(&r, 3));
+        json_t *b = copy_exact(a), *merge = NULL;
+
+        mutate(&r, b, 3);
+        if (syncd_merge_diff(&merge, a, b, NULL) != 0)
+            merge = json_pack("{s:o,s:n}", "doc", random_value(&r, 3), "more");
+        snprintf(what, sizeof(what), "round %d", round);
+        check_merge_shared(a, merge, what);
+        json_decref(a);
+        json_decref(b);
+        json_decref(merge);
+    }
+}
+
 static void test_patch_in_place__limits_fail_and_undo(void **s)
 {
     json_t *doc = parse("{\"a\":[1,2,3],\"b\":{\"c\":\"x\",\"d\":true}}");
@@ -3010,6 +3079,8 @@ int main(void)
         cmocka_unit_test(
             test_patch_shared__random_patches_match_copying_apply_and_spare_the_doc),
         cmocka_unit_test(test_patch_shared__shares_what_the_patch_leaves),
+        cmocka_unit_test(
+            test_merge_shared__matches_copying_merge_and_spares_the_doc),
         cmocka_unit_test(
             test_compact_size__equals_dumped_length_and_stops_at_cap),
         cmocka_unit_test(

@@ -183,6 +183,16 @@ int syncd_merge_apply_ex(json_t **out, const json_t *doc, const json_t *merge,
                          const syncd_patch_limits_t *limits,
                          syncd_error_t *err);
 
+/* syncd_merge_apply_ex() into a result that shares with doc every value
+ * the merge patch leaves as it was (each object it merges into is copied
+ * one level deep), on the terms of syncd_patch_apply_shared(): neither doc
+ * nor the result may then be changed in place, and doc must nest within
+ * SYNCD_PATCH_MAX_DEPTH. doc is never touched. */
+int syncd_merge_apply_shared(json_t **out, const json_t *doc,
+                             const json_t *merge,
+                             const syncd_patch_limits_t *limits,
+                             syncd_error_t *err);
+
 /* Generates the RFC 7396 merge patch from a to b into *out (a new value).
  * When the change cannot be expressed as a merge patch (b has a member whose
  * value is null where a differs), fails with SYNCD_EPATCH naming that
