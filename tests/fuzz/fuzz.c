@@ -1,6 +1,7 @@
 /* fuzz.c - the helpers of fuzz.h, shared by every fuzz target. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "syncd/patch.h"
 
@@ -42,4 +43,14 @@ char *syncd_fuzz_canonical(const json_t *v)
 
     SYNCD_FUZZ_CHECK(text != NULL);
     return text;
+}
+
+int syncd_fuzz_same(const json_t *a, const json_t *b)
+{
+    char *ta = syncd_fuzz_canonical(a), *tb = syncd_fuzz_canonical(b);
+    int same = strcmp(ta, tb) == 0;
+
+    free(ta);
+    free(tb);
+    return same;
 }

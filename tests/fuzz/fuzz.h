@@ -47,4 +47,8 @@ size_t syncd_fuzz_each_case(json_t *input, void (*fn)(json_t *c));
  * expected of values the parser accepted). */
 char *syncd_fuzz_canonical(const json_t *v);
 
+/* Returns 1 when a and b have the same canonical form (0.0 and -0.0, 1
+ * and 1.0 differ), else 0. */
+int syncd_fuzz_same(const json_t *a, const json_t *b);
+
 #endif

@@ -7,7 +7,9 @@
  * before its malformed operation fails: the store validates first); apply and
  * apply_ex without limits agree; within limits, a success stays within
  * max_bytes (for a doc that did), and a failure past the limits is
- * SYNCD_ETOOBIG or a failure without them.
+ * SYNCD_ETOOBIG or a failure without them; on a doc within the nesting
+ * bound, the shared apply gives what the copying one gives (result and
+ * code) and leaves doc as it was too.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,11 +31,11 @@ static void check_case(json_t *c)
 {
     json_t *doc = json_object_get(c, "doc"),
            *patch = json_object_get(c, "patch");
-    json_t *out = NULL, *out_ex = NULL, *small = NULL;
+    json_t *out = NULL, *out_ex = NULL, *small = NULL, *shared = NULL;
     syncd_patch_limits_t limits = {.max_bytes = 256, .max_ops = 8};
     char *before, *after, *text;
     size_t doc_len, len;
-    int rc, rc_ex, rc_small, valid;
+    int rc, rc_ex, rc_small, rc_shared = 0, valid, within;
 
     if (doc == NULL || patch == NULL)
         return;
@@ -43,6 +45,9 @@ static void check_case(json_t *c)
     rc = syncd_patch_apply(&out, doc, patch, NULL);
     rc_ex = syncd_patch_apply_ex(&out_ex, doc, patch, NULL, NULL);
     rc_small = syncd_patch_apply_ex(&small, doc, patch, &limits, NULL);
+    within = !deep(doc);
+    if (within)
+        rc_shared = syncd_patch_apply_shared(&shared, doc, patch, NULL, NULL);
     after = syncd_fuzz_canonical(doc);
     SYNCD_FUZZ_CHECK(strcmp(before, after) == 0);
     SYNCD_FUZZ_CHECK(rc == rc_ex);
@@ -54,6 +59,10 @@ static void check_case(json_t *c)
     if (rc == 0) {
         SYNCD_FUZZ_CHECK(valid == 0);
         SYNCD_FUZZ_CHECK(syncd_json_equal(out, out_ex));
+    }
+    if (within) {
+        SYNCD_FUZZ_CHECK(rc_shared == rc);
+        SYNCD_FUZZ_CHECK(rc != 0 || syncd_fuzz_same(out, shared));
     }
     if (rc_small == 0) {
         SYNCD_FUZZ_CHECK(rc == 0 && syncd_json_equal(out, small));
@@ -67,6 +76,7 @@ static void check_case(json_t *c)
     json_decref(out);
     json_decref(out_ex);
     json_decref(small);
+    json_decref(shared);
     free(before);
     free(after);
 }
