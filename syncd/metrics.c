@@ -136,9 +136,10 @@ static void memory(out_t *o, const syncd_store_stats_t *s)
     sample(o, "syncd_rocksdb_memory_bytes", "kind", "block_cache",
            s->rocks_block_cache_bytes);
     family(o, "syncd_heap_bytes", "gauge",
-           "The C heap (glibc malloc, every arena): bytes in use, bytes free "
-           "in the arenas but not returned to the system, and bytes in "
-           "blocks of their own (mmap).");
+           "The C heap (glibc malloc, every arena): bytes in use (glibc "
+           "counts the freed chunks its per-thread caches keep as in use), "
+           "bytes free in the arenas but not returned to the system, and "
+           "bytes in blocks of their own (mmap).");
     sample(o, "syncd_heap_bytes", "kind", "in_use", mi.uordblks);
     sample(o, "syncd_heap_bytes", "kind", "free", mi.fordblks);
     sample(o, "syncd_heap_bytes", "kind", "mapped", mi.hblkhd);
