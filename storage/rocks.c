@@ -793,7 +793,8 @@ static int rocks_locked(syncd_backend_t *b, const char *coll, const char *id,
     return unlock_durable(r, s, kl, rc, err);
 }
 
-/* Sets *out to k's newest pending commit when it has one (s locked). */
+/* Returns k's newest pending commit, or NULL when it has none (s
+ * locked). */
 static pending_t *pending_of(stripe_t *s, const syncd_reckey_t *k)
 {
     return (pending_t *)syncd_lru_find(&s->pending, k->bytes, k->len, k->hash);
