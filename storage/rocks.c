@@ -477,6 +477,7 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
             p->tree = o->tree;
             p->tree_bytes = o->tree_bytes;
             o->tree = NULL;
+            o->tree_bytes = 0;
         }
     }
     syncd_lru_insert(&s->pending, &p->node);
@@ -828,6 +829,7 @@ static int rocks_take_tree(syncd_backend_t *b, const char *coll, const char *id,
             *tree = p->tree;
             *bytes = p->tree_bytes;
             p->tree = NULL;
+            p->tree_bytes = 0;
         }
     }
     pthread_mutex_unlock(&s->lock);

@@ -339,13 +339,14 @@ void syncd_tier_put(syncd_tier_t *t, const syncd_reckey_t *k,
         syncd_tier_drop(t, k);
         return;
     }
+    e->tree = tree;
+    e->tree_bytes = tree != NULL ? tree_bytes : 0;
     syncd_reckey_node(&e->node, e->key, k,
-                      size + k->len + SYNCD_TIER_ENTRY_OVERHEAD + tree_bytes);
+                      size + k->len + SYNCD_TIER_ENTRY_OVERHEAD +
+                          e->tree_bytes);
     e->doc = doc_new;
     e->text = NULL;
     e->text_len = 0;
-    e->tree = tree;
-    e->tree_bytes = tree != NULL ? tree_bytes : 0;
     e->taken = 0;
     e->pinned = 0;
     e->born_ms = born_ms;
