@@ -5404,7 +5404,8 @@ int main(int argc, char **argv)
         BOTH(test_store_put__without_if_match_creates_or_replaces),
         BOTH(test_store_put_new__keeps_the_given_tree_and_takes_its_reference),
         BOTH(test_store_put__same_body_writes_nothing),
-        BOTH(test_store_big_writes__every_version_carries_the_hash_of_its_body),
+        ROCKS(
+            test_store_big_writes__every_version_carries_the_hash_of_its_body),
         ROCKS(
             test_store_big_writes__concurrent_writers_and_acks_keep_every_hash_true),
         BOTH(
