@@ -850,7 +850,12 @@ static int check_in_place(const json_t *doc, const json_t *patch,
     return rc;
 }
 
-static size_t run_in_place_records(const char *file)
+/* Runs check (check_in_place() or check_shared()) on every enabled record
+ * of the JSON Patch conformance file, each of which must fail exactly when
+ * it names an error; returns how many ran. */
+static size_t run_records(const char *file,
+                          int (*check)(const json_t *doc, const json_t *patch,
+                                       const char *what))
 {
     json_t *records = load_testdata(file), *rec;
     size_t i, checked = 0;
@@ -865,7 +870,7 @@ static size_t run_in_place_records(const char *file)
             json_is_true(json_object_get(rec, "disabled")))
             continue;
         snprintf(what, sizeof(what), "%s record %zu", file, i);
-        rc = check_in_place(doc, patch, what);
+        rc = check(doc, patch, what);
         assert_int_equal(rc != 0, json_object_get(rec, "error") != NULL);
         checked++;
     }
@@ -877,9 +882,10 @@ static void
 test_patch_in_place__conformance_records_match_copying_apply(void **s)
 {
     (void)s;
-    assert_int_equal(run_in_place_records("json-patch-tests/tests.json"), 92);
-    assert_int_equal(run_in_place_records("json-patch-tests/spec_tests.json"),
-                     16);
+    assert_int_equal(run_records("json-patch-tests/tests.json", check_in_place),
+                     92);
+    assert_int_equal(
+        run_records("json-patch-tests/spec_tests.json", check_in_place), 16);
 }
 
 /* A random diff with a failing operation put in the middle is undone to
@@ -971,35 +977,13 @@ static int check_shared(const json_t *doc, const json_t *patch,
     return rc;
 }
 
-static size_t run_shared_records(const char *file)
-{
-    json_t *records = load_testdata(file), *rec;
-    size_t i, checked = 0;
-    char what[256];
-
-    json_array_foreach (records, i, rec) {
-        json_t *doc = json_object_get(rec, "doc");
-        json_t *patch = json_object_get(rec, "patch");
-        int rc;
-
-        if (doc == NULL || patch == NULL ||
-            json_is_true(json_object_get(rec, "disabled")))
-            continue;
-        snprintf(what, sizeof(what), "%s record %zu", file, i);
-        rc = check_shared(doc, patch, what);
-        assert_int_equal(rc != 0, json_object_get(rec, "error") != NULL);
-        checked++;
-    }
-    json_decref(records);
-    return checked;
-}
-
 static void test_patch_shared__conformance_records_match_copying_apply(void **s)
 {
     (void)s;
-    assert_int_equal(run_shared_records("json-patch-tests/tests.json"), 92);
-    assert_int_equal(run_shared_records("json-patch-tests/spec_tests.json"),
-                     16);
+    assert_int_equal(run_records("json-patch-tests/tests.json", check_shared),
+                     92);
+    assert_int_equal(
+        run_records("json-patch-tests/spec_tests.json", check_shared), 16);
 }
 
 /* Random patches of random documents (the diffs of random mutations, and
