@@ -935,27 +935,19 @@ static void test_patch_in_place__failing_middle_op_undoes_everything(void **s)
     assert_true(undone > 1500);
 }
 
-/* Applies patch to a private copy of doc with syncd_patch_apply_shared()
- * and checks it against the copying apply: the same code (and message),
- * on success the same value in the same member order, and the copy of doc
- * exactly as it was either way; then frees that copy and reads the result
- * again, which must hold its own references to all it shares. Returns the
- * code. */
-static int check_shared(const json_t *doc, const json_t *patch,
-                        const char *what)
+/* Checks a shared application (code rc, result shared) to mine, a private
+ * copy of the document whose ordered text was before, against the copying
+ * one (code crc, result copied): the same code, mine exactly as it was,
+ * and on success, once mine is freed (the result must hold its own
+ * references to all it shares), the same value in the same member order.
+ * Frees all but what. */
+static void compare_shared(const char *what, json_t *mine, char *before, int rc,
+                           int crc, json_t *shared, json_t *copied)
 {
-    json_t *mine = copy_exact(doc), *copied = NULL, *shared = NULL;
-    char *before = ordered(mine), *after, *got = NULL, *want = NULL;
-    syncd_error_t err, cerr;
-    int rc, crc;
+    char *after = ordered(mine), *got = NULL, *want = NULL;
 
-    syncd_error_clear(&err);
-    syncd_error_clear(&cerr);
-    crc = syncd_patch_apply(&copied, doc, patch, &cerr);
-    rc = syncd_patch_apply_shared(&shared, mine, patch, NULL, &err);
     if (rc != crc)
-        fail_msg("%s: shared gave %d, the copying apply %d", what, rc, crc);
-    after = ordered(mine);
+        fail_msg("%s: shared gave %d, the copying one %d", what, rc, crc);
     if (strcmp(after, before) != 0)
         fail_msg("%s: the document became %s", what, after);
     json_decref(mine);
@@ -964,9 +956,6 @@ static int check_shared(const json_t *doc, const json_t *patch,
         want = ordered(copied);
         if (strcmp(got, want) != 0)
             fail_msg("%s: shared gave %s, want %s", what, got, want);
-    } else {
-        assert_null(shared);
-        assert_string_equal(err.message, cerr.message);
     }
     free(before);
     free(after);
@@ -974,6 +963,28 @@ static int check_shared(const json_t *doc, const json_t *patch,
     free(want);
     json_decref(shared);
     json_decref(copied);
+}
+
+/* Applies patch to a private copy of doc with syncd_patch_apply_shared()
+ * and checks it against the copying apply (compare_shared(); a failure
+ * with the same message too). Returns the code. */
+static int check_shared(const json_t *doc, const json_t *patch,
+                        const char *what)
+{
+    json_t *mine = copy_exact(doc), *copied = NULL, *shared = NULL;
+    char *before = ordered(mine);
+    syncd_error_t err, cerr;
+    int rc, crc;
+
+    syncd_error_clear(&err);
+    syncd_error_clear(&cerr);
+    crc = syncd_patch_apply(&copied, doc, patch, &cerr);
+    rc = syncd_patch_apply_shared(&shared, mine, patch, NULL, &err);
+    if (rc != 0 && rc == crc) {
+        assert_null(shared);
+        assert_string_equal(err.message, cerr.message);
+    }
+    compare_shared(what, mine, before, rc, crc, shared, copied);
     return rc;
 }
 
@@ -1053,35 +1064,16 @@ static void test_patch_shared__shares_what_the_patch_leaves(void **s)
 }
 
 /* syncd_merge_apply_shared() of merge on a private copy of doc against the
- * copying merge: the same code, the same value in the same member order,
- * the copy of doc as it was, and a result that outlives that copy. */
+ * copying merge (compare_shared()). */
 static void check_merge_shared(const json_t *doc, const json_t *merge,
                                const char *what)
 {
     json_t *mine = copy_exact(doc), *copied = NULL, *shared = NULL;
-    char *before = ordered(mine), *after, *got = NULL, *want = NULL;
-    int rc, crc;
+    char *before = ordered(mine);
+    int crc = syncd_merge_apply(&copied, doc, merge, NULL);
+    int rc = syncd_merge_apply_shared(&shared, mine, merge, NULL, NULL);
 
-    crc = syncd_merge_apply(&copied, doc, merge, NULL);
-    rc = syncd_merge_apply_shared(&shared, mine, merge, NULL, NULL);
-    if (rc != crc)
-        fail_msg("%s: shared merge gave %d, the copying one %d", what, rc, crc);
-    after = ordered(mine);
-    if (strcmp(after, before) != 0)
-        fail_msg("%s: the document became %s", what, after);
-    json_decref(mine);
-    if (rc == 0) {
-        got = ordered(shared);
-        want = ordered(copied);
-        if (strcmp(got, want) != 0)
-            fail_msg("%s: shared merge gave %s, want %s", what, got, want);
-    }
-    free(before);
-    free(after);
-    free(got);
-    free(want);
-    json_decref(shared);
-    json_decref(copied);
+    compare_shared(what, mine, before, rc, crc, shared, copied);
 }
 
 /* The RFC 7396 records, and merge patches of random mutations (null
