@@ -496,10 +496,11 @@ void syncd_reckey_node(syncd_lru_node_t *node, char *key,
 /* Bodies this large (canonical bytes) get a hash tree beside them in an
  * in-memory tier: the node cache's, built at their first patch (so only
  * documents that change pay for one), and the RocksDB store's, built by
- * their first write. A tree takes several times its body's bytes, charged
- * to the tier; in exchange an event to a 50-volume (8.7 KB) document costs
- * its receiver 0.017 ms of CPU instead of 0.16 ms for rehashing the whole
- * body (bench/README.md), and a writer rehashes only what it changed. */
+ * the first write that replaces them. A tree takes several times its
+ * body's bytes, charged to the tier; in exchange an event to a 50-volume
+ * (8.7 KB) document costs its receiver 0.017 ms of CPU instead of 0.16 ms
+ * for rehashing the whole body (bench/README.md), and a writer rehashes
+ * only what it changed. */
 #define SYNCD_TREE_MIN 4096
 
 /* ---- History (history.c) ----------------------------------------------- */
