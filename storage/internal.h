@@ -361,8 +361,9 @@ typedef struct syncd_reckey {
 int syncd_reckey_make(syncd_reckey_t *k, const char *coll, const char *id,
                       syncd_error_t *err);
 
-/* Encodes doc's version, mtime, origin, hash, tombstone flag, outbox,
- * idempotency keys and canonical body into *out (malloc'd, caller frees) with
+/* Encodes doc's version, mtime, origin, hash, tombstone flag,
+ * idempotency keys, history and canonical body (not its outbox, which the
+ * caller keeps beside the record) into *out (malloc'd, caller frees) with
  * its length in *len. canon (canon_len bytes, borrowed) is the canonical JSON
  * of doc's body when the caller already has it; NULL serializes the body here.
  */
@@ -370,15 +371,10 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
                         const char *canon, size_t canon_len,
                         syncd_error_t *err);
 
-/* Points *body at the canonical JSON of the body inside the encoded record
- * val (vlen bytes; *len bytes, borrowed from val) when val is doc's
- * version, live and with doc's hash; else returns -1. */
-int syncd_record_body(const char **body, size_t *len, const char *val,
-                      size_t vlen, const syncd_doc_t *doc);
-
 /* Decodes a record of coll/id into *out (caller frees with
- * syncd_doc_free()); without with_body the body, outbox and idempotency
- * keys are left NULL (the header alone is read). SYNCD_EBACKEND when the
+ * syncd_doc_free()); without with_body the body, outbox (held by a record
+ * written before the markers moved beside it), idempotency keys and
+ * history are left NULL (the header alone is read). SYNCD_EBACKEND when the
  * bytes are not a valid record. */
 int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
                         const char *val, size_t len, int with_body,
@@ -628,6 +624,15 @@ int syncd_tier_list_hashes(syncd_tier_t *t, const syncd_reckey_t *k,
                            const json_t *body, const char *path,
                            size_t path_len, size_t level, size_t from,
                            size_t count, json_t **out, syncd_error_t *err);
+
+/* Gives k's entry the outbox markers (and their cached text) of doc, an
+ * outbox ack's copy of the entry's version with only its markers changed,
+ * and keeps tree (stolen; NULL: none) beside it, charged bytes, as
+ * syncd_tier_keep_tree() does; an entry of another version is dropped.
+ * The entry's body, serialized text and charge stay as they are. */
+void syncd_tier_set_outbox(syncd_tier_t *t, const syncd_reckey_t *k,
+                           const syncd_doc_t *doc, syncd_htree_t *tree,
+                           size_t bytes);
 
 /* Takes the hash tree kept beside k's fresh live entry at version, when
  * that entry's hash is hash and the tree's root matches it: *tree is then

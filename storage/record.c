@@ -10,11 +10,14 @@
  *   | hash | [u32 meta length | meta] | body
  *
  * where meta, present when flag bit 1 is set, is the compact JSON object
- * {"ob": outbox markers, "ik": idempotency keys, "hs": history entries
- * (see history.c)} (any may be absent; a record written before history
- * existed has no "hs" and reads as one without history):
- * it lives in the record so that it commits with the change, in the same
- * write. The header can be read without parsing the body, which is what
+ * {"ik": idempotency keys, "hs": history entries (see history.c)} (either
+ * may be absent; a record written before history existed has no "hs" and
+ * reads as one without history): it lives in the record so that it
+ * commits with the change, in the same write. The record's outbox
+ * markers live beside it (rocks.c keeps them under their own key, written
+ * in the same batch), so that an ack, which changes only them, does not
+ * rewrite the record; a record written before they moved may still hold
+ * them as "ob", which decoding reads. The header can be read without parsing the body, which is what
  * listings and digests need. Canonical JSON parses back to the same value
  * (integers exact, reals round-trip), so bodies come back exactly as written.
  */
@@ -242,26 +245,18 @@ static int meta_member(char **text, size_t *len, const char *key,
     return 0;
 }
 
-/* Returns the compact JSON of doc's outbox, keys and history (malloc'd)
- * with its length in *len, or NULL with *len 0 when it has none; *len is
+/* Returns the compact JSON of doc's keys and history (malloc'd) with its
+ * length in *len, or NULL with *len 0 when it has none; *len is
  * (size_t)-1 on out of memory. It is what json_dumps() gives for the
- * object {"ob","ik","hs"} of those present, the outbox and the history
- * taken from their cached texts when the doc has them. */
+ * object {"ik","hs"} of those present, the history taken from its cached
+ * text when the doc has it. */
 static char *meta_dump(const syncd_doc_t *doc, size_t *len)
 {
-    const char *ob;
-    char *text = NULL, *made = NULL;
-    size_t oblen;
+    char *text = NULL, *made;
     int ok = 1;
 
     *len = 0;
-    if (json_array_size(doc->outbox) > 0) {
-        ok = syncd_outbox_text(&ob, &oblen, &made, doc) == 0 &&
-             meta_member(&text, len, "ob", ob, oblen) == 0;
-        free(made);
-        made = NULL;
-    }
-    if (ok && json_array_size(doc->ikeys) > 0) {
+    if (json_array_size(doc->ikeys) > 0) {
         made = json_dumps(doc->ikeys, JSON_COMPACT);
         ok = made != NULL &&
              meta_member(&text, len, "ik", made, strlen(made)) == 0;
@@ -505,18 +500,4 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
 bad:
     syncd_doc_free(doc);
     return corrupt(err, coll, id);
-}
-
-int syncd_record_body(const char **body, size_t *len, const char *val,
-                      size_t vlen, const syncd_doc_t *doc)
-{
-    spans_t sp;
-
-    if (find_spans(&sp, val, vlen) != 0 || sp.deleted || doc->deleted ||
-        sp.version != doc->version || sp.hlen != strlen(doc->hash) ||
-        memcmp(sp.hash, doc->hash, sp.hlen) != 0)
-        return -1;
-    *body = (const char *)sp.body;
-    *len = sp.blen;
-    return 0;
 }

@@ -3,9 +3,13 @@
  * Records live under key = collection, NUL, id (see record.c); a second
  * key space, one key per collection under the prefix byte 0x01 (which no
  * collection name starts with), registers collection names; a third, under
- * 0x02, holds the key of every record with pending-publish markers (the
- * outbox), written in the same batch as the record, so that the
- * republisher lists those without scanning the store; a fourth, under
+ * 0x02, holds the pending-publish markers (the outbox) of every record that
+ * has some, keyed by the record's key, the compact JSON array as value,
+ * written in the same batch as the record, so that the republisher lists
+ * them without scanning the store and an ack, which drops markers, writes
+ * them alone instead of rewriting the record (a whole large document);
+ * an empty value, which a store written before the markers moved there
+ * holds, means that they are still in the record's meta; a fourth, under
  * 0x03, holds the key and mtime of every tombstone, written in the same
  * batch too, so that a purge reads the tombstones alone (a store made
  * before it gets it built at its first open; the key 0x04
@@ -115,11 +119,12 @@ typedef struct pending {
     struct stripe *s;
     syncd_reckey_t k;
     syncd_doc_t *doc; /* the version, the key's tier entry once durable */
-    char *val;        /* the encoded record */
+    char *val;        /* the encoded record; NULL for an ack */
     size_t vlen;
+    char *ob;         /* the compact JSON of doc's markers; NULL: none */
+    size_t oblen;
     syncd_htree_t *tree; /* doc's hash tree (owned), or NULL */
     size_t tree_bytes;   /* what tree is charged in the tier */
-    int has_outbox;      /* puts the outbox key, else deletes it */
     int insert;          /* registers the collection */
     int ack;             /* an outbox ack: needs no sync of its own */
     int was_tomb;        /* replaces a tombstone: deletes its index key */
@@ -257,6 +262,78 @@ static uint64_t key_unlock(stripe_t *s, key_lock_t *kl)
 
 /* ---- Reads and writes ---------------------------------------------------- */
 
+/* Writes the index key of record key k (prefix, then k) into buf,
+ * 1 + k->len bytes. */
+static void index_key(char *buf, char prefix, const syncd_reckey_t *k)
+{
+    buf[0] = prefix;
+    memcpy(buf + 1, k->bytes, k->len);
+}
+
+/* Gives doc the markers val (len bytes) read from its outbox key: none when
+ * there is no key (a record's "ob" then means markers acked since), those of
+ * the record when the value is empty (a store written before the markers
+ * moved beside the record), else the array val holds, its text cached. */
+static int set_markers(syncd_doc_t *doc, const char *val, size_t len,
+                       syncd_error_t *err)
+{
+    json_t *ob;
+
+    if (val != NULL && len == 0)
+        return 0;
+    json_decref(doc->outbox);
+    doc->outbox = NULL;
+    if (val == NULL)
+        return 0;
+    ob = json_loadb(val, len, 0, NULL);
+    if (!json_is_array(ob)) {
+        json_decref(ob);
+        return syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
+                                       "outbox of %s/%s is corrupt", doc->coll,
+                                       doc->id);
+    }
+    doc->outbox = ob;
+    doc->outbox_text = json_pack("[O, o]", ob, json_stringn_nocheck(val, len));
+    return 0;
+}
+
+/* Reads the record of k (coll/id) and its markers from RocksDB, as of one
+ * moment, into *out (caller frees), with the record's length in *vlen.
+ * SYNCD_ENOTFOUND when there is no record. */
+static int load_record(rocks_t *r, const syncd_reckey_t *k, const char *coll,
+                       const char *id, syncd_doc_t **out, size_t *vlen,
+                       syncd_error_t *err)
+{
+    char ob[1 + SYNCD_RECORD_KEY_MAX];
+    const char *keys[2] = {k->bytes, ob};
+    size_t klens[2] = {k->len, 1 + k->len}, vlens[2] = {0, 0};
+    char *vals[2] = {NULL, NULL}, *errs[2] = {NULL, NULL};
+    int rc;
+
+    *out = NULL;
+    index_key(ob, OUTBOX_PREFIX, k);
+    rocksdb_multi_get(r->db, r->read, 2, keys, klens, vals, vlens, errs);
+    if (errs[0] != NULL || errs[1] != NULL)
+        rc = rocks_error(err, errs[0] != NULL ? errs[0] : errs[1], "get");
+    else if (vals[0] == NULL)
+        rc = SYNCD_ENOTFOUND;
+    else
+        rc = syncd_record_decode(out, coll, id, vals[0], vlens[0], 1, err);
+    if (rc == 0)
+        rc = set_markers(*out, vals[1], vlens[1], err);
+    if (rc != 0) {
+        syncd_doc_free(*out);
+        *out = NULL;
+    }
+    /* rocks_error() freed the one it reported. */
+    if (errs[0] != NULL && errs[1] != NULL)
+        rocksdb_free(errs[1]);
+    *vlen = vlens[0];
+    rocksdb_free(vals[0]);
+    rocksdb_free(vals[1]);
+    return rc;
+}
+
 /* Reads the record of coll/id into *out (a copy, the body shared with the
  * tier; caller frees), from the tier or else from RocksDB, then keeping it
  * in the tier when no commit of the stripe overlapped the read. A read
@@ -267,10 +344,8 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
                     int is_read, syncd_error_t *err)
 {
     syncd_doc_t *loaded = NULL;
-    char *errptr = NULL;
     size_t vlen = 0;
     uint64_t gen;
-    char *val;
     int rc;
 
     *out = NULL;
@@ -284,13 +359,7 @@ static int read_doc(rocks_t *r, stripe_t *s, const syncd_reckey_t *k,
         syncd_tier_count(r->tier, rc == 0 ? SYNCD_TIER_HIT : SYNCD_TIER_MISS);
     if (rc == 0)
         return 0;
-    val = rocksdb_get(r->db, r->read, k->bytes, k->len, &vlen, &errptr);
-    if (errptr != NULL)
-        return rocks_error(err, errptr, "get");
-    if (val == NULL)
-        return SYNCD_ENOTFOUND;
-    rc = syncd_record_decode(&loaded, coll, id, val, vlen, 1, err);
-    rocksdb_free(val);
+    rc = load_record(r, k, coll, id, &loaded, &vlen, err);
     if (rc != 0)
         return rc;
     *out = syncd_doc_dup(loaded);
@@ -382,14 +451,6 @@ static void write_end(rocks_t *r, stripe_t *s, const syncd_reckey_t *k)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Writes the index key of record key k (prefix, then k) into buf,
- * 1 + k->len bytes. */
-static void index_key(char *buf, char prefix, const syncd_reckey_t *k)
-{
-    buf[0] = prefix;
-    memcpy(buf + 1, k->bytes, k->len);
-}
-
 /* Encodes v into 8 little-endian bytes at p. */
 static void put_le64(char *p, int64_t v)
 {
@@ -414,12 +475,34 @@ static void pending_free(pending_t *p)
     syncd_doc_free(p->doc);
     syncd_htree_free(p->tree);
     free(p->val);
+    free(p->ob);
     free(p);
 }
 
+/* Keeps a copy of the compact JSON of doc's markers in p. */
+static int markers_text(pending_t *p, const syncd_doc_t *doc,
+                        syncd_error_t *err)
+{
+    const char *text;
+    char *made = NULL;
+    size_t len;
+
+    if (syncd_outbox_text(&text, &len, &made, doc) == 0 && made == NULL) {
+        made = malloc(len);
+        if (made != NULL)
+            memcpy(made, text, len);
+    }
+    if (made == NULL)
+        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+    p->ob = made;
+    p->oblen = len;
+    return 0;
+}
+
 /* Sequences doc's record (its body's canonical JSON given or NULL, see
- * syncd_record_encode()), and with SEQ_INSERT its collection's registry
- * key, as the newest commit of key k (SEQ_ACK: an outbox ack), whose write lock
+ * syncd_record_encode()) and markers, and with SEQ_INSERT its collection's
+ * registry key, as the newest commit of key k (SEQ_ACK: an outbox ack, which
+ * writes the markers alone), whose write lock
  * the caller holds through kl: it becomes k's pending version and joins the
  * group queue, and kl's ticket names it for group_wait(). doc is borrowed
  * (copied). Fails with SYNCD_EBACKEND once a sync has failed. */
@@ -440,7 +523,12 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
         pending_free(p);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    rc = syncd_record_encode(&p->val, &p->vlen, doc, canon, canon_len, err);
+    if (!(flags & SEQ_ACK))
+        rc = syncd_record_encode(&p->val, &p->vlen, doc, canon, canon_len, err);
+    else
+        rc = 0;
+    if (rc == 0 && json_array_size(doc->outbox) > 0)
+        rc = markers_text(p, doc, err);
     if (rc != 0) {
         pending_free(p);
         return rc;
@@ -450,7 +538,6 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
     p->node.key = p->k.bytes;
     p->node.keylen = p->k.len;
     p->node.hash = p->k.hash;
-    p->has_outbox = json_array_size(doc->outbox) > 0;
     p->insert = (flags & SEQ_INSERT) != 0;
     p->ack = (flags & SEQ_ACK) != 0;
     p->was_tomb = (flags & SEQ_WAS_TOMB) != 0;
@@ -472,7 +559,7 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
 
         syncd_lru_remove(&s->pending, old);
         o->in_table = 0;
-        /* An ack rewrites the same version: its body's tree goes on. */
+        /* An ack keeps the same version: its body's tree goes on. */
         if (p->ack && o->tree != NULL && o->doc->version == doc->version) {
             p->tree = o->tree;
             p->tree_bytes = o->tree_bytes;
@@ -495,9 +582,10 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
  * (synced with sync_writes), or unsynced when it holds only outbox acks,
  * which no writer waits for (a later sync covers them, since the WAL is
  * written in order); ok 0 skips the write and discards the group.
- * Then puts each durable version in its key's tier, in order (a failed
- * write drops the key's tier entry instead), ends the pending state of
- * each commit and frees the group. Returns 0, or SYNCD_EBACKEND with the
+ * Then puts each durable version in its key's tier, in order, and each
+ * ack's markers in the entry of the version it acks (a failed write drops
+ * the key's tier entry instead), ends the pending state of each commit and
+ * frees the group. Returns 0, or SYNCD_EBACKEND with the
  * message in failure (size bytes). */
 static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
                        size_t size)
@@ -511,13 +599,16 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
         batch = rocksdb_writebatch_create();
         for (pending_t *p = group; p != NULL; p = p->next) {
             acks_only &= p->ack;
-            rocksdb_writebatch_put(batch, p->k.bytes, p->k.len, p->val,
-                                   p->vlen);
             index_key(ob, OUTBOX_PREFIX, &p->k);
-            if (p->has_outbox)
-                rocksdb_writebatch_put(batch, ob, 1 + p->k.len, "", 0);
+            if (p->ob != NULL)
+                rocksdb_writebatch_put(batch, ob, 1 + p->k.len, p->ob,
+                                       p->oblen);
             else
                 rocksdb_writebatch_delete(batch, ob, 1 + p->k.len);
+            if (p->ack)
+                continue;
+            rocksdb_writebatch_put(batch, p->k.bytes, p->k.len, p->val,
+                                   p->vlen);
             if (p->doc->deleted) {
                 tomb_put(batch, &p->k, p->doc->mtime_ms);
             } else if (p->was_tomb) {
@@ -551,7 +642,11 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
         pthread_mutex_lock(&s->lock);
         if (p->in_table)
             syncd_lru_remove(&s->pending, &p->node);
-        if (ok && rc == 0) {
+        if (ok && rc == 0 && p->ack) {
+            syncd_tier_set_outbox(r->tier, &p->k, p->doc, p->tree,
+                                  p->tree_bytes);
+            p->tree = NULL;
+        } else if (ok && rc == 0) {
             syncd_tier_put(r->tier, &p->k, p->doc, r->now_ms(r->now_data),
                            p->vlen, 1, p->tree, p->tree_bytes, &replaced);
             p->doc = NULL;
@@ -1303,9 +1398,6 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     rocks_t *r = (rocks_t *)b;
     syncd_doc_t *copy = NULL;
     json_t *left = NULL;
-    char *val = NULL, *errptr = NULL;
-    const char *canon = NULL;
-    size_t vlen = 0, canon_len = 0;
     held_t h;
     int rc;
 
@@ -1328,15 +1420,8 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     copy->outbox = left;
     left = NULL;
     syncd_outbox_text_after(copy, h.cur);
-    /* Only the markers change: the body's canonical JSON is taken from the
-     * record stored at this version, when it is stored yet, rather than
-     * serialized again (a large document's whole cost). */
-    val = rocksdb_get(r->db, r->read, h.k.bytes, h.k.len, &vlen, &errptr);
-    rocksdb_free(errptr);
-    if (val != NULL &&
-        syncd_record_body(&canon, &canon_len, val, vlen, h.cur) != 0)
-        canon = NULL;
-    rc = sequence(r, h.s, h.kl, &h.k, copy, canon, canon_len, SEQ_ACK, err);
+    /* Only the markers change: they are written alone. */
+    rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, SEQ_ACK, err);
 unlock:
     /* An ack waits for no sync: not its own, since one lost to a crash only
      * means a republish, which the bus drops as a duplicate; nor that of a
@@ -1348,7 +1433,6 @@ unlock:
         h.kl->ticket = 0;
     syncd_doc_free(copy);
     json_decref(left);
-    rocksdb_free(val);
     rc = release(r, &h, rc, err);
     group_wait(r, 0, NULL);
     return rc;

@@ -35,8 +35,8 @@
  * applier rehashes only what a patch touched; a writer of the RocksDB
  * store takes it out (syncd_tier_take_tree()), updates it for its change
  * and leaves it with the new version (syncd_tier_keep_tree(), or with the
- * entry that version gets), and a record rewritten at the same version
- * (an outbox ack) hands it on. An entry given back changed
+ * entry that version gets), and an outbox ack, which changes the
+ * markers of the same version only (syncd_tier_set_outbox()), keeps it. An entry given back changed
  * stays pinned (never evicted or expired) until its owner has made its new
  * record (syncd_tier_unpin()).
  */
@@ -514,6 +514,44 @@ void syncd_tier_keep_tree(syncd_tier_t *t, const syncd_reckey_t *k,
         tree = NULL;
     }
     shard_unlock(s);
+    syncd_htree_free(tree);
+}
+
+void syncd_tier_set_outbox(syncd_tier_t *t, const syncd_reckey_t *k,
+                           const syncd_doc_t *doc, syncd_htree_t *tree,
+                           size_t bytes)
+{
+    shard_t *s = shard_of(t, k);
+    syncd_lru_node_t *node;
+    tier_entry_t *e;
+    json_t *ob = NULL, *ob_text = NULL;
+    int drop = 0;
+
+    pthread_mutex_lock(&s->lock);
+    node = syncd_lru_find(&s->lru, k->bytes, k->len, k->hash);
+    e = (tier_entry_t *)node;
+    if (e != NULL && e->doc->version == doc->version &&
+        e->doc->deleted == doc->deleted &&
+        strcmp(e->doc->hash, doc->hash) == 0) {
+        /* The markers are shared and immutable: copies already handed out
+         * keep the old ones, released below with no lock held. */
+        ob = e->doc->outbox;
+        ob_text = e->doc->outbox_text;
+        e->doc->outbox = json_incref(doc->outbox);
+        e->doc->outbox_text = json_incref(doc->outbox_text);
+        if (tree != NULL && e->tree == NULL && !e->taken && !doc->deleted &&
+            tree_of(tree, doc->hash)) {
+            set_tree(t, s, e, tree, bytes);
+            tree = NULL;
+        }
+    } else {
+        drop = e != NULL;
+    }
+    shard_unlock(s);
+    if (drop)
+        syncd_tier_drop(t, k);
+    json_decref(ob);
+    json_decref(ob_text);
     syncd_htree_free(tree);
 }
 

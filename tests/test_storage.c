@@ -2751,6 +2751,228 @@ test_store_outbox__a_full_outbox_refuses_the_write_and_drops_no_marker(
     json_decref(zero);
 }
 
+/* Returns a copy (malloc'd, *len bytes) of the value of key (klen bytes) in
+ * the closed store of record at dir, or NULL when the key is absent. */
+static char *raw_get(const char *dir, const char *key, size_t klen,
+                     size_t *len)
+{
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    char *errptr = NULL, *val, *copy = NULL;
+    rocksdb_t *db = rocksdb_open(o, dir, &errptr);
+
+    assert_null(errptr);
+    val = rocksdb_get(db, ro, key, klen, len, &errptr);
+    assert_null(errptr);
+    if (val != NULL) {
+        copy = malloc(*len + 1);
+        memcpy(copy, val, *len);
+        copy[*len] = '\0';
+    }
+    rocksdb_free(val);
+    rocksdb_close(db);
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_options_destroy(o);
+    return copy;
+}
+
+/* Puts key (klen bytes) = val (len bytes) into the closed store of record
+ * at dir. */
+static void raw_put(const char *dir, const char *key, size_t klen,
+                    const char *val, size_t len)
+{
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+    char *errptr = NULL;
+    rocksdb_t *db = rocksdb_open(o, dir, &errptr);
+
+    assert_null(errptr);
+    rocksdb_put(db, wo, key, klen, val, len, &errptr);
+    assert_null(errptr);
+    rocksdb_close(db);
+    rocksdb_writeoptions_destroy(wo);
+    rocksdb_options_destroy(o);
+}
+
+/* The record of coll/id and its outbox key, as the closed store holds
+ * them: the record's bytes and the markers' value (NULL when absent). */
+typedef struct raw_record {
+    char *rec, *ob;
+    size_t rlen, oblen;
+} raw_record_t;
+
+/* Reads coll/id's raw record with the store closed (it is reopened). */
+static raw_record_t read_raw(fixture_t *f, const char *coll, const char *id)
+{
+    char key[1 + SYNCD_RECORD_KEY_MAX];
+    size_t klen = syncd_record_key(key + 1, coll, id);
+    raw_record_t raw;
+
+    syncd_store_close(f->store);
+    f->store = NULL;
+    key[0] = '\x02';
+    raw.rec = raw_get(f->opts.data_dir, key + 1, klen, &raw.rlen);
+    raw.ob = raw_get(f->opts.data_dir, key, 1 + klen, &raw.oblen);
+    assert_non_null(raw.rec);
+    open_store(f);
+    return raw;
+}
+
+static void raw_record_free(raw_record_t *raw)
+{
+    free(raw->rec);
+    free(raw->ob);
+}
+
+/* A commit writes its record without its markers, which go under the
+ * outbox key beside it in the same write; an ack writes that key alone
+ * (the record's bytes stay as they were) and deletes it with the last
+ * marker; markers read back from disk are the ones kept. */
+static void
+test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it(
+    void **state)
+{
+    fixture_t *f = *state;
+    syncd_doc_t *doc = NULL;
+    json_t *list = NULL, *ob;
+    raw_record_t before, raw;
+
+    use_outbox(f);
+    create_doc(f, "bes", "d", "{\"n\":1}");
+    assert_int_equal(
+        put_doc(f, "bes", "d", "{\"n\":2}", SYNCD_ANY_VERSION, NULL), 0);
+    before = read_raw(f, "bes", "d");
+    assert_int_equal(syncd_record_decode(&doc, "bes", "d", before.rec,
+                                         before.rlen, 1, NULL),
+                     0);
+    assert_int_equal(doc->version, 2);
+    assert_null(doc->outbox);
+    syncd_doc_free(doc);
+    assert_non_null(before.ob);
+    ob = parse(before.ob);
+    assert_marker_versions(ob, "1 2");
+    json_decref(ob);
+    /* Read back from disk by a store just opened. */
+    assert_outbox(f, "bes", "d", "1 2");
+
+    assert_int_equal(syncd_store_outbox_ack(f->store, "bes", "d", 1, NULL), 0);
+    assert_outbox(f, "bes", "d", "2");
+    raw = read_raw(f, "bes", "d");
+    assert_int_equal(raw.rlen, before.rlen);
+    assert_memory_equal(raw.rec, before.rec, raw.rlen);
+    ob = parse(raw.ob);
+    assert_marker_versions(ob, "2");
+    json_decref(ob);
+    raw_record_free(&raw);
+    assert_outbox(f, "bes", "d", "2");
+
+    assert_int_equal(syncd_store_outbox_ack(f->store, "bes", "d", 2, NULL), 0);
+    raw = read_raw(f, "bes", "d");
+    assert_memory_equal(raw.rec, before.rec, raw.rlen);
+    assert_null(raw.ob);
+    raw_record_free(&raw);
+    assert_outbox(f, "bes", "d", "");
+    assert_int_equal(
+        syncd_store_outbox_list(f->store, &list, "bes", NULL, 10, NULL), 0);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    assert_doc(f, "bes", "d", 2, "{\"n\":2}");
+    raw_record_free(&before);
+}
+
+/* Returns rec (len bytes, a record without meta or with meta that has no
+ * "ob") as a store written before the markers moved beside the record
+ * wrote it: with the markers ob (compact JSON) as "ob" in its meta
+ * (malloc'd, *out_len bytes). */
+static char *with_markers_inside(const char *rec, size_t len, const char *ob,
+                                 size_t *out_len)
+{
+    const unsigned char *r = (const unsigned char *)rec;
+    size_t off = 18, mlen = 0, nlen, body;
+    char *meta, *out;
+
+    off += 1 + r[off];
+    off += 1 + r[off];
+    if (r[1] & 0x02) {
+        mlen = (size_t)r[off] | (size_t)r[off + 1] << 8 |
+               (size_t)r[off + 2] << 16 | (size_t)r[off + 3] << 24;
+        meta = malloc(strlen(ob) + mlen + 16);
+        sprintf(meta, "{\"ob\":%s,%.*s", ob, (int)mlen - 1, rec + off + 5);
+        body = off + 4 + mlen;
+    } else {
+        meta = malloc(strlen(ob) + 16);
+        sprintf(meta, "{\"ob\":%s}", ob);
+        body = off;
+    }
+    nlen = strlen(meta);
+    out = malloc(off + 4 + nlen + (len - body));
+    memcpy(out, rec, off);
+    out[1] = (char)(out[1] | 0x02);
+    for (int i = 0; i < 4; i++)
+        out[off + (size_t)i] = (char)(nlen >> (8 * i));
+    memcpy(out + off + 4, meta, nlen);
+    memcpy(out + off + 4 + nlen, rec + body, len - body);
+    *out_len = off + 4 + nlen + (len - body);
+    free(meta);
+    return out;
+}
+
+/* A store written before the markers moved beside the record kept them in
+ * it, with an empty value under the outbox key: they are still listed,
+ * acked and carried on by the next commit, and once acked they stay gone
+ * although the record still holds them. */
+static void
+test_store_outbox__a_record_holding_its_markers_still_publishes_them(
+    void **state)
+{
+    fixture_t *f = *state;
+    char key[1 + SYNCD_RECORD_KEY_MAX], *old;
+    size_t klen = syncd_record_key(key + 1, "leg", "d"), olen;
+    json_t *list = NULL;
+    raw_record_t raw;
+
+    use_outbox(f);
+    create_doc(f, "leg", "d", "{\"n\":1}");
+    assert_int_equal(
+        put_doc(f, "leg", "d", "{\"n\":2}", SYNCD_ANY_VERSION, NULL), 0);
+    raw = read_raw(f, "leg", "d");
+    old = with_markers_inside(raw.rec, raw.rlen, raw.ob, &olen);
+    syncd_store_close(f->store);
+    f->store = NULL;
+    key[0] = '\x02';
+    raw_put(f->opts.data_dir, key + 1, klen, old, olen);
+    raw_put(f->opts.data_dir, key, 1 + klen, "", 0);
+    open_store(f);
+
+    assert_outbox(f, "leg", "d", "1 2");
+    assert_int_equal(
+        syncd_store_outbox_list(f->store, &list, "leg", NULL, 10, NULL), 0);
+    assert_int_equal(json_array_size(list), 1);
+    assert_marker_versions(json_object_get(json_array_get(list, 0), "ob"),
+                           "1 2");
+    json_decref(list);
+    assert_int_equal(syncd_store_outbox_ack(f->store, "leg", "d", 1, NULL), 0);
+    reopen(f);
+    assert_outbox(f, "leg", "d", "2");
+    assert_int_equal(
+        put_doc(f, "leg", "d", "{\"n\":3}", SYNCD_ANY_VERSION, NULL), 0);
+    reopen(f);
+    assert_outbox(f, "leg", "d", "2 3");
+    assert_int_equal(syncd_store_outbox_ack(f->store, "leg", "d", 3, NULL), 0);
+    reopen(f);
+    assert_outbox(f, "leg", "d", "");
+
+    /* A record left holding markers that were all acked. */
+    syncd_store_close(f->store);
+    f->store = NULL;
+    raw_put(f->opts.data_dir, key + 1, klen, old, olen);
+    open_store(f);
+    assert_outbox(f, "leg", "d", "");
+    assert_doc(f, "leg", "d", 2, "{\"n\":2}");
+    free(old);
+    raw_record_free(&raw);
+}
+
 static void test_store_outbox__list_pages_records_with_markers(void **state)
 {
     fixture_t *f = *state;
@@ -5221,14 +5443,24 @@ static char *record_meta(const syncd_doc_t *doc)
 }
 
 /* Asserts that the meta of doc's record is, byte for byte, json_dumps()
- * of the object of its outbox, keys and history. */
+ * of the object of its keys and history, and that the text of its
+ * markers, which are kept beside the record, is json_dumps() of them. */
 static void assert_meta_is_its_serialization(const syncd_doc_t *doc)
 {
     json_t *meta = json_object();
-    char *want, *got = record_meta(doc);
+    char *want, *got = record_meta(doc), *made = NULL;
+    const char *text;
+    size_t len;
 
-    if (json_array_size(doc->outbox) > 0)
-        json_object_set(meta, "ob", doc->outbox);
+    if (json_array_size(doc->outbox) > 0) {
+        want = json_dumps(doc->outbox, JSON_COMPACT);
+        assert_int_equal(syncd_outbox_text(&text, &len, &made, doc), 0);
+        assert_int_equal(len, strlen(want));
+        assert_memory_equal(text, want, len);
+        free(made);
+        free(want);
+    }
+
     if (json_array_size(doc->ikeys) > 0)
         json_object_set(meta, "ik", doc->ikeys);
     if (json_array_size(doc->hist) > 0)
@@ -5241,39 +5473,6 @@ static void assert_meta_is_its_serialization(const syncd_doc_t *doc)
     free(want);
     free(got);
     json_decref(meta);
-}
-
-/* syncd_record_body() finds the canonical JSON of the body a record holds,
- * and only in a record of the version, hash and liveness asked for. */
-static void
-test_record_body__is_the_stored_text_of_that_version_only(void **state)
-{
-    syncd_doc_t *doc = hist_doc(3, "{\"b\":[1,{\"x\":\"\u00e9\"}],\"a\":1}");
-    syncd_doc_t *tomb = hist_doc(3, NULL);
-    char *rec, *want, *trec;
-    const char *body;
-    size_t len, tlen, blen, wlen;
-
-    (void)state;
-    doc->outbox = parse("[{\"v\":3,\"base\":2,\"op\":\"update\"}]");
-    assert_int_equal(syncd_record_encode(&rec, &len, doc, NULL, 0, NULL), 0);
-    want = syncd_json_canonical(doc->body, &wlen);
-    assert_int_equal(syncd_record_body(&body, &blen, rec, len, doc), 0);
-    assert_int_equal(blen, wlen);
-    assert_memory_equal(body, want, wlen);
-    doc->version = 4;
-    assert_int_equal(syncd_record_body(&body, &blen, rec, len, doc), -1);
-    doc->version = 3;
-    doc->hash[0] = 'f';
-    assert_int_equal(syncd_record_body(&body, &blen, rec, len, doc), -1);
-    assert_int_equal(syncd_record_body(&body, &blen, rec, 20, doc), -1);
-    assert_int_equal(syncd_record_encode(&trec, &tlen, tomb, NULL, 0, NULL), 0);
-    assert_int_equal(syncd_record_body(&body, &blen, trec, tlen, tomb), -1);
-    free(rec);
-    free(trec);
-    free(want);
-    syncd_doc_free(doc);
-    syncd_doc_free(tomb);
 }
 
 static void
@@ -5459,6 +5658,10 @@ int main(int argc, char **argv)
             test_store_outbox__ack_drops_the_markers_up_to_its_version_whatever_the_record_is_at),
         BOTH(
             test_store_outbox__a_full_outbox_refuses_the_write_and_drops_no_marker),
+        ROCKS(
+            test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it),
+        ROCKS(
+            test_store_outbox__a_record_holding_its_markers_still_publishes_them),
         BOTH(test_store_outbox__list_pages_records_with_markers),
         BOTH(test_store_purge__keeps_tombstones_with_pending_markers),
         BOTH(
@@ -5501,8 +5704,6 @@ int main(int argc, char **argv)
             test_history__a_record_with_a_cached_text_encodes_the_same_bytes),
         cmocka_unit_test(
             test_outbox__commits_append_to_the_cached_text_and_acks_cut_it),
-        cmocka_unit_test(
-            test_record_body__is_the_stored_text_of_that_version_only),
     };
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
