@@ -17,9 +17,10 @@
  * markers live beside it (rocks.c keeps them under their own key, written
  * in the same batch), so that an ack, which changes only them, does not
  * rewrite the record; a record written before they moved may still hold
- * them as "ob", which decoding reads. The header can be read without parsing the body, which is what
- * listings and digests need. Canonical JSON parses back to the same value
- * (integers exact, reals round-trip), so bodies come back exactly as written.
+ * them as "ob", which decoding reads. The header can be read without parsing
+ * the body, which is what listings and digests need. Canonical JSON parses back
+ * to the same value (integers exact, reals round-trip), so bodies come back
+ * exactly as written.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -121,7 +121,7 @@ typedef struct pending {
     syncd_doc_t *doc; /* the version, the key's tier entry once durable */
     char *val;        /* the encoded record; NULL for an ack */
     size_t vlen;
-    char *ob;         /* the compact JSON of doc's markers; NULL: none */
+    char *ob; /* the compact JSON of doc's markers; NULL: none */
     size_t oblen;
     syncd_htree_t *tree; /* doc's hash tree (owned), or NULL */
     size_t tree_bytes;   /* what tree is charged in the tier */

@@ -36,9 +36,9 @@
  * store takes it out (syncd_tier_take_tree()), updates it for its change
  * and leaves it with the new version (syncd_tier_keep_tree(), or with the
  * entry that version gets), and an outbox ack, which changes the
- * markers of the same version only (syncd_tier_set_outbox()), keeps it. An entry given back changed
- * stays pinned (never evicted or expired) until its owner has made its new
- * record (syncd_tier_unpin()).
+ * markers of the same version only (syncd_tier_set_outbox()), keeps it. An
+ * entry given back changed stays pinned (never evicted or expired) until its
+ * owner has made its new record (syncd_tier_unpin()).
  */
 #include <pthread.h>
 #include <stdlib.h>

@@ -2753,8 +2753,7 @@ test_store_outbox__a_full_outbox_refuses_the_write_and_drops_no_marker(
 
 /* Returns a copy (malloc'd, *len bytes) of the value of key (klen bytes) in
  * the closed store of record at dir, or NULL when the key is absent. */
-static char *raw_get(const char *dir, const char *key, size_t klen,
-                     size_t *len)
+static char *raw_get(const char *dir, const char *key, size_t klen, size_t *len)
 {
     rocksdb_options_t *o = rocksdb_options_create();
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
@@ -2842,9 +2841,9 @@ test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it(
     assert_int_equal(
         put_doc(f, "bes", "d", "{\"n\":2}", SYNCD_ANY_VERSION, NULL), 0);
     before = read_raw(f, "bes", "d");
-    assert_int_equal(syncd_record_decode(&doc, "bes", "d", before.rec,
-                                         before.rlen, 1, NULL),
-                     0);
+    assert_int_equal(
+        syncd_record_decode(&doc, "bes", "d", before.rec, before.rlen, 1, NULL),
+        0);
     assert_int_equal(doc->version, 2);
     assert_null(doc->outbox);
     syncd_doc_free(doc);
