@@ -715,6 +715,7 @@ void syncd_patch_limits_init(syncd_patch_limits_t *limits)
 {
     limits->max_bytes = (size_t)8 << 20;
     limits->max_ops = 10000;
+    limits->doc_size = 0;
 }
 
 /* Checks that patch is an array within limits' max_ops (NULL: unbounded)
@@ -736,16 +737,17 @@ static int check_inputs(const json_t *doc, const json_t *patch,
     return syncd_json_check_depth(doc, SYNCD_EINVAL, "document", err);
 }
 
-/* Applies the checked patch to a->root operation by operation; stops at
- * the first failing one. */
-static int run_patch(apply_t *a, const json_t *patch, syncd_error_t *err)
+/* Applies the checked patch to a->root, whose canonical size is known_size
+ * (0: unknown), operation by operation; stops at the first failing one. */
+static int run_patch(apply_t *a, const json_t *patch, size_t known_size,
+                     syncd_error_t *err)
 {
     json_t *item;
     size_t i;
     int rc;
 
     if (a->max > 0)
-        a->size = syncd_canonical_size(a->root);
+        a->size = known_size > 0 ? known_size : syncd_canonical_size(a->root);
     json_array_foreach (patch, i, item) {
         op_t op;
 
@@ -782,7 +784,7 @@ static int apply_new(json_t **out, const json_t *doc, const json_t *patch,
         rc = syncd_json_copy(&a.root, doc, err);
     }
     if (rc == 0)
-        rc = run_patch(&a, patch, err);
+        rc = run_patch(&a, patch, limits != NULL ? limits->doc_size : 0, err);
     if (rc < 0) {
         json_decref(a.root);
         return rc;
@@ -816,7 +818,7 @@ int syncd_patch_apply_in_place(json_t **doc, const json_t *patch,
     int rc = check_inputs(NULL, patch, limits, err);
 
     if (rc == 0)
-        rc = run_patch(&a, patch, err);
+        rc = run_patch(&a, patch, limits != NULL ? limits->doc_size : 0, err);
     if (rc < 0)
         *doc = undo_all(&a);
     else

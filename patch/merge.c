@@ -78,7 +78,8 @@ static int merge_new(json_t **out, const json_t *doc, const json_t *merge,
         return rc;
     /* Every value of the result comes from doc or from the patch, once:
      * the result can outgrow the bound only when the two together do. */
-    before = syncd_canonical_size(doc);
+    before =
+        limits->doc_size > 0 ? limits->doc_size : syncd_canonical_size(doc);
     if (before + syncd_canonical_size(merge) <= max)
         return 0;
     after = syncd_canonical_size(*out);

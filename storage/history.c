@@ -437,6 +437,7 @@ int syncd_history_version(syncd_doc_t **out, const syncd_doc_t *doc,
     }
     json_decref(v->body);
     v->body = v->deleted ? NULL : json_incref(body);
+    v->body_size = 0;
     syncd_doc_drop_meta(v);
     *out = v;
     v = NULL;

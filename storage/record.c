@@ -494,6 +494,7 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
             json_loadb((const char *)sp.body, sp.blen, JSON_ALLOW_NUL, &jerr);
         if (!json_is_object(doc->body))
             goto bad;
+        doc->body_size = sp.blen;
     }
     *out = doc;
     return 0;

@@ -902,6 +902,7 @@ static int attempt(syncd_store_t *s, syncd_change_t **out,
     wt.diff = NULL;
     if (rc != 0)
         goto done;
+    change->doc->body_size = canon != NULL ? canon_len : 0;
     syncd_error_clear(&local);
     rc = commit(s, change->doc, canon, canon_len,
                 cur != NULL ? cur->version : 0, &local);
@@ -1081,19 +1082,21 @@ static int step_patch(json_t **body, const write_req_t *req,
                       const syncd_doc_t *cur, syncd_error_t *err)
 {
     patch_arg_t *pa = req->arg;
+    syncd_patch_limits_t limits = pa->limits;
 
     if (!is_live(cur))
         return not_found(req, err);
+    /* The size bound then need not count the whole document first. */
+    limits.doc_size = cur->body_size;
     if (pa->is_merge && pa->shared)
-        return syncd_merge_apply_shared(body, cur->body, pa->patch, &pa->limits,
+        return syncd_merge_apply_shared(body, cur->body, pa->patch, &limits,
                                         err);
     if (pa->is_merge)
-        return syncd_merge_apply_ex(body, cur->body, pa->patch, &pa->limits,
-                                    err);
+        return syncd_merge_apply_ex(body, cur->body, pa->patch, &limits, err);
     if (pa->shared)
-        return syncd_patch_apply_shared(body, cur->body, pa->patch, &pa->limits,
+        return syncd_patch_apply_shared(body, cur->body, pa->patch, &limits,
                                         err);
-    return syncd_patch_apply_ex(body, cur->body, pa->patch, &pa->limits, err);
+    return syncd_patch_apply_ex(body, cur->body, pa->patch, &limits, err);
 }
 
 /* Rolls back to version *(int64_t *)req->arg of cur's history. */

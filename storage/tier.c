@@ -606,6 +606,7 @@ void syncd_tier_give_back(syncd_tier_t *t, const syncd_reckey_t *k,
 
         d->version = meta->version;
         d->mtime_ms = meta->mtime_ms;
+        d->body_size = 0;
         memcpy(d->hash, meta->hash, sizeof(d->hash));
         memcpy(d->origin, meta->origin, sizeof(d->origin));
         syncd_doc_drop_meta(d);

@@ -1741,6 +1741,86 @@ static void test_patch_apply_ex__copies_past_4_times_the_limit_fail(void **s)
     json_decref(thirteen);
 }
 
+/* Applies patch (is_merge: a merge patch) to doc within limits the way way
+ * names (0 copying, 1 shared, 2 in place on a copy of doc); the
+ * result, or NULL on failure, with the code in *rc. */
+static json_t *apply_way(int way, int is_merge, const json_t *doc,
+                         const json_t *patch,
+                         const syncd_patch_limits_t *limits, int *rc)
+{
+    json_t *out = NULL;
+
+    if (is_merge && way == 1)
+        *rc = syncd_merge_apply_shared(&out, doc, patch, limits, NULL);
+    else if (is_merge)
+        *rc = syncd_merge_apply_ex(&out, doc, patch, limits, NULL);
+    else if (way == 0)
+        *rc = syncd_patch_apply_ex(&out, doc, patch, limits, NULL);
+    else if (way == 1)
+        *rc = syncd_patch_apply_shared(&out, doc, patch, limits, NULL);
+    else if ((out = json_deep_copy(doc)) != NULL &&
+             (*rc = syncd_patch_apply_in_place(&out, patch, limits, NULL)) !=
+                 0) {
+        json_decref(out);
+        out = NULL;
+    }
+    return *rc == 0 ? out : NULL;
+}
+
+/* A size the caller gives in limits->doc_size is the document's, not
+ * counted again: the true size gives the same results as none, and a
+ * larger one moves the bound (which shows it was used). */
+static void
+test_patch_limits__a_given_doc_size_is_taken_as_the_documents(void **s)
+{
+    json_t *doc = parse("{\"a\":\"0123456789\",\"b\":1}");
+    json_t *add = parse("[{\"op\":\"add\",\"path\":\"/c\",\"value\":\"x\"}]");
+    json_t *grow = parse("{\"c\":\"0123456789\"}");
+    size_t size = canon_size(doc);
+    syncd_patch_limits_t limits;
+    json_t *want, *got;
+    int rc;
+
+    (void)s;
+    syncd_patch_limits_init(&limits);
+    for (int way = 0; way < 3; way++) {
+        /* The add makes it size + 8 bytes. */
+        limits.max_bytes = size + 8;
+        limits.doc_size = 0;
+        want = apply_way(way, 0, doc, add, &limits, &rc);
+        assert_int_equal(rc, 0);
+        limits.doc_size = size;
+        got = apply_way(way, 0, doc, add, &limits, &rc);
+        assert_int_equal(rc, 0);
+        assert_true(json_equal(got, want));
+        json_decref(got);
+        limits.doc_size = size + 1;
+        assert_null(apply_way(way, 0, doc, add, &limits, &rc));
+        assert_int_equal(rc, SYNCD_ETOOBIG);
+        json_decref(want);
+    }
+    for (int way = 0; way < 2; way++) {
+        /* The merge makes it size + 17 bytes, past the bound, and a result
+         * past it is let through only when it is no larger than the
+         * document was. */
+        limits.max_bytes = size + 10;
+        limits.doc_size = 0;
+        assert_null(apply_way(way, 1, doc, grow, &limits, &rc));
+        assert_int_equal(rc, SYNCD_ETOOBIG);
+        limits.doc_size = size;
+        assert_null(apply_way(way, 1, doc, grow, &limits, &rc));
+        assert_int_equal(rc, SYNCD_ETOOBIG);
+        limits.doc_size = size + 17;
+        got = apply_way(way, 1, doc, grow, &limits, &rc);
+        assert_int_equal(rc, 0);
+        assert_int_equal(canon_size(got), size + 17);
+        json_decref(got);
+    }
+    json_decref(doc);
+    json_decref(add);
+    json_decref(grow);
+}
+
 static void test_merge_apply_ex__result_past_the_limit_is_ETOOBIG(void **s)
 {
     json_t *doc = parse("{\"a\":\"0123456789\",\"b\":1}");
@@ -3034,6 +3114,8 @@ int main(void)
             test_patch_apply_ex__more_ops_than_the_limit_fail_before_any),
         cmocka_unit_test(
             test_patch_apply_ex__copies_past_4_times_the_limit_fail),
+        cmocka_unit_test(
+            test_patch_limits__a_given_doc_size_is_taken_as_the_documents),
         cmocka_unit_test(test_merge_apply_ex__result_past_the_limit_is_ETOOBIG),
         cmocka_unit_test(test_ptr__parse_and_format_roundtrip_escapes),
         cmocka_unit_test(test_ptr__malformed_pointers_fail_with_EINVAL),

@@ -3413,6 +3413,66 @@ test_store__non_object_and_oversized_bodies_are_rejected(void **state)
     json_decref(big);
 }
 
+/* Asserts that coll/id, read from the store, knows the size of its body's
+ * canonical JSON (0 for a tombstone). */
+static void assert_body_size(fixture_t *f, const char *coll, const char *id)
+{
+    syncd_doc_t *doc = NULL;
+    size_t len = 0;
+    char *canon;
+
+    assert_int_equal(syncd_store_refetch(f->store, &doc, coll, id, NULL), 0);
+    if (doc->deleted) {
+        assert_int_equal(doc->body_size, 0);
+    } else {
+        canon = syncd_json_canonical(doc->body, &len);
+        assert_int_equal(doc->body_size, len);
+        free(canon);
+    }
+    syncd_doc_free(doc);
+}
+
+/* Each version the store of record holds knows its body's canonical size,
+ * as committed and as read back, and a patch bounded by it is still held
+ * to max_doc_bytes. */
+static void test_store__each_version_knows_its_body_size(void **state)
+{
+    fixture_t *f = *state;
+    json_t *grow = parse("[{\"op\":\"add\",\"path\":\"/pad\",\"value\":"
+                         "\"0123456789012345678901234567890123456789\"}]");
+    json_t *merge =
+        parse("{\"pad\":\"0123456789012345678901234567890123456789\"}");
+    json_t *edit = parse("[{\"op\":\"replace\",\"path\":\"/b/1\",\"value\":"
+                         "{\"x\":\"\\u00e9\\n\"}}]");
+    syncd_change_t *c = NULL;
+
+    f->opts.max_doc_bytes = 80;
+    reopen(f);
+    create_doc(f, "sz", "d", "{\"b\":[1,2.5,\"q\\\"\"],\"a\":\"\\u00e9\"}");
+    assert_body_size(f, "sz", "d");
+    assert_int_equal(syncd_store_patch(f->store, &c, "sz", "d", edit, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     0);
+    syncd_change_free(c);
+    assert_body_size(f, "sz", "d");
+    reopen(f);
+    assert_body_size(f, "sz", "d");
+    assert_int_equal(syncd_store_patch(f->store, &c, "sz", "d", grow, 0,
+                                       SYNCD_ANY_VERSION, NULL),
+                     SYNCD_ETOOBIG);
+    assert_int_equal(syncd_store_patch(f->store, &c, "sz", "d", merge, 1,
+                                       SYNCD_ANY_VERSION, NULL),
+                     SYNCD_ETOOBIG);
+    assert_int_equal(
+        syncd_store_delete(f->store, &c, "sz", "d", SYNCD_ANY_VERSION, NULL),
+        0);
+    syncd_change_free(c);
+    assert_body_size(f, "sz", "d");
+    json_decref(grow);
+    json_decref(merge);
+    json_decref(edit);
+}
+
 /* ---- Exact round trips -------------------------------------------------- */
 
 static void
@@ -5669,6 +5729,7 @@ int main(int argc, char **argv)
         BOTH(test_store_cache__holds_committed_writes_in_mongodb_mode),
         BOTH(test_store__bad_ids_and_collections_never_reach_the_backend),
         BOTH(test_store__non_object_and_oversized_bodies_are_rejected),
+        ROCKS(test_store__each_version_knows_its_body_size),
         BOTH(test_store__awkward_keys_and_numbers_round_trip_exactly),
         ROCKS(test_store_rocks__acknowledged_writes_survive_sigkill),
         ROCKS(

@@ -91,6 +91,8 @@ int syncd_patch_apply(json_t **out, const json_t *doc, const json_t *patch,
 typedef struct syncd_patch_limits {
     size_t max_bytes; /* canonical size of the result; default 8 MiB */
     size_t max_ops;   /* operations in one JSON Patch; default 10,000 */
+    size_t doc_size;  /* the document's canonical size when the caller knows
+                         it (it is then not counted); default 0: unknown */
 } syncd_patch_limits_t;
 
 /* Sets every field of limits to its documented default. */
@@ -153,10 +155,10 @@ int syncd_json_equal(const json_t *a, const json_t *b);
  * each operation replaced. No copy of the document is taken and, without
  * limits->max_bytes, nothing but the paths the patch touches is walked, so
  * the work is that of the patch; with max_bytes the document's canonical
- * size is counted once first. The caller must own *doc alone (nothing else
- * may read it meanwhile), and *doc must nest within SYNCD_PATCH_MAX_DEPTH
- * (as every document the store accepted does). Errors and limits as
- * syncd_patch_apply_ex(). */
+ * size is counted once first, unless limits->doc_size gives it. The
+ * caller must own *doc alone (nothing else may read it meanwhile), and
+ * *doc must nest within SYNCD_PATCH_MAX_DEPTH (as every document the store
+ * accepted does). Errors and limits as syncd_patch_apply_ex(). */
 int syncd_patch_apply_in_place(json_t **doc, const json_t *patch,
                                const syncd_patch_limits_t *limits,
                                syncd_error_t *err);

@@ -69,6 +69,10 @@ typedef struct syncd_doc {
      * predecessor's, so a record with many markers pending is not
      * serialized whole per commit; shared, immutable; NULL: not cached. */
     json_t *outbox_text;
+    /* The byte length of body's canonical JSON when known (the store sets
+     * it where it wrote or read that text), else 0; whoever changes body
+     * in place resets it. */
+    size_t body_size;
 } syncd_doc_t;
 
 /* Frees doc and its strings and drops its body reference; NULL ignored. */
