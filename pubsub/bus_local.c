@@ -19,7 +19,9 @@
  * reads through its own writes and commits them with one fsync (a group commit
  * of the publishes that queued meanwhile); completions run on the loop in job
  * order, so publish callbacks come in seq order. Recent events are also kept
- * decoded in a ring for cheap delivery; older ones are read by a job. A
+ * in a ring for cheap delivery, as the text published until a subscriber or
+ * a replay first asks for one, then decoded (a node that no one watches
+ * never decodes its events); older ones are read by a job. A
  * collection's record is loaded (a job reads its counter) on first use and
  * freed when it has no subscription and no job in flight.
  *
@@ -48,6 +50,7 @@
 
 #include "base/rocks_options.h"
 #include "pubsub/internal.h"
+#include "syncd/patch.h"
 
 /* Events handed to one subscription per idle pass, and read per job. */
 #define PUMP_BATCH 1024
@@ -60,7 +63,9 @@
 
 typedef struct slot {
     int64_t seq;
-    json_t *event;
+    json_t *event; /* decoded, once asked for; text is then NULL */
+    char *text;    /* the event as published, until decoded */
+    size_t len;
 } slot_t;
 
 typedef struct lcoll {
@@ -569,8 +574,10 @@ static int get_coll(lbus_t *bus, const char *coll, lcoll_t **out,
 static void coll_free(lbus_t *bus, lcoll_t *c)
 {
     syncd_bus_subs_release(&c->subs);
-    for (size_t i = 0; i < c->size; i++)
+    for (size_t i = 0; i < c->size; i++) {
         json_decref(c->ring[i].event);
+        free(c->ring[i].text);
+    }
     json_decref(c->pubv);
     free(c->ring);
     free(c);
@@ -594,15 +601,31 @@ static void coll_release(lbus_t *bus, lcoll_t *c)
     coll_free(bus, c);
 }
 
-/* Returns event seq of c's ring (borrowed), or NULL when it has left. */
-static json_t *ring_get(const lcoll_t *c, int64_t seq)
+/* Returns 1 when slot holds an event. */
+static int slot_used(const slot_t *slot)
 {
-    const slot_t *slot;
+    return slot->event != NULL || slot->text != NULL;
+}
+
+/* Returns event seq of c's ring (borrowed; decoded on its first read), or
+ * NULL when it has left (or its text does not parse, which then leaves). */
+static json_t *ring_get(lcoll_t *c, int64_t seq)
+{
+    slot_t *slot;
 
     if (c->size == 0)
         return NULL;
     slot = &c->ring[(uint64_t)seq % c->size];
-    return slot->seq == seq ? slot->event : NULL;
+    if (slot->seq != seq)
+        return NULL;
+    if (slot->event == NULL && slot->text != NULL) {
+        if (syncd_json_loadb_nonul(&slot->event, slot->text, slot->len, NULL) !=
+            0)
+            slot->event = NULL;
+        free(slot->text);
+        slot->text = NULL;
+    }
+    return slot->event;
 }
 
 /* Moves c's ring into n slots; on ENOMEM the ring stays as it was. */
@@ -613,7 +636,7 @@ static void ring_grow(lcoll_t *c, size_t n)
     if (ring == NULL)
         return;
     for (size_t i = 0; i < c->size; i++) {
-        if (c->ring[i].event != NULL)
+        if (slot_used(&c->ring[i]))
             ring[(uint64_t)c->ring[i].seq % n] = c->ring[i];
     }
     free(c->ring);
@@ -621,9 +644,9 @@ static void ring_grow(lcoll_t *c, size_t n)
     c->size = n;
 }
 
-/* Puts event (a new reference, stolen) with seq into c's ring, growing it
- * rather than dropping an event of the last cap seqs. */
-static void ring_put(lcoll_t *c, int64_t seq, json_t *event)
+/* Puts the len bytes of event text (malloc'd, stolen) with seq into c's
+ * ring, growing it rather than dropping an event of the last cap seqs. */
+static void ring_put(lcoll_t *c, int64_t seq, char *text, size_t len)
 {
     slot_t *slot;
 
@@ -631,17 +654,20 @@ static void ring_put(lcoll_t *c, int64_t seq, json_t *event)
         ring_grow(c, c->cap < 16 ? c->cap : 16);
     } else if (c->size < c->cap) {
         slot = &c->ring[(uint64_t)seq % c->size];
-        if (slot->event != NULL && slot->seq > seq - (int64_t)c->cap)
+        if (slot_used(slot) && slot->seq > seq - (int64_t)c->cap)
             ring_grow(c, c->size * 2 < c->cap ? c->size * 2 : c->cap);
     }
     if (c->size == 0) {
-        json_decref(event);
+        free(text);
         return;
     }
     slot = &c->ring[(uint64_t)seq % c->size];
     json_decref(slot->event);
+    free(slot->text);
     slot->seq = seq;
-    slot->event = event;
+    slot->event = NULL;
+    slot->text = text;
+    slot->len = len;
 }
 
 /* Starts the subscriptions of c that wait for its counter: from the
@@ -706,7 +732,7 @@ static void drop_job(lbus_t *bus, ljob_t *job)
 /* Publishes in memory: deduplicated against c->pubv, appended to the ring. */
 static int publish_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
 {
-    json_t *rec = json_object_get(c->pubv, job->key), *event;
+    json_t *rec = json_object_get(c->pubv, job->key);
     char *text;
     size_t len;
 
@@ -721,17 +747,15 @@ static int publish_memory(lbus_t *bus, lcoll_t *c, ljob_t *job)
         return 0;
     }
     text = syncd_bus_splice_seq(job->body, job->body_len, c->seq + 1, &len);
-    event = text != NULL ? json_loadb(text, len, 0, NULL) : NULL;
-    free(text);
     rec =
         json_pack("[I,I]", (json_int_t)job->pub.v, (json_int_t)job->pub.ts_us);
-    if (event == NULL || rec == NULL ||
+    if (text == NULL || rec == NULL ||
         json_object_set_new(c->pubv, job->key, rec) != 0) {
-        json_decref(event);
+        free(text);
         return SYNCD_ENOMEM;
     }
     job->seq = ++c->seq;
-    ring_put(c, job->seq, event);
+    ring_put(c, job->seq, text, len);
     bus->base.stats.published++;
     feed_later(bus, c);
     return 0;
@@ -883,7 +907,6 @@ static void forget_memory(lcoll_t *c, ljob_t *job)
 static void complete(lbus_t *bus, ljob_t *job, int status)
 {
     lcoll_t *c = job->c;
-    json_t *event;
 
     if (status == 0)
         status = job->status;
@@ -900,9 +923,8 @@ static void complete(lbus_t *bus, ljob_t *job, int status)
         } else if (status == 0 && bus->db != NULL) {
             if (job->seq > c->seq)
                 c->seq = job->seq;
-            event = json_loadb(job->text, job->text_len, 0, NULL);
-            if (event != NULL)
-                ring_put(c, job->seq, event);
+            ring_put(c, job->seq, job->text, job->text_len);
+            job->text = NULL;
             bus->base.stats.published++;
             feed_later(bus, c);
         }

@@ -838,6 +838,105 @@ test_local_bus__seq_continues_after_reopen_from_data_dir(void **state)
     syncd_test_rmtree(dir);
 }
 
+/* A subscriber that keeps a copy of each event it is handed, until it has
+ * target of them. */
+typedef struct kept {
+    json_t *events;
+    int64_t last, target;
+} kept_t;
+
+static void on_event_kept(syncd_bus_signal_t signal, int64_t seq,
+                          const json_t *event, void *payload)
+{
+    kept_t *k = payload;
+
+    assert_int_equal(signal, SYNCD_BUS_EVENT);
+    assert_int_equal(seq, k->last + 1);
+    assert_int_equal(json_array_append_new(k->events, json_deep_copy(event)),
+                     0);
+    k->last = seq;
+}
+
+static int kept_all(void *arg)
+{
+    const kept_t *k = arg;
+
+    return k->last >= k->target;
+}
+
+/* Asserts that event is sent with "seq": seq added. */
+static void assert_sent_with_seq(const json_t *event, const json_t *sent,
+                                 int64_t seq)
+{
+    json_t *bare = json_deep_copy(event);
+
+    assert_int_equal(json_integer_value(json_object_get(event, "seq")), seq);
+    assert_int_equal(json_object_del(bare, "seq"), 0);
+    assert_true(json_equal(bare, sent));
+    json_decref(bare);
+}
+
+/* The recent events a subscriber is handed from memory (kept as the text
+ * published until first asked for) and those read back from the log after
+ * a reopen are the events published, each with its seq; in memory alone,
+ * the replay and the subscriber read the same. */
+static void test_local_bus__events_handed_out_are_those_published(void **state)
+{
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    json_t *sent = json_array();
+
+    (void)state;
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    uv_loop_init(&loop);
+    for (int persisted = 0; persisted < 2; persisted++) {
+        kept_t k = {json_array(), 0, 8};
+        replay_t r = {0};
+        replay_t done = {0};
+
+        bus = open_bus(&loop, NULL, persisted ? dir : NULL, NULL, 0);
+        json_array_clear(sent);
+        for (int i = 0; i < 8; i++) {
+            json_t *event = make_event("ring", i + 1 + 8 * persisted);
+
+            assert_int_equal(json_array_append_new(sent, event), 0);
+            done.done = 0;
+            assert_int_equal(syncd_bus_publish(bus, event, on_seq, &done), 0);
+            wait_for(&loop, flag_set, &done.done);
+            assert_int_equal(done.status, 0);
+            assert_int_equal(done.seq, i + 1);
+        }
+        assert_int_equal(
+            syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL),
+            0);
+        wait_for(&loop, kept_all, &k);
+        syncd_bus_unsubscribe(sub);
+        if (persisted) {
+            close_bus(&loop, bus);
+            bus = open_bus(&loop, NULL, dir, NULL, 0);
+        }
+        assert_int_equal(syncd_bus_replay(bus, COLL, 0, -1, 0, on_replay, &r),
+                         0);
+        wait_for(&loop, flag_set, &r.done);
+        assert_int_equal(r.status, 0);
+        assert_int_equal(json_array_size(r.events), 8);
+        for (size_t i = 0; i < 8; i++) {
+            assert_sent_with_seq(json_array_get(k.events, i),
+                                 json_array_get(sent, i), (int64_t)i + 1);
+            assert_sent_with_seq(json_array_get(r.events, i),
+                                 json_array_get(sent, i), (int64_t)i + 1);
+        }
+        json_decref(r.events);
+        json_decref(k.events);
+        close_bus(&loop, bus);
+    }
+    json_decref(sent);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
 static void test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC(void **state)
 {
     uv_loop_t loop;
@@ -2442,6 +2541,7 @@ int main(int argc, char **argv)
             test_local_bus__seq_continues_after_reopen_from_data_dir),
         cmocka_unit_test(
             test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC),
+        cmocka_unit_test(test_local_bus__events_handed_out_are_those_published),
         cmocka_unit_test(
             test_local_bus__repeated_and_older_versions_are_dropped_at_the_source),
         cmocka_unit_test(

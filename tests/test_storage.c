@@ -422,7 +422,7 @@ test_store_put_new__keeps_the_given_tree_and_takes_its_reference(void **state)
 
 /* ---- Writers' hash trees ------------------------------------------------- */
 
-/* The body of the large document of the hash-tree tests: members
+/* A large body, for the hash-tree and node-cache tests: members
  * m000..m(n-1), each {"n": i, "s": a 40-byte string}; about 70 bytes a
  * member, so 80 members pass SYNCD_TREE_MIN. */
 static json_t *big_body(int n)
@@ -4262,20 +4262,11 @@ static void reopen_cache(cache_fixture_t *cf, uint64_t max_bytes, int keep)
 }
 
 /* A body of about 20 KB (over the size that gets a hash tree) whose "a" and
- * "b" are both n, with PATCH_VOLS members in "vols". */
+ * "b" are both n, with big_body(PATCH_VOLS) in "vols". */
 static json_t *vols_body(int n)
 {
-    json_t *vols = json_object();
-    char key[16];
-
-    for (int i = 0; i < PATCH_VOLS; i++) {
-        snprintf(key, sizeof(key), "m-%03d", i);
-        json_object_set_new(
-            vols, key,
-            json_pack("{s:i, s:s}", "n", i, "s",
-                      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
-    }
-    return json_pack("{s:i, s:i, s:o}", "a", n, "b", n, "vols", vols);
+    return json_pack("{s:i, s:i, s:o}", "a", n, "b", n, "vols",
+                     big_body(PATCH_VOLS));
 }
 
 /* The patch from version n's body to version n + 1's: "a" first, one
@@ -4285,7 +4276,7 @@ static json_t *vols_patch(int n, int i)
 {
     char path[32];
 
-    snprintf(path, sizeof(path), "/vols/m-%03d", i % PATCH_VOLS);
+    snprintf(path, sizeof(path), "/vols/m%03d", i % PATCH_VOLS);
     if (i % 7 == 3)
         return json_pack("[{s:s,s:s,s:i},{s:s,s:s},{s:s,s:s,s:i}]", "op",
                          "replace", "path", "/a", "value", n + 1, "op",
