@@ -317,6 +317,11 @@ int syncd_bus_sub_live(const syncd_bus_sub_t *sub)
     return !sub->dead && !sub->bus->closing;
 }
 
+void syncd_bus_sub_want_bodies(syncd_bus_sub_t *sub, int want)
+{
+    sub->seq_only = !want;
+}
+
 int syncd_bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal,
                       int64_t seq, const json_t *event)
 {

@@ -20,8 +20,9 @@
  * of the publishes that queued meanwhile); completions run on the loop in job
  * order, so publish callbacks come in seq order. Recent events are also kept
  * in a ring for cheap delivery, as the text published until a subscriber or
- * a replay first asks for one, then decoded (a node that no one watches
- * never decodes its events); older ones are read by a job. A
+ * a replay first asks for one, then decoded (a subscription that wants only
+ * seqs is handed none, so a node that no one watches never decodes its
+ * events); older ones are read by a job. A
  * collection's record is loaded (a job reads its counter) on first use and
  * freed when it has no subscription and no job in flight.
  *
@@ -607,6 +608,17 @@ static int slot_used(const slot_t *slot)
     return slot->event != NULL || slot->text != NULL;
 }
 
+/* Returns 1 when c's ring holds event seq. */
+static int ring_holds(const lcoll_t *c, int64_t seq)
+{
+    const slot_t *slot;
+
+    if (c->size == 0)
+        return 0;
+    slot = &c->ring[(uint64_t)seq % c->size];
+    return slot->seq == seq && slot_used(slot);
+}
+
 /* Returns event seq of c's ring (borrowed; decoded on its first read), or
  * NULL when it has left (or its text does not parse, which then leaves). */
 static json_t *ring_get(lcoll_t *c, int64_t seq)
@@ -842,12 +854,14 @@ static int feed(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
     }
     while (n++ < PUMP_BATCH && syncd_bus_sub_live(sub) && sub->last < c->seq) {
         int64_t next = sub->last + 1;
-        json_t *event = ring_get(c, next);
+        json_t *event = NULL;
 
         if (next < first_held(bus, c, c->seq)) {
             syncd_bus_deliver(sub, SYNCD_BUS_RESYNC,
                               first_held(bus, c, c->seq) - 1, NULL);
-        } else if (event != NULL) {
+        } else if (sub->seq_only && ring_holds(c, next)) {
+            syncd_bus_deliver(sub, SYNCD_BUS_EVENT, next, NULL);
+        } else if ((event = ring_get(c, next)) != NULL) {
             syncd_bus_deliver(sub, SYNCD_BUS_EVENT, next, event);
         } else if (bus->db != NULL) {
             read_for(bus, c, sub);

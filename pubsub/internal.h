@@ -121,6 +121,7 @@ struct syncd_bus_sub {
     int catching; /* reading the replay log before live events */
     int inflight; /* a replay read is in flight */
     int lost;     /* the backend lost data: resync first */
+    int seq_only; /* the callback needs seqs, not bodies */
     syncd_bus_event_cb cb;
     void *payload;
 };

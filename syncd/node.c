@@ -508,6 +508,11 @@ static void watch_offer(syncd_node_watch_t *w, int64_t seq, json_t *event)
 {
     if (w->dead || !w->started)
         return;
+    /* Not expected (bodies are wanted while w lives), never hidden. */
+    if (event == NULL) {
+        watch_end(w, SYNCD_NODE_RESYNC, w->last);
+        return;
+    }
     if (w->live) {
         watch_deliver(w, seq, event);
         return;
@@ -694,6 +699,18 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
     enqueue(c, item);
 }
 
+/* Tells the bus whether c's subscription needs event bodies: a cache
+ * applies them and watchers are handed them; else only seqs are used. */
+static void want_bodies(coll_t *c)
+{
+    int want = c->node->cached;
+
+    for (syncd_node_watch_t *w = c->watchers; !want && w != NULL; w = w->next)
+        want = !w->dead;
+    if (c->sub != NULL)
+        syncd_bus_sub_want_bodies(c->sub, want);
+}
+
 static void coll_subscribe(coll_t *c);
 static int coll_reap(coll_t *c);
 static void start_pass(coll_t *c, ae_run_t *run);
@@ -734,6 +751,7 @@ static void on_coll_seq(int status, int64_t seq, void *payload)
     }
     c->seq = seq;
     c->ready = 1;
+    want_bodies(c);
     for (w = c->watchers; w != NULL; w = w->next) {
         if (!w->dead && !w->started)
             watch_start(w);
@@ -2758,6 +2776,7 @@ int syncd_node_watch(syncd_node_t *node, syncd_node_watch_t **out,
     w->payload = payload;
     w->next = c->watchers;
     c->watchers = w;
+    want_bodies(c);
     node->stats.watchers++;
     if (c->ready)
         watch_start(w);
@@ -2773,6 +2792,7 @@ void syncd_node_unwatch(syncd_node_watch_t *watch)
         return;
     c = watch->coll;
     watch->dead = 1;
+    want_bodies(c);
     sweep(c);
     coll_reap(c);
 }

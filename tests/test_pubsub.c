@@ -852,8 +852,10 @@ static void on_event_kept(syncd_bus_signal_t signal, int64_t seq,
 
     assert_int_equal(signal, SYNCD_BUS_EVENT);
     assert_int_equal(seq, k->last + 1);
-    assert_int_equal(json_array_append_new(k->events, json_deep_copy(event)),
-                     0);
+    assert_int_equal(
+        json_array_append_new(k->events, event != NULL ? json_deep_copy(event)
+                                                       : json_null()),
+        0);
     k->last = seq;
 }
 
@@ -876,6 +878,23 @@ static void assert_sent_with_seq(const json_t *event, const json_t *sent,
     json_decref(bare);
 }
 
+/* Publishes events first..last of "ring" on bus, one at a time, appending
+ * each to sent, and checks the seqs they get (from seq1 on). */
+static void publish_ring(uv_loop_t *loop, syncd_bus_t *bus, json_t *sent,
+                         int first, int last, int64_t seq1)
+{
+    for (int v = first; v <= last; v++) {
+        json_t *event = make_event("ring", v);
+        replay_t done = {0};
+
+        assert_int_equal(json_array_append_new(sent, event), 0);
+        assert_int_equal(syncd_bus_publish(bus, event, on_seq, &done), 0);
+        wait_for(loop, flag_set, &done.done);
+        assert_int_equal(done.status, 0);
+        assert_int_equal(done.seq, seq1 + (v - first));
+    }
+}
+
 /* The recent events a subscriber is handed from memory (kept as the text
  * published until first asked for) and those read back from the log after
  * a reopen are the events published, each with its seq; in memory alone,
@@ -894,20 +913,10 @@ static void test_local_bus__events_handed_out_are_those_published(void **state)
     for (int persisted = 0; persisted < 2; persisted++) {
         kept_t k = {json_array(), 0, 8};
         replay_t r = {0};
-        replay_t done = {0};
 
         bus = open_bus(&loop, NULL, persisted ? dir : NULL, NULL, 0);
         json_array_clear(sent);
-        for (int i = 0; i < 8; i++) {
-            json_t *event = make_event("ring", i + 1 + 8 * persisted);
-
-            assert_int_equal(json_array_append_new(sent, event), 0);
-            done.done = 0;
-            assert_int_equal(syncd_bus_publish(bus, event, on_seq, &done), 0);
-            wait_for(&loop, flag_set, &done.done);
-            assert_int_equal(done.status, 0);
-            assert_int_equal(done.seq, i + 1);
-        }
+        publish_ring(&loop, bus, sent, 1 + 8 * persisted, 8 + 8 * persisted, 1);
         assert_int_equal(
             syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL),
             0);
@@ -929,6 +938,52 @@ static void test_local_bus__events_handed_out_are_those_published(void **state)
                                  json_array_get(sent, i), (int64_t)i + 1);
         }
         json_decref(r.events);
+        json_decref(k.events);
+        close_bus(&loop, bus);
+    }
+    json_decref(sent);
+    end_loop(&loop);
+    syncd_test_rmtree(dir);
+}
+
+/* A subscriber that wants only seqs is handed every seq in order, with no
+ * event; once it wants bodies again, the events come whole. */
+static void
+test_local_bus__a_subscription_wanting_seqs_only_gets_every_seq(void **state)
+{
+    char dir[256];
+    uv_loop_t loop;
+    syncd_bus_t *bus;
+    syncd_bus_sub_t *sub;
+    json_t *sent = json_array();
+
+    (void)state;
+    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
+    uv_loop_init(&loop);
+    for (int persisted = 0; persisted < 2; persisted++) {
+        kept_t k = {json_array(), 0, 4};
+
+        bus = open_bus(&loop, NULL, persisted ? dir : NULL, NULL, 0);
+        json_array_clear(sent);
+        assert_int_equal(
+            syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL),
+            0);
+        syncd_bus_sub_want_bodies(sub, 0);
+        publish_ring(&loop, bus, sent, 1, 4, 1);
+        wait_for(&loop, kept_all, &k);
+        syncd_bus_sub_want_bodies(sub, 1);
+        k.target = 8;
+        publish_ring(&loop, bus, sent, 5, 8, 5);
+        wait_for(&loop, kept_all, &k);
+        syncd_bus_unsubscribe(sub);
+        assert_int_equal(json_array_size(k.events), 8);
+        for (size_t i = 0; i < 8; i++) {
+            if (i < 4)
+                assert_true(json_is_null(json_array_get(k.events, i)));
+            else
+                assert_sent_with_seq(json_array_get(k.events, i),
+                                     json_array_get(sent, i), (int64_t)i + 1);
+        }
         json_decref(k.events);
         close_bus(&loop, bus);
     }
@@ -2542,6 +2597,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(
             test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC),
         cmocka_unit_test(test_local_bus__events_handed_out_are_those_published),
+        cmocka_unit_test(
+            test_local_bus__a_subscription_wanting_seqs_only_gets_every_seq),
         cmocka_unit_test(
             test_local_bus__repeated_and_older_versions_are_dropped_at_the_source),
         cmocka_unit_test(

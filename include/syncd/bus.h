@@ -137,7 +137,9 @@ typedef enum {
 
 /* Receives a collection's events in seq order, none skipped or repeated:
  * gaps are filled from the replay log, reconnects replay what was missed,
- * and loss beyond the log is reported as SYNCD_BUS_RESYNC. */
+ * and loss beyond the log is reported as SYNCD_BUS_RESYNC. event is
+ * borrowed for the call; it may be NULL with SYNCD_BUS_EVENT only while
+ * the subscription wants no bodies (syncd_bus_sub_want_bodies()). */
 typedef void (*syncd_bus_event_cb)(syncd_bus_signal_t signal, int64_t seq,
                                    const json_t *event, void *payload);
 
@@ -152,6 +154,12 @@ int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
 
 /* Ends a subscription; its callback is not called again. */
 void syncd_bus_unsubscribe(syncd_bus_sub_t *sub);
+
+/* Says whether sub's callback needs each event's body (want 1, the
+ * default) or only its seq (0): a bus that holds recent events as text
+ * (the embedded one) then hands SYNCD_BUS_EVENT with a NULL event rather
+ * than decode it; another may hand the event anyway. */
+void syncd_bus_sub_want_bodies(syncd_bus_sub_t *sub, int want);
 
 /* Completion of a replay read: status 0 with a new JSON array of the
  * events (caller decrefs), or SYNCD_ENOTFOUND when the log no longer holds
