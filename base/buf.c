@@ -11,8 +11,7 @@
 #include "base/buf.h"
 #include "syncd/error.h"
 
-/* Makes room for n more bytes and the NUL after them. */
-static int reserve(syncd_buf_t *b, size_t n)
+int syncd_buf_reserve(syncd_buf_t *b, size_t n)
 {
     size_t cap = b->cap ? b->cap : 64;
     char *data;
@@ -31,7 +30,7 @@ static int reserve(syncd_buf_t *b, size_t n)
 
 int syncd_buf_append(syncd_buf_t *b, const void *bytes, size_t n)
 {
-    if (reserve(b, n) < 0)
+    if (syncd_buf_reserve(b, n) < 0)
         return SYNCD_ENOMEM;
     memcpy(b->data + b->len, bytes, n);
     b->len += n;
@@ -53,7 +52,7 @@ int syncd_buf_vprintf(syncd_buf_t *b, const char *fmt, va_list ap)
     va_copy(again, ap);
     n = vsnprintf(room > 0 ? b->data + b->len : NULL, room, fmt, ap);
     if (n >= 0 && (size_t)n >= room)
-        n = reserve(b, (size_t)n) < 0
+        n = syncd_buf_reserve(b, (size_t)n) < 0
                 ? -1
                 : vsnprintf(b->data + b->len, b->cap - b->len, fmt, again);
     va_end(again);

@@ -18,6 +18,11 @@ typedef struct syncd_buf {
     size_t cap;
 } syncd_buf_t;
 
+/* Makes room in b for n more bytes (and the NUL after them) at once, so
+ * that appending them does not grow it step by step; returns 0 or
+ * SYNCD_ENOMEM. */
+int syncd_buf_reserve(syncd_buf_t *b, size_t n);
+
 /* Appends n bytes to b; returns 0 or SYNCD_ENOMEM. */
 int syncd_buf_append(syncd_buf_t *b, const void *bytes, size_t n);
 

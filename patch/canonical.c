@@ -264,11 +264,24 @@ size_t syncd_canonical_size(const json_t *v)
 
 char *syncd_json_canonical(const json_t *v, size_t *len)
 {
+    return syncd_json_canonical_sized(v, 0, len);
+}
+
+char *syncd_json_canonical_sized(const json_t *v, size_t hint, size_t *len)
+{
     syncd_buf_t b = {0};
 
-    if (write_value(&b, v, 0) < 0) {
+    if ((hint > 0 && syncd_buf_reserve(&b, hint) < 0) ||
+        write_value(&b, v, 0) < 0) {
         syncd_buf_free(&b);
         return NULL;
+    }
+    /* A hint far above the size would hold memory growth would not. */
+    if (b.cap / 2 > b.len + 1) {
+        char *data = realloc(b.data, b.len + 1);
+
+        if (data != NULL)
+            b.data = data;
     }
     if (len != NULL)
         *len = b.len;

@@ -285,16 +285,19 @@ static syncd_doc_t *doc_new(syncd_store_t *s, const char *coll, const char *id,
 
 /* Checks that body is a JSON object of at most max_doc_bytes when
  * serialized canonically, and hands the canonical JSON to *canon (caller
- * frees) with its length in *len. */
-static int check_size(syncd_store_t *s, const json_t *body, char **canon,
-                      size_t *len, syncd_error_t *err)
+ * frees) with its length in *len. cur, the version body replaces (or
+ * NULL), sizes the buffer the text is written into. */
+static int check_size(syncd_store_t *s, const syncd_doc_t *cur,
+                      const json_t *body, char **canon, size_t *len,
+                      syncd_error_t *err)
 {
     *canon = NULL;
     *len = 0;
     if (!json_is_object(body))
         return syncd_error_set(err, SYNCD_EINVAL,
                                "document body must be a JSON object");
-    *canon = syncd_json_canonical(body, len);
+    *canon = syncd_json_canonical_sized(
+        body, cur != NULL ? cur->body_size + cur->body_size / 8 : 0, len);
     if (*canon == NULL)
         return syncd_error_set(err, SYNCD_EINVAL,
                                "document body nests deeper than %d levels",
@@ -308,11 +311,11 @@ static int check_size(syncd_store_t *s, const json_t *body, char **canon,
 }
 
 /* check_size(), then writes body's content hash into hash. */
-static int check_body(syncd_store_t *s, const json_t *body,
-                      char hash[SYNCD_HASH_HEX_LEN + 1], char **canon,
-                      size_t *len, syncd_error_t *err)
+static int check_body(syncd_store_t *s, const syncd_doc_t *cur,
+                      const json_t *body, char hash[SYNCD_HASH_HEX_LEN + 1],
+                      char **canon, size_t *len, syncd_error_t *err)
 {
-    int rc = check_size(s, body, canon, len, err);
+    int rc = check_size(s, cur, body, canon, len, err);
 
     return rc != 0 ? rc : syncd_json_hash(hash, body, err);
 }
@@ -341,8 +344,8 @@ static int hash_body(syncd_store_t *s, const write_req_t *req,
     int rc;
 
     if (ops->take_tree == NULL)
-        return check_body(s, body, hash, canon, len, err);
-    rc = check_size(s, body, canon, len, err);
+        return check_body(s, cur, body, hash, canon, len, err);
+    rc = check_size(s, cur, body, canon, len, err);
     if (rc != 0)
         return rc;
     if (is_live(cur) &&
@@ -797,7 +800,7 @@ static int attempt_cached(syncd_store_t *s, syncd_change_t **out,
     rc = req->step(&body, req, cur, &local);
     if (rc < 0 ||
         (rc != STEP_DELETE &&
-         (check_body(s, body, hash, &canon, &canon_len, &local) != 0 ||
+         (check_body(s, cur, body, hash, &canon, &canon_len, &local) != 0 ||
           same_body(cur, hash, body, canon, canon_len)))) {
         rc = UNDECIDED;
         goto done;

@@ -949,6 +949,8 @@ static void begin_response(syncd_http_req_t *r, int status,
                          "Access-Control-Expose-Headers: ETag\r\n",
                          origin);
     syncd_buf_printf(&r->out, "%s\r\n", headers != NULL ? headers : "");
+    if (body_len > 0)
+        syncd_buf_reserve(&r->out, (size_t)body_len);
 }
 
 /* Marks r finished and writes or frees it. */

@@ -1963,6 +1963,36 @@ static void assert_canonical(const json_t *v, const char *want)
     free(text);
 }
 
+/* Whatever the size hint (none, short of the text, its size, or far
+ * above it), the canonical text is the same, over 2,000 random values. */
+static void test_canonical__a_size_hint_changes_nothing_written(void **s)
+{
+    rng_t r = {0x512e417e57ULL};
+
+    (void)s;
+    for (int i = 0; i < 2000; i++) {
+        json_t *v = random_value(&r, 4);
+        size_t len, hinted_len;
+        char *text = syncd_json_canonical(v, &len);
+
+        assert_non_null(text);
+        for (int h = 0; h < 4; h++) {
+            size_t hint = h == 0   ? 0
+                          : h == 1 ? len / 2
+                          : h == 2 ? len
+                                   : len * 9;
+            char *hinted = syncd_json_canonical_sized(v, hint, &hinted_len);
+
+            assert_non_null(hinted);
+            assert_int_equal(hinted_len, len);
+            assert_memory_equal(hinted, text, len + 1);
+            free(hinted);
+        }
+        free(text);
+        json_decref(v);
+    }
+}
+
 static void test_canonical__sorts_keys_whatever_the_order(void **s)
 {
     json_t *a = parse("{\"b\":1,\"a\":{\"z\":[true,null],\"y\":\"\\u0001\"}}");
@@ -3127,6 +3157,7 @@ int main(void)
         cmocka_unit_test(
             test_json_loadb__random_documents_load_as_jansson_loads_them),
         cmocka_unit_test(test_canonical__sorts_keys_whatever_the_order),
+        cmocka_unit_test(test_canonical__a_size_hint_changes_nothing_written),
         cmocka_unit_test(
             test_patch_in_place__conformance_records_match_copying_apply),
         cmocka_unit_test(

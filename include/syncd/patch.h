@@ -241,6 +241,11 @@ size_t syncd_json_plain_span(const char *s, size_t len);
  * nesting deeper than SYNCD_PATCH_MAX_DEPTH. */
 char *syncd_json_canonical(const json_t *v, size_t *len);
 
+/* syncd_json_canonical(), with room for hint bytes made first (a likely
+ * size, such as the previous version's; 0 for none), so that a text of
+ * about that size is written without growing its buffer step by step. */
+char *syncd_json_canonical_sized(const json_t *v, size_t hint, size_t *len);
+
 /* Writes v's content hash (doc/HASH.md: a Merkle hash with content-defined
  * chunks) in lower-case hex into out (SYNCD_HASH_HEX_LEN + 1 bytes,
  * NUL-terminated). SYNCD_EINVAL when v nests deeper than
