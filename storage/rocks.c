@@ -72,6 +72,7 @@
  */
 #include <pthread.h>
 #include <rocksdb/c.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -680,40 +681,54 @@ static pending_t *queue_take(rocks_t *r, uint64_t *last)
 /* A thread asleep in group_wait() while a leader writes. */
 typedef struct gc_waiter {
     struct gc_waiter *next;
-    pthread_cond_t cond;
+    sem_t wake;
     uint64_t seq;
-    int woken;
+    int done;    /* woken with its wait over: the leader counted it out */
+    int durable; /* and then whether its commit was durable */
 } gc_waiter_t;
 
-/* Sleeps until the leader that is writing wakes this thread (gc_lock
- * held), as leader_done() chooses. */
-static void sleep_on_leader(rocks_t *r, uint64_t seq)
+/* Sleeps until the leader that is writing wakes this thread (called with
+ * gc_lock held). Returns 1 when the wait is over, with gc_lock released,
+ * the thread counted out of r->waiting and *durable set; 0 when it was
+ * woken to lead the next group, with gc_lock held again. */
+static int sleep_on_leader(rocks_t *r, uint64_t seq, int *durable)
 {
     gc_waiter_t w = {.next = r->sleepers, .seq = seq};
 
-    pthread_cond_init(&w.cond, NULL);
+    sem_init(&w.wake, 0, 0);
     r->sleepers = &w;
-    while (!w.woken)
-        pthread_cond_wait(&w.cond, &r->gc_lock);
-    pthread_cond_destroy(&w.cond);
+    pthread_mutex_unlock(&r->gc_lock);
+    while (sem_wait(&w.wake) != 0)
+        ;
+    sem_destroy(&w.wake);
+    *durable = w.durable;
+    if (w.done)
+        return 1;
+    pthread_mutex_lock(&r->gc_lock);
+    return 0;
 }
 
-/* Wakes the sleepers that have something to do now that a leader is done
- * (gc_lock held): every one when the store failed, else those whose
- * commit is durable and, when commits are queued, the one of the lowest
- * sequence number left, to lead the next group. The others sleep on: a
- * broadcast would wake each of them only to sleep again. */
-static void leader_done(rocks_t *r)
+/* Takes out of r->sleepers those that have something to do now that a
+ * leader is done (gc_lock held), into a list for wake_all(): every one
+ * when the store failed, else those whose commit is durable (counted out
+ * of r->waiting here, their wait over) and, when commits are queued, the
+ * one of the lowest sequence number left, to lead the next group. The
+ * others sleep on: waking them would only put them to sleep again. */
+static gc_waiter_t *leader_done(rocks_t *r)
 {
     gc_waiter_t **pp = &r->sleepers, *next = NULL, **next_pp = NULL;
+    gc_waiter_t *woken = NULL;
 
     while (*pp != NULL) {
         gc_waiter_t *w = *pp;
 
         if (r->failed || w->seq <= r->seq_durable) {
             *pp = w->next;
-            w->woken = 1;
-            pthread_cond_signal(&w->cond);
+            w->done = 1;
+            w->durable = w->seq <= r->seq_durable;
+            r->waiting--;
+            w->next = woken;
+            woken = w;
             continue;
         }
         if (next == NULL || w->seq < next->seq) {
@@ -724,9 +739,34 @@ static void leader_done(rocks_t *r)
     }
     if (next != NULL && r->queue != NULL) {
         *next_pp = next->next;
-        next->woken = 1;
-        pthread_cond_signal(&next->cond);
+        next->next = woken;
+        woken = next;
     }
+    return woken;
+}
+
+/* Wakes each waiter of a leader_done() list (gc_lock not held, so that no
+ * woken thread sleeps again on it at once). A waiter may leave as soon as
+ * it is woken: its record is not touched after. */
+static void wake_all(gc_waiter_t *woken)
+{
+    while (woken != NULL) {
+        gc_waiter_t *w = woken;
+
+        woken = w->next;
+        sem_post(&w->wake);
+    }
+}
+
+/* The outcome of a wait that is over: 0 when its commit is durable, else
+ * the store's failure (set before any waiter learns of it, and never
+ * changed after). */
+static int wait_outcome(rocks_t *r, int durable, syncd_error_t *err)
+{
+    if (!durable)
+        return syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
+                                       "commit not durable: %s", r->failure);
+    return 0;
 }
 
 /* Waits until commit seq (0: none) is durable, leading a group write
@@ -740,14 +780,17 @@ static int group_wait(rocks_t *r, uint64_t seq, syncd_error_t *err)
     char failure[sizeof(r->failure)];
     pending_t *group;
     uint64_t last;
-    int rc;
+    int rc, durable;
 
     pthread_mutex_lock(&r->gc_lock);
     r->waiting++;
     while (!r->failed &&
            (r->seq_durable < seq || (r->queue != NULL && r->waiting == 1))) {
+        gc_waiter_t *woken;
+
         if (r->leading) {
-            sleep_on_leader(r, seq);
+            if (sleep_on_leader(r, seq, &durable))
+                return wait_outcome(r, durable, err);
             continue;
         }
         r->leading = 1;
@@ -764,15 +807,15 @@ static int group_wait(rocks_t *r, uint64_t seq, syncd_error_t *err)
             group_write(r, group, 0, NULL, 0);
         }
         r->leading = 0;
-        leader_done(r);
+        woken = leader_done(r);
+        pthread_mutex_unlock(&r->gc_lock);
+        wake_all(woken);
+        pthread_mutex_lock(&r->gc_lock);
     }
     r->waiting--;
-    rc = 0;
-    if (r->seq_durable < seq)
-        rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
-                                     "commit not durable: %s", r->failure);
+    durable = r->seq_durable >= seq;
     pthread_mutex_unlock(&r->gc_lock);
-    return rc;
+    return wait_outcome(r, durable, err);
 }
 
 /* A key held for writing: its write lock taken and its current record
