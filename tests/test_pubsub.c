@@ -895,101 +895,103 @@ static void publish_ring(uv_loop_t *loop, syncd_bus_t *bus, json_t *sent,
     }
 }
 
-/* The recent events a subscriber is handed from memory (kept as the text
- * published until first asked for) and those read back from the log after
- * a reopen are the events published, each with its seq; in memory alone,
- * the replay and the subscriber read the same. */
-static void test_local_bus__events_handed_out_are_those_published(void **state)
+/* Runs check on a bus in memory, then on one with a data dir, each new,
+ * with sent cleared for it. */
+static void on_each_local_bus(void (*check)(uv_loop_t *loop, const char *dir,
+                                            json_t *sent))
 {
     char dir[256];
     uv_loop_t loop;
-    syncd_bus_t *bus;
-    syncd_bus_sub_t *sub;
     json_t *sent = json_array();
 
-    (void)state;
     assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
     uv_loop_init(&loop);
     for (int persisted = 0; persisted < 2; persisted++) {
-        kept_t k = {json_array(), 0, 8};
-        replay_t r = {0};
-
-        bus = open_bus(&loop, NULL, persisted ? dir : NULL, NULL, 0);
         json_array_clear(sent);
-        publish_ring(&loop, bus, sent, 1 + 8 * persisted, 8 + 8 * persisted, 1);
-        assert_int_equal(
-            syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL),
-            0);
-        wait_for(&loop, kept_all, &k);
-        syncd_bus_unsubscribe(sub);
-        if (persisted) {
-            close_bus(&loop, bus);
-            bus = open_bus(&loop, NULL, dir, NULL, 0);
-        }
-        assert_int_equal(syncd_bus_replay(bus, COLL, 0, -1, 0, on_replay, &r),
-                         0);
-        wait_for(&loop, flag_set, &r.done);
-        assert_int_equal(r.status, 0);
-        assert_int_equal(json_array_size(r.events), 8);
-        for (size_t i = 0; i < 8; i++) {
-            assert_sent_with_seq(json_array_get(k.events, i),
-                                 json_array_get(sent, i), (int64_t)i + 1);
-            assert_sent_with_seq(json_array_get(r.events, i),
-                                 json_array_get(sent, i), (int64_t)i + 1);
-        }
-        json_decref(r.events);
-        json_decref(k.events);
-        close_bus(&loop, bus);
+        check(&loop, persisted ? dir : NULL, sent);
     }
     json_decref(sent);
     end_loop(&loop);
     syncd_test_rmtree(dir);
 }
 
+/* The recent events a subscriber is handed from memory (kept as the text
+ * published until first asked for) and those read back from the log after
+ * a reopen are the events published, each with its seq; in memory alone,
+ * the replay and the subscriber read the same. */
+static void check_events_handed_out(uv_loop_t *loop, const char *dir,
+                                    json_t *sent)
+{
+    syncd_bus_t *bus = open_bus(loop, NULL, dir, NULL, 0);
+    syncd_bus_sub_t *sub;
+    kept_t k = {json_array(), 0, 8};
+    replay_t r = {0};
+
+    publish_ring(loop, bus, sent, 1, 8, 1);
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL), 0);
+    wait_for(loop, kept_all, &k);
+    syncd_bus_unsubscribe(sub);
+    if (dir != NULL) {
+        close_bus(loop, bus);
+        bus = open_bus(loop, NULL, dir, NULL, 0);
+    }
+    assert_int_equal(syncd_bus_replay(bus, COLL, 0, -1, 0, on_replay, &r), 0);
+    wait_for(loop, flag_set, &r.done);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(json_array_size(r.events), 8);
+    for (size_t i = 0; i < 8; i++) {
+        assert_sent_with_seq(json_array_get(k.events, i),
+                             json_array_get(sent, i), (int64_t)i + 1);
+        assert_sent_with_seq(json_array_get(r.events, i),
+                             json_array_get(sent, i), (int64_t)i + 1);
+    }
+    json_decref(r.events);
+    json_decref(k.events);
+    close_bus(loop, bus);
+}
+
+static void test_local_bus__events_handed_out_are_those_published(void **state)
+{
+    (void)state;
+    on_each_local_bus(check_events_handed_out);
+}
+
 /* A subscriber that wants only seqs is handed every seq in order, with no
  * event; once it wants bodies again, the events come whole. */
+static void check_seqs_only(uv_loop_t *loop, const char *dir, json_t *sent)
+{
+    syncd_bus_t *bus = open_bus(loop, NULL, dir, NULL, 0);
+    syncd_bus_sub_t *sub;
+    kept_t k = {json_array(), 0, 4};
+
+    assert_int_equal(
+        syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL), 0);
+    syncd_bus_sub_want_bodies(sub, 0);
+    publish_ring(loop, bus, sent, 1, 4, 1);
+    wait_for(loop, kept_all, &k);
+    syncd_bus_sub_want_bodies(sub, 1);
+    k.target = 8;
+    publish_ring(loop, bus, sent, 5, 8, 5);
+    wait_for(loop, kept_all, &k);
+    syncd_bus_unsubscribe(sub);
+    assert_int_equal(json_array_size(k.events), 8);
+    for (size_t i = 0; i < 8; i++) {
+        if (i < 4)
+            assert_true(json_is_null(json_array_get(k.events, i)));
+        else
+            assert_sent_with_seq(json_array_get(k.events, i),
+                                 json_array_get(sent, i), (int64_t)i + 1);
+    }
+    json_decref(k.events);
+    close_bus(loop, bus);
+}
+
 static void
 test_local_bus__a_subscription_wanting_seqs_only_gets_every_seq(void **state)
 {
-    char dir[256];
-    uv_loop_t loop;
-    syncd_bus_t *bus;
-    syncd_bus_sub_t *sub;
-    json_t *sent = json_array();
-
     (void)state;
-    assert_int_equal(syncd_test_tmpdir(dir, sizeof(dir), "bus"), 0);
-    uv_loop_init(&loop);
-    for (int persisted = 0; persisted < 2; persisted++) {
-        kept_t k = {json_array(), 0, 4};
-
-        bus = open_bus(&loop, NULL, persisted ? dir : NULL, NULL, 0);
-        json_array_clear(sent);
-        assert_int_equal(
-            syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL),
-            0);
-        syncd_bus_sub_want_bodies(sub, 0);
-        publish_ring(&loop, bus, sent, 1, 4, 1);
-        wait_for(&loop, kept_all, &k);
-        syncd_bus_sub_want_bodies(sub, 1);
-        k.target = 8;
-        publish_ring(&loop, bus, sent, 5, 8, 5);
-        wait_for(&loop, kept_all, &k);
-        syncd_bus_unsubscribe(sub);
-        assert_int_equal(json_array_size(k.events), 8);
-        for (size_t i = 0; i < 8; i++) {
-            if (i < 4)
-                assert_true(json_is_null(json_array_get(k.events, i)));
-            else
-                assert_sent_with_seq(json_array_get(k.events, i),
-                                     json_array_get(sent, i), (int64_t)i + 1);
-        }
-        json_decref(k.events);
-        close_bus(&loop, bus);
-    }
-    json_decref(sent);
-    end_loop(&loop);
-    syncd_test_rmtree(dir);
+    on_each_local_bus(check_seqs_only);
 }
 
 static void test_local_bus__trimmed_log_gives_ENOTFOUND_and_RESYNC(void **state)
