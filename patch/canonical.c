@@ -276,8 +276,9 @@ char *syncd_json_canonical_sized(const json_t *v, size_t hint, size_t *len)
         syncd_buf_free(&b);
         return NULL;
     }
-    /* A hint far above the size would hold memory growth would not. */
-    if (b.cap / 2 > b.len + 1) {
+    /* A hint far above the size would hold memory growth would not (and
+     * without one, the buffer is as growth left it, as before). */
+    if (hint > 0 && b.cap / 2 > b.len + 1) {
         char *data = realloc(b.data, b.len + 1);
 
         if (data != NULL)
