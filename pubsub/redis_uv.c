@@ -15,6 +15,16 @@
  * the socket's error itself, fails the context and runs its callbacks.
  * The connect itself is watched from the start (write readiness), so a
  * context with no command queued still learns that it connected or not.
+ *
+ * Two things keep a command from costing system calls of its own. The
+ * poll is started only when the events watched change: libuv's
+ * uv_poll_start() removes the socket from epoll and adds it back, and
+ * hiredis asks for reads again after every read and every write. And once
+ * connected, a command is not written on write readiness, which would take
+ * one more turn of the loop through epoll, but from an idle handle that
+ * runs before the loop polls again: every command queued in a turn goes
+ * out in one write(), and the socket is watched for write readiness only
+ * when the kernel took less than all of it.
  */
 #include <stdlib.h>
 
@@ -22,12 +32,42 @@
 
 #include "pubsub/internal.h"
 
-/* The adapter state of one context; freed when its poll handle closed. */
+/* The adapter state of one context; freed when both handles closed. */
 typedef struct redis_uv {
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
     uv_poll_t poll;
-    int events; /* UV_READABLE | UV_WRITABLE that hiredis asked for */
+    uv_idle_t flush; /* writes queued commands before the next poll */
+    int events;      /* UV_READABLE | UV_WRITABLE that hiredis asked for */
+    int armed;       /* the events the poll was started with */
+    int flushing;    /* within flush's hiredis write */
+    int open;        /* handles not yet closed */
 } redis_uv_t;
+
+static void on_poll(uv_poll_t *poll, int status, int events);
+static void on_flush(uv_idle_t *idle);
+
+/* Watches p's socket for what hiredis asked for, write readiness only
+ * while the context connects or the kernel's buffer is full (else a write
+ * is flushed from the idle handle); starts or stops the poll only when
+ * that changes. */
+static void watch(redis_uv_t *p)
+{
+    int want = p->events;
+
+    if ((want & UV_WRITABLE) && !(p->armed & UV_WRITABLE) && p->ac != NULL &&
+        (p->ac->c.flags & REDIS_CONNECTED)) {
+        want &= ~UV_WRITABLE;
+        if (!p->flushing)
+            uv_idle_start(&p->flush, on_flush);
+    }
+    if (want == p->armed)
+        return;
+    p->armed = want;
+    if (want != 0)
+        uv_poll_start(&p->poll, want, on_poll);
+    else
+        uv_poll_stop(&p->poll);
+}
 
 static void on_poll(uv_poll_t *poll, int status, int events)
 {
@@ -37,10 +77,11 @@ static void on_poll(uv_poll_t *poll, int status, int events)
         /* libuv stopped the poll. hiredis reads the socket error (or
          * finishes the connect) and fails the context; should the socket
          * turn out fine, watching resumes. */
+        p->armed = 0;
         if (p->ac != NULL)
             redisAsyncHandleRead(p->ac);
-        if (p->ac != NULL && p->events != 0)
-            uv_poll_start(&p->poll, p->events, on_poll);
+        if (p->ac != NULL)
+            watch(p);
         return;
     }
     if (p->ac != NULL && (events & UV_READABLE))
@@ -49,13 +90,24 @@ static void on_poll(uv_poll_t *poll, int status, int events)
         redisAsyncHandleWrite(p->ac);
 }
 
-/* Watches p's socket for the events hiredis asked for. */
-static void watch(redis_uv_t *p)
+/* Writes what hiredis has queued, once per turn of the loop. What the
+ * kernel did not take is left to write readiness (hiredis asks for it
+ * again within the call, and watch() then arms the poll). */
+static void on_flush(uv_idle_t *idle)
 {
-    if (p->events != 0)
-        uv_poll_start(&p->poll, p->events, on_poll);
-    else
-        uv_poll_stop(&p->poll);
+    redis_uv_t *p = idle->data;
+
+    uv_idle_stop(idle);
+    if (p->ac == NULL || !(p->events & UV_WRITABLE))
+        return;
+    p->flushing = 1;
+    redisAsyncHandleWrite(p->ac);
+    p->flushing = 0;
+    if (p->ac != NULL && (p->events & UV_WRITABLE) &&
+        !(p->armed & UV_WRITABLE)) {
+        p->armed |= UV_WRITABLE;
+        uv_poll_start(&p->poll, p->armed, on_poll);
+    }
 }
 
 static void add_read(void *privdata)
@@ -90,9 +142,12 @@ static void del_write(void *privdata)
     watch(p);
 }
 
-static void on_poll_closed(uv_handle_t *handle)
+static void on_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    redis_uv_t *p = handle->data;
+
+    if (--p->open == 0)
+        free(p);
 }
 
 /* hiredis is freeing the context: it must not be touched again. */
@@ -101,7 +156,8 @@ static void cleanup(void *privdata)
     redis_uv_t *p = privdata;
 
     p->ac = NULL;
-    uv_close((uv_handle_t *)&p->poll, on_poll_closed);
+    uv_close((uv_handle_t *)&p->poll, on_closed);
+    uv_close((uv_handle_t *)&p->flush, on_closed);
 }
 
 int syncd_bus_redis_attach(redisAsyncContext *ac, uv_loop_t *loop)
@@ -117,8 +173,11 @@ int syncd_bus_redis_attach(redisAsyncContext *ac, uv_loop_t *loop)
         free(p);
         return SYNCD_EBACKEND;
     }
+    uv_idle_init(loop, &p->flush);
+    p->open = 2;
     p->ac = ac;
     p->poll.data = p;
+    p->flush.data = p;
     ac->ev.data = p;
     ac->ev.addRead = add_read;
     ac->ev.delRead = del_read;
