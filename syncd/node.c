@@ -2306,6 +2306,19 @@ static void on_published(int status, int64_t seq, void *payload)
     free(r);
 }
 
+/* The index of the first of pending's markers (oldest first, so in version
+ * order) of a version after v: the array's size when there is none. The
+ * search runs from the newest, since a publish looks only at the few
+ * markers after what it has handed. */
+static size_t first_after(const json_t *pending, int64_t v)
+{
+    size_t i = json_array_size(pending);
+
+    while (i > 0 && member_int(json_array_get(pending, i - 1), "v") > v)
+        i--;
+    return i;
+}
+
 /* Whether a publish of the document of slot whose pending markers
  * (borrowed) are those of the record before it should wait: some of them
  * are after slot->handed, and all of those were committed by this node
@@ -2316,15 +2329,14 @@ static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
                        const json_t *pending)
 {
     size_t i, n = 0;
-    json_t *m;
 
     if (slot == NULL || slot->handed == 0)
         return 0;
-    json_array_foreach (pending, i, m) {
+    for (i = first_after(pending, slot->handed); i < json_array_size(pending);
+         i++) {
+        json_t *m = json_array_get(pending, i);
         int64_t v = member_int(m, "v");
 
-        if (v <= slot->handed)
-            continue;
         if (v <= slot->failed ||
             strcmp(member_str(m, "by"), node->node_id) != 0 ||
             ++n > WAIT_MAX_VERSIONS)
@@ -2370,10 +2382,11 @@ static int publish_or_wait(syncd_node_t *node, pub_wait_t *pw, int may_wait)
         pw->ev = NULL;
         return SYNCD_ENOMEM;
     }
-    json_array_foreach (pw->pending, i, m) {
-        if (member_int(m, "v") > skip &&
-            json_array_append_new(events, marker_event(pw->coll, pw->id, m)) !=
-                0)
+    for (i = first_after(pw->pending, skip); i < json_array_size(pw->pending);
+         i++) {
+        m = json_array_get(pw->pending, i);
+        if (json_array_append_new(events, marker_event(pw->coll, pw->id, m)) !=
+            0)
             break;
     }
     if (i < json_array_size(pw->pending) ||
