@@ -2308,6 +2308,89 @@ test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects(
     end_loop(&loop);
 }
 
+/* Publishes awaited together: n outcomes at p. */
+typedef struct pub1s {
+    pub1_t *p;
+    int n;
+} pub1s_t;
+
+static int pub1s_done(void *arg)
+{
+    const pub1s_t *all = arg;
+
+    for (int i = 0; i < all->n; i++) {
+        if (!all->p[i].done)
+            return 0;
+    }
+    return 1;
+}
+
+/* A publish larger than the kernel's socket buffers (48 MB, queued while
+ * Redis is frozen, between small ones): the bus writes what the socket
+ * takes and, with no reply to wake it (Redis waits for the rest of the
+ * command), waits for the socket to take more. Once Redis wakes, every
+ * publish gets its seq in order and a subscriber hears each. */
+static void
+test_redis_bus__a_publish_beyond_the_socket_buffers_goes_out_whole(void **state)
+{
+    enum { N = 4, BIG = 2, PAD = 48 * 1024 * 1024 };
+    syncd_test_server_t *srv = *state;
+    syncd_bus_options_t opts;
+    uv_loop_t loop;
+    syncd_bus_t *bus, *heard;
+    syncd_bus_sub_t *sub;
+    rec_t r = {0};
+    pub1_t p[N] = {{0}};
+    pub1s_t all = {p, N};
+    char *pad = malloc(PAD + 1);
+
+    assert_non_null(pad);
+    memset(pad, 'x', PAD);
+    pad[PAD] = '\0';
+    flush(srv);
+    uv_loop_init(&loop);
+    test_options(&opts, srv->uri, NULL);
+    opts.max_event_bytes = 2 * PAD;
+    opts.command_timeout_ms = 600000;
+    /* The subscriber on a bus of its own: the publisher's connection
+     * carries the publishes alone, so nothing else writes what they left. */
+    bus = open_bus_with(&loop, &opts);
+    heard = open_bus_with(&loop, &opts);
+    assert_int_equal(
+        syncd_bus_subscribe(heard, &sub, COLL, 0, on_event, &r, NULL), 0);
+
+    assert_int_equal(kill(srv->pid, SIGSTOP), 0);
+    for (int i = 0; i < N; i++) {
+        json_t *event = make_event("wide", i + 1);
+
+        if (i + 1 == BIG)
+            json_object_set_new(json_object_get(event, "merge"), "pad",
+                                json_string(pad));
+        assert_int_equal(syncd_bus_publish(bus, event, on_pub1, &p[i]), 0);
+        json_decref(event);
+    }
+    free(pad);
+    run_for(&loop, 300);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(p[i].done, 0);
+    assert_int_equal(kill(srv->pid, SIGCONT), 0);
+    /* A bound for liveness: a write left waiting would never end. */
+    wait_within(&loop, 60000, pub1s_done, &all);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(p[i].status, 0);
+        assert_int_equal(p[i].seq, i + 1);
+    }
+    wait_recs(&loop, N, &r, NULL);
+    assert_int_equal(r.events, N);
+    assert_int_equal(r.out_of_order + r.resyncs, 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(r.versions[i], i + 1);
+    syncd_bus_unsubscribe(sub);
+    close_bus(&loop, heard);
+    close_bus(&loop, bus);
+    end_loop(&loop);
+}
+
 /* A publish in flight when Redis dies is reported failed, never
  * published, before any command deadline ever fired on the bus: a caller
  * that took it for published would drop the only record that it is not
@@ -2648,6 +2731,8 @@ int main(int argc, char **argv)
             test_redis_bus__a_version_is_refused_until_the_one_before_it_is_published_across_nodes),
         cmocka_unit_test(
             test_redis_bus__frozen_redis_times_out_commands_then_the_bus_reconnects),
+        cmocka_unit_test(
+            test_redis_bus__a_publish_beyond_the_socket_buffers_goes_out_whole),
         cmocka_unit_test(
             test_redis_bus__a_publish_cut_off_by_redis_dying_fails_with_EBACKEND),
         cmocka_unit_test(
