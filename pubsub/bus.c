@@ -166,55 +166,96 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
     return syncd_bus_publish_in_order(bus, event, -1, cb, payload);
 }
 
+/* An event encoded for publishing (syncd_bus_encode()). */
+struct syncd_bus_msg {
+    json_t *copy; /* the event without "seq" and "sig": pub's strings */
+    char *body;   /* its text as published */
+    size_t len;
+    bus_pub_t pub;
+};
+
+void syncd_bus_msg_free(syncd_bus_msg_t *msg)
+{
+    if (msg == NULL)
+        return;
+    json_decref(msg->copy);
+    free(msg->body);
+    free(msg);
+}
+
+int syncd_bus_encode(const syncd_bus_t *bus, const json_t *event,
+                     syncd_bus_msg_t **out)
+{
+    syncd_bus_msg_t *msg;
+    int rc;
+
+    *out = NULL;
+    if (!json_is_object(event))
+        return SYNCD_EINVAL;
+    msg = calloc(1, sizeof(*msg));
+    if (msg == NULL || (msg->copy = json_copy((json_t *)event)) == NULL) {
+        free(msg);
+        return SYNCD_ENOMEM;
+    }
+    json_object_del(msg->copy, "seq");
+    json_object_del(msg->copy, "sig");
+    rc = syncd_bus_event_check(msg->copy, 0, 0, NULL);
+    if (rc == 0 && (msg->body = syncd_event_encode(msg->copy, bus->secret,
+                                                   &msg->len)) == NULL)
+        rc = SYNCD_ENOMEM;
+    if (rc == 0 && msg->len + SEQ_SPLICE_BYTES > bus->max_event_bytes)
+        rc = SYNCD_ETOOBIG;
+    if (rc == 0) {
+        msg->pub.coll = json_string_value(json_object_get(msg->copy, "coll"));
+        msg->pub.id = json_string_value(json_object_get(msg->copy, "id"));
+        msg->pub.v = json_integer_value(json_object_get(msg->copy, "v"));
+        msg->pub.create = strcmp(json_string_value(
+                                     json_object_get(msg->copy, "op")),
+                                 "create") == 0;
+        if (syncd_bus_ts_micros(
+                json_string_value(json_object_get(msg->copy, "ts")),
+                &msg->pub.ts_us) != 0)
+            rc = SYNCD_EINVAL;
+    }
+    if (rc != 0) {
+        syncd_bus_msg_free(msg);
+        return rc;
+    }
+    *out = msg;
+    return 0;
+}
+
+int syncd_bus_publish_msg(syncd_bus_t *bus, syncd_bus_msg_t *msg,
+                          int64_t settled, syncd_bus_publish_cb cb,
+                          void *payload)
+{
+    char *body = msg->body;
+    int rc;
+
+    if (bus->closing) {
+        syncd_bus_msg_free(msg);
+        return SYNCD_ECANCELED;
+    }
+    msg->pub.settled = settled < 0 ? msg->pub.v - 1 : settled;
+    msg->body = NULL;
+    rc = bus->ops->publish(bus, &msg->pub, body, msg->len, cb, payload);
+    syncd_bus_msg_free(msg);
+    return rc;
+}
+
 int syncd_bus_publish_in_order(syncd_bus_t *bus, const json_t *event,
                                int64_t settled, syncd_bus_publish_cb cb,
                                void *payload)
 {
-    json_t *copy = NULL;
-    char *body = NULL;
-    size_t len = 0;
-    bus_pub_t pub;
+    syncd_bus_msg_t *msg;
     int rc;
 
     if (bus->closing)
         return SYNCD_ECANCELED;
-    if (!json_is_object(event))
-        return SYNCD_EINVAL;
-    copy = json_copy((json_t *)event);
-    if (copy == NULL)
-        return SYNCD_ENOMEM;
-    json_object_del(copy, "seq");
-    json_object_del(copy, "sig");
-    rc = syncd_bus_event_check(copy, 0, 0, NULL);
+    rc = syncd_bus_encode(bus, event, &msg);
     if (rc != 0)
-        goto cleanup;
-    body = syncd_event_encode(copy, bus->secret, &len);
-    if (body == NULL) {
-        rc = SYNCD_ENOMEM;
-        goto cleanup;
-    }
-    if (len + SEQ_SPLICE_BYTES > bus->max_event_bytes) {
-        rc = SYNCD_ETOOBIG;
-        goto cleanup;
-    }
-    pub.coll = json_string_value(json_object_get(copy, "coll"));
-    pub.id = json_string_value(json_object_get(copy, "id"));
-    pub.v = json_integer_value(json_object_get(copy, "v"));
-    pub.settled = settled < 0 ? pub.v - 1 : settled;
-    pub.create =
-        strcmp(json_string_value(json_object_get(copy, "op")), "create") == 0;
-    if (syncd_bus_ts_micros(json_string_value(json_object_get(copy, "ts")),
-                            &pub.ts_us) != 0) {
-        rc = SYNCD_EINVAL;
-        goto cleanup;
-    }
-    rc = bus->ops->publish(bus, &pub, body, len, cb, payload);
-    body = NULL;
-
-cleanup:
-    free(body);
-    json_decref(copy);
-    return rc;
+        return rc;
+    return syncd_bus_publish_msg(bus, msg, settled, cb, payload);
 }
 
 int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,

@@ -156,6 +156,7 @@ typedef struct job {
     int bad_json; /* rc comes from parsing the body */
     syncd_error_t err;
     syncd_change_t *change;
+    syncd_node_pub_t *pub; /* change's event, prepared by the worker */
     int64_t version;
     char *text; /* the response body */
 } job_t;
@@ -428,6 +429,7 @@ static int hold_collection(syncd_api_t *api, syncd_http_req_t *req,
 
 static void job_free(job_t *j)
 {
+    syncd_node_pub_free(j->pub);
     syncd_change_free(j->change);
     free(j->coll);
     free(j->id);
@@ -922,6 +924,11 @@ static void job_work(uv_work_t *w)
         run_write(j);
         break;
     }
+    /* The event of a committed change is built and encoded here, off the
+     * loop; should that fail, the loop's publish builds it and reports. */
+    if (j->rc == 0 && j->change != NULL &&
+        j->change->op != SYNCD_CHANGE_NONE && j->api->opts.node != NULL)
+        syncd_node_prepare(j->api->opts.node, j->change, &j->pub);
 }
 
 static void job_closed(uv_handle_t *h)
@@ -1021,6 +1028,16 @@ static void behind_published(int status, int64_t seq, void *payload)
     inflight_end(api);
 }
 
+/* Publishes j's change, with the event its worker prepared if it did. */
+static int node_publish(job_t *j, syncd_node_publish_cb cb, void *payload)
+{
+    syncd_node_pub_t *pub = j->pub;
+
+    j->pub = NULL;
+    return syncd_node_publish_prepared(j->api->opts.node, j->change, pub, cb,
+                                       payload);
+}
+
 /* Starts the publish of j's change to complete behind its answer: 0, or
  * -1 when out of memory (then nothing was started). */
 static int publish_behind(job_t *j)
@@ -1036,7 +1053,7 @@ static int publish_behind(job_t *j)
     b->api = j->api;
     b->version = j->version;
     inflight_begin(b->api);
-    rc = syncd_node_publish(j->api->opts.node, j->change, behind_published, b);
+    rc = node_publish(j, behind_published, b);
     if (rc != 0)
         behind_published(rc, 0, b);
     return 0;
@@ -1063,7 +1080,7 @@ static void job_done(uv_work_t *w, int status)
             job_finish(j);
             return;
         }
-        rc = syncd_node_publish(j->api->opts.node, j->change, job_published, j);
+        rc = node_publish(j, job_published, j);
         if (rc == 0)
             return;
         job_published(rc, 0, j);

@@ -227,6 +227,7 @@ typedef struct pub_wait {
     syncd_change_op_t op;
     json_t *pending; /* the change's pending markers */
     json_t *ev;      /* the change's own event */
+    syncd_bus_msg_t *msg; /* ev encoded already, or NULL */
     int64_t ack_version;
     uint64_t since; /* loop time it began waiting */
     syncd_node_publish_cb cb;
@@ -2166,7 +2167,8 @@ static pub_slot_t *pub_slot(syncd_node_t *node, const char *coll,
 typedef struct chain {
     syncd_node_t *node;
     json_t *events;
-    size_t outstanding; /* publishes handed to the bus, not yet completed */
+    syncd_bus_msg_t *msg; /* the last event encoded already, or NULL */
+    size_t outstanding;   /* publishes handed to the bus, not yet completed */
     int status;         /* the first failure */
     int64_t seq;        /* seq of the last event completed */
     char *coll, *id;
@@ -2179,6 +2181,7 @@ typedef struct chain {
 static void chain_free(chain_t *ch)
 {
     json_decref(ch->events);
+    syncd_bus_msg_free(ch->msg);
     free(ch->coll);
     free(ch->id);
     free(ch);
@@ -2227,9 +2230,17 @@ static int chain_publish(chain_t *ch, size_t i)
         return SYNCD_ENOMEM;
     r->cb = chain_step;
     r->payload = ch;
-    rc =
-        syncd_bus_publish_in_order(ch->node->bus, json_array_get(ch->events, i),
-                                   ch->settled, on_published, r);
+    if (i + 1 == json_array_size(ch->events) && ch->msg != NULL) {
+        syncd_bus_msg_t *msg = ch->msg;
+
+        ch->msg = NULL;
+        rc = syncd_bus_publish_msg(ch->node->bus, msg, ch->settled,
+                                   on_published, r);
+    } else {
+        rc = syncd_bus_publish_in_order(ch->node->bus,
+                                        json_array_get(ch->events, i),
+                                        ch->settled, on_published, r);
+    }
     if (rc != 0) {
         breq_take(r);
         free(r);
@@ -2241,11 +2252,13 @@ static int chain_publish(chain_t *ch, size_t i)
 
 /* Starts publishing events (stolen, in version order) of coll/id in
  * order, the versions up to settled being published already (settled < 0:
- * those before the first event); ack_version 0 acks nothing. cb is called
- * once, unless this fails at once (then it is not called and an error is
+ * those before the first event); msg (stolen, may be NULL) is the last
+ * event encoded already; ack_version 0 acks nothing. cb is called once,
+ * unless this fails at once (then it is not called and an error is
  * returned). */
-static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
-                       const char *id, int64_t settled, int64_t ack_version,
+static int chain_start(syncd_node_t *node, json_t *events,
+                       syncd_bus_msg_t *msg, const char *coll, const char *id,
+                       int64_t settled, int64_t ack_version,
                        syncd_node_publish_cb cb, void *payload)
 {
     chain_t *ch = calloc(1, sizeof(*ch));
@@ -2257,12 +2270,14 @@ static int chain_start(syncd_node_t *node, json_t *events, const char *coll,
     if (ch == NULL || (ch->coll = strdup(coll)) == NULL ||
         (ch->id = strdup(id)) == NULL) {
         json_decref(events);
+        syncd_bus_msg_free(msg);
         if (ch != NULL)
             chain_free(ch);
         return SYNCD_ENOMEM;
     }
     ch->node = node;
     ch->events = events;
+    ch->msg = msg;
     ch->ack_version = ack_version;
     ch->settled =
         settled >= 0 ? settled : member_int(json_array_get(events, 0), "v") - 1;
@@ -2345,7 +2360,7 @@ static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
     return n > 0;
 }
 
-/* Publishes pw (its event is taken, whatever the result): the pending
+/* Publishes pw (its event and encoding are taken, whatever the result): the pending
  * markers not yet handed to the bus as invalidate events, then its own
  * event, in one chain. With may_wait, when should_wait() says its
  * earlier versions are on their way, it does not and returns 1 (pw's
@@ -2353,6 +2368,7 @@ static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
 static int publish_or_wait(syncd_node_t *node, pub_wait_t *pw, int may_wait)
 {
     json_t *events, *m = json_array_get(pw->pending, 0);
+    syncd_bus_msg_t *msg;
     int64_t skip = 0, settled;
     pub_slot_t *slot;
     size_t i;
@@ -2379,7 +2395,9 @@ static int publish_or_wait(syncd_node_t *node, pub_wait_t *pw, int may_wait)
     events = json_array();
     if (events == NULL) {
         json_decref(pw->ev);
+        syncd_bus_msg_free(pw->msg);
         pw->ev = NULL;
+        pw->msg = NULL;
         return SYNCD_ENOMEM;
     }
     for (i = first_after(pw->pending, skip); i < json_array_size(pw->pending);
@@ -2391,13 +2409,17 @@ static int publish_or_wait(syncd_node_t *node, pub_wait_t *pw, int may_wait)
     }
     if (i < json_array_size(pw->pending) ||
         json_array_append_new(events, pw->ev) != 0) {
+        syncd_bus_msg_free(pw->msg);
         pw->ev = NULL;
+        pw->msg = NULL;
         json_decref(events);
         return SYNCD_ENOMEM;
     }
+    msg = pw->msg;
     pw->ev = NULL;
-    return chain_start(node, events, pw->coll, pw->id, settled, pw->ack_version,
-                       pw->cb, pw->payload);
+    pw->msg = NULL;
+    return chain_start(node, events, msg, pw->coll, pw->id, settled,
+                       pw->ack_version, pw->cb, pw->payload);
 }
 
 static void wait_free(pub_wait_t *pw)
@@ -2406,6 +2428,7 @@ static void wait_free(pub_wait_t *pw)
     free(pw->id);
     json_decref(pw->pending);
     json_decref(pw->ev);
+    syncd_bus_msg_free(pw->msg);
     free(pw);
 }
 
@@ -2493,30 +2516,56 @@ static void on_wait_timer(uv_timer_t *t)
         uv_timer_stop(t);
 }
 
-int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
-                       syncd_node_publish_cb cb, void *payload)
+/* A change's event, built and encoded ahead of its publish. */
+struct syncd_node_pub {
+    json_t *ev;
+    syncd_bus_msg_t *msg;
+};
+
+void syncd_node_pub_free(syncd_node_pub_t *pub)
+{
+    if (pub == NULL)
+        return;
+    json_decref(pub->ev);
+    syncd_bus_msg_free(pub->msg);
+    free(pub);
+}
+
+int syncd_node_prepare(const syncd_node_t *node, const syncd_change_t *change,
+                       syncd_node_pub_t **out)
+{
+    syncd_node_pub_t *pub;
+    int rc;
+
+    *out = NULL;
+    if (change == NULL || change->op == SYNCD_CHANGE_NONE ||
+        change->doc == NULL)
+        return SYNCD_EINVAL;
+    pub = calloc(1, sizeof(*pub));
+    if (pub == NULL)
+        return SYNCD_ENOMEM;
+    rc = build_event(&pub->ev, node, change);
+    if (rc == 0)
+        rc = syncd_bus_encode(node->bus, pub->ev, &pub->msg);
+    if (rc != 0) {
+        syncd_node_pub_free(pub);
+        return rc;
+    }
+    *out = pub;
+    return 0;
+}
+
+/* Publishes change with its event ev and that event's encoding msg (both
+ * taken; msg may be NULL): see syncd_node_publish(). */
+static int publish_change(syncd_node_t *node, const syncd_change_t *change,
+                          json_t *ev, syncd_bus_msg_t *msg,
+                          syncd_node_publish_cb cb, void *payload)
 {
     pub_wait_t pw = {0}, *kept;
     int rc;
 
-    if (node->closing)
-        return SYNCD_ECANCELED;
-    if (change == NULL ||
-        (change->op != SYNCD_CHANGE_NONE && change->doc == NULL))
-        return SYNCD_EINVAL;
-    if (change->op == SYNCD_CHANGE_NONE) {
-        if (cb != NULL)
-            cb(0, 0, payload);
-        return 0;
-    }
-    /* The test hook of node.h: die between the commit and its publish. */
-    if (node->crash_after > 0 && ++node->commits == node->crash_after)
-        raise(SIGKILL);
-    if (coll_get(node, change->doc->coll) == NULL)
-        return SYNCD_ENOMEM;
-    rc = build_event(&pw.ev, node, change);
-    if (rc != 0)
-        return rc;
+    pw.ev = ev;
+    pw.msg = msg;
     pw.coll = change->doc->coll;
     pw.id = change->doc->id;
     pw.version = change->doc->version;
@@ -2541,6 +2590,7 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
     if (kept == NULL || kept->coll == NULL || kept->id == NULL) {
         if (kept != NULL) {
             kept->ev = NULL;
+            kept->msg = NULL;
             wait_free(kept);
         }
         return publish_or_wait(node, &pw, 0);
@@ -2550,6 +2600,56 @@ int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
     kept->next = node->waits;
     node->waits = kept;
     return 0;
+}
+
+/* What both publish calls check first: 0 to go on; 1 when change is no
+ * change (cb was called); or the error to return. */
+static int publish_begin(syncd_node_t *node, const syncd_change_t *change,
+                         syncd_node_publish_cb cb, void *payload)
+{
+    if (node->closing)
+        return SYNCD_ECANCELED;
+    if (change == NULL ||
+        (change->op != SYNCD_CHANGE_NONE && change->doc == NULL))
+        return SYNCD_EINVAL;
+    if (change->op == SYNCD_CHANGE_NONE) {
+        if (cb != NULL)
+            cb(0, 0, payload);
+        return 1;
+    }
+    /* The test hook of node.h: die between the commit and its publish. */
+    if (node->crash_after > 0 && ++node->commits == node->crash_after)
+        raise(SIGKILL);
+    if (coll_get(node, change->doc->coll) == NULL)
+        return SYNCD_ENOMEM;
+    return 0;
+}
+
+int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
+                       syncd_node_publish_cb cb, void *payload)
+{
+    return syncd_node_publish_prepared(node, change, NULL, cb, payload);
+}
+
+int syncd_node_publish_prepared(syncd_node_t *node,
+                                const syncd_change_t *change,
+                                syncd_node_pub_t *pub, syncd_node_publish_cb cb,
+                                void *payload)
+{
+    json_t *ev = pub != NULL ? pub->ev : NULL;
+    syncd_bus_msg_t *msg = pub != NULL ? pub->msg : NULL;
+    int rc;
+
+    free(pub);
+    rc = publish_begin(node, change, cb, payload);
+    if (rc == 0 && ev == NULL)
+        rc = build_event(&ev, node, change);
+    if (rc != 0) {
+        json_decref(ev);
+        syncd_bus_msg_free(msg);
+        return rc == 1 ? 0 : rc;
+    }
+    return publish_change(node, change, ev, msg, cb, payload);
 }
 
 /* ---- The outbox republisher ---------------------------------------------- */
@@ -2677,7 +2777,7 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
         return;
     }
     run->chains++;
-    if (chain_start(run->node, events, coll, id, -1,
+    if (chain_start(run->node, events, NULL, coll, id, -1,
                     member_int(json_array_get(ob, i - 1), "v"), ob_chain_done,
                     run) != 0)
         run->chains--;

@@ -1709,6 +1709,138 @@ static void mem_node_close(mem_node_t *m)
     syncd_test_rmtree(m->dir);
 }
 
+/* What a watcher saw: each event's seq and a copy of the event. */
+typedef struct seen_events {
+    int n;
+    int64_t seq[4];
+    json_t *ev[4];
+} seen_events_t;
+
+static void on_seen_event(syncd_node_signal_t signal, int64_t seq,
+                          const json_t *event, void *payload)
+{
+    seen_events_t *seen = payload;
+
+    assert_int_equal(signal, SYNCD_NODE_EVENT);
+    assert_true(seen->n < 4);
+    seen->seq[seen->n] = seq;
+    seen->ev[seen->n++] = json_deep_copy(event);
+}
+
+/* A change whose event a writer thread prepares. */
+typedef struct prep_job {
+    syncd_node_t *node;
+    const syncd_change_t *change;
+    syncd_node_pub_t *pub;
+    int rc;
+} prep_job_t;
+
+static void *prepare_main(void *arg)
+{
+    prep_job_t *job = arg;
+
+    job->rc = syncd_node_prepare(job->node, job->change, &job->pub);
+    return NULL;
+}
+
+/* Commits body as the next version of things/a, prepares its event on a
+ * thread of its own (kept, or freed unpublished with !publish, the loop
+ * then building it), publishes it and waits for the watcher. */
+static syncd_change_t *put_prepared(mem_node_t *m, const char *text,
+                                    int publish, seen_events_t *seen)
+{
+    json_t *body = json_loads(text, 0, NULL);
+    syncd_change_t *change = NULL;
+    prep_job_t job = {m->node, NULL, NULL, -1};
+    pthread_t t;
+    int64_t published = 0;
+    int want = seen->n + 1;
+
+    assert_non_null(body);
+    assert_int_equal(syncd_store_put(m->store, &change, "things", "a", body,
+                                     SYNCD_ANY_VERSION, NULL),
+                     0);
+    json_decref(body);
+    job.change = change;
+    assert_int_equal(pthread_create(&t, NULL, prepare_main, &job), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(job.rc, 0);
+    if (!publish) {
+        syncd_node_pub_free(job.pub);
+        job.pub = NULL;
+    }
+    assert_int_equal(syncd_node_publish_prepared(m->node, change, job.pub,
+                                                 on_embedded_published,
+                                                 &published),
+                     0);
+    for (int i = 0; i < 10000 && seen->n < want; i++)
+        uv_run(&m->loop, UV_RUN_ONCE);
+    assert_int_equal(seen->n, want);
+    assert_int_equal(published, seen->seq[want - 1]);
+    return change;
+}
+
+/* An event built and encoded on a writer thread (syncd_node_prepare()) is
+ * the change's event: a watcher gets every version in seq order, each
+ * event's patch and merge patch turn the version before into the version
+ * committed (the merge patch null where none can), and its hash is the
+ * store's. A prepared event freed unused leaves the loop to build it. */
+static void
+test_node__an_event_prepared_on_a_writer_thread_is_the_changes(void **state)
+{
+    static const char *const bodies[] = {
+        "{\"n\":1,\"tags\":[\"a\"]}", "{\"n\":2,\"tags\":[\"a\",\"b\"]}",
+        "{\"n\":2,\"tags\":[\"b\"],\"x\":{\"y\":null}}"};
+    mem_node_t m;
+    syncd_store_options_t so;
+    syncd_node_watch_t *w;
+    seen_events_t seen = {0};
+    syncd_change_t *changes[3];
+
+    (void)state;
+    syncd_store_options_init(&so);
+    so.sync_writes = 0;
+    mem_node_open(&m, "prepared", &so, NULL);
+    assert_int_equal(syncd_node_watch(m.node, &w, "things", NULL, 0,
+                                      on_seen_event, &seen, NULL),
+                     0);
+    for (int i = 0; i < 3; i++)
+        changes[i] = put_prepared(&m, bodies[i], i != 2, &seen);
+    for (int i = 0; i < 3; i++) {
+        const syncd_doc_t *doc = changes[i]->doc;
+        json_t *ev = seen.ev[i], *from, *by_patch = NULL, *by_merge = NULL;
+
+        assert_int_equal(seen.seq[i], i + 1);
+        assert_int_equal(json_integer_value(json_object_get(ev, "v")),
+                         doc->version);
+        assert_int_equal(json_integer_value(json_object_get(ev, "base")), i);
+        assert_string_equal(json_string_value(json_object_get(ev, "h")),
+                            doc->hash);
+        from = i == 0 ? json_null() : json_loads(bodies[i - 1], 0, NULL);
+        assert_int_equal(syncd_patch_apply(&by_patch, from,
+                                           json_object_get(ev, "patch"), NULL),
+                         0);
+        assert_true(json_equal(by_patch, doc->body));
+        /* A null member set is no merge patch: the event says so. */
+        if (i == 2) {
+            assert_true(json_is_null(json_object_get(ev, "merge")));
+        } else {
+            assert_int_equal(syncd_merge_apply(&by_merge, from,
+                                               json_object_get(ev, "merge"),
+                                               NULL),
+                             0);
+            assert_true(json_equal(by_merge, doc->body));
+        }
+        json_decref(from);
+        json_decref(by_patch);
+        json_decref(by_merge);
+        json_decref(ev);
+        syncd_change_free(changes[i]);
+    }
+    syncd_node_unwatch(w);
+    mem_node_close(&m);
+}
+
 /* Polls a node until it purged want tombstones, noting when it first
  * purged some (first_ms) and when it had purged them all (all_ms). */
 typedef struct purge_wait {
@@ -2435,6 +2567,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(
             test_node__embedded_node_delivers_published_changes_to_watchers),
+        cmocka_unit_test(
+            test_node__an_event_prepared_on_a_writer_thread_is_the_changes),
         cmocka_unit_test(
             test_node__seqs_names_the_most_recent_collections_up_to_max),
         cmocka_unit_test(

@@ -12,14 +12,17 @@
  *   node  - two syncd nodes, each with its own store (MongoDB mode on the
  *           shared FerretDB, its own cache dir) and its own Redis bus. The
  *           writer node's changes are committed by syncd_store_edit() on
- *           writer threads; the loop calls syncd_node_publish(); the clock
- *           stops in the reader node's watcher callback, after the reader
- *           applied the patch to its cache and checked the hash.
+ *           writer threads, which also build and sign each change's event
+ *           (syncd_node_prepare(), as the daemon's workers do); the loop
+ *           calls syncd_node_publish_prepared(); the clock stops in the
+ *           reader node's watcher callback, after the reader applied the
+ *           patch to its cache and checked the hash.
  * FerretDB commits about 45 edits/s here, far below the rates measured, so
  * the node path runs on changes committed beforehand: the clock starts
- * right before syncd_node_publish() (the commit is excluded, as is the
- * writer-thread-to-loop hand-off). A separate row runs the live pipeline
- * at the store's own speed, the clock starting right after the commit.
+ * right before syncd_node_publish_prepared() (the commit and the event's
+ * preparation are excluded, as is the writer-thread-to-loop hand-off). A
+ * separate row runs the live pipeline at the store's own speed, the clock
+ * starting right after the commit.
  *
  * For the steady node chunks a thread of its own (blocking hiredis,
  * subscribed to the nodes' channel) notes when each event is on the wire,
@@ -657,6 +660,7 @@ typedef struct job {
     bdoc_t *doc;
     int64_t stamp;
     syncd_change_t *change;
+    syncd_node_pub_t *pub; /* its event, prepared by the writer thread */
     int status;
     int64_t edit_ns; /* time syncd_store_edit() took */
 } job_t;
@@ -738,6 +742,9 @@ static void *writer_main(void *arg)
         if (job->status == 0 && !cl->hold &&
             job->change->doc->version < job->doc->vmax)
             job->doc->t0[job->change->doc->version] = now;
+        /* As the daemon's workers do: the loop only hands it over. */
+        if (job->status == 0)
+            syncd_node_prepare(cl->node[0], job->change, &job->pub);
         pthread_mutex_lock(&cl->mu);
         job->next = cl->done;
         cl->done = job;
@@ -758,8 +765,19 @@ static void on_published(int status, int64_t seq, void *payload)
 
 static void job_free(job_t *job)
 {
+    syncd_node_pub_free(job->pub);
     syncd_change_free(job->change);
     free(job);
+}
+
+/* Publishes job's change with the event its writer prepared. */
+static int publish_job(cluster_t *cl, job_t *job)
+{
+    syncd_node_pub_t *pub = job->pub;
+
+    job->pub = NULL;
+    return syncd_node_publish_prepared(cl->node[0], job->change, pub,
+                                       on_published, cl);
 }
 
 /* Takes the jobs the writers finished, oldest first: publishes their
@@ -788,8 +806,7 @@ static void on_async(uv_async_t *a)
         } else if (cl->hold && cl->held_n < cl->held_cap) {
             cl->held[cl->held_n++] = job;
             continue;
-        } else if (syncd_node_publish(cl->node[0], job->change, on_published,
-                                      cl) != 0) {
+        } else if (publish_job(cl, job) != 0) {
             cl->publish_errors++;
         }
         job_free(job);
@@ -837,7 +854,7 @@ static int held_send(run_t *r, int i)
     doc = job->change->doc;
     if (doc->version < job->doc->vmax)
         job->doc->t0[doc->version] = bench_mono_ns();
-    rc = syncd_node_publish(cl->node[0], job->change, on_published, cl);
+    rc = publish_job(cl, job);
     job_free(job);
     return rc;
 }

@@ -127,6 +127,28 @@ int syncd_bus_publish_in_order(syncd_bus_t *bus, const json_t *event,
                                int64_t settled, syncd_bus_publish_cb cb,
                                void *payload);
 
+/* An event encoded for publishing: its text, signed when a secret is
+ * configured, and what the bus reads of it to publish it. */
+typedef struct syncd_bus_msg syncd_bus_msg_t;
+
+/* Encodes event (borrowed) for bus into *out (caller owns it: publish it
+ * with syncd_bus_publish_msg() or free it): what syncd_bus_publish() does
+ * before it hands the event to the bus, so that a writer thread can do it
+ * and leave the loop only the hand-over. Safe on any thread (it reads only
+ * what the bus was opened with). SYNCD_EINVAL for a malformed event,
+ * SYNCD_ETOOBIG past max_event_bytes, SYNCD_ENOMEM. */
+int syncd_bus_encode(const syncd_bus_t *bus, const json_t *event,
+                     syncd_bus_msg_t **out);
+
+/* Publishes msg (taken, whatever the result) as
+ * syncd_bus_publish_in_order() publishes its event (settled < 0: v - 1). */
+int syncd_bus_publish_msg(syncd_bus_t *bus, syncd_bus_msg_t *msg,
+                          int64_t settled, syncd_bus_publish_cb cb,
+                          void *payload);
+
+/* Frees an encoded event that is not published (NULL is a no-op). */
+void syncd_bus_msg_free(syncd_bus_msg_t *msg);
+
 /* What a subscription callback is told. */
 typedef enum {
     SYNCD_BUS_EVENT = 0, /* the next event in seq order */
