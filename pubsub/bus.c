@@ -209,9 +209,9 @@ int syncd_bus_encode(const syncd_bus_t *bus, const json_t *event,
         msg->pub.coll = json_string_value(json_object_get(msg->copy, "coll"));
         msg->pub.id = json_string_value(json_object_get(msg->copy, "id"));
         msg->pub.v = json_integer_value(json_object_get(msg->copy, "v"));
-        msg->pub.create = strcmp(json_string_value(
-                                     json_object_get(msg->copy, "op")),
-                                 "create") == 0;
+        msg->pub.create =
+            strcmp(json_string_value(json_object_get(msg->copy, "op")),
+                   "create") == 0;
         if (syncd_bus_ts_micros(
                 json_string_value(json_object_get(msg->copy, "ts")),
                 &msg->pub.ts_us) != 0)
