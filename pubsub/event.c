@@ -585,16 +585,10 @@ char *syncd_event_encode(json_t *event, const char *secret, size_t *len)
     char sig[65], *text = NULL, *out;
     size_t n = 0;
 
-    /* Unsigned: the fast writer's text (keys sorted; any order parses). */
-    if (secret == NULL) {
-        text = syncd_json_canonical(event, &n);
-        if (text != NULL && len != NULL)
-            *len = n;
-        return text;
-    }
-    if (json_object_get(event, "seq") != NULL) {
-        if (syncd_event_sign(sig, event, secret, NULL) != 0 ||
-            json_object_set_new(event, "sig", json_string(sig)) != 0)
+    if (secret == NULL || json_object_get(event, "seq") != NULL) {
+        if (secret != NULL &&
+            (syncd_event_sign(sig, event, secret, NULL) != 0 ||
+             json_object_set_new(event, "sig", json_string(sig)) != 0))
             return NULL;
         text = json_dumps(event, JSON_COMPACT);
         if (text != NULL && len != NULL)
