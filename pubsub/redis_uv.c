@@ -23,12 +23,17 @@
  * connected, a command is not written on write readiness, which would take
  * one more turn of the loop through epoll, but from an idle handle that
  * runs before the loop polls again: every command queued in a turn goes
- * out in one write(), and the socket is watched for write readiness only
- * when the kernel took less than all of it.
+ * out in one send() of hiredis's output buffer (MSG_NOSIGNAL: a connection
+ * Redis closed fails the send instead of raising SIGPIPE in a process that
+ * does not ignore it), and the socket is watched for write readiness only
+ * while the kernel takes less than all of it.
  */
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
 
 #include "pubsub/internal.h"
 
@@ -39,7 +44,7 @@ typedef struct redis_uv {
     uv_idle_t flush; /* writes queued commands before the next poll */
     int events;      /* UV_READABLE | UV_WRITABLE that hiredis asked for */
     int armed;       /* the events the poll was started with */
-    int flushing;    /* within flush's hiredis write */
+    int stalled;     /* the kernel took less than all: write on readiness */
     int open;        /* handles not yet closed */
 } redis_uv_t;
 
@@ -47,18 +52,17 @@ static void on_poll(uv_poll_t *poll, int status, int events);
 static void on_flush(uv_idle_t *idle);
 
 /* Watches p's socket for what hiredis asked for, write readiness only
- * while the context connects or the kernel's buffer is full (else a write
- * is flushed from the idle handle); starts or stops the poll only when
- * that changes. */
+ * while the context connects or the kernel's buffer is full (else the idle
+ * handle flushes the writes); starts or stops the poll only when that
+ * changes. */
 static void watch(redis_uv_t *p)
 {
     int want = p->events;
 
-    if ((want & UV_WRITABLE) && !(p->armed & UV_WRITABLE) && p->ac != NULL &&
+    if ((want & UV_WRITABLE) && !p->stalled && p->ac != NULL &&
         (p->ac->c.flags & REDIS_CONNECTED)) {
         want &= ~UV_WRITABLE;
-        if (!p->flushing)
-            uv_idle_start(&p->flush, on_flush);
+        uv_idle_start(&p->flush, on_flush);
     }
     if (want == p->armed)
         return;
@@ -67,6 +71,35 @@ static void watch(redis_uv_t *p)
         uv_poll_start(&p->poll, want, on_poll);
     else
         uv_poll_stop(&p->poll);
+}
+
+/* Sends what hiredis has queued on p's connected context, as hiredis's
+ * own write would (its output buffer keeps what the kernel did not take;
+ * the socket is then watched for write readiness). A failed send leaves
+ * the buffer: hiredis's read of the socket finds why and fails the
+ * context. */
+static void send_out(redis_uv_t *p)
+{
+    redisContext *c = &p->ac->c;
+    size_t len = sdslen(c->obuf);
+    ssize_t n = len > 0 ? send(c->fd, c->obuf, len, MSG_NOSIGNAL) : 0;
+
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        p->stalled = 1;
+        redisAsyncHandleRead(p->ac);
+        if (p->ac == NULL)
+            return;
+    } else if (n > 0 && (size_t)n == len) {
+        sdsclear(c->obuf);
+    } else if (n > 0) {
+        sdsrange(c->obuf, (int)n, -1);
+    }
+    p->stalled = sdslen(c->obuf) > 0;
+    if (!p->stalled)
+        p->events &= ~UV_WRITABLE;
+    /* hiredis reads after every write. */
+    p->events |= UV_READABLE;
+    watch(p);
 }
 
 static void on_poll(uv_poll_t *poll, int status, int events)
@@ -86,28 +119,23 @@ static void on_poll(uv_poll_t *poll, int status, int events)
     }
     if (p->ac != NULL && (events & UV_READABLE))
         redisAsyncHandleRead(p->ac);
-    if (p->ac != NULL && (events & UV_WRITABLE))
+    if (p->ac == NULL || !(events & UV_WRITABLE))
+        return;
+    /* hiredis completes the connect (and writes what was queued). */
+    if (p->ac->c.flags & REDIS_CONNECTED)
+        send_out(p);
+    else
         redisAsyncHandleWrite(p->ac);
 }
 
-/* Writes what hiredis has queued, once per turn of the loop. What the
- * kernel did not take is left to write readiness (hiredis asks for it
- * again within the call, and watch() then arms the poll). */
+/* Sends the commands queued in this turn of the loop, before it polls. */
 static void on_flush(uv_idle_t *idle)
 {
     redis_uv_t *p = idle->data;
 
     uv_idle_stop(idle);
-    if (p->ac == NULL || !(p->events & UV_WRITABLE))
-        return;
-    p->flushing = 1;
-    redisAsyncHandleWrite(p->ac);
-    p->flushing = 0;
-    if (p->ac != NULL && (p->events & UV_WRITABLE) &&
-        !(p->armed & UV_WRITABLE)) {
-        p->armed |= UV_WRITABLE;
-        uv_poll_start(&p->poll, p->armed, on_poll);
-    }
+    if (p->ac != NULL && (p->events & UV_WRITABLE))
+        send_out(p);
 }
 
 static void add_read(void *privdata)
@@ -139,6 +167,7 @@ static void del_write(void *privdata)
     redis_uv_t *p = privdata;
 
     p->events &= ~UV_WRITABLE;
+    p->stalled = 0;
     watch(p);
 }
 
