@@ -128,10 +128,11 @@ static int write_real(syncd_buf_t *b, double d)
     return syncd_buf_append(b, text, n);
 }
 
-static int write_value(syncd_buf_t *b, const json_t *v, int depth);
+static int write_value(syncd_buf_t *b, const json_t *v, int depth, int sorted);
 
-/* Writes object v, inside depth containers (its own included). */
-static int write_object(syncd_buf_t *b, const json_t *v, int depth)
+/* Writes object v, inside depth containers (its own included), its
+ * members sorted by key or, with !sorted, in v's own order. */
+static int write_object(syncd_buf_t *b, const json_t *v, int depth, int sorted)
 {
     size_t n = json_object_size(v), i = 0;
     member_t *members = NULL;
@@ -140,6 +141,20 @@ static int write_object(syncd_buf_t *b, const json_t *v, int depth)
     json_t *child;
     int rc = 0;
 
+    if (!sorted) {
+        rc = syncd_buf_putc(b, '{');
+        json_object_keylen_foreach ((json_t *)v, key, len, child) {
+            if (rc == 0 && i++ > 0)
+                rc = syncd_buf_putc(b, ',');
+            if (rc == 0)
+                rc = write_string(b, key, len);
+            if (rc == 0)
+                rc = syncd_buf_putc(b, ':');
+            if (rc == 0)
+                rc = write_value(b, child, depth, 0);
+        }
+        return rc < 0 ? rc : syncd_buf_putc(b, '}');
+    }
     if (n > 0) {
         members = malloc(n * sizeof(*members));
         if (members == NULL)
@@ -161,7 +176,7 @@ static int write_object(syncd_buf_t *b, const json_t *v, int depth)
         if (rc == 0)
             rc = syncd_buf_putc(b, ':');
         if (rc == 0)
-            rc = write_value(b, members[i].value, depth);
+            rc = write_value(b, members[i].value, depth, 1);
     }
     free(members);
     return rc < 0 ? rc : syncd_buf_putc(b, '}');
@@ -171,7 +186,7 @@ static int write_object(syncd_buf_t *b, const json_t *v, int depth)
  * would nest deeper than SYNCD_PATCH_MAX_DEPTH (the bound of
  * syncd_json_check_depth(), checked on the way instead of by a walk of its
  * own). */
-static int write_value(syncd_buf_t *b, const json_t *v, int depth)
+static int write_value(syncd_buf_t *b, const json_t *v, int depth, int sorted)
 {
     char text[32];
     size_t i;
@@ -183,14 +198,14 @@ static int write_value(syncd_buf_t *b, const json_t *v, int depth)
         return SYNCD_EINVAL;
     switch (json_typeof(v)) {
     case JSON_OBJECT:
-        return write_object(b, v, depth);
+        return write_object(b, v, depth, sorted);
     case JSON_ARRAY:
         rc = syncd_buf_putc(b, '[');
         json_array_foreach (v, i, child) {
             if (rc == 0 && i > 0)
                 rc = syncd_buf_putc(b, ',');
             if (rc == 0)
-                rc = write_value(b, child, depth);
+                rc = write_value(b, child, depth, sorted);
         }
         return rc < 0 ? rc : syncd_buf_putc(b, ']');
     case JSON_STRING:
@@ -272,7 +287,7 @@ char *syncd_json_canonical_sized(const json_t *v, size_t hint, size_t *len)
     syncd_buf_t b = {0};
 
     if ((hint > 0 && syncd_buf_reserve(&b, hint) < 0) ||
-        write_value(&b, v, 0) < 0) {
+        write_value(&b, v, 0, 1) < 0) {
         syncd_buf_free(&b);
         return NULL;
     }
@@ -283,6 +298,19 @@ char *syncd_json_canonical_sized(const json_t *v, size_t hint, size_t *len)
 
         if (data != NULL)
             b.data = data;
+    }
+    if (len != NULL)
+        *len = b.len;
+    return b.data;
+}
+
+char *syncd_json_compact(const json_t *v, size_t *len)
+{
+    syncd_buf_t b = {0};
+
+    if (write_value(&b, v, 0, 0) < 0) {
+        syncd_buf_free(&b);
+        return NULL;
     }
     if (len != NULL)
         *len = b.len;

@@ -590,9 +590,10 @@ char *syncd_event_encode(json_t *event, const char *secret, size_t *len)
             (syncd_event_sign(sig, event, secret, NULL) != 0 ||
              json_object_set_new(event, "sig", json_string(sig)) != 0))
             return NULL;
-        text = json_dumps(event, JSON_COMPACT);
+        /* The members in the event's order (DESIGN.md section 4's). */
+        text = syncd_json_compact(event, &n);
         if (text != NULL && len != NULL)
-            *len = strlen(text);
+            *len = n;
         return text;
     }
     /* The signed text, then "sig" as its last member. */

@@ -926,8 +926,8 @@ static void job_work(uv_work_t *w)
     }
     /* The event of a committed change is built and encoded here, off the
      * loop; should that fail, the loop's publish builds it and reports. */
-    if (j->rc == 0 && j->change != NULL &&
-        j->change->op != SYNCD_CHANGE_NONE && j->api->opts.node != NULL)
+    if (j->rc == 0 && j->change != NULL && j->change->op != SYNCD_CHANGE_NONE &&
+        j->api->opts.node != NULL)
         syncd_node_prepare(j->api->opts.node, j->change, &j->pub);
 }
 

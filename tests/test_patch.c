@@ -1993,6 +1993,66 @@ static void test_canonical__a_size_hint_changes_nothing_written(void **s)
     }
 }
 
+/* Replaces each real inside v by an integer (in place). */
+static void reals_to_integers(json_t *v)
+{
+    const char *key;
+    json_t *child;
+    size_t i, len;
+
+    if (json_is_object(v)) {
+        json_object_keylen_foreach (v, key, len, child) {
+            if (json_is_real(child))
+                json_object_setn_new(
+                    v, key, len,
+                    json_integer((json_int_t)json_real_value(child)));
+            else
+                reals_to_integers(child);
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach (v, i, child) {
+            if (json_is_real(child))
+                json_array_set_new(
+                    v, i, json_integer((json_int_t)json_real_value(child)));
+            else
+                reals_to_integers(child);
+        }
+    }
+}
+
+/* The compact writer keeps each object's member order: its text is
+ * jansson's json_dumps(JSON_COMPACT) text byte for byte (reals aside,
+ * which it spells as the canonical writer does), over 2,000 random values
+ * (nested containers, keys and strings with escapes and NULs). */
+static void test_compact__writes_what_json_dumps_writes(void **s)
+{
+    rng_t r = {0xc0ac7ULL};
+
+    (void)s;
+    for (int i = 0; i < 2000; i++) {
+        json_t *v = random_value(&r, 4);
+        char *want, *text;
+        size_t len;
+
+        if (json_is_real(v)) {
+            json_t *n = json_integer((json_int_t)json_real_value(v));
+
+            json_decref(v);
+            v = n;
+        }
+        reals_to_integers(v);
+        want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        text = syncd_json_compact(v, &len);
+        assert_non_null(want);
+        assert_non_null(text);
+        assert_string_equal(text, want);
+        assert_int_equal(len, strlen(want));
+        free(text);
+        free(want);
+        json_decref(v);
+    }
+}
+
 static void test_canonical__sorts_keys_whatever_the_order(void **s)
 {
     json_t *a = parse("{\"b\":1,\"a\":{\"z\":[true,null],\"y\":\"\\u0001\"}}");
@@ -3158,6 +3218,7 @@ int main(void)
             test_json_loadb__random_documents_load_as_jansson_loads_them),
         cmocka_unit_test(test_canonical__sorts_keys_whatever_the_order),
         cmocka_unit_test(test_canonical__a_size_hint_changes_nothing_written),
+        cmocka_unit_test(test_compact__writes_what_json_dumps_writes),
         cmocka_unit_test(
             test_patch_in_place__conformance_records_match_copying_apply),
         cmocka_unit_test(

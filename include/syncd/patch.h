@@ -246,6 +246,12 @@ char *syncd_json_canonical(const json_t *v, size_t *len);
  * about that size is written without growing its buffer step by step. */
 char *syncd_json_canonical_sized(const json_t *v, size_t hint, size_t *len);
 
+/* Serializes v compactly as syncd_json_canonical() does, but each object's
+ * members in their own order (as json_dumps(v, JSON_COMPACT) orders them):
+ * a malloc'd string (caller frees; length in *len when len is not NULL),
+ * or NULL on out of memory or nesting deeper than SYNCD_PATCH_MAX_DEPTH. */
+char *syncd_json_compact(const json_t *v, size_t *len);
+
 /* Writes v's content hash (doc/HASH.md: a Merkle hash with content-defined
  * chunks) in lower-case hex into out (SYNCD_HASH_HEX_LEN + 1 bytes,
  * NUL-terminated). SYNCD_EINVAL when v nests deeper than
