@@ -225,8 +225,8 @@ typedef struct pub_wait {
     char *coll, *id;
     int64_t version;
     syncd_change_op_t op;
-    json_t *pending; /* the change's pending markers */
-    json_t *ev;      /* the change's own event */
+    json_t *pending;      /* the change's pending markers */
+    json_t *ev;           /* the change's own event */
     syncd_bus_msg_t *msg; /* ev encoded already, or NULL */
     int64_t ack_version;
     uint64_t since; /* loop time it began waiting */
@@ -2169,8 +2169,8 @@ typedef struct chain {
     json_t *events;
     syncd_bus_msg_t *msg; /* the last event encoded already, or NULL */
     size_t outstanding;   /* publishes handed to the bus, not yet completed */
-    int status;         /* the first failure */
-    int64_t seq;        /* seq of the last event completed */
+    int status;           /* the first failure */
+    int64_t seq;          /* seq of the last event completed */
     char *coll, *id;
     int64_t ack_version;
     int64_t settled;
@@ -2256,10 +2256,10 @@ static int chain_publish(chain_t *ch, size_t i)
  * event encoded already; ack_version 0 acks nothing. cb is called once,
  * unless this fails at once (then it is not called and an error is
  * returned). */
-static int chain_start(syncd_node_t *node, json_t *events,
-                       syncd_bus_msg_t *msg, const char *coll, const char *id,
-                       int64_t settled, int64_t ack_version,
-                       syncd_node_publish_cb cb, void *payload)
+static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
+                       const char *coll, const char *id, int64_t settled,
+                       int64_t ack_version, syncd_node_publish_cb cb,
+                       void *payload)
 {
     chain_t *ch = calloc(1, sizeof(*ch));
     int64_t last_v =
@@ -2360,8 +2360,8 @@ static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
     return n > 0;
 }
 
-/* Publishes pw (its event and encoding are taken, whatever the result): the pending
- * markers not yet handed to the bus as invalidate events, then its own
+/* Publishes pw (its event and encoding are taken, whatever the result): the
+ * pending markers not yet handed to the bus as invalidate events, then its own
  * event, in one chain. With may_wait, when should_wait() says its
  * earlier versions are on their way, it does not and returns 1 (pw's
  * event is then kept). Returns 0, 1 or the chain's synchronous failure. */
