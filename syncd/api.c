@@ -155,8 +155,11 @@ typedef struct job {
     int rc;
     int bad_json; /* rc comes from parsing the body */
     syncd_error_t err;
-    syncd_change_t *change;
-    syncd_node_pub_t *pub; /* change's event, prepared by the worker */
+    syncd_change_t *change; /* freed by the worker once prepared */
+    syncd_node_pub_t *pub;  /* change's publish, prepared by the worker */
+    int changed;            /* a change was committed (op not NONE) */
+    int created;            /* ... or replayed, and it was a create */
+    int behind;             /* may be answered before its publish */
     int64_t version;
     char *text; /* the response body */
 } job_t;
@@ -546,6 +549,37 @@ static void set_replay_text(job_t *j)
     json_decref(out);
 }
 
+/* Whether change may be answered before its publish completes: its
+ * record's outbox marker lets the republisher complete the publish should
+ * it fail, and fewer than PUBLISH_AHEAD_MAX earlier versions of the
+ * document still await theirs. */
+static int may_publish_behind(const syncd_change_t *change)
+{
+    return json_array_size(change->doc->outbox) > 0 &&
+           json_array_size(change->pending) < PUBLISH_AHEAD_MAX;
+}
+
+/* What the loop needs of j's committed change, taken on the worker: the
+ * answer's flags, and the publish of a committed write prepared (event
+ * built and encoded, off the loop), after which the change is freed here.
+ * Should the prepare fail, the change is kept: the loop's publish
+ * prepares it again and reports. */
+static void prepare_publish(job_t *j)
+{
+    syncd_change_t *c = j->change;
+
+    j->changed = c->op != SYNCD_CHANGE_NONE;
+    j->created = j->kind != JOB_ROLLBACK &&
+                 (c->replayed ? c->replayed_op : c->op) == SYNCD_CHANGE_CREATE;
+    j->behind = j->changed && may_publish_behind(c);
+    if (j->rc == 0 && j->changed &&
+        (j->api->opts.node == NULL ||
+         syncd_node_prepare(j->api->opts.node, c, &j->pub) != 0))
+        return;
+    syncd_change_free(c);
+    j->change = NULL;
+}
+
 static void run_write(job_t *j)
 {
     json_t *body = parse_body(j);
@@ -924,11 +958,8 @@ static void job_work(uv_work_t *w)
         run_write(j);
         break;
     }
-    /* The event of a committed change is built and encoded here, off the
-     * loop; should that fail, the loop's publish builds it and reports. */
-    if (j->rc == 0 && j->change != NULL && j->change->op != SYNCD_CHANGE_NONE &&
-        j->api->opts.node != NULL)
-        syncd_node_prepare(j->api->opts.node, j->change, &j->pub);
+    if (j->change != NULL)
+        prepare_publish(j);
 }
 
 static void job_closed(uv_handle_t *h)
@@ -959,17 +990,10 @@ static void job_finish(job_t *j)
         else
             respond_rc(j->req, j->kind, j->rc, &j->err);
     } else {
-        int created =
-            j->change != NULL && j->kind != JOB_ROLLBACK &&
-            (j->change->replayed ? j->change->replayed_op : j->change->op) ==
-                SYNCD_CHANGE_CREATE;
-
-        respond_json(j->req, created ? 201 : 200, j->version, j->text);
+        respond_json(j->req, j->created ? 201 : 200, j->version, j->text);
     }
     if (j->held)
-        syncd_node_release(api->opts.node, j->coll,
-                           j->change != NULL &&
-                               j->change->op != SYNCD_CHANGE_NONE);
+        syncd_node_release(api->opts.node, j->coll, j->changed);
     if (j->deadline_on) {
         uv_timer_stop(&j->deadline);
         uv_close((uv_handle_t *)&j->deadline, job_closed);
@@ -1028,14 +1052,15 @@ static void behind_published(int status, int64_t seq, void *payload)
     inflight_end(api);
 }
 
-/* Publishes j's change, with the event its worker prepared if it did. */
+/* Publishes j's change as its worker prepared it, or prepares it here. */
 static int node_publish(job_t *j, syncd_node_publish_cb cb, void *payload)
 {
     syncd_node_pub_t *pub = j->pub;
 
+    if (pub == NULL)
+        return syncd_node_publish(j->api->opts.node, j->change, cb, payload);
     j->pub = NULL;
-    return syncd_node_publish_prepared(j->api->opts.node, j->change, pub, cb,
-                                       payload);
+    return syncd_node_publish_prepared(j->api->opts.node, pub, cb, payload);
 }
 
 /* Starts the publish of j's change to complete behind its answer: 0, or
@@ -1059,24 +1084,14 @@ static int publish_behind(job_t *j)
     return 0;
 }
 
-/* Whether change may be answered before its publish completes: its
- * record's outbox marker lets the republisher complete the publish should
- * it fail, and fewer than PUBLISH_AHEAD_MAX earlier versions of the
- * document still await theirs. */
-static int may_publish_behind(const syncd_change_t *change)
-{
-    return json_array_size(change->doc->outbox) > 0 &&
-           json_array_size(change->pending) < PUBLISH_AHEAD_MAX;
-}
-
 static void job_done(uv_work_t *w, int status)
 {
     job_t *j = w->data;
     int rc;
 
     (void)status;
-    if (j->rc == 0 && j->change != NULL && j->change->op != SYNCD_CHANGE_NONE) {
-        if (may_publish_behind(j->change) && publish_behind(j) == 0) {
+    if (j->rc == 0 && j->changed) {
+        if (j->behind && publish_behind(j) == 0) {
             job_finish(j);
             return;
         }

@@ -216,23 +216,25 @@ typedef struct pub_slot {
 /* Period of the check of waiting publishes. */
 #define WAIT_POLL_MS 10
 
-/* A publish waiting for earlier versions of its document that this node
- * committed and whose own publishes are on their way, so that they go out
- * with their changes rather than as invalidate markers carried by a later
- * version (see publish_or_wait()). */
-typedef struct pub_wait {
-    struct pub_wait *next; /* in node->waits */
+/* A committed change's publish: what it needs of the change, taken by
+ * syncd_node_prepare(), and its event built and encoded. It may wait for
+ * earlier versions of its document that this node committed and whose own
+ * publishes are on their way, so that they go out with their changes
+ * rather than as invalidate markers carried by a later version (see
+ * publish_or_wait()). */
+struct syncd_node_pub {
+    struct syncd_node_pub *next; /* in node->waits */
     char *coll, *id;
     int64_t version;
     syncd_change_op_t op;
     json_t *pending;      /* the change's pending markers */
     json_t *ev;           /* the change's own event */
-    syncd_bus_msg_t *msg; /* ev encoded already, or NULL */
+    syncd_bus_msg_t *msg; /* ev encoded */
     int64_t ack_version;
     uint64_t since; /* loop time it began waiting */
     syncd_node_publish_cb cb;
     void *payload;
-} pub_wait_t;
+};
 
 struct syncd_node {
     uv_loop_t *loop;
@@ -260,20 +262,20 @@ struct syncd_node {
     int64_t ob_again_age;  /* with this min age */
     long crash_after;      /* test hook: SIGKILL at this commit (0: off) */
     long commits;
-    size_t works;          /* thread-pool items in flight */
-    struct ack_work *acks; /* outbox acks queued, newest first */
-    struct pub_slot *pubs; /* PUB_SLOTS, allocated on first publish */
-    pub_wait_t *waits;     /* publishes waiting, in no order */
-    int resuming;          /* resume_waits() is running */
-    size_t ae_runs;        /* anti-entropy runs in progress */
-    int purging;           /* a purge work is in flight */
-    json_t *unforgotten;   /* coll -> {id: version}: forgets that failed,
-                              asked again (instead of a purge) at the next
-                              purge period */
-    size_t forgets_sent;   /* forgets sent and not yet answered */
-    int purge_more;        /* the last purge run stopped at purge_batch */
-    int flushing;          /* a flush work is in flight */
-    int depth;             /* nesting of watcher callbacks */
+    size_t works;            /* thread-pool items in flight */
+    struct ack_work *acks;   /* outbox acks queued, newest first */
+    struct pub_slot *pubs;   /* PUB_SLOTS, allocated on first publish */
+    syncd_node_pub_t *waits; /* publishes waiting, in no order */
+    int resuming;            /* resume_waits() is running */
+    size_t ae_runs;          /* anti-entropy runs in progress */
+    int purging;             /* a purge work is in flight */
+    json_t *unforgotten;     /* coll -> {id: version}: forgets that failed,
+                                asked again (instead of a purge) at the next
+                                purge period */
+    size_t forgets_sent;     /* forgets sent and not yet answered */
+    int purge_more;          /* the last purge run stopped at purge_batch */
+    int flushing;            /* a flush work is in flight */
+    int depth;               /* nesting of watcher callbacks */
     int closing;
     atomic_int stop; /* closing, as seen by workers between items */
     syncd_node_close_cb close_cb;
@@ -313,7 +315,6 @@ static void sweep(coll_t *c);
 static void on_published(int status, int64_t seq, void *payload);
 static void run_release(ae_run_t *run, int status, uint64_t repaired);
 static void maybe_finish_close(syncd_node_t *node);
-static void wait_free(pub_wait_t *pw);
 static void resume_waits(syncd_node_t *node, const char *coll, const char *id);
 
 void syncd_node_options_init(syncd_node_options_t *opts)
@@ -1926,12 +1927,12 @@ void syncd_node_close(syncd_node_t *node, syncd_node_close_cb cb, void *payload)
     uv_close((uv_handle_t *)&node->flush, on_timer_closed);
     uv_close((uv_handle_t *)&node->wait, on_timer_closed);
     while (node->waits != NULL) {
-        pub_wait_t *pw = node->waits;
+        syncd_node_pub_t *pw = node->waits;
 
         node->waits = pw->next;
         if (pw->cb != NULL)
             pw->cb(SYNCD_ECANCELED, 0, pw->payload);
-        wait_free(pw);
+        syncd_node_pub_free(pw);
     }
     for (c = node->colls; c != NULL; c = c->next) {
         syncd_bus_unsubscribe(c->sub);
@@ -2365,7 +2366,8 @@ static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
  * event, in one chain. With may_wait, when should_wait() says its
  * earlier versions are on their way, it does not and returns 1 (pw's
  * event is then kept). Returns 0, 1 or the chain's synchronous failure. */
-static int publish_or_wait(syncd_node_t *node, pub_wait_t *pw, int may_wait)
+static int publish_or_wait(syncd_node_t *node, syncd_node_pub_t *pw,
+                           int may_wait)
 {
     json_t *events, *m = json_array_get(pw->pending, 0);
     syncd_bus_msg_t *msg;
@@ -2422,24 +2424,14 @@ static int publish_or_wait(syncd_node_t *node, pub_wait_t *pw, int may_wait)
                        pw->ack_version, pw->cb, pw->payload);
 }
 
-static void wait_free(pub_wait_t *pw)
-{
-    free(pw->coll);
-    free(pw->id);
-    json_decref(pw->pending);
-    json_decref(pw->ev);
-    syncd_bus_msg_free(pw->msg);
-    free(pw);
-}
-
 /* The link to the waiting publish of coll/id of the lowest version, or
  * NULL when none waits. */
-static pub_wait_t **lowest_wait(syncd_node_t *node, const char *coll,
-                                const char *id)
+static syncd_node_pub_t **lowest_wait(syncd_node_t *node, const char *coll,
+                                      const char *id)
 {
-    pub_wait_t **low = NULL;
+    syncd_node_pub_t **low = NULL;
 
-    for (pub_wait_t **l = &node->waits; *l != NULL; l = &(*l)->next)
+    for (syncd_node_pub_t **l = &node->waits; *l != NULL; l = &(*l)->next)
         if (strcmp((*l)->coll, coll) == 0 && strcmp((*l)->id, id) == 0 &&
             (low == NULL || (*l)->version < (*low)->version))
             low = l;
@@ -2452,7 +2444,7 @@ static pub_wait_t **lowest_wait(syncd_node_t *node, const char *coll,
 static void resume_one(syncd_node_t *node, const char *coll, const char *id,
                        int force)
 {
-    pub_wait_t **low, *pw;
+    syncd_node_pub_t **low, *pw;
     int rc;
 
     while ((low = lowest_wait(node, coll, id)) != NULL) {
@@ -2464,7 +2456,7 @@ static void resume_one(syncd_node_t *node, const char *coll, const char *id,
         *low = pw->next;
         if (rc != 0 && pw->cb != NULL)
             pw->cb(rc, 0, pw->payload);
-        wait_free(pw);
+        syncd_node_pub_free(pw);
     }
 }
 
@@ -2490,7 +2482,7 @@ static void on_wait_timer(uv_timer_t *t)
 {
     syncd_node_t *node = t->data;
     uint64_t now = uv_now(node->loop);
-    pub_wait_t *pw = node->waits;
+    syncd_node_pub_t *pw = node->waits;
 
     node->resuming = 1;
     while (pw != NULL) {
@@ -2516,16 +2508,13 @@ static void on_wait_timer(uv_timer_t *t)
         uv_timer_stop(t);
 }
 
-/* A change's event, built and encoded ahead of its publish. */
-struct syncd_node_pub {
-    json_t *ev;
-    syncd_bus_msg_t *msg;
-};
-
 void syncd_node_pub_free(syncd_node_pub_t *pub)
 {
     if (pub == NULL)
         return;
+    free(pub->coll);
+    free(pub->id);
+    json_decref(pub->pending);
     json_decref(pub->ev);
     syncd_bus_msg_free(pub->msg);
     free(pub);
@@ -2542,8 +2531,17 @@ int syncd_node_prepare(const syncd_node_t *node, const syncd_change_t *change,
         change->doc == NULL)
         return SYNCD_EINVAL;
     pub = calloc(1, sizeof(*pub));
-    if (pub == NULL)
+    if (pub == NULL || (pub->coll = strdup(change->doc->coll)) == NULL ||
+        (pub->id = strdup(change->doc->id)) == NULL) {
+        syncd_node_pub_free(pub);
         return SYNCD_ENOMEM;
+    }
+    pub->version = change->doc->version;
+    pub->op = change->op;
+    pub->pending = json_incref(change->pending);
+    /* A store without the outbox option left nothing to ack. */
+    pub->ack_version =
+        json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0;
     rc = build_event(&pub->ev, node, change);
     if (rc == 0)
         rc = syncd_bus_encode(node->bus, pub->ev, &pub->msg);
@@ -2555,101 +2553,56 @@ int syncd_node_prepare(const syncd_node_t *node, const syncd_change_t *change,
     return 0;
 }
 
-/* Publishes change with its event ev and that event's encoding msg (both
- * taken; msg may be NULL): see syncd_node_publish(). */
-static int publish_change(syncd_node_t *node, const syncd_change_t *change,
-                          json_t *ev, syncd_bus_msg_t *msg,
-                          syncd_node_publish_cb cb, void *payload)
-{
-    pub_wait_t pw = {0}, *kept;
-    int rc;
-
-    pw.ev = ev;
-    pw.msg = msg;
-    pw.coll = change->doc->coll;
-    pw.id = change->doc->id;
-    pw.version = change->doc->version;
-    pw.op = change->op;
-    pw.pending = change->pending;
-    /* A store without the outbox option left nothing to ack. */
-    pw.ack_version =
-        json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0;
-    pw.cb = cb;
-    pw.payload = payload;
-    rc = publish_or_wait(node, &pw, 1);
-    if (rc != 1)
-        return rc;
-    kept = malloc(sizeof(*kept));
-    if (kept != NULL) {
-        *kept = pw;
-        kept->coll = strdup(pw.coll);
-        kept->id = strdup(pw.id);
-        kept->pending = json_incref(pw.pending);
-        kept->since = uv_now(node->loop);
-    }
-    if (kept == NULL || kept->coll == NULL || kept->id == NULL) {
-        if (kept != NULL) {
-            kept->ev = NULL;
-            kept->msg = NULL;
-            wait_free(kept);
-        }
-        return publish_or_wait(node, &pw, 0);
-    }
-    if (node->waits == NULL)
-        uv_timer_start(&node->wait, on_wait_timer, WAIT_POLL_MS, WAIT_POLL_MS);
-    kept->next = node->waits;
-    node->waits = kept;
-    return 0;
-}
-
-/* What both publish calls check first: 0 to go on; 1 when change is no
- * change (cb was called); or the error to return. */
-static int publish_begin(syncd_node_t *node, const syncd_change_t *change,
-                         syncd_node_publish_cb cb, void *payload)
-{
-    if (node->closing)
-        return SYNCD_ECANCELED;
-    if (change == NULL ||
-        (change->op != SYNCD_CHANGE_NONE && change->doc == NULL))
-        return SYNCD_EINVAL;
-    if (change->op == SYNCD_CHANGE_NONE) {
-        if (cb != NULL)
-            cb(0, 0, payload);
-        return 1;
-    }
-    /* The test hook of node.h: die between the commit and its publish. */
-    if (node->crash_after > 0 && ++node->commits == node->crash_after)
-        raise(SIGKILL);
-    if (coll_get(node, change->doc->coll) == NULL)
-        return SYNCD_ENOMEM;
-    return 0;
-}
-
 int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_publish_cb cb, void *payload)
 {
-    return syncd_node_publish_prepared(node, change, NULL, cb, payload);
-}
-
-int syncd_node_publish_prepared(syncd_node_t *node,
-                                const syncd_change_t *change,
-                                syncd_node_pub_t *pub, syncd_node_publish_cb cb,
-                                void *payload)
-{
-    json_t *ev = pub != NULL ? pub->ev : NULL;
-    syncd_bus_msg_t *msg = pub != NULL ? pub->msg : NULL;
+    syncd_node_pub_t *pub;
     int rc;
 
-    free(pub);
-    rc = publish_begin(node, change, cb, payload);
-    if (rc == 0 && ev == NULL)
-        rc = build_event(&ev, node, change);
-    if (rc != 0) {
-        json_decref(ev);
-        syncd_bus_msg_free(msg);
-        return rc == 1 ? 0 : rc;
+    if (node->closing)
+        return SYNCD_ECANCELED;
+    if (change != NULL && change->op == SYNCD_CHANGE_NONE) {
+        if (cb != NULL)
+            cb(0, 0, payload);
+        return 0;
     }
-    return publish_change(node, change, ev, msg, cb, payload);
+    rc = syncd_node_prepare(node, change, &pub);
+    if (rc != 0)
+        return rc;
+    return syncd_node_publish_prepared(node, pub, cb, payload);
+}
+
+int syncd_node_publish_prepared(syncd_node_t *node, syncd_node_pub_t *pub,
+                                syncd_node_publish_cb cb, void *payload)
+{
+    int rc = 0;
+
+    if (node->closing)
+        rc = SYNCD_ECANCELED;
+    else if (pub == NULL)
+        rc = SYNCD_EINVAL;
+    /* The test hook of node.h: die between the commit and its publish. */
+    else if (node->crash_after > 0 && ++node->commits == node->crash_after)
+        raise(SIGKILL);
+    else if (coll_get(node, pub->coll) == NULL)
+        rc = SYNCD_ENOMEM;
+    if (rc != 0) {
+        syncd_node_pub_free(pub);
+        return rc;
+    }
+    pub->cb = cb;
+    pub->payload = payload;
+    rc = publish_or_wait(node, pub, 1);
+    if (rc != 1) {
+        syncd_node_pub_free(pub);
+        return rc;
+    }
+    pub->since = uv_now(node->loop);
+    if (node->waits == NULL)
+        uv_timer_start(&node->wait, on_wait_timer, WAIT_POLL_MS, WAIT_POLL_MS);
+    pub->next = node->waits;
+    node->waits = pub;
+    return 0;
 }
 
 /* ---- The outbox republisher ---------------------------------------------- */

@@ -1743,11 +1743,19 @@ static void *prepare_main(void *arg)
     return NULL;
 }
 
-/* Commits body as the next version of things/a, prepares its event on a
- * thread of its own (kept, or freed unpublished with !publish, the loop
- * then building it), publishes it and waits for the watcher. */
-static syncd_change_t *put_prepared(mem_node_t *m, const char *text,
-                                    int publish, seen_events_t *seen)
+/* What the store committed of a version: its number, hash and body. */
+typedef struct committed {
+    int64_t version;
+    char hash[SYNCD_HASH_HEX_LEN + 1];
+    json_t *body;
+} committed_t;
+
+/* Commits body as the next version of things/a into *out, prepares its
+ * publish on a thread of its own and frees the change, publishes it (with
+ * !publish the prepared publish is freed unused and the change published
+ * by the loop) and waits for the watcher. */
+static void put_prepared(mem_node_t *m, const char *text, int publish,
+                         seen_events_t *seen, committed_t *out)
 {
     json_t *body = json_loads(text, 0, NULL);
     syncd_change_t *change = NULL;
@@ -1761,30 +1769,38 @@ static syncd_change_t *put_prepared(mem_node_t *m, const char *text,
                                      SYNCD_ANY_VERSION, NULL),
                      0);
     json_decref(body);
+    out->version = change->doc->version;
+    memcpy(out->hash, change->doc->hash, sizeof(out->hash));
+    out->body = json_incref(change->doc->body);
     job.change = change;
     assert_int_equal(pthread_create(&t, NULL, prepare_main, &job), 0);
     assert_int_equal(pthread_join(t, NULL), 0);
     assert_int_equal(job.rc, 0);
-    if (!publish) {
+    if (publish) {
+        syncd_change_free(change);
+        assert_int_equal(syncd_node_publish_prepared(m->node, job.pub,
+                                                     on_embedded_published,
+                                                     &published),
+                         0);
+    } else {
         syncd_node_pub_free(job.pub);
-        job.pub = NULL;
+        assert_int_equal(syncd_node_publish(m->node, change,
+                                            on_embedded_published, &published),
+                         0);
+        syncd_change_free(change);
     }
-    assert_int_equal(syncd_node_publish_prepared(m->node, change, job.pub,
-                                                 on_embedded_published,
-                                                 &published),
-                     0);
     for (int i = 0; i < 10000 && seen->n < want; i++)
         uv_run(&m->loop, UV_RUN_ONCE);
     assert_int_equal(seen->n, want);
     assert_int_equal(published, seen->seq[want - 1]);
-    return change;
 }
 
-/* An event built and encoded on a writer thread (syncd_node_prepare()) is
- * the change's event: a watcher gets every version in seq order, each
- * event's patch and merge patch turn the version before into the version
- * committed (the merge patch null where none can), and its hash is the
- * store's. A prepared event freed unused leaves the loop to build it. */
+/* A publish prepared on a writer thread (syncd_node_prepare()), whose
+ * change is freed before the publish, is the change's event: a watcher
+ * gets every version in seq order, each event's patch and merge patch turn
+ * the version before into the version committed (the merge patch null
+ * where none can), and its hash is the store's. A prepared publish freed
+ * unused leaves the loop to build it. */
 static void
 test_node__an_event_prepared_on_a_writer_thread_is_the_changes(void **state)
 {
@@ -1795,7 +1811,7 @@ test_node__an_event_prepared_on_a_writer_thread_is_the_changes(void **state)
     syncd_store_options_t so;
     syncd_node_watch_t *w;
     seen_events_t seen = {0};
-    syncd_change_t *changes[3];
+    committed_t done[3];
 
     (void)state;
     syncd_store_options_init(&so);
@@ -1805,22 +1821,21 @@ test_node__an_event_prepared_on_a_writer_thread_is_the_changes(void **state)
                                       on_seen_event, &seen, NULL),
                      0);
     for (int i = 0; i < 3; i++)
-        changes[i] = put_prepared(&m, bodies[i], i != 2, &seen);
+        put_prepared(&m, bodies[i], i != 2, &seen, &done[i]);
     for (int i = 0; i < 3; i++) {
-        const syncd_doc_t *doc = changes[i]->doc;
         json_t *ev = seen.ev[i], *from, *by_patch = NULL, *by_merge = NULL;
 
         assert_int_equal(seen.seq[i], i + 1);
         assert_int_equal(json_integer_value(json_object_get(ev, "v")),
-                         doc->version);
+                         done[i].version);
         assert_int_equal(json_integer_value(json_object_get(ev, "base")), i);
         assert_string_equal(json_string_value(json_object_get(ev, "h")),
-                            doc->hash);
+                            done[i].hash);
         from = i == 0 ? json_null() : json_loads(bodies[i - 1], 0, NULL);
         assert_int_equal(syncd_patch_apply(&by_patch, from,
                                            json_object_get(ev, "patch"), NULL),
                          0);
-        assert_true(json_equal(by_patch, doc->body));
+        assert_true(json_equal(by_patch, done[i].body));
         /* A null member set is no merge patch: the event says so. */
         if (i == 2) {
             assert_true(json_is_null(json_object_get(ev, "merge")));
@@ -1829,13 +1844,13 @@ test_node__an_event_prepared_on_a_writer_thread_is_the_changes(void **state)
                                                json_object_get(ev, "merge"),
                                                NULL),
                              0);
-            assert_true(json_equal(by_merge, doc->body));
+            assert_true(json_equal(by_merge, done[i].body));
         }
         json_decref(from);
         json_decref(by_patch);
         json_decref(by_merge);
         json_decref(ev);
-        syncd_change_free(changes[i]);
+        json_decref(done[i].body);
     }
     syncd_node_unwatch(w);
     mem_node_close(&m);

@@ -13,7 +13,8 @@
  *           shared FerretDB, its own cache dir) and its own Redis bus. The
  *           writer node's changes are committed by syncd_store_edit() on
  *           writer threads, which also build and sign each change's event
- *           (syncd_node_prepare(), as the daemon's workers do); the loop
+ *           (syncd_node_prepare(), as the daemon's workers do) and free
+ *           the change; the loop
  *           calls syncd_node_publish_prepared(); the clock stops in the
  *           reader node's watcher callback, after the reader applied the
  *           patch to its cache and checked the hash.
@@ -659,8 +660,8 @@ typedef struct job {
     struct job *next;
     bdoc_t *doc;
     int64_t stamp;
-    syncd_change_t *change;
-    syncd_node_pub_t *pub; /* its event, prepared by the writer thread */
+    syncd_node_pub_t *pub; /* its publish, prepared by the writer thread */
+    int64_t version;       /* the version it committed */
     int status;
     int64_t edit_ns; /* time syncd_store_edit() took */
 } job_t;
@@ -723,6 +724,7 @@ static void *writer_main(void *arg)
 
     pthread_mutex_lock(&cl->mu);
     for (;;) {
+        syncd_change_t *change = NULL;
         job_t *job;
         while (cl->todo == NULL && !cl->stopping)
             pthread_cond_wait(&cl->cv, &cl->mu);
@@ -735,16 +737,19 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&cl->mu);
         job->edit_ns = bench_mono_ns();
         job->status =
-            syncd_store_edit(cl->store[0], &job->change, job->doc->coll,
+            syncd_store_edit(cl->store[0], &change, job->doc->coll,
                              job->doc->id, edit_volume, job, -1, NULL);
         now = bench_mono_ns();
         job->edit_ns = now - job->edit_ns;
-        if (job->status == 0 && !cl->hold &&
-            job->change->doc->version < job->doc->vmax)
-            job->doc->t0[job->change->doc->version] = now;
-        /* As the daemon's workers do: the loop only hands it over. */
-        if (job->status == 0)
-            syncd_node_prepare(cl->node[0], job->change, &job->pub);
+        if (job->status == 0) {
+            job->version = change->doc->version;
+            if (!cl->hold && job->version < job->doc->vmax)
+                job->doc->t0[job->version] = now;
+            /* As the daemon's workers do: the loop only hands it over. */
+            /* A failed prepare leaves no pub: its publish fails. */
+            syncd_node_prepare(cl->node[0], change, &job->pub);
+        }
+        syncd_change_free(change);
         pthread_mutex_lock(&cl->mu);
         job->next = cl->done;
         cl->done = job;
@@ -766,18 +771,16 @@ static void on_published(int status, int64_t seq, void *payload)
 static void job_free(job_t *job)
 {
     syncd_node_pub_free(job->pub);
-    syncd_change_free(job->change);
     free(job);
 }
 
-/* Publishes job's change with the event its writer prepared. */
+/* Publishes job's change as its writer prepared it. */
 static int publish_job(cluster_t *cl, job_t *job)
 {
     syncd_node_pub_t *pub = job->pub;
 
     job->pub = NULL;
-    return syncd_node_publish_prepared(cl->node[0], job->change, pub,
-                                       on_published, cl);
+    return syncd_node_publish_prepared(cl->node[0], pub, on_published, cl);
 }
 
 /* Takes the jobs the writers finished, oldest first: publishes their
@@ -844,16 +847,14 @@ static int held_send(run_t *r, int i)
 {
     cluster_t *cl = r->ctx;
     job_t *job;
-    const syncd_doc_t *doc;
     int rc;
 
     (void)i;
     if (cl->cursor >= cl->held_n)
         return -1;
     job = cl->held[cl->cursor++];
-    doc = job->change->doc;
-    if (doc->version < job->doc->vmax)
-        job->doc->t0[doc->version] = bench_mono_ns();
+    if (job->version < job->doc->vmax)
+        job->doc->t0[job->version] = bench_mono_ns();
     rc = publish_job(cl, job);
     job_free(job);
     return rc;
@@ -1241,7 +1242,7 @@ static int all_held(const cluster_t *cl)
 static int cmp_held(const void *a, const void *b)
 {
     const job_t *x = *(job_t *const *)a, *y = *(job_t *const *)b;
-    int64_t vx = x->change->doc->version, vy = y->change->doc->version;
+    int64_t vx = x->version, vy = y->version;
 
     if (vx != vy)
         return (vx > vy) - (vx < vy);

@@ -108,24 +108,23 @@ typedef void (*syncd_node_publish_cb)(int status, int64_t seq, void *payload);
 int syncd_node_publish(syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_publish_cb cb, void *payload);
 
-/* A change's event built and encoded ahead of its publish. */
+/* A committed change's publish, prepared ahead: its event built and
+ * encoded, with what the publish needs of the change. */
 typedef struct syncd_node_pub syncd_node_pub_t;
 
-/* Builds and encodes the event of change (borrowed; not op NONE) into
- * *out (caller owns it: publish it with syncd_node_publish_prepared() or
- * free it), the part of syncd_node_publish() that needs no loop: a writer
+/* Prepares the publish of change (borrowed; not op NONE) into *out
+ * (caller owns it: publish it with syncd_node_publish_prepared() or free
+ * it): the part of syncd_node_publish() that needs no loop, and all that
+ * the publish needs of change, which may be freed after it. A writer
  * thread does it right after its commit, so that the loop only hands the
  * event to the bus. Safe on any thread while the node is open. */
 int syncd_node_prepare(const syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_pub_t **out);
 
-/* syncd_node_publish() with change's event prepared by
- * syncd_node_prepare() (pub is taken, whatever the result; NULL: the event
- * is built here, as syncd_node_publish() does). */
-int syncd_node_publish_prepared(syncd_node_t *node,
-                                const syncd_change_t *change,
-                                syncd_node_pub_t *pub, syncd_node_publish_cb cb,
-                                void *payload);
+/* syncd_node_publish() of a change prepared by syncd_node_prepare() (pub
+ * is taken, whatever the result). */
+int syncd_node_publish_prepared(syncd_node_t *node, syncd_node_pub_t *pub,
+                                syncd_node_publish_cb cb, void *payload);
 
 /* Frees a prepared event that is not published (NULL is a no-op). */
 void syncd_node_pub_free(syncd_node_pub_t *pub);
