@@ -168,8 +168,8 @@ int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
 
 /* An event encoded for publishing (syncd_bus_encode()). */
 struct syncd_bus_msg {
-    json_t *copy; /* the event without "seq" and "sig": pub's strings */
-    char *body;   /* its text as published */
+    char *names; /* pub's coll and id, each NUL-terminated */
+    char *body;  /* its text as published */
     size_t len;
     bus_pub_t pub;
 };
@@ -178,45 +178,61 @@ void syncd_bus_msg_free(syncd_bus_msg_t *msg)
 {
     if (msg == NULL)
         return;
-    json_decref(msg->copy);
+    free(msg->names);
     free(msg->body);
     free(msg);
+}
+
+/* Sets msg's pub from event (checked): its names copied, so that the
+ * event may be freed. 0 or a negative code. */
+static int msg_set_pub(syncd_bus_msg_t *msg, const json_t *event)
+{
+    const char *coll = json_string_value(json_object_get(event, "coll"));
+    const char *id = json_string_value(json_object_get(event, "id"));
+    size_t coll_len = strlen(coll) + 1, id_len = strlen(id) + 1;
+
+    if (syncd_bus_ts_micros(json_string_value(json_object_get(event, "ts")),
+                            &msg->pub.ts_us) != 0)
+        return SYNCD_EINVAL;
+    msg->names = malloc(coll_len + id_len);
+    if (msg->names == NULL)
+        return SYNCD_ENOMEM;
+    memcpy(msg->names, coll, coll_len);
+    memcpy(msg->names + coll_len, id, id_len);
+    msg->pub.coll = msg->names;
+    msg->pub.id = msg->names + coll_len;
+    msg->pub.v = json_integer_value(json_object_get(event, "v"));
+    msg->pub.create =
+        strcmp(json_string_value(json_object_get(event, "op")), "create") == 0;
+    return 0;
 }
 
 int syncd_bus_encode(const syncd_bus_t *bus, const json_t *event,
                      syncd_bus_msg_t **out)
 {
     syncd_bus_msg_t *msg;
+    json_t *copy;
     int rc;
 
     *out = NULL;
     if (!json_is_object(event))
         return SYNCD_EINVAL;
     msg = calloc(1, sizeof(*msg));
-    if (msg == NULL || (msg->copy = json_copy((json_t *)event)) == NULL) {
+    if (msg == NULL || (copy = json_copy((json_t *)event)) == NULL) {
         free(msg);
         return SYNCD_ENOMEM;
     }
-    json_object_del(msg->copy, "seq");
-    json_object_del(msg->copy, "sig");
-    rc = syncd_bus_event_check(msg->copy, 0, 0, NULL);
-    if (rc == 0 && (msg->body = syncd_event_encode(msg->copy, bus->secret,
-                                                   &msg->len)) == NULL)
+    json_object_del(copy, "seq");
+    json_object_del(copy, "sig");
+    rc = syncd_bus_event_check(copy, 0, 0, NULL);
+    if (rc == 0 &&
+        (msg->body = syncd_event_encode(copy, bus->secret, &msg->len)) == NULL)
         rc = SYNCD_ENOMEM;
     if (rc == 0 && msg->len + SEQ_SPLICE_BYTES > bus->max_event_bytes)
         rc = SYNCD_ETOOBIG;
-    if (rc == 0) {
-        msg->pub.coll = json_string_value(json_object_get(msg->copy, "coll"));
-        msg->pub.id = json_string_value(json_object_get(msg->copy, "id"));
-        msg->pub.v = json_integer_value(json_object_get(msg->copy, "v"));
-        msg->pub.create =
-            strcmp(json_string_value(json_object_get(msg->copy, "op")),
-                   "create") == 0;
-        if (syncd_bus_ts_micros(
-                json_string_value(json_object_get(msg->copy, "ts")),
-                &msg->pub.ts_us) != 0)
-            rc = SYNCD_EINVAL;
-    }
+    if (rc == 0)
+        rc = msg_set_pub(msg, copy);
+    json_decref(copy);
     if (rc != 0) {
         syncd_bus_msg_free(msg);
         return rc;

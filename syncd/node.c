@@ -228,8 +228,7 @@ struct syncd_node_pub {
     int64_t version;
     syncd_change_op_t op;
     json_t *pending;      /* the change's pending markers */
-    json_t *ev;           /* the change's own event */
-    syncd_bus_msg_t *msg; /* ev encoded */
+    syncd_bus_msg_t *msg; /* the change's own event, encoded */
     int64_t ack_version;
     uint64_t since; /* loop time it began waiting */
     syncd_node_publish_cb cb;
@@ -2167,8 +2166,9 @@ static pub_slot_t *pub_slot(syncd_node_t *node, const char *coll,
  * even when it has no record of its predecessor. */
 typedef struct chain {
     syncd_node_t *node;
-    json_t *events;
-    syncd_bus_msg_t *msg; /* the last event encoded already, or NULL */
+    json_t *events;       /* published first */
+    syncd_bus_msg_t *msg; /* then this one, encoded already, or NULL */
+    int64_t last_v;       /* the version of the last event */
     size_t outstanding;   /* publishes handed to the bus, not yet completed */
     int status;           /* the first failure */
     int64_t seq;          /* seq of the last event completed */
@@ -2195,8 +2195,7 @@ static void chain_step(int status, int64_t seq, void *payload)
     chain_t *ch = payload;
     syncd_node_publish_cb cb = ch->cb;
     void *cb_payload = ch->payload;
-    int64_t last_v = member_int(
-        json_array_get(ch->events, json_array_size(ch->events) - 1), "v");
+    int64_t last_v = ch->last_v;
     pub_slot_t *slot;
 
     if (status != 0 && ch->status == 0)
@@ -2231,7 +2230,7 @@ static int chain_publish(chain_t *ch, size_t i)
         return SYNCD_ENOMEM;
     r->cb = chain_step;
     r->payload = ch;
-    if (i + 1 == json_array_size(ch->events) && ch->msg != NULL) {
+    if (i == json_array_size(ch->events)) {
         syncd_bus_msg_t *msg = ch->msg;
 
         ch->msg = NULL;
@@ -2252,22 +2251,29 @@ static int chain_publish(chain_t *ch, size_t i)
 }
 
 /* Starts publishing events (stolen, in version order) of coll/id in
- * order, the versions up to settled being published already (settled < 0:
- * those before the first event); msg (stolen, may be NULL) is the last
- * event encoded already; ack_version 0 acks nothing. cb is called once,
- * unless this fails at once (then it is not called and an error is
- * returned). */
+ * order, then msg (stolen, may be NULL), the event of version msg_v
+ * encoded already; the versions up to settled are published already
+ * (settled < 0: those before the first event); ack_version 0 acks
+ * nothing. cb is called once, unless this fails at once (then it is not
+ * called and an error is returned). */
 static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
-                       const char *coll, const char *id, int64_t settled,
-                       int64_t ack_version, syncd_node_publish_cb cb,
-                       void *payload)
+                       int64_t msg_v, const char *coll, const char *id,
+                       int64_t settled, int64_t ack_version,
+                       syncd_node_publish_cb cb, void *payload)
 {
-    chain_t *ch = calloc(1, sizeof(*ch));
-    int64_t last_v =
-        member_int(json_array_get(events, json_array_size(events) - 1), "v");
+    size_t n = json_array_size(events) + (msg != NULL);
+    chain_t *ch;
+    int64_t last_v;
     pub_slot_t *slot;
     int rc;
 
+    if (n == 0) {
+        json_decref(events);
+        return SYNCD_EINVAL;
+    }
+    last_v =
+        msg != NULL ? msg_v : member_int(json_array_get(events, n - 1), "v");
+    ch = calloc(1, sizeof(*ch));
     if (ch == NULL || (ch->coll = strdup(coll)) == NULL ||
         (ch->id = strdup(id)) == NULL) {
         json_decref(events);
@@ -2279,9 +2285,12 @@ static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
     ch->node = node;
     ch->events = events;
     ch->msg = msg;
+    ch->last_v = last_v;
     ch->ack_version = ack_version;
-    ch->settled =
-        settled >= 0 ? settled : member_int(json_array_get(events, 0), "v") - 1;
+    ch->settled = settled >= 0 ? settled
+                  : json_array_size(events) > 0
+                      ? member_int(json_array_get(events, 0), "v") - 1
+                      : msg_v - 1;
     ch->cb = cb;
     ch->payload = payload;
     rc = chain_publish(ch, 0);
@@ -2294,7 +2303,7 @@ static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
     }
     /* A later event that cannot be handed over fails the chain once the
      * ones handed over complete; the bus refuses none after it. */
-    for (size_t i = 1; i < json_array_size(events); i++) {
+    for (size_t i = 1; i < n; i++) {
         rc = chain_publish(ch, i);
         if (rc != 0) {
             ch->status = rc;
@@ -2363,9 +2372,9 @@ static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
 
 /* Publishes pw (its event and encoding are taken, whatever the result): the
  * pending markers not yet handed to the bus as invalidate events, then its own
- * event, in one chain. With may_wait, when should_wait() says its
- * earlier versions are on their way, it does not and returns 1 (pw's
- * event is then kept). Returns 0, 1 or the chain's synchronous failure. */
+ * event, in one chain (which takes pw's encoded event). With may_wait,
+ * when should_wait() says its earlier versions are on their way, it does
+ * not and returns 1. Returns 0, 1 or the chain's synchronous failure. */
 static int publish_or_wait(syncd_node_t *node, syncd_node_pub_t *pw,
                            int may_wait)
 {
@@ -2395,33 +2404,21 @@ static int publish_or_wait(syncd_node_t *node, syncd_node_pub_t *pw,
         slot->handed = slot->confirmed = slot->failed = 0;
     }
     events = json_array();
-    if (events == NULL) {
-        json_decref(pw->ev);
-        syncd_bus_msg_free(pw->msg);
-        pw->ev = NULL;
-        pw->msg = NULL;
+    if (events == NULL)
         return SYNCD_ENOMEM;
-    }
     for (i = first_after(pw->pending, skip); i < json_array_size(pw->pending);
          i++) {
         m = json_array_get(pw->pending, i);
         if (json_array_append_new(events, marker_event(pw->coll, pw->id, m)) !=
-            0)
-            break;
-    }
-    if (i < json_array_size(pw->pending) ||
-        json_array_append_new(events, pw->ev) != 0) {
-        syncd_bus_msg_free(pw->msg);
-        pw->ev = NULL;
-        pw->msg = NULL;
-        json_decref(events);
-        return SYNCD_ENOMEM;
+            0) {
+            json_decref(events);
+            return SYNCD_ENOMEM;
+        }
     }
     msg = pw->msg;
-    pw->ev = NULL;
     pw->msg = NULL;
-    return chain_start(node, events, msg, pw->coll, pw->id, settled,
-                       pw->ack_version, pw->cb, pw->payload);
+    return chain_start(node, events, msg, pw->version, pw->coll, pw->id,
+                       settled, pw->ack_version, pw->cb, pw->payload);
 }
 
 /* The link to the waiting publish of coll/id of the lowest version, or
@@ -2515,7 +2512,6 @@ void syncd_node_pub_free(syncd_node_pub_t *pub)
     free(pub->coll);
     free(pub->id);
     json_decref(pub->pending);
-    json_decref(pub->ev);
     syncd_bus_msg_free(pub->msg);
     free(pub);
 }
@@ -2524,6 +2520,7 @@ int syncd_node_prepare(const syncd_node_t *node, const syncd_change_t *change,
                        syncd_node_pub_t **out)
 {
     syncd_node_pub_t *pub;
+    json_t *ev = NULL;
     int rc;
 
     *out = NULL;
@@ -2542,9 +2539,10 @@ int syncd_node_prepare(const syncd_node_t *node, const syncd_change_t *change,
     /* A store without the outbox option left nothing to ack. */
     pub->ack_version =
         json_array_size(change->doc->outbox) > 0 ? change->doc->version : 0;
-    rc = build_event(&pub->ev, node, change);
+    rc = build_event(&ev, node, change);
     if (rc == 0)
-        rc = syncd_bus_encode(node->bus, pub->ev, &pub->msg);
+        rc = syncd_bus_encode(node->bus, ev, &pub->msg);
+    json_decref(ev);
     if (rc != 0) {
         syncd_node_pub_free(pub);
         return rc;
@@ -2730,7 +2728,7 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
         return;
     }
     run->chains++;
-    if (chain_start(run->node, events, NULL, coll, id, -1,
+    if (chain_start(run->node, events, NULL, 0, coll, id, -1,
                     member_int(json_array_get(ob, i - 1), "v"), ob_chain_done,
                     run) != 0)
         run->chains--;

@@ -131,11 +131,12 @@ int syncd_bus_publish_in_order(syncd_bus_t *bus, const json_t *event,
  * configured, and what the bus reads of it to publish it. */
 typedef struct syncd_bus_msg syncd_bus_msg_t;
 
-/* Encodes event (borrowed) for bus into *out (caller owns it: publish it
- * with syncd_bus_publish_msg() or free it): what syncd_bus_publish() does
- * before it hands the event to the bus, so that a writer thread can do it
- * and leave the loop only the hand-over. Safe on any thread (it reads only
- * what the bus was opened with). SYNCD_EINVAL for a malformed event,
+/* Encodes event (borrowed; *out keeps no reference to it) for bus into
+ * *out (caller owns it: publish it with syncd_bus_publish_msg() or free
+ * it): what syncd_bus_publish() does before it hands the event to the bus,
+ * so that a writer thread can do it and leave the loop only the
+ * hand-over. Safe on any thread (it reads only what the bus was opened
+ * with). SYNCD_EINVAL for a malformed event,
  * SYNCD_ETOOBIG past max_event_bytes, SYNCD_ENOMEM. */
 int syncd_bus_encode(const syncd_bus_t *bus, const json_t *event,
                      syncd_bus_msg_t **out);
