@@ -45,9 +45,13 @@
  * costs the reader. Last, without servers, the CPU one thread spends to
  * encode and sign the small event and to decode and verify it.
  *
+ * With --split 1 the reader node runs on a loop and thread of its own, as
+ * it would in a process of its own; the watcher's clock is read on that
+ * loop, and "loop" CPU is then the writer node's loop thread alone.
+ *
  * Usage: bench_bus [--count N] [--chunk C] [--rate R] [--window W]
  *                  [--docs D] [--entries E] [--writers K] [--live N]
- *                  [--big-edits B]
+ *                  [--big-edits B] [--paths 0|1] [--split 0|1]
  * (bench/bus/run.sh builds and runs it).
  */
 #include <inttypes.h>
@@ -666,8 +670,25 @@ typedef struct job {
     int64_t edit_ns; /* time syncd_store_edit() took */
 } job_t;
 
+/* What the reader's watcher saw, noted on the reader's loop. */
+typedef struct seen {
+    enum { SEEN_UPDATE, SEEN_CREATE, SEEN_SIGNAL } kind;
+    int d; /* the document's index (-1: not one of them) */
+    int64_t v, now;
+} seen_t;
+
 typedef struct cluster {
-    uv_loop_t *loop;
+    uv_loop_t *loop; /* the writer node's, and the reader's unless split */
+    /* split: the reader node on a loop and thread of its own (as in a
+     * process of its own); what its watcher sees reaches the writer's loop
+     * through seen, under seen_mu, and seen_async. */
+    int split, reader_on;
+    uv_loop_t rloop;
+    uv_async_t rstop, seen_async;
+    pthread_t reader;
+    pthread_mutex_t seen_mu;
+    seen_t *seen;
+    size_t seen_n, seen_cap;
     syncd_store_t *store[2];
     syncd_bus_t *bus[2];
     syncd_node_t *node[2];
@@ -860,40 +881,127 @@ static int held_send(run_t *r, int i)
     return rc;
 }
 
-/* The reader's watcher: the end of the measured node path. */
+/* Takes what the reader's watcher saw, on the writer's loop: an update
+ * of a document of the run in progress ends its message. */
+static void seen_one(cluster_t *cl, const seen_t *s)
+{
+    bdoc_t *doc;
+    int64_t tw;
+
+    if (s->kind == SEEN_SIGNAL) {
+        cl->signals++;
+        return;
+    }
+    if (s->kind == SEEN_CREATE) {
+        cl->creates++;
+        return;
+    }
+    if (s->d < cl->first || s->d >= cl->first + cl->span || cl->run == NULL)
+        return;
+    doc = &cl->docs[s->d];
+    if (s->v <= 0 || s->v >= doc->vmax || doc->t0[s->v] == 0)
+        return;
+    tw = __atomic_load_n(&doc->tw[s->v], __ATOMIC_ACQUIRE);
+    if (cl->run->record && cl->run->rate > 0 && tw > 0) {
+        samples_add(&cl->to_wire, tw - doc->t0[s->v]);
+        samples_add(&cl->to_watch, s->now - doc->t0[s->v]);
+    }
+    run_got(cl->run, s->now - doc->t0[s->v]);
+}
+
+/* Takes what a split reader's watcher saw since the last call. */
+static void on_seen_async(uv_async_t *a)
+{
+    cluster_t *cl = a->data;
+    seen_t *list;
+    size_t n;
+
+    pthread_mutex_lock(&cl->seen_mu);
+    list = cl->seen;
+    n = cl->seen_n;
+    cl->seen = NULL;
+    cl->seen_n = cl->seen_cap = 0;
+    pthread_mutex_unlock(&cl->seen_mu);
+    for (size_t i = 0; i < n; i++)
+        seen_one(cl, &list[i]);
+    free(list);
+}
+
+/* The reader's watcher: the end of the measured node path (the clock is
+ * read here, on the reader's loop). */
 static void on_watch(syncd_node_signal_t signal, int64_t seq,
                      const json_t *event, void *payload)
 {
     cluster_t *cl = payload;
-    int64_t now = bench_mono_ns(), v;
+    seen_t s = {.kind = SEEN_UPDATE, .d = -1, .now = bench_mono_ns()};
     const char *id;
 
     (void)seq;
     if (signal != SYNCD_NODE_EVENT) {
-        cl->signals++;
-        return;
-    }
-    if (strcmp(json_string_value(json_object_get(event, "op")), "create") ==
-        0) {
-        cl->creates++;
-        return;
-    }
-    id = json_string_value(json_object_get(event, "id"));
-    v = json_integer_value(json_object_get(event, "v"));
-    for (int d = cl->first; d < cl->first + cl->span && cl->run != NULL; d++) {
-        bdoc_t *doc = &cl->docs[d];
-        if (strcmp(doc->id, id) == 0 && v > 0 && v < doc->vmax &&
-            doc->t0[v] > 0) {
-            int64_t tw = __atomic_load_n(&doc->tw[v], __ATOMIC_ACQUIRE);
-
-            if (cl->run->record && cl->run->rate > 0 && tw > 0) {
-                samples_add(&cl->to_wire, tw - doc->t0[v]);
-                samples_add(&cl->to_watch, now - doc->t0[v]);
-            }
-            run_got(cl->run, now - doc->t0[v]);
-            return;
+        s.kind = SEEN_SIGNAL;
+    } else if (strcmp(json_string_value(json_object_get(event, "op")),
+                      "create") == 0) {
+        s.kind = SEEN_CREATE;
+    } else {
+        id = json_string_value(json_object_get(event, "id"));
+        s.v = json_integer_value(json_object_get(event, "v"));
+        for (int d = 0; d < cl->ndocs && s.d < 0; d++) {
+            if (strcmp(cl->docs[d].id, id) == 0)
+                s.d = d;
         }
     }
+    if (!cl->split) {
+        seen_one(cl, &s);
+        return;
+    }
+    pthread_mutex_lock(&cl->seen_mu);
+    if (cl->seen_n == cl->seen_cap) {
+        size_t cap = cl->seen_cap > 0 ? 2 * cl->seen_cap : 64;
+        seen_t *grown = realloc(cl->seen, cap * sizeof(*grown));
+        if (grown == NULL)
+            abort();
+        cl->seen = grown;
+        cl->seen_cap = cap;
+    }
+    cl->seen[cl->seen_n++] = s;
+    pthread_mutex_unlock(&cl->seen_mu);
+    uv_async_send(&cl->seen_async);
+}
+
+static void on_rstop(uv_async_t *a)
+{
+    uv_stop(a->loop);
+}
+
+/* A split reader's thread: runs its loop until reader_stop(). */
+static void *reader_main(void *arg)
+{
+    cluster_t *cl = arg;
+
+    uv_run(&cl->rloop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/* Stops a split reader's thread, so that its node may be read or closed
+ * from the writer's; a no-op when it is not running. */
+static void reader_stop(cluster_t *cl)
+{
+    if (!cl->reader_on)
+        return;
+    uv_async_send(&cl->rstop);
+    pthread_join(cl->reader, NULL);
+    cl->reader_on = 0;
+}
+
+/* Runs the nodes' loops once (without waiting when there are two). */
+static void run_loops(cluster_t *cl)
+{
+    if (!cl->split) {
+        uv_run(cl->loop, UV_RUN_ONCE);
+        return;
+    }
+    uv_run(cl->loop, UV_RUN_NOWAIT);
+    uv_run(&cl->rloop, UV_RUN_NOWAIT);
 }
 
 /* The clock thread: reads the small collection's channel with blocking
@@ -1023,6 +1131,12 @@ static void wire_message(rsub_t *s, const char *channel, const char *data,
         samples_add(&cl->wire_small, (int64_t)len);
 }
 
+/* The loop of node k. */
+static uv_loop_t *node_loop(cluster_t *cl, int k)
+{
+    return k == 1 && cl->split ? &cl->rloop : cl->loop;
+}
+
 static int open_node(cluster_t *cl, int k, const char *mongo_uri,
                      const char *redis_url)
 {
@@ -1046,14 +1160,14 @@ static int open_node(cluster_t *cl, int k, const char *mongo_uri,
         fprintf(stderr, "store: %s\n", err.message);
         return -1;
     }
-    cl->bus[k] = open_bus(cl->loop, redis_url, id);
+    cl->bus[k] = open_bus(node_loop(cl, k), redis_url, id);
     if (cl->bus[k] == NULL)
         return -1;
     syncd_node_options_init(&no);
     no.node_id = id;
     no.anti_entropy_interval_ms = 0; /* no background repairs in the runs */
-    if (syncd_node_open(&cl->node[k], cl->loop, cl->store[k], cl->bus[k], &no,
-                        &err) != 0) {
+    if (syncd_node_open(&cl->node[k], node_loop(cl, k), cl->store[k],
+                        cl->bus[k], &no, &err) != 0) {
         fprintf(stderr, "node: %s\n", err.message);
         return -1;
     }
@@ -1078,6 +1192,7 @@ static void cluster_close(cluster_t *cl)
         job_free(cl->held[cl->cursor++]);
     rsub_close(&cl->wire);
     clock_stop(cl);
+    reader_stop(cl);
     for (int k = 0; k < 2; k++) {
         syncd_node_unwatch(cl->watch[k]);
         if (cl->node[k] != NULL) {
@@ -1086,7 +1201,7 @@ static void cluster_close(cluster_t *cl)
         }
     }
     while (open > 0)
-        uv_run(cl->loop, UV_RUN_ONCE);
+        run_loops(cl);
     for (int k = 0; k < 2; k++) {
         if (cl->bus[k] != NULL) {
             open++;
@@ -1094,9 +1209,19 @@ static void cluster_close(cluster_t *cl)
         }
     }
     while (open > 0)
-        uv_run(cl->loop, UV_RUN_ONCE);
+        run_loops(cl);
     uv_close((uv_handle_t *)&cl->async, NULL);
     uv_run(cl->loop, UV_RUN_NOWAIT);
+    if (cl->split) {
+        uv_close((uv_handle_t *)&cl->seen_async, NULL);
+        uv_close((uv_handle_t *)&cl->rstop, NULL);
+        uv_run(cl->loop, UV_RUN_NOWAIT);
+        uv_run(&cl->rloop, UV_RUN_NOWAIT);
+        if (uv_loop_close(&cl->rloop) != 0)
+            fprintf(stderr, "reader loop: handles left open\n");
+        free(cl->seen);
+        pthread_mutex_destroy(&cl->seen_mu);
+    }
     for (int k = 0; k < 2; k++) {
         syncd_store_close(cl->store[k]);
         if (cl->dir[k][0] != '\0')
@@ -1170,9 +1295,10 @@ static int create_docs(cluster_t *cl, int first, int n)
     return wait_for(cl, creates_seen, 300, "the reader to see the creates");
 }
 
-static int cluster_open(cluster_t *cl, uv_loop_t *loop, const char *mongo_uri,
-                        const char *redis_url, int redis_port, int ndocs,
-                        int entries, int64_t versions, int nthreads)
+static int cluster_open(cluster_t *cl, uv_loop_t *loop, int split,
+                        const char *mongo_uri, const char *redis_url,
+                        int redis_port, int ndocs, int entries,
+                        int64_t versions, int nthreads)
 {
     char channels[2][64];
     const char *chans[2] = {channels[0], channels[1]};
@@ -1184,6 +1310,14 @@ static int cluster_open(cluster_t *cl, uv_loop_t *loop, const char *mongo_uri,
     pthread_cond_init(&cl->cv, NULL);
     uv_async_init(loop, &cl->async, on_async);
     cl->async.data = cl;
+    cl->split = split;
+    if (split) {
+        pthread_mutex_init(&cl->seen_mu, NULL);
+        uv_loop_init(&cl->rloop);
+        uv_async_init(&cl->rloop, &cl->rstop, on_rstop);
+        uv_async_init(loop, &cl->seen_async, on_seen_async);
+        cl->seen_async.data = cl;
+    }
     cl->docs = calloc((size_t)ndocs + 1, sizeof(*cl->docs));
     cl->threads = calloc((size_t)nthreads, sizeof(*cl->threads));
     if (cl->docs == NULL || cl->threads == NULL)
@@ -1206,7 +1340,8 @@ static int cluster_open(cluster_t *cl, uv_loop_t *loop, const char *mongo_uri,
         if (open_node(cl, k, mongo_uri, redis_url) != 0)
             return -1;
     }
-    if (wait_connected(loop, cl->bus, 2) != 0)
+    if (wait_connected(loop, cl->bus, split ? 1 : 2) != 0 ||
+        (split && wait_connected(&cl->rloop, &cl->bus[1], 1) != 0))
         return -1;
     syncd_error_clear(&err);
     if (syncd_node_watch(cl->node[1], &cl->watch[0], SMALL_COLL, NULL, -1,
@@ -1224,6 +1359,11 @@ static int cluster_open(cluster_t *cl, uv_loop_t *loop, const char *mongo_uri,
     if (clock_start(cl, redis_port, channels[0]) != 0 ||
         rsub_open(&cl->wire, loop, redis_port, chans, 2) != 0)
         return -1;
+    if (split) {
+        if (pthread_create(&cl->reader, NULL, reader_main, cl) != 0)
+            return -1;
+        cl->reader_on = 1;
+    }
     /* Let the reader subscribe its watched collections. */
     settle(loop, SETTLE_MS);
     for (int t = 0; t < nthreads; t++) {
@@ -1287,6 +1427,7 @@ static int commit_ahead(cluster_t *cl, int n)
 
 static void print_node_stats(cluster_t *cl)
 {
+    reader_stop(cl);
     for (int k = 0; k < 2; k++) {
         syncd_node_stats_t ns;
         syncd_bus_stats_t bs;
@@ -1601,6 +1742,7 @@ cleanup:
 typedef struct args {
     int count, chunk, window, docs, entries, writers, live, big_edits;
     int paths; /* 0: only the bytes and the reader's work, no servers */
+    int split; /* 1: the reader node on a loop and thread of its own */
     double rate;
 } args_t;
 
@@ -1630,6 +1772,10 @@ static int parse_args(args_t *a, int argc, char **argv)
         }
         if (strcmp(argv[i], "--paths") == 0) {
             a->paths = atoi(argv[i + 1]);
+            continue;
+        }
+        if (strcmp(argv[i], "--split") == 0) {
+            a->split = atoi(argv[i + 1]);
             continue;
         }
         while (k < sizeof(names) / sizeof(names[0]) &&
@@ -1673,6 +1819,12 @@ typedef struct paths {
     run_t runs[3][2];   /* [floor, bus, node][steady, full] */
 } paths_t;
 
+/* What the node rows' names say of a split reader. */
+static const char *split_tag(const args_t *a)
+{
+    return a->split ? ", reader on its own loop" : "";
+}
+
 /* Points run r of path p at the path's state before a chunk. */
 static void bind_run(paths_t *ps, int p, run_t *r)
 {
@@ -1707,7 +1859,8 @@ static void runs_init(paths_t *ps, uv_loop_t *loop, const args_t *a,
     for (int p = 0; p < 3; p++) {
         for (int m = 0; m < 2; m++) {
             run_t *r = &ps->runs[p][m];
-            snprintf(r->what, sizeof(r->what), "%s", names[p]);
+            snprintf(r->what, sizeof(r->what), "%s%s", names[p],
+                     p == 2 ? split_tag(a) : "");
             r->loop = loop;
             r->rate = m == 0 ? a->rate : 0;
             r->window = a->window;
@@ -1742,7 +1895,8 @@ static int node_live_runs(paths_t *ps, const args_t *a)
     live.info = ps->info;
     live.settle_ms = SETTLE_MS;
     snprintf(live.what, sizeof(live.what),
-             "syncd node to node (live writers, %d threads)", a->writers);
+             "syncd node to node (live writers, %d threads)%s", a->writers,
+             split_tag(a));
     cl->first = 0;
     cl->span = a->docs;
     cl->run = &live;
@@ -1758,7 +1912,8 @@ static int node_live_runs(paths_t *ps, const args_t *a)
     if (create_docs(cl, a->docs, 1) != 0)
         goto cleanup;
     snprintf(live.what, sizeof(live.what),
-             "syncd node to node, the %d-volume document (live)", BIG_ENTRIES);
+             "syncd node to node, the %d-volume document (live)%s", BIG_ENTRIES,
+             split_tag(a));
     live.window = 1;
     live.bytes = &cl->wire_big;
     live.bytes_from = cl->wire_big.n;
@@ -1792,8 +1947,9 @@ static int bench_paths(uv_loop_t *loop, const args_t *a, json_t *ev,
         goto cleanup;
     if (floor_open(&ps->floor, loop, redis->port, ev_len, max) != 0 ||
         bus_open(&ps->bus, loop, redis->uri, ev, max) != 0 ||
-        cluster_open(&ps->cl, loop, mongo->uri, redis->uri, redis->port,
-                     a->docs, a->entries, versions, a->writers) != 0 ||
+        cluster_open(&ps->cl, loop, a->split, mongo->uri, redis->uri,
+                     redis->port, a->docs, a->entries, versions,
+                     a->writers) != 0 ||
         create_docs(&ps->cl, 0, a->docs) != 0 ||
         commit_ahead(&ps->cl, 2 * a->count + WARMUP) != 0)
         goto cleanup;
@@ -1925,7 +2081,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_bus [--count N] [--chunk C] [--rate R] "
                         "[--window W] [--docs D] [--entries E] "
                         "[--writers K] [--live N] [--big-edits B] "
-                        "[--paths 0|1]\n"
+                        "[--paths 0|1] [--split 0|1]\n"
                         "(N a multiple of C)\n");
         return 2;
     }
