@@ -7,7 +7,8 @@
 #
 # Usage: bench/bus/run.sh [bench_bus flags]
 #   (defaults: --count 10000 --chunk 1000 --rate 1000 --window 16 --docs 10
-#    --entries 50 --writers 4 --live 2000 --big-edits 10)
+#    --entries 50 --writers 4 --live 2000 --big-edits 10; --split 1 runs
+#    the reader node on a loop and thread of its own)
 # SYNCD_BENCH_BUILD=DIR picks the build dir (default build-benchb);
 # SYNCD_TEST_MONGO_URI=URI uses an outside FerretDB/MongoDB instead.
 set -eu
