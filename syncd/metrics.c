@@ -246,6 +246,10 @@ char *syncd_metrics_render(const syncd_metrics_t *m,
            "Apply queues that passed --max-apply-queue: each one a resync "
            "of its collection.",
            v->node.apply_queue_overflows);
+    metric(&o, "syncd_publish_waits_expired_total", "counter",
+           "Events of writes that waited their longest (1 s) for the events "
+           "of earlier versions this node committed and went without them.",
+           v->node.publish_waits_expired);
     metric(&o, "syncd_watchers", "gauge", "Open watch streams.",
            (uint64_t)(m->watchers > 0 ? m->watchers : 0));
     metric(&o, "syncd_watch_resyncs_total", "counter",

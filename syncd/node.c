@@ -205,7 +205,8 @@ typedef struct breq {
 typedef struct pub_slot {
     char *coll, *id;
     int64_t handed, confirmed;
-    int64_t failed; /* the last version of the last chain that failed */
+    int64_t failed;    /* the last version of the last chain that failed */
+    int64_t handed_ms; /* the newest commit time (ms) of what was handed */
 } pub_slot_t;
 
 /* A publish waits (publish_or_wait()) at most this long, in ms of loop
@@ -226,6 +227,7 @@ struct syncd_node_pub {
     struct syncd_node_pub *next; /* in node->waits */
     char *coll, *id;
     int64_t version;
+    int64_t mtime_ms; /* its commit time */
     syncd_change_op_t op;
     json_t *pending;      /* the change's pending markers */
     syncd_bus_msg_t *msg; /* the change's own event, encoded */
@@ -2153,7 +2155,7 @@ static pub_slot_t *pub_slot(syncd_node_t *node, const char *coll,
     free(slot->id);
     slot->coll = c;
     slot->id = i;
-    slot->handed = slot->confirmed = slot->failed = 0;
+    slot->handed = slot->confirmed = slot->failed = slot->handed_ms = 0;
     return slot;
 }
 
@@ -2251,19 +2253,18 @@ static int chain_publish(chain_t *ch, size_t i)
 }
 
 /* Starts publishing events (stolen, in version order) of coll/id in
- * order, then msg (stolen, may be NULL), the event of version msg_v
- * encoded already; the versions up to settled are published already
- * (settled < 0: those before the first event); ack_version 0 acks
- * nothing. cb is called once, unless this fails at once (then it is not
- * called and an error is returned). */
+ * order, then msg (stolen, may be NULL), an event encoded already; the
+ * last of them is of version last_v, committed at last_ms. The versions
+ * up to settled are published already (settled < 0: those before the
+ * first event); ack_version 0 acks nothing. cb is called once, unless
+ * this fails at once (then it is not called and an error is returned). */
 static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
-                       int64_t msg_v, const char *coll, const char *id,
-                       int64_t settled, int64_t ack_version,
+                       int64_t last_v, int64_t last_ms, const char *coll,
+                       const char *id, int64_t settled, int64_t ack_version,
                        syncd_node_publish_cb cb, void *payload)
 {
     size_t n = json_array_size(events) + (msg != NULL);
     chain_t *ch;
-    int64_t last_v;
     pub_slot_t *slot;
     int rc;
 
@@ -2271,8 +2272,6 @@ static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
         json_decref(events);
         return SYNCD_EINVAL;
     }
-    last_v =
-        msg != NULL ? msg_v : member_int(json_array_get(events, n - 1), "v");
     ch = calloc(1, sizeof(*ch));
     if (ch == NULL || (ch->coll = strdup(coll)) == NULL ||
         (ch->id = strdup(id)) == NULL) {
@@ -2290,7 +2289,7 @@ static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
     ch->settled = settled >= 0 ? settled
                   : json_array_size(events) > 0
                       ? member_int(json_array_get(events, 0), "v") - 1
-                      : msg_v - 1;
+                      : last_v - 1;
     ch->cb = cb;
     ch->payload = payload;
     rc = chain_publish(ch, 0);
@@ -2314,8 +2313,11 @@ static int chain_start(syncd_node_t *node, json_t *events, syncd_bus_msg_t *msg,
     if (slot != NULL && ch->status != 0) {
         slot->handed = slot->confirmed;
         slot->failed = last_v;
-    } else if (slot != NULL && last_v > slot->handed) {
-        slot->handed = last_v;
+    } else if (slot != NULL) {
+        if (last_v > slot->handed)
+            slot->handed = last_v;
+        if (last_ms > slot->handed_ms)
+            slot->handed_ms = last_ms;
     }
     resume_waits(node, coll, id);
     return 0;
@@ -2391,7 +2393,11 @@ static int publish_or_wait(syncd_node_t *node, syncd_node_pub_t *pw,
      * version while one of them may still fail. A version not after
      * handed goes the long way: a late publish, or a document created
      * anew after its tombstone was purged, which also starts the slot
-     * over. */
+     * over. A create is that only when it is newer than all that was
+     * handed, as the bus judges it (syncd_bus_pub_check()): the late
+     * publish of a create, committed before versions whose publishes
+     * went first, must not make the slot forget them (the later versions
+     * would then wait for publishes that came already). */
     settled = (m != NULL ? member_int(m, "v") : pw->version) - 1;
     slot = pub_slot(node, pw->coll, pw->id, 1);
     if (slot != NULL && pw->version > slot->handed) {
@@ -2400,8 +2406,9 @@ static int publish_or_wait(syncd_node_t *node, syncd_node_pub_t *pw,
         skip = slot->handed;
         if (slot->confirmed > settled)
             settled = slot->confirmed;
-    } else if (slot != NULL && pw->op == SYNCD_CHANGE_CREATE) {
-        slot->handed = slot->confirmed = slot->failed = 0;
+    } else if (slot != NULL && pw->op == SYNCD_CHANGE_CREATE &&
+               pw->mtime_ms > slot->handed_ms) {
+        slot->handed = slot->confirmed = slot->failed = slot->handed_ms = 0;
     }
     events = json_array();
     if (events == NULL)
@@ -2417,8 +2424,8 @@ static int publish_or_wait(syncd_node_t *node, syncd_node_pub_t *pw,
     }
     msg = pw->msg;
     pw->msg = NULL;
-    return chain_start(node, events, msg, pw->version, pw->coll, pw->id,
-                       settled, pw->ack_version, pw->cb, pw->payload);
+    return chain_start(node, events, msg, pw->version, pw->mtime_ms, pw->coll,
+                       pw->id, settled, pw->ack_version, pw->cb, pw->payload);
 }
 
 /* The link to the waiting publish of coll/id of the lowest version, or
@@ -2446,6 +2453,9 @@ static void resume_one(syncd_node_t *node, const char *coll, const char *id,
 
     while ((low = lowest_wait(node, coll, id)) != NULL) {
         pw = *low;
+        if (force &&
+            should_wait(node, pub_slot(node, coll, id, 0), pw->pending))
+            node->stats.publish_waits_expired++;
         rc = publish_or_wait(node, pw, !force);
         if (rc == 1)
             return;
@@ -2534,6 +2544,7 @@ int syncd_node_prepare(const syncd_node_t *node, const syncd_change_t *change,
         return SYNCD_ENOMEM;
     }
     pub->version = change->doc->version;
+    pub->mtime_ms = change->doc->mtime_ms;
     pub->op = change->op;
     pub->pending = json_incref(change->pending);
     /* A store without the outbox option left nothing to ack. */
@@ -2728,9 +2739,10 @@ static void ob_record(ob_run_t *run, const char *coll, const json_t *rec,
         return;
     }
     run->chains++;
-    if (chain_start(run->node, events, NULL, 0, coll, id, -1,
-                    member_int(json_array_get(ob, i - 1), "v"), ob_chain_done,
-                    run) != 0)
+    m = json_array_get(ob, i - 1);
+    if (chain_start(run->node, events, NULL, member_int(m, "v"),
+                    member_int(m, "t"), coll, id, -1, member_int(m, "v"),
+                    ob_chain_done, run) != 0)
         run->chains--;
 }
 

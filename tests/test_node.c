@@ -2429,16 +2429,19 @@ static size_t outbox_records(embedded_t *e)
 
 /* How pending_publish() publishes versions 1..N of one document. */
 typedef enum {
-    NEWEST_FIRST,         /* N down to 1 */
-    FIRST_THEN_NEWEST,    /* 1, then N down to 2 */
-    FIRST_THEN_NEWEST_NO2 /* 1, then N down to 3: version 2 never is */
+    NEWEST_FIRST,          /* N down to 1 */
+    FIRST_THEN_NEWEST,     /* 1, then N down to 2 */
+    FIRST_THEN_NEWEST_NO2, /* 1, then N down to 3: version 2 never is */
+    SECOND_THEN_IN_ORDER   /* 2, then 1 (the create, late), then 3 to N */
 } pub_order_t;
 
 /* Commits versions 1..N of one document with the outbox on and publishes
  * them in order; returns how many publishes completed, with what a
- * watcher saw in *seen, once the watcher saw N versions; the record's
- * outbox must be acked to empty. */
-static int pending_publish(pub_order_t order, versions_t *seen)
+ * watcher saw in *seen, once the watcher saw N versions, and the node's
+ * publish_waits_expired in *expired; the record's outbox must be acked to
+ * empty. */
+static int pending_publish(pub_order_t order, versions_t *seen,
+                           uint64_t *expired)
 {
     enum { N = 40 };
     embedded_t e;
@@ -2450,6 +2453,11 @@ static int pending_publish(pub_order_t order, versions_t *seen)
     json_t *body = json_object();
     char events[300];
     int published = 0, expected = order == FIRST_THEN_NEWEST_NO2 ? N - 1 : N;
+    int first[] = {[NEWEST_FIRST] = -1,
+                   [FIRST_THEN_NEWEST] = 0,
+                   [FIRST_THEN_NEWEST_NO2] = 0,
+                   [SECOND_THEN_IN_ORDER] = 1};
+    syncd_node_stats_t st;
 
     assert_int_equal(uv_loop_init(&e.loop), 0);
     assert_int_equal(syncd_test_tmpdir(e.dir, sizeof(e.dir), "pending"), 0);
@@ -2480,11 +2488,21 @@ static int pending_publish(pub_order_t order, versions_t *seen)
                          0);
     }
     assert_int_equal(outbox_records(&e), 1);
-    if (order != NEWEST_FIRST)
-        assert_int_equal(syncd_node_publish(e.node, changes[0],
+    if (first[order] >= 0)
+        assert_int_equal(syncd_node_publish(e.node, changes[first[order]],
                                             on_embedded_count, &published),
                          0);
-    for (int i = N - 1; i >= (order == NEWEST_FIRST ? 0 : 1); i--)
+    if (order == SECOND_THEN_IN_ORDER) {
+        for (int i = 0; i < N; i++)
+            if (i != 1)
+                assert_int_equal(syncd_node_publish(e.node, changes[i],
+                                                    on_embedded_count,
+                                                    &published),
+                                 0);
+    }
+    for (int i = N - 1;
+         order != SECOND_THEN_IN_ORDER && i >= (order == NEWEST_FIRST ? 0 : 1);
+         i--)
         if (order != FIRST_THEN_NEWEST_NO2 || i != 1)
             assert_int_equal(syncd_node_publish(e.node, changes[i],
                                                 on_embedded_count, &published),
@@ -2496,6 +2514,8 @@ static int pending_publish(pub_order_t order, versions_t *seen)
         uv_sleep(1);
     }
     assert_int_equal(outbox_records(&e), 0);
+    syncd_node_stats(e.node, &st);
+    *expired = st.publish_waits_expired;
 
     syncd_node_unwatch(w);
     embedded_close(&e);
@@ -2507,19 +2527,23 @@ static int pending_publish(pub_order_t order, versions_t *seen)
 
 /* Runs pending_publish(order) and asserts that every publish completed,
  * that a watcher saw each version once, in version order, and with
- * changes that each event carried its change except version 2 when its
- * own publish never came. */
+ * changes that each event carried its change except the one whose own
+ * publish came last (version 1 published late, or version 2 whose
+ * publish never came, the only one that waited its longest). */
 static void assert_pending_publish(pub_order_t order, int changes)
 {
     versions_t seen = {0};
     int no2 = order == FIRST_THEN_NEWEST_NO2;
+    int late = no2 ? 1 : order == SECOND_THEN_IN_ORDER ? 0 : -1;
+    uint64_t expired = 0;
 
-    assert_int_equal(pending_publish(order, &seen), no2 ? 39 : 40);
+    assert_int_equal(pending_publish(order, &seen, &expired), no2 ? 39 : 40);
+    assert_int_equal(expired, no2 ? 1 : 0);
     assert_int_equal(seen.n, 40);
     for (int i = 0; i < 40; i++) {
         assert_int_equal(seen.v[i], i + 1);
         if (changes)
-            assert_int_equal(seen.patched[i], !no2 || i != 1);
+            assert_int_equal(seen.patched[i], i != late);
     }
 }
 
@@ -2545,6 +2569,17 @@ test_node__publishes_finishing_out_of_order_reach_watchers_with_their_changes(
 {
     (void)state;
     assert_pending_publish(FIRST_THEN_NEWEST, 1);
+}
+
+/* The late publish of a create (its writer finished after the writer of
+ * version 2, whose publish carried version 1 as an invalidate) does not
+ * make the node forget what it published: the later versions go at once,
+ * none waits its longest for publishes that came already. */
+static void
+test_node__a_late_publish_of_a_create_holds_no_later_version_back(void **state)
+{
+    (void)state;
+    assert_pending_publish(SECOND_THEN_IN_ORDER, 1);
 }
 
 /* A version whose own publish never comes (its writer failed between
@@ -2592,6 +2627,8 @@ int main(void)
             test_node__publishes_finishing_out_of_order_reach_watchers_with_their_changes),
         cmocka_unit_test(
             test_node__a_publish_that_never_comes_stops_the_later_ones_only_for_a_while),
+        cmocka_unit_test(
+            test_node__a_late_publish_of_a_create_holds_no_later_version_back),
         cmocka_unit_test(
             test_node__watcher_whose_buffer_overflows_during_replay_is_told_to_resync),
         cmocka_unit_test(

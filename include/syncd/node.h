@@ -210,6 +210,10 @@ typedef struct syncd_node_stats {
      * requests that failed (their records stay). */
     uint64_t purged_ids_forgotten, forget_failures;
     uint64_t collections, apply_queued, apply_queue_peak;
+    /* Publishes that waited their longest for the own publishes of
+     * earlier versions this node committed, and went without them (those
+     * versions then travel as invalidate markers). */
+    uint64_t publish_waits_expired;
 } syncd_node_stats_t;
 
 /* Copies the node counters into *out. */
