@@ -2372,11 +2372,11 @@ static int should_wait(const syncd_node_t *node, const pub_slot_t *slot,
     return n > 0;
 }
 
-/* Publishes pw (its event and encoding are taken, whatever the result): the
- * pending markers not yet handed to the bus as invalidate events, then its own
- * event, in one chain (which takes pw's encoded event). With may_wait,
- * when should_wait() says its earlier versions are on their way, it does
- * not and returns 1. Returns 0, 1 or the chain's synchronous failure. */
+/* Publishes pw (the caller's still; a chain started takes its encoded
+ * event): the pending markers not yet handed to the bus as invalidate
+ * events, then its own event, in one chain. With may_wait, when
+ * should_wait() says its earlier versions are on their way, it does not
+ * and returns 1. Returns 0, 1 or the chain's synchronous failure. */
 static int publish_or_wait(syncd_node_t *node, syncd_node_pub_t *pw,
                            int may_wait)
 {
