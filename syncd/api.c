@@ -158,7 +158,7 @@ typedef struct job {
     syncd_change_t *change; /* freed by the worker once prepared */
     syncd_node_pub_t *pub;  /* change's publish, prepared by the worker */
     int changed;            /* a change was committed (op not NONE) */
-    int created;            /* ... or replayed, and it was a create */
+    int created;            /* the write (or the one it replayed) created */
     int behind;             /* may be answered before its publish */
     int64_t version;
     char *text; /* the response body */
