@@ -784,6 +784,8 @@ static int local_publish(syncd_bus_t *base, const bus_pub_t *pub,
     if (rc != 0)
         goto cleanup;
     job->pub = *pub;
+    /* Borrowed for this call only: the job keeps its names in its key. */
+    job->pub.coll = job->pub.id = NULL;
     job->publish_cb = cb;
     job->body = body_new;
     job->body_len = len;

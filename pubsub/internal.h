@@ -22,7 +22,7 @@
 
 /* What deduplication and ordering need to know of a published event. */
 typedef struct bus_pub {
-    const char *coll, *id; /* borrowed from the event */
+    const char *coll, *id; /* borrowed, for the publish call only */
     int64_t v;
     int64_t settled; /* the publisher knows versions <= settled published */
     int create;      /* op is "create" */
