@@ -112,7 +112,9 @@ typedef void (*syncd_bus_publish_cb)(int status, int64_t seq, void *payload);
 
 /* Publishes event (borrowed; its "coll" names the collection; "seq",
  * "sig" are set by the bus) and calls cb (may be NULL) with the assigned
- * seq. The event is signed when a secret is configured. */
+ * seq. The event is signed when a secret is configured. cb is called from
+ * the loop after this returns 0, never before (a chain of publishes may
+ * go on using its state); on an error returned here it is not called. */
 int syncd_bus_publish(syncd_bus_t *bus, const json_t *event,
                       syncd_bus_publish_cb cb, void *payload);
 
