@@ -766,8 +766,8 @@ static void *writer_main(void *arg)
             job->version = change->doc->version;
             if (!cl->hold && job->version < job->doc->vmax)
                 job->doc->t0[job->version] = now;
-            /* As the daemon's workers do: the loop only hands it over. */
-            /* A failed prepare leaves no pub: its publish fails. */
+            /* As the daemon's workers do: the loop only hands it over
+             * (a failed prepare leaves no pub, and its publish fails). */
             syncd_node_prepare(cl->node[0], change, &job->pub);
         }
         syncd_change_free(change);
