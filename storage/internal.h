@@ -391,7 +391,7 @@ int syncd_outbox_after(json_t **out, json_t *ob, int64_t version);
 void syncd_doc_drop_meta(syncd_doc_t *doc);
 
 /* Returns the text (borrowed from pair, *len bytes) that pair, a cache
- * [of, text] such as syncd_doc_t's hist_text and outbox_text, holds for
+ * [of, text] such as syncd_doc_t's hist_text, holds for
  * this very array of, else NULL (no cache, or one for another array). */
 const char *syncd_text_cached(const json_t *pair, const json_t *of,
                               size_t *len);
@@ -402,26 +402,6 @@ const char *syncd_text_cached(const json_t *pair, const json_t *of,
  * (the caller frees it). SYNCD_ENOMEM. */
 int syncd_text_of(const char **text, size_t *len, char **made,
                   const json_t *pair, const json_t *of);
-
-/* Sets *text to the compact JSON of doc->outbox, *len bytes, as
- * json_dumps(doc->outbox, JSON_COMPACT) gives it: doc->outbox_text's when
- * it caches this very array (borrowed, *made NULL), else a serialization
- * that *made owns (the caller frees it). SYNCD_ENOMEM. */
-int syncd_outbox_text(const char **text, size_t *len, char **made,
-                      const syncd_doc_t *doc);
-
-/* Sets next->outbox_text for next->outbox, which is cur's markers (cur
- * NULL: none) and one more: cur's text with the new marker's appended,
- * without serializing cur's markers again when cur caches their text.
- * Leaves it NULL on out of memory (it is only a cache). */
-void syncd_outbox_text_append(syncd_doc_t *next, const syncd_doc_t *cur);
-
-/* Sets next->outbox_text for next->outbox, the markers cur's ack left (the
- * last of cur's, the very same objects): cur's cached text without the
- * markers dropped, without serializing the ones left. Leaves it NULL when
- * cur caches no text or next's markers are not the tail of cur's, or on
- * out of memory (it is only a cache). */
-void syncd_outbox_text_after(syncd_doc_t *next, const syncd_doc_t *cur);
 
 /* Returns a 64-bit FNV-1a hash of len bytes at data. */
 uint64_t syncd_lru_hash(const void *data, size_t len);

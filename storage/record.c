@@ -14,13 +14,13 @@
  * may be absent; a record written before history existed has no "hs" and
  * reads as one without history): it lives in the record so that it
  * commits with the change, in the same write. The record's outbox
- * markers live beside it (rocks.c keeps them under their own key, written
- * in the same batch), so that an ack, which changes only them, does not
- * rewrite the record; a record written before they moved may still hold
- * them as "ob", which decoding reads. The header can be read without parsing
- * the body, which is what listings and digests need. Canonical JSON parses back
- * to the same value (integers exact, reals round-trip), so bodies come back
- * exactly as written.
+ * markers live beside it (rocks.c keeps each under a key of its own,
+ * written in the same batch), so that an ack, which changes only them,
+ * does not rewrite the record; a record written before they moved may still
+ * hold them as "ob", which decoding reads. The header can be read without
+ * parsing the body, which is what listings and digests need. Canonical JSON
+ * parses back to the same value (integers exact, reals round-trip), so bodies
+ * come back exactly as written.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -127,96 +127,6 @@ int syncd_text_of(const char **text, size_t *len, char **made,
     *text = *made;
     *len = strlen(*made);
     return 0;
-}
-
-int syncd_outbox_text(const char **text, size_t *len, char **made,
-                      const syncd_doc_t *doc)
-{
-    return syncd_text_of(text, len, made, doc->outbox_text, doc->outbox);
-}
-
-void syncd_outbox_text_append(syncd_doc_t *next, const syncd_doc_t *cur)
-{
-    json_t *marker =
-        json_array_get(next->outbox, json_array_size(next->outbox) - 1);
-    const char *prev = "[]";
-    char *made = NULL, *mtext, *buf = NULL;
-    size_t plen = 2, mlen;
-
-    json_decref(next->outbox_text);
-    next->outbox_text = NULL;
-    if (cur != NULL && json_array_size(cur->outbox) > 0 &&
-        syncd_outbox_text(&prev, &plen, &made, cur) != 0)
-        return;
-    mtext = json_dumps(marker, JSON_COMPACT);
-    mlen = mtext != NULL ? strlen(mtext) : 0;
-    if (mtext != NULL)
-        buf = malloc(plen + 1 + mlen + 1);
-    if (buf != NULL) {
-        /* [a,b] + m = [a,b,m]; [] + m = [m] */
-        memcpy(buf, prev, plen - 1);
-        if (plen > 2)
-            buf[plen - 1] = ',';
-        memcpy(buf + plen - (plen > 2 ? 0 : 1), mtext, mlen);
-        plen = plen - (plen > 2 ? 0 : 1) + mlen;
-        buf[plen++] = ']';
-        next->outbox_text =
-            json_pack("[O, o]", next->outbox, json_stringn_nocheck(buf, plen));
-    }
-    free(buf);
-    free(mtext);
-    free(made);
-}
-
-void syncd_outbox_text_after(syncd_doc_t *next, const syncd_doc_t *cur)
-{
-    size_t n = json_array_size(next->outbox), drop, len;
-    const char *text, *p, *end;
-    int depth = 0, in_string = 0;
-    char *buf;
-
-    json_decref(next->outbox_text);
-    next->outbox_text = NULL;
-    if (n == 0 || n > json_array_size(cur->outbox))
-        return;
-    drop = json_array_size(cur->outbox) - n;
-    for (size_t i = 0; i < n; i++) {
-        if (json_array_get(next->outbox, i) !=
-            json_array_get(cur->outbox, drop + i))
-            return;
-    }
-    text = syncd_text_cached(cur->outbox_text, cur->outbox, &len);
-    if (text == NULL || len < 2 || text[0] != '[')
-        return;
-    /* Past the drop-th comma between the markers: the text is compact, so
-     * every other comma is inside a marker or one of its strings. */
-    end = text + len;
-    for (p = text + 1; p < end && drop > 0; p++) {
-        if (in_string) {
-            if (*p == '\\')
-                p++;
-            else if (*p == '"')
-                in_string = 0;
-        } else if (*p == '"') {
-            in_string = 1;
-        } else if (*p == '{' || *p == '[') {
-            depth++;
-        } else if (*p == '}' || *p == ']') {
-            depth--;
-        } else if (*p == ',' && depth == 0) {
-            drop--;
-        }
-    }
-    if (drop > 0 || p >= end)
-        return;
-    buf = malloc(1 + (size_t)(end - p));
-    if (buf == NULL)
-        return;
-    buf[0] = '[';
-    memcpy(buf + 1, p, (size_t)(end - p));
-    next->outbox_text = json_pack("[O, o]", next->outbox,
-                                  json_stringn_nocheck(buf, 1 + end - p));
-    free(buf);
 }
 
 /* Appends to *text (*len bytes, malloc'd, reallocated) "," or "{" as the

@@ -3,13 +3,18 @@
  * Records live under key = collection, NUL, id (see record.c); a second
  * key space, one key per collection under the prefix byte 0x01 (which no
  * collection name starts with), registers collection names; a third, under
- * 0x02, holds the pending-publish markers (the outbox) of every record that
- * has some, keyed by the record's key, the compact JSON array as value,
- * written in the same batch as the record, so that the republisher lists
- * them without scanning the store and an ack, which drops markers, writes
- * them alone instead of rewriting the record (a whole large document);
- * an empty value, which a store written before the markers moved there
- * holds, means that they are still in the record's meta; a fourth, under
+ * 0x05, holds the pending-publish markers (the outbox): one key per marker,
+ * the record's key, NUL (which no collection name or id holds, so one
+ * record's markers never mix with another's) and the marker's version as
+ * 8 big-endian bytes (so a record's markers sort oldest first) -> the
+ * marker's compact JSON. A commit puts the one marker it adds, in the same
+ * batch as its record, and an ack deletes the markers it drops, so neither
+ * rewrites the markers still pending (nor the record: a whole large
+ * document), however many are, and the republisher lists them without
+ * scanning the store. A store written before kept a record's markers as
+ * one array under 0x02 + the record's key (or, with an empty value there,
+ * still in the record's meta); open moves them to their keys
+ * (markers_upgrade()). A fourth key space, under
  * 0x03, holds the key and mtime of every tombstone, written in the same
  * batch too, so that a purge reads the tombstones alone (a store made
  * before it gets it built at its first open; the key 0x04
@@ -81,7 +86,11 @@
 
 #define NSTRIPES 64
 #define REGISTRY_PREFIX '\x01'
-#define OUTBOX_PREFIX '\x02'
+/* The outbox of a store written before each marker had its own key. */
+#define LEGACY_OUTBOX_PREFIX '\x02'
+/* A marker's key: MARKER_PREFIX, the record's key, NUL, its version. */
+#define MARKER_PREFIX '\x05'
+#define MARKER_KEY_MAX (1 + SYNCD_RECORD_KEY_MAX + 1 + 8)
 /* The tombstone index: TOMB_PREFIX, then a tombstone's record key ->
  * its mtime (8 bytes, little-endian), so that a purge reads the
  * tombstones only. TOMB_COMPLETE says the index covers every record
@@ -111,6 +120,14 @@ typedef struct key_lock {
 
 struct stripe;
 
+/* A write of one marker key: a put of the marker of version v (its
+ * compact JSON, owned), or its delete when text is NULL. */
+typedef struct mark_op {
+    int64_t v;
+    char *text;
+    size_t len;
+} mark_op_t;
+
 /* A commit sequenced in memory and not yet durable. While it is its key's
  * newest such commit it is also the key's entry in its stripe's pending
  * table (node.key points at k.bytes). */
@@ -122,8 +139,8 @@ typedef struct pending {
     syncd_doc_t *doc; /* the version, the key's tier entry once durable */
     char *val;        /* the encoded record; NULL for an ack */
     size_t vlen;
-    char *ob; /* the compact JSON of doc's markers; NULL: none */
-    size_t oblen;
+    mark_op_t *marks; /* the marker keys it puts and deletes */
+    size_t nmarks;
     syncd_htree_t *tree; /* doc's hash tree (owned), or NULL */
     size_t tree_bytes;   /* what tree is charged in the tier */
     int insert;          /* registers the collection */
@@ -271,67 +288,113 @@ static void index_key(char *buf, char prefix, const syncd_reckey_t *k)
     memcpy(buf + 1, k->bytes, k->len);
 }
 
-/* Gives doc the markers val (len bytes) read from its outbox key: none when
- * there is no key (a record's "ob" then means markers acked since), those of
- * the record when the value is empty (a store written before the markers
- * moved beside the record), else the array val holds, its text cached. */
-static int set_markers(syncd_doc_t *doc, const char *val, size_t len,
-                       syncd_error_t *err)
+/* Writes into buf (MARKER_KEY_MAX bytes) the key of k's marker of version
+ * v, or with v < 0 the prefix that all of k's marker keys share; returns
+ * its length. */
+static size_t marker_key(char *buf, const syncd_reckey_t *k, int64_t v)
 {
-    json_t *ob;
+    buf[0] = MARKER_PREFIX;
+    memcpy(buf + 1, k->bytes, k->len);
+    buf[1 + k->len] = '\0';
+    if (v < 0)
+        return 2 + k->len;
+    for (int i = 0; i < 8; i++)
+        buf[2 + k->len + i] = (char)((uint64_t)v >> (56 - 8 * i));
+    return 2 + k->len + 8;
+}
 
-    if (val != NULL && len == 0)
-        return 0;
+/* Positions a new iterator at the first key >= start (start_len bytes). */
+static rocksdb_iterator_t *iter_at(rocks_t *r, const char *start,
+                                   size_t start_len)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator(r->db, r->read);
+
+    rocksdb_iter_seek(it, start, start_len);
+    return it;
+}
+
+static int iter_status(rocksdb_iterator_t *it, syncd_error_t *err)
+{
+    char *errptr = NULL;
+
+    rocksdb_iter_get_error(it, &errptr);
+    return errptr != NULL ? rocks_error(err, errptr, "iterate") : 0;
+}
+
+/* Sets doc->outbox to the markers of k (NULL: none), read with ro. */
+static int read_markers(rocks_t *r, const rocksdb_readoptions_t *ro,
+                        const syncd_reckey_t *k, syncd_doc_t *doc,
+                        syncd_error_t *err)
+{
+    char start[MARKER_KEY_MAX];
+    size_t plen = marker_key(start, k, -1);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(r->db, ro);
+    json_t *ob = NULL;
+    int rc = 0;
+
     json_decref(doc->outbox);
     doc->outbox = NULL;
-    if (val == NULL)
-        return 0;
-    ob = json_loadb(val, len, 0, NULL);
-    if (!json_is_array(ob)) {
-        json_decref(ob);
-        return syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
-                                       "outbox of %s/%s is corrupt", doc->coll,
-                                       doc->id);
+    for (rocksdb_iter_seek(it, start, plen); rc == 0 && rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        json_t *m;
+
+        if (klen != plen + 8 || memcmp(key, start, plen) != 0)
+            break;
+        m = json_loadb(val, vlen, 0, NULL);
+        if (!json_is_object(m))
+            rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
+                                         "outbox of %s/%s is corrupt",
+                                         doc->coll, doc->id);
+        else if ((ob == NULL && (ob = json_array()) == NULL) ||
+                 json_array_append(ob, m) != 0)
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+        json_decref(m);
     }
-    doc->outbox = ob;
-    doc->outbox_text = json_pack("[O, o]", ob, json_stringn_nocheck(val, len));
-    return 0;
+    if (rc == 0)
+        rc = iter_status(it, err);
+    rocksdb_iter_destroy(it);
+    if (rc == 0)
+        doc->outbox = ob;
+    else
+        json_decref(ob);
+    return rc;
 }
 
 /* Reads the record of k (coll/id) and its markers from RocksDB, as of one
  * moment, into *out (caller frees), with the record's length in *vlen.
- * SYNCD_ENOTFOUND when there is no record. */
+ * The markers are those of their keys, whatever a record written before
+ * they had keys still holds. SYNCD_ENOTFOUND when there is no record. */
 static int load_record(rocks_t *r, const syncd_reckey_t *k, const char *coll,
                        const char *id, syncd_doc_t **out, size_t *vlen,
                        syncd_error_t *err)
 {
-    char ob[1 + SYNCD_RECORD_KEY_MAX];
-    const char *keys[2] = {k->bytes, ob};
-    size_t klens[2] = {k->len, 1 + k->len}, vlens[2] = {0, 0};
-    char *vals[2] = {NULL, NULL}, *errs[2] = {NULL, NULL};
+    const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(r->db);
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    char *errptr = NULL, *val;
     int rc;
 
     *out = NULL;
-    index_key(ob, OUTBOX_PREFIX, k);
-    rocksdb_multi_get(r->db, r->read, 2, keys, klens, vals, vlens, errs);
-    if (errs[0] != NULL || errs[1] != NULL)
-        rc = rocks_error(err, errs[0] != NULL ? errs[0] : errs[1], "get");
-    else if (vals[0] == NULL)
+    *vlen = 0;
+    rocksdb_readoptions_set_snapshot(ro, snap);
+    val = rocksdb_get(r->db, ro, k->bytes, k->len, vlen, &errptr);
+    if (errptr != NULL)
+        rc = rocks_error(err, errptr, "get");
+    else if (val == NULL)
         rc = SYNCD_ENOTFOUND;
     else
-        rc = syncd_record_decode(out, coll, id, vals[0], vlens[0], 1, err);
+        rc = syncd_record_decode(out, coll, id, val, *vlen, 1, err);
     if (rc == 0)
-        rc = set_markers(*out, vals[1], vlens[1], err);
+        rc = read_markers(r, ro, k, *out, err);
     if (rc != 0) {
         syncd_doc_free(*out);
         *out = NULL;
     }
-    /* rocks_error() freed the one it reported. */
-    if (errs[0] != NULL && errs[1] != NULL)
-        rocksdb_free(errs[1]);
-    *vlen = vlens[0];
-    rocksdb_free(vals[0]);
-    rocksdb_free(vals[1]);
+    rocksdb_free(val);
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_release_snapshot(r->db, snap);
     return rc;
 }
 
@@ -476,41 +539,73 @@ static void pending_free(pending_t *p)
     syncd_doc_free(p->doc);
     syncd_htree_free(p->tree);
     free(p->val);
-    free(p->ob);
+    for (size_t i = 0; i < p->nmarks; i++)
+        free(p->marks[i].text);
+    free(p->marks);
     free(p);
 }
 
-/* Keeps a copy of the compact JSON of doc's markers in p. */
-static int markers_text(pending_t *p, const syncd_doc_t *doc,
-                        syncd_error_t *err)
+static int64_t marker_version(const json_t *marker)
 {
-    const char *text;
-    char *made = NULL;
-    size_t len;
+    return json_integer_value(json_object_get(marker, "v"));
+}
 
-    if (syncd_outbox_text(&text, &len, &made, doc) == 0 && made == NULL) {
-        made = malloc(len);
-        if (made != NULL)
-            memcpy(made, text, len);
-    }
-    if (made == NULL)
+/* Sets p->marks to the marker keys that take a record from the markers
+ * cur to the markers next (arrays oldest first, by version; NULL: none):
+ * a put of each of next's that cur lacks, a delete of each of cur's that
+ * next lacks. A commit adds one, an ack drops some; the markers both hold
+ * are not written again. */
+static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
+                    syncd_error_t *err)
+{
+    size_t nc = json_array_size(cur), nn = json_array_size(next);
+    size_t i = 0, j = 0;
+
+    if (nc + nn == 0)
+        return 0;
+    p->marks = calloc(nc + nn, sizeof(*p->marks));
+    if (p->marks == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    p->ob = made;
-    p->oblen = len;
+    while (i < nc || j < nn) {
+        json_t *m = json_array_get(next, j);
+        int64_t vc =
+            i < nc ? marker_version(json_array_get(cur, i)) : INT64_MAX;
+        int64_t vn = j < nn ? marker_version(m) : INT64_MAX;
+        mark_op_t *op = &p->marks[p->nmarks];
+
+        if (vc == vn) {
+            i++;
+            j++;
+            continue;
+        }
+        if (vc < vn) {
+            op->v = vc;
+            i++;
+        } else {
+            op->v = vn;
+            op->text = json_dumps(m, JSON_COMPACT);
+            if (op->text == NULL)
+                return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+            op->len = strlen(op->text);
+            j++;
+        }
+        p->nmarks++;
+    }
     return 0;
 }
 
 /* Sequences doc's record (its body's canonical JSON given or NULL, see
- * syncd_record_encode()) and markers, and with SEQ_INSERT its collection's
- * registry key, as the newest commit of key k (SEQ_ACK: an outbox ack, which
- * writes the markers alone), whose write lock
+ * syncd_record_encode()) and the marker keys that differ from those of
+ * cur (the version doc replaces; NULL: none), and with SEQ_INSERT its
+ * collection's registry key, as the newest commit of key k (SEQ_ACK: an
+ * outbox ack, which writes marker keys alone), whose write lock
  * the caller holds through kl: it becomes k's pending version and joins the
  * group queue, and kl's ticket names it for group_wait(). doc is borrowed
  * (copied). Fails with SYNCD_EBACKEND once a sync has failed. */
 static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
-                    const syncd_reckey_t *k, const syncd_doc_t *doc,
-                    const char *canon, size_t canon_len, int flags,
-                    syncd_error_t *err)
+                    const syncd_reckey_t *k, const syncd_doc_t *cur,
+                    const syncd_doc_t *doc, const char *canon, size_t canon_len,
+                    int flags, syncd_error_t *err)
 {
     syncd_lru_node_t *old;
     pending_t *p;
@@ -528,8 +623,8 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
         rc = syncd_record_encode(&p->val, &p->vlen, doc, canon, canon_len, err);
     else
         rc = 0;
-    if (rc == 0 && json_array_size(doc->outbox) > 0)
-        rc = markers_text(p, doc, err);
+    if (rc == 0)
+        rc = mark_ops(p, cur != NULL ? cur->outbox : NULL, doc->outbox, err);
     if (rc != 0) {
         pending_free(p);
         return rc;
@@ -592,7 +687,7 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
                        size_t size)
 {
     rocksdb_writebatch_t *batch;
-    char ob[1 + SYNCD_RECORD_KEY_MAX];
+    char ob[MARKER_KEY_MAX];
     char *errptr = NULL;
     int rc = 0, acks_only = 1;
 
@@ -600,12 +695,15 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
         batch = rocksdb_writebatch_create();
         for (pending_t *p = group; p != NULL; p = p->next) {
             acks_only &= p->ack;
-            index_key(ob, OUTBOX_PREFIX, &p->k);
-            if (p->ob != NULL)
-                rocksdb_writebatch_put(batch, ob, 1 + p->k.len, p->ob,
-                                       p->oblen);
-            else
-                rocksdb_writebatch_delete(batch, ob, 1 + p->k.len);
+            for (size_t i = 0; i < p->nmarks; i++) {
+                size_t len = marker_key(ob, &p->k, p->marks[i].v);
+
+                if (p->marks[i].text != NULL)
+                    rocksdb_writebatch_put(batch, ob, len, p->marks[i].text,
+                                           p->marks[i].len);
+                else
+                    rocksdb_writebatch_delete(batch, ob, len);
+            }
             if (p->ack)
                 continue;
             rocksdb_writebatch_put(batch, p->k.bytes, p->k.len, p->val,
@@ -896,7 +994,7 @@ static int rocks_cas_canonical(syncd_backend_t *b, const syncd_doc_t *doc,
                              (long long)expected);
         goto unlock;
     }
-    rc = sequence(r, h.s, h.kl, &h.k, doc, canon, canon_len,
+    rc = sequence(r, h.s, h.kl, &h.k, h.cur, doc, canon, canon_len,
                   h.cur == NULL    ? SEQ_INSERT
                   : h.cur->deleted ? SEQ_WAS_TOMB
                                    : 0,
@@ -1032,24 +1130,6 @@ static void rocks_tier_stats(syncd_backend_t *b, syncd_store_stats_t *out)
 static syncd_tier_t *rocks_tier(syncd_backend_t *b)
 {
     return ((rocks_t *)b)->tier;
-}
-
-/* Positions a new iterator at the first key >= start (start_len bytes). */
-static rocksdb_iterator_t *iter_at(rocks_t *r, const char *start,
-                                   size_t start_len)
-{
-    rocksdb_iterator_t *it = rocksdb_create_iterator(r->db, r->read);
-
-    rocksdb_iter_seek(it, start, start_len);
-    return it;
-}
-
-static int iter_status(rocksdb_iterator_t *it, syncd_error_t *err)
-{
-    char *errptr = NULL;
-
-    rocksdb_iter_get_error(it, &errptr);
-    return errptr != NULL ? rocks_error(err, errptr, "iterate") : 0;
 }
 
 /* Appends one listing entry for doc (header only) to arr. */
@@ -1462,9 +1542,8 @@ static int rocks_outbox_ack(syncd_backend_t *b, const char *coll,
     json_decref(copy->outbox);
     copy->outbox = left;
     left = NULL;
-    syncd_outbox_text_after(copy, h.cur);
-    /* Only the markers change: they are written alone. */
-    rc = sequence(r, h.s, h.kl, &h.k, copy, NULL, 0, SEQ_ACK, err);
+    /* Only the markers change: the keys of those dropped are deleted. */
+    rc = sequence(r, h.s, h.kl, &h.k, h.cur, copy, NULL, 0, SEQ_ACK, err);
 unlock:
     /* An ack waits for no sync: not its own, since one lost to a crash only
      * means a republish, which the bus drops as a duplicate; nor that of a
@@ -1510,7 +1589,7 @@ static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
 {
     rocks_t *r = (rocks_t *)b;
     size_t clen = strlen(coll);
-    char start[1 + SYNCD_RECORD_KEY_MAX];
+    char start[MARKER_KEY_MAX], id[SYNCD_MAX_ID_BYTES + 1] = "";
     rocksdb_iterator_t *it = NULL;
     json_t *arr = json_array();
     syncd_reckey_t k;
@@ -1522,21 +1601,21 @@ static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     rc = syncd_reckey_make(&k, coll, after != NULL ? after : "", err);
     if (rc != 0)
         goto done;
-    index_key(start, OUTBOX_PREFIX, &k);
-    it = iter_at(r, start, 1 + k.len);
+    /* Marker keys run by id, then version: each id's first names it. */
+    it = iter_at(r, start, marker_key(start, &k, -1) - 1);
     for (; rocksdb_iter_valid(it) && json_array_size(arr) < limit;
          rocksdb_iter_next(it)) {
         size_t klen, ilen;
         const char *key = rocksdb_iter_key(it, &klen);
-        char id[SYNCD_MAX_ID_BYTES + 1];
 
-        if (klen <= 1 + clen || key[0] != OUTBOX_PREFIX ||
+        if (klen < 1 + clen + 1 + 1 + 9 || key[0] != MARKER_PREFIX ||
             memcmp(key + 1, coll, clen + 1) != 0)
             break;
-        ilen = klen - 1 - clen - 1;
-        if (ilen > SYNCD_MAX_ID_BYTES)
+        ilen = klen - 1 - clen - 1 - 9;
+        if (ilen > SYNCD_MAX_ID_BYTES || key[klen - 9] != '\0' ||
+            (strlen(id) == ilen && memcmp(id, key + 2 + clen, ilen) == 0))
             continue;
-        memcpy(id, key + 1 + clen + 1, ilen);
+        memcpy(id, key + 2 + clen, ilen);
         id[ilen] = '\0';
         if (after != NULL && strcmp(id, after) <= 0)
             continue;
@@ -1604,6 +1683,21 @@ static const syncd_backend_ops_t rocks_ops = {
     .checkpoint = rocks_checkpoint,
 };
 
+/* Splits a record key (klen bytes) into coll and id (buffers of 65 and
+ * SYNCD_MAX_ID_BYTES + 1 bytes); 0 when it is no record key. */
+static int record_key_split(const char *key, size_t klen, char *coll, char *id)
+{
+    size_t clen = strnlen(key, klen);
+
+    if (clen == klen || clen >= 65 || klen - clen - 1 > SYNCD_MAX_ID_BYTES)
+        return 0;
+    memcpy(coll, key, clen);
+    coll[clen] = '\0';
+    memcpy(id, key + clen + 1, klen - clen - 1);
+    id[klen - clen - 1] = '\0';
+    return 1;
+}
+
 /* Builds the tombstone index of a store made before it had one (no
  * TOMB_COMPLETE key): one pass over every record's header, writing the
  * index a batch at a time, then TOMB_COMPLETE, synced. */
@@ -1627,21 +1721,15 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
     /* Record keys start with a collection name's first byte, [a-z0-9]. */
     it = iter_at(r, "0", 1);
     for (; rc == 0 && rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
-        size_t klen, clen;
+        size_t klen;
         const char *key = rocksdb_iter_key(it, &klen);
         const char *v = rocksdb_iter_value(it, &vlen);
         char coll[65], id[SYNCD_MAX_ID_BYTES + 1];
         syncd_doc_t *doc = NULL;
         syncd_reckey_t k;
 
-        clen = strnlen(key, klen);
-        if (clen == klen || clen >= sizeof(coll) ||
-            klen - clen - 1 > SYNCD_MAX_ID_BYTES)
+        if (!record_key_split(key, klen, coll, id))
             continue;
-        memcpy(coll, key, clen);
-        coll[clen] = '\0';
-        memcpy(id, key + clen + 1, klen - clen - 1);
-        id[klen - clen - 1] = '\0';
         /* A record that does not decode is the start check's to report. */
         if (syncd_record_decode(&doc, coll, id, v, vlen, 0, NULL) == 0 &&
             doc->deleted) {
@@ -1663,6 +1751,74 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
     if (rc == 0) {
         rocksdb_writebatch_put(batch, TOMB_COMPLETE, strlen(TOMB_COMPLETE), "",
                                0);
+        rocksdb_write(r->db, r->write, batch, &errptr);
+        if (errptr != NULL)
+            rc = rocks_error(err, errptr, "write");
+    }
+    rocksdb_writebatch_destroy(batch);
+    return rc;
+}
+
+/* Gives each marker of a store written before markers had keys of their
+ * own its key: LEGACY_OUTBOX_PREFIX + a record's key held the record's
+ * markers as one array, or, with an empty value, left them in the
+ * record's meta (its "ob"; a record's "ob" without that key was acked).
+ * The keys are put and the old ones deleted in one synced batch. */
+static int markers_upgrade(rocks_t *r, syncd_error_t *err)
+{
+    rocksdb_writebatch_t *batch = rocksdb_writebatch_create();
+    char start = LEGACY_OUTBOX_PREFIX, *errptr = NULL;
+    rocksdb_iterator_t *it = iter_at(r, &start, 1);
+    int rc = 0;
+
+    for (; rc == 0 && rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen, vlen, rlen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        char coll[65], id[SYNCD_MAX_ID_BYTES + 1], *rec = NULL;
+        char mk[MARKER_KEY_MAX];
+        syncd_doc_t *doc = NULL;
+        json_t *ob = NULL, *m;
+        syncd_reckey_t k;
+        size_t i;
+
+        if (key[0] != LEGACY_OUTBOX_PREFIX)
+            break;
+        if (!record_key_split(key + 1, klen - 1, coll, id))
+            continue;
+        memcpy(k.bytes, key + 1, klen - 1);
+        k.len = klen - 1;
+        if (vlen > 0) {
+            ob = json_loadb(val, vlen, 0, NULL);
+        } else {
+            rec = rocksdb_get(r->db, r->read, k.bytes, k.len, &rlen, &errptr);
+            if (errptr != NULL)
+                rc = rocks_error(err, errptr, "get");
+            else if (rec != NULL && syncd_record_decode(&doc, coll, id, rec,
+                                                        rlen, 1, NULL) == 0)
+                ob = json_incref(doc->outbox);
+            rocksdb_free(rec);
+            syncd_doc_free(doc);
+        }
+        json_array_foreach (ob, i, m) {
+            char *text = json_dumps(m, JSON_COMPACT);
+
+            if (text == NULL) {
+                rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
+                break;
+            }
+            rocksdb_writebatch_put(batch, mk,
+                                   marker_key(mk, &k, marker_version(m)), text,
+                                   strlen(text));
+            free(text);
+        }
+        json_decref(ob);
+        rocksdb_writebatch_delete(batch, key, klen);
+    }
+    if (rc == 0)
+        rc = iter_status(it, err);
+    rocksdb_iter_destroy(it);
+    if (rc == 0 && rocksdb_writebatch_count(batch) > 0) {
         rocksdb_write(r->db, r->write, batch, &errptr);
         if (errptr != NULL)
             rc = rocks_error(err, errptr, "write");
@@ -1721,6 +1877,8 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
         rc = rocks_error(err, errptr, "open");
     else
         rc = tomb_index_build(r, err);
+    if (rc == 0)
+        rc = markers_upgrade(r, err);
 done:
     if (rc != 0) {
         rocks_close(&r->base);

@@ -189,7 +189,6 @@ void syncd_doc_free(syncd_doc_t *doc)
     json_decref(doc->ikeys);
     json_decref(doc->hist);
     json_decref(doc->hist_text);
-    json_decref(doc->outbox_text);
     free(doc);
 }
 
@@ -199,9 +198,7 @@ void syncd_doc_drop_meta(syncd_doc_t *doc)
     json_decref(doc->ikeys);
     json_decref(doc->hist);
     json_decref(doc->hist_text);
-    json_decref(doc->outbox_text);
-    doc->outbox = doc->ikeys = doc->hist = doc->hist_text = doc->outbox_text =
-        NULL;
+    doc->outbox = doc->ikeys = doc->hist = doc->hist_text = NULL;
 }
 
 syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc)
@@ -218,7 +215,6 @@ syncd_doc_t *syncd_doc_dup(const syncd_doc_t *doc)
     copy->ikeys = json_incref(doc->ikeys);
     copy->hist = json_incref(doc->hist);
     copy->hist_text = json_incref(doc->hist_text);
-    copy->outbox_text = json_incref(doc->outbox_text);
     if (copy->coll == NULL || copy->id == NULL) {
         syncd_doc_free(copy);
         return NULL;
@@ -480,7 +476,6 @@ static int add_marker(syncd_store_t *s, syncd_doc_t *next,
 
     if (!s->outbox) {
         next->outbox = json_incref(cur != NULL ? cur->outbox : NULL);
-        next->outbox_text = json_incref(cur != NULL ? cur->outbox_text : NULL);
         return 0;
     }
     if (cur != NULL && json_array_size(cur->outbox) >= SYNCD_MAX_OUTBOX_MARKERS)
@@ -499,7 +494,6 @@ static int add_marker(syncd_store_t *s, syncd_doc_t *next,
         (json_int_t)next->mtime_ms, "by", next->origin);
     if (json_array_append_new(next->outbox, marker) != 0)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    syncd_outbox_text_append(next, cur);
     return 0;
 }
 

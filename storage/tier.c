@@ -524,7 +524,7 @@ void syncd_tier_set_outbox(syncd_tier_t *t, const syncd_reckey_t *k,
     shard_t *s = shard_of(t, k);
     syncd_lru_node_t *node;
     tier_entry_t *e;
-    json_t *ob = NULL, *ob_text = NULL;
+    json_t *ob = NULL;
     int drop = 0;
 
     pthread_mutex_lock(&s->lock);
@@ -536,9 +536,7 @@ void syncd_tier_set_outbox(syncd_tier_t *t, const syncd_reckey_t *k,
         /* The markers are shared and immutable: copies already handed out
          * keep the old ones, released below with no lock held. */
         ob = e->doc->outbox;
-        ob_text = e->doc->outbox_text;
         e->doc->outbox = json_incref(doc->outbox);
-        e->doc->outbox_text = json_incref(doc->outbox_text);
         if (tree != NULL && e->tree == NULL && !e->taken && !doc->deleted &&
             tree_of(tree, doc->hash)) {
             set_tree(t, s, e, tree, bytes);
@@ -551,7 +549,6 @@ void syncd_tier_set_outbox(syncd_tier_t *t, const syncd_reckey_t *k,
     if (drop)
         syncd_tier_drop(t, k);
     json_decref(ob);
-    json_decref(ob_text);
     syncd_htree_free(tree);
 }
 

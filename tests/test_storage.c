@@ -2793,8 +2793,68 @@ static void raw_put(const char *dir, const char *key, size_t klen,
     rocksdb_options_destroy(o);
 }
 
-/* The record of coll/id and its outbox key, as the closed store holds
- * them: the record's bytes and the markers' value (NULL when absent). */
+/* Writes into key the prefix of the marker keys of coll/id (the record's
+ * key between 0x05 and NUL); returns its length. */
+static size_t marker_prefix(char *key, const char *coll, const char *id)
+{
+    size_t klen = syncd_record_key(key + 1, coll, id);
+
+    key[0] = '\x05';
+    key[1 + klen] = '\0';
+    return klen + 2;
+}
+
+/* Returns the markers of coll/id in the closed store at dir as a compact
+ * JSON array of the values of their keys, in key order (malloc'd, *len
+ * bytes), or NULL when there are none; with drop set, deletes those keys. */
+static char *raw_markers(const char *dir, const char *coll, const char *id,
+                         int drop, size_t *len)
+{
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+    char prefix[SYNCD_RECORD_KEY_MAX + 2], *errptr = NULL, *out = NULL;
+    size_t plen = marker_prefix(prefix, coll, id);
+    rocksdb_t *db = rocksdb_open(o, dir, &errptr);
+    rocksdb_iterator_t *it;
+
+    assert_null(errptr);
+    *len = 0;
+    it = rocksdb_create_iterator(db, ro);
+    for (rocksdb_iter_seek(it, prefix, plen); rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *key = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+
+        if (klen < plen || memcmp(key, prefix, plen) != 0)
+            break;
+        assert_int_equal(klen, plen + 8);
+        out = realloc(out, *len + vlen + 3);
+        out[*len] = *len == 0 ? '[' : ',';
+        (*len)++;
+        memcpy(out + *len, val, vlen);
+        *len += vlen;
+        if (drop) {
+            rocksdb_delete(db, wo, key, klen, &errptr);
+            assert_null(errptr);
+        }
+    }
+    rocksdb_iter_destroy(it);
+    if (out != NULL) {
+        out[(*len)++] = ']';
+        out[*len] = '\0';
+    }
+    rocksdb_close(db);
+    rocksdb_writeoptions_destroy(wo);
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_options_destroy(o);
+    return out;
+}
+
+/* The record of coll/id and its markers, as the closed store holds them:
+ * the record's bytes and the markers' keys' values as one array (NULL when
+ * there are none). */
 typedef struct raw_record {
     char *rec, *ob;
     size_t rlen, oblen;
@@ -2803,15 +2863,14 @@ typedef struct raw_record {
 /* Reads coll/id's raw record with the store closed (it is reopened). */
 static raw_record_t read_raw(fixture_t *f, const char *coll, const char *id)
 {
-    char key[1 + SYNCD_RECORD_KEY_MAX];
-    size_t klen = syncd_record_key(key + 1, coll, id);
+    char key[SYNCD_RECORD_KEY_MAX];
+    size_t klen = syncd_record_key(key, coll, id);
     raw_record_t raw;
 
     syncd_store_close(f->store);
     f->store = NULL;
-    key[0] = '\x02';
-    raw.rec = raw_get(f->opts.data_dir, key + 1, klen, &raw.rlen);
-    raw.ob = raw_get(f->opts.data_dir, key, 1 + klen, &raw.oblen);
+    raw.rec = raw_get(f->opts.data_dir, key, klen, &raw.rlen);
+    raw.ob = raw_markers(f->opts.data_dir, coll, id, 0, &raw.oblen);
     assert_non_null(raw.rec);
     open_store(f);
     return raw;
@@ -2823,10 +2882,10 @@ static void raw_record_free(raw_record_t *raw)
     free(raw->ob);
 }
 
-/* A commit writes its record without its markers, which go under the
- * outbox key beside it in the same write; an ack writes that key alone
- * (the record's bytes stay as they were) and deletes it with the last
- * marker; markers read back from disk are the ones kept. */
+/* A commit writes its record without its markers, each of which has a key
+ * of its own beside it, written in the same write; an ack deletes the keys
+ * of the markers it drops (the record's bytes stay as they were); markers
+ * read back from disk are the ones kept. */
 static void
 test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it(
     void **state)
@@ -2926,7 +2985,7 @@ test_store_outbox__a_record_holding_its_markers_still_publishes_them(
 {
     fixture_t *f = *state;
     char key[1 + SYNCD_RECORD_KEY_MAX], *old;
-    size_t klen = syncd_record_key(key + 1, "leg", "d"), olen;
+    size_t klen = syncd_record_key(key + 1, "leg", "d"), olen, mlen;
     json_t *list = NULL;
     raw_record_t raw;
 
@@ -2938,6 +2997,7 @@ test_store_outbox__a_record_holding_its_markers_still_publishes_them(
     old = with_markers_inside(raw.rec, raw.rlen, raw.ob, &olen);
     syncd_store_close(f->store);
     f->store = NULL;
+    free(raw_markers(f->opts.data_dir, "leg", "d", 1, &mlen));
     key[0] = '\x02';
     raw_put(f->opts.data_dir, key + 1, klen, old, olen);
     raw_put(f->opts.data_dir, key, 1 + klen, "", 0);
@@ -2970,6 +3030,62 @@ test_store_outbox__a_record_holding_its_markers_still_publishes_them(
     assert_doc(f, "leg", "d", 2, "{\"n\":2}");
     free(old);
     raw_record_free(&raw);
+}
+
+/* A store that kept a record's markers as one array under the key 0x02 +
+ * the record's key gives each marker a key of its own at open, drops the
+ * array, and goes on from there. */
+static void
+test_store_outbox__markers_kept_as_one_array_get_a_key_each(void **state)
+{
+    fixture_t *f = *state;
+    char key[1 + SYNCD_RECORD_KEY_MAX], *left;
+    size_t klen = syncd_record_key(key + 1, "arr", "d"), len;
+    raw_record_t raw;
+    json_t *ob;
+
+    use_outbox(f);
+    create_doc(f, "arr", "d", "{\"n\":1}");
+    for (int n = 2; n <= 3; n++) {
+        char body[16];
+
+        snprintf(body, sizeof(body), "{\"n\":%d}", n);
+        assert_int_equal(put_doc(f, "arr", "d", body, SYNCD_ANY_VERSION, NULL),
+                         0);
+    }
+    assert_int_equal(syncd_store_outbox_ack(f->store, "arr", "d", 1, NULL), 0);
+    raw = read_raw(f, "arr", "d");
+    syncd_store_close(f->store);
+    f->store = NULL;
+    free(raw_markers(f->opts.data_dir, "arr", "d", 1, &len));
+    key[0] = '\x02';
+    raw_put(f->opts.data_dir, key, 1 + klen, raw.ob, raw.oblen);
+    open_store(f);
+
+    assert_outbox(f, "arr", "d", "2 3");
+    raw_record_free(&raw);
+    raw = read_raw(f, "arr", "d");
+    assert_non_null(raw.ob);
+    raw_record_free(&raw);
+    syncd_store_close(f->store);
+    f->store = NULL;
+    assert_null(raw_get(f->opts.data_dir, key, 1 + klen, &len));
+    open_store(f);
+    assert_int_equal(syncd_store_outbox_ack(f->store, "arr", "d", 2, NULL), 0);
+    assert_int_equal(
+        put_doc(f, "arr", "d", "{\"n\":4}", SYNCD_ANY_VERSION, NULL), 0);
+    reopen(f);
+    assert_outbox(f, "arr", "d", "3 4");
+    syncd_store_close(f->store);
+    f->store = NULL;
+    left = raw_markers(f->opts.data_dir, "arr", "d", 0, &len);
+    assert_non_null(left);
+    ob = parse(left);
+    assert_marker_versions(ob, "3 4");
+    json_decref(ob);
+    free(left);
+    open_store(f);
+    assert_doc(f, "arr", "d", 4, "{\"n\":4}");
 }
 
 static void test_store_outbox__list_pages_records_with_markers(void **state)
@@ -5493,23 +5609,11 @@ static char *record_meta(const syncd_doc_t *doc)
 }
 
 /* Asserts that the meta of doc's record is, byte for byte, json_dumps()
- * of the object of its keys and history, and that the text of its
- * markers, which are kept beside the record, is json_dumps() of them. */
+ * of the object of its keys and history. */
 static void assert_meta_is_its_serialization(const syncd_doc_t *doc)
 {
     json_t *meta = json_object();
-    char *want, *got = record_meta(doc), *made = NULL;
-    const char *text;
-    size_t len;
-
-    if (json_array_size(doc->outbox) > 0) {
-        want = json_dumps(doc->outbox, JSON_COMPACT);
-        assert_int_equal(syncd_outbox_text(&text, &len, &made, doc), 0);
-        assert_int_equal(len, strlen(want));
-        assert_memory_equal(text, want, len);
-        free(made);
-        free(want);
-    }
+    char *want, *got = record_meta(doc);
 
     if (json_array_size(doc->ikeys) > 0)
         json_object_set(meta, "ik", doc->ikeys);
@@ -5525,15 +5629,13 @@ static void assert_meta_is_its_serialization(const syncd_doc_t *doc)
     json_decref(meta);
 }
 
-static void
-test_outbox__commits_append_to_the_cached_text_and_acks_cut_it(void **state)
+/* A record's meta holds its keys and history and never its markers,
+ * however many are pending or acked. */
+static void test_record__meta_holds_keys_and_history_not_markers(void **state)
 {
     static const int64_t acks[] = {2, 7, 11, 12};
     syncd_doc_t *cur = hist_doc(1, "{}"), *next;
     json_t *left;
-    const char *text;
-    char *made;
-    size_t len;
 
     (void)state;
     assert_meta_is_its_serialization(cur);
@@ -5549,9 +5651,6 @@ test_outbox__commits_append_to_the_cached_text_and_acks_cut_it(void **state)
                       "base", (json_int_t)(v - 1), "op", "update", "h",
                       next->hash, "t", (json_int_t)next->mtime_ms, "by",
                       next->origin));
-        syncd_outbox_text_append(next, cur);
-        assert_int_equal(syncd_outbox_text(&text, &len, &made, next), 0);
-        assert_null(made);
         if (v == 5)
             next->ikeys =
                 parse("[{\"k\":\"x\\\"]\",\"op\":\"update\",\"v\":5}]");
@@ -5563,34 +5662,13 @@ test_outbox__commits_append_to_the_cached_text_and_acks_cut_it(void **state)
         assert_meta_is_its_serialization(next);
         syncd_doc_free(cur);
         cur = next;
-        /* A record read back has no cached text: the next commit
-         * serializes its markers once and builds on that. */
-        if (v == 9) {
-            json_decref(cur->outbox_text);
-            cur->outbox_text = NULL;
-        }
     }
-    /* An ack leaves a new array: a text cached for the old one is not
-     * used, and syncd_outbox_text_after() cuts it to the markers left,
-     * down to none. */
     for (size_t i = 0; i < sizeof(acks) / sizeof(acks[0]); i++) {
         next = syncd_doc_dup(cur);
         assert_non_null(next);
         assert_int_equal(syncd_outbox_after(&left, cur->outbox, acks[i]), 1);
         json_decref(next->outbox);
         next->outbox = left;
-        if (left != NULL) {
-            assert_int_equal(syncd_outbox_text(&text, &len, &made, next), 0);
-            assert_non_null(made);
-            free(made);
-        }
-        syncd_outbox_text_after(next, cur);
-        if (left != NULL) {
-            assert_int_equal(syncd_outbox_text(&text, &len, &made, next), 0);
-            assert_null(made);
-        } else {
-            assert_null(next->outbox_text);
-        }
         assert_meta_is_its_serialization(next);
         syncd_doc_free(cur);
         cur = next;
@@ -5712,6 +5790,7 @@ int main(int argc, char **argv)
             test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it),
         ROCKS(
             test_store_outbox__a_record_holding_its_markers_still_publishes_them),
+        ROCKS(test_store_outbox__markers_kept_as_one_array_get_a_key_each),
         BOTH(test_store_outbox__list_pages_records_with_markers),
         BOTH(test_store_purge__keeps_tombstones_with_pending_markers),
         BOTH(
@@ -5753,8 +5832,7 @@ int main(int argc, char **argv)
             test_history__each_text_is_the_compact_json_of_its_entries),
         cmocka_unit_test(
             test_history__a_record_with_a_cached_text_encodes_the_same_bytes),
-        cmocka_unit_test(
-            test_outbox__commits_append_to_the_cached_text_and_acks_cut_it),
+        cmocka_unit_test(test_record__meta_holds_keys_and_history_not_markers),
     };
 
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)

@@ -64,11 +64,6 @@ typedef struct syncd_doc {
      * storage/history.c) and used only while hist is that very array;
      * shared, immutable; NULL: not cached. */
     json_t *hist_text;
-    /* The compact JSON text of outbox, cached with it the same way (see
-     * storage/record.c): each commit appends its marker's text to its
-     * predecessor's, so a record with many markers pending is not
-     * serialized whole per commit; shared, immutable; NULL: not cached. */
-    json_t *outbox_text;
     /* The byte length of body's canonical JSON when known (the store sets
      * it where it wrote or read that text), else 0; whoever changes body
      * in place resets it. */
