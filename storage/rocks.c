@@ -559,11 +559,23 @@ static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
                     syncd_error_t *err)
 {
     size_t nc = json_array_size(cur), nn = json_array_size(next);
-    size_t i = 0, j = 0;
+    size_t i = 0, j;
 
-    if (nc + nn == 0)
+    /* The very markers both hold lead (a commit's are its predecessor's,
+     * shared, and one more) or trail (an ack's are the last of its
+     * predecessor's): only the rest is compared, by version. */
+    while (i < nc && i < nn &&
+           json_array_get(cur, i) == json_array_get(next, i))
+        i++;
+    while (nc > i && nn > i &&
+           json_array_get(cur, nc - 1) == json_array_get(next, nn - 1)) {
+        nc--;
+        nn--;
+    }
+    j = i;
+    if (nc - i + nn - j == 0)
         return 0;
-    p->marks = calloc(nc + nn, sizeof(*p->marks));
+    p->marks = calloc(nc - i + nn - j, sizeof(*p->marks));
     if (p->marks == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     while (i < nc || j < nn) {
