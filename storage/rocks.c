@@ -10,8 +10,13 @@
  * marker's compact JSON. A commit puts the one marker it adds, in the same
  * batch as its record, and an ack deletes the markers it drops, so neither
  * rewrites the markers still pending (nor the record: a whole large
- * document), however many are, and the republisher lists them without
- * scanning the store. A store written before kept a record's markers as
+ * document), however many are. The key 0x06 + the record's key (empty
+ * value) is there while the record has markers: put by the write that
+ * adds its first, deleted by the ack that drops its last, so that a read
+ * looks for markers only when there are some (a point lookup, which the
+ * bloom filters answer, beside the record's), and the republisher lists
+ * the records with markers without scanning the store. A store written
+ * before kept a record's markers as
  * one array under 0x02 + the record's key (or, with an empty value there,
  * still in the record's meta); open moves them to their keys
  * (markers_upgrade()). A fourth key space, under
@@ -91,6 +96,8 @@
 /* A marker's key: MARKER_PREFIX, the record's key, NUL, its version. */
 #define MARKER_PREFIX '\x05'
 #define MARKER_KEY_MAX (1 + SYNCD_RECORD_KEY_MAX + 1 + 8)
+/* MARKED_PREFIX, then a record's key: the record has markers. */
+#define MARKED_PREFIX '\x06'
 /* The tombstone index: TOMB_PREFIX, then a tombstone's record key ->
  * its mtime (8 bytes, little-endian), so that a purge reads the
  * tombstones only. TOMB_COMPLETE says the index covers every record
@@ -141,6 +148,7 @@ typedef struct pending {
     size_t vlen;
     mark_op_t *marks; /* the marker keys it puts and deletes */
     size_t nmarks;
+    int marked; /* 1: puts k's MARKED_PREFIX key, -1: deletes it, 0: neither */
     syncd_htree_t *tree; /* doc's hash tree (owned), or NULL */
     size_t tree_bytes;   /* what tree is charged in the tier */
     int insert;          /* registers the collection */
@@ -373,26 +381,38 @@ static int load_record(rocks_t *r, const syncd_reckey_t *k, const char *coll,
 {
     const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(r->db);
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    char *errptr = NULL, *val;
+    char marked[1 + SYNCD_RECORD_KEY_MAX];
+    const char *keys[2] = {k->bytes, marked};
+    size_t klens[2] = {k->len, 1 + k->len}, vlens[2] = {0, 0};
+    char *vals[2] = {NULL, NULL}, *errs[2] = {NULL, NULL};
     int rc;
 
     *out = NULL;
-    *vlen = 0;
+    index_key(marked, MARKED_PREFIX, k);
     rocksdb_readoptions_set_snapshot(ro, snap);
-    val = rocksdb_get(r->db, ro, k->bytes, k->len, vlen, &errptr);
-    if (errptr != NULL)
-        rc = rocks_error(err, errptr, "get");
-    else if (val == NULL)
+    rocksdb_multi_get(r->db, ro, 2, keys, klens, vals, vlens, errs);
+    if (errs[0] != NULL || errs[1] != NULL)
+        rc = rocks_error(err, errs[0] != NULL ? errs[0] : errs[1], "get");
+    else if (vals[0] == NULL)
         rc = SYNCD_ENOTFOUND;
     else
-        rc = syncd_record_decode(out, coll, id, val, *vlen, 1, err);
-    if (rc == 0)
+        rc = syncd_record_decode(out, coll, id, vals[0], vlens[0], 1, err);
+    if (rc == 0 && vals[1] != NULL) {
         rc = read_markers(r, ro, k, *out, err);
+    } else if (rc == 0) {
+        json_decref((*out)->outbox);
+        (*out)->outbox = NULL;
+    }
     if (rc != 0) {
         syncd_doc_free(*out);
         *out = NULL;
     }
-    rocksdb_free(val);
+    /* rocks_error() freed the one it reported. */
+    if (errs[0] != NULL && errs[1] != NULL)
+        rocksdb_free(errs[1]);
+    *vlen = vlens[0];
+    rocksdb_free(vals[0]);
+    rocksdb_free(vals[1]);
     rocksdb_readoptions_destroy(ro);
     rocksdb_release_snapshot(r->db, snap);
     return rc;
@@ -561,6 +581,8 @@ static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
     size_t nc = json_array_size(cur), nn = json_array_size(next);
     size_t i = 0, j;
 
+    p->marked = nc == 0 && nn > 0 ? 1 : nc > 0 && nn == 0 ? -1 : 0;
+
     /* The very markers both hold lead (a commit's are its predecessor's,
      * shared, and one more) or trail (an ack's are the last of its
      * predecessor's): only the rest is compared, by version. */
@@ -707,6 +729,11 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
         batch = rocksdb_writebatch_create();
         for (pending_t *p = group; p != NULL; p = p->next) {
             acks_only &= p->ack;
+            index_key(ob, MARKED_PREFIX, &p->k);
+            if (p->marked > 0)
+                rocksdb_writebatch_put(batch, ob, 1 + p->k.len, "", 0);
+            else if (p->marked < 0)
+                rocksdb_writebatch_delete(batch, ob, 1 + p->k.len);
             for (size_t i = 0; i < p->nmarks; i++) {
                 size_t len = marker_key(ob, &p->k, p->marks[i].v);
 
@@ -1601,7 +1628,7 @@ static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
 {
     rocks_t *r = (rocks_t *)b;
     size_t clen = strlen(coll);
-    char start[MARKER_KEY_MAX], id[SYNCD_MAX_ID_BYTES + 1] = "";
+    char start[1 + SYNCD_RECORD_KEY_MAX];
     rocksdb_iterator_t *it = NULL;
     json_t *arr = json_array();
     syncd_reckey_t k;
@@ -1613,21 +1640,21 @@ static int rocks_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     rc = syncd_reckey_make(&k, coll, after != NULL ? after : "", err);
     if (rc != 0)
         goto done;
-    /* Marker keys run by id, then version: each id's first names it. */
-    it = iter_at(r, start, marker_key(start, &k, -1) - 1);
+    index_key(start, MARKED_PREFIX, &k);
+    it = iter_at(r, start, 1 + k.len);
     for (; rocksdb_iter_valid(it) && json_array_size(arr) < limit;
          rocksdb_iter_next(it)) {
         size_t klen, ilen;
         const char *key = rocksdb_iter_key(it, &klen);
+        char id[SYNCD_MAX_ID_BYTES + 1];
 
-        if (klen < 1 + clen + 1 + 1 + 9 || key[0] != MARKER_PREFIX ||
+        if (klen <= 1 + clen || key[0] != MARKED_PREFIX ||
             memcmp(key + 1, coll, clen + 1) != 0)
             break;
-        ilen = klen - 1 - clen - 1 - 9;
-        if (ilen > SYNCD_MAX_ID_BYTES || key[klen - 9] != '\0' ||
-            (strlen(id) == ilen && memcmp(id, key + 2 + clen, ilen) == 0))
+        ilen = klen - 1 - clen - 1;
+        if (ilen > SYNCD_MAX_ID_BYTES)
             continue;
-        memcpy(id, key + 2 + clen, ilen);
+        memcpy(id, key + 1 + clen + 1, ilen);
         id[ilen] = '\0';
         if (after != NULL && strcmp(id, after) <= 0)
             continue;
@@ -1823,6 +1850,10 @@ static int markers_upgrade(rocks_t *r, syncd_error_t *err)
                                    marker_key(mk, &k, marker_version(m)), text,
                                    strlen(text));
             free(text);
+        }
+        if (json_array_size(ob) > 0) {
+            index_key(mk, MARKED_PREFIX, &k);
+            rocksdb_writebatch_put(batch, mk, 1 + k.len, "", 0);
         }
         json_decref(ob);
         rocksdb_writebatch_delete(batch, key, klen);

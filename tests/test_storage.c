@@ -2858,19 +2858,24 @@ static char *raw_markers(const char *dir, const char *coll, const char *id,
 typedef struct raw_record {
     char *rec, *ob;
     size_t rlen, oblen;
+    int marked; /* the key that says the record has markers is there */
 } raw_record_t;
 
 /* Reads coll/id's raw record with the store closed (it is reopened). */
 static raw_record_t read_raw(fixture_t *f, const char *coll, const char *id)
 {
-    char key[SYNCD_RECORD_KEY_MAX];
-    size_t klen = syncd_record_key(key, coll, id);
+    char key[1 + SYNCD_RECORD_KEY_MAX], *marked;
+    size_t klen = syncd_record_key(key + 1, coll, id), mlen;
     raw_record_t raw;
 
     syncd_store_close(f->store);
     f->store = NULL;
-    raw.rec = raw_get(f->opts.data_dir, key, klen, &raw.rlen);
+    raw.rec = raw_get(f->opts.data_dir, key + 1, klen, &raw.rlen);
     raw.ob = raw_markers(f->opts.data_dir, coll, id, 0, &raw.oblen);
+    key[0] = '\x06';
+    marked = raw_get(f->opts.data_dir, key, 1 + klen, &mlen);
+    raw.marked = marked != NULL;
+    free(marked);
     assert_non_null(raw.rec);
     open_store(f);
     return raw;
@@ -2907,6 +2912,7 @@ test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it(
     assert_null(doc->outbox);
     syncd_doc_free(doc);
     assert_non_null(before.ob);
+    assert_true(before.marked);
     ob = parse(before.ob);
     assert_marker_versions(ob, "1 2");
     json_decref(ob);
@@ -2921,6 +2927,7 @@ test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it(
     ob = parse(raw.ob);
     assert_marker_versions(ob, "2");
     json_decref(ob);
+    assert_true(raw.marked);
     raw_record_free(&raw);
     assert_outbox(f, "bes", "d", "2");
 
@@ -2928,6 +2935,7 @@ test_store_outbox__markers_live_beside_the_record_and_an_ack_leaves_it(
     raw = read_raw(f, "bes", "d");
     assert_memory_equal(raw.rec, before.rec, raw.rlen);
     assert_null(raw.ob);
+    assert_false(raw.marked);
     raw_record_free(&raw);
     assert_outbox(f, "bes", "d", "");
     assert_int_equal(
@@ -3066,6 +3074,7 @@ test_store_outbox__markers_kept_as_one_array_get_a_key_each(void **state)
     raw_record_free(&raw);
     raw = read_raw(f, "arr", "d");
     assert_non_null(raw.ob);
+    assert_true(raw.marked);
     raw_record_free(&raw);
     syncd_store_close(f->store);
     f->store = NULL;
