@@ -574,7 +574,8 @@ static int64_t marker_version(const json_t *marker)
  * cur to the markers next (arrays oldest first, by version; NULL: none):
  * a put of each of next's that cur lacks, a delete of each of cur's that
  * next lacks. A commit adds one, an ack drops some; the markers both hold
- * are not written again. */
+ * are not written again. Sets p->marked when the record gets its first
+ * marker or loses its last. */
 static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
                     syncd_error_t *err)
 {
@@ -582,7 +583,6 @@ static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
     size_t i = 0, j;
 
     p->marked = nc == 0 && nn > 0 ? 1 : nc > 0 && nn == 0 ? -1 : 0;
-
     /* The very markers both hold lead (a commit's are its predecessor's,
      * shared, and one more) or trail (an ack's are the last of its
      * predecessor's): only the rest is compared, by version. */
