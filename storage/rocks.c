@@ -16,10 +16,9 @@
  * looks for markers only when there are some (a point lookup, which the
  * bloom filters answer, beside the record's), and the republisher lists
  * the records with markers without scanning the store. A store written
- * before kept a record's markers as
- * one array under 0x02 + the record's key (or, with an empty value there,
- * still in the record's meta); open moves them to their keys
- * (markers_upgrade()). A fourth key space, under
+ * before kept a record's markers as one array under 0x02 + the record's
+ * key (or, with an empty value there, still in the record's meta); open
+ * moves them to their keys (markers_upgrade()). A fourth key space, under
  * 0x03, holds the key and mtime of every tombstone, written in the same
  * batch too, so that a purge reads the tombstones alone (a store made
  * before it gets it built at its first open; the key 0x04
