@@ -1801,7 +1801,9 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
  * own its key: LEGACY_OUTBOX_PREFIX + a record's key held the record's
  * markers as one array, or, with an empty value, left them in the
  * record's meta (its "ob"; a record's "ob" without that key was acked).
- * The keys are put and the old ones deleted in one synced batch. */
+ * The keys are put and the old ones deleted in one synced batch. A value
+ * that is no array becomes the marker of version 0 as it is, so that
+ * reading its record fails as it did. */
 static int markers_upgrade(rocks_t *r, syncd_error_t *err)
 {
     rocksdb_writebatch_t *batch = rocksdb_writebatch_create();
@@ -1850,7 +1852,12 @@ static int markers_upgrade(rocks_t *r, syncd_error_t *err)
                                    strlen(text));
             free(text);
         }
-        if (json_array_size(ob) > 0) {
+        /* Bytes that are no array are kept as the record's one marker,
+         * which fails its reads as they failed before (the open goes on,
+         * as it does past a record that does not decode). */
+        if (vlen > 0 && !json_is_array(ob))
+            rocksdb_writebatch_put(batch, mk, marker_key(mk, &k, 0), val, vlen);
+        if (json_array_size(ob) > 0 || (vlen > 0 && !json_is_array(ob))) {
             index_key(mk, MARKED_PREFIX, &k);
             rocksdb_writebatch_put(batch, mk, 1 + k.len, "", 0);
         }

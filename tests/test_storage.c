@@ -3097,6 +3097,36 @@ test_store_outbox__markers_kept_as_one_array_get_a_key_each(void **state)
     assert_doc(f, "arr", "d", 4, "{\"n\":4}");
 }
 
+/* An outbox key of the old layout that holds no array does not stop the
+ * open: reading its record fails, as it did, and the others read fine. */
+static void
+test_store_outbox__a_corrupt_old_outbox_fails_its_record_alone(void **state)
+{
+    fixture_t *f = *state;
+    char key[1 + SYNCD_RECORD_KEY_MAX];
+    size_t klen = syncd_record_key(key + 1, "bad", "d");
+    syncd_doc_t *doc = NULL;
+    syncd_error_t err;
+
+    use_outbox(f);
+    create_doc(f, "bad", "d", "{\"n\":1}");
+    create_doc(f, "bad", "e", "{\"n\":1}");
+    syncd_store_close(f->store);
+    f->store = NULL;
+    free(raw_markers(f->opts.data_dir, "bad", "d", 1, &klen));
+    klen = syncd_record_key(key + 1, "bad", "d");
+    key[0] = '\x02';
+    raw_put(f->opts.data_dir, key, 1 + klen, "[{\"v\":1,", 8);
+    open_store(f);
+
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_get(f->store, &doc, "bad", "d", &err),
+                     SYNCD_EBACKEND);
+    assert_non_null(strstr(err.message, "outbox of bad/d is corrupt"));
+    assert_null(doc);
+    assert_outbox(f, "bad", "e", "1");
+}
+
 static void test_store_outbox__list_pages_records_with_markers(void **state)
 {
     fixture_t *f = *state;
@@ -5800,6 +5830,7 @@ int main(int argc, char **argv)
         ROCKS(
             test_store_outbox__a_record_holding_its_markers_still_publishes_them),
         ROCKS(test_store_outbox__markers_kept_as_one_array_get_a_key_each),
+        ROCKS(test_store_outbox__a_corrupt_old_outbox_fails_its_record_alone),
         BOTH(test_store_outbox__list_pages_records_with_markers),
         BOTH(test_store_purge__keeps_tombstones_with_pending_markers),
         BOTH(
