@@ -1821,6 +1821,7 @@ static int markers_upgrade(rocks_t *r, syncd_error_t *err)
         json_t *ob = NULL, *m;
         syncd_reckey_t k;
         size_t i;
+        int corrupt;
 
         if (key[0] != LEGACY_OUTBOX_PREFIX)
             break;
@@ -1855,9 +1856,10 @@ static int markers_upgrade(rocks_t *r, syncd_error_t *err)
         /* Bytes that are no array are kept as the record's one marker,
          * which fails its reads as they failed before (the open goes on,
          * as it does past a record that does not decode). */
-        if (vlen > 0 && !json_is_array(ob))
+        corrupt = vlen > 0 && !json_is_array(ob);
+        if (corrupt)
             rocksdb_writebatch_put(batch, mk, marker_key(mk, &k, 0), val, vlen);
-        if (json_array_size(ob) > 0 || (vlen > 0 && !json_is_array(ob))) {
+        if (json_array_size(ob) > 0 || corrupt) {
             index_key(mk, MARKED_PREFIX, &k);
             rocksdb_writebatch_put(batch, mk, 1 + k.len, "", 0);
         }
