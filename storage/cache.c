@@ -236,7 +236,8 @@ static int encode_lazy(syncd_cache_t *c, cache_entry_t *e)
     int rc = syncd_tier_get(c->tier, key_of(e, &k), &doc);
 
     if (rc == 0)
-        rc = syncd_record_encode(&e->dirty, &e->dirty_len, doc, NULL, 0, NULL);
+        rc = syncd_record_encode(&e->dirty, &e->dirty_len, doc, 0, NULL, 0,
+                                 NULL);
     syncd_doc_free(doc);
     return rc;
 }
@@ -891,7 +892,7 @@ static int cache_put(syncd_cache_t *cache, const syncd_doc_t *doc,
     pthread_rwlock_unlock(&cache->lock);
     if (kept)
         return 0;
-    rc = syncd_record_encode(&val, &vlen, doc, canon, canon_len, err);
+    rc = syncd_record_encode(&val, &vlen, doc, 0, canon, canon_len, err);
     if (rc != 0)
         return rc;
     e = entry_new(&k, doc, vlen, hist_known);

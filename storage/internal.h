@@ -364,12 +364,27 @@ int syncd_reckey_make(syncd_reckey_t *k, const char *coll, const char *id,
 /* Encodes doc's version, mtime, origin, hash, tombstone flag,
  * idempotency keys, history and canonical body (not its outbox, which the
  * caller keeps beside the record) into *out (malloc'd, caller frees) with
- * its length in *len. canon (canon_len bytes, borrowed) is the canonical JSON
- * of doc's body when the caller already has it; NULL serializes the body here.
- */
+ * its length in *len. With hist_apart the history is left out (the caller
+ * keeps it beside the record) and the record only says whether it has
+ * some (syncd_record_hist_apart()). canon (canon_len bytes, borrowed) is
+ * the canonical JSON of doc's body when the caller already has it; NULL
+ * serializes the body here. */
 int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
-                        const char *canon, size_t canon_len,
+                        int hist_apart, const char *canon, size_t canon_len,
                         syncd_error_t *err);
+
+/* Returns 1 when the record val (len bytes) was encoded with its history
+ * apart and the version it holds has history entries, else 0. */
+int syncd_record_hist_apart(const char *val, size_t len);
+
+/* When the record of coll/id val (len bytes) holds history entries, makes
+ * into *out (malloc'd, *olen bytes) the same record with its history
+ * apart and sets *hist to the entries (a new reference) and returns 1;
+ * returns 0 when it holds none or does not decode (its reads report
+ * that), SYNCD_ENOMEM. */
+int syncd_record_take_hist(char **out, size_t *olen, json_t **hist,
+                           const char *coll, const char *id, const char *val,
+                           size_t len);
 
 /* Decodes a record of coll/id into *out (caller frees with
  * syncd_doc_free()); without with_body the body, outbox (held by a record

@@ -5,15 +5,19 @@
  * order); value = a fixed little-endian header followed by the canonical
  * JSON of the body:
  *
- *   u8 format (1) | u8 flags (bit 0: tombstone, bit 1: meta) | i64 version
- *   | i64 mtime | u8 origin length | origin | u8 hash length (0 or 64)
- *   | hash | [u32 meta length | meta] | body
+ *   u8 format (1) | u8 flags (bit 0: tombstone, bit 1: meta, bit 2:
+ *   history apart) | i64 version | i64 mtime | u8 origin length | origin
+ *   | u8 hash length (0 or 64) | hash | [u32 meta length | meta] | body
  *
  * where meta, present when flag bit 1 is set, is the compact JSON object
  * {"ik": idempotency keys, "hs": history entries (see history.c)} (either
  * may be absent; a record written before history existed has no "hs" and
  * reads as one without history): it lives in the record so that it
- * commits with the change, in the same write. The record's outbox
+ * commits with the change, in the same write. The embedded store of
+ * record keeps the history apart instead (rocks.c: an entry per key, in
+ * the record's batch, so that a commit writes its one new entry rather
+ * than all of them): its records have no "hs", and flag bit 2 says that
+ * the record has history entries to read beside it. The record's outbox
  * markers live beside it (rocks.c keeps each under a key of its own,
  * written in the same batch), so that an ack, which changes only them,
  * does not rewrite the record; a record written before they moved may still
@@ -30,6 +34,7 @@
 #define RECORD_FORMAT 1
 #define FLAG_DELETED 0x01
 #define FLAG_META 0x02
+#define FLAG_HIST_APART 0x04
 #define HEADER_FIXED (1 + 1 + 8 + 8)
 
 size_t syncd_record_key(char key[SYNCD_RECORD_KEY_MAX], const char *coll,
@@ -156,12 +161,12 @@ static int meta_member(char **text, size_t *len, const char *key,
     return 0;
 }
 
-/* Returns the compact JSON of doc's keys and history (malloc'd) with its
- * length in *len, or NULL with *len 0 when it has none; *len is
- * (size_t)-1 on out of memory. It is what json_dumps() gives for the
- * object {"ik","hs"} of those present, the history taken from its cached
- * text when the doc has it. */
-static char *meta_dump(const syncd_doc_t *doc, size_t *len)
+/* Returns the compact JSON of doc's keys and (unless hist_apart) history
+ * (malloc'd) with its length in *len, or NULL with *len 0 when it has
+ * none; *len is (size_t)-1 on out of memory. It is what json_dumps() gives
+ * for the object {"ik","hs"} of those present, the history taken from its
+ * cached text when the doc has it. */
+static char *meta_dump(const syncd_doc_t *doc, int hist_apart, size_t *len)
 {
     char *text = NULL, *made;
     int ok = 1;
@@ -183,7 +188,7 @@ static char *meta_dump(const syncd_doc_t *doc, size_t *len)
             text = closed;
         }
     }
-    if (ok && json_array_size(doc->hist) > 0) {
+    if (ok && !hist_apart && json_array_size(doc->hist) > 0) {
         text = meta_add_hist(text, len, doc);
         ok = text != NULL;
     }
@@ -205,7 +210,8 @@ static int64_t get_i64(const unsigned char *p)
 }
 
 int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
-                        const char *canon, size_t canon_len, syncd_error_t *err)
+                        int hist_apart, const char *canon, size_t canon_len,
+                        syncd_error_t *err)
 {
     size_t olen = strlen(doc->origin);
     size_t hlen = doc->deleted ? 0 : strlen(doc->hash);
@@ -213,7 +219,8 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
     const char *body = canon;
     char *made = NULL;
     size_t mlen;
-    char *meta = meta_dump(doc, &mlen);
+    char *meta = meta_dump(doc, hist_apart, &mlen);
+    int apart = hist_apart && json_array_size(doc->hist) > 0;
     unsigned char *buf, *p;
 
     *out = NULL;
@@ -238,7 +245,8 @@ int syncd_record_encode(char **out, size_t *len, const syncd_doc_t *doc,
     }
     p = buf;
     *p++ = RECORD_FORMAT;
-    *p++ = (doc->deleted ? FLAG_DELETED : 0) | (meta != NULL ? FLAG_META : 0);
+    *p++ = (doc->deleted ? FLAG_DELETED : 0) | (meta != NULL ? FLAG_META : 0) |
+           (apart ? FLAG_HIST_APART : 0);
     put_i64(p, doc->version);
     put_i64(p + 8, doc->mtime_ms);
     p += 16;
@@ -412,4 +420,36 @@ int syncd_record_decode(syncd_doc_t **out, const char *coll, const char *id,
 bad:
     syncd_doc_free(doc);
     return corrupt(err, coll, id);
+}
+
+int syncd_record_hist_apart(const char *val, size_t len)
+{
+    return len > HEADER_FIXED && val[0] == RECORD_FORMAT &&
+           (val[1] & FLAG_HIST_APART) != 0;
+}
+
+int syncd_record_take_hist(char **out, size_t *olen, json_t **hist,
+                           const char *coll, const char *id, const char *val,
+                           size_t len)
+{
+    syncd_doc_t *doc = NULL;
+    spans_t sp;
+    int rc;
+
+    *out = NULL;
+    *hist = NULL;
+    if (find_spans(&sp, val, len) != 0 || sp.meta == NULL ||
+        syncd_record_hist_apart(val, len) ||
+        syncd_record_decode(&doc, coll, id, val, len, 0, NULL) != 0)
+        return 0;
+    if (decode_meta(doc, sp.meta, sp.mlen) != 0 || doc->hist == NULL) {
+        syncd_doc_free(doc);
+        return 0;
+    }
+    rc = syncd_record_encode(out, olen, doc, 1, (const char *)sp.body, sp.blen,
+                             NULL);
+    if (rc == 0)
+        *hist = json_incref(doc->hist);
+    syncd_doc_free(doc);
+    return rc == 0 ? 1 : SYNCD_ENOMEM;
 }

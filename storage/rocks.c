@@ -18,7 +18,15 @@
  * the records with markers without scanning the store. A store written
  * before kept a record's markers as one array under 0x02 + the record's
  * key (or, with an empty value there, still in the record's meta); open
- * moves them to their keys (markers_upgrade()). A fourth key space, under
+ * moves them to their keys (markers_upgrade()). A record's history
+ * entries (history.c) live beside it the same way, under 0x07: the
+ * record's key, NUL, the entry's version as 8 big-endian bytes -> the
+ * entry's compact JSON; a commit puts its one new entry and deletes those
+ * that fall out of the history's bounds, in its record's batch, rather than
+ * rewriting all of them in the record, and a read gathers them (the record
+ * says whether it has any: syncd_record_hist_apart()). A store written
+ * before kept them in each record; its first open moves them. A fourth key
+ * space, under
  * 0x03, holds the key and mtime of every tombstone, written in the same
  * batch too, so that a purge reads the tombstones alone (a store made
  * before it gets it built at its first open; the key 0x04
@@ -86,6 +94,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/buf.h"
 #include "internal.h"
 
 #define NSTRIPES 64
@@ -94,7 +103,13 @@
 #define LEGACY_OUTBOX_PREFIX '\x02'
 /* A marker's key: MARKER_PREFIX, the record's key, NUL, its version. */
 #define MARKER_PREFIX '\x05'
-#define MARKER_KEY_MAX (1 + SYNCD_RECORD_KEY_MAX + 1 + 8)
+/* A history entry's key: HISTORY_PREFIX, the record's key, NUL, its
+ * version. HISTORY_COMPLETE says no record holds its history any more (a
+ * store written before kept it in each record: the first open moves it). */
+#define HISTORY_PREFIX '\x07'
+#define HISTORY_COMPLETE "\x04history-apart"
+/* The longest key of a marker or a history entry. */
+#define VERSION_KEY_MAX (1 + SYNCD_RECORD_KEY_MAX + 1 + 8)
 /* MARKED_PREFIX, then a record's key: the record has markers. */
 #define MARKED_PREFIX '\x06'
 /* The tombstone index: TOMB_PREFIX, then a tombstone's record key ->
@@ -126,13 +141,19 @@ typedef struct key_lock {
 
 struct stripe;
 
-/* A write of one marker key: a put of the marker of version v (its
- * compact JSON, owned), or its delete when text is NULL. */
-typedef struct mark_op {
+/* A write of one marker's or history entry's key: a put of the one of
+ * version v (its compact JSON, owned), or its delete when text is NULL. */
+typedef struct version_op {
     int64_t v;
     char *text;
     size_t len;
-} mark_op_t;
+} version_op_t;
+
+/* The writes of a record's marker or history keys. */
+typedef struct version_ops {
+    version_op_t *ops;
+    size_t n;
+} version_ops_t;
 
 /* A commit sequenced in memory and not yet durable. While it is its key's
  * newest such commit it is also the key's entry in its stripe's pending
@@ -145,8 +166,8 @@ typedef struct pending {
     syncd_doc_t *doc; /* the version, the key's tier entry once durable */
     char *val;        /* the encoded record; NULL for an ack */
     size_t vlen;
-    mark_op_t *marks; /* the marker keys it puts and deletes */
-    size_t nmarks;
+    version_ops_t marks; /* the marker keys it puts and deletes */
+    version_ops_t hist;  /* the history entry keys it puts and deletes */
     int marked; /* 1: puts k's MARKED_PREFIX key, -1: deletes it, 0: neither */
     syncd_htree_t *tree; /* doc's hash tree (owned), or NULL */
     size_t tree_bytes;   /* what tree is charged in the tier */
@@ -295,12 +316,14 @@ static void index_key(char *buf, char prefix, const syncd_reckey_t *k)
     memcpy(buf + 1, k->bytes, k->len);
 }
 
-/* Writes into buf (MARKER_KEY_MAX bytes) the key of k's marker of version
- * v, or with v < 0 the prefix that all of k's marker keys share; returns
- * its length. */
-static size_t marker_key(char *buf, const syncd_reckey_t *k, int64_t v)
+/* Writes into buf (VERSION_KEY_MAX bytes) the key of k's marker
+ * (MARKER_PREFIX) or history entry (HISTORY_PREFIX) of version v, or with
+ * v < 0 the prefix that all of k's keys of that kind share; returns its
+ * length. */
+static size_t version_key(char *buf, char prefix, const syncd_reckey_t *k,
+                          int64_t v)
 {
-    buf[0] = MARKER_PREFIX;
+    buf[0] = prefix;
     memcpy(buf + 1, k->bytes, k->len);
     buf[1 + k->len] = '\0';
     if (v < 0)
@@ -328,19 +351,22 @@ static int iter_status(rocksdb_iterator_t *it, syncd_error_t *err)
     return errptr != NULL ? rocks_error(err, errptr, "iterate") : 0;
 }
 
-/* Sets doc->outbox to the markers of k (NULL: none), read with ro. */
-static int read_markers(rocks_t *r, const rocksdb_readoptions_t *ro,
-                        const syncd_reckey_t *k, syncd_doc_t *doc,
-                        syncd_error_t *err)
+/* Reads k's keys under prefix (its markers or history entries) with ro
+ * into *arr, oldest first (NULL: none) and, when text is not NULL, their
+ * values joined as the text of that JSON array into *text (a buffer the
+ * caller frees). A value that is no JSON object fails the read: what (with
+ * the record's coll and id) names what it belongs to. */
+static int read_versions(rocks_t *r, const rocksdb_readoptions_t *ro,
+                         char prefix, const syncd_reckey_t *k, json_t **arr,
+                         syncd_buf_t *text, const char *what,
+                         const syncd_doc_t *doc, syncd_error_t *err)
 {
-    char start[MARKER_KEY_MAX];
-    size_t plen = marker_key(start, k, -1);
+    char start[VERSION_KEY_MAX];
+    size_t plen = version_key(start, prefix, k, -1);
     rocksdb_iterator_t *it = rocksdb_create_iterator(r->db, ro);
-    json_t *ob = NULL;
+    json_t *got = NULL;
     int rc = 0;
 
-    json_decref(doc->outbox);
-    doc->outbox = NULL;
     for (rocksdb_iter_seek(it, start, plen); rc == 0 && rocksdb_iter_valid(it);
          rocksdb_iter_next(it)) {
         size_t klen, vlen;
@@ -353,27 +379,70 @@ static int read_markers(rocks_t *r, const rocksdb_readoptions_t *ro,
         m = json_loadb(val, vlen, 0, NULL);
         if (!json_is_object(m))
             rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
-                                         "outbox of %s/%s is corrupt",
+                                         "%s of %s/%s is corrupt", what,
                                          doc->coll, doc->id);
-        else if ((ob == NULL && (ob = json_array()) == NULL) ||
-                 json_array_append(ob, m) != 0)
+        else if ((got == NULL && (got = json_array()) == NULL) ||
+                 json_array_append(got, m) != 0 ||
+                 (text != NULL &&
+                  (syncd_buf_putc(text, text->len == 0 ? '[' : ',') != 0 ||
+                   syncd_buf_append(text, val, vlen) != 0)))
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         json_decref(m);
     }
     if (rc == 0)
         rc = iter_status(it, err);
+    if (rc == 0 && text != NULL && text->len > 0 &&
+        syncd_buf_putc(text, ']') != 0)
+        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     rocksdb_iter_destroy(it);
     if (rc == 0)
-        doc->outbox = ob;
+        *arr = got;
     else
-        json_decref(ob);
+        json_decref(got);
     return rc;
 }
 
-/* Reads the record of k (coll/id) and its markers from RocksDB, as of one
- * moment, into *out (caller frees), with the record's length in *vlen.
- * The markers are those of their keys, whatever a record written before
- * they had keys still holds. SYNCD_ENOTFOUND when there is no record. */
+/* Sets doc's history to the entries of k's history keys, read with ro,
+ * with their text cached (history.c), as the record held it before it was
+ * kept apart. */
+static int read_history(rocks_t *r, const rocksdb_readoptions_t *ro,
+                        const syncd_reckey_t *k, syncd_doc_t *doc,
+                        syncd_error_t *err)
+{
+    syncd_buf_t text = {0};
+    json_t *hist = NULL;
+    int rc = read_versions(r, ro, HISTORY_PREFIX, k, &hist, &text, "history",
+                           doc, err);
+
+    if (rc == 0 && hist != NULL) {
+        json_decref(doc->hist);
+        doc->hist = hist;
+        rc = syncd_history_keep_text(doc, text.data, text.len);
+        if (rc == SYNCD_ENOMEM)
+            rc = syncd_error_set(err, rc, "out of memory");
+        else if (rc != 0)
+            rc = syncd_error_set_backend(err, SYNCD_EBACKEND, "rocksdb", 0,
+                                         "history of %s/%s is corrupt",
+                                         doc->coll, doc->id);
+    }
+    syncd_buf_free(&text);
+    return rc;
+}
+
+/* Returns the bytes of doc's history text, which a record kept apart
+ * from it: what the tier charges for it beside the record's. */
+static size_t hist_bytes(const syncd_doc_t *doc)
+{
+    size_t len = 0;
+
+    return syncd_text_cached(doc->hist_text, doc->hist, &len) != NULL ? len : 0;
+}
+
+/* Reads the record of k (coll/id), its markers and its history from
+ * RocksDB, as of one moment, into *out (caller frees), with the bytes of
+ * the record and its history in *vlen. The markers are those of their
+ * keys, whatever a record written before they had keys still holds.
+ * SYNCD_ENOTFOUND when there is no record. */
 static int load_record(rocks_t *r, const syncd_reckey_t *k, const char *coll,
                        const char *id, syncd_doc_t **out, size_t *vlen,
                        syncd_error_t *err)
@@ -396,12 +465,15 @@ static int load_record(rocks_t *r, const syncd_reckey_t *k, const char *coll,
         rc = SYNCD_ENOTFOUND;
     else
         rc = syncd_record_decode(out, coll, id, vals[0], vlens[0], 1, err);
-    if (rc == 0 && vals[1] != NULL) {
-        rc = read_markers(r, ro, k, *out, err);
-    } else if (rc == 0) {
+    if (rc == 0) {
         json_decref((*out)->outbox);
         (*out)->outbox = NULL;
+        if (vals[1] != NULL)
+            rc = read_versions(r, ro, MARKER_PREFIX, k, &(*out)->outbox, NULL,
+                               "outbox", *out, err);
     }
+    if (rc == 0 && syncd_record_hist_apart(vals[0], vlens[0]))
+        rc = read_history(r, ro, k, *out, err);
     if (rc != 0) {
         syncd_doc_free(*out);
         *out = NULL;
@@ -409,7 +481,7 @@ static int load_record(rocks_t *r, const syncd_reckey_t *k, const char *coll,
     /* rocks_error() freed the one it reported. */
     if (errs[0] != NULL && errs[1] != NULL)
         rocksdb_free(errs[1]);
-    *vlen = vlens[0];
+    *vlen = vlens[0] + (*out != NULL ? hist_bytes(*out) : 0);
     rocksdb_free(vals[0]);
     rocksdb_free(vals[1]);
     rocksdb_readoptions_destroy(ro);
@@ -552,39 +624,45 @@ static void tomb_put(rocksdb_writebatch_t *batch, const syncd_reckey_t *k,
     rocksdb_writebatch_put(batch, key, 1 + k->len, val, sizeof(val));
 }
 
+/* Frees ops's writes. */
+static void version_ops_free(version_ops_t *ops)
+{
+    for (size_t i = 0; i < ops->n; i++)
+        free(ops->ops[i].text);
+    free(ops->ops);
+}
+
 /* Frees a pending commit whose version was not put in the tier. */
 static void pending_free(pending_t *p)
 {
     syncd_doc_free(p->doc);
     syncd_htree_free(p->tree);
     free(p->val);
-    for (size_t i = 0; i < p->nmarks; i++)
-        free(p->marks[i].text);
-    free(p->marks);
+    version_ops_free(&p->marks);
+    version_ops_free(&p->hist);
     free(p);
 }
 
-static int64_t marker_version(const json_t *marker)
+static int64_t entry_version(const json_t *entry)
 {
-    return json_integer_value(json_object_get(marker, "v"));
+    return json_integer_value(json_object_get(entry, "v"));
 }
 
-/* Sets p->marks to the marker keys that take a record from the markers
- * cur to the markers next (arrays oldest first, by version; NULL: none):
- * a put of each of next's that cur lacks, a delete of each of cur's that
- * next lacks. A commit adds one, an ack drops some; the markers both hold
- * are not written again. Sets p->marked when the record gets its first
- * marker or loses its last. */
-static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
-                    syncd_error_t *err)
+/* Sets ops to the key writes that take a record from the markers or
+ * history entries cur to next (arrays oldest first, by version; NULL:
+ * none): a put of each of next's that cur lacks, a delete of each of
+ * cur's that next lacks. A commit adds a marker and a history entry and
+ * drops the oldest entries past the history's bounds; an ack drops
+ * markers; what both hold is not written again. */
+static int version_diff(version_ops_t *ops, const json_t *cur,
+                        const json_t *next, syncd_error_t *err)
 {
     size_t nc = json_array_size(cur), nn = json_array_size(next);
     size_t i = 0, j;
 
-    p->marked = nc == 0 && nn > 0 ? 1 : nc > 0 && nn == 0 ? -1 : 0;
-    /* The very markers both hold lead (a commit's are its predecessor's,
-     * shared, and one more) or trail (an ack's are the last of its
-     * predecessor's): only the rest is compared, by version. */
+    /* The very entries both hold may lead (a commit's markers are its
+     * predecessor's, shared, and one more) or trail (an ack's are the last
+     * of its predecessor's): only the rest is compared, by version. */
     while (i < nc && i < nn &&
            json_array_get(cur, i) == json_array_get(next, i))
         i++;
@@ -596,15 +674,14 @@ static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
     j = i;
     if (nc - i + nn - j == 0)
         return 0;
-    p->marks = calloc(nc - i + nn - j, sizeof(*p->marks));
-    if (p->marks == NULL)
+    ops->ops = calloc(nc - i + nn - j, sizeof(*ops->ops));
+    if (ops->ops == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     while (i < nc || j < nn) {
         json_t *m = json_array_get(next, j);
-        int64_t vc =
-            i < nc ? marker_version(json_array_get(cur, i)) : INT64_MAX;
-        int64_t vn = j < nn ? marker_version(m) : INT64_MAX;
-        mark_op_t *op = &p->marks[p->nmarks];
+        int64_t vc = i < nc ? entry_version(json_array_get(cur, i)) : INT64_MAX;
+        int64_t vn = j < nn ? entry_version(m) : INT64_MAX;
+        version_op_t *op = &ops->ops[ops->n];
 
         if (vc == vn) {
             i++;
@@ -622,16 +699,16 @@ static int mark_ops(pending_t *p, const json_t *cur, const json_t *next,
             op->len = strlen(op->text);
             j++;
         }
-        p->nmarks++;
+        ops->n++;
     }
     return 0;
 }
 
 /* Sequences doc's record (its body's canonical JSON given or NULL, see
- * syncd_record_encode()) and the marker keys that differ from those of
- * cur (the version doc replaces; NULL: none), and with SEQ_INSERT its
- * collection's registry key, as the newest commit of key k (SEQ_ACK: an
- * outbox ack, which writes marker keys alone), whose write lock
+ * syncd_record_encode()) and the marker and history keys that differ from
+ * those of cur (the version doc replaces; NULL: none), and with SEQ_INSERT
+ * its collection's registry key, as the newest commit of key k (SEQ_ACK:
+ * an outbox ack, which writes marker keys alone), whose write lock
  * the caller holds through kl: it becomes k's pending version and joins the
  * group queue, and kl's ticket names it for group_wait(). doc is borrowed
  * (copied). Fails with SYNCD_EBACKEND once a sync has failed. */
@@ -641,6 +718,7 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
                     int flags, syncd_error_t *err)
 {
     syncd_lru_node_t *old;
+    size_t nc, nn;
     pending_t *p;
     int rc;
 
@@ -652,12 +730,20 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
         pending_free(p);
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     }
-    if (!(flags & SEQ_ACK))
-        rc = syncd_record_encode(&p->val, &p->vlen, doc, canon, canon_len, err);
-    else
-        rc = 0;
+    rc = 0;
+    if (!(flags & SEQ_ACK)) {
+        rc = syncd_record_encode(&p->val, &p->vlen, doc, 1, canon, canon_len,
+                                 err);
+        if (rc == 0)
+            rc = version_diff(&p->hist, cur != NULL ? cur->hist : NULL,
+                              doc->hist, err);
+    }
+    nc = json_array_size(cur != NULL ? cur->outbox : NULL);
+    nn = json_array_size(doc->outbox);
+    p->marked = nc == 0 && nn > 0 ? 1 : nc > 0 && nn == 0 ? -1 : 0;
     if (rc == 0)
-        rc = mark_ops(p, cur != NULL ? cur->outbox : NULL, doc->outbox, err);
+        rc = version_diff(&p->marks, cur != NULL ? cur->outbox : NULL,
+                          doc->outbox, err);
     if (rc != 0) {
         pending_free(p);
         return rc;
@@ -707,6 +793,23 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
     return 0;
 }
 
+/* Puts ops's writes of k's keys under prefix into batch. */
+static void version_ops_write(rocksdb_writebatch_t *batch, char prefix,
+                              const syncd_reckey_t *k, const version_ops_t *ops)
+{
+    char key[VERSION_KEY_MAX];
+
+    for (size_t i = 0; i < ops->n; i++) {
+        size_t len = version_key(key, prefix, k, ops->ops[i].v);
+
+        if (ops->ops[i].text != NULL)
+            rocksdb_writebatch_put(batch, key, len, ops->ops[i].text,
+                                   ops->ops[i].len);
+        else
+            rocksdb_writebatch_delete(batch, key, len);
+    }
+}
+
 /* Writes the group (a queue, in sequence order) as one batch with r->write
  * (synced with sync_writes), or unsynced when it holds only outbox acks,
  * which no writer waits for (a later sync covers them, since the WAL is
@@ -720,7 +823,7 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
                        size_t size)
 {
     rocksdb_writebatch_t *batch;
-    char ob[MARKER_KEY_MAX];
+    char ob[1 + SYNCD_RECORD_KEY_MAX];
     char *errptr = NULL;
     int rc = 0, acks_only = 1;
 
@@ -733,17 +836,10 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
                 rocksdb_writebatch_put(batch, ob, 1 + p->k.len, "", 0);
             else if (p->marked < 0)
                 rocksdb_writebatch_delete(batch, ob, 1 + p->k.len);
-            for (size_t i = 0; i < p->nmarks; i++) {
-                size_t len = marker_key(ob, &p->k, p->marks[i].v);
-
-                if (p->marks[i].text != NULL)
-                    rocksdb_writebatch_put(batch, ob, len, p->marks[i].text,
-                                           p->marks[i].len);
-                else
-                    rocksdb_writebatch_delete(batch, ob, len);
-            }
+            version_ops_write(batch, MARKER_PREFIX, &p->k, &p->marks);
             if (p->ack)
                 continue;
+            version_ops_write(batch, HISTORY_PREFIX, &p->k, &p->hist);
             rocksdb_writebatch_put(batch, p->k.bytes, p->k.len, p->val,
                                    p->vlen);
             if (p->doc->deleted) {
@@ -785,7 +881,8 @@ static int group_write(rocks_t *r, pending_t *group, int ok, char *failure,
             p->tree = NULL;
         } else if (ok && rc == 0) {
             syncd_tier_put(r->tier, &p->k, p->doc, r->now_ms(r->now_data),
-                           p->vlen, 1, p->tree, p->tree_bytes, &replaced);
+                           p->vlen + hist_bytes(p->doc), 1, p->tree,
+                           p->tree_bytes, &replaced);
             p->doc = NULL;
             p->tree = NULL;
         } else {
@@ -1374,8 +1471,9 @@ static int rocks_collections(syncd_backend_t *b, json_t **out,
     return rc;
 }
 
-/* Deletes coll/id and its tombstone index key, unsynced, when it is still
- * a tombstone older than before_ms with no pending-publish marker; *removed
+/* Deletes coll/id, its history and its tombstone index key, unsynced, when
+ * it is still a tombstone older than before_ms with no pending-publish
+ * marker; *removed
  * is its version when it was, else 0. An index key whose record is no
  * tombstone (none should be) is deleted too. The caller syncs the WAL
  * before it reports the purge: until then a crash may bring the tombstone
@@ -1388,6 +1486,7 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
     rocksdb_writebatch_t *batch = rocksdb_writebatch_create();
     char key[1 + SYNCD_RECORD_KEY_MAX];
     char *errptr = NULL;
+    version_ops_t hist = {0};
     held_t h;
     int rc;
 
@@ -1402,6 +1501,10 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
         rocksdb_delete(r->db, r->write_unsynced, key, 1 + h.k.len, &errptr);
     } else if (h.cur->mtime_ms < before_ms &&
                json_array_size(h.cur->outbox) == 0) {
+        rc = version_diff(&hist, h.cur->hist, NULL, err);
+        if (rc != 0)
+            goto done;
+        version_ops_write(batch, HISTORY_PREFIX, &h.k, &hist);
         rocksdb_writebatch_delete(batch, h.k.bytes, h.k.len);
         rocksdb_writebatch_delete(batch, key, 1 + h.k.len);
         write_begin(h.s);
@@ -1412,6 +1515,8 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
     }
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "delete");
+done:
+    version_ops_free(&hist);
     rocksdb_writebatch_destroy(batch);
     return release(r, &h, rc, err);
 }
@@ -1736,10 +1841,18 @@ static int record_key_split(const char *key, size_t klen, char *coll, char *id)
     return 1;
 }
 
-/* Builds the tombstone index of a store made before it had one (no
- * TOMB_COMPLETE key): one pass over every record's header, writing the
- * index a batch at a time, then TOMB_COMPLETE, synced. */
-static int tomb_index_build(rocks_t *r, syncd_error_t *err)
+/* What a pass over every record does with one: puts what it writes into
+ * batch. */
+typedef int (*record_fn)(rocksdb_writebatch_t *batch, const syncd_reckey_t *k,
+                         const char *coll, const char *id, const char *val,
+                         size_t vlen, syncd_error_t *err);
+
+/* Runs fn on every record of a store in which the key complete is not yet
+ * there, writing what it puts a batch at a time (a record's writes in one
+ * batch), then complete, synced. A pass cut short by a crash runs again
+ * at the next open, which fn's writes must allow. */
+static int records_pass(rocks_t *r, const char *complete, record_fn fn,
+                        syncd_error_t *err)
 {
     rocksdb_writebatch_t *batch;
     rocksdb_iterator_t *it;
@@ -1747,8 +1860,8 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
     size_t vlen;
     int rc = 0;
 
-    val = rocksdb_get(r->db, r->read, TOMB_COMPLETE, strlen(TOMB_COMPLETE),
-                      &vlen, &errptr);
+    val =
+        rocksdb_get(r->db, r->read, complete, strlen(complete), &vlen, &errptr);
     if (errptr != NULL)
         return rocks_error(err, errptr, "read");
     if (val != NULL) {
@@ -1763,20 +1876,14 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
         const char *key = rocksdb_iter_key(it, &klen);
         const char *v = rocksdb_iter_value(it, &vlen);
         char coll[65], id[SYNCD_MAX_ID_BYTES + 1];
-        syncd_doc_t *doc = NULL;
         syncd_reckey_t k;
 
         if (!record_key_split(key, klen, coll, id))
             continue;
-        /* A record that does not decode is the start check's to report. */
-        if (syncd_record_decode(&doc, coll, id, v, vlen, 0, NULL) == 0 &&
-            doc->deleted) {
-            memcpy(k.bytes, key, klen);
-            k.len = klen;
-            tomb_put(batch, &k, doc->mtime_ms);
-        }
-        syncd_doc_free(doc);
-        if (rocksdb_writebatch_count(batch) == PURGE_PAGE) {
+        memcpy(k.bytes, key, klen);
+        k.len = klen;
+        rc = fn(batch, &k, coll, id, v, vlen, err);
+        if (rc == 0 && rocksdb_writebatch_count(batch) >= PURGE_PAGE) {
             rocksdb_write(r->db, r->write_unsynced, batch, &errptr);
             rocksdb_writebatch_clear(batch);
             if (errptr != NULL)
@@ -1787,13 +1894,60 @@ static int tomb_index_build(rocks_t *r, syncd_error_t *err)
         rc = iter_status(it, err);
     rocksdb_iter_destroy(it);
     if (rc == 0) {
-        rocksdb_writebatch_put(batch, TOMB_COMPLETE, strlen(TOMB_COMPLETE), "",
-                               0);
+        rocksdb_writebatch_put(batch, complete, strlen(complete), "", 0);
         rocksdb_write(r->db, r->write, batch, &errptr);
         if (errptr != NULL)
             rc = rocks_error(err, errptr, "write");
     }
     rocksdb_writebatch_destroy(batch);
+    return rc;
+}
+
+/* records_pass() of the tombstone index build: indexes k when it is a
+ * tombstone. A record that does not decode is the start check's to
+ * report. */
+static int tomb_index_record(rocksdb_writebatch_t *batch,
+                             const syncd_reckey_t *k, const char *coll,
+                             const char *id, const char *val, size_t vlen,
+                             syncd_error_t *err)
+{
+    syncd_doc_t *doc = NULL;
+
+    (void)err;
+    if (syncd_record_decode(&doc, coll, id, val, vlen, 0, NULL) == 0 &&
+        doc->deleted)
+        tomb_put(batch, k, doc->mtime_ms);
+    syncd_doc_free(doc);
+    return 0;
+}
+
+/* records_pass() of the history's move out of the records of a store
+ * written before: when k holds history entries, puts a key for each and
+ * the record without them. A record that does not decode is left as it
+ * is, for its reads and the start check to report. */
+static int history_record(rocksdb_writebatch_t *batch, const syncd_reckey_t *k,
+                          const char *coll, const char *id, const char *val,
+                          size_t vlen, syncd_error_t *err)
+{
+    version_ops_t ops = {0};
+    json_t *hist = NULL;
+    char *rec = NULL;
+    size_t rlen = 0;
+    int rc = syncd_record_take_hist(&rec, &rlen, &hist, coll, id, val, vlen);
+
+    if (rc == 0)
+        return 0;
+    if (rc > 0)
+        rc = version_diff(&ops, NULL, hist, err);
+    else
+        rc = syncd_error_set(err, rc, "out of memory");
+    if (rc == 0) {
+        version_ops_write(batch, HISTORY_PREFIX, k, &ops);
+        rocksdb_writebatch_put(batch, k->bytes, k->len, rec, rlen);
+    }
+    version_ops_free(&ops);
+    json_decref(hist);
+    free(rec);
     return rc;
 }
 
@@ -1816,7 +1970,7 @@ static int markers_upgrade(rocks_t *r, syncd_error_t *err)
         const char *key = rocksdb_iter_key(it, &klen);
         const char *val = rocksdb_iter_value(it, &vlen);
         char coll[65], id[SYNCD_MAX_ID_BYTES + 1], *rec = NULL;
-        char mk[MARKER_KEY_MAX];
+        char mk[VERSION_KEY_MAX];
         syncd_doc_t *doc = NULL;
         json_t *ob = NULL, *m;
         syncd_reckey_t k;
@@ -1848,9 +2002,9 @@ static int markers_upgrade(rocks_t *r, syncd_error_t *err)
                 rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
                 break;
             }
-            rocksdb_writebatch_put(batch, mk,
-                                   marker_key(mk, &k, marker_version(m)), text,
-                                   strlen(text));
+            rocksdb_writebatch_put(
+                batch, mk, version_key(mk, MARKER_PREFIX, &k, entry_version(m)),
+                text, strlen(text));
             free(text);
         }
         /* Bytes that are no array are kept as the record's one marker,
@@ -1858,7 +2012,8 @@ static int markers_upgrade(rocks_t *r, syncd_error_t *err)
          * as it does past a record that does not decode). */
         corrupt = vlen > 0 && !json_is_array(ob);
         if (corrupt)
-            rocksdb_writebatch_put(batch, mk, marker_key(mk, &k, 0), val, vlen);
+            rocksdb_writebatch_put(
+                batch, mk, version_key(mk, MARKER_PREFIX, &k, 0), val, vlen);
         if (json_array_size(ob) > 0 || corrupt) {
             index_key(mk, MARKED_PREFIX, &k);
             rocksdb_writebatch_put(batch, mk, 1 + k.len, "", 0);
@@ -1927,9 +2082,12 @@ int syncd_backend_rocks_open(syncd_backend_t **out, const char *dir,
     if (errptr != NULL)
         rc = rocks_error(err, errptr, "open");
     else
-        rc = tomb_index_build(r, err);
+        rc = records_pass(r, TOMB_COMPLETE, tomb_index_record, err);
     if (rc == 0)
         rc = markers_upgrade(r, err);
+    /* After the markers' move, which reads a record's meta. */
+    if (rc == 0)
+        rc = records_pass(r, HISTORY_COMPLETE, history_record, err);
 done:
     if (rc != 0) {
         rocks_close(&r->base);

@@ -126,7 +126,7 @@ int main(int argc, char **argv)
         rc = usage();
         goto cleanup;
     }
-    if (syncd_record_encode(&rec, &rlen, doc, NULL, 0, NULL) != 0) {
+    if (syncd_record_encode(&rec, &rlen, doc, 0, NULL, 0, NULL) != 0) {
         fprintf(stderr, "cache_tamper: cannot encode %s/%s\n", argv[2],
                 argv[3]);
         goto cleanup;

@@ -2233,12 +2233,13 @@ static size_t make_tombstones(fixture_t *f, const char *coll,
 }
 
 /* Deletes, as the store before the tombstone index left its database,
- * every key of the index and the key saying it is complete (the keys
- * from 0x03 up to the records), and writes bytes that are no record at
+ * every key of the index (under 0x03) and the key saying it is complete,
+ * and writes bytes that are no record at
  * coll/bad; returns how many index keys there were. */
 static size_t strip_tombstone_index(const char *dir, const char *coll,
                                     const char *bad)
 {
+    static const char complete[] = "\x04tombstone-index";
     char badkey[64];
     size_t blen =
         (size_t)snprintf(badkey, sizeof(badkey), "%s%c%s", coll, '\0', bad);
@@ -2259,6 +2260,9 @@ static size_t strip_tombstone_index(const char *dir, const char *coll,
 
         if (key[0] != '\x03' && key[0] != '\x04')
             break;
+        if (key[0] == '\x04' &&
+            (klen != sizeof(complete) - 1 || memcmp(key, complete, klen) != 0))
+            continue;
         rocksdb_delete(db, wo, key, klen, &errptr);
         assert_null(errptr);
         n++;
@@ -2776,7 +2780,7 @@ static char *raw_get(const char *dir, const char *key, size_t klen, size_t *len)
 }
 
 /* Puts key (klen bytes) = val (len bytes) into the closed store of record
- * at dir. */
+ * at dir, or deletes key when val is NULL. */
 static void raw_put(const char *dir, const char *key, size_t klen,
                     const char *val, size_t len)
 {
@@ -2786,35 +2790,47 @@ static void raw_put(const char *dir, const char *key, size_t klen,
     rocksdb_t *db = rocksdb_open(o, dir, &errptr);
 
     assert_null(errptr);
-    rocksdb_put(db, wo, key, klen, val, len, &errptr);
+    if (val != NULL)
+        rocksdb_put(db, wo, key, klen, val, len, &errptr);
+    else
+        rocksdb_delete(db, wo, key, klen, &errptr);
     assert_null(errptr);
     rocksdb_close(db);
     rocksdb_writeoptions_destroy(wo);
     rocksdb_options_destroy(o);
 }
 
-/* Writes into key the prefix of the marker keys of coll/id (the record's
- * key between 0x05 and NUL); returns its length. */
-static size_t marker_prefix(char *key, const char *coll, const char *id)
+/* The first byte of the keys of a record's markers and history entries. */
+#define MARKERS '\x05'
+#define HISTORY '\x07'
+/* The key that says no record holds its history any more. */
+#define HISTORY_COMPLETE "\x04history-apart"
+
+/* Writes into key the prefix of the marker (kind MARKERS) or history entry
+ * (HISTORY) keys of coll/id (the record's key between kind and NUL);
+ * returns its length. */
+static size_t version_prefix(char *key, char kind, const char *coll,
+                             const char *id)
 {
     size_t klen = syncd_record_key(key + 1, coll, id);
 
-    key[0] = '\x05';
+    key[0] = kind;
     key[1 + klen] = '\0';
     return klen + 2;
 }
 
-/* Returns the markers of coll/id in the closed store at dir as a compact
- * JSON array of the values of their keys, in key order (malloc'd, *len
- * bytes), or NULL when there are none; with drop set, deletes those keys. */
-static char *raw_markers(const char *dir, const char *coll, const char *id,
-                         int drop, size_t *len)
+/* Returns the markers or history entries (kind) of coll/id in the closed
+ * store at dir as a compact JSON array of the values of their keys, in key
+ * order (malloc'd, *len bytes), or NULL when there are none; with drop
+ * set, deletes those keys. */
+static char *raw_versions(const char *dir, char kind, const char *coll,
+                          const char *id, int drop, size_t *len)
 {
     rocksdb_options_t *o = rocksdb_options_create();
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
     char prefix[SYNCD_RECORD_KEY_MAX + 2], *errptr = NULL, *out = NULL;
-    size_t plen = marker_prefix(prefix, coll, id);
+    size_t plen = version_prefix(prefix, kind, coll, id);
     rocksdb_t *db = rocksdb_open(o, dir, &errptr);
     rocksdb_iterator_t *it;
 
@@ -2871,7 +2887,7 @@ static raw_record_t read_raw(fixture_t *f, const char *coll, const char *id)
     syncd_store_close(f->store);
     f->store = NULL;
     raw.rec = raw_get(f->opts.data_dir, key + 1, klen, &raw.rlen);
-    raw.ob = raw_markers(f->opts.data_dir, coll, id, 0, &raw.oblen);
+    raw.ob = raw_versions(f->opts.data_dir, MARKERS, coll, id, 0, &raw.oblen);
     key[0] = '\x06';
     marked = raw_get(f->opts.data_dir, key, 1 + klen, &mlen);
     raw.marked = marked != NULL;
@@ -2885,6 +2901,33 @@ static void raw_record_free(raw_record_t *raw)
 {
     free(raw->rec);
     free(raw->ob);
+}
+
+/* A purge removes a tombstone's history with it, and leaves the history
+ * of a live document of the same collection. */
+static void test_store_purge__takes_the_history_of_what_it_removes(void **state)
+{
+    fixture_t *f = *state;
+    size_t purged = 0, len = 0;
+    char *left;
+
+    f->opts.tombstone_ttl_ms = 1000;
+    use_fake_hooks(f, 1000000);
+    assert_int_equal(make_tombstones(f, "old", "d", 2, 2), 1);
+    assert_int_equal(
+        put_doc(f, "old", "d00001", "{\"x\":1}", SYNCD_ANY_VERSION, NULL), 0);
+    f->fake.now += 2000;
+    assert_int_equal(syncd_store_purge(f->store, "old", 0, &purged, NULL, NULL),
+                     0);
+    assert_int_equal(purged, 1);
+    syncd_store_close(f->store);
+    f->store = NULL;
+    assert_null(
+        raw_versions(f->opts.data_dir, HISTORY, "old", "d00000", 0, &len));
+    left = raw_versions(f->opts.data_dir, HISTORY, "old", "d00001", 0, &len);
+    assert_non_null(left);
+    free(left);
+    open_store(f);
 }
 
 /* A commit writes its record without its markers, each of which has a key
@@ -3005,7 +3048,7 @@ test_store_outbox__a_record_holding_its_markers_still_publishes_them(
     old = with_markers_inside(raw.rec, raw.rlen, raw.ob, &olen);
     syncd_store_close(f->store);
     f->store = NULL;
-    free(raw_markers(f->opts.data_dir, "leg", "d", 1, &mlen));
+    free(raw_versions(f->opts.data_dir, MARKERS, "leg", "d", 1, &mlen));
     key[0] = '\x02';
     raw_put(f->opts.data_dir, key + 1, klen, old, olen);
     raw_put(f->opts.data_dir, key, 1 + klen, "", 0);
@@ -3065,7 +3108,7 @@ test_store_outbox__markers_kept_as_one_array_get_a_key_each(void **state)
     raw = read_raw(f, "arr", "d");
     syncd_store_close(f->store);
     f->store = NULL;
-    free(raw_markers(f->opts.data_dir, "arr", "d", 1, &len));
+    free(raw_versions(f->opts.data_dir, MARKERS, "arr", "d", 1, &len));
     key[0] = '\x02';
     raw_put(f->opts.data_dir, key, 1 + klen, raw.ob, raw.oblen);
     open_store(f);
@@ -3087,7 +3130,7 @@ test_store_outbox__markers_kept_as_one_array_get_a_key_each(void **state)
     assert_outbox(f, "arr", "d", "3 4");
     syncd_store_close(f->store);
     f->store = NULL;
-    left = raw_markers(f->opts.data_dir, "arr", "d", 0, &len);
+    left = raw_versions(f->opts.data_dir, MARKERS, "arr", "d", 0, &len);
     assert_non_null(left);
     ob = parse(left);
     assert_marker_versions(ob, "3 4");
@@ -3113,7 +3156,7 @@ test_store_outbox__a_corrupt_old_outbox_fails_its_record_alone(void **state)
     create_doc(f, "bad", "e", "{\"n\":1}");
     syncd_store_close(f->store);
     f->store = NULL;
-    free(raw_markers(f->opts.data_dir, "bad", "d", 1, &klen));
+    free(raw_versions(f->opts.data_dir, MARKERS, "bad", "d", 1, &klen));
     klen = syncd_record_key(key + 1, "bad", "d");
     key[0] = '\x02';
     raw_put(f->opts.data_dir, key, 1 + klen, "[{\"v\":1,", 8);
@@ -5220,6 +5263,24 @@ static void assert_version_gone(fixture_t *f, const char *id, int64_t v,
     assert_non_null(strstr(err.message, want));
 }
 
+/* Puts versions from..to of h/d, {"n": version}, noting each in acked. */
+static void put_versions(fixture_t *f, acked_t *acked, int from, int to)
+{
+    for (int i = from; i <= to; i++) {
+        json_t *b = json_pack("{s:i}", "n", i);
+        syncd_change_t *c = NULL;
+
+        assert_int_equal(
+            syncd_store_put(f->store, &c, "h", "d", b, SYNCD_ANY_VERSION, NULL),
+            0);
+        assert_int_equal(c->doc->version, i);
+        acked[i].v = i;
+        snprintf(acked[i].h, sizeof(acked[i].h), "%s", c->doc->hash);
+        acked[i].body = b;
+        syncd_change_free(c);
+    }
+}
+
 static void test_history__is_trimmed_oldest_first_by_count(void **state)
 {
     fixture_t *f = *state;
@@ -5227,21 +5288,121 @@ static void test_history__is_trimmed_oldest_first_by_count(void **state)
 
     f->opts.history_len = 3;
     reopen(f);
-    for (int i = 1; i <= 8; i++) {
-        json_t *b = json_pack("{s:i}", "n", i);
-        syncd_change_t *c = NULL;
-
-        assert_int_equal(
-            syncd_store_put(f->store, &c, "h", "d", b, SYNCD_ANY_VERSION, NULL),
-            0);
-        acked[i].v = i;
-        snprintf(acked[i].h, sizeof(acked[i].h), "%s", c->doc->hash);
-        acked[i].body = b;
-        syncd_change_free(c);
-    }
+    put_versions(f, acked, 1, 8);
     assert_history_is(f, "h", "d", acked, 5, 8);
     assert_version_gone(f, "d", 4, 5);
     for (int i = 1; i <= 8; i++)
+        json_decref(acked[i].body);
+}
+
+/* Asserts that the closed store at f's data_dir keeps h/d's history
+ * entries of versions from..to, each under a key of its own. */
+static void assert_history_keys(fixture_t *f, int64_t from, int64_t to)
+{
+    size_t len = 0, i;
+    char *text = raw_versions(f->opts.data_dir, HISTORY, "h", "d", 0, &len);
+    json_t *entries = text != NULL ? parse(text) : json_array(), *e;
+
+    assert_int_equal(json_array_size(entries), (size_t)(to - from + 1));
+    json_array_foreach (entries, i, e)
+        assert_int_equal(json_integer_value(json_object_get(e, "v")),
+                         from + (int64_t)i);
+    json_decref(entries);
+    free(text);
+}
+
+/* Asserts that h/d's record, as the closed store holds it, says it has
+ * history entries apart and holds none itself. */
+static void assert_record_without_history(fixture_t *f)
+{
+    raw_record_t raw = read_raw(f, "h", "d");
+
+    assert_true(raw.rec[1] & 0x04);
+    assert_null(memmem(raw.rec, raw.rlen, "\"hs\"", 4));
+    raw_record_free(&raw);
+}
+
+/* The embedded store keeps each history entry under a key of its own
+ * beside the record, which holds none: a commit puts its entry and
+ * deletes the one that falls out of the bounds; the history reads the
+ * same from disk after a reopen; an entry that does not decode fails its
+ * record's reads. */
+static void test_history__entries_live_beside_the_record(void **state)
+{
+    fixture_t *f = *state;
+    acked_t acked[16] = {{0}};
+    char key[1 + SYNCD_RECORD_KEY_MAX + 9];
+    size_t klen = version_prefix(key, HISTORY, "h", "d");
+    syncd_doc_t *doc = NULL;
+    syncd_error_t err;
+
+    f->opts.history_len = 3;
+    reopen(f);
+    put_versions(f, acked, 1, 8);
+    assert_record_without_history(f);
+    assert_history_is(f, "h", "d", acked, 5, 8);
+    put_versions(f, acked, 9, 9);
+    syncd_store_close(f->store);
+    f->store = NULL;
+    assert_history_keys(f, 6, 8);
+    memcpy(key + klen, "\0\0\0\0\0\0\0\x07", 8);
+    raw_put(f->opts.data_dir, key, klen + 8, "not json", 8);
+    open_store(f);
+    syncd_error_clear(&err);
+    assert_int_equal(syncd_store_get(f->store, &doc, "h", "d", &err),
+                     SYNCD_EBACKEND);
+    assert_null(doc);
+    assert_non_null(strstr(err.message, "history of h/d is corrupt"));
+    for (int i = 1; i <= 9; i++)
+        json_decref(acked[i].body);
+}
+
+/* A store written when each record held its history (the meta's "hs")
+ * gets a key per entry at its first open and records without it, and
+ * goes on: the history reads the same, and the next commits trim it. */
+static void
+test_history__a_store_holding_it_in_its_records_moves_it(void **state)
+{
+    fixture_t *f = *state;
+    acked_t acked[16] = {{0}};
+    char key[SYNCD_RECORD_KEY_MAX], *text, *rec, *old = NULL;
+    size_t klen = syncd_record_key(key, "h", "d"), len, rlen, olen = 0;
+    syncd_doc_t *doc = NULL;
+
+    f->opts.history_len = 3;
+    reopen(f);
+    put_versions(f, acked, 1, 8);
+    syncd_store_close(f->store);
+    f->store = NULL;
+    /* Back to the old layout: the entries into the record, their keys and
+     * the key saying the move is done deleted. */
+    text = raw_versions(f->opts.data_dir, HISTORY, "h", "d", 1, &len);
+    rec = raw_get(f->opts.data_dir, key, klen, &rlen);
+    assert_int_equal(syncd_record_decode(&doc, "h", "d", rec, rlen, 1, NULL),
+                     0);
+    assert_null(doc->hist);
+    doc->hist = parse(text);
+    assert_int_equal(syncd_record_encode(&old, &olen, doc, 0, NULL, 0, NULL),
+                     0);
+    assert_non_null(memmem(old, olen, "\"hs\"", 4));
+    raw_put(f->opts.data_dir, key, klen, old, olen);
+    raw_put(f->opts.data_dir, HISTORY_COMPLETE, sizeof(HISTORY_COMPLETE) - 1,
+            NULL, 0);
+    assert_history_keys(f, 1, 0);
+    open_store(f);
+    assert_history_is(f, "h", "d", acked, 5, 8);
+    put_versions(f, acked, 9, 10);
+    assert_record_without_history(f);
+    assert_history_is(f, "h", "d", acked, 7, 10);
+    syncd_store_close(f->store);
+    f->store = NULL;
+    assert_history_keys(f, 7, 9);
+    open_store(f);
+    syncd_doc_free(doc);
+    free(text);
+    free(rec);
+    free(old);
+    for (int i = 1; i <= 10; i++)
         json_decref(acked[i].body);
 }
 
@@ -5611,10 +5772,11 @@ test_history__a_record_with_a_cached_text_encodes_the_same_bytes(void **state)
             cur->outbox = parse("[{\"v\":9,\"base\":8,\"op\":\"update\"}]");
         cur->hist_text = cached;
         assert_int_equal(
-            syncd_record_encode(&with, &with_len, cur, NULL, 0, NULL), 0);
+            syncd_record_encode(&with, &with_len, cur, 0, NULL, 0, NULL), 0);
         cur->hist_text = NULL;
         assert_int_equal(
-            syncd_record_encode(&without, &without_len, cur, NULL, 0, NULL), 0);
+            syncd_record_encode(&without, &without_len, cur, 0, NULL, 0, NULL),
+            0);
         assert_int_equal(with_len, without_len);
         assert_memory_equal(with, without, with_len);
         free(with);
@@ -5633,7 +5795,7 @@ static char *record_meta(const syncd_doc_t *doc)
     char *meta = NULL;
 
     assert_int_equal(
-        syncd_record_encode((char **)&rec, &len, doc, NULL, 0, NULL), 0);
+        syncd_record_encode((char **)&rec, &len, doc, 0, NULL, 0, NULL), 0);
     off = 18;
     off += 1 + rec[off];
     off += 1 + rec[off];
@@ -5814,6 +5976,7 @@ int main(int argc, char **argv)
         ROCKS(test_store_purge__reads_a_large_collection_page_by_page),
         ROCKS(
             test_store_purge__a_store_made_before_the_tombstone_index_gets_one),
+        ROCKS(test_store_purge__takes_the_history_of_what_it_removes),
         ROCKS(
             test_store_stats__the_block_cache_holds_at_most_its_configured_bytes),
         BOTH(test_store_collections__lists_names_sorted),
@@ -5863,6 +6026,8 @@ int main(int argc, char **argv)
             test_history__rollbacks_under_contention_lose_no_acknowledged_version),
         BOTH(test_history__is_trimmed_oldest_first_by_count),
         BOTH(test_history__is_trimmed_oldest_first_by_bytes),
+        ROCKS(test_history__entries_live_beside_the_record),
+        ROCKS(test_history__a_store_holding_it_in_its_records_moves_it),
         BOTH(test_history__a_deleted_document_is_restored_from_its_tombstone),
         BOTH(test_history__edits_from_the_node_cache_keep_the_exact_history),
         BOTH(

@@ -485,7 +485,7 @@ static void bare_rocks_open(bare_rocks_t *b, const char *dir,
     if (!b->db)
         die("bare rocksdb open", errptr);
     b->klen = syncd_record_key(b->key, doc->coll, doc->id);
-    if (syncd_record_encode(&value, &vlen, doc, NULL, 0, NULL) != 0)
+    if (syncd_record_encode(&value, &vlen, doc, 1, NULL, 0, NULL) != 0)
         die("bare rocksdb", "cannot encode the record");
     rocksdb_put(b->db, b->wo, b->key, b->klen, value, vlen, &errptr);
     if (errptr)
