@@ -5,19 +5,24 @@
  * where p is the canonical JSON of the RFC 6902 patch that turns the body of
  * version v+1 into the body of version v, a tombstone's body taken as {}.
  * The history is written by the same compare-and-swap as the version it
- * comes with (it is part of the record), so it is exactly the committed
- * sequence; replaying the patches from the current body, newest first,
- * gives back each kept version, which the entry's hash h checks. Entries go
- * oldest first, to keep at most history_len of them and their bytes (patch
- * text plus SYNCD_HISTORY_ENTRY_OVERHEAD each) within history_max_bytes.
+ * comes with (it is part of the record, or in the embedded store written
+ * in the record's batch), so it is exactly the committed sequence;
+ * replaying the patches from the current body, newest first, gives back
+ * each kept version, which the entry's hash h checks. Entries go oldest
+ * first, to keep at most history_len of them and their bytes (patch text
+ * plus SYNCD_HISTORY_ENTRY_OVERHEAD each) within history_max_bytes.
  *
- * Both stores keep the history as the compact JSON text of doc->hist (the
- * MongoDB field hist, the RocksDB meta hs). doc->hist_text caches that text
- * with the array it encodes, so that an edit builds its next history's text
- * from the previous one: the kept entries are a substring of it (found by
- * skipping the dropped entries, usually one), the new entry's text is
- * appended, and the whole history is neither serialized nor parsed again.
- * The text is byte for byte what json_dumps(hist, JSON_COMPACT) gives.
+ * MongoDB keeps the history as the compact JSON text of doc->hist (the
+ * field hist), as does a node cache's record (its meta hs). doc->hist_text
+ * caches that text with the array it encodes, so that an edit builds its
+ * next history's text from the previous one: the kept entries are a
+ * substring of it (found by skipping the dropped entries, usually one),
+ * the new entry's text is appended, and the whole history is neither
+ * serialized nor parsed again.
+ * The text is byte for byte what json_dumps(hist, JSON_COMPACT) gives. The
+ * cache also says where the newest entry's text starts in it: the
+ * embedded store, which keeps each entry under a key of its own, writes
+ * that text alone (syncd_history_newest_text()).
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -102,16 +107,21 @@ int syncd_history_text(const char **text, size_t *len, char **made,
     return syncd_text_of(text, len, made, doc->hist_text, doc->hist);
 }
 
-/* Sets doc->hist_text to [doc->hist, the len bytes of text] (text must be
- * an encoding of doc->hist, valid UTF-8 unless check); SYNCD_ENOMEM (or
- * SYNCD_EINVAL for text that is not UTF-8) leaves it NULL. */
-static int set_text(syncd_doc_t *doc, const char *text, size_t len, int check)
+/* Sets doc->hist_text to [doc->hist, the len bytes of text, newest] (text
+ * must be an encoding of doc->hist, valid UTF-8 unless check; newest the
+ * offset in it of the newest entry's text, or 0 when not known);
+ * SYNCD_ENOMEM (or SYNCD_EINVAL for text that is not UTF-8) leaves it
+ * NULL. */
+static int set_text(syncd_doc_t *doc, const char *text, size_t len,
+                    size_t newest, int check)
 {
     json_t *s =
         check ? json_stringn(text, len) : json_stringn_nocheck(text, len);
 
     json_decref(doc->hist_text);
-    doc->hist_text = s != NULL ? json_pack("[O, o]", doc->hist, s) : NULL;
+    doc->hist_text =
+        s != NULL ? json_pack("[O, o, I]", doc->hist, s, (json_int_t)newest)
+                  : NULL;
     if (doc->hist_text != NULL)
         return 0;
     return s != NULL || !check ? SYNCD_ENOMEM : SYNCD_EINVAL;
@@ -119,7 +129,19 @@ static int set_text(syncd_doc_t *doc, const char *text, size_t len, int check)
 
 int syncd_history_keep_text(syncd_doc_t *doc, const char *text, size_t len)
 {
-    return set_text(doc, text, len, 1);
+    return set_text(doc, text, len, 0, 1);
+}
+
+const char *syncd_history_newest_text(const syncd_doc_t *doc, size_t *len)
+{
+    size_t tlen = 0,
+           off = (size_t)json_integer_value(json_array_get(doc->hist_text, 2));
+    const char *text = syncd_text_cached(doc->hist_text, doc->hist, &tlen);
+
+    if (text == NULL || off == 0 || off + 1 >= tlen)
+        return NULL;
+    *len = tlen - 1 - off;
+    return text + off;
 }
 
 /* Returns the offset in the JSON array text t (len bytes) of its value
@@ -257,15 +279,18 @@ static char *entry_text(const json_t *entry, const syncd_doc_t *cur,
 
 /* Makes next->hist_text for next->hist, which keeps cur's entries from
  * number first on and then entry: from cur's cached text when it has one
- * (the kept entries are its substring), else by serializing next->hist. */
+ * (the kept entries are its substring), else by serializing next->hist;
+ * either way entry's text is its tail. */
 static int next_text(syncd_doc_t *next, const syncd_doc_t *cur, size_t first,
                      const json_t *entry)
 {
-    size_t clen = 0, start = 0, end = 0, elen;
+    size_t clen = 0, start = 0, end = 0, elen, len;
     const char *ctext = NULL;
-    char *etext = NULL, *buf = NULL, *p;
+    char *etext = entry_text(entry, cur, &elen), *buf = NULL, *p;
     int rc = SYNCD_ENOMEM;
 
+    if (etext == NULL)
+        return rc;
     if (first < json_array_size(cur->hist)) {
         ctext = syncd_text_cached(cur->hist_text, cur->hist, &clen);
         if (ctext != NULL) {
@@ -274,13 +299,11 @@ static int next_text(syncd_doc_t *next, const syncd_doc_t *cur, size_t first,
         }
         if (ctext == NULL || start >= end) {
             buf = json_dumps(next->hist, JSON_COMPACT);
-            rc = buf != NULL ? set_text(next, buf, strlen(buf), 0) : rc;
+            len = buf != NULL ? strlen(buf) : 0;
+            rc = buf != NULL ? set_text(next, buf, len, len - 1 - elen, 0) : rc;
             goto cleanup;
         }
     }
-    etext = entry_text(entry, cur, &elen);
-    if (etext == NULL)
-        goto cleanup;
     buf = malloc(end - start + elen + 3);
     if (buf == NULL)
         goto cleanup;
@@ -294,7 +317,8 @@ static int next_text(syncd_doc_t *next, const syncd_doc_t *cur, size_t first,
     memcpy(p, etext, elen);
     p += elen;
     *p++ = ']';
-    rc = set_text(next, buf, (size_t)(p - buf), 0);
+    len = (size_t)(p - buf);
+    rc = set_text(next, buf, len, len - 1 - elen, 0);
 cleanup:
     free(etext);
     free(buf);

@@ -515,6 +515,11 @@ int syncd_history_append(syncd_doc_t *next, const syncd_doc_t *cur,
 int syncd_history_text(const char **text, size_t *len, char **made,
                        const syncd_doc_t *doc);
 
+/* Returns the compact JSON of doc's newest history entry (its last, len
+ * bytes, borrowed from doc's cached history text) when
+ * syncd_history_append() made that text, else NULL. */
+const char *syncd_history_newest_text(const syncd_doc_t *doc, size_t *len);
+
 /* Caches text (len bytes, a JSON encoding of doc->hist as read with it) in
  * doc->hist_text; SYNCD_ENOMEM, SYNCD_EINVAL when it is not UTF-8 (nothing
  * cached then). */

@@ -653,10 +653,13 @@ static int64_t entry_version(const json_t *entry)
  * none): a put of each of next's that cur lacks, a delete of each of
  * cur's that next lacks. A commit adds a marker and a history entry and
  * drops the oldest entries past the history's bounds; an ack drops
- * markers; what both hold is not written again. */
+ * markers; what both hold is not written again. newest (newest_len
+ * bytes), when not NULL, is the text of next's last entry. */
 static int version_diff(version_ops_t *ops, const json_t *cur,
-                        const json_t *next, syncd_error_t *err)
+                        const json_t *next, const char *newest,
+                        size_t newest_len, syncd_error_t *err)
 {
+    size_t last = json_array_size(next) - 1;
     size_t nc = json_array_size(cur), nn = json_array_size(next);
     size_t i = 0, j;
 
@@ -678,11 +681,18 @@ static int version_diff(version_ops_t *ops, const json_t *cur,
     if (ops->ops == NULL)
         return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
     while (i < nc || j < nn) {
-        json_t *m = json_array_get(next, j);
-        int64_t vc = i < nc ? entry_version(json_array_get(cur, i)) : INT64_MAX;
-        int64_t vn = j < nn ? entry_version(m) : INT64_MAX;
+        json_t *m = json_array_get(next, j), *c = json_array_get(cur, i);
+        int64_t vc, vn;
         version_op_t *op = &ops->ops[ops->n];
 
+        /* The history shifts by the entries it drops: the same objects. */
+        if (i < nc && c == m) {
+            i++;
+            j++;
+            continue;
+        }
+        vc = i < nc ? entry_version(c) : INT64_MAX;
+        vn = j < nn ? entry_version(m) : INT64_MAX;
         if (vc == vn) {
             i++;
             j++;
@@ -693,7 +703,9 @@ static int version_diff(version_ops_t *ops, const json_t *cur,
             i++;
         } else {
             op->v = vn;
-            op->text = json_dumps(m, JSON_COMPACT);
+            op->text = j == last && newest != NULL
+                           ? strndup(newest, newest_len)
+                           : json_dumps(m, JSON_COMPACT);
             if (op->text == NULL)
                 return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
             op->len = strlen(op->text);
@@ -732,18 +744,21 @@ static int sequence(rocks_t *r, stripe_t *s, key_lock_t *kl,
     }
     rc = 0;
     if (!(flags & SEQ_ACK)) {
+        size_t nlen = 0;
+        const char *newest = syncd_history_newest_text(doc, &nlen);
+
         rc = syncd_record_encode(&p->val, &p->vlen, doc, 1, canon, canon_len,
                                  err);
         if (rc == 0)
             rc = version_diff(&p->hist, cur != NULL ? cur->hist : NULL,
-                              doc->hist, err);
+                              doc->hist, newest, nlen, err);
     }
     nc = json_array_size(cur != NULL ? cur->outbox : NULL);
     nn = json_array_size(doc->outbox);
     p->marked = nc == 0 && nn > 0 ? 1 : nc > 0 && nn == 0 ? -1 : 0;
     if (rc == 0)
         rc = version_diff(&p->marks, cur != NULL ? cur->outbox : NULL,
-                          doc->outbox, err);
+                          doc->outbox, NULL, 0, err);
     if (rc != 0) {
         pending_free(p);
         return rc;
@@ -1501,7 +1516,7 @@ static int purge_one(rocks_t *r, const char *coll, const char *id,
         rocksdb_delete(r->db, r->write_unsynced, key, 1 + h.k.len, &errptr);
     } else if (h.cur->mtime_ms < before_ms &&
                json_array_size(h.cur->outbox) == 0) {
-        rc = version_diff(&hist, h.cur->hist, NULL, err);
+        rc = version_diff(&hist, h.cur->hist, NULL, NULL, 0, err);
         if (rc != 0)
             goto done;
         version_ops_write(batch, HISTORY_PREFIX, &h.k, &hist);
@@ -1938,7 +1953,7 @@ static int history_record(rocksdb_writebatch_t *batch, const syncd_reckey_t *k,
     if (rc == 0)
         return 0;
     if (rc > 0)
-        rc = version_diff(&ops, NULL, hist, err);
+        rc = version_diff(&ops, NULL, hist, NULL, 0, err);
     else
         rc = syncd_error_set(err, rc, "out of memory");
     if (rc == 0) {

@@ -5660,12 +5660,21 @@ static void assert_hist_text_cached(const syncd_doc_t *doc)
 {
     const char *text;
     char *made = NULL, *want = json_dumps(doc->hist, JSON_COMPACT);
+    char *newest =
+        json_dumps(json_array_get(doc->hist, json_array_size(doc->hist) - 1),
+                   JSON_COMPACT);
     size_t len;
 
     assert_int_equal(syncd_history_text(&text, &len, &made, doc), 0);
     assert_null(made);
     assert_int_equal(len, strlen(want));
     assert_memory_equal(text, want, len);
+    /* The newest entry's text, which the embedded store writes alone. */
+    text = syncd_history_newest_text(doc, &len);
+    assert_non_null(text);
+    assert_int_equal(len, strlen(newest));
+    assert_memory_equal(text, newest, len);
+    free(newest);
     free(want);
 }
 

@@ -60,9 +60,10 @@ typedef struct syncd_doc {
                        version v's (a tombstone's body taken as {});
                        shared, immutable; NULL: none */
 
-    /* The compact JSON text of hist, cached with it as [hist, text] (see
-     * storage/history.c) and used only while hist is that very array;
-     * shared, immutable; NULL: not cached. */
+    /* The compact JSON text of hist, cached with it as [hist, text,
+     * offset of the newest entry's text or 0] (see storage/history.c)
+     * and used only while hist is that very array; shared, immutable;
+     * NULL: not cached. */
     json_t *hist_text;
     /* The byte length of body's canonical JSON when known (the store sets
      * it where it wrote or read that text), else 0; whoever changes body
