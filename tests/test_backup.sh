@@ -53,6 +53,7 @@ export SYNCD_BIN="$SYNCD" SYNCD_CLUSTER_DIR="$TMP/cluster"
 cleanup() {
     local p
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true
     rm -rf "$TMP"
 }

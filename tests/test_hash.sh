@@ -24,7 +24,10 @@ TMP="$(mktemp -d /tmp/syncd-test-hash-XXXXXX)"
 PID=""
 
 cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
+    if [ -n "$PID" ]; then
+        kill "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT

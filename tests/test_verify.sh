@@ -43,7 +43,10 @@ CLUSTER="$ROOT/scripts/cluster.sh"
 EMBEDDED_PID=""
 
 cleanup() {
-    if [ -n "$EMBEDDED_PID" ]; then kill "$EMBEDDED_PID" 2>/dev/null || true; fi
+    if [ -n "$EMBEDDED_PID" ]; then
+        kill "$EMBEDDED_PID" 2>/dev/null || true
+        wait "$EMBEDDED_PID" 2>/dev/null || true
+    fi
     "$CLUSTER" stop >/dev/null 2>&1 || true
     rm -rf "$TMP"
 }
