@@ -18,11 +18,11 @@
  * next history's text from the previous one: the kept entries are a
  * substring of it (found by skipping the dropped entries, usually one),
  * the new entry's text is appended, and the whole history is neither
- * serialized nor parsed again.
- * The text is byte for byte what json_dumps(hist, JSON_COMPACT) gives. The
- * cache also says where the newest entry's text starts in it: the
- * embedded store, which keeps each entry under a key of its own, writes
- * that text alone (syncd_history_newest_text()).
+ * serialized nor parsed again. The text is byte for byte what
+ * json_dumps(hist, JSON_COMPACT) gives. The cache also says where the
+ * newest entry's text starts in it: the embedded store, which keeps each
+ * entry under a key of its own, writes that text alone
+ * (syncd_history_newest_text()).
  */
 #include <ctype.h>
 #include <stdio.h>

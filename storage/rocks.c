@@ -25,14 +25,13 @@
  * that fall out of the history's bounds, in its record's batch, rather than
  * rewriting all of them in the record, and a read gathers them (the record
  * says whether it has any: syncd_record_hist_apart()). A store written
- * before kept them in each record; its first open moves them. A fourth key
- * space, under
- * 0x03, holds the key and mtime of every tombstone, written in the same
- * batch too, so that a purge reads the tombstones alone (a store made
- * before it gets it built at its first open; the key 0x04
- * "tombstone-index" says it is complete). The WAL is on
- * and, with sync_writes, every commit is fsynced before it is acknowledged,
- * so an acknowledged write survives kill -9.
+ * before kept them in each record; its first open moves them (the key
+ * 0x04 "history-apart" says it did). Another key space, under 0x03, holds
+ * the key and mtime of every tombstone, written in the same batch too, so
+ * that a purge reads the tombstones alone (a store made before it gets it
+ * built at its first open; the key 0x04 "tombstone-index" says it is
+ * complete). The WAL is on and, with sync_writes, every commit is fsynced
+ * before it is acknowledged, so an acknowledged write survives kill -9.
  *
  * Group commit: concurrent commits share one WAL sync. A writer sequences
  * its commit in memory under its key's write lock: the encoded record joins
