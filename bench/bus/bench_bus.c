@@ -169,7 +169,7 @@ typedef int (*send_fn)(run_t *r, int i);
 struct run {
     uv_loop_t *loop;
     uv_timer_t tick;
-    char what[96];
+    char what[128];
     double rate; /* per second; 0: full speed */
     int window;  /* full speed: most messages sent and not yet received */
     int count;   /* messages of the current chunk */
@@ -713,12 +713,17 @@ typedef struct cluster {
     job_t **held;
     size_t held_n, held_cap, cursor;
     samples_t edit_ns; /* writers' edit times */
-    /* The nodes' channels, read raw: bytes of each event on the wire. */
+    /* The observers, started by observers_start() for the observed chunk
+     * and the live rows (so that the recorded node rows have none, as the
+     * floor has none): the nodes' channels read raw, bytes of each event
+     * on the wire; and the clock thread (its own blocking connection,
+     * subscribed to the small collection's channel), with per observed
+     * event the time from publish to the wire and to the watcher (ns, same
+     * index). */
+    int redis_port;
+    char channels[2][64];
     rsub_t wire;
     samples_t wire_small, wire_big;
-    /* The clock thread (its own blocking connection, subscribed to the
-     * small collection's channel), and per steady recorded event the time
-     * from publish to the wire and to the watcher (ns, same index). */
     redisContext *clock;
     pthread_t clock_thread;
     int clock_on;
@@ -902,7 +907,7 @@ static void seen_one(cluster_t *cl, const seen_t *s)
     if (s->v <= 0 || s->v >= doc->vmax || doc->t0[s->v] == 0)
         return;
     tw = __atomic_load_n(&doc->tw[s->v], __ATOMIC_ACQUIRE);
-    if (cl->run->record && cl->run->rate > 0 && tw > 0) {
+    if (cl->run->record && tw > 0) {
         samples_add(&cl->to_wire, tw - doc->t0[s->v]);
         samples_add(&cl->to_watch, s->now - doc->t0[s->v]);
     }
@@ -1067,7 +1072,7 @@ static void clock_stop(cluster_t *cl)
     cl->clock_on = 0;
 }
 
-/* Prints where the steady node chunks' time went: publish to the wire
+/* Prints where the observed node chunk's time went: publish to the wire
  * (the writer node, its bus, Redis's script) and wire to watcher (the
  * reader node), at p50 and p99, and over the slowest 1% of events; and
  * how much of the writer's outbox its republisher sent again. */
@@ -1129,6 +1134,19 @@ static void wire_message(rsub_t *s, const char *channel, const char *data,
         samples_add(&cl->wire_big, (int64_t)len);
     else
         samples_add(&cl->wire_small, (int64_t)len);
+}
+
+/* Starts the observers of the nodes' channels (cluster_t); 0 or -1. */
+static int observers_start(cluster_t *cl)
+{
+    const char *chans[2] = {cl->channels[0], cl->channels[1]};
+
+    cl->wire.on_message = wire_message;
+    cl->wire.ctx = cl;
+    return clock_start(cl, cl->redis_port, cl->channels[0]) != 0 ||
+                   rsub_open(&cl->wire, cl->loop, cl->redis_port, chans, 2) != 0
+               ? -1
+               : 0;
 }
 
 /* The loop of node k. */
@@ -1300,12 +1318,11 @@ static int cluster_open(cluster_t *cl, uv_loop_t *loop, int split,
                         int redis_port, int ndocs, int entries,
                         int64_t versions, int nthreads)
 {
-    char channels[2][64];
-    const char *chans[2] = {channels[0], channels[1]};
     syncd_error_t err;
 
     memset(cl, 0, sizeof(*cl));
     cl->loop = loop;
+    cl->redis_port = redis_port;
     pthread_mutex_init(&cl->mu, NULL);
     pthread_cond_init(&cl->cv, NULL);
     uv_async_init(loop, &cl->async, on_async);
@@ -1351,14 +1368,10 @@ static int cluster_open(cluster_t *cl, uv_loop_t *loop, int split,
         fprintf(stderr, "watch: %s\n", err.message);
         return -1;
     }
-    snprintf(channels[0], sizeof(channels[0]), "syncd:%s:%s", BUS_DB,
+    snprintf(cl->channels[0], sizeof(cl->channels[0]), "syncd:%s:%s", BUS_DB,
              SMALL_COLL);
-    snprintf(channels[1], sizeof(channels[1]), "syncd:%s:%s", BUS_DB, BIG_COLL);
-    cl->wire.on_message = wire_message;
-    cl->wire.ctx = cl;
-    if (clock_start(cl, redis_port, channels[0]) != 0 ||
-        rsub_open(&cl->wire, loop, redis_port, chans, 2) != 0)
-        return -1;
+    snprintf(cl->channels[1], sizeof(cl->channels[1]), "syncd:%s:%s", BUS_DB,
+             BIG_COLL);
     if (split) {
         if (pthread_create(&cl->reader, NULL, reader_main, cl) != 0)
             return -1;
@@ -1817,6 +1830,7 @@ typedef struct paths {
     cluster_t cl;
     redisContext *info; /* Redis, for its CPU time */
     run_t runs[3][2];   /* [floor, bus, node][steady, full] */
+    run_t observed;     /* the node path, steady, with the observers */
 } paths_t;
 
 /* What the node rows' names say of a split reader. */
@@ -1833,10 +1847,9 @@ static void bind_run(paths_t *ps, int p, run_t *r)
     ps->cl.run = p == 2 ? r : NULL;
 }
 
-/* Runs one chunk of path p in mode m (recorded or a warm-up). */
-static int path_chunk(paths_t *ps, int p, int m, int count, int record)
+/* Runs one chunk of path p on its run r (recorded or a warm-up). */
+static int path_chunk(paths_t *ps, int p, run_t *r, int count, int record)
 {
-    run_t *r = &ps->runs[p][m];
     int rc;
 
     bind_run(ps, p, r);
@@ -1869,13 +1882,18 @@ static void runs_init(paths_t *ps, uv_loop_t *loop, const args_t *a,
             r->fixed_bytes = (int64_t)ev_len;
             r->info = ps->info;
             /* The node's late work (the writer's own events, its acks)
-             * finishes within its chunk's clocks. */
+             * finishes within its chunk's clocks. Its events' sizes are
+             * those the observed chunk reads off the wire. */
             if (p == 2) {
                 r->bytes = &ps->cl.wire_small;
                 r->settle_ms = 20;
             }
         }
     }
+    ps->observed = ps->runs[2][0];
+    snprintf(ps->observed.what, sizeof(ps->observed.what),
+             "%s%s, observed (the split's clock thread, a byte counter)",
+             names[2], split_tag(a));
 }
 
 /* The live pipeline at the store's speed, then the 10k-entry document. */
@@ -1935,7 +1953,8 @@ static int bench_paths(uv_loop_t *loop, const args_t *a, json_t *ev,
 {
     paths_t *ps = calloc(1, sizeof(*ps));
     int64_t versions =
-        (2 * (int64_t)a->count + WARMUP + a->live) / a->docs + a->big_edits + 4;
+        (2 * (int64_t)a->count + a->chunk + WARMUP + a->live) / a->docs +
+        a->big_edits + 4;
     int chunks = a->count / a->chunk,
         max = a->chunk > WARMUP ? a->chunk : WARMUP;
     int rc = -1;
@@ -1951,22 +1970,28 @@ static int bench_paths(uv_loop_t *loop, const args_t *a, json_t *ev,
                      redis->port, a->docs, a->entries, versions,
                      a->writers) != 0 ||
         create_docs(&ps->cl, 0, a->docs) != 0 ||
-        commit_ahead(&ps->cl, 2 * a->count + WARMUP) != 0)
+        commit_ahead(&ps->cl, 2 * a->count + a->chunk + WARMUP) != 0)
         goto cleanup;
     runs_init(ps, loop, a, ev_len);
     ps->runs[2][0].bytes_from = ps->runs[2][1].bytes_from = ps->cl.wire_small.n;
     for (int p = 0; p < 3; p++) {
-        if (path_chunk(ps, p, 0, WARMUP, 0) != 0)
+        if (path_chunk(ps, p, &ps->runs[p][0], WARMUP, 0) != 0)
             goto cleanup;
     }
     for (int m = 0; m < 2; m++) {
         for (int c = 0; c < chunks; c++) {
             for (int p = 0; p < 3; p++) {
-                if (path_chunk(ps, p, m, a->chunk, 1) != 0)
+                if (path_chunk(ps, p, &ps->runs[p][m], a->chunk, 1) != 0)
                     goto cleanup;
             }
         }
     }
+    /* The observed chunk: the node path once more at the steady rate, now
+     * with two more subscribers of its channel (Redis writes each event to
+     * them too, and the clock thread takes a core when it reads one). */
+    if (observers_start(&ps->cl) != 0 ||
+        path_chunk(ps, 2, &ps->observed, a->chunk, 1) != 0)
+        goto cleanup;
     printf("| path | load | messages | bytes/msg | msg/s | p50 ms | p99 ms | "
            "p999 ms | max ms | loop CPU | CPU µs/msg: loop / process / Redis "
            "|\n|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -1974,6 +1999,7 @@ static int bench_paths(uv_loop_t *loop, const args_t *a, json_t *ev,
         for (int p = 0; p < 3; p++)
             run_report(&ps->runs[p][m]);
     }
+    run_report(&ps->observed);
     if (node_live_runs(ps, a) != 0)
         goto cleanup;
     printf("\n");
@@ -1986,6 +2012,7 @@ cleanup:
         for (int m = 0; m < 2; m++)
             free(ps->runs[p][m].lat.v);
     }
+    free(ps->observed.lat.v);
     cluster_close(&ps->cl);
     bus_close(&ps->bus, loop);
     floor_close(&ps->floor);
