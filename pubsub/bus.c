@@ -302,6 +302,7 @@ int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
     sub->last = after < 0 ? -1 : after;
     sub->refs = 1;
     sub->catching = 1;
+    sub->bodies = SYNCD_BUS_BODIES_ALL;
     sub->cb = cb;
     sub->payload = payload;
     rc = bus->ops->subscribe(bus, sub, err);
@@ -374,9 +375,9 @@ int syncd_bus_sub_live(const syncd_bus_sub_t *sub)
     return !sub->dead && !sub->bus->closing;
 }
 
-void syncd_bus_sub_want_bodies(syncd_bus_sub_t *sub, int want)
+void syncd_bus_sub_want_bodies(syncd_bus_sub_t *sub, syncd_bus_bodies_t want)
 {
-    sub->seq_only = !want;
+    sub->bodies = want;
 }
 
 int syncd_bus_deliver(syncd_bus_sub_t *sub, syncd_bus_signal_t signal,

@@ -861,7 +861,7 @@ static int feed(lbus_t *bus, lcoll_t *c, syncd_bus_sub_t *sub)
         if (next < first_held(bus, c, c->seq)) {
             syncd_bus_deliver(sub, SYNCD_BUS_RESYNC,
                               first_held(bus, c, c->seq) - 1, NULL);
-        } else if (sub->seq_only && ring_holds(c, next)) {
+        } else if (sub->bodies != SYNCD_BUS_BODIES_ALL && ring_holds(c, next)) {
             syncd_bus_deliver(sub, SYNCD_BUS_EVENT, next, NULL);
         } else if ((event = ring_get(c, next)) != NULL) {
             syncd_bus_deliver(sub, SYNCD_BUS_EVENT, next, event);

@@ -54,6 +54,14 @@
  * Redis lost its data. What the log no longer holds becomes
  * SYNCD_BUS_RESYNC.
  *
+ * A bus knows the events it published itself when they come back on its
+ * channel: while a subscription wants no body of them
+ * (SYNCD_BUS_BODIES_OTHERS), each channel keeps the text of its recent
+ * publishes, and a message that is one of them byte for byte (after the
+ * "seq" the script spliced in) is handed without being decoded or
+ * verified; it is the bus's own signed text. Anything else, a forgery
+ * that borrows the seq included, is decoded and verified as before.
+ *
  * Redis restarts without persistence: the key "syncd:D:epoch" holds a
  * random token. Every command connection offers a fresh one (SET NX) and
  * reads the one that holds; a bus that finds a token other than the last
@@ -89,6 +97,9 @@
 #define CONNECT_TIMEOUT_MIN_MS 2000
 /* Random bytes of an epoch token. */
 #define EPOCH_BYTES 16
+/* Most of its own events a channel keeps to know them when they come back:
+ * past it the oldest is forgotten (and its message decoded). */
+#define OWN_MAX 1024
 
 /* KEYS: counter, stream, published versions. ARGV: event without seq,
  * maxlen, floor, channel, id, version, 1 for a create, ts in microseconds,
@@ -145,6 +156,18 @@ static const char read_lua[] =
 
 typedef struct rbus rbus_t;
 
+/* An event this bus published on a channel where a subscription needs no
+ * body of the bus's own events, kept until its message comes back on the
+ * subscriber connection (or no longer can), so that the message is known
+ * by its bytes instead of decoded and verified. */
+typedef struct own {
+    struct own *next;
+    uint64_t token; /* its publish call's */
+    int64_t seq;    /* 0 until the script's reply gives it */
+    size_t len;
+    char text[]; /* the event without seq, as published */
+} own_t;
+
 /* One collection: its keys, its subscriptions and the highest seq seen. */
 typedef struct rchan {
     bus_map_entry_t entry;     /* entry.name: the collection */
@@ -158,6 +181,8 @@ typedef struct rchan {
     int unsubscribing; /* UNSUBSCRIBE sent, not yet confirmed */
     int dirty;         /* in a sweep's list */
     syncd_bus_sub_t *subs;
+    own_t *own, *own_last; /* events published, oldest first */
+    size_t nown;
 } rchan_t;
 
 /* One of the two connections. */
@@ -188,9 +213,10 @@ struct rbus {
     rconn_t cmd, sub;
     bus_map_t map; /* rchan_t by collection name */
     rchan_t *chans;
-    int open_handles; /* timers and name lookups still to close or end */
-    int timing_out;   /* a connection is being dropped for its deadline */
-    unsigned sub_gen; /* subscriber connections lost so far */
+    int open_handles;    /* timers and name lookups still to close or end */
+    int timing_out;      /* a connection is being dropped for its deadline */
+    unsigned sub_gen;    /* subscriber connections lost so far */
+    uint64_t own_tokens; /* publish calls that kept their event as own_t */
 };
 
 typedef enum { CALL_PUBLISH, CALL_CATCHUP, CALL_REPLAY } call_kind_t;
@@ -204,7 +230,8 @@ typedef struct rcall {
     int evaled;
     char *body; /* CALL_PUBLISH: the event without seq (owned) */
     size_t body_len;
-    char *id; /* CALL_PUBLISH: the document id (owned) */
+    char *id;           /* CALL_PUBLISH: the document id (owned) */
+    uint64_t own_token; /* CALL_PUBLISH: its own_t's, or 0 */
     char args[6][48];
     syncd_bus_sub_t *sub; /* CALL_CATCHUP (holds a reference) */
     syncd_bus_publish_cb publish_cb;
@@ -688,9 +715,113 @@ static rchan_t *get_chan(rbus_t *bus, const char *coll)
     return c;
 }
 
+/* Unlinks e, which follows prev (NULL: the first), from c's own events
+ * and frees it. */
+static void own_drop(rchan_t *c, own_t *prev, own_t *e)
+{
+    if (prev != NULL)
+        prev->next = e->next;
+    else
+        c->own = e->next;
+    if (c->own_last == e)
+        c->own_last = prev;
+    c->nown--;
+    free(e);
+}
+
+/* Whether a live subscription of c needs no body of this bus's own
+ * events, so that they are worth knowing. */
+static int own_wanted(const rchan_t *c)
+{
+    for (const syncd_bus_sub_t *s = c->subs; s != NULL; s = s->next) {
+        if (syncd_bus_sub_live(s) && s->bodies == SYNCD_BUS_BODIES_OTHERS)
+            return 1;
+    }
+    return 0;
+}
+
+/* Keeps a copy of the event text (len bytes) that the call with token
+ * publishes on c; forgets the oldest past OWN_MAX. 0 or SYNCD_ENOMEM. */
+static int own_add(rchan_t *c, const char *text, size_t len, uint64_t token)
+{
+    own_t *e = malloc(sizeof(*e) + len);
+
+    if (e == NULL)
+        return SYNCD_ENOMEM;
+    if (c->nown == OWN_MAX)
+        own_drop(c, NULL, c->own);
+    e->next = NULL;
+    e->token = token;
+    e->seq = 0;
+    e->len = len;
+    memcpy(e->text, text, len);
+    if (c->own_last != NULL)
+        c->own_last->next = e;
+    else
+        c->own = e;
+    c->own_last = e;
+    c->nown++;
+    return 0;
+}
+
+/* The publish call with token got its reply: its event has seq, or (seq
+ * 0) was not published and will not come back. */
+static void own_settle(rchan_t *c, uint64_t token, int64_t seq)
+{
+    for (own_t *prev = NULL, *e = c->own; e != NULL; prev = e, e = e->next) {
+        if (e->token != token)
+            continue;
+        if (seq > 0)
+            e->seq = seq;
+        else
+            own_drop(c, prev, e);
+        return;
+    }
+}
+
+/* Whether the message data (len bytes) on c is one of this bus's own
+ * events, byte for byte as it published it with the script's "seq"
+ * spliced in first; then *seq is that seq and the event is forgotten.
+ * Events published before that seq that did not come back are forgotten
+ * too (they are read from the log, decoded, if at all). */
+static int own_take(rchan_t *c, const char *data, size_t len, int64_t *seq)
+{
+    static const char head[] = "{\"seq\":";
+    size_t p = sizeof(head) - 1;
+    int64_t s = 0;
+    own_t *prev = NULL, *e = c->own;
+
+    if (len <= p || memcmp(data, head, p) != 0)
+        return 0;
+    while (p < len && data[p] >= '0' && data[p] <= '9' && s < INT64_MAX / 10)
+        s = s * 10 + (data[p++] - '0');
+    if (p >= len || data[p] != ',' || s <= 0)
+        return 0;
+    p++;
+    while (e != NULL) {
+        own_t *next = e->next;
+
+        if (e->seq > 0 && e->seq < s) {
+            own_drop(c, prev, e);
+        } else if ((e->seq == 0 || e->seq == s) && e->len >= 2 &&
+                   e->len - 1 == len - p &&
+                   memcmp(e->text + 1, data + p, len - p) == 0) {
+            own_drop(c, prev, e);
+            *seq = s;
+            return 1;
+        } else {
+            prev = e;
+        }
+        e = next;
+    }
+    return 0;
+}
+
 static void chan_free(rbus_t *bus, rchan_t *c)
 {
     syncd_bus_subs_release(&c->subs);
+    while (c->own != NULL)
+        own_drop(c, NULL, c->own);
     free(c);
     bus->base.stats.collections--;
 }
@@ -867,6 +998,8 @@ static void publish_done(rcall_t *call, const redisReply *reply)
         raise_known(call->chan, seq);
         call->bus->base.stats.published++;
     }
+    if (call->own_token != 0)
+        own_settle(call->chan, call->own_token, seq);
     if (call->publish_cb != NULL)
         call->publish_cb(status, seq, call->payload);
 }
@@ -1044,21 +1177,38 @@ static void catch_up(syncd_bus_sub_t *sub)
 /* ---- Live events ----------------------------------------------------------
  */
 
+/* Whether a live subscription of chan needs the body of every event. */
+static int all_bodies_wanted(const rchan_t *chan)
+{
+    for (const syncd_bus_sub_t *s = chan->subs; s != NULL; s = s->next) {
+        if (syncd_bus_sub_live(s) && s->bodies == SYNCD_BUS_BODIES_ALL)
+            return 1;
+    }
+    return 0;
+}
+
+/* Takes a message of chan's channel: one of this bus's own events, which
+ * no subscription needs the body of, is handed without decoding it; any
+ * other is decoded and verified first. */
 static void on_event(rbus_t *bus, rchan_t *chan, const char *data, size_t len)
 {
-    json_t *event;
-    int64_t seq;
+    json_t *event = NULL;
+    int64_t seq = 0;
 
-    if (syncd_bus_receive(&bus->base, &event, data, len) != 0)
+    if (chan->own != NULL && own_take(chan, data, len, &seq) &&
+        !all_bodies_wanted(chan)) {
+        bus->base.stats.received_own++;
+    } else if (syncd_bus_receive(&bus->base, &event, data, len) != 0) {
         return;
-    if (strcmp(json_string_value(json_object_get(event, "coll")),
-               chan->entry.name) != 0) {
+    } else if (strcmp(json_string_value(json_object_get(event, "coll")),
+                      chan->entry.name) != 0) {
         bus->base.stats.dropped_malformed++;
         json_decref(event);
         return;
+    } else {
+        seq = json_integer_value(json_object_get(event, "seq"));
     }
     bus->base.stats.received++;
-    seq = json_integer_value(json_object_get(event, "seq"));
     raise_known(chan, seq);
     for (syncd_bus_sub_t *sub = chan->subs; sub != NULL; sub = sub->next) {
         if (!syncd_bus_sub_live(sub))
@@ -1158,6 +1308,11 @@ static int redis_publish(syncd_bus_t *base, const bus_pub_t *pub,
         free_call(call);
         return SYNCD_EBACKEND;
     }
+    /* Without memory for it, the event is only decoded when it comes
+     * back. */
+    if (own_wanted(chan) &&
+        own_add(chan, call->body, len, bus->own_tokens + 1) == 0)
+        call->own_token = ++bus->own_tokens;
     return 0;
 }
 

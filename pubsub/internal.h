@@ -114,14 +114,14 @@ struct syncd_bus_sub {
     syncd_bus_sub_t *next;      /* in that record's list */
     syncd_bus_sub_t *dead_next; /* in the bus's dead list */
     char coll[BUS_NAME_MAX];
-    int64_t last; /* last seq delivered; -1 until known */
-    int64_t want; /* highest live seq seen while catching up */
-    int refs;     /* list + in-flight requests + deliveries */
-    int dead;     /* unsubscribed; unlinked by the next sweep */
-    int catching; /* reading the replay log before live events */
-    int inflight; /* a replay read is in flight */
-    int lost;     /* the backend lost data: resync first */
-    int seq_only; /* the callback needs seqs, not bodies */
+    int64_t last;              /* last seq delivered; -1 until known */
+    int64_t want;              /* highest live seq seen while catching up */
+    int refs;                  /* list + in-flight requests + deliveries */
+    int dead;                  /* unsubscribed; unlinked by the next sweep */
+    int catching;              /* reading the replay log before live events */
+    int inflight;              /* a replay read is in flight */
+    int lost;                  /* the backend lost data: resync first */
+    syncd_bus_bodies_t bodies; /* which events' bodies the callback needs */
     syncd_bus_event_cb cb;
     void *payload;
 };

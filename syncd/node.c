@@ -57,7 +57,12 @@
  * A watcher from a past seq first reads (since, applied] from the bus's
  * replay log while newer applied events wait in its bounded queue; seqs are
  * checked to follow one another, so the seam has no gap or duplicate, and
- * any discontinuity ends the watcher with SYNCD_NODE_RESYNC.
+ * any discontinuity ends the watcher with SYNCD_NODE_RESYNC. While a
+ * collection has no watcher, a node with a cache takes the bodies of
+ * other nodes' events only: its own come back from the bus as seqs (its
+ * cache holds their versions already, or dropped the entry). A watcher
+ * that arrives while some of those still wait in the queue reads them
+ * from the replay log in the same way.
  *
  * Publishing is the transactional outbox's other half (storage/store.c):
  * a change goes out after the versions still pending on its record (as
@@ -505,15 +510,36 @@ static void watch_deliver(syncd_node_watch_t *w, int64_t seq,
         watch_call(w, SYNCD_NODE_EVENT, seq, event);
 }
 
+static void watch_replay(syncd_node_watch_t *w);
+
+/* Takes an applied event that came without its body: one of this node's
+ * own, queued before w came, while no watcher wanted bodies. w reads it
+ * from the bus's replay log, and queues what follows meanwhile; anything
+ * else is no seq it can follow, and ends it with a resync. */
+static void watch_offer_bodiless(syncd_node_watch_t *w, int64_t seq)
+{
+    if (seq <= w->last)
+        return;
+    if (w->live && seq == w->last + 1 && (w->queue = json_array()) != NULL) {
+        w->live = 0;
+        w->until = seq;
+        watch_replay(w);
+    } else if (!w->live && json_array_size(w->queue) == 0 &&
+               seq == w->until + 1) {
+        w->until = seq;
+    } else {
+        watch_end(w, SYNCD_NODE_RESYNC, w->last);
+    }
+}
+
 /* Hands an applied event to w: straight through when live, else into its
  * bounded queue (overflow ends it with a resync). */
 static void watch_offer(syncd_node_watch_t *w, int64_t seq, json_t *event)
 {
     if (w->dead || !w->started)
         return;
-    /* Not expected (bodies are wanted while w lives), never hidden. */
     if (event == NULL) {
-        watch_end(w, SYNCD_NODE_RESYNC, w->last);
+        watch_offer_bodiless(w, seq);
         return;
     }
     if (w->live) {
@@ -702,14 +728,19 @@ static void on_bus_event(syncd_bus_signal_t signal, int64_t seq,
     enqueue(c, item);
 }
 
-/* Tells the bus whether c's subscription needs event bodies: a cache
- * applies them and watchers are handed them; else only seqs are used. */
+/* Tells the bus which event bodies c's subscription needs: watchers are
+ * handed every event; a cache applies the events of other nodes, never
+ * this node's own (its writes put their version in the cache, or drop the
+ * entry when that fails); else only seqs are used. */
 static void want_bodies(coll_t *c)
 {
-    int want = c->node->cached;
+    syncd_bus_bodies_t want =
+        c->node->cached ? SYNCD_BUS_BODIES_OTHERS : SYNCD_BUS_BODIES_NONE;
 
-    for (syncd_node_watch_t *w = c->watchers; !want && w != NULL; w = w->next)
-        want = !w->dead;
+    for (syncd_node_watch_t *w = c->watchers; w != NULL; w = w->next) {
+        if (!w->dead)
+            want = SYNCD_BUS_BODIES_ALL;
+    }
     if (c->sub != NULL)
         syncd_bus_sub_want_bodies(c->sub, want);
 }
@@ -1323,7 +1354,7 @@ static void work_run(uv_work_t *req)
              item = item->next) {
             if (item->kind == ITEM_EVENT && item->refetch)
                 refetch(w, member_str(item->event, "id"));
-            else if (item->kind == ITEM_EVENT)
+            else if (item->kind == ITEM_EVENT && item->event != NULL)
                 apply_event(w, item->event);
         }
         break;
@@ -1595,8 +1626,9 @@ static item_t *dequeue(coll_t *c, size_t max, item_t **last, size_t *n)
  * and waits for nothing: a small patch to a cached body
  * (syncd_store_cache_patch() without blocking), or an update the cache
  * has no use for (its document not cached, or cached at its version or a
- * later one). Returns 1 when the item is done with; 0 when it goes to the
- * thread pool (marked to refetch when its patch did not apply). */
+ * later one, as this node's own events handed without a body are). Returns
+ * 1 when the item is done with; 0 when it goes to the thread pool (marked
+ * to refetch when its patch did not apply). */
 static int apply_on_loop(coll_t *c, item_t *item)
 {
     syncd_node_t *node = c->node;
@@ -1604,6 +1636,8 @@ static int apply_on_loop(coll_t *c, item_t *item)
     int64_t cached;
     int rc;
 
+    if (item->kind == ITEM_EVENT && ev == NULL)
+        return 1;
     if (item->kind != ITEM_EVENT || item->refetch || !patches_part(ev) ||
         syncd_json_compact_size(json_object_get(ev, "patch"), LOOP_PATCH_MAX) >
             LOOP_PATCH_MAX)

@@ -1535,6 +1535,107 @@ test_node__apply_queue_past_its_bound_resyncs_the_collection_and_serves_the_stor
     cluster_close(&cl);
 }
 
+/* Every publish completed and node 0 has received every event. */
+static int node0_received_all(cluster_t *cl)
+{
+    syncd_node_stats_t st;
+
+    syncd_node_stats(cl->n[0].node, &st);
+    return cl->storm.publishing == 0 && st.events_received >= burst_target;
+}
+
+/* Node 0 has received every publish of the burst and known its own two
+ * events by their bytes. */
+static uint64_t own_target;
+
+static int node0_took_its_own(cluster_t *cl)
+{
+    syncd_bus_stats_t st;
+
+    syncd_bus_stats(cl->n[0].bus, &st);
+    return cl->storm.publishing == 0 && st.received_own >= own_target;
+}
+
+/* Node 0's own events come back from the bus without their bodies while
+ * no watcher of node 0 wants them (its cache holds their versions
+ * already). A watcher that comes while two of them wait behind other work
+ * (a gap's refetch, on the held thread pool) reads those from the replay
+ * log: it sees every seq whole, and no resync. */
+static void
+test_node__a_watcher_behind_its_nodes_own_bodiless_events_reads_them_whole(
+    void **state)
+{
+    uv_work_t hold[POOL_THREADS];
+    syncd_bus_stats_t before, after;
+    syncd_node_stats_t st;
+    syncd_change_t *change;
+    syncd_error_t err;
+    int64_t start;
+    json_t *ev;
+    tnode_t *n0;
+    cluster_t cl;
+
+    (void)state;
+    cluster_open(&cl, "ownlate", NULL);
+    n0 = &cl.n[0];
+    syncd_node_unwatch(n0->watch);
+    n0->watch = NULL;
+    write_one(&cl, 1, "a", json_pack("{s:i}", "n", 1));
+    write_one(&cl, 0, "b", json_pack("{s:i}", "n", 1));
+    syncd_bus_stats(n0->bus, &before);
+    assert_true(before.received_own >= 1);
+
+    /* a's version 2 is committed, not published: its version 3, published
+     * by node 1's bus alone, is a gap on node 0's cache, refetched on the
+     * pool, which is held. */
+    syncd_change_free(
+        commit_unpublished(&cl, 1, "a", json_pack("{s:i}", "n", 2)));
+    gate_close();
+    for (int i = 0; i < POOL_THREADS; i++)
+        assert_int_equal(uv_queue_work(&cl.loop, &hold[i], gate_work, NULL), 0);
+    run_until(&cl, pool_held);
+    memset(&cl.storm, 0, sizeof(cl.storm));
+    change = commit_unpublished(&cl, 1, "a", json_pack("{s:i}", "n", 3));
+    ev = event_for(change, "node-1");
+    assert_int_equal(
+        syncd_bus_publish(cl.n[1].bus, ev, on_burst_published, &cl), 0);
+    cl.storm.publishing++;
+    json_decref(ev);
+    syncd_change_free(change);
+    node_stats(&cl, 0, &st);
+    burst_target = st.events_received + 1;
+    run_until(&cl, node0_received_all);
+    for (int v = 2; v <= 3; v++) {
+        change = commit_unpublished(&cl, 0, "b", json_pack("{s:i}", "n", v));
+        assert_int_equal(
+            syncd_node_publish(n0->node, change, on_burst_published, &cl), 0);
+        cl.storm.publishing++;
+        syncd_change_free(change);
+    }
+    own_target = before.received_own + 2;
+    run_until(&cl, node0_took_its_own);
+
+    syncd_error_clear(&err);
+    start = n0->last = syncd_node_seq(n0->node, cl.coll);
+    n0->events = 0;
+    assert_int_equal(syncd_node_watch(n0->node, &n0->watch, cl.coll, NULL, -1,
+                                      on_watch, n0, &err),
+                     0);
+    gate_open();
+    wait_synced(&cl);
+    for (int i = 0; i < NODES; i++) {
+        assert_int_equal(cl.n[i].resyncs, 0);
+        assert_int_equal(cl.n[i].order_errors, 0);
+        assert_int_equal(cl.n[i].last, cl.bus_seq);
+    }
+    assert_true(cl.bus_seq - start >= 3);
+    assert_int_equal(n0->events, cl.bus_seq - start);
+    syncd_bus_stats(n0->bus, &after);
+    assert_int_equal(after.received_own, before.received_own + 2);
+    assert_converged(&cl);
+    cluster_close(&cl);
+}
+
 static void on_prefix_watch(syncd_node_signal_t signal, int64_t seq,
                             const json_t *event, void *payload)
 {
@@ -2665,6 +2766,8 @@ int main(void)
             test_node__anti_entropy_in_progress_never_delays_event_delivery),
         cmocka_unit_test(
             test_node__apply_queue_past_its_bound_resyncs_the_collection_and_serves_the_store),
+        cmocka_unit_test(
+            test_node__a_watcher_behind_its_nodes_own_bodiless_events_reads_them_whole),
         cmocka_unit_test(
             test_node__watch_from_a_past_seq_replays_then_continues_live_without_gap),
         cmocka_unit_test(

@@ -967,10 +967,10 @@ static void check_seqs_only(uv_loop_t *loop, const char *dir, json_t *sent)
 
     assert_int_equal(
         syncd_bus_subscribe(bus, &sub, COLL, 0, on_event_kept, &k, NULL), 0);
-    syncd_bus_sub_want_bodies(sub, 0);
+    syncd_bus_sub_want_bodies(sub, SYNCD_BUS_BODIES_NONE);
     publish_ring(loop, bus, sent, 1, 4, 1);
     wait_for(loop, kept_all, &k);
-    syncd_bus_sub_want_bodies(sub, 1);
+    syncd_bus_sub_want_bodies(sub, SYNCD_BUS_BODIES_ALL);
     k.target = 8;
     publish_ring(loop, bus, sent, 5, 8, 5);
     wait_for(loop, kept_all, &k);
@@ -2161,6 +2161,110 @@ static void test_redis_bus__forged_and_malformed_events_are_dropped_and_counted(
     end_loop(&loop);
 }
 
+/* Publishes event_new (stolen) on bus and runs the loop until sub's
+ * callback (k) saw seq target; returns the publish's outcome. */
+static pub1_t publish_seen(uv_loop_t *loop, syncd_bus_t *bus, json_t *event_new,
+                           kept_t *k, int64_t target)
+{
+    pub1_t p = publish_one(loop, bus, event_new);
+
+    k->target = target;
+    wait_for(loop, kept_all, k);
+    return p;
+}
+
+/* The text a bus with secret publishes for event as seq: its encoding
+ * (syncd_event_encode(), as syncd_bus_encode() does) with "seq" spliced
+ * in first, as the publish script does; caller frees. */
+static char *spliced_text(const json_t *event, const char *secret, int64_t seq)
+{
+    json_t *copy = json_copy((json_t *)event);
+    size_t len;
+    char *text = syncd_event_encode(copy, secret, &len), *out;
+
+    assert_non_null(text);
+    out = malloc(len + 32);
+    assert_non_null(out);
+    snprintf(out, len + 32, "{\"seq\":%lld,%s", (long long)seq, text + 1);
+    free(text);
+    json_decref(copy);
+    return out;
+}
+
+/* A subscription that needs no body of its bus's own events gets them as
+ * seqs alone, known by their bytes (counted), and every other event
+ * whole; a forgery that borrows the seq of an own event on its way, with
+ * one byte changed, is still decoded and its signature checked. Wanting
+ * every body again brings the bus's own events whole. */
+static void
+test_redis_bus__its_own_events_come_back_known_by_their_bytes(void **state)
+{
+    syncd_test_server_t *srv = *state;
+    const char *secret = "cluster-key";
+    uv_loop_t loop;
+    syncd_bus_t *a, *b;
+    syncd_bus_sub_t *sub;
+    syncd_bus_stats_t st;
+    kept_t k = {json_array(), 0, 1};
+    json_t *mine = make_event("doc", 1);
+    char *forged, *at;
+
+    flush(srv);
+    uv_loop_init(&loop);
+    a = open_bus(&loop, srv->uri, NULL, secret, 0);
+    b = open_bus(&loop, srv->uri, NULL, secret, 0);
+    assert_int_equal(
+        syncd_bus_subscribe(a, &sub, COLL, 0, on_event_kept, &k, NULL), 0);
+    syncd_bus_sub_want_bodies(sub, SYNCD_BUS_BODIES_OTHERS);
+    /* Live once another node's first event came. */
+    assert_int_equal(publish_seen(&loop, b, make_event("x", 1), &k, 1).seq, 1);
+
+    /* The forgery reaches Redis first: a's publish is sent when the loop
+     * runs, and it takes the next seq, 2, which the forgery borrows. */
+    forged = spliced_text(mine, secret, 2);
+    at = strstr(forged, "node-test");
+    assert_non_null(at);
+    at[8] = 'x';
+    assert_int_equal(syncd_bus_publish(a, mine, NULL, NULL), 0);
+    raw_publish(srv, forged);
+    k.target = 2;
+    wait_for(&loop, kept_all, &k);
+    assert_int_equal(publish_seen(&loop, b, make_event("y", 1), &k, 3).seq, 3);
+    assert_int_equal(publish_seen(&loop, a, make_event("doc", 2), &k, 4).seq,
+                     4);
+    syncd_bus_stats(a, &st);
+    assert_int_equal(st.received_own, 2);
+    assert_int_equal(st.dropped_signature, 1);
+
+    syncd_bus_sub_want_bodies(sub, SYNCD_BUS_BODIES_ALL);
+    assert_int_equal(publish_seen(&loop, a, make_event("doc", 3), &k, 5).seq,
+                     5);
+    syncd_bus_stats(a, &st);
+    assert_int_equal(st.received_own, 2);
+    assert_int_equal(json_array_size(k.events), 5);
+    for (size_t i = 0; i < 5; i++) {
+        const json_t *ev = json_array_get(k.events, i);
+
+        if (i == 1 || i == 3) {
+            assert_true(json_is_null(ev));
+        } else {
+            assert_true(json_is_object(ev));
+            assert_int_equal(json_integer_value(json_object_get(ev, "seq")),
+                             (json_int_t)i + 1);
+        }
+    }
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(k.events, 4), "origin")),
+                        "node-test");
+    syncd_bus_unsubscribe(sub);
+    json_decref(mine);
+    json_decref(k.events);
+    free(forged);
+    close_bus(&loop, a);
+    close_bus(&loop, b);
+    end_loop(&loop);
+}
+
 static void
 test_redis_bus__a_purged_id_is_forgotten_only_at_its_tombstones_version(
     void **state)
@@ -2725,6 +2829,8 @@ int main(int argc, char **argv)
             test_redis_bus__duplicates_and_reordering_are_fixed_from_the_log),
         cmocka_unit_test(
             test_redis_bus__forged_and_malformed_events_are_dropped_and_counted),
+        cmocka_unit_test(
+            test_redis_bus__its_own_events_come_back_known_by_their_bytes),
         cmocka_unit_test(
             test_redis_bus__repeated_and_older_versions_are_dropped_across_nodes),
         cmocka_unit_test(

@@ -25,10 +25,16 @@
  * separate row runs the live pipeline at the store's own speed, the clock
  * starting right after the commit.
  *
- * For the steady node chunks a thread of its own (blocking hiredis,
- * subscribed to the nodes' channel) notes when each event is on the wire,
- * which splits the path into publish to wire (the writer node, its bus,
- * Redis's script) and wire to watcher (the reader node).
+ * The recorded node rows have no other subscriber on their channel than
+ * the two nodes, as the floor and the bus rows have one each. After them
+ * an observed chunk runs the node path once more at the steady rate with
+ * two observers subscribed: a thread of its own (blocking hiredis) notes
+ * when each event is on the wire, which splits the path into publish to
+ * wire (the writer node, its bus, Redis's script) and wire to watcher (the
+ * reader node), and a raw subscriber on the loop reads each event's size
+ * (the node rows' bytes/msg). Redis then writes each event to two more
+ * connections and the clock thread takes a core, so that chunk is
+ * reported as a row of its own. The observers stay on for the live rows.
  *
  * Every path runs at a steady rate (paced by a 1 ms timer) and at full
  * speed (a window of messages in flight), in chunks taken in turn (floor,

@@ -163,8 +163,8 @@ typedef enum {
 /* Receives a collection's events in seq order, none skipped or repeated:
  * gaps are filled from the replay log, reconnects replay what was missed,
  * and loss beyond the log is reported as SYNCD_BUS_RESYNC. event is
- * borrowed for the call; it may be NULL with SYNCD_BUS_EVENT only while
- * the subscription wants no bodies (syncd_bus_sub_want_bodies()). */
+ * borrowed for the call; it may be NULL with SYNCD_BUS_EVENT only where
+ * the subscription wants no body (syncd_bus_sub_want_bodies()). */
 typedef void (*syncd_bus_event_cb)(syncd_bus_signal_t signal, int64_t seq,
                                    const json_t *event, void *payload);
 
@@ -180,11 +180,20 @@ int syncd_bus_subscribe(syncd_bus_t *bus, syncd_bus_sub_t **out,
 /* Ends a subscription; its callback is not called again. */
 void syncd_bus_unsubscribe(syncd_bus_sub_t *sub);
 
-/* Says whether sub's callback needs each event's body (want 1, the
- * default) or only its seq (0): a bus that holds recent events as text
- * (the embedded one) then hands SYNCD_BUS_EVENT with a NULL event rather
- * than decode it; another may hand the event anyway. */
-void syncd_bus_sub_want_bodies(syncd_bus_sub_t *sub, int want);
+/* Which events' bodies a subscription callback needs. */
+typedef enum {
+    SYNCD_BUS_BODIES_NONE = 0,  /* none: seqs only */
+    SYNCD_BUS_BODIES_ALL = 1,   /* every event's (the default) */
+    SYNCD_BUS_BODIES_OTHERS = 2 /* those of events this bus did not publish */
+} syncd_bus_bodies_t;
+
+/* Says which events' bodies sub's callback needs (want). For an event
+ * whose body it does not need, a bus that can tell without decoding it
+ * hands SYNCD_BUS_EVENT with a NULL event: the embedded bus, which holds
+ * recent events as text (every event on it is its own), and the Redis bus
+ * for the events it published itself, which it knows by their bytes.
+ * Otherwise the event is decoded and handed anyway. */
+void syncd_bus_sub_want_bodies(syncd_bus_sub_t *sub, syncd_bus_bodies_t want);
 
 /* Completion of a replay read: status 0 with a new JSON array of the
  * events (caller decrefs), or SYNCD_ENOTFOUND when the log no longer holds
@@ -269,6 +278,8 @@ typedef struct syncd_bus_stats {
         dropped_malformed, dropped_oversize, dropped_signature,
         dropped_duplicate, dropped_republished, timeouts, collections;
     uint64_t auth_failures; /* AUTH of the URL's credentials refused */
+    uint64_t received_own;  /* received events known as this bus's own by
+                               their bytes, handed without their body */
 } syncd_bus_stats_t;
 
 /* Copies the bus counters into *out. */
