@@ -40,9 +40,10 @@
  * speed (a window of messages in flight), in chunks taken in turn (floor,
  * bus, node, floor, ...) so that the other work on the machine hits every
  * path alike. Each row also gives the CPU its chunks took, per message:
- * the loop thread's, this process's (the loop, the nodes' pools, the
- * clock thread) and Redis's (INFO cpu), and the loop thread's CPU as a
- * share of the chunks' time, which tells whether one thread bounds it.
+ * the loop thread's, this process's (the loop, the nodes' pools, and the
+ * clock thread where it runs) and Redis's (INFO cpu), and the loop
+ * thread's CPU as a share of the chunks' time, which tells whether one
+ * thread bounds it.
  * Then the 10k-entry volume collection document (DESIGN.md section 9)
  * with one entry changed: the event built from syncd_patch_diff() and
  * syncd_merge_diff() and encoded by syncd_event_encode() against the
@@ -1457,12 +1458,13 @@ static void print_node_stats(cluster_t *cl)
                ", dropped old %" PRIu64 ", ignored uncached %" PRIu64
                ", refetches %" PRIu64 ", hash mismatches %" PRIu64
                ", resyncs %" PRIu64 "; its bus: published %" PRIu64
-               ", received %" PRIu64 ", replayed %" PRIu64 ", gaps %" PRIu64
-               "\n",
+               ", received %" PRIu64 " (its own, known by their bytes: %" PRIu64
+               "), replayed %" PRIu64 ", gaps %" PRIu64 "\n",
                k == 0 ? "writer" : "reader", ns.events_applied,
                ns.events_dropped_duplicate, ns.events_dropped_old,
                ns.events_ignored_uncached, ns.refetches, ns.hash_mismatches,
-               ns.resyncs, bs.published, bs.received, bs.replayed, bs.gaps);
+               ns.resyncs, bs.published, bs.received, bs.received_own,
+               bs.replayed, bs.gaps);
     }
     printf("- edit errors %d, publish errors %d, watcher resync/close "
            "signals %d\n",
