@@ -244,6 +244,7 @@ typedef struct rcall {
 static void conn_start(rconn_t *conn);
 static void catch_up(syncd_bus_sub_t *sub);
 static void chan_release(rbus_t *bus, rchan_t *chan);
+static void own_clear(rchan_t *c);
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata);
 static void free_credentials(rbus_t *bus);
 
@@ -306,9 +307,11 @@ static void conn_down(rconn_t *conn)
         rchan_t *next;
 
         bus->sub_gen++;
+        /* What was published meanwhile is read from the log, decoded. */
         for (rchan_t *c = bus->chans; c != NULL; c = next) {
             next = c->next;
             c->confirmed = 0;
+            own_clear(c);
             for (syncd_bus_sub_t *s = c->subs; s != NULL; s = s->next)
                 s->catching = 1;
             if (c->unsubscribing) {
@@ -729,6 +732,13 @@ static void own_drop(rchan_t *c, own_t *prev, own_t *e)
     free(e);
 }
 
+/* Forgets all of c's own events. */
+static void own_clear(rchan_t *c)
+{
+    while (c->own != NULL)
+        own_drop(c, NULL, c->own);
+}
+
 /* Whether a live subscription of c needs no body of this bus's own
  * events, so that they are worth knowing. */
 static int own_wanted(const rchan_t *c)
@@ -820,8 +830,7 @@ static int own_take(rchan_t *c, const char *data, size_t len, int64_t *seq)
 static void chan_free(rbus_t *bus, rchan_t *c)
 {
     syncd_bus_subs_release(&c->subs);
-    while (c->own != NULL)
-        own_drop(c, NULL, c->own);
+    own_clear(c);
     free(c);
     bus->base.stats.collections--;
 }
