@@ -958,7 +958,9 @@ static void test_local_bus__events_handed_out_are_those_published(void **state)
 }
 
 /* A subscriber that wants only seqs is handed every seq in order, with no
- * event; once it wants bodies again, the events come whole. */
+ * event; once it wants bodies again, the events come whole; one that
+ * wants the bodies of other buses' events only gets none here, where
+ * every event is the bus's own. */
 static void check_seqs_only(uv_loop_t *loop, const char *dir, json_t *sent)
 {
     syncd_bus_t *bus = open_bus(loop, NULL, dir, NULL, 0);
@@ -974,10 +976,14 @@ static void check_seqs_only(uv_loop_t *loop, const char *dir, json_t *sent)
     k.target = 8;
     publish_ring(loop, bus, sent, 5, 8, 5);
     wait_for(loop, kept_all, &k);
+    syncd_bus_sub_want_bodies(sub, SYNCD_BUS_BODIES_OTHERS);
+    k.target = 10;
+    publish_ring(loop, bus, sent, 9, 10, 9);
+    wait_for(loop, kept_all, &k);
     syncd_bus_unsubscribe(sub);
-    assert_int_equal(json_array_size(k.events), 8);
-    for (size_t i = 0; i < 8; i++) {
-        if (i < 4)
+    assert_int_equal(json_array_size(k.events), 10);
+    for (size_t i = 0; i < 10; i++) {
+        if (i < 4 || i >= 8)
             assert_true(json_is_null(json_array_get(k.events, i)));
         else
             assert_sent_with_seq(json_array_get(k.events, i),
