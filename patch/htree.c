@@ -37,14 +37,27 @@ typedef struct hent {
     hnode_t *child;
 } hent_t;
 
+/* The entries of a stale container whose values changed, to rehash. */
+typedef struct pend {
+    size_t n, cap;
+    size_t idx[];
+} pend_t;
+
 struct hnode {
     json_type type;
+    unsigned char stale;  /* hash (and chunks over pend) not yet updated */
+    unsigned char listed; /* in its parent's pend */
     unsigned char hash[32];
     hent_t *ent; /* containers: lv[0].n entries */
     size_t entcap;
     level_t *lv; /* containers: nlv >= 1 levels */
     size_t nlv;
+    pend_t *pend; /* stale containers: NULL or the entries to rehash */
 };
+
+/* Most entries one container lists before it is rehashed mid-patch: what
+ * bounds the cost of shifting the list when entries are added or removed. */
+#define PEND_MAX 256
 
 struct syncd_htree {
     hnode_t *root;
@@ -71,6 +84,7 @@ static void node_free(hnode_t *node)
     }
     free(node->lv);
     free(node->ent);
+    free(node->pend);
     free(node);
 }
 
@@ -292,20 +306,94 @@ static int ent_reserve(hnode_t *node, size_t n)
     return 0;
 }
 
+/* Entries [lo, lo + old) of node were replaced or removed and `add` others
+ * took their place: drops the ones gone from node's list of entries to
+ * rehash and shifts the ones after them. */
+static void pend_shift(hnode_t *node, size_t lo, size_t old, size_t add)
+{
+    pend_t *p = node->pend;
+    size_t kept = 0;
+
+    for (size_t i = 0; p != NULL && i < p->n; i++) {
+        size_t x = p->idx[i];
+
+        if (x >= lo && x < lo + old)
+            continue;
+        p->idx[kept++] = x >= lo + old ? x - old + add : x;
+    }
+    if (p != NULL)
+        p->n = kept;
+}
+
+/* Brings a stale node and the stale nodes under it up to date: rehashes
+ * its listed entries (their values first), then the chunks over each of
+ * them, then the node. */
+static int node_flush(syncd_htree_t *t, hnode_t *node)
+{
+    pend_t *p = node->pend;
+
+    if (!node->stale)
+        return 0;
+    if (p != NULL) {
+        for (size_t i = 0; i < p->n; i++) {
+            hnode_t *child = node->ent[p->idx[i]].child;
+
+            if (node_flush(t, child) < 0)
+                return SYNCD_ENOMEM;
+            child->listed = 0;
+            entry_hash(t, node, p->idx[i]);
+        }
+        for (size_t i = 0; node->nlv > 1 && i < p->n; i++)
+            if (levels_update(t, node, 0, p->idx[i], 1, 1) < 0)
+                return SYNCD_ENOMEM;
+        free(p);
+        node->pend = NULL;
+    }
+    node_finish(t, node);
+    node->stale = 0;
+    return 0;
+}
+
+/* Lists entry idx of node as one to rehash, node being stale. */
+static int pend_add(syncd_htree_t *t, hnode_t *node, size_t idx)
+{
+    pend_t *p = node->pend;
+
+    if (p != NULL && p->n == PEND_MAX) {
+        if (node_flush(t, node) < 0)
+            return SYNCD_ENOMEM;
+        node->stale = 1;
+        p = NULL;
+    }
+    if (p == NULL || p->n == p->cap) {
+        size_t cap = p != NULL ? 2 * p->cap : 4;
+        pend_t *q = realloc(p, sizeof(*p) + cap * sizeof(p->idx[0]));
+
+        if (q == NULL)
+            return SYNCD_ENOMEM;
+        if (p == NULL)
+            q->n = 0;
+        q->cap = cap;
+        node->pend = p = q;
+    }
+    p->idx[p->n++] = idx;
+    node->ent[idx].child->listed = 1;
+    return 0;
+}
+
 /* Entries [lo, lo + old) of node were replaced by `add` entries (already in
- * node->ent; lv[0] still has the old count): rehashes them and the chunks
- * above them, then node. */
+ * node->ent, their values up to date; lv[0] still has the old count):
+ * hashes them and re-cuts the chunks above them; node is left stale. */
 static int entries_changed(syncd_htree_t *t, hnode_t *node, size_t lo,
                            size_t old, size_t add)
 {
     if (level_splice(&node->lv[0], lo, old, add) < 0)
         return SYNCD_ENOMEM;
+    pend_shift(node, lo, old, add);
     for (size_t i = lo; i < lo + add; i++)
         entry_hash(t, node, i);
-    if (levels_update(t, node, 0, lo, old, add) < 0)
-        return SYNCD_ENOMEM;
-    node_finish(t, node);
-    return 0;
+    node->stale = 1;
+    return levels_update(t, node, 0, lo, old, add);
 }
 
 static hnode_t *node_new(json_type type)
@@ -499,12 +587,19 @@ static int walk(hnode_t **node, step_t *steps, syncd_htree_t *t,
     return 0;
 }
 
-/* Rehashes the entries the steps went through, deepest first. */
-static int rehash_path(syncd_htree_t *t, const step_t *steps, size_t count)
+/* Marks the containers the steps went through stale, each listing the
+ * entry taken, deepest first, up to one that already lists it. */
+static int mark_path(syncd_htree_t *t, const step_t *steps, size_t count)
 {
-    for (size_t i = count; i-- > 0;)
-        if (entries_changed(t, steps[i].node, steps[i].index, 1, 1) < 0)
+    for (size_t i = count; i-- > 0;) {
+        hnode_t *node = steps[i].node;
+
+        node->stale = 1;
+        if (node->ent[steps[i].index].child->listed)
+            break;
+        if (pend_add(t, node, steps[i].index) < 0)
             return SYNCD_ENOMEM;
+    }
     return 0;
 }
 
@@ -521,6 +616,8 @@ static int put(syncd_htree_t *t, const syncd_ptr_t *ptr, hnode_t *child,
     const char *tok, *why;
     int rc = SYNCD_ENOMEM;
 
+    if (node_flush(t, child) < 0)
+        goto cleanup;
     if (n == 0) {
         node_free(t->root);
         t->root = child;
@@ -585,7 +682,7 @@ static int put(syncd_htree_t *t, const syncd_ptr_t *ptr, hnode_t *child,
         rc = op_error(err, "the target's container is missing");
         goto cleanup;
     }
-    rc = rehash_path(t, steps, n - 1);
+    rc = mark_path(t, steps, n - 1);
 cleanup:
     node_free(child);
     free(steps);
@@ -614,13 +711,15 @@ static int take(syncd_htree_t *t, const syncd_ptr_t *ptr, hnode_t **out,
         free(parent->ent[idx].key);
         memmove(parent->ent + idx, parent->ent + idx + 1,
                 (node_size(parent) - idx - 1) * sizeof(*parent->ent));
-        if (out != NULL)
+        if (out != NULL) {
+            child->listed = 0;
             *out = child;
-        else
+        } else {
             node_free(child);
+        }
         rc = entries_changed(t, parent, idx, 1, 0);
         if (rc == 0)
-            rc = rehash_path(t, steps, n - 1);
+            rc = mark_path(t, steps, n - 1);
     }
     free(steps);
     return rc;
@@ -677,6 +776,8 @@ static int apply_op(syncd_htree_t *t, const json_t *op, syncd_error_t *err)
             rc = steps == NULL
                      ? SYNCD_ENOMEM
                      : walk(&src, steps, t, from, syncd_ptr_count(from), err);
+            if (rc == 0)
+                rc = node_flush(t, src);
             if (rc == 0) {
                 node = node_clone(src);
                 rc = node == NULL ? SYNCD_ENOMEM
@@ -733,6 +834,9 @@ int syncd_htree_apply(syncd_htree_t *t, const json_t *patch, syncd_error_t *err)
         if (rc < 0)
             return rc;
     }
+    if (node_flush(t, t->root) < 0)
+        return syncd_error_set(err, SYNCD_ENOMEM,
+                               "out of memory hashing a patch");
     return 0;
 }
 
@@ -755,6 +859,8 @@ static uint64_t node_bytes(const hnode_t *node)
     if (!is_container(node))
         return n;
     n += node->entcap * sizeof(*node->ent) + node->nlv * sizeof(*node->lv);
+    if (node->pend != NULL)
+        n += sizeof(*node->pend) + node->pend->cap * sizeof(node->pend->idx[0]);
     for (size_t k = 0; k < node->nlv; k++) {
         n += node->lv[k].cap * sizeof(*node->lv[k].item);
         if (node->lv[k].end != NULL)

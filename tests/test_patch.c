@@ -2807,6 +2807,143 @@ static uint64_t hashes_for(syncd_htree_t *t, json_t **doc, const char *patch)
     return syncd_htree_hash_count(t) - before;
 }
 
+static void test_htree__long_patches_equal_fresh(void **s)
+{
+    rng_t r = {0x6c6f6e67ULL};
+    size_t ops = 0;
+
+    (void)s;
+    for (int round = 0; round < 100; round++) {
+        json_t *doc = random_doc(&r);
+        syncd_htree_t *t = NULL;
+
+        /* Always a chunked container, for structural changes among its
+         * stale entries. */
+        json_object_set_new(
+            doc, "big",
+            big_container(&r, 65 + rng_below(&r, 400), (int)rng_below(&r, 2)));
+        assert_int_equal(syncd_htree_build(&t, doc, NULL), 0);
+        /* Patches one after another on the same tree: a hash or a mark
+         * left behind by one shows in the next. */
+        for (int p = 0; p < 4; p++) {
+            json_t *patch = json_array(), *cur = json_incref(doc);
+            size_t want = 8 + rng_below(&r, 40);
+
+            while (json_array_size(patch) < want) {
+                json_t *op = random_op(&r, cur, (int)rng_below(&r, 6));
+                json_t *one = json_array(), *out;
+
+                json_array_append(one, op);
+                if (syncd_patch_apply(&out, cur, one, NULL) == 0) {
+                    json_decref(cur);
+                    cur = out;
+                    json_array_append(patch, op);
+                }
+                json_decref(one);
+                json_decref(op);
+            }
+            assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
+            assert_tree_matches(t, cur, "a long patch");
+            ops += json_array_size(patch);
+            json_decref(patch);
+            json_decref(doc);
+            doc = cur;
+        }
+        syncd_htree_free(t);
+        json_decref(doc);
+    }
+    print_message("%zu operations in 400 patches\n", ops);
+}
+
+static void test_htree__a_patch_over_many_members_equals_fresh(void **s)
+{
+    rng_t r = {0x6d616e79ULL};
+    json_t *doc = json_object(), *patch = json_array(), *out = NULL;
+    syncd_htree_t *t = NULL;
+
+    (void)s;
+    json_object_set_new(doc, "o", big_container(&r, 1000, 1));
+    assert_int_equal(syncd_htree_build(&t, doc, NULL), 0);
+    /* More changed members than one container lists before it is rehashed
+     * mid-patch, with members added and removed among them. */
+    for (int i = 0; i < 330; i++) {
+        char path[64];
+
+        snprintf(path, sizeof(path), "/o/k%05d/i", 3 * i);
+        json_array_append_new(patch, json_pack("{s:s,s:s,s:i}", "op",
+                                               "replace", "path", path,
+                                               "value", -i));
+        if (i % 7 == 0) {
+            snprintf(path, sizeof(path), "/o/k%05d", 3 * i + 1);
+            json_array_append_new(
+                patch, json_pack("{s:s,s:s}", "op", "remove", "path", path));
+        }
+        if (i % 11 == 0) {
+            snprintf(path, sizeof(path), "/o/k%05dn", 3 * i);
+            json_array_append_new(patch, json_pack("{s:s,s:s,s:[i]}", "op",
+                                                   "add", "path", path,
+                                                   "value", i));
+        }
+    }
+    assert_int_equal(syncd_patch_apply(&out, doc, patch, NULL), 0);
+    assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
+    assert_tree_matches(t, out, "a patch over many members");
+    json_decref(patch);
+    json_decref(doc);
+    doc = out;
+    /* Patches of n changed members for every n up to 300, so that one of
+     * them ends right where a long list is rehashed. */
+    for (int n = 1; n <= 300; n++) {
+        patch = json_array();
+        for (int i = 0; i < n; i++) {
+            char path[64];
+
+            snprintf(path, sizeof(path), "/o/k%05d/i", 3 * i);
+            json_array_append_new(patch, json_pack("{s:s,s:s,s:i}", "op",
+                                                   "replace", "path", path,
+                                                   "value", n));
+        }
+        assert_int_equal(syncd_patch_apply(&out, doc, patch, NULL), 0);
+        assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
+        assert_tree_matches(t, out, "a patch of n members");
+        json_decref(patch);
+        json_decref(doc);
+        doc = out;
+    }
+    syncd_htree_free(t);
+    json_decref(doc);
+}
+
+static void test_htree__a_patch_rehashes_a_path_once(void **s)
+{
+    rng_t r = {7};
+    json_t *doc = json_object();
+    syncd_htree_t *t = NULL;
+    uint64_t one, four;
+
+    (void)s;
+    json_object_set_new(doc, "o", big_container(&r, 10000, 1));
+    assert_int_equal(syncd_htree_build(&t, doc, NULL), 0);
+    one = hashes_for(t, &doc,
+                     "[{\"op\":\"replace\",\"path\":\"/o/k04000/i\","
+                     "\"value\":-1}]");
+    /* Four changes under one member: the member's value is hashed four
+     * times, the path above it (member, chunks, root) once. */
+    four = hashes_for(t, &doc,
+                      "[{\"op\":\"replace\",\"path\":\"/o/k05000/i\","
+                      "\"value\":-1},"
+                      "{\"op\":\"replace\",\"path\":\"/o/k05000/w\","
+                      "\"value\":\"x\"},"
+                      "{\"op\":\"add\",\"path\":\"/o/k05000/y\","
+                      "\"value\":2},"
+                      "{\"op\":\"remove\",\"path\":\"/o/k05000/y\"}]");
+    print_message("one change: %llu hashes; four under one member: %llu\n",
+                  (unsigned long long)one, (unsigned long long)four);
+    assert_true(four <= one + 4);
+    syncd_htree_free(t);
+    json_decref(doc);
+}
+
 static void test_htree__one_change_in_10k_rehashes_a_few_chunks(void **s)
 {
     rng_t r = {42};
@@ -3249,6 +3386,9 @@ int main(void)
         cmocka_unit_test(
             test_htree__incremental_equals_fresh_for_every_op_kind),
         cmocka_unit_test(test_htree__follows_every_conformance_record),
+        cmocka_unit_test(test_htree__long_patches_equal_fresh),
+        cmocka_unit_test(test_htree__a_patch_over_many_members_equals_fresh),
+        cmocka_unit_test(test_htree__a_patch_rehashes_a_path_once),
         cmocka_unit_test(test_htree__one_change_in_10k_rehashes_a_few_chunks),
         cmocka_unit_test(
             test_htree_narrow__random_edits_name_exactly_the_changed_subtrees),

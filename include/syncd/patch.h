@@ -287,8 +287,9 @@ void syncd_htree_free(syncd_htree_t *t);
 
 /* Updates t, the tree of a document, for patch (a JSON Patch array) having
  * been applied to that document successfully (apply it to the document
- * itself with syncd_patch_apply() or in place): each operation rehashes only
- * the values it adds and the path above them. SYNCD_EPATCH when an
+ * itself with syncd_patch_apply() or in place): each operation hashes only
+ * the values it adds, and each path above them is rehashed once per patch,
+ * however many operations went through it. SYNCD_EPATCH when an
  * operation does not fit the tree's document, SYNCD_ENOMEM; after a failure
  * t no longer matches any document: free it and build it again. */
 int syncd_htree_apply(syncd_htree_t *t, const json_t *patch,
