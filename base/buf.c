@@ -28,21 +28,6 @@ int syncd_buf_reserve(syncd_buf_t *b, size_t n)
     return 0;
 }
 
-int syncd_buf_append(syncd_buf_t *b, const void *bytes, size_t n)
-{
-    if (syncd_buf_reserve(b, n) < 0)
-        return SYNCD_ENOMEM;
-    memcpy(b->data + b->len, bytes, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-int syncd_buf_putc(syncd_buf_t *b, char c)
-{
-    return syncd_buf_append(b, &c, 1);
-}
-
 int syncd_buf_vprintf(syncd_buf_t *b, const char *fmt, va_list ap)
 {
     size_t room = b->cap - b->len;

@@ -120,6 +120,26 @@ size_t syncd_canonical_real(char text[40], double d)
     return strlen(text);
 }
 
+size_t syncd_canonical_int(char text[24], json_int_t i)
+{
+    /* Digits of the magnitude as unsigned, so that the most negative
+     * value has one too. */
+    unsigned long long u =
+        i < 0 ? 0ULL - (unsigned long long)i : (unsigned long long)i;
+    char rev[24];
+    size_t n = 0, len = 0;
+
+    do {
+        rev[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    if (i < 0)
+        text[len++] = '-';
+    while (n > 0)
+        text[len++] = rev[--n];
+    return len;
+}
+
 static int write_real(syncd_buf_t *b, double d)
 {
     char text[40];
@@ -130,12 +150,15 @@ static int write_real(syncd_buf_t *b, double d)
 
 static int write_value(syncd_buf_t *b, const json_t *v, int depth, int sorted);
 
+/* Objects of at most this many members are sorted on the stack. */
+#define SMALL_OBJECT 16
+
 /* Writes object v, inside depth containers (its own included), its
  * members sorted by key or, with !sorted, in v's own order. */
 static int write_object(syncd_buf_t *b, const json_t *v, int depth, int sorted)
 {
     size_t n = json_object_size(v), i = 0;
-    member_t *members = NULL;
+    member_t small[SMALL_OBJECT], *members;
     const char *key;
     size_t len;
     json_t *child;
@@ -155,18 +178,32 @@ static int write_object(syncd_buf_t *b, const json_t *v, int depth, int sorted)
         }
         return rc < 0 ? rc : syncd_buf_putc(b, '}');
     }
-    if (n > 0) {
+    if (n > SMALL_OBJECT) {
         members = malloc(n * sizeof(*members));
         if (members == NULL)
             return SYNCD_ENOMEM;
+    } else {
+        members = small;
     }
     json_object_keylen_foreach ((json_t *)v, key, len, child) {
         members[i].key = key;
         members[i].len = len;
         members[i++].value = child;
     }
-    if (n > 0)
+    if (n > SMALL_OBJECT) {
         qsort(members, n, sizeof(*members), member_cmp);
+    } else {
+        /* Insertion sort: no allocation, and fewer calls than qsort's
+         * merge for the handful of members most objects have. */
+        for (i = 1; i < n; i++) {
+            member_t m = members[i];
+            size_t j = i;
+
+            for (; j > 0 && member_cmp(&members[j - 1], &m) > 0; j--)
+                members[j] = members[j - 1];
+            members[j] = m;
+        }
+    }
     rc = syncd_buf_putc(b, '{');
     for (i = 0; i < n && rc == 0; i++) {
         if (i > 0)
@@ -178,7 +215,8 @@ static int write_object(syncd_buf_t *b, const json_t *v, int depth, int sorted)
         if (rc == 0)
             rc = write_value(b, members[i].value, depth, 1);
     }
-    free(members);
+    if (members != small)
+        free(members);
     return rc < 0 ? rc : syncd_buf_putc(b, '}');
 }
 
@@ -211,9 +249,8 @@ static int write_value(syncd_buf_t *b, const json_t *v, int depth, int sorted)
     case JSON_STRING:
         return write_string(b, json_string_value(v), json_string_length(v));
     case JSON_INTEGER:
-        snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT,
-                 json_integer_value(v));
-        return syncd_buf_append(b, text, strlen(text));
+        return syncd_buf_append(
+            b, text, syncd_canonical_int(text, json_integer_value(v)));
     case JSON_REAL:
         return write_real(b, json_real_value(v));
     case JSON_TRUE:
@@ -264,8 +301,7 @@ size_t syncd_canonical_size(const json_t *v)
         return syncd_canonical_string_size(json_string_value(v),
                                            json_string_length(v));
     case JSON_INTEGER:
-        return (size_t)snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT,
-                                json_integer_value(v));
+        return syncd_canonical_int(text, json_integer_value(v));
     case JSON_REAL:
         return syncd_canonical_real(text, json_real_value(v));
     case JSON_TRUE:

@@ -25,7 +25,6 @@ void syncd_hash_scalar(unsigned char out[32], const json_t *v)
 {
     syncd_sha256_ctx_t ctx;
     char text[40];
-    int n;
 
     syncd_sha256_init(&ctx);
     switch (json_typeof(v)) {
@@ -34,9 +33,10 @@ void syncd_hash_scalar(unsigned char out[32], const json_t *v)
         syncd_sha256_update(&ctx, json_string_value(v), json_string_length(v));
         break;
     case JSON_INTEGER:
-        n = snprintf(text, sizeof(text), "i%" JSON_INTEGER_FORMAT,
-                     json_integer_value(v));
-        syncd_sha256_update(&ctx, text, (size_t)n);
+        text[0] = 'i';
+        syncd_sha256_update(
+            &ctx, text,
+            1 + syncd_canonical_int(text + 1, json_integer_value(v)));
         break;
     case JSON_REAL:
         syncd_sha256_update(&ctx, "r", 1);

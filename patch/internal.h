@@ -114,6 +114,10 @@ int syncd_key_cmp(const char *a, size_t alen, const char *b, size_t blen);
  * with a '.' or an exponent) into text and returns its length. */
 size_t syncd_canonical_real(char text[40], double d);
 
+/* Writes the decimal text of i (what "%" JSON_INTEGER_FORMAT prints) into
+ * text, unterminated, and returns its length. */
+size_t syncd_canonical_int(char text[24], json_int_t i);
+
 /* Lists of at most this many entries are hashed flat, never chunked. */
 #define SYNCD_HASH_FLAT_MAX 64
 

@@ -2870,9 +2870,8 @@ static void test_htree__a_patch_over_many_members_equals_fresh(void **s)
         char path[64];
 
         snprintf(path, sizeof(path), "/o/k%05d/i", 3 * i);
-        json_array_append_new(patch, json_pack("{s:s,s:s,s:i}", "op",
-                                               "replace", "path", path,
-                                               "value", -i));
+        json_array_append_new(patch, json_pack("{s:s,s:s,s:i}", "op", "replace",
+                                               "path", path, "value", -i));
         if (i % 7 == 0) {
             snprintf(path, sizeof(path), "/o/k%05d", 3 * i + 1);
             json_array_append_new(
@@ -2880,9 +2879,9 @@ static void test_htree__a_patch_over_many_members_equals_fresh(void **s)
         }
         if (i % 11 == 0) {
             snprintf(path, sizeof(path), "/o/k%05dn", 3 * i);
-            json_array_append_new(patch, json_pack("{s:s,s:s,s:[i]}", "op",
-                                                   "add", "path", path,
-                                                   "value", i));
+            json_array_append_new(patch,
+                                  json_pack("{s:s,s:s,s:[i]}", "op", "add",
+                                            "path", path, "value", i));
         }
     }
     assert_int_equal(syncd_patch_apply(&out, doc, patch, NULL), 0);
@@ -2899,9 +2898,9 @@ static void test_htree__a_patch_over_many_members_equals_fresh(void **s)
             char path[64];
 
             snprintf(path, sizeof(path), "/o/k%05d/i", 3 * i);
-            json_array_append_new(patch, json_pack("{s:s,s:s,s:i}", "op",
-                                                   "replace", "path", path,
-                                                   "value", n));
+            json_array_append_new(patch,
+                                  json_pack("{s:s,s:s,s:i}", "op", "replace",
+                                            "path", path, "value", n));
         }
         assert_int_equal(syncd_patch_apply(&out, doc, patch, NULL), 0);
         assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
