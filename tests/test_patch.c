@@ -2159,6 +2159,69 @@ static void test_canonical__integers_are_exact(void **s)
     json_decref(v);
 }
 
+static void test_canonical__integers_match_printf(void **s)
+{
+    json_int_t p = 1;
+
+    (void)s;
+    /* Each side of every power of ten, both signs. */
+    for (int k = 0; k < 19; k++) {
+        for (json_int_t d = -1; d <= 1; d++)
+            for (int neg = 0; neg < 2; neg++) {
+                json_int_t i = neg ? -(p + d) : p + d;
+                json_t *v = json_integer(i);
+                char want[32], *got;
+                size_t len;
+
+                snprintf(want, sizeof(want), "%" JSON_INTEGER_FORMAT, i);
+                got = syncd_json_canonical(v, &len);
+                assert_string_equal(got, want);
+                assert_int_equal(len, strlen(want));
+                free(got);
+                json_decref(v);
+            }
+        if (k < 18)
+            p *= 10;
+    }
+}
+
+static void test_canonical__objects_of_every_size_sort_their_keys(void **s)
+{
+    rng_t r = {0x736f7274ULL};
+
+    (void)s;
+    /* Sizes on both sides of where sorting moves off the stack. */
+    for (size_t n = 0; n <= 40; n++) {
+        json_t *v = json_object();
+        char want[512], *got;
+        size_t o = 0;
+
+        /* Keys k00..k(n-1), inserted in a random order. */
+        for (size_t i = 0; i < n; i++) {
+            size_t j = rng_below(&r, i + 1);
+            char key[8];
+
+            snprintf(key, sizeof(key), "k%02zu", i);
+            json_object_set_new(v, key, json_integer((json_int_t)i));
+            if (j != i) {
+                /* Re-insert an earlier key so it moves in the table's
+                 * order. */
+                snprintf(key, sizeof(key), "k%02zu", j);
+                json_object_set_new(v, key, json_integer((json_int_t)j));
+            }
+        }
+        want[o++] = '{';
+        for (size_t i = 0; i < n; i++)
+            o += (size_t)snprintf(want + o, sizeof(want) - o,
+                                  "%s\"k%02zu\":%zu", i > 0 ? "," : "", i, i);
+        snprintf(want + o, sizeof(want) - o, "}");
+        got = canon(v);
+        assert_string_equal(got, want);
+        free(got);
+        json_decref(v);
+    }
+}
+
 static void test_canonical__reals_roundtrip_and_stay_reals(void **s)
 {
     static const struct {
@@ -3373,6 +3436,8 @@ int main(void)
             test_canonical__strings_escape_each_byte_json_requires),
         cmocka_unit_test(test_canonical__keys_with_nul_sort_by_bytes),
         cmocka_unit_test(test_canonical__integers_are_exact),
+        cmocka_unit_test(test_canonical__integers_match_printf),
+        cmocka_unit_test(test_canonical__objects_of_every_size_sort_their_keys),
         cmocka_unit_test(test_canonical__reals_roundtrip_and_stay_reals),
         cmocka_unit_test(test_sha256__matches_fips_180_2_vectors),
         cmocka_unit_test(
