@@ -25,10 +25,18 @@
 
 typedef struct hnode hnode_t;
 
+/* The entries of a stale container whose values changed, to rehash. */
+typedef struct pend {
+    size_t n, cap;
+    size_t idx[];
+} pend_t;
+
 typedef struct level {
     unsigned char (*item)[32]; /* the hashes of this level */
     size_t n, cap;
-    size_t *end; /* end (exclusive) of each chunk of item, when chunked */
+    size_t *end;  /* end (exclusive) of each chunk of item, when chunked */
+    pend_t *pend; /* level 0 of a stale container: NULL or the entries whose
+                     hashes are to be redone */
 } level_t;
 
 typedef struct hent {
@@ -37,22 +45,15 @@ typedef struct hent {
     hnode_t *child;
 } hent_t;
 
-/* The entries of a stale container whose values changed, to rehash. */
-typedef struct pend {
-    size_t n, cap;
-    size_t idx[];
-} pend_t;
-
 struct hnode {
     json_type type;
-    unsigned char stale;  /* hash (and chunks over pend) not yet updated */
-    unsigned char listed; /* in its parent's pend */
+    unsigned char stale;  /* hash (and chunks over lv[0].pend) not updated */
+    unsigned char listed; /* in its parent's lv[0].pend */
     unsigned char hash[32];
     hent_t *ent; /* containers: lv[0].n entries */
     size_t entcap;
     level_t *lv; /* containers: nlv >= 1 levels */
     size_t nlv;
-    pend_t *pend; /* stale containers: NULL or the entries to rehash */
 };
 
 /* Most entries one container lists before it is rehashed mid-patch: what
@@ -82,9 +83,10 @@ static void node_free(hnode_t *node)
         free(node->lv[k].item);
         free(node->lv[k].end);
     }
+    if (node->lv != NULL)
+        free(node->lv[0].pend);
     free(node->lv);
     free(node->ent);
-    free(node->pend);
     free(node);
 }
 
@@ -311,7 +313,7 @@ static int ent_reserve(hnode_t *node, size_t n)
  * rehash and shifts the ones after them. */
 static void pend_shift(hnode_t *node, size_t lo, size_t old, size_t add)
 {
-    pend_t *p = node->pend;
+    pend_t *p = node->lv[0].pend;
     size_t kept = 0;
 
     for (size_t i = 0; p != NULL && i < p->n; i++) {
@@ -330,10 +332,11 @@ static void pend_shift(hnode_t *node, size_t lo, size_t old, size_t add)
  * them, then the node. */
 static int node_flush(syncd_htree_t *t, hnode_t *node)
 {
-    pend_t *p = node->pend;
+    pend_t *p;
 
     if (!node->stale)
         return 0;
+    p = node->lv[0].pend;
     if (p != NULL) {
         for (size_t i = 0; i < p->n; i++) {
             hnode_t *child = node->ent[p->idx[i]].child;
@@ -347,7 +350,7 @@ static int node_flush(syncd_htree_t *t, hnode_t *node)
             if (levels_update(t, node, 0, p->idx[i], 1, 1) < 0)
                 return SYNCD_ENOMEM;
         free(p);
-        node->pend = NULL;
+        node->lv[0].pend = NULL;
     }
     node_finish(t, node);
     node->stale = 0;
@@ -357,7 +360,7 @@ static int node_flush(syncd_htree_t *t, hnode_t *node)
 /* Lists entry idx of node as one to rehash, node being stale. */
 static int pend_add(syncd_htree_t *t, hnode_t *node, size_t idx)
 {
-    pend_t *p = node->pend;
+    pend_t *p = node->lv[0].pend;
 
     if (p != NULL && p->n == PEND_MAX) {
         if (node_flush(t, node) < 0)
@@ -374,7 +377,7 @@ static int pend_add(syncd_htree_t *t, hnode_t *node, size_t idx)
         if (p == NULL)
             q->n = 0;
         q->cap = cap;
-        node->pend = p = q;
+        node->lv[0].pend = p = q;
     }
     p->idx[p->n++] = idx;
     node->ent[idx].child->listed = 1;
@@ -859,8 +862,9 @@ static uint64_t node_bytes(const hnode_t *node)
     if (!is_container(node))
         return n;
     n += node->entcap * sizeof(*node->ent) + node->nlv * sizeof(*node->lv);
-    if (node->pend != NULL)
-        n += sizeof(*node->pend) + node->pend->cap * sizeof(node->pend->idx[0]);
+    if (node->lv[0].pend != NULL)
+        n += sizeof(*node->lv[0].pend) +
+             node->lv[0].pend->cap * sizeof(node->lv[0].pend->idx[0]);
     for (size_t k = 0; k < node->nlv; k++) {
         n += node->lv[k].cap * sizeof(*node->lv[k].item);
         if (node->lv[k].end != NULL)
