@@ -2918,10 +2918,35 @@ static void test_htree__long_patches_equal_fresh(void **s)
     print_message("%zu operations in 400 patches\n", ops);
 }
 
+/* Returns the operation replacing /o/k<member>/i by value. */
+static json_t *replace_member(int member, int value)
+{
+    char path[64];
+
+    snprintf(path, sizeof(path), "/o/k%05d/i", member);
+    return json_pack("{s:s,s:s,s:i}", "op", "replace", "path", path, "value",
+                     value);
+}
+
+/* Applies patch (stolen) to doc (stolen) and to t, its tree; asserts that
+ * t then matches the result, which it returns. */
+static json_t *apply_both(syncd_htree_t *t, json_t *doc, json_t *patch,
+                          const char *what)
+{
+    json_t *out = NULL;
+
+    assert_int_equal(syncd_patch_apply(&out, doc, patch, NULL), 0);
+    assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
+    assert_tree_matches(t, out, what);
+    json_decref(patch);
+    json_decref(doc);
+    return out;
+}
+
 static void test_htree__a_patch_over_many_members_equals_fresh(void **s)
 {
     rng_t r = {0x6d616e79ULL};
-    json_t *doc = json_object(), *patch = json_array(), *out = NULL;
+    json_t *doc = json_object(), *patch = json_array();
     syncd_htree_t *t = NULL;
 
     (void)s;
@@ -2932,9 +2957,7 @@ static void test_htree__a_patch_over_many_members_equals_fresh(void **s)
     for (int i = 0; i < 330; i++) {
         char path[64];
 
-        snprintf(path, sizeof(path), "/o/k%05d/i", 3 * i);
-        json_array_append_new(patch, json_pack("{s:s,s:s,s:i}", "op", "replace",
-                                               "path", path, "value", -i));
+        json_array_append_new(patch, replace_member(3 * i, -i));
         if (i % 7 == 0) {
             snprintf(path, sizeof(path), "/o/k%05d", 3 * i + 1);
             json_array_append_new(
@@ -2947,30 +2970,14 @@ static void test_htree__a_patch_over_many_members_equals_fresh(void **s)
                                             "path", path, "value", i));
         }
     }
-    assert_int_equal(syncd_patch_apply(&out, doc, patch, NULL), 0);
-    assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
-    assert_tree_matches(t, out, "a patch over many members");
-    json_decref(patch);
-    json_decref(doc);
-    doc = out;
+    doc = apply_both(t, doc, patch, "a patch over many members");
     /* Patches of n changed members for every n up to 300, so that one of
      * them ends right where a long list is rehashed. */
     for (int n = 1; n <= 300; n++) {
         patch = json_array();
-        for (int i = 0; i < n; i++) {
-            char path[64];
-
-            snprintf(path, sizeof(path), "/o/k%05d/i", 3 * i);
-            json_array_append_new(patch,
-                                  json_pack("{s:s,s:s,s:i}", "op", "replace",
-                                            "path", path, "value", n));
-        }
-        assert_int_equal(syncd_patch_apply(&out, doc, patch, NULL), 0);
-        assert_int_equal(syncd_htree_apply(t, patch, NULL), 0);
-        assert_tree_matches(t, out, "a patch of n members");
-        json_decref(patch);
-        json_decref(doc);
-        doc = out;
+        for (int i = 0; i < n; i++)
+            json_array_append_new(patch, replace_member(3 * i, n));
+        doc = apply_both(t, doc, patch, "a patch of n members");
     }
     syncd_htree_free(t);
     json_decref(doc);
