@@ -15,7 +15,6 @@
  * valid: syncd_json_hash_matches() accepts either form.
  */
 #include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -303,9 +303,13 @@ static size_t compact_size(const json_t *v, size_t n, size_t cap, int depth)
     case JSON_STRING:
         return n + syncd_canonical_string_size(json_string_value(v),
                                                json_string_length(v));
-    case JSON_INTEGER:
+    case JSON_INTEGER: {
+        char text[24];
+
+        return n + syncd_canonical_int(text, json_integer_value(v));
+    }
     case JSON_REAL:
-        /* A scalar dumps into no buffer without allocating. */
+        /* A real dumps into no buffer without allocating. */
         return n + json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
     case JSON_TRUE:
         return n + 4;
