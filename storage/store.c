@@ -109,6 +109,15 @@ static int64_t clock_ms(clockid_t id)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Monotonic microseconds, for the waits a change reports. */
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /* Monotonic time for deadlines. */
 static int64_t now_ms(syncd_store_t *s)
 {
@@ -926,29 +935,37 @@ done:
     return rc;
 }
 
-/* attempt()'s arguments, passed through the backend's key lock. */
+/* attempt()'s arguments, passed through the backend's key lock, and when
+ * it ran (monotonic microseconds). */
 typedef struct locked_attempt {
     syncd_store_t *s;
     syncd_change_t **out;
     const write_req_t *req;
+    int64_t began, ended;
 } locked_attempt_t;
 
 static int run_locked_attempt(void *arg, syncd_error_t *err)
 {
     locked_attempt_t *a = arg;
+    int rc;
 
-    return attempt(a->s, a->out, a->req, err);
+    a->began = mono_us();
+    rc = attempt(a->s, a->out, a->req, err);
+    a->ended = mono_us();
+    return rc;
 }
 
 /* Runs attempt(), holding the key's write lock when the backend has one:
  * then no writer can come between the read and the compare-and-swap. The
  * lock's release waits for the commit to be durable (see rocks.c, group
- * commit), which can still fail it. */
+ * commit), which can still fail it. A change made records how long it
+ * waited for the lock and for the sync. */
 static int attempt_locked(syncd_store_t *s, syncd_change_t **out,
                           const write_req_t *req, syncd_error_t *err)
 {
-    locked_attempt_t a = {s, out, req};
+    locked_attempt_t a = {s, out, req, 0, 0};
     const syncd_backend_ops_t *ops = s->backend->ops;
+    int64_t called = mono_us();
     int rc;
 
     if (ops->locked == NULL)
@@ -959,6 +976,9 @@ static int attempt_locked(syncd_store_t *s, syncd_change_t **out,
         /* The commit was sequenced but its sync failed: not committed. */
         syncd_change_free(*out);
         *out = NULL;
+    } else if (*out != NULL && a.began != 0) {
+        (*out)->lock_wait_us = a.began - called;
+        (*out)->sync_wait_us = mono_us() - a.ended;
     }
     return rc;
 }

@@ -108,6 +108,8 @@ struct syncd_api {
     void *quiesce_payload;
     int64_t watchers;      /* watch slots taken: set-ups and streams */
     json_t *coll_watchers; /* collection -> its watch slots taken */
+    uint64_t slow_logged;  /* uv_hrtime() of the last slow request logged */
+    int64_t slow_unlogged; /* slow requests not logged since (rate limit) */
 };
 
 typedef enum {
@@ -126,6 +128,17 @@ typedef enum {
     JOB_ROLLBACK,
     JOB_HASHES,
 } job_kind_t;
+
+/* What each job kind does, for the log. */
+static const char *const job_names[] = {
+    "read",       "create",         "put",
+    "patch",      "delete",         "list",
+    "digest",     "verify",         "listing of collections",
+    "checkpoint", "versioned read", "history",
+    "rollback",   "hash listing",
+};
+_Static_assert(sizeof(job_names) / sizeof(job_names[0]) == JOB_HASHES + 1,
+               "a name for each job kind");
 
 typedef struct job {
     uv_work_t work;
@@ -162,6 +175,10 @@ typedef struct job {
     int behind;             /* may be answered before its publish */
     int64_t version;
     char *text; /* the response body */
+    /* uv_hrtime() when the job was made, its work began and ended (on the
+     * thread pool), and it was back on the loop; 0: not reached */
+    uint64_t started, began, ended, back;
+    int64_t lock_wait_us, sync_wait_us; /* the change's, see store.h */
 } job_t;
 
 typedef struct watcher {
@@ -916,6 +933,7 @@ static void job_work(uv_work_t *w)
 {
     job_t *j = w->data;
 
+    j->began = uv_hrtime();
     switch (j->kind) {
     case JOB_GET: {
         size_t len;
@@ -958,8 +976,12 @@ static void job_work(uv_work_t *w)
         run_write(j);
         break;
     }
-    if (j->change != NULL)
+    if (j->change != NULL) {
+        j->lock_wait_us = j->change->lock_wait_us;
+        j->sync_wait_us = j->change->sync_wait_us;
         prepare_publish(j);
+    }
+    j->ended = uv_hrtime();
 }
 
 static void job_closed(uv_handle_t *h)
@@ -967,11 +989,61 @@ static void job_closed(uv_handle_t *h)
     job_free(h->data);
 }
 
+/* Milliseconds from a to b (uv_hrtime() values). */
+static double ms_between(uint64_t a, uint64_t b)
+{
+    return (double)(b - a) / 1e6;
+}
+
+/* Logs j at warn when it took longer than --slow-request, with where its
+ * time went: at most one line a second, which counts those not logged. */
+static void log_if_slow(job_t *j)
+{
+    syncd_api_t *api = j->api;
+    uint64_t now = uv_hrtime();
+    uint64_t limit = (uint64_t)api->opts.cfg->slow_request_ms * 1000000;
+    char store[128] = "", more[64] = "";
+
+    if (limit == 0 || now - j->started <= limit)
+        return;
+    if (api->slow_logged != 0 && now - api->slow_logged < 1000000000) {
+        api->slow_unlogged++;
+        return;
+    }
+    if (j->lock_wait_us != 0 || j->sync_wait_us != 0)
+        snprintf(store, sizeof(store),
+                 " (%.1f ms waiting for the document's lock, %.1f ms for "
+                 "the durable sync)",
+                 (double)j->lock_wait_us / 1e3, (double)j->sync_wait_us / 1e3);
+    if (api->slow_unlogged > 0)
+        snprintf(more, sizeof(more), "; %lld more since the last such line",
+                 (long long)api->slow_unlogged);
+    if (j->back == 0)
+        syncd_log(SYNCD_LOG_WARN,
+                  "api: slow request: %s of %s/%s took %.1f ms%s",
+                  job_names[j->kind], j->coll, j->id != NULL ? j->id : "",
+                  ms_between(j->started, now), more);
+    else
+        syncd_log(SYNCD_LOG_WARN,
+                  "api: slow request: %s of %s/%s took %.1f ms: %.1f ms "
+                  "queued, %.1f ms in the store%s, %.1f ms "
+                  "back to the event loop, %.1f ms publishing%s",
+                  job_names[j->kind], j->coll, j->id != NULL ? j->id : "",
+                  ms_between(j->started, now), ms_between(j->started, j->began),
+                  ms_between(j->began, j->ended), store,
+                  ms_between(j->ended, j->back), ms_between(j->back, now),
+                  more);
+    api->slow_logged = now;
+    api->slow_unlogged = 0;
+}
+
 /* Sends the job's answer, unless its deadline already answered, and frees
  * it. */
 static void job_finish(job_t *j)
 {
     syncd_api_t *api = j->api;
+
+    log_if_slow(j);
 
     /* A document read from the store may now be cached: the node must
      * hear of its collection's changes. */
@@ -1090,6 +1162,7 @@ static void job_done(uv_work_t *w, int status)
     int rc;
 
     (void)status;
+    j->back = uv_hrtime();
     if (j->rc == 0 && j->changed) {
         if (j->behind && publish_behind(j) == 0) {
             job_finish(j);
@@ -1191,6 +1264,7 @@ static job_t *job_new(syncd_api_t *api, syncd_http_req_t *req, job_kind_t kind,
     j->id = id;
     j->if_match = SYNCD_ANY_VERSION;
     j->raw = syncd_http_body(req, &j->raw_len);
+    j->started = uv_hrtime();
     inflight_begin(api);
     return j;
 }

@@ -102,6 +102,9 @@ static const option_t options[] = {
      "MongoDB connect, server selection and socket timeout"},
     {"request-timeout", OPT_DURATION, AT(request_timeout_ms), "30s",
      "deadline of a request's store work; past it the answer is 503 timeout"},
+    {"slow-request", OPT_DURATION, AT(slow_request_ms), "500ms",
+     "a request that takes longer is logged at warn with where its time went "
+     "(0: none)"},
     {"max-connections", OPT_INT, AT(max_connections), "1024",
      "open HTTP connections; more are refused with 503"},
     {"max-connections-per-client", OPT_INT, AT(max_connections_per_client),

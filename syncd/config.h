@@ -45,8 +45,8 @@ typedef struct syncd_config {
     int64_t cache_ttl_ms, retry_delay_ms, max_retry_delay_ms, edit_timeout_ms,
         anti_entropy_interval_ms, tombstone_ttl_ms, idle_timeout_ms,
         header_timeout_ms, bookmark_interval_ms, bus_timeout_ms,
-        store_timeout_ms, request_timeout_ms, idempotency_ttl_ms,
-        heartbeat_interval_ms;
+        store_timeout_ms, request_timeout_ms, slow_request_ms,
+        idempotency_ttl_ms, heartbeat_interval_ms;
     uint64_t cache_max_bytes, block_cache_bytes, max_doc_bytes, max_event_bytes,
         max_header_bytes, watch_buffer_bytes;
     int64_t history_len;        /* earlier versions a document keeps */

@@ -555,6 +555,7 @@ static int teardown_cluster(void **state)
     unsetenv("SYNCD_THREADS");
     unsetenv("SYNCD_TOMBSTONE_TTL");
     unsetenv("SYNCD_BUS_TIMEOUT");
+    unsetenv("SYNCD_SLOW_REQUEST");
     if (mongo.pid > 0)
         kill(mongo.pid, SIGCONT);
     /* A test that failed mid-fault leaves Redis as it should be. */
@@ -945,6 +946,103 @@ test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout(
         usleep(100 * 1000);
     }
     assert_int_equal(r.status, 200);
+}
+
+static void *timed_patch(void *arg)
+{
+    timed_call_t *c = arg;
+    int64_t t0 = now_ms();
+
+    c->r = patch_doc(c->port, "slow", 0, 2);
+    c->ms = now_ms() - t0;
+    return NULL;
+}
+
+/* Returns the lines of d's log that name a slow request, joined (caller
+ * frees; "" when none). */
+static char *slow_lines(const daemon_t *d)
+{
+    FILE *f = fopen(d->log, "r");
+    char line[2048];
+    char *out = calloc(1, 1);
+    size_t n = 0;
+
+    assert_non_null(f);
+    assert_non_null(out);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, "slow request") == NULL)
+            continue;
+        out = realloc(out, n + strlen(line) + 1);
+        assert_non_null(out);
+        memcpy(out + n, line, strlen(line) + 1);
+        n += strlen(line);
+    }
+    fclose(f);
+    return out;
+}
+
+/* A request slower than --slow-request is logged at warn with where its
+ * time went: a write held up by a frozen store names the store, and its
+ * parts add up to no more than the whole; a quick write is not logged. */
+static void
+test_contract__a_slow_request_is_logged_with_where_its_time_went(void **state)
+{
+    cluster_t *cl = &the_cluster;
+    timed_call_t call = {0};
+    double total = 0, queued = 0, store = 0, back = 0, publish = 0;
+    const char *at;
+    char *lines;
+
+    (void)state;
+    if (mongo.external)
+        skip();
+    setenv("SYNCD_SLOW_REQUEST", "400ms", 1);
+    snprintf(cl->db, sizeof(cl->db), "contract_%d_%d", (int)getpid(), ++db_seq);
+    snprintf(cl->coll, sizeof(cl->coll), "slow");
+    assert_int_equal(daemon_start(&cl->nodes[0], "node-a", cl->db, 0), 0);
+    create_docs(cl->nodes[0].port, cl->coll);
+    assert_int_equal(patch_doc(cl->nodes[0].port, cl->coll, 0, 1).status, 200);
+    lines = slow_lines(&cl->nodes[0]);
+    assert_string_equal(lines, "");
+    free(lines);
+
+    call.port = cl->nodes[0].port;
+    assert_int_equal(kill(mongo.pid, SIGSTOP), 0);
+    assert_int_equal(pthread_create(&call.thread, NULL, timed_patch, &call), 0);
+    usleep(1000 * 1000);
+    assert_int_equal(kill(mongo.pid, SIGCONT), 0);
+    pthread_join(call.thread, NULL);
+    assert_int_equal(call.r.status, 200);
+    assert_true(call.ms >= 1000);
+
+    lines = slow_lines(&cl->nodes[0]);
+    fprintf(stderr, "slow request: PATCH answered in %lld ms; logged: %s",
+            (long long)call.ms, lines);
+    at = strstr(lines, "slow request: patch of slow/d0 took ");
+    assert_non_null(at);
+    assert_int_equal(sscanf(at,
+                            "slow request: patch of slow/d0 took %lf ms: %lf "
+                            "ms queued, %lf ms in the store",
+                            &total, &queued, &store),
+                     3);
+    at = strstr(at, "for the durable sync), ");
+    if (at == NULL) /* MongoDB mode: no write lock of the store's own */
+        at = strstr(lines, "in the store, ");
+    assert_non_null(at);
+    at = strchr(at, ',') + 1;
+    assert_int_equal(sscanf(at,
+                            " %lf ms back to the event loop, %lf ms publishing",
+                            &back, &publish),
+                     2);
+    assert_true(total >= 900 && total <= (double)call.ms);
+    assert_true(store >= 900);
+    assert_true(queued + store + back + publish <= total + 0.5);
+    /* One line: the quick writes before and after are not logged. */
+    assert_int_equal(patch_doc(cl->nodes[0].port, cl->coll, 1, 3).status, 200);
+    free(lines);
+    lines = slow_lines(&cl->nodes[0]);
+    assert_null(strstr(strstr(lines, "slow request") + 1, "slow request"));
+    free(lines);
 }
 
 /* A client that makes new ids and deletes them (a stream of one-off
@@ -1342,6 +1440,9 @@ int main(void)
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__calls_to_a_frozen_store_fail_within_the_request_timeout,
+            teardown_cluster),
+        cmocka_unit_test_teardown(
+            test_contract__a_slow_request_is_logged_with_where_its_time_went,
             teardown_cluster),
         cmocka_unit_test_teardown(
             test_contract__ids_created_and_deleted_leave_no_bus_record_once_purged,

@@ -104,6 +104,10 @@ typedef struct syncd_change {
                         (owned, NUL-terminated); NULL when the write did not
                         make it (a delete, a replay, a write of no change) */
     size_t text_len; /* its length */
+    /* Microseconds the write waited for its document's write lock, and
+     * after its commit for the sync that made it durable (the embedded
+     * store's group commit); 0 on a backend without a write lock. */
+    int64_t lock_wait_us, sync_wait_us;
 } syncd_change_t;
 
 /* Frees a change and everything it holds; NULL ignored. */
