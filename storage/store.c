@@ -101,21 +101,17 @@ struct write_req {
 
 /* ---- Clock, sleep and random source ------------------------------------ */
 
-static int64_t clock_ms(clockid_t id)
+static int64_t clock_us(clockid_t id)
 {
     struct timespec ts;
 
     clock_gettime(id, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* Monotonic microseconds, for the waits a change reports. */
-static int64_t mono_us(void)
+static int64_t clock_ms(clockid_t id)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return clock_us(id) / 1000;
 }
 
 /* Monotonic time for deadlines. */
@@ -949,9 +945,9 @@ static int run_locked_attempt(void *arg, syncd_error_t *err)
     locked_attempt_t *a = arg;
     int rc;
 
-    a->began = mono_us();
+    a->began = clock_us(CLOCK_MONOTONIC);
     rc = attempt(a->s, a->out, a->req, err);
-    a->ended = mono_us();
+    a->ended = clock_us(CLOCK_MONOTONIC);
     return rc;
 }
 
@@ -965,7 +961,7 @@ static int attempt_locked(syncd_store_t *s, syncd_change_t **out,
 {
     locked_attempt_t a = {s, out, req, 0, 0};
     const syncd_backend_ops_t *ops = s->backend->ops;
-    int64_t called = mono_us();
+    int64_t called = clock_us(CLOCK_MONOTONIC);
     int rc;
 
     if (ops->locked == NULL)
@@ -978,7 +974,7 @@ static int attempt_locked(syncd_store_t *s, syncd_change_t **out,
         *out = NULL;
     } else if (*out != NULL && a.began != 0) {
         (*out)->lock_wait_us = a.began - called;
-        (*out)->sync_wait_us = mono_us() - a.ended;
+        (*out)->sync_wait_us = clock_us(CLOCK_MONOTONIC) - a.ended;
     }
     return rc;
 }

@@ -103,8 +103,8 @@ static const option_t options[] = {
     {"request-timeout", OPT_DURATION, AT(request_timeout_ms), "30s",
      "deadline of a request's store work; past it the answer is 503 timeout"},
     {"slow-request", OPT_DURATION, AT(slow_request_ms), "500ms",
-     "a request that takes longer is logged at warn with where its time went "
-     "(0: none)"},
+     "a request whose store work takes the thread pool and takes longer is "
+     "logged at warn with where its time went (0: none)"},
     {"max-connections", OPT_INT, AT(max_connections), "1024",
      "open HTTP connections; more are refused with 503"},
     {"max-connections-per-client", OPT_INT, AT(max_connections_per_client),
