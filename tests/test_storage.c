@@ -1671,6 +1671,67 @@ static void test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer(
     assert_int_equal(live_version(f, "blk", "held"), 2);
 }
 
+/* A put of the document the blocked edit holds, with what it reports. */
+typedef struct waiter {
+    fixture_t *f;
+    int rc;
+    int64_t version, lock_wait_us, sync_wait_us;
+} waiter_t;
+
+static void *run_waiting_put(void *arg)
+{
+    waiter_t *w = arg;
+    json_t *body = json_pack("{s:i}", "n", 1);
+    syncd_change_t *c = NULL;
+
+    w->rc = syncd_store_put(w->f->store, &c, "blk", "held", body,
+                            SYNCD_ANY_VERSION, NULL);
+    if (w->rc == 0) {
+        w->version = c->doc->version;
+        w->lock_wait_us = c->lock_wait_us;
+        w->sync_wait_us = c->sync_wait_us;
+    }
+    syncd_change_free(c);
+    json_decref(body);
+    return NULL;
+}
+
+/* A write that waits behind another writer of its document reports that
+ * wait as its lock wait: a put sent while an edit holds the document for
+ * 300 ms says it waited most of them, and commits after the edit. */
+static void
+test_store_rocks__a_write_reports_its_wait_for_the_lock(void **state)
+{
+    fixture_t *f = *state;
+    blocker_t b;
+    waiter_t w = {f, -1, 0, 0, 0};
+    pthread_t editor, writer;
+
+    memset(&b, 0, sizeof(b));
+    pthread_mutex_init(&b.lock, NULL);
+    pthread_cond_init(&b.cond, NULL);
+    b.f = f;
+    create_doc(f, "blk", "held", "{}");
+    assert_int_equal(pthread_create(&editor, NULL, run_blocked_edit, &b), 0);
+    assert_true(wait_flag(&b, &b.entered));
+    assert_int_equal(pthread_create(&writer, NULL, run_waiting_put, &w), 0);
+    usleep(300 * 1000);
+    pthread_mutex_lock(&b.lock);
+    b.released = 1;
+    pthread_cond_broadcast(&b.cond);
+    pthread_mutex_unlock(&b.lock);
+    pthread_join(editor, NULL);
+    pthread_join(writer, NULL);
+    pthread_cond_destroy(&b.cond);
+    pthread_mutex_destroy(&b.lock);
+
+    assert_int_equal(b.edit_rc, 0);
+    assert_int_equal(w.rc, 0);
+    assert_int_equal(w.version, 3);
+    assert_true(w.lock_wait_us >= 200 * 1000);
+    assert_true(w.sync_wait_us >= 0 && w.sync_wait_us < w.lock_wait_us);
+}
+
 /* ---- Tombstones, list, digest, purge ------------------------------------ */
 
 static void
@@ -6027,6 +6088,7 @@ int main(int argc, char **argv)
         ROCKS(test_store_rocks__tier_entries_live_for_cache_ttl),
         ROCKS(
             test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer),
+        ROCKS(test_store_rocks__a_write_reports_its_wait_for_the_lock),
         ROCKS(
             test_store_rocks__lock_free_readers_never_see_a_version_go_backwards),
         BOTH(
