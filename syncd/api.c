@@ -1002,7 +1002,7 @@ static void log_if_slow(job_t *j)
     syncd_api_t *api = j->api;
     uint64_t now = uv_hrtime();
     uint64_t limit = (uint64_t)api->opts.cfg->slow_request_ms * 1000000;
-    char store[128] = "", more[64] = "";
+    char phases[320] = "", store[128] = "", more[64] = "";
 
     if (limit == 0 || now - j->started <= limit)
         return;
@@ -1015,24 +1015,19 @@ static void log_if_slow(job_t *j)
                  " (%.1f ms waiting for the document's lock, %.1f ms for "
                  "the durable sync)",
                  (double)j->lock_wait_us / 1e3, (double)j->sync_wait_us / 1e3);
+    if (j->back != 0)
+        snprintf(phases, sizeof(phases),
+                 ": %.1f ms queued, %.1f ms in the store%s, %.1f ms back to "
+                 "the event loop, %.1f ms publishing",
+                 ms_between(j->started, j->began),
+                 ms_between(j->began, j->ended), store,
+                 ms_between(j->ended, j->back), ms_between(j->back, now));
     if (api->slow_unlogged > 0)
         snprintf(more, sizeof(more), "; %lld more since the last such line",
                  (long long)api->slow_unlogged);
-    if (j->back == 0)
-        syncd_log(SYNCD_LOG_WARN,
-                  "api: slow request: %s of %s/%s took %.1f ms%s",
-                  job_names[j->kind], j->coll, j->id != NULL ? j->id : "",
-                  ms_between(j->started, now), more);
-    else
-        syncd_log(SYNCD_LOG_WARN,
-                  "api: slow request: %s of %s/%s took %.1f ms: %.1f ms "
-                  "queued, %.1f ms in the store%s, %.1f ms "
-                  "back to the event loop, %.1f ms publishing%s",
-                  job_names[j->kind], j->coll, j->id != NULL ? j->id : "",
-                  ms_between(j->started, now), ms_between(j->started, j->began),
-                  ms_between(j->began, j->ended), store,
-                  ms_between(j->ended, j->back), ms_between(j->back, now),
-                  more);
+    syncd_log(SYNCD_LOG_WARN, "api: slow request: %s of %s/%s took %.1f ms%s%s",
+              job_names[j->kind], j->coll, j->id != NULL ? j->id : "",
+              ms_between(j->started, now), phases, more);
     api->slow_logged = now;
     api->slow_unlogged = 0;
 }

@@ -1624,6 +1624,30 @@ static int wait_flag(blocker_t *b, int *flag)
     return *flag;
 }
 
+/* Readies b for a blocked edit of f's store. */
+static void blocker_init(blocker_t *b, fixture_t *f)
+{
+    memset(b, 0, sizeof(*b));
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->cond, NULL);
+    b->f = f;
+}
+
+/* Lets the blocked edit go on. */
+static void blocker_release(blocker_t *b)
+{
+    pthread_mutex_lock(&b->lock);
+    b->released = 1;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void blocker_destroy(blocker_t *b)
+{
+    pthread_cond_destroy(&b->cond);
+    pthread_mutex_destroy(&b->lock);
+}
+
 /* A writer holds one document's lock across the user's edit; the
  * statistics, reads of every other document (whatever stripe they share)
  * and of the held one (its committed version), and writes of the others
@@ -1636,10 +1660,7 @@ static void test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer(
     pthread_t editor, readers;
     int done;
 
-    memset(&b, 0, sizeof(b));
-    pthread_mutex_init(&b.lock, NULL);
-    pthread_cond_init(&b.cond, NULL);
-    b.f = f;
+    blocker_init(&b, f);
     f->opts.sync_writes = 0;
     reopen(f);
     create_doc(f, "blk", "held", "{}");
@@ -1655,14 +1676,10 @@ static void test_store_rocks__a_blocked_edit_holds_up_no_other_reader_or_writer(
     assert_int_equal(pthread_create(&readers, NULL, run_readers, &b), 0);
     done = wait_flag(&b, &b.readers_done);
 
-    pthread_mutex_lock(&b.lock);
-    b.released = 1;
-    pthread_cond_broadcast(&b.cond);
-    pthread_mutex_unlock(&b.lock);
+    blocker_release(&b);
     pthread_join(editor, NULL);
     pthread_join(readers, NULL);
-    pthread_cond_destroy(&b.cond);
-    pthread_mutex_destroy(&b.lock);
+    blocker_destroy(&b);
 
     assert_true(done);
     assert_int_equal(b.read_rc, 0);
@@ -1707,23 +1724,16 @@ test_store_rocks__a_write_reports_its_wait_for_the_lock(void **state)
     waiter_t w = {f, -1, 0, 0, 0};
     pthread_t editor, writer;
 
-    memset(&b, 0, sizeof(b));
-    pthread_mutex_init(&b.lock, NULL);
-    pthread_cond_init(&b.cond, NULL);
-    b.f = f;
+    blocker_init(&b, f);
     create_doc(f, "blk", "held", "{}");
     assert_int_equal(pthread_create(&editor, NULL, run_blocked_edit, &b), 0);
     assert_true(wait_flag(&b, &b.entered));
     assert_int_equal(pthread_create(&writer, NULL, run_waiting_put, &w), 0);
     usleep(300 * 1000);
-    pthread_mutex_lock(&b.lock);
-    b.released = 1;
-    pthread_cond_broadcast(&b.cond);
-    pthread_mutex_unlock(&b.lock);
+    blocker_release(&b);
     pthread_join(editor, NULL);
     pthread_join(writer, NULL);
-    pthread_cond_destroy(&b.cond);
-    pthread_mutex_destroy(&b.lock);
+    blocker_destroy(&b);
 
     assert_int_equal(b.edit_rc, 0);
     assert_int_equal(w.rc, 0);
