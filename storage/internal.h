@@ -180,26 +180,15 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
                              const char *db, int64_t timeout_ms,
                              syncd_error_t *err);
 
-/* Test hook of the FerretDB claim protocol: fn(coll, id, expected, data)
- * runs in the writing thread holding the claim on coll/id at expected,
- * right before the fenced replace is sent, as if the writer stalled there.
- * fn NULL removes it. Set it while no backend call is in flight. */
-typedef void (*syncd_mongo_claim_hook_fn)(const char *coll, const char *id,
-                                          int64_t expected, void *data);
-void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
-                                        void *data);
-
-/* Test hook of the FerretDB holder liveness: fn(site, data) runs with
- * SYNCD_MONGO_HOOK_BUMP in a backend's liveness thread once a bump's send
- * time is taken, right before the bump is sent (as if it were slow to
- * reach the server), and with SYNCD_MONGO_HOOK_READ in a writer kept out
- * by a claim right before it times and sends its read of the holder's
- * record (as if the calls before that read were slow). fn NULL removes
- * it. Set it while no backend is open. */
-enum { SYNCD_MONGO_HOOK_BUMP, SYNCD_MONGO_HOOK_READ };
-typedef void (*syncd_mongo_liveness_hook_fn)(int site, void *data);
-void syncd_backend_mongo_set_liveness_hook(syncd_mongo_liveness_hook_fn fn,
-                                           void *data);
+/* Test hook of FerretDB mode's commit chain: fn(coll, id, expected, data)
+ * runs in the writing thread right after its commit record for version
+ * expected + 1 was inserted and before the record is copied into the
+ * document, as if the writer stalled there. fn NULL removes it. Set it
+ * while no backend call is in flight. */
+typedef void (*syncd_mongo_commit_hook_fn)(const char *coll, const char *id,
+                                           int64_t expected, void *data);
+void syncd_backend_mongo_set_commit_hook(syncd_mongo_commit_hook_fn fn,
+                                         void *data);
 
 /* ---- Node cache ---------------------------------------------------------- */
 

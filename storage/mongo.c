@@ -14,8 +14,7 @@
  * the change (the transactional outbox, see store.c); an ack drops the
  * markers up to its version from whatever version the record is at,
  * rewriting ob with the filter {_id, v} of the version it read, so it
- * never clears a newer writer's markers (on FerretDB under a claim on
- * that version, like a write). A sparse
+ * never clears a newer writer's markers. A sparse
  * index on ob, made the first time a collection's outbox is listed, keeps
  * that listing from scanning the collection. hist is written with the
  * change in the same way and is absent when empty; a record written
@@ -44,115 +43,66 @@
  * idempotency key, on no "ik.k" equal to it) $sets the new version's
  * fields and $pushes its marker and key, returning the ob and ik it
  * committed. A miss writes nothing and the caller falls back to the read
- * and the replace. Claims mode does not offer it.
+ * and the replace. FerretDB mode does not offer it.
  *
  * FerretDB v1 (its SQLite backend was checked by experiment and in its
  * source) runs a filtered update as a query followed by an update by _id,
- * which loses updates under concurrency; only an insert (its unique _id) is
- * atomic there. No server says whether its filtered update is atomic (no
- * field of hello, buildInfo or serverStatus tells), and a probe at open
- * could prove only a lost update, by chance, never its absence. So the path
- * follows the product that `buildInfo` names: a server that reports
- * `ferretdbVersion` (FerretDB, any version: v2 was not checked, and claims
- * are correct, only slower, on an atomic server) gets the claims below;
- * every other server gets the single filtered replace: MongoDB, and
- * mongo-java-server (which applies a filtered single-document update under
- * its collection lock; the tests run it there).
+ * which loses updates under concurrency, and an update that a writer sent
+ * long ago can land after newer ones (its query ran, or its bytes were held
+ * in the network, a proxy or a stopped process); only an insert (its unique
+ * _id) is atomic there. No server says whether its filtered update is
+ * atomic (no field of hello, buildInfo or serverStatus tells), and a probe
+ * at open could prove only a lost update, by chance, never its absence. So
+ * the path follows the product that `buildInfo` names: a server that
+ * reports `ferretdbVersion` (FerretDB, any version: v2 was not checked, and
+ * the chain below is correct, only slower, on an atomic server) gets the
+ * commit chain; every other server gets the single filtered replace:
+ * MongoDB, and mongo-java-server (which applies a filtered single-document
+ * update under its collection lock; the tests run it there).
  *
- * So on FerretDB the replace is preceded by a claim: an insert of
- * {_id: "<id>\x1f<expected, 20 digits>", o: <owner>, t} into the side
- * collection "_syncd_claims.<coll>", whose unique _id lets one writer at a time
- * move a document on from a given version. The owner token "<holder>-<number>"
- * is unique to one claim: the holder name is the backend's (a per-process
- * random nonce and the backend's number in the process), the number counts
- * claims. The holder reads the version, replaces with the filter {_id, v:
- * expected} and drops its claim (filtered on its owner).
+ * The commit chain (FerretDB mode). A version is committed by an insert,
+ * the one write FerretDB makes atomic: the writer of version e + 1 inserts
+ * the commit record {_id: "<id>\x1f<n>\x1f<e, 20 digits>", r: <the whole
+ * new record, _id included>} into the side collection
+ * "_syncd_commits.<coll>", where n is the document's incarnation token
+ * (a field of every record, drawn when the document is created, so that a
+ * document purged and created again never meets its old chain). The insert
+ * that succeeds owns version e + 1; a duplicate key is a conflict, and so is
+ * a document past e, or one behind e whose version e has no commit record
+ * (e was never committed). Then the writer copies r into the document (a
+ * replace filtered on {_id, v, n} as it read them) and makes the commit
+ * record of e a stub {_id}, its body being no longer needed; neither write
+ * decides anything, and a failure of either is no failure of the write.
  *
- * A claim is trusted for a lease (twice the backend timeout, at least
- * 1 s), timed by each process on its own monotonic clock, so no two nodes'
- * clocks are ever compared: the holder sends its replace only within the
- * first half of the lease from the moment it sent the claim (else it drops
- * the claim and claims again), and a writer kept out takes the claim over
- * only after it saw the same owner hold it for a whole lease. The other
- * half is for the replace to reach the server: one that takes longer
- * fails at the socket timeout anyway. A writer
- * that stalls past that (a stopped process) can then still send a replace
- * it had decided on, but the {_id, v: expected} filter rejects it once the
- * new holder has moved the version: the only window left is inside the
- * server, between FerretDB's query and its update by _id. A writer kept
- * out of a claim waits (jittered, growing pauses) until the version moves
- * (a conflict), the claim goes (it claims again) or it takes the claim
- * over, for at most two leases (then SYNCD_ETIMEDOUT): so a conflict, and
- * a strict write's precondition failure, always mean that the version
- * moved, never only that another writer was on its way. Claims are left
- * behind only by writers that died or lost the server; purge drops those
- * older than the lease by the writer's wall clock `t` (its holder stopped
- * writing half a lease before, which absorbs that much clock skew).
+ * So the document is only a copy. It lags behind when its writer died or
+ * stalled between the insert and the copy, and it can even be set back to
+ * an older committed version, by a copy or an ack whose update by _id
+ * landed late. Every read follows the chain: from the document at version
+ * v, while the commit record of v + 1 exists, it moves on to that version
+ * (a stub always has a successor, since a record becomes one only after the
+ * next was inserted). Commit records are never deleted, so from any version
+ * a document can be set back to, the chain reaches the newest. A get, the
+ * listings, versions, export and the outbox listing all read that way, so
+ * no acknowledged write is ever lost or hidden, whenever a late update lands
+ * and whoever stalls; a writer never answers success for a version it did
+ * not win, nor a conflict for one it won. The outbox listing reads every
+ * document (a lagging one may hide its newest record's markers) and an ack
+ * copies the newest record into a lagging document before it drops its
+ * markers there (an ack set back only publishes a marker twice).
  *
- * So that a holder that died does not hold a document's writers up for a
- * lease, each backend in FerretDB mode keeps a liveness record
- * {_id: <holder name>, n: counter, t: wall time} in "_syncd_procs": it is
- * written at open (before any claim of the backend), bumped every 250 ms
- * by a thread of the backend and deleted at close. A writer kept out by
- * another process's claim reads the record of the claim's holder at each
- * pause: when it is absent, or when its counter has stood still for
- * DEAD_MS (2 s) of the writer's own monotonic clock (from a read that
- * returned it to a later read, sent DEAD_MS after, that returned it again:
- * no bump landed in between), the holder is dead and the writer takes the
- * claim over at once. Only a counter is compared, never one node's clock
- * with another's. A live holder's counter moves, and a holder that is
- * alive but stuck is left to the lease as before. The holder fences itself
- * to match: it sends its replace only while its liveness is proved, that
- * is within FENCE_MS (0.5 s) of sending a bump that was acknowledged
- * within DEAD_MS of sending the bump acknowledged before it (so no writer
- * saw its counter stand still for DEAD_MS up to that bump's landing): a
- * writer that decides it dead does so at least DEAD_MS - FENCE_MS (1.5 s)
- * after any replace it sent. A holder whose bumps fail or lag (the server
- * is slow, the process was stopped) thus neither claims nor writes until a
- * bump lands on time again.
+ * A purge of a tombstone that is the newest record inserts the commit record
+ * of the next version as a fence {_id, p: true} (no writer can build on the
+ * tombstone, and no second purge can run) and then deletes the document; a
+ * chain that reaches a fence reads as not found. What is left behind: a
+ * stub per version written (about 60 bytes) and the fence of each purge,
+ * the price of never having to bound how late an update lands. The one
+ * thing the chain does not cover is a single FerretDB command that stalls
+ * inside the server, between its query and its update, for longer than the
+ * tombstone retention, across a purge and a new creation of the same id.
  *
- * A claim of the backend itself (the same holder name) is never judged by
- * that record: a backend keeps the owner tokens of the claims it holds
- * (registered before the claim is sent, released when its holder is done
- * with it), so its writers wait while the holder is at work, however its
- * own liveness thread lags under load, and take over after the lease only
- * a claim left behind (a replace that failed and may still land). (Before,
- * a writer of a loaded process could find its own record standing still
- * while its liveness thread lagged, take over the claim of a holder of its
- * own process whose replace was on its way, and both were acknowledged at
- * the same version: the linz checker's found-ferretdb-two-v38 history.)
- *
- * A holder reports success only when it still finds its claim to drop
- * after its replace (the delete filtered on its owner deletes one): else a
- * writer took it over, its replace of the same version may have met this
- * one inside the server, and the holder answers SYNCD_EBACKEND (outcome
- * unknown). Since the taker drops the claim before it reads the version,
- * and reads it before its replace, a holder that finds its claim had its
- * replace done before the taker read the version: the taker then sees it
- * moved and writes nothing.
- *
- * What is left, and not closed: the taker's own acknowledged replace can
- * be overwritten by a replace of the old holder that was sent in time but
- * reaches FerretDB more than DEAD_MS - FENCE_MS = 1.5 s later (held in the
- * network or a proxy, or queued in a loaded FerretDB), when FerretDB runs
- * that replace's query before the taker's update and its update by _id
- * after it (the {_id, v: expected} filter rejects it otherwise). The old
- * holder then answers unknown, but the taker has answered success. With
- * the holder alive but stalled, the taker waits a lease instead, and the
- * old replace must arrive more than half a lease late. Neither the
- * driver's socket timeout (it closes the connection of a replace not
- * answered in time, but a command FerretDB has read runs to its end, and
- * bytes a proxy or the kernel holds may still be delivered after the
- * close) nor any wait of the taker bounds that delay; only a commit point
- * FerretDB makes atomic would close it: e.g. each version's record
- * inserted under the unique _id "<id>@<version>" as its intent (one writer
- * wins a version), the document rolled forward from the newest intent by
- * whoever reads or writes it next. A record can also be missing while its
- * holder lives, with the same window: when a writer of an older syncd
- * without records holds the claim, or for the 250 ms until the next bump
- * writes it again after purge dropped it. Purge drops the records whose
- * `t` is ten leases old by the purging node's clock: housekeeping, where
- * only a clock that many leases behind gets a live record dropped.
+ * This costs FerretDB mode an exact-_id read per get and per listed record
+ * (FerretDB's SQLite backend indexes only _id equality) and, per write, the
+ * commit insert and the stub beside the read and the copy.
  */
 #include <errno.h>
 #include <limits.h>
@@ -170,19 +120,13 @@
 
 #define BACKEND "mongodb"
 #define DUPLICATE_KEY 11000
-#define CLAIMS_PREFIX "_syncd_claims."
+#define COMMITS_PREFIX "_syncd_commits."
 #define NEG_ZERO_TAG "%-0"
 #define ARRAY_TAG "%a"
-#define MIN_LEASE_MS 1000     /* a claim's lease: twice the timeout, or this */
-#define CLAIM_POLL_MS 4       /* first pause while another writer's claim */
-#define CLAIM_POLL_MAX_MS 128 /* is in the way, doubling up to this */
-#define NO_OWNER "-"          /* the owner of a claim that names none */
-#define PROCS "_syncd_procs"  /* liveness records of the claim holders */
-#define PURGE_PAGE 1000       /* tombstones a purge lists per query */
-#define BEAT_MS 250           /* how often a backend bumps its record */
-#define DEAD_MS 2000 /* a record that stood still this long: holder dead */
-#define FENCE_MS 500 /* a holder writes only this soon after a proved bump */
-#define PROC_PURGE_LEASES 10 /* purge drops records this many leases old */
+#define INC_FIELD "n" /* a document's incarnation token (FerretDB mode) */
+#define INC_BYTES 40  /* room for an incarnation token */
+#define CHAIN_KEY_BYTES (SYNCD_MAX_ID_BYTES + INC_BYTES + 24)
+#define PURGE_PAGE 1000 /* tombstones a purge lists per query */
 #define KEY_STACK 256
 
 typedef struct mongo_backend {
@@ -192,34 +136,19 @@ typedef struct mongo_backend {
     pthread_mutex_t conn_lock; /* guards idle (initialized with pool) */
     struct conn *idle;         /* clients between calls (call_begin()) */
     char *db;
-    int64_t lease_ms;
-    int claims; /* 1 when filtered updates are not atomic (FerretDB) */
+    int chain; /* 1 when filtered updates are not atomic (FerretDB) */
     pthread_mutex_t indexed_lock;
     json_t *indexed; /* collections given their outbox index: name -> true */
-    char proc[40];   /* this backend's holder name: process nonce.number */
-    pthread_t beat;  /* bumps the liveness record while claims are used */
-    int beating;     /* 1 while beat runs */
-    int stopping;    /* set under beat_lock to stop beat */
-    pthread_mutex_t beat_lock;
-    pthread_cond_t beat_cond;
-    int64_t beat_ok; /* monotonic ms when the last acknowledged bump was sent */
-    pthread_mutex_t held_lock;
-    json_t *held; /* owner tokens of the claims m holds now: token -> true */
 } mongo_backend_t;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-/* Tells this process's claims from those of every other process (and of
- * this one's earlier runs); drawn once at the first open. */
+/* Tells this process's incarnation tokens from every other process's;
+ * drawn once at the first open. */
 static uint64_t process_nonce;
 
-/* Numbers the backends of this process, each a claim holder of its own. */
-static unsigned backend_seq;
-
-static syncd_mongo_claim_hook_fn claim_hook;
-static void *claim_hook_data;
-static syncd_mongo_liveness_hook_fn liveness_hook;
-static void *liveness_hook_data;
+static syncd_mongo_commit_hook_fn commit_hook;
+static void *commit_hook_data;
 
 static void init_driver(void)
 {
@@ -236,42 +165,11 @@ static void init_driver(void)
         fclose(f);
 }
 
-static int64_t wall_ms(void)
+void syncd_backend_mongo_set_commit_hook(syncd_mongo_commit_hook_fn fn,
+                                         void *data)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
-
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-void syncd_backend_mongo_set_claim_hook(syncd_mongo_claim_hook_fn fn,
-                                        void *data)
-{
-    claim_hook = fn;
-    claim_hook_data = data;
-}
-
-void syncd_backend_mongo_set_liveness_hook(syncd_mongo_liveness_hook_fn fn,
-                                           void *data)
-{
-    liveness_hook = fn;
-    liveness_hook_data = data;
+    commit_hook = fn;
+    commit_hook_data = data;
 }
 
 static int driver_error(syncd_error_t *err, const bson_error_t *e,
@@ -902,30 +800,6 @@ static int find_one(bson_t **out, mongoc_collection_t *c, const bson_t *filter,
     return rc;
 }
 
-/* ---- Operations ---------------------------------------------------------- */
-
-static int mongo_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
-                     const char *id, syncd_error_t *err)
-{
-    mongo_backend_t *m = (mongo_backend_t *)b;
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
-    bson_t *found = NULL;
-    call_t c;
-    int rc;
-
-    call_begin(&c, m, coll);
-    rc = find_one(&found, c.coll, filter, coll, id, err);
-    call_end(&c, m);
-    if (rc == 0 && !found)
-        rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll, id);
-    if (rc == 0)
-        rc = parse_record(out, found, coll, err);
-    if (found)
-        bson_destroy(found);
-    bson_destroy(filter);
-    return rc;
-}
-
 static int insert_record(mongoc_collection_t *c, const bson_t *rec,
                          const char *coll, const char *id, syncd_error_t *err)
 {
@@ -962,528 +836,278 @@ static int replace_record(mongoc_collection_t *c, const char *id,
     return rc;
 }
 
-/* Reads the version of coll/id into *version (0 when there is none). */
-static int read_version(mongoc_collection_t *c, const char *id,
-                        int64_t *version, const char *coll, syncd_error_t *err)
-{
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
-    bson_t *found = NULL;
-    int rc = find_one(&found, c, filter, coll, id, err);
+/* ---- The commit chain (FerretDB mode) ------------------------------------ */
 
-    *version = found ? field_int64(found, "v") : 0;
-    if (found)
-        bson_destroy(found);
-    bson_destroy(filter);
-    return rc;
+/* Writes into buf the _id of the commit record of version + 1 of coll/id
+ * in incarnation inc: "<id>\x1f<inc>\x1f<version, 20 digits>". */
+static void chain_key(char *buf, size_t size, const char *id, const char *inc,
+                      int64_t version)
+{
+    snprintf(buf, size, "%s\x1f%s\x1f%020lld", id, inc, (long long)version);
 }
 
-static void claim_key(char *buf, size_t size, const char *id, int64_t version)
+/* Returns a new handle (the caller destroys it) of the commit records of
+ * coll, on the client of call c. */
+static mongoc_collection_t *chain_records(mongo_backend_t *m, const call_t *c,
+                                          const char *coll)
 {
-    snprintf(buf, size, "%s\x1f%020lld", id, (long long)version);
+    char name[160];
+
+    snprintf(name, sizeof(name), COMMITS_PREFIX "%s", coll);
+    return mongoc_client_get_collection(c->client, m->db, name);
 }
 
-/* Makes a claim owner token unique to this claim: the holder name of the
- * backend (proc, the _id of its liveness record) and a per-process
- * sequence number, as "<proc>-<number>". */
-static void claim_owner(char *buf, size_t size, const char *proc)
+/* Reads the commit record of version + 1 of coll/id in incarnation inc
+ * into *out (a copy the caller destroys; NULL when there is none). */
+static int chain_read(bson_t **out, mongoc_collection_t *records,
+                      const char *coll, const char *id, const char *inc,
+                      int64_t version, syncd_error_t *err)
 {
-    static uint64_t seq;
-    uint64_t n = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
-
-    snprintf(buf, size, "%s-%llu", proc, (unsigned long long)n);
-}
-
-/* Deletes the claim key of coll/id when its owner is owner (any owner when
- * owner is NULL); *dropped (when not NULL) is whether it deleted one. */
-static int drop_claim(mongoc_collection_t *claims, const char *key,
-                      const char *owner, int *dropped, const char *coll,
-                      const char *id, syncd_error_t *err)
-{
-    bson_t *filter =
-        owner ? BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner))
-              : BCON_NEW("_id", BCON_UTF8(key));
-    bson_t reply;
-    bson_error_t e;
-    int rc = 0;
-
-    if (mongoc_collection_delete_one(claims, filter, NULL, &reply, &e)) {
-        if (dropped)
-            *dropped = field_int64(&reply, "deletedCount") > 0;
-    } else {
-        rc = driver_error(err, &e, "delete claim", coll, id);
-    }
-    bson_destroy(&reply);
-    bson_destroy(filter);
-    return rc;
-}
-
-/* Whether owner is the token of a claim m holds now (see take_claim). */
-static int holds(mongo_backend_t *m, const char *owner)
-{
-    int in;
-
-    pthread_mutex_lock(&m->held_lock);
-    in = json_object_get(m->held, owner) != NULL;
-    pthread_mutex_unlock(&m->held_lock);
-    return in;
-}
-
-/* Forgets owner as a claim m holds: its holder has finished with it (or
- * has given it up to the lease, when its replace may still land). */
-static void release(mongo_backend_t *m, const char *owner)
-{
-    pthread_mutex_lock(&m->held_lock);
-    json_object_del(m->held, owner);
-    pthread_mutex_unlock(&m->held_lock);
-}
-
-/* Inserts the claim key for owner; *taken is 0 when another owner holds
- * it. A claim taken is registered in m as held (before the insert, so that
- * no writer of m ever sees it unregistered while its holder is at work)
- * until its holder calls release. */
-static int take_claim(mongo_backend_t *m, mongoc_collection_t *claims,
-                      const char *key, const char *owner, int *taken,
-                      const char *coll, const char *id, syncd_error_t *err)
-{
-    bson_t *claim = NULL;
-    bson_error_t e;
+    char key[CHAIN_KEY_BYTES];
+    bson_t *filter;
     int rc;
 
-    *taken = 0;
-    pthread_mutex_lock(&m->held_lock);
-    rc = json_object_set_new(m->held, owner, json_true());
-    pthread_mutex_unlock(&m->held_lock);
-    if (rc != 0)
-        return syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-    claim = BCON_NEW("_id", BCON_UTF8(key), "o", BCON_UTF8(owner), "t",
-                     BCON_DATE_TIME(wall_ms()));
-    *taken = mongoc_collection_insert_one(claims, claim, NULL, NULL, &e);
-    if (!*taken && e.code != DUPLICATE_KEY)
-        rc = driver_error(err, &e, "claim", coll, id);
-    if (!*taken)
-        release(m, owner);
-    bson_destroy(claim);
-    return rc;
-}
-
-/* Reads the owner of the claim key into owner ("" when there is none). */
-static int claim_holder(mongoc_collection_t *claims, const char *key,
-                        char *owner, size_t size, const char *coll,
-                        const char *id, syncd_error_t *err)
-{
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(key));
-    bson_t *found = NULL;
-    int rc = find_one(&found, claims, filter, coll, id, err);
-
-    owner[0] = '\0';
-    if (found) {
-        field_string(owner, size, found, "o");
-        if (owner[0] == '\0')
-            snprintf(owner, size, NO_OWNER);
-        bson_destroy(found);
-    }
+    chain_key(key, sizeof(key), id, inc, version);
+    filter = BCON_NEW("_id", BCON_UTF8(key));
+    rc = find_one(out, records, filter, coll, id, err);
     bson_destroy(filter);
     return rc;
 }
 
-/* ---- Holder liveness (FerretDB mode) ------------------------------------ */
-
-/* Bumps the liveness record of m ({_id: proc, n: +1, t: wall time},
- * upserted) with procs. An acknowledged bump that landed within DEAD_MS
- * of the previous acknowledged one (by the send of that one and the ack of
- * this one) proves that no waiter saw the counter stand still for DEAD_MS
- * up to its landing: then m->beat_ok becomes the time it was sent, else
- * 0 (the holder writes nothing until a bump proves it again). *prev is
- * the send time of the previous acknowledged bump (0 before the first). */
-static int beat_once(mongo_backend_t *m, mongoc_collection_t *procs,
-                     int64_t *prev, syncd_error_t *err)
-{
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(m->proc));
-    bson_t *update = BCON_NEW("$inc", "{", "n", BCON_INT64(1), "}", "$set", "{",
-                              "t", BCON_DATE_TIME(wall_ms()), "}");
-    bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
-    int64_t sent = mono_ms();
-    bson_error_t e;
-    int rc = 0;
-
-    if (liveness_hook)
-        liveness_hook(SYNCD_MONGO_HOOK_BUMP, liveness_hook_data);
-    if (mongoc_collection_update_one(procs, filter, update, opts, NULL, &e)) {
-        int fresh = *prev == 0 || mono_ms() - *prev < DEAD_MS;
-
-        __atomic_store_n(&m->beat_ok, fresh ? sent : 0, __ATOMIC_RELEASE);
-        *prev = sent;
-    } else {
-        rc = driver_error(err, &e, "liveness", PROCS, m->proc);
-    }
-    bson_destroy(opts);
-    bson_destroy(update);
-    bson_destroy(filter);
-    return rc;
-}
-
-/* The liveness thread of m: bumps its record every BEAT_MS until
- * m->stopping, with a client of its own from the pool. */
-static void *beat_main(void *arg)
-{
-    mongo_backend_t *m = arg;
-    mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
-    mongoc_collection_t *procs =
-        mongoc_client_get_collection(client, m->db, PROCS);
-    int64_t prev = __atomic_load_n(&m->beat_ok, __ATOMIC_ACQUIRE);
-    struct timespec until;
-
-    pthread_mutex_lock(&m->beat_lock);
-    while (!m->stopping) {
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += BEAT_MS * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
-        while (!m->stopping &&
-               pthread_cond_timedwait(&m->beat_cond, &m->beat_lock, &until) !=
-                   ETIMEDOUT)
-            ;
-        if (m->stopping)
-            break;
-        pthread_mutex_unlock(&m->beat_lock);
-        beat_once(m, procs, &prev, NULL);
-        pthread_mutex_lock(&m->beat_lock);
-    }
-    pthread_mutex_unlock(&m->beat_lock);
-    mongoc_collection_destroy(procs);
-    mongoc_client_pool_push(m->pool, client);
-    return NULL;
-}
-
-/* Writes m's first liveness record (so that it exists before any claim
- * of m) and starts the thread that keeps bumping it. */
-static int beat_start(mongo_backend_t *m, syncd_error_t *err)
-{
-    mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
-    mongoc_collection_t *procs =
-        mongoc_client_get_collection(client, m->db, PROCS);
-    pthread_condattr_t attr;
-    int64_t prev = 0;
-    int rc = beat_once(m, procs, &prev, err);
-
-    mongoc_collection_destroy(procs);
-    mongoc_client_pool_push(m->pool, client);
-    if (rc < 0)
-        return rc;
-    pthread_mutex_init(&m->beat_lock, NULL);
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->beat_cond, &attr);
-    pthread_condattr_destroy(&attr);
-    if (pthread_create(&m->beat, NULL, beat_main, m) != 0) {
-        pthread_cond_destroy(&m->beat_cond);
-        pthread_mutex_destroy(&m->beat_lock);
-        return syncd_error_set(err, SYNCD_ENOMEM,
-                               "cannot start the liveness thread");
-    }
-    m->beating = 1;
-    return 0;
-}
-
-/* Stops and joins m's liveness thread and deletes its record: m holds no
- * claim any more (a claim it left behind is taken over at once). */
-static void beat_stop(mongo_backend_t *m)
-{
-    mongoc_client_t *client;
-    mongoc_collection_t *procs;
-    bson_t *filter;
-
-    if (!m->beating)
-        return;
-    pthread_mutex_lock(&m->beat_lock);
-    m->stopping = 1;
-    pthread_cond_signal(&m->beat_cond);
-    pthread_mutex_unlock(&m->beat_lock);
-    pthread_join(m->beat, NULL);
-    pthread_cond_destroy(&m->beat_cond);
-    pthread_mutex_destroy(&m->beat_lock);
-    m->beating = 0;
-    client = mongoc_client_pool_pop(m->pool);
-    procs = mongoc_client_get_collection(client, m->db, PROCS);
-    filter = BCON_NEW("_id", BCON_UTF8(m->proc));
-    mongoc_collection_delete_one(procs, filter, NULL, NULL, NULL);
-    bson_destroy(filter);
-    mongoc_collection_destroy(procs);
-    mongoc_client_pool_push(m->pool, client);
-}
-
-/* Whether m may still send a replace under a claim: its last bump that
- * proved it alive (see beat_once) was sent within FENCE_MS, so a waiter
- * of another process that takes its claims over as dead does so at least
- * DEAD_MS - FENCE_MS after this moment. */
-static int beat_fresh(mongo_backend_t *m)
-{
-    int64_t ok = __atomic_load_n(&m->beat_ok, __ATOMIC_ACQUIRE);
-
-    return ok > 0 && mono_ms() - ok <= FENCE_MS;
-}
-
-/* Copies the holder name in a claim owner token (what precedes its last
- * '-') into proc; "" when it names none. */
-static void owner_proc(char *proc, size_t size, const char *owner)
-{
-    const char *dash = strrchr(owner, '-');
-    size_t len = dash ? (size_t)(dash - owner) : 0;
-
-    if (len >= size)
-        len = 0;
-    memcpy(proc, owner, len);
-    proc[len] = '\0';
-}
-
-/* Reads the counter of proc's liveness record into *beats (-1 when it has
- * none). */
-static int read_beats(mongo_backend_t *m, call_t *c, const char *proc,
-                      int64_t *beats, const char *coll, const char *id,
-                      syncd_error_t *err)
-{
-    mongoc_collection_t *procs =
-        mongoc_client_get_collection(c->client, m->db, PROCS);
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(proc));
-    bson_t *found = NULL;
-    int rc = find_one(&found, procs, filter, coll, id, err);
-
-    *beats = found ? field_int64(found, "n") : -1;
-    if (found)
-        bson_destroy(found);
-    bson_destroy(filter);
-    mongoc_collection_destroy(procs);
-    return rc;
-}
-
-/* Holding the claim taken at claimed (monotonic ms), moves coll/id from
- * expected to rec: the replace is fenced on {_id, v: expected}, and is not
- * sent at all once half the lease has passed, or while m's liveness is
- * not proved fresh, so that it never races a writer that took the claim
- * over. *lapsed is set when it was not sent for that reason, *unknown when
- * it was sent and failed (it may still land). */
-static int replace_claimed(mongo_backend_t *m, call_t *c, const bson_t *rec,
-                           const char *coll, const char *id, int64_t expected,
-                           int64_t claimed, int *lapsed, int *unknown,
-                           syncd_error_t *err)
-{
-    int64_t version = 0;
-    int matched = 0;
-    int rc = read_version(c->coll, id, &version, coll, err);
-
-    *lapsed = 0;
-    *unknown = 0;
-    if (rc < 0)
-        return rc;
-    if (version != expected)
-        return conflict(err, coll, id, expected);
-    if (mono_ms() - claimed > m->lease_ms / 2 || !beat_fresh(m)) {
-        *lapsed = 1;
-        return 0;
-    }
-    if (claim_hook)
-        claim_hook(coll, id, expected, claim_hook_data);
-    rc = replace_record(c->coll, id, rec, expected, &matched, coll, err);
-    *unknown = rc < 0;
-    if (rc == 0 && !matched)
-        rc = conflict(err, coll, id, expected);
-    return rc;
-}
-
-/* What a writer kept out by another's claim has seen of it. */
-typedef struct claim_watch {
-    char holder[64]; /* the owner seen; "" before the first look */
-    int64_t since;   /* when it was first seen (monotonic ms) */
-    int64_t beats;   /* its holder's liveness counter last seen; -1: none */
-    int64_t moved;   /* when that counter was seen to move (monotonic ms) */
-    int64_t pause;   /* the next pause's upper bound, ms */
-} claim_watch_t;
-
-/* Tells by its liveness record whether the holder of w->holder lives.
- * *alive is 0 when the record is absent or when its counter has stood
- * still for DEAD_MS of this process's monotonic clock, from the moment a
- * read of it returned to the moment a later read of the same value was
- * sent; it stays 1 when the owner names no holder (the lease alone ends
- * such a claim). */
-static int holder_alive(mongo_backend_t *m, call_t *c, claim_watch_t *w,
-                        int *alive, const char *coll, const char *id,
+/* Follows the commit chain of coll/id from *rec, the document as read
+ * (see the file comment): while the commit record of the next version
+ * exists, moves on to it. On return *rec is the newest committed record
+ * (replaced by a copy the caller destroys when it is not the document),
+ * or NULL when the chain ends in a purge; *behind says whether the
+ * document lags behind it. */
+static int chain_follow(mongo_backend_t *m, const call_t *c, const char *coll,
+                        const char *id, bson_t **rec, int *behind,
                         syncd_error_t *err)
 {
-    char proc[sizeof(w->holder)];
-    int64_t beats = -1;
-    int64_t sent;
-    int rc;
-
-    *alive = 1;
-    owner_proc(proc, sizeof(proc), w->holder);
-    if (!proc[0])
-        return 0;
-    if (liveness_hook)
-        liveness_hook(SYNCD_MONGO_HOOK_READ, liveness_hook_data);
-    sent = mono_ms();
-    rc = read_beats(m, c, proc, &beats, coll, id, err);
-    if (rc < 0)
-        return rc;
-    if (beats < 0) {
-        *alive = 0;
-    } else if (beats != w->beats) {
-        w->beats = beats;
-        w->moved = mono_ms();
-    } else if (sent - w->moved >= DEAD_MS) {
-        *alive = 0;
-    }
-    return 0;
-}
-
-/* The claim key on coll/id at expected is held by another writer. Returns
- * SYNCD_ECONFLICT when the version has moved; else drops the claim when
- * its holder is dead by its liveness record or its owner has held it a
- * whole lease (stalled past its lease: it writes nothing after half of
- * it) and returns 0 at once, or returns 0 after a pause (exponential,
- * jittered) for the caller to try again. A claim of m itself is never
- * judged by m's liveness record: while its holder is at work (m holds
- * it) it is waited for, and one left behind is taken over after the
- * lease. */
-static int await_claim(mongo_backend_t *m, call_t *c,
-                       mongoc_collection_t *claims, const char *key,
-                       claim_watch_t *w, const char *coll, const char *id,
-                       int64_t expected, syncd_error_t *err)
-{
-    char holder[sizeof(w->holder)];
-    char proc[sizeof(w->holder)];
-    int64_t version = 0;
-    int64_t now;
-    int alive = 1;
-    int own;
-    int rc = read_version(c->coll, id, &version, coll, err);
-
-    if (rc < 0)
-        return rc;
-    if (version != expected)
-        return conflict(err, coll, id, expected);
-    rc = claim_holder(claims, key, holder, sizeof(holder), coll, id, err);
-    if (rc < 0 || !holder[0])
-        return rc;
-    now = mono_ms();
-    if (strcmp(holder, w->holder) != 0) {
-        snprintf(w->holder, sizeof(w->holder), "%s", holder);
-        w->since = now;
-        w->beats = -1;
-        w->moved = now;
-    } else if (now - w->since > m->lease_ms && !holds(m, holder)) {
-        alive = 0;
-    }
-    owner_proc(proc, sizeof(proc), holder);
-    own = strcmp(proc, m->proc) == 0;
-    if (alive && !own &&
-        (rc = holder_alive(m, c, w, &alive, coll, id, err)) < 0)
-        return rc;
-    if (!alive)
-        return drop_claim(claims, key, strcmp(holder, NO_OWNER) ? holder : NULL,
-                          NULL, coll, id, err);
-    sleep_ms(w->pause / 2 + random() % (w->pause / 2 + 1));
-    if (w->pause < CLAIM_POLL_MAX_MS)
-        w->pause *= 2;
-    return 0;
-}
-
-/* Drops the claim key that owner took, after its holder's replace_claimed
- * returned rc (lapsed: it sent nothing). A replace that committed counts
- * only when its claim was still there to drop: else another writer took
- * the claim over, its replace of the same version may have met this one
- * inside the server, and the outcome is reported unknown
- * (SYNCD_EBACKEND), never success; so is it when the drop fails. Returns
- * rc otherwise. */
-static int drop_own(mongoc_collection_t *claims, const char *key,
-                    const char *owner, int rc, int lapsed, const char *coll,
-                    const char *id, int64_t expected, syncd_error_t *err)
-{
-    int dropped = 0;
-    int dr = drop_claim(claims, key, owner, &dropped, coll, id,
-                        rc == 0 && !lapsed ? err : NULL);
-
-    if (rc < 0 || lapsed)
-        return rc;
-    if (dr < 0)
-        return dr;
-    if (!dropped)
-        return syncd_error_set(err, SYNCD_EBACKEND,
-                               "%s/%s: the claim on version %lld was taken "
-                               "over while its replace was in flight: "
-                               "outcome unknown",
-                               coll, id, (long long)expected);
-    return 0;
-}
-
-/* The claimed replace of FerretDB mode (see the file comment): takes the
- * claim on coll/id at expected and writes under it; while another writer
- * holds the claim, waits for the version to move (a conflict) or the claim
- * to go, taking over a claim whose holder died or that was held a whole
- * lease. Fails with
- * SYNCD_ETIMEDOUT when none of this happened within two leases. */
-static int claimed_replace(mongo_backend_t *m, call_t *c, const bson_t *rec,
-                           const char *coll, const char *id, int64_t expected,
-                           syncd_error_t *err)
-{
-    char key[SYNCD_MAX_ID_BYTES + 32];
-    char name[128];
-    char owner[64];
-    claim_watch_t watch = {"", 0, -1, 0, CLAIM_POLL_MS};
-    mongoc_collection_t *claims;
-    int64_t deadline = mono_ms() + 2 * m->lease_ms;
+    mongoc_collection_t *records = chain_records(m, c, coll);
+    char inc[INC_BYTES];
+    int64_t v = field_int64(*rec, "v");
     int rc = 0;
 
-    snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
-    claims = mongoc_client_get_collection(c->client, m->db, name);
-    claim_key(key, sizeof(key), id, expected);
+    field_string(inc, sizeof(inc), *rec, INC_FIELD);
+    *behind = 0;
     for (;;) {
-        int64_t claimed = mono_ms();
-        int tried = 0, taken = 0, lapsed = 0, unknown = 0;
+        bson_t *next = NULL;
+        bson_iter_t it;
 
-        /* A writer whose liveness is not proved could not write under a
-         * claim: it waits for a bump that proves it instead, as long as
-         * the server answers and the version stays. */
-        if (!beat_fresh(m)) {
-            int64_t version = 0;
-
-            rc = read_version(c->coll, id, &version, coll, err);
-            if (rc == 0 && version != expected)
-                rc = conflict(err, coll, id, expected);
-            if (rc == 0)
-                sleep_ms(BEAT_MS / 5);
-        } else {
-            claim_owner(owner, sizeof(owner), m->proc);
-            rc = take_claim(m, claims, key, owner, &taken, coll, id, err);
-            tried = 1;
-        }
-        if (rc == 0 && taken) {
-            rc = replace_claimed(m, c, rec, coll, id, expected, claimed,
-                                 &lapsed, &unknown, err);
-            /* A replace that may still land keeps the others out for the
-             * lease. A claim left behind is on a version that moved on, or
-             * is taken over after its lease or its holder's death. */
-            if (!unknown)
-                rc = drop_own(claims, key, owner, rc, lapsed, coll, id,
-                              expected, err);
-            release(m, owner);
-            if (!lapsed)
-                break;
-        } else if (rc == 0 && tried) {
-            rc =
-                await_claim(m, c, claims, key, &watch, coll, id, expected, err);
-        }
-        if (rc < 0)
+        rc = chain_read(&next, records, coll, id, inc, v, err);
+        if (rc < 0 || next == NULL)
             break;
-        if (mono_ms() >= deadline) {
-            rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
-                                 "%s/%s: the claim on version %lld was not "
-                                 "settled within %lld ms",
-                                 coll, id, (long long)expected,
-                                 (long long)(2 * m->lease_ms));
+        v++;
+        *behind = 1;
+        if (bson_iter_init_find(&it, next, "p")) {
+            bson_destroy(next);
+            bson_destroy(*rec);
+            *rec = NULL;
+            break;
+        }
+        /* A record without r is a stub: its successor exists. */
+        if (bson_iter_init_find(&it, next, "r") &&
+            BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            const uint8_t *data;
+            uint32_t len;
+
+            bson_iter_document(&it, &len, &data);
+            bson_destroy(*rec);
+            *rec = bson_new_from_data(data, len);
+        }
+        bson_destroy(next);
+        if (*rec == NULL) {
+            rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
             break;
         }
     }
-    mongoc_collection_destroy(claims);
+    if (rc == 0 && *rec != NULL && field_int64(*rec, "v") != v)
+        rc = corrupt(err, "a commit chain ends in a stub");
+    mongoc_collection_destroy(records);
+    return rc;
+}
+
+/* Appends to filter the incarnation of record rec (when it has one), so
+ * that an update sent for one incarnation never matches the next. */
+static void chain_fence(bson_t *filter, const bson_t *rec)
+{
+    char inc[INC_BYTES];
+
+    field_string(inc, sizeof(inc), rec, INC_FIELD);
+    if (inc[0] != '\0')
+        BSON_APPEND_UTF8(filter, INC_FIELD, inc);
+}
+
+/* Copies the newest record rec of coll/id into the document, which is at
+ * version at (a replace filtered on that version and incarnation: it may
+ * still be set back by a late update, which readers see past). */
+static int chain_copy(mongoc_collection_t *docs, const bson_t *rec, int64_t at,
+                      const char *coll, const char *id, syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(at));
+    bson_error_t e;
+    int rc = 0;
+
+    chain_fence(filter, rec);
+    if (!mongoc_collection_replace_one(docs, filter, rec, NULL, NULL, &e))
+        rc = driver_error(err, &e, "replace", coll, id);
+    bson_destroy(filter);
+    return rc;
+}
+
+/* Reads coll/id as committed into *out (a copy the caller destroys; NULL
+ * when it does not exist or was purged); *at is the version the document
+ * itself is at (0 when there is none). */
+static int chain_get(bson_t **out, mongo_backend_t *m, const call_t *c,
+                     const char *coll, const char *id, int64_t *at,
+                     syncd_error_t *err)
+{
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+    int behind = 0;
+    int rc = find_one(out, c->coll, filter, coll, id, err);
+
+    bson_destroy(filter);
+    *at = *out != NULL ? field_int64(*out, "v") : 0;
+    if (rc == 0 && *out != NULL)
+        rc = chain_follow(m, c, coll, id, out, &behind, err);
+    if (rc < 0 && *out != NULL) {
+        bson_destroy(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* Inserts the commit record {_id: key of version expected + 1, more} of
+ * coll/id in incarnation inc (a duplicate: SYNCD_ECONFLICT). */
+static int chain_insert(mongoc_collection_t *records, const char *coll,
+                        const char *id, const char *inc, int64_t expected,
+                        const char *field, const bson_t *more,
+                        syncd_error_t *err)
+{
+    char key[CHAIN_KEY_BYTES];
+    bson_t *record;
+    bson_error_t e;
+    int rc = 0;
+
+    chain_key(key, sizeof(key), id, inc, expected);
+    record = BCON_NEW("_id", BCON_UTF8(key));
+    if (more != NULL)
+        BSON_APPEND_DOCUMENT(record, field, more);
+    else
+        BSON_APPEND_BOOL(record, field, true);
+    if (!mongoc_collection_insert_one(records, record, NULL, NULL, &e))
+        rc = e.code == DUPLICATE_KEY
+                 ? conflict(err, coll, id, expected)
+                 : driver_error(err, &e, "commit", coll, id);
+    bson_destroy(record);
+    return rc;
+}
+
+/* Makes the commit record of version + 1 of coll/id a stub {_id}: the
+ * version after it is committed, so nothing reads its body any more. */
+static void chain_stub(mongoc_collection_t *records, const char *id,
+                       const char *inc, int64_t version)
+{
+    char key[CHAIN_KEY_BYTES];
+    bson_t *filter, stub = BSON_INITIALIZER;
+
+    chain_key(key, sizeof(key), id, inc, version);
+    filter = BCON_NEW("_id", BCON_UTF8(key));
+    mongoc_collection_replace_one(records, filter, &stub, NULL, NULL, NULL);
+    bson_destroy(filter);
+}
+
+/* The compare-and-swap of FerretDB mode (see the file comment): commits
+ * rec (with its _id) as version expected + 1 of coll/id by inserting its
+ * commit record, then copies it into the document. */
+static int chain_commit(mongo_backend_t *m, const call_t *c, bson_t *rec,
+                        const char *coll, const char *id, int64_t expected,
+                        syncd_error_t *err)
+{
+    mongoc_collection_t *records = chain_records(m, c, coll);
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t *found = NULL, *base = NULL;
+    char inc[INC_BYTES];
+    int64_t at;
+    int rc = find_one(&found, c->coll, filter, coll, id, err);
+
+    if (rc < 0)
+        goto cleanup;
+    at = found != NULL ? field_int64(found, "v") : expected + 1;
+    if (at > expected)
+        rc = conflict(err, coll, id, expected);
+    if (rc < 0)
+        goto cleanup;
+    field_string(inc, sizeof(inc), found, INC_FIELD);
+    /* A document behind expected: expected must have been committed. */
+    if (at < expected && (rc = chain_read(&base, records, coll, id, inc,
+                                          expected - 1, err)) == 0) {
+        bson_iter_t it;
+
+        if (base == NULL || bson_iter_init_find(&it, base, "p"))
+            rc = conflict(err, coll, id, expected);
+    }
+    if (rc == 0 && !BSON_APPEND_UTF8(rec, INC_FIELD, inc))
+        rc = syncd_error_set(err, SYNCD_ETOOBIG, "record too large for BSON");
+    if (rc == 0)
+        rc = chain_insert(records, coll, id, inc, expected, "r", rec, err);
+    if (rc < 0)
+        goto cleanup;
+    if (commit_hook)
+        commit_hook(coll, id, expected, commit_hook_data);
+    /* Committed: the copy and the stub only save later readers work. */
+    chain_copy(c->coll, rec, at, coll, id, NULL);
+    if (expected > 1)
+        chain_stub(records, id, inc, expected - 1);
+
+cleanup:
+    if (base != NULL)
+        bson_destroy(base);
+    if (found != NULL)
+        bson_destroy(found);
+    bson_destroy(filter);
+    mongoc_collection_destroy(records);
+    return rc;
+}
+
+/* Sets rec's incarnation token to a new one, unique to this creation. */
+static int chain_incarnate(bson_t *rec, syncd_error_t *err)
+{
+    static uint64_t seq;
+    char inc[INC_BYTES];
+
+    snprintf(inc, sizeof(inc), "%016llx.%llx",
+             (unsigned long long)process_nonce,
+             (unsigned long long)__atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
+    if (!BSON_APPEND_UTF8(rec, INC_FIELD, inc))
+        return syncd_error_set(err, SYNCD_ETOOBIG, "record too large for BSON");
+    return 0;
+}
+
+/* ---- Operations ---------------------------------------------------------- */
+
+static int mongo_get(syncd_backend_t *b, syncd_doc_t **out, const char *coll,
+                     const char *id, syncd_error_t *err)
+{
+    mongo_backend_t *m = (mongo_backend_t *)b;
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+    bson_t *found = NULL;
+    int64_t at;
+    call_t c;
+    int rc;
+
+    call_begin(&c, m, coll);
+    rc = m->chain ? chain_get(&found, m, &c, coll, id, &at, err)
+                  : find_one(&found, c.coll, filter, coll, id, err);
+    call_end(&c, m);
+    if (rc == 0 && !found)
+        rc = syncd_error_set(err, SYNCD_ENOTFOUND, "%s/%s not found", coll, id);
+    if (rc == 0)
+        rc = parse_record(out, found, coll, err);
+    if (found)
+        bson_destroy(found);
+    bson_destroy(filter);
     return rc;
 }
 
@@ -1494,8 +1118,10 @@ static int mongo_cas(syncd_backend_t *b, const syncd_doc_t *doc,
     bson_t rec;
     call_t c;
     int matched = 0;
-    int rc = build_record(&rec, doc, expected == 0, err);
+    int rc = build_record(&rec, doc, expected == 0 || m->chain, err);
 
+    if (rc == 0 && expected == 0 && m->chain)
+        rc = chain_incarnate(&rec, err);
     if (rc < 0) {
         bson_destroy(&rec);
         return rc;
@@ -1503,8 +1129,8 @@ static int mongo_cas(syncd_backend_t *b, const syncd_doc_t *doc,
     call_begin(&c, m, doc->coll);
     if (expected == 0)
         rc = insert_record(c.coll, &rec, doc->coll, doc->id, err);
-    else if (m->claims)
-        rc = claimed_replace(m, &c, &rec, doc->coll, doc->id, expected, err);
+    else if (m->chain)
+        rc = chain_commit(m, &c, &rec, doc->coll, doc->id, expected, err);
     else if ((rc = replace_record(c.coll, doc->id, &rec, expected, &matched,
                                   doc->coll, err)) == 0 &&
              !matched)
@@ -1764,12 +1390,15 @@ typedef int (*row_fn)(json_t *acc, const bson_t *r, const char *arg,
                       syncd_error_t *err);
 
 /* Runs find(filter, opts) on coll and passes each record to row with acc
- * and arg; a driver error is named by what and key. Returns 0 or a
- * negative SYNCD_E* code. */
+ * and arg; a driver error is named by what and key. In FerretDB mode each
+ * record is first followed to the newest committed one (a purged one is
+ * left out, and so is a tombstone when live_only), and the walk stops once
+ * acc holds limit entries (0: no limit), since the query could not apply
+ * either. Returns 0 or a negative SYNCD_E* code. */
 static int find_each(mongo_backend_t *m, const char *coll, const bson_t *filter,
                      const bson_t *opts, row_fn row, json_t *acc,
                      const char *arg, const char *what, const char *key,
-                     syncd_error_t *err)
+                     size_t limit, int live_only, syncd_error_t *err)
 {
     mongoc_cursor_t *cur;
     const bson_t *r;
@@ -1779,8 +1408,28 @@ static int find_each(mongo_backend_t *m, const char *coll, const bson_t *filter,
 
     call_begin(&c, m, coll);
     cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
-    while (rc == 0 && mongoc_cursor_next(cur, &r))
-        rc = row(acc, r, arg, err);
+    while (rc == 0 && (limit == 0 || json_array_size(acc) < limit) &&
+           mongoc_cursor_next(cur, &r)) {
+        bson_t *rec;
+        bson_iter_t it;
+        int behind;
+
+        if (!m->chain) {
+            rc = row(acc, r, arg, err);
+            continue;
+        }
+        if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it)) {
+            rc = corrupt(err, "_id is not a string");
+            break;
+        }
+        rec = bson_copy(r);
+        rc = chain_follow(m, &c, coll, bson_iter_utf8(&it, NULL), &rec, &behind,
+                          err);
+        if (rc == 0 && rec != NULL && !(live_only && field_bool(rec, "del")))
+            rc = row(acc, rec, arg, err);
+        if (rec != NULL)
+            bson_destroy(rec);
+    }
     if (rc == 0 && mongoc_cursor_error(cur, &e))
         rc = driver_error(err, &e, what, coll, key);
     mongoc_cursor_destroy(cur);
@@ -1823,8 +1472,9 @@ static int list_entry(json_t *arr, const bson_t *r, const char *prefix,
  * found with opts (destroyed here); a driver error is named by what. */
 static int find_listed(mongo_backend_t *m, json_t **out, const char *coll,
                        const char *prefix, const char *after,
-                       int with_tombstones, bson_t *opts, row_fn row,
-                       const char *arg, const char *what, syncd_error_t *err)
+                       int with_tombstones, size_t limit, bson_t *opts,
+                       row_fn row, const char *arg, const char *what,
+                       syncd_error_t *err)
 {
     bson_t filter = BSON_INITIALIZER;
     json_t *arr = json_array();
@@ -1834,10 +1484,13 @@ static int find_listed(mongo_backend_t *m, json_t **out, const char *coll,
         rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         goto cleanup;
     }
-    rc = list_filter(&filter, prefix, after, with_tombstones, err);
+    if (limit > 0 && !m->chain)
+        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
+    rc = list_filter(&filter, prefix, after, with_tombstones || m->chain, err);
     if (rc == 0)
         rc = find_each(m, coll, &filter, opts, row, arr, arg, what,
-                       prefix != NULL ? prefix : after, err);
+                       prefix != NULL ? prefix : after, limit, !with_tombstones,
+                       err);
 
 cleanup:
     bson_destroy(opts);
@@ -1858,10 +1511,9 @@ static int mongo_list(syncd_backend_t *b, json_t **out, const char *coll,
         BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "projection", "{",
                  "data", BCON_INT32(0), "hist", BCON_INT32(0), "}");
 
-    if (limit > 0)
-        BSON_APPEND_INT64(opts, "limit", (int64_t)limit);
     return find_listed((mongo_backend_t *)b, out, coll, prefix, after,
-                       with_tombstones, opts, list_entry, prefix, "list", err);
+                       with_tombstones, limit, opts, list_entry, prefix, "list",
+                       err);
 }
 
 /* Appends record r of collection coll to arr as an export line
@@ -1888,11 +1540,10 @@ static int mongo_export_page(syncd_backend_t *b, json_t **out, const char *coll,
                              const char *after, size_t limit,
                              syncd_error_t *err)
 {
-    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "limit",
-                            BCON_INT64((int64_t)limit));
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}");
 
-    return find_listed((mongo_backend_t *)b, out, coll, NULL, after, 0, opts,
-                       export_entry, coll, "export", err);
+    return find_listed((mongo_backend_t *)b, out, coll, NULL, after, 0, limit,
+                       opts, export_entry, coll, "export", err);
 }
 
 /* Builds the filter {_id: {$in: ids}} into f. */
@@ -1938,9 +1589,9 @@ static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
     bson_t filter = BSON_INITIALIZER;
-    bson_t *opts =
-        BCON_NEW("projection", "{", "_id", BCON_INT32(1), "v", BCON_INT32(1),
-                 "h", BCON_INT32(1), "del", BCON_INT32(1), "}");
+    bson_t *opts = BCON_NEW("projection", "{", "_id", BCON_INT32(1), "v",
+                            BCON_INT32(1), "h", BCON_INT32(1), "del",
+                            BCON_INT32(1), INC_FIELD, BCON_INT32(1), "}");
     json_t *map = json_object();
     int rc = 0;
 
@@ -1951,7 +1602,7 @@ static int mongo_versions(syncd_backend_t *b, json_t **out, const char *coll,
     }
     versions_filter(&filter, ids);
     rc = find_each(m, coll, &filter, opts, versions_entry, map, NULL,
-                   "versions", NULL, err);
+                   "versions", NULL, 0, 0, err);
 
 cleanup:
     bson_destroy(opts);
@@ -2039,65 +1690,6 @@ static int purge_one(mongoc_collection_t *docs, const char *coll,
     return rc;
 }
 
-/* Purges one tombstone in FerretDB mode: claims it at its version (so no
- * writer can re-create it meanwhile), drops the older claims of its id,
- * deletes it when it is still that tombstone with no pending-publish
- * marker (the delete is fenced on its version, flag and outbox) and m's
- * liveness is proved (else a later purge does it), and drops its claim.
- * *deleted is 1 when it was removed. */
-static int purge_claimed(mongo_backend_t *m, mongoc_collection_t *docs,
-                         mongoc_collection_t *claims, const char *coll,
-                         const char *id, int64_t version, int64_t *deleted,
-                         syncd_error_t *err)
-{
-    char key[SYNCD_MAX_ID_BYTES + 32];
-    char first[SYNCD_MAX_ID_BYTES + 32];
-    char owner[64];
-    bson_t *older;
-    int64_t dropped = 0;
-    int taken = 0;
-    int rc;
-
-    *deleted = 0;
-    claim_key(key, sizeof(key), id, version);
-    claim_key(first, sizeof(first), id, 0);
-    claim_owner(owner, sizeof(owner), m->proc);
-    older = BCON_NEW("_id", "{", "$gte", BCON_UTF8(first), "$lt",
-                     BCON_UTF8(key), "}");
-    rc = take_claim(m, claims, key, owner, &taken, coll, id, err);
-    if (rc < 0 || !taken)
-        goto cleanup;
-    rc = delete_many(claims, older, &dropped, coll, err);
-    if (rc == 0 && beat_fresh(m))
-        rc = purge_one(docs, coll, id, version, deleted, err);
-    if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
-        rc = SYNCD_EBACKEND;
-    release(m, owner);
-
-cleanup:
-    bson_destroy(older);
-    return rc;
-}
-
-/* Drops the liveness records last bumped PROC_PURGE_LEASES leases ago or
- * more by their owners' wall clocks: their processes are gone (a live one
- * with a clock that far behind writes its record again within BEAT_MS). */
-static int purge_procs(mongo_backend_t *m, call_t *c, const char *coll,
-                       syncd_error_t *err)
-{
-    mongoc_collection_t *procs =
-        mongoc_client_get_collection(c->client, m->db, PROCS);
-    bson_t *old = BCON_NEW(
-        "t", "{", "$lt",
-        BCON_DATE_TIME(wall_ms() - PROC_PURGE_LEASES * m->lease_ms), "}");
-    int64_t dropped = 0;
-    int rc = delete_many(procs, old, &dropped, coll, err);
-
-    bson_destroy(old);
-    mongoc_collection_destroy(procs);
-    return rc;
-}
-
 /* Lists up to PURGE_PAGE tombstones that filter matches into *out: a new
  * array of [id, version]. */
 static int list_tombstones(json_t **out, mongoc_collection_t *docs,
@@ -2136,19 +1728,45 @@ static int list_tombstones(json_t **out, mongoc_collection_t *docs,
     return rc;
 }
 
-/* Drops the claims older than the lease (FerretDB mode) and the liveness
- * records of processes gone. */
-static int purge_claims(mongo_backend_t *m, call_t *c, const char *coll,
-                        mongoc_collection_t *claims, syncd_error_t *err)
+/* Purges the tombstone of coll/id at version in FerretDB mode: when it is
+ * still the newest record, with no pending-publish marker, inserts the
+ * commit record of the next version as a purge fence (no writer can build
+ * on the tombstone any more, nor can a second purge) and deletes the
+ * document. *deleted is 1 when it was removed. */
+static int chain_purge_one(mongo_backend_t *m, const call_t *c,
+                           const char *coll, const char *id, int64_t version,
+                           int64_t *deleted, syncd_error_t *err)
 {
-    bson_t *old =
-        BCON_NEW("t", "{", "$lt", BCON_DATE_TIME(wall_ms() - m->lease_ms), "}");
-    int64_t dropped = 0;
-    int rc = purge_procs(m, c, coll, err);
+    mongoc_collection_t *records = NULL;
+    bson_t *rec = NULL, *filter = NULL;
+    bson_iter_t it;
+    char inc[INC_BYTES];
+    int64_t at;
+    int rc = chain_get(&rec, m, c, coll, id, &at, err);
 
+    *deleted = 0;
+    if (rc < 0 || rec == NULL || at != version ||
+        field_int64(rec, "v") != version || !field_bool(rec, "del") ||
+        bson_iter_init_find(&it, rec, "ob"))
+        goto cleanup;
+    field_string(inc, sizeof(inc), rec, INC_FIELD);
+    records = chain_records(m, c, coll);
+    rc = chain_insert(records, coll, id, inc, version, "p", NULL, err);
+    if (rc == SYNCD_ECONFLICT) {
+        rc = 0;
+        goto cleanup;
+    }
+    filter = BCON_NEW("_id", BCON_UTF8(id));
     if (rc == 0)
-        rc = delete_many(claims, old, &dropped, coll, err);
-    bson_destroy(old);
+        rc = delete_many(c->coll, filter, deleted, coll, err);
+
+cleanup:
+    if (filter != NULL)
+        bson_destroy(filter);
+    if (records != NULL)
+        mongoc_collection_destroy(records);
+    if (rec != NULL)
+        bson_destroy(rec);
     return rc;
 }
 
@@ -2160,28 +1778,20 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     bson_t *filter = BCON_NEW("del", BCON_BOOL(true), "mt", "{", "$lt",
                               BCON_DATE_TIME(before_ms), "}", "ob", "{",
                               "$exists", BCON_BOOL(false), "}");
-    mongoc_collection_t *claims = NULL;
     json_t *tombs = NULL;
-    char name[128];
     call_t c;
     int rc = 0;
 
     *purged = 0;
     call_begin(&c, m, coll);
-    if (m->claims) {
-        snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
-        claims = mongoc_client_get_collection(c.client, m->db, name);
-        rc = purge_claims(m, &c, coll, claims, err);
-    }
-    /* Page by page, while a page removes something (a tombstone left
-     * because this process's liveness was not proved stays listed). */
+    /* Page by page, while a page removes something (in FerretDB mode a
+     * tombstone that is not the newest record stays listed). */
     do {
         size_t before = *purged;
 
         json_decref(tombs);
         tombs = NULL;
-        if (rc == 0)
-            rc = list_tombstones(&tombs, c.coll, filter, coll, err);
+        rc = list_tombstones(&tombs, c.coll, filter, coll, err);
         for (size_t i = 0; rc == 0 && i < json_array_size(tombs) &&
                            (limit == 0 || *purged < limit);
              i++) {
@@ -2189,11 +1799,8 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
             const char *id = json_string_value(json_array_get(t, 0));
             int64_t v = json_integer_value(json_array_get(t, 1)), deleted = 0;
 
-            if (claims != NULL)
-                rc = purge_claimed(m, c.coll, claims, coll, id, v, &deleted,
-                                   err);
-            else
-                rc = purge_one(c.coll, coll, id, v, &deleted, err);
+            rc = m->chain ? chain_purge_one(m, &c, coll, id, v, &deleted, err)
+                          : purge_one(c.coll, coll, id, v, &deleted, err);
             if (rc == 0 && deleted > 0) {
                 (*purged)++;
                 if (gone != NULL &&
@@ -2206,8 +1813,6 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
     } while (rc == 0 && json_array_size(tombs) == PURGE_PAGE &&
              (limit == 0 || *purged < limit));
     json_decref(tombs);
-    if (claims != NULL)
-        mongoc_collection_destroy(claims);
     call_end(&c, m);
     bson_destroy(filter);
     return rc;
@@ -2220,7 +1825,7 @@ static int mongo_purge(syncd_backend_t *b, const char *coll, int64_t before_ms,
  * the markers of a newer writer; a record that moves on meanwhile keeps
  * them (its writer carried them forward, and a later ack drops them).
  * When expected is not 0, does nothing unless the record is at expected
- * (FerretDB mode: the version the caller's claim is on). */
+ * (FerretDB mode: the version the newest record is at). */
 static int drop_markers(mongoc_collection_t *c, const char *coll,
                         const char *id, int64_t version, int64_t expected,
                         syncd_error_t *err)
@@ -2256,6 +1861,7 @@ static int drop_markers(mongoc_collection_t *c, const char *coll,
         bson_append_document_end(&update, &set);
     }
     fence = BCON_NEW("_id", BCON_UTF8(id), "v", BCON_INT64(current));
+    chain_fence(fence, found);
     if (rc == 0 &&
         !mongoc_collection_update_one(c, fence, &update, NULL, NULL, &e))
         rc = driver_error(err, &e, "ack", coll, id);
@@ -2272,56 +1878,27 @@ cleanup:
     return rc;
 }
 
-/* The ack of FerretDB mode, where a filtered update is a query and then an
- * update by _id that could overwrite a newer writer's replace: under a
- * claim on the version the record is at, as a writer's. It first waits
- * (up to DEAD_MS: it runs on a thread of the node's pool) for this
- * process's liveness to be proved, since a waiter may take over the claim
- * of a holder that is not: the proof lapses between bumps whenever a bump
- * takes FerretDB more than about an eighth of a second, which a write
- * storm on SQLite brings about, and an ack that gave up at once then left
- * the markers to pile up. A claim held by another writer means the
- * record is moving on, carrying the markers, and a later ack drops them.
- * Fails with SYNCD_ETIMEDOUT, writing nothing, when m's liveness is still
- * not proved once it holds the claim. */
-static int claimed_ack(mongo_backend_t *m, call_t *c, const char *coll,
-                       const char *id, int64_t version, syncd_error_t *err)
+/* The ack of FerretDB mode: copies the newest record of coll/id into the
+ * document when the document lags behind it, then drops the markers from
+ * the document at that version. A late update may set the document back
+ * with its markers (a marker published twice, never one lost: the newest
+ * record, which readers take, holds every marker not acked). */
+static int chain_ack(mongo_backend_t *m, const call_t *c, const char *coll,
+                     const char *id, int64_t version, syncd_error_t *err)
 {
-    char key[SYNCD_MAX_ID_BYTES + 32];
-    char owner[64];
-    char name[128];
-    mongoc_collection_t *claims;
-    int64_t deadline = mono_ms() + DEAD_MS;
-    int64_t current = 0;
-    int taken = 0;
-    int rc;
+    bson_t *rec = NULL;
+    int64_t at;
+    int rc = chain_get(&rec, m, c, coll, id, &at, err);
 
-    while (!beat_fresh(m) && mono_ms() < deadline)
-        sleep_ms(BEAT_MS / 5);
-    rc = read_version(c->coll, id, &current, coll, err);
-    if (rc < 0 || current == 0)
+    if (rc < 0 || rec == NULL)
         return rc;
-    snprintf(name, sizeof(name), CLAIMS_PREFIX "%s", coll);
-    claims = mongoc_client_get_collection(c->client, m->db, name);
-    claim_key(key, sizeof(key), id, current);
-    claim_owner(owner, sizeof(owner), m->proc);
-    rc = take_claim(m, claims, key, owner, &taken, coll, id, err);
-    if (rc < 0 || !taken)
-        goto cleanup;
-    if (!beat_fresh(m))
-        rc = syncd_error_set(err, SYNCD_ETIMEDOUT,
-                             "%s/%s: not acked, this writer's liveness is "
-                             "not proved",
-                             coll, id);
-    else
-        rc = drop_markers(c->coll, coll, id, version, current, err);
-    if (drop_claim(claims, key, owner, NULL, coll, id, err) < 0 && rc == 0)
-        rc = SYNCD_EBACKEND;
-    release(m, owner);
-
-cleanup:
-    mongoc_collection_destroy(claims);
-    return rc < 0 ? rc : 0;
+    if (field_int64(rec, "v") != at)
+        rc = chain_copy(c->coll, rec, at, coll, id, err);
+    if (rc == 0)
+        rc = drop_markers(c->coll, coll, id, version, field_int64(rec, "v"),
+                          err);
+    bson_destroy(rec);
+    return rc;
 }
 
 static int mongo_outbox_ack(syncd_backend_t *b, const char *coll,
@@ -2332,8 +1909,8 @@ static int mongo_outbox_ack(syncd_backend_t *b, const char *coll,
     int rc;
 
     call_begin(&c, m, coll);
-    rc = m->claims ? claimed_ack(m, &c, coll, id, version, err)
-                   : drop_markers(c.coll, coll, id, version, 0, err);
+    rc = m->chain ? chain_ack(m, &c, coll, id, version, err)
+                  : drop_markers(c.coll, coll, id, version, 0, err);
     call_end(&c, m);
     return rc;
 }
@@ -2364,19 +1941,16 @@ static void ensure_outbox_index(mongo_backend_t *m, call_t *c, const char *coll)
     bson_destroy(cmd);
 }
 
+/* In FerretDB mode every document is listed (a lagging one may hide the
+ * markers of its newest record) and each is followed to its newest
+ * record; the limit counts the records with markers. */
 static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
                              const char *after, size_t limit,
                              syncd_error_t *err)
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
-    bson_t *filter = after != NULL
-                         ? BCON_NEW("ob", "{", "$exists", BCON_BOOL(true), "}",
-                                    "_id", "{", "$gt", BCON_UTF8(after), "}")
-                         : BCON_NEW("ob", "{", "$exists", BCON_BOOL(true), "}");
-    bson_t *opts =
-        BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "projection", "{", "v",
-                 BCON_INT32(1), "ob", BCON_INT32(1), "}", "limit",
-                 BCON_INT64((int64_t)limit));
+    bson_t *filter = BCON_NEW("ob", "{", "$exists", BCON_BOOL(true), "}");
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}");
     mongoc_cursor_t *cur;
     json_t *arr = json_array();
     const bson_t *r;
@@ -2384,23 +1958,42 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     call_t c;
     int rc = arr != NULL ? 0 : syncd_error_set(err, SYNCD_ENOMEM, "no memory");
 
+    if (m->chain)
+        bson_reinit(filter);
+    if (after != NULL)
+        BCON_APPEND(filter, "_id", "{", "$gt", BCON_UTF8(after), "}");
+    if (!m->chain)
+        BCON_APPEND(opts, "projection", "{", "v", BCON_INT32(1), "ob",
+                    BCON_INT32(1), "}", "limit", BCON_INT64((int64_t)limit));
     call_begin(&c, m, coll);
     ensure_outbox_index(m, &c, coll);
     cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
-    while (rc == 0 && mongoc_cursor_next(cur, &r)) {
+    while (rc == 0 && (limit == 0 || json_array_size(arr) < limit) &&
+           mongoc_cursor_next(cur, &r)) {
+        bson_t *rec = bson_copy(r);
         json_t *ob = NULL;
         bson_iter_t it;
+        int behind;
 
-        if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it))
+        if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it)) {
+            bson_destroy(rec);
             continue;
-        rc = field_array(&ob, r, "ob", err);
+        }
+        if (m->chain)
+            rc = chain_follow(m, &c, coll, bson_iter_utf8(&it, NULL), &rec,
+                              &behind, err);
+        if (rc == 0 && rec != NULL && bson_iter_init_find(&it, rec, "_id") &&
+            BSON_ITER_HOLDS_UTF8(&it))
+            rc = field_array(&ob, rec, "ob", err);
         if (rc == 0 && json_array_size(ob) > 0 &&
             json_array_append_new(
-                arr,
-                json_pack("{s:s, s:I, s:O}", "id", bson_iter_utf8(&it, NULL),
-                          "v", (json_int_t)field_int64(r, "v"), "ob", ob)) < 0)
+                arr, json_pack(
+                         "{s:s, s:I, s:O}", "id", bson_iter_utf8(&it, NULL),
+                         "v", (json_int_t)field_int64(rec, "v"), "ob", ob)) < 0)
             rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
         json_decref(ob);
+        if (rec != NULL)
+            bson_destroy(rec);
     }
     if (rc == 0 && mongoc_cursor_error(cur, &e))
         rc = driver_error(err, &e, "outbox list", coll, after);
@@ -2422,7 +2015,6 @@ static void mongo_close(syncd_backend_t *b)
 
     if (!m)
         return;
-    beat_stop(m);
     if (m->pool) {
         conns_free(m);
         pthread_mutex_destroy(&m->conn_lock);
@@ -2431,10 +2023,6 @@ static void mongo_close(syncd_backend_t *b)
     if (m->indexed) {
         json_decref(m->indexed);
         pthread_mutex_destroy(&m->indexed_lock);
-    }
-    if (m->held) {
-        json_decref(m->held);
-        pthread_mutex_destroy(&m->held_lock);
     }
     free(m->db);
     free(m);
@@ -2456,8 +2044,8 @@ static const syncd_backend_ops_t mongo_ops = {
 };
 
 /* Asks the server for buildInfo (which also proves it is reachable) and
- * turns on claims when it is FerretDB (see the file comment for why the
- * product decides). */
+ * turns on the commit chain when it is FerretDB (see the file comment for why
+ * the product decides). */
 static int probe_server(mongo_backend_t *m, syncd_error_t *err)
 {
     mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
@@ -2468,7 +2056,7 @@ static int probe_server(mongo_backend_t *m, syncd_error_t *err)
     int rc = 0;
 
     if (mongoc_client_command_simple(client, "admin", cmd, NULL, &reply, &e))
-        m->claims = bson_iter_init_find(&it, &reply, "ferretdbVersion");
+        m->chain = bson_iter_init_find(&it, &reply, "ferretdbVersion");
     else
         rc = driver_error(err, &e, "buildInfo", m->db, NULL);
     bson_destroy(&reply);
@@ -2537,14 +2125,8 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
         goto cleanup;
     }
     pthread_mutex_init(&m->indexed_lock, NULL);
-    if (!(m->held = json_object())) {
-        rc = syncd_error_set(err, SYNCD_ENOMEM, "out of memory");
-        goto cleanup;
-    }
-    pthread_mutex_init(&m->held_lock, NULL);
     m->ops = mongo_ops;
     m->base.ops = &m->ops;
-    m->lease_ms = 2 * (int64_t)t < MIN_LEASE_MS ? MIN_LEASE_MS : 2 * (int64_t)t;
     m->pool = mongoc_client_pool_new(u);
     if (!m->pool) {
         rc = syncd_error_set_backend(err, SYNCD_EINVAL, BACKEND, 0,
@@ -2554,14 +2136,9 @@ int syncd_backend_mongo_open(syncd_backend_t **out, const char *uri,
     }
     pthread_mutex_init(&m->conn_lock, NULL);
     mongoc_client_pool_set_error_api(m->pool, MONGOC_ERROR_API_VERSION_2);
-    snprintf(m->proc, sizeof(m->proc), "%016llx.%u",
-             (unsigned long long)process_nonce,
-             __atomic_add_fetch(&backend_seq, 1, __ATOMIC_RELAXED));
     rc = probe_server(m, err);
-    if (rc == 0 && m->claims) {
+    if (rc == 0 && m->chain)
         m->ops.cas_update = NULL;
-        rc = beat_start(m, err);
-    }
 
 cleanup:
     mongoc_uri_destroy(u);
