@@ -11,7 +11,7 @@
  * fsync per commit) into DATA_DIR/store, or inserted 1,000 records at a
  * time in the record layout of DESIGN.md section 2 ({_id, v, data, h, mt,
  * by, del}, hashes from syncd_json_hash()) into MongoDB, bypassing the
- * claim protocol that makes single writes slow on FerretDB. Exit status:
+ * commit chain that makes single writes slow on FerretDB. Exit status:
  * 0 done, 1 a write failed, 2 usage.
  */
 #include <mongoc/mongoc.h>

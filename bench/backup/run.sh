@@ -15,8 +15,8 @@
 #                     every page, so this row stays at thousands);
 #   FerretDB restore  syncctl restore of FN documents into node 1 of a
 #                     cluster (scripts/cluster.sh: FerretDB, Redis, three
-#                     nodes); every write goes through the FerretDB claim
-#                     protocol (storage/mongo.c).
+#                     nodes); every write goes through the FerretDB commit
+#                     chain (storage/mongo.c).
 # Prints one line per case: documents, seconds, documents/s, file bytes.
 #
 # Usage: bench/backup/run.sh [N [FN [FBN]]]   (defaults 100000, 500
