@@ -1950,7 +1950,9 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
 {
     mongo_backend_t *m = (mongo_backend_t *)b;
     bson_t *filter = BCON_NEW("ob", "{", "$exists", BCON_BOOL(true), "}");
-    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}");
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}",
+                            "projection", "{", "v", BCON_INT32(1), "ob",
+                            BCON_INT32(1), INC_FIELD, BCON_INT32(1), "}");
     mongoc_cursor_t *cur;
     json_t *arr = json_array();
     const bson_t *r;
@@ -1963,8 +1965,7 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
     if (after != NULL)
         BCON_APPEND(filter, "_id", "{", "$gt", BCON_UTF8(after), "}");
     if (!m->chain)
-        BCON_APPEND(opts, "projection", "{", "v", BCON_INT32(1), "ob",
-                    BCON_INT32(1), "}", "limit", BCON_INT64((int64_t)limit));
+        BCON_APPEND(opts, "limit", BCON_INT64((int64_t)limit));
     call_begin(&c, m, coll);
     ensure_outbox_index(m, &c, coll);
     cur = mongoc_collection_find_with_opts(c.coll, filter, opts, NULL);
