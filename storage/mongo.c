@@ -878,11 +878,9 @@ static int chain_read(bson_t **out, mongoc_collection_t *records,
  * (see the file comment): while the commit record of the next version
  * exists, moves on to it. On return *rec is the newest committed record
  * (replaced by a copy the caller destroys when it is not the document),
- * or NULL when the chain ends in a purge; *behind says whether the
- * document lags behind it. */
+ * or NULL when the chain ends in a purge. */
 static int chain_follow(mongo_backend_t *m, const call_t *c, const char *coll,
-                        const char *id, bson_t **rec, int *behind,
-                        syncd_error_t *err)
+                        const char *id, bson_t **rec, syncd_error_t *err)
 {
     mongoc_collection_t *records = chain_records(m, c, coll);
     char inc[INC_BYTES];
@@ -890,7 +888,6 @@ static int chain_follow(mongo_backend_t *m, const call_t *c, const char *coll,
     int rc = 0;
 
     field_string(inc, sizeof(inc), *rec, INC_FIELD);
-    *behind = 0;
     for (;;) {
         bson_t *next = NULL;
         bson_iter_t it;
@@ -899,7 +896,6 @@ static int chain_follow(mongo_backend_t *m, const call_t *c, const char *coll,
         if (rc < 0 || next == NULL)
             break;
         v++;
-        *behind = 1;
         if (bson_iter_init_find(&it, next, "p")) {
             bson_destroy(next);
             bson_destroy(*rec);
@@ -964,13 +960,12 @@ static int chain_get(bson_t **out, mongo_backend_t *m, const call_t *c,
                      syncd_error_t *err)
 {
     bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
-    int behind = 0;
     int rc = find_one(out, c->coll, filter, coll, id, err);
 
     bson_destroy(filter);
     *at = *out != NULL ? field_int64(*out, "v") : 0;
     if (rc == 0 && *out != NULL)
-        rc = chain_follow(m, c, coll, id, out, &behind, err);
+        rc = chain_follow(m, c, coll, id, out, err);
     if (rc < 0 && *out != NULL) {
         bson_destroy(*out);
         *out = NULL;
@@ -1412,7 +1407,6 @@ static int find_each(mongo_backend_t *m, const char *coll, const bson_t *filter,
            mongoc_cursor_next(cur, &r)) {
         bson_t *rec;
         bson_iter_t it;
-        int behind;
 
         if (!m->chain) {
             rc = row(acc, r, arg, err);
@@ -1423,8 +1417,7 @@ static int find_each(mongo_backend_t *m, const char *coll, const bson_t *filter,
             break;
         }
         rec = bson_copy(r);
-        rc = chain_follow(m, &c, coll, bson_iter_utf8(&it, NULL), &rec, &behind,
-                          err);
+        rc = chain_follow(m, &c, coll, bson_iter_utf8(&it, NULL), &rec, err);
         if (rc == 0 && rec != NULL && !(live_only && field_bool(rec, "del")))
             rc = row(acc, rec, arg, err);
         if (rec != NULL)
@@ -1974,15 +1967,14 @@ static int mongo_outbox_list(syncd_backend_t *b, json_t **out, const char *coll,
         bson_t *rec = bson_copy(r);
         json_t *ob = NULL;
         bson_iter_t it;
-        int behind;
 
         if (!bson_iter_init_find(&it, r, "_id") || !BSON_ITER_HOLDS_UTF8(&it)) {
             bson_destroy(rec);
             continue;
         }
         if (m->chain)
-            rc = chain_follow(m, &c, coll, bson_iter_utf8(&it, NULL), &rec,
-                              &behind, err);
+            rc =
+                chain_follow(m, &c, coll, bson_iter_utf8(&it, NULL), &rec, err);
         if (rc == 0 && rec != NULL && bson_iter_init_find(&it, rec, "_id") &&
             BSON_ITER_HOLDS_UTF8(&it))
             rc = field_array(&ob, rec, "ob", err);
