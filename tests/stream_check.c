@@ -173,8 +173,47 @@ static void store_free(store_t *s)
     free(s->docs);
 }
 
+/* Moves doc, read at version doc->v in incarnation inc, along the commit
+ * chain of FerretDB mode (storage/mongo.c): while the commit record of the
+ * next version exists in commits, the document is at that version (a
+ * purge fence reads as deleted). */
+static void chain_follow(doc_t *doc, const char *inc,
+                         mongoc_collection_t *commits)
+{
+    for (;;) {
+        char key[1024];
+        bson_t *filter;
+        mongoc_cursor_t *cur;
+        const bson_t *r;
+        bson_iter_t it, sub;
+        int found;
+
+        snprintf(key, sizeof(key), "%s\x1f%s\x1f%020lld", doc->id, inc,
+                 (long long)doc->v);
+        filter = BCON_NEW("_id", BCON_UTF8(key));
+        cur = mongoc_collection_find_with_opts(commits, filter, NULL, NULL);
+        found = mongoc_cursor_next(cur, &r);
+        if (found) {
+            doc->v++;
+            if (bson_iter_init_find(&it, r, "p"))
+                doc->deleted = 1;
+            else if (bson_iter_init_find(&it, r, "r") &&
+                     bson_iter_recurse(&it, &sub) &&
+                     bson_iter_find(&sub, "del"))
+                doc->deleted = bson_iter_as_bool(&sub);
+            else if (bson_iter_init_find(&it, r, "r"))
+                doc->deleted = 0;
+        }
+        mongoc_cursor_destroy(cur);
+        bson_destroy(filter);
+        if (!found)
+            return;
+    }
+}
+
 /* Reads {_id, v, del} of every document of coll in database db, sorted by
- * id. Returns 0 or -1 (printed). */
+ * id, each followed along its commit chain when it has one. Returns 0 or
+ * -1 (printed). */
 static int store_read(store_t *s, const char *uri, const char *db,
                       const char *coll)
 {
@@ -183,7 +222,9 @@ static int store_read(store_t *s, const char *uri, const char *db,
     mongoc_cursor_t *cur = NULL;
     bson_t *filter = bson_new();
     bson_t *opts = BCON_NEW("projection", "{", "v", BCON_INT32(1), "del",
-                            BCON_INT32(1), "}");
+                            BCON_INT32(1), "n", BCON_INT32(1), "}");
+    mongoc_collection_t *commits = NULL;
+    char name[256];
     const bson_t *d;
     bson_error_t e;
     int rc = -1;
@@ -194,6 +235,8 @@ static int store_read(store_t *s, const char *uri, const char *db,
         goto cleanup;
     }
     c = mongoc_client_get_collection(client, db, coll);
+    snprintf(name, sizeof(name), "_syncd_commits.%s", coll);
+    commits = mongoc_client_get_collection(client, db, name);
     cur = mongoc_collection_find_with_opts(c, filter, opts, NULL);
     while (mongoc_cursor_next(cur, &d)) {
         bson_iter_t it;
@@ -206,6 +249,12 @@ static int store_read(store_t *s, const char *uri, const char *db,
             doc.v = bson_iter_as_int64(&it);
         if (bson_iter_init_find(&it, d, "del"))
             doc.deleted = bson_iter_as_bool(&it);
+        chain_follow(&doc,
+                     bson_iter_init_find(&it, d, "n") &&
+                             BSON_ITER_HOLDS_UTF8(&it)
+                         ? bson_iter_utf8(&it, NULL)
+                         : "",
+                     commits);
         if (s->n == s->cap) {
             s->cap = s->cap ? 2 * s->cap : 64;
             s->docs = xrealloc(s->docs, s->cap * sizeof(*s->docs));
@@ -221,6 +270,7 @@ static int store_read(store_t *s, const char *uri, const char *db,
     rc = 0;
 cleanup:
     mongoc_cursor_destroy(cur);
+    mongoc_collection_destroy(commits);
     mongoc_collection_destroy(c);
     mongoc_client_destroy(client);
     bson_destroy(filter);
